@@ -1,0 +1,741 @@
+//! A document: a root map of fields, each its own CRDT, plus the version vector of the changes it holds.
+//!
+//! Local edits go through a [`DocEditor`], which applies each operation at once and records it into a [`Change`]
+//! to replicate. Remote changes go through [`Document::apply`], which checks causality and structure before touching
+//! anything. Both paths share the same operation semantics ([`apply_op`]), so a replica that applies its own change
+//! and one that receives it end in the same state.
+
+use super::change::{Change, ChangeError, Op, Seg, MAX_SCALAR_BYTES};
+use super::clock::{Dot, PeerId, Timestamp};
+use super::field::{Field, Shown};
+use super::path::{AsPath, Path, PathSegment, MAX_PATH_DEPTH};
+use super::register::{Content, Entry};
+use super::sequence::{Chars, IdSpan, SeqError, SeqInsert};
+use super::value::{Kind, Value};
+use super::version::VersionVector;
+use serde::{Deserialize, Serialize};
+
+/// Errors from reading, editing or merging a document.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DocError {
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error(transparent)]
+    Path(#[from] super::path::PathError),
+    #[error("the field at {path:?} holds a {found}, not a {expected}")]
+    TypeMismatch { path: String, expected: &'static str, found: &'static str },
+    #[error("index {index} is out of bounds at {path:?} (length {len})")]
+    IndexOutOfBounds { path: String, index: usize, len: usize },
+    #[error("no field at {path:?}")]
+    NoSuchField { path: String },
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    #[error("change {peer}:{start} is inconsistent with this document: {reason}")]
+    Inconsistent { peer: PeerId, start: u64, reason: String },
+}
+
+fn inconsistent(c: &Change, reason: impl Into<String>) -> DocError {
+    DocError::Inconsistent { peer: c.peer, start: c.start, reason: reason.into() }
+}
+
+/// What [`Document::apply`] did with a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The change is now part of the document.
+    Applied,
+    /// The document already had it; nothing changed.
+    Duplicate,
+    /// It depends on changes the document does not have yet; nothing changed. Apply it again after those.
+    NotReady,
+}
+
+/// A document's full CRDT state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Document {
+    root: Field,
+    version: VersionVector,
+}
+
+const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
+impl Document {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The version vector of the changes this document holds.
+    pub fn version(&self) -> &VersionVector {
+        &self.version
+    }
+
+    /// Whether the document exists (it was created and not removed, or it holds edits concurrent with a removal).
+    pub fn exists(&self) -> bool {
+        self.root.is_visible()
+    }
+
+    /// The document as a JSON object, or `None` if it does not exist.
+    pub fn to_json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        if !self.exists() {
+            return None;
+        }
+        Some(self.root.map.as_ref().map(|m| m.render()).unwrap_or_default())
+    }
+
+    fn shown_at(&self, path: &Path) -> Option<Shown<'_>> {
+        let mut field = &self.root;
+        for seg in path.segments() {
+            field = match (field.shown()?, seg) {
+                (Shown::Map(m), PathSegment::Key(k)) => m.get(k).filter(|f| f.is_visible())?,
+                (Shown::Array(a), PathSegment::Index(i)) => a.get(*i)?.1,
+                _ => return None,
+            };
+        }
+        field.shown()
+    }
+
+    /// The value at `path` as JSON (`None` if nothing is there).
+    pub fn get(&self, path: impl AsPath) -> Result<Option<serde_json::Value>, DocError> {
+        Ok(self.shown_at(&*path.to_path()?).map(|s| s.to_json()))
+    }
+
+    /// The kind of the container at `path`: `None` for a register or nothing.
+    pub fn kind_at(&self, path: impl AsPath) -> Result<Option<Kind>, DocError> {
+        Ok(self.shown_at(&*path.to_path()?).and_then(|s| s.kind()))
+    }
+
+    /// The values that survived concurrently beside the one shown at `path`, most recent first.
+    pub fn conflicts(&self, path: impl AsPath) -> Result<Vec<serde_json::Value>, DocError> {
+        let path = path.to_path()?;
+        Ok(self.conflicts_at(&path))
+    }
+
+    fn conflicts_at(&self, path: &Path) -> Vec<serde_json::Value> {
+        let mut field = &self.root;
+        for seg in path.segments() {
+            let next = match (field.shown(), seg) {
+                (Some(Shown::Map(m)), PathSegment::Key(k)) => m.get(k).filter(|f| f.is_visible()),
+                (Some(Shown::Array(a)), PathSegment::Index(i)) => a.get(*i).map(|x| x.1),
+                _ => None,
+            };
+            match next {
+                Some(f) => field = f,
+                None => return Vec::new(),
+            }
+        }
+        field.conflicts().iter().map(|s| s.to_json()).collect()
+    }
+
+    /// Encode the full state (for storage).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_FORMAT_VERSION];
+        if let Ok(body) = postcard::to_stdvec(self) {
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    /// Decode a state written by [`Document::encode`]. Never panics on garbage.
+    pub fn decode(bytes: &[u8]) -> Result<Document, ChangeError> {
+        let (&v, body) = bytes.split_first().ok_or_else(|| ChangeError::Corrupt("empty snapshot".into()))?;
+        if v != SNAPSHOT_FORMAT_VERSION {
+            return Err(ChangeError::UnsupportedVersion(v));
+        }
+        let doc: Document = postcard::from_bytes(body).map_err(|e| ChangeError::Corrupt(e.to_string()))?;
+        if !doc.version.is_well_formed() {
+            return Err(ChangeError::Corrupt("malformed version vector".into()));
+        }
+        Ok(doc)
+    }
+
+    /// Start a local edit by `peer`, whose next unused counter is `next_counter`, at time `ts`.
+    pub fn edit(&mut self, peer: PeerId, next_counter: u64, ts: Timestamp) -> DocEditor<'_> {
+        let deps = self.version.clone();
+        DocEditor { doc: self, peer, start: next_counter.max(1), next: next_counter.max(1), ts, deps, ops: Vec::new() }
+    }
+
+    /// Whether `change` can be applied now, is a duplicate, or must wait for its dependencies; and whether it is
+    /// inconsistent with what this document holds.
+    pub fn readiness(&self, change: &Change) -> Result<Applied, DocError> {
+        let have = self.version.get(change.peer);
+        if change.end() <= have {
+            return Ok(Applied::Duplicate);
+        }
+        if change.start <= have {
+            return Err(inconsistent(change, "overlaps changes already applied"));
+        }
+        if !change.deps.le(&self.version) {
+            return Ok(Applied::NotReady);
+        }
+        if have > change.deps.get(change.peer) {
+            return Err(inconsistent(change, "concurrent with its own author's earlier changes"));
+        }
+        Ok(Applied::Applied)
+    }
+
+    /// Merge a change made elsewhere. Idempotent; applying changes in any causal order gives the same state, and
+    /// changes that arrive before their dependencies are reported as [`Applied::NotReady`] without effect. A change
+    /// that is malformed or refers to things that do not exist is rejected with an error and changes nothing.
+    pub fn apply(&mut self, change: &Change) -> Result<Applied, DocError> {
+        change.validate()?;
+        match self.readiness(change)? {
+            Applied::Applied => {}
+            other => return Ok(other),
+        }
+        self.check(change)?;
+        let mut counter = change.start;
+        let mut ctx = change.deps.clone();
+        for op in &change.ops {
+            let dot = Dot::new(change.peer, counter);
+            ctx.set(change.peer, counter - 1);
+            apply_op(&mut self.root, op, dot, change.ts, &ctx).map_err(|e| {
+                log::error!("change {}:{} passed its checks but failed to apply: {e}", change.peer, change.start);
+                e
+            })?;
+            counter += op.width();
+        }
+        self.version.raise(change.peer, change.end());
+        Ok(Applied::Applied)
+    }
+
+    /// Check, without changing anything, that every operation of `change` refers to things that exist (or that the
+    /// change itself creates earlier on).
+    fn check(&self, change: &Change) -> Result<(), DocError> {
+        // Items inserted by this change so far: (path of the sequence field, first counter, count, is_text).
+        let mut created: Vec<(&[Seg], u64, u64, bool)> = Vec::new();
+        let mut counter = change.start;
+        let in_created = |created: &[(&[Seg], u64, u64, bool)], path: &[Seg], id: Dot, text: bool| {
+            id.peer == change.peer
+                && created.iter().any(|&(p, s, n, t)| t == text && p == path && id.counter >= s && id.counter < s + n)
+        };
+        for op in &change.ops {
+            let path = op.path();
+            // Resolve the path read-only: `None` means "created by this change".
+            let mut cur: Option<&Field> = Some(&self.root);
+            for (i, seg) in path.iter().enumerate() {
+                cur = match seg {
+                    Seg::Key(k) => cur.and_then(|f| f.map.as_deref()).and_then(|m| m.get(k)),
+                    Seg::Elem(id) => {
+                        match cur.and_then(|f| f.array.as_deref()).and_then(|a| a.get_by_id(*id)) {
+                            Some((f, _)) => Some(f),
+                            None if in_created(&created, &path[..i], *id, false) => None,
+                            None => return Err(inconsistent(change, format!("unknown array element {id:?}"))),
+                        }
+                    }
+                };
+            }
+            let exists_in = |id: Dot, text: bool| -> bool {
+                let in_doc = match (cur, text) {
+                    (Some(f), true) => f.text.as_deref().is_some_and(|t| t.contains_id(id)),
+                    (Some(f), false) => f.array.as_deref().is_some_and(|a| a.contains_id(id)),
+                    (None, _) => false,
+                };
+                in_doc || in_created(&created, path, id, text)
+            };
+            match op {
+                Op::InsertText { origin_left, origin_right, .. } | Op::InsertElems { origin_left, origin_right, .. } => {
+                    let text = matches!(op, Op::InsertText { .. });
+                    for o in [origin_left, origin_right].into_iter().flatten() {
+                        if !exists_in(*o, text) {
+                            return Err(inconsistent(change, format!("unknown insert origin {o:?}")));
+                        }
+                    }
+                    created.push((path, counter, op.width(), text));
+                }
+                Op::DeleteText { spans, .. } | Op::DeleteElems { spans, .. } => {
+                    let text = matches!(op, Op::DeleteText { .. });
+                    for s in spans {
+                        for c in s.start..s.start + s.len {
+                            if !exists_in(Dot::new(s.peer, c), text) {
+                                return Err(inconsistent(change, format!("delete of unknown item {}:{c}", s.peer)));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            counter += op.width();
+        }
+        Ok(())
+    }
+
+}
+
+/// Find the field at `path`, creating map entries on the way. Array elements must exist.
+fn resolve_mut<'a>(root: &'a mut Field, path: &[Seg]) -> Result<&'a mut Field, DocError> {
+    let mut field = root;
+    for seg in path {
+        field = match seg {
+            Seg::Key(k) => field.map_mut().entry(k),
+            Seg::Elem(id) => match field.array.as_deref_mut().and_then(|a| a.get_by_id_mut(*id)) {
+                Some((f, _)) => f,
+                None => return Err(DocError::NoSuchField { path: format!("{path:?}") }),
+            },
+        };
+    }
+    Ok(field)
+}
+
+fn seq_err(e: SeqError) -> DocError {
+    DocError::InvalidValue(e.to_string())
+}
+
+/// The one definition of what each operation does to a document. `dot` is the op's first dot, `ctx` what its author
+/// had seen when making it.
+pub(crate) fn apply_op(root: &mut Field, op: &Op, dot: Dot, ts: Timestamp, ctx: &VersionVector) -> Result<(), DocError> {
+    let field = resolve_mut(root, op.path())?;
+    match op {
+        Op::Set { value, .. } => {
+            field.clear(ctx);
+            field.reg.write(ctx, Entry { dot, ts, content: Content::Value(value.clone()) });
+        }
+        Op::Make { kind, .. } => {
+            field.clear(ctx);
+            field.ensure(*kind);
+            field.reg.write(ctx, Entry { dot, ts, content: Content::Make(*kind) });
+        }
+        Op::Remove { .. } => field.clear(ctx),
+        Op::Increment { by, .. } => field.counter_mut().add(dot, *by),
+        Op::InsertText { origin_left, origin_right, text, .. } => {
+            let ins = SeqInsert { id: dot, origin_left: *origin_left, origin_right: *origin_right, content: text.clone() };
+            field.text_mut().apply_insert(&ins).map_err(seq_err)?
+        }
+        Op::InsertElems { origin_left, origin_right, count, .. } => {
+            let content = vec![Field::default(); *count as usize];
+            let ins = SeqInsert { id: dot, origin_left: *origin_left, origin_right: *origin_right, content };
+            field.array_mut().apply_insert(&ins).map_err(seq_err)?
+        }
+        Op::DeleteText { spans, .. } => field.text_mut().apply_delete(spans).map_err(seq_err)?,
+        Op::DeleteElems { spans, .. } => field.array_mut().apply_delete(spans).map_err(seq_err)?,
+    }
+    Ok(())
+}
+
+/// Local edits to one document, recorded as one [`Change`]. Each method applies at once; on error nothing of that
+/// call is applied (earlier calls stay).
+pub struct DocEditor<'a> {
+    doc: &'a mut Document,
+    peer: PeerId,
+    start: u64,
+    next: u64,
+    ts: Timestamp,
+    deps: VersionVector,
+    ops: Vec<Op>,
+}
+
+fn path_string(path: &Path, upto: usize) -> String {
+    Path::from_segments(path.segments()[..upto].to_vec()).to_string()
+}
+
+impl<'a> DocEditor<'a> {
+    /// The document as edited so far.
+    pub fn document(&self) -> &Document {
+        self.doc
+    }
+
+    /// The next unused counter (the store persists it).
+    pub fn next_counter(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether anything was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Finish: the change to replicate, or `None` if nothing was done.
+    pub fn finish(self) -> Option<Change> {
+        if self.ops.is_empty() {
+            return None;
+        }
+        Some(Change { peer: self.peer, start: self.start, ts: self.ts, deps: self.deps, ops: self.ops })
+    }
+
+    fn emit(&mut self, op: Op) -> Result<Dot, DocError> {
+        let dot = Dot::new(self.peer, self.next);
+        // A local op's causal context is everything this replica has applied to the document, its own earlier
+        // ops of this change included.
+        let ctx = self.doc.version.clone();
+        apply_op(&mut self.doc.root, &op, dot, self.ts, &ctx)?;
+        self.record(op);
+        Ok(dot)
+    }
+
+    /// Record an op that has already been applied.
+    fn record(&mut self, op: Op) {
+        let w = op.width();
+        self.doc.version.raise(self.peer, self.next + w - 1);
+        self.next += w;
+        self.ops.push(op);
+    }
+
+    fn field(&self, segs: &[Seg]) -> Option<&Field> {
+        let mut f = &self.doc.root;
+        for s in segs {
+            f = match s {
+                Seg::Key(k) => f.map.as_deref()?.get(k)?,
+                Seg::Elem(id) => f.array.as_deref()?.get_by_id(*id)?.0,
+            };
+        }
+        Some(f)
+    }
+
+    fn shown(&self, segs: &[Seg]) -> Option<Shown<'_>> {
+        self.field(segs).and_then(Field::shown)
+    }
+
+    /// Make sure the document exists (a write to a removed document creates it again).
+    fn ensure_document(&mut self) -> Result<(), DocError> {
+        if !self.doc.root.is_visible() || !matches!(self.doc.root.shown(), Some(Shown::Map(_))) {
+            self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
+        }
+        Ok(())
+    }
+
+    /// Make the field at `segs` show a container of `kind`: keep it if it does, create it if the field shows
+    /// nothing, otherwise fail (or replace it when `replace`).
+    fn ensure_kind(&mut self, segs: &[Seg], kind: Kind, path: &Path, upto: usize, replace: bool) -> Result<(), DocError> {
+        match self.shown(segs) {
+            Some(s) if s.kind() == Some(kind) => Ok(()),
+            Some(s) if !replace => Err(DocError::TypeMismatch {
+                path: path_string(path, upto),
+                expected: kind.name(),
+                found: s.kind_name(),
+            }),
+            _ => self.emit(Op::Make { path: segs.to_vec(), kind }).map(|_| ()),
+        }
+    }
+
+    /// Turn an app path into stable segments, creating missing maps on the way when `create` (like `mkdir -p`).
+    fn locate(&mut self, path: &Path, create: bool) -> Result<Vec<Seg>, DocError> {
+        if create {
+            self.ensure_document()?;
+        }
+        let mut segs: Vec<Seg> = Vec::with_capacity(path.segments().len());
+        for (i, ps) in path.segments().iter().enumerate() {
+            match ps {
+                PathSegment::Key(k) => {
+                    if i > 0 {
+                        if create {
+                            self.ensure_kind(&segs, Kind::Map, path, i, false)?;
+                        } else if !matches!(self.shown(&segs), Some(Shown::Map(_))) {
+                            return Err(self.mismatch_or_missing(&segs, path, i, Kind::Map));
+                        }
+                    } else if !self.doc.exists() {
+                        return Err(DocError::NoSuchField { path: path.to_string() });
+                    }
+                    segs.push(Seg::Key(k.clone()));
+                }
+                PathSegment::Index(idx) => {
+                    let seq = match self.shown(&segs) {
+                        Some(Shown::Array(a)) => a,
+                        _ => return Err(self.mismatch_or_missing(&segs, path, i, Kind::Array)),
+                    };
+                    let id = seq.id_at(*idx).ok_or(DocError::IndexOutOfBounds {
+                        path: path_string(path, i),
+                        index: *idx,
+                        len: seq.len(),
+                    })?;
+                    segs.push(Seg::Elem(id));
+                }
+            }
+        }
+        Ok(segs)
+    }
+
+    fn mismatch_or_missing(&self, segs: &[Seg], path: &Path, upto: usize, expected: Kind) -> DocError {
+        match self.shown(segs) {
+            Some(s) => DocError::TypeMismatch { path: path_string(path, upto), expected: expected.name(), found: s.kind_name() },
+            None => DocError::NoSuchField { path: path_string(path, upto) },
+        }
+    }
+
+    /// Set the field at `path` to `value`, replacing what it held (its type included). Missing maps on the way are
+    /// created; array indexes must exist.
+    pub fn set(&mut self, path: impl AsPath, value: impl Into<Value>) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        self.write(path, &value.into(), false)
+    }
+
+    /// Like [`DocEditor::set`], but maps merge: the fields given are written, the others kept; an existing counter
+    /// or text of the same type is kept as it is.
+    pub fn merge(&mut self, path: impl AsPath, value: &Value) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        self.write(path, value, true)
+    }
+
+    fn write(&mut self, path: &Path, value: &Value, merge: bool) -> Result<(), DocError> {
+        check_value(value, path.segments().len())?;
+        if path.is_root() {
+            return match value {
+                Value::Map(m) => {
+                    self.ensure_document()?;
+                    if !merge {
+                        self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
+                    }
+                    for (k, v) in m {
+                        self.write_at(vec![Seg::Key(k.clone())], v, merge)?;
+                    }
+                    Ok(())
+                }
+                _ => Err(DocError::InvalidValue("a document is a map".into())),
+            };
+        }
+        let segs = self.locate(path, true)?;
+        self.write_at(segs, value, merge)
+    }
+
+    fn write_at(&mut self, segs: Vec<Seg>, value: &Value, merge: bool) -> Result<(), DocError> {
+        let current = self.shown(&segs).and_then(|s| s.kind());
+        match value {
+            Value::Register(s) => {
+                self.emit(Op::Set { path: segs, value: s.clone() })?;
+            }
+            Value::Map(m) => {
+                if !(merge && current == Some(Kind::Map)) {
+                    self.emit(Op::Make { path: segs.clone(), kind: Kind::Map })?;
+                }
+                for (k, v) in m {
+                    let mut child = segs.clone();
+                    child.push(Seg::Key(k.clone()));
+                    self.write_at(child, v, merge)?;
+                }
+            }
+            Value::Array(items) => {
+                self.emit(Op::Make { path: segs.clone(), kind: Kind::Array })?;
+                self.insert_elements(&segs, 0, items)?;
+            }
+            Value::Text(s) => {
+                if !(merge && current == Some(Kind::Text)) {
+                    self.emit(Op::Make { path: segs.clone(), kind: Kind::Text })?;
+                    if !s.is_empty() {
+                        self.insert_text_at(&segs, 0, s)?;
+                    }
+                }
+            }
+            Value::Counter(n) => {
+                if !(merge && current == Some(Kind::Counter)) {
+                    self.emit(Op::Make { path: segs.clone(), kind: Kind::Counter })?;
+                    if *n != 0 {
+                        self.emit(Op::Increment { path: segs, by: *n })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_elements(&mut self, segs: &[Seg], index: usize, items: &[Value]) -> Result<(), DocError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let dot = Dot::new(self.peer, self.next);
+        let field = resolve_mut(&mut self.doc.root, segs)?;
+        let ins = field
+            .array_mut()
+            .local_insert(index, dot, vec![Field::default(); items.len()])
+            .map_err(seq_err)?;
+        self.record(Op::InsertElems {
+            path: segs.to_vec(),
+            origin_left: ins.origin_left,
+            origin_right: ins.origin_right,
+            count: items.len() as u64,
+        });
+        for (k, item) in items.iter().enumerate() {
+            let mut child = segs.to_vec();
+            child.push(Seg::Elem(dot.offset(k as u64)));
+            self.write_at(child, item, false)?;
+        }
+        Ok(())
+    }
+
+    fn insert_text_at(&mut self, segs: &[Seg], pos: usize, s: &str) -> Result<(), DocError> {
+        let dot = Dot::new(self.peer, self.next);
+        let field = resolve_mut(&mut self.doc.root, segs)?;
+        let ins = field.text_mut().local_insert(pos, dot, Chars::from(s)).map_err(seq_err)?;
+        let SeqInsert { origin_left, origin_right, content, .. } = ins;
+        self.record(Op::InsertText { path: segs.to_vec(), origin_left, origin_right, text: content });
+        Ok(())
+    }
+
+    /// Remove the field at `path` (a map key or an array element). Removing the root removes the document.
+    pub fn remove(&mut self, path: impl AsPath) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        if path.is_root() {
+            if self.doc.exists() {
+                self.emit(Op::Remove { path: Vec::new() })?;
+            }
+            return Ok(());
+        }
+        if let Some((parent, PathSegment::Index(i))) = path.split_last() {
+            return self.array_delete(&parent, *i, 1);
+        }
+        let segs = self.locate(path, false)?;
+        if self.field(&segs).is_some_and(Field::is_visible) {
+            self.emit(Op::Remove { path: segs })?;
+            Ok(())
+        } else {
+            Err(DocError::NoSuchField { path: path.to_string() })
+        }
+    }
+
+    /// Add `by` (negative to subtract) to the counter at `path`, creating the counter if the field is empty.
+    pub fn increment(&mut self, path: impl AsPath, by: i64) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        let segs = self.container(path, Kind::Counter)?;
+        self.emit(Op::Increment { path: segs, by })?;
+        Ok(())
+    }
+
+    /// Locate `path` and make sure it shows a container of `kind`, creating it in an empty field.
+    fn container(&mut self, path: &Path, kind: Kind) -> Result<Vec<Seg>, DocError> {
+        if path.is_root() {
+            return Err(DocError::TypeMismatch { path: String::new(), expected: kind.name(), found: "document" });
+        }
+        let segs = self.locate(path, true)?;
+        self.ensure_kind(&segs, kind, path, path.segments().len(), false)?;
+        Ok(segs)
+    }
+
+    /// Insert `s` at code point `pos` of the text at `path` (created if the field is empty).
+    pub fn text_insert(&mut self, path: impl AsPath, pos: usize, s: &str) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        if s.is_empty() {
+            return Ok(());
+        }
+        if s.len() > MAX_SCALAR_BYTES * 4 {
+            return Err(DocError::InvalidValue("text insert too large".into()));
+        }
+        let segs = self.container(path, Kind::Text)?;
+        self.insert_text_at(&segs, pos, s)
+    }
+
+    /// Delete `len` code points from `pos` of the text at `path`.
+    pub fn text_delete(&mut self, path: impl AsPath, pos: usize, len: usize) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        let segs = self.existing(path, Kind::Text)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let field = resolve_mut(&mut self.doc.root, &segs)?;
+        let text = field.text_mut();
+        if pos.checked_add(len).is_none_or(|end| end > text.len()) {
+            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: pos.saturating_add(len), len: text.len() });
+        }
+        let spans = text.local_delete(pos, len).map_err(seq_err)?;
+        self.record(Op::DeleteText { path: segs, spans });
+        Ok(())
+    }
+
+    /// Replace `len` code points at `pos` with `s`.
+    pub fn text_splice(&mut self, path: impl AsPath, pos: usize, len: usize, s: &str) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        if len > 0 {
+            self.text_delete(path, pos, len)?;
+        }
+        self.text_insert(path, pos, s)
+    }
+
+    fn existing(&mut self, path: &Path, kind: Kind) -> Result<Vec<Seg>, DocError> {
+        let segs = self.locate(path, false)?;
+        match self.shown(&segs) {
+            Some(s) if s.kind() == Some(kind) => Ok(segs),
+            _ => Err(self.mismatch_or_missing(&segs, path, path.segments().len(), kind)),
+        }
+    }
+
+    /// Insert `items` at `index` of the array at `path` (created if the field is empty).
+    pub fn array_insert(&mut self, path: impl AsPath, index: usize, items: &[Value]) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        for v in items {
+            check_value(v, path.segments().len() + 1)?;
+        }
+        let segs = self.container(path, Kind::Array)?;
+        let len = self.shown(&segs).map(|s| if let Shown::Array(a) = s { a.len() } else { 0 }).unwrap_or(0);
+        if index > len {
+            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index, len });
+        }
+        self.insert_elements(&segs, index, items)
+    }
+
+    /// Append `items` to the array at `path`.
+    pub fn array_push(&mut self, path: impl AsPath, items: &[Value]) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        let len = match self.doc.shown_at(path) {
+            Some(Shown::Array(a)) => a.len(),
+            _ => 0,
+        };
+        self.array_insert(path, len, items)
+    }
+
+    /// Delete `len` elements from `index` of the array at `path`.
+    pub fn array_delete(&mut self, path: impl AsPath, index: usize, len: usize) -> Result<(), DocError> {
+        let path = path.to_path()?;
+        let path: &Path = &path;
+        let segs = self.existing(path, Kind::Array)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let field = resolve_mut(&mut self.doc.root, &segs)?;
+        let arr = field.array_mut();
+        if index.checked_add(len).is_none_or(|end| end > arr.len()) {
+            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: index.saturating_add(len), len: arr.len() });
+        }
+        let spans: Vec<IdSpan> = arr.local_delete(index, len).map_err(seq_err)?;
+        self.record(Op::DeleteElems { path: segs, spans });
+        Ok(())
+    }
+
+    /// Remove the document: everything this replica has seen of it.
+    pub fn remove_document(&mut self) -> Result<(), DocError> {
+        self.remove(&Path::root())
+    }
+}
+
+/// Check an app-given value before anything is written: finite numbers, size limits, nesting depth.
+fn check_value(v: &Value, depth: usize) -> Result<(), DocError> {
+    if depth > MAX_PATH_DEPTH {
+        return Err(DocError::InvalidValue(format!("nesting deeper than {MAX_PATH_DEPTH}")));
+    }
+    match v {
+        Value::Register(s) => {
+            if !s.is_valid() {
+                return Err(DocError::InvalidValue("numbers must be finite".into()));
+            }
+            if s.approx_size() > MAX_SCALAR_BYTES {
+                return Err(DocError::InvalidValue(format!(
+                    "value of about {} bytes is over the {MAX_SCALAR_BYTES}-byte limit (use an attachment)",
+                    s.approx_size()
+                )));
+            }
+        }
+        Value::Map(m) => {
+            for (k, v) in m {
+                if k.is_empty() || k.len() > super::path::MAX_KEY_BYTES {
+                    return Err(DocError::InvalidValue(format!("invalid key {:?}", k.chars().take(50).collect::<String>())));
+                }
+                check_value(v, depth + 1)?;
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                check_value(v, depth + 1)?;
+            }
+        }
+        Value::Text(s) => {
+            if s.len() > MAX_SCALAR_BYTES * 4 {
+                return Err(DocError::InvalidValue("text too large".into()));
+            }
+        }
+        Value::Counter(_) => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! A field: one named (or indexed) place in a document, holding its own CRDT.
+//!
+//! A field keeps a register (scalar values, and entries asserting that it holds a container) and at most one
+//! container of each kind. Two replicas that concurrently create a map (or counter, array, text) in the same field
+//! create the *same* container, so their edits merge instead of one hiding the other.
+//!
+//! # Removal semantics (add-wins / observed-remove)
+//! Removing a field — or a whole document — with causal context `ctx` removes everything in it that `ctx` covers:
+//! register entries, counter contributions, map entries, array elements and characters, recursively. Edits that were
+//! concurrent with the removal are not covered and survive, so the field (or document) reappears holding only those
+//! edits. Because changes to one document are delivered causally, the covered content is always already present when
+//! a removal arrives, which lets the removal be applied eagerly.
+//!
+//! # Which value a field shows
+//! The winning register entry (see [`super::register`]) decides: a scalar, or one of the containers. When no register
+//! entry survives but a container still holds concurrent edits, that container is shown (map, then array, text,
+//! counter). Everything else that survived is available as a conflict.
+
+use super::counter::Counter;
+use super::map::MapObj;
+use super::register::{Content, Register};
+use super::sequence::{Chars, Sequence};
+use super::value::{Kind, Scalar};
+use super::version::VersionVector;
+use serde::{Deserialize, Serialize};
+
+pub(crate) type ArrayObj = Sequence<Vec<Field>>;
+pub(crate) type TextObj = Sequence<Chars>;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Field {
+    pub reg: Register,
+    pub map: Option<Box<MapObj>>,
+    pub array: Option<Box<ArrayObj>>,
+    pub text: Option<Box<TextObj>>,
+    pub counter: Option<Box<Counter>>,
+}
+
+/// What a field shows, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shown<'a> {
+    Scalar(&'a Scalar),
+    Map(&'a MapObj),
+    Array(&'a ArrayObj),
+    Text(&'a TextObj),
+    Counter(&'a Counter),
+}
+
+impl Shown<'_> {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Shown::Scalar(_) => "register",
+            Shown::Map(_) => Kind::Map.name(),
+            Shown::Array(_) => Kind::Array.name(),
+            Shown::Text(_) => Kind::Text.name(),
+            Shown::Counter(_) => Kind::Counter.name(),
+        }
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Shown::Scalar(_) => None,
+            Shown::Map(_) => Some(Kind::Map),
+            Shown::Array(_) => Some(Kind::Array),
+            Shown::Text(_) => Some(Kind::Text),
+            Shown::Counter(_) => Some(Kind::Counter),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Shown::Scalar(s) => s.to_json(),
+            Shown::Map(m) => serde_json::Value::Object(m.render()),
+            Shown::Array(a) => {
+                let mut out = Vec::with_capacity(a.len());
+                for (_, run) in a.visible_runs() {
+                    out.extend(run.iter().map(|f| f.render().unwrap_or(serde_json::Value::Null)));
+                }
+                serde_json::Value::Array(out)
+            }
+            Shown::Text(t) => serde_json::Value::String(t.text()),
+            Shown::Counter(c) => serde_json::Value::from(c.value()),
+        }
+    }
+}
+
+impl Field {
+    /// Make sure the container of `kind` exists.
+    pub fn ensure(&mut self, kind: Kind) {
+        match kind {
+            Kind::Map => {
+                self.map.get_or_insert_with(Default::default);
+            }
+            Kind::Array => {
+                self.array.get_or_insert_with(Default::default);
+            }
+            Kind::Text => {
+                self.text.get_or_insert_with(Default::default);
+            }
+            Kind::Counter => {
+                self.counter.get_or_insert_with(Default::default);
+            }
+        }
+    }
+
+    pub fn map_mut(&mut self) -> &mut MapObj {
+        self.map.get_or_insert_with(Default::default)
+    }
+
+    pub fn array_mut(&mut self) -> &mut ArrayObj {
+        self.array.get_or_insert_with(Default::default)
+    }
+
+    pub fn text_mut(&mut self) -> &mut TextObj {
+        self.text.get_or_insert_with(Default::default)
+    }
+
+    pub fn counter_mut(&mut self) -> &mut Counter {
+        self.counter.get_or_insert_with(Default::default)
+    }
+
+    /// Remove everything covered by `ctx`, recursively (see the module docs).
+    pub fn clear(&mut self, ctx: &VersionVector) {
+        self.reg.clear(ctx);
+        if let Some(m) = &mut self.map {
+            m.clear(ctx);
+        }
+        if let Some(a) = &mut self.array {
+            a.delete_covered(ctx);
+            a.for_each_mut(|_, f, _| f.clear(ctx));
+        }
+        if let Some(t) = &mut self.text {
+            t.delete_covered(ctx);
+        }
+        if let Some(c) = &mut self.counter {
+            c.clear(ctx);
+        }
+    }
+
+    fn map_live(&self) -> Option<&MapObj> {
+        self.map.as_deref().filter(|m| m.has_visible())
+    }
+    fn array_live(&self) -> Option<&ArrayObj> {
+        self.array.as_deref().filter(|a| !a.is_empty())
+    }
+    fn text_live(&self) -> Option<&TextObj> {
+        self.text.as_deref().filter(|t| !t.is_empty())
+    }
+    fn counter_live(&self) -> Option<&Counter> {
+        self.counter.as_deref().filter(|c| !c.is_empty())
+    }
+
+    /// Whether the field shows anything at all.
+    pub fn is_visible(&self) -> bool {
+        !self.reg.is_empty()
+            || self.map_live().is_some()
+            || self.array_live().is_some()
+            || self.text_live().is_some()
+            || self.counter_live().is_some()
+    }
+
+    fn container(&self, kind: Kind) -> Option<Shown<'_>> {
+        match kind {
+            Kind::Map => self.map.as_deref().map(Shown::Map),
+            Kind::Array => self.array.as_deref().map(Shown::Array),
+            Kind::Text => self.text.as_deref().map(Shown::Text),
+            Kind::Counter => self.counter.as_deref().map(Shown::Counter),
+        }
+    }
+
+    fn live_containers(&self) -> impl Iterator<Item = Shown<'_>> {
+        [
+            self.map_live().map(Shown::Map),
+            self.array_live().map(Shown::Array),
+            self.text_live().map(Shown::Text),
+            self.counter_live().map(Shown::Counter),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// What the field shows (see the module docs).
+    pub fn shown(&self) -> Option<Shown<'_>> {
+        match self.reg.winner() {
+            Some(e) => match &e.content {
+                Content::Value(s) => Some(Shown::Scalar(s)),
+                Content::Make(k) => self.container(*k),
+            },
+            None => self.live_containers().next(),
+        }
+    }
+
+    /// Everything else the field holds that survived concurrently with what it shows, most recent first.
+    pub fn conflicts(&self) -> Vec<Shown<'_>> {
+        let shown_kind = self.shown().and_then(|s| s.kind());
+        let mut out = Vec::new();
+        let mut kinds_listed: Vec<Kind> = shown_kind.into_iter().collect();
+        for e in self.reg.sorted().into_iter().skip(1) {
+            match &e.content {
+                Content::Value(s) => out.push(Shown::Scalar(s)),
+                Content::Make(k) if !kinds_listed.contains(k) => {
+                    kinds_listed.push(*k);
+                    out.extend(self.container(*k));
+                }
+                Content::Make(_) => {}
+            }
+        }
+        for c in self.live_containers() {
+            if let Some(k) = c.kind() {
+                if !kinds_listed.contains(&k) {
+                    kinds_listed.push(k);
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// The field as JSON, or `None` when it shows nothing.
+    pub fn render(&self) -> Option<serde_json::Value> {
+        self.shown().map(|s| s.to_json())
+    }
+}

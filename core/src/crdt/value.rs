@@ -1,0 +1,229 @@
+//! The values an app puts into fields.
+//!
+//! A [`Scalar`] is what a register holds: any JSON-like value (objects and arrays inside a scalar are atomic: the
+//! whole value is replaced by a write), raw bytes, or an attachment token. A [`Value`] describes a field's *type* as
+//! the app chooses it when writing: a register scalar, or a new map, array, text or counter.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The token of a binary attachment: the content's BLAKE3 hash, its length and app metadata. The bytes themselves
+/// live beside the document in the store, chunked and content-addressed.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttachmentToken {
+    /// BLAKE3 hash of the whole content.
+    pub hash: [u8; 32],
+    /// Length of the content in bytes.
+    pub len: u64,
+    /// App metadata, e.g. `name`, `mime`.
+    pub meta: BTreeMap<String, String>,
+}
+
+impl AttachmentToken {
+    /// The hash as 64 lowercase hex digits.
+    pub fn hash_hex(&self) -> String {
+        hex(&self.hash)
+    }
+
+    /// The JSON form used when documents are rendered: `{"_attachment": "<hash hex>", "len": N, "meta": {...}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            self.meta.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        serde_json::json!({ "_attachment": self.hash_hex(), "len": self.len, "meta": meta })
+    }
+}
+
+impl fmt::Debug for AttachmentToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Attachment({}, {} bytes, {:?})", self.hash_hex(), self.len, self.meta)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// A register's value.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Debug)]
+pub enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Always finite.
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    /// A JSON array kept as one atomic value.
+    List(Vec<Scalar>),
+    /// A JSON object kept as one atomic value.
+    Object(BTreeMap<String, Scalar>),
+    Attachment(AttachmentToken),
+}
+
+impl Scalar {
+    /// Convert from JSON. Integers that fit `i64` stay integers; other numbers become floats.
+    pub fn from_json(v: &serde_json::Value) -> Scalar {
+        use serde_json::Value as J;
+        match v {
+            J::Null => Scalar::Null,
+            J::Bool(b) => Scalar::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Scalar::Int(i),
+                None => Scalar::Float(n.as_f64().unwrap_or(0.0)),
+            },
+            J::String(s) => Scalar::Str(s.clone()),
+            J::Array(a) => Scalar::List(a.iter().map(Scalar::from_json).collect()),
+            J::Object(o) => Scalar::Object(o.iter().map(|(k, v)| (k.clone(), Scalar::from_json(v))).collect()),
+        }
+    }
+
+    /// Render as JSON. Bytes become an array of numbers; attachments their token object.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Scalar::Null => J::Null,
+            Scalar::Bool(b) => J::Bool(*b),
+            Scalar::Int(i) => J::from(*i),
+            Scalar::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            Scalar::Str(s) => J::String(s.clone()),
+            Scalar::Bytes(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+            Scalar::List(l) => J::Array(l.iter().map(Scalar::to_json).collect()),
+            Scalar::Object(o) => J::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Scalar::Attachment(t) => t.to_json(),
+        }
+    }
+
+    /// An approximation of the encoded size, used to enforce limits.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Scalar::Null | Scalar::Bool(_) => 1,
+            Scalar::Int(_) | Scalar::Float(_) => 9,
+            Scalar::Str(s) => s.len() + 2,
+            Scalar::Bytes(b) => b.len() + 2,
+            Scalar::List(l) => 2 + l.iter().map(Scalar::approx_size).sum::<usize>(),
+            Scalar::Object(o) => 2 + o.iter().map(|(k, v)| k.len() + 2 + v.approx_size()).sum::<usize>(),
+            Scalar::Attachment(t) => 42 + t.meta.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>(),
+        }
+    }
+
+    /// Floats must be finite (JSON cannot carry NaN or infinities, and they break ordering).
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Scalar::Float(f) => f.is_finite(),
+            Scalar::List(l) => l.iter().all(Scalar::is_valid),
+            Scalar::Object(o) => o.values().all(Scalar::is_valid),
+            _ => true,
+        }
+    }
+
+    /// The name of the scalar's type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "bool",
+            Scalar::Int(_) => "int",
+            Scalar::Float(_) => "float",
+            Scalar::Str(_) => "string",
+            Scalar::Bytes(_) => "bytes",
+            Scalar::List(_) => "json array",
+            Scalar::Object(_) => "json object",
+            Scalar::Attachment(_) => "attachment",
+        }
+    }
+}
+
+macro_rules! scalar_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Scalar { fn from(x: $t) -> Scalar { Scalar::$v(x.into()) } }
+    )*};
+}
+scalar_from!(bool => Bool, i64 => Int, i32 => Int, u32 => Int, f64 => Float, String => Str, &str => Str,
+    Vec<u8> => Bytes, AttachmentToken => Attachment);
+
+/// The kinds of container a field can hold besides a register.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub enum Kind {
+    /// Add-wins map of named fields.
+    Map,
+    /// Replicated growable array of fields.
+    Array,
+    /// Collaborative text (a sequence of Unicode code points).
+    Text,
+    /// Counter: the sum of every writer's increments and decrements.
+    Counter,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Map => "map",
+            Kind::Array => "array",
+            Kind::Text => "text",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+/// A value as the app writes it: the field's type is chosen by the variant.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Value {
+    /// A last-writer-wins register holding a scalar.
+    Register(Scalar),
+    /// A map whose fields are themselves typed values.
+    Map(BTreeMap<String, Value>),
+    /// An array whose elements are typed values.
+    Array(Vec<Value>),
+    /// Collaborative text with this initial content.
+    Text(String),
+    /// A counter with this initial value (a first increment by this much).
+    Counter(i64),
+}
+
+impl Value {
+    /// The JSON mapping used by `upsert`: objects become maps (merged field by field), every other JSON value —
+    /// arrays included — becomes a register. Use [`Value::Array`], [`Value::Text`] and [`Value::Counter`] to pick
+    /// those types.
+    pub fn from_json(v: &serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::Object(o) => {
+                Value::Map(o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+            }
+            other => Value::Register(Scalar::from_json(other)),
+        }
+    }
+}
+
+impl<T: Into<Scalar>> From<T> for Value {
+    fn from(x: T) -> Value {
+        Value::Register(x.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip() {
+        let j = serde_json::json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}});
+        let s = Scalar::from_json(&j);
+        assert!(s.is_valid());
+        assert_eq!(s.to_json(), j);
+        assert!(!Scalar::Float(f64::NAN).is_valid());
+    }
+
+    #[test]
+    fn value_from_json_maps_objects_to_maps() {
+        let v = Value::from_json(&serde_json::json!({"a": {"b": [1]}, "c": 2}));
+        let Value::Map(m) = v else { panic!("expected a map") };
+        assert!(matches!(m["a"], Value::Map(_)));
+        assert_eq!(m["c"], Value::Register(Scalar::Int(2)));
+    }
+}

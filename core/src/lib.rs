@@ -1,0 +1,46 @@
+//! # Shoal
+//!
+//! An offline-first, peer-to-peer document database for mobile apps. Every device keeps its own database (one
+//! SQLite file), organised into collections of documents; every field of a document is its own CRDT — causal
+//! last-writer-wins registers, counters, attachments, add-wins maps, arrays and text — and maps and arrays nest.
+//! Stores exchange [`DocChange`]s and always converge to the same state, whatever the order or duplication of
+//! delivery.
+//!
+//! ```
+//! use shoaldb::{Store, Query};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path().join("app.db"))?;
+//! let id = store.upsert("tasks", &serde_json::json!({"title": "Buy milk", "done": false}))?;
+//! store.update("tasks", &id, |doc| {
+//!     doc.increment("priority", 2)?;          // a counter
+//!     doc.text_insert("notes", 0, "2 litres")?; // collaborative text
+//!     Ok(())
+//! })?;
+//! let open = store.find("tasks", &Query::filter("done == false")?)?;
+//! assert_eq!(open[0]["notes"], "2 litres");
+//! # Ok::<(), shoaldb::Error>(())
+//! ```
+//!
+//! Layers, bottom to top: [`crdt`] (pure data types and merge), [`store`] (SQLite persistence, transactions,
+//! observers, attachments, the replication interface), [`query`] (the filter language).
+
+pub mod crdt;
+pub mod error;
+pub mod query;
+pub mod store;
+
+pub use crdt::change::{Change, ChangeError, Op};
+pub use crdt::clock::{PeerId, Timestamp};
+pub use crdt::document::{Applied, DocEditor, DocError, Document};
+pub use crdt::path::{Path, PathSegment};
+pub use crdt::value::{AttachmentToken, Kind, Scalar, Value};
+pub use crdt::version::VersionVector;
+pub use error::{Error, Result};
+pub use query::{Filter, Query, QueryError, SortOrder};
+pub use store::{
+    ApplyReport, AttachmentReader, ChangeEvent, DocChange, Durability, ObserverHandle, Options, Store, Summary,
+    WriteTxn,
+};
+
+/// The version of this library.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

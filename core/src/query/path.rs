@@ -1,0 +1,335 @@
+//! Field paths: `name`, `a.b.c`, `a.b[2]`, `` a.`key with spaces` ``.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use super::error::QueryError;
+use super::lexer::{is_ident_continue, is_ident_start, is_keyword, scan_quoted};
+
+/// Maximum length of a path given to [`Path::parse`], in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Maximum number of segments in one path.
+pub const MAX_PATH_SEGMENTS: usize = 64;
+
+/// Largest array index accepted in a path (`a[1000000]` is the largest).
+///
+/// Paths are also used to *write* documents, so a huge index must not be able
+/// to make the database allocate an enormous array.
+pub const MAX_PATH_INDEX: usize = 1_000_000;
+
+/// One step of a [`Path`]: an object key or an array index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathSegment {
+    /// Look up this key in a JSON object.
+    Key(String),
+    /// Take the element at this position (0-based) of a JSON array.
+    Index(usize),
+}
+
+/// A parsed, validated field path such as `a.b[2].c`.
+///
+/// # Syntax
+///
+/// * A path is a first **key** followed by any number of `.key` and `[index]`
+///   steps, with no whitespace anywhere: `name`, `a.b.c`, `tags[0]`,
+///   `a.b[2].c`, `matrix[1][0]`, `_id`.
+/// * A bare key starts with a letter or `_` and continues with letters,
+///   digits or `_` (Unicode letters and digits are accepted: `prénom`).
+/// * Any other key, including keys with spaces, dots, dashes, keys starting
+///   with a digit and the empty key, is written between backticks:
+///   `` a.`key with spaces` ``, `` `first-name` ``, `` stats.`2024` ``.
+///   Inside backticks `` \` `` and `\\` stand for a backtick and a backslash;
+///   the other escapes of string literals (`\n`, `\t`, `\u{1F600}`, `\u00e9`,
+///   ...) work too.
+/// * An index is a non-negative decimal integer without leading zeros, at
+///   most [`MAX_PATH_INDEX`]: `a[0]`, `a[12]`. `a[-1]`, `a[01]`, `a[ 1]`,
+///   `a["k"]` are rejected.
+/// * Rejected with [`QueryError::InvalidPath`]: the empty string, empty
+///   segments (`a..b`, `.a`), a trailing dot (`a.`), an unclosed bracket,
+///   whitespace, more than [`MAX_PATH_SEGMENTS`] segments. Text longer than
+///   [`MAX_PATH_LEN`] bytes gives [`QueryError::TooLong`].
+///
+/// A key step only looks into objects and an index step only into arrays:
+/// `a[0]` does not find the key `"0"` of an object, `` a.`0` `` does.
+///
+/// ```
+/// use shoaldb::query::{Path, PathSegment};
+/// use serde_json::json;
+///
+/// let p = Path::parse("a.`odd key`[1]").unwrap();
+/// assert_eq!(p.segments(), &[
+///     PathSegment::Key("a".into()),
+///     PathSegment::Key("odd key".into()),
+///     PathSegment::Index(1),
+/// ]);
+/// let doc = json!({"a": {"odd key": [10, 20]}});
+/// assert_eq!(p.resolve(&doc), Some(&json!(20)));
+/// assert!(Path::parse("a..b").is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Path {
+    segments: Vec<PathSegment>,
+}
+
+impl Path {
+    /// Parses a path, strictly: the whole text must be one valid path.
+    pub fn parse(src: &str) -> Result<Path, QueryError> {
+        if src.len() > MAX_PATH_LEN {
+            return Err(QueryError::TooLong {
+                length: src.len(),
+                limit: MAX_PATH_LEN,
+            });
+        }
+        if src.is_empty() {
+            return Err(QueryError::path(0, "empty path"));
+        }
+        let (path, end) = scan_path(src, 0)?;
+        if let Some(c) = src[end..].chars().next() {
+            let message = if c.is_whitespace() {
+                "whitespace is not allowed in a path".to_string()
+            } else {
+                format!("unexpected character {c:?}")
+            };
+            return Err(QueryError::path(end, message));
+        }
+        Ok(path)
+    }
+
+    /// Builds a path from segments, checking the same limits as
+    /// [`Path::parse`] (at least one segment, at most [`MAX_PATH_SEGMENTS`],
+    /// indexes at most [`MAX_PATH_INDEX`]). Position in errors is the index of
+    /// the offending segment.
+    pub fn from_segments(segments: Vec<PathSegment>) -> Result<Path, QueryError> {
+        if segments.is_empty() {
+            return Err(QueryError::path(0, "empty path"));
+        }
+        if segments.len() > MAX_PATH_SEGMENTS {
+            return Err(QueryError::path(
+                MAX_PATH_SEGMENTS,
+                format!("a path has at most {MAX_PATH_SEGMENTS} segments"),
+            ));
+        }
+        for (i, seg) in segments.iter().enumerate() {
+            if let PathSegment::Index(n) = seg {
+                if *n > MAX_PATH_INDEX {
+                    return Err(QueryError::path(
+                        i,
+                        format!("array index {n} is larger than {MAX_PATH_INDEX}"),
+                    ));
+                }
+            }
+        }
+        Ok(Path { segments })
+    }
+
+    /// A path made of a single top-level key, e.g. `Path::key("_id")`.
+    /// Any string is a valid key, so this cannot fail.
+    pub fn key(name: &str) -> Path {
+        Path {
+            segments: vec![PathSegment::Key(name.to_string())],
+        }
+    }
+
+    /// The segments of the path, first to last. Never empty.
+    pub fn segments(&self) -> &[PathSegment] {
+        &self.segments
+    }
+
+    /// Follows the path through `doc`. Returns `None` when a key is absent, an
+    /// index is out of bounds, or a step meets a value of the wrong type (a key
+    /// step on a non-object, an index step on a non-array). A present JSON
+    /// `null` is returned as `Some(&Value::Null)`.
+    pub fn resolve<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        let mut cur = doc;
+        for seg in &self.segments {
+            cur = match seg {
+                PathSegment::Key(k) => cur.as_object()?.get(k.as_str())?,
+                PathSegment::Index(i) => cur.as_array()?.get(*i)?,
+            };
+        }
+        Some(cur)
+    }
+}
+
+impl fmt::Display for Path {
+    /// Writes the canonical text of the path, which [`Path::parse`] (and the
+    /// filter language) read back to an equal path. Keys that are not bare
+    /// identifiers, or that are filter keywords, are written in backticks.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.segments.iter().enumerate() {
+            match seg {
+                PathSegment::Index(n) => write!(f, "[{n}]")?,
+                PathSegment::Key(k) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    if is_bare_key(k) {
+                        f.write_str(k)?;
+                    } else {
+                        f.write_str("`")?;
+                        for c in k.chars() {
+                            match c {
+                                '`' => f.write_str("\\`")?,
+                                '\\' => f.write_str("\\\\")?,
+                                '\n' => f.write_str("\\n")?,
+                                '\r' => f.write_str("\\r")?,
+                                '\t' => f.write_str("\\t")?,
+                                c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                                c => write!(f, "{c}")?,
+                            }
+                        }
+                        f.write_str("`")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Path {
+    type Err = QueryError;
+    /// Same as [`Path::parse`].
+    fn from_str(s: &str) -> Result<Path, QueryError> {
+        Path::parse(s)
+    }
+}
+
+impl serde::Serialize for Path {
+    /// Serializes as the canonical path text (see [`Path`]'s `Display`).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Path {
+    /// Deserializes from path text, validating it with [`Path::parse`].
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Path, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Path::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// True when `k` can be written without backticks at any position of a path.
+fn is_bare_key(k: &str) -> bool {
+    let mut chars = k.chars();
+    match chars.next() {
+        Some(c) if is_ident_start(c) => chars.all(is_ident_continue) && !is_keyword(k),
+        _ => false,
+    }
+}
+
+/// Scans the longest path starting at byte `start` of `src`.
+///
+/// Returns the path and the byte offset just past it. Used by [`Path::parse`]
+/// and by the filter lexer, so both accept exactly the same syntax. Errors
+/// carry absolute offsets into `src`.
+pub(crate) fn scan_path(src: &str, start: usize) -> Result<(Path, usize), QueryError> {
+    let bytes = src.as_bytes();
+    let mut segments = Vec::new();
+    let (first, mut pos) = scan_key(src, start, true)?;
+    segments.push(PathSegment::Key(first));
+    loop {
+        match bytes.get(pos) {
+            Some(b'.') => {
+                let (key, end) = scan_key(src, pos + 1, false)?;
+                segments.push(PathSegment::Key(key));
+                pos = end;
+            }
+            Some(b'[') => {
+                let (index, end) = scan_index(src, pos)?;
+                segments.push(PathSegment::Index(index));
+                pos = end;
+            }
+            _ => break,
+        }
+        if segments.len() > MAX_PATH_SEGMENTS {
+            return Err(QueryError::path(
+                start,
+                format!("a path has at most {MAX_PATH_SEGMENTS} segments"),
+            ));
+        }
+    }
+    Ok((Path { segments }, pos))
+}
+
+/// Scans one key (bare identifier or backtick-quoted) at `pos`.
+fn scan_key(src: &str, pos: usize, first: bool) -> Result<(String, usize), QueryError> {
+    let rest = src.get(pos..).unwrap_or("");
+    let Some(c) = rest.chars().next() else {
+        return Err(QueryError::path(
+            pos,
+            if first {
+                "expected a field name"
+            } else {
+                "path ends with '.'"
+            },
+        ));
+    };
+    if c == '`' {
+        return scan_quoted(src, pos).map_err(|(p, m)| QueryError::path(p, m));
+    }
+    if is_ident_start(c) {
+        let len = rest
+            .char_indices()
+            .find(|&(_, c)| !is_ident_continue(c))
+            .map_or(rest.len(), |(i, _)| i);
+        return Ok((rest[..len].to_string(), pos + len));
+    }
+    let message = match c {
+        '.' => "empty path segment".to_string(),
+        '0'..='9' => "a key cannot start with a digit: write array indexes as [n] \
+                      and numeric keys in backticks, e.g. a.`0`"
+            .to_string(),
+        '"' | '\'' if !first => "quote odd keys with backticks, e.g. a.`key`".to_string(),
+        c if c.is_whitespace() => "whitespace is not allowed in a path".to_string(),
+        c => format!("expected a field name, found {c:?}"),
+    };
+    Err(QueryError::path(pos, message))
+}
+
+/// Scans `[digits]` at `pos` (which holds the `[`).
+fn scan_index(src: &str, pos: usize) -> Result<(usize, usize), QueryError> {
+    let bytes = src.as_bytes();
+    let digits_start = pos + 1;
+    let mut end = digits_start;
+    while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+        end += 1;
+    }
+    if end == digits_start {
+        let message = match bytes.get(digits_start) {
+            Some(b'-') => "array indexes cannot be negative",
+            Some(b'"') | Some(b'\'') => {
+                "quote odd keys with backticks, e.g. a.`key`, not a[\"key\"]"
+            }
+            Some(b']') => "empty array index",
+            None => "unclosed '['",
+            _ => "expected an array index (a non-negative integer)",
+        };
+        return Err(QueryError::path(digits_start, message));
+    }
+    let digits = &src[digits_start..end];
+    if digits.len() > 1 && digits.starts_with('0') {
+        return Err(QueryError::path(
+            digits_start,
+            "array indexes cannot have leading zeros",
+        ));
+    }
+    let index = digits
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= MAX_PATH_INDEX)
+        .ok_or_else(|| {
+            QueryError::path(
+                digits_start,
+                format!("array index is larger than {MAX_PATH_INDEX}"),
+            )
+        })?;
+    if bytes.get(end) != Some(&b']') {
+        return Err(QueryError::path(end, "expected ']' after array index"));
+    }
+    Ok((index, end + 1))
+}

@@ -1,0 +1,86 @@
+//! Attachment bytes: stored beside the documents in fixed-size chunks, content-addressed by the BLAKE3 hash of the
+//! whole content, written and read as streams so that a large file never has to be in memory at once. The same
+//! content stored twice is kept once.
+
+use crate::crdt::value::{hex, AttachmentToken};
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::io::Read;
+
+/// The size of one stored chunk.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Write an attachment from a reader inside the caller's transaction. Chunks go under a temporary key while the
+/// hash is not known yet, then are renamed (or dropped, when the content is already stored).
+pub(crate) fn write(conn: &Connection, mut reader: impl Read, meta: BTreeMap<String, String>, temp_key: [u8; 32]) -> Result<AttachmentToken> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut len: u64 = 0;
+    let mut idx: i64 = 0;
+    {
+        let mut insert = conn.prepare_cached("INSERT INTO blob_chunks (hash, idx, data) VALUES (?1, ?2, ?3)")?;
+        loop {
+            let n = read_full(&mut reader, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            insert.execute(params![&temp_key[..], idx, &buf[..n]])?;
+            len += n as u64;
+            idx += 1;
+            if n < CHUNK_SIZE {
+                break;
+            }
+        }
+    }
+    let hash: [u8; 32] = *hasher.finalize().as_bytes();
+    let exists: bool = conn
+        .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?
+        .query_row(params![&hash[..]], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        conn.prepare_cached("DELETE FROM blob_chunks WHERE hash = ?1")?.execute(params![&temp_key[..]])?;
+    } else {
+        conn.prepare_cached("UPDATE blob_chunks SET hash = ?1 WHERE hash = ?2")?.execute(params![&hash[..], &temp_key[..]])?;
+        conn.prepare_cached("INSERT INTO blobs (hash, len, chunk_size) VALUES (?1, ?2, ?3)")?
+            .execute(params![&hash[..], len as i64, CHUNK_SIZE as i64])?;
+    }
+    Ok(AttachmentToken { hash, len, meta })
+}
+
+/// Fill `buf` as far as the reader allows; returns the bytes read (less than `buf.len()` only at the end).
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Whether the content is stored here, and its length.
+pub(crate) fn stored_len(conn: &Connection, hash: &[u8; 32]) -> Result<Option<u64>> {
+    Ok(conn
+        .prepare_cached("SELECT len FROM blobs WHERE hash = ?1")?
+        .query_row(params![&hash[..]], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|l| l as u64))
+}
+
+/// Read chunk `idx` of a stored attachment.
+pub(crate) fn read_chunk(conn: &Connection, hash: &[u8; 32], idx: u64) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT data FROM blob_chunks WHERE hash = ?1 AND idx = ?2")?
+        .query_row(params![&hash[..], idx as i64], |r| r.get(0))
+        .optional()?)
+}
+
+pub(crate) fn not_found(hash: &[u8; 32]) -> Error {
+    Error::AttachmentNotFound { hash: hex(hash) }
+}

@@ -1,0 +1,623 @@
+//! Persistence: one SQLite file per store (WAL), documents with their change log and snapshots, attachments,
+//! observers, and the replication interface sync builds on.
+//!
+//! A [`Store`] is cheap to share between threads (`Send + Sync`); every call takes the store's lock for as long as
+//! it touches the database. Several processes may open the same file: every write starts with an immediate SQLite
+//! transaction, and a process notices another's commits (SQLite's `data_version`) before it reads its caches.
+
+mod blobs;
+mod docs;
+mod ids;
+mod observe;
+mod replicate;
+mod schema;
+mod txn;
+
+pub use blobs::CHUNK_SIZE;
+pub use observe::{Callback, ChangeEvent};
+pub use replicate::{ApplyReport, DocChange, RangeSet, Summary};
+pub use schema::SCHEMA_VERSION;
+pub use txn::WriteTxn;
+
+use crate::crdt::clock::{Hlc, PeerId, Timestamp};
+use crate::crdt::document::{DocEditor, Document};
+use crate::crdt::value::{AttachmentToken, Value};
+use crate::error::{Error, Result};
+use crate::query::Query;
+use docs::DocCache;
+use observe::{Delivery, Observers, Registered};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// The most changes kept aside waiting for their dependencies.
+pub const MAX_PENDING_CHANGES: usize = 100_000;
+/// The longest collection name or document id, in bytes.
+pub const MAX_NAME_BYTES: usize = 512;
+
+/// How hard a commit works to survive power loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is synced to disk before it returns (SQLite `synchronous=FULL`). Survives power loss.
+    Full,
+    /// Commits survive a crash of the app but the last ones may be lost on power loss (`synchronous=NORMAL`).
+    Normal,
+}
+
+/// Options for [`Store::open_with`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub durability: Durability,
+    /// How many decoded documents to keep in memory between transactions.
+    pub cache_documents: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { durability: Durability::Full, cache_documents: 1024 }
+    }
+}
+
+pub(crate) fn check_name(what: &'static str, s: &str) -> Result<()> {
+    let reason = if s.is_empty() {
+        "empty"
+    } else if s.len() > MAX_NAME_BYTES {
+        "too long"
+    } else if s.chars().any(char::is_control) {
+        "contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName { what, reason: reason.to_string() })
+}
+
+pub(crate) fn check_collection(s: &str) -> Result<()> {
+    check_name("collection name", s)
+}
+
+pub(crate) fn check_doc_id(s: &str) -> Result<()> {
+    check_name("document id", s)
+}
+
+/// The state behind the store's lock.
+pub(crate) struct Inner {
+    conn: Connection,
+    peer: PeerId,
+    clock: Hlc,
+    next_counter: u64,
+    cache: DocCache,
+    held: Summary,
+    data_version: i64,
+    observers: Observers,
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?)
+}
+
+fn meta_u64(conn: &Connection, key: &str) -> Result<Option<u64>> {
+    match meta_get(conn, key)? {
+        None => Ok(None),
+        Some(b) => {
+            let arr: [u8; 8] = b.as_slice().try_into().map_err(|_| Error::Corrupt(format!("meta {key}")))?;
+            Ok(Some(u64::from_le_bytes(arr)))
+        }
+    }
+}
+
+fn meta_put_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
+    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
+        .execute(params![key, v.to_le_bytes().to_vec()])?;
+    Ok(())
+}
+
+impl Inner {
+    fn data_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    /// Reload what another process may have changed: counters, clock, the summary; drop decoded documents.
+    fn reload(&mut self) -> Result<()> {
+        self.next_counter = self.next_counter.max(meta_u64(&self.conn, "next_counter")?.unwrap_or(1));
+        let persisted = Timestamp(meta_u64(&self.conn, "hlc")?.unwrap_or(0));
+        if persisted > self.clock.last() {
+            self.clock = Hlc::new(persisted);
+        }
+        let mut held = Summary::new();
+        let mut stmt = self.conn.prepare_cached("SELECT peer, start, end FROM changes")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            held.insert(PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
+        }
+        drop(rows);
+        drop(stmt);
+        self.held = held;
+        self.cache.clear();
+        self.data_version = self.data_version()?;
+        Ok(())
+    }
+
+    /// Make sure our view is current (another process may have committed).
+    fn refresh(&mut self) -> Result<()> {
+        if self.data_version()? != self.data_version {
+            log::debug!("store changed by another connection; reloading");
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    fn save_meta(&self) -> Result<()> {
+        meta_put_u64(&self.conn, "next_counter", self.next_counter)?;
+        meta_put_u64(&self.conn, "hlc", self.clock.last().0)
+    }
+
+    /// Every existing document of a collection matching `query`, sorted and limited: (id, view).
+    fn query(&self, collection: &str, query: &Query) -> Result<Vec<(String, Json)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, view FROM docs WHERE collection = ?1 AND view IS NOT NULL ORDER BY id")?;
+        let mut rows = stmt.query(params![collection])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let text: String = r.get(1)?;
+            let view: Json = serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("view of {collection}/{id}: {e}")))?;
+            if query.matches(&view)? {
+                out.push((id, view));
+            }
+        }
+        query.order_and_limit(&mut out);
+        Ok(out)
+    }
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    delivery: Delivery,
+    path: PathBuf,
+    peer: PeerId,
+}
+
+/// One device's database: collections of documents whose fields are CRDTs, persisted in one SQLite file.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.shared.path).field("peer", &self.shared.peer).finish()
+    }
+}
+
+/// Keeps an observer registered; dropping it (or calling [`ObserverHandle::cancel`]) unregisters it.
+pub struct ObserverHandle {
+    id: u64,
+    alive: Arc<AtomicBool>,
+    shared: Weak<Shared>,
+}
+
+impl ObserverHandle {
+    /// Stop observing. No event is delivered after this returns.
+    pub fn cancel(&self) {
+        self.alive.store(false, Ordering::Release);
+        if let Some(shared) = self.shared.upgrade() {
+            let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.observers.remove(self.id);
+        }
+    }
+}
+
+impl Drop for ObserverHandle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl Store {
+    /// Open (or create) the store at `path` with default options.
+    pub fn open(path: impl AsRef<FsPath>) -> Result<Store> {
+        Self::open_with(path, Options::default())
+    }
+
+    /// Open (or create) the store at `path`.
+    pub fn open_with(path: impl AsRef<FsPath>, options: Options) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match options.durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&mut conn)?;
+        let peer = {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let peer = match meta_u64(&tx, "peer_id")? {
+                Some(p) => p,
+                None => {
+                    let p = ids::random_u64();
+                    meta_put_u64(&tx, "peer_id", p)?;
+                    log::info!("new store at {} with peer id {:016x}", path.display(), p);
+                    p
+                }
+            };
+            tx.commit()?;
+            PeerId(peer)
+        };
+        let mut inner = Inner {
+            conn,
+            peer,
+            clock: Hlc::new(Timestamp::ZERO),
+            next_counter: 1,
+            cache: DocCache::new(options.cache_documents),
+            held: Summary::new(),
+            data_version: 0,
+            observers: Observers::default(),
+        };
+        inner.reload()?;
+        Ok(Store { shared: Arc::new(Shared { inner: Mutex::new(inner), delivery: Delivery::default(), path, peer }) })
+    }
+
+    /// This store's peer id (persistent).
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &FsPath {
+        &self.shared.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.shared.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => {
+                // A panic while holding the lock: forget decoded state, roll back whatever was open.
+                let mut g = poisoned.into_inner();
+                if !g.conn.is_autocommit() {
+                    let _ = g.conn.execute_batch("ROLLBACK");
+                }
+                g.cache.clear();
+                g.data_version = -1;
+                g
+            }
+        }
+    }
+
+    /// Run `f` in one write transaction: all its changes commit together, or none (when `f` or the commit fails).
+    /// Observers get one event per observed result the transaction changed, after it commits.
+    pub fn write<R>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+        let (r, _) = self.transact(|txn| f(txn))?;
+        Ok(r)
+    }
+
+    fn transact<R>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R>) -> Result<(R, ApplyReport)> {
+        let mut inner = self.lock();
+        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = (|| {
+            inner.refresh()?;
+            let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone());
+            let mut txn = WriteTxn::new(&mut inner);
+            let result = f(&mut txn).and_then(|r| {
+                let events = txn.persist()?;
+                Ok((r, events))
+            });
+            match result {
+                Ok((r, events)) => {
+                    let report = txn.take_report();
+                    Ok((r, events, report, txn, saved))
+                }
+                Err(e) => {
+                    drop(txn);
+                    inner.held = saved.0;
+                    inner.next_counter = saved.1;
+                    inner.clock = saved.2;
+                    Err(e)
+                }
+            }
+            .map(|(r, events, report, txn, _)| {
+                txn.finish();
+                (r, events, report)
+            })
+        })();
+        match outcome {
+            Ok((r, events, report)) => match inner.conn.execute_batch("COMMIT") {
+                Ok(()) => {
+                    inner.data_version = inner.data_version().unwrap_or(-1);
+                    self.shared.delivery.enqueue(events);
+                    drop(inner);
+                    self.shared.delivery.run();
+                    Ok((r, report))
+                }
+                Err(e) => {
+                    let _ = inner.conn.execute_batch("ROLLBACK");
+                    inner.cache.clear();
+                    inner.data_version = -1;
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = inner.conn.execute_batch("ROLLBACK");
+                // Documents touched by the failed transaction were taken out of the cache and are reloaded from the
+                // database when next needed.
+                Err(e)
+            }
+        }
+    }
+
+    /// Insert or update a document from a JSON object (see [`WriteTxn::upsert`]). Returns its id.
+    pub fn upsert(&self, collection: &str, json: &Json) -> Result<String> {
+        self.write(|t| t.upsert(collection, json))
+    }
+
+    /// Insert or update a document from a JSON text.
+    pub fn upsert_json(&self, collection: &str, json: &str) -> Result<String> {
+        let v: Json = serde_json::from_str(json).map_err(|e| Error::InvalidJson(e.to_string()))?;
+        self.upsert(collection, &v)
+    }
+
+    /// Insert or update a document from typed values (see [`WriteTxn::upsert_value`]). Returns its id.
+    pub fn upsert_value(&self, collection: &str, id: Option<&str>, fields: &Value) -> Result<String> {
+        self.write(|t| t.upsert_value(collection, id, fields))
+    }
+
+    /// Edit an existing document field by field, in one transaction.
+    pub fn update<R>(&self, collection: &str, id: &str, f: impl FnOnce(&mut DocEditor<'_>) -> Result<R>) -> Result<R> {
+        self.write(|t| t.update(collection, id, f))
+    }
+
+    /// Remove a document: a delete that replicates. Returns whether it existed.
+    pub fn remove(&self, collection: &str, id: &str) -> Result<bool> {
+        self.write(|t| t.remove(collection, id))
+    }
+
+    /// Drop a document from this device only (not a delete; nothing replicates). Its changes are forgotten here,
+    /// and changes to it arriving from other devices are ignored, until [`Store::unevict`]. Returns whether it was
+    /// here.
+    pub fn evict(&self, collection: &str, id: &str) -> Result<bool> {
+        check_collection(collection)?;
+        check_doc_id(id)?;
+        let (existed, _) = self.transact(|txn| txn.evict(collection, id))?;
+        Ok(existed)
+    }
+
+    /// Accept a document evicted earlier again: changes to it arriving from other devices are applied.
+    pub fn unevict(&self, collection: &str, id: &str) -> Result<()> {
+        let inner = self.lock();
+        inner.conn.execute("DELETE FROM evicted WHERE collection = ?1 AND id = ?2", params![collection, id])?;
+        Ok(())
+    }
+
+    /// A document as JSON (with its `_id`), or `None`.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Json>> {
+        check_collection(collection)?;
+        check_doc_id(id)?;
+        let inner = self.lock();
+        let text: Option<Option<String>> = inner
+            .conn
+            .prepare_cached("SELECT view FROM docs WHERE collection = ?1 AND id = ?2")?
+            .query_row(params![collection, id], |r| r.get(0))
+            .optional()?;
+        match text.flatten() {
+            None => Ok(None),
+            Some(t) => Ok(Some(serde_json::from_str(&t).map_err(|e| Error::Corrupt(e.to_string()))?)),
+        }
+    }
+
+    /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
+    pub fn document(&self, collection: &str, id: &str) -> Result<Option<Document>> {
+        self.write(|t| t.document(collection, id))
+    }
+
+    /// Every existing document of a collection, by id.
+    pub fn list(&self, collection: &str) -> Result<Vec<Json>> {
+        self.find(collection, &Query::all())
+    }
+
+    /// The documents of a collection matching `query`, in its order, up to its limit.
+    pub fn find(&self, collection: &str, query: &Query) -> Result<Vec<Json>> {
+        check_collection(collection)?;
+        let inner = self.lock();
+        Ok(inner.query(collection, query)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// The names of the collections holding at least one document.
+    pub fn collections(&self) -> Result<Vec<String>> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached("SELECT DISTINCT collection FROM docs ORDER BY collection")?;
+        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
+    }
+
+    /// Observe a query on a collection: returns the current result and a handle; `callback` then gets one
+    /// [`ChangeEvent`] per committed transaction (local or from sync) that changes the result.
+    pub fn observe(
+        &self,
+        collection: &str,
+        query: Query,
+        callback: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Result<(Vec<Json>, ObserverHandle)> {
+        check_collection(collection)?;
+        let mut inner = self.lock();
+        inner.refresh()?;
+        let results = inner.query(collection, &query)?;
+        let current = results.iter().map(|(_, v)| v.clone()).collect();
+        let alive = Arc::new(AtomicBool::new(true));
+        let id = inner.observers.add(Registered {
+            collection: collection.to_string(),
+            query,
+            results,
+            callback: Arc::new(callback),
+            alive: alive.clone(),
+        });
+        Ok((current, ObserverHandle { id, alive, shared: Arc::downgrade(&self.shared) }))
+    }
+
+    // ---- replication ----
+
+    /// A compact summary of the changes this store holds, to send to another store.
+    pub fn summary(&self) -> Result<Summary> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        Ok(inner.held.clone())
+    }
+
+    /// The changes this store holds that a store with `summary` lacks, in an order that applies cleanly.
+    pub fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        let mut stmt = inner.conn.prepare_cached("SELECT peer, start, end, collection, doc, body FROM changes ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let (peer, start, end) = (PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
+            if summary.contains(peer, start, end) {
+                continue;
+            }
+            let body: Vec<u8> = r.get(5)?;
+            let change = crate::crdt::change::Change::decode(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            out.push(DocChange { collection: r.get(3)?, doc_id: r.get(4)?, change });
+        }
+        Ok(out)
+    }
+
+    /// Apply changes received from other stores, in one transaction. Idempotent and order-independent: duplicates
+    /// are skipped, and changes whose dependencies have not arrived are kept aside and applied once they do. A
+    /// malformed or inconsistent change fails the whole call with an error, and nothing is written.
+    pub fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport> {
+        let ((), report) = self.transact(|txn| {
+            for dc in changes {
+                txn.apply_remote(dc)?;
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    // ---- attachments ----
+
+    /// Store an attachment read from `reader` (streamed: never all in memory) and return its token, to put in a
+    /// document field. Content already stored is kept once.
+    pub fn put_attachment(&self, reader: impl Read, meta: BTreeMap<String, String>) -> Result<AttachmentToken> {
+        let inner = self.lock();
+        let mut temp = [0u8; 32];
+        temp[..8].copy_from_slice(&ids::random_u64().to_le_bytes());
+        temp[8..16].copy_from_slice(b"tmp-blob");
+        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match blobs::write(&inner.conn, reader, meta, temp) {
+            Ok(token) => {
+                inner.conn.execute_batch("COMMIT")?;
+                Ok(token)
+            }
+            Err(e) => {
+                let _ = inner.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Store an attachment from bytes in memory.
+    pub fn put_attachment_bytes(&self, bytes: &[u8], meta: BTreeMap<String, String>) -> Result<AttachmentToken> {
+        self.put_attachment(bytes, meta)
+    }
+
+    /// Whether the bytes of an attachment are stored here.
+    pub fn has_attachment(&self, token: &AttachmentToken) -> Result<bool> {
+        let inner = self.lock();
+        Ok(blobs::stored_len(&inner.conn, &token.hash)?.is_some())
+    }
+
+    /// Read an attachment's bytes as a stream. The content is checked against the token's hash as it is read: a
+    /// mismatch is reported as an `InvalidData` I/O error at the end.
+    pub fn open_attachment(&self, token: &AttachmentToken) -> Result<AttachmentReader> {
+        let inner = self.lock();
+        let len = blobs::stored_len(&inner.conn, &token.hash)?.ok_or_else(|| blobs::not_found(&token.hash))?;
+        if len != token.len {
+            return Err(Error::AttachmentCorrupt { hash: token.hash_hex(), reason: "length differs from token".into() });
+        }
+        Ok(AttachmentReader {
+            store: self.clone(),
+            hash: token.hash,
+            len,
+            next_chunk: 0,
+            buf: Vec::new(),
+            pos: 0,
+            read: 0,
+            hasher: blake3::Hasher::new(),
+        })
+    }
+
+    /// Read a whole attachment into memory.
+    pub fn attachment_bytes(&self, token: &AttachmentToken) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(token.len.min(1 << 30) as usize);
+        self.open_attachment(token)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// A stream over an attachment's bytes, verified against its hash. Reads one chunk at a time.
+pub struct AttachmentReader {
+    store: Store,
+    hash: [u8; 32],
+    len: u64,
+    next_chunk: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    read: u64,
+    hasher: blake3::Hasher,
+}
+
+impl AttachmentReader {
+    /// Total length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Read for AttachmentReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.read >= self.len {
+                return Ok(0);
+            }
+            let chunk = {
+                let inner = self.store.lock();
+                blobs::read_chunk(&inner.conn, &self.hash, self.next_chunk)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+            };
+            let chunk = chunk.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "attachment chunk missing"))?;
+            if chunk.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty attachment chunk"));
+            }
+            self.hasher.update(&chunk);
+            self.read += chunk.len() as u64;
+            self.next_chunk += 1;
+            if self.read > self.len || (self.read == self.len && *self.hasher.finalize().as_bytes() != self.hash) {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "attachment content does not match its hash"));
+            }
+            self.buf = chunk;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

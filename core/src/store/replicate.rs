@@ -1,0 +1,211 @@
+//! What the store offers sync: a compact summary of the changes it holds, the changes another store lacks, and
+//! applying changes received from elsewhere (idempotent, in any order).
+
+use crate::crdt::change::{Change, ChangeError};
+use crate::crdt::clock::PeerId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A set of counters as sorted, disjoint, non-adjacent inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RangeSet(Vec<(u64, u64)>);
+
+impl RangeSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `start..=end`.
+    pub fn insert(&mut self, start: u64, end: u64) {
+        if start > end {
+            return;
+        }
+        // First range that could touch [start, end]: its end + 1 >= start.
+        let i = self.0.partition_point(|&(_, e)| e.saturating_add(1) < start);
+        let mut j = i;
+        let (mut s, mut e) = (start, end);
+        while j < self.0.len() && self.0[j].0 <= end.saturating_add(1) {
+            s = s.min(self.0[j].0);
+            e = e.max(self.0[j].1);
+            j += 1;
+        }
+        self.0.splice(i..j, std::iter::once((s, e)));
+    }
+
+    /// Remove `start..=end`.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        for &(s, e) in &self.0 {
+            if e < start || s > end {
+                out.push((s, e));
+                continue;
+            }
+            if s < start {
+                out.push((s, start - 1));
+            }
+            if e > end {
+                out.push((end + 1, e));
+            }
+        }
+        self.0 = out;
+    }
+
+    /// Whether all of `start..=end` is in the set.
+    pub fn contains_range(&self, start: u64, end: u64) -> bool {
+        let i = self.0.partition_point(|&(_, e)| e < start);
+        self.0.get(i).is_some_and(|&(s, e)| s <= start && end <= e)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    /// Sorted, disjoint, non-adjacent, non-empty ranges (for decoded data).
+    pub fn is_well_formed(&self) -> bool {
+        self.0.iter().all(|&(s, e)| s <= e) && self.0.windows(2).all(|w| w[0].1.saturating_add(1) < w[1].0)
+    }
+}
+
+/// What a store holds: for each author, the counters of the changes it has applied. Usually one range per author,
+/// so it stays small however many changes there are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    peers: BTreeMap<PeerId, RangeSet>,
+}
+
+/// The largest summary accepted from elsewhere, encoded.
+pub const MAX_SUMMARY_BYTES: usize = 16 << 20;
+
+impl Summary {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record that the change `peer:start..=end` is held.
+    pub fn insert(&mut self, peer: PeerId, start: u64, end: u64) {
+        self.peers.entry(peer).or_default().insert(start, end);
+    }
+
+    /// Forget `peer:start..=end` (an evicted document's changes).
+    pub fn remove(&mut self, peer: PeerId, start: u64, end: u64) {
+        if let Some(r) = self.peers.get_mut(&peer) {
+            r.remove(start, end);
+            if r.is_empty() {
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    /// Whether the change `peer:start..=end` is held.
+    pub fn contains(&self, peer: PeerId, start: u64, end: u64) -> bool {
+        self.peers.get(&peer).is_some_and(|r| r.contains_range(start, end))
+    }
+
+    /// The authors and their ranges.
+    pub fn peers(&self) -> impl Iterator<Item = (PeerId, &RangeSet)> {
+        self.peers.iter().map(|(p, r)| (*p, r))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Summary, ChangeError> {
+        if bytes.len() > MAX_SUMMARY_BYTES {
+            return Err(ChangeError::TooLarge(format!("summary of {} bytes", bytes.len())));
+        }
+        let s: Summary = postcard::from_bytes(bytes).map_err(|e| ChangeError::Corrupt(e.to_string()))?;
+        if !s.peers.values().all(RangeSet::is_well_formed) {
+            return Err(ChangeError::Corrupt("malformed summary".into()));
+        }
+        Ok(s)
+    }
+}
+
+/// A change together with the document it belongs to: what travels between stores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocChange {
+    pub collection: String,
+    pub doc_id: String,
+    pub change: Change,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    collection: String,
+    doc_id: String,
+}
+
+impl DocChange {
+    /// Encode: the document's collection and id, then the change in its own versioned format.
+    pub fn encode(&self) -> Vec<u8> {
+        let header = Header { collection: self.collection.clone(), doc_id: self.doc_id.clone() };
+        let mut out = postcard::to_stdvec(&header).unwrap_or_default();
+        out.extend_from_slice(&self.change.encode());
+        out
+    }
+
+    /// Decode and validate. Never panics on garbage.
+    pub fn decode(bytes: &[u8]) -> Result<DocChange, crate::Error> {
+        let (header, rest): (Header, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| ChangeError::Corrupt(e.to_string()))?;
+        super::check_collection(&header.collection)?;
+        super::check_doc_id(&header.doc_id)?;
+        let change = Change::decode(rest)?;
+        Ok(DocChange { collection: header.collection, doc_id: header.doc_id, change })
+    }
+}
+
+/// What [`crate::Store::apply_changes`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Changes now part of the store.
+    pub applied: usize,
+    /// Changes the store already had.
+    pub duplicates: usize,
+    /// Changes kept aside until the changes they depend on arrive.
+    pub pending: usize,
+    /// Changes ignored because their document was evicted here.
+    pub ignored_evicted: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_set_merges_and_splits() {
+        let mut r = RangeSet::new();
+        r.insert(5, 7);
+        r.insert(1, 2);
+        r.insert(3, 4);
+        assert_eq!(r.ranges(), &[(1, 7)]);
+        r.insert(10, 12);
+        assert_eq!(r.ranges(), &[(1, 7), (10, 12)]);
+        assert!(r.contains_range(2, 6));
+        assert!(!r.contains_range(6, 10));
+        r.insert(8, 9);
+        assert_eq!(r.ranges(), &[(1, 12)]);
+        r.remove(4, 5);
+        assert_eq!(r.ranges(), &[(1, 3), (6, 12)]);
+        assert!(r.is_well_formed());
+        r.insert(0, u64::MAX);
+        assert_eq!(r.ranges(), &[(0, u64::MAX)]);
+    }
+
+    #[test]
+    fn summary_round_trip_and_garbage() {
+        let mut s = Summary::new();
+        s.insert(PeerId(3), 1, 10);
+        s.insert(PeerId(9), 4, 4);
+        assert_eq!(Summary::decode(&s.encode()).ok(), Some(s.clone()));
+        assert!(s.contains(PeerId(3), 2, 9));
+        assert!(!s.contains(PeerId(9), 1, 4));
+        assert!(Summary::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

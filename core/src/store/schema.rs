@@ -1,0 +1,80 @@
+//! The SQLite schema and its forward migrations. The schema version is SQLite's `user_version`; each migration
+//! moves it up by one inside one transaction, so a crash mid-migration leaves the previous version intact.
+
+use rusqlite::Connection;
+
+/// Migrations, in order: `MIGRATIONS[i]` moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: documents, their change log, pending changes, evicted documents, metadata, attachment chunks.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE docs (
+        collection     TEXT NOT NULL,
+        id             TEXT NOT NULL,
+        version        BLOB NOT NULL,              -- the document's version vector
+        view           TEXT,                       -- JSON rendering, NULL when the document does not exist
+        snapshot       BLOB,                       -- full CRDT state as of change seq `snapshot_seq`
+        snapshot_seq   INTEGER NOT NULL DEFAULT 0,
+        snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+        tail_bytes     INTEGER NOT NULL DEFAULT 0, -- bytes of changes applied after the snapshot
+        PRIMARY KEY (collection, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE changes (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT, -- local application order (causal)
+        peer       INTEGER NOT NULL,
+        start      INTEGER NOT NULL,
+        end        INTEGER NOT NULL,
+        collection TEXT NOT NULL,
+        doc        TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        UNIQUE (peer, start)
+    );
+    CREATE INDEX changes_by_doc ON changes (collection, doc, seq);
+    CREATE TABLE pending (
+        peer       INTEGER NOT NULL,
+        start      INTEGER NOT NULL,
+        collection TEXT NOT NULL,
+        doc        TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        received   INTEGER NOT NULL,
+        PRIMARY KEY (peer, start)
+    );
+    CREATE INDEX pending_by_doc ON pending (collection, doc);
+    CREATE TABLE evicted (collection TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (collection, id)) WITHOUT ROWID;
+    CREATE TABLE blobs (
+        hash       BLOB PRIMARY KEY,
+        len        INTEGER NOT NULL,
+        chunk_size INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE blob_chunks (
+        hash BLOB NOT NULL,
+        idx  INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (hash, idx)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the database up to [`SCHEMA_VERSION`]. Fails on a database written by a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(crate::Error::UnsupportedSchema { found: current, supported: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated meanwhile.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        log::info!("store schema migrated to version {}", i + 1);
+    }
+    Ok(())
+}

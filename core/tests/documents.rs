@@ -1,0 +1,151 @@
+//! Collections and documents through the public API: upsert, get, update, remove, evict, list, reopen.
+
+use serde_json::json;
+use shoaldb::{Error, Kind, Query, Store, Value};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("db.sqlite")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn upsert_get_list_and_merge_semantics() {
+    let (_d, s) = store();
+    let id = s.upsert("people", &json!({"name": "Ada", "address": {"city": "London", "zip": "N1"}})).unwrap();
+    assert_eq!(id.len(), 26, "generated ids are 26-char time-sortable ids");
+    let doc = s.get("people", &id).unwrap().unwrap();
+    assert_eq!(doc, json!({"_id": id, "name": "Ada", "address": {"city": "London", "zip": "N1"}}));
+    // Fields given are set (objects merged), others kept.
+    s.upsert("people", &json!({"_id": id, "age": 36, "address": {"city": "Paris"}})).unwrap();
+    let doc = s.get("people", &id).unwrap().unwrap();
+    assert_eq!(doc, json!({"_id": id, "name": "Ada", "age": 36, "address": {"city": "Paris", "zip": "N1"}}));
+    // A caller-given id.
+    s.upsert("people", &json!({"_id": "bob", "name": "Bob"})).unwrap();
+    let all = s.list("people").unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(s.get("people", "nobody").unwrap().is_none());
+    assert_eq!(s.collections().unwrap(), vec!["people".to_string()]);
+}
+
+#[test]
+fn every_field_type_through_update() {
+    let (_d, s) = store();
+    let id = s.upsert("t", &json!({"title": "x"})).unwrap();
+    s.update("t", &id, |d| {
+        d.increment("likes", 3)?;
+        d.increment("likes", -1)?;
+        d.text_insert("body", 0, "héllo wörld")?;
+        d.text_delete("body", 0, 1)?;
+        d.text_insert("body", 0, "H")?;
+        d.set("tags", Value::Array(vec!["a".into(), "c".into()]))?;
+        d.array_insert("tags", 1, &["b".into()])?;
+        d.set("meta.nested.deep", 1i64)?;
+        d.array_push("rows", &[Value::Map([("cells".to_string(), Value::Array(vec![1i64.into()]))].into())])?;
+        d.array_push("rows[0].cells", &[2i64.into()])?;
+        d.set("rows[0].cells[0]", 10i64)?;
+        Ok(())
+    })
+    .unwrap();
+    let doc = s.get("t", &id).unwrap().unwrap();
+    assert_eq!(doc["likes"], 2);
+    assert_eq!(doc["body"], "Héllo wörld");
+    assert_eq!(doc["tags"], json!(["a", "b", "c"]));
+    assert_eq!(doc["meta"], json!({"nested": {"deep": 1}}));
+    assert_eq!(doc["rows"], json!([{"cells": [10, 2]}]));
+    let full = s.document("t", &id).unwrap().unwrap();
+    assert_eq!(full.kind_at("likes").unwrap(), Some(Kind::Counter));
+    assert_eq!(full.kind_at("body").unwrap(), Some(Kind::Text));
+    assert_eq!(full.get("rows[0].cells[1]").unwrap(), Some(json!(2)));
+}
+
+#[test]
+fn type_mismatches_and_bad_paths_are_typed_errors_and_write_nothing() {
+    let (_d, s) = store();
+    let id = s.upsert("t", &json!({"title": "x", "n": 1})).unwrap();
+    let before = s.get("t", &id).unwrap();
+    let r = s.update("t", &id, |d| {
+        d.set("ok", 1i64)?; // applied in memory, then rolled back with the transaction
+        d.increment("title", 1)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(Error::Document(shoaldb::DocError::TypeMismatch { .. }))), "{r:?}");
+    assert_eq!(s.get("t", &id).unwrap(), before, "nothing of the failed transaction is visible");
+    let r = s.update("t", &id, |d| Ok(d.set("a..b", 1i64)?));
+    assert!(matches!(r, Err(Error::Path(_))), "{r:?}");
+    let r = s.update("t", &id, |d| Ok(d.text_insert("title", 0, "x")?));
+    assert!(matches!(r, Err(Error::Document(shoaldb::DocError::TypeMismatch { .. }))), "{r:?}");
+    let r = s.update("t", &id, |d| Ok(d.set("tags[3]", 1i64)?));
+    assert!(r.is_err());
+    let r = s.update("t", &id, |d| Ok(d.set("f", f64::NAN)?));
+    assert!(matches!(r, Err(Error::Document(shoaldb::DocError::InvalidValue(_)))), "{r:?}");
+    let big = "x".repeat(2 << 20);
+    let r = s.upsert("t", &json!({"big": big}));
+    assert!(matches!(r, Err(Error::Document(shoaldb::DocError::InvalidValue(_)))), "{r:?}");
+    assert!(matches!(s.upsert_json("t", "{not json"), Err(Error::InvalidJson(_))));
+    assert!(matches!(s.upsert_json("t", "[1,2]"), Err(Error::InvalidJson(_))));
+    assert!(matches!(s.upsert("", &json!({})), Err(Error::InvalidName { .. })));
+    assert!(matches!(s.update("t", "missing", |_| Ok(())), Err(Error::NotFound { .. })));
+    assert_eq!(s.get("t", &id).unwrap(), before);
+}
+
+#[test]
+fn transactions_are_atomic_across_documents() {
+    let (_d, s) = store();
+    s.write(|t| {
+        t.upsert("acc", &json!({"_id": "a", "balance": 10}))?;
+        t.upsert("acc", &json!({"_id": "b", "balance": 0}))?;
+        Ok(())
+    })
+    .unwrap();
+    let r: Result<(), Error> = s.write(|t| {
+        t.upsert("acc", &json!({"_id": "a", "balance": 5}))?;
+        assert_eq!(t.get("acc", "a")?.unwrap()["balance"], 5, "a transaction sees its own writes");
+        t.upsert("acc", &json!({"_id": "b", "balance": 5}))?;
+        Err(Error::InvalidJson("abort".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(s.get("acc", "a").unwrap().unwrap()["balance"], 10);
+    assert_eq!(s.get("acc", "b").unwrap().unwrap()["balance"], 0);
+    // And the store keeps working after the rollback.
+    s.upsert("acc", &json!({"_id": "a", "balance": 7})).unwrap();
+    assert_eq!(s.get("acc", "a").unwrap().unwrap()["balance"], 7);
+}
+
+#[test]
+fn remove_evict_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let peer;
+    {
+        let s = Store::open(&path).unwrap();
+        peer = s.peer_id();
+        s.upsert("c", &json!({"_id": "keep", "v": 1})).unwrap();
+        s.upsert("c", &json!({"_id": "gone", "v": 2})).unwrap();
+        s.upsert("c", &json!({"_id": "local", "v": 3})).unwrap();
+        s.update("c", "keep", |d| {
+            d.text_insert("t", 0, "abc")?;
+            d.increment("n", 5)?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(s.remove("c", "gone").unwrap());
+        assert!(!s.remove("c", "gone").unwrap());
+        assert!(s.get("c", "gone").unwrap().is_none());
+        assert!(s.evict("c", "local").unwrap());
+        assert!(s.get("c", "local").unwrap().is_none());
+        assert!(matches!(s.update("c", "local", |d| Ok(d.set("v", 4i64)?)), Err(Error::Evicted { .. })));
+        // A removed document can be created again.
+        s.upsert("c", &json!({"_id": "gone", "w": 1})).unwrap();
+        assert_eq!(s.get("c", "gone").unwrap().unwrap(), json!({"_id": "gone", "w": 1}));
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.peer_id(), peer, "the peer id persists");
+    assert_eq!(s.get("c", "keep").unwrap().unwrap(), json!({"_id": "keep", "v": 1, "t": "abc", "n": 5}));
+    assert_eq!(s.list("c").unwrap().len(), 2);
+    // Reopened, the CRDT state continues exactly: more edits work.
+    s.update("c", "keep", |d| Ok(d.text_insert("t", 3, "d")?)).unwrap();
+    assert_eq!(s.get("c", "keep").unwrap().unwrap()["t"], "abcd");
+    let q = Query::filter("v == 1").unwrap();
+    assert_eq!(s.find("c", &q).unwrap().len(), 1);
+}
