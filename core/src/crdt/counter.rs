@@ -47,14 +47,6 @@ impl Counter {
         let total: i128 = self.by_peer.values().flat_map(|ops| ops.iter().map(|&(_, d)| d as i128)).sum();
         total.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
-
-    /// Each writer's net contribution.
-    pub fn contributions(&self) -> impl Iterator<Item = (PeerId, i64)> + '_ {
-        self.by_peer.iter().map(|(p, ops)| {
-            let s: i128 = ops.iter().map(|&(_, d)| d as i128).sum();
-            (*p, s.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -73,7 +65,6 @@ mod tests {
         let seen: VersionVector = [(PeerId(1), 2)].into_iter().collect();
         c.clear(&seen);
         assert_eq!(c.value(), -1);
-        assert_eq!(c.contributions().collect::<Vec<_>>(), vec![(PeerId(1), 1), (PeerId(2), -2)]);
     }
 
     #[test]

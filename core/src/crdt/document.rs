@@ -323,7 +323,7 @@ pub struct DocEditor<'a> {
 }
 
 fn path_string(path: &Path, upto: usize) -> String {
-    Path::from_segments(path.segments()[..upto].to_vec()).to_string()
+    path.prefix_string(upto)
 }
 
 impl<'a> DocEditor<'a> {

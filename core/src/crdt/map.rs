@@ -35,11 +35,6 @@ impl MapObj {
         self.fields.values().any(Field::is_visible)
     }
 
-    /// Visible keys and their fields, in key order.
-    pub fn visible(&self) -> impl Iterator<Item = (&String, &Field)> {
-        self.fields.iter().filter(|(_, f)| f.is_visible())
-    }
-
     pub fn render(&self) -> serde_json::Map<String, serde_json::Value> {
         self.fields.iter().filter_map(|(k, f)| f.render().map(|v| (k.clone(), v))).collect()
     }

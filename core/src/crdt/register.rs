@@ -67,6 +67,7 @@ impl Register {
         v
     }
 
+    #[cfg(test)]
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }

@@ -81,11 +81,10 @@ impl QueryError {
             message: message.into(),
         }
     }
+}
 
-    pub(crate) fn path(position: usize, message: impl Into<String>) -> Self {
-        QueryError::InvalidPath {
-            position,
-            message: message.into(),
-        }
+impl From<crate::crdt::path::PathError> for QueryError {
+    fn from(e: crate::crdt::path::PathError) -> Self {
+        QueryError::InvalidPath { position: e.position, message: e.message }
     }
 }

@@ -179,7 +179,6 @@ mod error;
 mod eval;
 mod lexer;
 mod parser;
-mod path;
 
 #[cfg(test)]
 mod tests;
@@ -192,7 +191,7 @@ use serde_json::Value;
 
 pub use error::QueryError;
 pub use eval::compare_values;
-pub use path::{Path, PathSegment, MAX_PATH_INDEX, MAX_PATH_LEN, MAX_PATH_SEGMENTS};
+pub use crate::crdt::path::{Path, PathSegment, MAX_PATH_INDEX, MAX_PATH_LEN, MAX_PATH_SEGMENTS};
 
 /// Maximum length of filter text, in bytes (64 KiB).
 pub const MAX_QUERY_LEN: usize = 64 * 1024;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::error::QueryError;
 use super::lexer::{Tok, Token};
-use super::path::Path;
+use crate::crdt::path::Path;
 use super::{MAX_ARRAY_LITERAL_LEN, MAX_DEPTH};
 
 /// A comparison-level binary operator.

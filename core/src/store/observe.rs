@@ -55,10 +55,6 @@ impl Observers {
     pub fn remove(&mut self, id: u64) {
         self.registered.remove(&id);
     }
-
-    pub fn watches(&self, collection: &str) -> bool {
-        self.registered.values().any(|r| r.collection == collection)
-    }
 }
 
 /// Update one observer's result with the new views of the documents a transaction touched (`None` = gone), when
