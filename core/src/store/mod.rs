@@ -434,6 +434,18 @@ impl Store {
         Ok(inner.query(collection, query)?.into_iter().map(|(_, v)| v).collect())
     }
 
+    /// Run SQLite's integrity check on the database file: `Ok` when it reports `ok`.
+    pub fn check_integrity(&self) -> Result<()> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare("PRAGMA integrity_check")?;
+        let lines = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+        if lines == ["ok"] {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(lines.join("; ")))
+        }
+    }
+
     /// The names of the collections holding at least one document.
     pub fn collections(&self) -> Result<Vec<String>> {
         let inner = self.lock();

@@ -58,11 +58,120 @@ impl<T: Clone + fmt::Debug> SeqContent for Vec<T> {
     }
 }
 
-/// Text content: a string whose items are Unicode scalar values (positions count code points).
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+/// Bytes stored inline (without a heap allocation) by [`Chars`].
+const INLINE_BYTES: usize = 22;
+
+/// String storage with a small-string optimisation: short text (the common case for typed runs and single-key
+/// operations) needs no allocation.
+#[derive(Clone)]
+enum Buf {
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    Heap(String),
+}
+
+impl Buf {
+    #[inline]
+    fn from_str(s: &str) -> Buf {
+        if s.len() <= INLINE_BYTES {
+            let mut bytes = [0u8; INLINE_BYTES];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Buf::Inline { len: s.len() as u8, bytes }
+        } else {
+            Buf::Heap(s.to_owned())
+        }
+    }
+
+    #[inline]
+    fn as_str(&self) -> &str {
+        match self {
+            // Always valid UTF-8: inline bytes are only ever copied from whole `str`s cut at char boundaries.
+            Buf::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default(),
+            Buf::Heap(s) => s,
+        }
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Inline { len, bytes } => &bytes[..*len as usize],
+            Buf::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    /// Appends `other`.
+    #[inline]
+    fn push_buf(&mut self, other: &Buf) {
+        if let (Buf::Inline { len, bytes }, Buf::Inline { len: ol, bytes: ob }) = (&mut *self, other) {
+            let (l, o) = (*len as usize, *ol as usize);
+            if l + o <= INLINE_BYTES {
+                // Both are whole UTF-8 strings, so the concatenation is one too.
+                bytes[l..l + o].copy_from_slice(&ob[..o]);
+                *len = (l + o) as u8;
+                return;
+            }
+        }
+        self.push_str(other.as_str())
+    }
+
+    fn push_str(&mut self, t: &str) {
+        match self {
+            Buf::Inline { len, bytes } => {
+                let l = *len as usize;
+                if l + t.len() <= INLINE_BYTES {
+                    bytes[l..l + t.len()].copy_from_slice(t.as_bytes());
+                    *len = (l + t.len()) as u8;
+                } else {
+                    let mut s = String::with_capacity((l + t.len()).max(2 * INLINE_BYTES));
+                    s.push_str(self.as_str());
+                    s.push_str(t);
+                    *self = Buf::Heap(s);
+                }
+            }
+            Buf::Heap(s) => s.push_str(t),
+        }
+    }
+
+    /// Keeps bytes `[0, b)` and returns the rest; `b` is a char boundary.
+    fn split_off(&mut self, b: usize) -> Buf {
+        match self {
+            Buf::Inline { len, bytes } => {
+                let l = *len as usize;
+                let b = b.min(l);
+                let mut right = [0u8; INLINE_BYTES];
+                right[..l - b].copy_from_slice(&bytes[b..l]);
+                *len = b as u8;
+                Buf::Inline { len: (l - b) as u8, bytes: right }
+            }
+            Buf::Heap(s) => {
+                let b = b.min(s.len());
+                let right = if s.len() - b <= INLINE_BYTES {
+                    let r = Buf::from_str(s.get(b..).unwrap_or_default());
+                    s.truncate(b);
+                    r
+                } else {
+                    Buf::Heap(s.split_off(b))
+                };
+                if s.len() <= INLINE_BYTES {
+                    *self = Buf::from_str(s);
+                }
+                right
+            }
+        }
+    }
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Buf::Inline { len: 0, bytes: [0; INLINE_BYTES] }
+    }
+}
+
+/// Text content: a string whose items are Unicode scalar values (positions count code points). Short strings are
+/// stored inline.
+#[derive(Clone, Default)]
 pub struct Chars {
-    s: String,
-    /// Number of `char`s in `s`.
+    buf: Buf,
+    /// Number of `char`s.
     n: usize,
 }
 
@@ -72,8 +181,9 @@ impl Chars {
     }
 
     /// The text.
+    #[inline]
     pub fn as_str(&self) -> &str {
-        &self.s
+        self.buf.as_str()
     }
 
     /// Number of code points.
@@ -83,33 +193,57 @@ impl Chars {
 
     /// Appends the text to `out`.
     pub fn push_to(&self, out: &mut String) {
-        out.push_str(&self.s)
+        out.push_str(self.as_str())
     }
 
     /// Appends one character.
     pub fn push(&mut self, c: char) {
-        self.s.push(c);
+        let mut b = [0u8; 4];
+        self.buf.push_str(c.encode_utf8(&mut b));
         self.n += 1;
     }
 
     pub fn push_str(&mut self, s: &str) {
-        self.s.push_str(s);
+        self.buf.push_str(s);
         self.n += s.chars().count();
     }
 
     pub fn into_string(self) -> String {
-        self.s
+        match self.buf {
+            Buf::Heap(s) => s,
+            b @ Buf::Inline { .. } => b.as_str().to_owned(),
+        }
     }
 
     /// Byte offset of code point `at` (clamped to the end).
     fn byte_offset(&self, at: usize) -> usize {
+        let b = self.buf.bytes();
         if at >= self.n {
-            self.s.len()
-        } else if self.n == self.s.len() {
+            b.len()
+        } else if self.n == b.len() {
             at // ASCII
         } else {
-            self.s.char_indices().nth(at).map_or(self.s.len(), |(b, _)| b)
+            // The `at`-th byte that starts a char (is not a UTF-8 continuation byte).
+            b.iter()
+                .enumerate()
+                .filter(|(_, &x)| (x & 0xC0) != 0x80)
+                .nth(at)
+                .map_or(b.len(), |(i, _)| i)
         }
+    }
+}
+
+impl PartialEq for Chars {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Chars {}
+
+impl std::hash::Hash for Chars {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
     }
 }
 
@@ -121,71 +255,92 @@ impl SeqContent for Chars {
 
     fn split_off(&mut self, at: usize) -> Self {
         let b = self.byte_offset(at);
-        let right = self.s.split_off(b);
+        let right = self.buf.split_off(b);
         let at = at.min(self.n);
         let rn = self.n - at;
         self.n = at;
-        Chars { s: right, n: rn }
+        Chars { buf: right, n: rn }
     }
 
     #[inline]
     fn append(&mut self, other: Self) {
-        self.s.push_str(&other.s);
+        match (&mut self.buf, other.buf) {
+            (Buf::Inline { len: 0, .. }, ob) => self.buf = ob,
+            (sb, ob) => sb.push_buf(&ob),
+        }
         self.n += other.n;
     }
 }
 
 impl From<&str> for Chars {
+    #[inline]
     fn from(s: &str) -> Self {
-        Chars { n: s.chars().count(), s: s.to_owned() }
+        let n = if s.len() == 1 { 1 } else { s.chars().count() };
+        Chars { buf: Buf::from_str(s), n }
     }
 }
 
 impl From<String> for Chars {
     fn from(s: String) -> Self {
-        Chars { n: s.chars().count(), s }
+        let n = s.chars().count();
+        let buf = if s.len() <= INLINE_BYTES { Buf::from_str(&s) } else { Buf::Heap(s) };
+        Chars { buf, n }
     }
 }
 
 impl From<char> for Chars {
     fn from(c: char) -> Self {
-        Chars { s: c.to_string(), n: 1 }
+        let mut b = [0u8; 4];
+        Chars { buf: Buf::from_str(c.encode_utf8(&mut b)), n: 1 }
     }
 }
 
 impl From<Chars> for String {
     fn from(c: Chars) -> Self {
-        c.s
+        c.into_string()
     }
 }
 
 impl AsRef<str> for Chars {
     fn as_ref(&self) -> &str {
-        &self.s
+        self.as_str()
     }
 }
 
 impl fmt::Debug for Chars {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.s, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for Chars {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.s)
+        f.write_str(self.as_str())
     }
 }
 
 impl Serialize for Chars {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.s)
+        serializer.serialize_str(self.as_str())
     }
 }
 
 impl<'de> Deserialize<'de> for Chars {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Chars::from)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Chars;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Chars, E> {
+                Ok(Chars::from(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Chars, E> {
+                Ok(Chars::from(v))
+            }
+        }
+        deserializer.deserialize_string(V)
     }
 }
 
@@ -419,20 +574,68 @@ impl Fenwick {
 /// the sequence, and every id of a range lives in that range's leaf.
 #[derive(Clone, Debug, Default)]
 struct IdIndex {
-    peers: Vec<(PeerId, BTreeMap<u64, (u64, LeafId)>)>,
+    peers: Vec<(PeerId, PeerIds)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PeerIds {
+    /// All ranges but the highest.
+    map: BTreeMap<u64, (u64, LeafId)>,
+    /// The highest range, kept out of the map: new ids usually extend it, which then needs no tree operation.
+    top: Option<(u64, u64, LeafId)>,
+}
+
+impl PeerIds {
+    /// End of the highest range (0 if none).
+    #[inline]
+    fn max_end(&self) -> u64 {
+        self.top.map_or(0, |t| t.1)
+    }
+
+    /// Moves `top` into the map (before general edits).
+    fn flush(&mut self) {
+        if let Some((a, b, l)) = self.top.take() {
+            self.map.insert(a, (b, l));
+        }
+    }
+
+    /// Takes the highest range out of the map again.
+    fn unflush(&mut self) {
+        debug_assert!(self.top.is_none());
+        self.top = self.map.pop_last().map(|(a, (b, l))| (a, b, l));
+    }
+
+    /// The range holding counter `c`.
+    #[inline]
+    fn find(&self, c: u64) -> Option<(u64, u64, LeafId)> {
+        let t = self.top?;
+        if c >= t.0 {
+            return (c < t.1).then_some(t);
+        }
+        let (&a, &(b, l)) = self.map.range(..=c).next_back()?;
+        (c < b).then_some((a, b, l))
+    }
+
+    /// The range starting exactly at `c`.
+    fn starting_at(&self, c: u64) -> Option<(u64, u64, LeafId)> {
+        match self.top {
+            Some(t) if t.0 == c => Some(t),
+            _ => self.map.get(&c).map(|&(b, l)| (c, b, l)),
+        }
+    }
 }
 
 impl IdIndex {
     #[inline]
-    fn map(&self, peer: PeerId) -> Option<&BTreeMap<u64, (u64, LeafId)>> {
+    fn get(&self, peer: PeerId) -> Option<&PeerIds> {
         self.peers.binary_search_by_key(&peer, |e| e.0).ok().map(|i| &self.peers[i].1)
     }
 
-    fn map_mut(&mut self, peer: PeerId) -> &mut BTreeMap<u64, (u64, LeafId)> {
+    fn get_mut(&mut self, peer: PeerId) -> &mut PeerIds {
         let i = match self.peers.binary_search_by_key(&peer, |e| e.0) {
             Ok(i) => i,
             Err(i) => {
-                self.peers.insert(i, (peer, BTreeMap::new()));
+                self.peers.insert(i, (peer, PeerIds::default()));
                 i
             }
         };
@@ -442,31 +645,34 @@ impl IdIndex {
     /// The range holding `id`: (start, end, leaf).
     #[inline]
     fn find(&self, id: Dot) -> Option<(u64, u64, LeafId)> {
-        let (&a, &(b, l)) = self.map(id.peer)?.range(..=id.counter).next_back()?;
-        (id.counter < b).then_some((a, b, l))
+        self.get(id.peer)?.find(id.counter)
     }
 
     /// The first existing id among `[s, e)`.
     fn first_overlap(&self, peer: PeerId, s: u64, e: u64) -> Option<u64> {
-        let m = self.map(peer)?;
-        if let Some((_, &(b, _))) = m.range(..=s).next_back() {
-            if b > s {
-                return Some(s);
-            }
+        let p = self.get(peer)?;
+        if s >= p.max_end() {
+            return None;
         }
-        m.range(s..e).next().map(|(&a, _)| a)
+        if p.find(s).is_some() {
+            return Some(s);
+        }
+        if let Some((&a, _)) = p.map.range(s..e).next() {
+            return Some(a);
+        }
+        p.top.and_then(|t| (t.0 < e && t.0 >= s).then_some(t.0))
     }
 
     /// The first id among `[s, e)` that does not exist.
     fn first_missing(&self, peer: PeerId, s: u64, e: u64) -> Option<u64> {
-        let Some(m) = self.map(peer) else { return Some(s) };
-        let mut cur = match m.range(..=s).next_back() {
-            Some((_, &(b, _))) if b > s => b,
-            _ => return Some(s),
+        let Some(p) = self.get(peer) else { return Some(s) };
+        let mut cur = match p.find(s) {
+            Some((_, b, _)) => b,
+            None => return Some(s),
         };
         while cur < e {
-            match m.get(&cur) {
-                Some(&(b, _)) => cur = b,
+            match p.starting_at(cur) {
+                Some((_, b, _)) => cur = b,
                 None => return Some(cur),
             }
         }
@@ -475,7 +681,27 @@ impl IdIndex {
 
     /// Adds the new ids `[s, e)` (none of which exist), held by `leaf`.
     fn insert_new(&mut self, peer: PeerId, s: u64, e: u64, leaf: LeafId) {
-        let m = self.map_mut(peer);
+        let p = self.get_mut(peer);
+        match p.top {
+            None => {
+                p.top = Some((s, e, leaf));
+                return;
+            }
+            Some(ref mut t) if s >= t.1 => {
+                // Above everything: the common case.
+                if s == t.1 && t.2 == leaf {
+                    t.1 = e;
+                } else {
+                    let old = *t;
+                    *t = (s, e, leaf);
+                    p.map.insert(old.0, (old.1, old.2));
+                }
+                return;
+            }
+            Some(_) => {}
+        }
+        p.flush();
+        let m = &mut p.map;
         let mut end = e;
         if let Some(&(b, l)) = m.get(&e) {
             if l == leaf {
@@ -483,18 +709,24 @@ impl IdIndex {
                 end = b;
             }
         }
+        let mut merged = false;
         if let Some((_, v)) = m.range_mut(..s).next_back() {
             if v.0 == s && v.1 == leaf {
                 v.0 = end;
-                return;
+                merged = true;
             }
         }
-        m.insert(s, (end, leaf));
+        if !merged {
+            m.insert(s, (end, leaf));
+        }
+        p.unflush();
     }
 
     /// Records that the existing ids `[s, e)` now live in `leaf`.
     fn reassign(&mut self, peer: PeerId, s: u64, e: u64, leaf: LeafId) {
-        let m = self.map_mut(peer);
+        let p = self.get_mut(peer);
+        p.flush();
+        let m = &mut p.map;
         let overlapping: Vec<(u64, u64, LeafId)> = m
             .range(..e)
             .rev()
@@ -510,6 +742,7 @@ impl IdIndex {
                 m.insert(e, (b, l));
             }
         }
+        p.unflush();
         self.insert_new(peer, s, e, leaf);
     }
 }

@@ -1,0 +1,117 @@
+//! Crash test: a child process writes transactions in a loop and is killed with SIGKILL at random moments. After
+//! reopening, every transaction it reported committed is present, none is half-applied, and SQLite's integrity
+//! check passes. Rounds: `SHOAL_CRASH_ROUNDS` (default 12).
+
+use serde_json::json;
+use shoaldb::Store;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "SHOAL_CRASH_CHILD_DB";
+
+/// The writer: each transaction i sets `x{i}` in doc `a{i%5}`, `y{i}` in doc `b{i%3}`, increments the counter
+/// `sum.total` and appends i to `log.items`; then prints `committed i`.
+fn child(path: &str) {
+    let store = Store::open(path).unwrap();
+    let start = store.get("c", "sum").unwrap().and_then(|d| d["total"].as_i64()).unwrap_or(0) as u64;
+    let mut i = start;
+    loop {
+        store
+            .write(|t| {
+                t.upsert("c", &json!({"_id": format!("a{}", i % 5), format!("x{i}"): i}))?;
+                t.upsert("c", &json!({"_id": format!("b{}", i % 3), format!("y{i}"): i}))?;
+                if t.get("c", "sum")?.is_none() {
+                    t.upsert("c", &json!({"_id": "sum"}))?;
+                }
+                t.update("c", "sum", |d| Ok(d.increment("total", 1)?))?;
+                if t.get("c", "log")?.is_none() {
+                    t.upsert("c", &json!({"_id": "log"}))?;
+                }
+                t.update("c", "log", |d| Ok(d.array_push("items", &[(i as i64).into()])?))?;
+                Ok(())
+            })
+            .unwrap();
+        println!("committed {i}");
+        i += 1;
+    }
+}
+
+fn check(path: &std::path::Path, committed: &[u64]) -> u64 {
+    let store = Store::open(path).unwrap();
+    store.check_integrity().unwrap();
+    let total = store.get("c", "sum").unwrap().map(|d| d["total"].as_u64().unwrap()).unwrap_or(0);
+    let log = store.get("c", "log").unwrap().map(|d| d["items"].as_array().unwrap().clone()).unwrap_or_default();
+    assert_eq!(log.len() as u64, total, "the counter and the array were written in the same transactions");
+    for i in 0..total {
+        assert_eq!(log[i as usize], json!(i), "transactions are applied in order, none twice");
+        let a = store.get("c", &format!("a{}", i % 5)).unwrap().unwrap();
+        let b = store.get("c", &format!("b{}", i % 3)).unwrap().unwrap();
+        assert_eq!(a[format!("x{i}")], json!(i), "transaction {i} is half-applied (x missing)");
+        assert_eq!(b[format!("y{i}")], json!(i), "transaction {i} is half-applied (y missing)");
+    }
+    // Nothing beyond `total` is visible.
+    let a = store.get("c", &format!("a{}", total % 5)).unwrap();
+    assert!(a.is_none_or(|a| a.get(format!("x{total}")).is_none()), "a transaction past the counter is visible");
+    if let Some(&last) = committed.last() {
+        assert!(total > last, "transaction {last} was reported committed but is missing (total {total})");
+    }
+    total
+}
+
+#[test]
+fn killed_writer_loses_nothing_it_reported_committed() {
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        child(&path);
+        return;
+    }
+    let rounds: usize = std::env::var("SHOAL_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("crash test seed {seed}");
+    let mut total = 0;
+    for round in 0..rounds {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "killed_writer_loses_nothing_it_reported_committed", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = Duration::from_millis(20 + seed % 400);
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line.strip_prefix("committed ") {
+                    if tx.send(n.parse::<u64>().unwrap()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        // Wait for the first commit (the child has to start), then let it run a random while and kill it.
+        let first = rx.recv_timeout(Duration::from_secs(60)).expect("child never committed");
+        let started = Instant::now();
+        let mut committed = vec![first];
+        while started.elapsed() < kill_after {
+            if let Ok(n) = rx.recv_timeout(Duration::from_millis(1)) {
+                committed.push(n);
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        reader.join().unwrap();
+        committed.extend(rx.try_iter());
+        let new_total = check(&db, &committed);
+        assert!(new_total >= total);
+        eprintln!("round {round}: killed after {kill_after:?}, {} reported committed, {new_total} in store", committed.len());
+        total = new_total;
+    }
+    assert!(total > 0);
+}
