@@ -98,6 +98,14 @@ impl Document {
         Ok(self.shown_at(&*path.to_path()?).map(|s| s.to_json()))
     }
 
+    /// The attachment token at `path`, if the field holds one.
+    pub fn attachment(&self, path: impl AsPath) -> Result<Option<super::value::AttachmentToken>, DocError> {
+        Ok(match self.shown_at(&*path.to_path()?) {
+            Some(Shown::Scalar(super::value::Scalar::Attachment(t))) => Some(t.clone()),
+            _ => None,
+        })
+    }
+
     /// The kind of the container at `path`: `None` for a register or nothing.
     pub fn kind_at(&self, path: impl AsPath) -> Result<Option<Kind>, DocError> {
         Ok(self.shown_at(&*path.to_path()?).and_then(|s| s.kind()))

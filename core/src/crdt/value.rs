@@ -34,6 +34,26 @@ impl AttachmentToken {
     }
 }
 
+impl AttachmentToken {
+    /// Read a token back from its JSON form (see [`AttachmentToken::to_json`]).
+    pub fn from_json(v: &serde_json::Value) -> Option<AttachmentToken> {
+        let hex_hash = v.get("_attachment")?.as_str()?;
+        if hex_hash.len() != 64 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex_hash.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        let len = v.get("len")?.as_u64()?;
+        let meta = match v.get("meta") {
+            None => BTreeMap::new(),
+            Some(m) => m.as_object()?.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect::<Option<_>>()?,
+        };
+        Some(AttachmentToken { hash, len, meta })
+    }
+}
+
 impl fmt::Debug for AttachmentToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Attachment({}, {} bytes, {:?})", self.hash_hex(), self.len, self.meta)

@@ -1,0 +1,162 @@
+//! Observers: the current result, then exactly one event per committed transaction that changes it — local or
+//! applied from another replica — and nothing after unregistering.
+
+use serde_json::json;
+use shoaldb::{ChangeEvent, Query, SortOrder, Store};
+use std::sync::{Arc, Mutex};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("db")).unwrap();
+    (dir, s)
+}
+
+fn recorder() -> (Arc<Mutex<Vec<ChangeEvent>>>, impl Fn(&ChangeEvent) + Send + Sync + 'static) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = events.clone();
+    (events, move |ev: &ChangeEvent| e.lock().unwrap().push(ev.clone()))
+}
+
+fn ids(docs: &[serde_json::Value]) -> Vec<&str> {
+    docs.iter().map(|d| d["_id"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn one_event_per_transaction_with_inserted_updated_removed() {
+    let (_d, s) = store();
+    s.upsert("tasks", &json!({"_id": "a", "done": false, "p": 1})).unwrap();
+    s.upsert("tasks", &json!({"_id": "z", "done": true, "p": 9})).unwrap();
+    let (events, cb) = recorder();
+    let (initial, handle) = s.observe("tasks", Query::filter("done == false").unwrap(), cb).unwrap();
+    assert_eq!(ids(&initial), vec!["a"]);
+
+    // One transaction touching three documents: one insert into the result, one update, one unrelated.
+    s.write(|t| {
+        t.upsert("tasks", &json!({"_id": "b", "done": false}))?;
+        t.upsert("tasks", &json!({"_id": "a", "p": 2}))?;
+        t.upsert("tasks", &json!({"_id": "z", "p": 10}))?;
+        Ok(())
+    })
+    .unwrap();
+    {
+        let ev = events.lock().unwrap();
+        assert_eq!(ev.len(), 1, "one event for one transaction");
+        assert_eq!(ids(&ev[0].inserted), vec!["b"]);
+        assert_eq!(ids(&ev[0].updated), vec!["a"]);
+        assert_eq!(ev[0].updated[0]["p"], 2);
+        assert!(ev[0].removed.is_empty());
+        assert_eq!(ids(&ev[0].results), vec!["a", "b"]);
+    }
+    // A transaction that does not change the result: no event.
+    s.upsert("tasks", &json!({"_id": "z", "p": 11})).unwrap();
+    s.upsert("other", &json!({"_id": "a", "done": false})).unwrap();
+    assert_eq!(events.lock().unwrap().len(), 1);
+    // Leaving the result: by an edit, and by a removal.
+    s.upsert("tasks", &json!({"_id": "a", "done": true})).unwrap();
+    s.remove("tasks", "b").unwrap();
+    {
+        let ev = events.lock().unwrap();
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[1].removed, vec!["a".to_string()]);
+        assert_eq!(ev[2].removed, vec!["b".to_string()]);
+        assert!(ev[2].results.is_empty());
+    }
+    // A failed transaction: no event.
+    let _ = s.write(|t| {
+        t.upsert("tasks", &json!({"_id": "c", "done": false}))?;
+        Err::<(), _>(shoaldb::Error::InvalidJson("abort".into()))
+    });
+    assert_eq!(events.lock().unwrap().len(), 3);
+    // Unregistered: nothing more.
+    handle.cancel();
+    s.upsert("tasks", &json!({"_id": "d", "done": false})).unwrap();
+    assert_eq!(events.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn changes_applied_from_another_replica_produce_events() {
+    let (_d1, a) = store();
+    let (_d2, b) = store();
+    let (events, cb) = recorder();
+    let (initial, _handle) = b.observe("notes", Query::all(), cb).unwrap();
+    assert!(initial.is_empty());
+    a.upsert("notes", &json!({"_id": "n1", "text": "hello"})).unwrap();
+    a.upsert("notes", &json!({"_id": "n2", "text": "world"})).unwrap();
+    a.update("notes", "n1", |d| Ok(d.increment("views", 1)?)).unwrap();
+    let changes = a.changes_since(&b.summary().unwrap()).unwrap();
+    assert_eq!(changes.len(), 3);
+    b.apply_changes(&changes).unwrap();
+    {
+        let ev = events.lock().unwrap();
+        assert_eq!(ev.len(), 1, "one apply_changes call is one transaction");
+        assert_eq!(ids(&ev[0].inserted), vec!["n1", "n2"]);
+        assert_eq!(ev[0].inserted[0]["views"], 1);
+    }
+    // Applying the same changes again changes nothing: no event.
+    let report = b.apply_changes(&changes).unwrap();
+    assert_eq!(report.duplicates, 3);
+    assert_eq!(events.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn sorted_and_limited_observer_tracks_the_top_n() {
+    let (_d, s) = store();
+    for (id, score) in [("a", 5), ("b", 3), ("c", 8)] {
+        s.upsert("scores", &json!({"_id": id, "score": score})).unwrap();
+    }
+    let q = Query::all().sort_by("score", SortOrder::Descending).unwrap().limit(2);
+    let (events, cb) = recorder();
+    let (initial, _h) = s.observe("scores", q, cb).unwrap();
+    assert_eq!(ids(&initial), vec!["c", "a"]);
+    s.upsert("scores", &json!({"_id": "b", "score": 9})).unwrap();
+    s.upsert("scores", &json!({"_id": "b", "score": 10})).unwrap();
+    s.remove("scores", "c").unwrap();
+    let ev = events.lock().unwrap();
+    assert_eq!(ev.len(), 3);
+    assert_eq!((ids(&ev[0].inserted), ev[0].removed.clone()), (vec!["b"], vec!["a".to_string()]));
+    assert_eq!(ids(&ev[0].results), vec!["b", "c"]);
+    assert_eq!(ids(&ev[1].updated), vec!["b"]);
+    assert_eq!(ids(&ev[2].inserted), vec!["a"]);
+    assert_eq!(ids(&ev[2].results), vec!["b", "a"]);
+}
+
+#[test]
+fn a_callback_may_write_to_the_store() {
+    let (_d, s) = store();
+    let s2 = s.clone();
+    let events = Arc::new(Mutex::new(0));
+    let e = events.clone();
+    let (_, _h) = s
+        .observe("in", Query::all(), move |ev| {
+            *e.lock().unwrap() += 1;
+            for d in &ev.inserted {
+                s2.upsert("out", &json!({"_id": d["_id"], "seen": true})).unwrap();
+            }
+        })
+        .unwrap();
+    s.upsert("in", &json!({"_id": "x"})).unwrap();
+    assert_eq!(*events.lock().unwrap(), 1);
+    assert_eq!(s.get("out", "x").unwrap().unwrap()["seen"], true);
+}
+
+#[test]
+fn queries_filter_sort_limit_and_parameters() {
+    let (_d, s) = store();
+    for (id, age, city) in [("a", 30, "Oslo"), ("b", 25, "Rome"), ("c", 41, "Oslo"), ("d", 19, "Lima")] {
+        s.upsert("people", &json!({"_id": id, "age": age, "address": {"city": city}, "tags": [city, "x"]})).unwrap();
+    }
+    let q = Query::filter("address.city == $city && age >= $min")
+        .unwrap()
+        .param("city", json!("Oslo"))
+        .param("min", json!(31));
+    assert_eq!(ids(&s.find("people", &q).unwrap()), vec!["c"]);
+    let q = Query::filter("tags contains 'Rome' || age < 20").unwrap().sort_by("age", SortOrder::Ascending).unwrap();
+    assert_eq!(ids(&s.find("people", &q).unwrap()), vec!["d", "b"]);
+    let q = Query::filter("address.city in ['Oslo', 'Lima'] && !(age > 40)").unwrap().limit(1);
+    assert_eq!(ids(&s.find("people", &q).unwrap()), vec!["a"]);
+    let q = Query::filter("exists(tags[1]) && tags[0] != 'Oslo'").unwrap();
+    assert_eq!(ids(&s.find("people", &q).unwrap()), vec!["b", "d"]);
+    let unknown = Query::filter("age == $nope").unwrap();
+    assert!(matches!(s.find("people", &unknown), Err(shoaldb::Error::Query(_))));
+    assert!(matches!(Query::filter("age =="), Err(shoaldb::QueryError::Syntax { .. })));
+}
