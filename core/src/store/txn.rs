@@ -112,8 +112,12 @@ impl<'a> WriteTxn<'a> {
         let change = editor.finish();
         // Even on error, ops that were applied are recorded, so the in-memory document and the change agree; the
         // transaction as a whole is rolled back by the caller anyway.
+        let made = change.as_ref().map(|c| (c.peer, c.start, c.end()));
         if let Some(c) = change {
             td.new_changes.push(c);
+        }
+        if let Some((peer, start, end)) = made {
+            self.inner.held.insert(peer, start, end);
             self.inner.next_counter = next_after;
         }
         result
