@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     next_counter: u64,
     cache: DocCache,
     held: Summary,
+    /// Rows in the `pending` table.
+    pending_rows: usize,
     data_version: i64,
     observers: Observers,
 }
@@ -139,6 +141,7 @@ impl Inner {
         drop(rows);
         drop(stmt);
         self.held = held;
+        self.pending_rows = self.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get::<_, i64>(0))? as usize;
         self.cache.clear();
         self.data_version = self.data_version()?;
         Ok(())
@@ -264,6 +267,7 @@ impl Store {
             next_counter: 1,
             cache: DocCache::new(options.cache_documents),
             held: Summary::new(),
+            pending_rows: 0,
             data_version: 0,
             observers: Observers::default(),
         };
@@ -309,7 +313,7 @@ impl Store {
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = (|| {
             inner.refresh()?;
-            let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone());
+            let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone(), inner.pending_rows);
             let mut txn = WriteTxn::new(&mut inner);
             let result = f(&mut txn).and_then(|r| {
                 let events = txn.persist()?;
@@ -325,6 +329,7 @@ impl Store {
                     inner.held = saved.0;
                     inner.next_counter = saved.1;
                     inner.clock = saved.2;
+                    inner.pending_rows = saved.3;
                     Err(e)
                 }
             }

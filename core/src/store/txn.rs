@@ -196,9 +196,9 @@ impl<'a> WriteTxn<'a> {
             }
             Applied::Duplicate => self.report.duplicates += 1,
             Applied::NotReady => {
-                let n: i64 = self.inner.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?;
-                if (n as usize) < super::MAX_PENDING_CHANGES {
-                    self.inner
+                if self.inner.pending_rows < super::MAX_PENDING_CHANGES {
+                    self.inner.pending_rows += self
+                        .inner
                         .conn
                         .prepare_cached(
                             "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -248,10 +248,12 @@ impl<'a> WriteTxn<'a> {
                     }
                 };
                 if drop_row {
-                    self.inner
+                    let deleted = self
+                        .inner
                         .conn
                         .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
                         .execute(params![peer, start])?;
+                    self.inner.pending_rows = self.inner.pending_rows.saturating_sub(deleted);
                     if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
                         td.from_pending.push((peer as u64, start as u64));
                     }
@@ -342,9 +344,10 @@ impl<'a> WriteTxn<'a> {
         }
         let conn = &self.inner.conn;
         conn.prepare_cached("DELETE FROM changes WHERE collection = ?1 AND doc = ?2")?.execute(params![collection, id])?;
-        conn.prepare_cached("DELETE FROM pending WHERE collection = ?1 AND doc = ?2")?.execute(params![collection, id])?;
+        let dropped = conn.prepare_cached("DELETE FROM pending WHERE collection = ?1 AND doc = ?2")?.execute(params![collection, id])?;
         let existed = conn.prepare_cached("DELETE FROM docs WHERE collection = ?1 AND id = ?2")?.execute(params![collection, id])? > 0;
         conn.prepare_cached("INSERT OR IGNORE INTO evicted (collection, id) VALUES (?1, ?2)")?.execute(params![collection, id])?;
+        self.inner.pending_rows = self.inner.pending_rows.saturating_sub(dropped);
         self.evicted.push(key);
         Ok(existed)
     }
