@@ -149,3 +149,49 @@ fn remove_evict_and_reopen() {
     let q = Query::filter("v == 1").unwrap();
     assert_eq!(s.find("c", &q).unwrap().len(), 1);
 }
+
+#[test]
+fn two_connections_to_one_file_share_the_store() {
+    // An app and its extension (or the CLI and a running peer) writing one store: separate connections, one
+    // peer id, no counter reused, each sees the other's writes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let a = Store::open(&path).unwrap();
+    let b = Store::open(&path).unwrap();
+    assert_eq!(a.peer_id(), b.peer_id());
+    a.upsert("c", &json!({"_id": "x", "n": 0})).unwrap();
+    for i in 0..20i64 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        s.update("c", "x", |d| {
+            d.increment("count", 1)?;
+            d.text_insert("log", 0, &i.to_string())?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let va = a.get("c", "x").unwrap().unwrap();
+    assert_eq!(va, b.get("c", "x").unwrap().unwrap());
+    assert_eq!(va["count"], 20);
+    let changes = b.changes_since(&Default::default()).unwrap();
+    assert_eq!(changes.len(), 21);
+    let mut ranges: Vec<(u64, u64)> = changes.iter().map(|c| (c.change.start, c.change.end())).collect();
+    ranges.sort();
+    assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "no counter used twice: {ranges:?}");
+    // Both see the same full CRDT state.
+    assert_eq!(a.document("c", "x").unwrap().unwrap().version(), b.document("c", "x").unwrap().unwrap().version());
+}
+
+#[test]
+fn a_store_from_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    drop(Store::open(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", shoaldb::store::SCHEMA_VERSION + 1).unwrap();
+    }
+    match Store::open(&path) {
+        Err(Error::UnsupportedSchema { found, supported }) => assert_eq!(found, supported + 1),
+        other => panic!("expected UnsupportedSchema, got {other:?}"),
+    }
+}
