@@ -424,7 +424,20 @@ impl Store {
 
     /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
     pub fn document(&self, collection: &str, id: &str) -> Result<Option<Document>> {
-        self.write(|t| t.document(collection, id))
+        check_collection(collection)?;
+        check_doc_id(id)?;
+        let mut inner = self.lock();
+        inner.refresh()?;
+        let key = (collection.to_string(), id.to_string());
+        let cached = match inner.cache.take(&key) {
+            Some(c) => Some(c),
+            None => docs::load(&inner.conn, collection, id)?,
+        };
+        Ok(cached.map(|c| {
+            let doc = c.doc.clone();
+            inner.cache.put(key, c);
+            doc
+        }))
     }
 
     /// Every existing document of a collection, by id.
