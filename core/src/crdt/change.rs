@@ -124,12 +124,7 @@ impl Change {
 
     /// Encode for storage or the wire: a version byte, then the compact binary form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![CHANGE_FORMAT_VERSION];
-        // Serializing plain data into a Vec cannot fail.
-        if let Ok(body) = postcard::to_stdvec(self) {
-            out.extend_from_slice(&body);
-        }
-        out
+        encode_versioned(CHANGE_FORMAT_VERSION, self)
     }
 
     /// Decode and check the structure (limits, well-formed version vector, sane counters). Never panics.
@@ -137,15 +132,7 @@ impl Change {
         if bytes.len() > MAX_ENCODED_CHANGE_BYTES {
             return Err(ChangeError::TooLarge(format!("{} bytes", bytes.len())));
         }
-        let (&version, body) = bytes.split_first().ok_or_else(|| ChangeError::Corrupt("empty".into()))?;
-        if version != CHANGE_FORMAT_VERSION {
-            return Err(ChangeError::UnsupportedVersion(version));
-        }
-        let (change, rest): (Change, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| ChangeError::Corrupt(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(ChangeError::Corrupt(format!("{} trailing bytes", rest.len())));
-        }
+        let change: Change = decode_versioned(CHANGE_FORMAT_VERSION, bytes)?;
         change.validate()?;
         Ok(change)
     }
@@ -181,6 +168,29 @@ impl Change {
         }
         Ok(())
     }
+}
+
+/// A version byte, then the value in postcard's compact form.
+pub(crate) fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
+    // Serializing plain data into a Vec cannot fail.
+    if let Ok(body) = postcard::to_stdvec(value) {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// Read what [`encode_versioned`] wrote: the version must match and every byte must be used. Never panics.
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, ChangeError> {
+    let (&v, body) = bytes.split_first().ok_or_else(|| ChangeError::Corrupt("empty".into()))?;
+    if v != version {
+        return Err(ChangeError::UnsupportedVersion(v));
+    }
+    let (value, rest): (T, &[u8]) = postcard::take_from_bytes(body).map_err(|e| ChangeError::Corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ChangeError::Corrupt(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
 }
 
 fn validate_path(path: &[Seg]) -> Result<(), ChangeError> {

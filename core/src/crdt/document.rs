@@ -10,7 +10,7 @@ use super::clock::{Dot, PeerId, Timestamp};
 use super::field::{Field, Shown};
 use super::path::{AsPath, Path, PathSegment, MAX_PATH_DEPTH};
 use super::register::{Content, Entry};
-use super::sequence::{Chars, IdSpan, SeqError, SeqInsert};
+use super::sequence::{Chars, IdSpan, SeqContent, SeqError, SeqInsert, Sequence};
 use super::value::{Kind, Value};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -135,20 +135,12 @@ impl Document {
 
     /// Encode the full state (for storage).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT_VERSION];
-        if let Ok(body) = postcard::to_stdvec(self) {
-            out.extend_from_slice(&body);
-        }
-        out
+        super::change::encode_versioned(SNAPSHOT_FORMAT_VERSION, self)
     }
 
     /// Decode a state written by [`Document::encode`]. Never panics on garbage.
     pub fn decode(bytes: &[u8]) -> Result<Document, ChangeError> {
-        let (&v, body) = bytes.split_first().ok_or_else(|| ChangeError::Corrupt("empty snapshot".into()))?;
-        if v != SNAPSHOT_FORMAT_VERSION {
-            return Err(ChangeError::UnsupportedVersion(v));
-        }
-        let doc: Document = postcard::from_bytes(body).map_err(|e| ChangeError::Corrupt(e.to_string()))?;
+        let doc: Document = super::change::decode_versioned(SNAPSHOT_FORMAT_VERSION, bytes)?;
         if !doc.version.is_well_formed() {
             return Err(ChangeError::Corrupt("malformed version vector".into()));
         }
@@ -281,6 +273,14 @@ fn resolve_mut<'a>(root: &'a mut Field, path: &[Seg]) -> Result<&'a mut Field, D
         };
     }
     Ok(field)
+}
+
+/// Delete `len` visible items from `pos`, checking the range first.
+fn local_delete<C: SeqContent>(seq: &mut Sequence<C>, path: &Path, pos: usize, len: usize) -> Result<Vec<IdSpan>, DocError> {
+    if pos.checked_add(len).is_none_or(|end| end > seq.len()) {
+        return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: pos.saturating_add(len), len: seq.len() });
+    }
+    seq.local_delete(pos, len).map_err(seq_err)
 }
 
 fn seq_err(e: SeqError) -> DocError {
@@ -631,11 +631,7 @@ impl<'a> DocEditor<'a> {
             return Ok(());
         }
         let field = resolve_mut(&mut self.doc.root, &segs)?;
-        let text = field.text_mut();
-        if pos.checked_add(len).is_none_or(|end| end > text.len()) {
-            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: pos.saturating_add(len), len: text.len() });
-        }
-        let spans = text.local_delete(pos, len).map_err(seq_err)?;
+        let spans = local_delete(field.text_mut(), path, pos, len)?;
         self.record(Op::DeleteText { path: segs, spans });
         Ok(())
     }
@@ -693,11 +689,7 @@ impl<'a> DocEditor<'a> {
             return Ok(());
         }
         let field = resolve_mut(&mut self.doc.root, &segs)?;
-        let arr = field.array_mut();
-        if index.checked_add(len).is_none_or(|end| end > arr.len()) {
-            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: index.saturating_add(len), len: arr.len() });
-        }
-        let spans: Vec<IdSpan> = arr.local_delete(index, len).map_err(seq_err)?;
+        let spans = local_delete(field.array_mut(), path, index, len)?;
         self.record(Op::DeleteElems { path: segs, spans });
         Ok(())
     }
