@@ -195,3 +195,33 @@ fn a_store_from_a_newer_version_is_refused() {
         other => panic!("expected UnsupportedSchema, got {other:?}"),
     }
 }
+
+#[test]
+fn a_store_is_shared_between_threads() {
+    let (_d, s) = store();
+    s.upsert("c", &json!({"_id": "n"})).unwrap();
+    let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let e = events.clone();
+    let (_, _h) = s
+        .observe("c", Query::all(), move |_| {
+            e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    s.update("c", "n", |d| Ok(d.increment("count", 1)?)).unwrap();
+                }
+                s.upsert("c", &json!({"_id": format!("t{t}")})).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.get("c", "n").unwrap().unwrap()["count"], 100);
+    assert_eq!(s.list("c").unwrap().len(), 5);
+    assert_eq!(events.load(std::sync::atomic::Ordering::SeqCst), 104, "one event per transaction, none lost");
+}
