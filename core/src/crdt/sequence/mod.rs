@@ -899,12 +899,12 @@ impl<C: SeqContent> Sequence<C> {
         self.locate(id).map(|l| l.tot).ok_or(SeqError::UnknownId(id))
     }
 
-    /// Id of the item just before run `j` of leaf `k`.
-    fn id_before(&self, k: usize, j: usize) -> Option<Dot> {
-        if j > 0 {
-            return Some(self.leaf_at(k).runs[j - 1].last_id());
+    /// Id of the first item at or after run `j` of leaf `k` (`j` may be the leaf's run count), tombstones included.
+    fn id_after(&self, k: usize, j: usize) -> Option<Dot> {
+        if let Some(r) = self.leaf_at(k).runs.get(j) {
+            return Some(r.id);
         }
-        (0..k).rev().find_map(|kk| self.leaf_at(kk).runs.last().map(Run::last_id))
+        (k + 1..self.order.len()).find_map(|kk| self.leaf_at(kk).runs.first().map(|r| r.id))
     }
 
     /// Insertion point at the very end: (leaf order index, run index, 0).
@@ -1087,17 +1087,18 @@ impl<C: SeqContent> Sequence<C> {
             return Err(SeqError::IndexOutOfBounds { index: pos, len: self.vis_len });
         }
         self.check_new_ids(id, n)?;
-        let (k, j, o, origin_left, origin_right) = if pos == self.vis_len {
-            let (k, j, o) = self.end_place();
-            (k, j, o, self.id_before(k, j), None)
+        // The new items go right after the visible item at `pos - 1` (before any tombstones that follow it), as
+        // yrs, loro and diamond-types do: concurrent inserts typed at different places never share a location.
+        let (k, j, o, origin_left, origin_right) = if pos == 0 {
+            (0, 0, 0, None, self.id_after(0, 0))
         } else {
-            let (k, j, o) = self.find_visible(pos).ok_or(SeqError::Internal("visible lookup"))?;
+            let (k, j, o) = self.find_visible(pos - 1).ok_or(SeqError::Internal("visible lookup"))?;
             let run = &self.leaf_at(k).runs[j];
-            if o > 0 {
-                (k, j, o, Some(run.id.offset(o as u64 - 1)), Some(run.id.offset(o as u64)))
+            let left = Some(run.id.offset(o as u64));
+            if o + 1 < run.len() {
+                (k, j, o + 1, left, Some(run.id.offset(o as u64 + 1)))
             } else {
-                let r = Some(run.id);
-                (k, j, o, self.id_before(k, j), r)
+                (k, j + 1, 0, left, self.id_after(k, j + 1))
             }
         };
         let op = SeqInsert { id, origin_left, origin_right, content: content.clone() };

@@ -142,15 +142,18 @@ impl RefSeq {
     }
 
     fn local_insert(&mut self, pos: usize, id: Dot, s: &str) -> SeqInsert<Chars> {
-        let mut seen = 0;
-        let mut i = self.items.len();
-        for (j, it) in self.items.iter().enumerate() {
-            if !it.deleted {
-                if seen == pos {
-                    i = j;
-                    break;
+        // Right after the visible item at pos - 1 (before the tombstones that follow it).
+        let mut i = 0;
+        if pos > 0 {
+            let mut seen = 0;
+            for (j, it) in self.items.iter().enumerate() {
+                if !it.deleted {
+                    seen += 1;
+                    if seen == pos {
+                        i = j + 1;
+                        break;
+                    }
                 }
-                seen += 1;
             }
         }
         let ol = if i > 0 { Some(self.items[i - 1].id) } else { None };
@@ -245,10 +248,15 @@ fn delete_start_middle_end_and_spans() {
     // All deleted again: one run.
     assert_eq!(s.run_count(), 1);
     assert_eq!(s.local_delete(0, 0).unwrap(), vec![]);
-    // Insert after tombstones: origin_left is the last tombstone.
+    // Insert at the start of an all-deleted sequence: it goes before the tombstones.
     let op = s.local_insert(0, d(1, 20), "z".into()).unwrap();
-    assert_eq!(op.origin_left, Some(d(1, 8)));
-    assert_eq!(op.origin_right, None);
+    assert_eq!(op.origin_left, None);
+    assert_eq!(op.origin_right, Some(d(1, 1)));
+    // After a visible item followed by tombstones: anchored to the visible item, before the tombstones.
+    let op = s.local_insert(1, d(1, 30), "y".into()).unwrap();
+    assert_eq!(op.origin_left, Some(d(1, 20)));
+    assert_eq!(op.origin_right, Some(d(1, 1)));
+    assert_eq!(s.text(), "zy");
     check_invariants(&s);
 }
 
