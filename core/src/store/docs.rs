@@ -9,54 +9,74 @@ use crate::crdt::document::{Applied, Document};
 use crate::crdt::version::VersionVector;
 use crate::error::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A document in memory with what the snapshot policy needs to know.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CachedDoc {
     pub doc: Document,
+    /// Encoded size of the last snapshot.
     pub snapshot_bytes: u64,
+    /// Encoded size of the changes applied after it.
     pub tail_bytes: u64,
-    /// Whether a row exists in `docs`.
-    pub stored: bool,
+    /// The document's row number in `docs`, once it has one.
+    pub row: Option<i64>,
 }
 
 pub(crate) type DocKey = (String, String);
 
-/// Documents kept decoded between transactions. Bounded; evicts the least recently used.
+/// Documents kept decoded between transactions, least recently used dropped first, bounded by an estimate of
+/// their memory (a few times their encoded size).
 pub(crate) struct DocCache {
-    docs: HashMap<DocKey, (CachedDoc, u64)>,
+    docs: HashMap<DocKey, (CachedDoc, u64, usize)>,
+    by_use: BTreeMap<u64, DocKey>,
     tick: u64,
-    capacity: usize,
+    bytes: usize,
+    budget: usize,
+}
+
+impl CachedDoc {
+    /// Rough heap size of the decoded document.
+    fn estimated_bytes(&self) -> usize {
+        ((self.snapshot_bytes + self.tail_bytes) as usize).saturating_mul(4).saturating_add(256)
+    }
 }
 
 impl DocCache {
-    pub fn new(capacity: usize) -> Self {
-        DocCache { docs: HashMap::new(), tick: 0, capacity: capacity.max(1) }
+    pub fn new(budget: usize) -> Self {
+        DocCache { docs: HashMap::new(), by_use: BTreeMap::new(), tick: 0, bytes: 0, budget }
     }
 
     pub fn take(&mut self, key: &DocKey) -> Option<CachedDoc> {
-        self.docs.remove(key).map(|(d, _)| d)
+        let (doc, tick, size) = self.docs.remove(key)?;
+        self.by_use.remove(&tick);
+        self.bytes -= size;
+        Some(doc)
     }
 
     pub fn put(&mut self, key: DocKey, doc: CachedDoc) {
+        self.remove(&key);
         self.tick += 1;
-        self.docs.insert(key, (doc, self.tick));
-        if self.docs.len() > self.capacity {
-            // Drop the older half: amortised O(1) per insert.
-            let mut ticks: Vec<u64> = self.docs.values().map(|(_, t)| *t).collect();
-            ticks.sort_unstable();
-            let cutoff = ticks[ticks.len() / 2];
-            self.docs.retain(|_, (_, t)| *t > cutoff);
+        let size = doc.estimated_bytes();
+        self.bytes += size;
+        self.by_use.insert(self.tick, key.clone());
+        self.docs.insert(key, (doc, self.tick, size));
+        while self.bytes > self.budget {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            if let Some((_, _, size)) = self.docs.remove(&oldest) {
+                self.bytes -= size;
+            }
         }
     }
 
     pub fn remove(&mut self, key: &DocKey) {
-        self.docs.remove(key);
+        self.take(key);
     }
 
     pub fn clear(&mut self) {
         self.docs.clear();
+        self.by_use.clear();
+        self.bytes = 0;
     }
 }
 
@@ -64,51 +84,40 @@ pub(crate) fn encode_version(v: &VersionVector) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
-/// Load a document: its snapshot, then every change stored after it, in the order they were applied.
-pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Option<CachedDoc>> {
-    let row = conn
-        .prepare_cached(
-            "SELECT snapshot, snapshot_seq, snapshot_bytes, tail_bytes FROM docs WHERE collection = ?1 AND id = ?2",
-        )?
-        .query_row(params![collection, id], |r| {
-            Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-        })
-        .optional()?;
-    let Some((snapshot, snapshot_seq, snapshot_bytes, tail_bytes)) = row else { return Ok(None) };
-    let mut doc = match snapshot {
-        Some(bytes) => Document::decode(&bytes).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?,
-        None => Document::new(),
-    };
-    let mut stmt =
-        conn.prepare_cached("SELECT body FROM changes WHERE collection = ?1 AND doc = ?2 AND seq > ?3 ORDER BY seq")?;
-    let mut rows = stmt.query(params![collection, id, snapshot_seq])?;
-    while let Some(r) = rows.next()? {
-        let body: Vec<u8> = r.get(0)?;
-        let change = Change::decode(&body).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?;
-        match doc.apply(&change) {
-            Ok(Applied::Applied) | Ok(Applied::Duplicate) => {}
-            Ok(Applied::NotReady) => {
-                return Err(Error::Corrupt(format!("{collection}/{id}: stored change out of causal order")))
-            }
-            Err(e) => return Err(Error::Corrupt(format!("{collection}/{id}: {e}"))),
-        }
-    }
-    Ok(Some(CachedDoc { doc, snapshot_bytes: snapshot_bytes as u64, tail_bytes: tail_bytes as u64, stored: true }))
+/// The row number of a document, if the store has one.
+pub(crate) fn row_of(conn: &Connection, collection: &str, id: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT doc FROM docs WHERE collection = ?1 AND id = ?2")?
+        .query_row(params![collection, id], |r| r.get(0))
+        .optional()?)
 }
 
-/// Append changes of one document to the log. Returns the seq of the last one.
-pub(crate) fn append_changes(conn: &Connection, collection: &str, id: &str, changes: &[Change], bytes: &mut u64) -> Result<i64> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO changes (peer, start, end, collection, doc, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut last = 0;
-    for c in changes {
-        let body = c.encode();
-        *bytes += body.len() as u64;
-        stmt.execute(params![c.peer.0 as i64, c.start as i64, c.end() as i64, collection, id, body])?;
-        last = conn.last_insert_rowid();
+/// Load a document: its snapshot, then every change stored after it, in the order they were applied.
+pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Option<CachedDoc>> {
+    let Some(row) = row_of(conn, collection, id)? else { return Ok(None) };
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{collection}/{id}: {e}"));
+    let snapshot: Option<(Vec<u8>, i64)> = conn
+        .prepare_cached("SELECT state, seq FROM snapshots WHERE doc = ?1")?
+        .query_row(params![row], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (mut doc, snapshot_bytes, after) = match snapshot {
+        Some((state, seq)) => (Document::decode(&state).map_err(|e| corrupt(&e))?, state.len() as u64, seq),
+        None => (Document::new(), 0, 0),
+    };
+    let mut tail_bytes = 0;
+    let mut stmt = conn.prepare_cached("SELECT body FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![row, after])?;
+    while let Some(r) = rows.next()? {
+        let body: Vec<u8> = r.get(0)?;
+        tail_bytes += body.len() as u64;
+        let change = Change::decode(&body).map_err(|e| corrupt(&e))?;
+        match doc.apply(&change) {
+            Ok(Applied::Applied) | Ok(Applied::Duplicate) => {}
+            Ok(Applied::NotReady) => return Err(corrupt(&"stored change out of causal order")),
+            Err(e) => return Err(corrupt(&e)),
+        }
     }
-    Ok(last)
+    Ok(Some(CachedDoc { doc, snapshot_bytes, tail_bytes, row: Some(row) }))
 }
 
 /// The JSON view stored for reads and queries: the document with its `_id`, or `None` if it does not exist.
@@ -118,29 +127,40 @@ pub(crate) fn view(doc: &Document, id: &str) -> Option<serde_json::Value> {
     Some(serde_json::Value::Object(m))
 }
 
-/// Save a document after changes were appended (`added_bytes` of them, the last with seq `last_seq`).
-pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut CachedDoc, view_json: Option<&serde_json::Value>, last_seq: i64, added_bytes: u64) -> Result<()> {
+/// Persist a document after `changes` were applied to it: its row (version and view), the changes, and — when the
+/// changes since the last snapshot reach half its size (at least 1 KiB) — a new snapshot.
+pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut CachedDoc, changes: &[Change], view_json: Option<&serde_json::Value>) -> Result<()> {
     let version = encode_version(cached.doc.version());
     let view_text = view_json.map(|v| v.to_string());
-    cached.tail_bytes += added_bytes;
-    let snapshot_due = !cached.stored || cached.tail_bytes >= (cached.snapshot_bytes / 2).max(1024);
-    if snapshot_due {
-        let snapshot = cached.doc.encode();
-        cached.snapshot_bytes = snapshot.len() as u64;
-        cached.tail_bytes = 0;
-        conn.prepare_cached(
-            "INSERT INTO docs (collection, id, version, view, snapshot, snapshot_seq, snapshot_bytes, tail_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
-             ON CONFLICT (collection, id) DO UPDATE SET version = ?3, view = ?4, snapshot = ?5, snapshot_seq = ?6,
-               snapshot_bytes = ?7, tail_bytes = 0",
-        )?
-        .execute(params![collection, id, version, view_text, snapshot, last_seq, cached.snapshot_bytes as i64])?;
-    } else {
-        conn.prepare_cached(
-            "UPDATE docs SET version = ?3, view = ?4, tail_bytes = ?5 WHERE collection = ?1 AND id = ?2",
-        )?
-        .execute(params![collection, id, version, view_text, cached.tail_bytes as i64])?;
+    let row = match cached.row {
+        Some(row) => {
+            conn.prepare_cached("UPDATE docs SET version = ?2, view = ?3 WHERE doc = ?1")?
+                .execute(params![row, version, view_text])?;
+            row
+        }
+        None => {
+            conn.prepare_cached("INSERT INTO docs (collection, id, version, view) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![collection, id, version, view_text])?;
+            conn.last_insert_rowid()
+        }
+    };
+    cached.row = Some(row);
+    let mut insert = conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    let mut last_seq = 0;
+    for c in changes {
+        let body = c.encode();
+        cached.tail_bytes += body.len() as u64;
+        insert.execute(params![c.peer.0 as i64, c.start as i64, c.end() as i64, row, body])?;
+        last_seq = conn.last_insert_rowid();
     }
-    cached.stored = true;
+    if cached.tail_bytes >= (cached.snapshot_bytes / 2).max(1024) {
+        let state = cached.doc.encode();
+        conn.prepare_cached(
+            "INSERT INTO snapshots (doc, state, seq) VALUES (?1, ?2, ?3) ON CONFLICT (doc) DO UPDATE SET state = ?2, seq = ?3",
+        )?
+        .execute(params![row, state, last_seq])?;
+        cached.snapshot_bytes = state.len() as u64;
+        cached.tail_bytes = 0;
+    }
     Ok(())
 }

@@ -28,7 +28,7 @@ use docs::DocCache;
 use observe::{Delivery, Observers, Registered};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,13 +52,13 @@ pub enum Durability {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub durability: Durability,
-    /// How many decoded documents to keep in memory between transactions.
-    pub cache_documents: usize,
+    /// About how much memory decoded documents may keep between transactions (bytes).
+    pub cache_bytes: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { durability: Durability::Full, cache_documents: 1024 }
+        Options { durability: Durability::Full, cache_bytes: 64 << 20 }
     }
 }
 
@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     held: Summary,
     /// Rows in the `pending` table.
     pending_rows: usize,
+    /// The `evicted` table.
+    evicted: HashSet<docs::DocKey>,
     data_version: i64,
     observers: Observers,
 }
@@ -142,6 +144,11 @@ impl Inner {
         drop(stmt);
         self.held = held;
         self.pending_rows = self.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get::<_, i64>(0))? as usize;
+        self.evicted = self
+            .conn
+            .prepare_cached("SELECT collection, id FROM evicted")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         self.cache.clear();
         self.data_version = self.data_version()?;
         Ok(())
@@ -265,9 +272,10 @@ impl Store {
             peer,
             clock: Hlc::new(Timestamp::ZERO),
             next_counter: 1,
-            cache: DocCache::new(options.cache_documents),
+            cache: DocCache::new(options.cache_bytes),
             held: Summary::new(),
             pending_rows: 0,
+            evicted: HashSet::new(),
             data_version: 0,
             observers: Observers::default(),
         };
@@ -341,7 +349,7 @@ impl Store {
         match outcome {
             Ok((r, events, report)) => match inner.conn.execute_batch("COMMIT") {
                 Ok(()) => {
-                    inner.data_version = inner.data_version().unwrap_or(-1);
+                    // Our own commits do not change `data_version`: no reload needed.
                     self.shared.delivery.enqueue(events);
                     drop(inner);
                     self.shared.delivery.run();
@@ -401,8 +409,9 @@ impl Store {
 
     /// Accept a document evicted earlier again: changes to it arriving from other devices are applied.
     pub fn unevict(&self, collection: &str, id: &str) -> Result<()> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         inner.conn.execute("DELETE FROM evicted WHERE collection = ?1 AND id = ?2", params![collection, id])?;
+        inner.evicted.remove(&(collection.to_string(), id.to_string()));
         Ok(())
     }
 
@@ -509,7 +518,9 @@ impl Store {
     pub fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
         let mut inner = self.lock();
         inner.refresh()?;
-        let mut stmt = inner.conn.prepare_cached("SELECT peer, start, end, collection, doc, body FROM changes ORDER BY seq")?;
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT c.peer, c.start, c.end, d.collection, d.id, c.body FROM changes c JOIN docs d ON d.doc = c.doc ORDER BY c.seq",
+        )?;
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {

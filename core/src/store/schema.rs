@@ -9,27 +9,28 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE docs (
-        collection     TEXT NOT NULL,
-        id             TEXT NOT NULL,
-        version        BLOB NOT NULL,              -- the document's version vector
-        view           TEXT,                       -- JSON rendering, NULL when the document does not exist
-        snapshot       BLOB,                       -- full CRDT state as of change seq `snapshot_seq`
-        snapshot_seq   INTEGER NOT NULL DEFAULT 0,
-        snapshot_bytes INTEGER NOT NULL DEFAULT 0,
-        tail_bytes     INTEGER NOT NULL DEFAULT 0, -- bytes of changes applied after the snapshot
-        PRIMARY KEY (collection, id)
-    ) WITHOUT ROWID;
-    CREATE TABLE changes (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT, -- local application order (causal)
-        peer       INTEGER NOT NULL,
-        start      INTEGER NOT NULL,
-        end        INTEGER NOT NULL,
+        doc        INTEGER PRIMARY KEY,          -- local number, referenced by changes and snapshots
         collection TEXT NOT NULL,
-        doc        TEXT NOT NULL,
-        body       BLOB NOT NULL,
+        id         TEXT NOT NULL,
+        version    BLOB NOT NULL,                -- the document's version vector
+        view       TEXT,                         -- JSON rendering, NULL when the document does not exist
+        UNIQUE (collection, id)
+    );
+    CREATE TABLE snapshots (
+        doc   INTEGER PRIMARY KEY,               -- docs.doc
+        state BLOB NOT NULL,                     -- full CRDT state
+        seq   INTEGER NOT NULL                   -- the last change (changes.seq) it includes
+    );
+    CREATE TABLE changes (
+        seq   INTEGER PRIMARY KEY AUTOINCREMENT, -- local application order (causal)
+        peer  INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        end   INTEGER NOT NULL,
+        doc   INTEGER NOT NULL,                  -- docs.doc
+        body  BLOB NOT NULL,
         UNIQUE (peer, start)
     );
-    CREATE INDEX changes_by_doc ON changes (collection, doc, seq);
+    CREATE INDEX changes_by_doc ON changes (doc, seq);
     CREATE TABLE pending (
         peer       INTEGER NOT NULL,
         start      INTEGER NOT NULL,

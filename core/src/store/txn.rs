@@ -78,13 +78,12 @@ impl<'a> WriteTxn<'a> {
         self.docs.get_mut(&key).ok_or_else(|| Error::Corrupt("document vanished from transaction".into()))
     }
 
+    fn is_evicted(&self, collection: &str, id: &str) -> bool {
+        !self.inner.evicted.is_empty() && self.inner.evicted.contains(&(collection.to_string(), id.to_string()))
+    }
+
     fn check_not_evicted(&self, collection: &str, id: &str) -> Result<()> {
-        let evicted = self
-            .inner
-            .conn
-            .prepare_cached("SELECT 1 FROM evicted WHERE collection = ?1 AND id = ?2")?
-            .exists(params![collection, id])?;
-        if evicted {
+        if self.is_evicted(collection, id) {
             return Err(Error::Evicted { collection: collection.into(), id: id.into() });
         }
         Ok(())
@@ -174,12 +173,7 @@ impl<'a> WriteTxn<'a> {
             self.report.duplicates += 1;
             return Ok(());
         }
-        let evicted = self
-            .inner
-            .conn
-            .prepare_cached("SELECT 1 FROM evicted WHERE collection = ?1 AND id = ?2")?
-            .exists(params![dc.collection, dc.doc_id])?;
-        if evicted {
+        if self.is_evicted(&dc.collection, &dc.doc_id) {
             self.report.ignored_evicted += 1;
             return Ok(());
         }
@@ -277,10 +271,8 @@ impl<'a> WriteTxn<'a> {
             if td.new_changes.is_empty() {
                 continue;
             }
-            let mut bytes = 0;
-            let last_seq = docs::append_changes(&self.inner.conn, collection, id, &td.new_changes, &mut bytes)?;
             let view = docs::view(&td.cached.doc, id);
-            docs::save(&self.inner.conn, collection, id, &mut td.cached, view.as_ref(), last_seq, bytes)?;
+            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref())?;
             touched.entry(collection.as_str()).or_default().push((id.as_str(), view));
         }
         for (collection, id) in &self.evicted {
@@ -335,18 +327,25 @@ impl<'a> WriteTxn<'a> {
         self.docs.remove(&key);
         self.inner.cache.remove(&key);
         let conn = &self.inner.conn;
-        let ranges: Vec<(i64, i64, i64)> = conn
-            .prepare_cached("SELECT peer, start, end FROM changes WHERE collection = ?1 AND doc = ?2")?
-            .query_map(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (peer, start, end) in ranges {
-            self.inner.held.remove(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
-        }
-        let conn = &self.inner.conn;
-        conn.prepare_cached("DELETE FROM changes WHERE collection = ?1 AND doc = ?2")?.execute(params![collection, id])?;
         let dropped = conn.prepare_cached("DELETE FROM pending WHERE collection = ?1 AND doc = ?2")?.execute(params![collection, id])?;
-        let existed = conn.prepare_cached("DELETE FROM docs WHERE collection = ?1 AND id = ?2")?.execute(params![collection, id])? > 0;
         conn.prepare_cached("INSERT OR IGNORE INTO evicted (collection, id) VALUES (?1, ?2)")?.execute(params![collection, id])?;
+        self.inner.evicted.insert(key.clone());
+        let existed = match docs::row_of(conn, collection, id)? {
+            None => false,
+            Some(row) => {
+                let ranges: Vec<(i64, i64, i64)> = conn
+                    .prepare_cached("SELECT peer, start, end FROM changes WHERE doc = ?1")?
+                    .query_map(params![row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (peer, start, end) in ranges {
+                    self.inner.held.remove(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
+                }
+                let conn = &self.inner.conn;
+                conn.prepare_cached("DELETE FROM changes WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM snapshots WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM docs WHERE doc = ?1")?.execute(params![row])? > 0
+            }
+        };
         self.inner.pending_rows = self.inner.pending_rows.saturating_sub(dropped);
         self.evicted.push(key);
         Ok(existed)

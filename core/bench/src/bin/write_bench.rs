@@ -161,7 +161,7 @@ fn open_target(imp: &str, dir: &Path) -> Result<Box<dyn Target>, BoxErr> {
         "shoal" => {
             let store = shoaldb::Store::open_with(
                 dir.join("shoal.db"),
-                shoaldb::Options { durability: shoaldb::Durability::Full, cache_documents: 1024 },
+                shoaldb::Options { durability: shoaldb::Durability::Full, ..Default::default() },
             )?;
             Box::new(Shoal { store, names: field_names() })
         }
