@@ -1,8 +1,10 @@
-//! Loading and saving documents: a snapshot of the CRDT state plus the changes applied after it, and a JSON view
-//! for reads and queries.
+//! Loading and saving documents: a snapshot of the CRDT state plus the tail of changes applied after it, and a JSON
+//! view for reads and queries.
 //!
-//! A snapshot is rewritten when the changes since the last one add up to half its size (at least 1 KiB), so the
-//! replay on load stays short and the write amplification stays a small constant.
+//! The tail lives in the document's row (rewritten on every commit anyway), so an update costs one row write plus
+//! an append to the change log. The snapshot is rewritten, and the tail emptied, when the tail reaches half the
+//! snapshot's size (at least 1 KiB, at most 64 KiB), which keeps the replay on load short and the write
+//! amplification a small constant.
 
 use crate::crdt::change::Change;
 use crate::crdt::document::{Applied, Document};
@@ -17,8 +19,8 @@ pub(crate) struct CachedDoc {
     pub doc: Document,
     /// Encoded size of the last snapshot.
     pub snapshot_bytes: u64,
-    /// Encoded size of the changes applied after it.
-    pub tail_bytes: u64,
+    /// The changes applied after it, encoded and length-prefixed.
+    pub tail: Vec<u8>,
     /// The document's row number in `docs`, once it has one.
     pub row: Option<i64>,
 }
@@ -38,7 +40,7 @@ pub(crate) struct DocCache {
 impl CachedDoc {
     /// Rough heap size of the decoded document.
     fn estimated_bytes(&self) -> usize {
-        ((self.snapshot_bytes + self.tail_bytes) as usize).saturating_mul(4).saturating_add(256)
+        (self.snapshot_bytes as usize + self.tail.len()).saturating_mul(4).saturating_add(256)
     }
 }
 
@@ -92,32 +94,36 @@ pub(crate) fn row_of(conn: &Connection, collection: &str, id: &str) -> Result<Op
         .optional()?)
 }
 
-/// Load a document: its snapshot, then every change stored after it, in the order they were applied.
+/// Load a document: its snapshot, then the changes of its tail, in the order they were applied.
 pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Option<CachedDoc>> {
-    let Some(row) = row_of(conn, collection, id)? else { return Ok(None) };
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{collection}/{id}: {e}"));
-    let snapshot: Option<(Vec<u8>, i64)> = conn
-        .prepare_cached("SELECT state, seq FROM snapshots WHERE doc = ?1")?
-        .query_row(params![row], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT doc, tail FROM docs WHERE collection = ?1 AND id = ?2")?
+        .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (mut doc, snapshot_bytes, after) = match snapshot {
-        Some((state, seq)) => (Document::decode(&state).map_err(|e| corrupt(&e))?, state.len() as u64, seq),
-        None => (Document::new(), 0, 0),
+    let Some((row, tail)) = row else { return Ok(None) };
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{collection}/{id}: {e}"));
+    let state: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT state FROM snapshots WHERE doc = ?1")?
+        .query_row(params![row], |r| r.get(0))
+        .optional()?;
+    let (mut doc, snapshot_bytes) = match state {
+        Some(state) => (Document::decode(&state).map_err(|e| corrupt(&e))?, state.len() as u64),
+        None => (Document::new(), 0),
     };
-    let mut tail_bytes = 0;
-    let mut stmt = conn.prepare_cached("SELECT body FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
-    let mut rows = stmt.query(params![row, after])?;
-    while let Some(r) = rows.next()? {
-        let body: Vec<u8> = r.get(0)?;
-        tail_bytes += body.len() as u64;
-        let change = Change::decode(&body).map_err(|e| corrupt(&e))?;
+    let mut rest = tail.as_slice();
+    while !rest.is_empty() {
+        let (len, body) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt(&"truncated tail"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let body_rest = body.split_at_checked(len).ok_or_else(|| corrupt(&"truncated tail"))?;
+        let change = Change::decode(body_rest.0).map_err(|e| corrupt(&e))?;
+        rest = body_rest.1;
         match doc.apply(&change) {
             Ok(Applied::Applied) | Ok(Applied::Duplicate) => {}
             Ok(Applied::NotReady) => return Err(corrupt(&"stored change out of causal order")),
             Err(e) => return Err(corrupt(&e)),
         }
     }
-    Ok(Some(CachedDoc { doc, snapshot_bytes, tail_bytes, row: Some(row) }))
+    Ok(Some(CachedDoc { doc, snapshot_bytes, tail, row: Some(row) }))
 }
 
 /// The JSON view stored for reads and queries: the document with its `_id`, or `None` if it does not exist.
@@ -127,40 +133,46 @@ pub(crate) fn view(doc: &Document, id: &str) -> Option<serde_json::Value> {
     Some(serde_json::Value::Object(m))
 }
 
-/// Persist a document after `changes` were applied to it: its row (version and view), the changes, and — when the
-/// changes since the last snapshot reach half its size (at least 1 KiB) — a new snapshot.
+/// Persist a document after `changes` were applied to it: the changes go to the log and the document's tail, its
+/// row gets the new version and view, and a new snapshot replaces the tail when the tail has grown enough.
 pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut CachedDoc, changes: &[Change], view_json: Option<&serde_json::Value>) -> Result<()> {
+    let mut bodies = Vec::with_capacity(changes.len());
+    for c in changes {
+        let body = c.encode();
+        cached.tail.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        cached.tail.extend_from_slice(&body);
+        bodies.push(body);
+    }
+    let snapshot = if cached.tail.len() as u64 >= (cached.snapshot_bytes / 2).clamp(1024, 64 << 10) {
+        let state = cached.doc.encode();
+        cached.snapshot_bytes = state.len() as u64;
+        cached.tail.clear();
+        Some(state)
+    } else {
+        None
+    };
     let version = encode_version(cached.doc.version());
     let view_text = view_json.map(|v| v.to_string());
     let row = match cached.row {
         Some(row) => {
-            conn.prepare_cached("UPDATE docs SET version = ?2, view = ?3 WHERE doc = ?1")?
-                .execute(params![row, version, view_text])?;
+            conn.prepare_cached("UPDATE docs SET version = ?2, view = ?3, tail = ?4 WHERE doc = ?1")?
+                .execute(params![row, version, view_text, cached.tail])?;
             row
         }
         None => {
-            conn.prepare_cached("INSERT INTO docs (collection, id, version, view) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![collection, id, version, view_text])?;
+            conn.prepare_cached("INSERT INTO docs (collection, id, version, view, tail) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![collection, id, version, view_text, cached.tail])?;
             conn.last_insert_rowid()
         }
     };
     cached.row = Some(row);
     let mut insert = conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    let mut last_seq = 0;
-    for c in changes {
-        let body = c.encode();
-        cached.tail_bytes += body.len() as u64;
+    for (c, body) in changes.iter().zip(bodies) {
         insert.execute(params![c.peer.0 as i64, c.start as i64, c.end() as i64, row, body])?;
-        last_seq = conn.last_insert_rowid();
     }
-    if cached.tail_bytes >= (cached.snapshot_bytes / 2).max(1024) {
-        let state = cached.doc.encode();
-        conn.prepare_cached(
-            "INSERT INTO snapshots (doc, state, seq) VALUES (?1, ?2, ?3) ON CONFLICT (doc) DO UPDATE SET state = ?2, seq = ?3",
-        )?
-        .execute(params![row, state, last_seq])?;
-        cached.snapshot_bytes = state.len() as u64;
-        cached.tail_bytes = 0;
+    if let Some(state) = snapshot {
+        conn.prepare_cached("INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2")?
+            .execute(params![row, state])?;
     }
     Ok(())
 }

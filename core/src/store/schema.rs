@@ -5,7 +5,8 @@ use rusqlite::Connection;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1: documents, their change log, pending changes, evicted documents, metadata, attachment chunks.
+    // 1: documents (JSON view, snapshot + tail of changes), the change log (append-only, for replication), pending
+    //    changes, evicted documents, metadata, attachment chunks.
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE docs (
@@ -14,15 +15,15 @@ const MIGRATIONS: &[&str] = &[
         id         TEXT NOT NULL,
         version    BLOB NOT NULL,                -- the document's version vector
         view       TEXT,                         -- JSON rendering, NULL when the document does not exist
+        tail       BLOB NOT NULL DEFAULT x'',    -- the changes applied after the snapshot, each length-prefixed
         UNIQUE (collection, id)
     );
     CREATE TABLE snapshots (
         doc   INTEGER PRIMARY KEY,               -- docs.doc
-        state BLOB NOT NULL,                     -- full CRDT state
-        seq   INTEGER NOT NULL                   -- the last change (changes.seq) it includes
+        state BLOB NOT NULL                      -- full CRDT state, without the tail
     );
     CREATE TABLE changes (
-        seq   INTEGER PRIMARY KEY AUTOINCREMENT, -- local application order (causal)
+        seq   INTEGER PRIMARY KEY AUTOINCREMENT, -- local application order (causal per document)
         peer  INTEGER NOT NULL,
         start INTEGER NOT NULL,
         end   INTEGER NOT NULL,
@@ -30,7 +31,6 @@ const MIGRATIONS: &[&str] = &[
         body  BLOB NOT NULL,
         UNIQUE (peer, start)
     );
-    CREATE INDEX changes_by_doc ON changes (doc, seq);
     CREATE TABLE pending (
         peer       INTEGER NOT NULL,
         start      INTEGER NOT NULL,
