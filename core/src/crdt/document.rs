@@ -362,8 +362,7 @@ impl<'a> DocEditor<'a> {
         let dot = Dot::new(self.peer, self.next);
         // A local op's causal context is everything this replica has applied to the document, its own earlier
         // ops of this change included.
-        let ctx = self.doc.version.clone();
-        apply_op(&mut self.doc.root, &op, dot, self.ts, &ctx)?;
+        apply_op(&mut self.doc.root, &op, dot, self.ts, &self.doc.version)?;
         self.record(op);
         Ok(dot)
     }

@@ -44,9 +44,8 @@ fn fields_from_json(json: &Json) -> Result<(Option<String>, Value)> {
         Some(Json::String(s)) => Some(s.clone()),
         Some(other) => Some(other.to_string()),
     };
-    let mut fields = obj.clone();
-    fields.remove("_id");
-    Ok((id, Value::from_json(&Json::Object(fields))))
+    let fields = obj.iter().filter(|(k, _)| k.as_str() != "_id").map(|(k, v)| (k.clone(), Value::from_json(v))).collect();
+    Ok((id, Value::Map(fields)))
 }
 
 impl<'a> WriteTxn<'a> {
