@@ -390,17 +390,51 @@ pub enum SeqError {
 // Runs and leaves
 // ---------------------------------------------------------------------------------------------------------------
 
+/// An optional dot in 16 bytes instead of 24: counter 0 (never a real id) means none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OptDot(Dot);
+
+impl OptDot {
+    const NONE: OptDot = OptDot(Dot::new(PeerId(0), 0));
+
+    #[inline]
+    fn get(self) -> Option<Dot> {
+        if self.0.counter == 0 {
+            None
+        } else {
+            Some(self.0)
+        }
+    }
+}
+
+impl From<Option<Dot>> for OptDot {
+    #[inline]
+    fn from(d: Option<Dot>) -> OptDot {
+        d.map_or(OptDot::NONE, OptDot)
+    }
+}
+
 /// Consecutive items, see the module docs.
 #[derive(Clone, Debug)]
 struct Run<C> {
     id: Dot,
-    origin_left: Option<Dot>,
-    origin_right: Option<Dot>,
+    left: OptDot,
+    right: OptDot,
     deleted: bool,
     content: C,
 }
 
 impl<C: SeqContent> Run<C> {
+    #[inline]
+    fn origin_left(&self) -> Option<Dot> {
+        self.left.get()
+    }
+
+    #[inline]
+    fn origin_right(&self) -> Option<Dot> {
+        self.right.get()
+    }
+
     #[inline]
     fn len(&self) -> usize {
         self.content.len()
@@ -438,8 +472,8 @@ impl<C: SeqContent> Run<C> {
         self.deleted == next.deleted
             && self.id.peer == next.id.peer
             && self.id.counter.checked_add(self.len() as u64) == Some(next.id.counter)
-            && next.origin_left == Some(self.last_id())
-            && next.origin_right == self.origin_right
+            && next.origin_left() == Some(self.last_id())
+            && next.right == self.right
     }
 
     /// Keeps items `[0, at)` and returns the rest (0 < at < len).
@@ -448,8 +482,8 @@ impl<C: SeqContent> Run<C> {
         let content = self.content.split_off(at);
         Run {
             id: self.id.offset(at as u64),
-            origin_left: Some(self.id.offset(at as u64 - 1)),
-            origin_right: self.origin_right,
+            left: OptDot(self.id.offset(at as u64 - 1)),
+            right: self.right,
             deleted: self.deleted,
             content,
         }
@@ -915,6 +949,10 @@ impl<C: SeqContent> Sequence<C> {
 
     /// Checks that `n` new ids starting at `id` can be added.
     fn check_new_ids(&self, id: Dot, n: usize) -> Result<u64, SeqError> {
+        if id.counter == 0 {
+            // Counters start at 1; 0 is the "no origin" mark inside runs.
+            return Err(SeqError::UnknownId(id));
+        }
         let end = id.counter.checked_add(n as u64).ok_or(SeqError::CounterOverflow(id))?;
         if let Some(c) = self.ids.first_overlap(id.peer, id.counter, end) {
             return Err(SeqError::DuplicateId(Dot::new(id.peer, c)));
@@ -977,6 +1015,8 @@ impl<C: SeqContent> Sequence<C> {
             chunks.push(all.split_off(st));
         }
         chunks.reverse();
+        // The leaf's buffer grew past the cap (doubling); give back what the first piece does not need.
+        all.shrink_to_fit();
         self.leaves[leaf_id].runs = all;
         self.leaves[leaf_id].recount();
         let mut ranges: Vec<(PeerId, u64, u64)> = Vec::new();
@@ -1043,12 +1083,12 @@ impl<C: SeqContent> Sequence<C> {
             let oleft: i64 = if o > 0 {
                 i as i64 - 1
             } else {
-                match run.origin_left {
+                match run.origin_left() {
                     None => -1,
                     Some(d) => self.total_pos(d)? as i64,
                 }
             };
-            let oright: i64 = match run.origin_right {
+            let oright: i64 = match run.origin_right() {
                 None => len as i64,
                 Some(d) => self.total_pos(d)? as i64,
             };
@@ -1102,7 +1142,7 @@ impl<C: SeqContent> Sequence<C> {
             }
         };
         let op = SeqInsert { id, origin_left, origin_right, content: content.clone() };
-        self.insert_run(k, j, o, Run { id, origin_left, origin_right, deleted: false, content });
+        self.insert_run(k, j, o, Run { id, left: origin_left.into(), right: origin_right.into(), deleted: false, content });
         Ok(op)
     }
 
@@ -1132,8 +1172,8 @@ impl<C: SeqContent> Sequence<C> {
         };
         let run = Run {
             id: op.id,
-            origin_left: op.origin_left,
-            origin_right: op.origin_right,
+            left: op.origin_left.into(),
+            right: op.origin_right.into(),
             deleted: false,
             content: op.content.clone(),
         };
@@ -1388,10 +1428,13 @@ impl<C: SeqContent> Sequence<C> {
                 return Err(SeqError::EmptyContent);
             }
             let end = seq.check_new_ids(r.id, n)?;
+            if let Some(d) = [r.origin_left, r.origin_right].into_iter().flatten().find(|d| d.counter == 0) {
+                return Err(SeqError::UnknownId(d));
+            }
             let run = Run {
                 id: r.id,
-                origin_left: r.origin_left,
-                origin_right: r.origin_right,
+                left: r.origin_left.into(),
+                right: r.origin_right.into(),
                 deleted: r.deleted,
                 content: r.content,
             };
@@ -1417,15 +1460,15 @@ impl<C: SeqContent> Sequence<C> {
         // Every origin must exist, origin_left before the run and origin_right after it.
         let mut pos = 0;
         for r in seq.all_runs() {
-            if let Some(d) = r.origin_left {
+            if let Some(d) = r.origin_left() {
                 if seq.total_pos(d)? >= pos {
-                    return Err(SeqError::InvalidOrigins { left: r.origin_left, right: r.origin_right });
+                    return Err(SeqError::InvalidOrigins { left: r.origin_left(), right: r.origin_right() });
                 }
             }
             pos += r.len();
-            if let Some(d) = r.origin_right {
+            if let Some(d) = r.origin_right() {
                 if seq.total_pos(d)? < pos {
-                    return Err(SeqError::InvalidOrigins { left: r.origin_left, right: r.origin_right });
+                    return Err(SeqError::InvalidOrigins { left: r.origin_left(), right: r.origin_right() });
                 }
             }
         }
@@ -1531,8 +1574,8 @@ impl<C: SeqContent + Serialize> Serialize for Sequence<C> {
         for r in self.all_runs() {
             seq.serialize_element(&SerRunRef {
                 id: r.id,
-                origin_left: r.origin_left,
-                origin_right: r.origin_right,
+                origin_left: r.origin_left(),
+                origin_right: r.origin_right(),
                 deleted: r.deleted,
                 content: &r.content,
             })?;

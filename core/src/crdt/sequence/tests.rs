@@ -26,8 +26,8 @@ fn items(seq: &Sequence<Chars>) -> Vec<RItem<char>> {
         for (k, ch) in r.content.as_str().chars().enumerate() {
             out.push(RItem {
                 id: r.id.offset(k as u64),
-                ol: if k == 0 { r.origin_left } else { Some(r.id.offset(k as u64 - 1)) },
-                or: r.origin_right,
+                ol: if k == 0 { r.origin_left() } else { Some(r.id.offset(k as u64 - 1)) },
+                or: r.origin_right(),
                 deleted: r.deleted,
                 v: ch,
             });
@@ -292,7 +292,11 @@ fn errors_leave_sequence_unchanged() {
         Err(SeqError::IndexOutOfBounds { index: 3, len: 2 })
     );
     assert_eq!(s.local_insert(0, d(1, 2), "x".into()), Err(SeqError::DuplicateId(d(1, 2))));
-    assert_eq!(s.local_insert(0, d(1, 0), "xy".into()), Err(SeqError::DuplicateId(d(1, 1))));
+    assert_eq!(snapshot(&s), before, "failed inserts changed nothing");
+    assert_eq!(s.local_insert(0, d(9, 1), "xy".into()).map(|_| ()), Ok(()));
+    s.local_delete(0, 2).unwrap();
+    let before = snapshot(&s);
+    assert_eq!(s.local_insert(0, d(1, 0), "xy".into()), Err(SeqError::UnknownId(d(1, 0))), "counter 0 is never an id");
     assert_eq!(s.local_insert(0, d(1, 9), Chars::new()), Err(SeqError::EmptyContent));
     assert_eq!(s.local_insert(0, d(1, u64::MAX), "xy".into()), Err(SeqError::CounterOverflow(d(1, u64::MAX))));
     assert!(matches!(s.local_delete(1, 2), Err(SeqError::IndexOutOfBounds { .. })));
