@@ -323,28 +323,18 @@ impl Store {
             inner.refresh()?;
             let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone(), inner.pending_rows);
             let mut txn = WriteTxn::new(&mut inner);
-            let result = f(&mut txn).and_then(|r| {
-                let events = txn.persist()?;
-                Ok((r, events))
-            });
-            match result {
+            match f(&mut txn).and_then(|r| Ok((r, txn.persist()?))) {
                 Ok((r, events)) => {
                     let report = txn.take_report();
-                    Ok((r, events, report, txn, saved))
+                    txn.finish();
+                    Ok((r, events, report))
                 }
                 Err(e) => {
                     drop(txn);
-                    inner.held = saved.0;
-                    inner.next_counter = saved.1;
-                    inner.clock = saved.2;
-                    inner.pending_rows = saved.3;
+                    (inner.held, inner.next_counter, inner.clock, inner.pending_rows) = saved;
                     Err(e)
                 }
             }
-            .map(|(r, events, report, txn, _)| {
-                txn.finish();
-                (r, events, report)
-            })
         })();
         match outcome {
             Ok((r, events, report)) => match inner.conn.execute_batch("COMMIT") {

@@ -290,15 +290,10 @@ impl<'a> WriteTxn<'a> {
                 .map(|(id, _)| *id)
                 .collect();
             for oid in ids {
-                let has_limit = self.inner.observers.registered.get(&oid).is_some_and(|r| r.query.limit.is_some());
-                let fresh = if has_limit {
-                    let q = self.inner.observers.registered.get(&oid).map(|r| r.query.clone());
-                    match q {
-                        Some(q) => Some(self.inner.query(collection, &q)?),
-                        None => None,
-                    }
-                } else {
-                    None
+                // A limited result can gain documents nobody touched (the next in line): recompute it.
+                let fresh = match self.inner.observers.registered.get(&oid) {
+                    Some(r) if r.query.limit.is_some() => Some(self.inner.query(collection, &r.query)?),
+                    _ => None,
                 };
                 let Some(r) = self.inner.observers.registered.get_mut(&oid) else { continue };
                 let ev = match fresh {
