@@ -38,7 +38,7 @@ fn main() -> shoaldb::Result<()> {
     alice.upsert_value(
         "lists",
         Some("groceries"),
-        &Value::Map(
+        Value::Map(
             [
                 ("title".to_string(), Value::from("Groceries")),
                 ("items".to_string(), Value::Array(vec![Value::from("milk"), Value::from("bread")])),

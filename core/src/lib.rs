@@ -10,7 +10,7 @@
 //! use shoaldb::{Store, Query};
 //! # let dir = tempfile::tempdir().unwrap();
 //! let store = Store::open(dir.path().join("app.db"))?;
-//! let id = store.upsert("tasks", &serde_json::json!({"title": "Buy milk", "done": false}))?;
+//! let id = store.upsert("tasks", serde_json::json!({"title": "Buy milk", "done": false}))?;
 //! store.update("tasks", &id, |doc| {
 //!     doc.increment("priority", 2)?;          // a counter
 //!     doc.text_insert("notes", 0, "2 litres")?; // collaborative text

@@ -107,7 +107,7 @@ fn attachments_in_documents_dedup_and_verification() {
     assert_eq!(s.attachment_bytes(&empty).unwrap(), Vec::<u8>::new());
 
     // In a document, as a field; its JSON form names the hash; the token comes back from the document.
-    let id = s.upsert("files", &json!({"name": "blob"})).unwrap();
+    let id = s.upsert("files", json!({"name": "blob"})).unwrap();
     s.update("files", &id, |d| Ok(d.set("content", t1.clone())?)).unwrap();
     let doc = s.get("files", &id).unwrap().unwrap();
     assert_eq!(doc["content"]["_attachment"], t1.hash_hex());

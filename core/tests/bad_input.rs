@@ -15,7 +15,7 @@ fn store() -> (tempfile::TempDir, Store) {
 
 fn sample_changes() -> Vec<DocChange> {
     let (_d, s) = store();
-    let id = s.upsert("c", &json!({"_id": "d", "a": 1, "m": {"x": "y"}})).unwrap();
+    let id = s.upsert("c", json!({"_id": "d", "a": 1, "m": {"x": "y"}})).unwrap();
     s.update("c", &id, |d| {
         d.text_insert("t", 0, "héllo")?;
         d.text_delete("t", 1, 2)?;
@@ -81,7 +81,7 @@ fn change(peer: u64, start: u64, deps: &[(u64, u64)], ops: Vec<Op>) -> Change {
 #[test]
 fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
     let (_d, s) = store();
-    s.upsert("c", &json!({"_id": "keep", "v": 1})).unwrap();
+    s.upsert("c", json!({"_id": "keep", "v": 1})).unwrap();
     let before = (s.list("c").unwrap(), s.summary().unwrap());
     let good = DocChange {
         collection: "c".into(),
@@ -156,11 +156,11 @@ fn clock_and_counters_are_monotonic_across_restarts() {
     let path = dir.path().join("db");
     let first = {
         let s = Store::open(&path).unwrap();
-        s.upsert("c", &json!({"_id": "a", "v": 1})).unwrap();
+        s.upsert("c", json!({"_id": "a", "v": 1})).unwrap();
         s.changes_since(&Default::default()).unwrap().pop().unwrap().change
     };
     let s = Store::open(&path).unwrap();
-    s.upsert("c", &json!({"_id": "b", "v": 2})).unwrap();
+    s.upsert("c", json!({"_id": "b", "v": 2})).unwrap();
     let second = s.changes_since(&Default::default()).unwrap().into_iter().find(|c| c.doc_id == "b").unwrap().change;
     assert!(second.ts > first.ts);
     assert!(second.start > first.end(), "counters never repeat");

@@ -87,7 +87,7 @@ fn apply_edit(ed: &mut DocEditor<'_>, e: &Edit) -> Result<(), shoaldb::DocError>
         Edit::SetRegister { path, value } => ed.set(REGISTER_PATHS[*path as usize % REGISTER_PATHS.len()], *value),
         Edit::SetJsonObject { path, value } => {
             let p = ["m", "m.sub", "title"][*path as usize % 3];
-            ed.merge(p, &Value::from_json(&json!({"x": value, "sub": {"y": value}})))
+            ed.merge(p, Value::from_json(&json!({"x": value, "sub": {"y": value}})))
         }
         Edit::Increment { which, by } => ed.increment(COUNTERS[*which as usize % 2], *by as i64),
         Edit::TextInsert { which, pos, text } => {
@@ -175,7 +175,7 @@ fn run(actions: &[Action]) {
                 let before = s.get(COLLECTION, DOCS[*doc]).unwrap();
                 let r = s.write(|t| {
                     if t.get(COLLECTION, DOCS[*doc])?.is_none() {
-                        t.upsert(COLLECTION, &json!({"_id": DOCS[*doc]}))?;
+                        t.upsert(COLLECTION, json!({"_id": DOCS[*doc]}))?;
                     }
                     t.update(COLLECTION, DOCS[*doc], |ed| Ok(apply_edit(ed, edit)?))
                 });
@@ -304,7 +304,7 @@ fn run_documents(actions: &[Action]) {
                 let before = d.doc.to_json();
                 let mut ed = d.doc.edit(PeerId(*replica as u64 * 7 + 3), d.next, Timestamp::new(1_000 + clock % 5, 0));
                 if !ed.document().exists() {
-                    ed.merge(&shoaldb::Path::root(), &Value::Map(Default::default())).unwrap();
+                    ed.merge(&shoaldb::Path::root(), Value::Map(Default::default())).unwrap();
                 }
                 let r = apply_edit(&mut ed, edit);
                 d.next = ed.next_counter();
@@ -387,7 +387,7 @@ fn concurrent_remove_and_update_keeps_the_update() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = Store::open(dirs[0].path().join("db")).unwrap();
     let b = Store::open(dirs[1].path().join("db")).unwrap();
-    a.upsert(COLLECTION, &json!({"_id": "x", "title": "t", "n": 1})).unwrap();
+    a.upsert(COLLECTION, json!({"_id": "x", "title": "t", "n": 1})).unwrap();
     b.apply_changes(&a.changes_since(&b.summary().unwrap()).unwrap()).unwrap();
     a.remove(COLLECTION, "x").unwrap();
     b.update(COLLECTION, "x", |d| Ok(d.set("n", 2i64)?)).unwrap();

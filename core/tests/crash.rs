@@ -19,14 +19,14 @@ fn child(path: &str) {
     loop {
         store
             .write(|t| {
-                t.upsert("c", &json!({"_id": format!("a{}", i % 5), format!("x{i}"): i}))?;
-                t.upsert("c", &json!({"_id": format!("b{}", i % 3), format!("y{i}"): i}))?;
+                t.upsert("c", json!({"_id": format!("a{}", i % 5), format!("x{i}"): i}))?;
+                t.upsert("c", json!({"_id": format!("b{}", i % 3), format!("y{i}"): i}))?;
                 if t.get("c", "sum")?.is_none() {
-                    t.upsert("c", &json!({"_id": "sum"}))?;
+                    t.upsert("c", json!({"_id": "sum"}))?;
                 }
                 t.update("c", "sum", |d| Ok(d.increment("total", 1)?))?;
                 if t.get("c", "log")?.is_none() {
-                    t.upsert("c", &json!({"_id": "log"}))?;
+                    t.upsert("c", json!({"_id": "log"}))?;
                 }
                 t.update("c", "log", |d| Ok(d.array_push("items", &[(i as i64).into()])?))?;
                 Ok(())

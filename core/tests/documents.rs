@@ -12,16 +12,16 @@ fn store() -> (tempfile::TempDir, Store) {
 #[test]
 fn upsert_get_list_and_merge_semantics() {
     let (_d, s) = store();
-    let id = s.upsert("people", &json!({"name": "Ada", "address": {"city": "London", "zip": "N1"}})).unwrap();
+    let id = s.upsert("people", json!({"name": "Ada", "address": {"city": "London", "zip": "N1"}})).unwrap();
     assert_eq!(id.len(), 26, "generated ids are 26-char time-sortable ids");
     let doc = s.get("people", &id).unwrap().unwrap();
     assert_eq!(doc, json!({"_id": id, "name": "Ada", "address": {"city": "London", "zip": "N1"}}));
     // Fields given are set (objects merged), others kept.
-    s.upsert("people", &json!({"_id": id, "age": 36, "address": {"city": "Paris"}})).unwrap();
+    s.upsert("people", json!({"_id": id, "age": 36, "address": {"city": "Paris"}})).unwrap();
     let doc = s.get("people", &id).unwrap().unwrap();
     assert_eq!(doc, json!({"_id": id, "name": "Ada", "age": 36, "address": {"city": "Paris", "zip": "N1"}}));
     // A caller-given id.
-    s.upsert("people", &json!({"_id": "bob", "name": "Bob"})).unwrap();
+    s.upsert("people", json!({"_id": "bob", "name": "Bob"})).unwrap();
     let all = s.list("people").unwrap();
     assert_eq!(all.len(), 2);
     assert!(s.get("people", "nobody").unwrap().is_none());
@@ -31,7 +31,7 @@ fn upsert_get_list_and_merge_semantics() {
 #[test]
 fn every_field_type_through_update() {
     let (_d, s) = store();
-    let id = s.upsert("t", &json!({"title": "x"})).unwrap();
+    let id = s.upsert("t", json!({"title": "x"})).unwrap();
     s.update("t", &id, |d| {
         d.increment("likes", 3)?;
         d.increment("likes", -1)?;
@@ -62,7 +62,7 @@ fn every_field_type_through_update() {
 #[test]
 fn type_mismatches_and_bad_paths_are_typed_errors_and_write_nothing() {
     let (_d, s) = store();
-    let id = s.upsert("t", &json!({"title": "x", "n": 1})).unwrap();
+    let id = s.upsert("t", json!({"title": "x", "n": 1})).unwrap();
     let before = s.get("t", &id).unwrap();
     let r = s.update("t", &id, |d| {
         d.set("ok", 1i64)?; // applied in memory, then rolled back with the transaction
@@ -80,11 +80,11 @@ fn type_mismatches_and_bad_paths_are_typed_errors_and_write_nothing() {
     let r = s.update("t", &id, |d| Ok(d.set("f", f64::NAN)?));
     assert!(matches!(r, Err(Error::Document(shoaldb::DocError::InvalidValue(_)))), "{r:?}");
     let big = "x".repeat(2 << 20);
-    let r = s.upsert("t", &json!({"big": big}));
+    let r = s.upsert("t", json!({"big": big}));
     assert!(matches!(r, Err(Error::Document(shoaldb::DocError::InvalidValue(_)))), "{r:?}");
     assert!(matches!(s.upsert_json("t", "{not json"), Err(Error::InvalidJson(_))));
     assert!(matches!(s.upsert_json("t", "[1,2]"), Err(Error::InvalidJson(_))));
-    assert!(matches!(s.upsert("", &json!({})), Err(Error::InvalidName { .. })));
+    assert!(matches!(s.upsert("", json!({})), Err(Error::InvalidName { .. })));
     assert!(matches!(s.update("t", "missing", |_| Ok(())), Err(Error::NotFound { .. })));
     assert_eq!(s.get("t", &id).unwrap(), before);
 }
@@ -93,22 +93,22 @@ fn type_mismatches_and_bad_paths_are_typed_errors_and_write_nothing() {
 fn transactions_are_atomic_across_documents() {
     let (_d, s) = store();
     s.write(|t| {
-        t.upsert("acc", &json!({"_id": "a", "balance": 10}))?;
-        t.upsert("acc", &json!({"_id": "b", "balance": 0}))?;
+        t.upsert("acc", json!({"_id": "a", "balance": 10}))?;
+        t.upsert("acc", json!({"_id": "b", "balance": 0}))?;
         Ok(())
     })
     .unwrap();
     let r: Result<(), Error> = s.write(|t| {
-        t.upsert("acc", &json!({"_id": "a", "balance": 5}))?;
+        t.upsert("acc", json!({"_id": "a", "balance": 5}))?;
         assert_eq!(t.get("acc", "a")?.unwrap()["balance"], 5, "a transaction sees its own writes");
-        t.upsert("acc", &json!({"_id": "b", "balance": 5}))?;
+        t.upsert("acc", json!({"_id": "b", "balance": 5}))?;
         Err(Error::InvalidJson("abort".into()))
     });
     assert!(r.is_err());
     assert_eq!(s.get("acc", "a").unwrap().unwrap()["balance"], 10);
     assert_eq!(s.get("acc", "b").unwrap().unwrap()["balance"], 0);
     // And the store keeps working after the rollback.
-    s.upsert("acc", &json!({"_id": "a", "balance": 7})).unwrap();
+    s.upsert("acc", json!({"_id": "a", "balance": 7})).unwrap();
     assert_eq!(s.get("acc", "a").unwrap().unwrap()["balance"], 7);
 }
 
@@ -120,9 +120,9 @@ fn remove_evict_and_reopen() {
     {
         let s = Store::open(&path).unwrap();
         peer = s.peer_id();
-        s.upsert("c", &json!({"_id": "keep", "v": 1})).unwrap();
-        s.upsert("c", &json!({"_id": "gone", "v": 2})).unwrap();
-        s.upsert("c", &json!({"_id": "local", "v": 3})).unwrap();
+        s.upsert("c", json!({"_id": "keep", "v": 1})).unwrap();
+        s.upsert("c", json!({"_id": "gone", "v": 2})).unwrap();
+        s.upsert("c", json!({"_id": "local", "v": 3})).unwrap();
         s.update("c", "keep", |d| {
             d.text_insert("t", 0, "abc")?;
             d.increment("n", 5)?;
@@ -136,7 +136,7 @@ fn remove_evict_and_reopen() {
         assert!(s.get("c", "local").unwrap().is_none());
         assert!(matches!(s.update("c", "local", |d| Ok(d.set("v", 4i64)?)), Err(Error::Evicted { .. })));
         // A removed document can be created again.
-        s.upsert("c", &json!({"_id": "gone", "w": 1})).unwrap();
+        s.upsert("c", json!({"_id": "gone", "w": 1})).unwrap();
         assert_eq!(s.get("c", "gone").unwrap().unwrap(), json!({"_id": "gone", "w": 1}));
     }
     let s = Store::open(&path).unwrap();
@@ -159,7 +159,7 @@ fn two_connections_to_one_file_share_the_store() {
     let a = Store::open(&path).unwrap();
     let b = Store::open(&path).unwrap();
     assert_eq!(a.peer_id(), b.peer_id());
-    a.upsert("c", &json!({"_id": "x", "n": 0})).unwrap();
+    a.upsert("c", json!({"_id": "x", "n": 0})).unwrap();
     for i in 0..20i64 {
         let s = if i % 2 == 0 { &a } else { &b };
         s.update("c", "x", |d| {
@@ -199,7 +199,7 @@ fn a_store_from_a_newer_version_is_refused() {
 #[test]
 fn a_store_is_shared_between_threads() {
     let (_d, s) = store();
-    s.upsert("c", &json!({"_id": "n"})).unwrap();
+    s.upsert("c", json!({"_id": "n"})).unwrap();
     let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let e = events.clone();
     let (_, _h) = s
@@ -214,7 +214,7 @@ fn a_store_is_shared_between_threads() {
                 for _ in 0..25 {
                     s.update("c", "n", |d| Ok(d.increment("count", 1)?)).unwrap();
                 }
-                s.upsert("c", &json!({"_id": format!("t{t}")})).unwrap();
+                s.upsert("c", json!({"_id": format!("t{t}")})).unwrap();
             })
         })
         .collect();

@@ -24,17 +24,17 @@ fn ids(docs: &[serde_json::Value]) -> Vec<&str> {
 #[test]
 fn one_event_per_transaction_with_inserted_updated_removed() {
     let (_d, s) = store();
-    s.upsert("tasks", &json!({"_id": "a", "done": false, "p": 1})).unwrap();
-    s.upsert("tasks", &json!({"_id": "z", "done": true, "p": 9})).unwrap();
+    s.upsert("tasks", json!({"_id": "a", "done": false, "p": 1})).unwrap();
+    s.upsert("tasks", json!({"_id": "z", "done": true, "p": 9})).unwrap();
     let (events, cb) = recorder();
     let (initial, handle) = s.observe("tasks", Query::filter("done == false").unwrap(), cb).unwrap();
     assert_eq!(ids(&initial), vec!["a"]);
 
     // One transaction touching three documents: one insert into the result, one update, one unrelated.
     s.write(|t| {
-        t.upsert("tasks", &json!({"_id": "b", "done": false}))?;
-        t.upsert("tasks", &json!({"_id": "a", "p": 2}))?;
-        t.upsert("tasks", &json!({"_id": "z", "p": 10}))?;
+        t.upsert("tasks", json!({"_id": "b", "done": false}))?;
+        t.upsert("tasks", json!({"_id": "a", "p": 2}))?;
+        t.upsert("tasks", json!({"_id": "z", "p": 10}))?;
         Ok(())
     })
     .unwrap();
@@ -48,11 +48,11 @@ fn one_event_per_transaction_with_inserted_updated_removed() {
         assert_eq!(ids(&ev[0].results), vec!["a", "b"]);
     }
     // A transaction that does not change the result: no event.
-    s.upsert("tasks", &json!({"_id": "z", "p": 11})).unwrap();
-    s.upsert("other", &json!({"_id": "a", "done": false})).unwrap();
+    s.upsert("tasks", json!({"_id": "z", "p": 11})).unwrap();
+    s.upsert("other", json!({"_id": "a", "done": false})).unwrap();
     assert_eq!(events.lock().unwrap().len(), 1);
     // Leaving the result: by an edit, and by a removal.
-    s.upsert("tasks", &json!({"_id": "a", "done": true})).unwrap();
+    s.upsert("tasks", json!({"_id": "a", "done": true})).unwrap();
     s.remove("tasks", "b").unwrap();
     {
         let ev = events.lock().unwrap();
@@ -63,13 +63,13 @@ fn one_event_per_transaction_with_inserted_updated_removed() {
     }
     // A failed transaction: no event.
     let _ = s.write(|t| {
-        t.upsert("tasks", &json!({"_id": "c", "done": false}))?;
+        t.upsert("tasks", json!({"_id": "c", "done": false}))?;
         Err::<(), _>(shoaldb::Error::InvalidJson("abort".into()))
     });
     assert_eq!(events.lock().unwrap().len(), 3);
     // Unregistered: nothing more.
     handle.cancel();
-    s.upsert("tasks", &json!({"_id": "d", "done": false})).unwrap();
+    s.upsert("tasks", json!({"_id": "d", "done": false})).unwrap();
     assert_eq!(events.lock().unwrap().len(), 3);
 }
 
@@ -80,8 +80,8 @@ fn changes_applied_from_another_replica_produce_events() {
     let (events, cb) = recorder();
     let (initial, _handle) = b.observe("notes", Query::all(), cb).unwrap();
     assert!(initial.is_empty());
-    a.upsert("notes", &json!({"_id": "n1", "text": "hello"})).unwrap();
-    a.upsert("notes", &json!({"_id": "n2", "text": "world"})).unwrap();
+    a.upsert("notes", json!({"_id": "n1", "text": "hello"})).unwrap();
+    a.upsert("notes", json!({"_id": "n2", "text": "world"})).unwrap();
     a.update("notes", "n1", |d| Ok(d.increment("views", 1)?)).unwrap();
     let changes = a.changes_since(&b.summary().unwrap()).unwrap();
     assert_eq!(changes.len(), 3);
@@ -102,14 +102,14 @@ fn changes_applied_from_another_replica_produce_events() {
 fn sorted_and_limited_observer_tracks_the_top_n() {
     let (_d, s) = store();
     for (id, score) in [("a", 5), ("b", 3), ("c", 8)] {
-        s.upsert("scores", &json!({"_id": id, "score": score})).unwrap();
+        s.upsert("scores", json!({"_id": id, "score": score})).unwrap();
     }
     let q = Query::all().sort_by("score", SortOrder::Descending).unwrap().limit(2);
     let (events, cb) = recorder();
     let (initial, _h) = s.observe("scores", q, cb).unwrap();
     assert_eq!(ids(&initial), vec!["c", "a"]);
-    s.upsert("scores", &json!({"_id": "b", "score": 9})).unwrap();
-    s.upsert("scores", &json!({"_id": "b", "score": 10})).unwrap();
+    s.upsert("scores", json!({"_id": "b", "score": 9})).unwrap();
+    s.upsert("scores", json!({"_id": "b", "score": 10})).unwrap();
     s.remove("scores", "c").unwrap();
     let ev = events.lock().unwrap();
     assert_eq!(ev.len(), 3);
@@ -130,11 +130,11 @@ fn a_callback_may_write_to_the_store() {
         .observe("in", Query::all(), move |ev| {
             *e.lock().unwrap() += 1;
             for d in &ev.inserted {
-                s2.upsert("out", &json!({"_id": d["_id"], "seen": true})).unwrap();
+                s2.upsert("out", json!({"_id": d["_id"], "seen": true})).unwrap();
             }
         })
         .unwrap();
-    s.upsert("in", &json!({"_id": "x"})).unwrap();
+    s.upsert("in", json!({"_id": "x"})).unwrap();
     assert_eq!(*events.lock().unwrap(), 1);
     assert_eq!(s.get("out", "x").unwrap().unwrap()["seen"], true);
 }
@@ -143,7 +143,7 @@ fn a_callback_may_write_to_the_store() {
 fn queries_filter_sort_limit_and_parameters() {
     let (_d, s) = store();
     for (id, age, city) in [("a", 30, "Oslo"), ("b", 25, "Rome"), ("c", 41, "Oslo"), ("d", 19, "Lima")] {
-        s.upsert("people", &json!({"_id": id, "age": age, "address": {"city": city}, "tags": [city, "x"]})).unwrap();
+        s.upsert("people", json!({"_id": id, "age": age, "address": {"city": city}, "tags": [city, "x"]})).unwrap();
     }
     let q = Query::filter("address.city == $city && age >= $min")
         .unwrap()

@@ -14,7 +14,7 @@ fn export_is_exactly_what_the_other_lacks_and_the_summary_stays_small() {
     let (_a, a) = store();
     let (_b, b) = store();
     for i in 0..300 {
-        a.upsert("c", &json!({"_id": format!("d{}", i % 40), "v": i})).unwrap();
+        a.upsert("c", json!({"_id": format!("d{}", i % 40), "v": i})).unwrap();
     }
     let changes = a.changes_since(&b.summary().unwrap()).unwrap();
     assert_eq!(changes.len(), 300);
@@ -23,8 +23,8 @@ fn export_is_exactly_what_the_other_lacks_and_the_summary_stays_small() {
     assert!(a.changes_since(&b.summary().unwrap()).unwrap().is_empty());
     assert!(b.changes_since(&a.summary().unwrap()).unwrap().is_empty());
     // One more edit on each side: exactly one change each way.
-    a.upsert("c", &json!({"_id": "d1", "w": 1})).unwrap();
-    b.upsert("c", &json!({"_id": "d2", "w": 2})).unwrap();
+    a.upsert("c", json!({"_id": "d1", "w": 1})).unwrap();
+    b.upsert("c", json!({"_id": "d2", "w": 2})).unwrap();
     let to_b = a.changes_since(&b.summary().unwrap()).unwrap();
     let to_a = b.changes_since(&a.summary().unwrap()).unwrap();
     assert_eq!((to_b.len(), to_a.len()), (1, 1));
@@ -40,7 +40,7 @@ fn export_is_exactly_what_the_other_lacks_and_the_summary_stays_small() {
 fn reverse_order_delivery_waits_for_dependencies() {
     let (_a, a) = store();
     let (_b, b) = store();
-    a.upsert("c", &json!({"_id": "x"})).unwrap();
+    a.upsert("c", json!({"_id": "x"})).unwrap();
     for i in 0..20 {
         a.update("c", "x", |d| Ok(d.text_insert("t", i, "ab")?)).unwrap();
     }
@@ -60,8 +60,8 @@ fn reverse_order_delivery_waits_for_dependencies() {
 fn evicted_documents_leave_the_summary_and_ignore_incoming_changes() {
     let (_a, a) = store();
     let (_b, b) = store();
-    a.upsert("c", &json!({"_id": "keep", "v": 1})).unwrap();
-    a.upsert("c", &json!({"_id": "drop", "v": 2})).unwrap();
+    a.upsert("c", json!({"_id": "keep", "v": 1})).unwrap();
+    a.upsert("c", json!({"_id": "drop", "v": 2})).unwrap();
     b.apply_changes(&a.changes_since(&b.summary().unwrap()).unwrap()).unwrap();
     assert!(b.evict("c", "drop").unwrap());
     // b no longer claims the evicted document's change, so a would send it again...

@@ -92,7 +92,7 @@ fn automerge_paper_through_a_store() {
     let path = dir.path().join("paper.db");
     {
         let store = Store::open(&path).unwrap();
-        store.upsert("docs", &serde_json::json!({"_id": "paper"})).unwrap();
+        store.upsert("docs", serde_json::json!({"_id": "paper"})).unwrap();
         // One transaction per 100 patches, as an editor saving regularly.
         let patches: Vec<&(usize, usize, String)> = trace.txns.iter().flat_map(|t| t.patches.iter()).collect();
         for chunk in patches.chunks(100) {

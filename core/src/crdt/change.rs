@@ -172,12 +172,10 @@ impl Change {
 
 /// A version byte, then the value in postcard's compact form.
 pub(crate) fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version];
+    let mut out = Vec::with_capacity(256);
+    out.push(version);
     // Serializing plain data into a Vec cannot fail.
-    if let Ok(body) = postcard::to_stdvec(value) {
-        out.extend_from_slice(&body);
-    }
-    out
+    postcard::to_extend(value, out).unwrap_or_else(|_| vec![version])
 }
 
 /// Read what [`encode_versioned`] wrote: the version must match and every byte must be used. Never panics.

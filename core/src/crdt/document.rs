@@ -78,7 +78,15 @@ impl Document {
         if !self.exists() {
             return None;
         }
-        Some(self.root.map.as_ref().map(|m| m.render()).unwrap_or_default())
+        match super::json::to_value(self.json_view(None)?) {
+            serde_json::Value::Object(m) => Some(m),
+            _ => Some(serde_json::Map::new()),
+        }
+    }
+
+    /// The document's JSON rendering (with an `_id` entry first when `id` is given), or `None` if it does not exist.
+    pub(crate) fn json_view<'a>(&'a self, id: Option<&'a str>) -> Option<super::json::MapJson<'a>> {
+        self.exists().then(|| super::json::MapJson { map: self.root.map.as_deref(), id })
     }
 
     fn shown_at(&self, path: &Path) -> Option<Shown<'_>> {
@@ -101,7 +109,7 @@ impl Document {
     /// The attachment token at `path`, if the field holds one.
     pub fn attachment(&self, path: impl AsPath) -> Result<Option<super::value::AttachmentToken>, DocError> {
         Ok(match self.shown_at(&*path.to_path()?) {
-            Some(Shown::Scalar(super::value::Scalar::Attachment(t))) => Some(t.clone()),
+            Some(Shown::Scalar(super::value::Scalar::Attachment(t))) => Some((**t).clone()),
             _ => None,
         })
     }
@@ -461,28 +469,29 @@ impl<'a> DocEditor<'a> {
     pub fn set(&mut self, path: impl AsPath, value: impl Into<Value>) -> Result<(), DocError> {
         let path = path.to_path()?;
         let path: &Path = &path;
-        self.write(path, &value.into(), false)
+        self.write(path, value.into(), false)
     }
 
     /// Like [`DocEditor::set`], but maps merge: the fields given are written, the others kept; an existing counter
     /// or text of the same type is kept as it is.
-    pub fn merge(&mut self, path: impl AsPath, value: &Value) -> Result<(), DocError> {
+    pub fn merge(&mut self, path: impl AsPath, value: impl Into<Value>) -> Result<(), DocError> {
         let path = path.to_path()?;
         let path: &Path = &path;
-        self.write(path, value, true)
+        self.write(path, value.into(), true)
     }
 
-    fn write(&mut self, path: &Path, value: &Value, merge: bool) -> Result<(), DocError> {
-        check_value(value, path.segments().len())?;
+    fn write(&mut self, path: &Path, value: Value, merge: bool) -> Result<(), DocError> {
+        check_value(&value, path.segments().len())?;
         if path.is_root() {
             return match value {
                 Value::Map(m) => {
+                    self.ops.reserve(m.len() + 2);
                     self.ensure_document()?;
                     if !merge {
                         self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
                     }
                     for (k, v) in m {
-                        self.write_at(vec![Seg::Key(k.clone())], v, merge)?;
+                        self.write_at(vec![Seg::Key(k)], v, merge)?;
                     }
                     Ok(())
                 }
@@ -493,11 +502,11 @@ impl<'a> DocEditor<'a> {
         self.write_at(segs, value, merge)
     }
 
-    fn write_at(&mut self, segs: Vec<Seg>, value: &Value, merge: bool) -> Result<(), DocError> {
+    fn write_at(&mut self, segs: Vec<Seg>, value: Value, merge: bool) -> Result<(), DocError> {
         let current = self.shown(&segs).and_then(|s| s.kind());
         match value {
             Value::Register(s) => {
-                self.emit(Op::Set { path: segs, value: s.clone() })?;
+                self.emit(Op::Set { path: segs, value: s })?;
             }
             Value::Map(m) => {
                 if !(merge && current == Some(Kind::Map)) {
@@ -505,7 +514,7 @@ impl<'a> DocEditor<'a> {
                 }
                 for (k, v) in m {
                     let mut child = segs.clone();
-                    child.push(Seg::Key(k.clone()));
+                    child.push(Seg::Key(k));
                     self.write_at(child, v, merge)?;
                 }
             }
@@ -517,15 +526,15 @@ impl<'a> DocEditor<'a> {
                 if !(merge && current == Some(Kind::Text)) {
                     self.emit(Op::Make { path: segs.clone(), kind: Kind::Text })?;
                     if !s.is_empty() {
-                        self.insert_text_at(&segs, 0, s)?;
+                        self.insert_text_at(&segs, 0, &s)?;
                     }
                 }
             }
             Value::Counter(n) => {
                 if !(merge && current == Some(Kind::Counter)) {
                     self.emit(Op::Make { path: segs.clone(), kind: Kind::Counter })?;
-                    if *n != 0 {
-                        self.emit(Op::Increment { path: segs, by: *n })?;
+                    if n != 0 {
+                        self.emit(Op::Increment { path: segs, by: n })?;
                     }
                 }
             }
@@ -533,7 +542,7 @@ impl<'a> DocEditor<'a> {
         Ok(())
     }
 
-    fn insert_elements(&mut self, segs: &[Seg], index: usize, items: &[Value]) -> Result<(), DocError> {
+    fn insert_elements(&mut self, segs: &[Seg], index: usize, items: Vec<Value>) -> Result<(), DocError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -549,7 +558,7 @@ impl<'a> DocEditor<'a> {
             origin_right: ins.origin_right,
             count: items.len() as u64,
         });
-        for (k, item) in items.iter().enumerate() {
+        for (k, item) in items.into_iter().enumerate() {
             let mut child = segs.to_vec();
             child.push(Seg::Elem(dot.offset(k as u64)));
             self.write_at(child, item, false)?;
@@ -665,7 +674,7 @@ impl<'a> DocEditor<'a> {
         if index > len {
             return Err(DocError::IndexOutOfBounds { path: path.to_string(), index, len });
         }
-        self.insert_elements(&segs, index, items)
+        self.insert_elements(&segs, index, items.to_vec())
     }
 
     /// Append `items` to the array at `path`.

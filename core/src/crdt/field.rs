@@ -68,19 +68,7 @@ impl Shown<'_> {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Shown::Scalar(s) => s.to_json(),
-            Shown::Map(m) => serde_json::Value::Object(m.render()),
-            Shown::Array(a) => {
-                let mut out = Vec::with_capacity(a.len());
-                for (_, run) in a.visible_runs() {
-                    out.extend(run.iter().map(|f| f.render().unwrap_or(serde_json::Value::Null)));
-                }
-                serde_json::Value::Array(out)
-            }
-            Shown::Text(t) => serde_json::Value::String(t.text()),
-            Shown::Counter(c) => serde_json::Value::from(c.value()),
-        }
+        super::json::to_value(super::json::ShownJson(*self))
     }
 }
 
@@ -216,8 +204,4 @@ impl Field {
         out
     }
 
-    /// The field as JSON, or `None` when it shows nothing.
-    pub fn render(&self) -> Option<serde_json::Value> {
-        self.shown().map(|s| s.to_json())
-    }
 }

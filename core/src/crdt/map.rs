@@ -18,11 +18,11 @@ impl MapObj {
     }
 
     pub fn entry(&mut self, key: &str) -> &mut Field {
-        if !self.fields.contains_key(key) {
-            self.fields.insert(key.to_string(), Field::default());
+        if self.fields.contains_key(key) {
+            // Checked just above.
+            return self.fields.get_mut(key).expect("entry exists");
         }
-        // The key was inserted just above if it was missing.
-        self.fields.get_mut(key).expect("entry exists")
+        self.fields.entry(key.to_string()).or_default()
     }
 
     pub fn clear(&mut self, ctx: &VersionVector) {
@@ -33,9 +33,5 @@ impl MapObj {
 
     pub fn has_visible(&self) -> bool {
         self.fields.values().any(Field::is_visible)
-    }
-
-    pub fn render(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.fields.iter().filter_map(|(k, f)| f.render().map(|v| (k.clone(), v))).collect()
     }
 }

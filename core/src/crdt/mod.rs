@@ -12,6 +12,7 @@ pub mod change;
 pub mod clock;
 pub(crate) mod counter;
 pub mod document;
+pub(crate) mod json;
 pub(crate) mod field;
 pub(crate) mod map;
 pub mod path;

@@ -9,6 +9,7 @@ use super::clock::{Dot, Timestamp};
 use super::value::{Kind, Scalar};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// What one register entry asserts: a scalar value, or that the field holds a container of some kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,7 +35,8 @@ impl Entry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct Register {
-    entries: Vec<Entry>,
+    /// Almost always one entry: kept inline, without an allocation of its own.
+    entries: SmallVec<[Entry; 1]>,
 }
 
 impl Register {

@@ -28,9 +28,7 @@ impl AttachmentToken {
 
     /// The JSON form used when documents are rendered: `{"_attachment": "<hash hex>", "len": N, "meta": {...}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let meta: serde_json::Map<String, serde_json::Value> =
-            self.meta.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-        serde_json::json!({ "_attachment": self.hash_hex(), "len": self.len, "meta": meta })
+        super::json::to_value(super::json::TokenJson(self))
     }
 }
 
@@ -84,40 +82,35 @@ pub enum Scalar {
     List(Vec<Scalar>),
     /// A JSON object kept as one atomic value.
     Object(BTreeMap<String, Scalar>),
-    Attachment(AttachmentToken),
+    /// Boxed: attachments are rare, and this keeps every other value small.
+    Attachment(Box<AttachmentToken>),
 }
 
 impl Scalar {
     /// Convert from JSON. Integers that fit `i64` stay integers; other numbers become floats.
     pub fn from_json(v: &serde_json::Value) -> Scalar {
+        Scalar::from_json_owned(v.clone())
+    }
+
+    /// Like [`Scalar::from_json`], taking the JSON value (its strings are moved, not copied).
+    pub fn from_json_owned(v: serde_json::Value) -> Scalar {
         use serde_json::Value as J;
         match v {
             J::Null => Scalar::Null,
-            J::Bool(b) => Scalar::Bool(*b),
+            J::Bool(b) => Scalar::Bool(b),
             J::Number(n) => match n.as_i64() {
                 Some(i) => Scalar::Int(i),
                 None => Scalar::Float(n.as_f64().unwrap_or(0.0)),
             },
-            J::String(s) => Scalar::Str(s.clone()),
-            J::Array(a) => Scalar::List(a.iter().map(Scalar::from_json).collect()),
-            J::Object(o) => Scalar::Object(o.iter().map(|(k, v)| (k.clone(), Scalar::from_json(v))).collect()),
+            J::String(s) => Scalar::Str(s),
+            J::Array(a) => Scalar::List(a.into_iter().map(Scalar::from_json_owned).collect()),
+            J::Object(o) => Scalar::Object(o.into_iter().map(|(k, v)| (k, Scalar::from_json_owned(v))).collect()),
         }
     }
 
     /// Render as JSON. Bytes become an array of numbers; attachments their token object.
     pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value as J;
-        match self {
-            Scalar::Null => J::Null,
-            Scalar::Bool(b) => J::Bool(*b),
-            Scalar::Int(i) => J::from(*i),
-            Scalar::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
-            Scalar::Str(s) => J::String(s.clone()),
-            Scalar::Bytes(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
-            Scalar::List(l) => J::Array(l.iter().map(Scalar::to_json).collect()),
-            Scalar::Object(o) => J::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-            Scalar::Attachment(t) => t.to_json(),
-        }
+        super::json::to_value(super::json::ScalarJson(self))
     }
 
     /// An approximation of the encoded size, used to enforce limits.
@@ -211,11 +204,14 @@ impl Value {
     /// arrays included — becomes a register. Use [`Value::Array`], [`Value::Text`] and [`Value::Counter`] to pick
     /// those types.
     pub fn from_json(v: &serde_json::Value) -> Value {
+        Value::from_json_owned(v.clone())
+    }
+
+    /// Like [`Value::from_json`], taking the JSON value (its strings are moved, not copied).
+    pub fn from_json_owned(v: serde_json::Value) -> Value {
         match v {
-            serde_json::Value::Object(o) => {
-                Value::Map(o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
-            }
-            other => Value::Register(Scalar::from_json(other)),
+            serde_json::Value::Object(o) => Value::Map(o.into_iter().map(|(k, v)| (k, Value::from_json_owned(v))).collect()),
+            other => Value::Register(Scalar::from_json_owned(other)),
         }
     }
 }

@@ -5,25 +5,24 @@ use rusqlite::Connection;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1: documents (JSON view, snapshot + tail of changes), the change log (append-only, for replication), pending
-    //    changes, evicted documents, metadata, attachment chunks.
+    // 1: documents (JSON view, snapshot), the change log (for replication, and the changes after each document's
+    //    snapshot), pending changes, evicted documents, metadata, attachment chunks.
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE docs (
         doc        INTEGER PRIMARY KEY,          -- local number, referenced by changes and snapshots
         collection TEXT NOT NULL,
         id         TEXT NOT NULL,
-        version    BLOB NOT NULL,                -- the document's version vector
         view       TEXT,                         -- JSON rendering, NULL when the document does not exist
-        tail       BLOB NOT NULL DEFAULT x'',    -- the changes applied after the snapshot, each length-prefixed
+        snap_seq   INTEGER NOT NULL DEFAULT 0,   -- the snapshot holds this document's changes up to this seq
         UNIQUE (collection, id)
     );
     CREATE TABLE snapshots (
         doc   INTEGER PRIMARY KEY,               -- docs.doc
-        state BLOB NOT NULL                      -- full CRDT state, without the tail
+        state BLOB NOT NULL                      -- full CRDT state up to docs.snap_seq
     );
     CREATE TABLE changes (
-        seq   INTEGER PRIMARY KEY AUTOINCREMENT, -- local application order (causal per document)
+        seq   INTEGER PRIMARY KEY,               -- local application order (causal per document)
         peer  INTEGER NOT NULL,
         start INTEGER NOT NULL,
         end   INTEGER NOT NULL,
@@ -31,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
         body  BLOB NOT NULL,
         UNIQUE (peer, start)
     );
+    CREATE INDEX changes_by_doc ON changes (doc, seq);
     CREATE TABLE pending (
         peer       INTEGER NOT NULL,
         start      INTEGER NOT NULL,

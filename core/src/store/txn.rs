@@ -7,11 +7,13 @@ use super::{check_collection, check_doc_id, ids, Inner};
 use crate::crdt::change::Change;
 use crate::crdt::clock::{wall_clock_ms, Timestamp};
 use crate::crdt::document::{Applied, DocEditor, Document};
+use crate::crdt::json;
 use crate::crdt::path::Path;
 use crate::crdt::value::Value;
 use crate::error::{Error, Result};
 use rusqlite::params;
 use serde_json::Value as Json;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 /// A document taken out of the cache for the length of a transaction.
@@ -21,6 +23,8 @@ struct TxnDoc {
     new_changes: Vec<Change>,
     /// Pending rows applied in this transaction (to delete on commit).
     from_pending: Vec<(u64, u64)>,
+    /// The store had no row for it before this transaction.
+    created: bool,
 }
 
 /// A write transaction. Everything done through it is committed together when the closure given to
@@ -35,17 +39,16 @@ pub struct WriteTxn<'a> {
 }
 
 /// The JSON object of an upsert: `_id` is taken out (it names the document), the rest are fields.
-fn fields_from_json(json: &Json) -> Result<(Option<String>, Value)> {
-    let Json::Object(obj) = json else {
+fn fields_from_json(json: Json) -> Result<(Option<String>, Value)> {
+    let Json::Object(mut obj) = json else {
         return Err(Error::InvalidJson("a document must be a JSON object".into()));
     };
-    let id = match obj.get("_id") {
+    let id = match obj.remove("_id") {
         None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s.clone()),
+        Some(Json::String(s)) => Some(s),
         Some(other) => Some(other.to_string()),
     };
-    let fields = obj.iter().filter(|(k, _)| k.as_str() != "_id").map(|(k, v)| (k.clone(), Value::from_json(v))).collect();
-    Ok((id, Value::Map(fields)))
+    Ok((id, Value::from_json_owned(Json::Object(obj))))
 }
 
 impl<'a> WriteTxn<'a> {
@@ -54,27 +57,33 @@ impl<'a> WriteTxn<'a> {
         WriteTxn { inner, docs: BTreeMap::new(), ts, report: ApplyReport::default(), evicted: Vec::new() }
     }
 
-    /// Take a document into the transaction (from the cache or the database); `None` if the store has no row.
-    fn doc(&mut self, collection: &str, id: &str) -> Result<Option<&mut TxnDoc>> {
+    /// Take a document into the transaction (from the cache or the database); with `create`, an empty document
+    /// when the store has none. `None` if there is none and `create` is false.
+    fn take_doc(&mut self, collection: &str, id: &str, create: bool) -> Result<Option<&mut TxnDoc>> {
         let key = (collection.to_string(), id.to_string());
-        if !self.docs.contains_key(&key) {
-            let cached = match self.inner.cache.take(&key) {
-                Some(c) => Some(c),
-                None => docs::load(&self.inner.conn, collection, id)?,
-            };
-            let Some(cached) = cached else { return Ok(None) };
-            self.docs.insert(key.clone(), TxnDoc { cached, new_changes: Vec::new(), from_pending: Vec::new() });
-        }
-        Ok(self.docs.get_mut(&key))
+        let td = match self.docs.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let (cached, created) = match self.inner.cache.take(e.key()) {
+                    Some(c) => (c, false),
+                    None => match docs::load(&self.inner.conn, collection, id)? {
+                        Some(c) => (c, false),
+                        None if create => (CachedDoc::default(), true),
+                        None => return Ok(None),
+                    },
+                };
+                e.insert(TxnDoc { cached, new_changes: Vec::new(), from_pending: Vec::new(), created })
+            }
+        };
+        Ok(Some(td))
+    }
+
+    fn doc(&mut self, collection: &str, id: &str) -> Result<Option<&mut TxnDoc>> {
+        self.take_doc(collection, id, false)
     }
 
     fn doc_or_new(&mut self, collection: &str, id: &str) -> Result<&mut TxnDoc> {
-        if self.doc(collection, id)?.is_none() {
-            let key = (collection.to_string(), id.to_string());
-            self.docs.insert(key, TxnDoc { cached: CachedDoc::default(), new_changes: Vec::new(), from_pending: Vec::new() });
-        }
-        let key = (collection.to_string(), id.to_string());
-        self.docs.get_mut(&key).ok_or_else(|| Error::Corrupt("document vanished from transaction".into()))
+        self.take_doc(collection, id, true)?.ok_or_else(|| Error::Corrupt("document vanished from transaction".into()))
     }
 
     fn is_evicted(&self, collection: &str, id: &str) -> bool {
@@ -123,18 +132,18 @@ impl<'a> WriteTxn<'a> {
 
     /// Insert or update a document from a JSON object: fields given are set (objects merged field by field), the
     /// others kept. `_id` names the document; without it a new time-sortable id is generated. Returns the id.
-    pub fn upsert(&mut self, collection: &str, json: &Json) -> Result<String> {
+    pub fn upsert(&mut self, collection: &str, json: Json) -> Result<String> {
         let (id, fields) = fields_from_json(json)?;
-        self.upsert_value(collection, id.as_deref(), &fields)
+        self.upsert_value(collection, id.as_deref(), fields)
     }
 
     /// Insert or update a document from typed values (a [`Value::Map`] of fields), merging like [`Self::upsert`].
-    pub fn upsert_value(&mut self, collection: &str, id: Option<&str>, fields: &Value) -> Result<String> {
+    pub fn upsert_value(&mut self, collection: &str, id: Option<&str>, fields: Value) -> Result<String> {
         let id = match id {
             Some(id) => id.to_string(),
             None => ids::generate(self.ts.wall_ms()),
         };
-        if !matches!(fields, Value::Map(_)) {
+        if !matches!(&fields, Value::Map(_)) {
             return Err(Error::InvalidJson("a document's fields must be a map".into()));
         }
         self.edit(collection, &id, true, |ed| Ok(ed.merge(&Path::root(), fields)?))?;
@@ -270,9 +279,21 @@ impl<'a> WriteTxn<'a> {
             if td.new_changes.is_empty() {
                 continue;
             }
-            let view = docs::view(&td.cached.doc, id);
-            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref())?;
-            touched.entry(collection.as_str()).or_default().push((id.as_str(), view));
+            // The view as a JSON value only when an observer of the collection needs it; written straight to text
+            // otherwise.
+            let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
+            let (text, value) = match td.cached.doc.json_view(Some(id)) {
+                None => (None, None),
+                Some(r) if observed => {
+                    let v = json::to_value(r);
+                    (Some(v.to_string()), Some(v))
+                }
+                Some(r) => (Some(json::to_string(r)), None),
+            };
+            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, text.as_deref())?;
+            if observed {
+                touched.entry(collection.as_str()).or_default().push((id.as_str(), value));
+            }
         }
         for (collection, id) in &self.evicted {
             touched.entry(collection.as_str()).or_default().push((id.as_str(), None));
@@ -308,10 +329,14 @@ impl<'a> WriteTxn<'a> {
         Ok(events)
     }
 
-    /// After a successful commit: put the documents back in the cache.
+    /// After a successful commit: put the documents back in the cache. Documents this transaction created are
+    /// not admitted (they are cheap to load: no snapshot, a change or two), so a bulk import or a sync catching up
+    /// on thousands of new documents does not push the documents in use out of the cache.
     pub(crate) fn finish(self) {
         for (key, td) in self.docs {
-            self.inner.cache.put(key, td.cached);
+            if !td.created {
+                self.inner.cache.put(key, td.cached);
+            }
         }
     }
 

@@ -451,7 +451,7 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
             || {
                 let store = shoaldb::Store::open(&db).map_err(err)?;
                 store
-                    .upsert(COLLECTION, &json!({"_id": DOC_ID, "title": trace.name}))
+                    .upsert(COLLECTION, json!({"_id": DOC_ID, "title": trace.name}))
                     .map_err(err)?;
                 if !trace.start.is_empty() {
                     store.update(COLLECTION, DOC_ID, |ed| Ok(ed.text_insert(TEXT, 0, &trace.start)?)).map_err(err)?;
