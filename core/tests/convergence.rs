@@ -304,7 +304,7 @@ fn run_documents(actions: &[Action]) {
                 let before = d.doc.to_json();
                 let mut ed = d.doc.edit(PeerId(*replica as u64 * 7 + 3), d.next, Timestamp::new(1_000 + clock % 5, 0));
                 if !ed.document().exists() {
-                    ed.merge(&shoaldb::Path::root(), Value::Map(Default::default())).unwrap();
+                    ed.merge(shoaldb::Path::root(), Value::Map(Default::default())).unwrap();
                 }
                 let r = apply_edit(&mut ed, edit);
                 d.next = ed.next_counter();

@@ -37,7 +37,7 @@ impl R {
 fn pair(init: serde_json::Value) -> (R, R) {
     let mut a = R::new(1);
     let mut b = R::new(2);
-    let c = a.edit(100, |e| e.merge(&shoaldb::Path::root(), Value::from_json(&init)));
+    let c = a.edit(100, |e| e.merge(shoaldb::Path::root(), Value::from_json(&init)));
     b.recv(&[&c]);
     (a, b)
 }

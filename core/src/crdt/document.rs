@@ -86,7 +86,7 @@ impl Document {
 
     /// The document's JSON rendering (with an `_id` entry first when `id` is given), or `None` if it does not exist.
     pub(crate) fn json_view<'a>(&'a self, id: Option<&'a str>) -> Option<super::json::MapJson<'a>> {
-        self.exists().then(|| super::json::MapJson { map: self.root.map.as_deref(), id })
+        self.exists().then_some(super::json::MapJson { map: self.root.map.as_deref(), id })
     }
 
     fn shown_at(&self, path: &Path) -> Option<Shown<'_>> {
@@ -704,7 +704,7 @@ impl<'a> DocEditor<'a> {
 
     /// Remove the document: everything this replica has seen of it.
     pub fn remove_document(&mut self) -> Result<(), DocError> {
-        self.remove(&Path::root())
+        self.remove(Path::root())
     }
 }
 

@@ -67,8 +67,8 @@ impl Shown<'_> {
         }
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        super::json::to_value(super::json::ShownJson(*self))
+    pub fn to_json(self) -> serde_json::Value {
+        super::json::to_value(super::json::ShownJson(self))
     }
 }
 

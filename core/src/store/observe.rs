@@ -72,12 +72,11 @@ pub(crate) fn update_incrementally(r: &mut Registered, touched: &[(&str, Option<
                 ev.inserted.push(v.clone());
                 r.results.push((id.to_string(), v.clone()));
             }
-            (Some(p), true, Some(v)) => {
-                if &r.results[p].1 != v {
+            (Some(p), true, Some(v))
+                if &r.results[p].1 != v => {
                     ev.updated.push(v.clone());
                     r.results[p].1 = v.clone();
                 }
-            }
             (Some(p), false, _) => {
                 r.results.remove(p);
                 ev.removed.push(id.to_string());

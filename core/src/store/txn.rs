@@ -146,7 +146,7 @@ impl<'a> WriteTxn<'a> {
         if !matches!(&fields, Value::Map(_)) {
             return Err(Error::InvalidJson("a document's fields must be a map".into()));
         }
-        self.edit(collection, &id, true, |ed| Ok(ed.merge(&Path::root(), fields)?))?;
+        self.edit(collection, &id, true, |ed| Ok(ed.merge(Path::root(), fields)?))?;
         Ok(id)
     }
 
