@@ -27,7 +27,10 @@
 pub mod crdt;
 pub mod error;
 pub mod query;
+pub mod security;
 pub mod store;
+pub mod sync;
+pub mod transport;
 
 pub use crdt::change::{Change, ChangeError, Op};
 pub use crdt::clock::{PeerId, Timestamp};

@@ -8,12 +8,14 @@
 mod blobs;
 mod docs;
 mod ids;
+mod changelog;
 mod observe;
 mod replicate;
 mod schema;
 mod txn;
 
 pub use blobs::CHUNK_SIZE;
+pub use changelog::{CommitListener, LogEntry};
 pub use observe::{Callback, ChangeEvent};
 pub use replicate::{ApplyReport, DocChange, RangeSet, Summary};
 pub use schema::SCHEMA_VERSION;
@@ -75,7 +77,8 @@ pub(crate) fn check_name(what: &'static str, s: &str) -> Result<()> {
     Err(Error::InvalidName { what, reason: reason.to_string() })
 }
 
-pub(crate) fn check_collection(s: &str) -> Result<()> {
+/// Check a collection name: non-empty, at most [`MAX_NAME_BYTES`], no control characters.
+pub fn check_collection(s: &str) -> Result<()> {
     check_name("collection name", s)
 }
 
@@ -168,6 +171,23 @@ impl Inner {
         meta_put_u64(&self.conn, "hlc", self.clock.last().0)
     }
 
+    /// Recompute every observer's result (after another process changed the store); the events to deliver.
+    fn refresh_all_observers(&mut self) -> Result<Vec<observe::Queued>> {
+        let ids: Vec<u64> = self.observers.registered.keys().copied().collect();
+        let mut events = Vec::new();
+        for oid in ids {
+            let Some((collection, query)) = self.observers.registered.get(&oid).map(|r| (r.collection.clone(), r.query.clone())) else {
+                continue;
+            };
+            let fresh = self.query(&collection, &query)?;
+            let Some(r) = self.observers.registered.get_mut(&oid) else { continue };
+            if let Some(event) = observe::replace_result(r, fresh) {
+                events.push(observe::Queued { callback: r.callback.clone(), alive: r.alive.clone(), event });
+            }
+        }
+        Ok(events)
+    }
+
     /// Every existing document of a collection matching `query`, sorted and limited: (id, view).
     fn query(&self, collection: &str, query: &Query) -> Result<Vec<(String, Json)>> {
         let mut stmt = self
@@ -193,6 +213,8 @@ struct Shared {
     delivery: Delivery,
     path: PathBuf,
     peer: PeerId,
+    listeners: Mutex<Vec<(u64, changelog::Listener)>>,
+    next_listener: std::sync::atomic::AtomicU64,
 }
 
 /// One device's database: collections of documents whose fields are CRDTs, persisted in one SQLite file.
@@ -286,7 +308,16 @@ impl Store {
             observers: Observers::default(),
         };
         inner.reload()?;
-        Ok(Store { shared: Arc::new(Shared { inner: Mutex::new(inner), delivery: Delivery::default(), path, peer }) })
+        Ok(Store {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                delivery: Delivery::default(),
+                path,
+                peer,
+                listeners: Mutex::new(Vec::new()),
+                next_listener: std::sync::atomic::AtomicU64::new(1),
+            }),
+        })
     }
 
     /// This store's peer id (persistent).
@@ -332,8 +363,9 @@ impl Store {
             match f(&mut txn).and_then(|r| Ok((r, txn.persist()?))) {
                 Ok((r, events)) => {
                     let report = txn.take_report();
+                    let wrote = txn.wrote();
                     txn.finish();
-                    Ok((r, events, report))
+                    Ok((r, events, report, wrote))
                 }
                 Err(e) => {
                     drop(txn);
@@ -343,12 +375,15 @@ impl Store {
             }
         })();
         match outcome {
-            Ok((r, events, report)) => match inner.conn.execute_batch("COMMIT") {
+            Ok((r, events, report, wrote)) => match inner.conn.execute_batch("COMMIT") {
                 Ok(()) => {
                     // Our own commits do not change `data_version`: no reload needed.
                     self.shared.delivery.enqueue(events);
                     drop(inner);
                     self.shared.delivery.run();
+                    if wrote {
+                        self.notify_commit();
+                    }
                     Ok((r, report))
                 }
                 Err(e) => {

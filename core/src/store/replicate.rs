@@ -65,6 +65,42 @@ impl RangeSet {
         &self.0
     }
 
+    /// The counters in `self` and not in `other`.
+    pub fn difference(&self, other: &RangeSet) -> RangeSet {
+        let mut out = Vec::new();
+        let theirs = &other.0;
+        let mut j = 0;
+        for &(s, e) in &self.0 {
+            let mut cur = s;
+            while j < theirs.len() && theirs[j].1 < cur {
+                j += 1;
+            }
+            let mut k = j;
+            let mut done = false;
+            while k < theirs.len() && theirs[k].0 <= e {
+                let (ts, te) = theirs[k];
+                if ts > cur {
+                    out.push((cur, ts - 1));
+                }
+                if te >= e {
+                    done = true;
+                    break;
+                }
+                cur = te + 1;
+                k += 1;
+            }
+            if !done && cur <= e {
+                out.push((cur, e));
+            }
+        }
+        RangeSet(out)
+    }
+
+    /// The number of counters in the set (saturating).
+    pub fn count(&self) -> u64 {
+        self.0.iter().fold(0u64, |n, &(s, e)| n.saturating_add(e - s).saturating_add(1))
+    }
+
     /// Sorted, disjoint, non-adjacent, non-empty ranges (for decoded data).
     pub fn is_well_formed(&self) -> bool {
         self.0.iter().all(|&(s, e)| s <= e) && self.0.windows(2).all(|w| w[0].1.saturating_add(1) < w[1].0)
@@ -99,6 +135,40 @@ impl Summary {
                 self.peers.remove(&peer);
             }
         }
+    }
+
+    /// What `self` holds and `other` does not.
+    pub fn difference(&self, other: &Summary) -> Summary {
+        let mut out = Summary::new();
+        for (peer, ranges) in &self.peers {
+            let d = match other.peers.get(peer) {
+                Some(theirs) => ranges.difference(theirs),
+                None => ranges.clone(),
+            };
+            if !d.is_empty() {
+                out.peers.insert(*peer, d);
+            }
+        }
+        out
+    }
+
+    /// Add everything `other` holds.
+    pub fn union_with(&mut self, other: &Summary) {
+        for (peer, ranges) in &other.peers {
+            for &(s, e) in ranges.ranges() {
+                self.insert(*peer, s, e);
+            }
+        }
+    }
+
+    /// Every author's ranges are sorted, disjoint and non-adjacent (for decoded data).
+    pub fn is_well_formed(&self) -> bool {
+        self.peers.values().all(|r| r.is_well_formed() && !r.is_empty())
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
     }
 
     /// Whether the change `peer:start..=end` is held.
@@ -141,13 +211,23 @@ struct Header {
     doc_id: String,
 }
 
+/// The document's collection and id, then the change's own versioned encoding.
+pub(crate) fn encode_doc_change(collection: &str, doc_id: &str, change_body: &[u8]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct HeaderRef<'a> {
+        collection: &'a str,
+        doc_id: &'a str,
+    }
+    let mut out = Vec::with_capacity(change_body.len() + collection.len() + doc_id.len() + 4);
+    out = postcard::to_extend(&HeaderRef { collection, doc_id }, out).unwrap_or_default();
+    out.extend_from_slice(change_body);
+    out
+}
+
 impl DocChange {
     /// Encode: the document's collection and id, then the change in its own versioned format.
     pub fn encode(&self) -> Vec<u8> {
-        let header = Header { collection: self.collection.clone(), doc_id: self.doc_id.clone() };
-        let mut out = postcard::to_stdvec(&header).unwrap_or_default();
-        out.extend_from_slice(&self.change.encode());
-        out
+        encode_doc_change(&self.collection, &self.doc_id, &self.change.encode())
     }
 
     /// Decode and validate. Never panics on garbage.
@@ -196,6 +276,23 @@ mod tests {
         assert!(r.is_well_formed());
         r.insert(0, u64::MAX);
         assert_eq!(r.ranges(), &[(0, u64::MAX)]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn range_set_difference_matches_sets(a in proptest::collection::vec((0u64..60, 0u64..6), 0..8),
+                                             b in proptest::collection::vec((0u64..60, 0u64..6), 0..8)) {
+            let (mut ra, mut rb) = (RangeSet::new(), RangeSet::new());
+            let (mut sa, mut sb) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+            for (s, l) in a { ra.insert(s, s + l); sa.extend(s..=s + l); }
+            for (s, l) in b { rb.insert(s, s + l); sb.extend(s..=s + l); }
+            let d = ra.difference(&rb);
+            proptest::prop_assert!(d.is_well_formed());
+            let got: std::collections::BTreeSet<u64> = d.ranges().iter().flat_map(|&(s, e)| s..=e).collect();
+            let want: std::collections::BTreeSet<u64> = sa.difference(&sb).copied().collect();
+            proptest::prop_assert_eq!(d.count(), want.len() as u64);
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -267,6 +267,11 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
+    /// Whether the transaction changed anything.
+    pub(crate) fn wrote(&self) -> bool {
+        !self.evicted.is_empty() || self.docs.values().any(|td| !td.new_changes.is_empty())
+    }
+
     pub(crate) fn take_report(&mut self) -> ApplyReport {
         std::mem::take(&mut self.report)
     }

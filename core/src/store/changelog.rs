@@ -1,0 +1,197 @@
+//! The change log as sync reads it: what a peer lacks (the log minus a summary), every change of one document, and
+//! notices of new commits — this process's, or another process's on the same file.
+
+use super::replicate::Summary;
+use super::{check_collection, check_doc_id, Inner, Store};
+use crate::crdt::clock::PeerId;
+use crate::error::{Error, Result};
+use rusqlite::{params, OptionalExtension};
+use serde_json::Value as Json;
+use std::sync::Arc;
+
+/// One change of the log, still encoded, with the document it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Local order of application (causal within a document).
+    pub seq: i64,
+    /// The document's local number.
+    pub doc: i64,
+    pub collection: String,
+    pub doc_id: String,
+    pub peer: PeerId,
+    pub start: u64,
+    pub end: u64,
+    /// The change in its versioned encoding ([`crate::Change::encode`]).
+    pub body: Vec<u8>,
+}
+
+impl LogEntry {
+    /// The entry in the form stores exchange ([`super::DocChange::encode`]), without decoding the change.
+    pub fn to_wire(&self) -> Vec<u8> {
+        super::replicate::encode_doc_change(&self.collection, &self.doc_id, &self.body)
+    }
+
+    /// Encoded size on the wire, about.
+    pub fn wire_len(&self) -> usize {
+        self.body.len() + self.collection.len() + self.doc_id.len() + 4
+    }
+}
+
+const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.id, c.peer, c.start, c.end, c.body";
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+    Ok(LogEntry {
+        seq: r.get(0)?,
+        doc: r.get(1)?,
+        collection: r.get(2)?,
+        doc_id: r.get(3)?,
+        peer: PeerId(r.get::<_, i64>(4)? as u64),
+        start: r.get::<_, i64>(5)? as u64,
+        end: r.get::<_, i64>(6)? as u64,
+        body: r.get(7)?,
+    })
+}
+
+/// A registered commit listener; dropping it unregisters.
+pub struct CommitListener {
+    id: u64,
+    shared: std::sync::Weak<super::Shared>,
+}
+
+impl Drop for CommitListener {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.listeners.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+pub(crate) type Listener = Arc<dyn Fn() + Send + Sync>;
+
+impl Inner {
+    /// The log entries in `peer:lo..=hi`, plus the one that starts before `lo` and reaches into it.
+    fn entries_in(&self, peer: PeerId, lo: u64, hi: u64, out: &mut Vec<LogEntry>) -> Result<()> {
+        let sql_peer = peer.0 as i64;
+        let before: Option<LogEntry> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc \
+                 WHERE c.peer = ?1 AND c.start < ?2 ORDER BY c.start DESC LIMIT 1"
+            ))?
+            .query_row(params![sql_peer, lo as i64], entry)
+            .optional()?;
+        if let Some(e) = before.filter(|e| e.end >= lo) {
+            out.push(e);
+        }
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc \
+             WHERE c.peer = ?1 AND c.start >= ?2 AND c.start <= ?3 ORDER BY c.start"
+        ))?;
+        let rows = stmt.query_map(params![sql_peer, lo as i64, hi.min(i64::MAX as u64) as i64], entry)?;
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Changes this store holds that are in neither `have` nor `skip`, in log order (causal within each
+    /// document), about `max_bytes` of them at most (always at least one when there is any).
+    pub fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        let wanted = inner.held.difference(have).difference(skip);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        'peers: for (peer, ranges) in wanted.peers() {
+            for &(lo, hi) in ranges.ranges() {
+                let mut found = Vec::new();
+                inner.entries_in(peer, lo, hi, &mut found)?;
+                for e in found {
+                    if have.contains(e.peer, e.start, e.end) || skip.contains(e.peer, e.start, e.end) {
+                        continue;
+                    }
+                    bytes += e.wire_len();
+                    out.push(e);
+                    if bytes >= max_bytes {
+                        break 'peers;
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        out.dedup_by_key(|e| e.seq);
+        Ok(out)
+    }
+
+    /// Every change of one document, in log order.
+    pub fn log_of_doc(&self, doc: i64) -> Result<Vec<LogEntry>> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc WHERE c.doc = ?1 ORDER BY c.seq"
+        ))?;
+        let rows = stmt.query_map(params![doc], entry)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// A document's JSON view by its local number (`None` when it does not exist or was removed).
+    pub fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
+        let inner = self.lock();
+        let text: Option<Option<String>> = inner
+            .conn
+            .prepare_cached("SELECT view FROM docs WHERE doc = ?1")?
+            .query_row(params![doc], |r| r.get(0))
+            .optional()?;
+        match text.flatten() {
+            None => Ok(None),
+            Some(t) => Ok(Some(serde_json::from_str(&t).map_err(|e| Error::Corrupt(e.to_string()))?)),
+        }
+    }
+
+    /// A document's local number, if the store has it.
+    pub fn doc_number(&self, collection: &str, id: &str) -> Result<Option<i64>> {
+        check_collection(collection)?;
+        check_doc_id(id)?;
+        let inner = self.lock();
+        super::docs::row_of(&inner.conn, collection, id)
+    }
+
+    /// Call `f` after every commit that changed the store (on the committing thread, outside the store's lock),
+    /// and when [`Store::poll_external_changes`] finds changes made by another process. Keep `f` short: it is
+    /// meant to wake up whoever needs to look.
+    pub fn on_commit(&self, f: impl Fn() + Send + Sync + 'static) -> CommitListener {
+        let mut listeners = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.shared.next_listener.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        listeners.push((id, Arc::new(f)));
+        CommitListener { id, shared: Arc::downgrade(&self.shared) }
+    }
+
+    pub(crate) fn notify_commit(&self) {
+        let listeners: Vec<Listener> =
+            self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, f)| f.clone()).collect();
+        for f in listeners {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())).is_err() {
+                log::error!("a commit listener panicked");
+            }
+        }
+    }
+
+    /// Look for commits made by another process (or connection) on the same file. When there are, reload, update
+    /// every observer's result (delivering their events) and call the commit listeners. Returns whether anything
+    /// changed. Cheap when nothing did (one `PRAGMA data_version`).
+    pub fn poll_external_changes(&self) -> Result<bool> {
+        let mut inner = self.lock();
+        if inner.data_version()? == inner.data_version {
+            return Ok(false);
+        }
+        log::debug!("store changed by another process; reloading");
+        inner.reload()?;
+        let events = inner.refresh_all_observers()?;
+        self.shared.delivery.enqueue(events);
+        drop(inner);
+        self.shared.delivery.run();
+        self.notify_commit();
+        Ok(true)
+    }
+}

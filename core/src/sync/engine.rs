@@ -1,0 +1,468 @@
+//! A device's sync engine, without I/O: every link's secure channel and session, what the device carries for its
+//! neighbours, and presence. A transport (TCP, BLE, the simulator) only moves frames in and out:
+//!
+//! ```text
+//! add_link → on_frame(link, bytes)* → poll_frame(link) → … → remove_link
+//!                 store_changed() after every commit; poll_event() for what happened
+//! ```
+//!
+//! **Multi-hop.** The interest a device declares to a neighbour is its own subscriptions plus those of its other
+//! neighbours, so a device in the middle fetches — and stores — what the devices beyond it want, and passes it on
+//! (store-and-forward). A line A–B–C–D converges even though A and D never meet, and even when B and C subscribe to
+//! nothing themselves. (In a mesh with cycles, a subscription can keep circulating after the device that made it has
+//! left, until the cycle is broken; the cost is only data carried, never correctness.)
+//!
+//! **One link per pair.** When two devices end up with two links (both dialled), both keep the one dialled by the
+//! device with the smaller key and close the other.
+//!
+//! **Presence.** Each device floods a record of its direct links (with a sequence number) through the mesh; every
+//! device computes who is reachable, in how many hops and over which transport from the breadth-first search of
+//! those records.
+
+use super::link::LinkCodec;
+use super::session::{Session, SessionStats};
+use super::wire::{Message, PresenceLink, Subscription, TransportKind};
+use super::SyncError;
+use crate::security::{AppSecret, DeviceKey, Identity};
+use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A link's number within one engine.
+pub type LinkId = u64;
+
+/// What the engine reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    /// A link finished its handshake and started syncing.
+    LinkUp { link: LinkId, device: DeviceKey, name: String, transport: TransportKind },
+    /// A link was closed by the engine (error, duplicate) — the transport should drop it — or removed.
+    LinkDown { link: LinkId, device: Option<DeviceKey>, reason: String },
+    /// The set of reachable devices changed (see [`Engine::peers`]).
+    PresenceChanged,
+    /// Changes from a peer were applied to the store.
+    Applied { link: LinkId, applied: usize },
+    /// A message for the attachment transfer layer (handled by the engine's owner).
+    Attachment { link: LinkId, message: Message },
+}
+
+/// A device reachable now, directly or through others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPresence {
+    pub device: DeviceKey,
+    pub name: String,
+    /// 1 for a direct link.
+    pub hops: u32,
+    /// The transport of the first hop.
+    pub transport: TransportKind,
+}
+
+struct Slot {
+    codec: LinkCodec,
+    transport: TransportKind,
+    initiator: bool,
+    session: Option<Session>,
+    device: Option<DeviceKey>,
+    name: String,
+    closed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Record {
+    seq: u64,
+    name: String,
+    links: Vec<PresenceLink>,
+}
+
+/// The sync engine of one device.
+pub struct Engine {
+    store: Store,
+    identity: Identity,
+    secret: AppSecret,
+    name: String,
+    key: DeviceKey,
+    own_subscriptions: Vec<Subscription>,
+    links: BTreeMap<LinkId, Slot>,
+    next_link: LinkId,
+    records: BTreeMap<DeviceKey, Record>,
+    own_seq: u64,
+    last_peers: Vec<PeerPresence>,
+    events: VecDeque<EngineEvent>,
+}
+
+impl Engine {
+    /// `seq_base` starts the presence sequence numbers (use the wall clock in ms, so a restarted device's records
+    /// replace its old ones).
+    pub fn new(store: Store, identity: Identity, secret: AppSecret, name: &str, subscriptions: Vec<Subscription>, seq_base: u64) -> Engine {
+        let key = DeviceKey(identity.public_key());
+        Engine {
+            store,
+            identity,
+            secret,
+            name: name.to_string(),
+            key,
+            own_subscriptions: normalise(subscriptions),
+            links: BTreeMap::new(),
+            next_link: 1,
+            records: BTreeMap::new(),
+            own_seq: seq_base,
+            last_peers: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// This device's key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.key
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Open a link; the side that dialled is the `initiator`. Its first frames (handshake) are ready at once.
+    pub fn add_link(&mut self, transport: TransportKind, initiator: bool) -> Result<LinkId, SyncError> {
+        let codec = LinkCodec::new(initiator, &self.identity, &self.secret)?;
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(id, Slot { codec, transport, initiator, session: None, device: None, name: String::new(), closed: false });
+        log::debug!("link {id} opened ({transport}, {})", if initiator { "dialled" } else { "accepted" });
+        Ok(id)
+    }
+
+    /// The transport dropped a link.
+    pub fn remove_link(&mut self, link: LinkId, reason: &str) {
+        if let Some(slot) = self.links.remove(&link) {
+            if !slot.closed {
+                self.events.push_back(EngineEvent::LinkDown { link, device: slot.device, reason: reason.to_string() });
+            }
+            if slot.session.is_some() {
+                self.links_changed();
+            }
+        }
+    }
+
+    /// Whether the engine closed this link (the transport should drop it).
+    pub fn is_closed(&self, link: LinkId) -> bool {
+        self.links.get(&link).is_none_or(|s| s.closed)
+    }
+
+    fn close(&mut self, link: LinkId, reason: String) {
+        let Some(slot) = self.links.get_mut(&link) else { return };
+        if slot.closed {
+            return;
+        }
+        log::warn!("closing link {link} ({}): {reason}", slot.device.map(|d| d.to_string()).unwrap_or_else(|| "unauthenticated".into()));
+        slot.closed = true;
+        let had_session = slot.session.take().is_some();
+        self.events.push_back(EngineEvent::LinkDown { link, device: slot.device, reason });
+        if had_session {
+            self.links_changed();
+        }
+    }
+
+    /// A frame arrived on `link`. Errors close the link (and are reported as [`EngineEvent::LinkDown`]).
+    pub fn on_frame(&mut self, link: LinkId, frame: &[u8]) {
+        if let Err(e) = self.on_frame_inner(link, frame) {
+            self.close(link, e.to_string());
+        }
+    }
+
+    fn on_frame_inner(&mut self, link: LinkId, frame: &[u8]) -> Result<(), SyncError> {
+        let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
+        if slot.closed {
+            return Ok(());
+        }
+        let was_open = slot.codec.is_open();
+        let messages = slot.codec.on_frame(frame)?;
+        if !was_open && slot.codec.is_open() {
+            self.handshake_done(link)?;
+        }
+        for m in messages {
+            let msg = Message::decode(&m)?;
+            self.on_message(link, msg)?;
+        }
+        Ok(())
+    }
+
+    fn handshake_done(&mut self, link: LinkId) -> Result<(), SyncError> {
+        let Some(slot) = self.links.get(&link) else { return Ok(()) };
+        let Some(device) = slot.codec.peer() else { return Ok(()) };
+        if device == self.key {
+            return Err(SyncError::Protocol("connected to itself".into()));
+        }
+        // One link per pair: keep the one dialled by the smaller key (the newest, if both are).
+        let me = self.key;
+        let dialler_of = move |initiator: bool| if initiator { me } else { device };
+        let this_dialler = dialler_of(slot.initiator);
+        let preferred = self.key.min(device);
+        let others: Vec<(LinkId, bool)> = self
+            .links
+            .iter()
+            .filter(|(id, s)| **id != link && !s.closed && s.device == Some(device))
+            .map(|(id, s)| (*id, s.initiator))
+            .collect();
+        for (other, other_initiator) in others {
+            let other_dialler = dialler_of(other_initiator);
+            if other_dialler == preferred && this_dialler != preferred {
+                return Err(SyncError::Duplicate);
+            }
+            self.close(other, SyncError::Duplicate.to_string());
+        }
+        let interest = self.interest_for(link);
+        let session = Session::start(&self.store, &self.name, interest)?;
+        if let Some(slot) = self.links.get_mut(&link) {
+            slot.device = Some(device);
+            slot.session = Some(session);
+        }
+        log::info!("link {link}: authenticated {device}");
+        // The new neighbour learns the mesh as we know it.
+        let records: Vec<Message> = self
+            .records
+            .iter()
+            .map(|(d, r)| Message::Presence { origin: d.0, seq: r.seq, name: r.name.clone(), links: r.links.clone() })
+            .collect();
+        if let Some(s) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) {
+            for m in records {
+                s.queue(m);
+            }
+        }
+        self.links_changed();
+        Ok(())
+    }
+
+    fn on_message(&mut self, link: LinkId, msg: Message) -> Result<(), SyncError> {
+        if let Message::Hello { name, .. } = &msg {
+            if let Some(slot) = self.links.get_mut(&link) {
+                slot.name = name.clone();
+                if let Some(device) = slot.device {
+                    self.events.push_back(EngineEvent::LinkUp { link, device, name: name.clone(), transport: slot.transport });
+                }
+            }
+        }
+        let store = self.store.clone();
+        let Some(session) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) else {
+            return Err(SyncError::Protocol("message before the handshake finished".into()));
+        };
+        let handled = session.handle(&store, msg)?;
+        if handled.interest_changed {
+            self.refresh_interests(Some(link));
+        }
+        if let Some(report) = handled.applied {
+            self.events.push_back(EngineEvent::Applied { link, applied: report.applied });
+        }
+        match handled.other {
+            Some(Message::Presence { origin, seq, name, links }) => self.on_presence(link, DeviceKey(origin), seq, name, links),
+            Some(m @ (Message::FetchAttachment { .. } | Message::AttachmentChunk { .. } | Message::AttachmentUnavailable { .. })) => {
+                self.events.push_back(EngineEvent::Attachment { link, message: m });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The store committed something (local write, another link's changes, another process): sessions look for
+    /// what their peers lack. Cheap; the work happens in [`Engine::poll_frame`].
+    pub fn store_changed(&mut self) {
+        // Nothing to do eagerly: every pump recomputes from the store.
+    }
+
+    /// Change this device's own subscriptions.
+    pub fn set_subscriptions(&mut self, subscriptions: Vec<Subscription>) {
+        self.own_subscriptions = normalise(subscriptions);
+        self.refresh_interests(None);
+    }
+
+    pub fn subscriptions(&self) -> &[Subscription] {
+        &self.own_subscriptions
+    }
+
+    /// What we ask of `link`'s peer: our subscriptions plus those of every other neighbour.
+    fn interest_for(&self, link: LinkId) -> Vec<Subscription> {
+        let mut all: BTreeSet<Subscription> = self.own_subscriptions.iter().cloned().collect();
+        for (id, slot) in &self.links {
+            if *id != link {
+                if let Some(s) = &slot.session {
+                    all.extend(s.peer_subscriptions());
+                }
+            }
+        }
+        normalise(all.into_iter().collect())
+    }
+
+    fn refresh_interests(&mut self, except: Option<LinkId>) {
+        let ids: Vec<LinkId> = self.links.keys().copied().filter(|id| Some(*id) != except).collect();
+        for id in ids {
+            let interest = self.interest_for(id);
+            if let Some(s) = self.links.get_mut(&id).and_then(|s| s.session.as_mut()) {
+                s.set_interest(interest);
+            }
+        }
+    }
+
+    /// The next frame to send on `link`, producing more (changes the peer lacks, as flow control allows) when the
+    /// queue is empty.
+    pub fn poll_frame(&mut self, link: LinkId) -> Option<Vec<u8>> {
+        if let Err(e) = self.fill(link) {
+            self.close(link, e.to_string());
+        }
+        self.links.get_mut(&link)?.codec.poll_frame()
+    }
+
+    fn fill(&mut self, link: LinkId) -> Result<(), SyncError> {
+        let store = self.store.clone();
+        let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
+        if slot.codec.has_frames() || slot.closed {
+            return Ok(());
+        }
+        let Some(session) = slot.session.as_mut() else { return Ok(()) };
+        let mut next = session.poll_message();
+        if next.is_none() {
+            session.pump(&store)?;
+            next = session.poll_message();
+        }
+        if let Some(msg) = next {
+            slot.codec.send(&msg.encode())?;
+        }
+        Ok(())
+    }
+
+    /// Links with frames to send now (after producing what is due).
+    pub fn links_with_frames(&mut self) -> Vec<LinkId> {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Err(e) = self.fill(id) {
+                self.close(id, e.to_string());
+            }
+            if self.links.get(&id).is_some_and(|s| s.codec.has_frames()) {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Queue a message (attachments) on a synced link.
+    pub fn send(&mut self, link: LinkId, msg: Message) -> bool {
+        match self.links.get_mut(&link).and_then(|s| s.session.as_mut()) {
+            Some(s) => {
+                s.queue(msg);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    /// Synced links: (link, device, name, transport).
+    pub fn links(&self) -> Vec<(LinkId, DeviceKey, String, TransportKind)> {
+        self.links
+            .iter()
+            .filter(|(_, s)| s.session.is_some())
+            .filter_map(|(id, s)| Some((*id, s.device?, s.name.clone(), s.transport)))
+            .collect()
+    }
+
+    /// A synced link's counters.
+    pub fn link_stats(&self, link: LinkId) -> Option<SessionStats> {
+        self.links.get(&link)?.session.as_ref().map(|s| s.stats.clone())
+    }
+
+    // ---- presence ----
+
+    fn links_changed(&mut self) {
+        self.own_seq += 1;
+        let links: Vec<PresenceLink> = self
+            .links
+            .values()
+            .filter(|s| s.session.is_some())
+            .filter_map(|s| Some(PresenceLink { device: s.device?.0, transport: s.transport }))
+            .collect();
+        let msg = Message::Presence { origin: self.key.0, seq: self.own_seq, name: self.name.clone(), links };
+        self.flood(msg, None);
+        self.refresh_interests(None);
+        self.check_presence();
+    }
+
+    fn on_presence(&mut self, from: LinkId, origin: DeviceKey, seq: u64, name: String, links: Vec<PresenceLink>) {
+        if origin == self.key || self.records.get(&origin).is_some_and(|r| r.seq >= seq) {
+            return;
+        }
+        self.records.insert(origin, Record { seq, name: name.clone(), links: links.clone() });
+        self.flood(Message::Presence { origin: origin.0, seq, name, links }, Some(from));
+        self.check_presence();
+    }
+
+    fn flood(&mut self, msg: Message, except: Option<LinkId>) {
+        for (id, slot) in self.links.iter_mut() {
+            if Some(*id) != except {
+                if let Some(s) = slot.session.as_mut() {
+                    s.queue(msg.clone());
+                }
+            }
+        }
+    }
+
+    fn check_presence(&mut self) {
+        let now = self.peers();
+        if now != self.last_peers {
+            self.last_peers = now;
+            self.events.push_back(EngineEvent::PresenceChanged);
+        }
+    }
+
+    /// Every device reachable now, directly or through others, nearest first.
+    pub fn peers(&self) -> Vec<PeerPresence> {
+        let mut seen: BTreeMap<DeviceKey, PeerPresence> = BTreeMap::new();
+        let mut queue: VecDeque<DeviceKey> = VecDeque::new();
+        for s in self.links.values() {
+            let (Some(device), Some(_)) = (s.device, s.session.as_ref()) else { continue };
+            if !seen.contains_key(&device) {
+                seen.insert(device, PeerPresence { device, name: s.name.clone(), hops: 1, transport: s.transport });
+                queue.push_back(device);
+            }
+        }
+        while let Some(d) = queue.pop_front() {
+            let Some(first) = seen.get(&d).cloned() else { continue };
+            let Some(record) = self.records.get(&d) else { continue };
+            for l in &record.links {
+                let next = DeviceKey(l.device);
+                if next == self.key || seen.contains_key(&next) {
+                    continue;
+                }
+                let name = self.records.get(&next).map(|r| r.name.clone()).unwrap_or_default();
+                seen.insert(next, PeerPresence { device: next, name, hops: first.hops + 1, transport: first.transport });
+                queue.push_back(next);
+            }
+        }
+        for p in seen.values_mut() {
+            if p.name.is_empty() {
+                if let Some(r) = self.records.get(&p.device) {
+                    p.name = r.name.clone();
+                }
+            }
+        }
+        let mut out: Vec<PeerPresence> = seen.into_values().collect();
+        out.sort_by(|a, b| (a.hops, a.device).cmp(&(b.hops, b.device)));
+        out
+    }
+}
+
+/// Sorted, without duplicates; "everything" absorbs the rest of its collection's subscriptions.
+fn normalise(subs: Vec<Subscription>) -> Vec<Subscription> {
+    let set: BTreeSet<Subscription> = subs.into_iter().collect();
+    let all = set.contains(&Subscription::everything());
+    set.iter()
+        .filter(|s| {
+            if all {
+                return **s == Subscription::everything();
+            }
+            // A filtered subscription is absorbed by an unfiltered one of the same collection.
+            s.filter.is_none() || !set.contains(&Subscription { collection: s.collection.clone(), filter: None })
+        })
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,128 @@
+//! A link's secure channel, without I/O: the Noise handshake, then messages sealed and cut into frames.
+//!
+//! A message larger than one Noise message is sent as several frames; the first byte of each frame's plaintext says
+//! whether more follow. Reassembled messages are bounded by [`MAX_MESSAGE_BYTES`]. Any frame that fails to
+//! decrypt (tampered, replayed, reordered, or from a device without the app secret) is an error: the link must be
+//! closed.
+
+use super::wire::MAX_MESSAGE_BYTES;
+use super::SyncError;
+use crate::security::{AppSecret, DeviceKey, Handshake, Identity, SecureChannel, MAX_PLAINTEXT};
+use std::collections::VecDeque;
+
+/// Bound into the handshake: both sides must speak the same protocol.
+const PROLOGUE: &[u8] = b"shoal sync 1";
+
+const MORE: u8 = 1;
+const LAST: u8 = 0;
+
+enum State {
+    Handshaking(Box<Handshake>),
+    Open { channel: Box<SecureChannel>, peer: DeviceKey },
+    Failed,
+}
+
+pub(crate) struct LinkCodec {
+    state: State,
+    reassembly: Vec<u8>,
+    out: VecDeque<Vec<u8>>,
+}
+
+impl LinkCodec {
+    pub fn new(initiator: bool, identity: &Identity, secret: &AppSecret) -> Result<LinkCodec, SyncError> {
+        let hs = if initiator {
+            Handshake::initiator(identity, secret, PROLOGUE)?
+        } else {
+            Handshake::responder(identity, secret, PROLOGUE)?
+        };
+        let mut codec = LinkCodec { state: State::Handshaking(Box::new(hs)), reassembly: Vec::new(), out: VecDeque::new() };
+        codec.flush_handshake()?;
+        Ok(codec)
+    }
+
+    fn flush_handshake(&mut self) -> Result<(), SyncError> {
+        let State::Handshaking(hs) = &mut self.state else { return Ok(()) };
+        while let Some(msg) = hs.take_outgoing()? {
+            self.out.push_back(msg);
+        }
+        if hs.is_finished() {
+            let State::Handshaking(hs) = std::mem::replace(&mut self.state, State::Failed) else { return Ok(()) };
+            let (channel, peer) = hs.into_channel()?;
+            self.state = State::Open { channel: Box::new(channel), peer };
+        }
+        Ok(())
+    }
+
+    /// The authenticated device at the other end, once the handshake is done.
+    pub fn peer(&self) -> Option<DeviceKey> {
+        match &self.state {
+            State::Open { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
+
+    /// Handle one frame; returns the messages it completed.
+    pub fn on_frame(&mut self, frame: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
+        let result = self.on_frame_inner(frame);
+        if result.is_err() {
+            self.state = State::Failed;
+        }
+        result
+    }
+
+    fn on_frame_inner(&mut self, frame: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
+        match &mut self.state {
+            State::Failed => Err(SyncError::Protocol("link already failed".into())),
+            State::Handshaking(hs) => {
+                hs.incoming(frame)?;
+                self.flush_handshake()?;
+                Ok(Vec::new())
+            }
+            State::Open { channel, .. } => {
+                let plain = channel.open(frame)?;
+                let (&flag, piece) = plain.split_first().ok_or_else(|| SyncError::Protocol("empty frame".into()))?;
+                if self.reassembly.len() + piece.len() > MAX_MESSAGE_BYTES {
+                    return Err(SyncError::Protocol(format!("message over {MAX_MESSAGE_BYTES} bytes")));
+                }
+                self.reassembly.extend_from_slice(piece);
+                match flag {
+                    LAST => Ok(vec![std::mem::take(&mut self.reassembly)]),
+                    MORE => Ok(Vec::new()),
+                    other => Err(SyncError::Protocol(format!("bad frame flag {other}"))),
+                }
+            }
+        }
+    }
+
+    /// Seal a message into frames (after the handshake).
+    pub fn send(&mut self, message: &[u8]) -> Result<(), SyncError> {
+        let State::Open { channel, .. } = &mut self.state else {
+            return Err(SyncError::Protocol("link not open".into()));
+        };
+        let piece_max = MAX_PLAINTEXT - 1;
+        let mut pieces = message.chunks(piece_max).peekable();
+        if message.is_empty() {
+            return Err(SyncError::Protocol("empty message".into()));
+        }
+        while let Some(piece) = pieces.next() {
+            let mut plain = Vec::with_capacity(piece.len() + 1);
+            plain.push(if pieces.peek().is_some() { MORE } else { LAST });
+            plain.extend_from_slice(piece);
+            self.out.push_back(channel.seal(&plain)?);
+        }
+        Ok(())
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open { .. })
+    }
+
+    /// The next frame to send.
+    pub fn poll_frame(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    pub fn has_frames(&self) -> bool {
+        !self.out.is_empty()
+    }
+}

@@ -1,0 +1,295 @@
+//! One sync session: the state of replication with one directly connected device, without I/O.
+//!
+//! Each side tells the other what it wants ([`Message::Interest`]) and what it holds ([`Message::Summary`]). From
+//! then on each side sends the changes the other lacks for that interest, batch by batch, as flow control allows,
+//! and keeps doing so as new changes commit — there is no separate "catch-up" and "live" mode: both are "send what
+//! the peer lacks", computed from what the peer is known to hold.
+//!
+//! What the peer holds is known exactly from its summary plus everything sent and received since, so after a
+//! disconnection only the missing changes travel. Changes examined and found of no interest to the peer are
+//! remembered (`skipped`) so they are not examined again; they are sent after all when their document becomes of
+//! interest: a document is of interest when it matches one of the peer's subscriptions *or the peer already holds
+//! some of its changes* (so a document that leaves a filter still gets the edit that made it leave, and removals
+//! reach everyone who has the document). When any change of a document is sent, every change of it the peer lacks
+//! is sent with it, in log order, so a document that starts to match because of an edit made elsewhere arrives
+//! whole.
+//!
+//! Flow control: the receiver grants credit in bytes of changes processed ([`Message::Credit`]); the sender never
+//! has more than [`WINDOW`] bytes of changes outstanding (plus one batch), so a slow link never makes memory grow.
+
+use super::wire::{Message, Subscription, BATCH_BYTES};
+use super::SyncError;
+use crate::query::Query;
+use crate::store::{ApplyReport, DocChange, LogEntry, Store, Summary};
+use serde_json::Value as Json;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Bytes of changes a sender may have outstanding before the receiver grants more.
+pub const WINDOW: u64 = 1 << 20;
+
+/// A peer's subscriptions, with their filters parsed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Interest {
+    subs: Vec<(Subscription, Option<Query>)>,
+}
+
+impl Interest {
+    pub fn new(subs: &[Subscription]) -> Result<Interest, SyncError> {
+        let mut out = Vec::with_capacity(subs.len());
+        for s in subs {
+            let q = match &s.filter {
+                Some(f) => Some(Query::filter(f).map_err(|e| SyncError::Protocol(format!("filter {f:?}: {e}")))?),
+                None => None,
+            };
+            out.push((s.clone(), q));
+        }
+        Ok(Interest { subs: out })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    /// Whether a document of `collection` with `view` (`None` when removed) matches a subscription.
+    pub fn matches(&self, collection: &str, view: Option<&Json>) -> bool {
+        self.subs.iter().any(|(s, q)| {
+            let collection_ok = s.collection.as_deref().is_none_or(|c| c == collection);
+            collection_ok
+                && match (q, view) {
+                    (None, _) => true,
+                    (Some(q), Some(v)) => q.matches(v).unwrap_or(false),
+                    (Some(_), None) => false,
+                }
+        })
+    }
+
+    /// Whether any subscription may concern `collection`.
+    pub fn covers_collection(&self, collection: &str) -> bool {
+        self.subs.iter().any(|(s, _)| s.collection.as_deref().is_none_or(|c| c == collection))
+    }
+}
+
+/// What handling one message did, for the engine.
+#[derive(Debug, Default)]
+pub(crate) struct Handled {
+    /// The peer's interest changed (the engine recomputes what it carries for others).
+    pub interest_changed: bool,
+    /// Changes were applied to the store (other sessions have something new to send).
+    pub applied: Option<ApplyReport>,
+    /// Messages that are not the session's business (presence, attachments).
+    pub other: Option<Message>,
+}
+
+pub(crate) struct Session {
+    /// What the peer wants from us.
+    peer_interest: Interest,
+    /// The peer's interest arrived (even if empty).
+    got_interest: bool,
+    /// What the peer holds, as far as we know.
+    peer_known: Summary,
+    got_summary: bool,
+    /// Changes examined and found of no interest to the peer.
+    skipped: Summary,
+    /// Bytes of changes we may still send.
+    send_credit: i64,
+    /// Bytes of changes received and processed since we last granted credit.
+    received_unacked: u64,
+    /// Messages ready to send, in order.
+    outbox: VecDeque<Message>,
+    /// Documents the peer sent changes of, to look at again (they may have become of interest to it).
+    touched_by_peer: Vec<i64>,
+    /// The interest we last sent.
+    sent_interest: Option<Vec<Subscription>>,
+    /// Statistics.
+    pub stats: SessionStats,
+}
+
+/// Counters of one session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub changes_sent: u64,
+    pub changes_received: u64,
+    pub change_bytes_sent: u64,
+    pub change_bytes_received: u64,
+}
+
+impl Session {
+    /// A new session; queue our hello, interest and summary.
+    pub fn start(store: &Store, name: &str, interest: Vec<Subscription>) -> Result<Session, SyncError> {
+        let mut s = Session {
+            peer_interest: Interest::default(),
+            got_interest: false,
+            peer_known: Summary::new(),
+            got_summary: false,
+            skipped: Summary::new(),
+            send_credit: WINDOW as i64,
+            received_unacked: 0,
+            outbox: VecDeque::new(),
+            touched_by_peer: Vec::new(),
+            sent_interest: None,
+            stats: SessionStats::default(),
+        };
+        s.outbox.push_back(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 });
+        s.set_interest(interest);
+        s.outbox.push_back(Message::Summary { summary: store.summary()? });
+        Ok(s)
+    }
+
+    /// Tell the peer what we want from it (when it differs from what we last said).
+    pub fn set_interest(&mut self, interest: Vec<Subscription>) {
+        if self.sent_interest.as_ref() != Some(&interest) {
+            self.outbox.push_back(Message::Interest { subscriptions: interest.clone() });
+            self.sent_interest = Some(interest);
+        }
+    }
+
+    /// The subscriptions the peer declared.
+    pub fn peer_subscriptions(&self) -> Vec<Subscription> {
+        self.peer_interest.subs.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Handle one message from the peer.
+    pub fn handle(&mut self, store: &Store, msg: Message) -> Result<Handled, SyncError> {
+        let mut out = Handled::default();
+        match msg {
+            Message::Hello { .. } => {}
+            Message::Interest { subscriptions } => {
+                self.peer_interest = Interest::new(&subscriptions)?;
+                self.got_interest = true;
+                // What was of no interest before may be now.
+                self.skipped = Summary::new();
+                out.interest_changed = true;
+            }
+            Message::Summary { summary } => {
+                self.peer_known.union_with(&summary);
+                self.got_summary = true;
+            }
+            Message::Changes { changes } => {
+                let mut bytes = 0u64;
+                let mut decoded = Vec::with_capacity(changes.len());
+                for c in &changes {
+                    bytes += c.len() as u64;
+                    let dc = DocChange::decode(c).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
+                    decoded.push(dc);
+                }
+                let report = store.apply_changes(&decoded)?;
+                for dc in &decoded {
+                    self.peer_known.insert(dc.change.peer, dc.change.start, dc.change.end());
+                }
+                let mut docs: Vec<i64> = Vec::new();
+                for dc in &decoded {
+                    if let Some(n) = store.doc_number(&dc.collection, &dc.doc_id)? {
+                        if !docs.contains(&n) {
+                            docs.push(n);
+                        }
+                    }
+                }
+                self.touched_by_peer.extend(docs);
+                self.stats.changes_received += decoded.len() as u64;
+                self.stats.change_bytes_received += bytes;
+                self.received_unacked += bytes;
+                if self.received_unacked >= WINDOW / 2 {
+                    self.outbox.push_back(Message::Credit { bytes: self.received_unacked });
+                    self.received_unacked = 0;
+                }
+                out.applied = Some(report);
+            }
+            Message::Credit { bytes } => {
+                self.send_credit = self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
+            }
+            other => out.other = Some(other),
+        }
+        Ok(out)
+    }
+
+    /// Whether the peer has said what it wants and what it has.
+    pub fn is_ready(&self) -> bool {
+        self.got_interest && self.got_summary
+    }
+
+    /// Produce change batches while credit allows. Returns whether anything was queued.
+    pub fn pump(&mut self, store: &Store) -> Result<bool, SyncError> {
+        if !self.is_ready() || self.peer_interest.is_empty() {
+            return Ok(false);
+        }
+        let mut queued = false;
+        // Documents the peer itself changed may have become of interest to it.
+        for doc in std::mem::take(&mut self.touched_by_peer) {
+            queued |= self.send_doc_if_interesting(store, doc, None)?;
+        }
+        while self.send_credit > 0 {
+            let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
+            let entries = store.log_missing(&self.peer_known, &self.skipped, budget)?;
+            if entries.is_empty() {
+                break;
+            }
+            // Group by document, in log order of first appearance.
+            let mut by_doc: BTreeMap<i64, Vec<LogEntry>> = BTreeMap::new();
+            let mut order = Vec::new();
+            for e in entries {
+                if !by_doc.contains_key(&e.doc) {
+                    order.push(e.doc);
+                }
+                by_doc.entry(e.doc).or_default().push(e);
+            }
+            for doc in order {
+                let entries = by_doc.remove(&doc).unwrap_or_default();
+                queued |= self.send_doc_if_interesting(store, doc, Some(entries))?;
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Send every change of `doc` the peer lacks if the document is of interest to it; otherwise remember `seen`
+    /// (the entries that led us here) as skipped.
+    fn send_doc_if_interesting(&mut self, store: &Store, doc: i64, seen: Option<Vec<LogEntry>>) -> Result<bool, SyncError> {
+        let log = store.log_of_doc(doc)?;
+        let Some(first) = log.first() else { return Ok(false) };
+        let interesting = self.peer_interest.covers_collection(&first.collection)
+            && (log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end))
+                || self.peer_interest.matches(&first.collection, store.view_of_doc(doc)?.as_ref()));
+        if !interesting {
+            for e in seen.unwrap_or_default() {
+                self.skipped.insert(e.peer, e.start, e.end);
+            }
+            return Ok(false);
+        }
+        let missing: Vec<LogEntry> = log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for e in missing {
+            self.peer_known.insert(e.peer, e.start, e.end);
+            let wire = e.to_wire();
+            batch_bytes += wire.len();
+            batch.push(wire);
+            if batch_bytes >= BATCH_BYTES {
+                self.queue_changes(std::mem::take(&mut batch), batch_bytes);
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.queue_changes(batch, batch_bytes);
+        }
+        Ok(true)
+    }
+
+    fn queue_changes(&mut self, changes: Vec<Vec<u8>>, bytes: usize) {
+        self.send_credit -= bytes as i64;
+        self.stats.changes_sent += changes.len() as u64;
+        self.stats.change_bytes_sent += bytes as u64;
+        self.outbox.push_back(Message::Changes { changes });
+    }
+
+    /// Queue a message that is not the session's own (presence, attachments).
+    pub fn queue(&mut self, msg: Message) {
+        self.outbox.push_back(msg);
+    }
+
+    /// The next message to send.
+    pub fn poll_message(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+}

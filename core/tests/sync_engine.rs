@@ -1,0 +1,201 @@
+//! Sync engines connected back to back in memory (no transport): catch-up, live pushes, filtered subscriptions,
+//! multi-hop through devices that subscribe to nothing, one link per pair, presence, and garbage closing a link.
+
+use serde_json::json;
+use shoaldb::security::{AppSecret, Identity};
+use shoaldb::sync::{Engine, EngineEvent, LinkId, Subscription, TransportKind};
+use shoaldb::Store;
+use std::collections::BTreeMap;
+
+struct Net {
+    _dir: tempfile::TempDir,
+    engines: Vec<Engine>,
+    /// (a, link at a, b, link at b)
+    wires: Vec<(usize, LinkId, usize, LinkId)>,
+    bytes: BTreeMap<(usize, usize), usize>,
+}
+
+fn secret() -> AppSecret {
+    AppSecret::from_bytes(b"test app secret").expect("secret")
+}
+
+impl Net {
+    fn new(subs: Vec<Vec<Subscription>>) -> Net {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engines = subs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let store = Store::open(dir.path().join(format!("{i}.db"))).expect("store");
+                Engine::new(store, Identity::generate().expect("identity"), secret(), &format!("dev{i}"), s, 0)
+            })
+            .collect();
+        Net { _dir: dir, engines, wires: Vec::new(), bytes: BTreeMap::new() }
+    }
+
+    fn connect(&mut self, a: usize, b: usize) -> usize {
+        let la = self.engines[a].add_link(TransportKind::Sim, true).expect("link");
+        let lb = self.engines[b].add_link(TransportKind::Sim, false).expect("link");
+        self.wires.push((a, la, b, lb));
+        self.wires.len() - 1
+    }
+
+    fn disconnect(&mut self, w: usize) {
+        let (a, la, b, lb) = self.wires.remove(w);
+        self.engines[a].remove_link(la, "cut");
+        self.engines[b].remove_link(lb, "cut");
+    }
+
+    /// Move frames until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for &(a, la, b, lb) in &self.wires.clone() {
+                for (from, lf, to, lt) in [(a, la, b, lb), (b, lb, a, la)] {
+                    while let Some(f) = self.engines[from].poll_frame(lf) {
+                        *self.bytes.entry((from, to)).or_default() += f.len();
+                        self.engines[to].on_frame(lt, &f);
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network did not settle");
+    }
+
+    fn store(&self, i: usize) -> &Store {
+        self.engines[i].store()
+    }
+}
+
+fn all() -> Vec<Subscription> {
+    vec![Subscription::everything()]
+}
+
+#[test]
+fn two_devices_catch_up_then_stay_live() {
+    let mut net = Net::new(vec![all(), all()]);
+    net.store(0).upsert("tasks", json!({"_id": "t1", "title": "milk"})).unwrap();
+    net.store(1).upsert("notes", json!({"_id": "n1", "text": "hi"})).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(net.store(1).get("tasks", "t1").unwrap().unwrap()["title"], "milk");
+    assert_eq!(net.store(0).get("notes", "n1").unwrap().unwrap()["text"], "hi");
+    // Live: a new write is pushed.
+    net.store(0).update("tasks", "t1", |d| Ok(d.set("title", "oat milk")?)).unwrap();
+    net.settle();
+    assert_eq!(net.store(1).get("tasks", "t1").unwrap().unwrap()["title"], "oat milk");
+    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+}
+
+#[test]
+fn reconnecting_sends_only_what_is_missing() {
+    let mut net = Net::new(vec![all(), all()]);
+    for i in 0..200 {
+        net.store(0).upsert("docs", json!({"_id": format!("d{i}"), "body": "x".repeat(200)})).unwrap();
+    }
+    let w = net.connect(0, 1);
+    net.settle();
+    let first = net.bytes[&(0, 1)];
+    assert!(first > 200 * 200, "the first sync carries the documents ({first} bytes)");
+    net.disconnect(w);
+    net.store(0).update("docs", "d7", |d| Ok(d.set("body", "changed")?)).unwrap();
+    net.bytes.clear();
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(net.store(1).get("docs", "d7").unwrap().unwrap()["body"], "changed");
+    let again = net.bytes[&(0, 1)];
+    assert!(again < 4000, "catch-up after one edit sent {again} bytes");
+}
+
+#[test]
+fn filtered_subscription_gets_documents_that_start_to_match() {
+    let mut net = Net::new(vec![all(), vec![Subscription::filtered("tasks", "done == false")]]);
+    net.store(0).upsert("tasks", json!({"_id": "open", "done": false})).unwrap();
+    net.store(0).upsert("tasks", json!({"_id": "closed", "done": true})).unwrap();
+    net.store(0).upsert("notes", json!({"_id": "n", "x": 1})).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.store(1).get("tasks", "open").unwrap().is_some());
+    assert!(net.store(1).get("tasks", "closed").unwrap().is_none());
+    assert!(net.store(1).get("notes", "n").unwrap().is_none());
+    // An edit elsewhere makes "closed" match: it arrives whole.
+    net.store(0).update("tasks", "closed", |d| Ok(d.set("done", false)?)).unwrap();
+    net.settle();
+    assert_eq!(net.store(1).get("tasks", "closed").unwrap().unwrap()["done"], false);
+    // And "open" leaving the filter still gets the edit that made it leave.
+    net.store(0).update("tasks", "open", |d| Ok(d.set("done", true)?)).unwrap();
+    net.settle();
+    assert_eq!(net.store(1).get("tasks", "open").unwrap().unwrap()["done"], true);
+}
+
+#[test]
+fn a_line_converges_through_devices_that_subscribe_to_nothing() {
+    // A – B – C – D; only A and D subscribe.
+    let mut net = Net::new(vec![all(), vec![], vec![], all()]);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    net.connect(2, 3);
+    net.store(0).upsert("chat", json!({"_id": "a", "from": "A"})).unwrap();
+    net.store(3).upsert("chat", json!({"_id": "d", "from": "D"})).unwrap();
+    net.settle();
+    for i in [0, 3] {
+        assert!(net.store(i).get("chat", "a").unwrap().is_some(), "device {i} lacks A's message");
+        assert!(net.store(i).get("chat", "d").unwrap().is_some(), "device {i} lacks D's message");
+    }
+    // Presence: A sees B directly and D three hops away.
+    let peers = net.engines[0].peers();
+    assert_eq!(peers.len(), 3, "{peers:?}");
+    assert_eq!(peers.iter().map(|p| p.hops).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(peers[2].name, "dev3");
+}
+
+#[test]
+fn one_link_per_pair_when_both_dial() {
+    let mut net = Net::new(vec![all(), all()]);
+    net.connect(0, 1);
+    net.connect(1, 0);
+    net.settle();
+    let open: Vec<_> = net.wires.iter().filter(|(a, la, _, _)| !net.engines[*a].is_closed(*la)).collect();
+    assert_eq!(open.len(), 1, "both links stayed open");
+    net.store(0).upsert("x", json!({"_id": "1"})).unwrap();
+    net.settle();
+    assert!(net.store(1).get("x", "1").unwrap().is_some());
+}
+
+#[test]
+fn wrong_secret_gets_nothing_and_garbage_closes_the_link() {
+    let mut net = Net::new(vec![all(), all()]);
+    net.store(0).upsert("secret", json!({"_id": "s", "v": 1})).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let intruder = Engine::new(
+        Store::open(dir.path().join("x.db")).unwrap(),
+        Identity::generate().unwrap(),
+        AppSecret::from_bytes(b"wrong").unwrap(),
+        "intruder",
+        all(),
+        0,
+    );
+    net.engines.push(intruder);
+    net.connect(2, 0);
+    net.settle();
+    assert!(net.store(2).get("secret", "s").unwrap().is_none());
+    let mut downs = 0;
+    while let Some(e) = net.engines[0].poll_event() {
+        if matches!(e, EngineEvent::LinkDown { .. }) {
+            downs += 1;
+        }
+    }
+    assert_eq!(downs, 1, "the link with the intruder was closed");
+    // Garbage after a good handshake closes the link and changes nothing.
+    let w = net.connect(0, 1);
+    net.settle();
+    let (_, _, b, lb) = net.wires[w];
+    let before = net.store(b).summary().unwrap();
+    net.engines[b].on_frame(lb, b"\x00\x01garbage");
+    assert!(net.engines[b].is_closed(lb));
+    assert_eq!(net.store(b).summary().unwrap(), before);
+}
