@@ -199,3 +199,90 @@ fn wrong_secret_gets_nothing_and_garbage_closes_the_link() {
     assert!(net.engines[b].is_closed(lb));
     assert_eq!(net.store(b).summary().unwrap(), before);
 }
+
+fn fetch_events(e: &mut Engine) -> Vec<shoaldb::sync::FetchEvent> {
+    let mut out = Vec::new();
+    while let Some(ev) = e.poll_event() {
+        if let EngineEvent::Fetch(f) = ev {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[test]
+fn attachment_is_fetched_across_three_hops_with_progress() {
+    use shoaldb::sync::FetchEvent;
+    // A – B – C – D: D has a 300 KB attachment; A fetches it through B and C, which keep copies.
+    let mut net = Net::new(vec![all(), vec![], vec![], all()]);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    net.connect(2, 3);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let token = net.store(3).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.store(3).upsert("files", json!({"_id": "f", "file": token.to_json()})).unwrap();
+    net.settle();
+    let at_a = net.store(0).document("files", "f").unwrap().unwrap().attachment("file").unwrap().expect("token synced");
+    assert!(!net.store(0).has_attachment(&at_a).unwrap(), "bytes are fetched lazily");
+    let fetch = net.engines[0].fetch_attachment(at_a.hash).unwrap();
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: at_a.hash }), "{events:?}");
+    let progress: Vec<u64> = events.iter().filter_map(|e| if let FetchEvent::Progress { done, .. } = e { Some(*done) } else { None }).collect();
+    assert!(progress.len() > 2 && progress.windows(2).all(|w| w[0] < w[1]) && progress.last() == Some(&300_000), "{progress:?}");
+    assert_eq!(net.store(0).attachment_bytes(&at_a).unwrap(), bytes);
+    assert!(net.store(1).has_attachment(&at_a).unwrap() && net.store(2).has_attachment(&at_a).unwrap(), "relays keep a copy");
+}
+
+#[test]
+fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_has_it() {
+    use shoaldb::sync::FetchEvent;
+    let mut net = Net::new(vec![all(), all()]);
+    let w = net.connect(0, 1);
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    // Move only a few frames, then cut the link mid-transfer.
+    let (a, la, b, lb) = net.wires[w];
+    for _ in 0..4 {
+        while let Some(f) = net.engines[a].poll_frame(la) {
+            net.engines[b].on_frame(lb, &f);
+        }
+        if let Some(f) = net.engines[b].poll_frame(lb) {
+            net.engines[a].on_frame(la, &f);
+        }
+    }
+    let partial = net.store(0).attachment_received(&token.hash).unwrap();
+    assert!(partial > 0 && partial < 200_000, "cut mid-transfer ({partial} bytes in)");
+    net.disconnect(w);
+    assert!(!fetch_events(&mut net.engines[0]).iter().any(|e| matches!(e, FetchEvent::Failed { .. })), "a broken link is not a failure");
+    net.connect(0, 1);
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: token.hash }), "{events:?}");
+    let first_after = events.iter().find_map(|e| if let FetchEvent::Progress { done, .. } = e { Some(*done) } else { None });
+    assert!(first_after.is_some_and(|d| d > partial), "resumed from {partial}, not from 0");
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+    // Nobody has this one.
+    let missing = [7u8; 32];
+    let f2 = net.engines[0].fetch_attachment(missing).unwrap();
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert!(matches!(events.last(), Some(FetchEvent::Failed { fetch, .. }) if *fetch == f2), "{events:?}");
+}
+
+#[test]
+fn received_attachment_bytes_that_do_not_match_the_hash_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.db")).unwrap();
+    let hash = *blake3::hash(b"the real content").as_bytes();
+    store.receive_attachment_part(&hash, 0, b"forged content!!").unwrap();
+    assert!(store.receive_attachment_part(&hash, 3, b"x").is_err(), "out-of-order part refused");
+    assert!(store.finish_attachment(&hash, 16).is_err());
+    assert_eq!(store.attachment_received(&hash).unwrap(), 0, "forged bytes dropped");
+    assert_eq!(store.attachment_len(&hash).unwrap(), None);
+    store.receive_attachment_part(&hash, 0, b"the real content").unwrap();
+    store.finish_attachment(&hash, 16).unwrap();
+    assert_eq!(store.attachment_len(&hash).unwrap(), Some(16));
+}

@@ -104,6 +104,10 @@ impl Scalar {
             },
             J::String(s) => Scalar::Str(s),
             J::Array(a) => Scalar::List(a.into_iter().map(Scalar::from_json_owned).collect()),
+            J::Object(o) if o.contains_key("_attachment") => match AttachmentToken::from_json(&J::Object(o.clone())) {
+                Some(t) => Scalar::Attachment(Box::new(t)),
+                None => Scalar::Object(o.into_iter().map(|(k, v)| (k, Scalar::from_json_owned(v))).collect()),
+            },
             J::Object(o) => Scalar::Object(o.into_iter().map(|(k, v)| (k, Scalar::from_json_owned(v))).collect()),
         }
     }
@@ -201,8 +205,10 @@ pub enum Value {
 
 impl Value {
     /// The JSON mapping used by `upsert`: objects become maps (merged field by field), every other JSON value —
-    /// arrays included — becomes a register. Use [`Value::Array`], [`Value::Text`] and [`Value::Counter`] to pick
-    /// those types.
+    /// arrays included — becomes a register. An attachment token in its JSON form
+    /// (`{"_attachment": hex, "len": n, "meta": {...}}`, see [`AttachmentToken::to_json`]) becomes an attachment
+    /// register, so a document read as JSON can be written back unchanged. Use [`Value::Array`], [`Value::Text`]
+    /// and [`Value::Counter`] to pick those types.
     pub fn from_json(v: &serde_json::Value) -> Value {
         Value::from_json_owned(v.clone())
     }
@@ -210,7 +216,9 @@ impl Value {
     /// Like [`Value::from_json`], taking the JSON value (its strings are moved, not copied).
     pub fn from_json_owned(v: serde_json::Value) -> Value {
         match v {
-            serde_json::Value::Object(o) => Value::Map(o.into_iter().map(|(k, v)| (k, Value::from_json_owned(v))).collect()),
+            serde_json::Value::Object(o) if !o.contains_key("_attachment") => {
+                Value::Map(o.into_iter().map(|(k, v)| (k, Value::from_json_owned(v))).collect())
+            }
             other => Value::Register(Scalar::from_json_owned(other)),
         }
     }
@@ -225,6 +233,15 @@ impl<T: Into<Scalar>> From<T> for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachment_tokens_in_json_stay_attachments() {
+        let t = AttachmentToken { hash: [3; 32], len: 9, meta: [("type".to_string(), "text/plain".to_string())].into() };
+        let j = serde_json::json!({"file": t.to_json(), "not": {"_attachment": "zz"}});
+        let Value::Map(m) = Value::from_json(&j) else { panic!("a map") };
+        assert_eq!(m["file"], Value::Register(Scalar::Attachment(Box::new(t))));
+        assert!(matches!(&m["not"], Value::Register(Scalar::Object(_))), "an object that is not a token stays an object");
+    }
 
     #[test]
     fn json_round_trip() {

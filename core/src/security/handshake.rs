@@ -21,10 +21,8 @@ const OUTGOING_BUF_LEN: usize = 256;
 /// good: every later call returns [`SecurityError::WrongState`], no channel can be had from it, and the link must
 /// be closed.
 ///
-/// With the `XXpsk3` pattern the initiator sends the last message (the one that carries the app-secret proof),
-/// so the initiator finishes before the responder has checked it: if the secrets differ, the responder fails on
-/// that last message, while the initiator holds a channel the responder will never answer on. Only a channel
-/// message received from the peer confirms the link to the initiator.
+/// With the `XXpsk0` pattern the app secret is mixed in from the first message: if the secrets differ, the
+/// responder fails on that first message, and neither side ever gets a channel or learns the other's static key.
 pub struct Handshake {
     /// The Noise state, `None` once the handshake has failed.
     state: Option<snow::HandshakeState>,

@@ -1,15 +1,36 @@
 //! The authenticated, encrypted handshake that starts every link between two devices, and the encrypted channel
 //! it produces.
 //!
-//! Links use the Noise Protocol pattern [`NOISE_PARAMS`] (`Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s`): `XX` makes
+//! Links use the Noise Protocol pattern [`NOISE_PARAMS`] (`Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s`): `XX` makes
 //! both devices prove possession of their persistent static key ([`Identity`]) and learn the other's
-//! ([`DeviceKey`]); the pre-shared key at position 3 mixes in the [`AppSecret`], so a handshake between devices
-//! that do not hold the same secret cannot complete. Everything here is sans-IO: [`Handshake`] and
+//! ([`DeviceKey`]); the pre-shared key at position 0 mixes the [`AppSecret`] into the very first message, so a
+//! device without the secret is rejected on that message — before either side has sent its static key (a stranger
+//! cannot even learn a device's identity) and before any Diffie-Hellman work on the responder. Everything here is sans-IO: [`Handshake`] and
 //! [`SecureChannel`] turn messages into messages, and the caller moves them over a link (framed with
 //! [`crate::transport::frame`]).
 //!
 //! Every byte from a link is untrusted: no input makes these types panic, and any failure — of the handshake or
 //! of [`SecureChannel::open`] — means the link must be closed.
+//!
+//! ```
+//! use shoaldb::security::{AppSecret, Handshake, Identity};
+//!
+//! let secret = AppSecret::from_bytes(b"the app's shared secret")?;
+//! let (alice, bob) = (Identity::generate()?, Identity::generate()?);
+//! let mut dialler = Handshake::initiator(&alice, &secret, b"shoal-sync/1")?;
+//! let mut listener = Handshake::responder(&bob, &secret, b"shoal-sync/1")?;
+//! // Move messages until neither side has anything to send (a real link frames them over a socket).
+//! while !(dialler.is_finished() && listener.is_finished()) {
+//!     if let Some(msg) = dialler.take_outgoing()? { listener.incoming(&msg)?; }
+//!     if let Some(msg) = listener.take_outgoing()? { dialler.incoming(&msg)?; }
+//! }
+//! let (mut to_bob, bob_key) = dialler.into_channel()?;
+//! let (mut to_alice, alice_key) = listener.into_channel()?;
+//! assert_eq!((bob_key, alice_key), (bob.device_key(), alice.device_key()));
+//! let sealed = to_bob.seal(b"hello")?;
+//! assert_eq!(to_alice.open(&sealed)?, b"hello");
+//! # Ok::<(), shoaldb::security::SecurityError>(())
+//! ```
 
 mod channel;
 mod handshake;
@@ -22,10 +43,10 @@ pub use handshake::Handshake;
 pub use keys::{AppSecret, DeviceKey, Identity};
 
 /// The Noise protocol name of every link.
-pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 
-/// The position of the pre-shared key (the [`AppSecret`]) in the [`NOISE_PARAMS`] pattern (`psk3`).
-const PSK_LOCATION: u8 = 3;
+/// The position of the pre-shared key (the [`AppSecret`]) in the [`NOISE_PARAMS`] pattern (`psk0`).
+const PSK_LOCATION: u8 = 0;
 
 /// The longest Noise message, handshake or transport (fixed by the Noise specification).
 pub const MAX_MESSAGE_LEN: usize = 65_535;

@@ -133,7 +133,7 @@ fn handshake_is_three_messages_of_known_sizes() {
     let mut resp = Handshake::responder(&identity(), &app, PROLOGUE).unwrap();
     let sent = drive(&mut init, &mut resp).unwrap();
     let sizes: Vec<usize> = sent.iter().map(Vec::len).collect();
-    // -> e (+ tag: psk handshakes key the cipher from e); <- e, ee, s, es; -> s, se, psk
+    // -> psk, e (+ tag: psk handshakes key the cipher from e); <- e, ee, s, es; -> s, se
     assert_eq!(sizes, [48, 96, 64]);
 }
 
@@ -201,7 +201,7 @@ fn wrong_app_secret_fails_and_gives_no_channel() {
     let (a, b) = (identity(), identity());
     let init = Handshake::initiator(&a, &secret(b"secret one"), PROLOGUE).unwrap();
     let resp = Handshake::responder(&b, &secret(b"secret two"), PROLOGUE).unwrap();
-    // With psk3 the app secret is proven in the third message, so the responder is the one to notice.
+    // With psk0 the app secret is checked on the first message, so the responder is the one to notice.
     assert_eq!(assert_handshake_fails(init, resp), Side::Responder);
 }
 

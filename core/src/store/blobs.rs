@@ -84,3 +84,83 @@ pub(crate) fn read_chunk(conn: &Connection, hash: &[u8; 32], idx: u64) -> Result
 pub(crate) fn not_found(hash: &[u8; 32]) -> Error {
     Error::AttachmentNotFound { hash: hex(hash) }
 }
+
+/// Bytes of `hash` received so far from another device.
+pub(crate) fn partial_len(conn: &Connection, hash: &[u8; 32]) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COALESCE(SUM(length(data)), 0) FROM partial_blobs WHERE hash = ?1")?
+        .query_row(params![&hash[..]], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Read `len` bytes of a stored attachment from `offset` (fewer at the end).
+pub(crate) fn read_range(conn: &Connection, hash: &[u8; 32], offset: u64, len: usize) -> Result<Vec<u8>> {
+    let total = stored_len(conn, hash)?.ok_or_else(|| not_found(hash))?;
+    let end = total.min(offset.saturating_add(len as u64));
+    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    let mut pos = offset;
+    while pos < end {
+        let idx = pos / CHUNK_SIZE as u64;
+        let chunk = read_chunk(conn, hash, idx)?
+            .ok_or_else(|| Error::AttachmentCorrupt { hash: hex(hash), reason: format!("chunk {idx} missing") })?;
+        let from = (pos - idx * CHUNK_SIZE as u64) as usize;
+        let to = chunk.len().min(from + (end - pos) as usize);
+        if from >= to {
+            return Err(Error::AttachmentCorrupt { hash: hex(hash), reason: format!("chunk {idx} too short") });
+        }
+        out.extend_from_slice(&chunk[from..to]);
+        pos += (to - from) as u64;
+    }
+    Ok(out)
+}
+
+/// Streams the received parts of `hash`, in order, one row at a time.
+struct PartsReader<'c> {
+    conn: &'c Connection,
+    hash: [u8; 32],
+    next_offset: u64,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PartsReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            let row: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached("SELECT data FROM partial_blobs WHERE hash = ?1 AND offset = ?2")
+                .and_then(|mut s| s.query_row(params![&self.hash[..], self.next_offset as i64], |r| r.get(0)).optional())
+                .map_err(std::io::Error::other)?;
+            match row {
+                None => return Ok(0),
+                Some(data) if data.is_empty() => return Ok(0),
+                Some(data) => {
+                    self.next_offset += data.len() as u64;
+                    self.buf = data;
+                    self.pos = 0;
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Turn the received parts of `hash` into a stored attachment of `total` bytes, inside the caller's transaction:
+/// the content must hash to `hash`, or the parts are dropped and an error returned.
+pub(crate) fn finish_parts(conn: &Connection, hash: &[u8; 32], total: u64, temp_key: [u8; 32]) -> Result<()> {
+    let have = partial_len(conn, hash)?;
+    if have != total {
+        return Err(Error::AttachmentCorrupt { hash: hex(hash), reason: format!("{have} of {total} bytes received") });
+    }
+    let reader = PartsReader { conn, hash: *hash, next_offset: 0, buf: Vec::new(), pos: 0 };
+    let token = write(conn, reader, BTreeMap::new(), temp_key)?;
+    conn.prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1")?.execute(params![&hash[..]])?;
+    if token.hash != *hash || token.len != total {
+        // `write` stored the content under the hash it really has; the bytes are not what was asked for.
+        return Err(Error::AttachmentCorrupt { hash: hex(hash), reason: "received bytes do not match the hash".into() });
+    }
+    Ok(())
+}

@@ -633,6 +633,64 @@ impl Store {
     }
 
     /// Read a whole attachment into memory.
+    /// The length of the attachment `hash` if its bytes are stored here.
+    pub fn attachment_len(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
+        let inner = self.lock();
+        blobs::stored_len(&inner.conn, hash)
+    }
+
+    /// Up to `len` bytes of the stored attachment `hash` from `offset` (for serving another device).
+    pub fn read_attachment_range(&self, hash: &[u8; 32], offset: u64, len: usize) -> Result<Vec<u8>> {
+        let inner = self.lock();
+        blobs::read_range(&inner.conn, hash, offset, len)
+    }
+
+    /// Bytes of the attachment `hash` received so far from other devices (a fetch resumes from there).
+    pub fn attachment_received(&self, hash: &[u8; 32]) -> Result<u64> {
+        let inner = self.lock();
+        blobs::partial_len(&inner.conn, hash)
+    }
+
+    /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
+    /// where the received bytes end. Returns the bytes received so far.
+    pub fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64> {
+        let inner = self.lock();
+        let have = blobs::partial_len(&inner.conn, hash)?;
+        if offset != have {
+            return Err(Error::AttachmentCorrupt { hash: crate::crdt::value::hex(hash), reason: format!("part at {offset}, expected {have}") });
+        }
+        if !data.is_empty() {
+            inner
+                .conn
+                .prepare_cached("INSERT INTO partial_blobs (hash, offset, data) VALUES (?1, ?2, ?3)")?
+                .execute(params![&hash[..], offset as i64, data])?;
+        }
+        Ok(have + data.len() as u64)
+    }
+
+    /// All `total` bytes of attachment `hash` were received: verify them against the hash and store the attachment
+    /// (in one transaction). On a mismatch the received bytes are dropped and an error returned.
+    pub fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()> {
+        let inner = self.lock();
+        let mut temp = [0u8; 32];
+        temp[..8].copy_from_slice(&ids::random_u64().to_le_bytes());
+        temp[8..16].copy_from_slice(b"tmp-recv");
+        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match blobs::finish_parts(&inner.conn, hash, total, temp) {
+            Ok(()) => {
+                inner.conn.execute_batch("COMMIT")?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = inner.conn.execute_batch("ROLLBACK");
+                if matches!(e, Error::AttachmentCorrupt { .. }) {
+                    let _ = inner.conn.execute("DELETE FROM partial_blobs WHERE hash = ?1", params![&hash[..]]);
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub fn attachment_bytes(&self, token: &AttachmentToken) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(token.len.min(1 << 30) as usize);
         self.open_attachment(token)?.read_to_end(&mut out)?;

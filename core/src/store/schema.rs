@@ -54,6 +54,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hash, idx)
     ) WITHOUT ROWID;
     "#,
+    // 2: attachment bytes being fetched from another device, kept across broken links so a fetch resumes.
+    r#"
+    CREATE TABLE partial_blobs (
+        hash   BLOB NOT NULL,
+        offset INTEGER NOT NULL,
+        data   BLOB NOT NULL,
+        UNIQUE (hash, offset)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -19,6 +19,7 @@
 //! device computes who is reachable, in how many hops and over which transport from the breadth-first search of
 //! those records.
 
+use super::attachments::{Attachments, FetchEvent, FetchId};
 use super::link::LinkCodec;
 use super::session::{Session, SessionStats};
 use super::wire::{Message, PresenceLink, Subscription, TransportKind};
@@ -41,8 +42,8 @@ pub enum EngineEvent {
     PresenceChanged,
     /// Changes from a peer were applied to the store.
     Applied { link: LinkId, applied: usize },
-    /// A message for the attachment transfer layer (handled by the engine's owner).
-    Attachment { link: LinkId, message: Message },
+    /// Progress or outcome of an attachment fetch ([`Engine::fetch_attachment`]).
+    Fetch(FetchEvent),
 }
 
 /// A device reachable now, directly or through others.
@@ -87,6 +88,7 @@ pub struct Engine {
     own_seq: u64,
     last_peers: Vec<PeerPresence>,
     events: VecDeque<EngineEvent>,
+    attachments: Attachments,
 }
 
 impl Engine {
@@ -107,6 +109,7 @@ impl Engine {
             own_seq: seq_base,
             last_peers: Vec::new(),
             events: VecDeque::new(),
+            attachments: Attachments::default(),
         }
     }
 
@@ -138,7 +141,40 @@ impl Engine {
             if slot.session.is_some() {
                 self.links_changed();
             }
+            self.attachments_link_down(link);
         }
+    }
+
+    fn synced_links(&self) -> Vec<LinkId> {
+        self.links.iter().filter(|(_, s)| s.session.is_some() && !s.closed).map(|(id, _)| *id).collect()
+    }
+
+    fn attachments_link_down(&mut self, link: LinkId) {
+        let links = self.synced_links();
+        let mut out = Vec::new();
+        if let Err(e) = self.attachments.link_down(&self.store, link, &links, &mut out) {
+            log::warn!("attachment fetches after link {link} went down: {e}");
+        }
+        self.send_all(out);
+    }
+
+    fn send_all(&mut self, out: Vec<(LinkId, Message)>) {
+        for (link, msg) in out {
+            self.send(link, msg);
+        }
+        for e in self.attachments.events.drain(..) {
+            self.events.push_back(EngineEvent::Fetch(e));
+        }
+    }
+
+    /// Fetch the bytes of the attachment `hash` from the connected devices (directly or through them). Progress
+    /// and the outcome come as [`EngineEvent::Fetch`]; when the store has the bytes already, `Done` comes at once.
+    pub fn fetch_attachment(&mut self, hash: [u8; 32]) -> Result<FetchId, SyncError> {
+        let links = self.synced_links();
+        let mut out = Vec::new();
+        let id = self.attachments.fetch(&self.store, hash, &links, &mut out)?;
+        self.send_all(out);
+        Ok(id)
     }
 
     /// Whether the engine closed this link (the transport should drop it).
@@ -157,6 +193,7 @@ impl Engine {
         self.events.push_back(EngineEvent::LinkDown { link, device: slot.device, reason });
         if had_session {
             self.links_changed();
+            self.attachments_link_down(link);
         }
     }
 
@@ -227,6 +264,10 @@ impl Engine {
             }
         }
         self.links_changed();
+        let links = self.synced_links();
+        let mut out = Vec::new();
+        self.attachments.link_up(&self.store, &links, &mut out)?;
+        self.send_all(out);
         Ok(())
     }
 
@@ -253,7 +294,10 @@ impl Engine {
         match handled.other {
             Some(Message::Presence { origin, seq, name, links }) => self.on_presence(link, DeviceKey(origin), seq, name, links),
             Some(m @ (Message::FetchAttachment { .. } | Message::AttachmentChunk { .. } | Message::AttachmentUnavailable { .. })) => {
-                self.events.push_back(EngineEvent::Attachment { link, message: m });
+                let links = self.synced_links();
+                let mut out = Vec::new();
+                self.attachments.on_message(&store, link, m, &links, &mut out)?;
+                self.send_all(out);
             }
             _ => {}
         }
@@ -320,6 +364,11 @@ impl Engine {
             session.pump(&store)?;
             next = session.poll_message();
         }
+        if next.is_none() {
+            // Attachment bytes go when the link has nothing else to say.
+            next = self.attachments.next_chunk(&store, link)?;
+        }
+        let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
         if let Some(msg) = next {
             slot.codec.send(&msg.encode())?;
         }

@@ -4,11 +4,13 @@
 //!
 //! [`Store`]: crate::Store
 
+pub mod attachments;
 pub mod engine;
 pub(crate) mod link;
 pub mod session;
 pub mod wire;
 
+pub use attachments::{FetchEvent, FetchId, MAX_HOPS};
 pub use engine::{Engine, EngineEvent, LinkId, PeerPresence};
 pub use session::{SessionStats, WINDOW};
 pub use wire::{Message, Subscription, TransportKind, WireError};

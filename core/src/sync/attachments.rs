@@ -1,0 +1,232 @@
+//! Attachments over sync, without I/O: fetching an attachment's bytes by its hash from whichever connected device
+//! has them, in chunks, resumable, verified against the hash, relayed across hops.
+//!
+//! A fetch asks one synced neighbour at a time ([`Message::FetchAttachment`] with the offset already received). A
+//! neighbour that has the bytes streams them ([`Message::AttachmentChunk`]); one that does not, and may relay
+//! (`hops > 0`), fetches them for itself from its *other* neighbours first, stores them, then serves them — so an
+//! attachment crosses any number of hops up to [`MAX_HOPS`], and every device on the way keeps a copy. A neighbour
+//! that cannot get them answers [`Message::AttachmentUnavailable`] and the next one is asked. Received bytes are
+//! kept in the store as they arrive: after a broken link the fetch resumes from there with another neighbour (or
+//! the same one when it is back). When all bytes are in, they are checked against the hash before the attachment
+//! is stored; a mismatch drops them and tries another neighbour.
+//!
+//! Chunks are produced only when a link has nothing else to send, so a transfer never crowds out sync messages
+//! and never queues more than one chunk per link.
+
+use super::engine::LinkId;
+use super::wire::{Message, ATTACHMENT_CHUNK};
+use super::SyncError;
+use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many devices a fetch may be relayed through.
+pub const MAX_HOPS: u8 = 8;
+
+/// A fetch's number within one engine.
+pub type FetchId = u64;
+
+/// What happened to a fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchEvent {
+    /// Bytes received so far, of `total`.
+    Progress { fetch: FetchId, hash: [u8; 32], done: u64, total: u64 },
+    /// The attachment is stored here now, verified.
+    Done { fetch: FetchId, hash: [u8; 32] },
+    /// No connected device could provide it.
+    Failed { fetch: FetchId, hash: [u8; 32], reason: String },
+}
+
+struct Fetch {
+    id: FetchId,
+    hash: [u8; 32],
+    hops: u8,
+    /// The link asked now, and the request number used on it.
+    asking: Option<(LinkId, u64)>,
+    /// Links asked already (not asked again by this fetch).
+    tried: BTreeSet<LinkId>,
+    /// The link the request came from when relaying (never asked back).
+    exclude: Option<LinkId>,
+    /// Neighbours waiting for this fetch to serve them: (link, their request).
+    waiting: Vec<(LinkId, u64)>,
+    /// Whether the app asked (events are reported).
+    local: bool,
+}
+
+struct Serve {
+    hash: [u8; 32],
+    next: u64,
+    total: u64,
+}
+
+/// Every fetch and every transfer this device serves.
+#[derive(Default)]
+pub(crate) struct Attachments {
+    next_fetch: FetchId,
+    next_request: u64,
+    fetches: BTreeMap<FetchId, Fetch>,
+    serving: BTreeMap<(LinkId, u64), Serve>,
+    pub events: Vec<FetchEvent>,
+}
+
+impl Attachments {
+    /// Start fetching `hash` for the app. Returns the fetch number; its outcome comes as [`FetchEvent`]s.
+    pub fn fetch(&mut self, store: &Store, hash: [u8; 32], links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<FetchId, SyncError> {
+        self.next_fetch += 1;
+        let id = self.next_fetch;
+        if store.attachment_len(&hash)?.is_some() {
+            self.events.push(FetchEvent::Done { fetch: id, hash });
+            return Ok(id);
+        }
+        if let Some(f) = self.fetches.values_mut().find(|f| f.hash == hash) {
+            f.local = true;
+            return Ok(f.id);
+        }
+        self.fetches.insert(
+            id,
+            Fetch { id, hash, hops: MAX_HOPS, asking: None, tried: BTreeSet::new(), exclude: None, waiting: Vec::new(), local: true },
+        );
+        self.ask_next(store, id, links, out, true)?;
+        Ok(id)
+    }
+
+    /// Ask the next untried link. When there is none: give up if `give_up` (every device asked said no), else wait
+    /// for a link to come up (the one asked went away).
+    fn ask_next(&mut self, store: &Store, id: FetchId, links: &[LinkId], out: &mut Vec<(LinkId, Message)>, give_up: bool) -> Result<(), SyncError> {
+        let Some(f) = self.fetches.get_mut(&id) else { return Ok(()) };
+        let next = links.iter().copied().find(|l| !f.tried.contains(l) && Some(*l) != f.exclude);
+        match next {
+            None if !give_up => f.asking = None,
+            Some(link) => {
+                self.next_request += 1;
+                let request = self.next_request;
+                f.tried.insert(link);
+                f.asking = Some((link, request));
+                let offset = store.attachment_received(&f.hash)?;
+                out.push((link, Message::FetchAttachment { request, hash: f.hash, offset, hops: f.hops }));
+            }
+            None => {
+                let f = self.fetches.remove(&id).map(|f| (f.hash, f.local, f.waiting));
+                if let Some((hash, local, waiting)) = f {
+                    log::info!("attachment {} not available from any connected device", crate::crdt::value::hex(&hash));
+                    for (link, request) in waiting {
+                        out.push((link, Message::AttachmentUnavailable { request }));
+                    }
+                    if local {
+                        self.events.push(FetchEvent::Failed { fetch: id, hash, reason: "no connected device has it".into() });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fetch_asking(&self, link: LinkId, request: u64) -> Option<FetchId> {
+        self.fetches.values().find(|f| f.asking == Some((link, request))).map(|f| f.id)
+    }
+
+    /// Handle an attachment message from `link`. `links` are the synced links now.
+    pub fn on_message(&mut self, store: &Store, link: LinkId, msg: Message, links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<(), SyncError> {
+        match msg {
+            Message::FetchAttachment { request, hash, offset, hops } => {
+                if let Some(total) = store.attachment_len(&hash)? {
+                    if offset > total {
+                        out.push((link, Message::AttachmentUnavailable { request }));
+                    } else {
+                        self.serving.insert((link, request), Serve { hash, next: offset, total });
+                    }
+                } else if hops == 0 {
+                    out.push((link, Message::AttachmentUnavailable { request }));
+                } else if let Some(f) = self.fetches.values_mut().find(|f| f.hash == hash) {
+                    f.waiting.push((link, request));
+                } else {
+                    self.next_fetch += 1;
+                    let id = self.next_fetch;
+                    self.fetches.insert(
+                        id,
+                        Fetch { id, hash, hops: hops - 1, asking: None, tried: BTreeSet::new(), exclude: Some(link), waiting: vec![(link, request)], local: false },
+                    );
+                    self.ask_next(store, id, links, out, true)?;
+                }
+            }
+            Message::AttachmentChunk { request, offset, total, data } => {
+                let Some(id) = self.fetch_asking(link, request) else { return Ok(()) };
+                let Some(hash) = self.fetches.get(&id).map(|f| f.hash) else { return Ok(()) };
+                let done = match store.receive_attachment_part(&hash, offset, &data) {
+                    Ok(done) => done,
+                    Err(crate::Error::AttachmentCorrupt { reason, .. }) => {
+                        return Err(SyncError::Protocol(format!("attachment chunk out of order: {reason}")));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let local = self.fetches.get(&id).is_some_and(|f| f.local);
+                if local {
+                    self.events.push(FetchEvent::Progress { fetch: id, hash, done, total });
+                }
+                if done == total {
+                    match store.finish_attachment(&hash, total) {
+                        Ok(()) => {
+                            if let Some(f) = self.fetches.remove(&id) {
+                                for (l, r) in f.waiting {
+                                    self.serving.insert((l, r), Serve { hash, next: 0, total });
+                                }
+                                if f.local {
+                                    self.events.push(FetchEvent::Done { fetch: id, hash });
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            log::warn!("attachment from link {link} failed verification: {e}");
+                            self.ask_next(store, id, links, out, true)?;
+                        }
+                    }
+                }
+            }
+            Message::AttachmentUnavailable { request } => {
+                if let Some(id) = self.fetch_asking(link, request) {
+                    self.ask_next(store, id, links, out, true)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A link went away: fetches asking it move on (resuming where they were), transfers to it stop.
+    pub fn link_down(&mut self, store: &Store, link: LinkId, links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<(), SyncError> {
+        self.serving.retain(|(l, _), _| *l != link);
+        let ids: Vec<FetchId> = self.fetches.values().filter(|f| f.asking.is_some_and(|(l, _)| l == link)).map(|f| f.id).collect();
+        for f in self.fetches.values_mut() {
+            f.waiting.retain(|(l, _)| *l != link);
+        }
+        for id in ids {
+            if let Some(f) = self.fetches.get_mut(&id) {
+                // The same neighbour may come back on a new link; let it be asked again then.
+                f.asking = None;
+            }
+            self.ask_next(store, id, links, out, false)?;
+        }
+        Ok(())
+    }
+
+    /// A link came up: stalled fetches (none asked now) ask it.
+    pub fn link_up(&mut self, store: &Store, links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<(), SyncError> {
+        let ids: Vec<FetchId> = self.fetches.values().filter(|f| f.asking.is_none()).map(|f| f.id).collect();
+        for id in ids {
+            self.ask_next(store, id, links, out, false)?;
+        }
+        Ok(())
+    }
+
+    /// The next chunk to send on `link`, if it is serving a transfer.
+    pub fn next_chunk(&mut self, store: &Store, link: LinkId) -> Result<Option<Message>, SyncError> {
+        let Some((&(l, request), serve)) = self.serving.range_mut((link, 0)..=(link, u64::MAX)).next() else { return Ok(None) };
+        debug_assert_eq!(l, link);
+        let data = store.read_attachment_range(&serve.hash, serve.next, ATTACHMENT_CHUNK)?;
+        let msg = Message::AttachmentChunk { request, offset: serve.next, total: serve.total, data: data.clone() };
+        serve.next += data.len() as u64;
+        if serve.next >= serve.total || data.is_empty() {
+            self.serving.remove(&(link, request));
+        }
+        Ok(Some(msg))
+    }
+}
