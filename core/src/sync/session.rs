@@ -100,6 +100,9 @@ pub(crate) struct Session {
     touched_by_peer: Vec<i64>,
     /// The interest we last sent.
     sent_interest: Option<Vec<Subscription>>,
+    /// Changes being gathered into the next [`Message::Changes`] (several documents share a batch).
+    batch: Vec<Vec<u8>>,
+    batch_bytes: usize,
     /// Statistics.
     pub stats: SessionStats,
 }
@@ -127,6 +130,8 @@ impl Session {
             outbox: VecDeque::new(),
             touched_by_peer: Vec::new(),
             sent_interest: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
             stats: SessionStats::default(),
         };
         s.outbox.push_back(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 });
@@ -237,6 +242,7 @@ impl Session {
                 queued |= self.send_doc_if_interesting(store, doc, Some(entries))?;
             }
         }
+        self.flush_batch();
         Ok(queued)
     }
 
@@ -258,28 +264,27 @@ impl Session {
         if missing.is_empty() {
             return Ok(false);
         }
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
             let wire = e.to_wire();
-            batch_bytes += wire.len();
-            batch.push(wire);
-            if batch_bytes >= BATCH_BYTES {
-                self.queue_changes(std::mem::take(&mut batch), batch_bytes);
-                batch_bytes = 0;
+            self.batch_bytes += wire.len();
+            self.send_credit -= wire.len() as i64;
+            self.batch.push(wire);
+            if self.batch_bytes >= BATCH_BYTES {
+                self.flush_batch();
             }
-        }
-        if !batch.is_empty() {
-            self.queue_changes(batch, batch_bytes);
         }
         Ok(true)
     }
 
-    fn queue_changes(&mut self, changes: Vec<Vec<u8>>, bytes: usize) {
-        self.send_credit -= bytes as i64;
+    /// Queue the changes gathered so far as one message.
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut self.batch);
         self.stats.changes_sent += changes.len() as u64;
-        self.stats.change_bytes_sent += bytes as u64;
+        self.stats.change_bytes_sent += std::mem::take(&mut self.batch_bytes) as u64;
         self.outbox.push_back(Message::Changes { changes });
     }
 

@@ -1,0 +1,157 @@
+//! Sync costs, as JSON lines (DESIGN.md §8), each beside its reference in the same run.
+//!
+//! `cargo run --release -p shoaldb-bench --bin sync_bench [-- --quick] [--only reconcile|bulk|line16]`
+//!
+//! - `reconcile`: two stores holding the same 100,000 documents, then differing by d ∈ {0, 1, 100, 10,000}
+//!   documents (half new on each side). Two sync engines meet over an in-memory link moved in lockstep flights;
+//!   row `{"bench":"reconcile","d","bytes_a_to_b","bytes_b_to_a","round_trips","payload_bytes",...}` where bytes
+//!   count everything on the link (handshake, framing, encryption), `payload_bytes` is the encoded size of the
+//!   differing changes themselves, and `round_trips` counts the flights after the secure handshake (which takes
+//!   1.5 round trips of its own, reported as `handshake_round_trips`). Goals: d=0 under 2 KB in one round trip;
+//!   total bytes ≤ 1.1 × payload + 4 KB.
+
+use serde_json::json;
+use shoaldb::security::{AppSecret, Identity};
+use shoaldb::sync::{Engine, LinkId, Subscription, TransportKind};
+use shoaldb::{Durability, Options, Store};
+use shoaldb_bench::emit;
+use std::path::Path;
+
+type BoxErr = Box<dyn std::error::Error>;
+
+fn open(path: &Path) -> Result<Store, BoxErr> {
+    Ok(Store::open_with(path, Options { durability: Durability::Normal, ..Default::default() })?)
+}
+
+fn engine(store: Store, name: &str) -> Result<Engine, BoxErr> {
+    let secret = AppSecret::from_bytes(b"bench secret")?;
+    Ok(Engine::new(store, Identity::generate()?, secret, name, vec![Subscription::everything()], 0))
+}
+
+/// Insert documents `range` (10 fields each) in transactions of 1,000.
+fn fill(store: &Store, prefix: &str, range: std::ops::Range<usize>) -> Result<(), BoxErr> {
+    let ids: Vec<usize> = range.collect();
+    for chunk in ids.chunks(1000) {
+        store.write(|t| {
+            for i in chunk {
+                let mut doc = serde_json::Map::new();
+                doc.insert("_id".into(), json!(format!("{prefix}{i:06}")));
+                for k in 0..10 {
+                    doc.insert(format!("f{k}"), if k % 2 == 0 { json!(format!("value {i}.{k}")) } else { json!(i * 10 + k) });
+                }
+                t.upsert("items", serde_json::Value::Object(doc))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Copy every change of `from` into `to`.
+fn copy(from: &Store, to: &Store) -> Result<(), BoxErr> {
+    let changes = from.changes_since(&to.summary()?)?;
+    for chunk in changes.chunks(2000) {
+        to.apply_changes(chunk)?;
+    }
+    Ok(())
+}
+
+/// Bytes of the changes `from` holds that `to` lacks, as they travel.
+fn payload(from: &Store, to: &Store) -> Result<usize, BoxErr> {
+    Ok(from.changes_since(&to.summary()?)?.iter().map(|c| c.encode().len()).sum())
+}
+
+struct Flights {
+    a_to_b: usize,
+    b_to_a: usize,
+    flights: usize,
+    handshake_flights: usize,
+}
+
+/// Move frames in alternating flights (everything one side has, then everything the other has) until quiet.
+/// Flights until both sides have finished the handshake count as handshake flights.
+fn run(a: &mut Engine, la: LinkId, b: &mut Engine, lb: LinkId) -> Flights {
+    let mut f = Flights { a_to_b: 0, b_to_a: 0, flights: 0, handshake_flights: 0 };
+    let mut a_turn = true;
+    let mut idle = 0;
+    while idle < 2 {
+        let (from, lf, to, lt) = if a_turn { (&mut *a, la, &mut *b, lb) } else { (&mut *b, lb, &mut *a, la) };
+        let mut frames = Vec::new();
+        while let Some(fr) = from.poll_frame(lf) {
+            frames.push(fr);
+        }
+        if frames.is_empty() {
+            idle += 1;
+        } else {
+            idle = 0;
+            // Frames travel with a 4-byte length prefix on a stream transport.
+            let n: usize = frames.iter().map(|fr| fr.len() + 4).sum();
+            if a_turn {
+                f.a_to_b += n;
+            } else {
+                f.b_to_a += n;
+            }
+            for fr in frames {
+                to.on_frame(lt, &fr);
+            }
+            if f.handshake_flights == f.flights + f.handshake_flights && (a.links().is_empty() || b.links().is_empty() || f.handshake_flights < 3) {
+                f.handshake_flights += 1;
+            } else {
+                f.flights += 1;
+            }
+        }
+        a_turn = !a_turn;
+    }
+    f
+}
+
+fn reconcile(quick: bool) -> Result<(), BoxErr> {
+    let n = if quick { 10_000 } else { 100_000 };
+    let dir = tempfile::tempdir()?;
+    let base = open(&dir.path().join("base.db"))?;
+    eprintln!("reconcile: writing {n} documents…");
+    fill(&base, "doc", 0..n)?;
+    for d in [0usize, 1, 100, 10_000] {
+        if d > n / 2 {
+            continue;
+        }
+        let a = open(&dir.path().join(format!("a{d}.db")))?;
+        let b = open(&dir.path().join(format!("b{d}.db")))?;
+        eprintln!("reconcile d={d}: copying the shared documents…");
+        copy(&base, &a)?;
+        copy(&base, &b)?;
+        fill(&a, "a-only", 0..d / 2)?;
+        fill(&b, "b-only", 0..d - d / 2)?;
+        let payload_bytes = payload(&a, &b)? + payload(&b, &a)?;
+        let mut ea = engine(a.clone(), "a")?;
+        let mut eb = engine(b.clone(), "b")?;
+        let la = ea.add_link(TransportKind::Sim, true)?;
+        let lb = eb.add_link(TransportKind::Sim, false)?;
+        let f = run(&mut ea, la, &mut eb, lb);
+        let converged = a.summary()? == b.summary()?;
+        if std::env::var_os("SHOAL_BENCH_DEBUG").is_some() {
+            eprintln!("a stats {:?}\nb stats {:?}", ea.link_stats(la), eb.link_stats(lb));
+        }
+        let total = f.a_to_b + f.b_to_a;
+        emit(&json!({
+            "bench": "reconcile", "d": d, "docs": n,
+            "bytes_a_to_b": f.a_to_b, "bytes_b_to_a": f.b_to_a,
+            "round_trips": f.flights.div_ceil(2), "handshake_round_trips": f.handshake_flights as f64 / 2.0,
+            "payload_bytes": payload_bytes,
+            "goal_bytes": (payload_bytes as f64 * 1.1) as usize + 4096,
+            "ok": converged && total <= (payload_bytes as f64 * 1.1) as usize + 4096,
+        }));
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), BoxErr> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wants("reconcile") {
+        reconcile(quick)?;
+    }
+    Ok(())
+}
