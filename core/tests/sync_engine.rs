@@ -286,3 +286,28 @@ fn received_attachment_bytes_that_do_not_match_the_hash_are_dropped() {
     store.finish_attachment(&hash, 16).unwrap();
     assert_eq!(store.attachment_len(&hash).unwrap(), Some(16));
 }
+
+#[test]
+fn silent_links_time_out_and_live_ones_keep_alive() {
+    use shoaldb::sync::engine::{KEEPALIVE_MS, LINK_TIMEOUT_MS};
+    let mut net = Net::new(vec![all(), all()]);
+    let w = net.connect(0, 1);
+    net.settle();
+    let (a, la, b, lb) = net.wires[w];
+    // Time passes with both sides talking: keepalives flow, nothing is closed.
+    let mut now = 0;
+    for _ in 0..10 {
+        now += KEEPALIVE_MS;
+        net.engines[a].tick(now);
+        net.engines[b].tick(now);
+        net.settle();
+    }
+    assert!(!net.engines[a].is_closed(la) && !net.engines[b].is_closed(lb));
+    // The other side vanishes without a word: the link is closed after the timeout.
+    net.wires.clear();
+    net.engines[a].tick(now + LINK_TIMEOUT_MS / 2);
+    assert!(!net.engines[a].is_closed(la));
+    net.engines[a].tick(now + LINK_TIMEOUT_MS);
+    assert!(net.engines[a].is_closed(la));
+    assert!(net.engines[a].peers().is_empty(), "presence forgets the vanished device");
+}

@@ -65,7 +65,15 @@ struct Slot {
     device: Option<DeviceKey>,
     name: String,
     closed: bool,
+    /// When (engine time, ms) a frame last arrived, and when a message was last queued.
+    last_rx: u64,
+    last_tx: u64,
 }
+
+/// A link on which nothing arrived for this long (ms) is closed as dead (keepalives keep live links talking).
+pub const LINK_TIMEOUT_MS: u64 = 20_000;
+/// A synced link with nothing to say for this long (ms) sends a keepalive.
+pub const KEEPALIVE_MS: u64 = 5_000;
 
 #[derive(Clone, Debug)]
 struct Record {
@@ -89,6 +97,8 @@ pub struct Engine {
     last_peers: Vec<PeerPresence>,
     events: VecDeque<EngineEvent>,
     attachments: Attachments,
+    /// The time given to the last [`Engine::tick`], in ms.
+    now: u64,
 }
 
 impl Engine {
@@ -110,6 +120,7 @@ impl Engine {
             last_peers: Vec::new(),
             events: VecDeque::new(),
             attachments: Attachments::default(),
+            now: 0,
         }
     }
 
@@ -127,7 +138,11 @@ impl Engine {
         let codec = LinkCodec::new(initiator, &self.identity, &self.secret)?;
         let id = self.next_link;
         self.next_link += 1;
-        self.links.insert(id, Slot { codec, transport, initiator, session: None, device: None, name: String::new(), closed: false });
+        let now = self.now;
+        self.links.insert(
+            id,
+            Slot { codec, transport, initiator, session: None, device: None, name: String::new(), closed: false, last_rx: now, last_tx: now },
+        );
         log::debug!("link {id} opened ({transport}, {})", if initiator { "dialled" } else { "accepted" });
         Ok(id)
     }
@@ -182,6 +197,12 @@ impl Engine {
         self.links.get(&link).is_none_or(|s| s.closed)
     }
 
+    /// The device authenticated on `link` by its handshake, even when the engine then closed the link (a duplicate
+    /// of another link, or this device itself): lets a transport stop dialling an address that leads there.
+    pub fn link_device(&self, link: LinkId) -> Option<DeviceKey> {
+        self.links.get(&link).and_then(|s| s.device.or_else(|| s.codec.peer()))
+    }
+
     fn close(&mut self, link: LinkId, reason: String) {
         let Some(slot) = self.links.get_mut(&link) else { return };
         if slot.closed {
@@ -205,10 +226,12 @@ impl Engine {
     }
 
     fn on_frame_inner(&mut self, link: LinkId, frame: &[u8]) -> Result<(), SyncError> {
+        let now = self.now;
         let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
         if slot.closed {
             return Ok(());
         }
+        slot.last_rx = now;
         let was_open = slot.codec.is_open();
         let messages = slot.codec.on_frame(frame)?;
         if !was_open && slot.codec.is_open() {
@@ -291,6 +314,15 @@ impl Engine {
         if let Some(report) = handled.applied {
             self.events.push_back(EngineEvent::Applied { link, applied: report.applied });
         }
+        if let Some(received) = handled.received {
+            for (id, slot) in self.links.iter_mut() {
+                if *id != link {
+                    if let Some(s) = slot.session.as_mut() {
+                        s.announce(&received);
+                    }
+                }
+            }
+        }
         match handled.other {
             Some(Message::Presence { origin, seq, name, links }) => self.on_presence(link, DeviceKey(origin), seq, name, links),
             Some(m @ (Message::FetchAttachment { .. } | Message::AttachmentChunk { .. } | Message::AttachmentUnavailable { .. })) => {
@@ -343,6 +375,33 @@ impl Engine {
         }
     }
 
+    /// The passing of time (ms, from any fixed origin; call about once a second). Links silent for
+    /// [`LINK_TIMEOUT_MS`] — including handshakes that never finish — are closed; synced links with nothing to
+    /// say for [`KEEPALIVE_MS`] send a keepalive, so a peer that vanished without closing (out of range, cable
+    /// pulled) is noticed on both sides.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now = self.now.max(now_ms);
+        let now = self.now;
+        let mut dead = Vec::new();
+        for (id, slot) in self.links.iter_mut() {
+            if slot.closed {
+                continue;
+            }
+            if now.saturating_sub(slot.last_rx) >= LINK_TIMEOUT_MS {
+                dead.push(*id);
+            } else if now.saturating_sub(slot.last_tx) >= KEEPALIVE_MS {
+                if let Some(s) = slot.session.as_mut() {
+                    // An empty credit grant: harmless, and proof of life.
+                    s.queue(Message::Credit { bytes: 0 });
+                    slot.last_tx = now;
+                }
+            }
+        }
+        for id in dead {
+            self.close(id, format!("nothing received for {} s", LINK_TIMEOUT_MS / 1000));
+        }
+    }
+
     /// The next frame to send on `link`, producing more (changes the peer lacks, as flow control allows) when the
     /// queue is empty.
     pub fn poll_frame(&mut self, link: LinkId) -> Option<Vec<u8>> {
@@ -371,6 +430,7 @@ impl Engine {
         let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
         if let Some(msg) = next {
             slot.codec.send(&msg.encode())?;
+            slot.last_tx = self.now;
         }
         Ok(())
     }
