@@ -26,6 +26,7 @@
 
 pub mod crdt;
 pub mod error;
+pub mod node;
 pub mod query;
 pub mod security;
 pub mod store;
@@ -39,6 +40,7 @@ pub use crdt::path::{Path, PathSegment};
 pub use crdt::value::{AttachmentToken, Kind, Scalar, Value};
 pub use crdt::version::VersionVector;
 pub use error::{Error, Result};
+pub use node::{Node, NodeConfig, NodeError};
 pub use query::{Filter, Query, QueryError, SortOrder};
 pub use store::{
     ApplyReport, AttachmentReader, ChangeEvent, DocChange, Durability, ObserverHandle, Options, Store, Summary,

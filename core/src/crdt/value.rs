@@ -35,14 +35,7 @@ impl AttachmentToken {
 impl AttachmentToken {
     /// Read a token back from its JSON form (see [`AttachmentToken::to_json`]).
     pub fn from_json(v: &serde_json::Value) -> Option<AttachmentToken> {
-        let hex_hash = v.get("_attachment")?.as_str()?;
-        if hex_hash.len() != 64 {
-            return None;
-        }
-        let mut hash = [0u8; 32];
-        for (i, b) in hash.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex_hash.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        let hash = parse_hex32(v.get("_attachment")?.as_str()?)?;
         let len = v.get("len")?.as_u64()?;
         let meta = match v.get("meta") {
             None => BTreeMap::new(),
@@ -56,6 +49,18 @@ impl fmt::Debug for AttachmentToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Attachment({}, {} bytes, {:?})", self.hash_hex(), self.len, self.meta)
     }
+}
+
+/// 32 bytes from 64 hex digits.
+pub(crate) fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -33,6 +33,14 @@ impl AppSecret {
         }
         Ok(AppSecret(blake3::derive_key(APP_SECRET_CONTEXT, bytes)))
     }
+
+    /// A short public tag of the app: the first 16 hex digits of the BLAKE3 hash of the derived key. Devices
+    /// advertise it (mDNS TXT `app=`) so that they only dial devices of the same app; it does not let anyone
+    /// complete a handshake. Like any value derived from a secret it allows offline guessing of a *weak* secret,
+    /// so app secrets should be random, not passwords.
+    pub fn tag(&self) -> String {
+        hex(&blake3::hash(&self.0).as_bytes()[..8])
+    }
 }
 
 impl fmt::Debug for AppSecret {
@@ -215,6 +223,16 @@ mod tests {
         let secret = AppSecret::from_bytes(b"hunter2").unwrap();
         assert_eq!(secret.0, blake3::derive_key("shoal app secret v1", b"hunter2"));
         assert_ne!(secret.0, [0u8; 32]);
+    }
+
+    #[test]
+    fn app_secret_tag_is_short_stable_and_app_specific() {
+        let a = AppSecret::from_bytes(b"hunter2").unwrap();
+        assert_eq!(a.tag().len(), 16);
+        assert_eq!(a.tag(), hex(&blake3::hash(&a.0).as_bytes()[..8]));
+        assert_eq!(a.tag(), AppSecret::from_bytes(b"hunter2").unwrap().tag());
+        assert_ne!(a.tag(), AppSecret::from_bytes(b"hunter3").unwrap().tag());
+        assert!(!a.tag().contains(&hex(&a.0[..8])));
     }
 
     #[test]

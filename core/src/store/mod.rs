@@ -86,6 +86,19 @@ pub(crate) fn check_doc_id(s: &str) -> Result<()> {
     check_name("document id", s)
 }
 
+/// Where an attachment fetch requested through the store stands ([`Store::attachment_request`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachmentRequest {
+    /// Nothing was requested (or the request was dropped).
+    None,
+    /// A peer is fetching it (progress when known).
+    Pending { done: u64, total: Option<u64> },
+    /// The bytes are stored here.
+    Stored,
+    /// No connected device could provide it.
+    Failed(String),
+}
+
 /// The state behind the store's lock.
 pub(crate) struct Inner {
     conn: Connection,
@@ -328,6 +341,107 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &FsPath {
         &self.shared.path
+    }
+
+    // ---- device-local settings ----
+
+    /// A device-local setting (e.g. the device's identity key): kept in this file only, never replicated.
+    /// `None` when it was never set.
+    pub fn local_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        check_name("setting name", key)?;
+        let inner = self.lock();
+        meta_get(&inner.conn, &format!("local:{key}"))
+    }
+
+    /// Set a device-local setting (see [`Store::local_value`]), replacing any previous value.
+    pub fn set_local_value(&self, key: &str, value: &[u8]) -> Result<()> {
+        check_name("setting name", key)?;
+        let inner = self.lock();
+        inner
+            .conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
+            .execute(params![format!("local:{key}"), value])?;
+        Ok(())
+    }
+
+    /// The device-local setting `key`, set to `value` first if it was never set — atomically, so that two
+    /// processes opening the same file for the first time agree on one value. Returns the value in force.
+    pub fn local_value_or_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        check_name("setting name", key)?;
+        let key = format!("local:{key}");
+        let inner = self.lock();
+        inner
+            .conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")?
+            .execute(params![key, value])?;
+        meta_get(&inner.conn, &key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} vanished")))
+    }
+
+    /// Ask a sync peer running on this store (possibly in another process, e.g. `shoal peer`) to fetch the bytes
+    /// of attachment `hash` from the devices it is connected to. See [`Store::attachment_request`] for the outcome.
+    pub fn request_attachment(&self, hash: &[u8; 32]) -> Result<()> {
+        let inner = self.lock();
+        let hex = crate::crdt::value::hex(hash);
+        inner.conn.execute("DELETE FROM meta WHERE key = ?1", params![format!("local:fetch-failed:{hex}")])?;
+        inner
+            .conn
+            .execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, x'')", params![format!("local:fetch:{hex}")])?;
+        Ok(())
+    }
+
+    /// The attachments requested with [`Store::request_attachment`] and not fetched yet.
+    pub fn requested_attachments(&self) -> Result<Vec<[u8; 32]>> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached("SELECT key FROM meta WHERE key LIKE 'local:fetch:%'")?;
+        let keys = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(keys.iter().filter_map(|k| crate::crdt::value::parse_hex32(k.strip_prefix("local:fetch:")?)).collect())
+    }
+
+    /// Record a requested fetch's progress (for the process that asked).
+    pub fn record_attachment_progress(&self, hash: &[u8; 32], done: u64, total: u64) -> Result<()> {
+        let inner = self.lock();
+        let mut v = done.to_le_bytes().to_vec();
+        v.extend_from_slice(&total.to_le_bytes());
+        inner.conn.execute(
+            "UPDATE meta SET value = ?2 WHERE key = ?1",
+            params![format!("local:fetch:{}", crate::crdt::value::hex(hash)), v],
+        )?;
+        Ok(())
+    }
+
+    /// End a requested fetch: done (`failure` is `None`) or failed with a reason.
+    pub fn end_attachment_request(&self, hash: &[u8; 32], failure: Option<&str>) -> Result<()> {
+        let inner = self.lock();
+        let hex = crate::crdt::value::hex(hash);
+        inner.conn.execute("DELETE FROM meta WHERE key = ?1", params![format!("local:fetch:{hex}")])?;
+        if let Some(reason) = failure {
+            inner.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+                params![format!("local:fetch-failed:{hex}"), reason.as_bytes()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Where a request made with [`Store::request_attachment`] stands.
+    pub fn attachment_request(&self, hash: &[u8; 32]) -> Result<AttachmentRequest> {
+        if self.attachment_len(hash)?.is_some() {
+            return Ok(AttachmentRequest::Stored);
+        }
+        let hex = crate::crdt::value::hex(hash);
+        let inner = self.lock();
+        if let Some(reason) = meta_get(&inner.conn, &format!("local:fetch-failed:{hex}"))? {
+            return Ok(AttachmentRequest::Failed(String::from_utf8_lossy(&reason).into_owned()));
+        }
+        match meta_get(&inner.conn, &format!("local:fetch:{hex}"))? {
+            None => Ok(AttachmentRequest::None),
+            Some(v) if v.len() == 16 => {
+                let done = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+                let total = u64::from_le_bytes(v[8..].try_into().unwrap_or_default());
+                Ok(AttachmentRequest::Pending { done, total: Some(total) })
+            }
+            Some(_) => Ok(AttachmentRequest::Pending { done: 0, total: None }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -76,6 +76,9 @@ pub(crate) struct Handled {
     pub interest_changed: bool,
     /// Changes were applied to the store (other sessions have something new to send).
     pub applied: Option<ApplyReport>,
+    /// The changes of that batch the store now holds, for the engine to announce to its other peers
+    /// ([`Session::announce`]).
+    pub received: Option<Summary>,
     /// Messages that are not the session's business (presence, attachments).
     pub other: Option<Message>,
 }
@@ -166,6 +169,19 @@ impl Session {
                 out.interest_changed = true;
             }
             Message::Summary { summary } => {
+                if self.got_summary {
+                    // An update: the peer got these changes from another device. Their documents are now of interest
+                    // to it (it holds some of their changes), even those we skipped: look at them again.
+                    let new = summary.difference(&self.peer_known);
+                    if !new.is_empty() {
+                        let held_elsewhere = store.summary()?.difference(&new);
+                        for e in store.log_missing(&held_elsewhere, &Summary::new(), usize::MAX)? {
+                            if !self.touched_by_peer.contains(&e.doc) {
+                                self.touched_by_peer.push(e.doc);
+                            }
+                        }
+                    }
+                }
                 self.peer_known.union_with(&summary);
                 self.got_summary = true;
             }
@@ -178,9 +194,15 @@ impl Session {
                     decoded.push(dc);
                 }
                 let report = store.apply_changes(&decoded)?;
+                let held = store.summary()?;
+                let mut received = Summary::new();
                 for dc in &decoded {
                     self.peer_known.insert(dc.change.peer, dc.change.start, dc.change.end());
+                    if held.contains(dc.change.peer, dc.change.start, dc.change.end()) {
+                        received.insert(dc.change.peer, dc.change.start, dc.change.end());
+                    }
                 }
+                out.received = Some(received);
                 let mut docs: Vec<i64> = Vec::new();
                 for dc in &decoded {
                     if let Some(n) = store.doc_number(&dc.collection, &dc.doc_id)? {
@@ -286,6 +308,17 @@ impl Session {
         self.stats.changes_sent += changes.len() as u64;
         self.stats.change_bytes_sent += std::mem::take(&mut self.batch_bytes) as u64;
         self.outbox.push_back(Message::Changes { changes });
+    }
+
+    /// Tell the peer we now hold `changes`, received from another device, unless what we asked it for is
+    /// everything (then it sends us every change anyway). Without this, a peer deciding what is of interest to us
+    /// by filter would not know we hold a document we got elsewhere, and would skip the edit that makes it leave
+    /// the filter (or removes it): we would keep a stale copy.
+    pub fn announce(&mut self, changes: &Summary) {
+        let wants_everything = self.sent_interest.as_ref().is_some_and(|i| i.contains(&Subscription::everything()));
+        if !wants_everything && !changes.is_empty() {
+            self.outbox.push_back(Message::Summary { summary: changes.clone() });
+        }
     }
 
     /// Queue a message that is not the session's own (presence, attachments).

@@ -1,0 +1,274 @@
+//! `shoal`: the command-line tool of Shoal — read and write a store, run it as a peer on the LAN, or watch three
+//! devices converge (`shoal demo`). Output is JSON for scripts; errors go to stderr with a non-zero exit code.
+
+#[path = "shoal/demo.rs"]
+mod demo;
+#[path = "shoal/logger.rs"]
+mod logger;
+#[path = "shoal/peer.rs"]
+mod peer;
+
+use serde_json::Value as Json;
+use shoaldb::{Query, Store, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  shoal --db PATH put COLLECTION JSON                    upsert a JSON object (given fields set, others kept); prints the id
+  shoal --db PATH get COLLECTION ID                      print the document (exit 1 when absent)
+  shoal --db PATH query COLLECTION [FILTER]              print matching documents, one JSON per line
+  shoal --db PATH remove COLLECTION ID                   remove a document (exit 1 when absent)
+  shoal --db PATH attach COLLECTION ID FIELD FILE        store FILE as an attachment in FIELD
+  shoal --db PATH fetch-attachment COLLECTION ID FIELD OUT
+                                                         write FIELD's attachment to OUT, fetched by a running peer when not stored here (exit 2 when unavailable)
+  shoal --db PATH peer --secret-file F [--name NAME] [--listen HOST:PORT] [--connect HOST:PORT]...
+                       [--no-mdns] [--subscribe COLLECTION[:FILTER]]...
+                                                         sync with the LAN until SIGINT/SIGTERM
+  shoal demo                                             three devices edit a task board and converge
+
+exit codes: 0 ok, 1 failure or not found, 2 attachment not available locally, 64 bad usage.
+logging: SHOAL_LOG=off|error|warn|info|debug|trace (stderr).";
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line is wrong (exit 64).
+    #[error("{0}\n\n{USAGE}")]
+    Usage(String),
+    /// What was asked for does not exist (exit 1).
+    #[error("{0}")]
+    NotFound(String),
+    /// The attachment's bytes are not in the local store (exit 2).
+    #[error("attachment not available locally: {0}")]
+    Unavailable(String),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 64,
+            CliError::NotFound(_) | CliError::Failed(_) => 1,
+            CliError::Unavailable(_) => 2,
+        }
+    }
+}
+
+impl From<shoaldb::Error> for CliError {
+    fn from(e: shoaldb::Error) -> CliError {
+        CliError::Failed(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> CliError {
+        CliError::Failed(e.to_string())
+    }
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "shoal: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<(), CliError> {
+    let mut db: Option<PathBuf> = None;
+    let mut rest = args.into_iter();
+    let command = loop {
+        let Some(arg) = rest.next() else { return Err(usage("no command given")) };
+        match arg.as_str() {
+            "-h" | "--help" | "help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            "-V" | "--version" => {
+                println!("shoal {}", shoaldb::VERSION);
+                return Ok(());
+            }
+            "--db" => db = Some(rest.next().ok_or_else(|| usage("--db needs a path"))?.into()),
+            a if a.starts_with("--db=") => db = a.strip_prefix("--db=").map(PathBuf::from),
+            a if a.starts_with('-') => return Err(usage(format!("unknown option {a}"))),
+            _ => break arg,
+        }
+    };
+    let args: Vec<String> = rest.collect();
+    if command == "demo" {
+        if !args.is_empty() {
+            return Err(arity(&command, 0, 0, &args));
+        }
+        logger::init(log::LevelFilter::Warn);
+        return demo::run();
+    }
+    const COMMANDS: &[&str] = &["put", "get", "query", "remove", "attach", "fetch-attachment", "peer"];
+    if !COMMANDS.contains(&command.as_str()) {
+        return Err(usage(format!("unknown command {command:?}")));
+    }
+    let db = db.ok_or_else(|| usage(format!("{command} needs --db PATH")))?;
+    if command == "peer" {
+        logger::init(log::LevelFilter::Info);
+        return peer::run(&db, &args);
+    }
+    logger::init(log::LevelFilter::Warn);
+    let store = || open(&db);
+    match (command.as_str(), args.as_slice()) {
+        ("put", [collection, json]) => put(&store()?, collection, json),
+        ("get", [collection, id]) => get(&store()?, collection, id),
+        ("query", [collection]) => query(&store()?, collection, None),
+        ("query", [collection, filter]) => query(&store()?, collection, Some(filter)),
+        ("remove", [collection, id]) => remove(&store()?, collection, id),
+        ("attach", [collection, id, field, file]) => attach(&store()?, collection, id, field, Path::new(file)),
+        ("fetch-attachment", [collection, id, field, out]) => {
+            fetch_attachment(&store()?, collection, id, field, Path::new(out))
+        }
+        ("put" | "get" | "remove", _) => Err(arity(&command, 2, 2, &args)),
+        ("query", _) => Err(arity(&command, 1, 2, &args)),
+        ("attach" | "fetch-attachment", _) => Err(arity(&command, 4, 4, &args)),
+        (other, _) => Err(usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn arity(command: &str, min: usize, max: usize, args: &[String]) -> CliError {
+    let n = if min == max { min.to_string() } else { format!("{min} to {max}") };
+    usage(format!("{command} takes {n} arguments, got {}", args.len()))
+}
+
+fn open(db: &Path) -> Result<Store, CliError> {
+    Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))
+}
+
+fn print_line(line: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn put(store: &Store, collection: &str, json: &str) -> Result<(), CliError> {
+    let value: Json = serde_json::from_str(json).map_err(|e| CliError::Failed(format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(CliError::Failed("the document must be a JSON object".into()));
+    }
+    let id = store.upsert(collection, value)?;
+    print_line(&id)
+}
+
+fn get(store: &Store, collection: &str, id: &str) -> Result<(), CliError> {
+    match store.get(collection, id)? {
+        Some(doc) => print_line(&doc.to_string()),
+        None => Err(CliError::NotFound(format!("no document {collection}/{id}"))),
+    }
+}
+
+fn query(store: &Store, collection: &str, filter: Option<&str>) -> Result<(), CliError> {
+    let query = match filter {
+        Some(f) => Query::filter(f).map_err(|e| CliError::Failed(format!("bad filter: {e}")))?,
+        None => Query::all(),
+    };
+    let mut out = std::io::stdout().lock();
+    for doc in store.find(collection, &query)? {
+        writeln!(out, "{doc}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn remove(store: &Store, collection: &str, id: &str) -> Result<(), CliError> {
+    if store.remove(collection, id)? {
+        Ok(())
+    } else {
+        Err(CliError::NotFound(format!("no document {collection}/{id}")))
+    }
+}
+
+fn attach(store: &Store, collection: &str, id: &str, field: &str, file: &Path) -> Result<(), CliError> {
+    let reader =
+        std::fs::File::open(file).map_err(|e| CliError::Failed(format!("cannot read {}: {e}", file.display())))?;
+    let mut meta = BTreeMap::new();
+    if let Some(name) = file.file_name().and_then(|n| n.to_str()) {
+        meta.insert("name".to_string(), name.to_string());
+    }
+    let token = store.put_attachment(std::io::BufReader::new(reader), meta)?;
+    let set = token.clone();
+    store.write(move |t| {
+        if t.get(collection, id)?.is_none() {
+            t.upsert_value(collection, Some(id), Value::Map(BTreeMap::new()))?;
+        }
+        t.update(collection, id, |d| Ok(d.set(field, set)?))
+    })?;
+    print_line(&token.to_json().to_string())
+}
+
+/// Ask a `shoal peer` running on the same store to fetch the bytes from the devices it is connected to, and wait
+/// (up to `SHOAL_FETCH_WAIT` seconds, default 30) while it does, showing progress on stderr.
+fn wait_for_running_peer(store: &Store, token: &shoaldb::AttachmentToken) -> Result<(), CliError> {
+    use shoaldb::store::AttachmentRequest;
+    let wait: u64 = std::env::var("SHOAL_FETCH_WAIT").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    store.request_attachment(&token.hash)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut last = None;
+    loop {
+        match store.attachment_request(&token.hash)? {
+            AttachmentRequest::Stored => return Ok(()),
+            AttachmentRequest::Failed(reason) => {
+                return Err(CliError::Unavailable(format!("{} ({} bytes): {reason}", token.hash_hex(), token.len)));
+            }
+            AttachmentRequest::Pending { done, total: Some(total) } if last != Some(done) => {
+                eprintln!("fetching: {done} / {total} bytes");
+                last = Some(done);
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = store.end_attachment_request(&token.hash, None);
+            return Err(CliError::Unavailable(format!(
+                "{} ({} bytes); no running `shoal peer` on this store fetched it within {wait} s",
+                token.hash_hex(),
+                token.len
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn fetch_attachment(store: &Store, collection: &str, id: &str, field: &str, out: &Path) -> Result<(), CliError> {
+    let doc =
+        store.document(collection, id)?.ok_or_else(|| CliError::NotFound(format!("no document {collection}/{id}")))?;
+    let token = doc
+        .attachment(field)
+        .map_err(|e| CliError::Failed(e.to_string()))?
+        .ok_or_else(|| CliError::NotFound(format!("{collection}/{id} has no attachment in {field}")))?;
+    if !store.has_attachment(&token)? {
+        wait_for_running_peer(store, &token)?;
+    }
+    let mut reader = store.open_attachment(&token)?;
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    let mut file =
+        std::fs::File::create(&tmp).map_err(|e| CliError::Failed(format!("cannot write {}: {e}", tmp.display())))?;
+    let copied = std::io::copy(&mut reader, &mut file).and_then(|n| file.sync_all().map(|()| n));
+    match copied {
+        Ok(_) => {
+            std::fs::rename(&tmp, out).map_err(|e| CliError::Failed(format!("cannot write {}: {e}", out.display())))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(CliError::Failed(format!("reading the attachment: {e}")))
+        }
+    }
+}

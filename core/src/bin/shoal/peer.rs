@@ -1,0 +1,173 @@
+//! `shoal peer`: run a store as a node on the LAN until SIGINT or SIGTERM.
+
+use crate::{usage, CliError};
+use shoaldb::node::{Node, NodeConfig};
+use shoaldb::security::AppSecret;
+use shoaldb::sync::Subscription;
+use shoaldb::Store;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+/// What `shoal peer` was asked to do.
+struct PeerArgs {
+    secret_file: PathBuf,
+    name: Option<String>,
+    listen: Option<SocketAddr>,
+    connect: Vec<SocketAddr>,
+    mdns: bool,
+    subscriptions: Vec<Subscription>,
+}
+
+fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
+    let mut secret_file = None;
+    let mut parsed = PeerArgs {
+        secret_file: PathBuf::new(),
+        name: None,
+        listen: None,
+        connect: Vec::new(),
+        mdns: true,
+        subscriptions: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, CliError> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value"))),
+            }
+        };
+        match flag {
+            "--secret-file" => secret_file = Some(PathBuf::from(value()?)),
+            "--name" => parsed.name = Some(value()?),
+            "--listen" => parsed.listen = Some(resolve(&value()?)?),
+            "--connect" => parsed.connect.push(resolve(&value()?)?),
+            "--no-mdns" if inline.is_none() => parsed.mdns = false,
+            "--subscribe" => {
+                let s = value()?;
+                parsed.subscriptions.push(Subscription::parse(&s).map_err(|e| usage(format!("--subscribe {s}: {e}")))?);
+            }
+            other => return Err(usage(format!("peer: unknown argument {other}"))),
+        }
+    }
+    parsed.secret_file = secret_file.ok_or_else(|| usage("peer needs --secret-file F"))?;
+    if parsed.subscriptions.is_empty() {
+        parsed.subscriptions.push(Subscription::everything());
+    }
+    Ok(parsed)
+}
+
+/// `HOST:PORT` as a socket address (host names are resolved; IPv4 preferred).
+fn resolve(s: &str) -> Result<SocketAddr, CliError> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = s.to_socket_addrs().map_err(|e| usage(format!("bad address {s}: {e}")))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| usage(format!("{s} resolves to no address")))
+}
+
+/// The app secret: the file's bytes without a trailing newline.
+fn read_secret(path: &Path) -> Result<AppSecret, CliError> {
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| CliError::Failed(format!("cannot read the secret file {}: {e}", path.display())))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    AppSecret::from_bytes(&bytes).map_err(|e| CliError::Failed(format!("secret file {}: {e}", path.display())))
+}
+
+/// A default device name: the host's name.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "shoal".to_string())
+}
+
+/// Run the peer until a signal.
+pub fn run(db: &Path, args: &[String]) -> Result<(), CliError> {
+    let args = parse(args)?;
+    let secret = read_secret(&args.secret_file)?;
+    let store = Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))?;
+    let mut config = NodeConfig::new(args.name.unwrap_or_else(host_name), secret)
+        .with_mdns(args.mdns)
+        .with_subscriptions(args.subscriptions);
+    config.listen = args.listen;
+    config.connect = args.connect;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        // Signals first, so that a signal sent right after the "listening" line is handled.
+        let signals = Signals::new()?;
+        let node = Node::start(store, config).await.map_err(|e| CliError::Failed(e.to_string()))?;
+        let line = match node.listen_addr() {
+            Some(addr) => format!("listening on {addr} as {}", node.device_key()),
+            None => format!("running as {} (not listening)", node.device_key()),
+        };
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+        let signal = signals.wait().await;
+        log::info!("{signal}: shutting down");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, CliError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let failed = |e: std::io::Error| CliError::Failed(format!("cannot handle signals: {e}"));
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).map_err(failed)?,
+                int: signal(SignalKind::interrupt()).map_err(failed)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn wait(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! A device on the network: a [`Store`] synced with the devices around it.
+//!
+//! [`Node::start`] wires the store, the sans-IO sync [`Engine`] and the LAN transport (TCP links, mDNS discovery)
+//! on the caller's tokio runtime, and returns at once; everything then runs in spawned tasks until
+//! [`Node::shutdown`]. Local writes, writes by other processes on the same file (polled every 250 ms) and changes
+//! from peers all reach the other devices by themselves.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use shoaldb::node::{Node, NodeConfig};
+//! use shoaldb::security::AppSecret;
+//!
+//! let store = shoaldb::Store::open("app.db")?;
+//! let config = NodeConfig::new("alice's phone", AppSecret::from_bytes(b"the app's secret")?);
+//! let node = Node::start(store.clone(), config).await?;
+//! store.upsert("tasks", serde_json::json!({"title": "Buy milk"}))?; // reaches every device of the app
+//! let mut presence = node.presence();
+//! presence.changed().await?;
+//! println!("near me: {:?}", node.peers());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use crate::security::{AppSecret, DeviceKey, Identity, SecurityError};
+use crate::store::{CommitListener, Store};
+use crate::sync::{Engine, PeerPresence, Subscription};
+use crate::transport::lan::hub::{lock, Hub};
+use crate::transport::lan::{Lan, LanError};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How often the store is checked for writes by other processes.
+pub const EXTERNAL_POLL: Duration = Duration::from_millis(250);
+
+/// How often the engine is given the time.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How long [`Node::shutdown`] waits for its tasks before leaving them to stop on their own.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// The store setting holding the device's identity key pair.
+const IDENTITY_SETTING: &str = "device_identity";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// [`Node::start`] was not called from within a tokio runtime.
+    #[error("a node must be started from within a tokio runtime")]
+    NoRuntime,
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::Error),
+    /// The device identity could not be created or the stored one is invalid.
+    #[error("device identity: {0}")]
+    Identity(#[from] SecurityError),
+    /// The LAN transport could not start.
+    #[error(transparent)]
+    Lan(#[from] LanError),
+    /// A task the node needed failed (a bug).
+    #[error("internal task failed: {0}")]
+    Task(String),
+    /// No connected device could provide the attachment (every one asked said it does not have it).
+    #[error("attachment {hash} not available: {reason}")]
+    AttachmentUnavailable { hash: String, reason: String },
+    /// The sync engine refused the request.
+    #[error("sync: {0}")]
+    Sync(#[from] crate::sync::SyncError),
+}
+
+/// How a [`Node`] joins the network.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This device's name, shown to the other devices.
+    pub name: String,
+    /// The secret shared by all devices of the app: only they can connect to each other.
+    pub secret: AppSecret,
+    /// Where to accept connections. `None` means nowhere, unless `mdns` is on, which listens on `0.0.0.0:0` (every
+    /// interface, a free port) so that discovered devices can dial us.
+    pub listen: Option<SocketAddr>,
+    /// Addresses to dial (and dial again when the link is lost).
+    pub connect: Vec<SocketAddr>,
+    /// Advertise and discover devices of the same app on the LAN with mDNS.
+    pub mdns: bool,
+    /// What this device wants from the others.
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl NodeConfig {
+    /// A node named `name` for the app of `secret`: mDNS on, listening on every interface, subscribed to
+    /// everything.
+    pub fn new(name: impl Into<String>, secret: AppSecret) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            secret,
+            listen: None,
+            connect: Vec::new(),
+            mdns: true,
+            subscriptions: vec![Subscription::everything()],
+        }
+    }
+
+    /// Listen on `addr`.
+    pub fn listen_on(mut self, addr: SocketAddr) -> NodeConfig {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Also dial `addr`.
+    pub fn connect_to(mut self, addr: SocketAddr) -> NodeConfig {
+        self.connect.push(addr);
+        self
+    }
+
+    /// Turn mDNS discovery on or off.
+    pub fn with_mdns(mut self, on: bool) -> NodeConfig {
+        self.mdns = on;
+        self
+    }
+
+    /// Replace the subscriptions.
+    pub fn with_subscriptions(mut self, subscriptions: Vec<Subscription>) -> NodeConfig {
+        self.subscriptions = subscriptions;
+        self
+    }
+
+    /// The address the node will listen on: `listen`, or `0.0.0.0:0` when mDNS is on.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.or_else(|| self.mdns.then_some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))
+    }
+}
+
+/// This device's identity key pair, kept in the store (a device-local setting, never replicated) so that the device
+/// keeps its key across restarts; created on first use.
+pub fn device_identity(store: &Store) -> Result<Identity, NodeError> {
+    if let Some(bytes) = store.local_value(IDENTITY_SETTING)? {
+        return Ok(Identity::from_bytes(&bytes)?);
+    }
+    let fresh = Identity::generate()?;
+    let bytes = store.local_value_or_insert(IDENTITY_SETTING, &fresh.to_bytes())?;
+    Ok(Identity::from_bytes(&bytes)?)
+}
+
+/// A running device: its store synced over the LAN. Cheap to clone (all clones drive the same node); `Send + Sync`.
+///
+/// Dropping the last clone without [`Node::shutdown`] still stops the node's tasks, without waiting for them.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Arc<Hub>,
+    lan: Lan,
+    store: Store,
+    device: DeviceKey,
+    commits: Mutex<Option<CommitListener>>,
+    stopped: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.hub.begin_shutdown();
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("device", &self.inner.device).field("listen", &self.listen_addr()).finish()
+    }
+}
+
+impl Node {
+    /// Start syncing `store` as `config` says, on the current tokio runtime.
+    pub async fn start(store: Store, config: NodeConfig) -> Result<Node, NodeError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
+        let identity = {
+            let store = store.clone();
+            runtime
+                .spawn_blocking(move || device_identity(&store))
+                .await
+                .map_err(|e| NodeError::Task(e.to_string()))??
+        };
+        let device = identity.device_key();
+        let seq_base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let engine = Engine::new(
+            store.clone(),
+            identity,
+            config.secret.clone(),
+            &config.name,
+            config.subscriptions.clone(),
+            seq_base,
+        );
+        let hub = Hub::new(engine, runtime);
+        let tag = config.secret.tag();
+        let lan =
+            Lan::start(hub.clone(), config.listen_addr(), &config.connect, config.mdns.then_some(tag.as_str())).await;
+        let lan = match lan {
+            Ok(lan) => lan,
+            Err(e) => {
+                hub.begin_shutdown();
+                return Err(e.into());
+            }
+        };
+        let weak = Arc::downgrade(&hub);
+        let commits = store.on_commit(move || {
+            if let Some(hub) = weak.upgrade() {
+                hub.wake_writers();
+            }
+        });
+        hub.spawn(poll_external_changes(hub.clone(), store.clone()));
+        hub.spawn(serve_attachment_requests(hub.clone(), store.clone()));
+        hub.spawn(tick(hub.clone()));
+        log::info!("node {} ({device}) started", config.name);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                hub,
+                lan,
+                store,
+                device,
+                commits: Mutex::new(Some(commits)),
+                stopped: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The address accepting connections, if the node listens.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.inner.lan.listen_addr()
+    }
+
+    /// This device's key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.inner.device
+    }
+
+    /// The store this node syncs.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The devices reachable now, directly or through others, nearest first.
+    pub fn peers(&self) -> Vec<PeerPresence> {
+        self.inner.hub.presence().borrow().clone()
+    }
+
+    /// The devices reachable now, as a watch channel that changes whenever they do.
+    pub fn presence(&self) -> watch::Receiver<Vec<PeerPresence>> {
+        self.inner.hub.presence()
+    }
+
+    /// Replace this device's subscriptions; the peers are told at once.
+    pub fn set_subscriptions(&self, subscriptions: Vec<Subscription>) {
+        self.inner.hub.with_engine_now(|e| e.set_subscriptions(subscriptions));
+        self.inner.hub.wake_writers();
+    }
+
+    /// Dial `addr` (and again whenever the link is lost, with backoff) until shutdown.
+    pub fn connect(&self, addr: SocketAddr) {
+        self.inner.lan.connect(addr);
+    }
+
+    /// Fetch the bytes of `token`'s attachment from the connected devices — directly, or through them up to
+    /// [`crate::sync::MAX_HOPS`] away — into the store, calling `progress(done, total)` as bytes arrive. Returns
+    /// when the bytes are stored and verified against the hash; at once when they already are. A broken link is not
+    /// a failure: the fetch resumes where it was with the next device, or when a device comes back (wrap the call
+    /// in a timeout to bound the wait). Fails with [`NodeError::AttachmentUnavailable`] when every connected device
+    /// was asked and none could provide it.
+    pub async fn fetch_attachment(
+        &self,
+        token: &crate::AttachmentToken,
+        progress: impl Fn(u64, u64) + Send,
+    ) -> Result<(), NodeError> {
+        use crate::sync::FetchEvent;
+        if self.inner.store.has_attachment(token)? {
+            progress(token.len, token.len);
+            return Ok(());
+        }
+        let hash = token.hash;
+        let mut events = self.inner.hub.fetch_events();
+        let id = self.inner.hub.with_engine(move |e| e.fetch_attachment(hash)).await.map_err(|e| NodeError::Task(e.to_string()))??;
+        self.inner.hub.wake_writers();
+        loop {
+            let event = tokio::select! {
+                () = self.inner.hub.shutting_down() => return Err(NodeError::Task("the node stopped".into())),
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(FetchEvent::Progress { fetch, done, total, .. }) if fetch == id => progress(done, total),
+                Ok(FetchEvent::Done { fetch, .. }) if fetch == id => return Ok(()),
+                Ok(FetchEvent::Failed { fetch, reason, .. }) if fetch == id => {
+                    return Err(NodeError::AttachmentUnavailable { hash: token.hash_hex(), reason });
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if self.inner.store.has_attachment(token)? {
+                        return Ok(());
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(NodeError::Task("the node stopped".into())),
+            }
+        }
+    }
+
+    /// Close every link cleanly, withdraw the mDNS advertisement and stop every task. The store stays open.
+    pub async fn shutdown(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        lock(&self.inner.commits).take();
+        self.inner.lan.stop_discovery().await;
+        self.inner.hub.begin_shutdown();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.inner.hub.tasks_done()).await.is_err() {
+            log::warn!("node tasks still running {SHUTDOWN_WAIT:?} after shutdown");
+        }
+        log::info!("node {} stopped", self.inner.device);
+    }
+}
+
+/// Give the engine the time about once a second (its keepalives and link timeout), and wake the writers to send
+/// the keepalives it queued.
+async fn tick(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.shutting_down() => return,
+            _ = tick.tick() => {}
+        }
+        let now = hub.now_ms();
+        if let Err(e) = hub.with_engine(move |e| e.tick(now)).await {
+            log::error!("engine tick: {e}");
+        }
+        hub.wake_writers();
+    }
+}
+
+/// Fetch the attachments other processes asked for through the store ([`Store::request_attachment`], e.g. the
+/// `shoal fetch-attachment` command while a peer runs), and record the outcome there.
+async fn serve_attachment_requests(hub: Arc<Hub>, store: Store) {
+    use crate::sync::FetchEvent;
+    let mut tick = tokio::time::interval(EXTERNAL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut events = hub.fetch_events();
+    let mut running: std::collections::BTreeMap<crate::sync::FetchId, [u8; 32]> = Default::default();
+    loop {
+        tokio::select! {
+            () = hub.shutting_down() => return,
+            _ = tick.tick() => {
+                let s = store.clone();
+                let wanted = match hub.runtime().spawn_blocking(move || s.requested_attachments()).await {
+                    Ok(Ok(w)) => w,
+                    _ => continue,
+                };
+                for hash in wanted {
+                    if running.values().any(|h| *h == hash) {
+                        continue;
+                    }
+                    match hub.with_engine(move |e| e.fetch_attachment(hash)).await {
+                        Ok(Ok(id)) => {
+                            running.insert(id, hash);
+                            hub.wake_writers();
+                        }
+                        Ok(Err(e)) => log::warn!("fetching a requested attachment: {e}"),
+                        Err(e) => log::error!("fetching a requested attachment: {e}"),
+                    }
+                }
+            }
+            e = events.recv() => {
+                let outcome = match e {
+                    Ok(FetchEvent::Done { fetch, .. }) => running.remove(&fetch).map(|h| (h, None)),
+                    Ok(FetchEvent::Failed { fetch, reason, .. }) => running.remove(&fetch).map(|h| (h, Some(reason))),
+                    Ok(FetchEvent::Progress { fetch, done, total, .. }) => {
+                        if let Some(h) = running.get(&fetch) {
+                            let _ = store.record_attachment_progress(h, done, total);
+                        }
+                        None
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if let Some((hash, failure)) = outcome {
+                    if let Err(e) = store.end_attachment_request(&hash, failure.as_deref()) {
+                        log::warn!("recording an attachment request's outcome: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Look for writes by other processes on the store's file; the store's commit listeners (ours wakes the writers)
+/// are called when there are.
+async fn poll_external_changes(hub: Arc<Hub>, store: Store) {
+    let mut tick = tokio::time::interval(EXTERNAL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = hub.shutting_down() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        match hub.runtime().spawn_blocking(move || s.poll_external_changes()).await {
+            Ok(Ok(_)) => failing = false,
+            Ok(Err(e)) if !failing => {
+                log::warn!("checking the store for other processes' writes: {e}");
+                failing = true;
+            }
+            Ok(Err(e)) => log::debug!("checking the store for other processes' writes: {e}"),
+            Err(e) => log::error!("store poll task failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn a_node_is_send_sync_and_clone() {
+        assert_send_sync::<Node>();
+    }
+
+    #[test]
+    fn listening_defaults_follow_mdns() {
+        let secret = AppSecret::from_bytes(b"s").unwrap_or_else(|e| panic!("{e}"));
+        let config = NodeConfig::new("n", secret);
+        assert!(config.mdns);
+        assert_eq!(config.subscriptions, vec![Subscription::everything()]);
+        assert_eq!(config.listen_addr(), Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))));
+        let config = config.with_mdns(false);
+        assert_eq!(config.listen_addr(), None);
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7000));
+        assert_eq!(config.listen_on(addr).listen_addr(), Some(addr));
+    }
+
+    #[tokio::test]
+    async fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+        // From a plain thread (no runtime) it fails; inside a runtime it starts.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(dir.path().join("n.db")).unwrap_or_else(|e| panic!("{e}"));
+        let secret = AppSecret::from_bytes(b"s").unwrap_or_else(|e| panic!("{e}"));
+        let config = NodeConfig::new("n", secret).with_mdns(false);
+        let outside = std::thread::spawn({
+            let (store, config) = (store.clone(), config.clone());
+            move || {
+                let fut = Node::start(store, config);
+                // Poll once without a runtime: `start` must fail cleanly.
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                use std::future::Future;
+                let mut fut = std::pin::pin!(fut);
+                matches!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(Err(NodeError::NoRuntime)))
+            }
+        })
+        .join()
+        .unwrap_or(false);
+        assert!(outside);
+        let node = Node::start(store, config).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(node.listen_addr(), None);
+        node.shutdown().await;
+    }
+}

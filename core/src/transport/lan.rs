@@ -1,0 +1,199 @@
+//! The LAN transport: sync links over TCP, found by mDNS / DNS-SD or given as addresses, driven on tokio.
+//!
+//! This is a thin async driver around the sans-IO [`Engine`](crate::sync::Engine) (the quinn pattern): all protocol
+//! logic — handshake, sessions, one link per pair, presence — stays in the engine; this module only moves bytes,
+//! dials, listens and discovers. Its parts:
+//!
+//! - `hub`: the engine shared by all tasks, and the dispatch of its events;
+//! - `connection`: one TCP connection = a reader task and a writer task around one engine link;
+//! - `dialer`: dialling addresses and discovered devices, with exponential backoff;
+//! - [`discovery`]: mDNS advertisement and browsing.
+//!
+//! Apps use it through [`Node`](crate::node::Node).
+
+mod connection;
+pub(crate) mod dialer;
+pub mod discovery;
+pub(crate) mod hub;
+
+pub use dialer::{Backoff, BACKOFF_MAX, BACKOFF_MIN};
+pub use discovery::SERVICE_TYPE;
+
+use discovery::{Discovery, Found};
+use hub::{lock, Hub};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// The most connections open at once (accepted and dialled); more are refused.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The most addresses dialled at once (given by the app or found by discovery).
+const MAX_DIAL_TARGETS: usize = 256;
+
+/// Why the LAN transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LanError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// mDNS could not start.
+    #[error("mDNS discovery: {0}")]
+    Discovery(#[from] mdns_sd::Error),
+}
+
+/// A running LAN transport: the listener, the dialers and discovery of one node.
+pub(crate) struct Lan {
+    hub: Arc<Hub>,
+    listen_addr: Option<SocketAddr>,
+    dialled: Mutex<HashSet<SocketAddr>>,
+    discovery: Mutex<Option<Discovery>>,
+}
+
+impl Lan {
+    /// Listen on `listen` (if any), dial `connect`, and run mDNS discovery for the app `mdns_tag` (if any).
+    pub async fn start(
+        hub: Arc<Hub>,
+        listen: Option<SocketAddr>,
+        connect: &[SocketAddr],
+        mdns_tag: Option<&str>,
+    ) -> Result<Lan, LanError> {
+        let mut listen_addr = None;
+        if let Some(addr) = listen {
+            let listener = TcpListener::bind(addr).await.map_err(|source| LanError::Bind { addr, source })?;
+            let local = listener.local_addr().map_err(|source| LanError::Bind { addr, source })?;
+            log::info!("listening on {local}");
+            listen_addr = Some(local);
+            hub.spawn(accept(hub.clone(), listener));
+        }
+        let lan =
+            Lan { hub: hub.clone(), listen_addr, dialled: Mutex::new(HashSet::new()), discovery: Mutex::new(None) };
+        if let Some(tag) = mdns_tag {
+            let (tx, rx) = mpsc::channel(64);
+            let discovery = Discovery::start(&hub, tag, listen_addr, tx)?;
+            *lock(&lan.discovery) = Some(discovery);
+            hub.spawn(dial_discovered(hub.clone(), rx));
+        }
+        for addr in connect {
+            lan.connect(*addr);
+        }
+        Ok(lan)
+    }
+
+    /// The address the listener is bound to.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+
+    /// Dial `addr`, and again whenever the link is lost (with backoff), until shutdown. Dialling an address twice
+    /// does nothing.
+    pub fn connect(&self, addr: SocketAddr) {
+        if self.hub.is_shutting_down() {
+            return;
+        }
+        {
+            let mut dialled = lock(&self.dialled);
+            if dialled.len() >= MAX_DIAL_TARGETS {
+                log::warn!("not dialling {addr}: already dialling {MAX_DIAL_TARGETS} addresses");
+                return;
+            }
+            if !dialled.insert(addr) {
+                return;
+            }
+        }
+        log::info!("dialling {addr}");
+        self.hub.spawn(dialer::dial(self.hub.clone(), dialer::Target::Address(addr)));
+    }
+
+    /// Withdraw the mDNS advertisement and stop discovery.
+    pub async fn stop_discovery(&self) {
+        let discovery = lock(&self.discovery).take();
+        if let Some(d) = discovery {
+            d.stop().await;
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if let Some(d) = lock(&self.discovery).take() {
+            d.stop_now();
+        }
+    }
+}
+
+/// Accept connections until shutdown.
+async fn accept(hub: Arc<Hub>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = hub.shutting_down() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if hub.connection_count() >= MAX_CONNECTIONS {
+                    log::warn!("refusing a connection from {peer}: {MAX_CONNECTIONS} connections open");
+                    continue;
+                }
+                let h = hub.clone();
+                hub.spawn(async move {
+                    connection::run(h, stream, false).await;
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                log::warn!("accepting a connection: {e}");
+                tokio::select! {
+                    () = hub.shutting_down() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keep one dialer per discovered device, fed with its current addresses.
+async fn dial_discovered(hub: Arc<Hub>, mut found: mpsc::Receiver<Found>) {
+    let mut targets: HashMap<crate::security::DeviceKey, watch::Sender<Option<Vec<SocketAddr>>>> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            () = hub.shutting_down() => return,
+            e = found.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        // Forget dialers that ended on their own.
+        targets.retain(|_, tx| !tx.is_closed());
+        match event {
+            Found::Up { device, addrs } => match targets.get(&device) {
+                Some(tx) => {
+                    tx.send_if_modified(|now| {
+                        let changed = now.as_ref() != Some(&addrs);
+                        *now = Some(addrs);
+                        changed
+                    });
+                }
+                None if targets.len() >= MAX_DIAL_TARGETS => log::debug!("not dialling {device}: too many devices"),
+                None => {
+                    log::info!("discovered {device} at {addrs:?}");
+                    let (tx, rx) = watch::channel(Some(addrs));
+                    targets.insert(device, tx);
+                    hub.spawn(dialer::dial(hub.clone(), dialer::Target::Device { device, addrs: rx }));
+                }
+            },
+            Found::Gone { device } => {
+                if let Some(tx) = targets.remove(&device) {
+                    tx.send_replace(None);
+                }
+            }
+        }
+    }
+}

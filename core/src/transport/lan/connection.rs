@@ -1,0 +1,217 @@
+//! One TCP connection to another device: a reader task and a writer task around one engine link.
+//!
+//! The reader reads whatever arrives, cuts it into frames ([`FrameDecoder`]) and hands them to the engine, then
+//! wakes every writer (the frames may have given any link something to send). The writer pulls frames for *its*
+//! link only once its previous write completed, writes them, and sleeps until woken when the engine has nothing:
+//! a slow socket therefore stops the engine producing for that link (the session's own flow control bounds what
+//! the engine queues meanwhile). The connection closes when the engine closes the link (an error, a duplicate, or
+//! silence: the engine's keepalives and link timeout notice a peer that vanished), on end of stream, on any I/O or
+//! framing error, or when the node shuts down; the engine is then told (`remove_link`).
+
+use super::hub::{Connection, Hub};
+use crate::security::DeviceKey;
+use crate::sync::{LinkId, TransportKind};
+use crate::transport::frame::{encode_frame, FrameDecoder};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// A write that does not complete by then (the peer stopped reading) closes the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes read from the socket at a time.
+const READ_BUFFER: usize = 64 << 10;
+
+/// Frames pulled from the engine for one write, about (at least one frame).
+const WRITE_BATCH: usize = 256 << 10;
+
+/// What a connection amounted to, for the dialer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Outcome {
+    /// The device at the other end, when the handshake authenticated it (even if the link was then refused).
+    pub device: Option<DeviceKey>,
+    /// The link synced (handshake and hello), so dialling worked.
+    pub synced: bool,
+}
+
+/// Drive `stream` as a link of the hub's engine until it closes; `initiator` when this side dialled.
+pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool) -> Outcome {
+    if let Err(e) = stream.set_nodelay(true) {
+        log::debug!("TCP_NODELAY: {e}");
+    }
+    let peer_addr = stream.peer_addr().ok();
+    let link = match hub.with_engine(move |e| e.add_link(TransportKind::Lan, initiator)).await {
+        Ok(Ok(link)) => link,
+        Ok(Err(e)) => {
+            log::warn!("cannot open a link: {e}");
+            return Outcome::default();
+        }
+        Err(e) => {
+            log::warn!("cannot open a link: {e}");
+            return Outcome::default();
+        }
+    };
+    let conn = hub.register(link, peer_addr);
+    log::debug!(
+        "link {link}: {} {}",
+        if initiator { "dialled" } else { "accepted" },
+        peer_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+    let (rd, wr) = stream.into_split();
+    let reader = hub.runtime().spawn(read_loop(hub.clone(), conn.clone(), link, rd));
+    let writer = hub.runtime().spawn(write_loop(hub.clone(), conn.clone(), link, wr));
+    // When either half ends (for whatever reason, a panic included), the other is told to stop.
+    let ended = |half: tokio::task::JoinHandle<()>, what: &'static str| {
+        let conn = conn.clone();
+        async move {
+            if let Err(e) = half.await {
+                log::error!("link {link}: {what} task failed: {e}");
+            }
+            conn.stop(format!("{what} stopped"));
+        }
+    };
+    tokio::join!(ended(reader, "reader"), ended(writer, "writer"));
+    let reason = conn.reason();
+    let device = match hub
+        .with_engine(move |e| {
+            let device = e.link_device(link);
+            e.remove_link(link, &reason);
+            device
+        })
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("link {link}: {e}");
+            None
+        }
+    };
+    hub.unregister(link);
+    // Others may have something to say about this link going away (presence).
+    hub.wake_writers();
+    log::debug!("link {link} closed: {}", conn.reason());
+    Outcome { device: device.or_else(|| conn.device()), synced: conn.is_synced() }
+}
+
+async fn read_loop(hub: Arc<Hub>, conn: Arc<Connection>, link: LinkId, mut rd: OwnedReadHalf) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let n = tokio::select! {
+            biased;
+            () = conn.stopped() => return,
+            r = rd.read(&mut buf) => match r {
+                Ok(0) => return conn.stop("closed by the peer"),
+                Ok(n) => n,
+                Err(e) => return conn.stop(format!("read: {e}")),
+            },
+        };
+        decoder.push(buf.get(..n).unwrap_or_default());
+        let mut frames = Vec::new();
+        let mut broken = None;
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        if !frames.is_empty() {
+            let closed = hub
+                .with_engine(move |e| {
+                    for f in &frames {
+                        e.on_frame(link, f);
+                        if e.is_closed(link) {
+                            break;
+                        }
+                    }
+                    e.is_closed(link)
+                })
+                .await;
+            hub.wake_writers();
+            match closed {
+                Ok(false) => {}
+                Ok(true) => return conn.stop("closed by the sync engine"),
+                Err(e) => return conn.stop(e.to_string()),
+            }
+        }
+        if let Some(e) = broken {
+            return conn.stop(format!("bad framing: {e}"));
+        }
+    }
+}
+
+async fn write_loop(hub: Arc<Hub>, conn: Arc<Connection>, link: LinkId, mut wr: OwnedWriteHalf) {
+    let mut wake = hub.wake_receiver();
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if conn.is_stopped() {
+            break;
+        }
+        wake.borrow_and_update();
+        let mut batch = std::mem::take(&mut out);
+        batch.clear();
+        let pulled = hub
+            .with_engine(move |e| {
+                let mut bad = None;
+                while batch.len() < WRITE_BATCH {
+                    let Some(frame) = e.poll_frame(link) else { break };
+                    if let Err(err) = encode_frame(&frame, &mut batch) {
+                        bad = Some(err);
+                        break;
+                    }
+                }
+                (batch, e.is_closed(link), bad)
+            })
+            .await;
+        let (batch, closed, bad) = match pulled {
+            Ok(p) => p,
+            Err(e) => {
+                conn.stop(e.to_string());
+                break;
+            }
+        };
+        if let Some(e) = bad {
+            conn.stop(format!("cannot frame an outgoing message: {e}"));
+            break;
+        }
+        if closed {
+            conn.stop("closed by the sync engine");
+            break;
+        }
+        if !batch.is_empty() {
+            tokio::select! {
+                biased;
+                () = conn.stopped() => break,
+                r = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&batch)) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        conn.stop(format!("write: {e}"));
+                        break;
+                    }
+                    Err(_) => {
+                        conn.stop("write timed out (the peer stopped reading)");
+                        break;
+                    }
+                },
+            }
+            out = batch;
+            // Keep the buffer's memory bounded between writes.
+            out.shrink_to(WRITE_BATCH * 2);
+            continue;
+        }
+        out = batch;
+        tokio::select! {
+            biased;
+            () = conn.stopped() => break,
+            r = wake.changed() => if r.is_err() { break },
+        }
+    }
+    // Send FIN (a clean close for the peer); give up quickly if the socket is stuck.
+    let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
+}

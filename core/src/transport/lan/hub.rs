@@ -1,0 +1,351 @@
+//! The hub of a node: its sync [`Engine`], shared by every connection task, and what the engine's events mean for
+//! those tasks — which links must stop, who is present, which devices are linked.
+//!
+//! Every engine call goes through [`Hub::with_engine`]: it runs on tokio's blocking pool (engine calls read and
+//! write SQLite), holds the engine's lock only for the call and the dispatch of the events it produced (so they are
+//! published in order). No lock is ever held across an `.await`. Lock order: the engine, then the connection table
+//! (the store's commit listener runs while the engine is locked and only bumps a watch channel).
+
+use crate::security::DeviceKey;
+use crate::sync::{Engine, EngineEvent, LinkId, PeerPresence};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+use tokio::runtime::Handle;
+use tokio::sync::{watch, Notify};
+
+/// Why an engine call could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HubError {
+    /// The blocking task running the call panicked or was cancelled (a bug; the link is dropped).
+    #[error("engine call failed: {0}")]
+    Call(String),
+}
+
+/// One open TCP connection, as the hub knows it.
+pub(crate) struct Connection {
+    /// The remote address.
+    pub peer_addr: Option<SocketAddr>,
+    /// Set to `true` when the connection must close; its reader and writer watch it.
+    stop: watch::Sender<bool>,
+    /// The first reason given for closing.
+    reason: Mutex<Option<String>>,
+    /// The link finished its handshake and the peer said hello.
+    synced: AtomicBool,
+    /// The authenticated device and its name, once known.
+    device: Mutex<Option<(DeviceKey, String)>>,
+}
+
+impl Connection {
+    fn new(peer_addr: Option<SocketAddr>) -> Connection {
+        Connection {
+            peer_addr,
+            stop: watch::Sender::new(false),
+            reason: Mutex::new(None),
+            synced: AtomicBool::new(false),
+            device: Mutex::new(None),
+        }
+    }
+
+    /// Ask the connection's tasks to stop; the first reason is kept.
+    pub fn stop(&self, reason: impl Into<String>) {
+        let mut r = lock(&self.reason);
+        if r.is_none() {
+            *r = Some(reason.into());
+        }
+        drop(r);
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once [`Connection::stop`] was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        // The sender lives as long as `self`, so this only returns when stopped.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Whether [`Connection::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Why the connection closed (for the engine's `remove_link`).
+    pub fn reason(&self) -> String {
+        lock(&self.reason).clone().unwrap_or_else(|| "connection closed".into())
+    }
+
+    /// Whether the link synced (handshake done, hello received).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The authenticated device, once known.
+    pub fn device(&self) -> Option<DeviceKey> {
+        lock(&self.device).as_ref().map(|(d, _)| *d)
+    }
+
+    /// The device's name and key, for logs.
+    fn describe(&self) -> Option<String> {
+        lock(&self.device).as_ref().map(|(d, name)| format!("{name} ({d})"))
+    }
+}
+
+/// What one engine call produced, collected under the engine's lock.
+struct EventBatch {
+    events: Vec<EngineEvent>,
+    peers: Option<Vec<PeerPresence>>,
+    linked: Option<BTreeSet<DeviceKey>>,
+}
+
+impl EventBatch {
+    fn drain(engine: &mut Engine) -> EventBatch {
+        let events: Vec<EngineEvent> = std::iter::from_fn(|| engine.poll_event()).collect();
+        let presence = events.iter().any(|e| matches!(e, EngineEvent::PresenceChanged));
+        let links = events.iter().any(|e| matches!(e, EngineEvent::LinkUp { .. } | EngineEvent::LinkDown { .. }));
+        EventBatch {
+            peers: presence.then(|| engine.peers()),
+            linked: links.then(|| engine.links().into_iter().map(|(_, device, _, _)| device).collect()),
+            events,
+        }
+    }
+}
+
+/// Counts running tasks so that shutdown can wait for all of them.
+#[derive(Default)]
+struct TaskCount {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+/// Decrements the count when the task ends (normally, by panic or by abort).
+struct TaskGuard(Arc<Hub>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.tasks.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.tasks.idle.notify_waiters();
+        }
+    }
+}
+
+/// The engine and the state shared by every task of a node.
+pub(crate) struct Hub {
+    engine: Mutex<Engine>,
+    device: DeviceKey,
+    runtime: Handle,
+    /// Bumped to wake every writer: a frame was handled, the store changed, subscriptions changed.
+    wake: watch::Sender<u64>,
+    /// `true` once the node shuts down.
+    shutdown: watch::Sender<bool>,
+    presence: watch::Sender<Vec<PeerPresence>>,
+    /// Devices with a synced link now.
+    linked: watch::Sender<BTreeSet<DeviceKey>>,
+    connections: Mutex<HashMap<LinkId, Arc<Connection>>>,
+    tasks: TaskCount,
+    /// The origin of the engine's clock ([`Hub::now_ms`]).
+    origin: Instant,
+    /// Attachment fetch progress and outcomes.
+    fetches: tokio::sync::broadcast::Sender<crate::sync::FetchEvent>,
+}
+
+/// Lock a mutex, ignoring poisoning (a panic elsewhere must not take the node down).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hub {
+    /// A hub driving `engine` on `runtime`.
+    pub fn new(engine: Engine, runtime: Handle) -> Arc<Hub> {
+        Arc::new(Hub {
+            device: engine.device_key(),
+            engine: Mutex::new(engine),
+            runtime,
+            wake: watch::Sender::new(0),
+            shutdown: watch::Sender::new(false),
+            presence: watch::Sender::new(Vec::new()),
+            linked: watch::Sender::new(BTreeSet::new()),
+            connections: Mutex::new(HashMap::new()),
+            tasks: TaskCount::default(),
+            origin: Instant::now(),
+            fetches: tokio::sync::broadcast::Sender::new(1024),
+        })
+    }
+
+    /// This device's key.
+    pub fn device(&self) -> DeviceKey {
+        self.device
+    }
+
+    /// Milliseconds since the hub was created: the engine's clock (monotonic).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The runtime the node's tasks run on.
+    pub fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
+    /// Run `f` on the engine on the blocking pool, and dispatch the events it produced.
+    pub async fn with_engine<R, F>(self: &Arc<Self>, f: F) -> Result<R, HubError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Engine) -> R + Send + 'static,
+    {
+        let hub = self.clone();
+        self.runtime.spawn_blocking(move || hub.with_engine_now(f)).await.map_err(|e| HubError::Call(e.to_string()))
+    }
+
+    /// Run a call on the engine right here, and dispatch the events it produced. Only for cheap calls (no store
+    /// access) from async code.
+    ///
+    /// Events are dispatched before the engine's lock is released, so that they are published in the order the
+    /// engine produced them (presence and links are never replaced by an older state).
+    pub fn with_engine_now<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut engine = lock(&self.engine);
+        let r = f(&mut engine);
+        let batch = EventBatch::drain(&mut engine);
+        self.dispatch(batch);
+        drop(engine);
+        r
+    }
+
+    fn dispatch(&self, batch: EventBatch) {
+        for event in batch.events {
+            match event {
+                EngineEvent::LinkUp { link, device, name, transport } => {
+                    let conn = self.connection(link);
+                    let addr = conn.as_ref().and_then(|c| c.peer_addr).map(|a| format!(" at {a}")).unwrap_or_default();
+                    log::info!("peer up: {name} ({device}) over {transport}{addr}");
+                    if let Some(c) = conn {
+                        *lock(&c.device) = Some((device, name));
+                        c.synced.store(true, Ordering::Release);
+                    }
+                }
+                EngineEvent::LinkDown { link, device, reason } => {
+                    let conn = self.connection(link);
+                    match conn.as_ref().filter(|c| c.is_synced()).and_then(|c| c.describe()) {
+                        Some(who) => log::info!("peer down: {who}: {reason}"),
+                        None => log::debug!(
+                            "link {link} down ({}): {reason}",
+                            device.map(|d| d.to_string()).unwrap_or_else(|| "unauthenticated".into())
+                        ),
+                    }
+                    if let Some(c) = conn {
+                        c.stop(reason);
+                    }
+                }
+                EngineEvent::PresenceChanged => {}
+                EngineEvent::Applied { link, applied } => log::debug!("link {link}: applied {applied} changes"),
+                EngineEvent::Fetch(f) => {
+                    // Nobody listening is fine: fetches started by request rows are followed by polling.
+                    let _ = self.fetches.send(f);
+                }
+            }
+        }
+        if let Some(peers) = batch.peers {
+            self.presence.send_replace(peers);
+        }
+        if let Some(linked) = batch.linked {
+            self.linked.send_if_modified(|now| {
+                let changed = *now != linked;
+                *now = linked;
+                changed
+            });
+        }
+    }
+
+    /// Attachment fetch events, from now on.
+    pub fn fetch_events(&self) -> tokio::sync::broadcast::Receiver<crate::sync::FetchEvent> {
+        self.fetches.subscribe()
+    }
+
+    /// Wake every connection's writer: there may be something new to send.
+    pub fn wake_writers(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever [`Hub::wake_writers`] is called.
+    pub fn wake_receiver(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    /// The devices reachable now, and their changes.
+    pub fn presence(&self) -> watch::Receiver<Vec<PeerPresence>> {
+        self.presence.subscribe()
+    }
+
+    /// The devices with a synced link now, and their changes.
+    pub fn linked(&self) -> watch::Receiver<BTreeSet<DeviceKey>> {
+        self.linked.subscribe()
+    }
+
+    /// Track a new connection on `link`.
+    pub fn register(&self, link: LinkId, peer_addr: Option<SocketAddr>) -> Arc<Connection> {
+        let conn = Arc::new(Connection::new(peer_addr));
+        lock(&self.connections).insert(link, conn.clone());
+        if self.is_shutting_down() {
+            conn.stop("shutting down");
+        }
+        conn
+    }
+
+    /// Forget a connection that ended.
+    pub fn unregister(&self, link: LinkId) {
+        lock(&self.connections).remove(&link);
+    }
+
+    fn connection(&self, link: LinkId) -> Option<Arc<Connection>> {
+        lock(&self.connections).get(&link).cloned()
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.connections).len()
+    }
+
+    /// Spawn a task that shutdown waits for.
+    pub fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.running.fetch_add(1, Ordering::AcqRel);
+        let guard = TaskGuard(self.clone());
+        self.runtime.spawn(async move {
+            let _guard = guard;
+            fut.await;
+        });
+    }
+
+    /// Tell every task to stop: listeners, dialers, connections.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let conns: Vec<Arc<Connection>> = lock(&self.connections).values().cloned().collect();
+        for c in conns {
+            c.stop("shutting down");
+        }
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves once the node shuts down.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Resolves once every task spawned with [`Hub::spawn`] has ended.
+    pub async fn tasks_done(&self) {
+        loop {
+            let idle = self.tasks.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.tasks.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
