@@ -69,8 +69,10 @@ impl Drop for CommitListener {
 pub(crate) type Listener = Arc<dyn Fn() + Send + Sync>;
 
 impl Inner {
-    /// The log entries in `peer:lo..=hi`, plus the one that starts before `lo` and reaches into it.
-    fn entries_in(&self, peer: PeerId, lo: u64, hi: u64, out: &mut Vec<LogEntry>) -> Result<()> {
+    /// The log entries in `peer:lo..=hi`, plus the one that starts before `lo` and reaches into it, in counter
+    /// order, stopping once `keep` has accepted entries of `max_bytes` (returns the bytes accepted).
+    fn entries_in(&self, peer: PeerId, lo: u64, hi: u64, max_bytes: usize, mut keep: impl FnMut(&LogEntry) -> bool, out: &mut Vec<LogEntry>) -> Result<usize> {
+        let mut bytes = 0;
         let sql_peer = peer.0 as i64;
         let before: Option<LogEntry> = self
             .conn
@@ -80,18 +82,24 @@ impl Inner {
             ))?
             .query_row(params![sql_peer, lo as i64], entry)
             .optional()?;
-        if let Some(e) = before.filter(|e| e.end >= lo) {
+        if let Some(e) = before.filter(|e| e.end >= lo && keep(e)) {
+            bytes += e.wire_len();
             out.push(e);
         }
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc \
              WHERE c.peer = ?1 AND c.start >= ?2 AND c.start <= ?3 ORDER BY c.start"
         ))?;
-        let rows = stmt.query_map(params![sql_peer, lo as i64, hi.min(i64::MAX as u64) as i64], entry)?;
-        for r in rows {
-            out.push(r?);
+        let mut rows = stmt.query(params![sql_peer, lo as i64, hi.min(i64::MAX as u64) as i64])?;
+        while bytes < max_bytes {
+            let Some(r) = rows.next()? else { break };
+            let e = entry(r)?;
+            if keep(&e) {
+                bytes += e.wire_len();
+                out.push(e);
+            }
         }
-        Ok(())
+        Ok(bytes)
     }
 }
 
@@ -104,19 +112,12 @@ impl Store {
         let wanted = inner.held.difference(have).difference(skip);
         let mut out = Vec::new();
         let mut bytes = 0;
+        let keep = |e: &LogEntry| !have.contains(e.peer, e.start, e.end) && !skip.contains(e.peer, e.start, e.end);
         'peers: for (peer, ranges) in wanted.peers() {
             for &(lo, hi) in ranges.ranges() {
-                let mut found = Vec::new();
-                inner.entries_in(peer, lo, hi, &mut found)?;
-                for e in found {
-                    if have.contains(e.peer, e.start, e.end) || skip.contains(e.peer, e.start, e.end) {
-                        continue;
-                    }
-                    bytes += e.wire_len();
-                    out.push(e);
-                    if bytes >= max_bytes {
-                        break 'peers;
-                    }
+                bytes += inner.entries_in(peer, lo, hi, max_bytes.saturating_sub(bytes), keep, &mut out)?;
+                if bytes >= max_bytes {
+                    break 'peers;
                 }
             }
         }

@@ -63,6 +63,11 @@ impl Interest {
         })
     }
 
+    /// Whether an unfiltered subscription covers `collection` (every document of it is wanted, removed or not).
+    pub fn wants_all_of(&self, collection: &str) -> bool {
+        self.subs.iter().any(|(s, q)| q.is_none() && s.collection.as_deref().is_none_or(|c| c == collection))
+    }
+
     /// Whether any subscription may concern `collection`.
     pub fn covers_collection(&self, collection: &str) -> bool {
         self.subs.iter().any(|(s, _)| s.collection.as_deref().is_none_or(|c| c == collection))
@@ -271,6 +276,16 @@ impl Session {
     /// Send every change of `doc` the peer lacks if the document is of interest to it; otherwise remember `seen`
     /// (the entries that led us here) as skipped.
     fn send_doc_if_interesting(&mut self, store: &Store, doc: i64, seen: Option<Vec<LogEntry>>) -> Result<bool, SyncError> {
+        // Fast path: the peer wants the whole collection and nothing was ever skipped for it, so every change of
+        // the document it lacks is among those the log just listed (or comes in a later batch): no need to read
+        // the document's whole log.
+        if let Some(seen) = &seen {
+            if self.skipped.is_empty() && seen.first().is_some_and(|e| self.peer_interest.wants_all_of(&e.collection)) {
+                let missing: Vec<LogEntry> =
+                    seen.iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).cloned().collect();
+                return Ok(self.send_entries(missing));
+            }
+        }
         let log = store.log_of_doc(doc)?;
         let Some(first) = log.first() else { return Ok(false) };
         let interesting = self.peer_interest.covers_collection(&first.collection)
@@ -283,8 +298,13 @@ impl Session {
             return Ok(false);
         }
         let missing: Vec<LogEntry> = log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();
+        Ok(self.send_entries(missing))
+    }
+
+    /// Queue `missing` (changes the peer lacks) into change batches; whether there were any.
+    fn send_entries(&mut self, missing: Vec<LogEntry>) -> bool {
         if missing.is_empty() {
-            return Ok(false);
+            return false;
         }
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
@@ -296,7 +316,7 @@ impl Session {
                 self.flush_batch();
             }
         }
-        Ok(true)
+        true
     }
 
     /// Queue the changes gathered so far as one message.

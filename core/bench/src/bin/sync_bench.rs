@@ -9,6 +9,11 @@
 //!   differing changes themselves, and `round_trips` counts the flights after the secure handshake (which takes
 //!   1.5 round trips of its own, reported as `handshake_round_trips`). Goals: d=0 under 2 KB in one round trip;
 //!   total bytes ≤ 1.1 × payload + 4 KB.
+//! - `bulk`: two nodes over loopback TCP (the real LAN transport, Noise, SQLite with `Durability::Normal`): one
+//!   holds ~50 MB — 20,000 documents of ~1 KB and 30 attachments of 1 MB — and the other syncs the documents and
+//!   then fetches every attachment. Beside it, in the same run, a raw TCP copy of the same number of bytes on the
+//!   same loopback (memory to memory). Row `{"bench":"bulk","bytes","shoal_mb_s","raw_tcp_mb_s","ratio",...}`;
+//!   goal ≥ 50% of the raw rate.
 
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
@@ -145,6 +150,108 @@ fn reconcile(quick: bool) -> Result<(), BoxErr> {
     Ok(())
 }
 
+fn bulk(quick: bool) -> Result<(), BoxErr> {
+    use shoaldb::{Node, NodeConfig};
+    let (docs, attachments) = if quick { (2_000, 3) } else { (20_000, 30) };
+    let dir = tempfile::tempdir()?;
+    let a = open(&dir.path().join("bulk-a.db"))?;
+    let b = open(&dir.path().join("bulk-b.db"))?;
+    eprintln!("bulk: writing {docs} documents and {attachments} attachments…");
+    let body = "x".repeat(1000);
+    for chunk in (0..docs).collect::<Vec<_>>().chunks(1000) {
+        a.write(|t| {
+            for i in chunk {
+                t.upsert("bulk", json!({"_id": format!("d{i:06}"), "body": body, "n": i}))?;
+            }
+            Ok(())
+        })?;
+    }
+    let mut tokens = Vec::new();
+    for k in 0..attachments {
+        let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761).wrapping_add(k) >> 13) as u8).collect();
+        let t = a.put_attachment_bytes(&bytes, Default::default())?;
+        a.upsert("files", json!({"_id": format!("f{k}"), "file": t.to_json()}))?;
+        tokens.push(t);
+    }
+    let doc_bytes: usize = a.changes_since(&Default::default())?.iter().map(|c| c.encode().len()).sum();
+    let total_bytes = doc_bytes + tokens.iter().map(|t| t.len as usize).sum::<usize>();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (shoal_s, ok) = rt.block_on(async {
+        let secret = AppSecret::from_bytes(b"bulk")?;
+        let na = Node::start(a.clone(), NodeConfig::new("a", secret.clone()).with_mdns(false).listen_on("127.0.0.1:0".parse()?)).await?;
+        let addr = na.listen_addr().ok_or("not listening")?;
+        let t0 = std::time::Instant::now();
+        let nb = Node::start(b.clone(), NodeConfig::new("b", secret).with_mdns(false).connect_to(addr)).await?;
+        let want = a.summary()?;
+        while b.summary()? != want {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        eprintln!("bulk: documents synced after {:.2} s", t0.elapsed().as_secs_f64());
+        let mut fetches = Vec::new();
+        for t in tokens.clone() {
+            let nb = nb.clone();
+            fetches.push(tokio::spawn(async move { nb.fetch_attachment(&t, |_, _| {}).await }));
+        }
+        for f in fetches {
+            f.await??;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut ok = true;
+        for t in &tokens {
+            ok &= b.has_attachment(t)?;
+        }
+        nb.shutdown().await;
+        na.shutdown().await;
+        Ok::<_, BoxErr>((secs, ok))
+    })?;
+    let raw_s = rt.block_on(raw_tcp_copy(total_bytes))?;
+    let mb = total_bytes as f64 / 1e6;
+    let (shoal_mb_s, raw_mb_s) = (mb / shoal_s, mb / raw_s);
+    emit(&json!({
+        "bench": "bulk", "bytes": total_bytes, "documents": docs, "attachments": attachments,
+        "shoal_mb_s": (shoal_mb_s * 10.0).round() / 10.0, "raw_tcp_mb_s": (raw_mb_s * 10.0).round() / 10.0,
+        "ratio": (shoal_mb_s / raw_mb_s * 1000.0).round() / 1000.0, "goal_met": shoal_mb_s >= raw_mb_s / 2.0,
+        "ok": ok,
+    }));
+    Ok(())
+}
+
+/// Seconds to copy `bytes` from one socket to another on loopback, 64 KiB writes.
+async fn raw_tcp_copy(bytes: usize) -> Result<f64, BoxErr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0usize;
+        while got < bytes {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok::<usize, std::io::Error>(got)
+    });
+    let chunk = vec![7u8; 64 << 10];
+    let t0 = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        s.write_all(&chunk[..n]).await?;
+        sent += n;
+    }
+    s.flush().await?;
+    let got = reader.await??;
+    if got != bytes {
+        return Err(format!("raw copy moved {got} of {bytes} bytes").into());
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
 fn main() -> Result<(), BoxErr> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -152,6 +259,9 @@ fn main() -> Result<(), BoxErr> {
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("reconcile") {
         reconcile(quick)?;
+    }
+    if wants("bulk") {
+        bulk(quick)?;
     }
     Ok(())
 }
