@@ -14,6 +14,10 @@
 //!   then fetches every attachment. Beside it, in the same run, a raw TCP copy of the same number of bytes on the
 //!   same loopback (memory to memory). Row `{"bench":"bulk","bytes","shoal_mb_s","raw_tcp_mb_s","ratio",...}`;
 //!   goal ≥ 50% of the raw rate.
+//! - `line16`: 16 simulated devices in a line (the deterministic simulator, LAN-like and BLE-like links); once
+//!   settled, one edit at one end; virtual time until the other end has it, beside the ideal — the sum over the 15
+//!   hops of the link latency and the time to transmit the change's encoded bytes. Row
+//!   `{"bench":"line16","link","ms","ideal_ms","ratio"}`; goal ≤ 1.5 × ideal.
 
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
@@ -252,6 +256,33 @@ async fn raw_tcp_copy(bytes: usize) -> Result<f64, BoxErr> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+fn line16() -> Result<(), BoxErr> {
+    use shoaldb::transport::sim::{LinkParams, SimWorld, MILLISECOND, SECOND};
+    for (name, params) in [("lan", LinkParams::LAN), ("ble", LinkParams::BLE)] {
+        let mut world = SimWorld::new(16);
+        let devices: Vec<_> = (0..16).map(|i| world.add_device(&format!("d{i}"), vec![Subscription::everything()])).collect();
+        for w in devices.windows(2) {
+            world.link(w[0], w[1], params);
+        }
+        world.run_until_quiet(600 * SECOND).map_err(|e| format!("line did not settle: {e:?}"))?;
+        let (first, last) = (devices[0], devices[15]);
+        world.edit(first, |s| s.upsert("line", json!({"_id": "edit", "text": "a short edit at one end of the line"})))?;
+        let change: usize = world.store(first).changes_since(&world.store(last).summary()?)?.iter().map(|c| c.encode().len()).sum();
+        let start = world.now();
+        let arrived = world
+            .run_until(|w| w.store(last).get("line", "edit").ok().flatten().is_some(), 600 * SECOND)
+            .ok_or("the edit never reached the other end")?;
+        let ms = (arrived - start) as f64 / MILLISECOND as f64;
+        let ideal_ms = 15.0 * (params.latency_us + params.transmit_us(change)) as f64 / MILLISECOND as f64;
+        emit(&json!({
+            "bench": "line16", "link": name, "change_bytes": change,
+            "ms": (ms * 100.0).round() / 100.0, "ideal_ms": (ideal_ms * 100.0).round() / 100.0,
+            "ratio": (ms / ideal_ms * 1000.0).round() / 1000.0, "ok": ms <= 1.5 * ideal_ms,
+        }));
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), BoxErr> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -262,6 +293,9 @@ fn main() -> Result<(), BoxErr> {
     }
     if wants("bulk") {
         bulk(quick)?;
+    }
+    if wants("line16") {
+        line16()?;
     }
     Ok(())
 }
