@@ -343,3 +343,47 @@ async fn attachments_are_fetched_through_a_relay_with_progress() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_truncated_and_garbage_frames_close_the_link_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "target");
+    store.upsert("notes", json!({"_id": "n", "v": 1})).expect("upsert");
+    let node = start(&store, "target", Some(loopback()), &[]).await;
+    let addr = node.listen_addr().expect("listening");
+    let before = store.summary().expect("summary");
+    // Each attack on its own connection: the node must close it (EOF or reset), not hang, not crash.
+    let oversized = (100u32 << 20).to_be_bytes().to_vec();
+    let mut garbage = 40u32.to_be_bytes().to_vec();
+    garbage.extend((0..40u8).map(|i| i.wrapping_mul(37)));
+    let zero = 0u32.to_be_bytes().to_vec();
+    for (what, bytes) in [("oversized", oversized), ("garbage", garbage), ("zero-length", zero)] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&bytes).await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // the node's own handshake frame
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the {what} frame did not close the link");
+    }
+    // A truncated frame, then the connection drops.
+    {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut t = 1000u32.to_be_bytes().to_vec();
+        t.extend([1u8; 10]);
+        s.write_all(&t).await.expect("write");
+    }
+    assert_eq!(store.summary().expect("summary"), before, "bad frames changed the store");
+    // The node still serves genuine peers.
+    let other = open(dir.path(), "other");
+    let peer = start(&other, "other", None, &[addr]).await;
+    eventually("a genuine peer still syncs", || has(&other, "notes", "n")).await;
+    peer.shutdown().await;
+    node.shutdown().await;
+}

@@ -141,11 +141,16 @@ impl Read for PartsReader<'_> {
                 }
             }
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(drain(&self.buf, &mut self.pos, out))
     }
+}
+
+/// Copy what is left of `buf` from `pos` into `out`, as much as fits; advances `pos`.
+pub(crate) fn drain(buf: &[u8], pos: &mut usize, out: &mut [u8]) -> usize {
+    let n = out.len().min(buf.len().saturating_sub(*pos));
+    out[..n].copy_from_slice(&buf[*pos..*pos + n]);
+    *pos += n;
+    n
 }
 
 /// Turn the received parts of `hash` into a stored attachment of `total` bytes, inside the caller's transaction:

@@ -698,15 +698,20 @@ impl Store {
     /// Store an attachment read from `reader` (streamed: never all in memory) and return its token, to put in a
     /// document field. Content already stored is kept once.
     pub fn put_attachment(&self, reader: impl Read, meta: BTreeMap<String, String>) -> Result<AttachmentToken> {
+        self.blob_transaction(|conn, temp| blobs::write(conn, reader, meta, temp))
+    }
+
+    /// Run `f` in one transaction with a fresh temporary key for chunks whose hash is not known yet.
+    fn blob_transaction<R>(&self, f: impl FnOnce(&Connection, [u8; 32]) -> Result<R>) -> Result<R> {
         let inner = self.lock();
         let mut temp = [0u8; 32];
         temp[..8].copy_from_slice(&ids::random_u64().to_le_bytes());
         temp[8..16].copy_from_slice(b"tmp-blob");
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match blobs::write(&inner.conn, reader, meta, temp) {
-            Ok(token) => {
+        match f(&inner.conn, temp) {
+            Ok(r) => {
                 inner.conn.execute_batch("COMMIT")?;
-                Ok(token)
+                Ok(r)
             }
             Err(e) => {
                 let _ = inner.conn.execute_batch("ROLLBACK");
@@ -785,26 +790,15 @@ impl Store {
     /// All `total` bytes of attachment `hash` were received: verify them against the hash and store the attachment
     /// (in one transaction). On a mismatch the received bytes are dropped and an error returned.
     pub fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()> {
-        let inner = self.lock();
-        let mut temp = [0u8; 32];
-        temp[..8].copy_from_slice(&ids::random_u64().to_le_bytes());
-        temp[8..16].copy_from_slice(b"tmp-recv");
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match blobs::finish_parts(&inner.conn, hash, total, temp) {
-            Ok(()) => {
-                inner.conn.execute_batch("COMMIT")?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = inner.conn.execute_batch("ROLLBACK");
-                if matches!(e, Error::AttachmentCorrupt { .. }) {
-                    let _ = inner.conn.execute("DELETE FROM partial_blobs WHERE hash = ?1", params![&hash[..]]);
-                }
-                Err(e)
-            }
+        let result = self.blob_transaction(|conn, temp| blobs::finish_parts(conn, hash, total, temp));
+        if let Err(Error::AttachmentCorrupt { .. }) = &result {
+            // Rolled back; drop the bytes that do not match so the next fetch starts afresh.
+            self.lock().conn.execute("DELETE FROM partial_blobs WHERE hash = ?1", params![&hash[..]])?;
         }
+        result
     }
 
+    /// An attachment's bytes in memory (for small attachments; see [`Store::open_attachment`] for a stream).
     pub fn attachment_bytes(&self, token: &AttachmentToken) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(token.len.min(1 << 30) as usize);
         self.open_attachment(token)?.read_to_end(&mut out)?;
@@ -859,9 +853,6 @@ impl Read for AttachmentReader {
             self.buf = chunk;
             self.pos = 0;
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(blobs::drain(&self.buf, &mut self.pos, out))
     }
 }
