@@ -5,7 +5,8 @@
 //! - `SHOAL_SIM_SEED=N` runs only that seed (decimal or `0x…`), to reproduce a failure;
 //! - `SHOAL_SIM_SEEDS=N` runs N seeds per test (default 3);
 //! - `SHOAL_SIM_SEED_BASE=N` shifts the seeds tried, to explore new ones;
-//! - `SHOAL_SIM_HEAVY=1` uses larger sizes (more devices' edits, more data).
+//! - `SHOAL_SIM_HEAVY=1` uses larger sizes (longer runs, more data);
+//! - `SHOAL_SIM_LOSS=0.3` sets the packet loss of lossy links (default 0.05).
 
 use serde_json::{json, Value as Json};
 use shoaldb::sync::wire::BATCH_BYTES;
@@ -116,7 +117,7 @@ fn draw_edit(rng: &mut SimRng, collections: &[&'static str]) -> Edit {
         5..=6 => EditKind::SetRegister { path: r(rng, 4) as u8, value: r(rng, 100) as i64 },
         7 => EditKind::MergeMap { value: r(rng, 100) as i64 },
         8..=9 => EditKind::Increment { which: r(rng, 2) as u8, by: r(rng, 9) as i64 - 4 },
-        10..=11 => EditKind::TextInsert { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, text: rng.pick(&["a", "bc", "€", "😀x", "hello "]) },
+        10..=11 => EditKind::TextInsert { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, text: ["a", "bc", "€", "😀x", "hello "][rng.index(5)] },
         12 => EditKind::TextDelete { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, len: r(rng, 4) as u8 + 1 },
         13..=14 => EditKind::ArrayInsert { pos: r(rng, 1000) as u16, shape: r(rng, 4) as u8, value: r(rng, 100) as i64 },
         15 => EditKind::ArrayDelete { pos: r(rng, 1000) as u16 },
@@ -308,11 +309,16 @@ fn report(w: &SimWorld, label: &str) {
 
 // ---- topologies ----
 
+/// The loss rate of lossy links: `SHOAL_SIM_LOSS` (a fraction), 0.05 by default.
+fn lossy() -> f64 {
+    std::env::var("SHOAL_SIM_LOSS").ok().and_then(|v| v.parse().ok()).unwrap_or(0.05)
+}
+
 /// A random link: fast or slow, clean or lossy.
 fn random_params(rng: &mut SimRng) -> LinkParams {
     let base = if rng.chance(0.5) { LinkParams::lan() } else { LinkParams::ble() };
     if rng.chance(0.5) {
-        base.with_loss(0.05)
+        base.with_loss(lossy())
     } else {
         base
     }
@@ -347,13 +353,22 @@ fn random_connected(rng: &mut SimRng, n: usize) -> Vec<(DeviceId, DeviceId)> {
 
 /// Random edits on random devices, random partitions and heals, links dropped and restored; then everything healed
 /// and run until quiet.
-fn chaos(w: &mut SimWorld, subs: &[Vec<Subscription>], edges: &[(DeviceId, DeviceId)], steps: usize, collections: &[&'static str]) {
+/// With `resubscribe` non-empty, devices other than the first sometimes change their subscriptions to one of those
+/// (and `subs` ends up holding the final ones).
+fn chaos(
+    w: &mut SimWorld,
+    subs: &mut [Vec<Subscription>],
+    edges: &[(DeviceId, DeviceId)],
+    steps: usize,
+    collections: &[&'static str],
+    resubscribe: &[Vec<Subscription>],
+) {
     let n = subs.len();
     let params: Vec<LinkParams> = edges.iter().map(|_| random_params(w.rng())).collect();
     for (&(a, b), p) in edges.iter().zip(&params) {
         w.link(a, b, *p);
     }
-    let (mut edits, mut committed, mut partitions) = (0, 0, 0);
+    let (mut edits, mut committed, mut partitions, mut restarts) = (0, 0, 0, 0);
     for _ in 0..steps {
         match w.rng().below(100) {
             0..=64 => {
@@ -380,7 +395,21 @@ fn chaos(w: &mut SimWorld, subs: &[Vec<Subscription>], edges: &[(DeviceId, Devic
                 let (a, b) = edges[i];
                 if !w.unlink(a, b) {
                     w.link(a, b, params[i]);
+                    if w.rng().chance(0.3) {
+                        // Both dial at once: the engines keep one link.
+                        w.dial(b, a, params[i]);
+                    }
                 }
+            }
+            90..=92 => {
+                let d = w.rng().index(n);
+                restarts += 1;
+                w.restart(d);
+            }
+            93..=95 if !resubscribe.is_empty() && n > 1 => {
+                let d = 1 + w.rng().index(n - 1);
+                subs[d] = w.rng().pick(resubscribe).clone();
+                w.set_subscriptions(d, subs[d].clone());
             }
             _ => {}
         }
@@ -403,8 +432,21 @@ fn chaos(w: &mut SimWorld, subs: &[Vec<Subscription>], edges: &[(DeviceId, Devic
         w.run_for(dt);
     }
     let quiet = w.run_until_quiet(3600 * SECOND).expect("the mesh goes quiet");
-    eprintln!("  {edits} edits ({committed} committed), {partitions} partitions; quiet at {:.3}s", quiet as f64 / SECOND as f64);
+    let pairs: BTreeSet<(DeviceId, DeviceId)> = w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
+    assert_eq!(pairs.len(), w.linked_pairs().len(), "one link per pair");
+    assert_eq!(pairs, edges.iter().copied().collect(), "every link is up");
+    let duplicates: usize = (0..n)
+        .map(|d| w.take_events(d).iter().filter(|(_, e)| matches!(e, EngineEvent::LinkDown { reason, .. } if reason.contains("already exists"))).count())
+        .sum();
+    eprintln!(
+        "  {edits} edits ({committed} committed), {partitions} partitions, {restarts} restarts, {duplicates} duplicate links closed; quiet at {:.3}s",
+        quiet as f64 / SECOND as f64
+    );
     report(w, "network");
+    // Flow control held on every link (documents here are small: far below a batch).
+    let t = w.total_stats();
+    assert!(t.max_outstanding_change_bytes <= WINDOW + 5 * BATCH_BYTES as u64, "outstanding {}", t.max_outstanding_change_bytes);
+    assert!(t.max_unsent_bytes as usize <= BACKLOG_LIMIT + MAX_FRAME_LEN + 4);
     assert_converged(w, subs);
 }
 
@@ -442,9 +484,9 @@ fn chaos_steps() -> usize {
 fn chaos_line_of_10() {
     for_each_seed("chaos_line_of_10", 3, |seed| {
         let mut w = SimWorld::new(seed);
-        let subs = mixed_subscriptions(w.rng(), 10);
+        let mut subs = mixed_subscriptions(w.rng(), 10);
         add_devices(&mut w, &subs);
-        chaos(&mut w, &subs, &line(10), chaos_steps(), &COLLECTIONS);
+        chaos(&mut w, &mut subs, &line(10), chaos_steps(), &COLLECTIONS, &[]);
     });
 }
 
@@ -452,9 +494,9 @@ fn chaos_line_of_10() {
 fn chaos_star_of_8() {
     for_each_seed("chaos_star_of_8", 3, |seed| {
         let mut w = SimWorld::new(seed);
-        let subs = mixed_subscriptions(w.rng(), 8);
+        let mut subs = mixed_subscriptions(w.rng(), 8);
         add_devices(&mut w, &subs);
-        chaos(&mut w, &subs, &star(8), chaos_steps(), &COLLECTIONS);
+        chaos(&mut w, &mut subs, &star(8), chaos_steps(), &COLLECTIONS, &[]);
     });
 }
 
@@ -463,11 +505,11 @@ fn chaos_random_connected_graphs() {
     for_each_seed("chaos_random_connected_graphs", 3, |seed| {
         let mut w = SimWorld::new(seed);
         let n = w.rng().range(6, 11) as usize;
-        let subs = mixed_subscriptions(w.rng(), n);
+        let mut subs = mixed_subscriptions(w.rng(), n);
         add_devices(&mut w, &subs);
         let edges = random_connected(w.rng(), n);
         eprintln!("  {n} devices, edges {edges:?}");
-        chaos(&mut w, &subs, &edges, chaos_steps(), &COLLECTIONS);
+        chaos(&mut w, &mut subs, &edges, chaos_steps(), &COLLECTIONS, &[]);
     });
 }
 
@@ -492,11 +534,12 @@ fn multi_hop_line_through_non_subscribing_relays() {
             let e = draw_edit(w.rng(), &COLLECTIONS);
             w.edit(at, |s| apply_edit(s, &e));
             if step == steps / 3 {
-                // Cut the middle for a while: both ends keep editing.
+                // Cut the middle for a few seconds: both ends keep editing.
                 w.partition(&[vec![0, 1], vec![2, 3]]);
-            }
-            if step == 2 * steps / 3 {
-                w.heal();
+                let outage = w.rng().range(1, 5) * SECOND;
+                w.schedule(outage, |w| {
+                    w.heal();
+                });
             }
             let dt = w.rng().below(200 * MILLISECOND);
             w.run_for(dt);
@@ -603,13 +646,14 @@ fn filtered_subscriptions_converge() {
 }
 
 /// Random connected meshes where devices want different things — everything, whole collections, open tasks only,
-/// nothing (pure relays) — so filtered devices and relays carry documents for each other over routes that change.
+/// nothing (pure relays) — so filtered devices and relays carry documents for each other over routes that change;
+/// devices also change their subscriptions during the run.
 #[test]
 fn chaos_mixed_subscriptions() {
     for_each_seed("chaos_mixed_subscriptions", 3, |seed| {
         let mut w = SimWorld::new(seed);
         let n = w.rng().range(5, 10) as usize;
-        let subs: Vec<Vec<Subscription>> = (0..n)
+        let mut subs: Vec<Vec<Subscription>> = (0..n)
             .map(|d| match if d == 0 { 0 } else { w.rng().below(5) } {
                 0 => vec![Subscription::everything()],
                 1 => vec![Subscription::collection("chat"), Subscription::collection("tasks")],
@@ -620,7 +664,13 @@ fn chaos_mixed_subscriptions() {
         add_devices(&mut w, &subs);
         let edges = random_connected(w.rng(), n);
         eprintln!("  {n} devices, subscriptions {:?}, edges {edges:?}", subs.iter().map(|s| s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).collect::<Vec<_>>());
-        chaos(&mut w, &subs, &edges, chaos_steps(), &["tasks", "tasks", "chat", "notes"]);
+        let choices = [
+            vec![Subscription::everything()],
+            vec![Subscription::collection("chat"), Subscription::collection("tasks")],
+            vec![Subscription::filtered("tasks", OPEN_TASKS)],
+            vec![],
+        ];
+        chaos(&mut w, &mut subs, &edges, chaos_steps(), &["tasks", "tasks", "chat", "notes"], &choices);
         for (f, sub) in subs.iter().enumerate() {
             if sub.iter().any(|s| s.filter.is_some()) {
                 assert_filtered_view(&w, 0, f);
@@ -636,7 +686,7 @@ fn chaos_filtered_relays() {
     for_each_seed("chaos_filtered_relays", 3, |seed| {
         let mut w = SimWorld::new(seed);
         let n = w.rng().range(4, 8) as usize;
-        let subs: Vec<Vec<Subscription>> = (0..n)
+        let mut subs: Vec<Vec<Subscription>> = (0..n)
             .map(|d| match if d == 0 { 0 } else { 1 + w.rng().below(4) } {
                 0 => vec![Subscription::everything()],
                 1..=3 => vec![Subscription::filtered("tasks", OPEN_TASKS)],
@@ -646,7 +696,7 @@ fn chaos_filtered_relays() {
         add_devices(&mut w, &subs);
         let edges = random_connected(w.rng(), n);
         eprintln!("  {n} devices, edges {edges:?}");
-        chaos(&mut w, &subs, &edges, chaos_steps(), &["tasks"]);
+        chaos(&mut w, &mut subs, &edges, chaos_steps(), &["tasks"], &[]);
         // Then the fully subscribed device closes or removes every task, on the static mesh.
         for i in 0..DOC_IDS as u64 {
             let kind = if w.rng().chance(0.5) { EditKind::SetDone(true) } else { EditKind::RemoveDocument };
@@ -787,7 +837,7 @@ fn flow_control_bounds_outstanding_data_on_ble() {
             doc_bytes_max = doc_bytes_max.max(c.encode().len());
         }
         w.edit(b, |s| s.upsert("notes", json!({"_id": "from-b", "text": "hello"})).unwrap());
-        let params = if w.rng().chance(0.5) { LinkParams::ble() } else { LinkParams::ble().with_loss(0.05) };
+        let params = if w.rng().chance(0.5) { LinkParams::ble() } else { LinkParams::ble().with_loss(lossy()) };
         w.link(a, b, params);
         let quiet = w.run_until_quiet(3600 * 10 * SECOND).expect("quiet");
         report(&w, "network");
@@ -817,6 +867,56 @@ fn flow_control_bounds_outstanding_data_on_ble() {
         assert_eq!(w.store(b).list("blobs").unwrap().len(), docs);
         assert_eq!(w.store(a).list("blobs").unwrap(), w.store(b).list("blobs").unwrap());
         assert!(w.store(a).get("notes", "from-b").unwrap().is_some());
+    });
+}
+
+/// A large transfer over a slow link, cut several times in the middle: each time the link comes back, only what
+/// had not arrived travels again — at most what the simulator had taken from the engine and not delivered — and
+/// everything arrives.
+#[test]
+fn interrupted_transfer_resumes_where_it_stopped() {
+    for_each_seed("interrupted_transfer_resumes_where_it_stopped", 3, |seed| {
+        let mut w = SimWorld::new(seed);
+        let all = vec![Subscription::everything()];
+        let a = w.add_device("A", all.clone());
+        let b = w.add_device("B", all.clone());
+        let docs = if heavy() { 2048 } else { 512 };
+        w.edit(a, |s| {
+            s.write(|t| {
+                for i in 0..docs {
+                    t.upsert("blobs", json!({"_id": format!("b{i:05}"), "data": format!("{i:08}").repeat(500)}))?;
+                }
+                Ok(())
+            })
+            .unwrap()
+        });
+        let data: usize = w.store(a).changes_since(&shoaldb::Summary::new()).unwrap().iter().map(|c| c.encode().len()).sum();
+        let params = if w.rng().chance(0.5) { LinkParams::ble() } else { LinkParams::ble().with_loss(lossy()) };
+        w.link(a, b, params);
+        let cuts = 4;
+        for _ in 0..cuts {
+            let dt = w.rng().range(1, 8) * SECOND;
+            w.run_for(dt);
+            w.unlink(a, b);
+            let dt = w.rng().below(2 * SECOND);
+            w.run_for(dt);
+            w.link(a, b, params);
+        }
+        w.run_until_quiet(3600 * SECOND).expect("quiet");
+        report(&w, "network");
+        assert_eq!(w.store(a).summary().unwrap(), w.store(b).summary().unwrap());
+        assert_eq!(w.store(a).list("blobs").unwrap(), w.store(b).list("blobs").unwrap());
+        let s = w.stats(a, b);
+        // Each cut wastes at most what was on the wire or in the simulator's backlog; each session costs a few KB.
+        let per_cut = (BACKLOG_LIMIT + MAX_FRAME_LEN) as u64 + 8192;
+        let bound = data as u64 + data as u64 / 100 + (cuts as u64 + 1) * 4096 + cuts as u64 * per_cut;
+        eprintln!(
+            "  {data} bytes of changes; {} bytes sent to B over {} links, {} frames lost with them (bound {bound})",
+            s.bytes_sent,
+            cuts + 1,
+            s.frames_dropped
+        );
+        assert!(s.bytes_sent <= bound, "{} bytes sent for {data} bytes of changes", s.bytes_sent);
     });
 }
 

@@ -354,6 +354,8 @@ impl Conn {
 
 struct SimDevice {
     name: String,
+    identity: Identity,
+    secret: AppSecret,
     engine: Engine,
     /// The engine's links and the connection of each.
     links: BTreeMap<LinkId, u64>,
@@ -458,9 +460,40 @@ impl SimWorld {
         }
         let identity = Identity::from_private(&private).expect("a simulated identity");
         let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
-        let engine = Engine::new(store, identity, secret, name, subscriptions, 0);
-        self.devices.push(SimDevice { name: name.to_string(), engine, links: BTreeMap::new(), events: Vec::new() });
+        let engine = Engine::new(store, identity.clone(), secret.clone(), name, subscriptions, 0);
+        self.devices.push(SimDevice { name: name.to_string(), identity, secret, engine, links: BTreeMap::new(), events: Vec::new() });
         id
+    }
+
+    /// Restart a device's app: its links drop (frames in flight are lost), its store is reopened from disk and a new
+    /// engine (same identity, same subscriptions) starts; then the links it had come back, as when the device
+    /// dials its neighbours again.
+    ///
+    /// # Panics
+    /// If its store cannot be reopened.
+    pub fn restart(&mut self, device: DeviceId) {
+        let had: Vec<(u64, DeviceId, DeviceId, LinkParams)> =
+            self.conns.iter().filter(|(_, c)| c.ends.contains(&device)).map(|(id, c)| (*id, c.ends[0], c.ends[1], c.params)).collect();
+        for (c, ..) in &had {
+            self.teardown(*c, "restarted");
+        }
+        self.drain_events(device);
+        let dev = &mut self.devices[device];
+        let path = dev.engine.store().path().to_path_buf();
+        let options = Options { durability: Durability::Normal, ..Options::default() };
+        let store = Store::open_with(&path, options).unwrap_or_else(|e| panic!("reopening {}: {e}", path.display()));
+        let subscriptions = dev.engine.subscriptions().to_vec();
+        // Presence sequence numbers must grow across restarts: start from the virtual clock, with room for 2^20
+        // link changes per microsecond.
+        let seq_base = (self.now + 1) << 20;
+        let engine = Engine::new(store, dev.identity.clone(), dev.secret.clone(), &dev.name, subscriptions, seq_base);
+        // The old engine (and its store) goes.
+        dev.engine = engine;
+        self.dirty.insert(device);
+        for (_, a, b, params) in had {
+            self.link(a, b, params);
+        }
+        self.settle();
     }
 
     pub fn device_count(&self) -> usize {
@@ -519,10 +552,20 @@ impl SimWorld {
     /// # Panics
     /// If `a == b`.
     pub fn link(&mut self, a: DeviceId, b: DeviceId, params: LinkParams) -> bool {
-        assert_ne!(a, b, "a device cannot be linked to itself");
         if self.is_linked(a, b) {
             return false;
         }
+        self.dial(a, b, params);
+        true
+    }
+
+    /// Open a link from `a` to `b` even if they are linked already — as when both dial each other at once: the
+    /// engines then keep one link per pair and close the other (which the simulator then drops).
+    ///
+    /// # Panics
+    /// If `a == b`.
+    pub fn dial(&mut self, a: DeviceId, b: DeviceId, params: LinkParams) {
+        assert_ne!(a, b, "a device cannot be linked to itself");
         let la = self.devices[a].engine.add_link(TransportKind::Sim, true).expect("add_link");
         let lb = self.devices[b].engine.add_link(TransportKind::Sim, false).expect("add_link");
         let id = self.next_conn;
@@ -534,7 +577,6 @@ impl SimWorld {
         self.dirty.insert(a);
         self.dirty.insert(b);
         self.settle();
-        true
     }
 
     /// Drop the link between `a` and `b` (frames in flight are lost). Returns whether there was one.
@@ -553,7 +595,7 @@ impl SimWorld {
         self.conn_between(a, b).is_some()
     }
 
-    /// Every linked pair (dialler first).
+    /// Every link (dialler first); a pair appears twice while both of its links are open.
     pub fn linked_pairs(&self) -> Vec<(DeviceId, DeviceId)> {
         self.conns.values().map(|c| (c.ends[0], c.ends[1])).collect()
     }
