@@ -3,6 +3,9 @@
 //! order, with duplicates and delays, sometimes reopening from disk mid-run. After a final full exchange, every
 //! replica must hold exactly the same documents.
 
+#[path = "common/edits.rs"]
+mod edits;
+
 use proptest::prelude::*;
 use serde_json::json;
 use shoaldb::{Applied, Change, DocChange, DocEditor, Document, PeerId, Store, Timestamp, Value};
@@ -28,8 +31,6 @@ enum Edit {
 
 const REGISTER_PATHS: [&str; 4] = ["title", "m.a", "m.b", "m.sub.c"];
 const REMOVABLE: [&str; 6] = ["title", "m", "m.a", "m.items", "likes", "notes"];
-const TEXTS: [&str; 2] = ["notes", "m.body"];
-const COUNTERS: [&str; 2] = ["likes", "m.score"];
 
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
@@ -66,19 +67,7 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn array_len(ed: &DocEditor<'_>, path: &str) -> usize {
-    match ed.document().get(path) {
-        Ok(Some(serde_json::Value::Array(a))) => a.len(),
-        _ => 0,
-    }
-}
 
-fn text_len(ed: &DocEditor<'_>, path: &str) -> usize {
-    match ed.document().get(path) {
-        Ok(Some(serde_json::Value::String(s))) => s.chars().count(),
-        _ => 0,
-    }
-}
 
 /// Apply one edit. Edits that do not fit the current state (type mismatches, out-of-range indexes) fail with an
 /// error, which is part of what is tested: they must change nothing.
@@ -89,52 +78,13 @@ fn apply_edit(ed: &mut DocEditor<'_>, e: &Edit) -> Result<(), shoaldb::DocError>
             let p = ["m", "m.sub", "title"][*path as usize % 3];
             ed.merge(p, Value::from_json(&json!({"x": value, "sub": {"y": value}})))
         }
-        Edit::Increment { which, by } => ed.increment(COUNTERS[*which as usize % 2], *by as i64),
-        Edit::TextInsert { which, pos, text } => {
-            let p = TEXTS[*which as usize % 2];
-            let len = text_len(ed, p);
-            ed.text_insert(p, *pos as usize % (len + 1), text)
-        }
-        Edit::TextDelete { which, pos, len } => {
-            let p = TEXTS[*which as usize % 2];
-            let n = text_len(ed, p);
-            if n == 0 {
-                return Ok(());
-            }
-            let at = *pos as usize % n;
-            ed.text_delete(p, at, (*len as usize).min(n - at))
-        }
-        Edit::ArrayInsert { pos, shape, value } => {
-            let n = array_len(ed, "m.items");
-            let v = match shape % 4 {
-                0 => Value::from(*value),
-                1 => Value::from_json(&json!({"inner": {"k0": value}})),
-                2 => Value::Array(vec![Value::from(*value), Value::Counter(*value)]),
-                _ => Value::Map([("t".to_string(), Value::Text(format!("t{value}")))].into()),
-            };
-            ed.array_insert("m.items", *pos as usize % (n + 1), &[v])
-        }
-        Edit::ArrayDelete { pos } => {
-            let n = array_len(ed, "m.items");
-            if n == 0 {
-                return Ok(());
-            }
-            ed.array_delete("m.items", *pos as usize % n, 1)
-        }
-        Edit::NestedSet { idx, key, value } => {
-            let n = array_len(ed, "m.items");
-            if n == 0 {
-                return Ok(());
-            }
-            ed.set(format!("m.items[{}].inner.k{}", *idx as usize % n, key % 3), *value)
-        }
-        Edit::NestedIncrement { idx, by } => {
-            let n = array_len(ed, "m.items");
-            if n == 0 {
-                return Ok(());
-            }
-            ed.increment(format!("m.items[{}].inner.count", *idx as usize % n), *by as i64)
-        }
+        Edit::Increment { which, by } => ed.increment(edits::COUNTERS[*which as usize % 2], *by as i64),
+        Edit::TextInsert { which, pos, text } => edits::text_insert(ed, *which, *pos, text),
+        Edit::TextDelete { which, pos, len } => edits::text_delete(ed, *which, *pos, *len),
+        Edit::ArrayInsert { pos, shape, value } => edits::array_insert(ed, *pos, *shape, *value),
+        Edit::ArrayDelete { pos } => edits::array_delete(ed, *pos),
+        Edit::NestedSet { idx, key, value } => edits::nested_set(ed, *idx, *key, *value),
+        Edit::NestedIncrement { idx, by } => edits::nested_increment(ed, *idx, *by as i64),
         Edit::RemoveField { path } => ed.remove(REMOVABLE[*path as usize % REMOVABLE.len()]),
         Edit::RemoveDocument => ed.remove_document(),
     }

@@ -8,6 +8,9 @@
 //! - `SHOAL_SIM_HEAVY=1` uses larger sizes (longer runs, more data);
 //! - `SHOAL_SIM_LOSS=0.3` sets the packet loss of lossy links (default 0.05).
 
+#[path = "common/edits.rs"]
+mod edits;
+
 use serde_json::{json, Value as Json};
 use shoaldb::sync::wire::BATCH_BYTES;
 use shoaldb::sync::{EngineEvent, Subscription, WINDOW};
@@ -71,8 +74,6 @@ fn for_each_seed(test: &'static str, default: u64, f: impl Fn(u64)) {
 
 const COLLECTIONS: [&str; 3] = ["tasks", "notes", "chat"];
 const DOC_IDS: usize = 6;
-const TEXTS: [&str; 2] = ["notes", "m.body"];
-const COUNTERS: [&str; 2] = ["likes", "m.score"];
 const REMOVABLE: [&str; 5] = ["title", "m", "m.a", "m.items", "notes"];
 /// Paths whose concurrent values are compared between devices.
 const CONFLICT_PATHS: [&str; 6] = ["title", "done", "m", "m.a", "likes", "m.items"];
@@ -129,19 +130,7 @@ fn draw_edit(rng: &mut SimRng, collections: &[&'static str]) -> Edit {
     Edit { collection, id, kind }
 }
 
-fn array_len(ed: &DocEditor<'_>, path: &str) -> usize {
-    match ed.document().get(path) {
-        Ok(Some(Json::Array(a))) => a.len(),
-        _ => 0,
-    }
-}
 
-fn text_len(ed: &DocEditor<'_>, path: &str) -> usize {
-    match ed.document().get(path) {
-        Ok(Some(Json::String(s))) => s.chars().count(),
-        _ => 0,
-    }
-}
 
 fn edit_doc(ed: &mut DocEditor<'_>, kind: &EditKind) -> Result<(), shoaldb::DocError> {
     match kind {
@@ -149,52 +138,13 @@ fn edit_doc(ed: &mut DocEditor<'_>, kind: &EditKind) -> Result<(), shoaldb::DocE
         EditKind::SetDone(done) => ed.set("done", *done),
         EditKind::SetRegister { path, value } => ed.set(["title", "m.a", "m.b", "m.sub.c"][*path as usize % 4], *value),
         EditKind::MergeMap { value } => ed.merge("m", Value::from_json(&json!({"x": value, "sub": {"y": value}}))),
-        EditKind::Increment { which, by } => ed.increment(COUNTERS[*which as usize % 2], *by),
-        EditKind::TextInsert { which, pos, text } => {
-            let p = TEXTS[*which as usize % 2];
-            let n = text_len(ed, p);
-            ed.text_insert(p, *pos as usize % (n + 1), text)
-        }
-        EditKind::TextDelete { which, pos, len } => {
-            let p = TEXTS[*which as usize % 2];
-            let n = text_len(ed, p);
-            if n == 0 {
-                return Ok(());
-            }
-            let at = *pos as usize % n;
-            ed.text_delete(p, at, (*len as usize).min(n - at))
-        }
-        EditKind::ArrayInsert { pos, shape, value } => {
-            let n = array_len(ed, "m.items");
-            let v = match shape % 4 {
-                0 => Value::from(*value),
-                1 => Value::from_json(&json!({"inner": {"k0": value}})),
-                2 => Value::Array(vec![Value::from(*value), Value::Counter(*value)]),
-                _ => Value::Map([("t".to_string(), Value::Text(format!("t{value}")))].into()),
-            };
-            ed.array_insert("m.items", *pos as usize % (n + 1), &[v])
-        }
-        EditKind::ArrayDelete { pos } => {
-            let n = array_len(ed, "m.items");
-            if n == 0 {
-                return Ok(());
-            }
-            ed.array_delete("m.items", *pos as usize % n, 1)
-        }
-        EditKind::NestedSet { idx, key, value } => {
-            let n = array_len(ed, "m.items");
-            if n == 0 {
-                return Ok(());
-            }
-            ed.set(format!("m.items[{}].inner.k{}", *idx as usize % n, key % 3), *value)
-        }
-        EditKind::NestedIncrement { idx, by } => {
-            let n = array_len(ed, "m.items");
-            if n == 0 {
-                return Ok(());
-            }
-            ed.increment(format!("m.items[{}].inner.count", *idx as usize % n), *by)
-        }
+        EditKind::Increment { which, by } => ed.increment(edits::COUNTERS[*which as usize % 2], *by),
+        EditKind::TextInsert { which, pos, text } => edits::text_insert(ed, *which, *pos, text),
+        EditKind::TextDelete { which, pos, len } => edits::text_delete(ed, *which, *pos, *len),
+        EditKind::ArrayInsert { pos, shape, value } => edits::array_insert(ed, *pos, *shape, *value),
+        EditKind::ArrayDelete { pos } => edits::array_delete(ed, *pos),
+        EditKind::NestedSet { idx, key, value } => edits::nested_set(ed, *idx, *key, *value),
+        EditKind::NestedIncrement { idx, by } => edits::nested_increment(ed, *idx, *by),
         EditKind::RemoveField { path } => ed.remove(REMOVABLE[*path as usize % REMOVABLE.len()]),
     }
 }

@@ -529,8 +529,8 @@ impl Engine {
         let mut queue: VecDeque<DeviceKey> = VecDeque::new();
         for s in self.links.values() {
             let (Some(device), Some(_)) = (s.device, s.session.as_ref()) else { continue };
-            if !seen.contains_key(&device) {
-                seen.insert(device, PeerPresence { device, name: s.name.clone(), hops: 1, transport: s.transport });
+            if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(device) {
+                e.insert(PeerPresence { device, name: s.name.clone(), hops: 1, transport: s.transport });
                 queue.push_back(device);
             }
         }
@@ -555,7 +555,7 @@ impl Engine {
             }
         }
         let mut out: Vec<PeerPresence> = seen.into_values().collect();
-        out.sort_by(|a, b| (a.hops, a.device).cmp(&(b.hops, b.device)));
+        out.sort_by_key(|a| (a.hops, a.device));
         out
     }
 }
