@@ -93,27 +93,6 @@ pub(crate) fn partial_len(conn: &Connection, hash: &[u8; 32]) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Read `len` bytes of a stored attachment from `offset` (fewer at the end).
-pub(crate) fn read_range(conn: &Connection, hash: &[u8; 32], offset: u64, len: usize) -> Result<Vec<u8>> {
-    let total = stored_len(conn, hash)?.ok_or_else(|| not_found(hash))?;
-    let end = total.min(offset.saturating_add(len as u64));
-    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-    let mut pos = offset;
-    while pos < end {
-        let idx = pos / CHUNK_SIZE as u64;
-        let chunk = read_chunk(conn, hash, idx)?
-            .ok_or_else(|| Error::AttachmentCorrupt { hash: hex(hash), reason: format!("chunk {idx} missing") })?;
-        let from = (pos - idx * CHUNK_SIZE as u64) as usize;
-        let to = chunk.len().min(from + (end - pos) as usize);
-        if from >= to {
-            return Err(Error::AttachmentCorrupt { hash: hex(hash), reason: format!("chunk {idx} too short") });
-        }
-        out.extend_from_slice(&chunk[from..to]);
-        pos += (to - from) as u64;
-    }
-    Ok(out)
-}
-
 /// Streams the received parts of `hash`, in order, one row at a time.
 struct PartsReader<'c> {
     conn: &'c Connection,

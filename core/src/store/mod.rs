@@ -758,10 +758,10 @@ impl Store {
         blobs::stored_len(&inner.conn, hash)
     }
 
-    /// Up to `len` bytes of the stored attachment `hash` from `offset` (for serving another device).
-    pub fn read_attachment_range(&self, hash: &[u8; 32], offset: u64, len: usize) -> Result<Vec<u8>> {
+    /// Stored chunk `idx` (of [`CHUNK_SIZE`] bytes, the last one shorter) of attachment `hash`.
+    pub fn read_attachment_chunk(&self, hash: &[u8; 32], idx: u64) -> Result<Vec<u8>> {
         let inner = self.lock();
-        blobs::read_range(&inner.conn, hash, offset, len)
+        blobs::read_chunk(&inner.conn, hash, idx)?.ok_or_else(|| blobs::not_found(hash))
     }
 
     /// Bytes of the attachment `hash` received so far from other devices (a fetch resumes from there).

@@ -56,6 +56,8 @@ struct Serve {
     hash: [u8; 32],
     next: u64,
     total: u64,
+    /// The stored chunk being served (chunks are larger than what one message carries).
+    chunk: Option<(u64, Vec<u8>)>,
 }
 
 /// Every fetch and every transfer this device serves.
@@ -132,7 +134,7 @@ impl Attachments {
                     if offset > total {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     } else {
-                        self.serving.insert((link, request), Serve { hash, next: offset, total });
+                        self.serving.insert((link, request), Serve { hash, next: offset, total, chunk: None });
                     }
                 } else if hops == 0 {
                     out.push((link, Message::AttachmentUnavailable { request }));
@@ -167,7 +169,7 @@ impl Attachments {
                         Ok(()) => {
                             if let Some(f) = self.fetches.remove(&id) {
                                 for (l, r) in f.waiting {
-                                    self.serving.insert((l, r), Serve { hash, next: 0, total });
+                                    self.serving.insert((l, r), Serve { hash, next: 0, total, chunk: None });
                                 }
                                 if f.local {
                                     self.events.push(FetchEvent::Done { fetch: id, hash });
@@ -221,7 +223,23 @@ impl Attachments {
     pub fn next_chunk(&mut self, store: &Store, link: LinkId) -> Result<Option<Message>, SyncError> {
         let Some((&(l, request), serve)) = self.serving.range_mut((link, 0)..=(link, u64::MAX)).next() else { return Ok(None) };
         debug_assert_eq!(l, link);
-        let data = store.read_attachment_range(&serve.hash, serve.next, ATTACHMENT_CHUNK)?;
+        let size = crate::store::CHUNK_SIZE as u64;
+        let idx = serve.next / size;
+        if serve.chunk.as_ref().is_none_or(|(i, _)| *i != idx) {
+            serve.chunk = Some((idx, store.read_attachment_chunk(&serve.hash, idx)?));
+        }
+        let data = match &serve.chunk {
+            Some((_, bytes)) => {
+                let from = ((serve.next - idx * size) as usize).min(bytes.len());
+                bytes[from..(from + ATTACHMENT_CHUNK).min(bytes.len())].to_vec()
+            }
+            None => Vec::new(),
+        };
+        if data.is_empty() && serve.next < serve.total {
+            log::warn!("attachment {} is shorter than stored: cannot serve it", crate::crdt::value::hex(&serve.hash));
+            self.serving.remove(&(link, request));
+            return Ok(Some(Message::AttachmentUnavailable { request }));
+        }
         let msg = Message::AttachmentChunk { request, offset: serve.next, total: serve.total, data: data.clone() };
         serve.next += data.len() as u64;
         if serve.next >= serve.total || data.is_empty() {

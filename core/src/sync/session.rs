@@ -210,6 +210,11 @@ impl Session {
                 out.received = Some(received);
                 let mut docs: Vec<i64> = Vec::new();
                 for dc in &decoded {
+                    // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
+                    // second look: whatever of it the peer lacks, the log will list.
+                    if self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection) {
+                        continue;
+                    }
                     if let Some(n) = store.doc_number(&dc.collection, &dc.doc_id)? {
                         if !docs.contains(&n) {
                             docs.push(n);
