@@ -4,7 +4,7 @@
 use super::replicate::Summary;
 use super::{check_collection, check_doc_id, Inner, Store};
 use crate::crdt::clock::PeerId;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value as Json;
 use std::sync::Arc;
@@ -138,16 +138,7 @@ impl Store {
 
     /// A document's JSON view by its local number (`None` when it does not exist or was removed).
     pub fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
-        let inner = self.lock();
-        let text: Option<Option<String>> = inner
-            .conn
-            .prepare_cached("SELECT view FROM docs WHERE doc = ?1")?
-            .query_row(params![doc], |r| r.get(0))
-            .optional()?;
-        match text.flatten() {
-            None => Ok(None),
-            Some(t) => Ok(Some(serde_json::from_str(&t).map_err(|e| Error::Corrupt(e.to_string()))?)),
-        }
+        self.lock().stored_view("SELECT view FROM docs WHERE doc = ?1", params![doc])
     }
 
     /// A document's local number, if the store has it.

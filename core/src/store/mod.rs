@@ -99,6 +99,22 @@ pub enum AttachmentRequest {
     Failed(String),
 }
 
+/// The device-local settings behind [`Store::request_attachment`].
+const FETCH_PREFIX: &str = "fetch:";
+
+fn fetch_key(hash: &[u8; 32]) -> String {
+    format!("{FETCH_PREFIX}{}", crate::crdt::value::hex(hash))
+}
+
+fn fetch_failed_key(hash: &[u8; 32]) -> String {
+    format!("fetch-failed:{}", crate::crdt::value::hex(hash))
+}
+
+/// Parse a stored JSON view (it was written by this store: a failure means the file is corrupt).
+fn parse_view(text: &str) -> Result<Json> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("stored view: {e}")))
+}
+
 /// The state behind the store's lock.
 pub(crate) struct Inner {
     conn: Connection,
@@ -201,6 +217,12 @@ impl Inner {
         Ok(events)
     }
 
+    /// The stored JSON view of the one document `sql` selects (`None` when there is no row or it was removed).
+    fn stored_view(&self, sql: &str, params: impl rusqlite::Params) -> Result<Option<Json>> {
+        let text: Option<Option<String>> = self.conn.prepare_cached(sql)?.query_row(params, |r| r.get(0)).optional()?;
+        text.flatten().map(|t| parse_view(&t)).transpose()
+    }
+
     /// Every existing document of a collection matching `query`, sorted and limited: (id, view).
     fn query(&self, collection: &str, query: &Query) -> Result<Vec<(String, Json)>> {
         let mut stmt = self
@@ -211,7 +233,7 @@ impl Inner {
         while let Some(r) = rows.next()? {
             let id: String = r.get(0)?;
             let text: String = r.get(1)?;
-            let view: Json = serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("view of {collection}/{id}: {e}")))?;
+            let view = parse_view(&text)?;
             if query.matches(&view)? {
                 out.push((id, view));
             }
@@ -377,48 +399,44 @@ impl Store {
         meta_get(&inner.conn, &key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} vanished")))
     }
 
+    /// Forget a device-local setting (see [`Store::local_value`]).
+    pub fn remove_local_value(&self, key: &str) -> Result<()> {
+        check_name("setting name", key)?;
+        self.lock().conn.execute("DELETE FROM meta WHERE key = ?1", params![format!("local:{key}")])?;
+        Ok(())
+    }
+
     /// Ask a sync peer running on this store (possibly in another process, e.g. `shoal peer`) to fetch the bytes
     /// of attachment `hash` from the devices it is connected to. See [`Store::attachment_request`] for the outcome.
     pub fn request_attachment(&self, hash: &[u8; 32]) -> Result<()> {
-        let inner = self.lock();
-        let hex = crate::crdt::value::hex(hash);
-        inner.conn.execute("DELETE FROM meta WHERE key = ?1", params![format!("local:fetch-failed:{hex}")])?;
-        inner
-            .conn
-            .execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, x'')", params![format!("local:fetch:{hex}")])?;
+        self.remove_local_value(&fetch_failed_key(hash))?;
+        self.local_value_or_insert(&fetch_key(hash), b"")?;
         Ok(())
     }
 
     /// The attachments requested with [`Store::request_attachment`] and not fetched yet.
     pub fn requested_attachments(&self) -> Result<Vec<[u8; 32]>> {
         let inner = self.lock();
-        let mut stmt = inner.conn.prepare_cached("SELECT key FROM meta WHERE key LIKE 'local:fetch:%'")?;
-        let keys = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(keys.iter().filter_map(|k| crate::crdt::value::parse_hex32(k.strip_prefix("local:fetch:")?)).collect())
+        let prefix = format!("local:{FETCH_PREFIX}");
+        let mut stmt = inner.conn.prepare_cached("SELECT key FROM meta WHERE key LIKE ?1 || '%'")?;
+        let keys = stmt.query_map(params![prefix], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(keys.iter().filter_map(|k| crate::crdt::value::parse_hex32(k.strip_prefix(&prefix)?)).collect())
     }
 
-    /// Record a requested fetch's progress (for the process that asked).
+    /// Record a requested fetch's progress (for the process that asked), if it is still requested.
     pub fn record_attachment_progress(&self, hash: &[u8; 32], done: u64, total: u64) -> Result<()> {
-        let inner = self.lock();
         let mut v = done.to_le_bytes().to_vec();
         v.extend_from_slice(&total.to_le_bytes());
-        inner.conn.execute(
-            "UPDATE meta SET value = ?2 WHERE key = ?1",
-            params![format!("local:fetch:{}", crate::crdt::value::hex(hash)), v],
-        )?;
+        let key = format!("local:{}", fetch_key(hash));
+        self.lock().conn.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, v])?;
         Ok(())
     }
 
     /// End a requested fetch: done (`failure` is `None`) or failed with a reason.
     pub fn end_attachment_request(&self, hash: &[u8; 32], failure: Option<&str>) -> Result<()> {
-        let inner = self.lock();
-        let hex = crate::crdt::value::hex(hash);
-        inner.conn.execute("DELETE FROM meta WHERE key = ?1", params![format!("local:fetch:{hex}")])?;
+        self.remove_local_value(&fetch_key(hash))?;
         if let Some(reason) = failure {
-            inner.conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
-                params![format!("local:fetch-failed:{hex}"), reason.as_bytes()],
-            )?;
+            self.set_local_value(&fetch_failed_key(hash), reason.as_bytes())?;
         }
         Ok(())
     }
@@ -428,12 +446,10 @@ impl Store {
         if self.attachment_len(hash)?.is_some() {
             return Ok(AttachmentRequest::Stored);
         }
-        let hex = crate::crdt::value::hex(hash);
-        let inner = self.lock();
-        if let Some(reason) = meta_get(&inner.conn, &format!("local:fetch-failed:{hex}"))? {
+        if let Some(reason) = self.local_value(&fetch_failed_key(hash))? {
             return Ok(AttachmentRequest::Failed(String::from_utf8_lossy(&reason).into_owned()));
         }
-        match meta_get(&inner.conn, &format!("local:fetch:{hex}"))? {
+        match self.local_value(&fetch_key(hash))? {
             None => Ok(AttachmentRequest::None),
             Some(v) if v.len() == 16 => {
                 let done = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
@@ -564,16 +580,7 @@ impl Store {
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Json>> {
         check_collection(collection)?;
         check_doc_id(id)?;
-        let inner = self.lock();
-        let text: Option<Option<String>> = inner
-            .conn
-            .prepare_cached("SELECT view FROM docs WHERE collection = ?1 AND id = ?2")?
-            .query_row(params![collection, id], |r| r.get(0))
-            .optional()?;
-        match text.flatten() {
-            None => Ok(None),
-            Some(t) => Ok(Some(serde_json::from_str(&t).map_err(|e| Error::Corrupt(e.to_string()))?)),
-        }
+        self.lock().stored_view("SELECT view FROM docs WHERE collection = ?1 AND id = ?2", params![collection, id])
     }
 
     /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
@@ -661,23 +668,13 @@ impl Store {
 
     /// The changes this store holds that a store with `summary` lacks, in an order that applies cleanly.
     pub fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
-        let mut inner = self.lock();
-        inner.refresh()?;
-        let mut stmt = inner.conn.prepare_cached(
-            "SELECT c.peer, c.start, c.end, d.collection, d.id, c.body FROM changes c JOIN docs d ON d.doc = c.doc ORDER BY c.seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let (peer, start, end) = (PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
-            if summary.contains(peer, start, end) {
-                continue;
-            }
-            let body: Vec<u8> = r.get(5)?;
-            let change = crate::crdt::change::Change::decode(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
-            out.push(DocChange { collection: r.get(3)?, doc_id: r.get(4)?, change });
-        }
-        Ok(out)
+        self.log_missing(summary, &Summary::new(), usize::MAX)?
+            .into_iter()
+            .map(|e| {
+                let change = crate::crdt::change::Change::decode(&e.body).map_err(|err| Error::Corrupt(err.to_string()))?;
+                Ok(DocChange { collection: e.collection, doc_id: e.doc_id, change })
+            })
+            .collect()
     }
 
     /// Apply changes received from other stores, in one transaction. Idempotent and order-independent: duplicates

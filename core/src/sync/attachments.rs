@@ -240,11 +240,11 @@ impl Attachments {
             self.serving.remove(&(link, request));
             return Ok(Some(Message::AttachmentUnavailable { request }));
         }
-        let msg = Message::AttachmentChunk { request, offset: serve.next, total: serve.total, data: data.clone() };
+        let (offset, total) = (serve.next, serve.total);
         serve.next += data.len() as u64;
-        if serve.next >= serve.total || data.is_empty() {
+        if serve.next >= total || data.is_empty() {
             self.serving.remove(&(link, request));
         }
-        Ok(Some(msg))
+        Ok(Some(Message::AttachmentChunk { request, offset, total, data }))
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! add_link → on_frame(link, bytes)* → poll_frame(link) → … → remove_link
-//!                 store_changed() after every commit; poll_event() for what happened
+//!     tick(now) about once a second; poll_event() for what happened
+//!     (after a commit, poll_frame again: each call finds what the peer lacks from the store itself)
 //! ```
 //!
 //! **Multi-hop.** The interest a device declares to a neighbour is its own subscriptions plus those of its other
@@ -334,12 +335,6 @@ impl Engine {
             _ => {}
         }
         Ok(())
-    }
-
-    /// The store committed something (local write, another link's changes, another process): sessions look for
-    /// what their peers lack. Cheap; the work happens in [`Engine::poll_frame`].
-    pub fn store_changed(&mut self) {
-        // Nothing to do eagerly: every pump recomputes from the store.
     }
 
     /// Change this device's own subscriptions.

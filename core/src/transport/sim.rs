@@ -533,7 +533,6 @@ impl SimWorld {
     /// Edit a device's store (any writes through `f`); its links are then offered a chance to send.
     pub fn edit<R>(&mut self, device: DeviceId, f: impl FnOnce(&Store) -> R) -> R {
         let r = f(self.devices[device].engine.store());
-        self.devices[device].engine.store_changed();
         self.dirty.insert(device);
         self.settle();
         r

@@ -85,15 +85,19 @@ fn run(a: &mut Engine, la: LinkId, b: &mut Engine, lb: LinkId) -> Flights {
     let mut a_turn = true;
     let mut idle = 0;
     while idle < 2 {
-        let (from, lf, to, lt) = if a_turn { (&mut *a, la, &mut *b, lb) } else { (&mut *b, lb, &mut *a, la) };
         let mut frames = Vec::new();
-        while let Some(fr) = from.poll_frame(lf) {
-            frames.push(fr);
+        {
+            let (from, lf) = if a_turn { (&mut *a, la) } else { (&mut *b, lb) };
+            while let Some(fr) = from.poll_frame(lf) {
+                frames.push(fr);
+            }
         }
         if frames.is_empty() {
             idle += 1;
         } else {
             idle = 0;
+            // A flight is part of the handshake until both sides had a session before it left.
+            let handshaking = a.links().is_empty() || b.links().is_empty();
             // Frames travel with a 4-byte length prefix on a stream transport.
             let n: usize = frames.iter().map(|fr| fr.len() + 4).sum();
             if a_turn {
@@ -101,10 +105,11 @@ fn run(a: &mut Engine, la: LinkId, b: &mut Engine, lb: LinkId) -> Flights {
             } else {
                 f.b_to_a += n;
             }
+            let (to, lt) = if a_turn { (&mut *b, lb) } else { (&mut *a, la) };
             for fr in frames {
                 to.on_frame(lt, &fr);
             }
-            if f.handshake_flights == f.flights + f.handshake_flights && (a.links().is_empty() || b.links().is_empty() || f.handshake_flights < 3) {
+            if handshaking {
                 f.handshake_flights += 1;
             } else {
                 f.flights += 1;
