@@ -1,3 +1,32 @@
-//! The UniFFI surface of `shoaldb` lands here with the bindings issue; for now it only re-exports the core so the
-//! workspace layout is final.
-pub use shoaldb;
+//! The UniFFI surface of [`shoaldb`]: what Kotlin and Swift apps call.
+//!
+//! Thin by design: every function here converts foreign-friendly records into the core's types, calls the core,
+//! and converts back. Nothing is re-implemented. The shapes follow what foreign callers handle well:
+//! - documents cross as JSON text (parsed with the app's own JSON library, or `Codable` in Swift);
+//! - typed field values and edits cross as small enums ([`FieldValue`], [`Edit`], [`WriteOp`]);
+//! - every error is one [`ShoalError`], and a Rust panic becomes [`ShoalError::Internal`], never a crash;
+//! - observers, presence, attachment progress and logging are foreign traits the app implements;
+//! - long operations (batched writes, sync start/stop, attachment files and fetches) are `async` (Kotlin `suspend`,
+//!   Swift `async`) and run on the store's own tokio runtime, so they never block the caller's thread.
+
+mod callbacks;
+mod collection;
+mod error;
+mod logger;
+mod store;
+mod values;
+
+pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, ObserverHandle, PresenceObserver};
+pub use collection::Collection;
+pub use error::ShoalError;
+pub use logger::{set_logger, LogLevel, ShoalLogger};
+pub use store::{Peer, Store, StoreConfig, SyncConfig, Transport};
+pub use values::{AttachmentToken, ChangeEvent, Edit, FieldValue, Query, SortKey, WriteOp};
+
+uniffi::setup_scaffolding!();
+
+/// The version of the Shoal library (the Rust core inside this binding).
+#[uniffi::export]
+pub fn shoal_version() -> String {
+    shoaldb::VERSION.to_string()
+}

@@ -1,0 +1,559 @@
+//! The store object: open/close, atomic writes, attachments, and sync (start/stop, subscriptions, presence).
+
+use crate::callbacks::{report, AttachmentProgress, ObserverHandle, PresenceObserver};
+use crate::collection::Collection;
+use crate::error::{guard, panic_message, ShoalError};
+use crate::values::{fields_value, invalid, AttachmentToken, Prepared, WriteOp};
+use shoaldb::security::AppSecret;
+use shoaldb::sync::{Subscription, TransportKind};
+use shoaldb::{Node, NodeConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::watch;
+
+/// How a store opens.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct StoreConfig {
+    /// The database file (created if missing), e.g. in the app's no-backup files directory.
+    pub path: String,
+    /// This device's name, shown to the other devices (e.g. "Ana's phone").
+    pub device_name: String,
+    /// The secret every device of the app shares: only devices holding it can sync with each other. Ship it with
+    /// the app or provision it; any length (it is stretched into a key).
+    pub app_secret: String,
+    /// How this device syncs (used by `startSync`).
+    #[uniffi(default)]
+    pub sync: SyncConfig,
+}
+
+/// How a device finds and connects to the others.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct SyncConfig {
+    /// Where to accept connections, `IP:port` (port 0: any free port). `None`: nowhere, unless `mdns` is on,
+    /// which listens on every interface.
+    #[uniffi(default)]
+    pub listen: Option<String>,
+    /// Advertise and discover devices of the same app on the local network (mDNS / Bonjour).
+    #[uniffi(default = true)]
+    pub mdns: bool,
+    /// Addresses (`IP:port`) to dial, and dial again whenever the link is lost.
+    #[uniffi(default)]
+    pub peers: Vec<String>,
+    /// What this device wants: `"tasks"` (a whole collection), `"tasks:done == false"` (a filter) or `"*"`.
+    /// `None`: everything.
+    #[uniffi(default)]
+    pub subscriptions: Option<Vec<String>>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> SyncConfig {
+        SyncConfig { listen: None, mdns: true, peers: Vec::new(), subscriptions: None }
+    }
+}
+
+/// How a device is reached (the first hop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Transport {
+    /// The local network (TCP).
+    Lan,
+    /// Bluetooth LE.
+    Bluetooth,
+    /// An in-process link (tests).
+    Memory,
+}
+
+/// A device this device can reach, directly or through others.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Peer {
+    /// The device's stable id (its public key, 64 hex digits).
+    pub device_id: String,
+    /// The name the device gave itself.
+    pub name: String,
+    /// 1 when directly connected, more through other devices.
+    pub hops: u32,
+    /// How the first hop is made.
+    pub transport: Transport,
+}
+
+/// One device's database. Open it once per file and keep it for the app's lifetime. `shutdown()` stops sync and
+/// closes it, waiting for both; freeing the object (Kotlin: `close()` or `use {}`, it is `AutoCloseable`; Swift: the
+/// last reference going away) does the same in the background. Its collections stop working with it.
+#[derive(uniffi::Object)]
+pub struct Store {
+    open: RwLock<Option<Arc<Open>>>,
+}
+
+/// An open store: the core store, its runtime and the sync node when started.
+pub(crate) struct Open {
+    pub(crate) store: shoaldb::Store,
+    name: String,
+    secret: AppSecret,
+    device_id: String,
+    sync: Mutex<SyncConfig>,
+    runtime: Mutex<Option<Runtime>>,
+    handle: Handle,
+    /// Serializes starting and stopping sync.
+    lifecycle: tokio::sync::Mutex<()>,
+    node: Mutex<Option<Node>>,
+    presence: watch::Sender<Vec<Peer>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn join_error(e: tokio::task::JoinError) -> ShoalError {
+    if e.is_panic() {
+        ShoalError::Internal(panic_message(&*e.into_panic()))
+    } else {
+        ShoalError::Closed
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, ShoalError> {
+    s.trim().parse().map_err(|_| invalid(format!("{s:?} is not an address of the form IP:port")))
+}
+
+fn parse_subscriptions(subs: &[String]) -> Result<Vec<Subscription>, ShoalError> {
+    subs.iter().map(|s| Subscription::parse(s).map_err(|e| invalid(format!("subscription {s:?}: {e}")))).collect()
+}
+
+fn meta_map(meta: HashMap<String, String>) -> BTreeMap<String, String> {
+    meta.into_iter().collect()
+}
+
+impl Open {
+    /// Runs `f` on the store's runtime and waits for it from any executor (the foreign caller's).
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl Future<Output = Result<T, ShoalError>> + Send + 'static,
+    ) -> Result<T, ShoalError> {
+        self.handle.spawn(f).await.map_err(join_error)?
+    }
+
+    /// Runs blocking store work on the runtime's blocking pool.
+    async fn run_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ShoalError> + Send + 'static,
+    ) -> Result<T, ShoalError> {
+        self.handle.spawn_blocking(move || guard(f)).await.map_err(join_error)?
+    }
+
+    fn node(&self) -> Option<Node> {
+        lock(&self.node).clone()
+    }
+
+    async fn start(self: Arc<Self>) -> Result<(), ShoalError> {
+        let _serial = self.lifecycle.lock().await;
+        if self.node().is_some() {
+            return Ok(());
+        }
+        let sync = lock(&self.sync).clone();
+        let mut config = NodeConfig::new(self.name.clone(), self.secret.clone()).with_mdns(sync.mdns);
+        if let Some(listen) = &sync.listen {
+            config = config.listen_on(parse_addr(listen)?);
+        }
+        for peer in &sync.peers {
+            config = config.connect_to(parse_addr(peer)?);
+        }
+        if let Some(subs) = &sync.subscriptions {
+            config = config.with_subscriptions(parse_subscriptions(subs)?);
+        }
+        let node = Node::start(self.store.clone(), config).await?;
+        let mut source = node.presence();
+        let sink = self.presence.clone();
+        tokio::spawn(async move {
+            loop {
+                let peers = source.borrow_and_update().iter().map(peer_of).collect();
+                sink.send_replace(peers);
+                if source.changed().await.is_err() {
+                    sink.send_replace(Vec::new());
+                    break;
+                }
+            }
+        });
+        log::info!("sync started for {} ({})", self.name, self.device_id);
+        *lock(&self.node) = Some(node);
+        Ok(())
+    }
+
+    async fn stop(self: Arc<Self>) {
+        let _serial = self.lifecycle.lock().await;
+        let node = lock(&self.node).take();
+        if let Some(node) = node {
+            node.shutdown().await;
+            self.presence.send_replace(Vec::new());
+        }
+    }
+
+    /// Stops sync and the runtime. `wait`: block until both are done (close); otherwise let them finish in the
+    /// background (drop).
+    fn shut_down(&self, wait: bool) {
+        let Some(runtime) = lock(&self.runtime).take() else { return };
+        let node = lock(&self.node).take();
+        let worker = std::thread::Builder::new().name("shoal-close".into()).spawn(move || {
+            if let Some(node) = node {
+                runtime.block_on(node.shutdown());
+            }
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        });
+        match worker {
+            Ok(w) if wait => {
+                let _ = w.join();
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("could not stop the store's runtime: {e}"),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shut_down(false);
+    }
+}
+
+fn peer_of(p: &shoaldb::sync::PeerPresence) -> Peer {
+    Peer {
+        device_id: p.device.to_hex(),
+        name: p.name.clone(),
+        hops: p.hops,
+        transport: match p.transport {
+            TransportKind::Lan => Transport::Lan,
+            TransportKind::Ble => Transport::Bluetooth,
+            TransportKind::Sim => Transport::Memory,
+        },
+    }
+}
+
+impl Store {
+    pub(crate) fn get(&self) -> Result<Arc<Open>, ShoalError> {
+        self.open.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(ShoalError::Closed)
+    }
+}
+
+#[uniffi::export]
+impl Store {
+    /// Open (or create) the store described by `config`. Sync does not start until `startSync`.
+    #[uniffi::constructor]
+    pub fn open(config: StoreConfig) -> Result<Arc<Store>, ShoalError> {
+        guard(|| {
+            let secret = AppSecret::from_bytes(config.app_secret.as_bytes())
+                .map_err(|e| invalid(format!("app secret: {e}")))?;
+            if config.device_name.trim().is_empty() {
+                return Err(invalid("the device name is empty"));
+            }
+            // Checked now, not at startSync, so a mistake shows where it was made.
+            if let Some(listen) = &config.sync.listen {
+                parse_addr(listen)?;
+            }
+            for peer in &config.sync.peers {
+                parse_addr(peer)?;
+            }
+            if let Some(subs) = &config.sync.subscriptions {
+                parse_subscriptions(subs)?;
+            }
+            let store = shoaldb::Store::open(&config.path)?;
+            let device_id = shoaldb::node::device_identity(&store)?.device_key().to_hex();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("shoal")
+                .enable_all()
+                .build()
+                .map_err(|e| ShoalError::Storage(format!("could not start the store's threads: {e}")))?;
+            let handle = runtime.handle().clone();
+            let open = Open {
+                store,
+                name: config.device_name,
+                secret,
+                device_id,
+                sync: Mutex::new(config.sync),
+                runtime: Mutex::new(Some(runtime)),
+                handle,
+                lifecycle: tokio::sync::Mutex::new(()),
+                node: Mutex::new(None),
+                presence: watch::channel(Vec::new()).0,
+            };
+            log::debug!("opened store {}", config.path);
+            Ok(Arc::new(Store { open: RwLock::new(Some(Arc::new(open))) }))
+        })
+    }
+
+    /// Stop sync and close the store, waiting for both. Every later call fails with `ShoalError.Closed`; calling it again does
+    /// nothing.
+    pub fn shutdown(&self) {
+        let open = self.open.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(open) = open {
+            open.shut_down(true);
+        }
+    }
+
+    /// The collection named `name` (any non-empty text of at most 512 bytes without control characters; it exists
+    /// once it has a document).
+    pub fn collection(self: Arc<Self>, name: String) -> Result<Arc<Collection>, ShoalError> {
+        guard(|| {
+            self.get()?;
+            shoaldb::store::check_collection(&name)?;
+            Ok(Arc::new(Collection::new(&self, name)))
+        })
+    }
+
+    /// The names of the collections that have documents.
+    pub fn collections(&self) -> Result<Vec<String>, ShoalError> {
+        guard(|| Ok(self.get()?.store.collections()?))
+    }
+
+    /// This device's stable id (its public key, 64 hex digits), as other devices see it in `peers`.
+    pub fn device_id(&self) -> Result<String, ShoalError> {
+        Ok(self.get()?.device_id.clone())
+    }
+
+    /// Apply `ops` atomically: all commit together or none does. Returns the id of each op's document.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<String>, ShoalError> {
+        let open = self.get()?;
+        let store = open.store.clone();
+        open.run_blocking(move || {
+            let mut prepared = Vec::with_capacity(ops.len());
+            for op in ops {
+                prepared.push(PreparedOp::new(op)?);
+            }
+            Ok(store.write(|txn| prepared.into_iter().map(|op| op.apply(txn)).collect::<shoaldb::Result<Vec<_>>>())?)
+        })
+        .await
+    }
+
+    // ---- attachments ----
+
+    /// Store `bytes` as an attachment and return its token (put it in a field with `FieldValue.Attachment`).
+    /// Storing the same bytes twice stores them once.
+    pub fn put_attachment(&self, bytes: Vec<u8>, meta: HashMap<String, String>) -> Result<AttachmentToken, ShoalError> {
+        guard(|| Ok(AttachmentToken::from_core(&self.get()?.store.put_attachment_bytes(&bytes, meta_map(meta))?)))
+    }
+
+    /// Store the file at `path` as an attachment, streaming it (any size).
+    pub async fn put_attachment_file(
+        &self,
+        path: String,
+        meta: HashMap<String, String>,
+    ) -> Result<AttachmentToken, ShoalError> {
+        let open = self.get()?;
+        let store = open.store.clone();
+        open.run_blocking(move || {
+            let file = std::fs::File::open(&path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+            Ok(AttachmentToken::from_core(&store.put_attachment(std::io::BufReader::new(file), meta_map(meta))?))
+        })
+        .await
+    }
+
+    /// Whether the attachment's bytes are on this device.
+    pub fn has_attachment(&self, token: AttachmentToken) -> Result<bool, ShoalError> {
+        guard(|| Ok(self.get()?.store.has_attachment(&token.into_core()?)?))
+    }
+
+    /// The attachment's bytes, if they are on this device (`ShoalError.NotFound` otherwise: fetch it first).
+    pub fn attachment_bytes(&self, token: AttachmentToken) -> Result<Vec<u8>, ShoalError> {
+        guard(|| Ok(self.get()?.store.attachment_bytes(&token.into_core()?)?))
+    }
+
+    /// Write the attachment's bytes (verified against the hash) to the file at `path`, replacing it.
+    pub async fn save_attachment(&self, token: AttachmentToken, path: String) -> Result<(), ShoalError> {
+        let open = self.get()?;
+        let store = open.store.clone();
+        open.run_blocking(move || {
+            let mut reader = store.open_attachment(&token.into_core()?)?;
+            let tmp = format!("{path}.shoal-partial");
+            let io = |e: std::io::Error| ShoalError::Storage(format!("cannot write {path}: {e}"));
+            let mut out = std::fs::File::create(&tmp).map_err(io)?;
+            std::io::copy(&mut reader, &mut out).map_err(io)?;
+            out.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Fetch the attachment's bytes from the devices in reach (directly or through others), reporting progress.
+    /// Returns at once if they are already here. Needs sync to be running; fails with
+    /// `ShoalError.AttachmentUnavailable` when no reachable device has them.
+    pub async fn fetch_attachment(
+        &self,
+        token: AttachmentToken,
+        progress: Option<Arc<dyn AttachmentProgress>>,
+    ) -> Result<(), ShoalError> {
+        let open = self.get()?;
+        let token = token.into_core()?;
+        if open.store.has_attachment(&token)? {
+            if let Some(p) = &progress {
+                report("attachment progress", p.on_progress(token.len, token.len));
+            }
+            return Ok(());
+        }
+        let node = open.node().ok_or_else(|| ShoalError::Sync("sync is not running: call startSync first".into()))?;
+        open.run(async move {
+            node.fetch_attachment(&token, move |done, total| {
+                if let Some(p) = &progress {
+                    report("attachment progress", p.on_progress(done, total));
+                }
+            })
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- sync ----
+
+    /// Start syncing with the configured settings: listen, discover (mDNS) and dial. Does nothing if running.
+    pub async fn start_sync(&self) -> Result<(), ShoalError> {
+        let open = self.get()?;
+        open.clone().run(open.start()).await
+    }
+
+    /// Stop syncing: close every link cleanly. The store stays open; `startSync` starts again.
+    pub async fn stop_sync(&self) -> Result<(), ShoalError> {
+        let open = self.get()?;
+        open.clone().run(async move {
+            open.stop().await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether sync is running.
+    pub fn is_syncing(&self) -> bool {
+        self.get().map(|o| o.node().is_some()).unwrap_or(false)
+    }
+
+    /// The address other devices can dial (`IP:port`), while sync is running and listening.
+    pub fn listen_address(&self) -> Option<String> {
+        self.get().ok()?.node()?.listen_addr().map(|a| a.to_string())
+    }
+
+    /// Dial `address` (`IP:port`) now if sync is running, and on every later start; it is dialled again whenever
+    /// the link is lost.
+    pub fn connect(&self, address: String) -> Result<(), ShoalError> {
+        guard(|| {
+            let open = self.get()?;
+            let addr = parse_addr(&address)?;
+            lock(&open.sync).peers.push(address);
+            if let Some(node) = open.node() {
+                let _rt = open.handle.enter();
+                node.connect(addr);
+            }
+            Ok(())
+        })
+    }
+
+    /// Replace what this device wants from the others (see `SyncConfig.subscriptions`); takes effect at once.
+    pub fn set_subscriptions(&self, subscriptions: Vec<String>) -> Result<(), ShoalError> {
+        guard(|| {
+            let open = self.get()?;
+            let parsed = parse_subscriptions(&subscriptions)?;
+            lock(&open.sync).subscriptions = Some(subscriptions);
+            if let Some(node) = open.node() {
+                let _rt = open.handle.enter();
+                node.set_subscriptions(parsed);
+            }
+            Ok(())
+        })
+    }
+
+    /// The devices this device can reach now (empty while sync is stopped).
+    pub fn peers(&self) -> Vec<Peer> {
+        self.get().map(|o| o.presence.borrow().clone()).unwrap_or_default()
+    }
+
+    /// Call `observer` with the reachable devices now and whenever they change, until the handle is cancelled.
+    pub fn observe_presence(&self, observer: Arc<dyn PresenceObserver>) -> Result<Arc<ObserverHandle>, ShoalError> {
+        let open = self.get()?;
+        let mut rx = open.presence.subscribe();
+        let task = open.handle.spawn(async move {
+            loop {
+                let peers = rx.borrow_and_update().clone();
+                report("presence observer", observer.on_presence(peers));
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Arc::new(ObserverHandle::task(task.abort_handle())))
+    }
+}
+
+/// A [`WriteOp`] with its values converted, so that only the core's own errors can happen inside the transaction.
+enum PreparedOp {
+    Upsert { collection: String, json: serde_json::Value },
+    Put { collection: String, id: Option<String>, fields: shoaldb::Value },
+    Update { collection: String, id: String, edits: Vec<Prepared> },
+    Remove { collection: String, id: String },
+}
+
+impl PreparedOp {
+    fn new(op: WriteOp) -> Result<PreparedOp, ShoalError> {
+        Ok(match op {
+            WriteOp::Upsert { collection, json } => PreparedOp::Upsert { collection, json: crate::values::parse_json(&json)? },
+            WriteOp::Put { collection, id, fields } => PreparedOp::Put { collection, id, fields: fields_value(fields)? },
+            WriteOp::Update { collection, id, edits } => {
+                PreparedOp::Update { collection, id, edits: edits.into_iter().map(Prepared::new).collect::<Result<_, _>>()? }
+            }
+            WriteOp::Remove { collection, id } => PreparedOp::Remove { collection, id },
+        })
+    }
+
+    fn apply(self, txn: &mut shoaldb::WriteTxn<'_>) -> shoaldb::Result<String> {
+        match self {
+            PreparedOp::Upsert { collection, json } => txn.upsert(&collection, json),
+            PreparedOp::Put { collection, id, fields } => txn.upsert_value(&collection, id.as_deref(), fields),
+            PreparedOp::Update { collection, id, edits } => {
+                txn.update(&collection, &id, |doc| Prepared::apply_all(edits, doc))?;
+                Ok(id)
+            }
+            PreparedOp::Remove { collection, id } => {
+                txn.remove(&collection, &id)?;
+                Ok(id)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, name: &str) -> StoreConfig {
+        StoreConfig {
+            path: dir.join(format!("{name}.db")).to_string_lossy().into_owned(),
+            device_name: name.into(),
+            app_secret: "test secret".into(),
+            sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, ..SyncConfig::default() },
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = config(dir.path(), "a");
+        c.sync.peers = vec!["localhost".into()];
+        assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(m)) if m.contains("IP:port")));
+        let mut c = config(dir.path(), "a");
+        c.app_secret = String::new();
+        assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(_))));
+        let mut c = config(dir.path(), "a");
+        c.sync.subscriptions = Some(vec!["tasks:done ==".into()]);
+        assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn a_closed_store_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(config(dir.path(), "a")).expect("open");
+        store.shutdown();
+        store.shutdown();
+        assert!(matches!(store.collections(), Err(ShoalError::Closed)));
+        assert!(matches!(store.clone().collection("tasks".into()), Err(ShoalError::Closed)));
+    }
+}

@@ -1,0 +1,76 @@
+// Runs every scenario, printing its name and result, and ends with `N passed, M failed` (exit 1 on any failure).
+// Built by bindings/swift/test.sh against module ShoalDB (the generated bindings + ios/Sources/ShoalDB).
+
+import Foundation
+import ShoalDB
+
+Shoal.installDefaultLogger(level: .warn)
+
+func readmeTest() async throws {
+    let dir = try makeTempDir("readme")
+    defer { removeTempDir(dir) }
+    let printed = try await readmeExample(directory: dir)
+    try expectEqual(printed, [#"["Buy oat milk"]"#, "1 todos"])
+}
+
+let tests: [(String, () async throws -> Void)] = [
+    ("open a store", testOpenStore),
+    ("registers: string, int, double, bool, bytes, JSON", testRegisters),
+    ("counter", testCounter),
+    ("text: insert, delete, splice", testText),
+    ("nested maps and dotted paths", testNestedMaps),
+    ("arrays: push, insert, delete, items[0].done", testArrays),
+    ("attachment field", testAttachmentField),
+    ("atomic multi-document write", testAtomicWrite),
+    ("write builder on the main actor", testWriteFromMainActor),
+    ("query: filter, params, sort, limit", testQuery),
+    ("observer as AsyncSequence", testObserver),
+    ("Codable round trip", testCodable),
+    ("errors: InvalidArgument, NotFound, Closed", testErrors),
+    ("logging through a Swift logger", testLogging),
+    ("two stores sync over loopback and converge", testSyncConverges),
+    ("presence shows the other device over LAN", testPresence),
+    ("attachment fetched over sync with progress", testAttachmentOverSync),
+    ("README example", readmeTest),
+]
+
+/// Per test: generous for a slow shared machine (the tests' own waits are 30 s each).
+let perTestTimeout: TimeInterval = 180
+let only = CommandLine.arguments.dropFirst().first
+
+var passed = 0
+var failed = 0
+let suiteStart = Date()
+for (name, body) in tests {
+    if let only, !name.localizedCaseInsensitiveContains(only) { continue }
+    print("TEST \(name) ...")
+    let start = Date()
+    let outcome = Locked<Result<Void, Error>?>(nil)
+    let task = Task {
+        do {
+            try await body()
+            outcome.mutate { $0 = .success(()) }
+        } catch {
+            outcome.mutate { $0 = .failure(error) }
+        }
+    }
+    while outcome.get() == nil && Date().timeIntervalSince(start) < perTestTimeout {
+        await sleep(ms: 20)
+    }
+    let seconds = String(format: "%.2f", Date().timeIntervalSince(start))
+    switch outcome.get() {
+    case .success?:
+        passed += 1
+        print("PASS \(name) (\(seconds) s)")
+    case .failure(let error)?:
+        failed += 1
+        print("FAIL \(name) (\(seconds) s): \(error)")
+    case nil:
+        task.cancel()
+        failed += 1
+        print("FAIL \(name): timed out after \(Int(perTestTimeout)) s")
+    }
+}
+print(String(format: "swift tests took %.1f s", Date().timeIntervalSince(suiteStart)))
+print("\(passed) passed, \(failed) failed")
+exit(failed == 0 && passed > 0 ? 0 : 1)

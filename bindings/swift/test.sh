@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Builds and tests the Swift bindings on Linux (as root): the host builds libshoaldb_ffi.so and generates the Swift
+# bindings; a Debian trixie chroot with Swift 6 (bindings/swift/chroot.sh, cached under /var/cache) compiles the
+# module ShoalDB (generated ShoalDB.swift + ios/Sources/ShoalDB/*.swift), the test runner (Tests/, importing
+# ShoalDB as an app would) and the mesh peer (MeshPeer/), then runs the tests. Idempotent; run from anywhere.
+#
+#   bindings/swift/test.sh               build, then run every test (exit 1 if any fails)
+#   bindings/swift/test.sh FILTER        build, then run the tests whose name contains FILTER
+#   bindings/swift/test.sh --build-only  build only (e.g. for a mesh script), then print the chroot's path
+#
+# Everything lands in $ROOT/work/shoal (recreated each run; ROOT = the chroot, printed by chroot.sh):
+#   lib/libshoaldb_ffi.so, lib/libShoalDB.so   the Rust library and the Swift module (binaries find them by rpath)
+#   ShoalTests                                 the test runner
+#   MeshPeer                                   usage: MeshPeer DB NAME SECRET LISTEN [CONNECT...]
+#
+# Running the mesh peer yourself after --build-only (paths are inside the chroot; loopback is shared with the
+# host). swiftc needs proc mounted in the chroot; the built programs were checked to run without it (their rpath
+# names /work/shoal/lib, so LD_LIBRARY_PATH is optional too), but mounting it costs nothing:
+#   ROOT=$(bindings/swift/test.sh --build-only)
+#   mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+#   mkdir -p "$ROOT/tmp/mesh"
+#   chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LD_LIBRARY_PATH=/work/shoal/lib \
+#       /work/shoal/MeshPeer /tmp/mesh/swift.db swift SECRET 127.0.0.1:7402 127.0.0.1:7401
+#   # ... its dump is "$ROOT/tmp/mesh/swift.db.dump"; touch "$ROOT/tmp/mesh/swift.db.stop" to end it ...
+#   umount "$ROOT/proc"
+#
+# Environment: SHOAL_SWIFT_CHROOT (the chroot's path, see chroot.sh), CARGO_TARGET_DIR.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+build_only=0
+filter=()
+case "${1:-}" in
+  --build-only) build_only=1 ;;
+  -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+  "") ;;
+  *) filter=("$1") ;;
+esac
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: needs root (chroot, mount)" >&2
+  exit 1
+fi
+
+root="$("$here/chroot.sh")"
+target="${CARGO_TARGET_DIR:-$repo/target}"
+gen="$target/uniffi/swift"
+work_in="/work/shoal"            # inside the chroot
+work="$root$work_in"             # the same, seen from the host
+
+echo "== building libshoaldb_ffi.so (host)" >&2
+(cd "$repo" && cargo build --locked -q -p shoaldb-ffi)
+lib="$target/debug/libshoaldb_ffi.so"
+
+echo "== generating the Swift bindings into $gen" >&2
+rm -rf "$gen"
+mkdir -p "$gen"
+(cd "$repo" && cargo run --locked -q -p uniffi-bindgen -- generate --library "$lib" --language swift \
+  --out-dir "$gen" --no-format)
+
+rm -rf "$work"
+mkdir -p "$work/gen" "$work/lib" "$work/src" "$work/tests" "$work/meshpeer" "$work/build"
+cp "$gen/ShoalDB.swift" "$gen/ShoalDBFFI.h" "$gen/ShoalDBFFI.modulemap" "$work/gen/"
+cp "$lib" "$work/lib/"
+cp "$repo"/ios/Sources/ShoalDB/*.swift "$work/src/"
+cp "$here"/Tests/*.swift "$work/tests/"
+cp "$here"/MeshPeer/*.swift "$work/meshpeer/"
+
+# swiftc needs /proc inside the chroot (to find libswiftCore.so). Unmount only what this run mounted.
+if ! mountpoint -q "$root/proc"; then
+  mount -t proc proc "$root/proc"
+  trap 'umount "$root/proc" 2>/dev/null || umount -l "$root/proc" 2>/dev/null || true' EXIT
+fi
+
+in_chroot() {
+  chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
+    LD_LIBRARY_PATH="$work_in/lib" "$@"
+}
+
+# Every compile sees the C module of the generated bindings; binaries find lib/ by rpath.
+common=(-swift-version 6 -module-cache-path "$work_in/build/module-cache"
+  -I "$work_in/gen" -Xcc "-fmodule-map-file=$work_in/gen/ShoalDBFFI.modulemap")
+
+echo "== compiling module ShoalDB ($(in_chroot swiftc --version 2>/dev/null | head -1))" >&2
+in_chroot sh -c "cd $work_in && swiftc ${common[*]} -parse-as-library -module-name ShoalDB \
+  -emit-library -o lib/libShoalDB.so -emit-module -emit-module-path build/ShoalDB.swiftmodule \
+  gen/ShoalDB.swift src/*.swift -L lib -lshoaldb_ffi -Xlinker -rpath -Xlinker '\$ORIGIN'"
+
+echo "== compiling the tests and the mesh peer" >&2
+for program in ShoalTests:tests MeshPeer:meshpeer; do
+  name="${program%%:*}" dir="${program##*:}"
+  in_chroot sh -c "cd $work_in && swiftc ${common[*]} -I build -module-name $name $dir/*.swift -o $name \
+    -L lib -lShoalDB -lshoaldb_ffi -Xlinker -rpath -Xlinker '\$ORIGIN/lib' -Xlinker -rpath -Xlinker $work_in/lib"
+done
+
+if [ "$build_only" = 1 ]; then
+  echo "== built $work/ShoalTests and $work/MeshPeer" >&2
+  echo "$root"
+  exit 0
+fi
+
+echo "== running the Swift tests" >&2
+in_chroot "$work_in/ShoalTests" "${filter[@]}"

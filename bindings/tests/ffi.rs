@@ -1,0 +1,206 @@
+//! The FFI surface driven from Rust the way the generated Kotlin and Swift drive it: async calls awaited on a
+//! foreign executor (here a separate current-thread runtime, not the store's), callbacks as trait objects.
+
+use shoaldb_ffi::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn config(dir: &std::path::Path, name: &str) -> StoreConfig {
+    StoreConfig {
+        path: dir.join(format!("{name}.db")).to_string_lossy().into_owned(),
+        device_name: name.into(),
+        app_secret: "ffi test secret".into(),
+        sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, peers: Vec::new(), subscriptions: None },
+    }
+}
+
+/// The caller's executor: not the store's runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<ChangeEvent>>);
+
+impl CollectionObserver for Events {
+    fn on_change(&self, event: ChangeEvent) -> Result<(), CallbackError> {
+        self.0.lock().expect("lock").push(event);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Progress(Mutex<Vec<(u64, u64)>>);
+
+impl AttachmentProgress for Progress {
+    fn on_progress(&self, done: u64, total: u64) -> Result<(), CallbackError> {
+        self.0.lock().expect("lock").push((done, total));
+        Ok(())
+    }
+}
+
+struct Failing;
+
+impl CollectionObserver for Failing {
+    fn on_change(&self, _: ChangeEvent) -> Result<(), CallbackError> {
+        Err(CallbackError::Failed { reason: "app bug".into() })
+    }
+}
+
+#[test]
+fn every_field_type_through_the_ffi() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let tasks = store.clone().collection("tasks".into()).expect("collection");
+    let token = store.put_attachment(b"hello".to_vec(), HashMap::from([("name".into(), "a.txt".into())])).expect("put");
+    let id = tasks
+        .put(
+            None,
+            HashMap::from([
+                ("title".into(), FieldValue::String { value: "Buy milk".into() }),
+                ("n".into(), FieldValue::Counter { initial: 2 }),
+                ("notes".into(), FieldValue::Text { initial: "ab".into() }),
+                ("meta".into(), FieldValue::Map { json: r#"{"a":{"b":1}}"#.into() }),
+                ("items".into(), FieldValue::Array { json: r#"[{"done":false}]"#.into() }),
+                ("file".into(), FieldValue::Attachment { token: token.clone() }),
+            ]),
+        )
+        .expect("put fields");
+    tasks
+        .update(
+            id.clone(),
+            vec![
+                Edit::Increment { path: "n".into(), by: 3 },
+                Edit::TextSplice { path: "notes".into(), index: 1, length: 1, text: "XY".into() },
+                Edit::Set { path: "meta.a.c".into(), value: FieldValue::Bool { value: true } },
+                Edit::Set { path: "items[0].done".into(), value: FieldValue::Bool { value: true } },
+                Edit::ArrayPush { path: "items".into(), items: vec![FieldValue::Int { value: 7 }] },
+            ],
+        )
+        .expect("update");
+    let doc: serde_json::Value = serde_json::from_str(&tasks.get(id.clone()).expect("get").expect("exists")).expect("json");
+    assert_eq!(doc["n"], 5);
+    assert_eq!(doc["notes"], "aXY");
+    assert_eq!(doc["meta"], serde_json::json!({"a": {"b": 1, "c": true}}));
+    assert_eq!(doc["items"], serde_json::json!([{"done": true}, 7]));
+    assert_eq!(tasks.attachment(id.clone(), "file".into()).expect("token"), Some(token.clone()));
+    assert_eq!(store.attachment_bytes(token).expect("bytes"), b"hello");
+    assert_eq!(tasks.get_field(id.clone(), "meta.a.b".into()).expect("field").as_deref(), Some("1"));
+
+    // A type mismatch is refused and changes nothing.
+    let before = tasks.get(id.clone()).expect("get");
+    let err = tasks.update(id.clone(), vec![Edit::Increment { path: "notes".into(), by: 1 }]);
+    assert!(matches!(err, Err(ShoalError::InvalidArgument(_))), "{err:?}");
+    assert_eq!(tasks.get(id).expect("get"), before);
+    assert!(matches!(tasks.update("nope".into(), vec![]), Err(ShoalError::NotFound(_))));
+    store.shutdown();
+}
+
+#[test]
+fn an_atomic_write_commits_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let ids = block_on(store.write(vec![
+        WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"x","v":1}"#.into() },
+        WriteOp::Put { collection: "b".into(), id: Some("y".into()), fields: HashMap::from([("c".into(), FieldValue::Counter { initial: 1 })]) },
+        WriteOp::Update { collection: "b".into(), id: "y".into(), edits: vec![Edit::Increment { path: "c".into(), by: 1 }] },
+    ]))
+    .expect("write");
+    assert_eq!(ids, ["x", "y", "y"]);
+    let failed = block_on(store.write(vec![
+        WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"z"}"#.into() },
+        WriteOp::Update { collection: "b".into(), id: "missing".into(), edits: vec![] },
+    ]));
+    assert!(matches!(failed, Err(ShoalError::NotFound(_))), "{failed:?}");
+    let a = store.clone().collection("a".into()).expect("collection");
+    assert_eq!(a.get("z".into()).expect("get"), None, "nothing of a failed write is kept");
+    assert_eq!(store.clone().collection("b".into()).expect("b").get_field("y".into(), "c".into()).expect("c").as_deref(), Some("2"));
+    store.shutdown();
+}
+
+#[test]
+fn observers_see_the_current_result_first_then_changes_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let tasks = store.clone().collection("tasks".into()).expect("collection");
+    tasks.upsert(r#"{"_id":"1","done":false}"#.into()).expect("upsert");
+    let events = Arc::new(Events::default());
+    let handle = tasks.observe(Query { filter: Some("done == false".into()), ..Query::default() }, events.clone()).expect("observe");
+    let _failing = tasks.observe(Query::default(), Arc::new(Failing)).expect("a failing observer is only logged");
+    tasks.upsert(r#"{"_id":"2","done":false}"#.into()).expect("upsert");
+    tasks.upsert(r#"{"_id":"1","done":true}"#.into()).expect("upsert");
+    handle.cancel();
+    tasks.upsert(r#"{"_id":"3","done":false}"#.into()).expect("upsert");
+    let events = events.0.lock().expect("lock").clone();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].results.len(), 1);
+    assert_eq!(events[0].inserted, events[0].results);
+    assert!(events[1].inserted[0].contains("\"_id\":\"2\""));
+    assert_eq!(events[2].removed, ["1"]);
+    store.shutdown();
+}
+
+#[test]
+fn two_stores_sync_over_loopback_and_fetch_an_attachment_with_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Store::open(config(dir.path(), "a")).expect("open a");
+    let b = Store::open(config(dir.path(), "b")).expect("open b");
+    block_on(a.start_sync()).expect("start a");
+    let addr = a.listen_address().expect("a listens");
+    b.connect(addr).expect("connect");
+    block_on(b.start_sync()).expect("start b");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    let token = a.put_attachment(big.clone(), HashMap::new()).expect("attachment");
+    let ta = a.clone().collection("t".into()).expect("t");
+    let tb = b.clone().collection("t".into()).expect("t");
+    ta.put(Some("doc".into()), HashMap::from([("file".into(), FieldValue::Attachment { token: token.clone() })])).expect("put");
+    tb.upsert(r#"{"_id":"other","by":"b"}"#.into()).expect("upsert");
+    wait_until("both documents on both stores", || ta.all().map(|d| d.len() == 2).unwrap_or(false) && tb.all().map(|d| d.len() == 2).unwrap_or(false));
+    assert_eq!(ta.all().expect("all"), tb.all().expect("all"));
+    wait_until("presence", || b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Lan && p.hops == 1));
+    assert!(!b.has_attachment(token.clone()).expect("has"), "attachment bytes travel only on request");
+    let progress = Arc::new(Progress::default());
+    block_on(b.fetch_attachment(token.clone(), Some(progress.clone()))).expect("fetch");
+    assert_eq!(b.attachment_bytes(token.clone()).expect("bytes"), big);
+    let seen = progress.0.lock().expect("lock").clone();
+    assert_eq!(seen.last(), Some(&(big.len() as u64, big.len() as u64)), "{seen:?}");
+    let out = dir.path().join("out.bin");
+    block_on(b.save_attachment(token, out.to_string_lossy().into_owned())).expect("save");
+    assert_eq!(std::fs::read(out).expect("read"), big);
+    block_on(b.stop_sync()).expect("stop");
+    assert!(!b.is_syncing());
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn fetching_without_sync_or_after_shutdown_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Store::open(config(dir.path(), "a")).expect("open");
+    let token = AttachmentToken { hash: "00".repeat(32), length: 3, meta: HashMap::new() };
+    assert!(matches!(block_on(a.fetch_attachment(token.clone(), None)), Err(ShoalError::Sync(_))));
+    a.shutdown();
+    assert!(matches!(block_on(a.fetch_attachment(token, None)), Err(ShoalError::Closed)));
+    assert!(matches!(block_on(a.start_sync()), Err(ShoalError::Closed)));
+}
+
+#[test]
+fn collections_stop_working_when_their_store_is_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let tasks = store.clone().collection("tasks".into()).expect("collection");
+    tasks.upsert(r#"{"_id":"1"}"#.into()).expect("upsert");
+    drop(store);
+    assert!(matches!(tasks.get("1".into()), Err(ShoalError::Closed)));
+    let again = Store::open(config(dir.path(), "a")).expect("reopen");
+    assert!(again.clone().collection("tasks".into()).expect("collection").get("1".into()).expect("get").is_some(), "the write was kept");
+}
