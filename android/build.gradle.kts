@@ -12,7 +12,7 @@ import org.jetbrains.kotlin.gradle.dsl.JvmTarget
 
 plugins {
     id("com.android.library") version "8.7.3"
-    id("org.jetbrains.kotlin.android") version "2.1.21"
+    id("org.jetbrains.kotlin.android") version "2.4.21"
     `maven-publish`
 }
 
@@ -66,8 +66,8 @@ kotlin {
 dependencies {
     // `api`: the generated bindings expose JNA types, and the Kotlin API exposes Flow and suspend functions.
     // The @aar artifact carries JNA's libjnidispatch.so for each Android ABI (the plain jar only has desktop ones).
-    api("net.java.dev.jna:jna:5.15.0@aar")
-    api("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.10.2")
+    api("net.java.dev.jna:jna:5.19.1@aar")
+    api("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.11.0")
 }
 
 // Cross-compiles the Rust library for each ABI and generates the Kotlin bindings (see build-rust.sh).

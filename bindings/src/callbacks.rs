@@ -2,7 +2,8 @@
 
 use crate::store::Peer;
 use crate::values::ChangeEvent;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The error a callback may throw. Shoal logs it and carries on; it never reaches the operation that caused the
 /// callback. Any other exception thrown by a callback is turned into this one.
@@ -44,11 +45,12 @@ pub trait AttachmentProgress: Send + Sync {
 
 enum Registration {
     Observer(shoaldb::ObserverHandle),
-    Task(tokio::task::AbortHandle),
+    /// A task calling the observer; the flag is checked before each call.
+    Task(tokio::task::AbortHandle, Arc<AtomicBool>),
 }
 
 /// Keeps an observer registered. Call `cancel` (or close it: it is `AutoCloseable` in Kotlin) to stop it; no
-/// callback runs after `cancel` returns.
+/// callback starts after `cancel` returns (one already running on another thread may finish).
 #[derive(uniffi::Object)]
 pub struct ObserverHandle {
     registration: Mutex<Option<Registration>>,
@@ -59,8 +61,8 @@ impl ObserverHandle {
         ObserverHandle { registration: Mutex::new(Some(Registration::Observer(h))) }
     }
 
-    pub(crate) fn task(h: tokio::task::AbortHandle) -> ObserverHandle {
-        ObserverHandle { registration: Mutex::new(Some(Registration::Task(h))) }
+    pub(crate) fn task(h: tokio::task::AbortHandle, alive: Arc<AtomicBool>) -> ObserverHandle {
+        ObserverHandle { registration: Mutex::new(Some(Registration::Task(h, alive))) }
     }
 }
 
@@ -71,7 +73,10 @@ impl ObserverHandle {
         let taken = self.registration.lock().unwrap_or_else(|e| e.into_inner()).take();
         match taken {
             Some(Registration::Observer(h)) => h.cancel(),
-            Some(Registration::Task(h)) => h.abort(),
+            Some(Registration::Task(h, alive)) => {
+                alive.store(false, Ordering::Release);
+                h.abort();
+            }
             None => {}
         }
     }

@@ -471,16 +471,21 @@ impl Store {
     pub fn observe_presence(&self, observer: Arc<dyn PresenceObserver>) -> Result<Arc<ObserverHandle>, ShoalError> {
         let open = self.get()?;
         let mut rx = open.presence.subscribe();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let running = alive.clone();
         let task = open.handle.spawn(async move {
             loop {
                 let peers = rx.borrow_and_update().clone();
+                if !running.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
                 report("presence observer", observer.on_presence(peers));
                 if rx.changed().await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Arc::new(ObserverHandle::task(task.abort_handle())))
+        Ok(Arc::new(ObserverHandle::task(task.abort_handle(), alive)))
     }
 }
 

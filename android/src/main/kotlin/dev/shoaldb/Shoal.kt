@@ -1,0 +1,110 @@
+package dev.shoaldb
+
+import java.util.logging.Level
+import java.util.logging.Logger
+
+/**
+ * Entry point of the Kotlin API: open a store, install a logger.
+ *
+ * ```kotlin
+ * Shoal.installLogger()                       // java.util.logging, INFO and above
+ * val store = Shoal.open("/data/app.db", "Ana's phone", "app secret")
+ * store.use {                                 // Store is AutoCloseable
+ *     val tasks = it.collection("tasks")
+ *     tasks.upsert("""{"_id": "t1", "title": "Buy milk"}""")
+ * }
+ * ```
+ */
+object Shoal {
+    /** The version of the Shoal library (the Rust core inside the bindings). */
+    val version: String
+        get() = shoalVersion()
+
+    /**
+     * Opens (or creates) the store in the database file at [path]. Sync does not start until [Store.startSync].
+     *
+     * Keep the returned [Store] for as long as you use it or any [Collection] taken from it: a collection works
+     * only while its store is open. Close it when done:
+     * - [Store.close] (or `store.use { ... }`) releases this handle; the store then stops sync and closes the file
+     *   in the background;
+     * - [Store.shutdown] stops sync and closes the file before it returns (do it before reopening or deleting the
+     *   file). Every later call on the store or its collections throws [ShoalException.Closed].
+     *
+     * @param path the database file, created if missing (on Android, e.g. in the no-backup files directory).
+     * @param deviceName this device's name as the other devices see it.
+     * @param appSecret the secret every device of the app shares; only devices holding it sync with each other.
+     * @param sync how this device finds and connects to the others (used by [Store.startSync]).
+     * @throws ShoalException.InvalidArgument for an empty device name or secret, or a malformed address or
+     *   subscription in [sync]; [ShoalException.Storage] when the file cannot be opened.
+     */
+    @JvmStatic
+    @JvmOverloads
+    fun open(path: String, deviceName: String, appSecret: String, sync: SyncConfig = SyncConfig()): Store =
+        Store.open(StoreConfig(path = path, deviceName = deviceName, appSecret = appSecret, sync = sync))
+
+    /**
+     * Sends Shoal's log messages of [level] and more severe to [logger], replacing any logger installed before
+     * (there is one per process). Exceptions thrown by [logger] are swallowed, never passed back into Shoal.
+     *
+     * @param logger where the messages go; by default [JulLogger] (java.util.logging).
+     * @param level the most detailed level passed on; finer messages are dropped before they reach Kotlin.
+     */
+    @JvmStatic
+    @JvmOverloads
+    fun installLogger(logger: ShoalLogger = JulLogger(), level: LogLevel = LogLevel.INFO) {
+        setLogger(if (logger is SafeLogger) logger else SafeLogger(logger), level)
+    }
+}
+
+/**
+ * A [ShoalLogger] writing to java.util.logging (JUL), which works on any JVM and on Android.
+ *
+ * Each message goes to the JUL logger named after its Rust target, with `::` turned into `.` (for example
+ * `shoaldb.sync.engine`), so levels can be configured per module (`shoaldb.level = FINE`). Levels map as
+ * ERROR → SEVERE, WARN → WARNING, INFO → INFO, DEBUG → FINE, TRACE → FINEST. JUL's default console handler prints
+ * INFO and above to stderr.
+ */
+class JulLogger : ShoalLogger {
+    /** Writes one message; never throws. */
+    override fun log(level: LogLevel, target: String, message: String) {
+        try {
+            val jul = when (level) {
+                LogLevel.ERROR -> Level.SEVERE
+                LogLevel.WARN -> Level.WARNING
+                LogLevel.INFO -> Level.INFO
+                LogLevel.DEBUG -> Level.FINE
+                LogLevel.TRACE -> Level.FINEST
+            }
+            val logger = Logger.getLogger(target.replace("::", ".").ifEmpty { "shoaldb" })
+            if (logger.isLoggable(jul)) logger.logp(jul, target, null, message)
+        } catch (_: Throwable) {
+            // Nothing sensible to do: a logger must never fail the code that logs.
+        }
+    }
+}
+
+/** Wraps an app's logger so that nothing it throws reaches Rust. */
+private class SafeLogger(private val inner: ShoalLogger) : ShoalLogger {
+    override fun log(level: LogLevel, target: String, message: String) {
+        try {
+            inner.log(level, target, message)
+        } catch (_: Throwable) {
+            // Swallowed: reporting it through the logger that just failed could loop.
+        }
+    }
+}
+
+/** Where the Kotlin layer reports exceptions thrown by app callbacks (they never reach Rust). */
+internal val sdkLog: Logger = Logger.getLogger("dev.shoaldb")
+
+/** Runs an app-provided callback body; logs and swallows anything it throws. */
+internal inline fun callback(what: String, body: () -> Unit) {
+    try {
+        body()
+    } catch (t: Throwable) {
+        try {
+            sdkLog.log(Level.WARNING, "$what threw; ignored", t)
+        } catch (_: Throwable) {
+        }
+    }
+}
