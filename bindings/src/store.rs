@@ -75,8 +75,11 @@ pub struct Peer {
     pub name: String,
     /// 1 when directly connected, more through other devices.
     pub hops: u32,
-    /// How the first hop is made.
+    /// How the first hop is made (for a direct link, the transport carrying the data).
     pub transport: Transport,
+    /// Every transport linking this device directly to it, preferred first (empty when reached through others).
+    /// When both the LAN and Bluetooth link them, the LAN carries the data and Bluetooth stands by.
+    pub direct: Vec<Transport>,
 }
 
 /// One device's database. Open it once per file and keep it for the app's lifetime. `shutdown()` stops sync and
@@ -217,16 +220,21 @@ impl Drop for Open {
     }
 }
 
+fn transport_of(t: TransportKind) -> Transport {
+    match t {
+        TransportKind::Lan => Transport::Lan,
+        TransportKind::Ble => Transport::Bluetooth,
+        TransportKind::Sim => Transport::Memory,
+    }
+}
+
 fn peer_of(p: &shoaldb::sync::PeerPresence) -> Peer {
     Peer {
         device_id: p.device.to_hex(),
         name: p.name.clone(),
         hops: p.hops,
-        transport: match p.transport {
-            TransportKind::Lan => Transport::Lan,
-            TransportKind::Ble => Transport::Bluetooth,
-            TransportKind::Sim => Transport::Memory,
-        },
+        transport: transport_of(p.transport),
+        direct: p.direct.iter().copied().map(transport_of).collect(),
     }
 }
 

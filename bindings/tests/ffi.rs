@@ -166,7 +166,9 @@ fn two_stores_sync_over_loopback_and_fetch_an_attachment_with_progress() {
     tb.upsert(r#"{"_id":"other","by":"b"}"#.into()).expect("upsert");
     wait_until("both documents on both stores", || ta.all().map(|d| d.len() == 2).unwrap_or(false) && tb.all().map(|d| d.len() == 2).unwrap_or(false));
     assert_eq!(ta.all().expect("all"), tb.all().expect("all"));
-    wait_until("presence", || b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Lan && p.hops == 1));
+    wait_until("presence", || {
+        b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Lan && p.hops == 1 && p.direct == [Transport::Lan])
+    });
     assert!(!b.has_attachment(token.clone()).expect("has"), "attachment bytes travel only on request");
     let progress = Arc::new(Progress::default());
     block_on(b.fetch_attachment(token.clone(), Some(progress.clone()))).expect("fetch");

@@ -13,6 +13,8 @@ struct Net {
     /// (a, link at a, b, link at b)
     wires: Vec<(usize, LinkId, usize, LinkId)>,
     bytes: BTreeMap<(usize, usize), usize>,
+    /// Bytes sent by (engine, link).
+    link_bytes: BTreeMap<(usize, LinkId), usize>,
 }
 
 fn secret() -> AppSecret {
@@ -30,14 +32,19 @@ impl Net {
                 Engine::new(store, Identity::generate().expect("identity"), secret(), &format!("dev{i}"), s, 0)
             })
             .collect();
-        Net { _dir: dir, engines, wires: Vec::new(), bytes: BTreeMap::new() }
+        Net { _dir: dir, engines, wires: Vec::new(), bytes: BTreeMap::new(), link_bytes: BTreeMap::new() }
     }
 
     fn connect(&mut self, a: usize, b: usize) -> usize {
-        let la = self.engines[a].add_link(TransportKind::Sim, true).expect("link");
-        let lb = self.engines[b].add_link(TransportKind::Sim, false).expect("link");
+        self.connect_over(a, b, TransportKind::Sim).0
+    }
+
+    /// A link over `transport`: (wire index, link id at a).
+    fn connect_over(&mut self, a: usize, b: usize, transport: TransportKind) -> (usize, LinkId) {
+        let la = self.engines[a].add_link(transport, true).expect("link");
+        let lb = self.engines[b].add_link(transport, false).expect("link");
         self.wires.push((a, la, b, lb));
-        self.wires.len() - 1
+        (self.wires.len() - 1, la)
     }
 
     fn disconnect(&mut self, w: usize) {
@@ -54,6 +61,7 @@ impl Net {
                 for (from, lf, to, lt) in [(a, la, b, lb), (b, lb, a, la)] {
                     while let Some(f) = self.engines[from].poll_frame(lf) {
                         *self.bytes.entry((from, to)).or_default() += f.len();
+                        *self.link_bytes.entry((from, lf)).or_default() += f.len();
                         self.engines[to].on_frame(lt, &f);
                         moved = true;
                     }
@@ -310,4 +318,54 @@ fn silent_links_time_out_and_live_ones_keep_alive() {
     net.engines[a].tick(now + LINK_TIMEOUT_MS);
     assert!(net.engines[a].is_closed(la));
     assert!(net.engines[a].peers().is_empty(), "presence forgets the vanished device");
+}
+
+#[test]
+fn the_lan_carries_the_data_while_ble_stands_by_and_takes_over_when_the_lan_goes() {
+    let mut net = Net::new(vec![all(), all()]);
+    let (_, lan) = net.connect_over(0, 1, TransportKind::Lan);
+    let (_, ble) = net.connect_over(0, 1, TransportKind::Ble);
+    net.settle();
+    let peers = net.engines[0].peers();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].transport, TransportKind::Lan, "the LAN carries the data");
+    assert_eq!(peers[0].direct, vec![TransportKind::Lan, TransportKind::Ble], "both links are reported");
+    net.link_bytes.clear();
+
+    for i in 0..100 {
+        net.store(0).upsert("docs", json!({"_id": format!("d{i}"), "body": "x".repeat(500)})).unwrap();
+    }
+    net.settle();
+    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    let over_lan = net.link_bytes.get(&(0, lan)).copied().unwrap_or(0);
+    let over_ble = net.link_bytes.get(&(0, ble)).copied().unwrap_or(0);
+    assert!(over_lan > 50_000, "the documents went over the LAN ({over_lan} bytes)");
+    assert!(over_ble < 2_000, "BLE only stood by ({over_ble} bytes)");
+
+    // The LAN goes (both ends notice); edits on both sides now travel over BLE.
+    let w = net.wires.iter().position(|w| w.1 == lan).expect("lan wire");
+    net.disconnect(w);
+    net.store(0).update("docs", "d1", |d| Ok(d.set("body", "from 0 over BLE")?)).unwrap();
+    net.store(1).upsert("docs", json!({"_id": "new", "by": 1})).unwrap();
+    net.link_bytes.clear();
+    net.settle();
+    assert_eq!(net.store(1).get("docs", "d1").unwrap().unwrap()["body"], "from 0 over BLE");
+    assert!(net.store(0).get("docs", "new").unwrap().is_some());
+    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    assert_eq!(net.engines[1].peers()[0].transport, TransportKind::Ble);
+    let after = net.link_bytes.get(&(0, ble)).copied().unwrap_or(0);
+    assert!(after < 10_000, "taking over resent nothing the peer had: {after} bytes");
+
+    // The LAN comes back: it carries the data again.
+    let (_, lan2) = net.connect_over(1, 0, TransportKind::Lan);
+    net.settle();
+    net.link_bytes.clear();
+    for i in 0..20 {
+        net.store(1).upsert("docs", json!({"_id": format!("back{i}"), "body": "y".repeat(500)})).unwrap();
+    }
+    net.settle();
+    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    assert!(net.link_bytes.get(&(1, lan2)).copied().unwrap_or(0) > 10_000, "back on the LAN");
+    let ble_at_1 = net.wires.iter().find(|w| w.1 == ble).map(|w| w.3).expect("ble wire");
+    assert!(net.link_bytes.get(&(1, ble_at_1)).copied().unwrap_or(0) < 2_000, "BLE stands by again");
 }

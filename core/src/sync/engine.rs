@@ -13,8 +13,13 @@
 //! nothing themselves. (In a mesh with cycles, a subscription can keep circulating after the device that made it has
 //! left, until the cycle is broken; the cost is only data carried, never correctness.)
 //!
-//! **One link per pair.** When two devices end up with two links (both dialled), both keep the one dialled by the
-//! device with the smaller key and close the other.
+//! **One link per pair and transport.** When two devices end up with two links over the same transport (both
+//! dialled), both keep the one dialled by the device with the smaller key and close the other.
+//!
+//! **Transport choice.** Two devices linked over several transports (the LAN and Bluetooth LE) keep every link, but
+//! only the one over the preferred transport ([`TransportKind::preference`]) carries data; the others are on
+//! standby — authenticated, kept alive, exchanging presence — and take over when it goes (see
+//! [`Session::set_standby`] for why no change is lost or applied twice in the switch).
 //!
 //! **Presence.** Each device floods a record of its direct links (with a sequence number) through the mesh; every
 //! device computes who is reachable, in how many hops and over which transport from the breadth-first search of
@@ -54,8 +59,11 @@ pub struct PeerPresence {
     pub name: String,
     /// 1 for a direct link.
     pub hops: u32,
-    /// The transport of the first hop.
+    /// The transport of the first hop (for a direct link, the one carrying the data).
     pub transport: TransportKind,
+    /// Every transport this device is linked to it by directly, preferred first (empty when it is reached through
+    /// others).
+    pub direct: Vec<TransportKind>,
 }
 
 struct Slot {
@@ -155,14 +163,54 @@ impl Engine {
                 self.events.push_back(EngineEvent::LinkDown { link, device: slot.device, reason: reason.to_string() });
             }
             if slot.session.is_some() {
+                self.carrier_lost(slot.device);
                 self.links_changed();
             }
             self.attachments_link_down(link);
         }
     }
 
+    /// A link to `device` went: another one may have to carry the data now.
+    fn carrier_lost(&mut self, device: Option<DeviceKey>) {
+        if let Some(device) = device {
+            if let Err(e) = self.choose_carrier(device) {
+                log::warn!("could not switch the link to {device}: {e}");
+            }
+        }
+    }
+
+    /// The links that carry data (not on standby), for attachment fetches.
     fn synced_links(&self) -> Vec<LinkId> {
-        self.links.iter().filter(|(_, s)| s.session.is_some() && !s.closed).map(|(id, _)| *id).collect()
+        self.links
+            .iter()
+            .filter(|(_, s)| !s.closed && s.session.as_ref().is_some_and(|x| !x.is_standby()))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Of the links to `device`, let the one over the preferred transport (the oldest among equals) carry the data
+    /// and put the others on standby.
+    fn choose_carrier(&mut self, device: DeviceKey) -> Result<(), SyncError> {
+        let carrier = self
+            .links
+            .iter()
+            .filter(|(_, s)| !s.closed && s.device == Some(device) && s.session.is_some())
+            .min_by_key(|(id, s)| (s.transport.preference(), **id))
+            .map(|(id, _)| *id);
+        let store = self.store.clone();
+        for (id, slot) in self.links.iter_mut() {
+            if slot.closed || slot.device != Some(device) {
+                continue;
+            }
+            if let Some(session) = slot.session.as_mut() {
+                let standby = Some(*id) != carrier;
+                if session.is_standby() != standby {
+                    log::info!("link {id} ({}) to {device}: {}", slot.transport, if standby { "standby" } else { "carries the data" });
+                }
+                session.set_standby(&store, standby)?;
+            }
+        }
+        Ok(())
     }
 
     fn attachments_link_down(&mut self, link: LinkId) {
@@ -212,8 +260,10 @@ impl Engine {
         log::warn!("closing link {link} ({}): {reason}", slot.device.map(|d| d.to_string()).unwrap_or_else(|| "unauthenticated".into()));
         slot.closed = true;
         let had_session = slot.session.take().is_some();
-        self.events.push_back(EngineEvent::LinkDown { link, device: slot.device, reason });
+        let device = slot.device;
+        self.events.push_back(EngineEvent::LinkDown { link, device, reason });
         if had_session {
+            self.carrier_lost(device);
             self.links_changed();
             self.attachments_link_down(link);
         }
@@ -259,7 +309,7 @@ impl Engine {
         let others: Vec<(LinkId, bool)> = self
             .links
             .iter()
-            .filter(|(id, s)| **id != link && !s.closed && s.device == Some(device))
+            .filter(|(id, s)| **id != link && !s.closed && s.device == Some(device) && s.transport == slot.transport)
             .map(|(id, s)| (*id, s.initiator))
             .collect();
         for (other, other_initiator) in others {
@@ -269,13 +319,16 @@ impl Engine {
             }
             self.close(other, SyncError::Duplicate.to_string());
         }
+        if let Some(slot) = self.links.get_mut(&link) {
+            slot.device = Some(device);
+        }
         let interest = self.interest_for(link);
         let session = Session::start(&self.store, &self.name, interest)?;
         if let Some(slot) = self.links.get_mut(&link) {
-            slot.device = Some(device);
             slot.session = Some(session);
         }
         log::info!("link {link}: authenticated {device}");
+        self.choose_carrier(device)?;
         // The new neighbour learns the mesh as we know it.
         let records: Vec<Message> = self
             .records
@@ -316,8 +369,9 @@ impl Engine {
             self.events.push_back(EngineEvent::Applied { link, applied: report.applied });
         }
         if let Some(received) = handled.received {
+            let sender = self.links.get(&link).and_then(|s| s.device);
             for (id, slot) in self.links.iter_mut() {
-                if *id != link {
+                if *id != link && (sender.is_none() || slot.device != sender) {
                     if let Some(s) = slot.session.as_mut() {
                         s.announce(&received);
                     }
@@ -350,8 +404,10 @@ impl Engine {
     /// What we ask of `link`'s peer: our subscriptions plus those of every other neighbour.
     fn interest_for(&self, link: LinkId) -> Vec<Subscription> {
         let mut all: BTreeSet<Subscription> = self.own_subscriptions.iter().cloned().collect();
+        let peer = self.links.get(&link).and_then(|s| s.device);
         for (id, slot) in &self.links {
-            if *id != link {
+            // Not what the peer itself asked for over another link (we would fetch its own wishes from it).
+            if *id != link && (peer.is_none() || slot.device != peer) {
                 if let Some(s) = &slot.session {
                     all.extend(s.peer_subscriptions());
                 }
@@ -523,11 +579,25 @@ impl Engine {
         let mut seen: BTreeMap<DeviceKey, PeerPresence> = BTreeMap::new();
         let mut queue: VecDeque<DeviceKey> = VecDeque::new();
         for s in self.links.values() {
-            let (Some(device), Some(_)) = (s.device, s.session.as_ref()) else { continue };
-            if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(device) {
-                e.insert(PeerPresence { device, name: s.name.clone(), hops: 1, transport: s.transport });
-                queue.push_back(device);
+            let (Some(device), Some(session)) = (s.device, s.session.as_ref()) else { continue };
+            if s.closed {
+                continue;
             }
+            let p = seen.entry(device).or_insert_with(|| {
+                queue.push_back(device);
+                PeerPresence { device, name: s.name.clone(), hops: 1, transport: s.transport, direct: Vec::new() }
+            });
+            if !session.is_standby() {
+                p.transport = s.transport;
+                if !s.name.is_empty() {
+                    p.name = s.name.clone();
+                }
+            }
+            p.direct.push(s.transport);
+        }
+        for p in seen.values_mut() {
+            p.direct.sort_by_key(|t| t.preference());
+            p.direct.dedup();
         }
         while let Some(d) = queue.pop_front() {
             let Some(first) = seen.get(&d).cloned() else { continue };
@@ -538,7 +608,7 @@ impl Engine {
                     continue;
                 }
                 let name = self.records.get(&next).map(|r| r.name.clone()).unwrap_or_default();
-                seen.insert(next, PeerPresence { device: next, name, hops: first.hops + 1, transport: first.transport });
+                seen.insert(next, PeerPresence { device: next, name, hops: first.hops + 1, transport: first.transport, direct: Vec::new() });
                 queue.push_back(next);
             }
         }

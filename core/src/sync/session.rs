@@ -111,6 +111,12 @@ pub(crate) struct Session {
     /// Changes being gathered into the next [`Message::Changes`] (several documents share a batch).
     batch: Vec<Vec<u8>>,
     batch_bytes: usize,
+    /// Another link to the same device carries the data (a faster transport): this session sends no changes,
+    /// only control messages; it still applies whatever the peer sends. See [`Session::set_standby`].
+    standby: bool,
+    /// Came back from standby and asked the peer for its summary ([`Message::Resync`]): send nothing until it
+    /// arrives.
+    awaiting_summary: bool,
     /// Statistics.
     pub stats: SessionStats,
 }
@@ -140,6 +146,8 @@ impl Session {
             sent_interest: None,
             batch: Vec::new(),
             batch_bytes: 0,
+            standby: false,
+            awaiting_summary: false,
             stats: SessionStats::default(),
         };
         s.outbox.push_back(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 });
@@ -189,6 +197,7 @@ impl Session {
                 }
                 self.peer_known.union_with(&summary);
                 self.got_summary = true;
+                self.awaiting_summary = false;
             }
             Message::Changes { changes } => {
                 let mut bytes = 0u64;
@@ -231,6 +240,9 @@ impl Session {
                 }
                 out.applied = Some(report);
             }
+            Message::Resync => {
+                self.outbox.push_back(Message::Summary { summary: store.summary()? });
+            }
             Message::Credit { bytes } => {
                 self.send_credit = self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
             }
@@ -244,9 +256,30 @@ impl Session {
         self.got_interest && self.got_summary
     }
 
+    /// Put the session on standby (another link to the same device carries the data) or make it carry the data
+    /// again. Coming back from standby, it tells the peer what this store holds now (a [`Message::Summary`]) and
+    /// asks for the peer's ([`Message::Resync`]), since much may have travelled over the other link, and sends no
+    /// change until that summary arrives. What a session believes the peer holds comes only from the peer's own
+    /// summaries and the changes exchanged on this link, so it can be short of the truth but never ahead of it:
+    /// nothing the peer lacks is skipped, and a change it got twice is applied once (changes are idempotent).
+    pub fn set_standby(&mut self, store: &Store, standby: bool) -> Result<(), SyncError> {
+        if self.standby && !standby {
+            self.outbox.push_back(Message::Summary { summary: store.summary()? });
+            self.outbox.push_back(Message::Resync);
+            self.awaiting_summary = true;
+        }
+        self.standby = standby;
+        Ok(())
+    }
+
+    /// Whether the session is on standby.
+    pub fn is_standby(&self) -> bool {
+        self.standby
+    }
+
     /// Produce change batches while credit allows. Returns whether anything was queued.
     pub fn pump(&mut self, store: &Store) -> Result<bool, SyncError> {
-        if !self.is_ready() || self.peer_interest.is_empty() {
+        if !self.is_ready() || self.peer_interest.is_empty() || self.standby || self.awaiting_summary {
             return Ok(false);
         }
         let mut queued = false;

@@ -95,6 +95,18 @@ pub enum TransportKind {
     Sim,
 }
 
+impl TransportKind {
+    /// Which transport carries the data when a device is linked over several: lower is preferred. The LAN is much
+    /// faster than Bluetooth LE (and an in-memory link is as good as the LAN).
+    pub fn preference(self) -> u8 {
+        match self {
+            TransportKind::Lan => 0,
+            TransportKind::Sim => 1,
+            TransportKind::Ble => 2,
+        }
+    }
+}
+
 impl std::fmt::Display for TransportKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -133,6 +145,9 @@ pub enum Message {
     AttachmentChunk { request: u64, offset: u64, total: u64, data: Vec<u8> },
     /// The attachment of `request` is not available here (nor through the devices asked).
     AttachmentUnavailable { request: u64 },
+    /// The sender's side of this link now carries the data (the link it preferred went): please send your current
+    /// [`Message::Summary`], so that only what is missing travels.
+    Resync,
 }
 
 /// A message that could not be decoded or is not acceptable.
@@ -217,6 +232,7 @@ mod tests {
             Message::Summary { summary: s },
             Message::Changes { changes: vec![vec![1, 2, 3]] },
             Message::Credit { bytes: 10 },
+            Message::Resync,
         ];
         for m in msgs {
             let bytes = m.encode();
