@@ -984,3 +984,81 @@ fn filtered_devices_get_the_edit_that_closes_a_task_through_a_new_route() {
         }
     });
 }
+
+// ---- transport choice ----
+
+/// A line of six phones over BLE; phones 1, 2 and 3 also share a LAN. Bulk data between LAN neighbours goes over
+/// the LAN while their BLE links stand by; when the LAN goes, BLE carries everything and all converge, with no
+/// change lost; when it comes back, the LAN carries the data again.
+#[test]
+fn phones_on_a_lan_and_ble_send_bulk_over_the_lan_and_fall_back_to_ble() {
+    use shoaldb::sync::TransportKind::{Ble, Lan};
+    for_each_seed("phones_on_a_lan_and_ble_send_bulk_over_the_lan_and_fall_back_to_ble", 3, |seed| {
+        let mut w = SimWorld::new(seed);
+        let subs: Vec<Vec<Subscription>> = (0..6).map(|_| vec![Subscription::everything()]).collect();
+        add_devices(&mut w, &subs);
+        for i in 0..5 {
+            w.link(i, i + 1, LinkParams::ble());
+        }
+        w.link(1, 2, LinkParams::lan());
+        w.link(2, 3, LinkParams::lan());
+        w.link(1, 3, LinkParams::lan());
+        w.run_until_quiet(60 * SECOND).expect("quiet");
+        let p = w.engine(2).peers();
+        let one = p.iter().find(|p| p.name == w.name(1)).expect("1 is a peer of 2");
+        assert_eq!((one.transport, one.direct.clone()), (Lan, vec![Lan, Ble]), "{p:?}");
+        w.reset_stats();
+
+        // Bulk at phone 2: LAN neighbours get it over the LAN; BLE only carries it to the ends.
+        w.edit(2, |s| {
+            for i in 0..40 {
+                s.upsert("photos", json!({"_id": format!("p{i}"), "caption": "x".repeat(1000)})).unwrap();
+            }
+        });
+        for _ in 0..30 {
+            let at = w.rng().index(6);
+            let e = draw_edit(w.rng(), &COLLECTIONS);
+            w.edit(at, |s| apply_edit(s, &e));
+            let dt = w.rng().below(100 * MILLISECOND);
+            w.run_for(dt);
+        }
+        w.run_until_quiet(3600 * SECOND).expect("quiet");
+        assert_converged(&w, &subs);
+        for (a, b) in [(1, 2), (2, 3), (2, 1), (3, 2)] {
+            let (lan, ble) = (w.bytes_sent_over(a, b, Lan), w.bytes_sent_over(a, b, Ble));
+            assert!(lan > 40_000 || a != 2, "{a}→{b}: the bulk went over the LAN ({lan} B)");
+            assert!(ble < 10_000, "{a}→{b}: BLE stood by ({ble} B over BLE, {lan} B over the LAN)");
+        }
+        assert!(w.bytes_sent_over(3, 4, Ble) > 40_000, "the far end gets the bulk over BLE");
+
+        // The LAN goes: BLE carries everything; edits everywhere converge.
+        for (a, b) in [(1, 2), (2, 3), (1, 3)] {
+            w.unlink_over(a, b, Lan);
+        }
+        for _ in 0..30 {
+            let at = w.rng().index(6);
+            let e = draw_edit(w.rng(), &COLLECTIONS);
+            w.edit(at, |s| apply_edit(s, &e));
+            let dt = w.rng().below(100 * MILLISECOND);
+            w.run_for(dt);
+        }
+        w.run_until_quiet(3600 * SECOND).expect("quiet");
+        assert_converged(&w, &subs);
+        assert_eq!(w.engine(2).peers().iter().find(|p| p.name == w.name(1)).map(|p| p.transport), Some(Ble));
+
+        // The LAN comes back and carries the data again.
+        w.link(1, 2, LinkParams::lan());
+        w.run_until_quiet(60 * SECOND).expect("quiet");
+        w.reset_stats();
+        w.edit(1, |s| {
+            for i in 0..20 {
+                s.upsert("photos", json!({"_id": format!("q{i}"), "caption": "y".repeat(1000)})).unwrap();
+            }
+        });
+        w.run_until_quiet(3600 * SECOND).expect("quiet");
+        assert_converged(&w, &subs);
+        assert!(w.bytes_sent_over(1, 2, Lan) > 20_000);
+        assert!(w.bytes_sent_over(1, 2, Ble) < 5_000, "{} B over BLE", w.bytes_sent_over(1, 2, Ble));
+        report(&w, "mixed");
+    });
+}

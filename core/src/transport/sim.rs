@@ -172,13 +172,18 @@ pub struct LinkParams {
     pub mtu: usize,
     /// Probability that a packet is lost (and retransmitted after [`LinkParams::rto_us`]). Capped at 0.9.
     pub loss: f64,
+    /// The transport the engines are told the link is (the sync engine prefers the LAN when a pair of devices is
+    /// linked over both).
+    pub kind: TransportKind,
 }
 
 impl LinkParams {
     /// A local network: 0.5 ms, 10 MB/s, MTU 1500, no loss.
-    pub const LAN: LinkParams = LinkParams { latency_us: 500, bandwidth_bytes_per_s: 10_000_000, mtu: 1500, loss: 0.0 };
+    pub const LAN: LinkParams =
+        LinkParams { latency_us: 500, bandwidth_bytes_per_s: 10_000_000, mtu: 1500, loss: 0.0, kind: TransportKind::Lan };
     /// Bluetooth LE-like: 15 ms, 50 kB/s, MTU 185, no loss.
-    pub const BLE: LinkParams = LinkParams { latency_us: 15_000, bandwidth_bytes_per_s: 50_000, mtu: 185, loss: 0.0 };
+    pub const BLE: LinkParams =
+        LinkParams { latency_us: 15_000, bandwidth_bytes_per_s: 50_000, mtu: 185, loss: 0.0, kind: TransportKind::Ble };
 
     pub fn lan() -> LinkParams {
         LinkParams::LAN
@@ -376,6 +381,7 @@ pub struct SimWorld {
     /// Links cut by [`SimWorld::partition`], restored by [`SimWorld::heal`].
     cut: Vec<(DeviceId, DeviceId, LinkParams)>,
     stats: BTreeMap<(DeviceId, DeviceId), DirStats>,
+    bytes_by_kind: BTreeMap<(DeviceId, DeviceId, TransportKind), u64>,
     /// Devices whose links must be offered a chance to send.
     dirty: BTreeSet<DeviceId>,
     events_processed: u64,
@@ -404,6 +410,7 @@ impl SimWorld {
             next_conn: 0,
             cut: Vec::new(),
             stats: BTreeMap::new(),
+            bytes_by_kind: BTreeMap::new(),
             dirty: BTreeSet::new(),
             events_processed: 0,
         }
@@ -546,12 +553,13 @@ impl SimWorld {
 
     // ---- topology ----
 
-    /// Connect `a` (dialling) and `b`. Returns false (and does nothing) if they are linked already.
+    /// Connect `a` (dialling) and `b`. Returns false (and does nothing) if they are linked already over the same
+    /// transport (`params.kind`); a pair may be linked over several transports at once.
     ///
     /// # Panics
     /// If `a == b`.
     pub fn link(&mut self, a: DeviceId, b: DeviceId, params: LinkParams) -> bool {
-        if self.is_linked(a, b) {
+        if self.conn_over(a, b, params.kind).is_some() {
             return false;
         }
         self.dial(a, b, params);
@@ -565,8 +573,8 @@ impl SimWorld {
     /// If `a == b`.
     pub fn dial(&mut self, a: DeviceId, b: DeviceId, params: LinkParams) {
         assert_ne!(a, b, "a device cannot be linked to itself");
-        let la = self.devices[a].engine.add_link(TransportKind::Sim, true).expect("add_link");
-        let lb = self.devices[b].engine.add_link(TransportKind::Sim, false).expect("add_link");
+        let la = self.devices[a].engine.add_link(params.kind, true).expect("add_link");
+        let lb = self.devices[b].engine.add_link(params.kind, false).expect("add_link");
         let id = self.next_conn;
         self.next_conn += 1;
         let pipes = [Pipe::new(SimRng::stream(self.seed, 2 << 32 | id << 1)), Pipe::new(SimRng::stream(self.seed, 2 << 32 | id << 1 | 1))];
@@ -578,9 +586,21 @@ impl SimWorld {
         self.settle();
     }
 
-    /// Drop the link between `a` and `b` (frames in flight are lost). Returns whether there was one.
+    /// Drop the links between `a` and `b`, over every transport (frames in flight are lost). Returns whether there
+    /// was one.
     pub fn unlink(&mut self, a: DeviceId, b: DeviceId) -> bool {
-        match self.conn_between(a, b) {
+        let mut any = false;
+        while let Some(c) = self.conn_between(a, b) {
+            self.teardown(c, "unlinked");
+            any = true;
+        }
+        self.settle();
+        any
+    }
+
+    /// Drop the link between `a` and `b` over `kind` only. Returns whether there was one.
+    pub fn unlink_over(&mut self, a: DeviceId, b: DeviceId, kind: TransportKind) -> bool {
+        match self.conn_over(a, b, kind) {
             Some(c) => {
                 self.teardown(c, "unlinked");
                 self.settle();
@@ -606,6 +626,13 @@ impl SimWorld {
 
     fn conn_between(&self, a: DeviceId, b: DeviceId) -> Option<u64> {
         self.conns.iter().find(|(_, c)| c.ends == [a, b] || c.ends == [b, a]).map(|(id, _)| *id)
+    }
+
+    fn conn_over(&self, a: DeviceId, b: DeviceId, kind: TransportKind) -> Option<u64> {
+        self.conns
+            .iter()
+            .find(|(_, c)| (c.ends == [a, b] || c.ends == [b, a]) && c.params.kind == kind)
+            .map(|(id, _)| *id)
     }
 
     /// Cut every link between devices of different groups (a device in no group is alone in its own). The cut
@@ -655,8 +682,14 @@ impl SimWorld {
         t
     }
 
+    /// Bytes sent `from` → `to` over links of `kind` since the last [`SimWorld::reset_stats`].
+    pub fn bytes_sent_over(&self, from: DeviceId, to: DeviceId, kind: TransportKind) -> u64 {
+        self.bytes_by_kind.get(&(from, to, kind)).copied().unwrap_or(0)
+    }
+
     pub fn reset_stats(&mut self) {
         self.stats.clear();
+        self.bytes_by_kind.clear();
     }
 
     // ---- running ----
@@ -846,6 +879,7 @@ impl SimWorld {
         let deliver_at = (t + params.latency_us).max(pipe.last_delivery);
         pipe.last_delivery = deliver_at;
         let (unsent, in_flight) = (pipe.unsent_bytes as u64, pipe.in_flight_bytes as u64);
+        *self.bytes_by_kind.entry((from, to, params.kind)).or_default() += wire as u64;
         let s = self.stats_mut(from, to);
         s.frames_sent += 1;
         s.bytes_sent += wire as u64;
