@@ -24,6 +24,7 @@
 //! Frames are at most [`frame::MAX_FRAME_LEN`] bytes; a transport with small packets (BLE's 23…512-byte ATT
 //! MTU) fragments them itself.
 
+pub mod ble;
 pub mod frame;
 pub mod lan;
 pub mod sim;
