@@ -24,6 +24,7 @@
 use crate::security::{AppSecret, DeviceKey, Identity, SecurityError};
 use crate::store::{CommitListener, Store};
 use crate::sync::{Engine, PeerPresence, Subscription};
+use crate::transport::ble::{self, links::BleConfig, radio::{BleRadio, Radio}};
 use crate::transport::lan::hub::{lock, Hub};
 use crate::transport::lan::{Lan, LanError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -86,6 +87,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// What this device wants from the others.
     pub subscriptions: Vec<Subscription>,
+    /// A Bluetooth LE radio to sync over as well (phones with no network in common); `None`: the LAN only.
+    pub ble: Option<BleRadio>,
 }
 
 impl NodeConfig {
@@ -99,6 +102,7 @@ impl NodeConfig {
             connect: Vec::new(),
             mdns: true,
             subscriptions: vec![Subscription::everything()],
+            ble: None,
         }
     }
 
@@ -117,6 +121,12 @@ impl NodeConfig {
     /// Turn mDNS discovery on or off.
     pub fn with_mdns(mut self, on: bool) -> NodeConfig {
         self.mdns = on;
+        self
+    }
+
+    /// Also sync over Bluetooth LE through `radio` (see [`crate::transport::ble::radio`]).
+    pub fn with_ble(mut self, radio: Arc<dyn Radio>) -> NodeConfig {
+        self.ble = Some(BleRadio(radio));
         self
     }
 
@@ -213,6 +223,10 @@ impl Node {
         hub.spawn(poll_external_changes(hub.clone(), store.clone()));
         hub.spawn(serve_attachment_requests(hub.clone(), store.clone()));
         hub.spawn(tick(hub.clone()));
+        if let Some(BleRadio(radio)) = &config.ble {
+            let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.secret));
+            hub.spawn(ble::radio::run(hub.clone(), radio.clone(), ble, seq_base ^ u64::from_le_bytes(ble::radio::device_tag(&device))));
+        }
         log::info!("node {} ({device}) started", config.name);
         Ok(Node {
             inner: Arc::new(Inner {

@@ -88,6 +88,8 @@
 pub mod link;
 pub mod links;
 pub mod packet;
+pub mod memory;
+pub mod radio;
 
 /// A device's short, stable tag: exchanged in advertisements and Hello packets to recognise a device before the
 /// sync engine's handshake (see the module docs).
