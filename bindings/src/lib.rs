@@ -9,6 +9,7 @@
 //! - long operations (batched writes, sync start/stop, attachment files and fetches) are `async` (Kotlin `suspend`,
 //!   Swift `async`) and run on the store's own tokio runtime, so they never block the caller's thread.
 
+mod bluetooth;
 mod callbacks;
 mod collection;
 mod error;
@@ -16,6 +17,7 @@ mod logger;
 mod store;
 mod values;
 
+pub use bluetooth::{bluetooth_uuids, BluetoothChannel, BluetoothEvents, BluetoothRadio, BluetoothUuids};
 pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, ObserverHandle, PresenceObserver};
 pub use collection::Collection;
 pub use error::ShoalError;

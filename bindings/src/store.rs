@@ -103,6 +103,7 @@ pub(crate) struct Open {
     lifecycle: tokio::sync::Mutex<()>,
     node: Mutex<Option<Node>>,
     presence: watch::Sender<Vec<Peer>>,
+    bluetooth: Mutex<Option<Arc<dyn crate::bluetooth::BluetoothRadio>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,6 +166,9 @@ impl Open {
         }
         if let Some(subs) = &sync.subscriptions {
             config = config.with_subscriptions(parse_subscriptions(subs)?);
+        }
+        if let Some(radio) = lock(&self.bluetooth).clone() {
+            config = config.with_ble(Arc::new(crate::bluetooth::ForeignRadio::new(radio)));
         }
         let node = Node::start(self.store.clone(), config).await?;
         let mut source = node.presence();
@@ -285,6 +289,7 @@ impl Store {
                 lifecycle: tokio::sync::Mutex::new(()),
                 node: Mutex::new(None),
                 presence: watch::channel(Vec::new()).0,
+                bluetooth: Mutex::new(None),
             };
             log::debug!("opened store {}", config.path);
             Ok(Arc::new(Store { open: RwLock::new(Some(Arc::new(open))) }))
@@ -454,6 +459,14 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Sync over Bluetooth LE too, through the platform's `radio` (or stop using one: `None`), from the next
+    /// `startSync`. Phones in range then sync with no network at all, hop by hop; when two phones also share a
+    /// LAN, the LAN carries the data and Bluetooth stands by.
+    pub fn set_bluetooth(&self, radio: Option<Arc<dyn crate::bluetooth::BluetoothRadio>>) -> Result<(), ShoalError> {
+        *lock(&self.get()?.bluetooth) = radio;
+        Ok(())
     }
 
     /// Replace what this device wants from the others (see `SyncConfig.subscriptions`); takes effect at once.

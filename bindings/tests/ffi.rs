@@ -206,3 +206,73 @@ fn collections_stop_working_when_their_store_is_freed() {
     let again = Store::open(config(dir.path(), "a")).expect("reopen");
     assert!(again.clone().collection("tasks".into()).expect("collection").get("1".into()).expect("get").is_some(), "the write was kept");
 }
+
+/// A platform radio as the foreign side implements it, here over the core's in-memory air.
+struct AirRadio {
+    radio: Arc<shoaldb::transport::ble::memory::MemoryRadio>,
+}
+
+impl BluetoothRadio for AirRadio {
+    fn start(&self, events: Arc<BluetoothEvents>) -> Result<(), CallbackError> {
+        use shoaldb::transport::ble::radio::Radio;
+        self.radio.attach(events.radio_events());
+        Ok(())
+    }
+    fn start_advertising(&self, service_data: Vec<u8>) -> Result<(), CallbackError> {
+        self.run(RadioCommand::StartAdvertising { service_data })
+    }
+    fn start_scanning(&self) -> Result<(), CallbackError> {
+        self.run(RadioCommand::StartScanning)
+    }
+    fn connect(&self, address: String) -> Result<(), CallbackError> {
+        self.run(RadioCommand::Connect { address })
+    }
+    fn cancel_connect(&self, address: String) -> Result<(), CallbackError> {
+        self.run(RadioCommand::CancelConnect { address })
+    }
+    fn disconnect(&self, connection: u64) -> Result<(), CallbackError> {
+        self.run(RadioCommand::Disconnect { conn: connection })
+    }
+    fn send(&self, connection: u64, packet: Vec<u8>) -> Result<(), CallbackError> {
+        self.run(RadioCommand::Send { conn: connection, packet })
+    }
+    fn stop(&self) -> Result<(), CallbackError> {
+        use shoaldb::transport::ble::radio::Radio;
+        self.radio.detach();
+        Ok(())
+    }
+}
+
+use shoaldb::transport::ble::links::RadioCommand;
+
+impl AirRadio {
+    fn run(&self, c: RadioCommand) -> Result<(), CallbackError> {
+        use shoaldb::transport::ble::radio::Radio;
+        self.radio.execute(c);
+        Ok(())
+    }
+}
+
+#[test]
+fn two_stores_sync_over_a_bluetooth_radio_implemented_outside_the_core() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let air = shoaldb::transport::ble::memory::MemoryAir::new(185);
+    let mut stores = Vec::new();
+    for name in ["a", "b"] {
+        let mut c = config(dir.path(), name);
+        c.sync.listen = None;
+        c.sync.mdns = false;
+        let s = Store::open(c).expect("open");
+        s.set_bluetooth(Some(Arc::new(AirRadio { radio: air.radio(name) }))).expect("radio");
+        block_on(s.start_sync()).expect("start");
+        stores.push(s);
+    }
+    let (a, b) = (&stores[0], &stores[1]);
+    assert_eq!(bluetooth_uuids().service, shoaldb::transport::ble::SERVICE_UUID);
+    a.clone().collection("t".into()).expect("t").upsert(r#"{"_id":"x","over":"ble"}"#.into()).expect("upsert");
+    let tb = b.clone().collection("t".into()).expect("t");
+    wait_until("the document over BLE", || tb.get("x".into()).ok().flatten().is_some());
+    wait_until("presence over Bluetooth", || b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Bluetooth));
+    a.shutdown();
+    b.shutdown();
+}
