@@ -3,7 +3,8 @@
 #
 #   bindings/kotlin/test.sh                    install what is missing, build libshoaldb_ffi.so, generate the Kotlin
 #                                              bindings into target/uniffi/kotlin, run the JUnit tests (Maven), compile
-#                                              android/src/main/kotlin-android against the Android API, print a summary
+#                                              android/src/main/kotlin-android against the Android API, run its
+#                                              Robolectric tests (src/androidTest/kotlin), print a summary
 #   bindings/kotlin/test.sh --mesh-classpath   print the classpath that runs dev.shoaldb.MeshPeerKt (after a test run)
 #   bindings/kotlin/test.sh --mesh-command     print the whole command: java -Djna.library.path=... -cp ... MeshPeerKt
 #
@@ -12,7 +13,8 @@
 #       dev.shoaldb.MeshPeerKt DB NAME SECRET LISTEN [CONNECT...]
 # (a test run also writes that classpath to target/uniffi/kotlin-classpath.txt).
 #
-# Honours CARGO_TARGET_DIR. Maven uses its default local repository (~/.m2).
+# Honours CARGO_TARGET_DIR. Maven uses its default local repository (~/.m2). The Robolectric tests need two Android
+# framework jars from Maven Central (about 250 MB, downloaded into ~/.m2 by the first run, offline after that).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -73,7 +75,8 @@ cargo run --locked -q -p uniffi-bindgen -- generate --library "$libdir/libshoald
 
 # --- JVM build and tests ---
 # Compiled classes of deleted sources would linger (the Kotlin plugin does not remove them): start clean.
-rm -rf "$here/target/classes" "$here/target/test-classes" "$here/target/surefire-reports" "$here/target/android"
+rm -rf "$here/target/classes" "$here/target/test-classes" "$here/target/surefire-reports" "$here/target/android" \
+  "$here/target/android-test"
 # Debian's Maven 3.8 prints stray colour resets ("ESC[0m") even in batch mode: drop them.
 run_mvn() {
   mvn -B -q -f "$here/pom.xml" "-Duniffi.kotlin.dir=$bindings" "-Djna.library.path=$libdir" "$@" 2>&1 \
@@ -100,9 +103,23 @@ else
   status=1
 fi
 
+# --- Android-only sources: Robolectric tests on a desktop JVM (Android's framework, Bluetooth shadows; no device) ---
+if [ ! -d "$here/src/androidTest/kotlin" ]; then
+  echo "android: Robolectric tests skipped (no $here/src/androidTest/kotlin)"
+else
+  android_start=$(date +%s)
+  if run_mvn -Pandroid-test test; then
+    echo "android: the Robolectric tests pass ($(( $(date +%s) - android_start )) s)"
+  else
+    echo "android: the Robolectric tests FAILED (reports: $here/target/android-test/surefire-reports)"
+    status=1
+  fi
+fi
+
 # --- summary (from the Surefire reports) ---
 read -r tests failed skipped < <(
-  cat "$here"/target/surefire-reports/TEST-*.xml 2>/dev/null | grep -o '<testsuite [^>]*' | awk '
+  cat "$here"/target/surefire-reports/TEST-*.xml "$here"/target/android-test/surefire-reports/TEST-*.xml 2>/dev/null \
+    | grep -o '<testsuite [^>]*' | awk '
     { t += m($0, "tests"); f += m($0, "failures") + m($0, "errors"); s += m($0, "skipped") }
     function m(line, key,   r) { if (match(line, key "=\"[0-9]+\"")) { r = substr(line, RSTART + length(key) + 2, RLENGTH - length(key) - 3); return r + 0 } return 0 }
     END { print t + 0, f + 0, s + 0 }'

@@ -1,5 +1,6 @@
 package dev.shoaldb
 
+import kotlinx.coroutines.cancelAndJoin
 import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.launch
 
@@ -23,7 +24,7 @@ suspend fun readmeExample(dir: String, println: (Any?) -> Unit = ::println) = co
         println("urgent: " + tasks.find(Query(filter = "priority >= \$min", params = mapOf("min" to "2"))))
         store.startSync()                                       // also dials SyncConfig.peers, or store.connect(...)
         println("syncing on ${store.listenAddress()}")
-        watcher.cancel()
+        watcher.cancelAndJoin()                                // before the store closes
     }
     // README-END
 }
