@@ -27,4 +27,5 @@
 pub mod ble;
 pub mod frame;
 pub mod lan;
+pub mod radio_sim;
 pub mod sim;
