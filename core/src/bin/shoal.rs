@@ -26,7 +26,11 @@ usage:
                                                          write FIELD's attachment to OUT, fetched by a running peer when not stored here (exit 2 when unavailable)
   shoal --db PATH peer --secret-file F [--name NAME] [--listen HOST:PORT] [--connect HOST:PORT]...
                        [--no-mdns] [--subscribe COLLECTION[:FILTER]]...
-                                                         sync with the LAN until SIGINT/SIGTERM
+                       [--ble ADAPTER [--ble-allow AA:BB:CC:DD:EE:FF]... [--ble-l2cap|--ble-gatt]]
+                                                         sync with the LAN (and over Bluetooth LE on a BlueZ adapter,
+                                                         e.g. hci0, in builds with feature bluetooth-linux; --ble-allow:
+                                                         only these peers; --ble-gatt: never open L2CAP channels)
+                                                         until SIGINT/SIGTERM
   shoal demo                                             three devices edit a task board and converge
 
 exit codes: 0 ok, 1 failure or not found, 2 attachment not available locally, 64 bad usage.

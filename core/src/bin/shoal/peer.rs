@@ -1,4 +1,5 @@
-//! `shoal peer`: run a store as a node on the LAN until SIGINT or SIGTERM.
+//! `shoal peer`: run a store as a node on the LAN (and, with feature `bluetooth-linux`, over Bluetooth LE through
+//! BlueZ) until SIGINT or SIGTERM.
 
 use crate::{usage, CliError};
 use shoaldb::node::{Node, NodeConfig};
@@ -17,6 +18,12 @@ struct PeerArgs {
     connect: Vec<SocketAddr>,
     mdns: bool,
     subscriptions: Vec<Subscription>,
+    /// `--ble ADAPTER`: also sync over Bluetooth LE on this BlueZ adapter.
+    ble: Option<String>,
+    /// `--ble-allow ADDR`: the only peer addresses dialled or accepted over Bluetooth.
+    ble_allow: Vec<String>,
+    /// `--ble-gatt` (false) / `--ble-l2cap` (true, the default): the channel opened as a central.
+    ble_l2cap: bool,
 }
 
 fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
@@ -28,6 +35,9 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
         connect: Vec::new(),
         mdns: true,
         subscriptions: Vec::new(),
+        ble: None,
+        ble_allow: Vec::new(),
+        ble_l2cap: true,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -51,14 +61,52 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
                 let s = value()?;
                 parsed.subscriptions.push(Subscription::parse(&s).map_err(|e| usage(format!("--subscribe {s}: {e}")))?);
             }
+            "--ble" => parsed.ble = Some(value()?),
+            "--ble-allow" => {
+                let a = value()?;
+                if !is_bluetooth_address(&a) {
+                    return Err(usage(format!("--ble-allow {a}: not a Bluetooth address (AA:BB:CC:DD:EE:FF)")));
+                }
+                parsed.ble_allow.push(a.to_ascii_uppercase());
+            }
+            "--ble-l2cap" if inline.is_none() => parsed.ble_l2cap = true,
+            "--ble-gatt" if inline.is_none() => parsed.ble_l2cap = false,
             other => return Err(usage(format!("peer: unknown argument {other}"))),
         }
     }
     parsed.secret_file = secret_file.ok_or_else(|| usage("peer needs --secret-file F"))?;
+    if parsed.ble.is_none() && !parsed.ble_allow.is_empty() {
+        return Err(usage("--ble-allow needs --ble ADAPTER"));
+    }
+    if parsed.ble.is_some() && !cfg!(feature = "bluetooth-linux") {
+        return Err(usage("--ble: this shoal was built without Bluetooth (cargo feature bluetooth-linux)"));
+    }
     if parsed.subscriptions.is_empty() {
         parsed.subscriptions.push(Subscription::everything());
     }
     Ok(parsed)
+}
+
+/// Whether `s` looks like `AA:BB:CC:DD:EE:FF`.
+fn is_bluetooth_address(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Adds the Bluetooth radio `--ble` asked for.
+#[cfg(feature = "bluetooth-linux")]
+fn with_bluetooth(config: NodeConfig, args: &PeerArgs) -> Result<NodeConfig, CliError> {
+    use shoaldb::transport::ble::bluez::{BluezConfig, BluezRadio, ChannelChoice};
+    let Some(adapter) = &args.ble else { return Ok(config) };
+    let channel = if args.ble_l2cap { ChannelChoice::PreferL2cap } else { ChannelChoice::Gatt };
+    let radio = BluezRadio::new(BluezConfig::new(adapter.clone()).allow(args.ble_allow.clone()).channel(channel));
+    Ok(config.with_ble(radio))
+}
+
+/// Without the feature there is no radio (`parse` refuses `--ble`).
+#[cfg(not(feature = "bluetooth-linux"))]
+fn with_bluetooth(config: NodeConfig, _args: &PeerArgs) -> Result<NodeConfig, CliError> {
+    Ok(config)
 }
 
 /// `HOST:PORT` as a socket address (host names are resolved; IPv4 preferred).
@@ -103,11 +151,12 @@ pub fn run(db: &Path, args: &[String]) -> Result<(), CliError> {
     let args = parse(args)?;
     let secret = read_secret(&args.secret_file)?;
     let store = Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))?;
-    let mut config = NodeConfig::new(args.name.unwrap_or_else(host_name), secret)
+    let mut config = NodeConfig::new(args.name.clone().unwrap_or_else(host_name), secret)
         .with_mdns(args.mdns)
-        .with_subscriptions(args.subscriptions);
+        .with_subscriptions(args.subscriptions.clone());
     config.listen = args.listen;
-    config.connect = args.connect;
+    config.connect = args.connect.clone();
+    let config = with_bluetooth(config, &args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -72,6 +72,10 @@ pub const ATT_MTU_MIN: u16 = 23;
 pub const ATT_MTU_MAX: u16 = 517;
 /// The ATT header of a write or notification: an ATT value is at most ATT_MTU − this.
 pub const ATT_HEADER_LEN: u16 = 3;
+/// The longest ATT attribute value (Core spec, Vol 3, Part F, 3.2.9): a GATT packet is never longer, whatever the
+/// MTU (with ATT MTU 517, ATT_MTU − 3 would be 514; BlueZ's GATT server drops longer writes and cuts longer
+/// notifications, Android refuses them).
+pub const ATT_MAX_VALUE_LEN: u16 = 512;
 /// The largest packet on an L2CAP channel (sent or accepted).
 pub const L2CAP_MAX_PACKET: u16 = 2048;
 /// A sender never has more Data packets unacknowledged than this, whatever the peer grants, so that 16-bit
@@ -491,7 +495,7 @@ impl BleLink {
     /// The size of the next Data packets: the channel's packet size, limited by what the peer accepts.
     pub fn max_packet_out(&self) -> usize {
         let channel = match self.channel {
-            Channel::Gatt { att_mtu } => att_mtu.saturating_sub(ATT_HEADER_LEN),
+            Channel::Gatt { att_mtu } => att_mtu.saturating_sub(ATT_HEADER_LEN).min(ATT_MAX_VALUE_LEN),
             Channel::L2cap { mtu } => mtu,
         };
         let peer = self.peer.map_or(u16::MAX, |p| p.max_packet);
@@ -1159,7 +1163,8 @@ mod tests {
         assert_eq!(a.max_packet_out(), 182);
         a.set_att_mtu(9000);
         assert_eq!(a.channel(), Channel::Gatt { att_mtu: 517 });
-        assert_eq!(a.max_packet_out(), 514);
+        // An ATT value is at most 512 bytes, even with the largest MTU.
+        assert_eq!(a.max_packet_out(), 512);
     }
 
     #[test]

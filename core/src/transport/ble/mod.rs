@@ -41,7 +41,7 @@
 //! * **GATT** — the central writes packets to the [RX characteristic](RX_CHARACTERISTIC_UUID) (write without
 //!   response) and the peripheral sends packets as notifications of the [TX characteristic](TX_CHARACTERISTIC_UUID).
 //!   One packet is one ATT value, so it is at most ATT_MTU − 3 bytes: 20 bytes with the default ATT MTU of 23,
-//!   182 on iOS (MTU 185), up to 514 with the largest MTU (517). The MTU exchange may complete after the
+//!   182 on iOS (MTU 185), up to 512 (the longest attribute value) with MTU 515 and above. The MTU exchange may complete after the
 //!   connection is up ([`link::BleLink::set_att_mtu`]).
 //! * **L2CAP** connection-oriented channels (Android API 29+, iOS 11+) — faster, but iOS exposes them as a byte
 //!   stream, so packet boundaries are not preserved: each packet travels as a record prefixed with its length
@@ -85,6 +85,8 @@
 //! connection whose central has the smaller device tag), the smaller tag dials when both tags are advertised,
 //! reconnection with exponential backoff and deterministic jitter, a cap on simultaneous links.
 
+#[cfg(feature = "bluetooth-linux")]
+pub mod bluez;
 pub mod link;
 pub mod links;
 pub mod packet;
