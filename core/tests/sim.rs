@@ -941,6 +941,18 @@ fn filtered_devices_get_the_edit_that_closes_a_task_through_a_new_route() {
 
 // ---- transport choice ----
 
+/// `n` random edits at random devices, a random pause (under 100 ms) after each.
+fn random_edits(w: &mut SimWorld, n: usize) {
+    for _ in 0..n {
+        let devices = w.device_count();
+        let at = w.rng().index(devices);
+        let e = draw_edit(w.rng(), &COLLECTIONS);
+        w.edit(at, |s| apply_edit(s, &e));
+        let dt = w.rng().below(100 * MILLISECOND);
+        w.run_for(dt);
+    }
+}
+
 /// A line of six phones over BLE; phones 1, 2 and 3 also share a LAN. Bulk data between LAN neighbours goes over
 /// the LAN while their BLE links stand by; when the LAN goes, BLE carries everything and all converge, with no
 /// change lost; when it comes back, the LAN carries the data again.
@@ -969,13 +981,7 @@ fn phones_on_a_lan_and_ble_send_bulk_over_the_lan_and_fall_back_to_ble() {
                 s.upsert("photos", json!({"_id": format!("p{i}"), "caption": "x".repeat(1000)})).unwrap();
             }
         });
-        for _ in 0..30 {
-            let at = w.rng().index(6);
-            let e = draw_edit(w.rng(), &COLLECTIONS);
-            w.edit(at, |s| apply_edit(s, &e));
-            let dt = w.rng().below(100 * MILLISECOND);
-            w.run_for(dt);
-        }
+        random_edits(&mut w, 30);
         w.run_until_quiet(3600 * SECOND).expect("quiet");
         assert_converged(&w, &subs);
         for (a, b) in [(1, 2), (2, 3), (2, 1), (3, 2)] {
@@ -989,13 +995,7 @@ fn phones_on_a_lan_and_ble_send_bulk_over_the_lan_and_fall_back_to_ble() {
         for (a, b) in [(1, 2), (2, 3), (1, 3)] {
             w.unlink_over(a, b, Lan);
         }
-        for _ in 0..30 {
-            let at = w.rng().index(6);
-            let e = draw_edit(w.rng(), &COLLECTIONS);
-            w.edit(at, |s| apply_edit(s, &e));
-            let dt = w.rng().below(100 * MILLISECOND);
-            w.run_for(dt);
-        }
+        random_edits(&mut w, 30);
         w.run_until_quiet(3600 * SECOND).expect("quiet");
         assert_converged(&w, &subs);
         assert_eq!(w.engine(2).peers().iter().find(|p| p.name == w.name(1)).map(|p| p.transport), Some(Ble));
