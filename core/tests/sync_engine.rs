@@ -8,7 +8,7 @@ use shoaldb::Store;
 use std::collections::BTreeMap;
 
 struct Net {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     engines: Vec<Engine>,
     /// (a, link at a, b, link at b)
     wires: Vec<(usize, LinkId, usize, LinkId)>,
@@ -32,7 +32,7 @@ impl Net {
                 Engine::new(store, Identity::generate().expect("identity"), secret(), &format!("dev{i}"), s, 0)
             })
             .collect();
-        Net { _dir: dir, engines, wires: Vec::new(), bytes: BTreeMap::new(), link_bytes: BTreeMap::new() }
+        Net { dir, engines, wires: Vec::new(), bytes: BTreeMap::new(), link_bytes: BTreeMap::new() }
     }
 
     fn connect(&mut self, a: usize, b: usize) -> usize {
@@ -56,22 +56,28 @@ impl Net {
     /// Move frames until nothing moves.
     fn settle(&mut self) {
         for _ in 0..100_000 {
-            let mut moved = false;
-            for &(a, la, b, lb) in &self.wires.clone() {
-                for (from, lf, to, lt) in [(a, la, b, lb), (b, lb, a, la)] {
-                    while let Some(f) = self.engines[from].poll_frame(lf) {
-                        *self.bytes.entry((from, to)).or_default() += f.len();
-                        *self.link_bytes.entry((from, lf)).or_default() += f.len();
-                        self.engines[to].on_frame(lt, &f);
-                        moved = true;
-                    }
-                }
-            }
-            if !moved {
+            if !self.round(usize::MAX) {
                 return;
             }
         }
         panic!("the network did not settle");
+    }
+
+    /// Move up to `frames` frames each way over every wire; whether any moved.
+    fn round(&mut self, frames: usize) -> bool {
+        let mut moved = false;
+        for &(a, la, b, lb) in &self.wires.clone() {
+            for (from, lf, to, lt) in [(a, la, b, lb), (b, lb, a, la)] {
+                for _ in 0..frames {
+                    let Some(f) = self.engines[from].poll_frame(lf) else { break };
+                    *self.bytes.entry((from, to)).or_default() += f.len();
+                    *self.link_bytes.entry((from, lf)).or_default() += f.len();
+                    self.engines[to].on_frame(lt, &f);
+                    moved = true;
+                }
+            }
+        }
+        moved
     }
 
     fn store(&self, i: usize) -> &Store {
@@ -236,10 +242,107 @@ fn attachment_is_fetched_across_three_hops_with_progress() {
     net.settle();
     let events = fetch_events(&mut net.engines[0]);
     assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: at_a.hash }), "{events:?}");
-    let progress: Vec<u64> = events.iter().filter_map(|e| if let FetchEvent::Progress { done, .. } = e { Some(*done) } else { None }).collect();
+    let progress = progress(&events);
     assert!(progress.len() > 2 && progress.windows(2).all(|w| w[0] < w[1]) && progress.last() == Some(&300_000), "{progress:?}");
     assert_eq!(net.store(0).attachment_bytes(&at_a).unwrap(), bytes);
     assert!(net.store(1).has_attachment(&at_a).unwrap() && net.store(2).has_attachment(&at_a).unwrap(), "relays keep a copy");
+}
+
+fn progress(events: &[shoaldb::sync::FetchEvent]) -> Vec<u64> {
+    events.iter().filter_map(|e| if let shoaldb::sync::FetchEvent::Progress { done, .. } = e { Some(*done) } else { None }).collect()
+}
+
+#[test]
+fn relays_pass_attachment_bytes_on_as_they_arrive() {
+    use shoaldb::sync::FetchEvent;
+    // A – B – C: C has 600 KB; A fetches through B, frame by frame: A's first bytes come long before B has them all.
+    let mut net = Net::new(vec![all(), vec![], all()]);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    let bytes: Vec<u8> = (0..600_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    let empty = net.store(2).put_attachment_bytes(&[], Default::default()).unwrap();
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    let mut first_at_a = None;
+    for _ in 0..100_000 {
+        if !net.round(1) {
+            break;
+        }
+        let events = fetch_events(&mut net.engines[0]);
+        if first_at_a.is_none() && !progress(&events).is_empty() {
+            first_at_a = Some(net.store(1).attachment_received(&token.hash).unwrap());
+            assert_eq!(net.store(1).attachment_len(&token.hash).unwrap(), None, "the relay is still fetching");
+        }
+        if let Some(FetchEvent::Done { fetch: f, .. }) = events.last() {
+            assert_eq!(*f, fetch);
+            break;
+        }
+    }
+    let relay_had = first_at_a.expect("bytes reached A");
+    assert!(relay_had < 600_000 / 4, "A's first bytes came when the relay had {relay_had} of 600000");
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+    assert!(net.store(1).has_attachment(&token).unwrap(), "the relay keeps a verified copy");
+    assert_eq!(net.store(1).attachment_received(&token.hash).unwrap(), 0, "and no loose parts");
+    // An empty attachment crosses too.
+    let fetch = net.engines[0].fetch_attachment(empty.hash).unwrap();
+    net.settle();
+    assert_eq!(fetch_events(&mut net.engines[0]).last(), Some(&FetchEvent::Done { fetch, hash: empty.hash }));
+    assert_eq!(net.store(0).attachment_bytes(&empty).unwrap(), Vec::<u8>::new());
+}
+
+#[test]
+fn a_fetch_through_a_relay_resumes_where_it_broke_off() {
+    use shoaldb::sync::FetchEvent;
+    // A – B – C: the A–B link breaks mid-transfer while B is still fetching; A comes back at once and resumes.
+    let mut net = Net::new(vec![all(), vec![], all()]);
+    let ab = net.connect(0, 1);
+    net.connect(1, 2);
+    let bytes: Vec<u8> = (0..400_000u32).map(|i| (i * 31 % 239) as u8).collect();
+    let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    while net.store(0).attachment_received(&token.hash).unwrap() == 0 {
+        assert!(net.round(1), "the transfer stalled");
+    }
+    let partial = net.store(0).attachment_received(&token.hash).unwrap();
+    assert_eq!(net.store(1).attachment_len(&token.hash).unwrap(), None, "the relay is still fetching");
+    net.disconnect(ab);
+    fetch_events(&mut net.engines[0]);
+    net.connect(0, 1);
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: token.hash }), "{events:?}");
+    assert!(progress(&events).first().is_some_and(|d| *d > partial), "resumed from {partial}: {:?}", progress(&events));
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+}
+
+#[test]
+fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
+    use shoaldb::sync::FetchEvent;
+    // A – B – C, where C's stored bytes were damaged on disk: B relays them, finds they do not match the hash, and
+    // tells A it cannot provide them; nobody keeps the damaged bytes as the attachment.
+    let mut net = Net::new(vec![all(), vec![], all()]);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 211) as u8).collect();
+    let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    {
+        let db = rusqlite::Connection::open(net.dir.path().join("2.db")).unwrap();
+        let changed = db.execute("UPDATE blob_chunks SET data = zeroblob(length(data)) WHERE hash = ?1 AND idx = 0", [&token.hash[..]]).unwrap();
+        assert_eq!(changed, 1);
+    }
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    // A frame at a time, so that B passes bytes on while it fetches them.
+    while net.round(1) {}
+    let events = fetch_events(&mut net.engines[0]);
+    assert!(matches!(events.last(), Some(FetchEvent::Failed { fetch: f, .. }) if *f == fetch), "{events:?}");
+    assert!(progress(&events).last().is_some_and(|d| *d < 300_000), "A never got the last bytes: {:?}", progress(&events));
+    for i in [0, 1] {
+        assert_eq!(net.store(i).attachment_len(&token.hash).unwrap(), None);
+    }
+    assert_eq!(net.store(1).attachment_received(&token.hash).unwrap(), 0, "the relay dropped what it received");
 }
 
 #[test]
@@ -269,8 +372,7 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
     net.settle();
     let events = fetch_events(&mut net.engines[0]);
     assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: token.hash }), "{events:?}");
-    let first_after = events.iter().find_map(|e| if let FetchEvent::Progress { done, .. } = e { Some(*done) } else { None });
-    assert!(first_after.is_some_and(|d| d > partial), "resumed from {partial}, not from 0");
+    assert!(progress(&events).first().is_some_and(|d| *d > partial), "resumed from {partial}, not from 0");
     assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
     // Nobody has this one.
     let missing = [7u8; 32];

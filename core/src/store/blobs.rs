@@ -93,6 +93,18 @@ pub(crate) fn partial_len(conn: &Connection, hash: &[u8; 32]) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// The received bytes of `hash` from `offset` to the end of the part that holds `offset`, if received.
+pub(crate) fn read_partial(conn: &Connection, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
+    let part: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT offset, data FROM partial_blobs WHERE hash = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1")?
+        .query_row(params![&hash[..], offset as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(part.and_then(|(start, mut data)| {
+        let skip = usize::try_from(offset - start as u64).ok()?;
+        (skip < data.len()).then(|| data.split_off(skip))
+    }))
+}
+
 /// Streams the received parts of `hash`, in order, one row at a time.
 struct PartsReader<'c> {
     conn: &'c Connection,

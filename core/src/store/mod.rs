@@ -767,6 +767,13 @@ impl Store {
         blobs::partial_len(&inner.conn, hash)
     }
 
+    /// Received bytes of the attachment `hash` from `offset` on, as far as one received part goes; `None` when
+    /// the bytes at `offset` have not been received (a relay passes parts on with this while it still fetches).
+    pub fn read_attachment_received(&self, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
+        let inner = self.lock();
+        blobs::read_partial(&inner.conn, hash, offset)
+    }
+
     /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
     /// where the received bytes end. Returns the bytes received so far.
     pub fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64> {

@@ -3,8 +3,11 @@
 //!
 //! A fetch asks one synced neighbour at a time ([`Message::FetchAttachment`] with the offset already received). A
 //! neighbour that has the bytes streams them ([`Message::AttachmentChunk`]); one that does not, and may relay
-//! (`hops > 0`), fetches them for itself from its *other* neighbours first, stores them, then serves them — so an
-//! attachment crosses any number of hops up to [`MAX_HOPS`], and every device on the way keeps a copy. A neighbour
+//! (`hops > 0`), fetches them for itself from its *other* neighbours and passes each part on as soon as it has
+//! stored it (cut-through: a relay does not wait for the whole attachment, so a transfer across several hops takes
+//! about as long as across one) — an attachment crosses any number of hops up to [`MAX_HOPS`], and every device
+//! on the way keeps a verified copy. Parts a relay passes on are verified only at the end, by the relay and by the
+//! device that asked, each against the hash; a relay whose own copy fails the check stops serving it. A neighbour
 //! that cannot get them answers [`Message::AttachmentUnavailable`] and the next one is asked. Received bytes are
 //! kept in the store as they arrive: after a broken link the fetch resumes from there with another neighbour (or
 //! the same one when it is back). When all bytes are in, they are checked against the hash before the attachment
@@ -46,8 +49,10 @@ struct Fetch {
     tried: BTreeSet<LinkId>,
     /// The link the request came from when relaying (never asked back).
     exclude: Option<LinkId>,
-    /// Neighbours waiting for this fetch to serve them: (link, their request).
-    waiting: Vec<(LinkId, u64)>,
+    /// Neighbours waiting for the first bytes of this fetch to serve them: (link, their request, their offset).
+    waiting: Vec<(LinkId, u64, u64)>,
+    /// The attachment's length, known from the first part received.
+    total: Option<u64>,
     /// Whether the app asked (events are reported).
     local: bool,
 }
@@ -58,6 +63,14 @@ struct Serve {
     total: u64,
     /// The stored chunk being served (chunks are larger than what one message carries).
     chunk: Option<(u64, Vec<u8>)>,
+    /// Served from the bytes this device's own fetch is receiving (relaying), not from a stored attachment.
+    relayed: bool,
+}
+
+impl Serve {
+    fn stored(hash: [u8; 32], next: u64, total: u64) -> Self {
+        Serve { hash, next, total, chunk: None, relayed: false }
+    }
 }
 
 /// Every fetch and every transfer this device serves.
@@ -85,7 +98,7 @@ impl Attachments {
         }
         self.fetches.insert(
             id,
-            Fetch { id, hash, hops: MAX_HOPS, asking: None, tried: BTreeSet::new(), exclude: None, waiting: Vec::new(), local: true },
+            Fetch { id, hash, hops: MAX_HOPS, asking: None, tried: BTreeSet::new(), exclude: None, waiting: Vec::new(), total: None, local: true },
         );
         self.ask_next(store, id, links, out, true)?;
         Ok(id)
@@ -110,9 +123,10 @@ impl Attachments {
                 let f = self.fetches.remove(&id).map(|f| (f.hash, f.local, f.waiting));
                 if let Some((hash, local, waiting)) = f {
                     log::info!("attachment {} not available from any connected device", crate::crdt::value::hex(&hash));
-                    for (link, request) in waiting {
+                    for (link, request, _) in waiting {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     }
+                    self.stop_relaying(hash, out);
                     if local {
                         self.events.push(FetchEvent::Failed { fetch: id, hash, reason: "no connected device has it".into() });
                     }
@@ -134,18 +148,34 @@ impl Attachments {
                     if offset > total {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     } else {
-                        self.serving.insert((link, request), Serve { hash, next: offset, total, chunk: None });
+                        self.serving.insert((link, request), Serve::stored(hash, offset, total));
                     }
                 } else if hops == 0 {
                     out.push((link, Message::AttachmentUnavailable { request }));
                 } else if let Some(f) = self.fetches.values_mut().find(|f| f.hash == hash) {
-                    f.waiting.push((link, request));
+                    match f.total {
+                        Some(total) if offset > total => out.push((link, Message::AttachmentUnavailable { request })),
+                        Some(total) => {
+                            self.serving.insert((link, request), Serve { hash, next: offset, total, chunk: None, relayed: true });
+                        }
+                        None => f.waiting.push((link, request, offset)),
+                    }
                 } else {
                     self.next_fetch += 1;
                     let id = self.next_fetch;
                     self.fetches.insert(
                         id,
-                        Fetch { id, hash, hops: hops - 1, asking: None, tried: BTreeSet::new(), exclude: Some(link), waiting: vec![(link, request)], local: false },
+                        Fetch {
+                            id,
+                            hash,
+                            hops: hops - 1,
+                            asking: None,
+                            tried: BTreeSet::new(),
+                            exclude: Some(link),
+                            waiting: vec![(link, request, offset)],
+                            total: None,
+                            local: false,
+                        },
                     );
                     self.ask_next(store, id, links, out, true)?;
                 }
@@ -160,7 +190,23 @@ impl Attachments {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let local = self.fetches.get(&id).is_some_and(|f| f.local);
+                let Some(f) = self.fetches.get_mut(&id) else { return Ok(()) };
+                let local = f.local;
+                match f.total {
+                    None => f.total = Some(total),
+                    Some(t) if t != total => {
+                        return Err(SyncError::Protocol(format!("attachment said to be {total} bytes, earlier {t}")));
+                    }
+                    Some(_) => {}
+                }
+                // The neighbours waiting for these bytes get them as they come.
+                for (l, r, from) in std::mem::take(&mut f.waiting) {
+                    if from > total {
+                        out.push((l, Message::AttachmentUnavailable { request: r }));
+                    } else {
+                        self.serving.insert((l, r), Serve { hash, next: from, total, chunk: None, relayed: true });
+                    }
+                }
                 if local {
                     self.events.push(FetchEvent::Progress { fetch: id, hash, done, total });
                 }
@@ -168,8 +214,9 @@ impl Attachments {
                     match store.finish_attachment(&hash, total) {
                         Ok(()) => {
                             if let Some(f) = self.fetches.remove(&id) {
-                                for (l, r) in f.waiting {
-                                    self.serving.insert((l, r), Serve { hash, next: 0, total, chunk: None });
+                                // Relayed transfers read the stored attachment from now on.
+                                for serve in self.serving.values_mut().filter(|s| s.hash == hash) {
+                                    serve.relayed = false;
                                 }
                                 if f.local {
                                     self.events.push(FetchEvent::Done { fetch: id, hash });
@@ -178,6 +225,10 @@ impl Attachments {
                         }
                         Err(e) => {
                             log::warn!("attachment from link {link} failed verification: {e}");
+                            self.stop_relaying(hash, out);
+                            if let Some(f) = self.fetches.get_mut(&id) {
+                                f.total = None;
+                            }
                             self.ask_next(store, id, links, out, true)?;
                         }
                     }
@@ -198,7 +249,7 @@ impl Attachments {
         self.serving.retain(|(l, _), _| *l != link);
         let ids: Vec<FetchId> = self.fetches.values().filter(|f| f.asking.is_some_and(|(l, _)| l == link)).map(|f| f.id).collect();
         for f in self.fetches.values_mut() {
-            f.waiting.retain(|(l, _)| *l != link);
+            f.waiting.retain(|(l, _, _)| *l != link);
         }
         for id in ids {
             if let Some(f) = self.fetches.get_mut(&id) {
@@ -219,21 +270,56 @@ impl Attachments {
         Ok(())
     }
 
-    /// The next chunk to send on `link`, if it is serving a transfer.
-    pub fn next_chunk(&mut self, store: &Store, link: LinkId) -> Result<Option<Message>, SyncError> {
-        let Some((&(l, request), serve)) = self.serving.range_mut((link, 0)..=(link, u64::MAX)).next() else { return Ok(None) };
-        debug_assert_eq!(l, link);
-        let size = crate::store::CHUNK_SIZE as u64;
-        let idx = serve.next / size;
-        if serve.chunk.as_ref().is_none_or(|(i, _)| *i != idx) {
-            serve.chunk = Some((idx, store.read_attachment_chunk(&serve.hash, idx)?));
+    /// Transfers relaying `hash` from this device's own fetch end: the bytes they were passing on cannot be trusted
+    /// (they failed verification) or will not come.
+    fn stop_relaying(&mut self, hash: [u8; 32], out: &mut Vec<(LinkId, Message)>) {
+        let stopped: Vec<(LinkId, u64)> = self.serving.iter().filter(|(_, s)| s.relayed && s.hash == hash).map(|(k, _)| *k).collect();
+        for key in stopped {
+            self.serving.remove(&key);
+            out.push((key.0, Message::AttachmentUnavailable { request: key.1 }));
         }
-        let data = match &serve.chunk {
-            Some((_, bytes)) => {
-                let from = ((serve.next - idx * size) as usize).min(bytes.len());
-                bytes[from..(from + ATTACHMENT_CHUNK).min(bytes.len())].to_vec()
+    }
+
+    /// The next chunk to send on `link`, if it is serving a transfer that has bytes to send now (a relayed one may
+    /// be waiting for them).
+    pub fn next_chunk(&mut self, store: &Store, link: LinkId) -> Result<Option<Message>, SyncError> {
+        let requests: Vec<u64> = self.serving.range((link, 0)..=(link, u64::MAX)).map(|((_, r), _)| *r).collect();
+        for request in requests {
+            if let Some(msg) = self.next_chunk_of(store, link, request)? {
+                return Ok(Some(msg));
             }
-            None => Vec::new(),
+        }
+        Ok(None)
+    }
+
+    fn next_chunk_of(&mut self, store: &Store, link: LinkId, request: u64) -> Result<Option<Message>, SyncError> {
+        let Some(serve) = self.serving.get_mut(&(link, request)) else { return Ok(None) };
+        let data = if serve.relayed {
+            match store.read_attachment_received(&serve.hash, serve.next)? {
+                Some(mut bytes) => {
+                    bytes.truncate(ATTACHMENT_CHUNK);
+                    bytes
+                }
+                // Not received yet.
+                None => return Ok(None),
+            }
+        } else {
+            let size = crate::store::CHUNK_SIZE as u64;
+            let idx = serve.next / size;
+            if serve.next >= serve.total {
+                // Nothing left (an empty attachment has no chunk at all).
+                serve.chunk = Some((idx, Vec::new()));
+            }
+            if serve.chunk.as_ref().is_none_or(|(i, _)| *i != idx) {
+                serve.chunk = Some((idx, store.read_attachment_chunk(&serve.hash, idx)?));
+            }
+            match &serve.chunk {
+                Some((_, bytes)) => {
+                    let from = ((serve.next - idx * size) as usize).min(bytes.len());
+                    bytes[from..(from + ATTACHMENT_CHUNK).min(bytes.len())].to_vec()
+                }
+                None => Vec::new(),
+            }
         };
         if data.is_empty() && serve.next < serve.total {
             log::warn!("attachment {} is shorter than stored: cannot serve it", crate::crdt::value::hex(&serve.hash));

@@ -23,8 +23,8 @@
 //! - `ble_attachment_3hops`: a line of four phones with identical links; the last holds a 1 MB attachment, the
 //!   first fetches it across three hops. Row `{"bench":"ble_attachment_3hops","ms","ideal_ms","ratio","goal":1.5,"goal_met",
 //!   "ok"}` where ideal is 1 MB at one link's capacity plus three one-hop latencies (one connection interval each),
-//!   as if the relays forwarded bytes as they arrive; the row also gives when each relay held the whole attachment
-//!   (`hop_done_ms`) and `store_and_forward_ideal_ms`, the ideal if each relay must hold it all before serving.
+//!   relays forwarding bytes as they arrive (which they do); the row also gives when each relay held the whole
+//!   attachment (`hop_done_ms`) and `store_and_forward_ideal_ms`, the ideal if each relay held it all before serving.
 
 use serde_json::json;
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
