@@ -38,6 +38,8 @@
 //!   a delay, never a gap. A phone out of range loses every PDU; when a connection has had no successful
 //!   exchange for [`RadioParams::supervision_timeout_us`], it drops on both sides at once (packets still queued are
 //!   lost) and both phones are told ([`BleLinks::on_disconnected`]).
+//! * **Order.** With probability [`RadioParams::reorder`] a packet overtakes the one queued just before it on
+//!   the same connection, as over Enhanced ATT's several bearers.
 //! * **Sending.** [`RadioCommand::Send`] queues the packet on its connection; [`BleLinks::on_sent`] is reported
 //!   when it has been transmitted (acknowledged by the peer's link layer), the moment it leaves the radio queue.
 //!   Every packet must fit the connection's current ATT MTU − 3; anything else is recorded as a protocol
@@ -94,14 +96,13 @@
 use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::{Durability, Options, Store};
 use crate::sync::{Engine, EngineEvent, FetchId, LinkId, PeerPresence, SyncError, Subscription, TransportKind};
-use crate::transport::ble::link::{Channel, Role, ATT_HEADER_LEN, ATT_MTU_MIN};
+use crate::transport::ble::link::{Channel, LinkError, Role, ATT_HEADER_LEN, ATT_MTU_MIN};
 use crate::transport::ble::links::{BleConfig, BleEvent, BleLinks, LinkClosedReason, RadioCommand};
 use crate::transport::ble::radio::{app_tag, device_tag};
 use crate::transport::ble::{AppTag, DeviceTag};
 use crate::transport::frame::HEADER_LEN;
-use crate::transport::sim::{LinkParams, SimRng, BACKLOG_LIMIT, DEFAULT_SECRET, MILLISECOND, SECOND};
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use crate::transport::sim::{EventQueue, LinkParams, SimRng, BACKLOG_LIMIT, DEFAULT_SECRET, MILLISECOND, SECOND};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
 /// A phone's index in its [`RadioWorld`].
@@ -146,6 +147,9 @@ pub struct RadioParams {
     pub packets_per_event: (usize, usize),
     /// Probability that a PDU is lost (and retransmitted). Capped at 0.9.
     pub loss: f64,
+    /// Probability that a GATT packet overtakes the one queued just before it (Enhanced ATT: several ATT bearers
+    /// per connection, each packet on whichever is free). Capped at 0.9.
+    pub reorder: f64,
     /// A connection with no successful exchange for this long drops.
     pub supervision_timeout_us: u64,
     /// Discovery reports come every (drawn from this range, µs).
@@ -170,6 +174,7 @@ impl Default for RadioParams {
             interval_us: (15 * MILLISECOND, 30 * MILLISECOND),
             packets_per_event: (4, 6),
             loss: 0.01,
+            reorder: 0.02,
             supervision_timeout_us: 2 * SECOND,
             scan_period_us: (100 * MILLISECOND, 300 * MILLISECOND),
             connect_setup_us: (30 * MILLISECOND, 120 * MILLISECOND),
@@ -183,11 +188,19 @@ impl Default for RadioParams {
 
 impl RadioParams {
     fn loss_rate(&self) -> f64 {
-        if self.loss.is_nan() {
-            0.0
-        } else {
-            self.loss.clamp(0.0, 0.9)
-        }
+        probability(self.loss)
+    }
+
+    fn reorder_rate(&self) -> f64 {
+        probability(self.reorder)
+    }
+}
+
+fn probability(p: f64) -> f64 {
+    if p.is_nan() {
+        0.0
+    } else {
+        p.clamp(0.0, 0.9)
     }
 }
 
@@ -259,6 +272,10 @@ pub struct PhoneStats {
     /// Links announced to the engine, and links closed as duplicates of another connection to the same phone.
     pub links_up: u64,
     pub duplicates_closed: u64,
+    /// Packets this radio sent ahead of the one queued before them ([`RadioParams::reorder`]).
+    pub packets_reordered: u64,
+    /// Links that failed on this phone's side (a protocol error or a timeout; not a Close from the peer).
+    pub link_errors: u64,
 }
 
 /// One BLE connection, as [`RadioWorld::connections`] describes it.
@@ -340,28 +357,6 @@ enum Event {
     Call(Action),
 }
 
-struct Scheduled {
-    time: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time, self.seq) == (other.time, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.time, self.seq).cmp(&(other.time, other.seq))
-    }
-}
 
 struct Attempt {
     from: PhoneId,
@@ -479,8 +474,7 @@ pub struct RadioWorld {
     params: RadioParams,
     rng: SimRng,
     now: u64,
-    next_seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Event>,
     dir: PathBuf,
     phones: Vec<Phone>,
     by_address: BTreeMap<String, PhoneId>,
@@ -520,8 +514,7 @@ impl RadioWorld {
             params,
             rng: SimRng::stream(seed, 0),
             now: 0,
-            next_seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             dir,
             phones: Vec::new(),
             by_address: BTreeMap::new(),
@@ -952,6 +945,8 @@ impl RadioWorld {
             t.packets_dropped += s.packets_dropped;
             t.links_up += s.links_up;
             t.duplicates_closed += s.duplicates_closed;
+            t.packets_reordered += s.packets_reordered;
+            t.link_errors += s.link_errors;
         }
         t
     }
@@ -973,17 +968,17 @@ impl RadioWorld {
     /// Process the next event. Returns false when there is none (never, once a phone exists).
     pub fn step(&mut self) -> bool {
         self.settle();
-        let Some(Reverse(s)) = self.queue.pop() else { return false };
+        let Some((time, event)) = self.queue.pop() else { return false };
         // A bug in the radio model could make it loop at one instant; say so rather than hang.
-        if s.time == self.now {
+        if time == self.now {
             self.same_time += 1;
             assert!(self.same_time < 1_000_000, "radio simulation stuck at t={} µs (seed {})", self.now, self.seed);
         } else {
             self.same_time = 0;
         }
-        self.now = self.now.max(s.time);
+        self.now = self.now.max(time);
         self.events_processed += 1;
-        match s.event {
+        match event {
             Event::Anchor { conn } => self.on_anchor(conn),
             Event::Start { conn, anchor } => {
                 if self.conns.get(&conn).is_some_and(|c| c.anchor == anchor && (!c.active || c.paused)) {
@@ -1029,7 +1024,7 @@ impl RadioWorld {
     pub fn run_for(&mut self, duration: u64) {
         let deadline = self.now + duration;
         self.settle();
-        while self.queue.peek().is_some_and(|Reverse(s)| s.time <= deadline) {
+        while self.queue.due_by(deadline) {
             self.step();
         }
         self.now = deadline;
@@ -1043,7 +1038,7 @@ impl RadioWorld {
         if done(self) {
             return Some(self.now);
         }
-        while self.queue.peek().is_some_and(|Reverse(s)| s.time <= deadline) {
+        while self.queue.due_by(deadline) {
             self.step();
             if done(self) {
                 return Some(self.now);
@@ -1137,9 +1132,7 @@ impl RadioWorld {
     // ---- internals: scheduling ----
 
     fn push(&mut self, time: u64, event: Event) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Reverse(Scheduled { time, seq, event }));
+        self.queue.push(time, event);
     }
 
     fn settle(&mut self) {
@@ -1295,8 +1288,13 @@ impl RadioWorld {
                 }
             }
             BleEvent::LinkClosed { conn, reason } => {
-                if reason == LinkClosedReason::Duplicate {
-                    phone.stats.duplicates_closed += 1;
+                match &reason {
+                    LinkClosedReason::Duplicate => phone.stats.duplicates_closed += 1,
+                    LinkClosedReason::Error(e) if !matches!(e, LinkError::ClosedByPeer(_)) => {
+                        log::debug!("radio sim: {}: link on connection {conn} failed: {e}", phone.name);
+                        phone.stats.link_errors += 1;
+                    }
+                    _ => {}
                 }
                 if let Some(link) = phone.conn_link.remove(&conn) {
                     phone.engine.remove_link(link, &format!("bluetooth: {reason:?}"));
@@ -1343,6 +1341,7 @@ impl RadioWorld {
                 self.push(self.now + interval, Event::Disconnected { phone: other, conn });
             }
             RadioCommand::Send { conn, packet } => {
+                let reorder = self.params.reorder_rate();
                 let Some(c) = self.conns.get_mut(&conn) else {
                     // The connection is gone; the phone is told (or about to be).
                     return;
@@ -1364,7 +1363,13 @@ impl RadioWorld {
                     self.drop_conn(conn);
                     return;
                 }
-                c.queues[dir].push_back(packet);
+                let queue = &mut c.queues[dir];
+                if reorder > 0.0 && !queue.is_empty() && c.rng.chance(reorder) {
+                    queue.insert(queue.len() - 1, packet);
+                    self.phones[p].stats.packets_reordered += 1;
+                } else {
+                    queue.push_back(packet);
+                }
             }
         }
     }

@@ -285,26 +285,73 @@ enum Event {
     Call(Action),
 }
 
-struct Scheduled {
-    time: u64,
-    seq: u64,
-    event: Event,
+/// The events of a simulation by virtual time; events at the same time come in the order they were pushed, so
+/// a run is a function of its seed. (Shared with [`super::radio_sim`].)
+pub(crate) struct EventQueue<E> {
+    next_seq: u64,
+    heap: BinaryHeap<Reverse<Scheduled<E>>>,
 }
 
-impl PartialEq for Scheduled {
+struct Scheduled<E> {
+    time: u64,
+    seq: u64,
+    event: E,
+}
+
+impl<E> PartialEq for Scheduled<E> {
     fn eq(&self, other: &Self) -> bool {
         (self.time, self.seq) == (other.time, other.seq)
     }
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
+impl<E> Eq for Scheduled<E> {}
+impl<E> PartialOrd for Scheduled<E> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Scheduled {
+impl<E> Ord for Scheduled<E> {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.time, self.seq).cmp(&(other.time, other.seq))
+    }
+}
+
+impl<E> EventQueue<E> {
+    pub(crate) fn new() -> Self {
+        EventQueue { next_seq: 0, heap: BinaryHeap::new() }
+    }
+
+    pub(crate) fn push(&mut self, time: u64, event: E) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Reverse(Scheduled { time, seq, event }));
+    }
+
+    /// The earliest event and its time.
+    pub(crate) fn pop(&mut self) -> Option<(u64, E)> {
+        self.heap.pop().map(|Reverse(s)| (s.time, s.event))
+    }
+
+    /// The time of the earliest event.
+    pub(crate) fn next_time(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(s)| s.time)
+    }
+
+    /// Whether an event is due at or before `deadline`.
+    pub(crate) fn due_by(&self, deadline: u64) -> bool {
+        self.next_time().is_some_and(|t| t <= deadline)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Every queued event, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &E> {
+        self.heap.iter().map(|Reverse(s)| &s.event)
     }
 }
 
@@ -372,8 +419,7 @@ pub struct SimWorld {
     seed: u64,
     rng: SimRng,
     now: u64,
-    next_seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Event>,
     dir: PathBuf,
     devices: Vec<SimDevice>,
     conns: BTreeMap<u64, Conn>,
@@ -402,8 +448,7 @@ impl SimWorld {
             seed,
             rng: SimRng::stream(seed, 0),
             now: 0,
-            next_seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             dir,
             devices: Vec::new(),
             conns: BTreeMap::new(),
@@ -708,11 +753,11 @@ impl SimWorld {
     /// Process the next event. Returns false when there is none.
     pub fn step(&mut self) -> bool {
         self.settle();
-        let Some(Reverse(s)) = self.queue.pop() else { return false };
-        debug_assert!(s.time >= self.now);
-        self.now = self.now.max(s.time);
+        let Some((time, event)) = self.queue.pop() else { return false };
+        debug_assert!(time >= self.now);
+        self.now = self.now.max(time);
         self.events_processed += 1;
-        match s.event {
+        match event {
             Event::Deliver { conn, dir, frame } => self.deliver(conn, dir, frame),
             Event::Wake { conn, dir } => self.pull(conn, dir),
             Event::Call(f) => f(self),
@@ -725,7 +770,7 @@ impl SimWorld {
     pub fn run_for(&mut self, duration: u64) {
         let deadline = self.now + duration;
         self.settle();
-        while self.queue.peek().is_some_and(|Reverse(s)| s.time <= deadline) {
+        while self.queue.due_by(deadline) {
             self.step();
         }
         self.now = deadline;
@@ -737,14 +782,14 @@ impl SimWorld {
         let deadline = self.now.saturating_add(max_duration);
         self.pump_all();
         loop {
-            match self.queue.peek() {
+            match self.queue.next_time() {
                 None => {
                     self.pump_all();
                     if self.queue.is_empty() {
                         return Ok(self.now);
                     }
                 }
-                Some(Reverse(s)) if s.time > deadline => {
+                Some(time) if time > deadline => {
                     self.now = deadline;
                     return Err(NotQuiet { now: self.now, pending_events: self.queue.len() });
                 }
@@ -763,7 +808,7 @@ impl SimWorld {
         if done(self) {
             return Some(self.now);
         }
-        while self.queue.peek().is_some_and(|Reverse(s)| s.time <= deadline) {
+        while self.queue.due_by(deadline) {
             self.step();
             if done(self) {
                 return Some(self.now);
@@ -775,9 +820,7 @@ impl SimWorld {
     // ---- internals ----
 
     fn push(&mut self, time: u64, event: Event) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Reverse(Scheduled { time, seq, event }));
+        self.queue.push(time, event);
     }
 
     fn stats_mut(&mut self, from: DeviceId, to: DeviceId) -> &mut DirStats {
@@ -924,8 +967,8 @@ impl SimWorld {
         let Some(conn) = self.conns.remove(&c) else { return };
         // Frames of this connection still queued for delivery are skipped when their time comes.
         let mut dropped = [0u64; 2];
-        for Reverse(s) in self.queue.iter() {
-            if let Event::Deliver { conn, dir, .. } = &s.event {
+        for event in self.queue.iter() {
+            if let Event::Deliver { conn, dir, .. } = event {
                 if *conn == c {
                     dropped[*dir] += 1;
                 }

@@ -19,12 +19,13 @@
 # info), BULK_KB (default 256; 0 skips the bulk step), SYNC_WAIT (s per wait, default 150), BTMON=1 (HCI trace of all
 # controllers, decoded to out/btmon.txt; bookworm's btmon may crash on EATT traffic), BLUETOOTHD_ARGS (e.g. "-E -d"
 # for bluetoothd's debug log in out/logs/), DBUS_MONITOR=1 (all system-bus traffic to out/dbus-monitor.txt),
-# EATT=1 (leave BlueZ's EATT on: see below).
+# EATT=0 (turn BlueZ's EATT off: see below).
 [ -f /opt/shoal/env ] && . /opt/shoal/env
 # EATT (several ATT bearers per link, BlueZ's default: 3) sends write commands and notifications over whichever
-# bearer is free, so they can arrive out of order, which breaks a Shoal GATT link (a gap in the packet numbers).
-# Off unless EATT=1: [GATT] Channels = 1 in a config file of our own (the root filesystem's stays untouched).
-if [ "${EATT:-0}" != 1 ]; then
+# bearer is free, so they can arrive out of order; Shoal's GATT links put them back in order (the summary counts
+# them). On, as BlueZ ships, unless EATT=0: [GATT] Channels = 1 in a config file of our own (the root
+# filesystem's stays untouched).
+if [ "${EATT:-1}" = 0 ]; then
     printf '[GATT]\nChannels = 1\n' > /opt/shoal/main.conf
     BLUETOOTHD_ARGS="${BLUETOOTHD_ARGS--E} -f /opt/shoal/main.conf"
 fi
@@ -60,7 +61,7 @@ else
 fi
 start_controllers 3 || finish 1
 A=("$(ctrl_addr 0)" "$(ctrl_addr 1)" "$(ctrl_addr 2)")
-echo "controllers: hci0 ${A[0]}, hci1 ${A[1]}, hci2 ${A[2]} ($BTVIRT_NOTE ${BTVIRT_ARGS--L}); bluetoothd ${BLUETOOTHD_ARGS--E} (EATT $([ "${EATT:-0}" = 1 ] && echo on || echo off)); $("$SHOAL" --version)" >> "$SUM"
+echo "controllers: hci0 ${A[0]}, hci1 ${A[1]}, hci2 ${A[2]} ($BTVIRT_NOTE ${BTVIRT_ARGS--L}); bluetoothd ${BLUETOOTHD_ARGS--E} (EATT $([ "${EATT:-1}" = 0 ] && echo off || echo on)); $("$SHOAL" --version)" >> "$SUM"
 echo "shoal-ble-vm-test-secret" > /tmp/secret
 if [ "${DBUS_MONITOR:-0}" = 1 ]; then
     dbus-monitor --system > "$OUT/dbus-monitor.txt" 2>&1 &
@@ -177,12 +178,15 @@ round() {
     esac
     for i in 0 1 2; do
         n=$(grep -c -E '\[(warn|error)\]' "$LOGDIR/peer$i.log")
-        note "peer$i: $n warning/error line(s); links: $(grep -c 'ble: link [0-9]* up' "$LOGDIR/peer$i.log") up, $(grep -c -E 'connection [0-9]* .* (failed|lost)' "$LOGDIR/peer$i.log") failed/lost"
+        note "peer$i: $n warning/error line(s); links: $(grep -c 'ble: link [0-9]* up' "$LOGDIR/peer$i.log") up, $(grep -c -E 'ble: connection [0-9]* .* (failed|ended)' "$LOGDIR/peer$i.log") failed/lost"
     done
 
     t=$(now)
     stop_peers
     note "peers stopped in $(since "$t") s; round took $(since "$t0") s"
+    # Every connection's end logs its packet counts; "out of order" ones came early over another ATT bearer (EATT).
+    early=$(cat "$LOGDIR"/peer?.log | sed -n 's/.*(\([0-9]*\) out of order).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
+    note "data packets received out of order (held until their turn): $early"
     for i in 0 1 2; do grep -q 'bluez(hci[0-9]): stopped' "$LOGDIR/peer$i.log" || note "peer$i: radio did not report 'stopped'"; done
     # Reset the controllers: no connection or advertisement survives into the next round.
     for i in 0 1 2; do

@@ -7,7 +7,7 @@
 #   sudo core/tests/blevm/sync.sh
 #
 # Environment: ROUNDS ("gatt l2cap"), SHOAL_LOG (peers' log level, info), BULK_KB (256), SYNC_WAIT (150), BTMON (1:
-# HCI trace), DBUS_MONITOR (1), EATT (1: leave BlueZ's enhanced ATT on), BLUETOOTHD_ARGS are passed to the guest (see
+# HCI trace), DBUS_MONITOR (1), EATT (0: turn BlueZ's enhanced ATT off), BLUETOOTHD_ARGS are passed to the guest (see
 # sync-guest.sh); SHOAL_SKIP_BUILD=1 uses the binary already built; CARGO_TARGET_DIR as for cargo; SHOAL_BLE_VM_OUT
 # (the results directory, default a new temp dir) and the other run.sh variables. Needs root (run.sh, rootfs.sh), gcc
 # and patch (btvirt.sh) and, to build, libdbus-1-dev + pkg-config (installed with apt-get if missing).

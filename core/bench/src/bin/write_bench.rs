@@ -34,7 +34,7 @@ fn doc_id(i: usize) -> String {
 }
 
 fn field_value(i: usize, k: usize, generation: usize) -> Json {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         json!(format!("value {i}.{k} gen {generation}"))
     } else {
         json!((i * FIELDS + k) as i64 * 1000 + generation as i64)

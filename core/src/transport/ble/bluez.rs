@@ -38,12 +38,13 @@
 //! * **Writes of more than 510 bytes are dropped.** BlueZ's GATT server (5.66) checks the whole write PDU, handle
 //!   included, against the 512-byte limit of an attribute value, so it refuses values of 511 and 512 bytes, and
 //!   drops such writes without response silently (it also reads at most 512 bytes per notification from its
-//!   socket). A GATT connection is therefore reported with an ATT MTU of at most 513: packets of at most 510 bytes.
+//!   socket). So every Shoal link accepts GATT packets of at most 510 bytes and says so in its Hello
+//!   ([`GATT_MAX_PACKET`](super::link::GATT_MAX_PACKET)): no peer, on any platform, sends BlueZ a longer one.
 //! * **One ACL per pair of devices.** When both devices dial each other, the kernel reuses the existing LE link,
 //!   so two Shoal connections (one per direction) may share an ACL. Ending one of them must not end the ACL while
 //!   the other uses it: a central then only unsubscribes, a peripheral forgets the central.
 
-use super::link::{Channel, Role, ATT_HEADER_LEN, ATT_MTU_MIN, L2CAP_MAX_PACKET};
+use super::link::{Channel, Role, ATT_MTU_MIN, L2CAP_MAX_PACKET};
 use super::links::RadioCommand;
 use super::packet::{KIND_HELLO, MIN_PACKET, RECORD_HEADER_LEN};
 use super::radio::{Radio, RadioEvent, RadioEvents};
@@ -92,11 +93,6 @@ const RX_QUEUE: usize = 1024;
 const DETACH_WAIT: Duration = Duration::from_secs(3);
 /// How long BlueZ must be unreachable before retrying to bring the radio up.
 const RETRY: Duration = Duration::from_secs(3);
-/// The largest GATT packet this radio sends or lets the link send: 2 bytes under the largest ATT value (512, Core
-/// spec Vol 3 Part F 3.2.9), because BlueZ's GATT server (5.66 at least, `shared/gatt-server.c` `write_cb`) checks
-/// the length of the whole write PDU, handle included, against 512: a longer write is refused, and a write without
-/// response silently dropped.
-const GATT_MAX_PACKET: u16 = 510;
 
 fn service_uuid() -> Uuid {
     Uuid::from_u128(SERVICE_UUID_U128)
@@ -1130,7 +1126,7 @@ impl Actor {
     /// A central wrote to RX: a packet of the GATT central served, or a new one.
     fn rx_write(&mut self, w: RxWrite) {
         let address = w.address.to_string().to_ascii_uppercase();
-        let att_mtu = gatt_mtu(w.mtu);
+        let att_mtu = w.mtu;
         if let Some(conn) = self.gatt_central {
             let restarted = w.value.first() == Some(&KIND_HELLO);
             if restarted && self.conns.get(&conn).is_some_and(|c| c.address == address) {
@@ -1241,12 +1237,6 @@ fn timed_out() -> bluer::Error {
     bluer::Error { kind: bluer::ErrorKind::Failed, message: "timed out".into() }
 }
 
-/// The ATT MTU to report for a GATT connection whose exchanged MTU is `mtu`: packets stay within
-/// [`GATT_MAX_PACKET`].
-fn gatt_mtu(mtu: u16) -> u16 {
-    mtu.clamp(ATT_MTU_MIN, GATT_MAX_PACKET + ATT_HEADER_LEN)
-}
-
 /// The packet size for an L2CAP channel: one record (packet + its 2-byte length) per SDU of the peer's MTU.
 fn l2cap_packet_size(stream: &L2capStream) -> u16 {
     let send_mtu = stream.as_ref().send_mtu().ok().filter(|m| *m >= 23).unwrap_or(23);
@@ -1328,7 +1318,7 @@ async fn dial(d: Dial) -> Result<Dialled, String> {
     let notes = p.notifications().await.map_err(|e| format!("notifications: {e}"))?;
     p.subscribe(&tx).await.map_err(|e| format!("subscribing: {e}"))?;
     let att_mtu = match central_att_mtu(&adapter, &address).await {
-        Some(m) => gatt_mtu(m),
+        Some(m) => m,
         None => {
             log::debug!("{name}: ATT MTU of {address} unknown; assuming {ATT_MTU_MIN}");
             ATT_MTU_MIN
@@ -1701,12 +1691,5 @@ mod tests {
         assert!(c.allows("00:AA:01:01:00:01"));
         assert!(c.allows("00:aa:01:01:00:01"));
         assert!(!c.allows("00:AA:01:00:00:00"));
-    }
-
-    #[test]
-    fn gatt_packets_stay_within_an_att_value() {
-        assert_eq!(gatt_mtu(517), 513);
-        assert_eq!(gatt_mtu(185), 185);
-        assert_eq!(gatt_mtu(0), ATT_MTU_MIN);
     }
 }

@@ -17,12 +17,24 @@
 //!   (control packets — Hello, Credit, Ping, Pong, Close — bypass the credit but count here, and go first).
 //!
 //! # Receiving
-//! [`BleLink::on_packet`] checks every packet: Data must arrive in sequence
-//! ([`LinkError::OutOfSequence`] otherwise — see the module docs of [`super`] for why a gap breaks the link rather
-//! than being repaired) and within the credit this side granted ([`LinkError::CreditExceeded`]); the frame
-//! lengths in the stream are checked as the bytes arrive ([`LinkError::BadFraming`]). The payloads wait in a queue
-//! until the app asks for frames with [`BleLink::poll_frame_in`], which moves them through a
-//! [`FrameDecoder`]; once half the window has been consumed this way, a Credit packet acknowledges them.
+//! [`BleLink::on_packet`] checks every packet: Data must come within the credit this side granted
+//! ([`LinkError::CreditExceeded`]) and never twice ([`LinkError::OutOfSequence`]); the frame lengths in the stream
+//! are checked as the bytes arrive in order ([`LinkError::BadFraming`]). The payloads wait in a queue until the
+//! app asks for frames with [`BleLink::poll_frame_in`], which moves them through a [`FrameDecoder`]; once half the
+//! window has been consumed this way, a Credit packet acknowledges them.
+//!
+//! # Order and loss
+//! An L2CAP channel is one ordered stream: a Data packet out of sequence there is a
+//! [`LinkError::OutOfSequence`] at once. GATT may reorder: with Enhanced ATT (several ATT bearers on one
+//! connection — BlueZ's default, and iOS and Android where both sides support it) writes and notifications go
+//! over whichever bearer is free. So on GATT a Data packet ahead of the next expected one waits (within the
+//! window, so memory stays bounded) until the packets before it arrive, Data may come before the peer's Hello,
+//! and a stale Credit or Ping is ignored. A packet that never comes is *lost* (the platform dropped it): the
+//! receiver knows one is missing when a later Data packet, or a Ping — which carries the sender's next sequence
+//! number — shows that it was sent; if it has not arrived [`GAP_TIMEOUT_MS`] later (at once on L2CAP), the link
+//! fails with [`LinkError::Lost`] and the sync engine resumes on the next link (see the module docs of [`super`]
+//! for why a link is not repaired). A sender stalled on credit pings every [`STALL_PING_MS`], so a lost tail is
+//! noticed within seconds, not at the idle timeout.
 //!
 //! # Memory bound
 //! The receive queue never holds more than *window* packets: the sender can only send that many beyond the last
@@ -33,9 +45,9 @@
 //! holds at most two frames. The control packets waiting to go out are at most one of each kind.
 //!
 //! # Keepalive and timeouts
-//! [`BleLink::tick`] fails the link when the peer's Hello has not arrived within [`HELLO_TIMEOUT_MS`] or nothing
-//! has arrived for [`IDLE_TIMEOUT_MS`], and queues a Ping when nothing was sent for [`PING_MS`] (answered by a
-//! Pong), so an idle but healthy link never times out.
+//! [`BleLink::tick`] fails the link when the peer's Hello has not arrived within [`HELLO_TIMEOUT_MS`], nothing
+//! has arrived for [`IDLE_TIMEOUT_MS`], or a missing Data packet has not come for [`GAP_TIMEOUT_MS`], and queues a
+//! Ping when nothing was sent for [`PING_MS`] (answered by a Pong), so an idle but healthy link never times out.
 //!
 //! # Errors and closing
 //! Any error from the peer's input fails the link for good: the error is returned again by every later
@@ -43,7 +55,7 @@
 //! Close packet telling the peer why (not after [`LinkError::ClosedByPeer`]), and the caller should disconnect.
 //! [`BleLink::close`] ends a link from this side the same way.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use log::{debug, info, trace};
 
@@ -60,6 +72,11 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 pub const IDLE_TIMEOUT_MS: u64 = 20_000;
 /// A link sends a Ping when it has sent nothing for this long.
 pub const PING_MS: u64 = 5_000;
+/// A link waiting for credit with data to send pings this often (the Ping tells the peer how much was sent).
+pub const STALL_PING_MS: u64 = 1_000;
+/// On GATT, a Data packet known to have been sent (a later one, or a Ping, says so) that has not arrived this long
+/// after it was due is lost, and the link fails.
+pub const GAP_TIMEOUT_MS: u64 = 3_000;
 /// At most this many packets are handed to the radio and not yet confirmed by [`BleLink::on_sent`].
 pub const RADIO_QUEUE: usize = 4;
 /// The receive window (in Data packets) a link announces unless configured otherwise.
@@ -76,6 +93,10 @@ pub const ATT_HEADER_LEN: u16 = 3;
 /// MTU (with ATT MTU 517, ATT_MTU − 3 would be 514; BlueZ's GATT server drops longer writes and cuts longer
 /// notifications, Android refuses them).
 pub const ATT_MAX_VALUE_LEN: u16 = 512;
+/// The largest GATT packet a link accepts, announced in its Hello (so the largest any peer sends it): 2 bytes
+/// under [`ATT_MAX_VALUE_LEN`], because BlueZ's GATT server (5.66) checks the whole write PDU, handle included,
+/// against 512 and silently drops writes of 511 and 512 bytes.
+pub const GATT_MAX_PACKET: u16 = ATT_MAX_VALUE_LEN - 2;
 /// The largest packet on an L2CAP channel (sent or accepted).
 pub const L2CAP_MAX_PACKET: u16 = 2048;
 /// A sender never has more Data packets unacknowledged than this, whatever the peer grants, so that 16-bit
@@ -174,13 +195,19 @@ pub enum LinkError {
         /// The packet's kind byte.
         kind: u8,
     },
-    /// A Data packet with an unexpected sequence number: the radio lost or repeated a packet.
+    /// A Data packet with an unexpected sequence number: repeated, or (on L2CAP) out of order.
     #[error("data packet {got} out of sequence (expected {expected}): a packet was lost or repeated")]
     OutOfSequence {
         /// The sequence number expected.
         expected: u16,
         /// The one received.
         got: u16,
+    },
+    /// Data packet `seq`, which the peer sent (a later one or its Ping says so), never arrived.
+    #[error("data packet {seq} was lost")]
+    Lost {
+        /// The sequence number of the missing packet.
+        seq: u16,
     },
     /// The peer sent more Data packets than this side granted.
     #[error("data packet {seq} exceeds the credit granted (window {window})")]
@@ -254,6 +281,8 @@ pub struct LinkStats {
     pub data_packets_in: u64,
     /// Payload bytes of those Data packets.
     pub data_bytes_in: u64,
+    /// Data packets that arrived ahead of an earlier one (GATT: held until it came).
+    pub data_packets_early: u64,
     /// Frames delivered by [`BleLink::poll_frame_in`].
     pub frames_in: u64,
     /// Bytes of those frames.
@@ -378,14 +407,23 @@ pub struct BleLink {
     peer_ack: u16,
     /// The peer's latest grant beyond its window.
     peer_grant: u16,
+    /// When a Data packet or a Ping last told the peer how many Data packets were sent.
+    last_sent_told: u64,
     // Receiving.
     /// The sequence number expected next.
     rx_next: u16,
+    /// GATT: Data packets that arrived ahead of `rx_next`, by sequence number (all within the window).
+    rx_ahead: BTreeMap<u16, Vec<u8>>,
+    /// How many Data packets from `rx_next` on the peer is known to have sent (0: none missing).
+    rx_known_ahead: u16,
+    /// Since when a Data packet known to be sent is missing (and no progress was made).
+    gap_since: Option<u64>,
     /// The last Data packet consumed by the app.
     consumed: u16,
     /// The acknowledgement last sent to the peer.
     sent_ack: u16,
     rx_queue: VecDeque<Vec<u8>>,
+    /// Bytes in `rx_queue` and `rx_ahead`.
     rx_queue_bytes: usize,
     rx_check: FrameCheck,
     decoder: FrameDecoder,
@@ -415,7 +453,7 @@ impl BleLink {
             Channel::L2cap { mtu } => Channel::L2cap { mtu: mtu.clamp(MIN_PACKET, L2CAP_MAX_PACKET) },
         };
         let (max_packet_in, stream) = match channel {
-            Channel::Gatt { .. } => (ATT_MTU_MAX - ATT_HEADER_LEN, None),
+            Channel::Gatt { .. } => (GATT_MAX_PACKET, None),
             Channel::L2cap { .. } => (L2CAP_MAX_PACKET, Some(StreamDecoder::new(usize::from(L2CAP_MAX_PACKET)))),
         };
         let window = config.window.clamp(1, MAX_WINDOW);
@@ -445,7 +483,11 @@ impl BleLink {
             next_seq: 0,
             peer_ack: u16::MAX,
             peer_grant: 0,
+            last_sent_told: now_ms,
             rx_next: 0,
+            rx_ahead: BTreeMap::new(),
+            rx_known_ahead: 0,
+            gap_since: None,
             consumed: u16::MAX,
             sent_ack: u16::MAX,
             rx_queue: VecDeque::new(),
@@ -465,6 +507,11 @@ impl BleLink {
     /// The channel (with the current ATT MTU on GATT).
     pub fn channel(&self) -> Channel {
         self.channel
+    }
+
+    /// Whether packets may arrive out of order (GATT, see the module docs).
+    fn reorders(&self) -> bool {
+        matches!(self.channel, Channel::Gatt { .. })
     }
 
     /// Whether the peer's Hello has arrived and the link is open: frames can flow.
@@ -712,11 +759,24 @@ impl BleLink {
         if now.saturating_sub(self.last_rx) >= IDLE_TIMEOUT_MS {
             return Err(self.fail(LinkError::Timeout(TimeoutKind::Idle)));
         }
-        if self.peer.is_some() && !self.ping_due && now.saturating_sub(self.last_tx) >= PING_MS {
-            trace!("ble link: quiet for {} ms, pinging", now.saturating_sub(self.last_tx));
-            self.ping_due = true;
+        if self.gap_since.is_some_and(|since| now.saturating_sub(since) >= GAP_TIMEOUT_MS) {
+            return Err(self.fail(LinkError::Lost { seq: self.rx_next }));
+        }
+        if self.peer.is_some() && !self.ping_due {
+            if now.saturating_sub(self.last_tx) >= PING_MS {
+                trace!("ble link: quiet for {} ms, pinging", now.saturating_sub(self.last_tx));
+                self.ping_due = true;
+            } else if self.stalled() && now.saturating_sub(self.last_sent_told) >= STALL_PING_MS {
+                trace!("ble link: waiting for credit, pinging");
+                self.ping_due = true;
+            }
         }
         Ok(())
+    }
+
+    /// Whether bytes wait to go out and the peer's credit is used up.
+    fn stalled(&self) -> bool {
+        self.tx_pos < self.tx_cur.len() && u32::from(self.in_flight()) >= self.send_allowance()
     }
 
     fn advance(&mut self, now_ms: u64) {
@@ -742,7 +802,9 @@ impl BleLink {
         self.tx_pos = 0;
         self.tx_next = None;
         self.rx_queue = VecDeque::new();
+        self.rx_ahead = BTreeMap::new();
         self.rx_queue_bytes = 0;
+        self.gap_since = None;
         self.decoder = FrameDecoder::new();
         self.stream = None;
         self.credit_due = false;
@@ -781,23 +843,15 @@ impl BleLink {
                 info!("ble link ({:?}): closed by the peer ({reason})", self.role);
                 Err(LinkError::ClosedByPeer(reason))
             }
+            // On GATT the peer's Data may overtake its Hello (it is held like any packet ahead of its turn).
+            Packet::Data { seq, payload } if self.peer.is_some() || self.reorders() => self.on_data(seq, payload),
             _ if self.peer.is_none() => Err(LinkError::HelloExpected { kind: bytes.first().copied().unwrap_or(0) }),
-            Packet::Data { seq, payload } => {
-                if seq != self.rx_next {
-                    return Err(LinkError::OutOfSequence { expected: self.rx_next, got: seq });
-                }
-                if seq.wrapping_sub(self.sent_ack) > self.window {
-                    return Err(LinkError::CreditExceeded { seq, window: self.window });
-                }
-                self.rx_check.feed(payload).map_err(LinkError::BadFraming)?;
-                self.rx_next = self.rx_next.wrapping_add(1);
-                self.rx_queue_bytes += payload.len();
-                self.rx_queue.push_back(payload.to_vec());
-                self.stats.data_packets_in += 1;
-                self.stats.data_bytes_in += payload.len() as u64;
-                Ok(())
-            }
+            Packet::Data { .. } => Err(LinkError::HelloExpected { kind: KIND_DATA }),
             Packet::Credit { ack, grant } => {
+                if self.reorders() && self.peer_ack.wrapping_sub(ack) <= MAX_OUTSTANDING as u16 && ack != self.peer_ack {
+                    trace!("ble link: ignoring a stale credit ({ack}, now {})", self.peer_ack);
+                    return Ok(());
+                }
                 if ack.wrapping_sub(self.peer_ack) > self.in_flight() {
                     return Err(LinkError::BadCredit { ack });
                 }
@@ -805,12 +859,77 @@ impl BleLink {
                 self.peer_grant = grant;
                 Ok(())
             }
-            Packet::Ping => {
+            Packet::Ping { sent } => {
                 self.pong_due = true;
-                Ok(())
+                self.peer_sent(sent)
             }
             Packet::Pong => Ok(()),
         }
+    }
+
+    /// A Data packet numbered `seq`.
+    fn on_data(&mut self, seq: u16, payload: &[u8]) -> Result<(), LinkError> {
+        let ahead = seq.wrapping_sub(self.rx_next);
+        if ahead != 0 {
+            let behind = self.rx_next.wrapping_sub(seq);
+            if !self.reorders() || behind <= MAX_OUTSTANDING as u16 || self.rx_ahead.contains_key(&seq) {
+                return Err(LinkError::OutOfSequence { expected: self.rx_next, got: seq });
+            }
+        }
+        if seq.wrapping_sub(self.sent_ack) > self.window {
+            return Err(LinkError::CreditExceeded { seq, window: self.window });
+        }
+        self.stats.data_packets_in += 1;
+        self.stats.data_bytes_in += payload.len() as u64;
+        self.rx_queue_bytes += payload.len();
+        if ahead != 0 {
+            trace!("ble link: data packet {seq} ahead of {}, held", self.rx_next);
+            self.stats.data_packets_early += 1;
+            self.rx_ahead.insert(seq, payload.to_vec());
+            return self.peer_sent(seq.wrapping_add(1));
+        }
+        self.accept_in_order(payload.to_vec())?;
+        while let Some(next) = self.rx_ahead.remove(&self.rx_next) {
+            self.accept_in_order(next)?;
+        }
+        if self.rx_known_ahead == 0 {
+            self.gap_since = None;
+        } else {
+            // Progress: the packets still missing get their own time.
+            self.gap_since = Some(self.now);
+        }
+        Ok(())
+    }
+
+    /// The Data packet numbered `rx_next` (its bytes already counted in `rx_queue_bytes`).
+    fn accept_in_order(&mut self, payload: Vec<u8>) -> Result<(), LinkError> {
+        self.rx_check.feed(&payload).map_err(LinkError::BadFraming)?;
+        self.rx_next = self.rx_next.wrapping_add(1);
+        self.rx_known_ahead = self.rx_known_ahead.saturating_sub(1);
+        self.rx_queue.push_back(payload);
+        Ok(())
+    }
+
+    /// The peer has sent every Data packet before `sent`: any of them not received yet is missing.
+    fn peer_sent(&mut self, sent: u16) -> Result<(), LinkError> {
+        let ahead = sent.wrapping_sub(self.rx_next);
+        if ahead == 0 || self.rx_next.wrapping_sub(sent) <= MAX_OUTSTANDING as u16 {
+            // Nothing missing, or a stale Ping.
+            return Ok(());
+        }
+        if sent.wrapping_sub(self.sent_ack) > self.window.saturating_add(1) {
+            return Err(LinkError::CreditExceeded { seq: sent.wrapping_sub(1), window: self.window });
+        }
+        if !self.reorders() {
+            return Err(LinkError::Lost { seq: self.rx_next });
+        }
+        if ahead > self.rx_known_ahead {
+            self.rx_known_ahead = ahead;
+        }
+        if self.gap_since.is_none() {
+            self.gap_since = Some(self.now);
+        }
+        Ok(())
     }
 
     /// The next packet that may go now, by priority: Close, Hello, Credit, Pong, Ping, Data.
@@ -848,7 +967,8 @@ impl BleLink {
         }
         if self.ping_due {
             self.ping_due = false;
-            return Some(Packet::Ping.to_vec());
+            self.last_sent_told = self.now;
+            return Some(Packet::Ping { sent: self.next_seq }.to_vec());
         }
         self.next_data()
     }
@@ -896,6 +1016,7 @@ impl BleLink {
         }
         trace!("ble link: data packet {} of {payload_len} bytes", self.next_seq);
         self.next_seq = self.next_seq.wrapping_add(1);
+        self.last_sent_told = self.now;
         self.stats.data_packets_out += 1;
         self.stats.data_bytes_out += payload_len as u64;
         Some(packet)
@@ -941,7 +1062,7 @@ mod tests {
         let hello = a.poll_packet().unwrap();
         assert_eq!(
             Packet::decode(&hello).unwrap(),
-            Packet::Hello { version: 1, tag: A, app_tag: APP, window: 8, max_packet: 514 }
+            Packet::Hello { version: PROTOCOL_VERSION, tag: A, app_tag: APP, window: 8, max_packet: GATT_MAX_PACKET }
         );
         assert_eq!(a.poll_packet(), None);
         a.tick(PING_MS + 1).unwrap();
@@ -1042,12 +1163,15 @@ mod tests {
     #[test]
     fn protocol_violations() {
         let (_, mut b) = pair(2, 23);
-        let data = Packet::Data { seq: 0, payload: &[0, 0, 0, 1, 7] }.to_vec();
-        assert_eq!(b.on_packet(&data, 0), Err(LinkError::HelloExpected { kind: 2 }));
+        assert_eq!(b.on_packet(&Packet::Ping { sent: 0 }.to_vec(), 0), Err(LinkError::HelloExpected { kind: 4 }));
+        // On L2CAP nothing overtakes the Hello: Data before it is a violation.
+        let mut l = BleLink::new(Role::Peripheral, Channel::L2cap { mtu: 100 }, B, APP, 0);
+        let data = encode_record(&Packet::Data { seq: 0, payload: &[0, 0, 0, 1, 7] }.to_vec()).unwrap();
+        assert_eq!(l.on_packet(&data, 0), Err(LinkError::HelloExpected { kind: 2 }));
 
         let (mut a2, mut b2) = pair(2, 23);
         handshake(&mut a2, &mut b2);
-        let h = Packet::Hello { version: 1, tag: A, app_tag: APP, window: 1, max_packet: 20 }.to_vec();
+        let h = Packet::Hello { version: PROTOCOL_VERSION, tag: A, app_tag: APP, window: 1, max_packet: 20 }.to_vec();
         assert_eq!(b2.on_packet(&h, 0), Err(LinkError::DuplicateHello));
 
         let (mut a3, mut b3) = pair(2, 23);
@@ -1070,7 +1194,7 @@ mod tests {
         assert_eq!(b4.on_packet(&[0; 600], 0), Err(LinkError::BadFraming(FrameError::Empty)));
 
         let (_, mut b5) = pair(2, 23);
-        assert_eq!(b5.on_packet(&[0; 600], 0), Err(LinkError::PacketTooLarge { len: 600, max: 514 }));
+        assert_eq!(b5.on_packet(&[0; 600], 0), Err(LinkError::PacketTooLarge { len: 600, max: 510 }));
         let (_, mut b6) = pair(2, 23);
         assert_eq!(b6.on_packet(&[9], 0), Err(LinkError::Packet(PacketError::UnknownKind(9))));
         assert_eq!(b6.poll_packet(), Some(vec![6, 5]));
@@ -1089,7 +1213,7 @@ mod tests {
         a.tick(PING_MS).unwrap();
         let ping = a.poll_packet().unwrap();
         a.on_sent();
-        assert_eq!(ping, vec![4]);
+        assert_eq!(ping, vec![4, 0, 0]);
         assert_eq!(a.poll_packet(), None, "one ping at a time");
         b.on_packet(&ping, PING_MS).unwrap();
         let pong = b.poll_packet().unwrap();
@@ -1163,8 +1287,9 @@ mod tests {
         assert_eq!(a.max_packet_out(), 182);
         a.set_att_mtu(9000);
         assert_eq!(a.channel(), Channel::Gatt { att_mtu: 517 });
-        // An ATT value is at most 512 bytes, even with the largest MTU.
-        assert_eq!(a.max_packet_out(), 512);
+        // An ATT value is at most 512 bytes, even with the largest MTU, and a peer accepts at most 510.
+        assert_eq!(b.max_packet_in(), usize::from(GATT_MAX_PACKET));
+        assert_eq!(a.max_packet_out(), 510);
     }
 
     #[test]
@@ -1189,6 +1314,163 @@ mod tests {
         for piece in bytes.chunks(7) {
             b.on_packet(piece, 1).unwrap();
         }
+        assert_eq!(b.poll_frame_in().unwrap(), frame);
+    }
+
+    /// Packets of `from` until none may go, confirmed at once.
+    fn drain(from: &mut BleLink) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(p) = from.poll_packet() {
+            from.on_sent();
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn gatt_packets_out_of_order_within_the_window_are_put_back_in_order() {
+        // Enhanced ATT: packets over several bearers. Every order of a window's worth of packets is delivered in
+        // order, including Data that overtakes the Hello, and a stale Credit is ignored.
+        let frame: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..200u64 {
+            let (mut a, mut b) = pair(8, 23 + (round % 5) as u16 * 40);
+            let hello_b = drain(&mut b);
+            let hello_a = drain(&mut a);
+            a.on_packet(&hello_b[0], 0).unwrap();
+            let mut got = Vec::new();
+            let mut credits = Vec::new();
+            a.push_frame(&frame).unwrap();
+            let mut first = true;
+            while got.len() < frame.len() {
+                let mut packets = drain(&mut a);
+                if first {
+                    packets.splice(0..0, hello_a.clone());
+                    first = false;
+                }
+                // Shuffle (Fisher–Yates, xorshift).
+                for i in (1..packets.len()).rev() {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    packets.swap(i, (rng % (i as u64 + 1)) as usize);
+                }
+                for p in &packets {
+                    b.on_packet(p, 1).unwrap();
+                }
+                assert!(b.rx_buffered() <= b.rx_bound());
+                while let Some(f) = b.poll_frame_in() {
+                    got.extend(f);
+                }
+                // New credits, then the older ones again: stale by now.
+                let new = drain(&mut b);
+                for c in new.iter().chain(credits.iter()) {
+                    a.on_packet(c, 1).unwrap();
+                }
+                credits.extend(new);
+                assert!(a.tick(2).is_ok() && b.tick(2).is_ok());
+            }
+            assert_eq!(got, frame, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_gatt_packet_still_breaks_the_link() {
+        let (mut a, mut b) = pair(8, 23);
+        handshake(&mut a, &mut b);
+        a.push_frame(&[5u8; 100]).unwrap();
+        let packets = drain(&mut a);
+        b.on_packet(&packets[1], 0).unwrap();
+        assert_eq!(b.on_packet(&packets[1], 0), Err(LinkError::OutOfSequence { expected: 0, got: 1 }));
+        let (mut a, mut b) = pair(8, 23);
+        handshake(&mut a, &mut b);
+        a.push_frame(&[5u8; 100]).unwrap();
+        let packets = drain(&mut a);
+        b.on_packet(&packets[0], 0).unwrap();
+        assert_eq!(b.on_packet(&packets[0], 0), Err(LinkError::OutOfSequence { expected: 1, got: 0 }));
+    }
+
+    #[test]
+    fn a_lost_gatt_packet_fails_the_link_after_the_gap_timeout() {
+        let (mut a, mut b) = pair(8, 23);
+        handshake(&mut a, &mut b);
+        a.push_frame(&[5u8; 100]).unwrap();
+        let packets = drain(&mut a);
+        // Packet 1 never arrives; later ones do.
+        for (i, p) in packets.iter().enumerate() {
+            if i != 1 {
+                b.on_packet(p, 100).unwrap();
+            }
+        }
+        b.tick(100 + GAP_TIMEOUT_MS - 1).unwrap();
+        assert_eq!(b.tick(100 + GAP_TIMEOUT_MS), Err(LinkError::Lost { seq: 1 }));
+        assert!(b.rx_buffered() == 0, "buffers dropped");
+    }
+
+    #[test]
+    fn a_lost_tail_is_noticed_from_the_senders_ping() {
+        for channel in [Channel::Gatt { att_mtu: 23 }, Channel::L2cap { mtu: 20 }] {
+            let cfg = LinkConfig { window: 8 };
+            let mut a = BleLink::with_config(Role::Central, channel, A, APP, cfg, 0);
+            let mut b = BleLink::with_config(Role::Peripheral, channel, B, APP, cfg, 0);
+            handshake(&mut a, &mut b);
+            a.push_frame(&[5u8; 500]).unwrap();
+            let packets = drain(&mut a);
+            assert_eq!(packets.len(), 8, "a window's worth");
+            // Only the first two arrive (too few for a credit): nothing later comes, and a waits for credit.
+            for p in &packets[..2] {
+                b.on_packet(p, 10).unwrap();
+            }
+            while b.poll_frame_in().is_some() {}
+            for p in drain(&mut b) {
+                a.on_packet(&p, 10).unwrap();
+            }
+            a.tick(STALL_PING_MS - 1).unwrap();
+            assert!(drain(&mut a).is_empty(), "no ping yet");
+            a.tick(STALL_PING_MS).unwrap();
+            let ping = drain(&mut a);
+            assert_eq!(ping, vec![Packet::Ping { sent: 8 }.to_vec()].into_iter().map(|p| match channel {
+                Channel::L2cap { .. } => encode_record(&p).unwrap(),
+                Channel::Gatt { .. } => p,
+            }).collect::<Vec<_>>());
+            let now = 10 + STALL_PING_MS + 20;
+            match channel {
+                // An ordered stream: the Ping came after packets 2 and 3, so they are lost.
+                Channel::L2cap { .. } => assert_eq!(b.on_packet(&ping[0], now), Err(LinkError::Lost { seq: 2 })),
+                // They may still come over another bearer, for a while.
+                Channel::Gatt { .. } => {
+                    b.on_packet(&ping[0], now).unwrap();
+                    b.tick(now + GAP_TIMEOUT_MS - 1).unwrap();
+                    assert_eq!(b.tick(now + GAP_TIMEOUT_MS), Err(LinkError::Lost { seq: 2 }));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_gap_that_keeps_moving_is_not_a_loss() {
+        // One packet always late (1, 3, 0, 5, 2, 7, 4, ...), a second between arrivals: a gap is open the whole
+        // time, far longer than GAP_TIMEOUT_MS, but the stream keeps moving, so nothing is lost.
+        let (mut a, mut b) = pair(64, 23);
+        handshake(&mut a, &mut b);
+        let frame = vec![3u8; 64 * 17 - 4];
+        a.push_frame(&frame).unwrap();
+        let packets = drain(&mut a);
+        assert_eq!(packets.len(), 64);
+        let odds: Vec<usize> = (1..64).step_by(2).collect();
+        let evens: Vec<usize> = (0..64).step_by(2).collect();
+        let mut order = vec![odds[0]];
+        for (i, even) in evens.iter().enumerate() {
+            order.extend(odds.get(i + 1));
+            order.push(*even);
+        }
+        let mut now = 0;
+        for i in order {
+            now += 1_000;
+            b.on_packet(&packets[i], now).unwrap();
+            b.tick(now).unwrap();
+        }
+        assert!(now > 20 * GAP_TIMEOUT_MS);
         assert_eq!(b.poll_frame_in().unwrap(), frame);
     }
 }

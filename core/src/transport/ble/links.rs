@@ -43,7 +43,9 @@
 //! A failed attempt (or [`BleConfig::connect_timeout_ms`] without an answer, after which the attempt is
 //! cancelled) or a lost link schedules the next attempt at that address after an exponential backoff
 //! ([`BleConfig::backoff_min_ms`] doubling up to [`BleConfig::backoff_max_ms`], each delay jittered by ±25%), reset
-//! once a link is up. The jitter is drawn from a generator seeded by the constructor, so a run is reproducible.
+//! once a link is up, or when the address is discovered again after [`REAPPEARED_AFTER_MS`] unseen (two phones
+//! that walked apart and meet again link at once, not when the grown backoff runs out). The jitter is drawn from
+//! a generator seeded by the constructor, so a run is reproducible.
 //! Addresses not seen for [`BleConfig::forget_after_ms`] are forgotten (phones rotate their random addresses),
 //! and at most [`BleConfig::max_known_addresses`] are remembered.
 //!
@@ -72,6 +74,8 @@ pub const BACKOFF_MAX_MS: u64 = 30_000;
 pub const DIAL_GRACE_MS: u64 = 3_000;
 /// Default [`BleConfig::connect_timeout_ms`].
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// An address seen again after not being seen for this long is dialled without waiting out its backoff.
+pub const REAPPEARED_AFTER_MS: u64 = 5_000;
 /// Default [`BleConfig::forget_after_ms`].
 pub const FORGET_AFTER_MS: u64 = 60_000;
 /// Default [`BleConfig::max_known_addresses`].
@@ -292,6 +296,14 @@ struct Conn {
     closing: Option<u64>,
 }
 
+fn log_counts(conn: u64, c: &Conn, when: &str) {
+    let st = c.link.stats();
+    info!(
+        "ble: connection {conn} ({}) {when}: {} data packets in ({} out of order), {} out",
+        c.address, st.data_packets_in, st.data_packets_early, st.data_packets_out
+    );
+}
+
 /// The BLE links of one phone (see the module docs).
 #[derive(Debug)]
 pub struct BleLinks {
@@ -408,6 +420,13 @@ impl BleLinks {
             );
         }
         if let Some(peer) = self.peers.get_mut(address) {
+            if now.saturating_sub(peer.last_seen) >= REAPPEARED_AFTER_MS && peer.state == PeerState::Idle {
+                // Back in range after a while (the attempts that failed meanwhile said nothing about now): dial
+                // without waiting out the backoff.
+                debug!("ble: {address} is back after {} ms", now.saturating_sub(peer.last_seen));
+                peer.backoff.reset();
+                peer.next_attempt = peer.next_attempt.min(now);
+            }
             peer.last_seen = now;
             if let Some((tag, _)) = parsed {
                 peer.tag = Some(tag);
@@ -486,6 +505,14 @@ impl BleLinks {
         }
     }
 
+    /// Log every connection's packet counters (e.g. when the node stops: connections that end then are not
+    /// reported one by one).
+    pub fn log_connections(&self) {
+        for (conn, c) in &self.conns {
+            log_counts(*conn, c, "at the end");
+        }
+    }
+
     /// A connection ended (whoever ended it).
     pub fn on_disconnected(&mut self, now_ms: u64, conn: u64) {
         self.advance(now_ms);
@@ -493,7 +520,7 @@ impl BleLinks {
             trace!("ble: disconnection of unknown connection {conn}");
             return;
         };
-        info!("ble: connection {conn} ({}) lost", c.address);
+        log_counts(conn, &c, "ended");
         if c.announced {
             self.events.push_back(BleEvent::LinkClosed { conn, reason: LinkClosedReason::Disconnected });
         }

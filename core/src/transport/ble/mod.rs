@@ -41,7 +41,8 @@
 //! * **GATT** — the central writes packets to the [RX characteristic](RX_CHARACTERISTIC_UUID) (write without
 //!   response) and the peripheral sends packets as notifications of the [TX characteristic](TX_CHARACTERISTIC_UUID).
 //!   One packet is one ATT value, so it is at most ATT_MTU − 3 bytes: 20 bytes with the default ATT MTU of 23,
-//!   182 on iOS (MTU 185), up to 512 (the longest attribute value) with MTU 515 and above. The MTU exchange may complete after the
+//!   182 on iOS (MTU 185), up to 510 with MTU 513 and above (2 under the longest attribute value, for BlueZ:
+//!   [`link::GATT_MAX_PACKET`]). The MTU exchange may complete after the
 //!   connection is up ([`link::BleLink::set_att_mtu`]).
 //! * **L2CAP** connection-oriented channels (Android API 29+, iOS 11+) — faster, but iOS exposes them as a byte
 //!   stream, so packet boundaries are not preserved: each packet travels as a record prefixed with its length
@@ -68,15 +69,21 @@
 //! go out ([`link::BleLink::wants_frame`]), which is the backpressure that makes the engine produce frames lazily.
 //!
 //! # Loss and order
-//! GATT writes without response and notifications are reliable and ordered within a connection (the link layer
-//! retransmits until acknowledged, and drops the connection if it cannot). A gap or a repeat in the Data sequence
-//! numbers therefore means the platform lost or repeated a packet (e.g. a full OS queue that dropped a write): the
-//! link is broken ([`link::LinkError::OutOfSequence`]) and is dropped rather than repaired. Nothing is lost by
-//! that: the sync engine resumes from what the other side has acknowledged on the next connection.
+//! GATT writes without response and notifications are reliable within a connection (the link layer retransmits
+//! until acknowledged, and drops the connection if it cannot), but not always ordered: with Enhanced ATT a
+//! connection has several ATT bearers, and packets take whichever is free. A receiver on GATT therefore puts
+//! packets back in order within its window; an L2CAP channel is a single ordered stream. A Data packet that never
+//! arrives means the platform dropped it (e.g. a full OS queue); the receiver learns that it was sent from a later
+//! packet or from the sender's Ping (which carries its next sequence number), and the link is broken
+//! ([`link::LinkError::Lost`]) and dropped rather than repaired, as is a repeated packet
+//! ([`link::LinkError::OutOfSequence`]). Nothing is lost by that: the sync engine resumes from what the other
+//! side has acknowledged on the next connection. See [`link`] for the timings.
 //!
 //! # Keepalive and timeouts
-//! A link sends a **Ping** when it has sent nothing for [`link::PING_MS`]; the peer answers **Pong**. A link fails
-//! when the peer's Hello has not arrived within [`link::HELLO_TIMEOUT_MS`], or when nothing at all has arrived for
+//! A link sends a **Ping** when it has sent nothing for [`link::PING_MS`] (or has waited [`link::STALL_PING_MS`]
+//! for credit); the peer answers **Pong**. A link fails when the peer's Hello has not arrived within
+//! [`link::HELLO_TIMEOUT_MS`], when a lost Data packet has not come for [`link::GAP_TIMEOUT_MS`], or when nothing
+//! at all has arrived for
 //! [`link::IDLE_TIMEOUT_MS`] (so a phone that walked out of range is noticed even when the OS has not reported the
 //! disconnection yet). **Close** ends a link politely, with a reason.
 //!

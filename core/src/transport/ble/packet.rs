@@ -8,10 +8,10 @@
 //!
 //! | kind | packet | fields                                                                   | length |
 //! |------|--------|--------------------------------------------------------------------------|--------|
-//! | 0x01 | Hello  | version u8 (= 1), tag (8 bytes), app tag (4 bytes), window u16, max packet u16 | 18 |
+//! | 0x01 | Hello  | version u8 (= 2), tag (8 bytes), app tag (4 bytes), window u16, max packet u16 | 18 |
 //! | 0x02 | Data   | seq u16, payload (≥ 1 byte)                                              | ≥ 4    |
 //! | 0x03 | Credit | ack u16, grant u16                                                       | 5      |
-//! | 0x04 | Ping   | —                                                                        | 1      |
+//! | 0x04 | Ping   | sent u16 (the sequence number of the sender's next Data packet)           | 3      |
 //! | 0x05 | Pong   | —                                                                        | 1      |
 //! | 0x06 | Close  | reason u8 ([`CloseReason::code`])                                        | 2      |
 //!
@@ -24,7 +24,8 @@ use log::{debug, trace};
 use super::{AppTag, DeviceTag};
 
 /// The protocol version this implementation speaks (carried in Hello).
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2: Ping carries the sender's next sequence number.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The smallest packet every BLE channel carries: the payload of the default ATT MTU (23 − 3). A peer that
 /// accepts less is refused.
@@ -151,8 +152,12 @@ pub enum Packet<'a> {
         /// Extra packets the sender may send beyond its window, counted from `ack` (0 = just the window).
         grant: u16,
     },
-    /// "Are you there?" — answered by [`Packet::Pong`].
-    Ping,
+    /// "Are you there?" — answered by [`Packet::Pong`]. Also tells the receiver how many Data packets were sent,
+    /// so that lost ones are noticed even when no later Data packet comes.
+    Ping {
+        /// The sequence number of the sender's next Data packet (every earlier one was sent).
+        sent: u16,
+    },
     /// The answer to [`Packet::Ping`].
     Pong,
     /// The sender ends the link.
@@ -276,8 +281,8 @@ impl<'a> Packet<'a> {
                 Ok(Packet::Credit { ack: u16_at(0), grant: u16_at(2) })
             }
             KIND_PING => {
-                fixed(1)?;
-                Ok(Packet::Ping)
+                fixed(3)?;
+                Ok(Packet::Ping { sent: u16_at(0) })
             }
             KIND_PONG => {
                 fixed(1)?;
@@ -314,7 +319,10 @@ impl<'a> Packet<'a> {
                 out.extend_from_slice(&ack.to_le_bytes());
                 out.extend_from_slice(&grant.to_le_bytes());
             }
-            Packet::Ping => out.push(KIND_PING),
+            Packet::Ping { sent } => {
+                out.push(KIND_PING);
+                out.extend_from_slice(&sent.to_le_bytes());
+            }
             Packet::Pong => out.push(KIND_PONG),
             Packet::Close { reason } => {
                 out.push(KIND_CLOSE);
@@ -336,7 +344,8 @@ impl<'a> Packet<'a> {
             Packet::Hello { .. } => HELLO_LEN,
             Packet::Data { payload, .. } => DATA_HEADER_LEN + payload.len(),
             Packet::Credit { .. } => 5,
-            Packet::Ping | Packet::Pong => 1,
+            Packet::Ping { .. } => 3,
+            Packet::Pong => 1,
             Packet::Close { .. } => 2,
         }
     }
@@ -518,7 +527,7 @@ mod tests {
         round_trip(Packet::Data { seq: 0xFFFF, payload: &[7; 511] });
         round_trip(Packet::Credit { ack: 0xFFFF, grant: 0 });
         round_trip(Packet::Credit { ack: 12, grant: 300 });
-        round_trip(Packet::Ping);
+        round_trip(Packet::Ping { sent: 0x1234 });
         round_trip(Packet::Pong);
         for code in 0..=255u8 {
             let reason = CloseReason::from_code(code);
@@ -531,11 +540,11 @@ mod tests {
     fn encodings_are_little_endian_and_exact() {
         assert_eq!(
             hello(0x0120, 0x0202).to_vec(),
-            [1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0xA, 0xB, 0xC, 0xD, 0x20, 0x01, 0x02, 0x02]
+            [1, 2, 1, 2, 3, 4, 5, 6, 7, 8, 0xA, 0xB, 0xC, 0xD, 0x20, 0x01, 0x02, 0x02]
         );
         assert_eq!(Packet::Data { seq: 0x0102, payload: b"ab" }.to_vec(), [2, 0x02, 0x01, b'a', b'b']);
         assert_eq!(Packet::Credit { ack: 0x0304, grant: 0x0506 }.to_vec(), [3, 4, 3, 6, 5]);
-        assert_eq!(Packet::Ping.to_vec(), [4]);
+        assert_eq!(Packet::Ping { sent: 0x0102 }.to_vec(), [4, 2, 1]);
         assert_eq!(Packet::Pong.to_vec(), [5]);
         assert_eq!(Packet::Close { reason: CloseReason::Duplicate }.to_vec(), [6, 1]);
     }
@@ -553,9 +562,9 @@ mod tests {
         let mut long = h.clone();
         long.push(0);
         assert_eq!(Packet::decode(&long), Err(PacketError::TrailingBytes { kind: 1, len: 19, expected: 18 }));
-        let mut v2 = h.clone();
-        v2[1] = 2;
-        assert_eq!(Packet::decode(&v2), Err(PacketError::UnsupportedVersion(2)));
+        let mut v1 = h.clone();
+        v1[1] = 1;
+        assert_eq!(Packet::decode(&v1), Err(PacketError::UnsupportedVersion(1)), "version 1 had a shorter Ping");
         let mut v0 = h.clone();
         v0[1] = 0;
         assert_eq!(Packet::decode(&v0), Err(PacketError::UnsupportedVersion(0)));
@@ -570,7 +579,8 @@ mod tests {
             Packet::decode(&[3, 0, 0, 0, 0, 0]),
             Err(PacketError::TrailingBytes { kind: 3, len: 6, expected: 5 })
         );
-        assert_eq!(Packet::decode(&[4, 0]), Err(PacketError::TrailingBytes { kind: 4, len: 2, expected: 1 }));
+        assert_eq!(Packet::decode(&[4, 0]), Err(PacketError::Truncated { kind: 4, len: 2, need: 3 }));
+        assert_eq!(Packet::decode(&[4, 0, 0, 0]), Err(PacketError::TrailingBytes { kind: 4, len: 4, expected: 3 }));
         assert_eq!(Packet::decode(&[5, 0]), Err(PacketError::TrailingBytes { kind: 5, len: 2, expected: 1 }));
         assert_eq!(Packet::decode(&[6]), Err(PacketError::Truncated { kind: 6, len: 1, need: 2 }));
         assert_eq!(Packet::decode(&[6, 0, 0]), Err(PacketError::TrailingBytes { kind: 6, len: 3, expected: 2 }));

@@ -162,6 +162,7 @@ pub(crate) async fn run(hub: Arc<Hub>, radio: Arc<dyn Radio>, config: BleConfig,
             radio.execute(c);
         }
     }
+    lock(&state).links.log_connections();
     radio.detach();
     let links: Vec<LinkId> = lock(&state).engine_link.values().copied().collect();
     let h = hub.clone();
