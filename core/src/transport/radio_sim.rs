@@ -101,7 +101,8 @@ use crate::transport::ble::links::{BleConfig, BleEvent, BleLinks, LinkClosedReas
 use crate::transport::ble::radio::{app_tag, device_tag};
 use crate::transport::ble::{AppTag, DeviceTag};
 use crate::transport::frame::HEADER_LEN;
-use crate::transport::sim::{EventQueue, LinkParams, SimRng, BACKLOG_LIMIT, DEFAULT_SECRET, MILLISECOND, SECOND};
+pub use crate::transport::sim::NotQuiet;
+use crate::transport::sim::{probability, EventQueue, LinkParams, Pipe, SimRng, DEFAULT_SECRET, MILLISECOND, SECOND};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
@@ -162,7 +163,7 @@ pub struct RadioParams {
     pub max_connections: usize,
     /// Links and engines get the time every (drawn from this range, µs).
     pub tick_us: (u64, u64),
-    /// Links made by [`RadioWorld::lan_link`] (only `latency_us` and `bandwidth_bytes_per_s` are used).
+    /// Links made by [`RadioWorld::lan_link`].
     pub lan: LinkParams,
 }
 
@@ -193,14 +194,6 @@ impl RadioParams {
 
     fn reorder_rate(&self) -> f64 {
         probability(self.reorder)
-    }
-}
-
-fn probability(p: f64) -> f64 {
-    if p.is_nan() {
-        0.0
-    } else {
-        p.clamp(0.0, 0.9)
     }
 }
 
@@ -306,23 +299,6 @@ pub fn capacity_bytes_per_s(att_mtu: u16, interval_us: u64, packets_per_event: u
     packets_per_event as f64 * f64::from(att_mtu.saturating_sub(ATT_HEADER_LEN)) * SECOND as f64 / interval_us.max(1) as f64
 }
 
-/// [`RadioWorld::run_until_quiet`] reached its time limit before the world was quiet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NotQuiet {
-    /// Virtual time when it gave up.
-    pub now: u64,
-    /// What was still going on at the last check.
-    pub why: String,
-}
-
-impl std::fmt::Display for NotQuiet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "not quiet at t={} µs: {}", self.now, self.why)
-    }
-}
-
-impl std::error::Error for NotQuiet {}
-
 /// How a phone moves.
 #[derive(Clone, Debug, PartialEq)]
 enum Motion {
@@ -389,28 +365,6 @@ struct RadioConn {
     in_air: [Option<Vec<u8>>; 2],
     /// A PDU of the exchange on the air was lost: the event ends after it.
     end_after: bool,
-}
-
-/// One direction of a LAN link.
-#[derive(Default)]
-struct Pipe {
-    busy_until: u64,
-    last_delivery: u64,
-    unsent: VecDeque<(u64, usize)>,
-    unsent_bytes: usize,
-    in_flight_bytes: usize,
-}
-
-impl Pipe {
-    fn expire(&mut self, now: u64) {
-        while let Some(&(t, bytes)) = self.unsent.front() {
-            if t > now {
-                break;
-            }
-            self.unsent.pop_front();
-            self.unsent_bytes -= bytes;
-        }
-    }
 }
 
 struct LanConn {
@@ -837,7 +791,8 @@ impl RadioWorld {
         let lb = self.phones[b].engine.add_link(TransportKind::Lan, false).expect("add_link");
         let id = self.next_lan;
         self.next_lan += 1;
-        self.lan.insert(id, LanConn { ends: [a, b], links: [la, lb], pipes: [Pipe::default(), Pipe::default()] });
+        let pipes = [0, 1].map(|dir| Pipe::new(SimRng::stream(self.seed, 8 << 32 | id << 1 | dir)));
+        self.lan.insert(id, LanConn { ends: [a, b], links: [la, lb], pipes });
         for (p, l) in [(a, la), (b, lb)] {
             self.phones[p].lan_link.insert(l, id);
             self.phones[p].engine_dirty = true;
@@ -1090,7 +1045,7 @@ impl RadioWorld {
             }
         }
         for (id, c) in &self.lan {
-            if c.pipes.iter().any(|p| p.in_flight_bytes > 0) {
+            if c.pipes.iter().any(|p| p.in_flight_bytes() > 0) {
                 return Err(format!("frames in flight on LAN link {id}"));
             }
         }
@@ -1675,8 +1630,7 @@ impl RadioWorld {
             let link = conn.links[dir];
             let to = conn.ends[1 - dir];
             let pipe = &mut conn.pipes[dir];
-            pipe.expire(now);
-            if pipe.unsent_bytes >= BACKLOG_LIMIT {
+            if !pipe.has_room(now) {
                 return moved;
             }
             let phone = &mut self.phones[p];
@@ -1686,25 +1640,18 @@ impl RadioWorld {
             };
             moved = true;
             let wire = frame.len() + HEADER_LEN;
-            let lp = self.params.lan;
-            let t = pipe.busy_until.max(now) + lp.transmit_us(wire);
-            pipe.busy_until = t;
-            pipe.unsent.push_back((t, wire));
-            pipe.unsent_bytes += wire;
-            pipe.in_flight_bytes += wire;
-            let deliver_at = (t + lp.latency_us).max(pipe.last_delivery);
-            pipe.last_delivery = deliver_at;
+            let sent = pipe.transmit(now, &self.params.lan, wire);
             phone.stats.lan_frames_sent += 1;
             phone.stats.lan_bytes_sent += wire as u64;
             *self.bytes_by_kind.entry((p, to, TransportKind::Lan)).or_default() += wire as u64;
-            self.push(t, Event::LanWake { conn: c, dir });
-            self.push(deliver_at, Event::LanDeliver { conn: c, dir, frame });
+            self.push(sent.sent_at, Event::LanWake { conn: c, dir });
+            self.push(sent.deliver_at, Event::LanDeliver { conn: c, dir, frame });
         }
     }
 
     fn lan_deliver(&mut self, c: u64, dir: usize, frame: Vec<u8>) {
         let Some(conn) = self.lan.get_mut(&c) else { return };
-        conn.pipes[dir].in_flight_bytes -= frame.len() + HEADER_LEN;
+        conn.pipes[dir].delivered(frame.len() + HEADER_LEN);
         let (to, link) = (conn.ends[1 - dir], conn.links[1 - dir]);
         let phone = &mut self.phones[to];
         phone.engine.on_frame(link, &frame);

@@ -209,11 +209,16 @@ impl LinkParams {
     }
 
     fn loss(&self) -> f64 {
-        if self.loss.is_nan() {
-            0.0
-        } else {
-            self.loss.clamp(0.0, 0.9)
-        }
+        probability(self.loss)
+    }
+}
+
+/// A configured probability made safe: NaN is 0, and it is at most 0.9.
+pub(crate) fn probability(p: f64) -> f64 {
+    if p.is_nan() {
+        0.0
+    } else {
+        p.clamp(0.0, 0.9)
     }
 }
 
@@ -257,18 +262,19 @@ impl DirStats {
     }
 }
 
-/// [`SimWorld::run_until_quiet`] reached its time limit with work still pending.
+/// A simulation's `run_until_quiet` ([`SimWorld`], [`super::radio_sim::RadioWorld`]) reached its time limit with
+/// work still pending.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotQuiet {
     /// Virtual time when it gave up.
     pub now: u64,
-    /// Events still queued.
-    pub pending_events: usize,
+    /// What was still going on.
+    pub why: String,
 }
 
 impl std::fmt::Display for NotQuiet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "not quiet at t={} µs: {} events pending", self.now, self.pending_events)
+        write!(f, "not quiet at t={} µs: {}", self.now, self.why)
     }
 }
 
@@ -355,8 +361,10 @@ impl<E> EventQueue<E> {
     }
 }
 
-/// One direction of a connection.
-struct Pipe {
+/// One direction of a simulated connection (a [`SimWorld`] link, or a LAN link of a
+/// [`super::radio_sim::RadioWorld`]): an ordered stream with a bandwidth, a latency, and packets that may be lost and
+/// sent again.
+pub(crate) struct Pipe {
     /// Loss decisions of this direction.
     rng: SimRng,
     /// When the sender's wire is free again.
@@ -370,12 +378,24 @@ struct Pipe {
     in_flight_bytes: usize,
 }
 
+/// What [`Pipe::transmit`] did with a frame.
+pub(crate) struct Transmission {
+    /// When its last packet has left the sender (room in the backlog again).
+    pub sent_at: u64,
+    /// When it reaches the other end.
+    pub deliver_at: u64,
+    /// Packets sent, and of those lost (and sent again).
+    pub packets: u64,
+    pub lost: u64,
+}
+
 impl Pipe {
-    fn new(rng: SimRng) -> Pipe {
+    pub(crate) fn new(rng: SimRng) -> Pipe {
         Pipe { rng, busy_until: 0, last_delivery: 0, unsent: VecDeque::new(), unsent_bytes: 0, in_flight_bytes: 0 }
     }
 
-    fn expire(&mut self, now: u64) {
+    /// Whether the sender's backlog has room for another frame at `now` ([`BACKLOG_LIMIT`]).
+    pub(crate) fn has_room(&mut self, now: u64) -> bool {
         while let Some(&(t, bytes)) = self.unsent.front() {
             if t > now {
                 break;
@@ -383,6 +403,47 @@ impl Pipe {
             self.unsent.pop_front();
             self.unsent_bytes -= bytes;
         }
+        self.unsent_bytes < BACKLOG_LIMIT
+    }
+
+    /// Put a frame of `wire` bytes on the wire at `now`: cut to `params.mtu`, each packet lost with
+    /// `params.loss` and sent again after the retransmission timeout, everything behind it waiting (ordered).
+    pub(crate) fn transmit(&mut self, now: u64, params: &LinkParams, wire: usize) -> Transmission {
+        let (mut packets, mut lost) = (0u64, 0u64);
+        let mut t = self.busy_until.max(now);
+        let mut remaining = wire;
+        let loss = params.loss();
+        while remaining > 0 {
+            let size = remaining.min(params.mtu.max(1));
+            remaining -= size;
+            loop {
+                t += params.transmit_us(size);
+                packets += 1;
+                if loss > 0.0 && self.rng.chance(loss) {
+                    lost += 1;
+                    t += params.rto_us();
+                } else {
+                    break;
+                }
+            }
+        }
+        self.busy_until = t;
+        self.unsent.push_back((t, wire));
+        self.unsent_bytes += wire;
+        self.in_flight_bytes += wire;
+        let deliver_at = (t + params.latency_us).max(self.last_delivery);
+        self.last_delivery = deliver_at;
+        Transmission { sent_at: t, deliver_at, packets, lost }
+    }
+
+    /// A frame of `wire` bytes reached the other end.
+    pub(crate) fn delivered(&mut self, wire: usize) {
+        self.in_flight_bytes -= wire;
+    }
+
+    /// Bytes taken from the sender and not yet delivered.
+    pub(crate) fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
     }
 }
 
@@ -791,7 +852,7 @@ impl SimWorld {
                 }
                 Some(time) if time > deadline => {
                     self.now = deadline;
-                    return Err(NotQuiet { now: self.now, pending_events: self.queue.len() });
+                    return Err(NotQuiet { now: self.now, why: format!("{} events pending", self.queue.len()) });
                 }
                 Some(_) => {
                     self.step();
@@ -866,9 +927,7 @@ impl SimWorld {
         loop {
             let Some(conn) = self.conns.get_mut(&c) else { return };
             let (from, link) = (conn.ends[dir], conn.links[dir]);
-            let pipe = &mut conn.pipes[dir];
-            pipe.expire(self.now);
-            if pipe.unsent_bytes >= BACKLOG_LIMIT {
+            if !conn.pipes[dir].has_room(self.now) {
                 break;
             }
             let engine = &mut self.devices[from].engine;
@@ -895,32 +954,7 @@ impl SimWorld {
         let (from, to) = (conn.ends[dir], conn.ends[1 - dir]);
         let pipe = &mut conn.pipes[dir];
         let wire = frame.len() + HEADER_LEN;
-        let (mut packets, mut lost) = (0u64, 0u64);
-        let mut t = pipe.busy_until.max(now);
-        let mut remaining = wire;
-        let loss = params.loss();
-        while remaining > 0 {
-            let size = remaining.min(params.mtu.max(1));
-            remaining -= size;
-            loop {
-                t += params.transmit_us(size);
-                packets += 1;
-                if loss > 0.0 && pipe.rng.chance(loss) {
-                    // Lost: the sender notices after the retransmission timeout and sends it again; everything
-                    // behind it waits (ordered stream).
-                    lost += 1;
-                    t += params.rto_us();
-                } else {
-                    break;
-                }
-            }
-        }
-        pipe.busy_until = t;
-        pipe.unsent.push_back((t, wire));
-        pipe.unsent_bytes += wire;
-        pipe.in_flight_bytes += wire;
-        let deliver_at = (t + params.latency_us).max(pipe.last_delivery);
-        pipe.last_delivery = deliver_at;
+        let Transmission { sent_at: t, deliver_at, packets, lost } = pipe.transmit(now, &params, wire);
         let (unsent, in_flight) = (pipe.unsent_bytes as u64, pipe.in_flight_bytes as u64);
         *self.bytes_by_kind.entry((from, to, params.kind)).or_default() += wire as u64;
         let s = self.stats_mut(from, to);
@@ -938,7 +972,7 @@ impl SimWorld {
         // A frame of a link dropped since is lost with it.
         let Some(conn) = self.conns.get_mut(&c) else { return };
         let wire = frame.len() + HEADER_LEN;
-        conn.pipes[dir].in_flight_bytes -= wire;
+        conn.pipes[dir].delivered(wire);
         let (from, to, link) = (conn.ends[dir], conn.ends[1 - dir], conn.links[1 - dir]);
         let s = self.stats_mut(from, to);
         s.frames_delivered += 1;

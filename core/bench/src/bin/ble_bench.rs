@@ -182,10 +182,8 @@ fn docs_3hops(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
 }
 
 fn main() -> Result<(), BoxErr> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
-    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let args = shoaldb_bench::Args::parse();
+    let (quick, wants) = (args.quick, |name: &str| args.wants(name));
     if wants("link") {
         let kb = if quick { 200 } else { 1000 };
         let configs: &[(u16, u64)] = if quick { &[(185, 30), (247, 15)] } else { &[(185, 30), (185, 15), (247, 30), (247, 15)] };

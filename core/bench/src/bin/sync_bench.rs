@@ -294,10 +294,8 @@ fn line16() -> Result<(), BoxErr> {
 }
 
 fn main() -> Result<(), BoxErr> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
-    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let args = shoaldb_bench::Args::parse();
+    let (quick, wants) = (args.quick, |name: &str| args.wants(name));
     if wants("reconcile") {
         reconcile(quick)?;
     }

@@ -890,6 +890,11 @@ impl Actor {
         self.next_conn
     }
 
+    /// Where connection `conn`'s reader and writer report.
+    fn wire(&self, conn: u64, traffic: &Arc<Traffic>) -> Wire {
+        Wire { conn, traffic: traffic.clone(), events: self.events.clone(), internal: self.internal.clone() }
+    }
+
     /// Starts watching the ACL to `address`, if not yet.
     fn watch(&mut self, address: &str) {
         if self.watchers.contains_key(address) {
@@ -1037,24 +1042,11 @@ impl Actor {
         let conn = self.new_conn();
         let (tx, queue) = mpsc::unbounded_channel();
         let traffic = Arc::new(Traffic::default());
+        let wire = self.wire(conn, &traffic);
         let (kind, channel, tasks) = match dialled {
             Dialled::Gatt { peripheral, rx, tx: tx_char, notes, att_mtu } => {
-                let writer = tokio::spawn(gatt_central_writer(
-                    peripheral.clone(),
-                    rx,
-                    queue,
-                    conn,
-                    traffic.clone(),
-                    self.events.clone(),
-                    self.internal.clone(),
-                ));
-                let reader = tokio::spawn(gatt_central_reader(
-                    notes,
-                    conn,
-                    traffic.clone(),
-                    self.events.clone(),
-                    self.internal.clone(),
-                ));
+                let writer = tokio::spawn(gatt_central_writer(peripheral.clone(), rx, queue, wire.clone()));
+                let reader = tokio::spawn(gatt_central_reader(notes, wire));
                 (
                     Kind::CentralGatt { peripheral, tx: tx_char },
                     Channel::Gatt { att_mtu },
@@ -1064,9 +1056,8 @@ impl Actor {
             Dialled::L2cap { peripheral, stream } => {
                 let mtu = l2cap_packet_size(&stream);
                 let (r, w) = stream.into_split();
-                tokio::spawn(l2cap_writer(w, queue, conn, traffic.clone(), self.events.clone(), self.internal.clone()));
-                let reader =
-                    tokio::spawn(l2cap_reader(r, conn, traffic.clone(), self.events.clone(), self.internal.clone()));
+                tokio::spawn(l2cap_writer(w, queue, wire.clone()));
+                let reader = tokio::spawn(l2cap_reader(r, wire));
                 (Kind::CentralL2cap { peripheral }, Channel::L2cap { mtu }, vec![reader.abort_handle()])
             }
         };
@@ -1102,8 +1093,9 @@ impl Actor {
         let (r, w) = stream.into_split();
         let (tx, queue) = mpsc::unbounded_channel();
         let traffic = Arc::new(Traffic::default());
-        tokio::spawn(l2cap_writer(w, queue, conn, traffic.clone(), self.events.clone(), self.internal.clone()));
-        let reader = tokio::spawn(l2cap_reader(r, conn, traffic.clone(), self.events.clone(), self.internal.clone()));
+        let wire = self.wire(conn, &traffic);
+        tokio::spawn(l2cap_writer(w, queue, wire.clone()));
+        let reader = tokio::spawn(l2cap_reader(r, wire));
         let channel = Channel::L2cap { mtu };
         log::info!("{}: connected {conn} to {address} as peripheral over {channel:?}", self.name);
         self.conns.insert(
@@ -1160,14 +1152,7 @@ impl Actor {
         let conn = self.new_conn();
         let (tx, queue) = mpsc::unbounded_channel();
         let traffic = Arc::new(Traffic { packets_in: AtomicU64::new(1), ..Traffic::default() });
-        let writer = tokio::spawn(gatt_peripheral_writer(
-            self.notifier.subscribe(),
-            queue,
-            conn,
-            traffic.clone(),
-            self.events.clone(),
-            self.internal.clone(),
-        ));
+        let writer = tokio::spawn(gatt_peripheral_writer(self.notifier.subscribe(), queue, self.wire(conn, &traffic)));
         let channel = Channel::Gatt { att_mtu };
         log::info!("{}: connected {conn} to {address} as peripheral over {channel:?}", self.name);
         self.conns.insert(
@@ -1383,45 +1368,57 @@ async fn watch_acl(adapter: bluer::Adapter, address: String, internal: mpsc::Unb
     down(address);
 }
 
-async fn gatt_central_writer(
-    p: BtPeripheral,
-    rx: Characteristic,
-    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+/// What a connection's reader and writer tasks report through.
+#[derive(Clone)]
+struct Wire {
     conn: u64,
     traffic: Arc<Traffic>,
     events: RadioEvents,
     internal: mpsc::UnboundedSender<Internal>,
-) {
-    while let Some(packet) = queue.recv().await {
-        let why = match timeout(WRITE_TIMEOUT, p.write(&rx, &packet, WriteType::WithoutResponse)).await {
-            Ok(Ok(())) => {
-                traffic.packets_out.fetch_add(1, Ordering::Relaxed);
-                events.report(RadioEvent::Sent { conn });
-                continue;
-            }
-            Ok(Err(e)) => format!("write failed: {e}"),
-            Err(_) => "write timed out".to_string(),
-        };
-        let _ = internal.send(Internal::Lost { conn, why });
-        return;
+}
+
+impl Wire {
+    fn received(&self, bytes: Vec<u8>) {
+        self.traffic.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.events.report(RadioEvent::Packet { conn: self.conn, bytes });
+    }
+
+    fn sent(&self) {
+        self.traffic.packets_out.fetch_add(1, Ordering::Relaxed);
+        self.events.report(RadioEvent::Sent { conn: self.conn });
+    }
+
+    fn lost(&self, why: String) {
+        let _ = self.internal.send(Internal::Lost { conn: self.conn, why });
     }
 }
 
-async fn gatt_central_reader(
-    mut notes: Notifications,
-    conn: u64,
-    traffic: Arc<Traffic>,
-    events: RadioEvents,
-    internal: mpsc::UnboundedSender<Internal>,
-) {
+/// `send`, given [`WRITE_TIMEOUT`]; the error says what (`what`) failed.
+async fn timed<E: std::fmt::Display>(what: &str, send: impl std::future::Future<Output = Result<(), E>>) -> Result<(), String> {
+    match timeout(WRITE_TIMEOUT, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+        Err(_) => Err(format!("{what} timed out")),
+    }
+}
+
+async fn gatt_central_writer(p: BtPeripheral, rx: Characteristic, mut queue: mpsc::UnboundedReceiver<Vec<u8>>, wire: Wire) {
+    while let Some(packet) = queue.recv().await {
+        if let Err(why) = timed("write", p.write(&rx, &packet, WriteType::WithoutResponse)).await {
+            return wire.lost(why);
+        }
+        wire.sent();
+    }
+}
+
+async fn gatt_central_reader(mut notes: Notifications, wire: Wire) {
     let tx = Uuid::from_u128(TX_CHARACTERISTIC_UUID_U128);
     while let Some(n) = notes.next().await {
         if n.uuid == tx {
-            traffic.packets_in.fetch_add(1, Ordering::Relaxed);
-            events.report(RadioEvent::Packet { conn, bytes: n.value });
+            wire.received(n.value);
         }
     }
-    let _ = internal.send(Internal::Lost { conn, why: "notifications ended".into() });
+    wire.lost("notifications ended".into());
 }
 
 /// The current TX notification socket, waiting up to [`NOTIFIER_WAIT`] for BlueZ to hand one over.
@@ -1446,75 +1443,41 @@ async fn current_notifier(
 async fn gatt_peripheral_writer(
     mut notifier: watch::Receiver<Option<Arc<CharacteristicWriter>>>,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    conn: u64,
-    traffic: Arc<Traffic>,
-    events: RadioEvents,
-    internal: mpsc::UnboundedSender<Internal>,
+    wire: Wire,
 ) {
     while let Some(packet) = queue.recv().await {
         let Some(n) = current_notifier(&mut notifier).await else {
-            let _ = internal.send(Internal::Lost { conn, why: "the central is not subscribed to TX".into() });
-            return;
+            return wire.lost("the central is not subscribed to TX".into());
         };
-        let why = match timeout(WRITE_TIMEOUT, n.send(&packet)).await {
-            Ok(Ok(())) => {
-                traffic.packets_out.fetch_add(1, Ordering::Relaxed);
-                events.report(RadioEvent::Sent { conn });
-                continue;
-            }
-            Ok(Err(e)) => format!("notification failed: {e}"),
-            Err(_) => "notification timed out".to_string(),
-        };
-        let _ = internal.send(Internal::Lost { conn, why });
-        return;
+        if let Err(why) = timed("notification", n.send(&packet)).await {
+            return wire.lost(why);
+        }
+        wire.sent();
     }
 }
 
-async fn l2cap_writer(
-    mut w: bluer::l2cap::stream::OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    conn: u64,
-    traffic: Arc<Traffic>,
-    events: RadioEvents,
-    internal: mpsc::UnboundedSender<Internal>,
-) {
+async fn l2cap_writer(mut w: bluer::l2cap::stream::OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Vec<u8>>, wire: Wire) {
     while let Some(packet) = queue.recv().await {
-        let why = match timeout(WRITE_TIMEOUT, w.write_all(&packet)).await {
-            Ok(Ok(())) => {
-                traffic.packets_out.fetch_add(1, Ordering::Relaxed);
-                events.report(RadioEvent::Sent { conn });
-                continue;
-            }
-            Ok(Err(e)) => format!("write failed: {e}"),
-            Err(_) => "write timed out".to_string(),
-        };
-        let _ = internal.send(Internal::Lost { conn, why });
-        return;
+        if let Err(why) = timed("write", w.write_all(&packet)).await {
+            return wire.lost(why);
+        }
+        wire.sent();
     }
     // Closed from this side: an LE CoC socket closed right after a write can lose what the kernel still holds
     // for lack of credits (the Close packet), so give it a moment before the socket goes.
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-async fn l2cap_reader(
-    mut r: bluer::l2cap::stream::OwnedReadHalf,
-    conn: u64,
-    traffic: Arc<Traffic>,
-    events: RadioEvents,
-    internal: mpsc::UnboundedSender<Internal>,
-) {
+async fn l2cap_reader(mut r: bluer::l2cap::stream::OwnedReadHalf, wire: Wire) {
     let mut buf = vec![0u8; 4096];
     let why = loop {
         match r.read(&mut buf).await {
             Ok(0) => break "closed by the peer".to_string(),
-            Ok(n) => {
-                traffic.packets_in.fetch_add(1, Ordering::Relaxed);
-                events.report(RadioEvent::Packet { conn, bytes: buf.get(..n).unwrap_or_default().to_vec() });
-            }
+            Ok(n) => wire.received(buf.get(..n).unwrap_or_default().to_vec()),
             Err(e) => break format!("read failed: {e}"),
         }
     };
-    let _ = internal.send(Internal::Lost { conn, why });
+    wire.lost(why);
 }
 
 /// The kernel's Bluetooth management API (`HCI_CHANNEL_CONTROL`), for an advertisement with a scan response.
