@@ -11,100 +11,32 @@
 
 #[path = "common/edits.rs"]
 mod edits;
+#[path = "common/random_edits.rs"]
+mod random_edits;
 
 use serde_json::json;
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
 use shoaldb::transport::radio_sim::{PhoneId, PhoneOptions, RadioParams, RadioWorld};
 use shoaldb::transport::sim::{SimRng, MILLISECOND, SECOND};
-use shoaldb::{DocEditor, Store};
 use std::collections::BTreeSet;
 
 #[path = "common/seeds.rs"]
 mod seed_runs;
 use seed_runs::{for_each_seed, heavy, seeds};
+use random_edits::{apply_edit, draw_edit};
 
 
 // ---- edits ----
 
+/// The collections the random edits write to (`assert_converged` compares these, with `bulk` and `mine`).
 const COLLECTIONS: [&str; 2] = ["tasks", "notes"];
-const DOC_IDS: u64 = 5;
-
-#[derive(Clone, Debug)]
-enum EditKind {
-    Upsert { title: u64 },
-    SetRegister { path: u8, value: i64 },
-    Increment { which: u8, by: i64 },
-    TextInsert { which: u8, pos: u16, text: &'static str },
-    TextDelete { which: u8, pos: u16, len: u8 },
-    ArrayInsert { pos: u16, shape: u8, value: i64 },
-    ArrayDelete { pos: u16 },
-    NestedSet { idx: u16, key: u8, value: i64 },
-    RemoveField { path: u8 },
-    RemoveDocument,
-}
-
-#[derive(Clone, Debug)]
-struct Edit {
-    collection: &'static str,
-    id: String,
-    kind: EditKind,
-}
-
-/// Draw an edit; the number of draws depends only on the generator, never on a store.
-fn draw_edit(rng: &mut SimRng) -> Edit {
-    let collection = *rng.pick(&COLLECTIONS);
-    let id = format!("d{}", rng.below(DOC_IDS));
-    let kind = match rng.below(16) {
-        0..=2 => EditKind::Upsert { title: rng.below(100) },
-        3..=4 => EditKind::SetRegister { path: rng.below(3) as u8, value: rng.below(100) as i64 },
-        5..=6 => EditKind::Increment { which: rng.below(2) as u8, by: rng.below(9) as i64 - 4 },
-        7..=8 => EditKind::TextInsert { which: rng.below(2) as u8, pos: rng.below(1000) as u16, text: ["a", "bc", "€", "😀x", "hello "][rng.index(5)] },
-        9 => EditKind::TextDelete { which: rng.below(2) as u8, pos: rng.below(1000) as u16, len: rng.below(4) as u8 + 1 },
-        10..=11 => EditKind::ArrayInsert { pos: rng.below(1000) as u16, shape: rng.below(4) as u8, value: rng.below(100) as i64 },
-        12 => EditKind::ArrayDelete { pos: rng.below(1000) as u16 },
-        13 => EditKind::NestedSet { idx: rng.below(1000) as u16, key: rng.below(3) as u8, value: rng.below(100) as i64 },
-        14 => EditKind::RemoveField { path: rng.below(3) as u8 },
-        _ => EditKind::RemoveDocument,
-    };
-    Edit { collection, id, kind }
-}
-
-fn edit_doc(ed: &mut DocEditor<'_>, kind: &EditKind) -> Result<(), shoaldb::DocError> {
-    match kind {
-        EditKind::Upsert { .. } | EditKind::RemoveDocument => unreachable!("handled by the store"),
-        EditKind::SetRegister { path, value } => ed.set(["title", "m.a", "m.sub.c"][*path as usize % 3], *value),
-        EditKind::Increment { which, by } => ed.increment(edits::COUNTERS[*which as usize % 2], *by),
-        EditKind::TextInsert { which, pos, text } => edits::text_insert(ed, *which, *pos, text),
-        EditKind::TextDelete { which, pos, len } => edits::text_delete(ed, *which, *pos, *len),
-        EditKind::ArrayInsert { pos, shape, value } => edits::array_insert(ed, *pos, *shape, *value),
-        EditKind::ArrayDelete { pos } => edits::array_delete(ed, *pos),
-        EditKind::NestedSet { idx, key, value } => edits::nested_set(ed, *idx, *key, *value),
-        EditKind::RemoveField { path } => ed.remove(["title", "m", "notes"][*path as usize % 3]),
-    }
-}
-
-/// Apply an edit; one that does not fit the document's shape fails and changes nothing.
-fn apply_edit(store: &Store, e: &Edit) -> bool {
-    let (c, id) = (e.collection, e.id.as_str());
-    let r = match &e.kind {
-        EditKind::Upsert { title } => store.upsert(c, json!({"_id": id, "title": format!("t{title}")})).map(|_| ()),
-        EditKind::RemoveDocument => store.remove(c, id).map(|_| ()),
-        kind => store.write(|t| {
-            if t.get(c, id)?.is_none() {
-                t.upsert(c, json!({"_id": id}))?;
-            }
-            t.update(c, id, |ed| Ok(edit_doc(ed, kind)?))
-        }),
-    };
-    r.is_ok()
-}
 
 /// `n` random edits on random phones of `on`, a random pause (up to `gap`) after each.
 fn random_edits(w: &mut RadioWorld, on: &[PhoneId], n: usize, gap: u64) -> usize {
     let mut committed = 0;
     for _ in 0..n {
         let p = *w.rng().pick(on);
-        let e = draw_edit(w.rng());
+        let e = draw_edit(w.rng(), &COLLECTIONS);
         committed += w.edit(p, |s| apply_edit(s, &e)) as usize;
         let dt = w.rng().below(gap.max(1));
         w.run_for(dt);

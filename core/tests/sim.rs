@@ -10,121 +10,32 @@
 
 #[path = "common/edits.rs"]
 mod edits;
+#[path = "common/random_edits.rs"]
+mod random_edits;
 
 use serde_json::{json, Value as Json};
 use shoaldb::sync::wire::BATCH_BYTES;
 use shoaldb::sync::{EngineEvent, Subscription, WINDOW};
 use shoaldb::transport::frame::MAX_FRAME_LEN;
 use shoaldb::transport::sim::{DeviceId, LinkParams, SimRng, SimWorld, BACKLOG_LIMIT, MILLISECOND, SECOND};
-use shoaldb::{DocEditor, Query, Store, Value};
+use shoaldb::{Query, Store};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[path = "common/seeds.rs"]
 mod seed_runs;
 use seed_runs::{for_each_seed, heavy};
+use random_edits::{apply_edit, doc_id, draw_edit, Edit, EditKind, DOC_IDS};
 
 
 // ---- random edits ----
 
+/// The collections the chaos tests edit (each scenario may pass fewer to `draw_edit`).
 const COLLECTIONS: [&str; 3] = ["tasks", "notes", "chat"];
-const DOC_IDS: usize = 6;
-const REMOVABLE: [&str; 5] = ["title", "m", "m.a", "m.items", "notes"];
-/// Paths whose concurrent values are compared between devices.
-const CONFLICT_PATHS: [&str; 6] = ["title", "done", "m", "m.a", "likes", "m.items"];
-
-fn doc_id(i: u64) -> String {
-    format!("d{i}")
-}
-
-#[derive(Clone, Debug)]
-enum EditKind {
-    Upsert { title: u64, done: bool },
-    SetDone(bool),
-    SetRegister { path: u8, value: i64 },
-    MergeMap { value: i64 },
-    Increment { which: u8, by: i64 },
-    TextInsert { which: u8, pos: u16, text: &'static str },
-    TextDelete { which: u8, pos: u16, len: u8 },
-    ArrayInsert { pos: u16, shape: u8, value: i64 },
-    ArrayDelete { pos: u16 },
-    NestedSet { idx: u16, key: u8, value: i64 },
-    NestedIncrement { idx: u16, by: i64 },
-    RemoveField { path: u8 },
-    RemoveDocument,
-}
-
-#[derive(Clone, Debug)]
-struct Edit {
-    collection: &'static str,
-    id: String,
-    kind: EditKind,
-}
-
-/// Draw an edit. The number of draws depends only on the RNG (never on a store's state), so the schedule stays a
-/// function of the seed.
-fn draw_edit(rng: &mut SimRng, collections: &[&'static str]) -> Edit {
-    let collection = *rng.pick(collections);
-    let id = doc_id(rng.below(DOC_IDS as u64));
-    let r = |rng: &mut SimRng, n: u64| rng.below(n);
-    let kind = match rng.below(20) {
-        0..=2 => EditKind::Upsert { title: r(rng, 100), done: rng.chance(0.5) },
-        3..=4 => EditKind::SetDone(rng.chance(0.5)),
-        5..=6 => EditKind::SetRegister { path: r(rng, 4) as u8, value: r(rng, 100) as i64 },
-        7 => EditKind::MergeMap { value: r(rng, 100) as i64 },
-        8..=9 => EditKind::Increment { which: r(rng, 2) as u8, by: r(rng, 9) as i64 - 4 },
-        10..=11 => EditKind::TextInsert { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, text: ["a", "bc", "€", "😀x", "hello "][rng.index(5)] },
-        12 => EditKind::TextDelete { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, len: r(rng, 4) as u8 + 1 },
-        13..=14 => EditKind::ArrayInsert { pos: r(rng, 1000) as u16, shape: r(rng, 4) as u8, value: r(rng, 100) as i64 },
-        15 => EditKind::ArrayDelete { pos: r(rng, 1000) as u16 },
-        16 => EditKind::NestedSet { idx: r(rng, 1000) as u16, key: r(rng, 3) as u8, value: r(rng, 100) as i64 },
-        17 => EditKind::NestedIncrement { idx: r(rng, 1000) as u16, by: r(rng, 7) as i64 - 3 },
-        18 => EditKind::RemoveField { path: r(rng, REMOVABLE.len() as u64) as u8 },
-        _ => EditKind::RemoveDocument,
-    };
-    Edit { collection, id, kind }
-}
-
-
-
-fn edit_doc(ed: &mut DocEditor<'_>, kind: &EditKind) -> Result<(), shoaldb::DocError> {
-    match kind {
-        EditKind::Upsert { .. } | EditKind::RemoveDocument => unreachable!("handled by the store"),
-        EditKind::SetDone(done) => ed.set("done", *done),
-        EditKind::SetRegister { path, value } => ed.set(["title", "m.a", "m.b", "m.sub.c"][*path as usize % 4], *value),
-        EditKind::MergeMap { value } => ed.merge("m", Value::from_json(&json!({"x": value, "sub": {"y": value}}))),
-        EditKind::Increment { which, by } => ed.increment(edits::COUNTERS[*which as usize % 2], *by),
-        EditKind::TextInsert { which, pos, text } => edits::text_insert(ed, *which, *pos, text),
-        EditKind::TextDelete { which, pos, len } => edits::text_delete(ed, *which, *pos, *len),
-        EditKind::ArrayInsert { pos, shape, value } => edits::array_insert(ed, *pos, *shape, *value),
-        EditKind::ArrayDelete { pos } => edits::array_delete(ed, *pos),
-        EditKind::NestedSet { idx, key, value } => edits::nested_set(ed, *idx, *key, *value),
-        EditKind::NestedIncrement { idx, by } => edits::nested_increment(ed, *idx, *by),
-        EditKind::RemoveField { path } => ed.remove(REMOVABLE[*path as usize % REMOVABLE.len()]),
-    }
-}
-
-/// Apply an edit; edits that do not fit the document's current shape fail and change nothing. Returns whether it
-/// committed.
-fn apply_edit(store: &Store, e: &Edit) -> bool {
-    let (c, id) = (e.collection, e.id.as_str());
-    let r = match &e.kind {
-        EditKind::Upsert { title, done } => {
-            let doc = if c == "tasks" { json!({"_id": id, "title": format!("t{title}"), "done": done}) } else { json!({"_id": id, "title": format!("t{title}")}) };
-            store.upsert(c, doc).map(|_| ())
-        }
-        EditKind::RemoveDocument => store.remove(c, id).map(|_| ()),
-        kind => store.write(|t| {
-            if t.get(c, id)?.is_none() {
-                let doc = if c == "tasks" { json!({"_id": id, "done": false}) } else { json!({"_id": id}) };
-                t.upsert(c, doc)?;
-            }
-            t.update(c, id, |ed| Ok(edit_doc(ed, kind)?))
-        }),
-    };
-    r.is_ok()
-}
 
 // ---- comparing devices ----
+
+/// Paths whose concurrent values are compared between devices.
+const CONFLICT_PATHS: [&str; 6] = ["title", "done", "m", "m.a", "likes", "m.items"];
 
 type DocState = (Option<serde_json::Map<String, Json>>, Vec<Vec<Json>>, String);
 

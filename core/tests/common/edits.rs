@@ -1,6 +1,7 @@
-//! Edits shared by the convergence property tests and the simulator: the ones on text, arrays and elements
+//! Edits shared by the convergence property tests and the simulators: the ones on text, arrays and elements
 //! nested in arrays, whose positions are drawn at random and reduced to what the document holds at that moment.
-//! (Each test file keeps its own edit enum; these are the operations they share.)
+//! (`convergence.rs` keeps its own edit enum, the simulators share the one of `random_edits.rs`; these are the
+//! operations they share.)
 
 #![allow(dead_code)]
 
