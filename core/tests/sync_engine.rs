@@ -346,6 +346,33 @@ fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
 }
 
 #[test]
+fn bytes_from_a_relay_that_gave_up_are_dropped_and_another_device_provides_the_attachment() {
+    use shoaldb::sync::FetchEvent;
+    // D – A – B – C: C's copy is damaged on disk, D's is good. A asks B first; B relays C's bytes, finds they do not
+    // match and gives up mid-transfer; A drops what B sent and gets the attachment from D.
+    let mut net = Net::new(vec![all(), vec![], all(), all()]);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    net.connect(0, 3);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 17 % 251) as u8).collect();
+    let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.store(3).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    {
+        let db = rusqlite::Connection::open(net.dir.path().join("2.db")).unwrap();
+        db.execute("UPDATE blob_chunks SET data = zeroblob(length(data)) WHERE hash = ?1 AND idx = 0", [&token.hash[..]]).unwrap();
+    }
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    while net.round(1) {}
+    let events = fetch_events(&mut net.engines[0]);
+    assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: token.hash }), "{events:?}");
+    let p = progress(&events);
+    assert!(p.windows(2).any(|w| w[1] < w[0]), "started again after the relay gave up: {p:?}");
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+    assert_eq!(net.store(1).attachment_len(&token.hash).unwrap(), None, "the relay kept nothing");
+}
+
+#[test]
 fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_has_it() {
     use shoaldb::sync::FetchEvent;
     let mut net = Net::new(vec![all(), all()]);

@@ -774,6 +774,14 @@ impl Store {
         blobs::read_partial(&inner.conn, hash, offset)
     }
 
+    /// Drop the received bytes of attachment `hash` from `offset` on (a fetch resumes from there). `offset` must be
+    /// where one received part starts, e.g. where a request to another device began.
+    pub fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> Result<()> {
+        let inner = self.lock();
+        inner.conn.prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1 AND offset >= ?2")?.execute(params![&hash[..], offset as i64])?;
+        Ok(())
+    }
+
     /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
     /// where the received bytes end. Returns the bytes received so far.
     pub fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64> {

@@ -7,7 +7,9 @@
 //! stored it (cut-through: a relay does not wait for the whole attachment, so a transfer across several hops takes
 //! about as long as across one) — an attachment crosses any number of hops up to [`MAX_HOPS`], and every device
 //! on the way keeps a verified copy. Parts a relay passes on are verified only at the end, by the relay and by the
-//! device that asked, each against the hash; a relay whose own copy fails the check stops serving it. A neighbour
+//! device that asked, each against the hash; a relay whose own copy fails the check stops serving it (it answers
+//! [`Message::AttachmentUnavailable`] mid-transfer), and the device it served drops the bytes it got from it
+//! before asking the next neighbour. A neighbour
 //! that cannot get them answers [`Message::AttachmentUnavailable`] and the next one is asked. Received bytes are
 //! kept in the store as they arrive: after a broken link the fetch resumes from there with another neighbour (or
 //! the same one when it is back). When all bytes are in, they are checked against the hash before the attachment
@@ -43,8 +45,9 @@ struct Fetch {
     id: FetchId,
     hash: [u8; 32],
     hops: u8,
-    /// The link asked now, and the request number used on it.
+    /// The link asked now, the request number used on it, and the offset asked from.
     asking: Option<(LinkId, u64)>,
+    asked_from: u64,
     /// Links asked already (not asked again by this fetch).
     tried: BTreeSet<LinkId>,
     /// The link the request came from when relaying (never asked back).
@@ -98,7 +101,18 @@ impl Attachments {
         }
         self.fetches.insert(
             id,
-            Fetch { id, hash, hops: MAX_HOPS, asking: None, tried: BTreeSet::new(), exclude: None, waiting: Vec::new(), total: None, local: true },
+            Fetch {
+                id,
+                hash,
+                hops: MAX_HOPS,
+                asking: None,
+                asked_from: 0,
+                tried: BTreeSet::new(),
+                exclude: None,
+                waiting: Vec::new(),
+                total: None,
+                local: true,
+            },
         );
         self.ask_next(store, id, links, out, true)?;
         Ok(id)
@@ -117,6 +131,7 @@ impl Attachments {
                 f.tried.insert(link);
                 f.asking = Some((link, request));
                 let offset = store.attachment_received(&f.hash)?;
+                f.asked_from = offset;
                 out.push((link, Message::FetchAttachment { request, hash: f.hash, offset, hops: f.hops }));
             }
             None => {
@@ -170,6 +185,7 @@ impl Attachments {
                             hash,
                             hops: hops - 1,
                             asking: None,
+                            asked_from: 0,
                             tried: BTreeSet::new(),
                             exclude: Some(link),
                             waiting: vec![(link, request, offset)],
@@ -236,6 +252,16 @@ impl Attachments {
             }
             Message::AttachmentUnavailable { request } => {
                 if let Some(id) = self.fetch_asking(link, request) {
+                    if let Some((hash, from)) = self.fetches.get(&id).map(|f| (f.hash, f.asked_from)) {
+                        if store.attachment_received(&hash)? > from {
+                            // Given up on after sending bytes: a relay whose own copy failed verification. Those
+                            // bytes cannot be trusted either; drop them (and stop passing them on) rather than
+                            // build on them with the next device.
+                            log::info!("link {link} stopped sending attachment {} mid-way; dropping its bytes", crate::crdt::value::hex(&hash));
+                            store.forget_attachment_received_from(&hash, from)?;
+                            self.stop_relaying(hash, out);
+                        }
+                    }
                     self.ask_next(store, id, links, out, true)?;
                 }
             }
