@@ -129,7 +129,9 @@ impl Hlc {
     pub fn observe(&mut self, remote: Timestamp, wall_now_ms: u64) -> bool {
         let bound = Timestamp::new(wall_now_ms.saturating_add(MAX_CLOCK_SKEW_MS), LOGICAL_MASK as u16);
         let within = remote <= bound;
-        let effective = remote.min(bound);
+        // Adopted at most with a logical count of 0 at the bound, so that the ticks after it stay within the bound
+        // (from the bound's largest logical count, the very next tick would carry into the following millisecond).
+        let effective = remote.min(Timestamp::new(wall_now_ms.saturating_add(MAX_CLOCK_SKEW_MS), 0));
         if effective > self.last {
             self.last = effective;
         }
@@ -160,6 +162,10 @@ mod tests {
         let far = Timestamp::new(1_000_000_000, 3);
         assert!(!c.observe(far, 1000));
         assert!(c.last().wall_ms() <= 1000 + MAX_CLOCK_SKEW_MS);
+        // Writes in the same millisecond stay within the bound too.
+        for _ in 0..1000 {
+            assert!(c.tick(1000).wall_ms() <= 1000 + MAX_CLOCK_SKEW_MS);
+        }
         // A near-future timestamp is adopted, and the next tick is after it.
         let near = Timestamp::new(1500, 7);
         let mut c = Hlc::new(Timestamp::ZERO);
