@@ -11,34 +11,14 @@ use shoaldb::transport::ble::links::{BleConfig, BleEvent, BleLinks, LinkClosedRe
 use shoaldb::transport::ble::packet::{Packet, KIND_DATA};
 use shoaldb::transport::ble::{encode_service_data, AppTag, DeviceTag};
 use shoaldb::transport::frame::{FrameError, MAX_FRAME_LEN};
+use shoaldb::transport::sim::SimRng;
 use std::collections::{BTreeMap, VecDeque};
 
 const APP: AppTag = *b"shol";
 
-/// A deterministic generator for the tests' own choices (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` random bytes.
+fn random_bytes(rng: &mut SimRng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -103,10 +83,10 @@ struct PairCase {
 
 /// Runs two links back to back until every frame has arrived; checks the invariants at every step.
 fn run_pair(case: &PairCase) -> Result<(), TestCaseError> {
-    let mut rng = Rng(case.seed);
+    let mut rng = SimRng::new(case.seed);
     let mut frames = [Vec::new(), Vec::new()];
     for (i, lens) in case.frames.iter().enumerate() {
-        frames[i] = lens.iter().map(|&len| rng.bytes(len)).collect::<Vec<_>>();
+        frames[i] = lens.iter().map(|&len| random_bytes(&mut rng, len)).collect::<Vec<_>>();
     }
     let [fa, fb] = frames;
     let mut ends = [
@@ -119,7 +99,7 @@ fn run_pair(case: &PairCase) -> Result<(), TestCaseError> {
         for i in 0..2 {
             let (me, peer) = both(&mut ends, i);
             // The engine pushes frames while the link wants them.
-            if rng.chance(900) {
+            if rng.chance(0.9) {
                 while me.link.wants_frame() {
                     let Some(frame) = me.outbox.pop_front() else { break };
                     me.link.push_frame(&frame).map_err(|e| TestCaseError::fail(format!("push: {e}")))?;
@@ -159,13 +139,13 @@ fn run_pair(case: &PairCase) -> Result<(), TestCaseError> {
                 }
             }
             // The ATT MTU grows now and then (GATT).
-            if !case.l2cap && rng.chance(2) && me.mtu < ATT_MTU_MAX {
+            if !case.l2cap && rng.chance(0.002) && me.mtu < ATT_MTU_MAX {
                 me.mtu = (me.mtu + 1 + rng.below(u64::from(ATT_MTU_MAX - me.mtu)) as u16).min(ATT_MTU_MAX);
                 me.link.set_att_mtu(me.mtu);
             }
             // The app reads frames, except while it is paused.
             if now >= me.paused_until {
-                if rng.chance(3) {
+                if rng.chance(0.003) {
                     me.paused_until = now + rng.below(3_000);
                 } else {
                     while let Some(frame) = me.link.poll_frame_in() {
@@ -388,8 +368,8 @@ proptest! {
         duplicate in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let mut rng = Rng(seed);
-        let frames: Vec<Vec<u8>> = lens.iter().map(|&l| rng.bytes(l)).collect();
+        let mut rng = SimRng::new(seed);
+        let frames: Vec<Vec<u8>> = lens.iter().map(|&l| random_bytes(&mut rng, l)).collect();
         let (_, clean_err, total) = faulty_transfer(&frames, mtu, usize::MAX, Fault::Drop);
         prop_assert_eq!(clean_err, None);
         let victim = victim.index(total);
@@ -485,7 +465,7 @@ struct World {
     next_conn: u64,
     actions: BTreeMap<(u64, u64), Action>,
     seq: u64,
-    rng: Rng,
+    rng: SimRng,
     /// Whether phone i can see phone j's advertisements.
     visible: Vec<Vec<bool>>,
     refuse_connects: bool,
@@ -519,7 +499,7 @@ impl World {
             next_conn: 100,
             actions: BTreeMap::new(),
             seq: 0,
-            rng: Rng(seed ^ 0x5555),
+            rng: SimRng::new(seed ^ 0x5555),
             visible: vec![vec![true; n]; n],
             refuse_connects: false,
             drop_packets: false,

@@ -74,6 +74,10 @@ impl Serve {
     fn stored(hash: [u8; 32], next: u64, total: u64) -> Self {
         Serve { hash, next, total, chunk: None, relayed: false }
     }
+
+    fn relayed(hash: [u8; 32], next: u64, total: u64) -> Self {
+        Serve { hash, next, total, chunk: None, relayed: true }
+    }
 }
 
 /// Every fetch and every transfer this device serves.
@@ -171,7 +175,7 @@ impl Attachments {
                     match f.total {
                         Some(total) if offset > total => out.push((link, Message::AttachmentUnavailable { request })),
                         Some(total) => {
-                            self.serving.insert((link, request), Serve { hash, next: offset, total, chunk: None, relayed: true });
+                            self.serving.insert((link, request), Serve::relayed(hash, offset, total));
                         }
                         None => f.waiting.push((link, request, offset)),
                     }
@@ -220,7 +224,7 @@ impl Attachments {
                     if from > total {
                         out.push((l, Message::AttachmentUnavailable { request: r }));
                     } else {
-                        self.serving.insert((l, r), Serve { hash, next: from, total, chunk: None, relayed: true });
+                        self.serving.insert((l, r), Serve::relayed(hash, from, total));
                     }
                 }
                 if local {

@@ -61,6 +61,7 @@ use log::{debug, info, trace};
 use super::link::{BleLink, Channel, LinkConfig, LinkError, Role, DEFAULT_WINDOW};
 use super::packet::CloseReason;
 use super::{encode_service_data, parse_service_data, tag_hex, AppTag, DeviceTag};
+use crate::transport::sim::SimRng;
 
 /// Default [`BleConfig::max_links`].
 pub const DEFAULT_MAX_LINKS: usize = 7;
@@ -212,22 +213,18 @@ pub enum BleEvent {
     },
 }
 
-/// A splitmix64 generator: the deterministic source of backoff jitter.
+/// The deterministic source of backoff jitter (the crate's seeded generator).
 #[derive(Clone, Debug)]
-struct Jitter(u64);
+struct Jitter(SimRng);
 
 impl Jitter {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Jitter {
+        Jitter(SimRng::new(seed))
     }
 
     /// `ms` times a factor in [0.75, 1.25].
     fn apply(&mut self, ms: u64) -> u64 {
-        let factor = 750 + u128::from(self.next_u64() % 501);
+        let factor = 750 + u128::from(self.0.below(501));
         u64::try_from(u128::from(ms) * factor / 1000).unwrap_or(u64::MAX)
     }
 }
@@ -331,7 +328,7 @@ impl BleLinks {
         info!("ble: starting as {}", tag_hex(&config.tag));
         BleLinks {
             config,
-            jitter: Jitter(seed),
+            jitter: Jitter::new(seed),
             now: now_ms,
             peers: BTreeMap::new(),
             conns: BTreeMap::new(),
@@ -877,19 +874,19 @@ mod tests {
 
     #[test]
     fn jitter_is_deterministic_and_within_a_quarter() {
-        let mut a = Jitter(7);
-        let mut b = Jitter(7);
+        let mut a = Jitter::new(7);
+        let mut b = Jitter::new(7);
         for _ in 0..1000 {
             let x = a.apply(1000);
             assert_eq!(x, b.apply(1000));
             assert!((750..=1250).contains(&x), "{x}");
         }
-        assert_ne!(Jitter(1).apply(1_000_000), Jitter(2).apply(1_000_000));
+        assert_ne!(Jitter::new(1).apply(1_000_000), Jitter::new(2).apply(1_000_000));
     }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets() {
-        let mut j = Jitter(3);
+        let mut j = Jitter::new(3);
         let mut b = Backoff::new(1000, 30_000);
         for base in [1000u64, 2000, 4000, 8000, 16_000, 30_000, 30_000] {
             let d = b.next_delay(&mut j);
