@@ -1,52 +1,21 @@
-//! Property test: several replicas (persisted stores) edit the same documents concurrently — every field type,
-//! nested maps in arrays in maps, removals of fields and whole documents — and exchange their changes in random
-//! order, with duplicates and delays, sometimes reopening from disk mid-run. After a final full exchange, every
-//! replica must hold exactly the same documents.
+//! Property test: several replicas edit the same documents concurrently — every field type, nested maps in arrays
+//! in maps, removals of fields and whole documents — and exchange their changes in random order, with duplicates
+//! and delays, sometimes re-decoding from their encoded state mid-run. After a final full exchange, every replica
+//! must hold exactly the same document. This runs on in-memory documents (many cases, the CRDT layer alone);
+//! `store_convergence.rs` runs the same kind of test through the stores' public API.
 
 #[path = "common/edits.rs"]
 mod edits;
 
 use proptest::prelude::*;
 use serde_json::json;
-use shoaldb::{Applied, Change, DocChange, DocEditor, Document, PeerId, Store, Timestamp, Value};
+use shoaldb::{Applied, Change, Document, PeerId, Store, Timestamp, Value};
 
 const REPLICAS: usize = 3;
 const COLLECTION: &str = "c";
 const DOCS: [&str; 2] = ["d0", "d1"];
 
-#[derive(Clone, Debug)]
-enum Edit {
-    SetRegister { path: u8, value: i64 },
-    SetJsonObject { path: u8, value: i64 },
-    Increment { which: u8, by: i8 },
-    TextInsert { which: u8, pos: u16, text: String },
-    TextDelete { which: u8, pos: u16, len: u8 },
-    ArrayInsert { pos: u16, shape: u8, value: i64 },
-    ArrayDelete { pos: u16 },
-    NestedSet { idx: u16, key: u8, value: i64 },
-    NestedIncrement { idx: u16, by: i8 },
-    RemoveField { path: u8 },
-    RemoveDocument,
-}
-
-const REGISTER_PATHS: [&str; 4] = ["title", "m.a", "m.b", "m.sub.c"];
-const REMOVABLE: [&str; 6] = ["title", "m", "m.a", "m.items", "likes", "notes"];
-
-fn edit() -> impl Strategy<Value = Edit> {
-    prop_oneof![
-        (any::<u8>(), -3i64..100).prop_map(|(path, value)| Edit::SetRegister { path, value }),
-        (any::<u8>(), -3i64..100).prop_map(|(path, value)| Edit::SetJsonObject { path, value }),
-        (any::<u8>(), -5i8..5).prop_map(|(which, by)| Edit::Increment { which, by }),
-        (any::<u8>(), any::<u16>(), "[ab€😀]{1,4}").prop_map(|(which, pos, text)| Edit::TextInsert { which, pos, text }),
-        (any::<u8>(), any::<u16>(), 1u8..4).prop_map(|(which, pos, len)| Edit::TextDelete { which, pos, len }),
-        (any::<u16>(), any::<u8>(), 0i64..100).prop_map(|(pos, shape, value)| Edit::ArrayInsert { pos, shape, value }),
-        any::<u16>().prop_map(|pos| Edit::ArrayDelete { pos }),
-        (any::<u16>(), any::<u8>(), 0i64..100).prop_map(|(idx, key, value)| Edit::NestedSet { idx, key, value }),
-        (any::<u16>(), -3i8..4).prop_map(|(idx, by)| Edit::NestedIncrement { idx, by }),
-        any::<u8>().prop_map(|path| Edit::RemoveField { path }),
-        Just(Edit::RemoveDocument),
-    ]
-}
+use edits::{apply_edit, edit, Edit};
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -69,165 +38,12 @@ fn action() -> impl Strategy<Value = Action> {
 
 
 
-/// Apply one edit. Edits that do not fit the current state (type mismatches, out-of-range indexes) fail with an
-/// error, which is part of what is tested: they must change nothing.
-fn apply_edit(ed: &mut DocEditor<'_>, e: &Edit) -> Result<(), shoaldb::DocError> {
-    match e {
-        Edit::SetRegister { path, value } => ed.set(REGISTER_PATHS[*path as usize % REGISTER_PATHS.len()], *value),
-        Edit::SetJsonObject { path, value } => {
-            let p = ["m", "m.sub", "title"][*path as usize % 3];
-            ed.merge(p, Value::from_json(&json!({"x": value, "sub": {"y": value}})))
-        }
-        Edit::Increment { which, by } => ed.increment(edits::COUNTERS[*which as usize % 2], *by as i64),
-        Edit::TextInsert { which, pos, text } => edits::text_insert(ed, *which, *pos, text),
-        Edit::TextDelete { which, pos, len } => edits::text_delete(ed, *which, *pos, *len),
-        Edit::ArrayInsert { pos, shape, value } => edits::array_insert(ed, *pos, *shape, *value),
-        Edit::ArrayDelete { pos } => edits::array_delete(ed, *pos),
-        Edit::NestedSet { idx, key, value } => edits::nested_set(ed, *idx, *key, *value),
-        Edit::NestedIncrement { idx, by } => edits::nested_increment(ed, *idx, *by as i64),
-        Edit::RemoveField { path } => ed.remove(REMOVABLE[*path as usize % REMOVABLE.len()]),
-        Edit::RemoveDocument => ed.remove_document(),
-    }
-}
-
-struct Replica {
-    dir: tempfile::TempDir,
-    store: Option<Store>,
-    inbox: Vec<DocChange>,
-}
-
-impl Replica {
-    fn store(&self) -> &Store {
-        self.store.as_ref().expect("open")
-    }
-}
-
 /// A tiny deterministic RNG for shuffling deliveries.
 fn next(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
     *seed ^= *seed << 17;
     *seed
-}
-
-fn run(actions: &[Action]) {
-    let mut replicas: Vec<Replica> = (0..REPLICAS)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("db")).unwrap();
-            Replica { dir, store: Some(store), inbox: Vec::new() }
-        })
-        .collect();
-    for a in actions {
-        match a {
-            Action::Edit { replica, doc, edit } => {
-                let s = replicas[*replica].store();
-                let before = s.get(COLLECTION, DOCS[*doc]).unwrap();
-                let r = s.write(|t| {
-                    if t.get(COLLECTION, DOCS[*doc])?.is_none() {
-                        t.upsert(COLLECTION, json!({"_id": DOCS[*doc]}))?;
-                    }
-                    t.update(COLLECTION, DOCS[*doc], |ed| Ok(apply_edit(ed, edit)?))
-                });
-                if r.is_err() {
-                    assert_eq!(s.get(COLLECTION, DOCS[*doc]).unwrap(), before, "a failed edit changed nothing");
-                }
-            }
-            Action::Send { from, to } => {
-                if from == to {
-                    continue;
-                }
-                let summary = replicas[*to].store().summary().unwrap();
-                let changes = replicas[*from].store().changes_since(&summary).unwrap();
-                replicas[*to].inbox.extend(changes);
-            }
-            Action::Deliver { to, seed } => {
-                let mut seed = *seed | 1;
-                let r = &mut replicas[*to];
-                let mut batch = Vec::new();
-                let mut keep = Vec::new();
-                for c in r.inbox.drain(..) {
-                    match next(&mut seed) % 4 {
-                        0 => keep.push(c),
-                        1 => {
-                            batch.push(c.clone());
-                            keep.push(c);
-                        }
-                        _ => batch.push(c),
-                    }
-                }
-                for i in (1..batch.len()).rev() {
-                    let j = (next(&mut seed) % (i as u64 + 1)) as usize;
-                    batch.swap(i, j);
-                }
-                r.inbox = keep;
-                // Apply in one or two calls.
-                let split = if batch.is_empty() { 0 } else { (next(&mut seed) % batch.len() as u64) as usize };
-                r.store().apply_changes(&batch[..split]).unwrap();
-                r.store().apply_changes(&batch[split..]).unwrap();
-            }
-            Action::Reopen { replica } => {
-                let r = &mut replicas[*replica];
-                r.store = None;
-                r.store = Some(Store::open(r.dir.path().join("db")).unwrap());
-            }
-        }
-    }
-    // Final exchange: everyone's inbox, then full pairwise syncs until nothing moves.
-    for r in &mut replicas {
-        let inbox = std::mem::take(&mut r.inbox);
-        r.store().apply_changes(&inbox).unwrap();
-    }
-    for _round in 0..2 {
-        for a in 0..REPLICAS {
-            for b in 0..REPLICAS {
-                if a != b {
-                    let summary = replicas[b].store().summary().unwrap();
-                    let changes = replicas[a].store().changes_since(&summary).unwrap();
-                    let report = replicas[b].store().apply_changes(&changes).unwrap();
-                    assert_eq!(report.pending, 0, "a full exchange leaves nothing pending");
-                }
-            }
-        }
-    }
-    let views: Vec<_> = replicas.iter().map(|r| r.store().list(COLLECTION).unwrap()).collect();
-    if std::env::var_os("SHOAL_SHOW_FINAL").is_some() {
-        eprintln!("final state: {}", serde_json::to_string(&views[0]).unwrap());
-    }
-    for v in &views[1..] {
-        assert_eq!(v, &views[0], "replicas diverged");
-    }
-    for d in DOCS {
-        let docs: Vec<_> = replicas.iter().map(|r| r.store().document(COLLECTION, d).unwrap()).collect();
-        for path in ["title", "m.a", "m", "likes", "m.items"] {
-            let conflicts: Vec<_> =
-                docs.iter().map(|doc| doc.as_ref().map(|x| x.conflicts(path).unwrap())).collect();
-            for c in &conflicts[1..] {
-                assert_eq!(c, &conflicts[0], "conflicts at {path} diverged");
-            }
-        }
-        let versions: Vec<_> = docs.iter().map(|d| d.as_ref().map(|x| x.version().clone())).collect();
-        for v in &versions[1..] {
-            assert_eq!(v, &versions[0]);
-        }
-    }
-    // Reopening everything from disk gives the same state again.
-    for r in &mut replicas {
-        r.store = None;
-        r.store = Some(Store::open(r.dir.path().join("db")).unwrap());
-    }
-    for r in &replicas {
-        assert_eq!(r.store().list(COLLECTION).unwrap(), views[0], "state after reopen differs");
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 2000, ..ProptestConfig::default() })]
-
-    #[test]
-    fn replicas_converge(actions in proptest::collection::vec(action(), 1..60)) {
-        run(&actions);
-    }
 }
 
 /// The same edits on in-memory documents (no SQLite): many more cases. Changes travel in random orders with

@@ -7,7 +7,7 @@
 //! order, with any duplication, to the same state.
 
 use super::clock::{Dot, PeerId, Timestamp, MAX_WALL_MS};
-use super::path::{MAX_KEY_BYTES, MAX_PATH_DEPTH};
+use super::path::{is_valid_key, MAX_PATH_DEPTH};
 use super::sequence::{Chars, IdSpan, SeqContent};
 use super::value::{Kind, Scalar};
 use super::version::VersionVector;
@@ -197,7 +197,7 @@ fn validate_path(path: &[Seg]) -> Result<(), ChangeError> {
     }
     for s in path {
         if let Seg::Key(k) = s {
-            if k.is_empty() || k.len() > MAX_KEY_BYTES {
+            if !is_valid_key(k) {
                 return Err(ChangeError::Corrupt("empty or oversize key".into()));
             }
         }

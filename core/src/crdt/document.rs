@@ -78,15 +78,20 @@ impl Document {
         if !self.exists() {
             return None;
         }
-        match super::json::to_value(self.json_view(None)?) {
+        match super::json::to_value(self.json_view(None, None)?) {
             serde_json::Value::Object(m) => Some(m),
             _ => Some(serde_json::Map::new()),
         }
     }
 
     /// The document's JSON rendering (with an `_id` entry first when `id` is given), or `None` if it does not exist.
-    pub(crate) fn json_view<'a>(&'a self, id: Option<&'a str>) -> Option<super::json::MapJson<'a>> {
-        self.exists().then_some(super::json::MapJson { map: self.root.map.as_deref(), id })
+    /// With `cut`, large register values are left out (rendered as `null`) and collected there.
+    pub(crate) fn json_view<'a>(
+        &'a self,
+        id: Option<&'a str>,
+        cut: Option<&'a super::json::Cut<'a>>,
+    ) -> Option<super::json::MapJson<'a>> {
+        self.exists().then_some(super::json::MapJson { map: self.root.map.as_deref(), id, cut })
     }
 
     fn shown_at(&self, path: &Path) -> Option<Shown<'_>> {
@@ -185,6 +190,11 @@ impl Document {
     /// that is malformed or refers to things that do not exist is rejected with an error and changes nothing.
     pub fn apply(&mut self, change: &Change) -> Result<Applied, DocError> {
         change.validate()?;
+        self.apply_validated(change)
+    }
+
+    /// [`Document::apply`] for a change whose structure was checked already ([`Change::validate`]).
+    pub(crate) fn apply_validated(&mut self, change: &Change) -> Result<Applied, DocError> {
         match self.readiness(change)? {
             Applied::Applied => {}
             other => return Ok(other),
@@ -205,16 +215,22 @@ impl Document {
         Ok(Applied::Applied)
     }
 
-    /// Check, without changing anything, that every operation of `change` refers to things that exist (or that the
-    /// change itself creates earlier on).
+    /// Check, without changing anything, that every operation of `change` refers only to things in its declared
+    /// past that exist, or to items it inserts itself earlier on. Whether a change is valid so depends on the change
+    /// and its dependencies alone, never on what else a replica happens to hold (delivery order). Linear in the
+    /// change's operations (items it inserts are found by binary search).
     fn check(&self, change: &Change) -> Result<(), DocError> {
-        // Items inserted by this change so far: (path of the sequence field, first counter, count, is_text).
-        let mut created: Vec<(&[Seg], u64, u64, bool)> = Vec::new();
-        let mut counter = change.start;
-        let in_created = |created: &[(&[Seg], u64, u64, bool)], path: &[Seg], id: Dot, text: bool| {
-            id.peer == change.peer
-                && created.iter().any(|&(p, s, n, t)| t == text && p == path && id.counter >= s && id.counter < s + n)
+        // Items this change inserts, in counter order: (first counter, count, the inserting op).
+        let mut created: Vec<(u64, u64, &Op)> = Vec::new();
+        let own_new = |id: Dot| id.peer == change.peer && id.counter >= change.start;
+        // Whether `id` names an item inserted earlier in this change into the sequence at `path`.
+        let created_here = |created: &[(u64, u64, &Op)], path: &[Seg], id: Dot, text: bool| -> bool {
+            let i = created.partition_point(|&(s, n, _)| s + n <= id.counter);
+            created.get(i).is_some_and(|&(s, _, op)| {
+                s <= id.counter && op.path() == path && matches!(op, Op::InsertText { .. }) == text
+            })
         };
+        let mut counter = change.start;
         for op in &change.ops {
             let path = op.path();
             // Resolve the path read-only: `None` means "created by this change".
@@ -222,38 +238,50 @@ impl Document {
             for (i, seg) in path.iter().enumerate() {
                 cur = match seg {
                     Seg::Key(k) => cur.and_then(|f| f.map.as_deref()).and_then(|m| m.get(k)),
+                    Seg::Elem(id) if own_new(*id) => {
+                        if !created_here(&created, &path[..i], *id, false) {
+                            return Err(inconsistent(change, format!("unknown array element {id:?}")));
+                        }
+                        None
+                    }
                     Seg::Elem(id) => {
-                        match cur.and_then(|f| f.array.as_deref()).and_then(|a| a.get_by_id(*id)) {
+                        let found = cur
+                            .filter(|_| change.deps.contains(*id))
+                            .and_then(|f| f.array.as_deref())
+                            .and_then(|a| a.get_by_id(*id));
+                        match found {
                             Some((f, _)) => Some(f),
-                            None if in_created(&created, &path[..i], *id, false) => None,
                             None => return Err(inconsistent(change, format!("unknown array element {id:?}"))),
                         }
                     }
                 };
             }
-            let exists_in = |id: Dot, text: bool| -> bool {
-                let in_doc = match (cur, text) {
-                    (Some(f), true) => f.text.as_deref().is_some_and(|t| t.contains_id(id)),
-                    (Some(f), false) => f.array.as_deref().is_some_and(|a| a.contains_id(id)),
-                    (None, _) => false,
-                };
-                in_doc || in_created(&created, path, id, text)
+            let known = |id: Dot, text: bool| -> bool {
+                if own_new(id) {
+                    return created_here(&created, path, id, text);
+                }
+                change.deps.contains(id)
+                    && match (cur, text) {
+                        (Some(f), true) => f.text.as_deref().is_some_and(|t| t.contains_id(id)),
+                        (Some(f), false) => f.array.as_deref().is_some_and(|a| a.contains_id(id)),
+                        (None, _) => false,
+                    }
             };
             match op {
                 Op::InsertText { origin_left, origin_right, .. } | Op::InsertElems { origin_left, origin_right, .. } => {
                     let text = matches!(op, Op::InsertText { .. });
                     for o in [origin_left, origin_right].into_iter().flatten() {
-                        if !exists_in(*o, text) {
+                        if !known(*o, text) {
                             return Err(inconsistent(change, format!("unknown insert origin {o:?}")));
                         }
                     }
-                    created.push((path, counter, op.width(), text));
+                    created.push((counter, op.width(), op));
                 }
                 Op::DeleteText { spans, .. } | Op::DeleteElems { spans, .. } => {
                     let text = matches!(op, Op::DeleteText { .. });
                     for s in spans {
                         for c in s.start..s.start + s.len {
-                            if !exists_in(Dot::new(s.peer, c), text) {
+                            if !known(Dot::new(s.peer, c), text) {
                                 return Err(inconsistent(change, format!("delete of unknown item {}:{c}", s.peer)));
                             }
                         }
@@ -265,7 +293,6 @@ impl Document {
         }
         Ok(())
     }
-
 }
 
 /// Find the field at `path`, creating map entries on the way. Array elements must exist.
@@ -327,7 +354,7 @@ pub(crate) fn apply_op(root: &mut Field, op: &Op, dot: Dot, ts: Timestamp, ctx: 
 }
 
 /// Local edits to one document, recorded as one [`Change`]. Each method applies at once; on error nothing of that
-/// call is applied (earlier calls stay).
+/// call is applied (earlier calls stay): every way a call can fail is checked before it changes anything.
 pub struct DocEditor<'a> {
     doc: &'a mut Document,
     peer: PeerId,
@@ -398,51 +425,48 @@ impl<'a> DocEditor<'a> {
         self.field(segs).and_then(Field::shown)
     }
 
-    /// Make sure the document exists (a write to a removed document creates it again).
-    fn ensure_document(&mut self) -> Result<(), DocError> {
-        if !self.doc.root.is_visible() || !matches!(self.doc.root.shown(), Some(Shown::Map(_))) {
-            self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
-        }
-        Ok(())
-    }
-
-    /// Make the field at `segs` show a container of `kind`: keep it if it does, create it if the field shows
-    /// nothing, otherwise fail (or replace it when `replace`).
-    fn ensure_kind(&mut self, segs: &[Seg], kind: Kind, path: &Path, upto: usize, replace: bool) -> Result<(), DocError> {
-        match self.shown(segs) {
-            Some(s) if s.kind() == Some(kind) => Ok(()),
-            Some(s) if !replace => Err(DocError::TypeMismatch {
-                path: path_string(path, upto),
-                expected: kind.name(),
-                found: s.kind_name(),
-            }),
-            _ => self.emit(Op::Make { path: segs.to_vec(), kind }).map(|_| ()),
+    /// What the field a plan leads to shows before the plan is carried out (nothing, where the plan creates it).
+    fn shown_at_plan(&self, plan: &Plan) -> Option<Shown<'_>> {
+        if plan.creates() {
+            None
+        } else {
+            self.shown(&plan.segs)
         }
     }
 
-    /// Turn an app path into stable segments, creating missing maps on the way when `create` (like `mkdir -p`).
-    fn locate(&mut self, path: &Path, create: bool) -> Result<Vec<Seg>, DocError> {
-        if create {
-            self.ensure_document()?;
+    /// Resolve an app path to stable segments without changing anything: every way the call can fail is found
+    /// here. With `create`, missing maps on the way (and the document itself) are to be created, like `mkdir -p`;
+    /// [`DocEditor::carry_out`] then creates them. Keys must be valid map keys.
+    fn plan(&self, path: &Path, create: bool) -> Result<Plan, DocError> {
+        for seg in path.segments() {
+            if let PathSegment::Key(k) = seg {
+                check_key(k)?;
+            }
+        }
+        let create_doc = create && !matches!(self.doc.root.shown(), Some(Shown::Map(_)) if self.doc.root.is_visible());
+        if !create && !self.doc.exists() && !path.is_root() {
+            return Err(DocError::NoSuchField { path: path.to_string() });
         }
         let mut segs: Vec<Seg> = Vec::with_capacity(path.segments().len());
+        // From which segment on the maps are new (everything below a created container is new too).
+        let mut create_from = if create_doc { 0 } else { usize::MAX };
         for (i, ps) in path.segments().iter().enumerate() {
+            let fresh = create_from <= i;
             match ps {
                 PathSegment::Key(k) => {
-                    if i > 0 {
-                        if create {
-                            self.ensure_kind(&segs, Kind::Map, path, i, false)?;
-                        } else if !matches!(self.shown(&segs), Some(Shown::Map(_))) {
-                            return Err(self.mismatch_or_missing(&segs, path, i, Kind::Map));
+                    if i > 0 && !fresh {
+                        match self.shown(&segs) {
+                            Some(Shown::Map(_)) => {}
+                            None if create => create_from = i,
+                            _ => return Err(self.mismatch_or_missing(&segs, path, i, Kind::Map)),
                         }
-                    } else if !self.doc.exists() {
-                        return Err(DocError::NoSuchField { path: path.to_string() });
                     }
                     segs.push(Seg::Key(k.clone()));
                 }
                 PathSegment::Index(idx) => {
-                    let seq = match self.shown(&segs) {
-                        Some(Shown::Array(a)) => a,
+                    let seq = match (fresh, self.shown(&segs)) {
+                        (false, Some(Shown::Array(a))) => a,
+                        (true, _) => return Err(DocError::NoSuchField { path: path_string(path, i) }),
                         _ => return Err(self.mismatch_or_missing(&segs, path, i, Kind::Array)),
                     };
                     let id = seq.id_at(*idx).ok_or(DocError::IndexOutOfBounds {
@@ -454,7 +478,45 @@ impl<'a> DocEditor<'a> {
                 }
             }
         }
-        Ok(segs)
+        Ok(Plan { segs, create_doc, create_from })
+    }
+
+    /// Create what `plan` found missing: the document, then the maps on the way. Cannot fail for a plan made
+    /// just before on the same document.
+    fn carry_out(&mut self, plan: &Plan) -> Result<(), DocError> {
+        if plan.create_doc {
+            self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
+        }
+        for upto in plan.create_from.max(1)..plan.segs.len() {
+            self.emit(Op::Make { path: plan.segs[..upto].to_vec(), kind: Kind::Map })?;
+        }
+        Ok(())
+    }
+
+    /// Plan for a container of `kind` at `path`: the field must show one, or nothing (it is then created).
+    /// Returns the plan and whether the container itself must be made.
+    fn plan_container(&self, path: &Path, kind: Kind) -> Result<(Plan, bool), DocError> {
+        if path.is_root() {
+            return Err(DocError::TypeMismatch { path: String::new(), expected: kind.name(), found: "document" });
+        }
+        let plan = self.plan(path, true)?;
+        let make = match self.shown_at_plan(&plan) {
+            Some(s) if s.kind() == Some(kind) => false,
+            Some(s) => {
+                return Err(DocError::TypeMismatch { path: path.to_string(), expected: kind.name(), found: s.kind_name() })
+            }
+            None => true,
+        };
+        Ok((plan, make))
+    }
+
+    /// Carry out a container plan: the maps on the way, then the container.
+    fn carry_out_container(&mut self, plan: &Plan, make: bool, kind: Kind) -> Result<(), DocError> {
+        self.carry_out(plan)?;
+        if make {
+            self.emit(Op::Make { path: plan.segs.clone(), kind })?;
+        }
+        Ok(())
     }
 
     fn mismatch_or_missing(&self, segs: &[Seg], path: &Path, upto: usize, expected: Kind) -> DocError {
@@ -464,44 +526,59 @@ impl<'a> DocEditor<'a> {
         }
     }
 
+    /// Run one public call: on error, nothing of it may have been applied. Every call checks before it emits, so
+    /// an op recorded by a failing call is a bug in the call; it is reported loudly rather than kept quietly.
+    fn call<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, DocError>) -> Result<R, DocError> {
+        let ops_before = self.ops.len();
+        let r = f(self);
+        if let Err(e) = &r {
+            if self.ops.len() != ops_before {
+                log::error!("a failed edit recorded {} operations: {e}", self.ops.len() - ops_before);
+                debug_assert!(false, "a failed edit recorded operations: {e}");
+            }
+        }
+        r
+    }
+
     /// Set the field at `path` to `value`, replacing what it held (its type included). Missing maps on the way are
     /// created; array indexes must exist.
     pub fn set(&mut self, path: impl AsPath, value: impl Into<Value>) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        self.write(path, value.into(), false)
+        let value = value.into();
+        self.call(|ed| ed.write(&path, value, false))
     }
 
     /// Like [`DocEditor::set`], but maps merge: the fields given are written, the others kept; an existing counter
     /// or text of the same type is kept as it is.
     pub fn merge(&mut self, path: impl AsPath, value: impl Into<Value>) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        self.write(path, value.into(), true)
+        let value = value.into();
+        self.call(|ed| ed.write(&path, value, true))
     }
 
     fn write(&mut self, path: &Path, value: Value, merge: bool) -> Result<(), DocError> {
         check_value(&value, path.segments().len())?;
         if path.is_root() {
-            return match value {
-                Value::Map(m) => {
-                    self.ops.reserve(m.len() + 2);
-                    self.ensure_document()?;
-                    if !merge {
-                        self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
-                    }
-                    for (k, v) in m {
-                        self.write_at(vec![Seg::Key(k)], v, merge)?;
-                    }
-                    Ok(())
-                }
-                _ => Err(DocError::InvalidValue("a document is a map".into())),
+            let Value::Map(m) = value else {
+                return Err(DocError::InvalidValue("a document is a map".into()));
             };
+            self.ops.reserve(m.len() + 2);
+            let plan = self.plan(path, true)?;
+            self.carry_out(&plan)?;
+            if !merge && !plan.create_doc {
+                self.emit(Op::Make { path: Vec::new(), kind: Kind::Map })?;
+            }
+            for (k, v) in m {
+                self.write_at(vec![Seg::Key(k)], v, merge)?;
+            }
+            return Ok(());
         }
-        let segs = self.locate(path, true)?;
-        self.write_at(segs, value, merge)
+        let plan = self.plan(path, true)?;
+        self.carry_out(&plan)?;
+        self.write_at(plan.segs, value, merge)
     }
 
+    /// Write a checked value at `segs`, whose parents exist.
     fn write_at(&mut self, segs: Vec<Seg>, value: Value, merge: bool) -> Result<(), DocError> {
         let current = self.shown(&segs).and_then(|s| s.kind());
         match value {
@@ -578,62 +655,69 @@ impl<'a> DocEditor<'a> {
     /// Remove the field at `path` (a map key or an array element). Removing the root removes the document.
     pub fn remove(&mut self, path: impl AsPath) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        if path.is_root() {
-            if self.doc.exists() {
-                self.emit(Op::Remove { path: Vec::new() })?;
+        self.call(|ed| {
+            if path.is_root() {
+                if ed.doc.exists() {
+                    ed.emit(Op::Remove { path: Vec::new() })?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if let Some((parent, PathSegment::Index(i))) = path.split_last() {
-            return self.array_delete(&parent, *i, 1);
-        }
-        let segs = self.locate(path, false)?;
-        if self.field(&segs).is_some_and(Field::is_visible) {
-            self.emit(Op::Remove { path: segs })?;
-            Ok(())
-        } else {
-            Err(DocError::NoSuchField { path: path.to_string() })
-        }
+            if let Some((parent, PathSegment::Index(i))) = path.split_last() {
+                return ed.delete_elements(&parent, *i, 1);
+            }
+            let plan = ed.plan(&path, false)?;
+            if ed.field(&plan.segs).is_some_and(Field::is_visible) {
+                ed.emit(Op::Remove { path: plan.segs })?;
+                Ok(())
+            } else {
+                Err(DocError::NoSuchField { path: path.to_string() })
+            }
+        })
     }
 
     /// Add `by` (negative to subtract) to the counter at `path`, creating the counter if the field is empty.
     pub fn increment(&mut self, path: impl AsPath, by: i64) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        let segs = self.container(path, Kind::Counter)?;
-        self.emit(Op::Increment { path: segs, by })?;
-        Ok(())
-    }
-
-    /// Locate `path` and make sure it shows a container of `kind`, creating it in an empty field.
-    fn container(&mut self, path: &Path, kind: Kind) -> Result<Vec<Seg>, DocError> {
-        if path.is_root() {
-            return Err(DocError::TypeMismatch { path: String::new(), expected: kind.name(), found: "document" });
-        }
-        let segs = self.locate(path, true)?;
-        self.ensure_kind(&segs, kind, path, path.segments().len(), false)?;
-        Ok(segs)
+        self.call(|ed| {
+            let (plan, make) = ed.plan_container(&path, Kind::Counter)?;
+            ed.carry_out_container(&plan, make, Kind::Counter)?;
+            ed.emit(Op::Increment { path: plan.segs, by })?;
+            Ok(())
+        })
     }
 
     /// Insert `s` at code point `pos` of the text at `path` (created if the field is empty).
     pub fn text_insert(&mut self, path: impl AsPath, pos: usize, s: &str) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
+        self.call(|ed| ed.insert_text(&path, pos, s))
+    }
+
+    fn insert_text(&mut self, path: &Path, pos: usize, s: &str) -> Result<(), DocError> {
         if s.is_empty() {
             return Ok(());
         }
         if s.len() > MAX_SCALAR_BYTES * 4 {
             return Err(DocError::InvalidValue("text insert too large".into()));
         }
-        let segs = self.container(path, Kind::Text)?;
-        self.insert_text_at(&segs, pos, s)
+        let (plan, make) = self.plan_container(path, Kind::Text)?;
+        let len = match self.shown_at_plan(&plan) {
+            Some(Shown::Text(t)) => t.len(),
+            _ => 0,
+        };
+        if pos > len {
+            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: pos, len });
+        }
+        self.carry_out_container(&plan, make, Kind::Text)?;
+        self.insert_text_at(&plan.segs, pos, s)
     }
 
     /// Delete `len` code points from `pos` of the text at `path`.
     pub fn text_delete(&mut self, path: impl AsPath, pos: usize, len: usize) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
+        self.call(|ed| ed.delete_text(&path, pos, len))
+    }
+
+    fn delete_text(&mut self, path: &Path, pos: usize, len: usize) -> Result<(), DocError> {
         let segs = self.existing(path, Kind::Text)?;
         if len == 0 {
             return Ok(());
@@ -647,15 +731,22 @@ impl<'a> DocEditor<'a> {
     /// Replace `len` code points at `pos` with `s`.
     pub fn text_splice(&mut self, path: impl AsPath, pos: usize, len: usize, s: &str) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        if len > 0 {
-            self.text_delete(path, pos, len)?;
-        }
-        self.text_insert(path, pos, s)
+        self.call(|ed| {
+            if len == 0 {
+                return ed.insert_text(&path, pos, s);
+            }
+            // Everything the insert could fail on is checked before the delete.
+            if s.len() > MAX_SCALAR_BYTES * 4 {
+                return Err(DocError::InvalidValue("text insert too large".into()));
+            }
+            ed.delete_text(&path, pos, len)?;
+            ed.insert_text(&path, pos, s)
+        })
     }
 
-    fn existing(&mut self, path: &Path, kind: Kind) -> Result<Vec<Seg>, DocError> {
-        let segs = self.locate(path, false)?;
+    /// The segments of an existing container of `kind` at `path`.
+    fn existing(&self, path: &Path, kind: Kind) -> Result<Vec<Seg>, DocError> {
+        let segs = self.plan(path, false)?.segs;
         match self.shown(&segs) {
             Some(s) if s.kind() == Some(kind) => Ok(segs),
             _ => Err(self.mismatch_or_missing(&segs, path, path.segments().len(), kind)),
@@ -665,33 +756,40 @@ impl<'a> DocEditor<'a> {
     /// Insert `items` at `index` of the array at `path` (created if the field is empty).
     pub fn array_insert(&mut self, path: impl AsPath, index: usize, items: &[Value]) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        for v in items {
-            check_value(v, path.segments().len() + 1)?;
-        }
-        let segs = self.container(path, Kind::Array)?;
-        let len = self.shown(&segs).map(|s| if let Shown::Array(a) = s { a.len() } else { 0 }).unwrap_or(0);
-        if index > len {
-            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index, len });
-        }
-        self.insert_elements(&segs, index, items.to_vec())
+        self.call(|ed| ed.insert_into_array(&path, Some(index), items))
     }
 
     /// Append `items` to the array at `path`.
     pub fn array_push(&mut self, path: impl AsPath, items: &[Value]) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
-        let len = match self.doc.shown_at(path) {
+        self.call(|ed| ed.insert_into_array(&path, None, items))
+    }
+
+    /// Insert at `index`, or at the end when `None`.
+    fn insert_into_array(&mut self, path: &Path, index: Option<usize>, items: &[Value]) -> Result<(), DocError> {
+        for v in items {
+            check_value(v, path.segments().len() + 1)?;
+        }
+        let (plan, make) = self.plan_container(path, Kind::Array)?;
+        let len = match self.shown_at_plan(&plan) {
             Some(Shown::Array(a)) => a.len(),
             _ => 0,
         };
-        self.array_insert(path, len, items)
+        let index = index.unwrap_or(len);
+        if index > len {
+            return Err(DocError::IndexOutOfBounds { path: path.to_string(), index, len });
+        }
+        self.carry_out_container(&plan, make, Kind::Array)?;
+        self.insert_elements(&plan.segs, index, items.to_vec())
     }
 
     /// Delete `len` elements from `index` of the array at `path`.
     pub fn array_delete(&mut self, path: impl AsPath, index: usize, len: usize) -> Result<(), DocError> {
         let path = path.to_path()?;
-        let path: &Path = &path;
+        self.call(|ed| ed.delete_elements(&path, index, len))
+    }
+
+    fn delete_elements(&mut self, path: &Path, index: usize, len: usize) -> Result<(), DocError> {
         let segs = self.existing(path, Kind::Array)?;
         if len == 0 {
             return Ok(());
@@ -705,6 +803,33 @@ impl<'a> DocEditor<'a> {
     /// Remove the document: everything this replica has seen of it.
     pub fn remove_document(&mut self) -> Result<(), DocError> {
         self.remove(Path::root())
+    }
+}
+
+/// Where an app path leads in the document being edited, resolved before anything is written.
+struct Plan {
+    /// The stable segments of the path.
+    segs: Vec<Seg>,
+    /// The document must be created first.
+    create_doc: bool,
+    /// The maps at `segs[..i]` for `i` from here to the end are to be created (`usize::MAX`: none).
+    create_from: usize,
+}
+
+impl Plan {
+    /// Whether carrying it out creates anything (the field it leads to is then new and empty).
+    fn creates(&self) -> bool {
+        self.create_doc || self.create_from < self.segs.len()
+    }
+}
+
+/// A map key must be non-empty and at most [`super::path::MAX_KEY_BYTES`] long, wherever it is given: in a path
+/// or inside a value.
+fn check_key(k: &str) -> Result<(), DocError> {
+    if super::path::is_valid_key(k) {
+        Ok(())
+    } else {
+        Err(DocError::InvalidValue(format!("invalid key {:?}", k.chars().take(50).collect::<String>())))
     }
 }
 
@@ -727,9 +852,7 @@ fn check_value(v: &Value, depth: usize) -> Result<(), DocError> {
         }
         Value::Map(m) => {
             for (k, v) in m {
-                if k.is_empty() || k.len() > super::path::MAX_KEY_BYTES {
-                    return Err(DocError::InvalidValue(format!("invalid key {:?}", k.chars().take(50).collect::<String>())));
-                }
+                check_key(k)?;
                 check_value(v, depth + 1)?;
             }
         }

@@ -3,11 +3,18 @@
 //!
 //! Bytes render as an array of numbers, attachments as their token object (see [`AttachmentToken::to_json`]).
 
+use super::clock::Dot;
 use super::field::{Field, Shown};
 use super::map::MapObj;
+use super::register::Content;
 use super::value::{AttachmentToken, Scalar};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
+use std::cell::RefCell;
+
+/// Register values at least this large (approximate encoded bytes) are cut out of a document's stored view and
+/// kept beside it (see [`Cut`]), so that a small edit of a document holding large values does not rewrite them.
+pub(crate) const PART_MIN_BYTES: usize = 16 << 10;
 
 pub(crate) struct ScalarJson<'a>(pub &'a Scalar);
 pub(crate) struct TokenJson<'a>(pub &'a AttachmentToken);
@@ -16,6 +23,91 @@ pub(crate) struct ShownJson<'a>(pub Shown<'a>);
 pub(crate) struct MapJson<'a> {
     pub map: Option<&'a MapObj>,
     pub id: Option<&'a str>,
+    /// When set, large register values are written as `null` and collected here instead.
+    pub cut: Option<&'a Cut<'a>>,
+}
+
+/// One step of a location in a rendered document.
+#[derive(Clone, Copy, Debug)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Serialize for Step<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Step::Key(k) => s.serialize_str(k),
+            Step::Index(i) => s.serialize_u64(*i as u64),
+        }
+    }
+}
+
+/// A large register value cut out of a rendering: the register entry that holds it (its dot names the value for
+/// good: a register entry is never changed), where it sits (a JSON array of keys and indexes from the top of the
+/// rendering), and the value.
+#[derive(Debug)]
+pub(crate) struct CutPart<'a> {
+    pub dot: Dot,
+    pub location: String,
+    pub value: &'a Scalar,
+}
+
+/// Collects the large values cut out of a rendering (see [`PART_MIN_BYTES`]).
+#[derive(Default)]
+pub(crate) struct Cut<'a> {
+    at: RefCell<Vec<Step<'a>>>,
+    parts: RefCell<Vec<CutPart<'a>>>,
+}
+
+impl<'a> Cut<'a> {
+    /// The values cut out so far, in rendering order.
+    pub fn take_parts(&self) -> Vec<CutPart<'a>> {
+        self.parts.take()
+    }
+
+    /// Render `field` at `step`, or cut it out when it shows a large register value.
+    fn field<S: SerializeMapOrSeq>(&'a self, out: &mut S, step: Step<'a>, field: &'a Field, key: Option<&'a str>) -> Result<(), S::Error> {
+        if let Some(e) = field.reg.winner() {
+            if let Content::Value(v) = &e.content {
+                if v.size_exceeds(PART_MIN_BYTES) {
+                    let mut at = self.at.borrow_mut();
+                    at.push(step);
+                    let location = to_string(&*at);
+                    at.pop();
+                    self.parts.borrow_mut().push(CutPart { dot: e.dot, location, value: v });
+                    return out.element(key, &());
+                }
+            }
+        }
+        self.at.borrow_mut().push(step);
+        let r = out.element(key, &FieldJson { field, cut: Some(self) });
+        self.at.borrow_mut().pop();
+        r
+    }
+}
+
+/// Serialising an entry of a map or an element of a sequence, alike.
+trait SerializeMapOrSeq {
+    type Error;
+    fn element<T: Serialize + ?Sized>(&mut self, key: Option<&str>, value: &T) -> Result<(), Self::Error>;
+}
+
+impl<M: SerializeMap> SerializeMapOrSeq for M {
+    type Error = M::Error;
+    fn element<T: Serialize + ?Sized>(&mut self, key: Option<&str>, value: &T) -> Result<(), M::Error> {
+        self.serialize_entry(key.unwrap_or_default(), value)
+    }
+}
+
+/// A sequence being serialised (a newtype, so that it does not overlap with maps above).
+struct Seq<S>(S);
+
+impl<S: SerializeSeq> SerializeMapOrSeq for Seq<S> {
+    type Error = S::Error;
+    fn element<T: Serialize + ?Sized>(&mut self, _key: Option<&str>, value: &T) -> Result<(), S::Error> {
+        self.0.serialize_element(value)
+    }
 }
 
 /// The JSON value of a rendering. Serialising these views cannot fail: every map key is a string.
@@ -60,12 +152,12 @@ impl Serialize for ShownJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Shown::Scalar(v) => ScalarJson(v).serialize(s),
-            Shown::Map(m) => MapJson { map: Some(m), id: None }.serialize(s),
+            Shown::Map(m) => MapJson { map: Some(m), id: None, cut: None }.serialize(s),
             Shown::Array(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
                 for (_, run) in a.visible_runs() {
                     for f in run.iter() {
-                        seq.serialize_element(&FieldJson(f))?;
+                        seq.serialize_element(&FieldJson { field: f, cut: None })?;
                     }
                 }
                 seq.end()
@@ -77,11 +169,33 @@ impl Serialize for ShownJson<'_> {
 }
 
 /// A field: what it shows, or null (an array element whose content was removed).
-struct FieldJson<'a>(&'a Field);
+struct FieldJson<'a> {
+    field: &'a Field,
+    cut: Option<&'a Cut<'a>>,
+}
 
 impl Serialize for FieldJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.shown() {
+        let Some(cut) = self.cut else {
+            return match self.field.shown() {
+                Some(shown) => ShownJson(shown).serialize(s),
+                None => s.serialize_unit(),
+            };
+        };
+        // The containers whose children may be cut out; everything else renders as without a cut.
+        match self.field.shown() {
+            Some(Shown::Map(m)) => MapJson { map: Some(m), id: None, cut: Some(cut) }.serialize(s),
+            Some(Shown::Array(a)) => {
+                let mut seq = Seq(s.serialize_seq(Some(a.len()))?);
+                let mut i = 0;
+                for (_, run) in a.visible_runs() {
+                    for f in run.iter() {
+                        cut.field(&mut seq, Step::Index(i), f, None)?;
+                        i += 1;
+                    }
+                }
+                seq.0.end()
+            }
             Some(shown) => ShownJson(shown).serialize(s),
             None => s.serialize_unit(),
         }
@@ -99,7 +213,10 @@ impl Serialize for MapJson<'_> {
                 continue;
             }
             if let Some(shown) = f.shown() {
-                m.serialize_entry(k, &ShownJson(shown))?;
+                match self.cut {
+                    Some(cut) => cut.field(&mut m, Step::Key(k), f, Some(k))?,
+                    None => m.serialize_entry(k, &ShownJson(shown))?,
+                }
             }
         }
         m.end()

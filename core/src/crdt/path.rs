@@ -24,6 +24,12 @@ pub const MAX_PATH_DEPTH: usize = MAX_PATH_SEGMENTS;
 /// The longest map key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// Whether `key` can name a field of a map: non-empty and at most [`MAX_KEY_BYTES`] bytes. (Paths in filters may
+/// name any key of a JSON value; paths that write fields, and the keys of values written, must pass this.)
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_BYTES
+}
+
 /// Why a path could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid path at byte {position}: {message}")]

@@ -122,6 +122,34 @@ impl Scalar {
         super::json::to_value(super::json::ScalarJson(self))
     }
 
+    /// Whether [`Scalar::approx_size`] is over `limit`, found without looking at more than about `limit` bytes
+    /// worth of a large list or object.
+    pub fn size_exceeds(&self, limit: usize) -> bool {
+        fn walk(v: &Scalar, budget: &mut usize) -> bool {
+            let own = match v {
+                Scalar::List(_) | Scalar::Object(_) => 2,
+                other => other.approx_size(),
+            };
+            if own > *budget {
+                return true;
+            }
+            *budget -= own;
+            match v {
+                Scalar::List(l) => l.iter().any(|x| walk(x, budget)),
+                Scalar::Object(o) => o.iter().any(|(k, x)| {
+                    if k.len() + 2 > *budget {
+                        return true;
+                    }
+                    *budget -= k.len() + 2;
+                    walk(x, budget)
+                }),
+                _ => false,
+            }
+        }
+        let mut budget = limit;
+        walk(self, &mut budget)
+    }
+
     /// An approximation of the encoded size, used to enforce limits.
     pub fn approx_size(&self) -> usize {
         match self {

@@ -138,7 +138,7 @@ impl Store {
 
     /// A document's JSON view by its local number (`None` when it does not exist or was removed).
     pub fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
-        self.lock().stored_view("SELECT view FROM docs WHERE doc = ?1", params![doc])
+        self.lock().stored_view("SELECT doc, view, parts FROM docs WHERE doc = ?1", params![doc])
     }
 
     /// A document's local number, if the store has it.

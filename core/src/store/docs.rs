@@ -1,16 +1,19 @@
 //! Loading and saving documents: a snapshot of the CRDT state plus the changes applied after it (read from the
 //! change log through its per-document index), and a JSON view for reads and queries.
 //!
-//! An update costs one append to the change log plus one rewrite of the document's row. The snapshot is rewritten
-//! when the changes since the last one reach half its size (at least 1 KiB, at most 64 KiB), which keeps the replay
-//! on load short and the write amplification a small constant.
+//! An update costs one append to the change log plus one rewrite of the document's row (its view, without the large
+//! values kept beside it). The snapshot is rewritten when the changes since the last one reach half its size (at
+//! least 1 KiB, at most 1 MiB), which keeps the replay on load short and the write amplification a small constant
+//! (a 10 MiB document is rewritten once per megabyte of changes, not once per 64 KiB).
 
 use crate::crdt::change::Change;
-use crate::crdt::json;
+use crate::crdt::clock::{Dot, PeerId};
 use crate::crdt::document::{Applied, Document};
+use crate::crdt::json;
 use crate::error::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
+use serde_json::Value as Json;
+use std::collections::{BTreeMap, HashMap};
 
 /// A document in memory with what the snapshot policy needs to know.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +25,72 @@ pub(crate) struct CachedDoc {
     pub tail_bytes: u64,
     /// The document's row number in `docs`, once it has one.
     pub row: Option<i64>,
+    /// The large values kept beside its view (`view_parts`): register entry → location in the view.
+    pub parts: BTreeMap<Dot, String>,
+}
+
+/// A change applied to a document in a transaction, as it goes into the log.
+pub(crate) struct LoggedChange {
+    pub peer: PeerId,
+    pub start: u64,
+    pub end: u64,
+    /// [`Change::encode`].
+    pub body: Vec<u8>,
+}
+
+impl LoggedChange {
+    pub fn of(c: &Change) -> LoggedChange {
+        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body: c.encode() }
+    }
+}
+
+/// A document's view as the store keeps it: the JSON text with large register values cut out, and those values.
+pub(crate) struct StoredView {
+    pub text: String,
+    /// Every value cut out: its register entry, its location, and its JSON when the store does not hold it yet.
+    pub parts: Vec<(Dot, String, Option<String>)>,
+}
+
+/// Render the view of a document to store (`None` when it does not exist). Only large values the store does not
+/// hold yet are rendered; the cost of the rest is proportional to the document without its large values.
+pub(crate) fn stored_view(cached: &CachedDoc, id: &str) -> Option<StoredView> {
+    let cut = json::Cut::default();
+    let text = json::to_string(cached.doc.json_view(Some(id), Some(&cut))?);
+    let parts = cut
+        .take_parts()
+        .into_iter()
+        .map(|p| {
+            let json = (!cached.parts.contains_key(&p.dot)).then(|| json::to_string(json::ScalarJson(p.value)));
+            (p.dot, p.location, json)
+        })
+        .collect();
+    Some(StoredView { text, parts })
+}
+
+/// Parse a stored view (`parts`: how many values were cut out of it) and put those values back.
+pub(crate) fn read_view(conn: &Connection, doc: i64, text: &str, parts: i64) -> Result<Json> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("stored view of document {doc}: {e}"));
+    let mut view: Json = serde_json::from_str(text).map_err(|e| corrupt(&e))?;
+    if parts == 0 {
+        return Ok(view);
+    }
+    let mut stmt = conn.prepare_cached("SELECT location, json FROM view_parts WHERE doc = ?1")?;
+    let mut rows = stmt.query(params![doc])?;
+    while let Some(r) = rows.next()? {
+        let location: Vec<Json> = serde_json::from_str(r.get_ref(0)?.as_str().map_err(|e| corrupt(&e))?).map_err(|e| corrupt(&e))?;
+        let value: Json = serde_json::from_str(r.get_ref(1)?.as_str().map_err(|e| corrupt(&e))?).map_err(|e| corrupt(&e))?;
+        let mut slot = &mut view;
+        for step in &location {
+            slot = match (step, slot) {
+                (Json::String(k), Json::Object(m)) => m.get_mut(k.as_str()),
+                (Json::Number(i), Json::Array(a)) => i.as_u64().and_then(|i| a.get_mut(i as usize)),
+                _ => None,
+            }
+            .ok_or_else(|| corrupt(&"a value kept beside the view has no place in it"))?;
+        }
+        *slot = value;
+    }
+    Ok(view)
 }
 
 pub(crate) type DocKey = (String, String);
@@ -104,11 +173,11 @@ pub(crate) fn row_of(conn: &Connection, collection: &str, id: &str) -> Result<Op
 
 /// Load a document: its snapshot, then the changes it received after the snapshot, in the order they were applied.
 pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Option<CachedDoc>> {
-    let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT doc, snap_seq FROM docs WHERE collection = ?1 AND id = ?2")?
-        .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(i64, i64, i64)> = conn
+        .prepare_cached("SELECT doc, snap_seq, parts FROM docs WHERE collection = ?1 AND id = ?2")?
+        .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((row, snap_seq)) = row else { return Ok(None) };
+    let Some((row, snap_seq, n_parts)) = row else { return Ok(None) };
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{collection}/{id}: {e}"));
     let state: Option<Vec<u8>> = conn
         .prepare_cached("SELECT state FROM snapshots WHERE doc = ?1")?
@@ -125,41 +194,52 @@ pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Opti
         let body = r.get_ref(0)?.as_blob().map_err(|e| corrupt(&e))?;
         tail_bytes += body.len() as u64;
         let change = Change::decode(body).map_err(|e| corrupt(&e))?;
-        match doc.apply(&change) {
+        match doc.apply_validated(&change) {
             Ok(Applied::Applied) | Ok(Applied::Duplicate) => {}
             Ok(Applied::NotReady) => return Err(corrupt(&"stored change out of causal order")),
             Err(e) => return Err(corrupt(&e)),
         }
     }
-    Ok(Some(CachedDoc { doc, snapshot_bytes, tail_bytes, row: Some(row) }))
+    drop(rows);
+    let mut parts = BTreeMap::new();
+    if n_parts > 0 {
+        let mut stmt = conn.prepare_cached("SELECT peer, counter, location FROM view_parts WHERE doc = ?1")?;
+        let mut rows = stmt.query(params![row])?;
+        while let Some(r) = rows.next()? {
+            parts.insert(Dot::new(PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64), r.get(2)?);
+        }
+    }
+    Ok(Some(CachedDoc { doc, snapshot_bytes, tail_bytes, row: Some(row), parts }))
 }
 
 /// The document as JSON with its `_id`, or `None` if it does not exist.
 pub(crate) fn view(doc: &Document, id: &str) -> Option<serde_json::Value> {
-    doc.json_view(Some(id)).map(json::to_value)
+    doc.json_view(Some(id), None).map(json::to_value)
 }
 
 /// Persist a document after `changes` were applied to it: the changes are appended to the log, its row gets the
-/// new JSON view (`view_text`, `None` when it does not exist), and a new snapshot is written when the
-/// changes since the last one have grown enough.
-pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut CachedDoc, changes: &[Change], view_text: Option<&str>) -> Result<()> {
+/// new view (`None` when it does not exist) with the large values beside it, and a new snapshot is written when
+/// the changes since the last one have grown enough.
+pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut CachedDoc, changes: &[LoggedChange], view: Option<&StoredView>) -> Result<()> {
+    let view_text = view.map(|v| v.text.as_str());
+    let n_parts = view.map_or(0, |v| v.parts.len() as i64);
     let row = match cached.row {
         Some(row) => row,
         None => {
-            conn.prepare_cached("INSERT INTO docs (collection, id, view) VALUES (?1, ?2, ?3)")?
-                .execute(params![collection, id, view_text])?;
+            conn.prepare_cached("INSERT INTO docs (collection, id, view, parts) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![collection, id, view_text, n_parts])?;
             conn.last_insert_rowid()
         }
     };
+    save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
     let mut insert = conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
     let mut last_seq = 0;
     for c in changes {
-        let body = c.encode();
-        cached.tail_bytes += body.len() as u64;
-        insert.execute(params![c.peer.0 as i64, c.start as i64, c.end() as i64, row, body])?;
+        cached.tail_bytes += c.body.len() as u64;
+        insert.execute(params![c.peer.0 as i64, c.start as i64, c.end as i64, row, c.body])?;
         last_seq = conn.last_insert_rowid();
     }
-    let snapshot = cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 64 << 10);
+    let snapshot = cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
     if snapshot {
         let state = cached.doc.encode();
         conn.prepare_cached("INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2")?
@@ -169,14 +249,45 @@ pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut C
     }
     match (cached.row, snapshot) {
         (Some(_), false) => {
-            conn.prepare_cached("UPDATE docs SET view = ?2 WHERE doc = ?1")?.execute(params![row, view_text])?;
+            conn.prepare_cached("UPDATE docs SET view = ?2, parts = ?3 WHERE doc = ?1")?
+                .execute(params![row, view_text, n_parts])?;
         }
         (Some(_), true) | (None, true) => {
-            conn.prepare_cached("UPDATE docs SET view = ?2, snap_seq = ?3 WHERE doc = ?1")?.execute(params![row, view_text, last_seq])?;
+            conn.prepare_cached("UPDATE docs SET view = ?2, parts = ?3, snap_seq = ?4 WHERE doc = ?1")?
+                .execute(params![row, view_text, n_parts, last_seq])?;
         }
         (None, false) => {}
     }
     cached.row = Some(row);
+    Ok(())
+}
+
+/// Bring `view_parts` of document `row` to `parts`: new values inserted, moved ones relocated, gone ones deleted.
+fn save_parts(conn: &Connection, row: i64, cached: &mut CachedDoc, parts: &[(Dot, String, Option<String>)]) -> Result<()> {
+    if parts.is_empty() && cached.parts.is_empty() {
+        return Ok(());
+    }
+    let mut now = BTreeMap::new();
+    for (dot, location, json) in parts {
+        let key = params![row, dot.peer.0 as i64, dot.counter as i64, location];
+        match (cached.parts.remove(dot), json) {
+            (None, Some(json)) => {
+                conn.prepare_cached("INSERT INTO view_parts (doc, peer, counter, location, json) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![row, dot.peer.0 as i64, dot.counter as i64, location, json])?;
+            }
+            (None, None) => return Err(Error::Corrupt(format!("value {dot:?} of document {row} was not rendered"))),
+            (Some(old), _) if old != *location => {
+                conn.prepare_cached("UPDATE view_parts SET location = ?4 WHERE doc = ?1 AND peer = ?2 AND counter = ?3")?
+                    .execute(key)?;
+            }
+            (Some(_), _) => {}
+        }
+        now.insert(*dot, location.clone());
+    }
+    for dot in std::mem::replace(&mut cached.parts, now).into_keys() {
+        conn.prepare_cached("DELETE FROM view_parts WHERE doc = ?1 AND peer = ?2 AND counter = ?3")?
+            .execute(params![row, dot.peer.0 as i64, dot.counter as i64])?;
+    }
     Ok(())
 }
 

@@ -63,6 +63,33 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (hash, offset)
     );
     "#,
+    // 3: large register values kept beside a document's view rather than inside it, so that a small edit of a
+    //    document holding large values does not rewrite them. The view holds `null` where such a value sits;
+    //    `docs.parts` counts them (0: the view is whole). A value is named by the register entry (dot) that holds
+    //    it, which never changes; only its location in the view may move (array elements inserted before it).
+    r#"
+    ALTER TABLE docs ADD COLUMN parts INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE view_parts (
+        doc      INTEGER NOT NULL,               -- docs.doc
+        peer     INTEGER NOT NULL,               -- the register entry's dot
+        counter  INTEGER NOT NULL,
+        location TEXT NOT NULL,                  -- JSON array of the keys and indexes leading to it in the view
+        json     TEXT NOT NULL,                  -- the value's JSON
+        PRIMARY KEY (doc, peer, counter)
+    );
+    "#,
+    // 4: documents whose changes by this store's author were evicted. The author's changes to one document form a
+    //    chain (each follows the one before); a write to such a document before those changes are back would break
+    //    the chain, so the store then continues under a new author id (see `Store::evict`).
+    r#"
+    CREATE TABLE forgotten (
+        collection TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        author     INTEGER NOT NULL,             -- the author whose changes were dropped
+        end        INTEGER NOT NULL,             -- the last counter of them
+        PRIMARY KEY (collection, id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

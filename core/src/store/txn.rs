@@ -7,7 +7,6 @@ use super::{check_collection, check_doc_id, ids, Inner};
 use crate::crdt::change::Change;
 use crate::crdt::clock::{wall_clock_ms, Timestamp};
 use crate::crdt::document::{Applied, DocEditor, Document};
-use crate::crdt::json;
 use crate::crdt::path::Path;
 use crate::crdt::value::Value;
 use crate::error::{Error, Result};
@@ -19,8 +18,8 @@ use std::collections::BTreeMap;
 /// A document taken out of the cache for the length of a transaction.
 struct TxnDoc {
     cached: CachedDoc,
-    /// Changes applied in this transaction, in order.
-    new_changes: Vec<Change>,
+    /// Changes applied in this transaction, in order, encoded for the log.
+    new_changes: Vec<docs::LoggedChange>,
     /// Pending rows applied in this transaction (to delete on commit).
     from_pending: Vec<(u64, u64)>,
     /// The store had no row for it before this transaction.
@@ -102,9 +101,13 @@ impl<'a> WriteTxn<'a> {
         check_collection(collection)?;
         check_doc_id(id)?;
         self.check_not_evicted(collection, id)?;
-        let peer = self.inner.peer;
-        let next = self.inner.next_counter;
-        let ts = self.ts;
+        if !self.inner.forgotten.is_empty() {
+            let author = self.inner.author;
+            if let Some(has) = self.take_doc(collection, id, create)?.map(|td| td.cached.doc.version().get(author)) {
+                self.follow_own_chain(collection, id, has)?;
+            }
+        }
+        let (peer, next, ts) = (self.inner.author, self.inner.next_counter, self.ts);
         let td = if create {
             self.doc_or_new(collection, id)?
         } else {
@@ -121,13 +124,30 @@ impl<'a> WriteTxn<'a> {
         // transaction as a whole is rolled back by the caller anyway.
         let made = change.as_ref().map(|c| (c.peer, c.start, c.end()));
         if let Some(c) = change {
-            td.new_changes.push(c);
+            td.new_changes.push(docs::LoggedChange::of(&c));
         }
         if let Some((peer, start, end)) = made {
             self.inner.held.insert(peer, start, end);
             self.inner.next_counter = next_after;
         }
         result
+    }
+
+    /// Before this store's author writes to a document of which it holds its own changes up to `has`: when it
+    /// evicted later changes of its own there (they have not come back), a new change could not follow them, so the
+    /// store starts a new author (see [`crate::Store::evict`]).
+    fn follow_own_chain(&mut self, collection: &str, id: &str, has: u64) -> Result<()> {
+        let key = (collection.to_string(), id.to_string());
+        match self.inner.forgotten.get(&key) {
+            Some(&end) if has < end => self.inner.start_new_author(),
+            Some(_) => {
+                // Its changes came back: nothing is missing any more.
+                self.inner.conn.prepare_cached("DELETE FROM forgotten WHERE collection = ?1 AND id = ?2")?.execute(params![collection, id])?;
+                self.inner.forgotten.remove(&key);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Insert or update a document from a JSON object: fields given are set (objects merged field by field), the
@@ -189,9 +209,9 @@ impl<'a> WriteTxn<'a> {
             log::warn!("change {}:{} has a timestamp beyond the allowed clock skew; the local clock was not moved past the bound", c.peer, c.start);
         }
         let td = self.doc_or_new(&dc.collection, &dc.doc_id)?;
-        match td.cached.doc.apply(c)? {
+        match td.cached.doc.apply_validated(c)? {
             Applied::Applied => {
-                td.new_changes.push(c.clone());
+                td.new_changes.push(docs::LoggedChange::of(c));
                 self.inner.held.insert(c.peer, c.start, c.end());
                 self.report.applied += 1;
                 self.drain_pending(&dc.collection, &dc.doc_id)?;
@@ -228,9 +248,9 @@ impl<'a> WriteTxn<'a> {
             for (peer, start, body) in rows {
                 let td = self.doc_or_new(collection, id)?;
                 let drop_row = match Change::decode(&body) {
-                    Ok(c) => match td.cached.doc.apply(&c) {
+                    Ok(c) => match td.cached.doc.apply_validated(&c) {
                         Ok(Applied::Applied) => {
-                            td.new_changes.push(c.clone());
+                            td.new_changes.push(docs::LoggedChange::of(&c));
                             self.inner.held.insert(c.peer, c.start, c.end());
                             self.report.applied += 1;
                             self.report.pending = self.report.pending.saturating_sub(1);
@@ -284,18 +304,11 @@ impl<'a> WriteTxn<'a> {
             if td.new_changes.is_empty() {
                 continue;
             }
-            // The view as a JSON value only when an observer of the collection needs it; written straight to text
-            // otherwise.
+            // The view as a JSON value only when an observer of the collection needs it.
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
-            let (text, value) = match td.cached.doc.json_view(Some(id)) {
-                None => (None, None),
-                Some(r) if observed => {
-                    let v = json::to_value(r);
-                    (Some(v.to_string()), Some(v))
-                }
-                Some(r) => (Some(json::to_string(r)), None),
-            };
-            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, text.as_deref())?;
+            let value = if observed { docs::view(&td.cached.doc, id) } else { None };
+            let view = docs::stored_view(&td.cached, id);
+            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref())?;
             if observed {
                 touched.entry(collection.as_str()).or_default().push((id.as_str(), value));
             }
@@ -357,6 +370,19 @@ impl<'a> WriteTxn<'a> {
         let existed = match docs::row_of(conn, collection, id)? {
             None => false,
             Some(row) => {
+                let own_end: Option<i64> = conn
+                    .prepare_cached("SELECT max(end) FROM changes WHERE doc = ?1 AND peer = ?2")?
+                    .query_row(params![row, self.inner.author.0 as i64], |r| r.get(0))?;
+                if let Some(end) = own_end {
+                    conn.prepare_cached(
+                        "INSERT INTO forgotten (collection, id, author, end) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (collection, id) DO UPDATE SET author = ?3, \
+                         end = CASE WHEN author = ?3 THEN max(end, ?4) ELSE ?4 END",
+                    )?
+                    .execute(params![collection, id, self.inner.author.0 as i64, end])?;
+                    let e = self.inner.forgotten.entry(key.clone()).or_default();
+                    *e = (*e).max(end as u64);
+                }
                 let ranges: Vec<(i64, i64, i64)> = conn
                     .prepare_cached("SELECT peer, start, end FROM changes WHERE doc = ?1")?
                     .query_map(params![row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -367,6 +393,7 @@ impl<'a> WriteTxn<'a> {
                 let conn = &self.inner.conn;
                 conn.prepare_cached("DELETE FROM changes WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM snapshots WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM view_parts WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM docs WHERE doc = ?1")?.execute(params![row])? > 0
             }
         };

@@ -1,10 +1,11 @@
 //! Edits shared by the convergence property tests and the simulators: the ones on text, arrays and elements
-//! nested in arrays, whose positions are drawn at random and reduced to what the document holds at that moment.
-//! (`convergence.rs` keeps its own edit enum, the simulators share the one of `random_edits.rs`; these are the
-//! operations they share.)
+//! nested in arrays, whose positions are drawn at random and reduced to what the document holds at that moment,
+//! and the property tests' edit enum ([`Edit`], `convergence.rs` and `store_convergence.rs`; the simulators share
+//! the one of `random_edits.rs`).
 
 #![allow(dead_code)]
 
+use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 use shoaldb::{DocEditor, DocError, Value};
 
@@ -81,4 +82,63 @@ pub fn nested_increment(ed: &mut DocEditor<'_>, idx: u16, by: i64) -> Result<(),
         return Ok(());
     }
     ed.increment(format!("{ARRAY}[{}].inner.count", idx as usize % n), by)
+}
+
+/// One edit of the convergence property tests: every field type, nested maps in arrays in maps, removals of fields
+/// and whole documents. Positions and paths are drawn at random and reduced to the document at that moment.
+#[derive(Clone, Debug)]
+pub enum Edit {
+    SetRegister { path: u8, value: i64 },
+    MergeObject { path: u8, value: i64 },
+    Increment { which: u8, by: i8 },
+    TextInsert { which: u8, pos: u16, text: String },
+    TextDelete { which: u8, pos: u16, len: u8 },
+    ArrayInsert { pos: u16, shape: u8, value: i64 },
+    ArrayDelete { pos: u16 },
+    NestedSet { idx: u16, key: u8, value: i64 },
+    NestedIncrement { idx: u16, by: i8 },
+    RemoveField { path: u8 },
+    RemoveDocument,
+}
+
+/// The registers set.
+pub const REGISTER_PATHS: [&str; 4] = ["title", "m.a", "m.b", "m.sub.c"];
+/// The fields removed (the simulators draw from the first five).
+pub const REMOVABLE: [&str; 7] = ["title", "m", "m.a", "m.items", "notes", "likes", "edge"];
+
+pub fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<u8>(), -3i64..100).prop_map(|(path, value)| Edit::SetRegister { path, value }),
+        (any::<u8>(), -3i64..100).prop_map(|(path, value)| Edit::MergeObject { path, value }),
+        (any::<u8>(), -5i8..5).prop_map(|(which, by)| Edit::Increment { which, by }),
+        (any::<u8>(), any::<u16>(), "[ab€😀]{1,4}").prop_map(|(which, pos, text)| Edit::TextInsert { which, pos, text }),
+        (any::<u8>(), any::<u16>(), 1u8..4).prop_map(|(which, pos, len)| Edit::TextDelete { which, pos, len }),
+        (any::<u16>(), any::<u8>(), 0i64..100).prop_map(|(pos, shape, value)| Edit::ArrayInsert { pos, shape, value }),
+        any::<u16>().prop_map(|pos| Edit::ArrayDelete { pos }),
+        (any::<u16>(), any::<u8>(), 0i64..100).prop_map(|(idx, key, value)| Edit::NestedSet { idx, key, value }),
+        (any::<u16>(), -3i8..4).prop_map(|(idx, by)| Edit::NestedIncrement { idx, by }),
+        any::<u8>().prop_map(|path| Edit::RemoveField { path }),
+        Just(Edit::RemoveDocument),
+    ]
+}
+
+/// Apply one edit. Edits that do not fit the current state (type mismatches, out-of-range indexes) fail with an
+/// error, which is part of what is tested: they must change nothing.
+pub fn apply_edit(ed: &mut DocEditor<'_>, e: &Edit) -> Result<(), DocError> {
+    match e {
+        Edit::SetRegister { path, value } => ed.set(REGISTER_PATHS[*path as usize % REGISTER_PATHS.len()], *value),
+        Edit::MergeObject { path, value } => {
+            let p = ["m", "m.sub", "title"][*path as usize % 3];
+            ed.merge(p, Value::from_json(&json!({"x": value, "sub": {"y": value}})))
+        }
+        Edit::Increment { which, by } => ed.increment(COUNTERS[*which as usize % 2], *by as i64),
+        Edit::TextInsert { which, pos, text } => text_insert(ed, *which, *pos, text),
+        Edit::TextDelete { which, pos, len } => text_delete(ed, *which, *pos, *len),
+        Edit::ArrayInsert { pos, shape, value } => array_insert(ed, *pos, *shape, *value),
+        Edit::ArrayDelete { pos } => array_delete(ed, *pos),
+        Edit::NestedSet { idx, key, value } => nested_set(ed, *idx, *key, *value),
+        Edit::NestedIncrement { idx, by } => nested_increment(ed, *idx, *by as i64),
+        Edit::RemoveField { path } => ed.remove(REMOVABLE[*path as usize % REMOVABLE.len()]),
+        Edit::RemoveDocument => ed.remove_document(),
+    }
 }

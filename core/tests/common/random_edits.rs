@@ -8,13 +8,10 @@
 use crate::edits;
 use serde_json::json;
 use shoaldb::transport::sim::SimRng;
-use shoaldb::{DocEditor, DocError, Store, Value};
+use shoaldb::{DocEditor, DocError, Store};
 
 /// How many documents the edits touch per collection: `doc_id(0)` to `doc_id(DOC_IDS - 1)`.
 pub const DOC_IDS: usize = 6;
-/// The fields `EditKind::RemoveField` removes.
-pub const REMOVABLE: [&str; 5] = ["title", "m", "m.a", "m.items", "notes"];
-
 pub fn doc_id(i: u64) -> String {
     format!("d{i}")
 }
@@ -23,16 +20,8 @@ pub fn doc_id(i: u64) -> String {
 pub enum EditKind {
     Upsert { title: u64, done: bool },
     SetDone(bool),
-    SetRegister { path: u8, value: i64 },
-    MergeMap { value: i64 },
-    Increment { which: u8, by: i64 },
-    TextInsert { which: u8, pos: u16, text: &'static str },
-    TextDelete { which: u8, pos: u16, len: u8 },
-    ArrayInsert { pos: u16, shape: u8, value: i64 },
-    ArrayDelete { pos: u16 },
-    NestedSet { idx: u16, key: u8, value: i64 },
-    NestedIncrement { idx: u16, by: i64 },
-    RemoveField { path: u8 },
+    /// One of the property tests' edits.
+    Field(edits::Edit),
     RemoveDocument,
 }
 
@@ -49,19 +38,25 @@ pub fn draw_edit(rng: &mut SimRng, collections: &[&'static str]) -> Edit {
     let collection = *rng.pick(collections);
     let id = doc_id(rng.below(DOC_IDS as u64));
     let r = |rng: &mut SimRng, n: u64| rng.below(n);
+    use edits::Edit as F;
+    let field = |e: F| EditKind::Field(e);
     let kind = match rng.below(20) {
         0..=2 => EditKind::Upsert { title: r(rng, 100), done: rng.chance(0.5) },
         3..=4 => EditKind::SetDone(rng.chance(0.5)),
-        5..=6 => EditKind::SetRegister { path: r(rng, 4) as u8, value: r(rng, 100) as i64 },
-        7 => EditKind::MergeMap { value: r(rng, 100) as i64 },
-        8..=9 => EditKind::Increment { which: r(rng, 2) as u8, by: r(rng, 9) as i64 - 4 },
-        10..=11 => EditKind::TextInsert { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, text: ["a", "bc", "€", "😀x", "hello "][rng.index(5)] },
-        12 => EditKind::TextDelete { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, len: r(rng, 4) as u8 + 1 },
-        13..=14 => EditKind::ArrayInsert { pos: r(rng, 1000) as u16, shape: r(rng, 4) as u8, value: r(rng, 100) as i64 },
-        15 => EditKind::ArrayDelete { pos: r(rng, 1000) as u16 },
-        16 => EditKind::NestedSet { idx: r(rng, 1000) as u16, key: r(rng, 3) as u8, value: r(rng, 100) as i64 },
-        17 => EditKind::NestedIncrement { idx: r(rng, 1000) as u16, by: r(rng, 7) as i64 - 3 },
-        18 => EditKind::RemoveField { path: r(rng, REMOVABLE.len() as u64) as u8 },
+        5..=6 => field(F::SetRegister { path: r(rng, 4) as u8, value: r(rng, 100) as i64 }),
+        7 => field(F::MergeObject { path: 0, value: r(rng, 100) as i64 }),
+        8..=9 => field(F::Increment { which: r(rng, 2) as u8, by: r(rng, 9) as i8 - 4 }),
+        10..=11 => field(F::TextInsert {
+            which: r(rng, 2) as u8,
+            pos: r(rng, 1000) as u16,
+            text: ["a", "bc", "€", "😀x", "hello "][rng.index(5)].to_string(),
+        }),
+        12 => field(F::TextDelete { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, len: r(rng, 4) as u8 + 1 }),
+        13..=14 => field(F::ArrayInsert { pos: r(rng, 1000) as u16, shape: r(rng, 4) as u8, value: r(rng, 100) as i64 }),
+        15 => field(F::ArrayDelete { pos: r(rng, 1000) as u16 }),
+        16 => field(F::NestedSet { idx: r(rng, 1000) as u16, key: r(rng, 3) as u8, value: r(rng, 100) as i64 }),
+        17 => field(F::NestedIncrement { idx: r(rng, 1000) as u16, by: r(rng, 7) as i8 - 3 }),
+        18 => field(F::RemoveField { path: r(rng, 5) as u8 }),
         _ => EditKind::RemoveDocument,
     };
     Edit { collection, id, kind }
@@ -71,16 +66,7 @@ fn edit_doc(ed: &mut DocEditor<'_>, kind: &EditKind) -> Result<(), DocError> {
     match kind {
         EditKind::Upsert { .. } | EditKind::RemoveDocument => unreachable!("handled by the store"),
         EditKind::SetDone(done) => ed.set("done", *done),
-        EditKind::SetRegister { path, value } => ed.set(["title", "m.a", "m.b", "m.sub.c"][*path as usize % 4], *value),
-        EditKind::MergeMap { value } => ed.merge("m", Value::from_json(&json!({"x": value, "sub": {"y": value}}))),
-        EditKind::Increment { which, by } => ed.increment(edits::COUNTERS[*which as usize % 2], *by),
-        EditKind::TextInsert { which, pos, text } => edits::text_insert(ed, *which, *pos, text),
-        EditKind::TextDelete { which, pos, len } => edits::text_delete(ed, *which, *pos, *len),
-        EditKind::ArrayInsert { pos, shape, value } => edits::array_insert(ed, *pos, *shape, *value),
-        EditKind::ArrayDelete { pos } => edits::array_delete(ed, *pos),
-        EditKind::NestedSet { idx, key, value } => edits::nested_set(ed, *idx, *key, *value),
-        EditKind::NestedIncrement { idx, by } => edits::nested_increment(ed, *idx, *by),
-        EditKind::RemoveField { path } => ed.remove(REMOVABLE[*path as usize % REMOVABLE.len()]),
+        EditKind::Field(e) => edits::apply_edit(ed, e),
     }
 }
 
