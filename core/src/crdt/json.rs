@@ -1,7 +1,9 @@
 //! The JSON rendering of documents, as `serde::Serialize` views: written straight to text for the store's stored
 //! view, or built into a `serde_json::Value` for reads and observers — one rendering serves both.
 //!
-//! Bytes render as an array of numbers, attachments as their token object (see [`AttachmentToken::to_json`]).
+//! Bytes render as an array of numbers, attachments as their token object (see [`AttachmentToken::to_json`]). The
+//! store's view may leave large register values out ([`Cut`]); it keeps them beside the view and puts them back on
+//! every read.
 
 use super::clock::Dot;
 use super::field::{Field, Shown};
@@ -12,8 +14,8 @@ use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
 use std::cell::RefCell;
 
-/// Register values at least this large (approximate encoded bytes) are cut out of a document's stored view and
-/// kept beside it (see [`Cut`]), so that a small edit of a document holding large values does not rewrite them.
+/// Register values larger than this (approximate encoded bytes) are cut out of a document's stored view and kept
+/// beside it (see [`Cut`]), so that a small edit of a document holding large values does not rewrite them.
 pub(crate) const PART_MIN_BYTES: usize = 16 << 10;
 
 pub(crate) struct ScalarJson<'a>(pub &'a Scalar);
