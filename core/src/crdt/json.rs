@@ -8,7 +8,6 @@
 use super::clock::Dot;
 use super::field::{Field, Shown};
 use super::map::MapObj;
-use super::register::Content;
 use super::value::{AttachmentToken, Scalar};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
@@ -68,24 +67,58 @@ impl<'a> Cut<'a> {
         self.parts.take()
     }
 
-    /// Render `field` at `step`, or cut it out when it shows a large register value.
-    fn field<S: SerializeMapOrSeq>(&'a self, out: &mut S, step: Step<'a>, field: &'a Field, key: Option<&'a str>) -> Result<(), S::Error> {
-        if let Some(e) = field.reg.winner() {
-            if let Content::Value(v) = &e.content {
-                if v.size_exceeds(PART_MIN_BYTES) {
-                    let mut at = self.at.borrow_mut();
-                    at.push(step);
-                    let location = to_string(&*at);
-                    at.pop();
-                    self.parts.borrow_mut().push(CutPart { dot: e.dot, location, value: v });
-                    return out.element(key, &());
-                }
+    /// Render what `field` shows (`shown`, computed once by the caller) at `step`, or cut it out when it is a large
+    /// register value.
+    fn field<S: SerializeMapOrSeq>(
+        &'a self,
+        out: &mut S,
+        step: Step<'a>,
+        field: &'a Field,
+        shown: Option<Shown<'a>>,
+        key: Option<&'a str>,
+    ) -> Result<(), S::Error> {
+        if let (Some(Shown::Scalar(v)), Some(e)) = (shown, field.reg.winner()) {
+            if v.size_exceeds(PART_MIN_BYTES) {
+                let mut at = self.at.borrow_mut();
+                at.push(step);
+                let location = to_string(&*at);
+                at.pop();
+                self.parts.borrow_mut().push(CutPart { dot: e.dot, location, value: v });
+                return out.element(key, &());
             }
         }
         self.at.borrow_mut().push(step);
-        let r = out.element(key, &FieldJson { field, cut: Some(self) });
+        let r = out.element(key, &CutJson { shown, cut: self });
         self.at.borrow_mut().pop();
         r
+    }
+}
+
+/// What a field shows, rendered with a [`Cut`]: only maps and arrays hold values that may be cut out; everything
+/// else renders as without one.
+struct CutJson<'a> {
+    shown: Option<Shown<'a>>,
+    cut: &'a Cut<'a>,
+}
+
+impl Serialize for CutJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.shown {
+            Some(Shown::Map(m)) => MapJson { map: Some(m), id: None, cut: Some(self.cut) }.serialize(s),
+            Some(Shown::Array(a)) => {
+                let mut seq = Seq(s.serialize_seq(Some(a.len()))?);
+                let mut i = 0;
+                for (_, run) in a.visible_runs() {
+                    for f in run.iter() {
+                        self.cut.field(&mut seq, Step::Index(i), f, f.shown(), None)?;
+                        i += 1;
+                    }
+                }
+                seq.0.end()
+            }
+            Some(shown) => ShownJson(shown).serialize(s),
+            None => s.serialize_unit(),
+        }
     }
 }
 
@@ -159,7 +192,7 @@ impl Serialize for ShownJson<'_> {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
                 for (_, run) in a.visible_runs() {
                     for f in run.iter() {
-                        seq.serialize_element(&FieldJson { field: f, cut: None })?;
+                        seq.serialize_element(&FieldJson(f))?;
                     }
                 }
                 seq.end()
@@ -171,33 +204,11 @@ impl Serialize for ShownJson<'_> {
 }
 
 /// A field: what it shows, or null (an array element whose content was removed).
-struct FieldJson<'a> {
-    field: &'a Field,
-    cut: Option<&'a Cut<'a>>,
-}
+struct FieldJson<'a>(&'a Field);
 
 impl Serialize for FieldJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Some(cut) = self.cut else {
-            return match self.field.shown() {
-                Some(shown) => ShownJson(shown).serialize(s),
-                None => s.serialize_unit(),
-            };
-        };
-        // The containers whose children may be cut out; everything else renders as without a cut.
-        match self.field.shown() {
-            Some(Shown::Map(m)) => MapJson { map: Some(m), id: None, cut: Some(cut) }.serialize(s),
-            Some(Shown::Array(a)) => {
-                let mut seq = Seq(s.serialize_seq(Some(a.len()))?);
-                let mut i = 0;
-                for (_, run) in a.visible_runs() {
-                    for f in run.iter() {
-                        cut.field(&mut seq, Step::Index(i), f, None)?;
-                        i += 1;
-                    }
-                }
-                seq.0.end()
-            }
+        match self.0.shown() {
             Some(shown) => ShownJson(shown).serialize(s),
             None => s.serialize_unit(),
         }
@@ -216,7 +227,7 @@ impl Serialize for MapJson<'_> {
             }
             if let Some(shown) = f.shown() {
                 match self.cut {
-                    Some(cut) => cut.field(&mut m, Step::Key(k), f, Some(k))?,
+                    Some(cut) => cut.field(&mut m, Step::Key(k), f, Some(shown), Some(k))?,
                     None => m.serialize_entry(k, &ShownJson(shown))?,
                 }
             }

@@ -53,7 +53,7 @@ pub(crate) struct StoredView {
 
 /// Render the view of a document to store (`None` when it does not exist). Only large values the store does not
 /// hold yet are rendered; the cost of the rest is proportional to the document without its large values.
-pub(crate) fn stored_view(cached: &CachedDoc, id: &str) -> Option<StoredView> {
+pub(crate) fn render_view(cached: &CachedDoc, id: &str) -> Option<StoredView> {
     let cut = json::Cut::default();
     let text = json::to_string(cached.doc.json_view(Some(id), Some(&cut))?);
     let parts = cut
@@ -269,7 +269,6 @@ fn save_parts(conn: &Connection, row: i64, cached: &mut CachedDoc, parts: &[(Dot
     }
     let mut now = BTreeMap::new();
     for (dot, location, json) in parts {
-        let key = params![row, dot.peer.0 as i64, dot.counter as i64, location];
         match (cached.parts.remove(dot), json) {
             (None, Some(json)) => {
                 conn.prepare_cached("INSERT INTO view_parts (doc, peer, counter, location, json) VALUES (?1, ?2, ?3, ?4, ?5)")?
@@ -278,7 +277,7 @@ fn save_parts(conn: &Connection, row: i64, cached: &mut CachedDoc, parts: &[(Dot
             (None, None) => return Err(Error::Corrupt(format!("value {dot:?} of document {row} was not rendered"))),
             (Some(old), _) if old != *location => {
                 conn.prepare_cached("UPDATE view_parts SET location = ?4 WHERE doc = ?1 AND peer = ?2 AND counter = ?3")?
-                    .execute(key)?;
+                    .execute(params![row, dot.peer.0 as i64, dot.counter as i64, location])?;
             }
             (Some(_), _) => {}
         }

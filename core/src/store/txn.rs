@@ -307,7 +307,7 @@ impl<'a> WriteTxn<'a> {
             // The view as a JSON value only when an observer of the collection needs it.
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
             let value = if observed { docs::view(&td.cached.doc, id) } else { None };
-            let view = docs::stored_view(&td.cached, id);
+            let view = docs::render_view(&td.cached, id);
             docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref())?;
             if observed {
                 touched.entry(collection.as_str()).or_default().push((id.as_str(), value));
