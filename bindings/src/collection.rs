@@ -3,7 +3,9 @@
 use crate::callbacks::{report, CollectionObserver, ObserverHandle};
 use crate::error::{guard, ShoalError};
 use crate::store::Store;
-use crate::values::{fields_value, parse_json, to_text, AttachmentToken, ChangeEvent, Edit, FieldValue, Prepared, Query};
+use crate::values::{
+    fields_value, parse_json, to_text, AttachmentToken, ChangeEvent, Edit, FieldValue, Prepared, Query,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -103,7 +105,11 @@ impl Collection {
 
     /// Observe `query`: `observer` gets the current result now (as one event with every document inserted), then
     /// one event per committed transaction — local or from another device — that changes the result.
-    pub fn observe(&self, query: Query, observer: Arc<dyn CollectionObserver>) -> Result<Arc<ObserverHandle>, ShoalError> {
+    pub fn observe(
+        &self,
+        query: Query,
+        observer: Arc<dyn CollectionObserver>,
+    ) -> Result<Arc<ObserverHandle>, ShoalError> {
         guard(|| {
             let query = query.into_core()?;
             // Events committed before the first one is delivered wait behind it, so the observer sees the

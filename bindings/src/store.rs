@@ -254,8 +254,8 @@ impl Store {
     #[uniffi::constructor]
     pub fn open(config: StoreConfig) -> Result<Arc<Store>, ShoalError> {
         guard(|| {
-            let secret = AppSecret::from_bytes(config.app_secret.as_bytes())
-                .map_err(|e| invalid(format!("app secret: {e}")))?;
+            let secret =
+                AppSecret::from_bytes(config.app_secret.as_bytes()).map_err(|e| invalid(format!("app secret: {e}")))?;
             if config.device_name.trim().is_empty() {
                 return Err(invalid("the device name is empty"));
             }
@@ -429,11 +429,12 @@ impl Store {
     /// Stop syncing: close every link cleanly. The store stays open; `startSync` starts again.
     pub async fn stop_sync(&self) -> Result<(), ShoalError> {
         let open = self.get()?;
-        open.clone().run(async move {
-            open.stop().await;
-            Ok(())
-        })
-        .await
+        open.clone()
+            .run(async move {
+                open.stop().await;
+                Ok(())
+            })
+            .await
     }
 
     /// Whether sync is running.
@@ -521,11 +522,17 @@ enum PreparedOp {
 impl PreparedOp {
     fn new(op: WriteOp) -> Result<PreparedOp, ShoalError> {
         Ok(match op {
-            WriteOp::Upsert { collection, json } => PreparedOp::Upsert { collection, json: crate::values::parse_json(&json)? },
-            WriteOp::Put { collection, id, fields } => PreparedOp::Put { collection, id, fields: fields_value(fields)? },
-            WriteOp::Update { collection, id, edits } => {
-                PreparedOp::Update { collection, id, edits: edits.into_iter().map(Prepared::new).collect::<Result<_, _>>()? }
+            WriteOp::Upsert { collection, json } => {
+                PreparedOp::Upsert { collection, json: crate::values::parse_json(&json)? }
             }
+            WriteOp::Put { collection, id, fields } => {
+                PreparedOp::Put { collection, id, fields: fields_value(fields)? }
+            }
+            WriteOp::Update { collection, id, edits } => PreparedOp::Update {
+                collection,
+                id,
+                edits: edits.into_iter().map(Prepared::new).collect::<Result<_, _>>()?,
+            },
             WriteOp::Remove { collection, id } => PreparedOp::Remove { collection, id },
         })
     }

@@ -166,7 +166,9 @@ impl FieldValue {
                 _ => return Err(invalid("a Map value needs a JSON object")),
             },
             FieldValue::Array { json } => match parse_json(&json)? {
-                serde_json::Value::Array(items) => Value::Array(items.into_iter().map(Value::from_json_owned).collect()),
+                serde_json::Value::Array(items) => {
+                    Value::Array(items.into_iter().map(Value::from_json_owned).collect())
+                }
                 _ => return Err(invalid("an Array value needs a JSON array")),
             },
         })
@@ -211,7 +213,9 @@ impl Prepared {
             Edit::TextSplice { path, index, length, text } => {
                 Prepared::TextSplice(path, usize_of(index, "index")?, usize_of(length, "length")?, text)
             }
-            Edit::ArrayInsert { path, index, items } => Prepared::ArrayInsert(path, usize_of(index, "index")?, values(items)?),
+            Edit::ArrayInsert { path, index, items } => {
+                Prepared::ArrayInsert(path, usize_of(index, "index")?, values(items)?)
+            }
             Edit::ArrayPush { path, items } => Prepared::ArrayPush(path, values(items)?),
             Edit::ArrayDelete { path, index, length } => {
                 Prepared::ArrayDelete(path, usize_of(index, "index")?, usize_of(length, "length")?)
@@ -249,7 +253,11 @@ impl AttachmentToken {
     }
 
     pub(crate) fn from_core(t: &shoaldb::AttachmentToken) -> AttachmentToken {
-        AttachmentToken { hash: t.hash_hex(), length: t.len, meta: t.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect() }
+        AttachmentToken {
+            hash: t.hash_hex(),
+            length: t.len,
+            meta: t.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
     }
 }
 
@@ -267,7 +275,8 @@ impl Query {
             q = q.limit(usize_of(n, "limit")?);
         }
         for (name, json) in self.params {
-            let v = serde_json::from_str(&json).map_err(|e| invalid(format!("parameter ${name}: invalid JSON: {e}")))?;
+            let v =
+                serde_json::from_str(&json).map_err(|e| invalid(format!("parameter ${name}: invalid JSON: {e}")))?;
             q = q.param(name.trim_start_matches('$'), v);
         }
         q.validate()?;
@@ -294,7 +303,9 @@ mod tests {
     #[test]
     fn field_values_pick_the_crdt() {
         assert_eq!(FieldValue::Counter { initial: 3 }.into_value().ok(), Some(Value::Counter(3)));
-        assert!(matches!(FieldValue::Map { json: r#"{"a":{"b":1}}"#.into() }.into_value(), Ok(Value::Map(m)) if matches!(m["a"], Value::Map(_))));
+        assert!(
+            matches!(FieldValue::Map { json: r#"{"a":{"b":1}}"#.into() }.into_value(), Ok(Value::Map(m)) if matches!(m["a"], Value::Map(_)))
+        );
         assert!(matches!(FieldValue::Array { json: "[1,2]".into() }.into_value(), Ok(Value::Array(v)) if v.len() == 2));
         assert!(matches!(FieldValue::Map { json: "[1]".into() }.into_value(), Err(ShoalError::InvalidArgument(_))));
         assert!(matches!(FieldValue::Double { value: f64::NAN }.into_value(), Err(ShoalError::InvalidArgument(_))));
@@ -313,7 +324,10 @@ mod tests {
     #[test]
     fn queries_are_checked() {
         let q = Query { filter: Some("n > $min".into()), ..Query::default() };
-        assert!(matches!(q.clone().into_core(), Err(ShoalError::InvalidArgument(_))), "a missing parameter is an error");
+        assert!(
+            matches!(q.clone().into_core(), Err(ShoalError::InvalidArgument(_))),
+            "a missing parameter is an error"
+        );
         let q = Query { params: [("min".to_string(), "2".to_string())].into(), ..q };
         assert!(q.into_core().is_ok());
         let bad = Query { filter: Some("n >".into()), ..Query::default() };

@@ -87,7 +87,8 @@ fn every_field_type_through_the_ffi() {
             ],
         )
         .expect("update");
-    let doc: serde_json::Value = serde_json::from_str(&tasks.get(id.clone()).expect("get").expect("exists")).expect("json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&tasks.get(id.clone()).expect("get").expect("exists")).expect("json");
     assert_eq!(doc["n"], 5);
     assert_eq!(doc["notes"], "aXY");
     assert_eq!(doc["meta"], serde_json::json!({"a": {"b": 1, "c": true}}));
@@ -111,8 +112,16 @@ fn an_atomic_write_commits_all_or_nothing() {
     let store = Store::open(config(dir.path(), "a")).expect("open");
     let ids = block_on(store.write(vec![
         WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"x","v":1}"#.into() },
-        WriteOp::Put { collection: "b".into(), id: Some("y".into()), fields: HashMap::from([("c".into(), FieldValue::Counter { initial: 1 })]) },
-        WriteOp::Update { collection: "b".into(), id: "y".into(), edits: vec![Edit::Increment { path: "c".into(), by: 1 }] },
+        WriteOp::Put {
+            collection: "b".into(),
+            id: Some("y".into()),
+            fields: HashMap::from([("c".into(), FieldValue::Counter { initial: 1 })]),
+        },
+        WriteOp::Update {
+            collection: "b".into(),
+            id: "y".into(),
+            edits: vec![Edit::Increment { path: "c".into(), by: 1 }],
+        },
     ]))
     .expect("write");
     assert_eq!(ids, ["x", "y", "y"]);
@@ -123,7 +132,10 @@ fn an_atomic_write_commits_all_or_nothing() {
     assert!(matches!(failed, Err(ShoalError::NotFound(_))), "{failed:?}");
     let a = store.clone().collection("a".into()).expect("collection");
     assert_eq!(a.get("z".into()).expect("get"), None, "nothing of a failed write is kept");
-    assert_eq!(store.clone().collection("b".into()).expect("b").get_field("y".into(), "c".into()).expect("c").as_deref(), Some("2"));
+    assert_eq!(
+        store.clone().collection("b".into()).expect("b").get_field("y".into(), "c".into()).expect("c").as_deref(),
+        Some("2")
+    );
     store.shutdown();
 }
 
@@ -134,7 +146,9 @@ fn observers_see_the_current_result_first_then_changes_in_order() {
     let tasks = store.clone().collection("tasks".into()).expect("collection");
     tasks.upsert(r#"{"_id":"1","done":false}"#.into()).expect("upsert");
     let events = Arc::new(Events::default());
-    let handle = tasks.observe(Query { filter: Some("done == false".into()), ..Query::default() }, events.clone()).expect("observe");
+    let handle = tasks
+        .observe(Query { filter: Some("done == false".into()), ..Query::default() }, events.clone())
+        .expect("observe");
     let _failing = tasks.observe(Query::default(), Arc::new(Failing)).expect("a failing observer is only logged");
     tasks.upsert(r#"{"_id":"2","done":false}"#.into()).expect("upsert");
     tasks.upsert(r#"{"_id":"1","done":true}"#.into()).expect("upsert");
@@ -162,12 +176,17 @@ fn two_stores_sync_over_loopback_and_fetch_an_attachment_with_progress() {
     let token = a.put_attachment(big.clone(), HashMap::new()).expect("attachment");
     let ta = a.clone().collection("t".into()).expect("t");
     let tb = b.clone().collection("t".into()).expect("t");
-    ta.put(Some("doc".into()), HashMap::from([("file".into(), FieldValue::Attachment { token: token.clone() })])).expect("put");
+    ta.put(Some("doc".into()), HashMap::from([("file".into(), FieldValue::Attachment { token: token.clone() })]))
+        .expect("put");
     tb.upsert(r#"{"_id":"other","by":"b"}"#.into()).expect("upsert");
-    wait_until("both documents on both stores", || ta.all().map(|d| d.len() == 2).unwrap_or(false) && tb.all().map(|d| d.len() == 2).unwrap_or(false));
+    wait_until("both documents on both stores", || {
+        ta.all().map(|d| d.len() == 2).unwrap_or(false) && tb.all().map(|d| d.len() == 2).unwrap_or(false)
+    });
     assert_eq!(ta.all().expect("all"), tb.all().expect("all"));
     wait_until("presence", || {
-        b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Lan && p.hops == 1 && p.direct == [Transport::Lan])
+        b.peers()
+            .iter()
+            .any(|p| p.name == "a" && p.transport == Transport::Lan && p.hops == 1 && p.direct == [Transport::Lan])
     });
     assert!(!b.has_attachment(token.clone()).expect("has"), "attachment bytes travel only on request");
     let progress = Arc::new(Progress::default());
@@ -204,7 +223,10 @@ fn collections_stop_working_when_their_store_is_freed() {
     drop(store);
     assert!(matches!(tasks.get("1".into()), Err(ShoalError::Closed)));
     let again = Store::open(config(dir.path(), "a")).expect("reopen");
-    assert!(again.clone().collection("tasks".into()).expect("collection").get("1".into()).expect("get").is_some(), "the write was kept");
+    assert!(
+        again.clone().collection("tasks".into()).expect("collection").get("1".into()).expect("get").is_some(),
+        "the write was kept"
+    );
 }
 
 /// A platform radio as the foreign side implements it, here over the core's in-memory air.
@@ -272,7 +294,9 @@ fn two_stores_sync_over_a_bluetooth_radio_implemented_outside_the_core() {
     a.clone().collection("t".into()).expect("t").upsert(r#"{"_id":"x","over":"ble"}"#.into()).expect("upsert");
     let tb = b.clone().collection("t".into()).expect("t");
     wait_until("the document over BLE", || tb.get("x".into()).ok().flatten().is_some());
-    wait_until("presence over Bluetooth", || b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Bluetooth));
+    wait_until("presence over Bluetooth", || {
+        b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Bluetooth)
+    });
     a.shutdown();
     b.shutdown();
 }

@@ -24,7 +24,11 @@
 use crate::security::{AppSecret, DeviceKey, Identity, SecurityError};
 use crate::store::{CommitListener, Store};
 use crate::sync::{Engine, PeerPresence, Subscription};
-use crate::transport::ble::{self, links::BleConfig, radio::{BleRadio, Radio}};
+use crate::transport::ble::{
+    self,
+    links::BleConfig,
+    radio::{BleRadio, Radio},
+};
 use crate::transport::lan::hub::{lock, Hub};
 use crate::transport::lan::{Lan, LanError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -225,7 +229,12 @@ impl Node {
         hub.spawn(tick(hub.clone()));
         if let Some(BleRadio(radio)) = &config.ble {
             let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.secret));
-            hub.spawn(ble::radio::run(hub.clone(), radio.clone(), ble, seq_base ^ u64::from_le_bytes(ble::radio::device_tag(&device))));
+            hub.spawn(ble::radio::run(
+                hub.clone(),
+                radio.clone(),
+                ble,
+                seq_base ^ u64::from_le_bytes(ble::radio::device_tag(&device)),
+            ));
         }
         log::info!("node {} ({device}) started", config.name);
         Ok(Node {
@@ -294,7 +303,12 @@ impl Node {
         }
         let hash = token.hash;
         let mut events = self.inner.hub.fetch_events();
-        let id = self.inner.hub.with_engine(move |e| e.fetch_attachment(hash)).await.map_err(|e| NodeError::Task(e.to_string()))??;
+        let id = self
+            .inner
+            .hub
+            .with_engine(move |e| e.fetch_attachment(hash))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))??;
         self.inner.hub.wake_writers();
         loop {
             let event = tokio::select! {
@@ -313,7 +327,9 @@ impl Node {
                         return Ok(());
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(NodeError::Task("the node stopped".into())),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return Err(NodeError::Task("the node stopped".into()))
+                }
             }
         }
     }

@@ -67,7 +67,8 @@ fn large_attachment_streams_in_and_out_with_bounded_memory() {
     )
     .unwrap();
     let base = reset_peak();
-    let token = s.put_attachment(Generated { left: size, state: 7 }, [("name".into(), "big.bin".into())].into()).unwrap();
+    let token =
+        s.put_attachment(Generated { left: size, state: 7 }, [("name".into(), "big.bin".into())].into()).unwrap();
     let peak_write = PEAK.load(Ordering::Relaxed) - base;
     assert_eq!(token.len, size);
     assert!(peak_write < 16 << 20, "writing {size} bytes used {peak_write} bytes of heap");

@@ -86,26 +86,46 @@ fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
     let good = DocChange {
         collection: "c".into(),
         doc_id: "new".into(),
-        change: change(7, 1, &[], vec![Op::Make { path: vec![], kind: shoaldb::Kind::Map }, Op::Set {
-            path: vec![Seg::Key("a".into())],
-            value: Scalar::Int(1),
-        }]),
+        change: change(
+            7,
+            1,
+            &[],
+            vec![
+                Op::Make { path: vec![], kind: shoaldb::Kind::Map },
+                Op::Set { path: vec![Seg::Key("a".into())], value: Scalar::Int(1) },
+            ],
+        ),
     };
     let bad_cases = vec![
         // Insert after an element that does not exist.
-        change(8, 1, &[], vec![Op::InsertText {
-            path: vec![Seg::Key("t".into())],
-            origin_left: Some(Dot::new(PeerId(3), 3)),
-            origin_right: None,
-            text: "x".into(),
-        }]),
+        change(
+            8,
+            1,
+            &[],
+            vec![Op::InsertText {
+                path: vec![Seg::Key("t".into())],
+                origin_left: Some(Dot::new(PeerId(3), 3)),
+                origin_right: None,
+                text: "x".into(),
+            }],
+        ),
         // Delete of characters that do not exist.
-        change(8, 1, &[], vec![Op::DeleteText {
-            path: vec![Seg::Key("t".into())],
-            spans: vec![shoaldb::crdt::sequence::IdSpan { peer: PeerId(1), start: 1, len: 5 }],
-        }]),
+        change(
+            8,
+            1,
+            &[],
+            vec![Op::DeleteText {
+                path: vec![Seg::Key("t".into())],
+                spans: vec![shoaldb::crdt::sequence::IdSpan { peer: PeerId(1), start: 1, len: 5 }],
+            }],
+        ),
         // A path through an array element that does not exist.
-        change(8, 1, &[], vec![Op::Set { path: vec![Seg::Key("l".into()), Seg::Elem(Dot::new(PeerId(2), 9))], value: Scalar::Null }]),
+        change(
+            8,
+            1,
+            &[],
+            vec![Op::Set { path: vec![Seg::Key("l".into()), Seg::Elem(Dot::new(PeerId(2), 9))], value: Scalar::Null }],
+        ),
         // A change that depends on its own future.
         change(8, 5, &[(8, 9)], vec![Op::Remove { path: vec![] }]),
         // Non-finite float.
@@ -136,18 +156,27 @@ fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
 fn far_future_timestamps_do_not_poison_the_clock_and_later_writes_still_win() {
     let (_d, s) = store();
     let far = Timestamp::new(wall_clock_ms() + 10 * 365 * 24 * 3600 * 1000, 0);
-    let mut c = change(42, 1, &[], vec![
-        Op::Make { path: vec![], kind: shoaldb::Kind::Map },
-        Op::Set { path: vec![Seg::Key("v".into())], value: Scalar::Str("from the future".into()) },
-    ]);
+    let mut c = change(
+        42,
+        1,
+        &[],
+        vec![
+            Op::Make { path: vec![], kind: shoaldb::Kind::Map },
+            Op::Set { path: vec![Seg::Key("v".into())], value: Scalar::Str("from the future".into()) },
+        ],
+    );
     c.ts = far;
     s.apply_changes(&[DocChange { collection: "c".into(), doc_id: "d".into(), change: c }]).unwrap();
     assert_eq!(s.get("c", "d").unwrap().unwrap()["v"], "from the future");
     // A local write made after seeing it: causally later, so it wins although its clock is far behind.
     s.update("c", "d", |d| Ok(d.set("v", "local")?)).unwrap();
     assert_eq!(s.get("c", "d").unwrap().unwrap()["v"], "local");
-    let local = s.changes_since(&Default::default()).unwrap().into_iter().find(|dc| dc.change.peer == s.peer_id()).unwrap();
-    assert!(local.change.ts.wall_ms() <= wall_clock_ms() + MAX_CLOCK_SKEW_MS, "the local clock stayed within the skew bound");
+    let local =
+        s.changes_since(&Default::default()).unwrap().into_iter().find(|dc| dc.change.peer == s.peer_id()).unwrap();
+    assert!(
+        local.change.ts.wall_ms() <= wall_clock_ms() + MAX_CLOCK_SKEW_MS,
+        "the local clock stayed within the skew bound"
+    );
 }
 
 #[test]

@@ -77,10 +77,13 @@ async fn the_lan_carries_the_data_and_ble_stands_by() {
     let air = MemoryAir::new(247);
     let a = phone(dir.path(), &air, "a", b"ble secret", true).await;
     let b = phone(dir.path(), &air, "b", b"ble secret", true).await;
-    eventually("a BLE link", || b.peers().iter().any(|p| p.name == "a" && p.direct.contains(&TransportKind::Ble))).await;
+    eventually("a BLE link", || b.peers().iter().any(|p| p.name == "a" && p.direct.contains(&TransportKind::Ble)))
+        .await;
     b.connect(a.listen_addr().expect("a listens"));
     eventually("both links, the LAN carrying", || {
-        b.peers().iter().any(|p| p.name == "a" && p.transport == TransportKind::Lan && p.direct == [TransportKind::Lan, TransportKind::Ble])
+        b.peers().iter().any(|p| {
+            p.name == "a" && p.transport == TransportKind::Lan && p.direct == [TransportKind::Lan, TransportKind::Ble]
+        })
     })
     .await;
     for i in 0..50 {

@@ -22,9 +22,8 @@ use std::collections::BTreeSet;
 
 #[path = "common/seeds.rs"]
 mod seed_runs;
-use seed_runs::{for_each_seed, heavy, seeds};
 use random_edits::{apply_edit, draw_edit};
-
+use seed_runs::{for_each_seed, heavy, seeds};
 
 // ---- edits ----
 
@@ -58,9 +57,21 @@ fn assert_converged(w: &RadioWorld, phones: &[PhoneId]) {
     }
     let summary = w.store(first).summary().unwrap();
     for &p in rest {
-        assert_eq!(w.store(p).summary().unwrap(), summary, "{} and {} hold different changes", w.name(first), w.name(p));
+        assert_eq!(
+            w.store(p).summary().unwrap(),
+            summary,
+            "{} and {} hold different changes",
+            w.name(first),
+            w.name(p)
+        );
         for c in COLLECTIONS.iter().chain(["bulk", "mine"].iter()) {
-            assert_eq!(w.store(p).list(c).unwrap(), w.store(first).list(c).unwrap(), "{} and {} differ on {c}", w.name(first), w.name(p));
+            assert_eq!(
+                w.store(p).list(c).unwrap(),
+                w.store(first).list(c).unwrap(),
+                "{} and {} differ on {c}",
+                w.name(first),
+                w.name(p)
+            );
         }
     }
 }
@@ -108,7 +119,9 @@ fn quiet(w: &mut RadioWorld, what: &str) -> u64 {
 /// Wait until no phone moves, then until quiet.
 fn settle_walk(w: &mut RadioWorld, what: &str) -> u64 {
     let n = w.phone_count();
-    let stopped = w.run_until(|w| (0..n).all(|p| !w.is_moving(p)), 600 * SECOND).unwrap_or_else(|| panic!("{what}: phones still walking"));
+    let stopped = w
+        .run_until(|w| (0..n).all(|p| !w.is_moving(p)), 600 * SECOND)
+        .unwrap_or_else(|| panic!("{what}: phones still walking"));
     let t = quiet(w, what);
     eprintln!("  {what}: quiet {:.3}s after the phones stopped", secs(t - stopped));
     t
@@ -124,19 +137,29 @@ fn line_of_eight_phones_over_ble_alone() {
         let mut w = RadioWorld::new(seed);
         let phones: Vec<PhoneId> = (0..8).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, all())).collect();
         let formed = quiet(&mut w, "the line forms");
-        let mut pairs: Vec<(PhoneId, PhoneId)> = w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
+        let mut pairs: Vec<(PhoneId, PhoneId)> =
+            w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
         pairs.sort();
         assert_eq!(pairs, (1..8).map(|i| (i - 1, i)).collect::<Vec<_>>(), "neighbours only");
         assert_one_link_per_pair(&w);
         let far = w.device_key(7);
         let presence = w.peers(0);
-        let p7 = presence.iter().find(|p| p.device == far).unwrap_or_else(|| panic!("phone 7 not present at phone 0: {presence:?}"));
+        let p7 = presence
+            .iter()
+            .find(|p| p.device == far)
+            .unwrap_or_else(|| panic!("phone 7 not present at phone 0: {presence:?}"));
         assert_eq!((p7.hops, p7.transport, p7.name.as_str()), (7, TransportKind::Ble, "p7"));
         // One edit at one end.
         w.edit(0, |s| s.upsert("notes", json!({"_id": "from-0", "text": "x".repeat(300)})).unwrap());
         let t0 = w.now();
-        let t = w.run_until(|w| w.store(7).get("notes", "from-0").unwrap().is_some(), 60 * SECOND).expect("the edit crosses the line");
-        eprintln!("  line formed at {:.3}s; one edit crossed 7 hops in {:.1} ms", secs(formed), (t - t0) as f64 / MILLISECOND as f64);
+        let t = w
+            .run_until(|w| w.store(7).get("notes", "from-0").unwrap().is_some(), 60 * SECOND)
+            .expect("the edit crosses the line");
+        eprintln!(
+            "  line formed at {:.3}s; one edit crossed 7 hops in {:.1} ms",
+            secs(formed),
+            (t - t0) as f64 / MILLISECOND as f64
+        );
         // Random edits everywhere.
         let n = if heavy() { 300 } else { 60 };
         let committed = random_edits(&mut w, &phones, n, 200 * MILLISECOND);
@@ -156,8 +179,10 @@ fn two_groups_meet_part_and_meet_again() {
     for_each_seed("two_groups_meet_part_and_meet_again", 3, |seed| {
         let mut w = RadioWorld::new(seed);
         let square = [(0.0, 0.0), (8.0, 0.0), (0.0, 8.0), (8.0, 8.0)];
-        let a: Vec<PhoneId> = square.iter().enumerate().map(|(i, (x, y))| w.add_phone(&format!("a{i}"), *x, *y, all())).collect();
-        let b: Vec<PhoneId> = square.iter().enumerate().map(|(i, (x, y))| w.add_phone(&format!("b{i}"), x + 100.0, *y, all())).collect();
+        let a: Vec<PhoneId> =
+            square.iter().enumerate().map(|(i, (x, y))| w.add_phone(&format!("a{i}"), *x, *y, all())).collect();
+        let b: Vec<PhoneId> =
+            square.iter().enumerate().map(|(i, (x, y))| w.add_phone(&format!("b{i}"), x + 100.0, *y, all())).collect();
         let everyone: Vec<PhoneId> = a.iter().chain(&b).copied().collect();
         let mut own: Vec<(PhoneId, String)> = Vec::new();
         let mut mark = |w: &mut RadioWorld, p: PhoneId, round: &str| {
@@ -195,7 +220,11 @@ fn two_groups_meet_part_and_meet_again() {
         }
         settle_walk(&mut w, "apart again");
         w.run_for(3 * SECOND);
-        assert!(w.linked_pairs().iter().all(|&(x, y)| (x < 4) == (y < 4)), "no link across the gap: {:?}", w.linked_pairs());
+        assert!(
+            w.linked_pairs().iter().all(|&(x, y)| (x < 4) == (y < 4)),
+            "no link across the gap: {:?}",
+            w.linked_pairs()
+        );
         for &p in &everyone {
             mark(&mut w, p, "apart");
         }
@@ -216,7 +245,12 @@ fn two_groups_meet_part_and_meet_again() {
         assert_one_link_per_pair(&w);
         for (by, id) in &own {
             for &p in &everyone {
-                assert!(w.store(p).get("mine", id).unwrap().is_some(), "{}'s change {id} is missing at {}", w.name(*by), w.name(p));
+                assert!(
+                    w.store(p).get("mine", id).unwrap().is_some(),
+                    "{}'s change {id} is missing at {}",
+                    w.name(*by),
+                    w.name(p)
+                );
             }
         }
     });
@@ -228,7 +262,11 @@ fn two_groups_meet_part_and_meet_again() {
 fn lan_carries_bulk_between_lan_neighbours_and_ble_reaches_the_rest() {
     for_each_seed("lan_carries_bulk_between_lan_neighbours_and_ble_reaches_the_rest", 3, |seed| {
         let mut w = RadioWorld::new(seed);
-        let lan = [w.add_phone("l0", 0.0, 0.0, all()), w.add_phone("l1", 10.0, 0.0, all()), w.add_phone("l2", 5.0, 8.0, all())];
+        let lan = [
+            w.add_phone("l0", 0.0, 0.0, all()),
+            w.add_phone("l1", 10.0, 0.0, all()),
+            w.add_phone("l2", 5.0, 8.0, all()),
+        ];
         let b3 = w.add_phone("b3", 35.0, 0.0, all());
         let b4 = w.add_phone("b4", 60.0, 0.0, all());
         for (i, j) in [(0, 1), (0, 2), (1, 2)] {
@@ -240,7 +278,10 @@ fn lan_carries_bulk_between_lan_neighbours_and_ble_reaches_the_rest() {
                 if x < y {
                     assert!(w.ble_linked(x, y), "{} and {} are linked over BLE too", w.name(x), w.name(y));
                     let p = w.peers(x).into_iter().find(|p| p.device == w.device_key(y)).expect("present");
-                    assert_eq!((p.transport, p.direct.clone()), (TransportKind::Lan, vec![TransportKind::Lan, TransportKind::Ble]));
+                    assert_eq!(
+                        (p.transport, p.direct.clone()),
+                        (TransportKind::Lan, vec![TransportKind::Lan, TransportKind::Ble])
+                    );
                 }
             }
         }
@@ -274,8 +315,14 @@ fn lan_carries_bulk_between_lan_neighbours_and_ble_reaches_the_rest() {
         );
         report(&w, "mixed");
         assert!(lan_bytes >= payload, "the LAN carried the bulk ({lan_bytes} bytes)");
-        assert!(ble_between_lan < payload / 10, "BLE between LAN neighbours stays small: {ble_between_lan} bytes for {payload}");
-        assert!(ble_to_b3 >= payload && w.bytes_sent_over(b3, b4, TransportKind::Ble) >= payload, "the BLE-only phones got it over BLE");
+        assert!(
+            ble_between_lan < payload / 10,
+            "BLE between LAN neighbours stays small: {ble_between_lan} bytes for {payload}"
+        );
+        assert!(
+            ble_to_b3 >= payload && w.bytes_sent_over(b3, b4, TransportKind::Ble) >= payload,
+            "the BLE-only phones got it over BLE"
+        );
         assert_one_link_per_pair(&w);
     });
 }
@@ -292,22 +339,40 @@ fn attachment_of_one_megabyte_across_three_ble_hops() {
         let token = w.store(3).put_attachment_bytes(&bytes, Default::default()).unwrap();
         w.edit(3, |s| s.upsert("files", json!({"_id": "f", "file": token.to_json()})).unwrap());
         quiet(&mut w, "the line forms and the document travels");
-        let at0 = w.store(0).document("files", "f").unwrap().unwrap().attachment("file").unwrap().expect("token synced");
+        let at0 =
+            w.store(0).document("files", "f").unwrap().unwrap().attachment("file").unwrap().expect("token synced");
         assert!(!w.store(0).has_attachment(&at0).unwrap(), "bytes travel only on demand");
         w.take_events(0);
         w.reset_stats();
         let t0 = w.now();
         let fetch = w.fetch_attachment(0, at0.hash).unwrap();
-        let t = w.run_until(|w| w.store(0).has_attachment(&at0).unwrap(), 600 * SECOND).expect("the attachment arrives");
-        let fetched: Vec<FetchEvent> = w.take_events(0).into_iter().filter_map(|(_, e)| if let EngineEvent::Fetch(f) = e { Some(f) } else { None }).collect();
+        let t =
+            w.run_until(|w| w.store(0).has_attachment(&at0).unwrap(), 600 * SECOND).expect("the attachment arrives");
+        let fetched: Vec<FetchEvent> = w
+            .take_events(0)
+            .into_iter()
+            .filter_map(|(_, e)| if let EngineEvent::Fetch(f) = e { Some(f) } else { None })
+            .collect();
         assert_eq!(fetched.last(), Some(&FetchEvent::Done { fetch, hash: at0.hash }), "{:?}", fetched.last());
-        let progress: Vec<u64> = fetched.iter().filter_map(|e| if let FetchEvent::Progress { done, .. } = e { Some(*done) } else { None }).collect();
-        assert!(progress.len() > 2 && progress.windows(2).all(|p| p[0] < p[1]) && progress.last() == Some(&(size as u64)), "{progress:?}");
+        let progress: Vec<u64> = fetched
+            .iter()
+            .filter_map(|e| if let FetchEvent::Progress { done, .. } = e { Some(*done) } else { None })
+            .collect();
+        assert!(
+            progress.len() > 2 && progress.windows(2).all(|p| p[0] < p[1]) && progress.last() == Some(&(size as u64)),
+            "{progress:?}"
+        );
         assert_eq!(w.store(0).attachment_bytes(&at0).unwrap(), bytes);
         let caps: Vec<String> = (0..3)
             .map(|i| {
                 let c = w.connection_between(i, i + 1).expect("linked");
-                format!("{}/{}ms/{}pkt={:.0}kB/s", c.att_mtu, c.interval_us as f64 / 1000.0, c.packets_per_event, c.capacity_bytes_per_s() / 1000.0)
+                format!(
+                    "{}/{}ms/{}pkt={:.0}kB/s",
+                    c.att_mtu,
+                    c.interval_us as f64 / 1000.0,
+                    c.packets_per_event,
+                    c.capacity_bytes_per_s() / 1000.0
+                )
             })
             .collect();
         eprintln!(
@@ -365,9 +430,21 @@ fn a_phone_of_another_app_is_never_linked() {
         let mut w = RadioWorld::new(seed);
         let mine: Vec<PhoneId> = (0..3).map(|i| w.add_phone(&format!("p{i}"), 5.0 * i as f64, 0.0, all())).collect();
         let other = w.add_phone_with("other", 5.0, 5.0, all(), PhoneOptions::other_app(b"another app"));
-        let other_ios = w.add_phone_with("other-ios", 0.0, 5.0, all(), PhoneOptions { advertise_tag: false, ..PhoneOptions::other_app(b"a third app") });
+        let other_ios = w.add_phone_with(
+            "other-ios",
+            0.0,
+            5.0,
+            all(),
+            PhoneOptions { advertise_tag: false, ..PhoneOptions::other_app(b"a third app") },
+        );
         // Same secret, but another app tag: refused by the radio layer before any handshake.
-        let tagged = w.add_phone_with("tagged", 10.0, 5.0, all(), PhoneOptions { app_tag: Some(*b"nope"), ..PhoneOptions::default() });
+        let tagged = w.add_phone_with(
+            "tagged",
+            10.0,
+            5.0,
+            all(),
+            PhoneOptions { app_tag: Some(*b"nope"), ..PhoneOptions::default() },
+        );
         w.edit(other, |s| s.upsert("notes", json!({"_id": "secret"})).unwrap());
         w.edit(mine[0], |s| s.upsert("notes", json!({"_id": "mine"})).unwrap());
         quiet(&mut w, "formed");
@@ -375,7 +452,11 @@ fn a_phone_of_another_app_is_never_linked() {
         quiet(&mut w, "still quiet");
         for &p in &mine {
             let seen = w.ever_linked_with(p);
-            assert!(!seen.contains(&other) && !seen.contains(&other_ios) && !seen.contains(&tagged), "{} linked with {seen:?}", w.name(p));
+            assert!(
+                !seen.contains(&other) && !seen.contains(&other_ios) && !seen.contains(&tagged),
+                "{} linked with {seen:?}",
+                w.name(p)
+            );
             assert!(w.store(p).get("notes", "mine").unwrap().is_some());
             assert!(w.store(p).get("notes", "secret").unwrap().is_none());
         }
@@ -425,11 +506,17 @@ fn walking_out_of_range_mid_transfer_and_back() {
         let t = settle_walk(&mut w, "back");
         let missing = (docs - before_return) as u64 * 1000;
         let to_b: u64 = [a, c].iter().map(|&x| w.bytes_sent_over(x, b, TransportKind::Ble)).sum();
-        eprintln!("  back with {before_return} documents; caught up in {:.3}s, {to_b} BLE bytes to b for ~{missing} missing", secs(t - t0));
+        eprintln!(
+            "  back with {before_return} documents; caught up in {:.3}s, {to_b} BLE bytes to b for ~{missing} missing",
+            secs(t - t0)
+        );
         report(&w, "walk");
         assert_converged(&w, &[a, b, c]);
         assert_eq!(w.store(b).list("bulk").unwrap().len(), docs);
-        assert!(to_b < missing + missing / 2 + 20_000, "the catch-up sends what is missing, not everything again ({to_b} bytes)");
+        assert!(
+            to_b < missing + missing / 2 + 20_000,
+            "the catch-up sends what is missing, not everything again ({to_b} bytes)"
+        );
         assert_one_link_per_pair(&w);
     });
 }
@@ -475,14 +562,26 @@ fn the_schedule_is_a_function_of_the_seed() {
         for p in phones {
             for (t, e) in w.take_events(p) {
                 match e {
-                    EngineEvent::LinkUp { link, name, transport, .. } => out.push(format!("{t} {p} up {link} {name} {transport}")),
+                    EngineEvent::LinkUp { link, name, transport, .. } => {
+                        out.push(format!("{t} {p} up {link} {name} {transport}"))
+                    }
                     EngineEvent::LinkDown { link, reason, .. } => out.push(format!("{t} {p} down {link} {reason}")),
                     _ => {}
                 }
             }
         }
         let s = w.total_stats();
-        (out, vec![w.events_processed(), s.connections, s.packets_sent, s.air_bytes_sent, s.airtime_us, s.supervision_drops])
+        (
+            out,
+            vec![
+                w.events_processed(),
+                s.connections,
+                s.packets_sent,
+                s.air_bytes_sent,
+                s.airtime_us,
+                s.supervision_drops,
+            ],
+        )
     }
     for seed in seeds("the_schedule_is_a_function_of_the_seed", 2) {
         let (a, b) = (trace(seed), trace(seed));

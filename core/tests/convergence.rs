@@ -19,12 +19,24 @@ use edits::{apply_edit, edit, Edit};
 
 #[derive(Clone, Debug)]
 enum Action {
-    Edit { replica: usize, doc: usize, edit: Edit },
+    Edit {
+        replica: usize,
+        doc: usize,
+        edit: Edit,
+    },
     /// Queue for `to` what `from` has that `to` lacks (delivered later, in pieces, shuffled).
-    Send { from: usize, to: usize },
+    Send {
+        from: usize,
+        to: usize,
+    },
     /// Apply some queued changes in a random order; some stay queued (to be delivered again: duplicates).
-    Deliver { to: usize, seed: u64 },
-    Reopen { replica: usize },
+    Deliver {
+        to: usize,
+        seed: u64,
+    },
+    Reopen {
+        replica: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -35,8 +47,6 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0..REPLICAS).prop_map(|replica| Action::Reopen { replica }),
     ]
 }
-
-
 
 /// A tiny deterministic RNG for shuffling deliveries.
 fn next(seed: &mut u64) -> u64 {
@@ -84,7 +94,17 @@ fn run_documents(actions: &[Action]) {
             }
             Action::Send { from, to } => {
                 for d in 0..n_docs {
-                    let have: Vec<Change> = log[d].iter().filter(|c| c.peer == PeerId(*from as u64 * 7 + 3) || replicas[*from][d].doc.version().contains(shoaldb::crdt::clock::Dot::new(c.peer, c.end()))).cloned().collect();
+                    let have: Vec<Change> = log[d]
+                        .iter()
+                        .filter(|c| {
+                            c.peer == PeerId(*from as u64 * 7 + 3)
+                                || replicas[*from][d]
+                                    .doc
+                                    .version()
+                                    .contains(shoaldb::crdt::clock::Dot::new(c.peer, c.end()))
+                        })
+                        .cloned()
+                        .collect();
                     replicas[*to][d].inbox.extend(have);
                 }
             }
@@ -125,7 +145,8 @@ fn run_documents(actions: &[Action]) {
                 queue.retain(|c| doc.apply(c).unwrap() == Applied::NotReady);
                 assert!(queue.len() < before, "no progress");
             }
-            let conflicts: Vec<_> = ["title", "m.a", "m", "likes", "m.items"].iter().map(|p| doc.conflicts(*p).unwrap()).collect();
+            let conflicts: Vec<_> =
+                ["title", "m.a", "m", "likes", "m.items"].iter().map(|p| doc.conflicts(*p).unwrap()).collect();
             views.push((doc.to_json(), conflicts, doc.version().clone()));
         }
         for v in &views[1..] {

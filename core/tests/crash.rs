@@ -112,7 +112,10 @@ fn killed_writer_loses_nothing_it_reported_committed() {
         committed.extend(rx.try_iter());
         let new_total = check(&db, &committed);
         assert!(new_total >= total);
-        eprintln!("round {round}: killed after {kill_after:?}, {} reported committed, {new_total} in store", committed.len());
+        eprintln!(
+            "round {round}: killed after {kill_after:?}, {} reported committed, {new_total} in store",
+            committed.len()
+        );
         total = new_total;
     }
     assert!(total > 0);

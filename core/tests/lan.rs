@@ -325,9 +325,12 @@ async fn attachments_are_fetched_through_a_relay_with_progress() {
     assert!(!sa.has_attachment(&token).expect("store"));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    let fetched = tokio::time::timeout(PATIENCE, a.fetch_attachment(&token, move |done, total| {
-        log.lock().expect("lock").push((done, total));
-    }))
+    let fetched = tokio::time::timeout(
+        PATIENCE,
+        a.fetch_attachment(&token, move |done, total| {
+            log.lock().expect("lock").push((done, total));
+        }),
+    )
     .await
     .expect("fetched in time");
     fetched.expect("fetched");

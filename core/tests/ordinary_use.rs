@@ -221,8 +221,11 @@ fn a_small_edit_of_a_large_document_writes_little() {
     assert_eq!(doc["title"], "renamed");
     assert_eq!(doc["blob3"].as_array().unwrap().len(), (1 << 20) - 16);
     assert_eq!(doc["blob3"][5], json!((5u8).wrapping_mul(31).wrapping_add(3)));
-    assert_eq!(Some(doc), a.document("c", "big").unwrap().unwrap().to_json().map(|mut m| {
-        m.insert("_id".into(), json!("big"));
-        serde_json::Value::Object(m)
-    }));
+    assert_eq!(
+        Some(doc),
+        a.document("c", "big").unwrap().unwrap().to_json().map(|mut m| {
+            m.insert("_id".into(), json!("big"));
+            serde_json::Value::Object(m)
+        })
+    );
 }

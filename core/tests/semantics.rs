@@ -15,7 +15,11 @@ impl R {
         R { doc: Document::new(), peer: PeerId(peer), next: 1 }
     }
 
-    fn edit(&mut self, ts: u64, f: impl FnOnce(&mut shoaldb::DocEditor<'_>) -> Result<(), shoaldb::DocError>) -> Change {
+    fn edit(
+        &mut self,
+        ts: u64,
+        f: impl FnOnce(&mut shoaldb::DocEditor<'_>) -> Result<(), shoaldb::DocError>,
+    ) -> Change {
         let mut ed = self.doc.edit(self.peer, self.next, Timestamp::new(ts, 0));
         f(&mut ed).unwrap();
         self.next = ed.next_counter();
@@ -102,7 +106,11 @@ fn removal_keeps_concurrent_edits_only() {
     let ca = a.edit(200, |e| e.remove("profile"));
     let cb = b.edit(210, |e| e.set("profile.email", "ada@example.org"));
     exchange(&mut a, &mut b, &[&ca], &[&cb]);
-    assert_eq!(a.json()["profile"], json!({"email": "ada@example.org"}), "add-wins: the concurrent edit survives alone");
+    assert_eq!(
+        a.json()["profile"],
+        json!({"email": "ada@example.org"}),
+        "add-wins: the concurrent edit survives alone"
+    );
     // A removal that saw everything removes everything.
     let ca = a.edit(300, |e| e.remove("profile"));
     b.recv(&[&ca]);

@@ -23,9 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 #[path = "common/seeds.rs"]
 mod seed_runs;
-use seed_runs::{for_each_seed, heavy};
 use random_edits::{apply_edit, doc_id, draw_edit, Edit, EditKind, DOC_IDS};
-
+use seed_runs::{for_each_seed, heavy};
 
 // ---- random edits ----
 
@@ -79,7 +78,13 @@ fn assert_converged(w: &SimWorld, subs: &[Vec<Subscription>]) {
                 continue;
             }
             if is_everything(&subs[a]) {
-                assert_eq!(w.store(a).summary().unwrap(), w.store(b).summary().unwrap(), "{} and {} hold different changes", w.name(a), w.name(b));
+                assert_eq!(
+                    w.store(a).summary().unwrap(),
+                    w.store(b).summary().unwrap(),
+                    "{} and {} hold different changes",
+                    w.name(a),
+                    w.name(b)
+                );
                 for c in COLLECTIONS {
                     assert_same_collection(w, a, b, c);
                 }
@@ -90,7 +95,13 @@ fn assert_converged(w: &SimWorld, subs: &[Vec<Subscription>]) {
                         None => assert_same_collection(w, a, b, c),
                         Some(f) => {
                             let q = Query::filter(f).unwrap();
-                            assert_eq!(w.store(a).find(c, &q).unwrap(), w.store(b).find(c, &q).unwrap(), "{} and {} differ on {c}:{f}", w.name(a), w.name(b));
+                            assert_eq!(
+                                w.store(a).find(c, &q).unwrap(),
+                                w.store(b).find(c, &q).unwrap(),
+                                "{} and {} differ on {c}:{f}",
+                                w.name(a),
+                                w.name(b)
+                            );
                         }
                     }
                 }
@@ -247,11 +258,17 @@ fn chaos(
         w.run_for(dt);
     }
     let quiet = w.run_until_quiet(3600 * SECOND).expect("the mesh goes quiet");
-    let pairs: BTreeSet<(DeviceId, DeviceId)> = w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
+    let pairs: BTreeSet<(DeviceId, DeviceId)> =
+        w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
     assert_eq!(pairs.len(), w.linked_pairs().len(), "one link per pair");
     assert_eq!(pairs, edges.iter().copied().collect(), "every link is up");
     let duplicates: usize = (0..n)
-        .map(|d| w.take_events(d).iter().filter(|(_, e)| matches!(e, EngineEvent::LinkDown { reason, .. } if reason.contains("already exists"))).count())
+        .map(|d| {
+            w.take_events(d)
+                .iter()
+                .filter(|(_, e)| matches!(e, EngineEvent::LinkDown { reason, .. } if reason.contains("already exists")))
+                .count()
+        })
         .sum();
     eprintln!(
         "  {edits} edits ({committed} committed), {partitions} partitions, {restarts} restarts, {duplicates} duplicate links closed; quiet at {:.3}s",
@@ -260,7 +277,11 @@ fn chaos(
     report(w, "network");
     // Flow control held on every link (documents here are small: far below a batch).
     let t = w.total_stats();
-    assert!(t.max_outstanding_change_bytes <= WINDOW + 5 * BATCH_BYTES as u64, "outstanding {}", t.max_outstanding_change_bytes);
+    assert!(
+        t.max_outstanding_change_bytes <= WINDOW + 5 * BATCH_BYTES as u64,
+        "outstanding {}",
+        t.max_outstanding_change_bytes
+    );
     assert!(t.max_unsent_bytes as usize <= BACKLOG_LIMIT + MAX_FRAME_LEN + 4);
     assert_converged(w, subs);
 }
@@ -269,7 +290,13 @@ fn chaos(
 fn mixed_subscriptions(rng: &mut SimRng, n: usize) -> Vec<Vec<Subscription>> {
     (0..n)
         .map(|d| {
-            let partial = if d < 2 { false } else if d < 4 { true } else { rng.chance(0.25) };
+            let partial = if d < 2 {
+                false
+            } else if d < 4 {
+                true
+            } else {
+                rng.chance(0.25)
+            };
             if partial {
                 vec![Subscription::collection("chat"), Subscription::collection("tasks")]
             } else {
@@ -362,14 +389,19 @@ fn multi_hop_line_through_non_subscribing_relays() {
         // How long does one more edit at A take to show at D, three hops away?
         let start = w.now();
         w.edit(a, |s| s.upsert("chat", json!({"_id": "last", "from": "A"})).unwrap());
-        let seen = w.run_until(|w| w.store(d).get("chat", "last").unwrap().is_some(), 600 * SECOND).expect("A's last edit reaches D");
+        let seen = w
+            .run_until(|w| w.store(d).get("chat", "last").unwrap().is_some(), 600 * SECOND)
+            .expect("A's last edit reaches D");
         eprintln!("  A's last edit visible at D after {:.1} ms", (seen - start) as f64 / MILLISECOND as f64);
         w.run_until_quiet(3600 * SECOND).expect("quiet");
         report(&w, "network");
         assert_converged(&w, &subs);
         // Presence: A sees B, C and D, D three hops away.
         let peers = w.engine(a).peers();
-        assert_eq!(peers.iter().map(|p| (p.name.as_str(), p.hops)).collect::<Vec<_>>(), vec![("B", 1), ("C", 2), ("D", 3)]);
+        assert_eq!(
+            peers.iter().map(|p| (p.name.as_str(), p.hops)).collect::<Vec<_>>(),
+            vec![("B", 1), ("C", 2), ("D", 3)]
+        );
     });
 }
 
@@ -386,12 +418,22 @@ fn assert_filtered_view(w: &SimWorld, full: DeviceId, f: DeviceId) {
     assert_eq!(got, expected, "{} does not hold exactly the open tasks of {}", w.name(f), w.name(full));
     let held = by_id(w.store(f).list("tasks").unwrap());
     for (id, doc) in &held {
-        assert_eq!(Some(doc), w.store(full).get("tasks", id).unwrap().as_ref(), "{} holds a stale tasks/{id}", w.name(f));
+        assert_eq!(
+            Some(doc),
+            w.store(full).get("tasks", id).unwrap().as_ref(),
+            "{} holds a stale tasks/{id}",
+            w.name(f)
+        );
     }
     for i in 0..DOC_IDS as u64 {
         let id = doc_id(i);
         if expected.contains_key(&id) || held.contains_key(&id) {
-            assert_eq!(doc_state(w.store(f), "tasks", &id), doc_state(w.store(full), "tasks", &id), "tasks/{id} at {}", w.name(f));
+            assert_eq!(
+                doc_state(w.store(f), "tasks", &id),
+                doc_state(w.store(full), "tasks", &id),
+                "tasks/{id} at {}",
+                w.name(f)
+            );
         }
     }
 }
@@ -478,7 +520,10 @@ fn chaos_mixed_subscriptions() {
             .collect();
         add_devices(&mut w, &subs);
         let edges = random_connected(w.rng(), n);
-        eprintln!("  {n} devices, subscriptions {:?}, edges {edges:?}", subs.iter().map(|s| s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).collect::<Vec<_>>());
+        eprintln!(
+            "  {n} devices, subscriptions {:?}, edges {edges:?}",
+            subs.iter().map(|s| s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).collect::<Vec<_>>()
+        );
         let choices = [
             vec![Subscription::everything()],
             vec![Subscription::collection("chat"), Subscription::collection("tasks")],
@@ -542,7 +587,9 @@ fn filtered_device_gets_documents_that_start_to_match_elsewhere() {
         w.link(r, f, p);
         w.link(t, s, LinkParams::lan());
         for i in 0..DOC_IDS as u64 {
-            w.edit(s, |st| st.upsert("tasks", json!({"_id": doc_id(i), "done": true, "title": format!("t{i}")})).unwrap());
+            w.edit(s, |st| {
+                st.upsert("tasks", json!({"_id": doc_id(i), "done": true, "title": format!("t{i}")})).unwrap()
+            });
             w.edit(s, |st| st.update("tasks", &doc_id(i), |d| Ok(d.text_insert("notes", 0, "history")?)).unwrap());
         }
         w.run_until_quiet(600 * SECOND).expect("quiet");
@@ -550,7 +597,9 @@ fn filtered_device_gets_documents_that_start_to_match_elsewhere() {
         // T (two hops from F) reopens a task.
         let which = doc_id(w.rng().below(DOC_IDS as u64));
         w.edit(t, |st| st.update("tasks", &which, |d| Ok(d.set("done", false)?)).unwrap());
-        let at = w.run_until(|w| w.store(f).get("tasks", &which).unwrap().is_some(), 600 * SECOND).expect("the reopened task reaches F");
+        let at = w
+            .run_until(|w| w.store(f).get("tasks", &which).unwrap().is_some(), 600 * SECOND)
+            .expect("the reopened task reaches F");
         eprintln!("  reopened task visible at F at {:.1} ms", at as f64 / MILLISECOND as f64);
         w.run_until_quiet(600 * SECOND).expect("quiet");
         assert_filtered_view(&w, s, f);
@@ -611,7 +660,10 @@ fn wrong_secret_receives_nothing_and_changes_nothing() {
             assert!(w.store(g).list("chat").unwrap().iter().all(|d| !d["_id"].as_str().unwrap().starts_with("evil")));
             let intruder_key = w.device_key(intruder);
             for (_, e) in w.take_events(g) {
-                assert!(!matches!(e, EngineEvent::LinkUp { device, .. } if device == intruder_key), "a link with the intruder came up");
+                assert!(
+                    !matches!(e, EngineEvent::LinkUp { device, .. } if device == intruder_key),
+                    "a link with the intruder came up"
+                );
             }
             assert!(w.engine(g).peers().iter().all(|p| p.device != intruder_key));
             // What it sent: handshake messages only.
@@ -646,7 +698,10 @@ fn flow_control_bounds_outstanding_data_on_ble() {
             .unwrap()
         });
         for i in 0..20 {
-            w.edit(a, |s| s.update("blobs", "b00000", |d| Ok(d.text_insert("log", 0, &format!("entry {i} ").repeat(20))?)).unwrap());
+            w.edit(a, |s| {
+                s.update("blobs", "b00000", |d| Ok(d.text_insert("log", 0, &format!("entry {i} ").repeat(20))?))
+                    .unwrap()
+            });
         }
         for c in w.store(a).changes_since(&shoaldb::Summary::new()).unwrap() {
             doc_bytes_max = doc_bytes_max.max(c.encode().len());
@@ -657,7 +712,8 @@ fn flow_control_bounds_outstanding_data_on_ble() {
         let quiet = w.run_until_quiet(3600 * 10 * SECOND).expect("quiet");
         report(&w, "network");
         let s = w.stats(a, b);
-        let total_change_bytes = w.engine(a).links().first().and_then(|(l, ..)| w.engine(a).link_stats(*l)).unwrap().change_bytes_sent;
+        let total_change_bytes =
+            w.engine(a).links().first().and_then(|(l, ..)| w.engine(a).link_stats(*l)).unwrap().change_bytes_sent;
         eprintln!(
             "  {} change bytes in {:.1}s virtual ({:.1} kB/s); peak outstanding {} bytes (WINDOW {}), peak unsent {} bytes, peak in flight {} bytes",
             total_change_bytes,
@@ -673,8 +729,16 @@ fn flow_control_bounds_outstanding_data_on_ble() {
         // receiver acknowledged minus what it sent, so what is sent and not yet processed stays under WINDOW plus
         // the last pump's overshoot: one budget (4 batches) plus one document's changes taken whole.
         let bound = WINDOW + 4 * BATCH_BYTES as u64 + doc_bytes_max as u64 + 1024;
-        assert!(s.max_outstanding_change_bytes <= bound, "outstanding {} > bound {bound}", s.max_outstanding_change_bytes);
-        assert!(s.max_outstanding_change_bytes >= WINDOW / 2, "the window was used ({})", s.max_outstanding_change_bytes);
+        assert!(
+            s.max_outstanding_change_bytes <= bound,
+            "outstanding {} > bound {bound}",
+            s.max_outstanding_change_bytes
+        );
+        assert!(
+            s.max_outstanding_change_bytes >= WINDOW / 2,
+            "the window was used ({})",
+            s.max_outstanding_change_bytes
+        );
         // The simulator itself holds at most its backlog plus one frame.
         assert!(s.max_unsent_bytes as usize <= BACKLOG_LIMIT + MAX_FRAME_LEN + 4);
         // Everything arrived.
@@ -705,7 +769,8 @@ fn interrupted_transfer_resumes_where_it_stopped() {
             })
             .unwrap()
         });
-        let data: usize = w.store(a).changes_since(&shoaldb::Summary::new()).unwrap().iter().map(|c| c.encode().len()).sum();
+        let data: usize =
+            w.store(a).changes_since(&shoaldb::Summary::new()).unwrap().iter().map(|c| c.encode().len()).sum();
         let params = if w.rng().chance(0.5) { LinkParams::ble() } else { LinkParams::ble().with_loss(lossy()) };
         w.link(a, b, params);
         let cuts = 4;

@@ -79,14 +79,30 @@ fn nested_value(depth: usize, leaf: i64) -> Value {
 #[derive(Clone, Debug)]
 enum Edit {
     Basic(edits::Edit),
-    ArrayInsertLarge { pos: u16, which: u8, bits: u64 },
-    EdgeKey { key: u8, which: u8, bits: u64 },
-    EdgeValue { path: u8, which: u8, bits: u64 },
+    ArrayInsertLarge {
+        pos: u16,
+        which: u8,
+        bits: u64,
+    },
+    EdgeKey {
+        key: u8,
+        which: u8,
+        bits: u64,
+    },
+    EdgeValue {
+        path: u8,
+        which: u8,
+        bits: u64,
+    },
     /// Nesting at the depth limit (`over`: one level beyond, which must fail and change nothing).
-    Deep { over: bool },
+    Deep {
+        over: bool,
+    },
     /// Calls that fail (a bad key, a path through a missing array, a text position past the end); the
     /// transaction goes on without them.
-    Failing { which: u8 },
+    Failing {
+        which: u8,
+    },
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -142,14 +158,33 @@ fn apply_edit(ed: &mut DocEditor<'_>, e: &Edit) -> Result<(), DocError> {
 enum Action {
     /// One write transaction of several edits (across documents), through handle 0 or 1 of the replica; aborted
     /// at the end when `abort`.
-    Write { replica: usize, handle: usize, edits: Vec<(usize, Edit)>, abort: bool },
+    Write {
+        replica: usize,
+        handle: usize,
+        edits: Vec<(usize, Edit)>,
+        abort: bool,
+    },
     /// Queue for `to` what `from` has that `to` lacks (delivered later, in pieces, shuffled).
-    Send { from: usize, to: usize },
+    Send {
+        from: usize,
+        to: usize,
+    },
     /// Apply some queued changes in a random order; some stay queued (to be delivered again: duplicates).
-    Deliver { to: usize, seed: u64 },
-    Evict { replica: usize, doc: usize },
-    Unevict { replica: usize, doc: usize },
-    Reopen { replica: usize },
+    Deliver {
+        to: usize,
+        seed: u64,
+    },
+    Evict {
+        replica: usize,
+        doc: usize,
+    },
+    Unevict {
+        replica: usize,
+        doc: usize,
+    },
+    Reopen {
+        replica: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -368,7 +403,12 @@ fn run(actions: &[Action]) {
 
     let converged = state(replicas[0].store());
     for r in &replicas {
-        assert!(state(r.store()) == converged, "replicas diverged:\n{}\nvs\n{}", brief(&state(r.store())), brief(&converged));
+        assert!(
+            state(r.store()) == converged,
+            "replicas diverged:\n{}\nvs\n{}",
+            brief(&state(r.store())),
+            brief(&converged)
+        );
         check_reads_agree(r.store());
     }
 
@@ -392,7 +432,12 @@ fn run(actions: &[Action]) {
         fresh.apply_changes(chunk).unwrap();
     }
     let fresh_state = state(&fresh);
-    assert!(fresh_state == converged, "a store fed the whole log differs:\n{}\nvs\n{}", brief(&fresh_state), brief(&converged));
+    assert!(
+        fresh_state == converged,
+        "a store fed the whole log differs:\n{}\nvs\n{}",
+        brief(&fresh_state),
+        brief(&converged)
+    );
     check_reads_agree(&fresh);
 
     // Reopening everything from disk gives the same state again.
@@ -421,12 +466,22 @@ proptest! {
 fn scripted_run_of_the_known_defects() {
     let edit = |doc, e| (doc, e);
     run(&[
-        Action::Write { replica: 0, handle: 0, edits: vec![edit(0, Edit::Basic(edits::Edit::SetRegister { path: 0, value: 1 }))], abort: false },
+        Action::Write {
+            replica: 0,
+            handle: 0,
+            edits: vec![edit(0, Edit::Basic(edits::Edit::SetRegister { path: 0, value: 1 }))],
+            abort: false,
+        },
         Action::Send { from: 0, to: 1 },
         Action::Deliver { to: 1, seed: 3 },
         Action::Evict { replica: 0, doc: 0 },
         Action::Unevict { replica: 0, doc: 0 },
-        Action::Write { replica: 0, handle: 1, edits: vec![edit(0, Edit::Basic(edits::Edit::SetRegister { path: 1, value: 2 }))], abort: false },
+        Action::Write {
+            replica: 0,
+            handle: 1,
+            edits: vec![edit(0, Edit::Basic(edits::Edit::SetRegister { path: 1, value: 2 }))],
+            abort: false,
+        },
         Action::Write { replica: 0, handle: 0, edits: vec![edit(0, Edit::Failing { which: 1 })], abort: false },
         Action::Write {
             replica: 1,
@@ -440,7 +495,12 @@ fn scripted_run_of_the_known_defects() {
         Action::Send { from: 1, to: 0 },
         Action::Send { from: 0, to: 1 },
         Action::Deliver { to: 0, seed: 5 },
-        Action::Write { replica: 0, handle: 0, edits: vec![edit(0, Edit::Basic(edits::Edit::ArrayInsert { pos: 0, shape: 1, value: 7 }))], abort: false },
+        Action::Write {
+            replica: 0,
+            handle: 0,
+            edits: vec![edit(0, Edit::Basic(edits::Edit::ArrayInsert { pos: 0, shape: 1, value: 7 }))],
+            abort: false,
+        },
         Action::Write { replica: 2, handle: 1, edits: vec![edit(1, Edit::Deep { over: false })], abort: true },
     ]);
 }

@@ -243,13 +243,22 @@ fn attachment_is_fetched_across_three_hops_with_progress() {
     let events = fetch_events(&mut net.engines[0]);
     assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: at_a.hash }), "{events:?}");
     let progress = progress(&events);
-    assert!(progress.len() > 2 && progress.windows(2).all(|w| w[0] < w[1]) && progress.last() == Some(&300_000), "{progress:?}");
+    assert!(
+        progress.len() > 2 && progress.windows(2).all(|w| w[0] < w[1]) && progress.last() == Some(&300_000),
+        "{progress:?}"
+    );
     assert_eq!(net.store(0).attachment_bytes(&at_a).unwrap(), bytes);
-    assert!(net.store(1).has_attachment(&at_a).unwrap() && net.store(2).has_attachment(&at_a).unwrap(), "relays keep a copy");
+    assert!(
+        net.store(1).has_attachment(&at_a).unwrap() && net.store(2).has_attachment(&at_a).unwrap(),
+        "relays keep a copy"
+    );
 }
 
 fn progress(events: &[shoaldb::sync::FetchEvent]) -> Vec<u64> {
-    events.iter().filter_map(|e| if let shoaldb::sync::FetchEvent::Progress { done, .. } = e { Some(*done) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| if let shoaldb::sync::FetchEvent::Progress { done, .. } = e { Some(*done) } else { None })
+        .collect()
 }
 
 #[test]
@@ -329,7 +338,12 @@ fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
     let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
     {
         let db = rusqlite::Connection::open(net.dir.path().join("2.db")).unwrap();
-        let changed = db.execute("UPDATE blob_chunks SET data = zeroblob(length(data)) WHERE hash = ?1 AND idx = 0", [&token.hash[..]]).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE blob_chunks SET data = zeroblob(length(data)) WHERE hash = ?1 AND idx = 0",
+                [&token.hash[..]],
+            )
+            .unwrap();
         assert_eq!(changed, 1);
     }
     net.settle();
@@ -338,7 +352,11 @@ fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
     while net.round(1) {}
     let events = fetch_events(&mut net.engines[0]);
     assert!(matches!(events.last(), Some(FetchEvent::Failed { fetch: f, .. }) if *f == fetch), "{events:?}");
-    assert!(progress(&events).last().is_some_and(|d| *d < 300_000), "A never got the last bytes: {:?}", progress(&events));
+    assert!(
+        progress(&events).last().is_some_and(|d| *d < 300_000),
+        "A never got the last bytes: {:?}",
+        progress(&events)
+    );
     for i in [0, 1] {
         assert_eq!(net.store(i).attachment_len(&token.hash).unwrap(), None);
     }
@@ -359,7 +377,11 @@ fn bytes_from_a_relay_that_gave_up_are_dropped_and_another_device_provides_the_a
     net.store(3).put_attachment_bytes(&bytes, Default::default()).unwrap();
     {
         let db = rusqlite::Connection::open(net.dir.path().join("2.db")).unwrap();
-        db.execute("UPDATE blob_chunks SET data = zeroblob(length(data)) WHERE hash = ?1 AND idx = 0", [&token.hash[..]]).unwrap();
+        db.execute(
+            "UPDATE blob_chunks SET data = zeroblob(length(data)) WHERE hash = ?1 AND idx = 0",
+            [&token.hash[..]],
+        )
+        .unwrap();
     }
     net.settle();
     let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
@@ -394,7 +416,10 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
     let partial = net.store(0).attachment_received(&token.hash).unwrap();
     assert!(partial > 0 && partial < 200_000, "cut mid-transfer ({partial} bytes in)");
     net.disconnect(w);
-    assert!(!fetch_events(&mut net.engines[0]).iter().any(|e| matches!(e, FetchEvent::Failed { .. })), "a broken link is not a failure");
+    assert!(
+        !fetch_events(&mut net.engines[0]).iter().any(|e| matches!(e, FetchEvent::Failed { .. })),
+        "a broken link is not a failure"
+    );
     net.connect(0, 1);
     net.settle();
     let events = fetch_events(&mut net.engines[0]);

@@ -121,7 +121,12 @@ fn automerge_paper_through_a_store() {
 #[test]
 fn friendsforever_two_replicas_merging_by_parents() {
     let Some(trace) = load("friendsforever") else { return };
-    for ids in [[1u64, 2], [2, 1], [0x9e37_79b9_7f4a_7c15, 0x1234_5678_9abc_def0], [0x1234_5678_9abc_def0, 0x9e37_79b9_7f4a_7c15]] {
+    for ids in [
+        [1u64, 2],
+        [2, 1],
+        [0x9e37_79b9_7f4a_7c15, 0x1234_5678_9abc_def0],
+        [0x1234_5678_9abc_def0, 0x9e37_79b9_7f4a_7c15],
+    ] {
         replay_concurrent(&trace, |agent| PeerId(ids[agent % 2] + (agent / 2) as u64 * 7));
     }
 }

@@ -10,8 +10,16 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = AppSecret::from_bytes(b"fuzz").expect("secret");
     let open = |n: &str| Store::open(dir.path().join(n)).expect("store");
-    let mut a = Engine::new(open("a.db"), Identity::generate().expect("id"), secret.clone(), "a", vec![Subscription::everything()], 0);
-    let mut b = Engine::new(open("b.db"), Identity::generate().expect("id"), secret, "b", vec![Subscription::everything()], 0);
+    let mut a = Engine::new(
+        open("a.db"),
+        Identity::generate().expect("id"),
+        secret.clone(),
+        "a",
+        vec![Subscription::everything()],
+        0,
+    );
+    let mut b =
+        Engine::new(open("b.db"), Identity::generate().expect("id"), secret, "b", vec![Subscription::everything()], 0);
     let la = a.add_link(TransportKind::Sim, true).expect("link");
     let lb = b.add_link(TransportKind::Sim, false).expect("link");
     // Unauthenticated garbage first, on a separate link.

@@ -209,7 +209,10 @@ fn validate_spans(spans: &[IdSpan]) -> Result<(), ChangeError> {
     if spans.is_empty() || spans.len() > MAX_DELETE_SPANS {
         return Err(ChangeError::Corrupt("bad number of delete spans".into()));
     }
-    if spans.iter().any(|s| s.len == 0 || s.len > MAX_INSERT_ITEMS || s.start == 0 || s.start.checked_add(s.len).is_none()) {
+    if spans
+        .iter()
+        .any(|s| s.len == 0 || s.len > MAX_INSERT_ITEMS || s.start == 0 || s.start.checked_add(s.len).is_none())
+    {
         return Err(ChangeError::Corrupt("bad delete span".into()));
     }
     Ok(())
@@ -236,7 +239,10 @@ fn validate_op(op: &Op) -> Result<(), ChangeError> {
             }
         }
         Op::Remove { .. } => {}
-        Op::Increment { .. } | Op::InsertText { .. } | Op::InsertElems { .. } | Op::DeleteText { .. }
+        Op::Increment { .. }
+        | Op::InsertText { .. }
+        | Op::InsertElems { .. }
+        | Op::DeleteText { .. }
         | Op::DeleteElems { .. }
             if root =>
         {

@@ -92,10 +92,7 @@ impl fmt::Debug for Timestamp {
 
 /// The current wall clock in milliseconds since the Unix epoch (0 if the system clock is before 1970).
 pub fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A hybrid logical clock. Every reading is strictly greater than every earlier reading and every observed remote

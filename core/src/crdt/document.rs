@@ -268,7 +268,8 @@ impl Document {
                     }
             };
             match op {
-                Op::InsertText { origin_left, origin_right, .. } | Op::InsertElems { origin_left, origin_right, .. } => {
+                Op::InsertText { origin_left, origin_right, .. }
+                | Op::InsertElems { origin_left, origin_right, .. } => {
                     let text = matches!(op, Op::InsertText { .. });
                     for o in [origin_left, origin_right].into_iter().flatten() {
                         if !known(*o, text) {
@@ -311,9 +312,18 @@ fn resolve_mut<'a>(root: &'a mut Field, path: &[Seg]) -> Result<&'a mut Field, D
 }
 
 /// Delete `len` visible items from `pos`, checking the range first.
-fn local_delete<C: SeqContent>(seq: &mut Sequence<C>, path: &Path, pos: usize, len: usize) -> Result<Vec<IdSpan>, DocError> {
+fn local_delete<C: SeqContent>(
+    seq: &mut Sequence<C>,
+    path: &Path,
+    pos: usize,
+    len: usize,
+) -> Result<Vec<IdSpan>, DocError> {
     if pos.checked_add(len).is_none_or(|end| end > seq.len()) {
-        return Err(DocError::IndexOutOfBounds { path: path.to_string(), index: pos.saturating_add(len), len: seq.len() });
+        return Err(DocError::IndexOutOfBounds {
+            path: path.to_string(),
+            index: pos.saturating_add(len),
+            len: seq.len(),
+        });
     }
     seq.local_delete(pos, len).map_err(seq_err)
 }
@@ -324,7 +334,13 @@ fn seq_err(e: SeqError) -> DocError {
 
 /// The one definition of what each operation does to a document. `dot` is the op's first dot, `ctx` what its author
 /// had seen when making it.
-pub(crate) fn apply_op(root: &mut Field, op: &Op, dot: Dot, ts: Timestamp, ctx: &VersionVector) -> Result<(), DocError> {
+pub(crate) fn apply_op(
+    root: &mut Field,
+    op: &Op,
+    dot: Dot,
+    ts: Timestamp,
+    ctx: &VersionVector,
+) -> Result<(), DocError> {
     let field = resolve_mut(root, op.path())?;
     match op {
         Op::Set { value, .. } => {
@@ -339,7 +355,8 @@ pub(crate) fn apply_op(root: &mut Field, op: &Op, dot: Dot, ts: Timestamp, ctx: 
         Op::Remove { .. } => field.clear(ctx),
         Op::Increment { by, .. } => field.counter_mut().add(dot, *by),
         Op::InsertText { origin_left, origin_right, text, .. } => {
-            let ins = SeqInsert { id: dot, origin_left: *origin_left, origin_right: *origin_right, content: text.clone() };
+            let ins =
+                SeqInsert { id: dot, origin_left: *origin_left, origin_right: *origin_right, content: text.clone() };
             field.text_mut().apply_insert(&ins).map_err(seq_err)?
         }
         Op::InsertElems { origin_left, origin_right, count, .. } => {
@@ -503,7 +520,11 @@ impl<'a> DocEditor<'a> {
         let make = match self.shown_at_plan(&plan) {
             Some(s) if s.kind() == Some(kind) => false,
             Some(s) => {
-                return Err(DocError::TypeMismatch { path: path.to_string(), expected: kind.name(), found: s.kind_name() })
+                return Err(DocError::TypeMismatch {
+                    path: path.to_string(),
+                    expected: kind.name(),
+                    found: s.kind_name(),
+                })
             }
             None => true,
         };
@@ -521,7 +542,11 @@ impl<'a> DocEditor<'a> {
 
     fn mismatch_or_missing(&self, segs: &[Seg], path: &Path, upto: usize, expected: Kind) -> DocError {
         match self.shown(segs) {
-            Some(s) => DocError::TypeMismatch { path: path_string(path, upto), expected: expected.name(), found: s.kind_name() },
+            Some(s) => DocError::TypeMismatch {
+                path: path_string(path, upto),
+                expected: expected.name(),
+                found: s.kind_name(),
+            },
             None => DocError::NoSuchField { path: path_string(path, upto) },
         }
     }
@@ -625,10 +650,7 @@ impl<'a> DocEditor<'a> {
         }
         let dot = Dot::new(self.peer, self.next);
         let field = resolve_mut(&mut self.doc.root, segs)?;
-        let ins = field
-            .array_mut()
-            .local_insert(index, dot, vec![Field::default(); items.len()])
-            .map_err(seq_err)?;
+        let ins = field.array_mut().local_insert(index, dot, vec![Field::default(); items.len()]).map_err(seq_err)?;
         self.record(Op::InsertElems {
             path: segs.to_vec(),
             origin_left: ins.origin_left,

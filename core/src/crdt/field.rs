@@ -203,5 +203,4 @@ impl Field {
         }
         out
     }
-
 }

@@ -6,7 +6,6 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
-
 /// Maximum length of a path given to [`Path::parse`], in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 
@@ -130,18 +129,12 @@ impl Path {
             return Err(PathError::at(0, "empty path"));
         }
         if segments.len() > MAX_PATH_SEGMENTS {
-            return Err(PathError::at(
-                MAX_PATH_SEGMENTS,
-                format!("a path has at most {MAX_PATH_SEGMENTS} segments"),
-            ));
+            return Err(PathError::at(MAX_PATH_SEGMENTS, format!("a path has at most {MAX_PATH_SEGMENTS} segments")));
         }
         for (i, seg) in segments.iter().enumerate() {
             if let PathSegment::Index(n) = seg {
                 if *n > MAX_PATH_INDEX {
-                    return Err(PathError::at(
-                        i,
-                        format!("array index {n} is larger than {MAX_PATH_INDEX}"),
-                    ));
+                    return Err(PathError::at(i, format!("array index {n} is larger than {MAX_PATH_INDEX}")));
                 }
             }
         }
@@ -172,9 +165,7 @@ impl Path {
     /// A path made of a single top-level key, e.g. `Path::key("_id")`.
     /// Any string is a valid key, so this cannot fail.
     pub fn key(name: &str) -> Path {
-        Path {
-            segments: vec![PathSegment::Key(name.to_string())],
-        }
+        Path { segments: vec![PathSegment::Key(name.to_string())] }
     }
 
     /// The segments of the path, first to last (empty only for [`Path::root`]).
@@ -320,10 +311,7 @@ pub(crate) fn scan_path(src: &str, start: usize) -> Result<(Path, usize), PathEr
             _ => break,
         }
         if segments.len() > MAX_PATH_SEGMENTS {
-            return Err(PathError::at(
-                start,
-                format!("a path has at most {MAX_PATH_SEGMENTS} segments"),
-            ));
+            return Err(PathError::at(start, format!("a path has at most {MAX_PATH_SEGMENTS} segments")));
         }
     }
     Ok((Path { segments }, pos))
@@ -333,23 +321,13 @@ pub(crate) fn scan_path(src: &str, start: usize) -> Result<(Path, usize), PathEr
 fn scan_key(src: &str, pos: usize, first: bool) -> Result<(String, usize), PathError> {
     let rest = src.get(pos..).unwrap_or("");
     let Some(c) = rest.chars().next() else {
-        return Err(PathError::at(
-            pos,
-            if first {
-                "expected a field name"
-            } else {
-                "path ends with '.'"
-            },
-        ));
+        return Err(PathError::at(pos, if first { "expected a field name" } else { "path ends with '.'" }));
     };
     if c == '`' {
         return scan_quoted(src, pos).map_err(|(p, m)| PathError::at(p, m));
     }
     if is_ident_start(c) {
-        let len = rest
-            .char_indices()
-            .find(|&(_, c)| !is_ident_continue(c))
-            .map_or(rest.len(), |(i, _)| i);
+        let len = rest.char_indices().find(|&(_, c)| !is_ident_continue(c)).map_or(rest.len(), |(i, _)| i);
         return Ok((rest[..len].to_string(), pos + len));
     }
     let message = match c {
@@ -375,9 +353,7 @@ fn scan_index(src: &str, pos: usize) -> Result<(usize, usize), PathError> {
     if end == digits_start {
         let message = match bytes.get(digits_start) {
             Some(b'-') => "array indexes cannot be negative",
-            Some(b'"') | Some(b'\'') => {
-                "quote odd keys with backticks, e.g. a.`key`, not a[\"key\"]"
-            }
+            Some(b'"') | Some(b'\'') => "quote odd keys with backticks, e.g. a.`key`, not a[\"key\"]",
             Some(b']') => "empty array index",
             None => "unclosed '['",
             _ => "expected an array index (a non-negative integer)",
@@ -386,21 +362,13 @@ fn scan_index(src: &str, pos: usize) -> Result<(usize, usize), PathError> {
     }
     let digits = &src[digits_start..end];
     if digits.len() > 1 && digits.starts_with('0') {
-        return Err(PathError::at(
-            digits_start,
-            "array indexes cannot have leading zeros",
-        ));
+        return Err(PathError::at(digits_start, "array indexes cannot have leading zeros"));
     }
     let index = digits
         .parse::<usize>()
         .ok()
         .filter(|n| *n <= MAX_PATH_INDEX)
-        .ok_or_else(|| {
-            PathError::at(
-                digits_start,
-                format!("array index is larger than {MAX_PATH_INDEX}"),
-            )
-        })?;
+        .ok_or_else(|| PathError::at(digits_start, format!("array index is larger than {MAX_PATH_INDEX}")))?;
     if bytes.get(end) != Some(&b']') {
         return Err(PathError::at(end, "expected ']' after array index"));
     }
@@ -408,9 +376,7 @@ fn scan_index(src: &str, pos: usize) -> Result<(usize, usize), PathError> {
 }
 
 /// Words with a meaning of their own in filters (case-sensitive).
-const KEYWORDS: &[&str] = &[
-    "true", "false", "null", "and", "or", "not", "contains", "in", "exists",
-];
+const KEYWORDS: &[&str] = &["true", "false", "null", "and", "or", "not", "contains", "in", "exists"];
 
 /// True for a reserved word of the filter language.
 pub(crate) fn is_keyword(word: &str) -> bool {
@@ -426,7 +392,6 @@ pub(crate) fn is_ident_start(c: char) -> bool {
 pub(crate) fn is_ident_continue(c: char) -> bool {
     c == '_' || c.is_alphanumeric()
 }
-
 
 /// Scans a quoted string (`"..."`, `'...'` or `` `...` ``) whose opening quote
 /// is at byte `start`, decoding escapes. Returns the text and the offset just
@@ -508,8 +473,7 @@ fn decode_unicode_escape(
         if n == 0 {
             return Err(bad("empty \\u{} escape"));
         }
-        return char::from_u32(v)
-            .ok_or_else(|| bad("\\u{...} escape is not a Unicode scalar value"));
+        return char::from_u32(v).ok_or_else(|| bad("\\u{...} escape is not a Unicode scalar value"));
     }
     let hi = hex4(chars).ok_or_else(|| bad("expected 4 hex digits or {...} after \\u"))?;
     match hi {
@@ -526,9 +490,7 @@ fn decode_unicode_escape(
                 }
                 char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
             })();
-            pair.ok_or_else(|| {
-                bad("high surrogate \\u escape must be followed by a low surrogate \\u escape")
-            })
+            pair.ok_or_else(|| bad("high surrogate \\u escape must be followed by a low surrogate \\u escape"))
         }
         0xDC00..=0xDFFF => Err(bad("unpaired low surrogate in \\u escape")),
         v => char::from_u32(v).ok_or_else(|| bad("invalid \\u escape")),
@@ -543,18 +505,31 @@ mod tests {
     #[test]
     fn parses_keys_indexes_and_quoted_keys() {
         let p = Path::parse("a.b[2].`odd key`.c").unwrap();
-        assert_eq!(
-            p.segments(),
-            &[Key("a".into()), Key("b".into()), Index(2), Key("odd key".into()), Key("c".into())]
-        );
+        assert_eq!(p.segments(), &[Key("a".into()), Key("b".into()), Index(2), Key("odd key".into()), Key("c".into())]);
         assert_eq!(Path::parse(&p.to_string()).unwrap(), p);
         assert_eq!(Path::parse("x[0][1]").unwrap().segments(), &[Key("x".into()), Index(0), Index(1)]);
     }
 
     #[test]
     fn rejects_malformed_paths() {
-        for bad in ["", ".", "a.", ".a", "a..b", "a[", "a[]", "a[x]", "a[-1]", "a b", "a]", "a[1]b", "a[\"x]",
-            "a[99999999999999999999]", "a.[1]", "a[01]"] {
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a[",
+            "a[]",
+            "a[x]",
+            "a[-1]",
+            "a b",
+            "a]",
+            "a[1]b",
+            "a[\"x]",
+            "a[99999999999999999999]",
+            "a.[1]",
+            "a[01]",
+        ] {
             assert!(Path::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let deep = vec!["a"; MAX_PATH_DEPTH + 1].join(".");

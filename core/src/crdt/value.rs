@@ -39,7 +39,9 @@ impl AttachmentToken {
         let len = v.get("len")?.as_u64()?;
         let meta = match v.get("meta") {
             None => BTreeMap::new(),
-            Some(m) => m.as_object()?.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect::<Option<_>>()?,
+            Some(m) => {
+                m.as_object()?.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect::<Option<_>>()?
+            }
         };
         Some(AttachmentToken { hash, len, meta })
     }
@@ -269,11 +271,15 @@ mod tests {
 
     #[test]
     fn attachment_tokens_in_json_stay_attachments() {
-        let t = AttachmentToken { hash: [3; 32], len: 9, meta: [("type".to_string(), "text/plain".to_string())].into() };
+        let t =
+            AttachmentToken { hash: [3; 32], len: 9, meta: [("type".to_string(), "text/plain".to_string())].into() };
         let j = serde_json::json!({"file": t.to_json(), "not": {"_attachment": "zz"}});
         let Value::Map(m) = Value::from_json(&j) else { panic!("a map") };
         assert_eq!(m["file"], Value::Register(Scalar::Attachment(Box::new(t))));
-        assert!(matches!(&m["not"], Value::Register(Scalar::Object(_))), "an object that is not a token stays an object");
+        assert!(
+            matches!(&m["not"], Value::Register(Scalar::Object(_))),
+            "an object that is not a token stays an object"
+        );
     }
 
     #[test]

@@ -76,10 +76,7 @@ impl QueryError {
     }
 
     pub(crate) fn syntax(position: usize, message: impl Into<String>) -> Self {
-        QueryError::Syntax {
-            position,
-            message: message.into(),
-        }
+        QueryError::Syntax { position, message: message.into() }
     }
 }
 

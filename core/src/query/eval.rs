@@ -84,9 +84,7 @@ fn eval<'a>(expr: &'a Expr, doc: &'a Value, params: &'a Params) -> Result<Operan
 }
 
 fn param<'a>(params: &'a Params, name: &str) -> Result<&'a Value, QueryError> {
-    params
-        .get(name)
-        .ok_or_else(|| QueryError::UnknownParameter(name.to_string()))
+    params.get(name).ok_or_else(|| QueryError::UnknownParameter(name.to_string()))
 }
 
 /// Applies a comparison operator; `None` is a missing field.
@@ -100,9 +98,7 @@ fn compare_op(op: CmpOp, l: Option<&Value>, r: Option<&Value>) -> bool {
         CmpOp::Gt => ordered(l, r).is_some_and(Ordering::is_gt),
         CmpOp::Ge => ordered(l, r).is_some_and(Ordering::is_ge),
         CmpOp::Contains => match (l, r) {
-            (Some(Value::String(hay)), Some(Value::String(needle))) => {
-                hay.contains(needle.as_str())
-            }
+            (Some(Value::String(hay)), Some(Value::String(needle))) => hay.contains(needle.as_str()),
             (Some(Value::Array(items)), r) => {
                 let r = r.unwrap_or(NULL);
                 items.iter().any(|item| json_eq(item, r))

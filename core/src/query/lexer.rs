@@ -94,12 +94,7 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, QueryError> {
             ']' => (Tok::RBracket, pos + 1),
             ',' => (Tok::Comma, pos + 1),
             '=' if next == Some(b'=') => (Tok::EqEq, pos + 2),
-            '=' => {
-                return Err(QueryError::syntax(
-                    pos,
-                    "unexpected '=': use '==' to compare",
-                ))
-            }
+            '=' => return Err(QueryError::syntax(pos, "unexpected '=': use '==' to compare")),
             '!' if next == Some(b'=') => (Tok::NotEq, pos + 2),
             '!' => (Tok::Not, pos + 1),
             '<' if next == Some(b'=') => (Tok::Le, pos + 2),
@@ -107,19 +102,9 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, QueryError> {
             '>' if next == Some(b'=') => (Tok::Ge, pos + 2),
             '>' => (Tok::Gt, pos + 1),
             '&' if next == Some(b'&') => (Tok::And, pos + 2),
-            '&' => {
-                return Err(QueryError::syntax(
-                    pos,
-                    "unexpected '&': use '&&' for logical and",
-                ))
-            }
+            '&' => return Err(QueryError::syntax(pos, "unexpected '&': use '&&' for logical and")),
             '|' if next == Some(b'|') => (Tok::Or, pos + 2),
-            '|' => {
-                return Err(QueryError::syntax(
-                    pos,
-                    "unexpected '|': use '||' for logical or",
-                ))
-            }
+            '|' => return Err(QueryError::syntax(pos, "unexpected '|': use '||' for logical or")),
             '"' | '\'' => {
                 let (s, end) = scan_quoted(src, pos).map_err(|(p, m)| QueryError::syntax(p, m))?;
                 (Tok::Str(s), end)
@@ -131,10 +116,9 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, QueryError> {
             '$' => {
                 let rest = &src[pos + 1..];
                 let len = match rest.chars().next() {
-                    Some(c) if is_ident_start(c) => rest
-                        .char_indices()
-                        .find(|&(_, c)| !is_ident_continue(c))
-                        .map_or(rest.len(), |(i, _)| i),
+                    Some(c) if is_ident_start(c) => {
+                        rest.char_indices().find(|&(_, c)| !is_ident_continue(c)).map_or(rest.len(), |(i, _)| i)
+                    }
                     _ => {
                         return Err(QueryError::syntax(
                             pos,
@@ -150,10 +134,7 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, QueryError> {
             }
             c if is_ident_start(c) => {
                 let rest = &src[pos..];
-                let len = rest
-                    .char_indices()
-                    .find(|&(_, c)| !is_ident_continue(c))
-                    .map_or(rest.len(), |(i, _)| i);
+                let len = rest.char_indices().find(|&(_, c)| !is_ident_continue(c)).map_or(rest.len(), |(i, _)| i);
                 let kw = match &rest[..len] {
                     "true" => Some(Tok::True),
                     "false" => Some(Tok::False),
@@ -174,20 +155,12 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, QueryError> {
                     }
                 }
             }
-            c => {
-                return Err(QueryError::syntax(
-                    pos,
-                    format!("unexpected character {c:?}"),
-                ))
-            }
+            c => return Err(QueryError::syntax(pos, format!("unexpected character {c:?}"))),
         };
         tokens.push(Token { tok, pos: start });
         pos = end;
     }
-    tokens.push(Token {
-        tok: Tok::Eof,
-        pos: src.len(),
-    });
+    tokens.push(Token { tok: Tok::Eof, pos: src.len() });
     Ok(tokens)
 }
 
@@ -214,20 +187,14 @@ fn scan_number(src: &str, start: usize) -> Result<(Number, usize), QueryError> {
         return Err(QueryError::syntax(start, "expected a digit after '-'"));
     }
     if bytes.get(int_start) == Some(&b'0') && pos - int_start > 1 {
-        return Err(QueryError::syntax(
-            int_start,
-            "numbers cannot have leading zeros",
-        ));
+        return Err(QueryError::syntax(int_start, "numbers cannot have leading zeros"));
     }
     let mut is_float = false;
     if bytes.get(pos) == Some(&b'.') {
         let frac_start = pos + 1;
         pos = digits(frac_start);
         if pos == frac_start {
-            return Err(QueryError::syntax(
-                frac_start,
-                "expected a digit after the decimal point",
-            ));
+            return Err(QueryError::syntax(frac_start, "expected a digit after the decimal point"));
         }
         is_float = true;
     }
@@ -245,10 +212,7 @@ fn scan_number(src: &str, start: usize) -> Result<(Number, usize), QueryError> {
     }
     if let Some(c) = src[pos..].chars().next() {
         if is_ident_continue(c) || c == '.' || c == '`' {
-            return Err(QueryError::syntax(
-                pos,
-                format!("unexpected {c:?} after a number"),
-            ));
+            return Err(QueryError::syntax(pos, format!("unexpected {c:?} after a number")));
         }
     }
     let text = &src[start..pos];
@@ -267,4 +231,3 @@ fn scan_number(src: &str, start: usize) -> Result<(Number, usize), QueryError> {
         .ok_or_else(|| QueryError::syntax(start, "number is out of range"))?;
     Ok((number, pos))
 }
-

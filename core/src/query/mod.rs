@@ -189,9 +189,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::crdt::path::{Path, PathSegment, MAX_PATH_INDEX, MAX_PATH_LEN, MAX_PATH_SEGMENTS};
 pub use error::QueryError;
 pub use eval::compare_values;
-pub use crate::crdt::path::{Path, PathSegment, MAX_PATH_INDEX, MAX_PATH_LEN, MAX_PATH_SEGMENTS};
 
 /// Maximum length of filter text, in bytes (64 KiB).
 pub const MAX_QUERY_LEN: usize = 64 * 1024;
@@ -225,10 +225,7 @@ impl Filter {
     /// [`QueryError::TooManyElements`].
     pub fn parse(src: &str) -> Result<Filter, QueryError> {
         if src.len() > MAX_QUERY_LEN {
-            return Err(QueryError::TooLong {
-                length: src.len(),
-                limit: MAX_QUERY_LEN,
-            });
+            return Err(QueryError::TooLong { length: src.len(), limit: MAX_QUERY_LEN });
         }
         let tokens = lexer::tokenize(src)?;
         let expr = parser::parse(&tokens)?;
@@ -241,11 +238,7 @@ impl Filter {
             .collect();
         params.sort_unstable();
         params.dedup();
-        Ok(Filter {
-            source: src.to_string(),
-            expr,
-            params,
-        })
+        Ok(Filter { source: src.to_string(), expr, params })
     }
 
     /// Evaluates the filter against `doc`, with `params` supplying the values
@@ -263,11 +256,7 @@ impl Filter {
 
     /// Checks that `params` has a value for every parameter the filter uses.
     pub fn check_params(&self, params: &Params) -> Result<(), QueryError> {
-        match self
-            .params
-            .iter()
-            .find(|name| !params.contains_key(name.as_str()))
-        {
+        match self.params.iter().find(|name| !params.contains_key(name.as_str())) {
             Some(name) => Err(QueryError::UnknownParameter(name.clone())),
             None => Ok(()),
         }
@@ -360,19 +349,13 @@ impl Query {
 
     /// A query with the given filter text.
     pub fn filter(src: &str) -> Result<Query, QueryError> {
-        Ok(Query {
-            filter: Some(Filter::parse(src)?),
-            ..Query::default()
-        })
+        Ok(Query { filter: Some(Filter::parse(src)?), ..Query::default() })
     }
 
     /// Adds a sort key (after any existing ones). Fails if `path` is not a
     /// valid [`Path`].
     pub fn sort_by(mut self, path: &str, order: SortOrder) -> Result<Query, QueryError> {
-        self.sort.push(SortKey {
-            path: Path::parse(path)?,
-            order,
-        });
+        self.sort.push(SortKey { path: Path::parse(path)?, order });
         Ok(self)
     }
 

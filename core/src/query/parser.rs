@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use super::error::QueryError;
 use super::lexer::{Tok, Token};
-use crate::crdt::path::Path;
 use super::{MAX_ARRAY_LITERAL_LEN, MAX_DEPTH};
+use crate::crdt::path::Path;
 
 /// A comparison-level binary operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,11 +60,7 @@ pub(crate) enum Expr {
 
 /// Parses a whole token stream (ending in `Eof`) into an expression.
 pub(crate) fn parse(tokens: &[Token]) -> Result<Expr, QueryError> {
-    let mut p = Parser {
-        tokens,
-        index: 0,
-        depth: 0,
-    };
+    let mut p = Parser { tokens, index: 0, depth: 0 };
     if matches!(p.peek().tok, Tok::Eof) {
         return Err(QueryError::syntax(0, "empty query"));
     }
@@ -73,13 +69,7 @@ pub(crate) fn parse(tokens: &[Token]) -> Result<Expr, QueryError> {
     match t.tok {
         Tok::Eof => Ok(expr),
         Tok::RParen => Err(QueryError::syntax(t.pos, "unmatched ')'")),
-        _ => Err(QueryError::syntax(
-            t.pos,
-            format!(
-                "unexpected {} after a complete expression",
-                t.tok.describe()
-            ),
-        )),
+        _ => Err(QueryError::syntax(t.pos, format!("unexpected {} after a complete expression", t.tok.describe()))),
     }
 }
 
@@ -91,17 +81,11 @@ struct Parser<'t> {
 
 /// Returned by `peek` past the end; `tokenize` always ends with `Eof`, so this
 /// is only a safety net.
-static EOF: Token = Token {
-    tok: Tok::Eof,
-    pos: 0,
-};
+static EOF: Token = Token { tok: Tok::Eof, pos: 0 };
 
 impl<'t> Parser<'t> {
     fn peek(&self) -> &'t Token {
-        self.tokens
-            .get(self.index)
-            .or_else(|| self.tokens.last())
-            .unwrap_or(&EOF)
+        self.tokens.get(self.index).or_else(|| self.tokens.last()).unwrap_or(&EOF)
     }
 
     fn advance(&mut self) -> &'t Token {
@@ -116,10 +100,7 @@ impl<'t> Parser<'t> {
     fn enter(&mut self, pos: usize) -> Result<(), QueryError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(QueryError::TooDeep {
-                position: pos,
-                limit: MAX_DEPTH,
-            });
+            return Err(QueryError::TooDeep { position: pos, limit: MAX_DEPTH });
         }
         Ok(())
     }
@@ -229,10 +210,7 @@ impl<'t> Parser<'t> {
     fn parse_exists(&mut self) -> Result<Expr, QueryError> {
         let open = self.advance();
         if !matches!(open.tok, Tok::LParen) {
-            return Err(QueryError::syntax(
-                open.pos,
-                "expected '(' after `exists`, as in exists(a.b)",
-            ));
+            return Err(QueryError::syntax(open.pos, "expected '(' after `exists`, as in exists(a.b)"));
         }
         let arg = self.advance();
         let Tok::Path(path) = &arg.tok else {
@@ -245,10 +223,7 @@ impl<'t> Parser<'t> {
         if !matches!(close.tok, Tok::RParen) {
             return Err(QueryError::syntax(
                 close.pos,
-                format!(
-                    "expected ')' to close `exists(`, found {}",
-                    close.tok.describe()
-                ),
+                format!("expected ')' to close `exists(`, found {}", close.tok.describe()),
             ));
         }
         Ok(Expr::Exists(path.clone()))
@@ -272,10 +247,7 @@ impl<'t> Parser<'t> {
         loop {
             let t = self.advance();
             if items.len() >= MAX_ARRAY_LITERAL_LEN {
-                return Err(QueryError::TooManyElements {
-                    position: t.pos,
-                    limit: MAX_ARRAY_LITERAL_LEN,
-                });
+                return Err(QueryError::TooManyElements { position: t.pos, limit: MAX_ARRAY_LITERAL_LEN });
             }
             let item = match &t.tok {
                 Tok::Number(n) => Expr::Literal(Value::Number(n.clone())),
@@ -291,20 +263,10 @@ impl<'t> Parser<'t> {
                         "array literal elements must be literals or $parameters, not fields",
                     ))
                 }
-                Tok::RBracket => {
-                    return Err(QueryError::syntax(t.pos, "expected a value after ','"))
-                }
-                Tok::Eof => {
-                    return Err(QueryError::syntax(
-                        open,
-                        "unterminated array literal: missing ']'",
-                    ))
-                }
+                Tok::RBracket => return Err(QueryError::syntax(t.pos, "expected a value after ','")),
+                Tok::Eof => return Err(QueryError::syntax(open, "unterminated array literal: missing ']'")),
                 other => {
-                    return Err(QueryError::syntax(
-                        t.pos,
-                        format!("unexpected {} in array literal", other.describe()),
-                    ))
+                    return Err(QueryError::syntax(t.pos, format!("unexpected {} in array literal", other.describe())))
                 }
             };
             items.push(item);
@@ -312,19 +274,11 @@ impl<'t> Parser<'t> {
             match sep.tok {
                 Tok::Comma => continue,
                 Tok::RBracket => break,
-                Tok::Eof => {
-                    return Err(QueryError::syntax(
-                        open,
-                        "unterminated array literal: missing ']'",
-                    ))
-                }
+                Tok::Eof => return Err(QueryError::syntax(open, "unterminated array literal: missing ']'")),
                 _ => {
                     return Err(QueryError::syntax(
                         sep.pos,
-                        format!(
-                            "expected ',' or ']' in array literal, found {}",
-                            sep.tok.describe()
-                        ),
+                        format!("expected ',' or ']' in array literal, found {}", sep.tok.describe()),
                     ))
                 }
             }
@@ -357,10 +311,7 @@ fn collapse(mut items: Vec<Expr>, make: fn(Vec<Expr>) -> Expr) -> Expr {
 #[cold]
 #[inline(never)]
 fn chained_comparison(pos: usize) -> QueryError {
-    QueryError::syntax(
-        pos,
-        "comparisons cannot be chained; use parentheses, e.g. (a == b) == c",
-    )
+    QueryError::syntax(pos, "comparisons cannot be chained; use parentheses, e.g. (a == b) == c")
 }
 
 #[cold]
@@ -368,10 +319,7 @@ fn chained_comparison(pos: usize) -> QueryError {
 fn unclosed_paren(open: usize, found: &Token) -> QueryError {
     QueryError::syntax(
         found.pos,
-        format!(
-            "expected ')' to close the '(' at byte {open}, found {}",
-            found.tok.describe()
-        ),
+        format!("expected ')' to close the '(' at byte {open}, found {}", found.tok.describe()),
     )
 }
 
@@ -380,10 +328,7 @@ fn unclosed_paren(open: usize, found: &Token) -> QueryError {
 fn expected_operand(found: &Token) -> QueryError {
     let message = match found.tok {
         Tok::Eof => "unexpected end of query: expected a value, field or '('".to_string(),
-        ref other => format!(
-            "unexpected {}: expected a value, field or '('",
-            other.describe()
-        ),
+        ref other => format!("unexpected {}: expected a value, field or '('", other.describe()),
     };
     QueryError::syntax(found.pos, message)
 }

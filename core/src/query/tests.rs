@@ -161,9 +161,7 @@ fn logical_operators() {
 
 #[test]
 fn truthiness_only_json_true() {
-    for src in [
-        "age", "name", "tags", "addr", "nick", "missing", "1", "'true'", "[true]", "$p",
-    ] {
+    for src in ["age", "name", "tags", "addr", "nick", "missing", "1", "'true'", "[true]", "$p"] {
         let mut p = Params::new();
         p.insert("p".into(), json!(1));
         assert!(!eval_with(src, &p), "{src}");
@@ -278,9 +276,7 @@ fn missing_field_semantics() {
     assert!(!t("missing != null"));
     assert!(!t("missing == 1"));
     assert!(t("missing == other_missing"));
-    assert!(t(
-        "addr.nothing == null && tags[10] == null && name.x == null"
-    ));
+    assert!(t("addr.nothing == null && tags[10] == null && name.x == null"));
     assert!(!t("missing"));
     assert!(t("!missing"));
 }
@@ -298,9 +294,7 @@ fn literal_forms() {
     assert!(t("\"dq\" == 'dq'"));
     assert!(t("true == true && false == false && null == null"));
     assert!(t("[] == []"));
-    assert!(t(
-        "[1, \"a\", true, null, [2]] == [1, 'a', true, null, [2.0]]"
-    ));
+    assert!(t("[1, \"a\", true, null, [2]] == [1, 'a', true, null, [2.0]]"));
     assert!(t("[ 1 ,2 ] == [1,2]"));
     assert!(t("age==36&&name!='x'"));
     assert!(t("age\n==\t36\r\n"));
@@ -374,32 +368,17 @@ fn path_parse_valid() {
     let segs = |s: &str| Path::parse(s).unwrap().segments().to_vec();
     assert_eq!(segs("name"), vec![Key("name".into())]);
     assert_eq!(segs("_id"), vec![Key("_id".into())]);
-    assert_eq!(
-        segs("a.b.c"),
-        vec![Key("a".into()), Key("b".into()), Key("c".into())]
-    );
-    assert_eq!(
-        segs("a.b[2].c"),
-        vec![Key("a".into()), Key("b".into()), Index(2), Key("c".into())]
-    );
+    assert_eq!(segs("a.b.c"), vec![Key("a".into()), Key("b".into()), Key("c".into())]);
+    assert_eq!(segs("a.b[2].c"), vec![Key("a".into()), Key("b".into()), Index(2), Key("c".into())]);
     assert_eq!(segs("tags[0]"), vec![Key("tags".into()), Index(0)]);
     assert_eq!(segs("m[1][10]"), vec![Key("m".into()), Index(1), Index(10)]);
-    assert_eq!(
-        segs("`a b`.`c.d`"),
-        vec![Key("a b".into()), Key("c.d".into())]
-    );
+    assert_eq!(segs("`a b`.`c.d`"), vec![Key("a b".into()), Key("c.d".into())]);
     assert_eq!(segs(r"`a\`b\\c`"), vec![Key("a`b\\c".into())]);
-    assert_eq!(
-        segs("prénom.名前"),
-        vec![Key("prénom".into()), Key("名前".into())]
-    );
+    assert_eq!(segs("prénom.名前"), vec![Key("prénom".into()), Key("名前".into())]);
     assert_eq!(segs("a1_b2"), vec![Key("a1_b2".into())]);
     assert_eq!(segs("true.in"), vec![Key("true".into()), Key("in".into())]);
     assert_eq!(segs("``"), vec![Key(String::new())]);
-    assert_eq!(
-        segs(&format!("a[{MAX_PATH_INDEX}]")),
-        vec![Key("a".into()), Index(MAX_PATH_INDEX)]
-    );
+    assert_eq!(segs(&format!("a[{MAX_PATH_INDEX}]")), vec![Key("a".into()), Index(MAX_PATH_INDEX)]);
 }
 
 #[test]
@@ -430,10 +409,7 @@ fn path_parse_errors() {
     path_err_at("[0]", 0);
     path_err_at("a.b]", 3);
     let many = vec!["a"; MAX_PATH_SEGMENTS + 1].join(".");
-    assert!(matches!(
-        Path::parse(&many).map_err(QueryError::from),
-        Err(QueryError::InvalidPath { .. })
-    ));
+    assert!(matches!(Path::parse(&many).map_err(QueryError::from), Err(QueryError::InvalidPath { .. })));
     let ok = vec!["a"; MAX_PATH_SEGMENTS].join(".");
     assert!(Path::parse(&ok).is_ok());
     assert!(matches!(
@@ -444,18 +420,8 @@ fn path_parse_errors() {
 
 #[test]
 fn path_display_round_trips() {
-    for src in [
-        "a",
-        "a.b[2].c",
-        "`a b`",
-        "x.`1`",
-        "`true`.in",
-        "``",
-        r"`a\`b\\c`",
-        "`tab\there`",
-        "m[0][1]",
-        "prénom",
-    ] {
+    for src in ["a", "a.b[2].c", "`a b`", "x.`1`", "`true`.in", "``", r"`a\`b\\c`", "`tab\there`", "m[0][1]", "prénom"]
+    {
         let p = Path::parse(src).unwrap();
         let text = p.to_string();
         assert_eq!(Path::parse(&text).unwrap(), p, "{src} -> {text}");
@@ -522,19 +488,10 @@ fn parameters() {
 fn unknown_parameter_is_an_error() {
     let f = Filter::parse("active || age == $age").unwrap();
     // Even though `active` short-circuits, the missing binding is reported.
-    assert_eq!(
-        f.matches(&doc(), &Params::new()),
-        Err(QueryError::UnknownParameter("age".into()))
-    );
-    assert_eq!(
-        f.check_params(&Params::new()),
-        Err(QueryError::UnknownParameter("age".into()))
-    );
+    assert_eq!(f.matches(&doc(), &Params::new()), Err(QueryError::UnknownParameter("age".into())));
+    assert_eq!(f.check_params(&Params::new()), Err(QueryError::UnknownParameter("age".into())));
     let f = Filter::parse("x in [$b, $a]").unwrap();
-    assert_eq!(
-        f.matches(&json!({}), &Params::new()),
-        Err(QueryError::UnknownParameter("a".into()))
-    );
+    assert_eq!(f.matches(&json!({}), &Params::new()), Err(QueryError::UnknownParameter("a".into())));
     let q = Query::filter("x == $v").unwrap();
     assert_eq!(q.validate(), Err(QueryError::UnknownParameter("v".into())));
     assert!(q.matches(&json!({})).is_err());
@@ -611,12 +568,7 @@ fn syntax_error_positions() {
 
 #[test]
 fn path_errors_in_filters_have_absolute_positions() {
-    for (src, pos) in [
-        ("x == a..b", 7),
-        ("a.", 2),
-        ("q || a[01] == 1", 7),
-        ("a.b[-1] == 1", 4),
-    ] {
+    for (src, pos) in [("x == a..b", 7), ("a.", 2), ("q || a[01] == 1", 7), ("a.b[-1] == 1", 4)] {
         match err(src) {
             QueryError::InvalidPath { position, .. } => assert_eq!(position, pos, "{src}"),
             other => panic!("{src}: {other:?}"),
@@ -639,13 +591,7 @@ fn deep_nesting_is_rejected_not_overflowing() {
     assert!(matches!(err(&src), QueryError::TooLong { .. }));
     // Within the length limit but far beyond the depth limit.
     let src = format!("{}true{}", "(".repeat(30_000), ")".repeat(30_000));
-    assert_eq!(
-        err(&src),
-        QueryError::TooDeep {
-            position: MAX_DEPTH,
-            limit: MAX_DEPTH
-        }
-    );
+    assert_eq!(err(&src), QueryError::TooDeep { position: MAX_DEPTH, limit: MAX_DEPTH });
     let src = format!("{}true", "!".repeat(60_000));
     assert!(matches!(err(&src), QueryError::TooDeep { .. }));
     let src = format!("{}true", "not ".repeat(10_000));
@@ -655,11 +601,7 @@ fn deep_nesting_is_rejected_not_overflowing() {
     // Exactly at the limit is fine.
     let src = format!("{}true{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
     assert!(t(&src));
-    let src = format!(
-        "{}true{}",
-        "(".repeat(MAX_DEPTH + 1),
-        ")".repeat(MAX_DEPTH + 1)
-    );
+    let src = format!("{}true{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
     assert!(matches!(err(&src), QueryError::TooDeep { .. }));
     let src = format!("{}true", "!".repeat(MAX_DEPTH));
     assert!(t(&src));
@@ -675,16 +617,9 @@ fn deep_nesting_in_a_thread_with_small_stack() {
         .spawn(|| {
             let a = Filter::parse(&format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000)));
             let b = Filter::parse(&format!("{}1{}", "(".repeat(32_000), ")".repeat(32_000)));
-            let c = Filter::parse(&format!(
-                "{}true{}",
-                "(!x == 1 || !".repeat(MAX_DEPTH / 2),
-                ")".repeat(MAX_DEPTH / 2)
-            ));
-            (
-                a.is_err(),
-                b.is_err(),
-                c.map(|f| f.matches(&json!({}), &Params::new())),
-            )
+            let c =
+                Filter::parse(&format!("{}true{}", "(!x == 1 || !".repeat(MAX_DEPTH / 2), ")".repeat(MAX_DEPTH / 2)));
+            (a.is_err(), b.is_err(), c.map(|f| f.matches(&json!({}), &Params::new())))
         })
         .unwrap();
     let (a, b, c) = handle.join().unwrap();
@@ -705,13 +640,7 @@ fn long_flat_chains_are_fine() {
 #[test]
 fn overlong_input_is_rejected() {
     let src = format!("x == '{}'", "a".repeat(MAX_QUERY_LEN));
-    assert_eq!(
-        err(&src),
-        QueryError::TooLong {
-            length: src.len(),
-            limit: MAX_QUERY_LEN
-        }
-    );
+    assert_eq!(err(&src), QueryError::TooLong { length: src.len(), limit: MAX_QUERY_LEN });
     let src = format!("x == '{}'", "a".repeat(MAX_QUERY_LEN - 7));
     assert_eq!(src.len(), MAX_QUERY_LEN);
     assert!(Filter::parse(&src).is_ok());
@@ -723,13 +652,7 @@ fn array_literal_size_limit() {
     assert!(Filter::parse(&ok).is_ok());
     let too_many = format!("x in [{}]", vec!["1"; MAX_ARRAY_LITERAL_LEN + 1].join(","));
     let expected_pos = 6 + 2 * MAX_ARRAY_LITERAL_LEN;
-    assert_eq!(
-        err(&too_many),
-        QueryError::TooManyElements {
-            position: expected_pos,
-            limit: MAX_ARRAY_LITERAL_LEN
-        }
-    );
+    assert_eq!(err(&too_many), QueryError::TooManyElements { position: expected_pos, limit: MAX_ARRAY_LITERAL_LEN });
 }
 
 // ------------------------------------------------------------ filter misc
@@ -751,13 +674,7 @@ fn filter_accessors_and_serde() {
 #[test]
 fn non_object_documents() {
     let f = Filter::parse("a == null && !exists(a) && !(a > 1)").unwrap();
-    for d in [
-        json!(null),
-        json!(1),
-        json!("s"),
-        json!([1, 2]),
-        json!(true),
-    ] {
+    for d in [json!(null), json!(1), json!("s"), json!([1, 2]), json!(true)] {
         assert!(f.matches(&d, &Params::new()).unwrap());
     }
 }
@@ -798,24 +715,11 @@ fn compare_values_type_order() {
     ];
     for (i, a) in ordered.iter().enumerate() {
         for (j, b) in ordered.iter().enumerate() {
-            assert_eq!(
-                compare_values(a.as_ref(), b.as_ref()),
-                i.cmp(&j),
-                "{a:?} vs {b:?}"
-            );
+            assert_eq!(compare_values(a.as_ref(), b.as_ref()), i.cmp(&j), "{a:?} vs {b:?}");
         }
     }
-    assert_eq!(
-        compare_values(Some(&json!(1)), Some(&json!(1.0))),
-        Ordering::Equal
-    );
-    assert_eq!(
-        compare_values(
-            Some(&json!({"b": 1, "a": [1.0]})),
-            Some(&json!({"a": [1], "b": 1}))
-        ),
-        Ordering::Equal
-    );
+    assert_eq!(compare_values(Some(&json!(1)), Some(&json!(1.0))), Ordering::Equal);
+    assert_eq!(compare_values(Some(&json!({"b": 1, "a": [1.0]})), Some(&json!({"a": [1], "b": 1}))), Ordering::Equal);
 }
 
 #[test]
@@ -829,10 +733,7 @@ fn compare_values_deep_nesting_does_not_overflow() {
     let handle = std::thread::Builder::new()
         .stack_size(256 * 1024)
         .spawn(move || {
-            let r = (
-                compare_values(Some(&a), Some(&b)),
-                super::eval::json_eq(&a, &a),
-            );
+            let r = (compare_values(Some(&a), Some(&b)), super::eval::json_eq(&a, &a));
             // Dismantle without recursive drops.
             for v in [a, b] {
                 let mut stack = vec![v];
@@ -849,10 +750,7 @@ fn compare_values_deep_nesting_does_not_overflow() {
 }
 
 fn docs(items: &[(&str, Value)]) -> Vec<(String, Value)> {
-    items
-        .iter()
-        .map(|(id, v)| (id.to_string(), v.clone()))
-        .collect()
+    items.iter().map(|(id, v)| (id.to_string(), v.clone())).collect()
 }
 
 fn ids(d: &[(String, Value)]) -> Vec<&str> {
@@ -891,11 +789,7 @@ fn query_multiple_keys_and_limit() {
         ("4", json!({"g": "a", "s": 2})),
         ("5", json!({"g": "a", "s": 2})),
     ]);
-    let q = Query::all()
-        .sort_by("g", SortOrder::Ascending)
-        .unwrap()
-        .sort_by("s", SortOrder::Descending)
-        .unwrap();
+    let q = Query::all().sort_by("g", SortOrder::Ascending).unwrap().sort_by("s", SortOrder::Descending).unwrap();
     let mut d = base.clone();
     q.order_and_limit(&mut d);
     assert_eq!(ids(&d), vec!["4", "5", "2", "1", "3"]);
@@ -950,8 +844,7 @@ mod props {
             any::<i64>().prop_map(|i| json!(i)),
             any::<u64>().prop_map(|u| json!(u)),
             (-1e6f64..1e6).prop_map(|f| json!(f)),
-            prop::sample::select(vec![0.0, -0.0, 1.0, 2.0, 1e300, -1e300, 0.5])
-                .prop_map(|f| json!(f)),
+            prop::sample::select(vec![0.0, -0.0, 1.0, 2.0, 1e300, -1e300, 0.5]).prop_map(|f| json!(f)),
             "[a-c]{0,3}".prop_map(Value::String),
             any::<String>().prop_map(Value::String),
         ];
@@ -966,10 +859,10 @@ mod props {
 
     fn token() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
-            "a", "b", "a.b", "a[0]", "tags[1]", "`x y`", "_id", "$p", "$q", "1", "-2.5", "1e3",
-            "'s'", "\"t\"", "true", "false", "null", "==", "!=", "<", "<=", ">", ">=", "&&", "||",
-            "!", "and", "or", "not", "contains", "in", "exists", "(", ")", "[", "]", ",", " ", ".",
-            "$", "'", "\"", "`", "\\", "\\u{", "-", "=", "&", "|", "0", "a.", "[0]",
+            "a", "b", "a.b", "a[0]", "tags[1]", "`x y`", "_id", "$p", "$q", "1", "-2.5", "1e3", "'s'", "\"t\"", "true",
+            "false", "null", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "!", "and", "or", "not", "contains", "in",
+            "exists", "(", ")", "[", "]", ",", " ", ".", "$", "'", "\"", "`", "\\", "\\u{", "-", "=", "&", "|", "0",
+            "a.", "[0]",
         ])
         .prop_map(str::to_string)
     }

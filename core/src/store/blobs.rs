@@ -13,7 +13,12 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 
 /// Write an attachment from a reader inside the caller's transaction. Chunks go under a temporary key while the
 /// hash is not known yet, then are renamed (or dropped, when the content is already stored).
-pub(crate) fn write(conn: &Connection, mut reader: impl Read, meta: BTreeMap<String, String>, temp_key: [u8; 32]) -> Result<AttachmentToken> {
+pub(crate) fn write(
+    conn: &Connection,
+    mut reader: impl Read,
+    meta: BTreeMap<String, String>,
+    temp_key: [u8; 32],
+) -> Result<AttachmentToken> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_SIZE];
     let mut len: u64 = 0;
@@ -43,9 +48,13 @@ pub(crate) fn write(conn: &Connection, mut reader: impl Read, meta: BTreeMap<Str
     if exists {
         conn.prepare_cached("DELETE FROM blob_chunks WHERE hash = ?1")?.execute(params![&temp_key[..]])?;
     } else {
-        conn.prepare_cached("UPDATE blob_chunks SET hash = ?1 WHERE hash = ?2")?.execute(params![&hash[..], &temp_key[..]])?;
-        conn.prepare_cached("INSERT INTO blobs (hash, len, chunk_size) VALUES (?1, ?2, ?3)")?
-            .execute(params![&hash[..], len as i64, CHUNK_SIZE as i64])?;
+        conn.prepare_cached("UPDATE blob_chunks SET hash = ?1 WHERE hash = ?2")?
+            .execute(params![&hash[..], &temp_key[..]])?;
+        conn.prepare_cached("INSERT INTO blobs (hash, len, chunk_size) VALUES (?1, ?2, ?3)")?.execute(params![
+            &hash[..],
+            len as i64,
+            CHUNK_SIZE as i64
+        ])?;
     }
     Ok(AttachmentToken { hash, len, meta })
 }
@@ -96,7 +105,9 @@ pub(crate) fn partial_len(conn: &Connection, hash: &[u8; 32]) -> Result<u64> {
 /// The received bytes of `hash` from `offset` to the end of the part that holds `offset`, if received.
 pub(crate) fn read_partial(conn: &Connection, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
     let part: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT offset, data FROM partial_blobs WHERE hash = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1")?
+        .prepare_cached(
+            "SELECT offset, data FROM partial_blobs WHERE hash = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1",
+        )?
         .query_row(params![&hash[..], offset as i64], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(part.and_then(|(start, mut data)| {
@@ -120,7 +131,9 @@ impl Read for PartsReader<'_> {
             let row: Option<Vec<u8>> = self
                 .conn
                 .prepare_cached("SELECT data FROM partial_blobs WHERE hash = ?1 AND offset = ?2")
-                .and_then(|mut s| s.query_row(params![&self.hash[..], self.next_offset as i64], |r| r.get(0)).optional())
+                .and_then(|mut s| {
+                    s.query_row(params![&self.hash[..], self.next_offset as i64], |r| r.get(0)).optional()
+                })
                 .map_err(std::io::Error::other)?;
             match row {
                 None => return Ok(0),
@@ -156,7 +169,10 @@ pub(crate) fn finish_parts(conn: &Connection, hash: &[u8; 32], total: u64, temp_
     conn.prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1")?.execute(params![&hash[..]])?;
     if token.hash != *hash || token.len != total {
         // `write` stored the content under the hash it really has; the bytes are not what was asked for.
-        return Err(Error::AttachmentCorrupt { hash: hex(hash), reason: "received bytes do not match the hash".into() });
+        return Err(Error::AttachmentCorrupt {
+            hash: hex(hash),
+            reason: "received bytes do not match the hash".into(),
+        });
     }
     Ok(())
 }

@@ -71,7 +71,15 @@ pub(crate) type Listener = Arc<dyn Fn() + Send + Sync>;
 impl Inner {
     /// The log entries in `peer:lo..=hi`, plus the one that starts before `lo` and reaches into it, in counter
     /// order, stopping once `keep` has accepted entries of `max_bytes` (returns the bytes accepted).
-    fn entries_in(&self, peer: PeerId, lo: u64, hi: u64, max_bytes: usize, mut keep: impl FnMut(&LogEntry) -> bool, out: &mut Vec<LogEntry>) -> Result<usize> {
+    fn entries_in(
+        &self,
+        peer: PeerId,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+        mut keep: impl FnMut(&LogEntry) -> bool,
+        out: &mut Vec<LogEntry>,
+    ) -> Result<usize> {
         let mut bytes = 0;
         let sql_peer = peer.0 as i64;
         let before: Option<LogEntry> = self

@@ -77,8 +77,10 @@ pub(crate) fn read_view(conn: &Connection, doc: i64, text: &str, parts: i64) -> 
     let mut stmt = conn.prepare_cached("SELECT location, json FROM view_parts WHERE doc = ?1")?;
     let mut rows = stmt.query(params![doc])?;
     while let Some(r) = rows.next()? {
-        let location: Vec<Json> = serde_json::from_str(r.get_ref(0)?.as_str().map_err(|e| corrupt(&e))?).map_err(|e| corrupt(&e))?;
-        let value: Json = serde_json::from_str(r.get_ref(1)?.as_str().map_err(|e| corrupt(&e))?).map_err(|e| corrupt(&e))?;
+        let location: Vec<Json> =
+            serde_json::from_str(r.get_ref(0)?.as_str().map_err(|e| corrupt(&e))?).map_err(|e| corrupt(&e))?;
+        let value: Json =
+            serde_json::from_str(r.get_ref(1)?.as_str().map_err(|e| corrupt(&e))?).map_err(|e| corrupt(&e))?;
         let mut slot = &mut view;
         for step in &location {
             slot = match (step, slot) {
@@ -220,7 +222,14 @@ pub(crate) fn view(doc: &Document, id: &str) -> Option<serde_json::Value> {
 /// Persist a document after `changes` were applied to it: the changes are appended to the log, its row gets the
 /// new view (`None` when it does not exist) with the large values beside it, and a new snapshot is written when
 /// the changes since the last one have grown enough.
-pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut CachedDoc, changes: &[LoggedChange], view: Option<&StoredView>) -> Result<()> {
+pub(crate) fn save(
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+    cached: &mut CachedDoc,
+    changes: &[LoggedChange],
+    view: Option<&StoredView>,
+) -> Result<()> {
     let view_text = view.map(|v| v.text.as_str());
     let n_parts = view.map_or(0, |v| v.parts.len() as i64);
     let row = match cached.row {
@@ -232,7 +241,8 @@ pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut C
         }
     };
     save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
-    let mut insert = conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    let mut insert =
+        conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
     let mut last_seq = 0;
     for c in changes {
         cached.tail_bytes += c.body.len() as u64;
@@ -242,8 +252,10 @@ pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut C
     let snapshot = cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
     if snapshot {
         let state = cached.doc.encode();
-        conn.prepare_cached("INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2")?
-            .execute(params![row, state])?;
+        conn.prepare_cached(
+            "INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2",
+        )?
+        .execute(params![row, state])?;
         cached.snapshot_bytes = state.len() as u64;
         cached.tail_bytes = 0;
     }
@@ -263,7 +275,12 @@ pub(crate) fn save(conn: &Connection, collection: &str, id: &str, cached: &mut C
 }
 
 /// Bring `view_parts` of document `row` to `parts`: new values inserted, moved ones relocated, gone ones deleted.
-fn save_parts(conn: &Connection, row: i64, cached: &mut CachedDoc, parts: &[(Dot, String, Option<String>)]) -> Result<()> {
+fn save_parts(
+    conn: &Connection,
+    row: i64,
+    cached: &mut CachedDoc,
+    parts: &[(Dot, String, Option<String>)],
+) -> Result<()> {
     if parts.is_empty() && cached.parts.is_empty() {
         return Ok(());
     }
@@ -271,13 +288,17 @@ fn save_parts(conn: &Connection, row: i64, cached: &mut CachedDoc, parts: &[(Dot
     for (dot, location, json) in parts {
         match (cached.parts.remove(dot), json) {
             (None, Some(json)) => {
-                conn.prepare_cached("INSERT INTO view_parts (doc, peer, counter, location, json) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![row, dot.peer.0 as i64, dot.counter as i64, location, json])?;
+                conn.prepare_cached(
+                    "INSERT INTO view_parts (doc, peer, counter, location, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![row, dot.peer.0 as i64, dot.counter as i64, location, json])?;
             }
             (None, None) => return Err(Error::Corrupt(format!("value {dot:?} of document {row} was not rendered"))),
             (Some(old), _) if old != *location => {
-                conn.prepare_cached("UPDATE view_parts SET location = ?4 WHERE doc = ?1 AND peer = ?2 AND counter = ?3")?
-                    .execute(params![row, dot.peer.0 as i64, dot.counter as i64, location])?;
+                conn.prepare_cached(
+                    "UPDATE view_parts SET location = ?4 WHERE doc = ?1 AND peer = ?2 AND counter = ?3",
+                )?
+                .execute(params![row, dot.peer.0 as i64, dot.counter as i64, location])?;
             }
             (Some(_), _) => {}
         }

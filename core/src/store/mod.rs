@@ -6,9 +6,9 @@
 //! transaction, and a process notices another's commits (SQLite's `data_version`) before it reads its caches.
 
 mod blobs;
+mod changelog;
 mod docs;
 mod ids;
-mod changelog;
 mod observe;
 mod replicate;
 mod schema;
@@ -230,7 +230,9 @@ impl Inner {
         let ids: Vec<u64> = self.observers.registered.keys().copied().collect();
         let mut events = Vec::new();
         for oid in ids {
-            let Some((collection, query)) = self.observers.registered.get(&oid).map(|r| (r.collection.clone(), r.query.clone())) else {
+            let Some((collection, query)) =
+                self.observers.registered.get(&oid).map(|r| (r.collection.clone(), r.query.clone()))
+            else {
                 continue;
             };
             let fresh = self.query(&collection, &query)?;
@@ -634,7 +636,8 @@ impl Store {
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Json>> {
         check_collection(collection)?;
         check_doc_id(id)?;
-        self.lock().stored_view("SELECT doc, view, parts FROM docs WHERE collection = ?1 AND id = ?2", params![collection, id])
+        self.lock()
+            .stored_view("SELECT doc, view, parts FROM docs WHERE collection = ?1 AND id = ?2", params![collection, id])
     }
 
     /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
@@ -725,7 +728,8 @@ impl Store {
         self.log_missing(summary, &Summary::new(), usize::MAX)?
             .into_iter()
             .map(|e| {
-                let change = crate::crdt::change::Change::decode(&e.body).map_err(|err| Error::Corrupt(err.to_string()))?;
+                let change =
+                    crate::crdt::change::Change::decode(&e.body).map_err(|err| Error::Corrupt(err.to_string()))?;
                 Ok(DocChange { collection: e.collection, doc_id: e.doc_id, change })
             })
             .collect()
@@ -791,7 +795,10 @@ impl Store {
         let inner = self.lock();
         let len = blobs::stored_len(&inner.conn, &token.hash)?.ok_or_else(|| blobs::not_found(&token.hash))?;
         if len != token.len {
-            return Err(Error::AttachmentCorrupt { hash: token.hash_hex(), reason: "length differs from token".into() });
+            return Err(Error::AttachmentCorrupt {
+                hash: token.hash_hex(),
+                reason: "length differs from token".into(),
+            });
         }
         Ok(AttachmentReader {
             store: self.clone(),
@@ -835,7 +842,10 @@ impl Store {
     /// where one received part starts, e.g. where a request to another device began.
     pub fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> Result<()> {
         let inner = self.lock();
-        inner.conn.prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1 AND offset >= ?2")?.execute(params![&hash[..], offset as i64])?;
+        inner
+            .conn
+            .prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1 AND offset >= ?2")?
+            .execute(params![&hash[..], offset as i64])?;
         Ok(())
     }
 
@@ -845,7 +855,10 @@ impl Store {
         let inner = self.lock();
         let have = blobs::partial_len(&inner.conn, hash)?;
         if offset != have {
-            return Err(Error::AttachmentCorrupt { hash: crate::crdt::value::hex(hash), reason: format!("part at {offset}, expected {have}") });
+            return Err(Error::AttachmentCorrupt {
+                hash: crate::crdt::value::hex(hash),
+                reason: format!("part at {offset}, expected {have}"),
+            });
         }
         if !data.is_empty() {
             inner
@@ -909,7 +922,8 @@ impl Read for AttachmentReader {
                 blobs::read_chunk(&inner.conn, &self.hash, self.next_chunk)
                     .map_err(|e| std::io::Error::other(e.to_string()))?
             };
-            let chunk = chunk.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "attachment chunk missing"))?;
+            let chunk = chunk
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "attachment chunk missing"))?;
             if chunk.is_empty() {
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty attachment chunk"));
             }
@@ -917,7 +931,10 @@ impl Read for AttachmentReader {
             self.read += chunk.len() as u64;
             self.next_chunk += 1;
             if self.read > self.len || (self.read == self.len && *self.hasher.finalize().as_bytes() != self.hash) {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "attachment content does not match its hash"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "attachment content does not match its hash",
+                ));
             }
             self.buf = chunk;
             self.pos = 0;

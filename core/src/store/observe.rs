@@ -60,23 +60,30 @@ impl Observers {
 /// Update one observer's result with the new views of the documents a transaction touched (`None` = gone), when
 /// its query has no limit. Returns the event if the result changed.
 pub(crate) fn update_incrementally(r: &mut Registered, touched: &[(&str, Option<&Json>)]) -> Option<ChangeEvent> {
-    let mut ev = ChangeEvent { collection: r.collection.clone(), inserted: vec![], updated: vec![], removed: vec![], results: vec![] };
+    let mut ev = ChangeEvent {
+        collection: r.collection.clone(),
+        inserted: vec![],
+        updated: vec![],
+        removed: vec![],
+        results: vec![],
+    };
     for &(id, view) in touched {
-        let matches = view.is_some_and(|v| r.query.matches(v).unwrap_or_else(|e| {
-            log::warn!("observer query failed on {}/{id}: {e}", r.collection);
-            false
-        }));
+        let matches = view.is_some_and(|v| {
+            r.query.matches(v).unwrap_or_else(|e| {
+                log::warn!("observer query failed on {}/{id}: {e}", r.collection);
+                false
+            })
+        });
         let pos = r.results.iter().position(|(i, _)| i == id);
         match (pos, matches, view) {
             (None, true, Some(v)) => {
                 ev.inserted.push(v.clone());
                 r.results.push((id.to_string(), v.clone()));
             }
-            (Some(p), true, Some(v))
-                if &r.results[p].1 != v => {
-                    ev.updated.push(v.clone());
-                    r.results[p].1 = v.clone();
-                }
+            (Some(p), true, Some(v)) if &r.results[p].1 != v => {
+                ev.updated.push(v.clone());
+                r.results[p].1 = v.clone();
+            }
             (Some(p), false, _) => {
                 r.results.remove(p);
                 ev.removed.push(id.to_string());
@@ -94,7 +101,13 @@ pub(crate) fn update_incrementally(r: &mut Registered, touched: &[(&str, Option<
 
 /// Replace an observer's result by a freshly computed one (queries with a limit). Returns the event if it changed.
 pub(crate) fn replace_result(r: &mut Registered, new: Vec<(String, Json)>) -> Option<ChangeEvent> {
-    let mut ev = ChangeEvent { collection: r.collection.clone(), inserted: vec![], updated: vec![], removed: vec![], results: vec![] };
+    let mut ev = ChangeEvent {
+        collection: r.collection.clone(),
+        inserted: vec![],
+        updated: vec![],
+        removed: vec![],
+        results: vec![],
+    };
     let old: HashMap<&str, &Json> = r.results.iter().map(|(i, v)| (i.as_str(), v)).collect();
     let new_ids: std::collections::HashSet<&str> = new.iter().map(|(i, _)| i.as_str()).collect();
     for (id, v) in &new {

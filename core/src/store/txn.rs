@@ -97,7 +97,13 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Edit one document with a [`DocEditor`]; creates the document when `create` and it does not exist.
-    fn edit<R>(&mut self, collection: &str, id: &str, create: bool, f: impl FnOnce(&mut DocEditor<'_>) -> Result<R>) -> Result<R> {
+    fn edit<R>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        create: bool,
+        f: impl FnOnce(&mut DocEditor<'_>) -> Result<R>,
+    ) -> Result<R> {
         check_collection(collection)?;
         check_doc_id(id)?;
         self.check_not_evicted(collection, id)?;
@@ -142,7 +148,10 @@ impl<'a> WriteTxn<'a> {
             Some(&end) if has < end => self.inner.start_new_author(),
             Some(_) => {
                 // Its changes came back: nothing is missing any more.
-                self.inner.conn.prepare_cached("DELETE FROM forgotten WHERE collection = ?1 AND id = ?2")?.execute(params![collection, id])?;
+                self.inner
+                    .conn
+                    .prepare_cached("DELETE FROM forgotten WHERE collection = ?1 AND id = ?2")?
+                    .execute(params![collection, id])?;
                 self.inner.forgotten.remove(&key);
                 Ok(())
             }
@@ -171,7 +180,12 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Edit an existing document field by field. Fails with [`Error::NotFound`] if it does not exist.
-    pub fn update<R>(&mut self, collection: &str, id: &str, f: impl FnOnce(&mut DocEditor<'_>) -> Result<R>) -> Result<R> {
+    pub fn update<R>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        f: impl FnOnce(&mut DocEditor<'_>) -> Result<R>,
+    ) -> Result<R> {
         self.edit(collection, id, false, f)
     }
 
@@ -364,8 +378,11 @@ impl<'a> WriteTxn<'a> {
         self.docs.remove(&key);
         self.inner.cache.remove(&key);
         let conn = &self.inner.conn;
-        let dropped = conn.prepare_cached("DELETE FROM pending WHERE collection = ?1 AND doc = ?2")?.execute(params![collection, id])?;
-        conn.prepare_cached("INSERT OR IGNORE INTO evicted (collection, id) VALUES (?1, ?2)")?.execute(params![collection, id])?;
+        let dropped = conn
+            .prepare_cached("DELETE FROM pending WHERE collection = ?1 AND doc = ?2")?
+            .execute(params![collection, id])?;
+        conn.prepare_cached("INSERT OR IGNORE INTO evicted (collection, id) VALUES (?1, ?2)")?
+            .execute(params![collection, id])?;
         self.inner.evicted.insert(key.clone());
         let existed = match docs::row_of(conn, collection, id)? {
             None => false,

@@ -92,7 +92,13 @@ pub(crate) struct Attachments {
 
 impl Attachments {
     /// Start fetching `hash` for the app. Returns the fetch number; its outcome comes as [`FetchEvent`]s.
-    pub fn fetch(&mut self, store: &Store, hash: [u8; 32], links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<FetchId, SyncError> {
+    pub fn fetch(
+        &mut self,
+        store: &Store,
+        hash: [u8; 32],
+        links: &[LinkId],
+        out: &mut Vec<(LinkId, Message)>,
+    ) -> Result<FetchId, SyncError> {
         self.next_fetch += 1;
         let id = self.next_fetch;
         if store.attachment_len(&hash)?.is_some() {
@@ -124,7 +130,14 @@ impl Attachments {
 
     /// Ask the next untried link. When there is none: give up if `give_up` (every device asked said no), else wait
     /// for a link to come up (the one asked went away).
-    fn ask_next(&mut self, store: &Store, id: FetchId, links: &[LinkId], out: &mut Vec<(LinkId, Message)>, give_up: bool) -> Result<(), SyncError> {
+    fn ask_next(
+        &mut self,
+        store: &Store,
+        id: FetchId,
+        links: &[LinkId],
+        out: &mut Vec<(LinkId, Message)>,
+        give_up: bool,
+    ) -> Result<(), SyncError> {
         let Some(f) = self.fetches.get_mut(&id) else { return Ok(()) };
         let next = links.iter().copied().find(|l| !f.tried.contains(l) && Some(*l) != f.exclude);
         match next {
@@ -147,7 +160,11 @@ impl Attachments {
                     }
                     self.stop_relaying(hash, out);
                     if local {
-                        self.events.push(FetchEvent::Failed { fetch: id, hash, reason: "no connected device has it".into() });
+                        self.events.push(FetchEvent::Failed {
+                            fetch: id,
+                            hash,
+                            reason: "no connected device has it".into(),
+                        });
                     }
                 }
             }
@@ -160,7 +177,14 @@ impl Attachments {
     }
 
     /// Handle an attachment message from `link`. `links` are the synced links now.
-    pub fn on_message(&mut self, store: &Store, link: LinkId, msg: Message, links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<(), SyncError> {
+    pub fn on_message(
+        &mut self,
+        store: &Store,
+        link: LinkId,
+        msg: Message,
+        links: &[LinkId],
+        out: &mut Vec<(LinkId, Message)>,
+    ) -> Result<(), SyncError> {
         match msg {
             Message::FetchAttachment { request, hash, offset, hops } => {
                 if let Some(total) = store.attachment_len(&hash)? {
@@ -261,7 +285,10 @@ impl Attachments {
                             // Given up on after sending bytes: a relay whose own copy failed verification. Those
                             // bytes cannot be trusted either; drop them (and stop passing them on) rather than
                             // build on them with the next device.
-                            log::info!("link {link} stopped sending attachment {} mid-way; dropping its bytes", crate::crdt::value::hex(&hash));
+                            log::info!(
+                                "link {link} stopped sending attachment {} mid-way; dropping its bytes",
+                                crate::crdt::value::hex(&hash)
+                            );
                             store.forget_attachment_received_from(&hash, from)?;
                             self.stop_relaying(hash, out);
                         }
@@ -275,9 +302,16 @@ impl Attachments {
     }
 
     /// A link went away: fetches asking it move on (resuming where they were), transfers to it stop.
-    pub fn link_down(&mut self, store: &Store, link: LinkId, links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<(), SyncError> {
+    pub fn link_down(
+        &mut self,
+        store: &Store,
+        link: LinkId,
+        links: &[LinkId],
+        out: &mut Vec<(LinkId, Message)>,
+    ) -> Result<(), SyncError> {
         self.serving.retain(|(l, _), _| *l != link);
-        let ids: Vec<FetchId> = self.fetches.values().filter(|f| f.asking.is_some_and(|(l, _)| l == link)).map(|f| f.id).collect();
+        let ids: Vec<FetchId> =
+            self.fetches.values().filter(|f| f.asking.is_some_and(|(l, _)| l == link)).map(|f| f.id).collect();
         for f in self.fetches.values_mut() {
             f.waiting.retain(|(l, _, _)| *l != link);
         }
@@ -292,7 +326,12 @@ impl Attachments {
     }
 
     /// A link came up: stalled fetches (none asked now) ask it.
-    pub fn link_up(&mut self, store: &Store, links: &[LinkId], out: &mut Vec<(LinkId, Message)>) -> Result<(), SyncError> {
+    pub fn link_up(
+        &mut self,
+        store: &Store,
+        links: &[LinkId],
+        out: &mut Vec<(LinkId, Message)>,
+    ) -> Result<(), SyncError> {
         let ids: Vec<FetchId> = self.fetches.values().filter(|f| f.asking.is_none()).map(|f| f.id).collect();
         for id in ids {
             self.ask_next(store, id, links, out, false)?;
@@ -303,7 +342,8 @@ impl Attachments {
     /// Transfers relaying `hash` from this device's own fetch end: the bytes they were passing on cannot be trusted
     /// (they failed verification) or will not come.
     fn stop_relaying(&mut self, hash: [u8; 32], out: &mut Vec<(LinkId, Message)>) {
-        let stopped: Vec<(LinkId, u64)> = self.serving.iter().filter(|(_, s)| s.relayed && s.hash == hash).map(|(k, _)| *k).collect();
+        let stopped: Vec<(LinkId, u64)> =
+            self.serving.iter().filter(|(_, s)| s.relayed && s.hash == hash).map(|(k, _)| *k).collect();
         for key in stopped {
             self.serving.remove(&key);
             out.push((key.0, Message::AttachmentUnavailable { request: key.1 }));

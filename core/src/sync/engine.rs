@@ -113,7 +113,14 @@ pub struct Engine {
 impl Engine {
     /// `seq_base` starts the presence sequence numbers (use the wall clock in ms, so a restarted device's records
     /// replace its old ones).
-    pub fn new(store: Store, identity: Identity, secret: AppSecret, name: &str, subscriptions: Vec<Subscription>, seq_base: u64) -> Engine {
+    pub fn new(
+        store: Store,
+        identity: Identity,
+        secret: AppSecret,
+        name: &str,
+        subscriptions: Vec<Subscription>,
+        seq_base: u64,
+    ) -> Engine {
         let key = DeviceKey(identity.public_key());
         Engine {
             store,
@@ -150,7 +157,17 @@ impl Engine {
         let now = self.now;
         self.links.insert(
             id,
-            Slot { codec, transport, initiator, session: None, device: None, name: String::new(), closed: false, last_rx: now, last_tx: now },
+            Slot {
+                codec,
+                transport,
+                initiator,
+                session: None,
+                device: None,
+                name: String::new(),
+                closed: false,
+                last_rx: now,
+                last_tx: now,
+            },
         );
         log::debug!("link {id} opened ({transport}, {})", if initiator { "dialled" } else { "accepted" });
         Ok(id)
@@ -205,7 +222,11 @@ impl Engine {
             if let Some(session) = slot.session.as_mut() {
                 let standby = Some(*id) != carrier;
                 if session.is_standby() != standby {
-                    log::info!("link {id} ({}) to {device}: {}", slot.transport, if standby { "standby" } else { "carries the data" });
+                    log::info!(
+                        "link {id} ({}) to {device}: {}",
+                        slot.transport,
+                        if standby { "standby" } else { "carries the data" }
+                    );
                 }
                 session.set_standby(&store, standby)?;
             }
@@ -257,7 +278,10 @@ impl Engine {
         if slot.closed {
             return;
         }
-        log::warn!("closing link {link} ({}): {reason}", slot.device.map(|d| d.to_string()).unwrap_or_else(|| "unauthenticated".into()));
+        log::warn!(
+            "closing link {link} ({}): {reason}",
+            slot.device.map(|d| d.to_string()).unwrap_or_else(|| "unauthenticated".into())
+        );
         slot.closed = true;
         let had_session = slot.session.take().is_some();
         let device = slot.device;
@@ -353,7 +377,12 @@ impl Engine {
             if let Some(slot) = self.links.get_mut(&link) {
                 slot.name = name.clone();
                 if let Some(device) = slot.device {
-                    self.events.push_back(EngineEvent::LinkUp { link, device, name: name.clone(), transport: slot.transport });
+                    self.events.push_back(EngineEvent::LinkUp {
+                        link,
+                        device,
+                        name: name.clone(),
+                        transport: slot.transport,
+                    });
                 }
             }
         }
@@ -379,8 +408,14 @@ impl Engine {
             }
         }
         match handled.other {
-            Some(Message::Presence { origin, seq, name, links }) => self.on_presence(link, DeviceKey(origin), seq, name, links),
-            Some(m @ (Message::FetchAttachment { .. } | Message::AttachmentChunk { .. } | Message::AttachmentUnavailable { .. })) => {
+            Some(Message::Presence { origin, seq, name, links }) => {
+                self.on_presence(link, DeviceKey(origin), seq, name, links)
+            }
+            Some(
+                m @ (Message::FetchAttachment { .. }
+                | Message::AttachmentChunk { .. }
+                | Message::AttachmentUnavailable { .. }),
+            ) => {
                 let links = self.synced_links();
                 let mut out = Vec::new();
                 self.attachments.on_message(&store, link, m, &links, &mut out)?;
@@ -608,7 +643,16 @@ impl Engine {
                     continue;
                 }
                 let name = self.records.get(&next).map(|r| r.name.clone()).unwrap_or_default();
-                seen.insert(next, PeerPresence { device: next, name, hops: first.hops + 1, transport: first.transport, direct: Vec::new() });
+                seen.insert(
+                    next,
+                    PeerPresence {
+                        device: next,
+                        name,
+                        hops: first.hops + 1,
+                        transport: first.transport,
+                        direct: Vec::new(),
+                    },
+                );
                 queue.push_back(next);
             }
         }

@@ -35,7 +35,8 @@ impl LinkCodec {
         } else {
             Handshake::responder(identity, secret, PROLOGUE)?
         };
-        let mut codec = LinkCodec { state: State::Handshaking(Box::new(hs)), reassembly: Vec::new(), out: VecDeque::new() };
+        let mut codec =
+            LinkCodec { state: State::Handshaking(Box::new(hs)), reassembly: Vec::new(), out: VecDeque::new() };
         codec.flush_handshake()?;
         Ok(codec)
     }

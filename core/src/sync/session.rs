@@ -244,7 +244,8 @@ impl Session {
                 self.outbox.push_back(Message::Summary { summary: store.summary()? });
             }
             Message::Credit { bytes } => {
-                self.send_credit = self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
+                self.send_credit =
+                    self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
             }
             other => out.other = Some(other),
         }
@@ -313,7 +314,12 @@ impl Session {
 
     /// Send every change of `doc` the peer lacks if the document is of interest to it; otherwise remember `seen`
     /// (the entries that led us here) as skipped.
-    fn send_doc_if_interesting(&mut self, store: &Store, doc: i64, seen: Option<Vec<LogEntry>>) -> Result<bool, SyncError> {
+    fn send_doc_if_interesting(
+        &mut self,
+        store: &Store,
+        doc: i64,
+        seen: Option<Vec<LogEntry>>,
+    ) -> Result<bool, SyncError> {
         // Fast path: the peer wants the whole collection and nothing was ever skipped for it, so every change of
         // the document it lacks is among those the log just listed (or comes in a later batch): no need to read
         // the document's whole log.
@@ -335,7 +341,8 @@ impl Session {
             }
             return Ok(false);
         }
-        let missing: Vec<LogEntry> = log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();
+        let missing: Vec<LogEntry> =
+            log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();
         Ok(self.send_entries(missing))
     }
 

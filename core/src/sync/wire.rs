@@ -182,7 +182,8 @@ impl Message {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(WireError::TooLarge(bytes.len()));
         }
-        let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let (msg, rest): (Message, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
         }
@@ -203,7 +204,9 @@ impl Message {
                 subscriptions.iter().try_for_each(Subscription::validate)
             }
             Message::Summary { summary } if !summary.is_well_formed() => invalid("malformed summary".into()),
-            Message::Presence { links, .. } if links.len() > MAX_PRESENCE_LINKS => invalid(format!("{} links", links.len())),
+            Message::Presence { links, .. } if links.len() > MAX_PRESENCE_LINKS => {
+                invalid(format!("{} links", links.len()))
+            }
             Message::AttachmentChunk { data, offset, total, .. } => {
                 if data.len() > ATTACHMENT_CHUNK * 4 {
                     return invalid(format!("attachment chunk of {} bytes", data.len()));
@@ -228,7 +231,9 @@ mod tests {
         s.insert(crate::PeerId(7), 1, 9);
         let msgs = vec![
             Message::Hello { name: "a".into(), store_peer: 5 },
-            Message::Interest { subscriptions: vec![Subscription::everything(), Subscription::filtered("t", "done == false")] },
+            Message::Interest {
+                subscriptions: vec![Subscription::everything(), Subscription::filtered("t", "done == false")],
+            },
             Message::Summary { summary: s },
             Message::Changes { changes: vec![vec![1, 2, 3]] },
             Message::Credit { bytes: 10 },
@@ -259,7 +264,10 @@ mod tests {
     fn subscription_parse() {
         assert_eq!(Subscription::parse("*").ok(), Some(Subscription::everything()));
         assert_eq!(Subscription::parse("tasks").ok(), Some(Subscription::collection("tasks")));
-        assert_eq!(Subscription::parse("tasks:done == false").ok(), Some(Subscription::filtered("tasks", "done == false")));
+        assert_eq!(
+            Subscription::parse("tasks:done == false").ok(),
+            Some(Subscription::filtered("tasks", "done == false"))
+        );
         assert!(Subscription::parse("tasks:done ==").is_err());
         assert!(Subscription::parse("").is_err());
     }

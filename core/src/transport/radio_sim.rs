@@ -95,7 +95,7 @@
 
 use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::{Durability, Options, Store};
-use crate::sync::{Engine, EngineEvent, FetchId, LinkId, PeerPresence, SyncError, Subscription, TransportKind};
+use crate::sync::{Engine, EngineEvent, FetchId, LinkId, PeerPresence, Subscription, SyncError, TransportKind};
 use crate::transport::ble::link::{Channel, LinkError, Role, ATT_HEADER_LEN, ATT_MTU_MIN};
 use crate::transport::ble::links::{BleConfig, BleEvent, BleLinks, LinkClosedReason, RadioCommand};
 use crate::transport::ble::radio::{app_tag, device_tag};
@@ -214,7 +214,13 @@ pub struct PhoneOptions {
 
 impl Default for PhoneOptions {
     fn default() -> PhoneOptions {
-        PhoneOptions { range_m: None, secret: DEFAULT_SECRET.to_vec(), app_tag: None, advertise_tag: true, max_links: None }
+        PhoneOptions {
+            range_m: None,
+            secret: DEFAULT_SECRET.to_vec(),
+            app_tag: None,
+            advertise_tag: true,
+            max_links: None,
+        }
     }
 }
 
@@ -296,7 +302,8 @@ impl ConnInfo {
 
 /// Packets per event × (ATT MTU − 3) ÷ interval, in bytes per second.
 pub fn capacity_bytes_per_s(att_mtu: u16, interval_us: u64, packets_per_event: usize) -> f64 {
-    packets_per_event as f64 * f64::from(att_mtu.saturating_sub(ATT_HEADER_LEN)) * SECOND as f64 / interval_us.max(1) as f64
+    packets_per_event as f64 * f64::from(att_mtu.saturating_sub(ATT_HEADER_LEN)) * SECOND as f64
+        / interval_us.max(1) as f64
 }
 
 /// How a phone moves.
@@ -312,27 +319,53 @@ type Action = Box<dyn FnOnce(&mut RadioWorld)>;
 
 enum Event {
     /// A connection event is due.
-    Anchor { conn: u64 },
+    Anchor {
+        conn: u64,
+    },
     /// A connection event that waited for a radio tries again.
-    Start { conn: u64, anchor: u64 },
+    Start {
+        conn: u64,
+        anchor: u64,
+    },
     /// An exchange of a connection event has finished.
-    ExchangeDone { conn: u64 },
+    ExchangeDone {
+        conn: u64,
+    },
     /// The MTU exchange of a connection completes.
-    Mtu { conn: u64 },
+    Mtu {
+        conn: u64,
+    },
     /// A phone learns that a connection ended.
-    Disconnected { phone: PhoneId, conn: u64 },
+    Disconnected {
+        phone: PhoneId,
+        conn: u64,
+    },
     /// A connection attempt completes (or is found to fail).
-    Attempt { id: u64 },
+    Attempt {
+        id: u64,
+    },
     /// A failed connection attempt is reported.
-    AttemptFailed { id: u64 },
-    Scan { phone: PhoneId },
-    Tick { phone: PhoneId },
+    AttemptFailed {
+        id: u64,
+    },
+    Scan {
+        phone: PhoneId,
+    },
+    Tick {
+        phone: PhoneId,
+    },
     Motion,
-    LanDeliver { conn: u64, dir: usize, frame: Vec<u8> },
-    LanWake { conn: u64, dir: usize },
+    LanDeliver {
+        conn: u64,
+        dir: usize,
+        frame: Vec<u8>,
+    },
+    LanWake {
+        conn: u64,
+        dir: usize,
+    },
     Call(Action),
 }
-
 
 struct Attempt {
     from: PhoneId,
@@ -528,7 +561,14 @@ impl RadioWorld {
     ///
     /// # Panics
     /// If its store cannot be created or its secret is empty.
-    pub fn add_phone_with(&mut self, name: &str, x: f64, y: f64, subscriptions: Vec<Subscription>, options: PhoneOptions) -> PhoneId {
+    pub fn add_phone_with(
+        &mut self,
+        name: &str,
+        x: f64,
+        y: f64,
+        subscriptions: Vec<Subscription>,
+        options: PhoneOptions,
+    ) -> PhoneId {
         let id = self.phones.len();
         let path = self.dir.join(format!("{id}.db"));
         let store_peer = SimRng::stream(self.seed, 7 << 32 | id as u64).next_u64();
@@ -553,7 +593,10 @@ impl RadioWorld {
         let links = BleLinks::new(config, links_seed, self.now / MILLISECOND);
         let address = format!("02:53:48:{:02X}:{:02X}:{:02X}", (id >> 16) & 0xff, (id >> 8) & 0xff, id & 0xff);
         let mut rng = SimRng::stream(self.seed, 3 << 32 | id as u64);
-        let (scan_at, tick_at) = (self.now + rng.below(self.params.scan_period_us.1.max(1)), self.now + rng.below(self.params.tick_us.1.max(1)));
+        let (scan_at, tick_at) = (
+            self.now + rng.below(self.params.scan_period_us.1.max(1)),
+            self.now + rng.below(self.params.tick_us.1.max(1)),
+        );
         self.phones.push(Phone {
             name: name.to_string(),
             address: address.clone(),
@@ -859,8 +902,15 @@ impl RadioWorld {
 
     /// The BLE connection between `a` and `b` announced at both ends, if any.
     pub fn connection_between(&self, a: PhoneId, b: PhoneId) -> Option<ConnInfo> {
-        let linked: BTreeSet<u64> = self.conns.keys().copied().filter(|id| self.conns[id].ends.iter().all(|p| self.phones[*p].conn_link.contains_key(id))).collect();
-        self.connections().into_iter().find(|c| linked.contains(&c.id) && ((c.central, c.peripheral) == (a, b) || (c.central, c.peripheral) == (b, a)))
+        let linked: BTreeSet<u64> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|id| self.conns[id].ends.iter().all(|p| self.phones[*p].conn_link.contains_key(id)))
+            .collect();
+        self.connections().into_iter().find(|c| {
+            linked.contains(&c.id) && ((c.central, c.peripheral) == (a, b) || (c.central, c.peripheral) == (b, a))
+        })
     }
 
     // ---- statistics ----
@@ -1036,11 +1086,15 @@ impl RadioWorld {
             }
             for d in 0..2 {
                 let (from, to) = (c.ends[d], c.ends[1 - d]);
-                let (Some(out), Some(inn)) = (self.phones[from].links.link(*id), self.phones[to].links.link(*id)) else {
+                let (Some(out), Some(inn)) = (self.phones[from].links.link(*id), self.phones[to].links.link(*id))
+                else {
                     return Err(format!("connection {id} is not known at both ends"));
                 };
                 if out.stats().frame_bytes_out != inn.stats().frame_bytes_in {
-                    return Err(format!("frames in flight on connection {id} ({} → {})", self.phones[from].name, self.phones[to].name));
+                    return Err(format!(
+                        "frames in flight on connection {id} ({} → {})",
+                        self.phones[from].name, self.phones[to].name
+                    ));
                 }
             }
         }
@@ -1060,7 +1114,11 @@ impl RadioWorld {
         for a in 0..self.phones.len() {
             for b in a + 1..self.phones.len() {
                 let (pa, pb) = (&self.phones[a], &self.phones[b]);
-                if pa.app_tag != pb.app_tag || !self.in_range(a, b) || pa.advertising.is_none() || pb.advertising.is_none() {
+                if pa.app_tag != pb.app_tag
+                    || !self.in_range(a, b)
+                    || pa.advertising.is_none()
+                    || pb.advertising.is_none()
+                {
                     continue;
                 }
                 let room = |p: &Phone| p.links.connection_count() < p.links.config().max_links;
@@ -1220,20 +1278,22 @@ impl RadioWorld {
         let by_tag = &self.by_tag;
         let phone = &mut self.phones[p];
         match event {
-            BleEvent::LinkReady { conn, initiator, peer_tag } => match phone.engine.add_link(TransportKind::Ble, initiator) {
-                Ok(link) => {
-                    phone.conn_link.insert(conn, link);
-                    phone.engine_dirty = true;
-                    phone.stats.links_up += 1;
-                    if let Some(&q) = by_tag.get(&peer_tag) {
-                        phone.linked_with.insert(q);
+            BleEvent::LinkReady { conn, initiator, peer_tag } => {
+                match phone.engine.add_link(TransportKind::Ble, initiator) {
+                    Ok(link) => {
+                        phone.conn_link.insert(conn, link);
+                        phone.engine_dirty = true;
+                        phone.stats.links_up += 1;
+                        if let Some(&q) = by_tag.get(&peer_tag) {
+                            phone.linked_with.insert(q);
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("radio sim: {}: cannot add a link: {e}", phone.name);
+                        phone.links.close(conn);
                     }
                 }
-                Err(e) => {
-                    log::warn!("radio sim: {}: cannot add a link: {e}", phone.name);
-                    phone.links.close(conn);
-                }
-            },
+            }
             BleEvent::Frame { conn, frame } => {
                 if let Some(&link) = phone.conn_link.get(&conn) {
                     phone.stats.ble_frames_received += 1;
@@ -1287,7 +1347,10 @@ impl RadioWorld {
             RadioCommand::Disconnect { conn } => {
                 let Some(c) = self.conns.get(&conn) else { return };
                 if !c.ends.contains(&p) {
-                    self.violation(format!("{} disconnected connection {conn}, which is not its own", self.phones[p].name));
+                    self.violation(format!(
+                        "{} disconnected connection {conn}, which is not its own",
+                        self.phones[p].name
+                    ));
                     return;
                 }
                 let other = if c.ends[0] == p { c.ends[1] } else { c.ends[0] };
@@ -1340,7 +1403,11 @@ impl RadioWorld {
         let max = self.params.max_connections;
         let conns_of = |w: &RadioWorld, p: PhoneId| w.conns.values().filter(|c| c.ends.contains(&p)).count();
         let ok = target.is_some_and(|t| {
-            t != from && self.phones[t].advertising.is_some() && self.in_range(from, t) && conns_of(self, from) < max && conns_of(self, t) < max
+            t != from
+                && self.phones[t].advertising.is_some()
+                && self.in_range(from, t)
+                && conns_of(self, from) < max
+                && conns_of(self, t) < max
         });
         match target {
             Some(t) if ok => {
@@ -1438,7 +1505,11 @@ impl RadioWorld {
         let interval = c.interval;
         if now.saturating_sub(c.last_ok) > supervision {
             let ends = c.ends;
-            log::debug!("radio sim: connection {conn} ({} – {}) lost (supervision timeout)", self.phones[ends[0]].name, self.phones[ends[1]].name);
+            log::debug!(
+                "radio sim: connection {conn} ({} – {}) lost (supervision timeout)",
+                self.phones[ends[0]].name,
+                self.phones[ends[1]].name
+            );
             for p in ends {
                 self.phones[p].stats.supervision_drops += 1;
             }

@@ -179,8 +179,13 @@ pub struct LinkParams {
 
 impl LinkParams {
     /// A local network: 0.5 ms, 10 MB/s, MTU 1500, no loss.
-    pub const LAN: LinkParams =
-        LinkParams { latency_us: 500, bandwidth_bytes_per_s: 10_000_000, mtu: 1500, loss: 0.0, kind: TransportKind::Lan };
+    pub const LAN: LinkParams = LinkParams {
+        latency_us: 500,
+        bandwidth_bytes_per_s: 10_000_000,
+        mtu: 1500,
+        loss: 0.0,
+        kind: TransportKind::Lan,
+    };
     /// Bluetooth LE-like: 15 ms, 50 kB/s, MTU 185, no loss.
     pub const BLE: LinkParams =
         LinkParams { latency_us: 15_000, bandwidth_bytes_per_s: 50_000, mtu: 185, loss: 0.0, kind: TransportKind::Ble };
@@ -285,9 +290,16 @@ type Action = Box<dyn FnOnce(&mut SimWorld)>;
 
 enum Event {
     /// A frame reaches the other end of `conn`.
-    Deliver { conn: u64, dir: usize, frame: Vec<u8> },
+    Deliver {
+        conn: u64,
+        dir: usize,
+        frame: Vec<u8>,
+    },
     /// A frame has left the sender of `conn`'s direction: room in the backlog.
-    Wake { conn: u64, dir: usize },
+    Wake {
+        conn: u64,
+        dir: usize,
+    },
     Call(Action),
 }
 
@@ -574,7 +586,14 @@ impl SimWorld {
         let identity = Identity::from_private(&private).expect("a simulated identity");
         let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
         let engine = Engine::new(store, identity.clone(), secret.clone(), name, subscriptions, 0);
-        self.devices.push(SimDevice { name: name.to_string(), identity, secret, engine, links: BTreeMap::new(), events: Vec::new() });
+        self.devices.push(SimDevice {
+            name: name.to_string(),
+            identity,
+            secret,
+            engine,
+            links: BTreeMap::new(),
+            events: Vec::new(),
+        });
         id
     }
 
@@ -585,8 +604,12 @@ impl SimWorld {
     /// # Panics
     /// If its store cannot be reopened.
     pub fn restart(&mut self, device: DeviceId) {
-        let had: Vec<(u64, DeviceId, DeviceId, LinkParams)> =
-            self.conns.iter().filter(|(_, c)| c.ends.contains(&device)).map(|(id, c)| (*id, c.ends[0], c.ends[1], c.params)).collect();
+        let had: Vec<(u64, DeviceId, DeviceId, LinkParams)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ends.contains(&device))
+            .map(|(id, c)| (*id, c.ends[0], c.ends[1], c.params))
+            .collect();
         for (c, ..) in &had {
             self.teardown(*c, "restarted");
         }
@@ -683,7 +706,10 @@ impl SimWorld {
         let lb = self.devices[b].engine.add_link(params.kind, false).expect("add_link");
         let id = self.next_conn;
         self.next_conn += 1;
-        let pipes = [Pipe::new(SimRng::stream(self.seed, 2 << 32 | id << 1)), Pipe::new(SimRng::stream(self.seed, 2 << 32 | id << 1 | 1))];
+        let pipes = [
+            Pipe::new(SimRng::stream(self.seed, 2 << 32 | id << 1)),
+            Pipe::new(SimRng::stream(self.seed, 2 << 32 | id << 1 | 1)),
+        ];
         self.conns.insert(id, Conn { ends: [a, b], links: [la, lb], params, pipes });
         self.devices[a].links.insert(la, id);
         self.devices[b].links.insert(lb, id);
@@ -989,7 +1015,9 @@ impl SimWorld {
         let (from, to) = (conn.ends[dir], conn.ends[1 - dir]);
         let sent = self.devices[from].engine.link_stats(conn.links[dir]);
         let received = self.devices[to].engine.link_stats(conn.links[1 - dir]);
-        if let (Some(SessionStats { change_bytes_sent, .. }), Some(SessionStats { change_bytes_received, .. })) = (sent, received) {
+        if let (Some(SessionStats { change_bytes_sent, .. }), Some(SessionStats { change_bytes_received, .. })) =
+            (sent, received)
+        {
             let outstanding = change_bytes_sent.saturating_sub(change_bytes_received);
             let s = self.stats_mut(from, to);
             s.max_outstanding_change_bytes = s.max_outstanding_change_bytes.max(outstanding);

@@ -111,7 +111,11 @@ pub fn edit() -> impl Strategy<Value = Edit> {
         (any::<u8>(), -3i64..100).prop_map(|(path, value)| Edit::SetRegister { path, value }),
         (any::<u8>(), -3i64..100).prop_map(|(path, value)| Edit::MergeObject { path, value }),
         (any::<u8>(), -5i8..5).prop_map(|(which, by)| Edit::Increment { which, by }),
-        (any::<u8>(), any::<u16>(), "[ab€😀]{1,4}").prop_map(|(which, pos, text)| Edit::TextInsert { which, pos, text }),
+        (any::<u8>(), any::<u16>(), "[ab€😀]{1,4}").prop_map(|(which, pos, text)| Edit::TextInsert {
+            which,
+            pos,
+            text
+        }),
         (any::<u8>(), any::<u16>(), 1u8..4).prop_map(|(which, pos, len)| Edit::TextDelete { which, pos, len }),
         (any::<u16>(), any::<u8>(), 0i64..100).prop_map(|(pos, shape, value)| Edit::ArrayInsert { pos, shape, value }),
         any::<u16>().prop_map(|pos| Edit::ArrayDelete { pos }),

@@ -18,7 +18,10 @@ pub fn doc_id(i: u64) -> String {
 
 #[derive(Clone, Debug)]
 pub enum EditKind {
-    Upsert { title: u64, done: bool },
+    Upsert {
+        title: u64,
+        done: bool,
+    },
     SetDone(bool),
     /// One of the property tests' edits.
     Field(edits::Edit),
@@ -52,7 +55,9 @@ pub fn draw_edit(rng: &mut SimRng, collections: &[&'static str]) -> Edit {
             text: ["a", "bc", "€", "😀x", "hello "][rng.index(5)].to_string(),
         }),
         12 => field(F::TextDelete { which: r(rng, 2) as u8, pos: r(rng, 1000) as u16, len: r(rng, 4) as u8 + 1 }),
-        13..=14 => field(F::ArrayInsert { pos: r(rng, 1000) as u16, shape: r(rng, 4) as u8, value: r(rng, 100) as i64 }),
+        13..=14 => {
+            field(F::ArrayInsert { pos: r(rng, 1000) as u16, shape: r(rng, 4) as u8, value: r(rng, 100) as i64 })
+        }
         15 => field(F::ArrayDelete { pos: r(rng, 1000) as u16 }),
         16 => field(F::NestedSet { idx: r(rng, 1000) as u16, key: r(rng, 3) as u8, value: r(rng, 100) as i64 }),
         17 => field(F::NestedIncrement { idx: r(rng, 1000) as u16, by: r(rng, 7) as i8 - 3 }),
@@ -76,7 +81,11 @@ pub fn apply_edit(store: &Store, e: &Edit) -> bool {
     let (c, id) = (e.collection, e.id.as_str());
     let r = match &e.kind {
         EditKind::Upsert { title, done } => {
-            let doc = if c == "tasks" { json!({"_id": id, "title": format!("t{title}"), "done": done}) } else { json!({"_id": id, "title": format!("t{title}")}) };
+            let doc = if c == "tasks" {
+                json!({"_id": id, "title": format!("t{title}"), "done": done})
+            } else {
+                json!({"_id": id, "title": format!("t{title}")})
+            };
             store.upsert(c, doc).map(|_| ())
         }
         EditKind::RemoveDocument => store.remove(c, id).map(|_| ()),

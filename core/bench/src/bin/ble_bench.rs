@@ -67,9 +67,20 @@ fn ble_link(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
     let conn = w.connections()[0].clone();
     let t0 = conn.established_at;
     let first = w
-        .run_until(|w| w.engine(b).links().first().and_then(|l| w.engine(b).link_stats(l.0)).is_some_and(|s| s.change_bytes_received > 0), 600 * SECOND)
+        .run_until(
+            |w| {
+                w.engine(b)
+                    .links()
+                    .first()
+                    .and_then(|l| w.engine(b).link_stats(l.0))
+                    .is_some_and(|s| s.change_bytes_received > 0)
+            },
+            600 * SECOND,
+        )
         .ok_or("no change arrived")?;
-    let done = w.run_until(|w| w.store(b).summary().ok().as_ref() == Some(&target), 3600 * SECOND).ok_or("sync did not finish")?;
+    let done = w
+        .run_until(|w| w.store(b).summary().ok().as_ref() == Some(&target), 3600 * SECOND)
+        .ok_or("sync did not finish")?;
     let secs = (done - t0) as f64 / SECOND as f64;
     let (link_b, _, _, transport) = w.engine(b).links().first().cloned().ok_or("no engine link")?;
     assert_eq!(transport, TransportKind::Ble);
@@ -102,7 +113,8 @@ fn attachment_3hops(mtu: u16, interval_ms: u64) -> Result<(), BoxErr> {
     const PACKETS: usize = 6;
     const SIZE: usize = 1 << 20;
     let mut w = RadioWorld::with_params(0xa77, params(mtu, interval_ms, PACKETS));
-    let phones: Vec<_> = (0..4).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, vec![Subscription::everything()])).collect();
+    let phones: Vec<_> =
+        (0..4).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, vec![Subscription::everything()])).collect();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let bytes: Vec<u8> = (0..SIZE)
         .map(|_| {
@@ -120,7 +132,9 @@ fn attachment_3hops(mtu: u16, interval_ms: u64) -> Result<(), BoxErr> {
     let fetch = w.fetch_attachment(phones[0], token.hash)?;
     let mut hop_done = Vec::new();
     for relay in [2, 1, 0] {
-        let t = w.run_until(|w| w.store(phones[relay]).has_attachment(&token).unwrap_or(false), 3600 * SECOND).ok_or("the attachment never arrived")?;
+        let t = w
+            .run_until(|w| w.store(phones[relay]).has_attachment(&token).unwrap_or(false), 3600 * SECOND)
+            .ok_or("the attachment never arrived")?;
         hop_done.push(round((t - t0) as f64 / MILLISECOND as f64, 1));
     }
     let done = w.now();
@@ -152,7 +166,8 @@ fn attachment_3hops(mtu: u16, interval_ms: u64) -> Result<(), BoxErr> {
 fn docs_3hops(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
     const PACKETS: usize = 6;
     let mut w = RadioWorld::with_params(0xd0c5, params(mtu, interval_ms, PACKETS));
-    let phones: Vec<_> = (0..4).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, vec![Subscription::everything()])).collect();
+    let phones: Vec<_> =
+        (0..4).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, vec![Subscription::everything()])).collect();
     w.run_until_quiet(600 * SECOND).map_err(|e| format!("the line did not settle: {e}"))?;
     let t0 = w.now();
     w.edit(phones[3], |s| -> Result<(), shoaldb::Error> {
@@ -164,8 +179,11 @@ fn docs_3hops(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
         })
     })?;
     let target = w.store(phones[3]).summary()?;
-    let payload: usize = w.store(phones[3]).changes_since(&w.store(phones[0]).summary()?)?.iter().map(|c| c.encode().len()).sum();
-    let done = w.run_until(|w| w.store(phones[0]).summary().ok().as_ref() == Some(&target), 3600 * SECOND).ok_or("sync did not finish")?;
+    let payload: usize =
+        w.store(phones[3]).changes_since(&w.store(phones[0]).summary()?)?.iter().map(|c| c.encode().len()).sum();
+    let done = w
+        .run_until(|w| w.store(phones[0]).summary().ok().as_ref() == Some(&target), 3600 * SECOND)
+        .ok_or("sync did not finish")?;
     let conn = w.connection_between(phones[0], phones[1]).ok_or("not linked")?;
     let capacity = capacity_bytes_per_s(mtu, conn.interval_us, conn.packets_per_event);
     let one_hop_ms = conn.interval_us as f64 / MILLISECOND as f64;
@@ -186,7 +204,8 @@ fn main() -> Result<(), BoxErr> {
     let (quick, wants) = (args.quick, |name: &str| args.wants(name));
     if wants("link") {
         let kb = if quick { 200 } else { 1000 };
-        let configs: &[(u16, u64)] = if quick { &[(185, 30), (247, 15)] } else { &[(185, 30), (185, 15), (247, 30), (247, 15)] };
+        let configs: &[(u16, u64)] =
+            if quick { &[(185, 30), (247, 15)] } else { &[(185, 30), (185, 15), (247, 30), (247, 15)] };
         for &(mtu, interval_ms) in configs {
             ble_link(mtu, interval_ms, kb)?;
         }

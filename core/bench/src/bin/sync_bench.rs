@@ -47,7 +47,10 @@ fn fill(store: &Store, prefix: &str, range: std::ops::Range<usize>) -> Result<()
                 let mut doc = serde_json::Map::new();
                 doc.insert("_id".into(), json!(format!("{prefix}{i:06}")));
                 for k in 0..10 {
-                    doc.insert(format!("f{k}"), if k % 2 == 0 { json!(format!("value {i}.{k}")) } else { json!(i * 10 + k) });
+                    doc.insert(
+                        format!("f{k}"),
+                        if k % 2 == 0 { json!(format!("value {i}.{k}")) } else { json!(i * 10 + k) },
+                    );
                 }
                 t.upsert("items", serde_json::Value::Object(doc))?;
             }
@@ -179,7 +182,8 @@ fn bulk(quick: bool) -> Result<(), BoxErr> {
     }
     let mut tokens = Vec::new();
     for k in 0..attachments {
-        let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761).wrapping_add(k) >> 13) as u8).collect();
+        let bytes: Vec<u8> =
+            (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761).wrapping_add(k) >> 13) as u8).collect();
         let t = a.put_attachment_bytes(&bytes, Default::default())?;
         a.upsert("files", json!({"_id": format!("f{k}"), "file": t.to_json()}))?;
         tokens.push(t);
@@ -190,7 +194,11 @@ fn bulk(quick: bool) -> Result<(), BoxErr> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (shoal_s, ok) = rt.block_on(async {
         let secret = AppSecret::from_bytes(b"bulk")?;
-        let na = Node::start(a.clone(), NodeConfig::new("a", secret.clone()).with_mdns(false).listen_on("127.0.0.1:0".parse()?)).await?;
+        let na = Node::start(
+            a.clone(),
+            NodeConfig::new("a", secret.clone()).with_mdns(false).listen_on("127.0.0.1:0".parse()?),
+        )
+        .await?;
         let addr = na.listen_addr().ok_or("not listening")?;
         let t0 = std::time::Instant::now();
         let nb = Node::start(b.clone(), NodeConfig::new("b", secret).with_mdns(false).connect_to(addr)).await?;
@@ -270,14 +278,17 @@ fn line16() -> Result<(), BoxErr> {
     use shoaldb::transport::sim::{LinkParams, SimWorld, MILLISECOND, SECOND};
     for (name, params) in [("lan", LinkParams::LAN), ("ble", LinkParams::BLE)] {
         let mut world = SimWorld::new(16);
-        let devices: Vec<_> = (0..16).map(|i| world.add_device(&format!("d{i}"), vec![Subscription::everything()])).collect();
+        let devices: Vec<_> =
+            (0..16).map(|i| world.add_device(&format!("d{i}"), vec![Subscription::everything()])).collect();
         for w in devices.windows(2) {
             world.link(w[0], w[1], params);
         }
         world.run_until_quiet(600 * SECOND).map_err(|e| format!("line did not settle: {e:?}"))?;
         let (first, last) = (devices[0], devices[15]);
-        world.edit(first, |s| s.upsert("line", json!({"_id": "edit", "text": "a short edit at one end of the line"})))?;
-        let change: usize = world.store(first).changes_since(&world.store(last).summary()?)?.iter().map(|c| c.encode().len()).sum();
+        world
+            .edit(first, |s| s.upsert("line", json!({"_id": "edit", "text": "a short edit at one end of the line"})))?;
+        let change: usize =
+            world.store(first).changes_since(&world.store(last).summary()?)?.iter().map(|c| c.encode().len()).sum();
         let start = world.now();
         let arrived = world
             .run_until(|w| w.store(last).get("line", "edit").ok().flatten().is_some(), 600 * SECOND)

@@ -69,10 +69,14 @@ struct Trace {
 
 fn load_trace(path: &Path) -> Result<Trace, String> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let text = if path.extension().is_some_and(|e| e == "gz") {
         let mut s = String::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s).map_err(|e| format!("{}: {e}", path.display()))?;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut s)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         s
     } else {
         String::from_utf8(bytes).map_err(|e| format!("{}: {e}", path.display()))?
@@ -88,7 +92,13 @@ fn load_trace(path: &Path) -> Result<Trace, String> {
         let parents = match t.parents {
             Some(p) => p,
             None if concurrent => Vec::new(),
-            None => if i == 0 { Vec::new() } else { vec![i - 1] },
+            None => {
+                if i == 0 {
+                    Vec::new()
+                } else {
+                    vec![i - 1]
+                }
+            }
         };
         if let Some(&p) = parents.iter().find(|&&p| p >= i) {
             return Err(format!("txn {i} has parent {p}, not an earlier txn"));
@@ -102,7 +112,16 @@ fn load_trace(path: &Path) -> Result<Trace, String> {
     if concurrent && !raw.start_content.is_empty() {
         return Err("concurrent traces with startContent are not supported".into());
     }
-    Ok(Trace { name, concurrent, num_agents, start: raw.start_content, end: raw.end_content, txns, total_patches, bmp_only })
+    Ok(Trace {
+        name,
+        concurrent,
+        num_agents,
+        start: raw.start_content,
+        end: raw.end_content,
+        txns,
+        total_patches,
+        bmp_only,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -119,13 +138,19 @@ struct Outcome {
 
 /// Run the replay with memory accounting: `replay` does the work and returns a state; `finish` (not timed, not
 /// counted in the peak) reads the final text and the encoded size from it.
-fn measure<S>(replay: impl FnOnce() -> Result<S, String>, finish: impl FnOnce(S) -> Result<(String, u64), String>) -> Outcome {
+fn measure<S>(
+    replay: impl FnOnce() -> Result<S, String>,
+    finish: impl FnOnce(S) -> Result<(String, u64), String>,
+) -> Outcome {
     let base = alloc::reset_peak();
     let t0 = Instant::now();
     let state = replay();
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     let peak_bytes = alloc::peak().saturating_sub(base);
-    eprintln!("    replay {ms:.1} ms; heap peak +{peak_bytes} B, retained after replay +{} B", alloc::current().saturating_sub(base));
+    eprintln!(
+        "    replay {ms:.1} ms; heap peak +{peak_bytes} B, retained after replay +{} B",
+        alloc::current().saturating_sub(base)
+    );
     match state.and_then(finish) {
         Ok((text, encoded_bytes)) => Outcome { ms, peak_bytes, encoded_bytes, text, note: None },
         Err(e) => Outcome { ms, peak_bytes, encoded_bytes: 0, text: String::new(), note: Some(e) },
@@ -201,7 +226,10 @@ trait Replica {
 }
 
 /// Replay a concurrent trace; returns replica 0 after merging everything into it, and every transaction's change.
-fn replay_concurrent<R: Replica>(trace: &Trace, mut make: impl FnMut(usize) -> Result<R, String>) -> Result<(R, Vec<R::Change>), String> {
+fn replay_concurrent<R: Replica>(
+    trace: &Trace,
+    mut make: impl FnMut(usize) -> Result<R, String>,
+) -> Result<(R, Vec<R::Change>), String> {
     let n = trace.txns.len();
     let mut replicas: Vec<R> = (0..trace.num_agents).map(&mut make).collect::<Result<_, _>>()?;
     let mut has: Vec<Vec<bool>> = vec![vec![false; n]; trace.num_agents];
@@ -222,7 +250,9 @@ fn replay_concurrent<R: Replica>(trace: &Trace, mut make: impl FnMut(usize) -> R
         missing.sort_unstable();
         if !missing.is_empty() {
             let batch: Vec<&R::Change> = missing.iter().map(|&x| &changes[x]).collect();
-            replicas[a].apply_many(&batch).map_err(|e| format!("txn {t}: applying txns {missing:?} to agent {a}: {e}"))?;
+            replicas[a]
+                .apply_many(&batch)
+                .map_err(|e| format!("txn {t}: applying txns {missing:?} to agent {a}: {e}"))?;
         }
         missing.clear();
         let c = replicas[a].edit(t, txn).map_err(|e| format!("txn {t} (agent {a}): {e}"))?;
@@ -320,8 +350,13 @@ fn diagnose(trace: &Trace) {
         if a != b {
             let at = first_difference(&a, &b).unwrap_or(0);
             let ctx = |s: &str| s.chars().skip(at.saturating_sub(30)).take(60).collect::<String>();
-            return Err(format!("after {what}: shoal and yrs differ at {at} (lengths {} / {}):\n  shoal …{:?}…\n  yrs   …{:?}…",
-                a.chars().count(), b.chars().count(), ctx(&a), ctx(&b)));
+            return Err(format!(
+                "after {what}: shoal and yrs differ at {at} (lengths {} / {}):\n  shoal …{:?}…\n  yrs   …{:?}…",
+                a.chars().count(),
+                b.chars().count(),
+                ctx(&a),
+                ctx(&b)
+            ));
         }
         Ok(())
     }
@@ -343,7 +378,10 @@ fn diagnose(trace: &Trace) {
             let a = self.0.edit(index, txn)?;
             let b = self.1.edit(index, txn)?;
             let pp: Vec<(usize, usize, &str)> = txn.patches.iter().map(|p| (p.pos, p.del, p.ins.as_str())).collect();
-            check(self, &format!("local txn {index} (agent {}, parents {:?}, patches {pp:?})", txn.agent, txn.parents))?;
+            check(
+                self,
+                &format!("local txn {index} (agent {}, parents {:?}, patches {pp:?})", txn.agent, txn.parents),
+            )?;
             Ok((a, b))
         }
     }
@@ -416,7 +454,10 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
-            return (Outcome { ms: 0.0, peak_bytes: 0, encoded_bytes: 0, text: String::new(), note: Some(e.to_string()) }, None)
+            return (
+                Outcome { ms: 0.0, peak_bytes: 0, encoded_bytes: 0, text: String::new(), note: Some(e.to_string()) },
+                None,
+            )
         }
     };
     let db = dir.path().join("trace.db");
@@ -450,9 +491,7 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
         measure(
             || {
                 let store = shoaldb::Store::open(&db).map_err(err)?;
-                store
-                    .upsert(COLLECTION, json!({"_id": DOC_ID, "title": trace.name}))
-                    .map_err(err)?;
+                store.upsert(COLLECTION, json!({"_id": DOC_ID, "title": trace.name})).map_err(err)?;
                 if !trace.start.is_empty() {
                     store.update(COLLECTION, DOC_ID, |ed| Ok(ed.text_insert(TEXT, 0, &trace.start)?)).map_err(err)?;
                 }
@@ -638,7 +677,8 @@ mod am {
 
     /// A document holding an empty text object, that every replica forks from (so they share the object).
     fn base() -> Result<AmReplica, String> {
-        let mut doc = automerge::AutoCommit::new_with_encoding(automerge::TextEncoding::UnicodeCodePoint).with_actor(actor(9999));
+        let mut doc =
+            automerge::AutoCommit::new_with_encoding(automerge::TextEncoding::UnicodeCodePoint).with_actor(actor(9999));
         let text = doc.put_object(ROOT, "text", automerge::ObjType::Text).map_err(|e| e.to_string())?;
         doc.commit();
         Ok(AmReplica { doc, text })

@@ -177,7 +177,9 @@ fn open_target(imp: &str, dir: &Path) -> Result<Box<dyn Target>, BoxErr> {
             )?;
             Box::new(Shoal { store, names: field_names() })
         }
-        _ => Box::new(Raw { conn: open_raw(&dir.join("raw.db"))?, docs: Vec::with_capacity(DOCS), names: field_names() }),
+        _ => {
+            Box::new(Raw { conn: open_raw(&dir.join("raw.db"))?, docs: Vec::with_capacity(DOCS), names: field_names() })
+        }
     })
 }
 
@@ -187,7 +189,12 @@ fn row(imp: &str, phase: &str, batch: usize, ops: usize, secs: f64) {
 }
 
 /// Insert documents `range` in transactions of `batch`; returns seconds.
-fn insert_docs(t: &mut dyn Target, all: &[Map<String, Json>], range: std::ops::Range<usize>, batch: usize) -> Result<f64, BoxErr> {
+fn insert_docs(
+    t: &mut dyn Target,
+    all: &[Map<String, Json>],
+    range: std::ops::Range<usize>,
+    batch: usize,
+) -> Result<f64, BoxErr> {
     let t0 = Instant::now();
     for chunk in all[range].chunks(batch) {
         t.insert(chunk)?;
@@ -217,7 +224,10 @@ fn fsync_cost() -> Result<f64, BoxErr> {
 
 /// A store for the size phases: synchronous=NORMAL.
 fn normal_store(path: &Path) -> Result<shoaldb::Store, BoxErr> {
-    Ok(shoaldb::Store::open_with(path, shoaldb::Options { durability: shoaldb::Durability::Normal, ..Default::default() })?)
+    Ok(shoaldb::Store::open_with(
+        path,
+        shoaldb::Options { durability: shoaldb::Durability::Normal, ..Default::default() },
+    )?)
 }
 
 fn ms_since(t0: Instant) -> f64 {
@@ -292,13 +302,17 @@ fn large_change_rows() -> Result<(), BoxErr> {
         for _ in 0..7 {
             yrs_best = yrs_best.min(yrs_large_change(n)?);
         }
-        emit(&json!({"bench": "write", "impl": "shoal", "phase": "apply_large_change", "ops": n, "ms": best.0, "local_ms": best.1}));
+        emit(
+            &json!({"bench": "write", "impl": "shoal", "phase": "apply_large_change", "ops": n, "ms": best.0, "local_ms": best.1}),
+        );
         emit(&json!({"bench": "write", "impl": "yrs", "phase": "apply_large_change", "ops": n, "ms": yrs_best}));
         by_ops.push((n, best.0));
     }
     let t = |n: usize| by_ops.iter().find(|r| r.0 == n).map_or(f64::NAN, |r| r.1);
     let ratio = t(60_000) / t(6_000);
-    emit(&json!({"bench": "write", "phase": "apply_large_change", "goal": "60k ops <= 10 x 6k ops", "ratio": (ratio * 100.0).round() / 100.0, "goal_met": ratio <= 10.0, "ok": true}));
+    emit(
+        &json!({"bench": "write", "phase": "apply_large_change", "goal": "60k ops <= 10 x 6k ops", "ratio": (ratio * 100.0).round() / 100.0, "goal_met": ratio <= 10.0, "ok": true}),
+    );
     Ok(())
 }
 
@@ -345,7 +359,9 @@ fn shoal_edit_large_doc(bytes: usize, edits: usize) -> Result<f64, BoxErr> {
     edit_title(&s, edits)?;
     let ms = per_edit(ms_since(t0), edits);
     let doc = s.get("docs", "big")?.ok_or("the document vanished")?;
-    if doc["title"] != json!(format!("edit {}", edits - 1)) || doc["blob9"].as_array().map(Vec::len) != Some(blob_len(bytes)) {
+    if doc["title"] != json!(format!("edit {}", edits - 1))
+        || doc["blob9"].as_array().map(Vec::len) != Some(blob_len(bytes))
+    {
         return Err("the edited document is not what was written".into());
     }
     Ok(ms)
@@ -391,13 +407,19 @@ fn large_doc_rows(quick: bool) -> Result<(), BoxErr> {
         for _ in 0..3 {
             ms = ms.min(shoal_edit_large_doc(bytes, edits)?);
         }
-        emit(&json!({"bench": "write", "impl": "shoal", "phase": "edit_large_doc", "doc_bytes": bytes, "edits": edits, "ms": ms}));
+        emit(
+            &json!({"bench": "write", "impl": "shoal", "phase": "edit_large_doc", "doc_bytes": bytes, "edits": edits, "ms": ms}),
+        );
         let raw = raw_edit_large_doc(bytes, raw_edits)?;
-        emit(&json!({"bench": "write", "impl": "rusqlite", "phase": "edit_large_doc", "doc_bytes": bytes, "edits": raw_edits, "ms": raw}));
+        emit(
+            &json!({"bench": "write", "impl": "rusqlite", "phase": "edit_large_doc", "doc_bytes": bytes, "edits": raw_edits, "ms": raw}),
+        );
         shoal.push(ms);
     }
     let ratio = shoal[1] / shoal[0];
-    emit(&json!({"bench": "write", "phase": "edit_large_doc", "goal": "10 MiB doc edit <= 2 x 1 KiB doc edit", "ratio": (ratio * 100.0).round() / 100.0, "goal_met": ratio <= 2.0, "ok": true}));
+    emit(
+        &json!({"bench": "write", "phase": "edit_large_doc", "goal": "10 MiB doc edit <= 2 x 1 KiB doc edit", "ratio": (ratio * 100.0).round() / 100.0, "goal_met": ratio <= 2.0, "ok": true}),
+    );
     Ok(())
 }
 

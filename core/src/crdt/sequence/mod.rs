@@ -224,11 +224,7 @@ impl Chars {
             at // ASCII
         } else {
             // The `at`-th byte that starts a char (is not a UTF-8 continuation byte).
-            b.iter()
-                .enumerate()
-                .filter(|(_, &x)| (x & 0xC0) != 0x80)
-                .nth(at)
-                .map_or(b.len(), |(i, _)| i)
+            b.iter().enumerate().filter(|(_, &x)| (x & 0xC0) != 0x80).nth(at).map_or(b.len(), |(i, _)| i)
         }
     }
 }
@@ -761,12 +757,8 @@ impl IdIndex {
         let p = self.get_mut(peer);
         p.flush();
         let m = &mut p.map;
-        let overlapping: Vec<(u64, u64, LeafId)> = m
-            .range(..e)
-            .rev()
-            .take_while(|(_, v)| v.0 > s)
-            .map(|(&a, &(b, l))| (a, b, l))
-            .collect();
+        let overlapping: Vec<(u64, u64, LeafId)> =
+            m.range(..e).rev().take_while(|(_, v)| v.0 > s).map(|(&a, &(b, l))| (a, b, l)).collect();
         for (a, b, l) in overlapping {
             m.remove(&a);
             if a < s {
@@ -1142,7 +1134,12 @@ impl<C: SeqContent> Sequence<C> {
             }
         };
         let op = SeqInsert { id, origin_left, origin_right, content: content.clone() };
-        self.insert_run(k, j, o, Run { id, left: origin_left.into(), right: origin_right.into(), deleted: false, content });
+        self.insert_run(
+            k,
+            j,
+            o,
+            Run { id, left: origin_left.into(), right: origin_right.into(), deleted: false, content },
+        );
         Ok(op)
     }
 

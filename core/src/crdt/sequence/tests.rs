@@ -287,10 +287,7 @@ fn errors_leave_sequence_unchanged() {
     s.local_insert(0, d(1, 1), "abc".into()).unwrap();
     s.local_delete(1, 1).unwrap();
     let before = snapshot(&s);
-    assert_eq!(
-        s.local_insert(3, d(1, 10), "x".into()),
-        Err(SeqError::IndexOutOfBounds { index: 3, len: 2 })
-    );
+    assert_eq!(s.local_insert(3, d(1, 10), "x".into()), Err(SeqError::IndexOutOfBounds { index: 3, len: 2 }));
     assert_eq!(s.local_insert(0, d(1, 2), "x".into()), Err(SeqError::DuplicateId(d(1, 2))));
     assert_eq!(snapshot(&s), before, "failed inserts changed nothing");
     assert_eq!(s.local_insert(0, d(9, 1), "xy".into()).map(|_| ()), Ok(()));
@@ -413,7 +410,10 @@ fn serde_round_trip_postcard_and_json() {
     l.local_insert(0, d(1, 1), vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]).unwrap();
     l.local_delete(1, 1).unwrap();
     let back3: Sequence<Vec<(u32, String)>> = postcard::from_bytes(&postcard::to_allocvec(&l).unwrap()).unwrap();
-    assert_eq!(back3.runs().map(|(i, c, del)| (i, c.clone(), del)).collect::<Vec<_>>(), l.runs().map(|(i, c, del)| (i, c.clone(), del)).collect::<Vec<_>>());
+    assert_eq!(
+        back3.runs().map(|(i, c, del)| (i, c.clone(), del)).collect::<Vec<_>>(),
+        l.runs().map(|(i, c, del)| (i, c.clone(), del)).collect::<Vec<_>>()
+    );
     // An empty one.
     let e: Sequence<Chars> = postcard::from_bytes(&postcard::to_allocvec(&Sequence::<Chars>::new()).unwrap()).unwrap();
     assert!(e.is_empty());
@@ -428,7 +428,13 @@ fn serde_round_trip_postcard_and_json() {
 
 #[test]
 fn deserialize_rejects_invalid_structure() {
-    let run = |id: Dot, l: Option<Dot>, r: Option<Dot>, s: &str| SerRunRefOwned { id, origin_left: l, origin_right: r, deleted: false, content: s.to_string() };
+    let run = |id: Dot, l: Option<Dot>, r: Option<Dot>, s: &str| SerRunRefOwned {
+        id,
+        origin_left: l,
+        origin_right: r,
+        deleted: false,
+        content: s.to_string(),
+    };
     let enc = |runs: &Vec<SerRunRefOwned>| postcard::to_allocvec(runs).unwrap();
     let dec = |b: &[u8]| postcard::from_bytes::<Sequence<Chars>>(b);
     // Valid.
@@ -536,8 +542,10 @@ fn concurrent_backward_runs_do_not_interleave() {
     let mut b: Sequence<Chars> = Sequence::new();
     b.apply_insert(&base).unwrap();
     let mut c = b.clone();
-    let ops_a: Vec<_> = "4321".chars().enumerate().map(|(k, ch)| a.local_insert(1, d(1, 1 + k as u64), ch.into()).unwrap()).collect();
-    let ops_b: Vec<_> = "dcba".chars().enumerate().map(|(k, ch)| b.local_insert(1, d(2, 1 + k as u64), ch.into()).unwrap()).collect();
+    let ops_a: Vec<_> =
+        "4321".chars().enumerate().map(|(k, ch)| a.local_insert(1, d(1, 1 + k as u64), ch.into()).unwrap()).collect();
+    let ops_b: Vec<_> =
+        "dcba".chars().enumerate().map(|(k, ch)| b.local_insert(1, d(2, 1 + k as u64), ch.into()).unwrap()).collect();
     exchange(&mut a, &mut b, &ops_a, &ops_b);
     for k in 0..4 {
         c.apply_insert(&ops_a[k]).unwrap();
@@ -740,7 +748,9 @@ fn automerge_paper_trace() {
     use std::io::Read;
     // shared/ sits beside the repository checkout.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/traces/automerge-paper.json.gz");
-    let Ok(file) = std::fs::File::open(path).or_else(|_| std::fs::File::open("/work/shared/traces/automerge-paper.json.gz")) else {
+    let Ok(file) =
+        std::fs::File::open(path).or_else(|_| std::fs::File::open("/work/shared/traces/automerge-paper.json.gz"))
+    else {
         eprintln!("trace {path} not found, skipping");
         return;
     };
@@ -752,7 +762,11 @@ fn automerge_paper_trace() {
     let mut patches: Vec<(usize, usize, String)> = Vec::new();
     for txn in v["txns"].as_array().unwrap() {
         for p in txn["patches"].as_array().unwrap() {
-            patches.push((p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize, p[2].as_str().unwrap().to_string()));
+            patches.push((
+                p[0].as_u64().unwrap() as usize,
+                p[1].as_u64().unwrap() as usize,
+                p[2].as_str().unwrap().to_string(),
+            ));
         }
     }
     let peer = PeerId(1);

@@ -1394,7 +1394,10 @@ impl Wire {
 }
 
 /// `send`, given [`WRITE_TIMEOUT`]; the error says what (`what`) failed.
-async fn timed<E: std::fmt::Display>(what: &str, send: impl std::future::Future<Output = Result<(), E>>) -> Result<(), String> {
+async fn timed<E: std::fmt::Display>(
+    what: &str,
+    send: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
     match timeout(WRITE_TIMEOUT, send).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("{what} failed: {e}")),
@@ -1402,7 +1405,12 @@ async fn timed<E: std::fmt::Display>(what: &str, send: impl std::future::Future<
     }
 }
 
-async fn gatt_central_writer(p: BtPeripheral, rx: Characteristic, mut queue: mpsc::UnboundedReceiver<Vec<u8>>, wire: Wire) {
+async fn gatt_central_writer(
+    p: BtPeripheral,
+    rx: Characteristic,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    wire: Wire,
+) {
     while let Some(packet) = queue.recv().await {
         if let Err(why) = timed("write", p.write(&rx, &packet, WriteType::WithoutResponse)).await {
             return wire.lost(why);
@@ -1456,7 +1464,11 @@ async fn gatt_peripheral_writer(
     }
 }
 
-async fn l2cap_writer(mut w: bluer::l2cap::stream::OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Vec<u8>>, wire: Wire) {
+async fn l2cap_writer(
+    mut w: bluer::l2cap::stream::OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    wire: Wire,
+) {
     while let Some(packet) = queue.recv().await {
         if let Err(why) = timed("write", w.write_all(&packet)).await {
             return wire.lost(why);

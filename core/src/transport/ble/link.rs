@@ -848,7 +848,8 @@ impl BleLink {
             _ if self.peer.is_none() => Err(LinkError::HelloExpected { kind: bytes.first().copied().unwrap_or(0) }),
             Packet::Data { .. } => Err(LinkError::HelloExpected { kind: KIND_DATA }),
             Packet::Credit { ack, grant } => {
-                if self.reorders() && self.peer_ack.wrapping_sub(ack) <= MAX_OUTSTANDING as u16 && ack != self.peer_ack {
+                if self.reorders() && self.peer_ack.wrapping_sub(ack) <= MAX_OUTSTANDING as u16 && ack != self.peer_ack
+                {
                     trace!("ble link: ignoring a stale credit ({ack}, now {})", self.peer_ack);
                     return Ok(());
                 }
@@ -1429,10 +1430,16 @@ mod tests {
             assert!(drain(&mut a).is_empty(), "no ping yet");
             a.tick(STALL_PING_MS).unwrap();
             let ping = drain(&mut a);
-            assert_eq!(ping, vec![Packet::Ping { sent: 8 }.to_vec()].into_iter().map(|p| match channel {
-                Channel::L2cap { .. } => encode_record(&p).unwrap(),
-                Channel::Gatt { .. } => p,
-            }).collect::<Vec<_>>());
+            assert_eq!(
+                ping,
+                vec![Packet::Ping { sent: 8 }.to_vec()]
+                    .into_iter()
+                    .map(|p| match channel {
+                        Channel::L2cap { .. } => encode_record(&p).unwrap(),
+                        Channel::Gatt { .. } => p,
+                    })
+                    .collect::<Vec<_>>()
+            );
             let now = 10 + STALL_PING_MS + 20;
             match channel {
                 // An ordered stream: the Ping came after packets 2 and 3, so they are lost.

@@ -151,8 +151,14 @@ impl Radio for MemoryRadio {
                     air.conns.insert(a, (me.clone(), address.clone(), b));
                     air.conns.insert(b, (address.clone(), me.clone(), a));
                     let channel = Channel::Gatt { att_mtu: mtu };
-                    reports.push((me.clone(), RadioEvent::Connected { conn: a, address: address.clone(), role: Role::Central, channel }));
-                    reports.push((address, RadioEvent::Connected { conn: b, address: me, role: Role::Peripheral, channel }));
+                    reports.push((
+                        me.clone(),
+                        RadioEvent::Connected { conn: a, address: address.clone(), role: Role::Central, channel },
+                    ));
+                    reports.push((
+                        address,
+                        RadioEvent::Connected { conn: b, address: me, role: Role::Peripheral, channel },
+                    ));
                 } else {
                     reports.push((me, RadioEvent::ConnectFailed { address }));
                 }

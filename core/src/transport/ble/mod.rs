@@ -96,8 +96,8 @@
 pub mod bluez;
 pub mod link;
 pub mod links;
-pub mod packet;
 pub mod memory;
+pub mod packet;
 pub mod radio;
 
 /// A device's short, stable tag: exchanged in advertisements and Hello packets to recognise a device before the

@@ -127,7 +127,8 @@ struct State {
 pub(crate) async fn run(hub: Arc<Hub>, radio: Arc<dyn Radio>, config: BleConfig, seed: u64) {
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     radio.attach(RadioEvents { tx });
-    let state = Arc::new(Mutex::new(State { links: BleLinks::new(config, seed, hub.now_ms()), engine_link: HashMap::new() }));
+    let state =
+        Arc::new(Mutex::new(State { links: BleLinks::new(config, seed, hub.now_ms()), engine_link: HashMap::new() }));
     let mut wake = hub.wake_receiver();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,8 +184,12 @@ fn step(hub: &Hub, state: &Mutex<State>, engine: &mut Engine, events: Vec<RadioE
     let State { links, engine_link } = &mut *st;
     for e in events {
         match e {
-            RadioEvent::Discovered { address, service_data } => links.on_discovered(now, &address, service_data.as_deref()),
-            RadioEvent::Connected { conn, address, role, channel } => links.on_connected(now, conn, &address, role, channel),
+            RadioEvent::Discovered { address, service_data } => {
+                links.on_discovered(now, &address, service_data.as_deref())
+            }
+            RadioEvent::Connected { conn, address, role, channel } => {
+                links.on_connected(now, conn, &address, role, channel)
+            }
             RadioEvent::Mtu { conn, mtu } => links.on_mtu(conn, mtu),
             RadioEvent::Packet { conn, bytes } => links.on_packet(now, conn, &bytes),
             RadioEvent::Sent { conn } => links.on_sent(conn),
@@ -199,17 +204,19 @@ fn step(hub: &Hub, state: &Mutex<State>, engine: &mut Engine, events: Vec<RadioE
         while let Some(event) = links.poll_event() {
             moved = true;
             match event {
-                BleEvent::LinkReady { conn, initiator, peer_tag } => match engine.add_link(TransportKind::Ble, initiator) {
-                    Ok(link) => {
-                        log::debug!("bluetooth: connection {conn} to {} is link {link}", hex8(&peer_tag));
-                        engine_link.insert(conn, link);
-                        hub.register(link, None);
+                BleEvent::LinkReady { conn, initiator, peer_tag } => {
+                    match engine.add_link(TransportKind::Ble, initiator) {
+                        Ok(link) => {
+                            log::debug!("bluetooth: connection {conn} to {} is link {link}", hex8(&peer_tag));
+                            engine_link.insert(conn, link);
+                            hub.register(link, None);
+                        }
+                        Err(e) => {
+                            log::warn!("bluetooth: cannot add a link: {e}");
+                            links.close(conn);
+                        }
                     }
-                    Err(e) => {
-                        log::warn!("bluetooth: cannot add a link: {e}");
-                        links.close(conn);
-                    }
-                },
+                }
                 BleEvent::Frame { conn, frame } => {
                     if let Some(&link) = engine_link.get(&conn) {
                         engine.on_frame(link, &frame);
