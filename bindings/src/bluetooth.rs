@@ -9,6 +9,7 @@ use crate::callbacks::CallbackError;
 use shoaldb::transport::ble::link::{Channel, Role};
 use shoaldb::transport::ble::links::RadioCommand;
 use shoaldb::transport::ble::radio::{Radio, RadioEvent, RadioEvents};
+use shoaldb::util::lock;
 use std::sync::{Arc, Mutex};
 
 /// The UUIDs of Shoal's GATT service and characteristics, for the platform radio.
@@ -148,7 +149,7 @@ fn logged(what: &str, r: Result<(), CallbackError>) {
 
 impl Radio for ForeignRadio {
     fn attach(&self, events: RadioEvents) {
-        *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *lock(&self.attached) = true;
         logged("start", self.radio.start(Arc::new(BluetoothEvents { events })));
     }
 
@@ -165,7 +166,7 @@ impl Radio for ForeignRadio {
     }
 
     fn detach(&self) {
-        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut attached = lock(&self.attached);
         if std::mem::take(&mut *attached) {
             logged("stop", self.radio.stop());
         }

@@ -2,6 +2,7 @@
 
 use crate::store::Peer;
 use crate::values::ChangeEvent;
+use shoaldb::util::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -70,7 +71,7 @@ impl ObserverHandle {
 impl ObserverHandle {
     /// Stop observing. Calling it again does nothing.
     pub fn cancel(&self) {
-        let taken = self.registration.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let taken = lock(&self.registration).take();
         match taken {
             Some(Registration::Observer(h)) => h.cancel(),
             Some(Registration::Task(h, alive)) => {

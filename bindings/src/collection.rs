@@ -6,6 +6,7 @@ use crate::store::Store;
 use crate::values::{
     fields_value, parse_json, to_text, AttachmentToken, ChangeEvent, Edit, FieldValue, Prepared, Query,
 };
+use shoaldb::util::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -120,7 +121,7 @@ impl Collection {
                 let observer = observer.clone();
                 self.db()?.observe(&self.name, query, move |event| {
                     let event = ChangeEvent::from_core(event);
-                    if let Some(waiting) = backlog.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    if let Some(waiting) = lock(&backlog).as_mut() {
                         waiting.push(event);
                         return;
                     }
@@ -138,7 +139,7 @@ impl Collection {
             report("collection observer", observer.on_change(first));
             loop {
                 let batch = {
-                    let mut guard = backlog.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut guard = lock(&backlog);
                     match guard.as_mut() {
                         Some(waiting) if !waiting.is_empty() => std::mem::take(waiting),
                         _ => {

@@ -1,5 +1,6 @@
 //! Forwards the core's `log` records to a logger the app provides (logcat, OSLog, its own).
 
+use shoaldb::util::{read, write};
 use std::sync::{Arc, OnceLock, RwLock};
 
 /// Severity of a log message.
@@ -33,7 +34,7 @@ impl log::Log for Forwarder {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let logger = self.target.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let logger = read(&self.target).clone();
         if let Some(logger) = logger {
             let level = match record.level() {
                 log::Level::Error => LogLevel::Error,
@@ -62,7 +63,7 @@ pub fn set_logger(logger: Arc<dyn ShoalLogger>, level: LogLevel) {
         }
         f
     });
-    *forwarder.target.write().unwrap_or_else(|e| e.into_inner()) = Some(logger);
+    *write(&forwarder.target) = Some(logger);
     log::set_max_level(match level {
         LogLevel::Error => log::LevelFilter::Error,
         LogLevel::Warn => log::LevelFilter::Warn,

@@ -6,11 +6,12 @@ use crate::error::{guard, panic_message, ShoalError};
 use crate::values::{fields_value, invalid, AttachmentToken, Prepared, WriteOp};
 use shoaldb::security::AppSecret;
 use shoaldb::sync::{Subscription, TransportKind};
+use shoaldb::util::{lock, read, write};
 use shoaldb::{Node, NodeConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
@@ -62,8 +63,6 @@ pub enum Transport {
     Lan,
     /// Bluetooth LE.
     Bluetooth,
-    /// An in-process link (tests).
-    Memory,
 }
 
 /// A device this device can reach, directly or through others.
@@ -104,10 +103,6 @@ pub(crate) struct Open {
     node: Mutex<Option<Node>>,
     presence: watch::Sender<Vec<Peer>>,
     bluetooth: Mutex<Option<Arc<dyn crate::bluetooth::BluetoothRadio>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn join_error(e: tokio::task::JoinError) -> ShoalError {
@@ -228,7 +223,6 @@ fn transport_of(t: TransportKind) -> Transport {
     match t {
         TransportKind::Lan => Transport::Lan,
         TransportKind::Ble => Transport::Bluetooth,
-        TransportKind::Sim => Transport::Memory,
     }
 }
 
@@ -244,7 +238,7 @@ fn peer_of(p: &shoaldb::sync::PeerPresence) -> Peer {
 
 impl Store {
     pub(crate) fn get(&self) -> Result<Arc<Open>, ShoalError> {
-        self.open.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(ShoalError::Closed)
+        read(&self.open).clone().ok_or(ShoalError::Closed)
     }
 }
 
@@ -299,7 +293,7 @@ impl Store {
     /// Stop sync and close the store, waiting for both. Every later call fails with `ShoalError.Closed`; calling it again does
     /// nothing.
     pub fn shutdown(&self) {
-        let open = self.open.write().unwrap_or_else(|e| e.into_inner()).take();
+        let open = write(&self.open).take();
         if let Some(open) = open {
             open.shut_down(true);
         }

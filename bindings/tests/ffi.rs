@@ -231,7 +231,7 @@ fn collections_stop_working_when_their_store_is_freed() {
 
 /// A platform radio as the foreign side implements it, here over the core's in-memory air.
 struct AirRadio {
-    radio: Arc<shoaldb::transport::ble::memory::MemoryRadio>,
+    radio: Arc<shoaldb::sim::memory_air::MemoryRadio>,
 }
 
 impl BluetoothRadio for AirRadio {
@@ -278,7 +278,7 @@ impl AirRadio {
 #[test]
 fn two_stores_sync_over_a_bluetooth_radio_implemented_outside_the_core() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let air = shoaldb::transport::ble::memory::MemoryAir::new(185);
+    let air = shoaldb::sim::memory_air::MemoryAir::new(185);
     let mut stores = Vec::new();
     for name in ["a", "b"] {
         let mut c = config(dir.path(), name);

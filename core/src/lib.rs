@@ -29,9 +29,12 @@ pub mod error;
 pub mod node;
 pub mod query;
 pub mod security;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod transport;
+pub mod util;
 
 pub use crdt::change::{Change, ChangeError, Op};
 pub use crdt::clock::{PeerId, Timestamp};

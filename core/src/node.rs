@@ -29,8 +29,9 @@ use crate::transport::ble::{
     links::BleConfig,
     radio::{BleRadio, Radio},
 };
-use crate::transport::lan::hub::{lock, Hub};
+use crate::transport::hub::Hub;
 use crate::transport::lan::{Lan, LanError};
+use crate::util::lock;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -11,13 +11,13 @@ use shoaldb::transport::ble::links::{BleConfig, BleEvent, BleLinks, LinkClosedRe
 use shoaldb::transport::ble::packet::{Packet, KIND_DATA};
 use shoaldb::transport::ble::{encode_service_data, AppTag, DeviceTag};
 use shoaldb::transport::frame::{FrameError, MAX_FRAME_LEN};
-use shoaldb::transport::sim::SimRng;
+use shoaldb::util::rng::SeededRng;
 use std::collections::{BTreeMap, VecDeque};
 
 const APP: AppTag = *b"shol";
 
 /// `len` random bytes.
-fn random_bytes(rng: &mut SimRng, len: usize) -> Vec<u8> {
+fn random_bytes(rng: &mut SeededRng, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
@@ -83,7 +83,7 @@ struct PairCase {
 
 /// Runs two links back to back until every frame has arrived; checks the invariants at every step.
 fn run_pair(case: &PairCase) -> Result<(), TestCaseError> {
-    let mut rng = SimRng::new(case.seed);
+    let mut rng = SeededRng::new(case.seed);
     let mut frames = [Vec::new(), Vec::new()];
     for (i, lens) in case.frames.iter().enumerate() {
         frames[i] = lens.iter().map(|&len| random_bytes(&mut rng, len)).collect::<Vec<_>>();
@@ -368,7 +368,7 @@ proptest! {
         duplicate in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let mut rng = SimRng::new(seed);
+        let mut rng = SeededRng::new(seed);
         let frames: Vec<Vec<u8>> = lens.iter().map(|&l| random_bytes(&mut rng, l)).collect();
         let (_, clean_err, total) = faulty_transfer(&frames, mtu, usize::MAX, Fault::Drop);
         prop_assert_eq!(clean_err, None);
@@ -465,7 +465,7 @@ struct World {
     next_conn: u64,
     actions: BTreeMap<(u64, u64), Action>,
     seq: u64,
-    rng: SimRng,
+    rng: SeededRng,
     /// Whether phone i can see phone j's advertisements.
     visible: Vec<Vec<bool>>,
     refuse_connects: bool,
@@ -499,7 +499,7 @@ impl World {
             next_conn: 100,
             actions: BTreeMap::new(),
             seq: 0,
-            rng: SimRng::new(seed ^ 0x5555),
+            rng: SeededRng::new(seed ^ 0x5555),
             visible: vec![vec![true; n]; n],
             refuse_connects: false,
             drop_packets: false,

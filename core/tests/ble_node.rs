@@ -1,13 +1,13 @@
 //! Nodes syncing over Bluetooth LE links: the node's BLE task driving the link protocol over radios that share an
-//! in-memory air (`transport::ble::memory`), on a real tokio runtime. A line of three phones with no network at
+//! in-memory air (`shoaldb::sim::memory_air`), on a real tokio runtime. A line of three phones with no network at
 //! all, phones both on a LAN and in radio range (the LAN carries the data, BLE stands by and takes over), and a
 //! phone of another app. Every wait polls a condition for up to 30 s: nothing asserts on timing.
 
 use serde_json::json;
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::AppSecret;
+use shoaldb::sim::memory_air::MemoryAir;
 use shoaldb::sync::TransportKind;
-use shoaldb::transport::ble::memory::MemoryAir;
 use shoaldb::Store;
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Deterministic simulations of phones syncing over Bluetooth LE alone (and sometimes a LAN): real stores, real
 //! sync engines and the real BLE link protocol (`BleLinks`), with a simulated radio world — positions, range,
 //! connection intervals, MTUs, packet budgets, one radio per phone, loss — on a virtual clock
-//! (`shoaldb::transport::radio_sim`). Nothing here asserts on wall-clock time.
+//! (`shoaldb::sim::radio`). Nothing here asserts on wall-clock time.
 //!
 //! Every run prints its seed. Environment (as `tests/sim.rs`):
 //! - `SHOAL_SIM_SEED=N` runs only that seed (decimal or `0x…`), to reproduce a failure;
@@ -15,9 +15,10 @@ mod edits;
 mod random_edits;
 
 use serde_json::json;
+use shoaldb::sim::radio::{PhoneId, PhoneOptions, RadioParams};
+use shoaldb::sim::{RadioWorld, World, MILLISECOND, SECOND};
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
-use shoaldb::transport::radio_sim::{PhoneId, PhoneOptions, RadioParams, RadioWorld};
-use shoaldb::transport::sim::{SimRng, MILLISECOND, SECOND};
+use shoaldb::util::rng::SeededRng;
 use std::collections::BTreeSet;
 
 #[path = "common/seeds.rs"]
@@ -334,7 +335,7 @@ fn attachment_of_one_megabyte_across_three_ble_hops() {
         let mut w = RadioWorld::new(seed);
         let phones: Vec<PhoneId> = (0..4).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, all())).collect();
         let size = if heavy() { 4 << 20 } else { 1 << 20 };
-        let mut rng = SimRng::new(seed);
+        let mut rng = SeededRng::new(seed);
         let bytes: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
         let token = w.store(3).put_attachment_bytes(&bytes, Default::default()).unwrap();
         w.edit(3, |s| s.upsert("files", json!({"_id": "f", "file": token.to_json()})).unwrap());

@@ -1,5 +1,5 @@
 //! Deterministic simulation tests: meshes of real stores and sync engines on simulated links (latency, bandwidth,
-//! MTU, loss), with partitions, heals and random edits, on a virtual clock (see `shoaldb::transport::sim`).
+//! MTU, loss), with partitions, heals and random edits, on a virtual clock (see `shoaldb::sim::mesh`).
 //!
 //! Every run prints its seed. Environment:
 //! - `SHOAL_SIM_SEED=N` runs only that seed (decimal or `0x…`), to reproduce a failure;
@@ -14,10 +14,13 @@ mod edits;
 mod random_edits;
 
 use serde_json::{json, Value as Json};
+use shoaldb::sim::mesh::DeviceId;
+use shoaldb::sim::pipe::BACKLOG_LIMIT;
+use shoaldb::sim::{LinkParams, SimWorld, World, MILLISECOND, SECOND};
 use shoaldb::sync::wire::BATCH_BYTES;
 use shoaldb::sync::{EngineEvent, Subscription, WINDOW};
 use shoaldb::transport::frame::MAX_FRAME_LEN;
-use shoaldb::transport::sim::{DeviceId, LinkParams, SimRng, SimWorld, BACKLOG_LIMIT, MILLISECOND, SECOND};
+use shoaldb::util::rng::SeededRng;
 use shoaldb::{Query, Store};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,7 +144,7 @@ fn lossy() -> f64 {
 }
 
 /// A random link: fast or slow, clean or lossy.
-fn random_params(rng: &mut SimRng) -> LinkParams {
+fn random_params(rng: &mut SeededRng) -> LinkParams {
     let base = if rng.chance(0.5) { LinkParams::lan() } else { LinkParams::ble() };
     if rng.chance(0.5) {
         base.with_loss(lossy())
@@ -159,7 +162,7 @@ fn star(n: usize) -> Vec<(DeviceId, DeviceId)> {
 }
 
 /// A random spanning tree plus a few more edges.
-fn random_connected(rng: &mut SimRng, n: usize) -> Vec<(DeviceId, DeviceId)> {
+fn random_connected(rng: &mut SeededRng, n: usize) -> Vec<(DeviceId, DeviceId)> {
     let mut order: Vec<DeviceId> = (0..n).collect();
     rng.shuffle(&mut order);
     let mut edges = BTreeSet::new();
@@ -287,7 +290,7 @@ fn chaos(
 }
 
 /// Mostly devices subscribed to everything; some to two whole collections. At least two of each kind when n ≥ 4.
-fn mixed_subscriptions(rng: &mut SimRng, n: usize) -> Vec<Vec<Subscription>> {
+fn mixed_subscriptions(rng: &mut SeededRng, n: usize) -> Vec<Vec<Subscription>> {
     (0..n)
         .map(|d| {
             let partial = if d < 2 {

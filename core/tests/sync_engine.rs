@@ -36,7 +36,7 @@ impl Net {
     }
 
     fn connect(&mut self, a: usize, b: usize) -> usize {
-        self.connect_over(a, b, TransportKind::Sim).0
+        self.connect_over(a, b, TransportKind::Lan).0
     }
 
     /// A link over `transport`: (wire index, link id at a).

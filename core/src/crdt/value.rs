@@ -4,6 +4,7 @@
 //! whole value is replaced by a write), raw bytes, or an attachment token. A [`Value`] describes a field's *type* as
 //! the app chooses it when writing: a register scalar, or a new map, array, text or counter.
 
+use crate::util::{hex, parse_hex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,7 +36,7 @@ impl AttachmentToken {
 impl AttachmentToken {
     /// Read a token back from its JSON form (see [`AttachmentToken::to_json`]).
     pub fn from_json(v: &serde_json::Value) -> Option<AttachmentToken> {
-        let hash = parse_hex32(v.get("_attachment")?.as_str()?)?;
+        let hash = parse_hex(v.get("_attachment")?.as_str()?)?;
         let len = v.get("len")?.as_u64()?;
         let meta = match v.get("meta") {
             None => BTreeMap::new(),
@@ -51,28 +52,6 @@ impl fmt::Debug for AttachmentToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Attachment({}, {} bytes, {:?})", self.hash_hex(), self.len, self.meta)
     }
-}
-
-/// 32 bytes from 64 hex digits.
-pub(crate) fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 /// A register's value.

@@ -7,6 +7,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::Dh;
 
 use super::{noise_params, SecurityError};
+use crate::util::hex;
 
 /// The length of an X25519 private or public key.
 const KEY_LEN: usize = 32;
@@ -162,17 +163,6 @@ impl fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DeviceKey({self})")
     }
-}
-
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0F)]));
-    }
-    out
 }
 
 /// `bytes` as a 32-byte key, or [`SecurityError::InvalidKey`] naming `what`.

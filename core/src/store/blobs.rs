@@ -2,8 +2,9 @@
 //! whole content, written and read as streams so that a large file never has to be in memory at once. The same
 //! content stored twice is kept once.
 
-use crate::crdt::value::{hex, AttachmentToken};
+use crate::crdt::value::AttachmentToken;
 use crate::error::{Error, Result};
+use crate::util::hex;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::io::Read;

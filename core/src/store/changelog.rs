@@ -5,6 +5,7 @@ use super::replicate::Summary;
 use super::{check_collection, check_doc_id, Inner, Store};
 use crate::crdt::clock::PeerId;
 use crate::error::Result;
+use crate::util::lock;
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value as Json;
 use std::sync::Arc;
@@ -61,7 +62,7 @@ pub struct CommitListener {
 impl Drop for CommitListener {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.listeners.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != self.id);
+            lock(&shared.listeners).retain(|(id, _)| *id != self.id);
         }
     }
 }
@@ -161,15 +162,14 @@ impl Store {
     /// and when [`Store::poll_external_changes`] finds changes made by another process. Keep `f` short: it is
     /// meant to wake up whoever needs to look.
     pub fn on_commit(&self, f: impl Fn() + Send + Sync + 'static) -> CommitListener {
-        let mut listeners = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listeners = lock(&self.shared.listeners);
         let id = self.shared.next_listener.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         listeners.push((id, Arc::new(f)));
         CommitListener { id, shared: Arc::downgrade(&self.shared) }
     }
 
     pub(crate) fn notify_commit(&self) {
-        let listeners: Vec<Listener> =
-            self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, f)| f.clone()).collect();
+        let listeners: Vec<Listener> = lock(&self.shared.listeners).iter().map(|(_, f)| f.clone()).collect();
         for f in listeners {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())).is_err() {
                 log::error!("a commit listener panicked");

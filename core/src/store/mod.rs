@@ -26,6 +26,8 @@ use crate::crdt::document::{DocEditor, Document};
 use crate::crdt::value::{AttachmentToken, Value};
 use crate::error::{Error, Result};
 use crate::query::Query;
+use crate::util::lock;
+use crate::util::sources::Sources;
 use docs::DocCache;
 use observe::{Delivery, Observers, Registered};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -53,14 +55,18 @@ pub enum Durability {
 /// Options for [`Store::open_with`].
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// How hard a commit works to survive a power loss.
     pub durability: Durability,
     /// About how much memory decoded documents may keep between transactions (bytes).
     pub cache_bytes: usize,
+    /// Where the store gets the time (hybrid logical clock readings, document ids) and random numbers (peer,
+    /// author and document ids): the system by default; a simulation injects its clock and a seed.
+    pub sources: Sources,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { durability: Durability::Full, cache_bytes: 64 << 20 }
+        Options { durability: Durability::Full, cache_bytes: 64 << 20, sources: Sources::system() }
     }
 }
 
@@ -103,11 +109,11 @@ pub enum AttachmentRequest {
 const FETCH_PREFIX: &str = "fetch:";
 
 fn fetch_key(hash: &[u8; 32]) -> String {
-    format!("{FETCH_PREFIX}{}", crate::crdt::value::hex(hash))
+    format!("{FETCH_PREFIX}{}", crate::util::hex(hash))
 }
 
 fn fetch_failed_key(hash: &[u8; 32]) -> String {
-    format!("fetch-failed:{}", crate::crdt::value::hex(hash))
+    format!("fetch-failed:{}", crate::util::hex(hash))
 }
 
 /// The state behind the store's lock.
@@ -119,6 +125,8 @@ pub(crate) struct Inner {
     /// This peer id, which never changes.
     peer: PeerId,
     clock: Hlc,
+    /// The time and randomness of this store.
+    pub(crate) sources: Sources,
     next_counter: u64,
     cache: DocCache,
     held: Summary,
@@ -211,7 +219,7 @@ impl Inner {
     /// changes stay in the log and keep replicating).
     fn start_new_author(&mut self) -> Result<()> {
         let old = self.author;
-        self.author = PeerId(ids::random_u64());
+        self.author = PeerId(self.sources.random_u64());
         self.next_counter = 1;
         meta_put_u64(&self.conn, "author_id", self.author.0)?;
         self.conn.execute("DELETE FROM forgotten", [])?;
@@ -308,7 +316,7 @@ impl ObserverHandle {
     pub fn cancel(&self) {
         self.alive.store(false, Ordering::Release);
         if let Some(shared) = self.shared.upgrade() {
-            let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inner = lock(&shared.inner);
             inner.observers.remove(self.id);
         }
     }
@@ -353,7 +361,7 @@ impl Store {
             let peer = match meta_u64(&tx, "peer_id")? {
                 Some(p) => p,
                 None => {
-                    let p = ids::random_u64();
+                    let p = options.sources.random_u64();
                     meta_put_u64(&tx, "peer_id", p)?;
                     log::info!("new store at {} with peer id {:016x}", path.display(), p);
                     p
@@ -367,6 +375,7 @@ impl Store {
             author: peer,
             peer,
             clock: Hlc::new(Timestamp::ZERO),
+            sources: options.sources.clone(),
             next_counter: 1,
             cache: DocCache::new(options.cache_bytes),
             held: Summary::new(),
@@ -407,6 +416,14 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &FsPath {
         &self.shared.path
+    }
+
+    /// Writes everything committed into the database file itself (a WAL checkpoint), e.g. before the file is
+    /// copied or compared. Waits for other connections' readers and writers of this file.
+    pub fn checkpoint(&self) -> Result<()> {
+        let inner = self.lock();
+        inner.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     // ---- device-local settings ----
@@ -464,7 +481,7 @@ impl Store {
         let prefix = format!("local:{FETCH_PREFIX}");
         let mut stmt = inner.conn.prepare_cached("SELECT key FROM meta WHERE key LIKE ?1 || '%'")?;
         let keys = stmt.query_map(params![prefix], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(keys.iter().filter_map(|k| crate::crdt::value::parse_hex32(k.strip_prefix(&prefix)?)).collect())
+        Ok(keys.iter().filter_map(|k| crate::util::parse_hex::<32>(k.strip_prefix(&prefix)?)).collect())
     }
 
     /// Record a requested fetch's progress (for the process that asked), if it is still requested.
@@ -763,7 +780,7 @@ impl Store {
     fn blob_transaction<R>(&self, f: impl FnOnce(&Connection, [u8; 32]) -> Result<R>) -> Result<R> {
         let inner = self.lock();
         let mut temp = [0u8; 32];
-        temp[..8].copy_from_slice(&ids::random_u64().to_le_bytes());
+        temp[..8].copy_from_slice(&inner.sources.random_u64().to_le_bytes());
         temp[8..16].copy_from_slice(b"tmp-blob");
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
         match f(&inner.conn, temp) {
@@ -856,7 +873,7 @@ impl Store {
         let have = blobs::partial_len(&inner.conn, hash)?;
         if offset != have {
             return Err(Error::AttachmentCorrupt {
-                hash: crate::crdt::value::hex(hash),
+                hash: crate::util::hex(hash),
                 reason: format!("part at {offset}, expected {have}"),
             });
         }

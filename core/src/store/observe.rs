@@ -6,6 +6,7 @@
 //! writing to it; the events of such a nested write are delivered after the callback returns.
 
 use crate::query::Query;
+use crate::util::lock;
 use serde_json::Value as Json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,7 +152,7 @@ impl Delivery {
         if events.is_empty() {
             return;
         }
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).extend(events);
+        lock(&self.queue).extend(events);
     }
 
     /// Deliver what is queued, unless another thread (or an outer call on this one) is already doing so.
@@ -159,7 +160,7 @@ impl Delivery {
         loop {
             let Ok(_running) = self.running.try_lock() else { return };
             loop {
-                let next = self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let next = lock(&self.queue).pop_front();
                 let Some(q) = next else { break };
                 if q.alive.load(Ordering::Acquire) {
                     let cb = q.callback.clone();
@@ -170,7 +171,7 @@ impl Delivery {
                 }
             }
             drop(_running);
-            if self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            if lock(&self.queue).is_empty() {
                 return;
             }
         }

@@ -5,7 +5,7 @@ use super::observe::{self, Queued};
 use super::replicate::{ApplyReport, DocChange};
 use super::{check_collection, check_doc_id, ids, Inner};
 use crate::crdt::change::Change;
-use crate::crdt::clock::{wall_clock_ms, Timestamp};
+use crate::crdt::clock::Timestamp;
 use crate::crdt::document::{Applied, DocEditor, Document};
 use crate::crdt::path::Path;
 use crate::crdt::value::Value;
@@ -52,7 +52,7 @@ fn fields_from_json(json: Json) -> Result<(Option<String>, Value)> {
 
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(inner: &'a mut Inner) -> Self {
-        let ts = inner.clock.tick(wall_clock_ms());
+        let ts = inner.clock.tick(inner.sources.now_ms());
         WriteTxn { inner, docs: BTreeMap::new(), ts, report: ApplyReport::default(), evicted: Vec::new() }
     }
 
@@ -170,7 +170,7 @@ impl<'a> WriteTxn<'a> {
     pub fn upsert_value(&mut self, collection: &str, id: Option<&str>, fields: Value) -> Result<String> {
         let id = match id {
             Some(id) => id.to_string(),
-            None => ids::generate(self.ts.wall_ms()),
+            None => ids::generate(self.ts.wall_ms(), &self.inner.sources),
         };
         if !matches!(&fields, Value::Map(_)) {
             return Err(Error::InvalidJson("a document's fields must be a map".into()));
@@ -219,7 +219,7 @@ impl<'a> WriteTxn<'a> {
             self.report.ignored_evicted += 1;
             return Ok(());
         }
-        if !self.inner.clock.observe(c.ts, wall_clock_ms()) {
+        if !self.inner.clock.observe(c.ts, self.inner.sources.now_ms()) {
             log::warn!("change {}:{} has a timestamp beyond the allowed clock skew; the local clock was not moved past the bound", c.peer, c.start);
         }
         let td = self.doc_or_new(&dc.collection, &dc.doc_id)?;
@@ -239,7 +239,7 @@ impl<'a> WriteTxn<'a> {
                         .prepare_cached(
                             "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )?
-                        .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, c.encode(), wall_clock_ms() as i64])?;
+                        .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, c.encode(), self.inner.sources.now_ms() as i64])?;
                 } else {
                     log::warn!("pending change buffer full; dropping {}:{} (it will be sent again)", c.peer, c.start);
                 }

@@ -154,7 +154,7 @@ impl Attachments {
             None => {
                 let f = self.fetches.remove(&id).map(|f| (f.hash, f.local, f.waiting));
                 if let Some((hash, local, waiting)) = f {
-                    log::info!("attachment {} not available from any connected device", crate::crdt::value::hex(&hash));
+                    log::info!("attachment {} not available from any connected device", crate::util::hex(&hash));
                     for (link, request, _) in waiting {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     }
@@ -287,7 +287,7 @@ impl Attachments {
                             // build on them with the next device.
                             log::info!(
                                 "link {link} stopped sending attachment {} mid-way; dropping its bytes",
-                                crate::crdt::value::hex(&hash)
+                                crate::util::hex(&hash)
                             );
                             store.forget_attachment_received_from(&hash, from)?;
                             self.stop_relaying(hash, out);
@@ -392,7 +392,7 @@ impl Attachments {
             }
         };
         if data.is_empty() && serve.next < serve.total {
-            log::warn!("attachment {} is shorter than stored: cannot serve it", crate::crdt::value::hex(&serve.hash));
+            log::warn!("attachment {} is shorter than stored: cannot serve it", crate::util::hex(&serve.hash));
             self.serving.remove(&(link, request));
             return Ok(Some(Message::AttachmentUnavailable { request }));
         }

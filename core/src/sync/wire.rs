@@ -89,20 +89,19 @@ impl std::fmt::Display for Subscription {
 /// How a link is carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TransportKind {
+    /// The local network (TCP).
     Lan,
+    /// Bluetooth LE (GATT or an L2CAP channel).
     Ble,
-    /// In-memory or simulated links (tests, the simulator).
-    Sim,
 }
 
 impl TransportKind {
     /// Which transport carries the data when a device is linked over several: lower is preferred. The LAN is much
-    /// faster than Bluetooth LE (and an in-memory link is as good as the LAN).
+    /// faster than Bluetooth LE.
     pub fn preference(self) -> u8 {
         match self {
             TransportKind::Lan => 0,
-            TransportKind::Sim => 1,
-            TransportKind::Ble => 2,
+            TransportKind::Ble => 1,
         }
     }
 }
@@ -112,7 +111,6 @@ impl std::fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Lan => "lan",
             TransportKind::Ble => "ble",
-            TransportKind::Sim => "sim",
         })
     }
 }

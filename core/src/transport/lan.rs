@@ -14,13 +14,14 @@
 mod connection;
 pub(crate) mod dialer;
 pub mod discovery;
-pub(crate) mod hub;
 
 pub use dialer::{Backoff, BACKOFF_MAX, BACKOFF_MIN};
 pub use discovery::SERVICE_TYPE;
 
+use crate::sync::TransportKind;
+use crate::transport::hub::Hub;
+use crate::util::lock;
 use discovery::{Discovery, Found};
-use hub::{lock, Hub};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -138,7 +139,7 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                if hub.connection_count() >= MAX_CONNECTIONS {
+                if hub.link_count(TransportKind::Lan) >= MAX_CONNECTIONS {
                     log::warn!("refusing a connection from {peer}: {MAX_CONNECTIONS} connections open");
                     continue;
                 }

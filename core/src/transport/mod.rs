@@ -26,6 +26,5 @@
 
 pub mod ble;
 pub mod frame;
+pub(crate) mod hub;
 pub mod lan;
-pub mod radio_sim;
-pub mod sim;

@@ -7,7 +7,7 @@
 
 use crate::edits;
 use serde_json::json;
-use shoaldb::transport::sim::SimRng;
+use shoaldb::util::rng::SeededRng;
 use shoaldb::{DocEditor, DocError, Store};
 
 /// How many documents the edits touch per collection: `doc_id(0)` to `doc_id(DOC_IDS - 1)`.
@@ -37,10 +37,10 @@ pub struct Edit {
 
 /// Draw an edit of one of `collections`. The number of draws depends only on the RNG (never on a store's state), so
 /// the schedule stays a function of the seed.
-pub fn draw_edit(rng: &mut SimRng, collections: &[&'static str]) -> Edit {
+pub fn draw_edit(rng: &mut SeededRng, collections: &[&'static str]) -> Edit {
     let collection = *rng.pick(collections);
     let id = doc_id(rng.below(DOC_IDS as u64));
-    let r = |rng: &mut SimRng, n: u64| rng.below(n);
+    let r = |rng: &mut SeededRng, n: u64| rng.below(n);
     use edits::Edit as F;
     let field = |e: F| EditKind::Field(e);
     let kind = match rng.below(20) {

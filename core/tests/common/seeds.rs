@@ -3,7 +3,7 @@
 //! `SHOAL_SIM_HEAVY=1` asks for larger sizes.
 #![allow(dead_code)]
 
-use shoaldb::transport::sim::SimRng;
+use shoaldb::util::rng::SeededRng;
 use std::time::Instant;
 
 pub fn env_u64(name: &str) -> Option<u64> {
@@ -28,7 +28,7 @@ pub fn seeds(test: &str, default: u64) -> Vec<u64> {
     let n = env_u64("SHOAL_SIM_SEEDS").unwrap_or(default);
     let base = env_u64("SHOAL_SIM_SEED_BASE").unwrap_or(0);
     let salt = test.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    (0..n).map(|i| SimRng::stream(salt, base + i).next_u64() % 1_000_000_000).collect()
+    (0..n).map(|i| SeededRng::stream(salt, base + i).next_u64() % 1_000_000_000).collect()
 }
 
 struct SeedGuard {

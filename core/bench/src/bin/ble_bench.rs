@@ -1,4 +1,4 @@
-//! Bluetooth LE sync costs in the simulated radio world (`shoaldb::transport::radio_sim`), as JSON lines
+//! Bluetooth LE sync costs in the simulated radio world (`shoaldb::sim::radio`), as JSON lines
 //! (DESIGN.md §8). Everything runs on the simulator's virtual clock, so the numbers are the model's, not this
 //! machine's: ratios to the model's own capacity are what matter.
 //!
@@ -27,9 +27,9 @@
 //!   attachment (`hop_done_ms`) and `store_and_forward_ideal_ms`, the ideal if each relay held it all before serving.
 
 use serde_json::json;
+use shoaldb::sim::radio::{capacity_bytes_per_s, RadioParams};
+use shoaldb::sim::{RadioWorld, World, MILLISECOND, SECOND};
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
-use shoaldb::transport::radio_sim::{capacity_bytes_per_s, RadioParams, RadioWorld};
-use shoaldb::transport::sim::{MILLISECOND, SECOND};
 use shoaldb_bench::emit;
 
 type BoxErr = Box<dyn std::error::Error>;

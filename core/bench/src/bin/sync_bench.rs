@@ -143,8 +143,8 @@ fn reconcile(quick: bool) -> Result<(), BoxErr> {
         let payload_bytes = payload(&a, &b)? + payload(&b, &a)?;
         let mut ea = engine(a.clone(), "a")?;
         let mut eb = engine(b.clone(), "b")?;
-        let la = ea.add_link(TransportKind::Sim, true)?;
-        let lb = eb.add_link(TransportKind::Sim, false)?;
+        let la = ea.add_link(TransportKind::Lan, true)?;
+        let lb = eb.add_link(TransportKind::Lan, false)?;
         let f = run(&mut ea, la, &mut eb, lb);
         let converged = a.summary()? == b.summary()?;
         if std::env::var_os("SHOAL_BENCH_DEBUG").is_some() {
@@ -275,7 +275,7 @@ async fn raw_tcp_copy(bytes: usize) -> Result<f64, BoxErr> {
 }
 
 fn line16() -> Result<(), BoxErr> {
-    use shoaldb::transport::sim::{LinkParams, SimWorld, MILLISECOND, SECOND};
+    use shoaldb::sim::{LinkParams, SimWorld, World, MILLISECOND, SECOND};
     for (name, params) in [("lan", LinkParams::LAN), ("ble", LinkParams::BLE)] {
         let mut world = SimWorld::new(16);
         let devices: Vec<_> =

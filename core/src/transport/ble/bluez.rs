@@ -51,7 +51,7 @@ use super::radio::{Radio, RadioEvent, RadioEvents};
 use super::{
     PSM_CHARACTERISTIC_UUID_U128, RX_CHARACTERISTIC_UUID_U128, SERVICE_UUID_U128, TX_CHARACTERISTIC_UUID_U128,
 };
-use crate::transport::lan::hub::lock;
+use crate::util::lock;
 
 use bluer::gatt::local::{
     characteristic_control, Application, ApplicationHandle, Characteristic as LocalCharacteristic,

@@ -61,7 +61,7 @@ use log::{debug, info, trace};
 use super::link::{BleLink, Channel, LinkConfig, LinkError, Role, DEFAULT_WINDOW};
 use super::packet::CloseReason;
 use super::{encode_service_data, parse_service_data, tag_hex, AppTag, DeviceTag};
-use crate::transport::sim::SimRng;
+use crate::util::rng::SeededRng;
 
 /// Default [`BleConfig::max_links`].
 pub const DEFAULT_MAX_LINKS: usize = 7;
@@ -215,11 +215,11 @@ pub enum BleEvent {
 
 /// The deterministic source of backoff jitter (the crate's seeded generator).
 #[derive(Clone, Debug)]
-struct Jitter(SimRng);
+struct Jitter(SeededRng);
 
 impl Jitter {
     fn new(seed: u64) -> Jitter {
-        Jitter(SimRng::new(seed))
+        Jitter(SeededRng::new(seed))
     }
 
     /// `ms` times a factor in [0.75, 1.25].

@@ -17,7 +17,10 @@
 //! * [`link`] — one connection ([`link::BleLink`]): hello, fragmentation of frames into packets, reassembly,
 //!   credit flow control, keepalive and timeouts;
 //! * [`links`] — all connections of one radio ([`links::BleLinks`]): discovery, dialling, one link per pair of
-//!   phones, reconnection with backoff, a cap on simultaneous links.
+//!   phones, reconnection with backoff, a cap on simultaneous links;
+//! * [`bridge`] — the glue between a radio's links and the sync engine ([`bridge::BleBridge`]), the one the node
+//!   and the radio simulator both run;
+//! * [`radio`] — the platform radio's trait ([`radio::Radio`]) and the node's task that drives it.
 //!
 //! # Roles
 //! Every phone is both a **central** (it scans, and connects to the phones it finds) and a **peripheral** (it
@@ -94,9 +97,9 @@
 
 #[cfg(feature = "bluetooth-linux")]
 pub mod bluez;
+pub mod bridge;
 pub mod link;
 pub mod links;
-pub mod memory;
 pub mod packet;
 pub mod radio;
 
@@ -151,7 +154,7 @@ pub fn parse_service_data(data: &[u8]) -> Option<(DeviceTag, AppTag)> {
 
 /// Formats a device tag as 16 hex digits, for logs.
 pub(crate) fn tag_hex(tag: &DeviceTag) -> String {
-    tag.iter().map(|b| format!("{b:02x}")).collect()
+    crate::util::hex(tag)
 }
 
 #[cfg(test)]

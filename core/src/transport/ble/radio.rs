@@ -1,4 +1,5 @@
-//! The platform radio behind a trait, and the task that drives [`BleLinks`] and the node's sync engine with it.
+//! The platform radio behind a trait, and the task that drives the node's sync engine with it (through the
+//! [`BleBridge`], the same glue the radio simulator runs).
 //!
 //! A platform (Android, iOS, BlueZ on Linux) implements [`Radio`]: it carries out [`RadioCommand`]s — advertise,
 //! scan, connect, send a packet — and reports what happens through the [`RadioEvents`] it was given in
@@ -10,13 +11,14 @@
 //! can take loses the excess, which the link protocol notices (a gap in a link's packet numbers breaks that link,
 //! and sync resumes on the next one), so memory stays bounded whatever the radio does.
 
+use super::bridge::{BleBridge, BridgeNote};
 use super::link::{Channel, Role};
-use super::links::{BleConfig, BleEvent, BleLinks, RadioCommand};
+use super::links::{BleConfig, BleLinks, RadioCommand};
 use super::{AppTag, DeviceTag};
 use crate::security::{AppSecret, DeviceKey};
-use crate::sync::{Engine, LinkId, TransportKind};
-use crate::transport::lan::hub::{lock, Hub};
-use std::collections::HashMap;
+use crate::sync::{Engine, TransportKind};
+use crate::transport::hub::Hub;
+use crate::util::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -117,18 +119,11 @@ pub fn app_tag(secret: &AppSecret) -> AppTag {
     tag
 }
 
-/// The links of the radio and which engine link each connection is.
-struct State {
-    links: BleLinks,
-    engine_link: HashMap<u64, LinkId>,
-}
-
 /// Drive `radio` for the node of `hub` until it shuts down.
 pub(crate) async fn run(hub: Arc<Hub>, radio: Arc<dyn Radio>, config: BleConfig, seed: u64) {
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     radio.attach(RadioEvents { tx });
-    let state =
-        Arc::new(Mutex::new(State { links: BleLinks::new(config, seed, hub.now_ms()), engine_link: HashMap::new() }));
+    let bridge = Arc::new(Mutex::new(BleBridge::new(BleLinks::new(config, seed, hub.now_ms()))));
     let mut wake = hub.wake_receiver();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,8 +146,8 @@ pub(crate) async fn run(hub: Arc<Hub>, radio: Arc<dyn Radio>, config: BleConfig,
             }
         }
         let now = hub.now_ms();
-        let (st, h) = (state.clone(), hub.clone());
-        let commands = match hub.with_engine(move |engine| step(&h, &st, engine, batch, now)).await {
+        let (b, h) = (bridge.clone(), hub.clone());
+        let commands = match hub.with_engine(move |engine| step(&h, &mut lock(&b), engine, batch, now)).await {
             Ok(c) => c,
             Err(e) => {
                 log::error!("bluetooth: {e}");
@@ -163,101 +158,45 @@ pub(crate) async fn run(hub: Arc<Hub>, radio: Arc<dyn Radio>, config: BleConfig,
             radio.execute(c);
         }
     }
-    lock(&state).links.log_connections();
     radio.detach();
-    let links: Vec<LinkId> = lock(&state).engine_link.values().copied().collect();
-    let h = hub.clone();
+    let (b, h) = (bridge.clone(), hub.clone());
     let _ = hub
         .with_engine(move |engine| {
-            for link in links {
-                engine.remove_link(link, "bluetooth stopped");
-                h.unregister(link);
-            }
+            let mut bridge = lock(&b);
+            bridge.close_all(engine, "bluetooth stopped");
+            take_notes(&h, &mut bridge);
         })
         .await;
     log::info!("bluetooth: stopped");
 }
 
 /// One round: radio events in, link events to the engine, engine frames out, radio commands back.
-fn step(hub: &Hub, state: &Mutex<State>, engine: &mut Engine, events: Vec<RadioEvent>, now: u64) -> Vec<RadioCommand> {
-    let mut st = lock(state);
-    let State { links, engine_link } = &mut *st;
+fn step(
+    hub: &Hub,
+    bridge: &mut BleBridge,
+    engine: &mut Engine,
+    events: Vec<RadioEvent>,
+    now: u64,
+) -> Vec<RadioCommand> {
     for e in events {
-        match e {
-            RadioEvent::Discovered { address, service_data } => {
-                links.on_discovered(now, &address, service_data.as_deref())
-            }
-            RadioEvent::Connected { conn, address, role, channel } => {
-                links.on_connected(now, conn, &address, role, channel)
-            }
-            RadioEvent::Mtu { conn, mtu } => links.on_mtu(conn, mtu),
-            RadioEvent::Packet { conn, bytes } => links.on_packet(now, conn, &bytes),
-            RadioEvent::Sent { conn } => links.on_sent(conn),
-            RadioEvent::Disconnected { conn } => links.on_disconnected(now, conn),
-            RadioEvent::ConnectFailed { address } => links.on_connect_failed(now, &address),
-        }
+        bridge.on_radio_event(now, e);
     }
-    links.tick(now);
-    // Until nothing moves: link events feed the engine, whose answers feed the links.
-    for _ in 0..64 {
-        let mut moved = false;
-        while let Some(event) = links.poll_event() {
-            moved = true;
-            match event {
-                BleEvent::LinkReady { conn, initiator, peer_tag } => {
-                    match engine.add_link(TransportKind::Ble, initiator) {
-                        Ok(link) => {
-                            log::debug!("bluetooth: connection {conn} to {} is link {link}", hex8(&peer_tag));
-                            engine_link.insert(conn, link);
-                            hub.register(link, None);
-                        }
-                        Err(e) => {
-                            log::warn!("bluetooth: cannot add a link: {e}");
-                            links.close(conn);
-                        }
-                    }
-                }
-                BleEvent::Frame { conn, frame } => {
-                    if let Some(&link) = engine_link.get(&conn) {
-                        engine.on_frame(link, &frame);
-                    }
-                }
-                BleEvent::LinkClosed { conn, reason } => {
-                    if let Some(link) = engine_link.remove(&conn) {
-                        engine.remove_link(link, &format!("bluetooth: {reason:?}"));
-                        hub.unregister(link);
-                    }
-                }
-            }
-        }
-        // Links the engine closed (a duplicate, a protocol error) end on the radio too.
-        let closed: Vec<u64> = engine_link.iter().filter(|(_, l)| engine.is_closed(**l)).map(|(c, _)| *c).collect();
-        for conn in closed {
-            links.close(conn);
-            moved = true;
-        }
-        for conn in links.conns_wanting_frames() {
-            let Some(&link) = engine_link.get(&conn) else { continue };
-            while links.wants_frame(conn) {
-                let Some(frame) = engine.poll_frame(link) else { break };
-                moved = true;
-                if let Err(e) = links.push_frame(conn, &frame) {
-                    log::warn!("bluetooth: connection {conn}: {e}");
-                    break;
-                }
-            }
-        }
-        if !moved {
-            break;
-        }
-    }
-    let mut commands = Vec::new();
-    while let Some(c) = links.poll_command() {
-        commands.push(c);
-    }
-    commands
+    bridge.tick(now);
+    // Anything may have changed the engine since the last round (writes, other links).
+    bridge.engine_changed();
+    bridge.pump(engine);
+    take_notes(hub, bridge);
+    std::iter::from_fn(|| bridge.poll_command()).collect()
 }
 
-fn hex8(tag: &DeviceTag) -> String {
-    tag.iter().map(|b| format!("{b:02x}")).collect()
+/// The hub tracks every link of the engine.
+fn take_notes(hub: &Hub, bridge: &mut BleBridge) {
+    while let Some(note) = bridge.poll_note() {
+        match note {
+            BridgeNote::LinkUp { link, .. } => {
+                hub.register(link, TransportKind::Ble, None);
+            }
+            BridgeNote::LinkDown { link, .. } => hub.unregister(link),
+        }
+    }
 }

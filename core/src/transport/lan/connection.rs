@@ -8,10 +8,10 @@
 //! silence: the engine's keepalives and link timeout notice a peer that vanished), on end of stream, on any I/O or
 //! framing error, or when the node shuts down; the engine is then told (`remove_link`).
 
-use super::hub::{Connection, Hub};
 use crate::security::DeviceKey;
 use crate::sync::{LinkId, TransportKind};
 use crate::transport::frame::{encode_frame, FrameDecoder};
+use crate::transport::hub::{Hub, LinkState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,7 +53,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool) -> Ou
             return Outcome::default();
         }
     };
-    let conn = hub.register(link, peer_addr);
+    let conn = hub.register(link, TransportKind::Lan, peer_addr.map(|a| a.to_string()));
     log::debug!(
         "link {link}: {} {}",
         if initiator { "dialled" } else { "accepted" },
@@ -95,7 +95,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool) -> Ou
     Outcome { device: device.or_else(|| conn.device()), synced: conn.is_synced() }
 }
 
-async fn read_loop(hub: Arc<Hub>, conn: Arc<Connection>, link: LinkId, mut rd: OwnedReadHalf) {
+async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: OwnedReadHalf) {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
@@ -146,7 +146,7 @@ async fn read_loop(hub: Arc<Hub>, conn: Arc<Connection>, link: LinkId, mut rd: O
     }
 }
 
-async fn write_loop(hub: Arc<Hub>, conn: Arc<Connection>, link: LinkId, mut wr: OwnedWriteHalf) {
+async fn write_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut wr: OwnedWriteHalf) {
     let mut wake = hub.wake_receiver();
     let mut out: Vec<u8> = Vec::new();
     loop {

@@ -6,8 +6,8 @@
 //! is given up.
 
 use super::connection;
-use super::hub::Hub;
 use crate::security::DeviceKey;
+use crate::transport::hub::Hub;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

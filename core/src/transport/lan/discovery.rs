@@ -7,8 +7,8 @@
 //! addresses) and [`Found::Gone`] when its record is withdrawn. The mDNS daemon runs on its own thread; its events
 //! reach tokio through the channel's async receiver.
 
-use super::hub::Hub;
 use crate::security::DeviceKey;
+use crate::transport::hub::Hub;
 use mdns_sd::{IfKind, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -166,14 +166,7 @@ fn socket_addrs(ips: &std::collections::HashSet<ScopedIp>, port: u16) -> Vec<Soc
 
 /// A device key from its 64 hex digits.
 fn parse_device_key(hex: &str) -> Option<DeviceKey> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(DeviceKey(key))
+    crate::util::parse_hex(hex).map(DeviceKey)
 }
 
 #[cfg(test)]

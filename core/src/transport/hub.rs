@@ -1,5 +1,7 @@
-//! The hub of a node: its sync [`Engine`], shared by every connection task, and what the engine's events mean for
-//! those tasks — which links must stop, who is present, which devices are linked.
+//! The hub of a node: its sync [`Engine`], shared by the tasks of every transport (LAN connections, the Bluetooth
+//! radio task), and what the engine's events mean for those tasks — which links must stop, who is present, which
+//! devices are linked. Transport-neutral: a transport registers each link it opens ([`Hub::register`]) and watches
+//! the [`LinkState`] it gets back; sockets, radios and their tables stay in the transport's own module.
 //!
 //! Every engine call goes through [`Hub::with_engine`]: it runs on tokio's blocking pool (engine calls read and
 //! write SQLite), holds the engine's lock only for the call and the dispatch of the events it produced (so they are
@@ -7,11 +9,11 @@
 //! (the store's commit listener runs while the engine is locked and only bumps a watch channel).
 
 use crate::security::DeviceKey;
-use crate::sync::{Engine, EngineEvent, LinkId, PeerPresence};
+use crate::sync::{Engine, EngineEvent, LinkId, PeerPresence, TransportKind};
+use crate::util::lock;
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Notify};
@@ -24,10 +26,12 @@ pub(crate) enum HubError {
     Call(String),
 }
 
-/// One open TCP connection, as the hub knows it.
-pub(crate) struct Connection {
-    /// The remote address.
-    pub peer_addr: Option<SocketAddr>,
+/// One link of a transport, as the hub knows it.
+pub(crate) struct LinkState {
+    /// The transport that carries it.
+    transport: TransportKind,
+    /// The remote end as the transport names it (an IP address and port, a Bluetooth address), for logs.
+    remote: Option<String>,
     /// Set to `true` when the connection must close; its reader and writer watch it.
     stop: watch::Sender<bool>,
     /// The first reason given for closing.
@@ -38,10 +42,11 @@ pub(crate) struct Connection {
     device: Mutex<Option<(DeviceKey, String)>>,
 }
 
-impl Connection {
-    fn new(peer_addr: Option<SocketAddr>) -> Connection {
-        Connection {
-            peer_addr,
+impl LinkState {
+    fn new(transport: TransportKind, remote: Option<String>) -> LinkState {
+        LinkState {
+            transport,
+            remote,
             stop: watch::Sender::new(false),
             reason: Mutex::new(None),
             synced: AtomicBool::new(false),
@@ -49,7 +54,7 @@ impl Connection {
         }
     }
 
-    /// Ask the connection's tasks to stop; the first reason is kept.
+    /// Ask the link's tasks to stop; the first reason is kept.
     pub fn stop(&self, reason: impl Into<String>) {
         let mut r = lock(&self.reason);
         if r.is_none() {
@@ -142,17 +147,12 @@ pub(crate) struct Hub {
     presence: watch::Sender<Vec<PeerPresence>>,
     /// Devices with a synced link now.
     linked: watch::Sender<BTreeSet<DeviceKey>>,
-    connections: Mutex<HashMap<LinkId, Arc<Connection>>>,
+    links: Mutex<HashMap<LinkId, Arc<LinkState>>>,
     tasks: TaskCount,
     /// The origin of the engine's clock ([`Hub::now_ms`]).
     origin: Instant,
     /// Attachment fetch progress and outcomes.
     fetches: tokio::sync::broadcast::Sender<crate::sync::FetchEvent>,
-}
-
-/// Lock a mutex, ignoring poisoning (a panic elsewhere must not take the node down).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Hub {
@@ -166,7 +166,7 @@ impl Hub {
             shutdown: watch::Sender::new(false),
             presence: watch::Sender::new(Vec::new()),
             linked: watch::Sender::new(BTreeSet::new()),
-            connections: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             tasks: TaskCount::default(),
             origin: Instant::now(),
             fetches: tokio::sync::broadcast::Sender::new(1024),
@@ -216,8 +216,9 @@ impl Hub {
         for event in batch.events {
             match event {
                 EngineEvent::LinkUp { link, device, name, transport } => {
-                    let conn = self.connection(link);
-                    let addr = conn.as_ref().and_then(|c| c.peer_addr).map(|a| format!(" at {a}")).unwrap_or_default();
+                    let conn = self.link(link);
+                    let addr =
+                        conn.as_ref().and_then(|c| c.remote.as_ref()).map(|a| format!(" at {a}")).unwrap_or_default();
                     log::info!("peer up: {name} ({device}) over {transport}{addr}");
                     if let Some(c) = conn {
                         *lock(&c.device) = Some((device, name));
@@ -225,7 +226,7 @@ impl Hub {
                     }
                 }
                 EngineEvent::LinkDown { link, device, reason } => {
-                    let conn = self.connection(link);
+                    let conn = self.link(link);
                     match conn.as_ref().filter(|c| c.is_synced()).and_then(|c| c.describe()) {
                         Some(who) => log::info!("peer down: {who}: {reason}"),
                         None => log::debug!(
@@ -282,28 +283,28 @@ impl Hub {
         self.linked.subscribe()
     }
 
-    /// Track a new connection on `link`.
-    pub fn register(&self, link: LinkId, peer_addr: Option<SocketAddr>) -> Arc<Connection> {
-        let conn = Arc::new(Connection::new(peer_addr));
-        lock(&self.connections).insert(link, conn.clone());
+    /// Track a new link of `transport` (to `remote`, as the transport names it).
+    pub fn register(&self, link: LinkId, transport: TransportKind, remote: Option<String>) -> Arc<LinkState> {
+        let conn = Arc::new(LinkState::new(transport, remote));
+        lock(&self.links).insert(link, conn.clone());
         if self.is_shutting_down() {
             conn.stop("shutting down");
         }
         conn
     }
 
-    /// Forget a connection that ended.
+    /// Forget a link that ended.
     pub fn unregister(&self, link: LinkId) {
-        lock(&self.connections).remove(&link);
+        lock(&self.links).remove(&link);
     }
 
-    fn connection(&self, link: LinkId) -> Option<Arc<Connection>> {
-        lock(&self.connections).get(&link).cloned()
+    fn link(&self, link: LinkId) -> Option<Arc<LinkState>> {
+        lock(&self.links).get(&link).cloned()
     }
 
-    /// How many connections are open.
-    pub fn connection_count(&self) -> usize {
-        lock(&self.connections).len()
+    /// How many links of `transport` are open.
+    pub fn link_count(&self, transport: TransportKind) -> usize {
+        lock(&self.links).values().filter(|l| l.transport == transport).count()
     }
 
     /// Spawn a task that shutdown waits for.
@@ -319,7 +320,7 @@ impl Hub {
     /// Tell every task to stop: listeners, dialers, connections.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
-        let conns: Vec<Arc<Connection>> = lock(&self.connections).values().cloned().collect();
+        let conns: Vec<Arc<LinkState>> = lock(&self.links).values().cloned().collect();
         for c in conns {
             c.stop("shutting down");
         }

@@ -1,12 +1,12 @@
 //! An in-memory "air" for [`Radio`]s: radios in one process that see each other and connect instantly, with
 //! GATT-sized packets. For tests of everything above the platform radio (nodes syncing over BLE links) without
 //! Bluetooth hardware; the timing and constraints of real radios are modelled by the simulator instead
-//! ([`crate::transport::radio_sim`]).
+//! ([`crate::sim::radio`]).
 
-use super::link::{Channel, Role};
-use super::links::RadioCommand;
-use super::radio::{Radio, RadioEvent, RadioEvents};
-use crate::transport::lan::hub::lock;
+use crate::transport::ble::link::{Channel, Role};
+use crate::transport::ble::links::RadioCommand;
+use crate::transport::ble::radio::{Radio, RadioEvent, RadioEvents};
+use crate::util::lock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,85 @@
+//! Small helpers every layer uses: one of each.
+//!
+//! * [`lock`] / [`read`] / [`write`]: a mutex or read-write lock, taken whatever a panic elsewhere left behind;
+//! * [`hex`] / [`parse_hex`]: lowercase hex digits of bytes, and back;
+//! * [`rng::SeededRng`]: a small seeded generator, for jitter that must be reproducible from a seed;
+//! * [`sources::Sources`]: where a store gets the time and random numbers (the system, or injected).
+
+pub mod rng;
+pub mod sources;
+
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Locks `m`, ignoring poisoning: a panic on another thread while it held the lock must not take every later
+/// caller down. Use only where the guarded state stays valid after such a panic (a store that can roll back keeps
+/// its own rule).
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads `l`, ignoring poisoning (see [`lock`]).
+pub fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `l`, ignoring poisoning (see [`lock`]).
+pub fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lowercase hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0F)]));
+    }
+    out
+}
+
+/// `N` bytes from exactly `2 × N` hex digits (either case); `None` for anything else.
+pub fn parse_hex<const N: usize>(digits: &str) -> Option<[u8; N]> {
+    let digits = digits.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let value = |d: u8| char::from(d).to_digit(16).and_then(|v| u8::try_from(v).ok());
+    let mut out = [0u8; N];
+    for (b, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *b = value(pair[0])? << 4 | value(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes: [u8; 4] = [0x00, 0x0f, 0xa0, 0xff];
+        assert_eq!(hex(&bytes), "000fa0ff");
+        assert_eq!(parse_hex::<4>("000fa0ff"), Some(bytes));
+        assert_eq!(parse_hex::<4>("000FA0FF"), Some(bytes));
+        assert_eq!(parse_hex::<4>("000fa0f"), None);
+        assert_eq!(parse_hex::<4>("000fa0fff"), None);
+        assert_eq!(parse_hex::<2>("0g00"), None);
+        assert_eq!(parse_hex::<2>("+f00"), None, "a sign is not a digit");
+        assert_eq!(parse_hex::<2>("é00"), None, "not ASCII");
+    }
+
+    #[test]
+    fn poisoned_locks_are_still_taken() {
+        let m = std::sync::Arc::new(Mutex::new(1));
+        let m2 = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = m2.lock();
+            panic!("poison it");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        *lock(&m) += 1;
+        assert_eq!(*lock(&m), 2);
+    }
+}
