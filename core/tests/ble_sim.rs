@@ -18,6 +18,7 @@ use serde_json::json;
 use shoaldb::sim::radio::{PhoneId, PhoneOptions, RadioParams};
 use shoaldb::sim::{RadioWorld, World, MILLISECOND, SECOND};
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
+use shoaldb::transport::ble::bridge::BridgeFault;
 use shoaldb::util::rng::SeededRng;
 use std::collections::BTreeSet;
 
@@ -134,9 +135,31 @@ fn settle_walk(w: &mut RadioWorld, what: &str) -> u64 {
 /// reaches the other through six relays; random edits everywhere converge; presence sees the far end at 7 hops.
 #[test]
 fn line_of_eight_phones_over_ble_alone() {
-    for_each_seed("line_of_eight_phones_over_ble_alone", 3, |seed| {
+    for_each_seed("line_of_eight_phones_over_ble_alone", 3, |seed| line_of_eight(seed, None));
+}
+
+/// The scenarios run the shipped BLE glue (`transport::ble::bridge`): with a bug planted in it, the line scenario
+/// above fails.
+#[test]
+fn a_bug_in_the_shipped_ble_glue_fails_the_scenarios() {
+    for fault in [BridgeFault::AlwaysInitiator, BridgeFault::StallOutbound { frames: 40 }] {
+        for seed in seeds("a_bug_in_the_shipped_ble_glue_fails_the_scenarios", 1) {
+            let run = std::panic::catch_unwind(|| line_of_eight(seed, Some(fault)));
+            assert!(run.is_err(), "seed {seed}: the line scenario passed with {fault:?} planted in the bridge");
+            eprintln!("seed {seed}: {fault:?} fails the line scenario, as it must");
+        }
+    }
+}
+
+fn line_of_eight(seed: u64, fault: Option<BridgeFault>) {
+    {
         let mut w = RadioWorld::new(seed);
         let phones: Vec<PhoneId> = (0..8).map(|i| w.add_phone(&format!("p{i}"), 20.0 * i as f64, 0.0, all())).collect();
+        if let Some(fault) = fault {
+            for &p in &phones {
+                w.inject_bridge_fault(p, fault);
+            }
+        }
         let formed = quiet(&mut w, "the line forms");
         let mut pairs: Vec<(PhoneId, PhoneId)> =
             w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
@@ -170,7 +193,7 @@ fn line_of_eight_phones_over_ble_alone() {
         report(&w, "line");
         assert_converged(&w, &phones);
         assert_one_link_per_pair(&w);
-    });
+    }
 }
 
 /// (b) Two groups of four walk towards each other and merge, walk apart and edit apart, then meet again: everything

@@ -104,7 +104,7 @@ use super::{open_store, StoreDir};
 use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::Store;
 use crate::sync::{Engine, EngineEvent, FetchId, LinkId, PeerPresence, Subscription, SyncError, TransportKind};
-use crate::transport::ble::bridge::{BleBridge, BridgeNote};
+use crate::transport::ble::bridge::{BleBridge, BridgeFault, BridgeNote};
 use crate::transport::ble::links::{BleConfig, BleLinks};
 use crate::transport::ble::radio::{app_tag, device_tag, RadioEvent};
 use crate::transport::ble::{AppTag, DeviceTag};
@@ -387,6 +387,12 @@ impl RadioWorld {
         let phone = &mut self.phones[p];
         phone.engine_dirty = true;
         &mut phone.engine
+    }
+
+    /// Plants a bug in phone `p`'s BLE glue (see [`BridgeFault`]): a scenario that passes with the shipped
+    /// [`BleBridge`] must then fail, which shows that the scenarios run it.
+    pub fn inject_bridge_fault(&mut self, p: PhoneId, fault: BridgeFault) {
+        self.phones[p].bridge.inject_fault(fault);
     }
 
     /// The phone's BLE links (state and per-link counters).

@@ -70,13 +70,15 @@ pub struct BridgeStats {
 #[cfg(feature = "sim")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BridgeFault {
-    /// Every `n`-th frame from the radio is not handed to the engine.
-    DropInboundFrame {
-        /// Which frames: every `n`-th (n ≥ 1).
-        n: u64,
+    /// After `frames` frames, no more of the engine's frames are handed to the links (a glue that stops
+    /// draining the engine). A lost frame, by contrast, is no such bug: the engine notices it and the link is
+    /// rebuilt.
+    StallOutbound {
+        /// Frames handed over before the stall.
+        frames: u64,
     },
-    /// The engine is told the wrong side dialled.
-    SwapInitiator,
+    /// The engine is told that this side dialled, whichever did (two initiators never complete a handshake).
+    AlwaysInitiator,
 }
 
 /// The links of one radio and which engine link each of their connections is. See the module docs.
@@ -90,6 +92,9 @@ pub struct BleBridge {
     stats: BridgeStats,
     #[cfg(feature = "sim")]
     fault: Option<BridgeFault>,
+    /// Frames handed to the links since the bridge started (for [`BridgeFault::StallOutbound`]).
+    #[cfg(feature = "sim")]
+    frames_out_total: u64,
 }
 
 impl BleBridge {
@@ -103,6 +108,8 @@ impl BleBridge {
             stats: BridgeStats::default(),
             #[cfg(feature = "sim")]
             fault: None,
+            #[cfg(feature = "sim")]
+            frames_out_total: 0,
         }
     }
 
@@ -196,6 +203,13 @@ impl BleBridge {
                     continue;
                 }
                 while self.links.wants_frame(conn) {
+                    #[cfg(feature = "sim")]
+                    if let Some(BridgeFault::StallOutbound { frames }) = self.fault {
+                        if self.frames_out_total >= frames {
+                            break;
+                        }
+                        self.frames_out_total += 1;
+                    }
                     let Some(frame) = engine.poll_frame(link) else {
                         self.starved.insert(link);
                         break;
@@ -240,7 +254,7 @@ impl BleBridge {
         match event {
             BleEvent::LinkReady { conn, initiator, peer_tag } => {
                 #[cfg(feature = "sim")]
-                let initiator = initiator ^ (self.fault == Some(BridgeFault::SwapInitiator));
+                let initiator = initiator || self.fault == Some(BridgeFault::AlwaysInitiator);
                 match engine.add_link(TransportKind::Ble, initiator) {
                     Ok(link) => {
                         log::debug!("bluetooth: connection {conn} to {} is link {link}", tag_hex(&peer_tag));
@@ -258,12 +272,6 @@ impl BleBridge {
                 if let Some(&link) = self.engine_link.get(&conn) {
                     self.stats.frames_in += 1;
                     self.stats.frame_bytes_in += frame.len() as u64;
-                    #[cfg(feature = "sim")]
-                    if let Some(BridgeFault::DropInboundFrame { n }) = self.fault {
-                        if self.stats.frames_in % n.max(1) == 0 {
-                            return;
-                        }
-                    }
                     engine.on_frame(link, &frame);
                 }
             }
