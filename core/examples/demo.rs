@@ -5,6 +5,7 @@
 //! the job of the sync layer; here the devices hand each other their changes directly.)
 
 use serde_json::json;
+use shoaldb::store::Replica;
 use shoaldb::{Store, Value};
 
 fn show(name: &str, store: &Store) {
@@ -14,10 +15,10 @@ fn show(name: &str, store: &Store) {
 
 /// One sync round from `a` to `b`: `b` sends a summary of what it has, `a` answers with what `b` lacks.
 fn sync(from: (&str, &Store), to: (&str, &Store)) {
-    let summary = to.1.summary().unwrap();
-    let changes = from.1.changes_since(&summary).unwrap();
+    let summary = to.1.replica().summary().unwrap();
+    let changes = from.1.replica().changes_since(&summary).unwrap();
     let bytes: usize = changes.iter().map(|c| c.encode().len()).sum();
-    let report = to.1.apply_changes(&changes).unwrap();
+    let report = to.1.replica().apply_changes(&changes).unwrap();
     println!(
         "  {} -> {}: summary {} B, {} changes ({} B), applied {}",
         from.0,

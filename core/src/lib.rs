@@ -46,8 +46,8 @@ pub use error::{Error, Result};
 pub use node::{Node, NodeConfig, NodeError};
 pub use query::{Filter, Query, QueryError, SortOrder};
 pub use store::{
-    ApplyReport, AttachmentReader, ChangeEvent, DocChange, Durability, ObserverHandle, Options, Store, Summary,
-    WriteTxn,
+    ApplyReport, AttachmentReader, ChangeEvent, DocChange, Durability, ObserverHandle, Options, Replica, Store,
+    Summary, WriteTxn,
 };
 
 /// The version of this library.

@@ -201,7 +201,7 @@ impl Node {
         let device = identity.device_key();
         let seq_base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let engine = Engine::new(
-            store.clone(),
+            store.replica(),
             identity,
             config.secret.clone(),
             &config.name,

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use shoaldb::crdt::change::Seg;
 use shoaldb::crdt::clock::{wall_clock_ms, Dot, MAX_CLOCK_SKEW_MS};
+use shoaldb::store::Replica;
 use shoaldb::{Change, DocChange, Error, Op, PeerId, Scalar, Store, Timestamp, VersionVector};
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -24,7 +25,7 @@ fn sample_changes() -> Vec<DocChange> {
         Ok(())
     })
     .unwrap();
-    s.changes_since(&Default::default()).unwrap()
+    s.replica().changes_since(&Default::default()).unwrap()
 }
 
 proptest! {
@@ -52,9 +53,9 @@ proptest! {
             // if it fails, must leave the store empty.
             if let Ok(dc) = DocChange::decode(&flipped) {
                 let (_d, s) = store();
-                if s.apply_changes(&[dc]).is_err() {
+                if s.replica().apply_changes(&[dc]).is_err() {
                     prop_assert!(s.list("c").unwrap().is_empty());
-                    prop_assert!(s.summary().unwrap() == Default::default());
+                    prop_assert!(s.replica().summary().unwrap() == Default::default());
                 }
             }
         }
@@ -82,7 +83,7 @@ fn change(peer: u64, start: u64, deps: &[(u64, u64)], ops: Vec<Op>) -> Change {
 fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
     let (_d, s) = store();
     s.upsert("c", json!({"_id": "keep", "v": 1})).unwrap();
-    let before = (s.list("c").unwrap(), s.summary().unwrap());
+    let before = (s.list("c").unwrap(), s.replica().summary().unwrap());
     let good = DocChange {
         collection: "c".into(),
         doc_id: "new".into(),
@@ -139,16 +140,16 @@ fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
     ];
     for bad in bad_cases {
         let batch = vec![good.clone(), DocChange { collection: "c".into(), doc_id: "new".into(), change: bad.clone() }];
-        let err = s.apply_changes(&batch).expect_err(&format!("{bad:?} must be rejected"));
+        let err = s.replica().apply_changes(&batch).expect_err(&format!("{bad:?} must be rejected"));
         assert!(matches!(err, Error::Document(_) | Error::Change(_)), "typed error, got {err:?}");
-        assert_eq!((s.list("c").unwrap(), s.summary().unwrap()), before, "nothing written for {bad:?}");
+        assert_eq!((s.list("c").unwrap(), s.replica().summary().unwrap()), before, "nothing written for {bad:?}");
     }
     // Bad names.
     let mut named = good.clone();
     named.collection = String::new();
-    assert!(matches!(s.apply_changes(&[named]), Err(Error::InvalidName { .. })));
+    assert!(matches!(s.replica().apply_changes(&[named]), Err(Error::InvalidName { .. })));
     // The good change alone applies.
-    assert_eq!(s.apply_changes(&[good]).unwrap().applied, 1);
+    assert_eq!(s.replica().apply_changes(&[good]).unwrap().applied, 1);
     assert_eq!(s.get("c", "new").unwrap().unwrap()["a"], 1);
 }
 
@@ -166,13 +167,18 @@ fn far_future_timestamps_do_not_poison_the_clock_and_later_writes_still_win() {
         ],
     );
     c.ts = far;
-    s.apply_changes(&[DocChange { collection: "c".into(), doc_id: "d".into(), change: c }]).unwrap();
+    s.replica().apply_changes(&[DocChange { collection: "c".into(), doc_id: "d".into(), change: c }]).unwrap();
     assert_eq!(s.get("c", "d").unwrap().unwrap()["v"], "from the future");
     // A local write made after seeing it: causally later, so it wins although its clock is far behind.
     s.update("c", "d", |d| Ok(d.set("v", "local")?)).unwrap();
     assert_eq!(s.get("c", "d").unwrap().unwrap()["v"], "local");
-    let local =
-        s.changes_since(&Default::default()).unwrap().into_iter().find(|dc| dc.change.peer == s.peer_id()).unwrap();
+    let local = s
+        .replica()
+        .changes_since(&Default::default())
+        .unwrap()
+        .into_iter()
+        .find(|dc| dc.change.peer == s.peer_id())
+        .unwrap();
     assert!(
         local.change.ts.wall_ms() <= wall_clock_ms() + MAX_CLOCK_SKEW_MS,
         "the local clock stayed within the skew bound"
@@ -186,11 +192,12 @@ fn clock_and_counters_are_monotonic_across_restarts() {
     let first = {
         let s = Store::open(&path).unwrap();
         s.upsert("c", json!({"_id": "a", "v": 1})).unwrap();
-        s.changes_since(&Default::default()).unwrap().pop().unwrap().change
+        s.replica().changes_since(&Default::default()).unwrap().pop().unwrap().change
     };
     let s = Store::open(&path).unwrap();
     s.upsert("c", json!({"_id": "b", "v": 2})).unwrap();
-    let second = s.changes_since(&Default::default()).unwrap().into_iter().find(|c| c.doc_id == "b").unwrap().change;
+    let second =
+        s.replica().changes_since(&Default::default()).unwrap().into_iter().find(|c| c.doc_id == "b").unwrap().change;
     assert!(second.ts > first.ts);
     assert!(second.start > first.end(), "counters never repeat");
 }

@@ -7,6 +7,7 @@ use serde_json::json;
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::AppSecret;
 use shoaldb::sim::memory_air::MemoryAir;
+use shoaldb::store::Replica;
 use shoaldb::sync::TransportKind;
 use shoaldb::Store;
 use std::path::Path;
@@ -49,7 +50,8 @@ async fn three_phones_in_a_line_sync_over_ble_alone() {
     eventually("a's note reaches c through b", || c.store().get("notes", "from-a").ok().flatten().is_some()).await;
     eventually("c's note reaches a through b", || a.store().get("notes", "from-c").ok().flatten().is_some()).await;
     eventually("identical stores", || {
-        a.store().summary().ok() == c.store().summary().ok() && b.store().summary().ok() == a.store().summary().ok()
+        a.store().replica().summary().ok() == c.store().replica().summary().ok()
+            && b.store().replica().summary().ok() == a.store().replica().summary().ok()
     })
     .await;
     eventually("presence over BLE, c two hops from a", || {
@@ -89,7 +91,8 @@ async fn the_lan_carries_the_data_and_ble_stands_by() {
     for i in 0..50 {
         a.store().upsert("docs", json!({"_id": format!("d{i}"), "body": "y".repeat(1000)})).expect("write");
     }
-    eventually("b has every document", || b.store().summary().ok() == a.store().summary().ok()).await;
+    eventually("b has every document", || b.store().replica().summary().ok() == a.store().replica().summary().ok())
+        .await;
     a.shutdown().await;
     b.shutdown().await;
 }

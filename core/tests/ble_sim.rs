@@ -17,6 +17,7 @@ mod random_edits;
 use serde_json::json;
 use shoaldb::sim::radio::{PhoneId, PhoneOptions, RadioParams};
 use shoaldb::sim::{RadioWorld, World, MILLISECOND, SECOND};
+use shoaldb::store::Replica;
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
 use shoaldb::transport::ble::bridge::BridgeFault;
 use shoaldb::util::rng::SeededRng;
@@ -57,10 +58,10 @@ fn assert_converged(w: &RadioWorld, phones: &[PhoneId]) {
     for &p in phones {
         w.store(p).check_integrity().expect("the database is intact");
     }
-    let summary = w.store(first).summary().unwrap();
+    let summary = w.store(first).replica().summary().unwrap();
     for &p in rest {
         assert_eq!(
-            w.store(p).summary().unwrap(),
+            w.store(p).replica().summary().unwrap(),
             summary,
             "{} and {} hold different changes",
             w.name(first),
@@ -255,7 +256,7 @@ fn two_groups_meet_part_and_meet_again() {
         random_edits(&mut w, &a, n, 100 * MILLISECOND);
         random_edits(&mut w, &b, n, 100 * MILLISECOND);
         quiet(&mut w, "edited apart");
-        assert_ne!(w.store(a[0]).summary().unwrap(), w.store(b[0]).summary().unwrap());
+        assert_ne!(w.store(a[0]).replica().summary().unwrap(), w.store(b[0]).replica().summary().unwrap());
         // Meet again.
         let t0 = w.now();
         for (i, &p) in b.iter().enumerate() {

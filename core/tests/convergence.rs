@@ -9,6 +9,7 @@ mod edits;
 
 use proptest::prelude::*;
 use serde_json::json;
+use shoaldb::store::Replica;
 use shoaldb::{Applied, Change, Document, PeerId, Store, Timestamp, Value};
 
 const REPLICAS: usize = 3;
@@ -175,11 +176,11 @@ fn concurrent_remove_and_update_keeps_the_update() {
     let a = Store::open(dirs[0].path().join("db")).unwrap();
     let b = Store::open(dirs[1].path().join("db")).unwrap();
     a.upsert(COLLECTION, json!({"_id": "x", "title": "t", "n": 1})).unwrap();
-    b.apply_changes(&a.changes_since(&b.summary().unwrap()).unwrap()).unwrap();
+    b.replica().apply_changes(&a.replica().changes_since(&b.replica().summary().unwrap()).unwrap()).unwrap();
     a.remove(COLLECTION, "x").unwrap();
     b.update(COLLECTION, "x", |d| Ok(d.set("n", 2i64)?)).unwrap();
-    b.apply_changes(&a.changes_since(&b.summary().unwrap()).unwrap()).unwrap();
-    a.apply_changes(&b.changes_since(&a.summary().unwrap()).unwrap()).unwrap();
+    b.replica().apply_changes(&a.replica().changes_since(&b.replica().summary().unwrap()).unwrap()).unwrap();
+    a.replica().apply_changes(&b.replica().changes_since(&a.replica().summary().unwrap()).unwrap()).unwrap();
     let expected = json!({"_id": "x", "n": 2});
     assert_eq!(a.get(COLLECTION, "x").unwrap(), Some(expected.clone()));
     assert_eq!(b.get(COLLECTION, "x").unwrap(), Some(expected));

@@ -1,6 +1,7 @@
 //! Collections and documents through the public API: upsert, get, update, remove, evict, list, reopen.
 
 use serde_json::json;
+use shoaldb::store::Replica;
 use shoaldb::{Error, Kind, Query, Store, Value};
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -172,7 +173,7 @@ fn two_connections_to_one_file_share_the_store() {
     let va = a.get("c", "x").unwrap().unwrap();
     assert_eq!(va, b.get("c", "x").unwrap().unwrap());
     assert_eq!(va["count"], 20);
-    let changes = b.changes_since(&Default::default()).unwrap();
+    let changes = b.replica().changes_since(&Default::default()).unwrap();
     assert_eq!(changes.len(), 21);
     let mut ranges: Vec<(u64, u64)> = changes.iter().map(|c| (c.change.start, c.change.end())).collect();
     ranges.sort();

@@ -5,6 +5,7 @@
 use serde_json::json;
 use shoaldb::node::{device_identity, Node, NodeConfig};
 use shoaldb::security::AppSecret;
+use shoaldb::store::Replica;
 use shoaldb::Store;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -84,7 +85,7 @@ async fn two_nodes_sync_both_ways_and_live() {
     sb.upsert("notes", json!({"_id": "b2", "text": "later"})).expect("write");
     eventually("live edits arrive", || field(&sb, "tasks", "a1", "title") == "edited on a" && has(&sa, "notes", "b2"))
         .await;
-    eventually("summaries agree", || sa.summary().ok() == sb.summary().ok()).await;
+    eventually("summaries agree", || sa.replica().summary().ok() == sb.replica().summary().ok()).await;
 
     // Presence: each sees the other, directly, by name.
     eventually("presence", || {
@@ -123,8 +124,8 @@ async fn a_line_of_three_converges() {
     // A and C never meet, but see each other through B.
     eventually("a sees c two hops away", || a.peers().iter().any(|p| p.device == c.device_key() && p.hops == 2)).await;
     eventually("summaries agree", || {
-        let s = sa.summary().ok();
-        s == sb.summary().ok() && s == sc.summary().ok()
+        let s = sa.replica().summary().ok();
+        s == sb.replica().summary().ok() && s == sc.replica().summary().ok()
     })
     .await;
     for n in [a, b, c] {
@@ -149,7 +150,7 @@ async fn a_node_with_the_wrong_secret_gets_nothing() {
     assert!(!has(&sbad, "secrets", "s"), "the intruder got a document");
     assert!(bad.peers().is_empty(), "the intruder sees peers: {:?}", bad.peers());
     assert!(a.peers().iter().all(|p| p.device != bad.device_key()), "a lists the intruder");
-    assert_eq!(sbad.summary().expect("summary"), shoaldb::Summary::new());
+    assert_eq!(sbad.replica().summary().expect("summary"), shoaldb::Summary::new());
     for n in [a, bad, good] {
         n.shutdown().await;
     }
@@ -230,7 +231,7 @@ fn the_device_identity_is_kept_in_the_store() {
     // Device-local settings are not replicated.
     store.set_local_value("theme", b"dark").expect("write");
     assert_eq!(store.local_value("theme").expect("read").as_deref(), Some(&b"dark"[..]));
-    assert_eq!(store.summary().expect("summary"), shoaldb::Summary::new());
+    assert_eq!(store.replica().summary().expect("summary"), shoaldb::Summary::new());
     assert!(store.local_value("").is_err());
 }
 
@@ -354,7 +355,7 @@ async fn oversized_truncated_and_garbage_frames_close_the_link_and_change_nothin
     store.upsert("notes", json!({"_id": "n", "v": 1})).expect("upsert");
     let node = start(&store, "target", Some(loopback()), &[]).await;
     let addr = node.listen_addr().expect("listening");
-    let before = store.summary().expect("summary");
+    let before = store.replica().summary().expect("summary");
     // Each attack on its own connection: the node must close it (EOF or reset), not hang, not crash.
     let oversized = (100u32 << 20).to_be_bytes().to_vec();
     let mut garbage = 40u32.to_be_bytes().to_vec();
@@ -382,7 +383,7 @@ async fn oversized_truncated_and_garbage_frames_close_the_link_and_change_nothin
         t.extend([1u8; 10]);
         s.write_all(&t).await.expect("write");
     }
-    assert_eq!(store.summary().expect("summary"), before, "bad frames changed the store");
+    assert_eq!(store.replica().summary().expect("summary"), before, "bad frames changed the store");
     // The node still serves genuine peers.
     let other = open(dir.path(), "other");
     let peer = start(&other, "other", None, &[addr]).await;

@@ -2,6 +2,7 @@
 //! applied from another replica — and nothing after unregistering.
 
 use serde_json::json;
+use shoaldb::store::Replica;
 use shoaldb::{ChangeEvent, Query, SortOrder, Store};
 use std::sync::{Arc, Mutex};
 
@@ -83,9 +84,9 @@ fn changes_applied_from_another_replica_produce_events() {
     a.upsert("notes", json!({"_id": "n1", "text": "hello"})).unwrap();
     a.upsert("notes", json!({"_id": "n2", "text": "world"})).unwrap();
     a.update("notes", "n1", |d| Ok(d.increment("views", 1)?)).unwrap();
-    let changes = a.changes_since(&b.summary().unwrap()).unwrap();
+    let changes = a.replica().changes_since(&b.replica().summary().unwrap()).unwrap();
     assert_eq!(changes.len(), 3);
-    b.apply_changes(&changes).unwrap();
+    b.replica().apply_changes(&changes).unwrap();
     {
         let ev = events.lock().unwrap();
         assert_eq!(ev.len(), 1, "one apply_changes call is one transaction");
@@ -93,7 +94,7 @@ fn changes_applied_from_another_replica_produce_events() {
         assert_eq!(ev[0].inserted[0]["views"], 1);
     }
     // Applying the same changes again changes nothing: no event.
-    let report = b.apply_changes(&changes).unwrap();
+    let report = b.replica().apply_changes(&changes).unwrap();
     assert_eq!(report.duplicates, 3);
     assert_eq!(events.lock().unwrap().len(), 1);
 }

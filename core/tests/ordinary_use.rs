@@ -5,6 +5,7 @@ use serde_json::json;
 use shoaldb::crdt::change::Seg;
 use shoaldb::crdt::clock::Dot;
 use shoaldb::crdt::sequence::Chars;
+use shoaldb::store::Replica;
 use shoaldb::{Change, DocChange, Op, Path, PeerId, Store, Timestamp, Value, VersionVector};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> Store {
@@ -13,8 +14,8 @@ fn open(dir: &tempfile::TempDir, name: &str) -> Store {
 
 /// Send everything `from` has that `to` lacks.
 fn sync(from: &Store, to: &Store) {
-    let changes = from.changes_since(&to.summary().unwrap()).unwrap();
-    to.apply_changes(&changes).unwrap();
+    let changes = from.replica().changes_since(&to.replica().summary().unwrap()).unwrap();
+    to.replica().apply_changes(&changes).unwrap();
 }
 
 /// Store `a` wrote `c/d` as `{x: 1}`, sent it to `b`, then evicted and unevicted it.
@@ -97,7 +98,8 @@ fn a_failed_edit_applies_nothing_of_itself() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir, "a");
     a.upsert("c", json!({"_id": "d", "t": 1})).unwrap();
-    let (before, ops_before) = (a.get("c", "d").unwrap(), a.changes_since(&Default::default()).unwrap().len());
+    let (before, ops_before) =
+        (a.get("c", "d").unwrap(), a.replica().changes_since(&Default::default()).unwrap().len());
     a.update("c", "d", |ed| {
         // Each of these fails; the closure goes on (an app may ignore an error and keep editing).
         assert!(ed.set("m.list[3].x", 1i64).is_err());
@@ -109,7 +111,7 @@ fn a_failed_edit_applies_nothing_of_itself() {
     })
     .unwrap();
     assert_eq!(a.get("c", "d").unwrap(), before, "nothing of the failed calls is in the document");
-    assert_eq!(a.changes_since(&Default::default()).unwrap().len(), ops_before, "nor in a change");
+    assert_eq!(a.replica().changes_since(&Default::default()).unwrap().len(), ops_before, "nor in a change");
     // A failed call between two good ones keeps the good ones only.
     a.update("c", "d", |ed| {
         ed.set("a", 1i64)?;
@@ -177,17 +179,17 @@ fn validity_of_a_change_does_not_depend_on_delivery_order() {
     // `b` holds a's text, `c` holds only its creation: the crafted change names a's last character but declares
     // only the document's creation as its dependency.
     sync(&a, &b);
-    let creation = a.changes_since(&Default::default()).unwrap().into_iter().next().unwrap();
-    c.apply_changes(std::slice::from_ref(&creation)).unwrap();
+    let creation = a.replica().changes_since(&Default::default()).unwrap().into_iter().next().unwrap();
+    c.replica().apply_changes(std::slice::from_ref(&creation)).unwrap();
     let mut deps = VersionVector::new();
     deps.raise(creation.change.peer, creation.change.end());
     let bad = change_outside_its_dependencies(last_char, deps);
-    let on_b = b.apply_changes(std::slice::from_ref(&bad));
-    let on_c = c.apply_changes(std::slice::from_ref(&bad));
+    let on_b = b.replica().apply_changes(std::slice::from_ref(&bad));
+    let on_c = c.replica().apply_changes(std::slice::from_ref(&bad));
     assert!(on_b.is_err() && on_c.is_err(), "refused everywhere (b: {on_b:?}, c: {on_c:?})");
     // The same reference with honest dependencies is accepted by a store that holds them.
     let honest = change_outside_its_dependencies(last_char, doc.version().clone());
-    b.apply_changes(std::slice::from_ref(&honest)).unwrap();
+    b.replica().apply_changes(std::slice::from_ref(&honest)).unwrap();
     assert_eq!(b.get("c", "d").unwrap().unwrap()["t"], "ab!");
 }
 

@@ -17,6 +17,7 @@ use serde_json::{json, Value as Json};
 use shoaldb::sim::mesh::DeviceId;
 use shoaldb::sim::pipe::BACKLOG_LIMIT;
 use shoaldb::sim::{LinkParams, SimWorld, World, MILLISECOND, SECOND};
+use shoaldb::store::Replica;
 use shoaldb::sync::wire::BATCH_BYTES;
 use shoaldb::sync::{EngineEvent, Subscription, WINDOW};
 use shoaldb::transport::frame::MAX_FRAME_LEN;
@@ -82,8 +83,8 @@ fn assert_converged(w: &SimWorld, subs: &[Vec<Subscription>]) {
             }
             if is_everything(&subs[a]) {
                 assert_eq!(
-                    w.store(a).summary().unwrap(),
-                    w.store(b).summary().unwrap(),
+                    w.store(a).replica().summary().unwrap(),
+                    w.store(b).replica().summary().unwrap(),
                     "{} and {} hold different changes",
                     w.name(a),
                     w.name(b)
@@ -633,7 +634,7 @@ fn wrong_secret_receives_nothing_and_changes_nothing() {
             w.edit(d, |s| apply_edit(s, &e));
             w.edit(intruder, |s| s.upsert("chat", json!({"_id": format!("evil{i}"), "text": "let me in"})).unwrap());
         }
-        let intruder_before = w.store(intruder).summary().unwrap();
+        let intruder_before = w.store(intruder).replica().summary().unwrap();
         // The intruder keeps trying: dialling and being dialled, on every good device, while edits go on.
         let mut attempts = 0;
         for round in 0..6 {
@@ -652,13 +653,13 @@ fn wrong_secret_receives_nothing_and_changes_nothing() {
         report(&w, "network");
         assert!(attempts > 0);
         // The intruder got nothing: its store holds exactly what it wrote itself.
-        assert_eq!(w.store(intruder).summary().unwrap(), intruder_before);
+        assert_eq!(w.store(intruder).replica().summary().unwrap(), intruder_before);
         assert_eq!(w.store(intruder).collections().unwrap(), vec!["chat".to_string()]);
         assert!(w.store(intruder).list("chat").unwrap().iter().all(|d| d["_id"].as_str().unwrap().starts_with("evil")));
         // And changed nothing: no good device holds any of its changes, and none of them ever had a session with it.
         let evil_peer = w.store(intruder).peer_id();
         for &g in &good {
-            let summary = w.store(g).summary().unwrap();
+            let summary = w.store(g).replica().summary().unwrap();
             assert!(summary.peers().all(|(p, _)| p != evil_peer), "{} holds the intruder's changes", w.name(g));
             assert!(w.store(g).list("chat").unwrap().iter().all(|d| !d["_id"].as_str().unwrap().starts_with("evil")));
             let intruder_key = w.device_key(intruder);
@@ -706,7 +707,7 @@ fn flow_control_bounds_outstanding_data_on_ble() {
                     .unwrap()
             });
         }
-        for c in w.store(a).changes_since(&shoaldb::Summary::new()).unwrap() {
+        for c in w.store(a).replica().changes_since(&shoaldb::Summary::new()).unwrap() {
             doc_bytes_max = doc_bytes_max.max(c.encode().len());
         }
         w.edit(b, |s| s.upsert("notes", json!({"_id": "from-b", "text": "hello"})).unwrap());
@@ -745,7 +746,7 @@ fn flow_control_bounds_outstanding_data_on_ble() {
         // The simulator itself holds at most its backlog plus one frame.
         assert!(s.max_unsent_bytes as usize <= BACKLOG_LIMIT + MAX_FRAME_LEN + 4);
         // Everything arrived.
-        assert_eq!(w.store(a).summary().unwrap(), w.store(b).summary().unwrap());
+        assert_eq!(w.store(a).replica().summary().unwrap(), w.store(b).replica().summary().unwrap());
         assert_eq!(w.store(b).list("blobs").unwrap().len(), docs);
         assert_eq!(w.store(a).list("blobs").unwrap(), w.store(b).list("blobs").unwrap());
         assert!(w.store(a).get("notes", "from-b").unwrap().is_some());
@@ -772,8 +773,14 @@ fn interrupted_transfer_resumes_where_it_stopped() {
             })
             .unwrap()
         });
-        let data: usize =
-            w.store(a).changes_since(&shoaldb::Summary::new()).unwrap().iter().map(|c| c.encode().len()).sum();
+        let data: usize = w
+            .store(a)
+            .replica()
+            .changes_since(&shoaldb::Summary::new())
+            .unwrap()
+            .iter()
+            .map(|c| c.encode().len())
+            .sum();
         let params = if w.rng().chance(0.5) { LinkParams::ble() } else { LinkParams::ble().with_loss(lossy()) };
         w.link(a, b, params);
         let cuts = 4;
@@ -787,7 +794,7 @@ fn interrupted_transfer_resumes_where_it_stopped() {
         }
         w.run_until_quiet(3600 * SECOND).expect("quiet");
         report(&w, "network");
-        assert_eq!(w.store(a).summary().unwrap(), w.store(b).summary().unwrap());
+        assert_eq!(w.store(a).replica().summary().unwrap(), w.store(b).replica().summary().unwrap());
         assert_eq!(w.store(a).list("blobs").unwrap(), w.store(b).list("blobs").unwrap());
         let s = w.stats(a, b);
         // Each cut wastes at most what was on the wire or in the simulator's backlog; each session costs a few KB.
@@ -826,20 +833,21 @@ fn catch_up_after_relink_sends_only_the_new_changes() {
         w.link(a, b, params);
         w.run_until_quiet(3600 * SECOND).expect("quiet");
         let first = w.stats(a, b).bytes_sent + w.stats(b, a).bytes_sent;
-        assert_eq!(w.store(a).summary().unwrap(), w.store(b).summary().unwrap());
+        assert_eq!(w.store(a).replica().summary().unwrap(), w.store(b).replica().summary().unwrap());
         w.unlink(a, b);
-        let b_had = w.store(b).summary().unwrap();
+        let b_had = w.store(b).replica().summary().unwrap();
         for _ in 0..5 {
             let i = w.rng().below(docs);
             w.edit(a, |s| s.update("docs", &format!("d{i:05}"), |d| Ok(d.set("title", "changed")?)).unwrap());
         }
-        let new_changes: usize = w.store(a).changes_since(&b_had).unwrap().iter().map(|c| c.encode().len()).sum();
+        let new_changes: usize =
+            w.store(a).replica().changes_since(&b_had).unwrap().iter().map(|c| c.encode().len()).sum();
         w.reset_stats();
         w.link(a, b, params);
         w.run_until_quiet(3600 * SECOND).expect("quiet");
         let again = w.stats(a, b).bytes_sent + w.stats(b, a).bytes_sent;
         eprintln!("  first sync {first} bytes; after relinking {again} bytes for {new_changes} bytes of new changes");
-        assert_eq!(w.store(a).summary().unwrap(), w.store(b).summary().unwrap());
+        assert_eq!(w.store(a).replica().summary().unwrap(), w.store(b).replica().summary().unwrap());
         assert_eq!(w.store(a).list("docs").unwrap(), w.store(b).list("docs").unwrap());
         assert!(again < new_changes as u64 + 3000, "catch-up sent {again} bytes for {new_changes} bytes of changes");
         assert!(again * 20 < first, "never everything again");

@@ -18,6 +18,7 @@ mod edits;
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 use shoaldb::crdt::path::{MAX_KEY_BYTES, MAX_PATH_DEPTH};
+use shoaldb::store::Replica as _;
 use shoaldb::{DocChange, DocEditor, DocError, Error, Path, Query, Scalar, Store, Value};
 use std::collections::BTreeMap;
 
@@ -316,7 +317,7 @@ fn state(s: &Store) -> (Vec<Json>, Vec<DocState>, shoaldb::Summary) {
             })
         })
         .collect();
-    (observable(s), docs, s.summary().unwrap())
+    (observable(s), docs, s.replica().summary().unwrap())
 }
 
 fn run(actions: &[Action]) {
@@ -325,10 +326,10 @@ fn run(actions: &[Action]) {
         match a {
             Action::Write { replica, handle, edits, abort } => {
                 let r = &replicas[*replica];
-                let before = (observable(r.store()), r.store().summary().unwrap());
+                let before = (observable(r.store()), r.store().replica().summary().unwrap());
                 let result = write(&r.handles[*handle], edits, *abort);
                 if result.is_err() {
-                    let after = (observable(r.store()), r.store().summary().unwrap());
+                    let after = (observable(r.store()), r.store().replica().summary().unwrap());
                     assert!(before == after, "a failed transaction changed the store");
                 }
                 // The other handle sees the same store.
@@ -338,8 +339,8 @@ fn run(actions: &[Action]) {
                 if from == to {
                     continue;
                 }
-                let summary = replicas[*to].store().summary().unwrap();
-                let changes = replicas[*from].handles[1].changes_since(&summary).unwrap();
+                let summary = replicas[*to].store().replica().summary().unwrap();
+                let changes = replicas[*from].handles[1].replica().changes_since(&summary).unwrap();
                 replicas[*to].inbox.extend(changes);
             }
             Action::Deliver { to, seed } => {
@@ -361,8 +362,8 @@ fn run(actions: &[Action]) {
                 r.inbox = keep;
                 let split = if batch.is_empty() { 0 } else { (next(&mut seed) % batch.len() as u64) as usize };
                 let h = (seed % 2) as usize;
-                r.handles[h].apply_changes(&batch[..split]).unwrap();
-                r.handles[1 - h].apply_changes(&batch[split..]).unwrap();
+                r.handles[h].replica().apply_changes(&batch[..split]).unwrap();
+                r.handles[1 - h].replica().apply_changes(&batch[split..]).unwrap();
             }
             Action::Evict { replica, doc } => {
                 replicas[*replica].store().evict(COLLECTION, DOCS[*doc]).unwrap();
@@ -386,15 +387,15 @@ fn run(actions: &[Action]) {
             r.store().unevict(COLLECTION, d).unwrap();
         }
         let inbox = std::mem::take(&mut r.inbox);
-        r.store().apply_changes(&inbox).unwrap();
+        r.store().replica().apply_changes(&inbox).unwrap();
     }
     for _round in 0..2 {
         for a in 0..REPLICAS {
             for b in 0..REPLICAS {
                 if a != b {
-                    let summary = replicas[b].store().summary().unwrap();
-                    let changes = replicas[a].store().changes_since(&summary).unwrap();
-                    let report = replicas[b].store().apply_changes(&changes).unwrap();
+                    let summary = replicas[b].store().replica().summary().unwrap();
+                    let changes = replicas[a].store().replica().changes_since(&summary).unwrap();
+                    let report = replicas[b].store().replica().apply_changes(&changes).unwrap();
                     assert_eq!(report.pending, 0, "a full exchange leaves nothing pending");
                 }
             }
@@ -415,10 +416,10 @@ fn run(actions: &[Action]) {
     // Applying every change again changes nothing.
     let mut log: Vec<DocChange> = Vec::new();
     for r in &replicas {
-        log.extend(r.store().changes_since(&Default::default()).unwrap());
+        log.extend(r.store().replica().changes_since(&Default::default()).unwrap());
     }
     for r in &replicas {
-        let report = r.store().apply_changes(&log).unwrap();
+        let report = r.store().replica().apply_changes(&log).unwrap();
         assert_eq!(report.applied, 0, "changes applied twice");
         assert!(state(r.store()) == converged, "applying everything again changed a replica");
     }
@@ -429,7 +430,7 @@ fn run(actions: &[Action]) {
     let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ log.len() as u64;
     shuffle(&mut log, &mut seed);
     for chunk in log.chunks(log.len() / 3 + 1) {
-        fresh.apply_changes(chunk).unwrap();
+        fresh.replica().apply_changes(chunk).unwrap();
     }
     let fresh_state = state(&fresh);
     assert!(

@@ -3,12 +3,14 @@
 
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
+use shoaldb::store::Replica;
 use shoaldb::sync::{Engine, EngineEvent, LinkId, Subscription, TransportKind};
 use shoaldb::Store;
 use std::collections::BTreeMap;
 
 struct Net {
     dir: tempfile::TempDir,
+    stores: Vec<Store>,
     engines: Vec<Engine>,
     /// (a, link at a, b, link at b)
     wires: Vec<(usize, LinkId, usize, LinkId)>,
@@ -24,15 +26,17 @@ fn secret() -> AppSecret {
 impl Net {
     fn new(subs: Vec<Vec<Subscription>>) -> Net {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engines = subs
+        let (stores, engines) = subs
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
                 let store = Store::open(dir.path().join(format!("{i}.db"))).expect("store");
-                Engine::new(store, Identity::generate().expect("identity"), secret(), &format!("dev{i}"), s, 0)
+                let id = Identity::generate().expect("identity");
+                let engine = Engine::new(store.replica(), id, secret(), &format!("dev{i}"), s, 0);
+                (store, engine)
             })
-            .collect();
-        Net { dir, engines, wires: Vec::new(), bytes: BTreeMap::new(), link_bytes: BTreeMap::new() }
+            .unzip();
+        Net { dir, stores, engines, wires: Vec::new(), bytes: BTreeMap::new(), link_bytes: BTreeMap::new() }
     }
 
     fn connect(&mut self, a: usize, b: usize) -> usize {
@@ -81,7 +85,7 @@ impl Net {
     }
 
     fn store(&self, i: usize) -> &Store {
-        self.engines[i].store()
+        &self.stores[i]
     }
 }
 
@@ -102,7 +106,7 @@ fn two_devices_catch_up_then_stay_live() {
     net.store(0).update("tasks", "t1", |d| Ok(d.set("title", "oat milk")?)).unwrap();
     net.settle();
     assert_eq!(net.store(1).get("tasks", "t1").unwrap().unwrap()["title"], "oat milk");
-    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    assert_eq!(net.store(0).replica().summary().unwrap(), net.store(1).replica().summary().unwrap());
 }
 
 #[test]
@@ -185,14 +189,16 @@ fn wrong_secret_gets_nothing_and_garbage_closes_the_link() {
     let mut net = Net::new(vec![all(), all()]);
     net.store(0).upsert("secret", json!({"_id": "s", "v": 1})).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let intruder_store = Store::open(dir.path().join("x.db")).unwrap();
     let intruder = Engine::new(
-        Store::open(dir.path().join("x.db")).unwrap(),
+        intruder_store.replica(),
         Identity::generate().unwrap(),
         AppSecret::from_bytes(b"wrong").unwrap(),
         "intruder",
         all(),
         0,
     );
+    net.stores.push(intruder_store);
     net.engines.push(intruder);
     net.connect(2, 0);
     net.settle();
@@ -208,10 +214,10 @@ fn wrong_secret_gets_nothing_and_garbage_closes_the_link() {
     let w = net.connect(0, 1);
     net.settle();
     let (_, _, b, lb) = net.wires[w];
-    let before = net.store(b).summary().unwrap();
+    let before = net.store(b).replica().summary().unwrap();
     net.engines[b].on_frame(lb, b"\x00\x01garbage");
     assert!(net.engines[b].is_closed(lb));
-    assert_eq!(net.store(b).summary().unwrap(), before);
+    assert_eq!(net.store(b).replica().summary().unwrap(), before);
 }
 
 fn fetch_events(e: &mut Engine) -> Vec<shoaldb::sync::FetchEvent> {
@@ -280,8 +286,12 @@ fn relays_pass_attachment_bytes_on_as_they_arrive() {
         }
         let events = fetch_events(&mut net.engines[0]);
         if first_at_a.is_none() && !progress(&events).is_empty() {
-            first_at_a = Some(net.store(1).attachment_received(&token.hash).unwrap());
-            assert_eq!(net.store(1).attachment_len(&token.hash).unwrap(), None, "the relay is still fetching");
+            first_at_a = Some(net.store(1).replica().attachment_received(&token.hash).unwrap());
+            assert_eq!(
+                net.store(1).replica().attachment_len(&token.hash).unwrap(),
+                None,
+                "the relay is still fetching"
+            );
         }
         if let Some(FetchEvent::Done { fetch: f, .. }) = events.last() {
             assert_eq!(*f, fetch);
@@ -292,7 +302,7 @@ fn relays_pass_attachment_bytes_on_as_they_arrive() {
     assert!(relay_had < 600_000 / 4, "A's first bytes came when the relay had {relay_had} of 600000");
     assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
     assert!(net.store(1).has_attachment(&token).unwrap(), "the relay keeps a verified copy");
-    assert_eq!(net.store(1).attachment_received(&token.hash).unwrap(), 0, "and no loose parts");
+    assert_eq!(net.store(1).replica().attachment_received(&token.hash).unwrap(), 0, "and no loose parts");
     // An empty attachment crosses too.
     let fetch = net.engines[0].fetch_attachment(empty.hash).unwrap();
     net.settle();
@@ -311,11 +321,11 @@ fn a_fetch_through_a_relay_resumes_where_it_broke_off() {
     let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
     net.settle();
     let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
-    while net.store(0).attachment_received(&token.hash).unwrap() == 0 {
+    while net.store(0).replica().attachment_received(&token.hash).unwrap() == 0 {
         assert!(net.round(1), "the transfer stalled");
     }
-    let partial = net.store(0).attachment_received(&token.hash).unwrap();
-    assert_eq!(net.store(1).attachment_len(&token.hash).unwrap(), None, "the relay is still fetching");
+    let partial = net.store(0).replica().attachment_received(&token.hash).unwrap();
+    assert_eq!(net.store(1).replica().attachment_len(&token.hash).unwrap(), None, "the relay is still fetching");
     net.disconnect(ab);
     fetch_events(&mut net.engines[0]);
     net.connect(0, 1);
@@ -358,9 +368,13 @@ fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
         progress(&events)
     );
     for i in [0, 1] {
-        assert_eq!(net.store(i).attachment_len(&token.hash).unwrap(), None);
+        assert_eq!(net.store(i).replica().attachment_len(&token.hash).unwrap(), None);
     }
-    assert_eq!(net.store(1).attachment_received(&token.hash).unwrap(), 0, "the relay dropped what it received");
+    assert_eq!(
+        net.store(1).replica().attachment_received(&token.hash).unwrap(),
+        0,
+        "the relay dropped what it received"
+    );
 }
 
 #[test]
@@ -391,7 +405,7 @@ fn bytes_from_a_relay_that_gave_up_are_dropped_and_another_device_provides_the_a
     let p = progress(&events);
     assert!(p.windows(2).any(|w| w[1] < w[0]), "started again after the relay gave up: {p:?}");
     assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
-    assert_eq!(net.store(1).attachment_len(&token.hash).unwrap(), None, "the relay kept nothing");
+    assert_eq!(net.store(1).replica().attachment_len(&token.hash).unwrap(), None, "the relay kept nothing");
 }
 
 #[test]
@@ -413,7 +427,7 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
             net.engines[a].on_frame(la, &f);
         }
     }
-    let partial = net.store(0).attachment_received(&token.hash).unwrap();
+    let partial = net.store(0).replica().attachment_received(&token.hash).unwrap();
     assert!(partial > 0 && partial < 200_000, "cut mid-transfer ({partial} bytes in)");
     net.disconnect(w);
     assert!(
@@ -439,14 +453,14 @@ fn received_attachment_bytes_that_do_not_match_the_hash_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("s.db")).unwrap();
     let hash = *blake3::hash(b"the real content").as_bytes();
-    store.receive_attachment_part(&hash, 0, b"forged content!!").unwrap();
-    assert!(store.receive_attachment_part(&hash, 3, b"x").is_err(), "out-of-order part refused");
-    assert!(store.finish_attachment(&hash, 16).is_err());
-    assert_eq!(store.attachment_received(&hash).unwrap(), 0, "forged bytes dropped");
-    assert_eq!(store.attachment_len(&hash).unwrap(), None);
-    store.receive_attachment_part(&hash, 0, b"the real content").unwrap();
-    store.finish_attachment(&hash, 16).unwrap();
-    assert_eq!(store.attachment_len(&hash).unwrap(), Some(16));
+    store.replica().receive_attachment_part(&hash, 0, b"forged content!!").unwrap();
+    assert!(store.replica().receive_attachment_part(&hash, 3, b"x").is_err(), "out-of-order part refused");
+    assert!(store.replica().finish_attachment(&hash, 16).is_err());
+    assert_eq!(store.replica().attachment_received(&hash).unwrap(), 0, "forged bytes dropped");
+    assert_eq!(store.replica().attachment_len(&hash).unwrap(), None);
+    store.replica().receive_attachment_part(&hash, 0, b"the real content").unwrap();
+    store.replica().finish_attachment(&hash, 16).unwrap();
+    assert_eq!(store.replica().attachment_len(&hash).unwrap(), Some(16));
 }
 
 #[test]
@@ -490,7 +504,7 @@ fn the_lan_carries_the_data_while_ble_stands_by_and_takes_over_when_the_lan_goes
         net.store(0).upsert("docs", json!({"_id": format!("d{i}"), "body": "x".repeat(500)})).unwrap();
     }
     net.settle();
-    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    assert_eq!(net.store(0).replica().summary().unwrap(), net.store(1).replica().summary().unwrap());
     let over_lan = net.link_bytes.get(&(0, lan)).copied().unwrap_or(0);
     let over_ble = net.link_bytes.get(&(0, ble)).copied().unwrap_or(0);
     assert!(over_lan > 50_000, "the documents went over the LAN ({over_lan} bytes)");
@@ -505,7 +519,7 @@ fn the_lan_carries_the_data_while_ble_stands_by_and_takes_over_when_the_lan_goes
     net.settle();
     assert_eq!(net.store(1).get("docs", "d1").unwrap().unwrap()["body"], "from 0 over BLE");
     assert!(net.store(0).get("docs", "new").unwrap().is_some());
-    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    assert_eq!(net.store(0).replica().summary().unwrap(), net.store(1).replica().summary().unwrap());
     assert_eq!(net.engines[1].peers()[0].transport, TransportKind::Ble);
     let after = net.link_bytes.get(&(0, ble)).copied().unwrap_or(0);
     assert!(after < 10_000, "taking over resent nothing the peer had: {after} bytes");
@@ -518,7 +532,7 @@ fn the_lan_carries_the_data_while_ble_stands_by_and_takes_over_when_the_lan_goes
         net.store(1).upsert("docs", json!({"_id": format!("back{i}"), "body": "y".repeat(500)})).unwrap();
     }
     net.settle();
-    assert_eq!(net.store(0).summary().unwrap(), net.store(1).summary().unwrap());
+    assert_eq!(net.store(0).replica().summary().unwrap(), net.store(1).replica().summary().unwrap());
     assert!(net.link_bytes.get(&(1, lan2)).copied().unwrap_or(0) > 10_000, "back on the LAN");
     let ble_at_1 = net.wires.iter().find(|w| w.1 == ble).map(|w| w.3).expect("ble wire");
     assert!(net.link_bytes.get(&(1, ble_at_1)).copied().unwrap_or(0) < 2_000, "BLE stands by again");

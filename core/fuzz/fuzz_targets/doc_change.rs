@@ -2,6 +2,7 @@
 //! panic, and an error writes nothing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use shoaldb::store::Replica;
 use shoaldb::{DocChange, Store};
 use std::sync::OnceLock;
 
@@ -18,9 +19,9 @@ fn store() -> &'static (tempfile::TempDir, Store) {
 fuzz_target!(|data: &[u8]| {
     let (_, store) = store();
     if let Ok(dc) = DocChange::decode(data) {
-        let before = store.summary().expect("summary");
-        if store.apply_changes(&[dc]).is_err() {
-            assert_eq!(store.summary().expect("summary"), before);
+        let before = store.replica().summary().expect("summary");
+        if store.replica().apply_changes(&[dc]).is_err() {
+            assert_eq!(store.replica().summary().expect("summary"), before);
         }
     }
 });

@@ -11,19 +11,25 @@ fuzz_target!(|data: &[u8]| {
     let secret = AppSecret::from_bytes(b"fuzz").expect("secret");
     let open = |n: &str| Store::open(dir.path().join(n)).expect("store");
     let mut a = Engine::new(
-        open("a.db"),
+        open("a.db").replica(),
         Identity::generate().expect("id"),
         secret.clone(),
         "a",
         vec![Subscription::everything()],
         0,
     );
-    let mut b =
-        Engine::new(open("b.db"), Identity::generate().expect("id"), secret, "b", vec![Subscription::everything()], 0);
-    let la = a.add_link(TransportKind::Sim, true).expect("link");
-    let lb = b.add_link(TransportKind::Sim, false).expect("link");
+    let mut b = Engine::new(
+        open("b.db").replica(),
+        Identity::generate().expect("id"),
+        secret,
+        "b",
+        vec![Subscription::everything()],
+        0,
+    );
+    let la = a.add_link(TransportKind::Lan, true).expect("link");
+    let lb = b.add_link(TransportKind::Lan, false).expect("link");
     // Unauthenticated garbage first, on a separate link.
-    let lx = b.add_link(TransportKind::Sim, false).expect("link");
+    let lx = b.add_link(TransportKind::Lan, false).expect("link");
     for piece in data.split(|&x| x == 0xff).take(8) {
         b.on_frame(lx, piece);
     }
@@ -36,11 +42,11 @@ fuzz_target!(|data: &[u8]| {
             a.on_frame(la, &f);
         }
     }
-    let before = b.store().summary().expect("summary");
+    let before = b.replica().summary().expect("summary");
     for piece in data.split(|&x| x == 0xfe).take(16) {
         b.on_frame(lb, piece);
     }
     if b.is_closed(lb) {
-        assert_eq!(b.store().summary().expect("summary"), before);
+        assert_eq!(b.replica().summary().expect("summary"), before);
     }
 });

@@ -150,6 +150,7 @@ struct SimDevice {
     name: String,
     identity: Identity,
     secret: AppSecret,
+    store: Store,
     engine: Engine,
     /// The engine's links and the connection of each.
     links: BTreeMap<LinkId, u64>,
@@ -230,11 +231,12 @@ impl SimWorld {
         }
         let identity = Identity::from_private(&private).expect("a simulated identity");
         let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
-        let engine = Engine::new(store, identity.clone(), secret.clone(), name, subscriptions, 0);
+        let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0);
         self.devices.push(SimDevice {
             name: name.to_string(),
             identity,
             secret,
+            store: store.clone(),
             engine,
             links: BTreeMap::new(),
             events: Vec::new(),
@@ -265,13 +267,14 @@ impl SimWorld {
         let clock = self.timeline.wall_clock();
         let now = self.now();
         let dev = &mut self.devices[device];
-        let path = dev.engine.store().path().to_path_buf();
+        let path = dev.store.path().to_path_buf();
         let store = open_store(&path, store_seed, clock);
         let subscriptions = dev.engine.subscriptions().to_vec();
         // Presence sequence numbers must grow across restarts: start from the virtual clock, with room for 2^20
         // link changes per microsecond.
         let seq_base = (now + 1) << 20;
-        let engine = Engine::new(store, dev.identity.clone(), dev.secret.clone(), &dev.name, subscriptions, seq_base);
+        let engine =
+            Engine::new(store.replica(), dev.identity.clone(), dev.secret.clone(), &dev.name, subscriptions, seq_base);
         // The old engine (and its store) goes.
         dev.engine = engine;
         self.dirty.insert(device);
@@ -294,7 +297,7 @@ impl SimWorld {
     }
 
     pub fn store(&self, device: DeviceId) -> &Store {
-        self.devices[device].engine.store()
+        &self.devices[device].store
     }
 
     pub fn engine(&self, device: DeviceId) -> &Engine {
@@ -317,7 +320,7 @@ impl SimWorld {
 
     /// Edit a device's store (any writes through `f`); its links are then offered a chance to send.
     pub fn edit<R>(&mut self, device: DeviceId, f: impl FnOnce(&Store) -> R) -> R {
-        let r = f(self.devices[device].engine.store());
+        let r = f(&self.devices[device].store);
         self.dirty.insert(device);
         self.settle();
         r

@@ -1,13 +1,11 @@
 //! The change log as sync reads it: what a peer lacks (the log minus a summary), every change of one document, and
 //! notices of new commits — this process's, or another process's on the same file.
 
-use super::replicate::Summary;
-use super::{check_collection, check_doc_id, Inner, Store};
+use super::{Inner, Store};
 use crate::crdt::clock::PeerId;
 use crate::error::Result;
 use crate::util::lock;
 use rusqlite::{params, OptionalExtension};
-use serde_json::Value as Json;
 use std::sync::Arc;
 
 /// One change of the log, still encoded, with the document it belongs to.
@@ -38,9 +36,9 @@ impl LogEntry {
     }
 }
 
-const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.id, c.peer, c.start, c.end, c.body";
+pub(super) const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.id, c.peer, c.start, c.end, c.body";
 
-fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+pub(super) fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
     Ok(LogEntry {
         seq: r.get(0)?,
         doc: r.get(1)?,
@@ -72,7 +70,7 @@ pub(crate) type Listener = Arc<dyn Fn() + Send + Sync>;
 impl Inner {
     /// The log entries in `peer:lo..=hi`, plus the one that starts before `lo` and reaches into it, in counter
     /// order, stopping once `keep` has accepted entries of `max_bytes` (returns the bytes accepted).
-    fn entries_in(
+    pub(super) fn entries_in(
         &self,
         peer: PeerId,
         lo: u64,
@@ -113,51 +111,6 @@ impl Inner {
 }
 
 impl Store {
-    /// Changes this store holds that are in neither `have` nor `skip`, in log order (causal within each
-    /// document), about `max_bytes` of them at most (always at least one when there is any).
-    pub fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {
-        let mut inner = self.lock();
-        inner.refresh()?;
-        let wanted = inner.held.difference(have).difference(skip);
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let keep = |e: &LogEntry| !have.contains(e.peer, e.start, e.end) && !skip.contains(e.peer, e.start, e.end);
-        'peers: for (peer, ranges) in wanted.peers() {
-            for &(lo, hi) in ranges.ranges() {
-                bytes += inner.entries_in(peer, lo, hi, max_bytes.saturating_sub(bytes), keep, &mut out)?;
-                if bytes >= max_bytes {
-                    break 'peers;
-                }
-            }
-        }
-        out.sort_by_key(|e| e.seq);
-        out.dedup_by_key(|e| e.seq);
-        Ok(out)
-    }
-
-    /// Every change of one document, in log order.
-    pub fn log_of_doc(&self, doc: i64) -> Result<Vec<LogEntry>> {
-        let inner = self.lock();
-        let mut stmt = inner.conn.prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc WHERE c.doc = ?1 ORDER BY c.seq"
-        ))?;
-        let rows = stmt.query_map(params![doc], entry)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    }
-
-    /// A document's JSON view by its local number (`None` when it does not exist or was removed).
-    pub fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
-        self.lock().stored_view("SELECT doc, view, parts FROM docs WHERE doc = ?1", params![doc])
-    }
-
-    /// A document's local number, if the store has it.
-    pub fn doc_number(&self, collection: &str, id: &str) -> Result<Option<i64>> {
-        check_collection(collection)?;
-        check_doc_id(id)?;
-        let inner = self.lock();
-        super::docs::row_of(&inner.conn, collection, id)
-    }
-
     /// Call `f` after every commit that changed the store (on the committing thread, outside the store's lock),
     /// and when [`Store::poll_external_changes`] finds changes made by another process. Keep `f` short: it is
     /// meant to wake up whoever needs to look.

@@ -10,14 +10,18 @@ mod changelog;
 mod docs;
 mod ids;
 mod observe;
+mod replica;
 mod replicate;
+mod requests;
 mod schema;
 mod txn;
 
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
 pub use observe::{Callback, ChangeEvent};
+pub use replica::{Replica, StoreReplica};
 pub use replicate::{ApplyReport, DocChange, RangeSet, Summary};
+pub use requests::AttachmentRequest;
 pub use schema::SCHEMA_VERSION;
 pub use txn::WriteTxn;
 
@@ -90,30 +94,6 @@ pub fn check_collection(s: &str) -> Result<()> {
 
 pub(crate) fn check_doc_id(s: &str) -> Result<()> {
     check_name("document id", s)
-}
-
-/// Where an attachment fetch requested through the store stands ([`Store::attachment_request`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttachmentRequest {
-    /// Nothing was requested (or the request was dropped).
-    None,
-    /// A peer is fetching it (progress when known).
-    Pending { done: u64, total: Option<u64> },
-    /// The bytes are stored here.
-    Stored,
-    /// No connected device could provide it.
-    Failed(String),
-}
-
-/// The device-local settings behind [`Store::request_attachment`].
-const FETCH_PREFIX: &str = "fetch:";
-
-fn fetch_key(hash: &[u8; 32]) -> String {
-    format!("{FETCH_PREFIX}{}", crate::util::hex(hash))
-}
-
-fn fetch_failed_key(hash: &[u8; 32]) -> String {
-    format!("fetch-failed:{}", crate::util::hex(hash))
 }
 
 /// The state behind the store's lock.
@@ -467,60 +447,6 @@ impl Store {
         Ok(())
     }
 
-    /// Ask a sync peer running on this store (possibly in another process, e.g. `shoal peer`) to fetch the bytes
-    /// of attachment `hash` from the devices it is connected to. See [`Store::attachment_request`] for the outcome.
-    pub fn request_attachment(&self, hash: &[u8; 32]) -> Result<()> {
-        self.remove_local_value(&fetch_failed_key(hash))?;
-        self.local_value_or_insert(&fetch_key(hash), b"")?;
-        Ok(())
-    }
-
-    /// The attachments requested with [`Store::request_attachment`] and not fetched yet.
-    pub fn requested_attachments(&self) -> Result<Vec<[u8; 32]>> {
-        let inner = self.lock();
-        let prefix = format!("local:{FETCH_PREFIX}");
-        let mut stmt = inner.conn.prepare_cached("SELECT key FROM meta WHERE key LIKE ?1 || '%'")?;
-        let keys = stmt.query_map(params![prefix], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(keys.iter().filter_map(|k| crate::util::parse_hex::<32>(k.strip_prefix(&prefix)?)).collect())
-    }
-
-    /// Record a requested fetch's progress (for the process that asked), if it is still requested.
-    pub fn record_attachment_progress(&self, hash: &[u8; 32], done: u64, total: u64) -> Result<()> {
-        let mut v = done.to_le_bytes().to_vec();
-        v.extend_from_slice(&total.to_le_bytes());
-        let key = format!("local:{}", fetch_key(hash));
-        self.lock().conn.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, v])?;
-        Ok(())
-    }
-
-    /// End a requested fetch: done (`failure` is `None`) or failed with a reason.
-    pub fn end_attachment_request(&self, hash: &[u8; 32], failure: Option<&str>) -> Result<()> {
-        self.remove_local_value(&fetch_key(hash))?;
-        if let Some(reason) = failure {
-            self.set_local_value(&fetch_failed_key(hash), reason.as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// Where a request made with [`Store::request_attachment`] stands.
-    pub fn attachment_request(&self, hash: &[u8; 32]) -> Result<AttachmentRequest> {
-        if self.attachment_len(hash)?.is_some() {
-            return Ok(AttachmentRequest::Stored);
-        }
-        if let Some(reason) = self.local_value(&fetch_failed_key(hash))? {
-            return Ok(AttachmentRequest::Failed(String::from_utf8_lossy(&reason).into_owned()));
-        }
-        match self.local_value(&fetch_key(hash))? {
-            None => Ok(AttachmentRequest::None),
-            Some(v) if v.len() == 16 => {
-                let done = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
-                let total = u64::from_le_bytes(v[8..].try_into().unwrap_or_default());
-                Ok(AttachmentRequest::Pending { done, total: Some(total) })
-            }
-            Some(_) => Ok(AttachmentRequest::Pending { done: 0, total: None }),
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         match self.shared.inner.lock() {
             Ok(g) => g,
@@ -733,41 +659,6 @@ impl Store {
 
     // ---- replication ----
 
-    /// A compact summary of the changes this store holds, to send to another store.
-    pub fn summary(&self) -> Result<Summary> {
-        let mut inner = self.lock();
-        inner.refresh()?;
-        Ok(inner.held.clone())
-    }
-
-    /// The changes this store holds that a store with `summary` lacks, in an order that applies cleanly.
-    pub fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
-        self.log_missing(summary, &Summary::new(), usize::MAX)?
-            .into_iter()
-            .map(|e| {
-                let change =
-                    crate::crdt::change::Change::decode(&e.body).map_err(|err| Error::Corrupt(err.to_string()))?;
-                Ok(DocChange { collection: e.collection, doc_id: e.doc_id, change })
-            })
-            .collect()
-    }
-
-    /// Apply changes received from other stores, in one transaction. Idempotent and order-independent: duplicates
-    /// are skipped, and changes whose dependencies have not arrived are kept aside and applied once they do. A
-    /// malformed or inconsistent change fails the whole call with an error, and nothing is written.
-    ///
-    /// Cost: linear in the operations applied (one change of 60,000 operations costs ten times one of 6,000:
-    /// `core/bench/complexity.sh` checks it on instruction counts), plus rewriting each touched document's view.
-    pub fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport> {
-        let ((), report) = self.transact(|txn| {
-            for dc in changes {
-                txn.apply_remote(dc)?;
-            }
-            Ok(())
-        })?;
-        Ok(report)
-    }
-
     // ---- attachments ----
 
     /// Store an attachment read from `reader` (streamed: never all in memory) and return its token, to put in a
@@ -827,74 +718,6 @@ impl Store {
             read: 0,
             hasher: blake3::Hasher::new(),
         })
-    }
-
-    /// Read a whole attachment into memory.
-    /// The length of the attachment `hash` if its bytes are stored here.
-    pub fn attachment_len(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
-        let inner = self.lock();
-        blobs::stored_len(&inner.conn, hash)
-    }
-
-    /// Stored chunk `idx` (of [`CHUNK_SIZE`] bytes, the last one shorter) of attachment `hash`.
-    pub fn read_attachment_chunk(&self, hash: &[u8; 32], idx: u64) -> Result<Vec<u8>> {
-        let inner = self.lock();
-        blobs::read_chunk(&inner.conn, hash, idx)?.ok_or_else(|| blobs::not_found(hash))
-    }
-
-    /// Bytes of the attachment `hash` received so far from other devices (a fetch resumes from there).
-    pub fn attachment_received(&self, hash: &[u8; 32]) -> Result<u64> {
-        let inner = self.lock();
-        blobs::partial_len(&inner.conn, hash)
-    }
-
-    /// Received bytes of the attachment `hash` from `offset` on, as far as one received part goes; `None` when
-    /// the bytes at `offset` have not been received (a relay passes parts on with this while it still fetches).
-    pub fn read_attachment_received(&self, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
-        let inner = self.lock();
-        blobs::read_partial(&inner.conn, hash, offset)
-    }
-
-    /// Drop the received bytes of attachment `hash` from `offset` on (a fetch resumes from there). `offset` must be
-    /// where one received part starts, e.g. where a request to another device began.
-    pub fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> Result<()> {
-        let inner = self.lock();
-        inner
-            .conn
-            .prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1 AND offset >= ?2")?
-            .execute(params![&hash[..], offset as i64])?;
-        Ok(())
-    }
-
-    /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
-    /// where the received bytes end. Returns the bytes received so far.
-    pub fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64> {
-        let inner = self.lock();
-        let have = blobs::partial_len(&inner.conn, hash)?;
-        if offset != have {
-            return Err(Error::AttachmentCorrupt {
-                hash: crate::util::hex(hash),
-                reason: format!("part at {offset}, expected {have}"),
-            });
-        }
-        if !data.is_empty() {
-            inner
-                .conn
-                .prepare_cached("INSERT INTO partial_blobs (hash, offset, data) VALUES (?1, ?2, ?3)")?
-                .execute(params![&hash[..], offset as i64, data])?;
-        }
-        Ok(have + data.len() as u64)
-    }
-
-    /// All `total` bytes of attachment `hash` were received: verify them against the hash and store the attachment
-    /// (in one transaction). On a mismatch the received bytes are dropped and an error returned.
-    pub fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()> {
-        let result = self.blob_transaction(|conn, temp| blobs::finish_parts(conn, hash, total, temp));
-        if let Err(Error::AttachmentCorrupt { .. }) = &result {
-            // Rolled back; drop the bytes that do not match so the next fetch starts afresh.
-            self.lock().conn.execute("DELETE FROM partial_blobs WHERE hash = ?1", params![&hash[..]])?;
-        }
-        result
     }
 
     /// An attachment's bytes in memory (for small attachments; see [`Store::open_attachment`] for a stream).

@@ -21,7 +21,7 @@
 use super::engine::LinkId;
 use super::wire::{Message, ATTACHMENT_CHUNK};
 use super::SyncError;
-use crate::store::Store;
+use crate::store::Replica;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How many devices a fetch may be relayed through.
@@ -94,7 +94,7 @@ impl Attachments {
     /// Start fetching `hash` for the app. Returns the fetch number; its outcome comes as [`FetchEvent`]s.
     pub fn fetch(
         &mut self,
-        store: &Store,
+        store: &dyn Replica,
         hash: [u8; 32],
         links: &[LinkId],
         out: &mut Vec<(LinkId, Message)>,
@@ -132,7 +132,7 @@ impl Attachments {
     /// for a link to come up (the one asked went away).
     fn ask_next(
         &mut self,
-        store: &Store,
+        store: &dyn Replica,
         id: FetchId,
         links: &[LinkId],
         out: &mut Vec<(LinkId, Message)>,
@@ -179,7 +179,7 @@ impl Attachments {
     /// Handle an attachment message from `link`. `links` are the synced links now.
     pub fn on_message(
         &mut self,
-        store: &Store,
+        store: &dyn Replica,
         link: LinkId,
         msg: Message,
         links: &[LinkId],
@@ -304,7 +304,7 @@ impl Attachments {
     /// A link went away: fetches asking it move on (resuming where they were), transfers to it stop.
     pub fn link_down(
         &mut self,
-        store: &Store,
+        store: &dyn Replica,
         link: LinkId,
         links: &[LinkId],
         out: &mut Vec<(LinkId, Message)>,
@@ -328,7 +328,7 @@ impl Attachments {
     /// A link came up: stalled fetches (none asked now) ask it.
     pub fn link_up(
         &mut self,
-        store: &Store,
+        store: &dyn Replica,
         links: &[LinkId],
         out: &mut Vec<(LinkId, Message)>,
     ) -> Result<(), SyncError> {
@@ -352,7 +352,7 @@ impl Attachments {
 
     /// The next chunk to send on `link`, if it is serving a transfer that has bytes to send now (a relayed one may
     /// be waiting for them).
-    pub fn next_chunk(&mut self, store: &Store, link: LinkId) -> Result<Option<Message>, SyncError> {
+    pub fn next_chunk(&mut self, store: &dyn Replica, link: LinkId) -> Result<Option<Message>, SyncError> {
         let requests: Vec<u64> = self.serving.range((link, 0)..=(link, u64::MAX)).map(|((_, r), _)| *r).collect();
         for request in requests {
             if let Some(msg) = self.next_chunk_of(store, link, request)? {
@@ -362,7 +362,7 @@ impl Attachments {
         Ok(None)
     }
 
-    fn next_chunk_of(&mut self, store: &Store, link: LinkId, request: u64) -> Result<Option<Message>, SyncError> {
+    fn next_chunk_of(&mut self, store: &dyn Replica, link: LinkId, request: u64) -> Result<Option<Message>, SyncError> {
         let Some(serve) = self.serving.get_mut(&(link, request)) else { return Ok(None) };
         let data = if serve.relayed {
             match store.read_attachment_received(&serve.hash, serve.next)? {

@@ -31,8 +31,9 @@ use super::session::{Session, SessionStats};
 use super::wire::{Message, PresenceLink, Subscription, TransportKind};
 use super::SyncError;
 use crate::security::{AppSecret, DeviceKey, Identity};
-use crate::store::Store;
+use crate::store::Replica;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// A link's number within one engine.
 pub type LinkId = u64;
@@ -93,7 +94,8 @@ struct Record {
 
 /// The sync engine of one device.
 pub struct Engine {
-    store: Store,
+    /// The device's data, as sync sees it.
+    replica: Arc<dyn Replica>,
     identity: Identity,
     secret: AppSecret,
     name: String,
@@ -114,7 +116,7 @@ impl Engine {
     /// `seq_base` starts the presence sequence numbers (use the wall clock in ms, so a restarted device's records
     /// replace its old ones).
     pub fn new(
-        store: Store,
+        replica: impl Replica,
         identity: Identity,
         secret: AppSecret,
         name: &str,
@@ -123,7 +125,7 @@ impl Engine {
     ) -> Engine {
         let key = DeviceKey(identity.public_key());
         Engine {
-            store,
+            replica: Arc::new(replica),
             identity,
             secret,
             name: name.to_string(),
@@ -145,8 +147,9 @@ impl Engine {
         self.key
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The device's data, as sync sees it.
+    pub fn replica(&self) -> &dyn Replica {
+        &*self.replica
     }
 
     /// Open a link; the side that dialled is the `initiator`. Its first frames (handshake) are ready at once.
@@ -214,7 +217,7 @@ impl Engine {
             .filter(|(_, s)| !s.closed && s.device == Some(device) && s.session.is_some())
             .min_by_key(|(id, s)| (s.transport.preference(), **id))
             .map(|(id, _)| *id);
-        let store = self.store.clone();
+        let store = self.replica.clone();
         for (id, slot) in self.links.iter_mut() {
             if slot.closed || slot.device != Some(device) {
                 continue;
@@ -228,7 +231,7 @@ impl Engine {
                         if standby { "standby" } else { "carries the data" }
                     );
                 }
-                session.set_standby(&store, standby)?;
+                session.set_standby(&*store, standby)?;
             }
         }
         Ok(())
@@ -237,7 +240,7 @@ impl Engine {
     fn attachments_link_down(&mut self, link: LinkId) {
         let links = self.synced_links();
         let mut out = Vec::new();
-        if let Err(e) = self.attachments.link_down(&self.store, link, &links, &mut out) {
+        if let Err(e) = self.attachments.link_down(&*self.replica, link, &links, &mut out) {
             log::warn!("attachment fetches after link {link} went down: {e}");
         }
         self.send_all(out);
@@ -257,7 +260,7 @@ impl Engine {
     pub fn fetch_attachment(&mut self, hash: [u8; 32]) -> Result<FetchId, SyncError> {
         let links = self.synced_links();
         let mut out = Vec::new();
-        let id = self.attachments.fetch(&self.store, hash, &links, &mut out)?;
+        let id = self.attachments.fetch(&*self.replica, hash, &links, &mut out)?;
         self.send_all(out);
         Ok(id)
     }
@@ -347,7 +350,7 @@ impl Engine {
             slot.device = Some(device);
         }
         let interest = self.interest_for(link);
-        let session = Session::start(&self.store, &self.name, interest)?;
+        let session = Session::start(&*self.replica, &self.name, interest)?;
         if let Some(slot) = self.links.get_mut(&link) {
             slot.session = Some(session);
         }
@@ -367,7 +370,7 @@ impl Engine {
         self.links_changed();
         let links = self.synced_links();
         let mut out = Vec::new();
-        self.attachments.link_up(&self.store, &links, &mut out)?;
+        self.attachments.link_up(&*self.replica, &links, &mut out)?;
         self.send_all(out);
         Ok(())
     }
@@ -386,11 +389,11 @@ impl Engine {
                 }
             }
         }
-        let store = self.store.clone();
+        let store = self.replica.clone();
         let Some(session) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) else {
             return Err(SyncError::Protocol("message before the handshake finished".into()));
         };
-        let handled = session.handle(&store, msg)?;
+        let handled = session.handle(&*store, msg)?;
         if handled.interest_changed {
             self.refresh_interests(Some(link));
         }
@@ -418,7 +421,7 @@ impl Engine {
             ) => {
                 let links = self.synced_links();
                 let mut out = Vec::new();
-                self.attachments.on_message(&store, link, m, &links, &mut out)?;
+                self.attachments.on_message(&*store, link, m, &links, &mut out)?;
                 self.send_all(out);
             }
             _ => {}
@@ -498,7 +501,7 @@ impl Engine {
     }
 
     fn fill(&mut self, link: LinkId) -> Result<(), SyncError> {
-        let store = self.store.clone();
+        let store = self.replica.clone();
         let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
         if slot.codec.has_frames() || slot.closed {
             return Ok(());
@@ -506,12 +509,12 @@ impl Engine {
         let Some(session) = slot.session.as_mut() else { return Ok(()) };
         let mut next = session.poll_message();
         if next.is_none() {
-            session.pump(&store)?;
+            session.pump(&*store)?;
             next = session.poll_message();
         }
         if next.is_none() {
             // Attachment bytes go when the link has nothing else to say.
-            next = self.attachments.next_chunk(&store, link)?;
+            next = self.attachments.next_chunk(&*store, link)?;
         }
         let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
         if let Some(msg) = next {

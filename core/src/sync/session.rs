@@ -20,7 +20,7 @@
 use super::wire::{Message, Subscription, BATCH_BYTES};
 use super::SyncError;
 use crate::query::Query;
-use crate::store::{ApplyReport, DocChange, LogEntry, Store, Summary};
+use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -132,7 +132,7 @@ pub struct SessionStats {
 
 impl Session {
     /// A new session; queue our hello, interest and summary.
-    pub fn start(store: &Store, name: &str, interest: Vec<Subscription>) -> Result<Session, SyncError> {
+    pub fn start(store: &dyn Replica, name: &str, interest: Vec<Subscription>) -> Result<Session, SyncError> {
         let mut s = Session {
             peer_interest: Interest::default(),
             got_interest: false,
@@ -170,7 +170,7 @@ impl Session {
     }
 
     /// Handle one message from the peer.
-    pub fn handle(&mut self, store: &Store, msg: Message) -> Result<Handled, SyncError> {
+    pub fn handle(&mut self, store: &dyn Replica, msg: Message) -> Result<Handled, SyncError> {
         let mut out = Handled::default();
         match msg {
             Message::Hello { .. } => {}
@@ -263,7 +263,7 @@ impl Session {
     /// change until that summary arrives. What a session believes the peer holds comes only from the peer's own
     /// summaries and the changes exchanged on this link, so it can be short of the truth but never ahead of it:
     /// nothing the peer lacks is skipped, and a change it got twice is applied once (changes are idempotent).
-    pub fn set_standby(&mut self, store: &Store, standby: bool) -> Result<(), SyncError> {
+    pub fn set_standby(&mut self, store: &dyn Replica, standby: bool) -> Result<(), SyncError> {
         if self.standby && !standby {
             self.outbox.push_back(Message::Summary { summary: store.summary()? });
             self.outbox.push_back(Message::Resync);
@@ -279,7 +279,7 @@ impl Session {
     }
 
     /// Produce change batches while credit allows. Returns whether anything was queued.
-    pub fn pump(&mut self, store: &Store) -> Result<bool, SyncError> {
+    pub fn pump(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
         if !self.is_ready() || self.peer_interest.is_empty() || self.standby || self.awaiting_summary {
             return Ok(false);
         }
@@ -316,7 +316,7 @@ impl Session {
     /// (the entries that led us here) as skipped.
     fn send_doc_if_interesting(
         &mut self,
-        store: &Store,
+        store: &dyn Replica,
         doc: i64,
         seen: Option<Vec<LogEntry>>,
     ) -> Result<bool, SyncError> {

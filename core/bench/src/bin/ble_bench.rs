@@ -29,6 +29,7 @@
 use serde_json::json;
 use shoaldb::sim::radio::{capacity_bytes_per_s, RadioParams};
 use shoaldb::sim::{RadioWorld, World, MILLISECOND, SECOND};
+use shoaldb::store::Replica;
 use shoaldb::sync::{EngineEvent, FetchEvent, Subscription, TransportKind};
 use shoaldb_bench::emit;
 
@@ -62,7 +63,7 @@ fn ble_link(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
         })
     })?;
     let b = w.add_phone("b", 10.0, 0.0, vec![Subscription::everything()]);
-    let target = w.store(a).summary()?;
+    let target = w.store(a).replica().summary()?;
     w.run_until(|w| w.connections().len() == 1, 60 * SECOND).ok_or("no connection")?;
     let conn = w.connections()[0].clone();
     let t0 = conn.established_at;
@@ -79,7 +80,7 @@ fn ble_link(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
         )
         .ok_or("no change arrived")?;
     let done = w
-        .run_until(|w| w.store(b).summary().ok().as_ref() == Some(&target), 3600 * SECOND)
+        .run_until(|w| w.store(b).replica().summary().ok().as_ref() == Some(&target), 3600 * SECOND)
         .ok_or("sync did not finish")?;
     let secs = (done - t0) as f64 / SECOND as f64;
     let (link_b, _, _, transport) = w.engine(b).links().first().cloned().ok_or("no engine link")?;
@@ -178,11 +179,16 @@ fn docs_3hops(mtu: u16, interval_ms: u64, kb: usize) -> Result<(), BoxErr> {
             Ok(())
         })
     })?;
-    let target = w.store(phones[3]).summary()?;
-    let payload: usize =
-        w.store(phones[3]).changes_since(&w.store(phones[0]).summary()?)?.iter().map(|c| c.encode().len()).sum();
+    let target = w.store(phones[3]).replica().summary()?;
+    let payload: usize = w
+        .store(phones[3])
+        .replica()
+        .changes_since(&w.store(phones[0]).replica().summary()?)?
+        .iter()
+        .map(|c| c.encode().len())
+        .sum();
     let done = w
-        .run_until(|w| w.store(phones[0]).summary().ok().as_ref() == Some(&target), 3600 * SECOND)
+        .run_until(|w| w.store(phones[0]).replica().summary().ok().as_ref() == Some(&target), 3600 * SECOND)
         .ok_or("sync did not finish")?;
     let conn = w.connection_between(phones[0], phones[1]).ok_or("not linked")?;
     let capacity = capacity_bytes_per_s(mtu, conn.interval_us, conn.packets_per_event);

@@ -22,6 +22,7 @@
 
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
+use shoaldb::store::Replica;
 use shoaldb::sync::{Engine, LinkId, Subscription, TransportKind};
 use shoaldb::{Durability, Options, Store};
 use shoaldb_bench::emit;
@@ -35,7 +36,7 @@ fn open(path: &Path) -> Result<Store, BoxErr> {
 
 fn engine(store: Store, name: &str) -> Result<Engine, BoxErr> {
     let secret = AppSecret::from_bytes(b"bench secret")?;
-    Ok(Engine::new(store, Identity::generate()?, secret, name, vec![Subscription::everything()], 0))
+    Ok(Engine::new(store.replica(), Identity::generate()?, secret, name, vec![Subscription::everything()], 0))
 }
 
 /// Insert documents `range` (10 fields each) in transactions of 1,000.
@@ -62,16 +63,16 @@ fn fill(store: &Store, prefix: &str, range: std::ops::Range<usize>) -> Result<()
 
 /// Copy every change of `from` into `to`.
 fn copy(from: &Store, to: &Store) -> Result<(), BoxErr> {
-    let changes = from.changes_since(&to.summary()?)?;
+    let changes = from.replica().changes_since(&to.replica().summary()?)?;
     for chunk in changes.chunks(2000) {
-        to.apply_changes(chunk)?;
+        to.replica().apply_changes(chunk)?;
     }
     Ok(())
 }
 
 /// Bytes of the changes `from` holds that `to` lacks, as they travel.
 fn payload(from: &Store, to: &Store) -> Result<usize, BoxErr> {
-    Ok(from.changes_since(&to.summary()?)?.iter().map(|c| c.encode().len()).sum())
+    Ok(from.replica().changes_since(&to.replica().summary()?)?.iter().map(|c| c.encode().len()).sum())
 }
 
 struct Flights {
@@ -146,7 +147,7 @@ fn reconcile(quick: bool) -> Result<(), BoxErr> {
         let la = ea.add_link(TransportKind::Lan, true)?;
         let lb = eb.add_link(TransportKind::Lan, false)?;
         let f = run(&mut ea, la, &mut eb, lb);
-        let converged = a.summary()? == b.summary()?;
+        let converged = a.replica().summary()? == b.replica().summary()?;
         if std::env::var_os("SHOAL_BENCH_DEBUG").is_some() {
             eprintln!("a stats {:?}\nb stats {:?}", ea.link_stats(la), eb.link_stats(lb));
         }
@@ -189,7 +190,7 @@ fn bulk(quick: bool) -> Result<(), BoxErr> {
         tokens.push(t);
     }
     let write_s = t_write.elapsed().as_secs_f64();
-    let doc_bytes: usize = a.changes_since(&Default::default())?.iter().map(|c| c.encode().len()).sum();
+    let doc_bytes: usize = a.replica().changes_since(&Default::default())?.iter().map(|c| c.encode().len()).sum();
     let total_bytes = doc_bytes + tokens.iter().map(|t| t.len as usize).sum::<usize>();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (shoal_s, ok) = rt.block_on(async {
@@ -202,8 +203,8 @@ fn bulk(quick: bool) -> Result<(), BoxErr> {
         let addr = na.listen_addr().ok_or("not listening")?;
         let t0 = std::time::Instant::now();
         let nb = Node::start(b.clone(), NodeConfig::new("b", secret).with_mdns(false).connect_to(addr)).await?;
-        let want = a.summary()?;
-        while b.summary()? != want {
+        let want = a.replica().summary()?;
+        while b.replica().summary()? != want {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         eprintln!("bulk: documents synced after {:.2} s", t0.elapsed().as_secs_f64());
@@ -287,8 +288,13 @@ fn line16() -> Result<(), BoxErr> {
         let (first, last) = (devices[0], devices[15]);
         world
             .edit(first, |s| s.upsert("line", json!({"_id": "edit", "text": "a short edit at one end of the line"})))?;
-        let change: usize =
-            world.store(first).changes_since(&world.store(last).summary()?)?.iter().map(|c| c.encode().len()).sum();
+        let change: usize = world
+            .store(first)
+            .replica()
+            .changes_since(&world.store(last).replica().summary()?)?
+            .iter()
+            .map(|c| c.encode().len())
+            .sum();
         let start = world.now();
         let arrived = world
             .run_until(|w| w.store(last).get("line", "edit").ok().flatten().is_some(), 600 * SECOND)

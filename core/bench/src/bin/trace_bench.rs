@@ -10,6 +10,7 @@
 
 use serde::Deserialize;
 use serde_json::json;
+use shoaldb::store::Replica as _;
 use shoaldb_bench::{alloc, emit};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -478,7 +479,7 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
                     .map(|change| shoaldb::DocChange { collection: COLLECTION.into(), doc_id: DOC_ID.into(), change })
                     .collect();
                 for batch in changes.chunks(PATCHES_PER_COMMIT) {
-                    let rep = store.apply_changes(batch).map_err(err)?;
+                    let rep = store.replica().apply_changes(batch).map_err(err)?;
                     if rep.applied != batch.len() {
                         return Err(format!("apply_changes: {rep:?}"));
                     }

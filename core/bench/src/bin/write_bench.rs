@@ -27,6 +27,7 @@
 //!   checked on instruction counts by `complexity.sh`).
 
 use serde_json::{json, Map, Value as Json};
+use shoaldb::store::Replica;
 use shoaldb_bench::emit;
 use std::path::Path;
 use std::time::Instant;
@@ -242,7 +243,7 @@ fn shoal_large_change(n: usize) -> Result<(f64, f64), BoxErr> {
     let b = normal_store(&dir.path().join("b.db"))?;
     a.upsert("notes", json!({"_id": "paste"}))?;
     a.update("notes", "paste", |ed| Ok(ed.text_insert("body", 0, ">")?))?;
-    b.apply_changes(&a.changes_since(&b.summary()?)?)?;
+    b.replica().apply_changes(&a.replica().changes_since(&b.replica().summary()?)?)?;
     let t0 = Instant::now();
     a.update("notes", "paste", |ed| {
         for i in 0..n {
@@ -251,7 +252,7 @@ fn shoal_large_change(n: usize) -> Result<(f64, f64), BoxErr> {
         Ok(())
     })?;
     let local_ms = ms_since(t0);
-    let changes = a.changes_since(&b.summary()?)?;
+    let changes = a.replica().changes_since(&b.replica().summary()?)?;
     let ops: usize = changes.iter().map(|c| c.change.ops.len()).sum();
     if ops != n {
         return Err(format!("expected one change of {n} operations, found {ops} operations").into());
@@ -329,7 +330,7 @@ fn large_doc_fields(bytes: usize) -> Vec<(String, Vec<u8>)> {
 /// The measured work of `apply_large_change` (a function of its own, for `complexity.sh` to count).
 #[inline(never)]
 fn apply_received(store: &shoaldb::Store, changes: &[shoaldb::DocChange]) -> Result<(), BoxErr> {
-    store.apply_changes(changes)?;
+    store.replica().apply_changes(changes)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use crate::CliError;
 use serde_json::Value as Json;
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::AppSecret;
+use shoaldb::store::Replica;
 use shoaldb::{Durability, Options, Store, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -253,9 +254,9 @@ async fn converge(stores: &[&Store]) -> Result<(), CliError> {
 
 fn same(stores: &[&Store]) -> Result<bool, CliError> {
     let Some((first, rest)) = stores.split_first() else { return Ok(true) };
-    let (summary, state) = (first.summary()?, snapshot(first)?);
+    let (summary, state) = (first.replica().summary()?, snapshot(first)?);
     for s in rest {
-        if s.summary()? != summary || snapshot(s)? != state {
+        if s.replica().summary()? != summary || snapshot(s)? != state {
             return Ok(false);
         }
     }

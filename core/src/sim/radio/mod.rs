@@ -175,6 +175,7 @@ struct Phone {
     range: f64,
     pos: (f64, f64),
     motion: Motion,
+    store: Store,
     engine: Engine,
     /// The shipped glue between the phone's BLE links and its engine.
     bridge: BleBridge,
@@ -301,7 +302,7 @@ impl RadioWorld {
         let key = DeviceKey(identity.public_key());
         let tag = device_tag(&key);
         let app = options.app_tag.unwrap_or_else(|| app_tag(&secret));
-        let engine = Engine::new(store, identity, secret, name, subscriptions, 0);
+        let engine = Engine::new(store.replica(), identity, secret, name, subscriptions, 0);
         let mut config = BleConfig::new(tag, app);
         config.advertise_tag = options.advertise_tag;
         if let Some(m) = options.max_links {
@@ -323,6 +324,7 @@ impl RadioWorld {
             range: options.range_m.unwrap_or(self.params.range_m),
             pos: (x, y),
             motion: Motion::Still,
+            store: store.clone(),
             engine,
             bridge: BleBridge::new(links),
             advertising: None,
@@ -374,7 +376,7 @@ impl RadioWorld {
     }
 
     pub fn store(&self, p: PhoneId) -> &Store {
-        self.phones[p].engine.store()
+        &self.phones[p].store
     }
 
     pub fn engine(&self, p: PhoneId) -> &Engine {
@@ -407,7 +409,7 @@ impl RadioWorld {
 
     /// Edit a phone's store through `f`; its links are then offered frames.
     pub fn edit<R>(&mut self, p: PhoneId, f: impl FnOnce(&Store) -> R) -> R {
-        let r = f(self.phones[p].engine.store());
+        let r = f(&self.phones[p].store);
         self.phones[p].engine_dirty = true;
         self.dirty.insert(p);
         self.settle();
