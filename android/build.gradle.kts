@@ -7,7 +7,14 @@
 // - build/generated/jniLibs    libshoaldb_ffi.so for arm64-v8a, armeabi-v7a and x86_64
 // The two generated directories are written by build-rust.sh, which the task buildRustLibraries runs before
 // anything else. Pass -Pshoal.skipRustBuild to reuse what an earlier run (or a CI job) already put there.
+//
+// The tests live beside the sources but are not built here (see androidComponents below):
+// - src/test/kotlin            JUnit 5 tests of the Kotlin layer and the bindings, the README example, the mesh peer
+// - src/testAndroid/kotlin     Robolectric tests of src/main/kotlin-android (the Bluetooth radio, its manifest)
+// bindings/kotlin/test.sh runs both on a desktop JVM with Maven (bindings/kotlin/pom.xml), against a host build of
+// the Rust library.
 
+import com.android.build.api.variant.HasUnitTestBuilder
 import org.jetbrains.kotlin.gradle.dsl.JvmTarget
 
 plugins {
@@ -60,6 +67,15 @@ android {
 kotlin {
     compilerOptions {
         jvmTarget.set(JvmTarget.JVM_17)
+    }
+}
+
+// No unit-test variant: src/test/kotlin is Gradle's conventional unit-test directory, but those tests need a host
+// build of libshoaldb_ffi.so (JNA loads it on the desktop JVM), JUnit 5 and the mesh classpath that
+// bindings/kotlin/test.sh provides; this build only cross-compiles for Android. They run there, not here.
+androidComponents {
+    beforeVariants { variantBuilder ->
+        (variantBuilder as HasUnitTestBuilder).enableUnitTest = false
     }
 }
 

@@ -12,6 +12,12 @@
 // ShoalDBFFI.xcframework.zip. `./build-xcframework.sh --release` makes the zip and prints its checksum; the
 // release script then rewrites the three `let`s below (useLocalFramework = false, releaseTag, releaseChecksum)
 // in the copy it commits and tags there. Apps depend on the distribution repository, never on this directory.
+//
+// Tests: Tests/ShoalDBTests (the test runner, a plain program with its own small harness rather than XCTest) and
+// Tests/MeshPeer (a peer of the cross-language mesh test) import ShoalDB as an app would. bindings/swift/test.sh
+// compiles them with swiftc and runs them with Swift 6 on Linux. They are not targets of this package: a SwiftPM
+// test target runs XCTest or Swift Testing cases, not a program of its own, and the distribution repository
+// receives only this file and Sources/.
 
 import PackageDescription
 

@@ -2,9 +2,10 @@
 # Builds and tests Shoal's Kotlin SDK on a desktop JVM. Idempotent; run from anywhere.
 #
 #   bindings/kotlin/test.sh                    install what is missing, build libshoaldb_ffi.so, generate the Kotlin
-#                                              bindings into target/uniffi/kotlin, run the JUnit tests (Maven), compile
-#                                              android/src/main/kotlin-android against the Android API, run its
-#                                              Robolectric tests (src/androidTest/kotlin), print a summary
+#                                              bindings into target/uniffi/kotlin, run the JUnit tests of
+#                                              android/src/test/kotlin (Maven), compile android/src/main/kotlin-android
+#                                              against the Android API, run its Robolectric tests
+#                                              (android/src/testAndroid/kotlin), print a summary
 #   bindings/kotlin/test.sh --mesh-classpath   print the classpath that runs dev.shoaldb.MeshPeerKt (after a test run)
 #   bindings/kotlin/test.sh --mesh-command     print the whole command: java -Djna.library.path=... -cp ... MeshPeerKt
 #
@@ -13,6 +14,7 @@
 #       dev.shoaldb.MeshPeerKt DB NAME SECRET LISTEN [CONNECT...]
 # (a test run also writes that classpath to target/uniffi/kotlin-classpath.txt).
 #
+# The Maven project (pom.xml) is here; every source and test it builds is in android/ (see pom.xml).
 # Honours CARGO_TARGET_DIR. Maven uses its default local repository (~/.m2). The Robolectric tests need two Android
 # framework jars from Maven Central (about 250 MB, downloaded into ~/.m2 by the first run, offline after that).
 set -euo pipefail
@@ -104,8 +106,9 @@ else
 fi
 
 # --- Android-only sources: Robolectric tests on a desktop JVM (Android's framework, Bluetooth shadows; no device) ---
-if [ ! -d "$here/src/androidTest/kotlin" ]; then
-  echo "android: Robolectric tests skipped (no $here/src/androidTest/kotlin)"
+android_tests="$root/android/src/testAndroid/kotlin"
+if [ ! -d "$android_tests" ]; then
+  echo "android: Robolectric tests skipped (no $android_tests)"
 else
   android_start=$(date +%s)
   if run_mvn -Pandroid-test test; then

@@ -8,7 +8,8 @@
 #   swift  listens on P3, dials P1 and P2    writes {"_id":"swift"},  then seen_by_swift on every document
 #
 # Kotlin and Swift wait for each other's marks on all three documents, dump the collection, and the CLI's copy is
-# read with `shoal query`. All three dumps must be byte-identical.
+# read with `shoal query`. All three dumps must be byte-identical. The peers' sources live with their SDK's tests:
+# android/src/test/kotlin/dev/shoaldb/MeshPeer.kt and ios/Tests/MeshPeer/main.swift.
 #
 # Needs the builds of bindings/kotlin/test.sh and bindings/swift/test.sh (run them first; .ci/test does). Root
 # (the Swift process runs in a chroot).

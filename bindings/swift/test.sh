@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds and tests the Swift bindings on Linux (as root): the host builds libshoaldb_ffi.so and generates the Swift
 # bindings; a Debian trixie chroot with Swift 6 (bindings/swift/chroot.sh, cached under /var/cache) compiles the
-# module ShoalDB (generated ShoalDB.swift + ios/Sources/ShoalDB/*.swift), the test runner (Tests/, importing
-# ShoalDB as an app would) and the mesh peer (MeshPeer/), then runs the tests. Idempotent; run from anywhere.
+# module ShoalDB (generated ShoalDB.swift + ios/Sources/ShoalDB/*.swift), the test runner (ios/Tests/ShoalDBTests/,
+# importing ShoalDB as an app would) and the mesh peer (ios/Tests/MeshPeer/), then runs the tests. Idempotent; run
+# from anywhere.
+#
+# Both programs are compiled with swiftc, not SwiftPM: ios/Package.swift's binary target (the XCFramework) exists
+# only on Apple platforms, and the test runner is a plain program (main.swift, its own small harness), not XCTest.
 #
 #   bindings/swift/test.sh               build, then run every test (exit 1 if any fails)
 #   bindings/swift/test.sh FILTER        build, then run the tests whose name contains FILTER
@@ -33,7 +37,7 @@ build_only=0
 filter=()
 case "${1:-}" in
   --build-only) build_only=1 ;;
-  -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
   "") ;;
   *) filter=("$1") ;;
 esac
@@ -64,8 +68,8 @@ mkdir -p "$work/gen" "$work/lib" "$work/src" "$work/tests" "$work/meshpeer" "$wo
 cp "$gen/ShoalDB.swift" "$gen/ShoalDBFFI.h" "$gen/ShoalDBFFI.modulemap" "$work/gen/"
 cp "$lib" "$work/lib/"
 cp "$repo"/ios/Sources/ShoalDB/*.swift "$work/src/"
-cp "$here"/Tests/*.swift "$work/tests/"
-cp "$here"/MeshPeer/*.swift "$work/meshpeer/"
+cp "$repo"/ios/Tests/ShoalDBTests/*.swift "$work/tests/"
+cp "$repo"/ios/Tests/MeshPeer/*.swift "$work/meshpeer/"
 
 # swiftc needs /proc inside the chroot (to find libswiftCore.so). Unmount only what this run mounted.
 if ! mountpoint -q "$root/proc"; then

@@ -3,6 +3,7 @@ package dev.shoaldb.android
 import android.util.Log
 import dev.shoaldb.BluetoothChannel
 import dev.shoaldb.BluetoothEventsInterface
+import java.io.Closeable
 import java.util.concurrent.Executors
 import java.util.concurrent.RejectedExecutionException
 import java.util.concurrent.ScheduledThreadPoolExecutor
@@ -168,4 +169,20 @@ internal fun startDaemon(name: String, body: () -> Unit): Thread = Thread({
 }, name).apply {
     isDaemon = true
     start()
+}
+
+/** Closes [c], ignoring what it throws. */
+internal fun closeQuietly(c: Closeable) {
+    try {
+        c.close()
+    } catch (_: Throwable) {
+    }
+}
+
+/** Runs [body], ignoring what it throws. */
+internal inline fun quietly(body: () -> Unit) {
+    try {
+        body()
+    } catch (_: Throwable) {
+    }
 }
