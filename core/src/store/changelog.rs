@@ -1,7 +1,8 @@
 //! The change log as sync reads it: what a peer lacks (the log minus a summary), every change of one document, and
 //! notices of new commits — this process's, or another process's on the same file.
 
-use super::{Inner, Store};
+use super::inner::Inner;
+use super::Store;
 use crate::crdt::clock::PeerId;
 use crate::error::Result;
 use crate::util::lock;

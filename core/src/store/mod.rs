@@ -9,6 +9,7 @@ mod blobs;
 mod changelog;
 mod docs;
 mod ids;
+mod inner;
 mod observe;
 mod replica;
 mod replicate;
@@ -33,8 +34,9 @@ use crate::query::Query;
 use crate::util::lock;
 use crate::util::sources::Sources;
 use docs::DocCache;
+use inner::{meta_get, meta_put_u64, meta_u64, Inner};
 use observe::{Delivery, Observers, Registered};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -94,173 +96,6 @@ pub fn check_collection(s: &str) -> Result<()> {
 
 pub(crate) fn check_doc_id(s: &str) -> Result<()> {
     check_name("document id", s)
-}
-
-/// The state behind the store's lock.
-pub(crate) struct Inner {
-    conn: Connection,
-    /// The author id of this store's changes: its peer id, until a write had to start a new chain (see
-    /// [`Store::evict`]).
-    author: PeerId,
-    /// This peer id, which never changes.
-    peer: PeerId,
-    clock: Hlc,
-    /// The time and randomness of this store.
-    pub(crate) sources: Sources,
-    next_counter: u64,
-    cache: DocCache,
-    held: Summary,
-    /// Rows in the `pending` table.
-    pending_rows: usize,
-    /// The `evicted` table.
-    evicted: HashSet<docs::DocKey>,
-    /// The `forgotten` table's rows of the current author: document → the last counter of its dropped changes.
-    forgotten: HashMap<docs::DocKey, u64>,
-    data_version: i64,
-    observers: Observers,
-}
-
-fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row(params![key], |r| r.get(0))
-        .optional()?)
-}
-
-fn meta_u64(conn: &Connection, key: &str) -> Result<Option<u64>> {
-    match meta_get(conn, key)? {
-        None => Ok(None),
-        Some(b) => {
-            let arr: [u8; 8] = b.as_slice().try_into().map_err(|_| Error::Corrupt(format!("meta {key}")))?;
-            Ok(Some(u64::from_le_bytes(arr)))
-        }
-    }
-}
-
-fn meta_put_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
-    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
-        .execute(params![key, v.to_le_bytes().to_vec()])?;
-    Ok(())
-}
-
-impl Inner {
-    fn data_version(&self) -> Result<i64> {
-        Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
-    }
-
-    /// Reload what another process may have changed: counters, clock, the summary; drop decoded documents.
-    fn reload(&mut self) -> Result<()> {
-        let author = PeerId(meta_u64(&self.conn, "author_id")?.unwrap_or(self.peer.0));
-        if author != self.author {
-            // Another connection started a new author: its counters start afresh.
-            self.author = author;
-            self.next_counter = 1;
-        }
-        self.next_counter = self.next_counter.max(meta_u64(&self.conn, "next_counter")?.unwrap_or(1));
-        let persisted = Timestamp(meta_u64(&self.conn, "hlc")?.unwrap_or(0));
-        if persisted > self.clock.last() {
-            self.clock = Hlc::new(persisted);
-        }
-        let mut held = Summary::new();
-        let mut stmt = self.conn.prepare_cached("SELECT peer, start, end FROM changes")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            held.insert(PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
-        }
-        drop(rows);
-        drop(stmt);
-        self.held = held;
-        self.pending_rows = self.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get::<_, i64>(0))? as usize;
-        self.evicted = self
-            .conn
-            .prepare_cached("SELECT collection, id FROM evicted")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        self.forgotten = self
-            .conn
-            .prepare_cached("SELECT collection, id, end FROM forgotten WHERE author = ?1")?
-            .query_map(params![self.author.0 as i64], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64)))?
-            .collect::<rusqlite::Result<_>>()?;
-        self.cache.clear();
-        self.data_version = self.data_version()?;
-        Ok(())
-    }
-
-    /// Make sure our view is current (another process may have committed).
-    fn refresh(&mut self) -> Result<()> {
-        if self.data_version()? != self.data_version {
-            log::debug!("store changed by another connection; reloading");
-            self.reload()?;
-        }
-        Ok(())
-    }
-
-    /// Continue under a new author id, with counters from 1 (the old author's chains are left as they are; its
-    /// changes stay in the log and keep replicating).
-    fn start_new_author(&mut self) -> Result<()> {
-        let old = self.author;
-        self.author = PeerId(self.sources.random_u64());
-        self.next_counter = 1;
-        meta_put_u64(&self.conn, "author_id", self.author.0)?;
-        self.conn.execute("DELETE FROM forgotten", [])?;
-        self.forgotten.clear();
-        log::info!("store {} writes as author {} from now on (was {old})", self.peer, self.author);
-        Ok(())
-    }
-
-    fn save_meta(&self) -> Result<()> {
-        meta_put_u64(&self.conn, "next_counter", self.next_counter)?;
-        meta_put_u64(&self.conn, "hlc", self.clock.last().0)
-    }
-
-    /// Recompute every observer's result (after another process changed the store); the events to deliver.
-    fn refresh_all_observers(&mut self) -> Result<Vec<observe::Queued>> {
-        let ids: Vec<u64> = self.observers.registered.keys().copied().collect();
-        let mut events = Vec::new();
-        for oid in ids {
-            let Some((collection, query)) =
-                self.observers.registered.get(&oid).map(|r| (r.collection.clone(), r.query.clone()))
-            else {
-                continue;
-            };
-            let fresh = self.query(&collection, &query)?;
-            let Some(r) = self.observers.registered.get_mut(&oid) else { continue };
-            if let Some(event) = observe::replace_result(r, fresh) {
-                events.push(observe::Queued { callback: r.callback.clone(), alive: r.alive.clone(), event });
-            }
-        }
-        Ok(events)
-    }
-
-    /// The stored JSON view of the one document `sql` selects with columns `doc, view, parts` (`None` when there
-    /// is no row or it was removed).
-    fn stored_view(&self, sql: &str, params: impl rusqlite::Params) -> Result<Option<Json>> {
-        let row: Option<(i64, Option<String>, i64)> =
-            self.conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-        match row {
-            Some((doc, Some(text), parts)) => docs::read_view(&self.conn, doc, &text, parts).map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    /// Every existing document of a collection matching `query`, sorted and limited: (id, view).
-    fn query(&self, collection: &str, query: &Query) -> Result<Vec<(String, Json)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT doc, id, view, parts FROM docs WHERE collection = ?1 AND view IS NOT NULL ORDER BY id",
-        )?;
-        let mut rows = stmt.query(params![collection])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let id: String = r.get(1)?;
-            let text = r.get_ref(2)?.as_str().map_err(|e| Error::Corrupt(format!("stored view of {id}: {e}")))?;
-            let view = docs::read_view(&self.conn, r.get(0)?, text, r.get(3)?)?;
-            if query.matches(&view)? {
-                out.push((id, view));
-            }
-        }
-        query.order_and_limit(&mut out);
-        Ok(out)
-    }
 }
 
 struct Shared {

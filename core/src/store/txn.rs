@@ -1,9 +1,10 @@
 //! Write transactions: several changes, across documents, committed atomically or not at all.
 
 use super::docs::{self, CachedDoc, DocKey};
+use super::inner::Inner;
 use super::observe::{self, Queued};
 use super::replicate::{ApplyReport, DocChange};
-use super::{check_collection, check_doc_id, ids, Inner};
+use super::{check_collection, check_doc_id, ids};
 use crate::crdt::change::Change;
 use crate::crdt::clock::Timestamp;
 use crate::crdt::document::{Applied, DocEditor, Document};
