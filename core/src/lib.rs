@@ -21,8 +21,22 @@
 //! # Ok::<(), shoaldb::Error>(())
 //! ```
 //!
-//! Layers, bottom to top: [`crdt`] (pure data types and merge), [`store`] (SQLite persistence, transactions,
-//! observers, attachments, the replication interface), [`query`] (the filter language).
+//! Layers, bottom to top:
+//! * [`crdt`] — pure data types and merge: clocks, registers, counters, sequences and text, maps, documents,
+//!   changes;
+//! * [`store`] — SQLite persistence: the app's [`Store`] (documents, transactions, queries, observers,
+//!   attachments) and the replica seam sync uses ([`Replica`]);
+//! * [`query`] — the filter language;
+//! * [`security`] — device identity, the app secret and the Noise handshake;
+//! * [`sync`] — the replication protocol as a sans-IO engine ([`sync::Engine`]): sessions, presence, attachment
+//!   fetches;
+//! * [`transport`] — links: framing, the LAN (TCP + mDNS), Bluetooth LE (the link protocol, the glue to the engine,
+//!   the platform radio's trait, BlueZ), the runtime hub;
+//! * [`node`] — a running device: a store, its engine and its transports on a tokio runtime ([`Node`]);
+//! * [`util`] — small helpers (locks, hex, a seeded generator, the store's time and randomness);
+//! * `sim` (cargo feature `sim`) — deterministic simulators for tests and benchmarks, never in an app.
+
+#![warn(missing_docs)]
 
 pub mod crdt;
 pub mod error;

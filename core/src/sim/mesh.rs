@@ -20,7 +20,7 @@
 //! ([`Engine::remove_link`]).
 //!
 //! **Backpressure.** The simulator pulls frames from [`Engine::poll_frame`] only while the link's unsent backlog
-//! (bytes taken from the engine whose last packet has not left yet) is under [`BACKLOG_LIMIT`], as a socket with a
+//! (bytes taken from the engine whose last packet has not left yet) is under [`BACKLOG_LIMIT`](super::pipe::BACKLOG_LIMIT), as a socket with a
 //! small send buffer would, so the engine's own flow control (credit, [`crate::sync::WINDOW`]) is what bounds the
 //! data in flight. After every delivered frame, every finished transmission and every edit, the device concerned
 //! offers each of its links a chance to send.
@@ -82,7 +82,7 @@ pub struct DirStats {
     pub packets_lost: u64,
     /// Frames lost because the link was dropped while they were in flight.
     pub frames_dropped: u64,
-    /// The most unsent bytes the simulator held for this direction (bounded by about [`BACKLOG_LIMIT`] plus one
+    /// The most unsent bytes the simulator held for this direction (bounded by about [`BACKLOG_LIMIT`](super::pipe::BACKLOG_LIMIT) plus one
     /// frame).
     pub max_unsent_bytes: u64,
     /// The most bytes taken from the sender and not yet delivered.

@@ -1,4 +1,4 @@
-//! Simulated point-to-point links: [`LinkParams`] (latency, bandwidth, MTU, loss) and the [`Pipe`] that carries one
+//! Simulated point-to-point links: [`LinkParams`] (latency, bandwidth, MTU, loss) and the pipe that carries one
 //! direction of a link as an ordered stream with packets that may be lost and sent again. Used by the links of a
 //! [`super::SimWorld`] and the LAN links of a [`super::RadioWorld`].
 

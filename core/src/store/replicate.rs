@@ -241,7 +241,7 @@ impl DocChange {
     }
 }
 
-/// What [`crate::Store::apply_changes`] did.
+/// What [`crate::store::Replica::apply_changes`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
     /// Changes now part of the store.

@@ -1,8 +1,7 @@
-//! Sync: the replication protocol as a sans-IO state machine. Frames in, frames out, effects on the [`Store`]:
-//! [`Engine`] owns a device's links (secure channel + [`session`]) and presence; transports and the simulator
-//! drive it. See [`wire`] for the message format and [`session`] for what is sent when.
-//!
-//! [`Store`]: crate::Store
+//! Sync: the replication protocol as a sans-IO state machine. Frames in, frames out, effects on a
+//! [`Replica`](crate::store::Replica) (a device's [`Store`](crate::Store), or another backend): [`Engine`] owns a
+//! device's links (secure channel + [`session`]) and presence; the transports and the simulators drive it. See
+//! [`wire`] for the message format and [`session`] for what is sent when.
 
 pub mod attachments;
 pub mod engine;

@@ -1,7 +1,7 @@
 //! Length-prefixed framing of a byte stream.
 //!
-//! A stream link (TCP now, BLE later) delivers bytes in arbitrary pieces; the layers above (the Noise handshake
-//! and the encrypted channel) exchange whole messages. Each message travels as one *frame*: a 4-byte big-endian
+//! A stream link (TCP, or the byte stream a Bluetooth LE link carries in packets) delivers bytes in arbitrary
+//! pieces; the layers above (the Noise handshake and the encrypted channel) exchange whole messages. Each message travels as one *frame*: a 4-byte big-endian
 //! length followed by that many bytes of payload. Empty frames are not allowed, and no frame is longer than
 //! [`MAX_FRAME_LEN`], which leaves room for the longest Noise message (65,535 bytes).
 //!

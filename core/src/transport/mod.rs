@@ -1,13 +1,17 @@
-//! Links to other devices: framing, the LAN transport (TCP + mDNS, on tokio), simulated links; BLE later.
+//! Links to other devices: framing ([`frame`]), the LAN transport ([`lan`]: TCP + mDNS, on tokio), the Bluetooth LE
+//! transport ([`ble`]: the link protocol, the glue to the engine, the platform radio's trait, BlueZ on Linux), and
+//! the node's runtime hub shared by them (`hub`: the engine and the table of links of every transport).
 //!
-//! Everything here but [`lan`] is sans-IO: the types turn bytes into messages and back, and the caller owns the
-//! sockets, timers and threads; [`lan`] is such a caller. Every byte that arrives from a link is untrusted, so no
-//! input can make these types panic or grow without bound.
+//! The protocol code is sans-IO: [`frame`], [`ble::link`], [`ble::links`] and [`ble::bridge`] turn bytes and
+//! events into messages and commands and back, and the caller owns the sockets, radios, timers and threads; the
+//! LAN's tasks, the node's Bluetooth task ([`ble::radio`]) and the simulators (`shoaldb::sim`, feature `sim`) are
+//! such callers. Every byte that arrives from a link is untrusted, so no input can make these types panic or grow
+//! without bound.
 //!
 //! # What a transport does
 //! A link is an ordered, reliable, framed byte stream between two devices; the sync engine
 //! ([`crate::sync::Engine`]) does everything else (handshake, encryption, what to send, flow control). A
-//! transport — TCP here, BLE next, the simulator in tests — only:
+//! transport — TCP, Bluetooth LE, the simulators in tests — only:
 //! 1. opens links and tells the engine: [`Engine::add_link`](crate::sync::Engine::add_link) with the
 //!    [`TransportKind`](crate::sync::TransportKind) and whether this side dialled;
 //! 2. delivers every frame received, whole and in order: [`Engine::on_frame`](crate::sync::Engine::on_frame)

@@ -7,20 +7,20 @@
 //! ```
 //!
 //! Where [`crate::sim::mesh`] connects engines by abstract links that the test opens and closes, here links
-//! are not given: phones stand at positions in a plane (metres, [`motion`]), each radio has a range, and links
+//! are not given: phones stand at positions in a plane (metres), each radio has a range, and links
 //! form and break as the phones move — each phone's [`BleLinks`] scans, advertises, dials and dedupes exactly as on
-//! a device, and the simulator ([`air`]) only executes its
+//! a device, and the simulator only executes its
 //! [`RadioCommand`](crate::transport::ble::links::RadioCommand)s and reports what the radio would ([`RadioEvent`]).
 //!
 //! # The radio
 //! * **Discovery.** A scanning phone is told about every advertising phone within range every 100–300 ms
 //!   ([`RadioParams::scan_period_us`], jittered), with its service data (none when the phone advertises none, as
 //!   on iOS).
-//! * **Connecting.** A [`RadioCommand::Connect`] completes after a few connection intervals
+//! * **Connecting.** A [`RadioCommand::Connect`](crate::transport::ble::links::RadioCommand::Connect) completes after a few connection intervals
 //!   ([`RadioParams::connect_setup_us`]) if the target still advertises, is in range, and both radios have a free
 //!   connection ([`RadioParams::max_connections`]); otherwise the attempt fails
 //!   ([`BleLinks::on_connect_failed`]) [`RadioParams::connect_fail_us`] after it started, unless it was cancelled.
-//!   Both ends are told at once (the central as [`Role::Central`]), over GATT with the default ATT MTU of 23.
+//!   Both ends are told at once (the central as [`Role::Central`](crate::transport::ble::link::Role::Central)), over GATT with the default ATT MTU of 23.
 //! * **Connections.** Each connection draws from the seed a connection interval (15–30 ms, in steps of 1.25 ms),
 //!   an ATT MTU (185 or 247), which replaces the initial 23 one interval after the connection is up (the MTU
 //!   exchange, [`BleLinks::on_mtu`]), and a budget of packets per direction per connection event (4–6). Every
@@ -41,11 +41,11 @@
 //!   lost) and both phones are told ([`BleLinks::on_disconnected`]).
 //! * **Order.** With probability [`RadioParams::reorder`] a packet overtakes the one queued just before it on
 //!   the same connection, as over Enhanced ATT's several bearers.
-//! * **Sending.** [`RadioCommand::Send`] queues the packet on its connection; [`BleLinks::on_sent`] is reported
+//! * **Sending.** [`RadioCommand::Send`](crate::transport::ble::links::RadioCommand::Send) queues the packet on its connection; [`BleLinks::on_sent`] is reported
 //!   when it has been transmitted (acknowledged by the peer's link layer), the moment it leaves the radio queue.
 //!   Every packet must fit the connection's current ATT MTU − 3; anything else is recorded as a protocol
 //!   violation ([`RadioWorld::violations`]) and the connection is dropped.
-//! * **Disconnect.** A phone's [`RadioCommand::Disconnect`] drops the connection at once; the peer is told one
+//! * **Disconnect.** A phone's [`RadioCommand::Disconnect`](crate::transport::ble::links::RadioCommand::Disconnect) drops the connection at once; the peer is told one
 //!   interval later.
 //!
 //! # Driving the engines
@@ -55,7 +55,7 @@
 //! run every 150–250 ms of virtual time ([`RadioParams::tick_us`]).
 //!
 //! **LAN.** [`RadioWorld::lan_link`] gives two phones an extra engine-level link of [`TransportKind::Lan`]
-//! carried directly by the simulator ([`RadioParams::lan`]: 0.5 ms, 10 MB/s by default, [`lan`]), which the
+//! carried directly by the simulator ([`RadioParams::lan`]: 0.5 ms, 10 MB/s by default), which the
 //! engines prefer for data while BLE stands by.
 //!
 //! # Quiet

@@ -7,7 +7,7 @@ use crate::sim::{DEFAULT_SECRET, MILLISECOND, SECOND};
 use crate::transport::ble::link::ATT_HEADER_LEN;
 use crate::transport::ble::AppTag;
 
-/// How often [`RadioWorld::run_until_quiet`](super::RadioWorld::run_until_quiet) checks whether the world is quiet (virtual µs).
+/// How often [`World::run_until_quiet`](crate::sim::World::run_until_quiet) checks whether the world is quiet (virtual µs).
 pub const QUIET_CHECK_US: u64 = 50 * MILLISECOND;
 /// How often moving phones are moved (virtual µs).
 pub const MOTION_STEP_US: u64 = 100 * MILLISECOND;
