@@ -7,34 +7,79 @@ use crate::crdt::path::PathError;
 /// Everything that can go wrong through Shoal's API. Nothing is written when an operation fails.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// SQLite failed: the database file could not be opened or written (disk full, permissions, locked by another
+    /// process for too long).
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// Reading the bytes of an attachment to store failed (the reader given to [`crate::Store::put_attachment`]).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// An edit does not fit the document: a type mismatch, a missing field, an index out of bounds, an invalid
+    /// value.
     #[error(transparent)]
     Document(DocError),
+    /// A field path is not valid.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// A change received from another device is malformed; nothing of it was applied.
     #[error(transparent)]
     Change(#[from] ChangeError),
+    /// A query or filter is not valid, or a parameter it names is missing.
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
+    /// The text is not JSON, or not the JSON expected (a document must be an object).
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    /// A collection name, document id or setting name is empty, too long or contains control characters.
     #[error("invalid {what}: {reason}")]
-    InvalidName { what: &'static str, reason: String },
+    InvalidName {
+        /// Which kind of name: `"collection name"`, `"document id"` or `"setting name"`.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The document does not exist (it never did, or it was removed).
     #[error("document {collection}/{id} not found")]
-    NotFound { collection: String, id: String },
+    NotFound {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+    },
+    /// The document was evicted from this device ([`crate::Store::evict`]): it cannot be edited here until it is
+    /// accepted again ([`crate::Store::unevict`]).
     #[error("document {collection}/{id} was evicted from this device; sync it again before editing it")]
-    Evicted { collection: String, id: String },
+    Evicted {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+    },
+    /// The attachment's bytes are not stored on this device (yet): fetch them from another device first.
     #[error("attachment {hash} is not in this store")]
-    AttachmentNotFound { hash: String },
+    AttachmentNotFound {
+        /// The attachment's BLAKE3 hash, as 64 hex digits.
+        hash: String,
+    },
+    /// The attachment's stored or received bytes do not match its hash or length; they are not used.
     #[error("attachment {hash} is corrupt: {reason}")]
-    AttachmentCorrupt { hash: String, reason: String },
+    AttachmentCorrupt {
+        /// The attachment's BLAKE3 hash, as 64 hex digits.
+        hash: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// The database file holds data this build cannot make sense of (damaged, or edited by other software).
     #[error("the store's data is corrupt: {0}")]
     Corrupt(String),
+    /// The database file was written by a newer release of Shoal; open it with that release or a later one.
     #[error("store schema version {found} is newer than this build supports ({supported})")]
-    UnsupportedSchema { found: i64, supported: i64 },
+    UnsupportedSchema {
+        /// The schema version of the file.
+        found: i64,
+        /// The newest schema version this build reads.
+        supported: i64,
+    },
 }
 
 /// Shorthand for results of Shoal's API.

@@ -70,7 +70,12 @@ pub enum NodeError {
     Task(String),
     /// No connected device could provide the attachment (every one asked said it does not have it).
     #[error("attachment {hash} not available: {reason}")]
-    AttachmentUnavailable { hash: String, reason: String },
+    AttachmentUnavailable {
+        /// The attachment's BLAKE3 hash, as 64 hex digits.
+        hash: String,
+        /// Why the fetch failed, in words (for logs).
+        reason: String,
+    },
     /// The sync engine refused the request.
     #[error("sync: {0}")]
     Sync(#[from] crate::sync::SyncError),

@@ -39,22 +39,72 @@ pub enum Seg {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// Write a scalar into the field's register, replacing what the writer had seen there.
-    Set { path: Vec<Seg>, value: Scalar },
+    Set {
+        /// The field written, from the document root (never empty: a document is a map).
+        path: Vec<Seg>,
+        /// The new value.
+        value: Scalar,
+    },
     /// Make the field hold a container of `kind`, replacing what the writer had seen there. Concurrent makes of the
     /// same kind share one container.
-    Make { path: Vec<Seg>, kind: Kind },
+    Make {
+        /// The field made (empty for the document itself, which is always a map).
+        path: Vec<Seg>,
+        /// The container the field holds from now on.
+        kind: Kind,
+    },
     /// Remove what the writer had seen in the field (the document itself when `path` is empty).
-    Remove { path: Vec<Seg> },
+    Remove {
+        /// The field removed, from the document root.
+        path: Vec<Seg>,
+    },
     /// Add `by` to the field's counter.
-    Increment { path: Vec<Seg>, by: i64 },
+    Increment {
+        /// The counter field, from the document root.
+        path: Vec<Seg>,
+        /// The amount added; negative to decrement.
+        by: i64,
+    },
     /// Insert characters into the field's text.
-    InsertText { path: Vec<Seg>, origin_left: Option<Dot>, origin_right: Option<Dot>, text: Chars },
+    InsertText {
+        /// The text field, from the document root.
+        path: Vec<Seg>,
+        /// The id of the character just before the insertion point when it was made, deleted or not (`None` at the
+        /// start of the text).
+        origin_left: Option<Dot>,
+        /// The id of the character just after the insertion point when it was made, deleted or not (`None` at the
+        /// end of the text).
+        origin_right: Option<Dot>,
+        /// The inserted characters; they take this op's dots as ids, in order.
+        text: Chars,
+    },
     /// Insert `count` empty elements into the field's array (their ids are this op's dots).
-    InsertElems { path: Vec<Seg>, origin_left: Option<Dot>, origin_right: Option<Dot>, count: u64 },
+    InsertElems {
+        /// The array field, from the document root.
+        path: Vec<Seg>,
+        /// The id of the element just before the insertion point when it was made, deleted or not (`None` at the
+        /// start of the array).
+        origin_left: Option<Dot>,
+        /// The id of the element just after the insertion point when it was made, deleted or not (`None` at the
+        /// end of the array).
+        origin_right: Option<Dot>,
+        /// How many elements are inserted (at least 1).
+        count: u64,
+    },
     /// Delete characters of the field's text.
-    DeleteText { path: Vec<Seg>, spans: Vec<IdSpan> },
+    DeleteText {
+        /// The text field, from the document root.
+        path: Vec<Seg>,
+        /// The ids of the deleted characters, as runs of consecutive dots of one author.
+        spans: Vec<IdSpan>,
+    },
     /// Delete elements of the field's array.
-    DeleteElems { path: Vec<Seg>, spans: Vec<IdSpan> },
+    DeleteElems {
+        /// The array field, from the document root.
+        path: Vec<Seg>,
+        /// The ids of the deleted elements, as runs of consecutive dots of one author.
+        spans: Vec<IdSpan>,
+    },
 }
 
 impl Op {
@@ -67,7 +117,8 @@ impl Op {
         }
     }
 
-    pub fn path(&self) -> &[Seg] {
+    /// The field the op acts on, from the document root.
+    pub(crate) fn path(&self) -> &[Seg] {
         match self {
             Op::Set { path, .. }
             | Op::Make { path, .. }
@@ -92,16 +143,22 @@ pub struct Change {
     pub ts: Timestamp,
     /// The document's version vector when the change was made.
     pub deps: VersionVector,
+    /// The operations, in the order they were made; the first has dot `start`, each next one follows the previous
+    /// op's [`width`](Op::width).
     pub ops: Vec<Op>,
 }
 
 /// Why a change is malformed (it came from a buggy or hostile peer, or was corrupted).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
+    /// The bytes do not decode, or what they decode to breaks a structural rule (the message says which).
     #[error("change data is corrupt: {0}")]
     Corrupt(String),
+    /// The data starts with a format version this build does not read (the version byte found), typically because
+    /// a newer release of Shoal wrote it.
     #[error("unsupported change format version {0} (this build reads version {CHANGE_FORMAT_VERSION})")]
     UnsupportedVersion(u8),
+    /// The data exceeds a size limit, such as [`MAX_ENCODED_CHANGE_BYTES`] (the message says which).
     #[error("change is too large: {0}")]
     TooLarge(String),
 }

@@ -35,11 +35,14 @@ impl fmt::Display for PeerId {
 /// One operation's unique name: (peer, counter). Counters start at 1.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
 pub struct Dot {
+    /// The replica that made the operation.
     pub peer: PeerId,
+    /// The operation's number in that replica's sequence (1 for its first).
     pub counter: u64,
 }
 
 impl Dot {
+    /// The dot of `peer`'s operation number `counter`.
     pub const fn new(peer: PeerId, counter: u64) -> Self {
         Dot { peer, counter }
     }
@@ -63,8 +66,10 @@ pub const MAX_WALL_MS: u64 = (1 << (64 - LOGICAL_BITS)) - 1;
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
-    pub const ZERO: Timestamp = Timestamp(0);
+    /// The earliest timestamp (a clock that never ticked).
+    pub(crate) const ZERO: Timestamp = Timestamp(0);
 
+    /// The reading `logical` within millisecond `wall_ms` since the Unix epoch (clamped to [`MAX_WALL_MS`]).
     pub fn new(wall_ms: u64, logical: u16) -> Self {
         Timestamp((wall_ms.min(MAX_WALL_MS) << LOGICAL_BITS) | logical as u64)
     }
@@ -74,7 +79,8 @@ impl Timestamp {
         self.0 >> LOGICAL_BITS
     }
 
-    pub fn logical(self) -> u16 {
+    /// The logical part: orders readings taken within the same millisecond.
+    pub(crate) fn logical(self) -> u16 {
         (self.0 & LOGICAL_MASK) as u16
     }
 

@@ -18,20 +18,55 @@ use serde::{Deserialize, Serialize};
 /// Errors from reading, editing or merging a document.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum DocError {
+    /// A change to merge is malformed.
     #[error(transparent)]
     Change(#[from] ChangeError),
+    /// A path given as text could not be parsed.
     #[error(transparent)]
     Path(#[from] super::path::PathError),
+    /// The edit needs a field of another type than the one there: a text operation on a counter, an array index
+    /// into a map, and the like.
     #[error("the field at {path:?} holds a {found}, not a {expected}")]
-    TypeMismatch { path: String, expected: &'static str, found: &'static str },
+    TypeMismatch {
+        /// The field in question (`a.b[2]`; empty for the document itself).
+        path: String,
+        /// The type the edit needs: `"map"`, `"array"`, `"text"` or `"counter"`.
+        expected: &'static str,
+        /// What the field holds: `"register"` (a plain value), one of the types above, or `"document"` when the
+        /// edit targeted the document itself.
+        found: &'static str,
+    },
+    /// A position in a text or an array is past its end.
     #[error("index {index} is out of bounds at {path:?} (length {len})")]
-    IndexOutOfBounds { path: String, index: usize, len: usize },
+    IndexOutOfBounds {
+        /// The text or array field.
+        path: String,
+        /// The position asked for (for a deletion, the end of the deleted range).
+        index: usize,
+        /// The current length of the text (in characters) or of the array.
+        len: usize,
+    },
+    /// The edit needs a field that does not exist (or was removed).
     #[error("no field at {path:?}")]
-    NoSuchField { path: String },
+    NoSuchField {
+        /// The missing field (or, as far as it got, the path leading to it).
+        path: String,
+    },
+    /// The value cannot be stored: a non-finite number, an empty or oversize key, nesting too deep, a text insert
+    /// too large (the message says which).
     #[error("invalid value: {0}")]
     InvalidValue(String),
+    /// A change to merge contradicts what the document already holds from its author (it overlaps changes already
+    /// applied, or ignores its author's earlier ones); the change is refused and nothing changes.
     #[error("change {peer}:{start} is inconsistent with this document: {reason}")]
-    Inconsistent { peer: PeerId, start: u64, reason: String },
+    Inconsistent {
+        /// The change's author.
+        peer: PeerId,
+        /// The counter of the change's first operation.
+        start: u64,
+        /// What is inconsistent.
+        reason: String,
+    },
 }
 
 fn inconsistent(c: &Change, reason: impl Into<String>) -> DocError {
@@ -59,6 +94,7 @@ pub struct Document {
 const SNAPSHOT_FORMAT_VERSION: u8 = 1;
 
 impl Document {
+    /// An empty document: it holds no changes and does not exist until a change creates it.
     pub fn new() -> Self {
         Self::default()
     }

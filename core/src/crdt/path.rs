@@ -227,6 +227,8 @@ impl fmt::Display for Path {
 
 /// Anything that names a path: a `&str` (parsed), a `String`, or a parsed [`Path`].
 pub trait AsPath {
+    /// The path, parsed if it was text (borrowed when it already was a [`Path`]); an error if the text is not a
+    /// valid path.
     fn to_path(&self) -> Result<std::borrow::Cow<'_, Path>, PathError>;
 }
 

@@ -57,12 +57,17 @@ impl fmt::Debug for AttachmentToken {
 /// A register's value.
 #[derive(Clone, PartialEq, Serialize, Deserialize, Debug)]
 pub enum Scalar {
+    /// JSON `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
+    /// A whole number (JSON integers that fit `i64`; larger ones become floats).
     Int(i64),
     /// Always finite.
     Float(f64),
+    /// A UTF-8 string.
     Str(String),
+    /// Raw bytes (not representable in JSON; shown as an array of numbers).
     Bytes(Vec<u8>),
     /// A JSON array kept as one atomic value.
     List(Vec<Scalar>),
@@ -192,7 +197,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn name(self) -> &'static str {
+    /// The kind's name in error messages (`"map"`, `"array"`, `"text"`, `"counter"`).
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Map => "map",
             Kind::Array => "array",

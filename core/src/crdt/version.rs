@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 pub struct VersionVector(Vec<(PeerId, u64)>);
 
 impl VersionVector {
+    /// The empty vector: nothing seen from anyone.
     pub fn new() -> Self {
         VersionVector(Vec::new())
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Whether nothing was seen from anyone.
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -76,6 +78,7 @@ impl VersionVector {
         !self.le(other)
     }
 
+    /// Each peer seen with its highest counter, in ascending order of peer.
     pub fn iter(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
         self.0.iter().copied()
     }

@@ -75,10 +75,13 @@ pub struct DirStats {
     pub frames_sent: u64,
     /// Their bytes, with the 4-byte length prefix of each.
     pub bytes_sent: u64,
+    /// Frames handed to the receiving engine (not those lost with a dropped link).
     pub frames_delivered: u64,
+    /// Their bytes, counted like [`DirStats::bytes_sent`].
     pub bytes_delivered: u64,
     /// Packets put on the wire, retransmissions included.
     pub packets: u64,
+    /// Of those, packets lost on the way (each one was sent again).
     pub packets_lost: u64,
     /// Frames lost because the link was dropped while they were in flight.
     pub frames_dropped: u64,
@@ -284,22 +287,28 @@ impl SimWorld {
         self.settle();
     }
 
+    /// How many devices were added.
     pub fn device_count(&self) -> usize {
         self.devices.len()
     }
 
+    /// The name the device was added with (also the name it gives other devices).
     pub fn name(&self, device: DeviceId) -> &str {
         &self.devices[device].name
     }
 
+    /// The device's key, its identity to the other devices (it survives [`SimWorld::restart`]).
     pub fn device_key(&self, device: DeviceId) -> DeviceKey {
         self.devices[device].engine.device_key()
     }
 
+    /// The device's store. After writing to it directly, call [`SimWorld::pump_all`] (or write through
+    /// [`SimWorld::edit`]) so that the device's links send the changes.
     pub fn store(&self, device: DeviceId) -> &Store {
         &self.devices[device].store
     }
 
+    /// The device's sync engine, to inspect (its links, peers, statistics).
     pub fn engine(&self, device: DeviceId) -> &Engine {
         &self.devices[device].engine
     }
@@ -394,6 +403,7 @@ impl SimWorld {
         }
     }
 
+    /// Whether `a` and `b` are linked now, over any transport.
     pub fn is_linked(&self, a: DeviceId, b: DeviceId) -> bool {
         self.conn_between(a, b).is_some()
     }
@@ -471,6 +481,7 @@ impl SimWorld {
         self.bytes_by_kind.get(&(from, to, kind)).copied().unwrap_or(0)
     }
 
+    /// Zero every counter of [`SimWorld::stats`] and [`SimWorld::bytes_sent_over`].
     pub fn reset_stats(&mut self) {
         self.stats.clear();
         self.bytes_by_kind.clear();

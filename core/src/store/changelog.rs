@@ -16,10 +16,15 @@ pub struct LogEntry {
     pub seq: i64,
     /// The document's local number.
     pub doc: i64,
+    /// The document's collection.
     pub collection: String,
+    /// The document's id within its collection.
     pub doc_id: String,
+    /// The change's author.
     pub peer: PeerId,
+    /// The counter of the change's first operation.
     pub start: u64,
+    /// The counter of the change's last operation.
     pub end: u64,
     /// The change in its versioned encoding ([`crate::Change::encode`]).
     pub body: Vec<u8>,

@@ -581,6 +581,7 @@ impl AttachmentReader {
         self.len
     }
 
+    /// Whether the attachment has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

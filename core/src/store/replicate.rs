@@ -12,10 +12,6 @@ use std::collections::BTreeMap;
 pub struct RangeSet(Vec<(u64, u64)>);
 
 impl RangeSet {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Add `start..=end`.
     pub fn insert(&mut self, start: u64, end: u64) {
         if start > end {
@@ -57,11 +53,13 @@ impl RangeSet {
         self.0.get(i).is_some_and(|&(s, e)| s <= start && end <= e)
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Whether the set holds no counter.
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn ranges(&self) -> &[(u64, u64)] {
+    /// The ranges, in ascending order.
+    pub(crate) fn ranges(&self) -> &[(u64, u64)] {
         &self.0
     }
 
@@ -118,6 +116,7 @@ pub struct Summary {
 pub const MAX_SUMMARY_BYTES: usize = 16 << 20;
 
 impl Summary {
+    /// The summary of an empty store: no change held.
     pub fn new() -> Self {
         Self::default()
     }
@@ -181,10 +180,13 @@ impl Summary {
         self.peers.iter().map(|(p, r)| (*p, r))
     }
 
+    /// The compact binary form (what [`Summary::decode`] reads).
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
+    /// Read what [`Summary::encode`] wrote, checking limits and well-formedness (it may come from another device).
+    /// Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Summary, ChangeError> {
         if bytes.len() > MAX_SUMMARY_BYTES {
             return Err(ChangeError::TooLarge(format!("summary of {} bytes", bytes.len())));
@@ -200,8 +202,11 @@ impl Summary {
 /// A change together with the document it belongs to: what travels between stores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DocChange {
+    /// The document's collection.
     pub collection: String,
+    /// The document's id within its collection.
     pub doc_id: String,
+    /// What was done to the document.
     pub change: Change,
 }
 
@@ -260,7 +265,7 @@ mod tests {
 
     #[test]
     fn range_set_merges_and_splits() {
-        let mut r = RangeSet::new();
+        let mut r = RangeSet::default();
         r.insert(5, 7);
         r.insert(1, 2);
         r.insert(3, 4);
@@ -282,7 +287,7 @@ mod tests {
         #[test]
         fn range_set_difference_matches_sets(a in proptest::collection::vec((0u64..60, 0u64..6), 0..8),
                                              b in proptest::collection::vec((0u64..60, 0u64..6), 0..8)) {
-            let (mut ra, mut rb) = (RangeSet::new(), RangeSet::new());
+            let (mut ra, mut rb) = (RangeSet::default(), RangeSet::default());
             let (mut sa, mut sb) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
             for (s, l) in a { ra.insert(s, s + l); sa.extend(s..=s + l); }
             for (s, l) in b { rb.insert(s, s + l); sb.extend(s..=s + l); }

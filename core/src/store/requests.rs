@@ -12,7 +12,12 @@ pub enum AttachmentRequest {
     /// Nothing was requested (or the request was dropped).
     None,
     /// A peer is fetching it (progress when known).
-    Pending { done: u64, total: Option<u64> },
+    Pending {
+        /// Bytes received so far, as the fetching peer last reported them.
+        done: u64,
+        /// The attachment's length in bytes; `None` until the fetching peer first reports progress.
+        total: Option<u64>,
+    },
     /// The bytes are stored here.
     Stored,
     /// No connected device could provide it.

@@ -34,11 +34,32 @@ pub type FetchId = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FetchEvent {
     /// Bytes received so far, of `total`.
-    Progress { fetch: FetchId, hash: [u8; 32], done: u64, total: u64 },
+    Progress {
+        /// The fetch, as [`Engine::fetch_attachment`](super::Engine::fetch_attachment) numbered it.
+        fetch: FetchId,
+        /// The attachment's BLAKE3 hash.
+        hash: [u8; 32],
+        /// Bytes stored here so far, counting those received before the fetch resumed.
+        done: u64,
+        /// The attachment's length in bytes.
+        total: u64,
+    },
     /// The attachment is stored here now, verified.
-    Done { fetch: FetchId, hash: [u8; 32] },
+    Done {
+        /// The fetch, as [`Engine::fetch_attachment`](super::Engine::fetch_attachment) numbered it.
+        fetch: FetchId,
+        /// The attachment's BLAKE3 hash.
+        hash: [u8; 32],
+    },
     /// No connected device could provide it.
-    Failed { fetch: FetchId, hash: [u8; 32], reason: String },
+    Failed {
+        /// The fetch, as [`Engine::fetch_attachment`](super::Engine::fetch_attachment) numbered it.
+        fetch: FetchId,
+        /// The attachment's BLAKE3 hash.
+        hash: [u8; 32],
+        /// Why, in words (for logs).
+        reason: String,
+    },
 }
 
 struct Fetch {

@@ -42,13 +42,35 @@ pub type LinkId = u64;
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineEvent {
     /// A link finished its handshake and started syncing.
-    LinkUp { link: LinkId, device: DeviceKey, name: String, transport: TransportKind },
+    LinkUp {
+        /// The link, as [`Engine::add_link`] numbered it.
+        link: LinkId,
+        /// The device at the other end, authenticated by the handshake.
+        device: DeviceKey,
+        /// The name that device gave itself.
+        name: String,
+        /// What carries the link.
+        transport: TransportKind,
+    },
     /// A link was closed by the engine (error, duplicate) — the transport should drop it — or removed.
-    LinkDown { link: LinkId, device: Option<DeviceKey>, reason: String },
+    LinkDown {
+        /// The link, as [`Engine::add_link`] numbered it.
+        link: LinkId,
+        /// The device at the other end; `None` if the link closed before the handshake authenticated it.
+        device: Option<DeviceKey>,
+        /// Why, in words (for logs).
+        reason: String,
+    },
     /// The set of reachable devices changed (see [`Engine::peers`]).
     PresenceChanged,
     /// Changes from a peer were applied to the store.
-    Applied { link: LinkId, applied: usize },
+    Applied {
+        /// The link they came over.
+        link: LinkId,
+        /// How many changes are now part of the store (duplicates and changes still waiting for their dependencies
+        /// are not counted).
+        applied: usize,
+    },
     /// Progress or outcome of an attachment fetch ([`Engine::fetch_attachment`]).
     Fetch(FetchEvent),
 }
@@ -56,7 +78,9 @@ pub enum EngineEvent {
 /// A device reachable now, directly or through others.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerPresence {
+    /// The device's key, its stable identity.
     pub device: DeviceKey,
+    /// The name the device gave itself.
     pub name: String,
     /// 1 for a direct link.
     pub hops: u32,
@@ -435,7 +459,9 @@ impl Engine {
         self.refresh_interests(None);
     }
 
-    pub fn subscriptions(&self) -> &[Subscription] {
+    /// This device's own subscriptions (normalised; the simulator restarts a device with them).
+    #[cfg(feature = "sim")]
+    pub(crate) fn subscriptions(&self) -> &[Subscription] {
         &self.own_subscriptions
     }
 
@@ -540,7 +566,7 @@ impl Engine {
     }
 
     /// Queue a message (attachments) on a synced link.
-    pub fn send(&mut self, link: LinkId, msg: Message) -> bool {
+    fn send(&mut self, link: LinkId, msg: Message) -> bool {
         match self.links.get_mut(&link).and_then(|s| s.session.as_mut()) {
             Some(s) => {
                 s.queue(msg);

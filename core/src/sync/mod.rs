@@ -17,14 +17,20 @@ pub use wire::{Message, Subscription, TransportKind, WireError};
 /// Why a link was closed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The handshake failed (typically: the other device uses another app secret) or the secure channel broke.
     #[error("secure channel: {0}")]
     Security(#[from] crate::security::SecurityError),
+    /// The other device sent a message that could not be decoded or is not acceptable.
     #[error("bad message: {0}")]
     Wire(#[from] WireError),
+    /// The other device broke the sync protocol: a message out of turn, an invalid change or filter, a link to
+    /// itself, inconsistent attachment data (the message says which).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The local store failed while reading or applying changes or attachments.
     #[error("store: {0}")]
     Store(#[from] crate::Error),
+    /// Another link over the same transport connects the same two devices; this one was closed in its favour.
     #[error("a link to this device already exists")]
     Duplicate,
 }

@@ -124,9 +124,14 @@ pub(crate) struct Session {
 /// Counters of one session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
+    /// Changes sent to the peer (put into [`Message::Changes`] messages).
     pub changes_sent: u64,
+    /// Changes received from the peer, duplicates included.
     pub changes_received: u64,
+    /// Bytes of the changes sent: their [`crate::DocChange`] encodings, without message framing or encryption.
     pub change_bytes_sent: u64,
+    /// Bytes of the changes received, counted like [`SessionStats::change_bytes_sent`]; flow control grants credit
+    /// in these bytes.
     pub change_bytes_received: u64,
 }
 

@@ -28,7 +28,10 @@ const MAX_PRESENCE_LINKS: usize = 1024;
 /// them or those matching a filter in the query language (see [`crate::query`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Subscription {
+    /// The collection; `None` for every collection.
     pub collection: Option<String>,
+    /// A filter in the query language that the documents must match (such as `done == false`); `None` for every
+    /// document of the collection.
     pub filter: Option<String>,
 }
 
@@ -118,7 +121,9 @@ impl std::fmt::Display for TransportKind {
 /// One direct link of a device, as announced in presence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceLink {
+    /// The key of the device at the other end ([`DeviceKey`](crate::security::DeviceKey) bytes).
     pub device: [u8; 32],
+    /// What carries the link.
     pub transport: TransportKind,
 }
 
@@ -126,23 +131,72 @@ pub struct PresenceLink {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     /// First message on a secure link: who we are.
-    Hello { name: String, store_peer: u64 },
+    Hello {
+        /// The sender's device name, shown to the other devices (at most 256 bytes).
+        name: String,
+        /// The [`PeerId`](crate::PeerId) of the sender's store (informational: the receiver does not act on it).
+        store_peer: u64,
+    },
     /// What the sender wants from the receiver: its own subscriptions and those it carries for its other neighbours.
-    Interest { subscriptions: Vec<Subscription> },
+    Interest {
+        /// Every subscription the sender asks for (at most 1024); it replaces the interest sent before.
+        subscriptions: Vec<Subscription>,
+    },
     /// The changes the sender holds.
-    Summary { summary: Summary },
+    Summary {
+        /// The sender's changes, by author and counter ranges. The first one is complete; later ones add what the
+        /// sender received since.
+        summary: Summary,
+    },
     /// Changes ([`crate::DocChange`] encodings), causal within each document.
-    Changes { changes: Vec<Vec<u8>> },
+    Changes {
+        /// One encoded [`crate::DocChange`] each.
+        changes: Vec<Vec<u8>>,
+    },
     /// Flow control: the receiver has processed this many more bytes of changes; the sender may send as many more.
-    Credit { bytes: u64 },
+    Credit {
+        /// Bytes of encoded changes processed since the last credit.
+        bytes: u64,
+    },
     /// A device's direct links, flooded through the mesh. A higher `seq` replaces a lower one.
-    Presence { origin: [u8; 32], seq: u64, name: String, links: Vec<PresenceLink> },
+    Presence {
+        /// The key of the device whose links these are ([`DeviceKey`](crate::security::DeviceKey) bytes).
+        origin: [u8; 32],
+        /// The origin's sequence number for this record; it grows with each new record of the origin.
+        seq: u64,
+        /// The origin's device name.
+        name: String,
+        /// The origin's direct links (at most 1024).
+        links: Vec<PresenceLink>,
+    },
     /// Please send the attachment `hash` from `offset`; `hops` is how many more devices may relay the request.
-    FetchAttachment { request: u64, hash: [u8; 32], offset: u64, hops: u8 },
+    FetchAttachment {
+        /// The requester's number for this request; the answers carry it.
+        request: u64,
+        /// The attachment's BLAKE3 hash.
+        hash: [u8; 32],
+        /// The bytes the requester holds already: send from there.
+        offset: u64,
+        /// How many more devices may relay the request: 0 means the receiver answers only from its own store (a
+        /// fetch starts with [`MAX_HOPS`](super::MAX_HOPS)).
+        hops: u8,
+    },
     /// Bytes of a requested attachment.
-    AttachmentChunk { request: u64, offset: u64, total: u64, data: Vec<u8> },
+    AttachmentChunk {
+        /// The request answered.
+        request: u64,
+        /// Where `data` starts within the attachment, in bytes.
+        offset: u64,
+        /// The attachment's length in bytes.
+        total: u64,
+        /// The bytes (this build sends at most [`ATTACHMENT_CHUNK`]; up to four times as many are accepted).
+        data: Vec<u8>,
+    },
     /// The attachment of `request` is not available here (nor through the devices asked).
-    AttachmentUnavailable { request: u64 },
+    AttachmentUnavailable {
+        /// The request answered.
+        request: u64,
+    },
     /// The sender's side of this link now carries the data (the link it preferred went): please send your current
     /// [`Message::Summary`], so that only what is missing travels.
     Resync,
@@ -151,14 +205,21 @@ pub enum Message {
 /// A message that could not be decoded or is not acceptable.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum WireError {
+    /// The message starts with a protocol version this build does not speak (the version byte found): the other
+    /// device runs an incompatible release.
     #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
     UnsupportedVersion(u8),
+    /// The message has no bytes at all.
     #[error("empty message")]
     Empty,
+    /// The message is longer than [`MAX_MESSAGE_BYTES`] (its length in bytes).
     #[error("message of {0} bytes is over the limit")]
     TooLarge(usize),
+    /// The bytes do not decode to a message.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The message decodes but a field is out of bounds or invalid, such as a subscription's filter or a device
+    /// name that is too long; also a subscription given as text that is not valid.
     #[error("invalid message: {0}")]
     Invalid(String),
 }

@@ -121,48 +121,69 @@ pub type PhoneId = usize;
 pub enum Event {
     /// A connection event is due.
     Anchor {
+        /// The radio's number of the connection ([`ConnInfo::id`]).
         conn: u64,
     },
     /// A connection event that waited for a radio tries again.
     Start {
+        /// The radio's number of the connection ([`ConnInfo::id`]).
         conn: u64,
+        /// The anchor (virtual time, µs) of the event that waited; the wait is stale if a new event began since.
         anchor: u64,
     },
     /// An exchange of a connection event has finished.
     ExchangeDone {
+        /// The radio's number of the connection ([`ConnInfo::id`]).
         conn: u64,
     },
     /// The MTU exchange of a connection completes.
     Mtu {
+        /// The radio's number of the connection ([`ConnInfo::id`]).
         conn: u64,
     },
     /// A phone learns that a connection ended.
     Disconnected {
+        /// The phone that learns it.
         phone: PhoneId,
+        /// The radio's number of the connection ([`ConnInfo::id`]).
         conn: u64,
     },
     /// A connection attempt completes (or is found to fail).
     Attempt {
+        /// The simulator's number of the attempt.
         id: u64,
     },
     /// A failed connection attempt is reported.
     AttemptFailed {
+        /// The simulator's number of the attempt.
         id: u64,
     },
+    /// A phone's scan window: it discovers the phones advertising in range.
     Scan {
+        /// The scanning phone.
         phone: PhoneId,
     },
+    /// A phone's links and engine are given the time (keepalives, timeouts, dialling).
     Tick {
+        /// The phone.
         phone: PhoneId,
     },
+    /// The phones move one step ([`MOTION_STEP_US`]).
     Motion,
+    /// A frame reaches the other end of a LAN link.
     LanDeliver {
+        /// The simulator's number of the LAN link.
         conn: u64,
+        /// Its direction (0: from the phone that dialled).
         dir: usize,
+        /// The frame.
         frame: Vec<u8>,
     },
+    /// A frame has left the sender of a LAN link's direction: room in the backlog.
     LanWake {
+        /// The simulator's number of the LAN link.
         conn: u64,
+        /// Its direction (0: from the phone that dialled).
         dir: usize,
     },
 }
@@ -348,10 +369,12 @@ impl RadioWorld {
         id
     }
 
+    /// How many phones were added.
     pub fn phone_count(&self) -> usize {
         self.phones.len()
     }
 
+    /// The name the phone was added with (also the name it gives other devices).
     pub fn name(&self, p: PhoneId) -> &str {
         &self.phones[p].name
     }
@@ -361,6 +384,7 @@ impl RadioWorld {
         self.phones.iter().position(|p| p.name == name)
     }
 
+    /// The phone's device key, its identity to the other devices.
     pub fn device_key(&self, p: PhoneId) -> DeviceKey {
         self.phones[p].engine.device_key()
     }
@@ -375,10 +399,12 @@ impl RadioWorld {
         &self.phones[p].address
     }
 
+    /// The phone's store, to read (write through [`RadioWorld::edit`], so that the phone's links send the changes).
     pub fn store(&self, p: PhoneId) -> &Store {
         &self.phones[p].store
     }
 
+    /// The phone's sync engine, to inspect (its links, peers, statistics).
     pub fn engine(&self, p: PhoneId) -> &Engine {
         &self.phones[p].engine
     }
@@ -496,6 +522,7 @@ impl RadioWorld {
 
     // ---- statistics ----
 
+    /// The phone's counters since it was added or since the last [`RadioWorld::reset_stats`].
     pub fn stats(&self, p: PhoneId) -> &PhoneStats {
         &self.phones[p].stats
     }
@@ -537,6 +564,7 @@ impl RadioWorld {
         t
     }
 
+    /// Zero every phone's [`PhoneStats`] and the counters of [`RadioWorld::bytes_sent_over`].
     pub fn reset_stats(&mut self) {
         for p in &mut self.phones {
             p.stats = PhoneStats::default();

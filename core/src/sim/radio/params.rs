@@ -147,27 +147,36 @@ pub struct PhoneStats {
     pub retransmissions: u64,
     /// Empty PDUs sent (polls and acknowledgements).
     pub empty_pdus: u64,
-    /// BLE packets received (delivered to the phone's links) and their bytes.
+    /// BLE packets received (delivered to the phone's links).
     pub packets_received: u64,
+    /// Their bytes.
     pub packet_bytes_received: u64,
     /// Time this phone's radio was busy (µs).
     pub airtime_us: u64,
-    /// Frames handed to / received from the BLE links, and their bytes.
+    /// Sync engine frames handed to the BLE links, to send.
     pub ble_frames_sent: u64,
+    /// Their bytes.
     pub ble_frame_bytes_sent: u64,
+    /// Sync engine frames received from the BLE links.
     pub ble_frames_received: u64,
+    /// Their bytes.
     pub ble_frame_bytes_received: u64,
-    /// LAN frames sent and their bytes (with the 4-byte length prefix of each).
+    /// LAN frames sent.
     pub lan_frames_sent: u64,
+    /// Their bytes, with the 4-byte length prefix of each.
     pub lan_bytes_sent: u64,
-    /// Connections established (either role), failed attempts, connections dropped by supervision, packets lost
-    /// with a dropped connection.
+    /// Connections established, in either role.
     pub connections: u64,
+    /// Connection attempts of this phone that failed.
     pub connect_failures: u64,
+    /// Connections dropped by supervision (no successful exchange for [`RadioParams::supervision_timeout_us`]).
     pub supervision_drops: u64,
+    /// Packets lost with a dropped connection, queued or in the air when it went (counted at the central, for both
+    /// directions).
     pub packets_dropped: u64,
-    /// Links announced to the engine, and links closed as duplicates of another connection to the same phone.
+    /// Links announced to the engine.
     pub links_up: u64,
+    /// Links closed as duplicates of another connection to the same phone.
     pub duplicates_closed: u64,
     /// Packets this radio sent ahead of the one queued before them ([`RadioParams::reorder`]).
     pub packets_reordered: u64,
@@ -180,13 +189,19 @@ pub struct PhoneStats {
 pub struct ConnInfo {
     /// The radio's connection id (the same at both ends).
     pub id: u64,
+    /// The phone that dialled (the central).
     pub central: PhoneId,
+    /// The phone that accepted (the peripheral).
     pub peripheral: PhoneId,
+    /// The connection interval, in µs (virtual time).
     pub interval_us: u64,
     /// The negotiated ATT MTU (the current one is 23 until the exchange completed).
     pub att_mtu: u16,
+    /// The ATT MTU in use now: 23 until the MTU exchange completes, then [`ConnInfo::att_mtu`].
     pub current_mtu: u16,
+    /// The most packets per direction in one connection event.
     pub packets_per_event: usize,
+    /// When the connection was established (virtual time, µs).
     pub established_at: u64,
 }
 

@@ -44,20 +44,53 @@ pub trait Radio: Send + Sync + 'static {
 pub enum RadioEvent {
     /// A phone advertising the Shoal service was seen (`service_data`: the service data of the advertisement,
     /// when the platform delivers it).
-    Discovered { address: String, service_data: Option<Vec<u8>> },
+    Discovered {
+        /// The platform's address of the phone (what [`RadioCommand::Connect`] is given to dial it).
+        address: String,
+        /// The service data of the Shoal service in the advertisement, if any.
+        service_data: Option<Vec<u8>>,
+    },
     /// A connection is up and its channel ready (GATT: services discovered and notifications enabled; or an
     /// L2CAP channel open). `conn` is the radio's number for it, unique while it lasts.
-    Connected { conn: u64, address: String, role: Role, channel: Channel },
+    Connected {
+        /// The radio's number for the connection; the later events and commands about it carry it.
+        conn: u64,
+        /// The other phone's address.
+        address: String,
+        /// Whether this phone dialled the connection (central) or accepted it (peripheral).
+        role: Role,
+        /// What the packets travel on, with its MTU.
+        channel: Channel,
+    },
     /// The ATT MTU of a GATT connection changed.
-    Mtu { conn: u64, mtu: u16 },
+    Mtu {
+        /// The connection.
+        conn: u64,
+        /// The new ATT MTU, in bytes (a packet holds 3 bytes fewer).
+        mtu: u16,
+    },
     /// A packet arrived (a GATT write or notification, or bytes read from an L2CAP channel).
-    Packet { conn: u64, bytes: Vec<u8> },
+    Packet {
+        /// The connection it arrived on.
+        conn: u64,
+        /// The packet's bytes, as received.
+        bytes: Vec<u8>,
+    },
     /// The OS took the last packet handed over with [`RadioCommand::Send`] on `conn`.
-    Sent { conn: u64 },
+    Sent {
+        /// The connection the packet was sent on.
+        conn: u64,
+    },
     /// A connection ended.
-    Disconnected { conn: u64 },
+    Disconnected {
+        /// The connection that ended.
+        conn: u64,
+    },
     /// A [`RadioCommand::Connect`] failed.
-    ConnectFailed { address: String },
+    ConnectFailed {
+        /// The address that could not be connected.
+        address: String,
+    },
 }
 
 /// Where a [`Radio`] reports events. Cheap to clone; usable from any thread; never blocks.
