@@ -83,7 +83,7 @@ fn assert_one_link_per_pair(w: &RadioWorld) {
     let pairs = w.linked_pairs();
     let set: BTreeSet<(PhoneId, PhoneId)> = pairs.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
     assert_eq!(set.len(), pairs.len(), "one link per pair: {pairs:?}");
-    for p in 0..w.phone_count() {
+    for p in 0..w.device_count() {
         // The engine too has one BLE link per peer.
         let ble: Vec<_> = w.engine(p).links().into_iter().filter(|l| l.3 == TransportKind::Ble).map(|l| l.1).collect();
         let unique: BTreeSet<_> = ble.iter().collect();
@@ -121,7 +121,7 @@ fn quiet(w: &mut RadioWorld, what: &str) -> u64 {
 
 /// Wait until no phone moves, then until quiet.
 fn settle_walk(w: &mut RadioWorld, what: &str) -> u64 {
-    let n = w.phone_count();
+    let n = w.device_count();
     let stopped = w
         .run_until(|w| (0..n).all(|p| !w.is_moving(p)), 600 * SECOND)
         .unwrap_or_else(|| panic!("{what}: phones still walking"));

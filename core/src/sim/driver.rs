@@ -2,6 +2,10 @@
 //! number), and [`World`]'s provided methods — [`World::step`], [`World::run_for`], [`World::run_until`],
 //! [`World::run_until_quiet`] — that [`super::SimWorld`] and [`super::RadioWorld`] both run on.
 
+use super::device::Device;
+use crate::security::DeviceKey;
+use crate::store::Store;
+use crate::sync::{Engine, EngineEvent, Subscription};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -136,7 +140,7 @@ impl<W: World> Timeline<W> {
     }
 }
 
-/// A simulated world driven by one loop. Implement the four required methods; call the provided ones.
+/// A simulated world of devices, driven by one loop. Implement the required methods; call the provided ones.
 pub trait World: Sized + 'static {
     /// The world's own events.
     type Event;
@@ -153,6 +157,62 @@ pub trait World: Sized + 'static {
     fn settle(&mut self);
     /// What keeps the world from being quiet, if anything (see each world's documentation of quiet).
     fn quiet_check(&mut self) -> Result<(), String>;
+    /// How many devices the world has (numbered from 0).
+    fn device_count(&self) -> usize;
+    /// Device `id`.
+    fn device(&self, id: usize) -> &Device;
+    /// Device `id`, to change.
+    fn device_mut(&mut self, id: usize) -> &mut Device;
+    /// Device `id` changed outside the world's own events (an edit, new subscriptions): it is offered a chance to
+    /// send at the next step.
+    fn touched(&mut self, id: usize);
+
+    /// Device `id`'s name.
+    fn name(&self, id: usize) -> &str {
+        self.device(id).name()
+    }
+
+    /// Device `id`'s key.
+    fn device_key(&self, id: usize) -> DeviceKey {
+        self.device(id).key()
+    }
+
+    /// Device `id`'s store.
+    fn store(&self, id: usize) -> &Store {
+        self.device(id).store()
+    }
+
+    /// Device `id`'s sync engine.
+    fn engine(&self, id: usize) -> &Engine {
+        self.device(id).engine()
+    }
+
+    /// Device `id`'s engine, to change (subscriptions, attachments…); its links are offered a chance to send at the
+    /// next step.
+    fn engine_mut(&mut self, id: usize) -> &mut Engine {
+        self.touched(id);
+        &mut self.device_mut(id).engine
+    }
+
+    /// Edits device `id`'s store through `f` (any writes); its links are then offered a chance to send.
+    fn edit<R>(&mut self, id: usize, f: impl FnOnce(&Store) -> R) -> R {
+        let r = f(self.device(id).store());
+        self.touched(id);
+        self.settle();
+        r
+    }
+
+    /// Changes device `id`'s subscriptions.
+    fn set_subscriptions(&mut self, id: usize, subscriptions: Vec<Subscription>) {
+        self.engine_mut(id).set_subscriptions(subscriptions);
+        self.settle();
+    }
+
+    /// What device `id`'s engine reported since the last call, with the virtual time of each.
+    fn take_events(&mut self, id: usize) -> Vec<(u64, EngineEvent)> {
+        let now = self.now();
+        self.device_mut(id).take_events(now)
+    }
 
     /// Virtual time, in microseconds.
     fn now(&self) -> u64 {

@@ -55,12 +55,11 @@
 //! # Ok::<(), shoaldb::sim::NotQuiet>(())
 //! ```
 
+use super::device::Device;
 use super::driver::{QuietPoll, Timeline, World};
 use super::pipe::{LinkParams, Pipe, Transmission};
-use super::{open_store, StoreDir, DEFAULT_SECRET};
-use crate::security::{AppSecret, DeviceKey, Identity};
-use crate::store::Store;
-use crate::sync::{Engine, EngineEvent, LinkId, SessionStats, Subscription, TransportKind};
+use super::{StoreDir, DEFAULT_SECRET};
+use crate::sync::{LinkId, SessionStats, Subscription, TransportKind};
 use crate::transport::frame::HEADER_LEN;
 use crate::util::rng::SeededRng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,14 +149,9 @@ impl Conn {
 }
 
 struct SimDevice {
-    name: String,
-    identity: Identity,
-    secret: AppSecret,
-    store: Store,
-    engine: Engine,
+    dev: Device,
     /// The engine's links and the connection of each.
     links: BTreeMap<LinkId, u64>,
-    events: Vec<(u64, EngineEvent)>,
 }
 
 /// A simulated mesh: devices, links, a virtual clock and an event queue. See the module documentation.
@@ -223,27 +217,8 @@ impl SimWorld {
     /// If its store cannot be created or `secret` is empty.
     pub fn add_device_with_secret(&mut self, name: &str, subscriptions: Vec<Subscription>, secret: &[u8]) -> DeviceId {
         let id = self.devices.len();
-        let path = self.dir.join(format!("{id}.db"));
-        let store_seed = SeededRng::stream(self.seed(), 7 << 32 | id as u64).next_u64();
-        let store = open_store(&path, store_seed, self.timeline.wall_clock());
-        // The identity derives from the seed, so that everything the engines decide from keys is reproducible.
-        let mut private = [0u8; 32];
-        let mut sm = SeededRng::stream(self.seed(), 1 << 32 | id as u64);
-        for chunk in private.chunks_mut(8) {
-            chunk.copy_from_slice(&sm.next_u64().to_le_bytes());
-        }
-        let identity = Identity::from_private(&private).expect("a simulated identity");
-        let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
-        let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0);
-        self.devices.push(SimDevice {
-            name: name.to_string(),
-            identity,
-            secret,
-            store: store.clone(),
-            engine,
-            links: BTreeMap::new(),
-            events: Vec::new(),
-        });
+        let dev = Device::new(self.seed(), id, &self.dir, self.timeline.wall_clock(), name, subscriptions, secret);
+        self.devices.push(SimDevice { dev, links: BTreeMap::new() });
         id
     }
 
@@ -264,81 +239,13 @@ impl SimWorld {
             self.teardown(*c, "restarted");
         }
         self.drain_events(device);
-        // A new random stream for the reopened store (the first one's ids must not be drawn again).
-        let store_seed =
-            SeededRng::stream(self.seed() ^ self.now().rotate_left(32), 9 << 32 | device as u64).next_u64();
-        let clock = self.timeline.wall_clock();
-        let now = self.now();
-        let dev = &mut self.devices[device];
-        let path = dev.store.path().to_path_buf();
-        let store = open_store(&path, store_seed, clock);
-        let subscriptions = dev.engine.subscriptions().to_vec();
-        // Presence sequence numbers must grow across restarts: start from the virtual clock, with room for 2^20
-        // link changes per microsecond.
-        let seq_base = (now + 1) << 20;
-        let engine =
-            Engine::new(store.replica(), dev.identity.clone(), dev.secret.clone(), &dev.name, subscriptions, seq_base);
-        // The old engine (and its store) goes.
-        dev.engine = engine;
+        let (seed, now, clock) = (self.seed(), self.now(), self.timeline.wall_clock());
+        self.devices[device].dev.restart(seed, device, now, clock);
         self.dirty.insert(device);
         for (_, a, b, params) in had {
             self.link(a, b, params);
         }
         self.settle();
-    }
-
-    /// How many devices were added.
-    pub fn device_count(&self) -> usize {
-        self.devices.len()
-    }
-
-    /// The name the device was added with (also the name it gives other devices).
-    pub fn name(&self, device: DeviceId) -> &str {
-        &self.devices[device].name
-    }
-
-    /// The device's key, its identity to the other devices (it survives [`SimWorld::restart`]).
-    pub fn device_key(&self, device: DeviceId) -> DeviceKey {
-        self.devices[device].engine.device_key()
-    }
-
-    /// The device's store. After writing to it directly, call [`SimWorld::pump_all`] (or write through
-    /// [`SimWorld::edit`]) so that the device's links send the changes.
-    pub fn store(&self, device: DeviceId) -> &Store {
-        &self.devices[device].store
-    }
-
-    /// The device's sync engine, to inspect (its links, peers, statistics).
-    pub fn engine(&self, device: DeviceId) -> &Engine {
-        &self.devices[device].engine
-    }
-
-    /// The engine, to change (subscriptions, attachments…). The device's links are offered a chance to send at the
-    /// next step of the simulation.
-    pub fn engine_mut(&mut self, device: DeviceId) -> &mut Engine {
-        self.dirty.insert(device);
-        &mut self.devices[device].engine
-    }
-
-    /// Change a device's subscriptions.
-    pub fn set_subscriptions(&mut self, device: DeviceId, subscriptions: Vec<Subscription>) {
-        self.devices[device].engine.set_subscriptions(subscriptions);
-        self.dirty.insert(device);
-        self.settle();
-    }
-
-    /// Edit a device's store (any writes through `f`); its links are then offered a chance to send.
-    pub fn edit<R>(&mut self, device: DeviceId, f: impl FnOnce(&Store) -> R) -> R {
-        let r = f(&self.devices[device].store);
-        self.dirty.insert(device);
-        self.settle();
-        r
-    }
-
-    /// What the device's engine reported, with the virtual time, since the last call.
-    pub fn take_events(&mut self, device: DeviceId) -> Vec<(u64, EngineEvent)> {
-        self.drain_events(device);
-        std::mem::take(&mut self.devices[device].events)
     }
 
     // ---- topology ----
@@ -363,8 +270,8 @@ impl SimWorld {
     /// If `a == b`.
     pub fn dial(&mut self, a: DeviceId, b: DeviceId, params: LinkParams) {
         assert_ne!(a, b, "a device cannot be linked to itself");
-        let la = self.devices[a].engine.add_link(params.kind, true).expect("add_link");
-        let lb = self.devices[b].engine.add_link(params.kind, false).expect("add_link");
+        let la = self.devices[a].dev.engine.add_link(params.kind, true).expect("add_link");
+        let lb = self.devices[b].dev.engine.add_link(params.kind, false).expect("add_link");
         let id = self.next_conn;
         self.next_conn += 1;
         let pipes = [
@@ -516,12 +423,12 @@ impl SimWorld {
         // Links the engine closed are dropped, as a transport would.
         let closed: Vec<u64> = {
             let dev = &self.devices[d];
-            dev.links.iter().filter(|(l, _)| dev.engine.is_closed(**l)).map(|(_, c)| *c).collect()
+            dev.links.iter().filter(|(l, _)| dev.dev.engine.is_closed(**l)).map(|(_, c)| *c).collect()
         };
         for c in closed {
             self.teardown(c, "closed by the engine");
         }
-        let ready = self.devices[d].engine.links_with_frames();
+        let ready = self.devices[d].dev.engine.links_with_frames();
         for link in ready {
             if let Some(&c) = self.devices[d].links.get(&link) {
                 let dir = self.conns[&c].dir_from(d);
@@ -533,10 +440,7 @@ impl SimWorld {
 
     fn drain_events(&mut self, d: DeviceId) {
         let now = self.now();
-        let dev = &mut self.devices[d];
-        while let Some(e) = dev.engine.poll_event() {
-            dev.events.push((now, e));
-        }
+        self.devices[d].dev.drain_events(now);
     }
 
     /// Take frames from the sender of `c`'s direction `dir` while its backlog has room.
@@ -548,12 +452,12 @@ impl SimWorld {
             if !conn.pipes[dir].has_room(now) {
                 break;
             }
-            let engine = &mut self.devices[from].engine;
+            let engine = &mut self.devices[from].dev.engine;
             let frame = if engine.is_closed(link) { None } else { engine.poll_frame(link) };
             match frame {
                 Some(frame) => self.transmit(c, dir, frame),
                 None => {
-                    if self.devices[from].engine.is_closed(link) {
+                    if self.devices[from].dev.engine.is_closed(link) {
                         self.teardown(c, "closed by the engine");
                         return;
                     }
@@ -595,7 +499,7 @@ impl SimWorld {
         let s = self.stats_mut(from, to);
         s.frames_delivered += 1;
         s.bytes_delivered += wire as u64;
-        self.devices[to].engine.on_frame(link, &frame);
+        self.devices[to].dev.engine.on_frame(link, &frame);
         // The receiver may have applied changes or learnt something: all its links may have something to send.
         self.dirty.insert(to);
         self.observe_outstanding(c, dir);
@@ -605,8 +509,8 @@ impl SimWorld {
     fn observe_outstanding(&mut self, c: u64, dir: usize) {
         let Some(conn) = self.conns.get(&c) else { return };
         let (from, to) = (conn.ends[dir], conn.ends[1 - dir]);
-        let sent = self.devices[from].engine.link_stats(conn.links[dir]);
-        let received = self.devices[to].engine.link_stats(conn.links[1 - dir]);
+        let sent = self.devices[from].dev.engine.link_stats(conn.links[dir]);
+        let received = self.devices[to].dev.engine.link_stats(conn.links[1 - dir]);
         if let (Some(SessionStats { change_bytes_sent, .. }), Some(SessionStats { change_bytes_received, .. })) =
             (sent, received)
         {
@@ -634,7 +538,7 @@ impl SimWorld {
                 self.stats_mut(device, conn.ends[1 - d]).frames_dropped += lost;
             }
             self.devices[device].links.remove(&link);
-            self.devices[device].engine.remove_link(link, reason);
+            self.devices[device].dev.engine.remove_link(link, reason);
             self.dirty.insert(device);
         }
     }
@@ -661,6 +565,22 @@ impl World for SimWorld {
 
     fn settle(&mut self) {
         self.settle_devices();
+    }
+
+    fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    fn device(&self, id: DeviceId) -> &Device {
+        &self.devices[id].dev
+    }
+
+    fn device_mut(&mut self, id: DeviceId) -> &mut Device {
+        &mut self.devices[id].dev
+    }
+
+    fn touched(&mut self, id: DeviceId) {
+        self.dirty.insert(id);
     }
 
     /// Quiet: no event queued and no engine with a frame to send (every device is offered a chance to send once

@@ -12,12 +12,14 @@
 //! virtual clock in microseconds ([`MILLISECOND`], [`SECOND`]); every random choice derives from the world's seed
 //! ([`crate::util::rng::SeededRng`]).
 
+pub mod device;
 pub mod driver;
 pub mod memory_air;
 pub mod mesh;
 pub mod pipe;
 pub mod radio;
 
+pub use device::Device;
 pub use driver::{NotQuiet, World, MILLISECOND, SECOND};
 pub use memory_air::{MemoryAir, MemoryRadio};
 pub use mesh::SimWorld;
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const DEFAULT_SECRET: &[u8] = b"shoal simulator app secret";
 
 /// The temporary directory of a world's stores, removed with the world.
-struct StoreDir(PathBuf);
+pub(crate) struct StoreDir(PathBuf);
 
 impl StoreDir {
     /// A new directory for a world of `kind` made from `seed`.
@@ -48,7 +50,7 @@ impl StoreDir {
         StoreDir(dir)
     }
 
-    fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+    pub(crate) fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.0.join(name)
     }
 }

@@ -92,7 +92,7 @@ impl RadioWorld {
                 if !c.ends.contains(&p) {
                     self.violation(format!(
                         "{} disconnected connection {conn}, which is not its own",
-                        self.phones[p].name
+                        self.phones[p].dev.name
                     ));
                     return;
                 }
@@ -108,7 +108,7 @@ impl RadioWorld {
                     return;
                 };
                 let Some(dir) = c.ends.iter().position(|e| *e == p) else {
-                    let what = format!("{} sent on connection {conn}, which is not its own", self.phones[p].name);
+                    let what = format!("{} sent on connection {conn}, which is not its own", self.phones[p].dev.name);
                     self.violation(what);
                     return;
                 };
@@ -116,7 +116,7 @@ impl RadioWorld {
                 if packet.len() > max || packet.is_empty() {
                     let what = format!(
                         "{} sent a packet of {} bytes on connection {conn} whose ATT MTU is {}",
-                        self.phones[p].name,
+                        self.phones[p].dev.name,
                         packet.len(),
                         c.mtu
                     );
@@ -250,8 +250,8 @@ impl RadioWorld {
             let ends = c.ends;
             log::debug!(
                 "radio sim: connection {conn} ({} – {}) lost (supervision timeout)",
-                self.phones[ends[0]].name,
-                self.phones[ends[1]].name
+                self.phones[ends[0]].dev.name,
+                self.phones[ends[1]].dev.name
             );
             for p in ends {
                 self.phones[p].stats.supervision_drops += 1;

@@ -26,8 +26,8 @@ impl RadioWorld {
         if self.lan_between(a, b).is_some() {
             return false;
         }
-        let la = self.phones[a].engine.add_link(TransportKind::Lan, true).expect("add_link");
-        let lb = self.phones[b].engine.add_link(TransportKind::Lan, false).expect("add_link");
+        let la = self.phones[a].dev.engine.add_link(TransportKind::Lan, true).expect("add_link");
+        let lb = self.phones[b].dev.engine.add_link(TransportKind::Lan, false).expect("add_link");
         let id = self.next_lan;
         self.next_lan += 1;
         let pipes = [0, 1].map(|dir| Pipe::new(SeededRng::stream(self.seed(), 8 << 32 | id << 1 | dir)));
@@ -76,7 +76,7 @@ impl RadioWorld {
                 return moved;
             }
             let phone = &mut self.phones[p];
-            let Some(frame) = phone.engine.poll_frame(link) else {
+            let Some(frame) = phone.dev.engine.poll_frame(link) else {
                 phone.lan_starved.insert(link);
                 return moved;
             };
@@ -96,7 +96,7 @@ impl RadioWorld {
         conn.pipes[dir].delivered(frame.len() + HEADER_LEN);
         let (to, link) = (conn.ends[1 - dir], conn.links[1 - dir]);
         let phone = &mut self.phones[to];
-        phone.engine.on_frame(link, &frame);
+        phone.dev.engine.on_frame(link, &frame);
         phone.engine_dirty = true;
         self.dirty.insert(to);
     }
@@ -107,7 +107,7 @@ impl RadioWorld {
             let (p, link) = (conn.ends[d], conn.links[d]);
             let phone = &mut self.phones[p];
             phone.lan_link.remove(&link);
-            phone.engine.remove_link(link, reason);
+            phone.dev.engine.remove_link(link, reason);
             phone.engine_dirty = true;
             self.dirty.insert(p);
         }

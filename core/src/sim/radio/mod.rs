@@ -99,11 +99,11 @@ pub mod params;
 pub use motion::MOTION_STEP_US;
 pub use params::{capacity_bytes_per_s, ConnInfo, PhoneOptions, PhoneStats, RadioParams, QUIET_CHECK_US};
 
+use super::device::Device;
 use super::driver::{QuietPoll, Timeline, World, MILLISECOND};
-use super::{open_store, StoreDir};
-use crate::security::{AppSecret, DeviceKey, Identity};
-use crate::store::Store;
-use crate::sync::{Engine, EngineEvent, FetchId, LinkId, PeerPresence, Subscription, SyncError, TransportKind};
+use super::StoreDir;
+use crate::security::AppSecret;
+use crate::sync::{FetchId, LinkId, PeerPresence, Subscription, SyncError, TransportKind};
 use crate::transport::ble::bridge::{BleBridge, BridgeFault, BridgeNote};
 use crate::transport::ble::links::{BleConfig, BleLinks};
 use crate::transport::ble::radio::{app_tag, device_tag, RadioEvent};
@@ -189,15 +189,14 @@ pub enum Event {
 }
 
 struct Phone {
-    name: String,
+    /// What every simulated device is: name, identity, store, engine, events.
+    dev: Device,
     address: String,
     tag: DeviceTag,
     app_tag: AppTag,
     range: f64,
     pos: (f64, f64),
     motion: Motion,
-    store: Store,
-    engine: Engine,
     /// The shipped glue between the phone's BLE links and its engine.
     bridge: BleBridge,
     advertising: Option<Vec<u8>>,
@@ -213,7 +212,6 @@ struct Phone {
     /// Connections waiting for this radio, and when they will try to start.
     waiting: BTreeMap<u64, u64>,
     rng: SeededRng,
-    events: Vec<(u64, EngineEvent)>,
     /// Every phone this one has ever had a link announced with.
     linked_with: BTreeSet<PhoneId>,
     stats: PhoneStats,
@@ -310,20 +308,12 @@ impl RadioWorld {
         options: PhoneOptions,
     ) -> PhoneId {
         let id = self.phones.len();
-        let path = self.dir.join(format!("{id}.db"));
-        let store_seed = SeededRng::stream(self.seed(), 7 << 32 | id as u64).next_u64();
-        let store = open_store(&path, store_seed, self.timeline.wall_clock());
-        let mut private = [0u8; 32];
-        let mut sm = SeededRng::stream(self.seed(), 1 << 32 | id as u64);
-        for chunk in private.chunks_mut(8) {
-            chunk.copy_from_slice(&sm.next_u64().to_le_bytes());
-        }
-        let identity = Identity::from_private(&private).expect("a simulated identity");
-        let secret = AppSecret::from_bytes(&options.secret).expect("a non-empty app secret");
-        let key = DeviceKey(identity.public_key());
-        let tag = device_tag(&key);
-        let app = options.app_tag.unwrap_or_else(|| app_tag(&secret));
-        let engine = Engine::new(store.replica(), identity, secret, name, subscriptions, 0);
+        let dev =
+            Device::new(self.seed(), id, &self.dir, self.timeline.wall_clock(), name, subscriptions, &options.secret);
+        let tag = device_tag(&dev.key());
+        let app = options
+            .app_tag
+            .unwrap_or_else(|| app_tag(&AppSecret::from_bytes(&options.secret).expect("a non-empty app secret")));
         let mut config = BleConfig::new(tag, app);
         config.advertise_tag = options.advertise_tag;
         if let Some(m) = options.max_links {
@@ -338,15 +328,13 @@ impl RadioWorld {
             self.now() + rng.below(self.params.tick_us.1.max(1)),
         );
         self.phones.push(Phone {
-            name: name.to_string(),
+            dev,
             address: address.clone(),
             tag,
             app_tag: app,
             range: options.range_m.unwrap_or(self.params.range_m),
             pos: (x, y),
             motion: Motion::Still,
-            store: store.clone(),
-            engine,
             bridge: BleBridge::new(links),
             advertising: None,
             scanning: false,
@@ -356,7 +344,6 @@ impl RadioWorld {
             radio_free: 0,
             waiting: BTreeMap::new(),
             rng,
-            events: Vec::new(),
             linked_with: BTreeSet::new(),
             stats: PhoneStats::default(),
         });
@@ -369,24 +356,9 @@ impl RadioWorld {
         id
     }
 
-    /// How many phones were added.
-    pub fn phone_count(&self) -> usize {
-        self.phones.len()
-    }
-
-    /// The name the phone was added with (also the name it gives other devices).
-    pub fn name(&self, p: PhoneId) -> &str {
-        &self.phones[p].name
-    }
-
     /// The phone with this name.
     pub fn phone(&self, name: &str) -> Option<PhoneId> {
-        self.phones.iter().position(|p| p.name == name)
-    }
-
-    /// The phone's device key, its identity to the other devices.
-    pub fn device_key(&self, p: PhoneId) -> DeviceKey {
-        self.phones[p].engine.device_key()
+        self.phones.iter().position(|p| p.dev.name == name)
     }
 
     /// The phone's BLE device tag.
@@ -397,24 +369,6 @@ impl RadioWorld {
     /// The phone's BLE address.
     pub fn address(&self, p: PhoneId) -> &str {
         &self.phones[p].address
-    }
-
-    /// The phone's store, to read (write through [`RadioWorld::edit`], so that the phone's links send the changes).
-    pub fn store(&self, p: PhoneId) -> &Store {
-        &self.phones[p].store
-    }
-
-    /// The phone's sync engine, to inspect (its links, peers, statistics).
-    pub fn engine(&self, p: PhoneId) -> &Engine {
-        &self.phones[p].engine
-    }
-
-    /// The engine, to change (subscriptions…); the phone's links are offered frames at the next step.
-    pub fn engine_mut(&mut self, p: PhoneId) -> &mut Engine {
-        self.dirty.insert(p);
-        let phone = &mut self.phones[p];
-        phone.engine_dirty = true;
-        &mut phone.engine
     }
 
     /// Plants a bug in phone `p`'s BLE glue (see [`BridgeFault`]): a scenario that passes with the shipped
@@ -430,16 +384,7 @@ impl RadioWorld {
 
     /// Who the phone reaches now ([`Engine::peers`]).
     pub fn peers(&self, p: PhoneId) -> Vec<PeerPresence> {
-        self.phones[p].engine.peers()
-    }
-
-    /// Edit a phone's store through `f`; its links are then offered frames.
-    pub fn edit<R>(&mut self, p: PhoneId, f: impl FnOnce(&Store) -> R) -> R {
-        let r = f(&self.phones[p].store);
-        self.phones[p].engine_dirty = true;
-        self.dirty.insert(p);
-        self.settle();
-        r
+        self.phones[p].dev.engine.peers()
     }
 
     /// Start fetching an attachment on phone `p` ([`Engine::fetch_attachment`]).
@@ -450,18 +395,6 @@ impl RadioWorld {
         let r = self.engine_mut(p).fetch_attachment(hash);
         self.settle();
         r
-    }
-
-    /// Change a phone's subscriptions.
-    pub fn set_subscriptions(&mut self, p: PhoneId, subscriptions: Vec<Subscription>) {
-        self.engine_mut(p).set_subscriptions(subscriptions);
-        self.settle();
-    }
-
-    /// What the phone's engine reported, with the virtual time, since the last call.
-    pub fn take_events(&mut self, p: PhoneId) -> Vec<(u64, EngineEvent)> {
-        self.drain_events(p);
-        std::mem::take(&mut self.phones[p].events)
     }
 
     /// Every phone `p` has ever had a BLE link with.
@@ -580,17 +513,14 @@ impl RadioWorld {
 
     fn drain_events(&mut self, p: PhoneId) {
         let now = self.now();
-        let phone = &mut self.phones[p];
-        while let Some(e) = phone.engine.poll_event() {
-            phone.events.push((now, e));
-        }
+        self.phones[p].dev.drain_events(now);
     }
 
     fn on_tick(&mut self, p: PhoneId) {
         let now_ms = self.now() / MILLISECOND;
         let phone = &mut self.phones[p];
         phone.bridge.tick(now_ms);
-        phone.engine.tick(now_ms);
+        phone.dev.engine.tick(now_ms);
         phone.engine_dirty = true;
         self.dirty.insert(p);
         let (lo, hi) = self.params.tick_us;
@@ -615,7 +545,7 @@ impl RadioWorld {
                 phone.bridge.engine_changed();
                 phone.lan_starved.clear();
             }
-            if phone.bridge.pump(&mut phone.engine) {
+            if phone.bridge.pump(&mut phone.dev.engine) {
                 // Frames or links changed the engine: the LAN links may have something to send now.
                 phone.lan_starved.clear();
             }
@@ -623,7 +553,7 @@ impl RadioWorld {
             // LAN links the engine closed are dropped.
             let phone = &self.phones[p];
             let lan_closed: Vec<u64> =
-                phone.lan_link.iter().filter(|(l, _)| phone.engine.is_closed(**l)).map(|(_, c)| *c).collect();
+                phone.lan_link.iter().filter(|(l, _)| phone.dev.engine.is_closed(**l)).map(|(_, c)| *c).collect();
             for c in lan_closed {
                 moved = true;
                 self.lan_teardown(c, "closed by the engine");
@@ -644,7 +574,7 @@ impl RadioWorld {
                 return;
             }
         }
-        log::warn!("radio sim: {} did not settle", self.phones[p].name);
+        log::warn!("radio sim: {} did not settle", self.phones[p].dev.name);
     }
 
     /// The bridge's notes and counters, into the phone's record.
@@ -727,12 +657,29 @@ impl World for RadioWorld {
         self.settle_phones();
     }
 
+    fn device_count(&self) -> usize {
+        self.phones.len()
+    }
+
+    fn device(&self, id: PhoneId) -> &Device {
+        &self.phones[id].dev
+    }
+
+    fn device_mut(&mut self, id: PhoneId) -> &mut Device {
+        &mut self.phones[id].dev
+    }
+
+    fn touched(&mut self, id: PhoneId) {
+        self.phones[id].engine_dirty = true;
+        self.dirty.insert(id);
+    }
+
     /// Quiet (see the module docs): nothing is forming, queued or in flight, every pair that could be linked
     /// is, and no engine has a frame to send.
     fn quiet_check(&mut self) -> Result<(), String> {
         self.settle_phones();
         if let Some((_, a)) = self.attempts.iter().next() {
-            return Err(format!("{} is connecting to {}", self.phones[a.from].name, a.address));
+            return Err(format!("{} is connecting to {}", self.phones[a.from].dev.name, a.address));
         }
         for (id, c) in &self.conns {
             if c.queues.iter().any(|q| !q.is_empty()) || c.in_air.iter().any(Option::is_some) {
@@ -746,7 +693,7 @@ impl World for RadioWorld {
                 if out.stats().frame_bytes_out != inn.stats().frame_bytes_in {
                     return Err(format!(
                         "frames in flight on connection {id} ({} → {})",
-                        self.phones[from].name, self.phones[to].name
+                        self.phones[from].dev.name, self.phones[to].dev.name
                     ));
                 }
             }
@@ -758,10 +705,10 @@ impl World for RadioWorld {
         }
         for p in &self.phones {
             if p.bridge.links().connection_count() != p.bridge.engine_link_count() {
-                return Err(format!("{}: a BLE connection is forming or closing", p.name));
+                return Err(format!("{}: a BLE connection is forming or closing", p.dev.name));
             }
-            if p.engine.links().len() != p.bridge.engine_link_count() + p.lan_link.len() {
-                return Err(format!("{}: a handshake is running", p.name));
+            if p.dev.engine.links().len() != p.bridge.engine_link_count() + p.lan_link.len() {
+                return Err(format!("{}: a handshake is running", p.dev.name));
             }
         }
         for a in 0..self.phones.len() {
@@ -779,17 +726,17 @@ impl World for RadioWorld {
                     continue;
                 }
                 if !pa.bridge.links().linked().iter().any(|(_, t)| *t == pb.tag) {
-                    return Err(format!("{} and {} are in range but not linked", pa.name, pb.name));
+                    return Err(format!("{} and {} are in range but not linked", pa.dev.name, pb.dev.name));
                 }
             }
         }
         for p in 0..self.phones.len() {
-            let busy = self.phones[p].engine.links_with_frames();
+            let busy = self.phones[p].dev.engine.links_with_frames();
             if !busy.is_empty() {
                 self.phones[p].engine_dirty = true;
                 self.dirty.insert(p);
                 self.settle_phones();
-                return Err(format!("{} has frames to send on links {busy:?}", self.phones[p].name));
+                return Err(format!("{} has frames to send on links {busy:?}", self.phones[p].dev.name));
             }
         }
         Ok(())

@@ -1,0 +1,107 @@
+//! What every simulated device is, in either world: a name, an identity and app secret drawn from the world's
+//! seed, a real [`Store`] on the world's virtual clock, the real sync [`Engine`] on top of it, and what the engine
+//! reported.
+
+use super::{open_store, StoreDir};
+use crate::security::{AppSecret, DeviceKey, Identity};
+use crate::store::Store;
+use crate::sync::{Engine, EngineEvent, Subscription};
+use crate::util::rng::SeededRng;
+
+/// One simulated device (a [`super::SimWorld`] device or a [`super::RadioWorld`] phone).
+pub struct Device {
+    pub(crate) name: String,
+    identity: Identity,
+    secret: AppSecret,
+    pub(crate) store: Store,
+    pub(crate) engine: Engine,
+    events: Vec<(u64, EngineEvent)>,
+}
+
+impl Device {
+    /// Device number `id` of a world made from `seed`: its identity and its store's randomness come from streams
+    /// of the seed, its store is `{id}.db` in `dir` and reads `clock`.
+    ///
+    /// # Panics
+    /// If the store cannot be created or `secret` is empty.
+    pub(crate) fn new(
+        seed: u64,
+        id: usize,
+        dir: &StoreDir,
+        clock: impl Fn() -> u64 + Send + Sync + 'static,
+        name: &str,
+        subscriptions: Vec<Subscription>,
+        secret: &[u8],
+    ) -> Device {
+        let id = id as u64;
+        let store_seed = SeededRng::stream(seed, 7 << 32 | id).next_u64();
+        let store = open_store(&dir.join(format!("{id}.db")), store_seed, clock);
+        // The identity derives from the seed, so that everything the engines decide from keys is reproducible.
+        let mut private = [0u8; 32];
+        let mut sm = SeededRng::stream(seed, 1 << 32 | id);
+        for chunk in private.chunks_mut(8) {
+            chunk.copy_from_slice(&sm.next_u64().to_le_bytes());
+        }
+        let identity = Identity::from_private(&private).expect("a simulated identity");
+        let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
+        let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0);
+        Device { name: name.to_string(), identity, secret, store, engine, events: Vec::new() }
+    }
+
+    /// The device's app restarts at `now` (virtual µs): its store is reopened from disk (with a new random stream
+    /// drawn from `seed`, so that no id is drawn twice) and a new engine with the same identity and subscriptions
+    /// starts. The old engine and store are dropped.
+    ///
+    /// # Panics
+    /// If the store cannot be reopened.
+    pub(crate) fn restart(&mut self, seed: u64, id: usize, now: u64, clock: impl Fn() -> u64 + Send + Sync + 'static) {
+        let store_seed = SeededRng::stream(seed ^ now.rotate_left(32), 9 << 32 | id as u64).next_u64();
+        let store = open_store(self.store.path(), store_seed, clock);
+        let subscriptions = self.engine.subscriptions().to_vec();
+        // Presence sequence numbers must grow across restarts: start from the virtual clock, with room for 2^20
+        // link changes per microsecond.
+        let seq_base = (now + 1) << 20;
+        self.engine = Engine::new(
+            store.replica(),
+            self.identity.clone(),
+            self.secret.clone(),
+            &self.name,
+            subscriptions,
+            seq_base,
+        );
+        self.store = store;
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's key (its identity's public key).
+    pub fn key(&self) -> DeviceKey {
+        self.engine.device_key()
+    }
+
+    /// The device's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The device's sync engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Keeps what the engine reported, stamped `now`.
+    pub(crate) fn drain_events(&mut self, now: u64) {
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push((now, e));
+        }
+    }
+
+    /// What the engine reported since the last call, with the virtual time of each.
+    pub(crate) fn take_events(&mut self, now: u64) -> Vec<(u64, EngineEvent)> {
+        self.drain_events(now);
+        std::mem::take(&mut self.events)
+    }
+}
