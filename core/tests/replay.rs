@@ -1,5 +1,6 @@
 //! A simulated run is a function of its seed: two runs of the same scenario with the same seed produce the same
-//! event log (every engine event of every device, with its virtual time) and byte-identical store files — in both
+//! event log (every engine event of every device, with its virtual time), the same bytes on the wire (encrypted
+//! handshakes included: the engines' ephemeral keys come from the seed too) and byte-identical store files — in both
 //! simulated worlds, with concurrent writes (whose winners depend on the stores' clocks), generated document ids,
 //! restarts, partitions and phones that move. Stores get the world's virtual clock and a stream of its seed
 //! (`Options::sources`); nothing else of a run may depend on the machine, the wall clock or the OS's randomness.
@@ -28,6 +29,8 @@ const COLLECTIONS: [&str; 2] = ["tasks", "notes"];
 struct Outcome {
     log: Vec<String>,
     files: Vec<String>,
+    /// Every frame or packet delivered (the simulators' wire digest).
+    wire: String,
 }
 
 fn file_hash(store: &Store) -> String {
@@ -75,7 +78,7 @@ fn radio_run(seed: u64) -> Outcome {
     }
     log.push(format!("{:?} events {}", w.total_stats(), w.events_processed()));
     let files = phones.iter().map(|&p| file_hash(w.store(p))).collect();
-    Outcome { log, files }
+    Outcome { log, files, wire: w.wire_digest() }
 }
 
 fn mesh_run(seed: u64) -> Outcome {
@@ -108,7 +111,7 @@ fn mesh_run(seed: u64) -> Outcome {
     }
     log.push(format!("{:?} events {}", w.total_stats(), w.events_processed()));
     let files = devices.iter().map(|&d| file_hash(w.store(d))).collect();
-    Outcome { log, files }
+    Outcome { log, files, wire: w.wire_digest() }
 }
 
 fn assert_replays(name: &str, run: fn(u64) -> Outcome) {
@@ -118,6 +121,7 @@ fn assert_replays(name: &str, run: fn(u64) -> Outcome) {
         assert!(a.log.len() > 10, "{name}: the scenario did little: {:?}", a.log);
         assert_eq!(a.log, b.log, "{name}, seed {seed}: the event logs differ");
         assert_eq!(a.files, b.files, "{name}, seed {seed}: the store files differ");
+        assert_eq!(a.wire, b.wire, "{name}, seed {seed}: the bytes on the wire differ");
         // The hashes say something: another seed (other ids, other timings) gives other files.
         if let Some(p) = previous {
             assert_ne!(p.files, a.files, "{name}: two seeds gave identical files");

@@ -5,6 +5,41 @@ use log::debug;
 use super::channel::SecureChannel;
 use super::keys::{is_low_order, AppSecret, DeviceKey, Identity};
 use super::{noise_params, SecurityError, MAX_MESSAGE_LEN, PSK_LOCATION};
+use crate::util::sources::Sources;
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+
+/// snow's default primitives, with the random numbers (ephemeral keys) taken from injected [`Sources`].
+struct InjectedRandomness(Sources);
+
+/// The random numbers of a handshake built with [`InjectedRandomness`].
+struct SourcesRandom(Sources);
+
+impl Random for SourcesRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill(dest);
+        Ok(())
+    }
+}
+
+impl CryptoResolver for InjectedRandomness {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SourcesRandom(self.0.clone())))
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
 
 /// Room for one outgoing handshake message. With empty payloads the longest message of the pattern is the
 /// responder's `e, ee, s, es` (32 + 32 + 16 + 16 = 96 bytes).
@@ -38,7 +73,7 @@ impl Handshake {
     /// [`SecurityError::Handshake`] if the Noise state cannot be built (which would be a bug or a missing crypto
     /// implementation, never the peer's doing).
     pub fn initiator(identity: &Identity, secret: &AppSecret, prologue: &[u8]) -> Result<Handshake, SecurityError> {
-        Handshake::new(identity, secret, prologue, true)
+        Handshake::new(identity, secret, prologue, true, &Sources::system())
     }
 
     /// The side that answers a handshake; arguments as for [`initiator`](Self::initiator).
@@ -46,16 +81,28 @@ impl Handshake {
     /// # Errors
     /// As for [`initiator`](Self::initiator).
     pub fn responder(identity: &Identity, secret: &AppSecret, prologue: &[u8]) -> Result<Handshake, SecurityError> {
-        Handshake::new(identity, secret, prologue, false)
+        Handshake::new(identity, secret, prologue, false, &Sources::system())
     }
 
-    fn new(
+    /// Either side (`initiator` or not), with its ephemeral keys drawn from `sources` (the operating system's
+    /// randomness unless `sources` is seeded: simulations, so that a seed replays the bytes on the wire too).
+    ///
+    /// # Errors
+    /// As for [`initiator`](Self::initiator).
+    pub fn new(
         identity: &Identity,
         secret: &AppSecret,
         prologue: &[u8],
         initiator: bool,
+        sources: &Sources,
     ) -> Result<Handshake, SecurityError> {
-        let builder = snow::Builder::new(noise_params()?)
+        let params = noise_params()?;
+        let builder = if sources.is_seeded() {
+            snow::Builder::with_resolver(params, Box::new(InjectedRandomness(sources.clone())))
+        } else {
+            snow::Builder::new(params)
+        };
+        let builder = builder
             .local_private_key(identity.private_key())
             .and_then(|b| b.psk(PSK_LOCATION, &secret.0))
             .and_then(|b| b.prologue(prologue))

@@ -7,6 +7,7 @@ use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::Store;
 use crate::sync::{Engine, EngineEvent, Subscription};
 use crate::util::rng::SeededRng;
+use crate::util::sources::Sources;
 
 /// One simulated device (a [`super::SimWorld`] device or a [`super::RadioWorld`] phone).
 pub struct Device {
@@ -44,7 +45,8 @@ impl Device {
         }
         let identity = Identity::from_private(&private).expect("a simulated identity");
         let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
-        let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0);
+        let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0)
+            .with_sources(Sources::seeded(SeededRng::stream(seed, 11 << 32 | id).next_u64()));
         Device { name: name.to_string(), identity, secret, store, engine, events: Vec::new() }
     }
 
@@ -68,7 +70,8 @@ impl Device {
             &self.name,
             subscriptions,
             seq_base,
-        );
+        )
+        .with_sources(Sources::seeded(SeededRng::stream(seed ^ now.rotate_left(32), 11 << 32 | id as u64).next_u64()));
         self.store = store;
     }
 

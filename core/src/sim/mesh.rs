@@ -167,6 +167,8 @@ pub struct SimWorld {
     bytes_by_kind: BTreeMap<(DeviceId, DeviceId, TransportKind), u64>,
     /// Devices whose links must be offered a chance to send.
     dirty: BTreeSet<DeviceId>,
+    /// Every frame delivered, in order (see [`SimWorld::wire_digest`]).
+    wire: blake3::Hasher,
     /// Last: removed after the stores closed.
     dir: StoreDir,
 }
@@ -188,12 +190,19 @@ impl SimWorld {
             stats: BTreeMap::new(),
             bytes_by_kind: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            wire: blake3::Hasher::new(),
         }
     }
 
     /// The random stream for the test's own decisions (topology, edits, timings).
     pub fn rng(&mut self) -> &mut SeededRng {
         &mut self.rng
+    }
+
+    /// A hash of every frame delivered so far, in delivery order (with its link and direction): two runs with the
+    /// same seed put the same bytes on the wire, encrypted handshakes included.
+    pub fn wire_digest(&self) -> String {
+        self.wire.finalize().to_hex().to_string()
     }
 
     /// Events waiting in the queue.
@@ -496,6 +505,7 @@ impl SimWorld {
         let wire = frame.len() + HEADER_LEN;
         conn.pipes[dir].delivered(wire);
         let (from, to, link) = (conn.ends[dir], conn.ends[1 - dir], conn.links[1 - dir]);
+        self.wire.update(&c.to_le_bytes()).update(&[dir as u8]).update(&frame);
         let s = self.stats_mut(from, to);
         s.frames_delivered += 1;
         s.bytes_delivered += wire as u64;

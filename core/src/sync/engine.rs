@@ -32,6 +32,7 @@ use super::wire::{Message, PresenceLink, Subscription, TransportKind};
 use super::SyncError;
 use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::Replica;
+use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -134,6 +135,8 @@ pub struct Engine {
     attachments: Attachments,
     /// The time given to the last [`Engine::tick`], in ms.
     now: u64,
+    /// Where the handshakes' ephemeral keys come from ([`Engine::with_sources`]).
+    sources: Sources,
 }
 
 impl Engine {
@@ -163,7 +166,15 @@ impl Engine {
             events: VecDeque::new(),
             attachments: Attachments::default(),
             now: 0,
+            sources: Sources::system(),
         }
+    }
+
+    /// The same engine, with its links' handshakes drawing their ephemeral keys from `sources` (the operating
+    /// system by default). Only a simulation seeds them, so that a seed replays every byte on the wire.
+    pub fn with_sources(mut self, sources: Sources) -> Engine {
+        self.sources = sources;
+        self
     }
 
     /// This device's key.
@@ -178,7 +189,7 @@ impl Engine {
 
     /// Open a link; the side that dialled is the `initiator`. Its first frames (handshake) are ready at once.
     pub fn add_link(&mut self, transport: TransportKind, initiator: bool) -> Result<LinkId, SyncError> {
-        let codec = LinkCodec::new(initiator, &self.identity, &self.secret)?;
+        let codec = LinkCodec::new(initiator, &self.identity, &self.secret, &self.sources)?;
         let id = self.next_link;
         self.next_link += 1;
         let now = self.now;

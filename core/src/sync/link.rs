@@ -8,6 +8,7 @@
 use super::wire::MAX_MESSAGE_BYTES;
 use super::SyncError;
 use crate::security::{AppSecret, DeviceKey, Handshake, Identity, SecureChannel, MAX_PLAINTEXT};
+use crate::util::sources::Sources;
 use std::collections::VecDeque;
 
 /// Bound into the handshake: both sides must speak the same protocol.
@@ -29,12 +30,13 @@ pub(crate) struct LinkCodec {
 }
 
 impl LinkCodec {
-    pub fn new(initiator: bool, identity: &Identity, secret: &AppSecret) -> Result<LinkCodec, SyncError> {
-        let hs = if initiator {
-            Handshake::initiator(identity, secret, PROLOGUE)?
-        } else {
-            Handshake::responder(identity, secret, PROLOGUE)?
-        };
+    pub fn new(
+        initiator: bool,
+        identity: &Identity,
+        secret: &AppSecret,
+        sources: &Sources,
+    ) -> Result<LinkCodec, SyncError> {
+        let hs = Handshake::new(identity, secret, PROLOGUE, initiator, sources)?;
         let mut codec =
             LinkCodec { state: State::Handshaking(Box::new(hs)), reassembly: Vec::new(), out: VecDeque::new() };
         codec.flush_handshake()?;

@@ -34,6 +34,11 @@ impl Sources {
         Sources { clock: Some(Arc::new(clock)), ..self }
     }
 
+    /// Whether the random numbers come from a seed.
+    pub fn is_seeded(&self) -> bool {
+        self.rng.is_some()
+    }
+
     /// Whether both the clock and the randomness are injected.
     pub fn is_deterministic(&self) -> bool {
         self.clock.is_some() && self.rng.is_some()

@@ -414,6 +414,7 @@ impl RadioWorld {
             let Some(packet) = packet else { continue };
             let (from, to) = (ends[d], ends[1 - d]);
             *self.bytes_by_kind.entry((from, to, TransportKind::Ble)).or_default() += packet.len() as u64;
+            self.wire.update(&conn.to_le_bytes()).update(&[d as u8]).update(&packet);
             let rx = &mut self.phones[to];
             rx.stats.packets_received += 1;
             rx.stats.packet_bytes_received += packet.len() as u64;

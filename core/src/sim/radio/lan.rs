@@ -95,6 +95,7 @@ impl RadioWorld {
         let Some(conn) = self.lan.get_mut(&c) else { return };
         conn.pipes[dir].delivered(frame.len() + HEADER_LEN);
         let (to, link) = (conn.ends[1 - dir], conn.links[1 - dir]);
+        self.wire.update(b"lan").update(&c.to_le_bytes()).update(&[dir as u8]).update(&frame);
         let phone = &mut self.phones[to];
         phone.dev.engine.on_frame(link, &frame);
         phone.engine_dirty = true;

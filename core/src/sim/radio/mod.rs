@@ -236,6 +236,8 @@ pub struct RadioWorld {
     /// Bytes `from` → `to` over each transport: BLE packets delivered, LAN frames sent (with length prefixes).
     bytes_by_kind: BTreeMap<(PhoneId, PhoneId, TransportKind), u64>,
     violations: Vec<String>,
+    /// Every packet delivered, in order (see [`RadioWorld::wire_digest`]).
+    wire: blake3::Hasher,
     /// Last: removed after the stores closed.
     dir: StoreDir,
 }
@@ -268,6 +270,7 @@ impl RadioWorld {
             motion_scheduled: false,
             bytes_by_kind: BTreeMap::new(),
             violations: Vec::new(),
+            wire: blake3::Hasher::new(),
             dir: StoreDir::new("radio", seed),
         }
     }
@@ -280,6 +283,12 @@ impl RadioWorld {
     /// The random stream for the test's own decisions.
     pub fn rng(&mut self) -> &mut SeededRng {
         &mut self.rng
+    }
+
+    /// A hash of every BLE packet and LAN frame delivered so far, in delivery order (with its connection and
+    /// direction): two runs with the same seed put the same bytes on the air, encrypted handshakes included.
+    pub fn wire_digest(&self) -> String {
+        self.wire.finalize().to_hex().to_string()
     }
 
     /// Protocol violations seen by the radio (packets larger than the MTU allows, sends on a connection the phone
