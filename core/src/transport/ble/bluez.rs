@@ -19,7 +19,8 @@
 //!   plus a sweep of the adapter's devices every [`SWEEP`]), connecting, service discovery, TX subscription, writes
 //!   without response. The ATT MTU is read from BlueZ's `GattCharacteristic1.MTU` through `bluer` (btleplug does
 //!   not expose it). When the peer publishes a PSM and [`ChannelChoice::PreferL2cap`] is set, an L2CAP channel is
-//!   opened from this adapter with `bluer` instead of subscribing (and GATT is the fallback when it fails).
+//!   opened from this adapter with `bluer` instead of subscribing (and GATT is the fallback when it fails, after a
+//!   few attempts when the failure looks transient).
 //!
 //! # Threads
 //! The radio runs on its own thread with a current-thread tokio runtime, fed by an unbounded command queue (so
@@ -83,6 +84,12 @@ pub const DISCOVERY_THROTTLE: Duration = Duration::from_millis(1_000);
 pub const SWEEP: Duration = Duration::from_millis(2_000);
 /// A connection attempt (connect, service discovery, subscription or L2CAP) is given up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(12);
+/// A central gives up opening an L2CAP channel (all attempts together) and uses GATT after this long.
+const L2CAP_TIMEOUT: Duration = Duration::from_secs(8);
+/// A central tries this many times at most to open an L2CAP channel before it falls back to GATT.
+const L2CAP_ATTEMPTS: u32 = 4;
+/// The pause after the first failed L2CAP attempt; doubled after each further one (0.25, 0.5, 1 s).
+const L2CAP_BACKOFF: Duration = Duration::from_millis(250);
 /// A write that has not completed in this long ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peripheral waits for BlueZ's notification socket after a central's first write.
@@ -1289,7 +1296,7 @@ async fn dial(d: Dial) -> Result<Dialled, String> {
             Some(psm_char) => match p.read(&psm_char).await {
                 Ok(v) if v.len() >= 2 && u16::from_le_bytes([v[0], v[1]]) != 0 => {
                     let psm = u16::from_le_bytes([v[0], v[1]]);
-                    match l2cap_dial(&adapter, local, &address, psm).await {
+                    match l2cap_dial(&adapter, local, &address, psm, &name).await {
                         Ok(stream) => return Ok(Dialled::L2cap { peripheral: p, stream }),
                         Err(e) => log::warn!("{name}: L2CAP to {address} PSM {psm:#04x} failed ({e}); using GATT"),
                     }
@@ -1330,22 +1337,100 @@ async fn central_att_mtu(adapter: &bluer::Adapter, address: &str) -> Option<u16>
     None
 }
 
-/// Opens an L2CAP LE credit-based channel from this adapter to `address` on `psm`.
+/// Why opening an L2CAP channel failed.
+#[derive(Debug)]
+enum L2capError {
+    /// Before connecting (address, device, socket): another attempt would fail the same way.
+    Setup(String),
+    /// The kernel's connect failed.
+    Connect(std::io::Error),
+    /// No channel within the time left.
+    TimedOut,
+}
+
+impl L2capError {
+    /// Whether another attempt may succeed soon. A central also sees transient failures on real devices, mostly
+    /// right after the LE link came up or while both devices dial each other over one LE link: the peer refuses the
+    /// channel (ECONNREFUSED), resets it (ECONNRESET) or the link aborts it (ECONNABORTED), or the local controller
+    /// is busy with another connection attempt (EBUSY, EAGAIN). Not retried: a timeout (it used up the time) and
+    /// everything else (permissions, an unsupported PSM or address type, a bad argument).
+    fn transient(&self) -> bool {
+        match self {
+            L2capError::Connect(e) => matches!(
+                e.raw_os_error(),
+                Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::ECONNABORTED | libc::EBUSY | libc::EAGAIN)
+            ),
+            L2capError::Setup(_) | L2capError::TimedOut => false,
+        }
+    }
+}
+
+impl std::fmt::Display for L2capError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            L2capError::Setup(e) => f.write_str(e),
+            L2capError::Connect(e) => write!(f, "{e}"),
+            L2capError::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
+/// Opens an L2CAP LE credit-based channel from this adapter to `address` on `psm`: up to [`L2CAP_ATTEMPTS`]
+/// attempts within [`L2CAP_TIMEOUT`], with a growing pause ([`L2CAP_BACKOFF`]) after a transient failure
+/// ([`L2capError::transient`]). Failed attempts are logged at debug level (`name`: the radio's, for the log); the
+/// error returned is the last one, with the number of attempts if there were several.
 async fn l2cap_dial(
     adapter: &bluer::Adapter,
     local: L2capAddr,
     address: &str,
     psm: u16,
+    name: &str,
 ) -> Result<L2capStream, String> {
-    let addr: Address = address.parse().map_err(|e| format!("{e}"))?;
-    let device = adapter.device(addr).map_err(|e| e.to_string())?;
-    let addr_type = device.address_type().await.map_err(|e| e.to_string())?;
-    let socket = L2capSocket::<L2capStream>::new_stream().map_err(|e| e.to_string())?;
-    socket.bind(local).map_err(|e| format!("bind: {e}"))?;
-    match timeout(Duration::from_secs(8), socket.connect(L2capAddr::new(addr, addr_type, psm))).await {
+    let deadline = Instant::now() + L2CAP_TIMEOUT;
+    let mut backoff = L2CAP_BACKOFF;
+    let mut attempt = 1;
+    let mut failed = String::new();
+    loop {
+        let e = match l2cap_connect(adapter, local, address, psm, deadline).await {
+            Ok(stream) => {
+                if attempt > 1 {
+                    log::info!("{name}: L2CAP channel to {address} open at attempt {attempt} (before: {failed})");
+                }
+                return Ok(stream);
+            }
+            Err(e) => e,
+        };
+        // Only retry when the pause leaves the next attempt a fair chance (a second) before the deadline.
+        let retry =
+            e.transient() && attempt < L2CAP_ATTEMPTS && Instant::now() + backoff + Duration::from_secs(1) <= deadline;
+        if !retry {
+            return Err(if attempt > 1 { format!("{e}; {attempt} attempts") } else { e.to_string() });
+        }
+        log::debug!("{name}: L2CAP to {address} PSM {psm:#04x}: attempt {attempt} failed ({e}); again in {backoff:?}");
+        failed = e.to_string();
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+        attempt += 1;
+    }
+}
+
+/// One attempt of [`l2cap_dial`], given up at `deadline`.
+async fn l2cap_connect(
+    adapter: &bluer::Adapter,
+    local: L2capAddr,
+    address: &str,
+    psm: u16,
+    deadline: Instant,
+) -> Result<L2capStream, L2capError> {
+    let addr: Address = address.parse().map_err(|e| L2capError::Setup(format!("{e}")))?;
+    let device = adapter.device(addr).map_err(|e| L2capError::Setup(e.to_string()))?;
+    let addr_type = device.address_type().await.map_err(|e| L2capError::Setup(e.to_string()))?;
+    let socket = L2capSocket::<L2capStream>::new_stream().map_err(|e| L2capError::Setup(e.to_string()))?;
+    socket.bind(local).map_err(|e| L2capError::Setup(format!("bind: {e}")))?;
+    match tokio::time::timeout_at(deadline, socket.connect(L2capAddr::new(addr, addr_type, psm))).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(L2capError::Connect(e)),
+        Err(_) => Err(L2capError::TimedOut),
     }
 }
 
