@@ -96,8 +96,23 @@ ctrl_powered() { btmgmt --index "$1" info 2>/dev/null | grep -q 'current setting
 
 # start_controllers N: starts `btvirt -L -lN` (N LE-only virtual controllers on one emulated radio), waits for
 # hci0..hci(N-1), switches each to LE-only, powered, and waits until it is powered. Prints index and address.
+# A controller that does not come up (on a loaded host the kernel's HCI Reset to btvirt can time out: "Opcode
+# 0x0c03 failed: -110") gets one more chance: btvirt is restarted (its controllers go away with it) and all N are
+# set up again.
 start_controllers() {
-    local n=${1:?start_controllers N} i
+    local n=${1:?start_controllers N}
+    _start_controllers "$n" && return 0
+    log "restarting btvirt and setting the controllers up once more"
+    kill "$BTVIRT_PID" 2>/dev/null
+    wait "$BTVIRT_PID" 2>/dev/null
+    wait_for 15 _no_controllers || { log "the controllers did not go away"; return 1; }
+    _start_controllers "$n"
+}
+
+_no_controllers() { ! compgen -G '/sys/class/bluetooth/hci*' >/dev/null; }
+
+_start_controllers() {
+    local n=$1 i
     # shellcheck disable=SC2086
     btvirt ${BTVIRT_ARGS--L} "-l$n" >"$LOGS/btvirt.log" 2>&1 &
     BTVIRT_PID=$!

@@ -11,7 +11,8 @@
 #   5. bulk: peer0 writes BULK_KB KiB of text (documents of <= 96 KiB); time until all are at peer2 (two BLE hops);
 #   6. check which channel the links used (GATT round: no L2CAP; L2CAP round: both links over L2CAP);
 #   7. stop the peers (SIGTERM), reset the controllers.
-# Writes /opt/shoal/out/summary.txt, per-round peer logs in /opt/shoal/out/ROUND/; finishes 0 only if all passed.
+# Writes /opt/shoal/out/summary.txt (with the peers' warning and error lines and the L2CAP channels that took more
+# than one attempt), per-round peer logs in /opt/shoal/out/ROUND/; finishes 0 only if all passed.
 #
 #   core/tests/blevm/sync.sh          (builds shoal with feature bluetooth-linux, then runs this in the VM)
 #
@@ -35,6 +36,7 @@ SHOAL=/opt/shoal/shoal
 ROUNDS=${ROUNDS:-gatt l2cap}
 BULK_KB=${BULK_KB:-256}
 SYNC_WAIT=${SYNC_WAIT:-150}
+WARN_LINES=10   # warning/error lines of each peer copied into the summary
 SUM=$OUT/summary.txt
 FAILED=0
 : > "$SUM"
@@ -59,7 +61,10 @@ if [ -x /opt/shoal/btvirt ]; then
 else
     BTVIRT_NOTE="Debian's btvirt (a controller with two connections misroutes data)"
 fi
-start_controllers 3 || finish 1
+if ! start_controllers 3; then
+    result setup fail "the virtual controllers did not all come up: $(dmesg | grep -E 'Bluetooth: hci[0-9]: ' | grep -v 'Opcode 0x2005' | tail -n 3 | sed 's/^\[ *[0-9.]*\] //' | paste -sd ';')"
+    finish 1
+fi
 A=("$(ctrl_addr 0)" "$(ctrl_addr 1)" "$(ctrl_addr 2)")
 echo "controllers: hci0 ${A[0]}, hci1 ${A[1]}, hci2 ${A[2]} ($BTVIRT_NOTE ${BTVIRT_ARGS--L}); bluetoothd ${BLUETOOTHD_ARGS--E} (EATT $([ "${EATT:-1}" = 0 ] && echo off || echo on)); $("$SHOAL" --version)" >> "$SUM"
 echo "shoal-ble-vm-test-secret" > /tmp/secret
@@ -176,9 +181,14 @@ round() {
                   result "$mode/channel" fail "$l2cap L2CAP and $gatt GATT connection(s) dialled (expected L2CAP only, >= 2)"
               fi ;;
     esac
+    # L2CAP channels a central opened only at a later attempt (transient failures, retried in the radio).
+    grep -h 'bluez(hci[0-9]): L2CAP channel to .* open at attempt' "$LOGDIR"/peer?.log | sed 's/^[0-9.]* \[[a-z]*\] /     /' >> "$SUM"
     for i in 0 1 2; do
         n=$(grep -c -E '\[(warn|error)\]' "$LOGDIR/peer$i.log")
         note "peer$i: $n warning/error line(s); links: $(grep -c 'ble: link [0-9]* up' "$LOGDIR/peer$i.log") up, $(grep -c -E 'ble: connection [0-9]* .* (failed|ended)' "$LOGDIR/peer$i.log") failed/lost"
+        # The lines themselves (the first WARN_LINES), so that a failure can be diagnosed from the summary alone.
+        grep -E '\[(warn|error)\]' "$LOGDIR/peer$i.log" | head -n "$WARN_LINES" | sed 's/^/       /' >> "$SUM"
+        [ "$n" -le "$WARN_LINES" ] || echo "       ... $((n - WARN_LINES)) more in $mode/peer$i.log" >> "$SUM"
     done
 
     t=$(now)

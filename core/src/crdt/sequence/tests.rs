@@ -1,4 +1,7 @@
+use super::run::Run;
+use super::text::Buf;
 use super::*;
+use crate::crdt::version::VersionVector;
 use proptest::prelude::*;
 
 fn d(peer: u64, counter: u64) -> Dot {
