@@ -27,6 +27,7 @@ impl<T: Clone + fmt::Debug> Sequence<Vec<T>> {
         Some((r.id.offset(o as u64), r.content.get(o)?))
     }
 
+    /// The visible item at `pos`, to change, with its id.
     pub fn get_mut(&mut self, pos: usize) -> Option<(Dot, &mut T)> {
         let (k, j, o) = self.find_visible(pos)?;
         let l = self.order[k] as usize;
@@ -41,6 +42,7 @@ impl<T: Clone + fmt::Debug> Sequence<Vec<T>> {
         Some((r.content.get(loc.o)?, loc.deleted))
     }
 
+    /// The item with this id, to change, and whether it is deleted.
     pub fn get_by_id_mut(&mut self, id: Dot) -> Option<(&mut T, bool)> {
         let loc = self.locate(id)?;
         let l = self.order[loc.k] as usize;

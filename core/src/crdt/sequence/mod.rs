@@ -68,36 +68,62 @@ pub trait SeqContent: Clone + fmt::Debug {
 /// item `k > 0` has `origin_left = id.offset(k - 1)` and the same `origin_right`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SeqInsert<C> {
+    /// The id of the first item (the others follow with consecutive counters).
     pub id: Dot,
+    /// The item the first one was inserted after (`None`: at the start).
     pub origin_left: Option<Dot>,
+    /// The item the run was inserted before (`None`: at the end).
     pub origin_right: Option<Dot>,
+    /// The items.
     pub content: C,
 }
 
 /// The ids `start .. start + len` of one peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdSpan {
+    /// The peer whose ids these are.
     pub peer: PeerId,
+    /// The first counter.
     pub start: u64,
+    /// How many consecutive counters.
     pub len: u64,
 }
 
+/// Why an edit of a sequence, local or received, was refused (the sequence is unchanged).
 #[derive(thiserror::Error, Debug, PartialEq)]
 pub enum SeqError {
+    /// A position past the visible items.
     #[error("index {index} out of bounds (length {len})")]
-    IndexOutOfBounds { index: usize, len: usize },
+    IndexOutOfBounds {
+        /// The position asked for.
+        index: usize,
+        /// The number of visible items.
+        len: usize,
+    },
+    /// An origin or deleted id that this sequence does not hold.
     #[error("unknown id {0:?}")]
     UnknownId(Dot),
+    /// An insert of ids the sequence already holds.
     #[error("duplicate id {0:?}")]
     DuplicateId(Dot),
+    /// An insert of nothing.
     #[error("empty content")]
     EmptyContent,
+    /// Ids past the largest counter.
     #[error("id counter overflow at {0:?}")]
     CounterOverflow(Dot),
+    /// A span of ids that is empty or overflows.
     #[error("invalid id span {0:?}")]
     InvalidSpan(IdSpan),
+    /// A right origin that does not come after the left one.
     #[error("origins out of order: left {left:?}, right {right:?}")]
-    InvalidOrigins { left: Option<Dot>, right: Option<Dot> },
+    InvalidOrigins {
+        /// The left origin.
+        left: Option<Dot>,
+        /// The right origin.
+        right: Option<Dot>,
+    },
+    /// A bug: the sequence's own structures disagree.
     #[error("internal inconsistency: {0}")]
     Internal(&'static str),
 }
@@ -127,6 +153,7 @@ impl<C: SeqContent> Default for Sequence<C> {
 }
 
 impl<C: SeqContent> Sequence<C> {
+    /// An empty sequence.
     pub fn new() -> Self {
         Self::with_leaf_capacity(LEAF_CAP)
     }
@@ -148,6 +175,7 @@ impl<C: SeqContent> Sequence<C> {
         self.vis_len
     }
 
+    /// Whether no item is visible.
     pub fn is_empty(&self) -> bool {
         self.vis_len == 0
     }

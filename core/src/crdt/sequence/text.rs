@@ -122,6 +122,7 @@ pub struct Chars {
 }
 
 impl Chars {
+    /// No text.
     pub fn new() -> Self {
         Chars::default()
     }
@@ -149,11 +150,13 @@ impl Chars {
         self.n += 1;
     }
 
+    /// Appends `s`.
     pub fn push_str(&mut self, s: &str) {
         self.buf.push_str(s);
         self.n += s.chars().count();
     }
 
+    /// The text, as a `String`.
     pub fn into_string(self) -> String {
         match self.buf {
             Buf::Heap(s) => s,
