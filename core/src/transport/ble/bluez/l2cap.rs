@@ -21,8 +21,16 @@ const L2CAP_TIMEOUT: Duration = Duration::from_secs(8);
 /// A central tries this many times at most to open an L2CAP channel before it falls back to GATT.
 const L2CAP_ATTEMPTS: u32 = 4;
 
+/// One attempt to open an L2CAP channel is given up after this long (the LE link is up by then, so the answer
+/// takes a few connection intervals; see [`L2capError::transient`] for why it may never come).
+const L2CAP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The pause after the first failed L2CAP attempt; doubled after each further one (0.25, 0.5, 1 s).
 const L2CAP_BACKOFF: Duration = Duration::from_millis(250);
+
+/// A PSM no LE peer listens on (SDP's, used over BR/EDR only): a request for it is refused at once ("PSM not
+/// supported") and opens nothing at the peer. For holding channel ids, see [`l2cap_connect`].
+const UNUSED_PSM: u16 = 0x0001;
 
 impl Actor {
     /// Binds the L2CAP listener on a dynamic PSM of this adapter (`local`) and publishes the PSM (see the PSM
@@ -107,24 +115,39 @@ enum L2capError {
     Setup(String),
     /// The kernel's connect failed.
     Connect(std::io::Error),
-    /// No channel within the time left.
+    /// No answer within [`L2CAP_ATTEMPT_TIMEOUT`] or the time left.
     TimedOut,
 }
 
 impl L2capError {
     /// Whether another attempt may succeed soon. A central also sees transient failures on real devices, mostly
     /// right after the LE link came up or while both devices dial each other over one LE link: the peer refuses the
-    /// channel (ECONNREFUSED), resets it (ECONNRESET) or the link aborts it (ECONNABORTED), or the local controller
-    /// is busy with another connection attempt (EBUSY, EAGAIN). Not retried: a timeout (it used up the time) and
-    /// everything else (permissions, an unsupported PSM or address type, a bad argument).
+    /// channel (ECONNREFUSED, see [`L2capError::refused`]), resets it (ECONNRESET) or the link aborts it
+    /// (ECONNABORTED), or the local controller is busy with another connection attempt (EBUSY, EAGAIN). An attempt
+    /// that got no answer is retried too: when both hosts open channels to each other at once, Linux (6.1) can pair
+    /// the peer's answer with the channel it has just accepted from the peer instead (see [`L2capError::refused`]),
+    /// and the request then waits in vain. Not retried: everything else (permissions, an unsupported PSM or
+    /// address type, a bad argument).
     fn transient(&self) -> bool {
         match self {
             L2capError::Connect(e) => matches!(
                 e.raw_os_error(),
                 Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::ECONNABORTED | libc::EBUSY | libc::EAGAIN)
             ),
-            L2capError::Setup(_) | L2capError::TimedOut => false,
+            L2capError::TimedOut => true,
+            L2capError::Setup(_) => false,
         }
+    }
+
+    /// Whether the peer refused the channel (ECONNREFUSED). Seen between two Linux hosts (kernel 6.1) when both
+    /// opened their EATT channels (BlueZ's default) to each other at once, as they do when each dialled the other:
+    /// the kernel pairs an L2CAP response with its request by the signalling identifier alone, both hosts number
+    /// their requests alike, and a response lands on the wrong channel. One host is then left with a stale channel
+    /// whose peer-side id the other host has freed; the other host hands out its lowest free id to every new
+    /// channel, that very one, so each request is refused with "Source CID already allocated" for as long as the
+    /// LE link lasts. A retry therefore holds the ids that were refused (see [`l2cap_connect`]).
+    fn refused(&self) -> bool {
+        matches!(self, L2capError::Connect(e) if e.raw_os_error() == Some(libc::ECONNREFUSED))
     }
 }
 
@@ -140,7 +163,8 @@ impl std::fmt::Display for L2capError {
 
 /// Opens an L2CAP LE credit-based channel from this adapter to `address` on `psm`: up to [`L2CAP_ATTEMPTS`]
 /// attempts within [`L2CAP_TIMEOUT`], with a growing pause ([`L2CAP_BACKOFF`]) after a transient failure
-/// ([`L2capError::transient`]). Failed attempts are logged at debug level (`name`: the radio's, for the log); the
+/// ([`L2capError::transient`]); after `n` refusals, an attempt holds the `n` lowest free channel ids
+/// ([`L2capError::refused`]). Failed attempts are logged at debug level (`name`: the radio's, for the log); the
 /// error returned is the last one, with the number of attempts if there were several.
 pub(super) async fn l2cap_dial(
     adapter: &bluer::Adapter,
@@ -152,9 +176,10 @@ pub(super) async fn l2cap_dial(
     let deadline = Instant::now() + L2CAP_TIMEOUT;
     let mut backoff = L2CAP_BACKOFF;
     let mut attempt = 1;
+    let mut refusals = 0;
     let mut failed = String::new();
     loop {
-        let e = match l2cap_connect(adapter, local, address, psm, deadline).await {
+        let e = match l2cap_connect(adapter, local, address, psm, deadline, refusals).await {
             Ok(stream) => {
                 if attempt > 1 {
                     log::info!("{name}: L2CAP channel to {address} open at attempt {attempt} (before: {failed})");
@@ -171,30 +196,54 @@ pub(super) async fn l2cap_dial(
         }
         log::debug!("{name}: L2CAP to {address} PSM {psm:#04x}: attempt {attempt} failed ({e}); again in {backoff:?}");
         failed = e.to_string();
+        if e.refused() {
+            refusals += 1;
+        }
         tokio::time::sleep(backoff).await;
         backoff *= 2;
         attempt += 1;
     }
 }
 
-/// One attempt of [`l2cap_dial`], given up at `deadline`.
+/// One attempt of [`l2cap_dial`], given up after [`L2CAP_ATTEMPT_TIMEOUT`] or at `deadline`. With `hold > 0`, that many requests for [`UNUSED_PSM`]
+/// go out first: the kernel gives each the lowest channel id free on this LE link, and each keeps it until its
+/// refusal comes back, so the channel asked for gets an id above the ones refused before
+/// ([`L2capError::refused`]). The refusal can come back within a millisecond, so all sockets are made first and
+/// the connect(2) calls follow back to back. The holders open nothing at the peer and are dropped with the
+/// attempt.
 async fn l2cap_connect(
     adapter: &bluer::Adapter,
     local: L2capAddr,
     address: &str,
     psm: u16,
     deadline: Instant,
+    hold: usize,
 ) -> Result<L2capStream, L2capError> {
     let addr: Address = address.parse().map_err(|e| L2capError::Setup(format!("{e}")))?;
     let device = adapter.device(addr).map_err(|e| L2capError::Setup(e.to_string()))?;
     let addr_type = device.address_type().await.map_err(|e| L2capError::Setup(e.to_string()))?;
-    let socket = L2capSocket::<L2capStream>::new_stream().map_err(|e| L2capError::Setup(e.to_string()))?;
-    socket.bind(local).map_err(|e| L2capError::Setup(format!("bind: {e}")))?;
-    match tokio::time::timeout_at(deadline, socket.connect(L2capAddr::new(addr, addr_type, psm))).await {
+    let socket = || -> Result<L2capSocket<L2capStream>, L2capError> {
+        let socket = L2capSocket::<L2capStream>::new_stream().map_err(|e| L2capError::Setup(e.to_string()))?;
+        socket.bind(local).map_err(|e| L2capError::Setup(format!("bind: {e}")))?;
+        Ok(socket)
+    };
+    let holders = (0..hold).map(|_| socket()).collect::<Result<Vec<_>, _>>()?;
+    let channel = socket()?;
+    let mut holders: Vec<_> =
+        holders.into_iter().map(|s| Box::pin(s.connect(L2capAddr::new(addr, addr_type, UNUSED_PSM)))).collect();
+    for holder in &mut holders {
+        // The first poll makes the connect(2) call, which takes the id (and does not wait).
+        let _ = futures::poll!(holder.as_mut());
+    }
+    let connect = channel.connect(L2capAddr::new(addr, addr_type, psm));
+    let given_up = deadline.min(Instant::now() + L2CAP_ATTEMPT_TIMEOUT);
+    let result = match tokio::time::timeout_at(given_up, connect).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(L2capError::Connect(e)),
         Err(_) => Err(L2capError::TimedOut),
-    }
+    };
+    drop(holders);
+    result
 }
 
 pub(super) async fn l2cap_writer(
