@@ -58,16 +58,21 @@ impl Observers {
     }
 }
 
-/// Update one observer's result with the new views of the documents a transaction touched (`None` = gone), when
-/// its query has no limit. Returns the event if the result changed.
-pub(crate) fn update_incrementally(r: &mut Registered, touched: &[(&str, Option<&Json>)]) -> Option<ChangeEvent> {
-    let mut ev = ChangeEvent {
+/// An event of `r`'s collection that changes nothing yet.
+fn no_change(r: &Registered) -> ChangeEvent {
+    ChangeEvent {
         collection: r.collection.clone(),
         inserted: vec![],
         updated: vec![],
         removed: vec![],
         results: vec![],
-    };
+    }
+}
+
+/// Update one observer's result with the new views of the documents a transaction touched (`None` = gone), when
+/// its query has no limit. Returns the event if the result changed.
+pub(crate) fn update_incrementally(r: &mut Registered, touched: &[(&str, Option<&Json>)]) -> Option<ChangeEvent> {
+    let mut ev = no_change(r);
     for &(id, view) in touched {
         let matches = view.is_some_and(|v| {
             r.query.matches(v).unwrap_or_else(|e| {
@@ -102,13 +107,7 @@ pub(crate) fn update_incrementally(r: &mut Registered, touched: &[(&str, Option<
 
 /// Replace an observer's result by a freshly computed one (queries with a limit). Returns the event if it changed.
 pub(crate) fn replace_result(r: &mut Registered, new: Vec<(String, Json)>) -> Option<ChangeEvent> {
-    let mut ev = ChangeEvent {
-        collection: r.collection.clone(),
-        inserted: vec![],
-        updated: vec![],
-        removed: vec![],
-        results: vec![],
-    };
+    let mut ev = no_change(r);
     let old: HashMap<&str, &Json> = r.results.iter().map(|(i, v)| (i.as_str(), v)).collect();
     let new_ids: std::collections::HashSet<&str> = new.iter().map(|(i, _)| i.as_str()).collect();
     for (id, v) in &new {

@@ -39,11 +39,6 @@ impl Sources {
         self.rng.is_some()
     }
 
-    /// Whether both the clock and the randomness are injected.
-    pub fn is_deterministic(&self) -> bool {
-        self.clock.is_some() && self.rng.is_some()
-    }
-
     /// The wall clock, in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         match &self.clock {
@@ -102,12 +97,12 @@ mod tests {
     fn seeded_sources_repeat_and_system_ones_do_not() {
         let a = Sources::seeded(7).with_clock(|| 1_000);
         let b = Sources::seeded(7).with_clock(|| 1_000);
-        assert!(a.is_deterministic());
+        assert!(a.is_seeded());
         assert_eq!((a.random_u64(), a.random_u64(), a.now_ms()), (b.random_u64(), b.random_u64(), b.now_ms()));
         let mut odd = [0u8; 5];
         a.fill(&mut odd);
         let system = Sources::system();
-        assert!(!system.is_deterministic());
+        assert!(!system.is_seeded());
         assert_ne!(system.random_u64(), system.random_u64());
     }
 }

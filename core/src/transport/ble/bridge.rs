@@ -134,11 +134,6 @@ impl BleBridge {
         self.engine_link.contains_key(&conn)
     }
 
-    /// The engine links from this radio.
-    pub fn engine_links(&self) -> impl Iterator<Item = LinkId> + '_ {
-        self.engine_link.values().copied()
-    }
-
     /// The counters since the last call (they restart at 0).
     pub fn take_stats(&mut self) -> BridgeStats {
         std::mem::take(&mut self.stats)
