@@ -561,6 +561,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Seal `plaintext` as one message on `link`'s secure channel, exactly as the engine would send an encoded
+    /// [`Message`] — but any bytes: a simulated hostile device (tests, fuzz targets, the attack benchmark) speaks
+    /// through a real handshake and encryption to reach the other side's message and session code.
+    #[cfg(feature = "sim")]
+    pub fn send_raw(&mut self, link: LinkId, plaintext: &[u8]) -> Result<(), SyncError> {
+        let slot = self.links.get_mut(&link).ok_or_else(|| SyncError::Protocol("no such link".into()))?;
+        slot.codec.send(plaintext)?;
+        slot.last_tx = self.now;
+        Ok(())
+    }
+
     /// Links with frames to send now (after producing what is due).
     pub fn links_with_frames(&mut self) -> Vec<LinkId> {
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
