@@ -1,4 +1,5 @@
-//! Shared pieces of the Shoal benchmark programs (`trace_bench`, `write_bench`, `sync_bench`, `ble_bench`).
+//! Shared pieces of the Shoal benchmark programs (`trace_bench`, `write_bench`, `sync_bench`, `ble_bench`,
+//! `attack_bench`).
 
 pub mod alloc;
 
@@ -32,4 +33,41 @@ impl Args {
     pub fn wants(&self, name: &str) -> bool {
         self.only.as_deref().is_none_or(|o| o == name)
     }
+}
+
+/// The error type of the benchmark programs.
+pub type BoxErr = Box<dyn std::error::Error>;
+
+/// Open a store that syncs to disk less often (`Durability::Normal`), as benchmarks of sync do.
+pub fn open_fast(path: &std::path::Path) -> Result<shoaldb::Store, BoxErr> {
+    Ok(shoaldb::Store::open_with(
+        path,
+        shoaldb::Options { durability: shoaldb::Durability::Normal, ..Default::default() },
+    )?)
+}
+
+/// Insert documents `range` of collection `items` (10 fields each, ids `{prefix}{i:06}`) in transactions of 1,000.
+pub fn fill(store: &shoaldb::Store, prefix: &str, range: std::ops::Range<usize>) -> Result<(), BoxErr> {
+    let ids: Vec<usize> = range.collect();
+    for chunk in ids.chunks(1000) {
+        store.write(|t| {
+            for i in chunk {
+                let mut doc = serde_json::Map::new();
+                doc.insert("_id".into(), serde_json::json!(format!("{prefix}{i:06}")));
+                for k in 0..10 {
+                    doc.insert(
+                        format!("f{k}"),
+                        if k % 2 == 0 {
+                            serde_json::json!(format!("value {i}.{k}"))
+                        } else {
+                            serde_json::json!(i * 10 + k)
+                        },
+                    );
+                }
+                t.upsert("items", serde_json::Value::Object(doc))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }

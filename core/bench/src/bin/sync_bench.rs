@@ -24,41 +24,12 @@ use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::Replica;
 use shoaldb::sync::{Engine, LinkId, Subscription, TransportKind};
-use shoaldb::{Durability, Options, Store};
-use shoaldb_bench::emit;
-use std::path::Path;
-
-type BoxErr = Box<dyn std::error::Error>;
-
-fn open(path: &Path) -> Result<Store, BoxErr> {
-    Ok(Store::open_with(path, Options { durability: Durability::Normal, ..Default::default() })?)
-}
+use shoaldb::Store;
+use shoaldb_bench::{emit, fill, open_fast as open, BoxErr};
 
 fn engine(store: Store, name: &str) -> Result<Engine, BoxErr> {
     let secret = AppSecret::from_bytes(b"bench secret")?;
     Ok(Engine::new(store.replica(), Identity::generate()?, secret, name, vec![Subscription::everything()], 0))
-}
-
-/// Insert documents `range` (10 fields each) in transactions of 1,000.
-fn fill(store: &Store, prefix: &str, range: std::ops::Range<usize>) -> Result<(), BoxErr> {
-    let ids: Vec<usize> = range.collect();
-    for chunk in ids.chunks(1000) {
-        store.write(|t| {
-            for i in chunk {
-                let mut doc = serde_json::Map::new();
-                doc.insert("_id".into(), json!(format!("{prefix}{i:06}")));
-                for k in 0..10 {
-                    doc.insert(
-                        format!("f{k}"),
-                        if k % 2 == 0 { json!(format!("value {i}.{k}")) } else { json!(i * 10 + k) },
-                    );
-                }
-                t.upsert("items", serde_json::Value::Object(doc))?;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// Copy every change of `from` into `to`.
