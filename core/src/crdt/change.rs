@@ -9,7 +9,7 @@
 use super::clock::{Dot, PeerId, Timestamp, MAX_WALL_MS};
 use super::path::{is_valid_key, MAX_PATH_DEPTH};
 use super::sequence::{Chars, IdSpan, SeqContent};
-use super::value::{Kind, Scalar};
+use super::value::{Kind, Scalar, MAX_VALUE_DEPTH};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
 
@@ -282,6 +282,10 @@ fn validate_op(op: &Op) -> Result<(), ChangeError> {
         Op::Set { value, .. } => {
             if root {
                 return Err(ChangeError::Corrupt("a document cannot be set to a scalar".into()));
+            }
+            // First, as it bounds the recursion of the checks below.
+            if value.depth_exceeds(MAX_VALUE_DEPTH) {
+                return Err(ChangeError::TooLarge(format!("value nested deeper than {MAX_VALUE_DEPTH}")));
             }
             if !value.is_valid() {
                 return Err(ChangeError::Corrupt("non-finite number".into()));

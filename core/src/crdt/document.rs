@@ -11,7 +11,7 @@ use super::field::{Field, Shown};
 use super::path::{AsPath, Path, PathSegment, MAX_PATH_DEPTH};
 use super::register::{Content, Entry};
 use super::sequence::{Chars, IdSpan, SeqContent, SeqError, SeqInsert, Sequence};
-use super::value::{Kind, Value};
+use super::value::{Kind, Value, MAX_VALUE_DEPTH};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
 
@@ -898,6 +898,10 @@ fn check_value(v: &Value, depth: usize) -> Result<(), DocError> {
     }
     match v {
         Value::Register(s) => {
+            // First, as it bounds the recursion of the checks below.
+            if s.depth_exceeds(MAX_VALUE_DEPTH) {
+                return Err(DocError::InvalidValue(format!("value nested deeper than {MAX_VALUE_DEPTH}")));
+            }
             if !s.is_valid() {
                 return Err(DocError::InvalidValue("numbers must be finite".into()));
             }
