@@ -201,6 +201,27 @@ impl Scalar {
         }
     }
 
+    /// About the bytes of memory the value holds: 32 bytes per node (`size_of::<Scalar>()`) plus its strings',
+    /// keys' and bytes' lengths (an attachment's token: its box and metadata). Counted for a change's cost (see
+    /// [`crate::Change::cost`]); saturating. Recursive: call it on values whose depth was checked ([`Scalar::depth_exceeds`]).
+    pub fn memory_cost(&self) -> u64 {
+        const NODE: u64 = std::mem::size_of::<Scalar>() as u64;
+        let own = match self {
+            Scalar::Str(s) => s.len() as u64,
+            Scalar::Bytes(b) => b.len() as u64,
+            Scalar::List(l) => l.iter().fold(0u64, |acc, x| acc.saturating_add(x.memory_cost())),
+            Scalar::Object(o) => o
+                .iter()
+                .fold(0u64, |acc, (k, x)| acc.saturating_add(k.len() as u64 + NODE).saturating_add(x.memory_cost())),
+            Scalar::Attachment(t) => {
+                std::mem::size_of::<AttachmentToken>() as u64
+                    + t.meta.iter().map(|(k, v)| (k.len() + v.len()) as u64 + 2 * NODE).sum::<u64>()
+            }
+            Scalar::Null | Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) => 0,
+        };
+        NODE.saturating_add(own)
+    }
+
     /// An approximation of the encoded size, used to enforce limits.
     pub fn approx_size(&self) -> usize {
         match self {
