@@ -4,12 +4,60 @@
 //! that changes nothing, and a victim that keeps reading and writing.
 
 use serde_json::json;
-use shoaldb::crdt::change::Seg;
+use shoaldb::crdt::change::{Seg, MAX_BATCH_COST, MAX_CHANGE_COST, MAX_COUNTER};
+use shoaldb::crdt::document::{MAX_DOC_ITEMS, MAX_LOCAL_DOC_ITEMS};
+use shoaldb::crdt::sequence::{Chars, IdSpan};
 use shoaldb::crdt::value::MAX_VALUE_DEPTH;
 use shoaldb::store::Replica;
+use shoaldb::Kind;
 use shoaldb::{
     Change, ChangeError, DocChange, Error, Op, PeerId, Query, Scalar, Store, Timestamp, Value, VersionVector,
 };
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+/// Counts the bytes allocated by threads that ask for it, to measure (not time) what applying a change costs.
+struct Counting;
+
+thread_local! {
+    /// (counting?, live bytes, peak live bytes) of this thread.
+    static COUNT: Cell<(bool, isize, isize)> = const { Cell::new((false, 0, 0)) };
+}
+
+fn count(delta: isize) {
+    let _ = COUNT.try_with(|c| {
+        let (on, live, peak) = c.get();
+        if on {
+            c.set((on, live + delta, peak.max(live + delta)));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count(l.size() as isize);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        count(-(l.size() as isize));
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        count(new as isize - l.size() as isize);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The peak of bytes allocated and still held while `f` runs on this thread (what `f` keeps counts too).
+fn peak_bytes<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    COUNT.with(|c| c.set((true, 0, 0)));
+    let r = f();
+    let (_, _, peak) = COUNT.with(|c| c.replace((false, 0, 0)));
+    (r, peak.max(0) as usize)
+}
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -128,4 +176,221 @@ fn checked_json_conversion_refuses_deep_values_with_a_typed_error() {
         m = json!({ "m": m });
     }
     assert!(Value::try_from_json(&m).is_err(), "maps nested deeper than a path may reach");
+}
+
+/// A document `c/d` made by peer 7 with an empty array `l` and an empty text `t`, as one change.
+fn with_containers() -> Change {
+    change(
+        7,
+        1,
+        VersionVector::new(),
+        vec![
+            Op::Make { path: vec![], kind: Kind::Map },
+            Op::Make { path: vec![Seg::Key("l".into())], kind: Kind::Array },
+            Op::Make { path: vec![Seg::Key("t".into())], kind: Kind::Text },
+        ],
+    )
+}
+
+fn after(c: &Change) -> VersionVector {
+    let mut vv = c.deps.clone();
+    vv.raise(c.peer, c.end());
+    vv
+}
+
+fn insert_elems(peer: u64, start: u64, deps: VersionVector, count: u64) -> Change {
+    change(
+        peer,
+        start,
+        deps,
+        vec![Op::InsertElems { path: vec![Seg::Key("l".into())], origin_left: None, origin_right: None, count }],
+    )
+}
+
+fn insert_text(peer: u64, start: u64, deps: VersionVector, text: &str) -> Change {
+    change(
+        peer,
+        start,
+        deps,
+        vec![Op::InsertText {
+            path: vec![Seg::Key("t".into())],
+            origin_left: None,
+            origin_right: None,
+            text: Chars::from(text),
+        }],
+    )
+}
+
+fn doc_change(c: Change) -> DocChange {
+    DocChange { collection: "c".into(), doc_id: "d".into(), change: c }
+}
+
+#[test]
+fn a_38_byte_insert_of_four_million_elements_is_refused_when_decoded() {
+    let base = with_containers();
+    let attack = doc_change(insert_elems(7, 4, after(&base), 1 << 22));
+    let bytes = attack.encode();
+    assert!(bytes.len() < 64, "{} bytes", bytes.len());
+    let err = DocChange::decode(&bytes).unwrap_err();
+    assert!(matches!(err, Error::Change(ChangeError::TooLarge(_))), "{err:?}");
+    // Built in memory and handed to the store, it is refused as well, and nothing changes.
+    let (_d, s) = store();
+    s.replica().apply_changes(&[doc_change(base.clone())]).unwrap();
+    let before = s.replica().summary().unwrap();
+    assert!(s.replica().apply_changes(&[attack]).is_err());
+    assert_eq!(s.replica().summary().unwrap(), before);
+    // The largest insert the cost allows is applied within its bound: measured, not timed.
+    let most = (MAX_CHANGE_COST - 1024) / shoaldb::crdt::change::ELEM_COST;
+    let mut doc = shoaldb::Document::new();
+    doc.apply(&base).unwrap();
+    let big = insert_elems(7, 4, after(&base), most);
+    assert!(big.cost() <= MAX_CHANGE_COST);
+    let (r, peak) = peak_bytes(|| doc.apply(&big));
+    assert_eq!(r, Ok(shoaldb::Applied::Applied));
+    let per_elem = peak as f64 / most as f64;
+    eprintln!("{most} elements: peak {peak} bytes, {per_elem:.1} per element");
+    assert!(peak as u64 <= MAX_CHANGE_COST, "peak {peak} bytes over the change cost bound");
+}
+
+#[test]
+fn deletes_naming_the_same_ids_again_and_again_are_refused_when_decoded() {
+    let base = with_containers();
+    let text = "x".repeat(100_000);
+    let ins = insert_text(7, 4, after(&base), &text);
+    let span = IdSpan { peer: PeerId(7), start: 4, len: 100_000 };
+    let del = |n: usize| {
+        change(9, 1, after(&ins), vec![Op::DeleteText { path: vec![Seg::Key("t".into())], spans: vec![span; n] }])
+    };
+    // A thousand spans over the same 100,000 ids: 10^8 ids named in 20 KB.
+    let err = DocChange::decode(&doc_change(del(1000)).encode()).unwrap_err();
+    assert!(matches!(err, Error::Change(ChangeError::TooLarge(_))), "{err:?}");
+    // Fewer, within the cost, but naming ids twice.
+    let err = DocChange::decode(&doc_change(del(100)).encode()).unwrap_err();
+    assert!(matches!(err, Error::Change(ChangeError::Corrupt(_))), "{err:?}");
+    // Once is fine, and the victim applies it and keeps writing.
+    let (_d, s) = store();
+    let ok = DocChange::decode(&doc_change(del(1)).encode()).unwrap();
+    s.replica().apply_changes(&[doc_change(base), doc_change(ins.clone()), ok]).unwrap();
+    assert_eq!(s.get("c", "d").unwrap().unwrap()["t"], json!(""));
+    s.update("c", "d", |d| Ok(d.text_insert("t", 0, "still writes")?)).unwrap();
+    // A span over a hundred thousand ids that do not exist is refused as inconsistent.
+    let ghost = change(
+        9,
+        2,
+        after(&doc_change(del(1)).change),
+        vec![Op::DeleteText {
+            path: vec![Seg::Key("t".into())],
+            spans: vec![IdSpan { peer: PeerId(7), start: 200_000, len: 100_000 }],
+        }],
+    );
+    assert!(s.replica().apply_changes(&[doc_change(ghost)]).is_err());
+}
+
+#[test]
+fn counters_past_i64_max_are_refused() {
+    let mut c = create_with(7, Scalar::Int(1));
+    c.start = MAX_COUNTER - 1;
+    assert!(Change::decode(&c.encode()).is_ok(), "the last two counters SQLite stores");
+    c.start = MAX_COUNTER;
+    assert!(matches!(Change::decode(&c.encode()), Err(ChangeError::Corrupt(_))));
+    c.start = 1 << 63;
+    assert!(matches!(Change::decode(&c.encode()), Err(ChangeError::Corrupt(_))));
+    let mut deps = VersionVector::new();
+    deps.raise(PeerId(3), u64::MAX);
+    let c = change(7, 1, deps, vec![Op::Make { path: vec![], kind: Kind::Map }]);
+    assert!(matches!(Change::decode(&c.encode()), Err(ChangeError::Corrupt(_))));
+    let del = change(
+        7,
+        5,
+        VersionVector::new(),
+        vec![Op::DeleteText {
+            path: vec![Seg::Key("t".into())],
+            spans: vec![IdSpan { peer: PeerId(3), start: MAX_COUNTER, len: 2 }],
+        }],
+    );
+    assert!(matches!(Change::decode(&del.encode()), Err(ChangeError::Corrupt(_))));
+}
+
+#[test]
+fn a_batch_costing_more_than_its_bound_is_refused_whole_before_anything_is_applied() {
+    let (_d, s) = store();
+    s.upsert("c", json!({"_id": "mine", "n": 1})).unwrap();
+    let before = s.replica().summary().unwrap();
+    let per = (MAX_CHANGE_COST - 4096) / shoaldb::crdt::change::ELEM_COST;
+    let mut batch = Vec::new();
+    for i in 0..(MAX_BATCH_COST / MAX_CHANGE_COST + 1) {
+        let base = with_containers();
+        let ins = insert_elems(7, 4, after(&base), per);
+        let id = format!("d{i}");
+        batch.push(DocChange { collection: "c".into(), doc_id: id.clone(), change: base });
+        batch.push(DocChange { collection: "c".into(), doc_id: id, change: ins });
+    }
+    let err = s.replica().apply_changes(&batch).unwrap_err();
+    assert!(matches!(err, Error::Change(ChangeError::TooLarge(_))), "{err:?}");
+    assert_eq!(s.replica().summary().unwrap(), before, "nothing of the batch applied");
+    assert_eq!(s.list("c").unwrap().len(), 1);
+    s.upsert("c", json!({"_id": "mine", "n": 2})).unwrap();
+}
+
+#[test]
+fn a_document_cannot_grow_past_its_item_bound() {
+    let base = with_containers();
+    let mut doc = shoaldb::Document::new();
+    doc.apply(&base).unwrap();
+    let chunk = "y".repeat(1 << 22);
+    let mut last = base.clone();
+    while doc.items() + (1 << 22) <= MAX_DOC_ITEMS {
+        let c = insert_text(7, last.end() + 1, after(&last), &chunk);
+        assert_eq!(doc.apply(&c), Ok(shoaldb::Applied::Applied));
+        last = c;
+    }
+    let over = insert_text(7, last.end() + 1, after(&last), &chunk);
+    let err = doc.apply(&over).unwrap_err();
+    assert!(matches!(err, shoaldb::DocError::Change(ChangeError::TooLarge(_))), "{err:?}");
+    assert_eq!(doc.version(), &after(&last), "the refused change changed nothing");
+    // Registers still take writes.
+    let set =
+        change(7, last.end() + 1, after(&last), vec![Op::Set { path: vec![Seg::Key("r".into())], value: 1.into() }]);
+    assert_eq!(doc.apply(&set), Ok(shoaldb::Applied::Applied));
+}
+
+#[test]
+fn local_edits_stay_within_what_other_devices_accept() {
+    let (_d, s) = store();
+    // An import of 600,000 elements in one write would make a change other devices refuse: refused here, typed.
+    let items: Vec<Value> = (0..600_000).map(|i| Value::from(i as i64)).collect();
+    let err = s.update("c", "x", |d| Ok(d.array_push("l", &items)?)).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    s.upsert("c", json!({"_id": "x"})).unwrap();
+    let err = s.update("c", "x", |d| Ok(d.array_push("l", &items)?)).unwrap_err();
+    assert!(matches!(err, Error::Change(ChangeError::TooLarge(_))), "{err:?}");
+    let err = s.upsert_value("c", Some("y"), Value::Map([("l".to_string(), Value::Array(items))].into())).unwrap_err();
+    assert!(matches!(err, Error::Change(ChangeError::TooLarge(_))), "{err:?}");
+    assert_eq!(s.list("c").unwrap(), vec![json!({"_id": "x"})]);
+    // Honest large writes work and replicate: 100,000 elements, a paste of 1 MiB of text, deleting it all.
+    let items: Vec<Value> = (0..100_000).map(|i| Value::from(i as i64)).collect();
+    s.update("c", "x", |d| Ok(d.array_push("l", &items)?)).unwrap();
+    let text = "héllo wörld ".repeat((1 << 20) / 14);
+    s.update("c", "x", |d| Ok(d.text_insert("t", 0, &text)?)).unwrap();
+    s.update("c", "x", |d| Ok(d.text_splice("t", 0, text.chars().count(), "short")?)).unwrap();
+    s.update("c", "x", |d| Ok(d.array_delete("l", 0, 100_000)?)).unwrap();
+    let (_d2, t) = store();
+    t.replica().apply_changes(&s.replica().changes_since(&Default::default()).unwrap()).unwrap();
+    assert_eq!(t.get("c", "x").unwrap(), s.get("c", "x").unwrap());
+    assert_eq!(t.get("c", "x").unwrap().unwrap()["t"], json!("short"));
+    // Text up to the local document bound, then no more.
+    let chunk = "z".repeat(1 << 22);
+    let mut doc = shoaldb::Document::new();
+    let mut next = 1;
+    loop {
+        let mut ed = doc.edit(PeerId(1), next, Timestamp::new(1, 0));
+        let r = ed.text_insert("t", 0, &chunk);
+        next = ed.next_counter();
+        drop(ed);
+        if r.is_err() {
+            assert!(matches!(r, Err(shoaldb::DocError::Change(ChangeError::TooLarge(_)))), "{r:?}");
+            break;
+        }
+    }
+    assert!(doc.items() <= MAX_LOCAL_DOC_ITEMS && doc.items() + (1 << 22) > MAX_LOCAL_DOC_ITEMS);
 }
