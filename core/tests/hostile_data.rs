@@ -394,3 +394,80 @@ fn local_edits_stay_within_what_other_devices_accept() {
     }
     assert!(doc.items() <= MAX_LOCAL_DOC_ITEMS && doc.items() + (1 << 22) > MAX_LOCAL_DOC_ITEMS);
 }
+
+#[test]
+fn a_document_with_a_corrupt_view_is_quarantined_and_the_rest_keeps_working_and_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = Store::open(&path).unwrap();
+    for i in 0..3 {
+        s.upsert("c", json!({"_id": format!("d{i}"), "n": i})).unwrap();
+    }
+    let (_d2, peer) = store();
+    peer.replica().apply_changes(&s.replica().changes_since(&Default::default()).unwrap()).unwrap();
+    drop(s);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(db.execute("UPDATE docs SET view = '{\"_id\": \"d1\", \"n\": [[[' WHERE id = 'd1'", []).unwrap(), 1);
+    drop(db);
+    let s = Store::open(&path).unwrap();
+    let ids: Vec<_> = s.list("c").unwrap().into_iter().map(|d| d["_id"].clone()).collect();
+    assert_eq!(ids, vec![json!("d0"), json!("d2")], "the corrupt document is skipped, the others listed");
+    assert_eq!(s.find("c", &Query::filter("n >= 0").unwrap()).unwrap().len(), 2);
+    assert_eq!(s.get("c", "d1").unwrap(), None);
+    let q = s.quarantined().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!((q[0].collection.as_str(), q[0].id.as_str()), ("c", "d1"));
+    // The store keeps writing and syncing, both ways.
+    s.upsert("c", json!({"_id": "d3", "n": 3})).unwrap();
+    peer.upsert("c", json!({"_id": "p", "n": 9})).unwrap();
+    let o = observe_count(&s);
+    peer.replica().apply_changes(&s.replica().changes_since(&peer.replica().summary().unwrap()).unwrap()).unwrap();
+    s.replica().apply_changes(&peer.replica().changes_since(&s.replica().summary().unwrap()).unwrap()).unwrap();
+    assert_eq!(s.list("c").unwrap().len(), 4);
+    assert_eq!(peer.list("c").unwrap().len(), 5);
+    assert!(o.0.len() >= 3);
+    // Writing the document again renders a good view: it leaves quarantine.
+    s.upsert("c", json!({"_id": "d1", "n": 1})).unwrap();
+    assert!(s.quarantined().unwrap().is_empty());
+    assert_eq!(s.get("c", "d1").unwrap(), peer.get("c", "d1").unwrap());
+}
+
+/// Observe the whole collection `c`: the initial result.
+fn observe_count(s: &Store) -> (Vec<serde_json::Value>, shoaldb::store::ObserverHandle) {
+    s.observe("c", Query::all(), |_| {}).unwrap()
+}
+
+#[test]
+fn a_corrupt_snapshot_is_rebuilt_from_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = Store::open(&path).unwrap();
+    s.upsert("c", json!({"_id": "d", "big": "x".repeat(4096)})).unwrap();
+    for i in 0..5 {
+        s.update("c", "d", |d| Ok(d.increment("n", i)?)).unwrap();
+    }
+    let want = s.get("c", "d").unwrap();
+    drop(s);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(db.execute("UPDATE snapshots SET state = x'01ffffffff'", []).unwrap(), 1, "a snapshot was written");
+    drop(db);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get("c", "d").unwrap(), want);
+    let doc = s.document("c", "d").unwrap().unwrap();
+    assert_eq!(doc.get("n").unwrap(), Some(json!(10)));
+    s.update("c", "d", |d| Ok(d.increment("n", 1)?)).unwrap();
+    assert_eq!(s.get("c", "d").unwrap().unwrap()["n"], json!(11));
+    assert!(s.quarantined().unwrap().is_empty());
+    // Damage the log too: now it is quarantined, and the others are not affected.
+    s.upsert("c", json!({"_id": "other"})).unwrap();
+    drop(s);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute("UPDATE snapshots SET state = x'01ffffffff'", []).unwrap();
+    db.execute("UPDATE changes SET body = x'01ff' WHERE doc = (SELECT doc FROM docs WHERE id = 'd')", []).unwrap();
+    drop(db);
+    let s = Store::open(&path).unwrap();
+    let q = s.quarantined().unwrap();
+    assert_eq!(q.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(), vec!["d"]);
+    s.upsert("c", json!({"_id": "other", "ok": true})).unwrap();
+    assert_eq!(s.list("c").unwrap().len(), 2, "its last view still reads");
+}
