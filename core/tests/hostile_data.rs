@@ -68,7 +68,12 @@ fn store() -> (tempfile::TempDir, Store) {
 /// Run `f` on a thread with a small stack: deep recursion overflows it (and aborts the test process) long before it
 /// would overflow a main thread's 8 MiB, so a pass proves the work is not recursive in the input's depth.
 fn on_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    std::thread::Builder::new().stack_size(256 << 10).spawn(f).unwrap().join().unwrap()
+    on_stack(256 << 10, f)
+}
+
+/// Run `f` on a thread with a stack of `bytes`.
+fn on_stack<R: Send + 'static>(bytes: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::Builder::new().stack_size(bytes).spawn(f).unwrap().join().unwrap()
 }
 
 fn change(peer: u64, start: u64, deps: VersionVector, ops: Vec<Op>) -> Change {
@@ -470,4 +475,43 @@ fn a_corrupt_snapshot_is_rebuilt_from_the_change_log() {
     assert_eq!(q.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(), vec!["d"]);
     s.upsert("c", json!({"_id": "other", "ok": true})).unwrap();
     assert_eq!(s.list("c").unwrap().len(), 2, "its last view still reads");
+}
+
+#[test]
+fn a_snapshot_nested_a_million_fields_deep_is_refused_without_deep_recursion() {
+    // An empty document encodes as the version byte, the root field (an empty register and four absent
+    // containers: five zero bytes), then its version vector.
+    let empty = shoaldb::Document::new().encode();
+    assert_eq!(&empty[1..6], &[0, 0, 0, 0, 0]);
+    // A field holding a map of one key `a` to a field nested `levels` deep, in postcard's encoding of `Field`.
+    let nested = |levels: usize| {
+        let mut bytes = vec![empty[0]];
+        for _ in 0..levels {
+            bytes.extend_from_slice(&[0, 1, 1, 1, b'a']); // empty register, Some(map), 1 entry, key "a"
+        }
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0]);
+        for _ in 0..levels {
+            bytes.extend_from_slice(&[0, 0, 0]); // no array, text, counter
+        }
+        bytes.extend_from_slice(&empty[6..]);
+        bytes
+    };
+    assert!(shoaldb::Document::decode(&nested(50)).is_ok(), "the construction decodes at a sane depth");
+    // Decoding a field takes several serde frames, large in a debug build: the bound (the deepest a path goes)
+    // needs more than 256 KiB there, but a fixed amount, where a million levels would need gigabytes.
+    let bytes = nested(1_000_000);
+    let r = on_stack(4 << 20, move || shoaldb::Document::decode(&bytes).map(|_| ()));
+    assert!(matches!(r, Err(ChangeError::Corrupt(_))), "{r:?}");
+}
+
+#[test]
+fn filters_nested_too_deep_are_refused_without_deep_recursion() {
+    for src in [
+        format!("{}a == 1{}", "(".repeat(30_000), ")".repeat(30_000)),
+        format!("{}a == 1", "not ".repeat(15_000)),
+        format!("a == {}1{}", "[".repeat(30_000), "]".repeat(30_000)),
+    ] {
+        let r = on_small_stack(move || shoaldb::Filter::parse(&src).map(|_| ()));
+        assert!(matches!(r, Err(shoaldb::QueryError::TooDeep { .. })), "{r:?}");
+    }
 }
