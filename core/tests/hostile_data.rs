@@ -515,3 +515,23 @@ fn filters_nested_too_deep_are_refused_without_deep_recursion() {
         assert!(matches!(r, Err(shoaldb::QueryError::TooDeep { .. })), "{r:?}");
     }
 }
+
+#[test]
+fn removing_a_large_field_again_and_again_in_one_change_is_refused() {
+    let base = with_containers();
+    let mut doc = shoaldb::Document::new();
+    doc.apply(&base).unwrap();
+    let ins = insert_text(7, base.end() + 1, after(&base), &"w".repeat(1 << 22));
+    doc.apply(&ins).unwrap();
+    let removes =
+        |n: usize| change(9, 1, after(&ins), (0..n).map(|_| Op::Remove { path: vec![Seg::Key("t".into())] }).collect());
+    // Each removal walks the 4 Mi characters (they stay as tombstones): 17 of them ask for more than the bound.
+    let n = (shoaldb::crdt::document::MAX_CLEAR_WORK / (1 << 22) + 1) as usize;
+    let err = doc.apply(&removes(n)).unwrap_err();
+    assert!(matches!(err, shoaldb::DocError::Change(ChangeError::TooLarge(_))), "{err:?}");
+    assert_eq!(doc.version(), &after(&ins), "nothing applied");
+    assert_eq!(doc.get("t").unwrap(), Some(json!("w".repeat(1 << 22))));
+    // One removal is what an honest device sends: applied.
+    assert_eq!(doc.apply(&removes(1)), Ok(shoaldb::Applied::Applied));
+    assert_eq!(doc.get("t").unwrap(), None);
+}

@@ -433,3 +433,29 @@ fn validate_op(op: &Op) -> Result<(), ChangeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::clock::PeerId;
+
+    fn key(k: &str) -> Vec<Seg> {
+        vec![Seg::Key(k.into())]
+    }
+
+    #[test]
+    fn op_costs_count_what_applying_holds() {
+        let base = OP_COST + SEG_COST + 1;
+        assert_eq!(Op::Remove { path: key("a") }.cost(), base);
+        assert_eq!(Op::Set { path: key("a"), value: Scalar::Str("xy".into()) }.cost(), base + 32 + 2);
+        let elems = Op::InsertElems { path: key("a"), origin_left: None, origin_right: None, count: 1000 };
+        assert_eq!(elems.cost(), base + 1000 * ELEM_COST);
+        let text =
+            Op::InsertText { path: key("a"), origin_left: None, origin_right: None, text: Chars::from("héllo") };
+        assert_eq!(text.cost(), base + 6);
+        let span = IdSpan { peer: PeerId(1), start: 1, len: 10 };
+        assert_eq!(Op::DeleteText { path: key("a"), spans: vec![span; 3] }.cost(), base + 3 * (SPAN_COST + 10));
+        let huge = Op::InsertElems { path: key("a"), origin_left: None, origin_right: None, count: u64::MAX };
+        assert_eq!(huge.cost(), u64::MAX, "saturates");
+    }
+}

@@ -111,21 +111,44 @@ pub const ELEM_ITEM_WEIGHT: u64 = 16;
 /// The most sequence items a local edit may bring a document to (see [`MAX_DOC_ITEMS`]).
 pub const MAX_LOCAL_DOC_ITEMS: u64 = MAX_DOC_ITEMS / 2;
 
-/// The sequence items a field holds, tombstones included, weighted as in [`MAX_DOC_ITEMS`]. Recurses as deep as
-/// the document's paths go (at most [`MAX_PATH_DEPTH`]).
-fn field_items(f: &Field) -> u64 {
+/// The most work the operations of one change that replace or remove fields (`Set`, `Make`, `Remove`) may ask
+/// for, in items of the fields they clear (as in [`MAX_DOC_ITEMS`]; plus one per map entry): clearing a field
+/// walks everything in it, tombstones included, so a change of many small removals of a large field would
+/// otherwise cost its size again and again. Four times the largest document: removing a whole document, or
+/// replacing its largest parts a few times, stays well within it. A remote change over it is refused.
+pub const MAX_CLEAR_WORK: u64 = 4 * MAX_DOC_ITEMS;
+
+/// The sequence items a field holds, tombstones included, weighted as in [`MAX_DOC_ITEMS`] (plus one per map
+/// entry when `entries`), counting no further once over `cap`. Recurses as deep as the document's paths go (at
+/// most [`MAX_PATH_DEPTH`]).
+fn field_items_capped(f: &Field, cap: u64, entries: bool) -> u64 {
     let mut n = 0u64;
     if let Some(m) = &f.map {
-        n = m.fields.values().fold(n, |acc, c| acc.saturating_add(field_items(c)));
+        for c in m.fields.values() {
+            n = n.saturating_add(u64::from(entries)).saturating_add(field_items_capped(c, cap - n.min(cap), entries));
+            if n > cap {
+                return n;
+            }
+        }
     }
     if let Some(a) = &f.array {
         n = n.saturating_add((a.total_len() as u64).saturating_mul(ELEM_ITEM_WEIGHT));
-        n = a.all_items().fold(n, |acc, c| acc.saturating_add(field_items(c)));
+        for c in a.all_items() {
+            if n > cap {
+                return n;
+            }
+            n = n.saturating_add(field_items_capped(c, cap - n.min(cap), entries));
+        }
     }
     if let Some(t) = &f.text {
         n = n.saturating_add(t.total_len() as u64);
     }
     n
+}
+
+/// The sequence items a field holds (see [`field_items_capped`]).
+fn field_items(f: &Field) -> u64 {
+    field_items_capped(f, u64::MAX, false)
 }
 
 /// The sequence items an op adds, weighted as in [`MAX_DOC_ITEMS`].
@@ -323,6 +346,7 @@ impl Document {
             other => return Ok(other),
         }
         self.check(change)?;
+        self.check_clear_work(change)?;
         let added = change.ops.iter().fold(0u64, |acc, op| acc.saturating_add(op_items(op)));
         self.check_room(added, MAX_DOC_ITEMS).inspect_err(|e| {
             log::warn!("refused change {}:{}: {e}", change.peer, change.start);
@@ -341,6 +365,34 @@ impl Document {
         self.version.raise(change.peer, change.end());
         self.added_items(added);
         Ok(Applied::Applied)
+    }
+
+    /// Refuse a change whose `Set`, `Make` and `Remove` operations would walk more than [`MAX_CLEAR_WORK`] items
+    /// of the fields they clear. Costs at most about that bound.
+    fn check_clear_work(&self, change: &Change) -> Result<(), DocError> {
+        let mut work = 0u64;
+        for op in &change.ops {
+            if !matches!(op, Op::Set { .. } | Op::Make { .. } | Op::Remove { .. }) {
+                continue;
+            }
+            let mut field = Some(&self.root);
+            for seg in op.path() {
+                field = field.and_then(|f| match seg {
+                    Seg::Key(k) => f.map.as_deref()?.get(k),
+                    Seg::Elem(id) => f.array.as_deref()?.get_by_id(*id).map(|(f, _)| f),
+                });
+            }
+            if let Some(f) = field {
+                work = work.saturating_add(1).saturating_add(field_items_capped(f, MAX_CLEAR_WORK - work, true));
+                if work > MAX_CLEAR_WORK {
+                    log::warn!("refused change {}:{}: it clears fields again and again", change.peer, change.start);
+                    return Err(DocError::Change(ChangeError::TooLarge(format!(
+                        "clearing fields would walk over {MAX_CLEAR_WORK} items"
+                    ))));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Check, without changing anything, that every operation of `change` refers only to things in its declared

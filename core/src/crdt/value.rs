@@ -537,6 +537,39 @@ mod tests {
     }
 
     #[test]
+    fn decoding_reads_what_the_derived_encoding_writes_and_bounds_depth() {
+        let t = AttachmentToken { hash: [7; 32], len: 3, meta: [("a".to_string(), "b".to_string())].into() };
+        let mut deep = Scalar::Int(1);
+        for _ in 0..MAX_VALUE_DEPTH {
+            deep = Scalar::List(vec![deep]);
+        }
+        let all = vec![
+            Scalar::Null,
+            Scalar::Bool(true),
+            Scalar::Int(-5),
+            Scalar::Float(2.5),
+            Scalar::Str("s".into()),
+            Scalar::Bytes(vec![1, 2]),
+            Scalar::Object([("k".to_string(), Scalar::List(vec![Scalar::Null]))].into()),
+            Scalar::Attachment(Box::new(t)),
+            deep.clone(),
+        ];
+        for v in &all {
+            let bytes = postcard::to_stdvec(v).unwrap();
+            assert_eq!(&postcard::from_bytes::<Scalar>(&bytes).unwrap(), v);
+            let json = serde_json::to_string(v).unwrap();
+            assert_eq!(&serde_json::from_str::<Scalar>(&json).unwrap(), v, "{json}");
+        }
+        assert!(!deep.depth_exceeds(MAX_VALUE_DEPTH) && deep.depth_exceeds(MAX_VALUE_DEPTH - 1));
+        let deeper = Scalar::Object([("x".to_string(), deep)].into());
+        assert!(deeper.depth_exceeds(MAX_VALUE_DEPTH));
+        assert!(postcard::from_bytes::<Scalar>(&postcard::to_stdvec(&deeper).unwrap()).is_err());
+        assert!(postcard::from_bytes::<Scalar>(&[9]).is_err(), "no variant 9");
+        assert_eq!(Scalar::Null.memory_cost(), 32);
+        assert_eq!(Scalar::List(vec![Scalar::Str("abc".into())]).memory_cost(), 32 + 32 + 3);
+    }
+
+    #[test]
     fn value_from_json_maps_objects_to_maps() {
         let v = Value::from_json(&serde_json::json!({"a": {"b": [1]}, "c": 2}));
         let Value::Map(m) = v else { panic!("expected a map") };
