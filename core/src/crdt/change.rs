@@ -9,7 +9,7 @@
 use super::clock::{Dot, PeerId, Timestamp, MAX_WALL_MS};
 use super::path::{is_valid_key, MAX_PATH_DEPTH};
 use super::sequence::{Chars, IdSpan, SeqContent};
-use super::value::{Kind, Scalar};
+use super::value::{Kind, Scalar, MAX_VALUE_DEPTH};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
 
@@ -17,10 +17,38 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SCALAR_BYTES: usize = 1 << 20;
 /// The most operations one change may carry.
 pub const MAX_OPS_PER_CHANGE: usize = 1 << 20;
-/// The most items (characters or elements) one insert may add.
+/// The most items (characters or elements) one insert may add: a paste of 4 MiB of text. (Elements are bounded
+/// further by [`MAX_CHANGE_COST`]: at most about 500,000 per change.)
 pub const MAX_INSERT_ITEMS: u64 = 1 << 22;
 /// The most id spans one delete may name.
 pub const MAX_DELETE_SPANS: usize = 1 << 20;
+/// The highest counter a change may use: counters are stored as SQLite `INTEGER`s (signed 64-bit), so a larger
+/// one would be stored negative and never be found or forwarded again.
+pub const MAX_COUNTER: u64 = i64::MAX as u64;
+
+/// What applying one operation costs at least, in cost units (see [`Change::cost`]): the operation itself, a
+/// register entry, a run or map entry it may create.
+pub const OP_COST: u64 = 128;
+/// What each step of an operation's path costs, besides its key's bytes: applying creates a missing map entry
+/// (a field of 96 bytes, its key, the map's node) for each.
+pub const SEG_COST: u64 = 128;
+/// What each inserted array element costs: an empty field is 96 bytes in memory, plus its share of its run, of
+/// the stored snapshot and of the rendered view (`null,`).
+pub const ELEM_COST: u64 = 128;
+/// What each id span of a delete costs: it may split two runs.
+pub const SPAN_COST: u64 = 64;
+/// What each id named by a delete costs (no memory: the work of checking and marking it).
+pub const DELETED_ID_COST: u64 = 1;
+/// The most a single change may cost (see [`Change::cost`]): about the memory, in bytes, that applying it may
+/// allocate, and a bound on the work it asks for. 64 Mi units: a 4 MiB paste of text costs 4 Mi, an import of
+/// 100,000 array elements with a small value each about 40 Mi; the worst change allowed allocates at most about
+/// 64 MiB (plus its rendered view). Checked by [`Change::validate`], so when decoding.
+pub const MAX_CHANGE_COST: u64 = 64 << 20;
+/// The most one call of [`crate::store::Replica::apply_changes`] may cost, all its changes together: the whole
+/// batch is refused before anything is applied (and the link that sent it is closed). A batch of the sync
+/// protocol holds about [`crate::sync::wire::BATCH_BYTES`] of changes plus one, so this leaves room for one change
+/// of the largest cost and many ordinary ones.
+pub const MAX_BATCH_COST: u64 = 4 * MAX_CHANGE_COST;
 /// The largest encoded change accepted from anywhere.
 pub const MAX_ENCODED_CHANGE_BYTES: usize = 64 << 20;
 /// The version byte in front of every encoded change.
@@ -117,6 +145,32 @@ impl Op {
         }
     }
 
+    /// What applying the op costs, in the units of [`Change::cost`]: [`OP_COST`], plus [`SEG_COST`] and the key's
+    /// bytes per step of its path, plus for a set the value's size in memory ([`Scalar::memory_cost`]), for a
+    /// text insert its bytes, for an element insert [`ELEM_COST`] per element, for a delete [`SPAN_COST`] per span
+    /// and [`DELETED_ID_COST`] per id. Saturating. (A value nested deeper than [`MAX_VALUE_DEPTH`] costs `u64::MAX`: it is never walked.)
+    pub fn cost(&self) -> u64 {
+        let path = self.path().iter().fold(0u64, |acc, s| {
+            let key = match s {
+                Seg::Key(k) => k.len() as u64,
+                Seg::Elem(_) => 0,
+            };
+            acc.saturating_add(SEG_COST + key)
+        });
+        let own = match self {
+            // A value nested too deep is refused anyway; its cost is not walked (that would recurse as deep).
+            Op::Set { value, .. } if value.depth_exceeds(MAX_VALUE_DEPTH) => u64::MAX,
+            Op::Set { value, .. } => value.memory_cost(),
+            Op::InsertText { text, .. } => text.as_str().len() as u64,
+            Op::InsertElems { count, .. } => count.saturating_mul(ELEM_COST),
+            Op::DeleteText { spans, .. } | Op::DeleteElems { spans, .. } => spans.iter().fold(0u64, |acc, s| {
+                acc.saturating_add(SPAN_COST).saturating_add(s.len.saturating_mul(DELETED_ID_COST))
+            }),
+            Op::Make { .. } | Op::Remove { .. } | Op::Increment { .. } => 0,
+        };
+        OP_COST.saturating_add(path).saturating_add(own)
+    }
+
     /// The field the op acts on, from the document root.
     pub(crate) fn path(&self) -> &[Seg] {
         match self {
@@ -174,6 +228,18 @@ impl Change {
         self.start.saturating_add(self.width()).saturating_sub(1)
     }
 
+    /// What applying the change costs, in units of about a byte of memory allocated (or a comparable amount of
+    /// work): the sum of its operations' [`Op::cost`]. Computed from the change alone (it is bounded when decoding,
+    /// by [`MAX_CHANGE_COST`]); a batch is bounded by [`MAX_BATCH_COST`]. Saturating.
+    ///
+    /// Measured, by counting: an inserted array element holds one empty field (96 bytes) and its share of a run;
+    /// a text insert holds its UTF-8 bytes once (the op's content is moved into the sequence, not copied); a set
+    /// holds its value (32 bytes per JSON node plus its strings' bytes) and a 56-byte register entry. Deleting
+    /// allocates nothing but run splits; its work is one id-index lookup per span and per run it covers.
+    pub fn cost(&self) -> u64 {
+        self.ops.iter().fold(0u64, |acc, op| acc.saturating_add(op.cost()))
+    }
+
     /// The dot of the first operation.
     pub fn first_dot(&self) -> Dot {
         Dot::new(self.peer, self.start)
@@ -208,11 +274,14 @@ impl Change {
         }
         let width = self.ops.iter().try_fold(0u64, |acc, op| acc.checked_add(op.width()));
         match width {
-            Some(w) if self.start.checked_add(w).is_some() => {}
+            Some(w) if self.start.checked_add(w).is_some_and(|after| after - 1 <= MAX_COUNTER) => {}
             _ => return corrupt("counter overflow"),
         }
         if !self.deps.is_well_formed() {
             return corrupt("malformed version vector");
+        }
+        if self.deps.iter().any(|(_, c)| c > MAX_COUNTER) {
+            return corrupt("counter overflow in the version vector");
         }
         if self.deps.get(self.peer) >= self.start {
             return corrupt("change depends on its own future");
@@ -223,8 +292,50 @@ impl Change {
         for op in &self.ops {
             validate_op(op)?;
         }
-        Ok(())
+        // After the ops' checks: they bound the values' depth, which `cost` walks.
+        let cost = self.cost();
+        if cost > MAX_CHANGE_COST {
+            return Err(ChangeError::TooLarge(format!("a cost of {cost} (at most {MAX_CHANGE_COST})")));
+        }
+        check_disjoint_deletes(&self.ops)
     }
+}
+
+/// The ids a change deletes must be named once: a local delete only deletes visible items, so no honest change names
+/// an id twice; a change that does asks for the same work again and again (a million spans over the same ids).
+/// Sorting costs `O(spans log spans)`, spans being bounded by [`MAX_DELETE_SPANS`] per op.
+fn check_disjoint_deletes(ops: &[Op]) -> Result<(), ChangeError> {
+    let mut spans: Vec<(super::clock::PeerId, u64, u64)> = Vec::new();
+    for op in ops {
+        if let Op::DeleteText { spans: s, .. } | Op::DeleteElems { spans: s, .. } = op {
+            spans.extend(s.iter().map(|s| (s.peer, s.start, s.start.saturating_add(s.len))));
+        }
+    }
+    if spans.len() < 2 {
+        return Ok(());
+    }
+    spans.sort_unstable();
+    if spans.windows(2).any(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2) {
+        return Err(ChangeError::Corrupt("a delete names an id twice".into()));
+    }
+    Ok(())
+}
+
+/// Refuse a batch of changes whose total [`Change::cost`] is over [`MAX_BATCH_COST`], before any of it is applied.
+pub fn check_batch_cost<'a>(changes: impl IntoIterator<Item = &'a Change>) -> Result<(), ChangeError> {
+    let mut total = 0u64;
+    for (n, c) in changes.into_iter().enumerate() {
+        total = total.saturating_add(c.cost());
+        if total > MAX_BATCH_COST {
+            log::warn!(
+                "refused a batch of changes costing over {MAX_BATCH_COST} (at change {n}, by {}:{})",
+                c.peer,
+                c.start
+            );
+            return Err(ChangeError::TooLarge(format!("a batch costing over {MAX_BATCH_COST}")));
+        }
+    }
+    Ok(())
 }
 
 /// A version byte, then the value in postcard's compact form.
@@ -266,9 +377,7 @@ fn validate_spans(spans: &[IdSpan]) -> Result<(), ChangeError> {
     if spans.is_empty() || spans.len() > MAX_DELETE_SPANS {
         return Err(ChangeError::Corrupt("bad number of delete spans".into()));
     }
-    if spans
-        .iter()
-        .any(|s| s.len == 0 || s.len > MAX_INSERT_ITEMS || s.start == 0 || s.start.checked_add(s.len).is_none())
+    if spans.iter().any(|s| s.len == 0 || s.len > MAX_INSERT_ITEMS || s.start == 0 || s.start > MAX_COUNTER - s.len + 1)
     {
         return Err(ChangeError::Corrupt("bad delete span".into()));
     }
@@ -282,6 +391,10 @@ fn validate_op(op: &Op) -> Result<(), ChangeError> {
         Op::Set { value, .. } => {
             if root {
                 return Err(ChangeError::Corrupt("a document cannot be set to a scalar".into()));
+            }
+            // First, as it bounds the recursion of the checks below.
+            if value.depth_exceeds(MAX_VALUE_DEPTH) {
+                return Err(ChangeError::TooLarge(format!("value nested deeper than {MAX_VALUE_DEPTH}")));
             }
             if !value.is_valid() {
                 return Err(ChangeError::Corrupt("non-finite number".into()));
@@ -319,4 +432,30 @@ fn validate_op(op: &Op) -> Result<(), ChangeError> {
         Op::DeleteText { spans, .. } | Op::DeleteElems { spans, .. } => validate_spans(spans)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::clock::PeerId;
+
+    fn key(k: &str) -> Vec<Seg> {
+        vec![Seg::Key(k.into())]
+    }
+
+    #[test]
+    fn op_costs_count_what_applying_holds() {
+        let base = OP_COST + SEG_COST + 1;
+        assert_eq!(Op::Remove { path: key("a") }.cost(), base);
+        assert_eq!(Op::Set { path: key("a"), value: Scalar::Str("xy".into()) }.cost(), base + 32 + 2);
+        let elems = Op::InsertElems { path: key("a"), origin_left: None, origin_right: None, count: 1000 };
+        assert_eq!(elems.cost(), base + 1000 * ELEM_COST);
+        let text =
+            Op::InsertText { path: key("a"), origin_left: None, origin_right: None, text: Chars::from("héllo") };
+        assert_eq!(text.cost(), base + 6);
+        let span = IdSpan { peer: PeerId(1), start: 1, len: 10 };
+        assert_eq!(Op::DeleteText { path: key("a"), spans: vec![span; 3] }.cost(), base + 3 * (SPAN_COST + 10));
+        let huge = Op::InsertElems { path: key("a"), origin_left: None, origin_right: None, count: u64::MAX };
+        assert_eq!(huge.cost(), u64::MAX, "saturates");
+    }
 }

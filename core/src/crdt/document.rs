@@ -5,13 +5,16 @@
 //! anything. Both paths share the same operation semantics ([`apply_op`]), so a replica that applies its own change
 //! and one that receives it end in the same state.
 
-use super::change::{Change, ChangeError, Op, Seg, MAX_SCALAR_BYTES};
+use super::change::{
+    Change, ChangeError, Op, Seg, DELETED_ID_COST, ELEM_COST, MAX_CHANGE_COST, MAX_SCALAR_BYTES, OP_COST, SEG_COST,
+    SPAN_COST,
+};
 use super::clock::{Dot, PeerId, Timestamp};
 use super::field::{Field, Shown};
 use super::path::{AsPath, Path, PathSegment, MAX_PATH_DEPTH};
 use super::register::{Content, Entry};
 use super::sequence::{Chars, IdSpan, SeqContent, SeqError, SeqInsert, Sequence};
-use super::value::{Kind, Value};
+use super::value::{Kind, Value, MAX_VALUE_DEPTH};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +92,72 @@ pub enum Applied {
 pub struct Document {
     root: Field,
     version: VersionVector,
+    /// [`Document::items`], once counted (kept up to date as changes are applied; not stored).
+    #[serde(skip)]
+    items: Option<u64>,
+}
+
+/// The most sequence items one document may hold, tombstones included (deleted items stay), each array element
+/// counting as [`ELEM_ITEM_WEIGHT`] items and each character of text as one. A change that would take a document
+/// past it is refused ([`ChangeError::TooLarge`]), so a document cannot grow without bound: 16 Mi characters of
+/// text (at most 64 MiB) or 1 Mi array elements (about 128 MiB).
+///
+/// Local edits stop at half of it ([`MAX_LOCAL_DOC_ITEMS`]), so that changes written concurrently on several
+/// devices, each within that, are accepted everywhere (which one would be refused past the bound depends on the
+/// order they arrive in).
+pub const MAX_DOC_ITEMS: u64 = 1 << 24;
+/// How many items of [`MAX_DOC_ITEMS`] an array element counts for (it holds a field of 96 bytes).
+pub const ELEM_ITEM_WEIGHT: u64 = 16;
+/// The most sequence items a local edit may bring a document to (see [`MAX_DOC_ITEMS`]).
+pub const MAX_LOCAL_DOC_ITEMS: u64 = MAX_DOC_ITEMS / 2;
+
+/// The most work the operations of one change that replace or remove fields (`Set`, `Make`, `Remove`) may ask
+/// for, in items of the fields they clear (as in [`MAX_DOC_ITEMS`]; plus one per map entry): clearing a field
+/// walks everything in it, tombstones included, so a change of many small removals of a large field would
+/// otherwise cost its size again and again. Four times the largest document: removing a whole document, or
+/// replacing its largest parts a few times, stays well within it. A remote change over it is refused.
+pub const MAX_CLEAR_WORK: u64 = 4 * MAX_DOC_ITEMS;
+
+/// The sequence items a field holds, tombstones included, weighted as in [`MAX_DOC_ITEMS`] (plus one per map
+/// entry when `entries`), counting no further once over `cap`. Recurses as deep as the document's paths go (at
+/// most [`MAX_PATH_DEPTH`]).
+fn field_items_capped(f: &Field, cap: u64, entries: bool) -> u64 {
+    let mut n = 0u64;
+    if let Some(m) = &f.map {
+        for c in m.fields.values() {
+            n = n.saturating_add(u64::from(entries)).saturating_add(field_items_capped(c, cap - n.min(cap), entries));
+            if n > cap {
+                return n;
+            }
+        }
+    }
+    if let Some(a) = &f.array {
+        n = n.saturating_add((a.total_len() as u64).saturating_mul(ELEM_ITEM_WEIGHT));
+        for c in a.all_items() {
+            if n > cap {
+                return n;
+            }
+            n = n.saturating_add(field_items_capped(c, cap - n.min(cap), entries));
+        }
+    }
+    if let Some(t) = &f.text {
+        n = n.saturating_add(t.total_len() as u64);
+    }
+    n
+}
+
+/// The sequence items a field holds (see [`field_items_capped`]).
+fn field_items(f: &Field) -> u64 {
+    field_items_capped(f, u64::MAX, false)
+}
+
+/// The sequence items an op adds, weighted as in [`MAX_DOC_ITEMS`].
+fn op_items(op: &Op) -> u64 {
+    match op {
+        Op::InsertText { text, .. } => text.len() as u64,
+        Op::InsertElems { count, .. } => count.saturating_mul(ELEM_ITEM_WEIGHT),
+        _ => 0,
+    }
 }
 
 const SNAPSHOT_FORMAT_VERSION: u8 = 1;
@@ -182,6 +251,38 @@ impl Document {
         field.conflicts().iter().map(|s| s.to_json()).collect()
     }
 
+    /// The sequence items the document holds, tombstones included, weighted as in [`MAX_DOC_ITEMS`]. Counted
+    /// once (linear in the document), then kept up to date.
+    pub fn items(&mut self) -> u64 {
+        match self.items {
+            Some(n) => n,
+            None => {
+                let n = field_items(&self.root);
+                self.items = Some(n);
+                n
+            }
+        }
+    }
+
+    /// Refuse adding `more` items when the document would then hold more than `limit`.
+    fn check_room(&mut self, more: u64, limit: u64) -> Result<(), DocError> {
+        let have = self.items();
+        if have.saturating_add(more) > limit {
+            return Err(DocError::Change(ChangeError::TooLarge(format!(
+                "the document would hold {} sequence items (at most {limit})",
+                have.saturating_add(more)
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Count items added by an op just applied.
+    fn added_items(&mut self, n: u64) {
+        if let Some(have) = &mut self.items {
+            *have = have.saturating_add(n);
+        }
+    }
+
     /// Encode the full state (for storage).
     pub fn encode(&self) -> Vec<u8> {
         super::change::encode_versioned(SNAPSHOT_FORMAT_VERSION, self)
@@ -199,7 +300,16 @@ impl Document {
     /// Start a local edit by `peer`, whose next unused counter is `next_counter`, at time `ts`.
     pub fn edit(&mut self, peer: PeerId, next_counter: u64, ts: Timestamp) -> DocEditor<'_> {
         let deps = self.version.clone();
-        DocEditor { doc: self, peer, start: next_counter.max(1), next: next_counter.max(1), ts, deps, ops: Vec::new() }
+        DocEditor {
+            doc: self,
+            peer,
+            start: next_counter.max(1),
+            next: next_counter.max(1),
+            ts,
+            deps,
+            ops: Vec::new(),
+            cost: 0,
+        }
     }
 
     /// Whether `change` can be applied now, is a duplicate, or must wait for its dependencies; and whether it is
@@ -236,6 +346,11 @@ impl Document {
             other => return Ok(other),
         }
         self.check(change)?;
+        self.check_clear_work(change)?;
+        let added = change.ops.iter().fold(0u64, |acc, op| acc.saturating_add(op_items(op)));
+        self.check_room(added, MAX_DOC_ITEMS).inspect_err(|e| {
+            log::warn!("refused change {}:{}: {e}", change.peer, change.start);
+        })?;
         let mut counter = change.start;
         let mut ctx = change.deps.clone();
         for op in &change.ops {
@@ -248,7 +363,36 @@ impl Document {
             counter += op.width();
         }
         self.version.raise(change.peer, change.end());
+        self.added_items(added);
         Ok(Applied::Applied)
+    }
+
+    /// Refuse a change whose `Set`, `Make` and `Remove` operations would walk more than [`MAX_CLEAR_WORK`] items
+    /// of the fields they clear. Costs at most about that bound.
+    fn check_clear_work(&self, change: &Change) -> Result<(), DocError> {
+        let mut work = 0u64;
+        for op in &change.ops {
+            if !matches!(op, Op::Set { .. } | Op::Make { .. } | Op::Remove { .. }) {
+                continue;
+            }
+            let mut field = Some(&self.root);
+            for seg in op.path() {
+                field = field.and_then(|f| match seg {
+                    Seg::Key(k) => f.map.as_deref()?.get(k),
+                    Seg::Elem(id) => f.array.as_deref()?.get_by_id(*id).map(|(f, _)| f),
+                });
+            }
+            if let Some(f) = field {
+                work = work.saturating_add(1).saturating_add(field_items_capped(f, MAX_CLEAR_WORK - work, true));
+                if work > MAX_CLEAR_WORK {
+                    log::warn!("refused change {}:{}: it clears fields again and again", change.peer, change.start);
+                    return Err(DocError::Change(ChangeError::TooLarge(format!(
+                        "clearing fields would walk over {MAX_CLEAR_WORK} items"
+                    ))));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Check, without changing anything, that every operation of `change` refers only to things in its declared
@@ -315,11 +459,40 @@ impl Document {
                     created.push((counter, op.width(), op));
                 }
                 Op::DeleteText { spans, .. } | Op::DeleteElems { spans, .. } => {
+                    // Span by span, never id by id: the work is one lookup per range of ids the span covers.
                     let text = matches!(op, Op::DeleteText { .. });
                     for s in spans {
-                        for c in s.start..s.start + s.len {
-                            if !known(Dot::new(s.peer, c), text) {
-                                return Err(inconsistent(change, format!("delete of unknown item {}:{c}", s.peer)));
+                        let end = s.start.saturating_add(s.len);
+                        // The part made by earlier changes: in the declared past (its last id is), and present.
+                        let old_end = if s.peer == change.peer { end.min(change.start) } else { end };
+                        if s.start < old_end {
+                            let ok = change.deps.contains(Dot::new(s.peer, old_end - 1))
+                                && match (cur, text) {
+                                    (Some(f), true) => {
+                                        f.text.as_deref().is_some_and(|t| t.contains_ids(s.peer, s.start, old_end))
+                                    }
+                                    (Some(f), false) => {
+                                        f.array.as_deref().is_some_and(|a| a.contains_ids(s.peer, s.start, old_end))
+                                    }
+                                    (None, _) => false,
+                                };
+                            if !ok {
+                                return Err(inconsistent(change, format!("delete of unknown items in {s:?}")));
+                            }
+                        }
+                        // The part this change inserted earlier on: every id in inserts into this same sequence.
+                        let mut c = s.start.max(old_end);
+                        while c < end {
+                            let i = created.partition_point(|&(s, n, _)| s + n <= c);
+                            match created.get(i) {
+                                Some(&(cs, n, op))
+                                    if cs <= c && op.path() == path && matches!(op, Op::InsertText { .. }) == text =>
+                                {
+                                    c = cs + n
+                                }
+                                _ => {
+                                    return Err(inconsistent(change, format!("delete of unknown item {}:{c}", s.peer)))
+                                }
                             }
                         }
                     }
@@ -364,6 +537,24 @@ fn local_delete<C: SeqContent>(
     seq.local_delete(pos, len).map_err(seq_err)
 }
 
+/// What deleting `len` visible items from `pos` costs (its spans and ids; see [`Op::cost`]), without changing
+/// anything. Cheap when even one span per item would be within `room`; otherwise the delete is tried on a copy of
+/// the sequence (linear in it, as a delete of that size nearly is anyway) to count its spans.
+fn delete_cost<C: SeqContent>(seq: &Sequence<C>, pos: usize, len: usize, room: u64) -> u64 {
+    let per_item = SPAN_COST + DELETED_ID_COST;
+    let worst = (len as u64).saturating_mul(per_item);
+    if worst <= room {
+        return worst;
+    }
+    let mut copy = seq.clone();
+    match copy.local_delete(pos, len) {
+        Ok(spans) => {
+            (spans.len() as u64).saturating_mul(SPAN_COST).saturating_add((len as u64).saturating_mul(DELETED_ID_COST))
+        }
+        Err(_) => worst,
+    }
+}
+
 fn seq_err(e: SeqError) -> DocError {
     DocError::InvalidValue(e.to_string())
 }
@@ -393,12 +584,13 @@ pub(crate) fn apply_op(
         Op::InsertText { origin_left, origin_right, text, .. } => {
             let ins =
                 SeqInsert { id: dot, origin_left: *origin_left, origin_right: *origin_right, content: text.clone() };
-            field.text_mut().apply_insert(&ins).map_err(seq_err)?
+            field.text_mut().apply_insert_owned(ins).map_err(seq_err)?
         }
         Op::InsertElems { origin_left, origin_right, count, .. } => {
+            // `count` is bounded by the change's cost (see `Change::cost`), checked before anything is applied.
             let content = vec![Field::default(); *count as usize];
             let ins = SeqInsert { id: dot, origin_left: *origin_left, origin_right: *origin_right, content };
-            field.array_mut().apply_insert(&ins).map_err(seq_err)?
+            field.array_mut().apply_insert_owned(ins).map_err(seq_err)?
         }
         Op::DeleteText { spans, .. } => field.text_mut().apply_delete(spans).map_err(seq_err)?,
         Op::DeleteElems { spans, .. } => field.array_mut().apply_delete(spans).map_err(seq_err)?,
@@ -416,6 +608,8 @@ pub struct DocEditor<'a> {
     ts: Timestamp,
     deps: VersionVector,
     ops: Vec<Op>,
+    /// The [`Change::cost`] of `ops`.
+    cost: u64,
 }
 
 fn path_string(path: &Path, upto: usize) -> String {
@@ -457,6 +651,8 @@ impl<'a> DocEditor<'a> {
 
     /// Record an op that has already been applied.
     fn record(&mut self, op: Op) {
+        self.cost = self.cost.saturating_add(op.cost());
+        self.doc.added_items(op_items(&op));
         let w = op.width();
         self.doc.version.raise(self.peer, self.next + w - 1);
         self.next += w;
@@ -587,6 +783,22 @@ impl<'a> DocEditor<'a> {
         }
     }
 
+    /// Refuse a call whose ops may cost `cost` and add `items` sequence items, when the change would then cost more
+    /// than [`MAX_CHANGE_COST`] (other devices would refuse it) or the document hold more than
+    /// [`MAX_LOCAL_DOC_ITEMS`]. Called before the call changes anything; the estimates are upper bounds.
+    fn budget(&mut self, path: &Path, cost: u64, items: u64) -> Result<(), DocError> {
+        // The maps a call may create on the way, and the container it may make.
+        let ways = (path.segments().len() as u64 + 2).saturating_mul(OP_COST.saturating_add(path_cost(path)));
+        let total = self.cost.saturating_add(cost).saturating_add(ways);
+        if total > MAX_CHANGE_COST {
+            return Err(DocError::Change(ChangeError::TooLarge(format!(
+                "the edits of one document in one transaction would cost {total} (at most {MAX_CHANGE_COST}): \
+                 split them into several transactions"
+            ))));
+        }
+        self.doc.check_room(items, MAX_LOCAL_DOC_ITEMS)
+    }
+
     /// Run one public call: on error, nothing of it may have been applied. Every call checks before it emits, so
     /// an op recorded by a failing call is a bug in the call; it is reported loudly rather than kept quietly.
     fn call<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, DocError>) -> Result<R, DocError> {
@@ -619,6 +831,7 @@ impl<'a> DocEditor<'a> {
 
     fn write(&mut self, path: &Path, value: Value, merge: bool) -> Result<(), DocError> {
         check_value(&value, path.segments().len())?;
+        self.budget(path, value_cost(&value, path_cost(path)), value_items(&value))?;
         if path.is_root() {
             let Value::Map(m) = value else {
                 return Err(DocError::InvalidValue("a document is a map".into()));
@@ -714,6 +927,7 @@ impl<'a> DocEditor<'a> {
     pub fn remove(&mut self, path: impl AsPath) -> Result<(), DocError> {
         let path = path.to_path()?;
         self.call(|ed| {
+            ed.budget(&path, 0, 0)?;
             if path.is_root() {
                 if ed.doc.exists() {
                     ed.emit(Op::Remove { path: Vec::new() })?;
@@ -737,6 +951,7 @@ impl<'a> DocEditor<'a> {
     pub fn increment(&mut self, path: impl AsPath, by: i64) -> Result<(), DocError> {
         let path = path.to_path()?;
         self.call(|ed| {
+            ed.budget(&path, 0, 0)?;
             let (plan, make) = ed.plan_container(&path, Kind::Counter)?;
             ed.carry_out_container(&plan, make, Kind::Counter)?;
             ed.emit(Op::Increment { path: plan.segs, by })?;
@@ -757,6 +972,7 @@ impl<'a> DocEditor<'a> {
         if s.len() > MAX_SCALAR_BYTES * 4 {
             return Err(DocError::InvalidValue("text insert too large".into()));
         }
+        self.budget(path, OP_COST.saturating_add(path_cost(path)).saturating_add(s.len() as u64), s.len() as u64)?;
         let (plan, make) = self.plan_container(path, Kind::Text)?;
         let len = match self.shown_at_plan(&plan) {
             Some(Shown::Text(t)) => t.len(),
@@ -780,10 +996,20 @@ impl<'a> DocEditor<'a> {
         if len == 0 {
             return Ok(());
         }
+        let cost = match self.shown(&segs) {
+            Some(Shown::Text(t)) => delete_cost(t, pos, len, self.room()),
+            _ => 0,
+        };
+        self.budget(path, cost, 0)?;
         let field = resolve_mut(&mut self.doc.root, &segs)?;
         let spans = local_delete(field.text_mut(), path, pos, len)?;
         self.record(Op::DeleteText { path: segs, spans });
         Ok(())
+    }
+
+    /// What is left of [`MAX_CHANGE_COST`] for this change.
+    fn room(&self) -> u64 {
+        MAX_CHANGE_COST.saturating_sub(self.cost)
     }
 
     /// Replace `len` code points at `pos` with `s`.
@@ -797,6 +1023,12 @@ impl<'a> DocEditor<'a> {
             if s.len() > MAX_SCALAR_BYTES * 4 {
                 return Err(DocError::InvalidValue("text insert too large".into()));
             }
+            let delete = match ed.plan(&path, false).ok().and_then(|p| ed.shown(&p.segs)) {
+                Some(Shown::Text(t)) => delete_cost(t, pos, len, ed.room()),
+                _ => 0,
+            };
+            let insert = (OP_COST + path_cost(&path)).saturating_add(s.len() as u64);
+            ed.budget(&path, delete.saturating_add(insert), s.len() as u64)?;
             ed.delete_text(&path, pos, len)?;
             ed.insert_text(&path, pos, s)
         })
@@ -828,6 +1060,8 @@ impl<'a> DocEditor<'a> {
         for v in items {
             check_value(v, path.segments().len() + 1)?;
         }
+        let all = Value::Array(items.to_vec());
+        self.budget(path, value_cost(&all, path_cost(path)), value_items(&all))?;
         let (plan, make) = self.plan_container(path, Kind::Array)?;
         let len = match self.shown_at_plan(&plan) {
             Some(Shown::Array(a)) => a.len(),
@@ -852,6 +1086,11 @@ impl<'a> DocEditor<'a> {
         if len == 0 {
             return Ok(());
         }
+        let cost = match self.shown(&segs) {
+            Some(Shown::Array(a)) => delete_cost(a, index, len, self.room()),
+            _ => 0,
+        };
+        self.budget(path, cost, 0)?;
         let field = resolve_mut(&mut self.doc.root, &segs)?;
         let spans = local_delete(field.array_mut(), path, index, len)?;
         self.record(Op::DeleteElems { path: segs, spans });
@@ -898,6 +1137,10 @@ fn check_value(v: &Value, depth: usize) -> Result<(), DocError> {
     }
     match v {
         Value::Register(s) => {
+            // First, as it bounds the recursion of the checks below.
+            if s.depth_exceeds(MAX_VALUE_DEPTH) {
+                return Err(DocError::InvalidValue(format!("value nested deeper than {MAX_VALUE_DEPTH}")));
+            }
             if !s.is_valid() {
                 return Err(DocError::InvalidValue("numbers must be finite".into()));
             }
@@ -927,4 +1170,46 @@ fn check_value(v: &Value, depth: usize) -> Result<(), DocError> {
         Value::Counter(_) => {}
     }
     Ok(())
+}
+
+/// What the path steps of an op cost (see [`Op::cost`]).
+fn path_cost(path: &Path) -> u64 {
+    path.segments().iter().fold(0u64, |acc, s| {
+        let key = match s {
+            PathSegment::Key(k) => k.len() as u64,
+            PathSegment::Index(_) => 0,
+        };
+        acc.saturating_add(SEG_COST + key)
+    })
+}
+
+/// At least what writing `value` costs (the ops that write it; see [`Op::cost`]), for a field whose path steps
+/// cost `pc`. Recurses as deep as the value, which was checked ([`check_value`]).
+fn value_cost(v: &Value, pc: u64) -> u64 {
+    let op = OP_COST.saturating_add(pc);
+    match v {
+        Value::Register(s) => op.saturating_add(s.memory_cost()),
+        Value::Map(m) => m
+            .iter()
+            .fold(op, |acc, (k, c)| acc.saturating_add(value_cost(c, pc.saturating_add(SEG_COST + k.len() as u64)))),
+        Value::Array(items) => items
+            .iter()
+            .fold(op.saturating_mul(2).saturating_add((items.len() as u64).saturating_mul(ELEM_COST)), |acc, c| {
+                acc.saturating_add(value_cost(c, pc.saturating_add(SEG_COST)))
+            }),
+        Value::Text(t) => op.saturating_mul(2).saturating_add(t.len() as u64),
+        Value::Counter(_) => op.saturating_mul(2),
+    }
+}
+
+/// The sequence items writing `value` adds (at most; see [`MAX_DOC_ITEMS`]).
+fn value_items(v: &Value) -> u64 {
+    match v {
+        Value::Register(_) | Value::Counter(_) => 0,
+        Value::Map(m) => m.values().fold(0u64, |acc, c| acc.saturating_add(value_items(c))),
+        Value::Array(items) => items
+            .iter()
+            .fold((items.len() as u64).saturating_mul(ELEM_ITEM_WEIGHT), |acc, c| acc.saturating_add(value_items(c))),
+        Value::Text(t) => t.len() as u64,
+    }
 }

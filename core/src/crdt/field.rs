@@ -27,13 +27,63 @@ use serde::{Deserialize, Serialize};
 pub(crate) type ArrayObj = Sequence<Vec<Field>>;
 pub(crate) type TextObj = Sequence<Chars>;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Field {
     pub reg: Register,
     pub map: Option<Box<MapObj>>,
     pub array: Option<Box<ArrayObj>>,
     pub text: Option<Box<TextObj>>,
     pub counter: Option<Box<Counter>>,
+}
+
+/// The deepest nesting of fields a decoded document may have: the root, one field per path segment, with a little
+/// room. A stored snapshot nested deeper (corrupt, or crafted) is refused while decoding, before recursing further.
+const MAX_FIELD_NESTING: usize = super::path::MAX_PATH_DEPTH + 4;
+
+thread_local! {
+    /// How many fields are being decoded, one inside the other, on this thread.
+    static DECODING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one level of fields being decoded while it lives.
+struct Nesting;
+
+impl Nesting {
+    fn enter() -> Option<Nesting> {
+        let depth = DECODING.with(|d| d.get());
+        if depth >= MAX_FIELD_NESTING {
+            return None;
+        }
+        DECODING.with(|d| d.set(depth + 1));
+        Some(Nesting)
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        DECODING.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// What `Field` encodes as (derived), decoded inside a nesting count.
+#[derive(Deserialize)]
+#[serde(rename = "Field")]
+struct FieldRepr {
+    reg: Register,
+    map: Option<Box<MapObj>>,
+    array: Option<Box<ArrayObj>>,
+    text: Option<Box<TextObj>>,
+    counter: Option<Box<Counter>>,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        let _level = Nesting::enter().ok_or_else(|| {
+            <D::Error as serde::de::Error>::custom(format!("fields nested deeper than {MAX_FIELD_NESTING}"))
+        })?;
+        let FieldRepr { reg, map, array, text, counter } = FieldRepr::deserialize(d)?;
+        Ok(Field { reg, map, array, text, counter })
+    }
 }
 
 /// What a field shows, borrowed.

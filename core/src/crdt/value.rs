@@ -4,10 +4,48 @@
 //! whole value is replaced by a write), raw bytes, or an attachment token. A [`Value`] describes a field's *type* as
 //! the app chooses it when writing: a register scalar, or a new map, array, text or counter.
 
+use super::path::MAX_PATH_DEPTH;
 use crate::util::{hex, parse_hex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// The deepest nesting of JSON arrays and objects inside one register value ([`Scalar::List`],
+/// [`Scalar::Object`]; an attachment token renders as two levels: its object and its `meta`). A plain value has
+/// depth 0, `[1]` depth 1, `[{"a": 1}]` depth 2.
+///
+/// Why this value: a document's JSON view nests the document object, one map or array per path segment (at most
+/// [`MAX_PATH_DEPTH`]) and then the register value; every view must stay readable by `serde_json`, whose parser
+/// refuses more than 128 levels. 1 + 64 + 32 = 97 leaves room to spare. The bound is enforced wherever values
+/// enter: while decoding (postcard, before recursing: see `Scalar`'s `Deserialize`), in app writes
+/// ([`Scalar::try_from_json`], [`Value::try_from_json`], and the editor's value check), and in
+/// [`crate::Change::validate`]. Every recursive function over a scalar (`approx_size`, `is_valid`, `to_json`,
+/// `clone`, `drop`) is therefore bounded by this depth once the value is checked.
+pub const MAX_VALUE_DEPTH: usize = 32;
+
+/// The deepest view: the document object, its maps and arrays along a path, and a register value.
+const _VIEWS_STAY_PARSABLE: () = assert!(1 + MAX_PATH_DEPTH + MAX_VALUE_DEPTH < 128);
+
+/// Why a value from JSON cannot be taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// JSON arrays and objects are nested deeper than allowed (the limit given: [`MAX_VALUE_DEPTH`] inside a
+    /// register, [`MAX_PATH_DEPTH`] for maps of fields).
+    #[error("value nested deeper than {0} levels")]
+    TooDeep(usize),
+}
+
+/// Whether JSON arrays and objects are nested more than `max` levels deep in `v`. Recurses at most `max + 1` levels,
+/// whatever the depth of `v`.
+fn json_deeper_than(v: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value as J;
+    let children: Box<dyn Iterator<Item = &J>> = match v {
+        J::Array(a) => Box::new(a.iter()),
+        J::Object(o) => Box::new(o.values()),
+        _ => return false,
+    };
+    max == 0 || children.into_iter().any(|c| json_deeper_than(c, max - 1))
+}
 
 /// The token of a binary attachment: the content's BLAKE3 hash, its length and app metadata. The bytes themselves
 /// live beside the document in the store, chunked and content-addressed.
@@ -54,8 +92,9 @@ impl fmt::Debug for AttachmentToken {
     }
 }
 
-/// A register's value.
-#[derive(Clone, PartialEq, Serialize, Deserialize, Debug)]
+/// A register's value. Nested at most [`MAX_VALUE_DEPTH`] deep wherever it comes from (decoding refuses deeper
+/// values before recursing into them).
+#[derive(Clone, PartialEq, Serialize, Debug)]
 pub enum Scalar {
     /// JSON `null`.
     Null,
@@ -78,9 +117,24 @@ pub enum Scalar {
 }
 
 impl Scalar {
-    /// Convert from JSON. Integers that fit `i64` stay integers; other numbers become floats.
+    /// Convert from JSON. Integers that fit `i64` stay integers; other numbers become floats. Arrays and objects
+    /// nested deeper than [`MAX_VALUE_DEPTH`] are kept as they are, and refused when written; use
+    /// [`Scalar::try_from_json`] to be told at once.
     pub fn from_json(v: &serde_json::Value) -> Scalar {
         Scalar::from_json_owned(v.clone())
+    }
+
+    /// Like [`Scalar::from_json`], refusing a value nested deeper than [`MAX_VALUE_DEPTH`].
+    pub fn try_from_json(v: &serde_json::Value) -> Result<Scalar, ValueError> {
+        Scalar::try_from_json_owned(v.clone())
+    }
+
+    /// Like [`Scalar::try_from_json`], taking the JSON value (its strings are moved, not copied).
+    pub fn try_from_json_owned(v: serde_json::Value) -> Result<Scalar, ValueError> {
+        if json_deeper_than(&v, MAX_VALUE_DEPTH) {
+            return Err(ValueError::TooDeep(MAX_VALUE_DEPTH));
+        }
+        Ok(Scalar::from_json_owned(v))
     }
 
     /// Like [`Scalar::from_json`], taking the JSON value (its strings are moved, not copied).
@@ -136,6 +190,38 @@ impl Scalar {
         walk(self, &mut budget)
     }
 
+    /// Whether arrays and objects are nested more than `max` levels deep (see [`MAX_VALUE_DEPTH`]). Recurses at
+    /// most `max + 1` levels, whatever the depth of the value, so it is safe on any value an app builds.
+    pub fn depth_exceeds(&self, max: usize) -> bool {
+        match self {
+            Scalar::List(l) => max == 0 || l.iter().any(|x| x.depth_exceeds(max - 1)),
+            Scalar::Object(o) => max == 0 || o.values().any(|x| x.depth_exceeds(max - 1)),
+            Scalar::Attachment(_) => max < 2,
+            _ => false,
+        }
+    }
+
+    /// About the bytes of memory the value holds: 32 bytes per node (`size_of::<Scalar>()`) plus its strings',
+    /// keys' and bytes' lengths (an attachment's token: its box and metadata). Counted for a change's cost (see
+    /// [`crate::Change::cost`]); saturating. Recursive: call it on values whose depth was checked ([`Scalar::depth_exceeds`]).
+    pub fn memory_cost(&self) -> u64 {
+        const NODE: u64 = std::mem::size_of::<Scalar>() as u64;
+        let own = match self {
+            Scalar::Str(s) => s.len() as u64,
+            Scalar::Bytes(b) => b.len() as u64,
+            Scalar::List(l) => l.iter().fold(0u64, |acc, x| acc.saturating_add(x.memory_cost())),
+            Scalar::Object(o) => o
+                .iter()
+                .fold(0u64, |acc, (k, x)| acc.saturating_add(k.len() as u64 + NODE).saturating_add(x.memory_cost())),
+            Scalar::Attachment(t) => {
+                std::mem::size_of::<AttachmentToken>() as u64
+                    + t.meta.iter().map(|(k, v)| (k.len() + v.len()) as u64 + 2 * NODE).sum::<u64>()
+            }
+            Scalar::Null | Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) => 0,
+        };
+        NODE.saturating_add(own)
+    }
+
     /// An approximation of the encoded size, used to enforce limits.
     pub fn approx_size(&self) -> usize {
         match self {
@@ -172,6 +258,145 @@ impl Scalar {
             Scalar::Object(_) => "json object",
             Scalar::Attachment(_) => "attachment",
         }
+    }
+}
+
+/// Decoding a scalar with the depth of the arrays and objects around it: one nested deeper than
+/// [`MAX_VALUE_DEPTH`] is refused *before* its content is decoded, so a hostile encoding nested a million deep costs
+/// neither stack nor memory. Reads what the derived `Serialize` writes (variants by index or by name).
+mod decode {
+    use super::{AttachmentToken, Scalar, MAX_VALUE_DEPTH};
+    use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    const VARIANTS: &[&str] = &["Null", "Bool", "Int", "Float", "Str", "Bytes", "List", "Object", "Attachment"];
+    /// Elements reserved ahead of decoding them (a hostile length must not allocate).
+    const MAX_PREALLOC: usize = 1024;
+
+    /// A variant of [`Scalar`], by index (`VARIANTS`).
+    struct Tag(usize);
+
+    impl<'de> de::Deserialize<'de> for Tag {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tag, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Tag;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a scalar variant")
+                }
+                fn visit_u64<E: de::Error>(self, i: u64) -> Result<Tag, E> {
+                    match usize::try_from(i) {
+                        Ok(i) if i < VARIANTS.len() => Ok(Tag(i)),
+                        _ => Err(E::invalid_value(de::Unexpected::Unsigned(i), &self)),
+                    }
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Tag, E> {
+                    VARIANTS.iter().position(|v| *v == s).map(Tag).ok_or_else(|| E::unknown_variant(s, VARIANTS))
+                }
+                fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Tag, E> {
+                    match std::str::from_utf8(b) {
+                        Ok(s) => self.visit_str(s),
+                        Err(_) => Err(E::invalid_value(de::Unexpected::Bytes(b), &self)),
+                    }
+                }
+            }
+            d.deserialize_identifier(V)
+        }
+    }
+
+    /// A scalar inside `depth` arrays and objects.
+    #[derive(Clone, Copy)]
+    pub(super) struct ScalarSeed {
+        pub depth: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for ScalarSeed {
+        type Value = Scalar;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+            d.deserialize_enum("Scalar", VARIANTS, self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ScalarSeed {
+        type Value = Scalar;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a scalar")
+        }
+        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Scalar, A::Error> {
+            let (Tag(tag), v) = data.variant::<Tag>()?;
+            if (tag == 6 || tag == 7) && self.depth >= MAX_VALUE_DEPTH {
+                return Err(de::Error::custom(format!("value nested deeper than {MAX_VALUE_DEPTH}")));
+            }
+            let inner = ScalarSeed { depth: self.depth + 1 };
+            Ok(match tag {
+                0 => {
+                    v.unit_variant()?;
+                    Scalar::Null
+                }
+                1 => Scalar::Bool(v.newtype_variant()?),
+                2 => Scalar::Int(v.newtype_variant()?),
+                3 => Scalar::Float(v.newtype_variant()?),
+                4 => Scalar::Str(v.newtype_variant()?),
+                5 => Scalar::Bytes(v.newtype_variant()?),
+                6 => Scalar::List(v.newtype_variant_seed(ListSeed(inner))?),
+                7 => Scalar::Object(v.newtype_variant_seed(ObjectSeed(inner))?),
+                _ => Scalar::Attachment(v.newtype_variant::<Box<AttachmentToken>>()?),
+            })
+        }
+    }
+
+    struct ListSeed(ScalarSeed);
+
+    impl<'de> DeserializeSeed<'de> for ListSeed {
+        type Value = Vec<Scalar>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Scalar>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ListSeed {
+        type Value = Vec<Scalar>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of scalars")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Scalar>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
+            while let Some(x) = seq.next_element_seed(self.0)? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+
+    struct ObjectSeed(ScalarSeed);
+
+    impl<'de> DeserializeSeed<'de> for ObjectSeed {
+        type Value = BTreeMap<String, Scalar>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ObjectSeed {
+        type Value = BTreeMap<String, Scalar>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of scalars")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let v = map.next_value_seed(self.0)?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        serde::de::DeserializeSeed::deserialize(decode::ScalarSeed { depth: 0 }, d)
     }
 }
 
@@ -233,6 +458,41 @@ impl Value {
         Value::from_json_owned(v.clone())
     }
 
+    /// Like [`Value::from_json`], refusing values nested deeper than a document can hold: maps of fields deeper
+    /// than [`MAX_PATH_DEPTH`], or deeper than [`MAX_VALUE_DEPTH`] inside a register. (A document's view is parsed
+    /// again on every read: see [`MAX_VALUE_DEPTH`].)
+    pub fn try_from_json(v: &serde_json::Value) -> Result<Value, ValueError> {
+        Value::try_from_json_owned(v.clone())
+    }
+
+    /// Like [`Value::try_from_json`], taking the JSON value (its strings are moved, not copied).
+    pub fn try_from_json_owned(v: serde_json::Value) -> Result<Value, ValueError> {
+        if json_deeper_than(&v, MAX_PATH_DEPTH + MAX_VALUE_DEPTH) {
+            return Err(ValueError::TooDeep(MAX_PATH_DEPTH + MAX_VALUE_DEPTH));
+        }
+        let value = Value::from_json_owned(v);
+        match value.depth_exceeds(MAX_PATH_DEPTH) {
+            Some(limit) => Err(ValueError::TooDeep(limit)),
+            None => Ok(value),
+        }
+    }
+
+    /// Whether the value nests maps and arrays of fields deeper than `max` (the limit exceeded is returned), or
+    /// a register value deeper than [`MAX_VALUE_DEPTH`]. Recurses at most `max + 1` levels.
+    pub(crate) fn depth_exceeds(&self, max: usize) -> Option<usize> {
+        let children: Box<dyn Iterator<Item = &Value>> = match self {
+            Value::Register(s) => return s.depth_exceeds(MAX_VALUE_DEPTH).then_some(MAX_VALUE_DEPTH),
+            Value::Map(m) => Box::new(m.values()),
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Text(_) | Value::Counter(_) => return None,
+        };
+        let mut children = children.into_iter();
+        if max == 0 {
+            return children.next().map(|_| MAX_PATH_DEPTH);
+        }
+        children.find_map(|c| c.depth_exceeds(max - 1))
+    }
+
     /// Like [`Value::from_json`], taking the JSON value (its strings are moved, not copied).
     pub fn from_json_owned(v: serde_json::Value) -> Value {
         match v {
@@ -274,6 +534,39 @@ mod tests {
         assert!(s.is_valid());
         assert_eq!(s.to_json(), j);
         assert!(!Scalar::Float(f64::NAN).is_valid());
+    }
+
+    #[test]
+    fn decoding_reads_what_the_derived_encoding_writes_and_bounds_depth() {
+        let t = AttachmentToken { hash: [7; 32], len: 3, meta: [("a".to_string(), "b".to_string())].into() };
+        let mut deep = Scalar::Int(1);
+        for _ in 0..MAX_VALUE_DEPTH {
+            deep = Scalar::List(vec![deep]);
+        }
+        let all = vec![
+            Scalar::Null,
+            Scalar::Bool(true),
+            Scalar::Int(-5),
+            Scalar::Float(2.5),
+            Scalar::Str("s".into()),
+            Scalar::Bytes(vec![1, 2]),
+            Scalar::Object([("k".to_string(), Scalar::List(vec![Scalar::Null]))].into()),
+            Scalar::Attachment(Box::new(t)),
+            deep.clone(),
+        ];
+        for v in &all {
+            let bytes = postcard::to_stdvec(v).unwrap();
+            assert_eq!(&postcard::from_bytes::<Scalar>(&bytes).unwrap(), v);
+            let json = serde_json::to_string(v).unwrap();
+            assert_eq!(&serde_json::from_str::<Scalar>(&json).unwrap(), v, "{json}");
+        }
+        assert!(!deep.depth_exceeds(MAX_VALUE_DEPTH) && deep.depth_exceeds(MAX_VALUE_DEPTH - 1));
+        let deeper = Scalar::Object([("x".to_string(), deep)].into());
+        assert!(deeper.depth_exceeds(MAX_VALUE_DEPTH));
+        assert!(postcard::from_bytes::<Scalar>(&postcard::to_stdvec(&deeper).unwrap()).is_err());
+        assert!(postcard::from_bytes::<Scalar>(&[9]).is_err(), "no variant 9");
+        assert_eq!(Scalar::Null.memory_cost(), 32);
+        assert_eq!(Scalar::List(vec![Scalar::Str("abc".into())]).memory_cost(), 32 + 32 + 3);
     }
 
     #[test]

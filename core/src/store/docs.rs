@@ -185,13 +185,19 @@ pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Opti
         .prepare_cached("SELECT state FROM snapshots WHERE doc = ?1")?
         .query_row(params![row], |r| r.get(0))
         .optional()?;
-    let (mut doc, snapshot_bytes) = match state {
-        Some(state) => (Document::decode(&state).map_err(|e| corrupt(&e))?, state.len() as u64),
-        None => (Document::new(), 0),
+    // A snapshot that does not decode is only a cache of the document's changes, all kept in the log: the
+    // document is rebuilt from them (and its next save writes a good snapshot).
+    let (mut doc, snapshot_bytes, from_seq) = match state.map(|s| (Document::decode(&s), s.len() as u64)) {
+        Some((Ok(doc), len)) => (doc, len, snap_seq),
+        Some((Err(e), _)) => {
+            log::warn!("{collection}/{id}: stored snapshot does not decode ({e}); rebuilding it from the change log");
+            (Document::new(), 0, 0)
+        }
+        None => (Document::new(), 0, snap_seq),
     };
     let mut tail_bytes = 0u64;
     let mut stmt = conn.prepare_cached("SELECT body FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
-    let mut rows = stmt.query(params![row, snap_seq])?;
+    let mut rows = stmt.query(params![row, from_seq])?;
     while let Some(r) = rows.next()? {
         let body = r.get_ref(0)?.as_blob().map_err(|e| corrupt(&e))?;
         tail_bytes += body.len() as u64;
@@ -212,6 +218,41 @@ pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Opti
         }
     }
     Ok(Some(CachedDoc { doc, snapshot_bytes, tail_bytes, row: Some(row), parts }))
+}
+
+/// A document the store cannot read (see [`crate::Store::quarantined`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id.
+    pub id: String,
+    /// What does not decode.
+    pub reason: String,
+}
+
+/// Every document whose stored view, or whose CRDT state (snapshot and change log together), cannot be read.
+/// Linear in the store: a diagnostic, not a query.
+pub(crate) fn quarantined(conn: &Connection) -> Result<Vec<Quarantined>> {
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare("SELECT doc, collection, id, view, parts FROM docs ORDER BY collection, id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (doc, collection, id): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let view = match r.get_ref(3)? {
+            rusqlite::types::ValueRef::Null => Ok(()),
+            v => v
+                .as_str()
+                .map_err(|e| Error::Corrupt(e.to_string()))
+                .and_then(|text| read_view(conn, doc, text, r.get(4)?).map(|_| ())),
+        };
+        let reason = match view.and_then(|()| load(conn, &collection, &id).map(|_| ())) {
+            Ok(()) => continue,
+            Err(e) => e.to_string(),
+        };
+        out.push(Quarantined { collection, id, reason });
+    }
+    Ok(out)
 }
 
 /// The document as JSON with its `_id`, or `None` if it does not exist.

@@ -154,7 +154,15 @@ impl Inner {
         let row: Option<(i64, Option<String>, i64)> =
             self.conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
         match row {
-            Some((doc, Some(text), parts)) => docs::read_view(&self.conn, doc, &text, parts).map(Some),
+            Some((doc, Some(text), parts)) => match docs::read_view(&self.conn, doc, &text, parts) {
+                Ok(view) => Ok(Some(view)),
+                // Quarantined: read as absent, so one corrupt row breaks neither reads nor sync.
+                Err(Error::Corrupt(e)) => {
+                    log::warn!("document {doc} quarantined: {e}");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
             _ => Ok(None),
         }
     }
@@ -168,8 +176,16 @@ impl Inner {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let id: String = r.get(1)?;
-            let text = r.get_ref(2)?.as_str().map_err(|e| Error::Corrupt(format!("stored view of {id}: {e}")))?;
-            let view = docs::read_view(&self.conn, r.get(0)?, text, r.get(3)?)?;
+            let text = r.get_ref(2)?.as_str().map_err(|e| Error::Corrupt(format!("stored view of {id}: {e}")));
+            let view = match text.and_then(|text| docs::read_view(&self.conn, r.get(0)?, text, r.get(3)?)) {
+                Ok(view) => view,
+                // Quarantined (see `Store::quarantined`): skipped, so one corrupt row does not fail the collection.
+                Err(Error::Corrupt(e)) => {
+                    log::warn!("{collection}/{id} quarantined, skipped: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if query.matches(&view)? {
                 out.push((id, view));
             }

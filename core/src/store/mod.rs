@@ -19,6 +19,7 @@ mod txn;
 
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
+pub use docs::Quarantined;
 pub use observe::{Callback, ChangeEvent};
 pub use replica::{Replica, StoreReplica};
 pub use replicate::{ApplyReport, DocChange, RangeSet, Summary};
@@ -446,6 +447,14 @@ impl Store {
         check_collection(collection)?;
         let inner = self.lock();
         Ok(inner.query(collection, query)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// The documents this store cannot read: a stored view that does not parse, or a CRDT state that cannot be
+    /// rebuilt (a snapshot that does not decode is rebuilt from the change log, so it is listed only when the log
+    /// is damaged too). They are quarantined: reads, queries and observers skip them (`get` gives `None`) with a
+    /// warning in the log, and the rest of the store keeps working and syncing. Linear in the store.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        docs::quarantined(&self.lock().conn)
     }
 
     /// Run SQLite's integrity check on the database file: `Ok` when it reports `ok`.

@@ -110,6 +110,7 @@ impl Replica for StoreReplica {
     }
 
     fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport> {
+        crate::crdt::change::check_batch_cost(changes.iter().map(|dc| &dc.change))?;
         let ((), report) = self.store.transact(|txn| {
             for dc in changes {
                 txn.apply_remote(dc)?;

@@ -150,6 +150,12 @@ impl<C: SeqContent> Sequence<C> {
 
     /// Applies an insert made by another replica. Its origins must exist. On error nothing changes.
     pub fn apply_insert(&mut self, op: &SeqInsert<C>) -> Result<(), SeqError> {
+        self.apply_insert_owned(op.clone())
+    }
+
+    /// [`Sequence::apply_insert`], moving the content into the sequence rather than copying it (a large insert is
+    /// then held once, not twice, while it is applied).
+    pub fn apply_insert_owned(&mut self, op: SeqInsert<C>) -> Result<(), SeqError> {
         let n = op.content.len();
         if n == 0 {
             return Err(SeqError::EmptyContent);
@@ -177,7 +183,7 @@ impl<C: SeqContent> Sequence<C> {
             left: op.origin_left.into(),
             right: op.origin_right.into(),
             deleted: false,
-            content: op.content.clone(),
+            content: op.content,
         };
         self.insert_run(k, j, o, run);
         Ok(())

@@ -50,6 +50,11 @@ impl<T: Clone + fmt::Debug> Sequence<Vec<T>> {
         Some((r.content.get_mut(loc.o)?, loc.deleted))
     }
 
+    /// Every item in order, tombstones included.
+    pub fn all_items(&self) -> impl Iterator<Item = &T> + '_ {
+        self.all_runs().flat_map(|r| r.content.iter())
+    }
+
     /// Calls `f(id, item, deleted)` for every item in order, tombstones included.
     pub fn for_each_mut(&mut self, mut f: impl FnMut(Dot, &mut T, bool)) {
         for &l in &self.order {

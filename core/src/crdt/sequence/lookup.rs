@@ -102,6 +102,12 @@ impl<C: SeqContent> Sequence<C> {
         self.ids.find(id).is_some()
     }
 
+    /// Whether every id `peer:start..end` is in the sequence (deleted or not). Costs one lookup per range of the
+    /// id index the span covers, never one per id.
+    pub fn contains_ids(&self, peer: crate::crdt::clock::PeerId, start: u64, end: u64) -> bool {
+        start >= end || self.ids.first_missing(peer, start, end).is_none()
+    }
+
     /// Id of the visible item `pos`.
     pub fn id_at(&self, pos: usize) -> Option<Dot> {
         let (k, j, o) = self.find_visible(pos)?;
