@@ -6,6 +6,7 @@
 use crate::crdt::change::MAX_ENCODED_CHANGE_BYTES;
 use crate::store::Summary;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The protocol version this build speaks. A message with another version byte is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -19,8 +20,17 @@ pub const BATCH_BYTES: usize = 48 << 10;
 /// Attachment bytes travel in chunks of this size.
 pub const ATTACHMENT_CHUNK: usize = 32 << 10;
 
-const MAX_SUBSCRIPTIONS: usize = 1024;
-const MAX_FILTER_BYTES: usize = 4096;
+/// The most subscriptions one [`Message::Interest`] may carry. A device asking its neighbour for more than this
+/// (its own and those it carries for others) merges them first ([`bounded_interest`]).
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// The longest filter of one subscription, in bytes.
+pub const MAX_FILTER_BYTES: usize = 4096;
+/// The most filtered subscriptions of one collection in one [`Message::Interest`]: every document of the collection
+/// is checked against each of them (when it changes, and again when the interest changes), so this bounds the work
+/// one document costs. More are merged into the whole collection ([`bounded_interest`]).
+pub const MAX_FILTERS_PER_COLLECTION: usize = 16;
+/// The most bytes of filters of one collection in one [`Message::Interest`] (see [`MAX_FILTERS_PER_COLLECTION`]).
+pub const MAX_FILTER_BYTES_PER_COLLECTION: usize = 16 << 10;
 const MAX_NAME_BYTES: usize = 256;
 const MAX_PRESENCE_LINKS: usize = 1024;
 
@@ -66,6 +76,9 @@ impl Subscription {
     }
 
     fn validate(&self) -> Result<(), WireError> {
+        if self.collection.is_none() && self.filter.is_some() {
+            return Err(WireError::Invalid("a filter without a collection".into()));
+        }
         if let Some(c) = &self.collection {
             crate::store::check_collection(c).map_err(|e| WireError::Invalid(e.to_string()))?;
         }
@@ -77,6 +90,74 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// Subscriptions in the form sent to a neighbour: sorted, without duplicates, `*` absorbing everything and a whole
+/// collection absorbing its filters — and within the bounds a neighbour accepts, by widening rather than dropping
+/// (a device may then receive more than it asked for, never less):
+///
+/// 1. a collection with more than [`MAX_FILTERS_PER_COLLECTION`] filters, or more than
+///    [`MAX_FILTER_BYTES_PER_COLLECTION`] bytes of them, is asked for whole;
+/// 2. while there are more than [`MAX_SUBSCRIPTIONS`], the collection with the most filters is asked for whole;
+/// 3. if still more (that many collections), everything is asked for (`*`).
+///
+/// A relay asks its neighbours for its own subscriptions plus every other neighbour's: however many those are, its
+/// message never is one the neighbours must refuse.
+pub fn bounded_interest(subs: Vec<Subscription>) -> Vec<Subscription> {
+    let set: BTreeSet<Subscription> = subs.into_iter().collect();
+    if set.contains(&Subscription::everything()) {
+        return vec![Subscription::everything()];
+    }
+    // Per collection: `None` when wanted whole, else its filters.
+    let mut by_collection: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
+    for s in set {
+        let Some(c) = s.collection else { continue };
+        let entry = by_collection.entry(c).or_insert_with(|| Some(Vec::new()));
+        match (s.filter, entry.as_mut()) {
+            (None, _) => *entry = None,
+            (Some(f), Some(filters)) => filters.push(f),
+            (Some(_), None) => {}
+        }
+    }
+    for filters in by_collection.values_mut() {
+        let too_many = filters.as_ref().is_some_and(|f| {
+            f.len() > MAX_FILTERS_PER_COLLECTION
+                || f.iter().map(String::len).sum::<usize>() > MAX_FILTER_BYTES_PER_COLLECTION
+        });
+        if too_many {
+            *filters = None;
+        }
+    }
+    let count = |m: &BTreeMap<String, Option<Vec<String>>>| -> usize {
+        m.values().map(|f| f.as_ref().map_or(1, Vec::len)).sum()
+    };
+    let mut total = count(&by_collection);
+    if total > MAX_SUBSCRIPTIONS {
+        // The collections with the most filters first (then by name, so every device decides alike).
+        let mut order: Vec<(usize, String)> = by_collection
+            .iter()
+            .filter_map(|(c, f)| f.as_ref().filter(|f| f.len() > 1).map(|f| (f.len(), c.clone())))
+            .collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (n, c) in order {
+            if total <= MAX_SUBSCRIPTIONS {
+                break;
+            }
+            by_collection.insert(c, None);
+            total -= n - 1;
+        }
+    }
+    if total > MAX_SUBSCRIPTIONS {
+        return vec![Subscription::everything()];
+    }
+    let mut out = Vec::with_capacity(total);
+    for (c, filters) in by_collection {
+        match filters {
+            None => out.push(Subscription::collection(&c)),
+            Some(filters) => out.extend(filters.iter().map(|f| Subscription::filtered(&c, f))),
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for Subscription {
@@ -259,6 +340,18 @@ impl Message {
             Message::Interest { subscriptions } => {
                 if subscriptions.len() > MAX_SUBSCRIPTIONS {
                     return invalid(format!("{} subscriptions", subscriptions.len()));
+                }
+                // Sizes first (cheap), then the filters are parsed.
+                let mut per_collection: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+                for s in subscriptions {
+                    if let (Some(c), Some(f)) = (&s.collection, &s.filter) {
+                        let (n, bytes) = per_collection.entry(c).or_default();
+                        *n += 1;
+                        *bytes += f.len();
+                        if *n > MAX_FILTERS_PER_COLLECTION || *bytes > MAX_FILTER_BYTES_PER_COLLECTION {
+                            return invalid(format!("too many filters for collection {c:?}"));
+                        }
+                    }
                 }
                 subscriptions.iter().try_for_each(Subscription::validate)
             }
