@@ -472,3 +472,21 @@ fn presence_records_expire_and_are_bounded() {
     assert!(net.is_up(m));
     assert_eq!(net.engines[0].presence_records(), before, "the ghosts did not expire (the neighbour's record stays)");
 }
+
+/// An attachment server cannot make the fetching device store more than the token's length: a `total` other than
+/// the token's closes its link before a byte is stored.
+#[test]
+fn an_attachment_server_cannot_claim_another_length() {
+    let mut net = Net::new(vec![vec![Subscription::everything()], vec![]]);
+    let w = net.connect(0, 1);
+    net.settle();
+    let hash = [9u8; 32];
+    let len = 1000;
+    net.engines[0].fetch_attachment(hash, len).expect("fetch");
+    // The first request of the victim's engine is number 1; the attacker answers it at once with a larger total.
+    let chunk = Message::AttachmentChunk { request: 1, offset: 0, total: 1 << 40, data: vec![1; 100_000] };
+    net.send_raw(w, 1, &chunk.encode());
+    net.deliver(w, 1);
+    assert!(net.engines[0].is_closed(net.link(w, 0)), "a chunk claiming another length was taken");
+    assert_eq!(net.stores[0].replica().attachment_received(&hash).unwrap(), 0, "bytes were stored");
+}

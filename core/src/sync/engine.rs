@@ -322,12 +322,15 @@ impl Engine {
         }
     }
 
-    /// Fetch the bytes of the attachment `hash` from the connected devices (directly or through them). Progress
-    /// and the outcome come as [`EngineEvent::Fetch`]; when the store has the bytes already, `Done` comes at once.
-    pub fn fetch_attachment(&mut self, hash: [u8; 32]) -> Result<FetchId, SyncError> {
+    /// Fetch the bytes of the attachment `hash`, `len` bytes long (both from its
+    /// [`AttachmentToken`](crate::AttachmentToken)), from the connected devices (directly or through them). A
+    /// device that says the attachment has another length is not believed (its link is closed and the next one
+    /// asked): no more than `len` bytes are ever stored for it. Progress and the outcome come as
+    /// [`EngineEvent::Fetch`]; when the store has the bytes already, `Done` comes at once.
+    pub fn fetch_attachment(&mut self, hash: [u8; 32], len: u64) -> Result<FetchId, SyncError> {
         let links = self.synced_links();
         let mut out = Vec::new();
-        let id = self.attachments.fetch(&*self.replica, hash, &links, &mut out)?;
+        let id = self.attachments.fetch(&*self.replica, hash, len, &links, &mut out)?;
         self.send_all(out);
         Ok(id)
     }
