@@ -28,7 +28,9 @@
 use super::attachments::{Attachments, FetchEvent, FetchId};
 use super::link::LinkCodec;
 use super::session::{Session, SessionStats};
-use super::wire::{bounded_interest, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES};
+use super::wire::{
+    bounded_interest, bounded_interest_of, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES,
+};
 use super::SyncError;
 use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::Replica;
@@ -542,23 +544,48 @@ impl Engine {
 
     /// What we ask of `link`'s peer: our subscriptions plus those of every other neighbour.
     fn interest_for(&self, link: LinkId) -> Vec<Subscription> {
-        let mut all: BTreeSet<Subscription> = self.own_subscriptions.iter().cloned().collect();
-        let peer = self.links.get(&link).and_then(|s| s.device);
-        for (id, slot) in &self.links {
-            // Not what the peer itself asked for over another link (we would fetch its own wishes from it).
-            if *id != link && (peer.is_none() || slot.device != peer) {
-                if let Some(s) = &slot.session {
-                    all.extend(s.peer_subscriptions());
-                }
+        self.interests_for(std::iter::once(link)).pop().map(|(_, i)| i).unwrap_or_default()
+    }
+
+    /// What we ask of each of `links`' peers: our subscriptions plus those of every other neighbouring device (not
+    /// what the peer itself asked for over another link: we would fetch its own wishes from it). Each neighbour's
+    /// subscriptions are gathered once and only what is sent is copied, so a new interest costs about
+    /// `links × neighbours' subscriptions` comparisons — each bounded ([`MAX_SUBSCRIPTIONS`](super::wire::MAX_SUBSCRIPTIONS)
+    /// and [`MAX_INTEREST_FILTER_BYTES`](super::wire::MAX_INTEREST_FILTER_BYTES) per neighbour).
+    fn interests_for(&self, links: impl Iterator<Item = LinkId>) -> Vec<(LinkId, Vec<Subscription>)> {
+        let mut by_device: BTreeMap<DeviceKey, BTreeSet<&Subscription>> = BTreeMap::new();
+        for slot in self.links.values() {
+            if let (Some(d), Some(s)) = (slot.device, &slot.session) {
+                by_device.entry(d).or_default().extend(s.peer_subscriptions());
             }
         }
-        bounded_interest(all.into_iter().collect())
+        // How many neighbouring devices want each subscription.
+        let mut wanted_by: BTreeMap<&Subscription, usize> = BTreeMap::new();
+        for subs in by_device.values() {
+            for s in subs {
+                *wanted_by.entry(s).or_default() += 1;
+            }
+        }
+        links
+            .map(|link| {
+                let peer = self.links.get(&link).and_then(|s| s.device).and_then(|d| by_device.get(&d));
+                let others = wanted_by
+                    .iter()
+                    .filter(|(s, n)| **n > usize::from(peer.is_some_and(|p| p.contains(**s))))
+                    .map(|(s, _)| *s);
+                (link, bounded_interest_of(self.own_subscriptions.iter().chain(others)))
+            })
+            .collect()
     }
 
     fn refresh_interests(&mut self, except: Option<LinkId>) {
-        let ids: Vec<LinkId> = self.links.keys().copied().filter(|id| Some(*id) != except).collect();
-        for id in ids {
-            let interest = self.interest_for(id);
+        let ids: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(id, s)| Some(**id) != except && s.session.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for (id, interest) in self.interests_for(ids.into_iter()) {
             if let Some(s) = self.links.get_mut(&id).and_then(|s| s.session.as_mut()) {
                 s.set_interest(interest);
             }

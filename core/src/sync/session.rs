@@ -265,8 +265,8 @@ impl Session {
     }
 
     /// The subscriptions the peer declared.
-    pub fn peer_subscriptions(&self) -> Vec<Subscription> {
-        self.peer_interest.subs.clone()
+    pub fn peer_subscriptions(&self) -> &[Subscription] {
+        &self.peer_interest.subs
     }
 
     /// Handle one message from the peer. The work is bounded by the message's size and the store's summary; what

@@ -31,6 +31,9 @@ pub const MAX_FILTER_BYTES: usize = 4096;
 pub const MAX_FILTERS_PER_COLLECTION: usize = 16;
 /// The most bytes of filters of one collection in one [`Message::Interest`] (see [`MAX_FILTERS_PER_COLLECTION`]).
 pub const MAX_FILTER_BYTES_PER_COLLECTION: usize = 16 << 10;
+/// The most bytes of filters in one [`Message::Interest`], all collections together: a relay combines the
+/// interests of all its neighbours for each of them, so this bounds that work and the memory interests take.
+pub const MAX_INTEREST_FILTER_BYTES: usize = 64 << 10;
 const MAX_NAME_BYTES: usize = 256;
 const MAX_PRESENCE_LINKS: usize = 1024;
 
@@ -98,53 +101,60 @@ impl Subscription {
 ///
 /// 1. a collection with more than [`MAX_FILTERS_PER_COLLECTION`] filters, or more than
 ///    [`MAX_FILTER_BYTES_PER_COLLECTION`] bytes of them, is asked for whole;
-/// 2. while there are more than [`MAX_SUBSCRIPTIONS`], the collection with the most filters is asked for whole;
+/// 2. while there are more than [`MAX_SUBSCRIPTIONS`], or more than [`MAX_INTEREST_FILTER_BYTES`] of filters, the
+///    collection with the most filters (then the most bytes of them) is asked for whole;
 /// 3. if still more (that many collections), everything is asked for (`*`).
 ///
 /// A relay asks its neighbours for its own subscriptions plus every other neighbour's: however many those are, its
 /// message never is one the neighbours must refuse.
 pub fn bounded_interest(subs: Vec<Subscription>) -> Vec<Subscription> {
-    let set: BTreeSet<Subscription> = subs.into_iter().collect();
-    if set.contains(&Subscription::everything()) {
-        return vec![Subscription::everything()];
-    }
+    bounded_interest_of(subs.iter())
+}
+
+/// [`bounded_interest`] of borrowed subscriptions: only what is kept is copied.
+pub(crate) fn bounded_interest_of<'a>(subs: impl Iterator<Item = &'a Subscription>) -> Vec<Subscription> {
     // Per collection: `None` when wanted whole, else its filters.
-    let mut by_collection: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
-    for s in set {
-        let Some(c) = s.collection else { continue };
-        let entry = by_collection.entry(c).or_insert_with(|| Some(Vec::new()));
-        match (s.filter, entry.as_mut()) {
+    let mut by_collection: BTreeMap<&str, Option<BTreeSet<&str>>> = BTreeMap::new();
+    for s in subs {
+        let Some(c) = s.collection.as_deref() else {
+            if s.filter.is_none() {
+                return vec![Subscription::everything()];
+            }
+            continue;
+        };
+        let entry = by_collection.entry(c).or_insert_with(|| Some(BTreeSet::new()));
+        match (s.filter.as_deref(), entry.as_mut()) {
             (None, _) => *entry = None,
-            (Some(f), Some(filters)) => filters.push(f),
+            (Some(f), Some(filters)) => {
+                filters.insert(f);
+            }
             (Some(_), None) => {}
         }
     }
+    let bytes_of = |f: &BTreeSet<&str>| f.iter().map(|f| f.len()).sum::<usize>();
     for filters in by_collection.values_mut() {
-        let too_many = filters.as_ref().is_some_and(|f| {
-            f.len() > MAX_FILTERS_PER_COLLECTION
-                || f.iter().map(String::len).sum::<usize>() > MAX_FILTER_BYTES_PER_COLLECTION
-        });
+        let too_many = filters
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_FILTERS_PER_COLLECTION || bytes_of(f) > MAX_FILTER_BYTES_PER_COLLECTION);
         if too_many {
             *filters = None;
         }
     }
-    let count = |m: &BTreeMap<String, Option<Vec<String>>>| -> usize {
-        m.values().map(|f| f.as_ref().map_or(1, Vec::len)).sum()
-    };
-    let mut total = count(&by_collection);
-    if total > MAX_SUBSCRIPTIONS {
-        // The collections with the most filters first (then by name, so every device decides alike).
-        let mut order: Vec<(usize, String)> = by_collection
-            .iter()
-            .filter_map(|(c, f)| f.as_ref().filter(|f| f.len() > 1).map(|f| (f.len(), c.clone())))
-            .collect();
-        order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        for (n, c) in order {
-            if total <= MAX_SUBSCRIPTIONS {
+    let mut total: usize = by_collection.values().map(|f| f.as_ref().map_or(1, BTreeSet::len)).sum();
+    let mut filter_bytes: usize = by_collection.values().flatten().map(bytes_of).sum();
+    if total > MAX_SUBSCRIPTIONS || filter_bytes > MAX_INTEREST_FILTER_BYTES {
+        // The collections with the most filters first, then the most bytes of them (then by name, so every device
+        // decides alike).
+        let mut order: Vec<(usize, usize, &str)> =
+            by_collection.iter().filter_map(|(c, f)| f.as_ref().map(|f| (f.len(), bytes_of(f), *c))).collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then_with(|| a.2.cmp(b.2)));
+        for (n, bytes, c) in order {
+            if total <= MAX_SUBSCRIPTIONS && filter_bytes <= MAX_INTEREST_FILTER_BYTES {
                 break;
             }
             by_collection.insert(c, None);
-            total -= n - 1;
+            total -= n.saturating_sub(1);
+            filter_bytes -= bytes;
         }
     }
     if total > MAX_SUBSCRIPTIONS {
@@ -153,8 +163,8 @@ pub fn bounded_interest(subs: Vec<Subscription>) -> Vec<Subscription> {
     let mut out = Vec::with_capacity(total);
     for (c, filters) in by_collection {
         match filters {
-            None => out.push(Subscription::collection(&c)),
-            Some(filters) => out.extend(filters.iter().map(|f| Subscription::filtered(&c, f))),
+            None => out.push(Subscription::collection(c)),
+            Some(filters) => out.extend(filters.iter().map(|f| Subscription::filtered(c, f))),
         }
     }
     out
@@ -343,8 +353,13 @@ impl Message {
                 }
                 // Sizes first (cheap), then the filters are parsed.
                 let mut per_collection: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+                let mut filter_bytes = 0usize;
                 for s in subscriptions {
                     if let (Some(c), Some(f)) = (&s.collection, &s.filter) {
+                        filter_bytes += f.len();
+                        if filter_bytes > MAX_INTEREST_FILTER_BYTES {
+                            return invalid(format!("over {MAX_INTEREST_FILTER_BYTES} bytes of filters"));
+                        }
                         let (n, bytes) = per_collection.entry(c).or_default();
                         *n += 1;
                         *bytes += f.len();
@@ -422,6 +437,37 @@ mod tests {
         );
         assert!(Subscription::parse("tasks:done ==").is_err());
         assert!(Subscription::parse("").is_err());
+    }
+
+    /// Whatever a relay gathers, what it sends is an interest its neighbours accept, wanting at least as much.
+    #[test]
+    fn bounded_interest_is_always_accepted() {
+        let long = |i: usize| format!("n == {i} || title == \"{}\"", "x".repeat(1000));
+        let cases: Vec<Vec<Subscription>> = vec![
+            (0..3000).map(|i| Subscription::collection(&format!("c{i}"))).collect(),
+            (0..3000).map(|i| Subscription::filtered("t", &format!("n == {i}"))).collect(),
+            (0..2000).map(|i| Subscription::filtered(&format!("c{}", i % 500), &format!("n == {i}"))).collect(),
+            (0..200).map(|i| Subscription::filtered(&format!("c{}", i % 100), &long(i))).collect(),
+            vec![Subscription::filtered("t", "n == 1"), Subscription::collection("t")],
+        ];
+        for subs in cases {
+            let bounded = bounded_interest(subs.clone());
+            let msg = Message::Interest { subscriptions: bounded.clone() };
+            assert!(Message::decode(&msg.encode()).is_ok(), "{} subscriptions refused", bounded.len());
+            let wanted = |c: &str, f: Option<&str>| {
+                bounded.iter().any(|b| {
+                    b.collection.is_none()
+                        || (b.collection.as_deref() == Some(c) && (b.filter.is_none() || b.filter.as_deref() == f))
+                })
+            };
+            for s in &subs {
+                assert!(wanted(s.collection.as_deref().unwrap_or("*"), s.filter.as_deref()), "{s} was dropped");
+            }
+        }
+        assert_eq!(
+            bounded_interest(vec![Subscription::filtered("t", "n == 1"), Subscription::collection("t")]),
+            vec![Subscription::collection("t")]
+        );
     }
 
     proptest::proptest! {
