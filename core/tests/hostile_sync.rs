@@ -5,6 +5,7 @@
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::{ApplyReport, DocChange, LogEntry, Replica, StoreReplica, Summary};
+use shoaldb::sync::attachments::PARTIAL_TTL_MS;
 use shoaldb::sync::engine::{
     HANDSHAKE_TIMEOUT_MS, KEEPALIVE_MS, MAX_PRESENCE_RECORDS, PRESENCE_REFRESH_MS, PRESENCE_TTL_MS,
     REASSEMBLY_FREE_BYTES, REASSEMBLY_SHARED_BYTES,
@@ -489,4 +490,65 @@ fn an_attachment_server_cannot_claim_another_length() {
     net.deliver(w, 1);
     assert!(net.engines[0].is_closed(net.link(w, 0)), "a chunk claiming another length was taken");
     assert_eq!(net.stores[0].replica().attachment_received(&hash).unwrap(), 0, "bytes were stored");
+}
+
+/// The parts of an attachment whose fetch ended without it are dropped after [`PARTIAL_TTL_MS`].
+#[test]
+fn partial_attachment_parts_expire() {
+    let mut net = Net::new(vec![vec![Subscription::everything()], vec![], vec![]]);
+    let w1 = net.connect(0, 1);
+    net.connect(0, 2);
+    net.settle();
+    let hash = [5u8; 32];
+    net.engines[0].fetch_attachment(hash, 1000).expect("fetch");
+    // Device 1 is asked first (request 1): it sends part of the bytes, then goes.
+    let chunk = Message::AttachmentChunk { request: 1, offset: 0, total: 1000, data: vec![1; 400] };
+    net.send_raw(w1, 1, &chunk.encode());
+    net.deliver(w1, 1);
+    assert_eq!(net.stores[0].replica().attachment_received(&hash).unwrap(), 400);
+    let l = net.link(w1, 0);
+    net.engines[0].remove_link(l, "gone");
+    net.wires.remove(w1);
+    // Device 2 does not have it: the fetch fails, the parts are kept for a while (a new fetch would resume)...
+    net.settle();
+    assert_eq!(net.stores[0].replica().attachment_received(&hash).unwrap(), 400);
+    // ... and dropped after the TTL.
+    net.pass(PARTIAL_TTL_MS + 1000);
+    assert_eq!(net.stores[0].replica().attachment_received(&hash).unwrap(), 0);
+}
+
+/// Handling any message reads none of the change log: what a message makes the engine look at is looked at by the
+/// pumps, a bounded slice per poll (see [`a_summary_claiming_everything_costs_bounded_slices`]).
+#[test]
+fn handling_any_message_reads_no_log() {
+    let mut net =
+        Net::new(vec![vec![Subscription::everything()], vec![Subscription::filtered("tasks", "done == false")]]);
+    write_docs(&net.stores[0], 2000, 200);
+    let w = net.connect(0, 1);
+    net.settle();
+    let mut everything = Summary::new();
+    everything.insert(net.stores[0].peer_id(), 1, u64::MAX);
+    let filters: Vec<Subscription> =
+        (0..MAX_FILTERS_PER_COLLECTION).map(|i| Subscription::filtered("tasks", &format!("n == {i}"))).collect();
+    let messages = vec![
+        Message::Hello { name: "x".repeat(200), store_peer: 1 },
+        Message::Interest { subscriptions: filters },
+        Message::Summary { summary: everything },
+        Message::Resync,
+        Message::Credit { bytes: u64::MAX },
+        Message::Presence { origin: [3; 32], seq: 1, name: "p".into(), links: vec![] },
+        Message::FetchAttachment { request: 99, hash: [4; 32], offset: 0, hops: 8 },
+        Message::AttachmentChunk { request: 12345, offset: 0, total: 10, data: vec![0; 10] },
+        Message::AttachmentUnavailable { request: 12345 },
+        Message::Interest { subscriptions: vec![Subscription::everything()] },
+    ];
+    for m in messages {
+        net.log_bytes[0].store(0, Ordering::Relaxed);
+        for _ in 0..50 {
+            net.send_raw(w, 1, &m.encode());
+        }
+        net.deliver(w, 1);
+        assert_eq!(net.log_bytes[0].load(Ordering::Relaxed), 0, "handling {m:?} read the log");
+        assert!(net.is_up(w), "{m:?} closed the link");
+    }
 }

@@ -34,12 +34,17 @@ pub const MAX_SERVES_PER_LINK: usize = 8;
 /// The most fetches this device makes at once on behalf of its neighbours (relaying); further requests are
 /// answered [`Message::AttachmentUnavailable`]. With [`MAX_RELAYED_ATTACHMENT_BYTES`], this bounds the disk a
 /// neighbour can make this device fill with bytes it does not want itself.
-pub const MAX_RELAYED_FETCHES: usize = 4;
+pub const MAX_RELAYED_FETCHES: usize = 2;
 
 /// The largest attachment this device relays for a neighbour. A relay does not hold the token (the app's fetch
 /// knows the length from it, and takes no more): it takes the length the first answer gives, if no larger than
 /// this. The parts of a relayed fetch that ends without the attachment are dropped.
 pub const MAX_RELAYED_ATTACHMENT_BYTES: u64 = 1 << 30;
+
+/// The received parts of an attachment whose fetch by the app ended without it (no connected device had it) are
+/// kept this long (ms), so that a fetch asked again soon resumes where it was; then they are dropped. (Parts left by
+/// an earlier run of the engine are not known to it and stay until a fetch of the same attachment ends.)
+pub const PARTIAL_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// A fetch's number within one engine.
 pub type FetchId = u64;
@@ -125,6 +130,10 @@ pub(crate) struct Attachments {
     fetches: BTreeMap<FetchId, Fetch>,
     serving: BTreeMap<(LinkId, u64), Serve>,
     pub events: Vec<FetchEvent>,
+    /// Attachments whose fetch ended without them, and when (engine time, ms): their parts expire.
+    ended: BTreeMap<[u8; 32], u64>,
+    /// The engine's time (ms), as of its last tick.
+    now: u64,
 }
 
 impl Attachments {
@@ -139,6 +148,7 @@ impl Attachments {
     ) -> Result<FetchId, SyncError> {
         self.next_fetch += 1;
         let id = self.next_fetch;
+        self.ended.remove(&hash);
         if store.attachment_len(&hash)?.is_some() {
             self.events.push(FetchEvent::Done { fetch: id, hash });
             return Ok(id);
@@ -195,7 +205,9 @@ impl Attachments {
                 let f = self.fetches.remove(&id).map(|f| (f.hash, f.local, f.waiting));
                 if let Some((hash, local, waiting)) = f {
                     log::info!("attachment {} not available from any connected device", crate::util::hex(&hash));
-                    if !local {
+                    if local {
+                        self.ended.insert(hash, self.now);
+                    } else {
                         // Nobody here wants these bytes: do not keep them.
                         store.forget_attachment_received_from(&hash, 0)?;
                     }
@@ -212,6 +224,27 @@ impl Attachments {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The passing of time (engine ms): the parts of fetches that ended more than [`PARTIAL_TTL_MS`] ago are
+    /// dropped.
+    pub fn expire(&mut self, store: &dyn Replica, now: u64) -> Result<(), SyncError> {
+        self.now = now;
+        let expired: Vec<[u8; 32]> = self
+            .ended
+            .iter()
+            .filter(|(h, t)| now.saturating_sub(**t) >= PARTIAL_TTL_MS && !self.fetches.values().any(|f| f.hash == **h))
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in expired {
+            self.ended.remove(&hash);
+            log::info!(
+                "dropping the received parts of attachment {}: not fetched for {PARTIAL_TTL_MS} ms",
+                crate::util::hex(&hash)
+            );
+            store.forget_attachment_received_from(&hash, 0)?;
         }
         Ok(())
     }

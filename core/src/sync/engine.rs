@@ -629,6 +629,9 @@ impl Engine {
         if now.saturating_sub(self.own_flooded) >= PRESENCE_REFRESH_MS {
             self.flood_own();
         }
+        if let Err(e) = self.attachments.expire(&*self.replica, now) {
+            log::warn!("dropping expired attachment parts: {e}");
+        }
         self.close_backlogged();
     }
 

@@ -309,13 +309,20 @@ impl Session {
                 }
                 let report = store.apply_changes(&decoded)?;
                 let held = store.summary()?;
+                // The batch's changes in counter order, so that building their summary appends (inserting them
+                // into the peer's summary one by one, in the order sent, could cost the square of their number).
+                let mut ranges: Vec<(crate::PeerId, u64, u64)> =
+                    decoded.iter().map(|dc| (dc.change.peer, dc.change.start, dc.change.end())).collect();
+                ranges.sort_unstable();
+                let mut sent = Summary::new();
                 let mut received = Summary::new();
-                for dc in &decoded {
-                    self.peer_known.insert(dc.change.peer, dc.change.start, dc.change.end());
-                    if held.contains(dc.change.peer, dc.change.start, dc.change.end()) {
-                        received.insert(dc.change.peer, dc.change.start, dc.change.end());
+                for &(peer, start, end) in &ranges {
+                    sent.insert(peer, start, end);
+                    if held.contains(peer, start, end) {
+                        received.insert(peer, start, end);
                     }
                 }
+                self.peer_known.union_with(&sent);
                 out.received = Some(received);
                 for dc in &decoded {
                     // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
