@@ -23,7 +23,15 @@
 //!
 //! **Presence.** Each device floods a record of its direct links (with a sequence number) through the mesh; every
 //! device computes who is reachable, in how many hops and over which transport from the breadth-first search of
-//! those records.
+//! those records. Records are not signed (yet): a record expires [`PRESENCE_TTL_MS`] after it arrived unless its
+//! device floods it again (every [`PRESENCE_REFRESH_MS`]); a sequence number is the wall clock in ms and one too far
+//! ahead ([`PRESENCE_MAX_AHEAD_MS`]) is refused; a device is believed about itself over a direct link; at most
+//! [`MAX_PRESENCE_RECORDS`] are kept. A forged record lasts at most as long as its forger keeps sending it.
+//!
+//! **Bounds.** Links whose handshake does not finish within [`HANDSHAKE_TIMEOUT_MS`] are closed; messages in
+//! reassembly share a node-wide budget ([`REASSEMBLY_FREE_BYTES`] per link, [`REASSEMBLY_SHARED_BYTES`] for all);
+//! a peer that stops reading is disconnected ([`SyncError::NotReading`]); the interest sent to a neighbour is
+//! always one it accepts ([`bounded_interest`]).
 
 use super::attachments::{Attachments, FetchEvent, FetchId};
 use super::link::LinkCodec;
@@ -174,7 +182,7 @@ pub struct Engine {
 
 impl Engine {
     /// `seq_base` starts the presence sequence numbers (use the wall clock in ms, so a restarted device's records
-    /// replace its old ones).
+    /// replace its old ones); they follow the wall clock of the engine's [`Sources`] from then on.
     pub fn new(
         replica: impl Replica,
         identity: Identity,

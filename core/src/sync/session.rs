@@ -16,6 +16,12 @@
 //!
 //! Flow control: the receiver grants credit in bytes of changes processed ([`Message::Credit`]); the sender never
 //! has more than [`WINDOW`] bytes of changes outstanding (plus one batch), so a slow link never makes memory grow.
+//!
+//! Bounds against a hostile peer: handling a message never reads the change log — a summary's claims (cut to what
+//! this store holds) and a new interest only mark what to look at again, and the pump (`Session::pump`) looks at most
+//! [`PUMP_SCAN_BYTES`] of log per call; summaries merge linearly; the outbox coalesces what the session queues on
+//! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
+//! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
 use super::wire::{Message, Subscription, BATCH_BYTES};
 use super::SyncError;
@@ -27,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Bytes of changes a sender may have outstanding before the receiver grants more.
 pub const WINDOW: u64 = 1 << 20;
 
-/// Bytes of the change log one [`Session::pump`] may examine (changes read to decide what the peer lacks, whether
+/// Bytes of the change log one pump of a session (`Session::pump`) may examine (changes read to decide what the peer lacks, whether
 /// sent or found of no interest). Past it, the pump stops and resumes at the next call: however much a message
 /// makes the session look at again (a new interest, a summary claiming many changes), the work done at once under
 /// the engine's lock stays bounded and the other links keep being served.

@@ -230,7 +230,9 @@ pub enum Message {
     },
     /// What the sender wants from the receiver: its own subscriptions and those it carries for its other neighbours.
     Interest {
-        /// Every subscription the sender asks for (at most 1024); it replaces the interest sent before.
+        /// Every subscription the sender asks for (at most [`MAX_SUBSCRIPTIONS`], at most
+        /// [`MAX_FILTERS_PER_COLLECTION`] filters per collection and [`MAX_INTEREST_FILTER_BYTES`] of filters in
+        /// all; a filter needs a collection); it replaces the interest sent before.
         subscriptions: Vec<Subscription>,
     },
     /// The changes the sender holds.
