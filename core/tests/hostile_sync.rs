@@ -5,7 +5,7 @@
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::{ApplyReport, DocChange, LogEntry, Replica, StoreReplica, Summary};
-use shoaldb::sync::attachments::PARTIAL_TTL_MS;
+use shoaldb::sync::attachments::{MAX_RELAYED_ATTACHMENT_BYTES, PARTIAL_TTL_MS};
 use shoaldb::sync::engine::{
     HANDSHAKE_TIMEOUT_MS, KEEPALIVE_MS, MAX_PRESENCE_RECORDS, PRESENCE_REFRESH_MS, PRESENCE_TTL_MS,
     REASSEMBLY_FREE_BYTES, REASSEMBLY_SHARED_BYTES,
@@ -551,4 +551,38 @@ fn handling_any_message_reads_no_log() {
         assert_eq!(net.log_bytes[0].load(Ordering::Relaxed), 0, "handling {m:?} read the log");
         assert!(net.is_up(w), "{m:?} closed the link");
     }
+    // Fifty more hellos did not make fifty more events.
+    let link = net.link(w, 0);
+    let mut ups = 0;
+    while let Some(e) = net.engines[0].poll_event() {
+        ups += usize::from(matches!(e, EngineEvent::LinkUp { link: l, .. } if l == link));
+    }
+    assert_eq!(ups, 1);
+}
+
+/// A relay does not store more than [`MAX_RELAYED_ATTACHMENT_BYTES`] for a neighbour, whatever length the device
+/// it asks claims.
+#[test]
+fn a_relay_bounds_what_it_fetches_for_others() {
+    // 0 asks relay 1, which asks 2 (the hostile server).
+    let mut net = Net::new(vec![vec![], vec![], vec![]]);
+    let w01 = net.connect(0, 1);
+    let w12 = net.connect(1, 2);
+    net.settle();
+    let hash = [6u8; 32];
+    let ask = Message::FetchAttachment { request: 1, hash, offset: 0, hops: 2 };
+    net.send_raw(w01, 0, &ask.encode());
+    net.deliver(w01, 0);
+    // The relay's first request (number 1) goes to 2, which answers with a huge length.
+    let chunk = Message::AttachmentChunk {
+        request: 1,
+        offset: 0,
+        total: MAX_RELAYED_ATTACHMENT_BYTES + 1,
+        data: vec![1; 1000],
+    };
+    net.send_raw(w12, 2, &chunk.encode());
+    net.deliver(w12, 2);
+    assert!(net.engines[1].is_closed(net.link(w12, 1)), "the relay took a length over its bound");
+    assert_eq!(net.stores[1].replica().attachment_received(&hash).unwrap(), 0);
+    assert!(net.is_up(w01));
 }

@@ -109,6 +109,8 @@ struct Slot {
     session: Option<Session>,
     device: Option<DeviceKey>,
     name: String,
+    /// The peer's hello arrived (later ones are ignored).
+    greeted: bool,
     closed: bool,
     /// When (engine time, ms) the link was opened, a frame last arrived, and a message was last queued.
     opened: u64,
@@ -244,6 +246,7 @@ impl Engine {
                 session: None,
                 device: None,
                 name: String::new(),
+                greeted: false,
                 closed: false,
                 opened: now,
                 last_rx: now,
@@ -486,7 +489,9 @@ impl Engine {
 
     fn on_message(&mut self, link: LinkId, msg: Message) -> Result<(), SyncError> {
         if let Message::Hello { name, .. } = &msg {
-            if let Some(slot) = self.links.get_mut(&link) {
+            // One hello per link: a peer repeating it does not flood the app with events.
+            if let Some(slot) = self.links.get_mut(&link).filter(|s| !s.greeted) {
+                slot.greeted = true;
                 slot.name = name.clone();
                 if let Some(device) = slot.device {
                     self.events.push_back(EngineEvent::LinkUp {
