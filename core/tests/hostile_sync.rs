@@ -11,7 +11,7 @@ use shoaldb::sync::engine::{
     REASSEMBLY_FREE_BYTES, REASSEMBLY_SHARED_BYTES,
 };
 use shoaldb::sync::session::{MAX_OUTBOX_MESSAGES, PUMP_SCAN_BYTES};
-use shoaldb::sync::wire::{PresenceLink, MAX_FILTERS_PER_COLLECTION, MAX_SUBSCRIPTIONS};
+use shoaldb::sync::wire::{PresenceLink, MAX_CONTROL_MESSAGE_BYTES, MAX_FILTERS_PER_COLLECTION, MAX_SUBSCRIPTIONS};
 use shoaldb::sync::{Engine, EngineEvent, LinkId, Message, Subscription, TransportKind};
 use shoaldb::{PeerId, Store};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -344,7 +344,9 @@ fn partial_messages_share_a_node_wide_budget() {
     let w2 = net.connect(2, 0);
     net.settle();
     // Each attacker sends 3/4 of the shared budget (a message that never ends: the last frame is withheld).
-    let big = vec![0u8; REASSEMBLY_FREE_BYTES + REASSEMBLY_SHARED_BYTES * 3 / 4];
+    // Messages of changes (the kind allowed to be that large) that never end.
+    let mut big = Message::Changes { changes: vec![] }.encode();
+    big.resize(REASSEMBLY_FREE_BYTES + REASSEMBLY_SHARED_BYTES * 3 / 4, 0);
     for (w, from) in [(w1, 1), (w2, 2)] {
         net.send_raw(w, from, &big);
         let link = net.link(w, from);
@@ -585,4 +587,32 @@ fn a_relay_bounds_what_it_fetches_for_others() {
     assert!(net.engines[1].is_closed(net.link(w12, 1)), "the relay took a length over its bound");
     assert_eq!(net.stores[1].replica().attachment_received(&hash).unwrap(), 0);
     assert!(net.is_up(w01));
+}
+
+/// A message's kind bounds its size from its first frame: a presence record (or any message but changes and
+/// summaries) larger than [`MAX_CONTROL_MESSAGE_BYTES`] is refused before the rest is reassembled.
+#[test]
+fn a_message_too_large_for_its_kind_is_refused_early() {
+    let mut net = Net::new(vec![vec![], vec![]]);
+    let w = net.connect(1, 0);
+    net.settle();
+    let mut huge = Message::Presence { origin: [1; 32], seq: 1, name: String::new(), links: vec![] }.encode();
+    huge.resize(3 * MAX_CONTROL_MESSAGE_BYTES, 0);
+    net.send_raw(w, 1, &huge);
+    let (from, to) = (net.link(w, 1), net.link(w, 0));
+    let mut frames = Vec::new();
+    while let Some(f) = net.engines[1].poll_frame(from) {
+        frames.push(f);
+    }
+    let total = frames.len();
+    let mut delivered = 0;
+    for f in frames {
+        if net.engines[0].is_closed(to) {
+            break;
+        }
+        net.engines[0].on_frame(to, &f);
+        delivered += 1;
+    }
+    assert!(net.engines[0].is_closed(to));
+    assert!(delivered * 3 <= total + 3, "{delivered} of {total} frames were taken in");
 }

@@ -97,6 +97,9 @@ impl LinkCodec {
             State::Open { channel, .. } => {
                 let plain = channel.open(frame)?;
                 let (&flag, piece) = plain.split_first().ok_or_else(|| SyncError::Protocol("empty frame".into()))?;
+                // The message's kind (in its first bytes) bounds its size too, before the rest arrives.
+                let head: Vec<u8> = self.reassembly.iter().chain(piece).take(2).copied().collect();
+                let limit = limit.min(super::wire::size_limit(&head));
                 let len = self.reassembly.len() + piece.len();
                 if len > limit {
                     return Err(WireError::TooLarge(len).into());

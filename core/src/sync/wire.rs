@@ -11,8 +11,31 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The protocol version this build speaks. A message with another version byte is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// The largest message accepted (the largest change plus room for its header).
+/// The largest message accepted (the largest change plus room for its header): a [`Message::Changes`].
 pub const MAX_MESSAGE_BYTES: usize = MAX_ENCODED_CHANGE_BYTES + (1 << 20);
+
+/// The largest [`Message::Summary`] accepted: the largest summary a store accepts from elsewhere
+/// (`store::replicate::MAX_SUMMARY_BYTES`, 16 MiB: one of many scattered changes) plus room for its header. Decoding
+/// one costs memory in proportion (up to about eight times its size), so it is bounded well below
+/// [`MAX_MESSAGE_BYTES`].
+pub const MAX_SUMMARY_MESSAGE_BYTES: usize = (16 << 20) + 16;
+
+/// The largest message of any other kind accepted (an interest, presence record or attachment chunk is far
+/// smaller). Checked from a message's first frame, before the rest is reassembled.
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The postcard variant indexes of the messages allowed more than [`MAX_CONTROL_MESSAGE_BYTES`].
+const SUMMARY_VARIANT: u8 = 2;
+const CHANGES_VARIANT: u8 = 3;
+
+/// The largest a message may be, from its first bytes (the version byte, then the message kind).
+pub(crate) fn size_limit(start: &[u8]) -> usize {
+    match start.get(1) {
+        Some(&CHANGES_VARIANT) => MAX_MESSAGE_BYTES,
+        Some(&SUMMARY_VARIANT) => MAX_SUMMARY_MESSAGE_BYTES,
+        _ => MAX_CONTROL_MESSAGE_BYTES,
+    }
+}
 
 /// Changes are sent in batches of about this many bytes.
 pub const BATCH_BYTES: usize = 48 << 10;
@@ -305,7 +328,8 @@ pub enum WireError {
     /// The message has no bytes at all.
     #[error("empty message")]
     Empty,
-    /// The message is longer than [`MAX_MESSAGE_BYTES`] (its length in bytes).
+    /// The message is longer than allowed for its kind ([`MAX_MESSAGE_BYTES`], [`MAX_SUMMARY_MESSAGE_BYTES`] or
+    /// [`MAX_CONTROL_MESSAGE_BYTES`]; its length in bytes, or as far as it was received).
     #[error("message of {0} bytes is over the limit")]
     TooLarge(usize),
     /// The bytes do not decode to a message.
@@ -331,7 +355,7 @@ impl Message {
         if version != PROTOCOL_VERSION {
             return Err(WireError::UnsupportedVersion(version));
         }
-        if bytes.len() > MAX_MESSAGE_BYTES {
+        if bytes.len() > size_limit(bytes) {
             return Err(WireError::TooLarge(bytes.len()));
         }
         let (msg, rest): (Message, &[u8]) =
@@ -416,6 +440,20 @@ mod tests {
             other[0] = 2;
             assert_eq!(Message::decode(&other), Err(WireError::UnsupportedVersion(2)));
         }
+    }
+
+    /// The variant indexes `size_limit` relies on.
+    #[test]
+    fn size_limits_follow_the_message_kind() {
+        let summary = Message::Summary { summary: Summary::new() }.encode();
+        let changes = Message::Changes { changes: vec![] }.encode();
+        assert_eq!(size_limit(&summary), MAX_SUMMARY_MESSAGE_BYTES);
+        assert_eq!(size_limit(&changes), MAX_MESSAGE_BYTES);
+        assert_eq!(size_limit(&Message::Resync.encode()), MAX_CONTROL_MESSAGE_BYTES);
+        let big =
+            Message::Presence { origin: [0; 32], seq: 1, name: "x".repeat(MAX_CONTROL_MESSAGE_BYTES), links: vec![] }
+                .encode();
+        assert_eq!(Message::decode(&big), Err(WireError::TooLarge(big.len())));
     }
 
     #[test]
