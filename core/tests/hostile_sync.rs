@@ -5,7 +5,7 @@
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::{ApplyReport, DocChange, LogEntry, Replica, StoreReplica, Summary};
-use shoaldb::sync::attachments::{MAX_RELAYED_ATTACHMENT_BYTES, PARTIAL_TTL_MS};
+use shoaldb::sync::attachments::{MAX_RELAYED_ATTACHMENT_BYTES, MAX_SERVES_PER_LINK, PARTIAL_TTL_MS};
 use shoaldb::sync::engine::{
     HANDSHAKE_TIMEOUT_MS, KEEPALIVE_MS, MAX_PRESENCE_RECORDS, PRESENCE_REFRESH_MS, PRESENCE_TTL_MS,
     REASSEMBLY_FREE_BYTES, REASSEMBLY_SHARED_BYTES,
@@ -26,6 +26,8 @@ fn secret() -> AppSecret {
 struct Counting {
     inner: StoreReplica,
     log_bytes: Arc<AtomicUsize>,
+    /// Attachment lookups (one per attachment request taken on).
+    lookups: Arc<AtomicUsize>,
 }
 
 impl Counting {
@@ -64,6 +66,7 @@ impl Replica for Counting {
         self.inner.doc_number(collection, id)
     }
     fn attachment_len(&self, hash: &[u8; 32]) -> shoaldb::Result<Option<u64>> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         self.inner.attachment_len(hash)
     }
     fn read_attachment_chunk(&self, hash: &[u8; 32], idx: u64) -> shoaldb::Result<Vec<u8>> {
@@ -92,6 +95,7 @@ struct Net {
     stores: Vec<Store>,
     engines: Vec<Engine>,
     log_bytes: Vec<Arc<AtomicUsize>>,
+    lookups: Vec<Arc<AtomicUsize>>,
     /// (a, link at a, b, link at b)
     wires: Vec<(usize, LinkId, usize, LinkId)>,
     now: u64,
@@ -105,18 +109,21 @@ impl Net {
             stores: Vec::new(),
             engines: Vec::new(),
             log_bytes: Vec::new(),
+            lookups: Vec::new(),
             wires: Vec::new(),
             now: 0,
         };
         for (i, s) in subs.into_iter().enumerate() {
             let store = Store::open(net._dir.path().join(format!("{i}.db"))).expect("store");
             let counter = Arc::new(AtomicUsize::new(0));
-            let replica = Counting { inner: store.replica(), log_bytes: counter.clone() };
+            let lookups = Arc::new(AtomicUsize::new(0));
+            let replica = Counting { inner: store.replica(), log_bytes: counter.clone(), lookups: lookups.clone() };
             let id = Identity::generate().expect("identity");
             let engine = Engine::new(replica, id, secret(), &format!("dev{i}"), s, 0);
             net.stores.push(store);
             net.engines.push(engine);
             net.log_bytes.push(counter);
+            net.lookups.push(lookups);
         }
         net
     }
@@ -615,4 +622,23 @@ fn a_message_too_large_for_its_kind_is_refused_early() {
     }
     assert!(net.engines[0].is_closed(to));
     assert!(delivered * 3 <= total + 3, "{delivered} of {total} frames were taken in");
+}
+
+/// One neighbour has this device serve at most [`MAX_SERVES_PER_LINK`] transfers at once: further requests are
+/// answered unavailable without being taken on.
+#[test]
+fn one_neighbour_has_a_bounded_number_of_transfers_served() {
+    let mut net = Net::new(vec![vec![], vec![]]);
+    let w = net.connect(1, 0);
+    net.settle();
+    let token = net.stores[0].put_attachment_bytes(&vec![7u8; 300_000], Default::default()).unwrap();
+    net.lookups[0].store(0, Ordering::Relaxed);
+    for request in 0..(4 * MAX_SERVES_PER_LINK as u64) {
+        let ask = Message::FetchAttachment { request, hash: token.hash, offset: 0, hops: 0 };
+        net.send_raw(w, 1, &ask.encode());
+    }
+    net.deliver(w, 1);
+    let taken = net.lookups[0].load(Ordering::Relaxed);
+    assert_eq!(taken, MAX_SERVES_PER_LINK, "{taken} transfers taken on at once");
+    assert!(net.is_up(w));
 }
