@@ -15,7 +15,7 @@ pub enum AttachmentRequest {
     Pending {
         /// Bytes received so far, as the fetching peer last reported them.
         done: u64,
-        /// The attachment's length in bytes; `None` until the fetching peer first reports progress.
+        /// The attachment's length in bytes, as requested; `None` for a request that did not give it.
         total: Option<u64>,
     },
     /// The bytes are stored here.
