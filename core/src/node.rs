@@ -307,12 +307,12 @@ impl Node {
             progress(token.len, token.len);
             return Ok(());
         }
-        let hash = token.hash;
+        let (hash, len) = (token.hash, token.len);
         let mut events = self.inner.hub.fetch_events();
         let id = self
             .inner
             .hub
-            .with_engine(move |e| e.fetch_attachment(hash))
+            .with_engine(move |e| e.fetch_attachment(hash, len))
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
         self.inner.hub.wake_writers();
@@ -390,11 +390,11 @@ async fn serve_attachment_requests(hub: Arc<Hub>, store: Store) {
                     Ok(Ok(w)) => w,
                     _ => continue,
                 };
-                for hash in wanted {
+                for (hash, len) in wanted {
                     if running.values().any(|h| *h == hash) {
                         continue;
                     }
-                    match hub.with_engine(move |e| e.fetch_attachment(hash)).await {
+                    match hub.with_engine(move |e| e.fetch_attachment(hash, len)).await {
                         Ok(Ok(id)) => {
                             running.insert(id, hash);
                             hub.wake_writers();

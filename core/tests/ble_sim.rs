@@ -370,7 +370,7 @@ fn attachment_of_one_megabyte_across_three_ble_hops() {
         w.take_events(0);
         w.reset_stats();
         let t0 = w.now();
-        let fetch = w.fetch_attachment(0, at0.hash).unwrap();
+        let fetch = w.fetch_attachment(0, at0.hash, at0.len).unwrap();
         let t =
             w.run_until(|w| w.store(0).has_attachment(&at0).unwrap(), 600 * SECOND).expect("the attachment arrives");
         let fetched: Vec<FetchEvent> = w

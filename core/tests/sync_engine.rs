@@ -244,7 +244,7 @@ fn attachment_is_fetched_across_three_hops_with_progress() {
     net.settle();
     let at_a = net.store(0).document("files", "f").unwrap().unwrap().attachment("file").unwrap().expect("token synced");
     assert!(!net.store(0).has_attachment(&at_a).unwrap(), "bytes are fetched lazily");
-    let fetch = net.engines[0].fetch_attachment(at_a.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(at_a.hash, at_a.len).unwrap();
     net.settle();
     let events = fetch_events(&mut net.engines[0]);
     assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: at_a.hash }), "{events:?}");
@@ -278,7 +278,7 @@ fn relays_pass_attachment_bytes_on_as_they_arrive() {
     let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
     let empty = net.store(2).put_attachment_bytes(&[], Default::default()).unwrap();
     net.settle();
-    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
     let mut first_at_a = None;
     for _ in 0..100_000 {
         if !net.round(1) {
@@ -304,7 +304,7 @@ fn relays_pass_attachment_bytes_on_as_they_arrive() {
     assert!(net.store(1).has_attachment(&token).unwrap(), "the relay keeps a verified copy");
     assert_eq!(net.store(1).replica().attachment_received(&token.hash).unwrap(), 0, "and no loose parts");
     // An empty attachment crosses too.
-    let fetch = net.engines[0].fetch_attachment(empty.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(empty.hash, empty.len).unwrap();
     net.settle();
     assert_eq!(fetch_events(&mut net.engines[0]).last(), Some(&FetchEvent::Done { fetch, hash: empty.hash }));
     assert_eq!(net.store(0).attachment_bytes(&empty).unwrap(), Vec::<u8>::new());
@@ -320,7 +320,7 @@ fn a_fetch_through_a_relay_resumes_where_it_broke_off() {
     let bytes: Vec<u8> = (0..400_000u32).map(|i| (i * 31 % 239) as u8).collect();
     let token = net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
     net.settle();
-    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
     while net.store(0).replica().attachment_received(&token.hash).unwrap() == 0 {
         assert!(net.round(1), "the transfer stalled");
     }
@@ -357,7 +357,7 @@ fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
         assert_eq!(changed, 1);
     }
     net.settle();
-    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
     // A frame at a time, so that B passes bytes on while it fetches them.
     while net.round(1) {}
     let events = fetch_events(&mut net.engines[0]);
@@ -398,7 +398,7 @@ fn bytes_from_a_relay_that_gave_up_are_dropped_and_another_device_provides_the_a
         .unwrap();
     }
     net.settle();
-    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
     while net.round(1) {}
     let events = fetch_events(&mut net.engines[0]);
     assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: token.hash }), "{events:?}");
@@ -416,7 +416,7 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
     let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
     net.settle();
-    let fetch = net.engines[0].fetch_attachment(token.hash).unwrap();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
     // Move only a few frames, then cut the link mid-transfer.
     let (a, la, b, lb) = net.wires[w];
     for _ in 0..4 {
@@ -442,7 +442,7 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
     assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
     // Nobody has this one.
     let missing = [7u8; 32];
-    let f2 = net.engines[0].fetch_attachment(missing).unwrap();
+    let f2 = net.engines[0].fetch_attachment(missing, 10).unwrap();
     net.settle();
     let events = fetch_events(&mut net.engines[0]);
     assert!(matches!(events.last(), Some(FetchEvent::Failed { fetch, .. }) if *fetch == f2), "{events:?}");

@@ -222,7 +222,7 @@ fn attach(store: &Store, collection: &str, id: &str, field: &str, file: &Path) -
 fn wait_for_running_peer(store: &Store, token: &shoaldb::AttachmentToken) -> Result<(), CliError> {
     use shoaldb::store::AttachmentRequest;
     let wait: u64 = std::env::var("SHOAL_FETCH_WAIT").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-    store.request_attachment(&token.hash)?;
+    store.request_attachment(&token.hash, token.len)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
     let mut last = None;
     loop {

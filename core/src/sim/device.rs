@@ -36,7 +36,10 @@ impl Device {
     ) -> Device {
         let id = id as u64;
         let store_seed = SeededRng::stream(seed, 7 << 32 | id).next_u64();
-        let store = open_store(&dir.join(format!("{id}.db")), store_seed, clock);
+        // The engine reads the same virtual clock (presence sequence numbers).
+        let clock = std::sync::Arc::new(clock);
+        let engine_clock = clock.clone();
+        let store = open_store(&dir.join(format!("{id}.db")), store_seed, move || clock());
         // The identity derives from the seed, so that everything the engines decide from keys is reproducible.
         let mut private = [0u8; 32];
         let mut sm = SeededRng::stream(seed, 1 << 32 | id);
@@ -46,7 +49,9 @@ impl Device {
         let identity = Identity::from_private(&private).expect("a simulated identity");
         let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
         let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0)
-            .with_sources(Sources::seeded(SeededRng::stream(seed, 11 << 32 | id).next_u64()));
+            .with_sources(
+                Sources::seeded(SeededRng::stream(seed, 11 << 32 | id).next_u64()).with_clock(move || engine_clock()),
+            );
         Device { name: name.to_string(), identity, secret, store, engine, events: Vec::new() }
     }
 
@@ -58,11 +63,13 @@ impl Device {
     /// If the store cannot be reopened.
     pub(crate) fn restart(&mut self, seed: u64, id: usize, now: u64, clock: impl Fn() -> u64 + Send + Sync + 'static) {
         let store_seed = SeededRng::stream(seed ^ now.rotate_left(32), 9 << 32 | id as u64).next_u64();
-        let store = open_store(self.store.path(), store_seed, clock);
+        let clock = std::sync::Arc::new(clock);
+        let engine_clock = clock.clone();
+        let store = open_store(self.store.path(), store_seed, move || clock());
         let subscriptions = self.engine.subscriptions().to_vec();
-        // Presence sequence numbers must grow across restarts: start from the virtual clock, with room for 2^20
-        // link changes per microsecond.
-        let seq_base = (now + 1) << 20;
+        // Presence sequence numbers must grow across restarts: they follow the (virtual) wall clock in ms, as on a
+        // device (and the engine refuses numbers far ahead of it).
+        let seq_base = engine_clock();
         self.engine = Engine::new(
             store.replica(),
             self.identity.clone(),
@@ -71,7 +78,10 @@ impl Device {
             subscriptions,
             seq_base,
         )
-        .with_sources(Sources::seeded(SeededRng::stream(seed ^ now.rotate_left(32), 11 << 32 | id as u64).next_u64()));
+        .with_sources(
+            Sources::seeded(SeededRng::stream(seed ^ now.rotate_left(32), 11 << 32 | id as u64).next_u64())
+                .with_clock(move || engine_clock()),
+        );
         self.store = store;
     }
 

@@ -95,12 +95,15 @@ pub(crate) fn not_found(hash: &[u8; 32]) -> Error {
     Error::AttachmentNotFound { hash: hex(hash) }
 }
 
-/// Bytes of `hash` received so far from another device.
+/// Bytes of `hash` received so far from another device. Parts are kept contiguous from offset 0 (a part is
+/// accepted only where the received bytes end), so this is where the last part ends: one index lookup, however
+/// many parts there are (summing them for every part received would cost the square of their number).
 pub(crate) fn partial_len(conn: &Connection, hash: &[u8; 32]) -> Result<u64> {
-    let n: i64 = conn
-        .prepare_cached("SELECT COALESCE(SUM(length(data)), 0) FROM partial_blobs WHERE hash = ?1")?
-        .query_row(params![&hash[..]], |r| r.get(0))?;
-    Ok(n as u64)
+    let n: Option<i64> = conn
+        .prepare_cached("SELECT offset + length(data) FROM partial_blobs WHERE hash = ?1 ORDER BY offset DESC LIMIT 1")?
+        .query_row(params![&hash[..]], |r| r.get(0))
+        .optional()?;
+    Ok(n.unwrap_or(0).max(0) as u64)
 }
 
 /// The received bytes of `hash` from `offset` to the end of the part that holds `offset`, if received.

@@ -94,6 +94,35 @@ impl RangeSet {
         RangeSet(out)
     }
 
+    /// The counters in `self` or in `other`, by one linear merge of the two sorted lists (inserting range by range
+    /// would cost the product of their lengths when they interleave: a hostile summary).
+    pub fn union(&self, other: &RangeSet) -> RangeSet {
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.0.len() + other.0.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.0.len() || j < other.0.len() {
+            let next = match (self.0.get(i), other.0.get(j)) {
+                (Some(&a), Some(&b)) if a.0 <= b.0 => {
+                    i += 1;
+                    a
+                }
+                (_, Some(&b)) => {
+                    j += 1;
+                    b
+                }
+                (Some(&a), None) => {
+                    i += 1;
+                    a
+                }
+                (None, None) => break,
+            };
+            match out.last_mut() {
+                Some(last) if next.0 <= last.1.saturating_add(1) => last.1 = last.1.max(next.1),
+                _ => out.push(next),
+            }
+        }
+        RangeSet(out)
+    }
+
     /// The number of counters in the set (saturating).
     pub fn count(&self) -> u64 {
         self.0.iter().fold(0u64, |n, &(s, e)| n.saturating_add(e - s).saturating_add(1))
@@ -153,11 +182,21 @@ impl Summary {
 
     /// Add everything `other` holds.
     pub fn union_with(&mut self, other: &Summary) {
-        for (peer, ranges) in &other.peers {
-            for &(s, e) in ranges.ranges() {
-                self.insert(*peer, s, e);
-            }
+        for (peer, ranges) in other.peers.iter().filter(|(_, r)| !r.is_empty()) {
+            let mine = self.peers.entry(*peer).or_default();
+            *mine = mine.union(ranges);
         }
+    }
+
+    /// What both `self` and `other` hold (linear in their ranges).
+    pub fn intersection(&self, other: &Summary) -> Summary {
+        self.difference(&self.difference(other))
+    }
+
+    /// How many ranges the summary holds, over every author: what its size and the cost of working with it grow
+    /// with.
+    pub fn range_count(&self) -> usize {
+        self.peers.values().map(|r| r.0.len()).sum()
     }
 
     /// Every author's ranges are sorted, disjoint and non-adjacent (for decoded data).

@@ -15,7 +15,7 @@ pub enum AttachmentRequest {
     Pending {
         /// Bytes received so far, as the fetching peer last reported them.
         done: u64,
-        /// The attachment's length in bytes; `None` until the fetching peer first reports progress.
+        /// The attachment's length in bytes, as requested; `None` for a request that did not give it.
         total: Option<u64>,
     },
     /// The bytes are stored here.
@@ -37,20 +37,35 @@ fn fetch_failed_key(hash: &[u8; 32]) -> String {
 
 impl Store {
     /// Ask a sync peer running on this store (possibly in another process, e.g. `shoal peer`) to fetch the bytes
-    /// of attachment `hash` from the devices it is connected to. See [`Store::attachment_request`] for the outcome.
-    pub fn request_attachment(&self, hash: &[u8; 32]) -> Result<()> {
+    /// of attachment `hash`, `len` bytes long (both from its token: the fetch takes no more), from the devices it
+    /// is connected to. See [`Store::attachment_request`] for the outcome.
+    pub fn request_attachment(&self, hash: &[u8; 32], len: u64) -> Result<()> {
         self.remove_local_value(&fetch_failed_key(hash))?;
-        self.local_value_or_insert(&fetch_key(hash), b"")?;
+        self.local_value_or_insert(&fetch_key(hash), &len.to_le_bytes())?;
         Ok(())
     }
 
-    /// The attachments requested with [`Store::request_attachment`] and not fetched yet.
-    pub fn requested_attachments(&self) -> Result<Vec<[u8; 32]>> {
+    /// The attachments requested with [`Store::request_attachment`] and not fetched yet, with their lengths.
+    pub fn requested_attachments(&self) -> Result<Vec<([u8; 32], u64)>> {
         let inner = self.lock();
         let prefix = format!("local:{FETCH_PREFIX}");
-        let mut stmt = inner.conn.prepare_cached("SELECT key FROM meta WHERE key LIKE ?1 || '%'")?;
-        let keys = stmt.query_map(params![prefix], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(keys.iter().filter_map(|k| crate::util::parse_hex::<32>(k.strip_prefix(&prefix)?)).collect())
+        let mut stmt = inner.conn.prepare_cached("SELECT key, value FROM meta WHERE key LIKE ?1 || '%'")?;
+        let rows = stmt
+            .query_map(params![prefix], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, v)| {
+                let hash = crate::util::parse_hex::<32>(k.strip_prefix(&prefix)?)?;
+                // The length as requested (8 bytes), or progress: done then total (16 bytes).
+                let len = match v.len() {
+                    8 => v.get(..8),
+                    16 => v.get(8..16),
+                    _ => None,
+                };
+                Some((hash, u64::from_le_bytes(len?.try_into().ok()?)))
+            })
+            .collect())
     }
 
     /// Record a requested fetch's progress (for the process that asked), if it is still requested.
@@ -85,6 +100,10 @@ impl Store {
                 let done = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
                 let total = u64::from_le_bytes(v[8..].try_into().unwrap_or_default());
                 Ok(AttachmentRequest::Pending { done, total: Some(total) })
+            }
+            Some(v) if v.len() == 8 => {
+                let total = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+                Ok(AttachmentRequest::Pending { done: 0, total: Some(total) })
             }
             Some(_) => Ok(AttachmentRequest::Pending { done: 0, total: None }),
         }

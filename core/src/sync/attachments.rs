@@ -27,6 +27,25 @@ use std::collections::{BTreeMap, BTreeSet};
 /// How many devices a fetch may be relayed through.
 pub const MAX_HOPS: u8 = 8;
 
+/// The most transfers one neighbour may have this device serve (or wait for) at once; further requests are
+/// answered [`Message::AttachmentUnavailable`].
+pub const MAX_SERVES_PER_LINK: usize = 8;
+
+/// The most fetches this device makes at once on behalf of its neighbours (relaying); further requests are
+/// answered [`Message::AttachmentUnavailable`]. With [`MAX_RELAYED_ATTACHMENT_BYTES`], this bounds the disk a
+/// neighbour can make this device fill with bytes it does not want itself.
+pub const MAX_RELAYED_FETCHES: usize = 2;
+
+/// The largest attachment this device relays for a neighbour. A relay does not hold the token (the app's fetch
+/// knows the length from it, and takes no more): it takes the length the first answer gives, if no larger than
+/// this. The parts of a relayed fetch that ends without the attachment are dropped.
+pub const MAX_RELAYED_ATTACHMENT_BYTES: u64 = 1 << 30;
+
+/// The received parts of an attachment whose fetch by the app ended without it (no connected device had it) are
+/// kept this long (ms), so that a fetch asked again soon resumes where it was; then they are dropped. (Parts left by
+/// an earlier run of the engine are not known to it and stay until a fetch of the same attachment ends.)
+pub const PARTIAL_TTL_MS: u64 = 60 * 60 * 1000;
+
 /// A fetch's number within one engine.
 pub type FetchId = u64;
 
@@ -77,6 +96,8 @@ struct Fetch {
     waiting: Vec<(LinkId, u64, u64)>,
     /// The attachment's length, known from the first part received.
     total: Option<u64>,
+    /// The length the app's token gives (a relayed fetch does not know it): any other `total` is refused.
+    len: Option<u64>,
     /// Whether the app asked (events are reported).
     local: bool,
 }
@@ -109,6 +130,10 @@ pub(crate) struct Attachments {
     fetches: BTreeMap<FetchId, Fetch>,
     serving: BTreeMap<(LinkId, u64), Serve>,
     pub events: Vec<FetchEvent>,
+    /// Attachments whose fetch ended without them, and when (engine time, ms): their parts expire.
+    ended: BTreeMap<[u8; 32], u64>,
+    /// The engine's time (ms), as of its last tick.
+    now: u64,
 }
 
 impl Attachments {
@@ -117,17 +142,20 @@ impl Attachments {
         &mut self,
         store: &dyn Replica,
         hash: [u8; 32],
+        len: u64,
         links: &[LinkId],
         out: &mut Vec<(LinkId, Message)>,
     ) -> Result<FetchId, SyncError> {
         self.next_fetch += 1;
         let id = self.next_fetch;
+        self.ended.remove(&hash);
         if store.attachment_len(&hash)?.is_some() {
             self.events.push(FetchEvent::Done { fetch: id, hash });
             return Ok(id);
         }
         if let Some(f) = self.fetches.values_mut().find(|f| f.hash == hash) {
             f.local = true;
+            f.len = Some(len);
             return Ok(f.id);
         }
         self.fetches.insert(
@@ -142,6 +170,7 @@ impl Attachments {
                 exclude: None,
                 waiting: Vec::new(),
                 total: None,
+                len: Some(len),
                 local: true,
             },
         );
@@ -176,6 +205,12 @@ impl Attachments {
                 let f = self.fetches.remove(&id).map(|f| (f.hash, f.local, f.waiting));
                 if let Some((hash, local, waiting)) = f {
                     log::info!("attachment {} not available from any connected device", crate::util::hex(&hash));
+                    if local {
+                        self.ended.insert(hash, self.now);
+                    } else {
+                        // Nobody here wants these bytes: do not keep them.
+                        store.forget_attachment_received_from(&hash, 0)?;
+                    }
                     for (link, request, _) in waiting {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     }
@@ -193,6 +228,33 @@ impl Attachments {
         Ok(())
     }
 
+    /// The passing of time (engine ms): the parts of fetches that ended more than [`PARTIAL_TTL_MS`] ago are
+    /// dropped.
+    pub fn expire(&mut self, store: &dyn Replica, now: u64) -> Result<(), SyncError> {
+        self.now = now;
+        let expired: Vec<[u8; 32]> = self
+            .ended
+            .iter()
+            .filter(|(h, t)| now.saturating_sub(**t) >= PARTIAL_TTL_MS && !self.fetches.values().any(|f| f.hash == **h))
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in expired {
+            self.ended.remove(&hash);
+            log::info!(
+                "dropping the received parts of attachment {}: not fetched for {PARTIAL_TTL_MS} ms",
+                crate::util::hex(&hash)
+            );
+            store.forget_attachment_received_from(&hash, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Transfers `link` has this device serve or wait for.
+    fn serves_of(&self, link: LinkId) -> usize {
+        self.serving.range((link, 0)..=(link, u64::MAX)).count()
+            + self.fetches.values().map(|f| f.waiting.iter().filter(|(l, _, _)| *l == link).count()).sum::<usize>()
+    }
+
     fn fetch_asking(&self, link: LinkId, request: u64) -> Option<FetchId> {
         self.fetches.values().find(|f| f.asking == Some((link, request))).map(|f| f.id)
     }
@@ -208,7 +270,10 @@ impl Attachments {
     ) -> Result<(), SyncError> {
         match msg {
             Message::FetchAttachment { request, hash, offset, hops } => {
-                if let Some(total) = store.attachment_len(&hash)? {
+                if self.serves_of(link) >= MAX_SERVES_PER_LINK {
+                    log::warn!("link {link}: over {MAX_SERVES_PER_LINK} attachment requests at once; refused one");
+                    out.push((link, Message::AttachmentUnavailable { request }));
+                } else if let Some(total) = store.attachment_len(&hash)? {
                     if offset > total {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     } else {
@@ -224,6 +289,9 @@ impl Attachments {
                         }
                         None => f.waiting.push((link, request, offset)),
                     }
+                } else if self.fetches.values().filter(|f| !f.local).count() >= MAX_RELAYED_FETCHES {
+                    log::info!("link {link}: already relaying {MAX_RELAYED_FETCHES} fetches; refused one");
+                    out.push((link, Message::AttachmentUnavailable { request }));
                 } else {
                     self.next_fetch += 1;
                     let id = self.next_fetch;
@@ -239,6 +307,7 @@ impl Attachments {
                             exclude: Some(link),
                             waiting: vec![(link, request, offset)],
                             total: None,
+                            len: None,
                             local: false,
                         },
                     );
@@ -247,7 +316,22 @@ impl Attachments {
             }
             Message::AttachmentChunk { request, offset, total, data } => {
                 let Some(id) = self.fetch_asking(link, request) else { return Ok(()) };
-                let Some(hash) = self.fetches.get(&id).map(|f| f.hash) else { return Ok(()) };
+                let Some((hash, expected)) = self.fetches.get(&id).map(|f| (f.hash, f.total.or(f.len))) else {
+                    return Ok(());
+                };
+                // The length is checked before anything is stored: the token's (or the first answer's), and a
+                // relayed fetch's within its bound. The chunk itself ends within `total` (checked when decoded).
+                match expected {
+                    Some(t) if t != total => {
+                        return Err(SyncError::Protocol(format!("attachment said to be {total} bytes, not {t}")));
+                    }
+                    None if total > MAX_RELAYED_ATTACHMENT_BYTES => {
+                        return Err(SyncError::Protocol(format!(
+                            "attachment of {total} bytes to relay, over {MAX_RELAYED_ATTACHMENT_BYTES}"
+                        )));
+                    }
+                    _ => {}
+                }
                 let done = match store.receive_attachment_part(&hash, offset, &data) {
                     Ok(done) => done,
                     Err(crate::Error::AttachmentCorrupt { reason, .. }) => {
@@ -257,13 +341,7 @@ impl Attachments {
                 };
                 let Some(f) = self.fetches.get_mut(&id) else { return Ok(()) };
                 let local = f.local;
-                match f.total {
-                    None => f.total = Some(total),
-                    Some(t) if t != total => {
-                        return Err(SyncError::Protocol(format!("attachment said to be {total} bytes, earlier {t}")));
-                    }
-                    Some(_) => {}
-                }
+                f.total = Some(total);
                 // The neighbours waiting for these bytes get them as they come.
                 for (l, r, from) in std::mem::take(&mut f.waiting) {
                     if from > total {

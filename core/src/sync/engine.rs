@@ -23,12 +23,22 @@
 //!
 //! **Presence.** Each device floods a record of its direct links (with a sequence number) through the mesh; every
 //! device computes who is reachable, in how many hops and over which transport from the breadth-first search of
-//! those records.
+//! those records. Records are not signed (yet): a record expires [`PRESENCE_TTL_MS`] after it arrived unless its
+//! device floods it again (every [`PRESENCE_REFRESH_MS`]); a sequence number is the wall clock in ms and one too far
+//! ahead ([`PRESENCE_MAX_AHEAD_MS`]) is refused; a device is believed about itself over a direct link; at most
+//! [`MAX_PRESENCE_RECORDS`] are kept. A forged record lasts at most as long as its forger keeps sending it.
+//!
+//! **Bounds.** Links whose handshake does not finish within [`HANDSHAKE_TIMEOUT_MS`] are closed; messages in
+//! reassembly share a node-wide budget ([`REASSEMBLY_FREE_BYTES`] per link, [`REASSEMBLY_SHARED_BYTES`] for all);
+//! a peer that stops reading is disconnected ([`SyncError::NotReading`]); the interest sent to a neighbour is
+//! always one it accepts ([`bounded_interest`]).
 
 use super::attachments::{Attachments, FetchEvent, FetchId};
 use super::link::LinkCodec;
 use super::session::{Session, SessionStats};
-use super::wire::{Message, PresenceLink, Subscription, TransportKind};
+use super::wire::{
+    bounded_interest, bounded_interest_of, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES,
+};
 use super::SyncError;
 use crate::security::{AppSecret, DeviceKey, Identity};
 use crate::store::Replica;
@@ -99,8 +109,11 @@ struct Slot {
     session: Option<Session>,
     device: Option<DeviceKey>,
     name: String,
+    /// The peer's hello arrived (later ones are ignored).
+    greeted: bool,
     closed: bool,
-    /// When (engine time, ms) a frame last arrived, and when a message was last queued.
+    /// When (engine time, ms) the link was opened, a frame last arrived, and a message was last queued.
+    opened: u64,
     last_rx: u64,
     last_tx: u64,
 }
@@ -109,12 +122,40 @@ struct Slot {
 pub const LINK_TIMEOUT_MS: u64 = 20_000;
 /// A synced link with nothing to say for this long (ms) sends a keepalive.
 pub const KEEPALIVE_MS: u64 = 5_000;
+/// A link whose handshake has not finished this long (ms) after it opened is closed: a connection that does not
+/// prove it holds the app secret holds a slot only briefly (a handshake takes two round trips, well under a second
+/// even over Bluetooth LE).
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Bytes a link may reassemble of one message on its own (a batch of changes is about
+/// [`BATCH_BYTES`](super::wire::BATCH_BYTES)).
+pub const REASSEMBLY_FREE_BYTES: usize = 1 << 20;
+/// Bytes all links together may reassemble beyond their [`REASSEMBLY_FREE_BYTES`] each: one message of up to
+/// [`MAX_MESSAGE_BYTES`] (a large change) at a time. A link whose message would go over is closed (its peer may
+/// retry later): the memory held by messages in reassembly is at most `links × REASSEMBLY_FREE_BYTES +
+/// REASSEMBLY_SHARED_BYTES`, whatever the peers send.
+pub const REASSEMBLY_SHARED_BYTES: usize = MAX_MESSAGE_BYTES;
+
+/// A presence record not renewed for this long (ms, engine time since it arrived) is dropped: a device that left
+/// (or never existed) disappears, and a forged record stops counting.
+pub const PRESENCE_TTL_MS: u64 = 60_000;
+/// Every device floods its own presence record again this often (ms), well within [`PRESENCE_TTL_MS`].
+pub const PRESENCE_REFRESH_MS: u64 = 20_000;
+/// Presence sequence numbers are the wall clock in ms (plus one per record when records come faster). A record
+/// whose number is further ahead of this device's wall clock than this (ms) is refused, so that a forged number
+/// (`u64::MAX`) cannot freeze a device's presence; a device whose clock is more than that ahead is seen only by
+/// its direct neighbours.
+pub const PRESENCE_MAX_AHEAD_MS: u64 = 60 * 60 * 1000;
+/// The most presence records kept (devices of the mesh); past it, the least recently received one is dropped.
+pub const MAX_PRESENCE_RECORDS: usize = 1024;
 
 #[derive(Clone, Debug)]
 struct Record {
     seq: u64,
     name: String,
     links: Vec<PresenceLink>,
+    /// When it arrived (engine time, ms).
+    received: u64,
 }
 
 /// The sync engine of one device.
@@ -130,6 +171,8 @@ pub struct Engine {
     next_link: LinkId,
     records: BTreeMap<DeviceKey, Record>,
     own_seq: u64,
+    /// When this device last flooded its own record (engine time, ms).
+    own_flooded: u64,
     last_peers: Vec<PeerPresence>,
     events: VecDeque<EngineEvent>,
     attachments: Attachments,
@@ -141,7 +184,7 @@ pub struct Engine {
 
 impl Engine {
     /// `seq_base` starts the presence sequence numbers (use the wall clock in ms, so a restarted device's records
-    /// replace its old ones).
+    /// replace its old ones); they follow the wall clock of the engine's [`Sources`] from then on.
     pub fn new(
         replica: impl Replica,
         identity: Identity,
@@ -157,11 +200,12 @@ impl Engine {
             secret,
             name: name.to_string(),
             key,
-            own_subscriptions: normalise(subscriptions),
+            own_subscriptions: bounded_interest(subscriptions),
             links: BTreeMap::new(),
             next_link: 1,
             records: BTreeMap::new(),
             own_seq: seq_base,
+            own_flooded: 0,
             last_peers: Vec::new(),
             events: VecDeque::new(),
             attachments: Attachments::default(),
@@ -202,7 +246,9 @@ impl Engine {
                 session: None,
                 device: None,
                 name: String::new(),
+                greeted: false,
                 closed: false,
+                opened: now,
                 last_rx: now,
                 last_tx: now,
             },
@@ -252,7 +298,6 @@ impl Engine {
             .filter(|(_, s)| !s.closed && s.device == Some(device) && s.session.is_some())
             .min_by_key(|(id, s)| (s.transport.preference(), **id))
             .map(|(id, _)| *id);
-        let store = self.replica.clone();
         for (id, slot) in self.links.iter_mut() {
             if slot.closed || slot.device != Some(device) {
                 continue;
@@ -266,7 +311,7 @@ impl Engine {
                         if standby { "standby" } else { "carries the data" }
                     );
                 }
-                session.set_standby(&*store, standby)?;
+                session.set_standby(standby);
             }
         }
         Ok(())
@@ -290,12 +335,15 @@ impl Engine {
         }
     }
 
-    /// Fetch the bytes of the attachment `hash` from the connected devices (directly or through them). Progress
-    /// and the outcome come as [`EngineEvent::Fetch`]; when the store has the bytes already, `Done` comes at once.
-    pub fn fetch_attachment(&mut self, hash: [u8; 32]) -> Result<FetchId, SyncError> {
+    /// Fetch the bytes of the attachment `hash`, `len` bytes long (both from its
+    /// [`AttachmentToken`](crate::AttachmentToken)), from the connected devices (directly or through them). A
+    /// device that says the attachment has another length is not believed (its link is closed and the next one
+    /// asked): no more than `len` bytes are ever stored for it. Progress and the outcome come as
+    /// [`EngineEvent::Fetch`]; when the store has the bytes already, `Done` comes at once.
+    pub fn fetch_attachment(&mut self, hash: [u8; 32], len: u64) -> Result<FetchId, SyncError> {
         let links = self.synced_links();
         let mut out = Vec::new();
-        let id = self.attachments.fetch(&*self.replica, hash, &links, &mut out)?;
+        let id = self.attachments.fetch(&*self.replica, hash, len, &links, &mut out)?;
         self.send_all(out);
         Ok(id)
     }
@@ -321,6 +369,7 @@ impl Engine {
             slot.device.map(|d| d.to_string()).unwrap_or_else(|| "unauthenticated".into())
         );
         slot.closed = true;
+        slot.codec.release();
         let had_session = slot.session.take().is_some();
         let device = slot.device;
         self.events.push_back(EngineEvent::LinkDown { link, device, reason });
@@ -336,17 +385,43 @@ impl Engine {
         if let Err(e) = self.on_frame_inner(link, frame) {
             self.close(link, e.to_string());
         }
+        self.close_backlogged();
+    }
+
+    /// Close the links whose peer stopped reading (a message may have queued something on every link).
+    fn close_backlogged(&mut self) {
+        let backlogged: Vec<(LinkId, usize)> = self
+            .links
+            .iter()
+            .filter_map(|(id, s)| s.session.as_ref().filter(|x| x.is_backlogged()).map(|x| (*id, x.queued())))
+            .collect();
+        for (id, queued) in backlogged {
+            self.close(id, SyncError::NotReading(queued).to_string());
+        }
+    }
+
+    /// What `link` may reassemble of one message now: its own [`REASSEMBLY_FREE_BYTES`], plus what the other links
+    /// leave of [`REASSEMBLY_SHARED_BYTES`].
+    fn reassembly_limit(&self, link: LinkId) -> usize {
+        let shared: usize = self
+            .links
+            .iter()
+            .filter(|(id, _)| **id != link)
+            .map(|(_, s)| s.codec.reassembling().saturating_sub(REASSEMBLY_FREE_BYTES))
+            .sum();
+        REASSEMBLY_FREE_BYTES + REASSEMBLY_SHARED_BYTES.saturating_sub(shared)
     }
 
     fn on_frame_inner(&mut self, link: LinkId, frame: &[u8]) -> Result<(), SyncError> {
         let now = self.now;
+        let limit = self.reassembly_limit(link);
         let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
         if slot.closed {
             return Ok(());
         }
         slot.last_rx = now;
         let was_open = slot.codec.is_open();
-        let messages = slot.codec.on_frame(frame)?;
+        let messages = slot.codec.on_frame(frame, limit)?;
         if !was_open && slot.codec.is_open() {
             self.handshake_done(link)?;
         }
@@ -392,14 +467,16 @@ impl Engine {
         log::info!("link {link}: authenticated {device}");
         self.choose_carrier(device)?;
         // The new neighbour learns the mesh as we know it.
-        let records: Vec<Message> = self
+        let records: Vec<([u8; 32], Message)> = self
             .records
             .iter()
-            .map(|(d, r)| Message::Presence { origin: d.0, seq: r.seq, name: r.name.clone(), links: r.links.clone() })
+            .map(|(d, r)| {
+                (d.0, Message::Presence { origin: d.0, seq: r.seq, name: r.name.clone(), links: r.links.clone() })
+            })
             .collect();
         if let Some(s) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) {
-            for m in records {
-                s.queue(m);
+            for (origin, m) in records {
+                s.queue_presence(origin, m);
             }
         }
         self.links_changed();
@@ -412,7 +489,9 @@ impl Engine {
 
     fn on_message(&mut self, link: LinkId, msg: Message) -> Result<(), SyncError> {
         if let Message::Hello { name, .. } = &msg {
-            if let Some(slot) = self.links.get_mut(&link) {
+            // One hello per link: a peer repeating it does not flood the app with events.
+            if let Some(slot) = self.links.get_mut(&link).filter(|s| !s.greeted) {
+                slot.greeted = true;
                 slot.name = name.clone();
                 if let Some(device) = slot.device {
                     self.events.push_back(EngineEvent::LinkUp {
@@ -466,7 +545,7 @@ impl Engine {
 
     /// Change this device's own subscriptions.
     pub fn set_subscriptions(&mut self, subscriptions: Vec<Subscription>) {
-        self.own_subscriptions = normalise(subscriptions);
+        self.own_subscriptions = bounded_interest(subscriptions);
         self.refresh_interests(None);
     }
 
@@ -478,23 +557,48 @@ impl Engine {
 
     /// What we ask of `link`'s peer: our subscriptions plus those of every other neighbour.
     fn interest_for(&self, link: LinkId) -> Vec<Subscription> {
-        let mut all: BTreeSet<Subscription> = self.own_subscriptions.iter().cloned().collect();
-        let peer = self.links.get(&link).and_then(|s| s.device);
-        for (id, slot) in &self.links {
-            // Not what the peer itself asked for over another link (we would fetch its own wishes from it).
-            if *id != link && (peer.is_none() || slot.device != peer) {
-                if let Some(s) = &slot.session {
-                    all.extend(s.peer_subscriptions());
-                }
+        self.interests_for(std::iter::once(link)).pop().map(|(_, i)| i).unwrap_or_default()
+    }
+
+    /// What we ask of each of `links`' peers: our subscriptions plus those of every other neighbouring device (not
+    /// what the peer itself asked for over another link: we would fetch its own wishes from it). Each neighbour's
+    /// subscriptions are gathered once and only what is sent is copied, so a new interest costs about
+    /// `links × neighbours' subscriptions` comparisons — each bounded ([`MAX_SUBSCRIPTIONS`](super::wire::MAX_SUBSCRIPTIONS)
+    /// and [`MAX_INTEREST_FILTER_BYTES`](super::wire::MAX_INTEREST_FILTER_BYTES) per neighbour).
+    fn interests_for(&self, links: impl Iterator<Item = LinkId>) -> Vec<(LinkId, Vec<Subscription>)> {
+        let mut by_device: BTreeMap<DeviceKey, BTreeSet<&Subscription>> = BTreeMap::new();
+        for slot in self.links.values() {
+            if let (Some(d), Some(s)) = (slot.device, &slot.session) {
+                by_device.entry(d).or_default().extend(s.peer_subscriptions());
             }
         }
-        normalise(all.into_iter().collect())
+        // How many neighbouring devices want each subscription.
+        let mut wanted_by: BTreeMap<&Subscription, usize> = BTreeMap::new();
+        for subs in by_device.values() {
+            for s in subs {
+                *wanted_by.entry(s).or_default() += 1;
+            }
+        }
+        links
+            .map(|link| {
+                let peer = self.links.get(&link).and_then(|s| s.device).and_then(|d| by_device.get(&d));
+                let others = wanted_by
+                    .iter()
+                    .filter(|(s, n)| **n > usize::from(peer.is_some_and(|p| p.contains(**s))))
+                    .map(|(s, _)| *s);
+                (link, bounded_interest_of(self.own_subscriptions.iter().chain(others)))
+            })
+            .collect()
     }
 
     fn refresh_interests(&mut self, except: Option<LinkId>) {
-        let ids: Vec<LinkId> = self.links.keys().copied().filter(|id| Some(*id) != except).collect();
-        for id in ids {
-            let interest = self.interest_for(id);
+        let ids: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(id, s)| Some(**id) != except && s.session.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for (id, interest) in self.interests_for(ids.into_iter()) {
             if let Some(s) = self.links.get_mut(&id).and_then(|s| s.session.as_mut()) {
                 s.set_interest(interest);
             }
@@ -502,9 +606,11 @@ impl Engine {
     }
 
     /// The passing of time (ms, from any fixed origin; call about once a second). Links silent for
-    /// [`LINK_TIMEOUT_MS`] — including handshakes that never finish — are closed; synced links with nothing to
-    /// say for [`KEEPALIVE_MS`] send a keepalive, so a peer that vanished without closing (out of range, cable
-    /// pulled) is noticed on both sides.
+    /// [`LINK_TIMEOUT_MS`] are closed, and links whose handshake has not finished within [`HANDSHAKE_TIMEOUT_MS`];
+    /// synced links with nothing to say for [`KEEPALIVE_MS`] send a keepalive, so a peer that vanished without
+    /// closing (out of range, cable pulled) is noticed on both sides. Presence records older than
+    /// [`PRESENCE_TTL_MS`] are dropped, and this device's own record is flooded again every
+    /// [`PRESENCE_REFRESH_MS`].
     pub fn tick(&mut self, now_ms: u64) {
         self.now = self.now.max(now_ms);
         let now = self.now;
@@ -513,19 +619,38 @@ impl Engine {
             if slot.closed {
                 continue;
             }
-            if now.saturating_sub(slot.last_rx) >= LINK_TIMEOUT_MS {
-                dead.push(*id);
+            if slot.session.is_none() && now.saturating_sub(slot.opened) >= HANDSHAKE_TIMEOUT_MS {
+                dead.push((*id, SyncError::HandshakeTimeout.to_string()));
+            } else if now.saturating_sub(slot.last_rx) >= LINK_TIMEOUT_MS {
+                dead.push((*id, format!("nothing received for {} s", LINK_TIMEOUT_MS / 1000)));
             } else if now.saturating_sub(slot.last_tx) >= KEEPALIVE_MS {
                 if let Some(s) = slot.session.as_mut() {
                     // An empty credit grant: harmless, and proof of life.
-                    s.queue(Message::Credit { bytes: 0 });
+                    s.grant(0);
                     slot.last_tx = now;
                 }
             }
         }
-        for id in dead {
-            self.close(id, format!("nothing received for {} s", LINK_TIMEOUT_MS / 1000));
+        for (id, reason) in dead {
+            self.close(id, reason);
         }
+        let before = self.records.len();
+        self.records.retain(|_, r| now.saturating_sub(r.received) < PRESENCE_TTL_MS);
+        if self.records.len() != before {
+            self.check_presence();
+        }
+        if now.saturating_sub(self.own_flooded) >= PRESENCE_REFRESH_MS {
+            self.flood_own();
+        }
+        if let Err(e) = self.attachments.expire(&*self.replica, now) {
+            log::warn!("dropping expired attachment parts: {e}");
+        }
+        self.close_backlogged();
+    }
+
+    /// How many presence records of other devices this engine keeps (at most [`MAX_PRESENCE_RECORDS`]).
+    pub fn presence_records(&self) -> usize {
+        self.records.len()
     }
 
     /// The next frame to send on `link`, producing more (changes the peer lacks, as flow control allows) when the
@@ -544,10 +669,10 @@ impl Engine {
             return Ok(());
         }
         let Some(session) = slot.session.as_mut() else { return Ok(()) };
-        let mut next = session.poll_message();
+        let mut next = session.poll_message(&*store)?;
         if next.is_none() {
             session.pump(&*store)?;
-            next = session.poll_message();
+            next = session.poll_message(&*store)?;
         }
         if next.is_none() {
             // Attachment bytes go when the link has nothing else to say.
@@ -620,33 +745,65 @@ impl Engine {
     // ---- presence ----
 
     fn links_changed(&mut self) {
-        self.own_seq += 1;
-        let links: Vec<PresenceLink> = self
-            .links
-            .values()
-            .filter(|s| s.session.is_some())
-            .filter_map(|s| Some(PresenceLink { device: s.device?.0, transport: s.transport }))
-            .collect();
-        let msg = Message::Presence { origin: self.key.0, seq: self.own_seq, name: self.name.clone(), links };
-        self.flood(msg, None);
+        self.flood_own();
         self.refresh_interests(None);
         self.check_presence();
     }
 
+    /// Flood this device's record, with a new sequence number: the wall clock in ms, or one more than the last
+    /// when records come faster.
+    fn flood_own(&mut self) {
+        self.own_seq = self.own_seq.saturating_add(1).max(self.sources.now_ms());
+        self.own_flooded = self.now;
+        let links: Vec<PresenceLink> = self
+            .links
+            .values()
+            .filter(|s| s.session.is_some() && !s.closed)
+            .filter_map(|s| Some(PresenceLink { device: s.device?.0, transport: s.transport }))
+            .collect();
+        let msg = Message::Presence { origin: self.key.0, seq: self.own_seq, name: self.name.clone(), links };
+        self.flood(self.key, msg, None);
+    }
+
+    /// A presence record arrived on `from`. It replaces the one kept when its sequence number is higher — or when
+    /// it comes from the device it describes itself, over this link (authenticated by the handshake: a device is
+    /// the authority on its own links, even after another sent a higher number for it). A number further ahead
+    /// of the wall clock than [`PRESENCE_MAX_AHEAD_MS`] is refused.
     fn on_presence(&mut self, from: LinkId, origin: DeviceKey, seq: u64, name: String, links: Vec<PresenceLink>) {
-        if origin == self.key || self.records.get(&origin).is_some_and(|r| r.seq >= seq) {
+        if origin == self.key {
             return;
         }
-        self.records.insert(origin, Record { seq, name: name.clone(), links: links.clone() });
-        self.flood(Message::Presence { origin: origin.0, seq, name, links }, Some(from));
+        let limit = self.sources.now_ms().saturating_add(PRESENCE_MAX_AHEAD_MS);
+        if seq > limit {
+            log::warn!("link {from}: refused a presence record of {origin} numbered {seq}, ahead of the clock");
+            return;
+        }
+        let from_origin = self.links.get(&from).and_then(|s| s.device) == Some(origin);
+        let newer = match self.records.get(&origin) {
+            None => true,
+            Some(r) => r.seq < seq || (from_origin && r.seq != seq),
+        };
+        if !newer {
+            return;
+        }
+        if !self.records.contains_key(&origin) && self.records.len() >= MAX_PRESENCE_RECORDS {
+            let oldest = self.records.iter().min_by_key(|(d, r)| (r.received, **d)).map(|(d, _)| *d);
+            if let Some(oldest) = oldest {
+                log::warn!("presence: {MAX_PRESENCE_RECORDS} records kept; dropping the oldest ({oldest})");
+                self.records.remove(&oldest);
+            }
+        }
+        let received = self.now;
+        self.records.insert(origin, Record { seq, name: name.clone(), links: links.clone(), received });
+        self.flood(origin, Message::Presence { origin: origin.0, seq, name, links }, Some(from));
         self.check_presence();
     }
 
-    fn flood(&mut self, msg: Message, except: Option<LinkId>) {
+    fn flood(&mut self, origin: DeviceKey, msg: Message, except: Option<LinkId>) {
         for (id, slot) in self.links.iter_mut() {
-            if Some(*id) != except {
+            if Some(*id) != except && !slot.closed {
                 if let Some(s) = slot.session.as_mut() {
-                    s.queue(msg.clone());
+                    s.queue_presence(origin.0, msg.clone());
                 }
             }
         }
@@ -718,20 +875,4 @@ impl Engine {
         out.sort_by_key(|a| (a.hops, a.device));
         out
     }
-}
-
-/// Sorted, without duplicates; "everything" absorbs the rest of its collection's subscriptions.
-fn normalise(subs: Vec<Subscription>) -> Vec<Subscription> {
-    let set: BTreeSet<Subscription> = subs.into_iter().collect();
-    let all = set.contains(&Subscription::everything());
-    set.iter()
-        .filter(|s| {
-            if all {
-                return **s == Subscription::everything();
-            }
-            // A filtered subscription is absorbed by an unfiltered one of the same collection.
-            s.filter.is_none() || !set.contains(&Subscription { collection: s.collection.clone(), filter: None })
-        })
-        .cloned()
-        .collect()
 }

@@ -1,11 +1,12 @@
 //! A link's secure channel, without I/O: the Noise handshake, then messages sealed and cut into frames.
 //!
 //! A message larger than one Noise message is sent as several frames; the first byte of each frame's plaintext says
-//! whether more follow. Reassembled messages are bounded by [`MAX_MESSAGE_BYTES`]. Any frame that fails to
+//! whether more follow. Reassembled messages are bounded by [`MAX_MESSAGE_BYTES`], and by the engine's node-wide
+//! budget (`REASSEMBLY_FREE_BYTES` per link, `REASSEMBLY_SHARED_BYTES` beyond that for all links together). Any frame that fails to
 //! decrypt (tampered, replayed, reordered, or from a device without the app secret) is an error: the link must be
 //! closed.
 
-use super::wire::MAX_MESSAGE_BYTES;
+use super::wire::{WireError, MAX_MESSAGE_BYTES};
 use super::SyncError;
 use crate::security::{AppSecret, DeviceKey, Handshake, Identity, SecureChannel, MAX_PLAINTEXT};
 use crate::util::sources::Sources;
@@ -64,16 +65,28 @@ impl LinkCodec {
         }
     }
 
-    /// Handle one frame; returns the messages it completed.
-    pub fn on_frame(&mut self, frame: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
-        let result = self.on_frame_inner(frame);
+    /// Bytes of a message being reassembled (received, not complete yet).
+    pub fn reassembling(&self) -> usize {
+        self.reassembly.len()
+    }
+
+    /// Handle one frame; returns the messages it completed. A message may grow to `limit` bytes at most (the
+    /// engine's share for this link, at most [`MAX_MESSAGE_BYTES`]).
+    pub fn on_frame(&mut self, frame: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, SyncError> {
+        let result = self.on_frame_inner(frame, limit.min(MAX_MESSAGE_BYTES));
         if result.is_err() {
             self.state = State::Failed;
+            self.release();
         }
         result
     }
 
-    fn on_frame_inner(&mut self, frame: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
+    /// The link is closed: drop the message being reassembled (it counts against the engine's node-wide budget).
+    pub fn release(&mut self) {
+        self.reassembly = Vec::new();
+    }
+
+    fn on_frame_inner(&mut self, frame: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, SyncError> {
         match &mut self.state {
             State::Failed => Err(SyncError::Protocol("link already failed".into())),
             State::Handshaking(hs) => {
@@ -84,8 +97,12 @@ impl LinkCodec {
             State::Open { channel, .. } => {
                 let plain = channel.open(frame)?;
                 let (&flag, piece) = plain.split_first().ok_or_else(|| SyncError::Protocol("empty frame".into()))?;
-                if self.reassembly.len() + piece.len() > MAX_MESSAGE_BYTES {
-                    return Err(SyncError::Protocol(format!("message over {MAX_MESSAGE_BYTES} bytes")));
+                // The message's kind (in its first bytes) bounds its size too, before the rest arrives.
+                let head: Vec<u8> = self.reassembly.iter().chain(piece).take(2).copied().collect();
+                let limit = limit.min(super::wire::size_limit(&head));
+                let len = self.reassembly.len() + piece.len();
+                if len > limit {
+                    return Err(WireError::TooLarge(len).into());
                 }
                 self.reassembly.extend_from_slice(piece);
                 match flag {

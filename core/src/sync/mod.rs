@@ -12,7 +12,7 @@ pub mod wire;
 pub use attachments::{FetchEvent, FetchId, MAX_HOPS};
 pub use engine::{Engine, EngineEvent, LinkId, PeerPresence};
 pub use session::{SessionStats, WINDOW};
-pub use wire::{Message, Subscription, TransportKind, WireError};
+pub use wire::{bounded_interest, Message, Subscription, TransportKind, WireError};
 
 /// Why a link was closed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,13 @@ pub enum SyncError {
     /// The local store failed while reading or applying changes or attachments.
     #[error("store: {0}")]
     Store(#[from] crate::Error),
+    /// The other device stopped reading: more messages wait for it than
+    /// [`MAX_OUTBOX_MESSAGES`](session::MAX_OUTBOX_MESSAGES) (how many). The link is closed rather than buffered for.
+    #[error("the other device stopped reading ({0} messages waiting)")]
+    NotReading(usize),
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT_MS`](engine::HANDSHAKE_TIMEOUT_MS).
+    #[error("no handshake within {} ms", engine::HANDSHAKE_TIMEOUT_MS)]
+    HandshakeTimeout,
     /// Another link over the same transport connects the same two devices; this one was closed in its favour.
     #[error("a link to this device already exists")]
     Duplicate,

@@ -16,34 +16,76 @@
 //!
 //! Flow control: the receiver grants credit in bytes of changes processed ([`Message::Credit`]); the sender never
 //! has more than [`WINDOW`] bytes of changes outstanding (plus one batch), so a slow link never makes memory grow.
+//!
+//! Bounds against a hostile peer: handling a message never reads the change log — a summary's claims (cut to what
+//! this store holds) and a new interest only mark what to look at again, and the pump (`Session::pump`) looks at most
+//! [`PUMP_SCAN_BYTES`] of log per call; summaries merge linearly; the outbox coalesces what the session queues on
+//! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
+//! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
 use super::wire::{Message, Subscription, BATCH_BYTES};
 use super::SyncError;
 use crate::query::Query;
 use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Bytes of changes a sender may have outstanding before the receiver grants more.
 pub const WINDOW: u64 = 1 << 20;
 
-/// A peer's subscriptions, with their filters parsed.
+/// Bytes of the change log one pump of a session (`Session::pump`) may examine (changes read to decide what the peer lacks, whether
+/// sent or found of no interest). Past it, the pump stops and resumes at the next call: however much a message
+/// makes the session look at again (a new interest, a summary claiming many changes), the work done at once under
+/// the engine's lock stays bounded and the other links keep being served.
+pub const PUMP_SCAN_BYTES: usize = 1 << 20;
+
+/// The most counter ranges kept of what a peer is believed to hold. A summary is the peer's claim: ranges beyond
+/// what this device holds itself only save a resend later, so past this bound the belief is cut down to what this
+/// device holds (memory then grows with the store, never with what a peer claims).
+pub const MAX_PEER_KNOWN_RANGES: usize = 1 << 16;
+
+/// The most messages a session queues for its peer. Everything a session queues on its own is coalesced (one
+/// summary, one interest, one credit grant, one presence record per device) or limited by flow control (changes);
+/// a queue longer than this means the peer stopped reading while it keeps asking (attachment requests, resyncs):
+/// the link is closed ([`SyncError::NotReading`]) rather than buffered for.
+pub const MAX_OUTBOX_MESSAGES: usize = 4096;
+
+/// A peer's subscriptions, with their filters parsed, by collection (a document is checked against the filters of
+/// its own collection only).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Interest {
-    subs: Vec<(Subscription, Option<Query>)>,
+    subs: Vec<Subscription>,
+    /// Every collection wanted whole.
+    everything: bool,
+    /// Per collection: `None` when the collection is wanted whole, else its filters.
+    collections: BTreeMap<String, Option<Vec<Query>>>,
 }
 
 impl Interest {
+    /// Parse a peer's subscriptions. The message was validated ([`Message::decode`]): at most
+    /// [`MAX_FILTERS_PER_COLLECTION`](super::wire::MAX_FILTERS_PER_COLLECTION) filters of bounded size per
+    /// collection, so checking one document costs at most that.
     pub fn new(subs: &[Subscription]) -> Result<Interest, SyncError> {
-        let mut out = Vec::with_capacity(subs.len());
+        let mut out = Interest { subs: subs.to_vec(), ..Interest::default() };
         for s in subs {
-            let q = match &s.filter {
-                Some(f) => Some(Query::filter(f).map_err(|e| SyncError::Protocol(format!("filter {f:?}: {e}")))?),
-                None => None,
+            let Some(c) = &s.collection else {
+                // A filter without a collection is refused when decoded; `*` wants everything.
+                out.everything = true;
+                continue;
             };
-            out.push((s.clone(), q));
+            match &s.filter {
+                None => {
+                    out.collections.insert(c.clone(), None);
+                }
+                Some(f) => {
+                    let q = Query::filter(f).map_err(|e| SyncError::Protocol(format!("filter {f:?}: {e}")))?;
+                    if let Some(filters) = out.collections.entry(c.clone()).or_insert_with(|| Some(Vec::new())) {
+                        filters.push(q);
+                    }
+                }
+            }
         }
-        Ok(Interest { subs: out })
+        Ok(out)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,26 +94,43 @@ impl Interest {
 
     /// Whether a document of `collection` with `view` (`None` when removed) matches a subscription.
     pub fn matches(&self, collection: &str, view: Option<&Json>) -> bool {
-        self.subs.iter().any(|(s, q)| {
-            let collection_ok = s.collection.as_deref().is_none_or(|c| c == collection);
-            collection_ok
-                && match (q, view) {
-                    (None, _) => true,
-                    (Some(q), Some(v)) => q.matches(v).unwrap_or(false),
-                    (Some(_), None) => false,
-                }
-        })
+        if self.everything {
+            return true;
+        }
+        match self.collections.get(collection) {
+            None => false,
+            Some(None) => true,
+            Some(Some(filters)) => view.is_some_and(|v| filters.iter().any(|q| q.matches(v).unwrap_or(false))),
+        }
     }
 
     /// Whether an unfiltered subscription covers `collection` (every document of it is wanted, removed or not).
     pub fn wants_all_of(&self, collection: &str) -> bool {
-        self.subs.iter().any(|(s, q)| q.is_none() && s.collection.as_deref().is_none_or(|c| c == collection))
+        self.everything || matches!(self.collections.get(collection), Some(None))
     }
 
     /// Whether any subscription may concern `collection`.
     pub fn covers_collection(&self, collection: &str) -> bool {
-        self.subs.iter().any(|(s, _)| s.collection.as_deref().is_none_or(|c| c == collection))
+        self.everything || self.collections.contains_key(collection)
     }
+}
+
+/// A message waiting to be sent. Those the session produces on its own are coalesced: one entry stands for the
+/// latest value, read when the message is sent.
+#[derive(Debug)]
+enum Out {
+    /// A message as it is.
+    Message(Message),
+    /// This store's summary, as it is when sent (the first one, and answers to [`Message::Resync`]).
+    Summary,
+    /// The interest last set ([`Session::set_interest`]).
+    Interest,
+    /// The changes received from other devices since the last announcement ([`Session::announce`]).
+    Announce,
+    /// The credit granted since the last grant (or a keepalive).
+    Credit,
+    /// The latest presence record of this device key.
+    Presence([u8; 32]),
 }
 
 /// What handling one message did, for the engine.
@@ -98,14 +157,29 @@ pub(crate) struct Session {
     got_summary: bool,
     /// Changes examined and found of no interest to the peer.
     skipped: Summary,
+    /// Changes this store holds that the peer newly said it holds, while some were skipped: their documents are to
+    /// be looked at again (the peer now holds some of their changes, so they are of interest to it), a slice per
+    /// pump.
+    recheck: Summary,
     /// Bytes of changes we may still send.
     send_credit: i64,
     /// Bytes of changes received and processed since we last granted credit.
     received_unacked: u64,
+    /// Credit granted and not sent yet (an [`Out::Credit`] is queued when it is non-zero).
+    credit_due: u64,
+    credit_queued: bool,
     /// Messages ready to send, in order.
-    outbox: VecDeque<Message>,
+    outbox: VecDeque<Out>,
+    /// An [`Out::Summary`] is queued.
+    summary_queued: bool,
+    /// An [`Out::Interest`] is queued.
+    interest_queued: bool,
+    /// Changes to announce (an [`Out::Announce`] is queued when it is not empty).
+    announce_due: Summary,
+    /// Presence records to send, by device (an [`Out::Presence`] is queued for each).
+    presence_due: BTreeMap<[u8; 32], Message>,
     /// Documents the peer sent changes of, to look at again (they may have become of interest to it).
-    touched_by_peer: Vec<i64>,
+    touched_by_peer: BTreeSet<i64>,
     /// The interest we last sent.
     sent_interest: Option<Vec<Subscription>>,
     /// Changes being gathered into the next [`Message::Changes`] (several documents share a batch).
@@ -144,10 +218,17 @@ impl Session {
             peer_known: Summary::new(),
             got_summary: false,
             skipped: Summary::new(),
+            recheck: Summary::new(),
             send_credit: WINDOW as i64,
             received_unacked: 0,
+            credit_due: 0,
+            credit_queued: false,
             outbox: VecDeque::new(),
-            touched_by_peer: Vec::new(),
+            summary_queued: false,
+            interest_queued: false,
+            announce_due: Summary::new(),
+            presence_due: BTreeMap::new(),
+            touched_by_peer: BTreeSet::new(),
             sent_interest: None,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -155,26 +236,47 @@ impl Session {
             awaiting_summary: false,
             stats: SessionStats::default(),
         };
-        s.outbox.push_back(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 });
+        s.outbox.push_back(Out::Message(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 }));
         s.set_interest(interest);
-        s.outbox.push_back(Message::Summary { summary: store.summary()? });
+        s.queue_summary();
         Ok(s)
     }
 
     /// Tell the peer what we want from it (when it differs from what we last said).
     pub fn set_interest(&mut self, interest: Vec<Subscription>) {
         if self.sent_interest.as_ref() != Some(&interest) {
-            self.outbox.push_back(Message::Interest { subscriptions: interest.clone() });
             self.sent_interest = Some(interest);
+            if !self.interest_queued {
+                self.interest_queued = true;
+                self.outbox.push_back(Out::Interest);
+            }
+        }
+    }
+
+    /// Queue this store's summary (once: a summary queued already goes out as the store is then).
+    fn queue_summary(&mut self) {
+        if !self.summary_queued {
+            self.summary_queued = true;
+            self.outbox.push_back(Out::Summary);
+        }
+    }
+
+    /// Grant the peer `bytes` more credit (0: a keepalive), coalesced with a grant not sent yet.
+    pub fn grant(&mut self, bytes: u64) {
+        self.credit_due = self.credit_due.saturating_add(bytes);
+        if !self.credit_queued {
+            self.credit_queued = true;
+            self.outbox.push_back(Out::Credit);
         }
     }
 
     /// The subscriptions the peer declared.
-    pub fn peer_subscriptions(&self) -> Vec<Subscription> {
-        self.peer_interest.subs.iter().map(|(s, _)| s.clone()).collect()
+    pub fn peer_subscriptions(&self) -> &[Subscription] {
+        &self.peer_interest.subs
     }
 
-    /// Handle one message from the peer.
+    /// Handle one message from the peer. The work is bounded by the message's size and the store's summary; what
+    /// a message makes the session look at in the log is looked at by [`Session::pump`], a bounded slice at a time.
     pub fn handle(&mut self, store: &dyn Replica, msg: Message) -> Result<Handled, SyncError> {
         let mut out = Handled::default();
         match msg {
@@ -184,23 +286,22 @@ impl Session {
                 self.got_interest = true;
                 // What was of no interest before may be now.
                 self.skipped = Summary::new();
+                self.recheck = Summary::new();
                 out.interest_changed = true;
             }
             Message::Summary { summary } => {
-                if self.got_summary {
+                let held = store.summary()?;
+                if self.got_summary && !self.skipped.is_empty() {
                     // An update: the peer got these changes from another device. Their documents are now of interest
-                    // to it (it holds some of their changes), even those we skipped: look at them again.
-                    let new = summary.difference(&self.peer_known);
-                    if !new.is_empty() {
-                        let held_elsewhere = store.summary()?.difference(&new);
-                        for e in store.log_missing(&held_elsewhere, &Summary::new(), usize::MAX)? {
-                            if !self.touched_by_peer.contains(&e.doc) {
-                                self.touched_by_peer.push(e.doc);
-                            }
-                        }
-                    }
+                    // to it (it holds some of their changes), even those we skipped: look at them again — only the
+                    // changes this store holds, so a claim never costs more than the log it meets.
+                    let new = summary.difference(&self.peer_known).intersection(&held);
+                    self.recheck.union_with(&new);
                 }
                 self.peer_known.union_with(&summary);
+                if self.peer_known.range_count() > MAX_PEER_KNOWN_RANGES {
+                    self.peer_known = self.peer_known.intersection(&held);
+                }
                 self.got_summary = true;
                 self.awaiting_summary = false;
             }
@@ -214,15 +315,21 @@ impl Session {
                 }
                 let report = store.apply_changes(&decoded)?;
                 let held = store.summary()?;
+                // The batch's changes in counter order, so that building their summary appends (inserting them
+                // into the peer's summary one by one, in the order sent, could cost the square of their number).
+                let mut ranges: Vec<(crate::PeerId, u64, u64)> =
+                    decoded.iter().map(|dc| (dc.change.peer, dc.change.start, dc.change.end())).collect();
+                ranges.sort_unstable();
+                let mut sent = Summary::new();
                 let mut received = Summary::new();
-                for dc in &decoded {
-                    self.peer_known.insert(dc.change.peer, dc.change.start, dc.change.end());
-                    if held.contains(dc.change.peer, dc.change.start, dc.change.end()) {
-                        received.insert(dc.change.peer, dc.change.start, dc.change.end());
+                for &(peer, start, end) in &ranges {
+                    sent.insert(peer, start, end);
+                    if held.contains(peer, start, end) {
+                        received.insert(peer, start, end);
                     }
                 }
+                self.peer_known.union_with(&sent);
                 out.received = Some(received);
-                let mut docs: Vec<i64> = Vec::new();
                 for dc in &decoded {
                     // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
                     // second look: whatever of it the peer lacks, the log will list.
@@ -230,24 +337,19 @@ impl Session {
                         continue;
                     }
                     if let Some(n) = store.doc_number(&dc.collection, &dc.doc_id)? {
-                        if !docs.contains(&n) {
-                            docs.push(n);
-                        }
+                        self.touched_by_peer.insert(n);
                     }
                 }
-                self.touched_by_peer.extend(docs);
                 self.stats.changes_received += decoded.len() as u64;
                 self.stats.change_bytes_received += bytes;
                 self.received_unacked += bytes;
                 if self.received_unacked >= WINDOW / 2 {
-                    self.outbox.push_back(Message::Credit { bytes: self.received_unacked });
-                    self.received_unacked = 0;
+                    let bytes = std::mem::take(&mut self.received_unacked);
+                    self.grant(bytes);
                 }
                 out.applied = Some(report);
             }
-            Message::Resync => {
-                self.outbox.push_back(Message::Summary { summary: store.summary()? });
-            }
+            Message::Resync => self.queue_summary(),
             Message::Credit { bytes } => {
                 self.send_credit =
                     self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
@@ -268,14 +370,13 @@ impl Session {
     /// change until that summary arrives. What a session believes the peer holds comes only from the peer's own
     /// summaries and the changes exchanged on this link, so it can be short of the truth but never ahead of it:
     /// nothing the peer lacks is skipped, and a change it got twice is applied once (changes are idempotent).
-    pub fn set_standby(&mut self, store: &dyn Replica, standby: bool) -> Result<(), SyncError> {
+    pub fn set_standby(&mut self, standby: bool) {
         if self.standby && !standby {
-            self.outbox.push_back(Message::Summary { summary: store.summary()? });
-            self.outbox.push_back(Message::Resync);
+            self.queue_summary();
+            self.outbox.push_back(Out::Message(Message::Resync));
             self.awaiting_summary = true;
         }
         self.standby = standby;
-        Ok(())
     }
 
     /// Whether the session is on standby.
@@ -283,17 +384,41 @@ impl Session {
         self.standby
     }
 
-    /// Produce change batches while credit allows. Returns whether anything was queued.
+    /// Produce change batches while credit allows, examining at most about [`PUMP_SCAN_BYTES`] of the log. Returns
+    /// whether anything was queued. When the budget ran out before anything could be queued, a keepalive is queued
+    /// so that the transport comes back for more (and the pump goes on where it stopped).
     pub fn pump(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
         if !self.is_ready() || self.peer_interest.is_empty() || self.standby || self.awaiting_summary {
             return Ok(false);
         }
         let mut queued = false;
-        // Documents the peer itself changed may have become of interest to it.
-        for doc in std::mem::take(&mut self.touched_by_peer) {
-            queued |= self.send_doc_if_interesting(store, doc, None)?;
+        let mut scanned = 0usize;
+        // The documents of changes the peer newly holds, a slice at a time.
+        if !self.recheck.is_empty() {
+            let held = store.summary()?;
+            while !self.recheck.is_empty() && scanned < PUMP_SCAN_BYTES {
+                let entries = store.log_missing(&held.difference(&self.recheck), &Summary::new(), BATCH_BYTES * 4)?;
+                if entries.is_empty() {
+                    self.recheck = Summary::new();
+                    break;
+                }
+                let mut seen = Summary::new();
+                for e in entries {
+                    scanned += e.wire_len();
+                    seen.insert(e.peer, e.start, e.end);
+                    self.touched_by_peer.insert(e.doc);
+                }
+                self.recheck = self.recheck.difference(&seen);
+            }
         }
-        while self.send_credit > 0 {
+        // Documents the peer itself changed may have become of interest to it.
+        while scanned < PUMP_SCAN_BYTES {
+            let Some(doc) = self.touched_by_peer.pop_first() else { break };
+            let (q, n) = self.send_doc_if_interesting(store, doc, None)?;
+            queued |= q;
+            scanned += n;
+        }
+        while self.send_credit > 0 && scanned < PUMP_SCAN_BYTES {
             let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
             let entries = store.log_missing(&self.peer_known, &self.skipped, budget)?;
             if entries.is_empty() {
@@ -303,6 +428,7 @@ impl Session {
             let mut by_doc: BTreeMap<i64, Vec<LogEntry>> = BTreeMap::new();
             let mut order = Vec::new();
             for e in entries {
+                scanned += e.wire_len();
                 if !by_doc.contains_key(&e.doc) {
                     order.push(e.doc);
                 }
@@ -310,21 +436,27 @@ impl Session {
             }
             for doc in order {
                 let entries = by_doc.remove(&doc).unwrap_or_default();
-                queued |= self.send_doc_if_interesting(store, doc, Some(entries))?;
+                let (q, n) = self.send_doc_if_interesting(store, doc, Some(entries))?;
+                queued |= q;
+                scanned += n;
             }
         }
         self.flush_batch();
+        if !queued && scanned >= PUMP_SCAN_BYTES {
+            self.grant(0);
+        }
         Ok(queued)
     }
 
     /// Send every change of `doc` the peer lacks if the document is of interest to it; otherwise remember `seen`
-    /// (the entries that led us here) as skipped.
+    /// (the entries that led us here) as skipped. Returns whether anything was queued, and the bytes of log read
+    /// besides `seen`.
     fn send_doc_if_interesting(
         &mut self,
         store: &dyn Replica,
         doc: i64,
         seen: Option<Vec<LogEntry>>,
-    ) -> Result<bool, SyncError> {
+    ) -> Result<(bool, usize), SyncError> {
         // Fast path: the peer wants the whole collection and nothing was ever skipped for it, so every change of
         // the document it lacks is among those the log just listed (or comes in a later batch): no need to read
         // the document's whole log.
@@ -332,11 +464,12 @@ impl Session {
             if self.skipped.is_empty() && seen.first().is_some_and(|e| self.peer_interest.wants_all_of(&e.collection)) {
                 let missing: Vec<LogEntry> =
                     seen.iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).cloned().collect();
-                return Ok(self.send_entries(missing));
+                return Ok((self.send_entries(missing), 0));
             }
         }
         let log = store.log_of_doc(doc)?;
-        let Some(first) = log.first() else { return Ok(false) };
+        let read = log.iter().map(LogEntry::wire_len).sum();
+        let Some(first) = log.first() else { return Ok((false, read)) };
         let interesting = self.peer_interest.covers_collection(&first.collection)
             && (log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end))
                 || self.peer_interest.matches(&first.collection, store.view_of_doc(doc)?.as_ref()));
@@ -344,11 +477,11 @@ impl Session {
             for e in seen.unwrap_or_default() {
                 self.skipped.insert(e.peer, e.start, e.end);
             }
-            return Ok(false);
+            return Ok((false, read));
         }
         let missing: Vec<LogEntry> =
             log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();
-        Ok(self.send_entries(missing))
+        Ok((self.send_entries(missing), read))
     }
 
     /// Queue `missing` (changes the peer lacks) into change batches; whether there were any.
@@ -377,27 +510,73 @@ impl Session {
         let changes = std::mem::take(&mut self.batch);
         self.stats.changes_sent += changes.len() as u64;
         self.stats.change_bytes_sent += std::mem::take(&mut self.batch_bytes) as u64;
-        self.outbox.push_back(Message::Changes { changes });
+        self.outbox.push_back(Out::Message(Message::Changes { changes }));
     }
 
     /// Tell the peer we now hold `changes`, received from another device, unless what we asked it for is
     /// everything (then it sends us every change anyway). Without this, a peer deciding what is of interest to us
     /// by filter would not know we hold a document we got elsewhere, and would skip the edit that makes it leave
-    /// the filter (or removes it): we would keep a stale copy.
+    /// the filter (or removes it): we would keep a stale copy. Announcements not sent yet are merged into one.
     pub fn announce(&mut self, changes: &Summary) {
         let wants_everything = self.sent_interest.as_ref().is_some_and(|i| i.contains(&Subscription::everything()));
         if !wants_everything && !changes.is_empty() {
-            self.outbox.push_back(Message::Summary { summary: changes.clone() });
+            if self.announce_due.is_empty() {
+                self.outbox.push_back(Out::Announce);
+            }
+            self.announce_due.union_with(changes);
         }
     }
 
-    /// Queue a message that is not the session's own (presence, attachments).
+    /// Queue a presence record (a [`Message::Presence`]); one not sent yet for the same device is replaced.
+    pub fn queue_presence(&mut self, origin: [u8; 32], msg: Message) {
+        if self.presence_due.insert(origin, msg).is_none() {
+            self.outbox.push_back(Out::Presence(origin));
+        }
+    }
+
+    /// Queue a message that is not the session's own (attachments).
     pub fn queue(&mut self, msg: Message) {
-        self.outbox.push_back(msg);
+        self.outbox.push_back(Out::Message(msg));
+    }
+
+    /// Whether the peer stopped reading: more than [`MAX_OUTBOX_MESSAGES`] messages wait for it.
+    pub fn is_backlogged(&self) -> bool {
+        self.outbox.len() > MAX_OUTBOX_MESSAGES
+    }
+
+    /// How many messages wait to be sent.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
     }
 
     /// The next message to send.
-    pub fn poll_message(&mut self) -> Option<Message> {
-        self.outbox.pop_front()
+    pub fn poll_message(&mut self, store: &dyn Replica) -> Result<Option<Message>, SyncError> {
+        while let Some(next) = self.outbox.pop_front() {
+            if let Some(m) = self.produce(store, next)? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The message an outbox entry stands for, as of now.
+    fn produce(&mut self, store: &dyn Replica, next: Out) -> Result<Option<Message>, SyncError> {
+        Ok(Some(match next {
+            Out::Message(m) => m,
+            Out::Summary => {
+                self.summary_queued = false;
+                Message::Summary { summary: store.summary()? }
+            }
+            Out::Interest => {
+                self.interest_queued = false;
+                Message::Interest { subscriptions: self.sent_interest.clone().unwrap_or_default() }
+            }
+            Out::Announce => Message::Summary { summary: std::mem::take(&mut self.announce_due) },
+            Out::Credit => {
+                self.credit_queued = false;
+                Message::Credit { bytes: std::mem::take(&mut self.credit_due) }
+            }
+            Out::Presence(origin) => return Ok(self.presence_due.remove(&origin)),
+        }))
     }
 }

@@ -6,12 +6,36 @@
 use crate::crdt::change::MAX_ENCODED_CHANGE_BYTES;
 use crate::store::Summary;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The protocol version this build speaks. A message with another version byte is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// The largest message accepted (the largest change plus room for its header).
+/// The largest message accepted (the largest change plus room for its header): a [`Message::Changes`].
 pub const MAX_MESSAGE_BYTES: usize = MAX_ENCODED_CHANGE_BYTES + (1 << 20);
+
+/// The largest [`Message::Summary`] accepted: the largest summary a store accepts from elsewhere
+/// (`store::replicate::MAX_SUMMARY_BYTES`, 16 MiB: one of many scattered changes) plus room for its header. Decoding
+/// one costs memory in proportion (up to about eight times its size), so it is bounded well below
+/// [`MAX_MESSAGE_BYTES`].
+pub const MAX_SUMMARY_MESSAGE_BYTES: usize = (16 << 20) + 16;
+
+/// The largest message of any other kind accepted (an interest, presence record or attachment chunk is far
+/// smaller). Checked from a message's first frame, before the rest is reassembled.
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The postcard variant indexes of the messages allowed more than [`MAX_CONTROL_MESSAGE_BYTES`].
+const SUMMARY_VARIANT: u8 = 2;
+const CHANGES_VARIANT: u8 = 3;
+
+/// The largest a message may be, from its first bytes (the version byte, then the message kind).
+pub(crate) fn size_limit(start: &[u8]) -> usize {
+    match start.get(1) {
+        Some(&CHANGES_VARIANT) => MAX_MESSAGE_BYTES,
+        Some(&SUMMARY_VARIANT) => MAX_SUMMARY_MESSAGE_BYTES,
+        _ => MAX_CONTROL_MESSAGE_BYTES,
+    }
+}
 
 /// Changes are sent in batches of about this many bytes.
 pub const BATCH_BYTES: usize = 48 << 10;
@@ -19,8 +43,20 @@ pub const BATCH_BYTES: usize = 48 << 10;
 /// Attachment bytes travel in chunks of this size.
 pub const ATTACHMENT_CHUNK: usize = 32 << 10;
 
-const MAX_SUBSCRIPTIONS: usize = 1024;
-const MAX_FILTER_BYTES: usize = 4096;
+/// The most subscriptions one [`Message::Interest`] may carry. A device asking its neighbour for more than this
+/// (its own and those it carries for others) merges them first ([`bounded_interest`]).
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// The longest filter of one subscription, in bytes.
+pub const MAX_FILTER_BYTES: usize = 4096;
+/// The most filtered subscriptions of one collection in one [`Message::Interest`]: every document of the collection
+/// is checked against each of them (when it changes, and again when the interest changes), so this bounds the work
+/// one document costs. More are merged into the whole collection ([`bounded_interest`]).
+pub const MAX_FILTERS_PER_COLLECTION: usize = 16;
+/// The most bytes of filters of one collection in one [`Message::Interest`] (see [`MAX_FILTERS_PER_COLLECTION`]).
+pub const MAX_FILTER_BYTES_PER_COLLECTION: usize = 16 << 10;
+/// The most bytes of filters in one [`Message::Interest`], all collections together: a relay combines the
+/// interests of all its neighbours for each of them, so this bounds that work and the memory interests take.
+pub const MAX_INTEREST_FILTER_BYTES: usize = 64 << 10;
 const MAX_NAME_BYTES: usize = 256;
 const MAX_PRESENCE_LINKS: usize = 1024;
 
@@ -66,6 +102,9 @@ impl Subscription {
     }
 
     fn validate(&self) -> Result<(), WireError> {
+        if self.collection.is_none() && self.filter.is_some() {
+            return Err(WireError::Invalid("a filter without a collection".into()));
+        }
         if let Some(c) = &self.collection {
             crate::store::check_collection(c).map_err(|e| WireError::Invalid(e.to_string()))?;
         }
@@ -77,6 +116,81 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// Subscriptions in the form sent to a neighbour: sorted, without duplicates, `*` absorbing everything and a whole
+/// collection absorbing its filters — and within the bounds a neighbour accepts, by widening rather than dropping
+/// (a device may then receive more than it asked for, never less):
+///
+/// 1. a collection with more than [`MAX_FILTERS_PER_COLLECTION`] filters, or more than
+///    [`MAX_FILTER_BYTES_PER_COLLECTION`] bytes of them, is asked for whole;
+/// 2. while there are more than [`MAX_SUBSCRIPTIONS`], or more than [`MAX_INTEREST_FILTER_BYTES`] of filters, the
+///    collection with the most filters (then the most bytes of them) is asked for whole;
+/// 3. if still more (that many collections), everything is asked for (`*`).
+///
+/// A relay asks its neighbours for its own subscriptions plus every other neighbour's: however many those are, its
+/// message never is one the neighbours must refuse.
+pub fn bounded_interest(subs: Vec<Subscription>) -> Vec<Subscription> {
+    bounded_interest_of(subs.iter())
+}
+
+/// [`bounded_interest`] of borrowed subscriptions: only what is kept is copied.
+pub(crate) fn bounded_interest_of<'a>(subs: impl Iterator<Item = &'a Subscription>) -> Vec<Subscription> {
+    // Per collection: `None` when wanted whole, else its filters.
+    let mut by_collection: BTreeMap<&str, Option<BTreeSet<&str>>> = BTreeMap::new();
+    for s in subs {
+        let Some(c) = s.collection.as_deref() else {
+            if s.filter.is_none() {
+                return vec![Subscription::everything()];
+            }
+            continue;
+        };
+        let entry = by_collection.entry(c).or_insert_with(|| Some(BTreeSet::new()));
+        match (s.filter.as_deref(), entry.as_mut()) {
+            (None, _) => *entry = None,
+            (Some(f), Some(filters)) => {
+                filters.insert(f);
+            }
+            (Some(_), None) => {}
+        }
+    }
+    let bytes_of = |f: &BTreeSet<&str>| f.iter().map(|f| f.len()).sum::<usize>();
+    for filters in by_collection.values_mut() {
+        let too_many = filters
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_FILTERS_PER_COLLECTION || bytes_of(f) > MAX_FILTER_BYTES_PER_COLLECTION);
+        if too_many {
+            *filters = None;
+        }
+    }
+    let mut total: usize = by_collection.values().map(|f| f.as_ref().map_or(1, BTreeSet::len)).sum();
+    let mut filter_bytes: usize = by_collection.values().flatten().map(bytes_of).sum();
+    if total > MAX_SUBSCRIPTIONS || filter_bytes > MAX_INTEREST_FILTER_BYTES {
+        // The collections with the most filters first, then the most bytes of them (then by name, so every device
+        // decides alike).
+        let mut order: Vec<(usize, usize, &str)> =
+            by_collection.iter().filter_map(|(c, f)| f.as_ref().map(|f| (f.len(), bytes_of(f), *c))).collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then_with(|| a.2.cmp(b.2)));
+        for (n, bytes, c) in order {
+            if total <= MAX_SUBSCRIPTIONS && filter_bytes <= MAX_INTEREST_FILTER_BYTES {
+                break;
+            }
+            by_collection.insert(c, None);
+            total -= n.saturating_sub(1);
+            filter_bytes -= bytes;
+        }
+    }
+    if total > MAX_SUBSCRIPTIONS {
+        return vec![Subscription::everything()];
+    }
+    let mut out = Vec::with_capacity(total);
+    for (c, filters) in by_collection {
+        match filters {
+            None => out.push(Subscription::collection(c)),
+            Some(filters) => out.extend(filters.iter().map(|f| Subscription::filtered(c, f))),
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for Subscription {
@@ -139,7 +253,9 @@ pub enum Message {
     },
     /// What the sender wants from the receiver: its own subscriptions and those it carries for its other neighbours.
     Interest {
-        /// Every subscription the sender asks for (at most 1024); it replaces the interest sent before.
+        /// Every subscription the sender asks for (at most [`MAX_SUBSCRIPTIONS`], at most
+        /// [`MAX_FILTERS_PER_COLLECTION`] filters per collection and [`MAX_INTEREST_FILTER_BYTES`] of filters in
+        /// all; a filter needs a collection); it replaces the interest sent before.
         subscriptions: Vec<Subscription>,
     },
     /// The changes the sender holds.
@@ -212,7 +328,8 @@ pub enum WireError {
     /// The message has no bytes at all.
     #[error("empty message")]
     Empty,
-    /// The message is longer than [`MAX_MESSAGE_BYTES`] (its length in bytes).
+    /// The message is longer than allowed for its kind ([`MAX_MESSAGE_BYTES`], [`MAX_SUMMARY_MESSAGE_BYTES`] or
+    /// [`MAX_CONTROL_MESSAGE_BYTES`]; its length in bytes, or as far as it was received).
     #[error("message of {0} bytes is over the limit")]
     TooLarge(usize),
     /// The bytes do not decode to a message.
@@ -238,7 +355,7 @@ impl Message {
         if version != PROTOCOL_VERSION {
             return Err(WireError::UnsupportedVersion(version));
         }
-        if bytes.len() > MAX_MESSAGE_BYTES {
+        if bytes.len() > size_limit(bytes) {
             return Err(WireError::TooLarge(bytes.len()));
         }
         let (msg, rest): (Message, &[u8]) =
@@ -259,6 +376,23 @@ impl Message {
             Message::Interest { subscriptions } => {
                 if subscriptions.len() > MAX_SUBSCRIPTIONS {
                     return invalid(format!("{} subscriptions", subscriptions.len()));
+                }
+                // Sizes first (cheap), then the filters are parsed.
+                let mut per_collection: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+                let mut filter_bytes = 0usize;
+                for s in subscriptions {
+                    if let (Some(c), Some(f)) = (&s.collection, &s.filter) {
+                        filter_bytes += f.len();
+                        if filter_bytes > MAX_INTEREST_FILTER_BYTES {
+                            return invalid(format!("over {MAX_INTEREST_FILTER_BYTES} bytes of filters"));
+                        }
+                        let (n, bytes) = per_collection.entry(c).or_default();
+                        *n += 1;
+                        *bytes += f.len();
+                        if *n > MAX_FILTERS_PER_COLLECTION || *bytes > MAX_FILTER_BYTES_PER_COLLECTION {
+                            return invalid(format!("too many filters for collection {c:?}"));
+                        }
+                    }
                 }
                 subscriptions.iter().try_for_each(Subscription::validate)
             }
@@ -308,6 +442,20 @@ mod tests {
         }
     }
 
+    /// The variant indexes `size_limit` relies on.
+    #[test]
+    fn size_limits_follow_the_message_kind() {
+        let summary = Message::Summary { summary: Summary::new() }.encode();
+        let changes = Message::Changes { changes: vec![] }.encode();
+        assert_eq!(size_limit(&summary), MAX_SUMMARY_MESSAGE_BYTES);
+        assert_eq!(size_limit(&changes), MAX_MESSAGE_BYTES);
+        assert_eq!(size_limit(&Message::Resync.encode()), MAX_CONTROL_MESSAGE_BYTES);
+        let big =
+            Message::Presence { origin: [0; 32], seq: 1, name: "x".repeat(MAX_CONTROL_MESSAGE_BYTES), links: vec![] }
+                .encode();
+        assert_eq!(Message::decode(&big), Err(WireError::TooLarge(big.len())));
+    }
+
     #[test]
     fn garbage_is_an_error() {
         assert_eq!(Message::decode(&[]), Err(WireError::Empty));
@@ -329,6 +477,37 @@ mod tests {
         );
         assert!(Subscription::parse("tasks:done ==").is_err());
         assert!(Subscription::parse("").is_err());
+    }
+
+    /// Whatever a relay gathers, what it sends is an interest its neighbours accept, wanting at least as much.
+    #[test]
+    fn bounded_interest_is_always_accepted() {
+        let long = |i: usize| format!("n == {i} || title == \"{}\"", "x".repeat(1000));
+        let cases: Vec<Vec<Subscription>> = vec![
+            (0..3000).map(|i| Subscription::collection(&format!("c{i}"))).collect(),
+            (0..3000).map(|i| Subscription::filtered("t", &format!("n == {i}"))).collect(),
+            (0..2000).map(|i| Subscription::filtered(&format!("c{}", i % 500), &format!("n == {i}"))).collect(),
+            (0..200).map(|i| Subscription::filtered(&format!("c{}", i % 100), &long(i))).collect(),
+            vec![Subscription::filtered("t", "n == 1"), Subscription::collection("t")],
+        ];
+        for subs in cases {
+            let bounded = bounded_interest(subs.clone());
+            let msg = Message::Interest { subscriptions: bounded.clone() };
+            assert!(Message::decode(&msg.encode()).is_ok(), "{} subscriptions refused", bounded.len());
+            let wanted = |c: &str, f: Option<&str>| {
+                bounded.iter().any(|b| {
+                    b.collection.is_none()
+                        || (b.collection.as_deref() == Some(c) && (b.filter.is_none() || b.filter.as_deref() == f))
+                })
+            };
+            for s in &subs {
+                assert!(wanted(s.collection.as_deref().unwrap_or("*"), s.filter.as_deref()), "{s} was dropped");
+            }
+        }
+        assert_eq!(
+            bounded_interest(vec![Subscription::filtered("t", "n == 1"), Subscription::collection("t")]),
+            vec![Subscription::collection("t")]
+        );
     }
 
     proptest::proptest! {

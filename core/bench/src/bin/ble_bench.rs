@@ -130,7 +130,7 @@ fn attachment_3hops(mtu: u16, interval_ms: u64) -> Result<(), BoxErr> {
     w.run_until_quiet(600 * SECOND).map_err(|e| format!("the line did not settle: {e}"))?;
     w.take_events(phones[0]);
     let t0 = w.now();
-    let fetch = w.fetch_attachment(phones[0], token.hash)?;
+    let fetch = w.fetch_attachment(phones[0], token.hash, token.len)?;
     let mut hop_done = Vec::new();
     for relay in [2, 1, 0] {
         let t = w

@@ -400,8 +400,8 @@ impl RadioWorld {
     ///
     /// # Errors
     /// As [`Engine::fetch_attachment`].
-    pub fn fetch_attachment(&mut self, p: PhoneId, hash: [u8; 32]) -> Result<FetchId, SyncError> {
-        let r = self.engine_mut(p).fetch_attachment(hash);
+    pub fn fetch_attachment(&mut self, p: PhoneId, hash: [u8; 32], len: u64) -> Result<FetchId, SyncError> {
+        let r = self.engine_mut(p).fetch_attachment(hash, len);
         self.settle();
         r
     }
