@@ -17,12 +17,12 @@
 //! Flow control: the receiver grants credit in bytes of changes processed ([`Message::Credit`]); the sender never
 //! has more than [`WINDOW`] bytes of changes outstanding (plus one batch), so a slow link never makes memory grow.
 
-use super::wire::{Message, Subscription, BATCH_BYTES};
+use super::wire::{Message, Subscription, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE};
 use super::SyncError;
 use crate::query::Query;
 use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Bytes of changes a sender may have outstanding before the receiver grants more.
 pub const WINDOW: u64 = 1 << 20;
@@ -119,6 +119,13 @@ pub(crate) struct Session {
     awaiting_summary: bool,
     /// Statistics.
     pub stats: SessionStats,
+    /// Equivocation (issue 13): authors whose changes were sent since the last [`Message::Digests`].
+    digest_authors: BTreeSet<crate::PeerId>,
+    /// Authors whose changes were sent again because the peer's digest differed (once per author and session).
+    resent_authors: BTreeSet<crate::PeerId>,
+    /// Authors to send again at the next pump (not at once: changes of theirs the peer sends meanwhile would mark
+    /// them as held by the peer again).
+    resend: Vec<crate::PeerId>,
 }
 
 /// Counters of one session.
@@ -154,10 +161,14 @@ impl Session {
             standby: false,
             awaiting_summary: false,
             stats: SessionStats::default(),
+            digest_authors: BTreeSet::new(),
+            resent_authors: BTreeSet::new(),
+            resend: Vec::new(),
         };
         s.outbox.push_back(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 });
         s.set_interest(interest);
         s.outbox.push_back(Message::Summary { summary: store.summary()? });
+        s.queue_digests(store, None)?;
         Ok(s)
     }
 
@@ -187,6 +198,7 @@ impl Session {
                 out.interest_changed = true;
             }
             Message::Summary { summary } => {
+                store.notice_summary(&summary)?;
                 if self.got_summary {
                     // An update: the peer got these changes from another device. Their documents are now of interest
                     // to it (it holds some of their changes), even those we skipped: look at them again.
@@ -252,6 +264,15 @@ impl Session {
                 self.send_credit =
                     self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
             }
+            // Equivocation (issue 13): an author of which the peer holds other changes than we do at the same
+            // counters: send it ours again (once per session), so that it finds and records the pair.
+            Message::Digests { authors } => {
+                for author in store.differing_authors(&authors)? {
+                    if self.resent_authors.insert(author) {
+                        self.resend.push(author);
+                    }
+                }
+            }
             other => out.other = Some(other),
         }
         Ok(out)
@@ -288,6 +309,10 @@ impl Session {
         if !self.is_ready() || self.peer_interest.is_empty() || self.standby || self.awaiting_summary {
             return Ok(false);
         }
+        for author in std::mem::take(&mut self.resend) {
+            self.peer_known.remove_author(author);
+            self.skipped.remove_author(author);
+        }
         let mut queued = false;
         // Documents the peer itself changed may have become of interest to it.
         for doc in std::mem::take(&mut self.touched_by_peer) {
@@ -297,6 +322,12 @@ impl Session {
             let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
             let entries = store.log_missing(&self.peer_known, &self.skipped, budget)?;
             if entries.is_empty() {
+                // Caught up: tell the peer what we hold of the authors just sent, to compare (issue 13).
+                self.flush_batch();
+                let authors: Vec<crate::PeerId> = std::mem::take(&mut self.digest_authors).into_iter().collect();
+                if !authors.is_empty() {
+                    self.queue_digests(store, Some(&authors))?;
+                }
                 break;
             }
             // Group by document, in log order of first appearance.
@@ -358,6 +389,7 @@ impl Session {
         }
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
+            self.digest_authors.insert(e.peer);
             let wire = e.to_wire();
             self.batch_bytes += wire.len();
             self.send_credit -= wire.len() as i64;
@@ -367,6 +399,15 @@ impl Session {
             }
         }
         true
+    }
+
+    /// Queue [`Message::Digests`] of `authors` (every author held when `None`) for the peer to compare (issue 13).
+    fn queue_digests(&mut self, store: &dyn Replica, authors: Option<&[crate::PeerId]>) -> Result<(), SyncError> {
+        let digests = store.author_digests(authors)?;
+        for chunk in digests.chunks(MAX_DIGESTS_PER_MESSAGE) {
+            self.outbox.push_back(Message::Digests { authors: chunk.to_vec() });
+        }
+        Ok(())
     }
 
     /// Queue the changes gathered so far as one message.

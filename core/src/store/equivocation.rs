@@ -1,0 +1,214 @@
+//! Equivocation: two different changes for one (author, counter).
+//!
+//! Every change in the log carries a content hash ([`change_hash`]: 16 bytes of BLAKE3 over its
+//! [`DocChange`](super::DocChange) encoding). A store finds an equivocation in two ways:
+//!
+//! - **on receipt**: a received change whose counters the store holds (in part or whole) is compared with the held
+//!   change by (start, end, hash) — one indexed lookup, only for changes whose range is held. Anything but the same
+//!   change is an equivocation: the received version is refused (counted in
+//!   [`ApplyReport::refused`](super::ApplyReport)), logged (`warn!`) and recorded with both versions;
+//! - **by digest**: replicas that hold the same counters of an author exchange [`AuthorDigest`]s (a real hash over
+//!   the author's sorted (start, end, hash) list, never an XOR or sum of hashes, which crafted changes could make
+//!   collide). Different digests mean different contents: the sync session then sends that author's changes again,
+//!   and the receiver finds the differing change on receipt, as above.
+//!
+//! The guarantee: two replicas never end *silently* different. Each keeps the version it received first and
+//! refuses the other wherever it is seen; every replica that holds one version and is offered the other records
+//! the pair ([`crate::Store::equivocations`]) — durable evidence for revoking the author. Replicas holding
+//! different versions do not converge to one (that would need undoing an applied change); they both report.
+
+use super::inner::Inner;
+use super::replicate::{change_hash, AuthorDigest, CHANGE_HASH_BYTES};
+use crate::crdt::clock::PeerId;
+use crate::error::Result;
+use rusqlite::{params, OptionalExtension};
+
+/// The most equivocations recorded (one per author and counter): an author forging without end cannot fill the
+/// disk. Past it, conflicting changes are still refused and logged, not recorded.
+pub const MAX_EQUIVOCATION_RECORDS: usize = 10_000;
+
+/// Two different changes for one author and counter, seen by this store: the one it holds and the one it refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Equivocation {
+    /// The author that made (or was forged to make) both.
+    pub author: PeerId,
+    /// The first counter of the refused version.
+    pub start: u64,
+    /// The version this store holds ([`DocChange`](super::DocChange) encoding; empty if it was evicted since).
+    pub held: Vec<u8>,
+    /// The version it refused ([`DocChange`](super::DocChange) encoding).
+    pub refused: Vec<u8>,
+    /// When it was seen, in milliseconds since the Unix epoch (the store's clock).
+    pub detected_ms: u64,
+}
+
+/// A change of the log, as the equivocation checks need it.
+pub(super) struct HeldChange {
+    pub start: u64,
+    pub end: u64,
+    pub hash: [u8; CHANGE_HASH_BYTES],
+}
+
+fn hash_of(bytes: Option<Vec<u8>>) -> Option<[u8; CHANGE_HASH_BYTES]> {
+    bytes.and_then(|b| b.as_slice().try_into().ok())
+}
+
+fn short(bytes: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
+    let mut out = [0u8; CHANGE_HASH_BYTES];
+    out.copy_from_slice(&blake3::hash(bytes).as_bytes()[..CHANGE_HASH_BYTES]);
+    out
+}
+
+impl Inner {
+    /// The logged change of `peer` with the greatest start at or before `counter`.
+    pub(super) fn logged_change_before(&self, peer: PeerId, counter: u64) -> Result<Option<HeldChange>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT c.start, c.end, c.hash, d.collection, d.id, \
+                 CASE WHEN c.hash IS NULL THEN c.body ELSE x'' END \
+                 FROM changes c JOIN docs d ON d.doc = c.doc \
+                 WHERE c.peer = ?1 AND c.start <= ?2 ORDER BY c.start DESC LIMIT 1",
+            )?
+            .query_row(params![peer.0 as i64, counter.min(i64::MAX as u64) as i64], |r| {
+                let hash = match hash_of(r.get(2)?) {
+                    Some(hash) => hash,
+                    None => change_hash(&r.get::<_, String>(3)?, &r.get::<_, String>(4)?, &r.get::<_, Vec<u8>>(5)?),
+                };
+                Ok(HeldChange { start: r.get::<_, i64>(0)? as u64, end: r.get::<_, i64>(1)? as u64, hash })
+            })
+            .optional()?)
+    }
+
+    /// The [`DocChange`](super::DocChange) encoding of the logged change `peer:start`, if it is in the log.
+    pub(super) fn logged_encoding(&self, peer: PeerId, start: u64) -> Result<Option<Vec<u8>>> {
+        let row: Option<(String, String, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT d.collection, d.id, c.body FROM changes c JOIN docs d ON d.doc = c.doc \
+                 WHERE c.peer = ?1 AND c.start = ?2",
+            )?
+            .query_row(params![peer.0 as i64, start as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        Ok(row.map(|(c, d, body)| super::replicate::encode_doc_change(&c, &d, &body)))
+    }
+
+    /// Keep the evidence of an equivocation (at most one record per author and counter, at most
+    /// [`MAX_EQUIVOCATION_RECORDS`] in all).
+    pub(super) fn record_equivocation(&self, peer: PeerId, start: u64, held: &[u8], refused: &[u8]) -> Result<()> {
+        let rows: i64 = self.conn.query_row("SELECT count(*) FROM equivocations", [], |r| r.get(0))?;
+        if rows as usize >= MAX_EQUIVOCATION_RECORDS {
+            log::warn!("equivocation of author {peer} at {start} not recorded: {rows} recorded already");
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO equivocations (peer, start, held, refused, detected) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![peer.0 as i64, start as i64, held, refused, self.sources.now_ms() as i64])?;
+        Ok(())
+    }
+
+    /// Every equivocation recorded here, by author and counter.
+    pub(super) fn equivocations(&self) -> Result<Vec<Equivocation>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT peer, start, held, refused, detected FROM equivocations ORDER BY peer, start")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Equivocation {
+                    author: PeerId(r.get::<_, i64>(0)? as u64),
+                    start: r.get::<_, i64>(1)? as u64,
+                    held: r.get(2)?,
+                    refused: r.get(3)?,
+                    detected_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The digest of what this store holds of `author` (see [`AuthorDigest`]). Cached until a change of the
+    /// author is written or dropped; computing it reads the author's rows of the log once (its (start, end, hash)
+    /// through the `(peer, start)` index): linear in that author's changes, never in the whole log.
+    pub(super) fn author_digest(&mut self, author: PeerId) -> Result<Option<AuthorDigest>> {
+        let Some(ranges) = self.ranges_digest(author) else { return Ok(None) };
+        if let Some(d) = self.digests.get(&author) {
+            return Ok(Some(*d));
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&author.0.to_le_bytes());
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.start, c.end, c.hash, d.collection, d.id, CASE WHEN c.hash IS NULL THEN c.body ELSE x'' END \
+             FROM changes c JOIN docs d ON d.doc = c.doc WHERE c.peer = ?1 ORDER BY c.start",
+        )?;
+        let mut rows = stmt.query(params![author.0 as i64])?;
+        while let Some(row) = rows.next()? {
+            let hash = match hash_of(row.get(2)?) {
+                Some(hash) => hash,
+                None => change_hash(&row.get::<_, String>(3)?, &row.get::<_, String>(4)?, &row.get::<_, Vec<u8>>(5)?),
+            };
+            h.update(&row.get::<_, i64>(0)?.to_le_bytes());
+            h.update(&row.get::<_, i64>(1)?.to_le_bytes());
+            h.update(&hash);
+        }
+        drop(rows);
+        drop(stmt);
+        let mut changes = [0u8; CHANGE_HASH_BYTES];
+        changes.copy_from_slice(&h.finalize().as_bytes()[..CHANGE_HASH_BYTES]);
+        let digest = AuthorDigest { author, ranges, changes };
+        self.digests.insert(author, digest);
+        Ok(Some(digest))
+    }
+
+    /// The ranges part of [`AuthorDigest`] for what this store holds of `author` (cheap: from memory).
+    pub(super) fn ranges_digest(&self, author: PeerId) -> Option<[u8; CHANGE_HASH_BYTES]> {
+        let ranges = self.held.ranges_of(author)?;
+        let mut r = Vec::with_capacity(8 + ranges.ranges().len() * 16);
+        r.extend_from_slice(&author.0.to_le_bytes());
+        for &(s, e) in ranges.ranges() {
+            r.extend_from_slice(&s.to_le_bytes());
+            r.extend_from_slice(&e.to_le_bytes());
+        }
+        Some(short(&r))
+    }
+
+    /// Fill in the content hash of log rows written before schema 5 (once, at open).
+    pub(super) fn backfill_change_hashes(&self) -> Result<()> {
+        if super::inner::meta_u64(&self.conn, "hashes_filled")?.is_some() {
+            return Ok(());
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let mut last = i64::MIN;
+            loop {
+                let rows: Vec<(i64, String, String, Vec<u8>)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT c.seq, d.collection, d.id, c.body FROM changes c JOIN docs d ON d.doc = c.doc \
+                         WHERE c.hash IS NULL AND c.seq > ?1 ORDER BY c.seq LIMIT 1000",
+                    )?
+                    .query_map(params![last], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let Some(&(seq, ..)) = rows.last() else {
+                    return super::inner::meta_put_u64(&self.conn, "hashes_filled", 1);
+                };
+                last = seq;
+                let mut update = self.conn.prepare_cached("UPDATE changes SET hash = ?2 WHERE seq = ?1")?;
+                for (seq, collection, id, body) in rows {
+                    update.execute(params![seq, &change_hash(&collection, &id, &body)[..]])?;
+                }
+            }
+        })();
+        match result {
+            Ok(()) => self.conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        log::info!("content hashes of the logged changes computed");
+        Ok(())
+    }
+}
