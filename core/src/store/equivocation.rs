@@ -60,24 +60,30 @@ fn short(bytes: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
 }
 
 impl Inner {
-    /// The logged change of `peer` with the greatest start at or before `counter`.
+    /// The logged change of `peer` with the greatest start at or before `counter` (read from the
+    /// `changes_by_author` index alone).
     pub(super) fn logged_change_before(&self, peer: PeerId, counter: u64) -> Result<Option<HeldChange>> {
-        Ok(self
+        let row: Option<(i64, i64, Option<Vec<u8>>)> = self
             .conn
             .prepare_cached(
-                "SELECT c.start, c.end, c.hash, d.collection, d.id, \
-                 CASE WHEN c.hash IS NULL THEN c.body ELSE x'' END \
-                 FROM changes c JOIN docs d ON d.doc = c.doc \
-                 WHERE c.peer = ?1 AND c.start <= ?2 ORDER BY c.start DESC LIMIT 1",
+                "SELECT start, end, hash FROM changes WHERE peer = ?1 AND start <= ?2 ORDER BY start DESC LIMIT 1",
             )?
             .query_row(params![peer.0 as i64, counter.min(i64::MAX as u64) as i64], |r| {
-                let hash = match hash_of(r.get(2)?) {
-                    Some(hash) => hash,
-                    None => change_hash(&r.get::<_, String>(3)?, &r.get::<_, String>(4)?, &r.get::<_, Vec<u8>>(5)?),
-                };
-                Ok(HeldChange { start: r.get::<_, i64>(0)? as u64, end: r.get::<_, i64>(1)? as u64, hash })
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
-            .optional()?)
+            .optional()?;
+        let Some((start, end, hash)) = row else { return Ok(None) };
+        let (start, end) = (start as u64, end as u64);
+        let hash = match hash_of(hash) {
+            Some(hash) => hash,
+            None => self.logged_hash(peer, start)?,
+        };
+        Ok(Some(HeldChange { start, end, hash }))
+    }
+
+    /// The content hash of the logged change `peer:start`, computed from its body (for a row without one).
+    fn logged_hash(&self, peer: PeerId, start: u64) -> Result<[u8; CHANGE_HASH_BYTES]> {
+        Ok(self.logged_encoding(peer, start)?.map_or([0; CHANGE_HASH_BYTES], |e| short(&e)))
     }
 
     /// The [`DocChange`](super::DocChange) encoding of the logged change `peer:start`, if it is in the log.
@@ -139,17 +145,16 @@ impl Inner {
         }
         let mut h = blake3::Hasher::new();
         h.update(&author.0.to_le_bytes());
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT c.start, c.end, c.hash, d.collection, d.id, CASE WHEN c.hash IS NULL THEN c.body ELSE x'' END \
-             FROM changes c JOIN docs d ON d.doc = c.doc WHERE c.peer = ?1 ORDER BY c.start",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT start, end, hash FROM changes WHERE peer = ?1 ORDER BY start")?;
         let mut rows = stmt.query(params![author.0 as i64])?;
         while let Some(row) = rows.next()? {
+            let start = row.get::<_, i64>(0)?;
             let hash = match hash_of(row.get(2)?) {
                 Some(hash) => hash,
-                None => change_hash(&row.get::<_, String>(3)?, &row.get::<_, String>(4)?, &row.get::<_, Vec<u8>>(5)?),
+                None => self.logged_hash(author, start as u64)?,
             };
-            h.update(&row.get::<_, i64>(0)?.to_le_bytes());
+            h.update(&start.to_le_bytes());
             h.update(&row.get::<_, i64>(1)?.to_le_bytes());
             h.update(&hash);
         }

@@ -197,8 +197,16 @@ impl Inner {
                     self.save_meta()?;
                 }
             }
-            // Not drawn from the store's sources: a seeded simulation's ids stay what they were.
-            let epoch = crate::util::sources::Sources::system().random_u64();
+            // Not drawn from the store's random stream, so that a seeded simulation's ids stay what they were; a
+            // seeded store (a simulation) chains it from the last one and its clock, so that its file stays a
+            // function of the seed.
+            let epoch = if self.sources.is_seeded() {
+                let seed = [self.peer.0, in_db.unwrap_or(0), self.sources.now_ms()];
+                let h = blake3::hash(&seed.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default()).max(1)
+            } else {
+                crate::util::sources::Sources::system().random_u64()
+            };
             std::fs::write(sidecar, epoch.to_le_bytes())?;
             meta_put_u64(&self.conn, "open_epoch", epoch)
         })();

@@ -161,6 +161,11 @@ impl Store {
     }
 
     /// Open (or create) the store at `path`.
+    ///
+    /// A database file that is not the one last opened here — a backup restored by the platform (Android Auto
+    /// Backup, an iCloud restore) or a copied file — is recognised by its open epoch, a random number written at
+    /// every open into the database and into [`Options::epoch_file`]; the store then writes under a fresh author id
+    /// ([`Store::author_id`]), since the device it was copied from may have used its author's next counters already.
     pub fn open_with(path: impl AsRef<FsPath>, options: Options) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path)?;
@@ -242,7 +247,9 @@ impl Store {
 
     /// The author id under which this store's next changes are made ([`Change::peer`](crate::Change)): its peer
     /// id, or a new id once a write to a document whose earlier changes by this store were evicted (and have not
-    /// come back) had to start a new chain of changes.
+    /// come back) had to start a new chain of changes, or once the store saw its author id at counters it never
+    /// wrote (a change forged under its id, a peer's summary claiming such changes, a restored copy of its database
+    /// file: see [`Store::open_with`]). Nothing written before is lost: the old author's changes keep replicating.
     pub fn author_id(&self) -> Result<PeerId> {
         let mut inner = self.lock();
         inner.refresh()?;

@@ -93,7 +93,8 @@ const MIGRATIONS: &[&str] = &[
     // 5: hostile authors. `changes.hash`: 16 bytes of BLAKE3 of the change's `DocChange` encoding, to tell two
     //    different changes for one (author, counter) apart (NULL in rows written before; filled in at open).
     //    `equivocations`: such pairs seen here, with both versions as evidence. `pending_by_received`: expiry of
-    //    pending changes, oldest first.
+    //    pending changes, oldest first. `changes_by_author`: an author's (start, end, hash) read from the index
+    //    alone (the hash column comes after the body, which may span overflow pages).
     r#"
     ALTER TABLE changes ADD COLUMN hash BLOB;
     CREATE TABLE equivocations (
@@ -105,6 +106,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (peer, start)
     );
     CREATE INDEX pending_by_received ON pending (received);
+    CREATE INDEX changes_by_author ON changes (peer, start, end, hash);
     "#,
 ];
 
