@@ -484,3 +484,41 @@ fn pending_changes_expire() {
     let victim = Store::open_with(dir.path().join("db"), Options { sources, ..Options::default() }).unwrap();
     assert_eq!(victim.pending_changes().unwrap(), 2);
 }
+
+#[test]
+fn a_log_written_before_content_hashes_gets_them_at_open() {
+    let (_d, v1, v2) = two_versions();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = open(&path);
+    s.replica().apply_changes(std::slice::from_ref(&v1)).unwrap();
+    let digests = s.replica().author_digests(None).unwrap();
+    drop(s);
+    // As a store of schema 4 left it: no hashes.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("UPDATE changes SET hash = NULL; DELETE FROM meta WHERE key = 'hashes_filled';").unwrap();
+    }
+    let s = open(&path);
+    assert_eq!(s.replica().author_digests(None).unwrap(), digests);
+    let r = s.replica().apply_changes(&[v1.clone(), v2]).unwrap();
+    assert_eq!((r.duplicates, r.refused), (1, 1), "{r:?}");
+}
+
+#[test]
+fn the_epoch_file_can_live_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let options = || Options { epoch_file: Some(keep.path().join("epoch")), ..Options::default() };
+    let s = Store::open_with(&path, options()).unwrap();
+    s.upsert("c", json!({"_id": "a"})).unwrap();
+    let author = s.author_id().unwrap();
+    drop(s);
+    assert!(keep.path().join("epoch").exists());
+    assert!(!dir.path().join("db-epoch").exists());
+    assert_eq!(Store::open_with(&path, options()).unwrap().author_id().unwrap(), author);
+    // A backup restores the directory of the database, not the excluded epoch file's.
+    std::fs::remove_file(keep.path().join("epoch")).unwrap();
+    assert_ne!(Store::open_with(&path, options()).unwrap().author_id().unwrap(), author);
+}
