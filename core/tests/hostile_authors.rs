@@ -522,3 +522,19 @@ fn the_epoch_file_can_live_elsewhere() {
     std::fs::remove_file(keep.path().join("epoch")).unwrap();
     assert_ne!(Store::open_with(&path, options()).unwrap().author_id().unwrap(), author);
 }
+
+#[test]
+fn two_versions_waiting_for_their_dependencies_are_told_apart_too() {
+    let (_d, mut v1, mut v2) = two_versions();
+    for v in [&mut v1, &mut v2] {
+        v.change.deps.set(PeerId(3), 3);
+    }
+    let (_a, a) = store();
+    let r = a.replica().apply_changes(&[v1.clone(), v2.clone()]).unwrap();
+    assert_eq!((r.pending, r.refused), (1, 1), "{r:?}");
+    assert_eq!(a.pending_changes().unwrap(), 1);
+    let e = a.equivocations().unwrap();
+    assert_eq!(e.len(), 1);
+    assert_eq!(DocChange::decode(&e[0].held).unwrap(), v1);
+    assert_eq!(DocChange::decode(&e[0].refused).unwrap(), v2);
+}

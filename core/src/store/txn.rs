@@ -265,8 +265,11 @@ impl<'a> WriteTxn<'a> {
             }
             Ok(Applied::Duplicate) => self.report.duplicates += 1,
             Ok(Applied::NotReady) => {
-                self.keep_pending(dc, &logged.body)?;
-                self.report.pending += 1;
+                if self.keep_pending(dc, &logged.body)? {
+                    self.report.pending += 1;
+                } else {
+                    self.report.refused += 1;
+                }
             }
             Ok(Applied::Applied) => {
                 td.cached.doc.apply_validated(c)?;
@@ -334,8 +337,9 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Keep a change whose dependencies have not arrived (`body`: its encoding), within the per-author quota and
-    /// the total cap, shared fairly (see [`super::pending`]).
-    fn keep_pending(&mut self, dc: &DocChange, body: &[u8]) -> Result<()> {
+    /// the total cap, shared fairly (see [`super::pending`]). Returns `false` when another change for the same
+    /// author and counter is pending already (an equivocation: recorded, and this one refused).
+    fn keep_pending(&mut self, dc: &DocChange, body: &[u8]) -> Result<bool> {
         let c = &dc.change;
         let mine = self.inner.pending.of(c.peer);
         if mine >= MAX_PENDING_PER_AUTHOR {
@@ -345,7 +349,7 @@ impl<'a> WriteTxn<'a> {
                 c.peer,
                 c.start
             );
-            return Ok(());
+            return Ok(true);
         }
         if self.inner.pending.total() >= super::MAX_PENDING_CHANGES {
             match self.inner.pending.largest() {
@@ -369,7 +373,7 @@ impl<'a> WriteTxn<'a> {
                 }
                 _ => {
                     log::warn!("pending changes full; dropping {}:{} (it will be sent again)", c.peer, c.start);
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
@@ -381,7 +385,29 @@ impl<'a> WriteTxn<'a> {
             )?
             .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, body, self.inner.sources.now_ms() as i64])?;
         self.inner.pending.add(c.peer, n);
-        Ok(())
+        if n == 0 {
+            // Already pending: the same change, or another one at the same counter (an equivocation).
+            let (held_doc, held_body): (String, Vec<u8>) = self
+                .inner
+                .conn
+                .prepare_cached(
+                    "SELECT collection || char(0) || doc, body FROM pending WHERE peer = ?1 AND start = ?2",
+                )?
+                .query_row(params![c.peer.0 as i64, c.start as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if held_body != body || held_doc != format!("{}\0{}", dc.collection, dc.doc_id) {
+                let (collection, id) = held_doc.split_once('\0').unwrap_or_default();
+                log::warn!("equivocation: author {} made two different changes at counter {} (both pending); keeping the first", c.peer, c.start);
+                let held = encode_doc_change(collection, id, &held_body);
+                self.inner.record_equivocation(
+                    c.peer,
+                    c.start,
+                    &held,
+                    &encode_doc_change(&dc.collection, &dc.doc_id, body),
+                )?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Drop pending changes older than [`PENDING_MAX_AGE_MS`] (a bounded number per call).
