@@ -294,9 +294,16 @@ fn replicas_with_equal_summaries_and_different_versions_tell_by_their_digests() 
     let (_c, c) = store();
     sync_into(&a, &c);
     assert!(c.replica().differing_authors(&a.replica().author_digests(None).unwrap()).unwrap().is_empty());
-    a.upsert("c", json!({"_id": "more"})).unwrap();
-    sync_into(&a, &c);
-    assert!(c.replica().differing_authors(&a.replica().author_digests(None).unwrap()).unwrap().is_empty());
+    for i in 0..20 {
+        a.upsert("c", json!({"_id": format!("more{i}"), "n": i})).unwrap();
+        sync_into(&a, &c);
+        assert!(c.replica().differing_authors(&a.replica().author_digests(None).unwrap()).unwrap().is_empty());
+    }
+    // Digests updated bucket by bucket equal digests computed afresh from the log.
+    let cached = c.replica().author_digests(None).unwrap();
+    let path = c.path().to_path_buf();
+    drop(c);
+    assert_eq!(open(&path).replica().author_digests(None).unwrap(), cached);
 }
 
 // ---- the same through sync engines ----
@@ -537,4 +544,37 @@ fn two_versions_waiting_for_their_dependencies_are_told_apart_too() {
     assert_eq!(e.len(), 1);
     assert_eq!(DocChange::decode(&e[0].held).unwrap(), v1);
     assert_eq!(DocChange::decode(&e[0].refused).unwrap(), v2);
+}
+
+#[test]
+fn digests_kept_bucket_by_bucket_equal_digests_computed_afresh() {
+    let (_a, attacker) = store();
+    let author = PeerId(4242);
+    let changes: Vec<DocChange> = [1u64, 5_000, 9_000, 4_097, 100_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| forged(&attacker, &format!("z{i}"), author, start))
+        .collect();
+    let (_c, c) = store();
+    let (_d, d) = store();
+    for dc in &changes {
+        c.replica().apply_changes(std::slice::from_ref(dc)).unwrap();
+        // Computed (and cached) after every change.
+        c.replica().author_digests(Some(&[author])).unwrap();
+    }
+    d.replica().apply_changes(&changes).unwrap();
+    let incremental = c.replica().author_digests(Some(&[author])).unwrap();
+    assert_eq!(incremental.len(), 1);
+    assert_eq!(incremental, d.replica().author_digests(Some(&[author])).unwrap());
+    let path = c.path().to_path_buf();
+    drop(c);
+    assert_eq!(open(&path).replica().author_digests(Some(&[author])).unwrap(), incremental);
+    // Evicting a document drops its change from the digest, bucket by bucket too.
+    d.replica().author_digests(None).unwrap();
+    d.evict("c", "z2").unwrap();
+    let after = d.replica().author_digests(Some(&[author])).unwrap();
+    assert_ne!(after, incremental);
+    let path = d.path().to_path_buf();
+    drop(d);
+    assert_eq!(open(&path).replica().author_digests(Some(&[author])).unwrap(), after);
 }

@@ -42,6 +42,71 @@ pub struct Equivocation {
     pub detected_ms: u64,
 }
 
+/// Counters per bucket of an author's digest ([`crate::store::AuthorDigest`]), as a power of two: a change goes
+/// into bucket `start >> DIGEST_BUCKET_BITS`, so a new change makes at most 4,096 rows be hashed again.
+pub const DIGEST_BUCKET_BITS: u32 = 12;
+
+/// Per-author digests, cached by bucket (see [`Inner::author_digest`]).
+#[derive(Debug, Default)]
+pub(crate) struct DigestCache {
+    authors: std::collections::HashMap<PeerId, AuthorBuckets>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AuthorBuckets {
+    /// Bucket → hash of its (start, end, hash) list (buckets holding no change are absent).
+    buckets: std::collections::BTreeMap<u64, [u8; CHANGE_HASH_BYTES]>,
+    /// Buckets whose changes changed since they were hashed.
+    dirty: std::collections::BTreeSet<u64>,
+    /// `buckets` covers every bucket (false until the author's rows were read once).
+    complete: bool,
+    /// The digest over `buckets`, while none is dirty.
+    digest: Option<[u8; CHANGE_HASH_BYTES]>,
+}
+
+impl DigestCache {
+    /// A change of `author` starting at `start` was written or dropped.
+    pub fn changed(&mut self, author: PeerId, start: u64) {
+        if let Some(a) = self.authors.get_mut(&author) {
+            a.dirty.insert(start >> DIGEST_BUCKET_BITS);
+            a.digest = None;
+        }
+    }
+
+    /// Forget everything (the log was changed by another connection).
+    pub fn clear(&mut self) {
+        self.authors.clear();
+    }
+}
+
+fn short_hash(h: blake3::Hasher) -> [u8; CHANGE_HASH_BYTES] {
+    let mut out = [0u8; CHANGE_HASH_BYTES];
+    out.copy_from_slice(&h.finalize().as_bytes()[..CHANGE_HASH_BYTES]);
+    out
+}
+
+/// Group (start, end, hash) rows in start order into buckets, and hash each.
+fn bucket_hashes(rows: Vec<(u64, u64, [u8; CHANGE_HASH_BYTES])>) -> Vec<(u64, [u8; CHANGE_HASH_BYTES])> {
+    let mut out = Vec::new();
+    let mut current: Option<(u64, blake3::Hasher)> = None;
+    for (start, end, hash) in rows {
+        let b = start >> DIGEST_BUCKET_BITS;
+        if current.as_ref().is_some_and(|(cb, _)| *cb != b) {
+            if let Some((cb, h)) = current.take() {
+                out.push((cb, short_hash(h)));
+            }
+        }
+        let (_, h) = current.get_or_insert_with(|| (b, blake3::Hasher::new()));
+        h.update(&start.to_le_bytes());
+        h.update(&end.to_le_bytes());
+        h.update(&hash);
+    }
+    if let Some((cb, h)) = current {
+        out.push((cb, short_hash(h)));
+    }
+    out
+}
+
 /// A change of the log, as the equivocation checks need it.
 pub(super) struct HeldChange {
     pub start: u64,
@@ -135,36 +200,73 @@ impl Inner {
         Ok(rows)
     }
 
-    /// The digest of what this store holds of `author` (see [`AuthorDigest`]). Cached until a change of the
-    /// author is written or dropped; computing it reads the author's rows of the log once (its (start, end, hash)
-    /// through the `(peer, start)` index): linear in that author's changes, never in the whole log.
+    /// The digest of what this store holds of `author` (see [`AuthorDigest`]): a hash over the author's buckets
+    /// (changes grouped by `start >> DIGEST_BUCKET_BITS`), each a hash over its sorted (start, end, hash) list — a
+    /// two-level hash tree, as collision-resistant as BLAKE3 itself. Cached per bucket: a new or dropped change
+    /// makes only its bucket be read again (at most 2^[`DIGEST_BUCKET_BITS`] rows of the `changes_by_author`
+    /// index), plus one hash over the author's bucket hashes. The first digest of an author after the store is
+    /// opened reads all its rows once.
     pub(super) fn author_digest(&mut self, author: PeerId) -> Result<Option<AuthorDigest>> {
         let Some(ranges) = self.ranges_digest(author) else { return Ok(None) };
-        if let Some(d) = self.digests.get(&author) {
-            return Ok(Some(*d));
+        let mut cached = self.digests.authors.remove(&author).unwrap_or_default();
+        let result = self.update_buckets(author, &mut cached);
+        let digest = cached.digest.get_or_insert_with(|| {
+            let mut h = blake3::Hasher::new();
+            h.update(&author.0.to_le_bytes());
+            for (b, bucket) in &cached.buckets {
+                h.update(&b.to_le_bytes());
+                h.update(bucket);
+            }
+            short_hash(h)
+        });
+        let changes = *digest;
+        if result.is_ok() {
+            self.digests.authors.insert(author, cached);
         }
-        let mut h = blake3::Hasher::new();
-        h.update(&author.0.to_le_bytes());
-        let mut stmt =
-            self.conn.prepare_cached("SELECT start, end, hash FROM changes WHERE peer = ?1 ORDER BY start")?;
-        let mut rows = stmt.query(params![author.0 as i64])?;
-        while let Some(row) = rows.next()? {
-            let start = row.get::<_, i64>(0)?;
-            let hash = match hash_of(row.get(2)?) {
-                Some(hash) => hash,
-                None => self.logged_hash(author, start as u64)?,
-            };
-            h.update(&start.to_le_bytes());
-            h.update(&row.get::<_, i64>(1)?.to_le_bytes());
-            h.update(&hash);
+        result?;
+        Ok(Some(AuthorDigest { author, ranges, changes }))
+    }
+
+    /// Hash again the buckets of `author` that changed (all of them the first time).
+    fn update_buckets(&self, author: PeerId, cached: &mut AuthorBuckets) -> Result<()> {
+        if !cached.complete {
+            cached.buckets = bucket_hashes(self.rows_of(author, 0, u64::MAX)?).into_iter().collect();
+            cached.dirty.clear();
+            cached.complete = true;
+            cached.digest = None;
+            return Ok(());
         }
-        drop(rows);
-        drop(stmt);
-        let mut changes = [0u8; CHANGE_HASH_BYTES];
-        changes.copy_from_slice(&h.finalize().as_bytes()[..CHANGE_HASH_BYTES]);
-        let digest = AuthorDigest { author, ranges, changes };
-        self.digests.insert(author, digest);
-        Ok(Some(digest))
+        for b in std::mem::take(&mut cached.dirty) {
+            cached.digest = None;
+            let (lo, hi) = (b << DIGEST_BUCKET_BITS, ((b + 1) << DIGEST_BUCKET_BITS).wrapping_sub(1));
+            cached.buckets.remove(&b);
+            if let Some((_, hash)) = bucket_hashes(self.rows_of(author, lo, hi)?).into_iter().next() {
+                cached.buckets.insert(b, hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// The (start, end, hash) of `author`'s logged changes starting in `lo..=hi`, in order.
+    fn rows_of(&self, author: PeerId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {
+        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT start, end, hash FROM changes WHERE peer = ?1 AND start >= ?2 AND start <= ?3 ORDER BY start",
+            )?
+            .query_map(params![author.0 as i64, lo.min(i64::MAX as u64) as i64, hi.min(i64::MAX as u64) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(start, end, hash)| {
+                let hash = match hash_of(hash) {
+                    Some(hash) => hash,
+                    None => self.logged_hash(author, start as u64)?,
+                };
+                Ok((start as u64, end as u64, hash))
+            })
+            .collect()
     }
 
     /// The ranges part of [`AuthorDigest`] for what this store holds of `author` (cheap: from memory).

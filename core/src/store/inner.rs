@@ -2,9 +2,9 @@
 //! changes, the summary of what it holds, decoded documents and observers — and the `meta` table they persist in.
 
 use super::docs::{self, DocCache};
+use super::equivocation::DigestCache;
 use super::observe::{self, Observers};
 use super::pending::PendingCounts;
-use super::replicate::AuthorDigest;
 use super::Summary;
 use crate::crdt::clock::{Hlc, PeerId, Timestamp};
 use crate::error::{Error, Result};
@@ -30,8 +30,8 @@ pub(crate) struct Inner {
     pub(super) held: Summary,
     /// Rows in the `pending` table, per author.
     pub(super) pending: PendingCounts,
-    /// [`AuthorDigest`]s computed since the author's changes last changed (see [`Inner::author_digest`]).
-    pub(super) digests: HashMap<PeerId, AuthorDigest>,
+    /// Per-author digests, cached by bucket (see [`Inner::author_digest`]).
+    pub(super) digests: DigestCache,
     /// The `evicted` table.
     pub(super) evicted: HashSet<docs::DocKey>,
     /// The `forgotten` table's rows of the current author: document → the last counter of its dropped changes.

@@ -21,7 +21,7 @@ mod txn;
 
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
-pub use equivocation::{Equivocation, MAX_EQUIVOCATION_RECORDS};
+pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
 pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica};
@@ -211,7 +211,7 @@ impl Store {
             cache: DocCache::new(options.cache_bytes),
             held: Summary::new(),
             pending: pending::PendingCounts::default(),
-            digests: HashMap::new(),
+            digests: equivocation::DigestCache::default(),
             evicted: HashSet::new(),
             forgotten: HashMap::new(),
             data_version: 0,

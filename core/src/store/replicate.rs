@@ -310,7 +310,9 @@ pub struct AuthorDigest {
     pub author: PeerId,
     /// BLAKE3 (first 16 bytes) of the author's held counter ranges: digests are comparable only when these agree.
     pub ranges: [u8; CHANGE_HASH_BYTES],
-    /// BLAKE3 (first 16 bytes) of the sorted list of the author's held changes, each as (start, end, content hash).
+    /// BLAKE3 (first 16 bytes) of the author's held changes, each as (start, end, content hash), in start order,
+    /// hashed in buckets of 2^[`DIGEST_BUCKET_BITS`](crate::store::DIGEST_BUCKET_BITS) counters and then over the
+    /// bucket hashes (see `Inner::author_digest`).
     pub changes: [u8; CHANGE_HASH_BYTES],
 }
 

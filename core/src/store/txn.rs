@@ -518,7 +518,7 @@ impl<'a> WriteTxn<'a> {
                 continue;
             }
             for c in &td.new_changes {
-                self.inner.digests.remove(&c.peer);
+                self.inner.digests.changed(c.peer, c.start);
             }
             // The view as a JSON value only when an observer of the collection needs it.
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
@@ -607,7 +607,7 @@ impl<'a> WriteTxn<'a> {
                     .query_map(params![row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 for (peer, start, end) in ranges {
-                    self.inner.digests.remove(&crate::crdt::clock::PeerId(peer as u64));
+                    self.inner.digests.changed(crate::crdt::clock::PeerId(peer as u64), start as u64);
                     self.inner.held.remove(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
                 }
                 let conn = &self.inner.conn;
