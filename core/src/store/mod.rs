@@ -23,7 +23,7 @@ pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
 pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
 pub use observe::{Callback, ChangeEvent};
-pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_MAX_AGE_MS};
+pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica};
 pub use replicate::{ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES};
 pub use requests::AttachmentRequest;

@@ -24,6 +24,10 @@ pub const MAX_PENDING_PER_AUTHOR: usize = 10_000;
 /// has it, once its dependencies are here).
 pub const PENDING_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// The most expired pending changes dropped per [`Replica::apply_changes`](super::Replica::apply_changes) call, so
+/// that expiry never makes one call slow; the rest go with the next calls.
+pub const PENDING_EXPIRED_PER_CALL: usize = 1000;
+
 /// The `pending` rows per author, kept in memory (loaded at open, updated with every insert and delete).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PendingCounts {

@@ -410,7 +410,8 @@ impl<'a> WriteTxn<'a> {
         Ok(true)
     }
 
-    /// Drop pending changes older than [`PENDING_MAX_AGE_MS`] (a bounded number per call).
+    /// Drop pending changes older than [`PENDING_MAX_AGE_MS`], oldest first, at most
+    /// [`PENDING_EXPIRED_PER_CALL`](super::pending::PENDING_EXPIRED_PER_CALL) of them.
     pub(crate) fn expire_pending(&mut self) -> Result<()> {
         if self.inner.pending.total() == 0 {
             return Ok(());
@@ -419,8 +420,10 @@ impl<'a> WriteTxn<'a> {
         let rows: Vec<(i64, i64)> = self
             .inner
             .conn
-            .prepare_cached("SELECT peer, start FROM pending WHERE received < ?1 ORDER BY received LIMIT 1000")?
-            .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .prepare_cached("SELECT peer, start FROM pending WHERE received < ?1 ORDER BY received LIMIT ?2")?
+            .query_map(params![cutoff, super::pending::PENDING_EXPIRED_PER_CALL as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         for &(peer, start) in &rows {
             let n = self
