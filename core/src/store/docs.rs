@@ -36,11 +36,15 @@ pub(crate) struct LoggedChange {
     pub end: u64,
     /// [`Change::encode`].
     pub body: Vec<u8>,
+    /// [`super::replicate::change_hash`].
+    pub hash: [u8; super::replicate::CHANGE_HASH_BYTES],
 }
 
 impl LoggedChange {
-    pub fn of(c: &Change) -> LoggedChange {
-        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body: c.encode() }
+    pub fn of(collection: &str, id: &str, c: &Change) -> LoggedChange {
+        let body = c.encode();
+        let hash = super::replicate::change_hash(collection, id, &body);
+        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body, hash }
     }
 }
 
@@ -283,11 +287,11 @@ pub(crate) fn save(
     };
     save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
     let mut insert =
-        conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
     let mut last_seq = 0;
     for c in changes {
         cached.tail_bytes += c.body.len() as u64;
-        insert.execute(params![c.peer.0 as i64, c.start as i64, c.end as i64, row, c.body])?;
+        insert.execute(params![c.peer.0 as i64, c.start as i64, c.end as i64, row, c.body, &c.hash[..]])?;
         last_seq = conn.last_insert_rowid();
     }
     let snapshot = cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);

@@ -2,7 +2,9 @@
 //! changes, the summary of what it holds, decoded documents and observers — and the `meta` table they persist in.
 
 use super::docs::{self, DocCache};
+use super::equivocation::DigestCache;
 use super::observe::{self, Observers};
+use super::pending::PendingCounts;
 use super::Summary;
 use crate::crdt::clock::{Hlc, PeerId, Timestamp};
 use crate::error::{Error, Result};
@@ -26,8 +28,10 @@ pub(crate) struct Inner {
     pub(super) next_counter: u64,
     pub(super) cache: DocCache,
     pub(super) held: Summary,
-    /// Rows in the `pending` table.
-    pub(super) pending_rows: usize,
+    /// Rows in the `pending` table, per author.
+    pub(super) pending: PendingCounts,
+    /// Per-author digests, cached by bucket (see [`Inner::author_digest`]).
+    pub(super) digests: DigestCache,
     /// The `evicted` table.
     pub(super) evicted: HashSet<docs::DocKey>,
     /// The `forgotten` table's rows of the current author: document → the last counter of its dropped changes.
@@ -86,7 +90,8 @@ impl Inner {
         drop(rows);
         drop(stmt);
         self.held = held;
-        self.pending_rows = self.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get::<_, i64>(0))? as usize;
+        self.pending = PendingCounts::load(&self.conn)?;
+        self.digests.clear();
         self.evicted = self
             .conn
             .prepare_cached("SELECT collection, id FROM evicted")?
@@ -122,6 +127,101 @@ impl Inner {
         self.forgotten.clear();
         log::info!("store {} writes as author {} from now on (was {old})", self.peer, self.author);
         Ok(())
+    }
+
+    /// Before this store writes: when its author id shows counters it did not write — a change forged under its
+    /// id, or written by the device a restored copy of this database came from — continue under a fresh author, so
+    /// no change of its own can collide with one already made under its id. `peer:end` is such a change (or
+    /// claim): seen at counter `next_counter` or beyond, it cannot be this store's.
+    pub(super) fn notice_own_author(&mut self, peer: PeerId, end: u64) -> Result<()> {
+        if peer == self.author && end >= self.next_counter {
+            log::warn!(
+                "store {} saw author {peer} (its own) at counter {end}, beyond the {} it wrote: a forgery or a restored copy; \
+                 moving to a fresh author id",
+                self.peer,
+                self.next_counter - 1
+            );
+            self.start_new_author()?;
+        }
+        Ok(())
+    }
+
+    /// [`Inner::notice_own_author`] for everything the store holds or keeps pending (a store written to before this
+    /// check existed may hold such changes already).
+    pub(super) fn check_own_author(&mut self) -> Result<()> {
+        let author = self.author;
+        if self.held.overlaps(author, self.next_counter, u64::MAX) {
+            return self.notice_own_author(author, u64::MAX);
+        }
+        if self.pending.of(author) > 0 {
+            let start: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT max(start) FROM pending WHERE peer = ?1")?
+                .query_row(params![author.0 as i64], |r| r.get(0))?;
+            if let Some(start) = start {
+                self.notice_own_author(author, start as u64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detect a restored copy of the database (a backup put back: Android Auto Backup, an iCloud restore, a copied
+    /// file). At every open a fresh random epoch is written both into the database (`meta`) and into `sidecar`, a
+    /// file the platform keeps out of backups; a database whose epoch differs from the sidecar's (or that has an
+    /// epoch while the sidecar is missing) is not the file last opened here, so it continues under a fresh author:
+    /// its author's counters past the copy's may have been used already by the device it was copied from.
+    ///
+    /// Runs inside one immediate transaction, so processes opening the file together see each other's epoch; the
+    /// sidecar is written before the database commits, so a crash in between costs a needless new author, never a
+    /// missed restore. Not caught: a copy taken after the last open and restored without another open in between
+    /// (the sync-time rule, [`Inner::notice_own_author`], catches those as soon as a peer shows the original's
+    /// changes).
+    pub(super) fn check_open_epoch(&mut self, sidecar: &std::path::Path) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let in_db = meta_u64(&self.conn, "open_epoch")?;
+            let in_file = match std::fs::read(sidecar) {
+                Ok(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).ok().map(u64::from_le_bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::Io(e)),
+            };
+            if let Some(db) = in_db {
+                if in_file != Some(db) {
+                    log::warn!(
+                        "store {}: the database is not the copy last opened here (epoch {db:016x}, sidecar {}): \
+                         a restored backup; moving to a fresh author id",
+                        self.peer,
+                        in_file.map_or("missing".to_string(), |f| format!("{f:016x}"))
+                    );
+                    self.start_new_author()?;
+                    self.save_meta()?;
+                }
+            }
+            // Not drawn from the store's random stream, so that a seeded simulation's ids stay what they were; a
+            // seeded store (a simulation) chains it from the last one and its clock, so that its file stays a
+            // function of the seed.
+            let epoch = if self.sources.is_seeded() {
+                let seed = [self.peer.0, in_db.unwrap_or(0), self.sources.now_ms()];
+                let h = blake3::hash(&seed.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default()).max(1)
+            } else {
+                crate::util::sources::Sources::system().random_u64()
+            };
+            std::fs::write(sidecar, epoch.to_le_bytes())?;
+            meta_put_u64(&self.conn, "open_epoch", epoch)
+        })();
+        match result {
+            Ok(()) => {
+                self.conn.execute_batch("COMMIT")?;
+                self.data_version = self.data_version()?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.reload()?;
+                Err(e)
+            }
+        }
     }
 
     pub(super) fn save_meta(&self) -> Result<()> {

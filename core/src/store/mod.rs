@@ -8,9 +8,11 @@
 mod blobs;
 mod changelog;
 mod docs;
+mod equivocation;
 mod ids;
 mod inner;
 mod observe;
+mod pending;
 mod replica;
 mod replicate;
 mod requests;
@@ -20,9 +22,11 @@ mod txn;
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
 pub use docs::Quarantined;
+pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
 pub use observe::{Callback, ChangeEvent};
+pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica};
-pub use replicate::{ApplyReport, DocChange, RangeSet, Summary};
+pub use replicate::{ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES};
 pub use requests::AttachmentRequest;
 pub use schema::SCHEMA_VERSION;
 pub use txn::WriteTxn;
@@ -45,7 +49,8 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-/// The most changes kept aside waiting for their dependencies.
+/// The most changes kept aside waiting for their dependencies, all authors together (see [`MAX_PENDING_PER_AUTHOR`]
+/// for how they are shared).
 pub const MAX_PENDING_CHANGES: usize = 100_000;
 /// The longest collection name or document id, in bytes.
 pub const MAX_NAME_BYTES: usize = 512;
@@ -69,11 +74,17 @@ pub struct Options {
     /// Where the store gets the time (hybrid logical clock readings, document ids) and random numbers (peer,
     /// author and document ids): the system by default; a simulation injects its clock and a seed.
     pub sources: Sources,
+    /// Where the store keeps its open-epoch marker, which tells a restored backup of the database from the file
+    /// last opened here (see [`Store::open_with`]). It must be a file the platform leaves out of backups: on
+    /// Android a file in `Context.getNoBackupFilesDir()`, on iOS a file marked `isExcludedFromBackup`. `None`
+    /// (the default): the database's path with `-epoch` appended, beside it — which catches a database file copied
+    /// or restored alone, not a backup that restores both files.
+    pub epoch_file: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { durability: Durability::Full, cache_bytes: 64 << 20, sources: Sources::system() }
+        Options { durability: Durability::Full, cache_bytes: 64 << 20, sources: Sources::system(), epoch_file: None }
     }
 }
 
@@ -151,6 +162,11 @@ impl Store {
     }
 
     /// Open (or create) the store at `path`.
+    ///
+    /// A database file that is not the one last opened here — a backup restored by the platform (Android Auto
+    /// Backup, an iCloud restore) or a copied file — is recognised by its open epoch, a random number written at
+    /// every open into the database and into [`Options::epoch_file`]; the store then writes under a fresh author id
+    /// ([`Store::author_id`]), since the device it was copied from may have used its author's next counters already.
     pub fn open_with(path: impl AsRef<FsPath>, options: Options) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path)?;
@@ -195,13 +211,23 @@ impl Store {
             next_counter: 1,
             cache: DocCache::new(options.cache_bytes),
             held: Summary::new(),
-            pending_rows: 0,
+            pending: pending::PendingCounts::default(),
+            digests: equivocation::DigestCache::default(),
             evicted: HashSet::new(),
             forgotten: HashMap::new(),
             data_version: 0,
             observers: Observers::default(),
         };
         inner.reload()?;
+        inner.backfill_change_hashes()?;
+        if path.as_os_str() != ":memory:" && !path.as_os_str().is_empty() {
+            let sidecar = options.epoch_file.clone().unwrap_or_else(|| {
+                let mut p = path.clone().into_os_string();
+                p.push("-epoch");
+                PathBuf::from(p)
+            });
+            inner.check_open_epoch(&sidecar)?;
+        }
         Ok(Store {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
@@ -222,7 +248,9 @@ impl Store {
 
     /// The author id under which this store's next changes are made ([`Change::peer`](crate::Change)): its peer
     /// id, or a new id once a write to a document whose earlier changes by this store were evicted (and have not
-    /// come back) had to start a new chain of changes.
+    /// come back) had to start a new chain of changes, or once the store saw its author id at counters it never
+    /// wrote (a change forged under its id, a peer's summary claiming such changes, a restored copy of its database
+    /// file: see [`Store::open_with`]). Nothing written before is lost: the old author's changes keep replicating.
     pub fn author_id(&self) -> Result<PeerId> {
         let mut inner = self.lock();
         inner.refresh()?;
@@ -311,7 +339,7 @@ impl Store {
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = (|| {
             inner.refresh()?;
-            let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone(), inner.pending_rows);
+            let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone());
             let author = inner.author;
             let mut txn = WriteTxn::new(&mut inner);
             match f(&mut txn).and_then(|r| Ok((r, txn.persist()?))) {
@@ -323,7 +351,7 @@ impl Store {
                 }
                 Err(e) => {
                     drop(txn);
-                    (inner.held, inner.next_counter, inner.clock, inner.pending_rows) = saved;
+                    (inner.held, inner.next_counter, inner.clock) = saved;
                     if inner.author != author {
                         // A new author was started and rolled back: read everything again from the database.
                         inner.author = author;
@@ -354,6 +382,11 @@ impl Store {
             },
             Err(e) => {
                 let _ = inner.conn.execute_batch("ROLLBACK");
+                // The pending rows as committed (the transaction may have added or dropped some).
+                match pending::PendingCounts::load(&inner.conn) {
+                    Ok(p) => inner.pending = p,
+                    Err(_) => inner.data_version = -1,
+                }
                 // Documents touched by the failed transaction were taken out of the cache and are reloaded from the
                 // database when next needed.
                 Err(e)
@@ -467,6 +500,22 @@ impl Store {
         } else {
             Err(Error::Corrupt(lines.join("; ")))
         }
+    }
+
+    /// Every equivocation this store has seen — two different changes for one author and counter, the one it holds
+    /// and the one it refused — by author and counter (at most [`MAX_EQUIVOCATION_RECORDS`]). Evidence that the
+    /// author (or whoever holds its id) forged or forked its changes.
+    pub fn equivocations(&self) -> Result<Vec<Equivocation>> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        inner.equivocations()
+    }
+
+    /// How many received changes wait for their dependencies (at most [`MAX_PENDING_CHANGES`]).
+    pub fn pending_changes(&self) -> Result<usize> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        Ok(inner.pending.total())
     }
 
     /// The names of the collections holding at least one document.

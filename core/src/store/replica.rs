@@ -8,7 +8,7 @@
 //! documents, queries, observers, attachments.
 
 use super::changelog::{entry, ENTRY_COLUMNS};
-use super::{check_collection, check_doc_id, ApplyReport, DocChange, LogEntry, Store, Summary};
+use super::{check_collection, check_doc_id, ApplyReport, AuthorDigest, DocChange, LogEntry, Store, Summary};
 use crate::error::{Error, Result};
 use crate::store::blobs;
 use rusqlite::params;
@@ -27,12 +27,45 @@ pub trait Replica: Send + Sync + 'static {
     fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>>;
 
     /// Apply changes received from other stores, in one transaction. Idempotent and order-independent: duplicates
-    /// are skipped, and changes whose dependencies have not arrived are kept aside and applied once they do. A
-    /// malformed or inconsistent change fails the whole call with an error, and nothing is written.
+    /// are skipped, and changes whose dependencies have not arrived are kept aside and applied once they do.
+    ///
+    /// Two kinds of bad change are told apart. A **malformed** change — one that fails validation, or refers to
+    /// things its own declared dependencies do not contain, so that every honest store refuses it — fails the whole
+    /// call with an error and nothing is written (the sync engine closes the link it came over: its sender is
+    /// broken or hostile). A change that **conflicts** with what this store holds — another change of the same
+    /// author covers some of its counters (an equivocation: see [`crate::Store::equivocations`]), or it does not
+    /// follow its author's earlier changes to the document — is refused alone, counted in
+    /// [`ApplyReport::refused`], and the rest of the batch is applied: a relay that received a forgery first must
+    /// not refuse the honest changes that come after it.
+    ///
+    /// A change under this store's own author id that it did not write (a forgery, or the device a restored copy
+    /// of this database came from) moves the store to a fresh author id before its next write.
     ///
     /// Cost: linear in the operations applied (one change of 60,000 operations costs ten times one of 6,000:
     /// `core/bench/complexity.sh` checks it on instruction counts), plus rewriting each touched document's view.
     fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport>;
+
+    /// A peer's summary arrived: when it shows this store's author at counters the store never reached (changes
+    /// forged under its id, or written by the device a restored copy of this database came from), the store moves
+    /// to a fresh author id before its next write, so that none of its changes collides with one the mesh holds.
+    fn notice_summary(&self, summary: &Summary) -> Result<()> {
+        let _ = summary;
+        Ok(())
+    }
+
+    /// The [`AuthorDigest`] of each author in `authors` this store holds changes of (every author it holds when
+    /// `authors` is `None`), for a peer to compare with its own ([`Replica::differing_authors`]).
+    fn author_digests(&self, authors: Option<&[crate::PeerId]>) -> Result<Vec<AuthorDigest>> {
+        let _ = authors;
+        Ok(Vec::new())
+    }
+
+    /// The authors of `theirs` of which this store holds the same counters as the peer that sent the digests, but
+    /// other changes: an equivocation of each (logged here). Authors whose counters differ are not compared.
+    fn differing_authors(&self, theirs: &[AuthorDigest]) -> Result<Vec<crate::PeerId>> {
+        let _ = theirs;
+        Ok(Vec::new())
+    }
 
     /// Changes this store holds that are in neither `have` nor `skip`, in log order (causal within each
     /// document), about `max_bytes` of them at most (always at least one when there is any).
@@ -112,12 +145,63 @@ impl Replica for StoreReplica {
     fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport> {
         crate::crdt::change::check_batch_cost(changes.iter().map(|dc| &dc.change))?;
         let ((), report) = self.store.transact(|txn| {
+            txn.expire_pending()?;
             for dc in changes {
                 txn.apply_remote(dc)?;
             }
             Ok(())
         })?;
         Ok(report)
+    }
+
+    fn notice_summary(&self, summary: &Summary) -> Result<()> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        let author = inner.author;
+        let next = inner.next_counter;
+        if !summary.overlaps(author, next, u64::MAX) {
+            return Ok(());
+        }
+        drop(inner);
+        self.store.transact(|txn| txn.notice_own_author_claim(author, next))?;
+        Ok(())
+    }
+
+    fn author_digests(&self, authors: Option<&[crate::PeerId]>) -> Result<Vec<AuthorDigest>> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        let all: Vec<crate::PeerId>;
+        let authors = match authors {
+            Some(a) => a,
+            None => {
+                all = inner.held.peers().map(|(p, _)| p).collect();
+                &all
+            }
+        };
+        let mut out = Vec::with_capacity(authors.len());
+        for &a in authors {
+            out.extend(inner.author_digest(a)?);
+        }
+        Ok(out)
+    }
+
+    fn differing_authors(&self, theirs: &[AuthorDigest]) -> Result<Vec<crate::PeerId>> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        let mut out = Vec::new();
+        for d in theirs {
+            if inner.ranges_digest(d.author) != Some(d.ranges) {
+                continue;
+            }
+            if inner.author_digest(d.author)?.is_some_and(|mine| mine.changes != d.changes) {
+                log::warn!(
+                    "equivocation: a peer holds the same counters of author {} as this store, but other changes",
+                    d.author
+                );
+                out.push(d.author);
+            }
+        }
+        Ok(out)
     }
 
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {

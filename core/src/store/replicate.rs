@@ -53,13 +53,19 @@ impl RangeSet {
         self.0.get(i).is_some_and(|&(s, e)| s <= start && end <= e)
     }
 
+    /// Whether any counter of `start..=end` is in the set.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        let i = self.0.partition_point(|&(_, e)| e < start);
+        self.0.get(i).is_some_and(|&(s, _)| s <= end)
+    }
+
     /// Whether the set holds no counter.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The ranges, in ascending order.
-    pub(crate) fn ranges(&self) -> &[(u64, u64)] {
+    pub fn ranges(&self) -> &[(u64, u64)] {
         &self.0
     }
 
@@ -214,6 +220,21 @@ impl Summary {
         self.peers.get(&peer).is_some_and(|r| r.contains_range(start, end))
     }
 
+    /// Whether any counter of `peer:start..=end` is held.
+    pub fn overlaps(&self, peer: PeerId, start: u64, end: u64) -> bool {
+        self.peers.get(&peer).is_some_and(|r| r.overlaps(start, end))
+    }
+
+    /// The ranges held of one author.
+    pub fn ranges_of(&self, peer: PeerId) -> Option<&RangeSet> {
+        self.peers.get(&peer)
+    }
+
+    /// Forget everything held of one author.
+    pub fn remove_author(&mut self, peer: PeerId) {
+        self.peers.remove(&peer);
+    }
+
     /// The authors and their ranges.
     pub fn peers(&self) -> impl Iterator<Item = (PeerId, &RangeSet)> {
         self.peers.iter().map(|(p, r)| (*p, r))
@@ -296,6 +317,42 @@ pub struct ApplyReport {
     pub pending: usize,
     /// Changes ignored because their document was evicted here.
     pub ignored_evicted: usize,
+    /// Changes refused because they conflict with what the store holds: another change of the same author that
+    /// covers some of the same counters (an equivocation, recorded in [`crate::Store::equivocations`]), or a change
+    /// that does not follow its author's earlier changes to the document. The rest of the batch is applied.
+    pub refused: usize,
+}
+
+/// The length of a change's content hash ([`change_hash`]).
+pub const CHANGE_HASH_BYTES: usize = 16;
+
+/// A change's content hash: the first [`CHANGE_HASH_BYTES`] of BLAKE3 over its [`DocChange`] encoding (document,
+/// then the change). Two different changes for one (author, counter) have different hashes (128 bits: finding a
+/// collision takes about 2^64 work).
+pub(crate) fn change_hash(collection: &str, doc_id: &str, change_body: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
+    // The encoding's header, then its body, without copying the body.
+    let mut h = blake3::Hasher::new();
+    h.update(&encode_doc_change(collection, doc_id, &[]));
+    h.update(change_body);
+    let full = h.finalize();
+    let mut out = [0u8; CHANGE_HASH_BYTES];
+    out.copy_from_slice(&full.as_bytes()[..CHANGE_HASH_BYTES]);
+    out
+}
+
+/// What one replica holds of one author, in 32 bytes, for another replica to compare with its own
+/// ([`crate::store::Replica::author_digests`]): two replicas holding the same counters of an author hold the same
+/// changes of it exactly when their digests are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorDigest {
+    /// The author.
+    pub author: PeerId,
+    /// BLAKE3 (first 16 bytes) of the author's held counter ranges: digests are comparable only when these agree.
+    pub ranges: [u8; CHANGE_HASH_BYTES],
+    /// BLAKE3 (first 16 bytes) of the author's held changes, each as (start, end, content hash), in start order,
+    /// hashed in buckets of 2^[`DIGEST_BUCKET_BITS`](crate::store::DIGEST_BUCKET_BITS) counters and then over the
+    /// bucket hashes (see `Inner::author_digest`).
+    pub changes: [u8; CHANGE_HASH_BYTES],
 }
 
 #[cfg(test)]
@@ -337,6 +394,14 @@ mod tests {
             proptest::prop_assert_eq!(d.count(), want.len() as u64);
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn change_hash_is_of_the_doc_change_encoding() {
+        let body = b"\x01some change body".to_vec();
+        let whole = encode_doc_change("c", "d", &body);
+        assert_eq!(&change_hash("c", "d", &body)[..], &blake3::hash(&whole).as_bytes()[..CHANGE_HASH_BYTES]);
+        assert_ne!(change_hash("c", "d", &body), change_hash("c", "e", &body));
     }
 
     #[test]

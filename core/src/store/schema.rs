@@ -90,6 +90,24 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (collection, id)
     ) WITHOUT ROWID;
     "#,
+    // 5: hostile authors. `changes.hash`: 16 bytes of BLAKE3 of the change's `DocChange` encoding, to tell two
+    //    different changes for one (author, counter) apart (NULL in rows written before; filled in at open).
+    //    `equivocations`: such pairs seen here, with both versions as evidence. `pending_by_received`: expiry of
+    //    pending changes, oldest first. `changes_by_author`: an author's (start, end, hash) read from the index
+    //    alone (the hash column comes after the body, which may span overflow pages).
+    r#"
+    ALTER TABLE changes ADD COLUMN hash BLOB;
+    CREATE TABLE equivocations (
+        peer     INTEGER NOT NULL,             -- the author
+        start    INTEGER NOT NULL,             -- the first counter of the refused version
+        held     BLOB NOT NULL,                -- the version this store holds (DocChange encoding)
+        refused  BLOB NOT NULL,                -- the conflicting version it refused (DocChange encoding)
+        detected INTEGER NOT NULL,             -- when (ms since the epoch)
+        PRIMARY KEY (peer, start)
+    );
+    CREATE INDEX pending_by_received ON pending (received);
+    CREATE INDEX changes_by_author ON changes (peer, start, end, hash);
+    "#,
 ];
 
 /// The schema version this build writes.

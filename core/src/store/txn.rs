@@ -3,10 +3,12 @@
 use super::docs::{self, CachedDoc, DocKey};
 use super::inner::Inner;
 use super::observe::{self, Queued};
+use super::pending::{MAX_PENDING_PER_AUTHOR, PENDING_MAX_AGE_MS};
+use super::replicate::{encode_doc_change, CHANGE_HASH_BYTES};
 use super::replicate::{ApplyReport, DocChange};
 use super::{check_collection, check_doc_id, ids};
 use crate::crdt::change::Change;
-use crate::crdt::clock::Timestamp;
+use crate::crdt::clock::{PeerId, Timestamp};
 use crate::crdt::document::{Applied, DocEditor, Document};
 use crate::crdt::path::Path;
 use crate::crdt::value::Value;
@@ -36,6 +38,18 @@ pub struct WriteTxn<'a> {
     report: ApplyReport,
     /// Documents evicted in this transaction.
     evicted: Vec<DocKey>,
+    /// Changes received in this transaction (not in the log yet): (author, start) → (end, content hash, document).
+    added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
+}
+
+/// How a received change relates to the changes the store holds of its author.
+enum Held {
+    /// None of its counters is held.
+    No,
+    /// It is held: the same change.
+    Same,
+    /// Some of its counters are held by another change: refused.
+    Conflict,
 }
 
 /// The JSON object of an upsert: `_id` is taken out (it names the document), the rest are fields.
@@ -54,7 +68,14 @@ fn fields_from_json(json: Json) -> Result<(Option<String>, Value)> {
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(inner: &'a mut Inner) -> Self {
         let ts = inner.clock.tick(inner.sources.now_ms());
-        WriteTxn { inner, docs: BTreeMap::new(), ts, report: ApplyReport::default(), evicted: Vec::new() }
+        WriteTxn {
+            inner,
+            docs: BTreeMap::new(),
+            ts,
+            report: ApplyReport::default(),
+            evicted: Vec::new(),
+            added: BTreeMap::new(),
+        }
     }
 
     /// Take a document into the transaction (from the cache or the database); with `create`, an empty document
@@ -108,6 +129,7 @@ impl<'a> WriteTxn<'a> {
         check_collection(collection)?;
         check_doc_id(id)?;
         self.check_not_evicted(collection, id)?;
+        self.inner.check_own_author()?;
         if !self.inner.forgotten.is_empty() {
             let author = self.inner.author;
             if let Some(has) = self.take_doc(collection, id, create)?.map(|td| td.cached.doc.version().get(author)) {
@@ -131,7 +153,7 @@ impl<'a> WriteTxn<'a> {
         // transaction as a whole is rolled back by the caller anyway.
         let made = change.as_ref().map(|c| (c.peer, c.start, c.end()));
         if let Some(c) = change {
-            td.new_changes.push(docs::LoggedChange::of(&c));
+            td.new_changes.push(docs::LoggedChange::of(collection, id, &c));
         }
         if let Some((peer, start, end)) = made {
             self.inner.held.insert(peer, start, end);
@@ -206,15 +228,27 @@ impl<'a> WriteTxn<'a> {
         Ok(self.doc(collection, id)?.and_then(|td| docs::view(&td.cached.doc, id)))
     }
 
-    /// Apply a change received from another replica (see [`crate::Store::apply_changes`]).
+    /// Apply a change received from another replica (see [`crate::Store::apply_changes`]). A malformed change fails
+    /// with an error (the caller drops the whole batch); a change that conflicts with what the store holds is
+    /// refused alone (counted in [`ApplyReport::refused`]).
     pub(crate) fn apply_remote(&mut self, dc: &DocChange) -> Result<()> {
         let c = &dc.change;
         check_collection(&dc.collection)?;
         check_doc_id(&dc.doc_id)?;
         c.validate()?;
-        if self.inner.held.contains(c.peer, c.start, c.end()) {
-            self.report.duplicates += 1;
-            return Ok(());
+        // Whether or not it is applied here, others may hold it: this store must not write at its counters.
+        self.inner.notice_own_author(c.peer, c.end())?;
+        let logged = docs::LoggedChange::of(&dc.collection, &dc.doc_id, c);
+        match self.held(&dc.collection, &dc.doc_id, &logged)? {
+            Held::Same => {
+                self.report.duplicates += 1;
+                return Ok(());
+            }
+            Held::Conflict => {
+                self.report.refused += 1;
+                return Ok(());
+            }
+            Held::No => {}
         }
         if self.is_evicted(&dc.collection, &dc.doc_id) {
             self.report.ignored_evicted += 1;
@@ -224,28 +258,183 @@ impl<'a> WriteTxn<'a> {
             log::warn!("change {}:{} has a timestamp beyond the allowed clock skew; the local clock was not moved past the bound", c.peer, c.start);
         }
         let td = self.doc_or_new(&dc.collection, &dc.doc_id)?;
-        match td.cached.doc.apply_validated(c)? {
-            Applied::Applied => {
-                td.new_changes.push(docs::LoggedChange::of(c));
-                self.inner.held.insert(c.peer, c.start, c.end());
+        match td.cached.doc.readiness(c) {
+            Err(e) => {
+                log::warn!("refused change {}:{} of {}/{}: {e}", c.peer, c.start, dc.collection, dc.doc_id);
+                self.report.refused += 1;
+            }
+            Ok(Applied::Duplicate) => self.report.duplicates += 1,
+            Ok(Applied::NotReady) => {
+                if self.keep_pending(dc, &logged.body)? {
+                    self.report.pending += 1;
+                } else {
+                    self.report.refused += 1;
+                }
+            }
+            Ok(Applied::Applied) => {
+                td.cached.doc.apply_validated(c)?;
+                self.log_applied(&dc.collection, &dc.doc_id, logged);
                 self.report.applied += 1;
                 self.drain_pending(&dc.collection, &dc.doc_id)?;
             }
-            Applied::Duplicate => self.report.duplicates += 1,
-            Applied::NotReady => {
-                if self.inner.pending_rows < super::MAX_PENDING_CHANGES {
-                    self.inner.pending_rows += self
-                        .inner
-                        .conn
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )?
-                        .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, c.encode(), self.inner.sources.now_ms() as i64])?;
-                } else {
-                    log::warn!("pending change buffer full; dropping {}:{} (it will be sent again)", c.peer, c.start);
+        }
+        Ok(())
+    }
+
+    /// Record a change just applied to a document of the transaction.
+    fn log_applied(&mut self, collection: &str, id: &str, logged: docs::LoggedChange) {
+        let key = (collection.to_string(), id.to_string());
+        self.inner.held.insert(logged.peer, logged.start, logged.end);
+        self.added.insert((logged.peer, logged.start), (logged.end, logged.hash, key.clone()));
+        if let Some(td) = self.docs.get_mut(&key) {
+            td.new_changes.push(logged);
+        }
+    }
+
+    /// Whether the store holds `logged` (of document `collection/id`), none of its counters, or another change for
+    /// some of them — an equivocation of its author, which is logged and recorded with both versions.
+    fn held(&mut self, collection: &str, id: &str, logged: &docs::LoggedChange) -> Result<Held> {
+        let (peer, start, end) = (logged.peer, logged.start, logged.end);
+        if !self.inner.held.overlaps(peer, start, end) {
+            return Ok(Held::No);
+        }
+        // The held change with the greatest start at or before `end`: received in this transaction, or logged.
+        let in_txn = self.added.range(..=(peer, end)).next_back().filter(|((p, _), _)| *p == peer);
+        let in_txn = in_txn.map(|(&(_, s), (e, h, key))| (s, *e, *h, Some(key.clone())));
+        let logged_before = self.inner.logged_change_before(peer, end)?.map(|h| (h.start, h.end, h.hash, None));
+        let existing = match (in_txn, logged_before) {
+            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        if existing.as_ref().is_some_and(|&(s, e, h, _)| s == start && e == end && h == logged.hash) {
+            return Ok(Held::Same);
+        }
+        let held = match &existing {
+            Some((s, _, _, Some(key))) => self.docs.get(key).and_then(|td| {
+                td.new_changes
+                    .iter()
+                    .find(|l| l.peer == peer && l.start == *s)
+                    .map(|l| encode_doc_change(&key.0, &key.1, &l.body))
+            }),
+            Some((s, _, _, None)) => self.inner.logged_encoding(peer, *s)?,
+            None => None,
+        };
+        log::warn!(
+            "equivocation: author {peer} made two different changes at counters {start}..={end} (held: {}); refused {collection}/{id}'s",
+            existing.map_or("an unknown change".to_string(), |(s, e, _, _)| format!("{s}..={e}"))
+        );
+        let refused = encode_doc_change(collection, id, &logged.body);
+        self.inner.record_equivocation(peer, start, &held.unwrap_or_default(), &refused)?;
+        Ok(Held::Conflict)
+    }
+
+    /// A peer claims to hold `author` (this store's author when the claim was read) at `next` or beyond.
+    pub(crate) fn notice_own_author_claim(&mut self, author: PeerId, next: u64) -> Result<()> {
+        if self.inner.author == author && self.inner.next_counter <= next {
+            self.inner.notice_own_author(author, next)?;
+        }
+        Ok(())
+    }
+
+    /// Keep a change whose dependencies have not arrived (`body`: its encoding), within the per-author quota and
+    /// the total cap, shared fairly (see [`super::pending`]). Returns `false` when another change for the same
+    /// author and counter is pending already (an equivocation: recorded, and this one refused).
+    fn keep_pending(&mut self, dc: &DocChange, body: &[u8]) -> Result<bool> {
+        let c = &dc.change;
+        let mine = self.inner.pending.of(c.peer);
+        if mine >= MAX_PENDING_PER_AUTHOR {
+            log::warn!(
+                "author {} has {mine} changes pending already; dropping {}:{} (it will be sent again)",
+                c.peer,
+                c.peer,
+                c.start
+            );
+            return Ok(true);
+        }
+        if self.inner.pending.total() >= super::MAX_PENDING_CHANGES {
+            match self.inner.pending.largest() {
+                Some((big, rows)) if rows > mine + 1 => {
+                    // Make room at the expense of the largest holder: its highest counter goes.
+                    let conn = &self.inner.conn;
+                    let top: Option<i64> = conn
+                        .prepare_cached("SELECT max(start) FROM pending WHERE peer = ?1")?
+                        .query_row(params![big.0 as i64], |r| r.get(0))?;
+                    if let Some(top) = top {
+                        let n = conn
+                            .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
+                            .execute(params![big.0 as i64, top])?;
+                        self.inner.pending.remove(big, n);
+                        log::warn!(
+                            "pending changes full; dropped {big}:{top} (of the author holding most) for {}:{}",
+                            c.peer,
+                            c.start
+                        );
+                    }
                 }
-                self.report.pending += 1;
+                _ => {
+                    log::warn!("pending changes full; dropping {}:{} (it will be sent again)", c.peer, c.start);
+                    return Ok(true);
+                }
             }
+        }
+        let n = self
+            .inner
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, body, self.inner.sources.now_ms() as i64])?;
+        self.inner.pending.add(c.peer, n);
+        if n == 0 {
+            // Already pending: the same change, or another one at the same counter (an equivocation).
+            let (held_doc, held_body): (String, Vec<u8>) = self
+                .inner
+                .conn
+                .prepare_cached(
+                    "SELECT collection || char(0) || doc, body FROM pending WHERE peer = ?1 AND start = ?2",
+                )?
+                .query_row(params![c.peer.0 as i64, c.start as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if held_body != body || held_doc != format!("{}\0{}", dc.collection, dc.doc_id) {
+                let (collection, id) = held_doc.split_once('\0').unwrap_or_default();
+                log::warn!("equivocation: author {} made two different changes at counter {} (both pending); keeping the first", c.peer, c.start);
+                let held = encode_doc_change(collection, id, &held_body);
+                self.inner.record_equivocation(
+                    c.peer,
+                    c.start,
+                    &held,
+                    &encode_doc_change(&dc.collection, &dc.doc_id, body),
+                )?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drop pending changes older than [`PENDING_MAX_AGE_MS`], oldest first, at most
+    /// [`PENDING_EXPIRED_PER_CALL`](super::pending::PENDING_EXPIRED_PER_CALL) of them.
+    pub(crate) fn expire_pending(&mut self) -> Result<()> {
+        if self.inner.pending.total() == 0 {
+            return Ok(());
+        }
+        let cutoff = self.inner.sources.now_ms().saturating_sub(PENDING_MAX_AGE_MS).min(i64::MAX as u64) as i64;
+        let rows: Vec<(i64, i64)> = self
+            .inner
+            .conn
+            .prepare_cached("SELECT peer, start FROM pending WHERE received < ?1 ORDER BY received LIMIT ?2")?
+            .query_map(params![cutoff, super::pending::PENDING_EXPIRED_PER_CALL as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for &(peer, start) in &rows {
+            let n = self
+                .inner
+                .conn
+                .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
+                .execute(params![peer, start])?;
+            self.inner.pending.remove(PeerId(peer as u64), n);
+        }
+        if !rows.is_empty() {
+            log::info!("dropped {} pending changes older than {} ms", rows.len(), PENDING_MAX_AGE_MS);
         }
         Ok(())
     }
@@ -261,24 +450,36 @@ impl<'a> WriteTxn<'a> {
                 .collect::<rusqlite::Result<_>>()?;
             let mut progressed = false;
             for (peer, start, body) in rows {
-                let td = self.doc_or_new(collection, id)?;
                 let drop_row = match Change::decode(&body) {
-                    Ok(c) => match td.cached.doc.apply_validated(&c) {
-                        Ok(Applied::Applied) => {
-                            td.new_changes.push(docs::LoggedChange::of(&c));
-                            self.inner.held.insert(c.peer, c.start, c.end());
-                            self.report.applied += 1;
-                            self.report.pending = self.report.pending.saturating_sub(1);
-                            progressed = true;
-                            true
+                    Ok(c) => {
+                        let logged = docs::LoggedChange::of(collection, id, &c);
+                        match self.held(collection, id, &logged)? {
+                            Held::Same => true,
+                            Held::Conflict => {
+                                self.report.refused += 1;
+                                self.report.pending = self.report.pending.saturating_sub(1);
+                                true
+                            }
+                            Held::No => {
+                                let td = self.doc_or_new(collection, id)?;
+                                match td.cached.doc.apply_validated(&c) {
+                                    Ok(Applied::Applied) => {
+                                        self.log_applied(collection, id, logged);
+                                        self.report.applied += 1;
+                                        self.report.pending = self.report.pending.saturating_sub(1);
+                                        progressed = true;
+                                        true
+                                    }
+                                    Ok(Applied::Duplicate) => true,
+                                    Ok(Applied::NotReady) => false,
+                                    Err(e) => {
+                                        log::warn!("dropping pending change {peer}:{start} of {collection}/{id}: {e}");
+                                        true
+                                    }
+                                }
+                            }
                         }
-                        Ok(Applied::Duplicate) => true,
-                        Ok(Applied::NotReady) => false,
-                        Err(e) => {
-                            log::warn!("dropping pending change {peer}:{start} of {collection}/{id}: {e}");
-                            true
-                        }
-                    },
+                    }
                     Err(e) => {
                         log::warn!("dropping corrupt pending change {peer}:{start}: {e}");
                         true
@@ -290,7 +491,7 @@ impl<'a> WriteTxn<'a> {
                         .conn
                         .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
                         .execute(params![peer, start])?;
-                    self.inner.pending_rows = self.inner.pending_rows.saturating_sub(deleted);
+                    self.inner.pending.remove(PeerId(peer as u64), deleted);
                     if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
                         td.from_pending.push((peer as u64, start as u64));
                     }
@@ -318,6 +519,9 @@ impl<'a> WriteTxn<'a> {
         for ((collection, id), td) in self.docs.iter_mut() {
             if td.new_changes.is_empty() {
                 continue;
+            }
+            for c in &td.new_changes {
+                self.inner.digests.changed(c.peer, c.start);
             }
             // The view as a JSON value only when an observer of the collection needs it.
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
@@ -406,6 +610,7 @@ impl<'a> WriteTxn<'a> {
                     .query_map(params![row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 for (peer, start, end) in ranges {
+                    self.inner.digests.changed(crate::crdt::clock::PeerId(peer as u64), start as u64);
                     self.inner.held.remove(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
                 }
                 let conn = &self.inner.conn;
@@ -415,7 +620,9 @@ impl<'a> WriteTxn<'a> {
                 conn.prepare_cached("DELETE FROM docs WHERE doc = ?1")?.execute(params![row])? > 0
             }
         };
-        self.inner.pending_rows = self.inner.pending_rows.saturating_sub(dropped);
+        if dropped > 0 {
+            self.inner.pending = super::pending::PendingCounts::load(&self.inner.conn)?;
+        }
         self.evicted.push(key);
         Ok(existed)
     }

@@ -23,7 +23,7 @@
 //! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
 //! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
-use super::wire::{Message, Subscription, BATCH_BYTES};
+use super::wire::{Message, Subscription, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE};
 use super::SyncError;
 use crate::query::Query;
 use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
@@ -193,6 +193,13 @@ pub(crate) struct Session {
     awaiting_summary: bool,
     /// Statistics.
     pub stats: SessionStats,
+    /// Equivocation (issue 13): authors whose changes were sent since the last [`Message::Digests`].
+    digest_authors: BTreeSet<crate::PeerId>,
+    /// Authors whose changes were sent again because the peer's digest differed (once per author and session).
+    resent_authors: BTreeSet<crate::PeerId>,
+    /// Authors to send again at the next pump (not at once: changes of theirs the peer sends meanwhile would mark
+    /// them as held by the peer again).
+    resend: Vec<crate::PeerId>,
 }
 
 /// Counters of one session.
@@ -235,10 +242,14 @@ impl Session {
             standby: false,
             awaiting_summary: false,
             stats: SessionStats::default(),
+            digest_authors: BTreeSet::new(),
+            resent_authors: BTreeSet::new(),
+            resend: Vec::new(),
         };
         s.outbox.push_back(Out::Message(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 }));
         s.set_interest(interest);
         s.queue_summary();
+        s.queue_digests(store, None)?;
         Ok(s)
     }
 
@@ -290,6 +301,7 @@ impl Session {
                 out.interest_changed = true;
             }
             Message::Summary { summary } => {
+                store.notice_summary(&summary)?;
                 let held = store.summary()?;
                 if self.got_summary && !self.skipped.is_empty() {
                     // An update: the peer got these changes from another device. Their documents are now of interest
@@ -354,6 +366,15 @@ impl Session {
                 self.send_credit =
                     self.send_credit.saturating_add(bytes.min(i64::MAX as u64) as i64).min(2 * WINDOW as i64);
             }
+            // Equivocation (issue 13): an author of which the peer holds other changes than we do at the same
+            // counters: send it ours again (once per session), so that it finds and records the pair.
+            Message::Digests { authors } => {
+                for author in store.differing_authors(&authors)? {
+                    if self.resent_authors.insert(author) {
+                        self.resend.push(author);
+                    }
+                }
+            }
             other => out.other = Some(other),
         }
         Ok(out)
@@ -391,6 +412,10 @@ impl Session {
         if !self.is_ready() || self.peer_interest.is_empty() || self.standby || self.awaiting_summary {
             return Ok(false);
         }
+        for author in std::mem::take(&mut self.resend) {
+            self.peer_known.remove_author(author);
+            self.skipped.remove_author(author);
+        }
         let mut queued = false;
         let mut scanned = 0usize;
         // The documents of changes the peer newly holds, a slice at a time.
@@ -422,6 +447,12 @@ impl Session {
             let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
             let entries = store.log_missing(&self.peer_known, &self.skipped, budget)?;
             if entries.is_empty() {
+                // Caught up: tell the peer what we hold of the authors just sent, to compare (issue 13).
+                self.flush_batch();
+                let authors: Vec<crate::PeerId> = std::mem::take(&mut self.digest_authors).into_iter().collect();
+                if !authors.is_empty() {
+                    self.queue_digests(store, Some(&authors))?;
+                }
                 break;
             }
             // Group by document, in log order of first appearance.
@@ -491,6 +522,7 @@ impl Session {
         }
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
+            self.digest_authors.insert(e.peer);
             let wire = e.to_wire();
             self.batch_bytes += wire.len();
             self.send_credit -= wire.len() as i64;
@@ -500,6 +532,15 @@ impl Session {
             }
         }
         true
+    }
+
+    /// Queue [`Message::Digests`] of `authors` (every author held when `None`) for the peer to compare (issue 13).
+    fn queue_digests(&mut self, store: &dyn Replica, authors: Option<&[crate::PeerId]>) -> Result<(), SyncError> {
+        let digests = store.author_digests(authors)?;
+        for chunk in digests.chunks(MAX_DIGESTS_PER_MESSAGE) {
+            self.outbox.push_back(Out::Message(Message::Digests { authors: chunk.to_vec() }));
+        }
+        Ok(())
     }
 
     /// Queue the changes gathered so far as one message.

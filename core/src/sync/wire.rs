@@ -4,7 +4,7 @@
 //! another device: sizes are bounded and every field is checked before anything acts on it.
 
 use crate::crdt::change::MAX_ENCODED_CHANGE_BYTES;
-use crate::store::Summary;
+use crate::store::{AuthorDigest, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -316,7 +316,19 @@ pub enum Message {
     /// The sender's side of this link now carries the data (the link it preferred went): please send your current
     /// [`Message::Summary`], so that only what is missing travels.
     Resync,
+    /// Issue 13 (equivocation): what the sender holds of some authors, one [`AuthorDigest`] each (at most
+    /// [`MAX_DIGESTS_PER_MESSAGE`]). The receiver compares those of which it holds the same counters with its own;
+    /// a difference means the author made two different changes for one counter, and each side sends the other
+    /// its changes of that author again, so both find and record the pair.
+    Digests {
+        /// One per author.
+        authors: Vec<AuthorDigest>,
+    },
 }
+
+/// The most [`AuthorDigest`]s in one [`Message::Digests`] (40 bytes each: 160 KiB): what a receiver compares per
+/// message (each digest it has not computed yet reads that author's rows of the log once).
+pub const MAX_DIGESTS_PER_MESSAGE: usize = 4096;
 
 /// A message that could not be decoded or is not acceptable.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -397,6 +409,9 @@ impl Message {
                 subscriptions.iter().try_for_each(Subscription::validate)
             }
             Message::Summary { summary } if !summary.is_well_formed() => invalid("malformed summary".into()),
+            Message::Digests { authors } if authors.len() > MAX_DIGESTS_PER_MESSAGE => {
+                invalid(format!("{} author digests", authors.len()))
+            }
             Message::Presence { links, .. } if links.len() > MAX_PRESENCE_LINKS => {
                 invalid(format!("{} links", links.len()))
             }
