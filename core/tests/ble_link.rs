@@ -528,6 +528,10 @@ impl World {
                     if let BleEvent::Frame { conn, frame } = &ev {
                         phone.got.push((*conn, frame.clone()));
                     }
+                    // This world has no sync engine: a link counts as authenticated once it is up.
+                    if let BleEvent::LinkReady { conn, .. } = &ev {
+                        phone.links.authenticated(*conn);
+                    }
                     phone.events.push((now, ev));
                 }
                 for conn in self.phones[i].links.conns_wanting_frames() {

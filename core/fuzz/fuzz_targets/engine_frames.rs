@@ -4,12 +4,13 @@
 use libfuzzer_sys::fuzz_target;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::sync::{Engine, Subscription, TransportKind};
-use shoaldb::Store;
+
+mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::scratch_dir();
     let secret = AppSecret::from_bytes(b"fuzz").expect("secret");
-    let open = |n: &str| Store::open(dir.path().join(n)).expect("store");
+    let open = |n: &str| common::open_store(dir.path(), n);
     let mut a = Engine::new(
         open("a.db").replica(),
         Identity::generate().expect("id"),

@@ -25,6 +25,7 @@
 
 use super::wire::{Message, Subscription, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE};
 use super::SyncError;
+use crate::crdt::change::{Change, MAX_BATCH_COST, MAX_CHANGE_COST};
 use crate::query::Query;
 use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
@@ -185,6 +186,8 @@ pub(crate) struct Session {
     /// Changes being gathered into the next [`Message::Changes`] (several documents share a batch).
     batch: Vec<Vec<u8>>,
     batch_bytes: usize,
+    /// The [`Change::cost`] of the changes in `batch`.
+    batch_cost: u64,
     /// Another link to the same device carries the data (a faster transport): this session sends no changes,
     /// only control messages; it still applies whatever the peer sends. See [`Session::set_standby`].
     standby: bool,
@@ -239,6 +242,7 @@ impl Session {
             sent_interest: None,
             batch: Vec::new(),
             batch_bytes: 0,
+            batch_cost: 0,
             standby: false,
             awaiting_summary: false,
             stats: SessionStats::default(),
@@ -523,6 +527,13 @@ impl Session {
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
             self.digest_authors.insert(e.peer);
+            // A batch must stay within what the receiver accepts in one `apply_changes` (MAX_BATCH_COST): a few
+            // bytes can cost much (a delete of a whole long text), so batches are cut by cost as well as by size.
+            let cost = Change::decode(&e.body).map_or(MAX_CHANGE_COST, |c| c.cost());
+            if self.batch_cost.saturating_add(cost) > MAX_BATCH_COST / 2 {
+                self.flush_batch();
+            }
+            self.batch_cost = self.batch_cost.saturating_add(cost);
             let wire = e.to_wire();
             self.batch_bytes += wire.len();
             self.send_credit -= wire.len() as i64;
@@ -549,6 +560,7 @@ impl Session {
             return;
         }
         let changes = std::mem::take(&mut self.batch);
+        self.batch_cost = 0;
         self.stats.changes_sent += changes.len() as u64;
         self.stats.change_bytes_sent += std::mem::take(&mut self.batch_bytes) as u64;
         self.outbox.push_back(Out::Message(Message::Changes { changes }));

@@ -12,7 +12,7 @@ use crate::security::DeviceKey;
 use crate::sync::{Engine, EngineEvent, LinkId, PeerPresence, TransportKind};
 use crate::util::lock;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::runtime::Handle;
@@ -36,8 +36,8 @@ pub(crate) struct LinkState {
     stop: watch::Sender<bool>,
     /// The first reason given for closing.
     reason: Mutex<Option<String>>,
-    /// The link finished its handshake and the peer said hello.
-    synced: AtomicBool,
+    /// The link finished its handshake and the peer said hello (a watch, so that a transport can wait for it).
+    synced: watch::Sender<bool>,
     /// The authenticated device and its name, once known.
     device: Mutex<Option<(DeviceKey, String)>>,
 }
@@ -49,7 +49,7 @@ impl LinkState {
             remote,
             stop: watch::Sender::new(false),
             reason: Mutex::new(None),
-            synced: AtomicBool::new(false),
+            synced: watch::Sender::new(false),
             device: Mutex::new(None),
         }
     }
@@ -83,7 +83,14 @@ impl LinkState {
 
     /// Whether the link synced (handshake done, hello received).
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        *self.synced.borrow()
+    }
+
+    /// Resolves once the link synced (never, if it does not).
+    pub async fn synced(&self) {
+        let mut rx = self.synced.subscribe();
+        // The sender lives as long as `self`, so this only returns once synced.
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// The authenticated device, once known.
@@ -222,7 +229,7 @@ impl Hub {
                     log::info!("peer up: {name} ({device}) over {transport}{addr}");
                     if let Some(c) = conn {
                         *lock(&c.device) = Some((device, name));
-                        c.synced.store(true, Ordering::Release);
+                        c.synced.send_replace(true);
                     }
                 }
                 EngineEvent::LinkDown { link, device, reason } => {

@@ -7,14 +7,21 @@
 //! - `hub`: the engine shared by all tasks, and the dispatch of its events;
 //! - `connection`: one TCP connection = a reader task and a writer task around one engine link;
 //! - `dialer`: dialling addresses and discovered devices, with exponential backoff;
-//! - [`discovery`]: mDNS advertisement and browsing.
+//! - [`discovery`]: mDNS advertisement and browsing;
+//! - [`slots`]: the listener's connection slots, per source address, so that no one source holds them all;
+//! - [`targets`]: the discovered devices dialled, within bounds that fake mDNS records cannot exhaust.
+//!
+//! A connection that has not authenticated within [`HANDSHAKE_DEADLINE`] is closed by the transport itself.
 //!
 //! Apps use it through [`Node`](crate::node::Node).
 
 mod connection;
 pub(crate) mod dialer;
 pub mod discovery;
+pub mod slots;
+pub mod targets;
 
+pub use connection::HANDSHAKE_DEADLINE;
 pub use dialer::{Backoff, BACKOFF_MAX, BACKOFF_MIN};
 pub use discovery::SERVICE_TYPE;
 
@@ -22,16 +29,18 @@ use crate::sync::TransportKind;
 use crate::transport::hub::Hub;
 use crate::util::lock;
 use discovery::{Discovery, Found};
-use std::collections::{HashMap, HashSet};
+use slots::Slots;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use targets::{DialTargets, Failures};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 /// The most connections open at once (accepted and dialled); more are refused.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// The most addresses dialled at once (given by the app or found by discovery).
+/// The most addresses given by the app dialled at once (discovered devices: [`targets`]).
 const MAX_DIAL_TARGETS: usize = 256;
 
 /// Why the LAN transport could not start.
@@ -72,7 +81,7 @@ impl Lan {
             let local = listener.local_addr().map_err(|source| LanError::Bind { addr, source })?;
             log::info!("listening on {local}");
             listen_addr = Some(local);
-            hub.spawn(accept(hub.clone(), listener));
+            hub.spawn(accept(hub.clone(), listener, Slots::new()));
         }
         let lan =
             Lan { hub: hub.clone(), listen_addr, dialled: Mutex::new(HashSet::new()), discovery: Mutex::new(None) };
@@ -130,8 +139,8 @@ impl Drop for Lan {
     }
 }
 
-/// Accept connections until shutdown.
-async fn accept(hub: Arc<Hub>, listener: TcpListener) {
+/// Accept connections until shutdown, each within the [`MAX_CONNECTIONS`] and per-source ([`slots`]) limits.
+async fn accept(hub: Arc<Hub>, listener: TcpListener, slots: Arc<Slots>) {
     loop {
         let accepted = tokio::select! {
             () = hub.shutting_down() => return,
@@ -143,9 +152,16 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener) {
                     log::warn!("refusing a connection from {peer}: {MAX_CONNECTIONS} connections open");
                     continue;
                 }
+                let slot = match slots.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        log::warn!("refusing a connection from {peer}: {e}");
+                        continue;
+                    }
+                };
                 let h = hub.clone();
                 hub.spawn(async move {
-                    connection::run(h, stream, false).await;
+                    connection::run(h, stream, false, Some(slot)).await;
                 });
             }
             Err(e) => {
@@ -160,9 +176,9 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener) {
     }
 }
 
-/// Keep one dialer per discovered device, fed with its current addresses.
+/// Keep one dialer per discovered device, fed with its current addresses, within the bounds of [`targets`].
 async fn dial_discovered(hub: Arc<Hub>, mut found: mpsc::Receiver<Found>) {
-    let mut targets: HashMap<crate::security::DeviceKey, watch::Sender<Option<Vec<SocketAddr>>>> = HashMap::new();
+    let mut targets: DialTargets<watch::Sender<Option<Vec<SocketAddr>>>> = DialTargets::default();
     loop {
         let event = tokio::select! {
             () = hub.shutting_down() => return,
@@ -172,7 +188,7 @@ async fn dial_discovered(hub: Arc<Hub>, mut found: mpsc::Receiver<Found>) {
             },
         };
         // Forget dialers that ended on their own.
-        targets.retain(|_, tx| !tx.is_closed());
+        targets.retain(|tx| !tx.is_closed());
         match event {
             Found::Up { device, addrs } => match targets.get(&device) {
                 Some(tx) => {
@@ -182,12 +198,22 @@ async fn dial_discovered(hub: Arc<Hub>, mut found: mpsc::Receiver<Found>) {
                         changed
                     });
                 }
-                None if targets.len() >= MAX_DIAL_TARGETS => log::debug!("not dialling {device}: too many devices"),
                 None => {
-                    log::info!("discovered {device} at {addrs:?}");
-                    let (tx, rx) = watch::channel(Some(addrs));
-                    targets.insert(device, tx);
-                    hub.spawn(dialer::dial(hub.clone(), dialer::Target::Device { device, addrs: rx }));
+                    let (tx, rx) = watch::channel(Some(addrs.clone()));
+                    let failures = Failures::default();
+                    let linked = hub.linked().borrow().clone();
+                    match targets.insert(device, &addrs, failures.clone(), tx, |d| linked.contains(d)) {
+                        Ok(evicted) => {
+                            for (old, tx) in evicted {
+                                log::warn!("not dialling {old} any more: making room for {device}");
+                                tx.send_replace(None);
+                            }
+                            log::info!("discovered {device} at {addrs:?}");
+                            let target = dialer::Target::Device { device, addrs: rx, failures };
+                            hub.spawn(dialer::dial(hub.clone(), target));
+                        }
+                        Err(_) => log::warn!("not dialling {device} at {addrs:?}: too many discovered devices"),
+                    }
                 }
             },
             Found::Gone { device } => {

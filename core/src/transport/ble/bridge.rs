@@ -86,6 +86,8 @@ pub struct BleBridge {
     links: BleLinks,
     /// Radio connection → engine link, for links announced to the engine.
     engine_link: BTreeMap<u64, LinkId>,
+    /// Connections whose peer the engine authenticated (told to the links).
+    authenticated: BTreeSet<u64>,
     /// Engine links whose last `poll_frame` found nothing (valid until the engine changes).
     starved: BTreeSet<LinkId>,
     notes: VecDeque<BridgeNote>,
@@ -103,6 +105,7 @@ impl BleBridge {
         BleBridge {
             links,
             engine_link: BTreeMap::new(),
+            authenticated: BTreeSet::new(),
             starved: BTreeSet::new(),
             notes: VecDeque::new(),
             stats: BridgeStats::default(),
@@ -190,6 +193,7 @@ impl BleBridge {
             }
             if engine_touched {
                 self.starved.clear();
+                self.note_authenticated(engine);
             }
             // Frames out, as the links take them.
             for conn in self.links.conns_wanting_frames() {
@@ -284,8 +288,24 @@ impl BleBridge {
         }
     }
 
+    /// Tells the links which connections the engine authenticated since (its handshake proved the app secret), so
+    /// that they stop counting as unauthenticated ([`BleLinks::authenticated`]).
+    fn note_authenticated(&mut self, engine: &Engine) {
+        let newly: Vec<u64> = self
+            .engine_link
+            .iter()
+            .filter(|(c, l)| !self.authenticated.contains(*c) && engine.link_device(**l).is_some())
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in newly {
+            self.authenticated.insert(conn);
+            self.links.authenticated(conn);
+        }
+    }
+
     /// Removes the engine link of `conn`, if any.
     fn remove(&mut self, engine: &mut Engine, conn: u64, reason: &str) {
+        self.authenticated.remove(&conn);
         if let Some(link) = self.engine_link.remove(&conn) {
             engine.remove_link(link, reason);
             self.starved.remove(&link);

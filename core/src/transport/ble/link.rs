@@ -149,6 +149,9 @@ pub enum TimeoutKind {
     Hello,
     /// Nothing arrived for [`IDLE_TIMEOUT_MS`].
     Idle,
+    /// The sync engine had not authenticated the peer (its handshake proves the app secret) within
+    /// [`super::links::BleConfig::auth_timeout_ms`].
+    Authentication,
 }
 
 impl std::fmt::Display for TimeoutKind {
@@ -156,6 +159,7 @@ impl std::fmt::Display for TimeoutKind {
         match self {
             TimeoutKind::Hello => write!(f, "no hello within {} ms", HELLO_TIMEOUT_MS),
             TimeoutKind::Idle => write!(f, "nothing received for {} ms", IDLE_TIMEOUT_MS),
+            TimeoutKind::Authentication => f.write_str("not authenticated in time"),
         }
     }
 }

@@ -53,12 +53,23 @@
 //! At most [`BleConfig::max_links`] connections are up at once (dialling stops there; a connection beyond it is
 //! closed with [`CloseReason::TooManyLinks`]), at most [`BleConfig::max_connecting`] attempts run at once, and each
 //! link bounds its own memory ([`super::link`]).
+//!
+//! # Unauthenticated connections
+//! Anyone in radio range can connect, or advertise the service to be dialled, without the app secret. Until the
+//! sync engine's handshake has authenticated the peer ([`BleLinks::authenticated`], which the bridge calls), a
+//! connection is *unauthenticated*, and such connections get only a share of the [`BleConfig::max_links`]:
+//! at most [`BleConfig::max_unauthenticated`] accepted ones — when the share is full, a new connection closes the
+//! oldest unauthenticated one if that has had [`UNAUTHENTICATED_GRACE_MS`] for its handshake, else the new one is
+//! closed ([`CloseReason::TooManyLinks`]) —, and a dialled connection counts as a running attempt ([`BleConfig::max_connecting`]) until it authenticates.
+//! Any connection not authenticated within [`BleConfig::auth_timeout_ms`] of connecting is closed
+//! ([`TimeoutKind::Authentication`]). So a device without the app secret holds at most
+//! `max_unauthenticated + max_connecting` of the links, and only for a few seconds each.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use log::{debug, info, trace};
+use log::{debug, info, trace, warn};
 
-use super::link::{BleLink, Channel, LinkConfig, LinkError, Role, DEFAULT_WINDOW};
+use super::link::{BleLink, Channel, LinkConfig, LinkError, Role, TimeoutKind, DEFAULT_WINDOW};
 use super::packet::CloseReason;
 use super::{encode_service_data, parse_service_data, tag_hex, AppTag, DeviceTag};
 use crate::util::rng::SeededRng;
@@ -67,6 +78,17 @@ use crate::util::rng::SeededRng;
 pub const DEFAULT_MAX_LINKS: usize = 7;
 /// Default [`BleConfig::max_connecting`].
 pub const DEFAULT_MAX_CONNECTING: usize = 2;
+/// Default [`BleConfig::max_unauthenticated`]: two accepted connections at once may be handshaking (an honest
+/// peer's, and one more racing it), leaving the other links to authenticated peers.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2;
+/// Default [`BleConfig::auth_timeout_ms`]: a handshake is a few packets each way (well under a second on BLE);
+/// this leaves room for the link's own Hello ([`super::link::HELLO_TIMEOUT_MS`] is its bound) on a busy radio,
+/// and frees a slot held by a device without the app secret within seconds.
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+/// An accepted connection not authenticated yet is safe this long from being closed to make room for another one
+/// (see the module docs): every newcomer, an honest phone too, gets at least this long for its handshake, and an
+/// attacker reconnecting at once cannot keep the share of unauthenticated connections to itself for longer.
+pub const UNAUTHENTICATED_GRACE_MS: u64 = 2_000;
 /// Default [`BleConfig::backoff_min_ms`].
 pub const BACKOFF_MIN_MS: u64 = 1_000;
 /// Default [`BleConfig::backoff_max_ms`].
@@ -98,8 +120,12 @@ pub struct BleConfig {
     pub advertise_tag: bool,
     /// The most connections up at once.
     pub max_links: usize,
-    /// The most connection attempts running at once.
+    /// The most connection attempts running at once (an attempt runs until its link authenticates).
     pub max_connecting: usize,
+    /// The most accepted (peripheral-role) connections at once whose peer the engine has not authenticated.
+    pub max_unauthenticated: usize,
+    /// A connection whose peer the engine has not authenticated this long after it connected is closed.
+    pub auth_timeout_ms: u64,
     /// The receive window of each link ([`LinkConfig::window`]).
     pub window: u16,
     /// The first delay before dialling an address again.
@@ -125,6 +151,8 @@ impl BleConfig {
             advertise_tag: true,
             max_links: DEFAULT_MAX_LINKS,
             max_connecting: DEFAULT_MAX_CONNECTING,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            auth_timeout_ms: AUTH_TIMEOUT_MS,
             window: DEFAULT_WINDOW,
             backoff_min_ms: BACKOFF_MIN_MS,
             backoff_max_ms: BACKOFF_MAX_MS,
@@ -291,6 +319,10 @@ struct Conn {
     announced: bool,
     /// When the connection started closing.
     closing: Option<u64>,
+    /// When the connection came up.
+    opened: u64,
+    /// The engine authenticated the peer ([`BleLinks::authenticated`]).
+    authenticated: bool,
 }
 
 fn log_counts(conn: u64, c: &Conn, when: &str) {
@@ -440,7 +472,6 @@ impl BleLinks {
             debug!("ble: connection {conn} reported twice; ignoring");
             return;
         }
-        let live = self.live_count();
         let link = BleLink::with_config(
             role,
             channel,
@@ -455,7 +486,39 @@ impl BleLinks {
                 peer.state = PeerState::Connected { conn };
             }
         }
-        let mut c = Conn { address, role, link, ready: false, announced: false, closing: None };
+        let mut c = Conn {
+            address,
+            role,
+            link,
+            ready: false,
+            announced: false,
+            closing: None,
+            opened: self.now,
+            authenticated: false,
+        };
+        // The oldest accepted connection still unauthenticated, and how many there are.
+        let mut unauthenticated = 0;
+        let mut oldest: Option<(u64, u64)> = None;
+        for (id, other) in &self.conns {
+            if other.role == Role::Peripheral && other.closing.is_none() && !other.authenticated {
+                unauthenticated += 1;
+                if oldest.is_none_or(|(_, opened)| other.opened < opened) {
+                    oldest = Some((*id, other.opened));
+                }
+            }
+        }
+        let evictable = oldest.filter(|(_, opened)| self.now.saturating_sub(*opened) >= UNAUTHENTICATED_GRACE_MS);
+        let share_full = role == Role::Peripheral && unauthenticated >= self.config.max_unauthenticated;
+        if share_full {
+            if let Some((old, _)) = evictable {
+                warn!(
+                    "ble: connection {old} not authenticated after {UNAUTHENTICATED_GRACE_MS} ms; closing it for {conn}"
+                );
+                let err = LinkError::Timeout(TimeoutKind::Authentication);
+                self.close_conn(old, CloseReason::TooManyLinks, LinkClosedReason::Error(err));
+            }
+        }
+        let live = self.live_count();
         if live >= self.config.max_links {
             info!(
                 "ble: connection {conn} ({}) beyond the cap of {} links; closing it",
@@ -463,10 +526,29 @@ impl BleLinks {
             );
             c.link.close(CloseReason::TooManyLinks);
             c.closing = Some(self.now);
+        } else if share_full && evictable.is_none() {
+            warn!(
+                "ble: connection {conn} ({}) refused: {unauthenticated} accepted connections are not authenticated yet",
+                c.address
+            );
+            c.link.close(CloseReason::TooManyLinks);
+            c.closing = Some(self.now);
         } else {
             info!("ble: connected {conn} to {} as {role:?}", c.address);
         }
         self.conns.insert(conn, c);
+    }
+
+    /// The sync engine authenticated the peer of `conn` (its handshake proved the app secret): the connection no
+    /// longer counts as unauthenticated and the authentication deadline no longer applies.
+    pub fn authenticated(&mut self, conn: u64) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.authenticated {
+                debug!("ble: connection {conn} ({}) authenticated", c.address);
+                c.authenticated = true;
+            }
+        }
+        self.dial();
     }
 
     /// The ATT MTU of a connection is now `mtu`.
@@ -557,6 +639,15 @@ impl BleLinks {
             }
             if let Err(err) = c.link.tick(now) {
                 self.fail_conn(id, err);
+                continue;
+            }
+            if !c.authenticated && now.saturating_sub(c.opened) >= self.config.auth_timeout_ms {
+                warn!(
+                    "ble: connection {id} ({}) not authenticated within {} ms; closing it",
+                    c.address, self.config.auth_timeout_ms
+                );
+                let err = LinkError::Timeout(TimeoutKind::Authentication);
+                self.close_conn(id, CloseReason::Timeout, LinkClosedReason::Error(err));
             }
         }
         let timeout = self.config.connect_timeout_ms;
@@ -702,10 +793,13 @@ impl BleLinks {
         let now = self.now;
         let mut busy: BTreeSet<DeviceTag> =
             self.conns.values().filter(|c| c.closing.is_none()).filter_map(|c| c.link.peer_tag()).collect();
-        let mut connecting = 0;
+        // A dialled connection is an attempt until it authenticates.
+        let mut connecting =
+            self.conns.values().filter(|c| c.role == Role::Central && c.closing.is_none() && !c.authenticated).count();
+        let mut pending = 0;
         for peer in self.peers.values() {
             match peer.state {
-                PeerState::Connecting { .. } => connecting += 1,
+                PeerState::Connecting { .. } => pending += 1,
                 PeerState::Connected { .. } => {}
                 PeerState::Idle => continue,
             }
@@ -713,7 +807,8 @@ impl BleLinks {
                 busy.insert(tag);
             }
         }
-        let mut slots = self.config.max_links.saturating_sub(self.live_count() + connecting);
+        let mut slots = self.config.max_links.saturating_sub(self.live_count() + pending);
+        connecting += pending;
         let mut to_dial = Vec::new();
         for (address, peer) in &self.peers {
             if slots == 0 || connecting >= self.config.max_connecting {

@@ -8,15 +8,23 @@
 //! silence: the engine's keepalives and link timeout notice a peer that vanished), on end of stream, on any I/O or
 //! framing error, or when the node shuts down; the engine is then told (`remove_link`).
 
+use super::slots::Slot;
 use crate::security::DeviceKey;
 use crate::sync::{LinkId, TransportKind};
 use crate::transport::frame::{encode_frame, FrameDecoder};
 use crate::transport::hub::{Hub, LinkState};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+/// A connection that has not authenticated (handshake done, hello received) this long after it opened is closed
+/// by the transport, whatever the engine does: a connection costs a socket, two tasks and a slot
+/// ([`super::slots`]), so one that does not prove it holds the app secret must not hold them long. An honest
+/// handshake takes a few round trips (milliseconds on a LAN); a few seconds leave room for a slow, busy device.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A write that does not complete by then (the peer stopped reading) closes the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,8 +44,9 @@ pub(crate) struct Outcome {
     pub synced: bool,
 }
 
-/// Drive `stream` as a link of the hub's engine until it closes; `initiator` when this side dialled.
-pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool) -> Outcome {
+/// Drive `stream` as a link of the hub's engine until it closes; `initiator` when this side dialled. An accepted
+/// connection holds its listener `slot` until it closes (marked authenticated once it is).
+pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool, slot: Option<Slot>) -> Outcome {
     if let Err(e) = stream.set_nodelay(true) {
         log::debug!("TCP_NODELAY: {e}");
     }
@@ -72,7 +81,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool) -> Ou
             conn.stop(format!("{what} stopped"));
         }
     };
-    tokio::join!(ended(reader, "reader"), ended(writer, "writer"));
+    tokio::join!(ended(reader, "reader"), ended(writer, "writer"), authenticate_within(&conn, link, slot, peer_addr));
     let reason = conn.reason();
     let device = match hub
         .with_engine(move |e| {
@@ -93,6 +102,27 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool) -> Ou
     hub.wake_writers();
     log::debug!("link {link} closed: {}", conn.reason());
     Outcome { device: device.or_else(|| conn.device()), synced: conn.is_synced() }
+}
+
+/// Close the connection unless it authenticates within [`HANDSHAKE_DEADLINE`]; then hold `slot` (marked
+/// authenticated) until the connection stops.
+async fn authenticate_within(conn: &LinkState, link: LinkId, mut slot: Option<Slot>, peer: Option<SocketAddr>) {
+    tokio::select! {
+        biased;
+        () = conn.stopped() => return,
+        () = conn.synced() => {}
+        () = tokio::time::sleep(HANDSHAKE_DEADLINE) => {
+            let peer = peer.map(|a| a.to_string()).unwrap_or_default();
+            log::warn!("link {link} ({peer}): no handshake within {} s; closing it", HANDSHAKE_DEADLINE.as_secs());
+            conn.stop(format!("no handshake within {} s", HANDSHAKE_DEADLINE.as_secs()));
+            return;
+        }
+    }
+    if let Some(s) = slot.as_mut() {
+        s.authenticated();
+    }
+    conn.stopped().await;
+    drop(slot);
 }
 
 async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: OwnedReadHalf) {

@@ -6,6 +6,7 @@
 //! is given up.
 
 use super::connection;
+use super::targets::Failures;
 use crate::security::DeviceKey;
 use crate::transport::hub::Hub;
 use std::net::SocketAddr;
@@ -71,7 +72,7 @@ pub(crate) enum Target {
     /// An address the app gave; the device behind it is learnt from the first handshake.
     Address(SocketAddr),
     /// A device found by discovery, at the addresses it advertises (`None` once it is gone).
-    Device { device: DeviceKey, addrs: watch::Receiver<Option<Vec<SocketAddr>>> },
+    Device { device: DeviceKey, addrs: watch::Receiver<Option<Vec<SocketAddr>>>, failures: Failures },
 }
 
 impl Target {
@@ -87,6 +88,20 @@ impl Target {
         match self {
             Target::Address(a) => Some(vec![*a]),
             Target::Device { addrs, .. } => addrs.borrow().clone(),
+        }
+    }
+
+    /// A dial of a discovered target failed (it counts against it in [`super::targets`]).
+    fn failed(&self) {
+        if let Target::Device { failures, .. } = self {
+            failures.failed();
+        }
+    }
+
+    /// A dial of a discovered target synced.
+    fn synced(&self) {
+        if let Target::Device { failures, .. } = self {
+            failures.synced();
         }
     }
 
@@ -132,7 +147,7 @@ pub(crate) async fn dial(hub: Arc<Hub>, mut target: Target) {
         let Some(addrs) = target.addrs() else { return };
         match connect_any(&addrs).await {
             Ok(stream) => {
-                let outcome = connection::run(hub.clone(), stream, true).await;
+                let outcome = connection::run(hub.clone(), stream, true, None).await;
                 if let Some(d) = outcome.device {
                     if d == hub.device() {
                         log::warn!("{what} is this device itself; not dialling it again");
@@ -142,9 +157,15 @@ pub(crate) async fn dial(hub: Arc<Hub>, mut target: Target) {
                 }
                 if outcome.synced {
                     backoff.reset();
+                    target.synced();
+                } else {
+                    target.failed();
                 }
             }
-            Err(e) => log::debug!("dialling {what}: {e}"),
+            Err(e) => {
+                log::debug!("dialling {what}: {e}");
+                target.failed();
+            }
         }
         let delay = backoff.next_delay();
         log::debug!("dialling {what} again in {delay:?}");
