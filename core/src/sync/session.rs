@@ -37,6 +37,11 @@ pub const WINDOW: u64 = 1 << 20;
 /// Bytes of the change log one pump of a session (`Session::pump`) may examine (changes read to decide what the peer lacks, whether
 /// sent or found of no interest). Past it, the pump stops and resumes at the next call: however much a message
 /// makes the session look at again (a new interest, a summary claiming many changes), the work done at once under
+/// How many bytes of log one byte of filter counts for when a document is checked against a peer's filters (see
+/// [`PUMP_SCAN_BYTES`]): measured here, one byte of filter costs about as much to evaluate as eight bytes of log
+/// cost to read, so a peer asking for the longest filters allowed gets a handful of documents checked per call.
+pub const FILTER_WORK_WEIGHT: usize = 8;
+
 /// the engine's lock stays bounded and the other links keep being served.
 pub const PUMP_SCAN_BYTES: usize = 1 << 20;
 
@@ -60,6 +65,9 @@ pub(crate) struct Interest {
     everything: bool,
     /// Per collection: `None` when the collection is wanted whole, else its filters.
     collections: BTreeMap<String, Option<Vec<Query>>>,
+    /// Per collection with filters: their total length in bytes, the measure of the work of checking one document
+    /// against them (charged to the pump's budget, [`PUMP_SCAN_BYTES`]).
+    filter_bytes: BTreeMap<String, usize>,
 }
 
 impl Interest {
@@ -80,6 +88,7 @@ impl Interest {
                 }
                 Some(f) => {
                     let q = Query::filter(f).map_err(|e| SyncError::Protocol(format!("filter {f:?}: {e}")))?;
+                    *out.filter_bytes.entry(c.clone()).or_default() += f.len();
                     if let Some(filters) = out.collections.entry(c.clone()).or_insert_with(|| Some(Vec::new())) {
                         filters.push(q);
                     }
@@ -91,6 +100,11 @@ impl Interest {
 
     pub fn is_empty(&self) -> bool {
         self.subs.is_empty()
+    }
+
+    /// The work of checking one document of `collection` against the filters (their bytes; 0 without filters).
+    pub fn filter_work(&self, collection: &str) -> usize {
+        self.filter_bytes.get(collection).copied().unwrap_or(0)
     }
 
     /// Whether a document of `collection` with `view` (`None` when removed) matches a subscription.
@@ -470,6 +484,11 @@ impl Session {
                 by_doc.entry(e.doc).or_default().push(e);
             }
             for doc in order {
+                // Documents not looked at for lack of budget are listed again by the next pump (they are neither
+                // sent nor skipped).
+                if scanned >= PUMP_SCAN_BYTES {
+                    break;
+                }
                 let entries = by_doc.remove(&doc).unwrap_or_default();
                 let (q, n) = self.send_doc_if_interesting(store, doc, Some(entries))?;
                 queued |= q;
@@ -503,8 +522,10 @@ impl Session {
             }
         }
         let log = store.log_of_doc(doc)?;
-        let read = log.iter().map(LogEntry::wire_len).sum();
+        let mut read: usize = log.iter().map(LogEntry::wire_len).sum();
         let Some(first) = log.first() else { return Ok((false, read)) };
+        // Checking the document against long filters costs more than reading it: charged too.
+        read += self.peer_interest.filter_work(&first.collection) * FILTER_WORK_WEIGHT;
         let interesting = self.peer_interest.covers_collection(&first.collection)
             && (log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end))
                 || self.peer_interest.matches(&first.collection, store.view_of_doc(doc)?.as_ref()));

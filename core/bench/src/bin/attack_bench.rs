@@ -23,7 +23,8 @@
 //!
 //! Attacks: `deep_value` (a ~2 MB change nesting a value 1,000,000 deep), `insert_elems` (a 38-byte op inserting
 //! 4M array elements, four of them), `delete_spans` (a text delete naming the 100,000 characters of a text 1,000 times over),
-//! `interest` (1,024 filtered subscriptions, ~4 MB, against 100k documents), `summary` (a second summary claiming
+//! `interest` (the costliest interest accepted — 16 filters of 1 KiB on one collection, none matching — against
+//! 100k documents; 1,024 filters of 4 KiB are refused whole), `summary` (a second summary claiming
 //! every counter of every author, against 100k documents), `resync_flood` (a victim holding changes of 10,000
 //! authors, asked 20,000 times for its summary by a peer that never reads), `reassembly` (16 attackers each
 //! sending a 60 MB message without its last frame), `pending_flood` (100,000 changes that can never apply, then an
@@ -35,6 +36,7 @@ use shoaldb::crdt::sequence::IdSpan;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::Replica;
 use shoaldb::sync::engine::{REASSEMBLY_FREE_BYTES, REASSEMBLY_SHARED_BYTES};
+use shoaldb::sync::wire::{MAX_FILTERS_PER_COLLECTION, MAX_FILTER_BYTES_PER_COLLECTION};
 use shoaldb::sync::{Engine, LinkId, Message, Subscription, TransportKind};
 use shoaldb::{Change, DocChange, Op, PeerId, Scalar, Store, Summary, Timestamp, Value, VersionVector};
 use shoaldb_bench::{alloc, emit, fill, open_fast, Args, BoxErr};
@@ -332,11 +334,24 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
             let (lvb, lb) = connect(&mut v, &mut b)?;
             let (lv, la) = connect(&mut v, &mut a)?;
             let msg = if name == "interest" {
-                // Filters that never match, as long as allowed: every document is tested against all of them.
-                let subs = (0..1024)
+                // The costliest interest a victim accepts: as many filters of the collection as allowed, as long as
+                // allowed, never matching, so every document is tested against all of them. (1,024 filters of 4 KiB,
+                // ~4 MB, is refused whole: `MAX_FILTERS_PER_COLLECTION`.)
+                let per_filter = MAX_FILTER_BYTES_PER_COLLECTION / MAX_FILTERS_PER_COLLECTION;
+                let subs = (0..MAX_FILTERS_PER_COLLECTION)
                     .map(|i| {
-                        let terms: Vec<String> = (0..230).map(|k| format!("f1 == -{}", i * 250 + k)).collect();
-                        Subscription::filtered("items", &terms.join(" or "))
+                        let mut filter = String::new();
+                        for k in 0.. {
+                            let term = format!("f1 == -{}", i * 10_000 + k);
+                            if filter.len() + term.len() + 4 > per_filter {
+                                break;
+                            }
+                            if !filter.is_empty() {
+                                filter.push_str(" or ");
+                            }
+                            filter.push_str(&term);
+                        }
+                        Subscription::filtered("items", &filter)
                     })
                     .collect();
                 Message::Interest { subscriptions: subs }.encode()
