@@ -1,6 +1,8 @@
 //! Hostile authors: changes forged under another device's author id, restored database copies, equivocation (two
 //! different changes for one (author, counter)), and pending changes that never become ready.
 
+#[path = "common/wires.rs"]
+mod wires;
 use serde_json::json;
 use shoaldb::store::{DocChange, Replica, Summary};
 use shoaldb::util::sources::Sources;
@@ -343,21 +345,7 @@ mod engines {
         }
 
         pub fn settle(&mut self) {
-            for _ in 0..100_000 {
-                let mut moved = false;
-                for &(a, la, b, lb) in &self.wires.clone() {
-                    for (from, lf, to, lt) in [(a, la, b, lb), (b, lb, a, la)] {
-                        while let Some(f) = self.engines[from].poll_frame(lf) {
-                            self.engines[to].on_frame(lt, &f);
-                            moved = true;
-                        }
-                    }
-                }
-                if !moved {
-                    return;
-                }
-            }
-            panic!("the network did not settle");
+            super::wires::settle(&mut self.engines, &self.wires, None);
         }
     }
 }

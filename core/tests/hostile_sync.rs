@@ -2,6 +2,8 @@
 //! messages ([`Engine::send_raw`]) and reads — or does not read — what it is sent. Each test asserts the safe
 //! outcome by counting (rows of the log read, frames queued, records kept, links up), never by timing.
 
+#[path = "common/wires.rs"]
+mod wires;
 use serde_json::json;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::{ApplyReport, DocChange, LogEntry, Replica, StoreReplica, Summary};
@@ -138,24 +140,7 @@ impl Net {
 
     /// Move frames until nothing moves, except from `deaf`'s peers to `deaf` on wire `w` (it stops reading).
     fn settle_except(&mut self, deaf: Option<(usize, usize)>) {
-        for _ in 0..1_000_000 {
-            let mut moved = false;
-            for (i, &(a, la, b, lb)) in self.wires.clone().iter().enumerate() {
-                for (from, lf, to, lt) in [(a, la, b, lb), (b, lb, a, la)] {
-                    if deaf == Some((i, to)) {
-                        continue;
-                    }
-                    while let Some(f) = self.engines[from].poll_frame(lf) {
-                        self.engines[to].on_frame(lt, &f);
-                        moved = true;
-                    }
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-        panic!("the network did not settle");
+        wires::settle(&mut self.engines, &self.wires, deaf);
     }
 
     fn settle(&mut self) {

@@ -37,16 +37,6 @@ fn pump(a: &mut Engine, la: LinkId, v: &mut Engine, lv: LinkId) {
     }
 }
 
-fn documents(store: &Store) -> Vec<Option<serde_json::Value>> {
-    let mut out = Vec::new();
-    for c in ["c", "d"] {
-        for id in ["x", "y"] {
-            out.push(store.get(c, id).unwrap_or_else(|e| Some(serde_json::json!({ "read error": e.to_string() }))));
-        }
-    }
-    out
-}
-
 fuzz_target!(|data: &[u8]| {
     let dir = common::scratch_dir();
     let secret = AppSecret::from_bytes(b"fuzz").expect("secret");
@@ -66,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         sent += 1;
         let msg = common::message(&mut input);
         let summary = victim_store.replica().summary().expect("summary");
-        let docs = documents(&victim_store);
+        let docs = common::documents(&victim_store);
         if a.send_raw(la, &msg).is_err() {
             break;
         }
@@ -77,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
                 summary,
                 "a refused message changed the store"
             );
-            assert_eq!(documents(&victim_store), docs, "a refused message changed a document");
+            assert_eq!(common::documents(&victim_store), docs, "a refused message changed a document");
         }
     }
     v.tick(60_000);

@@ -5,22 +5,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use shoaldb::store::Replica;
-use shoaldb::{DocChange, Store};
+use shoaldb::DocChange;
 
 mod common;
 use common::Input;
-
-/// Every document the changes can reach, as the app sees them.
-fn documents(store: &Store) -> Vec<Option<serde_json::Value>> {
-    let mut out = Vec::new();
-    for c in ["c", "d"] {
-        for id in ["x", "y"] {
-            // A read that fails is a state too (compared as such).
-            out.push(store.get(c, id).unwrap_or_else(|e| Some(serde_json::json!({ "read error": e.to_string() }))));
-        }
-    }
-    out
-}
 
 fuzz_target!(|data: &[u8]| {
     let dir = common::scratch_dir();
@@ -33,21 +21,21 @@ fuzz_target!(|data: &[u8]| {
         let batch: Vec<DocChange> = (0..1 + input.below(6)).map(|_| common::doc_change(&mut input)).collect();
         let replica = store.replica();
         let summary = replica.summary().expect("summary");
-        let docs = documents(&store);
+        let docs = common::documents(&store);
         match replica.apply_changes(&batch) {
             Err(_) => {
                 assert_eq!(replica.summary().expect("summary"), summary, "a refused batch changed the summary");
-                assert_eq!(documents(&store), docs, "a refused batch changed a document");
+                assert_eq!(common::documents(&store), docs, "a refused batch changed a document");
             }
             Ok(first) => {
                 store.check_integrity().expect("the store stays consistent");
                 let summary = replica.summary().expect("summary");
-                let docs = documents(&store);
+                let docs = common::documents(&store);
                 let again = replica.apply_changes(&batch).expect("the same batch again is accepted");
                 assert_eq!(again.applied, 0, "a batch applied twice applied something again: {first:?} then {again:?}");
                 assert!(again.duplicates >= first.applied, "{first:?} then {again:?}");
                 assert_eq!(replica.summary().expect("summary"), summary);
-                assert_eq!(documents(&store), docs);
+                assert_eq!(common::documents(&store), docs);
             }
         }
     }

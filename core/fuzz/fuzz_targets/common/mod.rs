@@ -254,3 +254,15 @@ pub fn open_store(dir: &std::path::Path, name: &str) -> shoaldb::Store {
     let options = shoaldb::Options { durability: shoaldb::Durability::Normal, ..Default::default() };
     shoaldb::Store::open_with(dir.join(name), options).expect("store")
 }
+
+/// Every document the changes can reach, as the app sees them.
+pub fn documents(store: &shoaldb::Store) -> Vec<Option<serde_json::Value>> {
+    let mut out = Vec::new();
+    for c in ["c", "d"] {
+        for id in ["x", "y"] {
+            // A read that fails is a state too (compared as such).
+            out.push(store.get(c, id).unwrap_or_else(|e| Some(serde_json::json!({ "read error": e.to_string() }))));
+        }
+    }
+    out
+}
