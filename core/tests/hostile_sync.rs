@@ -80,6 +80,9 @@ impl Replica for Counting {
     fn read_attachment_received(&self, hash: &[u8; 32], offset: u64) -> shoaldb::Result<Option<Vec<u8>>> {
         self.inner.read_attachment_received(hash, offset)
     }
+    fn attachments_received(&self, max: usize) -> shoaldb::Result<Vec<[u8; 32]>> {
+        self.inner.attachments_received(max)
+    }
     fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> shoaldb::Result<()> {
         self.inner.forget_attachment_received_from(hash, offset)
     }
@@ -509,6 +512,29 @@ fn partial_attachment_parts_expire() {
     // ... and dropped after the TTL.
     net.pass(PARTIAL_TTL_MS + 1000);
     assert_eq!(net.stores[0].replica().attachment_received(&hash).unwrap(), 0);
+}
+
+/// Parts an earlier run left (a fetch interrupted by a restart, never asked for again) expire too; a fetch asked
+/// for again keeps them.
+#[test]
+fn partial_attachment_parts_left_by_an_earlier_run_expire() {
+    let mut net = Net::new(vec![vec![Subscription::everything()], vec![]]);
+    let (left, again) = ([6u8; 32], [7u8; 32]);
+    for hash in [left, again] {
+        net.stores[0].replica().receive_attachment_part(&hash, 0, &[1; 300]).expect("part");
+    }
+    net.connect(0, 1);
+    net.settle();
+    net.pass(1000);
+    net.pass(PARTIAL_TTL_MS / 2);
+    assert_eq!(net.stores[0].replica().attachment_received(&left).unwrap(), 300, "kept for a while");
+    // Half an hour on, the app asks for one of them again; nobody has it, so that fetch ends at once — now.
+    net.engines[0].fetch_attachment(again, 1000).expect("fetch");
+    net.pass(PARTIAL_TTL_MS / 2 + 1000);
+    assert_eq!(net.stores[0].replica().attachment_received(&left).unwrap(), 0, "expired");
+    assert_eq!(net.stores[0].replica().attachment_received(&again).unwrap(), 300, "its TTL counts from its fetch");
+    net.pass(PARTIAL_TTL_MS / 2);
+    assert_eq!(net.stores[0].replica().attachment_received(&again).unwrap(), 0, "expired in turn");
 }
 
 /// Handling any message reads none of the change log: what a message makes the engine look at is looked at by the

@@ -97,6 +97,14 @@ pub trait Replica: Send + Sync + 'static {
     /// where one received part starts, e.g. where a request to another device began.
     fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> Result<()>;
 
+    /// The attachments of which received bytes are kept (fetches in progress, or left by an earlier run), at most
+    /// `max` of them. The engine lets those nobody fetches expire. (The default, for replicas that keep no parts
+    /// across runs: none.)
+    fn attachments_received(&self, max: usize) -> Result<Vec<[u8; 32]>> {
+        let _ = max;
+        Ok(Vec::new())
+    }
+
     /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
     /// where the received bytes end. Returns the bytes received so far.
     fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64>;
@@ -262,6 +270,20 @@ impl Replica for StoreReplica {
     fn read_attachment_received(&self, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
         let inner = self.store.lock();
         blobs::read_partial(&inner.conn, hash, offset)
+    }
+
+    fn attachments_received(&self, max: usize) -> Result<Vec<[u8; 32]>> {
+        let inner = self.store.lock();
+        let mut stmt = inner.conn.prepare_cached("SELECT DISTINCT hash FROM partial_blobs LIMIT ?1")?;
+        let hashes = stmt.query_map(params![max.min(i64::MAX as usize) as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for h in hashes {
+            // A row of another length cannot have been written by this store; it is left alone.
+            if let Ok(hash) = <[u8; 32]>::try_from(h?.as_slice()) {
+                out.push(hash);
+            }
+        }
+        Ok(out)
     }
 
     fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> Result<()> {

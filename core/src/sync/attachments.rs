@@ -134,7 +134,13 @@ pub(crate) struct Attachments {
     ended: BTreeMap<[u8; 32], u64>,
     /// The engine's time (ms), as of its last tick.
     now: u64,
+    /// The parts left in the store by an earlier run were looked at (on the first tick): those nobody fetches
+    /// expire like the parts of an ended fetch.
+    leftovers_adopted: bool,
 }
+
+/// The most attachments with parts left by an earlier run that one engine looks at (the rest wait for a restart).
+pub const MAX_LEFTOVER_ATTACHMENTS: usize = 10_000;
 
 impl Attachments {
     /// Start fetching `hash` for the app. Returns the fetch number; its outcome comes as [`FetchEvent`]s.
@@ -229,9 +235,17 @@ impl Attachments {
     }
 
     /// The passing of time (engine ms): the parts of fetches that ended more than [`PARTIAL_TTL_MS`] ago are
-    /// dropped.
+    /// dropped, and so are parts an earlier run left that nobody fetched for that long since this engine started.
     pub fn expire(&mut self, store: &dyn Replica, now: u64) -> Result<(), SyncError> {
         self.now = now;
+        if !self.leftovers_adopted {
+            self.leftovers_adopted = true;
+            for hash in store.attachments_received(MAX_LEFTOVER_ATTACHMENTS)? {
+                if !self.fetches.values().any(|f| f.hash == hash) {
+                    self.ended.entry(hash).or_insert(now);
+                }
+            }
+        }
         let expired: Vec<[u8; 32]> = self
             .ended
             .iter()
