@@ -360,10 +360,7 @@ impl<'a> WriteTxn<'a> {
                         .prepare_cached("SELECT max(start) FROM pending WHERE peer = ?1")?
                         .query_row(params![big.0 as i64], |r| r.get(0))?;
                     if let Some(top) = top {
-                        let n = conn
-                            .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
-                            .execute(params![big.0 as i64, top])?;
-                        self.inner.pending.remove(big, n);
+                        self.delete_pending(big, top)?;
                         log::warn!(
                             "pending changes full; dropped {big}:{top} (of the author holding most) for {}:{}",
                             c.peer,
@@ -426,16 +423,22 @@ impl<'a> WriteTxn<'a> {
             })?
             .collect::<rusqlite::Result<_>>()?;
         for &(peer, start) in &rows {
-            let n = self
-                .inner
-                .conn
-                .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
-                .execute(params![peer, start])?;
-            self.inner.pending.remove(PeerId(peer as u64), n);
+            self.delete_pending(PeerId(peer as u64), start)?;
         }
         if !rows.is_empty() {
             log::info!("dropped {} pending changes older than {} ms", rows.len(), PENDING_MAX_AGE_MS);
         }
+        Ok(())
+    }
+
+    /// Delete the pending row `peer:start` (if it is there), keeping the per-author counts.
+    fn delete_pending(&mut self, peer: PeerId, start: i64) -> Result<()> {
+        let n = self
+            .inner
+            .conn
+            .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
+            .execute(params![peer.0 as i64, start])?;
+        self.inner.pending.remove(peer, n);
         Ok(())
     }
 
@@ -486,12 +489,7 @@ impl<'a> WriteTxn<'a> {
                     }
                 };
                 if drop_row {
-                    let deleted = self
-                        .inner
-                        .conn
-                        .prepare_cached("DELETE FROM pending WHERE peer = ?1 AND start = ?2")?
-                        .execute(params![peer, start])?;
-                    self.inner.pending.remove(PeerId(peer as u64), deleted);
+                    self.delete_pending(PeerId(peer as u64), start)?;
                     if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
                         td.from_pending.push((peer as u64, start as u64));
                     }
