@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod crdt;
+pub mod enrolment;
 pub mod error;
 pub mod node;
 pub mod query;

@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::security::{AppSecret, DeviceKey, Identity, SecurityError};
+use crate::security::{Access, DeviceKey, Identity, SecurityError};
 use crate::store::{CommitListener, Store};
 use crate::sync::{Engine, PeerPresence, Subscription};
 use crate::transport::ble::{
@@ -86,8 +86,9 @@ pub enum NodeError {
 pub struct NodeConfig {
     /// This device's name, shown to the other devices.
     pub name: String,
-    /// The secret shared by all devices of the app: only they can connect to each other.
-    pub secret: AppSecret,
+    /// How this device proves it belongs to the app and checks the devices it meets: certificates from the app
+    /// authority ([`Enrolment`](crate::security::Enrolment)), or the development mode's shared secret.
+    pub access: Access,
     /// Where to accept connections. `None` means nowhere, unless `mdns` is on, which listens on `0.0.0.0:0` (every
     /// interface, a free port) so that discovered devices can dial us.
     pub listen: Option<SocketAddr>,
@@ -102,12 +103,12 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A node named `name` for the app of `secret`: mDNS on, listening on every interface, subscribed to
-    /// everything.
-    pub fn new(name: impl Into<String>, secret: AppSecret) -> NodeConfig {
+    /// A node named `name` for the app `access` admits to (an [`Enrolment`](crate::security::Enrolment), or an
+    /// [`AppSecret`] in development mode): mDNS on, listening on every interface, subscribed to everything.
+    pub fn new(name: impl Into<String>, access: impl Into<Access>) -> NodeConfig {
         NodeConfig {
             name: name.into(),
-            secret,
+            access: access.into(),
             listen: None,
             connect: Vec::new(),
             mdns: true,
@@ -208,13 +209,13 @@ impl Node {
         let engine = Engine::new(
             store.replica(),
             identity,
-            config.secret.clone(),
+            config.access.clone(),
             &config.name,
             config.subscriptions.clone(),
             seq_base,
         );
         let hub = Hub::new(engine, runtime);
-        let tag = config.secret.tag();
+        let tag = config.access.psk().tag();
         let lan =
             Lan::start(hub.clone(), config.listen_addr(), &config.connect, config.mdns.then_some(tag.as_str())).await;
         let lan = match lan {
@@ -234,7 +235,7 @@ impl Node {
         hub.spawn(serve_attachment_requests(hub.clone(), store.clone()));
         hub.spawn(tick(hub.clone()));
         if let Some(BleRadio(radio)) = &config.ble {
-            let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.secret));
+            let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.access.psk()));
             hub.spawn(ble::radio::run(
                 hub.clone(),
                 radio.clone(),
@@ -454,6 +455,7 @@ async fn poll_external_changes(hub: Arc<Hub>, store: Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::AppSecret;
 
     fn assert_send_sync<T: Send + Sync + Clone>() {}
 

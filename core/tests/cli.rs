@@ -145,16 +145,20 @@ struct Peer {
 
 impl Peer {
     fn start(db: &Path, secret: &Path, extra: &[&str]) -> Peer {
+        let secret = secret.to_str().expect("path");
+        Peer::spawn(db, &[&["--secret-file", secret], extra].concat(), Stdio::null())
+    }
+
+    /// `shoal --db DB peer --no-mdns ARGS…`, its log going to `stderr`.
+    fn spawn(db: &Path, args: &[&str], stderr: Stdio) -> Peer {
         let mut child = Command::new(SHOAL)
             .arg("--db")
             .arg(db)
-            .args(["peer", "--secret-file"])
-            .arg(secret)
-            .args(["--no-mdns"])
-            .args(extra)
+            .args(["peer", "--no-mdns"])
+            .args(args)
             .env("SHOAL_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start peer");
         let mut line = String::new();
@@ -237,4 +241,97 @@ fn two_peers_sync_writes_made_by_other_commands() {
     assert_eq!(std::fs::read(&out).expect("read"), bytes);
     assert!(pb.terminate().success(), "peer b did not exit cleanly");
     assert!(pa.terminate().success(), "peer a did not exit cleanly");
+}
+
+/// Waits (up to 20 s) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} did not happen within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn enrolled_peers_sync_with_certificates_and_a_revoked_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("authority");
+    let auth_s = auth.to_str().expect("path");
+    let none = Path::new("/nonexistent");
+    let authority =
+        json_line(&ok(shoal(none, &["authority", "init", auth_s])))["authority"].as_str().unwrap().to_string();
+    assert!(!shoal(none, &["authority", "init", auth_s]).status.success(), "init never overwrites a key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(auth.join("authority.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the authority's key is readable by its owner only");
+    }
+    let enrol = |name: &str, grants: &[&str]| {
+        let db = dir.path().join(format!("{name}.db"));
+        let request = ok(shoal(&db, &["enrol", "request", name]));
+        let shown = json_line(&ok(shoal(none, &["authority", "show", request.trim()])));
+        assert_eq!(shown["request"]["name"], name);
+        let mut args = vec!["authority", "issue", auth_s, request.trim()];
+        for g in grants {
+            args.extend(["--grant", g]);
+        }
+        let cert = ok(shoal(none, &args));
+        let shown = json_line(&ok(shoal(none, &["authority", "show", cert.trim()])));
+        assert_eq!(shown["certificate"]["name"], name);
+        assert_eq!(shown["certificate"]["grants"].as_array().unwrap().len(), grants.len());
+        ok(shoal(&db, &["enrol", "install", &authority, cert.trim()]));
+        (
+            db,
+            shown["certificate"]["serial"].as_u64().unwrap(),
+            shown["certificate"]["signing_key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (a, serial_a, _) = enrol("a", &["read *", "write *"]);
+    let (b, serial_b, _) = enrol("b", &["read *", "write tasks fields title"]);
+    let (c, _, c_key) = enrol("c", &["read *", "write *"]);
+    assert_eq!((serial_a, serial_b), (1, 2), "serials are never reused");
+
+    // A certificate cannot be installed on another device's store.
+    let stranger = dir.path().join("stranger.db");
+    ok(shoal(&stranger, &["enrol", "request", "stranger"]));
+    let request_b = ok(shoal(&b, &["enrol", "request", "b"]));
+    let cert_b = ok(shoal(none, &["authority", "issue", auth_s, request_b.trim(), "--grant", "read *"]));
+    assert!(!shoal(&stranger, &["enrol", "install", &authority, cert_b.trim()]).status.success());
+
+    let log_a = dir.path().join("a.log");
+    let pa = Peer::spawn(
+        &a,
+        &["--name", "a", "--listen", "127.0.0.1:0"],
+        Stdio::from(std::fs::File::create(&log_a).unwrap()),
+    );
+    let addr = pa.addr();
+    let pb = Peer::spawn(&b, &["--name", "b", "--connect", &addr], Stdio::null());
+    ok(shoal(&a, &["put", "tasks", r#"{"_id": "x", "title": "from a"}"#]));
+    eventually("a's write reaching b over a certified link", || shoal(&b, &["get", "tasks", "x"]).status.success());
+
+    // c is revoked (by its device key) before it ever connects: a refuses it at the handshake.
+    let list = ok(shoal(none, &["authority", "revoke", auth_s, "--device", &c_key]));
+    let shown = json_line(&ok(shoal(none, &["authority", "show", list.trim()])));
+    assert_eq!(shown["revocations"]["number"], 1);
+    drop(pa);
+    let news = json_line(&ok(shoal(&a, &["enrol", "revocations", list.trim()])));
+    assert_eq!(news["new"], true);
+    let pa = Peer::spawn(
+        &a,
+        &["--name", "a", "--listen", "127.0.0.1:0"],
+        Stdio::from(std::fs::File::create(&log_a).unwrap()),
+    );
+    let addr = pa.addr();
+    ok(shoal(&c, &["put", "tasks", r#"{"_id": "z", "title": "from c"}"#]));
+    let pc = Peer::spawn(&c, &["--name", "c", "--connect", &addr], Stdio::null());
+    eventually("a logging the refusal of c", || {
+        std::fs::read_to_string(&log_a).unwrap_or_default().contains("revoked: device key")
+    });
+    assert!(!shoal(&a, &["get", "tasks", "z"]).status.success(), "nothing of c's reached a");
+    drop((pb, pc));
+    // Without a certificate or a secret file, `peer` says what it needs.
+    let bare = shoal(&stranger, &["peer", "--no-mdns"]);
+    assert_eq!(bare.status.code(), Some(64));
 }

@@ -1,6 +1,8 @@
 //! `shoal`: the command-line tool of Shoal — read and write a store, run it as a peer on the LAN, or watch three
 //! devices converge (`shoal demo`). Output is JSON for scripts; errors go to stderr with a non-zero exit code.
 
+#[path = "shoal/authority.rs"]
+mod authority;
 #[path = "shoal/demo.rs"]
 mod demo;
 #[path = "shoal/logger.rs"]
@@ -24,7 +26,7 @@ usage:
   shoal --db PATH attach COLLECTION ID FIELD FILE        store FILE as an attachment in FIELD
   shoal --db PATH fetch-attachment COLLECTION ID FIELD OUT
                                                          write FIELD's attachment to OUT, fetched by a running peer when not stored here (exit 2 when unavailable)
-  shoal --db PATH peer --secret-file F [--name NAME] [--listen HOST:PORT] [--connect HOST:PORT]...
+  shoal --db PATH peer [--secret-file F] [--name NAME] [--listen HOST:PORT] [--connect HOST:PORT]...
                        [--no-mdns] [--subscribe COLLECTION[:FILTER]]...
                        [--ble ADAPTER [--ble-allow AA:BB:CC:DD:EE:FF]... [--ble-l2cap|--ble-gatt]]
                                                          sync with the LAN (and over Bluetooth LE on a BlueZ adapter,
@@ -32,6 +34,19 @@ usage:
                                                          only these peers; --ble-gatt: never open L2CAP channels)
                                                          until SIGINT/SIGTERM
   shoal demo                                             three devices edit a task board and converge
+
+device identity (certificates; without one, `peer` runs in development mode with --secret-file):
+  shoal authority init DIR                               make the app authority's key in DIR; prints its public key
+  shoal authority issue DIR REQUEST [--grant G]... [--days N] [--name NAME]
+                                                         certificate (hex) for an enrolment request; grants such as
+                                                         'read *', 'write tasks fields status, notes where owner == $device'
+  shoal authority revoke DIR [--serial N] [--device KEY] [--author ID [--until N]]...
+                                                         the next revocation list (hex), with everything revoked before
+  shoal authority show TEXT|FILE                         what a request, certificate or revocation list says (JSON)
+  shoal --db PATH enrol request NAME                     this device's enrolment request (its keys are made here)
+  shoal --db PATH enrol install AUTHORITY CERT [CERT]... install this device's certificate (then intermediates')
+  shoal --db PATH enrol revocations LIST                 take in a revocation list
+  (REQUEST, CERT, LIST, AUTHORITY: the text itself or a file holding it)
 
 exit codes: 0 ok, 1 failure or not found, 2 attachment not available locally, 64 bad usage.
 logging: SHOAL_LOG=off|error|warn|info|debug|trace (stderr).";
@@ -118,7 +133,11 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         logger::init(log::LevelFilter::Warn);
         return demo::run();
     }
-    const COMMANDS: &[&str] = &["put", "get", "query", "remove", "attach", "fetch-attachment", "peer"];
+    if command == "authority" {
+        logger::init(log::LevelFilter::Warn);
+        return authority::authority(&args);
+    }
+    const COMMANDS: &[&str] = &["put", "get", "query", "remove", "attach", "fetch-attachment", "peer", "enrol"];
     if !COMMANDS.contains(&command.as_str()) {
         return Err(usage(format!("unknown command {command:?}")));
     }
@@ -130,6 +149,7 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
     logger::init(log::LevelFilter::Warn);
     let store = || open(&db);
     match (command.as_str(), args.as_slice()) {
+        ("enrol", _) => authority::enrol(&store()?, &args),
         ("put", [collection, json]) => put(&store()?, collection, json),
         ("get", [collection, id]) => get(&store()?, collection, id),
         ("query", [collection]) => query(&store()?, collection, None),

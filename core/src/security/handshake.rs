@@ -41,6 +41,9 @@ impl CryptoResolver for InjectedRandomness {
     }
 }
 
+/// The longest credentials (an encoded certificate chain) a handshake carries.
+pub const MAX_CREDENTIALS: usize = crate::security::certificate::MAX_CHAIN_BYTES;
+
 /// Room for one outgoing handshake message. With empty payloads the longest message of the pattern is the
 /// responder's `e, ee, s, es` (32 + 32 + 16 + 16 = 96 bytes).
 const OUTGOING_BUF_LEN: usize = 256;
@@ -63,6 +66,15 @@ pub struct Handshake {
     state: Option<snow::HandshakeState>,
     /// Whether this side started the handshake (for logs).
     initiator: bool,
+    /// What this side presents (its certificate chain; empty in development mode), sent encrypted in the message
+    /// that carries its static key: the responder's first, the initiator's second.
+    credentials: Vec<u8>,
+    /// Messages written so far.
+    written: usize,
+    /// Messages read so far.
+    read: usize,
+    /// What the peer presented (in the message that carried its static key).
+    peer_credentials: Vec<u8>,
 }
 
 impl Handshake {
@@ -74,6 +86,28 @@ impl Handshake {
     /// implementation, never the peer's doing).
     pub fn initiator(identity: &Identity, secret: &AppSecret, prologue: &[u8]) -> Result<Handshake, SecurityError> {
         Handshake::new(identity, secret, prologue, true, &Sources::system())
+    }
+
+    /// The same handshake, presenting `credentials` (this device's encoded certificate chain) to the peer inside
+    /// the handshake, encrypted, in the message that carries this side's static key — never before the keys are
+    /// mixed. At most [`MAX_CREDENTIALS`] bytes.
+    ///
+    /// # Errors
+    /// [`SecurityError::TooLarge`] if `credentials` is longer than [`MAX_CREDENTIALS`].
+    pub fn presenting(mut self, credentials: Vec<u8>) -> Result<Handshake, SecurityError> {
+        if credentials.len() > MAX_CREDENTIALS {
+            return Err(SecurityError::TooLarge { len: credentials.len(), max: MAX_CREDENTIALS });
+        }
+        self.credentials = credentials;
+        Ok(self)
+    }
+
+    /// What the peer presented inside the handshake (empty until the message carrying its static key arrived, and
+    /// when it presented nothing), with its static key once known. Check it before trusting the peer.
+    pub fn peer_credentials(&self) -> Option<(&[u8], DeviceKey)> {
+        let state = self.state.as_ref()?;
+        let key = state.get_remote_static().and_then(|key| <[u8; 32]>::try_from(key).ok()).map(DeviceKey)?;
+        Some((&self.peer_credentials, key))
     }
 
     /// The side that answers a handshake; arguments as for [`initiator`](Self::initiator).
@@ -109,7 +143,14 @@ impl Handshake {
             .map_err(|err| SecurityError::Handshake(format!("cannot configure the handshake: {err}")))?;
         let state = if initiator { builder.build_initiator() } else { builder.build_responder() }
             .map_err(|err| SecurityError::Handshake(format!("cannot start the handshake: {err}")))?;
-        Ok(Handshake { state: Some(state), initiator })
+        Ok(Handshake {
+            state: Some(state),
+            initiator,
+            credentials: Vec::new(),
+            written: 0,
+            read: 0,
+            peer_credentials: Vec::new(),
+        })
     }
 
     /// The next handshake message to send, if it is this side's turn; `Ok(None)` while waiting for the peer and
@@ -123,10 +164,14 @@ impl Handshake {
         if state.is_handshake_finished() || !state.is_my_turn() {
             return Ok(None);
         }
-        let mut message = vec![0u8; OUTGOING_BUF_LEN];
-        match state.write_message(&[], &mut message) {
+        // The responder's first message and the initiator's second carry the static key: the credentials go there.
+        let carries_static = self.written == usize::from(self.initiator);
+        let payload: &[u8] = if carries_static { &self.credentials } else { &[] };
+        let mut message = vec![0u8; OUTGOING_BUF_LEN + payload.len()];
+        match state.write_message(payload, &mut message) {
             Ok(len) => {
                 message.truncate(len);
+                self.written += 1;
                 self.log_if_finished();
                 Ok(Some(message))
             }
@@ -156,8 +201,19 @@ impl Handshake {
             Ok(len) => len,
             Err(err) => return Err(self.fail(format!("a handshake message was rejected: {err}"))),
         };
-        if payload_len != 0 {
-            return Err(self.fail(format!("a handshake message carried a {payload_len}-byte payload")));
+        // Only the message that carries the peer's static key may carry its credentials: the initiator's second
+        // (the responder's second read) or the responder's first (the initiator's first read).
+        let carries_static = self.read == usize::from(!self.initiator);
+        self.read += 1;
+        if payload_len != 0 && !carries_static {
+            return Err(self.fail(format!("a handshake message carried an unexpected {payload_len}-byte payload")));
+        }
+        if payload_len > MAX_CREDENTIALS {
+            return Err(self.fail(format!("credentials of {payload_len} bytes are too long")));
+        }
+        if carries_static {
+            payload.truncate(payload_len);
+            self.peer_credentials = payload;
         }
         let remote = state.get_remote_static().map(<[u8; 32]>::try_from);
         match remote {

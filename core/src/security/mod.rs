@@ -32,15 +32,23 @@
 //! # Ok::<(), shoaldb::security::SecurityError>(())
 //! ```
 
+mod access;
+pub mod certificate;
 mod channel;
 mod handshake;
 mod keys;
+pub mod revocation;
+mod signing;
 #[cfg(test)]
 mod tests;
 
+pub use access::{Access, Enrolment};
+pub use certificate::{Certificate, CertificateBody, CertificateChain, CertificateError, Grant, Right, VerifiedDevice};
 pub use channel::{SecureChannel, MAX_PLAINTEXT};
-pub use handshake::Handshake;
+pub use handshake::{Handshake, MAX_CREDENTIALS};
 pub use keys::{AppSecret, DeviceKey, Identity};
+pub use revocation::{Revocation, RevocationBody, RevocationList, Revocations};
+pub use signing::{Signature, SigningKey, VerifyingKey};
 
 /// The Noise protocol name of every link.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -76,6 +84,9 @@ pub enum SecurityError {
     /// Key material was malformed (wrong length, empty, inconsistent halves).
     #[error("invalid key: {0}")]
     InvalidKey(String),
+    /// The peer's credentials (its certificate chain) were refused: the reason says why. The link must be closed.
+    #[error("credentials refused: {0}")]
+    Certificate(#[from] certificate::CertificateError),
     /// The call does not fit the current state (e.g. a channel asked for before the handshake finished, or any use
     /// after a failure).
     #[error("wrong state: {0}")]

@@ -40,7 +40,7 @@ use super::wire::{
     bounded_interest, bounded_interest_of, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES,
 };
 use super::SyncError;
-use crate::security::{AppSecret, DeviceKey, Identity};
+use crate::security::{Access, DeviceKey, Identity};
 use crate::store::Replica;
 use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -163,7 +163,7 @@ pub struct Engine {
     /// The device's data, as sync sees it.
     replica: Arc<dyn Replica>,
     identity: Identity,
-    secret: AppSecret,
+    access: Access,
     name: String,
     key: DeviceKey,
     own_subscriptions: Vec<Subscription>,
@@ -188,7 +188,7 @@ impl Engine {
     pub fn new(
         replica: impl Replica,
         identity: Identity,
-        secret: AppSecret,
+        access: impl Into<Access>,
         name: &str,
         subscriptions: Vec<Subscription>,
         seq_base: u64,
@@ -197,7 +197,7 @@ impl Engine {
         Engine {
             replica: Arc::new(replica),
             identity,
-            secret,
+            access: access.into(),
             name: name.to_string(),
             key,
             own_subscriptions: bounded_interest(subscriptions),
@@ -233,7 +233,7 @@ impl Engine {
 
     /// Open a link; the side that dialled is the `initiator`. Its first frames (handshake) are ready at once.
     pub fn add_link(&mut self, transport: TransportKind, initiator: bool) -> Result<LinkId, SyncError> {
-        let codec = LinkCodec::new(initiator, &self.identity, &self.secret, &self.sources)?;
+        let codec = LinkCodec::new(initiator, &self.identity, &self.access, &self.sources)?;
         let id = self.next_link;
         self.next_link += 1;
         let now = self.now;
@@ -357,6 +357,12 @@ impl Engine {
     /// of another link, or this device itself): lets a transport stop dialling an address that leads there.
     pub fn link_device(&self, link: LinkId) -> Option<DeviceKey> {
         self.links.get(&link).and_then(|s| s.device.or_else(|| s.codec.peer()))
+    }
+
+    /// What the certificate chain the device on `link` presented in its handshake establishes — its name, keys
+    /// and permissions — once checked; `None` in development mode (shared secret) and before the check.
+    pub fn link_certificate(&self, link: LinkId) -> Option<&crate::security::VerifiedDevice> {
+        self.links.get(&link).and_then(|s| s.codec.verified())
     }
 
     fn close(&mut self, link: LinkId, reason: String) {

@@ -8,7 +8,7 @@
 
 use super::wire::{WireError, MAX_MESSAGE_BYTES};
 use super::SyncError;
-use crate::security::{AppSecret, DeviceKey, Handshake, Identity, SecureChannel, MAX_PLAINTEXT};
+use crate::security::{Access, DeviceKey, Handshake, Identity, SecureChannel, VerifiedDevice, MAX_PLAINTEXT};
 use crate::util::sources::Sources;
 use std::collections::VecDeque;
 
@@ -26,6 +26,14 @@ enum State {
 
 pub(crate) struct LinkCodec {
     state: State,
+    /// How the peer's credentials are checked.
+    access: Access,
+    /// The wall clock (certificates' validity).
+    sources: Sources,
+    /// Whether the peer's credentials were checked (as soon as the message carrying them arrived).
+    checked: bool,
+    /// What the peer's certificate chain established (`None` in development mode).
+    verified: Option<VerifiedDevice>,
     reassembly: Vec<u8>,
     out: VecDeque<Vec<u8>>,
 }
@@ -34,18 +42,46 @@ impl LinkCodec {
     pub fn new(
         initiator: bool,
         identity: &Identity,
-        secret: &AppSecret,
+        access: &Access,
         sources: &Sources,
     ) -> Result<LinkCodec, SyncError> {
-        let hs = Handshake::new(identity, secret, PROLOGUE, initiator, sources)?;
-        let mut codec =
-            LinkCodec { state: State::Handshaking(Box::new(hs)), reassembly: Vec::new(), out: VecDeque::new() };
+        let hs =
+            Handshake::new(identity, &access.psk(), PROLOGUE, initiator, sources)?.presenting(access.credentials())?;
+        let mut codec = LinkCodec {
+            state: State::Handshaking(Box::new(hs)),
+            access: access.clone(),
+            sources: sources.clone(),
+            checked: false,
+            verified: None,
+            reassembly: Vec::new(),
+            out: VecDeque::new(),
+        };
         codec.flush_handshake()?;
         Ok(codec)
     }
 
+    /// What the peer's certificate chain established, once checked (`None` in development mode).
+    pub fn verified(&self) -> Option<&VerifiedDevice> {
+        self.verified.as_ref()
+    }
+
     fn flush_handshake(&mut self) -> Result<(), SyncError> {
         let State::Handshaking(hs) = &mut self.state else { return Ok(()) };
+        // The peer's credentials are checked as soon as they arrive: before this side presents its own (the
+        // initiator answers the responder's) and before any channel exists.
+        if !self.checked {
+            if let Some((credentials, key)) = hs.peer_credentials() {
+                self.checked = true;
+                let verified = self
+                    .access
+                    .check_peer(credentials, key, self.sources.now_ms())
+                    .map_err(crate::security::SecurityError::from)?;
+                if let Some(device) = &verified {
+                    log::debug!("peer {key} presented a valid certificate: {} #{}", device.name, device.serial);
+                }
+                self.verified = verified;
+            }
+        }
         while let Some(msg) = hs.take_outgoing()? {
             self.out.push_back(msg);
         }

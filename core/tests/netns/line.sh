@@ -7,7 +7,11 @@
 #      reaches D, through B and C;
 #   3. the line is cut in the middle (B–C): edits at both ends while partitioned stay on their side;
 #   4. links healed: all four converge to the same documents;
-#   5. a fifth peer with the wrong app secret, on the same bridge, gets nothing.
+#   5. on the same bridge, a peer enrolled by another authority, and one enrolled by the app's authority but
+#      revoked, get nothing.
+#
+# Every peer is enrolled with a certificate from the app authority (`shoal authority`, `shoal enrol`): the links
+# are checked with certificates, not a shared secret.
 #
 # Needs root (network namespaces). Usage: core/tests/netns/line.sh PATH/TO/shoal
 set -euo pipefail
@@ -17,10 +21,10 @@ TAG="shl$$"
 HUB="${TAG}hub"
 WORK=$(mktemp -d)
 PIDS=()
-NAMES=(a b c d x)
+NAMES=(a b c d x y)
 
 ns() { echo "${TAG}${1}"; }
-ipof() { case $1 in a) echo 10.231.0.1;; b) echo 10.231.0.2;; c) echo 10.231.0.3;; d) echo 10.231.0.4;; x) echo 10.231.0.9;; esac; }
+ipof() { case $1 in a) echo 10.231.0.1;; b) echo 10.231.0.2;; c) echo 10.231.0.3;; d) echo 10.231.0.4;; x) echo 10.231.0.9;; y) echo 10.231.0.10;; esac; }
 
 cleanup() {
     set +e
@@ -33,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail() { echo "FAIL: $*" >&2; for n in a b c d x; do [ -f "$WORK/$n.log" ] && { echo "--- $n.log (tail)"; tail -n 15 "$WORK/$n.log"; }; done; exit 1; }
+fail() { echo "FAIL: $*" >&2; for n in "${NAMES[@]}"; do [ -f "$WORK/$n.log" ] && { echo "--- $n.log (tail)"; tail -n 15 "$WORK/$n.log"; }; done; exit 1; }
 
 # The bridge lives in its own namespace, so nothing of the host's network is touched.
 ip netns add "$HUB"
@@ -53,17 +57,37 @@ for n in "${NAMES[@]}"; do
     ip -n "$(ns "$n")" route add 224.0.0.0/4 dev eth0
 done
 
-printf 'the app secret\n' > "$WORK/secret"
-printf 'another app\n' > "$WORK/wrong"
-
-start() { # name secret-file
+start() { # name
     local n=$1
-    ip netns exec "$(ns "$n")" env SHOAL_LOG=info "$SHOAL" --db "$WORK/$n.db" peer --secret-file "$2" --name "$n" \
+    ip netns exec "$(ns "$n")" env SHOAL_LOG=info "$SHOAL" --db "$WORK/$n.db" peer --name "$n" \
         --listen "$(ipof "$n"):7700" > "$WORK/$n.out" 2> "$WORK/$n.log" &
     PIDS+=($!)
 }
 
 cli() { local n=$1; shift; ip netns exec "$(ns "$n")" "$SHOAL" --db "$WORK/$n.db" "$@"; }
+
+# enrol NAME AUTHORITY-DIR: NAME's store makes its keys and a request; the authority issues a certificate; the
+# store installs it. Prints the certificate.
+enrol() {
+    local n=$1 dir=$2 key request cert
+    key=$(cat "$dir/public")
+    request=$(cli "$n" enrol request "$n")
+    cert=$("$SHOAL" authority issue "$dir" "$request" --grant 'read *' --grant 'write *' --days 1)
+    cli "$n" enrol install "$key" "$cert" > /dev/null
+    echo "$cert"
+}
+authority() { # DIR: a new authority; its public key in DIR/public
+    mkdir -p "$1"
+    "$SHOAL" authority init "$1" | sed -E 's/.*"authority":"([0-9a-f]+)".*/\1/' > "$1/public.tmp"
+    mv "$1/public.tmp" "$1/public"
+}
+authority "$WORK/authority"
+authority "$WORK/other"
+for n in a b c d y; do enrol "$n" "$WORK/authority" > /dev/null; done
+enrol x "$WORK/other" > /dev/null
+# y is revoked by its certificate's serial (the fifth issued) before anyone starts.
+list=$("$SHOAL" authority revoke "$WORK/authority" --serial 5)
+for n in a b c d; do cli "$n" enrol revocations "$list" > /dev/null; done
 
 # wait_for NAME COLLECTION ID [SECONDS]: until the document is in NAME's store.
 wait_for() {
@@ -84,7 +108,7 @@ heal() {
     ip -n "$(ns "$2")" route del blackhole "$(ipof "$1")/32"
 }
 
-for n in a b c d; do start "$n" "$WORK/secret"; done
+for n in a b c d; do start "$n"; done
 
 echo "1. four peers meet through mDNS"
 cli a put notes '{"_id": "hello", "from": "a"}' > /dev/null
@@ -124,10 +148,17 @@ done
 [ $converged = 1 ] || fail "the four stores differ"
 echo "   all four hold: $(cli a query notes | wc -l) documents, identical"
 
-echo "5. a peer with the wrong secret gets nothing"
-start x "$WORK/wrong"
-sleep 15
-[ -z "$(cli x query notes)" ] || fail "the wrong-secret peer received documents"
-grep -q . "$WORK/a.log" || true
+echo "5. a peer of another authority, and a revoked one, get nothing"
+start x
+start y
+refused=0
+for _ in $(seq 1 60); do
+    if cat "$WORK"/[abcd].log | grep -q "revoked: certificate 5"; then refused=1; break; fi
+    sleep 1
+done
+[ $refused = 1 ] || fail "no peer logged refusing the revoked certificate"
+sleep 10
+[ -z "$(cli x query notes)" ] || fail "the peer of another authority received documents"
+[ -z "$(cli y query notes)" ] || fail "the revoked peer received documents"
 
 echo "netns line test: ok"

@@ -3,7 +3,7 @@
 
 use crate::{usage, CliError};
 use shoaldb::node::{Node, NodeConfig};
-use shoaldb::security::AppSecret;
+use shoaldb::security::{Access, AppSecret};
 use shoaldb::sync::Subscription;
 use shoaldb::Store;
 use std::io::Write;
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// What `shoal peer` was asked to do.
 struct PeerArgs {
-    secret_file: PathBuf,
+    /// `--secret-file`: development mode; `None`: the installed certificate.
+    secret_file: Option<PathBuf>,
     name: Option<String>,
     listen: Option<SocketAddr>,
     connect: Vec<SocketAddr>,
@@ -29,7 +30,7 @@ struct PeerArgs {
 fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
     let mut secret_file = None;
     let mut parsed = PeerArgs {
-        secret_file: PathBuf::new(),
+        secret_file: None,
         name: None,
         listen: None,
         connect: Vec::new(),
@@ -74,7 +75,7 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
             other => return Err(usage(format!("peer: unknown argument {other}"))),
         }
     }
-    parsed.secret_file = secret_file.ok_or_else(|| usage("peer needs --secret-file F"))?;
+    parsed.secret_file = secret_file;
     if parsed.ble.is_none() && !parsed.ble_allow.is_empty() {
         return Err(usage("--ble-allow needs --ble ADAPTER"));
     }
@@ -149,9 +150,20 @@ fn host_name() -> String {
 /// Run the peer until a signal.
 pub fn run(db: &Path, args: &[String]) -> Result<(), CliError> {
     let args = parse(args)?;
-    let secret = read_secret(&args.secret_file)?;
     let store = Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))?;
-    let mut config = NodeConfig::new(args.name.clone().unwrap_or_else(host_name), secret)
+    let access: Access = match &args.secret_file {
+        Some(file) => {
+            log::warn!("development mode: every device holding the shared secret is trusted with everything");
+            read_secret(file)?.into()
+        }
+        None => shoaldb::enrolment::load(&store)
+            .map_err(|e| CliError::Failed(format!("the installed certificate: {e}")))?
+            .ok_or_else(|| {
+                usage("peer needs --secret-file F (development mode) or an installed certificate (shoal enrol install)")
+            })?
+            .into(),
+    };
+    let mut config = NodeConfig::new(args.name.clone().unwrap_or_else(host_name), access)
         .with_mdns(args.mdns)
         .with_subscriptions(args.subscriptions.clone());
     config.listen = args.listen;

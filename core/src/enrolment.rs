@@ -1,0 +1,255 @@
+//! Enrolling a device with the app authority, with no server: the device makes its keys and an
+//! [`EnrolmentRequest`] (its public keys and name); the authority's holder issues a certificate for them
+//! ([`issue`]); the device installs it ([`install`]) and from then on proves itself with it ([`load`] gives the
+//! [`Enrolment`] a [`NodeConfig`](crate::node::NodeConfig) takes). The device's private keys never leave it.
+//!
+//! ```
+//! use shoaldb::enrolment::{self, Validity};
+//! use shoaldb::security::{Grant, SigningKey};
+//! # let dir = tempfile::tempdir()?;
+//! // The authority (once, kept offline; its public key ships in the app).
+//! let authority = SigningKey::generate()?;
+//! // On the device: keys are made locally; only the request leaves it.
+//! let store = shoaldb::Store::open(dir.path().join("phone.db"))?;
+//! let request = enrolment::request(&store, "Alice's phone")?;
+//! // At the authority: a certificate for the request's keys, with permissions.
+//! let grants = vec![Grant::read("*"), Grant::parse("write tasks fields status, notes where owner == $device")?];
+//! let cert = enrolment::issue(&authority, &request, 1, grants, Validity::days_from(0, 365))?;
+//! // Back on the device.
+//! enrolment::install(&store, &[cert], &[authority.verifying_key()])?;
+//! let enrolled = enrolment::load(&store)?.expect("installed");
+//! assert_eq!(enrolled.chain().leaf().body().name, "Alice's phone");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use crate::node::{device_identity, NodeError};
+use crate::security::{
+    Certificate, CertificateBody, CertificateChain, CertificateError, DeviceKey, Enrolment, Grant, RevocationList,
+    SecurityError, SigningKey, VerifyingKey,
+};
+use crate::Store;
+
+/// The device-local setting that holds the device's signing key.
+const SIGNING_KEY_SETTING: &str = "signing_key";
+
+/// The device-local setting that holds the installed certificate chain.
+const CHAIN_SETTING: &str = "certificate_chain";
+
+/// The device-local setting that holds the pinned authorities (32 bytes each).
+const AUTHORITIES_SETTING: &str = "authorities";
+
+/// The device-local setting that holds the revocation lists taken in (postcard: a list of encoded lists).
+const REVOCATIONS_SETTING: &str = "revocation_lists";
+
+/// The first word of an enrolment request's text form.
+const REQUEST_PREFIX: &str = "shoal-enrol-1";
+
+/// What a device sends the authority to be enrolled: its public keys and a name. Its text form (one line:
+/// `shoal-enrol-1 <signing key hex> <noise key hex> <name>`) can be pasted, mailed or shown as a QR code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrolmentRequest {
+    /// The name the device asks to be known by.
+    pub name: String,
+    /// Its Ed25519 signing key.
+    pub signing_key: VerifyingKey,
+    /// Its Noise static key.
+    pub noise_key: DeviceKey,
+}
+
+impl EnrolmentRequest {
+    /// Reads the text form.
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] if it is not a request.
+    pub fn parse(text: &str) -> Result<EnrolmentRequest, CertificateError> {
+        let bad = || {
+            CertificateError::Malformed(format!(
+                "not an enrolment request (`{REQUEST_PREFIX} <signing key> <noise key> <name>`)"
+            ))
+        };
+        let mut parts = text.trim().splitn(4, ' ');
+        if parts.next() != Some(REQUEST_PREFIX) {
+            return Err(bad());
+        }
+        let signing_key = VerifyingKey::from_hex(parts.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let noise_key = DeviceKey(crate::util::parse_hex::<32>(parts.next().ok_or_else(bad)?).ok_or_else(bad)?);
+        let name = parts.next().unwrap_or("").trim().to_string();
+        Ok(EnrolmentRequest { name, signing_key, noise_key })
+    }
+}
+
+impl fmt::Display for EnrolmentRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{REQUEST_PREFIX} {} {} {}", self.signing_key.to_hex(), self.noise_key.to_hex(), self.name)
+    }
+}
+
+/// When a certificate is valid: from `not_before_ms` to `not_after_ms` (ms since the Unix epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// Start.
+    pub not_before_ms: u64,
+    /// End.
+    pub not_after_ms: u64,
+}
+
+impl Validity {
+    /// `days` days from `start_ms` (0: from the Unix epoch, i.e. already valid).
+    pub fn days_from(start_ms: u64, days: u64) -> Validity {
+        let end = start_ms.saturating_add(days.saturating_mul(86_400_000));
+        Validity { not_before_ms: start_ms, not_after_ms: end }
+    }
+}
+
+/// This device's signing key, made (from the operating system's randomness) and kept on first use.
+///
+/// # Errors
+/// [`NodeError::Store`] if the store fails; [`NodeError::Identity`] if the stored key is invalid.
+pub fn device_signing_key(store: &Store) -> Result<SigningKey, NodeError> {
+    if let Some(bytes) = store.local_value(SIGNING_KEY_SETTING)? {
+        return Ok(SigningKey::from_bytes(&bytes)?);
+    }
+    let fresh = SigningKey::generate()?;
+    let bytes = store.local_value_or_insert(SIGNING_KEY_SETTING, &fresh.to_bytes())?;
+    Ok(SigningKey::from_bytes(&bytes)?)
+}
+
+/// The enrolment request of this device, named `name` (its keys are made on first use).
+///
+/// # Errors
+/// As for [`device_signing_key`].
+pub fn request(store: &Store, name: &str) -> Result<EnrolmentRequest, NodeError> {
+    let identity = device_identity(store)?;
+    let signing_key = device_signing_key(store)?;
+    Ok(EnrolmentRequest {
+        name: name.to_string(),
+        signing_key: signing_key.verifying_key(),
+        noise_key: identity.device_key(),
+    })
+}
+
+/// Issues a certificate for the device of `request`, signed by `authority` (the app authority, or an intermediate
+/// authority holding an [`issuing`] certificate), with serial `serial` (never reused by this authority), `grants`
+/// and `validity`.
+///
+/// # Errors
+/// [`CertificateError::Malformed`] if a grant or the name breaks a bound.
+pub fn issue(
+    authority: &SigningKey,
+    request: &EnrolmentRequest,
+    serial: u64,
+    grants: Vec<Grant>,
+    validity: Validity,
+) -> Result<Certificate, CertificateError> {
+    certificate(authority, request.name.clone(), request.signing_key, Some(request.noise_key), serial, grants, validity)
+}
+
+/// Issues the certificate of an intermediate authority whose key is `subject` (an organisation delegating to a
+/// site): it may issue device certificates, and whatever it issues is bounded by `grants` and `validity`.
+///
+/// # Errors
+/// As for [`issue`].
+pub fn issuing(
+    authority: &SigningKey,
+    name: &str,
+    subject: VerifyingKey,
+    serial: u64,
+    grants: Vec<Grant>,
+    validity: Validity,
+) -> Result<Certificate, CertificateError> {
+    certificate(authority, name.to_string(), subject, None, serial, grants, validity)
+}
+
+fn certificate(
+    authority: &SigningKey,
+    name: String,
+    signing_key: VerifyingKey,
+    noise_key: Option<DeviceKey>,
+    serial: u64,
+    grants: Vec<Grant>,
+    validity: Validity,
+) -> Result<Certificate, CertificateError> {
+    let body = CertificateBody {
+        format: crate::security::certificate::CERTIFICATE_FORMAT,
+        serial,
+        issuer: authority.verifying_key(),
+        name,
+        signing_key,
+        issues: noise_key.is_none(),
+        noise_key: noise_key.map(|k| k.0),
+        not_before_ms: validity.not_before_ms,
+        not_after_ms: validity.not_after_ms,
+        grants,
+    };
+    Certificate::issue(body, authority)
+}
+
+/// Installs `chain` (this device's certificate, then any intermediate authorities') issued under one of
+/// `authorities` (the app authority's public keys), after checking that it certifies this device's own keys and
+/// leads to a pinned authority. Replaces a certificate installed before (renewal); a store in development mode
+/// moves to certificates this way.
+///
+/// # Errors
+/// [`NodeError::Identity`] wrapping the [`CertificateError`] if the chain is not this device's or does not lead
+/// to `authorities`; [`NodeError::Store`] if the store fails.
+pub fn install(store: &Store, chain: &[Certificate], authorities: &[VerifyingKey]) -> Result<Enrolment, NodeError> {
+    let chain = CertificateChain::new(chain.to_vec()).map_err(SecurityError::from)?;
+    let enrolment = Enrolment::new(&device_identity(store)?, device_signing_key(store)?, chain, authorities.to_vec())
+        .map_err(SecurityError::from)?;
+    let keys: Vec<u8> = authorities.iter().flat_map(|k| k.0).collect();
+    store.set_local_value(CHAIN_SETTING, &enrolment.chain().encode())?;
+    store.set_local_value(AUTHORITIES_SETTING, &keys)?;
+    log::info!("installed certificate {}", enrolment.chain().leaf());
+    Ok(enrolment)
+}
+
+/// This device's enrolment, if a certificate is installed ([`install`]); `None` in development mode.
+///
+/// # Errors
+/// [`NodeError::Identity`] if what is stored no longer fits this device; [`NodeError::Store`] if the store fails.
+pub fn load(store: &Store) -> Result<Option<Enrolment>, NodeError> {
+    let (Some(chain), Some(keys)) = (store.local_value(CHAIN_SETTING)?, store.local_value(AUTHORITIES_SETTING)?) else {
+        return Ok(None);
+    };
+    let chain = CertificateChain::decode(&chain).map_err(SecurityError::from)?;
+    let authorities = keys
+        .chunks(32)
+        .map(|k| <[u8; 32]>::try_from(k).map(VerifyingKey))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SecurityError::InvalidKey("stored authorities are corrupt".into()))?;
+    let mut enrolment = Enrolment::new(&device_identity(store)?, device_signing_key(store)?, chain, authorities)
+        .map_err(SecurityError::from)?;
+    for list in stored_revocations(store)? {
+        // Lists were checked when taken in; one the pinned authorities no longer cover is dropped.
+        if let Ok(list) = RevocationList::decode(&list) {
+            let _ = enrolment.accept_revocations(list);
+        }
+    }
+    Ok(Some(enrolment))
+}
+
+/// Takes in a revocation list (from the authority, or received from a peer) on an enrolled device, persisted so
+/// that it holds across restarts. Returns whether it was news (newer than the list held from its issuer).
+///
+/// # Errors
+/// [`NodeError::Identity`] if the device is not enrolled, the list does not decode or verify, or its issuer is
+/// not a pinned authority; [`NodeError::Store`] if the store fails.
+pub fn install_revocations(store: &Store, list: &RevocationList) -> Result<bool, NodeError> {
+    let mut enrolment = load(store)?.ok_or_else(|| {
+        SecurityError::from(CertificateError::Malformed("no certificate is installed on this device".into()))
+    })?;
+    if !enrolment.accept_revocations(list.clone()).map_err(SecurityError::from)? {
+        return Ok(false);
+    }
+    let lists: Vec<Vec<u8>> = enrolment.revocations().lists().map(RevocationList::encode).collect();
+    let bytes = postcard::to_stdvec(&lists).map_err(|e| SecurityError::InvalidKey(e.to_string()))?;
+    store.set_local_value(REVOCATIONS_SETTING, &bytes)?;
+    Ok(true)
+}
+
+fn stored_revocations(store: &Store) -> Result<Vec<Vec<u8>>, NodeError> {
+    let Some(bytes) = store.local_value(REVOCATIONS_SETTING)? else { return Ok(Vec::new()) };
+    Ok(postcard::from_bytes(&bytes).unwrap_or_default())
+}

@@ -1,0 +1,629 @@
+//! Device certificates: what the app authority (or an intermediate authority it delegated to) says about one
+//! device — its keys, its name, when the certificate is valid and what the device may read and write.
+//!
+//! A certificate is compact ([postcard](https://docs.rs/postcard)), versioned ([`CERTIFICATE_FORMAT`]), signed with
+//! Ed25519, and checked with no network: a device holds its own [`CertificateChain`] (its certificate, then those of
+//! any intermediate authorities) and every device pins the app authority's public key.
+//!
+//! # Permissions
+//! A certificate carries [`Grant`]s, written as text (the CLI's `--grant`, [`Grant::parse`]):
+//!
+//! ```text
+//! read tasks                                   every document of `tasks`
+//! read tasks where team == "north"             the documents the filter matches (the query language of `find`)
+//! write tasks                                  any field of any document of `tasks`
+//! write tasks fields status, notes where owner == $device
+//!                                              only `status` and `notes` (and what is inside them), and only in
+//!                                              documents whose `owner` is this device's id
+//! read *                                       every collection
+//! ```
+//!
+//! `$device` is the device's id ([`VerifyingKey::device_id`], 16 hex digits), the only parameter a filter may use.
+//! Grants add up: a device may do what any one of its grants allows. Along a chain they narrow: an intermediate
+//! authority's grants bound everything it issues, so a device may do only what *every* certificate of its chain
+//! allows ([`Permissions`]).
+//!
+//! # Intermediate authorities
+//! A certificate with [`CertificateBody::issues`] set belongs to an authority rather than a device (it has no Noise
+//! key): an organisation's key delegating to a site's key, say. Its holder may issue certificates; whatever it
+//! issues is bounded by its own grants and validity. Chains are at most [`MAX_CHAIN_LEN`] certificates long.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::DeviceKey;
+use super::revocation::Revocations;
+use super::signing::{Signed, SignedError, SigningKey, VerifyingKey};
+use crate::crdt::clock::PeerId;
+use crate::crdt::path::Path;
+use crate::query::{Filter, Params};
+use crate::util::hex;
+
+/// The format version of certificates this code writes and reads.
+pub const CERTIFICATE_FORMAT: u8 = 1;
+
+/// The longest encoded certificate accepted, in bytes (checked before decoding).
+pub const MAX_CERTIFICATE_BYTES: usize = 8 * 1024;
+
+/// The most certificates in a chain: a device's, and up to three intermediate authorities'.
+pub const MAX_CHAIN_LEN: usize = 4;
+
+/// The most grants one certificate carries.
+pub const MAX_GRANTS: usize = 64;
+
+/// The most field paths one write grant names.
+pub const MAX_GRANT_FIELDS: usize = 64;
+
+/// The longest device name in a certificate, in bytes.
+pub const MAX_CERTIFICATE_NAME_BYTES: usize = 128;
+
+/// How far two devices' clocks may disagree when checking a certificate's validity period: a certificate is
+/// accepted from this long before its start to this long after its end.
+pub const CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
+
+/// The signature context of certificates.
+const CERTIFICATE_CONTEXT: &str = "shoal certificate v1";
+
+/// The parameter of permission filters that stands for the device's own id.
+pub const DEVICE_PARAMETER: &str = "device";
+
+/// Why a certificate, a chain or a revocation list was refused. Every failure of a peer's credentials closes the
+/// link with one of these as the logged reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// The bytes are not a certificate (or chain, or revocation list) of a known format, or break one of its
+    /// bounds (size, count, names, paths, filters); the text says which.
+    #[error("malformed credentials: {0}")]
+    Malformed(String),
+    /// The peer presented no certificate (it runs in the shared-secret development mode, or sent nothing).
+    #[error("no certificate presented")]
+    Missing,
+    /// A signature does not verify: the certificate (or list) was altered, or was not signed by its issuer.
+    #[error("bad signature on {0}")]
+    BadSignature(String),
+    /// The chain does not lead to an authority this app pins.
+    #[error("certificate chain does not lead to a pinned authority (its root issuer is {0})")]
+    UnknownAuthority(VerifyingKey),
+    /// The chain is broken: a certificate's issuer is not the next certificate's subject, a device certificate
+    /// issued another, or an authority certificate stands where a device's should.
+    #[error("broken certificate chain: {0}")]
+    BrokenChain(String),
+    /// The Noise key certified is not the one the peer used in the handshake: the certificate is someone else's.
+    #[error("certificate is for Noise key {certified}, the peer's key is {presented}")]
+    WrongNoiseKey {
+        /// The key in the certificate.
+        certified: DeviceKey,
+        /// The key the peer proved in the handshake.
+        presented: DeviceKey,
+    },
+    /// A certificate of the chain is not valid yet (beyond the allowed clock skew).
+    #[error("certificate {serial} of {issuer} is not valid before {not_before_ms} (now {now_ms})")]
+    NotYetValid {
+        /// The issuer of the certificate.
+        issuer: VerifyingKey,
+        /// Its serial.
+        serial: u64,
+        /// The start of its validity, ms since the Unix epoch.
+        not_before_ms: u64,
+        /// The checking device's clock.
+        now_ms: u64,
+    },
+    /// A certificate of the chain has expired (beyond the allowed clock skew).
+    #[error("certificate {serial} of {issuer} expired at {not_after_ms} (now {now_ms})")]
+    Expired {
+        /// The issuer of the certificate.
+        issuer: VerifyingKey,
+        /// Its serial.
+        serial: u64,
+        /// The end of its validity, ms since the Unix epoch.
+        not_after_ms: u64,
+        /// The checking device's clock.
+        now_ms: u64,
+    },
+    /// A certificate of the chain, or the device's key, is revoked.
+    #[error("revoked: {0}")]
+    Revoked(String),
+    /// The certificate does not fit this device's own keys (installing a certificate issued for another device).
+    #[error("the certificate is not this device's: {0}")]
+    NotThisDevice(String),
+}
+
+/// What one grant allows: reading or writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Right {
+    /// Receiving documents.
+    Read,
+    /// Changing documents.
+    Write,
+}
+
+/// One permission: a right on one collection (or every collection, `*`), optionally narrowed to the documents a
+/// filter matches and, for writes, to some field paths. See the [module documentation](self) for the text form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Read or write.
+    pub right: Right,
+    /// The collection, or `*` for every collection.
+    pub collection: String,
+    /// For writes: the field paths that may change (each allows everything under it); `None`: every field.
+    pub fields: Option<Vec<String>>,
+    /// The documents the grant covers, as filter text (`$device` is the device's id); `None`: every document.
+    pub filter: Option<String>,
+}
+
+impl Grant {
+    /// Reading every document of `collection` (`*`: of every collection).
+    pub fn read(collection: &str) -> Grant {
+        Grant { right: Right::Read, collection: collection.to_string(), fields: None, filter: None }
+    }
+
+    /// Writing every field of every document of `collection` (`*`: of every collection).
+    pub fn write(collection: &str) -> Grant {
+        Grant { right: Right::Write, collection: collection.to_string(), fields: None, filter: None }
+    }
+
+    /// The same grant, for the documents `filter` matches only.
+    pub fn only_where(mut self, filter: &str) -> Grant {
+        self.filter = Some(filter.to_string());
+        self
+    }
+
+    /// The same (write) grant, for these field paths only.
+    pub fn only_fields(mut self, fields: &[&str]) -> Grant {
+        self.fields = Some(fields.iter().map(|f| f.to_string()).collect());
+        self
+    }
+
+    /// Parses the text form: `read|write <collection> [fields <path>, <path>…] [where <filter>]`.
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] naming what is wrong (see [`Grant::validate`]).
+    pub fn parse(text: &str) -> Result<Grant, CertificateError> {
+        let bad = |why: &str| CertificateError::Malformed(format!("grant `{text}`: {why}"));
+        let text = text.trim();
+        let (head, filter) = match split_word(text, "where") {
+            Some((head, filter)) => (head, Some(filter.trim().to_string())),
+            None => (text, None),
+        };
+        let (head, fields) = match split_word(head, "fields") {
+            Some((head, fields)) => (head, Some(fields.split(',').map(|f| f.trim().to_string()).collect::<Vec<_>>())),
+            None => (head, None),
+        };
+        let mut words = head.split_whitespace();
+        let right = match words.next() {
+            Some("read") => Right::Read,
+            Some("write") => Right::Write,
+            _ => return Err(bad("starts with `read` or `write`")),
+        };
+        let collection = words.next().ok_or_else(|| bad("names a collection"))?.to_string();
+        if words.next().is_some() {
+            return Err(bad("expected `fields` or `where` after the collection"));
+        }
+        let grant = Grant { right, collection, fields, filter };
+        grant.validate()?;
+        Ok(grant)
+    }
+
+    /// Checks the grant's bounds: a valid collection name or `*`; fields only on writes, at most
+    /// [`MAX_GRANT_FIELDS`], each a valid path; a filter that parses and uses no parameter but `$device`.
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), CertificateError> {
+        let bad = |why: String| CertificateError::Malformed(format!("grant on `{}`: {why}", self.collection));
+        if self.collection != "*" {
+            crate::store::check_collection(&self.collection).map_err(|e| bad(e.to_string()))?;
+        }
+        if let Some(fields) = &self.fields {
+            if self.right == Right::Read {
+                return Err(bad("field paths narrow writes only".into()));
+            }
+            if fields.is_empty() || fields.len() > MAX_GRANT_FIELDS {
+                return Err(bad(format!("names 1 to {MAX_GRANT_FIELDS} fields, not {}", fields.len())));
+            }
+            for field in fields {
+                let path = Path::parse(field).map_err(|e| bad(format!("field `{field}`: {e}")))?;
+                if path.is_root() {
+                    return Err(bad("an empty field path".into()));
+                }
+            }
+        }
+        if let Some(filter) = &self.filter {
+            let parsed = Filter::parse(filter).map_err(|e| bad(format!("filter: {e}")))?;
+            if let Some(other) = parsed.parameters().into_iter().find(|p| p != DEVICE_PARAMETER) {
+                return Err(bad(format!("filter uses `${other}`; only `${DEVICE_PARAMETER}` is known")));
+            }
+        }
+        Ok(())
+    }
+
+    fn covers(&self, right: Right, collection: &str) -> bool {
+        self.right == right && (self.collection == "*" || self.collection == collection)
+    }
+
+    /// Whether the grant's filter (if any) matches `doc` for the device `device`.
+    fn matches(&self, doc: &serde_json::Value, device: PeerId) -> bool {
+        let Some(filter) = &self.filter else { return true };
+        // Validated when the certificate was decoded; a filter that does not parse covers nothing.
+        let Ok(filter) = Filter::parse(filter) else { return false };
+        let mut params = Params::new();
+        params.insert(DEVICE_PARAMETER.into(), serde_json::Value::String(device.to_string()));
+        filter.matches(doc, &params).unwrap_or(false)
+    }
+
+    /// Whether every path in `paths` lies within the grant's fields.
+    fn covers_paths<'a>(&self, mut paths: impl Iterator<Item = &'a Path>) -> bool {
+        let Some(fields) = &self.fields else { return true };
+        let fields: Vec<Path> = fields.iter().filter_map(|f| Path::parse(f).ok()).collect();
+        paths.all(|p| fields.iter().any(|f| p.segments().starts_with(f.segments())))
+    }
+}
+
+/// The text form ([`Grant::parse`] reads it back).
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let right = match self.right {
+            Right::Read => "read",
+            Right::Write => "write",
+        };
+        write!(f, "{right} {}", self.collection)?;
+        if let Some(fields) = &self.fields {
+            write!(f, " fields {}", fields.join(", "))?;
+        }
+        if let Some(filter) = &self.filter {
+            write!(f, " where {filter}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `text` split around the first whole word `word`: `(before, after)`.
+fn split_word<'a>(text: &'a str, word: &str) -> Option<(&'a str, &'a str)> {
+    let mut start = 0;
+    while let Some(at) = text[start..].find(word).map(|i| i + start) {
+        let before_ok = at > 0 && text[..at].ends_with(char::is_whitespace);
+        let end = at + word.len();
+        let after_ok = text[end..].starts_with(char::is_whitespace);
+        if before_ok && after_ok {
+            return Some((text[..at].trim_end(), &text[end..]));
+        }
+        start = end;
+    }
+    None
+}
+
+/// What a certificate says, signed by its issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateBody {
+    /// [`CERTIFICATE_FORMAT`].
+    pub format: u8,
+    /// A number the issuer never gives twice (revocation lists name certificates by issuer and serial).
+    pub serial: u64,
+    /// The key that signed the certificate: the app authority's, or an intermediate authority's.
+    pub issuer: VerifyingKey,
+    /// The device's (or intermediate authority's) name, for people: at most [`MAX_CERTIFICATE_NAME_BYTES`].
+    pub name: String,
+    /// The subject's Ed25519 key: the device signs its changes with it (its author ids derive from it), an
+    /// intermediate authority its certificates.
+    pub signing_key: VerifyingKey,
+    /// The device's Noise static key (what its handshakes prove); `None` for an intermediate authority.
+    pub noise_key: Option<[u8; 32]>,
+    /// Start of validity, ms since the Unix epoch.
+    pub not_before_ms: u64,
+    /// End of validity, ms since the Unix epoch.
+    pub not_after_ms: u64,
+    /// What the subject may read and write (and, for an authority, the most it may grant).
+    pub grants: Vec<Grant>,
+    /// Whether the subject is an intermediate authority, which may issue certificates.
+    pub issues: bool,
+}
+
+impl CertificateBody {
+    /// Checks the body's own bounds (not its signature or chain).
+    fn validate(&self) -> Result<(), CertificateError> {
+        let bad = |why: String| CertificateError::Malformed(format!("certificate {}: {why}", self.serial));
+        if self.format != CERTIFICATE_FORMAT {
+            return Err(bad(format!("format {} (this device reads {CERTIFICATE_FORMAT})", self.format)));
+        }
+        if self.name.len() > MAX_CERTIFICATE_NAME_BYTES || self.name.chars().any(char::is_control) {
+            return Err(bad("name too long or with control characters".into()));
+        }
+        if self.not_before_ms > self.not_after_ms {
+            return Err(bad("validity ends before it starts".into()));
+        }
+        if self.grants.len() > MAX_GRANTS {
+            return Err(bad(format!("{} grants (at most {MAX_GRANTS})", self.grants.len())));
+        }
+        if self.issues == self.noise_key.is_some() {
+            return Err(bad("a device certificate has a Noise key; an authority certificate has none".into()));
+        }
+        self.grants.iter().try_for_each(Grant::validate)
+    }
+}
+
+/// A signed certificate, as issued.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Certificate {
+    body: CertificateBody,
+    /// The body as signed.
+    signed: Signed,
+}
+
+impl Certificate {
+    /// Signs `body` with `issuer` (whose public key must be `body.issuer`).
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] if the body breaks a bound or names another issuer.
+    pub fn issue(body: CertificateBody, issuer: &SigningKey) -> Result<Certificate, CertificateError> {
+        body.validate()?;
+        if body.issuer != issuer.verifying_key() {
+            return Err(CertificateError::Malformed("the body names another issuer than the signing key".into()));
+        }
+        let signed = Signed::sign(&body, issuer, CERTIFICATE_CONTEXT).map_err(CertificateError::Malformed)?;
+        let cert = Certificate { body, signed };
+        if cert.encode().len() > MAX_CERTIFICATE_BYTES {
+            return Err(CertificateError::Malformed(format!("longer than {MAX_CERTIFICATE_BYTES} bytes")));
+        }
+        Ok(cert)
+    }
+
+    /// The compact encoded form (what [`decode`](Self::decode) reads).
+    pub fn encode(&self) -> Vec<u8> {
+        self.signed.encode()
+    }
+
+    /// Reads an encoded certificate, checking its format and bounds and that its signature is its issuer's (not
+    /// whether the issuer is trusted: that is the chain's business).
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] or [`CertificateError::BadSignature`].
+    pub fn decode(bytes: &[u8]) -> Result<Certificate, CertificateError> {
+        let (body, signed) =
+            Signed::open(bytes, MAX_CERTIFICATE_BYTES, CERTIFICATE_CONTEXT, |b: &CertificateBody| b.issuer).map_err(
+                |e| match e {
+                    SignedError::Malformed(why) => CertificateError::Malformed(format!("certificate: {why}")),
+                    SignedError::BadSignature(b) => {
+                        CertificateError::BadSignature(format!("certificate {} of {}", b.serial, b.issuer))
+                    }
+                },
+            )?;
+        body.validate()?;
+        Ok(Certificate { body, signed })
+    }
+
+    /// What the certificate says.
+    pub fn body(&self) -> &CertificateBody {
+        &self.body
+    }
+
+    /// Checks that the certificate is valid at `now_ms`, give or take [`CLOCK_SKEW_MS`].
+    fn check_time(&self, now_ms: u64) -> Result<(), CertificateError> {
+        let b = &self.body;
+        if now_ms.saturating_add(CLOCK_SKEW_MS) < b.not_before_ms {
+            return Err(CertificateError::NotYetValid {
+                issuer: b.issuer,
+                serial: b.serial,
+                not_before_ms: b.not_before_ms,
+                now_ms,
+            });
+        }
+        if now_ms.saturating_sub(CLOCK_SKEW_MS) > b.not_after_ms {
+            return Err(CertificateError::Expired {
+                issuer: b.issuer,
+                serial: b.serial,
+                not_after_ms: b.not_after_ms,
+                now_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate").field("body", &self.body).finish_non_exhaustive()
+    }
+}
+
+/// A device's certificate, then the certificates of the intermediate authorities between it and the app authority
+/// (none when the app authority issued it directly). The app authority's own key is pinned by every device, not
+/// carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateChain(Vec<Certificate>);
+
+impl CertificateChain {
+    /// A chain of one certificate issued by the app authority.
+    pub fn single(certificate: Certificate) -> CertificateChain {
+        CertificateChain(vec![certificate])
+    }
+
+    /// A chain from the device's certificate up to the one the app authority issued.
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] if it is empty or longer than [`MAX_CHAIN_LEN`].
+    pub fn new(certificates: Vec<Certificate>) -> Result<CertificateChain, CertificateError> {
+        if certificates.is_empty() || certificates.len() > MAX_CHAIN_LEN {
+            return Err(CertificateError::Malformed(format!(
+                "a chain has 1 to {MAX_CHAIN_LEN} certificates, not {}",
+                certificates.len()
+            )));
+        }
+        Ok(CertificateChain(certificates))
+    }
+
+    /// The device's own certificate.
+    pub fn leaf(&self) -> &Certificate {
+        // Never empty (checked by every constructor).
+        &self.0[0]
+    }
+
+    /// The certificates, the device's first.
+    pub fn certificates(&self) -> &[Certificate] {
+        &self.0
+    }
+
+    /// The encoded form: the certificates' encodings, in order.
+    pub fn encode(&self) -> Vec<u8> {
+        let parts: Vec<Vec<u8>> = self.0.iter().map(Certificate::encode).collect();
+        postcard::to_stdvec(&parts).unwrap_or_default()
+    }
+
+    /// Reads an encoded chain (each certificate as by [`Certificate::decode`]), bounded before decoding.
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] or [`CertificateError::BadSignature`].
+    pub fn decode(bytes: &[u8]) -> Result<CertificateChain, CertificateError> {
+        if bytes.is_empty() {
+            return Err(CertificateError::Missing);
+        }
+        if bytes.len() > MAX_CHAIN_BYTES {
+            return Err(CertificateError::Malformed(format!("a certificate chain of {} bytes", bytes.len())));
+        }
+        let parts: Vec<&[u8]> =
+            postcard::from_bytes(bytes).map_err(|e| CertificateError::Malformed(format!("certificate chain: {e}")))?;
+        if parts.is_empty() || parts.len() > MAX_CHAIN_LEN {
+            return Err(CertificateError::Malformed(format!("a chain of {} certificates", parts.len())));
+        }
+        CertificateChain::new(parts.into_iter().map(Certificate::decode).collect::<Result<_, _>>()?)
+    }
+
+    /// Checks the whole chain at `now_ms`: every link's issuer is the next certificate's subject and an authority,
+    /// the last was issued by one of `authorities`, the first is a device's, every certificate is valid in time and
+    /// none (nor the device's key) is revoked. Returns what the chain establishes.
+    ///
+    /// # Errors
+    /// The [`CertificateError`] of the first check that fails.
+    pub fn verify(
+        &self,
+        authorities: &[VerifyingKey],
+        revocations: &Revocations,
+        now_ms: u64,
+    ) -> Result<VerifiedDevice, CertificateError> {
+        let certs = &self.0;
+        let leaf = self.leaf();
+        if leaf.body.issues {
+            return Err(CertificateError::BrokenChain(
+                "the first certificate is an authority's, not a device's".into(),
+            ));
+        }
+        for (i, cert) in certs.iter().enumerate() {
+            match certs.get(i + 1) {
+                Some(parent) => {
+                    if !parent.body.issues {
+                        return Err(CertificateError::BrokenChain(format!(
+                            "certificate {} was issued by a device ({})",
+                            cert.body.serial, parent.body.name
+                        )));
+                    }
+                    if parent.body.signing_key != cert.body.issuer {
+                        return Err(CertificateError::BrokenChain(format!(
+                            "certificate {} names issuer {}, the next certificate is {}'s",
+                            cert.body.serial, cert.body.issuer, parent.body.signing_key
+                        )));
+                    }
+                }
+                None => {
+                    if !authorities.contains(&cert.body.issuer) {
+                        return Err(CertificateError::UnknownAuthority(cert.body.issuer));
+                    }
+                }
+            }
+            cert.check_time(now_ms)?;
+            if let Some(why) = revocations.revokes(cert) {
+                return Err(CertificateError::Revoked(why));
+            }
+        }
+        let noise_key = leaf
+            .body
+            .noise_key
+            .map(DeviceKey)
+            .ok_or_else(|| CertificateError::BrokenChain("the device certificate has no Noise key".into()))?;
+        Ok(VerifiedDevice {
+            name: leaf.body.name.clone(),
+            signing_key: leaf.body.signing_key,
+            noise_key,
+            serial: leaf.body.serial,
+            issuer: leaf.body.issuer,
+            permissions: Permissions(certs.iter().map(|c| c.body.grants.clone()).collect()),
+        })
+    }
+}
+
+/// The longest encoded chain accepted, in bytes.
+pub const MAX_CHAIN_BYTES: usize = MAX_CHAIN_LEN * (MAX_CERTIFICATE_BYTES + 4);
+
+/// What a verified [`CertificateChain`] establishes about a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedDevice {
+    /// The name in its certificate.
+    pub name: String,
+    /// Its signing key (its author ids derive from it).
+    pub signing_key: VerifyingKey,
+    /// Its Noise static key.
+    pub noise_key: DeviceKey,
+    /// Its certificate's serial.
+    pub serial: u64,
+    /// Its certificate's issuer.
+    pub issuer: VerifyingKey,
+    /// What it may read and write.
+    pub permissions: Permissions,
+}
+
+impl VerifiedDevice {
+    /// The device's id ([`VerifyingKey::device_id`]).
+    pub fn device_id(&self) -> PeerId {
+        self.signing_key.device_id()
+    }
+}
+
+/// What a device may read and write: the grants of each certificate of its chain. An action is allowed when, at
+/// every level of the chain, some grant allows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permissions(Vec<Vec<Grant>>);
+
+impl Permissions {
+    /// Permissions of one level (a certificate the app authority issued directly).
+    pub fn new(grants: Vec<Grant>) -> Permissions {
+        Permissions(vec![grants])
+    }
+
+    /// Whether the device `device` may read `doc` (its JSON view) of `collection`.
+    pub fn may_read(&self, collection: &str, doc: &serde_json::Value, device: PeerId) -> bool {
+        self.0.iter().all(|level| level.iter().any(|g| g.covers(Right::Read, collection) && g.matches(doc, device)))
+    }
+
+    /// Whether the device may receive anything at all of `collection` (some read grant covers it at every level).
+    pub fn may_read_some(&self, collection: &str) -> bool {
+        self.0.iter().all(|level| level.iter().any(|g| g.covers(Right::Read, collection)))
+    }
+
+    /// Whether the device `device` may change the fields `paths` of `doc` (its JSON view) of `collection`.
+    pub fn may_write<'a>(
+        &self,
+        collection: &str,
+        doc: &serde_json::Value,
+        paths: impl Iterator<Item = &'a Path> + Clone,
+        device: PeerId,
+    ) -> bool {
+        self.0.iter().all(|level| {
+            level
+                .iter()
+                .any(|g| g.covers(Right::Write, collection) && g.matches(doc, device) && g.covers_paths(paths.clone()))
+        })
+    }
+}
+
+/// A short fingerprint of a certificate, for logs and the CLI: the issuer's and the serial.
+impl fmt::Display for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} #{} ({}) from {}",
+            self.body.name,
+            self.body.serial,
+            hex(&self.body.signing_key.0[..8]),
+            self.body.issuer
+        )
+    }
+}
