@@ -5,7 +5,7 @@ use crate::{usage, CliError};
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::AppSecret;
 use shoaldb::sync::Subscription;
-use shoaldb::Store;
+use shoaldb::StoreKey;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -147,10 +147,10 @@ fn host_name() -> String {
 }
 
 /// Run the peer until a signal.
-pub fn run(db: &Path, args: &[String]) -> Result<(), CliError> {
+pub fn run(db: &Path, key: Option<StoreKey>, args: &[String]) -> Result<(), CliError> {
     let args = parse(args)?;
     let secret = read_secret(&args.secret_file)?;
-    let store = Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))?;
+    let store = crate::open(db, key)?;
     let mut config = NodeConfig::new(args.name.clone().unwrap_or_else(host_name), secret)
         .with_mdns(args.mdns)
         .with_subscriptions(args.subscriptions.clone());
