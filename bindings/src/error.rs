@@ -21,6 +21,10 @@ pub enum ShoalError {
     /// The database file could not be read or written (disk full, permissions, corruption, newer schema).
     #[error("{0}")]
     Storage(String),
+    /// The store's file is encrypted and the key given (`StoreConfig.key`) is not its key, or no key was given.
+    /// Nothing was changed.
+    #[error("{0}")]
+    WrongKey(String),
     /// Sync could not start or failed (e.g. the listen address is taken).
     #[error("{0}")]
     Sync(String),
@@ -37,9 +41,14 @@ impl From<shoaldb::Error> for ShoalError {
         use shoaldb::Error as E;
         let msg = e.to_string();
         match e {
-            E::Database(_) | E::Io(_) | E::Corrupt(_) | E::UnsupportedSchema { .. } | E::AttachmentCorrupt { .. } => {
-                ShoalError::Storage(msg)
-            }
+            E::Database(_)
+            | E::Io(_)
+            | E::Corrupt(_)
+            | E::UnsupportedSchema { .. }
+            | E::AttachmentCorrupt { .. }
+            | E::EncryptionUnavailable => ShoalError::Storage(msg),
+            E::WrongKey => ShoalError::WrongKey(msg),
+            E::NotEncrypted | E::InvalidKey { .. } => ShoalError::InvalidArgument(msg),
             E::NotFound { .. } | E::Evicted { .. } | E::AttachmentNotFound { .. } => ShoalError::NotFound(msg),
             E::Document(_) | E::Path(_) | E::Change(_) | E::Query(_) | E::InvalidJson(_) | E::InvalidName { .. } => {
                 ShoalError::InvalidArgument(msg)

@@ -22,7 +22,7 @@ pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, Obser
 pub use collection::Collection;
 pub use error::ShoalError;
 pub use logger::{set_logger, LogLevel, ShoalLogger};
-pub use store::{Peer, Store, StoreConfig, SyncConfig, Transport};
+pub use store::{encrypt_store_file, Peer, Store, StoreConfig, SyncConfig, Transport};
 pub use values::{AttachmentToken, ChangeEvent, Edit, FieldValue, Query, SortKey, WriteOp};
 
 uniffi::setup_scaffolding!();

@@ -17,9 +17,11 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 
 /// How a store opens.
-#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct StoreConfig {
-    /// The database file (created if missing), e.g. in the app's no-backup files directory.
+    /// The database file (created if missing), e.g. in the app's no-backup files directory. It also holds this
+    /// device's private keys (its identity): keep it out of backups (Android `Context.getNoBackupFilesDir()`, iOS
+    /// `isExcludedFromBackup`), or encrypt it (`key`) so that a backup of it is unreadable anywhere else.
     pub path: String,
     /// This device's name, shown to the other devices (e.g. "Ana's phone").
     pub device_name: String,
@@ -29,6 +31,49 @@ pub struct StoreConfig {
     /// How this device syncs (used by `startSync`).
     #[uniffi(default)]
     pub sync: SyncConfig,
+    /// The key that encrypts the database file (SQLCipher: its pages, WAL and attachments), exactly 32 random
+    /// bytes; `null`/`nil` (the default): not encrypted. Needs a library built with the cargo feature `encryption`
+    /// (`ShoalError.Storage` otherwise: a store is never left unencrypted when a key was given). An encrypted store
+    /// opens with its key only: a wrong key, or none, fails with `WrongKey` and changes nothing.
+    ///
+    /// Generate the key once (a secure random generator) and keep it only in the platform's keystore, never beside
+    /// the database nor in a backup:
+    /// - Android: encrypted by an AES key of the Android Keystore (`KeyGenParameterSpec`, purpose encrypt/decrypt,
+    ///   AES-GCM), the wrapped bytes in the app's no-backup storage (or `EncryptedSharedPreferences` excluded from
+    ///   Auto Backup). Keystore keys never leave the device, so a restored backup cannot unwrap it.
+    /// - iOS: a Keychain item (`kSecClassGenericPassword`) with `kSecAttrAccessibleAfterFirstUnlockThisDeviceOnly`
+    ///   — "ThisDeviceOnly" keeps it out of backups and off other devices; "AfterFirstUnlock" lets sync run in the
+    ///   background while the phone is locked.
+    ///
+    /// A store restored from a backup without its key cannot be opened: delete it and sync again from the other
+    /// devices.
+    #[uniffi(default)]
+    pub key: Option<Vec<u8>>,
+}
+
+/// Encrypt the unencrypted store at `path` in place with `key` (32 bytes; see `StoreConfig.key`), for an app that
+/// turns encryption on for stores it created before: open it with that key from then on. The store must be closed
+/// (`Storage` error when it is open). An app that sees `InvalidArgument` from `Store.open` with a key (the store is
+/// not encrypted) calls this, then opens it again. Needs a library built with the cargo feature `encryption`.
+#[uniffi::export]
+pub fn encrypt_store_file(path: String, key: Vec<u8>) -> Result<(), ShoalError> {
+    guard(|| {
+        let key = shoaldb::StoreKey::from_slice(&key)
+            .map_err(|_| invalid(format!("the store key is {} bytes, not 32", key.len())))?;
+        Ok(shoaldb::Store::encrypt_file(&path, &key)?)
+    })
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("device_name", &self.device_name)
+            .field("app_secret", &"..")
+            .field("sync", &self.sync)
+            .field("key", &self.key.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 /// How a device finds and connects to the others.
@@ -263,7 +308,14 @@ impl Store {
             if let Some(subs) = &config.sync.subscriptions {
                 parse_subscriptions(subs)?;
             }
-            let store = shoaldb::Store::open(&config.path)?;
+            let key = match &config.key {
+                Some(bytes) => Some(
+                    shoaldb::StoreKey::from_slice(bytes)
+                        .map_err(|_| invalid(format!("the store key is {} bytes, not 32", bytes.len())))?,
+                ),
+                None => None,
+            };
+            let store = shoaldb::Store::open_with(&config.path, shoaldb::Options { key, ..Default::default() })?;
             let device_id = shoaldb::node::device_identity(&store)?.device_key().to_hex();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -312,6 +364,20 @@ impl Store {
     /// The names of the collections that have documents.
     pub fn collections(&self) -> Result<Vec<String>, ShoalError> {
         guard(|| Ok(self.get()?.store.collections()?))
+    }
+
+    /// Re-encrypt the store under `new_key` (32 bytes; see `StoreConfig.key`): from then on only it opens the
+    /// store. Fails with `InvalidArgument` on a store opened without a key. Takes time in proportion to the file's
+    /// size. Store `new_key` in the keystore before calling this, and drop the old one after it returns.
+    pub async fn change_key(&self, new_key: Vec<u8>) -> Result<(), ShoalError> {
+        let open = self.get()?;
+        let store = open.store.clone();
+        open.run_blocking(move || {
+            let key = shoaldb::StoreKey::from_slice(&new_key)
+                .map_err(|_| invalid(format!("the store key is {} bytes, not 32", new_key.len())))?;
+            Ok(store.change_key(&key)?)
+        })
+        .await
     }
 
     /// This device's stable id (its public key, 64 hex digits), as other devices see it in `peers`.
@@ -557,6 +623,7 @@ mod tests {
             device_name: name.into(),
             app_secret: "test secret".into(),
             sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, ..SyncConfig::default() },
+            key: None,
         }
     }
 
@@ -572,6 +639,23 @@ mod tests {
         let mut c = config(dir.path(), "a");
         c.sync.subscriptions = Some(vec!["tasks:done ==".into()]);
         assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn a_store_key_is_32_bytes_and_opens_only_its_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyed = |key: &[u8]| StoreConfig { key: Some(key.to_vec()), ..config(dir.path(), "k") };
+        assert!(matches!(Store::open(keyed(&[1; 16])), Err(ShoalError::InvalidArgument(m)) if m.contains("32")));
+        assert!(!format!("{:?}", keyed(&[0xab; 32])).contains("171"), "Debug shows no key bytes");
+        if cfg!(feature = "encryption") {
+            Store::open(keyed(&[1; 32])).expect("open encrypted").shutdown();
+            assert!(matches!(Store::open(keyed(&[2; 32])), Err(ShoalError::WrongKey(_))));
+            assert!(matches!(Store::open(config(dir.path(), "k")), Err(ShoalError::WrongKey(_))));
+            Store::open(keyed(&[1; 32])).expect("reopen encrypted").shutdown();
+        } else {
+            // Never left unencrypted when a key was given.
+            assert!(matches!(Store::open(keyed(&[1; 32])), Err(ShoalError::Storage(m)) if m.contains("encryption")));
+        }
     }
 
     #[test]

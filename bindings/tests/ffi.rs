@@ -12,6 +12,7 @@ fn config(dir: &std::path::Path, name: &str) -> StoreConfig {
         device_name: name.into(),
         app_secret: "ffi test secret".into(),
         sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, peers: Vec::new(), subscriptions: None },
+        key: None,
     }
 }
 

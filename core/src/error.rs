@@ -80,6 +80,27 @@ pub enum Error {
         /// The newest schema version this build reads.
         supported: i64,
     },
+    /// The key given does not open the store's file ([`crate::Options::key`]): a wrong key, no key for an
+    /// encrypted store, or a file that is not a database at all. The database and its WAL are left untouched (a WAL
+    /// left by a crash gets its index, `-shm`, rebuilt: frame and page numbers only).
+    #[error(
+        "the store cannot be read with the key given: a wrong key, no key for an encrypted store, or not a database"
+    )]
+    WrongKey,
+    /// A key was given ([`crate::Options::key`], [`crate::Store::change_key`]) for a store that is not encrypted;
+    /// [`crate::Store::encrypt_file`] encrypts it. Nothing was written.
+    #[error("the store is not encrypted: encrypt it first (Store::encrypt_file) or open it without a key")]
+    NotEncrypted,
+    /// A key was given but this build of Shoal cannot encrypt (built without the cargo feature `encryption`).
+    /// Nothing was written: a store is never left unencrypted when a key was asked for.
+    #[error("this build of Shoal cannot encrypt stores (cargo feature `encryption`)")]
+    EncryptionUnavailable,
+    /// A store key is not [`crate::store::StoreKey::LEN`] bytes long.
+    #[error("a store key is 32 bytes, not {len}")]
+    InvalidKey {
+        /// The length given.
+        len: usize,
+    },
 }
 
 /// Shorthand for results of Shoal's API.

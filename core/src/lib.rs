@@ -62,7 +62,7 @@ pub use node::{Node, NodeConfig, NodeError};
 pub use query::{Filter, Query, QueryError, SortOrder};
 pub use store::{
     ApplyReport, AttachmentReader, ChangeEvent, DocChange, Durability, ObserverHandle, Options, Replica, Store,
-    Summary, WriteTxn,
+    StoreKey, Summary, WriteTxn,
 };
 
 /// The version of this library.

@@ -11,7 +11,7 @@ mod logger;
 mod peer;
 
 use serde_json::Value as Json;
-use shoaldb::{Query, Store, Value};
+use shoaldb::{Options, Query, Store, StoreKey, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,9 @@ device identity (certificates; without one, `peer` runs in development mode with
   shoal --db PATH enrol install AUTHORITY CERT [CERT]... install this device's certificate (then intermediates')
   shoal --db PATH enrol revocations LIST                 take in a revocation list
   (REQUEST, CERT, LIST, AUTHORITY: the text itself or a file holding it)
+
+options: --key-file F   the store is encrypted with the key in F: 32 bytes, raw or as 64 hex digits (needs a build
+                        with feature encryption; a new store is created encrypted)
 
 exit codes: 0 ok, 1 failure or not found, 2 attachment not available locally, 64 bad usage.
 logging: SHOAL_LOG=off|error|warn|info|debug|trace (stderr).";
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
 
 fn run(args: Vec<String>) -> Result<(), CliError> {
     let mut db: Option<PathBuf> = None;
+    let mut key_file: Option<PathBuf> = None;
     let mut rest = args.into_iter();
     let command = loop {
         let Some(arg) = rest.next() else { return Err(usage("no command given")) };
@@ -121,6 +125,8 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
             }
             "--db" => db = Some(rest.next().ok_or_else(|| usage("--db needs a path"))?.into()),
             a if a.starts_with("--db=") => db = a.strip_prefix("--db=").map(PathBuf::from),
+            "--key-file" => key_file = Some(rest.next().ok_or_else(|| usage("--key-file needs a path"))?.into()),
+            a if a.starts_with("--key-file=") => key_file = a.strip_prefix("--key-file=").map(PathBuf::from),
             a if a.starts_with('-') => return Err(usage(format!("unknown option {a}"))),
             _ => break arg,
         }
@@ -142,12 +148,13 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         return Err(usage(format!("unknown command {command:?}")));
     }
     let db = db.ok_or_else(|| usage(format!("{command} needs --db PATH")))?;
+    let key = key_file.as_deref().map(read_key).transpose()?;
     if command == "peer" {
         logger::init(log::LevelFilter::Info);
-        return peer::run(&db, &args);
+        return peer::run(&db, key, &args);
     }
     logger::init(log::LevelFilter::Warn);
-    let store = || open(&db);
+    let store = || open(&db, key.clone());
     match (command.as_str(), args.as_slice()) {
         ("enrol", _) => authority::enrol(&store()?, &args),
         ("put", [collection, json]) => put(&store()?, collection, json),
@@ -171,8 +178,23 @@ fn arity(command: &str, min: usize, max: usize, args: &[String]) -> CliError {
     usage(format!("{command} takes {n} arguments, got {}", args.len()))
 }
 
-fn open(db: &Path) -> Result<Store, CliError> {
-    Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))
+/// The store key in `path`: 32 raw bytes, or 64 hex digits (surrounding whitespace ignored).
+fn read_key(path: &Path) -> Result<StoreKey, CliError> {
+    let bytes = std::fs::read(path).map_err(|e| CliError::Failed(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() == StoreKey::LEN {
+        return Ok(StoreKey::from_slice(&bytes)?);
+    }
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| shoaldb::util::parse_hex::<32>(text.trim()))
+        .map(StoreKey::from_bytes)
+        .ok_or_else(|| CliError::Failed(format!("{}: a store key is 32 bytes or 64 hex digits", path.display())))
+}
+
+/// Opens the store at `db`, encrypted with `key` when given.
+pub fn open(db: &Path, key: Option<StoreKey>) -> Result<Store, CliError> {
+    Store::open_with(db, Options { key, ..Options::default() })
+        .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))
 }
 
 fn print_line(line: &str) -> Result<(), CliError> {

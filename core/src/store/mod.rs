@@ -8,6 +8,7 @@
 mod blobs;
 mod changelog;
 mod docs;
+mod encryption;
 mod equivocation;
 mod ids;
 mod inner;
@@ -22,6 +23,7 @@ mod txn;
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
 pub use docs::Quarantined;
+pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
 pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
 pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
@@ -80,11 +82,23 @@ pub struct Options {
     /// (the default): the database's path with `-epoch` appended, beside it — which catches a database file copied
     /// or restored alone, not a backup that restores both files.
     pub epoch_file: Option<PathBuf>,
+    /// The key of an encrypted store (cargo feature `encryption`; without it a key fails with
+    /// [`Error::EncryptionUnavailable`]). A new store is created encrypted with it; an existing one opens only with
+    /// the key it was created (or last re-keyed, [`Store::change_key`]) with — [`Error::WrongKey`] otherwise, and
+    /// [`Error::NotEncrypted`] for a store created without a key ([`Store::encrypt_file`] converts it). `None`
+    /// (the default): the store is not encrypted.
+    pub key: Option<StoreKey>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { durability: Durability::Full, cache_bytes: 64 << 20, sources: Sources::system(), epoch_file: None }
+        Options {
+            durability: Durability::Full,
+            cache_bytes: 64 << 20,
+            sources: Sources::system(),
+            epoch_file: None,
+            key: None,
+        }
     }
 }
 
@@ -115,6 +129,8 @@ struct Shared {
     delivery: Delivery,
     path: PathBuf,
     peer: PeerId,
+    /// Opened with a key ([`Options::key`]).
+    encrypted: bool,
     listeners: Mutex<Vec<(u64, changelog::Listener)>>,
     next_listener: std::sync::atomic::AtomicU64,
 }
@@ -167,9 +183,12 @@ impl Store {
     /// Backup, an iCloud restore) or a copied file — is recognised by its open epoch, a random number written at
     /// every open into the database and into [`Options::epoch_file`]; the store then writes under a fresh author id
     /// ([`Store::author_id`]), since the device it was copied from may have used its author's next counters already.
+    ///
+    /// With [`Options::key`], the file is encrypted; a key that does not open it fails with [`Error::WrongKey`] (or
+    /// [`Error::NotEncrypted`]) before anything is written, and so does opening an encrypted store without a key.
     pub fn open_with(path: impl AsRef<FsPath>, options: Options) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let mut conn = Connection::open(&path)?;
+        let mut conn = encryption::open_connection(&path, options.key.as_ref())?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // The store uses a few dozen distinct statements; rusqlite's default cache of 16 would re-prepare them.
         conn.set_prepared_statement_cache_capacity(64);
@@ -221,11 +240,8 @@ impl Store {
         inner.reload()?;
         inner.backfill_change_hashes()?;
         if path.as_os_str() != ":memory:" && !path.as_os_str().is_empty() {
-            let sidecar = options.epoch_file.clone().unwrap_or_else(|| {
-                let mut p = path.clone().into_os_string();
-                p.push("-epoch");
-                PathBuf::from(p)
-            });
+            // The sidecar holds only the epoch (8 random bytes), nothing of the store's data: it needs no encryption.
+            let sidecar = options.epoch_file.clone().unwrap_or_else(|| encryption::sibling(&path, "-epoch"));
             inner.check_open_epoch(&sidecar)?;
         }
         Ok(Store {
@@ -234,6 +250,7 @@ impl Store {
                 delivery: Delivery::default(),
                 path,
                 peer,
+                encrypted: options.key.is_some(),
                 listeners: Mutex::new(Vec::new()),
                 next_listener: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -267,6 +284,41 @@ impl Store {
     pub fn checkpoint(&self) -> Result<()> {
         let inner = self.lock();
         inner.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Whether the store was opened with a key ([`Options::key`]): its file is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.shared.encrypted
+    }
+
+    /// Re-encrypt the store under `new` (SQLCipher's `PRAGMA rekey`): every page is rewritten under the new key in
+    /// one transaction — a crash leaves the store under the old key or the new one, whole — then the WAL is
+    /// checkpointed into the file. From then on only `new` opens it. Other connections to the file (another
+    /// process) must be closed first: they keep the old key and fail on their next read. Takes time in proportion
+    /// to the file's size. Fails with [`Error::NotEncrypted`] on a store opened without a key (see
+    /// [`Store::encrypt_file`]).
+    pub fn change_key(&self, new: &StoreKey) -> Result<()> {
+        if !self.shared.encrypted {
+            return Err(Error::NotEncrypted);
+        }
+        let inner = self.lock();
+        encryption::change_key(&inner.conn, new)?;
+        log::info!("store {} re-keyed", self.shared.path.display());
+        Ok(())
+    }
+
+    /// Encrypt the unencrypted store at `path` with `key`, in place, so that it opens with [`Options::key`] from
+    /// then on (an app that turns encryption on for stores created before). The store must be closed everywhere
+    /// (every [`Store`] on it in this process and others dropped): it fails with an I/O error of kind
+    /// `ResourceBusy` when it sees it open. The encrypted copy is written beside it (`<path>-encrypting`, SQLCipher's
+    /// `sqlcipher_export`) and renamed over it once complete, so a crash leaves either file whole. Fails with
+    /// [`Error::WrongKey`] when `path` is not an unencrypted store (e.g. already encrypted), and with
+    /// [`Error::EncryptionUnavailable`] without the cargo feature `encryption`.
+    pub fn encrypt_file(path: impl AsRef<FsPath>, key: &StoreKey) -> Result<()> {
+        let path = path.as_ref();
+        encryption::encrypt_file(path, key)?;
+        log::info!("store {} encrypted", path.display());
         Ok(())
     }
 

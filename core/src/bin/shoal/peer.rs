@@ -5,7 +5,7 @@ use crate::{usage, CliError};
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::{Access, AppSecret};
 use shoaldb::sync::Subscription;
-use shoaldb::Store;
+use shoaldb::StoreKey;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -148,9 +148,9 @@ fn host_name() -> String {
 }
 
 /// Run the peer until a signal.
-pub fn run(db: &Path, args: &[String]) -> Result<(), CliError> {
+pub fn run(db: &Path, key: Option<StoreKey>, args: &[String]) -> Result<(), CliError> {
     let args = parse(args)?;
-    let store = Store::open(db).map_err(|e| CliError::Failed(format!("cannot open {}: {e}", db.display())))?;
+    let store = crate::open(db, key)?;
     let access: Access = match &args.secret_file {
         Some(file) => {
             log::warn!("development mode: every device holding the shared secret is trusted with everything");
