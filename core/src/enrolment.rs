@@ -40,9 +40,6 @@ const CHAIN_SETTING: &str = "certificate_chain";
 /// The device-local setting that holds the pinned authorities (32 bytes each).
 const AUTHORITIES_SETTING: &str = "authorities";
 
-/// The device-local setting that holds the revocation lists taken in (postcard: a list of encoded lists).
-const REVOCATIONS_SETTING: &str = "revocation_lists";
-
 /// The first word of an enrolment request's text form.
 const REQUEST_PREFIX: &str = "shoal-enrol-1";
 
@@ -221,7 +218,7 @@ pub fn load(store: &Store) -> Result<Option<Enrolment>, NodeError> {
         .map_err(|_| SecurityError::InvalidKey("stored authorities are corrupt".into()))?;
     let mut enrolment = Enrolment::new(&device_identity(store)?, device_signing_key(store)?, chain, authorities)
         .map_err(SecurityError::from)?;
-    for list in stored_revocations(store)? {
+    for list in store.revocation_lists()? {
         // Lists were checked when taken in; one the pinned authorities no longer cover is dropped.
         if let Ok(list) = RevocationList::decode(&list) {
             let _ = enrolment.accept_revocations(list);
@@ -244,12 +241,6 @@ pub fn install_revocations(store: &Store, list: &RevocationList) -> Result<bool,
         return Ok(false);
     }
     let lists: Vec<Vec<u8>> = enrolment.revocations().lists().map(RevocationList::encode).collect();
-    let bytes = postcard::to_stdvec(&lists).map_err(|e| SecurityError::InvalidKey(e.to_string()))?;
-    store.set_local_value(REVOCATIONS_SETTING, &bytes)?;
+    store.set_revocation_lists(&lists)?;
     Ok(true)
-}
-
-fn stored_revocations(store: &Store) -> Result<Vec<Vec<u8>>, NodeError> {
-    let Some(bytes) = store.local_value(REVOCATIONS_SETTING)? else { return Ok(Vec::new()) };
-    Ok(postcard::from_bytes(&bytes).unwrap_or_default())
 }

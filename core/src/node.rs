@@ -287,6 +287,23 @@ impl Node {
         self.inner.hub.wake_writers();
     }
 
+    /// Takes in a revocation list from the app authority (see [`Engine::add_revocations`]): kept in the store,
+    /// effective at once (links to the devices it revokes close) and passed on to every linked device, which pass
+    /// it on in turn. Returns whether it was new to this device.
+    ///
+    /// # Errors
+    /// [`NodeError::Sync`] if the node runs in development mode or the list's issuer is not a pinned authority.
+    pub async fn add_revocations(&self, list: crate::security::RevocationList) -> Result<bool, NodeError> {
+        let news = self
+            .inner
+            .hub
+            .with_engine(move |e| e.add_revocations(list))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))??;
+        self.inner.hub.wake_writers();
+        Ok(news)
+    }
+
     /// Dial `addr` (and again whenever the link is lost, with backoff) until shutdown.
     pub fn connect(&self, addr: SocketAddr) {
         self.inner.lan.connect(addr);

@@ -3,6 +3,9 @@
 //! engines — a device without a valid certificate (none, another authority's, someone else's, expired, not yet
 //! valid, revoked) is refused with a typed reason, and an honest pair links up.
 
+#[path = "common/wires.rs"]
+mod wires;
+
 use serde_json::json;
 use shoaldb::crdt::path::Path;
 use shoaldb::enrolment::{self, EnrolmentRequest, Validity};
@@ -527,4 +530,109 @@ fn credentials_are_bounded_and_never_sent_in_the_first_message() {
     };
     assert_eq!(first(Vec::new()), first(access.credentials()));
     let _ = DeviceKey([0; 32]);
+}
+
+// ---- revocation lists spreading through the mesh ----
+
+/// A store enrolled through the public API, and an engine on it (clock at `NOW`).
+fn enrolled_engine(dir: &tempfile::TempDir, authority: &SigningKey, serial: u64) -> (Store, Engine) {
+    let store = Store::open(dir.path().join(format!("{serial}.db"))).unwrap();
+    let request = enrolment::request(&store, &format!("device {serial}")).unwrap();
+    let c = enrolment::issue(authority, &request, serial, everything(), year()).unwrap();
+    let e = enrolment::install(&store, &[c], &[authority.verifying_key()]).unwrap();
+    let identity = shoaldb::node::device_identity(&store).unwrap();
+    let engine =
+        Engine::new(store.replica(), identity, e, &format!("device {serial}"), vec![Subscription::everything()], 0)
+            .with_sources(Sources::system().with_clock(|| NOW));
+    (store, engine)
+}
+
+fn held_lists(store: &Store) -> usize {
+    enrolment::load(store).unwrap().unwrap().revocations().lists().count()
+}
+
+fn reason(e: &mut Engine, link: shoaldb::sync::LinkId) -> Option<String> {
+    std::iter::from_fn(|| e.poll_event()).find_map(|ev| match ev {
+        EngineEvent::LinkDown { link: l, reason, .. } if l == link => Some(reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_revocation_issued_at_one_end_of_a_line_cuts_the_device_off_at_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    // a – b – c – r, and later d (which never saw the list) meets a, and r tries b and d.
+    let (stores, mut engines): (Vec<Store>, Vec<Engine>) =
+        (1..=5).map(|serial| enrolled_engine(&dir, &authority, serial)).unzip();
+    let (a, b, c, r, d) = (0, 1, 2, 3, 4);
+    let wire = |engines: &mut Vec<Engine>, x: usize, y: usize| {
+        let lx = engines[x].add_link(TransportKind::Lan, true).unwrap();
+        let ly = engines[y].add_link(TransportKind::Lan, false).unwrap();
+        (x, lx, y, ly)
+    };
+    let mut wires = vec![wire(&mut engines, a, b), wire(&mut engines, b, c), wire(&mut engines, c, r)];
+    wires::settle(&mut engines, &wires, None);
+    let (_, lc_r, _, lr_c) = wires[2];
+    assert!(!engines[c].is_closed(lc_r) && engines[c].link_certificate(lc_r).is_some(), "r is linked to c");
+    stores[r].upsert("notes", json!({"_id": "before", "from": "r"})).unwrap();
+    wires::settle(&mut engines, &wires, None);
+    assert!(stores[a].get("notes", "before").unwrap().is_some(), "r's earlier write crossed the line");
+    for e in engines.iter_mut() {
+        while e.poll_event().is_some() {}
+    }
+
+    // The authority's list reaches a (only a): it spreads to b and c, and c cuts r off at once.
+    let list =
+        revocations(&authority, 1, vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: 4 }]);
+    assert!(engines[a].add_revocations(list.clone()).unwrap());
+    assert!(!engines[a].add_revocations(list).unwrap(), "the same list again is not news");
+    wires::settle(&mut engines, &wires, None);
+    assert!(engines[c].is_closed(lc_r), "c closed its link to the revoked r");
+    let why = reason(&mut engines[c], lc_r).unwrap();
+    assert!(why.contains("revoked: certificate 4"), "{why}");
+    for s in [&stores[a], &stores[b], &stores[c]] {
+        assert_eq!(held_lists(s), 1, "every device on the line keeps the list");
+    }
+    // r's later writes reach nobody; its link is gone.
+    stores[r].upsert("notes", json!({"_id": "after", "from": "r"})).unwrap();
+    let _ = lr_c;
+    wires::settle(&mut engines, &wires, None);
+    assert!(stores[c].get("notes", "after").unwrap().is_none());
+
+    // d never saw the list: meeting a, it gets the list first thing, keeps it, and then refuses r itself.
+    assert_eq!(held_lists(&stores[d]), 0);
+    wires.push(wire(&mut engines, d, a));
+    wires::settle(&mut engines, &wires, None);
+    assert_eq!(held_lists(&stores[d]), 1);
+    for x in [b, d] {
+        let w = wire(&mut engines, r, x);
+        wires.push(w);
+        wires::settle(&mut engines, &wires, None);
+        assert!(engines[x].is_closed(w.3), "device {x} refused the revoked r");
+        assert!(reason(&mut engines[x], w.3).unwrap().contains("revoked"));
+    }
+    for s in &stores[..3] {
+        assert!(s.get("notes", "after").unwrap().is_none(), "nothing r wrote after its revocation arrived anywhere");
+    }
+    // The list outlives a restart: a reloaded enrolment still refuses r.
+    let reloaded = enrolment::load(&stores[b]).unwrap().unwrap();
+    let r_chain = enrolment::load(&stores[r]).unwrap().unwrap().chain().clone();
+    assert!(matches!(
+        r_chain.verify(reloaded.authorities(), reloaded.revocations(), NOW),
+        Err(CertificateError::Revoked(_))
+    ));
+}
+
+#[test]
+fn revocation_lists_are_checked_before_they_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    let stranger = SigningKey::generate().unwrap();
+    let (_sa, mut a) = enrolled_engine(&dir, &authority, 1);
+    // A list from a key the app does not pin is refused, and nothing is kept.
+    assert!(a.add_revocations(revocations(&stranger, 1, Vec::new())).is_err());
+    // A device in development mode has no authority to check a list against.
+    let mut dev = node(Identity::generate().unwrap(), AppSecret::from_bytes(b"s").unwrap(), NOW);
+    assert!(dev.engine.add_revocations(revocations(&authority, 1, Vec::new())).is_err());
 }

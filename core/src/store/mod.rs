@@ -102,6 +102,9 @@ impl Default for Options {
     }
 }
 
+/// The device-local setting that holds the revocation lists taken in.
+const REVOCATIONS_SETTING: &str = "revocation_lists";
+
 pub(crate) fn check_name(what: &'static str, s: &str) -> Result<()> {
     let reason = if s.is_empty() {
         "empty"
@@ -354,6 +357,19 @@ impl Store {
             .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")?
             .execute(params![key, value])?;
         meta_get(&inner.conn, &key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} vanished")))
+    }
+
+    /// The revocation lists this device keeps (each encoded; see [`crate::enrolment::install_revocations`]).
+    pub(crate) fn revocation_lists(&self) -> Result<Vec<Vec<u8>>> {
+        let Some(bytes) = self.local_value(REVOCATIONS_SETTING)? else { return Ok(Vec::new()) };
+        // Written by this store only; unreadable bytes count as none kept (the lists come again from peers).
+        Ok(postcard::from_bytes(&bytes).unwrap_or_default())
+    }
+
+    /// Replaces the revocation lists this device keeps.
+    pub(crate) fn set_revocation_lists(&self, lists: &[Vec<u8>]) -> Result<()> {
+        let bytes = postcard::to_stdvec(lists).map_err(|e| Error::Corrupt(format!("revocation lists: {e}")))?;
+        self.set_local_value(REVOCATIONS_SETTING, &bytes)
     }
 
     /// Forget a device-local setting (see [`Store::local_value`]).

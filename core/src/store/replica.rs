@@ -105,6 +105,14 @@ pub trait Replica: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Keep the revocation lists this device holds (each encoded, one per issuer; they replace those kept before),
+    /// so that they hold across restarts ([`crate::enrolment::load`] reads them back). (The default, for replicas
+    /// that keep no device settings: nothing kept.)
+    fn keep_revocation_lists(&self, lists: &[Vec<u8>]) -> Result<()> {
+        let _ = lists;
+        Ok(())
+    }
+
     /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
     /// where the received bytes end. Returns the bytes received so far.
     fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64>;
@@ -270,6 +278,10 @@ impl Replica for StoreReplica {
     fn read_attachment_received(&self, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
         let inner = self.store.lock();
         blobs::read_partial(&inner.conn, hash, offset)
+    }
+
+    fn keep_revocation_lists(&self, lists: &[Vec<u8>]) -> Result<()> {
+        self.store.set_revocation_lists(lists)
     }
 
     fn attachments_received(&self, max: usize) -> Result<Vec<[u8; 32]>> {

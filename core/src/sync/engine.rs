@@ -40,7 +40,7 @@ use super::wire::{
     bounded_interest, bounded_interest_of, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES,
 };
 use super::SyncError;
-use crate::security::{Access, DeviceKey, Identity};
+use crate::security::{Access, CertificateError, DeviceKey, Identity, RevocationList, SecurityError};
 use crate::store::Replica;
 use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -180,7 +180,12 @@ pub struct Engine {
     now: u64,
     /// Where the handshakes' ephemeral keys come from ([`Engine::with_sources`]).
     sources: Sources,
+    /// When the links' certificates were last checked again (engine time, ms).
+    rechecked: u64,
 }
+
+/// How often the certificates of open links are checked again (they may expire while a link is up).
+pub const RECHECK_MS: u64 = 60_000;
 
 impl Engine {
     /// `seq_base` starts the presence sequence numbers (use the wall clock in ms, so a restarted device's records
@@ -211,6 +216,7 @@ impl Engine {
             attachments: Attachments::default(),
             now: 0,
             sources: Sources::system(),
+            rechecked: 0,
         }
     }
 
@@ -359,6 +365,76 @@ impl Engine {
         self.links.get(&link).and_then(|s| s.device.or_else(|| s.codec.peer()))
     }
 
+    /// The revocation lists this device holds, encoded (none in development mode).
+    fn revocation_lists(&self) -> Vec<Vec<u8>> {
+        match &self.access {
+            Access::Certificates(e) => e.revocations().lists().map(RevocationList::encode).collect(),
+            Access::SharedSecret(_) => Vec::new(),
+        }
+    }
+
+    /// Takes in a revocation list from the app authority (handed to this device, or received from a peer): when it
+    /// is newer than the one held from its issuer it is kept (in the replica, across restarts), takes effect at
+    /// once — links to every device it revokes close — and goes to every linked device. Returns whether it was new.
+    ///
+    /// # Errors
+    /// [`SyncError::Security`] if this device is in development mode (no authority to check the list against) or
+    /// the list's issuer is not a pinned authority; [`SyncError::Store`] if it cannot be kept.
+    pub fn add_revocations(&mut self, list: RevocationList) -> Result<bool, SyncError> {
+        self.take_revocations(list, None)
+    }
+
+    fn on_revocations(&mut self, link: LinkId, bytes: &[u8]) -> Result<(), SyncError> {
+        if matches!(self.access, Access::SharedSecret(_)) {
+            log::debug!("link {link}: a revocation list, ignored in development mode");
+            return Ok(());
+        }
+        let list = RevocationList::decode(bytes).map_err(SecurityError::from)?;
+        self.take_revocations(list, Some(link))?;
+        Ok(())
+    }
+
+    fn take_revocations(&mut self, list: RevocationList, from: Option<LinkId>) -> Result<bool, SyncError> {
+        let Access::Certificates(enrolment) = &mut self.access else {
+            return Err(SecurityError::from(CertificateError::Malformed(
+                "a device in development mode holds no revocation lists".into(),
+            ))
+            .into());
+        };
+        let number = list.body().number;
+        if !enrolment.accept_revocations(list.clone()).map_err(SecurityError::from)? {
+            return Ok(false);
+        }
+        log::info!("revocation list {number} of {} taken in", list.body().issuer);
+        self.replica.keep_revocation_lists(&self.revocation_lists())?;
+        let encoded = list.encode();
+        for (id, slot) in self.links.iter_mut() {
+            if Some(*id) != from {
+                if let Some(s) = slot.session.as_mut() {
+                    s.queue(Message::Revocations { list: encoded.clone() });
+                }
+            }
+        }
+        self.recheck_links();
+        Ok(true)
+    }
+
+    /// Checks every link's certificate again (revocations arrived, or time passed), closing those that no longer
+    /// pass.
+    fn recheck_links(&mut self) {
+        let now = self.sources.now_ms();
+        let failed: Vec<(LinkId, String)> = self
+            .links
+            .iter()
+            .filter(|(_, s)| !s.closed)
+            .filter_map(|(id, s)| s.codec.recheck(&self.access, now).err().map(|e| (*id, e)))
+            .map(|(id, e)| (id, SyncError::from(SecurityError::from(e)).to_string()))
+            .collect();
+        for (id, reason) in failed {
+            self.close(id, reason);
+        }
+    }
+
     /// What the certificate chain the device on `link` presented in its handshake establishes — its name, keys
     /// and permissions — once checked; `None` in development mode (shared secret) and before the check.
     pub fn link_certificate(&self, link: LinkId) -> Option<&crate::security::VerifiedDevice> {
@@ -467,6 +543,11 @@ impl Engine {
         }
         let interest = self.interest_for(link);
         let session = Session::start(&*self.replica, &self.name, interest)?;
+        let mut session = session;
+        // Revocation lists first, so that a stale peer catches up before anything else.
+        for list in self.revocation_lists() {
+            session.queue_first(Message::Revocations { list });
+        }
         if let Some(slot) = self.links.get_mut(&link) {
             slot.session = Some(session);
         }
@@ -534,6 +615,7 @@ impl Engine {
             Some(Message::Presence { origin, seq, name, links }) => {
                 self.on_presence(link, DeviceKey(origin), seq, name, links)
             }
+            Some(Message::Revocations { list }) => self.on_revocations(link, &list)?,
             Some(
                 m @ (Message::FetchAttachment { .. }
                 | Message::AttachmentChunk { .. }
@@ -639,6 +721,10 @@ impl Engine {
         }
         for (id, reason) in dead {
             self.close(id, reason);
+        }
+        if now.saturating_sub(self.rechecked) >= RECHECK_MS {
+            self.rechecked = now;
+            self.recheck_links();
         }
         let before = self.records.len();
         self.records.retain(|_, r| now.saturating_sub(r.received) < PRESENCE_TTL_MS);

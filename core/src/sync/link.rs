@@ -34,6 +34,8 @@ pub(crate) struct LinkCodec {
     checked: bool,
     /// What the peer's certificate chain established (`None` in development mode).
     verified: Option<VerifiedDevice>,
+    /// What the peer presented, and the key it proved: checked again when revocations arrive and as time passes.
+    presented: Option<(Vec<u8>, DeviceKey)>,
     reassembly: Vec<u8>,
     out: VecDeque<Vec<u8>>,
 }
@@ -53,6 +55,7 @@ impl LinkCodec {
             sources: sources.clone(),
             checked: false,
             verified: None,
+            presented: None,
             reassembly: Vec::new(),
             out: VecDeque::new(),
         };
@@ -63,6 +66,16 @@ impl LinkCodec {
     /// What the peer's certificate chain established, once checked (`None` in development mode).
     pub fn verified(&self) -> Option<&VerifiedDevice> {
         self.verified.as_ref()
+    }
+
+    /// Checks the peer's credentials again, with `access` as it is now (new revocation lists) at `now_ms`.
+    pub fn recheck(&self, access: &Access, now_ms: u64) -> Result<(), crate::security::CertificateError> {
+        match &self.presented {
+            Some((credentials, key)) if self.verified.is_some() => {
+                access.check_peer(credentials, *key, now_ms).map(|_| ())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn flush_handshake(&mut self) -> Result<(), SyncError> {
@@ -80,6 +93,7 @@ impl LinkCodec {
                     log::debug!("peer {key} presented a valid certificate: {} #{}", device.name, device.serial);
                 }
                 self.verified = verified;
+                self.presented = Some((credentials.to_vec(), key));
             }
         }
         while let Some(msg) = hs.take_outgoing()? {

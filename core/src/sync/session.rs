@@ -608,6 +608,11 @@ impl Session {
         }
     }
 
+    /// Queue a message to go before everything queued (revocation lists, first thing on a link).
+    pub fn queue_first(&mut self, msg: Message) {
+        self.outbox.push_front(Out::Message(msg));
+    }
+
     /// Queue a message that is not the session's own (attachments).
     pub fn queue(&mut self, msg: Message) {
         self.outbox.push_back(Out::Message(msg));

@@ -324,6 +324,15 @@ pub enum Message {
         /// One per author.
         authors: Vec<AuthorDigest>,
     },
+    /// Issue 14: a revocation list of the app authority (a
+    /// [`RevocationList`](crate::security::RevocationList) encoding, at most
+    /// [`MAX_REVOCATION_LIST_BYTES`](crate::security::revocation::MAX_REVOCATION_LIST_BYTES)). Every list a device
+    /// holds goes first thing on every new link; a list new to the receiver takes effect at once (links to what it
+    /// revokes close) and is passed on to every other link.
+    Revocations {
+        /// The encoded list.
+        list: Vec<u8>,
+    },
 }
 
 /// The most [`AuthorDigest`]s in one [`Message::Digests`] (40 bytes each: 160 KiB): what a receiver compares per
@@ -411,6 +420,9 @@ impl Message {
             Message::Summary { summary } if !summary.is_well_formed() => invalid("malformed summary".into()),
             Message::Digests { authors } if authors.len() > MAX_DIGESTS_PER_MESSAGE => {
                 invalid(format!("{} author digests", authors.len()))
+            }
+            Message::Revocations { list } if list.len() > crate::security::revocation::MAX_REVOCATION_LIST_BYTES => {
+                invalid(format!("a revocation list of {} bytes", list.len()))
             }
             Message::Presence { links, .. } if links.len() > MAX_PRESENCE_LINKS => {
                 invalid(format!("{} links", links.len()))
