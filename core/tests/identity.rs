@@ -536,9 +536,18 @@ fn credentials_are_bounded_and_never_sent_in_the_first_message() {
 
 /// A store enrolled through the public API, and an engine on it (clock at `NOW`).
 fn enrolled_engine(dir: &tempfile::TempDir, authority: &SigningKey, serial: u64) -> (Store, Engine) {
+    enrolled_engine_with(dir, authority, serial, everything())
+}
+
+fn enrolled_engine_with(
+    dir: &tempfile::TempDir,
+    authority: &SigningKey,
+    serial: u64,
+    grants: Vec<Grant>,
+) -> (Store, Engine) {
     let store = Store::open(dir.path().join(format!("{serial}.db"))).unwrap();
     let request = enrolment::request(&store, &format!("device {serial}")).unwrap();
-    let c = enrolment::issue(authority, &request, serial, everything(), year()).unwrap();
+    let c = enrolment::issue(authority, &request, serial, grants, year()).unwrap();
     let e = enrolment::install(&store, &[c], &[authority.verifying_key()]).unwrap();
     let identity = shoaldb::node::device_identity(&store).unwrap();
     let engine =
@@ -635,4 +644,61 @@ fn revocation_lists_are_checked_before_they_spread() {
     // A device in development mode has no authority to check a list against.
     let mut dev = node(Identity::generate().unwrap(), AppSecret::from_bytes(b"s").unwrap(), NOW);
     assert!(dev.engine.add_revocations(revocations(&authority, 1, Vec::new())).is_err());
+}
+
+// ---- read grants ----
+
+#[test]
+fn read_grants_decide_what_each_device_receives_also_through_a_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    let g = |t: &str| Grant::parse(t).unwrap();
+    let (a, b, r, c) = (0, 1, 2, 3);
+    let grants = [
+        everything(),
+        vec![g("read tasks where team == \"north\""), g("read tasks where owner == $device"), g("write *")],
+        vec![g("read notes"), g("write *")],
+        everything(),
+    ];
+    let (stores, mut engines): (Vec<Store>, Vec<Engine>) = grants
+        .into_iter()
+        .enumerate()
+        .map(|(i, grants)| enrolled_engine_with(&dir, &authority, i as u64 + 1, grants))
+        .unzip();
+    let b_id = enrolment::load(&stores[b]).unwrap().unwrap().signing_key().verifying_key().device_id().to_string();
+    let mut wires = Vec::new();
+    for (x, y) in [(a, b), (a, r), (r, c)] {
+        let lx = engines[x].add_link(TransportKind::Lan, true).unwrap();
+        let ly = engines[y].add_link(TransportKind::Lan, false).unwrap();
+        wires.push((x, lx, y, ly));
+    }
+    stores[a].upsert("tasks", json!({"_id": "north", "team": "north"})).unwrap();
+    stores[a].upsert("tasks", json!({"_id": "south", "team": "south"})).unwrap();
+    stores[a].upsert("tasks", json!({"_id": "mine", "team": "east", "owner": b_id})).unwrap();
+    stores[a].upsert("notes", json!({"_id": "n", "text": "for everyone who reads notes"})).unwrap();
+    wires::settle(&mut engines, &wires, None);
+    let ids = |s: &Store, coll: &str| -> Vec<String> {
+        s.list(coll).unwrap().iter().map(|d| d["_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&stores[b], "tasks"), ["mine", "north"], "b: its team's tasks and its own, nothing else");
+    assert!(ids(&stores[b], "notes").is_empty(), "b may not read notes");
+    assert!(ids(&stores[r], "tasks").is_empty(), "the relay may not read tasks, so it never receives them");
+    assert_eq!(ids(&stores[r], "notes"), ["n"]);
+    assert!(ids(&stores[c], "tasks").is_empty(), "c reads everything, but its only path runs through the relay");
+    assert_eq!(ids(&stores[c], "notes"), ["n"], "the relay forwards what it may read");
+
+    // An edit elsewhere moves a document into b's rules: it arrives.
+    stores[a].update("tasks", "south", |ed| Ok(ed.set("team", "north")?)).unwrap();
+    wires::settle(&mut engines, &wires, None);
+    assert_eq!(ids(&stores[b], "tasks"), ["mine", "north", "south"]);
+    // One moving out of them is not sent any more: b keeps its last readable version and learns nothing new.
+    stores[a]
+        .update("tasks", "north", |ed| {
+            ed.set("team", "west")?;
+            Ok(ed.set("secret", 1i64)?)
+        })
+        .unwrap();
+    wires::settle(&mut engines, &wires, None);
+    assert_eq!(stores[b].get("tasks", "north").unwrap().unwrap()["team"], "north");
+    assert_eq!(stores[a].get("tasks", "north").unwrap().unwrap()["secret"], 1);
 }

@@ -614,6 +614,66 @@ impl Permissions {
     }
 }
 
+impl Permissions {
+    /// The read rules of device `device`, with every filter parsed once (what a sync session checks each document
+    /// against before sending it).
+    pub fn read_rules(&self, device: PeerId) -> ReadRules {
+        let levels = self
+            .0
+            .iter()
+            .map(|level| {
+                level
+                    .iter()
+                    .filter(|g| g.right == Right::Read)
+                    // A filter that does not parse (impossible after decoding) covers nothing: the grant is dropped.
+                    .filter_map(|g| match &g.filter {
+                        None => Some((g.collection.clone(), None)),
+                        Some(f) => Filter::parse(f).ok().map(|f| (g.collection.clone(), Some(f))),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut params = Params::new();
+        params.insert(DEVICE_PARAMETER.into(), serde_json::Value::String(device.to_string()));
+        ReadRules { levels, params }
+    }
+}
+
+/// What one device may read, ready to check documents against (see [`Permissions::read_rules`]): at every level of
+/// its chain, some read grant must cover the collection and match the document.
+#[derive(Debug)]
+pub struct ReadRules {
+    levels: Vec<Vec<(String, Option<Filter>)>>,
+    params: Params,
+}
+
+impl ReadRules {
+    fn grants<'a>(
+        &'a self,
+        level: &'a [(String, Option<Filter>)],
+        collection: &'a str,
+    ) -> impl Iterator<Item = &'a Option<Filter>> {
+        level.iter().filter(move |(c, _)| c == "*" || c == collection).map(|(_, f)| f)
+    }
+
+    /// Whether the document of `collection` whose view is `view` (`None`: removed) may be sent to the device. A
+    /// removed document matches no filter: only an unfiltered grant lets its removal through.
+    pub fn may_read(&self, collection: &str, view: Option<&serde_json::Value>) -> bool {
+        self.levels.iter().all(|level| {
+            self.grants(level, collection).any(|f| match (f, view) {
+                (None, _) => true,
+                (Some(f), Some(v)) => f.matches(v, &self.params).unwrap_or(false),
+                (Some(_), None) => false,
+            })
+        })
+    }
+
+    /// Whether every document of `collection` may be read (an unfiltered grant at every level).
+    pub fn reads_all_of(&self, collection: &str) -> bool {
+        self.levels.iter().all(|level| self.grants(level, collection).any(Option::is_none))
+    }
+}
+
 /// A short fingerprint of a certificate, for logs and the CLI: the issuer's and the serial.
 impl fmt::Display for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -544,6 +544,9 @@ impl Engine {
         let interest = self.interest_for(link);
         let session = Session::start(&*self.replica, &self.name, interest)?;
         let mut session = session;
+        if let Some(device) = self.links.get(&link).and_then(|s| s.codec.verified()) {
+            session.set_read_rules(device.permissions.read_rules(device.device_id()));
+        }
         // Revocation lists first, so that a stale peer catches up before anything else.
         for list in self.revocation_lists() {
             session.queue_first(Message::Revocations { list });

@@ -124,6 +124,11 @@ impl Interest {
         self.everything || matches!(self.collections.get(collection), Some(None))
     }
 
+    /// Whether `collection` is wanted through filters only (no unfiltered subscription covers it).
+    pub fn is_filtered(&self, collection: &str) -> bool {
+        !self.wants_all_of(collection)
+    }
+
     /// Whether any subscription may concern `collection`.
     pub fn covers_collection(&self, collection: &str) -> bool {
         self.everything || self.collections.contains_key(collection)
@@ -217,6 +222,9 @@ pub(crate) struct Session {
     /// Authors to send again at the next pump (not at once: changes of theirs the peer sends meanwhile would mark
     /// them as held by the peer again).
     resend: Vec<crate::PeerId>,
+    /// What the peer may read (its certificate's read grants); `None` in development mode (everything). Only
+    /// documents these allow are sent, whatever the peer's interest.
+    reads: Option<crate::security::certificate::ReadRules>,
 }
 
 /// Counters of one session.
@@ -263,6 +271,7 @@ impl Session {
             digest_authors: BTreeSet::new(),
             resent_authors: BTreeSet::new(),
             resend: Vec::new(),
+            reads: None,
         };
         s.outbox.push_back(Out::Message(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 }));
         s.set_interest(interest);
@@ -515,7 +524,11 @@ impl Session {
         // the document it lacks is among those the log just listed (or comes in a later batch): no need to read
         // the document's whole log.
         if let Some(seen) = &seen {
-            if self.skipped.is_empty() && seen.first().is_some_and(|e| self.peer_interest.wants_all_of(&e.collection)) {
+            if self.skipped.is_empty()
+                && seen
+                    .first()
+                    .is_some_and(|e| self.peer_interest.wants_all_of(&e.collection) && self.reads_all_of(&e.collection))
+            {
                 let missing: Vec<LogEntry> =
                     seen.iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).cloned().collect();
                 return Ok((self.send_entries(missing), 0));
@@ -526,9 +539,27 @@ impl Session {
         let Some(first) = log.first() else { return Ok((false, read)) };
         // Checking the document against long filters costs more than reading it: charged too.
         read += self.peer_interest.filter_work(&first.collection) * FILTER_WORK_WEIGHT;
-        let interesting = self.peer_interest.covers_collection(&first.collection)
-            && (log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end))
-                || self.peer_interest.matches(&first.collection, store.view_of_doc(doc)?.as_ref()));
+        let mut interesting = self.peer_interest.covers_collection(&first.collection);
+        if interesting {
+            // The view is read at most once, for the read rules and the filters alike.
+            let readable = self.reads_all_of(&first.collection);
+            let view = if readable && !self.peer_interest.is_filtered(&first.collection) {
+                None
+            } else {
+                Some(store.view_of_doc(doc)?)
+            };
+            let view = view.as_ref().map(Option::as_ref);
+            // The read rules are a hard limit: a document the peer may not read now is not sent, even when the
+            // peer holds an earlier version of it (it keeps that stale copy rather than learn what changed).
+            let may_read =
+                readable || self.reads.as_ref().is_none_or(|r| r.may_read(&first.collection, view.flatten()));
+            interesting = may_read
+                && (log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end))
+                    || match view {
+                        Some(v) => self.peer_interest.matches(&first.collection, v),
+                        None => self.peer_interest.wants_all_of(&first.collection),
+                    });
+        }
         if !interesting {
             for e in seen.unwrap_or_default() {
                 self.skipped.insert(e.peer, e.start, e.end);
@@ -606,6 +637,16 @@ impl Session {
         if self.presence_due.insert(origin, msg).is_none() {
             self.outbox.push_back(Out::Presence(origin));
         }
+    }
+
+    /// Send the peer only the documents `rules` let it read (from its certificate, checked in the handshake).
+    pub fn set_read_rules(&mut self, rules: crate::security::certificate::ReadRules) {
+        self.reads = Some(rules);
+    }
+
+    /// Whether the peer may read every document of `collection`.
+    fn reads_all_of(&self, collection: &str) -> bool {
+        self.reads.as_ref().is_none_or(|r| r.reads_all_of(collection))
     }
 
     /// Queue a message to go before everything queued (revocation lists, first thing on a link).

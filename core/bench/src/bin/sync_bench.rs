@@ -19,17 +19,57 @@
 //!   settled, one edit at one end; virtual time until the other end has it, beside the ideal — the sum over the 15
 //!   hops of the link latency and the time to transmit the change's encoded bytes. Row
 //!   `{"bench":"line16","link","ms","ideal_ms","ratio"}`; goal ≤ 1.5 × ideal.
+//!
+//! Every row says how the devices authenticate: `"identity": "shared-secret"` (the development mode) or
+//! `"certificates"` (each store enrolled by an app authority; certificates exchanged and checked in every
+//! handshake, read grants checked per document sent). `reconcile` and `bulk` run in both modes in the same run, and
+//! the certificate rows carry `ratio_to_shared_secret` (goal for bulk: ≥ 0.8). `line16` runs on the simulator's
+//! devices, which use the shared secret.
 
 use serde_json::json;
-use shoaldb::security::{AppSecret, Identity};
+use shoaldb::enrolment::{self, Validity};
+use shoaldb::security::{Access, AppSecret, Grant, SigningKey};
 use shoaldb::store::Replica;
 use shoaldb::sync::{Engine, LinkId, Subscription, TransportKind};
 use shoaldb::Store;
 use shoaldb_bench::{emit, fill, open_fast as open, BoxErr};
 
-fn engine(store: Store, name: &str) -> Result<Engine, BoxErr> {
-    let secret = AppSecret::from_bytes(b"bench secret")?;
-    Ok(Engine::new(store.replica(), Identity::generate()?, secret, name, vec![Subscription::everything()], 0))
+/// How the devices of a run authenticate.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    SharedSecret,
+    Certificates,
+}
+
+impl Mode {
+    const BOTH: [Mode; 2] = [Mode::SharedSecret, Mode::Certificates];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::SharedSecret => "shared-secret",
+            Mode::Certificates => "certificates",
+        }
+    }
+
+    /// The access of `store` in this mode: the bench secret, or a certificate from `authority` (everything
+    /// granted, so both modes move the same data) installed through the enrolment API.
+    fn access(self, store: &Store, authority: &SigningKey, serial: u64) -> Result<Access, BoxErr> {
+        Ok(match self {
+            Mode::SharedSecret => AppSecret::from_bytes(b"bench secret")?.into(),
+            Mode::Certificates => {
+                let request = enrolment::request(store, &format!("bench {serial}"))?;
+                let grants = vec![Grant::read("*"), Grant::write("*")];
+                let now = shoaldb::util::sources::Sources::system().now_ms();
+                let cert = enrolment::issue(authority, &request, serial, grants, Validity::days_from(now - 60_000, 1))?;
+                enrolment::install(store, &[cert], &[authority.verifying_key()])?.into()
+            }
+        })
+    }
+}
+
+fn engine(store: Store, name: &str, access: Access) -> Result<Engine, BoxErr> {
+    let identity = shoaldb::node::device_identity(&store)?;
+    Ok(Engine::new(store.replica(), identity, access, name, vec![Subscription::everything()], 0))
 }
 
 /// Copy every change of `from` into `to`.
@@ -101,46 +141,64 @@ fn reconcile(quick: bool) -> Result<(), BoxErr> {
     let base = open(&dir.path().join("base.db"))?;
     eprintln!("reconcile: writing {n} documents…");
     fill(&base, "doc", 0..n)?;
+    let authority = SigningKey::generate()?;
     for d in [0usize, 1, 100, 10_000] {
         if d > n / 2 {
             continue;
         }
-        let a = open(&dir.path().join(format!("a{d}.db")))?;
-        let b = open(&dir.path().join(format!("b{d}.db")))?;
-        eprintln!("reconcile d={d}: copying the shared documents…");
-        copy(&base, &a)?;
-        copy(&base, &b)?;
-        fill(&a, "a-only", 0..d / 2)?;
-        fill(&b, "b-only", 0..d - d / 2)?;
-        let payload_bytes = payload(&a, &b)? + payload(&b, &a)?;
-        let mut ea = engine(a.clone(), "a")?;
-        let mut eb = engine(b.clone(), "b")?;
-        let la = ea.add_link(TransportKind::Lan, true)?;
-        let lb = eb.add_link(TransportKind::Lan, false)?;
-        let f = run(&mut ea, la, &mut eb, lb);
-        let converged = a.replica().summary()? == b.replica().summary()?;
-        if std::env::var_os("SHOAL_BENCH_DEBUG").is_some() {
-            eprintln!("a stats {:?}\nb stats {:?}", ea.link_stats(la), eb.link_stats(lb));
+        let mut shared_bytes = None;
+        for mode in Mode::BOTH {
+            let a = open(&dir.path().join(format!("a{d}-{}.db", mode.name())))?;
+            let b = open(&dir.path().join(format!("b{d}-{}.db", mode.name())))?;
+            eprintln!("reconcile d={d} ({}): copying the shared documents…", mode.name());
+            copy(&base, &a)?;
+            copy(&base, &b)?;
+            fill(&a, "a-only", 0..d / 2)?;
+            fill(&b, "b-only", 0..d - d / 2)?;
+            let payload_bytes = payload(&a, &b)? + payload(&b, &a)?;
+            let mut ea = engine(a.clone(), "a", mode.access(&a, &authority, 1)?)?;
+            let mut eb = engine(b.clone(), "b", mode.access(&b, &authority, 2)?)?;
+            let la = ea.add_link(TransportKind::Lan, true)?;
+            let lb = eb.add_link(TransportKind::Lan, false)?;
+            let f = run(&mut ea, la, &mut eb, lb);
+            let converged = a.replica().summary()? == b.replica().summary()?;
+            if std::env::var_os("SHOAL_BENCH_DEBUG").is_some() {
+                eprintln!("a stats {:?}\nb stats {:?}", ea.link_stats(la), eb.link_stats(lb));
+            }
+            let total = f.a_to_b + f.b_to_a;
+            let shared = *shared_bytes.get_or_insert(total);
+            emit(&json!({
+                "bench": "reconcile", "identity": mode.name(), "d": d, "docs": n,
+                "bytes_a_to_b": f.a_to_b, "bytes_b_to_a": f.b_to_a,
+                "round_trips": f.flights.div_ceil(2), "handshake_round_trips": f.handshake_flights as f64 / 2.0,
+                "payload_bytes": payload_bytes,
+                "goal_bytes": (payload_bytes as f64 * 1.1) as usize + 4096,
+                "ratio_to_shared_secret": (total as f64 / shared as f64 * 1000.0).round() / 1000.0,
+                "ok": converged && total <= (payload_bytes as f64 * 1.1) as usize + 4096,
+            }));
         }
-        let total = f.a_to_b + f.b_to_a;
-        emit(&json!({
-            "bench": "reconcile", "d": d, "docs": n,
-            "bytes_a_to_b": f.a_to_b, "bytes_b_to_a": f.b_to_a,
-            "round_trips": f.flights.div_ceil(2), "handshake_round_trips": f.handshake_flights as f64 / 2.0,
-            "payload_bytes": payload_bytes,
-            "goal_bytes": (payload_bytes as f64 * 1.1) as usize + 4096,
-            "ok": converged && total <= (payload_bytes as f64 * 1.1) as usize + 4096,
-        }));
     }
     Ok(())
 }
 
 fn bulk(quick: bool) -> Result<(), BoxErr> {
+    let authority = SigningKey::generate()?;
+    let mut shared_rate = None;
+    for mode in Mode::BOTH {
+        let rate = bulk_in(quick, mode, &authority, shared_rate)?;
+        shared_rate.get_or_insert(rate);
+    }
+    Ok(())
+}
+
+/// One bulk run in `mode`; returns its rate (MB/s).
+fn bulk_in(quick: bool, mode: Mode, authority: &SigningKey, shared_rate: Option<f64>) -> Result<f64, BoxErr> {
     use shoaldb::{Node, NodeConfig};
     let (docs, attachments) = if quick { (2_000, 3) } else { (20_000, 30) };
     let dir = tempfile::tempdir()?;
     let a = open(&dir.path().join("bulk-a.db"))?;
     let b = open(&dir.path().join("bulk-b.db"))?;
+    let (access_a, access_b) = (mode.access(&a, authority, 1)?, mode.access(&b, authority, 2)?);
     eprintln!("bulk: writing {docs} documents and {attachments} attachments…");
     let t_write = std::time::Instant::now();
     let body = "x".repeat(1000);
@@ -165,15 +223,12 @@ fn bulk(quick: bool) -> Result<(), BoxErr> {
     let total_bytes = doc_bytes + tokens.iter().map(|t| t.len as usize).sum::<usize>();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (shoal_s, ok) = rt.block_on(async {
-        let secret = AppSecret::from_bytes(b"bulk")?;
-        let na = Node::start(
-            a.clone(),
-            NodeConfig::new("a", secret.clone()).with_mdns(false).listen_on("127.0.0.1:0".parse()?),
-        )
-        .await?;
+        let na =
+            Node::start(a.clone(), NodeConfig::new("a", access_a).with_mdns(false).listen_on("127.0.0.1:0".parse()?))
+                .await?;
         let addr = na.listen_addr().ok_or("not listening")?;
         let t0 = std::time::Instant::now();
-        let nb = Node::start(b.clone(), NodeConfig::new("b", secret).with_mdns(false).connect_to(addr)).await?;
+        let nb = Node::start(b.clone(), NodeConfig::new("b", access_b).with_mdns(false).connect_to(addr)).await?;
         let want = a.replica().summary()?;
         while b.replica().summary()? != want {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -199,15 +254,18 @@ fn bulk(quick: bool) -> Result<(), BoxErr> {
     let raw_s = rt.block_on(raw_tcp_copy(total_bytes))?;
     let mb = total_bytes as f64 / 1e6;
     let (shoal_mb_s, raw_mb_s) = (mb / shoal_s, mb / raw_s);
+    let ratio_to_shared = shoal_mb_s / shared_rate.unwrap_or(shoal_mb_s);
     emit(&json!({
-        "bench": "bulk", "bytes": total_bytes, "documents": docs, "attachments": attachments,
+        "bench": "bulk", "identity": mode.name(), "bytes": total_bytes, "documents": docs, "attachments": attachments,
+        "ratio_to_shared_secret": (ratio_to_shared * 1000.0).round() / 1000.0,
+        "identity_goal_met": ratio_to_shared >= 0.8,
         "shoal_mb_s": (shoal_mb_s * 10.0).round() / 10.0, "raw_tcp_mb_s": (raw_mb_s * 10.0).round() / 10.0,
         "ratio": (shoal_mb_s / raw_mb_s * 1000.0).round() / 1000.0, "goal_met": shoal_mb_s >= raw_mb_s / 2.0,
         // The same data written into a local store, no network: an upper bound for any sync into a store.
         "local_write_mb_s": (mb / write_s * 10.0).round() / 10.0,
         "ok": ok,
     }));
-    Ok(())
+    Ok(shoal_mb_s)
 }
 
 /// Seconds to copy `bytes` from one socket to another on loopback, 64 KiB writes.
@@ -273,7 +331,7 @@ fn line16() -> Result<(), BoxErr> {
         let ms = (arrived - start) as f64 / MILLISECOND as f64;
         let ideal_ms = 15.0 * (params.latency_us + params.transmit_us(change)) as f64 / MILLISECOND as f64;
         emit(&json!({
-            "bench": "line16", "link": name, "change_bytes": change,
+            "bench": "line16", "identity": "shared-secret", "link": name, "change_bytes": change,
             "ms": (ms * 100.0).round() / 100.0, "ideal_ms": (ideal_ms * 100.0).round() / 100.0,
             "ratio": (ms / ideal_ms * 1000.0).round() / 1000.0, "ok": ms <= 1.5 * ideal_ms,
         }));
