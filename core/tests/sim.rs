@@ -1003,3 +1003,76 @@ fn phones_on_a_lan_and_ble_send_bulk_over_the_lan_and_fall_back_to_ble() {
         report(&w, "mixed");
     });
 }
+
+// ---- device identity (issue 14): enrolled devices, read grants, a revocation spreading ----
+
+#[test]
+fn enrolled_mesh_enforces_read_grants_and_spreads_a_revocation() {
+    use shoaldb::security::{Grant, Revocation, RevocationBody, RevocationList};
+    for_each_seed("enrolled_mesh_enforces_read_grants_and_spreads_a_revocation", 3, |seed| {
+        let mut w = SimWorld::new(seed);
+        let g = |t: &str| Grant::parse(t).unwrap();
+        let all = || vec![g("read *"), g("write *")];
+        let everything = || vec![Subscription::everything()];
+        // A writes; B is a relay that may read notes only; C may read northern tasks and notes; D reads
+        // everything but reaches A only through B; R (reads everything, linked to D) gets revoked half way.
+        let a = w.add_enrolled_device("A", everything(), all());
+        let b = w.add_enrolled_device("B", everything(), vec![g("read notes"), g("write *")]);
+        let c =
+            w.add_enrolled_device("C", everything(), vec![g("read tasks where team == \"north\""), g("read notes")]);
+        let d = w.add_enrolled_device("D", everything(), all());
+        let r = w.add_enrolled_device("R", everything(), all());
+        for (x, y) in [(a, b), (b, d), (a, c), (d, r)] {
+            let p = random_params(w.rng());
+            w.link(x, y, p);
+        }
+        let steps = if heavy() { 200 } else { 40 };
+        for step in 0..steps {
+            let k = w.rng().below(12);
+            if w.rng().chance(0.5) {
+                // Tasks keep their team for life (a task moving out of C's rules would leave C a stale copy).
+                let team = if k % 3 == 0 { "south" } else { "north" };
+                w.edit(a, |s| s.upsert("tasks", json!({"_id": format!("t{k}"), "team": team, "n": step})).unwrap());
+            } else {
+                let at = if w.rng().chance(0.7) { a } else { r };
+                w.edit(at, |s| s.upsert("notes", json!({"_id": format!("n{k}"), "step": step})).unwrap());
+            }
+            if step == steps / 2 {
+                w.run_until_quiet(3600 * SECOND).expect("quiet before the revocation");
+                assert!(w.engine(d).links().iter().any(|l| l.1 == w.engine(r).device_key()), "R linked to D");
+                let authority = w.authority();
+                let body = RevocationBody {
+                    format: 1,
+                    issuer: authority.verifying_key(),
+                    number: 1,
+                    issued_ms: 0,
+                    entries: vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: r as u64 + 1 }],
+                };
+                let list = RevocationList::issue(body, &authority).unwrap();
+                assert!(w.add_revocations(a, list).unwrap());
+            }
+            let dt = w.rng().below(200 * MILLISECOND);
+            w.run_for(dt);
+        }
+        w.run_until_quiet(3600 * SECOND).expect("quiet");
+        // The revocation crossed A–B–D and cut R off at D.
+        assert!(!w.engine(d).links().iter().any(|l| l.1 == w.engine(r).device_key()), "D dropped the revoked R");
+        w.edit(r, |s| s.upsert("notes", json!({"_id": "from-revoked", "x": 1})).unwrap());
+        w.run_until_quiet(3600 * SECOND).expect("quiet");
+        for x in [a, b, c, d] {
+            assert!(w.store(x).get("notes", "from-revoked").unwrap().is_none(), "a revoked device's write arrived");
+        }
+        // Notes everywhere they may be read (R's from before its revocation included) are identical.
+        let notes_a = by_id(w.store(a).list("notes").unwrap());
+        for x in [b, c, d] {
+            assert_eq!(by_id(w.store(x).list("notes").unwrap()), notes_a, "notes differ on device {x}");
+        }
+        // Tasks: C holds exactly A's northern ones; the relay B and D behind it hold none.
+        let north: BTreeMap<String, Json> =
+            by_id(w.store(a).list("tasks").unwrap()).into_iter().filter(|(_, t)| t["team"] == "north").collect();
+        assert!(!north.is_empty());
+        assert_eq!(by_id(w.store(c).list("tasks").unwrap()), north);
+        assert!(w.store(b).list("tasks").unwrap().is_empty());
+        assert!(w.store(d).list("tasks").unwrap().is_empty());
+    });
+}

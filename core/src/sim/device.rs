@@ -3,17 +3,34 @@
 //! reported.
 
 use super::{open_store, StoreDir};
-use crate::security::{AppSecret, DeviceKey, Identity};
+use crate::security::{Access, AppSecret, DeviceKey, Enrolment, Grant, Identity, RevocationList, SigningKey};
 use crate::store::Store;
 use crate::sync::{Engine, EngineEvent, Subscription};
 use crate::util::rng::SeededRng;
 use crate::util::sources::Sources;
 
+/// How a simulated device authenticates.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// The development mode's shared secret (these bytes).
+    Secret(Vec<u8>),
+    /// Enrolled by `authority` (the world's app authority, pinned by every enrolled device) with `grants`: its
+    /// signing key comes from the world's seed; its certificate's serial is its device number + 1 and it is valid
+    /// for ten years from a day before the world's epoch.
+    Enrolled {
+        /// The app authority.
+        authority: Box<SigningKey>,
+        /// What the device may read and write.
+        grants: Vec<Grant>,
+    },
+}
+
 /// One simulated device (a [`super::SimWorld`] device or a [`super::RadioWorld`] phone).
 pub struct Device {
     pub(crate) name: String,
     identity: Identity,
-    secret: AppSecret,
+    /// How it authenticates, as it started (revocation lists it took in since are in its store).
+    access: Access,
     pub(crate) store: Store,
     pub(crate) engine: Engine,
     events: Vec<(u64, EngineEvent)>,
@@ -32,7 +49,7 @@ impl Device {
         clock: impl Fn() -> u64 + Send + Sync + 'static,
         name: &str,
         subscriptions: Vec<Subscription>,
-        secret: &[u8],
+        credentials: &Credentials,
     ) -> Device {
         let id = id as u64;
         let store_seed = SeededRng::stream(seed, 7 << 32 | id).next_u64();
@@ -47,12 +64,32 @@ impl Device {
             chunk.copy_from_slice(&sm.next_u64().to_le_bytes());
         }
         let identity = Identity::from_private(&private).expect("a simulated identity");
-        let secret = AppSecret::from_bytes(secret).expect("a non-empty app secret");
-        let engine = Engine::new(store.replica(), identity.clone(), secret.clone(), name, subscriptions, 0)
+        let access = match credentials {
+            Credentials::Secret(secret) => Access::from(AppSecret::from_bytes(secret).expect("a non-empty app secret")),
+            Credentials::Enrolled { authority, grants } => {
+                let signing =
+                    SigningKey::from_sources(&Sources::seeded(SeededRng::stream(seed, 13 << 32 | id).next_u64()));
+                let request = crate::enrolment::EnrolmentRequest {
+                    name: name.to_string(),
+                    signing_key: signing.verifying_key(),
+                    noise_key: identity.device_key(),
+                };
+                let day = 86_400_000;
+                let validity = crate::enrolment::Validity::days_from(super::driver::EPOCH_MS - day, 3650);
+                let cert = crate::enrolment::issue(authority, &request, id + 1, grants.clone(), validity)
+                    .expect("valid simulated grants");
+                let chain = crate::security::CertificateChain::single(cert);
+                Access::from(
+                    Enrolment::new(&identity, signing, chain, vec![authority.verifying_key()])
+                        .expect("a simulated enrolment"),
+                )
+            }
+        };
+        let engine = Engine::new(store.replica(), identity.clone(), access.clone(), name, subscriptions, 0)
             .with_sources(
                 Sources::seeded(SeededRng::stream(seed, 11 << 32 | id).next_u64()).with_clock(move || engine_clock()),
             );
-        Device { name: name.to_string(), identity, secret, store, engine, events: Vec::new() }
+        Device { name: name.to_string(), identity, access, store, engine, events: Vec::new() }
     }
 
     /// The device's app restarts at `now` (virtual µs): its store is reopened from disk (with a new random stream
@@ -70,18 +107,20 @@ impl Device {
         // Presence sequence numbers must grow across restarts: they follow the (virtual) wall clock in ms, as on a
         // device (and the engine refuses numbers far ahead of it).
         let seq_base = engine_clock();
-        self.engine = Engine::new(
-            store.replica(),
-            self.identity.clone(),
-            self.secret.clone(),
-            &self.name,
-            subscriptions,
-            seq_base,
-        )
-        .with_sources(
-            Sources::seeded(SeededRng::stream(seed ^ now.rotate_left(32), 11 << 32 | id as u64).next_u64())
-                .with_clock(move || engine_clock()),
-        );
+        // Revocation lists taken in before the restart were kept in the store.
+        let mut access = self.access.clone();
+        if let Access::Certificates(enrolment) = &mut access {
+            for list in store.revocation_lists().unwrap_or_default() {
+                if let Ok(list) = RevocationList::decode(&list) {
+                    let _ = enrolment.accept_revocations(list);
+                }
+            }
+        }
+        self.engine = Engine::new(store.replica(), self.identity.clone(), access, &self.name, subscriptions, seq_base)
+            .with_sources(
+                Sources::seeded(SeededRng::stream(seed ^ now.rotate_left(32), 11 << 32 | id as u64).next_u64())
+                    .with_clock(move || engine_clock()),
+            );
         self.store = store;
     }
 

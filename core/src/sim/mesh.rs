@@ -55,13 +55,16 @@
 //! # Ok::<(), shoaldb::sim::NotQuiet>(())
 //! ```
 
+use super::device::Credentials;
 use super::device::Device;
 use super::driver::{QuietPoll, Timeline, World};
 use super::pipe::{LinkParams, Pipe, Transmission};
 use super::{StoreDir, DEFAULT_SECRET};
+use crate::security::{Grant, RevocationList, SigningKey};
 use crate::sync::{LinkId, SessionStats, Subscription, TransportKind};
 use crate::transport::frame::HEADER_LEN;
 use crate::util::rng::SeededRng;
+use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A device's index in its [`SimWorld`].
@@ -225,8 +228,49 @@ impl SimWorld {
     /// # Panics
     /// If its store cannot be created or `secret` is empty.
     pub fn add_device_with_secret(&mut self, name: &str, subscriptions: Vec<Subscription>, secret: &[u8]) -> DeviceId {
+        self.add_device_with(name, subscriptions, &Credentials::Secret(secret.to_vec()))
+    }
+
+    /// Add a device enrolled by the world's app authority ([`SimWorld::authority`]) with `grants`: it links only
+    /// with devices that present a valid certificate of that authority (see [`Credentials::Enrolled`]).
+    ///
+    /// # Panics
+    /// If its store cannot be created or a grant is malformed.
+    pub fn add_enrolled_device(
+        &mut self,
+        name: &str,
+        subscriptions: Vec<Subscription>,
+        grants: Vec<Grant>,
+    ) -> DeviceId {
+        let authority = self.authority();
+        self.add_device_with(name, subscriptions, &Credentials::Enrolled { authority: Box::new(authority), grants })
+    }
+
+    /// The world's app authority, drawn from its seed (for issuing revocation lists in a scenario).
+    pub fn authority(&self) -> SigningKey {
+        SigningKey::from_sources(&Sources::seeded(SeededRng::stream(self.seed(), 17 << 32).next_u64()))
+    }
+
+    /// Hands `list` (from [`SimWorld::authority`]) to `device`, as an app would; returns whether it was new there.
+    ///
+    /// # Errors
+    /// As [`Engine::add_revocations`](crate::sync::Engine::add_revocations).
+    pub fn add_revocations(&mut self, device: DeviceId, list: RevocationList) -> Result<bool, crate::sync::SyncError> {
+        self.devices[device].dev.engine.add_revocations(list)
+    }
+
+    /// Add a device that authenticates with `credentials`.
+    ///
+    /// # Panics
+    /// If its store cannot be created or its credentials are malformed.
+    pub fn add_device_with(
+        &mut self,
+        name: &str,
+        subscriptions: Vec<Subscription>,
+        credentials: &Credentials,
+    ) -> DeviceId {
         let id = self.devices.len();
-        let dev = Device::new(self.seed(), id, &self.dir, self.timeline.wall_clock(), name, subscriptions, secret);
+        let dev = Device::new(self.seed(), id, &self.dir, self.timeline.wall_clock(), name, subscriptions, credentials);
         self.devices.push(SimDevice { dev, links: BTreeMap::new() });
         id
     }

@@ -19,7 +19,7 @@ pub mod mesh;
 pub mod pipe;
 pub mod radio;
 
-pub use device::Device;
+pub use device::{Credentials, Device};
 pub use driver::{NotQuiet, World, MILLISECOND, SECOND};
 pub use memory_air::{MemoryAir, MemoryRadio};
 pub use mesh::SimWorld;

@@ -317,8 +317,15 @@ impl RadioWorld {
         options: PhoneOptions,
     ) -> PhoneId {
         let id = self.phones.len();
-        let dev =
-            Device::new(self.seed(), id, &self.dir, self.timeline.wall_clock(), name, subscriptions, &options.secret);
+        let dev = Device::new(
+            self.seed(),
+            id,
+            &self.dir,
+            self.timeline.wall_clock(),
+            name,
+            subscriptions,
+            &super::device::Credentials::Secret(options.secret.clone()),
+        );
         let tag = device_tag(&dev.key());
         let app = options
             .app_tag
