@@ -614,3 +614,48 @@ fn the_schedule_is_a_function_of_the_seed() {
         assert_eq!(a, b, "seed {seed}");
     }
 }
+
+/// (issue 14) Five enrolled phones in a BLE line: the middle phone may read notes only, so tasks written at one end
+/// stop there while notes cross; a revocation of the far-end phone, handed to the first, crosses the line and cuts
+/// it off from its neighbour.
+#[test]
+fn enrolled_phones_over_ble_enforce_read_grants_and_revocation() {
+    use shoaldb::security::{Grant, Revocation, RevocationBody, RevocationList};
+    for_each_seed("enrolled_phones_over_ble_enforce_read_grants_and_revocation", 3, |seed| {
+        let mut w = RadioWorld::new(seed);
+        let g = |t: &str| Grant::parse(t).unwrap();
+        let grants =
+            |i: usize| if i == 2 { vec![g("read notes"), g("write *")] } else { vec![g("read *"), g("write *")] };
+        let phones: Vec<PhoneId> = (0..5)
+            .map(|i| w.add_phone_with(&format!("p{i}"), 20.0 * i as f64, 0.0, all(), PhoneOptions::enrolled(grants(i))))
+            .collect();
+        quiet(&mut w, "the enrolled line forms");
+        let mut pairs: Vec<(PhoneId, PhoneId)> =
+            w.linked_pairs().into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect();
+        pairs.sort();
+        assert_eq!(pairs, (1..5).map(|i| (i - 1, i)).collect::<Vec<_>>(), "enrolled neighbours link");
+        w.edit(phones[0], |s| s.upsert("notes", json!({"_id": "n", "text": "for all"})).unwrap());
+        w.edit(phones[0], |s| s.upsert("tasks", json!({"_id": "t", "text": "not for the middle"})).unwrap());
+        quiet(&mut w, "after the edits");
+        assert!(w.store(4).get("notes", "n").unwrap().is_some(), "notes cross the line");
+        assert!(w.store(1).get("tasks", "t").unwrap().is_some());
+        assert!(w.store(2).get("tasks", "t").unwrap().is_none(), "the middle phone may not read tasks");
+        assert!(w.store(4).get("tasks", "t").unwrap().is_none(), "so tasks stop there");
+        let authority = w.authority();
+        let body = RevocationBody {
+            format: 1,
+            issuer: authority.verifying_key(),
+            number: 1,
+            issued_ms: 0,
+            entries: vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: 5 }],
+        };
+        assert!(w.add_revocations(phones[0], RevocationList::issue(body, &authority).unwrap()).unwrap());
+        quiet(&mut w, "after the revocation");
+        assert!(!w.linked_pairs().iter().any(|&(a, b)| a == 4 || b == 4), "the revoked phone is cut off");
+        w.edit(phones[4], |s| s.upsert("notes", json!({"_id": "late", "from": "revoked"})).unwrap());
+        quiet(&mut w, "after the revoked phone's edit");
+        for p in 0..4 {
+            assert!(w.store(p).get("notes", "late").unwrap().is_none(), "a revoked phone's edit arrived at p{p}");
+        }
+    });
+}

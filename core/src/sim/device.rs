@@ -124,6 +124,11 @@ impl Device {
         self.store = store;
     }
 
+    /// How the device authenticates, as it started.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -224,6 +224,25 @@ pub trait World: Sized + 'static {
         self.timeline().seed
     }
 
+    /// The world's app authority, drawn from its seed: it enrols the devices added as enrolled, and a scenario
+    /// issues revocation lists with it.
+    fn authority(&self) -> crate::security::SigningKey {
+        let seed = crate::util::rng::SeededRng::stream(self.seed(), 17 << 32).next_u64();
+        crate::security::SigningKey::from_sources(&crate::util::sources::Sources::seeded(seed))
+    }
+
+    /// Hands `list` (from [`World::authority`]) to `device`, as an app would; returns whether it was new there.
+    ///
+    /// # Errors
+    /// As [`Engine::add_revocations`].
+    fn add_revocations(
+        &mut self,
+        device: usize,
+        list: crate::security::RevocationList,
+    ) -> Result<bool, crate::sync::SyncError> {
+        self.engine_mut(device).add_revocations(list)
+    }
+
     /// Events processed so far (a measure of the simulation's work).
     fn events_processed(&self) -> u64 {
         self.timeline().events_processed

@@ -60,11 +60,10 @@ use super::device::Device;
 use super::driver::{QuietPoll, Timeline, World};
 use super::pipe::{LinkParams, Pipe, Transmission};
 use super::{StoreDir, DEFAULT_SECRET};
-use crate::security::{Grant, RevocationList, SigningKey};
+use crate::security::Grant;
 use crate::sync::{LinkId, SessionStats, Subscription, TransportKind};
 use crate::transport::frame::HEADER_LEN;
 use crate::util::rng::SeededRng;
-use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A device's index in its [`SimWorld`].
@@ -231,7 +230,7 @@ impl SimWorld {
         self.add_device_with(name, subscriptions, &Credentials::Secret(secret.to_vec()))
     }
 
-    /// Add a device enrolled by the world's app authority ([`SimWorld::authority`]) with `grants`: it links only
+    /// Add a device enrolled by the world's app authority ([`World::authority`]) with `grants`: it links only
     /// with devices that present a valid certificate of that authority (see [`Credentials::Enrolled`]).
     ///
     /// # Panics
@@ -244,19 +243,6 @@ impl SimWorld {
     ) -> DeviceId {
         let authority = self.authority();
         self.add_device_with(name, subscriptions, &Credentials::Enrolled { authority: Box::new(authority), grants })
-    }
-
-    /// The world's app authority, drawn from its seed (for issuing revocation lists in a scenario).
-    pub fn authority(&self) -> SigningKey {
-        SigningKey::from_sources(&Sources::seeded(SeededRng::stream(self.seed(), 17 << 32).next_u64()))
-    }
-
-    /// Hands `list` (from [`SimWorld::authority`]) to `device`, as an app would; returns whether it was new there.
-    ///
-    /// # Errors
-    /// As [`Engine::add_revocations`](crate::sync::Engine::add_revocations).
-    pub fn add_revocations(&mut self, device: DeviceId, list: RevocationList) -> Result<bool, crate::sync::SyncError> {
-        self.devices[device].dev.engine.add_revocations(list)
     }
 
     /// Add a device that authenticates with `credentials`.

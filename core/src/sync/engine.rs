@@ -365,6 +365,13 @@ impl Engine {
         self.links.get(&link).and_then(|s| s.device.or_else(|| s.codec.peer()))
     }
 
+    /// How this device authenticates, with the revocation lists taken in so far (the simulator asks which devices
+    /// refuse each other).
+    #[cfg(feature = "sim")]
+    pub(crate) fn access(&self) -> &Access {
+        &self.access
+    }
+
     /// The revocation lists this device holds, encoded (none in development mode).
     fn revocation_lists(&self) -> Vec<Vec<u8>> {
         match &self.access {

@@ -102,7 +102,6 @@ pub use params::{capacity_bytes_per_s, ConnInfo, PhoneOptions, PhoneStats, Radio
 use super::device::Device;
 use super::driver::{QuietPoll, Timeline, World, MILLISECOND};
 use super::StoreDir;
-use crate::security::AppSecret;
 use crate::sync::{FetchId, LinkId, PeerPresence, Subscription, SyncError, TransportKind};
 use crate::transport::ble::bridge::{BleBridge, BridgeFault, BridgeNote};
 use crate::transport::ble::links::{BleConfig, BleLinks};
@@ -317,19 +316,16 @@ impl RadioWorld {
         options: PhoneOptions,
     ) -> PhoneId {
         let id = self.phones.len();
-        let dev = Device::new(
-            self.seed(),
-            id,
-            &self.dir,
-            self.timeline.wall_clock(),
-            name,
-            subscriptions,
-            &super::device::Credentials::Secret(options.secret.clone()),
-        );
+        let credentials = match &options.enrolled {
+            Some(grants) => {
+                super::device::Credentials::Enrolled { authority: Box::new(self.authority()), grants: grants.clone() }
+            }
+            None => super::device::Credentials::Secret(options.secret.clone()),
+        };
+        let dev =
+            Device::new(self.seed(), id, &self.dir, self.timeline.wall_clock(), name, subscriptions, &credentials);
         let tag = device_tag(&dev.key());
-        let app = options
-            .app_tag
-            .unwrap_or_else(|| app_tag(&AppSecret::from_bytes(&options.secret).expect("a non-empty app secret")));
+        let app = options.app_tag.unwrap_or_else(|| app_tag(&dev.access().psk()));
         let mut config = BleConfig::new(tag, app);
         config.advertise_tag = options.advertise_tag;
         if let Some(m) = options.max_links {
@@ -739,6 +735,14 @@ impl World for RadioWorld {
                 }
                 let room = |p: &Phone| p.bridge.links().connection_count() < p.bridge.links().config().max_links;
                 if !room(pa) || !room(pb) {
+                    continue;
+                }
+                // Phones that refuse each other's certificates (one revoked) never link, however close.
+                let wall_ms = super::driver::EPOCH_MS + self.now() / MILLISECOND;
+                let refuses = |x: &Phone, y: &Phone| {
+                    x.dev.engine.access().check_peer(&y.dev.access().credentials(), y.dev.key(), wall_ms).is_err()
+                };
+                if refuses(pa, pb) || refuses(pb, pa) {
                     continue;
                 }
                 if !pa.bridge.links().linked().iter().any(|(_, t)| *t == pb.tag) {

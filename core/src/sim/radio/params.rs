@@ -102,6 +102,9 @@ pub struct PhoneOptions {
     pub range_m: Option<f64>,
     /// Its app secret ([`DEFAULT_SECRET`] by default).
     pub secret: Vec<u8>,
+    /// Enrolled by the world's app authority ([`World::authority`](crate::sim::World::authority)) with these
+    /// grants instead of holding `secret` (see [`Credentials::Enrolled`](crate::sim::Credentials::Enrolled)).
+    pub enrolled: Option<Vec<crate::security::Grant>>,
     /// Its app tag; derived from the secret ([`crate::transport::ble::radio::app_tag`]) when `None`.
     pub app_tag: Option<AppTag>,
     /// Whether it advertises its tags (Android: true; iOS: false, so it is always dialled and never skipped).
@@ -115,6 +118,7 @@ impl Default for PhoneOptions {
         PhoneOptions {
             range_m: None,
             secret: DEFAULT_SECRET.to_vec(),
+            enrolled: None,
             app_tag: None,
             advertise_tag: true,
             max_links: None,
@@ -131,6 +135,11 @@ impl PhoneOptions {
     /// A phone of another app (another secret, hence another app tag).
     pub fn other_app(secret: &[u8]) -> PhoneOptions {
         PhoneOptions { secret: secret.to_vec(), ..PhoneOptions::default() }
+    }
+
+    /// A phone enrolled by the world's authority with `grants`.
+    pub fn enrolled(grants: Vec<crate::security::Grant>) -> PhoneOptions {
+        PhoneOptions { enrolled: Some(grants), ..PhoneOptions::default() }
     }
 }
 
