@@ -32,9 +32,11 @@ extension Authority {
     ///
     /// - Throws: `ShoalError.Certificate` for a malformed request or grant.
     public func issue(request: String, serial: UInt64, grants: [String], validFor: TimeInterval) throws -> Data {
-        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        // Clamped, so that no duration (negative, NaN, infinite) traps: ms below 2^63 plus now never overflows.
+        let clamp = { (ms: Double) -> UInt64 in ms.isNaN ? 0 : UInt64(min(max(0, ms), 9.2e18)) }
+        let now = clamp(Date().timeIntervalSince1970 * 1000)
         let from = now > 3_600_000 ? now - 3_600_000 : 0
         return try issue(request: request, serial: serial, grants: grants, validFromMs: from,
-                         validUntilMs: now + UInt64(max(0, validFor * 1000)))
+                         validUntilMs: now + clamp(validFor * 1000))
     }
 }

@@ -27,7 +27,8 @@ fun Store.installCertificate(authorityPublicKey: String, vararg certificate: Byt
  */
 fun Authority.issue(request: String, serial: Long, grants: List<String>, validFor: Duration): ByteArray {
     require(serial >= 0) { "serial must not be negative" }
-    val now = System.currentTimeMillis()
+    val now = System.currentTimeMillis().coerceAtLeast(0)
     val from = (now - 3_600_000L).coerceAtLeast(0)
-    return issue(request, serial.toULong(), grants, from.toULong(), (now + validFor.inWholeMilliseconds).toULong())
+    val until = now + validFor.inWholeMilliseconds.coerceIn(0, Long.MAX_VALUE - now) // never overflows
+    return issue(request, serial.toULong(), grants, from.toULong(), until.toULong())
 }
