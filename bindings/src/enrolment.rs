@@ -78,36 +78,51 @@ impl Store {
     /// (64 hex digits, shipped in the app): `certificates` is the device's certificate, then those of any
     /// intermediate authorities. Checked before anything is stored: it must certify this device's own keys and
     /// lead to that authority (`ShoalError.Certificate` otherwise). Replaces a certificate installed before
-    /// (renewal). From the next `startSync` on, sync uses it instead of the app secret. Returns what it says.
-    pub fn install_certificate(
+    /// (renewal). Sync uses it instead of the app secret from then on: if sync is running it restarts (links drop
+    /// and come back). Returns what it says.
+    pub async fn install_certificate(
         &self,
         authority_public_key: String,
         certificates: Vec<Vec<u8>>,
     ) -> Result<CertificateInfo, ShoalError> {
-        guard(|| {
-            let authority = authority_key(&authority_public_key)?;
-            let chain = certificates
-                .iter()
-                .map(|bytes| Certificate::decode(bytes).map_err(refused))
-                .collect::<Result<Vec<_>, _>>()?;
-            if chain.is_empty() {
-                return Err(ShoalError::Certificate("no certificate given".into()));
-            }
-            let enrolled = enrolment::install(&self.get()?.store, &chain, &[authority])?;
-            Ok(CertificateInfo::of(enrolled.chain().leaf()))
-        })
+        let open = self.get()?;
+        let store = open.store.clone();
+        let info = open
+            .run_blocking(move || {
+                let authority = authority_key(&authority_public_key)?;
+                let chain = certificates
+                    .iter()
+                    .map(|bytes| Certificate::decode(bytes).map_err(refused))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if chain.is_empty() {
+                    return Err(ShoalError::Certificate("no certificate given".into()));
+                }
+                let enrolled = enrolment::install(&store, &chain, &[authority])?;
+                Ok(CertificateInfo::of(enrolled.chain().leaf()))
+            })
+            .await?;
+        open.clone().run(open.restart()).await?;
+        Ok(info)
     }
 
     /// Take in a revocation list from the authority (`Authority.revoke`, or `shoal authority revoke`): devices and
-    /// certificates it names are refused at the handshake. Kept across restarts; it applies from the next
-    /// `startSync` (stop and start sync to drop links to a revoked device at once). Returns whether it was news
-    /// (`false`: a list as new was already held). `ShoalError.Certificate` if this device is not enrolled, or the
-    /// list is malformed, forged or not from its authority.
-    pub fn install_revocations(&self, list: Vec<u8>) -> Result<bool, ShoalError> {
-        guard(|| {
-            let list = RevocationList::decode(&list).map_err(refused)?;
-            Ok(enrolment::install_revocations(&self.get()?.store, &list)?)
-        })
+    /// certificates it names are refused at the handshake. Kept across restarts. When it is news and sync is
+    /// running, sync restarts so that links to a revoked device close now. Returns whether it was news (`false`:
+    /// a list as new was already held). `ShoalError.Certificate` if this device is not enrolled, or the list is
+    /// malformed, forged or not from its authority.
+    pub async fn install_revocations(&self, list: Vec<u8>) -> Result<bool, ShoalError> {
+        let open = self.get()?;
+        let store = open.store.clone();
+        let news = open
+            .run_blocking(move || {
+                let list = RevocationList::decode(&list).map_err(refused)?;
+                Ok(enrolment::install_revocations(&store, &list)?)
+            })
+            .await?;
+        if news {
+            open.clone().run(open.restart()).await?;
+        }
+        Ok(news)
     }
 
     /// The certificate installed on this device, or `null`/`nil` when there is none (sync then runs in

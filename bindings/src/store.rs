@@ -177,7 +177,7 @@ fn meta_map(meta: HashMap<String, String>) -> BTreeMap<String, String> {
 
 impl Open {
     /// Runs `f` on the store's runtime and waits for it from any executor (the foreign caller's).
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl Future<Output = Result<T, ShoalError>> + Send + 'static,
     ) -> Result<T, ShoalError> {
@@ -185,7 +185,7 @@ impl Open {
     }
 
     /// Runs blocking store work on the runtime's blocking pool.
-    async fn run_blocking<T: Send + 'static>(
+    pub(crate) async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, ShoalError> + Send + 'static,
     ) -> Result<T, ShoalError> {
@@ -198,6 +198,22 @@ impl Open {
 
     async fn start(self: Arc<Self>) -> Result<(), ShoalError> {
         let _serial = self.lifecycle.lock().await;
+        self.start_locked().await
+    }
+
+    /// Restarts sync if it is running, so that it picks up a certificate or revocation list installed since.
+    pub(crate) async fn restart(self: Arc<Self>) -> Result<(), ShoalError> {
+        let _serial = self.lifecycle.lock().await;
+        if self.node().is_none() {
+            return Ok(());
+        }
+        log::info!("restarting sync for {} with the credentials installed", self.name);
+        self.stop_locked().await;
+        self.start_locked().await
+    }
+
+    /// Starts sync; the caller holds `lifecycle`.
+    async fn start_locked(&self) -> Result<(), ShoalError> {
         if self.node().is_some() {
             return Ok(());
         }
@@ -253,6 +269,11 @@ impl Open {
 
     async fn stop(self: Arc<Self>) {
         let _serial = self.lifecycle.lock().await;
+        self.stop_locked().await;
+    }
+
+    /// Stops sync; the caller holds `lifecycle`.
+    async fn stop_locked(&self) {
         let node = lock(&self.node).take();
         if let Some(node) = node {
             node.shutdown().await;

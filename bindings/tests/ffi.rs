@@ -324,7 +324,7 @@ fn enrolled(dir: &std::path::Path, name: &str, authority: &Authority, serial: u6
     let cert = authority
         .issue(request, serial, vec!["read *".into(), "write *".into()], now_ms() - day, now_ms() + 365 * day)
         .expect("issue");
-    let info = store.install_certificate(authority.public_key(), vec![cert]).expect("install");
+    let info = block_on(store.install_certificate(authority.public_key(), vec![cert])).expect("install");
     assert_eq!((info.name.as_str(), info.serial), (name, serial));
     assert_eq!(info.device_id, store.device_id().expect("id"));
     assert_eq!(info.grants, ["read *", "write *"]);
@@ -349,10 +349,10 @@ fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refus
     // c is revoked before a starts syncing.
     let c_key = c.certificate().expect("c").expect("c enrolled").signing_key;
     let list = authority.revoke(1, vec![Revocation::Device { signing_key: c_key }]).expect("revoke");
-    assert!(a.install_revocations(list.clone()).expect("revocations"));
-    assert!(!a.install_revocations(list).expect("again"), "the same list is no news");
+    assert!(block_on(a.install_revocations(list.clone())).expect("revocations"));
+    assert!(!block_on(a.install_revocations(list)).expect("again"), "the same list is no news");
     let forged = other.revoke(2, vec![]).expect("other's list");
-    assert!(matches!(a.install_revocations(forged), Err(ShoalError::Certificate(_))));
+    assert!(matches!(block_on(a.install_revocations(forged)), Err(ShoalError::Certificate(_))));
 
     block_on(a.start_sync()).expect("start a");
     let addr = a.listen_address().expect("a listens");
@@ -377,6 +377,19 @@ fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refus
         assert_eq!(t.get("x".into()).expect("get"), None);
     }
     assert!(a.peers().iter().all(|p| p.name == "b"), "{:?}", a.peers());
+    // Revoking b while a syncs closes their link at once (sync restarts with the new list); b stays out.
+    let b_key = b.certificate().expect("b").expect("b enrolled").signing_key;
+    let c_key = c.certificate().expect("c").expect("c enrolled").signing_key;
+    let list = authority
+        .revoke(2, vec![Revocation::Device { signing_key: c_key }, Revocation::Device { signing_key: b_key }])
+        .expect("revoke b");
+    assert!(block_on(a.install_revocations(list)).expect("news"));
+    assert!(a.is_syncing(), "still syncing after the restart");
+    tb.upsert(r#"{"_id":"late","by":"b"}"#.into()).expect("upsert");
+    wait_until("a revoking b's link", || a.peers().is_empty() && b.peers().is_empty());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.peers().is_empty() && b.peers().is_empty(), "{:?} {:?}", a.peers(), b.peers());
+    assert_eq!(ta.get("late".into()).expect("get"), None);
     for store in [a, b, c, d] {
         store.shutdown();
     }
@@ -402,19 +415,28 @@ fn enrolment_mistakes_are_certificate_errors() {
     // Another device's certificate, another authority, garbage, a bad key: refused, nothing installed.
     let other = Store::open(config(dir.path(), "other")).expect("open");
     assert!(matches!(
-        other.install_certificate(authority.public_key(), vec![good.clone()]),
+        block_on(other.install_certificate(authority.public_key(), vec![good.clone()])),
         Err(ShoalError::Certificate(_))
     ));
     let stranger = Authority::generate().expect("stranger").public_key();
-    assert!(matches!(bare.install_certificate(stranger, vec![good.clone()]), Err(ShoalError::Certificate(_))));
     assert!(matches!(
-        bare.install_certificate(authority.public_key(), vec![vec![1, 2, 3]]),
+        block_on(bare.install_certificate(stranger, vec![good.clone()])),
         Err(ShoalError::Certificate(_))
     ));
-    assert!(matches!(bare.install_certificate(authority.public_key(), vec![]), Err(ShoalError::Certificate(_))));
-    assert!(matches!(bare.install_certificate("xyz".into(), vec![good.clone()]), Err(ShoalError::InvalidArgument(_))));
     assert!(matches!(
-        bare.install_revocations(authority.revoke(1, vec![]).expect("list")),
+        block_on(bare.install_certificate(authority.public_key(), vec![vec![1, 2, 3]])),
+        Err(ShoalError::Certificate(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_certificate(authority.public_key(), vec![])),
+        Err(ShoalError::Certificate(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_certificate("xyz".into(), vec![good.clone()])),
+        Err(ShoalError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_revocations(authority.revoke(1, vec![]).expect("list"))),
         Err(ShoalError::Certificate(_))
     ));
     assert!(matches!(Authority::from_private_key(vec![0; 5]), Err(ShoalError::InvalidArgument(_))));
@@ -423,7 +445,7 @@ fn enrolment_mistakes_are_certificate_errors() {
         Err(ShoalError::InvalidArgument(_))
     ));
     assert_eq!(bare.certificate().expect("still none"), None);
-    let info = bare.install_certificate(authority.public_key(), vec![good]).expect("install");
+    let info = block_on(bare.install_certificate(authority.public_key(), vec![good])).expect("install");
     assert_eq!(info.grant_device_id.len(), 16);
     block_on(bare.start_sync()).expect("starts with its certificate");
     bare.shutdown();

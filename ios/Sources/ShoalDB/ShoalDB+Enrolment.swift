@@ -6,12 +6,12 @@ import Foundation
 extension Store {
     /// Install this device's `certificate` (then any `intermediates`, the certificates of intermediate
     /// authorities) issued under the app authority whose public key is `authorityPublicKey` (64 hex digits,
-    /// shipped in the app). From the next `startSync()` on, sync proves this device with it.
+    /// shipped in the app). Sync proves this device with it from then on (restarting if it runs).
     ///
     /// ```swift
     /// let request = try store.enrolmentRequest(name: "Ana's iPhone")  // send it to the authority
     /// // … which answers with try authority.issue(request: request, serial: 7, grants: ["read *"], validFor: 365 * 86_400)
-    /// try store.installCertificate(authorityPublicKey: appAuthorityKey, certificate: certificate)
+    /// try await store.installCertificate(authorityPublicKey: appAuthorityKey, certificate: certificate)
     /// try await store.startSync()                                     // syncs with its certificate
     /// ```
     ///
@@ -21,8 +21,8 @@ extension Store {
         authorityPublicKey: String,
         certificate: Data,
         intermediates: [Data] = []
-    ) throws -> CertificateInfo {
-        try installCertificate(authorityPublicKey: authorityPublicKey, certificates: [certificate] + intermediates)
+    ) async throws -> CertificateInfo {
+        try await installCertificate(authorityPublicKey: authorityPublicKey, certificates: [certificate] + intermediates)
     }
 }
 

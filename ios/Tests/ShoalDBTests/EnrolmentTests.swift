@@ -13,11 +13,11 @@ private func openEnrollable(_ dir: String, _ name: String, peers: [String] = [])
 
 /// Enrols `store` with `authority`: request → certificate → install.
 @discardableResult
-private func enrol(_ store: Store, _ name: String, _ authority: Authority, serial: UInt64) throws -> CertificateInfo {
+private func enrol(_ store: Store, _ name: String, _ authority: Authority, serial: UInt64) async throws -> CertificateInfo {
     let request = try store.enrolmentRequest(name: name)
     let certificate = try authority.issue(request: request, serial: serial, grants: ["read *", "write *"],
                                           validFor: 365 * 86_400)
-    let info = try store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
+    let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
     try expectEqual(info.name, name)
     try expectEqual(info.serial, serial)
     try expectEqual(info.deviceId, try store.deviceId())
@@ -40,20 +40,23 @@ func testEnrolledStoresSync() async throws {
 
     let a = try openEnrollable(dir, "A")
     defer { a.shutdown() }
-    try enrol(a, "A", authority, serial: 1)
+    try await enrol(a, "A", authority, serial: 1)
     let revoked = try openEnrollable(dir, "Revoked")
     defer { revoked.shutdown() }
-    let revokedInfo = try enrol(revoked, "Revoked", authority, serial: 3)
+    let revokedInfo = try await enrol(revoked, "Revoked", authority, serial: 3)
     let stranger = try openEnrollable(dir, "Stranger")
     defer { stranger.shutdown() }
-    try enrol(stranger, "Stranger", other, serial: 1)
+    try await enrol(stranger, "Stranger", other, serial: 1)
 
     // A takes in the authority's revocation list before it syncs.
     let list = try authority.revoke(number: 1, entries: [.device(signingKey: revokedInfo.signingKey)])
-    try expect(try a.installRevocations(list: list), "the list is news")
-    try expect(try !a.installRevocations(list: list), "the same list again is no news")
-    try expectError("another authority's list", isCertificateError) {
-        _ = try a.installRevocations(list: other.revoke(number: 2, entries: []))
+    let news = try await a.installRevocations(list: list)
+    try expect(news, "the list is news")
+    let again = try await a.installRevocations(list: list)
+    try expect(!again, "the same list again is no news")
+    let othersList = try other.revoke(number: 2, entries: [])
+    try await expectErrorAsync("another authority's list", isCertificateError) {
+        _ = try await a.installRevocations(list: othersList)
     }
 
     try await a.startSync()
@@ -61,7 +64,7 @@ func testEnrolledStoresSync() async throws {
     _ = try a.collection(name: "tasks").upsert(json: #"{"_id": "t1", "title": "from A"}"#)
     let b = try openEnrollable(dir, "B", peers: [address])
     defer { b.shutdown() }
-    try enrol(b, "B", sameAuthority, serial: 2)
+    try await enrol(b, "B", sameAuthority, serial: 2)
     try await b.startSync()
     let tasksB = try b.collection(name: "tasks")
     try await eventually("B receiving A's document over a certified link") { try tasksB.get(id: "t1") != nil }
@@ -106,23 +109,24 @@ func testEnrolmentMistakes() async throws {
         _ = try authority.issue(request: "hello", serial: 1, grants: [], validFor: 86_400)
     }
     let certificate = try authority.issue(request: request, serial: 1, grants: ["read *"], validFor: 86_400)
-    try expectError("another authority", isCertificateError) {
-        try store.installCertificate(authorityPublicKey: Authority.generate().publicKey(), certificate: certificate)
+    let strangerKey = try Authority.generate().publicKey()
+    try await expectErrorAsync("another authority", isCertificateError) {
+        try await store.installCertificate(authorityPublicKey: strangerKey, certificate: certificate)
     }
-    try expectError("garbage", isCertificateError) {
-        try store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: Data([1, 2]))
+    try await expectErrorAsync("garbage", isCertificateError) {
+        try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: Data([1, 2]))
     }
-    try expectError("a bad key", isInvalidArgument) {
-        try store.installCertificate(authorityPublicKey: "xyz", certificate: certificate)
+    try await expectErrorAsync("a bad key", isInvalidArgument) {
+        try await store.installCertificate(authorityPublicKey: "xyz", certificate: certificate)
     }
     try expectError("a short private key", isInvalidArgument) { _ = try Authority.fromPrivateKey(privateKey: Data(count: 5)) }
     let other = try openStore(dir, "Other")
     defer { other.shutdown() }
-    try expectError("another device's certificate", isCertificateError) {
-        try other.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
+    try await expectErrorAsync("another device's certificate", isCertificateError) {
+        try await other.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
     }
     try expect(try store.certificate() == nil, "no certificate")
-    let info = try store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
+    let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
     try expectEqual(info.grantDeviceId.count, 16)
     try await store.startSync()
     try expect(store.isSyncing(), "syncs with its certificate")

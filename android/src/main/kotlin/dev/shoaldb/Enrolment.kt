@@ -16,7 +16,7 @@ import kotlin.time.Duration
  *
  * @throws ShoalException.Certificate if it is not this device's, or does not lead to that authority.
  */
-fun Store.installCertificate(authorityPublicKey: String, vararg certificate: ByteArray): CertificateInfo =
+suspend fun Store.installCertificate(authorityPublicKey: String, vararg certificate: ByteArray): CertificateInfo =
     installCertificate(authorityPublicKey, certificate.toList())
 
 /**

@@ -26,7 +26,7 @@ class EnrolmentTest {
         )
 
     /** Enrols [store] with [authority]: request → certificate → install. */
-    private fun enrol(store: Store, name: String, authority: Authority, serial: Long): CertificateInfo {
+    private suspend fun enrol(store: Store, name: String, authority: Authority, serial: Long): CertificateInfo {
         val request = store.enrolmentRequest(name)
         val certificate = authority.issue(request, serial, listOf("read *", "write *"), validFor = 365.days)
         val info = store.installCertificate(authority.publicKey(), certificate)
