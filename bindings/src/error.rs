@@ -28,6 +28,11 @@ pub enum ShoalError {
     /// Sync could not start or failed (e.g. the listen address is taken).
     #[error("{0}")]
     Sync(String),
+    /// Device identity: a certificate, certificate chain, enrolment request, grant or revocation list was
+    /// refused (malformed, forged, not this device's, not from the pinned authority), or sync has neither a
+    /// certificate nor an app secret to start with. The message says why.
+    #[error("{0}")]
+    Certificate(String),
     /// The store was closed; open it again.
     #[error("the store is closed")]
     Closed,
@@ -63,6 +68,9 @@ impl From<shoaldb::NodeError> for ShoalError {
         match e {
             E::Store(inner) => inner.into(),
             E::AttachmentUnavailable { .. } => ShoalError::AttachmentUnavailable(e.to_string()),
+            E::Identity(shoaldb::security::SecurityError::Certificate(inner)) => {
+                ShoalError::Certificate(inner.to_string())
+            }
             other => ShoalError::Sync(other.to_string()),
         }
     }

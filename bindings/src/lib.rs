@@ -12,6 +12,7 @@
 mod bluetooth;
 mod callbacks;
 mod collection;
+mod enrolment;
 mod error;
 mod logger;
 mod store;
@@ -20,6 +21,7 @@ mod values;
 pub use bluetooth::{bluetooth_uuids, BluetoothChannel, BluetoothEvents, BluetoothRadio, BluetoothUuids};
 pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, ObserverHandle, PresenceObserver};
 pub use collection::Collection;
+pub use enrolment::{Authority, CertificateInfo, Revocation};
 pub use error::ShoalError;
 pub use logger::{set_logger, LogLevel, ShoalLogger};
 pub use store::{encrypt_store_file, Peer, Store, StoreConfig, SyncConfig, Transport};

@@ -4,7 +4,7 @@ use crate::callbacks::{report, AttachmentProgress, ObserverHandle, PresenceObser
 use crate::collection::Collection;
 use crate::error::{guard, panic_message, ShoalError};
 use crate::values::{fields_value, invalid, AttachmentToken, Prepared, WriteOp};
-use shoaldb::security::AppSecret;
+use shoaldb::security::{Access, AppSecret};
 use shoaldb::sync::{Subscription, TransportKind};
 use shoaldb::util::{lock, read, write};
 use shoaldb::{Node, NodeConfig};
@@ -25,9 +25,13 @@ pub struct StoreConfig {
     pub path: String,
     /// This device's name, shown to the other devices (e.g. "Ana's phone").
     pub device_name: String,
-    /// The secret every device of the app shares: only devices holding it can sync with each other. Ship it with
-    /// the app or provision it; any length (it is stretched into a key).
-    pub app_secret: String,
+    /// **Development mode**: a secret every device of the app shares; only devices holding it can sync with each
+    /// other, and each of them is trusted with everything (anyone who unpacks the app can join). Any length (it is
+    /// stretched into a key). Used only while no certificate is installed: once `Store.installCertificate` has
+    /// installed one, sync proves this device with its certificate and checks every peer's instead (a shipping
+    /// app enrols its devices so). `null`/`nil`: no development mode, so `startSync` needs a certificate.
+    #[uniffi(default)]
+    pub app_secret: Option<String>,
     /// How this device syncs (used by `startSync`).
     #[uniffi(default)]
     pub sync: SyncConfig,
@@ -69,7 +73,7 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("path", &self.path)
             .field("device_name", &self.device_name)
-            .field("app_secret", &"..")
+            .field("app_secret", &self.app_secret.as_ref().map(|_| ".."))
             .field("sync", &self.sync)
             .field("key", &self.key.as_ref().map(|_| ".."))
             .finish()
@@ -138,7 +142,8 @@ pub struct Store {
 pub(crate) struct Open {
     pub(crate) store: shoaldb::Store,
     name: String,
-    secret: AppSecret,
+    /// The development-mode secret, used while no certificate is installed.
+    secret: Option<AppSecret>,
     device_id: String,
     sync: Mutex<SyncConfig>,
     runtime: Mutex<Option<Runtime>>,
@@ -172,7 +177,7 @@ fn meta_map(meta: HashMap<String, String>) -> BTreeMap<String, String> {
 
 impl Open {
     /// Runs `f` on the store's runtime and waits for it from any executor (the foreign caller's).
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl Future<Output = Result<T, ShoalError>> + Send + 'static,
     ) -> Result<T, ShoalError> {
@@ -180,7 +185,7 @@ impl Open {
     }
 
     /// Runs blocking store work on the runtime's blocking pool.
-    async fn run_blocking<T: Send + 'static>(
+    pub(crate) async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, ShoalError> + Send + 'static,
     ) -> Result<T, ShoalError> {
@@ -193,11 +198,27 @@ impl Open {
 
     async fn start(self: Arc<Self>) -> Result<(), ShoalError> {
         let _serial = self.lifecycle.lock().await;
+        self.start_locked().await
+    }
+
+    /// Restarts sync if it is running, so that it picks up a certificate or revocation list installed since.
+    pub(crate) async fn restart(self: Arc<Self>) -> Result<(), ShoalError> {
+        let _serial = self.lifecycle.lock().await;
+        if self.node().is_none() {
+            return Ok(());
+        }
+        log::info!("restarting sync for {} with the credentials installed", self.name);
+        self.stop_locked().await;
+        self.start_locked().await
+    }
+
+    /// Starts sync; the caller holds `lifecycle`.
+    async fn start_locked(&self) -> Result<(), ShoalError> {
         if self.node().is_some() {
             return Ok(());
         }
         let sync = lock(&self.sync).clone();
-        let mut config = NodeConfig::new(self.name.clone(), self.secret.clone()).with_mdns(sync.mdns);
+        let mut config = NodeConfig::new(self.name.clone(), self.access()?).with_mdns(sync.mdns);
         if let Some(listen) = &sync.listen {
             config = config.listen_on(parse_addr(listen)?);
         }
@@ -228,8 +249,31 @@ impl Open {
         Ok(())
     }
 
+    /// How sync proves this device and checks the others: the installed certificate if there is one, otherwise
+    /// the app secret (development mode).
+    fn access(&self) -> Result<Access, ShoalError> {
+        if let Some(enrolled) = shoaldb::enrolment::load(&self.store)? {
+            return Ok(enrolled.into());
+        }
+        match &self.secret {
+            Some(secret) => {
+                log::warn!("development mode: every device holding the app secret is trusted with everything");
+                Ok(secret.clone().into())
+            }
+            None => Err(ShoalError::Certificate(
+                "no certificate is installed (installCertificate) and no app secret was given (development mode)"
+                    .into(),
+            )),
+        }
+    }
+
     async fn stop(self: Arc<Self>) {
         let _serial = self.lifecycle.lock().await;
+        self.stop_locked().await;
+    }
+
+    /// Stops sync; the caller holds `lifecycle`.
+    async fn stop_locked(&self) {
         let node = lock(&self.node).take();
         if let Some(node) = node {
             node.shutdown().await;
@@ -293,8 +337,12 @@ impl Store {
     #[uniffi::constructor]
     pub fn open(config: StoreConfig) -> Result<Arc<Store>, ShoalError> {
         guard(|| {
-            let secret =
-                AppSecret::from_bytes(config.app_secret.as_bytes()).map_err(|e| invalid(format!("app secret: {e}")))?;
+            let secret = match &config.app_secret {
+                Some(secret) => {
+                    Some(AppSecret::from_bytes(secret.as_bytes()).map_err(|e| invalid(format!("app secret: {e}")))?)
+                }
+                None => None,
+            };
             if config.device_name.trim().is_empty() {
                 return Err(invalid("the device name is empty"));
             }
@@ -621,7 +669,7 @@ mod tests {
         StoreConfig {
             path: dir.join(format!("{name}.db")).to_string_lossy().into_owned(),
             device_name: name.into(),
-            app_secret: "test secret".into(),
+            app_secret: Some("test secret".into()),
             sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, ..SyncConfig::default() },
             key: None,
         }
@@ -634,7 +682,7 @@ mod tests {
         c.sync.peers = vec!["localhost".into()];
         assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(m)) if m.contains("IP:port")));
         let mut c = config(dir.path(), "a");
-        c.app_secret = String::new();
+        c.app_secret = Some(String::new());
         assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(_))));
         let mut c = config(dir.path(), "a");
         c.sync.subscriptions = Some(vec!["tasks:done ==".into()]);

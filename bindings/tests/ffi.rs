@@ -10,7 +10,7 @@ fn config(dir: &std::path::Path, name: &str) -> StoreConfig {
     StoreConfig {
         path: dir.join(format!("{name}.db")).to_string_lossy().into_owned(),
         device_name: name.into(),
-        app_secret: "ffi test secret".into(),
+        app_secret: Some("ffi test secret".into()),
         sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, peers: Vec::new(), subscriptions: None },
         key: None,
     }
@@ -300,4 +300,154 @@ fn two_stores_sync_over_a_bluetooth_radio_implemented_outside_the_core() {
     });
     a.shutdown();
     b.shutdown();
+}
+
+/// Keeps every log message (the logger is per process: other tests' messages mix in).
+#[derive(Default)]
+struct Messages(Mutex<Vec<String>>);
+
+impl ShoalLogger for Messages {
+    fn log(&self, _level: LogLevel, _target: String, message: String) {
+        self.0.lock().expect("lock").push(message);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+/// A store in certificate mode: no app secret.
+fn enrolled(dir: &std::path::Path, name: &str, authority: &Authority, serial: u64) -> Arc<Store> {
+    let store = Store::open(StoreConfig { app_secret: None, ..config(dir, name) }).expect("open");
+    let request = store.enrolment_request(name.into()).expect("request");
+    let day = 86_400_000;
+    let cert = authority
+        .issue(request, serial, vec!["read *".into(), "write *".into()], now_ms() - day, now_ms() + 365 * day)
+        .expect("issue");
+    let info = block_on(store.install_certificate(authority.public_key(), vec![cert])).expect("install");
+    assert_eq!((info.name.as_str(), info.serial), (name, serial));
+    assert_eq!(info.device_id, store.device_id().expect("id"));
+    assert_eq!(info.grants, ["read *", "write *"]);
+    assert_eq!(store.certificate().expect("certificate"), Some(info));
+    store
+}
+
+#[test]
+fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let messages = Arc::new(Messages::default());
+    set_logger(messages.clone(), LogLevel::Warn);
+    let authority = Authority::generate().expect("authority");
+    let again = Authority::from_private_key(authority.private_key()).expect("from key");
+    assert_eq!(again.public_key(), authority.public_key());
+    let a = enrolled(dir.path(), "a", &authority, 1);
+    let b = enrolled(dir.path(), "b", &again, 2);
+    let c = enrolled(dir.path(), "c", &authority, 3);
+    let other = Authority::generate().expect("other authority");
+    let d = enrolled(dir.path(), "d", &other, 1);
+
+    // c is revoked before a starts syncing.
+    let c_key = c.certificate().expect("c").expect("c enrolled").signing_key;
+    let list = authority.revoke(1, vec![Revocation::Device { signing_key: c_key }]).expect("revoke");
+    assert!(block_on(a.install_revocations(list.clone())).expect("revocations"));
+    assert!(!block_on(a.install_revocations(list)).expect("again"), "the same list is no news");
+    let forged = other.revoke(2, vec![]).expect("other's list");
+    assert!(matches!(block_on(a.install_revocations(forged)), Err(ShoalError::Certificate(_))));
+
+    block_on(a.start_sync()).expect("start a");
+    let addr = a.listen_address().expect("a listens");
+    let ta = a.clone().collection("t".into()).expect("t");
+    ta.upsert(r#"{"_id":"x","by":"a"}"#.into()).expect("upsert");
+    b.connect(addr.clone()).expect("connect");
+    block_on(b.start_sync()).expect("start b");
+    let tb = b.clone().collection("t".into()).expect("t");
+    wait_until("a's document on b over a certified link", || tb.get("x".into()).ok().flatten().is_some());
+
+    for store in [&c, &d] {
+        store.connect(addr.clone()).expect("connect");
+        block_on(store.start_sync()).expect("start");
+    }
+    wait_until("a refusing the revoked c", || {
+        messages.0.lock().expect("lock").iter().any(|m| m.contains("revoked: device key"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for store in [&c, &d] {
+        assert!(store.peers().is_empty(), "no link came up: {:?}", store.peers());
+        let t = store.clone().collection("t".into()).expect("t");
+        assert_eq!(t.get("x".into()).expect("get"), None);
+    }
+    assert!(a.peers().iter().all(|p| p.name == "b"), "{:?}", a.peers());
+    // Revoking b while a syncs closes their link at once (sync restarts with the new list); b stays out.
+    let b_key = b.certificate().expect("b").expect("b enrolled").signing_key;
+    let c_key = c.certificate().expect("c").expect("c enrolled").signing_key;
+    let list = authority
+        .revoke(2, vec![Revocation::Device { signing_key: c_key }, Revocation::Device { signing_key: b_key }])
+        .expect("revoke b");
+    assert!(block_on(a.install_revocations(list)).expect("news"));
+    assert!(a.is_syncing(), "still syncing after the restart");
+    tb.upsert(r#"{"_id":"late","by":"b"}"#.into()).expect("upsert");
+    wait_until("a revoking b's link", || a.peers().is_empty() && b.peers().is_empty());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.peers().is_empty() && b.peers().is_empty(), "{:?} {:?}", a.peers(), b.peers());
+    assert_eq!(ta.get("late".into()).expect("get"), None);
+    for store in [a, b, c, d] {
+        store.shutdown();
+    }
+}
+
+#[test]
+fn enrolment_mistakes_are_certificate_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authority = Authority::generate().expect("authority");
+    let bare = Store::open(StoreConfig { app_secret: None, ..config(dir.path(), "bare") }).expect("open");
+    assert_eq!(bare.certificate().expect("none"), None);
+    assert!(matches!(block_on(bare.start_sync()), Err(ShoalError::Certificate(m)) if m.contains("development mode")));
+    let request = bare.enrolment_request("bare".into()).expect("request");
+    assert!(request.starts_with("shoal-enrol-1 "), "{request}");
+    let cert = |grants: Vec<String>| authority.issue(request.clone(), 1, grants, 0, u64::MAX);
+    assert!(matches!(cert(vec!["delete *".into()]), Err(ShoalError::Certificate(_))));
+    assert!(matches!(
+        authority.issue("hello".into(), 1, vec![], 0, 1),
+        Err(ShoalError::Certificate(m)) if m.contains("enrolment request")
+    ));
+    assert!(matches!(authority.issue(request.clone(), 1, vec![], 2, 1), Err(ShoalError::Certificate(_))));
+    let good = cert(vec!["read *".into()]).expect("issue");
+    // Another device's certificate, another authority, garbage, a bad key: refused, nothing installed.
+    let other = Store::open(config(dir.path(), "other")).expect("open");
+    assert!(matches!(
+        block_on(other.install_certificate(authority.public_key(), vec![good.clone()])),
+        Err(ShoalError::Certificate(_))
+    ));
+    let stranger = Authority::generate().expect("stranger").public_key();
+    assert!(matches!(
+        block_on(bare.install_certificate(stranger, vec![good.clone()])),
+        Err(ShoalError::Certificate(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_certificate(authority.public_key(), vec![vec![1, 2, 3]])),
+        Err(ShoalError::Certificate(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_certificate(authority.public_key(), vec![])),
+        Err(ShoalError::Certificate(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_certificate("xyz".into(), vec![good.clone()])),
+        Err(ShoalError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        block_on(bare.install_revocations(authority.revoke(1, vec![]).expect("list"))),
+        Err(ShoalError::Certificate(_))
+    ));
+    assert!(matches!(Authority::from_private_key(vec![0; 5]), Err(ShoalError::InvalidArgument(_))));
+    assert!(matches!(
+        authority.revoke(1, vec![Revocation::Author { author: "zz".into(), accept_until: None }]),
+        Err(ShoalError::InvalidArgument(_))
+    ));
+    assert_eq!(bare.certificate().expect("still none"), None);
+    let info = block_on(bare.install_certificate(authority.public_key(), vec![good])).expect("install");
+    assert_eq!(info.grant_device_id.len(), 16);
+    block_on(bare.start_sync()).expect("starts with its certificate");
+    bare.shutdown();
+    other.shutdown();
 }

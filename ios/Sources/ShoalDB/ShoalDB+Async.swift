@@ -139,14 +139,18 @@ extension Store {
     /// - Parameters:
     ///   - path: The database file, e.g. in Application Support.
     ///   - deviceName: This device's name as the other devices see it.
-    ///   - appSecret: The secret every device of the app shares; only devices holding it sync with each other.
+    ///   - appSecret: **Development mode**: a secret every device of the app shares; only devices holding it
+    ///     sync with each other, and each is trusted with everything. Used only while no certificate is
+    ///     installed (`installCertificate`, see `Authority`): an enrolled device syncs with its certificate
+    ///     instead. `nil` (the default): certificates only (`startSync()` throws `ShoalError.Certificate` until
+    ///     one is installed).
     ///   - sync: How this device finds and connects to the others.
     /// - Throws: `ShoalError.InvalidArgument` for a bad configuration, `ShoalError.Storage` when the file
     ///   cannot be opened.
     public static func open(
         path: String,
         deviceName: String,
-        appSecret: String,
+        appSecret: String? = nil,
         sync: SyncConfig = SyncConfig()
     ) throws -> Store {
         try open(config: StoreConfig(path: path, deviceName: deviceName, appSecret: appSecret, sync: sync))

@@ -31,6 +31,8 @@ let tests: [(String, () async throws -> Void)] = [
     ("two stores sync over loopback and converge", testSyncConverges),
     ("presence shows the other device over LAN", testPresence),
     ("attachment fetched over sync with progress", testAttachmentOverSync),
+    ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
+    ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("README example", readmeTest),
 ]
 

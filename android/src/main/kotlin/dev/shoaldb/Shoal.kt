@@ -32,14 +32,18 @@ object Shoal {
      *
      * @param path the database file, created if missing (on Android, e.g. in the no-backup files directory).
      * @param deviceName this device's name as the other devices see it.
-     * @param appSecret the secret every device of the app shares; only devices holding it sync with each other.
+     * @param appSecret **development mode**: a secret every device of the app shares; only devices holding it sync
+     *   with each other, and each is trusted with everything. Used only while no certificate is installed
+     *   ([Store.installCertificate], see [Authority]): an enrolled device syncs with its certificate instead.
+     *   `null` (the default): certificates only ([Store.startSync] throws [ShoalException.Certificate] until one
+     *   is installed).
      * @param sync how this device finds and connects to the others (used by [Store.startSync]).
      * @throws ShoalException.InvalidArgument for an empty device name or secret, or a malformed address or
      *   subscription in [sync]; [ShoalException.Storage] when the file cannot be opened.
      */
     @JvmStatic
     @JvmOverloads
-    fun open(path: String, deviceName: String, appSecret: String, sync: SyncConfig = SyncConfig()): Store =
+    fun open(path: String, deviceName: String, appSecret: String? = null, sync: SyncConfig = SyncConfig()): Store =
         Store.open(StoreConfig(path = path, deviceName = deviceName, appSecret = appSecret, sync = sync))
 
     /**

@@ -1,0 +1,138 @@
+package dev.shoaldb
+
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.runBlocking
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertNull
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.io.TempDir
+import java.nio.file.Path
+import java.util.Collections
+import kotlin.time.Duration.Companion.days
+
+/** Device identity: stores enrolled by an app authority sync with certificates; strangers and the revoked do not. */
+class EnrolmentTest {
+    @TempDir
+    lateinit var dir: Path
+
+    /** A store with no app secret (certificates only), listening on loopback when [listen]. */
+    private fun open(name: String, listen: Boolean = false): Store =
+        Shoal.open(
+            path = dir.resolve("$name.db").toString(),
+            deviceName = name,
+            sync = SyncConfig(listen = if (listen) "127.0.0.1:0" else null, mdns = false),
+        )
+
+    /** Enrols [store] with [authority]: request → certificate → install. */
+    private suspend fun enrol(store: Store, name: String, authority: Authority, serial: Long): CertificateInfo {
+        val request = store.enrolmentRequest(name)
+        val certificate = authority.issue(request, serial, listOf("read *", "write *"), validFor = 365.days)
+        val info = store.installCertificate(authority.publicKey(), certificate)
+        assertEquals(name, info.name)
+        assertEquals(serial.toULong(), info.serial)
+        assertEquals(store.deviceId(), info.deviceId)
+        assertEquals(listOf("read *", "write *"), info.grants)
+        assertEquals(info, store.certificate())
+        return info
+    }
+
+    @Test
+    fun `two enrolled stores sync, another authority's and a revoked one get nothing`() = runBlocking<Unit> {
+        val logged = Collections.synchronizedList(mutableListOf<String>())
+        Shoal.installLogger(
+            object : ShoalLogger {
+                override fun log(level: LogLevel, target: String, message: String) {
+                    logged.add(message)
+                    JulLogger().log(level, target, message)
+                }
+            },
+            LogLevel.INFO,
+        )
+        val authority = Authority.generate()
+        // The authority's key survives a round trip (an admin tool keeps it in a keystore).
+        val sameAuthority = Authority.fromPrivateKey(authority.privateKey())
+        assertEquals(authority.publicKey(), sameAuthority.publicKey())
+        val other = Authority.generate()
+
+        val a = open("A", listen = true)
+        val b = open("B")
+        val revoked = open("Revoked")
+        val stranger = open("Stranger")
+        val stores = listOf(a, b, revoked, stranger)
+        try {
+            enrol(a, "A", authority, 1)
+            enrol(b, "B", sameAuthority, 2)
+            val revokedInfo = enrol(revoked, "Revoked", authority, 3)
+            enrol(stranger, "Stranger", other, 1)
+
+            // A takes in the authority's revocation list before it syncs.
+            val list = authority.revoke(1uL, listOf(Revocation.Device(revokedInfo.signingKey)))
+            assertTrue(a.installRevocations(list))
+            assertFalse(a.installRevocations(list), "the same list again is no news")
+            expectThrows<ShoalException.Certificate> { a.installRevocations(other.revoke(2uL, emptyList())) }
+
+            a.startSync()
+            val address = a.listenAddress() ?: error("A has no listen address")
+            a.collection("tasks").upsert("""{"_id": "t1", "title": "from A"}""")
+            b.connect(address)
+            b.startSync()
+            val tasksB = b.collection("tasks")
+            eventually("B receives A's document over a certified link", { b.peers() }) { tasksB.get("t1") }
+            eventually("B and A seeing each other", { b.peers() to a.peers() }) {
+                true.takeIf { b.peers().map { it.name } == listOf("A") && a.peers().map { it.name } == listOf("B") }
+            }
+
+            // The revoked store and the other authority's store dial A too.
+            for (store in listOf(revoked, stranger)) {
+                store.collection("tasks").upsert("""{"_id": "from-${store.deviceId()}", "n": 1}""")
+                store.connect(address)
+                store.startSync()
+            }
+            eventually("A refusing the revoked store's certificate", { logged.takeLast(5) }) {
+                synchronized(logged) { logged.firstOrNull { it.contains("revoked: device key") } }
+            }
+            delay(2_000) // time for the stranger's dials too: no link comes up
+            for (store in listOf(revoked, stranger)) {
+                assertEquals(emptyList<Peer>(), store.peers(), "${store.deviceId()} has no link")
+                assertNull(store.collection("tasks").get("t1"), "nothing of A's reached it")
+            }
+            assertEquals(listOf("B"), a.peers().map { it.name }, "A is linked with B only")
+            assertEquals(1, a.collection("tasks").all().size, "nothing of theirs reached A")
+        } finally {
+            stores.forEach { it.shutdown() }
+            Shoal.installLogger(JulLogger(), LogLevel.INFO)
+        }
+    }
+
+    @Test
+    fun `enrolment mistakes are Certificate errors and change nothing`() = runBlocking<Unit> {
+        val authority = Authority.generate()
+        open("Bare").use { store ->
+            assertNull(store.certificate())
+            // No certificate and no app secret: sync cannot start.
+            expectThrows<ShoalException.Certificate> { store.startSync() }
+            val request = store.enrolmentRequest("Bare")
+            assertTrue(request.startsWith("shoal-enrol-1 "), request)
+            expectThrows<ShoalException.Certificate> { authority.issue(request, 1, listOf("delete *"), 1.days) }
+            expectThrows<ShoalException.Certificate> { authority.issue("not a request", 1, listOf(), 1.days) }
+            val certificate = authority.issue(request, 1, listOf("read *"), 1.days)
+            expectThrows<ShoalException.Certificate> {
+                store.installCertificate(Authority.generate().publicKey(), certificate)
+            }
+            expectThrows<ShoalException.Certificate> { store.installCertificate(authority.publicKey(), byteArrayOf(1, 2)) }
+            expectThrows<ShoalException.InvalidArgument> { store.installCertificate("xyz", certificate) }
+            expectThrows<ShoalException.InvalidArgument> { Authority.fromPrivateKey(ByteArray(5)) }
+            openStore(dir, "Other").use { other ->
+                // Another device's certificate does not install.
+                expectThrows<ShoalException.Certificate> { other.installCertificate(authority.publicKey(), certificate) }
+            }
+            assertNull(store.certificate())
+            val info = store.installCertificate(authority.publicKey(), certificate)
+            assertEquals(16, info.grantDeviceId.length)
+            store.startSync()
+            assertTrue(store.isSyncing())
+        }
+    }
+}

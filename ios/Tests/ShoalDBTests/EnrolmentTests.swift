@@ -1,0 +1,133 @@
+// Device identity: stores enrolled by an app authority sync with certificates; strangers and the revoked do not.
+
+import Foundation
+import ShoalDB
+
+func isCertificateError(_ e: Error) -> Bool { if case ShoalError.Certificate = e { return true }; return false }
+
+/// A store with no app secret (certificates only), listening on loopback only, without mDNS.
+private func openEnrollable(_ dir: String, _ name: String, peers: [String] = []) throws -> Store {
+    try Store.open(path: "\(dir)/\(name).db", deviceName: name,
+                   sync: SyncConfig(listen: "127.0.0.1:0", mdns: false, peers: peers))
+}
+
+/// Enrols `store` with `authority`: request → certificate → install.
+@discardableResult
+private func enrol(_ store: Store, _ name: String, _ authority: Authority, serial: UInt64) async throws -> CertificateInfo {
+    let request = try store.enrolmentRequest(name: name)
+    let certificate = try authority.issue(request: request, serial: serial, grants: ["read *", "write *"],
+                                          validFor: 365 * 86_400)
+    let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
+    try expectEqual(info.name, name)
+    try expectEqual(info.serial, serial)
+    try expectEqual(info.deviceId, try store.deviceId())
+    try expectEqual(info.grants, ["read *", "write *"])
+    try expectEqual(try store.certificate()?.signingKey, info.signingKey)
+    return info
+}
+
+func testEnrolledStoresSync() async throws {
+    let dir = try makeTempDir("enrolment")
+    defer { removeTempDir(dir) }
+    let lines = Locked<[String]>([])
+    Shoal.setLogHandler(level: .warn) { _, _, message in lines.mutate { $0.append(message) } }
+    defer { Shoal.installDefaultLogger(level: .warn) }
+
+    let authority = try Authority.generate()
+    let sameAuthority = try Authority.fromPrivateKey(privateKey: authority.privateKey())
+    try expectEqual(sameAuthority.publicKey(), authority.publicKey(), "the key survives a round trip")
+    let other = try Authority.generate()
+
+    let a = try openEnrollable(dir, "A")
+    defer { a.shutdown() }
+    try await enrol(a, "A", authority, serial: 1)
+    let revoked = try openEnrollable(dir, "Revoked")
+    defer { revoked.shutdown() }
+    let revokedInfo = try await enrol(revoked, "Revoked", authority, serial: 3)
+    let stranger = try openEnrollable(dir, "Stranger")
+    defer { stranger.shutdown() }
+    try await enrol(stranger, "Stranger", other, serial: 1)
+
+    // A takes in the authority's revocation list before it syncs.
+    let list = try authority.revoke(number: 1, entries: [.device(signingKey: revokedInfo.signingKey)])
+    let news = try await a.installRevocations(list: list)
+    try expect(news, "the list is news")
+    let again = try await a.installRevocations(list: list)
+    try expect(!again, "the same list again is no news")
+    let othersList = try other.revoke(number: 2, entries: [])
+    try await expectErrorAsync("another authority's list", isCertificateError) {
+        _ = try await a.installRevocations(list: othersList)
+    }
+
+    try await a.startSync()
+    guard let address = a.listenAddress() else { throw fail("A has no listen address") }
+    _ = try a.collection(name: "tasks").upsert(json: #"{"_id": "t1", "title": "from A"}"#)
+    let b = try openEnrollable(dir, "B", peers: [address])
+    defer { b.shutdown() }
+    try await enrol(b, "B", sameAuthority, serial: 2)
+    try await b.startSync()
+    let tasksB = try b.collection(name: "tasks")
+    try await eventually("B receiving A's document over a certified link") { try tasksB.get(id: "t1") != nil }
+    try await eventually("B and A seeing each other") {
+        b.peers().map(\.name) == ["A"] && a.peers().map(\.name) == ["B"]
+    }
+
+    // The revoked store and the other authority's store dial A too.
+    for store in [revoked, stranger] {
+        _ = try store.collection(name: "tasks").upsert(json: #"{"_id": "theirs"}"#)
+        try store.connect(address: address)
+        try await store.startSync()
+    }
+    try await eventually("A refusing the revoked store's certificate") {
+        lines.get().contains { $0.contains("revoked: device key") }
+    }
+    await sleep(ms: 2_000)  // time for the stranger's dials too: no link comes up
+    for store in [revoked, stranger] {
+        try expect(store.peers().isEmpty, "no link came up: \(store.peers().map(\.name))")
+        try expectEqual(try store.collection(name: "tasks").get(id: "t1"), nil, "nothing of A's reached it")
+    }
+    try expectEqual(a.peers().map(\.name), ["B"], "A is linked with B only")
+    try expectEqual(try a.collection(name: "tasks").get(id: "theirs"), nil, "nothing of theirs reached A")
+}
+
+func testEnrolmentMistakes() async throws {
+    let dir = try makeTempDir("enrolment-errors")
+    defer { removeTempDir(dir) }
+    let authority = try Authority.generate()
+    let store = try openEnrollable(dir, "Bare")
+    defer { store.shutdown() }
+    try expect(try store.certificate() == nil, "no certificate")
+    try await expectErrorAsync("sync with neither certificate nor secret", isCertificateError) {
+        try await store.startSync()
+    }
+    let request = try store.enrolmentRequest(name: "Bare")
+    try expect(request.hasPrefix("shoal-enrol-1 "), request)
+    try expectError("a bad grant", isCertificateError) {
+        _ = try authority.issue(request: request, serial: 1, grants: ["delete *"], validFor: 86_400)
+    }
+    try expectError("not a request", isCertificateError) {
+        _ = try authority.issue(request: "hello", serial: 1, grants: [], validFor: 86_400)
+    }
+    let certificate = try authority.issue(request: request, serial: 1, grants: ["read *"], validFor: 86_400)
+    let strangerKey = try Authority.generate().publicKey()
+    try await expectErrorAsync("another authority", isCertificateError) {
+        try await store.installCertificate(authorityPublicKey: strangerKey, certificate: certificate)
+    }
+    try await expectErrorAsync("garbage", isCertificateError) {
+        try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: Data([1, 2]))
+    }
+    try await expectErrorAsync("a bad key", isInvalidArgument) {
+        try await store.installCertificate(authorityPublicKey: "xyz", certificate: certificate)
+    }
+    try expectError("a short private key", isInvalidArgument) { _ = try Authority.fromPrivateKey(privateKey: Data(count: 5)) }
+    let other = try openStore(dir, "Other")
+    defer { other.shutdown() }
+    try await expectErrorAsync("another device's certificate", isCertificateError) {
+        try await other.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
+    }
+    try expect(try store.certificate() == nil, "no certificate")
+    let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
+    try expectEqual(info.grantDeviceId.count, 16)
+    try await store.startSync()
+    try expect(store.isSyncing(), "syncs with its certificate")
+}
