@@ -5,9 +5,7 @@ use crate::error::{guard, ShoalError};
 use crate::store::Store;
 use crate::values::invalid;
 use shoaldb::enrolment::{self, EnrolmentRequest, Validity};
-use shoaldb::security::{
-    Certificate, CertificateError, Grant, RevocationBody, RevocationList, SigningKey, VerifyingKey,
-};
+use shoaldb::security::{Certificate, CertificateError, Grant, RevocationList, SigningKey, VerifyingKey};
 use shoaldb::util::sources::Sources;
 use shoaldb::PeerId;
 use std::sync::Arc;
@@ -232,14 +230,8 @@ impl Authority {
                     })
                 })
                 .collect::<Result<Vec<_>, ShoalError>>()?;
-            let body = RevocationBody {
-                format: shoaldb::security::revocation::REVOCATION_FORMAT,
-                issuer: self.key.verifying_key(),
-                number,
-                issued_ms: Sources::system().now_ms(),
-                entries,
-            };
-            Ok(RevocationList::issue(body, &self.key).map_err(refused)?.encode())
+            let list = enrolment::revoke(&self.key, number, Sources::system().now_ms(), entries).map_err(refused)?;
+            Ok(list.encode())
         })
     }
 }

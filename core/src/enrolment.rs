@@ -26,8 +26,8 @@ use std::fmt;
 
 use crate::node::{device_identity, NodeError};
 use crate::security::{
-    Certificate, CertificateBody, CertificateChain, CertificateError, DeviceKey, Enrolment, Grant, RevocationList,
-    SecurityError, SigningKey, VerifyingKey,
+    Certificate, CertificateBody, CertificateChain, CertificateError, DeviceKey, Enrolment, Grant, Revocation,
+    RevocationBody, RevocationList, SecurityError, SigningKey, VerifyingKey,
 };
 use crate::Store;
 
@@ -159,6 +159,28 @@ pub fn issuing(
     certificate(authority, name.to_string(), subject, None, serial, grants, validity)
 }
 
+/// The revocation list number `number` of `authority`, issued at `issued_ms` (ms since the Unix epoch): it replaces
+/// every lower-numbered list of that authority, so `entries` must hold every revocation still in force.
+///
+/// # Errors
+/// [`CertificateError::Malformed`] if it holds more than [`MAX_REVOCATIONS`](crate::security::revocation::MAX_REVOCATIONS)
+/// entries.
+pub fn revoke(
+    authority: &SigningKey,
+    number: u64,
+    issued_ms: u64,
+    entries: Vec<Revocation>,
+) -> Result<RevocationList, CertificateError> {
+    let body = RevocationBody {
+        format: crate::security::revocation::REVOCATION_FORMAT,
+        issuer: authority.verifying_key(),
+        number,
+        issued_ms,
+        entries,
+    };
+    RevocationList::issue(body, authority)
+}
+
 fn certificate(
     authority: &SigningKey,
     name: String,
@@ -218,13 +240,22 @@ pub fn load(store: &Store) -> Result<Option<Enrolment>, NodeError> {
         .map_err(|_| SecurityError::InvalidKey("stored authorities are corrupt".into()))?;
     let mut enrolment = Enrolment::new(&device_identity(store)?, device_signing_key(store)?, chain, authorities)
         .map_err(SecurityError::from)?;
+    take_kept_revocations(&mut enrolment, store)?;
+    Ok(Some(enrolment))
+}
+
+/// Takes the revocation lists `store` keeps (from earlier runs) into `enrolment`.
+///
+/// # Errors
+/// [`NodeError::Store`] if the store fails.
+pub(crate) fn take_kept_revocations(enrolment: &mut Enrolment, store: &Store) -> Result<(), NodeError> {
     for list in store.revocation_lists()? {
         // Lists were checked when taken in; one the pinned authorities no longer cover is dropped.
         if let Ok(list) = RevocationList::decode(&list) {
             let _ = enrolment.accept_revocations(list);
         }
     }
-    Ok(Some(enrolment))
+    Ok(())
 }
 
 /// Takes in a revocation list (from the authority, or received from a peer) on an enrolled device, persisted so

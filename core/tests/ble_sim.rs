@@ -620,7 +620,7 @@ fn the_schedule_is_a_function_of_the_seed() {
 /// it off from its neighbour.
 #[test]
 fn enrolled_phones_over_ble_enforce_read_grants_and_revocation() {
-    use shoaldb::security::{Grant, Revocation, RevocationBody, RevocationList};
+    use shoaldb::security::{Grant, Revocation};
     for_each_seed("enrolled_phones_over_ble_enforce_read_grants_and_revocation", 3, |seed| {
         let mut w = RadioWorld::new(seed);
         let g = |t: &str| Grant::parse(t).unwrap();
@@ -642,14 +642,9 @@ fn enrolled_phones_over_ble_enforce_read_grants_and_revocation() {
         assert!(w.store(2).get("tasks", "t").unwrap().is_none(), "the middle phone may not read tasks");
         assert!(w.store(4).get("tasks", "t").unwrap().is_none(), "so tasks stop there");
         let authority = w.authority();
-        let body = RevocationBody {
-            format: 1,
-            issuer: authority.verifying_key(),
-            number: 1,
-            issued_ms: 0,
-            entries: vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: 5 }],
-        };
-        assert!(w.add_revocations(phones[0], RevocationList::issue(body, &authority).unwrap()).unwrap());
+        let revoked = vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: 5 }];
+        let list = shoaldb::enrolment::revoke(&authority, 1, 0, revoked).unwrap();
+        assert!(w.add_revocations(phones[0], list).unwrap());
         quiet(&mut w, "after the revocation");
         assert!(!w.linked_pairs().iter().any(|&(a, b)| a == 4 || b == 4), "the revoked phone is cut off");
         w.edit(phones[4], |s| s.upsert("notes", json!({"_id": "late", "from": "revoked"})).unwrap());

@@ -12,7 +12,7 @@ use shoaldb::enrolment::{self, EnrolmentRequest, Validity};
 use shoaldb::security::certificate::{Permissions, CLOCK_SKEW_MS, MAX_CERTIFICATE_BYTES, MAX_CHAIN_LEN};
 use shoaldb::security::{
     Access, AppSecret, Certificate, CertificateChain, CertificateError, DeviceKey, Enrolment, Grant, Handshake,
-    Identity, Revocation, RevocationBody, RevocationList, Revocations, SecurityError, SigningKey, VerifyingKey,
+    Identity, Revocation, RevocationList, Revocations, SecurityError, SigningKey, VerifyingKey,
 };
 use shoaldb::sync::{Engine, EngineEvent, Subscription, TransportKind};
 use shoaldb::util::sources::Sources;
@@ -65,8 +65,7 @@ fn everything() -> Vec<Grant> {
 }
 
 fn revocations(authority: &SigningKey, number: u64, entries: Vec<Revocation>) -> RevocationList {
-    let body = RevocationBody { format: 1, issuer: authority.verifying_key(), number, issued_ms: NOW, entries };
-    RevocationList::issue(body, authority).unwrap()
+    enrolment::revoke(authority, number, NOW, entries).unwrap()
 }
 
 // ---- certificates ----

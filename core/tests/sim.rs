@@ -1008,7 +1008,7 @@ fn phones_on_a_lan_and_ble_send_bulk_over_the_lan_and_fall_back_to_ble() {
 
 #[test]
 fn enrolled_mesh_enforces_read_grants_and_spreads_a_revocation() {
-    use shoaldb::security::{Grant, Revocation, RevocationBody, RevocationList};
+    use shoaldb::security::{Grant, Revocation};
     for_each_seed("enrolled_mesh_enforces_read_grants_and_spreads_a_revocation", 3, |seed| {
         let mut w = SimWorld::new(seed);
         let g = |t: &str| Grant::parse(t).unwrap();
@@ -1041,14 +1041,8 @@ fn enrolled_mesh_enforces_read_grants_and_spreads_a_revocation() {
                 w.run_until_quiet(3600 * SECOND).expect("quiet before the revocation");
                 assert!(w.engine(d).links().iter().any(|l| l.1 == w.engine(r).device_key()), "R linked to D");
                 let authority = w.authority();
-                let body = RevocationBody {
-                    format: 1,
-                    issuer: authority.verifying_key(),
-                    number: 1,
-                    issued_ms: 0,
-                    entries: vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: r as u64 + 1 }],
-                };
-                let list = RevocationList::issue(body, &authority).unwrap();
+                let revoked = vec![Revocation::Certificate { issuer: authority.verifying_key(), serial: r as u64 + 1 }];
+                let list = shoaldb::enrolment::revoke(&authority, 1, 0, revoked).unwrap();
                 assert!(w.add_revocations(a, list).unwrap());
             }
             let dt = w.rng().below(200 * MILLISECOND);

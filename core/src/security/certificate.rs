@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::DeviceKey;
 use super::revocation::Revocations;
-use super::signing::{Signed, SignedError, SigningKey, VerifyingKey};
+use super::signing::{Signed, SignedBody, SigningKey, VerifyingKey};
 use crate::crdt::clock::PeerId;
 use crate::crdt::path::Path;
 use crate::query::{Filter, Params};
@@ -319,6 +319,20 @@ pub struct CertificateBody {
     pub issues: bool,
 }
 
+impl SignedBody for CertificateBody {
+    const CONTEXT: &'static str = CERTIFICATE_CONTEXT;
+    const KIND: &'static str = "certificate";
+    const MAX_BYTES: usize = MAX_CERTIFICATE_BYTES;
+
+    fn issuer(&self) -> VerifyingKey {
+        self.issuer
+    }
+
+    fn describe(&self) -> String {
+        format!("certificate {} of {}", self.serial, self.issuer)
+    }
+}
+
 impl CertificateBody {
     /// Checks the body's own bounds (not its signature or chain).
     fn validate(&self) -> Result<(), CertificateError> {
@@ -360,7 +374,7 @@ impl Certificate {
         if body.issuer != issuer.verifying_key() {
             return Err(CertificateError::Malformed("the body names another issuer than the signing key".into()));
         }
-        let signed = Signed::sign(&body, issuer, CERTIFICATE_CONTEXT).map_err(CertificateError::Malformed)?;
+        let signed = Signed::sign(&body, issuer)?;
         let cert = Certificate { body, signed };
         if cert.encode().len() > MAX_CERTIFICATE_BYTES {
             return Err(CertificateError::Malformed(format!("longer than {MAX_CERTIFICATE_BYTES} bytes")));
@@ -379,15 +393,7 @@ impl Certificate {
     /// # Errors
     /// [`CertificateError::Malformed`] or [`CertificateError::BadSignature`].
     pub fn decode(bytes: &[u8]) -> Result<Certificate, CertificateError> {
-        let (body, signed) =
-            Signed::open(bytes, MAX_CERTIFICATE_BYTES, CERTIFICATE_CONTEXT, |b: &CertificateBody| b.issuer).map_err(
-                |e| match e {
-                    SignedError::Malformed(why) => CertificateError::Malformed(format!("certificate: {why}")),
-                    SignedError::BadSignature(b) => {
-                        CertificateError::BadSignature(format!("certificate {} of {}", b.serial, b.issuer))
-                    }
-                },
-            )?;
+        let (body, signed) = Signed::open::<CertificateBody>(bytes)?;
         body.validate()?;
         Ok(Certificate { body, signed })
     }
@@ -589,8 +595,9 @@ impl Permissions {
     }
 
     /// Whether the device `device` may read `doc` (its JSON view) of `collection`.
+    /// (One document; a sync session checks many with [`Permissions::read_rules`], which parses the filters once.)
     pub fn may_read(&self, collection: &str, doc: &serde_json::Value, device: PeerId) -> bool {
-        self.0.iter().all(|level| level.iter().any(|g| g.covers(Right::Read, collection) && g.matches(doc, device)))
+        self.read_rules(device).may_read(collection, Some(doc))
     }
 
     /// Whether the device may receive anything at all of `collection` (some read grant covers it at every level).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::certificate::{Certificate, CertificateError};
-use super::signing::{Signed, SignedError, SigningKey, VerifyingKey};
+use super::signing::{Signed, SignedBody, SigningKey, VerifyingKey};
 use crate::crdt::clock::PeerId;
 
 /// The format version of revocation lists this code writes and reads.
@@ -63,6 +63,20 @@ pub struct RevocationBody {
     pub entries: Vec<Revocation>,
 }
 
+impl SignedBody for RevocationBody {
+    const CONTEXT: &'static str = REVOCATION_CONTEXT;
+    const KIND: &'static str = "revocation list";
+    const MAX_BYTES: usize = MAX_REVOCATION_LIST_BYTES;
+
+    fn issuer(&self) -> VerifyingKey {
+        self.issuer
+    }
+
+    fn describe(&self) -> String {
+        format!("revocation list {} of {}", self.number, self.issuer)
+    }
+}
+
 /// A signed revocation list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevocationList {
@@ -80,7 +94,7 @@ impl RevocationList {
         if body.issuer != issuer.verifying_key() {
             return Err(CertificateError::Malformed("the list names another issuer than the signing key".into()));
         }
-        let signed = Signed::sign(&body, issuer, REVOCATION_CONTEXT).map_err(CertificateError::Malformed)?;
+        let signed = Signed::sign(&body, issuer)?;
         Ok(RevocationList { body, signed })
     }
 
@@ -94,15 +108,7 @@ impl RevocationList {
     /// # Errors
     /// [`CertificateError::Malformed`] or [`CertificateError::BadSignature`].
     pub fn decode(bytes: &[u8]) -> Result<RevocationList, CertificateError> {
-        let (body, signed) =
-            Signed::open(bytes, MAX_REVOCATION_LIST_BYTES, REVOCATION_CONTEXT, |b: &RevocationBody| b.issuer).map_err(
-                |e| match e {
-                    SignedError::Malformed(why) => CertificateError::Malformed(format!("revocation list: {why}")),
-                    SignedError::BadSignature(b) => {
-                        CertificateError::BadSignature(format!("revocation list {} of {}", b.number, b.issuer))
-                    }
-                },
-            )?;
+        let (body, signed) = Signed::open::<RevocationBody>(bytes)?;
         validate(&body)?;
         Ok(RevocationList { body, signed })
     }

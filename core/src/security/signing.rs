@@ -7,6 +7,7 @@ use std::fmt;
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 
+use super::certificate::CertificateError;
 use super::SecurityError;
 use crate::crdt::clock::PeerId;
 use crate::util::hex;
@@ -185,11 +186,25 @@ pub(crate) struct Signed {
     signature: Signature,
 }
 
+/// A body an authority signs and devices check: a certificate's or a revocation list's.
+pub(crate) trait SignedBody: Serialize + serde::de::DeserializeOwned {
+    /// The signature context (see [`SigningKey::sign`]).
+    const CONTEXT: &'static str;
+    /// What it is, in error messages ("certificate").
+    const KIND: &'static str;
+    /// The most bytes its signed form may have (checked before decoding).
+    const MAX_BYTES: usize;
+    /// The key it says signed it.
+    fn issuer(&self) -> VerifyingKey;
+    /// It, named in error messages ("certificate 7 of …").
+    fn describe(&self) -> String;
+}
+
 impl Signed {
-    /// `body` encoded and signed by `key` in `context`.
-    pub(crate) fn sign<T: Serialize>(body: &T, key: &SigningKey, context: &str) -> Result<Signed, String> {
-        let body = postcard::to_stdvec(body).map_err(|e| e.to_string())?;
-        let signature = key.sign(context, &body);
+    /// `body` encoded and signed by `key`.
+    pub(crate) fn sign<T: SignedBody>(body: &T, key: &SigningKey) -> Result<Signed, CertificateError> {
+        let body = postcard::to_stdvec(body).map_err(|e| CertificateError::Malformed(e.to_string()))?;
+        let signature = key.sign(T::CONTEXT, &body);
         Ok(Signed { body, signature })
     }
 
@@ -198,32 +213,23 @@ impl Signed {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
-    /// Decodes a signed body of at most `max` bytes in all: the body, whose signature `issuer` (a function of the
-    /// body: who it says signed it) must have made in `context`. Returns the body and its signed form.
-    pub(crate) fn open<T: serde::de::DeserializeOwned>(
-        bytes: &[u8],
-        max: usize,
-        context: &str,
-        issuer: impl Fn(&T) -> VerifyingKey,
-    ) -> Result<(T, Signed), SignedError<T>> {
-        if bytes.len() > max {
-            return Err(SignedError::Malformed(format!("{} bytes (at most {max})", bytes.len())));
+    /// Decodes a signed body of at most [`SignedBody::MAX_BYTES`] in all, whose signature must be the one its
+    /// issuer made. Returns the body and its signed form.
+    ///
+    /// # Errors
+    /// [`CertificateError::Malformed`] or [`CertificateError::BadSignature`].
+    pub(crate) fn open<T: SignedBody>(bytes: &[u8]) -> Result<(T, Signed), CertificateError> {
+        let malformed = |why: String| CertificateError::Malformed(format!("{}: {why}", T::KIND));
+        if bytes.len() > T::MAX_BYTES {
+            return Err(malformed(format!("{} bytes (at most {})", bytes.len(), T::MAX_BYTES)));
         }
-        let signed: Signed = postcard::from_bytes(bytes).map_err(|e| SignedError::Malformed(e.to_string()))?;
-        let body: T = postcard::from_bytes(&signed.body).map_err(|e| SignedError::Malformed(format!("body: {e}")))?;
-        if !issuer(&body).verifies(context, &signed.body, &signed.signature) {
-            return Err(SignedError::BadSignature(body));
+        let signed: Signed = postcard::from_bytes(bytes).map_err(|e| malformed(e.to_string()))?;
+        let body: T = postcard::from_bytes(&signed.body).map_err(|e| malformed(format!("body: {e}")))?;
+        if !body.issuer().verifies(T::CONTEXT, &signed.body, &signed.signature) {
+            return Err(CertificateError::BadSignature(body.describe()));
         }
         Ok((body, signed))
     }
-}
-
-/// Why [`Signed::open`] failed.
-pub(crate) enum SignedError<T> {
-    /// Not decodable, or too long.
-    Malformed(String),
-    /// The signature is not the named issuer's (the body, for the error message).
-    BadSignature(T),
 }
 
 /// Byte vectors as serde bytes (postcard: a length and the bytes).

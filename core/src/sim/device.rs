@@ -3,7 +3,7 @@
 //! reported.
 
 use super::{open_store, StoreDir};
-use crate::security::{Access, AppSecret, DeviceKey, Enrolment, Grant, Identity, RevocationList, SigningKey};
+use crate::security::{Access, AppSecret, DeviceKey, Enrolment, Grant, Identity, SigningKey};
 use crate::store::Store;
 use crate::sync::{Engine, EngineEvent, Subscription};
 use crate::util::rng::SeededRng;
@@ -110,11 +110,7 @@ impl Device {
         // Revocation lists taken in before the restart were kept in the store.
         let mut access = self.access.clone();
         if let Access::Certificates(enrolment) = &mut access {
-            for list in store.revocation_lists().unwrap_or_default() {
-                if let Ok(list) = RevocationList::decode(&list) {
-                    let _ = enrolment.accept_revocations(list);
-                }
-            }
+            crate::enrolment::take_kept_revocations(enrolment, &store).expect("the kept revocation lists");
         }
         self.engine = Engine::new(store.replica(), self.identity.clone(), access, &self.name, subscriptions, seq_base)
             .with_sources(

@@ -408,13 +408,12 @@ impl Engine {
             ))
             .into());
         };
-        let number = list.body().number;
-        if !enrolment.accept_revocations(list.clone()).map_err(SecurityError::from)? {
+        // (`accept` logs a list it takes in.)
+        let encoded = list.encode();
+        if !enrolment.accept_revocations(list).map_err(SecurityError::from)? {
             return Ok(false);
         }
-        log::info!("revocation list {number} of {} taken in", list.body().issuer);
         self.replica.keep_revocation_lists(&self.revocation_lists())?;
-        let encoded = list.encode();
         for (id, slot) in self.links.iter_mut() {
             if Some(*id) != from {
                 if let Some(s) = slot.session.as_mut() {
@@ -510,7 +509,7 @@ impl Engine {
         }
         slot.last_rx = now;
         let was_open = slot.codec.is_open();
-        let messages = slot.codec.on_frame(frame, limit)?;
+        let messages = slot.codec.on_frame(frame, limit, &self.access)?;
         if !was_open && slot.codec.is_open() {
             self.handshake_done(link)?;
         }
@@ -549,8 +548,7 @@ impl Engine {
             slot.device = Some(device);
         }
         let interest = self.interest_for(link);
-        let session = Session::start(&*self.replica, &self.name, interest)?;
-        let mut session = session;
+        let mut session = Session::start(&*self.replica, &self.name, interest)?;
         if let Some(device) = self.links.get(&link).and_then(|s| s.codec.verified()) {
             session.set_read_rules(device.permissions.read_rules(device.device_id()));
         }

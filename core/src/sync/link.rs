@@ -26,15 +26,12 @@ enum State {
 
 pub(crate) struct LinkCodec {
     state: State,
-    /// How the peer's credentials are checked.
-    access: Access,
     /// The wall clock (certificates' validity).
     sources: Sources,
-    /// Whether the peer's credentials were checked (as soon as the message carrying them arrived).
-    checked: bool,
     /// What the peer's certificate chain established (`None` in development mode).
     verified: Option<VerifiedDevice>,
-    /// What the peer presented, and the key it proved: checked again when revocations arrive and as time passes.
+    /// What the peer presented, and the key it proved, once checked (as soon as the message carrying them arrived):
+    /// checked again when revocations arrive and as time passes.
     presented: Option<(Vec<u8>, DeviceKey)>,
     reassembly: Vec<u8>,
     out: VecDeque<Vec<u8>>,
@@ -51,15 +48,13 @@ impl LinkCodec {
             Handshake::new(identity, &access.psk(), PROLOGUE, initiator, sources)?.presenting(access.credentials())?;
         let mut codec = LinkCodec {
             state: State::Handshaking(Box::new(hs)),
-            access: access.clone(),
             sources: sources.clone(),
-            checked: false,
             verified: None,
             presented: None,
             reassembly: Vec::new(),
             out: VecDeque::new(),
         };
-        codec.flush_handshake()?;
+        codec.flush_handshake(access)?;
         Ok(codec)
     }
 
@@ -78,15 +73,13 @@ impl LinkCodec {
         }
     }
 
-    fn flush_handshake(&mut self) -> Result<(), SyncError> {
+    fn flush_handshake(&mut self, access: &Access) -> Result<(), SyncError> {
         let State::Handshaking(hs) = &mut self.state else { return Ok(()) };
         // The peer's credentials are checked as soon as they arrive: before this side presents its own (the
         // initiator answers the responder's) and before any channel exists.
-        if !self.checked {
+        if self.presented.is_none() {
             if let Some((credentials, key)) = hs.peer_credentials() {
-                self.checked = true;
-                let verified = self
-                    .access
+                let verified = access
                     .check_peer(credentials, key, self.sources.now_ms())
                     .map_err(crate::security::SecurityError::from)?;
                 if let Some(device) = &verified {
@@ -121,9 +114,10 @@ impl LinkCodec {
     }
 
     /// Handle one frame; returns the messages it completed. A message may grow to `limit` bytes at most (the
-    /// engine's share for this link, at most [`MAX_MESSAGE_BYTES`]).
-    pub fn on_frame(&mut self, frame: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, SyncError> {
-        let result = self.on_frame_inner(frame, limit.min(MAX_MESSAGE_BYTES));
+    /// engine's share for this link, at most [`MAX_MESSAGE_BYTES`]). A peer's credentials are checked with
+    /// `access` (the engine's, with the revocation lists it holds now).
+    pub fn on_frame(&mut self, frame: &[u8], limit: usize, access: &Access) -> Result<Vec<Vec<u8>>, SyncError> {
+        let result = self.on_frame_inner(frame, limit.min(MAX_MESSAGE_BYTES), access);
         if result.is_err() {
             self.state = State::Failed;
             self.release();
@@ -136,12 +130,12 @@ impl LinkCodec {
         self.reassembly = Vec::new();
     }
 
-    fn on_frame_inner(&mut self, frame: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, SyncError> {
+    fn on_frame_inner(&mut self, frame: &[u8], limit: usize, access: &Access) -> Result<Vec<Vec<u8>>, SyncError> {
         match &mut self.state {
             State::Failed => Err(SyncError::Protocol("link already failed".into())),
             State::Handshaking(hs) => {
                 hs.incoming(frame)?;
-                self.flush_handshake()?;
+                self.flush_handshake(access)?;
                 Ok(Vec::new())
             }
             State::Open { channel, .. } => {

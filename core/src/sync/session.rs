@@ -124,11 +124,6 @@ impl Interest {
         self.everything || matches!(self.collections.get(collection), Some(None))
     }
 
-    /// Whether `collection` is wanted through filters only (no unfiltered subscription covers it).
-    pub fn is_filtered(&self, collection: &str) -> bool {
-        !self.wants_all_of(collection)
-    }
-
     /// Whether any subscription may concern `collection`.
     pub fn covers_collection(&self, collection: &str) -> bool {
         self.everything || self.collections.contains_key(collection)
@@ -539,27 +534,19 @@ impl Session {
         let Some(first) = log.first() else { return Ok((false, read)) };
         // Checking the document against long filters costs more than reading it: charged too.
         read += self.peer_interest.filter_work(&first.collection) * FILTER_WORK_WEIGHT;
-        let mut interesting = self.peer_interest.covers_collection(&first.collection);
-        if interesting {
-            // The view is read at most once, for the read rules and the filters alike.
-            let readable = self.reads_all_of(&first.collection);
-            let view = if readable && !self.peer_interest.is_filtered(&first.collection) {
-                None
-            } else {
-                Some(store.view_of_doc(doc)?)
-            };
-            let view = view.as_ref().map(Option::as_ref);
+        let collection = &first.collection;
+        let held = |s: &Self| log.iter().any(|e| s.peer_known.contains(e.peer, e.start, e.end));
+        let interesting = if !self.peer_interest.covers_collection(collection) {
+            false
+        } else if self.reads_all_of(collection) {
+            held(self) || self.peer_interest.matches(collection, store.view_of_doc(doc)?.as_ref())
+        } else {
             // The read rules are a hard limit: a document the peer may not read now is not sent, even when the
             // peer holds an earlier version of it (it keeps that stale copy rather than learn what changed).
-            let may_read =
-                readable || self.reads.as_ref().is_none_or(|r| r.may_read(&first.collection, view.flatten()));
-            interesting = may_read
-                && (log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end))
-                    || match view {
-                        Some(v) => self.peer_interest.matches(&first.collection, v),
-                        None => self.peer_interest.wants_all_of(&first.collection),
-                    });
-        }
+            let view = store.view_of_doc(doc)?;
+            self.reads.as_ref().is_none_or(|r| r.may_read(collection, view.as_ref()))
+                && (held(self) || self.peer_interest.matches(collection, view.as_ref()))
+        };
         if !interesting {
             for e in seen.unwrap_or_default() {
                 self.skipped.insert(e.peer, e.start, e.end);

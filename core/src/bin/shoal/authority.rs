@@ -5,9 +5,7 @@
 use crate::{print_line, usage, CliError};
 use serde_json::json;
 use shoaldb::enrolment::{self, EnrolmentRequest, Validity};
-use shoaldb::security::{
-    Certificate, CertificateChain, Grant, Revocation, RevocationBody, RevocationList, SigningKey, VerifyingKey,
-};
+use shoaldb::security::{Certificate, CertificateChain, Grant, Revocation, RevocationList, SigningKey, VerifyingKey};
 use shoaldb::util::{hex, sources::Sources};
 use shoaldb::{PeerId, Store};
 use std::path::Path;
@@ -174,14 +172,7 @@ fn revoke(dir: &Path, options: &[String]) -> Result<(), CliError> {
             entries.push(entry);
         }
     }
-    let body = RevocationBody {
-        format: shoaldb::security::revocation::REVOCATION_FORMAT,
-        issuer: key.verifying_key(),
-        number: number + 1,
-        issued_ms: Sources::system().now_ms(),
-        entries,
-    };
-    let list = RevocationList::issue(body, &key).map_err(failed)?;
+    let list = enrolment::revoke(&key, number + 1, Sources::system().now_ms(), entries).map_err(failed)?;
     let text = hex(&list.encode());
     write_private(&path, text.as_bytes())?;
     print_line(&text)
