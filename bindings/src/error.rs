@@ -33,6 +33,10 @@ pub enum ShoalError {
     /// certificate nor an app secret to start with. The message says why.
     #[error("{0}")]
     Certificate(String),
+    /// The device's certificate does not allow this write (the collection, a field, or the document: the message
+    /// says which). Every other device would refuse it, so the store refuses it first; nothing was changed.
+    #[error("{0}")]
+    NotPermitted(String),
     /// The store was closed; open it again.
     #[error("the store is closed")]
     Closed,
@@ -55,6 +59,7 @@ impl From<shoaldb::Error> for ShoalError {
             E::WrongKey => ShoalError::WrongKey(msg),
             E::NotEncrypted | E::InvalidKey { .. } => ShoalError::InvalidArgument(msg),
             E::NotFound { .. } | E::Evicted { .. } | E::AttachmentNotFound { .. } => ShoalError::NotFound(msg),
+            E::NotPermitted { .. } => ShoalError::NotPermitted(msg),
             E::Document(_) | E::Path(_) | E::Change(_) | E::Query(_) | E::InvalidJson(_) | E::InvalidName { .. } => {
                 ShoalError::InvalidArgument(msg)
             }

@@ -110,7 +110,10 @@ pub fn device_signing_key(store: &Store) -> Result<SigningKey, NodeError> {
     }
     let fresh = SigningKey::generate()?;
     let bytes = store.local_value_or_insert(SIGNING_KEY_SETTING, &fresh.to_bytes())?;
-    Ok(SigningKey::from_bytes(&bytes)?)
+    let key = SigningKey::from_bytes(&bytes)?;
+    // The store signs its changes with it from now on, under author ids derived from it.
+    store.load_signing_key()?;
+    Ok(key)
 }
 
 /// The enrolment request of this device, named `name` (its keys are made on first use).
@@ -217,11 +220,20 @@ pub fn install(store: &Store, chain: &[Certificate], authorities: &[VerifyingKey
     let chain = CertificateChain::new(chain.to_vec()).map_err(SecurityError::from)?;
     let enrolment = Enrolment::new(&device_identity(store)?, device_signing_key(store)?, chain, authorities.to_vec())
         .map_err(SecurityError::from)?;
-    let keys: Vec<u8> = authorities.iter().flat_map(|k| k.0).collect();
-    store.set_local_value(CHAIN_SETTING, &enrolment.chain().encode())?;
-    store.set_local_value(AUTHORITIES_SETTING, &keys)?;
+    keep(store, &enrolment)?;
     log::info!("installed certificate {}", enrolment.chain().leaf());
     Ok(enrolment)
+}
+
+/// Keeps `enrolment` in `store` (its signing key, chain and pinned authorities, as device-local settings), and has
+/// the store take it up: it signs its changes with the key and refuses writes beyond the certificate from now on.
+pub(crate) fn keep(store: &Store, enrolment: &Enrolment) -> Result<(), NodeError> {
+    let keys: Vec<u8> = enrolment.authorities().iter().flat_map(|k| k.0).collect();
+    store.set_local_value(SIGNING_KEY_SETTING, &enrolment.signing_key().to_bytes())?;
+    store.set_local_value(CHAIN_SETTING, &enrolment.chain().encode())?;
+    store.set_local_value(AUTHORITIES_SETTING, &keys)?;
+    store.load_signing_key()?;
+    Ok(())
 }
 
 /// This device's enrolment, if a certificate is installed ([`install`]); `None` in development mode.

@@ -38,6 +38,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The device's certificate does not let it make this write (see [`crate::security::certificate`]): every other
+    /// device would refuse it, so the store refuses it first and the transaction changes nothing.
+    #[error("not permitted to write {collection}/{id}: {reason}")]
+    NotPermitted {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+        /// What the certificate does not allow.
+        reason: String,
+    },
     /// The document does not exist (it never did, or it was removed).
     #[error("document {collection}/{id} not found")]
     NotFound {

@@ -96,6 +96,7 @@ fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
                 Op::Set { path: vec![Seg::Key("a".into())], value: Scalar::Int(1) },
             ],
         ),
+        signature: None,
     };
     let bad_cases = vec![
         // Insert after an element that does not exist.
@@ -139,7 +140,10 @@ fn inconsistent_changes_fail_the_whole_batch_and_write_nothing() {
         change(8, 1, &[], vec![]),
     ];
     for bad in bad_cases {
-        let batch = vec![good.clone(), DocChange { collection: "c".into(), doc_id: "new".into(), change: bad.clone() }];
+        let batch = vec![
+            good.clone(),
+            DocChange { collection: "c".into(), doc_id: "new".into(), change: bad.clone(), signature: None },
+        ];
         let err = s.replica().apply_changes(&batch).expect_err(&format!("{bad:?} must be rejected"));
         assert!(matches!(err, Error::Document(_) | Error::Change(_)), "typed error, got {err:?}");
         assert_eq!((s.list("c").unwrap(), s.replica().summary().unwrap()), before, "nothing written for {bad:?}");
@@ -167,7 +171,9 @@ fn far_future_timestamps_do_not_poison_the_clock_and_later_writes_still_win() {
         ],
     );
     c.ts = far;
-    s.replica().apply_changes(&[DocChange { collection: "c".into(), doc_id: "d".into(), change: c }]).unwrap();
+    s.replica()
+        .apply_changes(&[DocChange { collection: "c".into(), doc_id: "d".into(), change: c, signature: None }])
+        .unwrap();
     assert_eq!(s.get("c", "d").unwrap().unwrap()["v"], "from the future");
     // A local write made after seeing it: causally later, so it wins although its clock is far behind.
     s.update("c", "d", |d| Ok(d.set("v", "local")?)).unwrap();

@@ -103,7 +103,8 @@ fn nested(depth: usize) -> Scalar {
 /// such a value cannot even be dropped without overflowing a stack.
 fn deeply_nested_change_bytes(depth: usize) -> Vec<u8> {
     let mut bytes =
-        DocChange { collection: "c".into(), doc_id: "d".into(), change: create_with(7, Scalar::Null) }.encode();
+        DocChange { collection: "c".into(), doc_id: "d".into(), change: create_with(7, Scalar::Null), signature: None }
+            .encode();
     // The value is the last thing encoded: `Null` is its variant index 0. Replace it with `depth` times
     // "List (variant 6) of one element", then the `Null`.
     assert_eq!(bytes.pop(), Some(0));
@@ -133,8 +134,12 @@ fn a_register_value_nested_too_deep_is_refused_locally_and_remotely_and_the_coll
     let (_d, s) = store();
     s.upsert("c", json!({"_id": "ok", "n": 1})).unwrap();
     // Remote: a change built in memory (as a relay's decoder would hand it over) with a value one level too deep.
-    let deep =
-        DocChange { collection: "c".into(), doc_id: "d".into(), change: create_with(7, nested(MAX_VALUE_DEPTH + 1)) };
+    let deep = DocChange {
+        collection: "c".into(),
+        doc_id: "d".into(),
+        change: create_with(7, nested(MAX_VALUE_DEPTH + 1)),
+        signature: None,
+    };
     let before = s.replica().summary().unwrap();
     let err = s.replica().apply_changes(&[deep]).unwrap_err();
     assert!(matches!(err, Error::Change(ChangeError::TooLarge(_)) | Error::Change(ChangeError::Corrupt(_))), "{err:?}");
@@ -227,7 +232,7 @@ fn insert_text(peer: u64, start: u64, deps: VersionVector, text: &str) -> Change
 }
 
 fn doc_change(c: Change) -> DocChange {
-    DocChange { collection: "c".into(), doc_id: "d".into(), change: c }
+    DocChange { collection: "c".into(), doc_id: "d".into(), change: c, signature: None }
 }
 
 #[test]
@@ -327,8 +332,8 @@ fn a_batch_costing_more_than_its_bound_is_refused_whole_before_anything_is_appli
         let base = with_containers();
         let ins = insert_elems(7, 4, after(&base), per);
         let id = format!("d{i}");
-        batch.push(DocChange { collection: "c".into(), doc_id: id.clone(), change: base });
-        batch.push(DocChange { collection: "c".into(), doc_id: id, change: ins });
+        batch.push(DocChange { collection: "c".into(), doc_id: id.clone(), change: base, signature: None });
+        batch.push(DocChange { collection: "c".into(), doc_id: id, change: ins, signature: None });
     }
     let err = s.replica().apply_changes(&batch).unwrap_err();
     assert!(matches!(err, Error::Change(ChangeError::TooLarge(_))), "{err:?}");

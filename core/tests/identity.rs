@@ -3,8 +3,12 @@
 //! engines — a device without a valid certificate (none, another authority's, someone else's, expired, not yet
 //! valid, revoked) is refused with a typed reason, and an honest pair links up.
 
+#[path = "common/enrolled.rs"]
+mod enrolled;
 #[path = "common/wires.rs"]
 mod wires;
+
+use enrolled::{enrolled_engine_with, everything, year, DAY, NOW};
 
 use serde_json::json;
 use shoaldb::crdt::path::Path;
@@ -17,10 +21,6 @@ use shoaldb::security::{
 use shoaldb::sync::{Engine, EngineEvent, Subscription, TransportKind};
 use shoaldb::util::sources::Sources;
 use shoaldb::Store;
-
-const DAY: u64 = 86_400_000;
-/// "Now" in these tests: 2026-06-01.
-const NOW: u64 = 1_780_272_000_000;
 
 /// A device's keys, made locally.
 struct Device {
@@ -52,16 +52,8 @@ impl Device {
     }
 }
 
-fn year() -> Validity {
-    Validity::days_from(NOW - DAY, 365)
-}
-
 fn cert(authority: &SigningKey, device: &Device, serial: u64, grants: Vec<Grant>, validity: Validity) -> Certificate {
     enrolment::issue(authority, &device.request(&format!("device {serial}")), serial, grants, validity).unwrap()
-}
-
-fn everything() -> Vec<Grant> {
-    vec![Grant::read("*"), Grant::write("*")]
 }
 
 fn revocations(authority: &SigningKey, number: u64, entries: Vec<Revocation>) -> RevocationList {
@@ -536,23 +528,6 @@ fn credentials_are_bounded_and_never_sent_in_the_first_message() {
 /// A store enrolled through the public API, and an engine on it (clock at `NOW`).
 fn enrolled_engine(dir: &tempfile::TempDir, authority: &SigningKey, serial: u64) -> (Store, Engine) {
     enrolled_engine_with(dir, authority, serial, everything())
-}
-
-fn enrolled_engine_with(
-    dir: &tempfile::TempDir,
-    authority: &SigningKey,
-    serial: u64,
-    grants: Vec<Grant>,
-) -> (Store, Engine) {
-    let store = Store::open(dir.path().join(format!("{serial}.db"))).unwrap();
-    let request = enrolment::request(&store, &format!("device {serial}")).unwrap();
-    let c = enrolment::issue(authority, &request, serial, grants, year()).unwrap();
-    let e = enrolment::install(&store, &[c], &[authority.verifying_key()]).unwrap();
-    let identity = shoaldb::node::device_identity(&store).unwrap();
-    let engine =
-        Engine::new(store.replica(), identity, e, &format!("device {serial}"), vec![Subscription::everything()], 0)
-            .with_sources(Sources::system().with_clock(|| NOW));
-    (store, engine)
 }
 
 fn held_lists(store: &Store) -> usize {

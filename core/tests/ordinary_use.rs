@@ -165,7 +165,7 @@ fn change_outside_its_dependencies(text_item: Dot, deps: VersionVector) -> DocCh
     let path = vec![Seg::Key("t".into())];
     let ops = vec![Op::InsertText { path, origin_left: Some(text_item), origin_right: None, text: Chars::from("!") }];
     let change = Change { peer: PeerId(77), start: 1, ts: Timestamp::new(1_000, 0), deps, ops };
-    DocChange { collection: "c".into(), doc_id: "d".into(), change }
+    DocChange { collection: "c".into(), doc_id: "d".into(), change, signature: None }
 }
 
 #[test]

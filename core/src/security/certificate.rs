@@ -32,11 +32,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::authorship::RefusalReason;
 use super::keys::DeviceKey;
 use super::revocation::Revocations;
 use super::signing::{Signed, SignedBody, SigningKey, VerifyingKey};
 use crate::crdt::clock::PeerId;
-use crate::crdt::path::Path;
+use crate::crdt::path::{Path, PathSegment};
 use crate::query::{Filter, Params};
 use crate::util::hex;
 
@@ -252,11 +253,12 @@ impl Grant {
         filter.matches(doc, &params).unwrap_or(false)
     }
 
-    /// Whether every path in `paths` lies within the grant's fields.
-    fn covers_paths<'a>(&self, mut paths: impl Iterator<Item = &'a Path>) -> bool {
+    /// Whether every path in `paths` (keys from the document root; empty: the document itself) lies within the
+    /// grant's fields.
+    fn covers_field_paths(&self, paths: &[Vec<PathSegment>]) -> bool {
         let Some(fields) = &self.fields else { return true };
         let fields: Vec<Path> = fields.iter().filter_map(|f| Path::parse(f).ok()).collect();
-        paths.all(|p| fields.iter().any(|f| p.segments().starts_with(f.segments())))
+        paths.iter().all(|p| !p.is_empty() && fields.iter().any(|f| p.starts_with(f.segments())))
     }
 }
 
@@ -551,8 +553,15 @@ impl CertificateChain {
             noise_key,
             serial: leaf.body.serial,
             issuer: leaf.body.issuer,
-            permissions: Permissions(certs.iter().map(|c| c.body.grants.clone()).collect()),
+            permissions: self.permissions(),
         })
+    }
+}
+
+impl CertificateChain {
+    /// What the chain lets its device read and write (not checking the chain: see [`CertificateChain::verify`]).
+    pub(crate) fn permissions(&self) -> Permissions {
+        Permissions(self.0.iter().map(|c| c.body.grants.clone()).collect())
     }
 }
 
@@ -600,6 +609,11 @@ impl Permissions {
         self.read_rules(device).may_read(collection, Some(doc))
     }
 
+    /// Whether some write grant on `collection` has a filter (checking a write then needs the document).
+    pub(crate) fn filters_writes(&self, collection: &str) -> bool {
+        self.0.iter().flatten().any(|g| g.covers(Right::Write, collection) && g.filter.is_some())
+    }
+
     /// Whether the device may receive anything at all of `collection` (some read grant covers it at every level).
     pub fn may_read_some(&self, collection: &str) -> bool {
         self.0.iter().all(|level| level.iter().any(|g| g.covers(Right::Read, collection)))
@@ -613,11 +627,59 @@ impl Permissions {
         paths: impl Iterator<Item = &'a Path> + Clone,
         device: PeerId,
     ) -> bool {
-        self.0.iter().all(|level| {
-            level
-                .iter()
-                .any(|g| g.covers(Right::Write, collection) && g.matches(doc, device) && g.covers_paths(paths.clone()))
-        })
+        let paths: Vec<Vec<PathSegment>> = paths.map(|p| p.segments().to_vec()).collect();
+        self.check_write(collection, &paths, device, &mut || Ok(Some(doc.clone()))).is_ok()
+    }
+
+    /// Whether the device `device` may write the field paths `paths` (keys from the document root; an empty path is
+    /// the document itself, which only a grant without `fields` covers) of a document of `collection`. `doc` gives
+    /// the document the grants' filters are evaluated on (see [`crate::security::authorship`]); it is called only
+    /// when a filter needs it, at most once.
+    ///
+    /// # Errors
+    /// [`RefusalReason::NotPermitted`], saying what is not permitted.
+    pub(crate) fn check_write(
+        &self,
+        collection: &str,
+        paths: &[Vec<PathSegment>],
+        device: PeerId,
+        doc: &mut dyn FnMut() -> Result<Option<serde_json::Value>, RefusalReason>,
+    ) -> Result<(), RefusalReason> {
+        let mut view: Option<Option<serde_json::Value>> = None;
+        for level in &self.0 {
+            let grants: Vec<&Grant> = level.iter().filter(|g| g.covers(Right::Write, collection)).collect();
+            if grants.is_empty() {
+                return Err(RefusalReason::NotPermitted(format!("writing collection {collection:?}")));
+            }
+            let by_fields: Vec<&Grant> = grants.iter().copied().filter(|g| g.covers_field_paths(paths)).collect();
+            if by_fields.is_empty() {
+                let outside = paths
+                    .iter()
+                    .find(|p| !grants.iter().any(|g| g.covers_field_paths(std::slice::from_ref(p))))
+                    .map_or_else(|| "these fields together".to_string(), |p| super::authorship::describe_path(p));
+                return Err(RefusalReason::NotPermitted(format!("writing {outside} of collection {collection:?}")));
+            }
+            let mut allowed = false;
+            for g in by_fields {
+                if g.filter.is_none() {
+                    allowed = true;
+                    break;
+                }
+                if view.is_none() {
+                    view = Some(doc()?);
+                }
+                if view.as_ref().and_then(|v| v.as_ref()).is_some_and(|v| g.matches(v, device)) {
+                    allowed = true;
+                    break;
+                }
+            }
+            if !allowed {
+                return Err(RefusalReason::NotPermitted(format!(
+                    "writing this document of collection {collection:?} (no write grant's filter matches it)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

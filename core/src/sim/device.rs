@@ -79,10 +79,11 @@ impl Device {
                 let cert = crate::enrolment::issue(authority, &request, id + 1, grants.clone(), validity)
                     .expect("valid simulated grants");
                 let chain = crate::security::CertificateChain::single(cert);
-                Access::from(
-                    Enrolment::new(&identity, signing, chain, vec![authority.verifying_key()])
-                        .expect("a simulated enrolment"),
-                )
+                let enrolment = Enrolment::new(&identity, signing, chain, vec![authority.verifying_key()])
+                    .expect("a simulated enrolment");
+                // Kept in the store as on a device: it signs its changes and holds back writes beyond its grants.
+                crate::enrolment::keep(&store, &enrolment).expect("the simulated enrolment kept");
+                Access::from(enrolment)
             }
         };
         let engine = Engine::new(store.replica(), identity.clone(), access.clone(), name, subscriptions, 0)

@@ -28,6 +28,8 @@ pub struct LogEntry {
     pub end: u64,
     /// The change in its versioned encoding ([`crate::Change::encode`]).
     pub body: Vec<u8>,
+    /// Its author's signature, as received or made (`None` when unsigned).
+    pub signature: Option<crate::security::ChangeSignature>,
 }
 
 impl LogEntry {
@@ -36,13 +38,13 @@ impl LogEntry {
         super::replicate::encode_doc_change(&self.collection, &self.doc_id, &self.body)
     }
 
-    /// Encoded size on the wire, about.
+    /// Encoded size on the wire, about (with its signature).
     pub fn wire_len(&self) -> usize {
-        self.body.len() + self.collection.len() + self.doc_id.len() + 4
+        self.body.len() + self.collection.len() + self.doc_id.len() + 4 + self.signature.as_ref().map_or(0, |_| 80)
     }
 }
 
-pub(super) const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.id, c.peer, c.start, c.end, c.body";
+pub(super) const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.id, c.peer, c.start, c.end, c.body, c.sig";
 
 pub(super) fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
     Ok(LogEntry {
@@ -54,6 +56,8 @@ pub(super) fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
         start: r.get::<_, i64>(5)? as u64,
         end: r.get::<_, i64>(6)? as u64,
         body: r.get(7)?,
+        // Written by this store; a signature it cannot read is sent as none (receivers that need one refuse it).
+        signature: r.get::<_, Option<Vec<u8>>>(8)?.and_then(|b| crate::security::ChangeSignature::decode(&b)),
     })
 }
 

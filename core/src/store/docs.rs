@@ -11,6 +11,7 @@ use crate::crdt::clock::{Dot, PeerId};
 use crate::crdt::document::{Applied, Document};
 use crate::crdt::json;
 use crate::error::{Error, Result};
+use crate::security::ChangeSignature;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
@@ -38,13 +39,24 @@ pub(crate) struct LoggedChange {
     pub body: Vec<u8>,
     /// [`super::replicate::change_hash`].
     pub hash: [u8; super::replicate::CHANGE_HASH_BYTES],
+    /// [`super::replicate::change_digest`] (what its author signs).
+    pub digest: [u8; 32],
+    /// Its author's signature, encoded ([`ChangeSignature::encode`]); `None` when unsigned.
+    pub signature: Option<Vec<u8>>,
 }
 
 impl LoggedChange {
     pub fn of(collection: &str, id: &str, c: &Change) -> LoggedChange {
         let body = c.encode();
-        let hash = super::replicate::change_hash(collection, id, &body);
-        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body, hash }
+        let digest = super::replicate::change_digest(collection, id, &body);
+        let hash = super::replicate::short_hash(&digest);
+        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body, hash, digest, signature: None }
+    }
+
+    /// The same change, carrying `signature`.
+    pub fn with_signature(mut self, signature: Option<&ChangeSignature>) -> LoggedChange {
+        self.signature = signature.map(ChangeSignature::encode);
+        self
     }
 }
 
@@ -286,12 +298,21 @@ pub(crate) fn save(
         }
     };
     save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
-    let mut insert =
-        conn.prepare_cached("INSERT INTO changes (peer, start, end, doc, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO changes (peer, start, end, doc, body, hash, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
     let mut last_seq = 0;
     for c in changes {
         cached.tail_bytes += c.body.len() as u64;
-        insert.execute(params![c.peer.0 as i64, c.start as i64, c.end as i64, row, c.body, &c.hash[..]])?;
+        insert.execute(params![
+            c.peer.0 as i64,
+            c.start as i64,
+            c.end as i64,
+            row,
+            c.body,
+            &c.hash[..],
+            c.signature
+        ])?;
         last_seq = conn.last_insert_rowid();
     }
     let snapshot = cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);

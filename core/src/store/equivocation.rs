@@ -40,6 +40,31 @@ pub struct Equivocation {
     pub refused: Vec<u8>,
     /// When it was seen, in milliseconds since the Unix epoch (the store's clock).
     pub detected_ms: u64,
+    /// The held version's signature by its author (certificate mode), if it has one.
+    pub held_signature: Option<crate::security::ChangeSignature>,
+    /// The refused version's signature by its author, if it has one.
+    pub refused_signature: Option<crate::security::ChangeSignature>,
+}
+
+impl Equivocation {
+    /// Whether this is proof that the holder of `key` equivocated: both versions are signed with it, under the
+    /// same author id, and are different changes. Anyone holding the author's certificate can check it, offline.
+    pub fn proves(&self, key: &crate::security::VerifyingKey) -> bool {
+        let (Some(h), Some(r)) = (&self.held_signature, &self.refused_signature) else { return false };
+        let (Ok(held), Ok(refused)) = (super::DocChange::decode(&self.held), super::DocChange::decode(&self.refused))
+        else {
+            return false;
+        };
+        let signed = |dc: &super::DocChange, sig: &crate::security::ChangeSignature| {
+            let digest = super::replicate::change_digest(&dc.collection, &dc.doc_id, &dc.change.encode());
+            sig.verifies(key, dc.change.peer, &digest).is_ok()
+        };
+        held != refused
+            && held.change.peer == self.author
+            && refused.change.peer == self.author
+            && signed(&held, h)
+            && signed(&refused, r)
+    }
 }
 
 /// Counters per bucket of an author's digest ([`crate::store::AuthorDigest`]), as a power of two: a change goes
@@ -164,9 +189,25 @@ impl Inner {
         Ok(row.map(|(c, d, body)| super::replicate::encode_doc_change(&c, &d, &body)))
     }
 
+    /// The signature kept with the logged change `peer:start` (encoded), if it is in the log and signed.
+    pub(super) fn logged_signature(&self, peer: PeerId, start: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT sig FROM changes WHERE peer = ?1 AND start = ?2")?
+            .query_row(params![peer.0 as i64, start as i64], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
+    }
+
     /// Keep the evidence of an equivocation (at most one record per author and counter, at most
-    /// [`MAX_EQUIVOCATION_RECORDS`] in all).
-    pub(super) fn record_equivocation(&self, peer: PeerId, start: u64, held: &[u8], refused: &[u8]) -> Result<()> {
+    /// [`MAX_EQUIVOCATION_RECORDS`] in all): each version's [`DocChange`](super::DocChange) encoding and signature.
+    pub(super) fn record_equivocation(
+        &self,
+        peer: PeerId,
+        start: u64,
+        (held, held_sig): (&[u8], Option<&[u8]>),
+        (refused, refused_sig): (&[u8], Option<&[u8]>),
+    ) -> Result<()> {
         let rows: i64 = self.conn.query_row("SELECT count(*) FROM equivocations", [], |r| r.get(0))?;
         if rows as usize >= MAX_EQUIVOCATION_RECORDS {
             log::warn!("equivocation of author {peer} at {start} not recorded: {rows} recorded already");
@@ -174,18 +215,28 @@ impl Inner {
         }
         self.conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO equivocations (peer, start, held, refused, detected) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO equivocations (peer, start, held, refused, detected, held_sig, refused_sig) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![peer.0 as i64, start as i64, held, refused, self.sources.now_ms() as i64])?;
+            .execute(params![
+                peer.0 as i64,
+                start as i64,
+                held,
+                refused,
+                self.sources.now_ms() as i64,
+                held_sig,
+                refused_sig
+            ])?;
         Ok(())
     }
 
     /// Every equivocation recorded here, by author and counter.
     pub(super) fn equivocations(&self) -> Result<Vec<Equivocation>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT peer, start, held, refused, detected FROM equivocations ORDER BY peer, start")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT peer, start, held, refused, detected, held_sig, refused_sig FROM equivocations \
+                 ORDER BY peer, start",
+        )?;
+        let sig = |b: Option<Vec<u8>>| b.and_then(|b| crate::security::ChangeSignature::decode(&b));
         let rows = stmt
             .query_map([], |r| {
                 Ok(Equivocation {
@@ -194,6 +245,8 @@ impl Inner {
                     held: r.get(2)?,
                     refused: r.get(3)?,
                     detected_ms: r.get::<_, i64>(4)? as u64,
+                    held_signature: sig(r.get(5)?),
+                    refused_signature: sig(r.get(6)?),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

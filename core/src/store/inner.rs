@@ -22,6 +22,12 @@ pub(crate) struct Inner {
     pub(super) author: PeerId,
     /// This peer id, which never changes.
     pub(super) peer: PeerId,
+    /// The device's signing key once it has one (enrolment), and the chain of it [`Inner::author`] is: the store
+    /// then writes as the key's [`author`](crate::security::VerifyingKey::author)`(chain)` and signs every change.
+    pub(super) signer: Option<(crate::security::SigningKey, u32)>,
+    /// What the certificate installed on this device lets it write, and its device id: the store refuses writes
+    /// beyond them (every other device would refuse them). `None` before a certificate is installed.
+    pub(super) own_permissions: Option<std::sync::Arc<(crate::security::certificate::Permissions, PeerId)>>,
     pub(super) clock: Hlc,
     /// The time and randomness of this store.
     pub(super) sources: Sources,
@@ -39,6 +45,11 @@ pub(crate) struct Inner {
     pub(super) data_version: i64,
     pub(super) observers: Observers,
 }
+
+/// The `meta` key of the device's signing key (a device-local setting: see [`crate::enrolment`]).
+pub(super) const SIGNING_KEY_META: &str = "local:signing_key";
+/// The `meta` key of the device's certificate chain (a device-local setting: see [`crate::enrolment`]).
+pub(super) const CHAIN_META: &str = "local:certificate_chain";
 
 pub(super) fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(conn
@@ -103,7 +114,43 @@ impl Inner {
             .query_map(params![self.author.0 as i64], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64)))?
             .collect::<rusqlite::Result<_>>()?;
         self.cache.clear();
+        self.load_signer()?;
         self.data_version = self.data_version()?;
+        Ok(())
+    }
+
+    /// Take up the device's signing key if it has one (see [`Inner::signer`]). The first time, the store moves to
+    /// the key's first author id (a fresh chain of it if that one was used already); its earlier changes stay as
+    /// they were, unsigned.
+    pub(super) fn load_signer(&mut self) -> Result<()> {
+        self.own_permissions = None;
+        let Some(bytes) = meta_get(&self.conn, SIGNING_KEY_META)? else {
+            self.signer = None;
+            return Ok(());
+        };
+        if let Some(chain) = meta_get(&self.conn, CHAIN_META)? {
+            match crate::security::CertificateChain::decode(&chain) {
+                Ok(chain) => {
+                    let device = chain.leaf().body().signing_key.device_id();
+                    self.own_permissions = Some(std::sync::Arc::new((chain.permissions(), device)));
+                }
+                // The engine refuses to start on it too (`enrolment::load`); the store still opens.
+                Err(e) => log::warn!("the device's installed certificate is unreadable: {e}"),
+            }
+        }
+        let key = crate::security::SigningKey::from_bytes(&bytes)
+            .map_err(|e| Error::Corrupt(format!("the device's signing key: {e}")))?;
+        let public = key.verifying_key();
+        let chain = meta_u64(&self.conn, "author_chain")?.and_then(|n| u32::try_from(n).ok());
+        match chain {
+            Some(n) if public.author(n) == self.author => self.signer = Some((key, n)),
+            _ => {
+                let first = public.author(0);
+                let used = self.held.overlaps(first, 0, u64::MAX) || meta_u64(&self.conn, "author_chain")?.is_some();
+                self.signer = Some((key, 0));
+                self.start_new_author_on(if used { None } else { Some(0) })?;
+            }
+        }
         Ok(())
     }
 
@@ -119,8 +166,22 @@ impl Inner {
     /// Continue under a new author id, with counters from 1 (the old author's chains are left as they are; its
     /// changes stay in the log and keep replicating).
     pub(super) fn start_new_author(&mut self) -> Result<()> {
+        self.start_new_author_on(None)
+    }
+
+    /// [`Inner::start_new_author`]; with a signing key, as its author `chain` (a random chain when `None`: a
+    /// restored copy of the store cannot know which chains the original used since).
+    fn start_new_author_on(&mut self, chain: Option<u32>) -> Result<()> {
         let old = self.author;
-        self.author = PeerId(self.sources.random_u64());
+        match &mut self.signer {
+            Some((key, current)) => {
+                let n = chain.unwrap_or_else(|| (self.sources.random_u64() as u32).max(1));
+                *current = n;
+                self.author = key.verifying_key().author(n);
+                meta_put_u64(&self.conn, "author_chain", u64::from(n))?;
+            }
+            None => self.author = PeerId(self.sources.random_u64()),
+        }
         self.next_counter = 1;
         meta_put_u64(&self.conn, "author_id", self.author.0)?;
         self.conn.execute("DELETE FROM forgotten", [])?;

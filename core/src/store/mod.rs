@@ -28,7 +28,9 @@ pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORD
 pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica};
-pub use replicate::{ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES};
+pub use replicate::{
+    change_digest, ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES, MAX_REPORTED_REFUSALS,
+};
 pub use requests::AttachmentRequest;
 pub use schema::SCHEMA_VERSION;
 pub use txn::WriteTxn;
@@ -228,6 +230,8 @@ impl Store {
             conn,
             author: peer,
             peer,
+            signer: None,
+            own_permissions: None,
             clock: Hlc::new(Timestamp::ZERO),
             sources: options.sources.clone(),
             next_counter: 1,
@@ -377,6 +381,32 @@ impl Store {
         check_name("setting name", key)?;
         self.lock().conn.execute("DELETE FROM meta WHERE key = ?1", params![format!("local:{key}")])?;
         Ok(())
+    }
+
+    /// Apply received changes in one transaction (see [`Replica::apply_changes`]), checked by `check` in
+    /// certificate mode.
+    pub(crate) fn apply_remote_changes(
+        &self,
+        changes: &[DocChange],
+        check: Option<&dyn crate::security::ChangeCheck>,
+    ) -> Result<ApplyReport> {
+        crate::crdt::change::check_batch_cost(changes.iter().map(|dc| &dc.change))?;
+        let ((), report) = self.transact(|txn| {
+            txn.expire_pending()?;
+            for dc in changes {
+                txn.apply_remote(dc, check)?;
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    /// Take up the device's signing key (just made by [`crate::enrolment`]): from now on this store writes under
+    /// author ids derived from it and signs every change (see [`crate::security::authorship`]).
+    pub(crate) fn load_signing_key(&self) -> Result<()> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        inner.load_signer()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

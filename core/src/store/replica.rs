@@ -10,8 +10,9 @@
 use super::changelog::{entry, ENTRY_COLUMNS};
 use super::{check_collection, check_doc_id, ApplyReport, AuthorDigest, DocChange, LogEntry, Store, Summary};
 use crate::error::{Error, Result};
+use crate::security::{ChangeCheck, RefusalReason};
 use crate::store::blobs;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde_json::Value as Json;
 
 /// What sync needs from storage (see the module docs). Every call is a unit: it either happens whole or fails with
@@ -44,6 +45,20 @@ pub trait Replica: Send + Sync + 'static {
     /// Cost: linear in the operations applied (one change of 60,000 operations costs ten times one of 6,000:
     /// `core/bench/complexity.sh` checks it on instruction counts), plus rewriting each touched document's view.
     fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport>;
+
+    /// [`Replica::apply_changes`] in certificate mode: each change is applied only if `check` lets its author write
+    /// it ([`ChangeCheck::may_write`], asked when the change's dependencies are here — at once, or when it leaves
+    /// the pending changes); a change it does not is refused alone ([`ApplyReport::refusals`]), and the rest of the
+    /// batch applied. (The default, for replicas that cannot evaluate permissions: every change refused.)
+    fn apply_checked(&self, changes: &[DocChange], check: &dyn ChangeCheck) -> Result<ApplyReport> {
+        let _ = check;
+        let mut report = ApplyReport::default();
+        for dc in changes {
+            let why = RefusalReason::NotPermitted("this replica cannot check write permissions".into());
+            report.refuse(crate::security::Refused::of(dc, why));
+        }
+        Ok(report)
+    }
 
     /// A peer's summary arrived: when it shows this store's author at counters the store never reached (changes
     /// forged under its id, or written by the device a restored copy of this database came from), the store moves
@@ -113,6 +128,19 @@ pub trait Replica: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Keep the certificate chain (encoded) of the signing device `device`, checked by the caller, replacing one
+    /// kept before (see [`crate::security::Signers`]). (The default: nothing kept; chains are then sent again.)
+    fn keep_certificate(&self, device: crate::PeerId, chain: &[u8]) -> Result<()> {
+        let _ = (device, chain);
+        Ok(())
+    }
+
+    /// The certificate chain kept for the signing device `device` ([`Replica::keep_certificate`]).
+    fn certificate(&self, device: crate::PeerId) -> Result<Option<Vec<u8>>> {
+        let _ = device;
+        Ok(None)
+    }
+
     /// Keep `data`, the bytes of attachment `hash` at `offset`, received from another device. `offset` must be
     /// where the received bytes end. Returns the bytes received so far.
     fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64>;
@@ -153,21 +181,38 @@ impl Replica for StoreReplica {
             .map(|e| {
                 let change =
                     crate::crdt::change::Change::decode(&e.body).map_err(|err| Error::Corrupt(err.to_string()))?;
-                Ok(DocChange { collection: e.collection, doc_id: e.doc_id, change })
+                Ok(DocChange { collection: e.collection, doc_id: e.doc_id, change, signature: e.signature })
             })
             .collect()
     }
 
     fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport> {
-        crate::crdt::change::check_batch_cost(changes.iter().map(|dc| &dc.change))?;
-        let ((), report) = self.store.transact(|txn| {
-            txn.expire_pending()?;
-            for dc in changes {
-                txn.apply_remote(dc)?;
-            }
-            Ok(())
-        })?;
-        Ok(report)
+        self.store.apply_remote_changes(changes, None)
+    }
+
+    fn apply_checked(&self, changes: &[DocChange], check: &dyn ChangeCheck) -> Result<ApplyReport> {
+        self.store.apply_remote_changes(changes, Some(check))
+    }
+
+    fn keep_certificate(&self, device: crate::PeerId, chain: &[u8]) -> Result<()> {
+        let inner = self.store.lock();
+        inner
+            .conn
+            .prepare_cached(
+                "INSERT INTO certificates (device, chain) VALUES (?1, ?2) ON CONFLICT (device) DO UPDATE SET chain = ?2",
+            )?
+            .execute(params![device.0 as i64, chain])?;
+        Ok(())
+    }
+
+    fn certificate(&self, device: crate::PeerId) -> Result<Option<Vec<u8>>> {
+        let inner = self.store.lock();
+        let chain = inner
+            .conn
+            .prepare_cached("SELECT chain FROM certificates WHERE device = ?1")?
+            .query_row(params![device.0 as i64], |r| r.get(0))
+            .optional()?;
+        Ok(chain)
     }
 
     fn notice_summary(&self, summary: &Summary) -> Result<()> {

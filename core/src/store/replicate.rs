@@ -268,6 +268,9 @@ pub struct DocChange {
     pub doc_id: String,
     /// What was done to the document.
     pub change: Change,
+    /// Its author's signature (see [`crate::security::authorship`]); `None` when its author was not enrolled. Not
+    /// part of [`DocChange::encode`]: it signs that encoding.
+    pub signature: Option<crate::security::ChangeSignature>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -302,7 +305,12 @@ impl DocChange {
         super::check_collection(&header.collection)?;
         super::check_doc_id(&header.doc_id)?;
         let change = Change::decode(rest)?;
-        Ok(DocChange { collection: header.collection, doc_id: header.doc_id, change })
+        Ok(DocChange { collection: header.collection, doc_id: header.doc_id, change, signature: None })
+    }
+
+    /// The change of `doc_id` in `collection`, unsigned.
+    pub fn new(collection: &str, doc_id: &str, change: Change) -> DocChange {
+        DocChange { collection: collection.to_string(), doc_id: doc_id.to_string(), change, signature: None }
     }
 }
 
@@ -319,8 +327,41 @@ pub struct ApplyReport {
     pub ignored_evicted: usize,
     /// Changes refused because they conflict with what the store holds: another change of the same author that
     /// covers some of the same counters (an equivocation, recorded in [`crate::Store::equivocations`]), or a change
-    /// that does not follow its author's earlier changes to the document. The rest of the batch is applied.
+    /// that does not follow its author's earlier changes to the document; and, in certificate mode, changes whose
+    /// signature or author's permissions do not hold (each in [`ApplyReport::refusals`]). The rest of the batch is
+    /// applied.
     pub refused: usize,
+    /// The changes refused by the checks of certificate mode, and why (at most [`MAX_REPORTED_REFUSALS`]; the
+    /// rest are counted in [`ApplyReport::refused`] and logged).
+    pub refusals: Vec<crate::security::Refused>,
+}
+
+/// The most refusals one [`ApplyReport`] lists.
+pub const MAX_REPORTED_REFUSALS: usize = 64;
+
+impl ApplyReport {
+    /// Count `refused` (a change refused by the checks of certificate mode), and log it.
+    pub(crate) fn refuse(&mut self, refused: crate::security::Refused) {
+        log::warn!("{refused}");
+        self.refused += 1;
+        if self.refusals.len() < MAX_REPORTED_REFUSALS {
+            self.refusals.push(refused);
+        }
+    }
+
+    /// Add up another report (of a later part of the same batch).
+    pub(crate) fn add(&mut self, other: ApplyReport) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.pending += other.pending;
+        self.ignored_evicted += other.ignored_evicted;
+        self.refused += other.refused;
+        for r in other.refusals {
+            if self.refusals.len() < MAX_REPORTED_REFUSALS {
+                self.refusals.push(r);
+            }
+        }
+    }
 }
 
 /// The length of a change's content hash ([`change_hash`]).
@@ -330,13 +371,23 @@ pub const CHANGE_HASH_BYTES: usize = 16;
 /// then the change). Two different changes for one (author, counter) have different hashes (128 bits: finding a
 /// collision takes about 2^64 work).
 pub(crate) fn change_hash(collection: &str, doc_id: &str, change_body: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
+    short_hash(&change_digest(collection, doc_id, change_body))
+}
+
+/// A change's digest: BLAKE3 over its [`DocChange`] encoding (document, then the change) — what its author signs.
+/// Its first [`CHANGE_HASH_BYTES`] are its content hash ([`change_hash`]).
+pub fn change_digest(collection: &str, doc_id: &str, change_body: &[u8]) -> [u8; 32] {
     // The encoding's header, then its body, without copying the body.
     let mut h = blake3::Hasher::new();
     h.update(&encode_doc_change(collection, doc_id, &[]));
     h.update(change_body);
-    let full = h.finalize();
+    *h.finalize().as_bytes()
+}
+
+/// The content hash within a digest (see [`change_digest`]).
+pub(crate) fn short_hash(digest: &[u8; 32]) -> [u8; CHANGE_HASH_BYTES] {
     let mut out = [0u8; CHANGE_HASH_BYTES];
-    out.copy_from_slice(&full.as_bytes()[..CHANGE_HASH_BYTES]);
+    out.copy_from_slice(&digest[..CHANGE_HASH_BYTES]);
     out
 }
 

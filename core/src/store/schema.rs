@@ -108,6 +108,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX pending_by_received ON pending (received);
     CREATE INDEX changes_by_author ON changes (peer, start, end, hash);
     "#,
+    // 6: signed changes (issue 14). `sig`: the author's `ChangeSignature` (postcard), NULL for a change of an author
+    //    that was not enrolled; forwarded with the change. `certificates`: the certificate chains of the devices
+    //    whose signed changes this store holds, checked when received, kept so they hold across restarts and can be
+    //    passed on with the changes. The equivocation evidence gains both versions' signatures.
+    r#"
+    ALTER TABLE changes ADD COLUMN sig BLOB;
+    ALTER TABLE pending ADD COLUMN sig BLOB;
+    ALTER TABLE equivocations ADD COLUMN held_sig BLOB;
+    ALTER TABLE equivocations ADD COLUMN refused_sig BLOB;
+    CREATE TABLE certificates (
+        device INTEGER PRIMARY KEY,            -- the device id (author 0 of its signing key)
+        chain  BLOB NOT NULL                   -- its encoded certificate chain
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -13,6 +13,7 @@ use crate::crdt::document::{Applied, DocEditor, Document};
 use crate::crdt::path::Path;
 use crate::crdt::value::Value;
 use crate::error::{Error, Result};
+use crate::security::{ChangeCheck, ChangeSignature, RefusalReason, Refused};
 use rusqlite::params;
 use serde_json::Value as Json;
 use std::collections::btree_map::Entry;
@@ -40,6 +41,9 @@ pub struct WriteTxn<'a> {
     evicted: Vec<DocKey>,
     /// Changes received in this transaction (not in the log yet): (author, start) → (end, content hash, document).
     added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
+    /// A write failed in a way that leaves a document of the transaction changed in memory (a write the device's
+    /// certificate does not allow): the transaction cannot commit, even if the caller carried on.
+    failed: Option<(String, String, String)>,
 }
 
 /// How a received change relates to the changes the store holds of its author.
@@ -75,6 +79,7 @@ impl<'a> WriteTxn<'a> {
             report: ApplyReport::default(),
             evicted: Vec::new(),
             added: BTreeMap::new(),
+            failed: None,
         }
     }
 
@@ -137,6 +142,15 @@ impl<'a> WriteTxn<'a> {
             }
         }
         let (peer, next, ts) = (self.inner.author, self.inner.next_counter, self.ts);
+        let signer = self.inner.signer.clone();
+        let permissions = self.inner.own_permissions.clone();
+        // A write filter is evaluated on the document before the write (as every other device will).
+        let before = match &permissions {
+            Some(p) if p.0.filters_writes(collection) => {
+                self.take_doc(collection, id, create)?.and_then(|td| docs::view(&td.cached.doc, id))
+            }
+            _ => None,
+        };
         let td = if create {
             self.doc_or_new(collection, id)?
         } else {
@@ -152,8 +166,27 @@ impl<'a> WriteTxn<'a> {
         // Even on error, ops that were applied are recorded, so the in-memory document and the change agree; the
         // transaction as a whole is rolled back by the caller anyway.
         let made = change.as_ref().map(|c| (c.peer, c.start, c.end()));
+        if let (Some(c), Some(p)) = (&change, &permissions) {
+            let after = || docs::view(&td.cached.doc, id);
+            let mut seen = || Ok(before.clone().or_else(after));
+            if let Err(why) = p.0.check_write(collection, &crate::security::authorship::write_paths(c), p.1, &mut seen)
+            {
+                // The document in memory holds the refused change: the whole transaction must go.
+                let reason = match why {
+                    RefusalReason::NotPermitted(s) => s,
+                    other => other.to_string(),
+                };
+                self.failed.get_or_insert_with(|| (collection.into(), id.into(), reason.clone()));
+                return Err(Error::NotPermitted { collection: collection.into(), id: id.into(), reason });
+            }
+        }
         if let Some(c) = change {
-            td.new_changes.push(docs::LoggedChange::of(collection, id, &c));
+            let mut logged = docs::LoggedChange::of(collection, id, &c);
+            if let Some((key, chain)) = &signer {
+                let signature = crate::security::ChangeSignature::sign(key, *chain, &logged.digest);
+                logged = logged.with_signature(Some(&signature));
+            }
+            td.new_changes.push(logged);
         }
         if let Some((peer, start, end)) = made {
             self.inner.held.insert(peer, start, end);
@@ -231,14 +264,17 @@ impl<'a> WriteTxn<'a> {
     /// Apply a change received from another replica (see [`crate::Store::apply_changes`]). A malformed change fails
     /// with an error (the caller drops the whole batch); a change that conflicts with what the store holds is
     /// refused alone (counted in [`ApplyReport::refused`]).
-    pub(crate) fn apply_remote(&mut self, dc: &DocChange) -> Result<()> {
+    ///
+    /// With `check` (certificate mode), the change is applied only if its author may write it
+    /// ([`ChangeCheck::may_write`], asked once its dependencies are here); otherwise it is refused alone.
+    pub(crate) fn apply_remote(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> Result<()> {
         let c = &dc.change;
         check_collection(&dc.collection)?;
         check_doc_id(&dc.doc_id)?;
         c.validate()?;
         // Whether or not it is applied here, others may hold it: this store must not write at its counters.
         self.inner.notice_own_author(c.peer, c.end())?;
-        let logged = docs::LoggedChange::of(&dc.collection, &dc.doc_id, c);
+        let logged = docs::LoggedChange::of(&dc.collection, &dc.doc_id, c).with_signature(dc.signature.as_ref());
         match self.held(&dc.collection, &dc.doc_id, &logged)? {
             Held::Same => {
                 self.report.duplicates += 1;
@@ -265,20 +301,71 @@ impl<'a> WriteTxn<'a> {
             }
             Ok(Applied::Duplicate) => self.report.duplicates += 1,
             Ok(Applied::NotReady) => {
-                if self.keep_pending(dc, &logged.body)? {
+                if self.keep_pending(dc, &logged)? {
                     self.report.pending += 1;
                 } else {
                     self.report.refused += 1;
                 }
             }
             Ok(Applied::Applied) => {
-                td.cached.doc.apply_validated(c)?;
+                if let Err(reason) = self.may_write(dc, check) {
+                    self.report.refuse(Refused::of(dc, reason));
+                    return Ok(());
+                }
+                self.doc_or_new(&dc.collection, &dc.doc_id)?.cached.doc.apply_validated(c)?;
                 self.log_applied(&dc.collection, &dc.doc_id, logged);
                 self.report.applied += 1;
-                self.drain_pending(&dc.collection, &dc.doc_id)?;
+                self.drain_pending(&dc.collection, &dc.doc_id, check)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether `check` (if any) lets `dc`'s author write it, its dependencies being here.
+    fn may_write(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> std::result::Result<(), RefusalReason> {
+        match check {
+            None => Ok(()),
+            Some(check) => check.may_write(dc, &mut || self.doc_as_seen(&dc.collection, &dc.doc_id, &dc.change)),
+        }
+    }
+
+    /// The document `collection/id` as the author of `c` saw it (see [`ChangeCheck::may_write`]): its view at
+    /// `c`'s dependencies, or, if it did not exist then, as `c` makes it. When the document is at exactly those
+    /// dependencies (nothing concurrent arrived: the usual case) that is its current state; otherwise it is
+    /// rebuilt from its changes in the log that the dependencies cover.
+    fn doc_as_seen(&mut self, collection: &str, id: &str, c: &Change) -> Result<Option<Json>> {
+        let td = self.doc_or_new(collection, id)?;
+        let mut doc = if td.cached.doc.version() == &c.deps {
+            if let Some(view) = docs::view(&td.cached.doc, id) {
+                return Ok(Some(view));
+            }
+            td.cached.doc.clone()
+        } else {
+            let mut bodies: Vec<Vec<u8>> = match td.cached.row {
+                Some(row) => self
+                    .inner
+                    .conn
+                    .prepare_cached("SELECT body FROM changes WHERE doc = ?1 ORDER BY seq")?
+                    .query_map(params![row], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => Vec::new(),
+            };
+            let td = self.doc_or_new(collection, id)?;
+            bodies.extend(td.new_changes.iter().map(|l| l.body.clone()));
+            let mut doc = Document::new();
+            for body in bodies {
+                let earlier = Change::decode(&body)?;
+                if earlier.end() <= c.deps.get(earlier.peer) {
+                    doc.apply(&earlier)?;
+                }
+            }
+            if let Some(view) = docs::view(&doc, id) {
+                return Ok(Some(view));
+            }
+            doc
+        };
+        doc.apply(c)?;
+        Ok(docs::view(&doc, id))
     }
 
     /// Record a change just applied to a document of the transaction.
@@ -309,22 +396,31 @@ impl<'a> WriteTxn<'a> {
         if existing.as_ref().is_some_and(|&(s, e, h, _)| s == start && e == end && h == logged.hash) {
             return Ok(Held::Same);
         }
-        let held = match &existing {
-            Some((s, _, _, Some(key))) => self.docs.get(key).and_then(|td| {
-                td.new_changes
-                    .iter()
-                    .find(|l| l.peer == peer && l.start == *s)
-                    .map(|l| encode_doc_change(&key.0, &key.1, &l.body))
-            }),
-            Some((s, _, _, None)) => self.inner.logged_encoding(peer, *s)?,
-            None => None,
+        let (held, held_sig) = match &existing {
+            Some((s, _, _, Some(key))) => self
+                .docs
+                .get(key)
+                .and_then(|td| {
+                    td.new_changes
+                        .iter()
+                        .find(|l| l.peer == peer && l.start == *s)
+                        .map(|l| (Some(encode_doc_change(&key.0, &key.1, &l.body)), l.signature.clone()))
+                })
+                .unwrap_or_default(),
+            Some((s, _, _, None)) => (self.inner.logged_encoding(peer, *s)?, self.inner.logged_signature(peer, *s)?),
+            None => (None, None),
         };
         log::warn!(
             "equivocation: author {peer} made two different changes at counters {start}..={end} (held: {}); refused {collection}/{id}'s",
             existing.map_or("an unknown change".to_string(), |(s, e, _, _)| format!("{s}..={e}"))
         );
         let refused = encode_doc_change(collection, id, &logged.body);
-        self.inner.record_equivocation(peer, start, &held.unwrap_or_default(), &refused)?;
+        self.inner.record_equivocation(
+            peer,
+            start,
+            (&held.unwrap_or_default(), held_sig.as_deref()),
+            (&refused, logged.signature.as_deref()),
+        )?;
         Ok(Held::Conflict)
     }
 
@@ -339,7 +435,8 @@ impl<'a> WriteTxn<'a> {
     /// Keep a change whose dependencies have not arrived (`body`: its encoding), within the per-author quota and
     /// the total cap, shared fairly (see [`super::pending`]). Returns `false` when another change for the same
     /// author and counter is pending already (an equivocation: recorded, and this one refused).
-    fn keep_pending(&mut self, dc: &DocChange, body: &[u8]) -> Result<bool> {
+    fn keep_pending(&mut self, dc: &DocChange, logged: &docs::LoggedChange) -> Result<bool> {
+        let (body, sig) = (&logged.body[..], logged.signature.as_deref());
         let c = &dc.change;
         let mine = self.inner.pending.of(c.peer);
         if mine >= MAX_PENDING_PER_AUTHOR {
@@ -378,19 +475,19 @@ impl<'a> WriteTxn<'a> {
             .inner
             .conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, body, self.inner.sources.now_ms() as i64])?;
+            .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, body, self.inner.sources.now_ms() as i64, sig])?;
         self.inner.pending.add(c.peer, n);
         if n == 0 {
             // Already pending: the same change, or another one at the same counter (an equivocation).
-            let (held_doc, held_body): (String, Vec<u8>) = self
+            let (held_doc, held_body, held_sig): (String, Vec<u8>, Option<Vec<u8>>) = self
                 .inner
                 .conn
                 .prepare_cached(
-                    "SELECT collection || char(0) || doc, body FROM pending WHERE peer = ?1 AND start = ?2",
+                    "SELECT collection || char(0) || doc, body, sig FROM pending WHERE peer = ?1 AND start = ?2",
                 )?
-                .query_row(params![c.peer.0 as i64, c.start as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                .query_row(params![c.peer.0 as i64, c.start as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             if held_body != body || held_doc != format!("{}\0{}", dc.collection, dc.doc_id) {
                 let (collection, id) = held_doc.split_once('\0').unwrap_or_default();
                 log::warn!("equivocation: author {} made two different changes at counter {} (both pending); keeping the first", c.peer, c.start);
@@ -398,8 +495,8 @@ impl<'a> WriteTxn<'a> {
                 self.inner.record_equivocation(
                     c.peer,
                     c.start,
-                    &held,
-                    &encode_doc_change(&dc.collection, &dc.doc_id, body),
+                    (&held, held_sig.as_deref()),
+                    (&encode_doc_change(&dc.collection, &dc.doc_id, body), sig),
                 )?;
                 return Ok(false);
             }
@@ -443,19 +540,20 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Apply the pending changes of one document that have become ready, until none is.
-    fn drain_pending(&mut self, collection: &str, id: &str) -> Result<()> {
+    fn drain_pending(&mut self, collection: &str, id: &str, check: Option<&dyn ChangeCheck>) -> Result<()> {
         loop {
-            let rows: Vec<(i64, i64, Vec<u8>)> = self
+            let rows: Vec<(i64, i64, Vec<u8>, Option<Vec<u8>>)> = self
                 .inner
                 .conn
-                .prepare_cached("SELECT peer, start, body FROM pending WHERE collection = ?1 AND doc = ?2")?
-                .query_map(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .prepare_cached("SELECT peer, start, body, sig FROM pending WHERE collection = ?1 AND doc = ?2")?
+                .query_map(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut progressed = false;
-            for (peer, start, body) in rows {
+            for (peer, start, body, sig) in rows {
                 let drop_row = match Change::decode(&body) {
                     Ok(c) => {
-                        let logged = docs::LoggedChange::of(collection, id, &c);
+                        let signature = sig.and_then(|s| ChangeSignature::decode(&s));
+                        let logged = docs::LoggedChange::of(collection, id, &c).with_signature(signature.as_ref());
                         match self.held(collection, id, &logged)? {
                             Held::Same => true,
                             Held::Conflict => {
@@ -464,8 +562,28 @@ impl<'a> WriteTxn<'a> {
                                 true
                             }
                             Held::No => {
+                                let dc = DocChange {
+                                    collection: collection.into(),
+                                    doc_id: id.into(),
+                                    change: c,
+                                    signature,
+                                };
                                 let td = self.doc_or_new(collection, id)?;
-                                match td.cached.doc.apply_validated(&c) {
+                                let ready = td.cached.doc.readiness(&dc.change);
+                                let refusal = match ready {
+                                    Ok(Applied::Applied) => self.may_write(&dc, check).err(),
+                                    _ => None,
+                                };
+                                let td = self.doc_or_new(collection, id)?;
+                                let applied = match refusal {
+                                    Some(reason) => {
+                                        self.report.pending = self.report.pending.saturating_sub(1);
+                                        self.report.refuse(Refused::of(&dc, reason));
+                                        Ok(Applied::Duplicate)
+                                    }
+                                    None => td.cached.doc.apply_validated(&dc.change),
+                                };
+                                match applied {
                                     Ok(Applied::Applied) => {
                                         self.log_applied(collection, id, logged);
                                         self.report.applied += 1;
@@ -513,6 +631,9 @@ impl<'a> WriteTxn<'a> {
     /// Write everything to the database (inside the open SQLite transaction) and compute observer events. The
     /// caller commits.
     pub(crate) fn persist(&mut self) -> Result<Vec<Queued>> {
+        if let Some((collection, id, reason)) = self.failed.clone() {
+            return Err(Error::NotPermitted { collection, id, reason });
+        }
         let mut touched: BTreeMap<&str, Vec<(&str, Option<Json>)>> = BTreeMap::new();
         for ((collection, id), td) in self.docs.iter_mut() {
             if td.new_changes.is_empty() {

@@ -40,7 +40,8 @@ use super::wire::{
     bounded_interest, bounded_interest_of, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES,
 };
 use super::SyncError;
-use crate::security::{Access, CertificateError, DeviceKey, Identity, RevocationList, SecurityError};
+use crate::security::authorship::Checks;
+use crate::security::{Access, CertificateError, DeviceKey, Identity, RevocationList, SecurityError, Signers};
 use crate::store::Replica;
 use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -81,6 +82,16 @@ pub enum EngineEvent {
         /// How many changes are now part of the store (duplicates and changes still waiting for their dependencies
         /// are not counted).
         applied: usize,
+    },
+    /// Changes from a peer were refused by the checks of certificate mode (see
+    /// [`crate::security::authorship`]): unsigned, forged, revoked, or not permitted to their author. The others of
+    /// their batch were applied.
+    Refused {
+        /// The link they came over.
+        link: LinkId,
+        /// Each refused change and why (at most [`MAX_REPORTED_REFUSALS`](crate::store::MAX_REPORTED_REFUSALS)
+        /// per batch).
+        refusals: Vec<crate::security::Refused>,
     },
     /// Progress or outcome of an attachment fetch ([`Engine::fetch_attachment`]).
     Fetch(FetchEvent),
@@ -182,6 +193,8 @@ pub struct Engine {
     sources: Sources,
     /// When the links' certificates were last checked again (engine time, ms).
     rechecked: u64,
+    /// Certificate mode: the signers whose changes this device has checked (see [`crate::security::authorship`]).
+    signers: Signers,
 }
 
 /// How often the certificates of open links are checked again (they may expire while a link is up).
@@ -217,6 +230,7 @@ impl Engine {
             now: 0,
             sources: Sources::system(),
             rechecked: 0,
+            signers: Signers::default(),
         }
     }
 
@@ -401,6 +415,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Certificate chains of signers, ahead of their changes: checked and kept. One that does not lead to a pinned
+    /// authority closes the link (its sender is broken or hostile); a revoked one is ignored.
+    fn on_certificates(&mut self, link: LinkId, chains: &[Vec<u8>]) -> Result<(), SyncError> {
+        let Access::Certificates(enrolment) = &self.access else {
+            log::debug!("link {link}: certificate chains, ignored in development mode");
+            return Ok(());
+        };
+        for chain in chains {
+            self.signers.learn(enrolment, &*self.replica, chain, true).map_err(SecurityError::from)?;
+        }
+        Ok(())
+    }
+
     fn take_revocations(&mut self, list: RevocationList, from: Option<LinkId>) -> Result<bool, SyncError> {
         let Access::Certificates(enrolment) = &mut self.access else {
             return Err(SecurityError::from(CertificateError::Malformed(
@@ -552,6 +579,20 @@ impl Engine {
         if let Some(device) = self.links.get(&link).and_then(|s| s.codec.verified()) {
             session.set_read_rules(device.permissions.read_rules(device.device_id()));
         }
+        if let Access::Certificates(enrolment) = &self.access {
+            // This device's own chain goes ahead of its own changes, as every signer's does: kept with the others.
+            let own = enrolment.chain().encode();
+            self.signers.learn(enrolment, &*self.replica, &own, true).map_err(SecurityError::from)?;
+            // The peer's, checked in the handshake, is known here already; and the peer knows its own.
+            if let Some(chain) = self.links.get(&link).and_then(|s| s.codec.presented_chain()) {
+                if let Some(id) =
+                    self.signers.learn(enrolment, &*self.replica, chain, true).map_err(SecurityError::from)?
+                {
+                    session.peer_holds_certificate(id);
+                }
+            }
+            session.send_certificates();
+        }
         // Revocation lists first, so that a stale peer catches up before anything else.
         for list in self.revocation_lists() {
             session.queue_first(Message::Revocations { list });
@@ -602,12 +643,19 @@ impl Engine {
         let Some(session) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) else {
             return Err(SyncError::Protocol("message before the handshake finished".into()));
         };
-        let handled = session.handle(&*store, msg)?;
+        let checks = match &self.access {
+            Access::Certificates(enrolment) => Some(Checks { signers: &self.signers, enrolment }),
+            Access::SharedSecret(_) => None,
+        };
+        let handled = session.handle(&*store, msg, checks)?;
         if handled.interest_changed {
             self.refresh_interests(Some(link));
         }
         if let Some(report) = handled.applied {
             self.events.push_back(EngineEvent::Applied { link, applied: report.applied });
+            if !report.refusals.is_empty() {
+                self.events.push_back(EngineEvent::Refused { link, refusals: report.refusals });
+            }
         }
         if let Some(received) = handled.received {
             let sender = self.links.get(&link).and_then(|s| s.device);
@@ -624,6 +672,7 @@ impl Engine {
                 self.on_presence(link, DeviceKey(origin), seq, name, links)
             }
             Some(Message::Revocations { list }) => self.on_revocations(link, &list)?,
+            Some(Message::Certificates { chains }) => self.on_certificates(link, &chains)?,
             Some(
                 m @ (Message::FetchAttachment { .. }
                 | Message::AttachmentChunk { .. }

@@ -63,6 +63,11 @@ impl LinkCodec {
         self.verified.as_ref()
     }
 
+    /// The certificate chain the peer presented (encoded), once checked (`None` in development mode).
+    pub fn presented_chain(&self) -> Option<&[u8]> {
+        self.verified.as_ref().and(self.presented.as_ref()).map(|(chain, _)| chain.as_slice())
+    }
+
     /// Checks the peer's credentials again, with `access` as it is now (new revocation lists) at `now_ms`.
     pub fn recheck(&self, access: &Access, now_ms: u64) -> Result<(), crate::security::CertificateError> {
         match &self.presented {

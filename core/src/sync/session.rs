@@ -23,10 +23,11 @@
 //! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
 //! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
-use super::wire::{Message, Subscription, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE};
+use super::wire::{Message, Subscription, WireChange, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE};
 use super::SyncError;
 use crate::crdt::change::{Change, MAX_BATCH_COST, MAX_CHANGE_COST};
 use crate::query::Query;
+use crate::security::authorship::{apply_received, Checks};
 use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -146,6 +147,8 @@ enum Out {
     Credit,
     /// The latest presence record of this device key.
     Presence([u8; 32]),
+    /// The certificate chain of this signing device, as the store keeps it (certificate mode).
+    Certificate(crate::PeerId),
 }
 
 /// What handling one message did, for the engine.
@@ -198,7 +201,7 @@ pub(crate) struct Session {
     /// The interest we last sent.
     sent_interest: Option<Vec<Subscription>>,
     /// Changes being gathered into the next [`Message::Changes`] (several documents share a batch).
-    batch: Vec<Vec<u8>>,
+    batch: Vec<WireChange>,
     batch_bytes: usize,
     /// The [`Change::cost`] of the changes in `batch`.
     batch_cost: u64,
@@ -220,6 +223,10 @@ pub(crate) struct Session {
     /// What the peer may read (its certificate's read grants); `None` in development mode (everything). Only
     /// documents these allow are sent, whatever the peer's interest.
     reads: Option<crate::security::certificate::ReadRules>,
+    /// Certificate mode: the chain of each signer goes ahead of the first change it signed on this link.
+    send_certificates: bool,
+    /// The signers whose chains were queued on this link.
+    certificates_sent: BTreeSet<crate::PeerId>,
 }
 
 /// Counters of one session.
@@ -267,6 +274,8 @@ impl Session {
             resent_authors: BTreeSet::new(),
             resend: Vec::new(),
             reads: None,
+            send_certificates: false,
+            certificates_sent: BTreeSet::new(),
         };
         s.outbox.push_back(Out::Message(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 }));
         s.set_interest(interest);
@@ -310,7 +319,14 @@ impl Session {
 
     /// Handle one message from the peer. The work is bounded by the message's size and the store's summary; what
     /// a message makes the session look at in the log is looked at by [`Session::pump`], a bounded slice at a time.
-    pub fn handle(&mut self, store: &dyn Replica, msg: Message) -> Result<Handled, SyncError> {
+    ///
+    /// Received changes are applied through `checks` in certificate mode (see [`apply_received`]).
+    pub fn handle(
+        &mut self,
+        store: &dyn Replica,
+        msg: Message,
+        checks: Option<Checks<'_>>,
+    ) -> Result<Handled, SyncError> {
         let mut out = Handled::default();
         match msg {
             Message::Hello { .. } => {}
@@ -342,18 +358,28 @@ impl Session {
             Message::Changes { changes } => {
                 let mut bytes = 0u64;
                 let mut decoded = Vec::with_capacity(changes.len());
-                for c in &changes {
-                    bytes += c.len() as u64;
-                    let dc = DocChange::decode(c).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
+                for c in changes {
+                    bytes += c.change.len() as u64;
+                    let mut dc =
+                        DocChange::decode(&c.change).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
+                    dc.signature = c.signature;
                     decoded.push(dc);
                 }
-                let report = store.apply_changes(&decoded)?;
-                let held = store.summary()?;
                 // The batch's changes in counter order, so that building their summary appends (inserting them
                 // into the peer's summary one by one, in the order sent, could cost the square of their number).
                 let mut ranges: Vec<(crate::PeerId, u64, u64)> =
                     decoded.iter().map(|dc| (dc.change.peer, dc.change.start, dc.change.end())).collect();
                 ranges.sort_unstable();
+                let count = decoded.len() as u64;
+                let docs: Vec<(String, String)> = decoded
+                    .iter()
+                    // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
+                    // second look: whatever of it the peer lacks, the log will list.
+                    .filter(|dc| !(self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection)))
+                    .map(|dc| (dc.collection.clone(), dc.doc_id.clone()))
+                    .collect();
+                let report = apply_received(checks, store, decoded)?;
+                let held = store.summary()?;
                 let mut sent = Summary::new();
                 let mut received = Summary::new();
                 for &(peer, start, end) in &ranges {
@@ -364,17 +390,12 @@ impl Session {
                 }
                 self.peer_known.union_with(&sent);
                 out.received = Some(received);
-                for dc in &decoded {
-                    // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
-                    // second look: whatever of it the peer lacks, the log will list.
-                    if self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection) {
-                        continue;
-                    }
-                    if let Some(n) = store.doc_number(&dc.collection, &dc.doc_id)? {
+                for (collection, doc_id) in &docs {
+                    if let Some(n) = store.doc_number(collection, doc_id)? {
                         self.touched_by_peer.insert(n);
                     }
                 }
-                self.stats.changes_received += decoded.len() as u64;
+                self.stats.changes_received += count;
                 self.stats.change_bytes_received += bytes;
                 self.received_unacked += bytes;
                 if self.received_unacked >= WINDOW / 2 {
@@ -573,10 +594,16 @@ impl Session {
                 self.flush_batch();
             }
             self.batch_cost = self.batch_cost.saturating_add(cost);
+            if let Some(sig) = &e.signature {
+                if self.send_certificates && self.certificates_sent.insert(sig.device) {
+                    // Ahead of the batch this change goes in (the batch is queued when flushed).
+                    self.outbox.push_back(Out::Certificate(sig.device));
+                }
+            }
             let wire = e.to_wire();
             self.batch_bytes += wire.len();
             self.send_credit -= wire.len() as i64;
-            self.batch.push(wire);
+            self.batch.push(WireChange { change: wire, signature: e.signature });
             if self.batch_bytes >= BATCH_BYTES {
                 self.flush_batch();
             }
@@ -629,6 +656,16 @@ impl Session {
     /// Send the peer only the documents `rules` let it read (from its certificate, checked in the handshake).
     pub fn set_read_rules(&mut self, rules: crate::security::certificate::ReadRules) {
         self.reads = Some(rules);
+    }
+
+    /// Send the chain of each signer ahead of its first change (certificate mode).
+    pub fn send_certificates(&mut self) {
+        self.send_certificates = true;
+    }
+
+    /// The peer holds the chain of signer `device` (its own): never send it.
+    pub fn peer_holds_certificate(&mut self, device: crate::PeerId) {
+        self.certificates_sent.insert(device);
     }
 
     /// Whether the peer may read every document of `collection`.
@@ -684,6 +721,13 @@ impl Session {
                 Message::Credit { bytes: std::mem::take(&mut self.credit_due) }
             }
             Out::Presence(origin) => return Ok(self.presence_due.remove(&origin)),
+            Out::Certificate(device) => match store.certificate(device)? {
+                Some(chain) => Message::Certificates { chains: vec![chain] },
+                None => {
+                    log::warn!("no certificate chain kept for signer {device}; its changes will be refused");
+                    return Ok(None);
+                }
+            },
         }))
     }
 }

@@ -8,8 +8,9 @@ use crate::store::{AuthorDigest, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The protocol version this build speaks. A message with another version byte is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks. A message with another version byte is refused. (2: changes travel
+/// with their authors' signatures, and certificate chains ahead of them.)
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The largest message accepted (the largest change plus room for its header): a [`Message::Changes`].
 pub const MAX_MESSAGE_BYTES: usize = MAX_ENCODED_CHANGE_BYTES + (1 << 20);
@@ -241,6 +242,26 @@ pub struct PresenceLink {
     pub transport: TransportKind,
 }
 
+/// A change as it travels: its [`crate::DocChange`] encoding, and its author's signature (forwarded unchanged by
+/// every relay; `None` when its author was not enrolled).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireChange {
+    /// The [`crate::DocChange`] encoding.
+    pub change: Vec<u8>,
+    /// Its author's signature.
+    pub signature: Option<crate::security::ChangeSignature>,
+}
+
+impl WireChange {
+    /// An encoded [`crate::DocChange`] without a signature.
+    pub fn unsigned(change: Vec<u8>) -> WireChange {
+        WireChange { change, signature: None }
+    }
+}
+
+/// The most certificate chains one [`Message::Certificates`] may carry.
+pub const MAX_CHAINS_PER_MESSAGE: usize = 64;
+
 /// A sync message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -264,10 +285,10 @@ pub enum Message {
         /// sender received since.
         summary: Summary,
     },
-    /// Changes ([`crate::DocChange`] encodings), causal within each document.
+    /// Changes, causal within each document.
     Changes {
-        /// One encoded [`crate::DocChange`] each.
-        changes: Vec<Vec<u8>>,
+        /// Each change with its signature.
+        changes: Vec<WireChange>,
     },
     /// Flow control: the receiver has processed this many more bytes of changes; the sender may send as many more.
     Credit {
@@ -332,6 +353,14 @@ pub enum Message {
     Revocations {
         /// The encoded list.
         list: Vec<u8>,
+    },
+    /// Issue 14: the certificate chains of devices whose signed changes follow (each a
+    /// [`CertificateChain`](crate::security::CertificateChain) encoding; at most [`MAX_CHAINS_PER_MESSAGE`]), sent
+    /// once per link ahead of the first change each signed, so that a device can check changes of authors it never
+    /// met. A chain that does not lead to a pinned authority closes the link; a revoked one is ignored.
+    Certificates {
+        /// The encoded chains.
+        chains: Vec<Vec<u8>>,
     },
 }
 
@@ -424,6 +453,15 @@ impl Message {
             Message::Revocations { list } if list.len() > crate::security::revocation::MAX_REVOCATION_LIST_BYTES => {
                 invalid(format!("a revocation list of {} bytes", list.len()))
             }
+            Message::Certificates { chains } => {
+                if chains.len() > MAX_CHAINS_PER_MESSAGE {
+                    return invalid(format!("{} certificate chains", chains.len()));
+                }
+                match chains.iter().find(|c| c.len() > crate::security::certificate::MAX_CHAIN_BYTES) {
+                    Some(c) => invalid(format!("a certificate chain of {} bytes", c.len())),
+                    None => Ok(()),
+                }
+            }
             Message::Presence { links, .. } if links.len() > MAX_PRESENCE_LINKS => {
                 invalid(format!("{} links", links.len()))
             }
@@ -455,7 +493,7 @@ mod tests {
                 subscriptions: vec![Subscription::everything(), Subscription::filtered("t", "done == false")],
             },
             Message::Summary { summary: s },
-            Message::Changes { changes: vec![vec![1, 2, 3]] },
+            Message::Changes { changes: vec![WireChange { change: vec![1, 2, 3], signature: None }] },
             Message::Credit { bytes: 10 },
             Message::Resync,
         ];
@@ -464,8 +502,8 @@ mod tests {
             assert_eq!(bytes[0], PROTOCOL_VERSION);
             assert_eq!(Message::decode(&bytes), Ok(m));
             let mut other = bytes.clone();
-            other[0] = 2;
-            assert_eq!(Message::decode(&other), Err(WireError::UnsupportedVersion(2)));
+            other[0] = 1;
+            assert_eq!(Message::decode(&other), Err(WireError::UnsupportedVersion(1)));
         }
     }
 

@@ -247,6 +247,8 @@ impl Hub {
                 }
                 EngineEvent::PresenceChanged => {}
                 EngineEvent::Applied { link, applied } => log::debug!("link {link}: applied {applied} changes"),
+                // Each refusal was logged (warn) where it was decided.
+                EngineEvent::Refused { .. } => {}
                 EngineEvent::Fetch(f) => {
                     // Nobody listening is fine: fetches started by request rows are followed by polling.
                     let _ = self.fetches.send(f);

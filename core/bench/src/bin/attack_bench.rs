@@ -36,7 +36,7 @@ use shoaldb::crdt::sequence::IdSpan;
 use shoaldb::security::{AppSecret, Identity};
 use shoaldb::store::Replica;
 use shoaldb::sync::engine::{REASSEMBLY_FREE_BYTES, REASSEMBLY_SHARED_BYTES};
-use shoaldb::sync::wire::{MAX_FILTERS_PER_COLLECTION, MAX_FILTER_BYTES_PER_COLLECTION};
+use shoaldb::sync::wire::{WireChange, MAX_FILTERS_PER_COLLECTION, MAX_FILTER_BYTES_PER_COLLECTION};
 use shoaldb::sync::{Engine, LinkId, Message, Subscription, TransportKind};
 use shoaldb::{Change, DocChange, Op, PeerId, Scalar, Store, Summary, Timestamp, Value, VersionVector};
 use shoaldb_bench::{alloc, emit, fill, open_fast, Args, BoxErr};
@@ -200,7 +200,7 @@ fn honest_doc(store: &Store, id: &str, fields: Value) -> Result<(PeerId, u64, Ve
 }
 
 fn change_msg(dcs: &[DocChange]) -> Vec<u8> {
-    Message::Changes { changes: dcs.iter().map(DocChange::encode).collect() }.encode()
+    Message::Changes { changes: dcs.iter().map(|dc| WireChange::unsigned(dc.encode())).collect() }.encode()
 }
 
 fn now_ts() -> Timestamp {
@@ -231,6 +231,7 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
                     deps: VersionVector::default(),
                     ops: vec![Op::Set { path: vec![Seg::Key("v".into())], value: Scalar::Str(marker.into()) }],
                 },
+                signature: None,
             };
             // Swap the marker string (postcard: variant 4, length, bytes) for a list nested `depth` deep (variant
             // 6, length 1, …, then null): what a hostile encoder writes, which no honest encoder could.
@@ -242,7 +243,7 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
             }
             deep.push(0);
             deep.extend_from_slice(&bytes[at + marker.len()..]);
-            let msg = Message::Changes { changes: vec![deep] }.encode();
+            let msg = Message::Changes { changes: vec![WireChange::unsigned(deep)] }.encode();
             let before = summary_of(&v.store)?;
             let frames = seal(&mut a, la, &msg)?;
             let base = alloc::reset_peak();
@@ -299,6 +300,7 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
                 collection: "items".into(),
                 doc_id: "target".into(),
                 change: Change { peer: author, start: next, ts: now_ts(), deps, ops },
+                signature: None,
             };
             let msg = change_msg(&[dc]);
             let before = v.store.get("items", "target")?;
@@ -400,6 +402,7 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
                         collection: "items".into(),
                         doc_id: format!("r{i}"),
                         change: Change { peer: PeerId(0x1000_0000 + i), start: 1, ..template.change.clone() },
+                        signature: None,
                     })
                     .collect();
                 let msg = change_msg(&dcs);
@@ -438,7 +441,7 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
                 let (lv, la) = connect(&mut v, &mut a)?;
                 attackers.push((s, a, lv, la));
             }
-            let msg = Message::Changes { changes: vec![vec![0u8; 60 << 20]] }.encode();
+            let msg = Message::Changes { changes: vec![WireChange::unsigned(vec![0u8; 60 << 20])] }.encode();
             let mut all = Vec::new();
             for (_, a, lv, la) in attackers.iter_mut() {
                 let mut frames = seal(a, *la, &msg)?;
@@ -489,6 +492,7 @@ fn run(name: &str, quick: bool, dir: &std::path::Path) -> Result<(Outcome, Victi
                             deps: ghost.clone(),
                             ops: vec![Op::Set { path: vec![Seg::Key("x".into())], value: Scalar::Int(i as i64) }],
                         },
+                        signature: None,
                     })
                     .collect();
                 let msg = change_msg(&dcs);

@@ -476,7 +476,12 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
                 let changes: Vec<shoaldb::DocChange> = changes
                     .into_iter()
                     .flatten()
-                    .map(|change| shoaldb::DocChange { collection: COLLECTION.into(), doc_id: DOC_ID.into(), change })
+                    .map(|change| shoaldb::DocChange {
+                        collection: COLLECTION.into(),
+                        doc_id: DOC_ID.into(),
+                        change,
+                        signature: None,
+                    })
                     .collect();
                 for batch in changes.chunks(PATCHES_PER_COMMIT) {
                     let rep = store.replica().apply_changes(batch).map_err(err)?;

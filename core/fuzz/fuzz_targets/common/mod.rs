@@ -8,7 +8,7 @@
 use shoaldb::crdt::change::Seg;
 use shoaldb::crdt::clock::Dot;
 use shoaldb::crdt::sequence::IdSpan;
-use shoaldb::sync::wire::PresenceLink;
+use shoaldb::sync::wire::{PresenceLink, WireChange};
 use shoaldb::sync::{Message, Subscription, TransportKind};
 use shoaldb::{Change, DocChange, Kind, Op, PeerId, Scalar, Summary, Timestamp, VersionVector};
 use std::collections::BTreeMap;
@@ -164,7 +164,7 @@ pub fn doc_change(input: &mut Input) -> DocChange {
         deps,
         ops: (0..1 + input.below(4)).map(|_| op(input)).collect(),
     };
-    DocChange { collection: input.name(&["c", "d"]), doc_id: input.name(&["x", "y"]), change }
+    DocChange { collection: input.name(&["c", "d"]), doc_id: input.name(&["x", "y"]), change, signature: None }
 }
 
 /// An encoded change: mostly a built one, sometimes a built one with a few bytes changed, sometimes raw bytes.
@@ -206,7 +206,9 @@ pub fn message(input: &mut Input) -> Vec<u8> {
             }
             Message::Summary { summary }
         }
-        4..=7 => Message::Changes { changes: (0..1 + input.below(4)).map(|_| encoded_change(input)).collect() },
+        4..=7 => Message::Changes {
+            changes: (0..1 + input.below(4)).map(|_| WireChange::unsigned(encoded_change(input))).collect(),
+        },
         8 => Message::Credit { bytes: input.u64() },
         9 => Message::Presence {
             origin: [input.u8(); 32],

@@ -1,0 +1,384 @@
+//! Signed changes: authorship every device can check, offline.
+//!
+//! An enrolled device signs every change it makes ([`ChangeSignature`]: Ed25519 over the BLAKE3 digest of the
+//! change's [`DocChange`] encoding, so the collection and document are signed too). The signature names the signing
+//! device (its id, [`VerifyingKey::device_id`]) and which of its author chains the change belongs to: the change's
+//! author must be that key's [`VerifyingKey::author`]`(chain)`, so nobody can write under another device's author
+//! id. The log keeps each signature beside its change and sync forwards both unchanged, so a change arrives signed
+//! however many devices relayed it.
+//!
+//! A device in certificate mode checks every change it receives before applying it ([`CertificateCheck`]), relays
+//! included:
+//!
+//! 1. on receipt — the signature, the signer's certificate chain (to a pinned authority; chains travel in
+//!    [`Message::Certificates`](crate::sync::wire::Message::Certificates) ahead of the changes that need them, and
+//!    are kept, so a relay can pass them on), that the author is one of the signer's, and revocation (a revoked
+//!    certificate or key, or an author's changes past a revocation's `accept_until`);
+//! 2. when it applies — the signer's write permission: the collection, the field paths the change touches, and the
+//!    grant's filter, evaluated on the document **as the author saw it** (its state at the change's dependencies,
+//!    or — for a document that did not exist then — as the change makes it). That state is the same on every
+//!    device whatever order changes arrive in, so every device accepts and refuses the same changes and all
+//!    converge.
+//!
+//! A change that fails is refused alone ([`Refused`], counted in [`ApplyReport::refused`](crate::ApplyReport)); the
+//! others of its batch are applied. Certificates are not checked against their validity period here (that bounds
+//! links, and an expired device cannot open one): a change made while its author was enrolled stays good. To cut
+//! off what a device wrote after some point, the authority revokes its author with `accept_until`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::access::Enrolment;
+use super::certificate::{CertificateChain, CertificateError, VerifiedDevice};
+use super::signing::{Signature, SigningKey, VerifyingKey};
+use crate::crdt::change::Seg;
+use crate::crdt::clock::PeerId;
+use crate::crdt::path::PathSegment;
+use crate::store::{DocChange, Replica};
+
+/// The signature context of changes.
+const CHANGE_CONTEXT: &str = "shoal change v1";
+
+/// The most signer certificates a device keeps decoded in memory (those beyond are read from its store again when
+/// needed): a fleet's worth.
+pub const MAX_CACHED_SIGNERS: usize = 65_536;
+
+/// A change's signature by its author's device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSignature {
+    /// The signing device's id ([`VerifyingKey::device_id`]): whose certificate the signature is checked with.
+    pub device: PeerId,
+    /// Which of the device's author ids wrote the change: the change's author is the key's
+    /// [`author`](VerifyingKey::author)`(chain)`.
+    pub chain: u32,
+    /// Ed25519 over the change's digest ([`crate::store::change_digest`]).
+    pub signature: Signature,
+}
+
+impl ChangeSignature {
+    /// `key`'s signature of the change whose digest is `digest`, written as its author `chain`.
+    pub(crate) fn sign(key: &SigningKey, chain: u32, digest: &[u8; 32]) -> ChangeSignature {
+        let device = key.verifying_key().device_id();
+        ChangeSignature { device, chain, signature: key.sign(CHANGE_CONTEXT, digest) }
+    }
+
+    /// Whether this is `key`'s signature of the change of `author` with `digest`.
+    pub(crate) fn verifies(&self, key: &VerifyingKey, author: PeerId, digest: &[u8; 32]) -> Result<(), RefusalReason> {
+        if key.author(self.chain) != author {
+            return Err(RefusalReason::NotAuthor { device: self.device });
+        }
+        if !key.verifies(CHANGE_CONTEXT, digest, &self.signature) {
+            return Err(RefusalReason::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// The stored form (postcard).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Reads the stored form; `None` if it is not one.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<ChangeSignature> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// Why a received change was refused (see the [module documentation](self)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusalReason {
+    /// The change carries no signature (its author was not enrolled, or the signature was stripped).
+    #[error("it is not signed")]
+    Unsigned,
+    /// No valid certificate chain is known for the signing device (none was sent ahead of the change).
+    #[error("no certificate is known for its signer {0}")]
+    UnknownSigner(PeerId),
+    /// The signature does not verify: the change was altered, or signed by someone else.
+    #[error("its signature does not verify")]
+    BadSignature,
+    /// The change's author is not one of the signing device's author ids: an attempt to write under another
+    /// device's id.
+    #[error("its author is not one of signer {device}'s")]
+    NotAuthor {
+        /// The device that signed.
+        device: PeerId,
+    },
+    /// The signer's certificate (or key, or author) is revoked.
+    #[error("revoked: {0}")]
+    Revoked(String),
+    /// The signer may not write this: the text says what (the collection, a field path, or the grant's filter).
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+}
+
+/// A received change refused by the checks of certificate mode, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("change {author}:{start} of {collection}/{doc_id} refused: {reason}")]
+pub struct Refused {
+    /// The change's author.
+    pub author: PeerId,
+    /// Its first counter.
+    pub start: u64,
+    /// Its document's collection.
+    pub collection: String,
+    /// Its document's id.
+    pub doc_id: String,
+    /// Why.
+    pub reason: RefusalReason,
+}
+
+impl Refused {
+    pub(crate) fn of(dc: &DocChange, reason: RefusalReason) -> Refused {
+        Refused {
+            author: dc.change.peer,
+            start: dc.change.start,
+            collection: dc.collection.clone(),
+            doc_id: dc.doc_id.clone(),
+            reason,
+        }
+    }
+}
+
+/// What the store asks before applying a received change (see [`Replica::apply_checked`]).
+pub trait ChangeCheck {
+    /// Whether the signer of `change` (already found authentic on receipt) may write it. `as_seen` gives the
+    /// document as the change's author saw it: its JSON view at the change's dependencies, or — if it did not
+    /// exist then — as the change makes it (`None` when it does not exist either way); it is computed only when a
+    /// filter needs it.
+    ///
+    /// # Errors
+    /// The reason the change is refused.
+    fn may_write(
+        &self,
+        change: &DocChange,
+        as_seen: &mut dyn FnMut() -> crate::Result<Option<serde_json::Value>>,
+    ) -> Result<(), RefusalReason>;
+}
+
+/// A signer's certificate, checked once (its chain leads to a pinned authority); revocation is checked at each use.
+#[derive(Debug)]
+struct KnownSigner {
+    chain: CertificateChain,
+    encoded: Vec<u8>,
+    device: VerifiedDevice,
+}
+
+/// The certificates of the devices whose changes this device has checked: from handshakes, from
+/// [`Message::Certificates`](crate::sync::wire::Message::Certificates), and from its store (where they are kept so
+/// that they hold across restarts and can be passed on).
+#[derive(Debug, Default)]
+pub struct Signers {
+    known: Mutex<HashMap<PeerId, Arc<KnownSigner>>>,
+}
+
+impl Signers {
+    /// Checks `chain` (encoded) against the pinned authorities and the revocation lists of `enrolment`, ignoring
+    /// its validity period, and keeps it (in memory, and in `replica` when `keep`). Returns the device's id, or
+    /// `None` when the chain is revoked (it is then neither kept nor an error: a peer that has not seen the
+    /// revocation yet passes it on in good faith).
+    ///
+    /// # Errors
+    /// Any other failure of the chain: a broken or forged chain, an unknown authority.
+    pub fn learn(
+        &self,
+        enrolment: &Enrolment,
+        replica: &dyn Replica,
+        encoded: &[u8],
+        keep: bool,
+    ) -> Result<Option<PeerId>, CertificateError> {
+        let chain = CertificateChain::decode(encoded)?;
+        let device = match verify_ignoring_time(&chain, enrolment) {
+            Ok(d) => d,
+            Err(CertificateError::Revoked(why)) => {
+                log::debug!("a revoked certificate chain was offered ({why}); not kept");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let id = device.device_id();
+        let new = {
+            let mut known = crate::util::lock(&self.known);
+            if known.len() >= MAX_CACHED_SIGNERS && !known.contains_key(&id) {
+                known.clear();
+            }
+            let signer = KnownSigner { chain, encoded: encoded.to_vec(), device };
+            known.insert(id, Arc::new(signer)).is_none_or(|old| old.encoded != encoded)
+        };
+        if keep && new {
+            if let Err(e) = replica.keep_certificate(id, encoded) {
+                log::warn!("could not keep the certificate of signer {id}: {e}");
+            }
+        }
+        Ok(Some(id))
+    }
+
+    /// The signer `device`, from memory or from `replica`.
+    fn get(&self, enrolment: &Enrolment, replica: &dyn Replica, device: PeerId) -> Option<Arc<KnownSigner>> {
+        if let Some(s) = crate::util::lock(&self.known).get(&device) {
+            return Some(s.clone());
+        }
+        if device == enrolment.signing_key().verifying_key().device_id() {
+            let own = enrolment.chain().encode();
+            self.learn(enrolment, replica, &own, true).ok()??;
+        } else {
+            let stored = replica.certificate(device).ok()??;
+            // Kept after checking it; checked again, as the pinned authorities or revocations may differ now.
+            self.learn(enrolment, replica, &stored, false).ok()??;
+        }
+        crate::util::lock(&self.known).get(&device).cloned()
+    }
+
+    /// Checks what can be checked of `dc` on receipt: that it is signed, by a known signer whose author it is, with
+    /// a signature that verifies, and that nothing of it is revoked.
+    ///
+    /// # Errors
+    /// Why it is refused.
+    pub fn check_received(
+        &self,
+        enrolment: &Enrolment,
+        replica: &dyn Replica,
+        dc: &DocChange,
+    ) -> Result<(), RefusalReason> {
+        let sig = dc.signature.as_ref().ok_or(RefusalReason::Unsigned)?;
+        let signer = self.get(enrolment, replica, sig.device).ok_or(RefusalReason::UnknownSigner(sig.device))?;
+        let digest = crate::store::change_digest(&dc.collection, &dc.doc_id, &dc.change.encode());
+        sig.verifies(&signer.device.signing_key, dc.change.peer, &digest)?;
+        check_revocation(enrolment, &signer, dc)
+    }
+
+    /// The check [`Replica::apply_checked`] runs as each change is applied.
+    pub fn write_check<'a>(&'a self, enrolment: &'a Enrolment, replica: &'a dyn Replica) -> CertificateCheck<'a> {
+        CertificateCheck { signers: self, enrolment, replica }
+    }
+}
+
+/// What a device in certificate mode checks the changes it receives against: the signers it knows, and its
+/// enrolment (pinned authorities, revocation lists).
+#[derive(Clone, Copy, Debug)]
+pub struct Checks<'a> {
+    /// The signers known.
+    pub signers: &'a Signers,
+    /// This device's enrolment.
+    pub enrolment: &'a Enrolment,
+}
+
+/// Applies changes received from a peer to `store`: as they are in development mode (`checks` is `None`); in
+/// certificate mode each is checked on receipt ([`Signers::check_received`]) and as it is applied
+/// ([`CertificateCheck`]), and one that fails is refused alone.
+///
+/// # Errors
+/// As [`Replica::apply_changes`]: a malformed change fails the whole batch.
+pub(crate) fn apply_received(
+    checks: Option<Checks<'_>>,
+    store: &dyn Replica,
+    changes: Vec<DocChange>,
+) -> crate::Result<crate::ApplyReport> {
+    let Some(c) = checks else { return store.apply_changes(&changes) };
+    let mut report = crate::ApplyReport::default();
+    let mut accepted = Vec::with_capacity(changes.len());
+    for dc in changes {
+        match c.signers.check_received(c.enrolment, store, &dc) {
+            Ok(()) => accepted.push(dc),
+            Err(reason) => report.refuse(Refused::of(&dc, reason)),
+        }
+    }
+    report.add(store.apply_checked(&accepted, &c.signers.write_check(c.enrolment, store))?);
+    Ok(report)
+}
+
+/// The chain checked against `enrolment`'s authorities and revocations, at a time within every certificate's
+/// validity (the period itself is not checked: see the module documentation).
+fn verify_ignoring_time(chain: &CertificateChain, enrolment: &Enrolment) -> Result<VerifiedDevice, CertificateError> {
+    let at = chain.certificates().iter().map(|c| c.body().not_before_ms).max().unwrap_or(0);
+    chain.verify(enrolment.authorities(), enrolment.revocations(), at)
+}
+
+fn check_revocation(enrolment: &Enrolment, signer: &KnownSigner, dc: &DocChange) -> Result<(), RefusalReason> {
+    let revocations = enrolment.revocations();
+    if let Some(why) = signer.chain.certificates().iter().find_map(|c| revocations.revokes(c)) {
+        return Err(RefusalReason::Revoked(why));
+    }
+    match revocations.author_limit(dc.change.peer) {
+        None => Ok(()),
+        Some(Some(until)) if dc.change.end() <= until => Ok(()),
+        Some(until) => Err(RefusalReason::Revoked(format!(
+            "author {} is accepted only {}",
+            dc.change.peer,
+            until.map_or("never".to_string(), |n| format!("up to counter {n}"))
+        ))),
+    }
+}
+
+/// The write-permission check of certificate mode (see [`Signers::write_check`]).
+pub struct CertificateCheck<'a> {
+    signers: &'a Signers,
+    enrolment: &'a Enrolment,
+    replica: &'a dyn Replica,
+}
+
+impl fmt::Debug for CertificateCheck<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateCheck").finish_non_exhaustive()
+    }
+}
+
+impl ChangeCheck for CertificateCheck<'_> {
+    fn may_write(
+        &self,
+        dc: &DocChange,
+        as_seen: &mut dyn FnMut() -> crate::Result<Option<serde_json::Value>>,
+    ) -> Result<(), RefusalReason> {
+        let sig = dc.signature.as_ref().ok_or(RefusalReason::Unsigned)?;
+        let signer = self
+            .signers
+            .get(self.enrolment, self.replica, sig.device)
+            .ok_or(RefusalReason::UnknownSigner(sig.device))?;
+        // A revocation may have arrived since the change was received (it waited for its dependencies).
+        check_revocation(self.enrolment, &signer, dc)?;
+        let paths = write_paths(&dc.change);
+        let mut seen: Option<Option<serde_json::Value>> = None;
+        let mut view = || -> Result<Option<serde_json::Value>, RefusalReason> {
+            if seen.is_none() {
+                let v = as_seen().map_err(|e| RefusalReason::NotPermitted(format!("document unreadable: {e}")))?;
+                seen = Some(v);
+            }
+            Ok(seen.clone().flatten())
+        };
+        signer.device.permissions.check_write(&dc.collection, &paths, sig.device, &mut view)
+    }
+}
+
+/// The fields `change` writes, as permission paths (see [`field_path`]).
+pub(crate) fn write_paths(change: &crate::Change) -> Vec<Vec<PathSegment>> {
+    change.ops.iter().map(|op| field_path(op.path())).collect()
+}
+
+/// The field an operation writes, as a permission path: its keys from the document root, up to the first array
+/// element (a grant names fields by key; everything inside a field it names is covered). Empty for the document
+/// itself (creating or removing it).
+fn field_path(path: &[Seg]) -> Vec<PathSegment> {
+    path.iter()
+        .map_while(|s| match s {
+            Seg::Key(k) => Some(PathSegment::Key(k.clone())),
+            Seg::Elem(_) => None,
+        })
+        .collect()
+}
+
+/// A permission path, spelled for error messages.
+pub(crate) fn describe_path(path: &[PathSegment]) -> String {
+    if path.is_empty() {
+        return "the document itself (creating or removing it)".into();
+    }
+    let keys: Vec<String> = path
+        .iter()
+        .map(|s| match s {
+            PathSegment::Key(k) => k.clone(),
+            PathSegment::Index(i) => format!("[{i}]"),
+        })
+        .collect();
+    format!("field {}", keys.join("."))
+}
