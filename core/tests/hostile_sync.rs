@@ -420,7 +420,7 @@ fn a_relay_with_a_neighbour_of_many_subscriptions_keeps_its_other_links() {
 }
 
 fn presence_of(from: [u8; 32], seq: u64, name: &str, links: Vec<PresenceLink>) -> Vec<u8> {
-    Message::Presence { origin: from, seq, name: name.into(), links }.encode()
+    Message::Presence { origin: from, seq, name: name.into(), links, signature: None }.encode()
 }
 
 /// A forged presence record with `seq = u64::MAX` does not freeze or rename a device: it is refused, and a forged
@@ -556,7 +556,7 @@ fn handling_any_message_reads_no_log() {
         Message::Summary { summary: everything },
         Message::Resync,
         Message::Credit { bytes: u64::MAX },
-        Message::Presence { origin: [3; 32], seq: 1, name: "p".into(), links: vec![] },
+        Message::Presence { origin: [3; 32], seq: 1, name: "p".into(), links: vec![], signature: None },
         Message::FetchAttachment { request: 99, hash: [4; 32], offset: 0, hops: 8 },
         Message::AttachmentChunk { request: 12345, offset: 0, total: 10, data: vec![0; 10] },
         Message::AttachmentUnavailable { request: 12345 },
@@ -614,7 +614,8 @@ fn a_message_too_large_for_its_kind_is_refused_early() {
     let mut net = Net::new(vec![vec![], vec![]]);
     let w = net.connect(1, 0);
     net.settle();
-    let mut huge = Message::Presence { origin: [1; 32], seq: 1, name: String::new(), links: vec![] }.encode();
+    let mut huge =
+        Message::Presence { origin: [1; 32], seq: 1, name: String::new(), links: vec![], signature: None }.encode();
     huge.resize(3 * MAX_CONTROL_MESSAGE_BYTES, 0);
     net.send_raw(w, 1, &huge);
     let (from, to) = (net.link(w, 1), net.link(w, 0));
@@ -652,4 +653,33 @@ fn one_neighbour_has_a_bounded_number_of_transfers_served() {
     let taken = net.lookups[0].load(Ordering::Relaxed);
     assert_eq!(taken, MAX_SERVES_PER_LINK, "{taken} transfers taken on at once");
     assert!(net.is_up(w));
+}
+
+/// The other side of that bound: a device fetching many attachments at once asks each neighbour for at most
+/// `MAX_SERVES_PER_LINK` at a time, the rest waiting for a slot, so none is refused for being one too many.
+#[test]
+fn many_fetches_at_once_wait_for_a_slot_rather_than_fail() {
+    use shoaldb::sync::FetchEvent;
+    let mut net = Net::new(vec![vec![], vec![]]);
+    net.connect(1, 0);
+    net.settle();
+    let tokens: Vec<_> = (0..3 * MAX_SERVES_PER_LINK as u8)
+        .map(|i| net.stores[0].put_attachment_bytes(&vec![i; 70_000], Default::default()).unwrap())
+        .collect();
+    for t in &tokens {
+        net.engines[1].fetch_attachment(t.hash, t.len).unwrap();
+    }
+    net.settle();
+    let mut done = 0;
+    while let Some(e) = net.engines[1].poll_event() {
+        match e {
+            EngineEvent::Fetch(FetchEvent::Done { .. }) => done += 1,
+            EngineEvent::Fetch(FetchEvent::Failed { reason, .. }) => panic!("a fetch failed: {reason}"),
+            _ => {}
+        }
+    }
+    assert_eq!(done, tokens.len());
+    for t in &tokens {
+        assert!(net.stores[1].has_attachment(t).unwrap());
+    }
 }

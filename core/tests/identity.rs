@@ -676,3 +676,37 @@ fn read_grants_decide_what_each_device_receives_also_through_a_relay() {
     assert_eq!(stores[b].get("tasks", "north").unwrap().unwrap()["team"], "north");
     assert_eq!(stores[a].get("tasks", "north").unwrap().unwrap()["secret"], 1);
 }
+
+#[test]
+fn attachment_bytes_go_only_to_devices_that_may_read_a_document_holding_them() {
+    use shoaldb::sync::FetchEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    let g = |t: &str| Grant::parse(t).unwrap();
+    let (sa, a) = enrolled_engine_with(&dir, &authority, 1, everything());
+    let (sb, b) = enrolled_engine_with(&dir, &authority, 2, vec![g("read notes"), g("write *")]);
+    let secret = sa.put_attachment_bytes(b"the plans", Default::default()).unwrap();
+    let shared = sa.put_attachment_bytes(b"the minutes", Default::default()).unwrap();
+    sa.upsert("tasks", json!({"_id": "t", "file": secret.to_json()})).unwrap();
+    sa.upsert("notes", json!({"_id": "n", "file": shared.to_json()})).unwrap();
+    let mut engines = vec![a, b];
+    let la = engines[0].add_link(TransportKind::Lan, true).unwrap();
+    let lb = engines[1].add_link(TransportKind::Lan, false).unwrap();
+    let wires = [(0, la, 1, lb)];
+    wires::settle(&mut engines, &wires, None);
+    assert!(sb.get("notes", "n").unwrap().is_some() && sb.get("tasks", "t").unwrap().is_none());
+    // b knows (or guesses) both hashes; it gets only the bytes of the one a document it may read holds.
+    for token in [&secret, &shared] {
+        engines[1].fetch_attachment(token.hash, token.len).unwrap();
+    }
+    wires::settle(&mut engines, &wires, None);
+    let mut failed = Vec::new();
+    while let Some(ev) = engines[1].poll_event() {
+        if let EngineEvent::Fetch(FetchEvent::Failed { hash, .. }) = ev {
+            failed.push(hash);
+        }
+    }
+    assert!(sb.has_attachment(&shared).unwrap(), "the attachment of a note b may read");
+    assert!(!sb.has_attachment(&secret).unwrap(), "the attachment of a task b may not read");
+    assert_eq!(failed, vec![secret.hash]);
+}

@@ -396,3 +396,36 @@ fn an_author_signing_two_changes_for_one_counter_leaves_proof() {
         assert!(!eq.proves(&authority.verifying_key()), "and proves nothing against another key");
     }
 }
+
+#[test]
+fn presence_records_are_signed_by_the_device_they_describe() {
+    use shoaldb::security::{PresenceSignature, Signature};
+    let authority = SigningKey::generate().unwrap();
+    // a – b – c, and an enrolled attacker m – b.
+    let mut m = mesh(&authority, vec![everything(), everything(), everything(), everything()], &[(0, 1), (1, 2)]);
+    let (a, b, c, attacker) = (0, 1, 2, 3);
+    let (_, lm, _, _) = m.link(attacker, b);
+    m.settle();
+    let a_key = m.engines[a].device_key();
+    let seen_from = |m: &Mesh, x: usize| m.engines[x].peers().into_iter().find(|p| p.device == a_key);
+    let at_c = seen_from(&m, c).expect("c learns of a through b");
+    assert_eq!((at_c.name.as_str(), at_c.hops), ("device 1", 2));
+    // The attacker announces a record for a: unsigned, then with its own signature.
+    let fake = |signature| Message::Presence {
+        origin: a_key.0,
+        seq: NOW + 1_000,
+        name: "impostor".into(),
+        links: Vec::new(),
+        signature,
+    };
+    let own = PresenceSignature { device: m.device_id(attacker), signature: Signature([7; 64]) };
+    for msg in [fake(None), fake(Some(own))] {
+        m.engines[attacker].send_raw(lm, &msg.encode()).unwrap();
+    }
+    m.settle();
+    for x in [b, c] {
+        let seen = seen_from(&m, x).unwrap();
+        assert_eq!(seen.name, "device 1", "device {x} took the forged record");
+    }
+    assert_eq!(seen_from(&m, c).unwrap().hops, 2, "a's links as a announced them");
+}

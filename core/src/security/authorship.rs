@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::Enrolment;
 use super::certificate::{CertificateChain, CertificateError, VerifiedDevice};
-use super::signing::{Signature, SigningKey, VerifyingKey};
+use super::signing::{PreparedKey, Signature, SigningKey, VerifyingKey};
 use crate::crdt::change::Seg;
 use crate::crdt::clock::PeerId;
 use crate::crdt::path::PathSegment;
@@ -41,6 +41,12 @@ use crate::store::{DocChange, Replica};
 
 /// The signature context of changes.
 const CHANGE_CONTEXT: &str = "shoal change v1";
+
+/// The most threads that check the signatures of one batch of received changes.
+pub const MAX_VERIFY_THREADS: usize = 4;
+
+/// The fewest changes in a batch whose signatures are checked on several threads (fewer are not worth a thread).
+const PARALLEL_VERIFY_MIN: usize = 16;
 
 /// The most signer certificates a device keeps decoded in memory (those beyond are read from its store again when
 /// needed): a fleet's worth.
@@ -67,13 +73,30 @@ impl ChangeSignature {
 
     /// Whether this is `key`'s signature of the change of `author` with `digest`.
     pub(crate) fn verifies(&self, key: &VerifyingKey, author: PeerId, digest: &[u8; 32]) -> Result<(), RefusalReason> {
-        if key.author(self.chain) != author {
-            return Err(RefusalReason::NotAuthor { device: self.device });
+        let prepared = key.prepare().ok_or(RefusalReason::BadSignature)?;
+        self.verifies_prepared(key, &prepared, author, digest)
+    }
+
+    fn verifies_prepared(
+        &self,
+        key: &VerifyingKey,
+        prepared: &PreparedKey,
+        author: PeerId,
+        digest: &[u8; 32],
+    ) -> Result<(), RefusalReason> {
+        self.is_authors(key, author)?;
+        match PreparedKey::verify_batch(CHANGE_CONTEXT, &[(prepared, digest, &self.signature)]) {
+            true => Ok(()),
+            false => Err(RefusalReason::BadSignature),
         }
-        if !key.verifies(CHANGE_CONTEXT, digest, &self.signature) {
-            return Err(RefusalReason::BadSignature);
+    }
+
+    /// Whether the change's `author` is one of `key`'s author ids (the one of this signature's chain).
+    fn is_authors(&self, key: &VerifyingKey, author: PeerId) -> Result<(), RefusalReason> {
+        match key.author(self.chain) == author {
+            true => Ok(()),
+            false => Err(RefusalReason::NotAuthor { device: self.device }),
         }
-        Ok(())
     }
 
     /// The stored form (postcard).
@@ -84,6 +107,42 @@ impl ChangeSignature {
     /// Reads the stored form; `None` if it is not one.
     pub(crate) fn decode(bytes: &[u8]) -> Option<ChangeSignature> {
         postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// The signature context of presence records.
+const PRESENCE_CONTEXT: &str = "shoal presence v1";
+
+/// A presence record's signature by the device it describes (certificate mode): relays flood the record with it
+/// unchanged, and every device checks it against that device's certificate (whose Noise key must be the record's
+/// origin), so no device can announce links — or a name — for another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceSignature {
+    /// The signing device's id (whose certificate to check it with).
+    pub device: PeerId,
+    /// Ed25519 over the record (see [`presence_message`]).
+    pub signature: Signature,
+}
+
+/// What a presence record's signature covers: its origin, number, name and links.
+fn presence_message(origin: &[u8; 32], seq: u64, name: &str, links: &[crate::sync::wire::PresenceLink]) -> Vec<u8> {
+    postcard::to_stdvec(&(origin, seq, name, links)).unwrap_or_default()
+}
+
+impl PresenceSignature {
+    /// `enrolment`'s signature of the record of this device (`origin`, its Noise key).
+    pub(crate) fn sign(
+        enrolment: &Enrolment,
+        origin: &[u8; 32],
+        seq: u64,
+        name: &str,
+        links: &[crate::sync::wire::PresenceLink],
+    ) -> PresenceSignature {
+        let key = enrolment.signing_key();
+        PresenceSignature {
+            device: key.verifying_key().device_id(),
+            signature: key.sign(PRESENCE_CONTEXT, &presence_message(origin, seq, name, links)),
+        }
     }
 }
 
@@ -164,6 +223,7 @@ struct KnownSigner {
     chain: CertificateChain,
     encoded: Vec<u8>,
     device: VerifiedDevice,
+    key: PreparedKey,
 }
 
 /// The certificates of the devices whose changes this device has checked: from handshakes, from
@@ -199,12 +259,16 @@ impl Signers {
             Err(e) => return Err(e),
         };
         let id = device.device_id();
+        let key = device
+            .signing_key
+            .prepare()
+            .ok_or_else(|| CertificateError::Malformed(format!("signer {id}'s key is not a valid Ed25519 key")))?;
         let new = {
             let mut known = crate::util::lock(&self.known);
             if known.len() >= MAX_CACHED_SIGNERS && !known.contains_key(&id) {
                 known.clear();
             }
-            let signer = KnownSigner { chain, encoded: encoded.to_vec(), device };
+            let signer = KnownSigner { chain, encoded: encoded.to_vec(), device, key };
             known.insert(id, Arc::new(signer)).is_none_or(|old| old.encoded != encoded)
         };
         if keep && new {
@@ -231,22 +295,97 @@ impl Signers {
         crate::util::lock(&self.known).get(&device).cloned()
     }
 
-    /// Checks what can be checked of `dc` on receipt: that it is signed, by a known signer whose author it is, with
-    /// a signature that verifies, and that nothing of it is revoked.
-    ///
-    /// # Errors
-    /// Why it is refused.
+    /// Checks what can be checked of each received change on receipt: that it is signed, by a known signer whose
+    /// author it is, with a signature that verifies (`digest`: [`crate::store::change_digest`] of the change, as
+    /// received), and that nothing of it is revoked. The signatures of a large batch are checked on several threads.
     pub fn check_received(
         &self,
         enrolment: &Enrolment,
         replica: &dyn Replica,
-        dc: &DocChange,
+        changes: &[(DocChange, [u8; 32])],
+    ) -> Vec<Result<(), RefusalReason>> {
+        // Signers first (they may be read from the store), then the signatures (pure computation, in parallel).
+        let signers: Vec<Result<(Arc<KnownSigner>, &ChangeSignature), RefusalReason>> = changes
+            .iter()
+            .map(|(dc, _)| {
+                let sig = dc.signature.as_ref().ok_or(RefusalReason::Unsigned)?;
+                let signer =
+                    self.get(enrolment, replica, sig.device).ok_or(RefusalReason::UnknownSigner(sig.device))?;
+                Ok((signer, sig))
+            })
+            .collect();
+        // Everything but the signature, change by change; then the signatures of those that passed, as one batch
+        // (one by one if the batch fails, to find the bad ones).
+        let verify = |range: std::ops::Range<usize>| -> Vec<Result<(), RefusalReason>> {
+            let mut out: Vec<Result<(), RefusalReason>> = range
+                .clone()
+                .map(|i| {
+                    let (signer, sig) = signers[i].as_ref().map_err(Clone::clone)?;
+                    let dc = &changes[i].0;
+                    sig.is_authors(&signer.device.signing_key, dc.change.peer)?;
+                    check_revocation(enrolment, signer, dc)
+                })
+                .collect();
+            let item = |i: usize| {
+                let (signer, sig) = signers[i].as_ref().ok()?;
+                Some((&signer.key, &changes[i].1[..], &sig.signature))
+            };
+            let to_check: Vec<usize> = range.clone().filter(|&i| out[i - range.start].is_ok()).collect();
+            let batch: Vec<_> = to_check.iter().filter_map(|&i| item(i)).collect();
+            if !PreparedKey::verify_batch(CHANGE_CONTEXT, &batch) {
+                for &i in &to_check {
+                    if !item(i).is_some_and(|one| PreparedKey::verify_batch(CHANGE_CONTEXT, &[one])) {
+                        out[i - range.start] = Err(RefusalReason::BadSignature);
+                    }
+                }
+            }
+            out
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_VERIFY_THREADS);
+        if threads < 2 || changes.len() < PARALLEL_VERIFY_MIN {
+            return verify(0..changes.len());
+        }
+        let per = changes.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let verify = &verify;
+            let parts: Vec<_> = (0..changes.len())
+                .step_by(per)
+                .map(|lo| scope.spawn(move || verify(lo..(lo + per).min(changes.len()))))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|p| p.join().unwrap_or_else(|_| vec![Err(RefusalReason::BadSignature); per]))
+                .take(changes.len())
+                .collect()
+        })
+    }
+
+    /// Checks a presence record: signed by a known, unrevoked device whose certificate names `origin` as its Noise
+    /// key.
+    ///
+    /// # Errors
+    /// Why it is refused.
+    pub(crate) fn check_presence(
+        &self,
+        enrolment: &Enrolment,
+        replica: &dyn Replica,
+        (origin, seq, name, links): (&[u8; 32], u64, &str, &[crate::sync::wire::PresenceLink]),
+        signature: Option<&PresenceSignature>,
     ) -> Result<(), RefusalReason> {
-        let sig = dc.signature.as_ref().ok_or(RefusalReason::Unsigned)?;
+        let sig = signature.ok_or(RefusalReason::Unsigned)?;
         let signer = self.get(enrolment, replica, sig.device).ok_or(RefusalReason::UnknownSigner(sig.device))?;
-        let digest = crate::store::change_digest(&dc.collection, &dc.doc_id, &dc.change.encode());
-        sig.verifies(&signer.device.signing_key, dc.change.peer, &digest)?;
-        check_revocation(enrolment, &signer, dc)
+        if signer.device.noise_key.0 != *origin {
+            return Err(RefusalReason::NotAuthor { device: sig.device });
+        }
+        let message = presence_message(origin, seq, name, links);
+        if !PreparedKey::verify_batch(PRESENCE_CONTEXT, &[(&signer.key, &message, &sig.signature)]) {
+            return Err(RefusalReason::BadSignature);
+        }
+        let revocations = enrolment.revocations();
+        match signer.chain.certificates().iter().find_map(|c| revocations.revokes(c)) {
+            Some(why) => Err(RefusalReason::Revoked(why)),
+            None => Ok(()),
+        }
     }
 
     /// The check [`Replica::apply_checked`] runs as each change is applied.
@@ -271,16 +410,22 @@ pub struct Checks<'a> {
 ///
 /// # Errors
 /// As [`Replica::apply_changes`]: a malformed change fails the whole batch.
+///
+/// `changes` come with their digests ([`crate::store::change_digest`], of the bytes received).
 pub(crate) fn apply_received(
     checks: Option<Checks<'_>>,
     store: &dyn Replica,
-    changes: Vec<DocChange>,
+    changes: Vec<(DocChange, [u8; 32])>,
 ) -> crate::Result<crate::ApplyReport> {
-    let Some(c) = checks else { return store.apply_changes(&changes) };
+    let Some(c) = checks else {
+        let changes: Vec<DocChange> = changes.into_iter().map(|(dc, _)| dc).collect();
+        return store.apply_changes(&changes);
+    };
     let mut report = crate::ApplyReport::default();
     let mut accepted = Vec::with_capacity(changes.len());
-    for dc in changes {
-        match c.signers.check_received(c.enrolment, store, &dc) {
+    let verdicts = c.signers.check_received(c.enrolment, store, &changes);
+    for ((dc, _), verdict) in changes.into_iter().zip(verdicts) {
+        match verdict {
             Ok(()) => accepted.push(dc),
             Err(reason) => report.refuse(Refused::of(&dc, reason)),
         }

@@ -741,6 +741,11 @@ impl ReadRules {
     pub fn reads_all_of(&self, collection: &str) -> bool {
         self.levels.iter().all(|level| self.grants(level, collection).any(Option::is_none))
     }
+
+    /// Whether every document of every collection may be read (`read *` without a filter at every level).
+    pub fn reads_everything(&self) -> bool {
+        self.levels.iter().all(|level| level.iter().any(|(c, f)| c == "*" && f.is_none()))
+    }
 }
 
 /// A short fingerprint of a certificate, for logs and the CLI: the issuer's and the serial.

@@ -44,7 +44,7 @@ mod signing;
 mod tests;
 
 pub use access::{Access, Enrolment};
-pub use authorship::{ChangeCheck, ChangeSignature, RefusalReason, Refused, Signers};
+pub use authorship::{ChangeCheck, ChangeSignature, PresenceSignature, RefusalReason, Refused, Signers};
 pub use certificate::{Certificate, CertificateBody, CertificateChain, CertificateError, Grant, Right, VerifiedDevice};
 pub use channel::{SecureChannel, MAX_PLAINTEXT};
 pub use handshake::{Handshake, MAX_CREDENTIALS};

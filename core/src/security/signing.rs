@@ -111,6 +111,11 @@ impl VerifyingKey {
         key.verify_strict(&signed_bytes(context, message), &signature).is_ok()
     }
 
+    /// The key decompressed once, for checking many signatures (`None` if it is not a valid key).
+    pub(crate) fn prepare(&self) -> Option<PreparedKey> {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0).ok().map(PreparedKey)
+    }
+
     /// The author id of this key's `n`th chain of changes: a device writes as its author `0` until its store has
     /// to start a new chain (restored from a backup, say), then as `1`, and so on. Anyone holding the key can check
     /// that an author id is one of its own.
@@ -129,6 +134,26 @@ impl VerifyingKey {
     /// filters of permissions name `$device`.
     pub fn device_id(&self) -> PeerId {
         self.author(0)
+    }
+}
+
+/// A [`VerifyingKey`] decompressed, ready to check signatures with (decompressing costs about a fifth of a check).
+#[derive(Clone, Debug)]
+pub(crate) struct PreparedKey(ed25519_dalek::VerifyingKey);
+
+impl PreparedKey {
+    /// Whether every `(key, message, signature)` of `items` is a valid signature in `context`, checked together
+    /// (Ed25519 batch verification: about half the work of checking them one by one; the random weights derive
+    /// from the inputs, so the answer is deterministic). Batch verification accepts exactly the signatures whose
+    /// *cofactored* equation holds, which single strict checks would not all accept; so changes' signatures are
+    /// only ever checked this way — one at a time as a batch of one — and every device decides alike. Empty: true.
+    pub(crate) fn verify_batch(context: &str, items: &[(&PreparedKey, &[u8], &Signature)]) -> bool {
+        let messages: Vec<Vec<u8>> = items.iter().map(|(_, m, _)| signed_bytes(context, m)).collect();
+        let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let signatures: Vec<ed25519_dalek::Signature> =
+            items.iter().map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(&s.0)).collect();
+        let keys: Vec<ed25519_dalek::VerifyingKey> = items.iter().map(|(k, _, _)| k.0).collect();
+        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
     }
 }
 

@@ -128,6 +128,14 @@ pub trait Replica: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether a device that may read what `rules` allow may read some document of this store that references the
+    /// attachment `hash` (certificate mode: attachment bytes go only to devices that may read a document holding
+    /// their token). (The default, for replicas that cannot tell: no.)
+    fn attachment_readable(&self, hash: &[u8; 32], rules: &crate::security::certificate::ReadRules) -> Result<bool> {
+        let _ = (hash, rules);
+        Ok(false)
+    }
+
     /// Keep the certificate chain (encoded) of the signing device `device`, checked by the caller, replacing one
     /// kept before (see [`crate::security::Signers`]). (The default: nothing kept; chains are then sent again.)
     fn keep_certificate(&self, device: crate::PeerId, chain: &[u8]) -> Result<()> {
@@ -192,6 +200,26 @@ impl Replica for StoreReplica {
 
     fn apply_checked(&self, changes: &[DocChange], check: &dyn ChangeCheck) -> Result<ApplyReport> {
         self.store.apply_remote_changes(changes, Some(check))
+    }
+
+    fn attachment_readable(&self, hash: &[u8; 32], rules: &crate::security::certificate::ReadRules) -> Result<bool> {
+        // The token's JSON holds the hash in hex: documents whose view contains it (one pass of SQLite over the
+        // views), each checked against the rules.
+        let inner = self.store.lock();
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT doc, collection, view, parts FROM docs WHERE view IS NOT NULL AND instr(view, ?1) > 0",
+        )?;
+        let mut rows = stmt.query(params![crate::util::hex(hash)])?;
+        while let Some(r) = rows.next()? {
+            let collection: String = r.get(1)?;
+            let Ok(text) = r.get_ref(2)?.as_str() else { continue };
+            // Unreadable (quarantined) documents count as absent.
+            let Ok(view) = super::docs::read_view(&inner.conn, r.get(0)?, text, r.get(3)?) else { continue };
+            if rules.may_read(&collection, Some(&view)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn keep_certificate(&self, device: crate::PeerId, chain: &[u8]) -> Result<()> {

@@ -46,6 +46,9 @@ pub struct WriteTxn<'a> {
     failed: Option<(String, String, String)>,
 }
 
+/// A row of the `pending` table: author, first counter, the change's encoding, its signature's.
+type PendingRow = (i64, i64, Vec<u8>, Option<Vec<u8>>);
+
 /// How a received change relates to the changes the store holds of its author.
 enum Held {
     /// None of its counters is held.
@@ -542,7 +545,7 @@ impl<'a> WriteTxn<'a> {
     /// Apply the pending changes of one document that have become ready, until none is.
     fn drain_pending(&mut self, collection: &str, id: &str, check: Option<&dyn ChangeCheck>) -> Result<()> {
         loop {
-            let rows: Vec<(i64, i64, Vec<u8>, Option<Vec<u8>>)> = self
+            let rows: Vec<PendingRow> = self
                 .inner
                 .conn
                 .prepare_cached("SELECT peer, start, body, sig FROM pending WHERE collection = ?1 AND doc = ?2")?

@@ -21,7 +21,9 @@
 use super::engine::LinkId;
 use super::wire::{Message, ATTACHMENT_CHUNK};
 use super::SyncError;
+use crate::security::certificate::ReadRules;
 use crate::store::Replica;
+use crate::util::hex;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How many devices a fetch may be relayed through.
@@ -137,7 +139,13 @@ pub(crate) struct Attachments {
     /// The parts left in the store by an earlier run were looked at (on the first tick): those nobody fetches
     /// expire like the parts of an ended fetch.
     leftovers_adopted: bool,
+    /// Certificate mode: whether the device at the other end of a link may have an attachment's bytes (a document
+    /// it may read references it), as found for an earlier request on that link.
+    readable: BTreeMap<(LinkId, [u8; 32]), bool>,
 }
+
+/// The most answers [`Attachments::readable`] keeps (it starts afresh when full).
+const MAX_READ_DECISIONS: usize = 4096;
 
 /// The most attachments with parts left by an earlier run that one engine looks at (the rest wait for a restart).
 pub const MAX_LEFTOVER_ATTACHMENTS: usize = 10_000;
@@ -194,10 +202,18 @@ impl Attachments {
         out: &mut Vec<(LinkId, Message)>,
         give_up: bool,
     ) -> Result<(), SyncError> {
+        // A neighbour serves at most MAX_SERVES_PER_LINK requests at once (it refuses more): a fetch waits for a
+        // slot on a busy link rather than be refused.
+        let mut in_flight: BTreeMap<LinkId, usize> = BTreeMap::new();
+        for (link, _) in self.fetches.values().filter(|g| g.id != id).filter_map(|g| g.asking) {
+            *in_flight.entry(link).or_default() += 1;
+        }
         let Some(f) = self.fetches.get_mut(&id) else { return Ok(()) };
-        let next = links.iter().copied().find(|l| !f.tried.contains(l) && Some(*l) != f.exclude);
+        let untried: Vec<LinkId> =
+            links.iter().copied().filter(|l| !f.tried.contains(l) && Some(*l) != f.exclude).collect();
+        let next = untried.iter().copied().find(|l| in_flight.get(l).copied().unwrap_or(0) < MAX_SERVES_PER_LINK);
         match next {
-            None if !give_up => f.asking = None,
+            None if !untried.is_empty() || !give_up => f.asking = None,
             Some(link) => {
                 self.next_request += 1;
                 let request = self.next_request;
@@ -274,20 +290,48 @@ impl Attachments {
     }
 
     /// Handle an attachment message from `link`. `links` are the synced links now.
+    /// Whether the device at the other end of `link`, which may read what `reads` allows (`None`: everything, in
+    /// development mode), may have the bytes of attachment `hash`: some document of this store that it may read
+    /// references it. (Attachments are served by hash; without this, knowing a hash would be enough.)
+    fn may_have(
+        &mut self,
+        store: &dyn Replica,
+        link: LinkId,
+        reads: Option<&ReadRules>,
+        hash: &[u8; 32],
+    ) -> Result<bool, SyncError> {
+        let Some(rules) = reads.filter(|r| !r.reads_everything()) else { return Ok(true) };
+        if let Some(&known) = self.readable.get(&(link, *hash)) {
+            return Ok(known);
+        }
+        let readable = store.attachment_readable(hash, rules)?;
+        if self.readable.len() >= MAX_READ_DECISIONS {
+            self.readable.clear();
+        }
+        self.readable.insert((link, *hash), readable);
+        Ok(readable)
+    }
+
     pub fn on_message(
         &mut self,
         store: &dyn Replica,
         link: LinkId,
         msg: Message,
         links: &[LinkId],
+        reads: Option<&ReadRules>,
         out: &mut Vec<(LinkId, Message)>,
     ) -> Result<(), SyncError> {
         match msg {
             Message::FetchAttachment { request, hash, offset, hops } => {
-                if self.serves_of(link) >= MAX_SERVES_PER_LINK {
+                let busy = self.serves_of(link) >= MAX_SERVES_PER_LINK;
+                let stored = if busy { None } else { store.attachment_len(&hash)? };
+                if busy {
                     log::warn!("link {link}: over {MAX_SERVES_PER_LINK} attachment requests at once; refused one");
                     out.push((link, Message::AttachmentUnavailable { request }));
-                } else if let Some(total) = store.attachment_len(&hash)? {
+                } else if (stored.is_some() || hops > 0) && !self.may_have(store, link, reads, &hash)? {
+                    log::info!("link {link}: no document it may read references attachment {}", hex(&hash));
+                    out.push((link, Message::AttachmentUnavailable { request }));
+                } else if let Some(total) = stored {
                     if offset > total {
                         out.push((link, Message::AttachmentUnavailable { request }));
                     } else {
@@ -411,7 +455,8 @@ impl Attachments {
             }
             _ => {}
         }
-        Ok(())
+        // A fetch that ended or moved on freed a slot on its link: fetches waiting for one ask now.
+        self.ask_stalled(store, links, out)
     }
 
     /// A link went away: fetches asking it move on (resuming where they were), transfers to it stop.
@@ -423,6 +468,7 @@ impl Attachments {
         out: &mut Vec<(LinkId, Message)>,
     ) -> Result<(), SyncError> {
         self.serving.retain(|(l, _), _| *l != link);
+        self.readable.retain(|(l, _), _| *l != link);
         let ids: Vec<FetchId> =
             self.fetches.values().filter(|f| f.asking.is_some_and(|(l, _)| l == link)).map(|f| f.id).collect();
         for f in self.fetches.values_mut() {
@@ -440,6 +486,16 @@ impl Attachments {
 
     /// A link came up: stalled fetches (none asked now) ask it.
     pub fn link_up(
+        &mut self,
+        store: &dyn Replica,
+        links: &[LinkId],
+        out: &mut Vec<(LinkId, Message)>,
+    ) -> Result<(), SyncError> {
+        self.ask_stalled(store, links, out)
+    }
+
+    /// Fetches asking nobody now (waiting for a link, or for a free slot on a busy one) ask the next link they can.
+    fn ask_stalled(
         &mut self,
         store: &dyn Replica,
         links: &[LinkId],

@@ -41,7 +41,9 @@ use super::wire::{
 };
 use super::SyncError;
 use crate::security::authorship::Checks;
-use crate::security::{Access, CertificateError, DeviceKey, Identity, RevocationList, SecurityError, Signers};
+use crate::security::{
+    Access, CertificateError, DeviceKey, Identity, PresenceSignature, RevocationList, SecurityError, Signers,
+};
 use crate::store::Replica;
 use crate::util::sources::Sources;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -165,6 +167,8 @@ struct Record {
     seq: u64,
     name: String,
     links: Vec<PresenceLink>,
+    /// The origin's signature (certificate mode), flooded with the record.
+    signature: Option<crate::security::PresenceSignature>,
     /// When it arrived (engine time, ms).
     received: u64,
 }
@@ -583,7 +587,8 @@ impl Engine {
             // This device's own chain goes ahead of its own changes, as every signer's does: kept with the others.
             let own = enrolment.chain().encode();
             self.signers.learn(enrolment, &*self.replica, &own, true).map_err(SecurityError::from)?;
-            // The peer's, checked in the handshake, is known here already; and the peer knows its own.
+            // The peer's, checked in the handshake, is known here already; and the peer knows its own, and ours.
+            session.peer_holds_certificate(enrolment.signing_key().verifying_key().device_id());
             if let Some(chain) = self.links.get(&link).and_then(|s| s.codec.presented_chain()) {
                 if let Some(id) =
                     self.signers.learn(enrolment, &*self.replica, chain, true).map_err(SecurityError::from)?
@@ -607,7 +612,8 @@ impl Engine {
             .records
             .iter()
             .map(|(d, r)| {
-                (d.0, Message::Presence { origin: d.0, seq: r.seq, name: r.name.clone(), links: r.links.clone() })
+                let (name, links, signature) = (r.name.clone(), r.links.clone(), r.signature.clone());
+                (d.0, Message::Presence { origin: d.0, seq: r.seq, name, links, signature })
             })
             .collect();
         if let Some(s) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) {
@@ -668,8 +674,8 @@ impl Engine {
             }
         }
         match handled.other {
-            Some(Message::Presence { origin, seq, name, links }) => {
-                self.on_presence(link, DeviceKey(origin), seq, name, links)
+            Some(Message::Presence { origin, seq, name, links, signature }) => {
+                self.on_presence(link, DeviceKey(origin), seq, name, links, signature)
             }
             Some(Message::Revocations { list }) => self.on_revocations(link, &list)?,
             Some(Message::Certificates { chains }) => self.on_certificates(link, &chains)?,
@@ -680,7 +686,8 @@ impl Engine {
             ) => {
                 let links = self.synced_links();
                 let mut out = Vec::new();
-                self.attachments.on_message(&*store, link, m, &links, &mut out)?;
+                let reads = self.links.get(&link).and_then(|s| s.session.as_ref()).and_then(|s| s.read_rules());
+                self.attachments.on_message(&*store, link, m, &links, reads, &mut out)?;
                 self.send_all(out);
             }
             _ => {}
@@ -910,17 +917,38 @@ impl Engine {
             .filter(|s| s.session.is_some() && !s.closed)
             .filter_map(|s| Some(PresenceLink { device: s.device?.0, transport: s.transport }))
             .collect();
-        let msg = Message::Presence { origin: self.key.0, seq: self.own_seq, name: self.name.clone(), links };
+        let signature = match &self.access {
+            Access::Certificates(e) => Some(PresenceSignature::sign(e, &self.key.0, self.own_seq, &self.name, &links)),
+            Access::SharedSecret(_) => None,
+        };
+        let msg =
+            Message::Presence { origin: self.key.0, seq: self.own_seq, name: self.name.clone(), links, signature };
         self.flood(self.key, msg, None);
     }
 
     /// A presence record arrived on `from`. It replaces the one kept when its sequence number is higher — or when
     /// it comes from the device it describes itself, over this link (authenticated by the handshake: a device is
     /// the authority on its own links, even after another sent a higher number for it). A number further ahead
-    /// of the wall clock than [`PRESENCE_MAX_AHEAD_MS`] is refused.
-    fn on_presence(&mut self, from: LinkId, origin: DeviceKey, seq: u64, name: String, links: Vec<PresenceLink>) {
+    /// of the wall clock than [`PRESENCE_MAX_AHEAD_MS`] is refused. In certificate mode a record must be signed by
+    /// the device it describes ([`PresenceSignature`]); one that is not is dropped (and not flooded further).
+    fn on_presence(
+        &mut self,
+        from: LinkId,
+        origin: DeviceKey,
+        seq: u64,
+        name: String,
+        links: Vec<PresenceLink>,
+        signature: Option<PresenceSignature>,
+    ) {
         if origin == self.key {
             return;
+        }
+        if let Access::Certificates(enrolment) = &self.access {
+            let record = (&origin.0, seq, name.as_str(), links.as_slice());
+            if let Err(why) = self.signers.check_presence(enrolment, &*self.replica, record, signature.as_ref()) {
+                log::warn!("link {from}: refused a presence record of {origin}: {why}");
+                return;
+            }
         }
         let limit = self.sources.now_ms().saturating_add(PRESENCE_MAX_AHEAD_MS);
         if seq > limit {
@@ -943,8 +971,9 @@ impl Engine {
             }
         }
         let received = self.now;
-        self.records.insert(origin, Record { seq, name: name.clone(), links: links.clone(), received });
-        self.flood(origin, Message::Presence { origin: origin.0, seq, name, links }, Some(from));
+        let record = Record { seq, name: name.clone(), links: links.clone(), signature: signature.clone(), received };
+        self.records.insert(origin, record);
+        self.flood(origin, Message::Presence { origin: origin.0, seq, name, links, signature }, Some(from));
         self.check_presence();
     }
 

@@ -363,20 +363,22 @@ impl Session {
                     let mut dc =
                         DocChange::decode(&c.change).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
                     dc.signature = c.signature;
-                    decoded.push(dc);
+                    // What its author signed: the encoding as received (an honest sender's is the canonical one).
+                    let digest = checks.map(|_| *blake3::hash(&c.change).as_bytes()).unwrap_or_default();
+                    decoded.push((dc, digest));
                 }
                 // The batch's changes in counter order, so that building their summary appends (inserting them
                 // into the peer's summary one by one, in the order sent, could cost the square of their number).
                 let mut ranges: Vec<(crate::PeerId, u64, u64)> =
-                    decoded.iter().map(|dc| (dc.change.peer, dc.change.start, dc.change.end())).collect();
+                    decoded.iter().map(|(dc, _)| (dc.change.peer, dc.change.start, dc.change.end())).collect();
                 ranges.sort_unstable();
                 let count = decoded.len() as u64;
                 let docs: Vec<(String, String)> = decoded
                     .iter()
                     // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
                     // second look: whatever of it the peer lacks, the log will list.
-                    .filter(|dc| !(self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection)))
-                    .map(|dc| (dc.collection.clone(), dc.doc_id.clone()))
+                    .filter(|(dc, _)| !(self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection)))
+                    .map(|(dc, _)| (dc.collection.clone(), dc.doc_id.clone()))
                     .collect();
                 let report = apply_received(checks, store, decoded)?;
                 let held = store.summary()?;
@@ -648,6 +650,12 @@ impl Session {
 
     /// Queue a presence record (a [`Message::Presence`]); one not sent yet for the same device is replaced.
     pub fn queue_presence(&mut self, origin: [u8; 32], msg: Message) {
+        if let Message::Presence { signature: Some(sig), .. } = &msg {
+            if self.send_certificates && self.certificates_sent.insert(sig.device) {
+                // Its signer's chain goes ahead of it, as for changes.
+                self.outbox.push_back(Out::Certificate(sig.device));
+            }
+        }
         if self.presence_due.insert(origin, msg).is_none() {
             self.outbox.push_back(Out::Presence(origin));
         }
@@ -666,6 +674,11 @@ impl Session {
     /// The peer holds the chain of signer `device` (its own): never send it.
     pub fn peer_holds_certificate(&mut self, device: crate::PeerId) {
         self.certificates_sent.insert(device);
+    }
+
+    /// What the peer may read (its certificate's read grants); `None` in development mode.
+    pub fn read_rules(&self) -> Option<&crate::security::certificate::ReadRules> {
+        self.reads.as_ref()
     }
 
     /// Whether the peer may read every document of `collection`.

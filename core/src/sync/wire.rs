@@ -305,6 +305,8 @@ pub enum Message {
         name: String,
         /// The origin's direct links (at most 1024).
         links: Vec<PresenceLink>,
+        /// The origin's signature of the record (certificate mode; `None` in development mode).
+        signature: Option<crate::security::PresenceSignature>,
     },
     /// Please send the attachment `hash` from `offset`; `hops` is how many more devices may relay the request.
     FetchAttachment {
@@ -515,9 +517,14 @@ mod tests {
         assert_eq!(size_limit(&summary), MAX_SUMMARY_MESSAGE_BYTES);
         assert_eq!(size_limit(&changes), MAX_MESSAGE_BYTES);
         assert_eq!(size_limit(&Message::Resync.encode()), MAX_CONTROL_MESSAGE_BYTES);
-        let big =
-            Message::Presence { origin: [0; 32], seq: 1, name: "x".repeat(MAX_CONTROL_MESSAGE_BYTES), links: vec![] }
-                .encode();
+        let big = Message::Presence {
+            origin: [0; 32],
+            seq: 1,
+            name: "x".repeat(MAX_CONTROL_MESSAGE_BYTES),
+            links: vec![],
+            signature: None,
+        }
+        .encode();
         assert_eq!(Message::decode(&big), Err(WireError::TooLarge(big.len())));
     }
 

@@ -4,6 +4,7 @@ import Foundation
 import ShoalDB
 
 func isCertificateError(_ e: Error) -> Bool { if case ShoalError.Certificate = e { return true }; return false }
+func isNotPermitted(_ e: Error) -> Bool { if case ShoalError.NotPermitted = e { return true }; return false }
 
 /// A store with no app secret (certificates only), listening on loopback only, without mDNS.
 private func openEnrollable(_ dir: String, _ name: String, peers: [String] = []) throws -> Store {
@@ -128,6 +129,11 @@ func testEnrolmentMistakes() async throws {
     try expect(try store.certificate() == nil, "no certificate")
     let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
     try expectEqual(info.grantDeviceId.count, 16)
+    // The certificate grants reading only: the store refuses a write every peer would refuse.
+    try expectError("a write the certificate does not allow", isNotPermitted) {
+        _ = try store.collection(name: "tasks").upsert(json: #"{"_id": "t"}"#)
+    }
+    try expect(try store.collection(name: "tasks").get(id: "t") == nil, "nothing written")
     try await store.startSync()
     try expect(store.isSyncing(), "syncs with its certificate")
 }

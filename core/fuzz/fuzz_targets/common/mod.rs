@@ -220,6 +220,7 @@ pub fn message(input: &mut Input) -> Vec<u8> {
                     transport: if input.u8() & 1 == 0 { TransportKind::Lan } else { TransportKind::Ble },
                 })
                 .collect(),
+            signature: None,
         },
         10 => Message::FetchAttachment {
             request: input.u64(),

@@ -131,6 +131,9 @@ class EnrolmentTest {
             assertNull(store.certificate())
             val info = store.installCertificate(authority.publicKey(), certificate)
             assertEquals(16, info.grantDeviceId.length)
+            // The certificate grants reading only: the store refuses a write every peer would refuse.
+            expectThrows<ShoalException.NotPermitted> { store.collection("tasks").upsert("""{"_id": "t"}""") }
+            assertNull(store.collection("tasks").get("t"))
             store.startSync()
             assertTrue(store.isSyncing())
         }
