@@ -81,9 +81,16 @@ fn copy(from: &Store, to: &Store) -> Result<(), BoxErr> {
     Ok(())
 }
 
-/// Bytes of the changes `from` holds that `to` lacks, as they travel.
+/// Bytes of the changes `from` holds that `to` lacks, as they travel: each change's encoding and its signature
+/// (when its author signed it).
 fn payload(from: &Store, to: &Store) -> Result<usize, BoxErr> {
-    Ok(from.replica().changes_since(&to.replica().summary()?)?.iter().map(|c| c.encode().len()).sum())
+    use shoaldb::sync::wire::{Message, WireChange};
+    let empty = Message::Changes { changes: Vec::new() }.encode().len();
+    let on_wire = |c: &shoaldb::DocChange| {
+        let one = WireChange { change: c.encode(), signature: c.signature.clone() };
+        Message::Changes { changes: vec![one] }.encode().len() - empty
+    };
+    Ok(from.replica().changes_since(&to.replica().summary()?)?.iter().map(on_wire).sum())
 }
 
 struct Flights {
@@ -153,11 +160,13 @@ fn reconcile(quick: bool) -> Result<(), BoxErr> {
             eprintln!("reconcile d={d} ({}): copying the shared documents…", mode.name());
             copy(&base, &a)?;
             copy(&base, &b)?;
+            // Enrolled before they write what differs, so that (with certificates) those changes are signed.
+            let (access_a, access_b) = (mode.access(&a, &authority, 1)?, mode.access(&b, &authority, 2)?);
             fill(&a, "a-only", 0..d / 2)?;
             fill(&b, "b-only", 0..d - d / 2)?;
             let payload_bytes = payload(&a, &b)? + payload(&b, &a)?;
-            let mut ea = engine(a.clone(), "a", mode.access(&a, &authority, 1)?)?;
-            let mut eb = engine(b.clone(), "b", mode.access(&b, &authority, 2)?)?;
+            let mut ea = engine(a.clone(), "a", access_a)?;
+            let mut eb = engine(b.clone(), "b", access_b)?;
             let la = ea.add_link(TransportKind::Lan, true)?;
             let lb = eb.add_link(TransportKind::Lan, false)?;
             let f = run(&mut ea, la, &mut eb, lb);
