@@ -381,11 +381,7 @@ impl Signers {
         if !PreparedKey::verify_batch(PRESENCE_CONTEXT, &[(&signer.key, &message, &sig.signature)]) {
             return Err(RefusalReason::BadSignature);
         }
-        let revocations = enrolment.revocations();
-        match signer.chain.certificates().iter().find_map(|c| revocations.revokes(c)) {
-            Some(why) => Err(RefusalReason::Revoked(why)),
-            None => Ok(()),
-        }
+        check_chain_revocation(enrolment, &signer)
     }
 
     /// The check [`Replica::apply_checked`] runs as each change is applied.
@@ -441,12 +437,19 @@ fn verify_ignoring_time(chain: &CertificateChain, enrolment: &Enrolment) -> Resu
     chain.verify(enrolment.authorities(), enrolment.revocations(), at)
 }
 
-fn check_revocation(enrolment: &Enrolment, signer: &KnownSigner, dc: &DocChange) -> Result<(), RefusalReason> {
+/// Whether a certificate of `signer`'s chain (or its key) is revoked by the lists `enrolment` holds now.
+fn check_chain_revocation(enrolment: &Enrolment, signer: &KnownSigner) -> Result<(), RefusalReason> {
     let revocations = enrolment.revocations();
-    if let Some(why) = signer.chain.certificates().iter().find_map(|c| revocations.revokes(c)) {
-        return Err(RefusalReason::Revoked(why));
+    match signer.chain.certificates().iter().find_map(|c| revocations.revokes(c)) {
+        Some(why) => Err(RefusalReason::Revoked(why)),
+        None => Ok(()),
     }
-    match revocations.author_limit(dc.change.peer) {
+}
+
+/// [`check_chain_revocation`], and whether `dc`'s author is revoked past `dc`'s counters.
+fn check_revocation(enrolment: &Enrolment, signer: &KnownSigner, dc: &DocChange) -> Result<(), RefusalReason> {
+    check_chain_revocation(enrolment, signer)?;
+    match enrolment.revocations().author_limit(dc.change.peer) {
         None => Ok(()),
         Some(Some(until)) if dc.change.end() <= until => Ok(()),
         Some(until) => Err(RefusalReason::Revoked(format!(
@@ -484,14 +487,8 @@ impl ChangeCheck for CertificateCheck<'_> {
         // A revocation may have arrived since the change was received (it waited for its dependencies).
         check_revocation(self.enrolment, &signer, dc)?;
         let paths = write_paths(&dc.change);
-        let mut seen: Option<Option<serde_json::Value>> = None;
-        let mut view = || -> Result<Option<serde_json::Value>, RefusalReason> {
-            if seen.is_none() {
-                let v = as_seen().map_err(|e| RefusalReason::NotPermitted(format!("document unreadable: {e}")))?;
-                seen = Some(v);
-            }
-            Ok(seen.clone().flatten())
-        };
+        // `check_write` asks for the document at most once, and only when a filter needs it.
+        let mut view = || as_seen().map_err(|e| RefusalReason::NotPermitted(format!("document unreadable: {e}")));
         signer.device.permissions.check_write(&dc.collection, &paths, sig.device, &mut view)
     }
 }

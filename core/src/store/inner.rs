@@ -141,12 +141,12 @@ impl Inner {
         let key = crate::security::SigningKey::from_bytes(&bytes)
             .map_err(|e| Error::Corrupt(format!("the device's signing key: {e}")))?;
         let public = key.verifying_key();
-        let chain = meta_u64(&self.conn, "author_chain")?.and_then(|n| u32::try_from(n).ok());
-        match chain {
+        let stored = meta_u64(&self.conn, "author_chain")?;
+        match stored.and_then(|n| u32::try_from(n).ok()) {
             Some(n) if public.author(n) == self.author => self.signer = Some((key, n)),
             _ => {
                 let first = public.author(0);
-                let used = self.held.overlaps(first, 0, u64::MAX) || meta_u64(&self.conn, "author_chain")?.is_some();
+                let used = self.held.overlaps(first, 0, u64::MAX) || stored.is_some();
                 self.signer = Some((key, 0));
                 self.start_new_author_on(if used { None } else { Some(0) })?;
             }

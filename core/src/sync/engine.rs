@@ -584,10 +584,7 @@ impl Engine {
             session.set_read_rules(device.permissions.read_rules(device.device_id()));
         }
         if let Access::Certificates(enrolment) = &self.access {
-            // This device's own chain goes ahead of its own changes, as every signer's does: kept with the others.
-            let own = enrolment.chain().encode();
-            self.signers.learn(enrolment, &*self.replica, &own, true).map_err(SecurityError::from)?;
-            // The peer's, checked in the handshake, is known here already; and the peer knows its own, and ours.
+            // The peer's chain, checked in the handshake, is known here now; and the peer knows its own, and ours.
             session.peer_holds_certificate(enrolment.signing_key().verifying_key().device_id());
             if let Some(chain) = self.links.get(&link).and_then(|s| s.codec.presented_chain()) {
                 if let Some(id) =
