@@ -429,3 +429,42 @@ fn presence_records_are_signed_by_the_device_they_describe() {
     }
     assert_eq!(seen_from(&m, c).unwrap().hops, 2, "a's links as a announced them");
 }
+
+#[test]
+fn certificate_chains_that_lead_nowhere_close_only_their_link() {
+    use shoaldb::sync::wire::MAX_CHAINS_PER_MESSAGE;
+    let authority = SigningKey::generate().unwrap();
+    let stranger = SigningKey::generate().unwrap();
+    // b linked to a (honest) and to three attackers, each sending one kind of bad chain message.
+    let mut m = mesh(&authority, vec![everything(); 5], &[(0, 1)]);
+    let (a, b) = (0, 1);
+    let foreign = {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = enrolled_engine_with(&dir, &stranger, 9, everything());
+        enrolment::load(&s).unwrap().unwrap().chain().encode()
+    };
+    let own = enrolment::load(&m.stores[2]).unwrap().unwrap().chain().encode();
+    let bad: Vec<Message> = vec![
+        Message::Certificates { chains: vec![vec![0xff; 300]] },
+        Message::Certificates { chains: vec![foreign] },
+        Message::Certificates { chains: vec![own; MAX_CHAINS_PER_MESSAGE + 1] },
+    ];
+    let mut attacked = Vec::new();
+    for (i, msg) in bad.into_iter().enumerate() {
+        let w = m.link(2 + i, b);
+        m.settle();
+        assert!(!m.engines[b].is_closed(w.3), "attacker {i} is enrolled: its link comes up");
+        m.engines[2 + i].send_raw(w.1, &msg.encode()).unwrap();
+        attacked.push(w);
+    }
+    m.settle();
+    for (i, w) in attacked.iter().enumerate() {
+        assert!(m.engines[b].is_closed(w.3), "attack {i}: b kept the link");
+    }
+    // The honest link is up and still carries changes.
+    let honest = m.wires[0];
+    assert!(!m.engines[b].is_closed(honest.3));
+    m.stores[a].upsert("tasks", json!({"_id": "after"})).unwrap();
+    m.settle();
+    assert!(m.doc(b, "after").is_some());
+}
