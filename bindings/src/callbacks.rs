@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The error a callback may throw. Shoal logs it and carries on; it never reaches the operation that caused the
-/// callback. Any other exception thrown by a callback is turned into this one.
+/// callback — except from a `KeyVault`, whose failure fails `Store.open` (`Storage`, with this reason). Any other
+/// exception thrown by a callback is turned into this one.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum CallbackError {
     /// The callback failed.

@@ -53,6 +53,7 @@ impl From<shoaldb::Error> for ShoalError {
             E::Database(_)
             | E::Io(_)
             | E::Corrupt(_)
+            | E::KeyVault(_)
             | E::UnsupportedSchema { .. }
             | E::AttachmentCorrupt { .. }
             | E::EncryptionUnavailable => ShoalError::Storage(msg),

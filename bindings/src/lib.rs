@@ -5,7 +5,7 @@
 //! - documents cross as JSON text (parsed with the app's own JSON library, or `Codable` in Swift);
 //! - typed field values and edits cross as small enums ([`FieldValue`], [`Edit`], [`WriteOp`]);
 //! - every error is one [`ShoalError`], and a Rust panic becomes [`ShoalError::Internal`], never a crash;
-//! - observers, presence, attachment progress and logging are foreign traits the app implements;
+//! - observers, presence, attachment progress, logging and the key vault are foreign traits the app implements;
 //! - long operations (batched writes, sync start/stop, attachment files and fetches) are `async` (Kotlin `suspend`,
 //!   Swift `async`) and run on the store's own tokio runtime, so they never block the caller's thread.
 
@@ -17,6 +17,7 @@ mod error;
 mod logger;
 mod store;
 mod values;
+mod vault;
 
 pub use bluetooth::{bluetooth_uuids, BluetoothChannel, BluetoothEvents, BluetoothRadio, BluetoothUuids};
 pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, ObserverHandle, PresenceObserver};
@@ -26,6 +27,7 @@ pub use error::ShoalError;
 pub use logger::{set_logger, LogLevel, ShoalLogger};
 pub use store::{encrypt_store_file, Peer, Store, StoreConfig, SyncConfig, Transport};
 pub use values::{AttachmentToken, ChangeEvent, Edit, FieldValue, Query, SortKey, WriteOp};
+pub use vault::KeyVault;
 
 uniffi::setup_scaffolding!();
 

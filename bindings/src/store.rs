@@ -4,6 +4,7 @@ use crate::callbacks::{report, AttachmentProgress, ObserverHandle, PresenceObser
 use crate::collection::Collection;
 use crate::error::{guard, panic_message, ShoalError};
 use crate::values::{fields_value, invalid, AttachmentToken, Prepared, WriteOp};
+use crate::vault::KeyVault;
 use shoaldb::security::{Access, AppSecret};
 use shoaldb::sync::{Subscription, TransportKind};
 use shoaldb::util::{lock, read, write};
@@ -17,11 +18,11 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 
 /// How a store opens.
-#[derive(Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, uniffi::Record)]
 pub struct StoreConfig {
-    /// The database file (created if missing), e.g. in the app's no-backup files directory. It also holds this
-    /// device's private keys (its identity): keep it out of backups (Android `Context.getNoBackupFilesDir()`, iOS
-    /// `isExcludedFromBackup`), or encrypt it (`key`) so that a backup of it is unreadable anywhere else.
+    /// The database file (created if missing). It holds no private key (see `keyVault`), so it may be backed up;
+    /// a phone app usually keeps it in the no-backup files directory all the same (Android
+    /// `Context.getNoBackupFilesDir()`, iOS `isExcludedFromBackup`) and lets sync, not backup, restore its data.
     pub path: String,
     /// This device's name, shown to the other devices (e.g. "Ana's phone").
     pub device_name: String,
@@ -53,6 +54,12 @@ pub struct StoreConfig {
     /// devices.
     #[uniffi(default)]
     pub key: Option<Vec<u8>>,
+    /// Where this device's private keys are kept (see `KeyVault`): Android `AndroidKeystoreVault`, iOS
+    /// `KeychainVault`. `null`/`nil` (the default): files in the directory `<path>-keys` beside the database,
+    /// readable by the app only — right for desktops and tests; on a phone that directory must be left out of
+    /// backups, so pass the platform's vault.
+    #[uniffi(default)]
+    pub key_vault: Option<Arc<dyn KeyVault>>,
 }
 
 /// Encrypt the unencrypted store at `path` in place with `key` (32 bytes; see `StoreConfig.key`), for an app that
@@ -76,6 +83,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("app_secret", &self.app_secret.as_ref().map(|_| ".."))
             .field("sync", &self.sync)
             .field("key", &self.key.as_ref().map(|_| ".."))
+            .field("key_vault", &self.key_vault.as_ref().map(|_| ".."))
             .finish()
     }
 }
@@ -363,7 +371,11 @@ impl Store {
                 ),
                 None => None,
             };
-            let store = shoaldb::Store::open_with(&config.path, shoaldb::Options { key, ..Default::default() })?;
+            let keys = config
+                .key_vault
+                .clone()
+                .map(|vault| Arc::new(crate::vault::ForeignVault(vault)) as Arc<dyn shoaldb::security::KeyVault>);
+            let store = shoaldb::Store::open_with(&config.path, shoaldb::Options { key, keys, ..Default::default() })?;
             let device_id = shoaldb::node::device_identity(&store)?.device_key().to_hex();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -672,6 +684,7 @@ mod tests {
             app_secret: Some("test secret".into()),
             sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, ..SyncConfig::default() },
             key: None,
+            key_vault: None,
         }
     }
 

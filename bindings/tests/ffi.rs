@@ -13,6 +13,7 @@ fn config(dir: &std::path::Path, name: &str) -> StoreConfig {
         app_secret: Some("ffi test secret".into()),
         sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, peers: Vec::new(), subscriptions: None },
         key: None,
+        key_vault: None,
     }
 }
 
@@ -450,4 +451,62 @@ fn enrolment_mistakes_are_certificate_errors() {
     block_on(bare.start_sync()).expect("starts with its certificate");
     bare.shutdown();
     other.shutdown();
+}
+
+/// A vault as a platform implements it (here a map; Android's wraps the keys with a Keystore key, iOS's uses the
+/// Keychain), counting what it is asked.
+#[derive(Default)]
+struct PlatformVault {
+    entries: Mutex<HashMap<String, Vec<u8>>>,
+    locked: bool,
+}
+
+impl KeyVault for PlatformVault {
+    fn load(&self, name: String) -> Result<Option<Vec<u8>>, CallbackError> {
+        if self.locked {
+            return Err(CallbackError::Failed { reason: "the keystore is locked".into() });
+        }
+        Ok(self.entries.lock().expect("lock").get(&name).cloned())
+    }
+
+    fn create(&self, name: String, secret: Vec<u8>) -> Result<bool, CallbackError> {
+        let mut entries = self.entries.lock().expect("lock");
+        if entries.contains_key(&name) {
+            return Ok(false);
+        }
+        entries.insert(name, secret);
+        Ok(true)
+    }
+}
+
+#[test]
+fn the_platform_vault_keeps_the_private_keys_and_the_database_holds_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Arc::new(PlatformVault::default());
+    let with_vault = || StoreConfig { app_secret: None, key_vault: Some(vault.clone()), ..config(dir.path(), "v") };
+    let store = Store::open(with_vault()).expect("open");
+    let request = store.enrolment_request("v".into()).expect("request");
+    let entries = vault.entries.lock().expect("lock").clone();
+    let mut names: Vec<_> = entries.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["noise-key", "signing-key"]);
+    // The request shows the public halves of the keys the vault holds.
+    let public_noise = shoaldb::util::hex(&entries["noise-key"][32..]);
+    assert!(request.contains(&public_noise), "{request}");
+    let device_id = store.device_id().expect("id");
+    drop(store);
+    let again = Store::open(with_vault()).expect("reopen");
+    assert_eq!(again.device_id().expect("id"), device_id, "the same keys after a restart");
+    drop(again);
+    let mut file = std::fs::read(dir.path().join("v.db")).expect("read");
+    file.extend(std::fs::read(dir.path().join("v.db-wal")).unwrap_or_default());
+    for secret in [&entries["noise-key"][..32], &entries["signing-key"][..]] {
+        assert!(!file.windows(secret.len()).any(|w| w == secret), "a private key is in the database");
+    }
+    assert!(!dir.path().join("v.db-keys").exists(), "nothing beside the database");
+
+    // A vault that cannot be read fails the open, typed, rather than making a second identity.
+    let locked = Arc::new(PlatformVault { locked: true, ..PlatformVault::default() });
+    let refused = Store::open(StoreConfig { key_vault: Some(locked), ..with_vault() });
+    assert!(matches!(&refused, Err(ShoalError::Storage(m)) if m.contains("locked")), "{:?}", refused.err());
 }

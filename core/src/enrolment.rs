@@ -25,14 +25,12 @@
 use std::fmt;
 
 use crate::node::{device_identity, NodeError};
+use crate::security::vault;
 use crate::security::{
     Certificate, CertificateBody, CertificateChain, CertificateError, DeviceKey, Enrolment, Grant, Revocation,
     RevocationBody, RevocationList, SecurityError, SigningKey, VerifyingKey,
 };
 use crate::Store;
-
-/// The device-local setting that holds the device's signing key.
-const SIGNING_KEY_SETTING: &str = "signing_key";
 
 /// The device-local setting that holds the installed certificate chain.
 const CHAIN_SETTING: &str = "certificate_chain";
@@ -100,19 +98,22 @@ impl Validity {
     }
 }
 
-/// This device's signing key, made (from the operating system's randomness) and kept on first use.
+/// This device's signing key, made (from the operating system's randomness) on first use and kept in the store's
+/// key vault ([`Options::keys`](crate::Options::keys)), never in the database.
 ///
 /// # Errors
-/// [`NodeError::Store`] if the store fails; [`NodeError::Identity`] if the stored key is invalid.
+/// [`NodeError::Store`] if the store or its vault fails; [`NodeError::Identity`] if the stored key is invalid.
 pub fn device_signing_key(store: &Store) -> Result<SigningKey, NodeError> {
-    if let Some(bytes) = store.local_value(SIGNING_KEY_SETTING)? {
-        return Ok(SigningKey::from_bytes(&bytes)?);
-    }
-    let fresh = SigningKey::generate()?;
-    let bytes = store.local_value_or_insert(SIGNING_KEY_SETTING, &fresh.to_bytes())?;
+    let mut made = false;
+    let bytes = store.device_secret(vault::SIGNING_KEY, || {
+        made = true;
+        Ok::<_, NodeError>(SigningKey::generate()?.to_bytes().to_vec())
+    })?;
     let key = SigningKey::from_bytes(&bytes)?;
-    // The store signs its changes with it from now on, under author ids derived from it.
-    store.load_signing_key()?;
+    if made {
+        // The store signs its changes with it from now on, under author ids derived from it.
+        store.load_signing_key()?;
+    }
     Ok(key)
 }
 
@@ -225,11 +226,16 @@ pub fn install(store: &Store, chain: &[Certificate], authorities: &[VerifyingKey
     Ok(enrolment)
 }
 
-/// Keeps `enrolment` in `store` (its signing key, chain and pinned authorities, as device-local settings), and has
+/// Keeps `enrolment` in `store` (its chain and pinned authorities as device-local settings; its signing key, which
+/// must be the device's own when the device has one, in the key vault), and has
 /// the store take it up: it signs its changes with the key and refuses writes beyond the certificate from now on.
 pub(crate) fn keep(store: &Store, enrolment: &Enrolment) -> Result<(), NodeError> {
     let keys: Vec<u8> = enrolment.authorities().iter().flat_map(|k| k.0).collect();
-    store.set_local_value(SIGNING_KEY_SETTING, &enrolment.signing_key().to_bytes())?;
+    let key = enrolment.signing_key().to_bytes();
+    if store.device_secret(vault::SIGNING_KEY, || Ok::<_, NodeError>(key.to_vec()))? != key {
+        let reason = "its signing key is not the one this device keeps".to_string();
+        return Err(SecurityError::from(CertificateError::NotThisDevice(reason)).into());
+    }
     store.set_local_value(CHAIN_SETTING, &enrolment.chain().encode())?;
     store.set_local_value(AUTHORITIES_SETTING, &keys)?;
     store.load_signing_key()?;

@@ -106,6 +106,10 @@ pub enum Error {
     /// Nothing was written: a store is never left unencrypted when a key was asked for.
     #[error("this build of Shoal cannot encrypt stores (cargo feature `encryption`)")]
     EncryptionUnavailable,
+    /// The store's key vault ([`crate::Options::keys`]) could not be read or written, or holds something that is
+    /// not a key. Nothing was written to the store.
+    #[error("the key vault: {0}")]
+    KeyVault(std::io::Error),
     /// A store key is not [`crate::store::StoreKey::LEN`] bytes long.
     #[error("a store key is 32 bytes, not {len}")]
     InvalidKey {

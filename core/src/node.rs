@@ -47,9 +47,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long [`Node::shutdown`] waits for its tasks before leaving them to stop on their own.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
-/// The store setting holding the device's identity key pair.
-const IDENTITY_SETTING: &str = "device_identity";
-
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -153,15 +150,13 @@ impl NodeConfig {
     }
 }
 
-/// This device's identity key pair, kept in the store (a device-local setting, never replicated) so that the device
-/// keeps its key across restarts; created on first use.
+/// This device's identity key pair (its Noise static key), kept in the store's key vault
+/// ([`Options::keys`](crate::Options::keys)), never in the database, so that the device keeps its key across
+/// restarts and no backup of the database carries it; made on first use.
 pub fn device_identity(store: &Store) -> Result<Identity, NodeError> {
-    if let Some(bytes) = store.local_value(IDENTITY_SETTING)? {
-        return Ok(Identity::from_bytes(&bytes)?);
-    }
-    let fresh = Identity::generate()?;
-    let bytes = store.local_value_or_insert(IDENTITY_SETTING, &fresh.to_bytes())?;
-    Ok(Identity::from_bytes(&bytes)?)
+    let make = || Ok::<_, NodeError>(Identity::generate()?.to_bytes().to_vec());
+    let bytes = store.device_secret(crate::security::vault::NOISE_KEY, make)?;
+    Identity::from_bytes(&bytes).map_err(NodeError::from)
 }
 
 /// A running device: its store synced over the LAN. Cheap to clone (all clones drive the same node); `Send + Sync`.

@@ -244,10 +244,20 @@ fn two_peers_sync_writes_made_by_other_commands() {
 }
 
 /// Waits (up to 20 s) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_or_show(what, &[], check)
+}
+
+/// [`eventually`], showing the peers' `logs` when it fails.
+fn eventually_or_show(what: &str, logs: &[&Path], mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen within 20 s");
+        if Instant::now() >= deadline {
+            for log in logs {
+                eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(log).unwrap_or_default());
+            }
+            panic!("{what} did not happen within 20 s");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -307,9 +317,12 @@ fn enrolled_peers_sync_with_certificates_and_a_revoked_one_is_refused() {
         Stdio::from(std::fs::File::create(&log_a).unwrap()),
     );
     let addr = pa.addr();
-    let pb = Peer::spawn(&b, &["--name", "b", "--connect", &addr], Stdio::null());
+    let log_b = dir.path().join("b.log");
+    let pb = Peer::spawn(&b, &["--name", "b", "--connect", &addr], Stdio::from(std::fs::File::create(&log_b).unwrap()));
     ok(shoal(&a, &["put", "tasks", r#"{"_id": "x", "title": "from a"}"#]));
-    eventually("a's write reaching b over a certified link", || shoal(&b, &["get", "tasks", "x"]).status.success());
+    eventually_or_show("a's write reaching b over a certified link", &[&log_a, &log_b], || {
+        shoal(&b, &["get", "tasks", "x"]).status.success()
+    });
 
     // c is revoked (by its device key) before it ever connects: a refuses it at the handshake.
     let list = ok(shoal(none, &["authority", "revoke", auth_s, "--device", &c_key]));

@@ -221,10 +221,9 @@ async fn subscriptions_can_change_while_running() {
 }
 
 #[test]
-fn the_device_identity_is_kept_in_the_store() {
+fn the_device_identity_is_kept_across_restarts_and_settings_are_device_local() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), "a");
-    assert_eq!(store.local_value("device_identity").expect("read"), None);
     let first = device_identity(&store).expect("identity");
     let again = device_identity(&Store::open(store.path()).expect("reopen")).expect("identity");
     assert_eq!(first.device_key(), again.device_key());

@@ -187,12 +187,13 @@ fn a_write_outside_the_permitted_fields_is_refused_while_a_permitted_one_is_acce
 fn signed_below_the_store(device: &Store, write: impl FnOnce(&Store) -> shoaldb::Result<()>) -> Vec<WireChange> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shadow.db");
-    let shadow = Store::open(&path).unwrap();
-    let key = enrolment::device_signing_key(device).unwrap();
-    shadow.set_local_value("signing_key", &key.to_bytes()).unwrap();
+    // The device's own key vault: the shadow signs with its key.
+    let vault = shoaldb::security::FileVault::new(format!("{}-keys", device.path().display()));
+    let options = || shoaldb::Options { keys: Some(std::sync::Arc::new(vault.clone())), ..Default::default() };
+    let shadow = Store::open_with(&path, options()).unwrap();
     shadow.replica().apply_changes(&device.replica().changes_since(&Summary::new()).unwrap()).unwrap();
     drop(shadow);
-    let shadow = Store::open(&path).unwrap();
+    let shadow = Store::open_with(&path, options()).unwrap();
     write(&shadow).unwrap();
     let have = device.replica().summary().unwrap();
     let entries = shadow.replica().log_missing(&have, &Summary::new(), usize::MAX).unwrap();
@@ -364,14 +365,23 @@ fn an_author_signing_two_changes_for_one_counter_leaves_proof() {
     let (e, a, b) = (0, 1, 2);
     m.stores[e].upsert("tasks", json!({"_id": "first"})).unwrap();
     m.stores[e].checkpoint().unwrap();
-    // A second copy of e — database and its epoch together, so it is not taken for a restored backup — writes
-    // other changes under the same author and counters.
+    // A second copy of e — database, its epoch and its key vault together, so it is not taken for a restored
+    // backup — writes other changes under the same author and counters.
     let copy_dir = tempfile::tempdir().unwrap();
     let path = m.stores[e].path().to_path_buf();
     let name = path.file_name().unwrap().to_str().unwrap().to_string();
     for f in std::fs::read_dir(path.parent().unwrap()).unwrap() {
         let f = f.unwrap();
-        if f.file_name().to_str().unwrap().starts_with(&name) {
+        if !f.file_name().to_str().unwrap().starts_with(&name) {
+            continue;
+        }
+        if f.path().is_dir() {
+            std::fs::create_dir(copy_dir.path().join(f.file_name())).unwrap();
+            for entry in std::fs::read_dir(f.path()).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), copy_dir.path().join(f.file_name()).join(entry.file_name())).unwrap();
+            }
+        } else {
             std::fs::copy(f.path(), copy_dir.path().join(f.file_name())).unwrap();
         }
     }

@@ -42,6 +42,7 @@ pub mod revocation;
 mod signing;
 #[cfg(test)]
 mod tests;
+pub mod vault;
 
 pub use access::{Access, Enrolment};
 pub use authorship::{ChangeCheck, ChangeSignature, PresenceSignature, RefusalReason, Refused, Signers};
@@ -51,6 +52,7 @@ pub use handshake::{Handshake, MAX_CREDENTIALS};
 pub use keys::{AppSecret, DeviceKey, Identity};
 pub use revocation::{Revocation, RevocationBody, RevocationList, Revocations};
 pub use signing::{Signature, SigningKey, VerifyingKey};
+pub use vault::{FileVault, KeyVault, MemoryVault};
 
 /// The Noise protocol name of every link.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";

@@ -9,6 +9,7 @@ use super::Summary;
 use crate::crdt::clock::{Hlc, PeerId, Timestamp};
 use crate::error::{Error, Result};
 use crate::query::Query;
+use crate::security::vault::{self, KeyVault};
 use crate::util::sources::Sources;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
@@ -17,6 +18,8 @@ use std::collections::{HashMap, HashSet};
 /// The state behind the store's lock.
 pub(crate) struct Inner {
     pub(super) conn: Connection,
+    /// Where the device's private keys are ([`super::Options::keys`]).
+    pub(super) vault: std::sync::Arc<dyn KeyVault>,
     /// The author id of this store's changes: its peer id, until a write had to start a new chain (see
     /// [`Store::evict`]).
     pub(super) author: PeerId,
@@ -46,10 +49,21 @@ pub(crate) struct Inner {
     pub(super) observers: Observers,
 }
 
-/// The `meta` key of the device's signing key (a device-local setting: see [`crate::enrolment`]).
-pub(super) const SIGNING_KEY_META: &str = "local:signing_key";
+/// Where versions before the key vault kept the device's private keys (`meta` keys), and the vault entries they
+/// move to (see [`Inner::move_keys_out`]).
+const KEYS_IN_META: [(&str, &str); 2] =
+    [("local:device_identity", vault::NOISE_KEY), ("local:signing_key", vault::SIGNING_KEY)];
 /// The `meta` key of the device's certificate chain (a device-local setting: see [`crate::enrolment`]).
 pub(super) const CHAIN_META: &str = "local:certificate_chain";
+
+/// The epoch in the sidecar file, `None` when it is missing or not an epoch.
+fn read_epoch(sidecar: &std::path::Path) -> Result<Option<u64>> {
+    match std::fs::read(sidecar) {
+        Ok(bytes) => Ok(<[u8; 8]>::try_from(bytes.as_slice()).ok().map(u64::from_le_bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io(e)),
+    }
+}
 
 pub(super) fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(conn
@@ -124,23 +138,28 @@ impl Inner {
     /// they were, unsigned.
     pub(super) fn load_signer(&mut self) -> Result<()> {
         self.own_permissions = None;
-        let Some(bytes) = meta_get(&self.conn, SIGNING_KEY_META)? else {
+        let Some(bytes) = vault::load_bounded(&*self.vault, vault::SIGNING_KEY).map_err(Error::KeyVault)? else {
             self.signer = None;
             return Ok(());
         };
+        let key = crate::security::SigningKey::from_bytes(&bytes).map_err(|e| {
+            Error::KeyVault(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the signing key: {e}")))
+        })?;
+        let public = key.verifying_key();
         if let Some(chain) = meta_get(&self.conn, CHAIN_META)? {
             match crate::security::CertificateChain::decode(&chain) {
-                Ok(chain) => {
+                Ok(chain) if chain.leaf().body().signing_key == public => {
                     let device = chain.leaf().body().signing_key.device_id();
                     self.own_permissions = Some(std::sync::Arc::new((chain.permissions(), device)));
                 }
                 // The engine refuses to start on it too (`enrolment::load`); the store still opens.
+                Ok(_) => log::warn!(
+                    "the installed certificate is another device's (a database restored without its keys): enrol \
+                     this device again"
+                ),
                 Err(e) => log::warn!("the device's installed certificate is unreadable: {e}"),
             }
         }
-        let key = crate::security::SigningKey::from_bytes(&bytes)
-            .map_err(|e| Error::Corrupt(format!("the device's signing key: {e}")))?;
-        let public = key.verifying_key();
         let stored = meta_u64(&self.conn, "author_chain")?;
         match stored.and_then(|n| u32::try_from(n).ok()) {
             Some(n) if public.author(n) == self.author => self.signer = Some((key, n)),
@@ -237,15 +256,52 @@ impl Inner {
     /// missed restore. Not caught: a copy taken after the last open and restored without another open in between
     /// (the sync-time rule, [`Inner::notice_own_author`], catches those as soon as a peer shows the original's
     /// changes).
+    /// Whether the database is not the copy last opened here (see [`Inner::check_open_epoch`]), read without
+    /// changing anything.
+    pub(super) fn is_restored_copy(&self, sidecar: &std::path::Path) -> Result<bool> {
+        let Some(in_db) = meta_u64(&self.conn, "open_epoch")? else { return Ok(false) };
+        Ok(read_epoch(sidecar)? != Some(in_db))
+    }
+
+    /// Move the private keys an older version kept in the database into the key vault, and erase them from the
+    /// file (`secure_delete` overwrites the freed bytes, a checkpoint rewrites the pages the WAL held). A database
+    /// that is a restored copy (`restored`) holds another device's keys, or this one's from an older backup: they
+    /// are erased without being taken up, and the device makes fresh keys. The vault's entry wins over the
+    /// database's when both exist (a crash between the two steps).
+    pub(super) fn move_keys_out(&mut self, restored: bool) -> Result<()> {
+        let mut erased = false;
+        for (meta, entry) in KEYS_IN_META {
+            let Some(secret) = meta_get(&self.conn, meta)? else { continue };
+            if restored {
+                log::warn!("store {}: a restored copy held a device's {entry}: erased, not taken up", self.peer);
+            } else if self.vault.create(entry, &secret).map_err(Error::KeyVault)? {
+                log::info!("store {}: the device's {entry} moved out of the database into its key vault", self.peer);
+            } else if vault::load_bounded(&*self.vault, entry).map_err(Error::KeyVault)?.as_ref() != Some(&secret) {
+                log::warn!(
+                    "store {}: the key vault holds another {entry} than the database: the vault's kept",
+                    self.peer
+                );
+            }
+            self.conn.pragma_update(None, "secure_delete", true)?;
+            let deleted = self.conn.execute("DELETE FROM meta WHERE key = ?1", params![meta]);
+            self.conn.pragma_update(None, "secure_delete", false)?;
+            deleted?;
+            erased = true;
+        }
+        if erased {
+            // Busy readers elsewhere can keep an old page in the WAL until the next full checkpoint.
+            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                log::warn!("store {}: checkpoint after erasing keys: {e}", self.peer);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn check_open_epoch(&mut self, sidecar: &std::path::Path) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
             let in_db = meta_u64(&self.conn, "open_epoch")?;
-            let in_file = match std::fs::read(sidecar) {
-                Ok(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).ok().map(u64::from_le_bytes),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Error::Io(e)),
-            };
+            let in_file = read_epoch(sidecar)?;
             if let Some(db) = in_db {
                 if in_file != Some(db) {
                     log::warn!(

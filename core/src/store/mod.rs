@@ -40,6 +40,7 @@ use crate::crdt::document::{DocEditor, Document};
 use crate::crdt::value::{AttachmentToken, Value};
 use crate::error::{Error, Result};
 use crate::query::Query;
+use crate::security::vault::{self, KeyVault};
 use crate::util::lock;
 use crate::util::sources::Sources;
 use docs::DocCache;
@@ -69,7 +70,7 @@ pub enum Durability {
 }
 
 /// Options for [`Store::open_with`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// How hard a commit works to survive a power loss.
     pub durability: Durability,
@@ -90,6 +91,24 @@ pub struct Options {
     /// [`Error::NotEncrypted`] for a store created without a key ([`Store::encrypt_file`] converts it). `None`
     /// (the default): the store is not encrypted.
     pub key: Option<StoreKey>,
+    /// Where the device's private keys are kept (its Noise key and signing key): never in the database, so that no
+    /// backup or copy of the database file carries them (see [`crate::security::vault`]). `None` (the default): a
+    /// [`FileVault`](crate::security::FileVault) in the directory `<database>-keys` beside the database (a
+    /// [`MemoryVault`](crate::security::MemoryVault) for `:memory:`). A phone app passes its platform's vault.
+    pub keys: Option<Arc<dyn KeyVault>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("durability", &self.durability)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("sources", &self.sources)
+            .field("epoch_file", &self.epoch_file)
+            .field("key", &self.key)
+            .field("keys", &self.keys.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Default for Options {
@@ -100,12 +119,17 @@ impl Default for Options {
             sources: Sources::system(),
             epoch_file: None,
             key: None,
+            keys: None,
         }
     }
 }
 
 /// The device-local setting that holds the revocation lists taken in.
 const REVOCATIONS_SETTING: &str = "revocation_lists";
+
+fn in_memory(path: &FsPath) -> bool {
+    path.as_os_str() == ":memory:" || path.as_os_str().is_empty()
+}
 
 pub(crate) fn check_name(what: &'static str, s: &str) -> Result<()> {
     let reason = if s.is_empty() {
@@ -136,6 +160,8 @@ struct Shared {
     peer: PeerId,
     /// Opened with a key ([`Options::key`]).
     encrypted: bool,
+    /// Where the device's private keys are ([`Options::keys`]).
+    vault: Arc<dyn KeyVault>,
     listeners: Mutex<Vec<(u64, changelog::Listener)>>,
     next_listener: std::sync::atomic::AtomicU64,
 }
@@ -226,8 +252,16 @@ impl Store {
             tx.commit()?;
             PeerId(peer)
         };
+        let vault: Arc<dyn KeyVault> = match &options.keys {
+            Some(vault) => vault.clone(),
+            None if in_memory(&path) => Arc::new(crate::security::MemoryVault::default()),
+            None => Arc::new(crate::security::FileVault::new(encryption::sibling(&path, "-keys"))),
+        };
+        let sidecar = (!in_memory(&path))
+            .then(|| options.epoch_file.clone().unwrap_or_else(|| encryption::sibling(&path, "-epoch")));
         let mut inner = Inner {
             conn,
+            vault: vault.clone(),
             author: peer,
             peer,
             signer: None,
@@ -244,12 +278,17 @@ impl Store {
             data_version: 0,
             observers: Observers::default(),
         };
+        // Before the store takes up its signing key: keys an older version kept in the database move to the vault.
+        let restored = match &sidecar {
+            Some(sidecar) => inner.is_restored_copy(sidecar)?,
+            None => false,
+        };
+        inner.move_keys_out(restored)?;
         inner.reload()?;
         inner.backfill_change_hashes()?;
-        if path.as_os_str() != ":memory:" && !path.as_os_str().is_empty() {
+        if let Some(sidecar) = &sidecar {
             // The sidecar holds only the epoch (8 random bytes), nothing of the store's data: it needs no encryption.
-            let sidecar = options.epoch_file.clone().unwrap_or_else(|| encryption::sibling(&path, "-epoch"));
-            inner.check_open_epoch(&sidecar)?;
+            inner.check_open_epoch(sidecar)?;
         }
         Ok(Store {
             shared: Arc::new(Shared {
@@ -258,6 +297,7 @@ impl Store {
                 path,
                 peer,
                 encrypted: options.key.is_some(),
+                vault,
                 listeners: Mutex::new(Vec::new()),
                 next_listener: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -399,6 +439,25 @@ impl Store {
             Ok(())
         })?;
         Ok(report)
+    }
+
+    /// The device's secret `name` ([`vault::NOISE_KEY`], [`vault::SIGNING_KEY`]) from the store's key vault; the
+    /// first time, `make` makes it and the vault keeps it. Of two callers at once (threads, processes) one makes
+    /// the secret both get.
+    pub(crate) fn device_secret<E: From<Error>>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> std::result::Result<Vec<u8>, E>,
+    ) -> std::result::Result<Vec<u8>, E> {
+        let vault = &*self.shared.vault;
+        if let Some(secret) = vault::load_bounded(vault, name).map_err(Error::KeyVault)? {
+            return Ok(secret);
+        }
+        if vault.create(name, &make()?).map_err(Error::KeyVault)? {
+            log::info!("store {}: made the device's {name}", self.shared.peer);
+        }
+        let kept = vault::load_bounded(vault, name).map_err(Error::KeyVault)?;
+        Ok(kept.ok_or_else(|| Error::KeyVault(std::io::Error::other(format!("the vault lost the {name} it made"))))?)
     }
 
     /// Take up the device's signing key (just made by [`crate::enrolment`]): from now on this store writes under

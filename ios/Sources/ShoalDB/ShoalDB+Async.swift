@@ -145,14 +145,21 @@ extension Store {
     ///     instead. `nil` (the default): certificates only (`startSync()` throws `ShoalError.Certificate` until
     ///     one is installed).
     ///   - sync: How this device finds and connects to the others.
+    ///   - keyVault: Where this device's private keys (its Noise and signing keys) are kept; the database never
+    ///     holds them. On iOS pass a `KeychainVault` (Keychain items that stay on this device and out of
+    ///     backups). `nil` (the default): files in the directory `<path>-keys` beside the database, readable by
+    ///     the app only — fine for tests and desktops; on a phone that directory would have to be kept out of
+    ///     backups.
     /// - Throws: `ShoalError.InvalidArgument` for a bad configuration, `ShoalError.Storage` when the file
-    ///   cannot be opened.
+    ///   cannot be opened or `keyVault` throws (the message carries its reason).
     public static func open(
         path: String,
         deviceName: String,
         appSecret: String? = nil,
-        sync: SyncConfig = SyncConfig()
+        sync: SyncConfig = SyncConfig(),
+        keyVault: KeyVault? = nil
     ) throws -> Store {
-        try open(config: StoreConfig(path: path, deviceName: deviceName, appSecret: appSecret, sync: sync))
+        try open(config: StoreConfig(path: path, deviceName: deviceName, appSecret: appSecret, sync: sync,
+                                     keyVault: keyVault))
     }
 }

@@ -33,6 +33,8 @@ let tests: [(String, () async throws -> Void)] = [
     ("attachment fetched over sync with progress", testAttachmentOverSync),
     ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
+    ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),
+    ("key vault: a vault that throws fails the open with Storage", testVaultFailureFailsTheOpen),
     ("README example", readmeTest),
 ]
 

@@ -38,13 +38,26 @@ object Shoal {
      *   `null` (the default): certificates only ([Store.startSync] throws [ShoalException.Certificate] until one
      *   is installed).
      * @param sync how this device finds and connects to the others (used by [Store.startSync]).
+     * @param keyVault where this device's private keys (its Noise key and signing key) are kept, outside the
+     *   database (see [KeyVault]): on Android `ShoalAndroid.keyVault(context)` (an `AndroidKeystoreVault`). `null`
+     *   (the default): files in the directory `<path>-keys` beside the database, readable by the app only — right
+     *   for desktops and tests; on a phone that directory would have to be kept out of backups.
      * @throws ShoalException.InvalidArgument for an empty device name or secret, or a malformed address or
-     *   subscription in [sync]; [ShoalException.Storage] when the file cannot be opened.
+     *   subscription in [sync]; [ShoalException.Storage] when the file cannot be opened, or [keyVault] throws (the
+     *   message carries its reason).
      */
     @JvmStatic
     @JvmOverloads
-    fun open(path: String, deviceName: String, appSecret: String? = null, sync: SyncConfig = SyncConfig()): Store =
-        Store.open(StoreConfig(path = path, deviceName = deviceName, appSecret = appSecret, sync = sync))
+    fun open(
+        path: String,
+        deviceName: String,
+        appSecret: String? = null,
+        sync: SyncConfig = SyncConfig(),
+        keyVault: KeyVault? = null,
+    ): Store =
+        Store.open(
+            StoreConfig(path = path, deviceName = deviceName, appSecret = appSecret, sync = sync, keyVault = keyVault),
+        )
 
     /**
      * Sends Shoal's log messages of [level] and more severe to [logger], replacing any logger installed before

@@ -43,10 +43,11 @@ class LogcatLogger(private val tag: String = "Shoal") : ShoalLogger {
 }
 
 /**
- * Android conveniences for Shoal: logging to Logcat, where to keep the database file, and the Wi-Fi multicast
- * lock that mDNS discovery of peers on the LAN needs.
+ * Android conveniences for Shoal: logging to Logcat, where to keep the database file and the device's private
+ * keys, and the Wi-Fi multicast lock that mDNS discovery of peers on the LAN needs.
  *
- * Nothing here is required: the Kotlin API in `dev.shoaldb` works on Android without it.
+ * Nothing here is required: the Kotlin API in `dev.shoaldb` works on Android without it. A phone app should pass
+ * [keyVault] all the same, so that no file it could back up holds the device's private keys.
  */
 object ShoalAndroid {
 
@@ -70,12 +71,13 @@ object ShoalAndroid {
     /**
      * The absolute path of a database file in the app's no-backup directory ([Context.getNoBackupFilesDir]).
      *
-     * That directory is private to the app and excluded from Auto Backup and device-to-device transfer. A Shoal
-     * store carries this device's peer id, which stamps every change it makes: restored onto a second device, it
-     * would have two devices writing changes under one id, which sync cannot tell apart. Let sync, not backup,
-     * bring the data to a new device.
+     * That directory is private to the app and excluded from Auto Backup and device-to-device transfer. The
+     * database holds no private key (those are in the store's key vault, see [keyVault]), so a copy of it cannot
+     * make another phone pass for this one; it is kept out of backups all the same because sync, not backup, is
+     * how a new device gets the data: a database restored without its keys opens as a new device, with new keys,
+     * which must be enrolled again.
      *
-     * @param context any context of the app (only its files directory is used).
+     * @param context any context of the app (only its no-backup directory is used).
      * @param name the file name (default `"shoal.db"`).
      * @return the path to pass where the Shoal API asks for the database path.
      */
@@ -83,6 +85,28 @@ object ShoalAndroid {
     @JvmOverloads
     fun databasePath(context: Context, name: String = "shoal.db"): String =
         File(context.noBackupFilesDir, name).absolutePath
+
+    /**
+     * The vault that keeps the private keys of the store in [databasePath] ([context], [name]): an
+     * [AndroidKeystoreVault] (the keys encrypted by a non-exportable Android Keystore key, the ciphertext in
+     * `<noBackupFilesDir>/shoal-keys/<name>`). Pass it with the path:
+     *
+     * ```kotlin
+     * val store = Shoal.open(ShoalAndroid.databasePath(context), "Ana's phone", keyVault = ShoalAndroid.keyVault(context))
+     * ```
+     *
+     * Neither the keys nor the Keystore key are ever in a backup: a phone restored from a backup, or given the
+     * app's data by device transfer, is a new device (new keys, enrolled again).
+     *
+     * @param context any context of the app (only its no-backup directory is used).
+     * @param name the database's file name, which names the vault (default `"shoal.db"`).
+     * @return the vault, to pass as `keyVault` (of `Shoal.open` or `StoreConfig`).
+     * @throws IllegalArgumentException when [name] is not a plain file name (letters, digits, `.`, `-`, `_`).
+     */
+    @JvmStatic
+    @JvmOverloads
+    fun keyVault(context: Context, name: String = "shoal.db"): AndroidKeystoreVault =
+        AndroidKeystoreVault.create(context, name)
 
     /**
      * A Wi-Fi multicast lock for mDNS discovery of peers on the LAN. The lock is returned not held.
