@@ -710,3 +710,50 @@ fn attachment_bytes_go_only_to_devices_that_may_read_a_document_holding_them() {
     assert!(!sb.has_attachment(&secret).unwrap(), "the attachment of a task b may not read");
     assert_eq!(failed, vec![secret.hash]);
 }
+
+#[test]
+fn the_attachment_read_check_looks_up_the_documents_naming_the_hash_also_in_a_store_of_an_older_version() {
+    use shoaldb::Replica;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Store::open(&path).unwrap();
+    let notes = Permissions::new(vec![Grant::parse("read notes").unwrap()]).read_rules(store.peer_id());
+    let plans = store.put_attachment_bytes(b"the plans", Default::default()).unwrap();
+    let minutes = store.put_attachment_bytes(b"the minutes", Default::default()).unwrap();
+    let other = store.put_attachment_bytes(b"other", Default::default()).unwrap();
+    store.upsert("tasks", json!({"_id": "t", "file": plans.to_json()})).unwrap();
+    // Deep in a note: a token inside a list inside an object, and a large value kept beside the view.
+    let big = "x".repeat(40_000);
+    store.upsert("notes", json!({"_id": "n", "a": {"b": [1, minutes.to_json()]}, "big": {"text": big}})).unwrap();
+    store.upsert("notes", json!({"_id": "m", "big": ["y".repeat(40_000), other.to_json()]})).unwrap();
+    // A note that only mentions the plans' hash in its text does not refer to the attachment.
+    store.upsert("notes", json!({"_id": "q", "text": format!("\"_attachment\":\"{}\"", plans.hash_hex())})).unwrap();
+    let readable = |s: &Store, t: &shoaldb::AttachmentToken| s.replica().attachment_readable(&t.hash, &notes).unwrap();
+    let expect = |s: &Store| {
+        assert!(!readable(s, &plans), "named by a task only");
+        assert!(readable(s, &minutes), "named deep in a note");
+        assert!(readable(s, &other), "named in a large value of a note");
+    };
+    expect(&store);
+    store.checkpoint().unwrap();
+    drop(store);
+
+    // The index is a lookup, not a scan of every view.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT d.doc FROM attachment_refs r JOIN docs d ON d.doc = r.doc \
+             WHERE r.hash = ?1 AND d.view IS NOT NULL LIMIT 10",
+        )
+        .unwrap()
+        .query_map([&plans.hash[..]], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(plan.iter().all(|step| step.starts_with("SEARCH")), "{plan:?}");
+
+    // A store written before the index existed (schema 6) gets it filled when it is opened.
+    conn.execute_batch("DROP TABLE attachment_refs; PRAGMA user_version = 6;").unwrap();
+    drop(conn);
+    expect(&Store::open(&path).unwrap());
+}

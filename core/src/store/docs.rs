@@ -298,6 +298,10 @@ pub(crate) fn save(
         }
     };
     save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
+    if let Some(view) = view {
+        let texts = std::iter::once(view.text.as_str()).chain(view.parts.iter().filter_map(|p| p.2.as_deref()));
+        save_attachment_refs(conn, row, texts)?;
+    }
     let mut insert = conn.prepare_cached(
         "INSERT INTO changes (peer, start, end, doc, body, hash, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
@@ -337,6 +341,29 @@ pub(crate) fn save(
         (None, false) => {}
     }
     cached.row = Some(row);
+    Ok(())
+}
+
+/// How an attachment token starts in a rendered view (`AttachmentToken::to_json`, compact JSON). Inside a JSON
+/// string the quotes would be escaped, so only an object key `_attachment` with a string value reads so.
+const TOKEN_PREFIX: &str = "\"_attachment\":\"";
+
+/// The hashes of the attachment tokens in `json` (a rendered view or value).
+pub(crate) fn attachment_hashes(json: &str) -> impl Iterator<Item = [u8; 32]> + '_ {
+    json.match_indices(TOKEN_PREFIX)
+        .filter_map(|(at, _)| json.get(at + TOKEN_PREFIX.len()..at + TOKEN_PREFIX.len() + 64))
+        .filter_map(crate::util::parse_hex::<32>)
+}
+
+/// Record that document `row` refers to the attachments named in `texts` (its new view and values; see the
+/// `attachment_refs` table).
+fn save_attachment_refs<'a>(conn: &Connection, row: i64, texts: impl Iterator<Item = &'a str>) -> Result<()> {
+    for text in texts {
+        for hash in attachment_hashes(text) {
+            conn.prepare_cached("INSERT OR IGNORE INTO attachment_refs (hash, doc) VALUES (?1, ?2)")?
+                .execute(params![&hash[..], row])?;
+        }
+    }
     Ok(())
 }
 

@@ -27,7 +27,7 @@ pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
 pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
 pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
-pub use replica::{Replica, StoreReplica};
+pub use replica::{Replica, StoreReplica, MAX_ATTACHMENT_READ_CHECKS};
 pub use replicate::{
     change_digest, ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES, MAX_REPORTED_REFUSALS,
 };

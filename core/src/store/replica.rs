@@ -130,7 +130,10 @@ pub trait Replica: Send + Sync + 'static {
 
     /// Whether a device that may read what `rules` allow may read some document of this store that references the
     /// attachment `hash` (certificate mode: attachment bytes go only to devices that may read a document holding
-    /// their token). (The default, for replicas that cannot tell: no.)
+    /// their token, or that held it once: its readers received that change). At most
+    /// [`MAX_ATTACHMENT_READ_CHECKS`] of the documents naming the hash are looked at, so that a peer asking for
+    /// many attachments costs an index lookup and a bounded number of checks each. (The default, for replicas that
+    /// cannot tell: no.)
     fn attachment_readable(&self, hash: &[u8; 32], rules: &crate::security::certificate::ReadRules) -> Result<bool> {
         let _ = (hash, rules);
         Ok(false)
@@ -157,6 +160,10 @@ pub trait Replica: Send + Sync + 'static {
     /// (in one transaction). On a mismatch the received bytes are dropped and an error returned.
     fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()>;
 }
+
+/// How many of the documents referring to an attachment [`Replica::attachment_readable`] checks against a
+/// device's read rules at most (the first ones it wrote, by local number).
+pub const MAX_ATTACHMENT_READ_CHECKS: usize = 1024;
 
 /// A [`Store`] as a [`Replica`]: the engine's handle on a device's SQLite store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -203,13 +210,14 @@ impl Replica for StoreReplica {
     }
 
     fn attachment_readable(&self, hash: &[u8; 32], rules: &crate::security::certificate::ReadRules) -> Result<bool> {
-        // The token's JSON holds the hash in hex: documents whose view contains it (one pass of SQLite over the
-        // views), each checked against the rules.
+        // The documents that name the hash (an index lookup), each checked against the rules, at most
+        // MAX_ATTACHMENT_READ_CHECKS of them.
         let inner = self.store.lock();
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT doc, collection, view, parts FROM docs WHERE view IS NOT NULL AND instr(view, ?1) > 0",
+            "SELECT d.doc, d.collection, d.view, d.parts FROM attachment_refs r JOIN docs d ON d.doc = r.doc \
+             WHERE r.hash = ?1 AND d.view IS NOT NULL LIMIT ?2",
         )?;
-        let mut rows = stmt.query(params![crate::util::hex(hash)])?;
+        let mut rows = stmt.query(params![&hash[..], MAX_ATTACHMENT_READ_CHECKS as i64])?;
         while let Some(r) = rows.next()? {
             let collection: String = r.get(1)?;
             let Ok(text) = r.get_ref(2)?.as_str() else { continue };

@@ -122,6 +122,27 @@ const MIGRATIONS: &[&str] = &[
         chain  BLOB NOT NULL                   -- its encoded certificate chain
     );
     "#,
+    // 7: which documents refer to which attachment, so that the read check on attachment bytes looks up the few
+    //    documents naming a hash instead of scanning every view. Added to as views are written (a document that
+    //    once named a hash keeps its row: its readers received that change anyway); filled here from the views
+    //    and large values already stored.
+    r#"
+    CREATE TABLE attachment_refs (
+        hash BLOB NOT NULL,                    -- the attachment's BLAKE3 hash
+        doc  INTEGER NOT NULL,                 -- docs.doc of a document whose view named it
+        PRIMARY KEY (hash, doc)
+    ) WITHOUT ROWID;
+    CREATE INDEX attachment_refs_by_doc ON attachment_refs (doc);
+    WITH named AS MATERIALIZED (
+        SELECT doc, view AS json FROM docs
+        WHERE view IS NOT NULL AND instr(view, '"_attachment":"') > 0 AND json_valid(view)
+        UNION ALL
+        SELECT doc, json FROM view_parts WHERE instr(json, '"_attachment":"') > 0 AND json_valid(json)
+    )
+    INSERT OR IGNORE INTO attachment_refs (hash, doc)
+        SELECT unhex(t.atom), named.doc FROM named, json_tree(named.json) AS t
+        WHERE t.key = '_attachment' AND t.type = 'text' AND length(t.atom) = 64 AND unhex(t.atom) IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
