@@ -161,3 +161,38 @@ fn queries_filter_sort_limit_and_parameters() {
     assert!(matches!(s.find("people", &unknown), Err(shoaldb::Error::Query(_))));
     assert!(matches!(Query::filter("age =="), Err(shoaldb::QueryError::Syntax { .. })));
 }
+
+/// Another process writes the file; this one happens to read (or write) before its next poll, which reloads what
+/// the other process committed. The poll must still announce it: the sync engine (a commit listener) sends it on,
+/// observers see it. (Before the fix the read's silent reload hid the change from the poll, and a `shoal put`
+/// beside a running `shoal peer` sometimes never reached the other devices.)
+#[test]
+fn a_write_by_another_process_is_announced_even_when_a_read_took_it_in_first() {
+    let (dir, peer) = store();
+    let path = peer.path().to_path_buf();
+    let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = wakes.clone();
+    let _listener = peer.on_commit(move || {
+        w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (events, cb) = recorder();
+    let (initial, _handle) = peer.observe("notes", Query::all(), cb).unwrap();
+    assert!(initial.is_empty());
+    for (i, read_first) in [false, true, true].into_iter().enumerate() {
+        // The other process: its own connection to the same file.
+        let cli = Store::open(&path).unwrap();
+        cli.upsert("notes", json!({"_id": format!("n{i}")})).unwrap();
+        drop(cli);
+        if read_first {
+            // Reads and the engine's own summaries reload the store when another connection committed.
+            assert!(peer.get("notes", &format!("n{i}")).unwrap().is_some());
+            peer.replica().summary().unwrap();
+        }
+        let before = wakes.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(peer.poll_external_changes().unwrap(), "round {i}: the poll saw nothing new");
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), before + 1, "round {i}: listeners not called");
+        assert_eq!(events.lock().unwrap().len(), i + 1, "round {i}: observers not told");
+        assert!(!peer.poll_external_changes().unwrap(), "round {i}: announced once");
+    }
+    drop(dir);
+}

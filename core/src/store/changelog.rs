@@ -141,15 +141,20 @@ impl Store {
     }
 
     /// Look for commits made by another process (or connection) on the same file. When there are, reload, update
-    /// every observer's result (delivering their events) and call the commit listeners. Returns whether anything
-    /// changed. Cheap when nothing did (one `PRAGMA data_version`).
+    /// every observer's result (delivering their events) and call the commit listeners — also when an operation of
+    /// this store since the last poll already reloaded them (a read does, to see them), since that told no one.
+    /// Returns whether anything changed. Cheap when nothing did (one `PRAGMA data_version`).
     pub fn poll_external_changes(&self) -> Result<bool> {
         let mut inner = self.lock();
-        if inner.data_version()? == inner.data_version {
+        let changed = inner.data_version()? != inner.data_version;
+        if !changed && !inner.unannounced {
             return Ok(false);
         }
-        log::debug!("store changed by another process; reloading");
-        inner.reload()?;
+        if changed {
+            log::debug!("store changed by another process; reloading");
+            inner.reload()?;
+        }
+        inner.unannounced = false;
         let events = inner.refresh_all_observers()?;
         self.shared.delivery.enqueue(events);
         drop(inner);

@@ -46,6 +46,10 @@ pub(crate) struct Inner {
     /// The `forgotten` table's rows of the current author: document → the last counter of its dropped changes.
     pub(super) forgotten: HashMap<docs::DocKey, u64>,
     pub(super) data_version: i64,
+    /// Another connection's commits were taken in by a reload ([`Inner::refresh`]) that announced them to nobody:
+    /// the next [`Store::poll_external_changes`](super::Store::poll_external_changes) calls the commit listeners
+    /// and updates the observers all the same.
+    pub(super) unannounced: bool,
     pub(super) observers: Observers,
 }
 
@@ -178,6 +182,7 @@ impl Inner {
         if self.data_version()? != self.data_version {
             log::debug!("store changed by another connection; reloading");
             self.reload()?;
+            self.unannounced = true;
         }
         Ok(())
     }

@@ -276,6 +276,7 @@ impl Store {
             evicted: HashSet::new(),
             forgotten: HashMap::new(),
             data_version: 0,
+            unannounced: false,
             observers: Observers::default(),
         };
         // Before the store takes up its signing key: keys an older version kept in the database move to the vault.
