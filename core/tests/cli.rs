@@ -149,14 +149,15 @@ impl Peer {
         Peer::spawn(db, &[&["--secret-file", secret], extra].concat(), Stdio::null())
     }
 
-    /// `shoal --db DB peer --no-mdns ARGS…`, its log going to `stderr`.
+    /// `shoal --db DB peer --no-mdns ARGS…`, its log going to `stderr` (at the level `PEER_LOG` names, `info` by
+    /// default: `PEER_LOG=debug` when chasing a failure).
     fn spawn(db: &Path, args: &[&str], stderr: Stdio) -> Peer {
         let mut child = Command::new(SHOAL)
             .arg("--db")
             .arg(db)
             .args(["peer", "--no-mdns"])
             .args(args)
-            .env("SHOAL_LOG", "info")
+            .env("SHOAL_LOG", std::env::var("PEER_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

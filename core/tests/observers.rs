@@ -196,3 +196,40 @@ fn a_write_by_another_process_is_announced_even_when_a_read_took_it_in_first() {
     }
     drop(dir);
 }
+
+/// Another process commits while this one reloads (a read noticed an earlier commit): the reload's reads may miss
+/// the commit, and the store must not then believe it is up to date. Each round races one write against one read,
+/// then checks that a poll leaves this store holding the write. (Before the fix the reload recorded the file's
+/// version *after* its reads: 20 of 150 runs of the CLI's enrolled-peers test lost a `shoal put` that way.)
+#[test]
+fn a_commit_landing_while_the_store_reloads_is_not_lost() {
+    let (_dir, peer) = store();
+    // A store of some size, so that a reload takes a while.
+    peer.write(|t| {
+        for i in 0..5000 {
+            t.upsert("notes", json!({"_id": format!("old{i}"), "n": i}))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let other = Store::open(peer.path()).unwrap();
+    let mut missed = Vec::new();
+    for i in 0..200 {
+        // Something for the read to notice, so that it reloads.
+        other.upsert("notes", json!({"_id": format!("before{i}")})).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                other.upsert("notes", json!({"_id": format!("n{i}")})).unwrap();
+            });
+            barrier.wait();
+            peer.replica().summary().unwrap();
+        });
+        peer.poll_external_changes().unwrap();
+        if peer.replica().summary().unwrap() != other.replica().summary().unwrap() {
+            missed.push(i);
+        }
+    }
+    assert!(missed.is_empty(), "rounds whose write this store never took in: {missed:?}");
+}

@@ -98,7 +98,12 @@ impl Inner {
     }
 
     /// Reload what another process may have changed: counters, clock, the summary; drop decoded documents.
+    ///
+    /// The reads are not one snapshot (another process may commit while they run), so the `data_version` they are
+    /// recorded against is read first: a commit landing meanwhile leaves it behind, and the next
+    /// [`Inner::refresh`] or poll reloads again rather than keep a summary that lacks that commit's changes.
     pub(super) fn reload(&mut self) -> Result<()> {
+        let version = self.data_version()?;
         let author = PeerId(meta_u64(&self.conn, "author_id")?.unwrap_or(self.peer.0));
         if author != self.author {
             // Another connection started a new author: its counters start afresh.
@@ -133,7 +138,7 @@ impl Inner {
             .collect::<rusqlite::Result<_>>()?;
         self.cache.clear();
         self.load_signer()?;
-        self.data_version = self.data_version()?;
+        self.data_version = version;
         Ok(())
     }
 
@@ -334,8 +339,10 @@ impl Inner {
         })();
         match result {
             Ok(()) => {
+                // Read before the commit, while no other connection can commit: one landing just after is seen.
+                let version = self.data_version()?;
                 self.conn.execute_batch("COMMIT")?;
-                self.data_version = self.data_version()?;
+                self.data_version = version;
                 Ok(())
             }
             Err(e) => {
