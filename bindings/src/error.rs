@@ -54,6 +54,7 @@ impl From<shoaldb::Error> for ShoalError {
             | E::Io(_)
             | E::Corrupt(_)
             | E::KeyVault(_)
+            | E::Backend(_)
             | E::UnsupportedSchema { .. }
             | E::AttachmentCorrupt { .. }
             | E::EncryptionUnavailable => ShoalError::Storage(msg),

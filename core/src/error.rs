@@ -110,6 +110,10 @@ pub enum Error {
     /// not a key. Nothing was written to the store.
     #[error("the key vault: {0}")]
     KeyVault(std::io::Error),
+    /// A storage backend other than a device's SQLite failed (the cloud peer's PostgreSQL, behind the
+    /// [`crate::Replica`] seam): a connection lost, a transaction refused. Nothing was written.
+    #[error("storage backend: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A store key is not [`crate::store::StoreKey::LEN`] bytes long.
     #[error("a store key is 32 bytes, not {len}")]
     InvalidKey {

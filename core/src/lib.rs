@@ -58,7 +58,7 @@ pub use crdt::path::{Path, PathSegment};
 pub use crdt::value::{AttachmentToken, Kind, Scalar, Value};
 pub use crdt::version::VersionVector;
 pub use error::{Error, Result};
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{Node, NodeConfig, NodeError, ReplicaNode};
 pub use query::{Filter, Query, QueryError, SortOrder};
 pub use store::{
     ApplyReport, AttachmentReader, ChangeEvent, DocChange, Durability, ObserverHandle, Options, Replica, Store,

@@ -22,7 +22,7 @@
 //! ```
 
 use crate::security::{Access, DeviceKey, Identity, SecurityError};
-use crate::store::{CommitListener, Store};
+use crate::store::{CommitListener, Replica, Store};
 use crate::sync::{Engine, PeerPresence, Subscription};
 use crate::transport::ble::{
     self,
@@ -200,26 +200,7 @@ impl Node {
                 .map_err(|e| NodeError::Task(e.to_string()))??
         };
         let device = identity.device_key();
-        let seq_base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let engine = Engine::new(
-            store.replica(),
-            identity,
-            config.access.clone(),
-            &config.name,
-            config.subscriptions.clone(),
-            seq_base,
-        );
-        let hub = Hub::new(engine, runtime);
-        let tag = config.access.psk().tag();
-        let lan =
-            Lan::start(hub.clone(), config.listen_addr(), &config.connect, config.mdns.then_some(tag.as_str())).await;
-        let lan = match lan {
-            Ok(lan) => lan,
-            Err(e) => {
-                hub.begin_shutdown();
-                return Err(e.into());
-            }
-        };
+        let (hub, lan) = start_engine(store.replica(), identity, &config).await?;
         let weak = Arc::downgrade(&hub);
         let commits = store.on_commit(move || {
             if let Some(hub) = weak.upgrade() {
@@ -228,16 +209,6 @@ impl Node {
         });
         hub.spawn(poll_external_changes(hub.clone(), store.clone()));
         hub.spawn(serve_attachment_requests(hub.clone(), store.clone()));
-        hub.spawn(tick(hub.clone()));
-        if let Some(BleRadio(radio)) = &config.ble {
-            let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.access.psk()));
-            hub.spawn(ble::radio::run(
-                hub.clone(),
-                radio.clone(),
-                ble,
-                seq_base ^ u64::from_le_bytes(ble::radio::device_tag(&device)),
-            ));
-        }
         log::info!("node {} ({device}) started", config.name);
         Ok(Node {
             inner: Arc::new(Inner {
@@ -359,12 +330,129 @@ impl Node {
             return;
         }
         lock(&self.inner.commits).take();
-        self.inner.lan.stop_discovery().await;
-        self.inner.hub.begin_shutdown();
-        if tokio::time::timeout(SHUTDOWN_WAIT, self.inner.hub.tasks_done()).await.is_err() {
-            log::warn!("node tasks still running {SHUTDOWN_WAIT:?} after shutdown");
+        stop(&self.inner.hub, &self.inner.lan).await;
+    }
+}
+
+/// The engine on `replica` with `identity`, the hub driving it, the LAN transport and the clock as `config` says;
+/// the Bluetooth radio too when it gives one. What every kind of node runs.
+async fn start_engine(
+    replica: impl Replica,
+    identity: Identity,
+    config: &NodeConfig,
+) -> Result<(Arc<Hub>, Lan), NodeError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
+    let device = identity.device_key();
+    let seq_base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let engine =
+        Engine::new(replica, identity, config.access.clone(), &config.name, config.subscriptions.clone(), seq_base);
+    let hub = Hub::new(engine, runtime);
+    let tag = config.access.psk().tag();
+    let lan = Lan::start(hub.clone(), config.listen_addr(), &config.connect, config.mdns.then_some(tag.as_str())).await;
+    let lan = match lan {
+        Ok(lan) => lan,
+        Err(e) => {
+            hub.begin_shutdown();
+            return Err(e.into());
         }
-        log::info!("node {} stopped", self.inner.device);
+    };
+    hub.spawn(tick(hub.clone()));
+    if let Some(BleRadio(radio)) = &config.ble {
+        let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.access.psk()));
+        hub.spawn(ble::radio::run(
+            hub.clone(),
+            radio.clone(),
+            ble,
+            seq_base ^ u64::from_le_bytes(ble::radio::device_tag(&device)),
+        ));
+    }
+    Ok((hub, lan))
+}
+
+/// Close every link cleanly, withdraw the mDNS advertisement and stop every task of a node.
+async fn stop(hub: &Hub, lan: &Lan) {
+    lan.stop_discovery().await;
+    hub.begin_shutdown();
+    if tokio::time::timeout(SHUTDOWN_WAIT, hub.tasks_done()).await.is_err() {
+        log::warn!("node tasks still running {SHUTDOWN_WAIT:?} after shutdown");
+    }
+    log::info!("node {} stopped", hub.device());
+}
+
+/// A device on the network that syncs any [`Replica`] rather than an app's [`Store`]: the cloud peer's relays
+/// (`shoaldb-cloud`, on PostgreSQL) are this. The same engine, links and transports as a [`Node`]; it writes
+/// nothing of its own, and is told with [`ReplicaNode::replica_changed`] when its replica changed by another way
+/// than its links (another relay wrote to the same database). Cheap to clone; dropping the last clone without
+/// [`ReplicaNode::shutdown`] still stops its tasks.
+#[derive(Clone)]
+pub struct ReplicaNode {
+    inner: Arc<ReplicaInner>,
+}
+
+struct ReplicaInner {
+    hub: Arc<Hub>,
+    lan: Lan,
+    stopped: AtomicBool,
+}
+
+impl Drop for ReplicaInner {
+    fn drop(&mut self) {
+        self.hub.begin_shutdown();
+    }
+}
+
+impl ReplicaNode {
+    /// Start syncing `replica` as `identity` (the device key its links authenticate with), as `config` says, on the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    /// [`NodeError::NoRuntime`] outside a tokio runtime; [`NodeError::Lan`] when the listening address is taken.
+    pub async fn start(
+        replica: impl Replica,
+        identity: Identity,
+        config: NodeConfig,
+    ) -> Result<ReplicaNode, NodeError> {
+        let (hub, lan) = start_engine(replica, identity, &config).await?;
+        log::info!("node {} ({}) started on its replica", config.name, hub.device());
+        Ok(ReplicaNode { inner: Arc::new(ReplicaInner { hub, lan, stopped: AtomicBool::new(false) }) })
+    }
+
+    /// The address accepting connections, if the node listens.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.inner.lan.listen_addr()
+    }
+
+    /// This device's key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.inner.hub.device()
+    }
+
+    /// The devices reachable now, directly or through others, nearest first.
+    pub fn peers(&self) -> Vec<PeerPresence> {
+        self.inner.hub.presence().borrow().clone()
+    }
+
+    /// How many links are open now.
+    pub fn link_count(&self) -> usize {
+        self.inner.hub.with_engine_now(|e| e.links().len())
+    }
+
+    /// The replica changed by another way than this node's links: offer the news to every linked device.
+    pub fn replica_changed(&self) {
+        self.inner.hub.wake_writers();
+    }
+
+    /// Dial `addr` (and again whenever the link is lost, with backoff) until shutdown.
+    pub fn connect(&self, addr: SocketAddr) {
+        self.inner.lan.connect(addr);
+    }
+
+    /// Close every link cleanly and stop every task. The replica stays as it is.
+    pub async fn shutdown(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        stop(&self.inner.hub, &self.inner.lan).await;
     }
 }
 

@@ -189,6 +189,12 @@ impl Document {
         }
     }
 
+    /// The document as JSON with its `_id` entry first — the view every store keeps of it (a phone's SQLite row,
+    /// the cloud's JSONB column) — or `None` if it does not exist.
+    pub fn view(&self, id: &str) -> Option<serde_json::Value> {
+        self.json_view(Some(id), None).map(super::json::to_value)
+    }
+
     /// The document's JSON rendering (with an `_id` entry first when `id` is given), or `None` if it does not exist.
     /// With `cut`, large register values are left out (rendered as `null`) and collected there.
     pub(crate) fn json_view<'a>(

@@ -31,20 +31,30 @@ impl Entry {
     }
 }
 
-/// The concurrent entries of one register, unordered.
+/// The concurrent entries of one register, kept in the order of their dots, so that two replicas holding the same
+/// entries encode them identically (a phone's snapshot and the cloud's state are byte for byte the same, whatever
+/// order the writes arrived in).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct Register {
     /// Almost always one entry: kept inline, without an allocation of its own.
+    #[serde(deserialize_with = "entries_by_dot")]
     entries: SmallVec<[Entry; 1]>,
+}
+
+/// Read entries, putting them in dot order (snapshots written before the order was kept hold arrival order).
+fn entries_by_dot<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SmallVec<[Entry; 1]>, D::Error> {
+    let mut entries = SmallVec::<[Entry; 1]>::deserialize(d)?;
+    entries.sort_by_key(|e| e.dot);
+    Ok(entries)
 }
 
 impl Register {
     /// Apply a write made with causal context `ctx`: drop every entry the writer had seen, add the new one.
     pub fn write(&mut self, ctx: &VersionVector, entry: Entry) {
         self.clear(ctx);
-        if !self.entries.iter().any(|e| e.dot == entry.dot) {
-            self.entries.push(entry);
+        if let Err(at) = self.entries.binary_search_by_key(&entry.dot, |e| e.dot) {
+            self.entries.insert(at, entry);
         }
     }
 

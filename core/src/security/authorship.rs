@@ -100,12 +100,12 @@ impl ChangeSignature {
     }
 
     /// The stored form (postcard).
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
     /// Reads the stored form; `None` if it is not one.
-    pub(crate) fn decode(bytes: &[u8]) -> Option<ChangeSignature> {
+    pub fn decode(bytes: &[u8]) -> Option<ChangeSignature> {
         postcard::from_bytes(bytes).ok()
     }
 }
@@ -190,7 +190,8 @@ pub struct Refused {
 }
 
 impl Refused {
-    pub(crate) fn of(dc: &DocChange, reason: RefusalReason) -> Refused {
+    /// The refusal of `dc`, for `reason`.
+    pub fn of(dc: &DocChange, reason: RefusalReason) -> Refused {
         Refused {
             author: dc.change.peer,
             start: dc.change.start,

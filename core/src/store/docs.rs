@@ -273,7 +273,7 @@ pub(crate) fn quarantined(conn: &Connection) -> Result<Vec<Quarantined>> {
 
 /// The document as JSON with its `_id`, or `None` if it does not exist.
 pub(crate) fn view(doc: &Document, id: &str) -> Option<serde_json::Value> {
-    doc.json_view(Some(id), None).map(json::to_value)
+    doc.view(id)
 }
 
 /// Persist a document after `changes` were applied to it: the changes are appended to the log, its row gets the

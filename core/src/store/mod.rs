@@ -29,7 +29,8 @@ pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica, MAX_ATTACHMENT_READ_CHECKS};
 pub use replicate::{
-    change_digest, ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES, MAX_REPORTED_REFUSALS,
+    change_digest, change_hash, ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES,
+    MAX_REPORTED_REFUSALS,
 };
 pub use requests::AttachmentRequest;
 pub use schema::SCHEMA_VERSION;
@@ -149,7 +150,8 @@ pub fn check_collection(s: &str) -> Result<()> {
     check_name("collection name", s)
 }
 
-pub(crate) fn check_doc_id(s: &str) -> Result<()> {
+/// Check a document id: non-empty, at most [`MAX_NAME_BYTES`], no control characters.
+pub fn check_doc_id(s: &str) -> Result<()> {
     check_name("document id", s)
 }
 

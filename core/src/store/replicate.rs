@@ -341,7 +341,7 @@ pub const MAX_REPORTED_REFUSALS: usize = 64;
 
 impl ApplyReport {
     /// Count `refused` (a change refused by the checks of certificate mode), and log it.
-    pub(crate) fn refuse(&mut self, refused: crate::security::Refused) {
+    pub fn refuse(&mut self, refused: crate::security::Refused) {
         log::warn!("{refused}");
         self.refused += 1;
         if self.refusals.len() < MAX_REPORTED_REFUSALS {
@@ -370,7 +370,7 @@ pub const CHANGE_HASH_BYTES: usize = 16;
 /// A change's content hash: the first [`CHANGE_HASH_BYTES`] of BLAKE3 over its [`DocChange`] encoding (document,
 /// then the change). Two different changes for one (author, counter) have different hashes (128 bits: finding a
 /// collision takes about 2^64 work).
-pub(crate) fn change_hash(collection: &str, doc_id: &str, change_body: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
+pub fn change_hash(collection: &str, doc_id: &str, change_body: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
     short_hash(&change_digest(collection, doc_id, change_body))
 }
 

@@ -1,0 +1,50 @@
+//! Shoal's cloud peer: sync relays that keep everything in PostgreSQL.
+//!
+//! A relay is one more Shoal device, seen from a phone: it speaks the same sync protocol over the same Noise
+//! links, and the same sans-IO [`Engine`](shoaldb::sync::Engine) drives it. What differs is where its data lives:
+//! not in a SQLite file but in PostgreSQL, through [`PgReplica`], a second implementation of the
+//! [`Replica`](shoaldb::Replica) seam. Documents are merged with the same CRDT code the phones run, so the merged
+//! state a relay keeps is byte for byte the state a phone reaches. Relays keep nothing of their own: any number
+//! of them can serve one database, a phone may connect to any, and a change one relay receives reaches the devices
+//! linked to the others at once (PostgreSQL `NOTIFY`, see [`relay`]).
+//!
+//! Phone builds never pull this crate (or a PostgreSQL client): it sits beside `shoaldb`, not inside it.
+
+#![warn(missing_docs)]
+
+pub mod logging;
+pub mod relay;
+pub mod replica;
+pub mod schema;
+
+pub use relay::{Relay, RelayConfig};
+pub use replica::PgReplica;
+
+/// What can go wrong setting up the cloud peer. (Failures while syncing are the replica seam's
+/// [`shoaldb::Error::Backend`], which close only the link concerned.)
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// PostgreSQL refused a statement or the connection failed.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// No connection could be taken from the pool (PostgreSQL unreachable for the pool's timeout).
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// The database was migrated by a newer relay: this one does not know its schema and must not write to it.
+    #[error("the database is at schema version {found}; this relay knows up to {known} (upgrade the relay)")]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i32,
+        /// The newest version this relay knows.
+        known: i32,
+    },
+    /// The relay's connection settings are not valid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The sync transport could not start (the listening address is taken, …).
+    #[error(transparent)]
+    Lan(#[from] shoaldb::transport::lan::LanError),
+    /// The device identity could not be made.
+    #[error("identity: {0}")]
+    Identity(#[from] shoaldb::security::SecurityError),
+}

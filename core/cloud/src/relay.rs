@@ -1,0 +1,163 @@
+//! A relay: a [`ReplicaNode`] on a [`PgReplica`], listening for devices, and following the other relays'
+//! commits.
+//!
+//! Relays hold no state of their own: everything a relay acknowledges is committed in PostgreSQL first (the
+//! engine counts a change as received only once [`Replica::apply_changes`](shoaldb::Replica::apply_changes)
+//! returned), so killing one loses nothing, and a device reconnects to any other. Each commit is announced on
+//! [`CHANGES_CHANNEL`] (`NOTIFY`, sent by PostgreSQL when the transaction commits); every relay `LISTEN`s there
+//! on a connection of its own and offers the news to its linked devices at once: no polling.
+
+use crate::replica::CHANGES_CHANNEL;
+use crate::{CloudError, PgReplica};
+use postgres::fallible_iterator::FallibleIterator;
+use shoaldb::node::{NodeConfig, ReplicaNode};
+use shoaldb::security::{Access, Identity};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the follower waits for a notification before checking whether the relay stops.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// How long the follower waits before reconnecting after losing PostgreSQL.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
+/// How a relay starts.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The PostgreSQL database (a libpq connection string or URL).
+    pub postgres: String,
+    /// Where devices connect (TCP, the Noise handshake of every Shoal link).
+    pub listen: SocketAddr,
+    /// The relay's name, shown to devices.
+    pub name: String,
+    /// How devices are admitted: certificates from the app authority, or the development mode's shared secret.
+    pub access: Access,
+    /// The relay's device key pair. `None`: a new one for this run (the relay writes nothing in its own name, so
+    /// it needs no lasting identity in development mode; in certificate mode, the key its certificate names).
+    pub identity: Option<Identity>,
+    /// Connections to PostgreSQL in the relay's pool.
+    pub connections: u32,
+}
+
+impl RelayConfig {
+    /// A relay on the database `postgres` for devices of the app `access` admits to, listening on `listen`.
+    pub fn new(postgres: impl Into<String>, listen: SocketAddr, access: impl Into<Access>) -> RelayConfig {
+        RelayConfig {
+            postgres: postgres.into(),
+            listen,
+            name: "shoal cloud".into(),
+            access: access.into(),
+            identity: None,
+            connections: 8,
+        }
+    }
+}
+
+/// A running relay. Dropping it without [`Relay::shutdown`] still stops it, without waiting.
+pub struct Relay {
+    node: ReplicaNode,
+    replica: PgReplica,
+    stop: Arc<AtomicBool>,
+    follower: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Connect to PostgreSQL (migrating its schema), start listening for devices and following the other relays.
+    ///
+    /// # Errors
+    /// [`CloudError`] when PostgreSQL cannot be reached or migrated, or the address is taken.
+    pub async fn start(config: RelayConfig) -> Result<Relay, CloudError> {
+        let (url, connections) = (config.postgres.clone(), config.connections);
+        let replica = tokio::task::spawn_blocking(move || PgReplica::connect(&url, connections))
+            .await
+            .map_err(|e| CloudError::Config(format!("connecting: {e}")))??;
+        let identity = match config.identity {
+            Some(identity) => identity,
+            None => Identity::generate()?,
+        };
+        let node_config =
+            NodeConfig::new(config.name.clone(), config.access.clone()).with_mdns(false).listen_on(config.listen);
+        let node = ReplicaNode::start(replica.clone(), identity, node_config).await.map_err(|e| match e {
+            shoaldb::NodeError::Lan(e) => CloudError::Lan(e),
+            other => CloudError::Config(other.to_string()),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = {
+            let (node, stop, url) = (node.clone(), stop.clone(), config.postgres.clone());
+            std::thread::Builder::new()
+                .name("shoal-cloud-follow".into())
+                .spawn(move || follow(&url, &node, &stop))
+                .map_err(|e| CloudError::Config(format!("starting the follower: {e}")))?
+        };
+        log::info!("relay {} listening on {:?}", node.device_key(), node.listen_addr());
+        Ok(Relay { node, replica, stop, follower: Some(follower) })
+    }
+
+    /// The address devices connect to.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.node.listen_addr()
+    }
+
+    /// The relay's node (its links, the devices it reaches).
+    pub fn node(&self) -> &ReplicaNode {
+        &self.node
+    }
+
+    /// The relay's replica (the database it serves).
+    pub fn replica(&self) -> &PgReplica {
+        &self.replica
+    }
+
+    /// Close every link cleanly (devices reconnect to another relay) and stop following.
+    pub async fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.node.shutdown().await;
+        if let Some(follower) = self.follower.take() {
+            let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
+/// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile).
+fn follow(url: &str, node: &ReplicaNode, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let mut client = match postgres::Client::connect(url, postgres::NoTls) {
+            Ok(client) => client,
+            Err(e) => {
+                log::warn!("following the other relays: {e}; retrying");
+                std::thread::sleep(FOLLOW_RETRY);
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")) {
+            log::warn!("following the other relays: {e}; retrying");
+            std::thread::sleep(FOLLOW_RETRY);
+            continue;
+        }
+        node.replica_changed();
+        'listening: while !stop.load(Ordering::Acquire) {
+            let mut notifications = client.notifications();
+            let mut iter = notifications.timeout_iter(FOLLOW_POLL);
+            loop {
+                match iter.next() {
+                    // The watch channel behind the wake-up coalesces a burst of them into one round of sending.
+                    Ok(Some(_)) => node.replica_changed(),
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!("following the other relays: {e}; reconnecting");
+                        break 'listening;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1028 @@
+//! [`PgReplica`]: the replica seam on PostgreSQL.
+//!
+//! The change log is a table of changes as received (the bytes their authors signed), with what is held of each
+//! author kept as a range set per author, so that "summary in, missing changes out" is a range scan per author.
+//! Each document's merged state is its CRDT encoded exactly as a phone encodes it, next to a JSONB view for
+//! queries. Applying a batch is one transaction: the documents and authors it touches are locked (advisory locks,
+//! always in the same order, so relays applying batches at once neither deadlock nor interleave), each change is
+//! judged as a phone's store judges it — a duplicate, an equivocation (kept as evidence), waiting for its
+//! dependencies, refused by the author's permissions, or applied with the CRDT code of `shoaldb` — and everything
+//! is written before one commit, which also tells the other relays (`NOTIFY`).
+
+use crate::schema;
+use crate::CloudError;
+use postgres::types::ToSql;
+use postgres::Transaction;
+use r2d2_postgres::PostgresConnectionManager;
+use serde_json::Value as Json;
+use shoaldb::crdt::change::Change;
+use shoaldb::security::{ChangeCheck, ChangeSignature, RefusalReason, Refused};
+use shoaldb::store::{
+    change_hash, check_collection, check_doc_id, LogEntry, RangeSet, CHANGE_HASH_BYTES, CHUNK_SIZE,
+    MAX_EQUIVOCATION_RECORDS, MAX_PENDING_CHANGES, MAX_PENDING_PER_AUTHOR,
+};
+use shoaldb::{Applied, ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The pool of connections a replica draws from.
+type Pool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
+
+/// The channel on which a relay announces its commits to the others (the payload is the last change's `seq`).
+pub const CHANGES_CHANNEL: &str = "shoal_changes";
+
+/// How many log rows one round trip reads while collecting changes a peer lacks.
+const LOG_PAGE: i64 = 512;
+
+/// A PostgreSQL failure, as the replica seam reports it.
+fn pg(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::Backend(e.into())
+}
+
+/// A [`Replica`] kept in PostgreSQL. Cheap to clone (clones share the pool); any number of them, in any number of
+/// processes, may work on one database at once.
+#[derive(Clone)]
+pub struct PgReplica {
+    pool: Arc<PoolHandle>,
+    peer: PeerId,
+}
+
+/// The pool, closed off the async runtime: closing a blocking PostgreSQL connection runs a runtime of its own,
+/// which must not happen on a thread that drives async tasks (the last handle may go anywhere).
+struct PoolHandle(Option<Pool>);
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new().name("shoal-cloud-close".into()).spawn(move || drop(pool));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PgReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgReplica")
+            .field("peer", &self.peer)
+            .field("pool", &self.pool.0.as_ref().map(Pool::state))
+            .finish()
+    }
+}
+
+impl PgReplica {
+    /// Connect to the PostgreSQL database at `url` (a libpq connection string or URL, e.g.
+    /// `postgres://shoal@db.internal/shoal`) with a pool of at most `connections`, and migrate its schema
+    /// ([`schema::migrate`]).
+    ///
+    /// # Errors
+    /// [`CloudError::Config`] for an unreadable URL, [`CloudError::Pool`] when PostgreSQL cannot be reached,
+    /// [`CloudError::SchemaTooNew`] when a newer relay migrated the database.
+    pub fn connect(url: &str, connections: u32) -> Result<PgReplica, CloudError> {
+        let config: postgres::Config = url.parse().map_err(|e| CloudError::Config(format!("{url:?}: {e}")))?;
+        let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+        let pool = r2d2::Pool::builder().max_size(connections.max(1)).build(manager)?;
+        schema::migrate(&mut *pool.get()?)?;
+        let mut id = [0u8; 8];
+        getrandom(&mut id)?;
+        Ok(PgReplica { pool: Arc::new(PoolHandle(Some(pool))), peer: PeerId(u64::from_le_bytes(id)) })
+    }
+
+    /// A connection from the pool.
+    fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>> {
+        // The pool is taken out only when the last handle drops.
+        self.pool.0.as_ref().ok_or_else(|| pg("the replica is closed"))?.get().map_err(pg)
+    }
+
+    /// The merged document `collection/id`, if this database holds it.
+    pub fn document(&self, collection: &str, id: &str) -> Result<Option<Document>> {
+        let row = self
+            .client()?
+            .query_opt("SELECT state FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
+            .map_err(pg)?;
+        row.map(|r| Document::decode(r.get(0)).map_err(Error::from)).transpose()
+    }
+
+    /// The equivocations recorded: (author, counter) of each, at most `max`.
+    pub fn equivocations(&self, max: usize) -> Result<Vec<(PeerId, u64)>> {
+        let rows = self
+            .client()?
+            .query("SELECT author, counter FROM equivocations ORDER BY author, counter LIMIT $1", &[&limit(max)])
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1) as u64)).collect())
+    }
+
+    /// Apply a batch (see [`Replica::apply_changes`]), with `check` in certificate mode.
+    fn apply(&self, changes: &[DocChange], check: Option<&dyn ChangeCheck>) -> Result<ApplyReport> {
+        // A malformed change fails the whole call before anything is read or written.
+        for dc in changes {
+            check_collection(&dc.collection)?;
+            check_doc_id(&dc.doc_id)?;
+            dc.change.validate()?;
+        }
+        if changes.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        // Every document and author the batch touches, locked in one global order: documents, then authors.
+        let mut keys: Vec<(i32, i32)> = changes
+            .iter()
+            .flat_map(|dc| {
+                [
+                    (1, lock_key(dc.collection.as_bytes(), dc.doc_id.as_bytes())),
+                    (2, lock_key(&dc.change.peer.0.to_le_bytes(), b"")),
+                ]
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for (space, key) in keys {
+            tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&space, &key]).map_err(pg)?;
+        }
+        let mut batch = Batch {
+            tx: &mut tx,
+            docs: BTreeMap::new(),
+            held: BTreeMap::new(),
+            added: BTreeMap::new(),
+            report: ApplyReport::default(),
+        };
+        for dc in changes {
+            batch.apply_one(dc, check)?;
+        }
+        let report = std::mem::take(&mut batch.report);
+        let last = batch.persist()?;
+        if let Some(seq) = last {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &seq.to_string()]).map_err(pg)?;
+        }
+        tx.commit().map_err(pg)?;
+        Ok(report)
+    }
+}
+
+/// A 32-bit advisory lock key for a document or an author (a collision only serialises two unrelated batches).
+fn lock_key(a: &[u8], b: &[u8]) -> i32 {
+    let mut h = blake3::Hasher::new();
+    h.update(&(a.len() as u64).to_le_bytes());
+    h.update(a);
+    h.update(b);
+    let bytes = h.finalize();
+    i32::from_le_bytes([bytes.as_bytes()[0], bytes.as_bytes()[1], bytes.as_bytes()[2], bytes.as_bytes()[3]])
+}
+
+/// Random bytes from the operating system.
+fn getrandom(out: &mut [u8]) -> Result<(), CloudError> {
+    ::getrandom::fill(out).map_err(|e| CloudError::Config(format!("no randomness: {e}")))
+}
+
+/// `max` as a SQL limit.
+fn limit(max: usize) -> i64 {
+    i64::try_from(max).unwrap_or(i64::MAX)
+}
+
+/// A change as the log keeps it.
+#[derive(Clone)]
+struct NewChange {
+    author: PeerId,
+    start: u64,
+    end: u64,
+    hash: [u8; CHANGE_HASH_BYTES],
+    body: Vec<u8>,
+    sig: Option<Vec<u8>>,
+}
+
+impl NewChange {
+    fn of(dc: &DocChange) -> NewChange {
+        let body = dc.change.encode();
+        NewChange {
+            author: dc.change.peer,
+            start: dc.change.start,
+            end: dc.change.end(),
+            hash: change_hash(&dc.collection, &dc.doc_id, &body),
+            body,
+            sig: dc.signature.as_ref().map(ChangeSignature::encode),
+        }
+    }
+}
+
+/// A document of a batch: its state and the changes the batch applied to it.
+struct BatchDoc {
+    doc: Document,
+    new_changes: Vec<NewChange>,
+    /// Pending rows of this document the batch took out (applied, or dropped).
+    drained: Vec<(PeerId, u64)>,
+}
+
+/// A document's (collection, id).
+type DocKey = (String, String);
+
+/// Whether the database holds a change.
+enum Held {
+    No,
+    Same,
+    Conflict,
+}
+
+/// One batch being applied, inside its transaction.
+struct Batch<'t, 'c> {
+    tx: &'t mut Transaction<'c>,
+    docs: BTreeMap<(String, String), BatchDoc>,
+    /// What is held of each author the batch looked at (loaded on first use, written back at the end).
+    held: BTreeMap<PeerId, (RangeSet, bool)>,
+    /// Changes applied in this batch, by (author, start): (end, hash, document).
+    added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
+    report: ApplyReport,
+}
+
+impl Batch<'_, '_> {
+    fn apply_one(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> Result<()> {
+        let logged = NewChange::of(dc);
+        match self.held_as(&dc.collection, &dc.doc_id, &logged)? {
+            Held::Same => {
+                self.report.duplicates += 1;
+                return Ok(());
+            }
+            Held::Conflict => {
+                self.report.refused += 1;
+                return Ok(());
+            }
+            Held::No => {}
+        }
+        let c = &dc.change;
+        let readiness = self.doc(&dc.collection, &dc.doc_id)?.doc.readiness(c);
+        match readiness {
+            Err(e) => {
+                log::warn!("refused change {}:{} of {}/{}: {e}", c.peer, c.start, dc.collection, dc.doc_id);
+                self.report.refused += 1;
+            }
+            Ok(Applied::Duplicate) => self.report.duplicates += 1,
+            Ok(Applied::NotReady) => {
+                if self.keep_pending(dc, &logged)? {
+                    self.report.pending += 1;
+                } else {
+                    self.report.refused += 1;
+                }
+            }
+            Ok(Applied::Applied) => {
+                if let Err(reason) = self.may_write(dc, check) {
+                    self.report.refuse(Refused::of(dc, reason));
+                    return Ok(());
+                }
+                self.doc(&dc.collection, &dc.doc_id)?.doc.apply(c)?;
+                self.log_applied(&dc.collection, &dc.doc_id, logged);
+                self.report.applied += 1;
+                self.drain_pending(&dc.collection, &dc.doc_id, check)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The document `collection/id` of the batch, loaded on first use (empty when the database lacks it).
+    fn doc(&mut self, collection: &str, id: &str) -> Result<&mut BatchDoc> {
+        let key = (collection.to_string(), id.to_string());
+        if !self.docs.contains_key(&key) {
+            let row = self
+                .tx
+                .query_opt("SELECT state FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
+                .map_err(pg)?;
+            let doc = match row {
+                Some(r) => Document::decode(r.get(0))?,
+                None => Document::new(),
+            };
+            self.docs.insert(key.clone(), BatchDoc { doc, new_changes: Vec::new(), drained: Vec::new() });
+        }
+        self.docs.get_mut(&key).ok_or_else(|| Error::Corrupt("batch document vanished".into()))
+    }
+
+    /// The ranges held of `author` (locked by the batch).
+    fn ranges(&mut self, author: PeerId) -> Result<&mut (RangeSet, bool)> {
+        if !self.held.contains_key(&author) {
+            let row =
+                self.tx.query_opt("SELECT ranges FROM held WHERE author = $1", &[&(author.0 as i64)]).map_err(pg)?;
+            let ranges = match row {
+                Some(r) => postcard::from_bytes(r.get(0)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?,
+                None => RangeSet::default(),
+            };
+            self.held.insert(author, (ranges, false));
+        }
+        self.held.get_mut(&author).ok_or_else(|| Error::Corrupt("held ranges vanished".into()))
+    }
+
+    /// Whether `logged` (of document `collection/id`) is held, none of its counters are, or another change holds
+    /// some of them: an equivocation of its author, recorded with both versions.
+    fn held_as(&mut self, collection: &str, id: &str, logged: &NewChange) -> Result<Held> {
+        let (author, start, end) = (logged.author, logged.start, logged.end);
+        if !self.ranges(author)?.0.overlaps(start, end) {
+            return Ok(Held::No);
+        }
+        // The held change with the greatest start at or before `end`: applied in this batch, or logged.
+        let in_batch = self.added.range(..=(author, end)).next_back().filter(|((p, _), _)| *p == author);
+        let in_batch = in_batch.map(|(&(_, s), (e, h, key))| (s, *e, *h, Some(key.clone())));
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT start_ctr, end_ctr, hash FROM changes WHERE author = $1 AND start_ctr <= $2 \
+                 ORDER BY start_ctr DESC LIMIT 1",
+                &[&(author.0 as i64), &sql_counter(end)],
+            )
+            .map_err(pg)?;
+        let logged_before = row.map(|r| {
+            let hash: &[u8] = r.get(2);
+            let mut h = [0u8; CHANGE_HASH_BYTES];
+            if hash.len() == CHANGE_HASH_BYTES {
+                h.copy_from_slice(hash);
+            }
+            (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64, h, None)
+        });
+        let existing = match (in_batch, logged_before) {
+            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        if existing.as_ref().is_some_and(|&(s, e, h, _)| s == start && e == end && h == logged.hash) {
+            return Ok(Held::Same);
+        }
+        let held: (Vec<u8>, Option<Vec<u8>>) = match &existing {
+            Some((s, _, _, Some(key))) => self
+                .docs
+                .get(key)
+                .and_then(|d| d.new_changes.iter().find(|l| l.author == author && l.start == *s))
+                .map(|l| (wire(&key.0, &key.1, &l.body), l.sig.clone()))
+                .unwrap_or_default(),
+            Some((s, _, _, None)) => self
+                .tx
+                .query_opt(
+                    "SELECT d.collection, d.doc_id, c.body, c.sig FROM changes c JOIN docs d ON d.num = c.doc \
+                     WHERE c.author = $1 AND c.start_ctr = $2",
+                    &[&(author.0 as i64), &sql_counter(*s)],
+                )
+                .map_err(pg)?
+                .map(|r| (wire(r.get(0), r.get(1), r.get(2)), r.get(3)))
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
+        log::warn!(
+            "equivocation: author {author} made two different changes at counters {start}..={end}; refused {collection}/{id}'s"
+        );
+        self.record_equivocation(author, start, held, (wire(collection, id, &logged.body), logged.sig.clone()))?;
+        Ok(Held::Conflict)
+    }
+
+    /// Keep the evidence of an equivocation (at most [`MAX_EQUIVOCATION_RECORDS`] of them).
+    fn record_equivocation(
+        &mut self,
+        author: PeerId,
+        counter: u64,
+        held: (Vec<u8>, Option<Vec<u8>>),
+        refused: (Vec<u8>, Option<Vec<u8>>),
+    ) -> Result<()> {
+        let n: i64 = self.tx.query_one("SELECT count(*) FROM equivocations", &[]).map_err(pg)?.get(0);
+        if n >= limit(MAX_EQUIVOCATION_RECORDS) {
+            return Ok(());
+        }
+        self.tx
+            .execute(
+                "INSERT INTO equivocations (author, counter, held, held_sig, refused, refused_sig) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&(author.0 as i64), &sql_counter(counter), &held.0, &held.1, &refused.0, &refused.1],
+            )
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    /// Whether `check` (if any) lets `dc`'s author write it, its dependencies being here.
+    fn may_write(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> Result<(), RefusalReason> {
+        match check {
+            None => Ok(()),
+            Some(check) => check.may_write(dc, &mut || self.doc_as_seen(&dc.collection, &dc.doc_id, &dc.change)),
+        }
+    }
+
+    /// The document as the author of `c` saw it: its view at `c`'s dependencies, or, if it did not exist then, as
+    /// `c` makes it (see [`ChangeCheck::may_write`]).
+    fn doc_as_seen(&mut self, collection: &str, id: &str, c: &Change) -> Result<Option<Json>> {
+        let current = self.doc(collection, id)?;
+        let mut doc = if current.doc.version() == &c.deps {
+            if let Some(view) = current.doc.view(id) {
+                return Ok(Some(view));
+            }
+            current.doc.clone()
+        } else {
+            let in_batch: Vec<Vec<u8>> = current.new_changes.iter().map(|l| l.body.clone()).collect();
+            let rows = self
+                .tx
+                .query(
+                    "SELECT c.body FROM changes c JOIN docs d ON d.num = c.doc \
+                     WHERE d.collection = $1 AND d.doc_id = $2 ORDER BY c.seq",
+                    &[&collection, &id],
+                )
+                .map_err(pg)?;
+            let mut doc = Document::new();
+            for body in rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).chain(in_batch) {
+                let earlier = Change::decode(&body)?;
+                if earlier.end() <= c.deps.get(earlier.peer) {
+                    doc.apply(&earlier)?;
+                }
+            }
+            if let Some(view) = doc.view(id) {
+                return Ok(Some(view));
+            }
+            doc
+        };
+        doc.apply(c)?;
+        Ok(doc.view(id))
+    }
+
+    /// Record a change just applied to a document of the batch.
+    fn log_applied(&mut self, collection: &str, id: &str, logged: NewChange) {
+        let key = (collection.to_string(), id.to_string());
+        if let Some(held) = self.held.get_mut(&logged.author) {
+            held.0.insert(logged.start, logged.end);
+            held.1 = true;
+        }
+        self.added.insert((logged.author, logged.start), (logged.end, logged.hash, key.clone()));
+        if let Some(d) = self.docs.get_mut(&key) {
+            d.new_changes.push(logged);
+        }
+    }
+
+    /// Keep a change whose dependencies have not arrived, within the per-author quota and the total cap (when full,
+    /// the author holding most gives up its highest counter, as on a phone). Returns `false` when another change
+    /// for the same author and counter is pending already (an equivocation: recorded, and this one refused).
+    fn keep_pending(&mut self, dc: &DocChange, logged: &NewChange) -> Result<bool> {
+        let author = logged.author.0 as i64;
+        let mine: i64 =
+            self.tx.query_one("SELECT count(*) FROM pending WHERE author = $1", &[&author]).map_err(pg)?.get(0);
+        if mine >= limit(MAX_PENDING_PER_AUTHOR) {
+            log::warn!(
+                "author {} has {mine} changes pending already; dropping {}:{}",
+                logged.author,
+                logged.author,
+                logged.start
+            );
+            return Ok(true);
+        }
+        let total: i64 = self.tx.query_one("SELECT count(*) FROM pending", &[]).map_err(pg)?.get(0);
+        if total >= limit(MAX_PENDING_CHANGES) {
+            let largest = self
+                .tx
+                .query_opt("SELECT author, count(*) FROM pending GROUP BY author ORDER BY 2 DESC LIMIT 1", &[])
+                .map_err(pg)?;
+            match largest {
+                Some(r) if r.get::<_, i64>(1) > mine + 1 => {
+                    let big: i64 = r.get(0);
+                    self.tx
+                        .execute(
+                            "DELETE FROM pending WHERE author = $1 AND start_ctr = \
+                             (SELECT max(start_ctr) FROM pending WHERE author = $1)",
+                            &[&big],
+                        )
+                        .map_err(pg)?;
+                }
+                _ => {
+                    log::warn!("pending changes full; dropping {}:{}", logged.author, logged.start);
+                    return Ok(true);
+                }
+            }
+        }
+        let n = self
+            .tx
+            .execute(
+                "INSERT INTO pending (author, start_ctr, collection, doc_id, body, sig) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT DO NOTHING",
+                &[&author, &sql_counter(logged.start), &dc.collection, &dc.doc_id, &logged.body, &logged.sig],
+            )
+            .map_err(pg)?;
+        if n == 0 {
+            let r = self
+                .tx
+                .query_one(
+                    "SELECT collection, doc_id, body, sig FROM pending WHERE author = $1 AND start_ctr = $2",
+                    &[&author, &sql_counter(logged.start)],
+                )
+                .map_err(pg)?;
+            let (collection, id, body): (String, String, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+            if body != logged.body || collection != dc.collection || id != dc.doc_id {
+                log::warn!(
+                    "equivocation: author {} made two different changes at counter {} (both pending); keeping the first",
+                    logged.author,
+                    logged.start
+                );
+                let held = (wire(&collection, &id, &body), r.get(3));
+                let refused = (wire(&dc.collection, &dc.doc_id, &logged.body), logged.sig.clone());
+                self.record_equivocation(logged.author, logged.start, held, refused)?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Apply the pending changes of one document that have become ready, until none is.
+    fn drain_pending(&mut self, collection: &str, id: &str, check: Option<&dyn ChangeCheck>) -> Result<()> {
+        loop {
+            let rows = self
+                .tx
+                .query(
+                    "SELECT author, start_ctr, body, sig FROM pending WHERE collection = $1 AND doc_id = $2 \
+                     ORDER BY author, start_ctr",
+                    &[&collection, &id],
+                )
+                .map_err(pg)?;
+            let mut progressed = false;
+            for r in rows {
+                let (author, start) = (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1) as u64);
+                if self.doc(collection, id)?.drained.contains(&(author, start)) {
+                    continue;
+                }
+                let body: Vec<u8> = r.get(2);
+                let sig: Option<Vec<u8>> = r.get(3);
+                let drop_row = match Change::decode(&body) {
+                    Err(e) => {
+                        log::warn!("dropping corrupt pending change {author}:{start}: {e}");
+                        true
+                    }
+                    Ok(change) => {
+                        let signature = sig.as_deref().and_then(ChangeSignature::decode);
+                        let dc = DocChange { collection: collection.into(), doc_id: id.into(), change, signature };
+                        let logged = NewChange::of(&dc);
+                        match self.held_as(collection, id, &logged)? {
+                            Held::Same => true,
+                            Held::Conflict => {
+                                self.report.refused += 1;
+                                self.report.pending = self.report.pending.saturating_sub(1);
+                                true
+                            }
+                            Held::No => {
+                                let ready = self.doc(collection, id)?.doc.readiness(&dc.change);
+                                let refusal = match ready {
+                                    Ok(Applied::Applied) => self.may_write(&dc, check).err(),
+                                    _ => None,
+                                };
+                                let applied = match refusal {
+                                    Some(reason) => {
+                                        self.report.pending = self.report.pending.saturating_sub(1);
+                                        self.report.refuse(Refused::of(&dc, reason));
+                                        Ok(Applied::Duplicate)
+                                    }
+                                    None => self.doc(collection, id)?.doc.apply(&dc.change),
+                                };
+                                match applied {
+                                    Ok(Applied::Applied) => {
+                                        self.log_applied(collection, id, logged);
+                                        self.report.applied += 1;
+                                        self.report.pending = self.report.pending.saturating_sub(1);
+                                        progressed = true;
+                                        true
+                                    }
+                                    Ok(Applied::Duplicate) => true,
+                                    Ok(Applied::NotReady) => false,
+                                    Err(e) => {
+                                        log::warn!(
+                                            "dropping pending change {author}:{start} of {collection}/{id}: {e}"
+                                        );
+                                        true
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                if drop_row {
+                    self.doc(collection, id)?.drained.push((author, start));
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Write the batch: each touched document's state and view, its new changes in the log, the pending rows it
+    /// took out, the authors' ranges. Returns the last log `seq` written, if any.
+    fn persist(&mut self) -> Result<Option<i64>> {
+        let mut last = None;
+        for ((collection, id), d) in &self.docs {
+            for (author, start) in &d.drained {
+                self.tx
+                    .execute(
+                        "DELETE FROM pending WHERE author = $1 AND start_ctr = $2",
+                        &[&(author.0 as i64), &sql_counter(*start)],
+                    )
+                    .map_err(pg)?;
+            }
+            if d.new_changes.is_empty() {
+                continue;
+            }
+            let state = d.doc.encode();
+            let view = d.doc.view(id).map(jsonb_safe).map(postgres::types::Json);
+            let num: i64 = self
+                .tx
+                .query_one(
+                    "INSERT INTO docs (collection, doc_id, state, view) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view \
+                     RETURNING num",
+                    &[collection, id, &state, &view],
+                )
+                .map_err(pg)?
+                .get(0);
+            let insert = self
+                .tx
+                .prepare(
+                    "INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING seq",
+                )
+                .map_err(pg)?;
+            for c in &d.new_changes {
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &(c.author.0 as i64),
+                    &sql_counter(c.start),
+                    &sql_counter(c.end),
+                    &num,
+                    &&c.hash[..],
+                    &c.body,
+                    &c.sig,
+                ];
+                if let Some(r) = self.tx.query_opt(&insert, &params).map_err(pg)? {
+                    last = last.max(Some(r.get::<_, i64>(0)));
+                }
+            }
+        }
+        for (author, (ranges, changed)) in &self.held {
+            if !*changed {
+                continue;
+            }
+            let bytes = postcard::to_stdvec(ranges).map_err(|e| Error::Corrupt(e.to_string()))?;
+            self.tx
+                .execute(
+                    "INSERT INTO held (author, ranges) VALUES ($1, $2) \
+                     ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges",
+                    &[&(author.0 as i64), &bytes],
+                )
+                .map_err(pg)?;
+        }
+        Ok(last)
+    }
+}
+
+/// A counter as PostgreSQL's `bigint` holds it (counters stay far below 2^63; a larger one is clamped, never
+/// wrapped, so range comparisons keep their order).
+fn sql_counter(c: u64) -> i64 {
+    i64::try_from(c).unwrap_or(i64::MAX)
+}
+
+/// The change `body` of `collection/id` in the form stores exchange.
+fn wire(collection: &str, id: &str, body: &[u8]) -> Vec<u8> {
+    LogEntry {
+        seq: 0,
+        doc: 0,
+        collection: collection.into(),
+        doc_id: id.into(),
+        peer: PeerId(0),
+        start: 0,
+        end: 0,
+        body: body.to_vec(),
+        signature: None,
+    }
+    .to_wire()
+}
+
+/// `view` with every U+0000 in its strings and keys replaced by U+FFFD: JSONB cannot hold U+0000, and a document
+/// holding one must not make its batch fail. (The state column keeps the exact value.)
+fn jsonb_safe(view: Json) -> Json {
+    fn clean(s: String) -> String {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s
+        }
+    }
+    match view {
+        Json::String(s) => Json::String(clean(s)),
+        Json::Array(items) => Json::Array(items.into_iter().map(jsonb_safe).collect()),
+        Json::Object(map) => Json::Object(map.into_iter().map(|(k, v)| (clean(k), jsonb_safe(v))).collect()),
+        other => other,
+    }
+}
+
+/// A log row as a [`LogEntry`] (columns: seq, doc, collection, doc_id, author, start, end, body, sig).
+fn entry(r: &postgres::Row) -> LogEntry {
+    LogEntry {
+        seq: r.get(0),
+        doc: r.get(1),
+        collection: r.get(2),
+        doc_id: r.get(3),
+        peer: PeerId(r.get::<_, i64>(4) as u64),
+        start: r.get::<_, i64>(5) as u64,
+        end: r.get::<_, i64>(6) as u64,
+        body: r.get(7),
+        signature: r.get::<_, Option<Vec<u8>>>(8).as_deref().and_then(ChangeSignature::decode),
+    }
+}
+
+const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, c.body, c.sig";
+
+impl Replica for PgReplica {
+    fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    fn summary(&self) -> Result<Summary> {
+        let rows = self.client()?.query("SELECT author, ranges FROM held", &[]).map_err(pg)?;
+        let mut summary = Summary::new();
+        for r in rows {
+            let ranges: RangeSet =
+                postcard::from_bytes(r.get(1)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
+            let author = PeerId(r.get::<_, i64>(0) as u64);
+            for &(s, e) in ranges.ranges() {
+                summary.insert(author, s, e);
+            }
+        }
+        Ok(summary)
+    }
+
+    fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
+        self.log_missing(summary, &Summary::new(), usize::MAX)?
+            .into_iter()
+            .map(|e| {
+                let change = Change::decode(&e.body)?;
+                Ok(DocChange { collection: e.collection, doc_id: e.doc_id, change, signature: e.signature })
+            })
+            .collect()
+    }
+
+    fn apply_changes(&self, changes: &[DocChange]) -> Result<ApplyReport> {
+        self.apply(changes, None)
+    }
+
+    fn apply_checked(&self, changes: &[DocChange], check: &dyn ChangeCheck) -> Result<ApplyReport> {
+        self.apply(changes, Some(check))
+    }
+
+    fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {
+        let held = self.summary()?;
+        let wanted = held.difference(have).difference(skip);
+        let keep = |e: &LogEntry| !have.contains(e.peer, e.start, e.end) && !skip.contains(e.peer, e.start, e.end);
+        let mut client = self.client()?;
+        let before = client
+            .prepare(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.num = c.doc \
+                 WHERE c.author = $1 AND c.start_ctr < $2 ORDER BY c.start_ctr DESC LIMIT 1"
+            ))
+            .map_err(pg)?;
+        let page = client
+            .prepare(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.num = c.doc \
+                 WHERE c.author = $1 AND c.start_ctr >= $2 AND c.start_ctr <= $3 ORDER BY c.start_ctr LIMIT $4"
+            ))
+            .map_err(pg)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        'authors: for (author, ranges) in wanted.peers() {
+            let sql_author = author.0 as i64;
+            for &(lo, hi) in ranges.ranges() {
+                // A change that starts before the range and reaches into it.
+                if let Some(r) = client.query_opt(&before, &[&sql_author, &sql_counter(lo)]).map_err(pg)? {
+                    let e = entry(&r);
+                    if e.end >= lo && keep(&e) {
+                        bytes += e.wire_len();
+                        out.push(e);
+                    }
+                }
+                let mut from = sql_counter(lo);
+                loop {
+                    if bytes >= max_bytes {
+                        break 'authors;
+                    }
+                    let rows = client.query(&page, &[&sql_author, &from, &sql_counter(hi), &LOG_PAGE]).map_err(pg)?;
+                    let full = rows.len() as i64 == LOG_PAGE;
+                    for r in &rows {
+                        let e = entry(r);
+                        from = sql_counter(e.start).saturating_add(1);
+                        if keep(&e) && bytes < max_bytes {
+                            bytes += e.wire_len();
+                            out.push(e);
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        out.dedup_by_key(|e| e.seq);
+        Ok(out)
+    }
+
+    fn log_of_doc(&self, doc: i64) -> Result<Vec<LogEntry>> {
+        let rows = self
+            .client()?
+            .query(
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.num = c.doc WHERE c.doc = $1 ORDER BY c.seq"
+                ),
+                &[&doc],
+            )
+            .map_err(pg)?;
+        Ok(rows.iter().map(entry).collect())
+    }
+
+    fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
+        // From the state, not the JSONB column: exact (U+0000 and all).
+        let row = self.client()?.query_opt("SELECT doc_id, state FROM docs WHERE num = $1", &[&doc]).map_err(pg)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Document::decode(r.get(1))?.view(r.get(0))),
+        }
+    }
+
+    fn doc_number(&self, collection: &str, id: &str) -> Result<Option<i64>> {
+        check_collection(collection)?;
+        check_doc_id(id)?;
+        let row = self
+            .client()?
+            .query_opt("SELECT num FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn attachment_len(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
+        let row = self.client()?.query_opt("SELECT len FROM attachments WHERE hash = $1", &[&&hash[..]]).map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn read_attachment_chunk(&self, hash: &[u8; 32], idx: u64) -> Result<Vec<u8>> {
+        let row = self
+            .client()?
+            .query_opt(
+                "SELECT data FROM attachment_chunks WHERE hash = $1 AND idx = $2",
+                &[&&hash[..], &sql_counter(idx)],
+            )
+            .map_err(pg)?;
+        row.map(|r| r.get(0)).ok_or_else(|| Error::AttachmentNotFound { hash: shoaldb::util::hex(hash) })
+    }
+
+    fn attachment_received(&self, hash: &[u8; 32]) -> Result<u64> {
+        let row = self
+            .client()?
+            .query_one(
+                "SELECT coalesce(max(offset_bytes + length(data)), 0)::bigint FROM attachment_parts WHERE hash = $1",
+                &[&&hash[..]],
+            )
+            .map_err(pg)?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    fn read_attachment_received(&self, hash: &[u8; 32], offset: u64) -> Result<Option<Vec<u8>>> {
+        let row = self
+            .client()?
+            .query_opt(
+                "SELECT offset_bytes, data FROM attachment_parts WHERE hash = $1 AND offset_bytes <= $2 \
+                 ORDER BY offset_bytes DESC LIMIT 1",
+                &[&&hash[..], &sql_counter(offset)],
+            )
+            .map_err(pg)?;
+        Ok(row.and_then(|r| {
+            let start = r.get::<_, i64>(0) as u64;
+            let mut data: Vec<u8> = r.get(1);
+            let skip = usize::try_from(offset - start).ok()?;
+            (skip < data.len()).then(|| data.split_off(skip))
+        }))
+    }
+
+    fn forget_attachment_received_from(&self, hash: &[u8; 32], offset: u64) -> Result<()> {
+        self.client()?
+            .execute(
+                "DELETE FROM attachment_parts WHERE hash = $1 AND offset_bytes >= $2",
+                &[&&hash[..], &sql_counter(offset)],
+            )
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    fn attachments_received(&self, max: usize) -> Result<Vec<[u8; 32]>> {
+        let rows =
+            self.client()?.query("SELECT DISTINCT hash FROM attachment_parts LIMIT $1", &[&limit(max)]).map_err(pg)?;
+        Ok(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).collect())
+    }
+
+    fn receive_attachment_part(&self, hash: &[u8; 32], offset: u64, data: &[u8]) -> Result<u64> {
+        let have = self.attachment_received(hash)?;
+        if offset != have {
+            return Err(Error::AttachmentCorrupt {
+                hash: shoaldb::util::hex(hash),
+                reason: format!("part at {offset}, expected {have}"),
+            });
+        }
+        if !data.is_empty() {
+            self.client()?
+                .execute(
+                    "INSERT INTO attachment_parts (hash, offset_bytes, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&&hash[..], &sql_counter(offset), &data],
+                )
+                .map_err(pg)?;
+        }
+        Ok(have + data.len() as u64)
+    }
+
+    fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()> {
+        let corrupt = |reason: String| Error::AttachmentCorrupt { hash: shoaldb::util::hex(hash), reason };
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        // Stream the parts in order: hash them and cut them into chunks, one part in memory at a time.
+        let parts = tx
+            .query("SELECT offset_bytes FROM attachment_parts WHERE hash = $1 ORDER BY offset_bytes", &[&&hash[..]])
+            .map_err(pg)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut chunk = Vec::with_capacity(CHUNK_SIZE);
+        let (mut idx, mut len) = (0i64, 0u64);
+        let mut result = Ok(());
+        for p in parts {
+            let offset: i64 = p.get(0);
+            if offset as u64 != len {
+                result = Err(corrupt(format!("a gap in the received bytes at {len}")));
+                break;
+            }
+            let data: Vec<u8> = tx
+                .query_one(
+                    "SELECT data FROM attachment_parts WHERE hash = $1 AND offset_bytes = $2",
+                    &[&&hash[..], &offset],
+                )
+                .map_err(pg)?
+                .get(0);
+            hasher.update(&data);
+            len += data.len() as u64;
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let take = (CHUNK_SIZE - chunk.len()).min(rest.len());
+                chunk.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if chunk.len() == CHUNK_SIZE {
+                    tx.execute(
+                        "INSERT INTO attachment_chunks (hash, idx, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        &[&&hash[..], &idx, &chunk],
+                    )
+                    .map_err(pg)?;
+                    chunk.clear();
+                    idx += 1;
+                }
+            }
+        }
+        if result.is_ok() && len != total {
+            result = Err(corrupt(format!("{len} of {total} bytes received")));
+        }
+        if result.is_ok() && hasher.finalize().as_bytes() != hash {
+            result = Err(corrupt("received bytes do not match the hash".into()));
+        }
+        if let Err(e) = result {
+            drop(tx);
+            // Rolled back; the bytes that do not match go, so the next fetch starts afresh.
+            client.execute("DELETE FROM attachment_parts WHERE hash = $1", &[&&hash[..]]).map_err(pg)?;
+            return Err(e);
+        }
+        if !chunk.is_empty() {
+            tx.execute(
+                "INSERT INTO attachment_chunks (hash, idx, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&&hash[..], &idx, &chunk],
+            )
+            .map_err(pg)?;
+        }
+        tx.execute(
+            "INSERT INTO attachments (hash, len) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&&hash[..], &sql_counter(total)],
+        )
+        .map_err(pg)?;
+        tx.execute("DELETE FROM attachment_parts WHERE hash = $1", &[&&hash[..]]).map_err(pg)?;
+        tx.commit().map_err(pg)?;
+        Ok(())
+    }
+
+    fn keep_revocation_lists(&self, lists: &[Vec<u8>]) -> Result<()> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        tx.execute("DELETE FROM revocation_lists", &[]).map_err(pg)?;
+        for (i, list) in lists.iter().enumerate() {
+            let idx = i32::try_from(i).unwrap_or(i32::MAX);
+            tx.execute("INSERT INTO revocation_lists (idx, list) VALUES ($1, $2)", &[&idx, list]).map_err(pg)?;
+        }
+        tx.commit().map_err(pg)
+    }
+
+    fn keep_certificate(&self, device: PeerId, chain: &[u8]) -> Result<()> {
+        self.client()?
+            .execute(
+                "INSERT INTO certificates (device, chain) VALUES ($1, $2) \
+                 ON CONFLICT (device) DO UPDATE SET chain = excluded.chain",
+                &[&(device.0 as i64), &chain],
+            )
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    fn certificate(&self, device: PeerId) -> Result<Option<Vec<u8>>> {
+        let row = self
+            .client()?
+            .query_opt("SELECT chain FROM certificates WHERE device = $1", &[&(device.0 as i64)])
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}

@@ -1,0 +1,139 @@
+//! The cloud's PostgreSQL schema, as versioned, forward-only migrations.
+//!
+//! Every relay runs [`migrate`] when it starts. The migrations run in one transaction under a transaction-level
+//! advisory lock, so relays starting at once apply each migration exactly once (the others wait, then find it
+//! applied); a database at a version newer than this relay knows is refused, so an old relay never writes into a
+//! schema it does not understand.
+
+use crate::CloudError;
+
+/// The schema version this relay writes (the number of migrations below).
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// The advisory lock key under which migrations run ("shoal" in ASCII).
+const MIGRATION_LOCK: i64 = 0x73686f616c;
+
+/// The migrations, in order: migration `n` (1-based) moves the schema from version `n - 1` to `n`. Never edit one
+/// that has shipped; add another.
+const MIGRATIONS: &[&str] = &[
+    // 1: the change log, the merged documents, changes waiting for their dependencies, equivocation evidence,
+    // attachments, certificates and device settings.
+    r#"
+    -- Every change held, as received (the bytes its author signed). `seq` orders the log (causal within a document:
+    -- a change is logged after every change it depends on) and is the cursor other relays follow.
+    CREATE TABLE changes (
+        seq        bigserial PRIMARY KEY,
+        author     bigint NOT NULL,
+        start_ctr  bigint NOT NULL,
+        end_ctr    bigint NOT NULL,
+        doc        bigint NOT NULL,
+        hash       bytea  NOT NULL,
+        body       bytea  NOT NULL,
+        sig        bytea,
+        UNIQUE (author, start_ctr)
+    );
+    CREATE INDEX changes_by_doc ON changes (doc, seq);
+
+    -- What is held of each author: its counter ranges (a postcard-encoded range set), one row per author.
+    CREATE TABLE held (
+        author bigint PRIMARY KEY,
+        ranges bytea  NOT NULL
+    );
+
+    -- Each document's merged state (the CRDT, encoded exactly as a phone encodes it) and its JSON view (for
+    -- queries in SQL; a string holding U+0000, which JSONB cannot, holds U+FFFD there instead). `num` is the
+    -- document's number in this database, which the change log refers to.
+    CREATE TABLE docs (
+        num        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        collection text   NOT NULL,
+        doc_id     text   NOT NULL,
+        state      bytea  NOT NULL,
+        view       jsonb,
+        UNIQUE (collection, doc_id)
+    );
+    CREATE INDEX docs_view ON docs USING GIN (view jsonb_path_ops);
+
+    -- Changes whose dependencies have not arrived.
+    CREATE TABLE pending (
+        author     bigint NOT NULL,
+        start_ctr  bigint NOT NULL,
+        collection text   NOT NULL,
+        doc_id     text   NOT NULL,
+        body       bytea  NOT NULL,
+        sig        bytea,
+        received   timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (author, start_ctr)
+    );
+    CREATE INDEX pending_by_doc ON pending (collection, doc_id);
+    CREATE INDEX pending_by_age ON pending (received);
+
+    -- Proof that an author made two different changes at one counter: both, with their signatures.
+    CREATE TABLE equivocations (
+        author      bigint NOT NULL,
+        counter     bigint NOT NULL,
+        held        bytea  NOT NULL,
+        held_sig    bytea,
+        refused     bytea  NOT NULL,
+        refused_sig bytea,
+        noticed     timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (author, counter)
+    );
+
+    -- Attachments: whole ones in chunks, and parts received while a fetch is under way.
+    CREATE TABLE attachments (
+        hash bytea  PRIMARY KEY,
+        len  bigint NOT NULL
+    );
+    CREATE TABLE attachment_chunks (
+        hash bytea  NOT NULL,
+        idx  bigint NOT NULL,
+        data bytea  NOT NULL,
+        PRIMARY KEY (hash, idx)
+    );
+    CREATE TABLE attachment_parts (
+        hash   bytea  NOT NULL,
+        offset_bytes bigint NOT NULL,
+        data   bytea  NOT NULL,
+        PRIMARY KEY (hash, offset_bytes)
+    );
+
+    -- Certificate chains of signing devices, and the revocation lists held (one per issuer).
+    CREATE TABLE certificates (
+        device bigint PRIMARY KEY,
+        chain  bytea  NOT NULL
+    );
+    CREATE TABLE revocation_lists (
+        idx  int   PRIMARY KEY,
+        list bytea NOT NULL
+    );
+    "#,
+];
+
+/// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory
+/// lock (several relays may start at once). Returns the version found before.
+///
+/// # Errors
+/// [`CloudError::SchemaTooNew`] when the database is at a version this relay does not know (a newer relay
+/// migrated it); [`CloudError::Postgres`] when PostgreSQL fails (nothing is changed).
+pub fn migrate(client: &mut postgres::Client) -> Result<i32, CloudError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS shoal_schema (
+             version    int PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )?;
+    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM shoal_schema", &[])?.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(CloudError::SchemaTooNew { found, known: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        log::info!("migrating the cloud schema to version {version}");
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO shoal_schema (version) VALUES ($1)", &[&version])?;
+    }
+    tx.commit()?;
+    Ok(found)
+}

@@ -1,0 +1,155 @@
+//! The PostgreSQL replica against a phone's SQLite store: the same changes, delivered in the same random chunks
+//! (out of causal order, with duplicates), must give the same apply reports, the same summary and byte-identical
+//! merged documents, for every field type and nesting; the log it serves rebuilds the same state elsewhere; and an
+//! equivocation is refused alone and kept as evidence, as on a phone.
+//!
+//! `SHOAL_CLOUD_SEEDS` sets the number of seeds (default 4).
+
+mod common;
+#[path = "../../tests/common/edits.rs"]
+mod edits;
+#[path = "../../tests/common/random_edits.rs"]
+mod random_edits;
+
+use shoaldb::store::Replica as _;
+use shoaldb::util::rng::SeededRng;
+use shoaldb::{DocChange, Op, Store, Summary};
+use shoaldb_cloud::PgReplica;
+
+const COLLECTIONS: &[&str] = &["tasks", "notes"];
+const PHONES: usize = 3;
+
+fn seeds() -> u64 {
+    std::env::var("SHOAL_CLOUD_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4)
+}
+
+/// Every document either replica could hold.
+fn all_docs() -> impl Iterator<Item = (&'static str, String)> {
+    COLLECTIONS.iter().flat_map(|c| (0..random_edits::DOC_IDS as u64).map(move |i| (*c, random_edits::doc_id(i))))
+}
+
+/// The changes of three phones that edit at random and sync among themselves at random, in the order each phone
+/// logged them.
+fn phone_changes(rng: &mut SeededRng) -> Vec<DocChange> {
+    let phones: Vec<Store> = (0..PHONES).map(|_| Store::open(":memory:").unwrap()).collect();
+    for _ in 0..12 {
+        for phone in &phones {
+            for _ in 0..rng.below(4) {
+                let edit = random_edits::draw_edit(rng, COLLECTIONS);
+                random_edits::apply_edit(phone, &edit);
+            }
+        }
+        let (a, b) = (rng.below(PHONES as u64) as usize, rng.below(PHONES as u64) as usize);
+        if a != b {
+            let missing = phones[a].replica().changes_since(&phones[b].replica().summary().unwrap()).unwrap();
+            phones[b].replica().apply_changes(&missing).unwrap();
+        }
+    }
+    phones.iter().flat_map(|p| p.replica().changes_since(&Summary::new()).unwrap()).collect()
+}
+
+/// `changes`, shuffled, with some repeated, cut into chunks.
+fn chunks(rng: &mut SeededRng, changes: &[DocChange]) -> Vec<Vec<DocChange>> {
+    let mut all: Vec<DocChange> = changes.to_vec();
+    for _ in 0..changes.len() / 4 {
+        all.push(changes[rng.below(changes.len() as u64) as usize].clone());
+    }
+    rng.shuffle(&mut all);
+    let mut out = Vec::new();
+    while !all.is_empty() {
+        let n = (1 + rng.below(12) as usize).min(all.len());
+        out.push(all.drain(..n).collect());
+    }
+    out
+}
+
+/// The reference store and the cloud replica hold the same thing, byte for byte.
+fn assert_same(seed: u64, phone: &Store, cloud: &PgReplica) {
+    assert_eq!(phone.replica().summary().unwrap(), cloud.summary().unwrap(), "seed {seed}: summaries");
+    for (c, id) in all_docs() {
+        let mine = phone.document(c, &id).unwrap();
+        let theirs = cloud.document(c, &id).unwrap();
+        assert_eq!(
+            mine.as_ref().map(|d| d.encode()),
+            theirs.as_ref().map(|d| d.encode()),
+            "seed {seed}: {c}/{id} state"
+        );
+        let view = theirs.as_ref().and_then(|d| d.view(&id));
+        assert_eq!(phone.get(c, &id).unwrap(), view, "seed {seed}: {c}/{id} view");
+    }
+}
+
+#[test]
+fn the_cloud_merges_exactly_as_a_phone_does() {
+    let Some(_) = common::server() else { return };
+    for seed in 0..seeds() {
+        let url = common::fresh_database().unwrap();
+        let cloud = PgReplica::connect(&url, 2).unwrap();
+        let reference = Store::open(":memory:").unwrap();
+        let mut rng = SeededRng::new(seed);
+        let changes = phone_changes(&mut rng);
+        assert!(!changes.is_empty());
+        let mut pending_seen = false;
+        for chunk in chunks(&mut rng, &changes) {
+            let want = reference.replica().apply_changes(&chunk).unwrap();
+            let got = cloud.apply_changes(&chunk).unwrap();
+            pending_seen |= want.pending > 0;
+            assert_eq!(got, want, "seed {seed}: the apply reports differ");
+        }
+        assert!(pending_seen, "seed {seed}: the shuffle put no change before its dependencies");
+        assert_same(seed, &reference, &cloud);
+        // The log the cloud serves rebuilds the same state in a fresh phone, and changes_since a full summary is
+        // nothing.
+        let fresh = Store::open(":memory:").unwrap();
+        fresh.replica().apply_changes(&cloud.changes_since(&Summary::new()).unwrap()).unwrap();
+        assert_same(seed, &fresh, &cloud);
+        assert!(cloud.changes_since(&cloud.summary().unwrap()).unwrap().is_empty());
+        // Part of the log: what a phone that holds half of it lacks.
+        let half = Store::open(":memory:").unwrap();
+        half.replica().apply_changes(&changes[..changes.len() / 2]).unwrap();
+        let missing = cloud.changes_since(&half.replica().summary().unwrap()).unwrap();
+        half.replica().apply_changes(&missing).unwrap();
+        assert_same(seed, &half, &cloud);
+    }
+}
+
+#[test]
+fn an_equivocation_is_refused_alone_and_kept_as_evidence() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 2).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "a", "title": "honest"})).unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "b", "title": "other"})).unwrap();
+    let honest = phone.replica().changes_since(&Summary::new()).unwrap();
+    // The same author and counters, other content: a forgery of the first change.
+    let mut forged = honest[0].clone();
+    for op in &mut forged.change.ops {
+        if let Op::Set { value, .. } = op {
+            *value = shoaldb::Scalar::Str("forged".into());
+        }
+    }
+    assert_ne!(forged.change, honest[0].change);
+    let report = cloud.apply_changes(&[honest[0].clone(), forged.clone(), honest[1].clone()]).unwrap();
+    assert_eq!((report.applied, report.refused), (2, 1), "{report:?}");
+    assert_eq!(cloud.equivocations(10).unwrap(), vec![(forged.change.peer, forged.change.start)]);
+    let view = cloud.document("tasks", "a").unwrap().and_then(|d| d.view("a")).unwrap();
+    assert_eq!(view["title"], "honest");
+    // Sent again later: still refused, the honest change still a duplicate.
+    let again = cloud.apply_changes(&[forged, honest[0].clone()]).unwrap();
+    assert_eq!((again.refused, again.duplicates, again.applied), (1, 1, 0), "{again:?}");
+}
+
+#[test]
+fn a_malformed_change_fails_the_batch_and_writes_nothing() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "a", "title": "x"})).unwrap();
+    let mut changes = phone.replica().changes_since(&Summary::new()).unwrap();
+    let mut bad = changes[0].clone();
+    bad.collection = String::new();
+    changes.push(bad);
+    assert!(cloud.apply_changes(&changes).is_err());
+    assert!(cloud.summary().unwrap().is_empty());
+    assert!(cloud.document("tasks", "a").unwrap().is_none());
+}
