@@ -16,12 +16,12 @@ use postgres::Transaction;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value as Json;
 use shoaldb::crdt::change::Change;
-use shoaldb::security::{ChangeCheck, ChangeSignature, RefusalReason, Refused};
+use shoaldb::security::{ChangeCheck, ChangeSignature};
+use shoaldb::store::judge::{self, DocKey, Judged, KeptAside, Ledger, LoggedChange, LoggedEncoding, PendingChange};
 use shoaldb::store::{
-    change_hash, check_collection, check_doc_id, LogEntry, RangeSet, CHANGE_HASH_BYTES, CHUNK_SIZE,
-    MAX_EQUIVOCATION_RECORDS, MAX_PENDING_CHANGES, MAX_PENDING_PER_AUTHOR,
+    check_collection, check_doc_id, LogEntry, RangeSet, CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_EQUIVOCATION_RECORDS,
 };
-use shoaldb::{Applied, ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
+use shoaldb::{ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -140,17 +140,11 @@ impl PgReplica {
         for (space, key) in keys {
             tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&space, &key]).map_err(pg)?;
         }
-        let mut batch = Batch {
-            tx: &mut tx,
-            docs: BTreeMap::new(),
-            held: BTreeMap::new(),
-            added: BTreeMap::new(),
-            report: ApplyReport::default(),
-        };
+        let mut batch = Batch { tx: &mut tx, docs: BTreeMap::new(), held: BTreeMap::new(), judged: Judged::default() };
         for dc in changes {
-            batch.apply_one(dc, check)?;
+            judge::receive(&mut batch, dc, check)?;
         }
-        let report = std::mem::take(&mut batch.report);
+        let report = std::mem::take(&mut batch.judged.report);
         let last = batch.persist()?;
         if let Some(seq) = last {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &seq.to_string()]).map_err(pg)?;
@@ -180,120 +174,22 @@ fn limit(max: usize) -> i64 {
     i64::try_from(max).unwrap_or(i64::MAX)
 }
 
-/// A change as the log keeps it.
-#[derive(Clone)]
-struct NewChange {
-    author: PeerId,
-    start: u64,
-    end: u64,
-    hash: [u8; CHANGE_HASH_BYTES],
-    body: Vec<u8>,
-    sig: Option<Vec<u8>>,
-}
-
-impl NewChange {
-    fn of(dc: &DocChange) -> NewChange {
-        let body = dc.change.encode();
-        NewChange {
-            author: dc.change.peer,
-            start: dc.change.start,
-            end: dc.change.end(),
-            hash: change_hash(&dc.collection, &dc.doc_id, &body),
-            body,
-            sig: dc.signature.as_ref().map(ChangeSignature::encode),
-        }
-    }
-}
-
 /// A document of a batch: its state and the changes the batch applied to it.
 struct BatchDoc {
     doc: Document,
-    new_changes: Vec<NewChange>,
-    /// Pending rows of this document the batch took out (applied, or dropped).
-    drained: Vec<(PeerId, u64)>,
+    new_changes: Vec<LoggedChange>,
 }
 
-/// A document's (collection, id).
-type DocKey = (String, String);
-
-/// Whether the database holds a change.
-enum Held {
-    No,
-    Same,
-    Conflict,
-}
-
-/// One batch being applied, inside its transaction.
+/// One batch being applied, inside its transaction: the [`Ledger`] the shared rules of `shoaldb` judge it with.
 struct Batch<'t, 'c> {
     tx: &'t mut Transaction<'c>,
-    docs: BTreeMap<(String, String), BatchDoc>,
-    /// What is held of each author the batch looked at (loaded on first use, written back at the end).
+    docs: BTreeMap<DocKey, BatchDoc>,
+    /// What is held of each author the batch looked at (loaded on first use; written back when changed).
     held: BTreeMap<PeerId, (RangeSet, bool)>,
-    /// Changes applied in this batch, by (author, start): (end, hash, document).
-    added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
-    report: ApplyReport,
+    judged: Judged,
 }
 
 impl Batch<'_, '_> {
-    fn apply_one(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> Result<()> {
-        let logged = NewChange::of(dc);
-        match self.held_as(&dc.collection, &dc.doc_id, &logged)? {
-            Held::Same => {
-                self.report.duplicates += 1;
-                return Ok(());
-            }
-            Held::Conflict => {
-                self.report.refused += 1;
-                return Ok(());
-            }
-            Held::No => {}
-        }
-        let c = &dc.change;
-        let readiness = self.doc(&dc.collection, &dc.doc_id)?.doc.readiness(c);
-        match readiness {
-            Err(e) => {
-                log::warn!("refused change {}:{} of {}/{}: {e}", c.peer, c.start, dc.collection, dc.doc_id);
-                self.report.refused += 1;
-            }
-            Ok(Applied::Duplicate) => self.report.duplicates += 1,
-            Ok(Applied::NotReady) => {
-                if self.keep_pending(dc, &logged)? {
-                    self.report.pending += 1;
-                } else {
-                    self.report.refused += 1;
-                }
-            }
-            Ok(Applied::Applied) => {
-                if let Err(reason) = self.may_write(dc, check) {
-                    self.report.refuse(Refused::of(dc, reason));
-                    return Ok(());
-                }
-                self.doc(&dc.collection, &dc.doc_id)?.doc.apply(c)?;
-                self.log_applied(&dc.collection, &dc.doc_id, logged);
-                self.report.applied += 1;
-                self.drain_pending(&dc.collection, &dc.doc_id, check)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The document `collection/id` of the batch, loaded on first use (empty when the database lacks it).
-    fn doc(&mut self, collection: &str, id: &str) -> Result<&mut BatchDoc> {
-        let key = (collection.to_string(), id.to_string());
-        if !self.docs.contains_key(&key) {
-            let row = self
-                .tx
-                .query_opt("SELECT state FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
-                .map_err(pg)?;
-            let doc = match row {
-                Some(r) => Document::decode(r.get(0))?,
-                None => Document::new(),
-            };
-            self.docs.insert(key.clone(), BatchDoc { doc, new_changes: Vec::new(), drained: Vec::new() });
-        }
-        self.docs.get_mut(&key).ok_or_else(|| Error::Corrupt("batch document vanished".into()))
-    }
-
     /// The ranges held of `author` (locked by the batch).
     fn ranges(&mut self, author: PeerId) -> Result<&mut (RangeSet, bool)> {
         if !self.held.contains_key(&author) {
@@ -308,307 +204,18 @@ impl Batch<'_, '_> {
         self.held.get_mut(&author).ok_or_else(|| Error::Corrupt("held ranges vanished".into()))
     }
 
-    /// Whether `logged` (of document `collection/id`) is held, none of its counters are, or another change holds
-    /// some of them: an equivocation of its author, recorded with both versions.
-    fn held_as(&mut self, collection: &str, id: &str, logged: &NewChange) -> Result<Held> {
-        let (author, start, end) = (logged.author, logged.start, logged.end);
-        if !self.ranges(author)?.0.overlaps(start, end) {
-            return Ok(Held::No);
-        }
-        // The held change with the greatest start at or before `end`: applied in this batch, or logged.
-        let in_batch = self.added.range(..=(author, end)).next_back().filter(|((p, _), _)| *p == author);
-        let in_batch = in_batch.map(|(&(_, s), (e, h, key))| (s, *e, *h, Some(key.clone())));
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT start_ctr, end_ctr, hash FROM changes WHERE author = $1 AND start_ctr <= $2 \
-                 ORDER BY start_ctr DESC LIMIT 1",
-                &[&(author.0 as i64), &sql_counter(end)],
-            )
-            .map_err(pg)?;
-        let logged_before = row.map(|r| {
-            let hash: &[u8] = r.get(2);
-            let mut h = [0u8; CHANGE_HASH_BYTES];
-            if hash.len() == CHANGE_HASH_BYTES {
-                h.copy_from_slice(hash);
-            }
-            (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64, h, None)
-        });
-        let existing = match (in_batch, logged_before) {
-            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        if existing.as_ref().is_some_and(|&(s, e, h, _)| s == start && e == end && h == logged.hash) {
-            return Ok(Held::Same);
-        }
-        let held: (Vec<u8>, Option<Vec<u8>>) = match &existing {
-            Some((s, _, _, Some(key))) => self
-                .docs
-                .get(key)
-                .and_then(|d| d.new_changes.iter().find(|l| l.author == author && l.start == *s))
-                .map(|l| (wire(&key.0, &key.1, &l.body), l.sig.clone()))
-                .unwrap_or_default(),
-            Some((s, _, _, None)) => self
-                .tx
-                .query_opt(
-                    "SELECT d.collection, d.doc_id, c.body, c.sig FROM changes c JOIN docs d ON d.num = c.doc \
-                     WHERE c.author = $1 AND c.start_ctr = $2",
-                    &[&(author.0 as i64), &sql_counter(*s)],
-                )
-                .map_err(pg)?
-                .map(|r| (wire(r.get(0), r.get(1), r.get(2)), r.get(3)))
-                .unwrap_or_default(),
-            None => Default::default(),
-        };
-        log::warn!(
-            "equivocation: author {author} made two different changes at counters {start}..={end}; refused {collection}/{id}'s"
-        );
-        self.record_equivocation(author, start, held, (wire(collection, id, &logged.body), logged.sig.clone()))?;
-        Ok(Held::Conflict)
-    }
-
-    /// Keep the evidence of an equivocation (at most [`MAX_EQUIVOCATION_RECORDS`] of them).
-    fn record_equivocation(
-        &mut self,
-        author: PeerId,
-        counter: u64,
-        held: (Vec<u8>, Option<Vec<u8>>),
-        refused: (Vec<u8>, Option<Vec<u8>>),
-    ) -> Result<()> {
-        let n: i64 = self.tx.query_one("SELECT count(*) FROM equivocations", &[]).map_err(pg)?.get(0);
-        if n >= limit(MAX_EQUIVOCATION_RECORDS) {
-            return Ok(());
-        }
-        self.tx
-            .execute(
-                "INSERT INTO equivocations (author, counter, held, held_sig, refused, refused_sig) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&(author.0 as i64), &sql_counter(counter), &held.0, &held.1, &refused.0, &refused.1],
-            )
-            .map_err(pg)?;
-        Ok(())
-    }
-
-    /// Whether `check` (if any) lets `dc`'s author write it, its dependencies being here.
-    fn may_write(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> Result<(), RefusalReason> {
-        match check {
-            None => Ok(()),
-            Some(check) => check.may_write(dc, &mut || self.doc_as_seen(&dc.collection, &dc.doc_id, &dc.change)),
-        }
-    }
-
-    /// The document as the author of `c` saw it: its view at `c`'s dependencies, or, if it did not exist then, as
-    /// `c` makes it (see [`ChangeCheck::may_write`]).
-    fn doc_as_seen(&mut self, collection: &str, id: &str, c: &Change) -> Result<Option<Json>> {
-        let current = self.doc(collection, id)?;
-        let mut doc = if current.doc.version() == &c.deps {
-            if let Some(view) = current.doc.view(id) {
-                return Ok(Some(view));
-            }
-            current.doc.clone()
-        } else {
-            let in_batch: Vec<Vec<u8>> = current.new_changes.iter().map(|l| l.body.clone()).collect();
-            let rows = self
-                .tx
-                .query(
-                    "SELECT c.body FROM changes c JOIN docs d ON d.num = c.doc \
-                     WHERE d.collection = $1 AND d.doc_id = $2 ORDER BY c.seq",
-                    &[&collection, &id],
-                )
-                .map_err(pg)?;
-            let mut doc = Document::new();
-            for body in rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).chain(in_batch) {
-                let earlier = Change::decode(&body)?;
-                if earlier.end() <= c.deps.get(earlier.peer) {
-                    doc.apply(&earlier)?;
-                }
-            }
-            if let Some(view) = doc.view(id) {
-                return Ok(Some(view));
-            }
-            doc
-        };
-        doc.apply(c)?;
-        Ok(doc.view(id))
-    }
-
-    /// Record a change just applied to a document of the batch.
-    fn log_applied(&mut self, collection: &str, id: &str, logged: NewChange) {
-        let key = (collection.to_string(), id.to_string());
-        if let Some(held) = self.held.get_mut(&logged.author) {
-            held.0.insert(logged.start, logged.end);
-            held.1 = true;
-        }
-        self.added.insert((logged.author, logged.start), (logged.end, logged.hash, key.clone()));
-        if let Some(d) = self.docs.get_mut(&key) {
-            d.new_changes.push(logged);
-        }
-    }
-
-    /// Keep a change whose dependencies have not arrived, within the per-author quota and the total cap (when full,
-    /// the author holding most gives up its highest counter, as on a phone). Returns `false` when another change
-    /// for the same author and counter is pending already (an equivocation: recorded, and this one refused).
-    fn keep_pending(&mut self, dc: &DocChange, logged: &NewChange) -> Result<bool> {
-        let author = logged.author.0 as i64;
-        let mine: i64 =
-            self.tx.query_one("SELECT count(*) FROM pending WHERE author = $1", &[&author]).map_err(pg)?.get(0);
-        if mine >= limit(MAX_PENDING_PER_AUTHOR) {
-            log::warn!(
-                "author {} has {mine} changes pending already; dropping {}:{}",
-                logged.author,
-                logged.author,
-                logged.start
-            );
-            return Ok(true);
-        }
-        let total: i64 = self.tx.query_one("SELECT count(*) FROM pending", &[]).map_err(pg)?.get(0);
-        if total >= limit(MAX_PENDING_CHANGES) {
-            let largest = self
-                .tx
-                .query_opt("SELECT author, count(*) FROM pending GROUP BY author ORDER BY 2 DESC LIMIT 1", &[])
-                .map_err(pg)?;
-            match largest {
-                Some(r) if r.get::<_, i64>(1) > mine + 1 => {
-                    let big: i64 = r.get(0);
-                    self.tx
-                        .execute(
-                            "DELETE FROM pending WHERE author = $1 AND start_ctr = \
-                             (SELECT max(start_ctr) FROM pending WHERE author = $1)",
-                            &[&big],
-                        )
-                        .map_err(pg)?;
-                }
-                _ => {
-                    log::warn!("pending changes full; dropping {}:{}", logged.author, logged.start);
-                    return Ok(true);
-                }
-            }
-        }
-        let n = self
-            .tx
-            .execute(
-                "INSERT INTO pending (author, start_ctr, collection, doc_id, body, sig) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT DO NOTHING",
-                &[&author, &sql_counter(logged.start), &dc.collection, &dc.doc_id, &logged.body, &logged.sig],
-            )
-            .map_err(pg)?;
-        if n == 0 {
-            let r = self
-                .tx
-                .query_one(
-                    "SELECT collection, doc_id, body, sig FROM pending WHERE author = $1 AND start_ctr = $2",
-                    &[&author, &sql_counter(logged.start)],
-                )
-                .map_err(pg)?;
-            let (collection, id, body): (String, String, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
-            if body != logged.body || collection != dc.collection || id != dc.doc_id {
-                log::warn!(
-                    "equivocation: author {} made two different changes at counter {} (both pending); keeping the first",
-                    logged.author,
-                    logged.start
-                );
-                let held = (wire(&collection, &id, &body), r.get(3));
-                let refused = (wire(&dc.collection, &dc.doc_id, &logged.body), logged.sig.clone());
-                self.record_equivocation(logged.author, logged.start, held, refused)?;
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Apply the pending changes of one document that have become ready, until none is.
-    fn drain_pending(&mut self, collection: &str, id: &str, check: Option<&dyn ChangeCheck>) -> Result<()> {
-        loop {
-            let rows = self
-                .tx
-                .query(
-                    "SELECT author, start_ctr, body, sig FROM pending WHERE collection = $1 AND doc_id = $2 \
-                     ORDER BY author, start_ctr",
-                    &[&collection, &id],
-                )
-                .map_err(pg)?;
-            let mut progressed = false;
-            for r in rows {
-                let (author, start) = (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1) as u64);
-                if self.doc(collection, id)?.drained.contains(&(author, start)) {
-                    continue;
-                }
-                let body: Vec<u8> = r.get(2);
-                let sig: Option<Vec<u8>> = r.get(3);
-                let drop_row = match Change::decode(&body) {
-                    Err(e) => {
-                        log::warn!("dropping corrupt pending change {author}:{start}: {e}");
-                        true
-                    }
-                    Ok(change) => {
-                        let signature = sig.as_deref().and_then(ChangeSignature::decode);
-                        let dc = DocChange { collection: collection.into(), doc_id: id.into(), change, signature };
-                        let logged = NewChange::of(&dc);
-                        match self.held_as(collection, id, &logged)? {
-                            Held::Same => true,
-                            Held::Conflict => {
-                                self.report.refused += 1;
-                                self.report.pending = self.report.pending.saturating_sub(1);
-                                true
-                            }
-                            Held::No => {
-                                let ready = self.doc(collection, id)?.doc.readiness(&dc.change);
-                                let refusal = match ready {
-                                    Ok(Applied::Applied) => self.may_write(&dc, check).err(),
-                                    _ => None,
-                                };
-                                let applied = match refusal {
-                                    Some(reason) => {
-                                        self.report.pending = self.report.pending.saturating_sub(1);
-                                        self.report.refuse(Refused::of(&dc, reason));
-                                        Ok(Applied::Duplicate)
-                                    }
-                                    None => self.doc(collection, id)?.doc.apply(&dc.change),
-                                };
-                                match applied {
-                                    Ok(Applied::Applied) => {
-                                        self.log_applied(collection, id, logged);
-                                        self.report.applied += 1;
-                                        self.report.pending = self.report.pending.saturating_sub(1);
-                                        progressed = true;
-                                        true
-                                    }
-                                    Ok(Applied::Duplicate) => true,
-                                    Ok(Applied::NotReady) => false,
-                                    Err(e) => {
-                                        log::warn!(
-                                            "dropping pending change {author}:{start} of {collection}/{id}: {e}"
-                                        );
-                                        true
-                                    }
-                                }
-                            }
-                        }
-                    }
-                };
-                if drop_row {
-                    self.doc(collection, id)?.drained.push((author, start));
-                }
-            }
-            if !progressed {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Write the batch: each touched document's state and view, its new changes in the log, the pending rows it
-    /// took out, the authors' ranges. Returns the last log `seq` written, if any.
+    /// Write the batch: each touched document's state and view, its new changes in the log, the authors' ranges.
+    /// Returns the last log `seq` written, if any.
     fn persist(&mut self) -> Result<Option<i64>> {
         let mut last = None;
+        let insert = self
+            .tx
+            .prepare(
+                "INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING seq",
+            )
+            .map_err(pg)?;
         for ((collection, id), d) in &self.docs {
-            for (author, start) in &d.drained {
-                self.tx
-                    .execute(
-                        "DELETE FROM pending WHERE author = $1 AND start_ctr = $2",
-                        &[&(author.0 as i64), &sql_counter(*start)],
-                    )
-                    .map_err(pg)?;
-            }
             if d.new_changes.is_empty() {
                 continue;
             }
@@ -624,22 +231,15 @@ impl Batch<'_, '_> {
                 )
                 .map_err(pg)?
                 .get(0);
-            let insert = self
-                .tx
-                .prepare(
-                    "INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING seq",
-                )
-                .map_err(pg)?;
             for c in &d.new_changes {
                 let params: [&(dyn ToSql + Sync); 7] = [
-                    &(c.author.0 as i64),
+                    &(c.peer.0 as i64),
                     &sql_counter(c.start),
                     &sql_counter(c.end),
                     &num,
                     &&c.hash[..],
                     &c.body,
-                    &c.sig,
+                    &c.signature,
                 ];
                 if let Some(r) = self.tx.query_opt(&insert, &params).map_err(pg)? {
                     last = last.max(Some(r.get::<_, i64>(0)));
@@ -660,6 +260,195 @@ impl Batch<'_, '_> {
                 .map_err(pg)?;
         }
         Ok(last)
+    }
+}
+
+impl Ledger for Batch<'_, '_> {
+    fn judged(&mut self) -> &mut Judged {
+        &mut self.judged
+    }
+
+    fn admit(&mut self, _dc: &DocChange) -> Result<bool> {
+        // The cloud evicts nothing, and writes nothing of its own that a clock would order.
+        Ok(true)
+    }
+
+    fn doc(&mut self, collection: &str, id: &str) -> Result<&mut Document> {
+        let key = (collection.to_string(), id.to_string());
+        if !self.docs.contains_key(&key) {
+            let row = self
+                .tx
+                .query_opt("SELECT state FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
+                .map_err(pg)?;
+            let doc = match row {
+                Some(r) => Document::decode(r.get(0))?,
+                None => Document::new(),
+            };
+            self.docs.insert(key.clone(), BatchDoc { doc, new_changes: Vec::new() });
+        }
+        Ok(&mut self.docs.get_mut(&key).ok_or_else(|| Error::Corrupt("batch document vanished".into()))?.doc)
+    }
+
+    fn new_changes(&self, collection: &str, id: &str) -> &[LoggedChange] {
+        self.docs.get(&(collection.to_string(), id.to_string())).map_or(&[], |d| &d.new_changes)
+    }
+
+    fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
+        Ok(self.ranges(author)?.0.overlaps(start, end))
+    }
+
+    fn logged_before(&mut self, author: PeerId, counter: u64) -> Result<Option<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT start_ctr, end_ctr, hash FROM changes WHERE author = $1 AND start_ctr <= $2 \
+                 ORDER BY start_ctr DESC LIMIT 1",
+                &[&(author.0 as i64), &sql_counter(counter)],
+            )
+            .map_err(pg)?;
+        Ok(row.map(|r| {
+            // Written by a relay from the change itself; a row of another length cannot match any change.
+            let hash = <[u8; CHANGE_HASH_BYTES]>::try_from(r.get::<_, &[u8]>(2)).unwrap_or_default();
+            (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64, hash)
+        }))
+    }
+
+    fn logged_change(&mut self, author: PeerId, start: u64) -> Result<LoggedEncoding> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT d.collection, d.doc_id, c.body, c.sig FROM changes c JOIN docs d ON d.num = c.doc \
+                 WHERE c.author = $1 AND c.start_ctr = $2",
+                &[&(author.0 as i64), &sql_counter(start)],
+            )
+            .map_err(pg)?;
+        Ok(row.map_or((None, None), |r| (Some(wire(r.get(0), r.get(1), r.get(2))), r.get(3))))
+    }
+
+    fn logged_bodies(&mut self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT c.body FROM changes c JOIN docs d ON d.num = c.doc \
+                 WHERE d.collection = $1 AND d.doc_id = $2 ORDER BY c.seq",
+                &[&collection, &id],
+            )
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn record_equivocation(
+        &mut self,
+        author: PeerId,
+        counter: u64,
+        held: (&[u8], Option<&[u8]>),
+        refused: (&[u8], Option<&[u8]>),
+    ) -> Result<()> {
+        let n: i64 = self.tx.query_one("SELECT count(*) FROM equivocations", &[]).map_err(pg)?.get(0);
+        if n >= limit(MAX_EQUIVOCATION_RECORDS) {
+            log::warn!("equivocation of author {author} at {counter} not recorded: {n} recorded already");
+            return Ok(());
+        }
+        self.tx
+            .execute(
+                "INSERT INTO equivocations (author, counter, held, held_sig, refused, refused_sig) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&(author.0 as i64), &sql_counter(counter), &held.0, &held.1, &refused.0, &refused.1],
+            )
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    fn pending_count(&mut self, author: PeerId) -> Result<usize> {
+        let n: i64 = self
+            .tx
+            .query_one("SELECT count(*) FROM pending WHERE author = $1", &[&(author.0 as i64)])
+            .map_err(pg)?
+            .get(0);
+        Ok(n.max(0) as usize)
+    }
+
+    fn pending_total(&mut self) -> Result<usize> {
+        let n: i64 = self.tx.query_one("SELECT count(*) FROM pending", &[]).map_err(pg)?.get(0);
+        Ok(n.max(0) as usize)
+    }
+
+    fn pending_largest(&mut self) -> Result<Option<(PeerId, usize)>> {
+        let row = self
+            .tx
+            .query_opt("SELECT author, count(*) FROM pending GROUP BY author ORDER BY 2 DESC, 1 LIMIT 1", &[])
+            .map_err(pg)?;
+        Ok(row.map(|r| (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1).max(0) as usize)))
+    }
+
+    fn pending_drop_highest(&mut self, author: PeerId) -> Result<Option<u64>> {
+        let row = self
+            .tx
+            .query_opt(
+                "DELETE FROM pending WHERE author = $1 AND start_ctr = \
+                 (SELECT max(start_ctr) FROM pending WHERE author = $1) RETURNING start_ctr",
+                &[&(author.0 as i64)],
+            )
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn pending_insert(&mut self, dc: &DocChange, logged: &LoggedChange) -> Result<Option<KeptAside>> {
+        let (author, start) = (logged.peer.0 as i64, sql_counter(logged.start));
+        let n = self
+            .tx
+            .execute(
+                "INSERT INTO pending (author, start_ctr, collection, doc_id, body, sig) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT DO NOTHING",
+                &[&author, &start, &dc.collection, &dc.doc_id, &logged.body, &logged.signature],
+            )
+            .map_err(pg)?;
+        if n > 0 {
+            return Ok(None);
+        }
+        let r = self
+            .tx
+            .query_one(
+                "SELECT collection, doc_id, body, sig FROM pending WHERE author = $1 AND start_ctr = $2",
+                &[&author, &start],
+            )
+            .map_err(pg)?;
+        Ok(Some((r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
+    fn pending_of(&mut self, collection: &str, id: &str) -> Result<Vec<PendingChange>> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT author, start_ctr, body, sig FROM pending WHERE collection = $1 AND doc_id = $2 \
+                 ORDER BY author, start_ctr",
+                &[&collection, &id],
+            )
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1) as u64, r.get(2), r.get(3)))
+            .collect())
+    }
+
+    fn pending_taken(&mut self, _collection: &str, _id: &str, author: PeerId, start: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM pending WHERE author = $1 AND start_ctr = $2",
+                &[&(author.0 as i64), &sql_counter(start)],
+            )
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    fn applied(&mut self, collection: &str, id: &str, logged: LoggedChange) {
+        if let Some(held) = self.held.get_mut(&logged.peer) {
+            held.0.insert(logged.start, logged.end);
+            held.1 = true;
+        }
+        if let Some(d) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
+            d.new_changes.push(logged);
+        }
     }
 }
 

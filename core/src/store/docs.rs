@@ -30,10 +30,14 @@ pub(crate) struct CachedDoc {
     pub parts: BTreeMap<Dot, String>,
 }
 
-/// A change applied to a document in a transaction, as it goes into the log.
-pub(crate) struct LoggedChange {
+/// A change as it goes into a log: applied to a document in a transaction, or kept aside.
+#[derive(Clone, Debug)]
+pub struct LoggedChange {
+    /// Its author.
     pub peer: PeerId,
+    /// Its first counter.
     pub start: u64,
+    /// Its last counter.
     pub end: u64,
     /// [`Change::encode`].
     pub body: Vec<u8>,
@@ -46,6 +50,7 @@ pub(crate) struct LoggedChange {
 }
 
 impl LoggedChange {
+    /// The change `c` of the document `collection/id`, unsigned.
     pub fn of(collection: &str, id: &str, c: &Change) -> LoggedChange {
         let body = c.encode();
         let digest = super::replicate::change_digest(collection, id, &body);

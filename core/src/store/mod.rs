@@ -12,6 +12,7 @@ mod encryption;
 mod equivocation;
 mod ids;
 mod inner;
+pub mod judge;
 mod observe;
 mod pending;
 mod replica;

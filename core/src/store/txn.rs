@@ -2,18 +2,18 @@
 
 use super::docs::{self, CachedDoc, DocKey};
 use super::inner::Inner;
+use super::judge::{self, Judged, KeptAside, LoggedChange, LoggedEncoding, PendingChange};
 use super::observe::{self, Queued};
-use super::pending::{MAX_PENDING_PER_AUTHOR, PENDING_MAX_AGE_MS};
-use super::replicate::{encode_doc_change, CHANGE_HASH_BYTES};
+use super::pending::PENDING_MAX_AGE_MS;
+use super::replicate::CHANGE_HASH_BYTES;
 use super::replicate::{ApplyReport, DocChange};
 use super::{check_collection, check_doc_id, ids};
-use crate::crdt::change::Change;
 use crate::crdt::clock::{PeerId, Timestamp};
-use crate::crdt::document::{Applied, DocEditor, Document};
+use crate::crdt::document::{DocEditor, Document};
 use crate::crdt::path::Path;
 use crate::crdt::value::Value;
 use crate::error::{Error, Result};
-use crate::security::{ChangeCheck, ChangeSignature, RefusalReason, Refused};
+use crate::security::{ChangeCheck, RefusalReason};
 use rusqlite::params;
 use serde_json::Value as Json;
 use std::collections::btree_map::Entry;
@@ -36,27 +36,13 @@ pub struct WriteTxn<'a> {
     inner: &'a mut Inner,
     docs: BTreeMap<DocKey, TxnDoc>,
     ts: Timestamp,
-    report: ApplyReport,
+    /// What judging the received changes recorded: changes applied (not in the log yet) and the report.
+    judged: Judged,
     /// Documents evicted in this transaction.
     evicted: Vec<DocKey>,
-    /// Changes received in this transaction (not in the log yet): (author, start) → (end, content hash, document).
-    added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
     /// A write failed in a way that leaves a document of the transaction changed in memory (a write the device's
     /// certificate does not allow): the transaction cannot commit, even if the caller carried on.
     failed: Option<(String, String, String)>,
-}
-
-/// A row of the `pending` table: author, first counter, the change's encoding, its signature's.
-type PendingRow = (i64, i64, Vec<u8>, Option<Vec<u8>>);
-
-/// How a received change relates to the changes the store holds of its author.
-enum Held {
-    /// None of its counters is held.
-    No,
-    /// It is held: the same change.
-    Same,
-    /// Some of its counters are held by another change: refused.
-    Conflict,
 }
 
 /// The JSON object of an upsert: `_id` is taken out (it names the document), the rest are fields.
@@ -75,15 +61,7 @@ fn fields_from_json(json: Json) -> Result<(Option<String>, Value)> {
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(inner: &'a mut Inner) -> Self {
         let ts = inner.clock.tick(inner.sources.now_ms());
-        WriteTxn {
-            inner,
-            docs: BTreeMap::new(),
-            ts,
-            report: ApplyReport::default(),
-            evicted: Vec::new(),
-            added: BTreeMap::new(),
-            failed: None,
-        }
+        WriteTxn { inner, docs: BTreeMap::new(), ts, judged: Judged::default(), evicted: Vec::new(), failed: None }
     }
 
     /// Take a document into the transaction (from the cache or the database); with `create`, an empty document
@@ -277,154 +255,7 @@ impl<'a> WriteTxn<'a> {
         c.validate()?;
         // Whether or not it is applied here, others may hold it: this store must not write at its counters.
         self.inner.notice_own_author(c.peer, c.end())?;
-        let logged = docs::LoggedChange::of(&dc.collection, &dc.doc_id, c).with_signature(dc.signature.as_ref());
-        match self.held(&dc.collection, &dc.doc_id, &logged)? {
-            Held::Same => {
-                self.report.duplicates += 1;
-                return Ok(());
-            }
-            Held::Conflict => {
-                self.report.refused += 1;
-                return Ok(());
-            }
-            Held::No => {}
-        }
-        if self.is_evicted(&dc.collection, &dc.doc_id) {
-            self.report.ignored_evicted += 1;
-            return Ok(());
-        }
-        if !self.inner.clock.observe(c.ts, self.inner.sources.now_ms()) {
-            log::warn!("change {}:{} has a timestamp beyond the allowed clock skew; the local clock was not moved past the bound", c.peer, c.start);
-        }
-        let td = self.doc_or_new(&dc.collection, &dc.doc_id)?;
-        match td.cached.doc.readiness(c) {
-            Err(e) => {
-                log::warn!("refused change {}:{} of {}/{}: {e}", c.peer, c.start, dc.collection, dc.doc_id);
-                self.report.refused += 1;
-            }
-            Ok(Applied::Duplicate) => self.report.duplicates += 1,
-            Ok(Applied::NotReady) => {
-                if self.keep_pending(dc, &logged)? {
-                    self.report.pending += 1;
-                } else {
-                    self.report.refused += 1;
-                }
-            }
-            Ok(Applied::Applied) => {
-                if let Err(reason) = self.may_write(dc, check) {
-                    self.report.refuse(Refused::of(dc, reason));
-                    return Ok(());
-                }
-                self.doc_or_new(&dc.collection, &dc.doc_id)?.cached.doc.apply_validated(c)?;
-                self.log_applied(&dc.collection, &dc.doc_id, logged);
-                self.report.applied += 1;
-                self.drain_pending(&dc.collection, &dc.doc_id, check)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `check` (if any) lets `dc`'s author write it, its dependencies being here.
-    fn may_write(&mut self, dc: &DocChange, check: Option<&dyn ChangeCheck>) -> std::result::Result<(), RefusalReason> {
-        match check {
-            None => Ok(()),
-            Some(check) => check.may_write(dc, &mut || self.doc_as_seen(&dc.collection, &dc.doc_id, &dc.change)),
-        }
-    }
-
-    /// The document `collection/id` as the author of `c` saw it (see [`ChangeCheck::may_write`]): its view at
-    /// `c`'s dependencies, or, if it did not exist then, as `c` makes it. When the document is at exactly those
-    /// dependencies (nothing concurrent arrived: the usual case) that is its current state; otherwise it is
-    /// rebuilt from its changes in the log that the dependencies cover.
-    fn doc_as_seen(&mut self, collection: &str, id: &str, c: &Change) -> Result<Option<Json>> {
-        let td = self.doc_or_new(collection, id)?;
-        let mut doc = if td.cached.doc.version() == &c.deps {
-            if let Some(view) = docs::view(&td.cached.doc, id) {
-                return Ok(Some(view));
-            }
-            td.cached.doc.clone()
-        } else {
-            let mut bodies: Vec<Vec<u8>> = match td.cached.row {
-                Some(row) => self
-                    .inner
-                    .conn
-                    .prepare_cached("SELECT body FROM changes WHERE doc = ?1 ORDER BY seq")?
-                    .query_map(params![row], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?,
-                None => Vec::new(),
-            };
-            let td = self.doc_or_new(collection, id)?;
-            bodies.extend(td.new_changes.iter().map(|l| l.body.clone()));
-            let mut doc = Document::new();
-            for body in bodies {
-                let earlier = Change::decode(&body)?;
-                if earlier.end() <= c.deps.get(earlier.peer) {
-                    doc.apply(&earlier)?;
-                }
-            }
-            if let Some(view) = docs::view(&doc, id) {
-                return Ok(Some(view));
-            }
-            doc
-        };
-        doc.apply(c)?;
-        Ok(docs::view(&doc, id))
-    }
-
-    /// Record a change just applied to a document of the transaction.
-    fn log_applied(&mut self, collection: &str, id: &str, logged: docs::LoggedChange) {
-        let key = (collection.to_string(), id.to_string());
-        self.inner.held.insert(logged.peer, logged.start, logged.end);
-        self.added.insert((logged.peer, logged.start), (logged.end, logged.hash, key.clone()));
-        if let Some(td) = self.docs.get_mut(&key) {
-            td.new_changes.push(logged);
-        }
-    }
-
-    /// Whether the store holds `logged` (of document `collection/id`), none of its counters, or another change for
-    /// some of them — an equivocation of its author, which is logged and recorded with both versions.
-    fn held(&mut self, collection: &str, id: &str, logged: &docs::LoggedChange) -> Result<Held> {
-        let (peer, start, end) = (logged.peer, logged.start, logged.end);
-        if !self.inner.held.overlaps(peer, start, end) {
-            return Ok(Held::No);
-        }
-        // The held change with the greatest start at or before `end`: received in this transaction, or logged.
-        let in_txn = self.added.range(..=(peer, end)).next_back().filter(|((p, _), _)| *p == peer);
-        let in_txn = in_txn.map(|(&(_, s), (e, h, key))| (s, *e, *h, Some(key.clone())));
-        let logged_before = self.inner.logged_change_before(peer, end)?.map(|h| (h.start, h.end, h.hash, None));
-        let existing = match (in_txn, logged_before) {
-            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        if existing.as_ref().is_some_and(|&(s, e, h, _)| s == start && e == end && h == logged.hash) {
-            return Ok(Held::Same);
-        }
-        let (held, held_sig) = match &existing {
-            Some((s, _, _, Some(key))) => self
-                .docs
-                .get(key)
-                .and_then(|td| {
-                    td.new_changes
-                        .iter()
-                        .find(|l| l.peer == peer && l.start == *s)
-                        .map(|l| (Some(encode_doc_change(&key.0, &key.1, &l.body)), l.signature.clone()))
-                })
-                .unwrap_or_default(),
-            Some((s, _, _, None)) => (self.inner.logged_encoding(peer, *s)?, self.inner.logged_signature(peer, *s)?),
-            None => (None, None),
-        };
-        log::warn!(
-            "equivocation: author {peer} made two different changes at counters {start}..={end} (held: {}); refused {collection}/{id}'s",
-            existing.map_or("an unknown change".to_string(), |(s, e, _, _)| format!("{s}..={e}"))
-        );
-        let refused = encode_doc_change(collection, id, &logged.body);
-        self.inner.record_equivocation(
-            peer,
-            start,
-            (&held.unwrap_or_default(), held_sig.as_deref()),
-            (&refused, logged.signature.as_deref()),
-        )?;
-        Ok(Held::Conflict)
+        judge::receive(self, dc, check)
     }
 
     /// A peer claims to hold `author` (this store's author when the claim was read) at `next` or beyond.
@@ -433,78 +264,6 @@ impl<'a> WriteTxn<'a> {
             self.inner.notice_own_author(author, next)?;
         }
         Ok(())
-    }
-
-    /// Keep a change whose dependencies have not arrived (`body`: its encoding), within the per-author quota and
-    /// the total cap, shared fairly (see [`super::pending`]). Returns `false` when another change for the same
-    /// author and counter is pending already (an equivocation: recorded, and this one refused).
-    fn keep_pending(&mut self, dc: &DocChange, logged: &docs::LoggedChange) -> Result<bool> {
-        let (body, sig) = (&logged.body[..], logged.signature.as_deref());
-        let c = &dc.change;
-        let mine = self.inner.pending.of(c.peer);
-        if mine >= MAX_PENDING_PER_AUTHOR {
-            log::warn!(
-                "author {} has {mine} changes pending already; dropping {}:{} (it will be sent again)",
-                c.peer,
-                c.peer,
-                c.start
-            );
-            return Ok(true);
-        }
-        if self.inner.pending.total() >= super::MAX_PENDING_CHANGES {
-            match self.inner.pending.largest() {
-                Some((big, rows)) if rows > mine + 1 => {
-                    // Make room at the expense of the largest holder: its highest counter goes.
-                    let conn = &self.inner.conn;
-                    let top: Option<i64> = conn
-                        .prepare_cached("SELECT max(start) FROM pending WHERE peer = ?1")?
-                        .query_row(params![big.0 as i64], |r| r.get(0))?;
-                    if let Some(top) = top {
-                        self.delete_pending(big, top)?;
-                        log::warn!(
-                            "pending changes full; dropped {big}:{top} (of the author holding most) for {}:{}",
-                            c.peer,
-                            c.start
-                        );
-                    }
-                }
-                _ => {
-                    log::warn!("pending changes full; dropping {}:{} (it will be sent again)", c.peer, c.start);
-                    return Ok(true);
-                }
-            }
-        }
-        let n = self
-            .inner
-            .conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, body, self.inner.sources.now_ms() as i64, sig])?;
-        self.inner.pending.add(c.peer, n);
-        if n == 0 {
-            // Already pending: the same change, or another one at the same counter (an equivocation).
-            let (held_doc, held_body, held_sig): (String, Vec<u8>, Option<Vec<u8>>) = self
-                .inner
-                .conn
-                .prepare_cached(
-                    "SELECT collection || char(0) || doc, body, sig FROM pending WHERE peer = ?1 AND start = ?2",
-                )?
-                .query_row(params![c.peer.0 as i64, c.start as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            if held_body != body || held_doc != format!("{}\0{}", dc.collection, dc.doc_id) {
-                let (collection, id) = held_doc.split_once('\0').unwrap_or_default();
-                log::warn!("equivocation: author {} made two different changes at counter {} (both pending); keeping the first", c.peer, c.start);
-                let held = encode_doc_change(collection, id, &held_body);
-                self.inner.record_equivocation(
-                    c.peer,
-                    c.start,
-                    (&held, held_sig.as_deref()),
-                    (&encode_doc_change(&dc.collection, &dc.doc_id, body), sig),
-                )?;
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Drop pending changes older than [`PENDING_MAX_AGE_MS`], oldest first, at most
@@ -542,93 +301,13 @@ impl<'a> WriteTxn<'a> {
         Ok(())
     }
 
-    /// Apply the pending changes of one document that have become ready, until none is.
-    fn drain_pending(&mut self, collection: &str, id: &str, check: Option<&dyn ChangeCheck>) -> Result<()> {
-        loop {
-            let rows: Vec<PendingRow> = self
-                .inner
-                .conn
-                .prepare_cached("SELECT peer, start, body, sig FROM pending WHERE collection = ?1 AND doc = ?2")?
-                .query_map(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut progressed = false;
-            for (peer, start, body, sig) in rows {
-                let drop_row = match Change::decode(&body) {
-                    Ok(c) => {
-                        let signature = sig.and_then(|s| ChangeSignature::decode(&s));
-                        let logged = docs::LoggedChange::of(collection, id, &c).with_signature(signature.as_ref());
-                        match self.held(collection, id, &logged)? {
-                            Held::Same => true,
-                            Held::Conflict => {
-                                self.report.refused += 1;
-                                self.report.pending = self.report.pending.saturating_sub(1);
-                                true
-                            }
-                            Held::No => {
-                                let dc = DocChange {
-                                    collection: collection.into(),
-                                    doc_id: id.into(),
-                                    change: c,
-                                    signature,
-                                };
-                                let td = self.doc_or_new(collection, id)?;
-                                let ready = td.cached.doc.readiness(&dc.change);
-                                let refusal = match ready {
-                                    Ok(Applied::Applied) => self.may_write(&dc, check).err(),
-                                    _ => None,
-                                };
-                                let td = self.doc_or_new(collection, id)?;
-                                let applied = match refusal {
-                                    Some(reason) => {
-                                        self.report.pending = self.report.pending.saturating_sub(1);
-                                        self.report.refuse(Refused::of(&dc, reason));
-                                        Ok(Applied::Duplicate)
-                                    }
-                                    None => td.cached.doc.apply_validated(&dc.change),
-                                };
-                                match applied {
-                                    Ok(Applied::Applied) => {
-                                        self.log_applied(collection, id, logged);
-                                        self.report.applied += 1;
-                                        self.report.pending = self.report.pending.saturating_sub(1);
-                                        progressed = true;
-                                        true
-                                    }
-                                    Ok(Applied::Duplicate) => true,
-                                    Ok(Applied::NotReady) => false,
-                                    Err(e) => {
-                                        log::warn!("dropping pending change {peer}:{start} of {collection}/{id}: {e}");
-                                        true
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        log::warn!("dropping corrupt pending change {peer}:{start}: {e}");
-                        true
-                    }
-                };
-                if drop_row {
-                    self.delete_pending(PeerId(peer as u64), start)?;
-                    if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
-                        td.from_pending.push((peer as u64, start as u64));
-                    }
-                }
-            }
-            if !progressed {
-                return Ok(());
-            }
-        }
-    }
-
     /// Whether the transaction changed anything.
     pub(crate) fn wrote(&self) -> bool {
         !self.evicted.is_empty() || self.docs.values().any(|td| !td.new_changes.is_empty())
     }
 
     pub(crate) fn take_report(&mut self) -> ApplyReport {
-        std::mem::take(&mut self.report)
+        std::mem::take(&mut self.judged.report)
     }
 
     /// Write everything to the database (inside the open SQLite transaction) and compute observer events. The
@@ -755,5 +434,138 @@ impl<'a> WriteTxn<'a> {
         check_collection(collection)?;
         check_doc_id(id)?;
         Ok(self.doc(collection, id)?.map(|td| td.cached.doc.clone()))
+    }
+}
+
+impl judge::Ledger for WriteTxn<'_> {
+    fn judged(&mut self) -> &mut Judged {
+        &mut self.judged
+    }
+
+    fn admit(&mut self, dc: &DocChange) -> Result<bool> {
+        if self.is_evicted(&dc.collection, &dc.doc_id) {
+            self.judged.report.ignored_evicted += 1;
+            return Ok(false);
+        }
+        let c = &dc.change;
+        if !self.inner.clock.observe(c.ts, self.inner.sources.now_ms()) {
+            log::warn!("change {}:{} has a timestamp beyond the allowed clock skew; the local clock was not moved past the bound", c.peer, c.start);
+        }
+        Ok(true)
+    }
+
+    fn doc(&mut self, collection: &str, id: &str) -> Result<&mut Document> {
+        Ok(&mut self.doc_or_new(collection, id)?.cached.doc)
+    }
+
+    fn new_changes(&self, collection: &str, id: &str) -> &[LoggedChange] {
+        self.docs.get(&(collection.to_string(), id.to_string())).map_or(&[], |td| &td.new_changes)
+    }
+
+    fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
+        Ok(self.inner.held.overlaps(author, start, end))
+    }
+
+    fn logged_before(&mut self, author: PeerId, counter: u64) -> Result<Option<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {
+        Ok(self.inner.logged_change_before(author, counter)?.map(|h| (h.start, h.end, h.hash)))
+    }
+
+    fn logged_change(&mut self, author: PeerId, start: u64) -> Result<LoggedEncoding> {
+        Ok((self.inner.logged_encoding(author, start)?, self.inner.logged_signature(author, start)?))
+    }
+
+    fn logged_bodies(&mut self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {
+        let Some(row) = self.doc_or_new(collection, id)?.cached.row else { return Ok(Vec::new()) };
+        Ok(self
+            .inner
+            .conn
+            .prepare_cached("SELECT body FROM changes WHERE doc = ?1 ORDER BY seq")?
+            .query_map(params![row], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn record_equivocation(
+        &mut self,
+        author: PeerId,
+        counter: u64,
+        held: (&[u8], Option<&[u8]>),
+        refused: (&[u8], Option<&[u8]>),
+    ) -> Result<()> {
+        self.inner.record_equivocation(author, counter, held, refused)
+    }
+
+    fn pending_count(&mut self, author: PeerId) -> Result<usize> {
+        Ok(self.inner.pending.of(author))
+    }
+
+    fn pending_total(&mut self) -> Result<usize> {
+        Ok(self.inner.pending.total())
+    }
+
+    fn pending_largest(&mut self) -> Result<Option<(PeerId, usize)>> {
+        Ok(self.inner.pending.largest())
+    }
+
+    fn pending_drop_highest(&mut self, author: PeerId) -> Result<Option<u64>> {
+        let top: Option<i64> = self
+            .inner
+            .conn
+            .prepare_cached("SELECT max(start) FROM pending WHERE peer = ?1")?
+            .query_row(params![author.0 as i64], |r| r.get(0))?;
+        if let Some(top) = top {
+            self.delete_pending(author, top)?;
+        }
+        Ok(top.map(|t| t as u64))
+    }
+
+    fn pending_insert(&mut self, dc: &DocChange, logged: &LoggedChange) -> Result<Option<KeptAside>> {
+        let c = &dc.change;
+        let now = self.inner.sources.now_ms() as i64;
+        let n = self
+            .inner
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO pending (peer, start, collection, doc, body, received, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![c.peer.0 as i64, c.start as i64, dc.collection, dc.doc_id, logged.body, now, logged.signature])?;
+        self.inner.pending.add(c.peer, n);
+        if n > 0 {
+            return Ok(None);
+        }
+        let held = self
+            .inner
+            .conn
+            .prepare_cached("SELECT collection, doc, body, sig FROM pending WHERE peer = ?1 AND start = ?2")?
+            .query_row(params![c.peer.0 as i64, c.start as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+        Ok(Some(held))
+    }
+
+    fn pending_of(&mut self, collection: &str, id: &str) -> Result<Vec<PendingChange>> {
+        let rows = self
+            .inner
+            .conn
+            .prepare_cached("SELECT peer, start, body, sig FROM pending WHERE collection = ?1 AND doc = ?2")?
+            .query_map(params![collection, id], |r| {
+                Ok((PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn pending_taken(&mut self, collection: &str, id: &str, author: PeerId, start: u64) -> Result<()> {
+        self.delete_pending(author, start as i64)?;
+        if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
+            td.from_pending.push((author.0, start));
+        }
+        Ok(())
+    }
+
+    fn applied(&mut self, collection: &str, id: &str, logged: LoggedChange) {
+        self.inner.held.insert(logged.peer, logged.start, logged.end);
+        if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
+            td.new_changes.push(logged);
+        }
     }
 }
