@@ -48,3 +48,15 @@ pub enum CloudError {
     #[error("identity: {0}")]
     Identity(#[from] shoaldb::security::SecurityError),
 }
+
+/// An error with its causes, for logs (`db error: ERROR: relation "x" does not exist` rather than `db error`).
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

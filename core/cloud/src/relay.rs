@@ -133,13 +133,13 @@ fn follow(url: &str, node: &ReplicaNode, stop: &AtomicBool) {
         let mut client = match postgres::Client::connect(url, postgres::NoTls) {
             Ok(client) => client,
             Err(e) => {
-                log::warn!("following the other relays: {e}; retrying");
+                log::warn!("following the other relays: {}; retrying", crate::describe(&e));
                 std::thread::sleep(FOLLOW_RETRY);
                 continue;
             }
         };
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")) {
-            log::warn!("following the other relays: {e}; retrying");
+            log::warn!("following the other relays: {}; retrying", crate::describe(&e));
             std::thread::sleep(FOLLOW_RETRY);
             continue;
         }
@@ -153,7 +153,7 @@ fn follow(url: &str, node: &ReplicaNode, stop: &AtomicBool) {
                     Ok(Some(_)) => node.replica_changed(),
                     Ok(None) => break,
                     Err(e) => {
-                        log::warn!("following the other relays: {e}; reconnecting");
+                        log::warn!("following the other relays: {}; reconnecting", crate::describe(&e));
                         break 'listening;
                     }
                 }

@@ -34,9 +34,9 @@ pub const CHANGES_CHANNEL: &str = "shoal_changes";
 /// How many log rows one round trip reads while collecting changes a peer lacks.
 const LOG_PAGE: i64 = 512;
 
-/// A PostgreSQL failure, as the replica seam reports it.
+/// A PostgreSQL failure, as the replica seam reports it: with its causes (a bare `db error` says nothing).
 fn pg(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::Backend(e.into())
+    Error::Backend(crate::describe(&*e.into()).into())
 }
 
 /// A [`Replica`] kept in PostgreSQL. Cheap to clone (clones share the pool); any number of them, in any number of

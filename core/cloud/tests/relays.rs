@@ -3,27 +3,15 @@
 
 mod common;
 
+use shoaldb::enrolment::{self, Validity};
 use shoaldb::node::{Node, NodeConfig};
-use shoaldb::security::AppSecret;
+use shoaldb::security::{AppSecret, Grant, Identity, SigningKey};
 use shoaldb::{Query, Store};
 use shoaldb_cloud::{Relay, RelayConfig};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 const PHONES: usize = 3;
 const DOCS_EACH: usize = 5;
-
-/// Wait until `f` holds, up to a minute (a slow, shared machine).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 fn secret() -> AppSecret {
     AppSecret::from_bytes(b"shoal cloud test").unwrap()
@@ -66,7 +54,7 @@ async fn phones_on_two_relays_of_one_database_converge_byte_identical() {
         phones.push((store, node));
     }
     let expect = PHONES * DOCS_EACH;
-    eventually("every phone holds every task and every visit", || {
+    common::eventually("every phone holds every task and every visit", || {
         phones.iter().all(|(s, _)| {
             s.find("tasks", &Query::all()).is_ok_and(|d| d.len() == expect)
                 && s.get("board", "shared").ok().flatten().is_some_and(|b| b["visits"] == PHONES as i64)
@@ -96,4 +84,104 @@ async fn phones_on_two_relays_of_one_database_converge_byte_identical() {
     for r in relays {
         r.shutdown().await;
     }
+}
+
+/// A phone in development mode, dialling `via` (and nothing else).
+async fn phone(dir: &tempfile::TempDir, name: &str, via: &[SocketAddr]) -> (Store, Node) {
+    let store = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
+    let mut config = NodeConfig::new(name, secret()).with_mdns(false);
+    config.connect = via.to_vec();
+    let node = Node::start(store.clone(), config).await.unwrap();
+    (store, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_meshes_that_never_meet_converge_through_the_cloud() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let relays = [relay(&url).await, relay(&url).await];
+    let dir = tempfile::tempdir().unwrap();
+    // Two meshes: in each, a gateway phone linked to a relay (a different one for each mesh) and a phone linked
+    // only to its gateway (listening on loopback as LAN peers do).
+    let mut meshes = Vec::new();
+    for (m, r) in relays.iter().enumerate() {
+        let store = Store::open(dir.path().join(format!("gateway{m}.db"))).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = NodeConfig::new(format!("gateway {m}"), secret())
+            .with_mdns(false)
+            .listen_on(any)
+            .connect_to(r.listen_addr().unwrap());
+        let gateway = Node::start(store.clone(), config).await.unwrap();
+        let inner = phone(&dir, &format!("inner{m}"), &[gateway.listen_addr().unwrap()]).await;
+        inner.0.upsert("notes", serde_json::json!({"_id": format!("from mesh {m}"), "text": "hello"})).unwrap();
+        meshes.push(((store, gateway), inner));
+    }
+    common::eventually("each mesh's inner phone holds the other mesh's note", || {
+        meshes.iter().all(|(_, (inner, _))| inner.find("notes", &Query::all()).is_ok_and(|d| d.len() == 2))
+    })
+    .await;
+    for ((_, gateway), (_, inner)) in &meshes {
+        inner.shutdown().await;
+        gateway.shutdown().await;
+    }
+    for r in relays {
+        r.shutdown().await;
+    }
+}
+
+/// The app authority's certificate for a device whose keys are in `store`, with `grants`; returns its enrolment
+/// (and installs it there).
+fn enrol(store: &Store, authority: &SigningKey, serial: u64, grants: &[&str]) -> shoaldb::security::Enrolment {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let request = enrolment::request(store, &format!("device {serial}")).unwrap();
+    let grants: Vec<Grant> = grants.iter().map(|g| Grant::parse(g).unwrap()).collect();
+    let c = enrolment::issue(authority, &request, serial, grants, Validity::days_from(now - 86_400_000, 30)).unwrap();
+    enrolment::install(store, &[c], &[authority.verifying_key()]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_receives_from_the_cloud_only_what_its_certificate_lets_it_read() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    // The relay is an enrolled device: its keys were made for it (here in a store of their own) and certified.
+    let keys = Store::open(dir.path().join("relay-keys.db")).unwrap();
+    let relay_enrolment = enrol(&keys, &authority, 1, &["read *", "write *"]);
+    let identity: Identity = shoaldb::node::device_identity(&keys).unwrap();
+    let mut config = RelayConfig::new(&url, "127.0.0.1:0".parse().unwrap(), relay_enrolment);
+    config.identity = Some(identity);
+    let relay = Relay::start(config).await.unwrap();
+    let via = relay.listen_addr().unwrap();
+
+    let start = |name: &str, serial: u64, grants: &'static [&'static str]| {
+        let store = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
+        let e = enrol(&store, &authority, serial, grants);
+        let config = NodeConfig::new(name, e).with_mdns(false).connect_to(via);
+        (store, config)
+    };
+    let (writer, config) = start("writer", 2, &["read *", "write *"]);
+    let writer_node = Node::start(writer.clone(), config).await.unwrap();
+    for i in 0..5 {
+        writer.upsert("tasks", serde_json::json!({"_id": format!("t{i}"), "title": "public"})).unwrap();
+        writer.upsert("payroll", serde_json::json!({"_id": format!("p{i}"), "salary": 1000 + i})).unwrap();
+    }
+    let (reader, config) = start("reader", 3, &["read tasks", "write tasks"]);
+    let reader_node = Node::start(reader.clone(), config).await.unwrap();
+    common::eventually("the reader holds every task", || {
+        reader.find("tasks", &Query::all()).is_ok_and(|d| d.len() == 5)
+    })
+    .await;
+    // The cloud holds the payroll (its certificate reads everything) …
+    let cloud = relay.replica().clone();
+    let in_cloud = tokio::task::spawn_blocking(move || cloud.document("payroll", "p0")).await.unwrap().unwrap();
+    assert!(in_cloud.is_some(), "the relay took in the payroll");
+    // … and sent none of it to the reader, now or after a few more rounds of sync.
+    reader.upsert("tasks", serde_json::json!({"_id": "from reader", "title": "x"})).unwrap();
+    common::eventually("the writer holds the reader's task", || {
+        writer.get("tasks", "from reader").is_ok_and(|d| d.is_some())
+    })
+    .await;
+    assert_eq!(reader.find("payroll", &Query::all()).unwrap().len(), 0, "the reader received the payroll");
+    reader_node.shutdown().await;
+    writer_node.shutdown().await;
+    relay.shutdown().await;
 }

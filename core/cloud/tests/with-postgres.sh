@@ -69,6 +69,8 @@ done
 export SHOAL_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/postgres"
 export SHOAL_TEST_PG_BIN="$bin"
 export SHOAL_TEST_PG_DATA="$dir/data"
+# Who must run pg_ctl on that cluster (empty: this user).
+export SHOAL_TEST_PG_USER="${pg_user:-}"
 echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $dir/data)"
 set +e
 "$@"

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         let relay = match Relay::start(config).await {
             Ok(relay) => relay,
             Err(e) => {
-                log::error!("{e}");
+                log::error!("{}", shoaldb_cloud::describe(&e));
                 return ExitCode::FAILURE;
             }
         };

@@ -31,14 +31,41 @@ pub fn fresh_database() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
-/// Wait until `f` holds, up to a minute (a slow, shared machine); panics with `what` if it never does.
-pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Wait until `f` holds, checking every few milliseconds, up to 90 s (a slow, shared machine); panics with `what`
+/// if it never does.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         if f() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Run `pg_ctl` with `args` on the test server's cluster, as the user that owns it.
+pub fn pg_ctl(args: &[&str]) {
+    let bin = std::env::var("SHOAL_TEST_PG_BIN").expect("SHOAL_TEST_PG_BIN (set by with-postgres.sh)");
+    let data = std::env::var("SHOAL_TEST_PG_DATA").expect("SHOAL_TEST_PG_DATA (set by with-postgres.sh)");
+    let log = std::path::Path::new(&data).with_file_name("server.log");
+    let pg_ctl = format!("{bin}/pg_ctl");
+    let user = std::env::var("SHOAL_TEST_PG_USER").unwrap_or_default();
+    let mut cmd = if user.is_empty() {
+        std::process::Command::new(&pg_ctl)
+    } else {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", &user, "--", &pg_ctl]);
+        c
+    };
+    let log = log.to_string_lossy().into_owned();
+    cmd.args(["-D", &data, "-l", &log, "-w", "-t", "60"]).args(args);
+    let status = cmd.stdout(std::process::Stdio::null()).status().expect("run pg_ctl");
+    assert!(status.success(), "pg_ctl {args:?} failed");
+}
+
+/// The number of documents of `collection` the database at `url` holds.
+pub fn docs_in(url: &str, collection: &str) -> Option<i64> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).ok()?;
+    client.query_one("SELECT count(*) FROM docs WHERE collection = $1", &[&collection]).ok().map(|r| r.get(0))
 }
