@@ -267,13 +267,19 @@ pub fn load(store: &Store) -> Result<Option<Enrolment>, NodeError> {
 /// # Errors
 /// [`NodeError::Store`] if the store fails.
 pub(crate) fn take_kept_revocations(enrolment: &mut Enrolment, store: &Store) -> Result<(), NodeError> {
-    for list in store.revocation_lists()? {
-        // Lists were checked when taken in; one the pinned authorities no longer cover is dropped.
-        if let Ok(list) = RevocationList::decode(&list) {
+    accept_kept_revocations(enrolment, &store.revocation_lists()?);
+    Ok(())
+}
+
+/// Takes revocation lists kept by a replica (encoded, as [`crate::Replica::keep_revocation_lists`] got them) into
+/// `enrolment`. Lists were checked when taken in; one that no longer decodes or that the pinned authorities no
+/// longer cover is dropped.
+pub fn accept_kept_revocations(enrolment: &mut Enrolment, lists: &[Vec<u8>]) {
+    for list in lists {
+        if let Ok(list) = RevocationList::decode(list) {
             let _ = enrolment.accept_revocations(list);
         }
     }
-    Ok(())
 }
 
 /// Takes in a revocation list (from the authority, or received from a peer) on an enrolled device, persisted so

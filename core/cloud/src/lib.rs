@@ -44,6 +44,12 @@ pub enum CloudError {
     /// The sync transport could not start (the listening address is taken, …).
     #[error(transparent)]
     Lan(#[from] shoaldb::transport::lan::LanError),
+    /// The replica failed while the relay started (reading what it keeps in PostgreSQL).
+    #[error("replica: {0}")]
+    Replica(#[from] shoaldb::Error),
+    /// The relay's keys or certificate could not be read.
+    #[error("the relay's keys: {0}")]
+    Keys(String),
     /// The device identity could not be made.
     #[error("identity: {0}")]
     Identity(#[from] shoaldb::security::SecurityError),

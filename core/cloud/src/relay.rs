@@ -73,12 +73,20 @@ impl Relay {
         let replica = tokio::task::spawn_blocking(move || PgReplica::connect(&url, connections))
             .await
             .map_err(|e| CloudError::Config(format!("connecting: {e}")))??;
+        // Revocations taken in by any relay hold for this one from its first link.
+        let mut access = config.access.clone();
+        if let Access::Certificates(enrolment) = &mut access {
+            let kept = replica.clone();
+            let lists = tokio::task::spawn_blocking(move || kept.revocation_lists())
+                .await
+                .map_err(|e| CloudError::Config(format!("reading revocation lists: {e}")))??;
+            shoaldb::enrolment::accept_kept_revocations(enrolment, &lists);
+        }
         let identity = match config.identity {
             Some(identity) => identity,
             None => Identity::generate()?,
         };
-        let node_config =
-            NodeConfig::new(config.name.clone(), config.access.clone()).with_mdns(false).listen_on(config.listen);
+        let node_config = NodeConfig::new(config.name.clone(), access).with_mdns(false).listen_on(config.listen);
         let node = ReplicaNode::start(replica.clone(), identity, node_config).await.map_err(|e| match e {
             shoaldb::NodeError::Lan(e) => CloudError::Lan(e),
             other => CloudError::Config(other.to_string()),

@@ -16,10 +16,12 @@ use postgres::Transaction;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value as Json;
 use shoaldb::crdt::change::Change;
+use shoaldb::security::certificate::ReadRules;
 use shoaldb::security::{ChangeCheck, ChangeSignature};
 use shoaldb::store::judge::{self, DocKey, Judged, KeptAside, Ledger, LoggedChange, LoggedEncoding, PendingChange};
 use shoaldb::store::{
-    check_collection, check_doc_id, LogEntry, RangeSet, CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_EQUIVOCATION_RECORDS,
+    attachment_hashes, check_collection, check_doc_id, LogEntry, RangeSet, CHANGE_HASH_BYTES, CHUNK_SIZE,
+    MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS,
 };
 use shoaldb::{ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::BTreeMap;
@@ -101,6 +103,12 @@ impl PgReplica {
             .query_opt("SELECT state FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
             .map_err(pg)?;
         row.map(|r| Document::decode(r.get(0)).map_err(Error::from)).transpose()
+    }
+
+    /// The revocation lists kept ([`Replica::keep_revocation_lists`]), encoded.
+    pub fn revocation_lists(&self) -> Result<Vec<Vec<u8>>> {
+        let rows = self.client()?.query("SELECT list FROM revocation_lists ORDER BY idx", &[]).map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// The equivocations recorded: (author, counter) of each, at most `max`.
@@ -220,7 +228,12 @@ impl Batch<'_, '_> {
                 continue;
             }
             let state = d.doc.encode();
-            let view = d.doc.view(id).map(jsonb_safe).map(postgres::types::Json);
+            let view = d.doc.view(id);
+            let hashes: Vec<[u8; 32]> = match &view {
+                Some(v) => attachment_hashes(&v.to_string()).collect(),
+                None => Vec::new(),
+            };
+            let view = view.map(jsonb_safe).map(postgres::types::Json);
             let num: i64 = self
                 .tx
                 .query_one(
@@ -231,6 +244,14 @@ impl Batch<'_, '_> {
                 )
                 .map_err(pg)?
                 .get(0);
+            for hash in &hashes {
+                self.tx
+                    .execute(
+                        "INSERT INTO attachment_refs (hash, doc) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&&hash[..], &num],
+                    )
+                    .map_err(pg)?;
+            }
             for c in &d.new_changes {
                 let params: [&(dyn ToSql + Sync); 7] = [
                     &(c.peer.0 as i64),
@@ -794,6 +815,30 @@ impl Replica for PgReplica {
             tx.execute("INSERT INTO revocation_lists (idx, list) VALUES ($1, $2)", &[&idx, list]).map_err(pg)?;
         }
         tx.commit().map_err(pg)
+    }
+
+    fn attachment_readable(&self, hash: &[u8; 32], rules: &ReadRules) -> Result<bool> {
+        // The documents that name the hash (an index lookup), each checked against the rules, at most
+        // MAX_ATTACHMENT_READ_CHECKS of them; a document's view from its state (exact, as the rules see it).
+        let rows = self
+            .client()?
+            .query(
+                "SELECT d.collection, d.doc_id, d.state FROM attachment_refs r JOIN docs d ON d.num = r.doc \
+                 WHERE r.hash = $1 ORDER BY r.doc LIMIT $2",
+                &[&&hash[..], &limit(MAX_ATTACHMENT_READ_CHECKS)],
+            )
+            .map_err(pg)?;
+        for r in rows {
+            let (collection, id): (String, String) = (r.get(0), r.get(1));
+            // An unreadable state counts as absent.
+            let Ok(doc) = Document::decode(r.get(2)) else { continue };
+            if let Some(view) = doc.view(&id) {
+                if rules.may_read(&collection, Some(&view)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn keep_certificate(&self, device: PeerId, chain: &[u8]) -> Result<()> {

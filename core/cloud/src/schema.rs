@@ -107,6 +107,15 @@ const MIGRATIONS: &[&str] = &[
         list bytea NOT NULL
     );
     "#,
+    // 2: which documents name each attachment (now or before: their readers received the token), so that serving
+    // an attachment is checked against the documents that hold it with an index lookup.
+    r#"
+    CREATE TABLE attachment_refs (
+        hash bytea  NOT NULL,
+        doc  bigint NOT NULL,
+        PRIMARY KEY (hash, doc)
+    );
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

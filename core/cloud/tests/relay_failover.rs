@@ -7,43 +7,9 @@ mod common;
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::AppSecret;
 use shoaldb::{Query, Store};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 
 const SECRET: &[u8] = b"failover test secret";
 const DOCS: usize = 3000;
-
-/// A relay process, killed when dropped (a failing test leaves none behind).
-struct RelayProcess(Child);
-
-impl RelayProcess {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A `shoal-cloud` process on `url`; its address.
-fn spawn_relay(url: &str, secret_file: &std::path::Path) -> (RelayProcess, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-cloud"))
-        .args(["--postgres", url, "--listen", "127.0.0.1:0", "--secret-file"])
-        .arg(secret_file)
-        .env("SHOAL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start shoal-cloud");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
-    (RelayProcess(child), addr.parse().unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_phone_switches_relay_after_its_relay_is_killed_mid_catch_up() {
@@ -51,8 +17,10 @@ async fn a_phone_switches_relay_after_its_relay_is_killed_mid_catch_up() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, SECRET).unwrap();
-    let (mut a, addr_a) = spawn_relay(&url, &secret_file);
-    let (mut b, addr_b) = spawn_relay(&url, &secret_file);
+    let exe = env!("CARGO_BIN_EXE_shoal-cloud");
+    let args = [std::ffi::OsStr::new("--secret-file"), secret_file.as_os_str()];
+    let (mut a, addr_a) = common::spawn_relay(exe, &url, &args);
+    let (mut b, addr_b) = common::spawn_relay(exe, &url, &args);
     let secret = AppSecret::from_bytes(SECRET).unwrap();
 
     // A phone fills the cloud through relay A.

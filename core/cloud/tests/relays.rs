@@ -185,3 +185,60 @@ async fn a_device_receives_from_the_cloud_only_what_its_certificate_lets_it_read
     writer_node.shutdown().await;
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_one_relay_took_in_holds_for_a_relay_started_later() {
+    use shoaldb::security::Revocation;
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    let relay_on = |serial: u64| {
+        let keys = Store::open(dir.path().join(format!("relay{serial}.db"))).unwrap();
+        let e = enrol(&keys, &authority, serial, &["read *", "write *"]);
+        let mut config = RelayConfig::new(&url, "127.0.0.1:0".parse().unwrap(), e);
+        config.identity = Some(shoaldb::node::device_identity(&keys).unwrap());
+        config
+    };
+    let first = Relay::start(relay_on(1)).await.unwrap();
+    let device = |name: &str, serial: u64, via: SocketAddr| {
+        let store = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
+        let e = enrol(&store, &authority, serial, &["read *", "write *"]);
+        (store, NodeConfig::new(name, e).with_mdns(false).connect_to(via))
+    };
+    // An honest phone takes the authority's list revoking serial 9 and hands it to the first relay.
+    let (honest, config) = device("honest", 2, first.listen_addr().unwrap());
+    let honest_node = Node::start(honest.clone(), config).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let revoked = Revocation::Certificate { issuer: authority.verifying_key(), serial: 9 };
+    let list = enrolment::revoke(&authority, 1, now, vec![revoked]).unwrap();
+    honest_node.add_revocations(list).await.unwrap();
+    let kept = first.replica().clone();
+    common::eventually("the cloud keeps the list", move || {
+        tokio::task::block_in_place(|| kept.revocation_lists().is_ok_and(|l| l.len() == 1))
+    })
+    .await;
+    first.shutdown().await;
+
+    // A relay started afterwards refuses the revoked device at once, and serves an honest one.
+    let second = Relay::start(relay_on(3)).await.unwrap();
+    let via = second.listen_addr().unwrap();
+    let (lost, config) = device("lost", 9, via);
+    lost.upsert("tasks", serde_json::json!({"_id": "from the lost phone"})).unwrap();
+    let lost_node = Node::start(lost.clone(), config).await.unwrap();
+    let (other, config) = device("other", 4, via);
+    other.upsert("tasks", serde_json::json!({"_id": "from another phone"})).unwrap();
+    let other_node = Node::start(other.clone(), config).await.unwrap();
+    let cloud = second.replica().clone();
+    let has = move |id: &'static str| {
+        let cloud = cloud.clone();
+        move || tokio::task::block_in_place(|| cloud.document("tasks", id).is_ok_and(|d| d.is_some()))
+    };
+    common::eventually("the honest phone's task reaches the cloud", has("from another phone")).await;
+    // By then the revoked phone has had as long as the honest one to get its task through: it has not.
+    assert!(!has("from the lost phone")(), "a revoked device's change reached the cloud");
+    assert_eq!(other.get("tasks", "from the lost phone").unwrap(), None);
+    for node in [honest_node, lost_node, other_node] {
+        node.shutdown().await;
+    }
+    second.shutdown().await;
+}

@@ -153,3 +153,26 @@ fn a_malformed_change_fails_the_batch_and_writes_nothing() {
     assert!(cloud.summary().unwrap().is_empty());
     assert!(cloud.document("tasks", "a").unwrap().is_none());
 }
+
+#[test]
+fn the_attachment_read_check_finds_the_documents_naming_the_hash() {
+    use shoaldb::security::certificate::Permissions;
+    use shoaldb::security::Grant;
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    let plans = phone.put_attachment_bytes(b"the plans", Default::default()).unwrap();
+    let minutes = phone.put_attachment_bytes(b"the minutes", Default::default()).unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "t", "file": plans.to_json()})).unwrap();
+    // Deep in a note, and a note that only mentions the plans' hash in its text.
+    phone.upsert("notes", serde_json::json!({"_id": "n", "a": {"b": [1, minutes.to_json()]}})).unwrap();
+    let mention = format!("\"_attachment\":\"{}\"", plans.hash_hex());
+    phone.upsert("notes", serde_json::json!({"_id": "q", "text": mention})).unwrap();
+    cloud.apply_changes(&phone.replica().changes_since(&Summary::new()).unwrap()).unwrap();
+    let notes = Permissions::new(vec![Grant::parse("read notes").unwrap()]).read_rules(phone.peer_id());
+    let tasks = Permissions::new(vec![Grant::parse("read tasks").unwrap()]).read_rules(phone.peer_id());
+    assert!(!cloud.attachment_readable(&plans.hash, &notes).unwrap(), "named by a task only");
+    assert!(cloud.attachment_readable(&plans.hash, &tasks).unwrap());
+    assert!(cloud.attachment_readable(&minutes.hash, &notes).unwrap(), "named deep in a note");
+    assert!(!cloud.attachment_readable(&minutes.hash, &tasks).unwrap());
+}

@@ -353,8 +353,9 @@ pub(crate) fn save(
 /// string the quotes would be escaped, so only an object key `_attachment` with a string value reads so.
 const TOKEN_PREFIX: &str = "\"_attachment\":\"";
 
-/// The hashes of the attachment tokens in `json` (a rendered view or value).
-pub(crate) fn attachment_hashes(json: &str) -> impl Iterator<Item = [u8; 32]> + '_ {
+/// The hashes of the attachment tokens in `json` (a rendered view or value): what a replica indexes to find the
+/// documents that name an attachment.
+pub fn attachment_hashes(json: &str) -> impl Iterator<Item = [u8; 32]> + '_ {
     json.match_indices(TOKEN_PREFIX)
         .filter_map(|(at, _)| json.get(at + TOKEN_PREFIX.len()..at + TOKEN_PREFIX.len() + 64))
         .filter_map(crate::util::parse_hex::<32>)

@@ -23,7 +23,7 @@ mod txn;
 
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
-pub use docs::Quarantined;
+pub use docs::{attachment_hashes, Quarantined};
 pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
 pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
 pub use observe::{Callback, ChangeEvent};

@@ -1,25 +1,35 @@
 //! `shoal-cloud`: run one relay of Shoal's cloud peer.
 
 use shoaldb::security::AppSecret;
-use shoaldb_cloud::{Relay, RelayConfig};
+use shoaldb_cloud::{CloudError, Relay, RelayConfig};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage:
-  shoal-cloud --postgres URL --listen HOST:PORT --secret-file F [--name NAME] [--connections N]
+  shoal-cloud --postgres URL --listen HOST:PORT (--keys PATH | --secret-file F) [--name NAME] [--connections N]
       run a relay of the cloud peer on the PostgreSQL database URL (e.g. postgres://shoal@127.0.0.1/shoal;
-      its schema is created or migrated first), accepting devices on HOST:PORT, in development mode (devices
-      holding the app secret in F); until SIGINT/SIGTERM, which close every link cleanly first.
-      Any number of relays may serve one database.
+      its schema is created or migrated first), accepting devices on HOST:PORT, until SIGINT/SIGTERM, which
+      close every link cleanly first. Any number of relays may serve one database.
+      --keys PATH: certificate mode. PATH is a Shoal store holding the relay's keys and certificate, made like
+      any device's: `shoal --db PATH enrol request NAME`, the authority issues, `shoal --db PATH enrol install`.
+      --secret-file F: development mode (devices holding the app secret in F).
 logging: JSON lines on stderr; SHOAL_LOG=off|error|warn|info|debug|trace (default info).
 exit codes: 0 stopped cleanly, 1 failure, 64 bad usage.";
+
+/// How the relay admits devices.
+enum Admission {
+    /// Certificate mode: the relay's keys and certificate are in this store.
+    Keys(PathBuf),
+    /// Development mode.
+    Secret(AppSecret),
+}
 
 struct Args {
     postgres: String,
     listen: SocketAddr,
-    secret: AppSecret,
+    admission: Admission,
     name: Option<String>,
     connections: Option<u32>,
 }
@@ -30,13 +40,14 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut postgres, mut listen, mut secret, mut name, mut connections) = (None, None, None, None, None);
+    let (mut postgres, mut listen, mut admission, mut name, mut connections) = (None, None, None, None, None);
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--postgres" => postgres = Some(value()?),
             "--listen" => listen = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--listen: {e}"))?),
-            "--secret-file" => secret = Some(read_secret(Path::new(&value()?))?),
+            "--secret-file" => admission = Some(Admission::Secret(read_secret(Path::new(&value()?))?)),
+            "--keys" => admission = Some(Admission::Keys(PathBuf::from(value()?))),
             "--name" => name = Some(value()?),
             "--connections" => connections = Some(value()?.parse::<u32>().map_err(|e| format!("--connections: {e}"))?),
             other => return Err(format!("unknown argument {other:?}")),
@@ -45,7 +56,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(Args {
         postgres: postgres.ok_or("--postgres is required")?,
         listen: listen.ok_or("--listen is required")?,
-        secret: secret.ok_or("--secret-file is required (development mode)")?,
+        admission: admission.ok_or("--keys (certificate mode) or --secret-file (development mode) is required")?,
         name,
         connections,
     })
@@ -71,7 +82,24 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let mut config = RelayConfig::new(args.postgres, args.listen, args.secret);
+        let mut config = match args.admission {
+            Admission::Secret(secret) => RelayConfig::new(args.postgres, args.listen, secret),
+            Admission::Keys(path) => match tokio::task::spawn_blocking(move || keys(&path)).await {
+                Ok(Ok((enrolment, identity))) => {
+                    let mut config = RelayConfig::new(args.postgres, args.listen, enrolment);
+                    config.identity = Some(identity);
+                    config
+                }
+                Ok(Err(e)) => {
+                    log::error!("{}", shoaldb_cloud::describe(&e));
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    log::error!("reading the keys: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         if let Some(name) = args.name {
             config.name = name;
         }
@@ -94,6 +122,17 @@ fn main() -> ExitCode {
         relay.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// The relay's enrolment and device key pair, from the store at `path`.
+fn keys(path: &Path) -> Result<(shoaldb::security::Enrolment, shoaldb::security::Identity), CloudError> {
+    let store = shoaldb::Store::open(path).map_err(|e| CloudError::Keys(format!("{}: {e}", path.display())))?;
+    let enrolment = shoaldb::enrolment::load(&store)
+        .map_err(|e| CloudError::Keys(format!("{}: {e}", path.display())))?
+        .ok_or_else(|| CloudError::Keys(format!("{} holds no certificate (enrol it first)", path.display())))?;
+    let identity =
+        shoaldb::node::device_identity(&store).map_err(|e| CloudError::Keys(format!("{}: {e}", path.display())))?;
+    Ok((enrolment, identity))
 }
 
 /// SIGINT or SIGTERM.

@@ -69,3 +69,46 @@ pub fn docs_in(url: &str, collection: &str) -> Option<i64> {
     let mut client = postgres::Client::connect(url, postgres::NoTls).ok()?;
     client.query_one("SELECT count(*) FROM docs WHERE collection = $1", &[&collection]).ok().map(|r| r.get(0))
 }
+
+/// A `shoal-cloud` process, killed when dropped (a failing test leaves none behind).
+pub struct RelayProcess(pub std::process::Child);
+
+impl RelayProcess {
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, and whether it then exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.0.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
+        sent && self.0.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Start `shoal-cloud` (the binary `exe`) on the database `url`, listening on a free loopback port, with `args`;
+/// returns it and the address it listens on.
+pub fn spawn_relay(exe: &str, url: &str, args: &[&std::ffi::OsStr]) -> (RelayProcess, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(exe)
+        .args(["--postgres", url, "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("SHOAL_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start shoal-cloud");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    let relay = RelayProcess(child);
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("read the relay's address");
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
+    (relay, addr.parse().expect("an address"))
+}
