@@ -30,7 +30,7 @@ use crate::transport::ble::{
     radio::{BleRadio, Radio},
 };
 use crate::transport::hub::Hub;
-use crate::transport::lan::{Lan, LanError};
+use crate::transport::lan::{Lan, LanError, ListenLimits};
 use crate::util::lock;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +89,8 @@ pub struct NodeConfig {
     /// Where to accept connections. `None` means nowhere, unless `mdns` is on, which listens on `0.0.0.0:0` (every
     /// interface, a free port) so that discovered devices can dial us.
     pub listen: Option<SocketAddr>,
+    /// How many connections the listener takes, and from whom: a device's by default; servers take more.
+    pub listen_limits: ListenLimits,
     /// Addresses to dial (and dial again when the link is lost).
     pub connect: Vec<SocketAddr>,
     /// Advertise and discover devices of the same app on the LAN with mDNS.
@@ -107,6 +109,7 @@ impl NodeConfig {
             name: name.into(),
             access: access.into(),
             listen: None,
+            listen_limits: ListenLimits::DEVICE,
             connect: Vec::new(),
             mdns: true,
             subscriptions: vec![Subscription::everything()],
@@ -117,6 +120,12 @@ impl NodeConfig {
     /// Listen on `addr`.
     pub fn listen_on(mut self, addr: SocketAddr) -> NodeConfig {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Take connections within `limits` rather than a device's.
+    pub fn with_listen_limits(mut self, limits: ListenLimits) -> NodeConfig {
+        self.listen_limits = limits;
         self
     }
 
@@ -348,7 +357,8 @@ async fn start_engine(
         Engine::new(replica, identity, config.access.clone(), &config.name, config.subscriptions.clone(), seq_base);
     let hub = Hub::new(engine, runtime);
     let tag = config.access.psk().tag();
-    let lan = Lan::start(hub.clone(), config.listen_addr(), &config.connect, config.mdns.then_some(tag.as_str())).await;
+    let mdns = config.mdns.then_some(tag.as_str());
+    let lan = Lan::start(hub.clone(), config.listen_addr(), config.listen_limits, &config.connect, mdns).await;
     let lan = match lan {
         Ok(lan) => lan,
         Err(e) => {

@@ -12,6 +12,7 @@ use crate::{CloudError, PgReplica};
 use postgres::fallible_iterator::FallibleIterator;
 use shoaldb::node::{NodeConfig, ReplicaNode};
 use shoaldb::security::{Access, Identity};
+use shoaldb::transport::lan::ListenLimits;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub struct RelayConfig {
     pub identity: Option<Identity>,
     /// Connections to PostgreSQL in the relay's pool.
     pub connections: u32,
+    /// How many devices the relay takes at once, and from whom ([`ListenLimits::SERVER`] by default: many
+    /// devices reach a relay from one address, behind carrier NAT or a load balancer).
+    pub limits: ListenLimits,
 }
 
 impl RelayConfig {
@@ -51,6 +55,7 @@ impl RelayConfig {
             access: access.into(),
             identity: None,
             connections: 8,
+            limits: ListenLimits::SERVER,
         }
     }
 }
@@ -86,7 +91,10 @@ impl Relay {
             Some(identity) => identity,
             None => Identity::generate()?,
         };
-        let node_config = NodeConfig::new(config.name.clone(), access).with_mdns(false).listen_on(config.listen);
+        let node_config = NodeConfig::new(config.name.clone(), access)
+            .with_mdns(false)
+            .listen_on(config.listen)
+            .with_listen_limits(config.limits);
         let node = ReplicaNode::start(replica.clone(), identity, node_config).await.map_err(|e| match e {
             shoaldb::NodeError::Lan(e) => CloudError::Lan(e),
             other => CloudError::Config(other.to_string()),

@@ -242,3 +242,29 @@ async fn a_revocation_one_relay_took_in_holds_for_a_relay_started_later() {
     }
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_takes_many_devices_from_one_address() {
+    // A device takes at most 8 connections from one address; a relay is reached by many devices from one (carrier
+    // NAT, a load balancer): here 12 phones, all on loopback.
+    const MANY: usize = 12;
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let relay = relay(&url).await;
+    let via = relay.listen_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut phones = Vec::new();
+    for i in 0..MANY {
+        let (store, node) = phone(&dir, &format!("phone{i}"), &[via]).await;
+        store.upsert("roll", serde_json::json!({"_id": format!("present {i}")})).unwrap();
+        phones.push((store, node));
+    }
+    common::eventually("every phone holds every phone's entry", || {
+        phones.iter().all(|(s, _)| s.find("roll", &Query::all()).is_ok_and(|d| d.len() == MANY))
+    })
+    .await;
+    assert_eq!(relay.node().link_count(), MANY);
+    for (_, node) in &phones {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
+}

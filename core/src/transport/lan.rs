@@ -29,6 +29,7 @@ use crate::sync::TransportKind;
 use crate::transport::hub::Hub;
 use crate::util::lock;
 use discovery::{Discovery, Found};
+pub use slots::ListenLimits;
 use slots::Slots;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -37,7 +38,8 @@ use targets::{DialTargets, Failures};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-/// The most connections open at once (accepted and dialled); more are refused.
+/// The most connections a device holds open at once (accepted and dialled; [`ListenLimits::DEVICE`]); more are
+/// refused.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// The most addresses given by the app dialled at once (discovered devices: [`targets`]).
@@ -68,10 +70,12 @@ pub(crate) struct Lan {
 }
 
 impl Lan {
-    /// Listen on `listen` (if any), dial `connect`, and run mDNS discovery for the app `mdns_tag` (if any).
+    /// Listen on `listen` (if any) within `limits`, dial `connect`, and run mDNS discovery for the app `mdns_tag`
+    /// (if any).
     pub async fn start(
         hub: Arc<Hub>,
         listen: Option<SocketAddr>,
+        limits: ListenLimits,
         connect: &[SocketAddr],
         mdns_tag: Option<&str>,
     ) -> Result<Lan, LanError> {
@@ -81,7 +85,7 @@ impl Lan {
             let local = listener.local_addr().map_err(|source| LanError::Bind { addr, source })?;
             log::info!("listening on {local}");
             listen_addr = Some(local);
-            hub.spawn(accept(hub.clone(), listener, Slots::new()));
+            hub.spawn(accept(hub.clone(), listener, Slots::with_limits(limits)));
         }
         let lan =
             Lan { hub: hub.clone(), listen_addr, dialled: Mutex::new(HashSet::new()), discovery: Mutex::new(None) };
@@ -139,8 +143,9 @@ impl Drop for Lan {
     }
 }
 
-/// Accept connections until shutdown, each within the [`MAX_CONNECTIONS`] and per-source ([`slots`]) limits.
+/// Accept connections until shutdown, each within the limits of `slots` (in all and per source).
 async fn accept(hub: Arc<Hub>, listener: TcpListener, slots: Arc<Slots>) {
+    let max = slots.limits().connections;
     loop {
         let accepted = tokio::select! {
             () = hub.shutting_down() => return,
@@ -148,8 +153,8 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener, slots: Arc<Slots>) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                if hub.link_count(TransportKind::Lan) >= MAX_CONNECTIONS {
-                    log::warn!("refusing a connection from {peer}: {MAX_CONNECTIONS} connections open");
+                if hub.link_count(TransportKind::Lan) >= max {
+                    log::warn!("refusing a connection from {peer}: {max} connections open");
                     continue;
                 }
                 let slot = match slots.admit(peer.ip()) {

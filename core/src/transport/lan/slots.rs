@@ -33,6 +33,44 @@ pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 2;
 /// attacker uses.
 pub const MAX_UNAUTHENTICATED: usize = 16;
 
+/// How many connections a listener holds at once, and from whom (see the module docs). A device's defaults
+/// ([`ListenLimits::DEVICE`]) fit a phone or a desktop on a LAN; a server that devices reach through NAT or a load
+/// balancer — many devices behind one address — takes [`ListenLimits::SERVER`] or its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenLimits {
+    /// The most connections open at once, accepted and dialled; more are refused.
+    pub connections: usize,
+    /// The most accepted connections one source holds at once, authenticated or not.
+    pub per_source: usize,
+    /// The most accepted connections one source holds at once that have not authenticated yet.
+    pub unauthenticated_per_source: usize,
+    /// The most accepted connections that have not authenticated yet, over all sources.
+    pub unauthenticated: usize,
+}
+
+impl ListenLimits {
+    /// A device's: [`super::MAX_CONNECTIONS`], [`MAX_CONNECTIONS_PER_SOURCE`], [`MAX_UNAUTHENTICATED_PER_SOURCE`],
+    /// [`MAX_UNAUTHENTICATED`].
+    pub const DEVICE: ListenLimits = ListenLimits {
+        connections: super::MAX_CONNECTIONS,
+        per_source: MAX_CONNECTIONS_PER_SOURCE,
+        unauthenticated_per_source: MAX_UNAUTHENTICATED_PER_SOURCE,
+        unauthenticated: MAX_UNAUTHENTICATED,
+    };
+
+    /// A server's (the cloud peer's relays): 10,000 connections, any number of them from one address (carrier NAT,
+    /// a load balancer), but at most 64 handshakes at once from one source and 512 in all, so that a flood of
+    /// connections without credentials still leaves room for devices.
+    pub const SERVER: ListenLimits =
+        ListenLimits { connections: 10_000, per_source: 10_000, unauthenticated_per_source: 64, unauthenticated: 512 };
+}
+
+impl Default for ListenLimits {
+    fn default() -> ListenLimits {
+        ListenLimits::DEVICE
+    }
+}
+
 /// Who a connection comes from, for the per-source counts: an IPv4 address, or an IPv6 /64 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Source(IpAddr);
@@ -65,15 +103,15 @@ impl std::fmt::Display for Source {
 /// Why a connection was refused a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refused {
-    /// The source holds [`MAX_CONNECTIONS_PER_SOURCE`] connections.
-    #[error("{0} holds {MAX_CONNECTIONS_PER_SOURCE} connections")]
-    SourceFull(Source),
-    /// The source holds [`MAX_UNAUTHENTICATED_PER_SOURCE`] connections that have not authenticated.
-    #[error("{0} holds {MAX_UNAUTHENTICATED_PER_SOURCE} unauthenticated connections")]
-    SourceUnauthenticated(Source),
-    /// [`MAX_UNAUTHENTICATED`] connections have not authenticated.
-    #[error("{MAX_UNAUTHENTICATED} connections are waiting for their handshake")]
-    Unauthenticated,
+    /// The source holds [`ListenLimits::per_source`] connections.
+    #[error("{0} holds {1} connections")]
+    SourceFull(Source, usize),
+    /// The source holds [`ListenLimits::unauthenticated_per_source`] connections that have not authenticated.
+    #[error("{0} holds {1} unauthenticated connections")]
+    SourceUnauthenticated(Source, usize),
+    /// [`ListenLimits::unauthenticated`] connections have not authenticated.
+    #[error("{0} connections are waiting for their handshake")]
+    Unauthenticated(usize),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -92,27 +130,40 @@ struct State {
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
     state: Mutex<State>,
+    limits: ListenLimits,
 }
 
 impl Slots {
-    /// No slot taken.
+    /// No slot taken, a device's limits.
+    #[cfg(test)]
     pub fn new() -> Arc<Slots> {
-        Arc::new(Slots::default())
+        Slots::with_limits(ListenLimits::DEVICE)
+    }
+
+    /// No slot taken; `limits`.
+    pub fn with_limits(limits: ListenLimits) -> Arc<Slots> {
+        Arc::new(Slots { state: Mutex::default(), limits })
+    }
+
+    /// The limits of these slots.
+    pub fn limits(&self) -> ListenLimits {
+        self.limits
     }
 
     /// A slot for a new, unauthenticated connection from `ip`, unless its source or all sources hold too many.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let source = Source::of(ip);
+        let limits = self.limits;
         let mut state = lock(&self.state);
-        if state.unauthenticated >= MAX_UNAUTHENTICATED {
-            return Err(Refused::Unauthenticated);
+        if state.unauthenticated >= limits.unauthenticated {
+            return Err(Refused::Unauthenticated(limits.unauthenticated));
         }
         let counts = state.by_source.entry(source).or_default();
-        if counts.open >= MAX_CONNECTIONS_PER_SOURCE {
-            return Err(Refused::SourceFull(source));
+        if counts.open >= limits.per_source {
+            return Err(Refused::SourceFull(source, limits.per_source));
         }
-        if counts.unauthenticated >= MAX_UNAUTHENTICATED_PER_SOURCE {
-            return Err(Refused::SourceUnauthenticated(source));
+        if counts.unauthenticated >= limits.unauthenticated_per_source {
+            return Err(Refused::SourceUnauthenticated(source, limits.unauthenticated_per_source));
         }
         counts.open += 1;
         counts.unauthenticated += 1;
@@ -192,7 +243,7 @@ mod tests {
             match slots.admit(attacker) {
                 Ok(s) => held.push(s),
                 Err(e) => {
-                    assert_eq!(e, Refused::SourceUnauthenticated(Source::of(attacker)));
+                    assert_eq!(e, Refused::SourceUnauthenticated(Source::of(attacker), MAX_UNAUTHENTICATED_PER_SOURCE));
                     refused += 1;
                 }
             }
@@ -219,7 +270,7 @@ mod tests {
             s.authenticated();
             held.push(s);
         }
-        assert_eq!(slots.admit(host).err(), Some(Refused::SourceFull(Source::of(host))));
+        assert_eq!(slots.admit(host).err(), Some(Refused::SourceFull(Source::of(host), MAX_CONNECTIONS_PER_SOURCE)));
         drop(held.pop());
         assert!(slots.admit(host).is_ok());
     }
@@ -234,7 +285,7 @@ mod tests {
             }
         }
         assert_eq!(held.len(), MAX_UNAUTHENTICATED);
-        assert_eq!(slots.admit(ip("10.2.0.1")).err(), Some(Refused::Unauthenticated));
+        assert_eq!(slots.admit(ip("10.2.0.1")).err(), Some(Refused::Unauthenticated(MAX_UNAUTHENTICATED)));
         // An authenticated connection frees its share.
         if let Some(s) = held.first_mut() {
             s.authenticated();
