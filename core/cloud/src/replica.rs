@@ -11,7 +11,6 @@
 
 use crate::schema;
 use crate::CloudError;
-use postgres::types::ToSql;
 use postgres::Transaction;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value as Json;
@@ -24,7 +23,7 @@ use shoaldb::store::{
     MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS,
 };
 use shoaldb::{ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The pool of connections a replica draws from.
@@ -145,10 +144,22 @@ impl PgReplica {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        for (space, key) in keys {
-            tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&space, &key]).map_err(pg)?;
-        }
-        let mut batch = Batch { tx: &mut tx, docs: BTreeMap::new(), held: BTreeMap::new(), judged: Judged::default() };
+        // One statement takes them all, in that order (a deadlock with another relay's batch is impossible).
+        let (spaces, lock_keys): (Vec<i32>, Vec<i32>) = keys.into_iter().unzip();
+        tx.execute(
+            "SELECT count(pg_advisory_xact_lock(s, k)) FROM \
+             (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
+            &[&spaces, &lock_keys],
+        )
+        .map_err(pg)?;
+        let mut batch = Batch {
+            tx: &mut tx,
+            docs: BTreeMap::new(),
+            held: BTreeMap::new(),
+            with_pending: BTreeSet::new(),
+            judged: Judged::default(),
+        };
+        batch.prefetch(changes)?;
         for dc in changes {
             judge::receive(&mut batch, dc, check)?;
         }
@@ -194,10 +205,60 @@ struct Batch<'t, 'c> {
     docs: BTreeMap<DocKey, BatchDoc>,
     /// What is held of each author the batch looked at (loaded on first use; written back when changed).
     held: BTreeMap<PeerId, (RangeSet, bool)>,
+    /// The batch's documents that have changes kept aside (read once; a change kept aside adds its document).
+    with_pending: BTreeSet<DocKey>,
     judged: Judged,
 }
 
 impl Batch<'_, '_> {
+    /// Read what judging the batch will ask about, in three statements rather than several per change: the
+    /// documents' states, the authors' held ranges, and which documents have changes kept aside.
+    fn prefetch(&mut self, changes: &[DocChange]) -> Result<()> {
+        let mut keys: Vec<(&str, &str)> =
+            changes.iter().map(|dc| (dc.collection.as_str(), dc.doc_id.as_str())).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let (collections, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        for r in self
+            .tx
+            .query(
+                "SELECT d.collection, d.doc_id, d.state FROM docs d \
+                 JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON d.collection = k.c AND d.doc_id = k.i",
+                &[&collections, &ids],
+            )
+            .map_err(pg)?
+        {
+            let doc = Document::decode(r.get(2))?;
+            self.docs.insert((r.get(0), r.get(1)), BatchDoc { doc, new_changes: Vec::new() });
+        }
+        for (c, i) in &keys {
+            let key = (c.to_string(), i.to_string());
+            self.docs.entry(key).or_insert_with(|| BatchDoc { doc: Document::new(), new_changes: Vec::new() });
+        }
+        for r in self
+            .tx
+            .query(
+                "SELECT DISTINCT p.collection, p.doc_id FROM pending p \
+                 JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON p.collection = k.c AND p.doc_id = k.i",
+                &[&collections, &ids],
+            )
+            .map_err(pg)?
+        {
+            self.with_pending.insert((r.get(0), r.get(1)));
+        }
+        let mut authors: Vec<i64> = changes.iter().map(|dc| dc.change.peer.0 as i64).collect();
+        authors.sort_unstable();
+        authors.dedup();
+        for r in self.tx.query("SELECT author, ranges FROM held WHERE author = ANY($1)", &[&authors]).map_err(pg)? {
+            let ranges = postcard::from_bytes(r.get(1)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
+            self.held.insert(PeerId(r.get::<_, i64>(0) as u64), (ranges, false));
+        }
+        for a in authors {
+            self.held.entry(PeerId(a as u64)).or_insert_with(|| (RangeSet::default(), false));
+        }
+        Ok(())
+    }
+
     /// The ranges held of `author` (locked by the batch).
     fn ranges(&mut self, author: PeerId) -> Result<&mut (RangeSet, bool)> {
         if !self.held.contains_key(&author) {
@@ -212,74 +273,93 @@ impl Batch<'_, '_> {
         self.held.get_mut(&author).ok_or_else(|| Error::Corrupt("held ranges vanished".into()))
     }
 
-    /// Write the batch: each touched document's state and view, its new changes in the log, the authors' ranges.
-    /// Returns the last log `seq` written, if any.
+    /// Write the batch, in four statements whatever its size: each touched document's state and view, its new
+    /// changes in the log, the attachments it names, the authors' ranges. Returns the last log `seq` written.
     fn persist(&mut self) -> Result<Option<i64>> {
-        let mut last = None;
-        let insert = self
+        let written: Vec<(&DocKey, &BatchDoc)> = self.docs.iter().filter(|(_, d)| !d.new_changes.is_empty()).collect();
+        if written.is_empty() {
+            return Ok(None);
+        }
+        let (mut collections, mut ids, mut states, mut views) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut refs: Vec<(usize, [u8; 32])> = Vec::new();
+        for (n, ((collection, id), d)) in written.iter().enumerate() {
+            let view = d.doc.view(id);
+            if let Some(v) = &view {
+                refs.extend(attachment_hashes(&v.to_string()).map(|h| (n, h)));
+            }
+            collections.push(collection.as_str());
+            ids.push(id.as_str());
+            states.push(d.doc.encode());
+            views.push(view.map(jsonb_safe).map(postgres::types::Json));
+        }
+        let rows = self
             .tx
-            .prepare(
-                "INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING seq",
+            .query(
+                "INSERT INTO docs (collection, doc_id, state, view) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[]) \
+                 ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view \
+                 RETURNING collection, doc_id, num",
+                &[&collections, &ids, &states, &views],
             )
             .map_err(pg)?;
-        for ((collection, id), d) in &self.docs {
-            if d.new_changes.is_empty() {
-                continue;
-            }
-            let state = d.doc.encode();
-            let view = d.doc.view(id);
-            let hashes: Vec<[u8; 32]> = match &view {
-                Some(v) => attachment_hashes(&v.to_string()).collect(),
-                None => Vec::new(),
-            };
-            let view = view.map(jsonb_safe).map(postgres::types::Json);
-            let num: i64 = self
-                .tx
-                .query_one(
-                    "INSERT INTO docs (collection, doc_id, state, view) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view \
-                     RETURNING num",
-                    &[collection, id, &state, &view],
-                )
-                .map_err(pg)?
-                .get(0);
-            for hash in &hashes {
-                self.tx
-                    .execute(
-                        "INSERT INTO attachment_refs (hash, doc) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                        &[&&hash[..], &num],
-                    )
-                    .map_err(pg)?;
-            }
+        let nums: BTreeMap<(String, String), i64> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+        let num_of = |n: usize| -> Result<i64> {
+            let (key, _) = written[n];
+            nums.get(key)
+                .copied()
+                .ok_or_else(|| Error::Corrupt(format!("document {}/{} was not written", key.0, key.1)))
+        };
+        let (mut authors, mut starts, mut ends, mut docs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut hashes, mut bodies, mut sigs) = (Vec::new(), Vec::new(), Vec::new());
+        for (n, (_, d)) in written.iter().enumerate() {
+            let num = num_of(n)?;
             for c in &d.new_changes {
-                let params: [&(dyn ToSql + Sync); 7] = [
-                    &(c.peer.0 as i64),
-                    &sql_counter(c.start),
-                    &sql_counter(c.end),
-                    &num,
-                    &&c.hash[..],
-                    &c.body,
-                    &c.signature,
-                ];
-                if let Some(r) = self.tx.query_opt(&insert, &params).map_err(pg)? {
-                    last = last.max(Some(r.get::<_, i64>(0)));
-                }
+                authors.push(c.peer.0 as i64);
+                starts.push(sql_counter(c.start));
+                ends.push(sql_counter(c.end));
+                docs.push(num);
+                hashes.push(&c.hash[..]);
+                bodies.push(c.body.as_slice());
+                sigs.push(c.signature.as_deref());
             }
         }
-        for (author, (ranges, changed)) in &self.held {
-            if !*changed {
-                continue;
-            }
-            let bytes = postcard::to_stdvec(ranges).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // In the batch's order, which is causal within each document: unnest keeps it, and so do the seqs.
+        let last: Option<i64> = self
+            .tx
+            .query_one(
+                "WITH added AS (INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
+                 SELECT a, s, e, d, h, b, g FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                 $5::bytea[], $6::bytea[], $7::bytea[]) WITH ORDINALITY AS t(a, s, e, d, h, b, g, o) ORDER BY o \
+                 ON CONFLICT DO NOTHING RETURNING seq) SELECT max(seq) FROM added",
+                &[&authors, &starts, &ends, &docs, &hashes, &bodies, &sigs],
+            )
+            .map_err(pg)?
+            .get(0);
+        if !refs.is_empty() {
+            let ref_hashes: Vec<&[u8]> = refs.iter().map(|(_, h)| &h[..]).collect();
+            let ref_docs: Vec<i64> = refs.iter().map(|&(n, _)| num_of(n)).collect::<Result<_>>()?;
             self.tx
                 .execute(
-                    "INSERT INTO held (author, ranges) VALUES ($1, $2) \
-                     ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges",
-                    &[&(author.0 as i64), &bytes],
+                    "INSERT INTO attachment_refs (hash, doc) SELECT * FROM unnest($1::bytea[], $2::bigint[]) \
+                     ON CONFLICT DO NOTHING",
+                    &[&ref_hashes, &ref_docs],
                 )
                 .map_err(pg)?;
         }
+        let (mut held_authors, mut held_ranges) = (Vec::new(), Vec::new());
+        for (author, (ranges, changed)) in &self.held {
+            if *changed {
+                held_authors.push(author.0 as i64);
+                held_ranges.push(postcard::to_stdvec(ranges).map_err(|e| Error::Corrupt(e.to_string()))?);
+            }
+        }
+        self.tx
+            .execute(
+                "INSERT INTO held (author, ranges) SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
+                 ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges",
+                &[&held_authors, &held_ranges],
+            )
+            .map_err(pg)?;
         Ok(last)
     }
 }
@@ -416,6 +496,7 @@ impl Ledger for Batch<'_, '_> {
 
     fn pending_insert(&mut self, dc: &DocChange, logged: &LoggedChange) -> Result<Option<KeptAside>> {
         let (author, start) = (logged.peer.0 as i64, sql_counter(logged.start));
+        self.with_pending.insert((dc.collection.clone(), dc.doc_id.clone()));
         let n = self
             .tx
             .execute(
@@ -438,6 +519,9 @@ impl Ledger for Batch<'_, '_> {
     }
 
     fn pending_of(&mut self, collection: &str, id: &str) -> Result<Vec<PendingChange>> {
+        if !self.with_pending.contains(&(collection.to_string(), id.to_string())) {
+            return Ok(Vec::new());
+        }
         let rows = self
             .tx
             .query(

@@ -49,22 +49,26 @@ stop() {
 }
 trap stop EXIT
 
-# A free loopback port: one nothing answers on.
+"${run_as[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+  || { cat "$dir/initdb.log" >&2; exit 1; }
+
+# A free loopback port, below the kernel's ephemeral range (whose ports outgoing connections take at any time);
+# a port taken between the check and the start is retried with another.
+low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$low" -gt 11000 ] || low=32768
 port=""
-for _ in $(seq 1 200); do
-  candidate=$((20000 + RANDOM % 40000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+for _ in $(seq 1 20); do
+  candidate=$((10000 + RANDOM % (low - 10000)))
+  if (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+    continue
+  fi
+  if "${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $candidate -k $dir -c max_connections=300 -c fsync=on" start >/dev/null; then
     port="$candidate"
     break
   fi
 done
-[ -n "$port" ] || { echo "no free loopback port found" >&2; exit 1; }
-
-"${run_as[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
-  || { cat "$dir/initdb.log" >&2; exit 1; }
-"${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=on" start >/dev/null \
-  || { cat "$dir/server.log" >&2; exit 1; }
+[ -n "$port" ] || { echo "PostgreSQL did not start on any free loopback port" >&2; cat "$dir/server.log" >&2; exit 1; }
 
 export SHOAL_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/postgres"
 export SHOAL_TEST_PG_BIN="$bin"

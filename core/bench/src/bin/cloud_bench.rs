@@ -1,0 +1,282 @@
+//! The cloud peer's costs, as JSON lines (DESIGN.md §8), beside plain PostgreSQL in the same run.
+//!
+//! `cargo run --release -p shoaldb-bench --bin cloud_bench [-- --postgres URL] [--quick] [--only ingest|catchup]`
+//!
+//! Needs a PostgreSQL server in which it may create databases: `--postgres URL`, or `SHOAL_TEST_POSTGRES`, which
+//! `core/cloud/tests/with-postgres.sh` sets (`core/cloud/tests/with-postgres.sh cargo run --release -p
+//! shoaldb-bench --bin cloud_bench`: a temporary server on loopback, as the tests use). Each case runs in a new
+//! database.
+//!
+//! - `ingest`: 1,000 devices (50 with `--quick`), each a node with its own store holding 20 new documents (one
+//!   change each) and subscribed to nothing, connect at once to 1 and then 2 relays of one database (real TCP on
+//!   loopback, Noise, the development mode) and push them; time from the first connection until PostgreSQL holds every change. Row
+//!   `{"bench":"cloud_ingest","impl":"shoal","relays","devices","changes","changes_per_s","ratio_to_raw"}`; beside
+//!   it `{"impl":"postgres-raw",…}`: the same change encodings inserted by one client with batched multi-row
+//!   INSERTs (500 rows, one transaction each) into a table of the same shape, and `{"impl":"replica-direct",…}`:
+//!   each device's changes applied to the PostgreSQL replica as one batch, without relays or links. Goals: ingest ≥ 1/3 of raw; 2
+//!   relays ≥ 1.6 × one when PostgreSQL is not the bottleneck (on a 2-core machine, relays, PostgreSQL and the
+//!   devices share the cores: the second relay cannot add capacity there).
+//! - `catchup`: a fresh device pulls 100,000 documents of 10 fields (5,000 with `--quick`) from one relay. Row
+//!   `{"bench":"cloud_catchup","docs","ms","bytes","payload_bytes","ratio"}`: `bytes` counts everything on the
+//!   TCP connection both ways (handshake, framing, encryption; measured by a counting proxy between device and
+//!   relay), `payload_bytes` the documents' change encodings. Goal: bytes ≤ 1.1 × payload.
+//!
+//! Every row has `"ok"`: whether every change arrived intact (the device's documents equal the database's).
+
+use serde_json::json;
+use shoaldb::security::AppSecret;
+use shoaldb::store::Replica;
+use shoaldb::{Node, NodeConfig, Store, Summary};
+use shoaldb_bench::{emit, fill, BoxErr};
+use shoaldb_cloud::{PgReplica, Relay, RelayConfig};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DOCS_PER_DEVICE: usize = 20;
+
+fn secret() -> AppSecret {
+    AppSecret::from_bytes(b"cloud bench").unwrap_or_else(|_| unreachable!("a valid secret"))
+}
+
+/// A new database on the server at `admin`; its URL.
+fn fresh_database(admin: &str, name: &str) -> Result<String, BoxErr> {
+    let mut client = postgres::Client::connect(admin, postgres::NoTls)?;
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
+    client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+/// The number of changes the database at `url` holds.
+fn changes_in(url: &str) -> Result<i64, BoxErr> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    Ok(client.query_one("SELECT count(*) FROM changes", &[])?.get(0))
+}
+
+async fn relay(url: &str) -> Result<Relay, BoxErr> {
+    let mut config = RelayConfig::new(url, "127.0.0.1:0".parse()?, secret());
+    config.connections = 4;
+    Ok(Relay::start(config).await?)
+}
+
+/// Ingest through `relays` relays; returns changes per second.
+fn ingest(admin: &str, relays: usize, devices: usize, raw_rate: f64, one_relay: Option<f64>) -> Result<f64, BoxErr> {
+    let url = fresh_database(admin, &format!("shoal_bench_ingest_{relays}"))?;
+    // The devices' stores, filled before the clock starts.
+    let mut stores = Vec::with_capacity(devices);
+    for d in 0..devices {
+        let store = Store::open(":memory:")?;
+        store.write(|t| {
+            for i in 0..DOCS_PER_DEVICE {
+                t.upsert("readings", json!({"_id": format!("d{d}-{i}"), "device": d, "value": i, "unit": "kPa"}))?;
+            }
+            Ok(())
+        })?;
+        stores.push(store);
+    }
+    let want = (devices * DOCS_PER_DEVICE) as i64;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let secs = rt.block_on(async {
+        let mut started = Vec::new();
+        for _ in 0..relays {
+            started.push(relay(&url).await?);
+        }
+        let addrs: Vec<SocketAddr> = started.iter().filter_map(Relay::listen_addr).collect();
+        let t0 = Instant::now();
+        let mut nodes = Vec::with_capacity(devices);
+        for (d, store) in stores.iter().enumerate() {
+            let config =
+                NodeConfig::new(format!("device {d}"), secret()).with_mdns(false).connect_to(addrs[d % relays]);
+            nodes.push(Node::start(store.clone(), config).await?);
+        }
+        let started_s = t0.elapsed().as_secs_f64();
+        while started.iter().map(|r| r.node().link_count()).sum::<usize>() < devices
+            && t0.elapsed() < Duration::from_secs(600)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!(
+            "ingest, {relays} relay(s): {devices} nodes started in {started_s:.2} s, all linked after {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        loop {
+            let u = url.clone();
+            let held = tokio::task::spawn_blocking(move || changes_in(&u).map_err(|e| e.to_string())).await??;
+            if held >= want {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(1800) {
+                return Err::<f64, BoxErr>("ingest did not finish in 30 minutes".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        for n in &nodes {
+            n.shutdown().await;
+        }
+        for r in started {
+            r.shutdown().await;
+        }
+        Ok(secs)
+    })?;
+    // Every document arrived whole: the database's state of a sample equals its device's.
+    let cloud = PgReplica::connect(&url, 1)?;
+    let mut ok = cloud.summary()?.range_count() >= devices;
+    for (d, store) in stores.iter().enumerate().step_by((devices / 20).max(1)) {
+        let id = format!("d{d}-{}", DOCS_PER_DEVICE - 1);
+        ok &= cloud.document("readings", &id)?.map(|doc| doc.encode())
+            == store.document("readings", &id)?.map(|doc| doc.encode());
+    }
+    let rate = want as f64 / secs;
+    let mut row = json!({
+        "bench": "cloud_ingest", "impl": "shoal", "relays": relays, "devices": devices, "changes": want,
+        "changes_per_s": rate.round(), "ratio_to_raw": (rate / raw_rate * 1000.0).round() / 1000.0, "ok": ok,
+    });
+    if let Some(one) = one_relay {
+        row["ratio_to_one_relay"] = json!((rate / one * 1000.0).round() / 1000.0);
+    }
+    emit(&row);
+    Ok(rate)
+}
+
+/// The same change encodings as `ingest` pushes, inserted with plain batched INSERTs; returns changes per second.
+fn raw_ingest(admin: &str, devices: usize) -> Result<f64, BoxErr> {
+    let url = fresh_database(admin, "shoal_bench_raw")?;
+    let mut changes: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    for d in 0..devices {
+        let store = Store::open(":memory:")?;
+        for i in 0..DOCS_PER_DEVICE {
+            store.upsert("readings", json!({"_id": format!("d{d}-{i}"), "device": d, "value": i, "unit": "kPa"}))?;
+        }
+        for c in store.replica().changes_since(&Summary::new())? {
+            changes.push((c.change.peer.0 as i64, c.change.start as i64, c.encode()));
+        }
+    }
+    // The replica alone, without relays or links: each device's changes applied as one batch, as a relay does.
+    let direct = PgReplica::connect(&fresh_database(admin, "shoal_bench_direct")?, 1)?;
+    let by_device: Vec<Vec<shoaldb::DocChange>> = changes
+        .chunks(DOCS_PER_DEVICE)
+        .map(|c| c.iter().map(|(_, _, body)| shoaldb::DocChange::decode(body)).collect::<Result<_, _>>())
+        .collect::<Result<_, _>>()?;
+    let t0 = Instant::now();
+    for batch in &by_device {
+        direct.apply_changes(batch)?;
+    }
+    let direct_rate = changes.len() as f64 / t0.elapsed().as_secs_f64();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    client.batch_execute(
+        "CREATE TABLE raw_changes (seq bigserial PRIMARY KEY, author bigint NOT NULL, start_ctr bigint NOT NULL, \
+         body bytea NOT NULL, UNIQUE (author, start_ctr))",
+    )?;
+    let t0 = Instant::now();
+    for batch in changes.chunks(500) {
+        let authors: Vec<i64> = batch.iter().map(|c| c.0).collect();
+        let starts: Vec<i64> = batch.iter().map(|c| c.1).collect();
+        let bodies: Vec<&[u8]> = batch.iter().map(|c| c.2.as_slice()).collect();
+        let mut tx = client.transaction()?;
+        tx.execute(
+            "INSERT INTO raw_changes (author, start_ctr, body) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            &[&authors, &starts, &bodies],
+        )?;
+        tx.commit()?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let n: i64 = client.query_one("SELECT count(*) FROM raw_changes", &[])?.get(0);
+    let rate = changes.len() as f64 / secs;
+    emit(&json!({
+        "bench": "cloud_ingest", "impl": "postgres-raw", "devices": devices, "changes": changes.len(),
+        "changes_per_s": rate.round(), "ok": n as usize == changes.len(),
+    }));
+    emit(&json!({
+        "bench": "cloud_ingest", "impl": "replica-direct", "devices": devices, "changes": changes.len(),
+        "changes_per_s": direct_rate.round(), "ratio_to_raw": (direct_rate / rate * 1000.0).round() / 1000.0,
+        "ok": direct.summary()?.range_count() >= devices,
+    }));
+    Ok(rate)
+}
+
+/// Forward one connection from `listen` to `to`, counting the bytes both ways into `counted`.
+async fn counting_proxy(listener: tokio::net::TcpListener, to: SocketAddr, counted: Arc<AtomicU64>) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let counted = counted.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                    counted.fetch_add(a + b, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}
+
+fn catchup(admin: &str, docs: usize) -> Result<(), BoxErr> {
+    let url = fresh_database(admin, "shoal_bench_catchup")?;
+    let source = Store::open(":memory:")?;
+    fill(&source, "doc", 0..docs)?;
+    let changes = source.replica().changes_since(&Summary::new())?;
+    let payload: usize = changes.iter().map(|c| c.encode().len()).sum();
+    let cloud = PgReplica::connect(&url, 2)?;
+    for chunk in changes.chunks(2000) {
+        cloud.apply_changes(chunk)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let fresh = shoaldb_bench::open_fast(&dir.path().join("fresh.db"))?;
+    let want = cloud.summary()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let counted = Arc::new(AtomicU64::new(0));
+    let secs = rt.block_on(async {
+        let relay = relay(&url).await?;
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let via = proxy.local_addr()?;
+        tokio::spawn(counting_proxy(proxy, relay.listen_addr().ok_or("not listening")?, counted.clone()));
+        let t0 = Instant::now();
+        let node =
+            Node::start(fresh.clone(), NodeConfig::new("fresh", secret()).with_mdns(false).connect_to(via)).await?;
+        while fresh.replica().summary()? != want {
+            if t0.elapsed() > Duration::from_secs(1800) {
+                return Err::<f64, BoxErr>("catch-up did not finish in 30 minutes".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        // Closing the link ends the proxied connection, which then adds up its bytes.
+        node.shutdown().await;
+        relay.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(secs)
+    })?;
+    let bytes = counted.load(Ordering::Relaxed);
+    let mut ok = true;
+    for i in (0..docs).step_by((docs / 50).max(1)) {
+        let id = format!("doc{i:06}");
+        ok &= fresh.document("items", &id)?.map(|d| d.encode()) == cloud.document("items", &id)?.map(|d| d.encode());
+    }
+    emit(&json!({
+        "bench": "cloud_catchup", "docs": docs, "ms": (secs * 1000.0).round(), "bytes": bytes,
+        "payload_bytes": payload, "ratio": (bytes as f64 / payload as f64 * 1000.0).round() / 1000.0, "ok": ok,
+    }));
+    Ok(())
+}
+
+fn main() -> Result<(), BoxErr> {
+    let args = shoaldb_bench::Args::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let admin = argv
+        .iter()
+        .position(|a| a == "--postgres")
+        .and_then(|i| argv.get(i + 1).cloned())
+        .or_else(|| std::env::var("SHOAL_TEST_POSTGRES").ok())
+        .ok_or("needs a PostgreSQL server: --postgres URL, or run under core/cloud/tests/with-postgres.sh")?;
+    if args.wants("ingest") {
+        let devices = if args.quick { 50 } else { 1000 };
+        let raw = raw_ingest(&admin, devices)?;
+        let one = ingest(&admin, 1, devices, raw, None)?;
+        ingest(&admin, 2, devices, raw, Some(one))?;
+    }
+    if args.wants("catchup") {
+        catchup(&admin, if args.quick { 5_000 } else { 100_000 })?;
+    }
+    Ok(())
+}
