@@ -101,10 +101,10 @@ impl Relay {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let follower = {
-            let (node, stop, url) = (node.clone(), stop.clone(), config.postgres.clone());
+            let (node, replica, stop, url) = (node.clone(), replica.clone(), stop.clone(), config.postgres.clone());
             std::thread::Builder::new()
                 .name("shoal-cloud-follow".into())
-                .spawn(move || follow(&url, &node, &stop))
+                .spawn(move || follow(&url, &node, &replica, &stop))
                 .map_err(|e| CloudError::Config(format!("starting the follower: {e}")))?
         };
         log::info!("relay {} listening on {:?}", node.device_key(), node.listen_addr());
@@ -144,7 +144,7 @@ impl Drop for Relay {
 
 /// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
 /// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile).
-fn follow(url: &str, node: &ReplicaNode, stop: &AtomicBool) {
+fn follow(url: &str, node: &ReplicaNode, replica: &PgReplica, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         let mut client = match postgres::Client::connect(url, postgres::NoTls) {
             Ok(client) => client,
@@ -159,6 +159,7 @@ fn follow(url: &str, node: &ReplicaNode, stop: &AtomicBool) {
             std::thread::sleep(FOLLOW_RETRY);
             continue;
         }
+        replica.changed();
         node.replica_changed();
         'listening: while !stop.load(Ordering::Acquire) {
             let mut notifications = client.notifications();
@@ -166,7 +167,10 @@ fn follow(url: &str, node: &ReplicaNode, stop: &AtomicBool) {
             loop {
                 match iter.next() {
                     // The watch channel behind the wake-up coalesces a burst of them into one round of sending.
-                    Ok(Some(_)) => node.replica_changed(),
+                    Ok(Some(_)) => {
+                        replica.changed();
+                        node.replica_changed();
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         log::warn!("following the other relays: {}; reconnecting", crate::describe(&e));

@@ -24,7 +24,7 @@ use shoaldb::store::{
 };
 use shoaldb::{ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The pool of connections a replica draws from.
 type Pool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
@@ -46,6 +46,16 @@ fn pg(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
 pub struct PgReplica {
     pool: Arc<PoolHandle>,
     peer: PeerId,
+    /// The summary last read, until a commit of this process or a notice of another's ([`PgReplica::changed`]):
+    /// every link asks for it on every round of sending, and reading it costs a scan of `held`.
+    summary: Arc<Mutex<SummaryCache>>,
+}
+
+/// See [`PgReplica::summary`]: the cached summary, and how many times it was invalidated.
+#[derive(Default)]
+struct SummaryCache {
+    epoch: u64,
+    summary: Option<Summary>,
 }
 
 /// The pool, closed off the async runtime: closing a blocking PostgreSQL connection runs a runtime of its own,
@@ -86,13 +96,25 @@ impl PgReplica {
         schema::migrate(&mut *pool.get()?)?;
         let mut id = [0u8; 8];
         getrandom(&mut id)?;
-        Ok(PgReplica { pool: Arc::new(PoolHandle(Some(pool))), peer: PeerId(u64::from_le_bytes(id)) })
+        Ok(PgReplica {
+            pool: Arc::new(PoolHandle(Some(pool))),
+            peer: PeerId(u64::from_le_bytes(id)),
+            summary: Arc::default(),
+        })
     }
 
     /// A connection from the pool.
     fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>> {
         // The pool is taken out only when the last handle drops.
         self.pool.0.as_ref().ok_or_else(|| pg("the replica is closed"))?.get().map_err(pg)
+    }
+
+    /// Another process committed changes to the database (a relay's follower saw its `NOTIFY`): read the summary
+    /// afresh next time.
+    pub fn changed(&self) {
+        let mut cache = shoaldb::util::lock(&self.summary);
+        cache.epoch += 1;
+        cache.summary = None;
     }
 
     /// The merged document `collection/id`, if this database holds it.
@@ -169,6 +191,10 @@ impl PgReplica {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &seq.to_string()]).map_err(pg)?;
         }
         tx.commit().map_err(pg)?;
+        log::debug!("applied a batch of {} changes: {report:?}", changes.len());
+        if report.applied > 0 {
+            self.changed();
+        }
         Ok(report)
     }
 }
@@ -620,6 +646,13 @@ impl Replica for PgReplica {
     }
 
     fn summary(&self) -> Result<Summary> {
+        let epoch = {
+            let cache = shoaldb::util::lock(&self.summary);
+            if let Some(summary) = &cache.summary {
+                return Ok(summary.clone());
+            }
+            cache.epoch
+        };
         let rows = self.client()?.query("SELECT author, ranges FROM held", &[]).map_err(pg)?;
         let mut summary = Summary::new();
         for r in rows {
@@ -629,6 +662,11 @@ impl Replica for PgReplica {
             for &(s, e) in ranges.ranges() {
                 summary.insert(author, s, e);
             }
+        }
+        // Kept only if nothing was committed meanwhile (it might predate that commit).
+        let mut cache = shoaldb::util::lock(&self.summary);
+        if cache.epoch == epoch {
+            cache.summary = Some(summary.clone());
         }
         Ok(summary)
     }

@@ -3,9 +3,8 @@
 
 mod common;
 
-use shoaldb::enrolment::{self, Validity};
 use shoaldb::node::{Node, NodeConfig};
-use shoaldb::security::{Grant, SigningKey};
+use shoaldb::security::SigningKey;
 use shoaldb::Store;
 use std::process::Command;
 
@@ -31,26 +30,18 @@ fn bad_usage_exits_64_and_an_unenrolled_keys_store_exits_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no certificate"), "{out:?}");
 }
 
-fn enrol(store: &Store, authority: &SigningKey, serial: u64) -> shoaldb::security::Enrolment {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let request = enrolment::request(store, &format!("device {serial}")).unwrap();
-    let grants = vec![Grant::parse("read *").unwrap(), Grant::parse("write *").unwrap()];
-    let c = enrolment::issue(authority, &request, serial, grants, Validity::days_from(now - 86_400_000, 30)).unwrap();
-    enrolment::install(store, &[c], &[authority.verifying_key()]).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_in_certificate_mode_serves_enrolled_phones() {
     let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
     let dir = tempfile::tempdir().unwrap();
     let authority = SigningKey::generate().unwrap();
     let keys = dir.path().join("relay.db");
-    enrol(&Store::open(&keys).unwrap(), &authority, 1);
+    common::enrol(&Store::open(&keys).unwrap(), &authority, 1, &["read *", "write *"]);
     let exe = env!("CARGO_BIN_EXE_shoal-cloud");
     let (mut relay, addr) = common::spawn_relay(exe, &url, &[std::ffi::OsStr::new("--keys"), keys.as_os_str()]);
 
     let phone = Store::open(dir.path().join("phone.db")).unwrap();
-    let e = enrol(&phone, &authority, 2);
+    let e = common::enrol(&phone, &authority, 2, &["read *", "write *"]);
     phone.upsert("tasks", serde_json::json!({"_id": "signed", "title": "through a certified relay"})).unwrap();
     let node = Node::start(phone.clone(), NodeConfig::new("phone", e).with_mdns(false).connect_to(addr)).await.unwrap();
     let url2 = url.clone();

@@ -3,9 +3,9 @@
 
 mod common;
 
-use shoaldb::enrolment::{self, Validity};
+use shoaldb::enrolment;
 use shoaldb::node::{Node, NodeConfig};
-use shoaldb::security::{AppSecret, Grant, Identity, SigningKey};
+use shoaldb::security::{AppSecret, Identity, SigningKey};
 use shoaldb::{Query, Store};
 use shoaldb_cloud::{Relay, RelayConfig};
 use std::net::SocketAddr;
@@ -128,16 +128,6 @@ async fn two_meshes_that_never_meet_converge_through_the_cloud() {
     }
 }
 
-/// The app authority's certificate for a device whose keys are in `store`, with `grants`; returns its enrolment
-/// (and installs it there).
-fn enrol(store: &Store, authority: &SigningKey, serial: u64, grants: &[&str]) -> shoaldb::security::Enrolment {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let request = enrolment::request(store, &format!("device {serial}")).unwrap();
-    let grants: Vec<Grant> = grants.iter().map(|g| Grant::parse(g).unwrap()).collect();
-    let c = enrolment::issue(authority, &request, serial, grants, Validity::days_from(now - 86_400_000, 30)).unwrap();
-    enrolment::install(store, &[c], &[authority.verifying_key()]).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_device_receives_from_the_cloud_only_what_its_certificate_lets_it_read() {
     let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
@@ -145,7 +135,7 @@ async fn a_device_receives_from_the_cloud_only_what_its_certificate_lets_it_read
     let authority = SigningKey::generate().unwrap();
     // The relay is an enrolled device: its keys were made for it (here in a store of their own) and certified.
     let keys = Store::open(dir.path().join("relay-keys.db")).unwrap();
-    let relay_enrolment = enrol(&keys, &authority, 1, &["read *", "write *"]);
+    let relay_enrolment = common::enrol(&keys, &authority, 1, &["read *", "write *"]);
     let identity: Identity = shoaldb::node::device_identity(&keys).unwrap();
     let mut config = RelayConfig::new(&url, "127.0.0.1:0".parse().unwrap(), relay_enrolment);
     config.identity = Some(identity);
@@ -154,7 +144,7 @@ async fn a_device_receives_from_the_cloud_only_what_its_certificate_lets_it_read
 
     let start = |name: &str, serial: u64, grants: &'static [&'static str]| {
         let store = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
-        let e = enrol(&store, &authority, serial, grants);
+        let e = common::enrol(&store, &authority, serial, grants);
         let config = NodeConfig::new(name, e).with_mdns(false).connect_to(via);
         (store, config)
     };
@@ -194,7 +184,7 @@ async fn a_revocation_one_relay_took_in_holds_for_a_relay_started_later() {
     let authority = SigningKey::generate().unwrap();
     let relay_on = |serial: u64| {
         let keys = Store::open(dir.path().join(format!("relay{serial}.db"))).unwrap();
-        let e = enrol(&keys, &authority, serial, &["read *", "write *"]);
+        let e = common::enrol(&keys, &authority, serial, &["read *", "write *"]);
         let mut config = RelayConfig::new(&url, "127.0.0.1:0".parse().unwrap(), e);
         config.identity = Some(shoaldb::node::device_identity(&keys).unwrap());
         config
@@ -202,7 +192,7 @@ async fn a_revocation_one_relay_took_in_holds_for_a_relay_started_later() {
     let first = Relay::start(relay_on(1)).await.unwrap();
     let device = |name: &str, serial: u64, via: SocketAddr| {
         let store = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
-        let e = enrol(&store, &authority, serial, &["read *", "write *"]);
+        let e = common::enrol(&store, &authority, serial, &["read *", "write *"]);
         (store, NodeConfig::new(name, e).with_mdns(false).connect_to(via))
     };
     // An honest phone takes the authority's list revoking serial 9 and hands it to the first relay.

@@ -261,6 +261,9 @@ fn catchup(admin: &str, docs: usize) -> Result<(), BoxErr> {
 }
 
 fn main() -> Result<(), BoxErr> {
+    if std::env::var_os("SHOAL_LOG").is_some() {
+        shoaldb_cloud::logging::init();
+    }
     let args = shoaldb_bench::Args::parse();
     let argv: Vec<String> = std::env::args().collect();
     let admin = argv

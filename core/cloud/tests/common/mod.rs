@@ -112,3 +112,26 @@ pub fn spawn_relay(exe: &str, url: &str, args: &[&std::ffi::OsStr]) -> (RelayPro
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}"));
     (relay, addr.parse().expect("an address"))
 }
+
+/// The app authority's certificate for a device whose keys are in `store`, with `grants`; returns its enrolment
+/// (and installs it there).
+pub fn enrol(
+    store: &shoaldb::Store,
+    authority: &shoaldb::security::SigningKey,
+    serial: u64,
+    grants: &[&str],
+) -> shoaldb::security::Enrolment {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let request = shoaldb::enrolment::request(store, &format!("device {serial}")).unwrap();
+    let grants: Vec<shoaldb::security::Grant> =
+        grants.iter().map(|g| shoaldb::security::Grant::parse(g).unwrap()).collect();
+    let c = shoaldb::enrolment::issue(
+        authority,
+        &request,
+        serial,
+        grants,
+        shoaldb::enrolment::Validity::days_from(now - 86_400_000, 30),
+    )
+    .unwrap();
+    shoaldb::enrolment::install(store, &[c], &[authority.verifying_key()]).unwrap()
+}
