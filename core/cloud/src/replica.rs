@@ -309,20 +309,21 @@ impl Batch<'_, '_> {
         let (mut collections, mut ids, mut states, mut views) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut refs: Vec<(usize, [u8; 32])> = Vec::new();
         for (n, ((collection, id), d)) in written.iter().enumerate() {
-            let view = d.doc.view(id);
-            if let Some(v) = &view {
-                refs.extend(attachment_hashes(&v.to_string()).map(|h| (n, h)));
+            // Rendered once: scanned for attachment tokens (hex: untouched by `jsonb_safe`), then parsed as JSONB.
+            let view = d.doc.view(id).map(|v| jsonb_safe(v).to_string());
+            if let Some(text) = &view {
+                refs.extend(attachment_hashes(text).map(|h| (n, h)));
             }
             collections.push(collection.as_str());
             ids.push(id.as_str());
             states.push(d.doc.encode());
-            views.push(view.map(jsonb_safe).map(postgres::types::Json));
+            views.push(view);
         }
         let rows = self
             .tx
             .query(
                 "INSERT INTO docs (collection, doc_id, state, view) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[]) \
+                 SELECT c, i, s, v::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS t(c, i, s, v) \
                  ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view \
                  RETURNING collection, doc_id, num",
                 &[&collections, &ids, &states, &views],

@@ -176,3 +176,18 @@ fn the_attachment_read_check_finds_the_documents_naming_the_hash() {
     assert!(cloud.attachment_readable(&minutes.hash, &notes).unwrap(), "named deep in a note");
     assert!(!cloud.attachment_readable(&minutes.hash, &tasks).unwrap());
 }
+
+#[test]
+fn a_string_holding_u0000_is_kept_exactly_and_does_not_fail_its_batch() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("notes", serde_json::json!({"_id": "n", "text": "a\u{0}b", "k\u{0}": 1})).unwrap();
+    let report = cloud.apply_changes(&phone.replica().changes_since(&Summary::new()).unwrap()).unwrap();
+    assert_eq!(report.applied, 1);
+    // The state is exact; the JSONB view (for SQL) holds U+FFFD where JSONB cannot hold U+0000.
+    assert_eq!(cloud.document("notes", "n").unwrap().and_then(|d| d.view("n")), phone.get("notes", "n").unwrap());
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let text: String = client.query_one("SELECT view->>'text' FROM docs WHERE doc_id = 'n'", &[]).unwrap().get(0);
+    assert_eq!(text, "a\u{FFFD}b");
+}

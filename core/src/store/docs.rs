@@ -276,11 +276,6 @@ pub(crate) fn quarantined(conn: &Connection) -> Result<Vec<Quarantined>> {
     Ok(out)
 }
 
-/// The document as JSON with its `_id`, or `None` if it does not exist.
-pub(crate) fn view(doc: &Document, id: &str) -> Option<serde_json::Value> {
-    doc.view(id)
-}
-
 /// Persist a document after `changes` were applied to it: the changes are appended to the log, its row gets the
 /// new view (`None` when it does not exist) with the large values beside it, and a new snapshot is written when
 /// the changes since the last one have grown enough.

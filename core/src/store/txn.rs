@@ -128,7 +128,7 @@ impl<'a> WriteTxn<'a> {
         // A write filter is evaluated on the document before the write (as every other device will).
         let before = match &permissions {
             Some(p) if p.0.filters_writes(collection) => {
-                self.take_doc(collection, id, create)?.and_then(|td| docs::view(&td.cached.doc, id))
+                self.take_doc(collection, id, create)?.and_then(|td| td.cached.doc.view(id))
             }
             _ => None,
         };
@@ -148,7 +148,7 @@ impl<'a> WriteTxn<'a> {
         // transaction as a whole is rolled back by the caller anyway.
         let made = change.as_ref().map(|c| (c.peer, c.start, c.end()));
         if let (Some(c), Some(p)) = (&change, &permissions) {
-            let after = || docs::view(&td.cached.doc, id);
+            let after = || td.cached.doc.view(id);
             let mut seen = || Ok(before.clone().or_else(after));
             if let Err(why) = p.0.check_write(collection, &crate::security::authorship::write_paths(c), p.1, &mut seen)
             {
@@ -239,7 +239,7 @@ impl<'a> WriteTxn<'a> {
     pub fn get(&mut self, collection: &str, id: &str) -> Result<Option<Json>> {
         check_collection(collection)?;
         check_doc_id(id)?;
-        Ok(self.doc(collection, id)?.and_then(|td| docs::view(&td.cached.doc, id)))
+        Ok(self.doc(collection, id)?.and_then(|td| td.cached.doc.view(id)))
     }
 
     /// Apply a change received from another replica (see [`crate::Store::apply_changes`]). A malformed change fails
@@ -326,7 +326,7 @@ impl<'a> WriteTxn<'a> {
             }
             // The view as a JSON value only when an observer of the collection needs it.
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
-            let value = if observed { docs::view(&td.cached.doc, id) } else { None };
+            let value = if observed { td.cached.doc.view(id) } else { None };
             let view = docs::render_view(&td.cached, id);
             docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref())?;
             if observed {

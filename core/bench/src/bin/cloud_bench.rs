@@ -61,21 +61,23 @@ async fn relay(url: &str) -> Result<Relay, BoxErr> {
     Ok(Relay::start(config).await?)
 }
 
+/// Device `d`'s store: its [`DOCS_PER_DEVICE`] new documents, one change each.
+fn device_store(d: usize) -> Result<Store, BoxErr> {
+    let store = Store::open(":memory:")?;
+    store.write(|t| {
+        for i in 0..DOCS_PER_DEVICE {
+            t.upsert("readings", json!({"_id": format!("d{d}-{i}"), "device": d, "value": i, "unit": "kPa"}))?;
+        }
+        Ok(())
+    })?;
+    Ok(store)
+}
+
 /// Ingest through `relays` relays; returns changes per second.
 fn ingest(admin: &str, relays: usize, devices: usize, raw_rate: f64, one_relay: Option<f64>) -> Result<f64, BoxErr> {
     let url = fresh_database(admin, &format!("shoal_bench_ingest_{relays}"))?;
     // The devices' stores, filled before the clock starts.
-    let mut stores = Vec::with_capacity(devices);
-    for d in 0..devices {
-        let store = Store::open(":memory:")?;
-        store.write(|t| {
-            for i in 0..DOCS_PER_DEVICE {
-                t.upsert("readings", json!({"_id": format!("d{d}-{i}"), "device": d, "value": i, "unit": "kPa"}))?;
-            }
-            Ok(())
-        })?;
-        stores.push(store);
-    }
+    let stores: Vec<Store> = (0..devices).map(device_store).collect::<Result<_, _>>()?;
     let want = (devices * DOCS_PER_DEVICE) as i64;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let secs = rt.block_on(async {
@@ -146,11 +148,7 @@ fn raw_ingest(admin: &str, devices: usize) -> Result<f64, BoxErr> {
     let url = fresh_database(admin, "shoal_bench_raw")?;
     let mut changes: Vec<(i64, i64, Vec<u8>)> = Vec::new();
     for d in 0..devices {
-        let store = Store::open(":memory:")?;
-        for i in 0..DOCS_PER_DEVICE {
-            store.upsert("readings", json!({"_id": format!("d{d}-{i}"), "device": d, "value": i, "unit": "kPa"}))?;
-        }
-        for c in store.replica().changes_since(&Summary::new())? {
+        for c in device_store(d)?.replica().changes_since(&Summary::new())? {
             changes.push((c.change.peer.0 as i64, c.change.start as i64, c.encode()));
         }
     }
