@@ -310,6 +310,9 @@ impl Inner {
     pub(super) fn check_open_epoch(&mut self, sidecar: &std::path::Path) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
+            // Another process may have committed since the store loaded: load again now, while none can, so that
+            // the `data_version` recorded below is that of what was loaded.
+            self.refresh()?;
             let in_db = meta_u64(&self.conn, "open_epoch")?;
             let in_file = read_epoch(sidecar)?;
             if let Some(db) = in_db {
@@ -421,5 +424,29 @@ impl Inner {
         }
         query.order_and_limit(&mut out);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{encryption, Replica, Store};
+    use serde_json::json;
+
+    /// Two processes open one store at once: the other's commit lands after this one loaded its summary and before
+    /// it records its open epoch (the netns test's `shoal put` beside a starting `shoal peer`). The commit must not be
+    /// taken as seen: the store's summary (what sync offers peers) has to include it.
+    #[test]
+    fn a_commit_landing_while_the_store_opens_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("s.db");
+        let opening = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let other = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        other.upsert("notes", json!({"_id": "x", "n": 1})).unwrap_or_else(|e| panic!("{e}"));
+        // The step of `Store::open` after loading: recording the open epoch, in a write transaction of its own.
+        opening.lock().check_open_epoch(&encryption::sibling(&path, "-epoch")).unwrap_or_else(|e| panic!("{e}"));
+        let theirs = other.replica().summary().unwrap_or_else(|e| panic!("{e}"));
+        let ours = opening.replica().summary().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!theirs.is_empty());
+        assert_eq!(ours, theirs, "the other process's commit is missing from the summary");
     }
 }
