@@ -12,11 +12,16 @@
 
 #![warn(missing_docs)]
 
+pub mod backoffice;
+mod jsonb;
 pub mod logging;
+mod offruntime;
 pub mod relay;
 pub mod replica;
 pub mod schema;
+pub mod writer;
 
+pub use backoffice::BackOfficeConfig;
 pub use relay::{Relay, RelayConfig};
 pub use replica::PgReplica;
 

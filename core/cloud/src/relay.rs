@@ -7,6 +7,7 @@
 //! [`CHANGES_CHANNEL`] (`NOTIFY`, sent by PostgreSQL when the transaction commits); every relay `LISTEN`s there
 //! on a connection of its own and offers the news to its linked devices at once: no polling.
 
+use crate::backoffice::{BackOfficeConfig, FollowerStatus, Server};
 use crate::replica::CHANGES_CHANNEL;
 use crate::{CloudError, PgReplica};
 use postgres::fallible_iterator::FallibleIterator;
@@ -43,6 +44,8 @@ pub struct RelayConfig {
     /// How many devices the relay takes at once, and from whom ([`ListenLimits::SERVER`] by default: many
     /// devices reach a relay from one address, behind carrier NAT or a load balancer).
     pub limits: ListenLimits,
+    /// The back office's HTTP API ([`crate::backoffice`]), if it is served.
+    pub http: Option<BackOfficeConfig>,
 }
 
 impl RelayConfig {
@@ -56,6 +59,7 @@ impl RelayConfig {
             identity: None,
             connections: 8,
             limits: ListenLimits::SERVER,
+            http: None,
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct Relay {
     replica: PgReplica,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<()>>,
+    backoffice: Option<Server>,
 }
 
 impl Relay {
@@ -91,7 +96,7 @@ impl Relay {
             Some(identity) => identity,
             None => Identity::generate()?,
         };
-        let node_config = NodeConfig::new(config.name.clone(), access)
+        let node_config = NodeConfig::new(config.name.clone(), access.clone())
             .with_mdns(false)
             .listen_on(config.listen)
             .with_listen_limits(config.limits);
@@ -100,20 +105,48 @@ impl Relay {
             other => CloudError::Config(other.to_string()),
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(FollowerStatus::default());
+        let (commits, commits_seen) = tokio::sync::watch::channel(0u64);
         let follower = {
             let (node, replica, stop, url) = (node.clone(), replica.clone(), stop.clone(), config.postgres.clone());
+            let following = Following { node, replica, stop, status: status.clone(), commits };
             std::thread::Builder::new()
                 .name("shoal-cloud-follow".into())
-                .spawn(move || follow(&url, &node, &replica, &stop))
+                .spawn(move || follow(&url, &following))
                 .map_err(|e| CloudError::Config(format!("starting the follower: {e}")))?
         };
-        log::info!("relay {} listening on {:?}", node.device_key(), node.listen_addr());
-        Ok(Relay { node, replica, stop, follower: Some(follower) })
+        let mut relay = Relay { node, replica, stop, follower: Some(follower), backoffice: None };
+        if let Some(http) = &config.http {
+            let started = Server::start(
+                http,
+                &config.postgres,
+                relay.replica.clone(),
+                relay.node.clone(),
+                access,
+                status,
+                commits_seen,
+            )
+            .await;
+            match started {
+                Ok(server) => relay.backoffice = Some(server),
+                Err(e) => {
+                    relay.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        log::info!("relay {} listening on {:?}", relay.node.device_key(), relay.node.listen_addr());
+        Ok(relay)
     }
 
     /// The address devices connect to.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.node.listen_addr()
+    }
+
+    /// Where the back office's HTTP API listens, if it is served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.backoffice.as_ref().map(|b| b.addr)
     }
 
     /// The relay's node (its links, the devices it reaches).
@@ -128,6 +161,9 @@ impl Relay {
 
     /// Close every link cleanly (devices reconnect to another relay) and stop following.
     pub async fn shutdown(mut self) {
+        if let Some(backoffice) = self.backoffice.take() {
+            backoffice.shutdown().await;
+        }
         self.stop.store(true, Ordering::Release);
         self.node.shutdown().await;
         if let Some(follower) = self.follower.take() {
@@ -144,8 +180,29 @@ impl Drop for Relay {
 
 /// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
 /// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile).
-fn follow(url: &str, node: &ReplicaNode, replica: &PgReplica, stop: &AtomicBool) {
+/// What the follower thread works with.
+struct Following {
+    node: ReplicaNode,
+    replica: PgReplica,
+    stop: Arc<AtomicBool>,
+    status: Arc<FollowerStatus>,
+    /// Bumped at each announcement (the back office's feed polls wait on it).
+    commits: tokio::sync::watch::Sender<u64>,
+}
+
+impl Following {
+    /// Something may have been committed: tell the replica, the links and the feed.
+    fn news(&self) {
+        self.replica.changed();
+        self.node.replica_changed();
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn follow(url: &str, f: &Following) {
+    let (stop, status) = (&f.stop, &f.status);
     while !stop.load(Ordering::Acquire) {
+        status.connected.store(false, Ordering::Release);
         let mut client = match postgres::Client::connect(url, postgres::NoTls) {
             Ok(client) => client,
             Err(e) => {
@@ -159,8 +216,8 @@ fn follow(url: &str, node: &ReplicaNode, replica: &PgReplica, stop: &AtomicBool)
             std::thread::sleep(FOLLOW_RETRY);
             continue;
         }
-        replica.changed();
-        node.replica_changed();
+        status.connected.store(true, Ordering::Release);
+        f.news();
         'listening: while !stop.load(Ordering::Acquire) {
             let mut notifications = client.notifications();
             let mut iter = notifications.timeout_iter(FOLLOW_POLL);
@@ -168,8 +225,8 @@ fn follow(url: &str, node: &ReplicaNode, replica: &PgReplica, stop: &AtomicBool)
                 match iter.next() {
                     // The watch channel behind the wake-up coalesces a burst of them into one round of sending.
                     Ok(Some(_)) => {
-                        replica.changed();
-                        node.replica_changed();
+                        status.notifications.fetch_add(1, Ordering::Relaxed);
+                        f.news();
                     }
                     Ok(None) => break,
                     Err(e) => {

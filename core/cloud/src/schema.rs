@@ -116,6 +116,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hash, doc)
     );
     "#,
+    // 3: the back office's change feed and the cloud's own writes. Each change row records the transaction that
+    // wrote it: rows of transactions older than every transaction still running are final (none can appear before
+    // them any more), so a feed reader that reads only those, in (transaction, seq) order, never skips a change
+    // committed late. Each relay run writes under an author id of its own: `writers` hands out the chains of a
+    // device key (the relay's, in certificate mode) so that relays sharing one key never reuse one.
+    r#"
+    ALTER TABLE changes ADD COLUMN xact xid8 NOT NULL DEFAULT pg_current_xact_id();
+    CREATE INDEX changes_feed ON changes (xact, seq);
+    -- Documents in id order by code point (as phones order ids), for the back office's pages.
+    CREATE INDEX docs_by_id ON docs (collection, doc_id COLLATE "C");
+    CREATE TABLE writers (
+        device     bigint PRIMARY KEY,
+        next_chain bigint NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -272,6 +272,50 @@ impl Filter {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// Field equalities that every document the filter matches satisfies: the `path == value` terms (and bare
+    /// `path` conditions, which hold only for `true`) joined by `&&` at the top of the filter, where the path is
+    /// made of object keys only and the value — a literal, or a parameter that has a value in `params` — is not
+    /// `null` (a missing field equals `null`). A database may narrow its candidates with an index on them (JSONB
+    /// containment, an index on a field) before [`Filter::matches`] decides: they are necessary, not sufficient.
+    pub fn required_equalities(&self, params: &Params) -> Vec<(Vec<String>, Value)> {
+        use parser::{CmpOp, Expr};
+        let keys = |path: &Path| -> Option<Vec<String>> {
+            path.segments()
+                .iter()
+                .map(|s| match s {
+                    PathSegment::Key(k) => Some(k.clone()),
+                    PathSegment::Index(_) => None,
+                })
+                .collect()
+        };
+        let value = |e: &Expr| -> Option<Value> {
+            match e {
+                Expr::Literal(v) => Some(v.clone()),
+                Expr::Param(name) => params.get(name).cloned(),
+                _ => None,
+            }
+        };
+        let terms = match &self.expr {
+            Expr::And(terms) => terms.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        terms
+            .iter()
+            .filter_map(|t| {
+                let (path, v) = match t {
+                    Expr::Path(p) => (p, Value::Bool(true)),
+                    Expr::Cmp(CmpOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+                        (Expr::Path(p), other) | (other, Expr::Path(p)) => (p, value(other)?),
+                        _ => return None,
+                    },
+                    _ => return None,
+                };
+                (!v.is_null()).then_some(())?;
+                Some((keys(path)?, v))
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for Filter {

@@ -833,6 +833,29 @@ fn query_builder() {
 
 // ------------------------------------------------------------------ proptest
 
+#[test]
+fn required_equalities_are_the_top_level_field_equalities() {
+    let mut params = Params::new();
+    params.insert("team".into(), json!("north"));
+    params.insert("none".into(), json!(null));
+    let eq = |src: &str| Filter::parse(src).unwrap().required_equalities(&params);
+    let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        eq("type == 'todo' && done && team == $team && 3 == a.b && tags[0] == 'x' && n > 2"),
+        vec![
+            (keys(&["type"]), json!("todo")),
+            (keys(&["done"]), json!(true)),
+            (keys(&["team"]), json!("north")),
+            (keys(&["a", "b"]), json!(3)),
+        ]
+    );
+    // null (a missing field equals it), disjunctions, negations and unbound parameters say nothing.
+    assert!(eq("x == null && y == $none && z == $unbound").is_empty());
+    assert!(eq("a == 1 || b == 2").is_empty());
+    assert!(eq("!(a == 1) && a != 2").is_empty());
+    assert_eq!(eq("(a == 1 || b == 2) && c == 'k'"), vec![(keys(&["c"]), json!("k"))]);
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
@@ -973,6 +996,22 @@ mod props {
             q.clone().limit(n).order_and_limit(&mut limited);
             full.truncate(n);
             prop_assert_eq!(ids(&limited), ids(&full));
+        }
+
+        /// Whatever filter is made of tokens: each equality it says is required holds in every document it matches.
+        #[test]
+        fn required_equalities_hold_in_every_match(doc in arb_json(), toks in prop::collection::vec(token(), 1..12)) {
+            let Ok(f) = Filter::parse(&toks.concat()) else { return Ok(()) };
+            let params = params();
+            if f.matches(&doc, &params).unwrap_or(false) {
+                for (keys, value) in f.required_equalities(&params) {
+                    let path = Path::from_segments(keys.into_iter().map(PathSegment::Key).collect()).unwrap();
+                    let mut with = Params::new();
+                    with.insert("v".into(), value);
+                    let eq = Filter::parse(&format!("{path} == $v")).unwrap();
+                    prop_assert!(eq.matches(&doc, &with).unwrap(), "{} in {}", eq, doc);
+                }
+            }
         }
 
         #[test]

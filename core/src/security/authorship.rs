@@ -409,7 +409,7 @@ pub struct Checks<'a> {
 /// As [`Replica::apply_changes`]: a malformed change fails the whole batch.
 ///
 /// `changes` come with their digests ([`crate::store::change_digest`], of the bytes received).
-pub(crate) fn apply_received(
+pub fn apply_received(
     checks: Option<Checks<'_>>,
     store: &dyn Replica,
     changes: Vec<(DocChange, [u8; 32])>,

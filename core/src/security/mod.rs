@@ -45,7 +45,9 @@ mod tests;
 pub mod vault;
 
 pub use access::{Access, Enrolment};
-pub use authorship::{ChangeCheck, ChangeSignature, PresenceSignature, RefusalReason, Refused, Signers};
+pub use authorship::{
+    apply_received, ChangeCheck, ChangeSignature, Checks, PresenceSignature, RefusalReason, Refused, Signers,
+};
 pub use certificate::{Certificate, CertificateBody, CertificateChain, CertificateError, Grant, Right, VerifiedDevice};
 pub use channel::{SecureChannel, MAX_PLAINTEXT};
 pub use handshake::{Handshake, MAX_CREDENTIALS};

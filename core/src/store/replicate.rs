@@ -312,6 +312,20 @@ impl DocChange {
     pub fn new(collection: &str, doc_id: &str, change: Change) -> DocChange {
         DocChange { collection: collection.to_string(), doc_id: doc_id.to_string(), change, signature: None }
     }
+
+    /// What its author signs: [`change_digest`] of its encoding.
+    pub fn digest(&self) -> [u8; 32] {
+        change_digest(&self.collection, &self.doc_id, &self.change.encode())
+    }
+
+    /// This change signed with `key`, whose author id `chain` wrote it (see
+    /// [`VerifyingKey::author`](crate::security::VerifyingKey::author)): how a device's own change goes out in
+    /// certificate mode.
+    pub fn signed(mut self, key: &crate::security::SigningKey, chain: u32) -> DocChange {
+        let digest = self.digest();
+        self.signature = Some(crate::security::ChangeSignature::sign(key, chain, &digest));
+        self
+    }
 }
 
 /// What [`crate::store::Replica::apply_changes`] did.

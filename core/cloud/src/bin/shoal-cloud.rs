@@ -9,12 +9,16 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   shoal-cloud --postgres URL --listen HOST:PORT (--keys PATH | --secret-file F) [--name NAME] [--connections N]
+              [--http HOST:PORT --http-token-file F]
       run a relay of the cloud peer on the PostgreSQL database URL (e.g. postgres://shoal@127.0.0.1/shoal;
       its schema is created or migrated first), accepting devices on HOST:PORT, until SIGINT/SIGTERM, which
       close every link cleanly first. Any number of relays may serve one database.
       --keys PATH: certificate mode. PATH is a Shoal store holding the relay's keys and certificate, made like
       any device's: `shoal --db PATH enrol request NAME`, the authority issues, `shoal --db PATH enrol install`.
       --secret-file F: development mode (devices holding the app secret in F).
+      --http HOST:PORT: serve the back office's HTTP API there (documents, writes as the cloud, the change
+      feed, /health, /metrics, /openapi.json); requests carry `Authorization: Bearer TOKEN`, TOKEN being the
+      first line of the file given with --http-token-file (required with --http).
 logging: JSON lines on stderr; SHOAL_LOG=off|error|warn|info|debug|trace (default info).
 exit codes: 0 stopped cleanly, 1 failure, 64 bad usage.";
 
@@ -32,6 +36,7 @@ struct Args {
     admission: Admission,
     name: Option<String>,
     connections: Option<u32>,
+    http: Option<shoaldb_cloud::BackOfficeConfig>,
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -41,6 +46,7 @@ fn usage(msg: &str) -> ExitCode {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut postgres, mut listen, mut admission, mut name, mut connections) = (None, None, None, None, None);
+    let (mut http, mut token) = (None, None);
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -50,6 +56,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--keys" => admission = Some(Admission::Keys(PathBuf::from(value()?))),
             "--name" => name = Some(value()?),
             "--connections" => connections = Some(value()?.parse::<u32>().map_err(|e| format!("--connections: {e}"))?),
+            "--http" => http = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--http: {e}"))?),
+            "--http-token-file" => token = Some(read_token(Path::new(&value()?))?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -59,7 +67,23 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         admission: admission.ok_or("--keys (certificate mode) or --secret-file (development mode) is required")?,
         name,
         connections,
+        http: match (http, token) {
+            (Some(listen), Some(token)) => Some(shoaldb_cloud::BackOfficeConfig { listen, token }),
+            (Some(_), None) => return Err("--http needs --http-token-file".into()),
+            (None, Some(_)) => return Err("--http-token-file is for --http".into()),
+            (None, None) => None,
+        },
     })
+}
+
+/// The back office's token: the file's first line, at least 16 characters.
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.len() < 16 {
+        return Err(format!("token file {}: the token must be at least 16 characters", path.display()));
+    }
+    Ok(token)
 }
 
 fn read_secret(path: &Path) -> Result<AppSecret, String> {
@@ -106,6 +130,7 @@ fn main() -> ExitCode {
         if let Some(n) = args.connections {
             config.connections = n;
         }
+        config.http = args.http;
         let relay = match Relay::start(config).await {
             Ok(relay) => relay,
             Err(e) => {
@@ -116,6 +141,9 @@ fn main() -> ExitCode {
         if let Some(addr) = relay.listen_addr() {
             // The address on stdout, for scripts that start a relay on port 0.
             println!("listening on {addr}");
+        }
+        if let Some(addr) = relay.http_addr() {
+            println!("back office on http://{addr}");
         }
         wait_for_signal().await;
         log::info!("stopping: closing every link");

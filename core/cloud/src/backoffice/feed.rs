@@ -1,0 +1,184 @@
+//! The change feed: every change the database takes in, exactly once, resumable from a cursor.
+//!
+//! Change rows are numbered (`seq`) as they are inserted, not as they commit: a transaction that started first may
+//! commit last, so reading "seq after the last one seen" would skip its rows. Each row therefore also records the
+//! transaction that wrote it (`xact`, schema version 3), and the feed reads only rows of transactions older than
+//! every transaction still running (PostgreSQL's snapshot `xmin`): those are final, none can appear among them
+//! later. Rows come in `(xact, seq)` order, and the cursor is the last row's pair, written `XACT.SEQ`. A consumer
+//! that stores the cursor with what it did with the events, and comes back with it, gets every change once — also
+//! across its own restarts and across relays (the cursor means the same on every relay of the database).
+//!
+//! A long poll: with nothing new, the request waits (up to `wait` seconds) until a commit is announced, then reads
+//! again. A transaction that stays open holds the feed back for as long (the `/metrics` lag says how long).
+
+use super::{blocking, ApiError, Authorized, BackOffice};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value as Json_};
+use shoaldb::{Document, PeerId};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The most events one response carries.
+pub const MAX_EVENTS: usize = 1000;
+
+/// The longest a poll waits for news, in seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// How often a waiting poll reads again even without an announcement (a transaction that held the feed back may
+/// have ended without writing changes).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A position in the feed: after the change `seq` of the transaction `xact`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The transaction id (PostgreSQL `xid8`).
+    pub xact: u64,
+    /// The change's number.
+    pub seq: i64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.xact, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cursor, String> {
+        let bad = || format!("a cursor is XACT.SEQ (as the feed returned it), not {s:?}");
+        let (xact, seq) = s.split_once('.').ok_or_else(bad)?;
+        let seq: i64 = seq.parse().map_err(|_| bad())?;
+        if seq < 0 {
+            return Err(bad());
+        }
+        Ok(Cursor { xact: xact.parse().map_err(|_| bad())?, seq })
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct PollParams {
+    /// Where to start: a cursor from an earlier response; `now` for only what comes next; absent for the start.
+    after: Option<String>,
+    limit: Option<usize>,
+    /// Seconds to wait for news when there is none (0: answer at once).
+    wait: Option<u64>,
+    /// Whether each event carries the document's current JSON view (default true).
+    documents: Option<bool>,
+}
+
+/// `GET /v1/feed`.
+pub(super) async fn poll(
+    _: Authorized,
+    State(state): State<Arc<BackOffice>>,
+    Query(p): Query<PollParams>,
+) -> Result<Json<Json_>, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_EVENTS {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_EVENTS}")));
+    }
+    let wait = Duration::from_secs(p.wait.unwrap_or(0));
+    if wait > Duration::from_secs(MAX_WAIT_SECS) {
+        return Err(ApiError::bad_request(format!("wait is at most {MAX_WAIT_SECS} seconds")));
+    }
+    let documents = p.documents.unwrap_or(true);
+    let after = match p.after.as_deref() {
+        None | Some("") => Cursor::default(),
+        Some("now") => {
+            let st = state.clone();
+            blocking(move || now(&mut *st.client()?)).await?
+        }
+        Some(text) => text.parse().map_err(ApiError::bad_request)?,
+    };
+    let _permit = if wait.is_zero() {
+        None
+    } else {
+        Some(state.waiting.try_acquire().map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many polls are waiting; retry shortly")
+        })?)
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut commits = state.commits.clone();
+    loop {
+        commits.borrow_and_update();
+        let st = state.clone();
+        let events = blocking(move || read(&mut *st.client()?, after, limit, documents)).await?;
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            let cursor = events.last().map_or(after, |(c, _)| *c);
+            let events: Vec<Json_> = events.into_iter().map(|(_, e)| e).collect();
+            return Ok(Json(json!({"events": events, "cursor": cursor.to_string()})));
+        }
+        let next = deadline.min(tokio::time::Instant::now() + RECHECK);
+        let _ = tokio::time::timeout_at(next, commits.changed()).await;
+    }
+}
+
+/// A cursor at the feed's present: what is final now is behind it.
+fn now(client: &mut postgres::Client) -> Result<Cursor, ApiError> {
+    let xmin: String = client.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])?.get(0);
+    let xact = xmin.parse().map_err(|_| ApiError::internal(format!("a transaction id {xmin:?}")))?;
+    Ok(Cursor { xact, seq: 0 })
+}
+
+/// Up to `limit` events after `after`, each with its cursor.
+pub(crate) fn read(
+    client: &mut postgres::Client,
+    after: Cursor,
+    limit: usize,
+    documents: bool,
+) -> Result<Vec<(Cursor, Json_)>, ApiError> {
+    let rows = client.query(
+        "SELECT c.xact::text, c.seq, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, \
+                CASE WHEN $4 THEN d.state END \
+         FROM changes c JOIN docs d ON d.num = c.doc \
+         WHERE (c.xact, c.seq) > ($1::text::xid8, $2::bigint) AND c.xact < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY c.xact, c.seq LIMIT $3",
+        &[&after.xact.to_string(), &after.seq, &(limit as i64), &documents],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let xact: String = r.get(0);
+            let cursor = Cursor {
+                xact: xact.parse().map_err(|_| ApiError::internal(format!("a transaction id {xact:?}")))?,
+                seq: r.get(1),
+            };
+            let (collection, id): (String, String) = (r.get(2), r.get(3));
+            let mut event = json!({
+                "cursor": cursor.to_string(),
+                "collection": collection,
+                "id": id,
+                "author": PeerId(r.get::<_, i64>(4) as u64).to_string(),
+                "start": r.get::<_, i64>(5),
+                "end": r.get::<_, i64>(6),
+            });
+            if let Some(state) = r.get::<_, Option<Vec<u8>>>(7) {
+                let view = Document::decode(&state).map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", format!("document {id:?}: {e}"))
+                })?;
+                event["document"] = view.view(&id).unwrap_or(Json_::Null);
+            }
+            Ok((cursor, event))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn cursors_read_back_and_refuse_anything_else() {
+        let c = Cursor { xact: 7_000_000_123, seq: 42 };
+        assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
+        for bad in ["", "1", "1.", ".1", "a.1", "1.-2", "1.2.3", "-1.2", "99999999999999999999.1"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?} was taken");
+        }
+        assert!(Cursor { xact: 1, seq: 9 } < Cursor { xact: 2, seq: 1 });
+    }
+}
