@@ -76,6 +76,10 @@ pub enum NodeError {
     /// The sync engine refused the request.
     #[error("sync: {0}")]
     Sync(#[from] crate::sync::SyncError),
+    /// The configuration asks for something this build or its values cannot do (a WebSocket without the
+    /// `websocket` feature, a cloud URL that is not `ws://host[:port]/path`).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// How a [`Node`] joins the network.
@@ -99,6 +103,13 @@ pub struct NodeConfig {
     pub subscriptions: Vec<Subscription>,
     /// A Bluetooth LE radio to sync over as well (phones with no network in common); `None`: the LAN only.
     pub ble: Option<BleRadio>,
+    /// Where to accept sync links inside WebSocket connections (a relay of the cloud, behind an HTTP load
+    /// balancer; see [`crate::transport::websocket`]). Needs the `websocket` feature.
+    pub websocket_listen: Option<SocketAddr>,
+    /// The cloud's relays to dial over WebSocket (`ws://relay.example.com/sync`), and dial again whenever the link
+    /// is lost, beside the LAN and Bluetooth: the device syncs through the cloud whenever it can reach it, and so
+    /// does every device it meets. Needs the `websocket` feature.
+    pub cloud: Vec<String>,
 }
 
 impl NodeConfig {
@@ -114,7 +125,21 @@ impl NodeConfig {
             mdns: true,
             subscriptions: vec![Subscription::everything()],
             ble: None,
+            websocket_listen: None,
+            cloud: Vec::new(),
         }
+    }
+
+    /// Accept sync links inside WebSocket connections on `addr` (see [`NodeConfig::websocket_listen`]).
+    pub fn listen_websocket_on(mut self, addr: SocketAddr) -> NodeConfig {
+        self.websocket_listen = Some(addr);
+        self
+    }
+
+    /// Also dial the cloud's relay at `url` over WebSocket (see [`NodeConfig::cloud`]).
+    pub fn connect_to_cloud(mut self, url: impl Into<String>) -> NodeConfig {
+        self.cloud.push(url.into());
+        self
     }
 
     /// Listen on `addr`.
@@ -234,6 +259,12 @@ impl Node {
     /// The address accepting connections, if the node listens.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.inner.lan.listen_addr()
+    }
+
+    /// The address accepting WebSocket links, if the node accepts them ([`NodeConfig::websocket_listen`]).
+    #[cfg(feature = "websocket")]
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.inner.lan.websocket_addr()
     }
 
     /// This device's key.
@@ -366,6 +397,10 @@ async fn start_engine(
             return Err(e.into());
         }
     };
+    if let Err(e) = start_websocket(&lan, config).await {
+        hub.begin_shutdown();
+        return Err(e);
+    }
     hub.spawn(tick(hub.clone()));
     if let Some(BleRadio(radio)) = &config.ble {
         let ble = BleConfig::new(ble::radio::device_tag(&device), ble::radio::app_tag(&config.access.psk()));
@@ -377,6 +412,30 @@ async fn start_engine(
         ));
     }
     Ok((hub, lan))
+}
+
+/// Accept and dial WebSocket links as `config` says.
+#[cfg(feature = "websocket")]
+async fn start_websocket(lan: &Lan, config: &NodeConfig) -> Result<(), NodeError> {
+    for url in &config.cloud {
+        crate::transport::websocket::host_and_port(url).map_err(NodeError::Config)?;
+    }
+    if let Some(addr) = config.websocket_listen {
+        lan.listen_websocket(addr, config.listen_limits).await?;
+    }
+    for url in &config.cloud {
+        lan.connect_websocket(url);
+    }
+    Ok(())
+}
+
+/// Without the `websocket` feature, a configuration that asks for WebSocket links is refused.
+#[cfg(not(feature = "websocket"))]
+async fn start_websocket(_lan: &Lan, config: &NodeConfig) -> Result<(), NodeError> {
+    if config.websocket_listen.is_some() || !config.cloud.is_empty() {
+        return Err(NodeError::Config("WebSocket links need the `websocket` feature".into()));
+    }
+    Ok(())
 }
 
 /// Close every link cleanly, withdraw the mDNS advertisement and stop every task of a node.
@@ -430,6 +489,12 @@ impl ReplicaNode {
     /// The address accepting connections, if the node listens.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.inner.lan.listen_addr()
+    }
+
+    /// The address accepting WebSocket links, if the node accepts them ([`NodeConfig::websocket_listen`]).
+    #[cfg(feature = "websocket")]
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.inner.lan.websocket_addr()
     }
 
     /// This device's key.

@@ -46,6 +46,9 @@ pub struct RelayConfig {
     pub limits: ListenLimits,
     /// The back office's HTTP API ([`crate::backoffice`]), if it is served.
     pub http: Option<BackOfficeConfig>,
+    /// Where devices connect with sync links inside WebSocket connections (through an HTTP load balancer), if
+    /// anywhere; within the same [`RelayConfig::limits`].
+    pub websocket: Option<SocketAddr>,
 }
 
 impl RelayConfig {
@@ -60,6 +63,7 @@ impl RelayConfig {
             connections: 8,
             limits: ListenLimits::SERVER,
             http: None,
+            websocket: None,
         }
     }
 }
@@ -96,10 +100,11 @@ impl Relay {
             Some(identity) => identity,
             None => Identity::generate()?,
         };
-        let node_config = NodeConfig::new(config.name.clone(), access.clone())
+        let mut node_config = NodeConfig::new(config.name.clone(), access.clone())
             .with_mdns(false)
             .listen_on(config.listen)
             .with_listen_limits(config.limits);
+        node_config.websocket_listen = config.websocket;
         let node = ReplicaNode::start(replica.clone(), identity, node_config).await.map_err(|e| match e {
             shoaldb::NodeError::Lan(e) => CloudError::Lan(e),
             other => CloudError::Config(other.to_string()),
@@ -142,6 +147,11 @@ impl Relay {
     /// The address devices connect to.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.node.listen_addr()
+    }
+
+    /// Where devices connect over WebSocket, if they may.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.node.websocket_addr()
     }
 
     /// Where the back office's HTTP API listens, if it is served.

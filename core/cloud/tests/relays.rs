@@ -258,3 +258,32 @@ async fn a_relay_takes_many_devices_from_one_address() {
     }
     relay.shutdown().await;
 }
+
+/// Phones that reach the cloud only through WebSocket (as through an HTTP load balancer) sync with phones on plain
+/// TCP links to another relay of the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phone_on_a_websocket_syncs_with_a_phone_on_another_relay() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = RelayConfig::new(&url, any, secret());
+    config.websocket = Some(any);
+    let behind_balancer = Relay::start(config).await.unwrap();
+    let plain = relay(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = format!("ws://{}/sync", behind_balancer.websocket_addr().unwrap());
+    let store = Store::open(dir.path().join("ws.db")).unwrap();
+    let on_ws = Node::start(store.clone(), NodeConfig::new("ws phone", secret()).with_mdns(false).connect_to_cloud(ws))
+        .await
+        .unwrap();
+    let (tcp, on_tcp) = phone(&dir, "tcp phone", &[plain.listen_addr().unwrap()]).await;
+    store.upsert("notes", serde_json::json!({"_id": "over websocket"})).unwrap();
+    tcp.upsert("notes", serde_json::json!({"_id": "over tcp"})).unwrap();
+    common::eventually("both phones hold both notes", || {
+        [&store, &tcp].iter().all(|s| s.find("notes", &Query::all()).is_ok_and(|d| d.len() == 2))
+    })
+    .await;
+    on_ws.shutdown().await;
+    on_tcp.shutdown().await;
+    behind_balancer.shutdown().await;
+    plain.shutdown().await;
+}

@@ -15,7 +15,7 @@
 //!
 //! Apps use it through [`Node`](crate::node::Node).
 
-mod connection;
+pub(crate) mod connection;
 pub(crate) mod dialer;
 pub mod discovery;
 pub mod slots;
@@ -66,6 +66,12 @@ pub(crate) struct Lan {
     hub: Arc<Hub>,
     listen_addr: Option<SocketAddr>,
     dialled: Mutex<HashSet<SocketAddr>>,
+    /// The WebSocket URLs dialled.
+    #[cfg(feature = "websocket")]
+    dialled_urls: Mutex<HashSet<String>>,
+    /// Where WebSocket links are accepted, if they are.
+    #[cfg(feature = "websocket")]
+    websocket_addr: Mutex<Option<SocketAddr>>,
     discovery: Mutex<Option<Discovery>>,
 }
 
@@ -85,10 +91,20 @@ impl Lan {
             let local = listener.local_addr().map_err(|source| LanError::Bind { addr, source })?;
             log::info!("listening on {local}");
             listen_addr = Some(local);
-            hub.spawn(accept(hub.clone(), listener, Slots::with_limits(limits)));
+            hub.spawn(accept(hub.clone(), listener, Slots::with_limits(limits), |hub, stream, _, slot| async move {
+                connection::run(hub, stream, false, Some(slot)).await;
+            }));
         }
-        let lan =
-            Lan { hub: hub.clone(), listen_addr, dialled: Mutex::new(HashSet::new()), discovery: Mutex::new(None) };
+        let lan = Lan {
+            hub: hub.clone(),
+            listen_addr,
+            dialled: Mutex::new(HashSet::new()),
+            #[cfg(feature = "websocket")]
+            dialled_urls: Mutex::new(HashSet::new()),
+            #[cfg(feature = "websocket")]
+            websocket_addr: Mutex::new(None),
+            discovery: Mutex::new(None),
+        };
         if let Some(tag) = mdns_tag {
             let (tx, rx) = mpsc::channel(64);
             let discovery = Discovery::start(&hub, tag, listen_addr, tx)?;
@@ -126,6 +142,55 @@ impl Lan {
         self.hub.spawn(dialer::dial(self.hub.clone(), dialer::Target::Address(addr)));
     }
 
+    /// Accept sync links inside WebSocket connections on `addr`, within `limits` (see [`crate::transport::websocket`]).
+    /// Returns the address bound.
+    #[cfg(feature = "websocket")]
+    pub async fn listen_websocket(&self, addr: SocketAddr, limits: ListenLimits) -> Result<SocketAddr, LanError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| LanError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|source| LanError::Bind { addr, source })?;
+        log::info!("accepting WebSocket links on {local}");
+        *lock(&self.websocket_addr) = Some(local);
+        let hub = self.hub.clone();
+        self.hub.spawn(accept(hub, listener, Slots::with_limits(limits), |hub, stream, peer, slot| async move {
+            // The upgrade too must complete within the handshake deadline, holding its slot meanwhile.
+            match tokio::time::timeout(HANDSHAKE_DEADLINE, crate::transport::websocket::accept(stream)).await {
+                Ok(Ok((rd, wr))) => {
+                    connection::run_halves(hub, rd, wr, Some(peer), false, Some(slot)).await;
+                }
+                Ok(Err(e)) => log::warn!("refusing a WebSocket connection from {peer}: {e}"),
+                Err(_) => log::warn!("refusing a WebSocket connection from {peer}: no upgrade within the deadline"),
+            }
+        }));
+        Ok(local)
+    }
+
+    /// Where WebSocket links are accepted, if they are.
+    #[cfg(feature = "websocket")]
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.websocket_addr)
+    }
+
+    /// Dial the sync WebSocket at `url` (`ws://host:port/path`), and again whenever the link is lost (with
+    /// backoff), until shutdown. Dialling a URL twice does nothing.
+    #[cfg(feature = "websocket")]
+    pub fn connect_websocket(&self, url: &str) {
+        if self.hub.is_shutting_down() {
+            return;
+        }
+        {
+            let mut dialled = lock(&self.dialled_urls);
+            if dialled.len() >= MAX_DIAL_TARGETS {
+                log::warn!("not dialling {url}: already dialling {MAX_DIAL_TARGETS} URLs");
+                return;
+            }
+            if !dialled.insert(url.to_string()) {
+                return;
+            }
+        }
+        log::info!("dialling {url}");
+        self.hub.spawn(dialer::dial(self.hub.clone(), dialer::Target::WebSocket(url.to_string())));
+    }
+
     /// Withdraw the mDNS advertisement and stop discovery.
     pub async fn stop_discovery(&self) {
         let discovery = lock(&self.discovery).take();
@@ -143,8 +208,13 @@ impl Drop for Lan {
     }
 }
 
-/// Accept connections until shutdown, each within the limits of `slots` (in all and per source).
-async fn accept(hub: Arc<Hub>, listener: TcpListener, slots: Arc<Slots>) {
+/// Accept connections until shutdown, each within the limits of `slots` (in all and per source), and `serve` each
+/// (on a task of its own) with its slot.
+async fn accept<F, Fut>(hub: Arc<Hub>, listener: TcpListener, slots: Arc<Slots>, serve: F)
+where
+    F: Fn(Arc<Hub>, tokio::net::TcpStream, SocketAddr, slots::Slot) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let max = slots.limits().connections;
     loop {
         let accepted = tokio::select! {
@@ -164,10 +234,7 @@ async fn accept(hub: Arc<Hub>, listener: TcpListener, slots: Arc<Slots>) {
                         continue;
                     }
                 };
-                let h = hub.clone();
-                hub.spawn(async move {
-                    connection::run(h, stream, false, Some(slot)).await;
-                });
+                hub.spawn(serve(hub.clone(), stream, peer, slot));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.

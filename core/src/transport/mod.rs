@@ -32,3 +32,5 @@ pub mod ble;
 pub mod frame;
 pub(crate) mod hub;
 pub mod lan;
+#[cfg(feature = "websocket")]
+pub mod websocket;

@@ -9,13 +9,15 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   shoal-cloud --postgres URL --listen HOST:PORT (--keys PATH | --secret-file F) [--name NAME] [--connections N]
-              [--http HOST:PORT --http-token-file F]
+              [--websocket HOST:PORT] [--http HOST:PORT --http-token-file F]
       run a relay of the cloud peer on the PostgreSQL database URL (e.g. postgres://shoal@127.0.0.1/shoal;
       its schema is created or migrated first), accepting devices on HOST:PORT, until SIGINT/SIGTERM, which
       close every link cleanly first. Any number of relays may serve one database.
       --keys PATH: certificate mode. PATH is a Shoal store holding the relay's keys and certificate, made like
       any device's: `shoal --db PATH enrol request NAME`, the authority issues, `shoal --db PATH enrol install`.
       --secret-file F: development mode (devices holding the app secret in F).
+      --websocket HOST:PORT: also accept devices' sync links inside WebSocket connections there (any path;
+      for HTTP load balancers: terminate TLS there, the links are Noise-encrypted inside either way).
       --http HOST:PORT: serve the back office's HTTP API there (documents, writes as the cloud, the change
       feed, /health, /metrics, /openapi.json); requests carry `Authorization: Bearer TOKEN`, TOKEN being the
       first line of the file given with --http-token-file (required with --http).
@@ -37,6 +39,7 @@ struct Args {
     name: Option<String>,
     connections: Option<u32>,
     http: Option<shoaldb_cloud::BackOfficeConfig>,
+    websocket: Option<SocketAddr>,
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -46,7 +49,7 @@ fn usage(msg: &str) -> ExitCode {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut postgres, mut listen, mut admission, mut name, mut connections) = (None, None, None, None, None);
-    let (mut http, mut token) = (None, None);
+    let (mut http, mut token, mut websocket) = (None, None, None);
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -56,6 +59,9 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--keys" => admission = Some(Admission::Keys(PathBuf::from(value()?))),
             "--name" => name = Some(value()?),
             "--connections" => connections = Some(value()?.parse::<u32>().map_err(|e| format!("--connections: {e}"))?),
+            "--websocket" => {
+                websocket = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--websocket: {e}"))?);
+            }
             "--http" => http = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--http: {e}"))?),
             "--http-token-file" => token = Some(read_token(Path::new(&value()?))?),
             other => return Err(format!("unknown argument {other:?}")),
@@ -67,6 +73,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         admission: admission.ok_or("--keys (certificate mode) or --secret-file (development mode) is required")?,
         name,
         connections,
+        websocket,
         http: match (http, token) {
             (Some(listen), Some(token)) => Some(shoaldb_cloud::BackOfficeConfig { listen, token }),
             (Some(_), None) => return Err("--http needs --http-token-file".into()),
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
             config.connections = n;
         }
         config.http = args.http;
+        config.websocket = args.websocket;
         let relay = match Relay::start(config).await {
             Ok(relay) => relay,
             Err(e) => {
@@ -141,6 +149,9 @@ fn main() -> ExitCode {
         if let Some(addr) = relay.listen_addr() {
             // The address on stdout, for scripts that start a relay on port 0.
             println!("listening on {addr}");
+        }
+        if let Some(addr) = relay.websocket_addr() {
+            println!("websocket on ws://{addr}/");
         }
         if let Some(addr) = relay.http_addr() {
             println!("back office on http://{addr}");

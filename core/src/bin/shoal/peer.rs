@@ -17,6 +17,8 @@ struct PeerArgs {
     name: Option<String>,
     listen: Option<SocketAddr>,
     connect: Vec<SocketAddr>,
+    /// `--cloud URL`: relays of the cloud to dial over WebSocket.
+    cloud: Vec<String>,
     mdns: bool,
     subscriptions: Vec<Subscription>,
     /// `--ble ADAPTER`: also sync over Bluetooth LE on this BlueZ adapter.
@@ -34,6 +36,7 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
         name: None,
         listen: None,
         connect: Vec::new(),
+        cloud: Vec::new(),
         mdns: true,
         subscriptions: Vec::new(),
         ble: None,
@@ -57,6 +60,7 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
             "--name" => parsed.name = Some(value()?),
             "--listen" => parsed.listen = Some(resolve(&value()?)?),
             "--connect" => parsed.connect.push(resolve(&value()?)?),
+            "--cloud" => parsed.cloud.push(value()?),
             "--no-mdns" if inline.is_none() => parsed.mdns = false,
             "--subscribe" => {
                 let s = value()?;
@@ -168,6 +172,7 @@ pub fn run(db: &Path, key: Option<StoreKey>, args: &[String]) -> Result<(), CliE
         .with_subscriptions(args.subscriptions.clone());
     config.listen = args.listen;
     config.connect = args.connect.clone();
+    config.cloud = args.cloud.clone();
     let config = with_bluetooth(config, &args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,12 +13,43 @@ use crate::security::DeviceKey;
 use crate::sync::{LinkId, TransportKind};
 use crate::transport::frame::{encode_frame, FrameDecoder};
 use crate::transport::hub::{Hub, LinkState};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+/// The receiving half of a connection's byte stream: a TCP socket's, or a WebSocket's messages.
+pub(crate) trait ByteSource: Send + 'static {
+    /// Read some bytes into `buf`; 0 at the end of the stream.
+    fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
+}
+
+/// The sending half of a connection's byte stream.
+pub(crate) trait ByteSink: Send + 'static {
+    /// Send all of `data`.
+    fn write_all(&mut self, data: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Close the sending direction cleanly.
+    fn shutdown(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ByteSource for OwnedReadHalf {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        AsyncReadExt::read(self, buf).await
+    }
+}
+
+impl ByteSink for OwnedWriteHalf {
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        AsyncWriteExt::write_all(self, data).await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        AsyncWriteExt::shutdown(self).await
+    }
+}
 
 /// A connection that has not authenticated (handshake done, hello received) this long after it opened is closed
 /// by the transport, whatever the engine does: a connection costs a socket, two tasks and a slot
@@ -51,6 +82,19 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool, slot:
         log::debug!("TCP_NODELAY: {e}");
     }
     let peer_addr = stream.peer_addr().ok();
+    let (rd, wr) = stream.into_split();
+    run_halves(hub, rd, wr, peer_addr, initiator, slot).await
+}
+
+/// [`run`] over any byte stream, given as its two halves (`peer_addr`: where it comes from, for logs and limits).
+pub(crate) async fn run_halves<R: ByteSource, W: ByteSink>(
+    hub: Arc<Hub>,
+    rd: R,
+    wr: W,
+    peer_addr: Option<SocketAddr>,
+    initiator: bool,
+    slot: Option<Slot>,
+) -> Outcome {
     let link = match hub.with_engine(move |e| e.add_link(TransportKind::Lan, initiator)).await {
         Ok(Ok(link)) => link,
         Ok(Err(e)) => {
@@ -68,7 +112,6 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool, slot:
         if initiator { "dialled" } else { "accepted" },
         peer_addr.map(|a| a.to_string()).unwrap_or_default()
     );
-    let (rd, wr) = stream.into_split();
     let reader = hub.runtime().spawn(read_loop(hub.clone(), conn.clone(), link, rd));
     let writer = hub.runtime().spawn(write_loop(hub.clone(), conn.clone(), link, wr));
     // When either half ends (for whatever reason, a panic included), the other is told to stop.
@@ -125,7 +168,7 @@ async fn authenticate_within(conn: &LinkState, link: LinkId, mut slot: Option<Sl
     drop(slot);
 }
 
-async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: OwnedReadHalf) {
+async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: impl ByteSource) {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
@@ -176,7 +219,7 @@ async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: Ow
     }
 }
 
-async fn write_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut wr: OwnedWriteHalf) {
+async fn write_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut wr: impl ByteSink) {
     let mut wake = hub.wake_receiver();
     let mut out: Vec<u8> = Vec::new();
     loop {

@@ -73,6 +73,10 @@ pub(crate) enum Target {
     Address(SocketAddr),
     /// A device found by discovery, at the addresses it advertises (`None` once it is gone).
     Device { device: DeviceKey, addrs: watch::Receiver<Option<Vec<SocketAddr>>>, failures: Failures },
+    /// A sync WebSocket the app gave (`ws://…`, see [`crate::transport::websocket`]); its host is looked up at each
+    /// attempt.
+    #[cfg(feature = "websocket")]
+    WebSocket(String),
 }
 
 impl Target {
@@ -80,14 +84,24 @@ impl Target {
         match self {
             Target::Address(a) => a.to_string(),
             Target::Device { device, .. } => format!("device {device}"),
+            #[cfg(feature = "websocket")]
+            Target::WebSocket(url) => url.clone(),
         }
     }
 
     /// The addresses to try now; `None` when the target is gone.
-    fn addrs(&self) -> Option<Vec<SocketAddr>> {
+    async fn addrs(&self) -> Option<Vec<SocketAddr>> {
         match self {
             Target::Address(a) => Some(vec![*a]),
             Target::Device { addrs, .. } => addrs.borrow().clone(),
+            #[cfg(feature = "websocket")]
+            Target::WebSocket(url) => match crate::transport::websocket::resolve(url).await {
+                Ok(addrs) => Some(addrs),
+                Err(e) => {
+                    log::debug!("looking up {url}: {e}");
+                    Some(Vec::new())
+                }
+            },
         }
     }
 
@@ -109,6 +123,8 @@ impl Target {
     async fn gone(&mut self) {
         match self {
             Target::Address(_) => std::future::pending().await,
+            #[cfg(feature = "websocket")]
+            Target::WebSocket(_) => std::future::pending().await,
             Target::Device { addrs, .. } => {
                 let _ = addrs.wait_for(Option::is_none).await;
             }
@@ -121,7 +137,7 @@ pub(crate) async fn dial(hub: Arc<Hub>, mut target: Target) {
     let mut backoff = Backoff::default();
     let mut device = match &target {
         Target::Device { device, .. } => Some(*device),
-        Target::Address(_) => None,
+        _ => None,
     };
     let what = target.describe();
     if matches!(device, Some(d) if d > hub.device()) {
@@ -144,10 +160,29 @@ pub(crate) async fn dial(hub: Arc<Hub>, mut target: Target) {
                 () = target.gone() => return,
             }
         }
-        let Some(addrs) = target.addrs() else { return };
+        let Some(addrs) = target.addrs().await else { return };
         match connect_any(&addrs).await {
             Ok(stream) => {
-                let outcome = connection::run(hub.clone(), stream, true, None).await;
+                let outcome = match &target {
+                    #[cfg(feature = "websocket")]
+                    Target::WebSocket(url) => {
+                        let peer = stream.peer_addr().ok();
+                        match tokio::time::timeout(CONNECT_TIMEOUT, crate::transport::websocket::connect(url, stream))
+                            .await
+                        {
+                            Ok(Ok((rd, wr))) => connection::run_halves(hub.clone(), rd, wr, peer, true, None).await,
+                            Ok(Err(e)) => {
+                                log::debug!("dialling {what}: the WebSocket upgrade failed: {e}");
+                                connection::Outcome::default()
+                            }
+                            Err(_) => {
+                                log::debug!("dialling {what}: no WebSocket upgrade within {CONNECT_TIMEOUT:?}");
+                                connection::Outcome::default()
+                            }
+                        }
+                    }
+                    _ => connection::run(hub.clone(), stream, true, None).await,
+                };
                 if let Some(d) = outcome.device {
                     if d == hub.device() {
                         log::warn!("{what} is this device itself; not dialling it again");
