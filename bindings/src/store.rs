@@ -105,11 +105,15 @@ pub struct SyncConfig {
     /// `None`: everything.
     #[uniffi(default)]
     pub subscriptions: Option<Vec<String>>,
+    /// The cloud's relays to dial over WebSocket (`ws://relay.example.com/sync`), and dial again whenever the link
+    /// is lost: the device syncs through the cloud whenever it reaches it, beside the local network and Bluetooth.
+    #[uniffi(default)]
+    pub cloud: Vec<String>,
 }
 
 impl Default for SyncConfig {
     fn default() -> SyncConfig {
-        SyncConfig { listen: None, mdns: true, peers: Vec::new(), subscriptions: None }
+        SyncConfig { listen: None, mdns: true, peers: Vec::new(), subscriptions: None, cloud: Vec::new() }
     }
 }
 
@@ -232,6 +236,9 @@ impl Open {
         }
         for peer in &sync.peers {
             config = config.connect_to(parse_addr(peer)?);
+        }
+        for url in &sync.cloud {
+            config = config.connect_to_cloud(url.clone());
         }
         if let Some(subs) = &sync.subscriptions {
             config = config.with_subscriptions(parse_subscriptions(subs)?);

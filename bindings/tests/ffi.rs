@@ -11,7 +11,7 @@ fn config(dir: &std::path::Path, name: &str) -> StoreConfig {
         path: dir.join(format!("{name}.db")).to_string_lossy().into_owned(),
         device_name: name.into(),
         app_secret: Some("ffi test secret".into()),
-        sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, peers: Vec::new(), subscriptions: None },
+        sync: SyncConfig { listen: Some("127.0.0.1:0".into()), mdns: false, ..SyncConfig::default() },
         key: None,
         key_vault: None,
     }
@@ -163,6 +163,37 @@ fn observers_see_the_current_result_first_then_changes_in_order() {
     assert!(events[1].inserted[0].contains("\"_id\":\"2\""));
     assert_eq!(events[2].removed, ["1"]);
     store.shutdown();
+}
+
+#[test]
+fn a_store_syncs_with_the_cloud_over_websocket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The "relay": a node of the core accepting WebSocket links only, on a runtime of its own.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let relay_store = shoaldb::Store::open(dir.path().join("relay.db")).expect("relay store");
+    let secret = shoaldb::security::AppSecret::from_bytes(b"ffi test secret").expect("secret");
+    let relay = runtime
+        .block_on(shoaldb::Node::start(
+            relay_store.clone(),
+            shoaldb::NodeConfig::new("relay", secret)
+                .with_mdns(false)
+                .listen_websocket_on("127.0.0.1:0".parse().expect("addr")),
+        ))
+        .expect("relay starts");
+    let url = format!("ws://{}/sync", relay.websocket_addr().expect("websocket address"));
+    let mut phone_config = config(dir.path(), "phone");
+    phone_config.sync = SyncConfig { mdns: false, cloud: vec![url], ..SyncConfig::default() };
+    let phone = Store::open(phone_config).expect("open");
+    block_on(phone.start_sync()).expect("start");
+    let notes = phone.clone().collection("notes".into()).expect("notes");
+    notes.upsert(r#"{"_id":"up","from":"phone"}"#.into()).expect("upsert");
+    relay_store.upsert("notes", serde_json::json!({"_id": "down", "from": "cloud"})).expect("relay upsert");
+    wait_until("both notes on both sides", || {
+        notes.all().map(|d| d.len() == 2).unwrap_or(false) && relay_store.get("notes", "up").ok().flatten().is_some()
+    });
+    block_on(phone.stop_sync()).expect("stop");
+    phone.shutdown();
+    runtime.block_on(relay.shutdown());
 }
 
 #[test]
