@@ -23,7 +23,7 @@ fn any() -> SocketAddr {
 }
 
 fn with_http(mut config: RelayConfig) -> RelayConfig {
-    config.http = Some(BackOfficeConfig { listen: any(), token: TOKEN.into() });
+    config.http = Some(BackOfficeConfig::new(any(), TOKEN));
     config
 }
 
@@ -234,6 +234,41 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert_eq!(ids[0], ("a".to_string(), shoaldb::PeerId(777).to_string()), "the late transaction's change first");
     assert_eq!(ids[1].0, "b");
+    relay.shutdown().await;
+}
+
+/// The back office reads from a hot standby streaming from the relays' database; writes go to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_are_served_from_a_streaming_replica() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let standby = tokio::task::spawn_blocking(move || common::Standby::start(&database)).await.unwrap();
+    let secret = AppSecret::from_bytes(b"back office standby").unwrap();
+    let mut config = with_http(RelayConfig::new(&url, any(), secret));
+    config.http.as_mut().unwrap().read_replica = Some(standby.url.clone());
+    let relay = Relay::start(config).await.unwrap();
+    let api = relay.http_addr().unwrap();
+    assert_eq!(send(api, "PUT", "/v1/collections/c/documents/x".into(), json!({"v": 1})).await.status, 200);
+    // The standby replays the write, and the reads find it there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = get(api, "/v1/collections/c/documents/x".into(), Some(TOKEN)).await;
+        if found.status == 200 {
+            assert_eq!(found.json(), json!({"_id": "x", "v": 1}));
+            break;
+        }
+        assert_eq!(found.status, 404, "{}", found.text());
+        assert!(Instant::now() < deadline, "the standby never had the write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let feed = get(api, "/v1/feed?wait=10".into(), Some(TOKEN)).await.json();
+    assert_eq!(feed["events"][0]["id"], "x", "{feed}");
+    let metrics = get(api, "/metrics".into(), Some(TOKEN)).await.text();
+    assert!(metrics.lines().any(|l| l.starts_with("shoal_read_replica_lag_seconds ")), "{metrics}");
+    // Without the standby the reads fail (they were its), while the primary takes writes.
+    tokio::task::spawn_blocking(move || drop(standby)).await.unwrap();
+    assert_eq!(get(api, "/v1/collections/c/documents/x".into(), Some(TOKEN)).await.status, 503);
+    assert_eq!(send(api, "PUT", "/v1/collections/c/documents/y".into(), json!({"v": 2})).await.status, 200);
     relay.shutdown().await;
 }
 

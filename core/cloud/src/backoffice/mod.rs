@@ -51,11 +51,26 @@ pub struct BackOfficeConfig {
     pub listen: SocketAddr,
     /// The bearer token requests must carry.
     pub token: String,
+    /// A PostgreSQL streaming replica (a hot standby of the relays' database) to serve reads from — queries,
+    /// documents, the feed, metrics — so that back-office load stays off the primary. Writes still go to the
+    /// primary; a read right after a write may not see it yet (the standby replays with a lag, shown in
+    /// `/metrics`). `None`: read from the primary.
+    pub read_replica: Option<String>,
+}
+
+impl BackOfficeConfig {
+    /// A back office on `listen` for requests carrying `token`, reading from the primary.
+    pub fn new(listen: SocketAddr, token: impl Into<String>) -> BackOfficeConfig {
+        BackOfficeConfig { listen, token: token.into(), read_replica: None }
+    }
 }
 
 impl std::fmt::Debug for BackOfficeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackOfficeConfig").field("listen", &self.listen).finish_non_exhaustive()
+        f.debug_struct("BackOfficeConfig")
+            .field("listen", &self.listen)
+            .field("read_replica", &self.read_replica.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,13 +118,21 @@ impl Server {
         commits: watch::Receiver<u64>,
     ) -> Result<Server, CloudError> {
         let url = url.to_string();
+        let reads = config.read_replica.clone().unwrap_or_else(|| url.clone());
         let (pool, writer) = tokio::task::spawn_blocking(move || -> Result<_, CloudError> {
-            let manager = PostgresConnectionManager::new(
-                url.parse().map_err(|e: postgres::Error| CloudError::Config(format!("the PostgreSQL URL: {e}")))?,
-                postgres::NoTls,
-            );
-            let pool = r2d2::Pool::builder().max_size(POOL_CONNECTIONS).build(manager)?;
-            let writer = CloudWriter::new(replica, &access, &mut *pool.get()?)?;
+            let parse = |url: &str| {
+                url.parse::<postgres::Config>()
+                    .map_err(|e| CloudError::Config(format!("the PostgreSQL URL: {}", crate::describe(&e))))
+            };
+            let manager = PostgresConnectionManager::new(parse(&reads)?, postgres::NoTls);
+            // A request waits for a connection a few seconds at most, then is answered 503.
+            let pool = r2d2::Pool::builder()
+                .max_size(POOL_CONNECTIONS)
+                .connection_timeout(std::time::Duration::from_secs(5))
+                .build(manager)?;
+            let mut primary = parse(&url)?.connect(postgres::NoTls)?;
+            let writer = CloudWriter::new(replica, &access, &mut primary)?;
+            drop(primary);
             Ok((pool, writer))
         })
         .await

@@ -75,15 +75,18 @@ pub(super) async fn metrics(
     State(state): State<Arc<BackOffice>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let st = state.clone();
-    let (position, lag) = blocking(move || {
+    let (position, lag, replay) = blocking(move || {
         let mut client = st.client()?;
         let row = client.query_one(
             "SELECT (SELECT coalesce(max(seq), 0) FROM changes), \
                     (SELECT coalesce(extract(epoch FROM now() - min(xact_start))::float8, 0) \
-                     FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database())",
+                     FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database()), \
+                    CASE WHEN pg_is_in_recovery() \
+                         THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) \
+                         ELSE 0 END",
             &[],
         )?;
-        Ok((row.get::<_, i64>(0), row.get::<_, f64>(1)))
+        Ok((row.get::<_, i64>(0), row.get::<_, f64>(1), row.get::<_, f64>(2)))
     })
     .await?;
     let rate = state.rate.sample(position);
@@ -106,6 +109,12 @@ pub(super) async fn metrics(
         "gauge",
         "How long the oldest open write transaction has held the change feed back.",
         lag,
+    );
+    metric(
+        "shoal_read_replica_lag_seconds",
+        "gauge",
+        "When reads come from a streaming replica: how far behind the primary its replay is (0 otherwise).",
+        replay,
     );
     metric(
         "shoal_follower_connected",

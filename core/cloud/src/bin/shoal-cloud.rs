@@ -9,7 +9,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   shoal-cloud --postgres URL --listen HOST:PORT (--keys PATH | --secret-file F) [--name NAME] [--connections N]
-              [--websocket HOST:PORT] [--http HOST:PORT --http-token-file F]
+              [--websocket HOST:PORT] [--http HOST:PORT --http-token-file F [--read-replica URL]]
       run a relay of the cloud peer on the PostgreSQL database URL (e.g. postgres://shoal@127.0.0.1/shoal;
       its schema is created or migrated first), accepting devices on HOST:PORT, until SIGINT/SIGTERM, which
       close every link cleanly first. Any number of relays may serve one database.
@@ -20,7 +20,8 @@ usage:
       for HTTP load balancers: terminate TLS there, the links are Noise-encrypted inside either way).
       --http HOST:PORT: serve the back office's HTTP API there (documents, writes as the cloud, the change
       feed, /health, /metrics, /openapi.json); requests carry `Authorization: Bearer TOKEN`, TOKEN being the
-      first line of the file given with --http-token-file (required with --http).
+      first line of the file given with --http-token-file (required with --http). --read-replica URL: serve
+      the back office's reads from that PostgreSQL streaming replica (a hot standby of --postgres).
 logging: JSON lines on stderr; SHOAL_LOG=off|error|warn|info|debug|trace (default info).
 exit codes: 0 stopped cleanly, 1 failure, 64 bad usage.";
 
@@ -49,7 +50,7 @@ fn usage(msg: &str) -> ExitCode {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut postgres, mut listen, mut admission, mut name, mut connections) = (None, None, None, None, None);
-    let (mut http, mut token, mut websocket) = (None, None, None);
+    let (mut http, mut token, mut websocket, mut read_replica) = (None, None, None, None);
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -63,6 +64,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 websocket = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--websocket: {e}"))?);
             }
             "--http" => http = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--http: {e}"))?),
+            "--read-replica" => read_replica = Some(value()?),
             "--http-token-file" => token = Some(read_token(Path::new(&value()?))?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -75,9 +77,10 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         connections,
         websocket,
         http: match (http, token) {
-            (Some(listen), Some(token)) => Some(shoaldb_cloud::BackOfficeConfig { listen, token }),
+            (Some(listen), Some(token)) => Some(shoaldb_cloud::BackOfficeConfig { listen, token, read_replica }),
             (Some(_), None) => return Err("--http needs --http-token-file".into()),
             (None, Some(_)) => return Err("--http-token-file is for --http".into()),
+            (None, None) if read_replica.is_some() => return Err("--read-replica is for --http".into()),
             (None, None) => None,
         },
     })

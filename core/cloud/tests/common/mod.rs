@@ -44,23 +44,32 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
-/// Run `pg_ctl` with `args` on the test server's cluster, as the user that owns it.
-pub fn pg_ctl(args: &[&str]) {
+/// A PostgreSQL program of the test server's installation (`pg_ctl`, `pg_basebackup`, …), run as the user that
+/// owns the cluster.
+pub fn pg_program(name: &str) -> std::process::Command {
     let bin = std::env::var("SHOAL_TEST_PG_BIN").expect("SHOAL_TEST_PG_BIN (set by with-postgres.sh)");
-    let data = std::env::var("SHOAL_TEST_PG_DATA").expect("SHOAL_TEST_PG_DATA (set by with-postgres.sh)");
-    let log = std::path::Path::new(&data).with_file_name("server.log");
-    let pg_ctl = format!("{bin}/pg_ctl");
+    let program = format!("{bin}/{name}");
     let user = std::env::var("SHOAL_TEST_PG_USER").unwrap_or_default();
-    let mut cmd = if user.is_empty() {
-        std::process::Command::new(&pg_ctl)
+    if user.is_empty() {
+        std::process::Command::new(&program)
     } else {
         let mut c = std::process::Command::new("runuser");
-        c.args(["-u", &user, "--", &pg_ctl]);
+        c.args(["-u", &user, "--", &program]);
         c
-    };
+    }
+}
+
+/// Run `pg_ctl` with `args` on the test server's cluster, as the user that owns it.
+pub fn pg_ctl(args: &[&str]) {
+    let data = std::env::var("SHOAL_TEST_PG_DATA").expect("SHOAL_TEST_PG_DATA (set by with-postgres.sh)");
+    let log = std::path::Path::new(&data).with_file_name("server.log");
     let log = log.to_string_lossy().into_owned();
-    cmd.args(["-D", &data, "-l", &log, "-w", "-t", "60"]).args(args);
-    let status = cmd.stdout(std::process::Stdio::null()).status().expect("run pg_ctl");
+    let status = pg_program("pg_ctl")
+        .args(["-D", &data, "-l", &log, "-w", "-t", "60"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run pg_ctl");
     assert!(status.success(), "pg_ctl {args:?} failed");
 }
 
@@ -208,4 +217,77 @@ pub fn encode(s: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// A hot standby of the test server, streaming from it (`pg_basebackup -R`), on a port of its own; stopped and
+/// removed when dropped.
+pub struct Standby {
+    data: std::path::PathBuf,
+    /// The standby's URL for the database `database`.
+    pub url: String,
+}
+
+impl Standby {
+    /// Start a standby of the test server; its URL names `database`.
+    pub fn start(database: &str) -> Standby {
+        let admin = server().expect("a test server");
+        let port = admin.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()).expect("a port").to_string();
+        let primary = std::env::var("SHOAL_TEST_PG_DATA").expect("SHOAL_TEST_PG_DATA (set by with-postgres.sh)");
+        let dir = std::path::Path::new(&primary).parent().expect("the server's directory").to_path_buf();
+        let mut id = [0u8; 4];
+        getrandom::fill(&mut id).expect("randomness");
+        let data = dir.join(format!("standby-{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let data_s = data.to_string_lossy().into_owned();
+        let out = pg_program("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data_s,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+            ])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+        let (dir_s, log) = (dir.to_string_lossy().into_owned(), format!("{data_s}.log"));
+        for _ in 0..5 {
+            let mut p = [0u8; 2];
+            getrandom::fill(&mut p).expect("randomness");
+            let candidate = 10_000 + u16::from_le_bytes(p) % 20_000;
+            if std::net::TcpStream::connect(("127.0.0.1", candidate)).is_ok() {
+                continue;
+            }
+            // (A standby needs at least the primary's max_connections: with-postgres.sh sets 300.)
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -p {candidate} -k {dir_s} -c hot_standby=on -c max_connections=300"
+            );
+            let started = pg_program("pg_ctl")
+                .args(["-D", &data_s, "-l", &log, "-w", "-t", "60", "-o", &options, "start"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if started {
+                return Standby { data, url: format!("postgres://postgres@127.0.0.1:{candidate}/{database}") };
+            }
+        }
+        panic!("the standby did not start on any port (see {log})");
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let data = self.data.to_string_lossy().into_owned();
+        let _ = pg_program("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
 }
