@@ -272,6 +272,67 @@ async fn reads_are_served_from_a_streaming_replica() {
     relay.shutdown().await;
 }
 
+/// `n` events of the feed's event stream (after `last_id`, as `Last-Event-ID`), each as (event id, document id).
+fn stream_events(addr: SocketAddr, last_id: Option<&str>, n: usize) -> Vec<(String, String)> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request =
+        format!("GET /v1/feed/stream?documents=false HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n");
+    if let Some(id) = last_id {
+        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut lines = std::io::BufReader::new(stream).lines();
+    let status = lines.next().unwrap().unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    let (mut events, mut id, mut doc) = (Vec::new(), None, None);
+    // (The body is chunked: chunk sizes come on lines of their own; each event is written whole.)
+    for line in lines {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            let event: Json = serde_json::from_str(v).unwrap();
+            doc = Some(event["id"].as_str().unwrap().to_string());
+        } else if line.is_empty() {
+            if let (Some(i), Some(d)) = (id.take(), doc.take()) {
+                events.push((i, d));
+                if events.len() == n {
+                    break;
+                }
+            }
+        }
+    }
+    events
+}
+
+/// The feed as server-sent events: in order, and resumed after the last event seen with `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_event_stream_resumes_after_the_last_event_id() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let secret = AppSecret::from_bytes(b"back office stream").unwrap();
+    let relay = Relay::start(with_http(RelayConfig::new(&url, any(), secret))).await.unwrap();
+    let api = relay.http_addr().unwrap();
+    for id in ["a", "b", "c"] {
+        assert_eq!(send(api, "PUT", format!("/v1/collections/c/documents/{id}"), json!({"v": id})).await.status, 200);
+    }
+    let first = tokio::task::spawn_blocking(move || stream_events(api, None, 3)).await.unwrap();
+    let docs: Vec<&str> = first.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(docs, ["a", "b", "c"]);
+    // Later writes, while no one reads; the reader comes back with the last id it saw.
+    let last = first[2].0.clone();
+    let reader = tokio::task::spawn_blocking(move || stream_events(api, Some(&last), 2));
+    for id in ["d", "e"] {
+        assert_eq!(send(api, "PUT", format!("/v1/collections/c/documents/{id}"), json!({"v": id})).await.status, 200);
+    }
+    let second = reader.await.unwrap();
+    let docs: Vec<&str> = second.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(docs, ["d", "e"], "resumed exactly after c");
+    relay.shutdown().await;
+}
+
 /// A relay in certificate mode with its back office; its keys and certificate with `grants`.
 async fn certified_relay(url: &str, dir: &tempfile::TempDir, authority: &SigningKey, grants: &[&str]) -> Relay {
     let keys = Store::open(dir.path().join("relay-keys.db")).unwrap();
@@ -423,10 +484,11 @@ async fn documents_are_read_queried_and_written_as_the_cloud() {
         "/v1/collections/{collection}/documents",
         "/v1/collections/{collection}/documents/{id}",
         "/v1/feed",
+        "/v1/feed/stream",
     ]
     .into();
     assert_eq!(paths, served);
-    for path in served {
+    for path in served.iter().filter(|p| !p.ends_with("/stream")) {
         let concrete = path.replace("{collection}", "tasks").replace("{id}", "t07");
         assert_ne!(get(api, concrete, Some(TOKEN)).await.status, 404, "{path} is not served");
     }

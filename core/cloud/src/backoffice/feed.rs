@@ -9,15 +9,20 @@
 //! across its own restarts and across relays (the cursor means the same on every relay of the database).
 //!
 //! A long poll: with nothing new, the request waits (up to `wait` seconds) until a commit is announced, then reads
-//! again. A transaction that stays open holds the feed back for as long (the `/metrics` lag says how long).
+//! again. Or a stream of server-sent events (`/v1/feed/stream`), each event's `id` its cursor, so that a client
+//! that reconnects with `Last-Event-ID` (browsers' `EventSource` does) goes on where it stopped. A transaction that
+//! stays open holds the feed back for as long (the `/metrics` lag says how long).
 
 use super::{blocking, ApiError, Authorized, BackOffice};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
+use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value as Json_};
 use shoaldb::{Document, PeerId};
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -88,14 +93,7 @@ pub(super) async fn poll(
         return Err(ApiError::bad_request(format!("wait is at most {MAX_WAIT_SECS} seconds")));
     }
     let documents = p.documents.unwrap_or(true);
-    let after = match p.after.as_deref() {
-        None | Some("") => Cursor::default(),
-        Some("now") => {
-            let st = state.clone();
-            blocking(move || now(&mut *st.client()?)).await?
-        }
-        Some(text) => text.parse().map_err(ApiError::bad_request)?,
-    };
+    let after = start(&state, p.after.as_deref()).await?;
     let _permit = if wait.is_zero() {
         None
     } else {
@@ -117,6 +115,85 @@ pub(super) async fn poll(
         let next = deadline.min(tokio::time::Instant::now() + RECHECK);
         let _ = tokio::time::timeout_at(next, commits.changed()).await;
     }
+}
+
+/// Where a reader starts: after `after` (a cursor; `now`; nothing: the beginning).
+async fn start(state: &Arc<BackOffice>, after: Option<&str>) -> Result<Cursor, ApiError> {
+    match after {
+        None | Some("") => Ok(Cursor::default()),
+        Some("now") => {
+            let st = state.clone();
+            blocking(move || now(&mut *st.client()?)).await
+        }
+        Some(text) => text.parse().map_err(ApiError::bad_request),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct StreamParams {
+    /// As for the poll; the `Last-Event-ID` header, when present, takes precedence.
+    after: Option<String>,
+    documents: Option<bool>,
+}
+
+/// What an event stream holds between events.
+struct Streaming {
+    state: Arc<BackOffice>,
+    cursor: Cursor,
+    documents: bool,
+    commits: tokio::sync::watch::Receiver<u64>,
+    ready: VecDeque<(Cursor, Json_)>,
+    /// Its place among the feed's readers ([`super::MAX_WAITING_POLLS`]), held while it is open.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// `GET /v1/feed/stream`: the feed as server-sent events (`event: change`, `id:` the cursor, `data:` the event).
+pub(super) async fn stream(
+    _: Authorized,
+    State(state): State<Arc<BackOffice>>,
+    headers: HeaderMap,
+    Query(p): Query<StreamParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let resume = headers.get("last-event-id").map(|v| v.to_str().map(str::to_string));
+    let after = match resume {
+        Some(Ok(id)) => start(&state, Some(&id)).await?,
+        Some(Err(_)) => return Err(ApiError::bad_request("Last-Event-ID is not a cursor")),
+        None => start(&state, p.after.as_deref()).await?,
+    };
+    let permit = state.waiting.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many feed readers are open; retry shortly")
+    })?;
+    let streaming = Streaming {
+        commits: state.commits.clone(),
+        state,
+        cursor: after,
+        documents: p.documents.unwrap_or(true),
+        ready: VecDeque::new(),
+        _permit: permit,
+    };
+    let events = futures::stream::unfold(streaming, |mut s| async move {
+        loop {
+            if let Some((cursor, event)) = s.ready.pop_front() {
+                s.cursor = cursor;
+                let event = Event::default().event("change").id(cursor.to_string()).data(event.to_string());
+                return Some((Ok(event), s));
+            }
+            s.commits.borrow_and_update();
+            let (st, after, documents) = (s.state.clone(), s.cursor, s.documents);
+            match blocking(move || read(&mut *st.client()?, after, MAX_EVENTS, documents)).await {
+                Ok(events) if !events.is_empty() => s.ready.extend(events),
+                Ok(_) => {
+                    let _ = tokio::time::timeout(RECHECK, s.commits.changed()).await;
+                }
+                Err(e) => {
+                    // The client reconnects with its Last-Event-ID; nothing is lost.
+                    log::warn!("back office: a feed stream ends: {}", e.message());
+                    return None;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// A cursor at the feed's present: what is final now is behind it.

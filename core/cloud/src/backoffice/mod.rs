@@ -5,7 +5,8 @@
 //! - `GET|PUT|PATCH|DELETE /v1/collections/{collection}/documents/{id}`: read a document; upsert, update or remove
 //!   it as the cloud's own author ([`crate::writer`]: signed, checked against the relay's certificate);
 //! - `GET /v1/feed?after=CURSOR&limit=…&wait=…`: the change feed, a long poll with a resumable cursor: every change
-//!   the database takes in, exactly once, in the order of the transactions that wrote them ([`feed`]);
+//!   the database takes in, exactly once, in the order of the transactions that wrote them ([`feed`]); and
+//!   `GET /v1/feed/stream`, the same as server-sent events (resumed with `Last-Event-ID`);
 //! - `GET /health` (for load balancers: PostgreSQL reachable, following the other relays), `GET /metrics`
 //!   (Prometheus text: links, devices, changes/s, feed lag), `GET /openapi.json` (this API, described).
 //!
@@ -38,7 +39,7 @@ use tokio::sync::{watch, Semaphore};
 /// The largest request body (a document to write), in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The most long polls of the feed waiting at once on one relay; more are answered 503 at once.
+/// The most long polls and event streams of the feed open at once on one relay; more are answered 503 at once.
 pub const MAX_WAITING_POLLS: usize = 256;
 
 /// Connections in the back office's own pool.
@@ -95,7 +96,7 @@ pub(crate) struct BackOffice {
     follower: Arc<FollowerStatus>,
     /// Changes whenever the database took in changes (any relay's commit).
     commits: watch::Receiver<u64>,
-    waiting: Semaphore,
+    waiting: Arc<Semaphore>,
     rate: ops::Rate,
 }
 
@@ -148,7 +149,7 @@ impl Server {
             node,
             follower,
             commits,
-            waiting: Semaphore::new(MAX_WAITING_POLLS),
+            waiting: Arc::new(Semaphore::new(MAX_WAITING_POLLS)),
             rate: ops::Rate::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -187,6 +188,7 @@ fn router(state: Arc<BackOffice>) -> Router {
             get(documents::get).put(documents::put).patch(documents::patch).delete(documents::delete),
         )
         .route("/v1/feed", get(feed::poll))
+        .route("/v1/feed/stream", get(feed::stream))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -223,6 +225,11 @@ pub(crate) struct ApiError {
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into() }
+    }
+
+    /// What went wrong, in words.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
