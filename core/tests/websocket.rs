@@ -49,6 +49,21 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
     }
 }
 
+/// Whether the server closed the WebSocket `ws` (a close message, an error or the end), reading what it sent.
+async fn closed<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+) -> bool {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(m) = ws.next().await {
+            if m.is_err() || matches!(m, Ok(Message::Close(_))) {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sync_both_ways_over_a_websocket() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,15 +122,7 @@ async fn hostile_websocket_clients_are_closed_and_an_honest_link_carries_on() {
             .await
             .expect("the upgrade succeeds");
     let _ = big.send(Message::Binary(Bytes::from(vec![0u8; MAX_MESSAGE_BYTES + 1]))).await;
-    let ended = tokio::time::timeout(PATIENCE, async {
-        while let Some(m) = big.next().await {
-            if m.is_err() || matches!(m, Ok(Message::Close(_))) {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "an oversized message did not close the connection");
+    assert!(closed(big).await, "an oversized message did not close the connection");
 
     // A text message closes the connection too.
     let (mut text, _) =
@@ -123,15 +130,7 @@ async fn hostile_websocket_clients_are_closed_and_an_honest_link_carries_on() {
             .await
             .expect("the upgrade succeeds");
     text.send(Message::Text("hello".into())).await.unwrap();
-    let ended = tokio::time::timeout(PATIENCE, async {
-        while let Some(m) = text.next().await {
-            if m.is_err() || matches!(m, Ok(Message::Close(_))) {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "a text message did not close the connection");
+    assert!(closed(text).await, "a text message did not close the connection");
 
     assert!(closed_by_server(&mut silent).await, "a connection that never upgraded stayed open");
     // The honest link carried on all along.

@@ -65,10 +65,8 @@ pub enum LanError {
 pub(crate) struct Lan {
     hub: Arc<Hub>,
     listen_addr: Option<SocketAddr>,
-    dialled: Mutex<HashSet<SocketAddr>>,
-    /// The WebSocket URLs dialled.
-    #[cfg(feature = "websocket")]
-    dialled_urls: Mutex<HashSet<String>>,
+    /// The addresses and URLs dialled (as [`dialer::Target::describe`] writes them).
+    dialled: Mutex<HashSet<String>>,
     /// Where WebSocket links are accepted, if they are.
     #[cfg(feature = "websocket")]
     websocket_addr: Mutex<Option<SocketAddr>>,
@@ -100,8 +98,6 @@ impl Lan {
             listen_addr,
             dialled: Mutex::new(HashSet::new()),
             #[cfg(feature = "websocket")]
-            dialled_urls: Mutex::new(HashSet::new()),
-            #[cfg(feature = "websocket")]
             websocket_addr: Mutex::new(None),
             discovery: Mutex::new(None),
         };
@@ -125,21 +121,27 @@ impl Lan {
     /// Dial `addr`, and again whenever the link is lost (with backoff), until shutdown. Dialling an address twice
     /// does nothing.
     pub fn connect(&self, addr: SocketAddr) {
+        self.dial(dialer::Target::Address(addr));
+    }
+
+    /// Dial `target` until shutdown, unless it is dialled already or [`MAX_DIAL_TARGETS`] are.
+    fn dial(&self, target: dialer::Target) {
         if self.hub.is_shutting_down() {
             return;
         }
+        let what = target.describe();
         {
             let mut dialled = lock(&self.dialled);
             if dialled.len() >= MAX_DIAL_TARGETS {
-                log::warn!("not dialling {addr}: already dialling {MAX_DIAL_TARGETS} addresses");
+                log::warn!("not dialling {what}: already dialling {MAX_DIAL_TARGETS} addresses");
                 return;
             }
-            if !dialled.insert(addr) {
+            if !dialled.insert(what.clone()) {
                 return;
             }
         }
-        log::info!("dialling {addr}");
-        self.hub.spawn(dialer::dial(self.hub.clone(), dialer::Target::Address(addr)));
+        log::info!("dialling {what}");
+        self.hub.spawn(dialer::dial(self.hub.clone(), target));
     }
 
     /// Accept sync links inside WebSocket connections on `addr`, within `limits` (see [`crate::transport::websocket`]).
@@ -174,21 +176,7 @@ impl Lan {
     /// backoff), until shutdown. Dialling a URL twice does nothing.
     #[cfg(feature = "websocket")]
     pub fn connect_websocket(&self, url: &str) {
-        if self.hub.is_shutting_down() {
-            return;
-        }
-        {
-            let mut dialled = lock(&self.dialled_urls);
-            if dialled.len() >= MAX_DIAL_TARGETS {
-                log::warn!("not dialling {url}: already dialling {MAX_DIAL_TARGETS} URLs");
-                return;
-            }
-            if !dialled.insert(url.to_string()) {
-                return;
-            }
-        }
-        log::info!("dialling {url}");
-        self.hub.spawn(dialer::dial(self.hub.clone(), dialer::Target::WebSocket(url.to_string())));
+        self.dial(dialer::Target::WebSocket(url.to_string()));
     }
 
     /// Withdraw the mDNS advertisement and stop discovery.

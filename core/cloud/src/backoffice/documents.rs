@@ -174,8 +174,7 @@ pub(super) async fn put(
     Path((collection, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Json_>, ApiError> {
-    let fields = fields(&body)?;
-    write(state, collection, id, Edit::Upsert(fields)).await
+    write(state, collection, id, Edit::Upsert(fields(&body)?)).await
 }
 
 /// `PATCH`: update an existing document's fields.
@@ -185,8 +184,7 @@ pub(super) async fn patch(
     Path((collection, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Json_>, ApiError> {
-    let fields = fields(&body)?;
-    write(state, collection, id, Edit::Update(fields)).await
+    write(state, collection, id, Edit::Update(fields(&body)?)).await
 }
 
 /// `DELETE`: remove the document.

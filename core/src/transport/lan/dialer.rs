@@ -80,7 +80,7 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Target::Address(a) => a.to_string(),
             Target::Device { device, .. } => format!("device {device}"),
