@@ -310,7 +310,7 @@ impl Batch<'_, '_> {
         let mut refs: Vec<(usize, [u8; 32])> = Vec::new();
         for (n, ((collection, id), d)) in written.iter().enumerate() {
             // Rendered once: scanned for attachment tokens (hex: untouched by `jsonb_safe`), then parsed as JSONB.
-            let view = d.doc.view(id).map(|v| jsonb_safe(v).to_string());
+            let view = d.doc.view(id).map(|v| crate::jsonb::jsonb_safe(v).to_string());
             if let Some(text) = &view {
                 refs.extend(attachment_hashes(text).map(|h| (n, h)));
             }
@@ -604,24 +604,6 @@ fn wire(collection: &str, id: &str, body: &[u8]) -> Vec<u8> {
         signature: None,
     }
     .to_wire()
-}
-
-/// `view` with every U+0000 in its strings and keys replaced by U+FFFD: JSONB cannot hold U+0000, and a document
-/// holding one must not make its batch fail. (The state column keeps the exact value.)
-fn jsonb_safe(view: Json) -> Json {
-    fn clean(s: String) -> String {
-        if s.contains('\0') {
-            s.replace('\0', "\u{FFFD}")
-        } else {
-            s
-        }
-    }
-    match view {
-        Json::String(s) => Json::String(clean(s)),
-        Json::Array(items) => Json::Array(items.into_iter().map(jsonb_safe).collect()),
-        Json::Object(map) => Json::Object(map.into_iter().map(|(k, v)| (clean(k), jsonb_safe(v))).collect()),
-        other => other,
-    }
 }
 
 /// A log row as a [`LogEntry`] (columns: seq, doc, collection, doc_id, author, start, end, body, sig).
