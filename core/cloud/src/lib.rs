@@ -16,6 +16,7 @@ pub mod backoffice;
 mod jsonb;
 pub mod logging;
 mod offruntime;
+mod pg;
 pub mod relay;
 pub mod replica;
 pub mod schema;

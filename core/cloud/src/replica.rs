@@ -9,10 +9,11 @@
 //! dependencies, refused by the author's permissions, or applied with the CRDT code of `shoaldb` — and everything
 //! is written before one commit, which also tells the other relays (`NOTIFY`).
 
+use crate::jsonb::jsonb_safe;
+use crate::offruntime::OffRuntime;
+use crate::pg::{Manager, Tx};
 use crate::schema;
 use crate::CloudError;
-use postgres::Transaction;
-use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value as Json;
 use shoaldb::crdt::change::Change;
 use shoaldb::security::certificate::ReadRules;
@@ -27,13 +28,30 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 /// The pool of connections a replica draws from.
-type Pool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
+type Pool = r2d2::Pool<Manager>;
 
 /// The channel on which a relay announces its commits to the others (the payload is the last change's `seq`).
 pub const CHANGES_CHANNEL: &str = "shoal_changes";
 
 /// How many log rows one round trip reads while collecting changes a peer lacks.
 const LOG_PAGE: i64 = 512;
+
+/// How many counter ranges (of one author each) one statement looks up while collecting changes a peer lacks
+/// ([`Replica::log_missing`]), and how many rows of each it reads at first ([`LOG_PAGE`] at a time after that):
+/// a peer lacking a few changes of many authors costs a statement per this many authors, not two per author.
+const LOG_RANGES_PER_STATEMENT: usize = 64;
+const LOG_FIRST_PAGE: i64 = 32;
+
+/// The columns of a log row as [`entry`] reads them.
+macro_rules! entry_columns {
+    () => {
+        "c.seq, c.doc, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, c.body, c.sig"
+    };
+}
+
+/// The most log rows a summary refresh reads to bring the summary up to date ([`PgReplica::summary`]); when more
+/// were written since the last read, the summary is read whole instead (one row per author).
+const SUMMARY_CATCH_UP_ROWS: i64 = 4096;
 
 /// A PostgreSQL failure, as the replica seam reports it: with its causes (a bare `db error` says nothing).
 fn pg(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -44,40 +62,31 @@ fn pg(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
 /// processes, may work on one database at once.
 #[derive(Clone)]
 pub struct PgReplica {
-    pool: Arc<PoolHandle>,
+    pool: Arc<OffRuntime<Pool>>,
     peer: PeerId,
-    /// The summary last read, until a commit of this process or a notice of another's ([`PgReplica::changed`]):
-    /// every link asks for it on every round of sending, and reading it costs a scan of `held`.
+    /// The summary as last read, kept up to date by this process's own commits, and brought up to date from the
+    /// log after a notice of another's ([`PgReplica::changed`]): every link asks for it on every round of sending.
     summary: Arc<Mutex<SummaryCache>>,
 }
 
-/// See [`PgReplica::summary`]: the cached summary, and how many times it was invalidated.
+/// See [`PgReplica::summary`]. What the cache holds is always part of what the database holds (never more): it is
+/// read from the database, and grows only by what commits added.
 #[derive(Default)]
 struct SummaryCache {
+    /// Bumped by every commit of this process and every notice of another's, so that a read that started before
+    /// one does not pass for up to date.
     epoch: u64,
     summary: Option<Summary>,
+    /// Another process may have committed since the summary was read ([`PgReplica::changed`]).
+    stale: bool,
+    /// Every log row written by a transaction older than this one (PostgreSQL's `xid8`) is in `summary`: the
+    /// oldest transaction still running when it was read. Rows of this transaction and later ones are read to
+    /// bring a stale summary up to date.
+    complete_below: i64,
 }
-
-/// The pool, closed off the async runtime: closing a blocking PostgreSQL connection runs a runtime of its own,
-/// which must not happen on a thread that drives async tasks (the last handle may go anywhere).
-struct PoolHandle(Option<Pool>);
-
-impl Drop for PoolHandle {
-    fn drop(&mut self) {
-        if let Some(pool) = self.0.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::Builder::new().name("shoal-cloud-close".into()).spawn(move || drop(pool));
-            }
-        }
-    }
-}
-
 impl std::fmt::Debug for PgReplica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgReplica")
-            .field("peer", &self.peer)
-            .field("pool", &self.pool.0.as_ref().map(Pool::state))
-            .finish()
+        f.debug_struct("PgReplica").field("peer", &self.peer).field("pool", &self.pool.get().map(Pool::state)).finish()
     }
 }
 
@@ -91,30 +100,92 @@ impl PgReplica {
     /// [`CloudError::SchemaTooNew`] when a newer relay migrated the database.
     pub fn connect(url: &str, connections: u32) -> Result<PgReplica, CloudError> {
         let config: postgres::Config = url.parse().map_err(|e| CloudError::Config(format!("{url:?}: {e}")))?;
-        let manager = PostgresConnectionManager::new(config, postgres::NoTls);
-        let pool = r2d2::Pool::builder().max_size(connections.max(1)).build(manager)?;
-        schema::migrate(&mut *pool.get()?)?;
+        let pool = r2d2::Pool::builder().max_size(connections.max(1)).build(Manager::new(config))?;
+        schema::migrate(pool.get()?.client())?;
         let mut id = [0u8; 8];
         getrandom(&mut id)?;
         Ok(PgReplica {
-            pool: Arc::new(PoolHandle(Some(pool))),
+            pool: Arc::new(OffRuntime::new(pool)),
             peer: PeerId(u64::from_le_bytes(id)),
             summary: Arc::default(),
         })
     }
 
-    /// A connection from the pool.
-    fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>> {
+    /// A connection from the pool (with its prepared statements).
+    fn client(&self) -> Result<r2d2::PooledConnection<Manager>> {
         // The pool is taken out only when the last handle drops.
-        self.pool.0.as_ref().ok_or_else(|| pg("the replica is closed"))?.get().map_err(pg)
+        self.pool.get().ok_or_else(|| pg("the replica is closed"))?.get().map_err(pg)
     }
 
-    /// Another process committed changes to the database (a relay's follower saw its `NOTIFY`): read the summary
-    /// afresh next time.
+    /// Another process committed changes to the database (a relay's follower saw its `NOTIFY`): bring the summary
+    /// up to date next time it is asked for (reading the log rows written since it was read).
     pub fn changed(&self) {
         let mut cache = shoaldb::util::lock(&self.summary);
         cache.epoch += 1;
-        cache.summary = None;
+        cache.stale = true;
+    }
+
+    /// This process committed `held`, the whole ranges now held of the authors a batch changed (read under their
+    /// locks): the cached summary takes them in, and a read under way does not pass for up to date.
+    fn committed(&self, held: &BTreeMap<PeerId, (RangeSet, bool)>) {
+        let mut cache = shoaldb::util::lock(&self.summary);
+        cache.epoch += 1;
+        if let Some(summary) = cache.summary.as_mut() {
+            for (author, (ranges, changed)) in held {
+                if *changed {
+                    for &(s, e) in ranges.ranges() {
+                        summary.insert(*author, s, e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read the summary: whole (a row per author of `held`), or — given the cached one, complete below
+    /// transaction `since` — only the log rows written since. Returns the summary and the oldest transaction
+    /// still running when it was read (every row of an older one is in it).
+    fn read_summary(&self, since: Option<(Summary, i64)>) -> Result<(Summary, i64)> {
+        let mut client = self.client()?;
+        if let Some((mut summary, since)) = since {
+            // One statement, so that the oldest running transaction is the one of the snapshot the rows come from
+            // (in the order of the index on `xact`, which a generic plan then scans rather than the whole log).
+            let rows = client
+                .query(
+                    "SELECT true, 0::bigint, 0::bigint, 0::bigint, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                     UNION ALL (SELECT false, author, start_ctr, end_ctr, 0::bigint FROM changes \
+                     WHERE xact >= $1::bigint::text::xid8 ORDER BY xact LIMIT $2)",
+                    &[&since, &SUMMARY_CATCH_UP_ROWS],
+                )
+                .map_err(pg)?;
+            if (rows.len() as i64) <= SUMMARY_CATCH_UP_ROWS {
+                let mut below = None;
+                for r in &rows {
+                    if r.get::<_, bool>(0) {
+                        below = Some(r.get::<_, i64>(4));
+                    } else {
+                        let (s, e) = (r.get::<_, i64>(2), r.get::<_, i64>(3));
+                        summary.insert(PeerId(r.get::<_, i64>(1) as u64), s.max(0) as u64, e.max(0) as u64);
+                    }
+                }
+                if let Some(below) = below {
+                    return Ok((summary, below));
+                }
+            }
+        }
+        // The oldest running transaction first: whatever it did not see finished, the read after it sees.
+        let below: i64 =
+            client.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[]).map_err(pg)?.get(0);
+        let rows = client.query("SELECT author, ranges FROM held", &[]).map_err(pg)?;
+        let mut summary = Summary::new();
+        for r in rows {
+            let ranges: RangeSet =
+                postcard::from_bytes(r.get(1)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
+            let author = PeerId(r.get::<_, i64>(0) as u64);
+            for &(s, e) in ranges.ranges() {
+                summary.insert(author, s, e);
+            }
+        }
+        Ok((summary, below))
     }
 
     /// The merged document `collection/id`, if this database holds it.
@@ -186,14 +257,13 @@ impl PgReplica {
             judge::receive(&mut batch, dc, check)?;
         }
         let report = std::mem::take(&mut batch.judged.report);
-        let last = batch.persist()?;
-        if let Some(seq) = last {
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &seq.to_string()]).map_err(pg)?;
-        }
+        // (Written with the rest, the notice goes to the other relays when the transaction commits.)
+        let wrote = batch.persist()?;
+        let held = std::mem::take(&mut batch.held);
         tx.commit().map_err(pg)?;
         log::debug!("applied a batch of {} changes: {report:?}", changes.len());
-        if report.applied > 0 {
-            self.changed();
+        if wrote {
+            self.committed(&held);
         }
         Ok(report)
     }
@@ -227,7 +297,7 @@ struct BatchDoc {
 
 /// One batch being applied, inside its transaction: the [`Ledger`] the shared rules of `shoaldb` judge it with.
 struct Batch<'t, 'c> {
-    tx: &'t mut Transaction<'c>,
+    tx: &'t mut Tx<'c>,
     docs: BTreeMap<DocKey, BatchDoc>,
     /// What is held of each author the batch looked at (loaded on first use; written back when changed).
     held: BTreeMap<PeerId, (RangeSet, bool)>,
@@ -237,47 +307,48 @@ struct Batch<'t, 'c> {
 }
 
 impl Batch<'_, '_> {
-    /// Read what judging the batch will ask about, in three statements rather than several per change: the
-    /// documents' states, the authors' held ranges, and which documents have changes kept aside.
+    /// Read what judging the batch will ask about, in one statement rather than several per change: the
+    /// documents' states (kind 0), which documents have changes kept aside (kind 1), and the authors' held ranges
+    /// (kind 2).
     fn prefetch(&mut self, changes: &[DocChange]) -> Result<()> {
         let mut keys: Vec<(&str, &str)> =
             changes.iter().map(|dc| (dc.collection.as_str(), dc.doc_id.as_str())).collect();
         keys.sort_unstable();
         keys.dedup();
         let (collections, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-        for r in self
+        let mut authors: Vec<i64> = changes.iter().map(|dc| dc.change.peer.0 as i64).collect();
+        authors.sort_unstable();
+        authors.dedup();
+        let rows = self
             .tx
             .query(
-                "SELECT d.collection, d.doc_id, d.state FROM docs d \
-                 JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON d.collection = k.c AND d.doc_id = k.i",
-                &[&collections, &ids],
+                "SELECT 0, d.collection, d.doc_id, d.state, 0::bigint FROM docs d \
+                 JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON d.collection = k.c AND d.doc_id = k.i \
+                 UNION ALL SELECT DISTINCT 1, p.collection, p.doc_id, NULL::bytea, 0::bigint FROM pending p \
+                 JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON p.collection = k.c AND p.doc_id = k.i \
+                 UNION ALL SELECT 2, NULL::text, NULL::text, h.ranges, h.author FROM held h WHERE h.author = ANY($3)",
+                &[&collections, &ids, &authors],
             )
-            .map_err(pg)?
-        {
-            let doc = Document::decode(r.get(2))?;
-            self.docs.insert((r.get(0), r.get(1)), BatchDoc { doc, new_changes: Vec::new() });
+            .map_err(pg)?;
+        for r in rows {
+            match r.get::<_, i32>(0) {
+                0 => {
+                    let doc = Document::decode(r.get(3))?;
+                    self.docs.insert((r.get(1), r.get(2)), BatchDoc { doc, new_changes: Vec::new() });
+                }
+                1 => {
+                    self.with_pending.insert((r.get(1), r.get(2)));
+                }
+                _ => {
+                    let ranges =
+                        postcard::from_bytes(r.get(3)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
+                    self.held.insert(PeerId(r.get::<_, i64>(4) as u64), (ranges, false));
+                }
+            }
         }
         for (c, i) in &keys {
             let key = (c.to_string(), i.to_string());
             self.docs.entry(key).or_insert_with(|| BatchDoc { doc: Document::new(), new_changes: Vec::new() });
-        }
-        for r in self
-            .tx
-            .query(
-                "SELECT DISTINCT p.collection, p.doc_id FROM pending p \
-                 JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON p.collection = k.c AND p.doc_id = k.i",
-                &[&collections, &ids],
-            )
-            .map_err(pg)?
-        {
-            self.with_pending.insert((r.get(0), r.get(1)));
-        }
-        let mut authors: Vec<i64> = changes.iter().map(|dc| dc.change.peer.0 as i64).collect();
-        authors.sort_unstable();
-        authors.dedup();
-        for r in self.tx.query("SELECT author, ranges FROM held WHERE author = ANY($1)", &[&authors]).map_err(pg)? {
-            let ranges = postcard::from_bytes(r.get(1)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
-            self.held.insert(PeerId(r.get::<_, i64>(0) as u64), (ranges, false));
         }
         for a in authors {
             self.held.entry(PeerId(a as u64)).or_insert_with(|| (RangeSet::default(), false));
@@ -299,18 +370,19 @@ impl Batch<'_, '_> {
         self.held.get_mut(&author).ok_or_else(|| Error::Corrupt("held ranges vanished".into()))
     }
 
-    /// Write the batch, in four statements whatever its size: each touched document's state and view, its new
-    /// changes in the log, the attachments it names, the authors' ranges. Returns the last log `seq` written.
-    fn persist(&mut self) -> Result<Option<i64>> {
+    /// Write the batch, in two statements whatever its size: each touched document's state and view; then its
+    /// new changes in the log, the attachments it names, the authors' ranges and the notice to the other relays.
+    /// Returns whether anything was written.
+    fn persist(&mut self) -> Result<bool> {
         let written: Vec<(&DocKey, &BatchDoc)> = self.docs.iter().filter(|(_, d)| !d.new_changes.is_empty()).collect();
         if written.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         let (mut collections, mut ids, mut states, mut views) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut refs: Vec<(usize, [u8; 32])> = Vec::new();
         for (n, ((collection, id), d)) in written.iter().enumerate() {
             // Rendered once: scanned for attachment tokens (hex: untouched by `jsonb_safe`), then parsed as JSONB.
-            let view = d.doc.view(id).map(|v| crate::jsonb::jsonb_safe(v).to_string());
+            let view = d.doc.view(id).map(|v| jsonb_safe(v).to_string());
             if let Some(text) = &view {
                 refs.extend(attachment_hashes(text).map(|h| (n, h)));
             }
@@ -350,28 +422,10 @@ impl Batch<'_, '_> {
                 sigs.push(c.signature.as_deref());
             }
         }
-        // In the batch's order, which is causal within each document: unnest keeps it, and so do the seqs.
-        let last: Option<i64> = self
-            .tx
-            .query_one(
-                "WITH added AS (INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
-                 SELECT a, s, e, d, h, b, g FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
-                 $5::bytea[], $6::bytea[], $7::bytea[]) WITH ORDINALITY AS t(a, s, e, d, h, b, g, o) ORDER BY o \
-                 ON CONFLICT DO NOTHING RETURNING seq) SELECT max(seq) FROM added",
-                &[&authors, &starts, &ends, &docs, &hashes, &bodies, &sigs],
-            )
-            .map_err(pg)?
-            .get(0);
-        if !refs.is_empty() {
-            let ref_hashes: Vec<&[u8]> = refs.iter().map(|(_, h)| &h[..]).collect();
-            let ref_docs: Vec<i64> = refs.iter().map(|&(n, _)| num_of(n)).collect::<Result<_>>()?;
-            self.tx
-                .execute(
-                    "INSERT INTO attachment_refs (hash, doc) SELECT * FROM unnest($1::bytea[], $2::bigint[]) \
-                     ON CONFLICT DO NOTHING",
-                    &[&ref_hashes, &ref_docs],
-                )
-                .map_err(pg)?;
+        let (mut ref_hashes, mut ref_docs): (Vec<&[u8]>, Vec<i64>) = (Vec::new(), Vec::new());
+        for (n, h) in &refs {
+            ref_hashes.push(&h[..]);
+            ref_docs.push(num_of(*n)?);
         }
         let (mut held_authors, mut held_ranges) = (Vec::new(), Vec::new());
         for (author, (ranges, changed)) in &self.held {
@@ -380,14 +434,39 @@ impl Batch<'_, '_> {
                 held_ranges.push(postcard::to_stdvec(ranges).map_err(|e| Error::Corrupt(e.to_string()))?);
             }
         }
+        // The log in the batch's order, which is causal within each document (unnest keeps it, and so do the
+        // seqs), the attachments named, the authors' ranges, and the notice to the other relays (the last seq,
+        // sent by PostgreSQL at commit), in one statement.
         self.tx
             .execute(
-                "INSERT INTO held (author, ranges) SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
-                 ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges",
-                &[&held_authors, &held_ranges],
+                "WITH added AS (INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body, sig) \
+                 SELECT a, s, e, d, h, b, g FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                 $5::bytea[], $6::bytea[], $7::bytea[]) WITH ORDINALITY AS t(a, s, e, d, h, b, g, o) ORDER BY o \
+                 ON CONFLICT DO NOTHING RETURNING seq), \
+                 refs AS (INSERT INTO attachment_refs (hash, doc) SELECT * FROM unnest($8::bytea[], $9::bigint[]) \
+                 ON CONFLICT DO NOTHING), \
+                 ranges AS (INSERT INTO held (author, ranges) SELECT * FROM unnest($10::bigint[], $11::bytea[]) \
+                 ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges), \
+                 notice AS (SELECT pg_notify($12, m::text) FROM (SELECT max(seq) AS m FROM added) AS last \
+                 WHERE m IS NOT NULL) \
+                 SELECT count(*) FROM notice",
+                &[
+                    &authors,
+                    &starts,
+                    &ends,
+                    &docs,
+                    &hashes,
+                    &bodies,
+                    &sigs,
+                    &ref_hashes,
+                    &ref_docs,
+                    &held_authors,
+                    &held_ranges,
+                    &CHANGES_CHANNEL,
+                ],
             )
             .map_err(pg)?;
-        Ok(last)
+        Ok(true)
     }
 }
 
@@ -606,22 +685,20 @@ fn wire(collection: &str, id: &str, body: &[u8]) -> Vec<u8> {
     .to_wire()
 }
 
-/// A log row as a [`LogEntry`] (columns: seq, doc, collection, doc_id, author, start, end, body, sig).
-fn entry(r: &postgres::Row) -> LogEntry {
+/// A log row as a [`LogEntry`] (columns from `at`: seq, doc, collection, doc_id, author, start, end, body, sig).
+fn entry(r: &postgres::Row, at: usize) -> LogEntry {
     LogEntry {
-        seq: r.get(0),
-        doc: r.get(1),
-        collection: r.get(2),
-        doc_id: r.get(3),
-        peer: PeerId(r.get::<_, i64>(4) as u64),
-        start: r.get::<_, i64>(5) as u64,
-        end: r.get::<_, i64>(6) as u64,
-        body: r.get(7),
-        signature: r.get::<_, Option<Vec<u8>>>(8).as_deref().and_then(ChangeSignature::decode),
+        seq: r.get(at),
+        doc: r.get(at + 1),
+        collection: r.get(at + 2),
+        doc_id: r.get(at + 3),
+        peer: PeerId(r.get::<_, i64>(at + 4) as u64),
+        start: r.get::<_, i64>(at + 5) as u64,
+        end: r.get::<_, i64>(at + 6) as u64,
+        body: r.get(at + 7),
+        signature: r.get::<_, Option<Vec<u8>>>(at + 8).as_deref().and_then(ChangeSignature::decode),
     }
 }
-
-const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, c.body, c.sig";
 
 impl Replica for PgReplica {
     fn peer_id(&self) -> PeerId {
@@ -629,27 +706,30 @@ impl Replica for PgReplica {
     }
 
     fn summary(&self) -> Result<Summary> {
-        let epoch = {
+        let (epoch, since) = {
             let cache = shoaldb::util::lock(&self.summary);
-            if let Some(summary) = &cache.summary {
-                return Ok(summary.clone());
+            match &cache.summary {
+                Some(summary) if !cache.stale => return Ok(summary.clone()),
+                Some(summary) => (cache.epoch, Some((summary.clone(), cache.complete_below))),
+                None => (cache.epoch, None),
             }
-            cache.epoch
         };
-        let rows = self.client()?.query("SELECT author, ranges FROM held", &[]).map_err(pg)?;
-        let mut summary = Summary::new();
-        for r in rows {
-            let ranges: RangeSet =
-                postcard::from_bytes(r.get(1)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
-            let author = PeerId(r.get::<_, i64>(0) as u64);
-            for &(s, e) in ranges.ranges() {
-                summary.insert(author, s, e);
-            }
-        }
-        // Kept only if nothing was committed meanwhile (it might predate that commit).
+        let (summary, below) = self.read_summary(since)?;
         let mut cache = shoaldb::util::lock(&self.summary);
         if cache.epoch == epoch {
+            // Nothing happened meanwhile: up to date.
             cache.summary = Some(summary.clone());
+            cache.complete_below = below;
+            cache.stale = false;
+        } else {
+            // A commit or a notice came meanwhile: what was read joins what the cache gained since (both are part
+            // of what the database holds), and the next call reads again from the older of the two points.
+            match cache.summary.as_mut() {
+                Some(kept) => kept.union_with(&summary),
+                None => cache.summary = Some(summary.clone()),
+            }
+            cache.complete_below = cache.complete_below.max(below);
+            cache.stale = true;
         }
         Ok(summary)
     }
@@ -673,53 +753,95 @@ impl Replica for PgReplica {
     }
 
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {
-        let held = self.summary()?;
-        let wanted = held.difference(have).difference(skip);
+        let wanted = self.summary()?.difference(have).difference(skip);
+        if wanted.is_empty() {
+            // Nothing held is missing there: no statement at all.
+            return Ok(Vec::new());
+        }
         let keep = |e: &LogEntry| !have.contains(e.peer, e.start, e.end) && !skip.contains(e.peer, e.start, e.end);
+        let ranges: Vec<(i64, i64, i64)> = wanted
+            .peers()
+            .flat_map(|(author, ranges)| {
+                ranges.ranges().iter().map(move |&(lo, hi)| (author.0 as i64, sql_counter(lo), sql_counter(hi)))
+            })
+            .collect();
         let mut client = self.client()?;
-        let before = client
-            .prepare(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.num = c.doc \
-                 WHERE c.author = $1 AND c.start_ctr < $2 ORDER BY c.start_ctr DESC LIMIT 1"
-            ))
-            .map_err(pg)?;
-        let page = client
-            .prepare(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.num = c.doc \
-                 WHERE c.author = $1 AND c.start_ctr >= $2 AND c.start_ctr <= $3 ORDER BY c.start_ctr LIMIT $4"
-            ))
-            .map_err(pg)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        'authors: for (author, ranges) in wanted.peers() {
-            let sql_author = author.0 as i64;
-            for &(lo, hi) in ranges.ranges() {
-                // A change that starts before the range and reaches into it.
-                if let Some(r) = client.query_opt(&before, &[&sql_author, &sql_counter(lo)]).map_err(pg)? {
-                    let e = entry(&r);
-                    if e.end >= lo && keep(&e) {
+        'chunks: for chunk in ranges.chunks(LOG_RANGES_PER_STATEMENT) {
+            // For each range of the chunk, in one statement: the change that starts before it and may reach into
+            // it, then its first rows.
+            let (authors, los, his): (Vec<i64>, Vec<i64>, Vec<i64>) = (
+                chunk.iter().map(|r| r.0).collect(),
+                chunk.iter().map(|r| r.1).collect(),
+                chunk.iter().map(|r| r.2).collect(),
+            );
+            let rows = client
+                .query(
+                    concat!(
+                        "SELECT w.o, x.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY \
+                         AS w(a, lo, hi, o) CROSS JOIN LATERAL ((SELECT ",
+                        entry_columns!(),
+                        " FROM changes c JOIN docs d ON d.num = c.doc WHERE c.author = w.a AND c.start_ctr < w.lo \
+                         ORDER BY c.start_ctr DESC LIMIT 1) UNION ALL (SELECT ",
+                        entry_columns!(),
+                        " FROM changes c JOIN docs d ON d.num = c.doc \
+                         WHERE c.author = w.a AND c.start_ctr >= w.lo AND c.start_ctr <= w.hi \
+                         ORDER BY c.start_ctr LIMIT $4)) AS x ORDER BY w.o, x.start_ctr"
+                    ),
+                    &[&authors, &los, &his, &LOG_FIRST_PAGE],
+                )
+                .map_err(pg)?;
+            let mut rows = rows.iter().peekable();
+            for (n, &(author, lo, hi)) in chunk.iter().enumerate() {
+                let mut page = 0i64;
+                let mut from = lo;
+                while let Some(r) = rows.next_if(|r| r.get::<_, i64>(0) == n as i64 + 1) {
+                    let e = entry(r, 1);
+                    if sql_counter(e.start) < lo {
+                        if sql_counter(e.end) >= lo && keep(&e) {
+                            bytes += e.wire_len();
+                            out.push(e);
+                        }
+                        continue;
+                    }
+                    page += 1;
+                    from = sql_counter(e.start).saturating_add(1);
+                    if keep(&e) && bytes < max_bytes {
                         bytes += e.wire_len();
                         out.push(e);
                     }
                 }
-                let mut from = sql_counter(lo);
-                loop {
+                // A range with more rows than the first page: the rest, a page at a time.
+                let mut full = page == LOG_FIRST_PAGE;
+                while full {
                     if bytes >= max_bytes {
-                        break 'authors;
+                        break 'chunks;
                     }
-                    let rows = client.query(&page, &[&sql_author, &from, &sql_counter(hi), &LOG_PAGE]).map_err(pg)?;
-                    let full = rows.len() as i64 == LOG_PAGE;
+                    let rows = client
+                        .query(
+                            concat!(
+                                "SELECT ",
+                                entry_columns!(),
+                                " FROM changes c JOIN docs d ON d.num = c.doc \
+                                 WHERE c.author = $1 AND c.start_ctr >= $2 AND c.start_ctr <= $3 \
+                                 ORDER BY c.start_ctr LIMIT $4"
+                            ),
+                            &[&author, &from, &hi, &LOG_PAGE],
+                        )
+                        .map_err(pg)?;
+                    full = rows.len() as i64 == LOG_PAGE;
                     for r in &rows {
-                        let e = entry(r);
+                        let e = entry(r, 0);
                         from = sql_counter(e.start).saturating_add(1);
                         if keep(&e) && bytes < max_bytes {
                             bytes += e.wire_len();
                             out.push(e);
                         }
                     }
-                    if !full {
-                        break;
-                    }
+                }
+                if bytes >= max_bytes {
+                    break 'chunks;
                 }
             }
         }
@@ -732,13 +854,15 @@ impl Replica for PgReplica {
         let rows = self
             .client()?
             .query(
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.num = c.doc WHERE c.doc = $1 ORDER BY c.seq"
+                concat!(
+                    "SELECT ",
+                    entry_columns!(),
+                    " FROM changes c JOIN docs d ON d.num = c.doc WHERE c.doc = $1 ORDER BY c.seq"
                 ),
                 &[&doc],
             )
             .map_err(pg)?;
-        Ok(rows.iter().map(entry).collect())
+        Ok(rows.iter().map(|r| entry(r, 0)).collect())
     }
 
     fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {

@@ -519,6 +519,11 @@ impl Attachments {
         }
     }
 
+    /// Whether `link` is being served attachment bytes (more may be ready when the store changes).
+    pub fn serves(&self, link: LinkId) -> bool {
+        self.serving.range((link, 0)..=(link, u64::MAX)).next().is_some()
+    }
+
     /// The next chunk to send on `link`, if it is serving a transfer that has bytes to send now (a relayed one may
     /// be waiting for them).
     pub fn next_chunk(&mut self, store: &dyn Replica, link: LinkId) -> Result<Option<Message>, SyncError> {

@@ -28,6 +28,14 @@
 //! ahead ([`PRESENCE_MAX_AHEAD_MS`]) is refused; a device is believed about itself over a direct link; at most
 //! [`MAX_PRESENCE_RECORDS`] are kept. A forged record lasts at most as long as its forger keeps sending it.
 //!
+//! **Many links** (a relay serving many devices). A transport may have received changes applied apart from the
+//! engine ([`Engine::on_frame_deferring`], [`ApplyJob`]): batches of several links then reach the store at once,
+//! while the engine serves the others. After each call it asks which links may have something to send
+//! ([`Engine::take_wakes`]) and wakes only those. A device with more than [`PACED_FLOOD_LINKS`] links floods its own
+//! presence record, and sends others' records, at ticks; one that knows of more than [`PACED_PRESENCE_DEVICES`]
+//! devices works out who is reachable at ticks too: otherwise each of these would cost the square (or the cube)
+//! of the number of devices.
+//!
 //! **Bounds.** Links whose handshake does not finish within [`HANDSHAKE_TIMEOUT_MS`] are closed; messages in
 //! reassembly share a node-wide budget ([`REASSEMBLY_FREE_BYTES`] per link, [`REASSEMBLY_SHARED_BYTES`] for all);
 //! a peer that stops reading is disconnected ([`SyncError::NotReading`]); the interest sent to a neighbour is
@@ -35,14 +43,15 @@
 
 use super::attachments::{Attachments, FetchEvent, FetchId};
 use super::link::LinkCodec;
-use super::session::{Session, SessionStats};
+use super::session::{Handled, ReceivedChanges, Session, SessionStats};
 use super::wire::{
     bounded_interest, bounded_interest_of, Message, PresenceLink, Subscription, TransportKind, MAX_MESSAGE_BYTES,
+    MAX_PRESENCE_LINKS,
 };
 use super::SyncError;
-use crate::security::authorship::Checks;
+use crate::security::authorship::{apply_received, Checks};
 use crate::security::{
-    Access, CertificateError, DeviceKey, Identity, PresenceSignature, RevocationList, SecurityError, Signers,
+    Access, CertificateError, DeviceKey, Enrolment, Identity, PresenceSignature, RevocationList, SecurityError, Signers,
 };
 use crate::store::Replica;
 use crate::util::sources::Sources;
@@ -129,6 +138,60 @@ struct Slot {
     opened: u64,
     last_rx: u64,
     last_tx: u64,
+    /// The transport applies received changes apart ([`Engine::on_frame_deferring`]).
+    defer_applies: bool,
+    /// Received changes to be applied apart: waiting for [`Engine::take_apply`] (`Some(Some(_))`) or being
+    /// applied (`Some(None)`).
+    applying: Option<Option<ApplyJob>>,
+    /// Messages received after those changes, handled once they are applied (in order).
+    inbox: VecDeque<Message>,
+    /// The link was reported by [`Engine::take_wakes`] and has not been polled since.
+    wake_pending: bool,
+}
+
+/// A batch of changes received on a link, to be applied to the replica apart from the engine (without the lock
+/// that guards it), so that batches of several links are applied at once; see [`Engine::on_frame_deferring`].
+pub struct ApplyJob {
+    link: LinkId,
+    replica: Arc<dyn Replica>,
+    /// Certificate mode: what the changes are checked with (as the engine held it when they arrived).
+    checks: Option<(Arc<Signers>, Arc<Enrolment>)>,
+    received: ReceivedChanges,
+}
+
+impl std::fmt::Debug for ApplyJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyJob").field("link", &self.link).field("changes", &self.received.changes.len()).finish()
+    }
+}
+
+impl ApplyJob {
+    /// The link the changes came over.
+    pub fn link(&self) -> LinkId {
+        self.link
+    }
+
+    /// Apply the changes to the replica (checked as the engine checks them), for [`Engine::finish_apply`]. Reads
+    /// and writes the replica, and nothing of the engine.
+    pub fn run(mut self) -> AppliedJob {
+        let changes = std::mem::take(&mut self.received.changes);
+        let checks = self.checks.as_ref().map(|(signers, enrolment)| Checks { signers, enrolment });
+        let report = apply_received(checks, &*self.replica, changes).map_err(SyncError::from);
+        AppliedJob { link: self.link, received: self.received, report }
+    }
+}
+
+/// An [`ApplyJob`] that ran: what [`Engine::finish_apply`] takes.
+pub struct AppliedJob {
+    link: LinkId,
+    received: ReceivedChanges,
+    report: Result<crate::store::ApplyReport, SyncError>,
+}
+
+impl std::fmt::Debug for AppliedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppliedJob").field("link", &self.link).field("report", &self.report).finish()
+    }
 }
 
 /// A link on which nothing arrived for this long (ms) is closed as dead (keepalives keep live links talking).
@@ -198,8 +261,39 @@ pub struct Engine {
     /// When the links' certificates were last checked again (engine time, ms).
     rechecked: u64,
     /// Certificate mode: the signers whose changes this device has checked (see [`crate::security::authorship`]).
-    signers: Signers,
+    signers: Arc<Signers>,
+    /// Certificate mode: the enrolment as it is now, shared with the batches applied apart ([`ApplyJob`]); made
+    /// again when revocations change it.
+    shared_enrolment: Option<Arc<Enrolment>>,
+    /// The replica changed since [`Engine::take_wakes`] last ran: every link that sends changes may have some.
+    store_changed: bool,
+    /// Links that received something since [`Engine::take_wakes`] last ran (they may have something to say).
+    poked: BTreeSet<LinkId>,
+    /// Who is reachable may have changed: checked (and [`EngineEvent::PresenceChanged`] raised) when the events
+    /// are read, once for all that happened since.
+    presence_dirty: bool,
+    /// When (engine time, ms) who is reachable was last worked out at a tick.
+    presence_settled: u64,
+    /// A tick came since [`Engine::take_wakes`] last ran.
+    ticked: bool,
+    /// This device's own record is to be flooded again at a later tick (a device with many links floods it less
+    /// often: see [`PACED_FLOOD_LINKS`]).
+    own_flood_due: bool,
 }
+
+/// A device with more links than this (a server: a device holds [`MAX_CONNECTIONS`](crate::transport::lan::MAX_CONNECTIONS)
+/// at most) floods its own presence record at a tick rather than on every change of its links, and at most once a
+/// second per this many links (every 15 s with 1,000 links; at least every [`PRESENCE_REFRESH_MS`]): the record
+/// lists every link and goes to every link, so flooding it on each of `n` links coming up would cost `n³` bytes,
+/// and every second, `n²` bytes a second.
+pub const PACED_FLOOD_LINKS: usize = 64;
+
+/// A device that knows of more links and presence records than this works out who is reachable (an
+/// [`EngineEvent::PresenceChanged`]) at a tick rather than after every record or link that changes it, and at
+/// most once a second per this many devices it knows of (about every 8 s for 1,000): that costs in proportion to
+/// the devices known, so doing it for every record of a mesh of `n` devices would cost `n²` (a relay with many
+/// devices, and each of them, hear of every device), and doing it every second on each of them, `n²` per second.
+pub const PACED_PRESENCE_DEVICES: usize = 128;
 
 /// How often the certificates of open links are checked again (they may expire while a link is up).
 pub const RECHECK_MS: u64 = 60_000;
@@ -234,7 +328,14 @@ impl Engine {
             now: 0,
             sources: Sources::system(),
             rechecked: 0,
-            signers: Signers::default(),
+            signers: Arc::default(),
+            shared_enrolment: None,
+            store_changed: false,
+            poked: BTreeSet::new(),
+            presence_dirty: false,
+            presence_settled: 0,
+            ticked: false,
+            own_flood_due: false,
         }
     }
 
@@ -275,6 +376,10 @@ impl Engine {
                 opened: now,
                 last_rx: now,
                 last_tx: now,
+                defer_applies: false,
+                applying: None,
+                inbox: VecDeque::new(),
+                wake_pending: false,
             },
         );
         log::debug!("link {id} opened ({transport}, {})", if initiator { "dialled" } else { "accepted" });
@@ -283,6 +388,7 @@ impl Engine {
 
     /// The transport dropped a link.
     pub fn remove_link(&mut self, link: LinkId, reason: &str) {
+        self.poked.remove(&link);
         if let Some(slot) = self.links.remove(&link) {
             if !slot.closed {
                 self.events.push_back(EngineEvent::LinkDown { link, device: slot.device, reason: reason.to_string() });
@@ -444,6 +550,8 @@ impl Engine {
         if !enrolment.accept_revocations(list).map_err(SecurityError::from)? {
             return Ok(false);
         }
+        // Batches received from now on are checked against the new lists.
+        self.shared_enrolment = None;
         self.replica.keep_revocation_lists(&self.revocation_lists())?;
         for (id, slot) in self.links.iter_mut() {
             if Some(*id) != from {
@@ -501,6 +609,7 @@ impl Engine {
 
     /// A frame arrived on `link`. Errors close the link (and are reported as [`EngineEvent::LinkDown`]).
     pub fn on_frame(&mut self, link: LinkId, frame: &[u8]) {
+        self.poked.insert(link);
         if let Err(e) = self.on_frame_inner(link, frame) {
             self.close(link, e.to_string());
         }
@@ -546,9 +655,114 @@ impl Engine {
         }
         for m in messages {
             let msg = Message::decode(&m)?;
-            self.on_message(link, msg)?;
+            // Behind a batch of changes being applied apart, messages wait their turn.
+            match self.links.get_mut(&link) {
+                Some(slot) if slot.applying.is_some() || !slot.inbox.is_empty() => slot.inbox.push_back(msg),
+                _ => self.on_message(link, msg)?,
+            }
         }
         Ok(())
+    }
+
+    /// [`Engine::on_frame`], for a transport that applies received changes apart from the engine: a batch of
+    /// changes is not applied here but handed out by [`Engine::take_apply`] (the messages after it wait), to be
+    /// run ([`ApplyJob::run`]) without holding the engine, and given back with [`Engine::finish_apply`]. The
+    /// engine then goes on as [`Engine::on_frame`] would have. Batches of several links are so applied at once,
+    /// while the engine serves the others.
+    pub fn on_frame_deferring(&mut self, link: LinkId, frame: &[u8]) {
+        if let Some(slot) = self.links.get_mut(&link) {
+            slot.defer_applies = true;
+        }
+        self.on_frame(link, frame);
+    }
+
+    /// The batch of changes received on `link` waiting to be applied ([`Engine::on_frame_deferring`]), if any.
+    pub fn take_apply(&mut self, link: LinkId) -> Option<ApplyJob> {
+        let slot = self.links.get_mut(&link)?;
+        match &mut slot.applying {
+            Some(job @ Some(_)) => job.take(),
+            _ => None,
+        }
+    }
+
+    /// A batch of [`Engine::take_apply`] was applied: finish it as handling the message would have, then handle
+    /// the messages that arrived after it (up to the next batch of changes, if any: [`Engine::take_apply`]).
+    pub fn finish_apply(&mut self, done: AppliedJob) {
+        let link = done.link;
+        self.poked.insert(link);
+        let store = self.replica.clone();
+        let handled = match self.links.get_mut(&link) {
+            Some(slot) if !slot.closed => {
+                slot.applying = None;
+                match slot.session.as_mut() {
+                    Some(session) => session.changes_applied(&*store, done.received, done.report),
+                    None => Err(SyncError::Protocol("message before the handshake finished".into())),
+                }
+            }
+            // The link went meanwhile; what was applied stays applied, and the other links hear of it.
+            _ => match done.report {
+                Ok(report) => {
+                    Ok(Handled { applied: Some(report), received: Some(done.received.sent), ..Handled::default() })
+                }
+                Err(e) => {
+                    log::debug!("link {link} closed while its changes were applied: {e}");
+                    return;
+                }
+            },
+        };
+        let result = handled.and_then(|h| self.after_handled(link, h)).and_then(|()| self.handle_inbox(link));
+        if let Err(e) = result {
+            self.close(link, e.to_string());
+        }
+        self.close_backlogged();
+    }
+
+    /// Handle the messages that waited behind a batch of changes, until the next batch to apply apart.
+    fn handle_inbox(&mut self, link: LinkId) -> Result<(), SyncError> {
+        loop {
+            let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
+            if slot.closed || slot.applying.is_some() {
+                return Ok(());
+            }
+            let Some(msg) = slot.inbox.pop_front() else { return Ok(()) };
+            self.on_message(link, msg)?;
+        }
+    }
+
+    /// The replica changed by another way than this engine (another process wrote to it): the links that send
+    /// changes are reported by the next [`Engine::take_wakes`].
+    pub fn note_store_changed(&mut self) {
+        self.store_changed = true;
+    }
+
+    /// The links that may have something to send now and were not reported since they were last polled
+    /// ([`Engine::poll_frame`]): those with messages or frames waiting, those that received something, and —
+    /// when the replica changed — those that send changes or attachment bytes. A transport calls it after each
+    /// call into the engine and wakes only their writers (with many links, waking every writer on every frame
+    /// would cost the square of their number). On a device with more than [`PACED_FLOOD_LINKS`] links, a link
+    /// with only presence records to send is reported at the next [`Engine::tick`], with all of them: a relay of
+    /// `n` devices passes each one's record to every other, and sending them as they come would cost a round of
+    /// sending per record and link.
+    pub fn take_wakes(&mut self) -> Vec<LinkId> {
+        let changed = std::mem::take(&mut self.store_changed);
+        let poked = std::mem::take(&mut self.poked);
+        let lazy = !std::mem::take(&mut self.ticked) && self.links.len() > PACED_FLOOD_LINKS;
+        let mut out = Vec::new();
+        for (id, slot) in self.links.iter_mut() {
+            if slot.closed || slot.wake_pending {
+                continue;
+            }
+            let output = |s: &Session| if lazy { s.has_urgent_output() } else { s.queued() > 0 };
+            let wake = poked.contains(id)
+                || slot.codec.has_frames()
+                || slot.session.as_ref().is_some_and(|s| output(s) || (changed && s.may_pump()))
+                || (changed && self.attachments.serves(*id));
+            if wake {
+                slot.wake_pending = true;
+                out.push(*id);
+            }
+        }
+        out
     }
 
     fn handshake_done(&mut self, link: LinkId) -> Result<(), SyncError> {
@@ -615,7 +829,7 @@ impl Engine {
             .collect();
         if let Some(s) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) {
             for (origin, m) in records {
-                s.queue_presence(origin, m);
+                s.queue_presence(origin, Arc::new(m));
             }
         }
         self.links_changed();
@@ -643,29 +857,69 @@ impl Engine {
             }
         }
         let store = self.replica.clone();
-        let Some(session) = self.links.get_mut(&link).and_then(|s| s.session.as_mut()) else {
+        let shared = match (&self.access, &msg) {
+            (Access::Certificates(_), Message::Changes { .. }) => Some(self.shared_checks()),
+            _ => None,
+        };
+        let Some(slot) = self.links.get_mut(&link) else { return Ok(()) };
+        let Some(session) = slot.session.as_mut() else {
             return Err(SyncError::Protocol("message before the handshake finished".into()));
         };
+        if slot.defer_applies {
+            if let Message::Changes { changes } = msg {
+                // Applied apart (Engine::take_apply); the messages after it wait.
+                let received = session.receive_changes(changes, shared.is_some())?;
+                let job = ApplyJob { link, replica: store, checks: shared.flatten(), received };
+                slot.applying = Some(Some(job));
+                return Ok(());
+            }
+        }
         let checks = match &self.access {
             Access::Certificates(enrolment) => Some(Checks { signers: &self.signers, enrolment }),
             Access::SharedSecret(_) => None,
         };
         let handled = session.handle(&*store, msg, checks)?;
+        self.after_handled(link, handled)
+    }
+
+    /// Certificate mode: the signers and the enrolment, shared with a batch applied apart.
+    fn shared_checks(&mut self) -> Option<(Arc<Signers>, Arc<Enrolment>)> {
+        let Access::Certificates(enrolment) = &self.access else { return None };
+        let shared = self.shared_enrolment.get_or_insert_with(|| Arc::new((**enrolment).clone()));
+        Some((self.signers.clone(), shared.clone()))
+    }
+
+    /// What a message handled by `link`'s session means for the engine and the other links.
+    fn after_handled(&mut self, link: LinkId, handled: Handled) -> Result<(), SyncError> {
+        let store = self.replica.clone();
         if handled.interest_changed {
             self.refresh_interests(Some(link));
         }
         if let Some(report) = handled.applied {
+            if report.applied > 0 {
+                self.store_changed = true;
+            }
             self.events.push_back(EngineEvent::Applied { link, applied: report.applied });
             if !report.refusals.is_empty() {
                 self.events.push_back(EngineEvent::Refused { link, refusals: report.refusals });
             }
         }
-        if let Some(received) = handled.received {
+        if let Some(sent) = handled.received {
+            // Announced to the other devices' links that want announcements: the changes of the batch the store
+            // holds now.
             let sender = self.links.get(&link).and_then(|s| s.device);
-            for (id, slot) in self.links.iter_mut() {
-                if *id != link && (sender.is_none() || slot.device != sender) {
-                    if let Some(s) = slot.session.as_mut() {
-                        s.announce(&received);
+            let others = |id: &LinkId, slot: &Slot| *id != link && (sender.is_none() || slot.device != sender);
+            let wanted = self
+                .links
+                .iter()
+                .any(|(id, slot)| others(id, slot) && slot.session.as_ref().is_some_and(Session::wants_announcements));
+            if wanted {
+                let received = sent.intersection(&store.summary()?);
+                for (id, slot) in self.links.iter_mut() {
+                    if others(id, slot) {
+                        if let Some(s) = slot.session.as_mut() {
+                            s.announce(&received);
+                        }
                     }
                 }
             }
@@ -686,6 +940,8 @@ impl Engine {
                 let reads = self.links.get(&link).and_then(|s| s.session.as_ref()).and_then(|s| s.read_rules());
                 self.attachments.on_message(&*store, link, m, &links, reads, &mut out)?;
                 self.send_all(out);
+                // Attachment bytes stored may be what other links serve.
+                self.store_changed = true;
             }
             _ => {}
         }
@@ -762,6 +1018,7 @@ impl Engine {
     /// [`PRESENCE_REFRESH_MS`].
     pub fn tick(&mut self, now_ms: u64) {
         self.now = self.now.max(now_ms);
+        self.ticked = true;
         let now = self.now;
         let mut dead = Vec::new();
         for (id, slot) in self.links.iter_mut() {
@@ -792,7 +1049,13 @@ impl Engine {
         if self.records.len() != before {
             self.check_presence();
         }
-        if now.saturating_sub(self.own_flooded) >= PRESENCE_REFRESH_MS {
+        // Every tick — or, knowing of many devices, every second per PACED_PRESENCE_DEVICES of them.
+        let every = (self.links.len() + self.records.len()) as u64 / PACED_PRESENCE_DEVICES as u64 * 1000;
+        if now.saturating_sub(self.presence_settled) >= every {
+            self.presence_settled = now;
+            self.settle_presence();
+        }
+        if self.own_flood_due || now.saturating_sub(self.own_flooded) >= PRESENCE_REFRESH_MS {
             self.flood_own();
         }
         if let Err(e) = self.attachments.expire(&*self.replica, now) {
@@ -809,6 +1072,9 @@ impl Engine {
     /// The next frame to send on `link`, producing more (changes the peer lacks, as flow control allows) when the
     /// queue is empty.
     pub fn poll_frame(&mut self, link: LinkId) -> Option<Vec<u8>> {
+        if let Some(slot) = self.links.get_mut(&link) {
+            slot.wake_pending = false;
+        }
         if let Err(e) = self.fill(link) {
             self.close(link, e.to_string());
         }
@@ -878,7 +1144,26 @@ impl Engine {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        if self.presence_dirty && self.links.len() + self.records.len() <= PACED_PRESENCE_DEVICES {
+            self.settle_presence();
+        }
         self.events.pop_front()
+    }
+
+    /// Who is reachable, as of the last [`EngineEvent::PresenceChanged`] (what [`Engine::peers`] said then).
+    pub fn presence(&self) -> &[PeerPresence] {
+        &self.last_peers
+    }
+
+    /// Work out who is reachable now, if it may have changed; [`EngineEvent::PresenceChanged`] if it did.
+    fn settle_presence(&mut self) {
+        if std::mem::take(&mut self.presence_dirty) {
+            let now = self.peers();
+            if now != self.last_peers {
+                self.last_peers = now;
+                self.events.push_back(EngineEvent::PresenceChanged);
+            }
+        }
     }
 
     /// Synced links: (link, device, name, transport).
@@ -888,6 +1173,11 @@ impl Engine {
             .filter(|(_, s)| s.session.is_some())
             .filter_map(|(id, s)| Some((*id, s.device?, s.name.clone(), s.transport)))
             .collect()
+    }
+
+    /// The devices with a synced link.
+    pub fn linked_devices(&self) -> BTreeSet<DeviceKey> {
+        self.links.values().filter(|s| s.session.is_some()).filter_map(|s| s.device).collect()
     }
 
     /// A synced link's counters.
@@ -906,13 +1196,25 @@ impl Engine {
     /// Flood this device's record, with a new sequence number: the wall clock in ms, or one more than the last
     /// when records come faster.
     fn flood_own(&mut self) {
+        let synced = self.links.values().filter(|s| s.session.is_some() && !s.closed).count();
+        if synced > PACED_FLOOD_LINKS && self.own_flooded > 0 {
+            let every = (synced / PACED_FLOOD_LINKS) as u64 * 1000;
+            if self.now.saturating_sub(self.own_flooded) < every.min(PRESENCE_REFRESH_MS) {
+                // Flooded not long ago: again at a later tick.
+                self.own_flood_due = true;
+                return;
+            }
+        }
+        self.own_flood_due = false;
         self.own_seq = self.own_seq.saturating_add(1).max(self.sources.now_ms());
         self.own_flooded = self.now;
+        // At most as many links as a record may list (every receiver refuses a longer one).
         let links: Vec<PresenceLink> = self
             .links
             .values()
             .filter(|s| s.session.is_some() && !s.closed)
             .filter_map(|s| Some(PresenceLink { device: s.device?.0, transport: s.transport }))
+            .take(MAX_PRESENCE_LINKS)
             .collect();
         let signature = match &self.access {
             Access::Certificates(e) => Some(PresenceSignature::sign(e, &self.key.0, self.own_seq, &self.name, &links)),
@@ -975,6 +1277,8 @@ impl Engine {
     }
 
     fn flood(&mut self, origin: DeviceKey, msg: Message, except: Option<LinkId>) {
+        // One record shared by every link's queue (it is copied only when sent).
+        let msg = Arc::new(msg);
         for (id, slot) in self.links.iter_mut() {
             if Some(*id) != except && !slot.closed {
                 if let Some(s) = slot.session.as_mut() {
@@ -984,12 +1288,12 @@ impl Engine {
         }
     }
 
+    /// Who is reachable may have changed: checked when the events are read ([`Engine::poll_event`]), once for
+    /// everything that happened since (a device learning the records of many devices at once computes who is
+    /// reachable once, not once per record) — or, for a device that knows of more than
+    /// [`PACED_PRESENCE_DEVICES`] links and records, at a later [`Engine::tick`].
     fn check_presence(&mut self) {
-        let now = self.peers();
-        if now != self.last_peers {
-            self.last_peers = now;
-            self.events.push_back(EngineEvent::PresenceChanged);
-        }
+        self.presence_dirty = true;
     }
 
     /// Every device reachable now, directly or through others, nearest first.
@@ -1018,7 +1322,7 @@ impl Engine {
             p.direct.dedup();
         }
         while let Some(d) = queue.pop_front() {
-            let Some(first) = seen.get(&d).cloned() else { continue };
+            let Some((hops, transport)) = seen.get(&d).map(|p| (p.hops, p.transport)) else { continue };
             let Some(record) = self.records.get(&d) else { continue };
             for l in &record.links {
                 let next = DeviceKey(l.device);
@@ -1026,16 +1330,7 @@ impl Engine {
                     continue;
                 }
                 let name = self.records.get(&next).map(|r| r.name.clone()).unwrap_or_default();
-                seen.insert(
-                    next,
-                    PeerPresence {
-                        device: next,
-                        name,
-                        hops: first.hops + 1,
-                        transport: first.transport,
-                        direct: Vec::new(),
-                    },
-                );
+                seen.insert(next, PeerPresence { device: next, name, hops: hops + 1, transport, direct: Vec::new() });
                 queue.push_back(next);
             }
         }

@@ -4,6 +4,8 @@
 //! [`wire`] for the message format and [`session`] for what is sent when.
 
 pub mod attachments;
+#[cfg(test)]
+mod deferred_tests;
 pub mod engine;
 pub(crate) mod link;
 pub mod session;

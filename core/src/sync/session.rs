@@ -31,6 +31,7 @@ use crate::security::authorship::{apply_received, Checks};
 use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// Bytes of changes a sender may have outstanding before the receiver grants more.
 pub const WINDOW: u64 = 1 << 20;
@@ -158,11 +159,25 @@ pub(crate) struct Handled {
     pub interest_changed: bool,
     /// Changes were applied to the store (other sessions have something new to send).
     pub applied: Option<ApplyReport>,
-    /// The changes of that batch the store now holds, for the engine to announce to its other peers
-    /// ([`Session::announce`]).
+    /// The changes of that batch (the store now holds those of them it applied or held already): the engine
+    /// announces to its other peers those the store holds ([`Session::announce`]).
     pub received: Option<Summary>,
     /// Messages that are not the session's business (presence, attachments).
     pub other: Option<Message>,
+}
+
+/// A batch of changes received, decoded and ready to apply to the store ([`Session::receive_changes`]): the
+/// application itself may run apart from the session (without the engine's lock), then
+/// [`Session::changes_applied`] finishes.
+pub(crate) struct ReceivedChanges {
+    /// The changes with the digests of their encodings as received (certificate mode checks signatures on them).
+    pub changes: Vec<(DocChange, [u8; 32])>,
+    /// Their counter ranges.
+    pub sent: Summary,
+    /// The documents to look at again once applied (they may have become of interest to the peer).
+    docs: Vec<(String, String)>,
+    count: u64,
+    bytes: u64,
 }
 
 pub(crate) struct Session {
@@ -194,8 +209,9 @@ pub(crate) struct Session {
     interest_queued: bool,
     /// Changes to announce (an [`Out::Announce`] is queued when it is not empty).
     announce_due: Summary,
-    /// Presence records to send, by device (an [`Out::Presence`] is queued for each).
-    presence_due: BTreeMap<[u8; 32], Message>,
+    /// Presence records to send, by device (an [`Out::Presence`] is queued for each); one record is shared by
+    /// every session it is flooded to.
+    presence_due: BTreeMap<[u8; 32], Arc<Message>>,
     /// Documents the peer sent changes of, to look at again (they may have become of interest to it).
     touched_by_peer: BTreeSet<i64>,
     /// The interest we last sent.
@@ -340,71 +356,25 @@ impl Session {
             }
             Message::Summary { summary } => {
                 store.notice_summary(&summary)?;
-                let held = store.summary()?;
                 if self.got_summary && !self.skipped.is_empty() {
                     // An update: the peer got these changes from another device. Their documents are now of interest
                     // to it (it holds some of their changes), even those we skipped: look at them again — only the
                     // changes this store holds, so a claim never costs more than the log it meets.
-                    let new = summary.difference(&self.peer_known).intersection(&held);
+                    let new = summary.difference(&self.peer_known).intersection(&store.summary()?);
                     self.recheck.union_with(&new);
                 }
                 self.peer_known.union_with(&summary);
                 if self.peer_known.range_count() > MAX_PEER_KNOWN_RANGES {
-                    self.peer_known = self.peer_known.intersection(&held);
+                    self.peer_known = self.peer_known.intersection(&store.summary()?);
                 }
                 self.got_summary = true;
                 self.awaiting_summary = false;
             }
             Message::Changes { changes } => {
-                let mut bytes = 0u64;
-                let mut decoded = Vec::with_capacity(changes.len());
-                for c in changes {
-                    bytes += c.change.len() as u64;
-                    let mut dc =
-                        DocChange::decode(&c.change).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
-                    dc.signature = c.signature;
-                    // What its author signed: the encoding as received (an honest sender's is the canonical one).
-                    let digest = checks.map(|_| *blake3::hash(&c.change).as_bytes()).unwrap_or_default();
-                    decoded.push((dc, digest));
-                }
-                // The batch's changes in counter order, so that building their summary appends (inserting them
-                // into the peer's summary one by one, in the order sent, could cost the square of their number).
-                let mut ranges: Vec<(crate::PeerId, u64, u64)> =
-                    decoded.iter().map(|(dc, _)| (dc.change.peer, dc.change.start, dc.change.end())).collect();
-                ranges.sort_unstable();
-                let count = decoded.len() as u64;
-                let docs: Vec<(String, String)> = decoded
-                    .iter()
-                    // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no
-                    // second look: whatever of it the peer lacks, the log will list.
-                    .filter(|(dc, _)| !(self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection)))
-                    .map(|(dc, _)| (dc.collection.clone(), dc.doc_id.clone()))
-                    .collect();
-                let report = apply_received(checks, store, decoded)?;
-                let held = store.summary()?;
-                let mut sent = Summary::new();
-                let mut received = Summary::new();
-                for &(peer, start, end) in &ranges {
-                    sent.insert(peer, start, end);
-                    if held.contains(peer, start, end) {
-                        received.insert(peer, start, end);
-                    }
-                }
-                self.peer_known.union_with(&sent);
-                out.received = Some(received);
-                for (collection, doc_id) in &docs {
-                    if let Some(n) = store.doc_number(collection, doc_id)? {
-                        self.touched_by_peer.insert(n);
-                    }
-                }
-                self.stats.changes_received += count;
-                self.stats.change_bytes_received += bytes;
-                self.received_unacked += bytes;
-                if self.received_unacked >= WINDOW / 2 {
-                    let bytes = std::mem::take(&mut self.received_unacked);
-                    self.grant(bytes);
-                }
-                out.applied = Some(report);
+                let mut received = self.receive_changes(changes, checks.is_some())?;
+                let batch = std::mem::take(&mut received.changes);
+                let report = apply_received(checks, store, batch).map_err(SyncError::from);
+                return self.changes_applied(store, received, report);
             }
             Message::Resync => self.queue_summary(),
             Message::Credit { bytes } => {
@@ -423,6 +393,82 @@ impl Session {
             other => out.other = Some(other),
         }
         Ok(out)
+    }
+
+    /// Decode a batch of changes from the peer, ready to apply (`digests`: certificate mode, where signatures are
+    /// checked on the encodings as received). The peer holds them (it sent them): from now on they are not sent
+    /// back to it, even while they are being applied.
+    pub fn receive_changes(&mut self, changes: Vec<WireChange>, digests: bool) -> Result<ReceivedChanges, SyncError> {
+        let mut bytes = 0u64;
+        let mut decoded = Vec::with_capacity(changes.len());
+        for c in changes {
+            bytes += c.change.len() as u64;
+            let mut dc = DocChange::decode(&c.change).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
+            dc.signature = c.signature;
+            // What its author signed: the encoding as received (an honest sender's is the canonical one).
+            let digest = if digests { *blake3::hash(&c.change).as_bytes() } else { [0; 32] };
+            decoded.push((dc, digest));
+        }
+        // The batch's changes in counter order, so that building their summary appends (inserting them into the
+        // peer's summary one by one, in the order sent, could cost the square of their number).
+        let mut ranges: Vec<(crate::PeerId, u64, u64)> =
+            decoded.iter().map(|(dc, _)| (dc.change.peer, dc.change.start, dc.change.end())).collect();
+        ranges.sort_unstable();
+        let mut sent = Summary::new();
+        for &(peer, start, end) in &ranges {
+            sent.insert(peer, start, end);
+        }
+        self.peer_known.union_with(&sent);
+        let docs: Vec<(String, String)> = decoded
+            .iter()
+            // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no second
+            // look: whatever of it the peer lacks, the log will list. Nor does one of a collection its interest does
+            // not cover (were the interest to change, everything would be looked at again).
+            .filter(|(dc, _)| {
+                self.peer_interest.covers_collection(&dc.collection)
+                    && !(self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection))
+            })
+            .map(|(dc, _)| (dc.collection.clone(), dc.doc_id.clone()))
+            .collect();
+        let count = decoded.len() as u64;
+        Ok(ReceivedChanges { changes: decoded, sent, docs, count, bytes })
+    }
+
+    /// Finish a batch of [`Session::receive_changes`] once `report` says how applying it went (an error closes
+    /// the link).
+    pub fn changes_applied(
+        &mut self,
+        store: &dyn Replica,
+        received: ReceivedChanges,
+        report: Result<ApplyReport, SyncError>,
+    ) -> Result<Handled, SyncError> {
+        let report = report?;
+        let mut out = Handled { received: Some(received.sent), ..Handled::default() };
+        for (collection, doc_id) in &received.docs {
+            if let Some(n) = store.doc_number(collection, doc_id)? {
+                self.touched_by_peer.insert(n);
+            }
+        }
+        self.stats.changes_received += received.count;
+        self.stats.change_bytes_received += received.bytes;
+        self.received_unacked += received.bytes;
+        if self.received_unacked >= WINDOW / 2 {
+            let bytes = std::mem::take(&mut self.received_unacked);
+            self.grant(bytes);
+        }
+        out.applied = Some(report);
+        Ok(out)
+    }
+
+    /// Whether a change to the store may give the session something to send (it sends changes, or may).
+    pub fn may_pump(&self) -> bool {
+        self.is_ready() && !self.peer_interest.is_empty() && !self.standby && !self.awaiting_summary
+    }
+
+    /// Whether announcements of what this store received from others are of use to the peer (what we asked it
+    /// for is not everything: see [`Session::announce`]).
+    pub fn wants_announcements(&self) -> bool {
+        !self.sent_interest.as_ref().is_some_and(|i| i.contains(&Subscription::everything()))
     }
 
     /// Whether the peer has said what it wants and what it has.
@@ -639,8 +685,7 @@ impl Session {
     /// by filter would not know we hold a document we got elsewhere, and would skip the edit that makes it leave
     /// the filter (or removes it): we would keep a stale copy. Announcements not sent yet are merged into one.
     pub fn announce(&mut self, changes: &Summary) {
-        let wants_everything = self.sent_interest.as_ref().is_some_and(|i| i.contains(&Subscription::everything()));
-        if !wants_everything && !changes.is_empty() {
+        if self.wants_announcements() && !changes.is_empty() {
             if self.announce_due.is_empty() {
                 self.outbox.push_back(Out::Announce);
             }
@@ -649,8 +694,8 @@ impl Session {
     }
 
     /// Queue a presence record (a [`Message::Presence`]); one not sent yet for the same device is replaced.
-    pub fn queue_presence(&mut self, origin: [u8; 32], msg: Message) {
-        if let Message::Presence { signature: Some(sig), .. } = &msg {
+    pub fn queue_presence(&mut self, origin: [u8; 32], msg: Arc<Message>) {
+        if let Message::Presence { signature: Some(sig), .. } = &*msg {
             if self.send_certificates && self.certificates_sent.insert(sig.device) {
                 // Its signer's chain goes ahead of it, as for changes.
                 self.outbox.push_back(Out::Certificate(sig.device));
@@ -706,6 +751,11 @@ impl Session {
         self.outbox.len()
     }
 
+    /// Whether messages other than presence records wait to be sent (each record queued has one entry).
+    pub fn has_urgent_output(&self) -> bool {
+        self.outbox.len() > self.presence_due.len()
+    }
+
     /// The next message to send.
     pub fn poll_message(&mut self, store: &dyn Replica) -> Result<Option<Message>, SyncError> {
         while let Some(next) = self.outbox.pop_front() {
@@ -733,7 +783,7 @@ impl Session {
                 self.credit_queued = false;
                 Message::Credit { bytes: std::mem::take(&mut self.credit_due) }
             }
-            Out::Presence(origin) => return Ok(self.presence_due.remove(&origin)),
+            Out::Presence(origin) => return Ok(self.presence_due.remove(&origin).map(Arc::unwrap_or_clone)),
             Out::Certificate(device) => match store.certificate(device)? {
                 Some(chain) => Message::Certificates { chains: vec![chain] },
                 None => {

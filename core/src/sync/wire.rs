@@ -59,7 +59,8 @@ pub const MAX_FILTER_BYTES_PER_COLLECTION: usize = 16 << 10;
 /// interests of all its neighbours for each of them, so this bounds that work and the memory interests take.
 pub const MAX_INTEREST_FILTER_BYTES: usize = 64 << 10;
 const MAX_NAME_BYTES: usize = 256;
-const MAX_PRESENCE_LINKS: usize = 1024;
+/// The most links one presence record may list (a longer one is refused).
+pub const MAX_PRESENCE_LINKS: usize = 1024;
 
 /// What a device wants: the documents of one collection (every collection when `collection` is `None`), all of
 /// them or those matching a filter in the query language (see [`crate::query`]).

@@ -5,7 +5,8 @@
 //!
 //! Every engine call goes through [`Hub::with_engine`]: it runs on tokio's blocking pool (engine calls read and
 //! write SQLite), holds the engine's lock only for the call and the dispatch of the events it produced (so they are
-//! published in order). No lock is ever held across an `.await`. Lock order: the engine, then the connection table
+//! published in order), then wakes the writers of the links the engine says may have something to send
+//! ([`Engine::take_wakes`]) — not every writer, which with many links would cost the square of their number. No lock is ever held across an `.await`. Lock order: the engine, then the connection table
 //! (the store's commit listener runs while the engine is locked and only bumps a watch channel).
 
 use crate::security::DeviceKey;
@@ -40,6 +41,8 @@ pub(crate) struct LinkState {
     synced: watch::Sender<bool>,
     /// The authenticated device and its name, once known.
     device: Mutex<Option<(DeviceKey, String)>>,
+    /// Wakes the link's writer: the engine may have something to send on it ([`Engine::take_wakes`]).
+    writer: Notify,
 }
 
 impl LinkState {
@@ -51,7 +54,14 @@ impl LinkState {
             reason: Mutex::new(None),
             synced: watch::Sender::new(false),
             device: Mutex::new(None),
+            writer: Notify::new(),
         }
+    }
+
+    /// Resolves once the engine may have something to send on this link (at once if it was said since the last
+    /// time this resolved).
+    pub async fn writer_woken(&self) {
+        self.writer.notified().await;
     }
 
     /// Ask the link's tasks to stop; the first reason is kept.
@@ -117,9 +127,24 @@ impl EventBatch {
         let presence = events.iter().any(|e| matches!(e, EngineEvent::PresenceChanged));
         let links = events.iter().any(|e| matches!(e, EngineEvent::LinkUp { .. } | EngineEvent::LinkDown { .. }));
         EventBatch {
-            peers: presence.then(|| engine.peers()),
-            linked: links.then(|| engine.links().into_iter().map(|(_, device, _, _)| device).collect()),
+            peers: presence.then(|| engine.presence().to_vec()),
+            linked: links.then(|| engine.linked_devices()),
             events,
+        }
+    }
+}
+
+/// Until the node shuts down: tell the engine of each change of the store ([`Hub::wake_writers`]), which wakes
+/// the writers of the links that send changes. A burst of changes is told once or twice, not once each.
+async fn tell_store_news(hub: std::sync::Weak<Hub>, news: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            () = news.notified() => {}
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        if let Err(e) = hub.with_engine(Engine::note_store_changed).await {
+            log::error!("telling the engine the store changed: {e}");
         }
     }
 }
@@ -147,8 +172,13 @@ pub(crate) struct Hub {
     engine: Mutex<Engine>,
     device: DeviceKey,
     runtime: Handle,
-    /// Bumped to wake every writer: a frame was handled, the store changed, subscriptions changed.
+    /// Bumped on any news (a frame was handled, the store changed, subscriptions changed), for the transports
+    /// that watch the engine as a whole (the Bluetooth radio). The LAN's writers are woken one by one instead
+    /// ([`LinkState::writer_woken`]).
     wake: watch::Sender<u64>,
+    /// The store changed by another way than the engine's calls ([`Hub::wake_writers`]): a task tells the engine
+    /// ([`Engine::note_store_changed`]), and wakes the writers of the links that send changes.
+    store_news: Arc<Notify>,
     /// `true` once the node shuts down.
     shutdown: watch::Sender<bool>,
     presence: watch::Sender<Vec<PeerPresence>>,
@@ -165,7 +195,9 @@ pub(crate) struct Hub {
 impl Hub {
     /// A hub driving `engine` on `runtime`.
     pub fn new(engine: Engine, runtime: Handle) -> Arc<Hub> {
-        Arc::new(Hub {
+        let store_news = Arc::new(Notify::new());
+        let hub = Arc::new(Hub {
+            store_news: store_news.clone(),
             device: engine.device_key(),
             engine: Mutex::new(engine),
             runtime,
@@ -177,7 +209,9 @@ impl Hub {
             tasks: TaskCount::default(),
             origin: Instant::now(),
             fetches: tokio::sync::broadcast::Sender::new(1024),
-        })
+        });
+        hub.runtime.spawn(tell_store_news(Arc::downgrade(&hub), store_news, hub.shutdown.subscribe()));
+        hub
     }
 
     /// This device's key.
@@ -210,12 +244,16 @@ impl Hub {
     ///
     /// Events are dispatched before the engine's lock is released, so that they are published in the order the
     /// engine produced them (presence and links are never replaced by an older state).
+    ///
+    /// Then the writers of the links that may have something to send now are woken ([`Engine::take_wakes`]).
     pub fn with_engine_now<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
         let mut engine = lock(&self.engine);
         let r = f(&mut engine);
         let batch = EventBatch::drain(&mut engine);
         self.dispatch(batch);
+        let wakes = engine.take_wakes();
         drop(engine);
+        self.wake_links(&wakes);
         r
     }
 
@@ -272,12 +310,33 @@ impl Hub {
         self.fetches.subscribe()
     }
 
-    /// Wake every connection's writer: there may be something new to send.
-    pub fn wake_writers(&self) {
+    /// Wake the writers of `links` (after the engine call that reported them: [`Engine::take_wakes`]).
+    fn wake_links(&self, links: &[LinkId]) {
+        if links.is_empty() {
+            return;
+        }
+        let table = lock(&self.links);
+        for link in links {
+            if let Some(l) = table.get(link) {
+                l.writer.notify_one();
+            }
+        }
+    }
+
+    /// Tell the transports that watch the engine as a whole (the Bluetooth radio) that something happened.
+    pub fn nudge(&self) {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// A receiver that changes whenever [`Hub::wake_writers`] is called.
+    /// The store changed (a commit, another process's write) or the engine's state did: wake the writers of the
+    /// links that may have something to send now. Never blocks (the store's commit listener calls it with the
+    /// engine locked): the engine is asked by a task of the hub.
+    pub fn wake_writers(&self) {
+        self.store_news.notify_one();
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever [`Hub::wake_writers`] or [`Hub::nudge`] is called.
     pub fn wake_receiver(&self) -> watch::Receiver<u64> {
         self.wake.subscribe()
     }

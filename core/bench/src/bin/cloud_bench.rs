@@ -49,10 +49,19 @@ fn fresh_database(admin: &str, name: &str) -> Result<String, BoxErr> {
     Ok(format!("{base}/{name}"))
 }
 
-/// The number of changes the database at `url` holds.
-fn changes_in(url: &str) -> Result<i64, BoxErr> {
-    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-    Ok(client.query_one("SELECT count(*) FROM changes", &[])?.get(0))
+/// Wait until the database `client` is connected to holds `want` changes (polling on that one connection, so
+/// that watching costs PostgreSQL little); returns when it did.
+fn wait_for_changes(mut client: postgres::Client, want: i64, deadline: Instant) -> Result<Instant, String> {
+    loop {
+        let held: i64 = client.query_one("SELECT count(*) FROM changes", &[]).map_err(|e| e.to_string())?.get(0);
+        if held >= want {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err("ingest did not finish in 30 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 async fn relay(url: &str) -> Result<Relay, BoxErr> {
@@ -86,42 +95,37 @@ fn ingest(admin: &str, relays: usize, devices: usize, raw_rate: f64, one_relay: 
             started.push(relay(&url).await?);
         }
         let addrs: Vec<SocketAddr> = started.iter().filter_map(Relay::listen_addr).collect();
+        let u = url.clone();
+        let watching = tokio::task::spawn_blocking(move || postgres::Client::connect(&u, postgres::NoTls)).await??;
         let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(1800);
+        let done = tokio::task::spawn_blocking(move || wait_for_changes(watching, want, deadline));
         let mut nodes = Vec::with_capacity(devices);
         for (d, store) in stores.iter().enumerate() {
-            let config =
-                NodeConfig::new(format!("device {d}"), secret()).with_mdns(false).connect_to(addrs[d % relays]);
+            let config = NodeConfig::new(format!("device {d}"), secret())
+                .with_mdns(false)
+                .connect_to(addrs[d % relays])
+                // Subscribed to nothing: the devices push, and receive nothing back (ingest alone).
+                .with_subscriptions(Vec::new());
             nodes.push(Node::start(store.clone(), config).await?);
         }
         let started_s = t0.elapsed().as_secs_f64();
-        while started.iter().map(|r| r.node().link_count()).sum::<usize>() < devices
-            && t0.elapsed() < Duration::from_secs(600)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // (Counting the links locks each relay's engine: not too often.)
+        while started.iter().map(|r| r.node().link_count()).sum::<usize>() < devices && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!(
             "ingest, {relays} relay(s): {devices} nodes started in {started_s:.2} s, all linked after {:.2} s",
             t0.elapsed().as_secs_f64()
         );
-        loop {
-            let u = url.clone();
-            let held = tokio::task::spawn_blocking(move || changes_in(&u).map_err(|e| e.to_string())).await??;
-            if held >= want {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(1800) {
-                return Err::<f64, BoxErr>("ingest did not finish in 30 minutes".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let secs = t0.elapsed().as_secs_f64();
+        let secs = done.await??.duration_since(t0).as_secs_f64();
         for n in &nodes {
             n.shutdown().await;
         }
         for r in started {
             r.shutdown().await;
         }
-        Ok(secs)
+        Ok::<f64, BoxErr>(secs)
     })?;
     // Every document arrived whole: the database's state of a sample equals its device's.
     let cloud = PgReplica::connect(&url, 1)?;

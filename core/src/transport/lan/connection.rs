@@ -1,7 +1,10 @@
 //! One TCP connection to another device: a reader task and a writer task around one engine link.
 //!
-//! The reader reads whatever arrives, cuts it into frames ([`FrameDecoder`]) and hands them to the engine, then
-//! wakes every writer (the frames may have given any link something to send). The writer pulls frames for *its*
+//! The reader reads whatever arrives, cuts it into frames ([`FrameDecoder`]) and hands them to the engine; a batch
+//! of changes among them is applied to the replica apart from the engine ([`Engine::on_frame_deferring`]), so
+//! that one link's batch does not hold up the others. After each engine call the hub wakes the writers of the links
+//! that may have something to send now ([`Engine::take_wakes`]): not every writer on every frame, which with many
+//! links would cost the square of their number. The writer pulls frames for *its*
 //! link only once its previous write completed, writes them, and sleeps until woken when the engine has nothing:
 //! a slow socket therefore stops the engine producing for that link (the session's own flow control bounds what
 //! the engine queues meanwhile). The connection closes when the engine closes the link (an error, a duplicate, or
@@ -10,6 +13,8 @@
 
 use super::slots::Slot;
 use crate::security::DeviceKey;
+#[cfg(doc)]
+use crate::sync::Engine;
 use crate::sync::{LinkId, TransportKind};
 use crate::transport::frame::{encode_frame, FrameDecoder};
 use crate::transport::hub::{Hub, LinkState};
@@ -141,8 +146,9 @@ pub(crate) async fn run_halves<R: ByteSource, W: ByteSink>(
         }
     };
     hub.unregister(link);
-    // Others may have something to say about this link going away (presence).
-    hub.wake_writers();
+    // (The links that have something to say about this one going away — presence — were woken by the engine
+    // call that removed it.)
+    hub.nudge();
     log::debug!("link {link} closed: {}", conn.reason());
     Outcome { device: device.or_else(|| conn.device()), synced: conn.is_synced() }
 }
@@ -195,22 +201,43 @@ async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: im
             }
         }
         if !frames.is_empty() {
-            let closed = hub
+            let step = hub
                 .with_engine(move |e| {
                     for f in &frames {
-                        e.on_frame(link, f);
+                        e.on_frame_deferring(link, f);
                         if e.is_closed(link) {
                             break;
                         }
                     }
-                    e.is_closed(link)
+                    (e.take_apply(link), e.is_closed(link))
                 })
                 .await;
-            hub.wake_writers();
-            match closed {
-                Ok(false) => {}
-                Ok(true) => return conn.stop("closed by the sync engine"),
+            hub.nudge();
+            let (mut job, mut closed) = match step {
+                Ok(step) => step,
                 Err(e) => return conn.stop(e.to_string()),
+            };
+            // Batches of changes are applied without the engine (the links' batches are applied at once, while
+            // the engine serves the others), then finished in it; the frames after one wait for it.
+            while let (Some(j), false) = (job.take(), closed) {
+                let done = match hub.runtime().spawn_blocking(move || j.run()).await {
+                    Ok(done) => done,
+                    Err(e) => return conn.stop(format!("applying changes failed: {e}")),
+                };
+                let step = hub
+                    .with_engine(move |e| {
+                        e.finish_apply(done);
+                        (e.take_apply(link), e.is_closed(link))
+                    })
+                    .await;
+                hub.nudge();
+                (job, closed) = match step {
+                    Ok(step) => step,
+                    Err(e) => return conn.stop(e.to_string()),
+                };
+            }
+            if closed {
+                return conn.stop("closed by the sync engine");
             }
         }
         if let Some(e) = broken {
@@ -220,13 +247,11 @@ async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: im
 }
 
 async fn write_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut wr: impl ByteSink) {
-    let mut wake = hub.wake_receiver();
     let mut out: Vec<u8> = Vec::new();
     loop {
         if conn.is_stopped() {
             break;
         }
-        wake.borrow_and_update();
         let mut batch = std::mem::take(&mut out);
         batch.clear();
         let pulled = hub
@@ -282,7 +307,7 @@ async fn write_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut wr: i
         tokio::select! {
             biased;
             () = conn.stopped() => break,
-            r = wake.changed() => if r.is_err() { break },
+            () = conn.writer_woken() => {}
         }
     }
     // Send FIN (a clean close for the peer); give up quickly if the socket is stuck.
