@@ -215,19 +215,22 @@ impl PgReplica {
     /// Apply a batch (see [`Replica::apply_changes`]), with `check` in certificate mode.
     fn apply(&self, changes: &[DocChange], check: Option<&dyn ChangeCheck>) -> Result<ApplyReport> {
         // A malformed change fails the whole call before anything is read or written.
-        for dc in changes {
-            check_collection(&dc.collection)?;
-            check_doc_id(&dc.doc_id)?;
-            dc.change.validate()?;
-        }
-        if changes.is_empty() {
-            return Ok(ApplyReport::default());
+        validate(changes)?;
+        let mut reports = self.apply_together(&[changes], check)?;
+        reports.pop().ok_or_else(|| Error::Corrupt("a batch applied gave no report".into()))
+    }
+
+    /// Apply valid batches one after the other in one transaction (see [`Replica::apply_batches`]): a report each.
+    /// Nothing is written if any fails.
+    fn apply_together(&self, batches: &[&[DocChange]], check: Option<&dyn ChangeCheck>) -> Result<Vec<ApplyReport>> {
+        let changes = || batches.iter().flat_map(|b| b.iter());
+        if changes().next().is_none() {
+            return Ok(vec![ApplyReport::default(); batches.len()]);
         }
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(pg)?;
-        // Every document and author the batch touches, locked in one global order: documents, then authors.
-        let mut keys: Vec<(i32, i32)> = changes
-            .iter()
+        // Every document and author the batches touch, locked in one global order: documents, then authors.
+        let mut keys: Vec<(i32, i32)> = changes()
             .flat_map(|dc| {
                 [
                     (1, lock_key(dc.collection.as_bytes(), dc.doc_id.as_bytes())),
@@ -252,21 +255,35 @@ impl PgReplica {
             with_pending: BTreeSet::new(),
             judged: Judged::default(),
         };
-        batch.prefetch(changes)?;
-        for dc in changes {
-            judge::receive(&mut batch, dc, check)?;
+        let all: Vec<&DocChange> = changes().collect();
+        batch.prefetch(&all)?;
+        let mut reports = Vec::with_capacity(batches.len());
+        for changes in batches {
+            for dc in *changes {
+                judge::receive(&mut batch, dc, check)?;
+            }
+            reports.push(std::mem::take(&mut batch.judged.report));
         }
-        let report = std::mem::take(&mut batch.judged.report);
         // (Written with the rest, the notice goes to the other relays when the transaction commits.)
         let wrote = batch.persist()?;
         let held = std::mem::take(&mut batch.held);
         tx.commit().map_err(pg)?;
-        log::debug!("applied a batch of {} changes: {report:?}", changes.len());
+        log::debug!("applied {} batches of {} changes in all: {reports:?}", batches.len(), all.len());
         if wrote {
             self.committed(&held);
         }
-        Ok(report)
+        Ok(reports)
     }
+}
+
+/// Checks every change of a batch is well formed (a malformed one fails the batch before anything is read).
+fn validate(changes: &[DocChange]) -> Result<()> {
+    for dc in changes {
+        check_collection(&dc.collection)?;
+        check_doc_id(&dc.doc_id)?;
+        dc.change.validate()?;
+    }
+    Ok(())
 }
 
 /// A 32-bit advisory lock key for a document or an author (a collision only serialises two unrelated batches).
@@ -310,7 +327,7 @@ impl Batch<'_, '_> {
     /// Read what judging the batch will ask about, in one statement rather than several per change: the
     /// documents' states (kind 0), which documents have changes kept aside (kind 1), and the authors' held ranges
     /// (kind 2).
-    fn prefetch(&mut self, changes: &[DocChange]) -> Result<()> {
+    fn prefetch(&mut self, changes: &[&DocChange]) -> Result<()> {
         let mut keys: Vec<(&str, &str)> =
             changes.iter().map(|dc| (dc.collection.as_str(), dc.doc_id.as_str())).collect();
         keys.sort_unstable();
@@ -750,6 +767,42 @@ impl Replica for PgReplica {
 
     fn apply_checked(&self, changes: &[DocChange], check: &dyn ChangeCheck) -> Result<ApplyReport> {
         self.apply(changes, Some(check))
+    }
+
+    /// The batches in one transaction (one commit for the batches of many links); a malformed batch gets its error
+    /// and stays out. Should the transaction fail (a batch that fails judging, PostgreSQL), each batch is applied
+    /// alone, so that one batch's failure costs the others nothing.
+    fn apply_batches(&self, batches: &[&[DocChange]], check: Option<&dyn ChangeCheck>) -> Vec<Result<ApplyReport>> {
+        let alone = |changes: &[DocChange]| self.apply(changes, check);
+        if batches.len() < 2 {
+            return batches.iter().map(|b| alone(b)).collect();
+        }
+        let mut out: Vec<Option<Result<ApplyReport>>> = Vec::with_capacity(batches.len());
+        let mut valid = Vec::with_capacity(batches.len());
+        for (n, changes) in batches.iter().enumerate() {
+            match validate(changes) {
+                Ok(()) => {
+                    valid.push((n, *changes));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let slices: Vec<&[DocChange]> = valid.iter().map(|(_, b)| *b).collect();
+        match self.apply_together(&slices, check) {
+            Ok(reports) => {
+                for ((n, _), report) in valid.iter().zip(reports) {
+                    out[*n] = Some(Ok(report));
+                }
+            }
+            Err(e) => {
+                log::debug!("{} batches applied together failed ({e}): each alone", valid.len());
+                for (n, changes) in &valid {
+                    out[*n] = Some(alone(changes));
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Corrupt("a batch was not applied".into())))).collect()
     }
 
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {

@@ -1,7 +1,9 @@
 //! The PostgreSQL replica against a phone's SQLite store: the same changes, delivered in the same random chunks
 //! (out of causal order, with duplicates), must give the same apply reports, the same summary and byte-identical
 //! merged documents, for every field type and nesting; the log it serves rebuilds the same state elsewhere; and an
-//! equivocation is refused alone and kept as evidence, as on a phone.
+//! equivocation is refused alone and kept as evidence, as on a phone. Chunks applied several at once in one
+//! transaction ([`Replica::apply_batches`], as a busy relay applies the batches of many links) give each the
+//! report it gets alone, and the same state.
 //!
 //! `SHOAL_CLOUD_SEEDS` sets the number of seeds (default 4).
 
@@ -11,7 +13,7 @@ mod edits;
 #[path = "../../tests/common/random_edits.rs"]
 mod random_edits;
 
-use shoaldb::store::Replica as _;
+use shoaldb::store::Replica;
 use shoaldb::util::rng::SeededRng;
 use shoaldb::{DocChange, Op, Store, Summary};
 use shoaldb_cloud::PgReplica;
@@ -85,19 +87,33 @@ fn the_cloud_merges_exactly_as_a_phone_does() {
     for seed in 0..seeds() {
         let url = common::fresh_database().unwrap();
         let cloud = PgReplica::connect(&url, 2).unwrap();
+        let grouped = PgReplica::connect(&common::fresh_database().unwrap(), 1).unwrap();
         let reference = Store::open(":memory:").unwrap();
         let mut rng = SeededRng::new(seed);
         let changes = phone_changes(&mut rng);
         assert!(!changes.is_empty());
         let mut pending_seen = false;
-        for chunk in chunks(&mut rng, &changes) {
-            let want = reference.replica().apply_changes(&chunk).unwrap();
-            let got = cloud.apply_changes(&chunk).unwrap();
+        let chunks = chunks(&mut rng, &changes);
+        let mut wanted = Vec::new();
+        for chunk in &chunks {
+            let want = reference.replica().apply_changes(chunk).unwrap();
+            let got = cloud.apply_changes(chunk).unwrap();
             pending_seen |= want.pending > 0;
             assert_eq!(got, want, "seed {seed}: the apply reports differ");
+            wanted.push(want);
         }
         assert!(pending_seen, "seed {seed}: the shuffle put no change before its dependencies");
         assert_same(seed, &reference, &cloud);
+        // The same chunks, one to five at a time in one transaction.
+        let mut at = 0;
+        while at < chunks.len() {
+            let n = (1 + rng.below(5) as usize).min(chunks.len() - at);
+            let group: Vec<&[DocChange]> = chunks[at..at + n].iter().map(Vec::as_slice).collect();
+            let got: Vec<_> = grouped.apply_batches(&group, None).into_iter().map(Result::unwrap).collect();
+            assert_eq!(got, wanted[at..at + n], "seed {seed}: the reports of chunks {at}.. applied together");
+            at += n;
+        }
+        assert_same(seed, &reference, &grouped);
         // The log the cloud serves rebuilds the same state in a fresh phone, and changes_since a full summary is
         // nothing.
         let fresh = Store::open(":memory:").unwrap();
@@ -152,6 +168,17 @@ fn a_malformed_change_fails_the_batch_and_writes_nothing() {
     assert!(cloud.apply_changes(&changes).is_err());
     assert!(cloud.summary().unwrap().is_empty());
     assert!(cloud.document("tasks", "a").unwrap().is_none());
+    // Applied together with other links' batches, it fails alone: theirs are applied.
+    let other = Store::open(":memory:").unwrap();
+    other.upsert("tasks", serde_json::json!({"_id": "b", "title": "y"})).unwrap();
+    let good = other.replica().changes_since(&Summary::new()).unwrap();
+    let results = cloud.apply_batches(&[&changes[..1], &changes, &good], None);
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_ref().unwrap().applied, 1, "{results:?}");
+    assert!(results[1].is_err(), "{results:?}");
+    assert_eq!(results[2].as_ref().unwrap().applied, 1, "{results:?}");
+    assert!(cloud.document("tasks", "a").unwrap().is_some());
+    assert!(cloud.document("tasks", "b").unwrap().is_some());
 }
 
 #[test]

@@ -414,21 +414,51 @@ pub fn apply_received(
     store: &dyn Replica,
     changes: Vec<(DocChange, [u8; 32])>,
 ) -> crate::Result<crate::ApplyReport> {
+    apply_received_batches(checks, store, vec![changes])
+        .pop()
+        .unwrap_or_else(|| Err(crate::Error::Corrupt("a batch applied gave no report".into())))
+}
+
+/// [`apply_received`] for several batches (received on several links) at once, through
+/// [`Replica::apply_batches`]: a report or an error each, in order.
+pub fn apply_received_batches(
+    checks: Option<Checks<'_>>,
+    store: &dyn Replica,
+    batches: Vec<Vec<(DocChange, [u8; 32])>>,
+) -> Vec<crate::Result<crate::ApplyReport>> {
     let Some(c) = checks else {
-        let changes: Vec<DocChange> = changes.into_iter().map(|(dc, _)| dc).collect();
-        return store.apply_changes(&changes);
+        let batches: Vec<Vec<DocChange>> =
+            batches.into_iter().map(|b| b.into_iter().map(|(dc, _)| dc).collect()).collect();
+        let slices: Vec<&[DocChange]> = batches.iter().map(Vec::as_slice).collect();
+        return store.apply_batches(&slices, None);
     };
-    let mut report = crate::ApplyReport::default();
-    let mut accepted = Vec::with_capacity(changes.len());
-    let verdicts = c.signers.check_received(c.enrolment, store, &changes);
-    for ((dc, _), verdict) in changes.into_iter().zip(verdicts) {
-        match verdict {
-            Ok(()) => accepted.push(dc),
-            Err(reason) => report.refuse(Refused::of(&dc, reason)),
+    // Signatures first: what fails them is refused alone, and only the rest is applied.
+    let mut refused = Vec::with_capacity(batches.len());
+    let mut accepted = Vec::with_capacity(batches.len());
+    for changes in batches {
+        let mut report = crate::ApplyReport::default();
+        let mut ok = Vec::with_capacity(changes.len());
+        let verdicts = c.signers.check_received(c.enrolment, store, &changes);
+        for ((dc, _), verdict) in changes.into_iter().zip(verdicts) {
+            match verdict {
+                Ok(()) => ok.push(dc),
+                Err(reason) => report.refuse(Refused::of(&dc, reason)),
+            }
         }
+        refused.push(report);
+        accepted.push(ok);
     }
-    report.add(store.apply_checked(&accepted, &c.signers.write_check(c.enrolment, store))?);
-    Ok(report)
+    let slices: Vec<&[DocChange]> = accepted.iter().map(Vec::as_slice).collect();
+    let check = c.signers.write_check(c.enrolment, store);
+    let applied = store.apply_batches(&slices, Some(&check));
+    refused
+        .into_iter()
+        .zip(applied)
+        .map(|(mut report, applied)| {
+            report.add(applied?);
+            Ok(report)
+        })
+        .collect()
 }
 
 /// The chain checked against `enrolment`'s authorities and revocations, at a time within every certificate's

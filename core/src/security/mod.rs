@@ -46,7 +46,8 @@ pub mod vault;
 
 pub use access::{Access, Enrolment};
 pub use authorship::{
-    apply_received, ChangeCheck, ChangeSignature, Checks, PresenceSignature, RefusalReason, Refused, Signers,
+    apply_received, apply_received_batches, ChangeCheck, ChangeSignature, Checks, PresenceSignature, RefusalReason,
+    Refused, Signers,
 };
 pub use certificate::{Certificate, CertificateBody, CertificateChain, CertificateError, Grant, Right, VerifiedDevice};
 pub use channel::{SecureChannel, MAX_PLAINTEXT};

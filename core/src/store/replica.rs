@@ -60,6 +60,21 @@ pub trait Replica: Send + Sync + 'static {
         Ok(report)
     }
 
+    /// Several batches (received on several links) applied at once: each as [`Replica::apply_changes`] (`check`
+    /// `None`) or [`Replica::apply_checked`] would apply it alone, with a report — or an error, for a malformed
+    /// batch — each, in order. A replica may write them in one transaction (a server with many links commits once
+    /// for all of them), but a batch's error must not cost the others theirs. The default applies them one after
+    /// the other.
+    fn apply_batches(&self, batches: &[&[DocChange]], check: Option<&dyn ChangeCheck>) -> Vec<Result<ApplyReport>> {
+        batches
+            .iter()
+            .map(|changes| match check {
+                Some(check) => self.apply_checked(changes, check),
+                None => self.apply_changes(changes),
+            })
+            .collect()
+    }
+
     /// A peer's summary arrived: when it shows this store's author at counters the store never reached (changes
     /// forged under its id, or written by the device a restored copy of this database came from), the store moves
     /// to a fresh author id before its next write, so that none of its changes collides with one the mesh holds.

@@ -49,7 +49,7 @@ use super::wire::{
     MAX_PRESENCE_LINKS,
 };
 use super::SyncError;
-use crate::security::authorship::{apply_received, Checks};
+use crate::security::authorship::{apply_received_batches, Checks};
 use crate::security::{
     Access, CertificateError, DeviceKey, Enrolment, Identity, PresenceSignature, RevocationList, SecurityError, Signers,
 };
@@ -171,13 +171,60 @@ impl ApplyJob {
         self.link
     }
 
+    /// How many changes the batch holds.
+    pub fn len(&self) -> usize {
+        self.received.changes.len()
+    }
+
+    /// Whether the batch holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.received.changes.is_empty()
+    }
+
     /// Apply the changes to the replica (checked as the engine checks them), for [`Engine::finish_apply`]. Reads
     /// and writes the replica, and nothing of the engine.
-    pub fn run(mut self) -> AppliedJob {
-        let changes = std::mem::take(&mut self.received.changes);
-        let checks = self.checks.as_ref().map(|(signers, enrolment)| Checks { signers, enrolment });
-        let report = apply_received(checks, &*self.replica, changes).map_err(SyncError::from);
-        AppliedJob { link: self.link, received: self.received, report }
+    pub fn run(self) -> AppliedJob {
+        let mut done = ApplyJob::run_all(vec![self]);
+        done.pop().unwrap_or_else(|| unreachable!("one job gives one result"))
+    }
+
+    /// [`ApplyJob::run`] for the batches of several links at once, one result each in the same order: those of
+    /// one replica checked alike are applied together ([`Replica::apply_batches`]: a server's replica commits
+    /// them in one transaction).
+    pub fn run_all(jobs: Vec<ApplyJob>) -> Vec<AppliedJob> {
+        let mut slots: Vec<Option<AppliedJob>> = jobs.iter().map(|_| None).collect();
+        let mut jobs: Vec<(usize, ApplyJob)> = jobs.into_iter().enumerate().collect();
+        while let Some((_, first)) = jobs.first() {
+            let (replica, shared) = (first.replica.clone(), first.checks.clone());
+            // The jobs applied like the first: the same replica, the same checks.
+            let alike = |j: &ApplyJob| {
+                Arc::ptr_eq(&j.replica, &replica)
+                    && match (&j.checks, &shared) {
+                        (None, None) => true,
+                        (Some((s1, e1)), Some((s2, e2))) => Arc::ptr_eq(s1, s2) && Arc::ptr_eq(e1, e2),
+                        _ => false,
+                    }
+            };
+            let (group, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| alike(j));
+            jobs = rest;
+            let checks = shared.as_ref().map(|(signers, enrolment)| Checks { signers, enrolment });
+            let mut batches = Vec::with_capacity(group.len());
+            let mut pending = Vec::with_capacity(group.len());
+            for (at, mut job) in group {
+                batches.push(std::mem::take(&mut job.received.changes));
+                pending.push((at, job));
+            }
+            let reports = apply_received_batches(checks, &*replica, batches);
+            let mut reports = reports.into_iter();
+            for (at, job) in pending {
+                let report = reports
+                    .next()
+                    .unwrap_or_else(|| Err(crate::Error::Corrupt("a batch applied gave no report".into())))
+                    .map_err(SyncError::from);
+                slots[at] = Some(AppliedJob { link: job.link, received: job.received, report });
+            }
+        }
+        slots.into_iter().flatten().collect()
     }
 }
 

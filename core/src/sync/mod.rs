@@ -12,7 +12,7 @@ pub mod session;
 pub mod wire;
 
 pub use attachments::{FetchEvent, FetchId, MAX_HOPS};
-pub use engine::{Engine, EngineEvent, LinkId, PeerPresence};
+pub use engine::{AppliedJob, ApplyJob, Engine, EngineEvent, LinkId, PeerPresence};
 pub use session::{SessionStats, WINDOW};
 pub use wire::{bounded_interest, Message, Subscription, TransportKind, WireError};
 

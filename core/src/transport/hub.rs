@@ -10,14 +10,14 @@
 //! (the store's commit listener runs while the engine is locked and only bumps a watch channel).
 
 use crate::security::DeviceKey;
-use crate::sync::{Engine, EngineEvent, LinkId, PeerPresence, TransportKind};
+use crate::sync::{AppliedJob, ApplyJob, Engine, EngineEvent, LinkId, PeerPresence, TransportKind};
 use crate::util::lock;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::runtime::Handle;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 /// Why an engine call could not run.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +190,33 @@ pub(crate) struct Hub {
     origin: Instant,
     /// Attachment fetch progress and outcomes.
     fetches: tokio::sync::broadcast::Sender<crate::sync::FetchEvent>,
+    /// Batches of changes waiting to be applied apart from the engine ([`Hub::apply`]).
+    applier: Mutex<Applier>,
+}
+
+/// At most this many batches of changes (of different links) are applied at once ([`Hub::apply`]); batches that
+/// arrive meanwhile wait, and are applied together by the next applier free.
+pub const MAX_APPLIERS: usize = 4;
+
+/// The most changes applied together ([`Hub::apply`]): more waiting are left to the next round (a batch of more
+/// is applied alone).
+pub const MAX_APPLIED_TOGETHER: usize = 4096;
+
+/// The batches waiting for [`Hub::apply`], and how many appliers run.
+#[derive(Default)]
+struct Applier {
+    queue: VecDeque<(ApplyJob, oneshot::Sender<AppliedJob>)>,
+    running: usize,
+}
+
+/// Counts an applier out when it ends, however it ends.
+struct ApplierRunning<'h>(&'h Mutex<Applier>);
+
+impl Drop for ApplierRunning<'_> {
+    fn drop(&mut self) {
+        let mut a = lock(self.0);
+        a.running = a.running.saturating_sub(1);
+    }
 }
 
 impl Hub {
@@ -209,6 +236,7 @@ impl Hub {
             tasks: TaskCount::default(),
             origin: Instant::now(),
             fetches: tokio::sync::broadcast::Sender::new(1024),
+            applier: Mutex::default(),
         });
         hub.runtime.spawn(tell_store_news(Arc::downgrade(&hub), store_news, hub.shutdown.subscribe()));
         hub
@@ -308,6 +336,56 @@ impl Hub {
     /// Attachment fetch events, from now on.
     pub fn fetch_events(&self) -> tokio::sync::broadcast::Receiver<crate::sync::FetchEvent> {
         self.fetches.subscribe()
+    }
+
+    /// Apply a batch of changes received on a link apart from the engine ([`Engine::take_apply`]), on tokio's
+    /// blocking pool; the result is for [`Engine::finish_apply`]. With many links (a server), batches that arrive
+    /// while [`MAX_APPLIERS`] are being applied wait and are then applied together ([`ApplyJob::run_all`]: one
+    /// transaction for all of them on a server's replica) — a relay of many devices commits once per round, not
+    /// once per device. `None` if the node is going away.
+    pub async fn apply(self: &Arc<Self>, job: ApplyJob) -> Option<AppliedJob> {
+        let (done, result) = oneshot::channel();
+        let start = {
+            let mut a = lock(&self.applier);
+            a.queue.push_back((job, done));
+            let start = a.running < MAX_APPLIERS;
+            if start {
+                a.running += 1;
+            }
+            start
+        };
+        if start {
+            let hub = self.clone();
+            self.runtime.spawn_blocking(move || hub.run_applier());
+        }
+        result.await.ok()
+    }
+
+    /// An applier: applies what waits, together, until nothing does.
+    fn run_applier(&self) {
+        let _running = ApplierRunning(&self.applier);
+        loop {
+            let (jobs, senders): (Vec<ApplyJob>, Vec<oneshot::Sender<AppliedJob>>) = {
+                let mut a = lock(&self.applier);
+                let mut taken = Vec::new();
+                let mut changes = 0;
+                while let Some((job, _)) = a.queue.front() {
+                    if !taken.is_empty() && changes + job.len() > MAX_APPLIED_TOGETHER {
+                        break;
+                    }
+                    changes += job.len();
+                    taken.extend(a.queue.pop_front());
+                }
+                if taken.is_empty() {
+                    return;
+                }
+                taken.into_iter().unzip()
+            };
+            for (done, sender) in ApplyJob::run_all(jobs).into_iter().zip(senders) {
+                // (A link gone meanwhile no longer waits for it.)
+                let _ = sender.send(done);
+            }
+        }
     }
 
     /// Wake the writers of `links` (after the engine call that reported them: [`Engine::take_wakes`]).

@@ -220,9 +220,8 @@ async fn read_loop(hub: Arc<Hub>, conn: Arc<LinkState>, link: LinkId, mut rd: im
             // Batches of changes are applied without the engine (the links' batches are applied at once, while
             // the engine serves the others), then finished in it; the frames after one wait for it.
             while let (Some(j), false) = (job.take(), closed) {
-                let done = match hub.runtime().spawn_blocking(move || j.run()).await {
-                    Ok(done) => done,
-                    Err(e) => return conn.stop(format!("applying changes failed: {e}")),
+                let Some(done) = hub.apply(j).await else {
+                    return conn.stop("applying changes failed: the node is going away");
                 };
                 let step = hub
                     .with_engine(move |e| {
