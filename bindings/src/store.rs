@@ -105,15 +105,26 @@ pub struct SyncConfig {
     /// `None`: everything.
     #[uniffi(default)]
     pub subscriptions: Option<Vec<String>>,
-    /// The cloud's relays to dial over WebSocket (`ws://relay.example.com/sync`), and dial again whenever the link
-    /// is lost: the device syncs through the cloud whenever it reaches it, beside the local network and Bluetooth.
+    /// The cloud's relays to dial over WebSocket (`wss://relay.example.com/sync` through a load balancer that
+    /// terminates HTTPS, or `ws://…`), and dial again whenever the link is lost: the device syncs through the cloud
+    /// whenever it reaches it, beside the local network and Bluetooth.
     #[uniffi(default)]
     pub cloud: Vec<String>,
+    /// Certificate authorities (PEM) trusted for `wss://` besides Mozilla's: an organisation's private one.
+    #[uniffi(default)]
+    pub cloud_trust: Vec<String>,
 }
 
 impl Default for SyncConfig {
     fn default() -> SyncConfig {
-        SyncConfig { listen: None, mdns: true, peers: Vec::new(), subscriptions: None, cloud: Vec::new() }
+        SyncConfig {
+            listen: None,
+            mdns: true,
+            peers: Vec::new(),
+            subscriptions: None,
+            cloud: Vec::new(),
+            cloud_trust: Vec::new(),
+        }
     }
 }
 
@@ -236,6 +247,9 @@ impl Open {
         }
         for peer in &sync.peers {
             config = config.connect_to(parse_addr(peer)?);
+        }
+        for pem in &sync.cloud_trust {
+            config = config.trust_cloud_certificate(pem.clone());
         }
         for url in &sync.cloud {
             config = config.connect_to_cloud(url.clone());

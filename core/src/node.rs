@@ -77,7 +77,8 @@ pub enum NodeError {
     #[error("sync: {0}")]
     Sync(#[from] crate::sync::SyncError),
     /// The configuration asks for something this build or its values cannot do (a WebSocket without the
-    /// `websocket` feature, a cloud URL that is not `ws://host[:port]/path`).
+    /// `websocket` feature, a cloud URL that is not `ws://host[:port]/path` or `wss://…`, a trusted certificate that
+    /// is not one).
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -106,10 +107,14 @@ pub struct NodeConfig {
     /// Where to accept sync links inside WebSocket connections (a relay of the cloud, behind an HTTP load
     /// balancer; see [`crate::transport::websocket`]). Needs the `websocket` feature.
     pub websocket_listen: Option<SocketAddr>,
-    /// The cloud's relays to dial over WebSocket (`ws://relay.example.com/sync`), and dial again whenever the link
-    /// is lost, beside the LAN and Bluetooth: the device syncs through the cloud whenever it can reach it, and so
-    /// does every device it meets. Needs the `websocket` feature.
+    /// The cloud's relays to dial over WebSocket (`wss://relay.example.com/sync` through a load balancer that
+    /// terminates HTTPS, or `ws://…`), and dial again whenever the link is lost, beside the LAN and Bluetooth: the
+    /// device syncs through the cloud whenever it can reach it, and so does every device it meets. Needs the
+    /// `websocket` feature.
     pub cloud: Vec<String>,
+    /// Certificate authorities (PEM) trusted for `wss://` besides Mozilla's: an organisation's private one, for
+    /// relays behind a load balancer whose certificate it issued.
+    pub cloud_trust: Vec<String>,
 }
 
 impl NodeConfig {
@@ -127,6 +132,7 @@ impl NodeConfig {
             ble: None,
             websocket_listen: None,
             cloud: Vec::new(),
+            cloud_trust: Vec::new(),
         }
     }
 
@@ -139,6 +145,13 @@ impl NodeConfig {
     /// Also dial the cloud's relay at `url` over WebSocket (see [`NodeConfig::cloud`]).
     pub fn connect_to_cloud(mut self, url: impl Into<String>) -> NodeConfig {
         self.cloud.push(url.into());
+        self
+    }
+
+    /// Also trust the certificate authority `pem` (a PEM certificate) for the cloud's `wss://` URLs (see
+    /// [`NodeConfig::cloud_trust`]).
+    pub fn trust_cloud_certificate(mut self, pem: impl Into<String>) -> NodeConfig {
+        self.cloud_trust.push(pem.into());
         self
     }
 
@@ -417,14 +430,17 @@ async fn start_engine(
 /// Accept and dial WebSocket links as `config` says.
 #[cfg(feature = "websocket")]
 async fn start_websocket(lan: &Lan, config: &NodeConfig) -> Result<(), NodeError> {
-    for url in &config.cloud {
-        crate::transport::websocket::host_and_port(url).map_err(NodeError::Config)?;
-    }
+    let endpoints = config
+        .cloud
+        .iter()
+        .map(|url| crate::transport::websocket::Endpoint::parse(url, &config.cloud_trust))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(NodeError::Config)?;
     if let Some(addr) = config.websocket_listen {
         lan.listen_websocket(addr, config.listen_limits).await?;
     }
-    for url in &config.cloud {
-        lan.connect_websocket(url);
+    for endpoint in endpoints {
+        lan.connect_websocket(endpoint);
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Sync links inside WebSocket connections (how devices reach the cloud's relays through HTTP load balancers):
-//! two nodes sync both ways over one, and a node taking WebSocket links shrugs off what a hostile client sends —
-//! no upgrade, garbage, a message beyond the bound, a text message — closing only that connection.
+//! two nodes sync both ways over one, also as `wss://` through a TLS-terminating proxy (a load balancer with a
+//! certificate of a private authority the device trusts; a device that does not trust it never gets through), and
+//! a node taking WebSocket links shrugs off what a hostile client sends — no upgrade, garbage, a message beyond the
+//! bound, a text message — closing only that connection.
 #![cfg(feature = "websocket")]
 
 use futures::{SinkExt, StreamExt};
@@ -90,13 +92,109 @@ async fn two_nodes_sync_both_ways_over_a_websocket() {
 async fn a_bad_cloud_url_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("a.db")).unwrap();
-    for url in ["wss://relay.example.com/sync", "http://relay/", "relay:80"] {
+    for url in ["wss:///sync", "http://relay/", "relay:80"] {
         let config = NodeConfig::new("phone", secret()).with_mdns(false).connect_to_cloud(url);
         match Node::start(store.clone(), config).await {
             Err(shoaldb::NodeError::Config(_)) => {}
             other => panic!("{url}: expected a configuration error, got {other:?}"),
         }
     }
+    // A trusted certificate that is not one.
+    let config = NodeConfig::new("phone", secret())
+        .with_mdns(false)
+        .connect_to_cloud("wss://relay.example.com/sync")
+        .trust_cloud_certificate("not a certificate");
+    assert!(matches!(Node::start(store.clone(), config).await, Err(shoaldb::NodeError::Config(_))));
+}
+
+/// A certificate authority of the test's own, and a certificate it issued for `localhost` with its key: PEM.
+fn private_authority() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "Shoal test authority");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// A TLS-terminating proxy on loopback in front of `backend` (what an HTTPS load balancer does): each connection's
+/// TLS is accepted with `cert`/`key` (PEM), then its bytes are passed both ways to `backend`. Each TLS
+/// handshake's outcome is sent on the channel (`Err`: why it failed).
+async fn tls_proxy(
+    backend: SocketAddr,
+    cert: &str,
+    key: &str,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (outcomes, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, outcomes) = (acceptor.clone(), outcomes.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(stream).await {
+                    Ok(mut tls) => {
+                        let _ = outcomes.send(Ok(()));
+                        if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = outcomes.send(Err(e.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_syncs_over_wss_through_a_tls_terminating_proxy_it_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Store::open(dir.path().join("a.db")).unwrap(), Store::open(dir.path().join("b.db")).unwrap());
+    let (server, addr) = server(&a).await;
+    let (ca, cert, key) = private_authority();
+    let (proxy, mut outcomes) = tls_proxy(addr, &cert, &key).await;
+    let url = format!("wss://localhost:{}/sync", proxy.port());
+
+    // Trusting Mozilla's authorities only, the phone refuses the proxy's certificate: no link, nothing synced.
+    b.upsert("notes", json!({"_id": "from phone", "v": 1})).unwrap();
+    let config = NodeConfig::new("untrusting phone", secret()).with_mdns(false).connect_to_cloud(url.clone());
+    let untrusting = Node::start(b.clone(), config).await.unwrap();
+    let refused = tokio::time::timeout(PATIENCE, outcomes.recv()).await.expect("a TLS handshake").unwrap();
+    let why = refused.expect_err("the phone accepted a certificate it does not trust");
+    assert!(why.contains("UnknownCA"), "the phone refused the certificate for another reason: {why}");
+    untrusting.shutdown().await;
+    assert!(a.get("notes", "from phone").unwrap().is_none());
+    assert!(server.peers().is_empty());
+
+    // Trusting the organisation's authority, it syncs both ways through the proxy.
+    let config = NodeConfig::new("phone", secret()).with_mdns(false).connect_to_cloud(url).trust_cloud_certificate(ca);
+    let phone = Node::start(b.clone(), config).await.unwrap();
+    a.upsert("notes", json!({"_id": "from server", "v": 2})).unwrap();
+    eventually("both hold both notes", || {
+        a.get("notes", "from phone").unwrap().is_some() && b.get("notes", "from server").unwrap().is_some()
+    })
+    .await;
+    assert_eq!(phone.peers().iter().filter(|p| p.hops == 1).count(), 1);
+    phone.shutdown().await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,12 +27,14 @@ usage:
   shoal --db PATH fetch-attachment COLLECTION ID FIELD OUT
                                                          write FIELD's attachment to OUT, fetched by a running peer when not stored here (exit 2 when unavailable)
   shoal --db PATH peer [--secret-file F] [--name NAME] [--listen HOST:PORT] [--connect HOST:PORT]...
-                       [--cloud ws://HOST[:PORT]/PATH]... [--no-mdns] [--subscribe COLLECTION[:FILTER]]...
+                       [--cloud ws[s]://HOST[:PORT]/PATH]... [--cloud-ca PEM-FILE]... [--no-mdns]
+                       [--subscribe COLLECTION[:FILTER]]...
                        [--ble ADAPTER [--ble-allow AA:BB:CC:DD:EE:FF]... [--ble-l2cap|--ble-gatt]]
                                                          sync with the LAN (and over Bluetooth LE on a BlueZ adapter,
                                                          e.g. hci0, in builds with feature bluetooth-linux; --ble-allow:
                                                          only these peers; --ble-gatt: never open L2CAP channels;
-                                                         --cloud: a relay of the cloud, over WebSocket)
+                                                         --cloud: a relay of the cloud, over WebSocket; --cloud-ca:
+                                                         a certificate authority trusted for wss://)
                                                          until SIGINT/SIGTERM
   shoal demo                                             three devices edit a task board and converge
 

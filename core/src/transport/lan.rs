@@ -172,11 +172,11 @@ impl Lan {
         *lock(&self.websocket_addr)
     }
 
-    /// Dial the sync WebSocket at `url` (`ws://host:port/path`), and again whenever the link is lost (with
-    /// backoff), until shutdown. Dialling a URL twice does nothing.
+    /// Dial the sync WebSocket at `endpoint` (`ws://host:port/path` or `wss://…`), and again whenever the link is
+    /// lost (with backoff), until shutdown. Dialling a URL twice does nothing.
     #[cfg(feature = "websocket")]
-    pub fn connect_websocket(&self, url: &str) {
-        self.dial(dialer::Target::WebSocket(url.to_string()));
+    pub(crate) fn connect_websocket(&self, endpoint: crate::transport::websocket::Endpoint) {
+        self.dial(dialer::Target::WebSocket(endpoint));
     }
 
     /// Withdraw the mDNS advertisement and stop discovery.

@@ -8,15 +8,23 @@
 //! a message or frame larger than [`MAX_MESSAGE_BYTES`] closes the connection before it is buffered, a text
 //! message closes it, and an upgrade that does not complete within the handshake deadline closes it.
 //!
-//! `ws://` only: TLS, where needed, is the load balancer's (it terminates `wss://`), and the link's own Noise
-//! encryption and authentication hold end to end either way.
+//! A device dials `ws://` or `wss://` URLs. `wss://` adds TLS to whatever terminates HTTPS in front of the relays
+//! (a load balancer, a reverse proxy): rustls, with Mozilla's trust anchors (the same on every platform) plus any
+//! the app adds for a private certificate authority ([`NodeConfig::cloud_trust`](crate::NodeConfig::cloud_trust)).
+//! TLS only gets the link through; the link's own Noise encryption and authentication hold end to end either way,
+//! so a proxy that terminates TLS reads nothing of the sync. Relays accept plain WebSocket (TLS is terminated in
+//! front of them).
 
 use crate::transport::lan::connection::{ByteSink, ByteSource};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -95,51 +103,109 @@ pub(crate) async fn accept(
     Ok(halves(ws))
 }
 
-/// Where a `ws://` URL leads: its host and port (80 when none is given).
-pub(crate) fn host_and_port(url: &str) -> Result<(String, u16), String> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => {
-            return Err(format!("{url:?}: wss:// is not supported here (terminate TLS in front of the relay)"))
+/// A byte stream a WebSocket runs over: a TCP connection, or TLS over one.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A relay's WebSocket a device dials: its URL, host and port, and the TLS settings of a `wss://` URL.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub url: String,
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Endpoint {
+    /// The endpoint at `url` (`ws://host[:port]/path`, port 80 by default, or `wss://…`, 443), trusting for `wss://`
+    /// Mozilla's certificate authorities and those of `trust` (PEM certificates).
+    pub fn parse(url: &str, trust: &[String]) -> Result<Endpoint, String> {
+        let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err(format!("{url:?}: not a ws:// or wss:// URL")),
+        };
+        let host = uri.host().ok_or_else(|| format!("{url:?}: no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure { Some(tls_config(trust)?) } else { None };
+        Ok(Endpoint { url: url.to_string(), host, port, tls })
+    }
+
+    /// The addresses of the host (a DNS lookup when it is a name).
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((self.host.as_str(), self.port)).await?.collect())
+    }
+
+    /// Dial the WebSocket over `stream` (a TCP connection to the host): TLS first for `wss://` (the certificate
+    /// checked against the host name), then the upgrade.
+    pub async fn connect(&self, stream: TcpStream) -> std::io::Result<(WsSource<Box<dyn Io>>, WsSink<Box<dyn Io>>)> {
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("TCP_NODELAY: {e}");
         }
-        _ => return Err(format!("{url:?}: not a ws:// URL")),
+        let io: Box<dyn Io> = match &self.tls {
+            None => Box::new(stream),
+            Some(config) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Box::new(tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream).await?)
+            }
+        };
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(self.url.as_str(), io, Some(config()))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(halves(ws))
     }
-    let host = uri.host().ok_or_else(|| format!("{url:?}: no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    Ok((host, uri.port_u16().unwrap_or(80)))
 }
 
-/// Dial the WebSocket at `url` over `stream` (a TCP connection to its host).
-pub(crate) async fn connect(
-    url: &str,
-    stream: TcpStream,
-) -> Result<(WsSource<TcpStream>, WsSink<TcpStream>), tokio_tungstenite::tungstenite::Error> {
-    if let Err(e) = stream.set_nodelay(true) {
-        log::debug!("TCP_NODELAY: {e}");
+/// The TLS client settings of `wss://` dials: Mozilla's certificate authorities and those of `trust` (PEM).
+fn tls_config(trust: &[String]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for pem in trust {
+        let mut any = false;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("a trusted certificate is not valid PEM: {e}"))?;
+            roots.add(cert).map_err(|e| format!("a trusted certificate cannot be used: {e}"))?;
+            any = true;
+        }
+        if !any {
+            return Err("a trusted certificate holds no PEM certificate".into());
+        }
     }
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config())).await?;
-    Ok(halves(ws))
-}
-
-/// The addresses of `url`'s host (a DNS lookup when it is a name).
-pub(crate) async fn resolve(url: &str) -> std::io::Result<Vec<SocketAddr>> {
-    let (host, port) = host_and_port(url).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let addrs = tokio::net::lookup_host((host.as_str(), port)).await?.collect();
-    Ok(addrs)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::host_and_port;
+    use super::Endpoint;
+
+    fn host_and_port(url: &str) -> Result<(String, u16, bool), String> {
+        Endpoint::parse(url, &[]).map(|e| (e.host, e.port, e.tls.is_some()))
+    }
 
     #[test]
     fn urls_name_a_host_and_port() {
-        assert_eq!(host_and_port("ws://relay.example.com/sync"), Ok(("relay.example.com".into(), 80)));
-        assert_eq!(host_and_port("ws://127.0.0.1:7421/shoal"), Ok(("127.0.0.1".into(), 7421)));
-        assert_eq!(host_and_port("ws://[::1]:9/"), Ok(("::1".into(), 9)));
-        for bad in ["wss://relay.example.com/", "http://x/", "relay:80", "ws://", ""] {
+        assert_eq!(host_and_port("ws://relay.example.com/sync"), Ok(("relay.example.com".into(), 80, false)));
+        assert_eq!(host_and_port("ws://127.0.0.1:7421/shoal"), Ok(("127.0.0.1".into(), 7421, false)));
+        assert_eq!(host_and_port("ws://[::1]:9/"), Ok(("::1".into(), 9, false)));
+        assert_eq!(host_and_port("wss://relay.example.com/sync"), Ok(("relay.example.com".into(), 443, true)));
+        assert_eq!(host_and_port("wss://relay.example.com:8443/"), Ok(("relay.example.com".into(), 8443, true)));
+        for bad in ["http://x/", "relay:80", "ws://", ""] {
             assert!(host_and_port(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trusted_certificates_must_be_pem_certificates() {
+        for bad in ["", "not a certificate", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"] {
+            assert!(Endpoint::parse("wss://relay.example.com/", &[bad.to_string()]).is_err(), "{bad:?}");
         }
     }
 }

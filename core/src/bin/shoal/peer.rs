@@ -19,6 +19,8 @@ struct PeerArgs {
     connect: Vec<SocketAddr>,
     /// `--cloud URL`: relays of the cloud to dial over WebSocket.
     cloud: Vec<String>,
+    /// `--cloud-ca FILE`: certificate authorities (PEM) trusted for `wss://` besides Mozilla's.
+    cloud_trust: Vec<String>,
     mdns: bool,
     subscriptions: Vec<Subscription>,
     /// `--ble ADAPTER`: also sync over Bluetooth LE on this BlueZ adapter.
@@ -37,6 +39,7 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
         listen: None,
         connect: Vec::new(),
         cloud: Vec::new(),
+        cloud_trust: Vec::new(),
         mdns: true,
         subscriptions: Vec::new(),
         ble: None,
@@ -61,6 +64,11 @@ fn parse(args: &[String]) -> Result<PeerArgs, CliError> {
             "--listen" => parsed.listen = Some(resolve(&value()?)?),
             "--connect" => parsed.connect.push(resolve(&value()?)?),
             "--cloud" => parsed.cloud.push(value()?),
+            "--cloud-ca" => {
+                let file = value()?;
+                let pem = std::fs::read_to_string(&file).map_err(|e| usage(format!("--cloud-ca {file}: {e}")))?;
+                parsed.cloud_trust.push(pem);
+            }
             "--no-mdns" if inline.is_none() => parsed.mdns = false,
             "--subscribe" => {
                 let s = value()?;
@@ -173,6 +181,7 @@ pub fn run(db: &Path, key: Option<StoreKey>, args: &[String]) -> Result<(), CliE
     config.listen = args.listen;
     config.connect = args.connect.clone();
     config.cloud = args.cloud.clone();
+    config.cloud_trust = args.cloud_trust.clone();
     let config = with_bluetooth(config, &args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

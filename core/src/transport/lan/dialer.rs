@@ -73,10 +73,10 @@ pub(crate) enum Target {
     Address(SocketAddr),
     /// A device found by discovery, at the addresses it advertises (`None` once it is gone).
     Device { device: DeviceKey, addrs: watch::Receiver<Option<Vec<SocketAddr>>>, failures: Failures },
-    /// A sync WebSocket the app gave (`ws://…`, see [`crate::transport::websocket`]); its host is looked up at each
-    /// attempt.
+    /// A sync WebSocket the app gave (`ws://…` or `wss://…`, see [`crate::transport::websocket`]); its host is
+    /// looked up at each attempt.
     #[cfg(feature = "websocket")]
-    WebSocket(String),
+    WebSocket(crate::transport::websocket::Endpoint),
 }
 
 impl Target {
@@ -85,7 +85,7 @@ impl Target {
             Target::Address(a) => a.to_string(),
             Target::Device { device, .. } => format!("device {device}"),
             #[cfg(feature = "websocket")]
-            Target::WebSocket(url) => url.clone(),
+            Target::WebSocket(endpoint) => endpoint.url.clone(),
         }
     }
 
@@ -95,10 +95,10 @@ impl Target {
             Target::Address(a) => Some(vec![*a]),
             Target::Device { addrs, .. } => addrs.borrow().clone(),
             #[cfg(feature = "websocket")]
-            Target::WebSocket(url) => match crate::transport::websocket::resolve(url).await {
+            Target::WebSocket(endpoint) => match endpoint.resolve().await {
                 Ok(addrs) => Some(addrs),
                 Err(e) => {
-                    log::debug!("looking up {url}: {e}");
+                    log::debug!("looking up {}: {e}", endpoint.url);
                     Some(Vec::new())
                 }
             },
@@ -165,11 +165,9 @@ pub(crate) async fn dial(hub: Arc<Hub>, mut target: Target) {
             Ok(stream) => {
                 let outcome = match &target {
                     #[cfg(feature = "websocket")]
-                    Target::WebSocket(url) => {
+                    Target::WebSocket(endpoint) => {
                         let peer = stream.peer_addr().ok();
-                        match tokio::time::timeout(CONNECT_TIMEOUT, crate::transport::websocket::connect(url, stream))
-                            .await
-                        {
+                        match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(stream)).await {
                             Ok(Ok((rd, wr))) => connection::run_halves(hub.clone(), rd, wr, peer, true, None).await,
                             Ok(Err(e)) => {
                                 log::debug!("dialling {what}: the WebSocket upgrade failed: {e}");
