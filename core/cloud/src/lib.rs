@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod backoffice;
+mod digests;
 mod jsonb;
 pub mod logging;
 mod offruntime;

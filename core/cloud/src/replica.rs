@@ -9,6 +9,7 @@
 //! dependencies, refused by the author's permissions, or applied with the CRDT code of `shoaldb` — and everything
 //! is written before one commit, which also tells the other relays (`NOTIFY`).
 
+use crate::digests::DigestCache;
 use crate::jsonb::jsonb_safe;
 use crate::offruntime::OffRuntime;
 use crate::pg::{Manager, Tx};
@@ -20,8 +21,8 @@ use shoaldb::security::certificate::ReadRules;
 use shoaldb::security::{ChangeCheck, ChangeSignature};
 use shoaldb::store::judge::{self, DocKey, Judged, KeptAside, Ledger, LoggedChange, LoggedEncoding, PendingChange};
 use shoaldb::store::{
-    attachment_hashes, check_collection, check_doc_id, LogEntry, RangeSet, CHANGE_HASH_BYTES, CHUNK_SIZE,
-    MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS,
+    attachment_hashes, check_collection, check_doc_id, ranges_digest, AuthorDigest, LogEntry, RangeSet,
+    CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS,
 };
 use shoaldb::{ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +68,8 @@ pub struct PgReplica {
     /// The summary as last read, kept up to date by this process's own commits, and brought up to date from the
     /// log after a notice of another's ([`PgReplica::changed`]): every link asks for it on every round of sending.
     summary: Arc<Mutex<SummaryCache>>,
+    /// The per-author digests' bucket hashes computed so far ([`Replica::author_digests`]).
+    digests: Arc<DigestCache>,
 }
 
 /// See [`PgReplica::summary`]. What the cache holds is always part of what the database holds (never more): it is
@@ -108,6 +111,7 @@ impl PgReplica {
             pool: Arc::new(OffRuntime::new(pool)),
             peer: PeerId(u64::from_le_bytes(id)),
             summary: Arc::default(),
+            digests: Arc::default(),
         })
     }
 
@@ -127,7 +131,10 @@ impl PgReplica {
 
     /// This process committed `held`, the whole ranges now held of the authors a batch changed (read under their
     /// locks): the cached summary takes them in, and a read under way does not pass for up to date.
-    fn committed(&self, held: &BTreeMap<PeerId, (RangeSet, bool)>) {
+    fn committed(&self, held: &BTreeMap<PeerId, (RangeSet, bool)>, added: &[(PeerId, u64)]) {
+        for &(author, start) in added {
+            self.digests.changed(author, start);
+        }
         let mut cache = shoaldb::util::lock(&self.summary);
         cache.epoch += 1;
         if let Some(summary) = cache.summary.as_mut() {
@@ -164,7 +171,9 @@ impl PgReplica {
                         below = Some(r.get::<_, i64>(4));
                     } else {
                         let (s, e) = (r.get::<_, i64>(2), r.get::<_, i64>(3));
-                        summary.insert(PeerId(r.get::<_, i64>(1) as u64), s.max(0) as u64, e.max(0) as u64);
+                        let author = PeerId(r.get::<_, i64>(1) as u64);
+                        summary.insert(author, s.max(0) as u64, e.max(0) as u64);
+                        self.digests.changed(author, s.max(0) as u64);
                     }
                 }
                 if let Some(below) = below {
@@ -176,6 +185,8 @@ impl PgReplica {
         let below: i64 =
             client.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[]).map_err(pg)?.get(0);
         let rows = client.query("SELECT author, ranges FROM held", &[]).map_err(pg)?;
+        // What changed since the digests were computed is not known change by change.
+        self.digests.clear();
         let mut summary = Summary::new();
         for r in rows {
             let ranges: RangeSet =
@@ -267,10 +278,11 @@ impl PgReplica {
         // (Written with the rest, the notice goes to the other relays when the transaction commits.)
         let wrote = batch.persist()?;
         let held = std::mem::take(&mut batch.held);
+        let added: Vec<(PeerId, u64)> = batch.judged.added.keys().copied().collect();
         tx.commit().map_err(pg)?;
         log::debug!("applied {} batches of {} changes in all: {reports:?}", batches.len(), all.len());
         if wrote {
-            self.committed(&held);
+            self.committed(&held, &added);
         }
         Ok(reports)
     }
@@ -803,6 +815,48 @@ impl Replica for PgReplica {
             }
         }
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Corrupt("a batch was not applied".into())))).collect()
+    }
+
+    fn author_digests(&self, authors: Option<&[PeerId]>) -> Result<Vec<AuthorDigest>> {
+        // The summary first: brought up to date, it marks what other relays changed.
+        let summary = self.summary()?;
+        let held: Vec<(PeerId, &RangeSet)> = match authors {
+            Some(authors) => authors.iter().filter_map(|&a| Some((a, summary.ranges_of(a)?))).collect(),
+            None => summary.peers().collect(),
+        };
+        let ids: Vec<PeerId> = held.iter().map(|(a, _)| *a).collect();
+        let changes = self.digests.changes_digests(&mut *self.client()?, &ids)?;
+        Ok(held
+            .iter()
+            .zip(changes)
+            .map(|(&(author, ranges), (_, changes))| AuthorDigest {
+                author,
+                ranges: ranges_digest(author, ranges),
+                changes,
+            })
+            .collect())
+    }
+
+    fn differing_authors(&self, theirs: &[AuthorDigest]) -> Result<Vec<PeerId>> {
+        // Only authors of which both hold the same counters compare.
+        let summary = self.summary()?;
+        let same_ranges: Vec<&AuthorDigest> = theirs
+            .iter()
+            .filter(|d| summary.ranges_of(d.author).is_some_and(|r| ranges_digest(d.author, r) == d.ranges))
+            .collect();
+        let ids: Vec<PeerId> = same_ranges.iter().map(|d| d.author).collect();
+        let mine = self.digests.changes_digests(&mut *self.client()?, &ids)?;
+        let mut out = Vec::new();
+        for (d, (_, changes)) in same_ranges.iter().zip(mine) {
+            if changes != d.changes {
+                log::warn!(
+                    "equivocation: a peer holds the same counters of author {} as the cloud, but other changes",
+                    d.author
+                );
+                out.push(d.author);
+            }
+        }
+        Ok(out)
     }
 
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {

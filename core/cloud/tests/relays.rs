@@ -6,6 +6,7 @@ mod common;
 use shoaldb::enrolment;
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::{AppSecret, Identity, SigningKey};
+use shoaldb::store::Replica as _;
 use shoaldb::{Query, Store};
 use shoaldb_cloud::{Relay, RelayConfig};
 use std::net::SocketAddr;
@@ -286,4 +287,50 @@ async fn a_phone_on_a_websocket_syncs_with_a_phone_on_another_relay() {
     on_tcp.shutdown().await;
     behind_balancer.shutdown().await;
     plain.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phone_and_the_cloud_holding_different_versions_of_a_change_both_find_it_by_digest() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    // One author's change, and a forgery of it: the same counters, other contents.
+    let author = Store::open(":memory:").unwrap();
+    author.upsert("tasks", serde_json::json!({"_id": "a", "title": "honest"})).unwrap();
+    let honest = author.replica().changes_since(&shoaldb::Summary::new()).unwrap();
+    let mut forged = honest[0].clone();
+    for op in &mut forged.change.ops {
+        if let shoaldb::Op::Set { value, .. } = op {
+            *value = shoaldb::Scalar::Str("forged".into());
+        }
+    }
+    // The cloud holds the forgery, the phone the honest change: equal summaries, so nothing travels by summary.
+    let (u, f) = (url.clone(), forged.clone());
+    let cloud = tokio::task::spawn_blocking(move || {
+        let cloud = shoaldb_cloud::PgReplica::connect(&u, 1).unwrap();
+        cloud.apply_changes(&[f]).unwrap();
+        cloud
+    })
+    .await
+    .unwrap();
+    let relay = relay(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, node) = phone(&dir, "phone", &[relay.listen_addr().unwrap()]).await;
+    store.replica().apply_changes(&honest).unwrap();
+    // The digests exchanged when the link comes up tell them apart; each sends its version, and each records the
+    // pair.
+    common::eventually("the phone records the equivocation", || !store.equivocations().unwrap().is_empty()).await;
+    let c = cloud.clone();
+    let mut seen = false;
+    for _ in 0..600 {
+        let c = c.clone();
+        if tokio::task::spawn_blocking(move || !c.equivocations(10).unwrap().is_empty()).await.unwrap() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the cloud did not record the equivocation");
+    // Each keeps the version it held.
+    assert_eq!(store.get("tasks", "a").unwrap().unwrap()["title"], "honest");
+    node.shutdown().await;
+    relay.shutdown().await;
 }

@@ -13,7 +13,7 @@ mod edits;
 #[path = "../../tests/common/random_edits.rs"]
 mod random_edits;
 
-use shoaldb::store::Replica;
+use shoaldb::store::{AuthorDigest, Replica};
 use shoaldb::util::rng::SeededRng;
 use shoaldb::{DocChange, Op, Store, Summary};
 use shoaldb_cloud::PgReplica;
@@ -65,9 +65,17 @@ fn chunks(rng: &mut SeededRng, changes: &[DocChange]) -> Vec<Vec<DocChange>> {
     out
 }
 
+/// `replica`'s per-author digests of every author, in author order.
+fn digests(replica: &dyn Replica) -> Vec<AuthorDigest> {
+    let mut d = replica.author_digests(None).unwrap();
+    d.sort_by_key(|d| d.author);
+    d
+}
+
 /// The reference store and the cloud replica hold the same thing, byte for byte.
 fn assert_same(seed: u64, phone: &Store, cloud: &PgReplica) {
     assert_eq!(phone.replica().summary().unwrap(), cloud.summary().unwrap(), "seed {seed}: summaries");
+    assert_eq!(digests(&phone.replica()), digests(cloud), "seed {seed}: per-author digests");
     for (c, id) in all_docs() {
         let mine = phone.document(c, &id).unwrap();
         let theirs = cloud.document(c, &id).unwrap();
@@ -153,6 +161,42 @@ fn an_equivocation_is_refused_alone_and_kept_as_evidence() {
     // Sent again later: still refused, the honest change still a duplicate.
     let again = cloud.apply_changes(&[forged, honest[0].clone()]).unwrap();
     assert_eq!((again.refused, again.duplicates, again.applied), (1, 1, 0), "{again:?}");
+}
+
+#[test]
+fn per_author_digests_find_an_equivocation_between_a_phone_and_the_cloud_and_follow_other_relays() {
+    let Some(url) = common::fresh_database() else { return };
+    let (relay1, relay2) = (PgReplica::connect(&url, 1).unwrap(), PgReplica::connect(&url, 1).unwrap());
+    let author = Store::open(":memory:").unwrap();
+    author.upsert("tasks", serde_json::json!({"_id": "a", "title": "honest"})).unwrap();
+    let honest = author.replica().changes_since(&Summary::new()).unwrap();
+    let mut forged = honest[0].clone();
+    for op in &mut forged.change.ops {
+        if let Op::Set { value, .. } = op {
+            *value = shoaldb::Scalar::Str("forged".into());
+        }
+    }
+    // The phone holds the honest change, the cloud the forged one: the same counters, other contents.
+    let phone = Store::open(":memory:").unwrap();
+    phone.replica().apply_changes(&honest).unwrap();
+    relay1.apply_changes(std::slice::from_ref(&forged)).unwrap();
+    let who = forged.change.peer;
+    assert_eq!(relay1.differing_authors(&digests(&phone.replica())).unwrap(), vec![who]);
+    assert_eq!(phone.replica().differing_authors(&digests(&relay1)).unwrap(), vec![who]);
+    // A phone holding the cloud's version finds nothing.
+    let same = Store::open(":memory:").unwrap();
+    same.replica().apply_changes(std::slice::from_ref(&forged)).unwrap();
+    assert!(relay2.differing_authors(&digests(&same.replica())).unwrap().is_empty());
+    assert_eq!(digests(&relay2), digests(&same.replica()));
+    // The author writes on; another relay takes it in. The first relay, told of the commit (its NOTIFY), digests
+    // what the database holds now — as does a phone holding the same.
+    author.upsert("tasks", serde_json::json!({"_id": "b", "title": "later"})).unwrap();
+    let later = author.replica().changes_since(&phone.replica().summary().unwrap()).unwrap();
+    relay2.apply_changes(&later).unwrap();
+    same.replica().apply_changes(&later).unwrap();
+    relay1.changed();
+    assert_eq!(digests(&relay1), digests(&same.replica()));
+    assert_eq!(digests(&relay2), digests(&same.replica()));
 }
 
 #[test]

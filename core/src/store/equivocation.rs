@@ -104,14 +104,44 @@ impl DigestCache {
     }
 }
 
+/// The ranges part of an [`AuthorDigest`]: a hash over `author`'s held counter `ranges`.
+pub fn ranges_digest(author: PeerId, ranges: &super::replicate::RangeSet) -> [u8; CHANGE_HASH_BYTES] {
+    let mut r = Vec::with_capacity(8 + ranges.ranges().len() * 16);
+    r.extend_from_slice(&author.0.to_le_bytes());
+    for &(s, e) in ranges.ranges() {
+        r.extend_from_slice(&s.to_le_bytes());
+        r.extend_from_slice(&e.to_le_bytes());
+    }
+    short(&r)
+}
+
+/// The changes part of an [`AuthorDigest`]: a hash over `author`'s bucket hashes ([`bucket_hashes`]), every bucket
+/// holding a change, in bucket order.
+pub fn changes_digest(
+    author: PeerId,
+    buckets: &std::collections::BTreeMap<u64, [u8; CHANGE_HASH_BYTES]>,
+) -> [u8; CHANGE_HASH_BYTES] {
+    let mut h = blake3::Hasher::new();
+    h.update(&author.0.to_le_bytes());
+    for (b, bucket) in buckets {
+        h.update(&b.to_le_bytes());
+        h.update(bucket);
+    }
+    short_hash(h)
+}
+
 fn short_hash(h: blake3::Hasher) -> [u8; CHANGE_HASH_BYTES] {
     let mut out = [0u8; CHANGE_HASH_BYTES];
     out.copy_from_slice(&h.finalize().as_bytes()[..CHANGE_HASH_BYTES]);
     out
 }
 
-/// Group (start, end, hash) rows in start order into buckets, and hash each.
-fn bucket_hashes(rows: Vec<(u64, u64, [u8; CHANGE_HASH_BYTES])>) -> Vec<(u64, [u8; CHANGE_HASH_BYTES])> {
+/// The pieces of an [`AuthorDigest`], for replicas other than the SQLite store (the cloud's): the hash of each
+/// bucket of an author's changes, given as (start, end, content hash) rows in start order — every row of the
+/// buckets it covers. Returns (bucket, hash) in bucket order.
+pub fn bucket_hashes(
+    rows: impl IntoIterator<Item = (u64, u64, [u8; CHANGE_HASH_BYTES])>,
+) -> Vec<(u64, [u8; CHANGE_HASH_BYTES])> {
     let mut out = Vec::new();
     let mut current: Option<(u64, blake3::Hasher)> = None;
     for (start, end, hash) in rows {
@@ -263,15 +293,7 @@ impl Inner {
         let Some(ranges) = self.ranges_digest(author) else { return Ok(None) };
         let mut cached = self.digests.authors.remove(&author).unwrap_or_default();
         let result = self.update_buckets(author, &mut cached);
-        let digest = cached.digest.get_or_insert_with(|| {
-            let mut h = blake3::Hasher::new();
-            h.update(&author.0.to_le_bytes());
-            for (b, bucket) in &cached.buckets {
-                h.update(&b.to_le_bytes());
-                h.update(bucket);
-            }
-            short_hash(h)
-        });
+        let digest = cached.digest.get_or_insert_with(|| changes_digest(author, &cached.buckets));
         let changes = *digest;
         if result.is_ok() {
             self.digests.authors.insert(author, cached);
@@ -324,14 +346,7 @@ impl Inner {
 
     /// The ranges part of [`AuthorDigest`] for what this store holds of `author` (cheap: from memory).
     pub(super) fn ranges_digest(&self, author: PeerId) -> Option<[u8; CHANGE_HASH_BYTES]> {
-        let ranges = self.held.ranges_of(author)?;
-        let mut r = Vec::with_capacity(8 + ranges.ranges().len() * 16);
-        r.extend_from_slice(&author.0.to_le_bytes());
-        for &(s, e) in ranges.ranges() {
-            r.extend_from_slice(&s.to_le_bytes());
-            r.extend_from_slice(&e.to_le_bytes());
-        }
-        Some(short(&r))
+        Some(ranges_digest(author, self.held.ranges_of(author)?))
     }
 
     /// Fill in the content hash of log rows written before schema 5 (once, at open).

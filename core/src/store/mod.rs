@@ -25,7 +25,9 @@ pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
 pub use docs::{attachment_hashes, Quarantined};
 pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
-pub use equivocation::{Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS};
+pub use equivocation::{
+    bucket_hashes, changes_digest, ranges_digest, Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS,
+};
 pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica, MAX_ATTACHMENT_READ_CHECKS};

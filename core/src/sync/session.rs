@@ -296,7 +296,6 @@ impl Session {
         s.outbox.push_back(Out::Message(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 }));
         s.set_interest(interest);
         s.queue_summary();
-        s.queue_digests(store, None)?;
         Ok(s)
     }
 
@@ -356,6 +355,17 @@ impl Session {
             }
             Message::Summary { summary } => {
                 store.notice_summary(&summary)?;
+                if !self.got_summary {
+                    // The authors of which the peer holds the same counters as we do: the digests it can compare
+                    // (issue 13). Those of the others would be of no use to it (a server holding every author would
+                    // send a phone thousands).
+                    let held = store.summary()?;
+                    let same: Vec<crate::PeerId> =
+                        summary.peers().filter(|(a, r)| held.ranges_of(*a) == Some(*r)).map(|(a, _)| a).collect();
+                    if !same.is_empty() {
+                        self.queue_digests(store, &same)?;
+                    }
+                }
                 if self.got_summary && !self.skipped.is_empty() {
                     // An update: the peer got these changes from another device. Their documents are now of interest
                     // to it (it holds some of their changes), even those we skipped: look at them again — only the
@@ -542,7 +552,7 @@ impl Session {
                 self.flush_batch();
                 let authors: Vec<crate::PeerId> = std::mem::take(&mut self.digest_authors).into_iter().collect();
                 if !authors.is_empty() {
-                    self.queue_digests(store, Some(&authors))?;
+                    self.queue_digests(store, &authors)?;
                 }
                 break;
             }
@@ -659,9 +669,9 @@ impl Session {
         true
     }
 
-    /// Queue [`Message::Digests`] of `authors` (every author held when `None`) for the peer to compare (issue 13).
-    fn queue_digests(&mut self, store: &dyn Replica, authors: Option<&[crate::PeerId]>) -> Result<(), SyncError> {
-        let digests = store.author_digests(authors)?;
+    /// Queue [`Message::Digests`] of `authors` for the peer to compare (issue 13).
+    fn queue_digests(&mut self, store: &dyn Replica, authors: &[crate::PeerId]) -> Result<(), SyncError> {
+        let digests = store.author_digests(Some(authors))?;
         for chunk in digests.chunks(MAX_DIGESTS_PER_MESSAGE) {
             self.outbox.push_back(Out::Message(Message::Digests { authors: chunk.to_vec() }));
         }
