@@ -135,6 +135,8 @@ pub enum Transport {
     Lan,
     /// Bluetooth LE.
     Bluetooth,
+    /// The cloud's relays, over the internet (`SyncConfig.cloud`).
+    Cloud,
 }
 
 /// A device this device can reach, directly or through others.
@@ -341,6 +343,7 @@ fn transport_of(t: TransportKind) -> Transport {
     match t {
         TransportKind::Lan => Transport::Lan,
         TransportKind::Ble => Transport::Bluetooth,
+        TransportKind::Cloud => Transport::Cloud,
     }
 }
 

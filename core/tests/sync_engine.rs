@@ -409,6 +409,33 @@ fn bytes_from_a_relay_that_gave_up_are_dropped_and_another_device_provides_the_a
 }
 
 #[test]
+fn attachments_are_asked_for_over_the_cloud_before_bluetooth() {
+    use shoaldb::sync::FetchEvent;
+    // Device 0 is linked to 1 over Bluetooth (the older link) and to 2, a relay of the cloud; both hold the bytes.
+    let mut net = Net::new(vec![all(), all(), all()]);
+    let (_, over_ble) = net.connect_over(0, 1, TransportKind::Ble);
+    let (_, over_cloud) = net.connect_over(0, 2, TransportKind::Cloud);
+    assert!(over_ble < over_cloud);
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.store(2).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.settle();
+    let peers = net.engines[0].peers();
+    let transport_of = |name: &str| peers.iter().find(|p| p.name == name).map(|p| p.transport);
+    assert_eq!((transport_of("dev1"), transport_of("dev2")), (Some(TransportKind::Ble), Some(TransportKind::Cloud)));
+    let before = |net: &Net, from: usize| net.bytes.get(&(from, 0)).copied().unwrap_or(0);
+    let (ble_before, cloud_before) = (before(&net, 1), before(&net, 2));
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert_eq!(events.last(), Some(&FetchEvent::Done { fetch, hash: token.hash }), "{events:?}");
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+    // The bytes came from the cloud; Bluetooth carried none of them.
+    assert!(before(&net, 2) - cloud_before > bytes.len(), "the cloud did not send the attachment");
+    assert!(before(&net, 1) - ble_before < 10_000, "Bluetooth carried the attachment");
+}
+
+#[test]
 fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_has_it() {
     use shoaldb::sync::FetchEvent;
     let mut net = Net::new(vec![all(), all()]);

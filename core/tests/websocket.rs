@@ -9,6 +9,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use shoaldb::node::{Node, NodeConfig};
 use shoaldb::security::AppSecret;
+use shoaldb::sync::TransportKind;
 use shoaldb::transport::websocket::MAX_MESSAGE_BYTES;
 use shoaldb::Store;
 use std::net::SocketAddr;
@@ -83,7 +84,11 @@ async fn two_nodes_sync_both_ways_over_a_websocket() {
     b.upsert("notes", json!({"_id": "from server", "v": 3})).unwrap();
     eventually("the edit reaches the server", || a.get("notes", "from server").unwrap().is_some_and(|d| d["v"] == 3))
         .await;
-    assert_eq!(phone.peers().iter().filter(|p| p.hops == 1).count(), 1);
+    // The link is the cloud's, at both ends.
+    let direct =
+        |node: &Node| node.peers().into_iter().filter(|p| p.hops == 1).map(|p| p.transport).collect::<Vec<_>>();
+    assert_eq!(direct(&phone), vec![TransportKind::Cloud]);
+    assert_eq!(direct(&server), vec![TransportKind::Cloud]);
     phone.shutdown().await;
     server.shutdown().await;
 }

@@ -458,12 +458,17 @@ impl Engine {
     }
 
     /// The links that carry data (not on standby), for attachment fetches.
+    /// The links that sync (not on standby), over the preferred transports first ([`TransportKind::preference`]):
+    /// attachments are asked for in this order.
     fn synced_links(&self) -> Vec<LinkId> {
-        self.links
+        let mut links: Vec<(u8, LinkId)> = self
+            .links
             .iter()
             .filter(|(_, s)| !s.closed && s.session.as_ref().is_some_and(|x| !x.is_standby()))
-            .map(|(id, _)| *id)
-            .collect()
+            .map(|(id, s)| (s.transport.preference(), *id))
+            .collect();
+        links.sort_unstable();
+        links.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Of the links to `device`, let the one over the preferred transport (the oldest among equals) carry the data
@@ -1260,7 +1265,11 @@ impl Engine {
             .links
             .values()
             .filter(|s| s.session.is_some() && !s.closed)
-            .filter_map(|s| Some(PresenceLink { device: s.device?.0, transport: s.transport }))
+            .filter_map(|s| {
+                // (As the LAN: see TransportKind::Cloud.)
+                let transport = if s.transport == TransportKind::Cloud { TransportKind::Lan } else { s.transport };
+                Some(PresenceLink { device: s.device?.0, transport })
+            })
             .take(MAX_PRESENCE_LINKS)
             .collect();
         let signature = match &self.access {

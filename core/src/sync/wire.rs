@@ -212,15 +212,21 @@ pub enum TransportKind {
     Lan,
     /// Bluetooth LE (GATT or an L2CAP channel).
     Ble,
+    /// The cloud's relays over the internet: a WebSocket (`ws://`, `wss://`) a device dialled, or one a relay
+    /// accepted. (Presence records list such links as [`TransportKind::Lan`]: devices of protocol 2 from before
+    /// this kind existed decode only the two others.)
+    Cloud,
 }
 
 impl TransportKind {
-    /// Which transport carries the data when a device is linked over several: lower is preferred. The LAN is much
-    /// faster than Bluetooth LE.
+    /// Which transport is used first: lower is preferred. It carries the data when a device is linked over
+    /// several, and attachments are asked for over it first. The LAN is the fastest; the cloud, when present, comes
+    /// before Bluetooth LE (it is faster, and holds everything the device may read).
     pub fn preference(self) -> u8 {
         match self {
             TransportKind::Lan => 0,
-            TransportKind::Ble => 1,
+            TransportKind::Cloud => 1,
+            TransportKind::Ble => 2,
         }
     }
 }
@@ -230,6 +236,7 @@ impl std::fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Lan => "lan",
             TransportKind::Ble => "ble",
+            TransportKind::Cloud => "cloud",
         })
     }
 }

@@ -157,7 +157,7 @@ impl Lan {
             // The upgrade too must complete within the handshake deadline, holding its slot meanwhile.
             match tokio::time::timeout(HANDSHAKE_DEADLINE, crate::transport::websocket::accept(stream)).await {
                 Ok(Ok((rd, wr))) => {
-                    connection::run_halves(hub, rd, wr, Some(peer), false, Some(slot)).await;
+                    connection::run_halves(hub, rd, wr, Some(peer), TransportKind::Cloud, false, Some(slot)).await;
                 }
                 Ok(Err(e)) => log::warn!("refusing a WebSocket connection from {peer}: {e}"),
                 Err(_) => log::warn!("refusing a WebSocket connection from {peer}: no upgrade within the deadline"),
@@ -211,7 +211,8 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
-                if hub.link_count(TransportKind::Lan) >= max {
+                // (TCP and WebSocket connections alike.)
+                if hub.link_count(TransportKind::Lan) + hub.link_count(TransportKind::Cloud) >= max {
                     log::warn!("refusing a connection from {peer}: {max} connections open");
                     continue;
                 }

@@ -88,19 +88,21 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: TcpStream, initiator: bool, slot:
     }
     let peer_addr = stream.peer_addr().ok();
     let (rd, wr) = stream.into_split();
-    run_halves(hub, rd, wr, peer_addr, initiator, slot).await
+    run_halves(hub, rd, wr, peer_addr, TransportKind::Lan, initiator, slot).await
 }
 
-/// [`run`] over any byte stream, given as its two halves (`peer_addr`: where it comes from, for logs and limits).
+/// [`run`] over any byte stream, given as its two halves (`peer_addr`: where it comes from, for logs and limits),
+/// as a link of `transport`.
 pub(crate) async fn run_halves<R: ByteSource, W: ByteSink>(
     hub: Arc<Hub>,
     rd: R,
     wr: W,
     peer_addr: Option<SocketAddr>,
+    transport: TransportKind,
     initiator: bool,
     slot: Option<Slot>,
 ) -> Outcome {
-    let link = match hub.with_engine(move |e| e.add_link(TransportKind::Lan, initiator)).await {
+    let link = match hub.with_engine(move |e| e.add_link(transport, initiator)).await {
         Ok(Ok(link)) => link,
         Ok(Err(e)) => {
             log::warn!("cannot open a link: {e}");
@@ -111,7 +113,7 @@ pub(crate) async fn run_halves<R: ByteSource, W: ByteSink>(
             return Outcome::default();
         }
     };
-    let conn = hub.register(link, TransportKind::Lan, peer_addr.map(|a| a.to_string()));
+    let conn = hub.register(link, transport, peer_addr.map(|a| a.to_string()));
     log::debug!(
         "link {link}: {} {}",
         if initiator { "dialled" } else { "accepted" },

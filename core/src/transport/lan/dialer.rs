@@ -168,7 +168,10 @@ pub(crate) async fn dial(hub: Arc<Hub>, mut target: Target) {
                     Target::WebSocket(endpoint) => {
                         let peer = stream.peer_addr().ok();
                         match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(stream)).await {
-                            Ok(Ok((rd, wr))) => connection::run_halves(hub.clone(), rd, wr, peer, true, None).await,
+                            Ok(Ok((rd, wr))) => {
+                                let cloud = crate::sync::TransportKind::Cloud;
+                                connection::run_halves(hub.clone(), rd, wr, peer, cloud, true, None).await
+                            }
                             Ok(Err(e)) => {
                                 log::debug!("dialling {what}: the WebSocket upgrade failed: {e}");
                                 connection::Outcome::default()
