@@ -335,7 +335,24 @@ struct Batch<'t, 'c> {
     judged: Judged,
 }
 
+/// The parts of a statement that take the row of `gone` (a change kept aside, just deleted: `author`) off the
+/// counts of schema migration 4.
+macro_rules! pending_uncounted {
+    () => {
+        "last AS (DELETE FROM pending_authors WHERE author IN (SELECT author FROM gone) AND n <= 1), \
+         fewer AS (UPDATE pending_authors SET n = n - 1 WHERE author IN (SELECT author FROM gone) AND n > 1), \
+         total AS (UPDATE pending_total SET n = n - (SELECT count(*) FROM gone))"
+    };
+}
+
 impl Batch<'_, '_> {
+    /// Lock the count of the changes kept aside, and return it: every statement that counts, adds or takes changes
+    /// kept aside runs after it, so that they are serialised across relays and the counts stay exact (schema
+    /// migration 4). Taken again within the transaction, it costs a round trip and no wait.
+    fn lock_pending(&mut self) -> Result<i64> {
+        Ok(self.tx.query_one("SELECT n FROM pending_total FOR UPDATE", &[]).map_err(pg)?.get(0))
+    }
+
     /// Read what judging the batch will ask about, in one statement rather than several per change: the
     /// documents' states (kind 0), which documents have changes kept aside (kind 1), and the authors' held ranges
     /// (kind 2).
@@ -596,33 +613,40 @@ impl Ledger for Batch<'_, '_> {
     }
 
     fn pending_count(&mut self, author: PeerId) -> Result<usize> {
+        self.lock_pending()?;
         let n: i64 = self
             .tx
-            .query_one("SELECT count(*) FROM pending WHERE author = $1", &[&(author.0 as i64)])
+            .query_one("SELECT coalesce((SELECT n FROM pending_authors WHERE author = $1), 0)", &[&(author.0 as i64)])
             .map_err(pg)?
             .get(0);
         Ok(n.max(0) as usize)
     }
 
     fn pending_total(&mut self) -> Result<usize> {
-        let n: i64 = self.tx.query_one("SELECT count(*) FROM pending", &[]).map_err(pg)?.get(0);
+        let n = self.lock_pending()?;
         Ok(n.max(0) as usize)
     }
 
     fn pending_largest(&mut self) -> Result<Option<(PeerId, usize)>> {
+        self.lock_pending()?;
         let row = self
             .tx
-            .query_opt("SELECT author, count(*) FROM pending GROUP BY author ORDER BY 2 DESC, 1 LIMIT 1", &[])
+            .query_opt("SELECT author, n FROM pending_authors WHERE n > 0 ORDER BY n DESC, author LIMIT 1", &[])
             .map_err(pg)?;
         Ok(row.map(|r| (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1).max(0) as usize)))
     }
 
     fn pending_drop_highest(&mut self, author: PeerId) -> Result<Option<u64>> {
+        self.lock_pending()?;
         let row = self
             .tx
             .query_opt(
-                "DELETE FROM pending WHERE author = $1 AND start_ctr = \
-                 (SELECT max(start_ctr) FROM pending WHERE author = $1) RETURNING start_ctr",
+                concat!(
+                    "WITH gone AS (DELETE FROM pending WHERE author = $1 AND start_ctr = \
+                     (SELECT max(start_ctr) FROM pending WHERE author = $1) RETURNING author, start_ctr), ",
+                    pending_uncounted!(),
+                    " SELECT start_ctr FROM gone"
+                ),
                 &[&(author.0 as i64)],
             )
             .map_err(pg)?;
@@ -632,14 +656,20 @@ impl Ledger for Batch<'_, '_> {
     fn pending_insert(&mut self, dc: &DocChange, logged: &LoggedChange) -> Result<Option<KeptAside>> {
         let (author, start) = (logged.peer.0 as i64, sql_counter(logged.start));
         self.with_pending.insert((dc.collection.clone(), dc.doc_id.clone()));
-        let n = self
+        self.lock_pending()?;
+        let n: i64 = self
             .tx
-            .execute(
-                "INSERT INTO pending (author, start_ctr, collection, doc_id, body, sig) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT DO NOTHING",
+            .query_one(
+                "WITH added AS (INSERT INTO pending (author, start_ctr, collection, doc_id, body, sig) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING author), \
+                 per_author AS (INSERT INTO pending_authors (author, n) SELECT author, 1 FROM added \
+                 ON CONFLICT (author) DO UPDATE SET n = pending_authors.n + 1), \
+                 total AS (UPDATE pending_total SET n = n + (SELECT count(*) FROM added)) \
+                 SELECT count(*) FROM added",
                 &[&author, &start, &dc.collection, &dc.doc_id, &logged.body, &logged.signature],
             )
-            .map_err(pg)?;
+            .map_err(pg)?
+            .get(0);
         if n > 0 {
             return Ok(None);
         }
@@ -672,9 +702,14 @@ impl Ledger for Batch<'_, '_> {
     }
 
     fn pending_taken(&mut self, _collection: &str, _id: &str, author: PeerId, start: u64) -> Result<()> {
+        self.lock_pending()?;
         self.tx
             .execute(
-                "DELETE FROM pending WHERE author = $1 AND start_ctr = $2",
+                concat!(
+                    "WITH gone AS (DELETE FROM pending WHERE author = $1 AND start_ctr = $2 RETURNING author), ",
+                    pending_uncounted!(),
+                    " SELECT count(*) FROM gone"
+                ),
                 &[&(author.0 as i64), &sql_counter(start)],
             )
             .map_err(pg)?;

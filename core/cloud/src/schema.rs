@@ -131,6 +131,24 @@ const MIGRATIONS: &[&str] = &[
         next_chain bigint NOT NULL
     );
     "#,
+    // 4: the changes kept aside, counted (in all and per author) as they are added and taken, so that the quotas
+    // are checked with an index lookup: counting the rows (up to 100,000) for every change kept aside let a device
+    // that fills the table make each further change cost the database a scan. Every statement that adds or takes
+    // one first locks the total's row, so they are serialised (they are rare: changes that arrive before their
+    // dependencies) and the counts are exact.
+    r#"
+    CREATE TABLE pending_total (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        n   bigint  NOT NULL
+    );
+    INSERT INTO pending_total (n) SELECT count(*) FROM pending;
+    CREATE TABLE pending_authors (
+        author bigint PRIMARY KEY,
+        n      bigint NOT NULL
+    );
+    INSERT INTO pending_authors (author, n) SELECT author, count(*) FROM pending GROUP BY author;
+    CREATE INDEX pending_authors_largest ON pending_authors (n DESC, author);
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -65,6 +65,22 @@ fn chunks(rng: &mut SeededRng, changes: &[DocChange]) -> Vec<Vec<DocChange>> {
     out
 }
 
+/// The counts of changes kept aside that the database keeps (schema migration 4) are those of the rows; returns
+/// the total.
+fn pending_counted_exactly(url: &str) -> i64 {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let rows = |db: &mut postgres::Client, sql: &str| -> Vec<(i64, i64)> {
+        db.query(sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let counted = rows(&mut db, "SELECT author, n FROM pending_authors WHERE n > 0 ORDER BY author");
+    let actual = rows(&mut db, "SELECT author, count(*) FROM pending GROUP BY author ORDER BY author");
+    assert_eq!(counted, actual, "the per-author counts of changes kept aside");
+    let total: i64 = db.query_one("SELECT n FROM pending_total", &[]).unwrap().get(0);
+    let actual: i64 = db.query_one("SELECT count(*) FROM pending", &[]).unwrap().get(0);
+    assert_eq!(total, actual, "the count of changes kept aside");
+    total
+}
+
 /// `replica`'s per-author digests of every author, in author order.
 fn digests(replica: &dyn Replica) -> Vec<AuthorDigest> {
     let mut d = replica.author_digests(None).unwrap();
@@ -109,6 +125,7 @@ fn the_cloud_merges_exactly_as_a_phone_does() {
             pending_seen |= want.pending > 0;
             assert_eq!(got, want, "seed {seed}: the apply reports differ");
             wanted.push(want);
+            pending_counted_exactly(&url);
         }
         assert!(pending_seen, "seed {seed}: the shuffle put no change before its dependencies");
         assert_same(seed, &reference, &cloud);
@@ -197,6 +214,36 @@ fn per_author_digests_find_an_equivocation_between_a_phone_and_the_cloud_and_fol
     relay1.changed();
     assert_eq!(digests(&relay1), digests(&same.replica()));
     assert_eq!(digests(&relay2), digests(&same.replica()));
+}
+
+#[test]
+fn one_author_gets_no_more_than_its_quota_of_changes_kept_aside_and_they_are_counted_exactly() {
+    use shoaldb::store::MAX_PENDING_PER_AUTHOR;
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let reference = Store::open(":memory:").unwrap();
+    // One document edited again and again: each change depends on the one before.
+    let author = Store::open(":memory:").unwrap();
+    for i in 0..MAX_PENDING_PER_AUTHOR + 51 {
+        author.upsert("tasks", serde_json::json!({"_id": "a", "n": i})).unwrap();
+    }
+    let all = author.replica().changes_since(&Summary::new()).unwrap();
+    assert_eq!(all.len(), MAX_PENDING_PER_AUTHOR + 51);
+    // Without the first, none is ready: the author's quota is kept aside, the rest dropped (it will come again).
+    let want = reference.replica().apply_changes(&all[1..]).unwrap();
+    assert_eq!(cloud.apply_changes(&all[1..]).unwrap(), want);
+    assert_eq!(pending_counted_exactly(&url), MAX_PENDING_PER_AUTHOR as i64);
+    // The first arrives: what was kept aside applies, and is counted off.
+    let want = reference.replica().apply_changes(&all[..1]).unwrap();
+    assert_eq!(cloud.apply_changes(&all[..1]).unwrap(), want);
+    assert_eq!(pending_counted_exactly(&url), 0);
+    // The rest, sent again, applies too.
+    let want = reference.replica().apply_changes(&all).unwrap();
+    assert_eq!(cloud.apply_changes(&all).unwrap(), want);
+    assert_eq!(
+        cloud.document("tasks", "a").unwrap().map(|d| d.encode()),
+        reference.document("tasks", "a").unwrap().map(|d| d.encode())
+    );
 }
 
 #[test]
