@@ -264,6 +264,7 @@ impl PgReplica {
             docs: BTreeMap::new(),
             held: BTreeMap::new(),
             with_pending: BTreeSet::new(),
+            pending_locked: false,
             judged: Judged::default(),
         };
         let all: Vec<&DocChange> = changes().collect();
@@ -332,6 +333,8 @@ struct Batch<'t, 'c> {
     held: BTreeMap<PeerId, (RangeSet, bool)>,
     /// The batch's documents that have changes kept aside (read once; a change kept aside adds its document).
     with_pending: BTreeSet<DocKey>,
+    /// This transaction holds the lock on the count of changes kept aside ([`Batch::lock_pending`]).
+    pending_locked: bool,
     judged: Judged,
 }
 
@@ -346,11 +349,15 @@ macro_rules! pending_uncounted {
 }
 
 impl Batch<'_, '_> {
-    /// Lock the count of the changes kept aside, and return it: every statement that counts, adds or takes changes
-    /// kept aside runs after it, so that they are serialised across relays and the counts stay exact (schema
-    /// migration 4). Taken again within the transaction, it costs a round trip and no wait.
-    fn lock_pending(&mut self) -> Result<i64> {
-        Ok(self.tx.query_one("SELECT n FROM pending_total FOR UPDATE", &[]).map_err(pg)?.get(0))
+    /// Lock the count of the changes kept aside (once per transaction): every statement that counts, adds or takes
+    /// changes kept aside runs after it, so that they are serialised across relays and the counts stay exact
+    /// (schema migration 4).
+    fn lock_pending(&mut self) -> Result<()> {
+        if !self.pending_locked {
+            self.tx.execute("SELECT n FROM pending_total FOR UPDATE", &[]).map_err(pg)?;
+            self.pending_locked = true;
+        }
+        Ok(())
     }
 
     /// Read what judging the batch will ask about, in one statement rather than several per change: the
@@ -623,7 +630,8 @@ impl Ledger for Batch<'_, '_> {
     }
 
     fn pending_total(&mut self) -> Result<usize> {
-        let n = self.lock_pending()?;
+        self.lock_pending()?;
+        let n: i64 = self.tx.query_one("SELECT n FROM pending_total", &[]).map_err(pg)?.get(0);
         Ok(n.max(0) as usize)
     }
 
