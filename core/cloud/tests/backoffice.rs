@@ -247,6 +247,9 @@ async fn reads_are_served_from_a_streaming_replica() {
     let mut config = with_http(RelayConfig::new(&url, any(), secret));
     config.http.as_mut().unwrap().read_replica = Some(standby.url.clone());
     let relay = Relay::start(config).await.unwrap();
+    // The standby has the schema the relay migrated (it replays it a moment after the primary commits it).
+    let (primary, replica) = (url.clone(), standby.url.clone());
+    tokio::task::spawn_blocking(move || common::wait_for_replay(&primary, &replica)).await.unwrap();
     let api = relay.http_addr().unwrap();
     assert_eq!(send(api, "PUT", "/v1/collections/c/documents/x".into(), json!({"v": 1})).await.status, 200);
     // The standby replays the write, and the reads find it there.

@@ -291,3 +291,23 @@ impl Drop for Standby {
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }
+
+/// Wait (a minute at most) until the standby at `standby` has replayed everything the primary at `primary` had
+/// written when this was called (the relay's migrations, say).
+pub fn wait_for_replay(primary: &str, standby: &str) {
+    let mut p = postgres::Client::connect(primary, postgres::NoTls).expect("the primary");
+    let target: String = p.query_one("SELECT pg_current_wal_lsn()::text", &[]).expect("its WAL position").get(0);
+    let mut s = postgres::Client::connect(standby, postgres::NoTls).expect("the standby");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let replayed: bool = s
+            .query_one("SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)", &[&target])
+            .expect("the standby's replay position")
+            .get(0);
+        if replayed {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the standby did not replay the primary's WAL");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
