@@ -16,7 +16,10 @@
 //!   multi-row INSERTs (500 rows, one transaction each) into a table of the same shape; `{"impl":"replica-direct",…}`:
 //!   each device's changes applied to the PostgreSQL replica as one batch, without relays or links; and
 //!   `{"impl":"replica-grouped",…}`: the same batches 25 at a time in one transaction (`Replica::apply_batches`,
-//!   as a busy relay applies the batches of many links). Goals: ingest ≥ 1/3 of raw; 2 relays ≥ 1.6 × one when
+//!   as a busy relay applies the batches of many links); and `{"impl":"postgres-same-rows",…}`: the very rows the
+//!   replica wrote (documents' states and JSON views under the GIN index, changes, authors' ranges) written again
+//!   into a new database of the same schema by plain multi-row SQL, 500 changes per transaction: PostgreSQL's own
+//!   cost for what the cloud stores, with none of Shoal's work. Goals: ingest ≥ 1/3 of raw; 2 relays ≥ 1.6 × one when
 //!   PostgreSQL is not the bottleneck (on a 2-core machine, relays, PostgreSQL and the devices share the cores: the
 //!   second relay cannot add capacity there).
 //! - `catchup`: a fresh device pulls 100,000 documents of 10 fields (5,000 with `--quick`) from one relay. Row
@@ -185,7 +188,8 @@ fn raw_ingest(admin: &str, devices: usize) -> Result<f64, BoxErr> {
     }
     let direct_rate = changes.len() as f64 / t0.elapsed().as_secs_f64();
     // The same, 25 devices' batches applied together (one transaction), as a busy relay applies them.
-    let grouped = PgReplica::connect(&fresh_database(admin, "shoal_bench_grouped")?, 1)?;
+    let grouped_database = fresh_database(admin, "shoal_bench_grouped")?;
+    let grouped = PgReplica::connect(&grouped_database, 1)?;
     let slices: Vec<&[shoaldb::DocChange]> = by_device.iter().map(Vec::as_slice).collect();
     let t0 = Instant::now();
     for group in slices.chunks(25) {
@@ -194,6 +198,7 @@ fn raw_ingest(admin: &str, devices: usize) -> Result<f64, BoxErr> {
         }
     }
     let grouped_rate = changes.len() as f64 / t0.elapsed().as_secs_f64();
+    let (same_rows_rate, same_rows_ok) = same_rows_ingest(admin, &grouped_database)?;
     let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
     client.batch_execute(
         "CREATE TABLE raw_changes (seq bigserial PRIMARY KEY, author bigint NOT NULL, start_ctr bigint NOT NULL, \
@@ -228,7 +233,98 @@ fn raw_ingest(admin: &str, devices: usize) -> Result<f64, BoxErr> {
         "changes_per_s": grouped_rate.round(), "ratio_to_raw": (grouped_rate / rate * 1000.0).round() / 1000.0,
         "ok": grouped.summary()?.range_count() >= devices,
     }));
+    emit(&json!({
+        "bench": "cloud_ingest", "impl": "postgres-same-rows", "devices": devices, "changes": changes.len(),
+        "changes_per_s": same_rows_rate.round(), "ratio_to_raw": (same_rows_rate / rate * 1000.0).round() / 1000.0,
+        "ok": same_rows_ok,
+    }));
     Ok(rate)
+}
+
+/// The rows the replica wrote into `from` (each document's state and JSON view, each change with its document,
+/// each author's ranges), written again into a new database of the same schema (its tables, indexes and the GIN
+/// index on the views) by plain SQL: one transaction per 500 changes, one multi-row statement per table, as the
+/// replica writes them — without any of Shoal's work (no decoding, merging, judging or reading before writing).
+/// What PostgreSQL itself costs for the storage the cloud keeps; returns changes per second and whether every row
+/// arrived.
+fn same_rows_ingest(admin: &str, from: &str) -> Result<(f64, bool), BoxErr> {
+    let mut source = postgres::Client::connect(from, postgres::NoTls)?;
+    type Doc = (String, String, Vec<u8>, Option<String>);
+    let docs: Vec<Doc> = source
+        .query("SELECT collection, doc_id, state, view::text FROM docs ORDER BY num", &[])?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let num_of: std::collections::HashMap<i64, usize> = source
+        .query("SELECT num FROM docs ORDER BY num", &[])?
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.get(0), i))
+        .collect();
+    type Change = (i64, i64, i64, usize, Vec<u8>, Vec<u8>);
+    let changes: Vec<Change> = source
+        .query("SELECT author, start_ctr, end_ctr, doc, hash, body FROM changes ORDER BY seq", &[])?
+        .iter()
+        .map(|r| {
+            (r.get(0), r.get(1), r.get(2), num_of.get(&r.get::<_, i64>(3)).copied().unwrap_or(0), r.get(4), r.get(5))
+        })
+        .collect();
+    let held: std::collections::HashMap<i64, Vec<u8>> =
+        source.query("SELECT author, ranges FROM held", &[])?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let url = fresh_database(admin, "shoal_bench_same_rows")?;
+    drop(PgReplica::connect(&url, 1)?); // the schema
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    let t0 = Instant::now();
+    for batch in changes.chunks(500) {
+        let mut tx = client.transaction()?;
+        let mut doc_rows: Vec<usize> = batch.iter().map(|c| c.3).collect();
+        doc_rows.sort_unstable();
+        doc_rows.dedup();
+        let rows = tx.query(
+            "INSERT INTO docs (collection, doc_id, state, view) \
+             SELECT c, i, s, v::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS t(c, i, s, v) \
+             ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view \
+             RETURNING doc_id, num",
+            &[
+                &doc_rows.iter().map(|&d| docs[d].0.as_str()).collect::<Vec<_>>(),
+                &doc_rows.iter().map(|&d| docs[d].1.as_str()).collect::<Vec<_>>(),
+                &doc_rows.iter().map(|&d| docs[d].2.as_slice()).collect::<Vec<_>>(),
+                &doc_rows.iter().map(|&d| docs[d].3.as_deref()).collect::<Vec<_>>(),
+            ],
+        )?;
+        // (The bench's documents all have one collection: the id names the row.)
+        let by_id: std::collections::HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let nums: std::collections::HashMap<usize, i64> =
+            doc_rows.iter().filter_map(|&d| Some((d, *by_id.get(&docs[d].1)?))).collect();
+        let mut authors: Vec<i64> = batch.iter().map(|c| c.0).collect();
+        tx.execute(
+            "INSERT INTO changes (author, start_ctr, end_ctr, doc, hash, body) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[]) \
+             ON CONFLICT DO NOTHING",
+            &[
+                &authors,
+                &batch.iter().map(|c| c.1).collect::<Vec<_>>(),
+                &batch.iter().map(|c| c.2).collect::<Vec<_>>(),
+                &batch.iter().map(|c| nums.get(&c.3).copied().unwrap_or(0)).collect::<Vec<_>>(),
+                &batch.iter().map(|c| c.4.as_slice()).collect::<Vec<_>>(),
+                &batch.iter().map(|c| c.5.as_slice()).collect::<Vec<_>>(),
+            ],
+        )?;
+        authors.sort_unstable();
+        authors.dedup();
+        let ranges: Vec<&[u8]> = authors.iter().map(|a| held.get(a).map_or(&[][..], Vec::as_slice)).collect();
+        tx.execute(
+            "INSERT INTO held (author, ranges) SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
+             ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges",
+            &[&authors, &ranges],
+        )?;
+        tx.commit()?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let held_changes: i64 = client.query_one("SELECT count(*) FROM changes", &[])?.get(0);
+    let held_docs: i64 = client.query_one("SELECT count(*) FROM docs", &[])?.get(0);
+    let ok = held_changes as usize == changes.len() && held_docs as usize == docs.len();
+    Ok((changes.len() as f64 / secs, ok))
 }
 
 /// Forward one connection from `listen` to `to`, counting the bytes both ways into `counted`.
