@@ -60,6 +60,36 @@ fn put_get_query_remove() {
 }
 
 #[test]
+fn indexes_sorted_queries_and_explain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("s.db");
+    for (id, kind, price) in [("a", "x", 3), ("b", "y", 9), ("c", "x", 7), ("d", "x", 1)] {
+        ok(shoal(&db, &["put", "items", &json!({"_id": id, "kind": kind, "price": price}).to_string()]));
+    }
+    let top = ["items", "kind == 'x'", "--sort", "price:desc", "--limit", "2"];
+    let before: Vec<Json> = ok(shoal(&db, &[&["query"][..], &top[..]].concat())).lines().map(json_line).collect();
+    assert_eq!(before.iter().map(|d| d["_id"].clone()).collect::<Vec<_>>(), vec![json!("c"), json!("a")]);
+    let plan = json_line(&ok(shoal(&db, &[&["explain"][..], &top[..]].concat())));
+    assert_eq!(plan["indexes"], json!([]));
+
+    assert_eq!(ok(shoal(&db, &["index", "items", "kind", "price"])).trim(), "true");
+    assert_eq!(ok(shoal(&db, &["index", "items", "kind", "price"])).trim(), "false");
+    let listed = json_line(&ok(shoal(&db, &["indexes"])));
+    assert_eq!((listed["collection"].clone(), listed["paths"].clone()), (json!("items"), json!(["kind", "price"])));
+    let plan = json_line(&ok(shoal(&db, &[&["explain"][..], &top[..]].concat())));
+    assert_eq!(plan["indexes"], json!([listed["name"]]), "{plan}");
+    let after: Vec<Json> = ok(shoal(&db, &[&["query"][..], &top[..]].concat())).lines().map(json_line).collect();
+    assert_eq!(after, before);
+
+    ok(shoal(&db, &["drop-index", "items", "kind", "price"]));
+    assert_eq!(shoal(&db, &["drop-index", "items", "kind", "price"]).status.code(), Some(1));
+    assert_eq!(ok(shoal(&db, &["indexes"])), "");
+    for bad in [&["index", "items"][..], &["query", "items", "--limit"][..], &["query", "items", "a == 1", "b"][..]] {
+        assert_eq!(shoal(&db, bad).status.code(), Some(64), "{bad:?}");
+    }
+}
+
+#[test]
 fn errors_exit_non_zero_with_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("s.db");

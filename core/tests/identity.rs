@@ -753,7 +753,10 @@ fn the_attachment_read_check_looks_up_the_documents_naming_the_hash_also_in_a_st
     assert!(plan.iter().all(|step| step.starts_with("SEARCH")), "{plan:?}");
 
     // A store written before the index existed (schema 6) gets it filled when it is opened.
-    conn.execute_batch("DROP TABLE attachment_refs; PRAGMA user_version = 6;").unwrap();
+    conn.execute_batch(
+        "DROP TABLE attachment_refs; DROP TABLE indexes; DROP INDEX docs_with_parts; PRAGMA user_version = 6;",
+    )
+    .unwrap();
     drop(conn);
     expect(&Store::open(&path).unwrap());
 }

@@ -11,7 +11,7 @@ mod logger;
 mod peer;
 
 use serde_json::Value as Json;
-use shoaldb::{Options, Query, Store, StoreKey, Value};
+use shoaldb::{Options, Query, SortOrder, Store, StoreKey, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,14 @@ const USAGE: &str = "\
 usage:
   shoal --db PATH put COLLECTION JSON                    upsert a JSON object (given fields set, others kept); prints the id
   shoal --db PATH get COLLECTION ID                      print the document (exit 1 when absent)
-  shoal --db PATH query COLLECTION [FILTER]              print matching documents, one JSON per line
+  shoal --db PATH query COLLECTION [FILTER] [--sort PATH[:desc]]... [--limit N]
+                                                         print matching documents, one JSON per line
+  shoal --db PATH explain COLLECTION [FILTER] [--sort PATH[:desc]]... [--limit N]
+                                                         how the query runs: indexes used, SQL, SQLite's plan (JSON)
+  shoal --db PATH index COLLECTION PATH...               declare an index on fields of COLLECTION (most significant
+                                                         first); prints true when new
+  shoal --db PATH drop-index COLLECTION PATH...          drop that index (exit 1 when there was none)
+  shoal --db PATH indexes                                the declared indexes, one JSON per line
   shoal --db PATH remove COLLECTION ID                   remove a document (exit 1 when absent)
   shoal --db PATH attach COLLECTION ID FIELD FILE        store FILE as an attachment in FIELD
   shoal --db PATH fetch-attachment COLLECTION ID FIELD OUT
@@ -146,7 +153,20 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         logger::init(log::LevelFilter::Warn);
         return authority::authority(&args);
     }
-    const COMMANDS: &[&str] = &["put", "get", "query", "remove", "attach", "fetch-attachment", "peer", "enrol"];
+    const COMMANDS: &[&str] = &[
+        "put",
+        "get",
+        "query",
+        "explain",
+        "index",
+        "drop-index",
+        "indexes",
+        "remove",
+        "attach",
+        "fetch-attachment",
+        "peer",
+        "enrol",
+    ];
     if !COMMANDS.contains(&command.as_str()) {
         return Err(usage(format!("unknown command {command:?}")));
     }
@@ -162,15 +182,29 @@ fn run(args: Vec<String>) -> Result<(), CliError> {
         ("enrol", _) => authority::enrol(&store()?, &args),
         ("put", [collection, json]) => put(&store()?, collection, json),
         ("get", [collection, id]) => get(&store()?, collection, id),
-        ("query", [collection]) => query(&store()?, collection, None),
-        ("query", [collection, filter]) => query(&store()?, collection, Some(filter)),
+        ("query", [collection, rest @ ..]) => query(&store()?, collection, &parse_query(rest)?),
+        ("explain", [collection, rest @ ..]) => explain(&store()?, collection, &parse_query(rest)?),
+        ("index", [collection, paths @ ..]) if !paths.is_empty() => {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            print_line(&store()?.create_index(collection, &paths)?.to_string())
+        }
+        ("drop-index", [collection, paths @ ..]) if !paths.is_empty() => {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            match store()?.drop_index(collection, &paths)? {
+                true => Ok(()),
+                false => Err(CliError::NotFound(format!("no index on {collection} ({})", paths.join(", ")))),
+            }
+        }
+        ("indexes", []) => indexes(&store()?),
         ("remove", [collection, id]) => remove(&store()?, collection, id),
         ("attach", [collection, id, field, file]) => attach(&store()?, collection, id, field, Path::new(file)),
         ("fetch-attachment", [collection, id, field, out]) => {
             fetch_attachment(&store()?, collection, id, field, Path::new(out))
         }
         ("put" | "get" | "remove", _) => Err(arity(&command, 2, 2, &args)),
-        ("query", _) => Err(arity(&command, 1, 2, &args)),
+        ("query" | "explain", _) => Err(usage(format!("{command} needs a collection"))),
+        ("index" | "drop-index", _) => Err(usage(format!("{command} needs a collection and at least one path"))),
+        ("indexes", _) => Err(arity(&command, 0, 0, &args)),
         ("attach" | "fetch-attachment", _) => Err(arity(&command, 4, 4, &args)),
         (other, _) => Err(usage(format!("unknown command {other:?}"))),
     }
@@ -223,14 +257,59 @@ fn get(store: &Store, collection: &str, id: &str) -> Result<(), CliError> {
     }
 }
 
-fn query(store: &Store, collection: &str, filter: Option<&str>) -> Result<(), CliError> {
-    let query = match filter {
-        Some(f) => Query::filter(f).map_err(|e| CliError::Failed(format!("bad filter: {e}")))?,
-        None => Query::all(),
-    };
+/// `[FILTER] [--sort PATH[:desc]]... [--limit N]`.
+fn parse_query(args: &[String]) -> Result<Query, CliError> {
+    let mut query = Query::all();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--sort" => {
+                let key = rest.next().ok_or_else(|| usage("--sort needs a path"))?;
+                let (path, order) = match key.strip_suffix(":desc") {
+                    Some(path) => (path, SortOrder::Descending),
+                    None => (key.strip_suffix(":asc").unwrap_or(key), SortOrder::Ascending),
+                };
+                query = query.sort_by(path, order).map_err(|e| usage(format!("bad sort path: {e}")))?;
+            }
+            "--limit" => {
+                let n = rest.next().and_then(|n| n.parse().ok()).ok_or_else(|| usage("--limit needs a number"))?;
+                query = query.limit(n);
+            }
+            a if a.starts_with("--") => return Err(usage(format!("unknown option {a}"))),
+            filter if query.filter.is_none() => {
+                query.filter = Some(
+                    shoaldb::query::Filter::parse(filter).map_err(|e| CliError::Failed(format!("bad filter: {e}")))?,
+                );
+            }
+            extra => return Err(usage(format!("unexpected argument {extra:?}"))),
+        }
+    }
+    Ok(query)
+}
+
+fn query(store: &Store, collection: &str, query: &Query) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    for doc in store.find(collection, &query)? {
+    for doc in store.find(collection, query)? {
         writeln!(out, "{doc}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn explain(store: &Store, collection: &str, query: &Query) -> Result<(), CliError> {
+    let plan = store.explain(collection, query)?;
+    let json = serde_json::json!({
+        "indexes": plan.indexes, "exact_filter": plan.exact_filter, "sorted_in_sql": plan.sorted_in_sql,
+        "steps": plan.steps, "sql": plan.sql,
+    });
+    print_line(&json.to_string())
+}
+
+fn indexes(store: &Store) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    for index in store.indexes()? {
+        let paths: Vec<String> = index.paths.iter().map(ToString::to_string).collect();
+        writeln!(out, "{}", serde_json::json!({"collection": index.collection, "paths": paths, "name": index.name}))?;
     }
     out.flush()?;
     Ok(())

@@ -88,7 +88,7 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a Value, QueryError> {
 }
 
 /// Applies a comparison operator; `None` is a missing field.
-fn compare_op(op: CmpOp, l: Option<&Value>, r: Option<&Value>) -> bool {
+pub(crate) fn compare_op(op: CmpOp, l: Option<&Value>, r: Option<&Value>) -> bool {
     const NULL: &Value = &Value::Null;
     match op {
         CmpOp::Eq => json_eq(l.unwrap_or(NULL), r.unwrap_or(NULL)),

@@ -179,7 +179,10 @@ mod error;
 mod eval;
 mod lexer;
 mod parser;
+pub(crate) mod sql;
 
+#[cfg(test)]
+mod sql_tests;
 #[cfg(test)]
 mod tests;
 

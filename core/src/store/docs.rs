@@ -116,6 +116,41 @@ pub(crate) fn read_view(conn: &Connection, doc: i64, text: &str, parts: i64) -> 
     Ok(view)
 }
 
+/// The stored JSON view of the one document `sql` selects with columns `doc, view, parts` (`None` when there is no
+/// row, it was removed, or it is quarantined: one corrupt row breaks neither reads nor sync).
+pub(crate) fn stored_view(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<Json>> {
+    let row: Option<(i64, Option<String>, i64)> =
+        conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+    match row {
+        Some((doc, Some(text), parts)) => quarantine_damaged(doc, read_view(conn, doc, &text, parts)),
+        _ => Ok(None),
+    }
+}
+
+/// [`stored_view`] when the document's view is whole, read with one statement: `Some(view)`, or `None` when it has
+/// large values kept beside it (read those with [`stored_view`] in a read transaction).
+pub(crate) fn whole_view(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<Option<Json>>> {
+    let row: Option<(i64, Option<String>, i64)> =
+        conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+    match row {
+        Some((_, Some(_), parts)) if parts > 0 => Ok(None),
+        Some((doc, Some(text), _)) => Ok(Some(quarantine_damaged(doc, read_view(conn, doc, &text, 0))?)),
+        _ => Ok(Some(None)),
+    }
+}
+
+/// A view read, or `None` (with a warning) when it is damaged: the document is quarantined.
+fn quarantine_damaged(doc: i64, view: Result<Json>) -> Result<Option<Json>> {
+    match view {
+        Ok(view) => Ok(Some(view)),
+        Err(Error::Corrupt(e)) => {
+            log::warn!("document {doc} quarantined: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub(crate) type DocKey = (String, String);
 
 /// Documents kept decoded between transactions, bounded by an estimate of their memory (a few times their encoded

@@ -51,6 +51,9 @@ pub(crate) struct Inner {
     /// and updates the observers all the same.
     pub(super) unannounced: bool,
     pub(super) observers: Observers,
+    /// Counts the commits that may have changed documents, this store's own and (as a reload takes them in) other
+    /// connections'; read without the lock (see [`Store::observe`](super::Store::observe)).
+    pub(super) generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where versions before the key vault kept the device's private keys (`meta` keys), and the vault entries they
@@ -186,6 +189,7 @@ impl Inner {
     pub(super) fn refresh(&mut self) -> Result<()> {
         if self.data_version()? != self.data_version {
             log::debug!("store changed by another connection; reloading");
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             self.reload()?;
             self.unannounced = true;
         }
@@ -380,50 +384,9 @@ impl Inner {
         Ok(events)
     }
 
-    /// The stored JSON view of the one document `sql` selects with columns `doc, view, parts` (`None` when there
-    /// is no row or it was removed).
-    pub(super) fn stored_view(&self, sql: &str, params: impl rusqlite::Params) -> Result<Option<Json>> {
-        let row: Option<(i64, Option<String>, i64)> =
-            self.conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-        match row {
-            Some((doc, Some(text), parts)) => match docs::read_view(&self.conn, doc, &text, parts) {
-                Ok(view) => Ok(Some(view)),
-                // Quarantined: read as absent, so one corrupt row breaks neither reads nor sync.
-                Err(Error::Corrupt(e)) => {
-                    log::warn!("document {doc} quarantined: {e}");
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            },
-            _ => Ok(None),
-        }
-    }
-
     /// Every existing document of a collection matching `query`, sorted and limited: (id, view).
     pub(super) fn query(&self, collection: &str, query: &Query) -> Result<Vec<(String, Json)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT doc, id, view, parts FROM docs WHERE collection = ?1 AND view IS NOT NULL ORDER BY id",
-        )?;
-        let mut rows = stmt.query(params![collection])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let id: String = r.get(1)?;
-            let text = r.get_ref(2)?.as_str().map_err(|e| Error::Corrupt(format!("stored view of {id}: {e}")));
-            let view = match text.and_then(|text| docs::read_view(&self.conn, r.get(0)?, text, r.get(3)?)) {
-                Ok(view) => view,
-                // Quarantined (see `Store::quarantined`): skipped, so one corrupt row does not fail the collection.
-                Err(Error::Corrupt(e)) => {
-                    log::warn!("{collection}/{id} quarantined, skipped: {e}");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if query.matches(&view)? {
-                out.push((id, view));
-            }
-        }
-        query.order_and_limit(&mut out);
-        Ok(out)
+        super::find::run(&self.conn, collection, query)
     }
 }
 

@@ -10,11 +10,14 @@ mod changelog;
 mod docs;
 mod encryption;
 mod equivocation;
+mod find;
 mod ids;
+mod indexes;
 mod inner;
 pub mod judge;
 mod observe;
 mod pending;
+mod readers;
 mod replica;
 mod replicate;
 mod requests;
@@ -28,6 +31,8 @@ pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
 pub use equivocation::{
     bucket_hashes, changes_digest, ranges_digest, Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS,
 };
+pub use find::QueryPlan;
+pub use indexes::{Index, MAX_INDEXES, MAX_INDEX_PATHS};
 pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica, MAX_ATTACHMENT_READ_CHECKS};
@@ -135,6 +140,15 @@ fn in_memory(path: &FsPath) -> bool {
     path.as_os_str() == ":memory:" || path.as_os_str().is_empty()
 }
 
+/// Keeps a prepared query's plan when the values bound to it change (SQLite's query planner stability guarantee).
+/// Without it SQLite prepares a query again at each run whose parameters it compared while planning — as it does
+/// to match a query's terms to a partial index ([`indexes`]) — which would cost each indexed query a full prepare.
+pub(crate) fn stable_query_plans(conn: &Connection) {
+    if let Err(e) = conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true) {
+        log::warn!("could not keep query plans stable: {e}");
+    }
+}
+
 pub(crate) fn check_name(what: &'static str, s: &str) -> Result<()> {
     let reason = if s.is_empty() {
         "empty"
@@ -169,6 +183,10 @@ struct Shared {
     vault: Arc<dyn KeyVault>,
     listeners: Mutex<Vec<(u64, changelog::Listener)>>,
     next_listener: std::sync::atomic::AtomicU64,
+    /// Connections for reads, beside the writer's (`None` in memory).
+    readers: Option<readers::Readers>,
+    /// [`Inner::generation`].
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One device's database: collections of documents whose fields are CRDTs, persisted in one SQLite file.
@@ -228,6 +246,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // The store uses a few dozen distinct statements; rusqlite's default cache of 16 would re-prepare them.
         conn.set_prepared_statement_cache_capacity(64);
+        stable_query_plans(&conn);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -283,7 +302,10 @@ impl Store {
             data_version: 0,
             unannounced: false,
             observers: Observers::default(),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
+        let generation = inner.generation.clone();
+        let readers = readers::Readers::new(&path, options.key.clone());
         // Before the store takes up its signing key: keys an older version kept in the database move to the vault.
         let restored = match &sidecar {
             Some(sidecar) => inner.is_restored_copy(sidecar)?,
@@ -306,6 +328,8 @@ impl Store {
                 vault,
                 listeners: Mutex::new(Vec::new()),
                 next_listener: std::sync::atomic::AtomicU64::new(1),
+                readers,
+                generation,
             }),
         })
     }
@@ -357,6 +381,9 @@ impl Store {
         }
         let inner = self.lock();
         encryption::change_key(&inner.conn, new)?;
+        if let Some(readers) = &self.shared.readers {
+            readers.rekeyed(new.clone());
+        }
         log::info!("store {} re-keyed", self.shared.path.display());
         Ok(())
     }
@@ -527,6 +554,7 @@ impl Store {
         match outcome {
             Ok((r, events, report, wrote)) => match inner.conn.execute_batch("COMMIT") {
                 Ok(()) => {
+                    self.shared.generation.fetch_add(1, Ordering::AcqRel);
                     // Our own commits do not change `data_version`: no reload needed.
                     self.shared.delivery.enqueue(events);
                     drop(inner);
@@ -611,8 +639,16 @@ impl Store {
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Json>> {
         check_collection(collection)?;
         check_doc_id(id)?;
-        self.lock()
-            .stored_view("SELECT doc, view, parts FROM docs WHERE collection = ?1 AND id = ?2", params![collection, id])
+        const SQL: &str = "SELECT doc, view, parts FROM docs WHERE collection = ?1 AND id = ?2";
+        // One statement when the view is whole (nearly always); with large values beside it, a read transaction
+        // for the view and its parts together.
+        if let Some(readers) = &self.shared.readers {
+            let whole = readers.read_one(|conn| docs::whole_view(conn, SQL, params![collection, id]))?;
+            if let Some(found) = whole {
+                return Ok(found);
+            }
+        }
+        self.read(|conn| docs::stored_view(conn, SQL, params![collection, id]))
     }
 
     /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
@@ -639,10 +675,59 @@ impl Store {
     }
 
     /// The documents of a collection matching `query`, in its order, up to its limit.
+    ///
+    /// Runs in SQLite: the filter, sort and limit become SQL over the documents' JSON views, using the indexes
+    /// declared on the collection ([`Store::create_index`]), and only the rows returned are parsed (see
+    /// [`Store::explain`]). Reads the last committed state on a connection of its own: it does not wait for a write
+    /// in progress (a sync catch-up being applied, say).
     pub fn find(&self, collection: &str, query: &Query) -> Result<Vec<Json>> {
         check_collection(collection)?;
+        let found = self.read(|conn| find::run(conn, collection, query))?;
+        Ok(found.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// How [`Store::find`] runs `query` on `collection`: the indexes it uses, whether the filter and the sort are
+    /// done in SQL, and SQLite's plan.
+    pub fn explain(&self, collection: &str, query: &Query) -> Result<QueryPlan> {
+        check_collection(collection)?;
+        self.read(|conn| find::explain(conn, collection, query))
+    }
+
+    /// Declare an index on the fields `paths` (most significant first) of `collection`'s documents, for queries
+    /// that filter on them (equalities, ranges, `in`), sort by them, or both, with a limit: an index on
+    /// `["status", "due"]` serves `status == "open"` sorted by `due`. Kept up to date as documents change, in this
+    /// store only (indexes are not replicated); declaring it again does nothing. Returns whether it is new. Takes
+    /// time in proportion to the collection's size when the collection is not empty.
+    ///
+    /// Fails with [`Error::InvalidIndex`] for no path, more than [`MAX_INDEX_PATHS`], a key holding `"` or `\`, or
+    /// beyond [`MAX_INDEXES`] indexes.
+    pub fn create_index(&self, collection: &str, paths: &[&str]) -> Result<bool> {
+        check_collection(collection)?;
+        let paths = paths.iter().map(|p| crate::query::Path::parse(p)).collect::<std::result::Result<Vec<_>, _>>()?;
         let inner = self.lock();
-        Ok(inner.query(collection, query)?.into_iter().map(|(_, v)| v).collect())
+        indexes::create(&inner.conn, collection, &paths)
+    }
+
+    /// Drop the index on `paths` of `collection` ([`Store::create_index`]). Returns whether there was one.
+    pub fn drop_index(&self, collection: &str, paths: &[&str]) -> Result<bool> {
+        check_collection(collection)?;
+        let paths = paths.iter().map(|p| crate::query::Path::parse(p)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let inner = self.lock();
+        indexes::drop(&inner.conn, collection, &paths)
+    }
+
+    /// The indexes declared on this store, by collection.
+    pub fn indexes(&self) -> Result<Vec<Index>> {
+        self.read(indexes::list)
+    }
+
+    /// Runs `f` on a connection for reads: a reader's, in one read transaction (it does not wait for the writer),
+    /// or, for a store in memory, the writer's under the store's lock.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        match &self.shared.readers {
+            Some(readers) => readers.read(f),
+            None => f(&self.lock().conn),
+        }
     }
 
     /// The documents this store cannot read: a stored view that does not parse, or a CRDT state that cannot be
@@ -683,10 +768,11 @@ impl Store {
 
     /// The names of the collections holding at least one document.
     pub fn collections(&self) -> Result<Vec<String>> {
-        let inner = self.lock();
-        let mut stmt = inner.conn.prepare_cached("SELECT DISTINCT collection FROM docs ORDER BY collection")?;
-        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(names)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT DISTINCT collection FROM docs ORDER BY collection")?;
+            let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(names)
+        })
     }
 
     /// Observe a query on a collection: returns the current result and a handle; `callback` then gets one
@@ -698,9 +784,19 @@ impl Store {
         callback: impl Fn(&ChangeEvent) + Send + Sync + 'static,
     ) -> Result<(Vec<Json>, ObserverHandle)> {
         check_collection(collection)?;
+        // The first result from a reader (without waiting for a write in progress), taken as the observer's if no
+        // commit landed between it and the registration; otherwise computed again under the lock.
+        let seen = self.shared.generation.load(Ordering::Acquire);
+        let first = match &self.shared.readers {
+            Some(readers) => Some(readers.read(|conn| find::run(conn, collection, &query))?),
+            None => None,
+        };
         let mut inner = self.lock();
         inner.refresh()?;
-        let results = inner.query(collection, &query)?;
+        let results = match first {
+            Some(first) if self.shared.generation.load(Ordering::Acquire) == seen => first,
+            _ => inner.query(collection, &query)?,
+        };
         let current = results.iter().map(|(_, v)| v.clone()).collect();
         let alive = Arc::new(AtomicBool::new(true));
         let id = inner.observers.add(Registered {

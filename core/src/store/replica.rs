@@ -346,7 +346,9 @@ impl Replica for StoreReplica {
     }
 
     fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
-        self.store.lock().stored_view("SELECT doc, view, parts FROM docs WHERE doc = ?1", params![doc])
+        self.store.read(|conn| {
+            super::docs::stored_view(conn, "SELECT doc, view, parts FROM docs WHERE doc = ?1", params![doc])
+        })
     }
 
     fn doc_number(&self, collection: &str, id: &str) -> Result<Option<i64>> {

@@ -143,6 +143,17 @@ const MIGRATIONS: &[&str] = &[
         SELECT unhex(t.atom), named.doc FROM named, json_tree(named.json) AS t
         WHERE t.key = '_attachment' AND t.type = 'text' AND length(t.atom) = 64 AND unhex(t.atom) IS NOT NULL;
     "#,
+    // 8: indexes an app declares on fields of a collection (`Store::create_index`): each is an SQLite index on the
+    //    documents' views, named here with the paths it covers. `docs_with_parts`: the few documents whose views
+    //    hold large values beside them, which queries evaluate apart (SQL sees `null` where such a value sits).
+    r#"
+    CREATE TABLE indexes (
+        name       TEXT PRIMARY KEY,           -- the SQLite index's name
+        collection TEXT NOT NULL,
+        paths      TEXT NOT NULL               -- JSON array of the paths' texts, most significant first
+    ) WITHOUT ROWID;
+    CREATE INDEX docs_with_parts ON docs (collection) WHERE parts > 0;
+    "#,
 ];
 
 /// The schema version this build writes.
