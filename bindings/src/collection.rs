@@ -4,7 +4,8 @@ use crate::callbacks::{report, CollectionObserver, ObserverHandle};
 use crate::error::{guard, ShoalError};
 use crate::store::Store;
 use crate::values::{
-    fields_value, parse_json, to_text, AttachmentToken, ChangeEvent, Edit, FieldValue, Prepared, Query,
+    fields_value, parse_json, to_text, AttachmentToken, ChangeEvent, CollectionIndex, Edit, FieldValue, Prepared,
+    Query, QueryPlan,
 };
 use shoaldb::util::lock;
 use std::collections::HashMap;
@@ -97,6 +98,42 @@ impl Collection {
     /// The documents matching `query`, in its order.
     pub fn find(&self, query: Query) -> Result<Vec<String>, ShoalError> {
         guard(|| Ok(self.db()?.find(&self.name, &query.into_core()?)?.iter().map(to_text).collect()))
+    }
+
+    /// How `find` runs `query`: the indexes it uses, whether SQL does the filter and the sort, SQLite's plan.
+    pub fn explain(&self, query: Query) -> Result<QueryPlan, ShoalError> {
+        guard(|| Ok(QueryPlan::from_core(self.db()?.explain(&self.name, &query.into_core()?)?)))
+    }
+
+    /// Declare an index on the fields `paths` (most significant first, e.g. `["status", "due"]`), for queries that
+    /// filter on them, sort by them, or both with a limit. Kept up to date as documents change, on this device only;
+    /// declaring it again does nothing. Returns whether it is new. Takes time in proportion to the collection's size.
+    pub fn create_index(&self, paths: Vec<String>) -> Result<bool, ShoalError> {
+        guard(|| {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            Ok(self.db()?.create_index(&self.name, &paths)?)
+        })
+    }
+
+    /// Drop the index on `paths` (as declared). Returns whether there was one.
+    pub fn drop_index(&self, paths: Vec<String>) -> Result<bool, ShoalError> {
+        guard(|| {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            Ok(self.db()?.drop_index(&self.name, &paths)?)
+        })
+    }
+
+    /// The indexes declared on this collection.
+    pub fn indexes(&self) -> Result<Vec<CollectionIndex>, ShoalError> {
+        guard(|| {
+            Ok(self
+                .db()?
+                .indexes()?
+                .into_iter()
+                .filter(|i| i.collection == self.name)
+                .map(|i| CollectionIndex { paths: i.paths.iter().map(ToString::to_string).collect(), name: i.name })
+                .collect())
+        })
     }
 
     /// Every document, by id.

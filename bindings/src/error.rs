@@ -59,7 +59,7 @@ impl From<shoaldb::Error> for ShoalError {
             | E::AttachmentCorrupt { .. }
             | E::EncryptionUnavailable => ShoalError::Storage(msg),
             E::WrongKey => ShoalError::WrongKey(msg),
-            E::NotEncrypted | E::InvalidKey { .. } => ShoalError::InvalidArgument(msg),
+            E::NotEncrypted | E::InvalidKey { .. } | E::InvalidIndex(_) => ShoalError::InvalidArgument(msg),
             E::NotFound { .. } | E::Evicted { .. } | E::AttachmentNotFound { .. } => ShoalError::NotFound(msg),
             E::NotPermitted { .. } => ShoalError::NotPermitted(msg),
             E::Document(_) | E::Path(_) | E::Change(_) | E::Query(_) | E::InvalidJson(_) | E::InvalidName { .. } => {

@@ -26,7 +26,7 @@ pub use enrolment::{Authority, CertificateInfo, Revocation};
 pub use error::ShoalError;
 pub use logger::{set_logger, LogLevel, ShoalLogger};
 pub use store::{encrypt_store_file, Peer, Store, StoreConfig, SyncConfig, Transport};
-pub use values::{AttachmentToken, ChangeEvent, Edit, FieldValue, Query, SortKey, WriteOp};
+pub use values::{AttachmentToken, ChangeEvent, CollectionIndex, Edit, FieldValue, Query, QueryPlan, SortKey, WriteOp};
 pub use vault::KeyVault;
 
 uniffi::setup_scaffolding!();

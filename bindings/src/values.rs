@@ -105,6 +105,34 @@ pub struct Query {
     pub limit: Option<u64>,
 }
 
+/// How a query runs (`Collection.explain`).
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct QueryPlan {
+    /// The names of the declared indexes it uses (see [`CollectionIndex::name`]); empty for a scan of the collection.
+    pub indexes: Vec<String>,
+    /// Whether SQL evaluates the filter exactly (otherwise it selects a superset, checked again in Rust).
+    pub exact_filter: bool,
+    /// Whether SQL sorts, so that reading stops at the limit.
+    pub sorted_in_sql: bool,
+    /// SQLite's plan (`EXPLAIN QUERY PLAN`), one step per line.
+    pub steps: Vec<String>,
+}
+
+impl QueryPlan {
+    pub(crate) fn from_core(p: shoaldb::store::QueryPlan) -> QueryPlan {
+        QueryPlan { indexes: p.indexes, exact_filter: p.exact_filter, sorted_in_sql: p.sorted_in_sql, steps: p.steps }
+    }
+}
+
+/// An index declared on a collection (`Collection.createIndex`).
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct CollectionIndex {
+    /// The indexed fields, most significant first.
+    pub paths: Vec<String>,
+    /// Its name, as `QueryPlan.indexes` shows it.
+    pub name: String,
+}
+
 /// A sort key of a [`Query`].
 #[derive(Clone, Debug, PartialEq, uniffi::Record)]
 pub struct SortKey {

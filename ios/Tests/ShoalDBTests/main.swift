@@ -24,6 +24,8 @@ let tests: [(String, () async throws -> Void)] = [
     ("atomic multi-document write", testAtomicWrite),
     ("write builder on the main actor", testWriteFromMainActor),
     ("query: filter, params, sort, limit", testQuery),
+    ("indexes: create, explain, drop", testIndexServesQuery),
+    ("indexes: an invalid index is InvalidArgument", testInvalidIndex),
     ("observer as AsyncSequence", testObserver),
     ("Codable round trip", testCodable),
     ("errors: InvalidArgument, NotFound, Closed", testErrors),
