@@ -11,7 +11,8 @@
 //!   views of Shoal's documents, queried with plain `json_extract` SQL, indexed on the same fields' `json_extract`
 //!   expressions; rows read and parsed as JSON (`serde_json::Value`, what `find` returns and what an app reading
 //!   JSON out of SQLite does). Each query runs several times; the row gives the median. Row
-//!   `{"bench":"query","case","impl","ms","rows"}`; goal: `shoal-indexed` ≤ 1.5 × `sqlite-indexed` in every case.
+//!   `{"bench":"query","case","impl","ms","rows"}` (Shoal's rows add `"ok"`: as many rows as raw SQLite found);
+//!   goal: `shoal-indexed` ≤ 1.5 × `sqlite-indexed` in every case.
 //! - `during-sync`: `find` (indexed, top-20) run again and again while a catch-up of 50 MB of changes (new
 //!   documents of the same collection, 5 MB with `--quick`) is applied to the store by another thread, in batches
 //!   of 500 changes as sync applies them; beside the same `find` with nothing else running. Row
@@ -159,10 +160,8 @@ fn queries(dir: &std::path::Path, n: usize, runs: usize) -> Result<(), BoxErr> {
         for case in cases()? {
             let plan = store.explain("items", &case.query)?;
             let (ms, rows) = median_ms(runs, || Ok(store.find("items", &case.query)?.len()))?;
-            emit(&json!({"bench": "query", "case": case.name, "impl": shoal_impl, "ms": round3(ms), "rows": rows,
-                         "plan": plan.steps.join("; ")}));
             let args = sql_args(&case.args);
-            let (ms, rows) = median_ms(runs, || {
+            let (raw_ms, raw_rows) = median_ms(runs, || {
                 let mut stmt = raw.prepare_cached(case.sql)?;
                 let found = stmt
                     .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
@@ -170,7 +169,11 @@ fn queries(dir: &std::path::Path, n: usize, runs: usize) -> Result<(), BoxErr> {
                     .collect::<Result<Vec<Value>, BoxErr>>()?;
                 Ok(found.len())
             })?;
-            emit(&json!({"bench": "query", "case": case.name, "impl": raw_impl, "ms": round3(ms), "rows": rows}));
+            emit(&json!({"bench": "query", "case": case.name, "impl": shoal_impl, "ms": round3(ms), "rows": rows,
+                         "plan": plan.steps.join("; "), "ok": rows == raw_rows}));
+            emit(
+                &json!({"bench": "query", "case": case.name, "impl": raw_impl, "ms": round3(raw_ms), "rows": raw_rows}),
+            );
         }
         let (ms, rows) = median_ms(runs.min(5), || {
             let mut found = 0;
