@@ -114,8 +114,8 @@ pub enum Error {
     /// [`crate::Replica`] seam): a connection lost, a transaction refused. Nothing was written.
     #[error("storage backend: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
-    /// An index that cannot be declared: no paths, too many, a path SQLite cannot name (a key holding `"` or `\\`),
-    /// or more indexes than a store keeps ([`crate::store::MAX_INDEXES`]). Nothing was changed.
+    /// An index that cannot be declared: no paths, too many, a path SQLite cannot name (a key holding `"`, `\` or a
+    /// control character), or more indexes than a store keeps ([`crate::store::MAX_INDEXES`]). Nothing was changed.
     #[error("invalid index: {0}")]
     InvalidIndex(String),
     /// A store key is not [`crate::store::StoreKey::LEN`] bytes long.

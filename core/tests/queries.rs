@@ -255,6 +255,47 @@ fn indexes_persist_and_bad_ones_are_refused() {
 }
 
 #[test]
+fn keys_sql_paths_cannot_name_are_evaluated_in_memory() {
+    let (_d, s) = store();
+    for (id, key) in [("1", "n\u{0}l"), ("2", "q\"k"), ("3", "b\\s"), ("4", "tab\there")] {
+        s.upsert("c", json!({"_id": id, key: 7, "other": 1})).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (filter, want) in
+        [("`n\u{0}l` == 7", "1"), ("`q\"k` == 7", "2"), ("`b\\\\s` == 7", "3"), ("`tab\there` == 7", "4")]
+    {
+        let q = Query::filter(filter).unwrap_or_else(|e| panic!("{filter}: {e}"));
+        assert!(!s.explain("c", &q).unwrap_or_else(|e| panic!("{e}")).exact_filter, "{filter}");
+        assert_eq!(ids(&s.find("c", &q).unwrap_or_else(|e| panic!("{e}"))), vec![want], "{filter}");
+        let sorted =
+            Query::all().sort_by(&filter[..filter.len() - 5], SortOrder::Descending).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids(&s.find("c", &sorted.limit(1)).unwrap_or_else(|e| panic!("{e}"))), vec![want], "{filter}");
+    }
+    assert!(matches!(s.create_index("c", &["`n\u{0}l`"]), Err(Error::InvalidIndex(_))));
+}
+
+/// Filters as long as the language allows, and parameters as large as an app may pass, still run (SQLite refuses
+/// expressions over 1,000 deep and more than 32,766 arguments).
+#[test]
+fn long_filters_and_large_parameters_run() {
+    let (_d, s) = store();
+    s.write(|t| {
+        for i in 0..50 {
+            t.upsert("c", json!({"_id": format!("d{i:02}"), "n": i}))?;
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let long = (0..4000).map(|i| format!("n=={}", i * 10)).collect::<Vec<_>>().join("||");
+    let q = Query::filter(&long).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.find("c", &q).unwrap_or_else(|e| panic!("{e}")).len(), 5);
+    let nested = format!("{}n == 7{}", "(".repeat(60), ")".repeat(60));
+    assert_eq!(s.find("c", &Query::filter(&nested).unwrap_or_else(|e| panic!("{e}"))).map(|r| r.len()).ok(), Some(1));
+    let many: Vec<Value> = (0..100_000).map(|i| json!(i * 2)).collect();
+    let q = Query::filter("n in $many").unwrap_or_else(|e| panic!("{e}")).param("many", Value::Array(many));
+    assert_eq!(s.find("c", &q).unwrap_or_else(|e| panic!("{e}")).len(), 25);
+}
+
+#[test]
 fn a_filter_sql_cannot_say_exactly_is_checked_again() {
     let (_d, s) = store();
     s.upsert("c", json!({"_id": "1", "a": [1, 2]})).unwrap_or_else(|e| panic!("{e}"));

@@ -40,12 +40,12 @@ pub(crate) const RANK_STRING: i64 = 5;
 const EXACT_FLOAT_LIMIT: f64 = 9_223_372_036_854_775_808.0;
 
 /// The SQLite JSON path of `path` as an SQL string literal (`'$."a"[2]'`), or `None` for keys SQLite's paths
-/// cannot name (holding `"` or `\`).
+/// cannot name (holding `"` or `\`) and keys holding control characters (NUL would end the SQL text).
 pub(crate) fn json_path(path: &Path) -> Option<String> {
     let mut out = String::from("$");
     for segment in path.segments() {
         match segment {
-            PathSegment::Key(k) if k.contains(['"', '\\']) => return None,
+            PathSegment::Key(k) if k.contains(['"', '\\']) || k.contains(char::is_control) => return None,
             PathSegment::Key(k) => {
                 out.push_str(".\"");
                 out.push_str(k);
@@ -114,8 +114,32 @@ impl Cond {
 pub(crate) fn compile(filter: &Filter, params: &Params) -> SqlFilter {
     let mut args = Vec::new();
     let cond = Compiler { params, args: &mut args }.truth(&filter.expr);
+    if args.len() > MAX_SQL_ARGS {
+        return SqlFilter { sql: "1".into(), args: Vec::new(), exact: false };
+    }
     SqlFilter { sql: cond.sql, args, exact: cond.exact }
 }
+
+/// `parts` joined by `joiner` as a balanced tree of parentheses: SQLite parses `a OR b OR c …` as a chain as deep as
+/// it is long, and refuses expressions deeper than 1,000; a balanced tree of n terms is log2(n) deep.
+fn balanced(mut parts: Vec<String>, joiner: &str) -> String {
+    while parts.len() > 2 {
+        let mut paired = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut rest = parts.into_iter();
+        while let Some(a) = rest.next() {
+            paired.push(match rest.next() {
+                Some(b) => format!("({a}{joiner}{b})"),
+                None => a,
+            });
+        }
+        parts = paired;
+    }
+    format!("({})", parts.join(joiner))
+}
+
+/// The most `?` arguments one query's SQL may take (SQLite refuses more than 32,766): a filter needing more — a
+/// parameter holding a long array — is evaluated in memory instead.
+const MAX_SQL_ARGS: usize = 30_000;
 
 /// One operand of a comparison.
 enum Operand<'e> {
@@ -192,8 +216,7 @@ impl Compiler<'_> {
     fn junction(&mut self, items: &[Expr], joiner: &str) -> Cond {
         let parts: Vec<Cond> = items.iter().map(|i| self.truth(i)).collect();
         let exact = parts.iter().all(|p| p.exact);
-        let sql = parts.into_iter().map(|p| p.sql).collect::<Vec<_>>().join(joiner);
-        Cond { sql: format!("({sql})"), exact }
+        Cond { sql: balanced(parts.into_iter().map(|p| p.sql).collect(), joiner), exact }
     }
 
     fn comparison(&mut self, op: CmpOp, l: &Expr, r: &Expr) -> Cond {

@@ -52,14 +52,30 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn document() -> impl Strategy<Value = Value> {
-    prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c", "x y", "tags", "q\"k"]), value(), 0..5)
-        .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    prop::collection::btree_map(
+        prop::sample::select(vec!["a", "b", "c", "x y", "tags", "q\"k", "n\u{0}l"]),
+        value(),
+        0..5,
+    )
+    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
 }
 
 /// Filter text from a small grammar over the documents' fields.
 fn filter() -> impl Strategy<Value = String> {
-    let path =
-        prop::sample::select(vec!["a", "b", "c", "a.a", "a[0]", "a[1].b", "tags", "tags[0]", "`x y`", "_id", "`q\"k`"]);
+    let path = prop::sample::select(vec![
+        "a",
+        "b",
+        "c",
+        "a.a",
+        "a[0]",
+        "a[1].b",
+        "tags",
+        "tags[0]",
+        "`x y`",
+        "_id",
+        "`q\"k`",
+        "`n\u{0}l`",
+    ]);
     let constant = prop_oneof![
         scalar().prop_map(|v| v.to_string()),
         prop::collection::vec(scalar(), 0..3).prop_map(|v| Value::Array(v).to_string()),

@@ -40,6 +40,9 @@ pub struct QueryPlan {
     pub sql: String,
 }
 
+/// The longest statement kept prepared between queries, in bytes.
+const MAX_CACHED_SQL: usize = 16 * 1024;
+
 /// The statement for `query` on `collection`, its arguments, and what it does.
 struct Statement {
     sql: String,
@@ -125,7 +128,15 @@ fn read_whole_views(
     limit: Option<usize>,
 ) -> Result<Vec<(String, Json)>> {
     let st = statement(collection, query, limit);
-    let mut stmt = conn.prepare_cached(&st.sql)?;
+    // Long statements (long filters) are not kept in the connection's cache of prepared statements.
+    let (mut cached, mut uncached);
+    let stmt: &mut rusqlite::Statement<'_> = if st.sql.len() <= MAX_CACHED_SQL {
+        cached = conn.prepare_cached(&st.sql)?;
+        &mut cached
+    } else {
+        uncached = conn.prepare(&st.sql)?;
+        &mut uncached
+    };
     let mut rows = stmt.query(rusqlite::params_from_iter(st.args.iter()))?;
     let mut out: Vec<(String, Json)> = Vec::new();
     // Once the limit is reached: the sort keys of the last match taken within it.

@@ -60,8 +60,9 @@ pub(crate) fn create(conn: &Connection, collection: &str, paths: &[Path]) -> Res
         if p.is_root() {
             return Err(Error::InvalidIndex("the document itself is not a field".into()));
         }
-        let path =
-            json_path(p).ok_or_else(|| Error::InvalidIndex(format!("the path {p} has a key holding '\"' or '\\'")))?;
+        let path = json_path(p).ok_or_else(|| {
+            Error::InvalidIndex(format!("the path {p} has a key holding '\"', '\\' or a control character"))
+        })?;
         columns.push(rank_sql(&path));
         columns.push(value_sql(&path));
     }

@@ -1,9 +1,10 @@
 //! Persistence: one SQLite file per store (WAL), documents with their change log and snapshots, attachments,
 //! observers, and the replication interface sync builds on.
 //!
-//! A [`Store`] is cheap to share between threads (`Send + Sync`); every call takes the store's lock for as long as
-//! it touches the database. Several processes may open the same file: every write starts with an immediate SQLite
-//! transaction, and a process notices another's commits (SQLite's `data_version`) before it reads its caches.
+//! A [`Store`] is cheap to share between threads (`Send + Sync`). Writes take the store's lock for as long as they
+//! touch the database; reads of documents and queries use connections of their own (WAL readers, see `readers`)
+//! and never wait for a write. Several processes may open the same file: every write starts with an immediate
+//! SQLite transaction, and a process notices another's commits (SQLite's `data_version`) before it reads its caches.
 
 mod blobs;
 mod changelog;
