@@ -700,8 +700,8 @@ impl Store {
     /// store only (indexes are not replicated); declaring it again does nothing. Returns whether it is new. Takes
     /// time in proportion to the collection's size when the collection is not empty.
     ///
-    /// Fails with [`Error::InvalidIndex`] for no path, more than [`MAX_INDEX_PATHS`], a key holding `"` or `\`, or
-    /// beyond [`MAX_INDEXES`] indexes.
+    /// Fails with [`Error::InvalidIndex`] for no path, more than [`MAX_INDEX_PATHS`], a key holding `"`, `\` or a
+    /// control character, or beyond [`MAX_INDEXES`] indexes.
     pub fn create_index(&self, collection: &str, paths: &[&str]) -> Result<bool> {
         check_collection(collection)?;
         let paths = paths.iter().map(|p| crate::query::Path::parse(p)).collect::<std::result::Result<Vec<_>, _>>()?;
