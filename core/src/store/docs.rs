@@ -116,13 +116,16 @@ pub(crate) fn read_view(conn: &Connection, doc: i64, text: &str, parts: i64) -> 
     Ok(view)
 }
 
+/// The row (`doc, view, parts`) of the one document `sql` selects.
+fn view_row(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<(i64, Option<String>, i64)>> {
+    Ok(conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?)
+}
+
 /// The stored JSON view of the one document `sql` selects with columns `doc, view, parts` (`None` when there is no
 /// row, it was removed, or it is quarantined: one corrupt row breaks neither reads nor sync).
 pub(crate) fn stored_view(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<Json>> {
-    let row: Option<(i64, Option<String>, i64)> =
-        conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-    match row {
-        Some((doc, Some(text), parts)) => quarantine_damaged(doc, read_view(conn, doc, &text, parts)),
+    match view_row(conn, sql, params)? {
+        Some((doc, Some(text), parts)) => quarantine_damaged(&doc, read_view(conn, doc, &text, parts)),
         _ => Ok(None),
     }
 }
@@ -130,21 +133,32 @@ pub(crate) fn stored_view(conn: &Connection, sql: &str, params: impl rusqlite::P
 /// [`stored_view`] when the document's view is whole, read with one statement: `Some(view)`, or `None` when it has
 /// large values kept beside it (read those with [`stored_view`] in a read transaction).
 pub(crate) fn whole_view(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<Option<Json>>> {
-    let row: Option<(i64, Option<String>, i64)> =
-        conn.prepare_cached(sql)?.query_row(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-    match row {
+    match view_row(conn, sql, params)? {
         Some((_, Some(_), parts)) if parts > 0 => Ok(None),
-        Some((doc, Some(text), _)) => Ok(Some(quarantine_damaged(doc, read_view(conn, doc, &text, 0))?)),
+        Some((doc, Some(text), _)) => Ok(Some(quarantine_damaged(&doc, read_view(conn, doc, &text, 0))?)),
         _ => Ok(Some(None)),
     }
 }
 
-/// A view read, or `None` (with a warning) when it is damaged: the document is quarantined.
-fn quarantine_damaged(doc: i64, view: Result<Json>) -> Result<Option<Json>> {
+/// The view of a row of `docs` whose columns `doc`, `view` and `parts` are at `columns` (read with [`read_view`]);
+/// `None` (with a warning naming `what`) when it is damaged: the document is quarantined.
+pub(crate) fn row_view(
+    conn: &Connection,
+    row: &rusqlite::Row<'_>,
+    columns: [usize; 3],
+    what: &dyn std::fmt::Display,
+) -> Result<Option<Json>> {
+    let [doc, view, parts] = columns;
+    let text = row.get_ref(view)?.as_str().map_err(|e| Error::Corrupt(format!("stored view: {e}")));
+    quarantine_damaged(what, text.and_then(|text| read_view(conn, row.get(doc)?, text, row.get(parts)?)))
+}
+
+/// A view read, or `None` (with a warning naming `what`) when it is damaged: the document is quarantined.
+fn quarantine_damaged(what: &dyn std::fmt::Display, view: Result<Json>) -> Result<Option<Json>> {
     match view {
         Ok(view) => Ok(Some(view)),
         Err(Error::Corrupt(e)) => {
-            log::warn!("document {doc} quarantined: {e}");
+            log::warn!("document {what} quarantined: {e}");
             Ok(None)
         }
         Err(e) => Err(e),

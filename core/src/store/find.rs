@@ -18,7 +18,7 @@ use rusqlite::Connection;
 use serde_json::Value as Json;
 
 use super::{docs, indexes};
-use crate::query::sql::{self, SortValue, SqlFilter, SqlSortKey};
+use crate::query::sql::{self, SortValue, SqlFilter};
 use crate::query::Query;
 use crate::{Error, Result};
 
@@ -48,8 +48,8 @@ struct Statement {
     sql: String,
     args: Vec<SqlValue>,
     filter_exact: bool,
-    /// The sort keys' SQL, when SQL sorts.
-    sort: Option<Vec<SqlSortKey>>,
+    /// Whether SQL sorts (with a limit, when every sort key can be named in SQL).
+    sorted: bool,
     /// Whether SQL puts rows of equal keys in id order (as the query does); otherwise in reverse.
     ties_in_id_order: bool,
     /// The `LIMIT` of the statement, if any.
@@ -61,7 +61,8 @@ fn statement(collection: &str, query: &Query, limit: Option<usize>) -> Statement
         Some(f) => sql::compile(f, &query.params),
         None => SqlFilter { sql: "1".into(), args: Vec::new(), exact: true },
     };
-    let mut sql = format!("SELECT doc, id, view FROM docs WHERE {} AND {}", indexes::rows_of(collection), filter.sql);
+    let mut sql =
+        format!("SELECT doc, id, view, parts FROM docs WHERE {} AND {}", indexes::rows_of(collection), filter.sql);
     // Without a limit every match is read, and sorted exactly in memory: SQL need not sort.
     let sort = sql::sort_keys(&query.sort).filter(|_| limit.is_some());
     // Ties go by id ascending. The id is ordered in the direction of the last key, so that an index on the keys
@@ -86,7 +87,14 @@ fn statement(collection: &str, query: &Query, limit: Option<usize>) -> Statement
             sql_limit = Some(l);
         }
     }
-    Statement { sql, args: filter.args, filter_exact: filter.exact, sort, ties_in_id_order, sql_limit }
+    Statement {
+        sql,
+        args: filter.args,
+        filter_exact: filter.exact,
+        sorted: sort.is_some(),
+        ties_in_id_order,
+        sql_limit,
+    }
 }
 
 /// The documents of `collection` matching `query`, in its order, up to its limit: (id, view).
@@ -147,11 +155,11 @@ fn read_whole_views(
     while let Some(r) = rows.next()? {
         read += 1;
         let id: String = r.get(1)?;
-        let Some(view) = parse(collection, &id, r.get_ref(2)?)? else { continue };
+        let Some(view) = docs::row_view(conn, r, [0, 2, 3], &format_args!("{collection}/{id}"))? else { continue };
         // What SQL sorted this row by (the same values, read from the view).
-        let sort_values: Vec<SortValue> = match &st.sort {
-            Some(_) => query.sort.iter().map(|k| SortValue::of(k.path.resolve(&view))).collect(),
-            None => Vec::new(),
+        let sort_values: Vec<SortValue> = match st.sorted {
+            true => query.sort.iter().map(|k| SortValue::of(k.path.resolve(&view))).collect(),
+            false => Vec::new(),
         };
         if let Some(b) = &boundary {
             // Past the limit: only rows SQL cannot tell from the last one taken may still belong before it.
@@ -164,7 +172,7 @@ fn read_whole_views(
             continue;
         }
         out.push((id, view));
-        if let (Some(n), None, Some(_)) = (limit, &boundary, &st.sort) {
+        if let (Some(n), None, true) = (limit, &boundary, st.sorted) {
             if out.len() >= n {
                 if st.ties_in_id_order && sort_values.iter().all(SortValue::is_exact) {
                     closed = true;
@@ -195,21 +203,6 @@ fn coarse_cmp(a: &[SortValue], b: &[SortValue]) -> Ordering {
     Ordering::Equal
 }
 
-/// A stored view; `None` (with a warning) when it is damaged: such a document is quarantined.
-fn parse(collection: &str, id: &str, text: rusqlite::types::ValueRef<'_>) -> Result<Option<Json>> {
-    let parsed = text
-        .as_str()
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str::<Json>(t).map_err(|e| e.to_string()));
-    match parsed {
-        Ok(view) => Ok(Some(view)),
-        Err(e) => {
-            log::warn!("{collection}/{id} quarantined, skipped: stored view: {e}");
-            Ok(None)
-        }
-    }
-}
-
 /// Which documents [`read_in_memory`] reads.
 enum Rows {
     /// Those whose views hold large values beside them.
@@ -230,15 +223,7 @@ fn read_in_memory(conn: &Connection, collection: &str, query: &Query, rows: Rows
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let id: String = r.get(1)?;
-        let text = r.get_ref(2)?.as_str().map_err(|e| Error::Corrupt(format!("stored view of {id}: {e}")));
-        let view = match text.and_then(|text| docs::read_view(conn, r.get(0)?, text, r.get(3)?)) {
-            Ok(view) => view,
-            Err(Error::Corrupt(e)) => {
-                log::warn!("{collection}/{id} quarantined, skipped: {e}");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let Some(view) = docs::row_view(conn, r, [0, 2, 3], &format_args!("{collection}/{id}"))? else { continue };
         if query.matches(&view)? {
             out.push((id, view));
         }
@@ -256,11 +241,11 @@ pub(crate) fn explain(conn: &Connection, collection: &str, query: &Query) -> Res
     let steps = stmt
         .query_map(rusqlite::params_from_iter(st.args.iter()), |r| r.get::<_, String>(3))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
-    let mut used: Vec<String> = declared
+    // (Each declared index once: the list holds each name once.)
+    let used: Vec<String> = declared
         .into_iter()
         .filter(|ix| steps.iter().any(|s| s.split_whitespace().any(|w| w == ix.name)))
         .map(|ix| ix.name)
         .collect();
-    used.dedup();
-    Ok(QueryPlan { indexes: used, exact_filter: st.filter_exact, sorted_in_sql: st.sort.is_some(), steps, sql: st.sql })
+    Ok(QueryPlan { indexes: used, exact_filter: st.filter_exact, sorted_in_sql: st.sorted, steps, sql: st.sql })
 }

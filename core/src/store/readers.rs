@@ -47,7 +47,7 @@ impl Readers {
 
     /// Runs `f` in one read transaction on a reader's connection.
     pub(crate) fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        self.with_connection(|conn| {
+        self.read_one(|conn| {
             conn.execute_batch("BEGIN")?;
             let result = f(conn);
             let ended = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
@@ -59,10 +59,6 @@ impl Readers {
 
     /// Runs `f`, which runs a single statement (itself a consistent read), on a reader's connection.
     pub(crate) fn read_one<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        self.with_connection(f)
-    }
-
-    fn with_connection<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
         let taken = lock(&self.idle).pop();
         let conn = match taken {
             Some(c) => c,
