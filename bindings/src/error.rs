@@ -37,6 +37,11 @@ pub enum ShoalError {
     /// says which). Every other device would refuse it, so the store refuses it first; nothing was changed.
     #[error("{0}")]
     NotPermitted(String),
+    /// The call was cancelled through its `Cancellation` (Swift: the calling `Task` was cancelled; Kotlin callers
+    /// see the coroutine's `CancellationException` instead). A write cancelled before it committed changed nothing;
+    /// one cancelled while committing may have committed, whole.
+    #[error("cancelled")]
+    Cancelled,
     /// The store was closed; open it again.
     #[error("the store is closed")]
     Closed,
@@ -59,6 +64,7 @@ impl From<shoaldb::Error> for ShoalError {
             | E::AttachmentCorrupt { .. }
             | E::EncryptionUnavailable => ShoalError::Storage(msg),
             E::WrongKey => ShoalError::WrongKey(msg),
+            E::Cancelled => ShoalError::Cancelled,
             E::NotEncrypted | E::InvalidKey { .. } | E::InvalidIndex(_) => ShoalError::InvalidArgument(msg),
             E::NotFound { .. } | E::Evicted { .. } | E::AttachmentNotFound { .. } => ShoalError::NotFound(msg),
             E::NotPermitted { .. } => ShoalError::NotPermitted(msg),

@@ -6,11 +6,13 @@
 //! - typed field values and edits cross as small enums ([`FieldValue`], [`Edit`], [`WriteOp`]);
 //! - every error is one [`ShoalError`], and a Rust panic becomes [`ShoalError::Internal`], never a crash;
 //! - observers, presence, attachment progress, logging and the key vault are foreign traits the app implements;
-//! - long operations (batched writes, sync start/stop, attachment files and fetches) are `async` (Kotlin `suspend`,
-//!   Swift `async`) and run on the store's own tokio runtime, so they never block the caller's thread.
+//! - every read and write is `async` (Kotlin `suspend`, Swift `async`) and runs on the store's own tokio runtime, so
+//!   it never blocks the caller's thread, and stops when the caller is cancelled ([`Cancellation`]); reads and writes
+//!   also have `…Blocking` twins for code already on a background thread.
 
 mod bluetooth;
 mod callbacks;
+mod cancel;
 mod collection;
 mod enrolment;
 mod error;
@@ -21,12 +23,15 @@ mod vault;
 
 pub use bluetooth::{bluetooth_uuids, BluetoothChannel, BluetoothEvents, BluetoothRadio, BluetoothUuids};
 pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, ObserverHandle, PresenceObserver};
+pub use cancel::Cancellation;
 pub use collection::Collection;
 pub use enrolment::{Authority, CertificateInfo, Revocation};
 pub use error::ShoalError;
 pub use logger::{set_logger, LogLevel, ShoalLogger};
 pub use store::{encrypt_store_file, Peer, Store, StoreConfig, SyncConfig, Transport};
-pub use values::{AttachmentToken, ChangeEvent, CollectionIndex, Edit, FieldValue, Query, QueryPlan, SortKey, WriteOp};
+pub use values::{
+    AttachmentToken, ChangeEvent, CollectionIndex, Edit, FieldValue, Query, QueryPlan, QueryValue, SortKey, WriteOp,
+};
 pub use vault::KeyVault;
 
 uniffi::setup_scaffolding!();

@@ -1,8 +1,9 @@
 //! The store object: open/close, atomic writes, attachments, and sync (start/stop, subscriptions, presence).
 
 use crate::callbacks::{report, AttachmentProgress, ObserverHandle, PresenceObserver};
+use crate::cancel::{self, join_error, Cancellation, Check};
 use crate::collection::Collection;
-use crate::error::{guard, panic_message, ShoalError};
+use crate::error::{guard, ShoalError};
 use crate::values::{fields_value, invalid, AttachmentToken, Prepared, WriteOp};
 use crate::vault::KeyVault;
 use shoaldb::security::{Access, AppSecret};
@@ -180,14 +181,6 @@ pub(crate) struct Open {
     bluetooth: Mutex<Option<Arc<dyn crate::bluetooth::BluetoothRadio>>>,
 }
 
-fn join_error(e: tokio::task::JoinError) -> ShoalError {
-    if e.is_panic() {
-        ShoalError::Internal(panic_message(&*e.into_panic()))
-    } else {
-        ShoalError::Closed
-    }
-}
-
 fn parse_addr(s: &str) -> Result<SocketAddr, ShoalError> {
     s.trim().parse().map_err(|_| invalid(format!("{s:?} is not an address of the form IP:port")))
 }
@@ -201,7 +194,18 @@ fn meta_map(meta: HashMap<String, String>) -> BTreeMap<String, String> {
 }
 
 impl Open {
-    /// Runs `f` on the store's runtime and waits for it from any executor (the foreign caller's).
+    /// Runs blocking store work `f` on the runtime's blocking pool; it stops when its caller gives up (see
+    /// [`crate::cancel`]).
+    pub(crate) async fn background<T: Send + 'static>(
+        &self,
+        cancel: Option<Arc<Cancellation>>,
+        f: impl FnOnce(&Check) -> Result<T, ShoalError> + Send + 'static,
+    ) -> Result<T, ShoalError> {
+        cancel::blocking(&self.handle, cancel, f).await
+    }
+
+    /// Runs `f` on the store's runtime and waits for it from any executor (the foreign caller's). `f` runs to its
+    /// end even if the caller gives up (starting and stopping sync must not stop half-way).
     pub(crate) async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl Future<Output = Result<T, ShoalError>> + Send + 'static,
@@ -209,12 +213,12 @@ impl Open {
         self.handle.spawn(f).await.map_err(join_error)?
     }
 
-    /// Runs blocking store work on the runtime's blocking pool.
+    /// Runs blocking store work on the runtime's blocking pool (not started if the caller gives up first).
     pub(crate) async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, ShoalError> + Send + 'static,
     ) -> Result<T, ShoalError> {
-        self.handle.spawn_blocking(move || guard(f)).await.map_err(join_error)?
+        self.background(None, move |_| f()).await
     }
 
     fn node(&self) -> Option<Node> {
@@ -365,9 +369,23 @@ impl Store {
 
 #[uniffi::export]
 impl Store {
-    /// Open (or create) the store described by `config`. Sync does not start until `startSync`.
+    /// Open (or create) the store described by `config`. Sync does not start until `startSync`. Opening reads the
+    /// file (and migrates an older one), so it runs on a thread of its own, never the caller's.
     #[uniffi::constructor]
-    pub fn open(config: StoreConfig) -> Result<Arc<Store>, ShoalError> {
+    pub async fn open(config: StoreConfig) -> Result<Arc<Store>, ShoalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("shoal-open".into())
+            .spawn(move || {
+                let _ = tx.send(Store::open_blocking(config));
+            })
+            .map_err(|e| ShoalError::Storage(format!("could not start a thread to open the store: {e}")))?;
+        rx.await.map_err(|_| ShoalError::Internal("the thread opening the store ended without an answer".into()))?
+    }
+
+    /// Like `open`, on the calling thread (blocking it until done): for background threads only.
+    #[uniffi::constructor]
+    pub fn open_blocking(config: StoreConfig) -> Result<Arc<Store>, ShoalError> {
         guard(|| {
             let secret = match &config.app_secret {
                 Some(secret) => {
@@ -446,7 +464,13 @@ impl Store {
     }
 
     /// The names of the collections that have documents.
-    pub fn collections(&self) -> Result<Vec<String>, ShoalError> {
+    #[uniffi::method(default(cancel = None))]
+    pub async fn collections(self: Arc<Self>, cancel: Option<Arc<Cancellation>>) -> Result<Vec<String>, ShoalError> {
+        self.get()?.background(cancel, move |_| self.collections_blocking()).await
+    }
+
+    /// Like `collections`, on the calling thread (blocking it until done): for background threads only.
+    pub fn collections_blocking(&self) -> Result<Vec<String>, ShoalError> {
         guard(|| Ok(self.get()?.store.collections()?))
     }
 
@@ -469,16 +493,26 @@ impl Store {
         Ok(self.get()?.device_id.clone())
     }
 
-    /// Apply `ops` atomically: all commit together or none does. Returns the id of each op's document.
-    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<String>, ShoalError> {
+    /// Apply `ops` atomically: all commit together or none does. Returns the id of each op's document. A
+    /// cancelled call stops between two ops and commits none.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn write(&self, ops: Vec<WriteOp>, cancel: Option<Arc<Cancellation>>) -> Result<Vec<String>, ShoalError> {
         let open = self.get()?;
         let store = open.store.clone();
-        open.run_blocking(move || {
+        open.background(cancel, move |check| {
             let mut prepared = Vec::with_capacity(ops.len());
             for op in ops {
                 prepared.push(PreparedOp::new(op)?);
             }
-            Ok(store.write(|txn| prepared.into_iter().map(|op| op.apply(txn)).collect::<shoaldb::Result<Vec<_>>>())?)
+            Ok(store.write(|txn| {
+                prepared
+                    .into_iter()
+                    .map(|op| {
+                        check.go_on_core()?;
+                        op.apply(txn)
+                    })
+                    .collect::<shoaldb::Result<Vec<_>>>()
+            })?)
         })
         .await
     }
@@ -487,46 +521,100 @@ impl Store {
 
     /// Store `bytes` as an attachment and return its token (put it in a field with `FieldValue.Attachment`).
     /// Storing the same bytes twice stores them once.
-    pub fn put_attachment(&self, bytes: Vec<u8>, meta: HashMap<String, String>) -> Result<AttachmentToken, ShoalError> {
+    #[uniffi::method(default(cancel = None))]
+    pub async fn put_attachment(
+        self: Arc<Self>,
+        bytes: Vec<u8>,
+        meta: HashMap<String, String>,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<AttachmentToken, ShoalError> {
+        self.get()?.background(cancel, move |_| self.put_attachment_blocking(bytes, meta)).await
+    }
+
+    /// Like `putAttachment`, on the calling thread (blocking it until done): for background threads only.
+    pub fn put_attachment_blocking(
+        &self,
+        bytes: Vec<u8>,
+        meta: HashMap<String, String>,
+    ) -> Result<AttachmentToken, ShoalError> {
         guard(|| Ok(AttachmentToken::from_core(&self.get()?.store.put_attachment_bytes(&bytes, meta_map(meta))?)))
     }
 
-    /// Store the file at `path` as an attachment, streaming it (any size).
+    /// Store the file at `path` as an attachment, streaming it (any size). A cancelled call stops reading and
+    /// stores nothing.
+    #[uniffi::method(default(cancel = None))]
     pub async fn put_attachment_file(
         &self,
         path: String,
         meta: HashMap<String, String>,
+        cancel: Option<Arc<Cancellation>>,
     ) -> Result<AttachmentToken, ShoalError> {
         let open = self.get()?;
         let store = open.store.clone();
-        open.run_blocking(move || {
+        open.background(cancel, move |check| {
             let file = std::fs::File::open(&path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
-            Ok(AttachmentToken::from_core(&store.put_attachment(std::io::BufReader::new(file), meta_map(meta))?))
+            let stored = store.put_attachment(std::io::BufReader::new(check.reader(file)), meta_map(meta));
+            check.go_on()?;
+            Ok(AttachmentToken::from_core(&stored?))
         })
         .await
     }
 
     /// Whether the attachment's bytes are on this device.
-    pub fn has_attachment(&self, token: AttachmentToken) -> Result<bool, ShoalError> {
+    #[uniffi::method(default(cancel = None))]
+    pub async fn has_attachment(
+        self: Arc<Self>,
+        token: AttachmentToken,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<bool, ShoalError> {
+        self.get()?.background(cancel, move |_| self.has_attachment_blocking(token)).await
+    }
+
+    /// Like `hasAttachment`, on the calling thread (blocking it until done): for background threads only.
+    pub fn has_attachment_blocking(&self, token: AttachmentToken) -> Result<bool, ShoalError> {
         guard(|| Ok(self.get()?.store.has_attachment(&token.into_core()?)?))
     }
 
     /// The attachment's bytes, if they are on this device (`ShoalError.NotFound` otherwise: fetch it first).
-    pub fn attachment_bytes(&self, token: AttachmentToken) -> Result<Vec<u8>, ShoalError> {
+    #[uniffi::method(default(cancel = None))]
+    pub async fn attachment_bytes(
+        self: Arc<Self>,
+        token: AttachmentToken,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<Vec<u8>, ShoalError> {
+        self.get()?.background(cancel, move |_| self.attachment_bytes_blocking(token)).await
+    }
+
+    /// Like `attachmentBytes`, on the calling thread (blocking it until done): for background threads only.
+    pub fn attachment_bytes_blocking(&self, token: AttachmentToken) -> Result<Vec<u8>, ShoalError> {
         guard(|| Ok(self.get()?.store.attachment_bytes(&token.into_core()?)?))
     }
 
-    /// Write the attachment's bytes (verified against the hash) to the file at `path`, replacing it.
-    pub async fn save_attachment(&self, token: AttachmentToken, path: String) -> Result<(), ShoalError> {
+    /// Write the attachment's bytes (verified against the hash) to the file at `path`, replacing it. A cancelled
+    /// call leaves `path` as it was.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn save_attachment(
+        &self,
+        token: AttachmentToken,
+        path: String,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<(), ShoalError> {
         let open = self.get()?;
         let store = open.store.clone();
-        open.run_blocking(move || {
-            let mut reader = store.open_attachment(&token.into_core()?)?;
+        open.background(cancel, move |check| {
+            let mut reader = check.reader(store.open_attachment(&token.into_core()?)?);
             let tmp = format!("{path}.shoal-partial");
             let io = |e: std::io::Error| ShoalError::Storage(format!("cannot write {path}: {e}"));
-            let mut out = std::fs::File::create(&tmp).map_err(io)?;
-            std::io::copy(&mut reader, &mut out).map_err(io)?;
-            out.sync_all().map_err(io)?;
+            let written = (|| {
+                let mut out = std::fs::File::create(&tmp)?;
+                std::io::copy(&mut reader, &mut out)?;
+                out.sync_all()
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                check.go_on()?;
+                return Err(io(e));
+            }
             std::fs::rename(&tmp, &path).map_err(io)?;
             Ok(())
         })
@@ -535,11 +623,14 @@ impl Store {
 
     /// Fetch the attachment's bytes from the devices in reach (directly or through others), reporting progress.
     /// Returns at once if they are already here. Needs sync to be running; fails with
-    /// `ShoalError.AttachmentUnavailable` when no reachable device has them.
+    /// `ShoalError.AttachmentUnavailable` when no reachable device has them. A cancelled fetch stops asking for the
+    /// bytes; those received so far stay for a while, so fetching again resumes from them.
+    #[uniffi::method(default(cancel = None))]
     pub async fn fetch_attachment(
         &self,
         token: AttachmentToken,
         progress: Option<Arc<dyn AttachmentProgress>>,
+        cancel: Option<Arc<Cancellation>>,
     ) -> Result<(), ShoalError> {
         let open = self.get()?;
         let token = token.into_core()?;
@@ -550,7 +641,7 @@ impl Store {
             return Ok(());
         }
         let node = open.node().ok_or_else(|| ShoalError::Sync("sync is not running: call startSync first".into()))?;
-        open.run(async move {
+        cancel::spawned(&open.handle, cancel, async move {
             node.fetch_attachment(&token, move |done, total| {
                 if let Some(p) = &progress {
                     report("attachment progress", p.on_progress(done, total));
@@ -717,39 +808,43 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = config(dir.path(), "a");
         c.sync.peers = vec!["localhost".into()];
-        assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(m)) if m.contains("IP:port")));
+        assert!(matches!(Store::open_blocking(c), Err(ShoalError::InvalidArgument(m)) if m.contains("IP:port")));
         let mut c = config(dir.path(), "a");
         c.app_secret = Some(String::new());
-        assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(_))));
+        assert!(matches!(Store::open_blocking(c), Err(ShoalError::InvalidArgument(_))));
         let mut c = config(dir.path(), "a");
         c.sync.subscriptions = Some(vec!["tasks:done ==".into()]);
-        assert!(matches!(Store::open(c), Err(ShoalError::InvalidArgument(_))));
+        assert!(matches!(Store::open_blocking(c), Err(ShoalError::InvalidArgument(_))));
     }
 
     #[test]
     fn a_store_key_is_32_bytes_and_opens_only_its_store() {
         let dir = tempfile::tempdir().expect("tempdir");
         let keyed = |key: &[u8]| StoreConfig { key: Some(key.to_vec()), ..config(dir.path(), "k") };
-        assert!(matches!(Store::open(keyed(&[1; 16])), Err(ShoalError::InvalidArgument(m)) if m.contains("32")));
+        assert!(
+            matches!(Store::open_blocking(keyed(&[1; 16])), Err(ShoalError::InvalidArgument(m)) if m.contains("32"))
+        );
         assert!(!format!("{:?}", keyed(&[0xab; 32])).contains("171"), "Debug shows no key bytes");
         if cfg!(feature = "encryption") {
-            Store::open(keyed(&[1; 32])).expect("open encrypted").shutdown();
-            assert!(matches!(Store::open(keyed(&[2; 32])), Err(ShoalError::WrongKey(_))));
-            assert!(matches!(Store::open(config(dir.path(), "k")), Err(ShoalError::WrongKey(_))));
-            Store::open(keyed(&[1; 32])).expect("reopen encrypted").shutdown();
+            Store::open_blocking(keyed(&[1; 32])).expect("open encrypted").shutdown();
+            assert!(matches!(Store::open_blocking(keyed(&[2; 32])), Err(ShoalError::WrongKey(_))));
+            assert!(matches!(Store::open_blocking(config(dir.path(), "k")), Err(ShoalError::WrongKey(_))));
+            Store::open_blocking(keyed(&[1; 32])).expect("reopen encrypted").shutdown();
         } else {
             // Never left unencrypted when a key was given.
-            assert!(matches!(Store::open(keyed(&[1; 32])), Err(ShoalError::Storage(m)) if m.contains("encryption")));
+            assert!(
+                matches!(Store::open_blocking(keyed(&[1; 32])), Err(ShoalError::Storage(m)) if m.contains("encryption"))
+            );
         }
     }
 
     #[test]
     fn a_closed_store_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(config(dir.path(), "a")).expect("open");
+        let store = Store::open_blocking(config(dir.path(), "a")).expect("open");
         store.shutdown();
         store.shutdown();
-        assert!(matches!(store.collections(), Err(ShoalError::Closed)));
+        assert!(matches!(store.collections_blocking(), Err(ShoalError::Closed)));
         assert!(matches!(store.clone().collection("tasks".into()), Err(ShoalError::Closed)));
     }
 }

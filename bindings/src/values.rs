@@ -94,15 +94,51 @@ pub struct Query {
     /// The filter, e.g. `done == false && priority > $min` (`None`: every document).
     #[uniffi(default)]
     pub filter: Option<String>,
-    /// Values of the filter's `$parameters`, each as JSON text (`"3"`, `"\"milk\""`).
+    /// Values of the filter's `$parameters` (without the `$`), e.g. `{"min": QueryValue.Int(3)}`.
     #[uniffi(default)]
-    pub params: HashMap<String, String>,
+    pub params: HashMap<String, QueryValue>,
     /// Sort keys, most significant first; ties are broken by document id.
     #[uniffi(default)]
     pub sort: Vec<SortKey>,
     /// At most this many documents.
     #[uniffi(default)]
     pub limit: Option<u64>,
+}
+
+/// The value of a query parameter: what a filter's `$name` stands for.
+#[derive(Clone, Debug, PartialEq, uniffi::Enum)]
+pub enum QueryValue {
+    /// JSON `null` (matches a missing field too).
+    Null,
+    /// A boolean.
+    Bool { value: bool },
+    /// A 64-bit integer (equal to a stored double of the same value).
+    Int { value: i64 },
+    /// A double (NaN and infinities are refused).
+    Double { value: f64 },
+    /// A string.
+    String { value: String },
+    /// A list, for `in $names` or equality with an array field.
+    List { items: Vec<QueryValue> },
+}
+
+impl QueryValue {
+    fn into_json(self, name: &str) -> Result<serde_json::Value, ShoalError> {
+        use serde_json::Value as J;
+        Ok(match self {
+            QueryValue::Null => J::Null,
+            QueryValue::Bool { value } => J::Bool(value),
+            QueryValue::Int { value } => J::from(value),
+            QueryValue::Double { value } => J::Number(
+                serde_json::Number::from_f64(value)
+                    .ok_or_else(|| invalid(format!("parameter ${name}: {value} is not a finite number")))?,
+            ),
+            QueryValue::String { value } => J::String(value),
+            QueryValue::List { items } => {
+                J::Array(items.into_iter().map(|v| v.into_json(name)).collect::<Result<_, _>>()?)
+            }
+        })
+    }
 }
 
 /// How a query runs (`Collection.explain`).
@@ -302,9 +338,8 @@ impl Query {
         if let Some(n) = self.limit {
             q = q.limit(usize_of(n, "limit")?);
         }
-        for (name, json) in self.params {
-            let v =
-                serde_json::from_str(&json).map_err(|e| invalid(format!("parameter ${name}: invalid JSON: {e}")))?;
+        for (name, value) in self.params {
+            let v = value.into_json(&name)?;
             q = q.param(name.trim_start_matches('$'), v);
         }
         q.validate()?;
@@ -356,8 +391,14 @@ mod tests {
             matches!(q.clone().into_core(), Err(ShoalError::InvalidArgument(_))),
             "a missing parameter is an error"
         );
-        let q = Query { params: [("min".to_string(), "2".to_string())].into(), ..q };
-        assert!(q.into_core().is_ok());
+        let q = Query { params: [("min".to_string(), QueryValue::Int { value: 2 })].into(), ..q };
+        assert!(q.clone().into_core().is_ok());
+        let nan = Query { params: [("min".to_string(), QueryValue::Double { value: f64::NAN })].into(), ..q };
+        assert!(matches!(nan.into_core(), Err(ShoalError::InvalidArgument(m)) if m.contains("$min")));
+        let list = QueryValue::List {
+            items: vec![QueryValue::String { value: "a".into() }, QueryValue::Null, QueryValue::Bool { value: true }],
+        };
+        assert_eq!(list.into_json("x").expect("list"), serde_json::json!(["a", null, true]));
         let bad = Query { filter: Some("n >".into()), ..Query::default() };
         assert!(matches!(bad.into_core(), Err(ShoalError::InvalidArgument(_))));
     }

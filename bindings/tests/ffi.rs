@@ -61,11 +61,13 @@ impl CollectionObserver for Failing {
 #[test]
 fn every_field_type_through_the_ffi() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let store = Store::open_blocking(config(dir.path(), "a")).expect("open");
     let tasks = store.clone().collection("tasks".into()).expect("collection");
-    let token = store.put_attachment(b"hello".to_vec(), HashMap::from([("name".into(), "a.txt".into())])).expect("put");
+    let token = store
+        .put_attachment_blocking(b"hello".to_vec(), HashMap::from([("name".into(), "a.txt".into())]))
+        .expect("put");
     let id = tasks
-        .put(
+        .put_blocking(
             None,
             HashMap::from([
                 ("title".into(), FieldValue::String { value: "Buy milk".into() }),
@@ -78,7 +80,7 @@ fn every_field_type_through_the_ffi() {
         )
         .expect("put fields");
     tasks
-        .update(
+        .update_blocking(
             id.clone(),
             vec![
                 Edit::Increment { path: "n".into(), by: 3 },
@@ -90,52 +92,64 @@ fn every_field_type_through_the_ffi() {
         )
         .expect("update");
     let doc: serde_json::Value =
-        serde_json::from_str(&tasks.get(id.clone()).expect("get").expect("exists")).expect("json");
+        serde_json::from_str(&tasks.get_blocking(id.clone()).expect("get").expect("exists")).expect("json");
     assert_eq!(doc["n"], 5);
     assert_eq!(doc["notes"], "aXY");
     assert_eq!(doc["meta"], serde_json::json!({"a": {"b": 1, "c": true}}));
     assert_eq!(doc["items"], serde_json::json!([{"done": true}, 7]));
-    assert_eq!(tasks.attachment(id.clone(), "file".into()).expect("token"), Some(token.clone()));
-    assert_eq!(store.attachment_bytes(token).expect("bytes"), b"hello");
-    assert_eq!(tasks.get_field(id.clone(), "meta.a.b".into()).expect("field").as_deref(), Some("1"));
+    assert_eq!(tasks.attachment_blocking(id.clone(), "file".into()).expect("token"), Some(token.clone()));
+    assert_eq!(store.attachment_bytes_blocking(token).expect("bytes"), b"hello");
+    assert_eq!(tasks.get_field_blocking(id.clone(), "meta.a.b".into()).expect("field").as_deref(), Some("1"));
 
     // A type mismatch is refused and changes nothing.
-    let before = tasks.get(id.clone()).expect("get");
-    let err = tasks.update(id.clone(), vec![Edit::Increment { path: "notes".into(), by: 1 }]);
+    let before = tasks.get_blocking(id.clone()).expect("get");
+    let err = tasks.update_blocking(id.clone(), vec![Edit::Increment { path: "notes".into(), by: 1 }]);
     assert!(matches!(err, Err(ShoalError::InvalidArgument(_))), "{err:?}");
-    assert_eq!(tasks.get(id).expect("get"), before);
-    assert!(matches!(tasks.update("nope".into(), vec![]), Err(ShoalError::NotFound(_))));
+    assert_eq!(tasks.get_blocking(id).expect("get"), before);
+    assert!(matches!(tasks.update_blocking("nope".into(), vec![]), Err(ShoalError::NotFound(_))));
     store.shutdown();
 }
 
 #[test]
 fn an_atomic_write_commits_all_or_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(config(dir.path(), "a")).expect("open");
-    let ids = block_on(store.write(vec![
-        WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"x","v":1}"#.into() },
-        WriteOp::Put {
-            collection: "b".into(),
-            id: Some("y".into()),
-            fields: HashMap::from([("c".into(), FieldValue::Counter { initial: 1 })]),
-        },
-        WriteOp::Update {
-            collection: "b".into(),
-            id: "y".into(),
-            edits: vec![Edit::Increment { path: "c".into(), by: 1 }],
-        },
-    ]))
+    let store = Store::open_blocking(config(dir.path(), "a")).expect("open");
+    let ids = block_on(store.write(
+        vec![
+            WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"x","v":1}"#.into() },
+            WriteOp::Put {
+                collection: "b".into(),
+                id: Some("y".into()),
+                fields: HashMap::from([("c".into(), FieldValue::Counter { initial: 1 })]),
+            },
+            WriteOp::Update {
+                collection: "b".into(),
+                id: "y".into(),
+                edits: vec![Edit::Increment { path: "c".into(), by: 1 }],
+            },
+        ],
+        None,
+    ))
     .expect("write");
     assert_eq!(ids, ["x", "y", "y"]);
-    let failed = block_on(store.write(vec![
-        WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"z"}"#.into() },
-        WriteOp::Update { collection: "b".into(), id: "missing".into(), edits: vec![] },
-    ]));
+    let failed = block_on(store.write(
+        vec![
+            WriteOp::Upsert { collection: "a".into(), json: r#"{"_id":"z"}"#.into() },
+            WriteOp::Update { collection: "b".into(), id: "missing".into(), edits: vec![] },
+        ],
+        None,
+    ));
     assert!(matches!(failed, Err(ShoalError::NotFound(_))), "{failed:?}");
     let a = store.clone().collection("a".into()).expect("collection");
-    assert_eq!(a.get("z".into()).expect("get"), None, "nothing of a failed write is kept");
+    assert_eq!(a.get_blocking("z".into()).expect("get"), None, "nothing of a failed write is kept");
     assert_eq!(
-        store.clone().collection("b".into()).expect("b").get_field("y".into(), "c".into()).expect("c").as_deref(),
+        store
+            .clone()
+            .collection("b".into())
+            .expect("b")
+            .get_field_blocking("y".into(), "c".into())
+            .expect("c")
+            .as_deref(),
         Some("2")
     );
     store.shutdown();
@@ -144,18 +158,19 @@ fn an_atomic_write_commits_all_or_nothing() {
 #[test]
 fn observers_see_the_current_result_first_then_changes_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let store = Store::open_blocking(config(dir.path(), "a")).expect("open");
     let tasks = store.clone().collection("tasks".into()).expect("collection");
-    tasks.upsert(r#"{"_id":"1","done":false}"#.into()).expect("upsert");
+    tasks.upsert_blocking(r#"{"_id":"1","done":false}"#.into()).expect("upsert");
     let events = Arc::new(Events::default());
     let handle = tasks
-        .observe(Query { filter: Some("done == false".into()), ..Query::default() }, events.clone())
+        .observe_blocking(Query { filter: Some("done == false".into()), ..Query::default() }, events.clone())
         .expect("observe");
-    let _failing = tasks.observe(Query::default(), Arc::new(Failing)).expect("a failing observer is only logged");
-    tasks.upsert(r#"{"_id":"2","done":false}"#.into()).expect("upsert");
-    tasks.upsert(r#"{"_id":"1","done":true}"#.into()).expect("upsert");
+    let _failing =
+        tasks.observe_blocking(Query::default(), Arc::new(Failing)).expect("a failing observer is only logged");
+    tasks.upsert_blocking(r#"{"_id":"2","done":false}"#.into()).expect("upsert");
+    tasks.upsert_blocking(r#"{"_id":"1","done":true}"#.into()).expect("upsert");
     handle.cancel();
-    tasks.upsert(r#"{"_id":"3","done":false}"#.into()).expect("upsert");
+    tasks.upsert_blocking(r#"{"_id":"3","done":false}"#.into()).expect("upsert");
     let events = events.0.lock().expect("lock").clone();
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events[0].results.len(), 1);
@@ -183,13 +198,14 @@ fn a_store_syncs_with_the_cloud_over_websocket() {
     let url = format!("ws://{}/sync", relay.websocket_addr().expect("websocket address"));
     let mut phone_config = config(dir.path(), "phone");
     phone_config.sync = SyncConfig { mdns: false, cloud: vec![url], ..SyncConfig::default() };
-    let phone = Store::open(phone_config).expect("open");
+    let phone = Store::open_blocking(phone_config).expect("open");
     block_on(phone.start_sync()).expect("start");
     let notes = phone.clone().collection("notes".into()).expect("notes");
-    notes.upsert(r#"{"_id":"up","from":"phone"}"#.into()).expect("upsert");
+    notes.upsert_blocking(r#"{"_id":"up","from":"phone"}"#.into()).expect("upsert");
     relay_store.upsert("notes", serde_json::json!({"_id": "down", "from": "cloud"})).expect("relay upsert");
     wait_until("both notes on both sides", || {
-        notes.all().map(|d| d.len() == 2).unwrap_or(false) && relay_store.get("notes", "up").ok().flatten().is_some()
+        notes.all_blocking().map(|d| d.len() == 2).unwrap_or(false)
+            && relay_store.get("notes", "up").ok().flatten().is_some()
     });
     block_on(phone.stop_sync()).expect("stop");
     phone.shutdown();
@@ -199,36 +215,40 @@ fn a_store_syncs_with_the_cloud_over_websocket() {
 #[test]
 fn two_stores_sync_over_loopback_and_fetch_an_attachment_with_progress() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = Store::open(config(dir.path(), "a")).expect("open a");
-    let b = Store::open(config(dir.path(), "b")).expect("open b");
+    let a = Store::open_blocking(config(dir.path(), "a")).expect("open a");
+    let b = Store::open_blocking(config(dir.path(), "b")).expect("open b");
     block_on(a.start_sync()).expect("start a");
     let addr = a.listen_address().expect("a listens");
     b.connect(addr).expect("connect");
     block_on(b.start_sync()).expect("start b");
     let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
-    let token = a.put_attachment(big.clone(), HashMap::new()).expect("attachment");
+    let token = a.put_attachment_blocking(big.clone(), HashMap::new()).expect("attachment");
     let ta = a.clone().collection("t".into()).expect("t");
     let tb = b.clone().collection("t".into()).expect("t");
-    ta.put(Some("doc".into()), HashMap::from([("file".into(), FieldValue::Attachment { token: token.clone() })]))
-        .expect("put");
-    tb.upsert(r#"{"_id":"other","by":"b"}"#.into()).expect("upsert");
+    ta.put_blocking(
+        Some("doc".into()),
+        HashMap::from([("file".into(), FieldValue::Attachment { token: token.clone() })]),
+    )
+    .expect("put");
+    tb.upsert_blocking(r#"{"_id":"other","by":"b"}"#.into()).expect("upsert");
     wait_until("both documents on both stores", || {
-        ta.all().map(|d| d.len() == 2).unwrap_or(false) && tb.all().map(|d| d.len() == 2).unwrap_or(false)
+        ta.all_blocking().map(|d| d.len() == 2).unwrap_or(false)
+            && tb.all_blocking().map(|d| d.len() == 2).unwrap_or(false)
     });
-    assert_eq!(ta.all().expect("all"), tb.all().expect("all"));
+    assert_eq!(ta.all_blocking().expect("all"), tb.all_blocking().expect("all"));
     wait_until("presence", || {
         b.peers()
             .iter()
             .any(|p| p.name == "a" && p.transport == Transport::Lan && p.hops == 1 && p.direct == [Transport::Lan])
     });
-    assert!(!b.has_attachment(token.clone()).expect("has"), "attachment bytes travel only on request");
+    assert!(!b.has_attachment_blocking(token.clone()).expect("has"), "attachment bytes travel only on request");
     let progress = Arc::new(Progress::default());
-    block_on(b.fetch_attachment(token.clone(), Some(progress.clone()))).expect("fetch");
-    assert_eq!(b.attachment_bytes(token.clone()).expect("bytes"), big);
+    block_on(b.fetch_attachment(token.clone(), Some(progress.clone()), None)).expect("fetch");
+    assert_eq!(b.attachment_bytes_blocking(token.clone()).expect("bytes"), big);
     let seen = progress.0.lock().expect("lock").clone();
     assert_eq!(seen.last(), Some(&(big.len() as u64, big.len() as u64)), "{seen:?}");
     let out = dir.path().join("out.bin");
-    block_on(b.save_attachment(token, out.to_string_lossy().into_owned())).expect("save");
+    block_on(b.save_attachment(token, out.to_string_lossy().into_owned(), None)).expect("save");
     assert_eq!(std::fs::read(out).expect("read"), big);
     block_on(b.stop_sync()).expect("stop");
     assert!(!b.is_syncing());
@@ -239,25 +259,25 @@ fn two_stores_sync_over_loopback_and_fetch_an_attachment_with_progress() {
 #[test]
 fn fetching_without_sync_or_after_shutdown_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = Store::open(config(dir.path(), "a")).expect("open");
+    let a = Store::open_blocking(config(dir.path(), "a")).expect("open");
     let token = AttachmentToken { hash: "00".repeat(32), length: 3, meta: HashMap::new() };
-    assert!(matches!(block_on(a.fetch_attachment(token.clone(), None)), Err(ShoalError::Sync(_))));
+    assert!(matches!(block_on(a.fetch_attachment(token.clone(), None, None)), Err(ShoalError::Sync(_))));
     a.shutdown();
-    assert!(matches!(block_on(a.fetch_attachment(token, None)), Err(ShoalError::Closed)));
+    assert!(matches!(block_on(a.fetch_attachment(token, None, None)), Err(ShoalError::Closed)));
     assert!(matches!(block_on(a.start_sync()), Err(ShoalError::Closed)));
 }
 
 #[test]
 fn collections_stop_working_when_their_store_is_freed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(config(dir.path(), "a")).expect("open");
+    let store = Store::open_blocking(config(dir.path(), "a")).expect("open");
     let tasks = store.clone().collection("tasks".into()).expect("collection");
-    tasks.upsert(r#"{"_id":"1"}"#.into()).expect("upsert");
+    tasks.upsert_blocking(r#"{"_id":"1"}"#.into()).expect("upsert");
     drop(store);
-    assert!(matches!(tasks.get("1".into()), Err(ShoalError::Closed)));
-    let again = Store::open(config(dir.path(), "a")).expect("reopen");
+    assert!(matches!(tasks.get_blocking("1".into()), Err(ShoalError::Closed)));
+    let again = Store::open_blocking(config(dir.path(), "a")).expect("reopen");
     assert!(
-        again.clone().collection("tasks".into()).expect("collection").get("1".into()).expect("get").is_some(),
+        again.clone().collection("tasks".into()).expect("collection").get_blocking("1".into()).expect("get").is_some(),
         "the write was kept"
     );
 }
@@ -317,16 +337,16 @@ fn two_stores_sync_over_a_bluetooth_radio_implemented_outside_the_core() {
         let mut c = config(dir.path(), name);
         c.sync.listen = None;
         c.sync.mdns = false;
-        let s = Store::open(c).expect("open");
+        let s = Store::open_blocking(c).expect("open");
         s.set_bluetooth(Some(Arc::new(AirRadio { radio: air.radio(name) }))).expect("radio");
         block_on(s.start_sync()).expect("start");
         stores.push(s);
     }
     let (a, b) = (&stores[0], &stores[1]);
     assert_eq!(bluetooth_uuids().service, shoaldb::transport::ble::SERVICE_UUID);
-    a.clone().collection("t".into()).expect("t").upsert(r#"{"_id":"x","over":"ble"}"#.into()).expect("upsert");
+    a.clone().collection("t".into()).expect("t").upsert_blocking(r#"{"_id":"x","over":"ble"}"#.into()).expect("upsert");
     let tb = b.clone().collection("t".into()).expect("t");
-    wait_until("the document over BLE", || tb.get("x".into()).ok().flatten().is_some());
+    wait_until("the document over BLE", || tb.get_blocking("x".into()).ok().flatten().is_some());
     wait_until("presence over Bluetooth", || {
         b.peers().iter().any(|p| p.name == "a" && p.transport == Transport::Bluetooth)
     });
@@ -350,7 +370,7 @@ fn now_ms() -> u64 {
 
 /// A store in certificate mode: no app secret.
 fn enrolled(dir: &std::path::Path, name: &str, authority: &Authority, serial: u64) -> Arc<Store> {
-    let store = Store::open(StoreConfig { app_secret: None, ..config(dir, name) }).expect("open");
+    let store = Store::open_blocking(StoreConfig { app_secret: None, ..config(dir, name) }).expect("open");
     let request = store.enrolment_request(name.into()).expect("request");
     let day = 86_400_000;
     let cert = authority
@@ -389,11 +409,11 @@ fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refus
     block_on(a.start_sync()).expect("start a");
     let addr = a.listen_address().expect("a listens");
     let ta = a.clone().collection("t".into()).expect("t");
-    ta.upsert(r#"{"_id":"x","by":"a"}"#.into()).expect("upsert");
+    ta.upsert_blocking(r#"{"_id":"x","by":"a"}"#.into()).expect("upsert");
     b.connect(addr.clone()).expect("connect");
     block_on(b.start_sync()).expect("start b");
     let tb = b.clone().collection("t".into()).expect("t");
-    wait_until("a's document on b over a certified link", || tb.get("x".into()).ok().flatten().is_some());
+    wait_until("a's document on b over a certified link", || tb.get_blocking("x".into()).ok().flatten().is_some());
 
     for store in [&c, &d] {
         store.connect(addr.clone()).expect("connect");
@@ -406,7 +426,7 @@ fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refus
     for store in [&c, &d] {
         assert!(store.peers().is_empty(), "no link came up: {:?}", store.peers());
         let t = store.clone().collection("t".into()).expect("t");
-        assert_eq!(t.get("x".into()).expect("get"), None);
+        assert_eq!(t.get_blocking("x".into()).expect("get"), None);
     }
     assert!(a.peers().iter().all(|p| p.name == "b"), "{:?}", a.peers());
     // Revoking b while a syncs closes their link at once (sync restarts with the new list); b stays out.
@@ -417,11 +437,11 @@ fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refus
         .expect("revoke b");
     assert!(block_on(a.install_revocations(list)).expect("news"));
     assert!(a.is_syncing(), "still syncing after the restart");
-    tb.upsert(r#"{"_id":"late","by":"b"}"#.into()).expect("upsert");
+    tb.upsert_blocking(r#"{"_id":"late","by":"b"}"#.into()).expect("upsert");
     wait_until("a revoking b's link", || a.peers().is_empty() && b.peers().is_empty());
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.peers().is_empty() && b.peers().is_empty(), "{:?} {:?}", a.peers(), b.peers());
-    assert_eq!(ta.get("late".into()).expect("get"), None);
+    assert_eq!(ta.get_blocking("late".into()).expect("get"), None);
     for store in [a, b, c, d] {
         store.shutdown();
     }
@@ -431,7 +451,7 @@ fn enrolled_stores_sync_with_certificates_and_strangers_or_the_revoked_are_refus
 fn enrolment_mistakes_are_certificate_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let authority = Authority::generate().expect("authority");
-    let bare = Store::open(StoreConfig { app_secret: None, ..config(dir.path(), "bare") }).expect("open");
+    let bare = Store::open_blocking(StoreConfig { app_secret: None, ..config(dir.path(), "bare") }).expect("open");
     assert_eq!(bare.certificate().expect("none"), None);
     assert!(matches!(block_on(bare.start_sync()), Err(ShoalError::Certificate(m)) if m.contains("development mode")));
     let request = bare.enrolment_request("bare".into()).expect("request");
@@ -445,7 +465,7 @@ fn enrolment_mistakes_are_certificate_errors() {
     assert!(matches!(authority.issue(request.clone(), 1, vec![], 2, 1), Err(ShoalError::Certificate(_))));
     let good = cert(vec!["read *".into()]).expect("issue");
     // Another device's certificate, another authority, garbage, a bad key: refused, nothing installed.
-    let other = Store::open(config(dir.path(), "other")).expect("open");
+    let other = Store::open_blocking(config(dir.path(), "other")).expect("open");
     assert!(matches!(
         block_on(other.install_certificate(authority.public_key(), vec![good.clone()])),
         Err(ShoalError::Certificate(_))
@@ -515,7 +535,7 @@ fn the_platform_vault_keeps_the_private_keys_and_the_database_holds_none() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = Arc::new(PlatformVault::default());
     let with_vault = || StoreConfig { app_secret: None, key_vault: Some(vault.clone()), ..config(dir.path(), "v") };
-    let store = Store::open(with_vault()).expect("open");
+    let store = Store::open_blocking(with_vault()).expect("open");
     let request = store.enrolment_request("v".into()).expect("request");
     let entries = vault.entries.lock().expect("lock").clone();
     let mut names: Vec<_> = entries.keys().cloned().collect();
@@ -526,7 +546,7 @@ fn the_platform_vault_keeps_the_private_keys_and_the_database_holds_none() {
     assert!(request.contains(&public_noise), "{request}");
     let device_id = store.device_id().expect("id");
     drop(store);
-    let again = Store::open(with_vault()).expect("reopen");
+    let again = Store::open_blocking(with_vault()).expect("reopen");
     assert_eq!(again.device_id().expect("id"), device_id, "the same keys after a restart");
     drop(again);
     let mut file = std::fs::read(dir.path().join("v.db")).expect("read");
@@ -538,6 +558,6 @@ fn the_platform_vault_keeps_the_private_keys_and_the_database_holds_none() {
 
     // A vault that cannot be read fails the open, typed, rather than making a second identity.
     let locked = Arc::new(PlatformVault { locked: true, ..PlatformVault::default() });
-    let refused = Store::open(StoreConfig { key_vault: Some(locked), ..with_vault() });
+    let refused = Store::open_blocking(StoreConfig { key_vault: Some(locked), ..with_vault() });
     assert!(matches!(&refused, Err(ShoalError::Storage(m)) if m.contains("locked")), "{:?}", refused.err());
 }

@@ -124,6 +124,10 @@ pub enum Error {
         /// The length given.
         len: usize,
     },
+    /// The caller cancelled the operation before it was done (e.g. a write transaction's closure returned it after
+    /// seeing its caller give up). A write that ends so changed nothing.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Shorthand for results of Shoal's API.

@@ -214,6 +214,20 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// Cancels an attachment fetch when the app's wait for it is dropped before it ended.
+struct CancelFetch {
+    hub: Arc<Hub>,
+    fetch: Option<crate::sync::FetchId>,
+}
+
+impl Drop for CancelFetch {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            self.hub.with_engine_now(|e| e.cancel_fetch(fetch));
+        }
+    }
+}
+
 struct Inner {
     hub: Arc<Hub>,
     lan: Lan,
@@ -333,13 +347,13 @@ impl Node {
     /// when the bytes are stored and verified against the hash; at once when they already are. A broken link is not
     /// a failure: the fetch resumes where it was with the next device, or when a device comes back (wrap the call
     /// in a timeout to bound the wait). Fails with [`NodeError::AttachmentUnavailable`] when every connected device
-    /// was asked and none could provide it.
+    /// was asked and none could provide it. Dropping the future cancels the fetch (the bytes received so far stay
+    /// for a while, so fetching again resumes from them).
     pub async fn fetch_attachment(
         &self,
         token: &crate::AttachmentToken,
         progress: impl Fn(u64, u64) + Send,
     ) -> Result<(), NodeError> {
-        use crate::sync::FetchEvent;
         if self.inner.store.has_attachment(token)? {
             progress(token.len, token.len);
             return Ok(());
@@ -353,6 +367,21 @@ impl Node {
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
         self.inner.hub.wake_writers();
+        // Dropping this future (the app cancelled) stops the fetch; the guard is disarmed once it has ended.
+        let mut fetching = CancelFetch { hub: self.inner.hub.clone(), fetch: Some(id) };
+        let outcome = self.wait_fetch(token, id, &mut events, &progress).await;
+        fetching.fetch = None;
+        outcome
+    }
+
+    async fn wait_fetch(
+        &self,
+        token: &crate::AttachmentToken,
+        id: crate::sync::FetchId,
+        events: &mut tokio::sync::broadcast::Receiver<crate::sync::FetchEvent>,
+        progress: &(impl Fn(u64, u64) + Send),
+    ) -> Result<(), NodeError> {
+        use crate::sync::FetchEvent;
         loop {
             let event = tokio::select! {
                 () = self.inner.hub.shutting_down() => return Err(NodeError::Task("the node stopped".into())),

@@ -476,6 +476,50 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
 }
 
 #[test]
+fn a_cancelled_fetch_stops_and_a_later_fetch_resumes_from_its_bytes() {
+    use shoaldb::sync::FetchEvent;
+    let mut net = Net::new(vec![all(), all()]);
+    let w = net.connect(0, 1);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
+    let (a, la, b, lb) = net.wires[w];
+    for _ in 0..4 {
+        while let Some(f) = net.engines[a].poll_frame(la) {
+            net.engines[b].on_frame(lb, &f);
+        }
+        if let Some(f) = net.engines[b].poll_frame(lb) {
+            net.engines[a].on_frame(la, &f);
+        }
+    }
+    let partial = net.store(0).replica().attachment_received(&token.hash).unwrap();
+    assert!(partial > 0 && partial < 300_000, "cancelled mid-transfer ({partial} bytes in)");
+    fetch_events(&mut net.engines[0]);
+    assert!(net.engines[0].cancel_fetch(fetch), "the fetch was going on");
+    assert!(!net.engines[0].cancel_fetch(fetch), "cancelling twice does nothing");
+    let events = fetch_events(&mut net.engines[0]);
+    assert!(
+        matches!(events.as_slice(), [FetchEvent::Failed { fetch: f, reason, .. }] if *f == fetch && reason == "cancelled"),
+        "{events:?}"
+    );
+    // The neighbour finishes the transfer it was serving; none of it is taken in any more.
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert!(events.is_empty(), "nothing more is reported: {events:?}");
+    assert!(!net.store(0).has_attachment(&token).unwrap(), "the cancelled fetch did not complete");
+    let kept = net.store(0).replica().attachment_received(&token.hash).unwrap();
+    assert!(kept >= partial && kept < 300_000, "the parts received before stay ({kept})");
+    // Fetching again resumes from them.
+    let again = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
+    net.settle();
+    let events = fetch_events(&mut net.engines[0]);
+    assert_eq!(events.last(), Some(&FetchEvent::Done { fetch: again, hash: token.hash }), "{events:?}");
+    assert!(progress(&events).first().is_some_and(|d| *d > partial), "resumed from {kept}, not from 0");
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+}
+
+#[test]
 fn received_attachment_bytes_that_do_not_match_the_hash_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("s.db")).unwrap();

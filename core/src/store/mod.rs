@@ -591,6 +591,12 @@ impl Store {
         self.write(move |t| t.upsert(collection, json))
     }
 
+    /// Insert or update a document, writing only what differs from the stored one (see
+    /// [`WriteTxn::upsert_changed`]). Returns its id.
+    pub fn upsert_changed(&self, collection: &str, json: Json) -> Result<String> {
+        self.write(move |t| t.upsert_changed(collection, json))
+    }
+
     /// Insert or update a document from a JSON text.
     pub fn upsert_json(&self, collection: &str, json: &str) -> Result<String> {
         let v: Json = serde_json::from_str(json).map_err(|e| Error::InvalidJson(e.to_string()))?;

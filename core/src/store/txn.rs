@@ -10,7 +10,8 @@ use super::replicate::{ApplyReport, DocChange};
 use super::{check_collection, check_doc_id, ids};
 use crate::crdt::clock::{PeerId, Timestamp};
 use crate::crdt::document::{DocEditor, Document};
-use crate::crdt::path::Path;
+use crate::crdt::path::{Path, PathSegment};
+use crate::crdt::value::Kind;
 use crate::crdt::value::Value;
 use crate::error::{Error, Result};
 use crate::security::{ChangeCheck, RefusalReason};
@@ -56,6 +57,31 @@ fn fields_from_json(json: Json) -> Result<(Option<String>, Value)> {
         Some(other) => Some(other.to_string()),
     };
     Ok((id, Value::from_json_owned(Json::Object(obj))))
+}
+
+/// Drops from `obj` (the fields to write into the map at path `at` of `doc`) every entry equal to what `doc`
+/// shows there, and prunes objects written over maps the same way, entry by entry.
+fn keep_changed(doc: &Document, at: &mut Vec<PathSegment>, obj: &mut serde_json::Map<String, Json>) -> Result<()> {
+    let mut unchanged = Vec::new();
+    for (key, value) in obj.iter_mut() {
+        at.push(PathSegment::Key(key.clone()));
+        let path = Path::from_segments(at.clone())?;
+        if doc.get(&path)?.as_ref() == Some(&*value) {
+            unchanged.push(key.clone());
+        } else if let Json::Object(inner) = value {
+            if doc.kind_at(&path)? == Some(Kind::Map) {
+                keep_changed(doc, at, inner)?;
+                if inner.is_empty() {
+                    unchanged.push(key.clone());
+                }
+            }
+        }
+        at.pop();
+    }
+    for key in unchanged {
+        obj.remove(&key);
+    }
+    Ok(())
 }
 
 impl<'a> WriteTxn<'a> {
@@ -201,6 +227,30 @@ impl<'a> WriteTxn<'a> {
     pub fn upsert(&mut self, collection: &str, json: Json) -> Result<String> {
         let (id, fields) = fields_from_json(json)?;
         self.upsert_value(collection, id.as_deref(), fields)
+    }
+
+    /// Like [`Self::upsert`], but writes only what differs from the stored document: a field whose value equals
+    /// the stored one is left alone (so its last writer stays the last writer), an object over a stored map is
+    /// compared field by field, and anything else that differs is written whole. For apps that write back a
+    /// whole typed value they read earlier: the fields they did not change cannot beat a concurrent edit of them
+    /// on another device. Fields the document has and `json` lacks are kept. Returns the id.
+    pub fn upsert_changed(&mut self, collection: &str, json: Json) -> Result<String> {
+        let Json::Object(mut obj) = json else {
+            return Err(Error::InvalidJson("a document must be a JSON object".into()));
+        };
+        let id = match obj.get("_id") {
+            Some(Json::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if let Some(id) = id {
+            if let Some(doc) = self.document(collection, &id)? {
+                obj.remove("_id");
+                let mut at = Vec::new();
+                keep_changed(&doc, &mut at, &mut obj)?;
+                obj.insert("_id".into(), Json::String(id));
+            }
+        }
+        self.upsert(collection, Json::Object(obj))
     }
 
     /// Insert or update a document from typed values (a [`Value::Map`] of fields), merging like [`Self::upsert`].

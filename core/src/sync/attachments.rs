@@ -192,6 +192,30 @@ impl Attachments {
         Ok(id)
     }
 
+    /// The app gave up on fetch `id`: it is no longer asked for, and every wait on it ends with
+    /// [`FetchEvent::Failed`] ("cancelled"). The parts already received stay, and expire like those of a fetch
+    /// that ended unless the attachment is fetched again first (it then resumes from them). A fetch that other
+    /// devices wait on through this one (relaying) goes on for them. Returns whether the app was fetching it.
+    ///
+    /// The neighbour serving it is not told (the protocol has no message for it): it sends the rest of its
+    /// current transfer, which this device drops as chunks for a request it no longer makes.
+    pub fn cancel(&mut self, id: FetchId) -> bool {
+        let Some(f) = self.fetches.get_mut(&id) else { return false };
+        if !f.local {
+            return false;
+        }
+        let hash = f.hash;
+        if f.waiting.is_empty() {
+            self.fetches.remove(&id);
+        } else {
+            f.local = false;
+        }
+        self.ended.insert(hash, self.now);
+        self.events.push(FetchEvent::Failed { fetch: id, hash, reason: "cancelled".into() });
+        log::debug!("attachment fetch {id} ({}) cancelled", hex(&hash));
+        true
+    }
+
     /// Ask the next untried link. When there is none: give up if `give_up` (every device asked said no), else wait
     /// for a link to come up (the one asked went away).
     fn ask_next(

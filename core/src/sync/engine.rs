@@ -530,6 +530,14 @@ impl Engine {
         Ok(id)
     }
 
+    /// Stop fetching for the app (see [`Attachments::cancel`](super::attachments::Attachments::cancel)): the
+    /// fetch's waits end with [`FetchEvent::Failed`]. Returns whether it was going on.
+    pub fn cancel_fetch(&mut self, fetch: FetchId) -> bool {
+        let cancelled = self.attachments.cancel(fetch);
+        self.send_all(Vec::new());
+        cancelled
+    }
+
     /// Whether the engine closed this link (the transport should drop it).
     pub fn is_closed(&self, link: LinkId) -> bool {
         self.links.get(&link).is_none_or(|s| s.closed)
