@@ -5,7 +5,8 @@
 //! - documents cross as JSON text (parsed with the app's own JSON library, or `Codable` in Swift);
 //! - typed field values and edits cross as small enums ([`FieldValue`], [`Edit`], [`WriteOp`]);
 //! - every error is one [`ShoalError`], and a Rust panic becomes [`ShoalError::Internal`], never a crash;
-//! - observers, presence, attachment progress, logging and the key vault are foreign traits the app implements;
+//! - observers, presence, attachment progress, logging, the key vault, the Bluetooth radio and local-network
+//!   discovery are foreign traits the app implements;
 //! - every read and write is `async` (Kotlin `suspend`, Swift `async`) and runs on the store's own tokio runtime, so
 //!   it never blocks the caller's thread, and stops when the caller is cancelled ([`Cancellation`]); reads and writes
 //!   also have `…Blocking` twins for code already on a background thread.
@@ -14,6 +15,7 @@ mod bluetooth;
 mod callbacks;
 mod cancel;
 mod collection;
+mod discovery;
 mod enrolment;
 mod error;
 mod logger;
@@ -25,6 +27,7 @@ pub use bluetooth::{bluetooth_uuids, BluetoothChannel, BluetoothEvents, Bluetoot
 pub use callbacks::{AttachmentProgress, CallbackError, CollectionObserver, ObserverHandle, PresenceObserver};
 pub use cancel::Cancellation;
 pub use collection::Collection;
+pub use discovery::{LocalNetworkDiscovery, LocalNetworkEvents, ServiceAdvertisement};
 pub use enrolment::{Authority, CertificateInfo, Revocation};
 pub use error::ShoalError;
 pub use logger::{set_logger, LogLevel, ShoalLogger};

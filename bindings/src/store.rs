@@ -179,6 +179,7 @@ pub(crate) struct Open {
     node: Mutex<Option<Node>>,
     presence: watch::Sender<Vec<Peer>>,
     bluetooth: Mutex<Option<Arc<dyn crate::bluetooth::BluetoothRadio>>>,
+    discovery: Mutex<Option<Arc<dyn crate::discovery::LocalNetworkDiscovery>>>,
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, ShoalError> {
@@ -262,6 +263,9 @@ impl Open {
         }
         if let Some(subs) = &sync.subscriptions {
             config = config.with_subscriptions(parse_subscriptions(subs)?);
+        }
+        if let Some(discovery) = lock(&self.discovery).clone().filter(|_| sync.mdns) {
+            config = config.with_service_discovery(Arc::new(crate::discovery::ForeignDiscovery(discovery)));
         }
         if let Some(radio) = lock(&self.bluetooth).clone() {
             config = config.with_ble(Arc::new(crate::bluetooth::ForeignRadio::new(radio)));
@@ -438,6 +442,7 @@ impl Store {
                 node: Mutex::new(None),
                 presence: watch::channel(Vec::new()).0,
                 bluetooth: Mutex::new(None),
+                discovery: Mutex::new(None),
             };
             log::debug!("opened store {}", config.path);
             Ok(Arc::new(Store { open: RwLock::new(Some(Arc::new(open))) }))
@@ -702,6 +707,18 @@ impl Store {
     /// LAN, the LAN carries the data and Bluetooth stands by.
     pub fn set_bluetooth(&self, radio: Option<Arc<dyn crate::bluetooth::BluetoothRadio>>) -> Result<(), ShoalError> {
         *lock(&self.get()?.bluetooth) = radio;
+        Ok(())
+    }
+
+    /// Advertise and discover devices on the local network through the platform's `discovery` (or go back to
+    /// the built-in mDNS: `None`), from the next `startSync`, while `SyncConfig.mdns` is on. iOS apps pass the
+    /// Swift package's `BonjourDiscovery`: the built-in mDNS needs raw multicast sockets, which iOS allows only
+    /// with Apple's managed multicast entitlement.
+    pub fn set_local_network_discovery(
+        &self,
+        discovery: Option<Arc<dyn crate::discovery::LocalNetworkDiscovery>>,
+    ) -> Result<(), ShoalError> {
+        *lock(&self.get()?.discovery) = discovery;
         Ok(())
     }
 

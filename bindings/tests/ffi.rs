@@ -561,3 +561,64 @@ fn the_platform_vault_keeps_the_private_keys_and_the_database_holds_none() {
     let refused = Store::open_blocking(StoreConfig { key_vault: Some(locked), ..with_vault() });
     assert!(matches!(&refused, Err(ShoalError::Storage(m)) if m.contains("locked")), "{:?}", refused.err());
 }
+
+/// A platform discovery as an app implements it (here in Rust): it records what it was asked to advertise and
+/// keeps the events object to report with.
+#[derive(Default)]
+struct Bonjour {
+    advertised: Mutex<Vec<Option<ServiceAdvertisement>>>,
+    events: Mutex<Option<Arc<LocalNetworkEvents>>>,
+    stops: Mutex<u32>,
+}
+
+impl LocalNetworkDiscovery for Bonjour {
+    fn start(
+        &self,
+        advertisement: Option<ServiceAdvertisement>,
+        events: Arc<LocalNetworkEvents>,
+    ) -> Result<(), CallbackError> {
+        self.advertised.lock().expect("lock").push(advertisement);
+        *self.events.lock().expect("lock") = Some(events);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), CallbackError> {
+        *self.stops.lock().expect("lock") += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_platform_discovery_advertises_the_listening_port_and_replaces_mdns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(dir.path(), "phone");
+    // Every interface, as a phone listens (a loopback listener is never advertised).
+    c.sync = SyncConfig { listen: Some("0.0.0.0:0".into()), mdns: true, ..SyncConfig::default() };
+    let store = Store::open_blocking(c).expect("open");
+    let bonjour = Arc::new(Bonjour::default());
+    store.set_local_network_discovery(Some(bonjour.clone())).expect("set discovery");
+    block_on(store.start_sync()).expect("start sync");
+    let port: u16 =
+        store.listen_address().expect("listening").rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let advertised = bonjour.advertised.lock().expect("lock").clone();
+    let [Some(ad)] = advertised.as_slice() else { panic!("advertised once: {advertised:?}") };
+    assert_eq!((ad.service_type.as_str(), ad.port), ("_shoal._tcp", port));
+    assert_eq!(ad.txt.get("dk"), Some(&store.device_id().expect("device id")));
+    assert!(ad.txt.contains_key("app"));
+    // Whatever the platform reports is checked before it is used: none of this is dialled or fails anything.
+    let events = bonjour.events.lock().expect("lock").clone().expect("events");
+    events.found("junk".into(), HashMap::new(), vec!["not an ip".into(), "127.0.0.1".into()], 1);
+    events.found("x".repeat(10_000), HashMap::new(), vec![], 0);
+    events.lost("nobody".into());
+    block_on(store.stop_sync()).expect("stop sync");
+    assert_eq!(*bonjour.stops.lock().expect("lock"), 1, "stopping sync stops the platform's discovery");
+    store.shutdown();
+    // With mDNS off, the platform's discovery is not used either.
+    let quiet = Store::open_blocking(config(dir.path(), "quiet")).expect("open");
+    let unused = Arc::new(Bonjour::default());
+    quiet.set_local_network_discovery(Some(unused.clone())).expect("set discovery");
+    block_on(quiet.start_sync()).expect("start sync");
+    block_on(quiet.stop_sync()).expect("stop sync");
+    assert!(unused.advertised.lock().expect("lock").is_empty());
+    quiet.shutdown();
+}

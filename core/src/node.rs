@@ -30,6 +30,7 @@ use crate::transport::ble::{
     radio::{BleRadio, Radio},
 };
 use crate::transport::hub::Hub;
+use crate::transport::lan::discovery::{PlatformDiscovery, ServiceDiscovery};
 use crate::transport::lan::{Lan, LanError, ListenLimits};
 use crate::util::lock;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -100,6 +101,9 @@ pub struct NodeConfig {
     pub connect: Vec<SocketAddr>,
     /// Advertise and discover devices of the same app on the LAN with mDNS.
     pub mdns: bool,
+    /// With `mdns` on: advertise and discover through the platform's DNS-SD (iOS: Network.framework and the
+    /// system's mDNSResponder) instead of the core's own multicast sockets. `None`: the core's own.
+    pub service_discovery: Option<PlatformDiscovery>,
     /// What this device wants from the others.
     pub subscriptions: Vec<Subscription>,
     /// A Bluetooth LE radio to sync over as well (phones with no network in common); `None`: the LAN only.
@@ -128,6 +132,7 @@ impl NodeConfig {
             listen_limits: ListenLimits::DEVICE,
             connect: Vec::new(),
             mdns: true,
+            service_discovery: None,
             subscriptions: vec![Subscription::everything()],
             ble: None,
             websocket_listen: None,
@@ -176,6 +181,13 @@ impl NodeConfig {
     /// Turn mDNS discovery on or off.
     pub fn with_mdns(mut self, on: bool) -> NodeConfig {
         self.mdns = on;
+        self
+    }
+
+    /// Discover devices through the platform's DNS-SD (see [`NodeConfig::service_discovery`]); turns mDNS on.
+    pub fn with_service_discovery(mut self, discovery: Arc<dyn ServiceDiscovery>) -> NodeConfig {
+        self.mdns = true;
+        self.service_discovery = Some(PlatformDiscovery(discovery));
         self
     }
 
@@ -431,7 +443,9 @@ async fn start_engine(
     let hub = Hub::new(engine, runtime);
     let tag = config.access.psk().tag();
     let mdns = config.mdns.then_some(tag.as_str());
-    let lan = Lan::start(hub.clone(), config.listen_addr(), config.listen_limits, &config.connect, mdns).await;
+    let platform = config.service_discovery.as_ref().map(|p| p.0.clone());
+    let lan =
+        Lan::start(hub.clone(), config.listen_addr(), config.listen_limits, &config.connect, mdns, platform).await;
     let lan = match lan {
         Ok(lan) => lan,
         Err(e) => {

@@ -7,7 +7,7 @@
 //! - `hub`: the engine shared by all tasks, and the dispatch of its events;
 //! - `connection`: one TCP connection = a reader task and a writer task around one engine link;
 //! - `dialer`: dialling addresses and discovered devices, with exponential backoff;
-//! - [`discovery`]: mDNS advertisement and browsing;
+//! - [`discovery`]: mDNS advertisement and browsing (or the platform's DNS-SD);
 //! - [`slots`]: the listener's connection slots, per source address, so that no one source holds them all;
 //! - [`targets`]: the discovered devices dialled, within bounds that fake mDNS records cannot exhaust.
 //!
@@ -74,14 +74,15 @@ pub(crate) struct Lan {
 }
 
 impl Lan {
-    /// Listen on `listen` (if any) within `limits`, dial `connect`, and run mDNS discovery for the app `mdns_tag`
-    /// (if any).
+    /// Listen on `listen` (if any) within `limits`, dial `connect`, and run discovery for the app `mdns_tag` (if
+    /// any): through `platform` when given, otherwise the core's own mDNS.
     pub async fn start(
         hub: Arc<Hub>,
         listen: Option<SocketAddr>,
         limits: ListenLimits,
         connect: &[SocketAddr],
         mdns_tag: Option<&str>,
+        platform: Option<Arc<dyn discovery::ServiceDiscovery>>,
     ) -> Result<Lan, LanError> {
         let mut listen_addr = None;
         if let Some(addr) = listen {
@@ -103,7 +104,10 @@ impl Lan {
         };
         if let Some(tag) = mdns_tag {
             let (tx, rx) = mpsc::channel(64);
-            let discovery = Discovery::start(&hub, tag, listen_addr, tx)?;
+            let discovery = match platform {
+                Some(platform) => Discovery::start_platform(&hub, platform, tag, listen_addr, tx),
+                None => Discovery::start(&hub, tag, listen_addr, tx)?,
+            };
             *lock(&lan.discovery) = Some(discovery);
             hub.spawn(dial_discovered(hub.clone(), rx));
         }
