@@ -435,16 +435,9 @@ fn attachments_are_asked_for_over_the_cloud_before_bluetooth() {
     assert!(before(&net, 1) - ble_before < 10_000, "Bluetooth carried the attachment");
 }
 
-#[test]
-fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_has_it() {
-    use shoaldb::sync::FetchEvent;
-    let mut net = Net::new(vec![all(), all()]);
-    let w = net.connect(0, 1);
-    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
-    let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
-    net.settle();
-    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
-    // Move only a few frames, then cut the link mid-transfer.
+/// Moves only a few frames over wire `w` (everything one way, one frame back, four times): a transfer that has
+/// begun and is far from done.
+fn move_a_few_frames(net: &mut Net, w: usize) {
     let (a, la, b, lb) = net.wires[w];
     for _ in 0..4 {
         while let Some(f) = net.engines[a].poll_frame(la) {
@@ -454,6 +447,19 @@ fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_ha
             net.engines[a].on_frame(la, &f);
         }
     }
+}
+
+#[test]
+fn attachment_fetch_resumes_after_a_broken_link_and_fails_clearly_when_nobody_has_it() {
+    use shoaldb::sync::FetchEvent;
+    let mut net = Net::new(vec![all(), all()]);
+    let w = net.connect(0, 1);
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.settle();
+    let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
+    // Cut the link mid-transfer.
+    move_a_few_frames(&mut net, w);
     let partial = net.store(0).replica().attachment_received(&token.hash).unwrap();
     assert!(partial > 0 && partial < 200_000, "cut mid-transfer ({partial} bytes in)");
     net.disconnect(w);
@@ -484,15 +490,7 @@ fn a_cancelled_fetch_stops_and_a_later_fetch_resumes_from_its_bytes() {
     let token = net.store(1).put_attachment_bytes(&bytes, Default::default()).unwrap();
     net.settle();
     let fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
-    let (a, la, b, lb) = net.wires[w];
-    for _ in 0..4 {
-        while let Some(f) = net.engines[a].poll_frame(la) {
-            net.engines[b].on_frame(lb, &f);
-        }
-        if let Some(f) = net.engines[b].poll_frame(lb) {
-            net.engines[a].on_frame(la, &f);
-        }
-    }
+    move_a_few_frames(&mut net, w);
     let partial = net.store(0).replica().attachment_received(&token.hash).unwrap();
     assert!(partial > 0 && partial < 300_000, "cancelled mid-transfer ({partial} bytes in)");
     fetch_events(&mut net.engines[0]);
