@@ -558,9 +558,14 @@ impl Store {
         let store = open.store.clone();
         open.background(cancel, move |check| {
             let file = std::fs::File::open(&path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
-            let stored = store.put_attachment(std::io::BufReader::new(check.reader(file)), meta_map(meta));
-            check.go_on()?;
-            Ok(AttachmentToken::from_core(&stored?))
+            match store.put_attachment(std::io::BufReader::new(check.reader(file)), meta_map(meta)) {
+                Ok(token) => Ok(AttachmentToken::from_core(&token)),
+                Err(e) => {
+                    // Stopped by the cancelled reader, or failed on its own: say which.
+                    check.go_on()?;
+                    Err(e.into())
+                }
+            }
         })
         .await
     }
@@ -766,6 +771,7 @@ impl Store {
 /// A [`WriteOp`] with its values converted, so that only the core's own errors can happen inside the transaction.
 enum PreparedOp {
     Upsert { collection: String, json: serde_json::Value },
+    UpsertChanged { collection: String, json: serde_json::Value },
     Put { collection: String, id: Option<String>, fields: shoaldb::Value },
     Update { collection: String, id: String, edits: Vec<Prepared> },
     Remove { collection: String, id: String },
@@ -776,6 +782,9 @@ impl PreparedOp {
         Ok(match op {
             WriteOp::Upsert { collection, json } => {
                 PreparedOp::Upsert { collection, json: crate::values::parse_json(&json)? }
+            }
+            WriteOp::UpsertChanged { collection, json } => {
+                PreparedOp::UpsertChanged { collection, json: crate::values::parse_json(&json)? }
             }
             WriteOp::Put { collection, id, fields } => {
                 PreparedOp::Put { collection, id, fields: fields_value(fields)? }
@@ -792,6 +801,7 @@ impl PreparedOp {
     fn apply(self, txn: &mut shoaldb::WriteTxn<'_>) -> shoaldb::Result<String> {
         match self {
             PreparedOp::Upsert { collection, json } => txn.upsert(&collection, json),
+            PreparedOp::UpsertChanged { collection, json } => txn.upsert_changed(&collection, json),
             PreparedOp::Put { collection, id, fields } => txn.upsert_value(&collection, id.as_deref(), fields),
             PreparedOp::Update { collection, id, edits } => {
                 txn.update(&collection, &id, |doc| Prepared::apply_all(edits, doc))?;

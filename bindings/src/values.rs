@@ -68,6 +68,8 @@ pub enum Edit {
 pub enum WriteOp {
     /// Insert or merge a JSON object (its `_id` names the document; without one an id is generated).
     Upsert { collection: String, json: String },
+    /// Write a JSON object back, only what differs from the stored document (see `Collection.upsertChanged`).
+    UpsertChanged { collection: String, json: String },
     /// Insert or merge typed fields into document `id` (generated when `None`).
     Put { collection: String, id: Option<String>, fields: HashMap<String, FieldValue> },
     /// Apply edits to an existing document.

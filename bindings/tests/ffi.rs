@@ -622,3 +622,24 @@ fn a_platform_discovery_advertises_the_listening_port_and_replaces_mdns() {
     assert!(unused.advertised.lock().expect("lock").is_empty());
     quiet.shutdown();
 }
+
+#[test]
+fn a_write_batch_can_hold_a_write_back_of_what_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_blocking(config(dir.path(), "a")).expect("open");
+    let tasks = store.clone().collection("tasks".into()).expect("collection");
+    tasks.upsert_blocking(r#"{"_id": "t", "title": "a", "done": false}"#.into()).expect("create");
+    let ids = block_on(store.write(
+        vec![WriteOp::UpsertChanged {
+            collection: "tasks".into(),
+            json: r#"{"_id": "t", "title": "b", "done": false}"#.into(),
+        }],
+        None,
+    ))
+    .expect("write");
+    assert_eq!(ids, vec!["t".to_string()]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&tasks.get_blocking("t".into()).expect("get").expect("exists")).expect("json");
+    assert_eq!(doc, serde_json::json!({"_id": "t", "title": "b", "done": false}));
+    store.shutdown();
+}
