@@ -1,7 +1,8 @@
 // dev.shoaldb:shoal-android: the Shoal Kotlin API as an Android library (AAR).
 //
 // What goes in:
-// - src/main/kotlin            the idiomatic Kotlin layer (pure JVM + kotlinx-coroutines, also tested on a desktop JVM)
+// - src/main/kotlin            the idiomatic Kotlin layer (pure JVM + kotlinx-coroutines + kotlinx-serialization-json,
+//                              also tested on a desktop JVM)
 // - src/main/kotlin-android    Android-only helpers (Logcat logger, paths, Wi-Fi multicast lock)
 // - build/generated/uniffi/kotlin   the UniFFI-generated bindings (dev/shoaldb/shoaldb_ffi.kt)
 // - build/generated/jniLibs    libshoaldb_ffi.so for arm64-v8a, armeabi-v7a and x86_64
@@ -20,6 +21,9 @@ import org.jetbrains.kotlin.gradle.dsl.JvmTarget
 plugins {
     id("com.android.library") version "8.7.3"
     id("org.jetbrains.kotlin.android") version "2.4.21"
+    // The kotlinx.serialization compiler plugin, as bindings/kotlin/pom.xml applies it (there for the tests'
+    // @Serializable classes). Apps that use typed collections apply it to their own module too.
+    id("org.jetbrains.kotlin.plugin.serialization") version "2.4.21"
     `maven-publish`
 }
 
@@ -84,6 +88,8 @@ dependencies {
     // The @aar artifact carries JNA's libjnidispatch.so for each Android ABI (the plain jar only has desktop ones).
     api("net.java.dev.jna:jna:5.19.1@aar")
     api("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.11.0")
+    // `api`: typed collections (`store.collection<T>(name, json)`) take a Json and decode with the app's serializers.
+    api("org.jetbrains.kotlinx:kotlinx-serialization-json:1.12.0")
 }
 
 // Cross-compiles the Rust library for each ABI and generates the Kotlin bindings (see build-rust.sh).

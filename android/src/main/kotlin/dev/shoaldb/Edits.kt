@@ -116,7 +116,7 @@ class EditBuilder internal constructor() {
 fun buildEdits(block: EditBuilder.() -> Unit): List<Edit> = EditBuilder().apply(block).build()
 
 /**
- * Applies the edits that [block] builds to document [id] in one transaction:
+ * Applies the edits that [block] builds to document [id] in one transaction, on Shoal's threads:
  *
  * ```kotlin
  * tasks.update(id) {
@@ -130,8 +130,13 @@ fun buildEdits(block: EditBuilder.() -> Unit): List<Edit> = EditBuilder().apply(
  * @throws ShoalException.NotFound if the document does not exist; [ShoalException.InvalidArgument] for a bad path
  *   or an edit that does not fit the field (e.g. `increment` on text). A failed update changes nothing.
  */
-fun Collection.update(id: String, block: EditBuilder.() -> Unit) {
+suspend fun Collection.update(id: String, block: EditBuilder.() -> Unit) {
     update(id, buildEdits(block))
+}
+
+/** Like [update], on the calling thread (blocking it until done): for background threads only. */
+fun Collection.updateBlocking(id: String, block: EditBuilder.() -> Unit) {
+    updateBlocking(id, buildEdits(block))
 }
 
 /**
@@ -142,7 +147,11 @@ fun Collection.update(id: String, block: EditBuilder.() -> Unit) {
  * val id = tasks.put(null, "title" to "Buy milk", "views" to FieldValue.Counter(0), "done" to false)
  * ```
  */
-fun Collection.put(id: String?, vararg fields: Pair<String, Any?>): String = put(id, fieldsOf(*fields))
+suspend fun Collection.put(id: String?, vararg fields: Pair<String, Any?>): String = put(id, fieldsOf(*fields))
+
+/** Like [put], on the calling thread (blocking it until done): for background threads only. */
+fun Collection.putBlocking(id: String?, vararg fields: Pair<String, Any?>): String =
+    putBlocking(id, fieldsOf(*fields))
 
 /**
  * Builds the operations of one atomic write; see [Store.write]. Collections are named by their name or given as
@@ -193,7 +202,8 @@ class WriteBatch internal constructor() {
 /**
  * Applies the operations that [block] builds atomically: all commit together, or none does (a failing
  * operation — e.g. an update of a missing document — throws its [ShoalException] and changes nothing). Runs on
- * the store's own threads. Returns the id of each operation's document, in order.
+ * the store's own threads. Returns the id of each operation's document, in order. Cancelling the calling
+ * coroutine before the batch commits stops it between two operations and commits none of them.
  *
  * ```kotlin
  * val (orderId, _) = store.write {

@@ -20,12 +20,14 @@ import kotlinx.coroutines.flow.map
  * Apply `conflate()` (only the latest event matters, e.g. when you read [ChangeEvent.results]) or
  * `buffer(n, onBufferOverflow = ...)` to change that: those operators replace this buffer.
  *
- * The initial query runs in the collector's context (a quick local read).
+ * The observer is registered through the suspending [Collection.observe]: the initial query runs on Shoal's
+ * threads, never the collector's, so collecting on the main thread is fine.
  *
  * @throws ShoalException.InvalidArgument (from `collect`) for a malformed query;
  *   [ShoalException.Closed] when the store is closed.
  */
 fun Collection.changes(query: Query = Query()): Flow<ChangeEvent> = callbackFlow {
+    // If the collection is cancelled while this suspends, the registration is dropped (and undone) in Rust.
     val handle = observe(query, object : CollectionObserver {
         override fun onChange(event: ChangeEvent) {
             callback("collection observer") { trySend(event) }
@@ -71,6 +73,9 @@ fun Store.presence(): Flow<List<Peer>> = callbackFlow {
  *
  * [onProgress] runs on one of Shoal's threads: return quickly, and hop to your own dispatcher for UI work.
  * Anything it throws is logged and ignored.
+ *
+ * Cancelling the calling coroutine cancels the fetch; the bytes received so far stay for a while, so fetching
+ * again resumes from them.
  *
  * @throws ShoalException.Sync when sync is not running; [ShoalException.AttachmentUnavailable] when no reachable
  *   device has the bytes.

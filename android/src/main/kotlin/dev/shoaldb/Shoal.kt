@@ -1,5 +1,6 @@
 package dev.shoaldb
 
+import kotlinx.serialization.json.Json
 import java.util.logging.Level
 import java.util.logging.Logger
 
@@ -8,12 +9,17 @@ import java.util.logging.Logger
  *
  * ```kotlin
  * Shoal.installLogger()                       // java.util.logging, INFO and above
- * val store = Shoal.open("/data/app.db", "Ana's phone", "app secret")
+ * val store = Shoal.open("/data/app.db", "Ana's phone", "app secret") // suspends; Shoal.openBlocking does not
  * store.use {                                 // Store is AutoCloseable
  *     val tasks = it.collection("tasks")
  *     tasks.upsert("""{"_id": "t1", "title": "Buy milk"}""")
  * }
  * ```
+ *
+ * Every read and write of a [Store] or [Collection] is a `suspend` function that runs on Shoal's own threads, never
+ * the caller's, so it may be called from the main thread; cancelling the calling coroutine stops the work (a write
+ * batch not yet committed commits nothing). Each also has a `…Blocking` twin (`getBlocking`, `upsertBlocking`, …)
+ * that runs on the calling thread, for code already on a background thread.
  */
 object Shoal {
     /** The version of the Shoal library (the Rust core inside the bindings). */
@@ -21,7 +27,22 @@ object Shoal {
         get() = shoalVersion()
 
     /**
+     * The [Json] that typed collections ([TypedCollection], `store.collection<T>(name)`) use unless given another:
+     * it ignores the fields the class does not declare (other versions of the app may add some), writes properties
+     * equal to their default (`encodeDefaults`) and writes `null` properties as `null` (`explicitNulls`), so that a
+     * typed write leaves out nothing it means to set. To configure more, start from this one:
+     * `Json(Shoal.json) { serializersModule = myModule }`.
+     */
+    val json: Json = Json {
+        ignoreUnknownKeys = true
+        encodeDefaults = true
+        explicitNulls = true
+    }
+
+    /**
      * Opens (or creates) the store in the database file at [path]. Sync does not start until [Store.startSync].
+     * Opening reads the file (and migrates an older one) on Shoal's own threads, never the caller's; from code
+     * that is not in a coroutine, use [openBlocking].
      *
      * Keep the returned [Store] for as long as you use it or any [Collection] taken from it: a collection works
      * only while its store is open. Close it when done:
@@ -46,18 +67,35 @@ object Shoal {
      *   subscription in [sync]; [ShoalException.Storage] when the file cannot be opened, or [keyVault] throws (the
      *   message carries its reason).
      */
-    @JvmStatic
-    @JvmOverloads
-    fun open(
+    suspend fun open(
         path: String,
         deviceName: String,
         appSecret: String? = null,
         sync: SyncConfig = SyncConfig(),
         keyVault: KeyVault? = null,
-    ): Store =
-        Store.open(
-            StoreConfig(path = path, deviceName = deviceName, appSecret = appSecret, sync = sync, keyVault = keyVault),
-        )
+    ): Store = Store.open(storeConfig(path, deviceName, appSecret, sync, keyVault))
+
+    /**
+     * Like [open], on the calling thread, blocking it until the store is open: for background threads (and Java)
+     * only, never the main thread. The parameters and errors are [open]'s.
+     */
+    @JvmStatic
+    @JvmOverloads
+    fun openBlocking(
+        path: String,
+        deviceName: String,
+        appSecret: String? = null,
+        sync: SyncConfig = SyncConfig(),
+        keyVault: KeyVault? = null,
+    ): Store = Store.openBlocking(storeConfig(path, deviceName, appSecret, sync, keyVault))
+
+    private fun storeConfig(
+        path: String,
+        deviceName: String,
+        appSecret: String?,
+        sync: SyncConfig,
+        keyVault: KeyVault?,
+    ) = StoreConfig(path = path, deviceName = deviceName, appSecret = appSecret, sync = sync, keyVault = keyVault)
 
     /**
      * Sends Shoal's log messages of [level] and more severe to [logger], replacing any logger installed before

@@ -19,8 +19,9 @@ class DocumentTypesTest {
     @TempDir
     lateinit var dir: Path
 
-    private fun withNotes(block: (Store, Collection) -> Unit) =
+    private fun withNotes(block: suspend (Store, Collection) -> Unit) = runBlocking {
         openStore(dir, "types").use { store -> block(store, store.collection("notes")) }
+    }
 
     @Test
     fun `registers hold strings, integers, doubles, booleans, bytes, null and JSON`() = withNotes { _, notes ->

@@ -18,7 +18,7 @@ class EnrolmentTest {
     lateinit var dir: Path
 
     /** A store with no app secret (certificates only), listening on loopback when [listen]. */
-    private fun open(name: String, listen: Boolean = false): Store =
+    private suspend fun open(name: String, listen: Boolean = false): Store =
         Shoal.open(
             path = dir.resolve("$name.db").toString(),
             deviceName = name,

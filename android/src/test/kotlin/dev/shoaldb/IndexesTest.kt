@@ -17,7 +17,7 @@ class IndexesTest {
     /** `kind == "a"`, most expensive first, five of them. */
     private val priciestOfA = Query(
         filter = "kind == \$k",
-        params = mapOf("k" to "\"a\""),
+        params = params("k" to "a"),
         sort = listOf(SortKey("price", descending = true)),
         limit = 5u,
     )
@@ -75,14 +75,18 @@ class IndexesTest {
 
     @Test
     fun `an invalid index is an InvalidArgument and declares nothing`() {
-        openStore(dir, "shop").use { store ->
+        // Not a coroutine: the blocking twins, as code on a background thread calls them.
+        openStoreBlocking(dir, "shop").use { store ->
             val items = store.collection("items")
-            items.upsert("""{"_id": "p1", "kind": "a", "price": 1}""")
-            val quote = expectThrows<ShoalException.InvalidArgument> { items.createIndex(listOf("`a\"b`")) }
+            items.upsertBlocking("""{"_id": "p1", "kind": "a", "price": 1}""")
+            val quote = expectThrows<ShoalException.InvalidArgument> { items.createIndexBlocking(listOf("`a\"b`")) }
             assertTrue(quote.message!!.isNotBlank())
-            expectThrows<ShoalException.InvalidArgument> { items.createIndex(emptyList()) }
-            expectThrows<ShoalException.InvalidArgument> { items.createIndex(listOf("kind..price")) }
-            assertTrue(items.indexes().isEmpty(), "indexes: ${items.indexes()}")
+            expectThrows<ShoalException.InvalidArgument> { items.createIndexBlocking(emptyList()) }
+            expectThrows<ShoalException.InvalidArgument> { items.createIndexBlocking(listOf("kind..price")) }
+            assertTrue(items.indexesBlocking().isEmpty(), "indexes: ${items.indexesBlocking()}")
+            assertTrue(items.createIndexBlocking(listOf("kind")))
+            assertEquals(listOf(listOf("kind")), items.indexesBlocking().map { it.paths })
+            assertTrue(items.dropIndexBlocking(listOf("kind")))
         }
     }
 }

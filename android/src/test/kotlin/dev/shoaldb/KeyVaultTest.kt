@@ -32,8 +32,9 @@ class KeyVaultTest {
         }
     }
 
+    /** Opens through [Shoal.openBlocking]: these tests are not coroutines, so they use the blocking twins. */
     private fun open(vault: KeyVault?, name: String = "v"): Store =
-        Shoal.open(
+        Shoal.openBlocking(
             path = dir.resolve("$name.db").toString(),
             deviceName = name,
             appSecret = SECRET,
@@ -58,7 +59,7 @@ class KeyVaultTest {
             // The request shows the public half of the Noise key the vault holds.
             val publicNoise = vault.entries.getValue("noise-key").copyOfRange(32, 64).hex()
             assertTrue(request.contains(publicNoise), request)
-            store.collection("tasks").upsert("""{"_id": "t1", "title": "kept"}""")
+            store.collection("tasks").upsertBlocking("""{"_id": "t1", "title": "kept"}""")
             store.deviceId().also { store.shutdown() }
         }
         val created = vault.entries.mapValues { it.value.copyOf() }
@@ -67,7 +68,7 @@ class KeyVaultTest {
         open(vault).use { again ->
             assertEquals(deviceId, again.deviceId(), "the same keys after a restart")
             again.enrolmentRequest("v")
-            assertEquals("kept", doc(again.collection("tasks").get("t1"))["title"]!!.jsonPrimitive.content)
+            assertEquals("kept", doc(again.collection("tasks").getBlocking("t1"))["title"]!!.jsonPrimitive.content)
             again.shutdown()
         }
         assertEquals(creates, vault.calls.count { it.startsWith("create") }, "nothing made again: ${vault.calls}")

@@ -45,7 +45,7 @@ fun main(args: Array<String>) {
         Runtime.getRuntime().halt(1)
     }, "mesh-watchdog").apply { isDaemon = true }.start()
 
-    suspend fun waitFor(what: String, pollMs: Long = 100, done: () -> Boolean) {
+    suspend fun waitFor(what: String, pollMs: Long = 100, done: suspend () -> Boolean) {
         progress("waiting for $what")
         while (!done()) {
             if (System.currentTimeMillis() > deadline) throw GaveUp("gave up after ${GIVE_UP_AFTER_MS / 1000} s waiting for $what")

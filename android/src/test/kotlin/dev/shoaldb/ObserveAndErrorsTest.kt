@@ -9,6 +9,7 @@ import kotlinx.coroutines.withTimeout
 import kotlinx.serialization.json.jsonPrimitive
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Assertions.fail
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
@@ -115,9 +116,33 @@ class ObserveAndErrorsTest {
 
     @Test
     fun `use {} releases the store and its collections`() {
-        val tasks = openStore(dir, "use").use { store ->
-            store.collection("tasks").also { it.upsert("""{"_id": "t"}""") }
+        val tasks = openStoreBlocking(dir, "use").use { store ->
+            store.collection("tasks").also { it.upsertBlocking("""{"_id": "t"}""") }
         }
-        expectThrows<ShoalException.Closed> { tasks.get("t") }
+        expectThrows<ShoalException.Closed> { tasks.getBlocking("t") }
+        expectThrows<ShoalException.Closed> { runBlocking { tasks.get("t") } }
+    }
+
+    @Test
+    fun `observeBlocking delivers the current result before it returns`() {
+        openStoreBlocking(dir, "blocking").use { store ->
+            val tasks = store.collection("tasks")
+            tasks.putBlocking("a", "done" to false)
+            val events = java.util.concurrent.LinkedBlockingQueue<ChangeEvent>()
+            val handle = tasks.observeBlocking(Query(filter = "done == false"), object : CollectionObserver {
+                override fun onChange(event: ChangeEvent) {
+                    events.add(event)
+                }
+            })
+            handle.use {
+                assertEquals(listOf("a"), ids(events.poll()?.results ?: fail("no first event before it returned")))
+                tasks.updateBlocking("a") { set("done", true) }
+                val left = events.poll(PATIENCE.inWholeSeconds, java.util.concurrent.TimeUnit.SECONDS)
+                assertEquals(listOf("a"), left?.removed)
+                it.cancel()
+            }
+            tasks.updateBlocking("a") { set("done", false) }
+            assertEquals(null, events.poll(), "no event after cancel")
+        }
     }
 }

@@ -21,7 +21,7 @@ suspend fun readmeExample(dir: String, println: (Any?) -> Unit = ::println) = co
             set("title", "Buy oat milk")
             increment("views", 1)
         }
-        println("urgent: " + tasks.find(Query(filter = "priority >= \$min", params = mapOf("min" to "2"))))
+        println("urgent: " + tasks.find(Query(filter = "priority >= \$min", params = params("min" to 2))))
         store.startSync()                                       // also dials SyncConfig.peers, or store.connect(...)
         println("syncing on ${store.listenAddress()}")
         watcher.cancelAndJoin()                                // before the store closes

@@ -28,4 +28,14 @@ class ReadmeExampleTest {
         val address = lines.single { it.startsWith("syncing on ") }.removePrefix("syncing on ")
         assertTrue(Regex("""127\.0\.0\.1:[1-9][0-9]*""").matches(address), address)
     }
+
+    @Test
+    fun `the README's typed example runs`() = runBlocking<Unit> {
+        openStore(dir, "typed-readme").use { store ->
+            val plan = planTheDay(store)
+            assertEquals(listOf("Mow the lawn", "Buy oat milk"), plan.map { it.title })
+            assertEquals(listOf(3, 2), plan.map { it.priority })
+            assertTrue(plan.all { !it.id.isNullOrEmpty() })
+        }
+    }
 }

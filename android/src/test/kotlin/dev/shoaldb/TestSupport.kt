@@ -23,7 +23,7 @@ private val loggerInstalled: Unit by lazy { Shoal.installLogger(JulLogger(), Log
 /**
  * A store in [dir] that never multicasts: mDNS is off, and it listens on loopback only when [listen] is set.
  */
-fun openStore(dir: Path, name: String, listen: Boolean = false, peers: List<String> = emptyList()): Store {
+suspend fun openStore(dir: Path, name: String, listen: Boolean = false, peers: List<String> = emptyList()): Store {
     loggerInstalled
     return Shoal.open(
         path = dir.resolve("$name.db").toString(),
@@ -33,12 +33,23 @@ fun openStore(dir: Path, name: String, listen: Boolean = false, peers: List<Stri
     )
 }
 
+/** Like [openStore], through [Shoal.openBlocking]: for tests that are not coroutines. */
+fun openStoreBlocking(dir: Path, name: String): Store {
+    loggerInstalled
+    return Shoal.openBlocking(
+        path = dir.resolve("$name.db").toString(),
+        deviceName = name,
+        appSecret = SECRET,
+        sync = SyncConfig(mdns = false),
+    )
+}
+
 /** Polls [check] every 50 ms until it returns non-null, failing after [patience] with [what] and the last state. */
 suspend fun <T : Any> eventually(
     what: String,
-    state: () -> Any? = { null },
+    state: suspend () -> Any? = { null },
     patience: Duration = PATIENCE,
-    check: () -> T?,
+    check: suspend () -> T?,
 ): T =
     withTimeoutOrNull(patience) {
         while (true) {

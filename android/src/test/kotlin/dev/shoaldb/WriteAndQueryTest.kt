@@ -71,7 +71,7 @@ class WriteAndQueryTest {
     }
 
     @Test
-    fun `a query filters with parameters, sorts and limits`() {
+    fun `a query filters with parameters, sorts and limits`() = runBlocking<Unit> {
         openStore(dir, "tasks").use { store ->
             val tasks = store.collection("tasks")
             listOf(
@@ -85,14 +85,14 @@ class WriteAndQueryTest {
 
             val query = Query(
                 filter = "done == false && priority >= \$min",
-                params = mapOf("min" to "2"),
+                params = params("min" to 2),
                 sort = listOf(SortKey("priority", descending = true), SortKey("title")),
                 limit = 3u,
             )
             val titles = tasks.find(query).map { doc(it)["title"]!!.jsonPrimitive.content }
             assertEquals(listOf("report", "taxes", "email"), titles)
 
-            val home = tasks.find(Query(filter = "tags contains \$tag && !done", params = mapOf("tag" to "\"home\""),
+            val home = tasks.find(Query(filter = "tags contains \$tag && !done", params = params("tag" to "home"),
                 sort = listOf(SortKey("_id"))))
             assertEquals(listOf("t1", "t2", "t4"), home.map { doc(it)["_id"]!!.jsonPrimitive.content })
 
@@ -101,5 +101,59 @@ class WriteAndQueryTest {
             expectThrows<ShoalException.InvalidArgument> { tasks.find(Query(filter = "priority > \$missing")) }
             assertTrue(tasks.find(Query(filter = "priority > 100")).isEmpty())
         }
+    }
+
+    @Test
+    fun `a query takes native parameters - numbers, strings, booleans, and lists for in`() = runBlocking<Unit> {
+        openStore(dir, "params").use { store ->
+            val tasks = store.collection("tasks")
+            store.write {
+                upsert(tasks, """{"_id": "t1", "title": "taxes", "priority": 3, "done": false, "area": "home"}""")
+                upsert(tasks, """{"_id": "t2", "title": "mow", "priority": 2, "done": false, "area": "garden"}""")
+                upsert(tasks, """{"_id": "t3", "title": "report", "priority": 5, "done": false, "area": "work"}""")
+                upsert(tasks, """{"_id": "t4", "title": "weeds", "priority": 4, "done": false, "area": "garden"}""")
+                upsert(tasks, """{"_id": "t5", "title": "bills", "priority": 4, "done": true, "area": "home"}""")
+                upsert(tasks, """{"_id": "t6", "title": "dishes", "priority": 1, "done": false, "area": "home"}""")
+            }
+            fun ids(docs: List<String>) = docs.map { doc(it)["_id"]!!.jsonPrimitive.content }
+
+            val query = Query(
+                filter = "priority >= \$min && area in \$areas && done == \$done && title != \$skip",
+                params = params("min" to 2, "areas" to listOf("home", "garden"), "done" to false, "skip" to "mow"),
+                sort = listOf(SortKey("_id")),
+            )
+            assertEquals(listOf("t1", "t4"), ids(tasks.find(query)))
+            val skipNone = query.copy(params = query.params + params("skip" to null)) // `title != null`
+            assertEquals(listOf("t1", "t2", "t4"), ids(tasks.find(skipNone)))
+
+            // Arrays, Long, Short, Double and Float convert too; an integer equals a double of the same value.
+            fun priority(filter: String, value: Any) =
+                Query(filter = filter, params = params("p" to value), sort = listOf(SortKey("_id")))
+            val oneOrFive = arrayOf<Any>(1L, 5.toShort())
+            assertEquals(listOf("t3", "t6"), ids(tasks.find(priority("priority in \$p", oneOrFive))))
+            assertEquals(listOf("t3"), ids(tasks.find(priority("priority == \$p", 5.0f))))
+            assertEquals(listOf("t3"), ids(tasks.findBlocking(priority("priority > \$p", 4.5))))
+        }
+    }
+
+    @Test
+    fun `params converts Kotlin values to query values and names the one it cannot`() {
+        assertEquals(
+            mapOf(
+                "n" to QueryValue.Int(3),
+                "s" to QueryValue.String("x"),
+                "b" to QueryValue.Bool(true),
+                "none" to QueryValue.Null,
+                "nested" to QueryValue.Array(
+                    listOf(QueryValue.Int(1), QueryValue.Array(listOf(QueryValue.Double(0.5)))),
+                ),
+                "as is" to QueryValue.Double(2.0),
+            ),
+            params("n" to 3.toByte(), "s" to "x", "b" to true, "none" to null, "nested" to listOf(1, setOf(0.5f)),
+                "as is" to QueryValue.Double(2.0)),
+        )
+        val e = expectThrows<IllegalArgumentException> { params("ok" to 1, "when" to listOf("a", java.util.Date())) }
+        assertTrue(e.message!!.startsWith("query parameter \$when[1]: java.util.Date is not a query value"), e.message)
+        expectThrows<IllegalArgumentException> { QueryValue.of(mapOf("a" to 1)) }
     }
 }

@@ -201,7 +201,7 @@ class AndroidKeystoreVaultTest {
     @Test
     fun aStoreKeepsItsKeysInTheVault() {
         val db = File(temp.root, "store.db")
-        fun open(): Store = Store.open(
+        fun open(): Store = Store.openBlocking(
             StoreConfig(
                 path = db.path,
                 deviceName = "phone",
@@ -228,7 +228,7 @@ class AndroidKeystoreVaultTest {
 
         // The Keystore key gone (a restored phone with the files): the store refuses to open, saying why.
         try {
-            Store.open(StoreConfig(path = db.path, deviceName = "phone", keyVault = vault(softwareKey()))).close()
+            Store.openBlocking(StoreConfig(path = db.path, deviceName = "phone", keyVault = vault(softwareKey()))).close()
             fail("opened with keys that cannot be decrypted")
         } catch (e: dev.shoaldb.ShoalException.Storage) {
             assertTrue(e.message, e.message!!.contains("cannot be decrypted"))
