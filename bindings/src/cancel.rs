@@ -5,12 +5,14 @@
 //! - the foreign future is dropped — what Kotlin does when the calling coroutine is cancelled (UniFFI frees the Rust
 //!   future): [`Work`]'s drop raises the flag the work checks and aborts the task if it has not started;
 //! - its [`Cancellation`] is cancelled — what the Swift layer does when the calling `Task` is cancelled (Swift's
-//!   generated code awaits the future to the end, so it needs a token): the call returns
-//!   [`ShoalError::Cancelled`] at once, and the work is stopped the same way.
+//!   generated code awaits the future to the end, so it needs a token): the work sees it at its next check and
+//!   the call returns what the work ended with — [`ShoalError::Cancelled`] when it stopped, its result when it
+//!   was past its last check (a write already committing), so the caller learns whether the write happened. An
+//!   async task (an attachment fetch) is dropped at once.
 //!
 //! Work that is not done yet when it is stopped: a write that has not begun does not begin, a batch of writes
 //! stops between two of them and rolls back, a file being streamed stops, an attachment fetch is cancelled. A
-//! single write that is already committing finishes (whole), and a read already running finishes unobserved.
+//! write that is already committing finishes (whole), and a read already running finishes.
 
 use crate::error::{guard, panic_message, ShoalError};
 use std::future::Future;
@@ -147,7 +149,7 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> ShoalError {
     }
 }
 
-/// Waits for `work`, or returns `Cancelled` as soon as `token` is cancelled (dropping, so stopping, the work).
+/// Waits for async `work`, or returns `Cancelled` as soon as `token` is cancelled (dropping, so stopping, it).
 async fn until_cancelled<T>(work: Work<T>, token: Option<Arc<Cancellation>>) -> Result<T, ShoalError> {
     match token {
         None => work.await,
@@ -160,16 +162,22 @@ async fn until_cancelled<T>(work: Work<T>, token: Option<Arc<Cancellation>>) -> 
 }
 
 /// Runs blocking store work `f` on `handle`'s blocking pool, giving it the [`Check`] to consult in long loops.
+/// Work still waiting for a thread when its caller gives up does not start.
 pub(crate) async fn blocking<T: Send + 'static>(
     handle: &Handle,
     token: Option<Arc<Cancellation>>,
     f: impl FnOnce(&Check) -> Result<T, ShoalError> + Send + 'static,
 ) -> Result<T, ShoalError> {
-    let check = Check::new(token.clone());
+    let check = Check::new(token);
     check.go_on()?;
     let dropped = check.dropped.clone();
-    let task = handle.spawn_blocking(move || guard(|| f(&check)));
-    until_cancelled(Work { task, dropped }, token).await
+    let task = handle.spawn_blocking(move || {
+        guard(|| {
+            check.go_on()?;
+            f(&check)
+        })
+    });
+    Work { task, dropped }.await
 }
 
 /// Runs async work `f` on `handle` (the store's runtime), stopped by dropping when its caller gives up.
@@ -215,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_stops_the_call_at_once_and_the_work_at_its_next_check() {
+    fn a_token_stops_the_work_at_its_next_check_and_the_call_returns_cancelled() {
         let rt = runtime();
         let token = Cancellation::new();
         let steps = Arc::new(AtomicUsize::new(0));
@@ -233,8 +241,32 @@ mod tests {
         assert!(matches!(outcome, Err(ShoalError::Cancelled)), "{outcome:?}");
         let stopped = steps.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(50));
-        assert!(steps.load(Ordering::SeqCst) <= stopped + 1, "the work stopped at its next check");
+        assert_eq!(steps.load(Ordering::SeqCst), stopped, "the work had stopped when the call returned");
         assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn work_past_its_last_check_returns_its_result_to_a_cancelled_caller() {
+        // As a write that is committing: the caller learns that it happened.
+        let rt = runtime();
+        let token = Cancellation::new();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let handle = rt.handle().clone();
+        let cancel = Some(token.clone());
+        let call = rt.spawn(async move {
+            blocking(&handle, cancel, move |_| {
+                let _ = started_tx.send(());
+                let _ = go_rx.recv();
+                Ok("committed")
+            })
+            .await
+        });
+        started_rx.recv().expect("the work started");
+        token.cancel();
+        go_tx.send(()).expect("release the work");
+        let outcome = rt.block_on(call).expect("join");
+        assert_eq!(outcome.ok(), Some("committed"));
     }
 
     #[test]

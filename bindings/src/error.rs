@@ -37,9 +37,10 @@ pub enum ShoalError {
     /// says which). Every other device would refuse it, so the store refuses it first; nothing was changed.
     #[error("{0}")]
     NotPermitted(String),
-    /// The call was cancelled through its `Cancellation` (Swift: the calling `Task` was cancelled; Kotlin callers
-    /// see the coroutine's `CancellationException` instead). A write cancelled before it committed changed nothing;
-    /// one cancelled while committing may have committed, whole.
+    /// The call was cancelled through its `Cancellation` (Swift: the calling `Task` was cancelled, and the Swift
+    /// layer throws `CancellationError` instead; Kotlin callers see the coroutine's `CancellationException`). A
+    /// call that ends with it changed nothing: a write that was already committing when cancelled finishes and
+    /// returns its result.
     #[error("cancelled")]
     Cancelled,
     /// The store was closed; open it again.

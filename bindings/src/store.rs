@@ -22,8 +22,9 @@ use tokio::sync::watch;
 #[derive(Clone, uniffi::Record)]
 pub struct StoreConfig {
     /// The database file (created if missing). It holds no private key (see `keyVault`), so it may be backed up;
-    /// a phone app usually keeps it in the no-backup files directory all the same (Android
-    /// `Context.getNoBackupFilesDir()`, iOS `isExcludedFromBackup`) and lets sync, not backup, restore its data.
+    /// a phone app usually keeps it out of backups all the same (Android: `ShoalAndroid.databasePath`, in
+    /// `Context.getNoBackupFilesDir()`; Apple: `Shoal.databasePath`, a directory marked `isExcludedFromBackup`) and
+    /// lets sync, not backup, restore its data.
     pub path: String,
     /// This device's name, shown to the other devices (e.g. "Ana's phone").
     pub device_name: String,

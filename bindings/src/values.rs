@@ -121,7 +121,7 @@ pub enum QueryValue {
     /// A string.
     String { value: String },
     /// A list, for `in $names` or equality with an array field.
-    List { items: Vec<QueryValue> },
+    Array { items: Vec<QueryValue> },
 }
 
 impl QueryValue {
@@ -136,7 +136,7 @@ impl QueryValue {
                     .ok_or_else(|| invalid(format!("parameter ${name}: {value} is not a finite number")))?,
             ),
             QueryValue::String { value } => J::String(value),
-            QueryValue::List { items } => {
+            QueryValue::Array { items } => {
                 J::Array(items.into_iter().map(|v| v.into_json(name)).collect::<Result<_, _>>()?)
             }
         })
@@ -397,7 +397,7 @@ mod tests {
         assert!(q.clone().into_core().is_ok());
         let nan = Query { params: [("min".to_string(), QueryValue::Double { value: f64::NAN })].into(), ..q };
         assert!(matches!(nan.into_core(), Err(ShoalError::InvalidArgument(m)) if m.contains("$min")));
-        let list = QueryValue::List {
+        let list = QueryValue::Array {
             items: vec![QueryValue::String { value: "a".into() }, QueryValue::Null, QueryValue::Bool { value: true }],
         };
         assert_eq!(list.into_json("x").expect("list"), serde_json::json!(["a", null, true]));

@@ -12,7 +12,7 @@ import Security
 /// that no backup or copy of the database carries them. Pass one when opening a store:
 ///
 /// ```swift
-/// let store = try Store.open(path: dbPath, deviceName: "Ana's iPhone", keyVault: KeychainVault())
+/// let store = try await Store.open(path: dbPath, deviceName: "Ana's iPhone", keyVault: KeychainVault())
 /// ```
 ///
 /// Each entry is a generic-password item (`kSecClassGenericPassword`) whose `kSecAttrService` is ``service`` and

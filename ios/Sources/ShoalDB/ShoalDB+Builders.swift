@@ -1,4 +1,4 @@
-// Builders for edits and atomic writes, and FieldValue from Swift values.
+// Builders for edits and atomic writes, and FieldValue and QueryValue (query parameters) from Swift values.
 
 import Foundation
 
@@ -67,6 +67,63 @@ extension FieldValue: ExpressibleByNilLiteral {
     public init(nilLiteral: ()) { self = .null }
 }
 
+// MARK: - Query parameters
+
+extension QueryValue {
+    /// A string.
+    public init(_ value: String) { self = .string(value: value) }
+    /// An integer.
+    public init(_ value: Int) { self = .int(value: Int64(value)) }
+    /// An integer.
+    public init(_ value: Int64) { self = .int(value: value) }
+    /// A double (NaN and infinities are refused when the query runs).
+    public init(_ value: Double) { self = .double(value: value) }
+    /// A boolean.
+    public init(_ value: Bool) { self = .bool(value: value) }
+    /// A list, for `field in $names` or equality with an array field.
+    public init(_ items: [QueryValue]) { self = .array(items: items) }
+    /// A list of strings, e.g. `QueryValue(selectedTags)` for `tag in $tags`.
+    public init(_ items: [String]) { self = .array(items: items.map { .string(value: $0) }) }
+    /// A list of integers.
+    public init(_ items: [Int]) { self = .array(items: items.map { .int(value: Int64($0)) }) }
+}
+
+/// `"text"` is `QueryValue.string`: `Query(filter: "title == $t", params: ["t": "milk"])`.
+extension QueryValue: ExpressibleByStringLiteral {
+    /// A string.
+    public init(stringLiteral value: String) { self = .string(value: value) }
+}
+
+/// `42` is `QueryValue.int`.
+extension QueryValue: ExpressibleByIntegerLiteral {
+    /// An integer.
+    public init(integerLiteral value: Int64) { self = .int(value: value) }
+}
+
+/// `1.5` is `QueryValue.double`.
+extension QueryValue: ExpressibleByFloatLiteral {
+    /// A double.
+    public init(floatLiteral value: Double) { self = .double(value: value) }
+}
+
+/// `true` is `QueryValue.bool`.
+extension QueryValue: ExpressibleByBooleanLiteral {
+    /// A boolean.
+    public init(booleanLiteral value: Bool) { self = .bool(value: value) }
+}
+
+/// `["a", "b"]` is `QueryValue.list`: `Query(filter: "tag in $tags", params: ["tags": ["a", "b"]])`.
+extension QueryValue: ExpressibleByArrayLiteral {
+    /// A list.
+    public init(arrayLiteral items: QueryValue...) { self = .array(items: items) }
+}
+
+/// `nil` is `QueryValue.null` (which matches a missing field too).
+extension QueryValue: ExpressibleByNilLiteral {
+    /// JSON `null`.
+    public init(nilLiteral: ()) { self = .null }
+}
+
 // MARK: - Edits
 
 /// Collects the edits of one document, for `Collection.update(_:_:)` and `WriteBatch.update(_:in:_:)`.
@@ -123,10 +180,13 @@ public final class DocumentEditor {
 }
 
 extension Collection {
-    /// Apply the edits `build` makes to document `id`, in one transaction: all of them or none.
+    #if compiler(>=6)
+    /// Apply the edits `build` makes to document `id`, in one transaction: all of them or none. `build` runs first,
+    /// on the caller's actor; the write runs on Shoal's threads, cancelled with the calling task
+    /// (`CancellationError`: nothing was written).
     ///
     /// ```swift
-    /// try tasks.update("t1") { doc in
+    /// try await tasks.update("t1") { doc in
     ///     doc.set("done", true)
     ///     doc.increment("views")
     /// }
@@ -135,10 +195,32 @@ extension Collection {
     /// - Throws: `ShoalError.NotFound` if the document does not exist, `ShoalError.InvalidArgument` for an edit
     ///   that does not fit (a bad path, `increment` on text…), or whatever `build` throws (then nothing is
     ///   written).
-    public func update(_ id: String, _ build: (DocumentEditor) throws -> Void) throws {
+    public func update(
+        _ id: String,
+        isolation: isolated (any Actor)? = #isolation,
+        _ build: (DocumentEditor) throws -> Void
+    ) async throws {
         let editor = DocumentEditor()
         try build(editor)
-        try update(id: id, edits: editor.edits)
+        try await update(id: id, edits: editor.edits)
+    }
+    #else
+    /// Apply the edits `build` makes to document `id`, in one transaction: all of them or none.
+    ///
+    /// - Throws: `ShoalError.NotFound` if the document does not exist, `ShoalError.InvalidArgument` for an edit
+    ///   that does not fit, or whatever `build` throws (then nothing is written).
+    public func update(_ id: String, _ build: (DocumentEditor) throws -> Void) async throws {
+        let editor = DocumentEditor()
+        try build(editor)
+        try await update(id: id, edits: editor.edits)
+    }
+    #endif
+
+    /// Like `update(_:_:)`, on the calling thread (blocking it until done): for background threads only.
+    public func updateBlocking(_ id: String, _ build: (DocumentEditor) throws -> Void) throws {
+        let editor = DocumentEditor()
+        try build(editor)
+        try updateBlocking(id: id, edits: editor.edits)
     }
 }
 

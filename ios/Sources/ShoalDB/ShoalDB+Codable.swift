@@ -34,35 +34,108 @@ func decodeJSON<T: Decodable>(_ type: T.Type, _ json: String, _ decoder: JSONDec
 }
 
 extension Collection {
-    /// Insert `value`, or merge it into the document named by its `_id` (other fields are kept). `value` must
-    /// encode to a JSON object; name its id property `_id` in its `CodingKeys` (e.g. `case id = "_id"`).
-    /// Nested objects become maps merged field by field; every other value is a last-writer-wins register.
+    #if compiler(>=6)
+    /// Write `value` as its document: the document named by its `_id`, changing only the fields whose value differs
+    /// from the stored one, or a new document. `value` must encode to a JSON object; name its id property `_id` in
+    /// its `CodingKeys` (e.g. `case id = "_id"`). Nested objects become maps compared field by field; every other
+    /// value is a last-writer-wins register.
+    ///
+    /// Writing back a value read earlier with one property changed writes that property only: a concurrent edit of
+    /// another property on another device is not undone by the unchanged old value. A property that encodes to
+    /// nothing (a `nil` optional, with `JSONEncoder`'s default) leaves the stored field as it is: remove a field
+    /// with `update(_:_:)` (`$0.remove("note")`). The value is encoded on the caller's actor; the write runs on
+    /// Shoal's threads, cancelled with the calling task (`CancellationError`: nothing was written).
+    ///
+    /// ```swift
+    /// var todo = try await todos.get(Todo.self, id: "milk")!
+    /// todo.title = "Buy oat milk"
+    /// try await todos.upsert(todo)   // writes `title` only
+    /// ```
     ///
     /// - Returns: The document's id (generated, time-sortable, when `value` has no `_id`).
     /// - Throws: `EncodingError`, or `ShoalError.InvalidArgument` when `value` is not a JSON object.
     @discardableResult
-    public func upsert<T: Encodable>(_ value: T, encoder: JSONEncoder = .shoal()) throws -> String {
-        try upsert(json: encodeJSON(value, encoder))
+    public func upsert<T: Encodable>(
+        _ value: T,
+        encoder: JSONEncoder = .shoal(),
+        isolation: isolated (any Actor)? = #isolation
+    ) async throws -> String {
+        try await upsertChanged(json: encodeJSON(value, encoder))
     }
 
-    /// Document `id` decoded as a `T`, or `nil` when there is no such document.
+    /// Document `id` decoded as a `T`, or `nil` when there is no such document. The read runs on Shoal's threads,
+    /// cancelled with the calling task (`CancellationError`); decoding runs on the caller's actor.
     ///
     /// - Throws: `DecodingError` when the document does not fit `T`.
-    public func get<T: Decodable>(_ type: T.Type, id: String, decoder: JSONDecoder = .shoal()) throws -> T? {
-        guard let json = try get(id: id) else { return nil }
+    public func get<T: Decodable>(
+        _ type: T.Type,
+        id: String,
+        decoder: JSONDecoder = .shoal(),
+        isolation: isolated (any Actor)? = #isolation
+    ) async throws -> T? {
+        guard let json = try await get(id: id) else { return nil }
         return try decodeJSON(type, json, decoder)
     }
 
-    /// The documents matching `query`, in its order, decoded as `T`s.
+    /// The documents matching `query`, in its order, decoded as `T`s. The query runs on Shoal's threads, cancelled
+    /// with the calling task (`CancellationError`); decoding runs on the caller's actor.
     ///
     /// - Throws: `ShoalError.InvalidArgument` for a malformed query, `DecodingError` when a document does not
     ///   fit `T`.
     public func find<T: Decodable>(
         _ type: T.Type,
         _ query: Query = Query(),
+        decoder: JSONDecoder = .shoal(),
+        isolation: isolated (any Actor)? = #isolation
+    ) async throws -> [T] {
+        try await find(query: query).map { try decodeJSON(type, $0, decoder) }
+    }
+    #else
+    /// Write `value` as its document, changing only the fields that differ from the stored ones (see
+    /// `upsertChanged(json:)`); a new document when there is none.
+    ///
+    /// - Returns: The document's id.
+    @discardableResult
+    public func upsert<T: Encodable>(_ value: T, encoder: JSONEncoder = .shoal()) async throws -> String {
+        try await upsertChanged(json: encodeJSON(value, encoder))
+    }
+
+    /// Document `id` decoded as a `T`, or `nil` when there is no such document.
+    public func get<T: Decodable>(_ type: T.Type, id: String, decoder: JSONDecoder = .shoal()) async throws -> T? {
+        guard let json = try await get(id: id) else { return nil }
+        return try decodeJSON(type, json, decoder)
+    }
+
+    /// The documents matching `query`, in its order, decoded as `T`s.
+    public func find<T: Decodable>(
+        _ type: T.Type,
+        _ query: Query = Query(),
+        decoder: JSONDecoder = .shoal()
+    ) async throws -> [T] {
+        try await find(query: query).map { try decodeJSON(type, $0, decoder) }
+    }
+    #endif
+
+    /// Like `upsert(_:encoder:)` (only the fields that differ are written), on the calling thread (blocking it
+    /// until done): for background threads only.
+    @discardableResult
+    public func upsertBlocking<T: Encodable>(_ value: T, encoder: JSONEncoder = .shoal()) throws -> String {
+        try upsertChangedBlocking(json: encodeJSON(value, encoder))
+    }
+
+    /// Like `get(_:id:decoder:)`, on the calling thread (blocking it until done): for background threads only.
+    public func getBlocking<T: Decodable>(_ type: T.Type, id: String, decoder: JSONDecoder = .shoal()) throws -> T? {
+        guard let json = try getBlocking(id: id) else { return nil }
+        return try decodeJSON(type, json, decoder)
+    }
+
+    /// Like `find(_:_:decoder:)`, on the calling thread (blocking it until done): for background threads only.
+    public func findBlocking<T: Decodable>(
+        _ type: T.Type,
+        _ query: Query = Query(),
         decoder: JSONDecoder = .shoal()
     ) throws -> [T] {
-        try find(query: query).map { try decodeJSON(type, $0, decoder) }
+        try findBlocking(query: query).map { try decodeJSON(type, $0, decoder) }
     }
 }
 

@@ -32,11 +32,11 @@ func giveUp(_ message: String) -> Never {
 }
 
 /// Polls `condition` every 100 ms until it holds; gives up at the deadline.
-func waitUntil(_ what: String, _ condition: () throws -> Bool) async {
+func waitUntil(_ what: String, _ condition: () async throws -> Bool) async {
     progress("waiting until \(what)")
     while true {
         do {
-            if try condition() { break }
+            if try await condition() { break }
         } catch {
             progress("while waiting until \(what): \(error)")
         }
@@ -46,8 +46,9 @@ func waitUntil(_ what: String, _ condition: () throws -> Bool) async {
     progress("done: \(what)")
 }
 
-func documents(_ collection: Collection) throws -> [[String: Any]] {
-    try collection.all().map { text in
+@MainActor
+func documents(_ collection: Collection) async throws -> [[String: Any]] {
+    try await collection.all().map { text in
         guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
             throw ShoalError.InvalidArgument(message: "not a JSON object: \(text)")
         }
@@ -63,7 +64,7 @@ default: Shoal.installDefaultLogger(level: .warn)
 }
 
 do {
-    let store = try Store.open(
+    let store = try await Store.open(
         path: db,
         deviceName: name,
         appSecret: secret,
@@ -74,23 +75,23 @@ do {
     progress("sync started, listening on \(store.listenAddress() ?? "nothing"), dialling \(connect)")
     let mesh = try store.collection(name: "mesh")
     let me = try JSONSerialization.data(withJSONObject: ["_id": name, "from": name])
-    _ = try mesh.upsert(json: String(decoding: me, as: UTF8.self))
+    _ = try await mesh.upsert(json: String(decoding: me, as: UTF8.self))
     progress("upserted my document")
 
-    await waitUntil("the mesh collection has 3 documents") { try mesh.all().count >= 3 }
-    let ids = try documents(mesh).compactMap { $0["_id"] as? String }
+    await waitUntil("the mesh collection has 3 documents") { try await mesh.all().count >= 3 }
+    let ids = try await documents(mesh).compactMap { $0["_id"] as? String }
     for id in ids {
-        try mesh.update(id: id, edits: [.set(path: "seen_by_\(name)", value: .bool(value: true))])
+        try await mesh.update(id: id, edits: [.set(path: "seen_by_\(name)", value: .bool(value: true))])
     }
     progress("marked \(ids) seen_by_\(name)")
 
     await waitUntil("every document is seen by kotlin and swift") {
-        let docs = try documents(mesh)
+        let docs = try await documents(mesh)
         return docs.count >= 3 && docs.allSatisfy {
             ($0["seen_by_kotlin"] as? Bool) == true && ($0["seen_by_swift"] as? Bool) == true
         }
     }
-    let dump = try mesh.all().joined(separator: "\n") + "\n"
+    let dump = try await mesh.all().joined(separator: "\n") + "\n"
     let tmp = db + ".dump.tmp"
     try Data(dump.utf8).write(to: URL(fileURLWithPath: tmp))
     guard rename(tmp, db + ".dump") == 0 else { giveUp("cannot rename \(tmp) to \(db).dump: errno \(errno)") }

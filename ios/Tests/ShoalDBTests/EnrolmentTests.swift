@@ -7,9 +7,9 @@ func isCertificateError(_ e: Error) -> Bool { if case ShoalError.Certificate = e
 func isNotPermitted(_ e: Error) -> Bool { if case ShoalError.NotPermitted = e { return true }; return false }
 
 /// A store with no app secret (certificates only), listening on loopback only, without mDNS.
-private func openEnrollable(_ dir: String, _ name: String, peers: [String] = []) throws -> Store {
-    try Store.open(path: "\(dir)/\(name).db", deviceName: name,
-                   sync: SyncConfig(listen: "127.0.0.1:0", mdns: false, peers: peers))
+private func openEnrollable(_ dir: String, _ name: String, peers: [String] = []) async throws -> Store {
+    try await Store.open(path: "\(dir)/\(name).db", deviceName: name,
+                         sync: SyncConfig(listen: "127.0.0.1:0", mdns: false, peers: peers))
 }
 
 /// Enrols `store` with `authority`: request → certificate → install.
@@ -39,13 +39,13 @@ func testEnrolledStoresSync() async throws {
     try expectEqual(sameAuthority.publicKey(), authority.publicKey(), "the key survives a round trip")
     let other = try Authority.generate()
 
-    let a = try openEnrollable(dir, "A")
+    let a = try await openEnrollable(dir, "A")
     defer { a.shutdown() }
     try await enrol(a, "A", authority, serial: 1)
-    let revoked = try openEnrollable(dir, "Revoked")
+    let revoked = try await openEnrollable(dir, "Revoked")
     defer { revoked.shutdown() }
     let revokedInfo = try await enrol(revoked, "Revoked", authority, serial: 3)
-    let stranger = try openEnrollable(dir, "Stranger")
+    let stranger = try await openEnrollable(dir, "Stranger")
     defer { stranger.shutdown() }
     try await enrol(stranger, "Stranger", other, serial: 1)
 
@@ -62,20 +62,20 @@ func testEnrolledStoresSync() async throws {
 
     try await a.startSync()
     guard let address = a.listenAddress() else { throw fail("A has no listen address") }
-    _ = try a.collection(name: "tasks").upsert(json: #"{"_id": "t1", "title": "from A"}"#)
-    let b = try openEnrollable(dir, "B", peers: [address])
+    _ = try await a.collection(name: "tasks").upsert(json: #"{"_id": "t1", "title": "from A"}"#)
+    let b = try await openEnrollable(dir, "B", peers: [address])
     defer { b.shutdown() }
     try await enrol(b, "B", sameAuthority, serial: 2)
     try await b.startSync()
     let tasksB = try b.collection(name: "tasks")
-    try await eventually("B receiving A's document over a certified link") { try tasksB.get(id: "t1") != nil }
+    try await eventually("B receiving A's document over a certified link") { try await tasksB.get(id: "t1") != nil }
     try await eventually("B and A seeing each other") {
         b.peers().map(\.name) == ["A"] && a.peers().map(\.name) == ["B"]
     }
 
     // The revoked store and the other authority's store dial A too.
     for store in [revoked, stranger] {
-        _ = try store.collection(name: "tasks").upsert(json: #"{"_id": "theirs"}"#)
+        _ = try await store.collection(name: "tasks").upsert(json: #"{"_id": "theirs"}"#)
         try store.connect(address: address)
         try await store.startSync()
     }
@@ -85,17 +85,17 @@ func testEnrolledStoresSync() async throws {
     await sleep(ms: 2_000)  // time for the stranger's dials too: no link comes up
     for store in [revoked, stranger] {
         try expect(store.peers().isEmpty, "no link came up: \(store.peers().map(\.name))")
-        try expectEqual(try store.collection(name: "tasks").get(id: "t1"), nil, "nothing of A's reached it")
+        try expectEqual(try await store.collection(name: "tasks").get(id: "t1"), nil, "nothing of A's reached it")
     }
     try expectEqual(a.peers().map(\.name), ["B"], "A is linked with B only")
-    try expectEqual(try a.collection(name: "tasks").get(id: "theirs"), nil, "nothing of theirs reached A")
+    try expectEqual(try await a.collection(name: "tasks").get(id: "theirs"), nil, "nothing of theirs reached A")
 }
 
 func testEnrolmentMistakes() async throws {
     let dir = try makeTempDir("enrolment-errors")
     defer { removeTempDir(dir) }
     let authority = try Authority.generate()
-    let store = try openEnrollable(dir, "Bare")
+    let store = try await openEnrollable(dir, "Bare")
     defer { store.shutdown() }
     try expect(try store.certificate() == nil, "no certificate")
     try await expectErrorAsync("sync with neither certificate nor secret", isCertificateError) {
@@ -121,7 +121,7 @@ func testEnrolmentMistakes() async throws {
         try await store.installCertificate(authorityPublicKey: "xyz", certificate: certificate)
     }
     try expectError("a short private key", isInvalidArgument) { _ = try Authority.fromPrivateKey(privateKey: Data(count: 5)) }
-    let other = try openStore(dir, "Other")
+    let other = try await openStore(dir, "Other")
     defer { other.shutdown() }
     try await expectErrorAsync("another device's certificate", isCertificateError) {
         try await other.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
@@ -130,10 +130,10 @@ func testEnrolmentMistakes() async throws {
     let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
     try expectEqual(info.grantDeviceId.count, 16)
     // The certificate grants reading only: the store refuses a write every peer would refuse.
-    try expectError("a write the certificate does not allow", isNotPermitted) {
-        _ = try store.collection(name: "tasks").upsert(json: #"{"_id": "t"}"#)
+    try await expectErrorAsync("a write the certificate does not allow", isNotPermitted) {
+        _ = try await store.collection(name: "tasks").upsert(json: #"{"_id": "t"}"#)
     }
-    try expect(try store.collection(name: "tasks").get(id: "t") == nil, "nothing written")
+    try expect(try store.collection(name: "tasks").getBlocking(id: "t") == nil, "nothing written")
     try await store.startSync()
     try expect(store.isSyncing(), "syncs with its certificate")
 }

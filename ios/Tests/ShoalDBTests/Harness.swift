@@ -72,6 +72,7 @@ func isInvalidArgument(_ e: Error) -> Bool { if case ShoalError.InvalidArgument 
 func isNotFound(_ e: Error) -> Bool { if case ShoalError.NotFound = e { return true }; return false }
 func isClosed(_ e: Error) -> Bool { if case ShoalError.Closed = e { return true }; return false }
 func isSyncError(_ e: Error) -> Bool { if case ShoalError.Sync = e { return true }; return false }
+func isCancellation(_ e: Error) -> Bool { e is CancellationError }
 
 func sleep(ms: UInt64) async {
     try? await Task.sleep(nanoseconds: ms * 1_000_000)
@@ -84,13 +85,13 @@ func eventually(
     timeout: Double = 30,
     file: StaticString = #fileID,
     line: UInt = #line,
-    _ condition: () throws -> Bool
+    _ condition: () async throws -> Bool
 ) async throws {
     let deadline = Date().addingTimeInterval(timeout)
     var lastError: Error?
     while Date() < deadline {
         do {
-            if try condition() { return }
+            if try await condition() { return }
         } catch {
             lastError = error
         }
@@ -115,8 +116,8 @@ func removeTempDir(_ path: String) {
 let testSecret = "swift test secret"
 
 /// Opens `name`.db in `dir`. Sync, when started, listens on a loopback port only, without mDNS.
-func openStore(_ dir: String, _ name: String, peers: [String] = []) throws -> Store {
-    try Store.open(
+func openStore(_ dir: String, _ name: String, peers: [String] = []) async throws -> Store {
+    try await Store.open(
         path: "\(dir)/\(name).db",
         deviceName: name,
         appSecret: testSecret,
@@ -126,11 +127,11 @@ func openStore(_ dir: String, _ name: String, peers: [String] = []) throws -> St
 
 /// Two stores syncing over loopback: A listens, B dials A's address. The caller shuts them down.
 func syncedPair(_ dir: String) async throws -> (Store, Store) {
-    let a = try openStore(dir, "A")
+    let a = try await openStore(dir, "A")
     try await a.startSync()
     guard let address = a.listenAddress() else { throw fail("A has no listen address") }
     try expect(address.hasPrefix("127.0.0.1:") && !address.hasSuffix(":0"), "listen address \(address)")
-    let b = try openStore(dir, "B", peers: [address])
+    let b = try await openStore(dir, "B", peers: [address])
     try await b.startSync()
     try expect(a.isSyncing() && b.isSyncing(), "both stores are syncing")
     return (a, b)

@@ -6,7 +6,7 @@ import ShoalDB
 func testIndexServesQuery() async throws {
     let dir = try makeTempDir("indexes")
     defer { removeTempDir(dir) }
-    let store = try openStore(dir, "shop")
+    let store = try await openStore(dir, "shop")
     defer { store.shutdown() }
     let items = try store.collection(name: "items")
     let kinds = ["a", "b", "c"]
@@ -16,13 +16,13 @@ func testIndexServesQuery() async throws {
             batch.upsert(json: #"{"_id": "\#(id)", "kind": "\#(kinds[i % 3])", "price": \#(i)}"#, into: "items")
         }
     }
-    try expectEqual(try items.all().count, 200)
-    try expectEqual(try items.indexes(), [], "a new collection has no index")
+    try expectEqual(try await items.all().count, 200)
+    try expectEqual(try await items.indexes(), [], "a new collection has no index")
 
     // `kind == "a"`, most expensive first, five of them.
     let priciestOfA = Query(
         filter: "kind == $k",
-        params: ["k": #""a""#],
+        params: ["k": "a"],
         sort: [SortKey(path: "price", descending: true)],
         limit: 5
     )
@@ -34,51 +34,55 @@ func testIndexServesQuery() async throws {
     }
 
     // Without an index: the right result, and a plan that uses no declared index.
-    let before = try items.find(query: priciestOfA)
+    let before = try await items.find(query: priciestOfA)
     try expectEqual(try ids(before), ["p198", "p195", "p192", "p189", "p186"])
-    let scan = try items.explain(query: priciestOfA)
+    let scan = try await items.explain(query: priciestOfA)
     try expectEqual(scan.indexes, [], "no index is declared yet: \(scan)")
     try expect(!scan.steps.isEmpty, "SQLite's plan has at least one step: \(scan)")
 
     // Declaring the index is new once, then does nothing.
-    try expect(try items.createIndex(paths: ["kind", "price"]), "the index is new")
-    try expect(try !items.createIndex(paths: ["kind", "price"]), "declaring it again does nothing")
-    let declared = try items.indexes()
+    let created = try await items.createIndex(paths: ["kind", "price"])
+    try expect(created, "the index is new")
+    try expect(try !items.createIndexBlocking(paths: ["kind", "price"]), "declaring it again does nothing")
+    let declared = try await items.indexes()
     try expectEqual(declared.count, 1, "indexes: \(declared)")
     let index = declared[0]
     try expectEqual(index.paths, ["kind", "price"])
     try expect(!index.name.isEmpty, "index name: \(index)")
 
     // The query now uses it, sorted in SQL, with the same result.
-    let plan = try items.explain(query: priciestOfA)
+    let plan = try await items.explain(query: priciestOfA)
     try expectEqual(plan.indexes, [index.name], "plan: \(plan)")
     try expect(plan.sortedInSql, "sorted in SQL: \(plan)")
-    try expectEqual(try items.find(query: priciestOfA), before)
+    try expectEqual(try await items.find(query: priciestOfA), before)
 
     // A write after the index exists shows in the indexed query.
-    try items.update("p003") { $0.set("price", 1000) }
-    try expectEqual(try ids(items.find(query: priciestOfA)), ["p003", "p198", "p195", "p192", "p189"])
-    try expectEqual(try items.getField(id: "p003", path: "price"), "1000")
+    try await items.update("p003") { $0.set("price", 1000) }
+    try expectEqual(try await ids(items.find(query: priciestOfA)), ["p003", "p198", "p195", "p192", "p189"])
+    try expectEqual(try await items.getField(id: "p003", path: "price"), "1000")
 
     // Dropping it: there was one, then there is none; the query still answers the same without it.
-    try expect(try items.dropIndex(paths: ["kind", "price"]), "there was an index to drop")
-    try expect(try !items.dropIndex(paths: ["kind", "price"]), "there is no index left to drop")
-    try expectEqual(try items.indexes(), [], "indexes after the drop")
-    try expectEqual(try items.explain(query: priciestOfA).indexes, [])
-    try expectEqual(try ids(items.find(query: priciestOfA)), ["p003", "p198", "p195", "p192", "p189"])
+    let dropped = try await items.dropIndex(paths: ["kind", "price"])
+    try expect(dropped, "there was an index to drop")
+    try expect(try !items.dropIndexBlocking(paths: ["kind", "price"]), "there is no index left to drop")
+    try expectEqual(try await items.indexes(), [], "indexes after the drop")
+    try expectEqual(try await items.explain(query: priciestOfA).indexes, [])
+    try expectEqual(try await ids(items.find(query: priciestOfA)), ["p003", "p198", "p195", "p192", "p189"])
 }
 
 func testInvalidIndex() async throws {
     let dir = try makeTempDir("bad-index")
     defer { removeTempDir(dir) }
-    let store = try openStore(dir, "shop")
+    let store = try await openStore(dir, "shop")
     defer { store.shutdown() }
     let items = try store.collection(name: "items")
-    _ = try items.upsert(json: #"{"_id": "p1", "kind": "a", "price": 1}"#)
-    try expectError("a key holding a double quote", isInvalidArgument) {
-        _ = try items.createIndex(paths: [#"`a"b`"#])
+    _ = try await items.upsert(json: #"{"_id": "p1", "kind": "a", "price": 1}"#)
+    try await expectErrorAsync("a key holding a double quote", isInvalidArgument) {
+        _ = try await items.createIndex(paths: [#"`a"b`"#])
     }
-    try expectError("no path", isInvalidArgument) { _ = try items.createIndex(paths: []) }
-    try expectError("a malformed path", isInvalidArgument) { _ = try items.createIndex(paths: ["kind..price"]) }
-    try expectEqual(try items.indexes(), [], "nothing was declared")
+    try await expectErrorAsync("no path", isInvalidArgument) { _ = try await items.createIndex(paths: []) }
+    try await expectErrorAsync("a malformed path", isInvalidArgument) {
+        _ = try await items.createIndex(paths: ["kind..price"])
+    }
+    try expectEqual(try await items.indexes(), [], "nothing was declared")
 }

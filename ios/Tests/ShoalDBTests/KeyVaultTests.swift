@@ -44,7 +44,7 @@ func testKeysLiveInTheVault() async throws {
     defer { removeTempDir(dir) }
     let path = "\(dir)/v.db"
     let vault = MemoryVault()
-    let store = try Store.open(config: StoreConfig(path: path, deviceName: "v", keyVault: vault))
+    let store = try await Store.open(config: StoreConfig(path: path, deviceName: "v", keyVault: vault))
     let request = try store.enrolmentRequest(name: "v")
     let entries = vault.entries
     try expectEqual(entries.keys.sorted(), ["noise-key", "signing-key"], "the vault's entries")
@@ -52,12 +52,12 @@ func testKeysLiveInTheVault() async throws {
     try expectEqual(noise.count, 64, "noise-key: private then public key")
     try expectEqual(signing.count, 32, "signing-key")
     try expect(request.contains(hex(noise.suffix(32))), "the request shows the vault's public noise key: \(request)")
-    _ = try store.collection(name: "notes").upsert(json: #"{"_id": "n1"}"#)
+    _ = try await store.collection(name: "notes").upsert(json: #"{"_id": "n1"}"#)
     let deviceId = try store.deviceId()
     store.shutdown()
 
     // Reopened with the same vault (through the convenience `open`): the same keys, the same device.
-    let again = try Store.open(path: path, deviceName: "v", keyVault: vault)
+    let again = try await Store.open(path: path, deviceName: "v", keyVault: vault)
     try expectEqual(try again.deviceId(), deviceId, "the same device id after a restart")
     try expectEqual(vault.entries, entries, "the vault's entries are unchanged")
     try expectEqual(vault.creates, 2, "nothing created on reopening")
@@ -83,21 +83,22 @@ func testVaultFailureFailsTheOpen() async throws {
     }
     let locked = MemoryVault(failing: CallbackError.Failed(reason: "the keychain is locked"))
     try expectError("a vault throwing CallbackError", isStorage(containing: "the keychain is locked")) {
-        _ = try Store.open(config: StoreConfig(path: "\(dir)/new.db", deviceName: "new", keyVault: locked))
+        _ = try Store.openBlocking(config: StoreConfig(path: "\(dir)/new.db", deviceName: "new", keyVault: locked))
     }
-    try expectError("a vault throwing its own error", isStorage(containing: "the vault service is down")) {
-        _ = try Store.open(path: "\(dir)/new.db", deviceName: "new", keyVault: MemoryVault(failing: VaultDown()))
+    try await expectErrorAsync("a vault throwing its own error", isStorage(containing: "the vault service is down")) {
+        _ = try await Store.open(path: "\(dir)/new.db", deviceName: "new", keyVault: MemoryVault(failing: VaultDown()))
     }
 
     // A store whose keys exist: a vault that cannot be read fails the open rather than make a second identity.
     let vault = MemoryVault()
-    let store = try Store.open(path: "\(dir)/v.db", deviceName: "v", keyVault: vault)
+    let store = try Store.openBlocking(path: "\(dir)/v.db", deviceName: "v", keyVault: vault)
     let deviceId = try store.deviceId()
     store.shutdown()
-    try expectError("an unreadable vault for an existing store", isStorage(containing: "the keychain is locked")) {
-        _ = try Store.open(path: "\(dir)/v.db", deviceName: "v", keyVault: locked)
+    try await expectErrorAsync("an unreadable vault for an existing store",
+                               isStorage(containing: "the keychain is locked")) {
+        _ = try await Store.open(path: "\(dir)/v.db", deviceName: "v", keyVault: locked)
     }
-    let again = try Store.open(path: "\(dir)/v.db", deviceName: "v", keyVault: vault)
+    let again = try await Store.open(path: "\(dir)/v.db", deviceName: "v", keyVault: vault)
     defer { again.shutdown() }
     try expectEqual(try again.deviceId(), deviceId, "the device is unchanged")
 }

@@ -37,6 +37,12 @@ let tests: [(String, () async throws -> Void)] = [
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),
     ("key vault: a vault that throws fails the open with Storage", testVaultFailureFailsTheOpen),
+    ("async calls and their blocking twins", testAsyncCallsAndBlockingTwins),
+    ("cancelling the Task rolls back the write in Rust", testCancellingTheTaskRollsBackTheWrite),
+    ("Codable write-back keeps the other device's edits", testCodableWriteBackKeepsOtherDevicesEdits),
+    ("documents stream: current, then latest results; typed", testDocumentsStream),
+    ("native query parameters: Int, Double, String, Bool, lists, nil", testNativeQueryParameters),
+    ("Shoal.databasePath: a directory of its own, ready for a store", testDatabasePathIsReadyForAStore),
     ("README example", readmeTest),
 ]
 

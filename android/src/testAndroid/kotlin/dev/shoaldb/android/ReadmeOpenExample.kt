@@ -15,7 +15,7 @@ import dev.shoaldb.Store
 internal suspend fun readmeOpenExample(context: Context): Store {
     ShoalAndroid.installLogcatLogger(LogLevel.INFO)              // once, e.g. in Application.onCreate
     val path = ShoalAndroid.databasePath(context)                // <noBackupFilesDir>/shoal.db
-    val store = Shoal.open(path, "Ana's phone", keyVault = ShoalAndroid.keyVault(context)) // keys: Android Keystore
+    val store = Shoal.open(path, "Ana's phone", keyVault = ShoalAndroid.keyVault(context)) // in a coroutine; keys: Android Keystore
     val lock = ShoalAndroid.multicastLock(context).apply { acquire() } // while LAN sync runs; release() after
     lock.release()
     return store
