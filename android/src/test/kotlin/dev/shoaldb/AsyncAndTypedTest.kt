@@ -2,6 +2,7 @@ package dev.shoaldb
 
 import kotlinx.coroutines.CancellationException
 import kotlinx.coroutines.CompletableDeferred
+import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.CoroutineStart
 import kotlinx.coroutines.async
 import kotlinx.coroutines.asCoroutineDispatcher
@@ -53,6 +54,27 @@ class AsyncAndTypedTest {
 
     private fun id(document: String): String = doc(document)["_id"]?.jsonPrimitive?.content ?: error("no _id")
 
+    /**
+     * Starts [call] at once on this thread, lets it run for 100 ms, cancels it and waits for it to end; returns what
+     * it threw ([what] names it in a failure).
+     */
+    private suspend fun CoroutineScope.cancelMidway(what: String, call: suspend () -> Unit): Throwable? {
+        var thrown: Throwable? = null
+        val job = launch(start = CoroutineStart.UNDISPATCHED) {
+            try {
+                call()
+            } catch (t: Throwable) {
+                thrown = t
+                throw t
+            }
+        }
+        assertTrue(job.isActive, "$what is in flight")
+        delay(100) // under way
+        job.cancel()
+        job.join()
+        return thrown
+    }
+
     @Test
     fun `a suspend write leaves its thread free for other coroutines`() = runBlocking<Unit> {
         Executors.newSingleThreadExecutor { Thread(it, "the-only-thread") }.asCoroutineDispatcher().use { single ->
@@ -92,19 +114,7 @@ class AsyncAndTypedTest {
         openStore(dir, "cancel").use { store ->
             val bulk = store.collection("bulk")
             val count = 100_000
-            var thrown: Throwable? = null
-            val job = launch(start = CoroutineStart.UNDISPATCHED) {
-                try {
-                    store.write(bulkBatch(count))
-                } catch (t: Throwable) {
-                    thrown = t
-                    throw t
-                }
-            }
-            assertTrue(job.isActive, "the write is in flight")
-            delay(100) // under way
-            job.cancel()
-            job.join()
+            val thrown = cancelMidway("the write") { store.write(bulkBatch(count)) }
             assertTrue(thrown is CancellationException, "the caller sees its own cancellation, got $thrown")
 
             // Writes are serialized: this one commits only after the cancelled batch has ended, one way or the other.
@@ -127,19 +137,7 @@ class AsyncAndTypedTest {
         val big = dir.resolve("big.bin").toFile()
         RandomAccessFile(big, "rw").use { it.setLength(320L * 1024 * 1024) }
         openStore(dir, "files").use { store ->
-            var thrown: Throwable? = null
-            val job = launch(start = CoroutineStart.UNDISPATCHED) {
-                try {
-                    store.putAttachmentFile(big.path, mapOf("name" to "big.bin"))
-                } catch (t: Throwable) {
-                    thrown = t
-                    throw t
-                }
-            }
-            assertTrue(job.isActive, "the upload is in flight")
-            delay(100) // under way
-            job.cancel()
-            job.join()
+            val thrown = cancelMidway("the upload") { store.putAttachmentFile(big.path, mapOf("name" to "big.bin")) }
             assertTrue(thrown is CancellationException, "the caller sees its own cancellation, got $thrown")
 
             // The token the file would have had: another store takes it in whole, uncancelled. That takes as long as
