@@ -139,11 +139,12 @@ impl<T> Drop for Work<T> {
     }
 }
 
+/// What a task of the store's runtime that did not finish means for its caller: a panic is `Internal`; a task
+/// cancelled under a caller still waiting was aborted by the runtime shutting down (a caller's own cancellation
+/// drops [`Work`], so nobody sees that error), so the store is `Closed`.
 pub(crate) fn join_error(e: tokio::task::JoinError) -> ShoalError {
     if e.is_panic() {
         ShoalError::Internal(panic_message(&*e.into_panic()))
-    } else if e.is_cancelled() {
-        ShoalError::Cancelled
     } else {
         ShoalError::Closed
     }
