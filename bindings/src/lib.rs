@@ -19,6 +19,7 @@ mod discovery;
 mod enrolment;
 mod error;
 mod logger;
+mod storage;
 mod store;
 mod values;
 mod vault;

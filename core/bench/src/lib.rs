@@ -1,7 +1,8 @@
 //! Shared pieces of the Shoal benchmark programs (`trace_bench`, `write_bench`, `sync_bench`, `ble_bench`,
-//! `attack_bench`).
+//! `attack_bench`, `storage_bench`).
 
 pub mod alloc;
+pub mod trace;
 
 /// Print one JSON row on stdout and flush it at once.
 pub fn emit(row: &serde_json::Value) {

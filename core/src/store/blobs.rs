@@ -48,6 +48,9 @@ pub(crate) fn write(
         .is_some();
     if exists {
         conn.prepare_cached("DELETE FROM blob_chunks WHERE hash = ?1")?.execute(params![&temp_key[..]])?;
+        // Stored again: a document naming it is about to be written, so its grace before collection starts over.
+        conn.prepare_cached("DELETE FROM gc_marks WHERE kind = ?1 AND hash = ?2")?
+            .execute(params![super::storage::UNREFERENCED, &hash[..]])?;
     } else {
         conn.prepare_cached("UPDATE blob_chunks SET hash = ?1 WHERE hash = ?2")?
             .execute(params![&hash[..], &temp_key[..]])?;

@@ -23,6 +23,7 @@ mod replica;
 mod replicate;
 mod requests;
 mod schema;
+mod storage;
 mod txn;
 
 pub use blobs::CHUNK_SIZE;
@@ -43,6 +44,7 @@ pub use replicate::{
 };
 pub use requests::AttachmentRequest;
 pub use schema::SCHEMA_VERSION;
+pub use storage::{GarbagePolicy, GarbageReport, StorageStats};
 pub use txn::WriteTxn;
 
 use crate::crdt::clock::{Hlc, PeerId, Timestamp};
@@ -248,6 +250,9 @@ impl Store {
         // The store uses a few dozen distinct statements; rusqlite's default cache of 16 would re-prepare them.
         conn.set_prepared_statement_cache_capacity(64);
         stable_query_plans(&conn);
+        // A new file returns the pages deletions free to the system when asked (`Store::collect_garbage`); on a
+        // file that already has tables this changes nothing (the collection converts it).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,

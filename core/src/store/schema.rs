@@ -154,6 +154,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX docs_with_parts ON docs (collection) WHERE parts > 0;
     "#,
+    // 9: garbage collection's marks (`Store::collect_garbage`): what a collection found unneeded, and since when;
+    //    what stays so for the policy's period is deleted by a later collection.
+    r#"
+    CREATE TABLE gc_marks (
+        kind  INTEGER NOT NULL,                -- 0: an attachment no document names; 1: a download making no progress
+        hash  BLOB NOT NULL,                   -- the attachment's hash
+        since INTEGER NOT NULL,                -- when a collection first saw it so (ms since the epoch)
+        seen  INTEGER NOT NULL,                -- kind 1: the bytes received by then
+        PRIMARY KEY (kind, hash)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

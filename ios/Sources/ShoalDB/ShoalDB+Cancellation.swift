@@ -187,6 +187,18 @@ extension Store {
         try await withTaskCancellation { try await hasAttachment(token: token, cancel: $0) }
     }
 
+    /// What this store's file holds, by kind (documents, change log, snapshots, attachments, free pages). Cancelled
+    /// with the calling task (`CancellationError`).
+    public func storageStats() async throws -> StorageStats {
+        try await withTaskCancellation { try await storageStats(cancel: $0) }
+    }
+
+    /// Delete what nothing here needs any more, as `policy` says (attachments no document names, stalled
+    /// downloads), then return free pages to the system. Cancelled with the calling task (`CancellationError`).
+    public func collectGarbage(policy: GarbagePolicy) async throws -> GarbageReport {
+        try await withTaskCancellation { try await collectGarbage(policy: policy, cancel: $0) }
+    }
+
     /// Store `bytes` as an attachment (the same bytes are stored once) and return its token, to put in a field
     /// (`FieldValue(token)`). Cancelled with the calling task (`CancellationError`).
     public func putAttachment(bytes: Data, meta: [String: String]) async throws -> AttachmentToken {

@@ -21,6 +21,7 @@ let tests: [(String, () async throws -> Void)] = [
     ("nested maps and dotted paths", testNestedMaps),
     ("arrays: push, insert, delete, items[0].done", testArrays),
     ("attachment field", testAttachmentField),
+    ("storage stats and garbage collection", testGarbageCollection),
     ("atomic multi-document write", testAtomicWrite),
     ("write builder on the main actor", testWriteFromMainActor),
     ("query: filter, params, sort, limit", testQuery),

@@ -8,122 +8,15 @@
 //! merge); `peak_bytes` is the peak of Rust heap allocations during the replay above the level before it (the trace
 //! itself is parsed before); `encoded_bytes` is the saved size at the end.
 
-use serde::Deserialize;
 use serde_json::json;
 use shoaldb::store::Replica as _;
+use shoaldb_bench::trace::{self, load_trace, replay_into_store, Patch, Trace, Txn};
 use shoaldb_bench::{alloc, emit};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
-
-// ---------------------------------------------------------------------------------------------------------------
-// Trace format
-
-#[derive(Deserialize)]
-struct RawTxn {
-    #[serde(default)]
-    agent: Option<usize>,
-    #[serde(default)]
-    parents: Option<Vec<usize>>,
-    patches: Vec<(usize, usize, String)>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawTrace {
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    start_content: String,
-    end_content: String,
-    #[serde(default)]
-    num_agents: Option<usize>,
-    txns: Vec<RawTxn>,
-}
-
-struct Patch {
-    pos: usize,
-    del: usize,
-    ins: String,
-}
-
-struct Txn {
-    agent: usize,
-    parents: Vec<usize>,
-    patches: Vec<Patch>,
-}
-
-struct Trace {
-    name: String,
-    concurrent: bool,
-    num_agents: usize,
-    start: String,
-    end: String,
-    txns: Vec<Txn>,
-    total_patches: usize,
-    /// Every character of the trace is in the Basic Multilingual Plane (so code points == UTF-16 units).
-    bmp_only: bool,
-}
-
-fn load_trace(path: &Path) -> Result<Trace, String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = if path.extension().is_some_and(|e| e == "gz") {
-        let mut s = String::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_string(&mut s)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        s
-    } else {
-        String::from_utf8(bytes).map_err(|e| format!("{}: {e}", path.display()))?
-    };
-    let raw: RawTrace = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = file.trim_end_matches(".gz").trim_end_matches(".json").to_string();
-    let concurrent = raw.kind.as_deref() == Some("concurrent") || raw.txns.iter().any(|t| t.parents.is_some());
-    let mut txns = Vec::with_capacity(raw.txns.len());
-    let mut total_patches = 0;
-    let mut bmp_only = raw.end_content.chars().chain(raw.start_content.chars()).all(|c| (c as u32) < 0x10000);
-    for (i, t) in raw.txns.into_iter().enumerate() {
-        let parents = match t.parents {
-            Some(p) => p,
-            None if concurrent => Vec::new(),
-            None => {
-                if i == 0 {
-                    Vec::new()
-                } else {
-                    vec![i - 1]
-                }
-            }
-        };
-        if let Some(&p) = parents.iter().find(|&&p| p >= i) {
-            return Err(format!("txn {i} has parent {p}, not an earlier txn"));
-        }
-        total_patches += t.patches.len();
-        let patches: Vec<Patch> = t.patches.into_iter().map(|(pos, del, ins)| Patch { pos, del, ins }).collect();
-        bmp_only &= patches.iter().all(|p| p.ins.chars().all(|c| (c as u32) < 0x10000));
-        txns.push(Txn { agent: t.agent.unwrap_or(0), parents, patches });
-    }
-    let num_agents = raw.num_agents.unwrap_or(1).max(txns.iter().map(|t| t.agent + 1).max().unwrap_or(1));
-    if concurrent && !raw.start_content.is_empty() {
-        return Err("concurrent traces with startContent are not supported".into());
-    }
-    Ok(Trace {
-        name,
-        concurrent,
-        num_agents,
-        start: raw.start_content,
-        end: raw.end_content,
-        txns,
-        total_patches,
-        bmp_only,
-    })
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Measuring
@@ -278,13 +171,7 @@ fn ts(i: usize) -> shoaldb::Timestamp {
 }
 
 fn shoal_patch(ed: &mut shoaldb::DocEditor<'_>, p: &Patch) -> Result<(), shoaldb::DocError> {
-    if p.del > 0 {
-        ed.text_delete(TEXT, p.pos, p.del)?;
-    }
-    if !p.ins.is_empty() {
-        ed.text_insert(TEXT, p.pos, &p.ins)?;
-    }
-    Ok(())
+    trace::shoal_patch(ed, TEXT, p)
 }
 
 fn shoal_text(doc: &shoaldb::Document) -> Result<String, String> {
@@ -497,35 +384,7 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
         measure(
             || {
                 let store = shoaldb::Store::open(&db).map_err(err)?;
-                store.upsert(COLLECTION, json!({"_id": DOC_ID, "title": trace.name})).map_err(err)?;
-                if !trace.start.is_empty() {
-                    store.update(COLLECTION, DOC_ID, |ed| Ok(ed.text_insert(TEXT, 0, &trace.start)?)).map_err(err)?;
-                }
-                let mut pending: Vec<&Patch> = Vec::with_capacity(PATCHES_PER_COMMIT);
-                let flush = |pending: &mut Vec<&Patch>| -> Result<(), String> {
-                    if pending.is_empty() {
-                        return Ok(());
-                    }
-                    store
-                        .update(COLLECTION, DOC_ID, |ed| {
-                            for p in pending.iter() {
-                                shoal_patch(ed, p)?;
-                            }
-                            Ok(())
-                        })
-                        .map_err(err)?;
-                    pending.clear();
-                    Ok(())
-                };
-                for txn in &trace.txns {
-                    for p in &txn.patches {
-                        pending.push(p);
-                        if pending.len() == PATCHES_PER_COMMIT {
-                            flush(&mut pending)?;
-                        }
-                    }
-                }
-                flush(&mut pending)?;
+                replay_into_store(&store, trace, (COLLECTION, DOC_ID, TEXT), PATCHES_PER_COMMIT)?;
                 Ok(store)
             },
             |store| finish_store(store, &db),
@@ -672,13 +531,7 @@ mod am {
     }
 
     fn patch(r: &mut AmReplica, p: &Patch) -> Result<(), String> {
-        if p.del > 0 {
-            r.doc.splice_text(&r.text, p.pos, p.del as isize, "").map_err(|e| e.to_string())?;
-        }
-        if !p.ins.is_empty() {
-            r.doc.splice_text(&r.text, p.pos, 0, &p.ins).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        trace::automerge_patch(&mut r.doc, &r.text, p)
     }
 
     /// A document holding an empty text object, that every replica forks from (so they share the object).
@@ -770,13 +623,7 @@ mod lo {
     }
 
     fn patch(text: &loro::LoroText, p: &Patch) -> Result<(), String> {
-        if p.del > 0 {
-            text.delete(p.pos, p.del).map_err(|e| e.to_string())?;
-        }
-        if !p.ins.is_empty() {
-            text.insert(p.pos, &p.ins).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        trace::loro_patch(text, p)
     }
 
     impl Replica for LoroReplica {

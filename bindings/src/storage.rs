@@ -1,0 +1,148 @@
+//! What a store's file holds, and collecting what nothing needs any more: records over the core's
+//! `StorageStats`, `GarbagePolicy` and `GarbageReport`.
+
+use std::sync::Arc;
+
+use crate::cancel::Cancellation;
+use crate::error::{guard, ShoalError};
+use crate::store::Store;
+
+/// What a store's file holds, by kind (see `Store.storageStats`). Sizes in bytes.
+#[derive(uniffi::Record)]
+pub struct StorageStats {
+    /// The database file's size (its pages, without the write-ahead log).
+    pub file_bytes: u64,
+    /// Pages of the file that hold nothing (reused by later writes, or returned to the system by
+    /// `Store.collectGarbage`).
+    pub free_bytes: u64,
+    /// The write-ahead log's size.
+    pub wal_bytes: u64,
+    /// Documents that exist here.
+    pub documents: u64,
+    /// Documents removed (kept: they tell a device coming back that they were removed).
+    pub removed_documents: u64,
+    /// Documents evicted from this device.
+    pub evicted_documents: u64,
+    /// The documents' JSON views (what queries read).
+    pub view_bytes: u64,
+    /// Changes in the change log (what sync serves to other devices).
+    pub log_changes: u64,
+    /// Their encoded size.
+    pub log_bytes: u64,
+    /// Documents' saved CRDT states.
+    pub snapshot_bytes: u64,
+    /// Received changes waiting for the changes they depend on.
+    pub pending_changes: u64,
+    /// Attachments stored whole.
+    pub attachments: u64,
+    /// Their bytes.
+    pub attachment_bytes: u64,
+    /// Attachments being downloaded.
+    pub partial_downloads: u64,
+    /// Their bytes received so far.
+    pub partial_bytes: u64,
+}
+
+impl From<shoaldb::store::StorageStats> for StorageStats {
+    fn from(s: shoaldb::store::StorageStats) -> StorageStats {
+        StorageStats {
+            file_bytes: s.file_bytes,
+            free_bytes: s.free_bytes,
+            wal_bytes: s.wal_bytes,
+            documents: s.documents,
+            removed_documents: s.removed_documents,
+            evicted_documents: s.evicted_documents,
+            view_bytes: s.view_bytes,
+            log_changes: s.log_changes,
+            log_bytes: s.log_bytes,
+            snapshot_bytes: s.snapshot_bytes,
+            pending_changes: s.pending_changes,
+            attachments: s.attachments,
+            attachment_bytes: s.attachment_bytes,
+            partial_downloads: s.partial_downloads,
+            partial_bytes: s.partial_bytes,
+        }
+    }
+}
+
+/// What `Store.collectGarbage` collects, and after how long.
+#[derive(uniffi::Record)]
+pub struct GarbagePolicy {
+    /// An attachment no document here names is deleted once it has been so for this long (ms), as seen by
+    /// successive collections: the grace keeps an attachment stored just before the document naming it is written.
+    /// Default: one day.
+    #[uniffi(default = 86400000)]
+    pub unreferenced_attachment_ms: u64,
+    /// The bytes received of a download that has made no progress for this long (ms) are deleted. Default: seven
+    /// days.
+    #[uniffi(default = 604800000)]
+    pub stalled_download_ms: u64,
+}
+
+/// What one `Store.collectGarbage` did.
+#[derive(uniffi::Record)]
+pub struct GarbageReport {
+    /// Attachments deleted (no document named them for longer than the policy's grace).
+    pub attachments_removed: u64,
+    /// Their bytes.
+    pub attachment_bytes_removed: u64,
+    /// Downloads whose bytes were deleted (no progress for longer than the policy allows).
+    pub downloads_removed: u64,
+    /// Their bytes.
+    pub download_bytes_removed: u64,
+    /// The database file's size before the collection.
+    pub file_bytes_before: u64,
+    /// Its size after (free pages are returned to the system).
+    pub file_bytes_after: u64,
+}
+
+impl From<shoaldb::store::GarbageReport> for GarbageReport {
+    fn from(r: shoaldb::store::GarbageReport) -> GarbageReport {
+        GarbageReport {
+            attachments_removed: r.attachments_removed,
+            attachment_bytes_removed: r.attachment_bytes_removed,
+            downloads_removed: r.downloads_removed,
+            download_bytes_removed: r.download_bytes_removed,
+            file_bytes_before: r.file_bytes_before,
+            file_bytes_after: r.file_bytes_after,
+        }
+    }
+}
+
+#[uniffi::export]
+impl Store {
+    /// What this store's file holds, by kind. Reads every row's size: for a settings screen or a diagnostic, not
+    /// for every frame.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn storage_stats(self: Arc<Self>, cancel: Option<Arc<Cancellation>>) -> Result<StorageStats, ShoalError> {
+        self.get()?.background(cancel, move |_| self.storage_stats_blocking()).await
+    }
+
+    /// Like `storageStats`, on the calling thread (blocking it until done): for background threads only.
+    pub fn storage_stats_blocking(&self) -> Result<StorageStats, ShoalError> {
+        guard(|| Ok(self.get()?.store.storage_stats()?.into()))
+    }
+
+    /// Deletes what nothing here needs any more, as `policy` says: attachments no document names and downloads
+    /// that stopped, each only once it has been so for the policy's period as seen by successive collections — so
+    /// call it now and then (at start, daily); the first call only marks. Then returns the file's free pages to the
+    /// system (a store created by an older version is rewritten once). Documents, removals and the change log are
+    /// kept.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn collect_garbage(
+        self: Arc<Self>,
+        policy: GarbagePolicy,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<GarbageReport, ShoalError> {
+        self.get()?.background(cancel, move |_| self.collect_garbage_blocking(policy)).await
+    }
+
+    /// Like `collectGarbage`, on the calling thread (blocking it until done): for background threads only.
+    pub fn collect_garbage_blocking(&self, policy: GarbagePolicy) -> Result<GarbageReport, ShoalError> {
+        let policy = shoaldb::store::GarbagePolicy {
+            unreferenced_attachment_ms: policy.unreferenced_attachment_ms,
+            stalled_download_ms: policy.stalled_download_ms,
+        };
+        guard(|| Ok(self.get()?.store.collect_garbage(&policy)?.into()))
+    }
+}

@@ -1,0 +1,339 @@
+//! How much storage a store takes for the data it holds, beside Automerge and Loro saving the same data.
+//!
+//! `cargo run --release -p shoaldb-bench --bin storage_bench [-- --quick] [--only churn|automerge-paper|attachments]
+//! [--trace PATH]`
+//!
+//! Rows: `{"bench":"storage","workload":…,"impl":"shoal"|"automerge"|"loro","live_bytes":…,"file_bytes":…,
+//! "ratio":…,"compact_ms":…}`. `live_bytes`: the live data as JSON (every document that exists, as an app reads
+//! it); `file_bytes`: Shoal's database file after `collect_garbage` and a checkpoint, or the size of the document
+//! Automerge (`save`) and Loro (snapshot export) write; `ratio`: `file_bytes / live_bytes`; `compact_ms`: Shoal's
+//! `collect_garbage` (and checkpoint), Automerge's `save`, Loro's export.
+//!
+//! Workloads: `churn` — 1,000 documents of five fields edited 1,000,000 times in all (one field set per edit,
+//! transactions of 100 edits), 10% of the documents removed and created again along the way; `automerge-paper` — the
+//! editing trace saved every 100 patches; `attachments` — 40 attachments of 512 KiB in documents, 30 of those
+//! documents removed (Shoal only). `--quick`: 100 documents and 20,000 edits, 10 attachments of 64 KiB.
+
+use serde_json::json;
+use shoaldb::store::GarbagePolicy;
+use shoaldb::Store;
+use shoaldb_bench::trace::{automerge_patch, load_trace, loro_patch, replay_into_store, Trace};
+use shoaldb_bench::{emit, open_fast, Args, BoxErr};
+use std::path::Path;
+use std::time::Instant;
+
+const FIELDS: [&str; 5] = ["title", "status", "n", "owner", "notes"];
+const EDITS_PER_COMMIT: usize = 100;
+
+/// One step of the churn workload, the same for every implementation.
+enum Step {
+    /// Set `field` of document `doc` (an index) to `value`.
+    Set { doc: usize, field: &'static str, value: serde_json::Value },
+    /// Remove document `doc`.
+    Remove { doc: usize },
+    /// Create document `doc` again (all its fields).
+    Create { doc: usize },
+    /// End of a transaction.
+    Commit,
+}
+
+fn doc_id(i: usize) -> String {
+    format!("d{i:05}")
+}
+
+fn initial(i: usize) -> serde_json::Value {
+    json!({"title": format!("document {i}"), "status": "open", "n": 0, "owner": "ana", "notes": "first draft"})
+}
+
+/// The churn workload as steps, from a fixed seed: `docs` documents created, `edits` field sets in transactions of
+/// [`EDITS_PER_COMMIT`], and a tenth of the documents removed at evenly spaced points, each created again five
+/// transactions later.
+fn churn_steps(docs: usize, edits: usize) -> Vec<Step> {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut steps: Vec<Step> = (0..docs).map(|doc| Step::Create { doc }).collect();
+    steps.push(Step::Commit);
+    let txns = edits / EDITS_PER_COMMIT;
+    let removals = (docs / 10).max(1);
+    let every = (txns / removals).max(1);
+    let mut removed: Vec<(usize, usize)> = Vec::new(); // (transaction to recreate in, doc)
+    let mut alive = vec![true; docs];
+    for t in 0..txns {
+        if let Some(i) = removed.iter().position(|&(at, _)| at == t) {
+            let (_, doc) = removed.remove(i);
+            alive[doc] = true;
+            steps.push(Step::Create { doc });
+        }
+        if t % every == every / 2 && t / every < removals {
+            let doc = (t / every * 10) % docs;
+            alive[doc] = false;
+            steps.push(Step::Remove { doc });
+            removed.push((t + 5, doc));
+        }
+        for k in 0..EDITS_PER_COMMIT {
+            let doc = (next() % docs as u64) as usize;
+            if !alive[doc] {
+                continue;
+            }
+            let field = FIELDS[(next() % FIELDS.len() as u64) as usize];
+            let i = t * EDITS_PER_COMMIT + k;
+            let value = match field {
+                "n" => json!(i),
+                "status" => json!(["open", "doing", "done"][i % 3]),
+                _ => json!(format!("{field} {i}")),
+            };
+            steps.push(Step::Set { doc, field, value });
+        }
+        steps.push(Step::Commit);
+    }
+    for (_, doc) in removed {
+        steps.push(Step::Create { doc });
+    }
+    steps.push(Step::Commit);
+    steps
+}
+
+fn row(workload: &str, imp: &str, live_bytes: u64, file_bytes: u64, compact_ms: f64) {
+    emit(&json!({
+        "bench": "storage", "workload": workload, "impl": imp, "live_bytes": live_bytes, "file_bytes": file_bytes,
+        "ratio": (file_bytes as f64 / live_bytes.max(1) as f64 * 100.0).round() / 100.0,
+        "compact_ms": (compact_ms * 10.0).round() / 10.0,
+    }));
+}
+
+/// The store's files on disk (database and write-ahead log).
+fn files_size(db: &Path) -> u64 {
+    ["", "-wal"].iter().filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok()).map(|m| m.len()).sum()
+}
+
+/// Collects garbage with no grace and checkpoints; returns the time taken (ms) and the files' size after.
+fn compact(store: &Store, db: &Path) -> Result<(f64, u64), BoxErr> {
+    let t0 = Instant::now();
+    store.collect_garbage(&GarbagePolicy { unreferenced_attachment_ms: 0, stalled_download_ms: 0 })?;
+    store.checkpoint()?;
+    Ok((t0.elapsed().as_secs_f64() * 1000.0, files_size(db)))
+}
+
+/// Every live document as JSON (what an app reads), and their total size.
+fn live_json(store: &Store, collection: &str) -> Result<(Vec<serde_json::Value>, u64), BoxErr> {
+    let docs = store.list(collection)?;
+    let bytes = docs.iter().map(|d| d.to_string().len() as u64).sum();
+    Ok((docs, bytes))
+}
+
+fn churn(dir: &Path, docs: usize, edits: usize) -> Result<(), BoxErr> {
+    let steps = churn_steps(docs, edits);
+    // Shoal.
+    let db = dir.join("churn.db");
+    let store = open_fast(&db)?;
+    let mut batch: Vec<&Step> = Vec::new();
+    for step in &steps {
+        if !matches!(step, Step::Commit) {
+            batch.push(step);
+            continue;
+        }
+        store.write(|t| {
+            for s in batch.drain(..) {
+                match s {
+                    Step::Set { doc, field, value } => {
+                        t.update("docs", &doc_id(*doc), |ed| Ok(ed.set(*field, shoaldb::Value::from_json(value))?))?;
+                    }
+                    Step::Remove { doc } => {
+                        t.remove("docs", &doc_id(*doc))?;
+                    }
+                    Step::Create { doc } => {
+                        let mut d = initial(*doc);
+                        d["_id"] = json!(doc_id(*doc));
+                        t.upsert("docs", d)?;
+                    }
+                    Step::Commit => {}
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let (live, live_bytes) = live_json(&store, "docs")?;
+    let (ms, file_bytes) = compact(&store, &db)?;
+    row("churn", "shoal", live_bytes, file_bytes, ms);
+
+    // Automerge: the collection as one document, a map of documents.
+    {
+        use automerge::transaction::Transactable;
+        let mut doc = automerge::AutoCommit::new();
+        let mut objs: Vec<Option<automerge::ObjId>> = vec![None; docs];
+        for step in &steps {
+            match step {
+                Step::Set { doc: i, field, value } => {
+                    let obj = objs[*i].as_ref().ok_or("edit of a removed document")?;
+                    match value {
+                        serde_json::Value::Number(n) => doc.put(obj, *field, n.as_i64().unwrap_or(0))?,
+                        v => doc.put(obj, *field, v.as_str().unwrap_or(""))?,
+                    }
+                }
+                Step::Remove { doc: i } => {
+                    doc.delete(automerge::ROOT, doc_id(*i))?;
+                    objs[*i] = None;
+                }
+                Step::Create { doc: i } => {
+                    let obj = doc.put_object(automerge::ROOT, doc_id(*i), automerge::ObjType::Map)?;
+                    for (k, v) in initial(*i).as_object().ok_or("not an object")? {
+                        match v {
+                            serde_json::Value::Number(n) => doc.put(&obj, k.as_str(), n.as_i64().unwrap_or(0))?,
+                            v => doc.put(&obj, k.as_str(), v.as_str().unwrap_or(""))?,
+                        }
+                    }
+                    objs[*i] = Some(obj);
+                }
+                Step::Commit => {
+                    doc.commit();
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let saved = doc.save();
+        row("churn", "automerge", live_bytes, saved.len() as u64, t0.elapsed().as_secs_f64() * 1000.0);
+        if automerge::ReadDoc::length(&doc, automerge::ROOT) != live.len() {
+            return Err("automerge holds another number of documents than Shoal".into());
+        }
+    }
+
+    // Loro: likewise, a root map of maps.
+    {
+        let doc = loro::LoroDoc::new();
+        let root = doc.get_map("docs");
+        let mut maps: Vec<Option<loro::LoroMap>> = vec![None; docs];
+        let put = |m: &loro::LoroMap, k: &str, v: &serde_json::Value| match v {
+            serde_json::Value::Number(n) => m.insert(k, n.as_i64().unwrap_or(0)),
+            v => m.insert(k, v.as_str().unwrap_or("")),
+        };
+        for step in &steps {
+            match step {
+                Step::Set { doc: i, field, value } => {
+                    put(maps[*i].as_ref().ok_or("edit of a removed document")?, field, value)?;
+                }
+                Step::Remove { doc: i } => {
+                    root.delete(&doc_id(*i))?;
+                    maps[*i] = None;
+                }
+                Step::Create { doc: i } => {
+                    let m = root.insert_container(&doc_id(*i), loro::LoroMap::new())?;
+                    for (k, v) in initial(*i).as_object().ok_or("not an object")? {
+                        put(&m, k, v)?;
+                    }
+                    maps[*i] = Some(m);
+                }
+                Step::Commit => doc.commit(),
+            }
+        }
+        let t0 = Instant::now();
+        let snapshot = doc.export(loro::ExportMode::Snapshot)?;
+        row("churn", "loro", live_bytes, snapshot.len() as u64, t0.elapsed().as_secs_f64() * 1000.0);
+        if root.len() != live.len() {
+            return Err("loro holds another number of documents than Shoal".into());
+        }
+    }
+    Ok(())
+}
+
+fn automerge_paper(dir: &Path, trace: &Trace) -> Result<(), BoxErr> {
+    const PATCHES_PER_COMMIT: usize = 100;
+    let db = dir.join("paper.db");
+    let store = open_fast(&db)?;
+    replay_into_store(&store, trace, ("docs", "paper", "text"), PATCHES_PER_COMMIT)?;
+    let (live, live_bytes) = live_json(&store, "docs")?;
+    if live.first().and_then(|d| d["text"].as_str()) != Some(trace.end.as_str()) {
+        return Err("Shoal's text differs from the trace's".into());
+    }
+    let (ms, file_bytes) = compact(&store, &db)?;
+    row("automerge-paper", "shoal", live_bytes, file_bytes, ms);
+
+    let patches: Vec<_> = trace.txns.iter().flat_map(|t| &t.patches).collect();
+    {
+        use automerge::transaction::Transactable;
+        let mut doc = automerge::AutoCommit::new_with_encoding(automerge::TextEncoding::UnicodeCodePoint);
+        let text = doc.put_object(automerge::ROOT, "text", automerge::ObjType::Text)?;
+        doc.splice_text(&text, 0, 0, &trace.start)?;
+        for batch in patches.chunks(PATCHES_PER_COMMIT) {
+            for p in batch {
+                automerge_patch(&mut doc, &text, p)?;
+            }
+            doc.commit();
+        }
+        let t0 = Instant::now();
+        let saved = doc.save();
+        row("automerge-paper", "automerge", live_bytes, saved.len() as u64, t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    {
+        let doc = loro::LoroDoc::new();
+        let text = doc.get_text("text");
+        text.insert(0, &trace.start)?;
+        for batch in patches.chunks(PATCHES_PER_COMMIT) {
+            for p in batch {
+                loro_patch(&text, p)?;
+            }
+            doc.commit();
+        }
+        let t0 = Instant::now();
+        let snapshot = doc.export(loro::ExportMode::Snapshot)?;
+        row("automerge-paper", "loro", live_bytes, snapshot.len() as u64, t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
+
+fn attachments(dir: &Path, count: usize, size: usize) -> Result<(), BoxErr> {
+    let db = dir.join("attachments.db");
+    let store = open_fast(&db)?;
+    for i in 0..count {
+        let bytes: Vec<u8> = (0..size).map(|k| (k as u64 * 2_654_435_761 + i as u64) as u8).collect();
+        let token = store.put_attachment_bytes(&bytes, Default::default())?;
+        store.upsert(
+            "files",
+            json!({"_id": format!("f{i:03}"), "name": format!("file {i}"), "file": token.to_json()}),
+        )?;
+    }
+    let kept = count / 4;
+    for i in kept..count {
+        store.remove("files", &format!("f{i:03}"))?;
+    }
+    let (_, view_bytes) = live_json(&store, "files")?;
+    let (ms, file_bytes) = compact(&store, &db)?;
+    let stats = store.storage_stats()?;
+    if stats.attachments != kept as u64 {
+        return Err(format!("{} attachments left, {kept} expected", stats.attachments).into());
+    }
+    row("attachments", "shoal", view_bytes + stats.attachment_bytes, file_bytes, ms);
+    Ok(())
+}
+
+fn main() -> Result<(), BoxErr> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    if args.wants("churn") {
+        let (docs, edits) = if args.quick { (100, 20_000) } else { (1_000, 1_000_000) };
+        churn(dir.path(), docs, edits)?;
+    }
+    if args.wants("automerge-paper") {
+        let argv: Vec<String> = std::env::args().collect();
+        let path = argv
+            .iter()
+            .position(|a| a == "--trace")
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| "../shared/traces/automerge-paper.json.gz".into());
+        let trace = load_trace(Path::new(&path))?;
+        if trace.concurrent {
+            return Err("the automerge-paper workload replays a sequential trace".into());
+        }
+        automerge_paper(dir.path(), &trace)?;
+    }
+    if args.wants("attachments") {
+        let (count, size) = if args.quick { (10, 64 << 10) } else { (40, 512 << 10) };
+        attachments(dir.path(), count, size)?;
+    }
+    Ok(())
+}
