@@ -401,29 +401,14 @@ fn finish_store(store: shoaldb::Store, db: &Path) -> Result<(String, u64), Strin
         None => String::new(),
         Some(other) => return Err(format!("the text field holds {other}")),
     };
+    // Where the bytes go (diagnostics on stderr).
+    match store.storage_stats() {
+        Ok(stats) => eprintln!("    {stats:?}"),
+        Err(e) => eprintln!("    (cannot read the store's statistics: {e})"),
+    }
     drop(store); // closing the last connection checkpoints the WAL into the file
     let size = store_files_size(db);
-    if let Err(e) = describe_db(db) {
-        eprintln!("    (cannot inspect {}: {e})", db.display());
-    }
     Ok((text, size))
-}
-
-/// Where the bytes of a store file go (diagnostics on stderr; reads the store's private schema).
-fn describe_db(db: &Path) -> rusqlite::Result<()> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-    eprintln!(
-        "    store file: {} pages of {} B, {} free; changes: {} rows, {} B of bodies; docs snapshot {} B, view {} B",
-        q("PRAGMA page_count")?,
-        q("PRAGMA page_size")?,
-        q("PRAGMA freelist_count")?,
-        q("SELECT count(*) FROM changes")?,
-        q("SELECT coalesce(sum(length(body)), 0) FROM changes")?,
-        q("SELECT coalesce(sum(length(snapshot)), 0) FROM docs")?,
-        q("SELECT coalesce(sum(length(view)), 0) FROM docs")?,
-    );
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
