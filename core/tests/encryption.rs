@@ -184,6 +184,37 @@ mod encrypted {
     }
 
     #[test]
+    fn garbage_collection_keeps_an_encrypted_store_encrypted_and_whole() {
+        // A store encrypted after the fact (its file predates incremental vacuuming, so the first collection
+        // rewrites it) holding the secrets and an attachment no document names.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let plain = Store::open(&path).unwrap();
+        let token = write_secrets(&plain);
+        let loose =
+            plain.put_attachment_bytes(&[ATTACHMENT_MARKER, b"loose"].concat().repeat(40_000), Default::default());
+        let loose = loose.unwrap();
+        drop(plain);
+        Store::encrypt_file(&path, &key(1)).unwrap();
+        let store = Store::open_with(&path, options(Some(key(1)))).unwrap();
+        let policy = shoaldb::store::GarbagePolicy { unreferenced_attachment_ms: 0, stalled_download_ms: 0 };
+        let report = store.collect_garbage(&policy).unwrap();
+        assert_eq!(report.attachments_removed, 1, "{report:?}");
+        assert!(report.file_bytes_after < report.file_bytes_before, "{report:?}");
+        assert!(!store.has_attachment(&loose).unwrap());
+        let stats = store.storage_stats().unwrap();
+        assert_eq!((stats.attachments, stats.documents, stats.free_bytes), (1, 1, 0), "{stats:?}");
+        assert_eq!(stats.file_bytes, report.file_bytes_after);
+        check_secrets(&store, &token);
+        drop(store);
+        assert!(leaks(dir.path()).is_empty(), "plaintext in the files after the collection");
+        assert!(matches!(Store::open(&path), Err(Error::WrongKey)), "still encrypted");
+        let store = Store::open_with(&path, options(Some(key(1)))).unwrap();
+        store.check_integrity().unwrap();
+        check_secrets(&store, &token);
+    }
+
+    #[test]
     fn a_wrong_key_or_none_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.db");

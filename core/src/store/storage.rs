@@ -148,7 +148,17 @@ fn wal_path(path: &FsPath) -> std::path::PathBuf {
 
 /// The page size, the pages of the file and how many of them are free.
 fn pages(conn: &Connection) -> Result<(u64, u64, u64)> {
-    let get = |pragma: &str| -> Result<u64> { Ok(conn.query_row(pragma, [], |r| r.get::<_, i64>(0))? as u64) };
+    // SQLCipher answers `page_size` on an encrypted file as text (its column named `cipher_page_size`).
+    let get = |pragma: &str| -> Result<u64> {
+        let v: rusqlite::types::Value = conn.query_row(pragma, [], |r| r.get(0))?;
+        match v {
+            rusqlite::types::Value::Integer(n) => Ok(n.max(0) as u64),
+            rusqlite::types::Value::Text(t) => {
+                t.trim().parse().map_err(|_| crate::Error::Corrupt(format!("{pragma} answered {t:?}")))
+            }
+            other => Err(crate::Error::Corrupt(format!("{pragma} answered {other:?}"))),
+        }
+    };
     Ok((get("PRAGMA page_size")?, get("PRAGMA page_count")?, get("PRAGMA freelist_count")?))
 }
 
