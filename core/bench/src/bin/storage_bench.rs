@@ -116,7 +116,10 @@ fn compact(store: &Store, db: &Path) -> Result<(f64, u64), BoxErr> {
     let t0 = Instant::now();
     store.collect_garbage(&GarbagePolicy { unreferenced_attachment_ms: 0, stalled_download_ms: 0 })?;
     store.checkpoint()?;
-    Ok((t0.elapsed().as_secs_f64() * 1000.0, files_size(db)))
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // Where the bytes go (diagnostics on stderr).
+    eprintln!("    {}: {:?}", db.display(), store.storage_stats()?);
+    Ok((ms, files_size(db)))
 }
 
 /// Every live document as JSON (what an app reads), and their total size.
