@@ -36,6 +36,19 @@ impl Args {
     }
 }
 
+/// The size on disk of the store at `db`: its database file and write-ahead log.
+pub fn store_files_size(db: &std::path::Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).ok()
+        })
+        .map(|m| m.len())
+        .sum()
+}
+
 /// The error type of the benchmark programs.
 pub type BoxErr = Box<dyn std::error::Error>;
 

@@ -96,6 +96,22 @@ pub(super) fn meta_put_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
 }
 
 impl Inner {
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) on the writer's connection: committed if it succeeds,
+    /// rolled back if it fails.
+    pub(super) fn immediate<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&self.conn) {
+            Ok(r) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     pub(super) fn data_version(&self) -> Result<i64> {
         Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }

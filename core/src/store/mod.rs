@@ -837,17 +837,7 @@ impl Store {
         let mut temp = [0u8; 32];
         temp[..8].copy_from_slice(&inner.sources.random_u64().to_le_bytes());
         temp[8..16].copy_from_slice(b"tmp-blob");
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match f(&inner.conn, temp) {
-            Ok(r) => {
-                inner.conn.execute_batch("COMMIT")?;
-                Ok(r)
-            }
-            Err(e) => {
-                let _ = inner.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        inner.immediate(|conn| f(conn, temp))
     }
 
     /// Store an attachment from bytes in memory.

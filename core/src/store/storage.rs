@@ -119,7 +119,7 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
     let (page_size, pages, free_pages) = pages(conn)?;
     let wal_bytes = match super::in_memory(path) {
         true => 0,
-        false => std::fs::metadata(wal_path(path)).map(|m| m.len()).unwrap_or(0),
+        false => std::fs::metadata(super::encryption::sibling(path, "-wal")).map(|m| m.len()).unwrap_or(0),
     };
     Ok(StorageStats {
         file_bytes: pages * page_size,
@@ -138,12 +138,6 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
         partial_downloads,
         partial_bytes,
     })
-}
-
-fn wal_path(path: &FsPath) -> std::path::PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push("-wal");
-    p.into()
 }
 
 /// The page size, the pages of the file and how many of them are free.
@@ -280,18 +274,7 @@ impl Store {
             Ok(page_size * pages)
         };
         let file_bytes_before = file_bytes(&inner.conn)?;
-        inner.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let swept = sweep(&inner.conn, policy, inner.sources.now_ms()).and_then(|r| {
-            inner.conn.execute_batch("COMMIT")?;
-            Ok(r)
-        });
-        let mut report = match swept {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = inner.conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        };
+        let mut report = inner.immediate(|conn| sweep(conn, policy, inner.sources.now_ms()))?;
         if !super::in_memory(self.path()) {
             vacuum(&inner.conn)?;
         }

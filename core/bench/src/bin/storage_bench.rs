@@ -18,7 +18,7 @@ use serde_json::json;
 use shoaldb::store::GarbagePolicy;
 use shoaldb::Store;
 use shoaldb_bench::trace::{automerge_patch, load_trace, loro_patch, replay_into_store, Trace};
-use shoaldb_bench::{emit, open_fast, Args, BoxErr};
+use shoaldb_bench::{emit, open_fast, store_files_size, Args, BoxErr};
 use std::path::Path;
 use std::time::Instant;
 
@@ -106,11 +106,6 @@ fn row(workload: &str, imp: &str, live_bytes: u64, file_bytes: u64, compact_ms: 
     }));
 }
 
-/// The store's files on disk (database and write-ahead log).
-fn files_size(db: &Path) -> u64 {
-    ["", "-wal"].iter().filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok()).map(|m| m.len()).sum()
-}
-
 /// Collects garbage with no grace and checkpoints; returns the time taken (ms) and the files' size after.
 fn compact(store: &Store, db: &Path) -> Result<(f64, u64), BoxErr> {
     let t0 = Instant::now();
@@ -119,7 +114,7 @@ fn compact(store: &Store, db: &Path) -> Result<(f64, u64), BoxErr> {
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     // Where the bytes go (diagnostics on stderr).
     eprintln!("    {}: {:?}", db.display(), store.storage_stats()?);
-    Ok((ms, files_size(db)))
+    Ok((ms, store_files_size(db)))
 }
 
 /// Every live document as JSON (what an app reads), and their total size.

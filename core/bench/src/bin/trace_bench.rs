@@ -11,7 +11,7 @@
 use serde_json::json;
 use shoaldb::store::Replica as _;
 use shoaldb_bench::trace::{self, load_trace, replay_into_store, Patch, Trace, Txn};
-use shoaldb_bench::{alloc, emit};
+use shoaldb_bench::{alloc, emit, store_files_size};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -312,16 +312,6 @@ fn run_shoal(trace: &Trace) -> Outcome {
 const COLLECTION: &str = "docs";
 const DOC_ID: &str = "trace";
 const PATCHES_PER_COMMIT: usize = 100;
-
-fn store_files_size(db: &Path) -> u64 {
-    let mut total = 0;
-    for suffix in ["", "-wal"] {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        total += std::fs::metadata(PathBuf::from(p)).map(|m| m.len()).unwrap_or(0);
-    }
-    total
-}
 
 /// Bytes this process has passed to write(2) so far (Linux), for diagnostics.
 fn written_bytes() -> Option<u64> {
