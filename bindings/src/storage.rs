@@ -31,6 +31,11 @@ pub struct StorageStats {
     pub log_bytes: u64,
     /// Documents' saved CRDT states.
     pub snapshot_bytes: u64,
+    /// Documents some of whose changes were folded into their saved states and dropped from the log
+    /// (`Store.compact`).
+    pub compacted_documents: u64,
+    /// The record of which changes those were.
+    pub folded_bytes: u64,
     /// Received changes waiting for the changes they depend on.
     pub pending_changes: u64,
     /// Attachments stored whole.
@@ -56,6 +61,8 @@ impl From<shoaldb::store::StorageStats> for StorageStats {
             log_changes: s.log_changes,
             log_bytes: s.log_bytes,
             snapshot_bytes: s.snapshot_bytes,
+            compacted_documents: s.compacted_documents,
+            folded_bytes: s.folded_bytes,
             pending_changes: s.pending_changes,
             attachments: s.attachments,
             attachment_bytes: s.attachment_bytes,
@@ -63,6 +70,26 @@ impl From<shoaldb::store::StorageStats> for StorageStats {
             partial_bytes: s.partial_bytes,
         }
     }
+}
+
+/// Which changes `Store.compact` folds into documents' saved states.
+#[derive(uniffi::Record)]
+pub struct CompactionPolicy {
+    /// Fold the changes made more than this long ago (ms; 0: every change). Devices that come back after longer
+    /// get documents' states rather than their changes: correct either way. Default: 30 days.
+    #[uniffi(default = 2592000000)]
+    pub horizon_ms: u64,
+}
+
+/// What one `Store.compact` did.
+#[derive(uniffi::Record)]
+pub struct CompactionReport {
+    /// Documents whose changes were folded.
+    pub documents: u64,
+    /// Changes folded and dropped from the log.
+    pub changes: u64,
+    /// Bytes of changes dropped from the log (`Store.collectGarbage` returns the freed pages to the system).
+    pub bytes: u64,
 }
 
 /// What `Store.collectGarbage` collects, and after how long.
@@ -127,7 +154,7 @@ impl Store {
     /// that stopped, each only once it has been so for the policy's period as seen by successive collections — so
     /// call it now and then (at start, daily); the first call only marks. Then returns the file's free pages to the
     /// system (a store created by an older version is rewritten once). Documents, removals and the change log are
-    /// kept.
+    /// kept (`compact` folds the log).
     #[uniffi::method(default(cancel = None))]
     pub async fn collect_garbage(
         self: Arc<Self>,
@@ -135,6 +162,29 @@ impl Store {
         cancel: Option<Arc<Cancellation>>,
     ) -> Result<GarbageReport, ShoalError> {
         self.get()?.background(cancel, move |_| self.collect_garbage_blocking(policy)).await
+    }
+
+    /// Folds the changes `policy` selects into their documents' saved states and drops them from the change log.
+    /// The store still holds them: a device that lacks some of them gets the document's state instead, merged so
+    /// that nothing removed comes back and its own edits still count, however long it was away. Changes signed
+    /// under a certificate are kept (a state carries no author's signature). Call `collectGarbage` after it to
+    /// return the freed pages to the system.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn compact(
+        self: Arc<Self>,
+        policy: CompactionPolicy,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<CompactionReport, ShoalError> {
+        self.get()?.background(cancel, move |_| self.compact_blocking(policy)).await
+    }
+
+    /// Like `compact`, on the calling thread (blocking it until done): for background threads only.
+    pub fn compact_blocking(&self, policy: CompactionPolicy) -> Result<CompactionReport, ShoalError> {
+        let policy = shoaldb::CompactionPolicy { horizon_ms: policy.horizon_ms };
+        guard(|| {
+            let r = self.get()?.store.compact(&policy)?;
+            Ok(CompactionReport { documents: r.documents, changes: r.changes, bytes: r.bytes })
+        })
     }
 
     /// Like `collectGarbage`, on the calling thread (blocking it until done): for background threads only.

@@ -42,6 +42,31 @@ impl Counter {
         self.by_peer.is_empty()
     }
 
+    /// State-based merge with the counter of a replica that has seen `theirs` (this one has seen `mine`): keep a
+    /// contribution both hold or the other has not seen, add one of theirs this replica has not seen (see
+    /// [`super::register::Register::join`]).
+    pub fn join(&mut self, other: &Counter, mine: &VersionVector, theirs: &VersionVector) {
+        let held = |c: &Counter, peer: PeerId, counter: u64| {
+            c.by_peer.get(&peer).is_some_and(|ops| ops.binary_search_by_key(&counter, |e| e.0).is_ok())
+        };
+        self.by_peer.retain(|peer, ops| {
+            let seen = theirs.get(*peer);
+            ops.retain(|&(c, _)| c > seen || held(other, *peer, c));
+            !ops.is_empty()
+        });
+        for (peer, ops) in &other.by_peer {
+            let seen = mine.get(*peer);
+            for &(c, delta) in ops.iter().filter(|e| e.0 > seen) {
+                self.add(Dot::new(*peer, c), delta);
+            }
+        }
+    }
+
+    /// The dots of the contributions.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.by_peer.iter().flat_map(|(p, ops)| ops.iter().map(|&(c, _)| Dot::new(*p, c)))
+    }
+
     /// The sum of all contributions, saturating at the bounds of `i64`.
     pub fn value(&self) -> i64 {
         let total: i128 = self.by_peer.values().flat_map(|ops| ops.iter().map(|&(_, d)| d as i128)).sum();

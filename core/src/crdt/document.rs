@@ -345,6 +345,35 @@ impl Document {
         self.apply_validated(change)
     }
 
+    /// Merge the state of another replica of this document (a snapshot: [`Document::encode`]d elsewhere), so that
+    /// this document ends exactly as if it had applied every change `other` holds and it lacks — whatever those
+    /// were, and however many of them were folded into `other` and dropped there. What `other` has seen and no
+    /// longer holds stays removed here, and what this document holds that `other` has not seen stays (see
+    /// [`Field::join`]). Commutative, associative and idempotent, like applying changes.
+    ///
+    /// `other` is checked first: every dot it holds must be within its version, and the merged document must stay
+    /// within [`MAX_DOC_ITEMS`]. On error this document is unchanged. Linear in both documents (the merge is made
+    /// on a copy, then kept).
+    pub fn join(&mut self, other: &Document) -> Result<(), DocError> {
+        if other.version.le(&self.version) {
+            // Everything `other` holds or removed, this document has seen: its causal past holds every removal
+            // `other` applied, so there is nothing to add and nothing to drop.
+            return Ok(());
+        }
+        if !other.version.is_well_formed() || !other.root.dots_within(&other.version) {
+            return Err(DocError::Change(ChangeError::Corrupt(
+                "a merged state holds operations its version vector does not cover".into(),
+            )));
+        }
+        let mut merged = self.clone();
+        merged.root.join(&other.root, &self.version, &other.version).map_err(seq_err)?;
+        merged.version.join(&other.version);
+        merged.items = None;
+        merged.check_room(0, MAX_DOC_ITEMS)?;
+        *self = merged;
+        Ok(())
+    }
+
     /// [`Document::apply`] for a change whose structure was checked already ([`Change::validate`]).
     pub(crate) fn apply_validated(&mut self, change: &Change) -> Result<Applied, DocError> {
         match self.readiness(change)? {
@@ -1217,5 +1246,64 @@ fn value_items(v: &Value) -> u64 {
             .iter()
             .fold((items.len() as u64).saturating_mul(ELEM_ITEM_WEIGHT), |acc, c| acc.saturating_add(value_items(c))),
         Value::Text(t) => t.len() as u64,
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+    use crate::crdt::field::TextObj;
+    use serde_json::json;
+
+    fn created(peer: u64, value: serde_json::Value) -> Document {
+        let mut doc = Document::new();
+        let mut ed = doc.edit(PeerId(peer), 1, Timestamp::new(1, 0));
+        ed.merge(Path::root(), Value::from_json(&value)).unwrap();
+        ed.finish().unwrap();
+        doc
+    }
+
+    #[test]
+    fn a_state_holding_more_than_its_version_is_refused_and_changes_nothing() {
+        let mut mine = created(1, json!({"a": 1}));
+        let before = mine.encode();
+        let mut theirs = created(2, json!({"b": 2, "t": "text", "n": 0}));
+        // It claims to have seen less than it holds: merging it would let entries in that no version accounts for.
+        theirs.version.set(PeerId(2), 1);
+        let err = mine.join(&theirs).unwrap_err();
+        assert!(matches!(err, DocError::Change(ChangeError::Corrupt(_))), "{err:?}");
+        assert_eq!(mine.encode(), before);
+    }
+
+    #[test]
+    fn items_whose_origins_wait_for_each_other_are_refused_and_change_nothing() {
+        // Item 1:1 was inserted before 1:2, and 1:2 after 1:1: a valid order, but no sequence of inserts makes it.
+        let text: TextObj = serde_json::from_value(json!([
+            {"id": {"peer": 1, "counter": 1}, "origin_left": null, "origin_right": {"peer": 1, "counter": 2},
+             "deleted": false, "content": "b"},
+            {"id": {"peer": 1, "counter": 2}, "origin_left": {"peer": 1, "counter": 1}, "origin_right": null,
+             "deleted": false, "content": "a"},
+        ]))
+        .unwrap();
+        let mut theirs = Document::new();
+        theirs.root.map_mut().entry("t").text = Some(Box::new(text));
+        theirs.version.set(PeerId(1), 2);
+        let mut mine = created(3, json!({"t": "x"}));
+        let before = mine.encode();
+        let err = mine.join(&theirs).unwrap_err();
+        assert!(matches!(&err, DocError::InvalidValue(m) if m.contains("origins out of order")), "{err:?}");
+        assert_eq!(mine.encode(), before);
+    }
+
+    #[test]
+    fn a_state_seen_already_changes_nothing() {
+        let mut mine = created(1, json!({"a": 1, "t": "text"}));
+        let old = mine.clone();
+        let mut ed = mine.edit(PeerId(1), 10, Timestamp::new(2, 0));
+        ed.remove("a").unwrap();
+        ed.finish().unwrap();
+        let before = mine.encode();
+        mine.join(&old).unwrap();
+        assert_eq!(mine.encode(), before, "an older state of the same document brings nothing back");
     }
 }

@@ -19,7 +19,7 @@
 use super::counter::Counter;
 use super::map::MapObj;
 use super::register::{Content, Register};
-use super::sequence::{Chars, Sequence};
+use super::sequence::{Chars, SeqContent, SeqError, Sequence};
 use super::value::{Kind, Scalar};
 use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -173,6 +173,64 @@ impl Field {
         if let Some(c) = &mut self.counter {
             c.clear(ctx);
         }
+    }
+
+    /// State-based merge with the field of a replica that has seen `theirs` (this one has seen `mine`), as a join
+    /// of dot stores (Almeida et al., *Delta state replicated data types*): what both hold stays, what one side
+    /// holds and the other has not seen is added, and what one side saw and no longer holds is gone (it was
+    /// replaced or removed there) — recursively, in maps, array elements, texts and counters. Equal to applying
+    /// the changes one side holds and the other lacks. On error (an `other` that contradicts this field's
+    /// sequences) part of `other` may have been merged: [`super::document::Document::join`] merges into a copy.
+    pub fn join(&mut self, other: &Field, mine: &VersionVector, theirs: &VersionVector) -> Result<(), SeqError> {
+        self.reg.join(&other.reg, mine, theirs);
+        if self.map.is_some() || other.map.is_some() {
+            let theirs_map = other.map.as_deref();
+            let map = self.map_mut();
+            // A key the other side does not hold: it holds none of what is under it, so what it saw there is gone.
+            for (key, field) in map.fields.iter_mut() {
+                if theirs_map.is_none_or(|m| m.get(key).is_none()) {
+                    field.join(&Field::default(), mine, theirs)?;
+                }
+            }
+            for (key, field) in theirs_map.into_iter().flat_map(|m| m.fields.iter()) {
+                map.entry(key).join(field, mine, theirs)?;
+            }
+        }
+        if let Some(theirs_array) = other.array.as_deref() {
+            let array = self.array_mut();
+            // Elements both hold merge their fields; those only the other holds come whole with the items.
+            for (id, items, _) in theirs_array.runs() {
+                for (o, field) in items.iter().enumerate() {
+                    if let Some((mine_field, _)) = array.get_by_id_mut(id.offset(o as u64)) {
+                        mine_field.join(field, mine, theirs)?;
+                    }
+                }
+            }
+            array.join(theirs_array)?;
+        }
+        if let Some(theirs_text) = other.text.as_deref() {
+            self.text_mut().join(theirs_text)?;
+        }
+        if self.counter.is_some() || other.counter.is_some() {
+            let empty = Counter::default();
+            self.counter_mut().join(other.counter.as_deref().unwrap_or(&empty), mine, theirs);
+        }
+        Ok(())
+    }
+
+    /// Whether every dot the field holds — register entries, counter contributions, sequence items, recursively —
+    /// is covered by `version` (a state received from elsewhere must not hold what its version says it has not
+    /// seen).
+    pub fn dots_within(&self, version: &VersionVector) -> bool {
+        let run_within = |id: super::clock::Dot, len: usize| version.contains(id.offset(len.saturating_sub(1) as u64));
+        self.reg.dots().all(|d| version.contains(d))
+            && self.counter.as_deref().is_none_or(|c| c.dots().all(|d| version.contains(d)))
+            && self.map.as_deref().is_none_or(|m| m.fields.values().all(|f| f.dots_within(version)))
+            && self.text.as_deref().is_none_or(|t| t.runs().all(|(id, c, _)| run_within(id, c.len())))
+            && self.array.as_deref().is_none_or(|a| {
+                a.runs()
+                    .all(|(id, items, _)| run_within(id, items.len()) && items.iter().all(|f| f.dots_within(version)))
+            })
     }
 
     fn map_live(&self) -> Option<&MapObj> {

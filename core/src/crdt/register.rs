@@ -67,6 +67,29 @@ impl Register {
         self.entries.is_empty()
     }
 
+    /// State-based merge with the register of a replica that has seen `theirs` (this one has seen `mine`): keep an
+    /// entry both hold, or that the other has not seen; drop one the other saw and no longer holds (a later write
+    /// or a removal replaced it there); add one of theirs this replica has not seen.
+    pub fn join(&mut self, other: &Register, mine: &VersionVector, theirs: &VersionVector) {
+        self.entries.retain(|e| !theirs.contains(e.dot) || other.has(e.dot));
+        for e in &other.entries {
+            if !mine.contains(e.dot) {
+                if let Err(at) = self.entries.binary_search_by_key(&e.dot, |x| x.dot) {
+                    self.entries.insert(at, e.clone());
+                }
+            }
+        }
+    }
+
+    fn has(&self, dot: Dot) -> bool {
+        self.entries.binary_search_by_key(&dot, |e| e.dot).is_ok()
+    }
+
+    /// The dots of the entries.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.entries.iter().map(|e| e.dot)
+    }
+
     /// The visible entry: the greatest by (timestamp, peer, counter).
     pub fn winner(&self) -> Option<&Entry> {
         self.entries.iter().max_by_key(|e| e.order_key())

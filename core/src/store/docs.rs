@@ -327,7 +327,8 @@ pub(crate) fn quarantined(conn: &Connection) -> Result<Vec<Quarantined>> {
 
 /// Persist a document after `changes` were applied to it: the changes are appended to the log, its row gets the
 /// new view (`None` when it does not exist) with the large values beside it, and a new snapshot is written when
-/// the changes since the last one have grown enough.
+/// the changes since the last one have grown enough — or always, with `resnapshot` (its state took in what no
+/// logged change holds: a merged state).
 pub(crate) fn save(
     conn: &Connection,
     collection: &str,
@@ -335,6 +336,7 @@ pub(crate) fn save(
     cached: &mut CachedDoc,
     changes: &[LoggedChange],
     view: Option<&StoredView>,
+    resnapshot: bool,
 ) -> Result<()> {
     let view_text = view.map(|v| v.text.as_str());
     let n_parts = view.map_or(0, |v| v.parts.len() as i64);
@@ -368,7 +370,13 @@ pub(crate) fn save(
         ])?;
         last_seq = conn.last_insert_rowid();
     }
-    let snapshot = cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
+    let snapshot = resnapshot || cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
+    if snapshot && last_seq == 0 {
+        // No change logged now: the snapshot holds every change of the log.
+        last_seq = conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1")?
+            .query_row(params![row], |r| r.get(0))?;
+    }
     if snapshot {
         let state = cached.doc.encode();
         conn.prepare_cached(

@@ -37,6 +37,9 @@ pub(crate) struct Inner {
     pub(super) next_counter: u64,
     pub(super) cache: DocCache,
     pub(super) held: Summary,
+    /// The changes folded into snapshots and dropped from the log (`docs.folded` of every document; part of
+    /// [`Inner::held`]).
+    pub(super) folded: Summary,
     /// Rows in the `pending` table, per author.
     pub(super) pending: PendingCounts,
     /// Per-author digests, cached by bucket (see [`Inner::author_digest`]).
@@ -142,6 +145,8 @@ impl Inner {
         }
         drop(rows);
         drop(stmt);
+        self.folded = super::compaction::all_folded(&self.conn)?;
+        held.union_with(&self.folded);
         self.held = held;
         self.pending = PendingCounts::load(&self.conn)?;
         self.digests.clear();

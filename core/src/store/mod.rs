@@ -8,6 +8,7 @@
 
 mod blobs;
 mod changelog;
+mod compaction;
 mod docs;
 mod encryption;
 mod equivocation;
@@ -28,6 +29,7 @@ mod txn;
 
 pub use blobs::CHUNK_SIZE;
 pub use changelog::{CommitListener, LogEntry};
+pub use compaction::{CompactionPolicy, CompactionReport, MAX_STATE_BYTES};
 pub use docs::{attachment_hashes, Quarantined};
 pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
 pub use equivocation::{
@@ -39,7 +41,7 @@ pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica, MAX_ATTACHMENT_READ_CHECKS};
 pub use replicate::{
-    change_digest, change_hash, ApplyReport, AuthorDigest, DocChange, RangeSet, Summary, CHANGE_HASH_BYTES,
+    change_digest, change_hash, ApplyReport, AuthorDigest, DocChange, DocState, RangeSet, Summary, CHANGE_HASH_BYTES,
     MAX_REPORTED_REFUSALS,
 };
 pub use requests::AttachmentRequest;
@@ -301,6 +303,7 @@ impl Store {
             next_counter: 1,
             cache: DocCache::new(options.cache_bytes),
             held: Summary::new(),
+            folded: Summary::new(),
             pending: pending::PendingCounts::default(),
             digests: equivocation::DigestCache::default(),
             evicted: HashSet::new(),
@@ -535,7 +538,7 @@ impl Store {
         inner.conn.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = (|| {
             inner.refresh()?;
-            let saved = (inner.held.clone(), inner.next_counter, inner.clock.clone());
+            let saved = (inner.held.clone(), inner.folded.clone(), inner.next_counter, inner.clock.clone());
             let author = inner.author;
             let mut txn = WriteTxn::new(&mut inner);
             match f(&mut txn).and_then(|r| Ok((r, txn.persist()?))) {
@@ -547,7 +550,7 @@ impl Store {
                 }
                 Err(e) => {
                     drop(txn);
-                    (inner.held, inner.next_counter, inner.clock) = saved;
+                    (inner.held, inner.folded, inner.next_counter, inner.clock) = saved;
                     if inner.author != author {
                         // A new author was started and rolled back: read everything again from the database.
                         inner.author = author;

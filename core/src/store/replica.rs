@@ -8,7 +8,7 @@
 //! documents, queries, observers, attachments.
 
 use super::changelog::{entry, ENTRY_COLUMNS};
-use super::{check_collection, check_doc_id, ApplyReport, AuthorDigest, DocChange, LogEntry, Store, Summary};
+use super::{check_collection, check_doc_id, ApplyReport, AuthorDigest, DocChange, DocState, LogEntry, Store, Summary};
 use crate::error::{Error, Result};
 use crate::security::{ChangeCheck, RefusalReason};
 use crate::store::blobs;
@@ -95,6 +95,53 @@ pub trait Replica: Send + Sync + 'static {
     fn differing_authors(&self, theirs: &[AuthorDigest]) -> Result<Vec<crate::PeerId>> {
         let _ = theirs;
         Ok(Vec::new())
+    }
+
+    /// The cloud (a relay on a [`TransportKind::Cloud`](crate::sync::TransportKind) link) said it holds `summary`:
+    /// compaction keeps in the log the changes the cloud has not acknowledged (the cloud does not merge states),
+    /// while the cloud was reached within the compaction horizon. (The default, for replicas that do not compact:
+    /// nothing kept.)
+    fn keep_cloud_summary(&self, summary: &Summary) -> Result<()> {
+        let _ = summary;
+        Ok(())
+    }
+
+    /// The changes this store folded into document snapshots and serves as states (see [`crate::Store::compact`]).
+    /// (The default, for replicas that do not compact: none.)
+    fn folded(&self) -> Result<Summary> {
+        Ok(Summary::new())
+    }
+
+    /// The changes folded into the snapshot of the document with local number `doc`. (The default: none.)
+    fn folded_of_doc(&self, doc: i64) -> Result<Summary> {
+        let _ = doc;
+        Ok(Summary::new())
+    }
+
+    /// The states of the documents with folded changes in neither `have` nor `skip`, each with the document's
+    /// local number, in the order of those numbers from `from_doc` on, about `max_bytes` of them at most (at least
+    /// one when there is any). Linear in the documents with folded changes it looks at. (The default: none.)
+    fn states_missing(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, DocState)>> {
+        let _ = (have, skip, from_doc, max_bytes);
+        Ok(Vec::new())
+    }
+
+    /// Merge document states received from another device in one transaction (see [`DocState`]): each is merged
+    /// into its document ([`crate::Document::join`]), after which the store holds its changes; kept-aside changes
+    /// waiting for them are applied. A malformed state — one that does not decode, is over
+    /// [`crate::store::MAX_STATE_BYTES`], holds what its version does not cover, or lists changes that do not fit
+    /// its version — fails the whole call and nothing is written. States are trusted like unsigned changes:
+    /// development mode only (certificate mode exchanges signed changes). (The default, for replicas that cannot
+    /// merge states: each refused.)
+    fn apply_states(&self, states: &[DocState]) -> Result<ApplyReport> {
+        log::warn!("this replica cannot merge document states; {} refused", states.len());
+        Ok(ApplyReport { refused: states.len(), ..ApplyReport::default() })
     }
 
     /// Changes this store holds that are in neither `have` nor `skip`, in log order (causal within each
@@ -224,6 +271,49 @@ impl Replica for StoreReplica {
         self.store.apply_remote_changes(changes, Some(check))
     }
 
+    fn folded(&self) -> Result<Summary> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        Ok(inner.folded.clone())
+    }
+
+    fn keep_cloud_summary(&self, summary: &Summary) -> Result<()> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        let now = inner.sources.now_ms();
+        inner.immediate(|conn| super::compaction::keep_cloud_summary(conn, summary, now))
+    }
+
+    fn folded_of_doc(&self, doc: i64) -> Result<Summary> {
+        let inner = self.store.lock();
+        super::compaction::folded_of(&inner.conn, doc)
+    }
+
+    fn states_missing(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, DocState)>> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        if inner.folded.difference(have).difference(skip).is_empty() {
+            return Ok(Vec::new());
+        }
+        inner.states_missing(have, skip, from_doc, max_bytes)
+    }
+
+    fn apply_states(&self, states: &[DocState]) -> Result<ApplyReport> {
+        let ((), report) = self.store.transact(|txn| {
+            for s in states {
+                txn.merge_state(s)?;
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
     fn attachment_readable(&self, hash: &[u8; 32], rules: &crate::security::certificate::ReadRules) -> Result<bool> {
         // The documents that name the hash (an index lookup), each checked against the rules, at most
         // MAX_ATTACHMENT_READ_CHECKS of them.
@@ -291,8 +381,12 @@ impl Replica for StoreReplica {
             }
         };
         let mut out = Vec::with_capacity(authors.len());
+        // An author some of whose changes were folded here has no digest: they are no longer in the log to hash,
+        // and a digest of the rest would differ from a peer's that keeps them all.
         for &a in authors {
-            out.extend(inner.author_digest(a)?);
+            if inner.folded.ranges_of(a).is_none() {
+                out.extend(inner.author_digest(a)?);
+            }
         }
         Ok(out)
     }
@@ -302,7 +396,7 @@ impl Replica for StoreReplica {
         inner.refresh()?;
         let mut out = Vec::new();
         for d in theirs {
-            if inner.ranges_digest(d.author) != Some(d.ranges) {
+            if inner.ranges_digest(d.author) != Some(d.ranges) || inner.folded.ranges_of(d.author).is_some() {
                 continue;
             }
             if inner.author_digest(d.author)?.is_some_and(|mine| mine.changes != d.changes) {

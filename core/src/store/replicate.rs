@@ -259,6 +259,34 @@ impl Summary {
     }
 }
 
+/// A document's whole CRDT state, sent to a device that lacks changes the sender folded into its snapshot (see
+/// [`crate::Store::compact`]) in place of them. The receiver merges it ([`crate::Document::join`]), which is
+/// exactly equivalent to applying the changes, and then holds `changes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocState {
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id within its collection.
+    pub doc_id: String,
+    /// The state ([`crate::Document::encode`]; at most [`crate::store::MAX_STATE_BYTES`]).
+    pub state: Vec<u8>,
+    /// Exactly the changes the state holds: for each author, the counters of its changes to this document (the
+    /// greatest is the author's entry in the state's version vector).
+    pub changes: Summary,
+}
+
+impl DocState {
+    /// Whether `changes` fits the state's version vector `version`: the same authors, and each author's greatest
+    /// counter its entry there.
+    pub fn changes_fit(&self, version: &crate::VersionVector) -> bool {
+        let authors = self.changes.peers().count() == version.iter().count();
+        authors
+            && version.iter().all(|(peer, top)| {
+                self.changes.ranges_of(peer).and_then(|r| r.ranges().last()).is_some_and(|&(_, end)| end == top)
+            })
+    }
+}
+
 /// A change together with the document it belongs to: what travels between stores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DocChange {

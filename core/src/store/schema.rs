@@ -165,6 +165,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, hash)
     ) WITHOUT ROWID;
     "#,
+    // 10: log compaction (`Store::compact`). `docs.folded`: the changes of a document that were folded into its
+    //    snapshot and dropped from the log, exactly (an encoded `Summary`: author → counter ranges), NULL when none
+    //    were. The store still holds them (its summary says so); a device lacking some of them gets the
+    //    document's state instead of its changes.
+    r#"
+    ALTER TABLE docs ADD COLUMN folded BLOB;
+    CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

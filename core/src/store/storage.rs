@@ -27,8 +27,8 @@ pub struct StorageStats {
     pub wal_bytes: u64,
     /// Documents that exist here.
     pub documents: u64,
-    /// Documents removed (their rows and changes are kept: they are what tells a device coming back that they
-    /// were removed).
+    /// Documents removed (their rows are kept, with their changes or their snapshots: they are what tells a device
+    /// coming back that they were removed).
     pub removed_documents: u64,
     /// Documents evicted from this device ([`Store::evict`]).
     pub evicted_documents: u64,
@@ -40,6 +40,11 @@ pub struct StorageStats {
     pub log_bytes: u64,
     /// Documents' CRDT states saved as snapshots (a document is rebuilt from its snapshot and the changes after it).
     pub snapshot_bytes: u64,
+    /// Documents some of whose changes were folded into their snapshots and dropped from the log
+    /// ([`Store::compact`]).
+    pub compacted_documents: u64,
+    /// The record of which changes those were (what the store tells other devices it holds).
+    pub folded_bytes: u64,
     /// Received changes waiting for the changes they depend on.
     pub pending_changes: u64,
     /// Attachments stored whole.
@@ -111,6 +116,8 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
                 (SELECT coalesce(sum(length(CAST(json AS BLOB))), 0) FROM view_parts)")?;
     let (log_changes, log_bytes) = one("SELECT count(*), coalesce(sum(length(body)), 0) FROM changes")?;
     let (_, snapshot_bytes) = one("SELECT count(*), coalesce(sum(length(state)), 0) FROM snapshots")?;
+    let (compacted_documents, folded_bytes) =
+        one("SELECT count(*), coalesce(sum(length(folded)), 0) FROM docs WHERE folded IS NOT NULL")?;
     let (pending_changes, evicted_documents) =
         one("SELECT (SELECT count(*) FROM pending), (SELECT count(*) FROM evicted)")?;
     let (attachments, attachment_bytes) = one("SELECT count(*), coalesce(sum(len), 0) FROM blobs")?;
@@ -132,6 +139,8 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
         log_changes,
         log_bytes,
         snapshot_bytes,
+        compacted_documents,
+        folded_bytes,
         pending_changes,
         attachments,
         attachment_bytes,

@@ -25,6 +25,9 @@ struct TxnDoc {
     cached: CachedDoc,
     /// Changes applied in this transaction, in order, encoded for the log.
     new_changes: Vec<docs::LoggedChange>,
+    /// Changes this transaction took in through merged states ([`WriteTxn::merge_state`]), not logged: folded
+    /// into the document's snapshot, which is rewritten.
+    merged: Option<super::Summary>,
     /// Pending rows applied in this transaction (to delete on commit).
     from_pending: Vec<(u64, u64)>,
     /// The store had no row for it before this transaction.
@@ -105,7 +108,7 @@ impl<'a> WriteTxn<'a> {
                         None => return Ok(None),
                     },
                 };
-                e.insert(TxnDoc { cached, new_changes: Vec::new(), from_pending: Vec::new(), created })
+                e.insert(TxnDoc { cached, new_changes: Vec::new(), merged: None, from_pending: Vec::new(), created })
             }
         };
         Ok(Some(td))
@@ -353,7 +356,7 @@ impl<'a> WriteTxn<'a> {
 
     /// Whether the transaction changed anything.
     pub(crate) fn wrote(&self) -> bool {
-        !self.evicted.is_empty() || self.docs.values().any(|td| !td.new_changes.is_empty())
+        !self.evicted.is_empty() || self.docs.values().any(|td| !td.new_changes.is_empty() || td.merged.is_some())
     }
 
     pub(crate) fn take_report(&mut self) -> ApplyReport {
@@ -368,7 +371,7 @@ impl<'a> WriteTxn<'a> {
         }
         let mut touched: BTreeMap<&str, Vec<(&str, Option<Json>)>> = BTreeMap::new();
         for ((collection, id), td) in self.docs.iter_mut() {
-            if td.new_changes.is_empty() {
+            if td.new_changes.is_empty() && td.merged.is_none() {
                 continue;
             }
             for c in &td.new_changes {
@@ -378,7 +381,13 @@ impl<'a> WriteTxn<'a> {
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
             let value = if observed { td.cached.doc.view(id) } else { None };
             let view = docs::render_view(&td.cached, id);
-            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref())?;
+            let resnapshot = td.merged.is_some();
+            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref(), resnapshot)?;
+            if let (Some(merged), Some(row)) = (&td.merged, td.cached.row) {
+                let mut folded = super::compaction::folded_of(&self.inner.conn, row)?;
+                folded.union_with(merged);
+                super::compaction::set_folded(&self.inner.conn, row, &folded)?;
+            }
             if observed {
                 touched.entry(collection.as_str()).or_default().push((id.as_str(), value));
             }
@@ -428,6 +437,49 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
+    /// Merge a document state received from another device (see [`super::Replica::apply_states`]).
+    pub(crate) fn merge_state(&mut self, s: &super::DocState) -> Result<()> {
+        check_collection(&s.collection)?;
+        check_doc_id(&s.doc_id)?;
+        if s.state.len() > super::MAX_STATE_BYTES {
+            return Err(Error::Change(crate::crdt::change::ChangeError::TooLarge(format!(
+                "a document state of {} bytes",
+                s.state.len()
+            ))));
+        }
+        let theirs = Document::decode(&s.state)?;
+        if !s.changes.is_well_formed() || !s.changes_fit(theirs.version()) {
+            return Err(Error::Change(crate::crdt::change::ChangeError::Corrupt(format!(
+                "the changes listed with the state of {}/{} do not fit its version",
+                s.collection, s.doc_id
+            ))));
+        }
+        // Whether or not it is merged here, others hold these counters: this store must not write at them.
+        for (peer, top) in theirs.version().iter() {
+            self.inner.notice_own_author(peer, top)?;
+        }
+        if self.is_evicted(&s.collection, &s.doc_id) {
+            self.judged.report.ignored_evicted += 1;
+            return Ok(());
+        }
+        let new = s.changes.difference(&self.inner.held);
+        let td = self.doc_or_new(&s.collection, &s.doc_id)?;
+        let before = td.cached.doc.version().clone();
+        td.cached.doc.join(&theirs)?;
+        let changed = td.cached.doc.version() != &before;
+        if !new.is_empty() {
+            td.merged.get_or_insert_with(super::Summary::new).union_with(&new);
+        }
+        self.inner.held.union_with(&new);
+        self.inner.folded.union_with(&new);
+        if changed {
+            self.judged.report.applied += 1;
+        } else {
+            self.judged.report.duplicates += 1;
+        }
+        judge::drain_pending(self, &s.collection, &s.doc_id, None)
+    }
+
     /// Drop a document from this device (see [`crate::Store::evict`]).
     pub(crate) fn evict(&mut self, collection: &str, id: &str) -> Result<bool> {
         let key = (collection.to_string(), id.to_string());
@@ -443,10 +495,13 @@ impl<'a> WriteTxn<'a> {
         let existed = match docs::row_of(conn, collection, id)? {
             None => false,
             Some(row) => {
+                let folded = super::compaction::folded_of(conn, row)?;
+                let own_folded =
+                    folded.ranges_of(self.inner.author).and_then(|r| r.ranges().last()).map(|r| r.1 as i64);
                 let own_end: Option<i64> = conn
                     .prepare_cached("SELECT max(end) FROM changes WHERE doc = ?1 AND peer = ?2")?
                     .query_row(params![row, self.inner.author.0 as i64], |r| r.get(0))?;
-                if let Some(end) = own_end {
+                if let Some(end) = own_end.max(own_folded) {
                     conn.prepare_cached(
                         "INSERT INTO forgotten (collection, id, author, end) VALUES (?1, ?2, ?3, ?4) \
                          ON CONFLICT (collection, id) DO UPDATE SET author = ?3, \
@@ -463,6 +518,13 @@ impl<'a> WriteTxn<'a> {
                 for (peer, start, end) in ranges {
                     self.inner.digests.changed(crate::crdt::clock::PeerId(peer as u64), start as u64);
                     self.inner.held.remove(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
+                }
+                // The changes folded into its snapshot go with it: this store no longer holds them.
+                for (peer, ranges) in folded.peers() {
+                    for &(start, end) in ranges.ranges() {
+                        self.inner.held.remove(peer, start, end);
+                        self.inner.folded.remove(peer, start, end);
+                    }
                 }
                 let conn = &self.inner.conn;
                 conn.prepare_cached("DELETE FROM changes WHERE doc = ?1")?.execute(params![row])?;
@@ -514,6 +576,10 @@ impl judge::Ledger for WriteTxn<'_> {
 
     fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
         Ok(self.inner.held.overlaps(author, start, end))
+    }
+
+    fn folded_covers(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
+        Ok(self.inner.folded_covers(author, start, end))
     }
 
     fn logged_before(&mut self, author: PeerId, counter: u64) -> Result<Option<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {

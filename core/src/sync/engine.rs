@@ -938,7 +938,15 @@ impl Engine {
             Access::Certificates(enrolment) => Some(Checks { signers: &self.signers, enrolment }),
             Access::SharedSecret(_) => None,
         };
+        // What the cloud holds: compaction keeps in the log what it has not acknowledged (issue 17).
+        let cloud_summary = match (&msg, slot.transport) {
+            (Message::Summary { summary }, TransportKind::Cloud) => Some(summary.clone()),
+            _ => None,
+        };
         let handled = session.handle(&*store, msg, checks)?;
+        if let Some(summary) = cloud_summary {
+            store.keep_cloud_summary(&summary)?;
+        }
         self.after_handled(link, handled)
     }
 

@@ -28,7 +28,7 @@ use super::SyncError;
 use crate::crdt::change::{Change, MAX_BATCH_COST, MAX_CHANGE_COST};
 use crate::query::Query;
 use crate::security::authorship::{apply_received, Checks};
-use crate::store::{ApplyReport, DocChange, LogEntry, Replica, Summary};
+use crate::store::{ApplyReport, DocChange, DocState, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -243,6 +243,8 @@ pub(crate) struct Session {
     send_certificates: bool,
     /// The signers whose chains were queued on this link.
     certificates_sent: BTreeSet<crate::PeerId>,
+    /// Where [`Session::pump_states`] goes on looking for documents whose states the peer lacks (a local number).
+    states_from: i64,
 }
 
 /// Counters of one session.
@@ -257,6 +259,10 @@ pub struct SessionStats {
     /// Bytes of the changes received, counted like [`SessionStats::change_bytes_sent`]; flow control grants credit
     /// in these bytes.
     pub change_bytes_received: u64,
+    /// Documents' states sent in place of changes folded into their snapshots ([`Message::States`]).
+    pub states_sent: u64,
+    /// Bytes of those states (counted against flow control's credit like changes).
+    pub state_bytes_sent: u64,
 }
 
 impl Session {
@@ -292,6 +298,7 @@ impl Session {
             reads: None,
             send_certificates: false,
             certificates_sent: BTreeSet::new(),
+            states_from: 0,
         };
         s.outbox.push_back(Out::Message(Message::Hello { name: name.to_string(), store_peer: store.peer_id().0 }));
         s.set_interest(interest);
@@ -386,6 +393,12 @@ impl Session {
                 let report = apply_received(checks, store, batch).map_err(SyncError::from);
                 return self.changes_applied(store, received, report);
             }
+            Message::States { states } => {
+                if checks.is_some() {
+                    return Err(SyncError::Protocol("document states are not accepted with certificates".into()));
+                }
+                return self.receive_states(store, states);
+            }
             Message::Resync => self.queue_summary(),
             Message::Credit { bytes } => {
                 self.send_credit =
@@ -470,6 +483,80 @@ impl Session {
         Ok(out)
     }
 
+    /// Merge documents' states from the peer (issue 17: in place of changes it folded into their snapshots). The
+    /// peer holds their changes; the bytes count for flow control like changes. An error closes the link.
+    fn receive_states(&mut self, store: &dyn Replica, states: Vec<DocState>) -> Result<Handled, SyncError> {
+        let mut sent = Summary::new();
+        let mut bytes = 0u64;
+        for s in &states {
+            sent.union_with(&s.changes);
+            bytes += s.state.len() as u64;
+        }
+        self.peer_known.union_with(&sent);
+        let report = store.apply_states(&states)?;
+        for s in &states {
+            if self.peer_interest.covers_collection(&s.collection) {
+                if let Some(n) = store.doc_number(&s.collection, &s.doc_id)? {
+                    self.touched_by_peer.insert(n);
+                }
+            }
+        }
+        self.received_unacked += bytes;
+        if self.received_unacked >= WINDOW / 2 {
+            let bytes = std::mem::take(&mut self.received_unacked);
+            self.grant(bytes);
+        }
+        Ok(Handled { applied: Some(report), received: Some(sent), ..Handled::default() })
+    }
+
+    /// Send the states of the documents whose changes this store folded into their snapshots and the peer lacks
+    /// (issue 17), those of interest to it, while credit allows; the others are remembered as skipped. Development
+    /// mode only: with certificates the peer is sent signed changes, which this store does not fold. Returns
+    /// whether anything was queued.
+    fn pump_states(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
+        if self.reads.is_some() || self.send_credit <= 0 {
+            return Ok(false);
+        }
+        if store.folded()?.difference(&self.peer_known).difference(&self.skipped).is_empty() {
+            return Ok(false);
+        }
+        let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
+        let mut batch: Vec<DocState> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut queued = false;
+        // From where the last look stopped, then once more from the start (documents before it may lack some now).
+        let mut states = store.states_missing(&self.peer_known, &self.skipped, self.states_from, budget)?;
+        if states.is_empty() && self.states_from > 0 {
+            states = store.states_missing(&self.peer_known, &self.skipped, 0, budget)?;
+        }
+        self.states_from = states.last().map_or(0, |(doc, _)| doc + 1);
+        for (doc, s) in states {
+            let held =
+                s.changes.peers().any(|(p, r)| r.ranges().iter().any(|&(a, b)| self.peer_known.overlaps(p, a, b)));
+            let interesting = self.peer_interest.covers_collection(&s.collection)
+                && (held || self.peer_interest.matches(&s.collection, store.view_of_doc(doc)?.as_ref()));
+            if !interesting {
+                self.skipped.union_with(&s.changes);
+                continue;
+            }
+            self.peer_known.union_with(&s.changes);
+            self.send_credit -= s.state.len() as i64;
+            self.stats.states_sent += 1;
+            self.stats.state_bytes_sent += s.state.len() as u64;
+            batch_bytes += s.state.len();
+            batch.push(s);
+            queued = true;
+            if batch_bytes >= BATCH_BYTES {
+                self.outbox.push_back(Out::Message(Message::States { states: std::mem::take(&mut batch) }));
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.outbox.push_back(Out::Message(Message::States { states: batch }));
+        }
+        Ok(queued)
+    }
+
     /// Whether a change to the store may give the session something to send (it sends changes, or may).
     pub fn may_pump(&self) -> bool {
         self.is_ready() && !self.peer_interest.is_empty() && !self.standby && !self.awaiting_summary
@@ -544,6 +631,9 @@ impl Session {
             queued |= q;
             scanned += n;
         }
+        // States go ahead of changes: a change the peer gets of a document whose earlier changes were folded here
+        // waits there for the state.
+        queued |= self.pump_states(store)?;
         while self.send_credit > 0 && scanned < PUMP_SCAN_BYTES {
             let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
             let entries = store.log_missing(&self.peer_known, &self.skipped, budget)?;
@@ -579,6 +669,8 @@ impl Session {
             }
         }
         self.flush_batch();
+        // Documents that became of interest to the peer while changes were sent (see `send_doc_if_interesting`).
+        queued |= self.pump_states(store)?;
         if !queued && scanned >= PUMP_SCAN_BYTES {
             self.grant(0);
         }
@@ -631,6 +723,12 @@ impl Session {
                 self.skipped.insert(e.peer, e.start, e.end);
             }
             return Ok((false, read));
+        }
+        // Changes folded into the document's snapshot that the peer lacks come as its state, which an earlier look
+        // may have skipped: look at it again.
+        let folded = store.folded_of_doc(doc)?;
+        if !folded.is_empty() {
+            self.skipped = self.skipped.difference(&folded);
         }
         let missing: Vec<LogEntry> =
             log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();

@@ -28,11 +28,12 @@ pub const MAX_CONTROL_MESSAGE_BYTES: usize = 4 << 20;
 /// The postcard variant indexes of the messages allowed more than [`MAX_CONTROL_MESSAGE_BYTES`].
 const SUMMARY_VARIANT: u8 = 2;
 const CHANGES_VARIANT: u8 = 3;
+const STATES_VARIANT: u8 = 13;
 
 /// The largest a message may be, from its first bytes (the version byte, then the message kind).
 pub(crate) fn size_limit(start: &[u8]) -> usize {
     match start.get(1) {
-        Some(&CHANGES_VARIANT) => MAX_MESSAGE_BYTES,
+        Some(&CHANGES_VARIANT | &STATES_VARIANT) => MAX_MESSAGE_BYTES,
         Some(&SUMMARY_VARIANT) => MAX_SUMMARY_MESSAGE_BYTES,
         _ => MAX_CONTROL_MESSAGE_BYTES,
     }
@@ -372,6 +373,13 @@ pub enum Message {
         /// The encoded chains.
         chains: Vec<Vec<u8>>,
     },
+    /// Issue 17: documents' whole states, in place of changes the sender folded into their snapshots (see
+    /// [`crate::Store::compact`]) and the receiver lacks. Development mode only (a state carries no author's
+    /// signature). Each state is at most [`crate::store::MAX_STATE_BYTES`]; a batch of small ones shares a message.
+    States {
+        /// The states.
+        states: Vec<crate::store::DocState>,
+    },
 }
 
 /// The most [`AuthorDigest`]s in one [`Message::Digests`] (40 bytes each: 160 KiB): what a receiver compares per
@@ -463,6 +471,15 @@ impl Message {
             Message::Revocations { list } if list.len() > crate::security::revocation::MAX_REVOCATION_LIST_BYTES => {
                 invalid(format!("a revocation list of {} bytes", list.len()))
             }
+            Message::States { states } => {
+                match states
+                    .iter()
+                    .find(|s| s.state.len() > crate::store::MAX_STATE_BYTES || !s.changes.is_well_formed())
+                {
+                    Some(s) => invalid(format!("a malformed state of {}/{}", s.collection, s.doc_id)),
+                    None => Ok(()),
+                }
+            }
             Message::Certificates { chains } => {
                 if chains.len() > MAX_CHAINS_PER_MESSAGE {
                     return invalid(format!("{} certificate chains", chains.len()));
@@ -524,6 +541,7 @@ mod tests {
         let changes = Message::Changes { changes: vec![] }.encode();
         assert_eq!(size_limit(&summary), MAX_SUMMARY_MESSAGE_BYTES);
         assert_eq!(size_limit(&changes), MAX_MESSAGE_BYTES);
+        assert_eq!(size_limit(&Message::States { states: vec![] }.encode()), MAX_MESSAGE_BYTES);
         assert_eq!(size_limit(&Message::Resync.encode()), MAX_CONTROL_MESSAGE_BYTES);
         let big = Message::Presence {
             origin: [0; 32],

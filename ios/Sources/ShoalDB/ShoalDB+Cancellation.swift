@@ -199,6 +199,12 @@ extension Store {
         try await withTaskCancellation { try await collectGarbage(policy: policy, cancel: $0) }
     }
 
+    /// Fold the changes `policy` selects into documents' saved states and drop them from the change log (devices
+    /// that lack them get the states). Cancelled with the calling task (`CancellationError`).
+    public func compact(policy: CompactionPolicy) async throws -> CompactionReport {
+        try await withTaskCancellation { try await compact(policy: policy, cancel: $0) }
+    }
+
     /// Store `bytes` as an attachment (the same bytes are stored once) and return its token, to put in a field
     /// (`FieldValue(token)`). Cancelled with the calling task (`CancellationError`).
     public func putAttachment(bytes: Data, meta: [String: String]) async throws -> AttachmentToken {

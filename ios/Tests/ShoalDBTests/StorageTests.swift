@@ -1,4 +1,4 @@
-// Storage statistics and garbage collection: storageStats, collectGarbage.
+// Storage statistics, garbage collection and compaction: storageStats, collectGarbage, compact.
 
 import Foundation
 import ShoalDB
@@ -36,4 +36,34 @@ func testGarbageCollection() async throws {
     let after = try await store.storageStats()
     try expectEqual(after.attachments, 1, "stats: \(after)")
     try expectEqual(after.freeBytes, 0, "stats: \(after)")
+}
+
+func testCompaction() async throws {
+    let dir = try makeTempDir("compaction")
+    defer { removeTempDir(dir) }
+    let store = try await openStore(dir, "notes")
+    defer { store.shutdown() }
+    let notes = try store.collection(name: "notes")
+    for round in 0..<5 {
+        for i in 0..<10 {
+            try await notes.upsert(json: #"{"_id": "n\#(i)", "round": \#(round)}"#)
+        }
+    }
+    let before = try await store.storageStats()
+    try expect(before.logChanges >= 50, "stats: \(before)")
+
+    // Recent changes are kept by the default horizon (30 days); a horizon of 0 folds them all.
+    let kept = try store.compactBlocking(policy: CompactionPolicy())
+    try expectEqual(kept.changes, 0, "report: \(kept)")
+    let report = try await store.compact(policy: CompactionPolicy(horizonMs: 0))
+    try expectEqual(report.changes, before.logChanges, "report: \(report)")
+    try expectEqual(report.documents, 10, "report: \(report)")
+    let after = try await store.storageStats()
+    try expectEqual(after.logChanges, 0, "stats: \(after)")
+    try expectEqual(after.compactedDocuments, 10, "stats: \(after)")
+    let n3 = try await notes.get(id: "n3")
+    try expect(n3?.contains(#""round":4"#) == true, "the documents are whole: \(String(describing: n3))")
+    try await notes.upsert(json: #"{"_id": "n3", "round": 5}"#)
+    let again = try await notes.get(id: "n3")
+    try expect(again?.contains(#""round":5"#) == true, "writes go on: \(String(describing: again))")
 }

@@ -22,6 +22,7 @@ let tests: [(String, () async throws -> Void)] = [
     ("arrays: push, insert, delete, items[0].done", testArrays),
     ("attachment field", testAttachmentField),
     ("storage stats and garbage collection", testGarbageCollection),
+    ("compaction of the change log", testCompaction),
     ("atomic multi-document write", testAtomicWrite),
     ("write builder on the main actor", testWriteFromMainActor),
     ("query: filter, params, sort, limit", testQuery),

@@ -5,9 +5,10 @@
 //!
 //! Rows: `{"bench":"storage","workload":…,"impl":"shoal"|"automerge"|"loro","live_bytes":…,"file_bytes":…,
 //! "ratio":…,"compact_ms":…}`. `live_bytes`: the live data as JSON (every document that exists, as an app reads
-//! it); `file_bytes`: Shoal's database file after `collect_garbage` and a checkpoint, or the size of the document
-//! Automerge (`save`) and Loro (snapshot export) write; `ratio`: `file_bytes / live_bytes`; `compact_ms`: Shoal's
-//! `collect_garbage` (and checkpoint), Automerge's `save`, Loro's export.
+//! it); `file_bytes`: Shoal's database file after `compact` (every change folded), `collect_garbage` and a
+//! checkpoint, or the size of the document Automerge (`save`) and Loro (snapshot export) write; `ratio`:
+//! `file_bytes / live_bytes`; `compact_ms`: Shoal's `compact`, `collect_garbage` and checkpoint, Automerge's `save`,
+//! Loro's export. The size of Shoal's files before compaction goes to stderr, with where the bytes go.
 //!
 //! Workloads: `churn` — 1,000 documents of five fields edited 1,000,000 times in all (one field set per edit,
 //! transactions of 100 edits), 10% of the documents removed and created again along the way; `automerge-paper` — the
@@ -16,7 +17,7 @@
 
 use serde_json::json;
 use shoaldb::store::GarbagePolicy;
-use shoaldb::Store;
+use shoaldb::{CompactionPolicy, Store};
 use shoaldb_bench::trace::{automerge_patch, load_trace, loro_patch, replay_into_store, Trace};
 use shoaldb_bench::{emit, open_fast, store_files_size, Args, BoxErr};
 use std::path::Path;
@@ -106,9 +107,13 @@ fn row(workload: &str, imp: &str, live_bytes: u64, file_bytes: u64, compact_ms: 
     }));
 }
 
-/// Collects garbage with no grace and checkpoints; returns the time taken (ms) and the files' size after.
+/// Folds every change into snapshots, collects garbage with no grace and checkpoints; returns the time taken (ms)
+/// and the files' size after.
 fn compact(store: &Store, db: &Path) -> Result<(f64, u64), BoxErr> {
+    store.checkpoint()?;
+    eprintln!("    {}: {} bytes before compaction", db.display(), store_files_size(db));
     let t0 = Instant::now();
+    store.compact(&CompactionPolicy::everything())?;
     store.collect_garbage(&GarbagePolicy { unreferenced_attachment_ms: 0, stalled_download_ms: 0 })?;
     store.checkpoint()?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;

@@ -187,7 +187,7 @@ pub fn encoded_change(input: &mut Input) -> Vec<u8> {
 
 /// A sync message another device could send (encoded), or raw bytes.
 pub fn message(input: &mut Input) -> Vec<u8> {
-    let msg = match input.below(14) {
+    let msg = match input.below(15) {
         0 => return input.bytes(300),
         1 => Message::Hello { name: input.name(&["mallory", ""]), store_peer: input.u64() },
         2 => Message::Interest {
@@ -235,7 +235,29 @@ pub fn message(input: &mut Input) -> Vec<u8> {
             data: input.bytes(64),
         },
         12 => Message::AttachmentUnavailable { request: input.u64() },
-        _ => Message::Resync,
+        13 => Message::Resync,
+        _ => {
+            // A document's state (issue 17): one made by a built change, or raw bytes; the changes it claims to
+            // hold: its own, or made up.
+            let mut doc = shoaldb::Document::new();
+            if let Ok(dc) = shoaldb::DocChange::decode(&encoded_change(input)) {
+                let _ = doc.apply(&dc.change);
+            }
+            let state = if input.u8() & 1 == 0 { doc.encode() } else { input.bytes(200) };
+            let mut changes = Summary::new();
+            for (p, top) in doc.version().iter() {
+                if input.u8() & 3 != 0 {
+                    changes.insert(p, input.u64().min(top).max(1), top);
+                }
+            }
+            for _ in 0..input.below(2) {
+                let (p, a) = (peer(input), input.u64());
+                changes.insert(p, a, a.saturating_add(input.below(4) as u64));
+            }
+            let collection = input.name(&["c", "d"]);
+            let doc_id = input.name(&["x", "y", ""]);
+            Message::States { states: vec![shoaldb::DocState { collection, doc_id, state, changes }] }
+        }
     };
     msg.encode()
 }

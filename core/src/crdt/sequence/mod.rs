@@ -27,6 +27,7 @@
 //! * `lookup`: finding an item by position or id, iterating over the content;
 //! * `insert`: local and remote inserts, the YjsMod integration;
 //! * `delete`: local and remote deletes;
+//! * `join`: state-based merge of another replica's sequence;
 //! * `encoding`: serialization as a flat list of runs, and its validation;
 //! * `text`: text content ([`Chars`]); `list`: lists of values (`Vec<T>`).
 
@@ -35,6 +36,7 @@ mod encoding;
 mod fenwick;
 mod id_index;
 mod insert;
+mod join;
 mod leaf;
 mod list;
 mod lookup;

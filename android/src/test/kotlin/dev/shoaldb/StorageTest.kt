@@ -8,7 +8,7 @@ import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
 
-/** Storage statistics and garbage collection: storageStats, collectGarbage. */
+/** Storage statistics, garbage collection and compaction: storageStats, collectGarbage, compact. */
 class StorageTest {
     @TempDir
     lateinit var dir: Path
@@ -46,6 +46,30 @@ class StorageTest {
             assertEquals(1uL, after.attachments, "stats: $after")
             assertEquals(0uL, after.freeBytes, "stats: $after")
             assertEquals(1uL, after.removedDocuments, "removals are kept: $after")
+        }
+    }
+
+    @Test
+    fun `compaction folds the change log into the documents, which stay whole`() = runBlocking<Unit> {
+        openStore(dir, "notes").use { store ->
+            val notes = store.collection("notes")
+            for (round in 0 until 5) {
+                for (i in 0 until 10) notes.upsert("""{"_id": "n$i", "round": $round}""")
+            }
+            val before = store.storageStats()
+            assertTrue(before.logChanges >= 50uL, "stats: $before")
+
+            // Recent changes are kept by the default horizon (30 days); a horizon of 0 folds them all.
+            assertEquals(0uL, store.compactBlocking(CompactionPolicy()).changes)
+            val report = store.compact(CompactionPolicy(horizonMs = 0uL))
+            assertEquals(before.logChanges, report.changes, "report: $report")
+            assertEquals(10uL, report.documents, "report: $report")
+            val after = store.storageStats()
+            assertEquals(0uL, after.logChanges, "stats: $after")
+            assertEquals(10uL, after.compactedDocuments, "stats: $after")
+            assertTrue(notes.get("n3")!!.contains("\"round\":4"), "the documents are whole: ${notes.get("n3")}")
+            notes.upsert("""{"_id": "n3", "round": 5}""")
+            assertTrue(notes.get("n3")!!.contains("\"round\":5"), "writes go on")
         }
     }
 }

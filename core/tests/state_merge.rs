@@ -1,0 +1,232 @@
+//! Property test of the state-based merge ([`Document::join`]), the ground under log compaction: a replica that
+//! merges another replica's snapshot — current or taken long ago, with changes of its own made meanwhile — must end
+//! exactly as if it had applied, one by one, every change either of them held. Several replicas edit one document
+//! with every field type, nesting (maps in arrays in maps), removals of fields and of the whole document; they
+//! exchange changes (in random order, with duplicates) and snapshots (in either direction, old or new), in any
+//! interleaving. After each merge the result is compared, byte for byte in its canonical encoding, with a
+//! document built from the change log alone; so a removed field or document coming back, an offline edit lost, or
+//! an order of text or array items that differs, each fails the test.
+
+#[path = "common/edits.rs"]
+mod edits;
+
+use edits::{apply_edit, edit, Edit};
+use proptest::prelude::*;
+use shoaldb::crdt::clock::Dot;
+use shoaldb::{Applied, Change, Document, PeerId, Timestamp, Value, VersionVector};
+
+const REPLICAS: usize = 4;
+
+#[derive(Clone, Debug)]
+enum Action {
+    Edit {
+        replica: usize,
+        edit: Edit,
+    },
+    /// Queue for `to` the changes `from` holds (applied later, shuffled, some twice).
+    Send {
+        from: usize,
+        to: usize,
+    },
+    Deliver {
+        to: usize,
+        seed: u64,
+    },
+    /// `to` merges `from`'s current state.
+    Merge {
+        from: usize,
+        to: usize,
+    },
+    /// Keep `replica`'s current state, to be merged much later (a device that was away).
+    Keep {
+        replica: usize,
+    },
+    /// `to` merges a state kept earlier.
+    MergeKept {
+        which: usize,
+        to: usize,
+    },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        8 => (0..REPLICAS, edit()).prop_map(|(replica, edit)| Action::Edit { replica, edit }),
+        2 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Send { from, to }),
+        2 => (0..REPLICAS, any::<u64>()).prop_map(|(to, seed)| Action::Deliver { to, seed }),
+        3 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Merge { from, to }),
+        1 => (0..REPLICAS).prop_map(|replica| Action::Keep { replica }),
+        2 => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeKept { which, to }),
+    ]
+}
+
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn peer(replica: usize) -> PeerId {
+    PeerId(replica as u64 * 7 + 3)
+}
+
+/// The document built by applying, in causal order, the changes of `log` that `version` covers.
+fn replay(log: &[Change], version: &VersionVector) -> Document {
+    let mut doc = Document::new();
+    let mut queue: Vec<&Change> = log.iter().filter(|c| version.contains(Dot::new(c.peer, c.end()))).collect();
+    while !queue.is_empty() {
+        let before = queue.len();
+        queue.retain(|c| doc.apply(c).expect("a logged change applies") == Applied::NotReady);
+        assert!(queue.len() < before, "the log's changes do not apply");
+    }
+    doc
+}
+
+/// The canonical encoding: sequence runs split in memory are merged again when decoded.
+fn canonical(doc: &Document) -> Vec<u8> {
+    Document::decode(&doc.encode()).expect("a state decodes").encode()
+}
+
+/// What a replica holds, for the failure message.
+fn show(doc: &Document) -> String {
+    format!("{:?} at {:?}", doc.to_json(), doc.version())
+}
+
+/// `to` merges `state` (sent encoded, as a snapshot travels); the result must equal the replay of every change
+/// either held, and not depend on which side merges into which.
+fn merge_checked(to: &mut Document, state: &Document, log: &[Change]) {
+    let received = Document::decode(&state.encode()).expect("a state decodes");
+    let mut union = to.version().clone();
+    union.join(state.version());
+    let expected = replay(log, &union);
+    let mut reverse = state.clone();
+    reverse.join(to).expect("merging an honest state succeeds");
+    let before = show(to);
+    to.join(&received).expect("merging an honest state succeeds");
+    assert_eq!(to.version(), &union);
+    assert_eq!(
+        canonical(to),
+        canonical(&expected),
+        "merge differs from replay:\n  merged {}\n  replay {}\n  was {before}\n  with {}",
+        show(to),
+        show(&expected),
+        show(state)
+    );
+    assert_eq!(canonical(&reverse), canonical(to), "merge is not commutative");
+    // Idempotent: merging again changes nothing.
+    let again = canonical(to);
+    to.join(&received).expect("merging twice succeeds");
+    assert_eq!(canonical(to), again, "merge is not idempotent");
+}
+
+fn run(actions: &[Action]) {
+    struct Replica {
+        doc: Document,
+        next: u64,
+        inbox: Vec<Change>,
+    }
+    let mut replicas: Vec<Replica> =
+        (0..REPLICAS).map(|_| Replica { doc: Document::new(), next: 1, inbox: Vec::new() }).collect();
+    let mut log: Vec<Change> = Vec::new();
+    let mut kept: Vec<Document> = Vec::new();
+    let mut clock = 0u64;
+    for a in actions {
+        match a {
+            Action::Edit { replica, edit } => {
+                clock += 1;
+                let r = &mut replicas[*replica];
+                let mut ed = r.doc.edit(peer(*replica), r.next, Timestamp::new(1_000 + clock % 7, 0));
+                if !ed.document().exists() {
+                    ed.merge(shoaldb::Path::root(), Value::Map(Default::default())).unwrap();
+                }
+                let _ = apply_edit(&mut ed, edit);
+                r.next = ed.next_counter();
+                if let Some(c) = ed.finish() {
+                    log.push(c);
+                }
+            }
+            Action::Send { from, to } => {
+                let version = replicas[*from].doc.version().clone();
+                let held = log.iter().filter(|c| version.contains(Dot::new(c.peer, c.end()))).cloned();
+                replicas[*to].inbox.extend(held);
+            }
+            Action::Deliver { to, seed } => {
+                let mut seed = *seed | 1;
+                let r = &mut replicas[*to];
+                let mut batch = std::mem::take(&mut r.inbox);
+                for i in (1..batch.len()).rev() {
+                    batch.swap(i, (next(&mut seed) % (i as u64 + 1)) as usize);
+                }
+                for c in batch {
+                    match r.doc.apply(&c).unwrap() {
+                        Applied::NotReady => r.inbox.push(c),
+                        _ if next(&mut seed) % 5 == 0 => r.inbox.push(c),
+                        _ => {}
+                    }
+                }
+            }
+            Action::Merge { from, to } => {
+                let state = replicas[*from].doc.clone();
+                merge_checked(&mut replicas[*to].doc, &state, &log);
+            }
+            Action::Keep { replica } => kept.push(replicas[*replica].doc.clone()),
+            Action::MergeKept { which, to } => {
+                if !kept.is_empty() {
+                    let state = kept[which % kept.len()].clone();
+                    merge_checked(&mut replicas[*to].doc, &state, &log);
+                }
+            }
+        }
+    }
+    // Everyone meets everyone: the first half by snapshots, the rest by changes; all end the same.
+    for to in 0..REPLICAS {
+        for from in 0..REPLICAS {
+            if to != from {
+                let state = replicas[from].doc.clone();
+                merge_checked(&mut replicas[to].doc, &state, &log);
+            }
+        }
+    }
+    let all = replay(&log, replicas[0].doc.version());
+    for r in &replicas {
+        assert_eq!(canonical(&r.doc), canonical(&all), "replicas diverged");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, max_shrink_iters: 4000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merging_states_equals_applying_their_changes(actions in proptest::collection::vec(action(), 1..80)) {
+        run(&actions);
+    }
+}
+
+/// A device that was away merges the state of one that removed the whole document meanwhile, and keeps only what
+/// it wrote while away: the document does not come back with its old fields.
+#[test]
+fn a_returning_device_keeps_its_offline_edits_and_nothing_removed() {
+    let (a, b) = (PeerId(1), PeerId(2));
+    let mut da = Document::new();
+    let mut ed = da.edit(a, 1, Timestamp::new(1, 0));
+    ed.merge(shoaldb::Path::root(), Value::from_json(&serde_json::json!({"title": "t", "n": 1, "body": "hello"})))
+        .unwrap();
+    let created = ed.finish().unwrap();
+    let mut db = Document::new();
+    db.apply(&created).unwrap();
+    // A removes the document; B, away, edits one field.
+    let mut ed = da.edit(a, created.end() + 1, Timestamp::new(2, 0));
+    ed.remove_document().unwrap();
+    ed.finish().unwrap();
+    let mut ed = db.edit(b, 1, Timestamp::new(3, 0));
+    ed.set("n", 2i64).unwrap();
+    ed.finish().unwrap();
+    // Either way round: only B's offline edit remains.
+    let mut at_b = db.clone();
+    at_b.join(&Document::decode(&da.encode()).unwrap()).unwrap();
+    let mut at_a = da.clone();
+    at_a.join(&Document::decode(&db.encode()).unwrap()).unwrap();
+    let expected = serde_json::json!({"n": 2});
+    assert_eq!(at_b.to_json().map(serde_json::Value::Object), Some(expected.clone()));
+    assert_eq!(at_a.to_json().map(serde_json::Value::Object), Some(expected));
+}
