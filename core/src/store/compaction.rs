@@ -100,8 +100,7 @@ const CLOUD_ACKED_AT: &str = "cloud_acked_at";
 pub(super) fn keep_cloud_summary(conn: &Connection, summary: &Summary, now_ms: u64) -> Result<()> {
     let mut acked = cloud_acked(conn)?.map_or_else(Summary::new, |(s, _)| s);
     acked.union_with(summary);
-    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
-        .execute(params![CLOUD_ACKED, acked.encode()])?;
+    super::inner::meta_put(conn, CLOUD_ACKED, &acked.encode())?;
     super::inner::meta_put_u64(conn, CLOUD_ACKED_AT, now_ms)
 }
 
@@ -216,10 +215,7 @@ fn compact_doc(
         log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
         return Ok((0, 0));
     }
-    conn.prepare_cached(
-        "INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2",
-    )?
-    .execute(params![row, state])?;
+    super::docs::write_snapshot(conn, row, &state)?;
     let mut folded = folded_of(conn, row)?;
     for r in &fold {
         folded.insert(crate::PeerId(r.peer), r.start, r.end);
@@ -229,9 +225,7 @@ fn compact_doc(
     // The snapshot holds every change of the log. With some left, it stands at the last of them; with none, at 0:
     // SQLite numbers a new row one past the largest left in the table, so once the rows at the end of the log are
     // deleted the next change of this document may get a number at or below the one the snapshot stood at.
-    let top: i64 = conn
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1")?
-        .query_row(params![row], |r| r.get(0))?;
+    let top = super::docs::last_logged(conn, row)?;
     conn.prepare_cached("UPDATE docs SET snap_seq = ?2 WHERE doc = ?1")?.execute(params![row, top])?;
     Ok((fold.len() as u64, fold.iter().map(|r| r.bytes).sum()))
 }
@@ -305,11 +299,5 @@ impl Inner {
         let len = state.len();
         out.push((row, super::DocState { collection, doc_id: id, state, changes }));
         Ok(len)
-    }
-
-    /// Whether every counter of `peer:start..=end` was folded into a snapshot here (so its content can no longer be
-    /// compared with a received change's).
-    pub(super) fn folded_covers(&self, peer: crate::PeerId, start: u64, end: u64) -> bool {
-        self.folded.contains(peer, start, end)
     }
 }

@@ -373,16 +373,11 @@ pub(crate) fn save(
     let snapshot = resnapshot || cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
     if snapshot && last_seq == 0 {
         // No change logged now: the snapshot holds every change of the log.
-        last_seq = conn
-            .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1")?
-            .query_row(params![row], |r| r.get(0))?;
+        last_seq = last_logged(conn, row)?;
     }
     if snapshot {
         let state = cached.doc.encode();
-        conn.prepare_cached(
-            "INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2",
-        )?
-        .execute(params![row, state])?;
+        write_snapshot(conn, row, &state)?;
         cached.snapshot_bytes = state.len() as u64;
         cached.tail_bytes = 0;
     }
@@ -398,6 +393,22 @@ pub(crate) fn save(
         (None, false) => {}
     }
     cached.row = Some(row);
+    Ok(())
+}
+
+/// The `seq` of document `row`'s last change in the log (0 when none is).
+pub(crate) fn last_logged(conn: &Connection, row: i64) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1")?
+        .query_row(params![row], |r| r.get(0))?)
+}
+
+/// Store `state` as document `row`'s snapshot (its position, `docs.snap_seq`, is the caller's to set).
+pub(crate) fn write_snapshot(conn: &Connection, row: i64, state: &[u8]) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2",
+    )?
+    .execute(params![row, state])?;
     Ok(())
 }
 

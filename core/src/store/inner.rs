@@ -92,10 +92,14 @@ pub(super) fn meta_u64(conn: &Connection, key: &str) -> Result<Option<u64>> {
     }
 }
 
-pub(super) fn meta_put_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
+pub(super) fn meta_put(conn: &Connection, key: &str, value: &[u8]) -> Result<()> {
     conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
-        .execute(params![key, v.to_le_bytes().to_vec()])?;
+        .execute(params![key, value])?;
     Ok(())
+}
+
+pub(super) fn meta_put_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
+    meta_put(conn, key, &v.to_le_bytes())
 }
 
 impl Inner {

@@ -58,7 +58,7 @@ use crate::security::vault::{self, KeyVault};
 use crate::util::lock;
 use crate::util::sources::Sources;
 use docs::DocCache;
-use inner::{meta_get, meta_put_u64, meta_u64, Inner};
+use inner::{meta_get, meta_put, meta_put_u64, meta_u64, Inner};
 use observe::{Delivery, Observers, Registered};
 use rusqlite::{params, Connection};
 use serde_json::Value as Json;
@@ -424,12 +424,7 @@ impl Store {
     /// Set a device-local setting (see [`Store::local_value`]), replacing any previous value.
     pub fn set_local_value(&self, key: &str, value: &[u8]) -> Result<()> {
         check_name("setting name", key)?;
-        let inner = self.lock();
-        inner
-            .conn
-            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
-            .execute(params![format!("local:{key}"), value])?;
-        Ok(())
+        meta_put(&self.lock().conn, &format!("local:{key}"), value)
     }
 
     /// The device-local setting `key`, set to `value` first if it was never set — atomically, so that two

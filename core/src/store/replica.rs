@@ -106,12 +106,6 @@ pub trait Replica: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The changes this store folded into document snapshots and serves as states (see [`crate::Store::compact`]).
-    /// (The default, for replicas that do not compact: none.)
-    fn folded(&self) -> Result<Summary> {
-        Ok(Summary::new())
-    }
-
     /// The changes folded into the snapshot of the document with local number `doc`. (The default: none.)
     fn folded_of_doc(&self, doc: i64) -> Result<Summary> {
         let _ = doc;
@@ -269,12 +263,6 @@ impl Replica for StoreReplica {
 
     fn apply_checked(&self, changes: &[DocChange], check: &dyn ChangeCheck) -> Result<ApplyReport> {
         self.store.apply_remote_changes(changes, Some(check))
-    }
-
-    fn folded(&self) -> Result<Summary> {
-        let mut inner = self.store.lock();
-        inner.refresh()?;
-        Ok(inner.folded.clone())
     }
 
     fn keep_cloud_summary(&self, summary: &Summary) -> Result<()> {

@@ -579,7 +579,7 @@ impl judge::Ledger for WriteTxn<'_> {
     }
 
     fn folded_covers(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
-        Ok(self.inner.folded_covers(author, start, end))
+        Ok(self.inner.folded.contains(author, start, end))
     }
 
     fn logged_before(&mut self, author: PeerId, counter: u64) -> Result<Option<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {

@@ -474,11 +474,7 @@ impl Session {
         }
         self.stats.changes_received += received.count;
         self.stats.change_bytes_received += received.bytes;
-        self.received_unacked += received.bytes;
-        if self.received_unacked >= WINDOW / 2 {
-            let bytes = std::mem::take(&mut self.received_unacked);
-            self.grant(bytes);
-        }
+        self.count_received(received.bytes);
         out.applied = Some(report);
         Ok(out)
     }
@@ -501,12 +497,18 @@ impl Session {
                 }
             }
         }
+        self.count_received(bytes);
+        Ok(Handled { applied: Some(report), received: Some(sent), ..Handled::default() })
+    }
+
+    /// `bytes` of changes or states received were processed: grant the peer credit for them once they make half
+    /// a window.
+    fn count_received(&mut self, bytes: u64) {
         self.received_unacked += bytes;
         if self.received_unacked >= WINDOW / 2 {
             let bytes = std::mem::take(&mut self.received_unacked);
             self.grant(bytes);
         }
-        Ok(Handled { applied: Some(report), received: Some(sent), ..Handled::default() })
     }
 
     /// Send the states of the documents whose changes this store folded into their snapshots and the peer lacks
@@ -515,9 +517,6 @@ impl Session {
     /// whether anything was queued.
     fn pump_states(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
         if self.reads.is_some() || self.send_credit <= 0 {
-            return Ok(false);
-        }
-        if store.folded()?.difference(&self.peer_known).difference(&self.skipped).is_empty() {
             return Ok(false);
         }
         let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
@@ -533,9 +532,7 @@ impl Session {
         for (doc, s) in states {
             let held =
                 s.changes.peers().any(|(p, r)| r.ranges().iter().any(|&(a, b)| self.peer_known.overlaps(p, a, b)));
-            let interesting = self.peer_interest.covers_collection(&s.collection)
-                && (held || self.peer_interest.matches(&s.collection, store.view_of_doc(doc)?.as_ref()));
-            if !interesting {
+            if !self.of_interest(store, doc, &s.collection, held)? {
                 self.skipped.union_with(&s.changes);
                 continue;
             }
@@ -705,20 +702,8 @@ impl Session {
         let Some(first) = log.first() else { return Ok((false, read)) };
         // Checking the document against long filters costs more than reading it: charged too.
         read += self.peer_interest.filter_work(&first.collection) * FILTER_WORK_WEIGHT;
-        let collection = &first.collection;
-        let held = |s: &Self| log.iter().any(|e| s.peer_known.contains(e.peer, e.start, e.end));
-        let interesting = if !self.peer_interest.covers_collection(collection) {
-            false
-        } else if self.reads_all_of(collection) {
-            held(self) || self.peer_interest.matches(collection, store.view_of_doc(doc)?.as_ref())
-        } else {
-            // The read rules are a hard limit: a document the peer may not read now is not sent, even when the
-            // peer holds an earlier version of it (it keeps that stale copy rather than learn what changed).
-            let view = store.view_of_doc(doc)?;
-            self.reads.as_ref().is_none_or(|r| r.may_read(collection, view.as_ref()))
-                && (held(self) || self.peer_interest.matches(collection, view.as_ref()))
-        };
-        if !interesting {
+        let held = log.iter().any(|e| self.peer_known.contains(e.peer, e.start, e.end));
+        if !self.of_interest(store, doc, &first.collection, held)? {
             for e in seen.unwrap_or_default() {
                 self.skipped.insert(e.peer, e.start, e.end);
             }
@@ -733,6 +718,22 @@ impl Session {
         let missing: Vec<LogEntry> =
             log.into_iter().filter(|e| !self.peer_known.contains(e.peer, e.start, e.end)).collect();
         Ok((self.send_entries(missing), read))
+    }
+
+    /// Whether document `doc` of `collection` is to be sent to the peer: its interest covers the collection, the
+    /// document matches it or the peer holds some of it already (`held`), and the peer may read it.
+    fn of_interest(&self, store: &dyn Replica, doc: i64, collection: &str, held: bool) -> Result<bool, SyncError> {
+        if !self.peer_interest.covers_collection(collection) {
+            return Ok(false);
+        }
+        if self.reads_all_of(collection) {
+            return Ok(held || self.peer_interest.matches(collection, store.view_of_doc(doc)?.as_ref()));
+        }
+        // The read rules are a hard limit: a document the peer may not read now is not sent, even when the peer
+        // holds an earlier version of it (it keeps that stale copy rather than learn what changed).
+        let view = store.view_of_doc(doc)?;
+        Ok(self.reads.as_ref().is_none_or(|r| r.may_read(collection, view.as_ref()))
+            && (held || self.peer_interest.matches(collection, view.as_ref())))
     }
 
     /// Queue `missing` (changes the peer lacks) into change batches; whether there were any.
