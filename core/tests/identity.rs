@@ -755,7 +755,8 @@ fn the_attachment_read_check_looks_up_the_documents_naming_the_hash_also_in_a_st
     // A store written before the index existed (schema 6) gets it filled when it is opened.
     conn.execute_batch(
         "DROP TABLE attachment_refs; DROP TABLE indexes; DROP INDEX docs_with_parts; DROP TABLE gc_marks; \
-         DROP INDEX docs_folded; ALTER TABLE docs DROP COLUMN folded; PRAGMA user_version = 6;",
+         DROP INDEX docs_folded; ALTER TABLE docs DROP COLUMN folded; DROP INDEX docs_stale; \
+         ALTER TABLE docs DROP COLUMN stale; PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);

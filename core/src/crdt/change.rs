@@ -228,6 +228,39 @@ impl Change {
         self.start.saturating_add(self.width()).saturating_sub(1)
     }
 
+    /// The same change with one op per inserted character, as a writer that does not join runs of typing into one
+    /// op records it (and as Shoal did before it did): character `i` of a text insert takes the insert's dot plus
+    /// `i`, the character before it as left origin and the insert's right origin. Every replica integrates it
+    /// exactly as the change itself. For tests and benchmarks of changes made of many small ops.
+    pub fn with_one_op_per_character(&self) -> Change {
+        let mut ops = Vec::with_capacity(self.ops.len());
+        let mut counter = self.start;
+        for op in &self.ops {
+            match op {
+                Op::InsertText { path, origin_left, origin_right, text } => {
+                    let mut left = *origin_left;
+                    for ch in text.as_str().chars() {
+                        let mut one = Chars::new();
+                        one.push(ch);
+                        ops.push(Op::InsertText {
+                            path: path.clone(),
+                            origin_left: left,
+                            origin_right: *origin_right,
+                            text: one,
+                        });
+                        left = Some(Dot::new(self.peer, counter));
+                        counter += 1;
+                    }
+                }
+                other => {
+                    ops.push(other.clone());
+                    counter = counter.saturating_add(other.width());
+                }
+            }
+        }
+        Change { ops, ..self.clone() }
+    }
+
     /// What applying the change costs, in units of about a byte of memory allocated (or a comparable amount of
     /// work): the sum of its operations' [`Op::cost`]. Computed from the change alone (it is bounded when decoding,
     /// by [`MAX_CHANGE_COST`]); a batch is bounded by [`MAX_BATCH_COST`]. Saturating.

@@ -151,6 +151,44 @@ fn field_items(f: &Field) -> u64 {
     field_items_capped(f, u64::MAX, false)
 }
 
+/// Make `prev`, the op recorded last in a change (its last id is `last`), also do `op`, the next one, when one op
+/// means exactly the same as the two: text typed right after `prev`'s text (its left origin is `prev`'s last
+/// character) before the same right origin — a run of keystrokes, which every replica integrates as one run — or
+/// a delete in the same text after a delete (the ids deleted are a set). A change then carries one op per run of
+/// typing instead of one per keystroke. Gives `op` back otherwise. (With no op between them, either origin
+/// matching implies the other does; both are checked.)
+fn absorb(prev: &mut Op, op: Op, last: Dot) -> Result<(), Op> {
+    match (prev, op) {
+        (
+            Op::InsertText { path, origin_right, text, .. },
+            Op::InsertText { path: p, origin_left: Some(left), origin_right: right, text: more },
+        ) if *path == p
+            && left == last
+            && *origin_right == right
+            && (text.len() + more.len()) as u64 <= crate::crdt::change::MAX_INSERT_ITEMS =>
+        {
+            text.push_str(more.as_str());
+            Ok(())
+        }
+        (Op::DeleteText { path, spans }, Op::DeleteText { path: p, spans: more })
+            if *path == p && spans.len() + more.len() <= crate::crdt::change::MAX_DELETE_SPANS =>
+        {
+            for span in more {
+                match spans.last_mut() {
+                    Some(s) if s.peer == span.peer && s.start + s.len == span.start => s.len += span.len,
+                    Some(s) if s.peer == span.peer && span.start + span.len == s.start => {
+                        s.start = span.start;
+                        s.len += span.len;
+                    }
+                    _ => spans.push(span),
+                }
+            }
+            Ok(())
+        }
+        (_, op) => Err(op),
+    }
+}
+
 /// The sequence items an op adds, weighted as in [`MAX_DOC_ITEMS`].
 fn op_items(op: &Op) -> u64 {
     match op {
@@ -684,11 +722,37 @@ impl<'a> DocEditor<'a> {
         Ok(dot)
     }
 
-    /// Record an op that has already been applied.
+    /// Record an op that has already been applied: as an op of its own, or as more of the op just before it when
+    /// it continues that one (see [`absorb`]; the op then takes the dots it adds to that one, which for a delete
+    /// are none).
     fn record(&mut self, op: Op) {
-        self.cost = self.cost.saturating_add(op.cost());
         self.doc.added_items(op_items(&op));
-        let w = op.width();
+        let last = Dot::new(self.peer, self.next.saturating_sub(1));
+        let (op, w) = match self.ops.last_mut() {
+            Some(prev) => {
+                let (cost, width) = (prev.cost(), prev.width());
+                match absorb(prev, op, last) {
+                    Ok(()) => {
+                        self.cost = self.cost.saturating_add(prev.cost().saturating_sub(cost));
+                        let grown = prev.width() - width;
+                        if grown > 0 {
+                            self.doc.version.raise(self.peer, self.next + grown - 1);
+                            self.next += grown;
+                        }
+                        return;
+                    }
+                    Err(op) => {
+                        let w = op.width();
+                        (op, w)
+                    }
+                }
+            }
+            None => {
+                let w = op.width();
+                (op, w)
+            }
+        };
+        self.cost = self.cost.saturating_add(op.cost());
         self.doc.version.raise(self.peer, self.next + w - 1);
         self.next += w;
         self.ops.push(op);

@@ -5,6 +5,11 @@
 //! values kept beside it). The snapshot is rewritten when the changes since the last one reach half its size (at
 //! least 1 KiB, at most 1 MiB), which keeps the replay on load short and the write amplification a small constant
 //! (a 10 MiB document is rewritten once per megabyte of changes, not once per 64 KiB).
+//!
+//! The view of a large document (at least [`DEFERRED_VIEW_MIN_BYTES`]) follows the same rule: while the changes
+//! since it was last written add up to less than its size, a save leaves it behind and marks it stale
+//! (`docs.stale`), and every read of views first writes the stale ones ([`super::Inner::flush_views`]). Typing
+//! into a 100 KB text then costs what the keystrokes cost, not a 100 KB rewrite per commit, and reads stay exact.
 
 use crate::crdt::change::Change;
 use crate::crdt::clock::{Dot, PeerId};
@@ -28,6 +33,12 @@ pub(crate) struct CachedDoc {
     pub row: Option<i64>,
     /// The large values kept beside its view (`view_parts`): register entry → location in the view.
     pub parts: BTreeMap<Dot, String>,
+    /// Whether its stored view lags behind `doc` (`docs.stale`).
+    pub view_stale: bool,
+    /// Length of its stored view's text when it was written.
+    pub view_bytes: u64,
+    /// Encoded size of the changes saved since its view was written.
+    pub view_debt: u64,
 }
 
 /// A change as it goes into a log: applied to a document in a transaction, or kept aside.
@@ -70,6 +81,28 @@ pub(crate) struct StoredView {
     pub text: String,
     /// Every value cut out: its register entry, its location, and its JSON when the store does not hold it yet.
     pub parts: Vec<(Dot, String, Option<String>)>,
+}
+
+/// What [`save`] does with the document's view.
+pub(crate) enum ViewWrite<'a> {
+    /// Store this view (`None`: the document does not exist).
+    Rendered(Option<&'a StoredView>),
+    /// Leave the stored view behind and mark it stale (see [`may_defer_view`]).
+    Deferred,
+}
+
+/// Views shorter than this are always written at once: rendering one costs little more than a stale read would.
+pub(crate) const DEFERRED_VIEW_MIN_BYTES: u64 = 16 * 1024;
+
+/// Whether saving `cached` with changes of `bytes` bytes may leave its stored view stale: an existing document with
+/// a view of at least [`DEFERRED_VIEW_MIN_BYTES`] whose changes since the view was written add up to less than the
+/// view. The view is then written once per view-sized amount of changes (an edit's cost is proportional to its
+/// size, amortized), and reads write stale views before they read.
+pub(crate) fn may_defer_view(cached: &CachedDoc, bytes: u64) -> bool {
+    cached.row.is_some()
+        && cached.view_bytes >= DEFERRED_VIEW_MIN_BYTES
+        && cached.view_debt.saturating_add(bytes) < cached.view_bytes
+        && cached.doc.exists()
 }
 
 /// Render the view of a document to store (`None` when it does not exist). Only large values the store does not
@@ -130,11 +163,12 @@ pub(crate) fn stored_view(conn: &Connection, sql: &str, params: impl rusqlite::P
     }
 }
 
-/// [`stored_view`] when the document's view is whole, read with one statement: `Some(view)`, or `None` when it has
-/// large values kept beside it (read those with [`stored_view`] in a read transaction).
+/// [`stored_view`] when the document's view is whole, read with one statement: `Some(view)`, or `None` when the
+/// `parts` column is not 0: large values are kept beside it (read those with [`stored_view`] in a read transaction),
+/// or the view is stale.
 pub(crate) fn whole_view(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<Option<Json>>> {
     match view_row(conn, sql, params)? {
-        Some((_, Some(_), parts)) if parts > 0 => Ok(None),
+        Some((_, _, parts)) if parts != 0 => Ok(None),
         Some((doc, Some(text), _)) => Ok(Some(quarantine_damaged(&doc, read_view(conn, doc, &text, 0))?)),
         _ => Ok(Some(None)),
     }
@@ -245,11 +279,14 @@ pub(crate) fn row_of(conn: &Connection, collection: &str, id: &str) -> Result<Op
 
 /// Load a document: its snapshot, then the changes it received after the snapshot, in the order they were applied.
 pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Option<CachedDoc>> {
-    let row: Option<(i64, i64, i64)> = conn
-        .prepare_cached("SELECT doc, snap_seq, parts FROM docs WHERE collection = ?1 AND id = ?2")?
-        .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let row: Option<(i64, i64, i64, bool, i64)> = conn
+        .prepare_cached(
+            "SELECT doc, snap_seq, parts, stale, coalesce(length(CAST(view AS BLOB)), 0) FROM docs \
+             WHERE collection = ?1 AND id = ?2",
+        )?
+        .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?;
-    let Some((row, snap_seq, n_parts)) = row else { return Ok(None) };
+    let Some((row, snap_seq, n_parts, view_stale, view_bytes)) = row else { return Ok(None) };
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{collection}/{id}: {e}"));
     let state: Option<Vec<u8>> = conn
         .prepare_cached("SELECT state FROM snapshots WHERE doc = ?1")?
@@ -287,7 +324,17 @@ pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Opti
             parts.insert(Dot::new(PeerId(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64), r.get(2)?);
         }
     }
-    Ok(Some(CachedDoc { doc, snapshot_bytes, tail_bytes, row: Some(row), parts }))
+    Ok(Some(CachedDoc {
+        doc,
+        snapshot_bytes,
+        tail_bytes,
+        row: Some(row),
+        parts,
+        view_stale,
+        view_bytes: view_bytes as u64,
+        // Unknown after a reload: the next save writes the view if it is stale.
+        view_debt: if view_stale { u64::MAX } else { 0 },
+    }))
 }
 
 /// A document the store cannot read (see [`crate::Store::quarantined`]).
@@ -326,39 +373,44 @@ pub(crate) fn quarantined(conn: &Connection) -> Result<Vec<Quarantined>> {
 }
 
 /// Persist a document after `changes` were applied to it: the changes are appended to the log, its row gets the
-/// new view (`None` when it does not exist) with the large values beside it, and a new snapshot is written when
-/// the changes since the last one have grown enough — or always, with `resnapshot` (its state took in what no
-/// logged change holds: a merged state).
+/// new view (or is marked stale, [`ViewWrite::Deferred`]) with the large values beside it, and a new snapshot is
+/// written when the changes since the last one have grown enough — or always, with `resnapshot` (its state took in
+/// what no logged change holds: a merged state).
 pub(crate) fn save(
     conn: &Connection,
     collection: &str,
     id: &str,
     cached: &mut CachedDoc,
     changes: &[LoggedChange],
-    view: Option<&StoredView>,
+    view: ViewWrite<'_>,
     resnapshot: bool,
 ) -> Result<()> {
-    let view_text = view.map(|v| v.text.as_str());
-    let n_parts = view.map_or(0, |v| v.parts.len() as i64);
+    let rendered = match view {
+        ViewWrite::Rendered(v) => Some(v),
+        ViewWrite::Deferred => None,
+    };
     let row = match cached.row {
         Some(row) => row,
         None => {
-            conn.prepare_cached("INSERT INTO docs (collection, id, view, parts) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![collection, id, view_text, n_parts])?;
+            let v = rendered.flatten();
+            conn.prepare_cached("INSERT INTO docs (collection, id, view, parts, stale) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![
+                collection,
+                id,
+                v.map(|v| v.text.as_str()),
+                v.map_or(0, |v| v.parts.len() as i64),
+                rendered.is_none()
+            ])?;
             conn.last_insert_rowid()
         }
     };
-    save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
-    if let Some(view) = view {
-        let texts = std::iter::once(view.text.as_str()).chain(view.parts.iter().filter_map(|p| p.2.as_deref()));
-        save_attachment_refs(conn, row, texts)?;
-    }
     let mut insert = conn.prepare_cached(
         "INSERT INTO changes (peer, start, end, doc, body, hash, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut last_seq = 0;
+    let mut bytes = 0;
     for c in changes {
-        cached.tail_bytes += c.body.len() as u64;
+        bytes += c.body.len() as u64;
         insert.execute(params![
             c.peer.0 as i64,
             c.start as i64,
@@ -370,6 +422,7 @@ pub(crate) fn save(
         ])?;
         last_seq = conn.last_insert_rowid();
     }
+    cached.tail_bytes += bytes;
     let snapshot = resnapshot || cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
     if snapshot && last_seq == 0 {
         // No change logged now: the snapshot holds every change of the log.
@@ -380,20 +433,83 @@ pub(crate) fn save(
         write_snapshot(conn, row, &state)?;
         cached.snapshot_bytes = state.len() as u64;
         cached.tail_bytes = 0;
+        conn.prepare_cached("UPDATE docs SET snap_seq = ?2 WHERE doc = ?1")?.execute(params![row, last_seq])?;
     }
-    match (cached.row, snapshot) {
-        (Some(_), false) => {
-            conn.prepare_cached("UPDATE docs SET view = ?2, parts = ?3 WHERE doc = ?1")?
-                .execute(params![row, view_text, n_parts])?;
-        }
-        (Some(_), true) | (None, true) => {
-            conn.prepare_cached("UPDATE docs SET view = ?2, parts = ?3, snap_seq = ?4 WHERE doc = ?1")?
-                .execute(params![row, view_text, n_parts, last_seq])?;
-        }
-        (None, false) => {}
-    }
+    let inserted = cached.row.is_none();
     cached.row = Some(row);
+    match rendered {
+        Some(view) => store_view(conn, row, cached, view, !inserted),
+        None => {
+            if !cached.view_stale && !inserted {
+                conn.prepare_cached("UPDATE docs SET stale = 1 WHERE doc = ?1")?.execute(params![row])?;
+            }
+            cached.view_stale = true;
+            cached.view_debt = cached.view_debt.saturating_add(bytes);
+            Ok(())
+        }
+    }
+}
+
+/// Write document `row`'s view (`None`: it does not exist) and the large values and attachment references beside
+/// it, and mark it fresh; `update_row`: the row's own columns too (a row just inserted has them).
+fn store_view(
+    conn: &Connection,
+    row: i64,
+    cached: &mut CachedDoc,
+    view: Option<&StoredView>,
+    update_row: bool,
+) -> Result<()> {
+    save_parts(conn, row, cached, view.map_or(&[][..], |v| &v.parts))?;
+    if let Some(view) = view {
+        let texts = std::iter::once(view.text.as_str()).chain(view.parts.iter().filter_map(|p| p.2.as_deref()));
+        save_attachment_refs(conn, row, texts)?;
+    }
+    let text = view.map(|v| v.text.as_str());
+    if update_row {
+        conn.prepare_cached("UPDATE docs SET view = ?2, parts = ?3, stale = 0 WHERE doc = ?1")?.execute(params![
+            row,
+            text,
+            view.map_or(0, |v| v.parts.len() as i64)
+        ])?;
+    }
+    cached.view_stale = false;
+    cached.view_bytes = text.map_or(0, |t| t.len() as u64);
+    cached.view_debt = 0;
     Ok(())
+}
+
+/// Write the stale view of document `id` (see [`ViewWrite::Deferred`]).
+pub(crate) fn refresh_view(conn: &Connection, id: &str, cached: &mut CachedDoc) -> Result<()> {
+    let Some(row) = cached.row else { return Ok(()) };
+    let view = render_view(cached, id);
+    store_view(conn, row, cached, view.as_ref(), true)
+}
+
+/// The documents whose stored views are stale, of `collection` or of every collection.
+pub(crate) fn stale_views(conn: &Connection, collection: Option<&str>) -> Result<Vec<(String, String)>> {
+    let rows = match collection {
+        Some(c) => conn
+            .prepare_cached("SELECT collection, id FROM docs WHERE stale = 1 AND collection = ?1")?
+            .query_map(params![c], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?,
+        None => conn
+            .prepare_cached("SELECT collection, id FROM docs WHERE stale = 1")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?,
+    };
+    Ok(rows)
+}
+
+/// Whether some stored view (of `collection`, or of any) is stale: one lookup in a partial index.
+pub(crate) fn any_stale(conn: &Connection, collection: Option<&str>) -> Result<bool> {
+    Ok(match collection {
+        Some(c) => conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE stale = 1 AND collection = ?1)")?
+            .query_row(params![c], |r| r.get(0))?,
+        None => {
+            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE stale = 1)")?.query_row([], |r| r.get(0))?
+        }
+    })
 }
 
 /// The `seq` of document `row`'s last change in the log (0 when none is).

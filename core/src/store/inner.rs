@@ -390,8 +390,42 @@ impl Inner {
         meta_put_u64(&self.conn, "hlc", self.clock.last().0)
     }
 
+    /// Write the stale views (of `collection`, or of every collection) in a transaction of their own, so that
+    /// reads of views see the documents as they are (see `docs::ViewWrite::Deferred`). Returns how many. Not
+    /// inside a transaction: the cache would take documents as the transaction's rollback would not leave them.
+    pub(super) fn flush_views(&mut self, collection: Option<&str>) -> Result<usize> {
+        let stale = super::docs::stale_views(&self.conn, collection)?;
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        // Taken out of the cache: should the transaction fail, they are loaded again when next needed.
+        let mut docs: Vec<_> = stale.into_iter().map(|key| (self.cache.take(&key), key)).collect();
+        self.immediate(|conn| {
+            for (cached, (collection, id)) in docs.iter_mut() {
+                if cached.is_none() {
+                    *cached = super::docs::load(conn, collection, id)?;
+                }
+                if let Some(cached) = cached {
+                    super::docs::refresh_view(conn, id, cached)?;
+                }
+            }
+            Ok(())
+        })?;
+        log::debug!("wrote {} stale document views", docs.len());
+        let n = docs.len();
+        for (cached, key) in docs {
+            if let Some(cached) = cached {
+                self.cache.put(key, cached);
+            }
+        }
+        Ok(n)
+    }
+
     /// Recompute every observer's result (after another process changed the store); the events to deliver.
     pub(super) fn refresh_all_observers(&mut self) -> Result<Vec<observe::Queued>> {
+        if !self.observers.registered.is_empty() {
+            self.flush_views(None)?;
+        }
         let ids: Vec<u64> = self.observers.registered.keys().copied().collect();
         let mut events = Vec::new();
         for oid in ids {

@@ -650,15 +650,17 @@ impl Store {
         check_collection(collection)?;
         check_doc_id(id)?;
         const SQL: &str = "SELECT doc, view, parts FROM docs WHERE collection = ?1 AND id = ?2";
-        // One statement when the view is whole (nearly always); with large values beside it, a read transaction
-        // for the view and its parts together.
+        // One statement when the view is whole and not stale (nearly always); with large values beside it, a read
+        // transaction for the view and its parts together.
         if let Some(readers) = &self.shared.readers {
-            let whole = readers.read_one(|conn| docs::whole_view(conn, SQL, params![collection, id]))?;
+            const WHOLE: &str = "SELECT doc, view, CASE WHEN stale = 1 THEN -1 ELSE parts END \
+                                 FROM docs WHERE collection = ?1 AND id = ?2";
+            let whole = readers.read_one(|conn| docs::whole_view(conn, WHOLE, params![collection, id]))?;
             if let Some(found) = whole {
                 return Ok(found);
             }
         }
-        self.read(|conn| docs::stored_view(conn, SQL, params![collection, id]))
+        self.read_views(Some(collection), |conn| docs::stored_view(conn, SQL, params![collection, id]))
     }
 
     /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
@@ -692,7 +694,7 @@ impl Store {
     /// in progress (a sync catch-up being applied, say).
     pub fn find(&self, collection: &str, query: &Query) -> Result<Vec<Json>> {
         check_collection(collection)?;
-        let found = self.read(|conn| find::run(conn, collection, query))?;
+        let found = self.read_views(Some(collection), |conn| find::run(conn, collection, query))?;
         Ok(found.into_iter().map(|(_, v)| v).collect())
     }
 
@@ -737,6 +739,27 @@ impl Store {
         match &self.shared.readers {
             Some(readers) => readers.read(f),
             None => f(&self.lock().conn),
+        }
+    }
+
+    /// [`Store::read`] for `f` reading documents' stored views (of `collection`, or of every collection): the
+    /// stale ones are written first (see [`docs::may_defer_view`]). When there are none — a reader finds so in
+    /// the same read transaction as `f` — nothing waits for the writer.
+    pub(crate) fn read_views<R>(&self, collection: Option<&str>, f: impl Fn(&Connection) -> Result<R>) -> Result<R> {
+        if let Some(readers) = &self.shared.readers {
+            let fresh =
+                readers.read(|conn| if docs::any_stale(conn, collection)? { Ok(None) } else { f(conn).map(Some) })?;
+            if let Some(r) = fresh {
+                return Ok(r);
+            }
+        }
+        let mut inner = self.lock();
+        inner.refresh()?;
+        inner.flush_views(collection)?;
+        // Under the store's lock no write can leave another view stale before `f` reads.
+        match &self.shared.readers {
+            Some(readers) => readers.read(f),
+            None => f(&inner.conn),
         }
     }
 
@@ -798,14 +821,17 @@ impl Store {
         // commit landed between it and the registration; otherwise computed again under the lock.
         let seen = self.shared.generation.load(Ordering::Acquire);
         let first = match &self.shared.readers {
-            Some(readers) => Some(readers.read(|conn| find::run(conn, collection, &query))?),
+            Some(_) => Some(self.read_views(Some(collection), |conn| find::run(conn, collection, &query))?),
             None => None,
         };
         let mut inner = self.lock();
         inner.refresh()?;
         let results = match first {
             Some(first) if self.shared.generation.load(Ordering::Acquire) == seen => first,
-            _ => inner.query(collection, &query)?,
+            _ => {
+                inner.flush_views(Some(collection))?;
+                inner.query(collection, &query)?
+            }
         };
         let current = results.iter().map(|(_, v)| v.clone()).collect();
         let alive = Arc::new(AtomicBool::new(true));

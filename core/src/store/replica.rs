@@ -304,8 +304,9 @@ impl Replica for StoreReplica {
 
     fn attachment_readable(&self, hash: &[u8; 32], rules: &crate::security::certificate::ReadRules) -> Result<bool> {
         // The documents that name the hash (an index lookup), each checked against the rules, at most
-        // MAX_ATTACHMENT_READ_CHECKS of them.
-        let inner = self.store.lock();
+        // MAX_ATTACHMENT_READ_CHECKS of them; their views fresh.
+        let mut inner = self.store.lock();
+        inner.flush_views(None)?;
         let mut stmt = inner.conn.prepare_cached(
             "SELECT d.doc, d.collection, d.view, d.parts FROM attachment_refs r JOIN docs d ON d.doc = r.doc \
              WHERE r.hash = ?1 AND d.view IS NOT NULL LIMIT ?2",
@@ -428,7 +429,7 @@ impl Replica for StoreReplica {
     }
 
     fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {
-        self.store.read(|conn| {
+        self.store.read_views(None, |conn| {
             super::docs::stored_view(conn, "SELECT doc, view, parts FROM docs WHERE doc = ?1", params![doc])
         })
     }

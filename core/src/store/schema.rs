@@ -173,6 +173,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE docs ADD COLUMN folded BLOB;
     CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
     "#,
+    // 11: deferred views. `docs.stale` is 1 while the document's stored view (and the large values and attachment
+    //    references beside it) lags behind its CRDT state: a large document edited often has its view rewritten
+    //    once its changes add up to the view's size, not at every commit. Every read of views first renders the
+    //    stale ones (`Inner::flush_views`); the index finds them.
+    r#"
+    ALTER TABLE docs ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX docs_stale ON docs (collection) WHERE stale = 1;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -268,7 +268,7 @@ impl Store {
     /// downloads in progress, free pages (see [`StorageStats`]). Reads every row's size: linear in the store, for
     /// a settings screen or a diagnostic, not for every frame.
     pub fn storage_stats(&self) -> Result<StorageStats> {
-        self.read(|conn| stats(conn, self.path()))
+        self.read_views(None, |conn| stats(conn, self.path()))
     }
 
     /// Deletes what nothing here needs any more, as `policy` says (see [`GarbagePolicy`]): attachments no
@@ -277,7 +277,10 @@ impl Store {
     /// marks. Then returns the file's free pages to the system. Documents, removed documents and the change log
     /// are kept. Returns what was deleted.
     pub fn collect_garbage(&self, policy: &GarbagePolicy) -> Result<GarbageReport> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.refresh()?;
+        // Attachments are named by the documents' views: stale ones would hide a name.
+        inner.flush_views(None)?;
         let file_bytes = |conn: &Connection| -> Result<u64> {
             let (page_size, pages, _) = pages(conn)?;
             Ok(page_size * pages)

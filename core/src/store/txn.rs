@@ -380,9 +380,17 @@ impl<'a> WriteTxn<'a> {
             // The view as a JSON value only when an observer of the collection needs it.
             let observed = self.inner.observers.registered.values().any(|r| r.collection == *collection);
             let value = if observed { td.cached.doc.view(id) } else { None };
-            let view = docs::render_view(&td.cached, id);
             let resnapshot = td.merged.is_some();
-            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view.as_ref(), resnapshot)?;
+            // A large document's view may wait (see `docs::may_defer_view`), unless an observer or a merged state
+            // needs it now.
+            let bytes = td.new_changes.iter().map(|c| c.body.len() as u64).sum();
+            let defer = !observed && !resnapshot && docs::may_defer_view(&td.cached, bytes);
+            let rendered = (!defer).then(|| docs::render_view(&td.cached, id));
+            let view = match &rendered {
+                Some(v) => docs::ViewWrite::Rendered(v.as_ref()),
+                None => docs::ViewWrite::Deferred,
+            };
+            docs::save(&self.inner.conn, collection, id, &mut td.cached, &td.new_changes, view, resnapshot)?;
             if let (Some(merged), Some(row)) = (&td.merged, td.cached.row) {
                 let mut folded = super::compaction::folded_of(&self.inner.conn, row)?;
                 folded.union_with(merged);
@@ -659,6 +667,10 @@ impl judge::Ledger for WriteTxn<'_> {
     }
 
     fn pending_of(&mut self, collection: &str, id: &str) -> Result<Vec<PendingChange>> {
+        // Asked after every change applied: nothing to look up when nothing waits.
+        if self.inner.pending.total() == 0 {
+            return Ok(Vec::new());
+        }
         let rows = self
             .inner
             .conn

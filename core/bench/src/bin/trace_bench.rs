@@ -319,16 +319,19 @@ fn written_bytes() -> Option<u64> {
     io.lines().find_map(|l| l.strip_prefix("wchar: ")).and_then(|v| v.trim().parse().ok())
 }
 
-fn run_shoal_persisted(trace: &Trace) -> (Outcome, Option<String>) {
+/// `shoal-persisted`: the commits survive a crash of the app (`Durability::Normal`, as `write_bench` measures);
+/// `shoal-persisted-full`: each is also synced to disk before it returns (`Durability::Full`, the default), which
+/// adds an fsync per commit.
+fn run_shoal_persisted(trace: &Trace, durability: shoaldb::Durability) -> (Outcome, Option<String>) {
     let w0 = written_bytes();
-    let r = run_shoal_persisted_inner(trace);
+    let r = run_shoal_persisted_inner(trace, durability);
     if let (Some(a), Some(b)) = (w0, written_bytes()) {
         eprintln!("    wrote {} B to files during the run", b - a);
     }
     r
 }
 
-fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
+fn run_shoal_persisted_inner(trace: &Trace, durability: shoaldb::Durability) -> (Outcome, Option<String>) {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
@@ -348,7 +351,8 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
         ));
         measure(
             || {
-                let store = shoaldb::Store::open(&db).map_err(err)?;
+                let store = shoaldb::Store::open_with(&db, shoaldb::Options { durability, ..Default::default() })
+                    .map_err(err)?;
                 let (_merged, changes) = replay_concurrent(trace, shoal_replica)?;
                 let changes: Vec<shoaldb::DocChange> = changes
                     .into_iter()
@@ -373,7 +377,8 @@ fn run_shoal_persisted_inner(trace: &Trace) -> (Outcome, Option<String>) {
     } else {
         measure(
             || {
-                let store = shoaldb::Store::open(&db).map_err(err)?;
+                let store = shoaldb::Store::open_with(&db, shoaldb::Options { durability, ..Default::default() })
+                    .map_err(err)?;
                 replay_into_store(&store, trace, (COLLECTION, DOC_ID, TEXT), PATCHES_PER_COMMIT)?;
                 Ok(store)
             },
@@ -782,9 +787,10 @@ fn main() {
             continue;
         }
         type Runner = fn(&Trace) -> (Outcome, Option<String>);
-        let runners: [(&str, Runner); 6] = [
+        let runners: [(&str, Runner); 7] = [
             ("shoal", |t| (run_shoal(t), None)),
-            ("shoal-persisted", run_shoal_persisted),
+            ("shoal-persisted", |t| run_shoal_persisted(t, shoaldb::Durability::Normal)),
+            ("shoal-persisted-full", |t| run_shoal_persisted(t, shoaldb::Durability::Full)),
             ("yrs", |t| (y::run(t), None)),
             ("automerge", |t| (am::run(t), None)),
             ("loro", |t| (lo::run(t), None)),
