@@ -198,7 +198,7 @@ fn op_items(op: &Op) -> u64 {
     }
 }
 
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 impl Document {
     /// An empty document: it holds no changes and does not exist until a change creates it.
@@ -334,7 +334,13 @@ impl Document {
 
     /// Decode a state written by [`Document::encode`]. Never panics on garbage.
     pub fn decode(bytes: &[u8]) -> Result<Document, ChangeError> {
-        let doc: Document = super::change::decode_versioned(SNAPSHOT_FORMAT_VERSION, bytes)?;
+        // Format 1 (full peer ids in every sequence run) is still read: stored snapshots and states from older
+        // builds.
+        let format = match bytes.first() {
+            Some(1) => 1,
+            _ => SNAPSHOT_FORMAT_VERSION,
+        };
+        let doc: Document = super::sequence::decoding(format, || super::change::decode_versioned(format, bytes))?;
         if !doc.version.is_well_formed() {
             return Err(ChangeError::Corrupt("malformed version vector".into()));
         }
@@ -1342,12 +1348,15 @@ mod join_tests {
     #[test]
     fn items_whose_origins_wait_for_each_other_are_refused_and_change_nothing() {
         // Item 1:1 was inserted before 1:2, and 1:2 after 1:1: a valid order, but no sequence of inserts makes it.
-        let text: TextObj = serde_json::from_value(json!([
-            {"id": {"peer": 1, "counter": 1}, "origin_left": null, "origin_right": {"peer": 1, "counter": 2},
-             "deleted": false, "content": "b"},
-            {"id": {"peer": 1, "counter": 2}, "origin_left": {"peer": 1, "counter": 1}, "origin_right": null,
-             "deleted": false, "content": "a"},
-        ]))
+        // Runs as snapshot format 1 writes them.
+        let text: TextObj = crate::crdt::sequence::decoding(1, || {
+            serde_json::from_value(json!([
+                {"id": {"peer": 1, "counter": 1}, "origin_left": null, "origin_right": {"peer": 1, "counter": 2},
+                 "deleted": false, "content": "b"},
+                {"id": {"peer": 1, "counter": 2}, "origin_left": {"peer": 1, "counter": 1}, "origin_right": null,
+                 "deleted": false, "content": "a"},
+            ]))
+        })
         .unwrap();
         let mut theirs = Document::new();
         theirs.root.map_mut().entry("t").text = Some(Box::new(text));

@@ -1,12 +1,16 @@
-//! Serialization: a flat list of runs in document order, validated when read.
+//! Serialization: a flat list of runs in document order, compactly written (see the format below), validated when
+//! read.
 
 use super::leaf::{Leaf, LeafId};
 use super::run::Run;
 use super::{SeqContent, SeqError, Sequence, LEAF_CAP};
-use crate::crdt::clock::Dot;
-use serde::de::Error as _;
+use crate::crdt::clock::{Dot, PeerId};
+use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 impl<C: SeqContent> Sequence<C> {
     /// Builds a sequence from runs in document order (deserialization), validating them.
@@ -72,15 +76,6 @@ impl<C: SeqContent> Sequence<C> {
     }
 }
 
-#[derive(Serialize)]
-struct SerRunRef<'a, C> {
-    id: Dot,
-    origin_left: Option<Dot>,
-    origin_right: Option<Dot>,
-    deleted: bool,
-    content: &'a C,
-}
-
 #[derive(Deserialize)]
 struct SerRun<C> {
     id: Dot,
@@ -90,25 +85,211 @@ struct SerRun<C> {
     content: C,
 }
 
+// The format (snapshot format 2): one serde sequence of `[peers, peer ids.., runs, run..]`, each run
+// `[flags, numbers.., content]`. Ids are (index into the peer table, counter) and only written when they do not
+// follow from the previous run: a run's id is usually the previous run's next id, its left origin the previous
+// run's last item, its right origin the previous run's. Deleted text keeps no characters, only their count.
+// Snapshot format 1 wrote each run as a `SerRun` with full 64-bit peer ids; it is still read.
+
+/// The run's items are deleted.
+const DELETED: u8 = 1;
+/// Its id is written (otherwise: the previous run's next id).
+const ID_WRITTEN: u8 = 1 << 1;
+/// Shift of its left origin's 2 bits, and of its right origin's: [`NONE`], [`AS_BEFORE`] or [`WRITTEN`].
+const LEFT: u8 = 2;
+const RIGHT: u8 = 4;
+/// Its deleted items are written as a count ([`SeqContent::placeholder`]).
+const COUNT_ONLY: u8 = 1 << 6;
+const NONE: u8 = 0;
+/// Left origin: the previous run's last item; right origin: the previous run's right origin.
+const AS_BEFORE: u8 = 1;
+const WRITTEN: u8 = 2;
+const ALL_FLAGS: u8 = DELETED | ID_WRITTEN | (3 << LEFT) | (3 << RIGHT) | COUNT_ONLY;
+
+std::thread_local! {
+    /// The snapshot format being decoded, and how many more deleted items placeholders may stand for in it.
+    static DECODING: std::cell::Cell<(u8, u64)> =
+        const { std::cell::Cell::new((2, crate::crdt::document::MAX_DOC_ITEMS)) };
+}
+
+/// Run `decode` (of a document state of snapshot format `format`) with sequences read in that format and at most
+/// [`MAX_DOC_ITEMS`](crate::crdt::document::MAX_DOC_ITEMS) deleted items written as a count: a few bytes of input
+/// cannot make a decoder allocate more than a document may hold.
+pub(crate) fn decoding<R>(format: u8, decode: impl FnOnce() -> R) -> R {
+    struct Reset((u8, u64));
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DECODING.with(|d| d.set(self.0));
+        }
+    }
+    let _reset = Reset(DECODING.with(|d| d.replace((format, crate::crdt::document::MAX_DOC_ITEMS))));
+    decode()
+}
+
+/// What a run says of the one after it: its next id, its last item, its right origin.
+type Before = (Dot, Dot, Option<Dot>);
+
 impl<C: SeqContent + Serialize> Serialize for Sequence<C> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.run_count()))?;
+        let mut peers: Vec<PeerId> = Vec::new();
+        let mut index: HashMap<PeerId, u64> = HashMap::new();
+        let count_only = C::placeholder(0).is_some();
+        // (flags, numbers) of each run; at most 2 per dot written and a count.
+        let mut heads: Vec<(u8, [u64; 7], usize)> = Vec::with_capacity(self.run_count());
+        let mut before: Option<Before> = None;
         for r in self.all_runs() {
-            seq.serialize_element(&SerRunRef {
-                id: r.id,
-                origin_left: r.origin_left(),
-                origin_right: r.origin_right(),
-                deleted: r.deleted,
-                content: &r.content,
-            })?;
+            let mut flags = if r.deleted { DELETED } else { 0 };
+            let mut nums = [0u64; 7];
+            let mut n = 0;
+            let mut write = |d: Dot, nums: &mut [u64; 7], n: &mut usize| {
+                let i = *index.entry(d.peer).or_insert_with(|| {
+                    peers.push(d.peer);
+                    peers.len() as u64 - 1
+                });
+                nums[*n] = i;
+                nums[*n + 1] = d.counter;
+                *n += 2;
+            };
+            if before.is_none_or(|b| b.0 != r.id) {
+                flags |= ID_WRITTEN;
+                write(r.id, &mut nums, &mut n);
+            }
+            let left = match r.origin_left() {
+                None => NONE,
+                Some(d) if before.is_some_and(|b| b.1 == d) => AS_BEFORE,
+                Some(d) => {
+                    write(d, &mut nums, &mut n);
+                    WRITTEN
+                }
+            };
+            let right = match r.origin_right() {
+                None => NONE,
+                Some(d) if before.is_some_and(|b| b.2 == Some(d)) => AS_BEFORE,
+                Some(d) => {
+                    write(d, &mut nums, &mut n);
+                    WRITTEN
+                }
+            };
+            flags |= (left << LEFT) | (right << RIGHT);
+            if r.deleted && count_only {
+                flags |= COUNT_ONLY;
+                nums[n] = r.len() as u64;
+                n += 1;
+            }
+            heads.push((flags, nums, n));
+            before = Some((r.id.offset(r.len() as u64), r.last_id(), r.origin_right()));
+        }
+        let elements = 2
+            + peers.len()
+            + heads.iter().map(|(flags, _, n)| 1 + n + usize::from(flags & COUNT_ONLY == 0)).sum::<usize>();
+        let mut seq = serializer.serialize_seq(Some(elements))?;
+        seq.serialize_element(&(peers.len() as u64))?;
+        for p in &peers {
+            seq.serialize_element(&p.0)?;
+        }
+        seq.serialize_element(&(heads.len() as u64))?;
+        for ((flags, nums, n), r) in heads.iter().zip(self.all_runs()) {
+            seq.serialize_element(flags)?;
+            for v in &nums[..*n] {
+                seq.serialize_element(v)?;
+            }
+            if flags & COUNT_ONLY == 0 {
+                seq.serialize_element(&r.content)?;
+            }
         }
         seq.end()
     }
 }
 
+/// Reads the runs of snapshot format 2 (see above).
+struct Runs<C>(PhantomData<C>);
+
+impl<'de, C: SeqContent + Deserialize<'de>> Visitor<'de> for Runs<C> {
+    type Value = Vec<SerRun<C>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence's runs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<SerRun<C>>, A::Error> {
+        let declared = seq.size_hint();
+        let mut read = 0usize;
+        let next = |seq: &mut A, read: &mut usize| -> Result<u64, A::Error> {
+            *read += 1;
+            seq.next_element::<u64>()?.ok_or_else(|| A::Error::custom("a sequence's runs end early"))
+        };
+        let too_many = |n: u64| declared.is_some_and(|d| n > d as u64);
+        let n_peers = next(&mut seq, &mut read)?;
+        if too_many(n_peers) {
+            return Err(A::Error::custom("more peers than the sequence holds"));
+        }
+        let mut peers = Vec::with_capacity(n_peers.min(1024) as usize);
+        for _ in 0..n_peers {
+            peers.push(PeerId(next(&mut seq, &mut read)?));
+        }
+        let n_runs = next(&mut seq, &mut read)?;
+        if too_many(n_runs) {
+            return Err(A::Error::custom("more runs than the sequence holds"));
+        }
+        let dot = |seq: &mut A, read: &mut usize| -> Result<Dot, A::Error> {
+            let i = next(seq, read)?;
+            let peer =
+                usize::try_from(i).ok().and_then(|i| peers.get(i)).ok_or_else(|| A::Error::custom("no such peer"))?;
+            Ok(Dot::new(*peer, next(seq, read)?))
+        };
+        let mut runs = Vec::with_capacity(n_runs.min(4096) as usize);
+        let mut before: Option<Before> = None;
+        for _ in 0..n_runs {
+            read += 1;
+            let flags: u8 = seq.next_element()?.ok_or_else(|| A::Error::custom("a sequence's runs end early"))?;
+            let as_before = || before.ok_or_else(|| A::Error::custom("the first run refers to the one before it"));
+            if flags & !ALL_FLAGS != 0 {
+                return Err(A::Error::custom("unknown run flags"));
+            }
+            let id = if flags & ID_WRITTEN != 0 { dot(&mut seq, &mut read)? } else { as_before()?.0 };
+            let left = match (flags >> LEFT) & 3 {
+                NONE => None,
+                AS_BEFORE => Some(as_before()?.1),
+                WRITTEN => Some(dot(&mut seq, &mut read)?),
+                _ => return Err(A::Error::custom("unknown origin kind")),
+            };
+            let right = match (flags >> RIGHT) & 3 {
+                NONE => None,
+                AS_BEFORE => as_before()?.2,
+                WRITTEN => Some(dot(&mut seq, &mut read)?),
+                _ => return Err(A::Error::custom("unknown origin kind")),
+            };
+            let deleted = flags & DELETED != 0;
+            let content = if flags & COUNT_ONLY != 0 {
+                let len = next(&mut seq, &mut read)?;
+                let room = DECODING.with(|d| d.get().1);
+                if !deleted || len > room {
+                    return Err(A::Error::custom("deleted items written as a count: not deleted, or too many"));
+                }
+                DECODING.with(|d| d.set((d.get().0, room - len)));
+                C::placeholder(len as usize).ok_or_else(|| A::Error::custom("this sequence keeps deleted items"))?
+            } else {
+                read += 1;
+                seq.next_element::<C>()?.ok_or_else(|| A::Error::custom("a sequence's runs end early"))?
+            };
+            let n = content.len() as u64;
+            let next_id = id.counter.checked_add(n).ok_or_else(|| A::Error::custom("ids out of range"))?;
+            before = Some((Dot::new(id.peer, next_id), Dot::new(id.peer, next_id.saturating_sub(1)), right));
+            runs.push(SerRun { id, origin_left: left, origin_right: right, deleted, content });
+        }
+        if declared.is_some_and(|d| d != read) {
+            return Err(A::Error::custom("a sequence's runs do not fill it"));
+        }
+        Ok(runs)
+    }
+}
+
 impl<'de, C: SeqContent + Deserialize<'de>> Deserialize<'de> for Sequence<C> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let runs: Vec<SerRun<C>> = Vec::deserialize(deserializer)?;
+        let runs: Vec<SerRun<C>> = match DECODING.with(|d| d.get().0) {
+            1 => Vec::deserialize(deserializer)?,
+            _ => deserializer.deserialize_seq(Runs(PhantomData))?,
+        };
         Sequence::from_runs(runs, LEAF_CAP).map_err(D::Error::custom)
     }
 }

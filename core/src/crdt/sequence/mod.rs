@@ -43,6 +43,7 @@ mod lookup;
 mod run;
 mod text;
 
+pub(crate) use encoding::decoding;
 pub use text::Chars;
 
 use super::clock::{Dot, PeerId};
@@ -64,6 +65,11 @@ pub trait SeqContent: Clone + fmt::Debug {
     fn split_off(&mut self, at: usize) -> Self;
     /// Appends `other` after the items of `self`.
     fn append(&mut self, other: Self);
+    /// `len` items standing in for deleted ones whose content is not kept (a state leaves out the characters of
+    /// deleted text: nothing shows them again); `None` when deleted items keep their content (array elements).
+    fn placeholder(_len: usize) -> Option<Self> {
+        None
+    }
 }
 
 /// An insert to replicate: `content.len()` items with ids `id, id.offset(1), ...`. Item 0 has the given origins;

@@ -63,7 +63,7 @@ impl<C: SeqContent> Run<C> {
     }
 
     #[inline]
-    fn last_id(&self) -> Dot {
+    pub(super) fn last_id(&self) -> Dot {
         self.id.offset(self.len().saturating_sub(1) as u64)
     }
 

@@ -32,7 +32,8 @@ fn items(seq: &Sequence<Chars>) -> Vec<RItem<char>> {
                 ol: if k == 0 { r.origin_left() } else { Some(r.id.offset(k as u64 - 1)) },
                 or: r.origin_right(),
                 deleted: r.deleted,
-                v: ch,
+                // A state keeps no content of deleted text (placeholders stand in for it when decoded).
+                v: if r.deleted { '\0' } else { ch },
             });
         }
     }
@@ -439,7 +440,8 @@ fn deserialize_rejects_invalid_structure() {
         content: s.to_string(),
     };
     let enc = |runs: &Vec<SerRunRefOwned>| postcard::to_allocvec(runs).unwrap();
-    let dec = |b: &[u8]| postcard::from_bytes::<Sequence<Chars>>(b);
+    // Runs as snapshot format 1 wrote them: the checks on decoded runs are the same in every format.
+    let dec = |b: &[u8]| super::decoding(1, || postcard::from_bytes::<Sequence<Chars>>(b));
     // Valid.
     assert!(dec(&enc(&vec![run(d(1, 1), None, None, "ab"), run(d(1, 5), Some(d(1, 2)), None, "c")])).is_ok());
     // Duplicate ids.
@@ -635,7 +637,10 @@ fn deliver(log: &[Vec<(Op, [usize; R])>], rep: &mut Replica, origin: usize) {
 }
 
 fn compare(rep: &Replica) {
-    assert_eq!(items(&rep.seq), rep.rf.items);
+    // `items` leaves out what deleted items held (see there).
+    let reference: Vec<RItem<char>> =
+        rep.rf.items.iter().map(|i| RItem { v: if i.deleted { '\0' } else { i.v }, ..i.clone() }).collect();
+    assert_eq!(items(&rep.seq), reference);
     assert_eq!(rep.seq.text(), rep.rf.text());
     check_invariants(&rep.seq);
 }
@@ -850,4 +855,47 @@ fn print_sizes() {
         std::mem::size_of::<Run<Chars>>(),
         std::mem::size_of::<Run<Vec<u8>>>()
     );
+}
+
+/// Bytes of one sequence in snapshot format 2 holding a single deleted run of `count` characters written as a count.
+fn deleted_run_as_count(count: u64) -> Vec<u8> {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::new();
+    // Elements: peers count, one peer, runs count, then the run: flags, peer index, counter, count.
+    varint(7, &mut out);
+    for v in [1, 9, 1] {
+        varint(v, &mut out);
+    }
+    out.push(1 | (1 << 1) | (1 << 6)); // deleted, id written, count only
+    for v in [0, 1, count] {
+        varint(v, &mut out);
+    }
+    out
+}
+
+#[test]
+fn deleted_text_written_as_a_count_is_bounded_per_document_before_anything_is_allocated() {
+    let dec = |b: &[u8]| postcard::from_bytes::<Sequence<Chars>>(b);
+    // A few bytes may not stand for more deleted items than a document holds.
+    let huge = decoding(2, || dec(&deleted_run_as_count(1 << 40)));
+    assert!(huge.is_err());
+    // Nor may several sequences of one document together.
+    let half = crate::crdt::document::MAX_DOC_ITEMS / 2 + 1;
+    let (first, second) = decoding(2, || (dec(&deleted_run_as_count(half)), dec(&deleted_run_as_count(half))));
+    let first = first.unwrap();
+    assert_eq!((first.len(), first.total_len()), (0, half as usize));
+    assert!(second.is_err(), "the second sequence goes over what the document may hold");
+    // Each document starts afresh.
+    assert!(decoding(2, || dec(&deleted_run_as_count(half))).is_ok());
+    // Visible items are never written as a count, and array elements keep their content.
+    let mut visible = deleted_run_as_count(3);
+    visible[4] &= !1;
+    assert!(decoding(2, || dec(&visible)).is_err());
+    assert!(decoding(2, || postcard::from_bytes::<Sequence<Vec<u32>>>(&deleted_run_as_count(3))).is_err());
 }

@@ -198,6 +198,10 @@ impl SeqContent for Chars {
         self.n
     }
 
+    fn placeholder(len: usize) -> Option<Self> {
+        Some(Chars::from("\0".repeat(len)))
+    }
+
     fn split_off(&mut self, at: usize) -> Self {
         let b = self.byte_offset(at);
         let right = self.buf.split_off(b);
