@@ -41,7 +41,6 @@ struct World {
 impl World {
     fn new(devices: usize) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let secret = AppSecret::from_bytes(b"compaction test secret").unwrap();
         let now = Arc::new(AtomicU64::new(1_800_000_000_000));
         let stores: Vec<Store> = (0..devices)
             .map(|i| {
@@ -51,21 +50,13 @@ impl World {
                 Store::open_with(dir.path().join(format!("{i}.db")), Options { sources, ..Default::default() }).unwrap()
             })
             .collect();
-        let engines = stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let id = Identity::generate().unwrap();
-                Engine::new(s.replica(), id, secret.clone(), &format!("dev{i}"), vec![Subscription::everything()], 0)
-            })
-            .collect();
+        let engines = wires::engines(&stores.iter().collect::<Vec<_>>(), b"compaction test secret");
         World { _dir: dir, stores, engines, now }
     }
 
     /// `a` and `b` meet, sync until nothing moves, and part; the changes and states either sent the other.
     fn sync(&mut self, a: usize, b: usize) -> u64 {
-        let la = self.engines[a].add_link(TransportKind::Lan, true).unwrap();
-        let lb = self.engines[b].add_link(TransportKind::Lan, false).unwrap();
+        let (a, la, b, lb) = wires::connect(&mut self.engines, a, b);
         wires::settle(&mut self.engines, &[(a, la, b, lb)], None);
         let sent = [(a, la), (b, lb)]
             .iter()

@@ -1,9 +1,14 @@
 //! Crash test: a child process writes transactions in a loop and is killed with SIGKILL at random moments. After
 //! reopening, every transaction it reported committed is present, none is half-applied, and SQLite's integrity
-//! check passes. Rounds: `SHOAL_CRASH_ROUNDS` (default 12).
+//! check passes. A second child compacts the log after every transaction: a kill in the middle of a compaction (or
+//! of writing a view that waited) loses nothing either, and a new device still catches up from the store. Rounds:
+//! `SHOAL_CRASH_ROUNDS` (default 12).
+
+#[path = "common/wires.rs"]
+mod wires;
 
 use serde_json::json;
-use shoaldb::Store;
+use shoaldb::{CompactionPolicy, Store};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,16 +72,22 @@ fn killed_writer_loses_nothing_it_reported_committed() {
         child(&path);
         return;
     }
-    let rounds: usize = std::env::var("SHOAL_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+    kill_rounds("killed_writer_loses_nothing_it_reported_committed", &dir.path().join("crash.db"), check);
+}
+
+/// Run test `name`'s child on `db` for `SHOAL_CRASH_ROUNDS` rounds, each killed with SIGKILL at a random moment
+/// after its first commit. After each kill `check` gets what the child reported committed and returns how many
+/// transactions the store holds, which must never go down.
+fn kill_rounds(name: &str, db: &std::path::Path, mut check: impl FnMut(&std::path::Path, &[u64]) -> u64) {
+    let rounds: usize = std::env::var("SHOAL_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("crash test seed {seed}");
     let mut total = 0;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "killed_writer_loses_nothing_it_reported_committed", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &db)
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, db)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -87,7 +98,9 @@ fn killed_writer_loses_nothing_it_reported_committed() {
         let kill_after = Duration::from_millis(20 + seed % 400);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        // The child's last line says what it was doing when killed.
         let reader = std::thread::spawn(move || {
+            let mut last = String::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(n) = line.strip_prefix("committed ") {
@@ -95,7 +108,9 @@ fn killed_writer_loses_nothing_it_reported_committed() {
                         break;
                     }
                 }
+                last = line;
             }
+            last
         });
         // Wait for the first commit (the child has to start), then let it run a random while and kill it.
         let first = rx.recv_timeout(Duration::from_secs(60)).expect("child never committed");
@@ -108,15 +123,90 @@ fn killed_writer_loses_nothing_it_reported_committed() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        reader.join().unwrap();
+        let last = reader.join().unwrap();
         committed.extend(rx.try_iter());
-        let new_total = check(&db, &committed);
+        let new_total = check(db, &committed);
         assert!(new_total >= total);
         eprintln!(
-            "round {round}: killed after {kill_after:?}, {} reported committed, {new_total} in store",
+            "round {round}: killed after {kill_after:?} (its last line: {last:?}), {} reported committed, {new_total} in \
+             store",
             committed.len()
         );
         total = new_total;
     }
     assert!(total > 0);
+}
+
+const SMALL_DOCS: u64 = 20;
+const LONG_TEXT: usize = 20_000;
+
+/// The compacting writer: each transaction i sets `x{i}` in every document `s{j}` and types `"{i},"` at the start
+/// of the long text of `long` (whose view then waits, being large), setting its `n` to i + 1; then prints
+/// `committed i` and compacts the whole log.
+fn compacting_child(path: &str) {
+    let store = Store::open(path).unwrap();
+    let mut i = store.get("c", "long").unwrap().and_then(|d| d["n"].as_u64()).unwrap_or(0);
+    loop {
+        store
+            .write(|t| {
+                for j in 0..SMALL_DOCS {
+                    t.upsert("c", json!({"_id": format!("s{j}"), format!("x{i}"): i}))?;
+                }
+                t.update("c", "long", |d| {
+                    d.text_insert("body", 0, &format!("{i},"))?;
+                    Ok(d.set("n", (i + 1) as i64)?)
+                })
+            })
+            .unwrap();
+        println!("committed {i}");
+        println!("compacting");
+        store.compact(&CompactionPolicy { horizon_ms: 0 }).unwrap();
+        println!("compacted");
+        i += 1;
+    }
+}
+
+/// After a kill: the store is intact, holds every transaction reported committed, whole and in order, and a new
+/// device that syncs with it (states of the compacted documents, changes of the rest) ends with the same documents.
+fn check_compacted(path: &std::path::Path, committed: &[u64]) -> u64 {
+    let store = Store::open(path).unwrap();
+    store.check_integrity().unwrap();
+    let long = store.get("c", "long").unwrap().unwrap();
+    let total = long["n"].as_u64().unwrap();
+    let typed: String = (0..total).rev().map(|i| format!("{i},")).collect();
+    assert_eq!(long["body"].as_str().unwrap(), format!("{typed}{}", "a".repeat(LONG_TEXT)));
+    for j in 0..SMALL_DOCS {
+        let doc = store.get("c", &format!("s{j}")).unwrap().unwrap_or(json!({}));
+        for i in 0..total {
+            assert_eq!(doc[format!("x{i}")], json!(i), "transaction {i} is half-applied");
+        }
+        assert!(doc.get(format!("x{total}")).is_none(), "a transaction past the counter is visible");
+    }
+    if let Some(&last) = committed.last() {
+        assert!(total > last, "transaction {last} was reported committed but is missing (total {total})");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = Store::open(dir.path().join("fresh.db")).unwrap();
+    let mut engines = wires::engines(&[&store, &fresh], b"crash test secret");
+    let wire = wires::connect(&mut engines, 0, 1);
+    wires::settle(&mut engines, &[wire], None);
+    let all = |s: &Store| s.find("c", &shoaldb::Query::all()).unwrap();
+    assert_eq!(all(&fresh), all(&store), "a new device catches up on everything, compacted or not");
+    total
+}
+
+#[test]
+fn killed_compaction_loses_nothing_and_a_new_device_still_catches_up() {
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        compacting_child(&path);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("compacting.db");
+    let store = Store::open(&db).unwrap();
+    store.upsert("c", json!({"_id": "long", "n": 0})).unwrap();
+    store.update("c", "long", |d| Ok(d.text_insert("body", 0, &"a".repeat(LONG_TEXT))?)).unwrap();
+    drop(store);
+    kill_rounds("killed_compaction_loses_nothing_and_a_new_device_still_catches_up", &db, check_compacted);
 }
