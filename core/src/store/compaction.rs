@@ -70,13 +70,13 @@ pub(super) fn folded_of(conn: &Connection, row: i64) -> Result<Summary> {
 fn decode(blob: Option<&[u8]>) -> Result<Summary> {
     match blob {
         None => Ok(Summary::new()),
-        Some(b) => Summary::decode(b).map_err(|e| Error::Corrupt(format!("folded changes of a document: {e}"))),
+        Some(b) => Summary::decode_dense(b).map_err(|e| Error::Corrupt(format!("folded changes of a document: {e}"))),
     }
 }
 
 /// Record `folded` as the changes folded into document `row`'s snapshot.
 pub(super) fn set_folded(conn: &Connection, row: i64, folded: &Summary) -> Result<()> {
-    let blob = (!folded.is_empty()).then(|| folded.encode());
+    let blob = (!folded.is_empty()).then(|| folded.encode_dense());
     conn.prepare_cached("UPDATE docs SET folded = ?2 WHERE doc = ?1")?.execute(params![row, blob])?;
     Ok(())
 }
