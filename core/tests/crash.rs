@@ -68,18 +68,26 @@ fn check(path: &std::path::Path, committed: &[u64]) -> u64 {
 
 #[test]
 fn killed_writer_loses_nothing_it_reported_committed() {
+    kill_rounds("killed_writer_loses_nothing_it_reported_committed", child, |_| {}, check);
+}
+
+/// The crash test `name`: in the child process (started by it, with the store's path in [`CHILD_ENV`]) run
+/// `child`; otherwise prepare a new store with `setup` and run the child on it for `SHOAL_CRASH_ROUNDS` rounds,
+/// each killed with SIGKILL at a random moment after its first commit. After each kill `check` gets what the child
+/// reported committed and returns how many transactions the store holds, which must never go down.
+fn kill_rounds(
+    name: &str,
+    child: fn(&str),
+    setup: impl FnOnce(&std::path::Path),
+    mut check: impl FnMut(&std::path::Path, &[u64]) -> u64,
+) {
     if let Ok(path) = std::env::var(CHILD_ENV) {
         child(&path);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    kill_rounds("killed_writer_loses_nothing_it_reported_committed", &dir.path().join("crash.db"), check);
-}
-
-/// Run test `name`'s child on `db` for `SHOAL_CRASH_ROUNDS` rounds, each killed with SIGKILL at a random moment
-/// after its first commit. After each kill `check` gets what the child reported committed and returns how many
-/// transactions the store holds, which must never go down.
-fn kill_rounds(name: &str, db: &std::path::Path, mut check: impl FnMut(&std::path::Path, &[u64]) -> u64) {
+    let db = &dir.path().join("crash.db");
+    setup(db);
     let rounds: usize = std::env::var("SHOAL_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("crash test seed {seed}");
@@ -198,15 +206,15 @@ fn check_compacted(path: &std::path::Path, committed: &[u64]) -> u64 {
 
 #[test]
 fn killed_compaction_loses_nothing_and_a_new_device_still_catches_up() {
-    if let Ok(path) = std::env::var(CHILD_ENV) {
-        compacting_child(&path);
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("compacting.db");
-    let store = Store::open(&db).unwrap();
-    store.upsert("c", json!({"_id": "long", "n": 0})).unwrap();
-    store.update("c", "long", |d| Ok(d.text_insert("body", 0, &"a".repeat(LONG_TEXT))?)).unwrap();
-    drop(store);
-    kill_rounds("killed_compaction_loses_nothing_and_a_new_device_still_catches_up", &db, check_compacted);
+    let setup = |db: &std::path::Path| {
+        let store = Store::open(db).unwrap();
+        store.upsert("c", json!({"_id": "long", "n": 0})).unwrap();
+        store.update("c", "long", |d| Ok(d.text_insert("body", 0, &"a".repeat(LONG_TEXT))?)).unwrap();
+    };
+    kill_rounds(
+        "killed_compaction_loses_nothing_and_a_new_device_still_catches_up",
+        compacting_child,
+        setup,
+        check_compacted,
+    );
 }

@@ -734,7 +734,7 @@ impl<'a> DocEditor<'a> {
     fn record(&mut self, op: Op) {
         self.doc.added_items(op_items(&op));
         let last = Dot::new(self.peer, self.next.saturating_sub(1));
-        let (op, w) = match self.ops.last_mut() {
+        let op = match self.ops.last_mut() {
             Some(prev) => {
                 let (cost, width) = (prev.cost(), prev.width());
                 match absorb(prev, op, last) {
@@ -747,17 +747,12 @@ impl<'a> DocEditor<'a> {
                         }
                         return;
                     }
-                    Err(op) => {
-                        let w = op.width();
-                        (op, w)
-                    }
+                    Err(op) => op,
                 }
             }
-            None => {
-                let w = op.width();
-                (op, w)
-            }
+            None => op,
         };
+        let w = op.width();
         self.cost = self.cost.saturating_add(op.cost());
         self.doc.version.raise(self.peer, self.next + w - 1);
         self.next += w;

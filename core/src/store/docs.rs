@@ -485,31 +485,20 @@ pub(crate) fn refresh_view(conn: &Connection, id: &str, cached: &mut CachedDoc) 
     store_view(conn, row, cached, view.as_ref(), true)
 }
 
-/// The documents whose stored views are stale, of `collection` or of every collection.
+/// The documents whose stored views are stale, of `collection` or of every collection (a scan of the partial
+/// index `docs_stale`, which holds only those).
 pub(crate) fn stale_views(conn: &Connection, collection: Option<&str>) -> Result<Vec<(String, String)>> {
-    let rows = match collection {
-        Some(c) => conn
-            .prepare_cached("SELECT collection, id FROM docs WHERE stale = 1 AND collection = ?1")?
-            .query_map(params![c], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?,
-        None => conn
-            .prepare_cached("SELECT collection, id FROM docs WHERE stale = 1")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?,
-    };
-    Ok(rows)
+    Ok(conn
+        .prepare_cached("SELECT collection, id FROM docs WHERE stale = 1 AND (?1 IS NULL OR collection = ?1)")?
+        .query_map(params![collection], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
-/// Whether some stored view (of `collection`, or of any) is stale: one lookup in a partial index.
+/// Whether some stored view (of `collection`, or of any) is stale: a lookup in the partial index `docs_stale`.
 pub(crate) fn any_stale(conn: &Connection, collection: Option<&str>) -> Result<bool> {
-    Ok(match collection {
-        Some(c) => conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE stale = 1 AND collection = ?1)")?
-            .query_row(params![c], |r| r.get(0))?,
-        None => {
-            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE stale = 1)")?.query_row([], |r| r.get(0))?
-        }
-    })
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE stale = 1 AND (?1 IS NULL OR collection = ?1))")?
+        .query_row(params![collection], |r| r.get(0))?)
 }
 
 /// The `seq` of document `row`'s last change in the log (0 when none is).

@@ -391,12 +391,12 @@ impl Inner {
     }
 
     /// Write the stale views (of `collection`, or of every collection) in a transaction of their own, so that
-    /// reads of views see the documents as they are (see `docs::ViewWrite::Deferred`). Returns how many. Not
-    /// inside a transaction: the cache would take documents as the transaction's rollback would not leave them.
-    pub(super) fn flush_views(&mut self, collection: Option<&str>) -> Result<usize> {
+    /// reads of views see the documents as they are (see `docs::ViewWrite::Deferred`). Not inside a
+    /// transaction: the cache would take documents as the transaction's rollback would not leave them.
+    pub(super) fn flush_views(&mut self, collection: Option<&str>) -> Result<()> {
         let stale = super::docs::stale_views(&self.conn, collection)?;
         if stale.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         // Taken out of the cache: should the transaction fail, they are loaded again when next needed.
         let mut docs: Vec<_> = stale.into_iter().map(|key| (self.cache.take(&key), key)).collect();
@@ -412,13 +412,12 @@ impl Inner {
             Ok(())
         })?;
         log::debug!("wrote {} stale document views", docs.len());
-        let n = docs.len();
         for (cached, key) in docs {
             if let Some(cached) = cached {
                 self.cache.put(key, cached);
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Recompute every observer's result (after another process changed the store); the events to deliver.

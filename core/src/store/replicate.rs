@@ -254,13 +254,7 @@ impl Summary {
     /// takes 6. It starts with a 0 byte, which
     /// [`Summary::encode`] never writes for a non-empty summary, so [`Summary::decode_dense`] reads both.
     pub fn encode_dense(&self) -> Vec<u8> {
-        fn varint(mut v: u128, out: &mut Vec<u8>) {
-            while v >= 0x80 {
-                out.push(v as u8 | 0x80);
-                v >>= 7;
-            }
-            out.push(v as u8);
-        }
+        use crate::util::write_varint as varint;
         if !self.is_well_formed() {
             return self.encode();
         }

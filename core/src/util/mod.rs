@@ -2,6 +2,7 @@
 //!
 //! * [`lock`] / [`read`] / [`write`]: a mutex or read-write lock, taken whatever a panic elsewhere left behind;
 //! * [`hex`] / [`parse_hex`]: lowercase hex digits of bytes, and back;
+//! * [`write_varint`]: an unsigned LEB128 varint (as postcard writes integers);
 //! * [`rng::SeededRng`]: a small seeded generator, for jitter that must be reproducible from a seed;
 //! * [`sources::Sources`]: where a store gets the time and random numbers (the system, or injected).
 
@@ -50,6 +51,16 @@ pub fn parse_hex<const N: usize>(digits: &str) -> Option<[u8; N]> {
         *b = value(pair[0])? << 4 | value(pair[1])?;
     }
     Some(out)
+}
+
+/// Append `v` to `out` as an unsigned LEB128 varint: 7 bits a byte, low bits first, the high bit set on every
+/// byte but the last (as postcard writes integers).
+pub fn write_varint(mut v: u128, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 #[cfg(test)]

@@ -17,9 +17,10 @@
 //! Two more phases (`--phase large` runs only these) state how costs grow with size:
 //! - `apply_large_change`: one transaction of N one-character text inserts (a paste typed by a fast test, an
 //!   import), written on one store and applied on another, as a change of one op per character (Shoal itself
-//!   records a run of typing as one op; other writers, and Shoal before, do not): `{"phase":"apply_large_change","impl":"shoal","ops":N,
-//!   "ms":…,"local_ms":…}` for N = 6k, 10k, 30k, 60k, beside yrs applying the same edits as one update. Goal: applying
-//!   is linear in the change's operations (60k ≤ 10 × the time of 6k; a goal row says whether it holds, and
+//!   records a run of typing as one op; other writers, and Shoal before, do not):
+//!   `{"phase":"apply_large_change","impl":"shoal","ops":N,"ms":…,"local_ms":…}` for N = 6k, 10k, 30k, 60k,
+//!   beside yrs applying the same edits as one update. Goal: applying is linear in the change's operations
+//!   (60k ≤ 10 × the time of 6k; a goal row says whether it holds, and
 //!   `complexity.sh` checks it on instruction counts, which do not depend on the machine's load).
 //! - `edit_large_doc`: one-field edits (one transaction each, synchronous=NORMAL so that the work is measured rather
 //!   than the disk's fsync) of a document of 1 KiB and of 10 MiB (ten byte values of a tenth each):

@@ -859,13 +859,7 @@ fn print_sizes() {
 
 /// Bytes of one sequence in snapshot format 2 holding a single deleted run of `count` characters written as a count.
 fn deleted_run_as_count(count: u64) -> Vec<u8> {
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
+    use crate::util::write_varint as varint;
     let mut out = Vec::new();
     // Elements: peers count, one peer, runs count, then the run: flags, peer index, counter, count.
     varint(7, &mut out);
@@ -874,7 +868,7 @@ fn deleted_run_as_count(count: u64) -> Vec<u8> {
     }
     out.push(1 | (1 << 1) | (1 << 6)); // deleted, id written, count only
     for v in [0, 1, count] {
-        varint(v, &mut out);
+        varint(v.into(), &mut out);
     }
     out
 }
