@@ -293,6 +293,58 @@ impl Collection {
         })
     }
 
+    /// Drop a document from this device only (not a removal: nothing replicates). Its changes are forgotten here,
+    /// and changes to it arriving from other devices are ignored until `unevict`. Returns whether it was here.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn evict(self: Arc<Self>, id: String, cancel: Option<Arc<Cancellation>>) -> Result<bool, ShoalError> {
+        self.open()?.background(cancel, move |_| self.evict_blocking(id)).await
+    }
+
+    /// Like `evict`, on the calling thread (blocking it until done): for background threads only.
+    pub fn evict_blocking(&self, id: String) -> Result<bool, ShoalError> {
+        guard(|| Ok(self.db()?.evict(&self.name, &id)?))
+    }
+
+    /// Accept a document evicted earlier again: sync brings its changes back. Until then it is empty here; a write
+    /// to it meanwhile merges with its earlier content like a concurrent write from another device.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn unevict(self: Arc<Self>, id: String, cancel: Option<Arc<Cancellation>>) -> Result<(), ShoalError> {
+        self.open()?.background(cancel, move |_| self.unevict_blocking(id)).await
+    }
+
+    /// Like `unevict`, on the calling thread (blocking it until done): for background threads only.
+    pub fn unevict_blocking(&self, id: String) -> Result<(), ShoalError> {
+        guard(|| Ok(self.db()?.unevict(&self.name, &id)?))
+    }
+
+    /// Remove this collection's documents once they have not been modified for `ttl_ms` milliseconds, at each
+    /// `Store.expire`; `null`/`nil` stops it. The policy is this device's; the removals replicate as any other,
+    /// and a document's age is the time of its latest change, the same on every device.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn set_time_to_live(
+        self: Arc<Self>,
+        ttl_ms: Option<u64>,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<(), ShoalError> {
+        self.open()?.background(cancel, move |_| self.set_time_to_live_blocking(ttl_ms)).await
+    }
+
+    /// Like `setTimeToLive`, on the calling thread (blocking it until done): for background threads only.
+    pub fn set_time_to_live_blocking(&self, ttl_ms: Option<u64>) -> Result<(), ShoalError> {
+        guard(|| Ok(self.db()?.set_time_to_live(&self.name, ttl_ms)?))
+    }
+
+    /// This collection's time to live (ms), if it has one.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn time_to_live(self: Arc<Self>, cancel: Option<Arc<Cancellation>>) -> Result<Option<u64>, ShoalError> {
+        self.open()?.background(cancel, move |_| self.time_to_live_blocking()).await
+    }
+
+    /// Like `timeToLive`, on the calling thread (blocking it until done): for background threads only.
+    pub fn time_to_live_blocking(&self) -> Result<Option<u64>, ShoalError> {
+        guard(|| Ok(self.db()?.time_to_live(&self.name)?))
+    }
+
     /// Every document, by id.
     #[uniffi::method(default(cancel = None))]
     pub async fn all(self: Arc<Self>, cancel: Option<Arc<Cancellation>>) -> Result<Vec<String>, ShoalError> {

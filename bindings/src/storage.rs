@@ -79,6 +79,10 @@ pub struct CompactionPolicy {
     /// get documents' states rather than their changes: correct either way. Default: 30 days.
     #[uniffi(default = 2592000000)]
     pub horizon_ms: u64,
+    /// Also fold, however recent, the changes that every device this store synced with within the horizon said it
+    /// holds (none of them will ask for them again). Default: on.
+    #[uniffi(default = true)]
+    pub fold_acknowledged: bool,
 }
 
 /// What one `Store.compact` did.
@@ -90,6 +94,74 @@ pub struct CompactionReport {
     pub changes: u64,
     /// Bytes of changes dropped from the log (`Store.collectGarbage` returns the freed pages to the system).
     pub bytes: u64,
+}
+
+/// A document `Store.expire` removed.
+#[derive(uniffi::Record)]
+pub struct ExpiredDocument {
+    /// Its collection.
+    pub collection: String,
+    /// Its id.
+    pub id: String,
+    /// When its latest change was made (ms since the Unix epoch), or when an earlier `expire` first met it.
+    pub modified_ms: u64,
+}
+
+/// What `Store.fitBudget` evicted.
+#[derive(uniffi::Enum)]
+pub enum Evicted {
+    /// An attachment's bytes: the documents naming it still do, and fetch it again on demand.
+    Attachment {
+        /// Its hash, 64 hex digits.
+        hash: String,
+    },
+    /// A document outside the device's subscriptions, as `Collection.evict` does.
+    Document {
+        /// Its collection.
+        collection: String,
+        /// Its id.
+        id: String,
+    },
+}
+
+/// One thing `Store.fitBudget` evicted, and why it was chosen.
+#[derive(uniffi::Record)]
+pub struct Eviction {
+    /// What.
+    pub what: Evicted,
+    /// About how many bytes it took.
+    pub bytes: u64,
+    /// When it was last read or written here (ms since the Unix epoch): nothing kept was used longer ago.
+    pub last_used_ms: u64,
+}
+
+/// What one `Store.fitBudget` did.
+#[derive(uniffi::Record)]
+pub struct BudgetReport {
+    /// The bytes of the file's pages in use before.
+    pub bytes_before: u64,
+    /// And after (more than the budget when everything that may go is gone).
+    pub bytes_after: u64,
+    /// What was evicted, least recently used first.
+    pub evicted: Vec<Eviction>,
+}
+
+impl From<shoaldb::store::BudgetReport> for BudgetReport {
+    fn from(r: shoaldb::store::BudgetReport) -> BudgetReport {
+        let evicted = r
+            .evicted
+            .into_iter()
+            .map(|e| Eviction {
+                what: match e.what {
+                    shoaldb::store::Evicted::Attachment { hash } => Evicted::Attachment { hash },
+                    shoaldb::store::Evicted::Document { collection, id } => Evicted::Document { collection, id },
+                },
+                bytes: e.bytes,
+                last_used_ms: e.last_used_ms,
+            })
+            .collect();
+        BudgetReport { bytes_before: r.bytes_before, bytes_after: r.bytes_after, evicted }
+    }
 }
 
 /// What `Store.collectGarbage` collects, and after how long.
@@ -164,8 +236,9 @@ impl Store {
         self.get()?.background(cancel, move |_| self.collect_garbage_blocking(policy)).await
     }
 
-    /// Folds the changes `policy` selects into their documents' saved states and drops them from the change log.
-    /// The store still holds them: a device that lacks some of them gets the document's state instead, merged so
+    /// Folds the changes `policy` selects into their documents' saved states and drops them from the change log:
+    /// those every device synced with within the horizon holds, and those older than it. The store still holds
+    /// them: a device that lacks some of them gets the document's state instead, merged so
     /// that nothing removed comes back and its own edits still count, however long it was away. Changes signed
     /// under a certificate are kept (a state carries no author's signature). Call `collectGarbage` after it to
     /// return the freed pages to the system.
@@ -178,9 +251,55 @@ impl Store {
         self.get()?.background(cancel, move |_| self.compact_blocking(policy)).await
     }
 
+    /// Keeps the store's file within `maxBytes` (its pages in use): while it is larger, evicts what was used least
+    /// recently (read or written here) — attachments' bytes (the documents naming them fetch them again on demand)
+    /// and documents outside this device's subscriptions (`SyncConfig.subscriptions`; refused from sync until
+    /// `unevict`) — then returns the freed pages to the system. Returns what was evicted, and when each was last
+    /// used. Call it now and then (at start, daily) or when the system says storage is low.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn fit_budget(
+        self: Arc<Self>,
+        max_bytes: u64,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<BudgetReport, ShoalError> {
+        self.get()?.background(cancel, move |_| self.fit_budget_blocking(max_bytes)).await
+    }
+
+    /// Like `fitBudget`, on the calling thread (blocking it until done): for background threads only.
+    pub fn fit_budget_blocking(&self, max_bytes: u64) -> Result<BudgetReport, ShoalError> {
+        guard(|| {
+            let open = self.get()?;
+            let budget = shoaldb::store::StorageBudget { max_bytes, keep: open.subscriptions()? };
+            Ok(open.store.fit_budget(&budget)?.into())
+        })
+    }
+
+    /// Removes every document whose collection has a time to live (`Collection.setTimeToLive`) and which was not
+    /// modified for that long: ordinary removals, which replicate and which observers see. Returns what was
+    /// removed. Call it now and then (at start, hourly).
+    #[uniffi::method(default(cancel = None))]
+    pub async fn expire(
+        self: Arc<Self>,
+        cancel: Option<Arc<Cancellation>>,
+    ) -> Result<Vec<ExpiredDocument>, ShoalError> {
+        self.get()?.background(cancel, move |_| self.expire_blocking()).await
+    }
+
+    /// Like `expire`, on the calling thread (blocking it until done): for background threads only.
+    pub fn expire_blocking(&self) -> Result<Vec<ExpiredDocument>, ShoalError> {
+        guard(|| {
+            let expired = self.get()?.store.expire()?;
+            Ok(expired
+                .into_iter()
+                .map(|e| ExpiredDocument { collection: e.collection, id: e.id, modified_ms: e.modified_ms })
+                .collect())
+        })
+    }
+
     /// Like `compact`, on the calling thread (blocking it until done): for background threads only.
     pub fn compact_blocking(&self, policy: CompactionPolicy) -> Result<CompactionReport, ShoalError> {
-        let policy = shoaldb::CompactionPolicy { horizon_ms: policy.horizon_ms };
+        let policy =
+            shoaldb::CompactionPolicy { horizon_ms: policy.horizon_ms, fold_acknowledged: policy.fold_acknowledged };
         guard(|| {
             let r = self.get()?.store.compact(&policy)?;
             Ok(CompactionReport { documents: r.documents, changes: r.changes, bytes: r.bytes })

@@ -196,6 +196,14 @@ fn meta_map(meta: HashMap<String, String>) -> BTreeMap<String, String> {
 }
 
 impl Open {
+    /// What this device wants from the others (`SyncConfig.subscriptions`; everything when not set).
+    pub(crate) fn subscriptions(&self) -> Result<Vec<Subscription>, ShoalError> {
+        match &lock(&self.sync).subscriptions {
+            Some(subs) => parse_subscriptions(subs),
+            None => Ok(vec![Subscription::everything()]),
+        }
+    }
+
     /// Runs blocking store work `f` on the runtime's blocking pool; it stops when its caller gives up (see
     /// [`crate::cancel`]).
     pub(crate) async fn background<T: Send + 'static>(

@@ -62,7 +62,7 @@ pub use node::{Node, NodeConfig, NodeError, ReplicaNode};
 pub use query::{Filter, Query, QueryError, SortOrder};
 pub use store::{
     ApplyReport, AttachmentReader, ChangeEvent, CompactionPolicy, CompactionReport, DocChange, DocState, Durability,
-    ObserverHandle, Options, Replica, Store, StoreKey, Summary, WriteTxn,
+    Expired, ObserverHandle, Options, Replica, Store, StoreKey, Summary, WriteTxn,
 };
 
 /// The version of this library.

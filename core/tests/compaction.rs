@@ -104,9 +104,21 @@ fn write(store: &Store, doc: usize, e: &Edit) {
 
 #[derive(Clone, Debug)]
 enum Action {
-    Edit { device: usize, doc: usize, edit: Edit },
-    Sync { a: usize, b: usize },
-    Compact { device: usize },
+    Edit {
+        device: usize,
+        doc: usize,
+        edit: Edit,
+    },
+    Sync {
+        a: usize,
+        b: usize,
+    },
+    /// Every change (`everything`), or only those every device heard from holds (`acknowledged`: the default
+    /// policy; every change here is recent).
+    Compact {
+        device: usize,
+        acknowledged: bool,
+    },
 }
 
 const DEVICES: usize = 3;
@@ -115,7 +127,7 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         6 => (0..DEVICES, 0..DOCS.len(), edit()).prop_map(|(device, doc, edit)| Action::Edit { device, doc, edit }),
         2 => (0..DEVICES, 0..DEVICES).prop_filter("two devices", |(a, b)| a != b).prop_map(|(a, b)| Action::Sync { a, b }),
-        2 => (0..DEVICES).prop_map(|device| Action::Compact { device }),
+        2 => (0..DEVICES, any::<bool>()).prop_map(|(device, acknowledged)| Action::Compact { device, acknowledged }),
     ]
 }
 
@@ -142,8 +154,9 @@ fn run(actions: &[Action]) {
                     );
                 }
             }
-            Action::Compact { device } => {
-                compacted.stores[*device].compact(&CompactionPolicy::everything()).unwrap();
+            Action::Compact { device, acknowledged } => {
+                let policy = if *acknowledged { CompactionPolicy::default() } else { CompactionPolicy::everything() };
+                compacted.stores[*device].compact(&policy).unwrap();
             }
         }
     }
@@ -345,6 +358,53 @@ fn a_compacted_document_entering_a_filter_arrives_whole() {
     assert_eq!(d2, Some(json!({"_id": "d2", "done": false, "v": 2, "t": "abc"})));
 }
 
+/// Changes every device heard from within the horizon holds are folded however recent — only those: a device
+/// that has not acknowledged a change keeps it in the log, until it has not been heard from for a horizon.
+#[test]
+fn changes_every_device_acknowledged_are_folded() {
+    let mut w = World::new(3);
+    let recent = CompactionPolicy::default();
+    let log = |w: &World| w.stores[0].storage_stats().unwrap().log_changes;
+    w.stores[0].upsert(COLLECTION, json!({"_id": "d0", "n": 0})).unwrap();
+    assert_eq!(w.stores[0].compact(&recent).unwrap().changes, 0, "no device heard from yet");
+    w.sync(0, 1);
+    assert_eq!(w.stores[0].compact(&recent).unwrap().changes, 0, "device 1's summary came before the change");
+    // Acknowledged at the next meeting (device 1's summary as the session starts).
+    w.sync(0, 1);
+    let off = CompactionPolicy { fold_acknowledged: false, ..CompactionPolicy::default() };
+    assert_eq!(w.stores[0].compact(&off).unwrap().changes, 0, "acknowledgements not used");
+    let report = w.stores[0].compact(&recent).unwrap();
+    assert_eq!((report.documents, report.changes, log(&w)), (1, 1, 0), "{report:?}");
+
+    // Device 2 meets device 0 (and gets d0's state); a new change reaches device 1 only.
+    w.sync(0, 2);
+    w.stores[0].upsert(COLLECTION, json!({"_id": "d1", "n": 1})).unwrap();
+    w.sync(0, 1);
+    w.sync(0, 1);
+    assert_eq!(w.stores[0].compact(&recent).unwrap().changes, 0, "device 2 lacks d1's change");
+    assert_eq!(log(&w), 1);
+    w.sync(0, 2);
+    w.sync(0, 2);
+    assert_eq!(w.stores[0].compact(&recent).unwrap().changes, 1, "both hold it now");
+
+    // Device 2 goes away for longer than the horizon: not waited for any more.
+    let day = CompactionPolicy { horizon_ms: 24 * 60 * 60 * 1000, ..CompactionPolicy::default() };
+    w.now.fetch_add(2 * day.horizon_ms, Ordering::SeqCst);
+    w.stores[0].update(COLLECTION, "d1", |d| Ok(d.set("n", 11)?)).unwrap();
+    w.stores[2].update(COLLECTION, "d1", |d| Ok(d.set("away", true)?)).unwrap();
+    assert_eq!(w.stores[0].compact(&day).unwrap().changes, 0, "device 1 lacks it");
+    w.sync(0, 1);
+    w.sync(0, 1);
+    assert_eq!(w.stores[0].compact(&day).unwrap().changes, 1, "device 1 is the only one heard from within a day");
+    // The device back catches up from d1's state, and its own edit of d1 made away merges.
+    w.sync(2, 0);
+    w.sync(0, 1);
+    for d in 1..3 {
+        assert_eq!(w.state(d), w.state(0), "device {d}");
+    }
+    assert_eq!(w.stores[0].get(COLLECTION, "d1").unwrap(), Some(json!({"_id": "d1", "n": 11, "away": true})));
+}
+
 /// The cloud does not merge states: a device that syncs with it keeps in its log what the cloud has not
 /// acknowledged — until it has not reached the cloud for longer than the horizon.
 #[test]
@@ -370,7 +430,7 @@ fn changes_the_cloud_lacks_stay_in_the_log() {
     assert_eq!(w.stores[0].compact(&CompactionPolicy::everything()).unwrap().changes, 1, "d1's, acknowledged now");
     // Away from the cloud for longer than the horizon: compacts without it.
     w.stores[0].upsert(COLLECTION, json!({"_id": "d2", "n": 2})).unwrap();
-    let policy = CompactionPolicy { horizon_ms: 24 * 60 * 60 * 1000 };
+    let policy = CompactionPolicy { horizon_ms: 24 * 60 * 60 * 1000, ..Default::default() };
     assert_eq!(w.stores[0].compact(&policy).unwrap().changes, 0);
     w.now.fetch_add(2 * policy.horizon_ms, Ordering::SeqCst);
     assert_eq!(w.stores[0].compact(&policy).unwrap().changes, 1);
@@ -393,4 +453,76 @@ fn many_compacted_documents_reach_a_new_device() {
     assert_eq!(w.sync(0, 1), 400, "one state per document");
     assert_eq!(w.stores[1].list(COLLECTION).unwrap(), w.stores[0].list(COLLECTION).unwrap());
     assert_eq!(w.stores[1].replica().summary().unwrap(), w.stores[0].replica().summary().unwrap());
+}
+
+/// A device's claims count only for the changes this store holds, and only while it is among the
+/// [`shoaldb::store::MAX_PEER_ACKS`] devices heard from most recently: many devices, or a device claiming to hold
+/// everything, cost a bounded table and cannot make a change foldable that another device lacks.
+#[test]
+fn acknowledgements_are_bounded() {
+    use shoaldb::security::DeviceKey;
+    use shoaldb::store::{Summary, MAX_PEER_ACKS};
+    let w = World::new(1);
+    let replica = w.stores[0].replica();
+    w.stores[0].upsert(COLLECTION, json!({"_id": "d0", "n": 0})).unwrap();
+    let mut everything = replica.summary().unwrap();
+    for author in 0..200u64 {
+        everything.insert(shoaldb::PeerId(author.wrapping_mul(0x9e37_79b9_7f4a_7c15)), 1, u64::MAX);
+    }
+    let key = |i: u64| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&i.to_le_bytes());
+        DeviceKey(k)
+    };
+    // An honest device that lacks d0's change, then many devices claiming everything.
+    replica.keep_peer_summary(&key(0), false, &Summary::new()).unwrap();
+    for i in 1..=MAX_PEER_ACKS as u64 + 10 {
+        replica.keep_peer_summary(&key(i), false, &everything).unwrap();
+    }
+    let file = w._dir.path().join("0.db");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let (rows, largest): (i64, i64) = conn
+        .query_row("SELECT count(*), max(length(summary)) FROM peer_acks", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(rows as usize, MAX_PEER_ACKS);
+    assert!(largest < 64, "only what the store holds is kept: {largest} bytes");
+    // All heard at the same time: the honest device is still counted (ties keep the smaller keys).
+    assert_eq!(w.stores[0].compact(&CompactionPolicy::default()).unwrap().changes, 0);
+    // Heard from again a minute later (the time is written again), the claimers push the honest device out: its
+    // changes are folded without it.
+    w.now.fetch_add(61_000, Ordering::SeqCst);
+    for i in 1..=MAX_PEER_ACKS as u64 {
+        replica.keep_peer_summary(&key(i), false, &everything).unwrap();
+    }
+    let honest: i64 =
+        conn.query_row("SELECT count(*) FROM peer_acks WHERE device = ?1", [key(0).0], |r| r.get(0)).unwrap();
+    assert_eq!(honest, 0, "the device heard from least recently is forgotten");
+    assert_eq!(w.stores[0].compact(&CompactionPolicy::default()).unwrap().changes, 1);
+}
+
+/// What the cloud acknowledged, kept in `meta` before schema 12, still keeps unacknowledged changes in the log.
+#[test]
+fn the_clouds_acknowledgements_survive_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.db");
+    let store = Store::open(&file).unwrap();
+    store.upsert(COLLECTION, json!({"_id": "d0", "n": 0})).unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    // Schema 11: the cloud said it holds nothing.
+    conn.execute_batch(
+        "DROP TABLE peer_acks; DROP TABLE expiry; ALTER TABLE docs DROP COLUMN modified; \
+         ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; PRAGMA user_version = 11;",
+    )
+    .unwrap();
+    let empty = shoaldb::store::Summary::new().encode();
+    conn.execute("INSERT INTO meta (key, value) VALUES ('cloud_acked', ?1)", [empty]).unwrap();
+    conn.execute("INSERT INTO meta (key, value) VALUES ('cloud_acked_at', ?1)", [1u64.to_le_bytes()]).unwrap();
+    drop(conn);
+    let store = Store::open(&file).unwrap();
+    assert_eq!(store.compact(&CompactionPolicy::everything()).unwrap().changes, 0, "the cloud lacks it");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let left: i64 =
+        conn.query_row("SELECT count(*) FROM meta WHERE key LIKE 'cloud_acked%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0);
 }

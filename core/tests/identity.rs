@@ -756,7 +756,9 @@ fn the_attachment_read_check_looks_up_the_documents_naming_the_hash_also_in_a_st
     conn.execute_batch(
         "DROP TABLE attachment_refs; DROP TABLE indexes; DROP INDEX docs_with_parts; DROP TABLE gc_marks; \
          DROP INDEX docs_folded; ALTER TABLE docs DROP COLUMN folded; DROP INDEX docs_stale; \
-         ALTER TABLE docs DROP COLUMN stale; PRAGMA user_version = 6;",
+         ALTER TABLE docs DROP COLUMN stale; DROP TABLE peer_acks; ALTER TABLE docs DROP COLUMN modified; \
+         ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; DROP TABLE expiry; \
+         PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);

@@ -1081,7 +1081,7 @@ fn a_month_away_while_the_others_compact_every_day() {
         const DAY: u64 = 24 * 3600 * SECOND;
         let days = if heavy() { 60 } else { 30 };
         let edits_per_day = if heavy() { 30 } else { 8 };
-        let policy = shoaldb::CompactionPolicy { horizon_ms: DAY / 1000 };
+        let policy = shoaldb::CompactionPolicy { horizon_ms: DAY / 1000, ..Default::default() };
         let collections = ["tasks", "notes"];
         // The same world twice: compacting, and not.
         let mut worlds = [SimWorld::new(seed), SimWorld::new(seed)];

@@ -12,14 +12,24 @@ use std::io::Read;
 /// The size of one stored chunk.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 
+/// Where an attachment is written before its hash is known, and when.
+#[derive(Clone, Copy)]
+pub(crate) struct Staging {
+    /// A fresh temporary key for its chunks.
+    pub key: [u8; 32],
+    /// Now (ms): the attachment's last use ([`super::budget`]).
+    pub now_ms: u64,
+}
+
 /// Write an attachment from a reader inside the caller's transaction. Chunks go under a temporary key while the
 /// hash is not known yet, then are renamed (or dropped, when the content is already stored).
 pub(crate) fn write(
     conn: &Connection,
     mut reader: impl Read,
     meta: BTreeMap<String, String>,
-    temp_key: [u8; 32],
+    staging: Staging,
 ) -> Result<AttachmentToken> {
+    let temp_key = staging.key;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_SIZE];
     let mut len: u64 = 0;
@@ -60,6 +70,8 @@ pub(crate) fn write(
             CHUNK_SIZE as i64
         ])?;
     }
+    conn.prepare_cached("UPDATE blobs SET used = max(coalesce(used, 0), ?2) WHERE hash = ?1")?
+        .execute(params![&hash[..], staging.now_ms.min(i64::MAX as u64) as i64])?;
     Ok(AttachmentToken { hash, len, meta })
 }
 
@@ -166,13 +178,13 @@ pub(crate) fn drain(buf: &[u8], pos: &mut usize, out: &mut [u8]) -> usize {
 
 /// Turn the received parts of `hash` into a stored attachment of `total` bytes, inside the caller's transaction:
 /// the content must hash to `hash`, or the parts are dropped and an error returned.
-pub(crate) fn finish_parts(conn: &Connection, hash: &[u8; 32], total: u64, temp_key: [u8; 32]) -> Result<()> {
+pub(crate) fn finish_parts(conn: &Connection, hash: &[u8; 32], total: u64, staging: Staging) -> Result<()> {
     let have = partial_len(conn, hash)?;
     if have != total {
         return Err(Error::AttachmentCorrupt { hash: hex(hash), reason: format!("{have} of {total} bytes received") });
     }
     let reader = PartsReader { conn, hash: *hash, next_offset: 0, buf: Vec::new(), pos: 0 };
-    let token = write(conn, reader, BTreeMap::new(), temp_key)?;
+    let token = write(conn, reader, BTreeMap::new(), staging)?;
     conn.prepare_cached("DELETE FROM partial_blobs WHERE hash = ?1")?.execute(params![&hash[..]])?;
     if token.hash != *hash || token.len != total {
         // `write` stored the content under the hash it really has; the bytes are not what was asked for.

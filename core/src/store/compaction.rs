@@ -8,9 +8,17 @@
 //! [`Document::join`](crate::Document::join): exactly equivalent to applying the changes, removals included, so
 //! nothing deleted comes back however long that device was away, and its own edits made meanwhile still merge.
 //!
-//! What is folded: the changes made (by their hybrid-logical-clock time) more than [`CompactionPolicy::horizon_ms`]
-//! ago. Not folded: signed changes (certificate mode: a state carries no author's signature, so devices would have
-//! to trust the sender; they keep the changes, which relays forward unaltered), and documents whose state is over
+//! What is folded:
+//! - the changes every device heard from within the horizon holds (**causally stable**, as far as this device
+//!   can know): each device's summaries — as a session starts, and the announcements after it — are kept per device
+//!   (`peer_acks`, see [`keep_peer_summary`]), and compaction folds what all the recent ones list. No device will
+//!   ask for these as changes; one never met, or away for longer, gets states;
+//! - the changes made (by their hybrid-logical-clock time) more than [`CompactionPolicy::horizon_ms`] ago, whoever
+//!   lacks them.
+//!
+//! Not folded: changes a cloud peer reached within the horizon has not acknowledged (it does not merge states);
+//! signed changes (certificate mode: a state carries no author's signature, so devices would have to trust the
+//! sender; they keep the changes, which relays forward unaltered); and documents whose state is over
 //! [`MAX_STATE_BYTES`] (too large to send as one state).
 
 use super::{Inner, Store, Summary};
@@ -26,15 +34,18 @@ pub const MAX_STATE_BYTES: usize = crate::crdt::change::MAX_ENCODED_CHANGE_BYTES
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompactionPolicy {
     /// Fold the changes made more than this long ago (milliseconds, by the changes' hybrid-logical-clock time; 0:
-    /// every change).
+    /// every change), and wait only for the devices heard from within it.
     /// Devices that come back after longer get states rather than changes: correct either way, but a state costs
     /// its document's size where the changes it lacked might have been fewer bytes. Default: 30 days.
     pub horizon_ms: u64,
+    /// Also fold, however recent, the changes that every device this store synced with within the horizon said it
+    /// holds (causally stable: none of them will ask for them again). Default: on.
+    pub fold_acknowledged: bool,
 }
 
 impl Default for CompactionPolicy {
     fn default() -> Self {
-        CompactionPolicy { horizon_ms: 30 * 24 * 60 * 60 * 1000 }
+        CompactionPolicy { horizon_ms: 30 * 24 * 60 * 60 * 1000, fold_acknowledged: true }
     }
 }
 
@@ -42,7 +53,7 @@ impl CompactionPolicy {
     /// Fold every change (what `compact` with a horizon of 0 does): for tests, benchmarks and devices short of
     /// space.
     pub fn everything() -> Self {
-        CompactionPolicy { horizon_ms: 0 }
+        CompactionPolicy { horizon_ms: 0, ..Default::default() }
     }
 }
 
@@ -92,23 +103,93 @@ pub(super) fn all_folded(conn: &Connection) -> Result<Summary> {
     Ok(out)
 }
 
-/// The `meta` keys of what the cloud acknowledged (an encoded [`Summary`]) and when it last did (ms).
-const CLOUD_ACKED: &str = "cloud_acked";
-const CLOUD_ACKED_AT: &str = "cloud_acked_at";
+/// The most devices whose acknowledgements a store keeps; past it, the one heard from least recently is forgotten
+/// (its changes are then folded without waiting for it: it gets states if it comes back lacking them).
+pub const MAX_PEER_ACKS: usize = 1024;
 
-/// Add `summary` (from the cloud) to what the cloud is known to hold, and note the time.
-pub(super) fn keep_cloud_summary(conn: &Connection, summary: &Summary, now_ms: u64) -> Result<()> {
-    let mut acked = cloud_acked(conn)?.map_or_else(Summary::new, |(s, _)| s);
-    acked.union_with(summary);
-    super::inner::meta_put(conn, CLOUD_ACKED, &acked.encode())?;
-    super::inner::meta_put_u64(conn, CLOUD_ACKED_AT, now_ms)
+/// How often (ms) the time a device was last heard from is written again when its summary adds nothing.
+const ACK_REFRESH_MS: u64 = 60_000;
+
+/// A device said (in a summary) that it holds `summary`: keep what of it this store holds (`held`) as that
+/// device's acknowledgements, with the time, in `peer_acks`. A device's row only grows. Writes nothing when the
+/// summary adds nothing and the time was written less than a minute ago, so announcements cost a read.
+pub(super) fn keep_peer_summary(
+    inner: &super::Inner,
+    device: &[u8],
+    cloud: bool,
+    summary: &Summary,
+    now_ms: u64,
+) -> Result<()> {
+    let held = summary.intersection(&inner.held);
+    let fresh = |conn: &Connection| -> Result<Option<(Summary, u64, bool)>> {
+        let row: Option<(Vec<u8>, i64, bool)> = conn
+            .prepare_cached("SELECT summary, heard, cloud FROM peer_acks WHERE device = ?1")?
+            .query_row(params![device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        row.map(|(s, heard, cloud)| Ok((decode_ack(&s)?, heard as u64, cloud))).transpose()
+    };
+    if let Some((acked, heard, was_cloud)) = fresh(&inner.conn)? {
+        if was_cloud == cloud && held.difference(&acked).is_empty() && now_ms.saturating_sub(heard) < ACK_REFRESH_MS {
+            return Ok(());
+        }
+    }
+    inner.immediate(|conn| {
+        let mut acked = fresh(conn)?.map_or_else(Summary::new, |(s, _, _)| s);
+        acked.union_with(&held);
+        conn.prepare_cached(
+            "INSERT INTO peer_acks (device, summary, heard, cloud) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (device) DO UPDATE SET summary = ?2, heard = ?3, cloud = ?4",
+        )?
+        .execute(params![device, acked.encode_dense(), now_ms as i64, cloud])?;
+        // Bounded: the devices heard from least recently are forgotten.
+        conn.prepare_cached(
+            "DELETE FROM peer_acks WHERE device IN \
+             (SELECT device FROM peer_acks ORDER BY heard DESC, device LIMIT -1 OFFSET ?1)",
+        )?
+        .execute(params![MAX_PEER_ACKS as i64])?;
+        Ok(())
+    })
 }
 
-/// What the cloud is known to hold, and when it last said so; `None` if this store never synced with the cloud.
-fn cloud_acked(conn: &Connection) -> Result<Option<(Summary, u64)>> {
-    let Some(bytes) = super::inner::meta_get(conn, CLOUD_ACKED)? else { return Ok(None) };
-    let acked = Summary::decode(&bytes).map_err(|e| Error::Corrupt(format!("the cloud's summary: {e}")))?;
-    Ok(Some((acked, super::inner::meta_u64(conn, CLOUD_ACKED_AT)?.unwrap_or(0))))
+fn decode_ack(blob: &[u8]) -> Result<Summary> {
+    Summary::decode_dense(blob).map_err(|e| Error::Corrupt(format!("a device's acknowledgements: {e}")))
+}
+
+/// What must hold for a change to be folded, from the devices heard from since `since_ms`: what every cloud peer
+/// among them acknowledged (`None`: no cloud), and what every one of them did (`None`: no device).
+fn acknowledged(conn: &Connection, since_ms: u64) -> Result<(Option<Summary>, Option<Summary>)> {
+    let mut stmt = conn.prepare_cached("SELECT summary, cloud FROM peer_acks WHERE heard >= ?1")?;
+    let mut rows = stmt.query(params![since_ms.min(i64::MAX as u64) as i64])?;
+    let (mut clouds, mut all): (Option<Summary>, Option<Summary>) = (None, None);
+    let meet = |into: &mut Option<Summary>, s: &Summary| {
+        *into = Some(into.as_ref().map_or_else(|| s.clone(), |i| i.intersection(s)));
+    };
+    while let Some(r) = rows.next()? {
+        let acked = decode_ack(&r.get::<_, Vec<u8>>(0)?)?;
+        if r.get::<_, bool>(1)? {
+            meet(&mut clouds, &acked);
+        }
+        meet(&mut all, &acked);
+    }
+    Ok((clouds, all))
+}
+
+/// Which changes of the log [`compact_doc`] folds.
+struct Rule {
+    /// Changes made (hybrid-logical-clock time, ms) before this.
+    cutoff_ms: u64,
+    /// Whatever their time, those in here (acknowledged by every device heard from within the horizon).
+    stable: Option<Summary>,
+    /// Never those outside this (what a cloud peer reached within the horizon acknowledged).
+    cloud: Option<Summary>,
+}
+
+impl Rule {
+    fn folds(&self, peer: crate::PeerId, start: u64, end: u64, made_ms: u64) -> bool {
+        let old = made_ms < self.cutoff_ms;
+        let stable = self.stable.as_ref().is_some_and(|s| s.contains(peer, start, end));
+        (old || stable) && self.cloud.as_ref().is_none_or(|c| c.contains(peer, start, end))
+    }
 }
 
 /// One log row of a document being compacted.
@@ -134,10 +215,13 @@ impl Store {
             h => inner.sources.now_ms().saturating_sub(h),
         };
         let report = inner.immediate(|conn| {
-            // The cloud does not merge states: while it is reached within the horizon, what it has not acknowledged
-            // stays in the log (a device away from it for longer compacts without it).
-            let acked = cloud_acked(conn)?.filter(|(_, at)| policy.horizon_ms == 0 || *at >= cutoff).map(|(s, _)| s);
-            compact_all(conn, cutoff, acked.as_ref())
+            // The devices heard from within the horizon (with a horizon of 0, every cloud peer ever heard from: the
+            // cloud does not merge states, so what it has not acknowledged stays in the log until it has not been
+            // reached for longer than a horizon).
+            let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
+            let (cloud, all) = acknowledged(conn, since)?;
+            let stable = all.filter(|_| policy.fold_acknowledged);
+            compact_all(conn, &Rule { cutoff_ms: cutoff, stable, cloud })
         })?;
         // Snapshots and logs changed under the cached documents, and the log rows the digests read are gone.
         inner.cache.clear();
@@ -154,7 +238,7 @@ impl Store {
     }
 }
 
-fn compact_all(conn: &Connection, cutoff_ms: u64, acked: Option<&Summary>) -> Result<CompactionReport> {
+fn compact_all(conn: &Connection, rule: &Rule) -> Result<CompactionReport> {
     let docs: Vec<(i64, String, String)> = conn
         .prepare(
             "SELECT d.doc, d.collection, d.id FROM docs d WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc)",
@@ -163,7 +247,7 @@ fn compact_all(conn: &Connection, cutoff_ms: u64, acked: Option<&Summary>) -> Re
         .collect::<rusqlite::Result<_>>()?;
     let mut report = CompactionReport::default();
     for (row, collection, id) in docs {
-        let (changes, bytes) = compact_doc(conn, row, &collection, &id, cutoff_ms, acked)?;
+        let (changes, bytes) = compact_doc(conn, row, &collection, &id, rule)?;
         if changes > 0 {
             report.documents += 1;
             report.changes += changes;
@@ -173,16 +257,8 @@ fn compact_all(conn: &Connection, cutoff_ms: u64, acked: Option<&Summary>) -> Re
     Ok(report)
 }
 
-/// Fold the prefix of document `row`'s log made before `cutoff_ms` (unsigned changes only, and only those in
-/// `acked` when given): (changes, bytes).
-fn compact_doc(
-    conn: &Connection,
-    row: i64,
-    collection: &str,
-    id: &str,
-    cutoff_ms: u64,
-    acked: Option<&Summary>,
-) -> Result<(u64, u64)> {
+/// Fold the prefix of document `row`'s log that `rule` folds (unsigned changes only): (changes, bytes).
+fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &Rule) -> Result<(u64, u64)> {
     let mut fold: Vec<Row> = Vec::new();
     {
         let mut stmt = conn.prepare_cached(
@@ -194,8 +270,7 @@ fn compact_doc(
             let signed: bool = r.get(5)?;
             let made = Change::decode(&body).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?.ts;
             let (peer, start, end): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
-            let unacked = acked.is_some_and(|a| !a.contains(crate::PeerId(peer as u64), start as u64, end as u64));
-            if signed || made.wall_ms() >= cutoff_ms || unacked {
+            if signed || !rule.folds(crate::PeerId(peer as u64), start as u64, end as u64, made.wall_ms()) {
                 break;
             }
             fold.push(Row {

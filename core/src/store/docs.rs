@@ -58,6 +58,8 @@ pub struct LoggedChange {
     pub digest: [u8; 32],
     /// Its author's signature, encoded ([`ChangeSignature::encode`]); `None` when unsigned.
     pub signature: Option<Vec<u8>>,
+    /// When it was made (its hybrid-logical-clock time, ms): what expiry measures a document's age by.
+    pub made_ms: u64,
 }
 
 impl LoggedChange {
@@ -66,7 +68,8 @@ impl LoggedChange {
         let body = c.encode();
         let digest = super::replicate::change_digest(collection, id, &body);
         let hash = super::replicate::short_hash(&digest);
-        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body, hash, digest, signature: None }
+        let made_ms = c.ts.wall_ms();
+        LoggedChange { peer: c.peer, start: c.start, end: c.end(), body, hash, digest, signature: None, made_ms }
     }
 
     /// The same change, carrying `signature`.
@@ -421,6 +424,10 @@ pub(crate) fn save(
             c.signature
         ])?;
         last_seq = conn.last_insert_rowid();
+    }
+    if let Some(made) = changes.iter().map(|c| c.made_ms).max() {
+        conn.prepare_cached("UPDATE docs SET modified = max(coalesce(modified, 0), ?2) WHERE doc = ?1")?
+            .execute(params![row, made.min(i64::MAX as u64) as i64])?;
     }
     cached.tail_bytes += bytes;
     let snapshot = resnapshot || cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);

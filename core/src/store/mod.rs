@@ -7,11 +7,13 @@
 //! SQLite transaction, and a process notices another's commits (SQLite's `data_version`) before it reads its caches.
 
 mod blobs;
+mod budget;
 mod changelog;
 mod compaction;
 mod docs;
 mod encryption;
 mod equivocation;
+mod expiry;
 mod find;
 mod ids;
 mod indexes;
@@ -28,13 +30,15 @@ mod storage;
 mod txn;
 
 pub use blobs::CHUNK_SIZE;
+pub use budget::{BudgetReport, Evicted, Eviction, StorageBudget, MAX_NOTED_READS};
 pub use changelog::{CommitListener, LogEntry};
-pub use compaction::{CompactionPolicy, CompactionReport, MAX_STATE_BYTES};
+pub use compaction::{CompactionPolicy, CompactionReport, MAX_PEER_ACKS, MAX_STATE_BYTES};
 pub use docs::{attachment_hashes, Quarantined};
 pub use encryption::{StoreKey, ENCRYPTION_AVAILABLE};
 pub use equivocation::{
     bucket_hashes, changes_digest, ranges_digest, Equivocation, DIGEST_BUCKET_BITS, MAX_EQUIVOCATION_RECORDS,
 };
+pub use expiry::Expired;
 pub use find::QueryPlan;
 pub use indexes::{Index, MAX_INDEXES, MAX_INDEX_PATHS};
 pub use observe::{Callback, ChangeEvent};
@@ -192,6 +196,9 @@ struct Shared {
     readers: Option<readers::Readers>,
     /// [`Inner::generation`].
     generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Reads not yet written down, for [`Store::fit_budget`]; and the clock they are noted by.
+    usage: Mutex<budget::Usage>,
+    usage_clock: crate::util::sources::Sources,
 }
 
 /// One device's database: collections of documents whose fields are CRDTs, persisted in one SQLite file.
@@ -339,6 +346,8 @@ impl Store {
                 next_listener: std::sync::atomic::AtomicU64::new(1),
                 readers,
                 generation,
+                usage: Mutex::new(budget::Usage::default()),
+                usage_clock: options.sources.clone(),
             }),
         })
     }
@@ -657,10 +666,17 @@ impl Store {
                                  FROM docs WHERE collection = ?1 AND id = ?2";
             let whole = readers.read_one(|conn| docs::whole_view(conn, WHOLE, params![collection, id]))?;
             if let Some(found) = whole {
+                if found.is_some() {
+                    self.note_doc_read(collection, id.to_string());
+                }
                 return Ok(found);
             }
         }
-        self.read_views(Some(collection), |conn| docs::stored_view(conn, SQL, params![collection, id]))
+        let found = self.read_views(Some(collection), |conn| docs::stored_view(conn, SQL, params![collection, id]))?;
+        if found.is_some() {
+            self.note_doc_read(collection, id.to_string());
+        }
+        Ok(found)
     }
 
     /// A document's full CRDT state, for typed reads (conflicts, kinds, counters' contributions).
@@ -674,11 +690,16 @@ impl Store {
             Some(c) => Some(c),
             None => docs::load(&inner.conn, collection, id)?,
         };
-        Ok(cached.map(|c| {
+        let doc = cached.map(|c| {
             let doc = c.doc.clone();
             inner.cache.put(key, c);
             doc
-        }))
+        });
+        drop(inner);
+        if doc.is_some() {
+            self.note_doc_read(collection, id.to_string());
+        }
+        Ok(doc)
     }
 
     /// Every existing document of a collection, by id.
@@ -695,7 +716,15 @@ impl Store {
     pub fn find(&self, collection: &str, query: &Query) -> Result<Vec<Json>> {
         check_collection(collection)?;
         let found = self.read_views(Some(collection), |conn| find::run(conn, collection, query))?;
-        Ok(found.into_iter().map(|(_, v)| v).collect())
+        let now = self.shared.usage_clock.now_ms();
+        let mut usage = self.usage();
+        Ok(found
+            .into_iter()
+            .map(|(id, v)| {
+                usage.doc(collection, id, now);
+                v
+            })
+            .collect())
     }
 
     /// How [`Store::find`] runs `query` on `collection`: the indexes it uses, whether the filter and the sort are
@@ -856,12 +885,13 @@ impl Store {
     }
 
     /// Run `f` in one transaction with a fresh temporary key for chunks whose hash is not known yet.
-    fn blob_transaction<R>(&self, f: impl FnOnce(&Connection, [u8; 32]) -> Result<R>) -> Result<R> {
+    fn blob_transaction<R>(&self, f: impl FnOnce(&Connection, blobs::Staging) -> Result<R>) -> Result<R> {
         let inner = self.lock();
-        let mut temp = [0u8; 32];
-        temp[..8].copy_from_slice(&inner.sources.random_u64().to_le_bytes());
-        temp[8..16].copy_from_slice(b"tmp-blob");
-        inner.immediate(|conn| f(conn, temp))
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&inner.sources.random_u64().to_le_bytes());
+        key[8..16].copy_from_slice(b"tmp-blob");
+        let staging = blobs::Staging { key, now_ms: inner.sources.now_ms() };
+        inner.immediate(|conn| f(conn, staging))
     }
 
     /// Store an attachment from bytes in memory.
@@ -886,6 +916,8 @@ impl Store {
                 reason: "length differs from token".into(),
             });
         }
+        drop(inner);
+        self.note_blob_read(token.hash);
         Ok(AttachmentReader {
             store: self.clone(),
             hash: token.hash,

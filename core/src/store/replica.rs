@@ -97,12 +97,11 @@ pub trait Replica: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// The cloud (a relay on a [`TransportKind::Cloud`](crate::sync::TransportKind) link) said it holds `summary`:
-    /// compaction keeps in the log the changes the cloud has not acknowledged (the cloud does not merge states),
-    /// while the cloud was reached within the compaction horizon. (The default, for replicas that do not compact:
-    /// nothing kept.)
-    fn keep_cloud_summary(&self, summary: &Summary) -> Result<()> {
-        let _ = summary;
+    /// `device` (a cloud peer if `cloud`) said it holds `summary`: compaction folds, however recent, what every
+    /// device heard from within its horizon holds, and never what a cloud peer reached within it lacks (the cloud
+    /// does not merge states). (The default, for replicas that do not compact: nothing kept.)
+    fn keep_peer_summary(&self, device: &crate::security::DeviceKey, cloud: bool, summary: &Summary) -> Result<()> {
+        let _ = (device, cloud, summary);
         Ok(())
     }
 
@@ -265,11 +264,11 @@ impl Replica for StoreReplica {
         self.store.apply_remote_changes(changes, Some(check))
     }
 
-    fn keep_cloud_summary(&self, summary: &Summary) -> Result<()> {
+    fn keep_peer_summary(&self, device: &crate::security::DeviceKey, cloud: bool, summary: &Summary) -> Result<()> {
         let mut inner = self.store.lock();
         inner.refresh()?;
         let now = inner.sources.now_ms();
-        inner.immediate(|conn| super::compaction::keep_cloud_summary(conn, summary, now))
+        super::compaction::keep_peer_summary(&inner, &device.0, cloud, summary, now)
     }
 
     fn folded_of_doc(&self, doc: i64) -> Result<Summary> {
@@ -507,7 +506,7 @@ impl Replica for StoreReplica {
     }
 
     fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()> {
-        let result = self.store.blob_transaction(|conn, temp| blobs::finish_parts(conn, hash, total, temp));
+        let result = self.store.blob_transaction(|conn, staging| blobs::finish_parts(conn, hash, total, staging));
         if let Err(Error::AttachmentCorrupt { .. }) = &result {
             // Rolled back; drop the bytes that do not match so the next fetch starts afresh.
             self.store.lock().conn.execute("DELETE FROM partial_blobs WHERE hash = ?1", params![&hash[..]])?;

@@ -181,6 +181,37 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE docs ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX docs_stale ON docs (collection) WHERE stale = 1;
     "#,
+    // 12: what other devices acknowledged (`compaction::keep_peer_summary`): per device, the changes of this store
+    //    it said it holds, and when it last said so. Compaction folds what every device heard from within its
+    //    horizon holds, and never what a cloud peer lacks. The cloud's acknowledgements kept in `meta` until now
+    //    move here (the time: now, the later the more is kept).
+    r#"
+    CREATE TABLE peer_acks (
+        device  BLOB PRIMARY KEY,              -- the device's key (empty: the cloud's, from before this table)
+        summary BLOB NOT NULL,                 -- a dense `Summary`: the changes of this store it holds
+        heard   INTEGER NOT NULL,              -- when it last said so (ms since the epoch)
+        cloud   INTEGER NOT NULL               -- 1: a cloud peer (it does not merge states)
+    ) WITHOUT ROWID;
+    INSERT INTO peer_acks (device, summary, heard, cloud)
+        SELECT x'', value, CAST(strftime('%s', 'now') AS INTEGER) * 1000, 1 FROM meta WHERE key = 'cloud_acked';
+    DELETE FROM meta WHERE key IN ('cloud_acked', 'cloud_acked_at');
+    "#,
+    // 13: expiry (`Store::expire`) and the storage budget (`Store::fit_budget`). `docs.used` / `blobs.used`: when
+    //    this device last read the document or attachment (written down by `fit_budget`) or stored the attachment,
+    //    ms; eviction goes least recently used first.
+    //    Expiry: `docs.modified`: when the latest change applied to the document was made (its
+    //    hybrid-logical-clock time, ms); NULL until one is (a document from before this column, or from a merged
+    //    state), and then stamped by the first expiry that meets it. `expiry`: the collections whose documents are
+    //    removed once not modified for their time to live.
+    r#"
+    ALTER TABLE docs ADD COLUMN modified INTEGER;
+    ALTER TABLE docs ADD COLUMN used INTEGER;
+    ALTER TABLE blobs ADD COLUMN used INTEGER;
+    CREATE TABLE expiry (
+        collection TEXT PRIMARY KEY,
+        ttl_ms     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -150,7 +150,7 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
 }
 
 /// The page size, the pages of the file and how many of them are free.
-fn pages(conn: &Connection) -> Result<(u64, u64, u64)> {
+pub(super) fn pages(conn: &Connection) -> Result<(u64, u64, u64)> {
     // SQLCipher answers `page_size` on an encrypted file as text (its column named `cipher_page_size`).
     let get = |pragma: &str| -> Result<u64> {
         let v: rusqlite::types::Value = conn.query_row(pragma, [], |r| r.get(0))?;

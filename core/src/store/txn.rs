@@ -279,6 +279,11 @@ impl<'a> WriteTxn<'a> {
         self.edit(collection, id, false, f)
     }
 
+    /// The store's state under this transaction (its connection is inside the transaction).
+    pub(super) fn inner(&self) -> &Inner {
+        self.inner
+    }
+
     /// Remove a document (a CRDT delete that replicates). Returns whether it existed.
     pub fn remove(&mut self, collection: &str, id: &str) -> Result<bool> {
         match self.edit(collection, id, false, |ed| Ok(ed.remove_document()?)) {

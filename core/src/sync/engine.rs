@@ -938,14 +938,16 @@ impl Engine {
             Access::Certificates(enrolment) => Some(Checks { signers: &self.signers, enrolment }),
             Access::SharedSecret(_) => None,
         };
-        // What the cloud holds: compaction keeps in the log what it has not acknowledged (issue 17).
-        let cloud_summary = match (&msg, slot.transport) {
-            (Message::Summary { summary }, TransportKind::Cloud) => Some(summary.clone()),
+        // What the device holds: compaction folds what every device acknowledged, and keeps in the log what a
+        // cloud peer has not (issue 17).
+        let acknowledged = match (&msg, slot.device) {
+            (Message::Summary { summary }, Some(device)) => Some((device, summary.clone())),
             _ => None,
         };
+        let cloud = slot.transport == TransportKind::Cloud;
         let handled = session.handle(&*store, msg, checks)?;
-        if let Some(summary) = cloud_summary {
-            store.keep_cloud_summary(&summary)?;
+        if let Some((device, summary)) = acknowledged {
+            store.keep_peer_summary(&device, cloud, &summary)?;
         }
         self.after_handled(link, handled)
     }

@@ -57,6 +57,32 @@ extension Collection {
         try await withTaskCancellation { try await createIndex(paths: paths, cancel: $0) }
     }
 
+    /// Drop a document from this device only (nothing replicates) until `unevict`. Cancelled with the calling task
+    /// (`CancellationError`).
+    ///
+    /// - Returns: Whether it was here.
+    @discardableResult
+    public func evict(id: String) async throws -> Bool {
+        try await withTaskCancellation { try await evict(id: id, cancel: $0) }
+    }
+
+    /// Accept a document evicted earlier again: sync brings its changes back. Cancelled with the calling task
+    /// (`CancellationError`).
+    public func unevict(id: String) async throws {
+        try await withTaskCancellation { try await unevict(id: id, cancel: $0) }
+    }
+
+    /// Remove this collection's documents once not modified for `ttlMs` milliseconds, at each `Store.expire`;
+    /// `nil` stops it. Cancelled with the calling task (`CancellationError`).
+    public func setTimeToLive(ttlMs: UInt64?) async throws {
+        try await withTaskCancellation { try await setTimeToLive(ttlMs: ttlMs, cancel: $0) }
+    }
+
+    /// This collection's time to live (ms), if it has one. Cancelled with the calling task (`CancellationError`).
+    public func timeToLive() async throws -> UInt64? {
+        try await withTaskCancellation { try await timeToLive(cancel: $0) }
+    }
+
     /// Drop the index on `paths` (as declared). Cancelled with the calling task (`CancellationError`).
     ///
     /// - Returns: Whether there was one.
@@ -197,6 +223,19 @@ extension Store {
     /// downloads), then return free pages to the system. Cancelled with the calling task (`CancellationError`).
     public func collectGarbage(policy: GarbagePolicy) async throws -> GarbageReport {
         try await withTaskCancellation { try await collectGarbage(policy: policy, cancel: $0) }
+    }
+
+    /// Keep the store's file within `maxBytes`, evicting what was used least recently (attachments' bytes, documents
+    /// outside this device's subscriptions); returns what was evicted and why. Cancelled with the calling task
+    /// (`CancellationError`).
+    public func fitBudget(maxBytes: UInt64) async throws -> BudgetReport {
+        try await withTaskCancellation { try await fitBudget(maxBytes: maxBytes, cancel: $0) }
+    }
+
+    /// Remove the documents not modified for their collection's time to live (ordinary removals, which
+    /// replicate), and return them. Cancelled with the calling task (`CancellationError`).
+    public func expire() async throws -> [ExpiredDocument] {
+        try await withTaskCancellation { try await expire(cancel: $0) }
     }
 
     /// Fold the changes `policy` selects into documents' saved states and drop them from the change log (devices

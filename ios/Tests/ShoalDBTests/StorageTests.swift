@@ -1,4 +1,5 @@
-// Storage statistics, garbage collection and compaction: storageStats, collectGarbage, compact.
+// Storage statistics, garbage collection, compaction, expiry and the storage budget: storageStats, collectGarbage,
+// compact, expire, fitBudget, evict.
 
 import Foundation
 import ShoalDB
@@ -66,4 +67,78 @@ func testCompaction() async throws {
     try await notes.upsert(json: #"{"_id": "n3", "round": 5}"#)
     let again = try await notes.get(id: "n3")
     try expect(again?.contains(#""round":5"#) == true, "writes go on: \(String(describing: again))")
+}
+
+func testExpiry() async throws {
+    let dir = try makeTempDir("expiry")
+    defer { removeTempDir(dir) }
+    let store = try await openStore(dir, "sessions")
+    defer { store.shutdown() }
+    let sessions = try store.collection(name: "sessions")
+    let notes = try store.collection(name: "notes")
+    let none = try await sessions.timeToLive()
+    try expect(none == nil, "no time to live yet")
+    try await sessions.upsert(json: #"{"_id": "s1", "user": "ana"}"#)
+    try await notes.upsert(json: #"{"_id": "n1", "text": "kept"}"#)
+    try await sessions.setTimeToLive(ttlMs: 86_400_000)
+    try expectEqual(try sessions.timeToLiveBlocking(), 86_400_000)
+    let early = try await store.expire()
+    try expect(early.isEmpty, "nothing is a day old: \(early)")
+
+    // A time to live of 0: every document modified before now.
+    try sessions.setTimeToLiveBlocking(ttlMs: 0)
+    try await Task.sleep(nanoseconds: 5_000_000)
+    let expired = try store.expireBlocking()
+    try expectEqual(expired.map { "\($0.collection)/\($0.id)" }, ["sessions/s1"])
+    try expect(expired[0].modifiedMs > 1_700_000_000_000, "when it was written: \(expired[0])")
+    let s1 = try await sessions.get(id: "s1")
+    try expect(s1 == nil, "expired")
+    let n1 = try await notes.get(id: "n1")
+    try expect(n1 != nil, "a collection without a time to live keeps its documents")
+    let stats = try await store.storageStats()
+    try expectEqual(stats.removedDocuments, 1, "an ordinary removal: \(stats)")
+
+    try await sessions.setTimeToLive(ttlMs: nil)
+    let cleared = try await sessions.timeToLive()
+    try expect(cleared == nil, "no time to live any more")
+}
+
+func testStorageBudget() async throws {
+    let dir = try makeTempDir("budget")
+    defer { removeTempDir(dir) }
+    let store = try await openStore(dir, "budget")
+    defer { store.shutdown() }
+    try store.setSubscriptions(subscriptions: ["mine"])
+    let mine = try store.collection(name: "mine")
+    let relayed = try store.collection(name: "relayed")
+    let text = String(repeating: "relayed text ", count: 4_000)
+    for i in 0..<10 {
+        try await mine.upsert(json: #"{"_id": "m\#(i)", "text": "\#(text)"}"#)
+        try await relayed.upsert(json: #"{"_id": "r\#(i)", "text": "\#(text)"}"#)
+    }
+    let fits = try await store.fitBudget(maxBytes: UInt64.max)
+    try expect(fits.evicted.isEmpty, "report: \(fits)")
+
+    let budget = fits.bytesBefore - 200_000
+    let report = try store.fitBudgetBlocking(maxBytes: budget)
+    try expect(report.bytesAfter <= budget, "report: \(report)")
+    try expect(!report.evicted.isEmpty, "report: \(report)")
+    for e in report.evicted {
+        guard case .document(let collection, _) = e.what, collection == "relayed" else {
+            throw fail("only relayed documents: \(e)")
+        }
+    }
+    let mineLeft = try await mine.all()
+    try expectEqual(mineLeft.count, 10)
+    let relayedLeft = try await relayed.all()
+    try expectEqual(relayedLeft.count, 10 - report.evicted.count)
+
+    // Evicting by hand, and taking a document back.
+    let was = try await mine.evict(id: "m0")
+    try expect(was, "it was here")
+    let m0 = try await mine.get(id: "m0")
+    try expect(m0 == nil, "evicted")
+    try await mine.unevict(id: "m0")
+    let stats = try await store.storageStats()
+    try expectEqual(stats.evictedDocuments, UInt64(report.evicted.count), "stats: \(stats)")
 }

@@ -23,6 +23,8 @@ let tests: [(String, () async throws -> Void)] = [
     ("attachment field", testAttachmentField),
     ("storage stats and garbage collection", testGarbageCollection),
     ("compaction of the change log", testCompaction),
+    ("expiry by a collection's time to live", testExpiry),
+    ("a storage budget evicts what was used least recently", testStorageBudget),
     ("atomic multi-document write", testAtomicWrite),
     ("write builder on the main actor", testWriteFromMainActor),
     ("query: filter, params, sort, limit", testQuery),

@@ -8,7 +8,10 @@ import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Path
 
-/** Storage statistics, garbage collection and compaction: storageStats, collectGarbage, compact. */
+/**
+ * Storage statistics, garbage collection, compaction, expiry and the storage budget: storageStats, collectGarbage,
+ * compact, expire, fitBudget, evict.
+ */
 class StorageTest {
     @TempDir
     lateinit var dir: Path
@@ -70,6 +73,68 @@ class StorageTest {
             assertTrue(notes.get("n3")!!.contains("\"round\":4"), "the documents are whole: ${notes.get("n3")}")
             notes.upsert("""{"_id": "n3", "round": 5}""")
             assertTrue(notes.get("n3")!!.contains("\"round\":5"), "writes go on")
+        }
+    }
+
+    @Test
+    fun `documents not modified for their collection's time to live expire, others stay`() = runBlocking<Unit> {
+        openStore(dir, "sessions").use { store ->
+            val sessions = store.collection("sessions")
+            val notes = store.collection("notes")
+            assertEquals(null, sessions.timeToLive())
+            sessions.upsert("""{"_id": "s1", "user": "ana"}""")
+            notes.upsert("""{"_id": "n1", "text": "kept"}""")
+            sessions.setTimeToLive(86_400_000uL)
+            assertEquals(86_400_000uL, sessions.timeToLiveBlocking())
+            assertEquals(emptyList<ExpiredDocument>(), store.expire(), "nothing is a day old")
+
+            // A time to live of 0: every document modified before now.
+            sessions.setTimeToLiveBlocking(0uL)
+            Thread.sleep(5)
+            val expired = store.expireBlocking()
+            assertEquals(listOf("sessions" to "s1"), expired.map { it.collection to it.id })
+            assertTrue(expired[0].modifiedMs > 1_700_000_000_000uL, "when it was written: ${expired[0]}")
+            assertEquals(null, sessions.get("s1"))
+            assertTrue(notes.get("n1") != null, "a collection without a time to live keeps its documents")
+            assertEquals(1uL, store.storageStats().removedDocuments, "an ordinary removal")
+
+            sessions.setTimeToLive(null)
+            assertEquals(null, sessions.timeToLive())
+        }
+    }
+
+    @Test
+    fun `a storage budget evicts the documents used least recently, outside the subscriptions`() = runBlocking<Unit> {
+        openStore(dir, "budget").use { store ->
+            store.setSubscriptions(listOf("mine"))
+            val mine = store.collection("mine")
+            val relayed = store.collection("relayed")
+            val text = "relayed text ".repeat(4_000)
+            for (i in 0 until 10) {
+                mine.upsert("""{"_id": "m$i", "text": "$text"}""")
+                relayed.upsert("""{"_id": "r$i", "text": "$text"}""")
+            }
+            val fits = store.fitBudget(ULong.MAX_VALUE)
+            assertTrue(fits.evicted.isEmpty(), "report: $fits")
+
+            val budget = fits.bytesBefore - 200_000uL
+            val report = store.fitBudgetBlocking(budget)
+            assertTrue(report.bytesAfter <= budget, "report: $report")
+            assertTrue(report.evicted.isNotEmpty(), "report: $report")
+            for (e in report.evicted) {
+                val what = e.what
+                assertTrue(what is Evicted.Document && what.collection == "relayed", "only relayed documents: $e")
+            }
+            assertEquals(10, mine.all().size)
+            assertEquals(10 - report.evicted.size, relayed.all().size)
+            assertEquals(report.evicted.size.toULong(), store.storageStats().evictedDocuments)
+
+            // Evicting by hand, and taking a document back.
+            assertTrue(mine.evict("m0"))
+            assertEquals(null, mine.get("m0"))
+            assertFalse(mine.evictBlocking("m0"), "not here any more")
+            mine.unevict("m0")
+            assertEquals(report.evicted.size.toULong(), store.storageStats().evictedDocuments)
         }
     }
 }
