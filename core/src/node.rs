@@ -45,6 +45,9 @@ pub const EXTERNAL_POLL: Duration = Duration::from_millis(250);
 /// How often the engine is given the time.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How often a node expires documents by default (see [`NodeConfig::expire_every`]).
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(600);
+
 /// How long [`Node::shutdown`] waits for its tasks before leaving them to stop on their own.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -119,6 +122,9 @@ pub struct NodeConfig {
     /// Certificate authorities (PEM) trusted for `wss://` besides Mozilla's: an organisation's private one, for
     /// relays behind a load balancer whose certificate it issued.
     pub cloud_trust: Vec<String>,
+    /// How often the node removes the documents past their collection's time to live ([`Store::expire`]), first
+    /// as it starts; `None`: never (the app calls `expire` itself). Default: every 10 minutes.
+    pub expire_every: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -138,7 +144,14 @@ impl NodeConfig {
             websocket_listen: None,
             cloud: Vec::new(),
             cloud_trust: Vec::new(),
+            expire_every: Some(EXPIRE_EVERY),
         }
+    }
+
+    /// Remove the documents past their time to live this often (see [`NodeConfig::expire_every`]).
+    pub fn with_expiry_every(mut self, every: Option<Duration>) -> NodeConfig {
+        self.expire_every = every;
+        self
     }
 
     /// Accept sync links inside WebSocket connections on `addr` (see [`NodeConfig::websocket_listen`]).
@@ -282,6 +295,9 @@ impl Node {
         });
         hub.spawn(poll_external_changes(hub.clone(), store.clone()));
         hub.spawn(serve_attachment_requests(hub.clone(), store.clone()));
+        if let Some(every) = config.expire_every {
+            hub.spawn(expire_documents(hub.clone(), store.clone(), every));
+        }
         log::info!("node {} ({device}) started", config.name);
         Ok(Node {
             inner: Arc::new(Inner {
@@ -658,6 +674,24 @@ async fn serve_attachment_requests(hub: Arc<Hub>, store: Store) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Remove the documents past their collection's time to live ([`Store::expire`]) every `every`, first at once.
+async fn expire_documents(hub: Arc<Hub>, store: Store, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub.shutting_down() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        match hub.runtime().spawn_blocking(move || s.expire()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("expiring documents: {e}"),
+            Err(e) => log::error!("expiry task failed: {e}"),
         }
     }
 }

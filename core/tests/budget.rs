@@ -130,3 +130,31 @@ fn a_filter_that_does_not_parse_changes_nothing() {
     assert!(matches!(err, Error::Query(_)), "{err:?}");
     assert!(store.get("notes", "n").unwrap().is_some());
 }
+
+/// Reads noted in memory are written down when the store is closed: the next process knows them.
+#[test]
+fn reads_survive_closing_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let now = Arc::new(AtomicU64::new(T0));
+    let open = |now: &Arc<AtomicU64>| {
+        let clock = now.clone();
+        let sources = Sources::seeded(9).with_clock(move || clock.load(Ordering::SeqCst));
+        Store::open_with(&path, Options { sources, ..Default::default() }).unwrap()
+    };
+    let store = open(&now);
+    let text = "relayed text ".repeat(2000);
+    for id in ["old", "new"] {
+        store.upsert("relayed", json!({"_id": id, "text": text})).unwrap();
+        now.fetch_add(1000, Ordering::SeqCst);
+    }
+    now.fetch_add(10_000, Ordering::SeqCst);
+    assert!(store.get("relayed", "old").unwrap().is_some());
+    drop(store);
+    let store = open(&now);
+    let before = in_use(&store);
+    let report = store.fit_budget(&StorageBudget { max_bytes: before - 1, keep: vec![] }).unwrap();
+    let first = &report.evicted[0];
+    assert_eq!(first.what, Evicted::Document { collection: "relayed".into(), id: "new".into() }, "{report:?}");
+    assert_eq!(first.last_used_ms, T0 + 1000);
+}

@@ -164,3 +164,30 @@ fn documents_of_unknown_age_and_many_documents() {
     assert_eq!(s.expire().unwrap().len(), 100, "a day after the first expiry met them");
     assert!(s.find("logs", &Query::all()).unwrap().is_empty());
 }
+
+/// A running node expires documents by itself (every 10 minutes by default; here every 50 ms).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_node_expires_documents_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("node.db")).unwrap();
+    store.set_time_to_live("sessions", Some(0)).unwrap();
+    store.upsert("sessions", json!({"_id": "s1", "user": "ana"})).unwrap();
+    store.upsert("notes", json!({"_id": "n1", "text": "kept"})).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let secret = shoaldb::security::AppSecret::from_bytes(b"expiry test secret").unwrap();
+    let config = shoaldb::NodeConfig::new("expiring", secret)
+        .with_mdns(false)
+        .with_expiry_every(Some(std::time::Duration::from_millis(50)));
+    let node = shoaldb::Node::start(store.clone(), config).await.unwrap();
+    let mut gone = false;
+    for _ in 0..1200 {
+        if store.get("sessions", "s1").unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
+    assert!(gone, "the node never expired s1");
+    assert!(store.get("notes", "n1").unwrap().is_some());
+}

@@ -5,10 +5,10 @@
 //!
 //! "Used" is the later of when this device last read a thing and when it was last written: documents read with
 //! `get`, `document` or `find`, and attachments opened, are noted in memory ([`Usage`], at most
-//! [`MAX_NOTED_READS`] of each kind) and written down (`docs.used`, `blobs.used`) by the next `fit_budget`; a
-//! document's last write is the time of its latest change (`docs.modified`), an attachment's is when it was stored
-//! here. Reads noted but not yet written down are lost when the process ends: the store then knows only the
-//! writes and the reads it wrote down.
+//! [`MAX_NOTED_READS`] of each kind) and written down (`docs.used`, `blobs.used`) by the next `fit_budget` or when
+//! the store's last handle is dropped; a document's last write is the time of its latest change (`docs.modified`),
+//! an attachment's is when it was stored here. Reads noted but not written down are lost if the process dies: the
+//! store then knows only the writes and the reads it wrote down.
 
 use super::Store;
 use crate::error::Result;
@@ -105,8 +105,13 @@ impl Usage {
         }
     }
 
+    /// Whether no read is noted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.doc_count == 0 && self.blobs.is_empty()
+    }
+
     /// Write the noted reads down, in the caller's write transaction, and forget them.
-    fn write_down(&mut self, conn: &Connection) -> Result<()> {
+    pub(crate) fn write_down(&mut self, conn: &Connection) -> Result<()> {
         let mut doc =
             conn.prepare_cached("UPDATE docs SET used = max(coalesce(used, 0), ?3) WHERE collection = ?1 AND id = ?2")?;
         for (collection, ids) in self.docs.drain() {

@@ -201,6 +201,20 @@ struct Shared {
     usage_clock: crate::util::sources::Sources,
 }
 
+impl Drop for Shared {
+    /// The last handle of the store goes: the reads noted for the storage budget are written down.
+    fn drop(&mut self) {
+        let usage = self.usage.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if usage.is_empty() {
+            return;
+        }
+        let inner = self.inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = inner.immediate(|conn| usage.write_down(conn)) {
+            log::warn!("store {}: the reads noted for the storage budget were not written down: {e}", self.peer);
+        }
+    }
+}
+
 /// One device's database: collections of documents whose fields are CRDTs, persisted in one SQLite file.
 #[derive(Clone)]
 pub struct Store {
