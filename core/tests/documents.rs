@@ -260,3 +260,52 @@ fn a_state_in_snapshot_format_1_is_still_read_and_written_again_in_format_2() {
     };
     assert_eq!(edit(old), edit(new));
 }
+
+/// Removed keys leave nothing in a document's state (issue 17): not the key, not an empty map, counter or text
+/// made under it; a map made empty, and text with its deletions, stay (they show, or later inserts may refer to
+/// them). What a removal leaves means exactly what nothing means, so a state with them left out reads, merges and
+/// takes later changes alike (the property tests of `state_merge.rs` check merging through the encoded state).
+#[test]
+fn removed_keys_leave_nothing_in_the_state() {
+    let (_d, s) = store();
+    let size = |s: &Store| shoaldb::Document::encode(&s.document("t", "d").unwrap().unwrap()).len();
+    s.upsert("t", json!({"_id": "d", "keep": 1})).unwrap();
+    let bare = size(&s);
+    s.update("t", "d", |d| {
+        for i in 0..50 {
+            d.set(format!("k{i:02}").as_str(), format!("value {i}"))?;
+        }
+        d.set("m.a.b", 1i64)?;
+        d.increment("likes", 3)?;
+        d.set("empty", Value::Map(Default::default()))?;
+        Ok(())
+    })
+    .unwrap();
+    let full = size(&s);
+    s.update("t", "d", |d| {
+        for i in 0..50 {
+            d.remove(format!("k{i:02}").as_str())?;
+        }
+        d.remove("m")?;
+        d.remove("likes")?;
+        Ok(())
+    })
+    .unwrap();
+    let after = size(&s);
+    assert!(full > bare + 1000, "{full}");
+    assert!(after < bare + 40, "{after} bytes, {bare} with one field");
+    assert_eq!(s.get("t", "d").unwrap(), Some(json!({"_id": "d", "keep": 1, "empty": {}})));
+    // A key written again after its removal, and a text whose deletions remain.
+    s.update("t", "d", |d| {
+        d.set("k07", "again")?;
+        d.text_insert("body", 0, "abc")?;
+        d.text_delete("body", 0, 3)?;
+        Ok(())
+    })
+    .unwrap();
+    let state = s.document("t", "d").unwrap().unwrap();
+    let decoded = shoaldb::Document::decode(&state.encode()).unwrap();
+    assert_eq!(decoded.to_json(), state.to_json());
+    assert_eq!(decoded.encode(), state.encode());
+    assert_eq!(decoded.kind_at("body").unwrap(), Some(Kind::Text), "an emptied text still shows, as \"\"");
+}

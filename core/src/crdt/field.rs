@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 pub(crate) type ArrayObj = Sequence<Vec<Field>>;
 pub(crate) type TextObj = Sequence<Chars>;
 
-#[derive(Clone, Debug, Default, Serialize)]
+/// Encoded with its containers that hold nothing and that no register entry makes left out (see
+/// [`Field::is_vacant`]): they mean exactly what no container means, so replicas holding the same content encode it
+/// alike whatever removals left behind in their memory.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Field {
     pub reg: Register,
     pub map: Option<Box<MapObj>>,
@@ -65,7 +68,21 @@ impl Drop for Nesting {
     }
 }
 
-/// What `Field` encodes as (derived), decoded inside a nesting count.
+impl Serialize for Field {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let kept = |kind: Kind, vacant: bool| !vacant || self.makes(kind);
+        let mut st = s.serialize_struct("Field", 5)?;
+        st.serialize_field("reg", &self.reg)?;
+        st.serialize_field("map", &self.map.as_ref().filter(|m| kept(Kind::Map, m.is_vacant())))?;
+        st.serialize_field("array", &self.array.as_ref().filter(|a| kept(Kind::Array, a.total_len() == 0)))?;
+        st.serialize_field("text", &self.text.as_ref().filter(|t| kept(Kind::Text, t.total_len() == 0)))?;
+        st.serialize_field("counter", &self.counter.as_ref().filter(|c| kept(Kind::Counter, c.is_empty())))?;
+        st.end()
+    }
+}
+
+/// What `Field` encodes as, decoded inside a nesting count.
 #[derive(Deserialize)]
 #[serde(rename = "Field")]
 struct FieldRepr {
@@ -244,6 +261,22 @@ impl Field {
     }
     fn counter_live(&self) -> Option<&Counter> {
         self.counter.as_deref().filter(|c| !c.is_empty())
+    }
+
+    /// Whether the field holds nothing at all: no register entry, and no container holding an item (a tombstone
+    /// included: later inserts may name it as their origin), a contribution or a field that is not vacant itself.
+    /// Such a field is what a removed key leaves behind, and means exactly what no field means.
+    pub fn is_vacant(&self) -> bool {
+        self.reg.is_empty()
+            && self.map.as_deref().is_none_or(MapObj::is_vacant)
+            && self.array.as_deref().is_none_or(|a| a.total_len() == 0)
+            && self.text.as_deref().is_none_or(|t| t.total_len() == 0)
+            && self.counter.as_deref().is_none_or(Counter::is_empty)
+    }
+
+    /// Whether a register entry says the field holds a container of `kind` (which then shows, even empty).
+    fn makes(&self, kind: Kind) -> bool {
+        self.reg.entries().iter().any(|e| e.content == Content::Make(kind))
     }
 
     /// Whether the field shows anything at all.

@@ -6,10 +6,26 @@ use super::version::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Encoded as the map of its fields, leaving out the vacant ones ([`Field::is_vacant`]): a removed key leaves an
+/// empty field behind in memory, and a map holding one joins, applies ops and reads exactly as a map without it, so
+/// states and snapshots do not carry removed keys (issue 17) and two replicas holding the same content encode
+/// alike whichever of them removed something.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct MapObj {
     pub fields: BTreeMap<String, Field>,
+}
+
+impl Serialize for MapObj {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let held = || self.fields.iter().filter(|(_, f)| !f.is_vacant());
+        let mut map = s.serialize_map(Some(held().count()))?;
+        for (key, field) in held() {
+            map.serialize_entry(key, field)?;
+        }
+        map.end()
+    }
 }
 
 impl MapObj {
@@ -29,6 +45,11 @@ impl MapObj {
         for f in self.fields.values_mut() {
             f.clear(ctx);
         }
+    }
+
+    /// Whether every field is vacant ([`Field::is_vacant`]): the map holds nothing.
+    pub fn is_vacant(&self) -> bool {
+        self.fields.values().all(Field::is_vacant)
     }
 
     pub fn has_visible(&self) -> bool {

@@ -102,7 +102,7 @@ impl Register {
         v
     }
 
-    #[cfg(test)]
+    /// The entries, in dot order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
