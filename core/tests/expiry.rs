@@ -191,3 +191,91 @@ async fn a_running_node_expires_documents_by_itself() {
     assert!(gone, "the node never expired s1");
     assert!(store.get("notes", "n1").unwrap().is_some());
 }
+
+#[derive(Clone, Debug)]
+enum Action {
+    Write { device: usize, doc: usize, value: i64 },
+    Remove { device: usize, doc: usize },
+    Wait { hours: u64 },
+    Expire { device: usize },
+    Sync { a: usize, b: usize },
+}
+
+const DEVICES: usize = 3;
+const DOCS: usize = 4;
+
+fn action() -> impl proptest::strategy::Strategy<Value = Action> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..DEVICES, 0..DOCS, 0..100i64).prop_map(|(device, doc, value)| Action::Write { device, doc, value }),
+        1 => (0..DEVICES, 0..DOCS).prop_map(|(device, doc)| Action::Remove { device, doc }),
+        2 => (1..30u64).prop_map(|hours| Action::Wait { hours }),
+        2 => (0..DEVICES).prop_map(|device| Action::Expire { device }),
+        3 => (0..DEVICES, 0..DEVICES).prop_filter("two devices", |(a, b)| a != b).prop_map(|(a, b)| Action::Sync { a, b }),
+    ]
+}
+
+/// Random writes, removals, waits, expiries at random devices (two of three have the policy) and syncs between
+/// random pairs: every device ends with the same documents, and once every device with the policy has expired
+/// and synced again, none holds a document whose latest change is older than the time to live.
+fn run(actions: &[Action]) {
+    let f = Fleet::new(DEVICES);
+    for s in &f.stores[..2] {
+        s.set_time_to_live("c", Some(DAY)).unwrap();
+    }
+    let doc = |i: usize| format!("d{i}");
+    for a in actions {
+        match a {
+            Action::Write { device, doc: d, value } => {
+                f.stores[*device].upsert("c", json!({"_id": doc(*d), "v": value, "by": device})).unwrap();
+            }
+            Action::Remove { device, doc: d } => {
+                f.stores[*device].remove("c", &doc(*d)).unwrap();
+            }
+            Action::Wait { hours } => f.advance(hours * HOUR),
+            Action::Expire { device } => {
+                f.stores[*device].expire().unwrap();
+            }
+            Action::Sync { a, b } => f.sync(*a, *b),
+        }
+    }
+    let everyone = |f: &Fleet| {
+        for (a, b) in [(0, 1), (1, 2), (2, 1), (1, 0)] {
+            f.sync(a, b);
+        }
+    };
+    everyone(&f);
+    let held = |f: &Fleet, d: usize| (0..DOCS).map(|i| f.stores[d].get("c", &doc(i)).unwrap()).collect::<Vec<_>>();
+    for d in 1..DEVICES {
+        assert_eq!(held(&f, d), held(&f, 0), "device {d} differs from device 0");
+    }
+    for s in &f.stores[..2] {
+        s.expire().unwrap();
+    }
+    everyone(&f);
+    let now = f.clocks[0].load(Ordering::SeqCst);
+    for d in 0..DEVICES {
+        assert_eq!(held(&f, d), held(&f, 0), "device {d} differs after the last expiry");
+        let conn = rusqlite::Connection::open(f.dir.path().join(format!("{d}.db"))).unwrap();
+        let stale: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM docs WHERE collection = 'c' AND view IS NOT NULL AND modified < ?1",
+                [(now - DAY) as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stale, 0, "device {d} still holds a document past its time to live");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        ..Default::default()
+    })]
+
+    #[test]
+    fn expiry_converges(actions in proptest::collection::vec(action(), 1..40)) {
+        run(&actions);
+    }
+}
