@@ -548,3 +548,32 @@ fn removing_a_large_field_again_and_again_in_one_change_is_refused() {
     assert_eq!(doc.apply(&removes(1)), Ok(shoaldb::Applied::Applied));
     assert_eq!(doc.get("t").unwrap(), None);
 }
+
+/// Found by the fuzzer (`store_changes`): a change that refers to something its declared dependencies do not hold
+/// (an array element nobody made), sent before a change that satisfies those dependencies, in one batch. It waits
+/// for its dependencies, becomes ready within the batch, and is malformed: the whole batch fails and nothing is
+/// written — as when the same batch comes again, with the dependencies already here.
+#[test]
+fn a_malformed_change_made_ready_by_its_own_batch_fails_the_batch() {
+    use shoaldb::crdt::clock::Dot;
+    let (_d, s) = store();
+    s.upsert("c", json!({"_id": "x", "a": 1, "l": [1, 2]})).unwrap();
+    let mut deps = VersionVector::new();
+    deps.set(PeerId(4), 14);
+    let nowhere = vec![Seg::Elem(Dot::new(PeerId(1), 936_748_722_489_341_496)), Seg::Elem(Dot::new(PeerId(1), 0))];
+    let malformed = change(1, 1, deps, vec![Op::Set { path: nowhere, value: Scalar::Null }]);
+    let enabling = change(4, 1 << 61, VersionVector::new(), vec![Op::Remove { path: vec![Seg::Key("a".into())] }]);
+    let batch: Vec<DocChange> = [malformed, enabling]
+        .into_iter()
+        .map(|change| DocChange { collection: "c".into(), doc_id: "x".into(), change, signature: None })
+        .collect();
+    let replica = s.replica();
+    let summary = replica.summary().unwrap();
+    for attempt in 0..2 {
+        let err = replica.apply_changes(&batch).unwrap_err();
+        assert!(matches!(err, Error::Document(_)), "attempt {attempt}: {err:?}");
+        assert_eq!(replica.summary().unwrap(), summary, "attempt {attempt}: the summary changed");
+        assert_eq!(s.get("c", "x").unwrap(), Some(json!({"_id": "x", "a": 1, "l": [1, 2]})));
+        assert_eq!(s.pending_changes().unwrap(), 0, "attempt {attempt}: a change was kept aside");
+    }
+}

@@ -16,7 +16,7 @@ use crate::crdt::document::{Applied, Document};
 use crate::error::Result;
 use crate::security::{ChangeCheck, ChangeSignature, RefusalReason, Refused};
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::docs::LoggedChange;
 pub use super::pending::MAX_PENDING_PER_AUTHOR;
@@ -41,6 +41,9 @@ pub struct Judged {
     pub added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
     /// What happened to the batch's changes.
     pub report: ApplyReport,
+    /// Changes of this batch kept aside (author, start): one that becomes ready within the batch and turns out
+    /// malformed fails the batch, as it would have had its dependencies been here first.
+    pub kept_aside: BTreeSet<(PeerId, u64)>,
 }
 
 /// How a received change relates to the changes held of its author.
@@ -155,6 +158,7 @@ pub fn receive(l: &mut impl Ledger, dc: &DocChange, check: Option<&dyn ChangeChe
         Ok(Applied::NotReady) => {
             if keep_pending(l, dc, &logged)? {
                 l.judged().report.pending += 1;
+                l.judged().kept_aside.insert((c.peer, c.start));
             } else {
                 l.judged().report.refused += 1;
             }
@@ -398,7 +402,10 @@ fn take_pending(
         }
         Ok(Applied::Duplicate) => Ok((true, false)),
         Ok(Applied::NotReady) => Ok((false, false)),
+        // Malformed, and received in this batch: the batch fails (nothing of it is written).
+        Err(e) if l.judged().kept_aside.contains(&(dc.change.peer, dc.change.start)) => Err(e.into()),
         Err(e) => {
+            // Received earlier: the batch that made it ready is not at fault.
             log::warn!("dropping pending change {}:{} of {collection}/{id}: {e}", dc.change.peer, dc.change.start);
             Ok((true, false))
         }
