@@ -84,9 +84,9 @@ pub(crate) struct Usage {
 
 impl Usage {
     /// Note that `collection`/`id` was read at `now_ms`.
-    pub(crate) fn doc(&mut self, collection: &str, id: String, now_ms: u64) {
+    pub(crate) fn doc(&mut self, collection: &str, id: &str, now_ms: u64) {
         if let Some(ids) = self.docs.get_mut(collection) {
-            if let Some(at) = ids.get_mut(&id) {
+            if let Some(at) = ids.get_mut(id) {
                 *at = now_ms;
                 return;
             }
@@ -95,7 +95,7 @@ impl Usage {
             return;
         }
         self.doc_count += 1;
-        self.docs.entry(collection.to_string()).or_default().insert(id, now_ms);
+        self.docs.entry(collection.to_string()).or_default().insert(id.to_string(), now_ms);
     }
 
     /// Note that the attachment `hash` was read at `now_ms`.
@@ -139,7 +139,7 @@ struct Candidate {
 
 impl Store {
     /// Note that a document was read (for [`Store::fit_budget`]'s least-recently-used order).
-    pub(crate) fn note_doc_read(&self, collection: &str, id: String) {
+    pub(crate) fn note_doc_read(&self, collection: &str, id: &str) {
         let now = self.shared.usage_clock.now_ms();
         self.usage().doc(collection, id, now);
     }

@@ -95,7 +95,7 @@ impl Store {
             }
         }
         if !out.is_empty() {
-            log::info!("store {}: expired {} documents", self.lock().peer, out.len());
+            log::info!("store {}: expired {} documents", self.shared.peer, out.len());
         }
         Ok(out)
     }

@@ -681,14 +681,14 @@ impl Store {
             let whole = readers.read_one(|conn| docs::whole_view(conn, WHOLE, params![collection, id]))?;
             if let Some(found) = whole {
                 if found.is_some() {
-                    self.note_doc_read(collection, id.to_string());
+                    self.note_doc_read(collection, id);
                 }
                 return Ok(found);
             }
         }
         let found = self.read_views(Some(collection), |conn| docs::stored_view(conn, SQL, params![collection, id]))?;
         if found.is_some() {
-            self.note_doc_read(collection, id.to_string());
+            self.note_doc_read(collection, id);
         }
         Ok(found)
     }
@@ -711,7 +711,7 @@ impl Store {
         });
         drop(inner);
         if doc.is_some() {
-            self.note_doc_read(collection, id.to_string());
+            self.note_doc_read(collection, id);
         }
         Ok(doc)
     }
@@ -735,7 +735,7 @@ impl Store {
         Ok(found
             .into_iter()
             .map(|(id, v)| {
-                usage.doc(collection, id, now);
+                usage.doc(collection, &id, now);
                 v
             })
             .collect())

@@ -940,15 +940,10 @@ impl Engine {
         };
         // What the device holds: compaction folds what every device acknowledged, and keeps in the log what a
         // cloud peer has not (issue 17).
-        let acknowledged = match (&msg, slot.device) {
-            (Message::Summary { summary }, Some(device)) => Some((device, summary.clone())),
-            _ => None,
-        };
-        let cloud = slot.transport == TransportKind::Cloud;
-        let handled = session.handle(&*store, msg, checks)?;
-        if let Some((device, summary)) = acknowledged {
-            store.keep_peer_summary(&device, cloud, &summary)?;
+        if let (Message::Summary { summary }, Some(device)) = (&msg, slot.device) {
+            store.keep_peer_summary(&device, slot.transport == TransportKind::Cloud, summary)?;
         }
+        let handled = session.handle(&*store, msg, checks)?;
         self.after_handled(link, handled)
     }
 
