@@ -6,13 +6,14 @@ use super::Store;
 use crate::crdt::clock::PeerId;
 use crate::error::Result;
 use crate::util::lock;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use std::sync::Arc;
 
 /// One change of the log, still encoded, with the document it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
-    /// Local order of application (causal within a document).
+    /// Local order of application (causal within a document): its log row's. The changes of one row (a run,
+    /// see `store::logrow`) share it and were applied in counter order.
     pub seq: i64,
     /// The document's local number.
     pub doc: i64,
@@ -44,21 +45,36 @@ impl LogEntry {
     }
 }
 
-pub(super) const ENTRY_COLUMNS: &str = "c.seq, c.doc, d.collection, d.id, c.peer, c.start, c.end, c.body, c.sig";
+pub(super) const ENTRY_COLUMNS: &str =
+    "c.seq, c.doc, d.collection, d.id, c.peer, c.sig, c.start, c.end, c.body, c.hash, c.parts";
 
-pub(super) fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
-    Ok(LogEntry {
-        seq: r.get(0)?,
-        doc: r.get(1)?,
-        collection: r.get(2)?,
-        doc_id: r.get(3)?,
-        peer: PeerId(r.get::<_, i64>(4)? as u64),
-        start: r.get::<_, i64>(5)? as u64,
-        end: r.get::<_, i64>(6)? as u64,
-        body: r.get(7)?,
-        // Written by this store; a signature it cannot read is sent as none (receivers that need one refuse it).
-        signature: r.get::<_, Option<Vec<u8>>>(8)?.and_then(|b| crate::security::ChangeSignature::decode(&b)),
-    })
+/// Append to `out` the changes of the log row `r` (read with [`ENTRY_COLUMNS`]) that `wanted` takes, in order.
+pub(super) fn row_entries(
+    r: &rusqlite::Row<'_>,
+    mut wanted: impl FnMut(&super::logrow::Part<'_>) -> bool,
+    out: &mut Vec<LogEntry>,
+) -> Result<()> {
+    let (seq, doc, collection, doc_id): (i64, i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    let peer = PeerId(r.get::<_, i64>(4)? as u64);
+    // Written by this store; a signature it cannot read is sent as none (receivers that need one refuse it).
+    let signature = r.get::<_, Option<Vec<u8>>>(5)?.and_then(|b| crate::security::ChangeSignature::decode(&b));
+    for part in super::logrow::LogRow::read(r, 6)?.parts()? {
+        if wanted(&part) {
+            out.push(LogEntry {
+                seq,
+                doc,
+                collection: collection.clone(),
+                doc_id: doc_id.clone(),
+                peer,
+                start: part.start,
+                end: part.end,
+                body: part.body.to_vec(),
+                // Only a row of one change is signed.
+                signature: signature.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A registered commit listener; dropping it unregisters.
@@ -91,32 +107,37 @@ impl Inner {
     ) -> Result<usize> {
         let mut bytes = 0;
         let sql_peer = peer.0 as i64;
-        let before: Option<LogEntry> = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc \
-                 WHERE c.peer = ?1 AND c.start < ?2 ORDER BY c.start DESC LIMIT 1"
-            ))?
-            .query_row(params![sql_peer, lo as i64], entry)
-            .optional()?;
-        if let Some(e) = before.filter(|e| e.end >= lo && keep(e)) {
-            bytes += e.wire_len();
-            out.push(e);
+        let mut found = Vec::new();
+        let mut before = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc \
+             WHERE c.peer = ?1 AND c.start < ?2 ORDER BY c.start DESC LIMIT 1"
+        ))?;
+        let mut rows = before.query(params![sql_peer, lo as i64])?;
+        if let Some(r) = rows.next()? {
+            row_entries(r, |p| p.end >= lo && p.start <= hi, &mut found)?;
         }
+        drop(rows);
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc \
              WHERE c.peer = ?1 AND c.start >= ?2 AND c.start <= ?3 ORDER BY c.start"
         ))?;
         let mut rows = stmt.query(params![sql_peer, lo as i64, hi.min(i64::MAX as u64) as i64])?;
-        while bytes < max_bytes {
-            let Some(r) = rows.next()? else { break };
-            let e = entry(r)?;
-            if keep(&e) {
-                bytes += e.wire_len();
-                out.push(e);
+        loop {
+            for e in found.drain(..) {
+                if bytes >= max_bytes {
+                    return Ok(bytes);
+                }
+                if keep(&e) {
+                    bytes += e.wire_len();
+                    out.push(e);
+                }
             }
+            if bytes >= max_bytes {
+                return Ok(bytes);
+            }
+            let Some(r) = rows.next()? else { return Ok(bytes) };
+            row_entries(r, |p| p.start <= hi, &mut found)?;
         }
-        Ok(bytes)
     }
 }
 

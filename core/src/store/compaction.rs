@@ -198,6 +198,8 @@ struct Row {
     peer: u64,
     start: u64,
     end: u64,
+    /// How many changes it holds (a run holds several).
+    changes: u64,
     bytes: u64,
 }
 
@@ -261,24 +263,29 @@ fn compact_all(conn: &Connection, rule: &Rule) -> Result<CompactionReport> {
 fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &Rule) -> Result<(u64, u64)> {
     let mut fold: Vec<Row> = Vec::new();
     {
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, peer, start, end, body, sig IS NOT NULL FROM changes WHERE doc = ?1 ORDER BY seq",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT seq, peer, sig IS NOT NULL, {} FROM changes WHERE doc = ?1 ORDER BY seq",
+            super::logrow::COLUMNS
+        ))?;
         let mut rows = stmt.query(params![row])?;
-        while let Some(r) = rows.next()? {
-            let body: Vec<u8> = r.get(4)?;
-            let signed: bool = r.get(5)?;
-            let made = Change::decode(&body).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?.ts;
-            let (peer, start, end): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
-            if signed || !rule.folds(crate::PeerId(peer as u64), start as u64, end as u64, made.wall_ms()) {
-                break;
+        'rows: while let Some(r) = rows.next()? {
+            let (peer, signed): (i64, bool) = (r.get(1)?, r.get(2)?);
+            let logged = super::logrow::LogRow::read(r, 3)?;
+            // A row is folded whole, when the rule folds every change it holds.
+            let parts = logged.parts()?;
+            for part in &parts {
+                let made = Change::decode(part.body).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?;
+                if signed || !rule.folds(crate::PeerId(peer as u64), part.start, part.end, made.ts.wall_ms()) {
+                    break 'rows;
+                }
             }
             fold.push(Row {
                 seq: r.get(0)?,
                 peer: peer as u64,
-                start: start as u64,
-                end: end as u64,
-                bytes: body.len() as u64,
+                start: logged.start,
+                end: logged.end,
+                changes: parts.len() as u64,
+                bytes: logged.body.len() as u64,
             });
         }
     }
@@ -302,7 +309,7 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
     // deleted the next change of this document may get a number at or below the one the snapshot stood at.
     let top = super::docs::last_logged(conn, row)?;
     conn.prepare_cached("UPDATE docs SET snap_seq = ?2 WHERE doc = ?1")?.execute(params![row, top])?;
-    Ok((fold.len() as u64, fold.iter().map(|r| r.bytes).sum()))
+    Ok((fold.iter().map(|r| r.changes).sum(), fold.iter().map(|r| r.bytes).sum()))
 }
 
 impl Inner {

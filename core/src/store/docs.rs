@@ -11,6 +11,7 @@
 //! (`docs.stale`), and every read of views first writes the stale ones ([`super::Inner::flush_views`]). Typing
 //! into a 100 KB text then costs what the keystrokes cost, not a 100 KB rewrite per commit, and reads stay exact.
 
+use super::logrow::LogRow;
 use crate::crdt::change::Change;
 use crate::crdt::clock::{Dot, PeerId};
 use crate::crdt::document::{Applied, Document};
@@ -306,16 +307,21 @@ pub(crate) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Opti
         None => (Document::new(), 0, snap_seq),
     };
     let mut tail_bytes = 0u64;
-    let mut stmt = conn.prepare_cached("SELECT body FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
+        super::logrow::COLUMNS
+    ))?;
     let mut rows = stmt.query(params![row, from_seq])?;
     while let Some(r) = rows.next()? {
-        let body = r.get_ref(0)?.as_blob().map_err(|e| corrupt(&e))?;
-        tail_bytes += body.len() as u64;
-        let change = Change::decode(body).map_err(|e| corrupt(&e))?;
-        match doc.apply_validated(&change) {
-            Ok(Applied::Applied) | Ok(Applied::Duplicate) => {}
-            Ok(Applied::NotReady) => return Err(corrupt(&"stored change out of causal order")),
-            Err(e) => return Err(corrupt(&e)),
+        let logged = LogRow::read(r, 0)?;
+        tail_bytes += logged.body.len() as u64;
+        for part in logged.parts()? {
+            let change = Change::decode(part.body).map_err(|e| corrupt(&e))?;
+            match doc.apply_validated(&change) {
+                Ok(Applied::Applied) | Ok(Applied::Duplicate) => {}
+                Ok(Applied::NotReady) => return Err(corrupt(&"stored change out of causal order")),
+                Err(e) => return Err(corrupt(&e)),
+            }
         }
     }
     drop(rows);
@@ -408,21 +414,21 @@ pub(crate) fn save(
         }
     };
     let mut insert = conn.prepare_cached(
-        "INSERT INTO changes (peer, start, end, doc, body, hash, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO changes (peer, start, end, doc, body, hash, sig, parts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut last_seq = 0;
     let mut bytes = 0;
-    for c in changes {
-        bytes += c.body.len() as u64;
-        insert.execute(params![
-            c.peer.0 as i64,
-            c.start as i64,
-            c.end as i64,
-            row,
-            c.body,
-            &c.hash[..],
-            c.signature
-        ])?;
+    for run in super::logrow::runs(changes) {
+        let (first, last) = (&run[0], &run[run.len() - 1]);
+        let (peer, start, end) = (first.peer.0 as i64, first.start as i64, last.end as i64);
+        if let [c] = run {
+            bytes += c.body.len() as u64;
+            insert.execute(params![peer, start, end, row, c.body, &c.hash[..], c.signature, None::<Vec<u8>>])?;
+        } else {
+            let (body, hashes, parts) = super::logrow::encode_run(run);
+            bytes += body.len() as u64;
+            insert.execute(params![peer, start, end, row, body, hashes, None::<Vec<u8>>, parts])?;
+        }
         last_seq = conn.last_insert_rowid();
     }
     if let Some(made) = changes.iter().map(|c| c.made_ms).max() {

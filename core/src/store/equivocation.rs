@@ -18,6 +18,7 @@
 //! different versions do not converge to one (that would need undoing an applied change); they both report.
 
 use super::inner::Inner;
+use super::logrow::LogRow;
 use super::replicate::{change_hash, AuthorDigest, CHANGE_HASH_BYTES};
 use crate::crdt::clock::PeerId;
 use crate::error::Result;
@@ -169,10 +170,6 @@ pub(super) struct HeldChange {
     pub hash: [u8; CHANGE_HASH_BYTES],
 }
 
-fn hash_of(bytes: Option<Vec<u8>>) -> Option<[u8; CHANGE_HASH_BYTES]> {
-    bytes.and_then(|b| b.as_slice().try_into().ok())
-}
-
 fn short(bytes: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
     let mut out = [0u8; CHANGE_HASH_BYTES];
     out.copy_from_slice(&blake3::hash(bytes).as_bytes()[..CHANGE_HASH_BYTES]);
@@ -180,25 +177,21 @@ fn short(bytes: &[u8]) -> [u8; CHANGE_HASH_BYTES] {
 }
 
 impl Inner {
-    /// The logged change of `peer` with the greatest start at or before `counter` (read from the
-    /// `changes_by_author` index alone).
+    /// The logged change of `peer` with the greatest start at or before `counter` (read without its body).
     pub(super) fn logged_change_before(&self, peer: PeerId, counter: u64) -> Result<Option<HeldChange>> {
-        let row: Option<(i64, i64, Option<Vec<u8>>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT start, end, hash FROM changes WHERE peer = ?1 AND start <= ?2 ORDER BY start DESC LIMIT 1",
-            )?
-            .query_row(params![peer.0 as i64, counter.min(i64::MAX as u64) as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        let Some((start, end, hash)) = row else { return Ok(None) };
-        let (start, end) = (start as u64, end as u64);
-        let hash = match hash_of(hash) {
-            Some(hash) => hash,
-            None => self.logged_hash(peer, start)?,
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start <= ?2 ORDER BY start DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query(params![peer.0 as i64, counter.min(i64::MAX as u64) as i64])?;
+        let Some(r) = rows.next()? else { return Ok(None) };
+        let Some(part) = LogRow::read_layout(r, 0)?.spans()?.into_iter().rev().find(|p| p.start <= counter) else {
+            return Ok(None);
         };
-        Ok(Some(HeldChange { start, end, hash }))
+        let hash = match part.hash {
+            Some(hash) => hash,
+            None => self.logged_hash(peer, part.start)?,
+        };
+        Ok(Some(HeldChange { start: part.start, end: part.end, hash }))
     }
 
     /// The content hash of the logged change `peer:start`, computed from its body (for a row without one).
@@ -208,15 +201,15 @@ impl Inner {
 
     /// The [`DocChange`](super::DocChange) encoding of the logged change `peer:start`, if it is in the log.
     pub(super) fn logged_encoding(&self, peer: PeerId, start: u64) -> Result<Option<Vec<u8>>> {
-        let row: Option<(String, String, Vec<u8>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT d.collection, d.id, c.body FROM changes c JOIN docs d ON d.doc = c.doc \
-                 WHERE c.peer = ?1 AND c.start = ?2",
-            )?
-            .query_row(params![peer.0 as i64, start as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        Ok(row.map(|(c, d, body)| super::replicate::encode_doc_change(&c, &d, &body)))
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.collection, d.id, c.start, c.end, c.body, c.hash, c.parts FROM changes c \
+             JOIN docs d ON d.doc = c.doc WHERE c.peer = ?1 AND c.start <= ?2 ORDER BY c.start DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query(params![peer.0 as i64, start.min(i64::MAX as u64) as i64])?;
+        let Some(r) = rows.next()? else { return Ok(None) };
+        let (collection, id): (String, String) = (r.get(0)?, r.get(1)?);
+        let found = LogRow::read(r, 2)?.parts()?.into_iter().find(|p| p.start == start);
+        Ok(found.map(|p| super::replicate::encode_doc_change(&collection, &id, p.body)))
     }
 
     /// The signature kept with the logged change `peer:start` (encoded), if it is in the log and signed.
@@ -286,8 +279,8 @@ impl Inner {
     /// The digest of what this store holds of `author` (see [`AuthorDigest`]): a hash over the author's buckets
     /// (changes grouped by `start >> DIGEST_BUCKET_BITS`), each a hash over its sorted (start, end, hash) list — a
     /// two-level hash tree, as collision-resistant as BLAKE3 itself. Cached per bucket: a new or dropped change
-    /// makes only its bucket be read again (at most 2^[`DIGEST_BUCKET_BITS`] rows of the `changes_by_author`
-    /// index), plus one hash over the author's bucket hashes. The first digest of an author after the store is
+    /// makes only its bucket be read again (at most 2^[`DIGEST_BUCKET_BITS`] changes' log rows, read
+    /// without their bodies), plus one hash over the author's bucket hashes. The first digest of an author after the store is
     /// opened reads all its rows once.
     pub(super) fn author_digest(&mut self, author: PeerId) -> Result<Option<AuthorDigest>> {
         let Some(ranges) = self.ranges_digest(author) else { return Ok(None) };
@@ -324,24 +317,30 @@ impl Inner {
 
     /// The (start, end, hash) of `author`'s logged changes starting in `lo..=hi`, in order.
     fn rows_of(&self, author: PeerId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {
-        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT start, end, hash FROM changes WHERE peer = ?1 AND start >= ?2 AND start <= ?3 ORDER BY start",
-            )?
-            .query_map(params![author.0 as i64, lo.min(i64::MAX as u64) as i64, hi.min(i64::MAX as u64) as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        rows.into_iter()
-            .map(|(start, end, hash)| {
-                let hash = match hash_of(hash) {
+        let (sql_lo, sql_hi) = (lo.min(i64::MAX as u64) as i64, hi.min(i64::MAX as u64) as i64);
+        // The row starting before `lo` too: a run may hold changes starting in the range.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM (SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start < ?2 \
+                            ORDER BY start DESC LIMIT 1) \
+             UNION ALL \
+             SELECT * FROM (SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start >= ?2 AND start <= ?3 \
+                            ORDER BY start)",
+        )?;
+        let mut rows = stmt.query(params![author.0 as i64, sql_lo, sql_hi])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            for part in LogRow::read_layout(r, 0)?.spans()? {
+                if part.start < lo || part.start > hi {
+                    continue;
+                }
+                let hash = match part.hash {
                     Some(hash) => hash,
-                    None => self.logged_hash(author, start as u64)?,
+                    None => self.logged_hash(author, part.start)?,
                 };
-                Ok((start as u64, end as u64, hash))
-            })
-            .collect()
+                out.push((part.start, part.end, hash));
+            }
+        }
+        Ok(out)
     }
 
     /// The ranges part of [`AuthorDigest`] for what this store holds of `author` (cheap: from memory).

@@ -19,6 +19,7 @@ mod ids;
 mod indexes;
 mod inner;
 pub mod judge;
+mod logrow;
 mod observe;
 mod pending;
 mod readers;

@@ -7,7 +7,7 @@
 //! PostgreSQL) implements the same trait, and the engine runs unchanged on top of it. Apps use [`Store`] itself:
 //! documents, queries, observers, attachments.
 
-use super::changelog::{entry, ENTRY_COLUMNS};
+use super::changelog::{row_entries, ENTRY_COLUMNS};
 use super::{check_collection, check_doc_id, ApplyReport, AuthorDigest, DocChange, DocState, LogEntry, Store, Summary};
 use crate::error::{Error, Result};
 use crate::security::{ChangeCheck, RefusalReason};
@@ -413,8 +413,8 @@ impl Replica for StoreReplica {
                 }
             }
         }
-        out.sort_by_key(|e| e.seq);
-        out.dedup_by_key(|e| e.seq);
+        out.sort_by_key(|e| (e.seq, e.start));
+        out.dedup_by_key(|e| (e.seq, e.start));
         Ok(out)
     }
 
@@ -423,8 +423,12 @@ impl Replica for StoreReplica {
         let mut stmt = inner.conn.prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM changes c JOIN docs d ON d.doc = c.doc WHERE c.doc = ?1 ORDER BY c.seq"
         ))?;
-        let rows = stmt.query_map(params![doc], entry)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        let mut rows = stmt.query(params![doc])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            row_entries(r, |_| true, &mut out)?;
+        }
+        Ok(out)
     }
 
     fn view_of_doc(&self, doc: i64) -> Result<Option<Json>> {

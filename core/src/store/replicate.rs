@@ -289,18 +289,7 @@ impl Summary {
         }
         let corrupt = || ChangeError::Corrupt("malformed dense summary".into());
         let mut rest = body;
-        let mut wide = || -> Result<u128, ChangeError> {
-            let mut v = 0u128;
-            for shift in (0..128).step_by(7) {
-                let (&b, tail) = rest.split_first().ok_or_else(corrupt)?;
-                rest = tail;
-                v |= u128::from(b & 0x7f).checked_shl(shift).filter(|_| shift < 126 || b <= 3).ok_or_else(corrupt)?;
-                if b < 0x80 {
-                    return Ok(v);
-                }
-            }
-            Err(corrupt())
-        };
+        let mut wide = || crate::util::read_varint(&mut rest).ok_or_else(corrupt);
         let narrow = |v: u128| u64::try_from(v).map_err(|_| corrupt());
         let mut out = Summary::new();
         for _ in 0..narrow(wide()?)? {

@@ -212,6 +212,31 @@ const MIGRATIONS: &[&str] = &[
         ttl_ms     INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 14: runs (`store::logrow`), and the log's columns reordered. A log row may hold consecutive unsigned changes
+    //    of one author to one document, logged by one transaction, whose counters follow on: `body` their encodings
+    //    one after the other, `hash` their hashes, `parts` (NULL for a row of one change) where each ends. The
+    //    body, of any size, now comes last: everything else in a row is read from its first page, without walking
+    //    the body's overflow pages. The index `changes_by_author` (which carried the hash for that reason) goes:
+    //    the lookups by author and counter use `UNIQUE (peer, start)`.
+    r#"
+    CREATE TABLE changes_v14 (
+        seq   INTEGER PRIMARY KEY,
+        peer  INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        end   INTEGER NOT NULL,
+        doc   INTEGER NOT NULL,
+        hash  BLOB,
+        parts BLOB,
+        sig   BLOB,
+        body  BLOB NOT NULL,
+        UNIQUE (peer, start)
+    );
+    INSERT INTO changes_v14 (seq, peer, start, end, doc, hash, sig, body)
+        SELECT seq, peer, start, end, doc, hash, sig, body FROM changes ORDER BY seq;
+    DROP TABLE changes;
+    ALTER TABLE changes_v14 RENAME TO changes;
+    CREATE INDEX changes_by_doc ON changes (doc, seq);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -114,7 +114,9 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
     let (documents, removed_documents) = one("SELECT count(view), count(*) - count(view) FROM docs")?;
     let (view_bytes, part_bytes) = one("SELECT (SELECT coalesce(sum(length(CAST(view AS BLOB))), 0) FROM docs),
                 (SELECT coalesce(sum(length(CAST(json AS BLOB))), 0) FROM view_parts)")?;
-    let (log_changes, log_bytes) = one("SELECT count(*), coalesce(sum(length(body)), 0) FROM changes")?;
+    let (log_changes, log_bytes) =
+        one("SELECT coalesce(sum(CASE WHEN parts IS NULL THEN 1 ELSE length(hash) / 16 END), 0), \
+         coalesce(sum(length(body)), 0) FROM changes")?;
     let (_, snapshot_bytes) = one("SELECT count(*), coalesce(sum(length(state)), 0) FROM snapshots")?;
     let (compacted_documents, folded_bytes) =
         one("SELECT count(*), coalesce(sum(length(folded)), 0) FROM docs WHERE folded IS NOT NULL")?;

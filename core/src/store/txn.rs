@@ -605,12 +605,16 @@ impl judge::Ledger for WriteTxn<'_> {
 
     fn logged_bodies(&mut self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {
         let Some(row) = self.doc_or_new(collection, id)?.cached.row else { return Ok(Vec::new()) };
-        Ok(self
+        let mut stmt = self
             .inner
             .conn
-            .prepare_cached("SELECT body FROM changes WHERE doc = ?1 ORDER BY seq")?
-            .query_map(params![row], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?)
+            .prepare_cached(&format!("SELECT {} FROM changes WHERE doc = ?1 ORDER BY seq", super::logrow::COLUMNS))?;
+        let mut rows = stmt.query(params![row])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.extend(super::logrow::LogRow::read(r, 0)?.parts()?.into_iter().map(|p| p.body.to_vec()));
+        }
+        Ok(out)
     }
 
     fn record_equivocation(

@@ -63,6 +63,21 @@ pub fn write_varint(mut v: u128, out: &mut Vec<u8>) {
     out.push(v as u8);
 }
 
+/// Read one varint [`write_varint`] wrote from the front of `bytes`, advancing it; `None` when `bytes` ends first or
+/// the varint does not fit 128 bits.
+pub fn read_varint(bytes: &mut &[u8]) -> Option<u128> {
+    let mut v = 0u128;
+    for shift in (0..128).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        v |= u128::from(b & 0x7f).checked_shl(shift).filter(|_| shift < 126 || b <= 3)?;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +93,28 @@ mod tests {
         assert_eq!(parse_hex::<2>("0g00"), None);
         assert_eq!(parse_hex::<2>("+f00"), None, "a sign is not a digit");
         assert_eq!(parse_hex::<2>("é00"), None, "not ASCII");
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u128, 1, 127, 128, 300, u64::MAX.into(), u128::MAX] {
+            let mut out = Vec::new();
+            write_varint(v, &mut out);
+            let mut read = &out[..];
+            assert_eq!(read_varint(&mut read), Some(v));
+            assert!(read.is_empty());
+            assert_eq!(read_varint(&mut &out[..out.len() - 1]), None, "{v} cut short");
+        }
+        assert_eq!(read_varint(&mut &[0xff; 19][..]), None, "more than 128 bits");
+        assert_eq!(
+            read_varint(
+                &mut &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                    0xff, 0xff, 0x04
+                ][..]
+            ),
+            None
+        );
     }
 
     #[test]
