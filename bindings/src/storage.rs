@@ -31,6 +31,9 @@ pub struct StorageStats {
     pub log_bytes: u64,
     /// Documents' saved CRDT states.
     pub snapshot_bytes: u64,
+    /// The deleted characters of texts and elements of arrays that documents keep as tombstones (counts and ids,
+    /// not contents: later inserts may name them as neighbours), as of each document's saved state.
+    pub tombstones: u64,
     /// Documents some of whose changes were folded into their saved states and dropped from the log
     /// (`Store.compact`).
     pub compacted_documents: u64,
@@ -61,6 +64,7 @@ impl From<shoaldb::store::StorageStats> for StorageStats {
             log_changes: s.log_changes,
             log_bytes: s.log_bytes,
             snapshot_bytes: s.snapshot_bytes,
+            tombstones: s.tombstones,
             compacted_documents: s.compacted_documents,
             folded_bytes: s.folded_bytes,
             pending_changes: s.pending_changes,

@@ -512,7 +512,9 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
     // Schema 11: the cloud said it holds nothing.
     conn.execute_batch(
         "DROP TABLE peer_acks; DROP TABLE expiry; ALTER TABLE docs DROP COLUMN modified; \
-         ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; PRAGMA user_version = 11;",
+         ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; \
+         ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
+         PRAGMA user_version = 11;",
     )
     .unwrap();
     let empty = shoaldb::store::Summary::new().encode();

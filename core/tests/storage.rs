@@ -8,7 +8,7 @@ use serde_json::json;
 use shoaldb::crdt::value::Scalar;
 use shoaldb::store::{GarbagePolicy, StorageStats};
 use shoaldb::util::sources::Sources;
-use shoaldb::{AttachmentToken, Options, Replica, Store};
+use shoaldb::{AttachmentToken, CompactionPolicy, Options, Replica, Store};
 
 const HOUR: u64 = 3_600_000;
 const START: u64 = 1_800_000_000_000;
@@ -193,4 +193,39 @@ fn a_store_made_before_incremental_vacuuming_is_rewritten_once() {
     let (reopened, _) = store_with_clock(&path);
     reopened.check_integrity().unwrap();
     assert_eq!(reopened.get("notes", "kept").unwrap().unwrap()["text"], "still here");
+}
+
+#[test]
+fn stats_count_the_tombstones_of_texts_and_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    store.upsert("notes", json!({"_id": "a"})).unwrap();
+    // 40 characters typed, 25 deleted; 10 elements pushed, 4 deleted — each in a transaction of its own, enough
+    // changes for the document to get a snapshot.
+    for i in 0..40 {
+        store.update("notes", "a", |d| Ok(d.text_insert("body", i, "x")?)).unwrap();
+    }
+    for _ in 0..25 {
+        store.update("notes", "a", |d| Ok(d.text_delete("body", 0, 1)?)).unwrap();
+    }
+    for i in 0..10i64 {
+        store.update("notes", "a", |d| Ok(d.array_push("list", &[i.into()])?)).unwrap();
+    }
+    for _ in 0..4 {
+        store.update("notes", "a", |d| Ok(d.array_delete("list", 0, 1)?)).unwrap();
+    }
+    // Folding every change writes a snapshot at the document's current state.
+    store.compact(&CompactionPolicy::everything()).unwrap();
+    let s = store.storage_stats().unwrap();
+    assert_eq!(s.tombstones, 25 + 4, "{s:?}");
+    drop(store);
+
+    // A snapshot written before counts were kept is counted from its state.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("UPDATE snapshots SET tombstones = NULL").unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.storage_stats().unwrap().tombstones, 29);
 }

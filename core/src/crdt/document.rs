@@ -146,6 +146,23 @@ fn field_items_capped(f: &Field, cap: u64, entries: bool) -> u64 {
     n
 }
 
+/// The deleted characters of texts and deleted elements of arrays a field keeps (tombstones; those inside deleted
+/// elements too).
+fn field_tombstones(f: &Field) -> u64 {
+    let mut n = 0u64;
+    if let Some(m) = &f.map {
+        n = m.fields.values().fold(n, |n, c| n.saturating_add(field_tombstones(c)));
+    }
+    if let Some(a) = &f.array {
+        n = n.saturating_add((a.total_len() - a.len()) as u64);
+        n = a.all_items().fold(n, |n, c| n.saturating_add(field_tombstones(c)));
+    }
+    if let Some(t) = &f.text {
+        n = n.saturating_add((t.total_len() - t.len()) as u64);
+    }
+    n
+}
+
 /// The sequence items a field holds (see [`field_items_capped`]).
 fn field_items(f: &Field) -> u64 {
     field_items_capped(f, u64::MAX, false)
@@ -306,6 +323,12 @@ impl Document {
                 n
             }
         }
+    }
+
+    /// The deleted characters and array elements the document keeps (tombstones: later inserts may name them as
+    /// origins). Linear in the document.
+    pub fn tombstones(&self) -> u64 {
+        field_tombstones(&self.root)
     }
 
     /// Refuse adding `more` items when the document would then hold more than `limit`.

@@ -297,7 +297,7 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
         log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
         return Ok((0, 0));
     }
-    super::docs::write_snapshot(conn, row, &state)?;
+    super::docs::write_snapshot(conn, row, &cached.doc, &state)?;
     let mut folded = folded_of(conn, row)?;
     for r in &fold {
         folded.insert(crate::PeerId(r.peer), r.start, r.end);

@@ -443,7 +443,7 @@ pub(crate) fn save(
     }
     if snapshot {
         let state = cached.doc.encode();
-        write_snapshot(conn, row, &state)?;
+        write_snapshot(conn, row, &cached.doc, &state)?;
         cached.snapshot_bytes = state.len() as u64;
         cached.tail_bytes = 0;
         conn.prepare_cached("UPDATE docs SET snap_seq = ?2 WHERE doc = ?1")?.execute(params![row, last_seq])?;
@@ -521,12 +521,14 @@ pub(crate) fn last_logged(conn: &Connection, row: i64) -> Result<i64> {
         .query_row(params![row], |r| r.get(0))?)
 }
 
-/// Store `state` as document `row`'s snapshot (its position, `docs.snap_seq`, is the caller's to set).
-pub(crate) fn write_snapshot(conn: &Connection, row: i64, state: &[u8]) -> Result<()> {
+/// Store `state`, the encoding of `doc`, as document `row`'s snapshot (its position, `docs.snap_seq`, is the
+/// caller's to set).
+pub(crate) fn write_snapshot(conn: &Connection, row: i64, doc: &Document, state: &[u8]) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO snapshots (doc, state) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET state = ?2",
+        "INSERT INTO snapshots (doc, state, tombstones) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (doc) DO UPDATE SET state = ?2, tombstones = ?3",
     )?
-    .execute(params![row, state])?;
+    .execute(params![row, state, doc.tombstones().min(i64::MAX as u64) as i64])?;
     Ok(())
 }
 

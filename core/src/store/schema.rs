@@ -218,6 +218,8 @@ const MIGRATIONS: &[&str] = &[
     //    body, of any size, now comes last: everything else in a row is read from its first page, without walking
     //    the body's overflow pages. The index `changes_by_author` (which carried the hash for that reason) goes:
     //    the lookups by author and counter use `UNIQUE (peer, start)`.
+    //    `snapshots.tombstones`: the deleted characters and array elements the snapshot keeps (for the storage
+    //    statistics), NULL for a snapshot written before (counted from its state when asked).
     r#"
     CREATE TABLE changes_v14 (
         seq   INTEGER PRIMARY KEY,
@@ -236,6 +238,7 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE changes;
     ALTER TABLE changes_v14 RENAME TO changes;
     CREATE INDEX changes_by_doc ON changes (doc, seq);
+    ALTER TABLE snapshots ADD COLUMN tombstones INTEGER;
     "#,
 ];
 

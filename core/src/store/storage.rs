@@ -40,6 +40,10 @@ pub struct StorageStats {
     pub log_bytes: u64,
     /// Documents' CRDT states saved as snapshots (a document is rebuilt from its snapshot and the changes after it).
     pub snapshot_bytes: u64,
+    /// The deleted characters of texts and elements of arrays that documents keep as tombstones (later inserts may
+    /// name them as their neighbours, so they are not collected; only their count and ids are kept, not their
+    /// contents), as of each document's snapshot: deletions made by the changes after it are counted at the next.
+    pub tombstones: u64,
     /// Documents some of whose changes were folded into their snapshots and dropped from the log
     /// ([`Store::compact`]).
     pub compacted_documents: u64,
@@ -118,6 +122,7 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
         one("SELECT coalesce(sum(CASE WHEN parts IS NULL THEN 1 ELSE length(hash) / 16 END), 0), \
          coalesce(sum(length(body)), 0) FROM changes")?;
     let (_, snapshot_bytes) = one("SELECT count(*), coalesce(sum(length(state)), 0) FROM snapshots")?;
+    let tombstones = tombstones(conn)?;
     let (compacted_documents, folded_bytes) =
         one("SELECT count(*), coalesce(sum(length(folded)), 0) FROM docs WHERE folded IS NOT NULL")?;
     let (pending_changes, evicted_documents) =
@@ -141,6 +146,7 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
         log_changes,
         log_bytes,
         snapshot_bytes,
+        tombstones,
         compacted_documents,
         folded_bytes,
         pending_changes,
@@ -149,6 +155,20 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
         partial_downloads,
         partial_bytes,
     })
+}
+
+/// The tombstones the snapshots keep: their counts, and for snapshots written before counts were kept, from their
+/// states (a snapshot that does not decode counts none: it is rebuilt from the log when its document loads).
+fn tombstones(conn: &Connection) -> Result<u64> {
+    let counted: i64 = conn.query_row("SELECT coalesce(sum(tombstones), 0) FROM snapshots", [], |r| r.get(0))?;
+    let mut n = counted.max(0) as u64;
+    let mut stmt = conn.prepare_cached("SELECT state FROM snapshots WHERE tombstones IS NULL")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let state = r.get_ref(0)?.as_blob().unwrap_or_default();
+        n = n.saturating_add(crate::Document::decode(state).map_or(0, |d| d.tombstones()));
+    }
+    Ok(n)
 }
 
 /// The page size, the pages of the file and how many of them are free.

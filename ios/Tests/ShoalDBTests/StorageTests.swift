@@ -50,6 +50,8 @@ func testCompaction() async throws {
             try await notes.upsert(json: #"{"_id": "n\#(i)", "round": \#(round)}"#)
         }
     }
+    try await notes.update("n0") { $0.insertText("body", at: 0, "hello world") }
+    try await notes.update("n0") { $0.deleteText("body", at: 0, length: 6) }
     let before = try await store.storageStats()
     try expect(before.logChanges >= 50, "stats: \(before)")
 
@@ -62,6 +64,7 @@ func testCompaction() async throws {
     let after = try await store.storageStats()
     try expectEqual(after.logChanges, 0, "stats: \(after)")
     try expectEqual(after.compactedDocuments, 10, "stats: \(after)")
+    try expectEqual(after.tombstones, 6, "the deleted characters are kept, counted: \(after)")
     let n3 = try await notes.get(id: "n3")
     try expect(n3?.contains(#""round":4"#) == true, "the documents are whole: \(String(describing: n3))")
     try await notes.upsert(json: #"{"_id": "n3", "round": 5}"#)

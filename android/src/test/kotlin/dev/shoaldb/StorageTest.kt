@@ -59,6 +59,8 @@ class StorageTest {
             for (round in 0 until 5) {
                 for (i in 0 until 10) notes.upsert("""{"_id": "n$i", "round": $round}""")
             }
+            notes.update("n0") { textInsert("body", 0, "hello world") }
+            notes.update("n0") { textDelete("body", 0, 6) }
             val before = store.storageStats()
             assertTrue(before.logChanges >= 50uL, "stats: $before")
 
@@ -70,6 +72,7 @@ class StorageTest {
             val after = store.storageStats()
             assertEquals(0uL, after.logChanges, "stats: $after")
             assertEquals(10uL, after.compactedDocuments, "stats: $after")
+            assertEquals(6uL, after.tombstones, "the deleted characters are kept, counted: $after")
             assertTrue(notes.get("n3")!!.contains("\"round\":4"), "the documents are whole: ${notes.get("n3")}")
             notes.upsert("""{"_id": "n3", "round": 5}""")
             assertTrue(notes.get("n3")!!.contains("\"round\":5"), "writes go on")
