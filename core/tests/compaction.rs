@@ -514,6 +514,8 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
         "DROP TABLE peer_acks; DROP TABLE expiry; ALTER TABLE docs DROP COLUMN modified; \
          ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; \
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
+         DROP TABLE folded; ALTER TABLE docs ADD COLUMN folded BLOB; \
+         CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL; \
          PRAGMA user_version = 11;",
     )
     .unwrap();

@@ -1,7 +1,8 @@
 //! Consecutive changes of one author to one document that arrive together are logged as one row (a run, see
 //! `store::logrow`) rather than a row each. Everything that reads the log must still see the changes one by one:
 //! serving them (from the middle of a run too), loading the document, digests and equivocations, compaction,
-//! eviction, statistics — and a log written before runs existed must read the same after the upgrade.
+//! eviction, statistics — and a log written before runs existed (schema 13) must read the same after the upgrade,
+//! compacted documents' records included.
 
 #[path = "common/wires.rs"]
 mod wires;
@@ -152,6 +153,9 @@ fn a_log_written_before_runs_reads_the_same_after_the_upgrade() {
              CREATE INDEX changes_by_doc ON changes (doc, seq);
              CREATE INDEX changes_by_author ON changes (peer, start, end, hash);
              ALTER TABLE snapshots DROP COLUMN tombstones;
+             DROP TABLE folded;
+             ALTER TABLE docs ADD COLUMN folded BLOB;
+             CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
              PRAGMA user_version = 13;
              COMMIT;",
         )
@@ -197,4 +201,42 @@ fn a_run_across_digest_buckets_counts_in_each() {
     b.replica().apply_changes(rest).unwrap();
     assert_eq!(log_rows(&db), 2);
     assert_eq!(b.replica().author_digests(None).unwrap(), a.replica().author_digests(None).unwrap());
+}
+
+#[test]
+fn folded_records_move_to_their_table_at_the_upgrade() {
+    let (_da, a, changes) = authored();
+    let (db, b) = store();
+    b.replica().apply_changes(&changes).unwrap();
+    b.compact(&CompactionPolicy { horizon_ms: 0, ..CompactionPolicy::default() }).unwrap();
+    let before = b.storage_stats().unwrap();
+    assert_eq!(before.compacted_documents, 2, "{before:?}");
+    let summary = b.replica().summary().unwrap();
+    drop(b);
+    let path = db.path().join("db");
+    {
+        // As schema 13 kept them: in the documents' rows.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE docs ADD COLUMN folded BLOB;
+             UPDATE docs SET folded = (SELECT summary FROM folded f WHERE f.doc = docs.doc);
+             DROP TABLE folded;
+             CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
+             ALTER TABLE snapshots DROP COLUMN tombstones;
+             ALTER TABLE changes DROP COLUMN parts;
+             PRAGMA user_version = 13;",
+        )
+        .unwrap();
+    }
+    let b = Store::open(&path).unwrap();
+    let after = b.storage_stats().unwrap();
+    assert_eq!((after.compacted_documents, after.folded_bytes), (2, before.folded_bytes), "{after:?}");
+    assert_eq!(b.replica().summary().unwrap(), summary, "still held");
+    // A new device gets the documents' states.
+    let (_dc, c) = store();
+    let mut engines = wires::engines(&[&b, &c], b"runs");
+    let wire = wires::connect(&mut engines, 0, 1);
+    wires::settle(&mut engines, &[wire], None);
+    assert_eq!(c.get("c", "d").unwrap(), a.get("c", "d").unwrap());
+    assert_eq!(c.get("c", "e").unwrap(), a.get("c", "e").unwrap());
 }

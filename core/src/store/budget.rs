@@ -267,7 +267,7 @@ fn documents(conn: &Connection, keep: &crate::sync::session::Interest) -> Result
          + coalesce((SELECT sum(length(p.json)) FROM view_parts p WHERE p.doc = d.doc), 0) \
          + coalesce((SELECT sum(length(s.state)) FROM snapshots s WHERE s.doc = d.doc), 0) \
          + coalesce((SELECT sum(length(c.body)) FROM changes c WHERE c.doc = d.doc), 0) \
-         + coalesce(length(d.folded), 0) \
+         + coalesce((SELECT length(f.summary) FROM folded f WHERE f.doc = d.doc), 0) \
          FROM docs d",
     )?;
     let mut rows = stmt.query([])?;

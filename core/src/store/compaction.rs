@@ -3,7 +3,7 @@
 //! Every document is kept as a snapshot of its CRDT state plus the changes applied after it (see [`super::docs`]);
 //! the change log also serves sync. Compacting a document writes its snapshot at its current state and deletes
 //! the log rows of the changes chosen (a prefix of the document's log, in application order), recording exactly
-//! which changes were folded (`docs.folded`). The store goes on holding them — its summary still lists them, so no
+//! which changes were folded (table `folded`). The store goes on holding them — its summary still lists them, so no
 //! device sends them again — and a device that lacks some of them gets the document's state instead, merged by
 //! [`Document::join`](crate::Document::join): exactly equivalent to applying the changes, removals included, so
 //! nothing deleted comes back however long that device was away, and its own edits made meanwhile still merge.
@@ -71,10 +71,9 @@ pub struct CompactionReport {
 /// The changes folded into document `row`'s snapshot (empty when none were).
 pub(super) fn folded_of(conn: &Connection, row: i64) -> Result<Summary> {
     let blob: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT folded FROM docs WHERE doc = ?1")?
+        .prepare_cached("SELECT summary FROM folded WHERE doc = ?1")?
         .query_row(params![row], |r| r.get(0))
-        .optional()?
-        .flatten();
+        .optional()?;
     decode(blob.as_deref())
 }
 
@@ -87,15 +86,21 @@ fn decode(blob: Option<&[u8]>) -> Result<Summary> {
 
 /// Record `folded` as the changes folded into document `row`'s snapshot.
 pub(super) fn set_folded(conn: &Connection, row: i64, folded: &Summary) -> Result<()> {
-    let blob = (!folded.is_empty()).then(|| folded.encode_dense());
-    conn.prepare_cached("UPDATE docs SET folded = ?2 WHERE doc = ?1")?.execute(params![row, blob])?;
+    if folded.is_empty() {
+        conn.prepare_cached("DELETE FROM folded WHERE doc = ?1")?.execute(params![row])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO folded (doc, summary) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET summary = ?2",
+        )?
+        .execute(params![row, folded.encode_dense()])?;
+    }
     Ok(())
 }
 
 /// Every change folded into a snapshot, over all documents.
 pub(super) fn all_folded(conn: &Connection) -> Result<Summary> {
     let mut out = Summary::new();
-    let mut stmt = conn.prepare_cached("SELECT folded FROM docs WHERE folded IS NOT NULL")?;
+    let mut stmt = conn.prepare_cached("SELECT summary FROM folded")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         out.union_with(&decode(r.get::<_, Option<Vec<u8>>>(0)?.as_deref())?);
@@ -331,8 +336,8 @@ impl Inner {
             let page: Vec<(i64, String, String, Option<Vec<u8>>)> = self
                 .conn
                 .prepare_cached(
-                    "SELECT doc, collection, id, folded FROM docs WHERE folded IS NOT NULL AND doc >= ?1 \
-                     ORDER BY doc LIMIT 64",
+                    "SELECT d.doc, d.collection, d.id, f.summary FROM folded f JOIN docs d ON d.doc = f.doc \
+                     WHERE f.doc >= ?1 ORDER BY f.doc LIMIT 64",
                 )?
                 .query_map(params![from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<rusqlite::Result<_>>()?;

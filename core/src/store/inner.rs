@@ -37,7 +37,7 @@ pub(crate) struct Inner {
     pub(super) next_counter: u64,
     pub(super) cache: DocCache,
     pub(super) held: Summary,
-    /// The changes folded into snapshots and dropped from the log (`docs.folded` of every document; part of
+    /// The changes folded into snapshots and dropped from the log (the `folded` table, every document's; part of
     /// [`Inner::held`]).
     pub(super) folded: Summary,
     /// Rows in the `pending` table, per author.

@@ -123,8 +123,7 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
          coalesce(sum(length(body)), 0) FROM changes")?;
     let (_, snapshot_bytes) = one("SELECT count(*), coalesce(sum(length(state)), 0) FROM snapshots")?;
     let tombstones = tombstones(conn)?;
-    let (compacted_documents, folded_bytes) =
-        one("SELECT count(*), coalesce(sum(length(folded)), 0) FROM docs WHERE folded IS NOT NULL")?;
+    let (compacted_documents, folded_bytes) = one("SELECT count(*), coalesce(sum(length(summary)), 0) FROM folded")?;
     let (pending_changes, evicted_documents) =
         one("SELECT (SELECT count(*) FROM pending), (SELECT count(*) FROM evicted)")?;
     let (attachments, attachment_bytes) = one("SELECT count(*), coalesce(sum(len), 0) FROM blobs")?;

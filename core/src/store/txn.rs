@@ -544,6 +544,7 @@ impl<'a> WriteTxn<'a> {
                 conn.prepare_cached("DELETE FROM snapshots WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM view_parts WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM attachment_refs WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM folded WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM docs WHERE doc = ?1")?.execute(params![row])? > 0
             }
         };
