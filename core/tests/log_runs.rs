@@ -201,6 +201,11 @@ fn a_run_across_digest_buckets_counts_in_each() {
     b.replica().apply_changes(rest).unwrap();
     assert_eq!(log_rows(&db), 2);
     assert_eq!(b.replica().author_digests(None).unwrap(), a.replica().author_digests(None).unwrap());
+    // Evicting the document drops the whole run from both buckets.
+    assert!(b.evict("c", "d").unwrap());
+    let (_dc, c) = store();
+    c.replica().apply_changes(first).unwrap();
+    assert_eq!(b.replica().author_digests(None).unwrap(), c.replica().author_digests(None).unwrap());
 }
 
 #[test]

@@ -99,6 +99,15 @@ impl DigestCache {
         }
     }
 
+    /// Changes of `author` covering `start..=end` were written or dropped (a run of them, or one change): every
+    /// bucket one of them may start in.
+    pub fn changed_range(&mut self, author: PeerId, start: u64, end: u64) {
+        if let Some(a) = self.authors.get_mut(&author) {
+            a.dirty.extend((start >> DIGEST_BUCKET_BITS)..=(end >> DIGEST_BUCKET_BITS));
+            a.digest = None;
+        }
+    }
+
     /// Forget everything (the log was changed by another connection).
     pub fn clear(&mut self) {
         self.authors.clear();
@@ -279,9 +288,9 @@ impl Inner {
     /// The digest of what this store holds of `author` (see [`AuthorDigest`]): a hash over the author's buckets
     /// (changes grouped by `start >> DIGEST_BUCKET_BITS`), each a hash over its sorted (start, end, hash) list — a
     /// two-level hash tree, as collision-resistant as BLAKE3 itself. Cached per bucket: a new or dropped change
-    /// makes only its bucket be read again (at most 2^[`DIGEST_BUCKET_BITS`] changes' log rows, read
-    /// without their bodies), plus one hash over the author's bucket hashes. The first digest of an author after the store is
-    /// opened reads all its rows once.
+    /// makes only its bucket be read again (the log rows of at most 2^[`DIGEST_BUCKET_BITS`] changes, read
+    /// without their bodies), plus one hash over the author's bucket hashes. The first digest of an author after
+    /// the store is opened reads all its rows once.
     pub(super) fn author_digest(&mut self, author: PeerId) -> Result<Option<AuthorDigest>> {
         let Some(ranges) = self.ranges_digest(author) else { return Ok(None) };
         let mut cached = self.digests.authors.remove(&author).unwrap_or_default();
@@ -318,28 +327,31 @@ impl Inner {
     /// The (start, end, hash) of `author`'s logged changes starting in `lo..=hi`, in order.
     fn rows_of(&self, author: PeerId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {
         let (sql_lo, sql_hi) = (lo.min(i64::MAX as u64) as i64, hi.min(i64::MAX as u64) as i64);
-        // The row starting before `lo` too: a run may hold changes starting in the range.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT * FROM (SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start < ?2 \
-                            ORDER BY start DESC LIMIT 1) \
-             UNION ALL \
-             SELECT * FROM (SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start >= ?2 AND start <= ?3 \
-                            ORDER BY start)",
-        )?;
-        let mut rows = stmt.query(params![author.0 as i64, sql_lo, sql_hi])?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            for part in LogRow::read_layout(r, 0)?.spans()? {
-                if part.start < lo || part.start > hi {
-                    continue;
+        let mut take = |rows: &mut rusqlite::Rows<'_>| -> Result<()> {
+            while let Some(r) = rows.next()? {
+                for part in LogRow::read_layout(r, 0)?.spans()? {
+                    if part.start < lo || part.start > hi {
+                        continue;
+                    }
+                    let hash = match part.hash {
+                        Some(hash) => hash,
+                        None => self.logged_hash(author, part.start)?,
+                    };
+                    out.push((part.start, part.end, hash));
                 }
-                let hash = match part.hash {
-                    Some(hash) => hash,
-                    None => self.logged_hash(author, part.start)?,
-                };
-                out.push((part.start, part.end, hash));
             }
-        }
+            Ok(())
+        };
+        // The row starting before `lo` first (a run may hold changes starting in the range), then those in it.
+        let mut before = self.conn.prepare_cached(
+            "SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start < ?2 ORDER BY start DESC LIMIT 1",
+        )?;
+        take(&mut before.query(params![author.0 as i64, sql_lo])?)?;
+        let mut within = self.conn.prepare_cached(
+            "SELECT start, end, hash, parts FROM changes WHERE peer = ?1 AND start >= ?2 AND start <= ?3 ORDER BY start",
+        )?;
+        take(&mut within.query(params![author.0 as i64, sql_lo, sql_hi])?)?;
         Ok(out)
     }
 

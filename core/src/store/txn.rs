@@ -529,7 +529,8 @@ impl<'a> WriteTxn<'a> {
                     .query_map(params![row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 for (peer, start, end) in ranges {
-                    self.inner.digests.changed(crate::crdt::clock::PeerId(peer as u64), start as u64);
+                    // A row may be a run of changes, starting in more than one bucket.
+                    self.inner.digests.changed_range(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
                     self.inner.held.remove(crate::crdt::clock::PeerId(peer as u64), start as u64, end as u64);
                 }
                 // The changes folded into its snapshot go with it: this store no longer holds them.
