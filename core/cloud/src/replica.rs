@@ -24,9 +24,11 @@ use shoaldb::store::{
     attachment_hashes, check_collection, check_doc_id, ranges_digest, AuthorDigest, LogEntry, RangeSet,
     CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS,
 };
-use shoaldb::{ApplyReport, DocChange, Document, Error, PeerId, Replica, Result, Summary};
+use shoaldb::{ApplyReport, DocChange, DocState, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+
+mod states;
 
 /// The pool of connections a replica draws from.
 type Pool = r2d2::Pool<Manager>;
@@ -54,6 +56,14 @@ macro_rules! entry_columns {
 /// were written since the last read, the summary is read whole instead (one row per author).
 const SUMMARY_CATCH_UP_ROWS: i64 = 4096;
 
+/// What is held of each author a batch looked at: its ranges, and whether the batch changed them.
+type AuthorRanges = BTreeMap<PeerId, (RangeSet, bool)>;
+
+/// A range set as `held` and `folded_held` keep it (postcard).
+fn held_ranges(bytes: &[u8]) -> Result<RangeSet> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))
+}
+
 /// A PostgreSQL failure, as the replica seam reports it: with its causes (a bare `db error` says nothing).
 fn pg(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::Backend(crate::describe(&*e.into()).into())
@@ -80,6 +90,9 @@ struct SummaryCache {
     /// one does not pass for up to date.
     epoch: u64,
     summary: Option<Summary>,
+    /// What of `summary` is held only folded into documents' states (merged from devices that compacted: see
+    /// [`crate::replica::states`]), with no log row.
+    folded: Summary,
     /// Another process may have committed since the summary was read ([`PgReplica::changed`]).
     stale: bool,
     /// Every log row written by a transaction older than this one (PostgreSQL's `xid8`) is in `summary`: the
@@ -130,73 +143,123 @@ impl PgReplica {
     }
 
     /// This process committed `held`, the whole ranges now held of the authors a batch changed (read under their
-    /// locks): the cached summary takes them in, and a read under way does not pass for up to date.
-    fn committed(&self, held: &BTreeMap<PeerId, (RangeSet, bool)>, added: &[(PeerId, u64)]) {
+    /// locks), and `folded`, those held only folded into states: the cached summary takes them in, and a read
+    /// under way does not pass for up to date.
+    fn committed(&self, held: &AuthorRanges, folded: &AuthorRanges, added: &[(PeerId, u64)]) {
         for &(author, start) in added {
             self.digests.changed(author, start);
         }
         let mut cache = shoaldb::util::lock(&self.summary);
         cache.epoch += 1;
-        if let Some(summary) = cache.summary.as_mut() {
-            for (author, (ranges, changed)) in held {
-                if *changed {
-                    for &(s, e) in ranges.ranges() {
-                        summary.insert(*author, s, e);
+        if cache.summary.is_some() {
+            let SummaryCache { summary, folded: cached_folded, .. } = &mut *cache;
+            for (into, from) in [(summary.as_mut(), held), (Some(cached_folded), folded)] {
+                let Some(into) = into else { continue };
+                for (author, (ranges, changed)) in from {
+                    if *changed {
+                        for &(s, e) in ranges.ranges() {
+                            into.insert(*author, s, e);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Read the summary: whole (a row per author of `held`), or — given the cached one, complete below
-    /// transaction `since` — only the log rows written since. Returns the summary and the oldest transaction
-    /// still running when it was read (every row of an older one is in it).
-    fn read_summary(&self, since: Option<(Summary, i64)>) -> Result<(Summary, i64)> {
+    /// Read the summary and what of it is held only folded into states: whole (a row per author of `held` and
+    /// of `folded_held`), or — given the cached ones, complete below transaction `since` — only the log rows and
+    /// merges written since. Returns them and the oldest transaction still running when they were read (every
+    /// row of an older one is in them).
+    fn read_summary(&self, since: Option<(Summary, Summary, i64)>) -> Result<(Summary, Summary, i64)> {
         let mut client = self.client()?;
-        if let Some((mut summary, since)) = since {
+        if let Some((mut summary, mut folded, since)) = since {
             // One statement, so that the oldest running transaction is the one of the snapshot the rows come from
-            // (in the order of the index on `xact`, which a generic plan then scans rather than the whole log).
+            // (in the order of the indexes on `xact`, which a generic plan then scans rather than the whole log).
             let rows = client
                 .query(
-                    "SELECT true, 0::bigint, 0::bigint, 0::bigint, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-                     UNION ALL (SELECT false, author, start_ctr, end_ctr, 0::bigint FROM changes \
+                    "SELECT 0, 0::bigint, 0::bigint, 0::bigint, NULL::bytea, \
+                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                     UNION ALL (SELECT 1, author, start_ctr, end_ctr, NULL::bytea, 0::bigint FROM changes \
+                     WHERE xact >= $1::bigint::text::xid8 ORDER BY xact LIMIT $2) \
+                     UNION ALL (SELECT 2, author, 0::bigint, 0::bigint, ranges, 0::bigint FROM merged \
                      WHERE xact >= $1::bigint::text::xid8 ORDER BY xact LIMIT $2)",
                     &[&since, &SUMMARY_CATCH_UP_ROWS],
                 )
                 .map_err(pg)?;
-            if (rows.len() as i64) <= SUMMARY_CATCH_UP_ROWS {
-                let mut below = None;
-                for r in &rows {
-                    if r.get::<_, bool>(0) {
-                        below = Some(r.get::<_, i64>(4));
-                    } else {
+            let (mut below, mut logged, mut merges) = (None, 0, 0);
+            for r in &rows {
+                let author = PeerId(r.get::<_, i64>(1) as u64);
+                match r.get::<_, i32>(0) {
+                    0 => below = Some(r.get::<_, i64>(5)),
+                    1 => {
+                        logged += 1;
                         let (s, e) = (r.get::<_, i64>(2), r.get::<_, i64>(3));
-                        let author = PeerId(r.get::<_, i64>(1) as u64);
                         summary.insert(author, s.max(0) as u64, e.max(0) as u64);
                         self.digests.changed(author, s.max(0) as u64);
                     }
+                    _ => {
+                        merges += 1;
+                        for &(s, e) in held_ranges(r.get(4))?.ranges() {
+                            summary.insert(author, s, e);
+                            folded.insert(author, s, e);
+                        }
+                    }
                 }
-                if let Some(below) = below {
-                    return Ok((summary, below));
-                }
+            }
+            if let Some(below) = below.filter(|_| logged < SUMMARY_CATCH_UP_ROWS && merges < SUMMARY_CATCH_UP_ROWS) {
+                return Ok((summary, folded, below));
             }
         }
         // The oldest running transaction first: whatever it did not see finished, the read after it sees.
         let below: i64 =
             client.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[]).map_err(pg)?.get(0);
-        let rows = client.query("SELECT author, ranges FROM held", &[]).map_err(pg)?;
+        let rows = client
+            .query("SELECT author, ranges, false FROM held UNION ALL SELECT author, ranges, true FROM folded_held", &[])
+            .map_err(pg)?;
         // What changed since the digests were computed is not known change by change.
         self.digests.clear();
-        let mut summary = Summary::new();
+        let (mut summary, mut folded) = (Summary::new(), Summary::new());
         for r in rows {
-            let ranges: RangeSet =
-                postcard::from_bytes(r.get(1)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
             let author = PeerId(r.get::<_, i64>(0) as u64);
-            for &(s, e) in ranges.ranges() {
-                summary.insert(author, s, e);
+            let into = if r.get::<_, bool>(2) { &mut folded } else { &mut summary };
+            for &(s, e) in held_ranges(r.get(1))?.ranges() {
+                into.insert(author, s, e);
             }
         }
-        Ok((summary, below))
+        Ok((summary, folded, below))
+    }
+
+    /// The summary ([`Replica::summary`]) and what of it is held only folded into documents' states: from the
+    /// cache when it is up to date, else brought up to date.
+    fn held(&self) -> Result<(Summary, Summary)> {
+        let (epoch, since) = {
+            let cache = shoaldb::util::lock(&self.summary);
+            match &cache.summary {
+                Some(summary) if !cache.stale => return Ok((summary.clone(), cache.folded.clone())),
+                Some(summary) => (cache.epoch, Some((summary.clone(), cache.folded.clone(), cache.complete_below))),
+                None => (cache.epoch, None),
+            }
+        };
+        let (summary, folded, below) = self.read_summary(since)?;
+        let mut cache = shoaldb::util::lock(&self.summary);
+        if cache.epoch == epoch {
+            // Nothing happened meanwhile: up to date.
+            cache.summary = Some(summary.clone());
+            cache.folded = folded.clone();
+            cache.complete_below = below;
+            cache.stale = false;
+        } else {
+            // A commit or a notice came meanwhile: what was read joins what the cache gained since (both are part
+            // of what the database holds), and the next call reads again from the older of the two points.
+            match cache.summary.as_mut() {
+                Some(kept) => kept.union_with(&summary),
+                None => cache.summary = Some(summary.clone()),
+            }
+            cache.folded.union_with(&folded);
+            cache.complete_below = cache.complete_below.max(below);
+            cache.stale = true;
+        }
+        Ok((summary, folded))
     }
 
     /// The merged document `collection/id`, if this database holds it.
@@ -240,33 +303,16 @@ impl PgReplica {
         }
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(pg)?;
-        // Every document and author the batches touch, locked in one global order: documents, then authors.
-        let mut keys: Vec<(i32, i32)> = changes()
-            .flat_map(|dc| {
+        lock_all(
+            &mut tx,
+            changes().flat_map(|dc| {
                 [
                     (1, lock_key(dc.collection.as_bytes(), dc.doc_id.as_bytes())),
                     (2, lock_key(&dc.change.peer.0.to_le_bytes(), b"")),
                 ]
-            })
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        // One statement takes them all, in that order (a deadlock with another relay's batch is impossible).
-        let (spaces, lock_keys): (Vec<i32>, Vec<i32>) = keys.into_iter().unzip();
-        tx.execute(
-            "SELECT count(pg_advisory_xact_lock(s, k)) FROM \
-             (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
-            &[&spaces, &lock_keys],
-        )
-        .map_err(pg)?;
-        let mut batch = Batch {
-            tx: &mut tx,
-            docs: BTreeMap::new(),
-            held: BTreeMap::new(),
-            with_pending: BTreeSet::new(),
-            pending_locked: false,
-            judged: Judged::default(),
-        };
+            }),
+        )?;
+        let mut batch = Batch::new(&mut tx);
         let all: Vec<&DocChange> = changes().collect();
         batch.prefetch(&all)?;
         let mut reports = Vec::with_capacity(batches.len());
@@ -278,15 +324,32 @@ impl PgReplica {
         }
         // (Written with the rest, the notice goes to the other relays when the transaction commits.)
         let wrote = batch.persist()?;
-        let held = std::mem::take(&mut batch.held);
+        let (held, folded) = (std::mem::take(&mut batch.held), std::mem::take(&mut batch.folded));
         let added: Vec<(PeerId, u64)> = batch.judged.added.keys().copied().collect();
         tx.commit().map_err(pg)?;
         log::debug!("applied {} batches of {} changes in all: {reports:?}", batches.len(), all.len());
         if wrote {
-            self.committed(&held, &added);
+            self.committed(&held, &folded, &added);
         }
         Ok(reports)
     }
+}
+
+/// Lock every document (space 1) and author (space 2) a transaction touches — `keys` are (space, [`lock_key`]) —
+/// in one global order, documents then authors, in one statement: a deadlock with another relay's transaction is
+/// impossible.
+fn lock_all(tx: &mut Tx<'_>, keys: impl Iterator<Item = (i32, i32)>) -> Result<()> {
+    let mut keys: Vec<(i32, i32)> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let (spaces, lock_keys): (Vec<i32>, Vec<i32>) = keys.into_iter().unzip();
+    tx.execute(
+        "SELECT count(pg_advisory_xact_lock(s, k)) FROM \
+         (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
+        &[&spaces, &lock_keys],
+    )
+    .map_err(pg)?;
+    Ok(())
 }
 
 /// Checks every change of a batch is well formed (a malformed one fails the batch before anything is read).
@@ -323,6 +386,14 @@ fn limit(max: usize) -> i64 {
 struct BatchDoc {
     doc: Document,
     new_changes: Vec<LoggedChange>,
+    /// States the batch merged into it ([`states`]).
+    merged: Option<states::MergedDoc>,
+}
+
+impl BatchDoc {
+    fn new(doc: Document) -> BatchDoc {
+        BatchDoc { doc, new_changes: Vec::new(), merged: None }
+    }
 }
 
 /// One batch being applied, inside its transaction: the [`Ledger`] the shared rules of `shoaldb` judge it with.
@@ -330,7 +401,9 @@ struct Batch<'t, 'c> {
     tx: &'t mut Tx<'c>,
     docs: BTreeMap<DocKey, BatchDoc>,
     /// What is held of each author the batch looked at (loaded on first use; written back when changed).
-    held: BTreeMap<PeerId, (RangeSet, bool)>,
+    held: AuthorRanges,
+    /// What of that is held only folded into documents' states (loaded with it; written back when changed).
+    folded: AuthorRanges,
     /// The batch's documents that have changes kept aside (read once; a change kept aside adds its document).
     with_pending: BTreeSet<DocKey>,
     /// This transaction holds the lock on the count of changes kept aside ([`Batch::lock_pending`]).
@@ -348,7 +421,20 @@ macro_rules! pending_uncounted {
     };
 }
 
-impl Batch<'_, '_> {
+impl<'t, 'c> Batch<'t, 'c> {
+    /// A batch in `tx`, which holds the locks of what it touches.
+    fn new(tx: &'t mut Tx<'c>) -> Self {
+        Batch {
+            tx,
+            docs: BTreeMap::new(),
+            held: BTreeMap::new(),
+            folded: BTreeMap::new(),
+            with_pending: BTreeSet::new(),
+            pending_locked: false,
+            judged: Judged::default(),
+        }
+    }
+
     /// Lock the count of the changes kept aside (once per transaction): every statement that counts, adds or takes
     /// changes kept aside runs after it, so that they are serialised across relays and the counts stay exact
     /// (schema migration 4).
@@ -362,7 +448,7 @@ impl Batch<'_, '_> {
 
     /// Read what judging the batch will ask about, in one statement rather than several per change: the
     /// documents' states (kind 0), which documents have changes kept aside (kind 1), and the authors' held ranges
-    /// (kind 2).
+    /// (kind 2) and those held only folded into states (kind 3).
     fn prefetch(&mut self, changes: &[&DocChange]) -> Result<()> {
         let mut keys: Vec<(&str, &str)> =
             changes.iter().map(|dc| (dc.collection.as_str(), dc.doc_id.as_str())).collect();
@@ -379,7 +465,9 @@ impl Batch<'_, '_> {
                  JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON d.collection = k.c AND d.doc_id = k.i \
                  UNION ALL SELECT DISTINCT 1, p.collection, p.doc_id, NULL::bytea, 0::bigint FROM pending p \
                  JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON p.collection = k.c AND p.doc_id = k.i \
-                 UNION ALL SELECT 2, NULL::text, NULL::text, h.ranges, h.author FROM held h WHERE h.author = ANY($3)",
+                 UNION ALL SELECT 2, NULL::text, NULL::text, h.ranges, h.author FROM held h WHERE h.author = ANY($3) \
+                 UNION ALL SELECT 3, NULL::text, NULL::text, f.ranges, f.author FROM folded_held f \
+                 WHERE f.author = ANY($3)",
                 &[&collections, &ids, &authors],
             )
             .map_err(pg)?;
@@ -387,47 +475,68 @@ impl Batch<'_, '_> {
             match r.get::<_, i32>(0) {
                 0 => {
                     let doc = Document::decode(r.get(3))?;
-                    self.docs.insert((r.get(1), r.get(2)), BatchDoc { doc, new_changes: Vec::new() });
+                    self.docs.insert((r.get(1), r.get(2)), BatchDoc::new(doc));
                 }
                 1 => {
                     self.with_pending.insert((r.get(1), r.get(2)));
                 }
-                _ => {
-                    let ranges =
-                        postcard::from_bytes(r.get(3)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?;
-                    self.held.insert(PeerId(r.get::<_, i64>(4) as u64), (ranges, false));
+                kind => {
+                    let into = if kind == 2 { &mut self.held } else { &mut self.folded };
+                    into.insert(PeerId(r.get::<_, i64>(4) as u64), (held_ranges(r.get(3))?, false));
                 }
             }
         }
         for (c, i) in &keys {
             let key = (c.to_string(), i.to_string());
-            self.docs.entry(key).or_insert_with(|| BatchDoc { doc: Document::new(), new_changes: Vec::new() });
+            self.docs.entry(key).or_insert_with(|| BatchDoc::new(Document::new()));
         }
         for a in authors {
             self.held.entry(PeerId(a as u64)).or_insert_with(|| (RangeSet::default(), false));
+            self.folded.entry(PeerId(a as u64)).or_insert_with(|| (RangeSet::default(), false));
         }
         Ok(())
     }
 
     /// The ranges held of `author` (locked by the batch).
     fn ranges(&mut self, author: PeerId) -> Result<&mut (RangeSet, bool)> {
-        if !self.held.contains_key(&author) {
-            let row =
-                self.tx.query_opt("SELECT ranges FROM held WHERE author = $1", &[&(author.0 as i64)]).map_err(pg)?;
-            let ranges = match row {
-                Some(r) => postcard::from_bytes(r.get(0)).map_err(|e| Error::Corrupt(format!("held ranges: {e}")))?,
-                None => RangeSet::default(),
-            };
-            self.held.insert(author, (ranges, false));
-        }
+        self.load_ranges(author)?;
         self.held.get_mut(&author).ok_or_else(|| Error::Corrupt("held ranges vanished".into()))
+    }
+
+    /// The ranges of `author` held only folded into documents' states (locked by the batch).
+    fn folded_ranges(&mut self, author: PeerId) -> Result<&mut (RangeSet, bool)> {
+        self.load_ranges(author)?;
+        self.folded.get_mut(&author).ok_or_else(|| Error::Corrupt("folded ranges vanished".into()))
+    }
+
+    /// Read what is held of `author`, and what of it only folded, unless the batch has it.
+    fn load_ranges(&mut self, author: PeerId) -> Result<()> {
+        if self.held.contains_key(&author) && self.folded.contains_key(&author) {
+            return Ok(());
+        }
+        let rows = self
+            .tx
+            .query(
+                "SELECT ranges, false FROM held WHERE author = $1 \
+                 UNION ALL SELECT ranges, true FROM folded_held WHERE author = $1",
+                &[&(author.0 as i64)],
+            )
+            .map_err(pg)?;
+        let (mut held, mut folded) = (RangeSet::default(), RangeSet::default());
+        for r in rows {
+            *(if r.get::<_, bool>(1) { &mut folded } else { &mut held }) = held_ranges(r.get(0))?;
+        }
+        self.held.entry(author).or_insert((held, false));
+        self.folded.entry(author).or_insert((folded, false));
+        Ok(())
     }
 
     /// Write the batch, in two statements whatever its size: each touched document's state and view; then its
     /// new changes in the log, the attachments it names, the authors' ranges and the notice to the other relays.
     /// Returns whether anything was written.
     fn persist(&mut self) -> Result<bool> {
-        let written: Vec<(&DocKey, &BatchDoc)> = self.docs.iter().filter(|(_, d)| !d.new_changes.is_empty()).collect();
+        let written: Vec<(&DocKey, &BatchDoc)> =
+            self.docs.iter().filter(|(_, d)| !d.new_changes.is_empty() || d.merged.is_some()).collect();
         if written.is_empty() {
             return Ok(false);
         }
@@ -480,13 +589,7 @@ impl Batch<'_, '_> {
             ref_hashes.push(&h[..]);
             ref_docs.push(num_of(*n)?);
         }
-        let (mut held_authors, mut held_ranges) = (Vec::new(), Vec::new());
-        for (author, (ranges, changed)) in &self.held {
-            if *changed {
-                held_authors.push(author.0 as i64);
-                held_ranges.push(postcard::to_stdvec(ranges).map_err(|e| Error::Corrupt(e.to_string()))?);
-            }
-        }
+        let (held_authors, held_encoded) = states::changed_ranges(&self.held)?;
         // The log in the batch's order, which is causal within each document (unnest keeps it, and so do the
         // seqs), the attachments named, the authors' ranges, and the notice to the other relays (the last seq,
         // sent by PostgreSQL at commit), in one statement.
@@ -514,11 +617,20 @@ impl Batch<'_, '_> {
                     &ref_hashes,
                     &ref_docs,
                     &held_authors,
-                    &held_ranges,
+                    &held_encoded,
                     &CHANGES_CHANNEL,
                 ],
             )
             .map_err(pg)?;
+        let merged: Vec<(i64, &states::MergedDoc)> = written
+            .iter()
+            .enumerate()
+            .filter_map(|(n, (_, d))| Some((n, d.merged.as_ref()?)))
+            .map(|(n, m)| Ok((num_of(n)?, m)))
+            .collect::<Result<_>>()?;
+        if !merged.is_empty() {
+            states::persist_merges(self.tx, &self.folded, &merged)?;
+        }
         Ok(true)
     }
 }
@@ -544,7 +656,7 @@ impl Ledger for Batch<'_, '_> {
                 Some(r) => Document::decode(r.get(0))?,
                 None => Document::new(),
             };
-            self.docs.insert(key.clone(), BatchDoc { doc, new_changes: Vec::new() });
+            self.docs.insert(key.clone(), BatchDoc::new(doc));
         }
         Ok(&mut self.docs.get_mut(&key).ok_or_else(|| Error::Corrupt("batch document vanished".into()))?.doc)
     }
@@ -555,6 +667,10 @@ impl Ledger for Batch<'_, '_> {
 
     fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
         Ok(self.ranges(author)?.0.overlaps(start, end))
+    }
+
+    fn folded_covers(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
+        Ok(self.folded_ranges(author)?.0.contains_range(start, end))
     }
 
     fn logged_before(&mut self, author: PeerId, counter: u64) -> Result<Option<(u64, u64, [u8; CHANGE_HASH_BYTES])>> {
@@ -778,32 +894,7 @@ impl Replica for PgReplica {
     }
 
     fn summary(&self) -> Result<Summary> {
-        let (epoch, since) = {
-            let cache = shoaldb::util::lock(&self.summary);
-            match &cache.summary {
-                Some(summary) if !cache.stale => return Ok(summary.clone()),
-                Some(summary) => (cache.epoch, Some((summary.clone(), cache.complete_below))),
-                None => (cache.epoch, None),
-            }
-        };
-        let (summary, below) = self.read_summary(since)?;
-        let mut cache = shoaldb::util::lock(&self.summary);
-        if cache.epoch == epoch {
-            // Nothing happened meanwhile: up to date.
-            cache.summary = Some(summary.clone());
-            cache.complete_below = below;
-            cache.stale = false;
-        } else {
-            // A commit or a notice came meanwhile: what was read joins what the cache gained since (both are part
-            // of what the database holds), and the next call reads again from the older of the two points.
-            match cache.summary.as_mut() {
-                Some(kept) => kept.union_with(&summary),
-                None => cache.summary = Some(summary.clone()),
-            }
-            cache.complete_below = cache.complete_below.max(below);
-            cache.stale = true;
-        }
-        Ok(summary)
+        Ok(self.held()?.0)
     }
 
     fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
@@ -861,12 +952,14 @@ impl Replica for PgReplica {
     }
 
     fn author_digests(&self, authors: Option<&[PeerId]>) -> Result<Vec<AuthorDigest>> {
-        // The summary first: brought up to date, it marks what other relays changed.
-        let summary = self.summary()?;
+        // The summary first: brought up to date, it marks what other relays changed. An author some of whose
+        // changes are held only folded into states has no digest (as on a phone): they have no log row to hash.
+        let (summary, folded) = self.held()?;
         let held: Vec<(PeerId, &RangeSet)> = match authors {
             Some(authors) => authors.iter().filter_map(|&a| Some((a, summary.ranges_of(a)?))).collect(),
             None => summary.peers().collect(),
         };
+        let held: Vec<(PeerId, &RangeSet)> = held.into_iter().filter(|(a, _)| folded.ranges_of(*a).is_none()).collect();
         let ids: Vec<PeerId> = held.iter().map(|(a, _)| *a).collect();
         let changes = self.digests.changes_digests(&mut *self.client()?, &ids)?;
         Ok(held
@@ -881,11 +974,12 @@ impl Replica for PgReplica {
     }
 
     fn differing_authors(&self, theirs: &[AuthorDigest]) -> Result<Vec<PeerId>> {
-        // Only authors of which both hold the same counters compare.
-        let summary = self.summary()?;
+        // Only authors of which both hold the same counters, none of them folded into a state here, compare.
+        let (summary, folded) = self.held()?;
         let same_ranges: Vec<&AuthorDigest> = theirs
             .iter()
             .filter(|d| summary.ranges_of(d.author).is_some_and(|r| ranges_digest(d.author, r) == d.ranges))
+            .filter(|d| folded.ranges_of(d.author).is_none())
             .collect();
         let ids: Vec<PeerId> = same_ranges.iter().map(|d| d.author).collect();
         let mine = self.digests.changes_digests(&mut *self.client()?, &ids)?;
@@ -903,7 +997,9 @@ impl Replica for PgReplica {
     }
 
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {
-        let wanted = self.summary()?.difference(have).difference(skip);
+        // Changes held only folded into states have no row: a peer lacking them is sent states instead.
+        let (summary, folded) = self.held()?;
+        let wanted = summary.difference(&folded).difference(have).difference(skip);
         if wanted.is_empty() {
             // Nothing held is missing there: no statement at all.
             return Ok(Vec::new());
@@ -998,6 +1094,28 @@ impl Replica for PgReplica {
         out.sort_by_key(|e| e.seq);
         out.dedup_by_key(|e| e.seq);
         Ok(out)
+    }
+
+    fn folded_of_doc(&self, doc: i64) -> Result<Summary> {
+        self.read_folded_of(doc)
+    }
+
+    fn states_missing(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, DocState)>> {
+        let wanted = |changes: &Summary| !changes.difference(have).difference(skip).is_empty();
+        if !wanted(&self.held()?.1) {
+            return Ok(Vec::new());
+        }
+        self.read_states_missing(&wanted, (from_doc, max_bytes))
+    }
+
+    fn apply_states(&self, states: &[DocState]) -> Result<ApplyReport> {
+        self.merge_states(states)
     }
 
     fn log_of_doc(&self, doc: i64) -> Result<Vec<LogEntry>> {

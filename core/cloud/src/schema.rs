@@ -149,6 +149,31 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO pending_authors (author, n) SELECT author, count(*) FROM pending GROUP BY author;
     CREATE INDEX pending_authors_largest ON pending_authors (n DESC, author);
     "#,
+    // 5: documents' states merged from devices that folded changes into their snapshots (issue 17). The changes a
+    // state brought are held (in `held`, as changes are) but have no log row: `folded` records them per document
+    // (a dense summary, as phones record theirs), so that a device lacking them is sent the document's state;
+    // `folded_held` per author (a range set, as `held`), so that such a change received again is known for a
+    // duplicate and the summary knows which ranges have no rows; `merged` journals each merge per document and
+    // author, numbered from the change log's own sequence and with its transaction, so that the other relays
+    // bring their summaries up to date and the feed delivers it between the changes, exactly once.
+    r#"
+    CREATE TABLE folded (
+        doc     bigint PRIMARY KEY,
+        summary bytea  NOT NULL
+    );
+    CREATE TABLE folded_held (
+        author bigint PRIMARY KEY,
+        ranges bytea  NOT NULL
+    );
+    CREATE TABLE merged (
+        seq    bigint PRIMARY KEY DEFAULT nextval('changes_seq_seq'),
+        xact   xid8   NOT NULL DEFAULT pg_current_xact_id(),
+        doc    bigint NOT NULL,
+        author bigint NOT NULL,
+        ranges bytea  NOT NULL
+    );
+    CREATE INDEX merged_feed ON merged (xact, seq);
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -527,3 +527,57 @@ async fn a_write_the_relays_certificate_does_not_permit_is_refused_and_stores_no
     assert_eq!(rows, vec![("tasks".to_string(), 1)]);
     relay.shutdown().await;
 }
+
+/// A document's state merged from a phone that folded its changes (issue 17) is in the feed between the changes,
+/// once: an event per author whose changes it brought, with exactly their counter ranges and the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feed_delivers_a_merged_state_between_the_changes() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let secret = AppSecret::from_bytes(b"back office merged states").unwrap();
+    let relay = Relay::start(with_http(RelayConfig::new(&url, any(), secret))).await.unwrap();
+    let api = relay.http_addr().unwrap();
+    assert_eq!(send(api, "PUT", "/v1/collections/c/documents/a".into(), json!({"v": 1})).await.status, 200);
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("c", json!({"_id": "s", "v": 1})).unwrap();
+    phone.upsert("c", json!({"_id": "s", "v": 2})).unwrap();
+    phone.upsert("c", json!({"_id": "elsewhere", "v": 3})).unwrap();
+    phone.upsert("c", json!({"_id": "s", "w": 4})).unwrap();
+    phone.compact(&shoaldb::CompactionPolicy::everything()).unwrap();
+    let states: Vec<shoaldb::DocState> = phone
+        .replica()
+        .states_missing(&Summary::new(), &Summary::new(), 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.doc_id == "s")
+        .collect();
+    let ranges: Vec<(u64, u64)> = states[0].changes.ranges_of(phone.peer_id()).unwrap().ranges().to_vec();
+    assert_eq!(ranges.len(), 2, "the other document's change between them: {ranges:?}");
+    let cloud = relay.replica().clone();
+    let report = tokio::task::spawn_blocking(move || cloud.apply_states(&states)).await.unwrap().unwrap();
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(send(api, "PUT", "/v1/collections/c/documents/b".into(), json!({"v": 5})).await.status, 200);
+    // One event at a time, from the start.
+    let (mut events, mut at) = (Vec::new(), String::new());
+    for _ in 0..20 {
+        let target = format!("/v1/feed?after={}&limit=1&wait=5", encode(&at));
+        let page = get(api, target, Some(TOKEN)).await.json();
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        at = page["cursor"].as_str().unwrap().to_string();
+        if events.len() >= 3 {
+            break;
+        }
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "s", "b"], "{events:?}");
+    let merged = &events[1];
+    let phone_id = phone.peer_id().to_string();
+    assert_eq!(merged["author"], phone_id.as_str());
+    assert_eq!(merged["merged"], json!(ranges), "{merged}");
+    assert_eq!((merged["start"].clone(), merged["end"].clone()), (json!(ranges[0].0), json!(ranges[1].1)));
+    assert_eq!(merged["document"], json!({"_id": "s", "v": 2, "w": 4}));
+    assert!(events[0].get("merged").is_none() && events[2].get("merged").is_none());
+    let last = get(api, format!("/v1/feed?after={}", encode(&at)), Some(TOKEN)).await.json();
+    assert_eq!(last["events"], json!([]), "each once");
+    relay.shutdown().await;
+}

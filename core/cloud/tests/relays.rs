@@ -334,3 +334,79 @@ async fn a_phone_and_the_cloud_holding_different_versions_of_a_change_both_find_
     node.shutdown().await;
     relay.shutdown().await;
 }
+
+/// A phone that folded all its changes into snapshots before it ever reached the cloud (issue 17) sends documents'
+/// states over its link: the cloud merges them and serves them to a phone that reaches it later, whose own edits
+/// made meanwhile merge by the usual rules; a document removed before the compaction stays removed everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phone_that_compacted_before_reaching_the_cloud_leaves_it_complete() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let relay = relay(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let early = Store::open(dir.path().join("early.db")).unwrap();
+    for d in 0..4 {
+        early.upsert("tasks", serde_json::json!({"_id": format!("t{d}"), "title": format!("task {d}")})).unwrap();
+    }
+    early.write(|t| t.update("tasks", "t0", |ed| Ok(ed.increment("visits", 3)?))).unwrap();
+    early.remove("tasks", "t1").unwrap();
+    let report = early.compact(&shoaldb::CompactionPolicy::everything()).unwrap();
+    assert!(report.changes >= 6, "{report:?}");
+    assert_eq!(early.storage_stats().unwrap().log_changes, 0);
+    let early_changes = early.replica().summary().unwrap();
+    // The other phone edits the same documents before it meets anyone.
+    let late = Store::open(dir.path().join("late.db")).unwrap();
+    late.write(|t| {
+        t.upsert("tasks", serde_json::json!({"_id": "t0"}))?;
+        t.update("tasks", "t0", |ed| Ok(ed.increment("visits", 1)?))
+    })
+    .unwrap();
+    late.upsert("tasks", serde_json::json!({"_id": "t2", "owner": "late"})).unwrap();
+    let via = [relay.listen_addr().unwrap()];
+    let config = |name: &str| {
+        let mut c = NodeConfig::new(name, secret()).with_mdns(false);
+        c.connect = via.to_vec();
+        c
+    };
+    let early_node = Node::start(early.clone(), config("early")).await.unwrap();
+    let cloud = relay.replica().clone();
+    common::eventually("the cloud holds what the early phone folded", || {
+        let held = tokio::task::block_in_place(|| cloud.summary());
+        held.is_ok_and(|s| early_changes.difference(&s).is_empty())
+    })
+    .await;
+    let late_node = Node::start(late.clone(), config("late")).await.unwrap();
+    common::eventually("both phones hold the same", || {
+        late.replica().summary().ok() == early.replica().summary().ok() && {
+            let all = |s: &Store| s.find("tasks", &Query::all()).unwrap();
+            all(&late) == all(&early)
+        }
+    })
+    .await;
+    assert_eq!(late.get("tasks", "t0").unwrap().unwrap()["visits"], 4);
+    assert_eq!(late.get("tasks", "t2").unwrap().unwrap()["owner"], "late");
+    assert_eq!(late.get("tasks", "t2").unwrap().unwrap()["title"], "task 2");
+    assert_eq!(late.get("tasks", "t1").unwrap(), None, "removed before the compaction, and stays removed");
+    assert_eq!(late.find("tasks", &Query::all()).unwrap().len(), 3);
+    // The cloud holds the early phone's changes only folded into the states it merged (no log rows): the late
+    // phone, linked to nothing else, got them as states.
+    let c = cloud.clone();
+    let folded = tokio::task::spawn_blocking(move || {
+        let mut all = shoaldb::Summary::new();
+        for id in ["t0", "t1", "t2", "t3"] {
+            all.union_with(&c.folded_of_doc(c.doc_number("tasks", id)?.unwrap_or(-1))?);
+        }
+        Ok::<_, shoaldb::Error>(all)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(folded, early_changes, "every change of the early phone, folded");
+    for id in ["t0", "t1", "t2", "t3"] {
+        let c = cloud.clone();
+        let in_cloud = tokio::task::spawn_blocking(move || c.document("tasks", id)).await.unwrap().unwrap();
+        assert_eq!(in_cloud.map(|d| d.encode()), early.document("tasks", id).unwrap().map(|d| d.encode()), "{id}");
+    }
+    late_node.shutdown().await;
+    early_node.shutdown().await;
+    relay.shutdown().await;
+}

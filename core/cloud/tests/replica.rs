@@ -309,3 +309,129 @@ fn a_string_holding_u0000_is_kept_exactly_and_does_not_fail_its_batch() {
     let text: String = client.query_one("SELECT view->>'text' FROM docs WHERE doc_id = 'n'", &[]).unwrap().get(0);
     assert_eq!(text, "a\u{FFFD}b");
 }
+
+/// The states a phone that compacted sends to `to` (a peer holding `have`): every document's that `to` lacks
+/// changes of, in one go.
+fn states_for(from: &dyn Replica, have: &Summary) -> Vec<shoaldb::DocState> {
+    from.states_missing(have, &Summary::new(), 0, usize::MAX).unwrap().into_iter().map(|(_, s)| s).collect()
+}
+
+/// Devices that compacted send documents' states in place of the changes they folded (issue 17): the cloud merges
+/// them exactly as a phone does — the same reports, summary and bytes as a phone given the same changes and
+/// states, and the same documents as a phone that applied every change — with changes it held already, and
+/// with changes kept aside that a state makes ready. Then it serves what it holds only folded as states: a new
+/// phone catching up from it, and another relay of the database, end with the same.
+#[test]
+fn the_cloud_merges_states_from_devices_that_compacted_as_a_phone_does() {
+    let Some(_) = common::server() else { return };
+    let mut pending_seen = false;
+    for seed in 0..seeds() {
+        let url = common::fresh_database().unwrap();
+        let cloud = PgReplica::connect(&url, 2).unwrap();
+        let other_relay = PgReplica::connect(&url, 1).unwrap();
+        assert!(other_relay.summary().unwrap().is_empty(), "read before anything is written");
+        let mut rng = SeededRng::new(seed);
+        let changes = phone_changes(&mut rng);
+        let everything = Store::open(":memory:").unwrap();
+        everything.replica().apply_changes(&changes).unwrap();
+        let compacted = Store::open(":memory:").unwrap();
+        compacted.replica().apply_changes(&changes).unwrap();
+        assert!(compacted.compact(&shoaldb::CompactionPolicy::everything()).unwrap().changes > 0);
+        // The phone goes on editing after compacting (its states hold those edits); another phone edits a
+        // document whose changes it folded (that change waits in the cloud for what the states bring).
+        for _ in 0..3 {
+            random_edits::apply_edit(&compacted, &random_edits::draw_edit(&mut rng, COLLECTIONS));
+        }
+        let mut later = compacted.replica().changes_since(&everything.replica().summary().unwrap()).unwrap();
+        let (c, id) = all_docs().find(|(c, id)| everything.get(c, id).unwrap().is_some()).unwrap();
+        everything.upsert(c, serde_json::json!({"_id": id, "title": "edited elsewhere"})).unwrap();
+        later.extend(everything.replica().changes_since(&compacted.replica().summary().unwrap()).unwrap());
+        everything.replica().apply_changes(&later).unwrap();
+        // The cloud (and a phone beside it, as the reference) first gets some changes: a prefix, a random sample
+        // of the rest, and those made after the compaction, of which some wait for their dependencies.
+        let mirror = Store::open(":memory:").unwrap();
+        let prefix = rng.below(changes.len() as u64 / 2 + 1) as usize;
+        let mut early: Vec<DocChange> = changes[..prefix].to_vec();
+        early.extend(changes[prefix..].iter().filter(|_| rng.chance(0.2)).cloned());
+        // Never the last change (each phone's changes are there, so it may be there twice): the cloud lacks one.
+        let last = changes.last().map(|dc| (dc.change.peer, dc.change.start));
+        early.retain(|dc| Some((dc.change.peer, dc.change.start)) != last);
+        early.extend(later);
+        let report = cloud.apply_changes(&early).unwrap();
+        assert_eq!(report, mirror.replica().apply_changes(&early).unwrap(), "seed {seed}");
+        pending_seen |= report.pending > 0;
+        let states = states_for(&compacted.replica(), &cloud.summary().unwrap());
+        assert!(!states.is_empty(), "seed {seed}: the cloud lacks changes the phone folded");
+        let got = cloud.apply_states(&states).unwrap();
+        assert_eq!(got, mirror.replica().apply_states(&states).unwrap(), "seed {seed}: the reports of the states");
+        assert!(got.applied > 0, "seed {seed}: {got:?}");
+        assert_same(seed, &mirror, &cloud);
+        assert_eq!(pending_counted_exactly(&url), 0, "seed {seed}: the states made every change kept aside ready");
+        assert_eq!(cloud.summary().unwrap(), everything.replica().summary().unwrap(), "seed {seed}: all held");
+        for (c, id) in all_docs() {
+            let want = everything.document(c, &id).unwrap().map(|d| d.encode());
+            assert_eq!(cloud.document(c, &id).unwrap().map(|d| d.encode()), want, "seed {seed}: {c}/{id}");
+        }
+        // Merged again, or received again as changes: nothing changes.
+        let again = cloud.apply_states(&states).unwrap();
+        assert_eq!((again.applied, again.duplicates), (0, states.len()), "seed {seed}: {again:?}");
+        let again = cloud.apply_changes(&changes).unwrap();
+        assert_eq!((again.applied, again.refused, again.pending), (0, 0, 0), "seed {seed}: {again:?}");
+        assert_same(seed, &mirror, &cloud);
+        // A new phone catches up from the cloud: states for what it holds only folded, changes for the rest.
+        let newcomer = Store::open(":memory:").unwrap();
+        let states = states_for(&cloud, &Summary::new());
+        assert!(!states.is_empty(), "seed {seed}: the cloud serves what it holds only folded as states");
+        for s in &states {
+            let folded = cloud.folded_of_doc(cloud.doc_number(&s.collection, &s.doc_id).unwrap().unwrap()).unwrap();
+            assert!(!folded.is_empty() && folded.difference(&s.changes).is_empty(), "seed {seed}: {}", s.doc_id);
+        }
+        newcomer.replica().apply_states(&states).unwrap();
+        newcomer
+            .replica()
+            .apply_changes(&cloud.changes_since(&newcomer.replica().summary().unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(newcomer.replica().summary().unwrap(), cloud.summary().unwrap(), "seed {seed}: newcomer");
+        for (c, id) in all_docs() {
+            assert_eq!(newcomer.get(c, &id).unwrap(), everything.get(c, &id).unwrap(), "seed {seed}: {c}/{id}");
+        }
+        assert!(states_for(&cloud, &newcomer.replica().summary().unwrap()).is_empty());
+        // Another relay of the database brings its summary up to date from the journal of merges.
+        other_relay.changed();
+        assert_eq!(other_relay.summary().unwrap(), cloud.summary().unwrap(), "seed {seed}: the other relay");
+        assert_eq!(digests(&other_relay), digests(&cloud), "seed {seed}: the other relay's digests");
+        assert_eq!(states_for(&other_relay, &Summary::new()), states, "seed {seed}: the other relay's states");
+    }
+    assert!(pending_seen, "no change waited for what a state brings");
+}
+
+/// A malformed state — garbage, over the size limit, or listing changes that do not fit its version — fails the
+/// call and the cloud writes nothing, also of the good states beside it.
+#[test]
+fn a_malformed_state_fails_the_call_and_writes_nothing() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "a", "title": "x"})).unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "b", "title": "y"})).unwrap();
+    phone.compact(&shoaldb::CompactionPolicy::everything()).unwrap();
+    let good = states_for(&phone.replica(), &Summary::new());
+    assert_eq!(good.len(), 2);
+    let mut garbage = good[1].clone();
+    garbage.state = vec![0xff; 40];
+    let mut too_large = good[1].clone();
+    too_large.state.resize(shoaldb::store::MAX_STATE_BYTES + 1, 0);
+    let mut unfit = good[1].clone();
+    unfit.changes.insert(shoaldb::PeerId(7), 1, 1);
+    let mut short = good[1].clone();
+    short.changes = Summary::new();
+    for bad in [garbage, too_large, unfit, short] {
+        assert!(cloud.apply_states(&[good[0].clone(), bad.clone()]).is_err(), "{bad:?} was taken");
+        assert!(cloud.summary().unwrap().is_empty());
+        assert!(cloud.document("tasks", "a").unwrap().is_none());
+        assert!(states_for(&cloud, &Summary::new()).is_empty());
+    }
+    let report = cloud.apply_states(&good).unwrap();
+    assert_eq!(report.applied, 2, "{report:?}");
+    assert_eq!(cloud.summary().unwrap(), phone.replica().summary().unwrap());
+}

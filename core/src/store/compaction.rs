@@ -16,7 +16,8 @@
 //! - the changes made (by their hybrid-logical-clock time) more than [`CompactionPolicy::horizon_ms`] ago, whoever
 //!   lacks them.
 //!
-//! Not folded: changes a cloud peer reached within the horizon has not acknowledged (it does not merge states);
+//! Not folded: changes a cloud peer reached within the horizon has not acknowledged (it merges states, but a change
+//! it receives whole keeps its content for the back office's feed and the cloud's equivocation checks);
 //! signed changes (certificate mode: a state carries no author's signature, so devices would have to trust the
 //! sender; they keep the changes, which relays forward unaltered); and documents whose state is over
 //! [`MAX_STATE_BYTES`] (too large to send as one state).
@@ -222,9 +223,9 @@ impl Store {
             h => inner.sources.now_ms().saturating_sub(h),
         };
         let report = inner.immediate(|conn| {
-            // The devices heard from within the horizon (with a horizon of 0, every cloud peer ever heard from: the
-            // cloud does not merge states, so what it has not acknowledged stays in the log until it has not been
-            // reached for longer than a horizon).
+            // The devices heard from within the horizon (with a horizon of 0, every cloud peer ever heard from: what
+            // the cloud has not acknowledged stays in the log, to reach it whole, until it has not been reached for
+            // longer than a horizon; then it gets states).
             let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
             let (cloud, all) = acknowledged(conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);

@@ -328,12 +328,7 @@ fn keep_pending(l: &mut impl Ledger, dc: &DocChange, logged: &LoggedChange) -> R
 }
 
 /// Apply the changes of one document kept aside that have become ready, until none is.
-pub(crate) fn drain_pending(
-    l: &mut impl Ledger,
-    collection: &str,
-    id: &str,
-    check: Option<&dyn ChangeCheck>,
-) -> Result<()> {
+pub fn drain_pending(l: &mut impl Ledger, collection: &str, id: &str, check: Option<&dyn ChangeCheck>) -> Result<()> {
     loop {
         let mut progressed = false;
         for (peer, start, body, sig) in l.pending_of(collection, id)? {

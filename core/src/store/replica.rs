@@ -99,7 +99,8 @@ pub trait Replica: Send + Sync + 'static {
 
     /// `device` (a cloud peer if `cloud`) said it holds `summary`: compaction folds, however recent, what every
     /// device heard from within its horizon holds, and never what a cloud peer reached within it lacks (the cloud
-    /// does not merge states). (The default, for replicas that do not compact: nothing kept.)
+    /// merges states, but keeps changes whole for its feed and equivocation checks). (The default, for replicas
+    /// that do not compact: nothing kept.)
     fn keep_peer_summary(&self, device: &crate::security::DeviceKey, cloud: bool, summary: &Summary) -> Result<()> {
         let _ = (device, cloud, summary);
         Ok(())

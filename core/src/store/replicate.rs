@@ -354,6 +354,26 @@ pub struct DocState {
 }
 
 impl DocState {
+    /// The state's document, once the state is checked as a whole: its collection and id, its size (at most
+    /// [`crate::store::MAX_STATE_BYTES`]), its encoding, and that `changes` is well formed and fits its version.
+    /// A state that fails is malformed: every honest store refuses it.
+    pub fn decode_checked(&self) -> Result<crate::Document, crate::Error> {
+        super::check_collection(&self.collection)?;
+        super::check_doc_id(&self.doc_id)?;
+        if self.state.len() > super::MAX_STATE_BYTES {
+            return Err(ChangeError::TooLarge(format!("a document state of {} bytes", self.state.len())).into());
+        }
+        let doc = crate::Document::decode(&self.state)?;
+        if !self.changes.is_well_formed() || !self.changes_fit(doc.version()) {
+            return Err(ChangeError::Corrupt(format!(
+                "the changes listed with the state of {}/{} do not fit its version",
+                self.collection, self.doc_id
+            ))
+            .into());
+        }
+        Ok(doc)
+    }
+
     /// Whether `changes` fits the state's version vector `version`: the same authors, and each author's greatest
     /// counter its entry there.
     pub fn changes_fit(&self, version: &crate::VersionVector) -> bool {

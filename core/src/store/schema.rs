@@ -190,7 +190,7 @@ const MIGRATIONS: &[&str] = &[
         device  BLOB PRIMARY KEY,              -- the device's key (empty: the cloud's, from before this table)
         summary BLOB NOT NULL,                 -- a dense `Summary`: the changes of this store it holds
         heard   INTEGER NOT NULL,              -- when it last said so (ms since the epoch)
-        cloud   INTEGER NOT NULL               -- 1: a cloud peer (it does not merge states)
+        cloud   INTEGER NOT NULL               -- 1: a cloud peer (kept complete change by change)
     ) WITHOUT ROWID;
     INSERT INTO peer_acks (device, summary, heard, cloud)
         SELECT x'', value, CAST(strftime('%s', 'now') AS INTEGER) * 1000, 1 FROM meta WHERE key = 'cloud_acked';

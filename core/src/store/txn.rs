@@ -452,21 +452,7 @@ impl<'a> WriteTxn<'a> {
 
     /// Merge a document state received from another device (see [`super::Replica::apply_states`]).
     pub(crate) fn merge_state(&mut self, s: &super::DocState) -> Result<()> {
-        check_collection(&s.collection)?;
-        check_doc_id(&s.doc_id)?;
-        if s.state.len() > super::MAX_STATE_BYTES {
-            return Err(Error::Change(crate::crdt::change::ChangeError::TooLarge(format!(
-                "a document state of {} bytes",
-                s.state.len()
-            ))));
-        }
-        let theirs = Document::decode(&s.state)?;
-        if !s.changes.is_well_formed() || !s.changes_fit(theirs.version()) {
-            return Err(Error::Change(crate::crdt::change::ChangeError::Corrupt(format!(
-                "the changes listed with the state of {}/{} do not fit its version",
-                s.collection, s.doc_id
-            ))));
-        }
+        let theirs = s.decode_checked()?;
         // Whether or not it is merged here, others hold these counters: this store must not write at them.
         for (peer, top) in theirs.version().iter() {
             self.inner.notice_own_author(peer, top)?;

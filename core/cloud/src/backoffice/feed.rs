@@ -1,5 +1,10 @@
 //! The change feed: every change the database takes in, exactly once, resumable from a cursor.
 //!
+//! An event is one change: the document's collection and id, the change's author and counters (`start`, `end`),
+//! and the document as it is now (unless asked without). A document's state merged from a device that folded
+//! changes into it (issue 17) is one event per author whose changes it brought, with `merged`: exactly the
+//! counter ranges it brought (`start` and `end` span them) — changes the database holds without their content.
+//!
 //! Change rows are numbered (`seq`) as they are inserted, not as they commit: a transaction that started first may
 //! commit last, so reading "seq after the last one seen" would skip its rows. Each row therefore also records the
 //! transaction that wrote it (`xact`, schema version 3), and the feed reads only rows of transactions older than
@@ -21,6 +26,7 @@ use axum::Json;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value as Json_};
+use shoaldb::store::RangeSet;
 use shoaldb::{Document, PeerId};
 use std::collections::VecDeque;
 use std::fmt;
@@ -210,12 +216,18 @@ pub(crate) fn read(
     limit: usize,
     documents: bool,
 ) -> Result<Vec<(Cursor, Json_)>, ApiError> {
+    // Changes and merged states share one numbering and one order; each is read in the order of its index.
     let rows = client.query(
-        "SELECT c.xact::text, c.seq, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, \
-                CASE WHEN $4 THEN d.state END \
-         FROM changes c JOIN docs d ON d.num = c.doc \
-         WHERE (c.xact, c.seq) > ($1::text::xid8, $2::bigint) AND c.xact < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY c.xact, c.seq LIMIT $3",
+        "SELECT e.xact::text, e.seq, d.collection, d.doc_id, e.author, e.start_ctr, e.end_ctr, \
+                CASE WHEN $4 THEN d.state END, e.ranges \
+         FROM ((SELECT c.xact, c.seq, c.doc, c.author, c.start_ctr, c.end_ctr, NULL::bytea AS ranges FROM changes c \
+                WHERE (c.xact, c.seq) > ($1::text::xid8, $2::bigint) \
+                AND c.xact < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY c.xact, c.seq LIMIT $3) \
+               UNION ALL \
+               (SELECT m.xact, m.seq, m.doc, m.author, 0::bigint, 0::bigint, m.ranges FROM merged m \
+                WHERE (m.xact, m.seq) > ($1::text::xid8, $2::bigint) \
+                AND m.xact < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY m.xact, m.seq LIMIT $3)) AS e \
+         JOIN docs d ON d.num = e.doc ORDER BY e.xact, e.seq LIMIT $3",
         &[&after.xact.to_string(), &after.seq, &(limit as i64), &documents],
     )?;
     rows.iter()
@@ -226,14 +238,27 @@ pub(crate) fn read(
                 seq: r.get(1),
             };
             let (collection, id): (String, String) = (r.get(2), r.get(3));
+            let (mut start, mut end) = (r.get::<_, i64>(5), r.get::<_, i64>(6));
+            let mut merged = None;
+            if let Some(ranges) = r.get::<_, Option<&[u8]>>(8) {
+                let ranges: RangeSet = postcard::from_bytes(ranges)
+                    .map_err(|e| ApiError::internal(format!("the ranges of a merged state: {e}")))?;
+                let spans: Vec<(u64, u64)> = ranges.ranges().to_vec();
+                start = spans.first().map_or(0, |s| s.0 as i64);
+                end = spans.last().map_or(0, |s| s.1 as i64);
+                merged = Some(spans);
+            }
             let mut event = json!({
                 "cursor": cursor.to_string(),
                 "collection": collection,
                 "id": id,
                 "author": PeerId(r.get::<_, i64>(4) as u64).to_string(),
-                "start": r.get::<_, i64>(5),
-                "end": r.get::<_, i64>(6),
+                "start": start,
+                "end": end,
             });
+            if let Some(spans) = merged {
+                event["merged"] = json!(spans);
+            }
             if let Some(state) = r.get::<_, Option<Vec<u8>>>(7) {
                 let view = Document::decode(&state).map_err(|e| {
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", format!("document {id:?}: {e}"))
