@@ -22,6 +22,10 @@ use std::time::Duration;
 /// How long the follower waits for a notification before checking whether the relay stops.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
+/// How often a relay drops the changes kept aside for longer than
+/// [`PENDING_MAX_AGE_MS`](shoaldb::store::PENDING_MAX_AGE_MS) ([`PgReplica::expire_pending`]).
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(600);
+
 /// How long the follower waits before reconnecting after losing PostgreSQL.
 const FOLLOW_RETRY: Duration = Duration::from_secs(1);
 
@@ -188,8 +192,6 @@ impl Drop for Relay {
     }
 }
 
-/// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
-/// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile).
 /// What the follower thread works with.
 struct Following {
     node: ReplicaNode,
@@ -209,8 +211,12 @@ impl Following {
     }
 }
 
+/// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
+/// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile). Between
+/// notifications, drops the changes kept aside for too long, every [`EXPIRE_EVERY`] (first as it starts).
 fn follow(url: &str, f: &Following) {
     let (stop, status) = (&f.stop, &f.status);
+    let mut expired_at: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Acquire) {
         status.connected.store(false, Ordering::Release);
         let mut client = match postgres::Client::connect(url, postgres::NoTls) {
@@ -232,6 +238,12 @@ fn follow(url: &str, f: &Following) {
             let mut notifications = client.notifications();
             let mut iter = notifications.timeout_iter(FOLLOW_POLL);
             loop {
+                if expired_at.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
+                    expired_at = Some(std::time::Instant::now());
+                    if let Err(e) = f.replica.expire_pending() {
+                        log::warn!("expiring changes kept aside: {e}");
+                    }
+                }
                 match iter.next() {
                     // The watch channel behind the wake-up coalesces a burst of them into one round of sending.
                     Ok(Some(_)) => {

@@ -22,7 +22,8 @@ use shoaldb::security::{ChangeCheck, ChangeSignature};
 use shoaldb::store::judge::{self, DocKey, Judged, KeptAside, Ledger, LoggedChange, LoggedEncoding, PendingChange};
 use shoaldb::store::{
     attachment_hashes, check_collection, check_doc_id, ranges_digest, AuthorDigest, LogEntry, RangeSet,
-    CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS,
+    CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS, PENDING_EXPIRED_PER_CALL,
+    PENDING_MAX_AGE_MS,
 };
 use shoaldb::{ApplyReport, DocChange, DocState, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +50,17 @@ const LOG_FIRST_PAGE: i64 = 32;
 macro_rules! entry_columns {
     () => {
         "c.seq, c.doc, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, c.body, c.sig"
+    };
+}
+
+/// The parts of a statement that take the rows of `gone` (changes kept aside, just deleted: `author`) off the
+/// counts of schema migration 4.
+macro_rules! pending_uncounted {
+    () => {
+        "counts AS (SELECT author, count(*) AS k FROM gone GROUP BY author), \
+         last AS (DELETE FROM pending_authors p USING counts c WHERE p.author = c.author AND p.n <= c.k), \
+         fewer AS (UPDATE pending_authors p SET n = p.n - c.k FROM counts c WHERE p.author = c.author AND p.n > c.k), \
+         total AS (UPDATE pending_total SET n = n - (SELECT count(*) FROM gone))"
     };
 }
 
@@ -262,6 +274,44 @@ impl PgReplica {
         Ok((summary, folded))
     }
 
+    /// Drop the changes kept aside for longer than [`PENDING_MAX_AGE_MS`] (7 days, as phones do), oldest first, in
+    /// transactions of at most [`PENDING_EXPIRED_PER_CALL`] each, keeping the counts exact: a device that sends
+    /// changes whose dependencies never come cannot hold its share of the table for good. Nothing is lost: they
+    /// are not held, so a device that has them sends them again once their dependencies are here. Every relay
+    /// calls it every [`crate::relay::EXPIRE_EVERY`]. Returns how many were dropped.
+    pub fn expire_pending(&self) -> Result<usize> {
+        let age_secs = PENDING_MAX_AGE_MS as f64 / 1000.0;
+        let mut dropped = 0;
+        loop {
+            let mut client = self.client()?;
+            let mut tx = client.transaction().map_err(pg)?;
+            // The counts' lock first, as every statement that takes changes kept aside.
+            tx.execute("SELECT n FROM pending_total FOR UPDATE", &[]).map_err(pg)?;
+            let n: i64 = tx
+                .query_one(
+                    concat!(
+                        "WITH gone AS (DELETE FROM pending WHERE (author, start_ctr) IN \
+                         (SELECT author, start_ctr FROM pending WHERE received < now() - make_interval(secs => $1) \
+                         ORDER BY received LIMIT $2) RETURNING author), ",
+                        pending_uncounted!(),
+                        " SELECT count(*) FROM gone"
+                    ),
+                    &[&age_secs, &(PENDING_EXPIRED_PER_CALL as i64)],
+                )
+                .map_err(pg)?
+                .get(0);
+            tx.commit().map_err(pg)?;
+            dropped += n as usize;
+            if (n as usize) < PENDING_EXPIRED_PER_CALL {
+                break;
+            }
+        }
+        if dropped > 0 {
+            log::info!("dropped {dropped} changes kept aside for longer than {PENDING_MAX_AGE_MS} ms");
+        }
+        Ok(dropped)
+    }
+
     /// The merged document `collection/id`, if this database holds it.
     pub fn document(&self, collection: &str, id: &str) -> Result<Option<Document>> {
         let row = self
@@ -409,16 +459,6 @@ struct Batch<'t, 'c> {
     /// This transaction holds the lock on the count of changes kept aside ([`Batch::lock_pending`]).
     pending_locked: bool,
     judged: Judged,
-}
-
-/// The parts of a statement that take the row of `gone` (a change kept aside, just deleted: `author`) off the
-/// counts of schema migration 4.
-macro_rules! pending_uncounted {
-    () => {
-        "last AS (DELETE FROM pending_authors WHERE author IN (SELECT author FROM gone) AND n <= 1), \
-         fewer AS (UPDATE pending_authors SET n = n - 1 WHERE author IN (SELECT author FROM gone) AND n > 1), \
-         total AS (UPDATE pending_total SET n = n - (SELECT count(*) FROM gone))"
-    };
 }
 
 impl<'t, 'c> Batch<'t, 'c> {

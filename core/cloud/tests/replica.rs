@@ -435,3 +435,49 @@ fn a_malformed_state_fails_the_call_and_writes_nothing() {
     assert_eq!(report.applied, 2, "{report:?}");
     assert_eq!(cloud.summary().unwrap(), phone.replica().summary().unwrap());
 }
+
+/// Changes kept aside for longer than phones keep theirs (7 days) are dropped, oldest first, with the counts kept
+/// exact; the others stay, and a dropped change sent again once its dependencies are here is applied.
+#[test]
+fn changes_kept_aside_for_longer_than_a_week_are_dropped() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    for n in 0..4 {
+        phone.upsert("tasks", serde_json::json!({"_id": format!("t{n}"), "n": 0})).unwrap();
+    }
+    let first = phone.replica().changes_since(&Summary::new()).unwrap();
+    for n in 0..4 {
+        phone.upsert("tasks", serde_json::json!({"_id": format!("t{n}"), "n": 1})).unwrap();
+    }
+    let second = phone.replica().changes_since(&phone_summary_of(&first)).unwrap();
+    // The second round waits for the first.
+    assert_eq!(cloud.apply_changes(&second).unwrap().pending, 4);
+    assert_eq!(cloud.expire_pending().unwrap(), 0, "none is a week old");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let aged = db
+        .execute(
+            "UPDATE pending SET received = now() - interval '8 days' WHERE collection = 'tasks' \
+             AND doc_id IN ('t0', 't2')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(aged, 2);
+    assert_eq!(cloud.expire_pending().unwrap(), 2);
+    assert_eq!(pending_counted_exactly(&url), 2);
+    // The dependencies arrive: the two kept are applied; the two dropped come again and are applied too.
+    let report = cloud.apply_changes(&first).unwrap();
+    assert_eq!((report.applied, report.pending), (6, 0), "{report:?}");
+    assert_eq!(cloud.apply_changes(&second).unwrap().applied, 2);
+    assert_eq!(pending_counted_exactly(&url), 0);
+    assert_eq!(cloud.summary().unwrap(), phone.replica().summary().unwrap());
+}
+
+/// The summary of exactly `changes`.
+fn phone_summary_of(changes: &[DocChange]) -> Summary {
+    let mut s = Summary::new();
+    for dc in changes {
+        s.insert(dc.change.peer, dc.change.start, dc.change.end());
+    }
+    s
+}
