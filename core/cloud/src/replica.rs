@@ -385,17 +385,30 @@ impl PgReplica {
     }
 }
 
+/// The most document and author locks one transaction takes. PostgreSQL's lock table is shared by every
+/// connection and sized for `max_locks_per_transaction` (64 by default) per connection: a transaction taking a
+/// lock per document and author of a batch naming thousands of them (a hostile device's, or many links' batches
+/// applied together) would run out of it and make every other relay's transactions fail meanwhile.
+const MAX_FINE_LOCKS: usize = 63;
+
 /// Lock every document (space 1) and author (space 2) a transaction touches — `keys` are (space, [`lock_key`]) —
-/// in one global order, documents then authors, in one statement: a deadlock with another relay's transaction is
-/// impossible.
+/// in one global order, after the database-wide lock (space 0) shared, in one statement: a deadlock with another
+/// relay's transaction is impossible. A transaction that would need more than [`MAX_FINE_LOCKS`] takes the
+/// database-wide lock alone, exclusively: it waits for the transactions under way and holds the others back
+/// until it commits (rare: a catch-up of many small documents at once).
 fn lock_all(tx: &mut Tx<'_>, keys: impl Iterator<Item = (i32, i32)>) -> Result<()> {
     let mut keys: Vec<(i32, i32)> = keys.collect();
     keys.sort_unstable();
     keys.dedup();
-    let (spaces, lock_keys): (Vec<i32>, Vec<i32>) = keys.into_iter().unzip();
+    if keys.len() > MAX_FINE_LOCKS {
+        log::debug!("a transaction of {} documents and authors locks the database", keys.len());
+        tx.execute("SELECT pg_advisory_xact_lock(0, 0)", &[]).map_err(pg)?;
+        return Ok(());
+    }
+    let (spaces, lock_keys): (Vec<i32>, Vec<i32>) = std::iter::once((0, 0)).chain(keys).unzip();
     tx.execute(
-        "SELECT count(pg_advisory_xact_lock(s, k)) FROM \
-         (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
+        "SELECT count(CASE WHEN s = 0 THEN pg_advisory_xact_lock_shared(s, k) ELSE pg_advisory_xact_lock(s, k) END) \
+         FROM (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
         &[&spaces, &lock_keys],
     )
     .map_err(pg)?;

@@ -481,3 +481,64 @@ fn phone_summary_of(changes: &[DocChange]) -> Summary {
     }
     s
 }
+
+/// A batch naming very many documents and authors (a hostile device's, or many links' batches applied together)
+/// is applied without taking a lock per document and author: PostgreSQL's lock table is shared by every relay and
+/// sized for about 64 locks per connection, so a transaction taking tens of thousands would fail — and make the
+/// other relays' transactions fail meanwhile.
+#[test]
+fn a_batch_of_many_documents_and_authors_does_not_exhaust_the_lock_table() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "x", "n": 1})).unwrap();
+    let one = phone.replica().changes_since(&Summary::new()).unwrap().remove(0);
+    let many: Vec<DocChange> = (0..20_000u64)
+        .map(|i| {
+            let mut dc = one.clone();
+            dc.doc_id = format!("d{i}");
+            dc.change.peer = shoaldb::PeerId(1_000_000 + i);
+            dc
+        })
+        .collect();
+    let report = cloud.apply_changes(&many).unwrap();
+    assert_eq!(report.applied, many.len(), "{report:?}");
+    assert_eq!(cloud.summary().unwrap().peers().count(), many.len());
+}
+
+/// Batches too large for a lock per document and author, and small ones, applied at once by two relays to the same
+/// document: they still exclude each other, so the document loses none of their changes.
+#[test]
+fn large_and_small_batches_applied_at_once_lose_nothing() {
+    let Some(url) = common::fresh_database() else { return };
+    let relays = [PgReplica::connect(&url, 1).unwrap(), PgReplica::connect(&url, 1).unwrap()];
+    let phone = Store::open(":memory:").unwrap();
+    phone.upsert("tasks", serde_json::json!({"_id": "x", "n": 1})).unwrap();
+    let one = phone.replica().changes_since(&Summary::new()).unwrap().remove(0);
+    let mut author = 1_000_000u64;
+    let mut change = |doc: String| {
+        author += 1;
+        let mut dc = one.clone();
+        dc.doc_id = doc;
+        dc.change.peer = shoaldb::PeerId(author);
+        dc
+    };
+    // Large: 100 documents each and "x"; small: "x" alone.
+    let mut large: Vec<Vec<DocChange>> = Vec::new();
+    for b in 0..20 {
+        let mut batch: Vec<DocChange> = (0..100).map(|d| change(format!("b{b}-{d}"))).collect();
+        batch.push(change("x".into()));
+        large.push(batch);
+    }
+    let small: Vec<Vec<DocChange>> = (0..100).map(|_| vec![change("x".into())]).collect();
+    std::thread::scope(|s| {
+        let [a, b] = &relays;
+        s.spawn(|| large.iter().for_each(|batch| assert_eq!(a.apply_changes(batch).unwrap().applied, batch.len())));
+        s.spawn(|| small.iter().for_each(|batch| assert_eq!(b.apply_changes(batch).unwrap().applied, 1)));
+    });
+    let reference = Store::open(":memory:").unwrap();
+    reference.replica().apply_changes(&large.concat()).unwrap();
+    reference.replica().apply_changes(&small.concat()).unwrap();
+    let x = relays[0].document("tasks", "x").unwrap().unwrap();
+    assert_eq!(x.encode(), reference.document("tasks", "x").unwrap().unwrap().encode(), "x lost changes");
+}
