@@ -163,18 +163,17 @@ impl PgReplica {
         }
         let mut cache = shoaldb::util::lock(&self.summary);
         cache.epoch += 1;
-        if cache.summary.is_some() {
-            let SummaryCache { summary, folded: cached_folded, .. } = &mut *cache;
-            for (into, from) in [(summary.as_mut(), held), (Some(cached_folded), folded)] {
-                let Some(into) = into else { continue };
-                for (author, (ranges, changed)) in from {
-                    if *changed {
-                        for &(s, e) in ranges.ranges() {
-                            into.insert(*author, s, e);
-                        }
-                    }
+        let take = |into: &mut Summary, from: &AuthorRanges| {
+            for (author, (ranges, _)) in from.iter().filter(|(_, (_, changed))| *changed) {
+                for &(s, e) in ranges.ranges() {
+                    into.insert(*author, s, e);
                 }
             }
+        };
+        let SummaryCache { summary, folded: cached_folded, .. } = &mut *cache;
+        if let Some(summary) = summary {
+            take(summary, held);
+            take(cached_folded, folded);
         }
     }
 
@@ -241,13 +240,14 @@ impl PgReplica {
         Ok((summary, folded, below))
     }
 
-    /// The summary ([`Replica::summary`]) and what of it is held only folded into documents' states: from the
-    /// cache when it is up to date, else brought up to date.
-    fn held(&self) -> Result<(Summary, Summary)> {
+    /// `f` of the summary ([`Replica::summary`]) and of what of it is held only folded into documents' states:
+    /// the cached ones (under the cache's lock, nothing copied) when they are up to date, else those brought up to
+    /// date. Every round of sending asks, on every link.
+    fn with_held<R>(&self, f: impl FnOnce(&Summary, &Summary) -> R) -> Result<R> {
         let (epoch, since) = {
             let cache = shoaldb::util::lock(&self.summary);
             match &cache.summary {
-                Some(summary) if !cache.stale => return Ok((summary.clone(), cache.folded.clone())),
+                Some(summary) if !cache.stale => return Ok(f(summary, &cache.folded)),
                 Some(summary) => (cache.epoch, Some((summary.clone(), cache.folded.clone(), cache.complete_below))),
                 None => (cache.epoch, None),
             }
@@ -271,7 +271,7 @@ impl PgReplica {
             cache.complete_below = cache.complete_below.max(below);
             cache.stale = true;
         }
-        Ok((summary, folded))
+        Ok(f(&summary, &folded))
     }
 
     /// Drop the changes kept aside for longer than [`PENDING_MAX_AGE_MS`] (7 days, as phones do), oldest first, in
@@ -947,7 +947,7 @@ impl Replica for PgReplica {
     }
 
     fn summary(&self) -> Result<Summary> {
-        Ok(self.held()?.0)
+        self.with_held(|summary, _| summary.clone())
     }
 
     fn changes_since(&self, summary: &Summary) -> Result<Vec<DocChange>> {
@@ -1007,33 +1007,34 @@ impl Replica for PgReplica {
     fn author_digests(&self, authors: Option<&[PeerId]>) -> Result<Vec<AuthorDigest>> {
         // The summary first: brought up to date, it marks what other relays changed. An author some of whose
         // changes are held only folded into states has no digest (as on a phone): they have no log row to hash.
-        let (summary, folded) = self.held()?;
-        let held: Vec<(PeerId, &RangeSet)> = match authors {
-            Some(authors) => authors.iter().filter_map(|&a| Some((a, summary.ranges_of(a)?))).collect(),
-            None => summary.peers().collect(),
-        };
-        let held: Vec<(PeerId, &RangeSet)> = held.into_iter().filter(|(a, _)| folded.ranges_of(*a).is_none()).collect();
+        let held: Vec<(PeerId, [u8; CHANGE_HASH_BYTES])> = self.with_held(|summary, folded| {
+            let held: Vec<(PeerId, &RangeSet)> = match authors {
+                Some(authors) => authors.iter().filter_map(|&a| Some((a, summary.ranges_of(a)?))).collect(),
+                None => summary.peers().collect(),
+            };
+            held.into_iter()
+                .filter(|(a, _)| folded.ranges_of(*a).is_none())
+                .map(|(a, ranges)| (a, ranges_digest(a, ranges)))
+                .collect()
+        })?;
         let ids: Vec<PeerId> = held.iter().map(|(a, _)| *a).collect();
         let changes = self.digests.changes_digests(&mut *self.client()?, &ids)?;
         Ok(held
-            .iter()
+            .into_iter()
             .zip(changes)
-            .map(|(&(author, ranges), (_, changes))| AuthorDigest {
-                author,
-                ranges: ranges_digest(author, ranges),
-                changes,
-            })
+            .map(|((author, ranges), (_, changes))| AuthorDigest { author, ranges, changes })
             .collect())
     }
 
     fn differing_authors(&self, theirs: &[AuthorDigest]) -> Result<Vec<PeerId>> {
         // Only authors of which both hold the same counters, none of them folded into a state here, compare.
-        let (summary, folded) = self.held()?;
-        let same_ranges: Vec<&AuthorDigest> = theirs
-            .iter()
-            .filter(|d| summary.ranges_of(d.author).is_some_and(|r| ranges_digest(d.author, r) == d.ranges))
-            .filter(|d| folded.ranges_of(d.author).is_none())
-            .collect();
+        let same_ranges: Vec<&AuthorDigest> = self.with_held(|summary, folded| {
+            theirs
+                .iter()
+                .filter(|d| summary.ranges_of(d.author).is_some_and(|r| ranges_digest(d.author, r) == d.ranges))
+                .filter(|d| folded.ranges_of(d.author).is_none())
+                .collect()
+        })?;
         let ids: Vec<PeerId> = same_ranges.iter().map(|d| d.author).collect();
         let mine = self.digests.changes_digests(&mut *self.client()?, &ids)?;
         let mut out = Vec::new();
@@ -1051,8 +1052,7 @@ impl Replica for PgReplica {
 
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>> {
         // Changes held only folded into states have no row: a peer lacking them is sent states instead.
-        let (summary, folded) = self.held()?;
-        let wanted = summary.difference(&folded).difference(have).difference(skip);
+        let wanted = self.with_held(|summary, folded| summary.difference(folded).difference(have).difference(skip))?;
         if wanted.is_empty() {
             // Nothing held is missing there: no statement at all.
             return Ok(Vec::new());
@@ -1161,7 +1161,7 @@ impl Replica for PgReplica {
         max_bytes: usize,
     ) -> Result<Vec<(i64, DocState)>> {
         let wanted = |changes: &Summary| !changes.difference(have).difference(skip).is_empty();
-        if !wanted(&self.held()?.1) {
+        if !self.with_held(|_, folded| wanted(folded))? {
             return Ok(Vec::new());
         }
         self.read_states_missing(&wanted, (from_doc, max_bytes))
