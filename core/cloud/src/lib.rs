@@ -24,7 +24,7 @@ pub mod schema;
 pub mod writer;
 
 pub use backoffice::BackOfficeConfig;
-pub use relay::{Relay, RelayConfig};
+pub use relay::{CloudCompaction, Relay, RelayConfig};
 pub use replica::PgReplica;
 
 /// What can go wrong setting up the cloud peer. (Failures while syncing are the replica seam's

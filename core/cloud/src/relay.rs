@@ -26,6 +26,30 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 /// [`PENDING_MAX_AGE_MS`](shoaldb::store::PENDING_MAX_AGE_MS) ([`PgReplica::expire_pending`]).
 pub const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 
+/// How often a relay folds changes out of the change log ([`PgReplica::compact`], with
+/// [`RelayConfig::compaction`]).
+pub const COMPACT_EVERY: Duration = Duration::from_secs(3600);
+
+/// What a relay folds out of the change log every [`COMPACT_EVERY`] ([`PgReplica::compact`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudCompaction {
+    /// The changes below the fleet's frontier (every device heard from within the horizon holds them), and those
+    /// received longer ago than the horizon whoever lacks them. Default: [`CompactionPolicy::default`] (30 days,
+    /// the frontier on).
+    ///
+    /// [`CompactionPolicy::default`]: shoaldb::CompactionPolicy::default
+    pub policy: shoaldb::CompactionPolicy,
+    /// How long (ms) the back office's feed keeps a change as a change after the cloud received it: a consumer
+    /// further behind is told to read the documents again. Default: 7 days.
+    pub feed_retention_ms: u64,
+}
+
+impl Default for CloudCompaction {
+    fn default() -> Self {
+        CloudCompaction { policy: shoaldb::CompactionPolicy::default(), feed_retention_ms: 7 * 24 * 60 * 60 * 1000 }
+    }
+}
+
 /// How long the follower waits before reconnecting after losing PostgreSQL.
 const FOLLOW_RETRY: Duration = Duration::from_secs(1);
 
@@ -53,6 +77,8 @@ pub struct RelayConfig {
     /// Where devices connect with sync links inside WebSocket connections (through an HTTP load balancer), if
     /// anywhere; within the same [`RelayConfig::limits`].
     pub websocket: Option<SocketAddr>,
+    /// What the relay folds out of the change log, if anything (default: [`CloudCompaction::default`]).
+    pub compaction: Option<CloudCompaction>,
 }
 
 impl RelayConfig {
@@ -68,6 +94,7 @@ impl RelayConfig {
             limits: ListenLimits::SERVER,
             http: None,
             websocket: None,
+            compaction: Some(CloudCompaction::default()),
         }
     }
 }
@@ -118,7 +145,8 @@ impl Relay {
         let (commits, commits_seen) = tokio::sync::watch::channel(0u64);
         let follower = {
             let (node, replica, stop, url) = (node.clone(), replica.clone(), stop.clone(), config.postgres.clone());
-            let following = Following { node, replica, stop, status: status.clone(), commits };
+            let compaction = config.compaction.clone();
+            let following = Following { node, replica, stop, status: status.clone(), commits, compaction };
             std::thread::Builder::new()
                 .name("shoal-cloud-follow".into())
                 .spawn(move || follow(&url, &following))
@@ -200,6 +228,7 @@ struct Following {
     status: Arc<FollowerStatus>,
     /// Bumped at each announcement (the back office's feed polls wait on it).
     commits: tokio::sync::watch::Sender<u64>,
+    compaction: Option<CloudCompaction>,
 }
 
 impl Following {
@@ -213,10 +242,12 @@ impl Following {
 
 /// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
 /// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile). Between
-/// notifications, drops the changes kept aside for too long, every [`EXPIRE_EVERY`] (first as it starts).
+/// notifications, drops the changes kept aside for too long, every [`EXPIRE_EVERY`] (first as it starts), and
+/// compacts the change log every [`COMPACT_EVERY`] (first an interval after it starts).
 fn follow(url: &str, f: &Following) {
     let (stop, status) = (&f.stop, &f.status);
     let mut expired_at: Option<std::time::Instant> = None;
+    let mut compacted_at = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
         status.connected.store(false, Ordering::Release);
         let mut client = match postgres::Client::connect(url, postgres::NoTls) {
@@ -242,6 +273,12 @@ fn follow(url: &str, f: &Following) {
                     expired_at = Some(std::time::Instant::now());
                     if let Err(e) = f.replica.expire_pending() {
                         log::warn!("expiring changes kept aside: {e}");
+                    }
+                }
+                if let Some(c) = f.compaction.as_ref().filter(|_| compacted_at.elapsed() >= COMPACT_EVERY) {
+                    compacted_at = std::time::Instant::now();
+                    if let Err(e) = f.replica.compact(&c.policy, c.feed_retention_ms) {
+                        log::warn!("compacting the change log: {e}");
                     }
                 }
                 match iter.next() {

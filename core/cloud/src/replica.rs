@@ -29,6 +29,7 @@ use shoaldb::{ApplyReport, DocChange, DocState, Document, Error, PeerId, Replica
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+mod compaction;
 mod states;
 
 /// The pool of connections a replica draws from.
@@ -351,18 +352,32 @@ impl PgReplica {
         if changes().next().is_none() {
             return Ok(vec![ApplyReport::default(); batches.len()]);
         }
-        let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(pg)?;
-        lock_all(
-            &mut tx,
+        let keys = || {
             changes().flat_map(|dc| {
                 [
                     (1, lock_key(dc.collection.as_bytes(), dc.doc_id.as_bytes())),
                     (2, lock_key(&dc.change.peer.0.to_le_bytes(), b"")),
                 ]
-            }),
-        )?;
-        let mut batch = Batch::new(&mut tx);
+            })
+        };
+        match self.apply_under(batches, check, lock_all(keys())) {
+            Err(e) if is_outside_locks(&e) => self.apply_under(batches, check, Locks::Database),
+            other => other,
+        }
+    }
+
+    /// [`PgReplica::apply_together`] under `locks`.
+    fn apply_under(
+        &self,
+        batches: &[&[DocChange]],
+        check: Option<&dyn ChangeCheck>,
+        locks: Locks,
+    ) -> Result<Vec<ApplyReport>> {
+        let changes = || batches.iter().flat_map(|b| b.iter());
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        locks.take(&mut tx)?;
+        let mut batch = Batch::new(&mut tx, locks);
         let all: Vec<&DocChange> = changes().collect();
         batch.prefetch(&all)?;
         let mut reports = Vec::with_capacity(batches.len());
@@ -391,28 +406,71 @@ impl PgReplica {
 /// applied together) would run out of it and make every other relay's transactions fail meanwhile.
 const MAX_FINE_LOCKS: usize = 63;
 
-/// Lock every document (space 1) and author (space 2) a transaction touches — `keys` are (space, [`lock_key`]) —
-/// in one global order, after the database-wide lock (space 0) shared, in one statement: a deadlock with another
-/// relay's transaction is impossible. A transaction that would need more than [`MAX_FINE_LOCKS`] takes the
-/// database-wide lock alone, exclusively: it waits for the transactions under way and holds the others back
-/// until it commits (rare: a catch-up of many small documents at once).
-fn lock_all(tx: &mut Tx<'_>, keys: impl Iterator<Item = (i32, i32)>) -> Result<()> {
+/// The locks a transaction takes (see [`lock_all`]).
+#[derive(Clone, Debug)]
+enum Locks {
+    /// The database-wide lock (space 0) shared, then these document (space 1) and author (space 2) locks
+    /// (space, [`lock_key`]), sorted.
+    Fine(Vec<(i32, i32)>),
+    /// The database-wide lock alone, exclusively.
+    Database,
+}
+
+impl Locks {
+    /// Take them, in one statement, in one global order: a deadlock with another relay's transaction is
+    /// impossible.
+    fn take(&self, tx: &mut Tx<'_>) -> Result<()> {
+        match self {
+            Locks::Database => {
+                tx.execute("SELECT pg_advisory_xact_lock(0, 0)", &[]).map_err(pg)?;
+            }
+            Locks::Fine(keys) => {
+                let (spaces, lock_keys): (Vec<i32>, Vec<i32>) =
+                    std::iter::once((0, 0)).chain(keys.iter().copied()).unzip();
+                tx.execute(
+                    "SELECT count(CASE WHEN s = 0 THEN pg_advisory_xact_lock_shared(s, k) \
+                     ELSE pg_advisory_xact_lock(s, k) END) \
+                     FROM (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
+                    &[&spaces, &lock_keys],
+                )
+                .map_err(pg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a transaction holding these may read and write what is held of `author`.
+    fn cover_author(&self, author: PeerId) -> bool {
+        match self {
+            Locks::Database => true,
+            Locks::Fine(keys) => keys.binary_search(&(2, lock_key(&author.0.to_le_bytes(), b""))).is_ok(),
+        }
+    }
+}
+
+/// The locks of every document (space 1) and author (space 2) a transaction touches — `keys` are (space,
+/// [`lock_key`]) — after the database-wide lock (space 0) shared. A transaction that would need more than
+/// [`MAX_FINE_LOCKS`] takes the database-wide lock alone, exclusively: it waits for the transactions under way and
+/// holds the others back until it commits (rare: a catch-up of many small documents at once).
+fn lock_all(keys: impl Iterator<Item = (i32, i32)>) -> Locks {
     let mut keys: Vec<(i32, i32)> = keys.collect();
     keys.sort_unstable();
     keys.dedup();
     if keys.len() > MAX_FINE_LOCKS {
         log::debug!("a transaction of {} documents and authors locks the database", keys.len());
-        tx.execute("SELECT pg_advisory_xact_lock(0, 0)", &[]).map_err(pg)?;
-        return Ok(());
+        return Locks::Database;
     }
-    let (spaces, lock_keys): (Vec<i32>, Vec<i32>) = std::iter::once((0, 0)).chain(keys).unzip();
-    tx.execute(
-        "SELECT count(CASE WHEN s = 0 THEN pg_advisory_xact_lock_shared(s, k) ELSE pg_advisory_xact_lock(s, k) END) \
-         FROM (SELECT s, k FROM unnest($1::int[], $2::int[]) AS t(s, k) ORDER BY s, k) AS ordered",
-        &[&spaces, &lock_keys],
-    )
-    .map_err(pg)?;
-    Ok(())
+    Locks::Fine(keys)
+}
+
+/// A batch met changes kept aside, now ready, of an author its locks do not cover: it is applied again under the
+/// database-wide lock (what is held of an author is read and written whole, so it must not change meanwhile).
+#[derive(Debug, thiserror::Error)]
+#[error("changes kept aside of an author outside the transaction's locks")]
+struct OutsideLocks;
+
+fn is_outside_locks(e: &Error) -> bool {
+    matches!(e, Error::Backend(b) if b.is::<OutsideLocks>())
 }
 
 /// Checks every change of a batch is well formed (a malformed one fails the batch before anything is read).
@@ -471,12 +529,14 @@ struct Batch<'t, 'c> {
     with_pending: BTreeSet<DocKey>,
     /// This transaction holds the lock on the count of changes kept aside ([`Batch::lock_pending`]).
     pending_locked: bool,
+    /// The locks the transaction holds.
+    locks: Locks,
     judged: Judged,
 }
 
 impl<'t, 'c> Batch<'t, 'c> {
-    /// A batch in `tx`, which holds the locks of what it touches.
-    fn new(tx: &'t mut Tx<'c>) -> Self {
+    /// A batch in `tx`, which holds `locks`: those of what it touches.
+    fn new(tx: &'t mut Tx<'c>, locks: Locks) -> Self {
         Batch {
             tx,
             docs: BTreeMap::new(),
@@ -484,6 +544,7 @@ impl<'t, 'c> Batch<'t, 'c> {
             folded: BTreeMap::new(),
             with_pending: BTreeSet::new(),
             pending_locked: false,
+            locks,
             judged: Judged::default(),
         }
     }
@@ -682,7 +743,7 @@ impl<'t, 'c> Batch<'t, 'c> {
             .map(|(n, m)| Ok((num_of(n)?, m)))
             .collect::<Result<_>>()?;
         if !merged.is_empty() {
-            states::persist_merges(self.tx, &self.folded, &merged)?;
+            states::persist_merges(self.tx, &self.folded, &merged, None)?;
         }
         Ok(true)
     }
@@ -872,10 +933,15 @@ impl Ledger for Batch<'_, '_> {
                 &[&collection, &id],
             )
             .map_err(pg)?;
-        Ok(rows
+        let pending: Vec<PendingChange> = rows
             .iter()
             .map(|r| (PeerId(r.get::<_, i64>(0) as u64), r.get::<_, i64>(1) as u64, r.get(2), r.get(3)))
-            .collect())
+            .collect();
+        // Taking them writes what is held of their authors: those must be locked too.
+        if pending.iter().any(|(author, ..)| !self.locks.cover_author(*author)) {
+            return Err(Error::Backend(Box::new(OutsideLocks)));
+        }
+        Ok(pending)
     }
 
     fn pending_taken(&mut self, _collection: &str, _id: &str, author: PeerId, start: u64) -> Result<()> {
@@ -1147,6 +1213,10 @@ impl Replica for PgReplica {
         out.sort_by_key(|e| e.seq);
         out.dedup_by_key(|e| e.seq);
         Ok(out)
+    }
+
+    fn keep_peer_summary(&self, device: &shoaldb::security::DeviceKey, _cloud: bool, summary: &Summary) -> Result<()> {
+        self.keep_device_summary(device, summary)
     }
 
     fn folded_of_doc(&self, doc: i64) -> Result<Summary> {

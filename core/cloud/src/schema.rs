@@ -174,6 +174,28 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX merged_feed ON merged (xact, seq);
     "#,
+    // 6: the cloud's own compaction (issue 17). `device_acks` keeps what each device said it holds (its summaries,
+    // as phones keep theirs in `peer_acks`), with when it was last heard from: the fleet's frontier is what every
+    // device heard from within the horizon holds. Change rows record when they were received (rows older than this
+    // migration take its time), so that the feed keeps every change for its retention. Changes folded away are
+    // journalled in `merged` with `compacted` (the other relays' summaries learn that they have no row; the feed
+    // does not deliver them again), and `feed_floor` is the newest row folded away: a feed cursor before it may
+    // have missed changes, and is refused.
+    r#"
+    CREATE TABLE device_acks (
+        device  bytea       PRIMARY KEY,
+        summary bytea       NOT NULL,
+        heard   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX device_acks_by_heard ON device_acks (heard);
+    ALTER TABLE changes ADD COLUMN received timestamptz NOT NULL DEFAULT now();
+    ALTER TABLE merged ADD COLUMN compacted boolean NOT NULL DEFAULT false;
+    CREATE TABLE feed_floor (
+        one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+        xact xid8    NOT NULL,
+        seq  bigint  NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -581,3 +581,51 @@ async fn the_feed_delivers_a_merged_state_between_the_changes() {
     assert_eq!(last["events"], json!([]), "each once");
     relay.shutdown().await;
 }
+
+/// Changes the cloud folded out of its log (issue 17) are not delivered again, and a cursor from before them is
+/// refused (`410`, the reader would miss changes): it reads the documents and goes on from `now`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_cursor_from_before_what_the_cloud_folded_is_refused() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let secret = AppSecret::from_bytes(b"back office compaction").unwrap();
+    let mut config = with_http(RelayConfig::new(&url, any(), secret));
+    config.compaction = None;
+    let relay = Relay::start(config).await.unwrap();
+    let api = relay.http_addr().unwrap();
+    for (id, v) in [("a", 1), ("b", 2)] {
+        assert_eq!(send(api, "PUT", format!("/v1/collections/c/documents/{id}"), json!({"v": v})).await.status, 200);
+    }
+    let first = get(api, "/v1/feed?limit=1&wait=5".into(), Some(TOKEN)).await.json();
+    let after_a = first["cursor"].as_str().unwrap().to_string();
+    let second = get(api, format!("/v1/feed?after={}&wait=5", encode(&after_a)), Some(TOKEN)).await.json();
+    assert_eq!(second["events"].as_array().unwrap().len(), 1, "{second}");
+    let after_b = second["cursor"].as_str().unwrap().to_string();
+    // Every change is old enough, and no device holds any back: all are folded.
+    let cloud = relay.replica().clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        db.execute("UPDATE changes SET received = received - interval '2 hours'", &[]).unwrap();
+        let policy = shoaldb::CompactionPolicy { horizon_ms: 3_600_000, fold_acknowledged: true };
+        cloud.compact(&policy, 3_600_000)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.changes, 2, "{report:?}");
+    for after in ["", after_a.as_str()] {
+        let r = get(api, format!("/v1/feed?after={}", encode(after)), Some(TOKEN)).await;
+        assert_eq!(r.status, 410, "after {after:?}: {}", r.json());
+        assert_eq!(r.json()["error"], "compacted");
+    }
+    // A reader that had read them all goes on, and is not sent them again (nor is one starting now).
+    let caught_up = get(api, format!("/v1/feed?after={}", encode(&after_b)), Some(TOKEN)).await;
+    assert_eq!((caught_up.status, caught_up.json()["events"].clone()), (200, json!([])), "{}", caught_up.json());
+    let now = get(api, "/v1/feed?after=now".into(), Some(TOKEN)).await.json();
+    assert_eq!(now["events"], json!([]));
+    assert_eq!(send(api, "PUT", "/v1/collections/c/documents/c".into(), json!({"v": 3})).await.status, 200);
+    let target = format!("/v1/feed?after={}&wait=5", encode(now["cursor"].as_str().unwrap()));
+    let next = get(api, target, Some(TOKEN)).await.json();
+    let ids: Vec<&str> = next["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c"], "{next}");
+    relay.shutdown().await;
+}

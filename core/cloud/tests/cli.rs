@@ -33,6 +33,11 @@ fn bad_usage_exits_64_and_an_unenrolled_keys_store_exits_1() {
     let out = shoal_cloud().args(["--http-token-file"]).arg(&short).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"), "{out:?}");
+    let out = shoal_cloud().args(["--no-compaction", "--horizon-days", "3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--horizon-days is for compaction"), "{out:?}");
+    let out = shoal_cloud().args(["--feed-retention-days", "-1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
 
     let Some(url) = common::fresh_database() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -401,6 +401,25 @@ async fn a_phone_that_compacted_before_reaching_the_cloud_leaves_it_complete() {
     .unwrap()
     .unwrap();
     assert_eq!(folded, early_changes, "every change of the early phone, folded");
+    // The relay kept what each phone said it holds (the fleet's frontier is within what both hold), and the early
+    // phone's acknowledgements hold every change it made.
+    let (c, u) = (cloud.clone(), url.clone());
+    let (frontier, acks) = tokio::task::spawn_blocking(move || {
+        let frontier = c.fleet_frontier(shoaldb::CompactionPolicy::default().horizon_ms).unwrap();
+        let mut db = postgres::Client::connect(&u, postgres::NoTls).unwrap();
+        let rows = db.query("SELECT summary FROM device_acks", &[]).unwrap();
+        let acks: Vec<shoaldb::Summary> =
+            rows.iter().map(|r| shoaldb::Summary::decode_dense(r.get(0)).unwrap()).collect();
+        (frontier, acks)
+    })
+    .await
+    .unwrap();
+    assert_eq!(acks.len(), 2, "one row per phone");
+    assert!(acks.iter().any(|a| early_changes.difference(a).is_empty()), "{acks:?}");
+    let frontier = frontier.unwrap();
+    for phone in [&early, &late] {
+        assert!(frontier.difference(&phone.replica().summary().unwrap()).is_empty());
+    }
     for id in ["t0", "t1", "t2", "t3"] {
         let c = cloud.clone();
         let in_cloud = tokio::task::spawn_blocking(move || c.document("tasks", id)).await.unwrap().unwrap();

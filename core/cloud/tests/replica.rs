@@ -542,3 +542,166 @@ fn large_and_small_batches_applied_at_once_lose_nothing() {
     let x = relays[0].document("tasks", "x").unwrap().unwrap();
     assert_eq!(x.encode(), reference.document("tasks", "x").unwrap().unwrap().encode(), "x lost changes");
 }
+
+/// The change log's rows: (author, start, end) of each, in order.
+fn log_rows(db: &mut postgres::Client) -> Vec<(u64, u64, u64)> {
+    let rows = db.query("SELECT author, start_ctr, end_ctr FROM changes ORDER BY author, start_ctr", &[]).unwrap();
+    rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64, r.get::<_, i64>(2) as u64)).collect()
+}
+
+/// A phone that catches up from `cloud` as a session does (states for what it lacks only folded, then changes)
+/// ends holding what the cloud does, with `reference`'s documents. Returns how many states it was sent.
+fn catch_up(seed: u64, phone: &Store, cloud: &PgReplica, reference: &Store) -> usize {
+    let states = states_for(cloud, &phone.replica().summary().unwrap());
+    phone.replica().apply_states(&states).unwrap();
+    phone.replica().apply_changes(&cloud.changes_since(&phone.replica().summary().unwrap()).unwrap()).unwrap();
+    assert_eq!(phone.replica().summary().unwrap(), cloud.summary().unwrap(), "seed {seed}: caught up");
+    for (c, id) in all_docs() {
+        assert_eq!(phone.get(c, &id).unwrap(), reference.get(c, &id).unwrap(), "seed {seed}: {c}/{id}");
+    }
+    states.len()
+}
+
+/// The cloud keeps what each device says it holds, and folds out of its log what every device heard from within
+/// the horizon holds (the fleet's frontier) — once the feed's retention is over, unsigned changes only — and,
+/// after the horizon, what some device still lacks. What it folded stays held: summaries, documents and other
+/// relays agree; a device that holds the frontier catches up with changes alone, one that lacks folded changes
+/// with states, and nothing comes back or goes missing.
+#[test]
+fn the_cloud_folds_what_the_fleet_holds_out_of_its_log() {
+    use shoaldb::security::DeviceKey;
+    let Some(_) = common::server() else { return };
+    let mut folded_some = false;
+    for seed in 0..seeds() {
+        let url = common::fresh_database().unwrap();
+        let cloud = PgReplica::connect(&url, 2).unwrap();
+        let other_relay = PgReplica::connect(&url, 1).unwrap();
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut rng = SeededRng::new(seed);
+        let changes = phone_changes(&mut rng);
+        let everything = Store::open(":memory:").unwrap();
+        everything.replica().apply_changes(&changes).unwrap();
+        cloud.apply_changes(&changes).unwrap();
+        let documents = |cloud: &PgReplica| -> Vec<Option<Vec<u8>>> {
+            all_docs().map(|(c, id)| cloud.document(c, &id).unwrap().map(|d| d.encode())).collect()
+        };
+        let (summary, docs_before) = (cloud.summary().unwrap(), documents(&cloud));
+        other_relay.summary().unwrap();
+        // Two devices: one holds everything, one a part; and one that held nothing, heard from long ago.
+        let behind = Store::open(":memory:").unwrap();
+        behind.replica().apply_changes(&changes[..rng.below(changes.len() as u64) as usize]).unwrap();
+        let (full, part, gone) = (DeviceKey([1; 32]), DeviceKey([2; 32]), DeviceKey([3; 32]));
+        cloud.keep_peer_summary(&full, false, &everything.replica().summary().unwrap()).unwrap();
+        cloud.keep_peer_summary(&part, false, &behind.replica().summary().unwrap()).unwrap();
+        cloud.keep_peer_summary(&gone, false, &Summary::new()).unwrap();
+        // A device claiming changes of very many authors does not make its row grow past what the cloud holds.
+        let mut inflated = everything.replica().summary().unwrap();
+        for a in 0..20_000u64 {
+            inflated.insert(shoaldb::PeerId(a * 7 + 1), 1, 1 + a % 5);
+        }
+        let boaster = DeviceKey([4; 32]);
+        cloud.keep_peer_summary(&boaster, false, &inflated).unwrap();
+        let row = db.query_one("SELECT summary FROM device_acks WHERE device = $1", &[&&boaster.0[..]]).unwrap();
+        assert_eq!(Summary::decode_dense(row.get(0)).unwrap(), summary, "seed {seed}: only what the cloud holds");
+        let policy = shoaldb::CompactionPolicy::default();
+        // Received just now: the feed keeps them for its retention.
+        assert_eq!(cloud.compact(&policy, 3_600_000).unwrap().changes, 0, "seed {seed}: within the retention");
+        db.execute("UPDATE changes SET received = received - interval '2 hours'", &[]).unwrap();
+        // The device that holds nothing holds everything back while it counts.
+        assert_eq!(cloud.compact(&policy, 3_600_000).unwrap().changes, 0, "seed {seed}: a device holds nothing");
+        db.execute("UPDATE device_acks SET heard = now() - interval '31 days' WHERE device = $1", &[&&gone.0[..]])
+            .unwrap();
+        let frontier = behind.replica().summary().unwrap();
+        assert_eq!(cloud.fleet_frontier(policy.horizon_ms).unwrap(), Some(frontier.clone()), "seed {seed}");
+        let before = log_rows(&mut db);
+        let report = cloud.compact(&policy, 3_600_000).unwrap();
+        let after = log_rows(&mut db);
+        let (kept, went): (Vec<_>, Vec<_>) =
+            before.iter().partition(|(a, s, e)| !frontier.contains(shoaldb::PeerId(*a), *s, *e));
+        assert_eq!(after, kept.into_iter().copied().collect::<Vec<_>>(), "seed {seed}: exactly the frontier went");
+        assert_eq!(report.changes as usize, went.len(), "seed {seed}: {report:?}");
+        assert_eq!(went.is_empty(), frontier.is_empty(), "seed {seed}");
+        folded_some |= !went.is_empty() && went.len() < before.len();
+        // Still held, the same documents; received again, they are duplicates.
+        assert_eq!(cloud.summary().unwrap(), summary, "seed {seed}");
+        assert_eq!(documents(&cloud), docs_before, "seed {seed}");
+        let again = cloud.apply_changes(&changes).unwrap();
+        assert_eq!((again.applied, again.pending, again.refused), (0, 0, 0), "seed {seed}: {again:?}");
+        assert_eq!(log_rows(&mut db), after, "seed {seed}: nothing logged again");
+        // The device that held the frontier needs no state; a new one gets states for what went.
+        assert_eq!(catch_up(seed, &behind, &cloud, &everything), 0, "seed {seed}: the part-holder got states");
+        let newcomer = Store::open(":memory:").unwrap();
+        assert_eq!(catch_up(seed, &newcomer, &cloud, &everything) > 0, !went.is_empty(), "seed {seed}");
+        // Another relay learns which changes have no row any more.
+        other_relay.changed();
+        assert_eq!(other_relay.summary().unwrap(), summary, "seed {seed}: the other relay");
+        assert_eq!(digests(&other_relay), digests(&cloud), "seed {seed}: the other relay's digests");
+        assert_eq!(
+            states_for(&other_relay, &Summary::new()),
+            states_for(&cloud, &Summary::new()),
+            "seed {seed}: the other relay's states"
+        );
+        // After the horizon, the rest goes too, whoever lacks it — but not a signed change.
+        db.execute("UPDATE changes SET received = received - interval '31 days'", &[]).unwrap();
+        let signed = after.first().map(|&(a, s, _)| {
+            db.execute(
+                "UPDATE changes SET sig = '\\x00' WHERE author = $1 AND start_ctr = $2",
+                &[&(a as i64), &(s as i64)],
+            )
+            .unwrap();
+            (a, s)
+        });
+        let report = cloud.compact(&policy, 3_600_000).unwrap();
+        let left = log_rows(&mut db);
+        assert_eq!(left.iter().map(|&(a, s, _)| (a, s)).collect::<Vec<_>>(), signed.into_iter().collect::<Vec<_>>());
+        assert_eq!(report.changes as usize, after.len() - left.len(), "seed {seed}");
+        assert_eq!(cloud.summary().unwrap(), summary, "seed {seed}");
+        assert_eq!(documents(&cloud), docs_before, "seed {seed}");
+        let late = Store::open(":memory:").unwrap();
+        catch_up(seed, &late, &cloud, &everything);
+    }
+    assert!(folded_some, "no seed folded part of the log");
+}
+
+/// A change that makes another author's change kept aside ready applies both, and so writes what is held of that
+/// other author too: it must wait for every transaction that may be writing it (here: one of another relay, under
+/// way), not only for those of the authors the batch names — else the two write that author's ranges over each
+/// other, and the summary loses a change the log holds.
+#[test]
+fn a_change_kept_aside_is_taken_only_under_its_authors_lock() {
+    let Some(url) = common::fresh_database() else { return };
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let (a, b) = (Store::open(":memory:").unwrap(), Store::open(":memory:").unwrap());
+    a.upsert("tasks", serde_json::json!({"_id": "x", "n": 1})).unwrap();
+    let from_a = a.replica().changes_since(&Summary::new()).unwrap();
+    b.replica().apply_changes(&from_a).unwrap();
+    b.upsert("tasks", serde_json::json!({"_id": "x", "m": 2})).unwrap();
+    let from_b = b.replica().changes_since(&a.replica().summary().unwrap()).unwrap();
+    assert_eq!(cloud.apply_changes(&from_b).unwrap().pending, 1, "b's change waits for a's");
+    // Another relay's transaction under way (every one holds the database-wide lock shared).
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut under_way = other.transaction().unwrap();
+    under_way.execute("SELECT pg_advisory_xact_lock_shared(0, 0)", &[]).unwrap();
+    let mut watch = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    std::thread::scope(|s| {
+        let applying = s.spawn(|| cloud.apply_changes(&from_a).unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            assert!(!applying.is_finished(), "b's change was taken while another transaction could write b's ranges");
+            let waiting: i64 = watch
+                .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the batch neither finished nor waited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        under_way.commit().unwrap();
+        let report = applying.join().unwrap();
+        assert_eq!((report.applied, report.pending), (2, 0), "{report:?}");
+    });
+    assert_eq!(pending_counted_exactly(&url), 0);
+    assert_eq!(cloud.summary().unwrap(), b.replica().summary().unwrap());
+}

@@ -166,6 +166,8 @@ pub(super) async fn stream(
         Some(Err(_)) => return Err(ApiError::bad_request("Last-Event-ID is not a cursor")),
         None => start(&state, p.after.as_deref()).await?,
     };
+    let st = state.clone();
+    blocking(move || check_floor(&mut *st.client()?, after)).await?;
     let permit = state.waiting.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many feed readers are open; retry shortly")
     })?;
@@ -209,6 +211,31 @@ fn now(client: &mut postgres::Client) -> Result<Cursor, ApiError> {
     Ok(Cursor { xact, seq: 0 })
 }
 
+/// Refuses a cursor before the newest change the cloud folded out of its log ([`PgReplica::compact`]): changes
+/// after it may be gone, so the reader would miss them. Answered `410 Gone`: read the documents, then go on from
+/// `now`.
+///
+/// [`PgReplica::compact`]: crate::PgReplica::compact
+fn check_floor(client: &mut postgres::Client, after: Cursor) -> Result<(), ApiError> {
+    let behind = client.query_opt(
+        "SELECT xact::text, seq FROM feed_floor WHERE (xact, seq) > ($1::text::xid8, $2::bigint)",
+        &[&after.xact.to_string(), &after.seq],
+    )?;
+    match behind {
+        None => Ok(()),
+        Some(r) => Err(ApiError::new(
+            StatusCode::GONE,
+            "compacted",
+            format!(
+                "changes after {after} were folded out of the log (it keeps them for the feed's retention); read \
+                 the documents, then follow the feed from `now` (the oldest cursor it still serves is {}.{})",
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1)
+            ),
+        )),
+    }
+}
+
 /// Up to `limit` events after `after`, each with its cursor.
 pub(crate) fn read(
     client: &mut postgres::Client,
@@ -216,6 +243,7 @@ pub(crate) fn read(
     limit: usize,
     documents: bool,
 ) -> Result<Vec<(Cursor, Json_)>, ApiError> {
+    check_floor(client, after)?;
     // Changes and merged states share one numbering and one order; each is read in the order of its index.
     let rows = client.query(
         "SELECT e.xact::text, e.seq, d.collection, d.doc_id, e.author, e.start_ctr, e.end_ctr, \
@@ -225,7 +253,7 @@ pub(crate) fn read(
                 AND c.xact < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY c.xact, c.seq LIMIT $3) \
                UNION ALL \
                (SELECT m.xact, m.seq, m.doc, m.author, 0::bigint, 0::bigint, m.ranges FROM merged m \
-                WHERE (m.xact, m.seq) > ($1::text::xid8, $2::bigint) \
+                WHERE (m.xact, m.seq) > ($1::text::xid8, $2::bigint) AND NOT m.compacted \
                 AND m.xact < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY m.xact, m.seq LIMIT $3)) AS e \
          JOIN docs d ON d.num = e.doc ORDER BY e.xact, e.seq LIMIT $3",
         &[&after.xact.to_string(), &after.seq, &(limit as i64), &documents],

@@ -10,6 +10,7 @@ const USAGE: &str = "\
 usage:
   shoal-cloud --postgres URL --listen HOST:PORT (--keys PATH | --secret-file F) [--name NAME] [--connections N]
               [--websocket HOST:PORT] [--http HOST:PORT --http-token-file F [--read-replica URL]]
+              [--horizon-days N] [--feed-retention-days N] [--no-compaction]
       run a relay of the cloud peer on the PostgreSQL database URL (e.g. postgres://shoal@127.0.0.1/shoal;
       its schema is created or migrated first), accepting devices on HOST:PORT, until SIGINT/SIGTERM, which
       close every link cleanly first. Any number of relays may serve one database.
@@ -22,6 +23,9 @@ usage:
       feed, /health, /metrics, /openapi.json); requests carry `Authorization: Bearer TOKEN`, TOKEN being the
       first line of the file given with --http-token-file (required with --http). --read-replica URL: serve
       the back office's reads from that PostgreSQL streaming replica (a hot standby of --postgres).
+      Every hour the relay folds out of the change log what every device heard from within the horizon holds,
+      and what it received longer ago than the horizon (default 30 days), once the feed's retention (default 7
+      days) is over; --no-compaction keeps every change.
 logging: JSON lines on stderr; SHOAL_LOG=off|error|warn|info|debug|trace (default info).
 exit codes: 0 stopped cleanly, 1 failure, 64 bad usage.";
 
@@ -41,6 +45,13 @@ struct Args {
     connections: Option<u32>,
     http: Option<shoaldb_cloud::BackOfficeConfig>,
     websocket: Option<SocketAddr>,
+    compaction: Option<shoaldb_cloud::CloudCompaction>,
+}
+
+/// A number of days, in milliseconds.
+fn days(flag: &str, text: &str) -> Result<u64, String> {
+    let n: u64 = text.parse().map_err(|e| format!("{flag}: {e}"))?;
+    n.checked_mul(24 * 60 * 60 * 1000).ok_or_else(|| format!("{flag}: too large"))
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -51,6 +62,7 @@ fn usage(msg: &str) -> ExitCode {
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut postgres, mut listen, mut admission, mut name, mut connections) = (None, None, None, None, None);
     let (mut http, mut token, mut websocket, mut read_replica) = (None, None, None, None);
+    let mut compaction = Some(shoaldb_cloud::CloudCompaction::default());
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -66,6 +78,15 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--http" => http = Some(value()?.parse::<SocketAddr>().map_err(|e| format!("--http: {e}"))?),
             "--read-replica" => read_replica = Some(value()?),
             "--http-token-file" => token = Some(read_token(Path::new(&value()?))?),
+            "--no-compaction" => compaction = None,
+            "--horizon-days" => {
+                let ms = days(&flag, &value()?)?;
+                compaction.as_mut().ok_or("--horizon-days is for compaction")?.policy.horizon_ms = ms;
+            }
+            "--feed-retention-days" => {
+                let ms = days(&flag, &value()?)?;
+                compaction.as_mut().ok_or("--feed-retention-days is for compaction")?.feed_retention_ms = ms;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -76,6 +97,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         name,
         connections,
         websocket,
+        compaction,
         http: match (http, token) {
             (Some(listen), Some(token)) => Some(shoaldb_cloud::BackOfficeConfig { listen, token, read_replica }),
             (Some(_), None) => return Err("--http needs --http-token-file".into()),
@@ -142,6 +164,7 @@ fn main() -> ExitCode {
         }
         config.http = args.http;
         config.websocket = args.websocket;
+        config.compaction = args.compaction;
         let relay = match Relay::start(config).await {
             Ok(relay) => relay,
             Err(e) => {

@@ -10,7 +10,7 @@
 //! Each merge is journalled in `merged`, numbered in the change log's sequence with its transaction, for the other
 //! relays' summaries and for the back office's feed. Changes kept aside that the state made ready are applied.
 
-use super::{pg, AuthorRanges, Batch, PgReplica};
+use super::{pg, AuthorRanges, Batch, Locks, PgReplica};
 use crate::pg::Tx;
 use shoaldb::store::judge::{self, Ledger};
 use shoaldb::{ApplyReport, DocState, Document, Error, PeerId, Result, Summary};
@@ -18,12 +18,20 @@ use shoaldb::{ApplyReport, DocState, Document, Error, PeerId, Result, Summary};
 /// How many documents with folded changes one statement looks at while looking for those a peer lacks.
 const FOLDED_PAGE: i64 = 64;
 
-/// What merging states did to a document of a batch.
+/// What merging states (or compacting the log: [`super::compaction`]) did to a document.
 pub(super) struct MergedDoc {
-    /// Every change folded into the document's state (what was recorded before, and what the batch added).
-    record: Summary,
-    /// The changes the batch's states brought (held only folded from now on).
-    added: Summary,
+    /// Every change folded into the document's state (what was recorded before, and what was added).
+    pub(super) record: Summary,
+    /// The changes the batch's states brought, or the compaction folded (held only folded from now on).
+    pub(super) added: Summary,
+}
+
+/// What a compaction folded out of the log, written with its records ([`persist_merges`]).
+pub(super) struct Compacted {
+    /// The log rows gone.
+    pub(super) gone: Vec<i64>,
+    /// The newest of them, (transaction, row): the feed's floor.
+    pub(super) floor: (u64, i64),
 }
 
 impl PgReplica {
@@ -35,16 +43,24 @@ impl PgReplica {
         if states.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(pg)?;
         let keys = states.iter().flat_map(|s| {
             let doc = super::lock_key(s.collection.as_bytes(), s.doc_id.as_bytes());
             std::iter::once((1, doc))
                 .chain(s.changes.peers().map(|(a, _)| (2, super::lock_key(&a.0.to_le_bytes(), b""))))
         });
-        super::lock_all(&mut tx, keys)?;
-        let mut batch = Batch::new(&mut tx);
-        for (s, theirs) in states.iter().zip(&docs) {
+        match self.merge_under(states, &docs, super::lock_all(keys)) {
+            Err(e) if super::is_outside_locks(&e) => self.merge_under(states, &docs, Locks::Database),
+            other => other,
+        }
+    }
+
+    /// [`PgReplica::merge_states`] of `states` (decoded: `docs`) under `locks`.
+    fn merge_under(&self, states: &[DocState], docs: &[Document], locks: Locks) -> Result<ApplyReport> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        locks.take(&mut tx)?;
+        let mut batch = Batch::new(&mut tx, locks);
+        for (s, theirs) in states.iter().zip(docs) {
             batch.merge_state(s, theirs)?;
         }
         let wrote = batch.persist()?;
@@ -121,7 +137,7 @@ impl PgReplica {
 }
 
 /// A document's record of folded changes, as `folded` keeps it (the dense summary phones keep).
-fn folded_record(bytes: &[u8]) -> Result<Summary> {
+pub(super) fn folded_record(bytes: &[u8]) -> Result<Summary> {
     Summary::decode_dense(bytes).map_err(|e| Error::Corrupt(format!("folded changes of a document: {e}")))
 }
 
@@ -191,11 +207,16 @@ impl Batch<'_, '_> {
     }
 }
 
-/// Write what the batch's merges did (`merged`: each document's number and merge; `folded`: what is held
-/// only folded of the authors it looked at): the documents' records of
-/// folded changes, the authors' ranges held only folded, and the journal of merges — with a notice to the
-/// other relays — in one statement.
-pub(super) fn persist_merges(tx: &mut Tx<'_>, folded: &AuthorRanges, merged: &[(i64, &MergedDoc)]) -> Result<()> {
+/// Write what the batch's merges — or a compaction, `compacted` — did (`merged`: each document's number and
+/// merge; `folded`: what is held only folded of the authors it looked at): the log rows a compaction folded
+/// away and the feed's floor, the documents' records of folded changes, the authors' ranges held only folded, and
+/// the journal — with a notice to the other relays — in one statement.
+pub(super) fn persist_merges(
+    tx: &mut Tx<'_>,
+    folded: &AuthorRanges,
+    merged: &[(i64, &MergedDoc)],
+    compacted: Option<&Compacted>,
+) -> Result<()> {
     let (mut docs, mut records) = (Vec::new(), Vec::new());
     let (mut journal_docs, mut journal_authors, mut journal_ranges) = (Vec::new(), Vec::new(), Vec::new());
     for (num, m) in merged {
@@ -208,14 +229,21 @@ pub(super) fn persist_merges(tx: &mut Tx<'_>, folded: &AuthorRanges, merged: &[(
         }
     }
     let (authors, ranges) = changed_ranges(folded)?;
+    let gone: &[i64] = compacted.map_or(&[], |c| &c.gone);
+    let floor_xact = compacted.map(|c| c.floor.0.to_string());
+    let floor_seq = compacted.map_or(0, |c| c.floor.1);
     tx.execute(
-        "WITH records AS (INSERT INTO folded (doc, summary) SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
+        "WITH gone AS (DELETE FROM changes WHERE seq = ANY($9)), \
+             records AS (INSERT INTO folded (doc, summary) SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
              ON CONFLICT (doc) DO UPDATE SET summary = excluded.summary), \
              authors AS (INSERT INTO folded_held (author, ranges) SELECT * FROM unnest($3::bigint[], $4::bytea[]) \
              ON CONFLICT (author) DO UPDATE SET ranges = excluded.ranges), \
-             journal AS (INSERT INTO merged (doc, author, ranges) \
-             SELECT d, a, r FROM unnest($5::bigint[], $6::bigint[], $7::bytea[]) WITH ORDINALITY AS t(d, a, r, o) \
-             ORDER BY o RETURNING seq), \
+             journal AS (INSERT INTO merged (doc, author, ranges, compacted) \
+             SELECT d, a, r, $10 FROM unnest($5::bigint[], $6::bigint[], $7::bytea[]) \
+             WITH ORDINALITY AS t(d, a, r, o) ORDER BY o RETURNING seq), \
+             floor AS (INSERT INTO feed_floor (xact, seq) SELECT $11::text::xid8, $12 WHERE $11::text IS NOT NULL \
+             ON CONFLICT (one) DO UPDATE SET (xact, seq) = (excluded.xact, excluded.seq) \
+             WHERE (feed_floor.xact, feed_floor.seq) < (excluded.xact, excluded.seq)), \
              notice AS (SELECT pg_notify($8, m::text) FROM (SELECT max(seq) AS m FROM journal) AS last \
              WHERE m IS NOT NULL) \
              SELECT count(*) FROM notice",
@@ -228,6 +256,10 @@ pub(super) fn persist_merges(tx: &mut Tx<'_>, folded: &AuthorRanges, merged: &[(
             &journal_authors,
             &journal_ranges,
             &super::CHANGES_CHANNEL,
+            &gone,
+            &compacted.is_some(),
+            &floor_xact,
+            &floor_seq,
         ],
     )
     .map_err(pg)?;

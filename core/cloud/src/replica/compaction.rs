@@ -1,0 +1,215 @@
+//! The cloud's own change log, kept bounded (issue 17): the fleet's frontier, and changes folded below it.
+//!
+//! Every device says what it holds (its summary as a session starts, and the announcements after it); the cloud
+//! keeps that per device (`device_acks`, what of it the cloud holds, with when the device was last heard from).
+//! The **fleet's frontier** is what every device heard from within the horizon holds: no device the cloud knows
+//! of will ask for those changes as changes again. [`PgReplica::compact`] drops from the change log the changes
+//! below it, and those received longer ago than the horizon whoever lacks them — but never one the back office's
+//! feed still keeps (received within its retention) nor a signed one (certificate mode: a state carries no
+//! author's signature). The documents' states hold them already (the cloud keeps every document merged); they
+//! become held only folded, exactly as those merged from a device that compacted
+//! ([`super::states`]): a device lacking some of them is sent the document's state, so nothing deleted comes back
+//! and its own edits still merge, however long it was away.
+
+use super::states::{persist_merges, Compacted, MergedDoc};
+use super::{held_ranges, pg, AuthorRanges, PgReplica};
+use postgres::fallible_iterator::FallibleIterator;
+use shoaldb::security::DeviceKey;
+use shoaldb::store::RangeSet;
+use shoaldb::{CompactionPolicy, CompactionReport, Error, PeerId, Result, Summary};
+use std::collections::BTreeMap;
+
+/// How often (seconds) the time a device was last heard from is written again when its summary adds nothing.
+const ACK_REFRESH_SECS: f64 = 60.0;
+
+/// The most bytes of a device's acknowledgements kept whole: a device says what it holds as a session starts,
+/// before it sends the cloud what the cloud lacks, so its claims are kept beyond what the cloud held then (else
+/// the changes it brings would count as acknowledged only at its next session) — up to this size; past it, only
+/// what the cloud holds is kept.
+const MAX_ACK_BYTES: usize = 64 * 1024;
+
+/// How many log rows one compaction transaction looks at: each holds the database-wide lock, so that no batch
+/// applies to a document while its rows go (the other relays wait for at most one such transaction at a time).
+const COMPACT_ROWS_PER_TRANSACTION: i64 = 2000;
+
+/// A device's acknowledgements as `device_acks` keeps them (the dense summary phones keep).
+fn acks(bytes: &[u8]) -> Result<Summary> {
+    Summary::decode_dense(bytes).map_err(|e| Error::Corrupt(format!("a device's acknowledgements: {e}")))
+}
+
+/// `ms` as PostgreSQL interval seconds.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+impl PgReplica {
+    /// `device` said it holds `summary` ([`shoaldb::store::Replica::keep_peer_summary`]): it joins what the device
+    /// acknowledged before (kept whole up to [`MAX_ACK_BYTES`], beyond it only what the cloud holds), with the
+    /// time. Writes nothing when it adds nothing and the time was written less than a minute ago, so a device's
+    /// announcements cost a read. The frontier only ever folds rows the cloud holds.
+    pub(super) fn keep_device_summary(&self, device: &DeviceKey, summary: &Summary) -> Result<()> {
+        let key: &[u8] = &device.0;
+        let mut client = self.client()?;
+        let known = client
+            .query_opt(
+                "SELECT summary, now() - heard < make_interval(secs => $2) FROM device_acks WHERE device = $1",
+                &[&key, &ACK_REFRESH_SECS],
+            )
+            .map_err(pg)?;
+        if let Some(row) = &known {
+            if row.get::<_, bool>(1) && summary.difference(&acks(row.get(0))?).is_empty() {
+                return Ok(());
+            }
+        }
+        let mut tx = client.transaction().map_err(pg)?;
+        let row = tx.query_opt("SELECT summary FROM device_acks WHERE device = $1 FOR UPDATE", &[&key]).map_err(pg)?;
+        let mut acked = row.map_or_else(|| Ok(Summary::new()), |r| acks(r.get(0)))?;
+        acked.union_with(summary);
+        let mut encoded = acked.encode_dense();
+        if encoded.len() > MAX_ACK_BYTES {
+            // Only what the cloud holds counts then: a device cannot make its row grow by claiming more.
+            encoded = self.with_held(|held, _| acked.intersection(held))?.encode_dense();
+        }
+        tx.execute(
+            "INSERT INTO device_acks (device, summary) VALUES ($1, $2) \
+             ON CONFLICT (device) DO UPDATE SET summary = excluded.summary, heard = now()",
+            &[&key, &encoded],
+        )
+        .map_err(pg)?;
+        tx.commit().map_err(pg)
+    }
+
+    /// The fleet's frontier: what every device heard from within `horizon_ms` acknowledged (`None` when none
+    /// was). Forgets the devices heard from longer ago (they no longer count; they are kept again when they come
+    /// back). Reads the devices' rows one at a time.
+    pub fn fleet_frontier(&self, horizon_ms: u64) -> Result<Option<Summary>> {
+        let mut client = self.client()?;
+        client
+            .execute("DELETE FROM device_acks WHERE heard < now() - make_interval(secs => $1)", &[&secs(horizon_ms)])
+            .map_err(pg)?;
+        let mut rows =
+            client.client().query_raw("SELECT summary FROM device_acks", std::iter::empty::<i32>()).map_err(pg)?;
+        let mut frontier: Option<Summary> = None;
+        while let Some(row) = rows.next().map_err(pg)? {
+            let acked = acks(row.get(0))?;
+            frontier = Some(match frontier {
+                None => acked,
+                Some(f) => f.intersection(&acked),
+            });
+        }
+        Ok(frontier)
+    }
+
+    /// Fold the changes `policy` selects out of the change log (see the module docs): those below the fleet's
+    /// frontier ([`PgReplica::fleet_frontier`], with `policy.fold_acknowledged`), and those received more than
+    /// `policy.horizon_ms` ago — of either, only those received more than `feed_retention_ms` ago, and unsigned.
+    /// They stay held, only folded into their documents' states, which devices lacking them are sent. Transactions
+    /// of at most a few thousand rows each, each under the database-wide lock; every relay calls it every
+    /// [`crate::relay::COMPACT_EVERY`]. The report counts the changes and bytes dropped.
+    pub fn compact(&self, policy: &CompactionPolicy, feed_retention_ms: u64) -> Result<CompactionReport> {
+        let frontier = if policy.fold_acknowledged { self.fleet_frontier(policy.horizon_ms)? } else { None };
+        let mut report = CompactionReport::default();
+        let mut after = 0i64;
+        loop {
+            let (looked_at, last) =
+                self.compact_some(policy, feed_retention_ms, frontier.as_ref(), after, &mut report)?;
+            if looked_at < COMPACT_ROWS_PER_TRANSACTION {
+                break;
+            }
+            after = last;
+        }
+        if report.changes > 0 {
+            log::info!(
+                "the cloud folded {} changes ({} bytes) of {} documents out of its log",
+                report.changes,
+                report.bytes,
+                report.documents
+            );
+        }
+        Ok(report)
+    }
+
+    /// One transaction of [`PgReplica::compact`]: the log rows after `after` received before the retention, at
+    /// most [`COMPACT_ROWS_PER_TRANSACTION`]. Returns how many it looked at, and the last one's number.
+    fn compact_some(
+        &self,
+        policy: &CompactionPolicy,
+        feed_retention_ms: u64,
+        frontier: Option<&Summary>,
+        after: i64,
+        report: &mut CompactionReport,
+    ) -> Result<(i64, i64)> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(pg)?;
+        // No batch applies while rows go: a document's record of folded changes and its rows change together.
+        super::Locks::Database.take(&mut tx)?;
+        let rows = tx
+            .query(
+                "SELECT seq, doc, author, start_ctr, end_ctr, octet_length(body)::bigint, \
+                 received < now() - make_interval(secs => $3), xact::text FROM changes \
+                 WHERE seq > $1 AND received < now() - make_interval(secs => $4) AND sig IS NULL \
+                 ORDER BY seq LIMIT $2",
+                &[&after, &COMPACT_ROWS_PER_TRANSACTION, &secs(policy.horizon_ms), &secs(feed_retention_ms)],
+            )
+            .map_err(pg)?;
+        let looked_at = rows.len() as i64;
+        let last = rows.last().map_or(after, |r| r.get(0));
+        let mut gone: Vec<i64> = Vec::new();
+        let mut floor: Option<(u64, i64)> = None;
+        // Per document, what of each author goes.
+        let mut by_doc: BTreeMap<i64, Summary> = BTreeMap::new();
+        for r in &rows {
+            let (author, start, end) = (PeerId(r.get::<_, i64>(2) as u64), r.get::<_, i64>(3), r.get::<_, i64>(4));
+            let (start, end) = (start.max(0) as u64, end.max(0) as u64);
+            let old: bool = r.get(6);
+            if !(old || frontier.is_some_and(|f| f.contains(author, start, end))) {
+                continue;
+            }
+            let seq: i64 = r.get(0);
+            gone.push(seq);
+            by_doc.entry(r.get(1)).or_default().insert(author, start, end);
+            report.changes += 1;
+            report.bytes += r.get::<_, i64>(5).max(0) as u64;
+            let xact: String = r.get(7);
+            let xact = xact.parse().map_err(|_| Error::Corrupt(format!("a transaction id {xact:?}")))?;
+            floor = floor.max(Some((xact, seq)));
+        }
+        if gone.is_empty() {
+            return Ok((looked_at, last));
+        }
+        report.documents += by_doc.len() as u64;
+        // The documents' records of folded changes, and the authors' ranges held only folded, joined.
+        let docs: Vec<i64> = by_doc.keys().copied().collect();
+        let mut records: BTreeMap<i64, Summary> = BTreeMap::new();
+        for r in tx.query("SELECT doc, summary FROM folded WHERE doc = ANY($1)", &[&docs]).map_err(pg)? {
+            records.insert(r.get(0), super::states::folded_record(r.get(1))?);
+        }
+        let mut authors: Vec<i64> = by_doc.values().flat_map(|s| s.peers().map(|(a, _)| a.0 as i64)).collect();
+        authors.sort_unstable();
+        authors.dedup();
+        let mut folded: AuthorRanges = BTreeMap::new();
+        for r in tx.query("SELECT author, ranges FROM folded_held WHERE author = ANY($1)", &[&authors]).map_err(pg)? {
+            folded.insert(PeerId(r.get::<_, i64>(0) as u64), (held_ranges(r.get(1))?, true));
+        }
+        for (doc, went) in &by_doc {
+            records.entry(*doc).or_default().union_with(went);
+            for (author, ranges) in went.peers() {
+                let into = &mut folded.entry(author).or_insert_with(|| (RangeSet::default(), true)).0;
+                for &(s, e) in ranges.ranges() {
+                    into.insert(s, e);
+                }
+            }
+        }
+        let merged: Vec<MergedDoc> = by_doc
+            .into_iter()
+            .map(|(doc, added)| MergedDoc { record: records.remove(&doc).unwrap_or_default(), added })
+            .collect();
+        let numbered: Vec<(i64, &MergedDoc)> = docs.iter().copied().zip(&merged).collect();
+        let floor = floor.ok_or_else(|| Error::Corrupt("changes folded without a row".into()))?;
+        persist_merges(&mut tx, &folded, &numbered, Some(&Compacted { gone, floor }))?;
+        tx.commit().map_err(pg)?;
+        // What this relay's summary knows: those changes have no row any more.
+        self.committed(&BTreeMap::new(), &folded, &[]);
+        Ok((looked_at, last))
+    }
+}
