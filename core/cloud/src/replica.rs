@@ -779,6 +779,12 @@ impl Ledger for Batch<'_, '_> {
         self.docs.get(&(collection.to_string(), id.to_string())).map_or(&[], |d| &d.new_changes)
     }
 
+    fn applied_change(&self, author: PeerId, start: u64) -> Option<(&str, &str, &LoggedChange)> {
+        self.docs.iter().find_map(|((c, i), d)| {
+            Some((c.as_str(), i.as_str(), d.new_changes.iter().find(|n| n.peer == author && n.start == start)?))
+        })
+    }
+
     fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
         Ok(self.ranges(author)?.0.overlaps(start, end))
     }

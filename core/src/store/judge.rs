@@ -37,8 +37,8 @@ pub type KeptAside = (String, String, Vec<u8>, Option<Vec<u8>>);
 /// What judging records while a batch goes on; each [`Ledger`] owns one.
 #[derive(Debug, Default)]
 pub struct Judged {
-    /// Changes applied in this batch (not in the log yet): (author, start) → (end, content hash, document).
-    pub added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES], DocKey)>,
+    /// Changes applied in this batch (not in the log yet): (author, start) → (end, content hash).
+    pub added: BTreeMap<(PeerId, u64), (u64, [u8; CHANGE_HASH_BYTES])>,
     /// What happened to the batch's changes.
     pub report: ApplyReport,
     /// Changes of this batch kept aside (author, start): one that becomes ready within the batch and turns out
@@ -71,6 +71,10 @@ pub trait Ledger {
 
     /// The changes this batch applied to the document `collection/id` so far, in order.
     fn new_changes(&self, collection: &str, id: &str) -> &[LoggedChange];
+
+    /// The change of `author` starting at `start` that this batch applied, with its document's collection and id
+    /// (looked for only when another change claims its counters: an equivocation within a batch).
+    fn applied_change(&self, author: PeerId, start: u64) -> Option<(&str, &str, &LoggedChange)>;
 
     /// Whether any counter of `author`'s `start..=end` is held (logged, or applied in this batch).
     fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool>;
@@ -179,8 +183,7 @@ pub fn receive(l: &mut impl Ledger, dc: &DocChange, check: Option<&dyn ChangeChe
 
 /// Record a change just applied to a document of the batch.
 fn log_applied(l: &mut impl Ledger, collection: &str, id: &str, logged: LoggedChange) {
-    let key = (collection.to_string(), id.to_string());
-    l.judged().added.insert((logged.peer, logged.start), (logged.end, logged.hash, key));
+    l.judged().added.insert((logged.peer, logged.start), (logged.end, logged.hash));
     l.applied(collection, id, logged);
 }
 
@@ -239,8 +242,8 @@ fn held(l: &mut impl Ledger, collection: &str, id: &str, logged: &LoggedChange) 
     }
     // The held change with the greatest start at or before `end`: received in this batch, or logged.
     let in_batch = l.judged().added.range(..=(peer, end)).next_back().filter(|((p, _), _)| *p == peer);
-    let in_batch = in_batch.map(|(&(_, s), (e, h, key))| (s, *e, *h, Some(key.clone())));
-    let logged_before = l.logged_before(peer, end)?.map(|(s, e, h)| (s, e, h, None));
+    let in_batch = in_batch.map(|(&(_, s), (e, h))| (s, *e, *h, true));
+    let logged_before = l.logged_before(peer, end)?.map(|(s, e, h)| (s, e, h, false));
     let existing = match (in_batch, logged_before) {
         (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -249,13 +252,11 @@ fn held(l: &mut impl Ledger, collection: &str, id: &str, logged: &LoggedChange) 
         return Ok(Held::Same);
     }
     let (held, held_sig) = match &existing {
-        Some((s, _, _, Some(key))) => l
-            .new_changes(&key.0, &key.1)
-            .iter()
-            .find(|n| n.peer == peer && n.start == *s)
-            .map(|n| (Some(encode_doc_change(&key.0, &key.1, &n.body)), n.signature.clone()))
+        Some((s, _, _, true)) => l
+            .applied_change(peer, *s)
+            .map(|(c, i, n)| (Some(encode_doc_change(c, i, &n.body)), n.signature.clone()))
             .unwrap_or_default(),
-        Some((s, _, _, None)) => l.logged_change(peer, *s)?,
+        Some((s, _, _, false)) => l.logged_change(peer, *s)?,
         None => (None, None),
     };
     log::warn!(

@@ -87,6 +87,9 @@ fn keep_changed(doc: &Document, at: &mut Vec<PathSegment>, obj: &mut serde_json:
     Ok(())
 }
 
+/// Up to this many documents, a transaction finds one by comparing keys rather than making one to look it up.
+const SCAN_DOCS: usize = 8;
+
 impl<'a> WriteTxn<'a> {
     pub(crate) fn new(inner: &'a mut Inner) -> Self {
         let ts = inner.clock.tick(inner.sources.now_ms());
@@ -96,6 +99,9 @@ impl<'a> WriteTxn<'a> {
     /// Take a document into the transaction (from the cache or the database); with `create`, an empty document
     /// when the store has none. `None` if there is none and `create` is false.
     fn take_doc(&mut self, collection: &str, id: &str, create: bool) -> Result<Option<&mut TxnDoc>> {
+        if self.docs.len() <= SCAN_DOCS && self.docs.keys().any(|(c, i)| c == collection && i == id) {
+            return Ok(self.batch_doc(collection, id));
+        }
         let key = (collection.to_string(), id.to_string());
         let td = match self.docs.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
@@ -116,6 +122,15 @@ impl<'a> WriteTxn<'a> {
 
     fn doc(&mut self, collection: &str, id: &str) -> Result<Option<&mut TxnDoc>> {
         self.take_doc(collection, id, false)
+    }
+
+    /// The document `collection/id` if the transaction has taken it: looked for without a key made (a change
+    /// asks several times) when the transaction has few documents.
+    fn batch_doc(&mut self, collection: &str, id: &str) -> Option<&mut TxnDoc> {
+        if self.docs.len() <= SCAN_DOCS {
+            return self.docs.iter_mut().find(|((c, i), _)| c == collection && i == id).map(|(_, td)| td);
+        }
+        self.docs.get_mut(&(collection.to_string(), id.to_string()))
     }
 
     fn doc_or_new(&mut self, collection: &str, id: &str) -> Result<&mut TxnDoc> {
@@ -575,6 +590,12 @@ impl judge::Ledger for WriteTxn<'_> {
         self.docs.get(&(collection.to_string(), id.to_string())).map_or(&[], |td| &td.new_changes)
     }
 
+    fn applied_change(&self, author: PeerId, start: u64) -> Option<(&str, &str, &LoggedChange)> {
+        self.docs.iter().find_map(|((c, i), td)| {
+            Some((c.as_str(), i.as_str(), td.new_changes.iter().find(|n| n.peer == author && n.start == start)?))
+        })
+    }
+
     fn holds_any(&mut self, author: PeerId, start: u64, end: u64) -> Result<bool> {
         Ok(self.inner.held.overlaps(author, start, end))
     }
@@ -681,7 +702,7 @@ impl judge::Ledger for WriteTxn<'_> {
 
     fn pending_taken(&mut self, collection: &str, id: &str, author: PeerId, start: u64) -> Result<()> {
         self.delete_pending(author, start as i64)?;
-        if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
+        if let Some(td) = self.batch_doc(collection, id) {
             td.from_pending.push((author.0, start));
         }
         Ok(())
@@ -689,7 +710,7 @@ impl judge::Ledger for WriteTxn<'_> {
 
     fn applied(&mut self, collection: &str, id: &str, logged: LoggedChange) {
         self.inner.held.insert(logged.peer, logged.start, logged.end);
-        if let Some(td) = self.docs.get_mut(&(collection.to_string(), id.to_string())) {
+        if let Some(td) = self.batch_doc(collection, id) {
             td.new_changes.push(logged);
         }
     }
