@@ -1,6 +1,6 @@
 //! The cloud peer's costs, as JSON lines (DESIGN.md §8), beside plain PostgreSQL in the same run.
 //!
-//! `cargo run --release -p shoaldb-bench --bin cloud_bench [-- --postgres URL] [--quick] [--only ingest|catchup]`
+//! `cargo run --release -p shoaldb-bench --bin cloud_bench [-- --postgres URL] [--quick] [--only ingest|catchup|compact]`
 //!
 //! Needs a PostgreSQL server in which it may create databases: `--postgres URL`, or `SHOAL_TEST_POSTGRES`, which
 //! `core/cloud/tests/with-postgres.sh` sets (`core/cloud/tests/with-postgres.sh cargo run --release -p
@@ -26,6 +26,15 @@
 //!   `{"bench":"cloud_catchup","docs","ms","bytes","payload_bytes","ratio"}`: `bytes` counts everything on the
 //!   TCP connection both ways (handshake, framing, encryption; measured by a counting proxy between device and
 //!   relay), `payload_bytes` the documents' change encodings. Goal: bytes ≤ 1.1 × payload.
+//!
+//! - `compact`: 20,000 documents written 5 times each (100,000 changes; 2,000 documents with `--quick`), 1,000
+//!   devices (100) that said they hold everything, every change received 8 days ago; then the cloud's compaction
+//!   (`PgReplica::compact`, default policy: the frontier, a 7-day feed retention). Row `{"bench":"cloud_compact",
+//!   "impl":"shoal","docs","changes","devices","ack_us","frontier_ms","ms","changes_per_s","log_bytes_before",
+//!   "log_bytes_after"}`: `ack_us` is a device's summary kept (`keep_peer_summary`), `frontier_ms` the fleet's
+//!   frontier read, `ms` the compaction (frontier included), the log's size (`changes`, after `VACUUM FULL`, not
+//!   timed) before and after; beside it `{"impl":"postgres-delete",…}`: the same rows deleted from a copy of the
+//!   database by one plain `DELETE`, PostgreSQL's own cost of dropping them.
 //!
 //! Every row has `"ok"`: whether every change arrived intact (the device's documents equal the database's).
 
@@ -390,6 +399,90 @@ fn catchup(admin: &str, docs: usize) -> Result<(), BoxErr> {
     Ok(())
 }
 
+/// The size of the change log's table with its indexes, compacted by `VACUUM FULL` (not timed).
+fn log_bytes(client: &mut postgres::Client) -> Result<i64, BoxErr> {
+    client.batch_execute("VACUUM FULL changes")?;
+    Ok(client.query_one("SELECT pg_total_relation_size('changes')", &[])?.get(0))
+}
+
+fn compact(admin: &str, docs: usize, devices: usize) -> Result<(), BoxErr> {
+    const ROUNDS: usize = 5;
+    let name = "shoal_bench_compact";
+    let url = fresh_database(admin, name)?;
+    let source = Store::open(":memory:")?;
+    let ids: Vec<usize> = (0..docs).collect();
+    for round in 0..ROUNDS {
+        for chunk in ids.chunks(1000) {
+            source.write(|t| {
+                for i in chunk {
+                    t.upsert(
+                        "items",
+                        json!({"_id": format!("doc{i:06}"), "round": round, "v": format!("{i}.{round}")}),
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    let changes = source.replica().changes_since(&Summary::new())?;
+    let held = source.replica().summary()?;
+    let cloud = PgReplica::connect(&url, 2)?;
+    for chunk in changes.chunks(2000) {
+        cloud.apply_changes(chunk)?;
+    }
+    let t0 = Instant::now();
+    for d in 0..devices {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(d as u64).to_le_bytes());
+        cloud.keep_peer_summary(&shoaldb::security::DeviceKey(key), false, &held)?;
+    }
+    let ack_us = t0.elapsed().as_secs_f64() * 1e6 / devices as f64;
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    client.batch_execute("UPDATE changes SET received = received - interval '8 days'")?;
+    let before = log_bytes(&mut client)?;
+    drop((client, cloud));
+    // A copy, for PostgreSQL's own cost of dropping the same rows.
+    let raw_url = {
+        let mut admin_client = postgres::Client::connect(admin, postgres::NoTls)?;
+        admin_client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}_raw"))?;
+        admin_client.batch_execute(&format!("CREATE DATABASE {name}_raw TEMPLATE {name}"))?;
+        format!("{}/{name}_raw", admin.rsplit_once('/').map_or(admin, |(base, _)| base))
+    };
+    let cloud = PgReplica::connect(&url, 2)?;
+    let policy = shoaldb::CompactionPolicy::default();
+    let t0 = Instant::now();
+    let frontier = cloud.fleet_frontier(policy.horizon_ms)?;
+    let frontier_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let t0 = Instant::now();
+    let report = cloud.compact(&policy, 7 * 24 * 3600 * 1000)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+    let after = log_bytes(&mut client)?;
+    let mut ok = frontier.as_ref() == Some(&held) && report.changes as usize == changes.len();
+    ok &= cloud.summary()? == held;
+    for i in (0..docs).step_by((docs / 50).max(1)) {
+        let id = format!("doc{i:06}");
+        ok &= source.document("items", &id)?.map(|d| d.encode()) == cloud.document("items", &id)?.map(|d| d.encode());
+    }
+    emit(&json!({
+        "bench": "cloud_compact", "impl": "shoal", "docs": docs, "changes": changes.len(), "devices": devices,
+        "ack_us": ack_us.round(), "frontier_ms": frontier_ms.round(), "ms": (secs * 1000.0).round(),
+        "changes_per_s": (report.changes as f64 / secs).round(), "log_bytes_before": before,
+        "log_bytes_after": after, "ok": ok,
+    }));
+    let mut raw = postgres::Client::connect(&raw_url, postgres::NoTls)?;
+    let t0 = Instant::now();
+    let deleted = raw.execute("DELETE FROM changes WHERE received < now() - interval '7 days' AND sig IS NULL", &[])?;
+    let secs = t0.elapsed().as_secs_f64();
+    let raw_after = log_bytes(&mut raw)?;
+    emit(&json!({
+        "bench": "cloud_compact", "impl": "postgres-delete", "docs": docs, "changes": changes.len(),
+        "ms": (secs * 1000.0).round(), "changes_per_s": (deleted as f64 / secs).round(),
+        "log_bytes_before": before, "log_bytes_after": raw_after, "ok": deleted as usize == changes.len(),
+    }));
+    Ok(())
+}
+
 fn main() -> Result<(), BoxErr> {
     if std::env::var_os("SHOAL_LOG").is_some() {
         shoaldb_cloud::logging::init();
@@ -410,6 +503,10 @@ fn main() -> Result<(), BoxErr> {
     }
     if args.wants("catchup") {
         catchup(&admin, if args.quick { 5_000 } else { 100_000 })?;
+    }
+    if args.wants("compact") {
+        let (docs, devices) = if args.quick { (2_000, 100) } else { (20_000, 1_000) };
+        compact(&admin, docs, devices)?;
     }
     Ok(())
 }
