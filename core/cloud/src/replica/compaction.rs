@@ -191,20 +191,19 @@ impl PgReplica {
         for r in tx.query("SELECT author, ranges FROM folded_held WHERE author = ANY($1)", &[&authors]).map_err(pg)? {
             folded.insert(PeerId(r.get::<_, i64>(0) as u64), (held_ranges(r.get(1))?, true));
         }
-        for (doc, went) in &by_doc {
-            records.entry(*doc).or_default().union_with(went);
-            for (author, ranges) in went.peers() {
+        let mut merged: Vec<(i64, MergedDoc)> = Vec::with_capacity(by_doc.len());
+        for (doc, added) in by_doc {
+            for (author, ranges) in added.peers() {
                 let into = &mut folded.entry(author).or_insert_with(|| (RangeSet::default(), true)).0;
                 for &(s, e) in ranges.ranges() {
                     into.insert(s, e);
                 }
             }
+            let mut record = records.remove(&doc).unwrap_or_default();
+            record.union_with(&added);
+            merged.push((doc, MergedDoc { record, added }));
         }
-        let merged: Vec<MergedDoc> = by_doc
-            .into_iter()
-            .map(|(doc, added)| MergedDoc { record: records.remove(&doc).unwrap_or_default(), added })
-            .collect();
-        let numbered: Vec<(i64, &MergedDoc)> = docs.iter().copied().zip(&merged).collect();
+        let numbered: Vec<(i64, &MergedDoc)> = merged.iter().map(|(doc, m)| (*doc, m)).collect();
         let floor = floor.ok_or_else(|| Error::Corrupt("changes folded without a row".into()))?;
         persist_merges(&mut tx, &folded, &numbered, Some(&Compacted { gone, floor }))?;
         tx.commit().map_err(pg)?;
