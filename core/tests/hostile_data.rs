@@ -460,7 +460,7 @@ fn a_corrupt_snapshot_is_rebuilt_from_the_change_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let s = Store::open(&path).unwrap();
-    s.upsert("c", json!({"_id": "d", "big": "x".repeat(4096)})).unwrap();
+    s.upsert("c", json!({"_id": "d", "big": "x".repeat(8192)})).unwrap();
     for i in 0..5 {
         s.update("c", "d", |d| Ok(d.increment("n", i)?)).unwrap();
     }

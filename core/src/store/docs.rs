@@ -2,9 +2,9 @@
 //! change log through its per-document index), and a JSON view for reads and queries.
 //!
 //! An update costs one append to the change log plus one rewrite of the document's row (its view, without the large
-//! values kept beside it). The snapshot is rewritten when the changes since the last one reach half its size (at
-//! least 1 KiB, at most 1 MiB), which keeps the replay on load short and the write amplification a small constant
-//! (a 10 MiB document is rewritten once per megabyte of changes, not once per 64 KiB).
+//! values kept beside it). The snapshot is rewritten when the changes since the last one reach its size (at least
+//! 4 KiB, at most 1 MiB), which keeps the replay on load short — at most a snapshot's worth of changes — and the write
+//! amplification a small constant (a 10 MiB document is rewritten once per megabyte of changes, not once per 64 KiB).
 //!
 //! The view of a large document (at least [`DEFERRED_VIEW_MIN_BYTES`]) follows the same rule: while the changes
 //! since it was last written add up to less than its size, a save leaves it behind and marks it stale
@@ -95,8 +95,9 @@ pub(crate) enum ViewWrite<'a> {
     Deferred,
 }
 
-/// Views shorter than this are always written at once: rendering one costs little more than a stale read would.
-pub(crate) const DEFERRED_VIEW_MIN_BYTES: u64 = 16 * 1024;
+/// Views shorter than this (a page) are always written at once: rendering one costs little more than a stale read
+/// would, and it is written within the document's row, not on pages of its own.
+pub(crate) const DEFERRED_VIEW_MIN_BYTES: u64 = 4 * 1024;
 
 /// Whether saving `cached` with changes of `bytes` bytes may leave its stored view stale: an existing document with
 /// a view of at least [`DEFERRED_VIEW_MIN_BYTES`] whose changes since the view was written add up to less than the
@@ -436,7 +437,7 @@ pub(crate) fn save(
             .execute(params![row, made.min(i64::MAX as u64) as i64])?;
     }
     cached.tail_bytes += bytes;
-    let snapshot = resnapshot || cached.tail_bytes >= (cached.snapshot_bytes / 2).clamp(1024, 1 << 20);
+    let snapshot = resnapshot || cached.tail_bytes >= cached.snapshot_bytes.clamp(4 * 1024, 1 << 20);
     if snapshot && last_seq == 0 {
         // No change logged now: the snapshot holds every change of the log.
         last_seq = last_logged(conn, row)?;

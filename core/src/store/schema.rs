@@ -260,17 +260,26 @@ pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
     if current > SCHEMA_VERSION {
         return Err(crate::Error::UnsupportedSchema { found: current, supported: SCHEMA_VERSION });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Another process may have migrated meanwhile.
-        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if now > i as i64 {
-            continue;
-        }
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Every step in one transaction: a new store's schema is made with one commit (SQLite reloads the schema after
+    // each commit that changed it), and a failed step leaves the file at the version it had.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Another process may have migrated meanwhile.
+    let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if now > SCHEMA_VERSION {
+        return Err(crate::Error::UnsupportedSchema { found: now, supported: SCHEMA_VERSION });
+    }
+    for sql in MIGRATIONS.iter().skip(now.max(0) as usize) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-        log::info!("store schema migrated to version {}", i + 1);
+    }
+    if now < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    if now < SCHEMA_VERSION {
+        log::info!("store schema migrated from version {now} to {SCHEMA_VERSION}");
     }
     Ok(())
 }

@@ -126,13 +126,43 @@ pub(crate) fn decoding<R>(format: u8, decode: impl FnOnce() -> R) -> R {
     decode()
 }
 
+/// The peers a snapshot names, each numbered by where it first appears. Looked up once or more per run written:
+/// a scan while there are few (the usual document), a hash map beyond.
+#[derive(Default)]
+struct PeerTable {
+    peers: Vec<PeerId>,
+    index: HashMap<PeerId, u64>,
+}
+
+impl PeerTable {
+    /// Up to this many peers, a scan finds a peer's number faster than hashing it.
+    const SCAN: usize = 16;
+
+    fn index_of(&mut self, peer: PeerId) -> u64 {
+        if self.peers.len() <= Self::SCAN {
+            if let Some(i) = self.peers.iter().position(|&p| p == peer) {
+                return i as u64;
+            }
+        } else if let Some(&i) = self.index.get(&peer) {
+            return i;
+        }
+        self.peers.push(peer);
+        let n = self.peers.len();
+        if n == Self::SCAN + 1 {
+            self.index = self.peers.iter().enumerate().map(|(i, &p)| (p, i as u64)).collect();
+        } else if n > Self::SCAN + 1 {
+            self.index.insert(peer, n as u64 - 1);
+        }
+        n as u64 - 1
+    }
+}
+
 /// What a run says of the one after it: its next id, its last item, its right origin.
 type Before = (Dot, Dot, Option<Dot>);
 
 impl<C: SeqContent + Serialize> Serialize for Sequence<C> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut peers: Vec<PeerId> = Vec::new();
-        let mut index: HashMap<PeerId, u64> = HashMap::new();
+        let mut peers = PeerTable::default();
         let count_only = C::placeholder(0).is_some();
         // (flags, numbers) of each run; at most 2 per dot written and a count.
         let mut heads: Vec<(u8, [u64; 7], usize)> = Vec::with_capacity(self.run_count());
@@ -142,11 +172,7 @@ impl<C: SeqContent + Serialize> Serialize for Sequence<C> {
             let mut nums = [0u64; 7];
             let mut n = 0;
             let mut write = |d: Dot, nums: &mut [u64; 7], n: &mut usize| {
-                let i = *index.entry(d.peer).or_insert_with(|| {
-                    peers.push(d.peer);
-                    peers.len() as u64 - 1
-                });
-                nums[*n] = i;
+                nums[*n] = peers.index_of(d.peer);
                 nums[*n + 1] = d.counter;
                 *n += 2;
             };
@@ -179,6 +205,7 @@ impl<C: SeqContent + Serialize> Serialize for Sequence<C> {
             heads.push((flags, nums, n));
             before = Some((r.id.offset(r.len() as u64), r.last_id(), r.origin_right()));
         }
+        let peers = peers.peers;
         let elements = 2
             + peers.len()
             + heads.iter().map(|(flags, _, n)| 1 + n + usize::from(flags & COUNT_ONLY == 0)).sum::<usize>();
