@@ -14,6 +14,7 @@
 #
 # Everything lands in $ROOT/work/shoal (recreated each run; ROOT = the chroot, printed by chroot.sh):
 #   lib/libshoaldb_ffi.so, lib/libShoalDB.so   the Rust library and the Swift module (binaries find them by rpath)
+#   lib/libCoreBluetooth.so                    the test stand-in for Apple's CoreBluetooth (ios/Tests/CoreBluetooth)
 #   ShoalTests                                 the test runner
 #   MeshPeer                                   usage: MeshPeer DB NAME SECRET LISTEN [CONNECT...]
 #
@@ -64,12 +65,13 @@ mkdir -p "$gen"
   --out-dir "$gen" --no-format)
 
 rm -rf "$work"
-mkdir -p "$work/gen" "$work/lib" "$work/src" "$work/tests" "$work/meshpeer" "$work/build"
+mkdir -p "$work/gen" "$work/lib" "$work/src" "$work/tests" "$work/meshpeer" "$work/build" "$work/corebluetooth"
 cp "$gen/ShoalDB.swift" "$gen/ShoalDBFFI.h" "$gen/ShoalDBFFI.modulemap" "$work/gen/"
 cp "$lib" "$work/lib/"
 cp "$repo"/ios/Sources/ShoalDB/*.swift "$work/src/"
 cp "$repo"/ios/Tests/ShoalDBTests/*.swift "$work/tests/"
 cp "$repo"/ios/Tests/MeshPeer/*.swift "$work/meshpeer/"
+cp "$repo"/ios/Tests/CoreBluetooth/*.swift "$work/corebluetooth/"
 
 # swiftc needs /proc inside the chroot (to find libswiftCore.so). Unmount only what this run mounted.
 if ! mountpoint -q "$root/proc"; then
@@ -86,16 +88,23 @@ in_chroot() {
 common=(-swift-version 6 -module-cache-path "$work_in/build/module-cache"
   -I "$work_in/gen" -Xcc "-fmodule-map-file=$work_in/gen/ShoalDBFFI.modulemap")
 
+# Linux has no CoreBluetooth: the test stand-in (ios/Tests/CoreBluetooth: Apple's API over a simulated air) takes its
+# place, so the shipped CoreBluetoothRadio.swift compiles into ShoalDB unchanged and runs in the tests.
+echo "== compiling module CoreBluetooth (the Linux test stand-in)" >&2
+in_chroot sh -c "cd $work_in && swiftc -swift-version 5 -module-cache-path $work_in/build/module-cache \
+  -parse-as-library -module-name CoreBluetooth -emit-library -o lib/libCoreBluetooth.so -emit-module \
+  -emit-module-path build/CoreBluetooth.swiftmodule corebluetooth/*.swift"
+
 echo "== compiling module ShoalDB ($(in_chroot swiftc --version 2>/dev/null | head -1))" >&2
-in_chroot sh -c "cd $work_in && swiftc ${common[*]} -parse-as-library -module-name ShoalDB \
+in_chroot sh -c "cd $work_in && swiftc ${common[*]} -I build -parse-as-library -module-name ShoalDB \
   -emit-library -o lib/libShoalDB.so -emit-module -emit-module-path build/ShoalDB.swiftmodule \
-  gen/ShoalDB.swift src/*.swift -L lib -lshoaldb_ffi -Xlinker -rpath -Xlinker '\$ORIGIN'"
+  gen/ShoalDB.swift src/*.swift -L lib -lshoaldb_ffi -lCoreBluetooth -Xlinker -rpath -Xlinker '\$ORIGIN'"
 
 echo "== compiling the tests and the mesh peer" >&2
 for program in ShoalTests:tests MeshPeer:meshpeer; do
   name="${program%%:*}" dir="${program##*:}"
   in_chroot sh -c "cd $work_in && swiftc ${common[*]} -I build -module-name $name $dir/*.swift -o $name \
-    -L lib -lShoalDB -lshoaldb_ffi -Xlinker -rpath -Xlinker '\$ORIGIN/lib' -Xlinker -rpath -Xlinker $work_in/lib"
+    -L lib -lShoalDB -lshoaldb_ffi -lCoreBluetooth -Xlinker -rpath -Xlinker '\$ORIGIN/lib' -Xlinker -rpath -Xlinker $work_in/lib"
 done
 
 if [ "$build_only" = 1 ]; then

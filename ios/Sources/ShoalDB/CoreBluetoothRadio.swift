@@ -2,8 +2,8 @@
 // whom to dial, cuts frames into packets, runs credits, keepalives and encryption; this file only scans, advertises,
 // connects and moves packets (see core/src/transport/ble/mod.rs for the protocol).
 //
-// Compiled only where CoreBluetooth exists. It has never been compiled or run here (no Apple toolchain in CI): Linux
-// CI only checks that the `#if` below leaves it out.
+// Compiled only where CoreBluetooth exists. No Apple toolchain has compiled it here (none in CI); on Linux the Swift
+// tests compile it unchanged against a stand-in with Apple's API over a simulated air (ios/Tests/CoreBluetooth).
 //
 // Threading: all CoreBluetooth callbacks, L2CAP stream events and all state live on one serial queue. The methods
 // Rust calls hop onto it and return at once, and never throw.

@@ -37,6 +37,8 @@ let tests: [(String, () async throws -> Void)] = [
     ("two stores sync over loopback and converge", testSyncConverges),
     ("presence shows the other device over LAN", testPresence),
     ("attachment fetched over sync with progress", testAttachmentOverSync),
+    ("iPhones sync over Bluetooth LE (the shipped radio, GATT, on a simulated air)", testBluetoothGatt),
+    ("iPhones sync over Bluetooth LE (the shipped radio, L2CAP, on a simulated air)", testBluetoothL2cap),
     ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),

@@ -1,0 +1,564 @@
+// The simulated air under this test-only CoreBluetooth: every central and peripheral manager created in this process
+// joins `SimulatedAir.current`. It models advertising and scanning, connections with a fixed ATT MTU, GATT service
+// discovery, reads, writes without response (longer than the MTU allows: dropped, as a real link would refuse them),
+// notifications to subscribed centrals, and L2CAP channels as byte streams. Every callback runs on the queue its
+// manager was created with, and the air reads a manager's state only on that queue, as CoreBluetooth does.
+
+import Dispatch
+import Foundation
+
+/// One manager's presence on the air: what other devices know it by.
+final class AirDevice: @unchecked Sendable {
+    let id = UUID()
+}
+
+/// A connection from a central manager (through its `CBPeripheral`) to a peripheral manager.
+final class AirLink: @unchecked Sendable {
+    enum Side { case central, peripheral }
+
+    unowned let air: SimulatedAir
+    weak var centralManager: CBCentralManager?
+    weak var peripheralManager: CBPeripheralManager?
+    /// The central's handle on the peripheral (touched on the central manager's queue).
+    let peripheral: CBPeripheral
+    /// The peripheral's handle on the central (touched on the peripheral manager's queue).
+    let central: CBCentral
+    let mtu: Int
+    /// The L2CAP pipes of this link, closed with it.
+    var pipes: [AirPipe] = []
+
+    init(air: SimulatedAir, central: CBCentralManager, peripheral: CBPeripheral, to manager: CBPeripheralManager) {
+        self.air = air
+        centralManager = central
+        peripheralManager = manager
+        self.peripheral = peripheral
+        mtu = air.attMtu
+        self.central = CBCentral(identifier: central.device.id, mtu: air.attMtu)
+    }
+
+    /// Whether a write without response can go now (always: the air buffers without bound).
+    func canWrite(from side: Side) -> Bool { true }
+}
+
+/// The air a process's managers share.
+public final class SimulatedAir: @unchecked Sendable {
+    private static let currentLock = NSLock()
+    nonisolated(unsafe) private static var shared = SimulatedAir()
+
+    /// The air managers join when created. Replace it to start a scenario on an empty air.
+    public static var current: SimulatedAir {
+        get { currentLock.lock(); defer { currentLock.unlock() }; return shared }
+        set { currentLock.lock(); defer { currentLock.unlock() }; shared = newValue }
+    }
+
+    /// The ATT MTU every connection gets (iOS negotiates 185 with most phones).
+    public let attMtu: Int
+
+    private let lock = NSLock()
+    private var centrals: [ObjectIdentifier: Weak<CBCentralManager>] = [:]
+    private var peripherals: [UUID: Weak<CBPeripheralManager>] = [:]
+    private var links: [ObjectIdentifier: AirLink] = [:]
+    private var psm: CBL2CAPPSM = 0x80
+    private var counts = Traffic()
+
+    /// What crossed this air so far.
+    public struct Traffic: Sendable {
+        /// GATT writes without response delivered to a peripheral manager, and notifications delivered to centrals.
+        public var writes = 0, notifications = 0
+        /// Writes and notifications dropped for exceeding the link's ATT MTU − 3.
+        public var oversized = 0
+        /// L2CAP channels opened, and bytes written into them.
+        public var channels = 0, streamBytes = 0
+    }
+
+    public var traffic: Traffic { locked { counts } }
+
+    func count(_ change: (inout Traffic) -> Void) { locked { change(&counts) } }
+
+    public init(attMtu: Int = 185) {
+        self.attMtu = attMtu
+    }
+
+    func device(restoreIdentifier: Any?) -> AirDevice { AirDevice() }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body()
+    }
+
+    // MARK: Managers
+
+    func attach(central: CBCentralManager) {
+        locked { centrals[ObjectIdentifier(central)] = Weak(central) }
+        central.queue.async {
+            central.state = .poweredOn
+            central.delegate?.centralManagerDidUpdateState(central)
+        }
+    }
+
+    func attach(peripheral: CBPeripheralManager) {
+        locked { peripherals[peripheral.device.id] = Weak(peripheral) }
+        peripheral.queue.async {
+            peripheral.state = .poweredOn
+            peripheral.delegate?.peripheralManagerDidUpdateState(peripheral)
+        }
+    }
+
+    func nextPSM() -> CBL2CAPPSM {
+        locked {
+            psm &+= 1
+            return psm
+        }
+    }
+
+    // MARK: Advertising and scanning
+
+    /// Central `central` (on its queue) starts scanning: it sees every peripheral advertising now.
+    func scan(_ central: CBCentralManager) {
+        for manager in locked({ peripherals.values.compactMap(\.value) }) { sight(manager, by: central) }
+    }
+
+    /// Peripheral `manager` (on its queue) started advertising: every scanning central sees it.
+    func advertised(_ manager: CBPeripheralManager) {
+        for central in locked({ centrals.values.compactMap(\.value) }) { sight(manager, by: central) }
+    }
+
+    /// Reads `manager`'s advertisement on its queue, then reports it to `central` on its queue if it scans for it.
+    private func sight(_ manager: CBPeripheralManager, by central: CBCentralManager) {
+        manager.queue.async {
+            guard manager.isAdvertising, let advertisement = manager.advertisement else { return }
+            let advertised = advertisement[CBAdvertisementDataServiceUUIDsKey] as? [CBUUID] ?? []
+            let device = manager.device
+            central.queue.async {
+                guard central.state == .poweredOn, central.isScanning else { return }
+                if let filter = central.scanFilter, !filter.contains(where: advertised.contains) { return }
+                let peripheral = central.known[device.id] ?? CBPeripheral(remote: device, manager: central)
+                central.known[device.id] = peripheral
+                central.delegate?.centralManager(
+                    central, didDiscover: peripheral, advertisementData: advertisement, rssi: NSNumber(value: -50))
+            }
+        }
+    }
+
+    // MARK: Connections
+
+    func connect(_ central: CBCentralManager, to peripheral: CBPeripheral) {
+        guard let manager = locked({ peripherals[peripheral.remote.id]?.value }) else {
+            return central.queue.async {
+                peripheral.state = .disconnected
+                central.delegate?.centralManager(
+                    central, didFailToConnect: peripheral, error: CBError(.connectionFailed))
+            }
+        }
+        let link = AirLink(air: self, central: central, peripheral: peripheral, to: manager)
+        locked { links[ObjectIdentifier(link)] = link }
+        central.queue.async {
+            guard peripheral.state == .connecting else { return self.forget(link) }
+            peripheral.link = link
+            peripheral.state = .connected
+            central.delegate?.centralManager(central, didConnect: peripheral)
+        }
+    }
+
+    /// The central ends a connection or an attempt (on its queue).
+    func cancel(_ central: CBCentralManager, _ peripheral: CBPeripheral) {
+        let link = peripheral.link
+        let wasConnected = peripheral.state != .disconnected
+        peripheral.link = nil
+        peripheral.state = .disconnected
+        if let link { disconnect(link) }
+        if wasConnected {
+            central.queue.async {
+                central.delegate?.centralManager(central, didDisconnectPeripheral: peripheral, error: nil)
+            }
+        }
+    }
+
+    /// Ends `link` on the peripheral's side: its subscriptions go, and its channels end.
+    private func disconnect(_ link: AirLink) {
+        forget(link)
+        for pipe in link.pipes { pipe.close() }
+        guard let manager = link.peripheralManager else { return }
+        manager.queue.async {
+            for service in manager.services {
+                for case let c as CBMutableCharacteristic in service.characteristics ?? [] {
+                    guard let i = c.subscribedCentrals?.firstIndex(where: { $0 === link.central }) else { continue }
+                    c.subscribedCentrals?.remove(at: i)
+                    manager.delegate?.peripheralManager(manager, central: link.central, didUnsubscribeFrom: c)
+                }
+            }
+        }
+    }
+
+    private func forget(_ link: AirLink) {
+        locked { links[ObjectIdentifier(link)] = nil }
+    }
+
+    private func isUp(_ link: AirLink) -> Bool {
+        locked { links[ObjectIdentifier(link)] != nil }
+    }
+
+    // MARK: GATT (central side calls on its queue; the air hops to the peripheral manager's queue and back)
+
+    func discoverServices(of peripheral: CBPeripheral, link: AirLink, filter: [CBUUID]?) {
+        guard let manager = link.peripheralManager, let central = link.centralManager else { return }
+        manager.queue.async {
+            let found = manager.services.filter { s in filter?.contains(s.uuid) ?? true }
+                .map { (uuid: $0.uuid, primary: $0.isPrimary, source: $0) }
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                peripheral.services = found.map { f in
+                    let copy = CBService(uuid: f.uuid, primary: f.primary, peripheral: peripheral)
+                    copy.source = f.source
+                    return copy
+                }
+                peripheral.delegate?.peripheral(peripheral, didDiscoverServices: nil)
+            }
+        }
+    }
+
+    func discoverCharacteristics(of peripheral: CBPeripheral, service: CBService, link: AirLink, filter: [CBUUID]?) {
+        guard let manager = link.peripheralManager, let central = link.centralManager,
+              let source = service.source
+        else { return }
+        manager.queue.async {
+            let found = (source.characteristics ?? []).filter { c in filter?.contains(c.uuid) ?? true }
+                .map { (uuid: $0.uuid, properties: $0.properties, value: $0.value, source: $0) }
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                service.discovered = found.map { f in
+                    let copy = CBCharacteristic(uuid: f.uuid, properties: f.properties, value: f.value)
+                    copy.service = service
+                    copy.source = f.source
+                    return copy
+                }
+                peripheral.delegate?.peripheral(peripheral, didDiscoverCharacteristicsFor: service, error: nil)
+            }
+        }
+    }
+
+    func read(_ characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
+        guard let manager = link.peripheralManager, let central = link.centralManager,
+              let source = characteristic.source
+        else { return }
+        let answer: (CBATTError.Code, Data?) -> Void = { code, value in
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                if code == .success { characteristic.storedValue = value }
+                peripheral.delegate?.peripheral(
+                    peripheral, didUpdateValueFor: characteristic, error: code == .success ? nil : CBATTError(code))
+            }
+        }
+        manager.queue.async {
+            guard self.isUp(link) else { return }
+            // A characteristic published with a value is answered by the stack itself.
+            if let value = source.value { return answer(.success, value) }
+            let request = CBATTRequest(
+                central: link.central, characteristic: source, offset: 0, value: nil, answer: answer)
+            manager.delegate?.peripheralManager(manager, didReceiveRead: request)
+        }
+    }
+
+    func write(_ data: Data, to characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
+        guard let manager = link.peripheralManager, let source = characteristic.source else { return }
+        guard data.count <= link.mtu - 3 else { return count { $0.oversized += 1 } }
+        manager.queue.async {
+            guard self.isUp(link) else { return }
+            self.count { $0.writes += 1 }
+            let request = CBATTRequest(central: link.central, characteristic: source, offset: 0, value: data, answer: nil)
+            manager.delegate?.peripheralManager(manager, didReceiveWrite: [request])
+        }
+    }
+
+    func setNotify(_ enabled: Bool, _ characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
+        guard let manager = link.peripheralManager, let central = link.centralManager,
+              let source = characteristic.source as? CBMutableCharacteristic, source.properties.contains(.notify)
+        else { return }
+        manager.queue.async {
+            guard self.isUp(link) else { return }
+            let subscribed = source.subscribedCentrals?.contains { $0 === link.central } ?? false
+            if enabled, !subscribed {
+                source.subscribedCentrals = (source.subscribedCentrals ?? []) + [link.central]
+                manager.delegate?.peripheralManager(manager, central: link.central, didSubscribeTo: source)
+            } else if !enabled, subscribed {
+                source.subscribedCentrals?.removeAll { $0 === link.central }
+                manager.delegate?.peripheralManager(manager, central: link.central, didUnsubscribeFrom: source)
+            }
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                characteristic.isNotifying = enabled
+                peripheral.delegate?.peripheral(
+                    peripheral, didUpdateNotificationStateFor: characteristic, error: nil)
+            }
+        }
+    }
+
+    /// A notification from `manager` (on its queue) to the subscribed centrals among `to` (`nil`: all of them).
+    func notify(
+        _ value: Data, _ source: CBMutableCharacteristic, from manager: CBPeripheralManager, to: [CBCentral]?
+    ) -> Bool {
+        let targets = locked { links.values.filter { $0.peripheralManager === manager } }
+        for link in targets {
+            guard source.subscribedCentrals?.contains(where: { $0 === link.central }) ?? false,
+                  to?.contains(where: { $0 === link.central }) ?? true,
+                  let central = link.centralManager
+            else { continue }
+            guard value.count <= link.mtu - 3 else {
+                count { $0.oversized += 1 }
+                continue
+            }
+            count { $0.notifications += 1 }
+            let peripheral = link.peripheral
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                for service in peripheral.services ?? [] {
+                    for c in service.characteristics ?? [] where c.source === source {
+                        c.storedValue = value
+                        peripheral.delegate?.peripheral(peripheral, didUpdateValueFor: c, error: nil)
+                    }
+                }
+            }
+        }
+        return true
+    }
+
+    /// `manager` (on its queue) withdrew `removed`: connected centrals learn their copies are invalid.
+    func servicesChanged(_ manager: CBPeripheralManager, removed: [CBMutableService]) {
+        let targets = locked { links.values.filter { $0.peripheralManager === manager } }
+        for link in targets {
+            guard let central = link.centralManager else { continue }
+            let peripheral = link.peripheral
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                let gone = (peripheral.services ?? []).filter { s in removed.contains { $0 === s.source } }
+                guard !gone.isEmpty else { return }
+                peripheral.services = (peripheral.services ?? []).filter { s in !gone.contains { $0 === s } }
+                peripheral.delegate?.peripheral(peripheral, didModifyServices: gone)
+            }
+        }
+    }
+
+    // MARK: L2CAP
+
+    func openChannel(_ psm: CBL2CAPPSM, from peripheral: CBPeripheral, link: AirLink) {
+        guard let manager = link.peripheralManager, let central = link.centralManager else { return }
+        manager.queue.async {
+            guard self.isUp(link), manager.psms.contains(psm) else {
+                return central.queue.async {
+                    peripheral.delegate?.peripheral(peripheral, didOpen: nil, error: CBError(.invalidParameters))
+                }
+            }
+            self.count { $0.channels += 1 }
+            let up = AirPipe(air: self), down = AirPipe(air: self)
+            link.pipes += [up, down]
+            let theirs = CBL2CAPChannel(
+                peer: link.central, input: AirInputStream(up), output: AirOutputStream(down), psm: psm)
+            let ours = CBL2CAPChannel(
+                peer: peripheral, input: AirInputStream(down), output: AirOutputStream(up), psm: psm)
+            manager.delegate?.peripheralManager(manager, didOpen: theirs, error: nil)
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                peripheral.delegate?.peripheral(peripheral, didOpen: ours, error: nil)
+            }
+        }
+    }
+}
+
+private final class Weak<T: AnyObject> {
+    weak var value: T?
+    init(_ value: T) { self.value = value }
+}
+
+// MARK: - L2CAP streams
+
+/// One direction of an L2CAP channel: bytes written by one stream, read by the other, at most `capacity` in flight.
+final class AirPipe: @unchecked Sendable {
+    let capacity = 64 * 1024
+    private weak var air: SimulatedAir?
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+    private(set) var closed = false
+    weak var reader: AirInputStream?
+    weak var writer: AirOutputStream?
+
+    init(air: SimulatedAir?) { self.air = air }
+
+    func write(_ data: UnsafePointer<UInt8>, _ count: Int) -> Int {
+        let n: Int = {
+            lock.lock()
+            defer { lock.unlock() }
+            if closed { return -1 }
+            let n = min(count, capacity - bytes.count)
+            bytes.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
+            return n
+        }()
+        if n > 0 {
+            air?.count { $0.streamBytes += n }
+            reader?.signal(.hasBytesAvailable)
+        }
+        return n
+    }
+
+    func read(_ into: UnsafeMutablePointer<UInt8>, _ max: Int) -> Int {
+        let n: Int = {
+            lock.lock()
+            defer { lock.unlock() }
+            let n = min(max, bytes.count)
+            for i in 0..<n { into[i] = bytes[i] }
+            bytes.removeFirst(n)
+            return n
+        }()
+        if n > 0 { writer?.signal(.hasSpaceAvailable) }
+        return n
+    }
+
+    var available: Int { lock.lock(); defer { lock.unlock() }; return bytes.count }
+    var space: Int { lock.lock(); defer { lock.unlock() }; return closed ? 0 : capacity - bytes.count }
+
+    /// Either end closed, or the link went: the reader sees the end once it has read what is left.
+    func close() {
+        let first: Bool = {
+            lock.lock()
+            defer { lock.unlock() }
+            defer { closed = true }
+            return !closed
+        }()
+        if first {
+            reader?.signal(.endEncountered)
+            writer?.signal(.errorOccurred)
+        }
+    }
+}
+
+/// A stream an event is for, handed to its queue (streams are touched only there).
+private final class WeakStream: @unchecked Sendable {
+    weak var stream: Stream?
+    init(_ stream: Stream) { self.stream = stream }
+}
+
+/// Delivers a stream's events to its delegate on the queue it was scheduled on.
+private final class EventTarget: @unchecked Sendable {
+    private let lock = NSLock()
+    private var queue: DispatchQueue?
+    private var pending: [Stream.Event] = []
+
+    func deliver(on queue: DispatchQueue?, stream: Stream) {
+        lock.lock()
+        self.queue = queue
+        let backlog = queue == nil ? [] : pending
+        if queue != nil { pending = [] }
+        lock.unlock()
+        for event in backlog { signal(event, stream: stream) }
+    }
+
+    func signal(_ event: Stream.Event, stream: Stream) {
+        lock.lock()
+        let queue = self.queue
+        if queue == nil { pending.append(event) }
+        lock.unlock()
+        let target = WeakStream(stream)
+        queue?.async {
+            guard let stream = target.stream, let delegate = stream.delegate else { return }
+            delegate.stream(stream, handle: event)
+        }
+    }
+}
+
+final class AirInputStream: InputStream, @unchecked Sendable {
+    private let pipe: AirPipe
+    private let events = EventTarget()
+    private var status: Stream.Status = .notOpen
+    private weak var target: StreamDelegate?
+
+    init(_ pipe: AirPipe) {
+        self.pipe = pipe
+        super.init(data: Data())
+        pipe.reader = self
+    }
+
+    override var delegate: StreamDelegate? {
+        get { target }
+        set { target = newValue }
+    }
+
+    func deliver(on queue: DispatchQueue?) { events.deliver(on: queue, stream: self) }
+    func signal(_ event: Stream.Event) {
+        if status == .open || event == .openCompleted { events.signal(event, stream: self) }
+    }
+
+    override var streamStatus: Stream.Status { status }
+
+    override func open() {
+        guard status == .notOpen else { return }
+        status = .open
+        signal(.openCompleted)
+        if pipe.available > 0 { signal(.hasBytesAvailable) }
+        if pipe.closed { signal(.endEncountered) }
+    }
+
+    override func close() {
+        status = .closed
+        pipe.close()
+    }
+
+    override var hasBytesAvailable: Bool { status == .open && pipe.available > 0 }
+
+    override func read(_ buffer: UnsafeMutablePointer<UInt8>, maxLength len: Int) -> Int {
+        guard status == .open else { return -1 }
+        let n = pipe.read(buffer, len)
+        if n == 0, pipe.closed { status = .atEnd }
+        return n
+    }
+}
+
+final class AirOutputStream: OutputStream, @unchecked Sendable {
+    private let pipe: AirPipe
+    private let events = EventTarget()
+    private var status: Stream.Status = .notOpen
+    private weak var target: StreamDelegate?
+
+    init(_ pipe: AirPipe) {
+        self.pipe = pipe
+        super.init(toMemory: ())
+        pipe.writer = self
+    }
+
+    /// Foundation requires it; a stream made this way writes to a pipe nobody reads.
+    required init(toMemory: ()) {
+        pipe = AirPipe(air: nil)
+        super.init(toMemory: ())
+        pipe.writer = self
+    }
+
+    override var delegate: StreamDelegate? {
+        get { target }
+        set { target = newValue }
+    }
+
+    func deliver(on queue: DispatchQueue?) { events.deliver(on: queue, stream: self) }
+    func signal(_ event: Stream.Event) {
+        if status == .open || event == .openCompleted { events.signal(event, stream: self) }
+    }
+
+    override var streamStatus: Stream.Status { status }
+
+    override func open() {
+        guard status == .notOpen else { return }
+        status = .open
+        signal(.openCompleted)
+        if pipe.space > 0 { signal(.hasSpaceAvailable) }
+    }
+
+    override func close() {
+        status = .closed
+        pipe.close()
+    }
+
+    override var hasSpaceAvailable: Bool { status == .open && pipe.space > 0 }
+
+    override func write(_ buffer: UnsafePointer<UInt8>, maxLength len: Int) -> Int {
+        guard status == .open else { return -1 }
+        return pipe.write(buffer, len)
+    }
+}
