@@ -437,22 +437,30 @@ private final class WeakStream: @unchecked Sendable {
     init(_ stream: Stream) { self.stream = stream }
 }
 
-/// Delivers a stream's events to its delegate on the queue it was scheduled on.
-private final class EventTarget: @unchecked Sendable {
+/// What both ends of a channel keep: their status, their delegate, and the queue their events go to.
+private final class StreamEnd: @unchecked Sendable {
     private let lock = NSLock()
     private var queue: DispatchQueue?
     private var pending: [Stream.Event] = []
+    var status: Stream.Status = .notOpen
+    weak var delegate: StreamDelegate?
 
+    /// Deliver `stream`'s events on `queue` from now on (`nil`: hold them), starting with those held.
     func deliver(on queue: DispatchQueue?, stream: Stream) {
         lock.lock()
         self.queue = queue
         let backlog = queue == nil ? [] : pending
         if queue != nil { pending = [] }
         lock.unlock()
-        for event in backlog { signal(event, stream: stream) }
+        for event in backlog { post(event, stream: stream) }
     }
 
+    /// Tell `stream`'s delegate of `event` on its queue, if the stream is open (or just opened).
     func signal(_ event: Stream.Event, stream: Stream) {
+        if status == .open || event == .openCompleted { post(event, stream: stream) }
+    }
+
+    private func post(_ event: Stream.Event, stream: Stream) {
         lock.lock()
         let queue = self.queue
         if queue == nil { pending.append(event) }
@@ -467,9 +475,7 @@ private final class EventTarget: @unchecked Sendable {
 
 final class AirInputStream: InputStream, @unchecked Sendable {
     private let pipe: AirPipe
-    private let events = EventTarget()
-    private var status: Stream.Status = .notOpen
-    private weak var target: StreamDelegate?
+    private let end = StreamEnd()
 
     init(_ pipe: AirPipe) {
         self.pipe = pipe
@@ -478,45 +484,40 @@ final class AirInputStream: InputStream, @unchecked Sendable {
     }
 
     override var delegate: StreamDelegate? {
-        get { target }
-        set { target = newValue }
+        get { end.delegate }
+        set { end.delegate = newValue }
     }
 
-    func deliver(on queue: DispatchQueue?) { events.deliver(on: queue, stream: self) }
-    func signal(_ event: Stream.Event) {
-        if status == .open || event == .openCompleted { events.signal(event, stream: self) }
-    }
-
-    override var streamStatus: Stream.Status { status }
+    override var streamStatus: Stream.Status { end.status }
+    func deliver(on queue: DispatchQueue?) { end.deliver(on: queue, stream: self) }
+    func signal(_ event: Stream.Event) { end.signal(event, stream: self) }
 
     override func open() {
-        guard status == .notOpen else { return }
-        status = .open
+        guard end.status == .notOpen else { return }
+        end.status = .open
         signal(.openCompleted)
         if pipe.available > 0 { signal(.hasBytesAvailable) }
         if pipe.closed { signal(.endEncountered) }
     }
 
     override func close() {
-        status = .closed
+        end.status = .closed
         pipe.close()
     }
 
-    override var hasBytesAvailable: Bool { status == .open && pipe.available > 0 }
+    override var hasBytesAvailable: Bool { end.status == .open && pipe.available > 0 }
 
     override func read(_ buffer: UnsafeMutablePointer<UInt8>, maxLength len: Int) -> Int {
-        guard status == .open else { return -1 }
+        guard end.status == .open else { return -1 }
         let n = pipe.read(buffer, len)
-        if n == 0, pipe.closed { status = .atEnd }
+        if n == 0, pipe.closed { end.status = .atEnd }
         return n
     }
 }
 
 final class AirOutputStream: OutputStream, @unchecked Sendable {
     private let pipe: AirPipe
-    private let events = EventTarget()
-    private var status: Stream.Status = .notOpen
-    private weak var target: StreamDelegate?
+    private let end = StreamEnd()
 
     init(_ pipe: AirPipe) {
         self.pipe = pipe
@@ -532,33 +533,30 @@ final class AirOutputStream: OutputStream, @unchecked Sendable {
     }
 
     override var delegate: StreamDelegate? {
-        get { target }
-        set { target = newValue }
+        get { end.delegate }
+        set { end.delegate = newValue }
     }
 
-    func deliver(on queue: DispatchQueue?) { events.deliver(on: queue, stream: self) }
-    func signal(_ event: Stream.Event) {
-        if status == .open || event == .openCompleted { events.signal(event, stream: self) }
-    }
-
-    override var streamStatus: Stream.Status { status }
+    override var streamStatus: Stream.Status { end.status }
+    func deliver(on queue: DispatchQueue?) { end.deliver(on: queue, stream: self) }
+    func signal(_ event: Stream.Event) { end.signal(event, stream: self) }
 
     override func open() {
-        guard status == .notOpen else { return }
-        status = .open
+        guard end.status == .notOpen else { return }
+        end.status = .open
         signal(.openCompleted)
         if pipe.space > 0 { signal(.hasSpaceAvailable) }
     }
 
     override func close() {
-        status = .closed
+        end.status = .closed
         pipe.close()
     }
 
-    override var hasSpaceAvailable: Bool { status == .open && pipe.space > 0 }
+    override var hasSpaceAvailable: Bool { end.status == .open && pipe.space > 0 }
 
     override func write(_ buffer: UnsafePointer<UInt8>, maxLength len: Int) -> Int {
-        guard status == .open else { return -1 }
+        guard end.status == .open else { return -1 }
         return pipe.write(buffer, len)
     }
 }
