@@ -367,7 +367,7 @@ open class CBCentralManager: CBManager {
 
     public init(delegate: (any CBCentralManagerDelegate)?, queue: DispatchQueue?, options: [String: Any]? = nil) {
         self.delegate = delegate
-        device = SimulatedAir.current.device(restoreIdentifier: options?[CBCentralManagerOptionRestoreIdentifierKey])
+        device = SimulatedAir.current.device(queue: queue)
         super.init(queue: queue)
         SimulatedAir.current.attach(central: self)
     }
@@ -434,8 +434,7 @@ open class CBPeripheralManager: CBManager {
 
     public init(delegate: (any CBPeripheralManagerDelegate)?, queue: DispatchQueue?, options: [String: Any]? = nil) {
         self.delegate = delegate
-        device = SimulatedAir.current.device(
-            restoreIdentifier: options?[CBPeripheralManagerOptionRestoreIdentifierKey])
+        device = SimulatedAir.current.device(queue: queue)
         super.init(queue: queue)
         SimulatedAir.current.attach(peripheral: self)
     }

@@ -10,6 +10,9 @@ import Foundation
 /// One manager's presence on the air: what other devices know it by.
 final class AirDevice: @unchecked Sendable {
     let id = UUID()
+    /// The phone the manager belongs to: the managers of one radio share it (see `SimulatedAir.phone`).
+    let phone: String
+    init(phone: String) { self.phone = phone }
 }
 
 /// A connection from a central manager (through its `CBPeripheral`) to a peripheral manager.
@@ -26,6 +29,8 @@ final class AirLink: @unchecked Sendable {
     let mtu: Int
     /// The L2CAP pipes of this link, closed with it.
     var pipes: [AirPipe] = []
+    let centralPhone: String
+    let peripheralPhone: String
 
     init(air: SimulatedAir, central: CBCentralManager, peripheral: CBPeripheral, to manager: CBPeripheralManager) {
         self.air = air
@@ -34,6 +39,8 @@ final class AirLink: @unchecked Sendable {
         self.peripheral = peripheral
         mtu = air.attMtu
         self.central = CBCentral(identifier: central.device.id, mtu: air.attMtu)
+        centralPhone = central.device.phone
+        peripheralPhone = manager.device.phone
     }
 
     /// Whether a write without response can go now (always: the air buffers without bound).
@@ -69,6 +76,8 @@ public final class SimulatedAir: @unchecked Sendable {
         public var oversized = 0
         /// L2CAP channels opened, and bytes written into them.
         public var channels = 0, streamBytes = 0
+        /// The phones that connected, as "central>peripheral".
+        public var connections: Set<String> = []
     }
 
     public var traffic: Traffic { locked { counts } }
@@ -79,7 +88,48 @@ public final class SimulatedAir: @unchecked Sendable {
         self.attMtu = attMtu
     }
 
-    func device(restoreIdentifier: Any?) -> AirDevice { AirDevice() }
+    /// The phone whose radio is being made (`phone(_:_:)`), or "" for one named by its queue.
+    private var building = ""
+    private var rangeRule: @Sendable (String, String) -> Bool = { _, _ in true }
+
+    /// A manager joining the air: it belongs to the phone being made, or else to the phone of its queue (the two
+    /// managers of one radio share a queue).
+    func device(queue: DispatchQueue?) -> AirDevice {
+        locked {
+            AirDevice(phone: building.isEmpty ? "queue \(queue.map { ObjectIdentifier($0).hashValue } ?? 0)" : building)
+        }
+    }
+
+    /// Makes what `make` creates (a radio, whose managers it creates at once) the phone called `name`, which the
+    /// range rule (`setRange`) knows it by.
+    public func phone<T>(_ name: String, _ make: () throws -> T) rethrows -> T {
+        locked { building = name }
+        defer { locked { building = "" } }
+        return try make()
+    }
+
+    /// Whether two phones hear each other, by name (the default: every phone hears every other). Links between phones
+    /// that no longer hear each other drop (the central sees a disconnection with an error, the peripheral an
+    /// unsubscription, L2CAP streams end); phones that hear each other again see each other's advertisements.
+    public func setRange(_ hears: @escaping @Sendable (String, String) -> Bool) {
+        let (lost, scanning, advertising) = locked {
+            rangeRule = hears
+            return (
+                links.values.filter { !hears($0.centralPhone, $0.peripheralPhone) },
+                centrals.values.compactMap(\.value),
+                peripherals.values.compactMap(\.value)
+            )
+        }
+        for link in lost { lose(link) }
+        for central in scanning {
+            for manager in advertising { sight(manager, by: central) }
+        }
+    }
+
+    /// Whether the managers of `a` and `b` hear each other now.
+    private func hear(_ a: AirDevice, _ b: AirDevice) -> Bool {
+        locked { rangeRule(a.phone, b.phone) }
+    }
 
     private func locked<T>(_ body: () -> T) -> T {
         lock.lock()
@@ -126,6 +176,8 @@ public final class SimulatedAir: @unchecked Sendable {
 
     /// Reads `manager`'s advertisement on its queue, then reports it to `central` on its queue if it scans for it.
     private func sight(_ manager: CBPeripheralManager, by central: CBCentralManager) {
+        // A phone does not receive its own advertisements.
+        guard manager.device.phone != central.device.phone, hear(manager.device, central.device) else { return }
         manager.queue.async {
             guard manager.isAdvertising, let advertisement = manager.advertisement else { return }
             let advertised = advertisement[CBAdvertisementDataServiceUUIDsKey] as? [CBUUID] ?? []
@@ -144,7 +196,9 @@ public final class SimulatedAir: @unchecked Sendable {
     // MARK: Connections
 
     func connect(_ central: CBCentralManager, to peripheral: CBPeripheral) {
-        guard let manager = locked({ peripherals[peripheral.remote.id]?.value }) else {
+        guard let manager = locked({ peripherals[peripheral.remote.id]?.value }),
+              hear(central.device, manager.device)
+        else {
             return central.queue.async {
                 peripheral.state = .disconnected
                 central.delegate?.centralManager(
@@ -152,7 +206,10 @@ public final class SimulatedAir: @unchecked Sendable {
             }
         }
         let link = AirLink(air: self, central: central, peripheral: peripheral, to: manager)
-        locked { links[ObjectIdentifier(link)] = link }
+        locked {
+            links[ObjectIdentifier(link)] = link
+            counts.connections.insert("\(link.centralPhone)>\(link.peripheralPhone)")
+        }
         central.queue.async {
             guard peripheral.state == .connecting else { return self.forget(link) }
             peripheral.link = link
@@ -172,6 +229,20 @@ public final class SimulatedAir: @unchecked Sendable {
             central.queue.async {
                 central.delegate?.centralManager(central, didDisconnectPeripheral: peripheral, error: nil)
             }
+        }
+    }
+
+    /// `link` dropped on its own (out of range): both sides learn it.
+    private func lose(_ link: AirLink) {
+        disconnect(link)
+        guard let central = link.centralManager else { return }
+        let peripheral = link.peripheral
+        central.queue.async {
+            guard peripheral.link === link else { return }
+            peripheral.link = nil
+            peripheral.state = .disconnected
+            central.delegate?.centralManager(
+                central, didDisconnectPeripheral: peripheral, error: CBError(.connectionTimeout))
         }
     }
 

@@ -67,3 +67,106 @@ func testBluetoothGatt() async throws {
 func testBluetoothL2cap() async throws {
     try await twoPhones("l2cap", CoreBluetoothRadio.Options(useL2CAP: true, discoveryInterval: 0.2))
 }
+
+/// Three iPhones on a line, A – B – C: A and C never hear each other, so what one writes reaches the other through B.
+func testBluetoothLine() async throws {
+    let air = SimulatedAir()
+    SimulatedAir.current = air
+    let position = ["A": 0, "B": 1, "C": 2]
+    air.setRange { a, b in abs((position[a] ?? 9) - (position[b] ?? -9)) <= 1 }
+    let dir = try makeTempDir("ble-line")
+    defer { removeTempDir(dir) }
+    let options = CoreBluetoothRadio.Options(discoveryInterval: 0.2)
+    var phones: [Store] = []
+    for name in ["A", "B", "C"] {
+        phones.append(try await openBluetoothStore(dir, name, air.phone(name) { CoreBluetoothRadio(options: options) }))
+    }
+    defer { for phone in phones { phone.shutdown() } }
+    let notes = try phones.map { try $0.collection(name: "notes") }
+
+    _ = try await notes[0].put(id: "from-a", fields: ["text": .text(initial: "written at one end")])
+    _ = try await notes[2].put(id: "from-c", fields: ["n": .counter(initial: 7)])
+    try await eventually("each end's note reaching the other end") {
+        let atC = try await notes[2].get(id: "from-a"), atA = try await notes[0].get(id: "from-c")
+        return atC != nil && atA != nil
+    }
+    try await notes[0].update("from-c") { $0.increment("n", by: 1) }
+    try await notes[2].update("from-c") { $0.increment("n", by: 2) }
+    try await eventually("the line converging") {
+        let all = try await notes.asyncMap { try await $0.all() }
+        return all[0].count == 2 && all.allSatisfy { $0 == all[0] }
+    }
+    try expectEqual(try await notes[1].getField(id: "from-c", path: "n"), "10")
+    // Through B: the ends never connected.
+    let linked = air.traffic.connections
+    try expect(!linked.contains("A>C") && !linked.contains("C>A"), "A and C connected: \(linked)")
+    try expect(linked.contains { $0.contains("A") } && linked.contains { $0.contains("C") }, "\(linked)")
+}
+
+/// Two iPhones, one of which walks out of range in the middle of a transfer, both write while apart, and it comes
+/// back: they converge, over GATT.
+func testBluetoothWalkAway() async throws {
+    let air = SimulatedAir()
+    SimulatedAir.current = air
+    let apart = Flag()
+    air.setRange { _, _ in !apart.value }
+    let dir = try makeTempDir("ble-walk")
+    defer { removeTempDir(dir) }
+    let options = CoreBluetoothRadio.Options(useL2CAP: false, discoveryInterval: 0.2)
+    let a = try await openBluetoothStore(dir, "A", air.phone("A") { CoreBluetoothRadio(options: options) })
+    let b = try await openBluetoothStore(dir, "B", air.phone("B") { CoreBluetoothRadio(options: options) })
+    defer { a.shutdown(); b.shutdown() }
+    let notesA = try a.collection(name: "notes")
+    let notesB = try b.collection(name: "notes")
+    _ = try await notesA.put(id: "hello", fields: ["n": .counter(initial: 0)])
+    try await eventually("the phones meeting") { try await notesB.get(id: "hello") != nil }
+
+    // 200 notes of 2 KB: over 2,000 packets. B walks away once 50 of them have crossed.
+    let before = air.traffic
+    try await a.write { batch in
+        for i in 0..<200 {
+            batch.upsert(json: #"{"_id":"bulk\#(i)","pad":"\#(String(repeating: "x", count: 2_000))"}"#, into: "notes")
+        }
+    }
+    let started = Date()
+    while air.traffic.notifications + air.traffic.writes < before.notifications + before.writes + 50 {
+        try expect(Date().timeIntervalSince(started) < 30, "the transfer starting")
+        try await Task.sleep(nanoseconds: 1_000_000)
+    }
+    apart.value = true
+    air.setRange { _, _ in !apart.value }
+    let cut = air.traffic
+    try await notesA.update("hello") { $0.increment("n", by: 1) }
+    try await notesB.update("hello") { $0.increment("n", by: 2) }
+    await sleep(ms: 500)
+    let atB = try await notesB.all().count
+    try expect(atB < 201, "B had only part of the notes when it walked away (\(atB))")
+    try expectEqual(air.traffic.notifications + air.traffic.writes, cut.notifications + cut.writes,
+                    "nothing crosses while they are apart")
+
+    apart.value = false
+    air.setRange { _, _ in !apart.value }
+    try await eventually("the phones converging after meeting again") {
+        let docsA = try await notesA.all(), docsB = try await notesB.all()
+        return docsA.count == 201 && docsA == docsB
+    }
+    try expectEqual(try await notesB.getField(id: "hello", path: "n"), "3")
+}
+
+/// A flag shared with the air's range rule.
+private final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var state = false
+    var value: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return state }
+        set { lock.lock(); defer { lock.unlock() }; state = newValue }
+    }
+}
+
+extension Array {
+    fileprivate func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for element in self { out.append(try await transform(element)) }
+        return out
+    }
+}

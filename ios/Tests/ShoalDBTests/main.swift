@@ -39,6 +39,8 @@ let tests: [(String, () async throws -> Void)] = [
     ("attachment fetched over sync with progress", testAttachmentOverSync),
     ("iPhones sync over Bluetooth LE (the shipped radio, GATT, on a simulated air)", testBluetoothGatt),
     ("iPhones sync over Bluetooth LE (the shipped radio, L2CAP, on a simulated air)", testBluetoothL2cap),
+    ("three iPhones on a line over Bluetooth LE: the ends sync through the middle", testBluetoothLine),
+    ("an iPhone walks out of Bluetooth LE range mid-transfer and back, and they converge", testBluetoothWalkAway),
     ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),
