@@ -1,8 +1,10 @@
 // The simulated air under this test-only CoreBluetooth: every central and peripheral manager created in this process
 // joins `SimulatedAir.current`. It models advertising and scanning, connections with a fixed ATT MTU, GATT service
 // discovery, reads, writes without response (longer than the MTU allows: dropped, as a real link would refuse them),
-// notifications to subscribed centrals, and L2CAP channels as byte streams. Every callback runs on the queue its
-// manager was created with, and the air reads a manager's state only on that queue, as CoreBluetooth does.
+// notifications to subscribed centrals, L2CAP channels as byte streams, and phones in or out of each other's range
+// (`phone`, `setRange`). Every callback runs on the queue its manager was created with, and the air reads a manager's
+// state only on that queue, as CoreBluetooth does. Not modelled yet: flow control (writes and notifications always go),
+// loss, reordering, a phone vanishing without withdrawing its service, repeated sightings (`allowDuplicates`).
 
 import Dispatch
 import Foundation
