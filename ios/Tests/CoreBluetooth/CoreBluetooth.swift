@@ -208,7 +208,7 @@ open class CBPeripheral: CBPeer {
         super.init(identifier: remote.id)
     }
 
-    open var canSendWriteWithoutResponse: Bool { link?.canWrite(from: .central) ?? false }
+    open var canSendWriteWithoutResponse: Bool { link?.canSend(from: .central) ?? false }
 
     open func maximumWriteValueLength(for type: CBCharacteristicWriteType) -> Int {
         (link?.mtu ?? 23) - 3

@@ -3,8 +3,10 @@
 // discovery, reads, writes without response (longer than the MTU allows: dropped, as a real link would refuse them),
 // notifications to subscribed centrals, L2CAP channels as byte streams, and phones in or out of each other's range
 // (`phone`, `setRange`). Every callback runs on the queue its manager was created with, and the air reads a manager's
-// state only on that queue, as CoreBluetooth does. Not modelled yet: flow control (writes and notifications always go),
-// loss, reordering, a phone vanishing without withdrawing its service, repeated sightings (`allowDuplicates`).
+// state only on that queue, as CoreBluetooth does. Flow control: a link carries a few writes without response and a
+// few notifications at a time (`window`); a sender that finds it full waits for `peripheralIsReady` /
+// `peripheralManagerIsReady`. Not modelled yet: loss, reordering, a phone vanishing without withdrawing its service,
+// repeated sightings (`allowDuplicates`).
 
 import Dispatch
 import Foundation
@@ -40,13 +42,48 @@ final class AirLink: @unchecked Sendable {
         peripheralManager = manager
         self.peripheral = peripheral
         mtu = air.attMtu
+        window = air.window
         self.central = CBCentral(identifier: central.device.id, mtu: air.attMtu)
         centralPhone = central.device.phone
         peripheralPhone = manager.device.phone
     }
 
-    /// Whether a write without response can go now (always: the air buffers without bound).
-    func canWrite(from side: Side) -> Bool { true }
+    /// How many writes without response (central to peripheral) and notifications (peripheral to central) may be
+    /// on their way at once; a sender that finds the window full is told when it opens again.
+    let window: Int
+    private let flow = NSLock()
+    private var inFlight: [Side: Int] = [.central: 0, .peripheral: 0]
+    private var waiting: Set<Side> = []
+
+    /// Whether `side` may send now; if not, it is told when it may (`peripheralIsReady` /
+    /// `peripheralManagerIsReady`), as CoreBluetooth does.
+    func canSend(from side: Side) -> Bool {
+        flow.lock()
+        defer { flow.unlock() }
+        if inFlight[side, default: 0] < window { return true }
+        waiting.insert(side)
+        return false
+    }
+
+    /// Takes a place in `side`'s window; false (and `side` waits) when it is full.
+    func take(_ side: Side) -> Bool {
+        flow.lock()
+        defer { flow.unlock() }
+        guard inFlight[side, default: 0] < window else {
+            waiting.insert(side)
+            return false
+        }
+        inFlight[side, default: 0] += 1
+        return true
+    }
+
+    /// One of `side`'s packets arrived: whether `side` was waiting for room (and is now told).
+    func arrived(_ side: Side) -> Bool {
+        flow.lock()
+        defer { flow.unlock() }
+        inFlight[side, default: 0] -= 1
+        return waiting.remove(side) != nil
+    }
 }
 
 /// The air a process's managers share.
@@ -76,6 +113,10 @@ public final class SimulatedAir: @unchecked Sendable {
         public var writes = 0, notifications = 0
         /// Writes and notifications dropped for exceeding the link's ATT MTU − 3.
         public var oversized = 0
+        /// Writes without response sent while the window was full (CoreBluetooth may drop them; the air does).
+        public var overrun = 0
+        /// Times a sender found the window full and was told later that it may send again.
+        public var readyCalls = 0
         /// L2CAP channels opened, and bytes written into them.
         public var channels = 0, streamBytes = 0
         /// The phones that connected, as "central>peripheral".
@@ -86,8 +127,12 @@ public final class SimulatedAir: @unchecked Sendable {
 
     func count(_ change: (inout Traffic) -> Void) { locked { change(&counts) } }
 
-    public init(attMtu: Int = 185) {
+    /// How many writes without response, and how many notifications, a link carries at once.
+    public let window: Int
+
+    public init(attMtu: Int = 185, window: Int = 8) {
         self.attMtu = attMtu
+        self.window = max(window, 1)
     }
 
     /// The phone whose radio is being made (`phone(_:_:)`), or "" for one named by its queue.
@@ -336,11 +381,18 @@ public final class SimulatedAir: @unchecked Sendable {
     func write(_ data: Data, to characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
         guard let manager = link.peripheralManager, let source = characteristic.source else { return }
         guard data.count <= link.mtu - 3 else { return count { $0.oversized += 1 } }
+        guard link.take(.central) else { return count { $0.overrun += 1 } }
         manager.queue.async {
             guard self.isUp(link) else { return }
             self.count { $0.writes += 1 }
             let request = CBATTRequest(central: link.central, characteristic: source, offset: 0, value: data, answer: nil)
             manager.delegate?.peripheralManager(manager, didReceiveWrite: [request])
+            guard link.arrived(.central), let central = link.centralManager else { return }
+            self.count { $0.readyCalls += 1 }
+            central.queue.async {
+                guard peripheral.link === link else { return }
+                peripheral.delegate?.peripheralIsReady(toSendWriteWithoutResponse: peripheral)
+            }
         }
     }
 
@@ -371,26 +423,33 @@ public final class SimulatedAir: @unchecked Sendable {
     func notify(
         _ value: Data, _ source: CBMutableCharacteristic, from manager: CBPeripheralManager, to: [CBCentral]?
     ) -> Bool {
-        let targets = locked { links.values.filter { $0.peripheralManager === manager } }
+        let targets = locked { links.values.filter { $0.peripheralManager === manager } }.filter { link in
+            source.subscribedCentrals?.contains(where: { $0 === link.central }) ?? false
+                && to?.contains(where: { $0 === link.central }) ?? true
+        }
+        // A full queue takes nothing: the manager is told when it may try again.
+        guard targets.allSatisfy({ $0.canSend(from: .peripheral) }) else { return false }
         for link in targets {
-            guard source.subscribedCentrals?.contains(where: { $0 === link.central }) ?? false,
-                  to?.contains(where: { $0 === link.central }) ?? true,
-                  let central = link.centralManager
-            else { continue }
+            guard let central = link.centralManager else { continue }
             guard value.count <= link.mtu - 3 else {
                 count { $0.oversized += 1 }
                 continue
             }
+            guard link.take(.peripheral) else { continue }
             count { $0.notifications += 1 }
             let peripheral = link.peripheral
             central.queue.async {
-                guard peripheral.link === link else { return }
-                for service in peripheral.services ?? [] {
-                    for c in service.characteristics ?? [] where c.source === source {
-                        c.storedValue = value
-                        peripheral.delegate?.peripheral(peripheral, didUpdateValueFor: c, error: nil)
+                if peripheral.link === link {
+                    for service in peripheral.services ?? [] {
+                        for c in service.characteristics ?? [] where c.source === source {
+                            c.storedValue = value
+                            peripheral.delegate?.peripheral(peripheral, didUpdateValueFor: c, error: nil)
+                        }
                     }
                 }
+                guard link.arrived(.peripheral) else { return }
+                self.count { $0.readyCalls += 1 }
+                manager.queue.async { manager.delegate?.peripheralManagerIsReady(toUpdateSubscribers: manager) }
             }
         }
         return true

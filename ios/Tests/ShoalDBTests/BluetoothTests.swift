@@ -21,7 +21,8 @@ private func openBluetoothStore(_ dir: String, _ name: String, _ radio: CoreBlue
 /// Two iPhones on an empty air, with `options`: an edit on either reaches the other, both ways, and concurrent
 /// edits converge.
 private func twoPhones(_ label: String, _ options: CoreBluetoothRadio.Options) async throws {
-    let air = SimulatedAir()
+    // One write and one notification in flight per link: the radio must wait to be told it may send again.
+    let air = SimulatedAir(window: 1)
     SimulatedAir.current = air
     let dir = try makeTempDir("ble-\(label)")
     defer { removeTempDir(dir) }
@@ -57,6 +58,9 @@ private func twoPhones(_ label: String, _ options: CoreBluetoothRadio.Options) a
         try expect(traffic.channels >= 1 && traffic.streamBytes > 2 * body.utf8.count, "\(label): \(traffic)")
     } else {
         try expect(traffic.channels == 0 && traffic.writes + traffic.notifications > 100, "\(label): \(traffic)")
+        // The links' windows filled and the radio waited to be told it may send again, never writing meanwhile.
+        try expect(traffic.readyCalls > 0, "\(label): flow control never engaged: \(traffic)")
+        try expectEqual(traffic.overrun, 0, "\(label): writes while the window was full")
     }
 }
 
