@@ -743,7 +743,7 @@ impl<'t, 'c> Batch<'t, 'c> {
             .map(|(n, m)| Ok((num_of(n)?, m)))
             .collect::<Result<_>>()?;
         if !merged.is_empty() {
-            states::persist_merges(self.tx, &self.folded, &merged, None)?;
+            states::persist_merges(self.tx, &self.folded, merged, None)?;
         }
         Ok(true)
     }

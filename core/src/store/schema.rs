@@ -266,20 +266,19 @@ pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
     // Every step in one transaction: a new store's schema is made with one commit (SQLite reloads the schema after
     // each commit that changed it), and a failed step leaves the file at the version it had.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    // Another process may have migrated meanwhile.
+    // Another process may have migrated meanwhile (then the transaction is dropped: it wrote nothing).
     let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if now > SCHEMA_VERSION {
         return Err(crate::Error::UnsupportedSchema { found: now, supported: SCHEMA_VERSION });
     }
+    if now == SCHEMA_VERSION {
+        return Ok(());
+    }
     for sql in MIGRATIONS.iter().skip(now.max(0) as usize) {
         tx.execute_batch(sql)?;
     }
-    if now < SCHEMA_VERSION {
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
-    if now < SCHEMA_VERSION {
-        log::info!("store schema migrated from version {now} to {SCHEMA_VERSION}");
-    }
+    log::info!("store schema migrated from version {now} to {SCHEMA_VERSION}");
     Ok(())
 }

@@ -203,9 +203,8 @@ impl PgReplica {
             record.union_with(&added);
             merged.push((doc, MergedDoc { record, added }));
         }
-        let numbered: Vec<(i64, &MergedDoc)> = merged.iter().map(|(doc, m)| (*doc, m)).collect();
         let floor = floor.ok_or_else(|| Error::Corrupt("changes folded without a row".into()))?;
-        persist_merges(&mut tx, &folded, &numbered, Some(&Compacted { gone, floor }))?;
+        persist_merges(&mut tx, &folded, merged.iter().map(|(doc, m)| (*doc, m)), Some(&Compacted { gone, floor }))?;
         tx.commit().map_err(pg)?;
         // What this relay's summary knows: those changes have no row any more.
         self.committed(&BTreeMap::new(), &folded, &[]);

@@ -211,19 +211,19 @@ impl Batch<'_, '_> {
 /// merge; `folded`: what is held only folded of the authors it looked at): the log rows a compaction folded
 /// away and the feed's floor, the documents' records of folded changes, the authors' ranges held only folded, and
 /// the journal — with a notice to the other relays — in one statement.
-pub(super) fn persist_merges(
+pub(super) fn persist_merges<'m>(
     tx: &mut Tx<'_>,
     folded: &AuthorRanges,
-    merged: &[(i64, &MergedDoc)],
+    merged: impl IntoIterator<Item = (i64, &'m MergedDoc)>,
     compacted: Option<&Compacted>,
 ) -> Result<()> {
     let (mut docs, mut records) = (Vec::new(), Vec::new());
     let (mut journal_docs, mut journal_authors, mut journal_ranges) = (Vec::new(), Vec::new(), Vec::new());
     for (num, m) in merged {
-        docs.push(*num);
+        docs.push(num);
         records.push(m.record.encode_dense());
         for (author, ranges) in m.added.peers() {
-            journal_docs.push(*num);
+            journal_docs.push(num);
             journal_authors.push(author.0 as i64);
             journal_ranges.push(postcard::to_stdvec(ranges).map_err(|e| Error::Corrupt(e.to_string()))?);
         }
