@@ -51,6 +51,7 @@ class AndroidBluetoothRadio internal constructor(
     private val useL2cap: Boolean,
     uuids: () -> ShoalGattUuids,
     private val newLoop: () -> RadioLoop,
+    private val scanStarts: ScanStartLog = ScanStartLog(),
 ) : BluetoothRadio {
 
     /**
@@ -61,7 +62,7 @@ class AndroidBluetoothRadio internal constructor(
      */
     @JvmOverloads
     constructor(context: Context, useL2cap: Boolean = true) :
-        this(context, useL2cap, ShoalGattUuids::fromCore, { ExecutorLoop("Shoal BLE") })
+        this(context, useL2cap, ShoalGattUuids::fromCore, { ExecutorLoop("Shoal BLE") }, ScanStartLog.app)
 
     private val context: Context = context.applicationContext ?: context
     private val uuids: ShoalGattUuids by lazy(uuids)
@@ -98,7 +99,10 @@ class AndroidBluetoothRadio internal constructor(
     /** Starts a run that reports to [sink] (what [start] does; tests pass their own sink). */
     internal fun startWith(sink: RadioSink): BleSession = synchronized(lock) {
         session?.shutdown()
-        val s = BleSession(context, uuids, newLoop(), sink, useL2cap, foreground, { connectionIds.incrementAndGet() })
+        val s = BleSession(
+            context, uuids, newLoop(), sink, useL2cap, foreground, { connectionIds.incrementAndGet() },
+            scanStarts = scanStarts,
+        )
         session = s
         s.loop.post { s.open() }
         s

@@ -25,7 +25,6 @@ internal class BleScanner(private val session: BleSession) {
     private var scanCallback: ScanCb? = null
     private var scanTimer: Cancellable? = null
     private var scanFailures = 0
-    private val scanStarts = ArrayDeque<Long>()
     private val throttle = DiscoveryThrottle()
 
     /** Scans for the service, reporting sightings (each address at most once a second unless its data changes). */
@@ -51,11 +50,10 @@ internal class BleScanner(private val session: BleSession) {
             bleLog(Log.WARN, "cannot scan: missing permission (see ShoalBluetoothPermissions)")
             return
         }
-        // Android silently ignores a 6th scan start within 30 s: wait rather than lose the scan.
+        // Android silently ignores a 6th scan start of the app within 30 s: wait rather than lose the scan.
         val now = session.loop.nowMs()
-        while (scanStarts.isNotEmpty() && now - scanStarts.first() >= SCAN_WINDOW_MS) scanStarts.removeFirst()
-        if (scanStarts.size >= MAX_SCAN_STARTS) {
-            val wait = SCAN_WINDOW_MS - (now - scanStarts.first()) + 100
+        val wait = session.scanStarts.waitMs(now)
+        if (wait > 0) {
             scanTimer = session.loop.schedule(wait) {
                 scanTimer = null
                 applyScanning()
@@ -77,7 +75,7 @@ internal class BleScanner(private val session: BleSession) {
         try {
             val filters = ShoalGattLayout.scanFilters(session.uuids)
             scanner.startScan(filters, ShoalGattLayout.scanSettings(session.foreground), cb)
-            scanStarts.addLast(now)
+            session.scanStarts.record(now)
             scanTimer = session.loop.schedule(SCAN_RESTART_MS) {
                 scanTimer = null
                 applyScanning()
@@ -161,5 +159,34 @@ internal class BleScanner(private val session: BleSession) {
         if (throttle.shouldReport(address, serviceData, session.loop.nowMs())) {
             session.sink.discovered(address, serviceData)
         }
+    }
+}
+
+/**
+ * The scan starts of the last [SCAN_WINDOW_MS] (times of one clock: a radio loop's `nowMs`). Android ignores,
+ * silently, an app's scan start beyond five in 30 seconds, whichever of the app's scanners started them: every
+ * radio made with the public constructor shares [app], so that restarting sync (a new run, a new store, a second
+ * radio) cannot exceed it. Thread-safe.
+ */
+internal class ScanStartLog {
+    private val starts = ArrayDeque<Long>()
+
+    /** How long to wait before a scan may start at [now] without exceeding [MAX_SCAN_STARTS]; 0: at once. */
+    @Synchronized
+    fun waitMs(now: Long): Long {
+        while (starts.isNotEmpty() && now - starts.first() >= SCAN_WINDOW_MS) starts.removeFirst()
+        if (starts.size < MAX_SCAN_STARTS) return 0
+        return SCAN_WINDOW_MS - (now - starts.first()) + 100
+    }
+
+    /** A scan started at [now]. */
+    @Synchronized
+    fun record(now: Long) {
+        starts.addLast(now)
+    }
+
+    companion object {
+        /** The log of the app's process, shared by the radios of the public constructor. */
+        val app = ScanStartLog()
     }
 }

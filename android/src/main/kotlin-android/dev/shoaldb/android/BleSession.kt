@@ -38,6 +38,8 @@ internal class BleSession(
     foreground: Boolean,
     val newConnectionId: () -> Long,
     connectTimeoutMs: Long = CONNECT_TIMEOUT_MS,
+    /** The scans started lately: Android's limit is per app, not per run (see [ScanStartLog]). */
+    val scanStarts: ScanStartLog = ScanStartLog(),
 ) {
     companion object {
         /** A connection attempt that has not produced a connection by then fails. */

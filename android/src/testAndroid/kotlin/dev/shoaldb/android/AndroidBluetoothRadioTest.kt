@@ -215,6 +215,30 @@ class AndroidBluetoothRadioTest : RadioTestBase() {
     }
 
     @Test
+    fun scanStartsAreLimitedPerAppAcrossRuns() {
+        // Android counts an app's scan starts, not a run's: sync restarted five times within 30 s (a new run each
+        // time, as `startSync` after `stopSync` or a store opened again makes) must not start a fifth scan, which
+        // Android would ignore without a word (found by the mesh scenarios on the simulated air).
+        val starts = ScanStartLog()
+        val restarted = AndroidBluetoothRadio(app, useL2cap = true, { TEST_UUIDS }, { TestLoop().also { loops.add(it) } }, starts)
+        val scans = { shadowOf(adapter.bluetoothLeScanner).activeScans.size }
+        try {
+            repeat(4) {
+                run { restarted.startWith(RecordingSink()) }
+                run { restarted.startScanning() }
+                assertEquals(1, scans()) // the previous run's scan stopped, this run's started
+            }
+            run { restarted.startWith(RecordingSink()) }
+            run { restarted.startScanning() }
+            assertEquals(0, scans())
+            loops.last().advance(30_100)
+            assertEquals(1, scans())
+        } finally {
+            restarted.stop()
+        }
+    }
+
+    @Test
     fun scanIsRestartedBeforeAndroidDemotesIt() {
         run { radio.startScanning() }
         val first = scanCallback()
