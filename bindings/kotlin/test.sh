@@ -8,6 +8,11 @@
 #                                              (android/src/testAndroid/kotlin), print a summary
 #   bindings/kotlin/test.sh --mesh-classpath   print the classpath that runs dev.shoaldb.MeshPeerKt (after a test run)
 #   bindings/kotlin/test.sh --mesh-command     print the whole command: java -Djna.library.path=... -cp ... MeshPeerKt
+#   bindings/kotlin/test.sh --air-phone-command
+#                                              print the whole command that starts an Android phone on the simulated
+#                                              air (after a test run): java -Djna.library.path=... -cp <the Robolectric
+#                                              tests' classpath> dev.shoaldb.android.air.AirPhoneMainKt; append
+#                                              <air address> <phone name> (see core/air/PROTOCOL.md)
 #
 # A mesh script runs a Kotlin peer without Maven as
 #   java -Djna.library.path=<repo>/target/debug -cp "$(bindings/kotlin/test.sh --mesh-classpath)" \
@@ -35,6 +40,18 @@ mesh_classpath() {
   echo "$here/target/classes:$here/target/test-classes:$(cat "$cp")"
 }
 
+# The classpath of the Android phone program of the simulated air (android/src/testAndroid/kotlin/dev/shoaldb/android/air):
+# the Robolectric tests' classes and dependencies, as the android-test profile's Surefire run has them.
+air_phone_classpath() {
+  local build="$here/target/android-test"
+  if [ ! -f "$build/test-classpath.txt" ] || [ ! -f "$build/test-classes/dev/shoaldb/android/air/AirPhoneMainKt.class" ] \
+    || [ ! -f "$build/aar/monitor/classes.jar" ]; then
+    echo "test.sh: the Robolectric build is missing: run bindings/kotlin/test.sh first" >&2
+    exit 1
+  fi
+  echo "$build/test-classes:$build/classes:$(cat "$build/test-classpath.txt"):$build/aar/monitor/classes.jar"
+}
+
 case "${1:-}" in
   --mesh-classpath)
     mesh_classpath
@@ -44,9 +61,14 @@ case "${1:-}" in
     echo "java -Djna.library.path=$libdir -cp $(mesh_classpath) dev.shoaldb.MeshPeerKt"
     exit 0
     ;;
+  --air-phone-command)
+    cp="$(air_phone_classpath)"
+    echo "java -Djna.library.path=$libdir -Dshoal.root=$root -cp $cp dev.shoaldb.android.air.AirPhoneMainKt"
+    exit 0
+    ;;
   "") ;;
   *)
-    echo "usage: $0 [--mesh-classpath | --mesh-command]" >&2
+    echo "usage: $0 [--mesh-classpath | --mesh-command | --air-phone-command]" >&2
     exit 2
     ;;
 esac

@@ -1,13 +1,16 @@
 // CoreBluetooth for Linux, for tests only: the classes, delegates and constants Shoal's iOS radio
 // (ios/Sources/ShoalDB/CoreBluetoothRadio.swift) uses, with Apple's names and Swift signatures, so that the shipped
 // radio compiles here unchanged (its `#if canImport(CoreBluetooth)` is true once this module is on the import path)
-// and runs over a simulated air (SimulatedAir.swift) in this process. Never shipped: on Apple platforms the radio
-// imports Apple's CoreBluetooth.
+// and runs over the simulated air: the air server `shoal-air` (core/air, wire protocol core/air/PROTOCOL.md), which
+// Android phones and other iPhones share. The managers of one phone speak for it on its connection to the air
+// (SimulatedAir.swift); this file is the API, SimulatedAir.swift what it does on the air. Never shipped: on Apple
+// platforms the radio imports Apple's CoreBluetooth.
 //
 // Where Linux differs from Apple's SDK: delegate methods Apple marks `@objc optional` are protocol requirements with
 // default (empty) implementations here, as Linux Swift has no Objective-C runtime; CoreFoundation's stream
 // scheduling (`CFReadStreamSetDispatchQueue`), which Linux Foundation does not export, is declared here too.
-// Classes are not `Sendable`, as Apple's are not: the radio must keep them on its queue, as it must on iOS.
+// Classes are not `Sendable`, as Apple's are not: the radio must keep them on its queue, as it must on iOS. Every
+// delegate callback runs on its manager's queue, and the stand-in touches a manager's objects only there.
 
 import Dispatch
 import Foundation
@@ -102,6 +105,9 @@ open class CBUUID: NSObject {
 
     open override var hash: Int { uuidString.hashValue }
     open override var description: String { uuidString }
+
+    /// How the air writes it: lower case, as in PROTOCOL.md and as Android's `UUID.toString()` does.
+    var airString: String { uuidString.lowercased() }
 }
 
 open class CBAttribute: NSObject {
@@ -114,8 +120,6 @@ open class CBService: CBAttribute {
     weak open internal(set) var peripheral: CBPeripheral?
     open internal(set) var isPrimary: Bool
     var discovered: [CBCharacteristic]?
-    /// A central's copy: the peripheral manager's service it stands for.
-    var source: CBService?
     open var characteristics: [CBCharacteristic]? { discovered }
 
     init(uuid: CBUUID, primary: Bool, peripheral: CBPeripheral?) {
@@ -143,10 +147,10 @@ open class CBCharacteristic: CBAttribute {
     weak open internal(set) var service: CBService?
     open internal(set) var properties: CBCharacteristicProperties
     var storedValue: Data?
-    /// A central's copy: the peripheral manager's characteristic it stands for.
-    var source: CBCharacteristic?
     open var value: Data? { storedValue }
     open internal(set) var isNotifying = false
+    /// A central's copy: the subscriptions asked for and not yet answered (`setNotifyValue`), oldest first.
+    var notifyRequests: [Bool] = []
 
     init(uuid: CBUUID, properties: CBCharacteristicProperties, value: Data?) {
         self.properties = properties
@@ -176,73 +180,136 @@ open class CBMutableCharacteristic: CBCharacteristic {
 
 open class CBPeer: NSObject {
     public let identifier: UUID
-    init(identifier: UUID) { self.identifier = identifier }
+    /// The phone's address on the air (`peer` in PROTOCOL.md); `identifier` is derived from it.
+    let address: String
+
+    init(address: String) {
+        self.address = address
+        identifier = airIdentifier(address)
+    }
 }
 
-/// A central connected to this device's peripheral manager.
+/// A central connected to this device's peripheral manager: one object per remote phone, as on iOS.
 open class CBCentral: CBPeer {
-    let mtu: Int
-    init(identifier: UUID, mtu: Int) {
-        self.mtu = mtu
-        super.init(identifier: identifier)
+    private let lock = NSLock()
+    private weak var currentLink: AirLink?
+
+    /// The link from this central now (set by the air's reader thread, read on the manager's queue).
+    var link: AirLink? {
+        get { lock.lock(); defer { lock.unlock() }; return currentLink }
+        set { lock.lock(); defer { lock.unlock() }; currentLink = newValue }
     }
 
-    /// The most bytes one notification to this central carries (its ATT MTU − 3).
-    open var maximumUpdateValueLength: Int { mtu - 3 }
+    /// The most bytes one notification to this central carries (its link's ATT MTU − 3).
+    open var maximumUpdateValueLength: Int { (link?.mtu ?? 23) - 3 }
 }
 
-/// A peripheral seen by this device's central manager.
+/// A peripheral seen by this device's central manager: one object per remote phone and manager, as on iOS.
 open class CBPeripheral: CBPeer {
     weak open var delegate: (any CBPeripheralDelegate)?
-    open var name: String? { nil }
+    open var name: String? { advertisedName }
     open internal(set) var state: CBPeripheralState = .disconnected
     open internal(set) var services: [CBService]?
-    /// The link on the air while connected (see SimulatedAir).
-    var link: AirLink?
     weak var manager: CBCentralManager?
-    let remote: AirDevice
+    /// The local name of its last advertisement that had one.
+    var advertisedName: String?
+    /// The link on the air while connected.
+    var link: AirLink?
+    /// The `ref` of the connection attempt while connecting.
+    var attempt = 0
+    /// The peripheral's GATT table as the last `discover` found it, and the filters of discoveries not yet answered.
+    var table: [AirService] = []
+    var serviceFilters: [[CBUUID]?] = []
 
-    init(remote: AirDevice, manager: CBCentralManager) {
-        self.remote = remote
+    init(address: String, manager: CBCentralManager) {
         self.manager = manager
-        super.init(identifier: remote.id)
+        super.init(address: address)
     }
 
-    open var canSendWriteWithoutResponse: Bool { link?.canSend(from: .central) ?? false }
+    private var phone: SimulatedPhone? { manager?.phone }
+
+    /// The characteristics discovered with `uuid`.
+    func discoveredCharacteristics(_ uuid: CBUUID) -> [CBCharacteristic] {
+        (services ?? []).flatMap { $0.characteristics ?? [] }.filter { $0.uuid == uuid }
+    }
+
+    /// Whether a write without response may go now; if not, `peripheralIsReady(toSendWriteWithoutResponse:)` follows
+    /// when the link's window has room again.
+    open var canSendWriteWithoutResponse: Bool { state == .connected && (link?.canSend() ?? false) }
 
     open func maximumWriteValueLength(for type: CBCharacteristicWriteType) -> Int {
-        (link?.mtu ?? 23) - 3
+        type == .withResponse ? 512 : (link?.mtu ?? 23) - 3
     }
 
     open func discoverServices(_ serviceUUIDs: [CBUUID]?) {
-        guard let link, state == .connected else { return }
-        link.air.discoverServices(of: self, link: link, filter: serviceUUIDs)
+        guard let link, state == .connected, let manager else { return }
+        serviceFilters.append(serviceUUIDs)
+        phone?.send(from: manager, ["op": "discover", "link": link.id])
     }
 
+    /// Answered from what `discoverServices` found (the air sends a peripheral's whole table at once).
     open func discoverCharacteristics(_ characteristicUUIDs: [CBUUID]?, for service: CBService) {
-        guard let link, state == .connected else { return }
-        link.air.discoverCharacteristics(of: self, service: service, link: link, filter: characteristicUUIDs)
+        guard let link, state == .connected, let manager, service.peripheral === self else { return }
+        let found = table.first { $0.uuid == service.uuid }?.characteristics ?? []
+        manager.queue.async { [self] in
+            guard self.link === link else { return }
+            service.discovered = found.filter { characteristicUUIDs?.contains($0.uuid) ?? true }.map { c in
+                let copy = CBCharacteristic(uuid: c.uuid, properties: c.properties, value: nil)
+                copy.service = service
+                return copy
+            }
+            delegate?.peripheral(self, didDiscoverCharacteristicsFor: service, error: nil)
+        }
     }
 
     open func readValue(for characteristic: CBCharacteristic) {
-        guard let link, state == .connected else { return }
-        link.air.read(characteristic, of: self, link: link)
+        guard let link, state == .connected, let manager else { return }
+        phone?.request(from: manager, on: link, ["op": "read", "link": link.id, "char": characteristic.uuid.airString])
     }
 
+    /// Writes without response only (the air has no writes with response; the radio uses none).
     open func writeValue(_ data: Data, for characteristic: CBCharacteristic, type: CBCharacteristicWriteType) {
-        guard let link, state == .connected else { return }
-        link.air.write(data, to: characteristic, of: self, link: link)
+        guard let link, state == .connected, let manager, type == .withoutResponse else { return }
+        phone?.write(from: manager, data, to: characteristic, on: link)
     }
 
+    /// Writes the characteristic's Client Characteristic Configuration descriptor (0x2902), as iOS does.
     open func setNotifyValue(_ enabled: Bool, for characteristic: CBCharacteristic) {
-        guard let link, state == .connected else { return }
-        link.air.setNotify(enabled, characteristic, of: self, link: link)
+        guard let link, state == .connected, let manager else { return }
+        let indicate = !characteristic.properties.contains(.notify) && characteristic.properties.contains(.indicate)
+        let value = Data(enabled ? (indicate ? [0x02, 0x00] : [0x01, 0x00]) : [0x00, 0x00])
+        characteristic.notifyRequests.append(enabled)
+        phone?.request(from: manager, on: link, [
+            "op": "write_descriptor", "link": link.id, "char": characteristic.uuid.airString, "descriptor": "2902",
+            "value": value.base64EncodedString(),
+        ])
     }
 
     open func openL2CAPChannel(_ PSM: CBL2CAPPSM) {
-        guard let link, state == .connected else { return }
-        link.air.openChannel(PSM, from: self, link: link)
+        guard link != nil, state == .connected, let manager else { return }
+        phone?.openChannel(from: manager, to: self, psm: PSM)
     }
+}
+
+/// A stable identifier for the phone at air address `address`: the six bytes of a MAC-style address in the last
+/// twelve hex digits (`5A1A0000-0000-4000-8000-020000000001` for 02:00:00:00:00:01), else a hash of the address.
+func airIdentifier(_ address: String) -> UUID {
+    var bytes: [UInt8] = [0x5A, 0x1A, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 0]
+    let parts = address.split(separator: ":")
+    if parts.count == 6, case let octets = parts.compactMap({ UInt8($0, radix: 16) }), octets.count == 6 {
+        for (i, octet) in octets.enumerated() { bytes[10 + i] = octet }
+    } else {
+        // FNV-1a, 64 bits, over the address, into the last eight bytes.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in address.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        for i in 0..<8 { bytes[8 + i] = UInt8(truncatingIfNeeded: hash >> (8 * UInt64(i))) }
+        bytes[8] = 0x80 | (bytes[8] & 0x3F)
+    }
+    return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8],
+                       bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
 }
 
 // MARK: - Delegates (Apple's optional methods have empty defaults)
@@ -350,56 +417,83 @@ open class CBManager: NSObject {
     open internal(set) var state: CBManagerState = .unknown
     /// Where delegate callbacks run (the main queue when none was given, as on Apple platforms).
     let queue: DispatchQueue
+    /// The phone this manager belongs to: the one being made when it was created (`SimulatedAir.phone`,
+    /// `SimulatedPhone.make`). A manager created outside any phone is on a device without Bluetooth (`.unsupported`).
+    let phone: SimulatedPhone?
 
     init(queue: DispatchQueue?) {
         self.queue = queue ?? .main
+        phone = SimulatedPhone.building
+    }
+
+    /// Reports `.unsupported` (no phone to be on).
+    func unsupported(_ report: @escaping (CBManager) -> Void) {
+        queue.async { [self] in
+            state = .unsupported
+            report(self)
+        }
     }
 }
 
 open class CBCentralManager: CBManager {
     weak open var delegate: (any CBCentralManagerDelegate)?
     open internal(set) var isScanning = false
-    /// This device on the air.
-    let device: AirDevice
-    /// The CBPeripheral this manager hands out for each remote device (one object per device, as on iOS).
-    var known: [UUID: CBPeripheral] = [:]
-    var scanFilter: [CBUUID]?
+    /// The CBPeripheral this manager hands out for each remote phone, by air address (one object each, as on iOS).
+    var known: [String: CBPeripheral] = [:]
 
     public init(delegate: (any CBCentralManagerDelegate)?, queue: DispatchQueue?, options: [String: Any]? = nil) {
         self.delegate = delegate
-        device = SimulatedAir.current.device(queue: queue)
         super.init(queue: queue)
-        SimulatedAir.current.attach(central: self)
+        if let phone {
+            phone.attach(central: self)
+        } else {
+            unsupported { [weak self] _ in if let self { self.delegate?.centralManagerDidUpdateState(self) } }
+        }
     }
 
     public convenience init(delegate: (any CBCentralManagerDelegate)?, queue: DispatchQueue?) {
         self.init(delegate: delegate, queue: queue, options: nil)
     }
 
+    /// The peripheral object for the phone at `address` (on the queue).
+    func peripheral(at address: String) -> CBPeripheral {
+        if let known = known[address] { return known }
+        let peripheral = CBPeripheral(address: address, manager: self)
+        known[address] = peripheral
+        return peripheral
+    }
+
     open func scanForPeripherals(withServices serviceUUIDs: [CBUUID]?, options: [String: Any]? = nil) {
-        guard state == .poweredOn else { return }
+        guard state == .poweredOn, let phone else { return }
         isScanning = true
-        scanFilter = serviceUUIDs
-        SimulatedAir.current.scan(self)
+        let duplicates = options?[CBCentralManagerScanOptionAllowDuplicatesKey] as? Bool ?? false
+        phone.send(from: self, [
+            "op": "scan", "services": serviceUUIDs.map { $0.map(\.airString) as Any } ?? NSNull(),
+            "duplicates": duplicates,
+        ])
     }
 
     open func stopScan() {
+        guard isScanning else { return }
         isScanning = false
+        phone?.send(from: self, ["op": "stop_scan"])
     }
 
     open func retrievePeripherals(withIdentifiers identifiers: [UUID]) -> [CBPeripheral] {
-        identifiers.compactMap { known[$0] }
+        identifiers.compactMap { id in known.values.first { $0.identifier == id } }
     }
 
+    /// Connects without a timeout, as iOS does: the attempt lasts until it succeeds or is cancelled.
     open func connect(_ peripheral: CBPeripheral, options: [String: Any]? = nil) {
-        guard state == .poweredOn, peripheral.manager === self, peripheral.state == .disconnected else { return }
+        guard state == .poweredOn, let phone, peripheral.manager === self, peripheral.state == .disconnected
+        else { return }
         peripheral.state = .connecting
-        SimulatedAir.current.connect(self, to: peripheral)
+        phone.connect(from: self, to: peripheral)
     }
 
     open func cancelPeripheralConnection(_ peripheral: CBPeripheral) {
-        guard peripheral.manager === self else { return }
-        SimulatedAir.current.cancel(self, peripheral)
+        guard let phone, peripheral.manager === self else { return }
+        phone.cancel(from: self, peripheral)
     }
 }
 
@@ -427,76 +521,119 @@ open class CBATTRequest: NSObject {
 open class CBPeripheralManager: CBManager {
     weak open var delegate: (any CBPeripheralManagerDelegate)?
     open internal(set) var isAdvertising = false
-    let device: AirDevice
+    /// The services added, in the phone's GATT table on the air.
     var services: [CBMutableService] = []
-    var advertisement: [String: Any]?
+    /// Services sent to the air and not yet confirmed (`service_added`), oldest first; `report`: call `didAdd`.
+    var pendingAdds: [(service: CBMutableService, report: Bool)] = []
     var psms: Set<CBL2CAPPSM> = []
 
     public init(delegate: (any CBPeripheralManagerDelegate)?, queue: DispatchQueue?, options: [String: Any]? = nil) {
         self.delegate = delegate
-        device = SimulatedAir.current.device(queue: queue)
         super.init(queue: queue)
-        SimulatedAir.current.attach(peripheral: self)
+        if let phone {
+            phone.attach(peripheral: self)
+        } else {
+            unsupported { [weak self] _ in if let self { self.delegate?.peripheralManagerDidUpdateState(self) } }
+        }
     }
 
     public convenience init(delegate: (any CBPeripheralManagerDelegate)?, queue: DispatchQueue?) {
         self.init(delegate: delegate, queue: queue, options: nil)
     }
 
+    /// The characteristic with `uuid` in this manager's services.
+    func characteristic(_ uuid: CBUUID) -> CBMutableCharacteristic? {
+        for service in services {
+            for case let c as CBMutableCharacteristic in service.characteristics ?? [] where c.uuid == uuid {
+                return c
+            }
+        }
+        return nil
+    }
+
+    /// Advertises the service UUIDs and the local name; never service data (iOS apps cannot advertise any).
     open func startAdvertising(_ advertisementData: [String: Any]?) {
-        guard state == .poweredOn else { return }
-        let air = SimulatedAir.current
+        guard state == .poweredOn, let phone else { return }
         if isAdvertising {
-            return queue.async { [self] in delegate?.peripheralManagerDidStartAdvertising(
-                self, error: CBError(.alreadyAdvertising)) }
+            return queue.async { [self] in
+                delegate?.peripheralManagerDidStartAdvertising(self, error: CBError(.alreadyAdvertising))
+            }
         }
         isAdvertising = true
-        advertisement = advertisementData ?? [:]
-        queue.async { [self] in delegate?.peripheralManagerDidStartAdvertising(self, error: nil) }
-        air.advertised(self)
+        let services = advertisementData?[CBAdvertisementDataServiceUUIDsKey] as? [CBUUID] ?? []
+        let name = advertisementData?[CBAdvertisementDataLocalNameKey] as? String
+        phone.send(from: self, [
+            "op": "advertise", "services": services.map(\.airString), "service_data": [String: Any](),
+            "name": name.map { $0 as Any } ?? NSNull(),
+        ])
     }
 
     open func stopAdvertising() {
+        guard isAdvertising else { return }
         isAdvertising = false
-        advertisement = nil
+        phone?.send(from: self, ["op": "stop_advertise"])
     }
 
     open func add(_ service: CBMutableService) {
-        guard state == .poweredOn else { return }
+        guard state == .poweredOn, let phone else { return }
         services.append(service)
-        queue.async { [self] in delegate?.peripheralManager(self, didAdd: service, error: nil) }
+        pendingAdds.append((service, true))
+        phone.send(from: self, ["op": "add_service", "service": airService(service)])
     }
 
+    /// The air can only remove every service: the others are added again (without `didAdd`).
     open func remove(_ service: CBMutableService) {
+        guard let phone, services.contains(where: { $0 === service }) else { return }
         services.removeAll { $0 === service }
-        SimulatedAir.current.servicesChanged(self, removed: [service])
+        phone.send(from: self, ["op": "remove_services"])
+        for other in services {
+            pendingAdds.append((other, false))
+            phone.send(from: self, ["op": "add_service", "service": airService(other)])
+        }
     }
 
     open func removeAllServices() {
-        let removed = services
         services = []
-        if !removed.isEmpty { SimulatedAir.current.servicesChanged(self, removed: removed) }
+        phone?.send(from: self, ["op": "remove_services"])
     }
 
     open func respond(to request: CBATTRequest, withResult result: CBATTError.Code) {
         request.answer?(result, request.value)
     }
 
+    /// Notifies the subscribed centrals among `centrals` (`nil`: all of them). False, sending nothing, when a link's
+    /// window is full: `peripheralManagerIsReady(toUpdateSubscribers:)` follows when there is room again.
     open func updateValue(
         _ value: Data, for characteristic: CBMutableCharacteristic, onSubscribedCentrals centrals: [CBCentral]?
     ) -> Bool {
-        SimulatedAir.current.notify(value, characteristic, from: self, to: centrals)
+        guard let phone else { return false }
+        let targets = (characteristic.subscribedCentrals ?? []).filter { subscriber in
+            centrals?.contains { $0 === subscriber } ?? true
+        }
+        return phone.notify(from: self, value, characteristic, to: targets)
     }
 
     open func publishL2CAPChannel(withEncryption encryptionRequired: Bool) {
-        guard state == .poweredOn else { return }
-        let psm = SimulatedAir.current.nextPSM()
-        psms.insert(psm)
-        queue.async { [self] in delegate?.peripheralManager(self, didPublishL2CAPChannel: psm, error: nil) }
+        guard state == .poweredOn, let phone else { return }
+        phone.send(from: self, ["op": "l2cap_listen"])
     }
 
     open func unpublishL2CAPChannel(_ PSM: CBL2CAPPSM) {
-        psms.remove(PSM)
+        guard psms.remove(PSM) != nil else { return }
+        phone?.unlisten(from: self, Int(PSM))
+    }
+
+    private func airService(_ service: CBMutableService) -> [String: Any] {
+        let chars: [[String: Any]] = (service.characteristics ?? []).map { c in
+            var props: [String] = []
+            if c.properties.contains(.read) { props.append("read") }
+            if c.properties.contains(.write) { props.append("write") }
+            if c.properties.contains(.writeWithoutResponse) { props.append("write_no_response") }
+            if c.properties.contains(.notify) { props.append("notify") }
+            if c.properties.contains(.indicate) { props.append("indicate") }
+            return ["uuid": c.uuid.airString, "props": props]
+        }
+        return ["uuid": service.uuid.airString, "chars": chars]
     }
 }
 

@@ -1,181 +1,92 @@
-// The simulated air under this test-only CoreBluetooth: every central and peripheral manager created in this process
-// joins `SimulatedAir.current`. It models advertising and scanning, connections with a fixed ATT MTU, GATT service
-// discovery, reads, writes without response (longer than the MTU allows: dropped, as a real link would refuse them),
-// notifications to subscribed centrals, L2CAP channels as byte streams, and phones in or out of each other's range
-// (`phone`, `setRange`). Every callback runs on the queue its manager was created with, and the air reads a manager's
-// state only on that queue, as CoreBluetooth does. Flow control: a link carries a few writes without response and a
-// few notifications at a time (`window`); a sender that finds it full waits for `peripheralIsReady` /
-// `peripheralManagerIsReady`. Not modelled yet: loss, reordering, a phone vanishing without withdrawing its service,
-// repeated sightings (`allowDuplicates`).
+// The simulated air under this test-only CoreBluetooth is a separate process, the air server `shoal-air` (core/air),
+// which Android phones (Robolectric shadows) and iPhones in other processes share; its wire protocol is
+// core/air/PROTOCOL.md. This file is its iOS client:
+//
+//   - `SimulatedPhone`: one iPhone on the air, one connection (`hello` role phone, platform ios, ATT MTU 185). The
+//     central and peripheral managers created while the phone is being made (`make`) speak for it; everything the
+//     air says to the phone is turned into CoreBluetooth delegate callbacks, each on its manager's queue.
+//   - `SimulatedAir`: a test's hold on the air: its control connection (`reset`, `range`, `traffic`, driver
+//     commands `do`) and the phones it makes (`phone`, `join`).
+// A phone program (ios/Tests/ShoalDBTests/AirPhone.swift) receives its driver's commands through `onCommand`.
+//
+// The air decides everything the air does: range, advertising and scanning, connections and their ATT MTU, the GATT
+// table, loss, flow control windows, what counts as oversized or overrun. What iOS itself does on top, this client
+// models:
+//   - connecting: no timeout (an attempt lasts until it succeeds or is cancelled); right after `connected` the central
+//     asks for the largest ATT MTU (`exchange_mtu` 185), as iOS does by itself; `maximumWriteValueLength` and a
+//     central's `maximumUpdateValueLength` are the link's MTU − 3; `cancelPeripheralConnection` reports
+//     `didDisconnectPeripheral` without an error, a link the other end closed `.peripheralDisconnected`, a lost one
+//     `.connectionTimeout`;
+//   - discovery: `discoverServices` is a `discover`; `discoverCharacteristics` is answered from what it found (the
+//     air sends a peripheral's whole table at once);
+//   - one ATT request (read, descriptor write) at a time per link, the next one queued until the answer to the last:
+//     CoreBluetooth queues an app's requests, it never reports "busy";
+//   - subscriptions: `setNotifyValue` writes the characteristic's descriptor 0x2902; as a peripheral, the iOS stack
+//     answers such writes itself, keeps `subscribedCentrals`, and calls `didSubscribeTo` / `didUnsubscribeFrom` (the
+//     latter also when the central's link goes); reads of a characteristic published with a value are answered by
+//     the stack, other reads go to `didReceiveRead` and `respond(to:withResult:)`;
+//   - flow control: a sender counts its writes without response (central) or notifications (peripheral) in flight
+//     per link, up to the link's `window` (from `connected` / `incoming`); `delivered` frees a place. `canSendWriteWithoutResponse`
+//     is false and `updateValue` returns false (sending nothing) while a window is full, and
+//     `peripheralIsReady(toSendWriteWithoutResponse:)` / `peripheralManagerIsReady(toUpdateSubscribers:)` follow when
+//     there is room again. A write sent into a full window still goes to the air, which drops it (`overrun`), as iOS
+//     may drop it;
+//   - identifiers: a remote phone's `CBPeripheral.identifier` / `CBCentral.identifier` is derived from its air
+//     address, so it is stable for as long as the phone is on the air;
+//   - L2CAP: `publishL2CAPChannel` is `l2cap_listen`, `openL2CAPChannel` `l2cap_open`; the streams are in
+//     AirStreams.swift;
+//   - the connection to the air ending is Bluetooth turning off: both managers go `.poweredOff`;
+//   - a radio made again on the same phone (a phone program's new store) replaces the phone's managers: the old
+//     central manager's links, attempts and scan end, as iOS cancels the connections of a manager that goes away,
+//     and the old peripheral manager's advertisement, services and L2CAP listeners go.
+// Not modelled: writes with response, `didModifyServices` (the air tells a central nothing when a peripheral
+// removes its services: the central learns only when its link drops), state restoration, an L2CAP channel closing
+// with the GATT connection it was opened on (the air keeps channels independent of links), the background rules
+// of iOS beyond what the air applies (`app_state`).
 
 import Dispatch
 import Foundation
 
-/// One manager's presence on the air: what other devices know it by.
-final class AirDevice: @unchecked Sendable {
-    let id = UUID()
-    /// The phone the manager belongs to: the managers of one radio share it (see `SimulatedAir.phone`).
-    let phone: String
-    init(phone: String) { self.phone = phone }
+// MARK: - Links
+
+/// A GATT characteristic as the air describes it.
+typealias AirCharacteristic = (uuid: CBUUID, properties: CBCharacteristicProperties)
+
+/// A GATT service as the air describes it (`services`): what a central's discovery found.
+struct AirService {
+    let uuid: CBUUID
+    let characteristics: [AirCharacteristic]
 }
 
-/// A connection from a central manager (through its `CBPeripheral`) to a peripheral manager.
+/// One GATT link of this phone on the air, as central or as peripheral.
 final class AirLink: @unchecked Sendable {
-    enum Side { case central, peripheral }
+    enum Role { case central, peripheral }
 
-    unowned let air: SimulatedAir
-    weak var centralManager: CBCentralManager?
-    weak var peripheralManager: CBPeripheralManager?
-    /// The central's handle on the peripheral (touched on the central manager's queue).
-    let peripheral: CBPeripheral
-    /// The peripheral's handle on the central (touched on the peripheral manager's queue).
-    let central: CBCentral
-    let mtu: Int
-    /// The L2CAP pipes of this link, closed with it.
-    var pipes: [AirPipe] = []
-    let centralPhone: String
-    let peripheralPhone: String
-
-    init(air: SimulatedAir, central: CBCentralManager, peripheral: CBPeripheral, to manager: CBPeripheralManager) {
-        self.air = air
-        centralManager = central
-        peripheralManager = manager
-        self.peripheral = peripheral
-        mtu = air.attMtu
-        window = air.window
-        self.central = CBCentral(identifier: central.device.id, mtu: air.attMtu)
-        centralPhone = central.device.phone
-        peripheralPhone = manager.device.phone
-    }
-
-    /// How many writes without response (central to peripheral) and notifications (peripheral to central) may be
-    /// on their way at once; a sender that finds the window full is told when it opens again.
+    let id: Int
+    let role: Role
+    /// The other phone's air address.
+    let peer: String
+    /// Packets this end may have in flight at once (the air's `window`).
     let window: Int
-    private let flow = NSLock()
-    private var inFlight: [Side: Int] = [.central: 0, .peripheral: 0]
-    private var waiting: Set<Side> = []
-
-    /// Whether `side` may send now; if not, it is told when it may (`peripheralIsReady` /
-    /// `peripheralManagerIsReady`), as CoreBluetooth does.
-    func canSend(from side: Side) -> Bool {
-        flow.lock()
-        defer { flow.unlock() }
-        if inFlight[side, default: 0] < window { return true }
-        waiting.insert(side)
-        return false
-    }
-
-    /// Takes a place in `side`'s window; false (and `side` waits) when it is full.
-    func take(_ side: Side) -> Bool {
-        flow.lock()
-        defer { flow.unlock() }
-        guard inFlight[side, default: 0] < window else {
-            waiting.insert(side)
-            return false
-        }
-        inFlight[side, default: 0] += 1
-        return true
-    }
-
-    /// One of `side`'s packets arrived: whether `side` was waiting for room (and is now told).
-    func arrived(_ side: Side) -> Bool {
-        flow.lock()
-        defer { flow.unlock() }
-        inFlight[side, default: 0] -= 1
-        return waiting.remove(side) != nil
-    }
-}
-
-/// The air a process's managers share.
-public final class SimulatedAir: @unchecked Sendable {
-    private static let currentLock = NSLock()
-    nonisolated(unsafe) private static var shared = SimulatedAir()
-
-    /// The air managers join when created. Replace it to start a scenario on an empty air.
-    public static var current: SimulatedAir {
-        get { currentLock.lock(); defer { currentLock.unlock() }; return shared }
-        set { currentLock.lock(); defer { currentLock.unlock() }; shared = newValue }
-    }
-
-    /// The ATT MTU every connection gets (iOS negotiates 185 with most phones).
-    public let attMtu: Int
+    /// Central role: this end's handle on the peripheral.
+    weak var peripheral: CBPeripheral?
+    /// Peripheral role: this end's handle on the central.
+    let central: CBCentral?
 
     private let lock = NSLock()
-    private var centrals: [ObjectIdentifier: Weak<CBCentralManager>] = [:]
-    private var peripherals: [UUID: Weak<CBPeripheralManager>] = [:]
-    private var links: [ObjectIdentifier: AirLink] = [:]
-    private var psm: CBL2CAPPSM = 0x80
-    private var counts = Traffic()
+    private var currentMtu: Int
+    private var inFlight = 0
+    private var waiting = false
+    private var requests: [[String: Any]] = []
+    private var requesting = false
 
-    /// What crossed this air so far.
-    public struct Traffic: Sendable {
-        /// GATT writes without response delivered to a peripheral manager, and notifications delivered to centrals.
-        public var writes = 0, notifications = 0
-        /// Writes and notifications dropped for exceeding the link's ATT MTU − 3.
-        public var oversized = 0
-        /// Writes without response sent while the window was full (CoreBluetooth may drop them; the air does).
-        public var overrun = 0
-        /// Times a sender found the window full and was told later that it may send again.
-        public var readyCalls = 0
-        /// L2CAP channels opened, and bytes written into them.
-        public var channels = 0, streamBytes = 0
-        /// The phones that connected, as "central>peripheral".
-        public var connections: Set<String> = []
-    }
-
-    public var traffic: Traffic { locked { counts } }
-
-    func count(_ change: (inout Traffic) -> Void) { locked { change(&counts) } }
-
-    /// How many writes without response, and how many notifications, a link carries at once.
-    public let window: Int
-
-    public init(attMtu: Int = 185, window: Int = 8) {
-        self.attMtu = attMtu
+    init(id: Int, role: Role, peer: String, mtu: Int, window: Int, central: CBCentral? = nil) {
+        self.id = id
+        self.role = role
+        self.peer = peer
+        currentMtu = mtu
         self.window = max(window, 1)
-    }
-
-    /// The phone whose radio is being made (`phone(_:_:)`), or "" for one named by its queue.
-    private var building = ""
-    private var rangeRule: @Sendable (String, String) -> Bool = { _, _ in true }
-
-    /// A manager joining the air: it belongs to the phone being made, or else to the phone of its queue (the two
-    /// managers of one radio share a queue).
-    func device(queue: DispatchQueue?) -> AirDevice {
-        locked {
-            AirDevice(phone: building.isEmpty ? "queue \(queue.map { ObjectIdentifier($0).hashValue } ?? 0)" : building)
-        }
-    }
-
-    /// Makes what `make` creates (a radio, whose managers it creates at once) the phone called `name`, which the
-    /// range rule (`setRange`) knows it by.
-    public func phone<T>(_ name: String, _ make: () throws -> T) rethrows -> T {
-        locked { building = name }
-        defer { locked { building = "" } }
-        return try make()
-    }
-
-    /// Whether two phones hear each other, by name (the default: every phone hears every other). Links between phones
-    /// that no longer hear each other drop (the central sees a disconnection with an error, the peripheral an
-    /// unsubscription, L2CAP streams end); phones that hear each other again see each other's advertisements.
-    public func setRange(_ hears: @escaping @Sendable (String, String) -> Bool) {
-        let (lost, scanning, advertising) = locked {
-            rangeRule = hears
-            return (
-                links.values.filter { !hears($0.centralPhone, $0.peripheralPhone) },
-                centrals.values.compactMap(\.value),
-                peripherals.values.compactMap(\.value)
-            )
-        }
-        for link in lost { lose(link) }
-        for central in scanning {
-            for manager in advertising { sight(manager, by: central) }
-        }
-    }
-
-    /// Whether the managers of `a` and `b` hear each other now.
-    private func hear(_ a: AirDevice, _ b: AirDevice) -> Bool {
-        locked { rangeRule(a.phone, b.phone) }
+        self.central = central
     }
 
     private func locked<T>(_ body: () -> T) -> T {
@@ -184,511 +95,921 @@ public final class SimulatedAir: @unchecked Sendable {
         return body()
     }
 
-    // MARK: Managers
-
-    func attach(central: CBCentralManager) {
-        locked { centrals[ObjectIdentifier(central)] = Weak(central) }
-        central.queue.async {
-            central.state = .poweredOn
-            central.delegate?.centralManagerDidUpdateState(central)
-        }
+    /// The link's ATT MTU (23 until the exchange).
+    var mtu: Int {
+        get { locked { currentMtu } }
+        set { locked { currentMtu = newValue } }
     }
 
-    func attach(peripheral: CBPeripheralManager) {
-        locked { peripherals[peripheral.device.id] = Weak(peripheral) }
-        peripheral.queue.async {
-            peripheral.state = .poweredOn
-            peripheral.delegate?.peripheralManagerDidUpdateState(peripheral)
-        }
-    }
-
-    func nextPSM() -> CBL2CAPPSM {
+    /// Whether this end may send a packet now; if not, it is told when it may.
+    func canSend() -> Bool {
         locked {
-            psm &+= 1
-            return psm
+            if inFlight < window { return true }
+            waiting = true
+            return false
         }
     }
 
-    // MARK: Advertising and scanning
-
-    /// Central `central` (on its queue) starts scanning: it sees every peripheral advertising now.
-    func scan(_ central: CBCentralManager) {
-        for manager in locked({ peripherals.values.compactMap(\.value) }) { sight(manager, by: central) }
+    /// Counts a packet sent; false (and this end waits) when the window was full.
+    func take() -> Bool {
+        locked {
+            guard inFlight < window else {
+                waiting = true
+                return false
+            }
+            inFlight += 1
+            return true
+        }
     }
 
-    /// Peripheral `manager` (on its queue) started advertising: every scanning central sees it.
-    func advertised(_ manager: CBPeripheralManager) {
-        for central in locked({ centrals.values.compactMap(\.value) }) { sight(manager, by: central) }
+    /// One of this end's packets arrived (`delivered`): whether this end was waiting for room (and is now told).
+    func delivered() -> Bool {
+        locked {
+            inFlight = max(inFlight - 1, 0)
+            defer { waiting = false }
+            return waiting
+        }
     }
 
-    /// Reads `manager`'s advertisement on its queue, then reports it to `central` on its queue if it scans for it.
-    private func sight(_ manager: CBPeripheralManager, by central: CBCentralManager) {
-        // A phone does not receive its own advertisements.
-        guard manager.device.phone != central.device.phone, hear(manager.device, central.device) else { return }
+    /// Queues an ATT request: returns it if it may go now, else it goes when the one outstanding is answered.
+    func enqueue(_ request: [String: Any]) -> [String: Any]? {
+        locked {
+            guard requesting else {
+                requesting = true
+                return request
+            }
+            requests.append(request)
+            return nil
+        }
+    }
+
+    /// The outstanding request was answered: the next one to send, if any.
+    func answered() -> [String: Any]? {
+        locked {
+            guard !requests.isEmpty else {
+                requesting = false
+                return nil
+            }
+            return requests.removeFirst()
+        }
+    }
+}
+
+// MARK: - A phone
+
+/// One iPhone on the air: a connection to the air server, and the CoreBluetooth managers that speak for it. The
+/// phone's latest central manager and latest peripheral manager are its own (a radio made again replaces the
+/// managers of the one before; what an earlier manager asks is ignored).
+public final class SimulatedPhone: @unchecked Sendable {
+    /// The ATT MTU an iPhone's stack accepts.
+    static let attMtu = 185
+
+    /// The name the air and its drivers know the phone by.
+    public let name: String
+    /// How the other phones name it (`peer`).
+    public let address: String
+    /// How many packets each direction of a link carries at a time.
+    public let window: Int
+
+    private let socket: AirSocket
+    private let lock = NSLock()
+    private weak var centralManager: CBCentralManager?
+    private weak var peripheralManager: CBPeripheralManager?
+    private var on = true
+    private var nextRef = 0
+    /// Connection attempts (`connect`) and L2CAP opens (`l2cap_open`) by ref.
+    private var attempts: [Int: CBPeripheral] = [:]
+    private var opening: [Int: (peripheral: CBPeripheral, psm: CBL2CAPPSM)] = [:]
+    private var links: [Int: AirLink] = [:]
+    /// Peripheral role: one object per remote central, by air address.
+    private var centrals: [String: CBCentral] = [:]
+    private var channels: [Int: AirChannel] = [:]
+    /// The PSMs the air says this phone listens on.
+    private var listening: Set<Int> = []
+    private var commandHandler: ((String) -> Void)?
+    private var heldCommands: [String] = []
+    private var endHandler: (() -> Void)?
+    private var readyCount = 0
+
+    private init(socket: AirSocket, name: String, address: String, window: Int) {
+        self.socket = socket
+        self.name = name
+        self.address = address
+        self.window = window
+    }
+
+    /// Joins the air at `air` (`host:port`) as the iPhone called `name`.
+    public static func connect(air: String, name: String) throws -> SimulatedPhone {
+        let socket = try AirSocket(address: air, label: name)
+        socket.send(["op": "hello", "role": "phone", "phone": name, "platform": "ios", "mtu": attMtu])
+        guard let welcome = socket.readMessage() else { throw AirError("the air closed the connection of \(name)") }
+        guard welcome.op == "welcome", let address = welcome.string("address") else {
+            socket.shutDown()
+            throw AirError("the air did not welcome \(name): \(welcome.fields)")
+        }
+        socket.label = "\(name) \(address)"
+        let phone = SimulatedPhone(socket: socket, name: name, address: address, window: welcome.int("window") ?? 8)
+        let reader = Thread { phone.read() }
+        reader.name = "air phone \(name)"
+        reader.start()
+        return phone
+    }
+
+    private static let buildingLock = NSLock()
+    nonisolated(unsafe) private static var buildingPhone: SimulatedPhone?
+
+    /// The phone being made (`make`), which managers created now belong to.
+    static var building: SimulatedPhone? {
+        buildingLock.lock()
+        defer { buildingLock.unlock() }
+        return buildingPhone
+    }
+
+    /// Runs `body` (which creates a radio, whose managers it creates at once): the managers it creates belong to this
+    /// phone. One phone is made at a time.
+    public func make<T>(_ body: () throws -> T) rethrows -> T {
+        SimulatedPhone.buildingLock.lock()
+        SimulatedPhone.buildingPhone = self
+        SimulatedPhone.buildingLock.unlock()
+        defer {
+            SimulatedPhone.buildingLock.lock()
+            SimulatedPhone.buildingPhone = nil
+            SimulatedPhone.buildingLock.unlock()
+        }
+        return try body()
+    }
+
+    /// Calls `handler` (on the air's reader thread, in order) with each driver command sent to this phone: the whole
+    /// `{"op":"do",...}` line. Commands that came before a handler was set are handed to it first.
+    public func onCommand(_ handler: @escaping @Sendable (String) -> Void) {
+        locked {
+            commandHandler = handler
+            for command in heldCommands { handler(command) }
+            heldCommands = []
+        }
+    }
+
+    /// Calls `handler` (once, on the air's reader thread) when the connection to the air ends.
+    public func onEnd(_ handler: @escaping @Sendable () -> Void) {
+        let ended = locked { () -> Bool in
+            endHandler = handler
+            return !on
+        }
+        if ended { handler() }
+    }
+
+    /// Sends one message to the air (for drivers' answers: `done`); false if the connection is gone.
+    @discardableResult
+    public func send(_ message: [String: Any]) -> Bool {
+        socket.send(message)
+    }
+
+    /// Leaves the air: the connection closes, the phone's links drop, its managers power off.
+    public func leave() {
+        socket.shutDown()
+    }
+
+    /// Times this phone told a manager it may send again (`peripheralIsReady` / `peripheralManagerIsReady`).
+    public var readyCalls: Int { locked { readyCount } }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body()
+    }
+
+    // MARK: Managers (called on their queues)
+
+    /// `manager` becomes the phone's central manager. One it replaces lets go of its links, attempts and scan, as
+    /// iOS cancels the connections of a central manager that goes away.
+    func attach(central manager: CBCentralManager) {
+        let (up, replaced, stale, refs) = locked { () -> (Bool, Bool, [AirLink], [Int]) in
+            let replaced = centralManager != nil && centralManager !== manager
+            centralManager = manager
+            guard replaced else { return (on, false, [], []) }
+            let stale = links.values.filter { $0.role == .central }
+            for link in stale { links[link.id] = nil }
+            let refs = Array(attempts.keys)
+            attempts = [:]
+            opening = [:]
+            return (on, true, stale, refs)
+        }
+        if replaced {
+            socket.send(["op": "stop_scan"])
+            for ref in refs { socket.send(["op": "cancel_connect", "ref": ref]) }
+            for link in stale { socket.send(["op": "disconnect", "link": link.id]) }
+        }
         manager.queue.async {
-            guard manager.isAdvertising, let advertisement = manager.advertisement else { return }
-            let advertised = advertisement[CBAdvertisementDataServiceUUIDsKey] as? [CBUUID] ?? []
-            let device = manager.device
-            central.queue.async {
-                guard central.state == .poweredOn, central.isScanning else { return }
-                if let filter = central.scanFilter, !filter.contains(where: advertised.contains) { return }
-                let peripheral = central.known[device.id] ?? CBPeripheral(remote: device, manager: central)
-                central.known[device.id] = peripheral
-                central.delegate?.centralManager(
-                    central, didDiscover: peripheral, advertisementData: advertisement, rssi: NSNumber(value: -50))
-            }
+            manager.state = up ? .poweredOn : .poweredOff
+            manager.delegate?.centralManagerDidUpdateState(manager)
         }
     }
 
-    // MARK: Connections
-
-    func connect(_ central: CBCentralManager, to peripheral: CBPeripheral) {
-        guard let manager = locked({ peripherals[peripheral.remote.id]?.value }),
-              hear(central.device, manager.device)
-        else {
-            return central.queue.async {
-                peripheral.state = .disconnected
-                central.delegate?.centralManager(
-                    central, didFailToConnect: peripheral, error: CBError(.connectionFailed))
-            }
+    /// `manager` becomes the phone's peripheral manager. One it replaces stops advertising, and its services and
+    /// L2CAP listeners go.
+    func attach(peripheral manager: CBPeripheralManager) {
+        let (up, replaced, psms) = locked { () -> (Bool, Bool, Set<Int>) in
+            let replaced = peripheralManager != nil && peripheralManager !== manager
+            peripheralManager = manager
+            defer { if replaced { listening = [] } }
+            return (on, replaced, listening)
         }
-        let link = AirLink(air: self, central: central, peripheral: peripheral, to: manager)
-        locked {
-            links[ObjectIdentifier(link)] = link
-            counts.connections.insert("\(link.centralPhone)>\(link.peripheralPhone)")
+        if replaced {
+            socket.send(["op": "stop_advertise"])
+            socket.send(["op": "remove_services"])
+            for psm in psms { socket.send(["op": "l2cap_unlisten", "psm": psm]) }
         }
-        central.queue.async {
-            guard peripheral.state == .connecting else { return self.forget(link) }
-            peripheral.link = link
-            peripheral.state = .connected
-            central.delegate?.centralManager(central, didConnect: peripheral)
+        manager.queue.async {
+            manager.state = up ? .poweredOn : .poweredOff
+            manager.delegate?.peripheralManagerDidUpdateState(manager)
         }
     }
 
-    /// The central ends a connection or an attempt (on its queue).
-    func cancel(_ central: CBCentralManager, _ peripheral: CBPeripheral) {
-        let link = peripheral.link
-        let wasConnected = peripheral.state != .disconnected
+    private func isCurrent(_ manager: CBManager) -> Bool {
+        locked { manager === centralManager || manager === peripheralManager }
+    }
+
+    /// Sends what `manager` asks for, if it is still this phone's.
+    @discardableResult
+    func send(from manager: CBManager, _ message: [String: Any]) -> Bool {
+        guard isCurrent(manager) else { return false }
+        return socket.send(message)
+    }
+
+    func connect(from manager: CBCentralManager, to peripheral: CBPeripheral) {
+        let ref = locked { () -> Int in
+            nextRef += 1
+            attempts[nextRef] = peripheral
+            return nextRef
+        }
+        peripheral.attempt = ref
+        send(from: manager, ["op": "connect", "peer": peripheral.address, "ref": ref, "timeout_ms": NSNull()])
+    }
+
+    /// Ends a connection or an attempt; the delegate hears `didDisconnectPeripheral` (no error), as on iOS.
+    func cancel(from manager: CBCentralManager, _ peripheral: CBPeripheral) {
+        let wasUp = peripheral.state != .disconnected
+        if peripheral.state == .connecting {
+            let ref = peripheral.attempt
+            locked { attempts[ref] = nil }
+            send(from: manager, ["op": "cancel_connect", "ref": ref])
+        } else if let link = peripheral.link {
+            locked { links[link.id] = nil }
+            send(from: manager, ["op": "disconnect", "link": link.id])
+        }
         peripheral.link = nil
+        peripheral.attempt = 0
         peripheral.state = .disconnected
-        if let link { disconnect(link) }
-        if wasConnected {
-            central.queue.async {
-                central.delegate?.centralManager(central, didDisconnectPeripheral: peripheral, error: nil)
-            }
-        }
-    }
-
-    /// `link` dropped on its own (out of range): both sides learn it.
-    private func lose(_ link: AirLink) {
-        disconnect(link)
-        guard let central = link.centralManager else { return }
-        let peripheral = link.peripheral
-        central.queue.async {
-            guard peripheral.link === link else { return }
-            peripheral.link = nil
-            peripheral.state = .disconnected
-            central.delegate?.centralManager(
-                central, didDisconnectPeripheral: peripheral, error: CBError(.connectionTimeout))
-        }
-    }
-
-    /// Ends `link` on the peripheral's side: its subscriptions go, and its channels end.
-    private func disconnect(_ link: AirLink) {
-        forget(link)
-        for pipe in link.pipes { pipe.close() }
-        guard let manager = link.peripheralManager else { return }
+        guard wasUp else { return }
         manager.queue.async {
-            for service in manager.services {
-                for case let c as CBMutableCharacteristic in service.characteristics ?? [] {
-                    guard let i = c.subscribedCentrals?.firstIndex(where: { $0 === link.central }) else { continue }
-                    c.subscribedCentrals?.remove(at: i)
-                    manager.delegate?.peripheralManager(manager, central: link.central, didUnsubscribeFrom: c)
-                }
-            }
+            manager.delegate?.centralManager(manager, didDisconnectPeripheral: peripheral, error: nil)
         }
     }
 
-    private func forget(_ link: AirLink) {
-        locked { links[ObjectIdentifier(link)] = nil }
+    /// An ATT request of a central: one at a time per link.
+    func request(from manager: CBCentralManager, on link: AirLink, _ message: [String: Any]) {
+        guard isCurrent(manager), let now = link.enqueue(message) else { return }
+        socket.send(now)
     }
 
-    private func isUp(_ link: AirLink) -> Bool {
-        locked { links[ObjectIdentifier(link)] != nil }
+    func write(from manager: CBCentralManager, _ value: Data, to characteristic: CBCharacteristic, on link: AirLink) {
+        guard isCurrent(manager) else { return }
+        // A packet the air drops for its size never comes back `delivered`: it takes no place in the window.
+        if value.count <= link.mtu - 3 { _ = link.take() }
+        socket.send([
+            "op": "write", "link": link.id, "char": characteristic.uuid.airString,
+            "value": value.base64EncodedString(),
+        ])
     }
 
-    // MARK: GATT (central side calls on its queue; the air hops to the peripheral manager's queue and back)
-
-    func discoverServices(of peripheral: CBPeripheral, link: AirLink, filter: [CBUUID]?) {
-        guard let manager = link.peripheralManager, let central = link.centralManager else { return }
-        manager.queue.async {
-            let found = manager.services.filter { s in filter?.contains(s.uuid) ?? true }
-                .map { (uuid: $0.uuid, primary: $0.isPrimary, source: $0) }
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                peripheral.services = found.map { f in
-                    let copy = CBService(uuid: f.uuid, primary: f.primary, peripheral: peripheral)
-                    copy.source = f.source
-                    return copy
-                }
-                peripheral.delegate?.peripheral(peripheral, didDiscoverServices: nil)
-            }
-        }
-    }
-
-    func discoverCharacteristics(of peripheral: CBPeripheral, service: CBService, link: AirLink, filter: [CBUUID]?) {
-        guard let manager = link.peripheralManager, let central = link.centralManager,
-              let source = service.source
-        else { return }
-        manager.queue.async {
-            let found = (source.characteristics ?? []).filter { c in filter?.contains(c.uuid) ?? true }
-                .map { (uuid: $0.uuid, properties: $0.properties, value: $0.value, source: $0) }
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                service.discovered = found.map { f in
-                    let copy = CBCharacteristic(uuid: f.uuid, properties: f.properties, value: f.value)
-                    copy.service = service
-                    copy.source = f.source
-                    return copy
-                }
-                peripheral.delegate?.peripheral(peripheral, didDiscoverCharacteristicsFor: service, error: nil)
-            }
-        }
-    }
-
-    func read(_ characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
-        guard let manager = link.peripheralManager, let central = link.centralManager,
-              let source = characteristic.source
-        else { return }
-        let answer: (CBATTError.Code, Data?) -> Void = { code, value in
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                if code == .success { characteristic.storedValue = value }
-                peripheral.delegate?.peripheral(
-                    peripheral, didUpdateValueFor: characteristic, error: code == .success ? nil : CBATTError(code))
-            }
-        }
-        manager.queue.async {
-            guard self.isUp(link) else { return }
-            // A characteristic published with a value is answered by the stack itself.
-            if let value = source.value { return answer(.success, value) }
-            let request = CBATTRequest(
-                central: link.central, characteristic: source, offset: 0, value: nil, answer: answer)
-            manager.delegate?.peripheralManager(manager, didReceiveRead: request)
-        }
-    }
-
-    func write(_ data: Data, to characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
-        guard let manager = link.peripheralManager, let source = characteristic.source else { return }
-        guard data.count <= link.mtu - 3 else { return count { $0.oversized += 1 } }
-        guard link.take(.central) else { return count { $0.overrun += 1 } }
-        manager.queue.async {
-            guard self.isUp(link) else { return }
-            self.count { $0.writes += 1 }
-            let request = CBATTRequest(central: link.central, characteristic: source, offset: 0, value: data, answer: nil)
-            manager.delegate?.peripheralManager(manager, didReceiveWrite: [request])
-            guard link.arrived(.central), let central = link.centralManager else { return }
-            self.count { $0.readyCalls += 1 }
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                peripheral.delegate?.peripheralIsReady(toSendWriteWithoutResponse: peripheral)
-            }
-        }
-    }
-
-    func setNotify(_ enabled: Bool, _ characteristic: CBCharacteristic, of peripheral: CBPeripheral, link: AirLink) {
-        guard let manager = link.peripheralManager, let central = link.centralManager,
-              let source = characteristic.source as? CBMutableCharacteristic, source.properties.contains(.notify)
-        else { return }
-        manager.queue.async {
-            guard self.isUp(link) else { return }
-            let subscribed = source.subscribedCentrals?.contains { $0 === link.central } ?? false
-            if enabled, !subscribed {
-                source.subscribedCentrals = (source.subscribedCentrals ?? []) + [link.central]
-                manager.delegate?.peripheralManager(manager, central: link.central, didSubscribeTo: source)
-            } else if !enabled, subscribed {
-                source.subscribedCentrals?.removeAll { $0 === link.central }
-                manager.delegate?.peripheralManager(manager, central: link.central, didUnsubscribeFrom: source)
-            }
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                characteristic.isNotifying = enabled
-                peripheral.delegate?.peripheral(
-                    peripheral, didUpdateNotificationStateFor: characteristic, error: nil)
-            }
-        }
-    }
-
-    /// A notification from `manager` (on its queue) to the subscribed centrals among `to` (`nil`: all of them).
     func notify(
-        _ value: Data, _ source: CBMutableCharacteristic, from manager: CBPeripheralManager, to: [CBCentral]?
+        from manager: CBPeripheralManager, _ value: Data, _ characteristic: CBMutableCharacteristic,
+        to centrals: [CBCentral]
     ) -> Bool {
-        let targets = locked { links.values.filter { $0.peripheralManager === manager } }.filter { link in
-            source.subscribedCentrals?.contains(where: { $0 === link.central }) ?? false
-                && to?.contains(where: { $0 === link.central }) ?? true
-        }
-        // A full queue takes nothing: the manager is told when it may try again.
-        guard targets.allSatisfy({ $0.canSend(from: .peripheral) }) else { return false }
+        guard isCurrent(manager) else { return false }
+        let targets = centrals.compactMap(\.link)
+        guard targets.allSatisfy({ $0.canSend() }) else { return false }
         for link in targets {
-            guard let central = link.centralManager else { continue }
-            guard value.count <= link.mtu - 3 else {
-                count { $0.oversized += 1 }
-                continue
-            }
-            guard link.take(.peripheral) else { continue }
-            count { $0.notifications += 1 }
-            let peripheral = link.peripheral
-            central.queue.async {
-                if peripheral.link === link {
-                    for service in peripheral.services ?? [] {
-                        for c in service.characteristics ?? [] where c.source === source {
-                            c.storedValue = value
-                            peripheral.delegate?.peripheral(peripheral, didUpdateValueFor: c, error: nil)
-                        }
-                    }
-                }
-                guard link.arrived(.peripheral) else { return }
-                self.count { $0.readyCalls += 1 }
-                manager.queue.async { manager.delegate?.peripheralManagerIsReady(toUpdateSubscribers: manager) }
-            }
+            if value.count <= link.mtu - 3 { _ = link.take() }
+            socket.send([
+                "op": "notify", "link": link.id, "char": characteristic.uuid.airString,
+                "value": value.base64EncodedString(),
+            ])
         }
         return true
     }
 
-    /// `manager` (on its queue) withdrew `removed`: connected centrals learn their copies are invalid.
-    func servicesChanged(_ manager: CBPeripheralManager, removed: [CBMutableService]) {
-        let targets = locked { links.values.filter { $0.peripheralManager === manager } }
-        for link in targets {
-            guard let central = link.centralManager else { continue }
-            let peripheral = link.peripheral
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                let gone = (peripheral.services ?? []).filter { s in removed.contains { $0 === s.source } }
-                guard !gone.isEmpty else { return }
-                peripheral.services = (peripheral.services ?? []).filter { s in !gone.contains { $0 === s } }
-                peripheral.delegate?.peripheral(peripheral, didModifyServices: gone)
+    func openChannel(from manager: CBCentralManager, to peripheral: CBPeripheral, psm: CBL2CAPPSM) {
+        let ref = locked { () -> Int in
+            nextRef += 1
+            opening[nextRef] = (peripheral, psm)
+            return nextRef
+        }
+        send(from: manager, ["op": "l2cap_open", "peer": peripheral.address, "psm": Int(psm), "ref": ref])
+    }
+
+    func unlisten(from manager: CBPeripheralManager, _ psm: Int) {
+        guard isCurrent(manager) else { return }
+        locked { _ = listening.remove(psm) }
+        socket.send(["op": "l2cap_unlisten", "psm": psm])
+    }
+
+    /// This end closes channel `id` (from its stream, on any queue).
+    func closeChannel(_ id: Int) {
+        locked { channels[id] = nil }
+        socket.send(["op": "close", "chan": id])
+    }
+
+    // MARK: What the air says (on the reader thread)
+
+    private func read() {
+        while let line = socket.readLine() {
+            guard let message = AirMessage(line: line) else {
+                airLog("air \(name): not a JSON object: \(String(decoding: line, as: UTF8.self))")
+                continue
             }
+            handle(message, line: line)
+        }
+        ended()
+    }
+
+    private var central: CBCentralManager? { locked { centralManager } }
+    private var peripheral: CBPeripheralManager? { locked { peripheralManager } }
+
+    private func handle(_ m: AirMessage, line: Data) {
+        switch m.op {
+        // Central role.
+        case "seen": seen(m)
+        case "connected": connected(m)
+        case "connect_failed":
+            guard let ref = m.int("ref"), let p = locked({ attempts.removeValue(forKey: ref) }), let manager = p.manager
+            else { return }
+            manager.queue.async {
+                guard p.state == .connecting, p.attempt == ref else { return }
+                p.state = .disconnected
+                p.attempt = 0
+                manager.delegate?.centralManager(manager, didFailToConnect: p, error: CBError(.connectionFailed))
+            }
+        case "services": services(m)
+        case "read_result", "descriptor_written", "notified": centralGatt(m)
+        case "l2cap_opened", "l2cap_failed": opened(m)
+        // Peripheral role.
+        case "advertising":
+            guard let manager = peripheral else { return }
+            let ok = m.bool("ok") ?? false
+            manager.queue.async {
+                if !ok { manager.isAdvertising = false }
+                manager.delegate?.peripheralManagerDidStartAdvertising(manager, error: ok ? nil : CBError(.unknown))
+            }
+        case "service_added":
+            guard let manager = peripheral else { return }
+            let ok = m.bool("ok") ?? false
+            manager.queue.async {
+                guard !manager.pendingAdds.isEmpty else { return }
+                let (service, report) = manager.pendingAdds.removeFirst()
+                if !ok { manager.services.removeAll { $0 === service } }
+                guard report else { return }
+                manager.delegate?.peripheralManager(manager, didAdd: service, error: ok ? nil : CBError(.unknown))
+            }
+        case "incoming":
+            guard let id = m.int("link"), let peer = m.string("peer") else { return }
+            locked {
+                let central = centrals[peer] ?? CBCentral(address: peer)
+                centrals[peer] = central
+                let link = AirLink(
+                    id: id, role: .peripheral, peer: peer, mtu: m.int("mtu") ?? 23, window: m.int("window") ?? window,
+                    central: central)
+                links[id] = link
+                central.link = link
+            }
+        case "read_request", "descriptor_write_request", "written": peripheralGatt(m)
+        case "l2cap_listening":
+            guard let psm = m.int("psm") else { return }
+            guard let manager = locked({ () -> CBPeripheralManager? in
+                listening.insert(psm)
+                return peripheralManager
+            }) else { return }
+            manager.queue.async {
+                manager.psms.insert(CBL2CAPPSM(psm))
+                manager.delegate?.peripheralManager(manager, didPublishL2CAPChannel: CBL2CAPPSM(psm), error: nil)
+            }
+        case "l2cap_incoming": incomingChannel(m)
+        // Both roles.
+        case "mtu":
+            guard let id = m.int("link"), let mtu = m.int("mtu") else { return }
+            locked { links[id] }?.mtu = mtu
+        case "delivered": delivered(m)
+        case "disconnected": disconnected(m)
+        case "data":
+            guard let id = m.int("chan"), let bytes = m.bytes("bytes") else { return }
+            locked { channels[id] }?.received(bytes)
+        case "closed":
+            guard let id = m.int("chan") else { return }
+            locked { channels.removeValue(forKey: id) }?.endedByPeer()
+        case "do":
+            let text = String(decoding: line, as: UTF8.self)
+            locked {
+                if let commandHandler { commandHandler(text) } else { heldCommands.append(text) }
+            }
+        case "error":
+            if airDebug { airLog("air \(name): error from the air: \(m.string("what") ?? "?")") }
+        default:
+            if airDebug { airLog("air \(name): unknown message \(m.fields)") }
         }
     }
 
-    // MARK: L2CAP
-
-    func openChannel(_ psm: CBL2CAPPSM, from peripheral: CBPeripheral, link: AirLink) {
-        guard let manager = link.peripheralManager, let central = link.centralManager else { return }
+    private func seen(_ m: AirMessage) {
+        guard let manager = central, let peer = m.string("peer") else { return }
+        let services = (m["services"] as? [String] ?? []).map { CBUUID(string: $0) }
+        var data: [CBUUID: Data] = [:]
+        for (uuid, value) in m["service_data"] as? [String: Any] ?? [:] {
+            if let text = value as? String, let bytes = Data(base64Encoded: text) { data[CBUUID(string: uuid)] = bytes }
+        }
+        let serviceData = data
+        let name = m.string("name")
+        let rssi = m.int("rssi") ?? -60
         manager.queue.async {
-            guard self.isUp(link), manager.psms.contains(psm) else {
-                return central.queue.async {
-                    peripheral.delegate?.peripheral(peripheral, didOpen: nil, error: CBError(.invalidParameters))
+            guard manager.state == .poweredOn, manager.isScanning else { return }
+            let p = manager.peripheral(at: peer)
+            if let name { p.advertisedName = name }
+            var advertisement: [String: Any] = [:]
+            if !services.isEmpty { advertisement[CBAdvertisementDataServiceUUIDsKey] = services }
+            if !serviceData.isEmpty { advertisement[CBAdvertisementDataServiceDataKey] = serviceData }
+            if let name { advertisement[CBAdvertisementDataLocalNameKey] = name }
+            manager.delegate?.centralManager(
+                manager, didDiscover: p, advertisementData: advertisement, rssi: NSNumber(value: rssi))
+        }
+    }
+
+    private func connected(_ m: AirMessage) {
+        guard let ref = m.int("ref"), let id = m.int("link") else { return }
+        guard let p = locked({ attempts.removeValue(forKey: ref) }), let manager = p.manager else {
+            // Cancelled meanwhile.
+            socket.send(["op": "disconnect", "link": id])
+            return
+        }
+        let link = AirLink(
+            id: id, role: .central, peer: p.address, mtu: m.int("mtu") ?? 23, window: m.int("window") ?? window)
+        link.peripheral = p
+        locked { links[id] = link }
+        manager.queue.async { [self] in
+            guard p.state == .connecting, p.attempt == ref else {
+                locked { links[id] = nil }
+                socket.send(["op": "disconnect", "link": id])
+                return
+            }
+            p.link = link
+            p.attempt = 0
+            p.state = .connected
+            p.services = nil
+            p.table = []
+            p.serviceFilters = []
+            // iOS exchanges the largest ATT MTU by itself, right after connecting.
+            socket.send(["op": "exchange_mtu", "link": id, "mtu": SimulatedPhone.attMtu])
+            manager.delegate?.centralManager(manager, didConnect: p)
+        }
+    }
+
+    /// The central's link `m` is about, and its peripheral and manager.
+    private func centralLink(_ m: AirMessage) -> (AirLink, CBPeripheral, CBCentralManager)? {
+        guard let id = m.int("link"), let link = locked({ links[id] }), link.role == .central,
+              let p = link.peripheral, let manager = p.manager
+        else { return nil }
+        return (link, p, manager)
+    }
+
+    private func services(_ m: AirMessage) {
+        guard let (link, p, manager) = centralLink(m) else { return }
+        let table: [AirService] = (m["services"] as? [[String: Any]] ?? []).compactMap { service in
+            guard let uuid = service["uuid"] as? String else { return nil }
+            let chars: [AirCharacteristic] = (service["chars"] as? [[String: Any]] ?? []).compactMap { c in
+                guard let uuid = c["uuid"] as? String else { return nil }
+                var properties: CBCharacteristicProperties = []
+                for prop in c["props"] as? [String] ?? [] {
+                    switch prop {
+                    case "read": properties.insert(.read)
+                    case "write": properties.insert(.write)
+                    case "write_no_response": properties.insert(.writeWithoutResponse)
+                    case "notify": properties.insert(.notify)
+                    case "indicate": properties.insert(.indicate)
+                    default: break
+                    }
+                }
+                return (CBUUID(string: uuid), properties)
+            }
+            return AirService(uuid: CBUUID(string: uuid), characteristics: chars)
+        }
+        manager.queue.async {
+            guard p.link === link else { return }
+            let filter = p.serviceFilters.isEmpty ? nil : p.serviceFilters.removeFirst()
+            p.table = table
+            p.services = table.filter { filter?.contains($0.uuid) ?? true }.map {
+                CBService(uuid: $0.uuid, primary: true, peripheral: p)
+            }
+            p.delegate?.peripheral(p, didDiscoverServices: nil)
+        }
+    }
+
+    /// An ATT status from the air as the error CoreBluetooth reports (`nil`: success).
+    private func attError(_ status: Int?) -> (any Error)? {
+        guard let status, status != 0 else { return nil }
+        if let code = CBATTError.Code(rawValue: status) { return CBATTError(code) }
+        return CBError(.unknown)
+    }
+
+    private func centralGatt(_ m: AirMessage) {
+        guard let (link, p, manager) = centralLink(m), let uuid = m.string("char") else { return }
+        let char = CBUUID(string: uuid)
+        let value = m.bytes("value")
+        let error = attError(m.int("status"))
+        if m.op != "notified", let next = link.answered() { socket.send(next) }
+        manager.queue.async {
+            guard p.link === link else { return }
+            switch m.op {
+            case "read_result":
+                guard let c = p.discoveredCharacteristics(char).first else { return }
+                if error == nil { c.storedValue = value }
+                p.delegate?.peripheral(p, didUpdateValueFor: c, error: error)
+            case "descriptor_written":
+                guard let c = p.discoveredCharacteristics(char).first else { return }
+                let enabled = c.notifyRequests.isEmpty ? c.isNotifying : c.notifyRequests.removeFirst()
+                if error == nil { c.isNotifying = enabled }
+                p.delegate?.peripheral(p, didUpdateNotificationStateFor: c, error: error)
+            default:
+                for c in p.discoveredCharacteristics(char) {
+                    c.storedValue = value
+                    p.delegate?.peripheral(p, didUpdateValueFor: c, error: nil)
                 }
             }
-            self.count { $0.channels += 1 }
-            let up = AirPipe(air: self), down = AirPipe(air: self)
-            link.pipes += [up, down]
-            let theirs = CBL2CAPChannel(
-                peer: link.central, input: AirInputStream(up), output: AirOutputStream(down), psm: psm)
-            let ours = CBL2CAPChannel(
-                peer: peripheral, input: AirInputStream(down), output: AirOutputStream(up), psm: psm)
-            manager.delegate?.peripheralManager(manager, didOpen: theirs, error: nil)
-            central.queue.async {
-                guard peripheral.link === link else { return }
-                peripheral.delegate?.peripheral(peripheral, didOpen: ours, error: nil)
+        }
+    }
+
+    private func opened(_ m: AirMessage) {
+        guard let ref = m.int("ref"), let (p, psm) = locked({ opening.removeValue(forKey: ref) }),
+              let manager = p.manager
+        else {
+            if let id = m.int("chan") { socket.send(["op": "close", "chan": id]) }
+            return
+        }
+        guard m.op == "l2cap_opened", let id = m.int("chan") else {
+            return manager.queue.async {
+                p.delegate?.peripheral(p, didOpen: nil, error: CBError(.connectionFailed))
+            }
+        }
+        let channel = AirChannel(id: id, phone: self)
+        locked { channels[id] = channel }
+        manager.queue.async {
+            guard p.state == .connected else { return channel.close() }
+            let opened = CBL2CAPChannel(
+                peer: p, input: AirInputStream(channel), output: AirOutputStream(channel), psm: psm)
+            p.delegate?.peripheral(p, didOpen: opened, error: nil)
+        }
+    }
+
+    /// The peripheral's link `m` is about, and its central and manager.
+    private func peripheralLink(_ m: AirMessage) -> (AirLink, CBCentral, CBPeripheralManager)? {
+        guard let id = m.int("link"), let link = locked({ links[id] }), link.role == .peripheral,
+              let central = link.central, let manager = peripheral
+        else { return nil }
+        return (link, central, manager)
+    }
+
+    private func respond(_ link: AirLink, _ request: Int, _ status: Int, _ value: Data? = nil) {
+        var answer: [String: Any] = ["op": "respond", "link": link.id, "req": request, "status": status]
+        if let value { answer["value"] = value.base64EncodedString() }
+        socket.send(answer)
+    }
+
+    private func peripheralGatt(_ m: AirMessage) {
+        guard let (link, central, manager) = peripheralLink(m), let uuid = m.string("char") else { return }
+        let char = CBUUID(string: uuid)
+        let request = m.int("req") ?? 0
+        let offset = m.int("offset") ?? 0
+        let value = m.bytes("value")
+        let descriptor = m.string("descriptor")
+        manager.queue.async { [self] in
+            let c = manager.characteristic(char)
+            switch m.op {
+            case "read_request":
+                guard let c else { return respond(link, request, CBATTError.Code.attributeNotFound.rawValue) }
+                // A characteristic published with a value is answered by the stack itself.
+                if let value = c.value {
+                    guard offset <= value.count else {
+                        return respond(link, request, CBATTError.Code.invalidOffset.rawValue)
+                    }
+                    return respond(link, request, 0, value.subdata(in: offset..<value.count))
+                }
+                let read = CBATTRequest(central: central, characteristic: c, offset: offset, value: nil) {
+                    [self] code, value in
+                    respond(link, request, code.rawValue, code == .success ? value ?? Data() : nil)
+                }
+                manager.delegate?.peripheralManager(manager, didReceiveRead: read)
+            case "descriptor_write_request":
+                // The iOS stack answers writes of the Client Characteristic Configuration itself.
+                guard let c, isCCCD(descriptor), !c.properties.isDisjoint(with: [.notify, .indicate]) else {
+                    return respond(link, request, CBATTError.Code.attributeNotFound.rawValue)
+                }
+                let enabled = (value?.first ?? 0) & 0x03 != 0
+                respond(link, request, 0)
+                let subscribed = c.subscribedCentrals?.contains { $0 === central } ?? false
+                if enabled, !subscribed {
+                    c.subscribedCentrals = (c.subscribedCentrals ?? []) + [central]
+                    manager.delegate?.peripheralManager(manager, central: central, didSubscribeTo: c)
+                } else if !enabled, subscribed {
+                    c.subscribedCentrals?.removeAll { $0 === central }
+                    manager.delegate?.peripheralManager(manager, central: central, didUnsubscribeFrom: c)
+                }
+            default:  // written
+                guard let c, let value else { return }
+                let write = CBATTRequest(central: central, characteristic: c, offset: 0, value: value, answer: nil)
+                manager.delegate?.peripheralManager(manager, didReceiveWrite: [write])
             }
         }
     }
-}
 
-private final class Weak<T: AnyObject> {
-    weak var value: T?
-    init(_ value: T) { self.value = value }
-}
+    private func isCCCD(_ descriptor: String?) -> Bool {
+        guard let d = descriptor?.lowercased() else { return false }
+        return d == "2902" || d == "00002902-0000-1000-8000-00805f9b34fb"
+    }
 
-// MARK: - L2CAP streams
-
-/// One direction of an L2CAP channel: bytes written by one stream, read by the other, at most `capacity` in flight.
-final class AirPipe: @unchecked Sendable {
-    let capacity = 64 * 1024
-    private weak var air: SimulatedAir?
-    private let lock = NSLock()
-    private var bytes: [UInt8] = []
-    private(set) var closed = false
-    weak var reader: AirInputStream?
-    weak var writer: AirOutputStream?
-
-    init(air: SimulatedAir?) { self.air = air }
-
-    func write(_ data: UnsafePointer<UInt8>, _ count: Int) -> Int {
-        let n: Int = {
-            lock.lock()
-            defer { lock.unlock() }
-            if closed { return -1 }
-            let n = min(count, capacity - bytes.count)
-            bytes.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
-            return n
-        }()
-        if n > 0 {
-            air?.count { $0.streamBytes += n }
-            reader?.signal(.hasBytesAvailable)
+    private func incomingChannel(_ m: AirMessage) {
+        guard let id = m.int("chan"), let peer = m.string("peer") else { return }
+        let psm = CBL2CAPPSM(truncatingIfNeeded: m.int("psm") ?? 0)
+        let channel = AirChannel(id: id, phone: self)
+        let (central, manager) = locked { () -> (CBCentral, CBPeripheralManager?) in
+            channels[id] = channel
+            let central = centrals[peer] ?? CBCentral(address: peer)
+            centrals[peer] = central
+            return (central, peripheralManager)
         }
-        return n
+        guard let manager else { return channel.close() }
+        manager.queue.async {
+            guard manager.psms.contains(psm) else { return channel.close() }
+            let opened = CBL2CAPChannel(
+                peer: central, input: AirInputStream(channel), output: AirOutputStream(channel), psm: psm)
+            manager.delegate?.peripheralManager(manager, didOpen: opened, error: nil)
+        }
     }
 
-    func read(_ into: UnsafeMutablePointer<UInt8>, _ max: Int) -> Int {
-        let n: Int = {
-            lock.lock()
-            defer { lock.unlock() }
-            let n = min(max, bytes.count)
-            for i in 0..<n { into[i] = bytes[i] }
-            bytes.removeFirst(n)
-            return n
-        }()
-        if n > 0 { writer?.signal(.hasSpaceAvailable) }
-        return n
+    private func delivered(_ m: AirMessage) {
+        guard let id = m.int("link"), let link = locked({ links[id] }), link.delivered() else { return }
+        locked { readyCount += 1 }
+        switch link.role {
+        case .central:
+            guard let p = link.peripheral, let manager = p.manager else { return }
+            manager.queue.async {
+                guard p.link === link else { return }
+                p.delegate?.peripheralIsReady(toSendWriteWithoutResponse: p)
+            }
+        case .peripheral:
+            guard let manager = peripheral else { return }
+            manager.queue.async { manager.delegate?.peripheralManagerIsReady(toUpdateSubscribers: manager) }
+        }
     }
 
-    var available: Int { lock.lock(); defer { lock.unlock() }; return bytes.count }
-    var space: Int { lock.lock(); defer { lock.unlock() }; return closed ? 0 : capacity - bytes.count }
+    private func disconnected(_ m: AirMessage) {
+        guard let id = m.int("link"), let link = locked({ links.removeValue(forKey: id) }) else { return }
+        let status = m.int("status") ?? 8
+        switch link.role {
+        case .central:
+            guard let p = link.peripheral, let manager = p.manager else { return }
+            manager.queue.async {
+                guard p.link === link else { return }
+                p.link = nil
+                p.state = .disconnected
+                let error: (any Error)? = status == 22
+                    ? nil : CBError(status == 19 ? .peripheralDisconnected : .connectionTimeout)
+                manager.delegate?.centralManager(manager, didDisconnectPeripheral: p, error: error)
+            }
+        case .peripheral:
+            guard let central = link.central else { return }
+            if central.link === link { central.link = nil }
+            guard let manager = peripheral else { return }
+            // The central's subscriptions end with its link.
+            manager.queue.async {
+                for service in manager.services {
+                    for case let c as CBMutableCharacteristic in service.characteristics ?? [] {
+                        guard let i = c.subscribedCentrals?.firstIndex(where: { $0 === central }) else { continue }
+                        c.subscribedCentrals?.remove(at: i)
+                        manager.delegate?.peripheralManager(manager, central: central, didUnsubscribeFrom: c)
+                    }
+                }
+            }
+        }
+    }
 
-    /// Either end closed, or the link went: the reader sees the end once it has read what is left.
-    func close() {
-        let first: Bool = {
-            lock.lock()
-            defer { lock.unlock() }
+    /// The connection to the air ended: Bluetooth is off for this phone, every link and channel gone.
+    private func ended() {
+        let (central, peripheral, open, handler) = locked {
+            () -> (CBCentralManager?, CBPeripheralManager?, [AirChannel], (() -> Void)?) in
+            on = false
+            let open = Array(channels.values)
+            channels = [:]
+            links = [:]
+            attempts = [:]
+            opening = [:]
+            return (centralManager, peripheralManager, open, endHandler)
+        }
+        for channel in open { channel.endedByPeer() }
+        if let central {
+            central.queue.async {
+                for p in central.known.values {
+                    p.link = nil
+                    p.attempt = 0
+                    p.state = .disconnected
+                }
+                central.isScanning = false
+                central.state = .poweredOff
+                central.delegate?.centralManagerDidUpdateState(central)
+            }
+        }
+        if let peripheral {
+            peripheral.queue.async {
+                peripheral.isAdvertising = false
+                for service in peripheral.services {
+                    for case let c as CBMutableCharacteristic in service.characteristics ?? [] {
+                        c.subscribedCentrals = []
+                    }
+                }
+                peripheral.services = []
+                peripheral.pendingAdds = []
+                peripheral.psms = []
+                peripheral.state = .poweredOff
+                peripheral.delegate?.peripheralManagerDidUpdateState(peripheral)
+            }
+        }
+        handler?()
+    }
+}
+
+// MARK: - A test's air
+
+/// A test's hold on the air server: a control connection, and the phones the test makes. Each scenario makes its own
+/// (`init` resets the air: counters zero, everyone in range, `window`) and closes it at the end (`close`). Also a
+/// driver of phone programs (`run`).
+public final class SimulatedAir: @unchecked Sendable {
+    /// The air server, `host:port`.
+    public let address: String
+    private let control: AirSocket
+    private let lock = NSLock()
+    private var phones: [SimulatedPhone] = []
+    private var closed = false
+    /// The last driver command's id.
+    private var commands = 0
+
+    /// What crossed the air since the last reset, as the air counts it, plus what this air's phones counted.
+    public struct Traffic: Sendable, CustomStringConvertible {
+        /// Writes without response delivered to a peripheral, and notifications delivered to a central.
+        public var writes = 0, notifications = 0
+        /// Writes and notifications dropped for exceeding the link's ATT MTU − 3.
+        public var oversized = 0
+        /// Writes and notifications sent into a full window (dropped).
+        public var overrun = 0
+        /// The air's count of senders that waited for `delivered` (`delivered_waits`).
+        public var deliveredWaits = 0
+        /// L2CAP channels opened, and bytes sent on them.
+        public var channels = 0, streamBytes = 0
+        /// The phones that connected, as "central>peripheral".
+        public var connections: Set<String> = []
+        /// The phones on the air now.
+        public var phones: [String] = []
+        /// Counted by this air's phones, not the server: times a manager was told it may send again
+        /// (`peripheralIsReady` / `peripheralManagerIsReady`).
+        public var readyCalls = 0
+
+        public var description: String {
+            "writes \(writes), notifications \(notifications), oversized \(oversized), overrun \(overrun), "
+                + "delivered waits \(deliveredWaits), ready calls \(readyCalls), channels \(channels), "
+                + "stream bytes \(streamBytes), connections \(connections.sorted()), phones \(phones)"
+        }
+    }
+
+    /// Connects to the air at `address` (default: `$SHOAL_AIR`) and resets it: counters zero, everyone hears
+    /// everyone, no loss, and links made from now on carry `window` packets per direction (each link tells its ends).
+    public init(address: String? = nil, window: Int = 8) throws {
+        guard let address = address ?? ProcessInfo.processInfo.environment["SHOAL_AIR"], !address.isEmpty else {
+            throw AirError("no air server: set SHOAL_AIR=host:port (bindings/swift/test.sh starts one)")
+        }
+        self.address = address
+        control = try AirSocket(address: address, label: "control")
+        control.send(["op": "hello", "role": "control"])
+        guard let welcome = control.readMessage(), welcome.op == "welcome" else {
+            control.shutDown()
+            throw AirError("the air at \(address) did not welcome a control connection")
+        }
+        _ = try exchange(["op": "reset", "window": max(window, 1)])
+    }
+
+    deinit { close() }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body()
+    }
+
+    /// Sends `message` (if any), then `traffic`, and returns the air's answer to the latter: the air handles a
+    /// connection's messages in order, so by then it has done what `message` asked.
+    private func exchange(_ message: [String: Any]?) throws -> AirMessage {
+        lock.lock()
+        defer { lock.unlock() }
+        if let message { control.send(message) }
+        guard control.send(["op": "traffic"]) else { throw AirError("the air's control connection is closed") }
+        var errors: [String] = []
+        while let reply = control.readMessage() {
+            switch reply.op {
+            case "traffic":
+                if !errors.isEmpty { throw AirError("the air refused \(message ?? [:]): \(errors)") }
+                return reply
+            case "error": errors.append(reply.string("what") ?? "\(reply.fields)")
+            default: continue
+            }
+        }
+        throw AirError("the air closed the control connection")
+    }
+
+    /// Makes what `make` creates (a radio, whose managers it creates at once) the iPhone called `name`: a new
+    /// connection to the air, which the phone stays on until `close`.
+    public func phone<T>(_ name: String, _ make: () throws -> T) throws -> T {
+        try join(name).make(make)
+    }
+
+    /// The iPhone called `name` joins the air (until `close`); its radios are made with `SimulatedPhone.make`.
+    public func join(_ name: String) throws -> SimulatedPhone {
+        let phone = try SimulatedPhone.connect(air: address, name: name)
+        locked { phones.append(phone) }
+        return phone
+    }
+
+    /// Runs a driver command on phone `name` through the air (PROTOCOL.md, "Phone drivers") and returns the
+    /// phone's answer: `command` and the answer are JSON objects, `{"cmd":"put",...}` and `{"op":"done",...}`.
+    /// Blocks until the phone answers.
+    public func run(_ name: String, _ command: String) throws -> String {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(command.utf8)),
+              var message = object as? [String: Any]
+        else { throw AirError("not a JSON object: \(command)") }
+        lock.lock()
+        defer { lock.unlock() }
+        commands += 1
+        let id = commands
+        message["op"] = "do"
+        message["phone"] = name
+        message["id"] = id
+        guard control.send(message) else { throw AirError("the air's control connection is closed") }
+        while let reply = control.readMessage() {
+            if reply.op == "done", reply.int("id") == id {
+                let answer = try JSONSerialization.data(
+                    withJSONObject: reply.fields, options: [.withoutEscapingSlashes])
+                return String(decoding: answer, as: UTF8.self)
+            }
+            if reply.op == "error" { throw AirError("the air refused \(command) for \(name): \(reply.fields)") }
+        }
+        throw AirError("the air closed the control connection")
+    }
+
+    /// Only these pairs of phones hear each other (symmetric; `[]`: nobody hears anybody). Links and channels between
+    /// phones that no longer hear each other drop; advertisements that come into range are seen.
+    public func setRange(hears pairs: [(String, String)]) throws {
+        _ = try exchange(["op": "range", "hears": pairs.map { [$0.0, $0.1] }])
+    }
+
+    /// Every phone hears every other (the default).
+    public func hearEveryone() throws {
+        _ = try exchange(["op": "range", "hears": NSNull()])
+    }
+
+    /// What crossed the air since the reset.
+    public func traffic() throws -> Traffic {
+        let m = try exchange(nil)
+        var t = Traffic()
+        t.writes = m.int("writes") ?? 0
+        t.notifications = m.int("notifications") ?? 0
+        t.oversized = m.int("oversized") ?? 0
+        t.overrun = m.int("overrun") ?? 0
+        t.deliveredWaits = m.int("delivered_waits") ?? 0
+        t.channels = m.int("channels") ?? 0
+        t.streamBytes = m.int("stream_bytes") ?? 0
+        t.connections = Set(m["connections"] as? [String] ?? [])
+        t.phones = m["phones"] as? [String] ?? []
+        t.readyCalls = locked { phones }.reduce(0) { $0 + $1.readyCalls }
+        return t
+    }
+
+    /// The phones leave the air, then the control connection closes. Waits (a few seconds at most) until the air no
+    /// longer lists the phones, so that the next scenario starts on an empty air.
+    public func close() {
+        let (gone, first) = locked { () -> ([SimulatedPhone], Bool) in
             defer { closed = true }
-            return !closed
-        }()
-        if first {
-            reader?.signal(.endEncountered)
-            writer?.signal(.errorOccurred)
+            return (phones, !closed)
         }
-    }
-}
-
-/// A stream an event is for, handed to its queue (streams are touched only there).
-private final class WeakStream: @unchecked Sendable {
-    weak var stream: Stream?
-    init(_ stream: Stream) { self.stream = stream }
-}
-
-/// What both ends of a channel keep: their status, their delegate, and the queue their events go to.
-private final class StreamEnd: @unchecked Sendable {
-    private let lock = NSLock()
-    private var queue: DispatchQueue?
-    private var pending: [Stream.Event] = []
-    var status: Stream.Status = .notOpen
-    weak var delegate: StreamDelegate?
-
-    /// Deliver `stream`'s events on `queue` from now on (`nil`: hold them), starting with those held.
-    func deliver(on queue: DispatchQueue?, stream: Stream) {
-        lock.lock()
-        self.queue = queue
-        let backlog = queue == nil ? [] : pending
-        if queue != nil { pending = [] }
-        lock.unlock()
-        for event in backlog { post(event, stream: stream) }
-    }
-
-    /// Tell `stream`'s delegate of `event` on its queue, if the stream is open (or just opened).
-    func signal(_ event: Stream.Event, stream: Stream) {
-        if status == .open || event == .openCompleted { post(event, stream: stream) }
-    }
-
-    private func post(_ event: Stream.Event, stream: Stream) {
-        lock.lock()
-        let queue = self.queue
-        if queue == nil { pending.append(event) }
-        lock.unlock()
-        let target = WeakStream(stream)
-        queue?.async {
-            guard let stream = target.stream, let delegate = stream.delegate else { return }
-            delegate.stream(stream, handle: event)
+        guard first else { return }
+        for phone in gone { phone.leave() }
+        let names = Set(gone.map(\.name))
+        let deadline = Date().addingTimeInterval(5)
+        while !names.isEmpty, Date() < deadline,
+              let left = try? exchange(nil), !names.isDisjoint(with: left["phones"] as? [String] ?? []) {
+            Thread.sleep(forTimeInterval: 0.01)
         }
-    }
-}
-
-final class AirInputStream: InputStream, @unchecked Sendable {
-    private let pipe: AirPipe
-    private let end = StreamEnd()
-
-    init(_ pipe: AirPipe) {
-        self.pipe = pipe
-        super.init(data: Data())
-        pipe.reader = self
-    }
-
-    override var delegate: StreamDelegate? {
-        get { end.delegate }
-        set { end.delegate = newValue }
-    }
-
-    override var streamStatus: Stream.Status { end.status }
-    func deliver(on queue: DispatchQueue?) { end.deliver(on: queue, stream: self) }
-    func signal(_ event: Stream.Event) { end.signal(event, stream: self) }
-
-    override func open() {
-        guard end.status == .notOpen else { return }
-        end.status = .open
-        signal(.openCompleted)
-        if pipe.available > 0 { signal(.hasBytesAvailable) }
-        if pipe.closed { signal(.endEncountered) }
-    }
-
-    override func close() {
-        end.status = .closed
-        pipe.close()
-    }
-
-    override var hasBytesAvailable: Bool { end.status == .open && pipe.available > 0 }
-
-    override func read(_ buffer: UnsafeMutablePointer<UInt8>, maxLength len: Int) -> Int {
-        guard end.status == .open else { return -1 }
-        let n = pipe.read(buffer, len)
-        if n == 0, pipe.closed { end.status = .atEnd }
-        return n
-    }
-}
-
-final class AirOutputStream: OutputStream, @unchecked Sendable {
-    private let pipe: AirPipe
-    private let end = StreamEnd()
-
-    init(_ pipe: AirPipe) {
-        self.pipe = pipe
-        super.init(toMemory: ())
-        pipe.writer = self
-    }
-
-    /// Foundation requires it; a stream made this way writes to a pipe nobody reads.
-    required init(toMemory: ()) {
-        pipe = AirPipe(air: nil)
-        super.init(toMemory: ())
-        pipe.writer = self
-    }
-
-    override var delegate: StreamDelegate? {
-        get { end.delegate }
-        set { end.delegate = newValue }
-    }
-
-    override var streamStatus: Stream.Status { end.status }
-    func deliver(on queue: DispatchQueue?) { end.deliver(on: queue, stream: self) }
-    func signal(_ event: Stream.Event) { end.signal(event, stream: self) }
-
-    override func open() {
-        guard end.status == .notOpen else { return }
-        end.status = .open
-        signal(.openCompleted)
-        if pipe.space > 0 { signal(.hasSpaceAvailable) }
-    }
-
-    override func close() {
-        end.status = .closed
-        pipe.close()
-    }
-
-    override var hasSpaceAvailable: Bool { end.status == .open && pipe.space > 0 }
-
-    override func write(_ buffer: UnsafePointer<UInt8>, maxLength len: Int) -> Int {
-        guard end.status == .open else { return -1 }
-        return pipe.write(buffer, len)
+        control.shutDown()
     }
 }

@@ -1,5 +1,6 @@
-// The shipped iOS radio (ios/Sources/ShoalDB/CoreBluetoothRadio.swift) between phones on a simulated air: the
-// CoreBluetooth module these tests link is the Linux stand-in (ios/Tests/CoreBluetooth), with Apple's API.
+// The shipped iOS radio (ios/Sources/ShoalDB/CoreBluetoothRadio.swift) between phones on the simulated air: the
+// CoreBluetooth module these tests link is the Linux stand-in (ios/Tests/CoreBluetooth), with Apple's API, over the
+// air server `shoal-air` (core/air) at $SHOAL_AIR, which bindings/swift/test.sh starts.
 
 import CoreBluetooth
 import Foundation
@@ -22,12 +23,12 @@ private func openBluetoothStore(_ dir: String, _ name: String, _ radio: CoreBlue
 /// edits converge.
 private func twoPhones(_ label: String, _ options: CoreBluetoothRadio.Options) async throws {
     // One write and one notification in flight per link: the radio must wait to be told it may send again.
-    let air = SimulatedAir(window: 1)
-    SimulatedAir.current = air
+    let air = try SimulatedAir(window: 1)
+    defer { air.close() }
     let dir = try makeTempDir("ble-\(label)")
     defer { removeTempDir(dir) }
-    let a = try await openBluetoothStore(dir, "A", CoreBluetoothRadio(options: options))
-    let b = try await openBluetoothStore(dir, "B", CoreBluetoothRadio(options: options))
+    let a = try await openBluetoothStore(dir, "A", air.phone("A") { CoreBluetoothRadio(options: options) })
+    let b = try await openBluetoothStore(dir, "B", air.phone("B") { CoreBluetoothRadio(options: options) })
     defer { a.shutdown(); b.shutdown() }
     let notesA = try a.collection(name: "notes")
     let notesB = try b.collection(name: "notes")
@@ -52,7 +53,7 @@ private func twoPhones(_ label: String, _ options: CoreBluetoothRadio.Options) a
     try expectEqual(n1["body"], .string("A:" + body))
 
     // It all went over the air, the way the options say (the stores have no network).
-    let traffic = air.traffic
+    let traffic = try air.traffic()
     try expectEqual(traffic.oversized, 0, "\(label): writes or notifications over the MTU")
     if options.useL2CAP {
         try expect(traffic.channels >= 1 && traffic.streamBytes > 2 * body.utf8.count, "\(label): \(traffic)")
@@ -74,10 +75,9 @@ func testBluetoothL2cap() async throws {
 
 /// Three iPhones on a line, A – B – C: A and C never hear each other, so what one writes reaches the other through B.
 func testBluetoothLine() async throws {
-    let air = SimulatedAir()
-    SimulatedAir.current = air
-    let position = ["A": 0, "B": 1, "C": 2]
-    air.setRange { a, b in abs((position[a] ?? 9) - (position[b] ?? -9)) <= 1 }
+    let air = try SimulatedAir()
+    defer { air.close() }
+    try air.setRange(hears: [("A", "B"), ("B", "C")])
     let dir = try makeTempDir("ble-line")
     defer { removeTempDir(dir) }
     let options = CoreBluetoothRadio.Options(discoveryInterval: 0.2)
@@ -102,7 +102,7 @@ func testBluetoothLine() async throws {
     }
     try expectEqual(try await notes[1].getField(id: "from-c", path: "n"), "10")
     // Through B: the ends never connected.
-    let linked = air.traffic.connections
+    let linked = try air.traffic().connections
     try expect(!linked.contains("A>C") && !linked.contains("C>A"), "A and C connected: \(linked)")
     try expect(linked.contains { $0.contains("A") } && linked.contains { $0.contains("C") }, "\(linked)")
 }
@@ -110,10 +110,8 @@ func testBluetoothLine() async throws {
 /// Two iPhones, one of which walks out of range in the middle of a transfer, both write while apart, and it comes
 /// back: they converge, over GATT.
 func testBluetoothWalkAway() async throws {
-    let air = SimulatedAir()
-    SimulatedAir.current = air
-    let apart = Flag()
-    air.setRange { _, _ in !apart.value }
+    let air = try SimulatedAir()
+    defer { air.close() }
     let dir = try makeTempDir("ble-walk")
     defer { removeTempDir(dir) }
     let options = CoreBluetoothRadio.Options(useL2CAP: false, discoveryInterval: 0.2)
@@ -126,30 +124,27 @@ func testBluetoothWalkAway() async throws {
     try await eventually("the phones meeting") { try await notesB.get(id: "hello") != nil }
 
     // 200 notes of 2 KB: over 2,000 packets. B walks away once 50 of them have crossed.
-    let before = air.traffic
+    let before = try air.traffic()
     try await a.write { batch in
         for i in 0..<200 {
             batch.upsert(json: #"{"_id":"bulk\#(i)","pad":"\#(String(repeating: "x", count: 2_000))"}"#, into: "notes")
         }
     }
     let started = Date()
-    while air.traffic.notifications + air.traffic.writes < before.notifications + before.writes + 50 {
+    while try air.traffic().crossed < before.crossed + 50 {
         try expect(Date().timeIntervalSince(started) < 30, "the transfer starting")
-        try await Task.sleep(nanoseconds: 1_000_000)
+        try await Task.sleep(nanoseconds: 2_000_000)
     }
-    apart.value = true
-    air.setRange { _, _ in !apart.value }
-    let cut = air.traffic
+    try air.setRange(hears: [])
+    let cut = try air.traffic()
     try await notesA.update("hello") { $0.increment("n", by: 1) }
     try await notesB.update("hello") { $0.increment("n", by: 2) }
     await sleep(ms: 500)
     let atB = try await notesB.all().count
     try expect(atB < 201, "B had only part of the notes when it walked away (\(atB))")
-    try expectEqual(air.traffic.notifications + air.traffic.writes, cut.notifications + cut.writes,
-                    "nothing crosses while they are apart")
+    try expectEqual(try air.traffic().crossed, cut.crossed, "nothing crosses while they are apart")
 
-    apart.value = false
-    air.setRange { _, _ in !apart.value }
+    try air.hearEveryone()
     try await eventually("the phones converging after meeting again") {
         let docsA = try await notesA.all(), docsB = try await notesB.all()
         return docsA.count == 201 && docsA == docsB
@@ -157,14 +152,63 @@ func testBluetoothWalkAway() async throws {
     try expectEqual(try await notesB.getField(id: "hello", path: "n"), "3")
 }
 
-/// A flag shared with the air's range rule.
-private final class Flag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var state = false
-    var value: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return state }
-        set { lock.lock(); defer { lock.unlock() }; state = newValue }
+/// Two iPhone programs (AirPhone.swift: what `ShoalTests --air-phone` runs for the air's mesh driver), here in this
+/// process, driven through the air with PROTOCOL.md's commands: a note put on one reaches the other's notes, an
+/// attachment its bytes, a fresh store syncs again, and a command the program does not know fails.
+func testAirPhonesDriven() async throws {
+    let air = try SimulatedAir()
+    defer { air.close() }
+    let programs = try ["I1", "I2"].map { name in
+        let phone = try air.join(name)
+        return Task { await serveAirPhone(phone, verbose: false) }
     }
+    _ = try await drive(air, "I1", #"{"cmd":"open"}"#)
+    _ = try await drive(air, "I2", #"{"cmd":"open"}"#)
+    _ = try await drive(air, "I1", #"{"cmd":"put","doc":"n1","text":"hello from I1"}"#)
+    try await eventually("I1's note in I2's notes") {
+        try await drive(air, "I2", #"{"cmd":"notes"}"#)["notes"] == ["n1": "hello from I1"]
+    }
+
+    let bytes = Data((0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 7 ^ $0 >> 9) }).base64EncodedString()
+    _ = try await drive(air, "I2", #"{"cmd":"attach","doc":"f1","bytes":"\#(bytes)"}"#)
+    try expectEqual(try await drive(air, "I2", #"{"cmd":"attachment","doc":"f1"}"#)["bytes"], .string(bytes))
+    try await eventually("I2's attachment at I1") {
+        try await drive(air, "I1", #"{"cmd":"attachment","doc":"f1"}"#)["bytes"] == .string(bytes)
+    }
+
+    // A fresh store on I1 (a new directory, a new identity, a new radio on the same phone) gets the note again from I2.
+    _ = try await drive(air, "I1", #"{"cmd":"open"}"#)
+    try await eventually("I1's fresh store syncing again") {
+        try await drive(air, "I1", #"{"cmd":"notes"}"#)["notes"] == ["n1": "hello from I1"]
+    }
+    let bogus = try await drive(air, "I1", #"{"cmd":"fly"}"#, ok: false)
+    try expect(bogus["error"] != nil, "no error for an unknown command: \(bogus)")
+    _ = try await drive(air, "I2", #"{"cmd":"close"}"#)
+    _ = try await drive(air, "I2", #"{"cmd":"notes"}"#, ok: false)
+
+    for name in ["I1", "I2"] { _ = try await drive(air, name, #"{"cmd":"quit"}"#) }
+    for program in programs {
+        let quit = await program.value
+        try expect(quit, "a phone program ended without being told to quit")
+    }
+    let linked = try air.traffic().connections
+    try expect(linked.contains("I1>I2") || linked.contains("I2>I1"), "the programs never connected: \(linked)")
+}
+
+/// Runs `command` on `phone` through the air (off the cooperative pool: the air's control connection blocks) and
+/// returns its answer, which must say `ok` as asked.
+private func drive(_ air: SimulatedAir, _ phone: String, _ command: String, ok: Bool = true) async throws -> JSON {
+    let answer: String = try await withCheckedThrowingContinuation { done in
+        DispatchQueue.global().async { done.resume(with: Result { try air.run(phone, command) }) }
+    }
+    let json = try JSON.parse(answer)
+    try expectEqual(json["ok"], .bool(ok), "\(phone) \(command): \(answer)")
+    return json
+}
+
+extension SimulatedAir.Traffic {
+    /// GATT packets that crossed: writes without response and notifications.
+    fileprivate var crossed: Int { writes + notifications }
 }
 
 extension Array {

@@ -1,10 +1,18 @@
 // Runs every scenario, printing its name and result, and ends with `N passed, M failed` (exit 1 on any failure).
 // Built by bindings/swift/test.sh against module ShoalDB (the generated bindings + ios/Sources/ShoalDB).
+//
+//   ShoalTests [FILTER]                                 the scenarios (whose name contains FILTER)
+//   ShoalTests --air-phone <air address> <phone name>   an iPhone on the simulated air, run by a driver
+//                                                       (AirPhone.swift)
 
 import Foundation
 import ShoalDB
 
 Shoal.installDefaultLogger(level: .warn)
+
+if CommandLine.arguments.dropFirst().first == "--air-phone" {
+    await runAirPhone(Array(CommandLine.arguments.dropFirst(2)))
+}
 
 func readmeTest() async throws {
     let dir = try makeTempDir("readme")
@@ -41,6 +49,7 @@ let tests: [(String, () async throws -> Void)] = [
     ("iPhones sync over Bluetooth LE (the shipped radio, L2CAP, on a simulated air)", testBluetoothL2cap),
     ("three iPhones on a line over Bluetooth LE: the ends sync through the middle", testBluetoothLine),
     ("an iPhone walks out of Bluetooth LE range mid-transfer and back, and they converge", testBluetoothWalkAway),
+    ("iPhone programs driven through the Bluetooth LE air: a note and an attachment cross", testAirPhonesDriven),
     ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),
