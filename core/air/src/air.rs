@@ -157,21 +157,21 @@ struct PendingConnect {
     ready_ms: u64,
 }
 
-/// What crossed the air since the last reset.
-#[derive(Debug, Default, Clone)]
-pub struct Traffic {
-    pub writes: u64,
-    pub notifications: u64,
-    pub oversized: u64,
-    pub overrun: u64,
-    pub reordered: u64,
-    pub channels: u64,
-    pub stream_bytes: u64,
-    pub lost_links: u64,
+/// What crossed the air since the last reset (a control's `traffic` reads it).
+#[derive(Debug, Default)]
+struct Traffic {
+    writes: u64,
+    notifications: u64,
+    oversized: u64,
+    overrun: u64,
+    reordered: u64,
+    channels: u64,
+    stream_bytes: u64,
+    lost_links: u64,
     /// Links made, as "central>peripheral" by phone name.
-    pub connections: BTreeSet<String>,
+    connections: BTreeSet<String>,
     /// Connection attempts, as "central>peripheral" (made or not).
-    pub dials: BTreeSet<String>,
+    dials: BTreeSet<String>,
 }
 
 /// The shared air.
@@ -267,11 +267,6 @@ impl Air {
         self.next_id
     }
 
-    /// What crossed the air since the last reset.
-    pub fn traffic(&self) -> &Traffic {
-        &self.traffic
-    }
-
     fn name_of(&self, conn: ConnId) -> String {
         self.phones.get(&conn).map(|p| p.name.clone()).unwrap_or_default()
     }
@@ -341,8 +336,8 @@ impl Air {
             for &a in &advertisers {
                 let Some(seen) = self.sighting(s, a) else { continue };
                 let Some(scan) = self.phones.get_mut(&s).and_then(|p| p.scanning.as_mut()) else { continue };
-                if repeat || scan.reported.insert(a) {
-                    scan.reported.insert(a);
+                let first = scan.reported.insert(a);
+                if repeat || first {
                     out.push((s, seen));
                 }
             }
@@ -353,9 +348,6 @@ impl Air {
             }
         }
     }
-
-    /// A new connection; it says who it is with `hello`.
-    pub fn opened(&mut self, _conn: ConnId) {}
 
     /// A connection closed: a phone leaves without a word, a control's commands are forgotten.
     pub fn closed(&mut self, conn: ConnId, now_ms: u64) -> Out {
@@ -419,7 +411,7 @@ impl Air {
         let mut out = if op == "hello" {
             self.hello(conn, &msg)
         } else if self.controls.contains(&conn) {
-            self.control(conn, now_ms, &op, &msg)
+            self.control(conn, &op, &msg)
         } else if self.phones.contains_key(&conn) {
             self.phone(conn, now_ms, &op, &msg)
         } else {
@@ -476,7 +468,7 @@ impl Air {
         }
     }
 
-    fn control(&mut self, conn: ConnId, now_ms: u64, op: &str, msg: &Value) -> Out {
+    fn control(&mut self, conn: ConnId, op: &str, msg: &Value) -> Out {
         let mut out = Out::new();
         match op {
             "range" => {
@@ -580,7 +572,6 @@ impl Air {
             }
             _ => return error(conn, format!("unknown control op {op:?}")),
         }
-        let _ = now_ms;
         out
     }
 

@@ -117,8 +117,8 @@ async fn run(mut air: Air, mut inbox: mpsc::UnboundedReceiver<Event>) {
         let out = match event {
             None => return,
             Some(Event::Opened(conn, tx)) => {
+                // The air learns of it from its `hello`.
                 writers.insert(conn, tx);
-                air.opened(conn);
                 continue;
             }
             Some(Event::Line(conn, msg)) => air.message(conn, now(), msg),
