@@ -155,6 +155,9 @@ struct PendingConnect {
     deadline_ms: Option<u64>,
     /// Not completed before this time (the air's connection latency).
     ready_ms: u64,
+    /// The attempt was lost (drawn once, when it was made): it never completes, and fails only at its deadline
+    /// (none: it lasts until cancelled, as on iOS).
+    lost: bool,
 }
 
 /// What crossed the air since the last reset (a control's `traffic` reads it).
@@ -168,6 +171,8 @@ struct Traffic {
     channels: u64,
     stream_bytes: u64,
     lost_links: u64,
+    /// Connection attempts the air lost (`loss.connect`).
+    lost_attempts: u64,
     /// Links made, as "central>peripheral" by phone name.
     connections: BTreeSet<String>,
     /// Connection attempts, as "central>peripheral" (made or not).
@@ -553,7 +558,7 @@ impl Air {
                     conn,
                     json!({"op": "traffic", "writes": t.writes, "notifications": t.notifications,
                         "oversized": t.oversized, "overrun": t.overrun, "reordered": t.reordered,
-                        "channels": t.channels, "stream_bytes": t.stream_bytes, "lost_links": t.lost_links,
+                        "channels": t.channels, "stream_bytes": t.stream_bytes, "lost_links": t.lost_links, "lost_attempts": t.lost_attempts,
                         "connections": t.connections, "dials": t.dials, "phones": phones, "scanning": scanning, "attempts": self.pending.len(), "links": self.links.len()}),
                 ));
             }
@@ -640,11 +645,13 @@ impl Air {
                     p.services.push(service);
                 }
                 out.push((conn, json!({"op": "service_added", "uuid": uuid, "ok": true})));
+                self.services_changed(conn, &mut out);
             }
             "remove_services" => {
                 if let Some(p) = self.phones.get_mut(&conn) {
                     p.services.clear();
                 }
+                self.services_changed(conn, &mut out);
             }
             "connect" => {
                 let (Some(peer), Some(r)) = (text(msg, "peer"), number(msg, "ref")) else {
@@ -655,7 +662,9 @@ impl Air {
                 if let Some(target) = self.by_address(&peer) {
                     self.traffic.dials.insert(format!("{}>{}", self.name_of(conn), self.name_of(target)));
                 }
-                self.pending.insert((conn, r), PendingConnect { central: conn, peer, deadline_ms, ready_ms });
+                let lost = self.rng.chance(self.loss_connect);
+                self.traffic.lost_attempts += u64::from(lost);
+                self.pending.insert((conn, r), PendingConnect { central: conn, peer, deadline_ms, ready_ms, lost });
             }
             "cancel_connect" => {
                 if let Some(r) = number(msg, "ref") {
@@ -776,6 +785,15 @@ impl Air {
             _ => return error(conn, format!("unknown op {op:?}")),
         }
         out
+    }
+
+    /// The GATT table of `peripheral` changed: the centrals connected to it get the Service Changed indication.
+    fn services_changed(&self, peripheral: ConnId, out: &mut Out) {
+        let Some(phone) = self.phones.get(&peripheral) else { return };
+        let uuids: Vec<&Value> = phone.services.iter().filter_map(|s| s.get("uuid")).collect();
+        for (&id, link) in self.links.iter().filter(|(_, l)| l.peripheral == peripheral) {
+            out.push((link.central, json!({"op": "services_changed", "link": id, "services": uuids})));
+        }
     }
 
     fn own_link(&self, conn: ConnId, msg: &Value) -> Option<(u64, &Link)> {
@@ -901,9 +919,9 @@ impl Air {
                 .filter(|&t| t != p.central && self.in_range(p.central, t) && self.phones[&t].advertising.is_some());
             let central = p.central;
             let overdue = p.deadline_ms.is_some_and(|d| now_ms >= d);
-            let reachable = reachable.filter(|_| p.ready_ms == 0);
+            let reachable = reachable.filter(|_| p.ready_ms == 0 && !p.lost);
             match reachable {
-                Some(t) if !self.rng.chance(self.loss_connect) => {
+                Some(t) => {
                     self.pending.remove(&key);
                     let id = self.id();
                     self.links.insert(

@@ -300,3 +300,62 @@ fn connections_take_the_airs_latency_and_every_attempt_is_recorded() {
     assert_eq!(t.traffic()["attempts"], 0);
     assert_eq!(t.air.next_deadline(), None);
 }
+
+#[test]
+fn a_lost_connection_attempt_stays_lost_until_its_deadline_or_cancel() {
+    let mut t = Test::new();
+    t.phone(1, "A1", "android", 517);
+    t.phone(2, "I1", "ios", 185);
+    t.send(100, json!({"op": "loss", "connect": 0.5}));
+    t.send(2, json!({"op": "advertise", "services": [SERVICE]}));
+    let peer = t.address_of(2);
+    // Each attempt is drawn once: about half complete at once, the others never do, however long the air runs
+    // (were the chance drawn again on every pass, nearly all would complete within a few passes).
+    let (mut made, mut failed, mut hanging) = (0, 0, 0);
+    for r in 0..200 {
+        let timeout = if r % 2 == 0 { json!(5_000) } else { Value::Null };
+        t.send(1, json!({"op": "connect", "peer": peer, "ref": r, "timeout_ms": timeout}));
+        t.advance(4_000);
+        let connected = t.told(1, "connected");
+        if let Some(c) = connected.first() {
+            made += 1;
+            t.send(1, json!({"op": "disconnect", "link": c["link"]}));
+            continue;
+        }
+        t.advance(2_000);
+        if t.told(1, "connect_failed").len() == 1 {
+            failed += 1;
+        } else {
+            assert!(timeout.is_null(), "an attempt with a timeout fails at it");
+            assert!(t.told(1, "connected").is_empty());
+            hanging += 1;
+            t.send(1, json!({"op": "cancel_connect", "ref": r}));
+        }
+    }
+    assert!((70..=130).contains(&made), "made {made} of 200");
+    assert!(failed > 20 && hanging > 20, "failed {failed}, hanging {hanging}");
+    assert_eq!(t.traffic()["attempts"], 0);
+}
+
+#[test]
+fn a_peripheral_changing_its_services_tells_its_centrals() {
+    let mut t = Test::new();
+    t.phone(1, "A1", "android", 517);
+    t.phone(2, "I1", "ios", 185);
+    t.phone(3, "A2", "android", 517);
+    let link = t.link();
+    t.send(2, json!({"op": "remove_services"}));
+    t.send(2, json!({"op": "add_service", "service": {"uuid": SERVICE, "chars": []}}));
+    let changed = t.told(1, "services_changed");
+    assert_eq!(
+        changed,
+        vec![
+            json!({"op": "services_changed", "link": link, "services": []}),
+            json!({"op": "services_changed", "link": link, "services": [SERVICE]})
+        ]
+    );
+    assert!(t.told(2, "services_changed").is_empty() && t.told(3, "services_changed").is_empty());
+    // The central's own table changing tells nobody (it is not the peripheral of any link).
+    t.send(1, json!({"op": "remove_services"}));
+    assert!(t.told(2, "services_changed").is_empty());
+}

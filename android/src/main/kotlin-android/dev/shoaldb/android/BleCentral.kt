@@ -132,6 +132,16 @@ internal class BleCentral(
             }
         }
 
+        /**
+         * The peer's GATT table changed (API 31+): a Shoal peer's app restarted or its sync stopped, so this link's
+         * session cannot go on. Lost when connected, a failed attempt before.
+         */
+        fun onServiceChanged(g: BluetoothGatt) {
+            if (stage == Stage.CLOSED || g !== gatt) return
+            val c = conn
+            if (c != null) session.lost(c, "the peer's services changed") else fail("the peer's services changed")
+        }
+
         fun onMtu(mtu: Int, status: Int) {
             if (status == BluetoothGatt.GATT_SUCCESS && mtu >= ShoalGattLayout.DEFAULT_ATT_MTU) attMtu = mtu
             when (stage) {
@@ -349,6 +359,11 @@ internal class BleCentral(
         override fun onConnectionStateChange(gatt: BluetoothGatt?, status: Int, newState: Int) {
             gatt ?: return
             onLoop { link.onConnectionState(gatt, status, newState) }
+        }
+
+        /** API 31+ (never called before). */
+        override fun onServiceChanged(gatt: BluetoothGatt) {
+            onLoop { link.onServiceChanged(gatt) }
         }
 
         override fun onMtuChanged(gatt: BluetoothGatt?, mtu: Int, status: Int) {

@@ -506,6 +506,36 @@ class AndroidBluetoothRadioTest : RadioTestBase() {
     }
 
     @Test
+    @Config(shadows = [ControlledGattShadow::class])
+    fun thePeersServicesChangingEndsTheLinkOrTheAttempt() {
+        // Connected: the peer's app restarted or its sync stopped (API 31+ tells): the link is lost.
+        val (conn, gatt) = dial()
+        val shadow = shadowGatt(gatt)
+        run { shadow.gattCallback.onServiceChanged(gatt) }
+        assertEquals("disconnected $conn", sink.events.last())
+        assertEquals(emptySet<Long>(), session.connectionsForTest)
+        assertTrue(shadow.isClosed)
+        assertTrue(logs().toString(), logs().contains("connection $conn down: the peer's services changed"))
+
+        // Still subscribing to TX: the attempt fails.
+        ControlledGattShadow.holdDescriptorWrites = true
+        val other = "AA:BB:CC:DD:EE:02"
+        run { radio.connect(other) }
+        val dialling = gattOf(other)
+        val diallingShadow = shadowGatt(dialling)
+        val service = peerService()
+        diallingShadow.addDiscoverableService(service)
+        diallingShadow.allowCharacteristicNotification(service.getCharacteristic(TEST_UUIDS.tx))
+        run { diallingShadow.notifyConnection(other) }
+        assertEquals(setOf(other), session.attemptsForTest) // the CCCD write is outstanding
+        run { diallingShadow.gattCallback.onServiceChanged(dialling) }
+        assertEquals("connectFailed $other", sink.events.last())
+        assertTrue(diallingShadow.isClosed)
+        assertEquals(emptySet<String>(), session.attemptsForTest)
+        assertEquals(1, sink.count("connected"))
+    }
+
+    @Test
     fun attemptFailsWhenNotificationsCannotBeEnabled() {
         run { radio.connect(peerAddress) }
         val shadow = shadowGatt(gattOf(peerAddress))

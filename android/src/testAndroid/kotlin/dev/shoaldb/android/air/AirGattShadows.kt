@@ -158,13 +158,18 @@ class AirBluetoothDeviceShadow : ShadowBluetoothDevice() {
  * - `disconnect` closes the link (`onConnectionStateChange` GATT_SUCCESS / disconnected once the air confirms); a
  *   link the peer closed or lost reports the air's status (19, 8). `close` ends the client: no callback after it
  *   (a link still up is closed, an attempt still running given up).
+ * - The peer's GATT table changed (`services_changed`, the Service Changed indication) → `onServiceChanged` on
+ *   API 31+, nothing before (Android 11 and older do not tell the app). As Android's `BluetoothGatt`, `getServices`
+ *   keeps what the last discovery found until the app calls `discoverServices` again.
  * - API 33+ signatures where they exist (and the deprecated ones for older SDKs, with the characteristic's or
  *   descriptor's `value` set as Android sets it); every callback on the stack's binder thread, in order.
  *
  * Not modelled: writes with response and long (prepared) writes (refused: the air carries writes without response
  * only), `readDescriptor`, reliable writes, `readRemoteRssi`, PHY and connection-priority changes (accepted, no
- * effect), service-changed indications. A value longer than MTU − 3 is not truncated as Android would: it goes to
- * the air whole, which drops it and counts it (`oversized`) — the radio must never send one.
+ * effect). After a service change, operations on the old objects still reach the peer's characteristics by UUID
+ * (Android's would use the old attribute handles, which may no longer be valid). A value longer than MTU − 3 is not
+ * truncated as Android would: it goes to the air whole, which drops it and counts it (`oversized`) — the radio must
+ * never send one.
  */
 @Implements(BluetoothGatt::class)
 class AirGattShadow : ShadowBluetoothGatt() {
@@ -266,6 +271,11 @@ class AirGattShadow : ShadowBluetoothGatt() {
                 services = discoveredServices(realGatt.device, m.fields["services"] as? JsonArray)
                 next()
                 callback { it.onServicesDiscovered(realGatt, BluetoothGatt.GATT_SUCCESS) }
+            }
+            "services_changed" -> {
+                // Android's stack rediscovers the peer's table by itself; from API 31 it tells the app, which must
+                // call discoverServices again (the objects getServices returns stay as they were until then).
+                if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.S) callback { it.onServiceChanged(realGatt) }
             }
             "read_result" -> {
                 val op = outstanding as? Op.Read ?: return

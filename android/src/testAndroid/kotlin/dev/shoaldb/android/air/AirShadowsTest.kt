@@ -1,5 +1,8 @@
 package dev.shoaldb.android.air
 
+import android.bluetooth.BluetoothDevice
+import android.bluetooth.BluetoothGatt
+import android.bluetooth.BluetoothGattCallback
 import android.bluetooth.BluetoothManager
 import android.bluetooth.le.ScanCallback
 import android.bluetooth.le.ScanFilter
@@ -33,6 +36,7 @@ import java.net.InetAddress
 import java.net.ServerSocket
 import java.net.Socket
 import java.util.Base64
+import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 
@@ -291,6 +295,73 @@ abstract class AirShadowsTestBase : OnTheAir() {
         air.send("disconnected", "link" to link, "status" to 8)
         eventually("the connection is lost") { events("disconnected").isNotEmpty() }
         assertEquals("disconnected $conn", sink.events.last())
+    }
+
+    @Test
+    fun servicesChangedReachesTheClientFromApi31() {
+        val calls = CopyOnWriteArrayList<String>()
+        val callback = object : BluetoothGattCallback() {
+            override fun onConnectionStateChange(gatt: BluetoothGatt?, status: Int, newState: Int) {
+                calls.add("state $status $newState")
+            }
+
+            override fun onServicesDiscovered(gatt: BluetoothGatt?, status: Int) {
+                calls.add("discovered $status")
+            }
+
+            override fun onMtuChanged(gatt: BluetoothGatt?, mtu: Int, status: Int) {
+                calls.add("mtu $mtu")
+            }
+
+            override fun onServiceChanged(gatt: BluetoothGatt) { // API 31+: never called before
+                calls.add("changed")
+            }
+        }
+        val gatt = stack.device(peer).connectGatt(RuntimeEnvironment.getApplication(), false, callback, BluetoothDevice.TRANSPORT_LE)
+        air.send("connected", "ref" to air.expect("connect").int("ref"), "link" to 4, "mtu" to 23, "window" to 2)
+        eventually("the link is up") { calls.size == 1 }
+        assertTrue(gatt.discoverServices())
+        air.expect("discover")
+        air.send("services", "link" to 4, "services" to listOf(shoalService()))
+        eventually("the services are discovered") { calls.size == 2 }
+
+        air.send("services_changed", "link" to 4)
+        air.send("mtu", "link" to 4, "mtu" to 100) // after it, in order
+        eventually("the MTU arrives") { calls.lastOrNull() == "mtu 100" }
+        val changed = if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.S) listOf("changed") else emptyList()
+        assertEquals(listOf("state 0 2", "discovered 0") + changed + "mtu 100", calls)
+        // What the last discovery found stays until the app discovers again.
+        assertEquals(listOf(TEST_UUIDS.service), gatt.services.map { it.uuid })
+        assertTrue(gatt.discoverServices())
+        air.expect("discover")
+        air.send("services", "link" to 4, "services" to emptyList<Any>())
+        eventually("the services are discovered again") { calls.last() == "discovered 0" }
+        assertEquals(emptyList<Any>(), gatt.services)
+        gatt.close()
+        assertEquals(4, air.expect("disconnect").int("link"))
+    }
+
+    @Test
+    fun theRadioLosesACentralLinkWhosePeersServicesChange() {
+        val link = 5
+        dialUpToThePsm(link, psmValue = "0000") // no L2CAP: GATT
+        air.expect("write_descriptor")
+        air.send("descriptor_written", "link" to link, "char" to tx, "descriptor" to "2902", "status" to 0)
+        eventually("the connection is reported") { events("connected").size == 1 }
+        val conn = sink.connections.single()
+
+        air.send("services_changed", "link" to link)
+        if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.S) {
+            assertEquals(link, air.expect("disconnect").int("link"))
+            eventually("the connection is lost") { events("disconnected").isNotEmpty() }
+            assertEquals("disconnected $conn", sink.events.last())
+        } else {
+            // Android 11 and older do not tell the app: the link goes on.
+            air.send("notified", "link" to link, "char" to tx, "value" to b64("0102"))
+            eventually("the notification arrives") { sink.received.size == 1 }
+            assertEquals("received $conn 0102", sink.events.last())
+            assertTrue(air.quiet())
+        }
     }
 
     @Test

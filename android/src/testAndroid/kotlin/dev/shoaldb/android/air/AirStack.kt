@@ -250,7 +250,7 @@ internal class AirStack private constructor(
             "advertising" -> advertising.onAdvertising(m.bool("ok") == true, m.string("reason"))
             "seen" -> scanning.onSeen(m)
             "connected", "connect_failed", "incoming", "mtu", "disconnected", "delivered" -> synchronized(lock) { linkEvent(m) }
-            "services", "read_result", "descriptor_written", "notified" -> synchronized(lock) {
+            "services", "services_changed", "read_result", "descriptor_written", "notified" -> synchronized(lock) {
                 val link = m.int("link")?.let { links[it] } ?: return@synchronized
                 link.gatt?.onLinkMessage(m)
             }
