@@ -6,8 +6,8 @@
 # phone's only transport. `shoal-air mesh` starts the air and the five phones (A1..A3, I1..I2; A3 is Android 9,
 # API 28: GATT only, the older framework calls), runs each scenario with several seeds (a JSON line per run) and
 # exits non-zero on the first failure. Each phone uses L2CAP or keeps to GATT by the seed's draw; every third seed
-# the air is rough (10 % of connection attempts fail, a link drops after 0.2 % of packets, 2 % of packets overtake
-# the one before):
+# the air is rough (10 % of connection attempts are lost, a link drops after 0.2 % of packets, 2 % of packets
+# overtake the one before):
 #
 #   line        A1–I1–A2–I2–A3: edits at both ends reach the other end; only neighbours ever connect
 #   groups      {A1,I1} and {A2,I2} edit apart, meet, split and meet again
@@ -15,6 +15,8 @@
 #   walk        a phone walks out of range mid-transfer, both write apart, it comes back
 #   attachment  48 KB crosses three mixed hops (A1–I1–A2–I2), relayed; I2 gets the exact bytes
 #   background  a backgrounded iPhone: the Android phone never dials it, the iPhone finds it and reconnects
+#   restore     A1–I1–I2–A2 over GATT: the system ends both iPhone apps while linked; launched again, their radios get
+#               the links back (CoreBluetooth state restoration), end them, and all four converge on new links
 #
 #   bindings/air/run.sh [--only SCENARIO] [--seeds N]      (SHOAL_AIR_SEEDS: seeds per scenario, default 3)
 #

@@ -39,7 +39,7 @@ fn io(e: std::io::Error) -> String {
 }
 
 /// The scenarios, by name.
-pub const SCENARIOS: &[&str] = &["line", "groups", "dial", "walk", "attachment", "background"];
+pub const SCENARIOS: &[&str] = &["line", "groups", "dial", "walk", "attachment", "background", "restore"];
 
 struct Mesh {
     control: Control,
@@ -154,7 +154,7 @@ async fn scenarios(options: &MeshOptions, address: std::net::SocketAddr) -> Resu
                     "connections": traffic["connections"], "dials": traffic["dials"], "writes": traffic["writes"],
                     "notifications": traffic["notifications"], "stream_bytes": traffic["stream_bytes"],
                     "oversized": traffic["oversized"], "overrun": traffic["overrun"], "window": mesh.window,
-                    "lost_links": traffic["lost_links"], "reordered": traffic["reordered"],
+                    "lost_links": traffic["lost_links"], "lost_attempts": traffic["lost_attempts"], "reordered": traffic["reordered"],
                     "error": outcome.as_ref().err()})
             );
             mesh.close_all().await;
@@ -184,8 +184,8 @@ impl Mesh {
         self.control.ask(json!({"op": "seed", "seed": seed})).await.map_err(io)?;
         self.seed = seed;
         // Every third seed, a rough air: failed connection attempts, links that drop, packets that overtake.
-        // (Not for `walk` and `dial`, which count links and packets.)
-        self.rough = seed % 3 == 0 && !matches!(name, "walk" | "dial");
+        // (Not for `walk`, `dial` and `restore`, which count links and packets.)
+        self.rough = seed % 3 == 0 && !matches!(name, "walk" | "dial" | "restore");
         if self.rough {
             self.control.ask(json!({"op": "loss", "connect": 0.1, "drop_link": 0.002})).await.map_err(io)?;
             self.control.ask(json!({"op": "reorder", "chance": 0.02})).await.map_err(io)?;
@@ -197,6 +197,7 @@ impl Mesh {
             "walk" => self.walk().await,
             "attachment" => self.attachment().await,
             "background" => self.background().await,
+            "restore" => self.restore().await,
             _ => Err(format!("no scenario {name}")),
         }
     }
@@ -223,6 +224,18 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the air holds exactly `links` links and no connection attempt.
+    async fn links(&self, links: u64) -> Result<()> {
+        self.until(&format!("{links} links on the air and no attempt pending"), || async {
+            let t = self.control.traffic().await.map_err(io)?;
+            match (t["links"].as_u64(), t["attempts"].as_u64()) {
+                (Some(n), Some(0)) if n == links => Ok(Ok(())),
+                (n, attempts) => Ok(Err(format!("{n:?} links, {attempts:?} attempts pending"))),
+            }
+        })
+        .await
     }
 
     async fn close_all(&mut self) {
@@ -417,14 +430,7 @@ impl Mesh {
         }
         // The attempt that came second is cancelled once the first link's Hellos name the peer, or, had both
         // connections come up, the pair keeps the one whose central has the smaller tag and closes the other.
-        self.until("one link between the two and no attempt pending", || async {
-            let t = self.control.traffic().await.map_err(io)?;
-            match (t["links"].as_u64(), t["attempts"].as_u64()) {
-                (Some(1), Some(0)) => Ok(Ok(())),
-                (links, attempts) => Ok(Err(format!("{links:?} links, {attempts:?} attempts pending"))),
-            }
-        })
-        .await
+        self.links(1).await
     }
 
     /// A phone walks out of range mid-transfer; both write while apart; it comes back and they converge.
@@ -493,6 +499,85 @@ impl Mesh {
             }
         })
         .await
+    }
+
+    /// A–i–i–A over GATT, the iPhones opted in to state restoration. The system ends both iPhone apps while every
+    /// link is up (the stack keeps each one's links: the link between the iPhones at both ends, as central at one of
+    /// them); the Android phones edit meanwhile. Launched again (I1 first), each iPhone's radio gets the earlier
+    /// process's connections back (`willRestoreState`) and cancels those it is the central of (its core knows
+    /// nothing of them); the peers end the others (the Service Changed indication of the re-published service, or
+    /// the core's timeout), and the four converge on everything over new links.
+    async fn restore(&mut self) -> Result<()> {
+        let line = [self.phone("A", 0)?, self.phone("I", 0)?, self.phone("I", 1)?, self.phone("A", 1)?];
+        let l: Vec<&str> = line.iter().map(String::as_str).collect();
+        self.range(&[(l[0], l[1]), (l[1], l[2]), (l[2], l[3])]).await?;
+        // GATT only: an L2CAP channel is the app's and closes with it, so its peer ends the link before the app
+        // comes back (and whether anything is left to restore is a race).
+        for p in &l {
+            let restore = p.starts_with('I');
+            self.control.run(p, json!({"cmd": "open", "l2cap": false, "restore": restore})).await.map_err(io)?;
+            self.opened.push(p.to_string());
+        }
+        let mut expected = BTreeMap::new();
+        for p in &l {
+            let text = self.text(p, 150);
+            self.put(p, &format!("{p}-before"), &text).await?;
+            expected.insert(format!("{p}-before"), text);
+        }
+        self.converge(&l, &expected).await?;
+        self.links(3).await?;
+        let iphones = [l[1], l[2]];
+        for p in iphones {
+            self.control.run(p, json!({"cmd": "terminate"})).await.map_err(io)?;
+        }
+        for p in [l[0], l[3]] {
+            let text = self.text(p, 150);
+            self.put(p, &format!("{p}-meanwhile"), &text).await?;
+            expected.insert(format!("{p}-meanwhile"), text);
+        }
+        for p in iphones {
+            self.control.run(p, json!({"cmd": "launch"})).await.map_err(io)?;
+        }
+        // Every link of the earlier processes was handed back: I1 both of its links; I2 its link with A2, and the
+        // one with I1 unless I1 (its central) cancelled it before I2 came back. One of the two had that one as
+        // central.
+        let mut central = 0;
+        let mut restored = Vec::new();
+        for p in iphones {
+            let r = self.control.run(p, json!({"cmd": "restored"})).await.map_err(io)?;
+            let n = r["central"].as_u64().unwrap_or(0);
+            central += n;
+            restored.push(n + r["peripheral"].as_u64().unwrap_or(0));
+        }
+        if restored[0] != 2 || !(1..=2).contains(&restored[1]) || central == 0 {
+            return Err(format!(
+                "restored {restored:?} links ({central} as central), expected 2 and 1 or 2 (at least 1 as central)"
+            ));
+        }
+        for p in iphones {
+            let text = self.text(p, 150);
+            self.put(p, &format!("{p}-after"), &text).await?;
+            expected.insert(format!("{p}-after"), text);
+        }
+        self.converge(&l, &expected).await?;
+        // None of the restored links is left, and the radios cancelled every one they were the central of.
+        self.until("the restored links closed", || async {
+            let mut open = 0;
+            for p in iphones {
+                let r = self.control.run(p, json!({"cmd": "restored"})).await.map_err(io)?;
+                open += r["open"].as_u64().unwrap_or(0);
+                let (central, cancelled) = (r["central"].as_u64(), r["cancelled"].as_u64());
+                if central != cancelled {
+                    return Err(format!("{p}'s radio cancelled {cancelled:?} of the {central:?} restored connections"));
+                }
+            }
+            match open {
+                0 => Ok(Ok(())),
+                n => Ok(Err(format!("{n} restored links still up"))),
+            }
+        })
+        .await?;
+        self.links(3).await
     }
 
     /// An Android phone cannot discover a backgrounded iPhone, but the iPhone (scanning for the service) finds it and

@@ -84,6 +84,10 @@ public let CBCentralManagerScanOptionAllowDuplicatesKey = "kCBScanOptionAllowDup
 public let CBCentralManagerOptionRestoreIdentifierKey = "kCBRestoreIdentifierKey"
 public let CBPeripheralManagerOptionRestoreIdentifierKey = "kCBRestoreIdentifierKey"
 public let CBCentralManagerRestoredStatePeripheralsKey = "kCBRestoredPeripherals"
+public let CBCentralManagerRestoredStateScanServicesKey = "kCBRestoredScanServices"
+public let CBCentralManagerRestoredStateScanOptionsKey = "kCBRestoredScanOptions"
+public let CBPeripheralManagerRestoredStateServicesKey = "kCBRestoredServices"
+public let CBPeripheralManagerRestoredStateAdvertisementDataKey = "kCBRestoredAdvertisement"
 
 // MARK: - UUIDs and attributes
 
@@ -440,12 +444,14 @@ open class CBCentralManager: CBManager {
     open internal(set) var isScanning = false
     /// The CBPeripheral this manager hands out for each remote phone, by air address (one object each, as on iOS).
     var known: [String: CBPeripheral] = [:]
+    /// The running scan's services and options (kept for state restoration).
+    var scan: (services: [CBUUID]?, options: [String: Any]?)?
 
     public init(delegate: (any CBCentralManagerDelegate)?, queue: DispatchQueue?, options: [String: Any]? = nil) {
         self.delegate = delegate
         super.init(queue: queue)
         if let phone {
-            phone.attach(central: self)
+            phone.attach(central: self, restoring: options?[CBCentralManagerOptionRestoreIdentifierKey] as? String)
         } else {
             unsupported { [weak self] _ in if let self { self.delegate?.centralManagerDidUpdateState(self) } }
         }
@@ -466,6 +472,7 @@ open class CBCentralManager: CBManager {
     open func scanForPeripherals(withServices serviceUUIDs: [CBUUID]?, options: [String: Any]? = nil) {
         guard state == .poweredOn, let phone else { return }
         isScanning = true
+        scan = (serviceUUIDs, options)
         let duplicates = options?[CBCentralManagerScanOptionAllowDuplicatesKey] as? Bool ?? false
         phone.send(from: self, [
             "op": "scan", "services": serviceUUIDs.map { $0.map(\.airString) as Any } ?? NSNull(),
@@ -476,6 +483,7 @@ open class CBCentralManager: CBManager {
     open func stopScan() {
         guard isScanning else { return }
         isScanning = false
+        scan = nil
         phone?.send(from: self, ["op": "stop_scan"])
     }
 
@@ -526,12 +534,15 @@ open class CBPeripheralManager: CBManager {
     /// Services sent to the air and not yet confirmed (`service_added`), oldest first; `report`: call `didAdd`.
     var pendingAdds: [(service: CBMutableService, report: Bool)] = []
     var psms: Set<CBL2CAPPSM> = []
+    /// What is being advertised (kept for state restoration).
+    var advertisement: [String: Any]?
 
     public init(delegate: (any CBPeripheralManagerDelegate)?, queue: DispatchQueue?, options: [String: Any]? = nil) {
         self.delegate = delegate
         super.init(queue: queue)
         if let phone {
-            phone.attach(peripheral: self)
+            phone.attach(
+                peripheral: self, restoring: options?[CBPeripheralManagerOptionRestoreIdentifierKey] as? String)
         } else {
             unsupported { [weak self] _ in if let self { self.delegate?.peripheralManagerDidUpdateState(self) } }
         }
@@ -560,6 +571,7 @@ open class CBPeripheralManager: CBManager {
             }
         }
         isAdvertising = true
+        advertisement = advertisementData ?? [:]
         let services = advertisementData?[CBAdvertisementDataServiceUUIDsKey] as? [CBUUID] ?? []
         let name = advertisementData?[CBAdvertisementDataLocalNameKey] as? String
         phone.send(from: self, [
@@ -571,6 +583,7 @@ open class CBPeripheralManager: CBManager {
     open func stopAdvertising() {
         guard isAdvertising else { return }
         isAdvertising = false
+        advertisement = nil
         phone?.send(from: self, ["op": "stop_advertise"])
     }
 

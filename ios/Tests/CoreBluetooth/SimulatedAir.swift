@@ -39,10 +39,17 @@
 //   - a radio made again on the same phone (a phone program's new store) replaces the phone's managers: the old
 //     central manager's links, attempts and scan end, as iOS cancels the connections of a manager that goes away,
 //     and the old peripheral manager's advertisement, services and L2CAP listeners go.
-// Not modelled: writes with response, `didModifyServices` (the air tells a central nothing when a peripheral
-// removes its services: the central learns only when its link drops), state restoration, an L2CAP channel closing
-// with the GATT connection it was opened on (the air keeps channels independent of links), the background rules
-// of iOS beyond what the air applies (`app_state`).
+//   - the Service Changed indication (`services_changed`): the discovered services the peripheral no longer has
+//     are dropped from `services` and reported to `didModifyServices`;
+//   - state restoration: `SimulatedPhone.terminateApp` is the system ending the app (not the user): its managers
+//     fall silent at once. What a manager made with a restore identifier had, the phone's stack keeps on the air
+//     (connections and attempts, scan; services with their subscribers, advertisement); a manager made later with
+//     the same identifier gets it in `willRestoreState` before its first state update, the connections as
+//     `CBPeripheral`s of its own. What nobody restores ends as iOS ends it. L2CAP channels and published PSMs end
+//     with the app (its streams).
+// Not modelled: writes with response, an L2CAP channel closing with the GATT connection it was opened on (the air
+// keeps channels independent of links), the background rules of iOS beyond what the air applies (`app_state`), the
+// system relaunching the app by itself (the test relaunches it), the stack answering requests for a terminated app.
 
 import Dispatch
 import Foundation
@@ -157,6 +164,22 @@ final class AirLink: @unchecked Sendable {
 
 // MARK: - A phone
 
+/// A terminated app's central manager as the phone's stack keeps it for restoration: its links and connection
+/// attempts go on, its scan runs.
+private struct KeptCentral {
+    var links: Set<Int>
+    /// Attempts by `ref`: the peer's air address.
+    var attempts: [Int: String]
+    var scan: (services: [CBUUID]?, options: [String: Any]?)?
+}
+
+/// A terminated app's peripheral manager as the stack keeps it: its services (with their subscribers) stay in the
+/// GATT table, its advertisement goes on.
+private struct KeptPeripheral {
+    let services: [CBMutableService]
+    let advertisement: [String: Any]?
+}
+
 /// One iPhone on the air: a connection to the air server, and the CoreBluetooth managers that speak for it. The
 /// phone's latest central manager and latest peripheral manager are its own (a radio made again replaces the
 /// managers of the one before; what an earlier manager asks is ignored).
@@ -190,6 +213,16 @@ public final class SimulatedPhone: @unchecked Sendable {
     private var heldCommands: [String] = []
     private var endHandler: (() -> Void)?
     private var readyCount = 0
+    /// The restore identifiers the current managers were made with.
+    private var centralRestoreId: String?
+    private var peripheralRestoreId: String?
+    /// What the stack keeps of a terminated app, by restore identifier.
+    private var keptCentrals: [String: KeptCentral] = [:]
+    private var keptPeripherals: [String: KeptPeripheral] = [:]
+    /// Links handed to restored managers since the app was last terminated, with this phone's role in each.
+    private var restoredLinks: [Int: AirLink.Role] = [:]
+    /// The restored links (central role) the app itself cancelled.
+    private var restoredCancelled: Set<Int> = []
 
     private init(socket: AirSocket, name: String, address: String, window: Int) {
         self.socket = socket
@@ -272,6 +305,78 @@ public final class SimulatedPhone: @unchecked Sendable {
     /// Times this phone told a manager it may send again (`peripheralIsReady` / `peripheralManagerIsReady`).
     public var readyCalls: Int { locked { readyCount } }
 
+    /// Links handed to restored managers since the app was last terminated (`willRestoreState`), by this phone's
+    /// role; how many of them are still up, and how many (central role) the app cancelled itself.
+    public var restored: (central: Int, peripheral: Int, open: Int, cancelled: Int) {
+        locked {
+            let central = restoredLinks.values.filter { $0 == .central }.count
+            let open = restoredLinks.keys.filter { links[$0] != nil }.count
+            return (central, restoredLinks.count - central, open, restoredCancelled.count)
+        }
+    }
+
+    /// The system ends the app (not the user, who would end its connections too): from now on its managers hear
+    /// nothing and what they are asked is not done. What a manager made with a restore identifier had, the stack
+    /// keeps for a manager made later with the same identifier (`willRestoreState`): a central manager's connections,
+    /// attempts and scan, a peripheral manager's services (with their subscribers) and advertisement. What a manager
+    /// without one had ends as iOS ends it: connections and attempts cancelled, scan and advertisement stopped,
+    /// services removed. The app's L2CAP channels close and its PSMs are unpublished. Not on a manager's queue.
+    public func terminateApp() {
+        let (central, peripheral) = locked { (centralManager, peripheralManager) }
+        // The managers' own state lives on their queues.
+        var scan: (services: [CBUUID]?, options: [String: Any]?)?
+        central?.queue.sync {
+            central?.delegate = nil
+            for p in central?.known.values.map({ $0 }) ?? [] { p.delegate = nil }
+            scan = central?.isScanning == true ? central?.scan : nil
+        }
+        var services: [CBMutableService] = []
+        var advertisement: [String: Any]?
+        peripheral?.queue.sync {
+            peripheral?.delegate = nil
+            services = peripheral?.services ?? []
+            advertisement = peripheral?.isAdvertising == true ? peripheral?.advertisement : nil
+        }
+        let (ends, psms, open) = locked { () -> ([[String: Any]], Set<Int>, [Int]) in
+            var ends: [[String: Any]] = []
+            let centralLinks = links.values.filter { $0.role == .central }
+            if central != nil, let id = centralRestoreId {
+                keptCentrals[id] = KeptCentral(
+                    links: Set(centralLinks.map(\.id)), attempts: attempts.mapValues(\.address), scan: scan)
+                for link in centralLinks { link.peripheral = nil }
+            } else if central != nil {
+                for link in centralLinks {
+                    links[link.id] = nil
+                    ends.append(["op": "disconnect", "link": link.id])
+                }
+                for ref in attempts.keys { ends.append(["op": "cancel_connect", "ref": ref]) }
+                ends.append(["op": "stop_scan"])
+            }
+            if peripheral != nil, let id = peripheralRestoreId {
+                keptPeripherals[id] = KeptPeripheral(services: services, advertisement: advertisement)
+            } else if peripheral != nil {
+                ends.append(["op": "stop_advertise"])
+                ends.append(["op": "remove_services"])
+            }
+            centralManager = nil
+            peripheralManager = nil
+            restoredLinks = [:]
+            restoredCancelled = []
+            centralRestoreId = nil
+            peripheralRestoreId = nil
+            attempts = [:]
+            opening = [:]
+            defer {
+                listening = []
+                channels = [:]
+            }
+            return (ends, listening, Array(channels.keys))
+        }
+        for message in ends { socket.send(message) }
+        for psm in psms { socket.send(["op": "l2cap_unlisten", "psm": psm]) }
+        for id in open { socket.send(["op": "close", "chan": id]) }
+    }
+
     private func locked<T>(_ body: () -> T) -> T {
         lock.lock()
         defer { lock.unlock() }
@@ -281,45 +386,115 @@ public final class SimulatedPhone: @unchecked Sendable {
     // MARK: Managers (called on their queues)
 
     /// `manager` becomes the phone's central manager. One it replaces lets go of its links, attempts and scan, as
-    /// iOS cancels the connections of a central manager that goes away.
-    func attach(central manager: CBCentralManager) {
-        let (up, replaced, stale, refs) = locked { () -> (Bool, Bool, [AirLink], [Int]) in
+    /// iOS cancels the connections of a central manager that goes away. A terminated app's central manager kept under
+    /// `identifier` is restored into it (`willRestoreState`, before the first state update); one kept under another
+    /// identifier ends.
+    func attach(central manager: CBCentralManager, restoring identifier: String?) {
+        let (up, stopScan, stale, refs, state) = locked {
+            () -> (Bool, Bool, [AirLink], [Int], [String: Any]?) in
             let replaced = centralManager != nil && centralManager !== manager
             centralManager = manager
-            guard replaced else { return (on, false, [], []) }
-            let stale = links.values.filter { $0.role == .central }
+            centralRestoreId = identifier
+            var stale: [AirLink] = []
+            var refs: [Int] = []
+            if replaced {
+                stale = links.values.filter { $0.role == .central }
+                refs = Array(attempts.keys)
+                attempts = [:]
+                opening = [:]
+            }
+            var state: [String: Any]?
+            var stopScan = replaced
+            for (id, kept) in keptCentrals {
+                if id == identifier {
+                    state = restore(kept, into: manager)
+                } else {
+                    stale += kept.links.compactMap { links[$0] }
+                    refs += kept.attempts.keys
+                    stopScan = stopScan || kept.scan != nil
+                }
+            }
+            keptCentrals = [:]
             for link in stale { links[link.id] = nil }
-            let refs = Array(attempts.keys)
-            attempts = [:]
-            opening = [:]
-            return (on, true, stale, refs)
+            return (on, stopScan, stale, refs, state)
         }
-        if replaced {
-            socket.send(["op": "stop_scan"])
-            for ref in refs { socket.send(["op": "cancel_connect", "ref": ref]) }
-            for link in stale { socket.send(["op": "disconnect", "link": link.id]) }
-        }
+        if stopScan { socket.send(["op": "stop_scan"]) }
+        for ref in refs { socket.send(["op": "cancel_connect", "ref": ref]) }
+        for link in stale { socket.send(["op": "disconnect", "link": link.id]) }
         manager.queue.async {
+            if let state { manager.delegate?.centralManager(manager, willRestoreState: state) }
             manager.state = up ? .poweredOn : .poweredOff
             manager.delegate?.centralManagerDidUpdateState(manager)
         }
     }
 
+    /// Hands a kept central manager's links, attempts and scan to `manager` (under the lock, while `manager` is being
+    /// made, so nothing else touches it yet): the state `willRestoreState` reports.
+    private func restore(_ kept: KeptCentral, into manager: CBCentralManager) -> [String: Any] {
+        var peripherals: [CBPeripheral] = []
+        for id in kept.links.sorted() {
+            guard let link = links[id] else { continue }  // ended while the app was not running
+            let p = manager.peripheral(at: link.peer)
+            p.link = link
+            p.state = .connected
+            link.peripheral = p
+            restoredLinks[id] = .central
+            peripherals.append(p)
+        }
+        for (ref, address) in kept.attempts.sorted(by: { $0.key < $1.key }) {
+            let p = manager.peripheral(at: address)
+            p.state = .connecting
+            p.attempt = ref
+            attempts[ref] = p
+            peripherals.append(p)
+        }
+        var state: [String: Any] = [CBCentralManagerRestoredStatePeripheralsKey: peripherals]
+        if let scan = kept.scan {
+            manager.scan = scan
+            manager.isScanning = true
+            if let services = scan.services { state[CBCentralManagerRestoredStateScanServicesKey] = services }
+            if let options = scan.options { state[CBCentralManagerRestoredStateScanOptionsKey] = options }
+        }
+        return state
+    }
+
     /// `manager` becomes the phone's peripheral manager. One it replaces stops advertising, and its services and
-    /// L2CAP listeners go.
-    func attach(peripheral manager: CBPeripheralManager) {
-        let (up, replaced, psms) = locked { () -> (Bool, Bool, Set<Int>) in
+    /// L2CAP listeners go. A terminated app's peripheral manager kept under `identifier` is restored into it
+    /// (`willRestoreState`, before the first state update); one kept under another identifier ends.
+    func attach(peripheral manager: CBPeripheralManager, restoring identifier: String?) {
+        let (up, withdraw, psms, state) = locked { () -> (Bool, Bool, Set<Int>, [String: Any]?) in
             let replaced = peripheralManager != nil && peripheralManager !== manager
             peripheralManager = manager
+            peripheralRestoreId = identifier
+            var withdraw = replaced
+            var state: [String: Any]?
+            for (id, kept) in keptPeripherals {
+                guard id == identifier else {
+                    withdraw = true
+                    continue
+                }
+                // Still being made: nothing else touches the manager yet.
+                manager.services = kept.services
+                manager.advertisement = kept.advertisement
+                manager.isAdvertising = kept.advertisement != nil
+                var restoredState: [String: Any] = [CBPeripheralManagerRestoredStateServicesKey: kept.services]
+                if let advertisement = kept.advertisement {
+                    restoredState[CBPeripheralManagerRestoredStateAdvertisementDataKey] = advertisement
+                }
+                state = restoredState
+                for link in links.values where link.role == .peripheral { restoredLinks[link.id] = .peripheral }
+            }
+            keptPeripherals = [:]
             defer { if replaced { listening = [] } }
-            return (on, replaced, listening)
+            return (on, withdraw, replaced ? listening : [], state)
         }
-        if replaced {
+        if withdraw {
             socket.send(["op": "stop_advertise"])
             socket.send(["op": "remove_services"])
             for psm in psms { socket.send(["op": "l2cap_unlisten", "psm": psm]) }
         }
         manager.queue.async {
+            if let state { manager.delegate?.peripheralManager(manager, willRestoreState: state) }
             manager.state = up ? .poweredOn : .poweredOff
             manager.delegate?.peripheralManagerDidUpdateState(manager)
         }
@@ -337,6 +512,7 @@ public final class SimulatedPhone: @unchecked Sendable {
     }
 
     func connect(from manager: CBCentralManager, to peripheral: CBPeripheral) {
+        guard isCurrent(manager) else { return }
         let ref = locked { () -> Int in
             nextRef += 1
             attempts[nextRef] = peripheral
@@ -348,13 +524,17 @@ public final class SimulatedPhone: @unchecked Sendable {
 
     /// Ends a connection or an attempt; the delegate hears `didDisconnectPeripheral` (no error), as on iOS.
     func cancel(from manager: CBCentralManager, _ peripheral: CBPeripheral) {
+        guard isCurrent(manager) else { return }
         let wasUp = peripheral.state != .disconnected
         if peripheral.state == .connecting {
             let ref = peripheral.attempt
             locked { attempts[ref] = nil }
             send(from: manager, ["op": "cancel_connect", "ref": ref])
         } else if let link = peripheral.link {
-            locked { links[link.id] = nil }
+            locked {
+                links[link.id] = nil
+                if restoredLinks[link.id] != nil { restoredCancelled.insert(link.id) }
+            }
             send(from: manager, ["op": "disconnect", "link": link.id])
         }
         peripheral.link = nil
@@ -400,6 +580,7 @@ public final class SimulatedPhone: @unchecked Sendable {
     }
 
     func openChannel(from manager: CBCentralManager, to peripheral: CBPeripheral, psm: CBL2CAPPSM) {
+        guard isCurrent(manager) else { return }
         let ref = locked { () -> Int in
             nextRef += 1
             opening[nextRef] = (peripheral, psm)
@@ -442,7 +623,10 @@ public final class SimulatedPhone: @unchecked Sendable {
         case "seen": seen(m)
         case "connected": connected(m)
         case "connect_failed":
-            guard let ref = m.int("ref"), let p = locked({ attempts.removeValue(forKey: ref) }), let manager = p.manager
+            guard let ref = m.int("ref"), let p = locked({ () -> CBPeripheral? in
+                for id in keptCentrals.keys { keptCentrals[id]?.attempts[ref] = nil }
+                return attempts.removeValue(forKey: ref)
+            }), let manager = p.manager
             else { return }
             manager.queue.async {
                 guard p.state == .connecting, p.attempt == ref else { return }
@@ -451,6 +635,7 @@ public final class SimulatedPhone: @unchecked Sendable {
                 manager.delegate?.centralManager(manager, didFailToConnect: p, error: CBError(.connectionFailed))
             }
         case "services": services(m)
+        case "services_changed": servicesChanged(m)
         case "read_result", "descriptor_written", "notified": centralGatt(m)
         case "l2cap_opened", "l2cap_failed": opened(m)
         // Peripheral role.
@@ -543,6 +728,11 @@ public final class SimulatedPhone: @unchecked Sendable {
 
     private func connected(_ m: AirMessage) {
         guard let ref = m.int("ref"), let id = m.int("link") else { return }
+        if keptConnected(ref: ref, link: id, m) {
+            // iOS exchanges the largest ATT MTU by itself, right after connecting.
+            socket.send(["op": "exchange_mtu", "link": id, "mtu": SimulatedPhone.attMtu])
+            return
+        }
         guard let p = locked({ attempts.removeValue(forKey: ref) }), let manager = p.manager else {
             // Cancelled meanwhile.
             socket.send(["op": "disconnect", "link": id])
@@ -567,6 +757,20 @@ public final class SimulatedPhone: @unchecked Sendable {
             // iOS exchanges the largest ATT MTU by itself, right after connecting.
             socket.send(["op": "exchange_mtu", "link": id, "mtu": SimulatedPhone.attMtu])
             manager.delegate?.centralManager(manager, didConnect: p)
+        }
+    }
+
+    /// An attempt of a terminated app's central manager succeeded: the stack keeps the link for its restoration.
+    private func keptConnected(ref: Int, link id: Int, _ m: AirMessage) -> Bool {
+        locked {
+            guard let (identifier, kept) = keptCentrals.first(where: { $0.value.attempts[ref] != nil }),
+                  let peer = kept.attempts[ref]
+            else { return false }
+            keptCentrals[identifier]?.attempts[ref] = nil
+            keptCentrals[identifier]?.links.insert(id)
+            links[id] = AirLink(
+                id: id, role: .central, peer: peer, mtu: m.int("mtu") ?? 23, window: m.int("window") ?? window)
+            return true
         }
     }
 
@@ -607,6 +811,20 @@ public final class SimulatedPhone: @unchecked Sendable {
                 CBService(uuid: $0.uuid, primary: true, peripheral: p)
             }
             p.delegate?.peripheral(p, didDiscoverServices: nil)
+        }
+    }
+
+    /// The peripheral's GATT table changed: discovered services it no longer has are invalidated.
+    private func servicesChanged(_ m: AirMessage) {
+        guard let (link, p, manager) = centralLink(m) else { return }
+        let current = Set((m["services"] as? [String] ?? []).map { CBUUID(string: $0) })
+        manager.queue.async {
+            guard p.link === link else { return }
+            let invalidated = (p.services ?? []).filter { !current.contains($0.uuid) }
+            guard !invalidated.isEmpty else { return }
+            p.services = (p.services ?? []).filter { current.contains($0.uuid) }
+            p.table = p.table.filter { current.contains($0.uuid) }
+            p.delegate?.peripheral(p, didModifyServices: invalidated)
         }
     }
 
@@ -871,8 +1089,9 @@ public final class SimulatedAir: @unchecked Sendable {
         public var channels = 0, streamBytes = 0
         /// The phones that connected, as "central>peripheral".
         public var connections: Set<String> = []
-        /// The phones on the air now.
+        /// The phones on the air now, and the links between them now.
         public var phones: [String] = []
+        public var links = 0
         /// Counted by this air's phones, not the server: times a manager was told it may send again
         /// (`peripheralIsReady` / `peripheralManagerIsReady`).
         public var readyCalls = 0
@@ -991,6 +1210,7 @@ public final class SimulatedAir: @unchecked Sendable {
         t.streamBytes = m.int("stream_bytes") ?? 0
         t.connections = Set(m["connections"] as? [String] ?? [])
         t.phones = m["phones"] as? [String] ?? []
+        t.links = m.int("links") ?? 0
         t.readyCalls = locked { phones }.reduce(0) { $0 + $1.readyCalls }
         return t
     }

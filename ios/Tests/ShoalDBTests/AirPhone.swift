@@ -7,8 +7,11 @@
 // The program joins the air as the iPhone <phone name> (`hello`: platform ios, ATT MTU 185) and runs the commands
 // the driver sends it, one at a time, in order: "open" (a fresh store in a new directory, Bluetooth its only
 // transport: the shipped CoreBluetoothRadio with its default options, over the test-only CoreBluetooth module on
-// this connection), "put", "notes", "attach", "attachment", "close", "quit". It exits when told to quit (0) or when
-// the air closes its connection (1). Progress goes to stderr.
+// this connection; `"restore": true` opts in to state restoration), "put", "notes", "attach", "attachment",
+// "terminate" (the system ends the app: its Bluetooth managers fall silent, the store's process is gone), "launch"
+// (the app is launched again: the same store and radio options, its radio's managers restored from what the stack
+// kept), "restored" (the links handed to restored managers: by role, still up, cancelled by the app), "close",
+// "quit". It exits when told to quit (0) or when the air closes its connection (1). Progress goes to stderr.
 //
 // Stores of every phone program on the air use one app secret, "shoal air" (PROTOCOL.md names none; Android's phone
 // program must use the same), so that they sync.
@@ -61,6 +64,8 @@ private final class AirPhoneProgram {
     private var store: Store?
     private var radio: CoreBluetoothRadio?
     private var dir: String?
+    /// The open store's radio options (a relaunch makes its radio with the same).
+    private var radioOptions = CoreBluetoothRadio.Options()
     /// Attachments whose download was asked for and has not ended, by hash.
     private let fetching = Locked<Set<String>>([])
 
@@ -100,8 +105,21 @@ private final class AirPhoneProgram {
     private func execute(_ cmd: String, _ command: [String: Any]) async throws -> [String: Any] {
         switch cmd {
         case "open":
-            try await open(useL2CAP: command["l2cap"] as? Bool ?? true)
+            try await open(
+                useL2CAP: command["l2cap"] as? Bool ?? true, restore: command["restore"] as? Bool ?? false)
             return [:]
+        case "terminate":
+            try terminate()
+            return [:]
+        case "launch":
+            try await launch()
+            return [:]
+        case "restored":
+            let restored = phone.restored
+            return [
+                "central": restored.central, "peripheral": restored.peripheral, "open": restored.open,
+                "cancelled": restored.cancelled,
+            ]
         case "put":
             let doc = try argument("doc", command)
             let text = try argument("text", command)
@@ -149,17 +167,43 @@ private final class AirPhoneProgram {
     }
 
     /// A fresh store in a new directory (a new identity), syncing over Bluetooth only, replacing an open one;
-    /// `useL2CAP` false keeps every connection on GATT.
-    private func open(useL2CAP: Bool) async throws {
+    /// `useL2CAP` false keeps every connection on GATT; `restore` opts in to CoreBluetooth state restoration.
+    private func open(useL2CAP: Bool, restore: Bool) async throws {
         await closeStore()
         let dir = try makeTempDir("air-phone-\(phone.name)")
         self.dir = dir
         let name = phone.name
-        let radio = phone.make {
-            CoreBluetoothRadio(options: CoreBluetoothRadio.Options(useL2CAP: useL2CAP, log: { line in
-                FileHandle.standardError.write(Data("[air-phone \(name)] radio: \(line)\n".utf8))
-            }))
-        }
+        radioOptions = CoreBluetoothRadio.Options(
+            restoreIdentifier: restore ? "dev.shoaldb.air.\(name)" : nil, useL2CAP: useL2CAP,
+            log: { line in FileHandle.standardError.write(Data("[air-phone \(name)] radio: \(line)\n".utf8)) })
+        try await start(in: dir)
+        log("opened a store in \(dir) as device \(try openStore().deviceId().prefix(16))…")
+    }
+
+    /// The system ends the app without a word: its Bluetooth managers fall silent (the stack keeps what they had
+    /// if they opted in to restoration), then what is left of the process goes (nothing the old radio does now
+    /// reaches the air). The store's directory stays for `launch`.
+    private func terminate() throws {
+        let store = try openStore()
+        phone.terminateApp()
+        store.shutdown()
+        self.store = nil
+        radio = nil
+        log("the system ended the app")
+    }
+
+    /// The app is launched again after `terminate`: the same store, a new radio with the same options.
+    private func launch() async throws {
+        guard store == nil, let dir else { throw AirPhoneError("nothing to launch (send \"open\", \"terminate\")") }
+        try await start(in: dir)
+        log("launched the app again")
+    }
+
+    /// Opens the store in `dir` (made if new) and starts sync over a new radio with `radioOptions`.
+    private func start(in dir: String) async throws {
+        let name = phone.name
+        let options = radioOptions
+        let radio = phone.make { CoreBluetoothRadio(options: options) }
         let store = try await Store.open(
             path: "\(dir)/\(name).db",
             deviceName: name,
@@ -175,7 +219,6 @@ private final class AirPhoneProgram {
         }
         self.store = store
         self.radio = radio
-        log("opened a store in \(dir) as device \(try store.deviceId().prefix(16))…")
     }
 
     /// The bytes of the attachment in field "blob" of document `doc` of "files", base64, if they are here; else
@@ -212,14 +255,16 @@ private final class AirPhoneProgram {
 
     /// Stops sync and closes the store, if one is open, and removes its directory.
     func closeStore() async {
-        guard let store else { return }
-        self.store = nil
-        do {
-            try await store.stopSync()
-        } catch {
-            log("stopping sync: \(error)")
+        if let store {
+            self.store = nil
+            do {
+                try await store.stopSync()
+            } catch {
+                log("stopping sync: \(error)")
+            }
+            store.shutdown()
         }
-        store.shutdown()
+        guard dir != nil else { return }
         radio = nil
         if let dir { removeTempDir(dir) }
         dir = nil

@@ -218,3 +218,164 @@ extension Array {
         return out
     }
 }
+
+/// What CoreBluetooth tells an app, in order, for `testStateRestorationOnTheAir`.
+private final class RestorationApp: NSObject, CBCentralManagerDelegate, CBPeripheralManagerDelegate,
+    CBPeripheralDelegate, @unchecked Sendable
+{
+    let events = Locked<[String]>([])
+    let seen = Locked<[CBPeripheral]>([])
+    let centralState = Locked<[String: Any]>([:])
+    let peripheralState = Locked<[String: Any]>([:])
+
+    func heard(_ event: String) -> Bool { events.get().contains(event) }
+    private func note(_ event: String) { events.mutate { $0.append(event) } }
+
+    func centralManagerDidUpdateState(_ central: CBCentralManager) {
+        note(central.state == .poweredOn ? "central on" : "central \(central.state)")
+    }
+    func centralManager(_ central: CBCentralManager, willRestoreState dict: [String: Any]) {
+        centralState.mutate { $0 = dict }
+        note("central restores")
+    }
+    func centralManager(
+        _ central: CBCentralManager, didDiscover peripheral: CBPeripheral, advertisementData: [String: Any],
+        rssi RSSI: NSNumber
+    ) {
+        seen.mutate { if !$0.contains(peripheral) { $0.append(peripheral) } }
+    }
+    func centralManager(_ central: CBCentralManager, didConnect peripheral: CBPeripheral) { note("connected") }
+    func centralManager(
+        _ central: CBCentralManager, didDisconnectPeripheral peripheral: CBPeripheral, error: (any Error)?
+    ) { note("disconnected") }
+    func peripheralManagerDidUpdateState(_ peripheral: CBPeripheralManager) {
+        note(peripheral.state == .poweredOn ? "peripheral on" : "peripheral \(peripheral.state)")
+    }
+    func peripheralManager(_ peripheral: CBPeripheralManager, willRestoreState dict: [String: Any]) {
+        peripheralState.mutate { $0 = dict }
+        note("peripheral restores")
+    }
+    func peripheral(_ peripheral: CBPeripheral, didDiscoverServices error: (any Error)?) {
+        note("services \((peripheral.services ?? []).map(\.uuid.uuidString))")
+    }
+    func peripheral(_ peripheral: CBPeripheral, didModifyServices invalidatedServices: [CBService]) {
+        note("invalidated \(invalidatedServices.map(\.uuid.uuidString))")
+    }
+}
+
+/// The CoreBluetooth stand-in's state restoration, with Apple's API shapes, for the radio's sake: an app whose
+/// managers opted in is ended by the system while linked in both roles; the stack keeps its links, scan, service
+/// and advertisement; managers made again with the same identifiers get them in `willRestoreState` before their
+/// first state update (the connection as a connected `CBPeripheral` of the new manager), the old app hears nothing
+/// more, a peer learns when the restored service is removed, and a cancelled restored connection ends on the air.
+/// An app launched without restoring ends what the stack kept.
+func testStateRestorationOnTheAir() async throws {
+    let air = try SimulatedAir()
+    defer { air.close() }
+    let service = CBUUID(string: "5E1F0000-0000-4000-8000-0000000000AA")
+    let queue = DispatchQueue(label: "restoration test")
+    let (p, q) = (try air.join("P"), try air.join("Q"))
+    let restoring: (central: [String: Any], peripheral: [String: Any]) = (
+        [CBCentralManagerOptionRestoreIdentifierKey: "app.central"],
+        [CBPeripheralManagerOptionRestoreIdentifierKey: "app.peripheral"]
+    )
+    let peer = RestorationApp()
+    let (peerCentral, peerPeripheral) = q.make {
+        (CBCentralManager(delegate: peer, queue: queue), CBPeripheralManager(delegate: peer, queue: queue))
+    }
+    let first = RestorationApp()
+    let (central, peripheral) = p.make {
+        (CBCentralManager(delegate: first, queue: queue, options: restoring.central),
+         CBPeripheralManager(delegate: first, queue: queue, options: restoring.peripheral))
+    }
+    try await eventually("both phones powered on") {
+        [first, peer].allSatisfy { $0.heard("central on") && $0.heard("peripheral on") }
+    }
+    queue.sync {
+        for manager in [peerPeripheral, peripheral] {
+            let published = CBMutableService(type: service, primary: true)
+            published.characteristics = [
+                CBMutableCharacteristic(
+                    type: CBUUID(string: "5E1F0000-0000-4000-8000-0000000000AB"), properties: [.notify], value: nil,
+                    permissions: [.readable])
+            ]
+            manager.add(published)
+            manager.startAdvertising([CBAdvertisementDataServiceUUIDsKey: [service]])
+        }
+        central.scanForPeripherals(withServices: [service])
+        peerCentral.scanForPeripherals(withServices: [service])
+    }
+    try await eventually("each phone seeing the other") { !first.seen.get().isEmpty && !peer.seen.get().isEmpty }
+    let q1 = first.seen.get()[0], p1 = peer.seen.get()[0]
+    // P dials Q and Q dials P: P is in a link in each role.
+    queue.sync {
+        central.connect(q1)
+        peerCentral.connect(p1)
+    }
+    try await eventually("two links") { try air.traffic().links == 2 && first.heard("connected") }
+    queue.sync {
+        p1.delegate = peer
+        p1.discoverServices(nil)
+    }
+    try await eventually("Q discovering P's service") { peer.heard("services [\"\(service.uuidString)\"]") }
+
+    // The system ends P's app: the stack keeps both links.
+    p.terminateApp()
+    let heardByFirst = first.events.get().count
+    try expectEqual(try air.traffic().links, 2, "the stack keeps a terminated app's links")
+
+    // Launched again: managers with the same identifiers get what the stack kept, before their first state update.
+    let second = RestorationApp()
+    let (central2, peripheral2) = p.make {
+        (CBCentralManager(delegate: second, queue: queue, options: restoring.central),
+         CBPeripheralManager(delegate: second, queue: queue, options: restoring.peripheral))
+    }
+    try await eventually("the relaunched app's managers powered on") {
+        second.heard("central on") && second.heard("peripheral on")
+    }
+    let events = second.events.get()
+    for role in ["central", "peripheral"] {
+        guard let restores = events.firstIndex(of: "\(role) restores"), let on = events.firstIndex(of: "\(role) on")
+        else { throw fail("no willRestoreState for the \(role) manager: \(events)") }
+        try expect(restores < on, "the \(role) manager's willRestoreState came after its state update: \(events)")
+    }
+    let restored = queue.sync { () -> [(UUID, CBPeripheralState, Bool)] in
+        let peripherals = second.centralState.get()[CBCentralManagerRestoredStatePeripheralsKey] as? [CBPeripheral]
+        return (peripherals ?? []).map { ($0.identifier, $0.state, $0 !== q1) }
+    }
+    try expect(
+        restored.count == 1 && restored[0].0 == q1.identifier && restored[0].1 == .connected && restored[0].2,
+        "restored peripherals: \(restored)")
+    let scan = second.centralState.get()[CBCentralManagerRestoredStateScanServicesKey] as? [CBUUID]
+    try expectEqual(scan?.map(\.uuidString), [service.uuidString])
+    let services = second.peripheralState.get()[CBPeripheralManagerRestoredStateServicesKey] as? [CBMutableService]
+    try expectEqual(services?.map(\.uuid.uuidString), [service.uuidString])
+    try expect(second.peripheralState.get()[CBPeripheralManagerRestoredStateAdvertisementDataKey] != nil,
+               "no advertisement restored")
+    try expect(queue.sync { peripheral2.isAdvertising && central2.isScanning }, "advertising or scan not restored")
+    try expectEqual(first.events.get().count, heardByFirst, "the terminated app heard more: \(first.events.get())")
+
+    // The restored service removed: Q's central hears its service was invalidated.
+    queue.sync { peripheral2.removeAllServices() }
+    try await eventually("Q told P's service changed") { peer.heard("invalidated [\"\(service.uuidString)\"]") }
+    // The restored connection cancelled: it ends on the air.
+    queue.sync {
+        let restoredQ = second.centralState.get()[CBCentralManagerRestoredStatePeripheralsKey] as? [CBPeripheral]
+        if let restoredQ = restoredQ?.first { central2.cancelPeripheralConnection(restoredQ) }
+    }
+    try await eventually("the restored connection ended") { try air.traffic().links == 1 }
+    let counts = p.restored
+    try expect(
+        counts.central == 1 && counts.peripheral == 1 && counts.open == 1 && counts.cancelled == 1,
+        "restored links: \(counts)")
+
+    // Linked as central again, ended again, and launched with managers that do not restore: the stack ends the
+    // connection it kept.
+    queue.sync { central2.connect(central2.retrievePeripherals(withIdentifiers: [q1.identifier])[0]) }
+    try await eventually("P's central linked again") { try air.traffic().links == 2 }
+    p.terminateApp()
+    let third = RestorationApp()
+    _ = p.make { (CBCentralManager(delegate: third, queue: queue), CBPeripheralManager(delegate: third, queue: queue)) }
+    try await eventually("the kept connection ended") { try air.traffic().links == 1 && third.heard("central on") }
+    try expect(!third.heard("central restores") && !third.heard("peripheral restores"), "\(third.events.get())")
+}

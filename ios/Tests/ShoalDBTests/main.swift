@@ -50,6 +50,7 @@ let tests: [(String, () async throws -> Void)] = [
     ("three iPhones on a line over Bluetooth LE: the ends sync through the middle", testBluetoothLine),
     ("an iPhone walks out of Bluetooth LE range mid-transfer and back, and they converge", testBluetoothWalkAway),
     ("iPhone programs driven through the Bluetooth LE air: a note and an attachment cross", testAirPhonesDriven),
+    ("CoreBluetooth state restoration on the air: what the stack kept is handed back", testStateRestorationOnTheAir),
     ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),
