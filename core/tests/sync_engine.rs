@@ -337,6 +337,77 @@ fn a_fetch_through_a_relay_resumes_where_it_broke_off() {
 }
 
 #[test]
+fn a_relayed_fetch_completes_over_links_that_keep_breaking() {
+    use shoaldb::sync::FetchEvent;
+    // A – B – C – D: D has 1 MB; every link breaks after a few frames each way and comes back a little later, as BLE
+    // links do on a bad day; A's app asks again whenever its fetch ends without the bytes. Every device on the way
+    // keeps what it received (a relay's fetch goes on while the device that asked is away), so each link's short
+    // life moves the transfer on; a relay that started over at a break would need the whole prefix A already has
+    // within one link's life.
+    let mut net = Net::new(vec![all(), vec![], vec![], all()]);
+    for (a, b) in [(0, 1), (1, 2), (2, 3)] {
+        net.connect(a, b);
+    }
+    let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i * 29 % 233) as u8).collect();
+    let token = net.store(3).put_attachment_bytes(&bytes, Default::default()).unwrap();
+    net.settle();
+    let mut fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
+    let mut rng = shoaldb::util::rng::SeededRng::new(11);
+    // Rounds each link lives (a frame each way per round) before it breaks, and rounds it then stays down.
+    let mut life: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    let mut down: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    let (mut done, mut breaks, mut asks) = (false, 0, 1);
+    // Times a relay's received bytes went down (they drop to 0 once, when its copy is complete and stored).
+    let (mut last, mut resets) = ([0u64; 3], [0u32; 3]);
+    for _ in 0..20_000 {
+        net.round(1);
+        for event in fetch_events(&mut net.engines[0]) {
+            match event {
+                FetchEvent::Done { fetch: f, .. } if f == fetch => done = true,
+                FetchEvent::Failed { fetch: f, .. } if f == fetch => {
+                    fetch = net.engines[0].fetch_attachment(token.hash, token.len).unwrap();
+                    asks += 1;
+                }
+                _ => {}
+            }
+        }
+        if done {
+            break;
+        }
+        for i in 1..3 {
+            let now = net.store(i).replica().attachment_received(&token.hash).unwrap();
+            if now < last[i] {
+                resets[i] += 1;
+            }
+            last[i] = now;
+        }
+        for (a, b) in [(0, 1), (1, 2), (2, 3)] {
+            if let Some(left) = down.get_mut(&(a, b)) {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    down.remove(&(a, b));
+                    net.connect(a, b);
+                }
+                continue;
+            }
+            let left = life.entry((a, b)).or_insert_with(|| 4 + rng.below(8));
+            *left -= 1;
+            if *left == 0 {
+                life.remove(&(a, b));
+                let w = net.wires.iter().position(|&(x, _, y, _)| (x, y) == (a, b)).expect("wire");
+                net.disconnect(w);
+                down.insert((a, b), 1 + rng.below(12));
+                breaks += 1;
+            }
+        }
+    }
+    assert!(done, "not fetched after {breaks} link breaks and {asks} asks");
+    assert_eq!(net.store(0).attachment_bytes(&token).unwrap(), bytes);
+    assert!(breaks > 100, "only {breaks} link breaks");
+    assert!(resets[1] <= 1 && resets[2] <= 1, "a relay started over: {resets:?}");
+}
+
+#[test]
 fn a_relay_whose_copy_fails_verification_stops_passing_it_on() {
     use shoaldb::sync::FetchEvent;
     // A – B – C, where C's stored bytes were damaged on disk: B relays them, finds they do not match the hash, and
