@@ -5,7 +5,10 @@
 //!     serves the air on 127.0.0.1 until killed; F receives the port once it listens
 //! shoal-air mesh --phone NAME=COMMAND ... [--seeds N] [--only SCENARIO] [--logs DIR] [--timeout SECONDS]
 //!     starts the phones (COMMAND ADDRESS NAME), runs the mesh scenarios, prints a JSON line per run, exits 1 on
-//!     the first failure. Android phones are named A…, iPhones I…; the scenarios need A1..A3 and I1..I2.
+//!     the first failure. Android phones are named A…, iPhones I…, Linux peers L…; the scenarios need A1..A3
+//!     and I1..I2 (and use L1 if given).
+//! shoal-air linux-phone ADDRESS NAME
+//!     a Linux peer's phone program on the air at ADDRESS (the core over a radio for the air; see linux.rs)
 //! ```
 //! `SHOAL_AIR_LOG=info` (or `debug`, `warn`) logs to standard error.
 
@@ -29,7 +32,8 @@ impl log::Log for StderrLogger {
 fn usage() -> ! {
     eprintln!(
         "usage: shoal-air serve [--port P] [--port-file F] [--seed S]\n       \
-         shoal-air mesh --phone NAME=COMMAND ... [--seeds N] [--only SCENARIO] [--logs DIR] [--timeout SECONDS]\n\
+         shoal-air mesh --phone NAME=COMMAND ... [--seeds N] [--only SCENARIO] [--logs DIR] [--timeout SECONDS]\n       \
+         shoal-air linux-phone ADDRESS NAME\n\
          scenarios: {}",
         mesh::SCENARIOS.join(", ")
     );
@@ -43,6 +47,19 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else { usage() };
+    if command == "linux-phone" {
+        let [_, address, name] = &args[..] else { usage() };
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+        let outcome = match runtime {
+            Ok(r) => r.block_on(shoaldb_air::linux::run(address, name)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = outcome {
+            eprintln!("shoal-air linux-phone {name}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut flags: Vec<(String, String)> = Vec::new();
     let mut rest = args[1..].iter();
     while let Some(flag) = rest.next() {

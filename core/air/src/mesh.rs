@@ -43,9 +43,10 @@ pub const SCENARIOS: &[&str] = &["line", "groups", "dial", "walk", "attachment",
 
 struct Mesh {
     control: Control,
-    /// The phones by name, in the order given: Android phones are named A…, iPhones I….
+    /// The phones by name, in the order given: Android phones are named A…, iPhones I…, Linux peers L….
     android: Vec<String>,
     ios: Vec<String>,
+    linux: Vec<String>,
     converge_timeout: Duration,
     rng: SeededRng,
     opened: Vec<String>,
@@ -122,6 +123,7 @@ async fn scenarios(options: &MeshOptions, address: std::net::SocketAddr) -> Resu
         control,
         android: names.iter().filter(|n| n.starts_with('A')).cloned().collect(),
         ios: names.iter().filter(|n| n.starts_with('I')).cloned().collect(),
+        linux: names.iter().filter(|n| n.starts_with('L')).cloned().collect(),
         converge_timeout: options.converge_timeout,
         rng: SeededRng::new(0),
         opened: Vec::new(),
@@ -354,11 +356,16 @@ impl Mesh {
         Ok(())
     }
 
-    /// Two mixed groups edit apart, meet, split, edit apart again, and meet again.
+    /// Two mixed groups edit apart, meet, split, edit apart again, and meet again: {A1, I1} (and L1, a Linux peer,
+    /// when there is one) and {A2, I2}.
     async fn groups(&mut self) -> Result<()> {
-        let (a1, i1, a2, i2) = (self.phone("A", 0)?, self.phone("I", 0)?, self.phone("A", 1)?, self.phone("I", 1)?);
-        let all = [a1.as_str(), i1.as_str(), a2.as_str(), i2.as_str()];
-        let apart = [(all[0], all[1]), (all[2], all[3])];
+        let mut left = vec![self.phone("A", 0)?, self.phone("I", 0)?];
+        left.extend(self.linux.first().cloned());
+        let right = [self.phone("A", 1)?, self.phone("I", 1)?];
+        let all: Vec<&str> = left.iter().chain(&right).map(String::as_str).collect();
+        let split = left.len();
+        let mut apart = pairs(&all[..split]);
+        apart.extend(pairs(&all[split..]));
         self.range(&apart).await?;
         self.open(&all).await?;
         let mut expected = BTreeMap::new();
@@ -369,25 +376,17 @@ impl Mesh {
                 let doc = format!("{p}-{round}");
                 let text = self.text(&doc, 200);
                 self.put(p, &doc, &text).await?;
-                if i < 2 { &mut left } else { &mut right }.insert(doc, text);
+                if i < split { &mut left } else { &mut right }.insert(doc, text);
             }
             // Apart, each group converges on its own notes.
             let mut l = expected.clone();
             l.extend(left.clone());
             let mut r = expected.clone();
             r.extend(right.clone());
-            self.converge(&all[..2], &l).await?;
-            self.converge(&all[2..], &r).await?;
+            self.converge(&all[..split], &l).await?;
+            self.converge(&all[split..], &r).await?;
             // Together (everyone hears everyone), they converge on all of them.
-            self.range(&[
-                (all[0], all[1]),
-                (all[2], all[3]),
-                (all[0], all[2]),
-                (all[1], all[3]),
-                (all[0], all[3]),
-                (all[1], all[2]),
-            ])
-            .await?;
+            self.range(&pairs(&all)).await?;
             expected.extend(left);
             expected.extend(right);
             self.converge(&all, &expected).await?;
@@ -610,4 +609,9 @@ impl Mesh {
         }
         Ok(())
     }
+}
+
+/// Every pair of `phones`.
+fn pairs<'a>(phones: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    phones.iter().enumerate().flat_map(|(i, a)| phones[i + 1..].iter().map(move |b| (*a, *b))).collect()
 }
