@@ -254,6 +254,24 @@ impl Mesh {
         Ok(())
     }
 
+    /// Each of `phones` puts note "<phone>-<tag>", a text of `len` characters drawn from the seed, and `expected`
+    /// gets it.
+    async fn put_each(
+        &mut self,
+        phones: &[&str],
+        tag: &str,
+        len: usize,
+        expected: &mut BTreeMap<String, String>,
+    ) -> Result<()> {
+        for p in phones {
+            let doc = format!("{p}-{tag}");
+            let text = self.text(&doc, len);
+            self.put(p, &doc, &text).await?;
+            expected.insert(doc, text);
+        }
+        Ok(())
+    }
+
     async fn notes(&self, phone: &str) -> Result<BTreeMap<String, Value>> {
         let answer = self.control.run(phone, json!({"cmd": "notes"})).await.map_err(io)?;
         Ok(answer["notes"].as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default())
@@ -405,11 +423,7 @@ impl Mesh {
         self.control.ask(json!({"op": "latency", "connect_ms": 4000})).await.map_err(io)?;
         self.open(&pair).await?;
         let mut expected = BTreeMap::new();
-        for p in pair {
-            let text = self.text(p, 200);
-            self.put(p, p, &text).await?;
-            expected.insert(p.to_string(), text);
-        }
+        self.put_each(&pair, "dial", 200, &mut expected).await?;
         // Both scanning (Android delays a scan start beyond five in 30 s), then they meet.
         self.until("both phones scanning", || async {
             let t = self.control.traffic().await.map_err(io)?;
@@ -469,12 +483,7 @@ impl Mesh {
         if away_a.len() >= expected.len() && away_i.len() >= expected.len() {
             return Err("everything crossed before the phone walked away: nothing was cut".into());
         }
-        for p in pair {
-            let doc = format!("apart-{p}");
-            let text = self.text(&doc, 100);
-            self.put(p, &doc, &text).await?;
-            expected.insert(doc, text);
-        }
+        self.put_each(&pair, "apart", 100, &mut expected).await?;
         self.range(&[(pair[0], pair[1])]).await?;
         self.converge(&pair, &expected).await
     }
@@ -518,22 +527,14 @@ impl Mesh {
             self.opened.push(p.to_string());
         }
         let mut expected = BTreeMap::new();
-        for p in &l {
-            let text = self.text(p, 150);
-            self.put(p, &format!("{p}-before"), &text).await?;
-            expected.insert(format!("{p}-before"), text);
-        }
+        self.put_each(&l, "before", 150, &mut expected).await?;
         self.converge(&l, &expected).await?;
         self.links(3).await?;
         let iphones = [l[1], l[2]];
         for p in iphones {
             self.control.run(p, json!({"cmd": "terminate"})).await.map_err(io)?;
         }
-        for p in [l[0], l[3]] {
-            let text = self.text(p, 150);
-            self.put(p, &format!("{p}-meanwhile"), &text).await?;
-            expected.insert(format!("{p}-meanwhile"), text);
-        }
+        self.put_each(&[l[0], l[3]], "meanwhile", 150, &mut expected).await?;
         for p in iphones {
             self.control.run(p, json!({"cmd": "launch"})).await.map_err(io)?;
         }
@@ -553,11 +554,7 @@ impl Mesh {
                 "restored {restored:?} links ({central} as central), expected 2 and 1 or 2 (at least 1 as central)"
             ));
         }
-        for p in iphones {
-            let text = self.text(p, 150);
-            self.put(p, &format!("{p}-after"), &text).await?;
-            expected.insert(format!("{p}-after"), text);
-        }
+        self.put_each(&iphones, "after", 150, &mut expected).await?;
         self.converge(&l, &expected).await?;
         // None of the restored links is left, and the radios cancelled every one they were the central of.
         self.until("the restored links closed", || async {
@@ -589,12 +586,7 @@ impl Mesh {
         self.open(&pair).await?;
         let mut expected = BTreeMap::new();
         for round in 0..2 {
-            for p in pair {
-                let doc = format!("{p}-{round}");
-                let text = self.text(&doc, 150);
-                self.put(p, &doc, &text).await?;
-                expected.insert(doc, text);
-            }
+            self.put_each(&pair, &round.to_string(), 150, &mut expected).await?;
             self.range(&[(pair[0], pair[1])]).await?;
             self.converge(&pair, &expected).await?;
             self.range(&[]).await?;

@@ -325,17 +325,21 @@ public final class SimulatedPhone: @unchecked Sendable {
         let (central, peripheral) = locked { (centralManager, peripheralManager) }
         // The managers' own state lives on their queues.
         var scan: (services: [CBUUID]?, options: [String: Any]?)?
-        central?.queue.sync {
-            central?.delegate = nil
-            for p in central?.known.values.map({ $0 }) ?? [] { p.delegate = nil }
-            scan = central?.isScanning == true ? central?.scan : nil
+        if let central {
+            central.queue.sync {
+                central.delegate = nil
+                for p in central.known.values { p.delegate = nil }
+                scan = central.isScanning ? central.scan : nil
+            }
         }
         var services: [CBMutableService] = []
         var advertisement: [String: Any]?
-        peripheral?.queue.sync {
-            peripheral?.delegate = nil
-            services = peripheral?.services ?? []
-            advertisement = peripheral?.isAdvertising == true ? peripheral?.advertisement : nil
+        if let peripheral {
+            peripheral.queue.sync {
+                peripheral.delegate = nil
+                services = peripheral.services
+                advertisement = peripheral.isAdvertising ? peripheral.advertisement : nil
+            }
         }
         let (ends, psms, open) = locked { () -> ([[String: Any]], Set<Int>, [Int]) in
             var ends: [[String: Any]] = []
