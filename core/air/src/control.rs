@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -38,9 +38,11 @@ impl Control {
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let inbox = waiting.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(msg) = serde_json::from_str::<Value>(&line) else { continue };
+            let (mut reader, mut line) = (BufReader::new(read), Vec::new());
+            while let Ok(true) = crate::server::read_line(&mut reader, &mut line).await {
+                let parsed = serde_json::from_slice::<Value>(&line);
+                line.clear();
+                let Ok(msg) = parsed else { continue };
                 let Ok(mut w) = inbox.lock() else { return };
                 let waiter = if msg.get("op").and_then(Value::as_str) == Some("done") {
                     msg.get("id").and_then(Value::as_u64).and_then(|id| w.commands.remove(&id))

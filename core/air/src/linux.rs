@@ -9,7 +9,7 @@
 //! `shoal-air linux-phone ADDRESS NAME` is the phone program: it joins the air as NAME (platform linux) and runs
 //! the driver commands of PROTOCOL.md ("Phone drivers") with [`Store`]s opened in fresh directories.
 
-use crate::server::MAX_LINE;
+use crate::server::read_line;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use shoaldb::security::AppSecret;
@@ -23,7 +23,7 @@ use shoaldb::{AttachmentToken, Node, NodeConfig, Store};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -508,15 +508,14 @@ pub async fn run(address: &str, name: &str) -> Result<(), String> {
     // The connection: lines from the air go to the radio (or, commands, to the program); the radio's lines and
     // the program's answers go to the air.
     let connection = tokio::spawn(async move {
-        let mut lines = BufReader::new(read).lines();
+        let (mut reader, mut line) = (BufReader::new(read), Vec::new());
         loop {
             let out = tokio::select! {
-                line = lines.next_line() => {
-                    let Ok(Some(line)) = line else { break };
-                    if line.len() > MAX_LINE {
-                        break;
-                    }
-                    let Ok(m) = serde_json::from_str::<Value>(&line) else { continue };
+                read = read_line(&mut reader, &mut line) => {
+                    let Ok(true) = read else { break };
+                    let parsed = serde_json::from_slice::<Value>(&line);
+                    line.clear();
+                    let Ok(m) = parsed else { continue };
                     if m.get("op").and_then(Value::as_str) == Some("do") {
                         let _ = commands.send(m);
                         continue;

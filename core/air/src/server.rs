@@ -6,12 +6,26 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// The longest line the air reads; a longer one closes that connection.
 pub const MAX_LINE: usize = 256 * 1024;
+
+/// Reads one line of the protocol into `line`, after what an interrupted call left there, taking at most
+/// [`MAX_LINE`] bytes for it: true when a line (or the last bytes before the end) is in `line`, false at the end of
+/// the stream; a longer line is an `InvalidData` error. Cancel safe (in `select!`): the bytes read so far stay in
+/// `line`, and the next call goes on from them. Every reader of the protocol (the server, a control, the Linux
+/// phone) reads through it.
+pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    let room = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
+    let n = (&mut *reader).take(room).read_until(b'\n', line).await?;
+    if line.len() > MAX_LINE {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a line over {MAX_LINE} bytes")));
+    }
+    Ok(n > 0 || !line.is_empty())
+}
 
 enum Event {
     Opened(ConnId, mpsc::UnboundedSender<String>),
@@ -69,15 +83,13 @@ async fn connection(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSend
     let mut line = Vec::new();
     loop {
         line.clear();
-        // Bounded: at most MAX_LINE + 1 bytes are read for one line.
-        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
-        match limited.read_until(b'\n', &mut line).await {
-            Ok(0) => break,
-            Ok(_) if line.len() > MAX_LINE => {
-                log::warn!("connection {conn}: a line over {MAX_LINE} bytes; closing it");
+        match read_line(&mut reader, &mut line).await {
+            Ok(false) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                log::warn!("connection {conn}: {e}; closing it");
                 break;
             }
-            Ok(_) => match serde_json::from_slice::<Value>(&line) {
+            Ok(true) => match serde_json::from_slice::<Value>(&line) {
                 Ok(v) if v.is_object() => {
                     if events.send(Event::Line(conn, v)).is_err() {
                         break;
