@@ -353,26 +353,33 @@ fn run_shoal_persisted_inner(trace: &Trace, durability: shoaldb::Durability) -> 
             || {
                 let store = shoaldb::Store::open_with(&db, shoaldb::Options { durability, ..Default::default() })
                     .map_err(err)?;
-                let (_merged, changes) = replay_concurrent(trace, shoal_replica)?;
-                let changes: Vec<shoaldb::DocChange> = changes
-                    .into_iter()
-                    .flatten()
-                    .map(|change| shoaldb::DocChange {
+                // The in-memory replica that merged everything is dropped after the clock stops, as in `shoal`.
+                let (merged, changes) = replay_concurrent(trace, shoal_replica)?;
+                // The changes as a sync session hands them to the store: a batch at a time.
+                let mut changes = changes.into_iter().flatten();
+                let mut batch = Vec::with_capacity(PATCHES_PER_COMMIT);
+                loop {
+                    batch.clear();
+                    batch.extend(changes.by_ref().take(PATCHES_PER_COMMIT).map(|change| shoaldb::DocChange {
                         collection: COLLECTION.into(),
                         doc_id: DOC_ID.into(),
                         change,
                         signature: None,
-                    })
-                    .collect();
-                for batch in changes.chunks(PATCHES_PER_COMMIT) {
-                    let rep = store.replica().apply_changes(batch).map_err(err)?;
+                    }));
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let rep = store.replica().apply_changes(&batch).map_err(err)?;
                     if rep.applied != batch.len() {
                         return Err(format!("apply_changes: {rep:?}"));
                     }
                 }
-                Ok(store)
+                Ok((store, merged))
             },
-            |store| finish_store(store, &db),
+            |(store, merged)| {
+                drop(merged);
+                finish_store(store, &db)
+            },
         )
     } else {
         measure(
@@ -738,29 +745,82 @@ mod dt {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The implementations measured, in the order they run.
+type Runner = fn(&Trace) -> (Outcome, Option<String>);
+const RUNNERS: [(&str, Runner); 7] = [
+    ("shoal", |t| (run_shoal(t), None)),
+    ("shoal-persisted", |t| run_shoal_persisted(t, shoaldb::Durability::Normal)),
+    ("shoal-persisted-full", |t| run_shoal_persisted(t, shoaldb::Durability::Full)),
+    ("yrs", |t| (y::run(t), None)),
+    ("automerge", |t| (am::run(t), None)),
+    ("loro", |t| (lo::run(t), None)),
+    ("diamond-types", |t| (dt::run(t), None)),
+];
+
+const USAGE: &str = "usage: trace_bench <trace.json[.gz]>... [--out DIR] [--only shoal,yrs,...] [--diagnose]";
+
+/// One measurement, in this process (`--run TRACE IMPL`): replays the trace through the implementation and prints
+/// its row. Fails when the trace cannot be read, or when Shoal does not reproduce it exactly.
+fn run_one(file: &Path, imp: &str, out_dir: Option<&Path>) -> bool {
+    let Some((_, run)) = RUNNERS.iter().find(|(name, _)| *name == imp) else {
+        eprintln!("no implementation {imp:?}");
+        return false;
+    };
+    let trace = match load_trace(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot load trace: {e}");
+            return false;
+        }
+    };
+    let (outcome, info) = run(&trace);
+    let reproduced = imp != "shoal" || outcome.text == trace.end;
+    if let Some(info) = info {
+        eprintln!("  [{}/{imp}] {info}", trace.name);
+    }
+    report(&trace, imp, outcome, out_dir);
+    reproduced
+}
+
+/// Each measurement runs in a process of its own (this program again, with `--run`), so that none inherits the heap,
+/// the allocator's state or the freed memory of the ones before it: a row does not depend on which traces or
+/// implementations ran before it in the same invocation.
 fn main() {
     let mut files = Vec::new();
     let mut out_dir: Option<PathBuf> = None;
     let mut only: Option<Vec<String>> = None;
     let mut diagnose_only = false;
+    let mut one: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out_dir = args.next().map(PathBuf::from),
             "--diagnose" => diagnose_only = true,
             "--only" => only = args.next().map(|s| s.split(',').map(str::to_string).collect()),
+            "--run" => one = args.next(),
             "-h" | "--help" => {
-                eprintln!("usage: trace_bench <trace.json[.gz]>... [--out DIR] [--only shoal,yrs,...]");
+                eprintln!("{USAGE}");
                 return;
             }
             _ => files.push(PathBuf::from(a)),
         }
     }
     if files.is_empty() {
-        eprintln!("usage: trace_bench <trace.json[.gz]>... [--out DIR] [--only shoal,yrs,...]");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     }
+    if let Some(imp) = one {
+        let ok = files.len() == 1 && run_one(&files[0], &imp, out_dir.as_deref());
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     let wanted = |imp: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == imp));
+    let me = match std::env::current_exe() {
+        Ok(me) => me,
+        Err(e) => {
+            eprintln!("cannot find this program to run each measurement: {e}");
+            std::process::exit(2);
+        }
+    };
     let mut failed = false;
     for file in &files {
         let trace = match load_trace(file) {
@@ -786,29 +846,29 @@ fn main() {
             }
             continue;
         }
-        type Runner = fn(&Trace) -> (Outcome, Option<String>);
-        let runners: [(&str, Runner); 7] = [
-            ("shoal", |t| (run_shoal(t), None)),
-            ("shoal-persisted", |t| run_shoal_persisted(t, shoaldb::Durability::Normal)),
-            ("shoal-persisted-full", |t| run_shoal_persisted(t, shoaldb::Durability::Full)),
-            ("yrs", |t| (y::run(t), None)),
-            ("automerge", |t| (am::run(t), None)),
-            ("loro", |t| (lo::run(t), None)),
-            ("diamond-types", |t| (dt::run(t), None)),
-        ];
-        for (imp, run) in runners {
+        drop(trace);
+        for (imp, _) in RUNNERS {
             if !wanted(imp) {
                 continue;
             }
             eprintln!("  {imp}…");
-            let (outcome, info) = run(&trace);
-            if imp == "shoal" && outcome.text != trace.end {
-                failed = true;
+            let mut child = std::process::Command::new(&me);
+            child.arg(file).arg("--run").arg(imp);
+            if let Some(dir) = &out_dir {
+                child.arg("--out").arg(dir);
             }
-            if let Some(info) = info {
-                eprintln!("  [{}/{imp}] {info}", trace.name);
+            // The child's row goes straight to our stdout, its diagnostics to our stderr.
+            match child.status() {
+                Ok(status) if status.success() => {}
+                Ok(status) => {
+                    eprintln!("  {imp} on {}: {status}", file.display());
+                    failed = true;
+                }
+                Err(e) => {
+                    eprintln!("cannot run {imp} on {}: {e}", file.display());
+                    failed = true;
+                }
             }
-            report(&trace, imp, outcome, out_dir.as_deref());
         }
     }
     if failed {
