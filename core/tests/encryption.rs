@@ -276,6 +276,45 @@ mod encrypted {
         assert_eq!(store.get(COLLECTION, "after").unwrap().unwrap()["n"], 3);
     }
 
+    /// Writes documents of about 200 KB until the WAL holds more than 4,000 pages, then waits until the store's
+    /// thread has checkpointed it (no commit does after that) into the database file, which then holds more than
+    /// 8 MiB more than before. Returns the number of documents written so far.
+    fn write_until_checkpointed(store: &Store, path: &Path, from: usize) -> usize {
+        let before = file_len(path);
+        let wal = path.with_extension("db-wal");
+        let mut n = from;
+        while file_len(&wal) < 32 + 4000 * (24 + 4096) {
+            let body: String = (0..200_000).map(|k| char::from(b'a' + ((n + k) % 26) as u8)).collect();
+            store.upsert("bulk", json!({"_id": format!("b{n}"), "body": body})).unwrap();
+            n += 1;
+            assert!(n < from + 400, "the WAL did not grow");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while file_len(path) < before + 8 * 1024 * 1024 {
+            assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed into the file");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        n
+    }
+
+    #[test]
+    fn the_log_is_checkpointed_in_the_background_under_the_key_and_a_changed_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let store = Store::open_with(&path, options(Some(key(1)))).unwrap();
+        let token = write_secrets(&store);
+        let n = write_until_checkpointed(&store, &path, 0);
+        store.change_key(&key(4)).unwrap();
+        let n = write_until_checkpointed(&store, &path, n);
+        check_secrets(&store, &token);
+        drop(store);
+        assert!(leaks(dir.path()).is_empty());
+        assert!(matches!(Store::open_with(&path, options(Some(key(1)))), Err(Error::WrongKey)));
+        let store = Store::open_with(&path, options(Some(key(4)))).unwrap();
+        check_secrets(&store, &token);
+        assert_eq!(store.list("bulk").unwrap().len(), n);
+    }
+
     #[test]
     fn a_key_for_an_unencrypted_store_is_refused_until_it_is_encrypted() {
         let dir = tempfile::tempdir().unwrap();

@@ -194,9 +194,9 @@ fn validity_of_a_change_does_not_depend_on_delivery_order() {
 }
 
 /// The bytes SQLite writes to its WAL for one transaction, measured from an emptied WAL.
-fn wal_bytes_of(path: &std::path::Path, f: impl FnOnce()) -> u64 {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+fn wal_bytes_of(store: &Store, f: impl FnOnce()) -> u64 {
+    store.checkpoint().unwrap();
+    let path = store.path();
     let wal = path.with_extension("db-wal");
     let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert_eq!(before, 0, "the WAL was emptied");
@@ -214,7 +214,7 @@ fn a_small_edit_of_a_large_document_writes_little() {
         a.upsert_value("c", Some("big"), Value::Map([(format!("blob{i}"), Value::from(bytes))].into())).unwrap();
     }
     a.upsert("c", json!({"_id": "big", "title": "ten megabytes"})).unwrap();
-    let written = wal_bytes_of(&path, || {
+    let written = wal_bytes_of(&a, || {
         a.update("c", "big", |ed| Ok(ed.set("title", "renamed")?)).unwrap();
     });
     assert!(written < 512 << 10, "a one-field edit of a 10 MiB document wrote {written} bytes");

@@ -168,7 +168,7 @@ pub(super) fn open_connection(path: &Path, key: Option<&StoreKey>) -> Result<Con
 /// new key.
 pub(super) fn change_key(conn: &Connection, new: &StoreKey) -> Result<()> {
     run_pragma(conn, "rekey", new)?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    super::checkpoints::checkpoint_whole(conn)?;
     Ok(())
 }
 

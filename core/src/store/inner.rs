@@ -329,7 +329,7 @@ impl Inner {
         }
         if erased {
             // Busy readers elsewhere can keep an old page in the WAL until the next full checkpoint.
-            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            if let Err(e) = super::checkpoints::checkpoint_whole(&self.conn) {
                 log::warn!("store {}: checkpoint after erasing keys: {e}", self.peer);
             }
         }

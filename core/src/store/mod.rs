@@ -9,6 +9,7 @@
 mod blobs;
 mod budget;
 mod changelog;
+mod checkpoints;
 mod compaction;
 mod docs;
 mod encryption;
@@ -194,7 +195,9 @@ struct Shared {
     listeners: Mutex<Vec<(u64, changelog::Listener)>>,
     next_listener: std::sync::atomic::AtomicU64,
     /// Connections for reads, beside the writer's (`None` in memory).
-    readers: Option<readers::Readers>,
+    readers: Option<Arc<readers::Readers>>,
+    /// Checkpoints of the WAL off the writer's path (`None` in memory).
+    checkpoints: Option<Arc<checkpoints::Checkpoints>>,
     /// [`Inner::generation`].
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// Reads not yet written down, for [`Store::fit_budget`]; and the clock they are noted by.
@@ -203,8 +206,12 @@ struct Shared {
 }
 
 impl Drop for Shared {
-    /// The last handle of the store goes: the reads noted for the storage budget are written down.
+    /// The last handle of the store goes: the checkpointing thread stops, and the reads noted for the storage budget
+    /// are written down.
     fn drop(&mut self) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.stop();
+        }
         let usage = self.usage.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if usage.is_empty() {
             return;
@@ -287,10 +294,17 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Checkpoint the WAL into the database every 4,000 pages (16 MiB with 4 KiB pages) rather than SQLite's
-        // default 1,000: pages rewritten again and again (an index's hot pages, documents updated often) are then
-        // copied once per checkpoint, not four times. Costs up to 16 MiB of WAL on disk.
-        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        // A store in memory has no WAL. A file's WAL is checkpointed by a thread of the store's, off the writer's
+        // path (see `checkpoints`).
+        let readers = readers::Readers::new(&path, options.key.clone()).map(Arc::new);
+        let checkpoints = match &readers {
+            Some(readers) => {
+                let checkpoints = checkpoints::Checkpoints::new(readers.clone(), path.display().to_string());
+                checkpoints::Checkpoints::install(&checkpoints, &mut conn)?;
+                Some(checkpoints)
+            }
+            None => None,
+        };
         schema::migrate(&mut conn)?;
         let peer = {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -336,7 +350,6 @@ impl Store {
             generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let generation = inner.generation.clone();
-        let readers = readers::Readers::new(&path, options.key.clone());
         // Before the store takes up its signing key: keys an older version kept in the database move to the vault.
         let restored = match &sidecar {
             Some(sidecar) => inner.is_restored_copy(sidecar)?,
@@ -360,6 +373,7 @@ impl Store {
                 listeners: Mutex::new(Vec::new()),
                 next_listener: std::sync::atomic::AtomicU64::new(1),
                 readers,
+                checkpoints,
                 generation,
                 usage: Mutex::new(budget::Usage::default()),
                 usage_clock: options.sources.clone(),
@@ -390,10 +404,11 @@ impl Store {
     }
 
     /// Writes everything committed into the database file itself (a WAL checkpoint), e.g. before the file is
-    /// copied or compared. Waits for other connections' readers and writers of this file.
+    /// copied or compared. Waits for other connections' readers and writers of this file, and for a checkpoint
+    /// under way (the store's own, in the background: see `store/checkpoints.rs`), up to 10 s each.
     pub fn checkpoint(&self) -> Result<()> {
         let inner = self.lock();
-        inner.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        checkpoints::checkpoint_whole(&inner.conn)?;
         Ok(())
     }
 

@@ -20,9 +20,10 @@ const MAX_IDLE: usize = 4;
 
 pub(crate) struct Readers {
     path: PathBuf,
-    /// The key the file is encrypted with, if any (replaced by [`Readers::rekeyed`]).
-    key: Mutex<Option<StoreKey>>,
-    idle: Mutex<Vec<Connection>>,
+    /// The key the file is encrypted with, if any (replaced by [`Readers::rekeyed`]), and how many times it was.
+    key: Mutex<(u64, Option<StoreKey>)>,
+    /// Idle connections, each with the number of re-keyings before it was opened.
+    idle: Mutex<Vec<(u64, Connection)>>,
 }
 
 impl Readers {
@@ -30,19 +31,19 @@ impl Readers {
     pub(crate) fn new(path: &FsPath, key: Option<StoreKey>) -> Option<Readers> {
         (!super::in_memory(path)).then(|| Readers {
             path: path.to_path_buf(),
-            key: Mutex::new(key),
+            key: Mutex::new((0, key)),
             idle: Mutex::new(Vec::new()),
         })
     }
 
-    fn open(&self) -> Result<Connection> {
-        let key = lock(&self.key).clone();
+    fn open(&self) -> Result<(u64, Connection)> {
+        let (generation, key) = lock(&self.key).clone();
         let conn = encryption::open_connection(&self.path, key.as_ref())?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "query_only", true)?;
         super::stable_query_plans(&conn);
-        Ok(conn)
+        Ok((generation, conn))
     }
 
     /// Runs `f` in one read transaction on a reader's connection.
@@ -60,15 +61,16 @@ impl Readers {
     /// Runs `f`, which runs a single statement (itself a consistent read), on a reader's connection.
     pub(crate) fn read_one<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
         let taken = lock(&self.idle).pop();
-        let conn = match taken {
+        let (generation, conn) = match taken {
             Some(c) => c,
             None => self.open()?,
         };
         let result = f(&conn);
-        if conn.is_autocommit() {
+        // A connection opened before the file was re-keyed (in use meanwhile) is closed, not kept.
+        if conn.is_autocommit() && generation == lock(&self.key).0 {
             let mut idle = lock(&self.idle);
             if idle.len() < MAX_IDLE {
-                idle.push(conn);
+                idle.push((generation, conn));
             }
         }
         result
@@ -76,7 +78,10 @@ impl Readers {
 
     /// The file was re-encrypted under `key`: connections opened with the old key are closed.
     pub(crate) fn rekeyed(&self, key: StoreKey) {
-        *lock(&self.key) = Some(key);
+        {
+            let mut current = lock(&self.key);
+            *current = (current.0 + 1, Some(key));
+        }
         lock(&self.idle).clear();
     }
 }

@@ -280,7 +280,7 @@ pub(crate) fn vacuum(conn: &Connection) -> Result<()> {
     let mut rows = stmt.query([])?;
     while rows.next()?.is_some() {}
     // The file shrinks when the log is written back into it.
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    super::checkpoints::checkpoint_whole(conn)?;
     Ok(())
 }
 
