@@ -1,5 +1,5 @@
 //! The WAL is checkpointed by a thread of the store's, off the writer's path (`store/checkpoints.rs`): a commit never
-//! waits for the log to be copied into the database file, and the log stays bounded all the same.
+//! waits for the WAL to be copied into the database file, and the WAL stays bounded all the same.
 //!
 //! One test in this file: it counts the process's checkpointing threads.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use shoaldb::Store;
 
-/// Bytes of one frame of the log: its header and a 4 KiB page.
+/// Bytes of one frame of the WAL: its header and a 4 KiB page.
 const FRAME: u64 = 24 + 4096;
 
 fn wal(path: &Path) -> PathBuf {
@@ -22,7 +22,7 @@ fn len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Frames the log file has room for (its length only grows until the log starts over, then stays).
+/// Frames the WAL file has room for (its length only grows until the WAL starts over, then stays).
 fn wal_frames(path: &Path) -> u64 {
     len(&wal(path)).saturating_sub(32) / FRAME
 }
@@ -51,7 +51,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn the_log_is_checkpointed_off_the_writers_path_and_stays_bounded() {
+fn the_wal_is_checkpointed_off_the_writers_path_and_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
     let store = Store::open(&path).unwrap();
@@ -62,22 +62,22 @@ fn the_log_is_checkpointed_off_the_writers_path_and_stays_bounded() {
     }
     assert_eq!(checkpointing_threads(), 0, "a store that wrote little starts no thread");
 
-    // Past 4,000 pages of log the writer stops; nothing commits after. Only the store's thread can now copy the log
+    // Past 4,000 pages of WAL the writer stops; nothing commits after. Only the store's thread can now copy the WAL
     // into the database file (SQLite's automatic checkpoint would have done it inside the commit).
     let file_before = len(&path);
     let mut n = 0;
     while wal_frames(&path) < 4000 {
         put(&store, n);
         n += 1;
-        assert!(n < 400, "the log did not grow");
+        assert!(n < 400, "the WAL did not grow");
     }
     let written = wal_frames(&path);
     assert!(written < 8000, "one write added too much to tell the two checkpoints apart: {written} frames");
     // (A thread names itself once it runs.)
     wait_until("the commit past 4,000 pages started the thread", || checkpointing_threads() == 1);
-    wait_until("the thread copied the log into the file", || len(&path) > file_before + 8 * 1024 * 1024);
+    wait_until("the thread copied the WAL into the file", || len(&path) > file_before + 8 * 1024 * 1024);
 
-    // The log started over: writing on (more than twice 8,000 pages) keeps it bounded.
+    // The WAL started over: writing on (more than twice 8,000 pages) keeps it bounded.
     let frames_before = wal_frames(&path);
     for _ in 0..250 {
         put(&store, n);
@@ -86,7 +86,7 @@ fn the_log_is_checkpointed_off_the_writers_path_and_stays_bounded() {
     let frames = wal_frames(&path);
     assert!(
         frames <= 10_000,
-        "the log grew to {frames} frames (it had {frames_before}) while {n} documents were written"
+        "the WAL grew to {frames} frames (it had {frames_before}) while {n} documents were written"
     );
 
     // The last handle going stops the thread; everything written is there when the store opens again.

@@ -298,7 +298,7 @@ mod encrypted {
     }
 
     #[test]
-    fn the_log_is_checkpointed_in_the_background_under_the_key_and_a_changed_key() {
+    fn the_wal_is_checkpointed_in_the_background_under_the_key_and_a_changed_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.db");
         let store = Store::open_with(&path, options(Some(key(1)))).unwrap();

@@ -1,24 +1,24 @@
 //! Checkpoints off the writer's path.
 //!
-//! In WAL mode a commit appends the pages it changed to the write-ahead log; a checkpoint copies them into the
-//! database file, syncs both files, and lets the log start over. SQLite's automatic checkpoint runs inside the commit
+//! In WAL mode a commit appends the pages it changed to the write-ahead log (WAL); a checkpoint copies them into the
+//! database file, syncs both files, and lets the WAL start over. SQLite's automatic checkpoint runs inside the commit
 //! that crosses its threshold: that commit — and every write waiting for the store's lock, a sync session's batch
 //! or an app's edit — waits while up to 16 MiB are copied and synced (tens of ms on a desktop disk, more on a phone's
-//! flash). Here the writer's connection has no automatic checkpoint; a commit that finds the log past
+//! flash). Here the writer's connection has no automatic checkpoint; a commit that finds the WAL past
 //! [`BACKGROUND_PAGES`] wakes a thread of the store's, which checkpoints on a connection of its own in SQLite's
 //! `PASSIVE` mode: it neither waits for nor blocks the writer and the readers, and copies what no reader still
-//! needs. The log starts over at the next write once all of it is copied.
+//! needs. The WAL starts over at the next write once all of it is copied.
 //!
-//! The thread is woken once per log. When writes come in bursts (a sync batch, an edit), its checkpoint ends while
-//! the writer is idle and the log starts over at the next write, without any commit having waited. When the writer
-//! goes on writing meanwhile, the log cannot start over (pages were added after the checkpoint began); should it
+//! The thread is woken once per WAL. When writes come in bursts (a sync batch, an edit), its checkpoint ends while
+//! the writer is idle and the WAL starts over at the next write, without any commit having waited. When the writer
+//! goes on writing meanwhile, the WAL cannot start over (pages were added after the checkpoint began); should it
 //! reach [`FOREGROUND_PAGES`] — that, or the thread is behind, or its checkpoint failed — the commit that finds it
-//! checkpoints itself, as SQLite's automatic checkpoint would (copying only what the thread did not), and the log
-//! starts over: it stays bounded as before. What the log holds is as durable either way: a checkpoint only moves
+//! checkpoints itself, as SQLite's automatic checkpoint would (copying only what the thread did not), and the WAL
+//! starts over: it stays bounded as before. What the WAL holds is as durable either way: a checkpoint only moves
 //! committed pages.
 //!
-//! The thread starts the first time it is needed (a store that never writes 16 MiB never has one) and stops when
-//! the store's last handle goes.
+//! The thread starts the first time it is needed (a store whose WAL never reaches 16 MiB never has one) and stops
+//! when the store's last handle goes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -30,12 +30,12 @@ use rusqlite::Connection;
 use super::readers::Readers;
 use crate::util::lock;
 
-/// Pages in the log at which a commit wakes the checkpointing thread (16 MiB with 4 KiB pages). A checkpoint copies
-/// each page once however often it was rewritten since the last one, so the log is let grow this far rather than
+/// Pages in the WAL at which a commit wakes the checkpointing thread (16 MiB with 4 KiB pages). A checkpoint copies
+/// each page once however often it was rewritten since the last one, so the WAL is let grow this far rather than
 /// SQLite's default 1,000 pages: an index's hot pages and often-updated documents are copied once, not four times.
 pub(crate) const BACKGROUND_PAGES: i32 = 4000;
 
-/// Pages in the log at which a commit checkpoints itself (32 MiB with 4 KiB pages).
+/// Pages in the WAL at which a commit checkpoints itself (32 MiB with 4 KiB pages).
 pub(crate) const FOREGROUND_PAGES: i32 = 2 * BACKGROUND_PAGES;
 
 /// The name of the checkpointing thread (at most 15 bytes: Linux keeps no more).
@@ -45,12 +45,12 @@ pub(crate) const THREAD_NAME: &str = "shoal-checkpt";
 pub(crate) struct Checkpoints {
     readers: Arc<Readers>,
     wake: Arc<Wake>,
-    /// The thread was woken since the log last started over: it is woken once per log. A checkpoint the thread makes
-    /// while the writer goes on writing cannot let the log start over (pages were added meanwhile); the commit that
-    /// finds it at [`FOREGROUND_PAGES`] then copies only what was added since, and the log starts over after it.
+    /// The thread was woken since the WAL last started over: it is woken once per WAL. A checkpoint the thread makes
+    /// while the writer goes on writing cannot let the WAL start over (pages were added meanwhile); the commit that
+    /// finds it at [`FOREGROUND_PAGES`] then copies only what was added since, and the WAL starts over after it.
     woken: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// The store, for the log.
+    /// The store (its file), named in log messages.
     name: String,
 }
 
@@ -67,7 +67,7 @@ struct WakeState {
 }
 
 impl Checkpoints {
-    /// Checkpointing for the store file the `readers` open; `name` names the store in the log.
+    /// Checkpointing for the store file the `readers` open; `name` names the store in log messages.
     pub(crate) fn new(readers: Arc<Readers>, name: String) -> Arc<Checkpoints> {
         Arc::new(Checkpoints {
             readers,
@@ -90,19 +90,19 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// A commit left `pages` pages in the log.
+    /// A commit left `pages` pages in the WAL.
     fn committed(&self, wal: &mut rusqlite::hooks::Wal, pages: i32) {
         if pages < BACKGROUND_PAGES {
-            // The log started over (or has not grown far yet).
+            // The WAL started over (or has not grown far yet).
             self.woken.store(false, Ordering::Relaxed);
             return;
         }
         if pages >= FOREGROUND_PAGES {
             match wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
                 Ok((log, copied)) => {
-                    log::info!("store {}: the log reached {pages} pages; checkpointed {copied} of {log}", self.name)
+                    log::info!("store {}: the WAL reached {pages} pages; checkpointed {copied} of {log}", self.name)
                 }
-                Err(e) => log::warn!("store {}: the log reached {pages} pages; checkpoint failed: {e}", self.name),
+                Err(e) => log::warn!("store {}: the WAL reached {pages} pages; checkpoint failed: {e}", self.name),
             }
             return;
         }
@@ -145,11 +145,11 @@ impl Checkpoints {
 /// How long [`checkpoint_whole`] waits for a checkpoint under way elsewhere to end.
 const WHOLE_CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
 
-/// Copies the whole log into the database file and empties it (`PRAGMA wal_checkpoint(TRUNCATE)`: waits for the
+/// Copies the whole WAL into the database file and empties it (`PRAGMA wal_checkpoint(TRUNCATE)`: waits for the
 /// file's writers and readers through the connection's busy handler). Only one checkpoint runs at a time, and
 /// SQLite answers one started while another is under way — the store's thread, another handle on the file, another
 /// process — with "busy" at once, without waiting: this waits for it to end and starts again, for up to
-/// [`WHOLE_CHECKPOINT_WAIT`]. Returns whether the whole log was copied (not: a reader kept part of it in use).
+/// [`WHOLE_CHECKPOINT_WAIT`]. Returns whether the whole WAL was copied (not: a reader kept part of it in use).
 pub(crate) fn checkpoint_whole(conn: &Connection) -> crate::Result<bool> {
     let deadline = Instant::now() + WHOLE_CHECKPOINT_WAIT;
     loop {
@@ -185,7 +185,7 @@ fn run(wake: &Wake, readers: &Readers, name: &str) {
         });
         match done {
             Ok((busy, log, copied)) => {
-                log::debug!("store {name}: checkpointed {copied} of the log's {log} pages (busy: {busy})")
+                log::debug!("store {name}: checkpointed {copied} of the WAL's {log} pages (busy: {busy})")
             }
             // The commit that reaches FOREGROUND_PAGES checkpoints instead.
             Err(e) => log::warn!("store {name}: checkpoint failed: {e}"),
