@@ -3,7 +3,7 @@
 //!
 //! One test in this file: it counts the process's checkpointing threads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,19 +12,13 @@ use shoaldb::Store;
 /// Bytes of one frame of the WAL: its header and a 4 KiB page.
 const FRAME: u64 = 24 + 4096;
 
-fn wal(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push("-wal");
-    PathBuf::from(p)
-}
-
 fn len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Frames the WAL file has room for (its length only grows until the WAL starts over, then stays).
 fn wal_frames(path: &Path) -> u64 {
-    len(&wal(path)).saturating_sub(32) / FRAME
+    len(&path.with_extension("db-wal")).saturating_sub(32) / FRAME
 }
 
 /// The process's threads named as the store names its checkpointing thread.

@@ -33,13 +33,13 @@ use crate::util::lock;
 /// Pages in the WAL at which a commit wakes the checkpointing thread (16 MiB with 4 KiB pages). A checkpoint copies
 /// each page once however often it was rewritten since the last one, so the WAL is let grow this far rather than
 /// SQLite's default 1,000 pages: an index's hot pages and often-updated documents are copied once, not four times.
-pub(crate) const BACKGROUND_PAGES: i32 = 4000;
+const BACKGROUND_PAGES: i32 = 4000;
 
 /// Pages in the WAL at which a commit checkpoints itself (32 MiB with 4 KiB pages).
-pub(crate) const FOREGROUND_PAGES: i32 = 2 * BACKGROUND_PAGES;
+const FOREGROUND_PAGES: i32 = 2 * BACKGROUND_PAGES;
 
 /// The name of the checkpointing thread (at most 15 bytes: Linux keeps no more).
-pub(crate) const THREAD_NAME: &str = "shoal-checkpt";
+const THREAD_NAME: &str = "shoal-checkpt";
 
 /// A store's checkpointing: the hook the writer's connection calls after each commit, and the thread it wakes.
 pub(crate) struct Checkpoints {
@@ -158,7 +158,7 @@ pub(crate) fn checkpoint_whole(conn: &Connection) -> crate::Result<bool> {
             return Ok(true);
         }
         if Instant::now() >= deadline {
-            log::warn!("a checkpoint of the whole log stayed busy for {WHOLE_CHECKPOINT_WAIT:?}: part of it is in use");
+            log::warn!("a checkpoint of the whole WAL stayed busy for {WHOLE_CHECKPOINT_WAIT:?}: part of it is in use");
             return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(5));
