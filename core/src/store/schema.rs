@@ -175,8 +175,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 11: deferred views. `docs.stale` is 1 while the document's stored view (and the large values and attachment
     //    references beside it) lags behind its CRDT state: a large document edited often has its view rewritten
-    //    once its changes add up to the view's size, not at every commit. Every read of views first renders the
-    //    stale ones (`Inner::flush_views`); the index finds them.
+    //    once its changes add up to a few times the view's size (`docs::VIEW_DEBT_RATIO`), not at every commit.
+    //    Every read of views first renders the stale ones (`Inner::flush_views`); the index finds them.
     r#"
     ALTER TABLE docs ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX docs_stale ON docs (collection) WHERE stale = 1;
@@ -254,6 +254,113 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The schema at [`SCHEMA_VERSION`], made at once for a new store: what [`MIGRATIONS`] make from nothing (the
+/// test `a_new_store_has_the_schema_the_migrations_make` holds the two to the same tables, columns and indexes),
+/// in a few statements instead of the migrations' table rebuilds and column changes, each of which makes SQLite
+/// parse the whole schema again — most of the time a new store took to open. What each column means is said at the
+/// migration that added it.
+const SCHEMA: &str = r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE docs (
+        doc        INTEGER PRIMARY KEY,
+        collection TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        view       TEXT,
+        snap_seq   INTEGER NOT NULL DEFAULT 0,
+        parts      INTEGER NOT NULL DEFAULT 0,
+        stale      INTEGER NOT NULL DEFAULT 0,
+        modified   INTEGER,
+        used       INTEGER,
+        UNIQUE (collection, id)
+    );
+    CREATE INDEX docs_with_parts ON docs (collection) WHERE parts > 0;
+    CREATE INDEX docs_stale ON docs (collection) WHERE stale = 1;
+    CREATE TABLE snapshots (doc INTEGER PRIMARY KEY, state BLOB NOT NULL, tombstones INTEGER);
+    CREATE TABLE changes (
+        seq   INTEGER PRIMARY KEY,
+        peer  INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        end   INTEGER NOT NULL,
+        doc   INTEGER NOT NULL,
+        hash  BLOB,
+        parts BLOB,
+        sig   BLOB,
+        body  BLOB NOT NULL,
+        UNIQUE (peer, start)
+    );
+    CREATE INDEX changes_by_doc ON changes (doc, seq);
+    CREATE TABLE folded (doc INTEGER PRIMARY KEY, summary BLOB NOT NULL);
+    CREATE TABLE pending (
+        peer       INTEGER NOT NULL,
+        start      INTEGER NOT NULL,
+        collection TEXT NOT NULL,
+        doc        TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        received   INTEGER NOT NULL,
+        sig        BLOB,
+        PRIMARY KEY (peer, start)
+    );
+    CREATE INDEX pending_by_doc ON pending (collection, doc);
+    CREATE INDEX pending_by_received ON pending (received);
+    CREATE TABLE evicted (collection TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (collection, id)) WITHOUT ROWID;
+    CREATE TABLE forgotten (
+        collection TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        author     INTEGER NOT NULL,
+        end        INTEGER NOT NULL,
+        PRIMARY KEY (collection, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE blobs (
+        hash       BLOB PRIMARY KEY,
+        len        INTEGER NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        used       INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE blob_chunks (
+        hash BLOB NOT NULL,
+        idx  INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (hash, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE partial_blobs (hash BLOB NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (hash, offset));
+    CREATE TABLE view_parts (
+        doc      INTEGER NOT NULL,
+        peer     INTEGER NOT NULL,
+        counter  INTEGER NOT NULL,
+        location TEXT NOT NULL,
+        json     TEXT NOT NULL,
+        PRIMARY KEY (doc, peer, counter)
+    );
+    CREATE TABLE equivocations (
+        peer        INTEGER NOT NULL,
+        start       INTEGER NOT NULL,
+        held        BLOB NOT NULL,
+        refused     BLOB NOT NULL,
+        detected    INTEGER NOT NULL,
+        held_sig    BLOB,
+        refused_sig BLOB,
+        PRIMARY KEY (peer, start)
+    );
+    CREATE TABLE certificates (device INTEGER PRIMARY KEY, chain BLOB NOT NULL);
+    CREATE TABLE attachment_refs (hash BLOB NOT NULL, doc INTEGER NOT NULL, PRIMARY KEY (hash, doc)) WITHOUT ROWID;
+    CREATE INDEX attachment_refs_by_doc ON attachment_refs (doc);
+    CREATE TABLE indexes (name TEXT PRIMARY KEY, collection TEXT NOT NULL, paths TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE gc_marks (
+        kind  INTEGER NOT NULL,
+        hash  BLOB NOT NULL,
+        since INTEGER NOT NULL,
+        seen  INTEGER NOT NULL,
+        PRIMARY KEY (kind, hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE peer_acks (
+        device  BLOB PRIMARY KEY,
+        summary BLOB NOT NULL,
+        heard   INTEGER NOT NULL,
+        cloud   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE expiry (collection TEXT PRIMARY KEY, ttl_ms INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
 /// Bring the database up to [`SCHEMA_VERSION`]. Fails on a database written by a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -274,11 +381,97 @@ pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
     if now == SCHEMA_VERSION {
         return Ok(());
     }
-    for sql in MIGRATIONS.iter().skip(now.max(0) as usize) {
-        tx.execute_batch(sql)?;
+    if now <= 0 {
+        tx.execute_batch(SCHEMA)?;
+    } else {
+        for sql in MIGRATIONS.iter().skip(now as usize) {
+            tx.execute_batch(sql)?;
+        }
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     log::info!("store schema migrated from version {now} to {SCHEMA_VERSION}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything about a schema that reads and writes depend on, table by table: each column (name, type, not
+    /// null, default, primary key), whether the table has rowids, and its indexes (unique, partial, columns, and a
+    /// partial index's condition).
+    fn shape(conn: &Connection) -> Vec<String> {
+        let strings = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n)
+                        .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map(|v| v.join("|"))
+                })
+                .unwrap();
+            rows.collect::<rusqlite::Result<Vec<_>>>().unwrap()
+        };
+        let mut out = Vec::new();
+        let tables = strings("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name");
+        for table in tables {
+            let table = table.trim_start_matches("Text(\"").trim_end_matches("\")").to_string();
+            out.push(format!("{table}: {:?}", strings(&format!("PRAGMA table_list('{table}')"))));
+            for column in strings(&format!("PRAGMA table_xinfo('{table}')")) {
+                out.push(format!("{table} column {column}"));
+            }
+            let mut indexes = strings(&format!("SELECT name FROM pragma_index_list('{table}') ORDER BY name"));
+            indexes.sort();
+            for index in indexes {
+                let index = index.trim_start_matches("Text(\"").trim_end_matches("\")").to_string();
+                let list = strings(&format!(
+                    "SELECT \"unique\", origin, partial FROM pragma_index_list('{table}') WHERE name = '{index}'"
+                ));
+                let columns = strings(&format!("PRAGMA index_xinfo('{index}')"));
+                // A partial index's condition, as written after WHERE (whitespace aside).
+                let sql = strings(&format!("SELECT sql FROM sqlite_schema WHERE name = '{index}'"));
+                let condition: Vec<String> = sql
+                    .iter()
+                    .map(|s| s.split(" WHERE ").nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect();
+                // Automatic indexes are named by their order of creation; what they index names them here.
+                let name = if index.starts_with("sqlite_autoindex_") { "(automatic)".to_string() } else { index };
+                out.push(format!("{table} index {name}: {list:?} {columns:?} {condition:?}"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_new_store_has_the_schema_the_migrations_make() {
+        let mut fresh = Connection::open_in_memory().unwrap();
+        migrate(&mut fresh).unwrap();
+        let migrated = Connection::open_in_memory().unwrap();
+        for sql in MIGRATIONS {
+            migrated.execute_batch(sql).unwrap();
+        }
+        assert_eq!(shape(&fresh), shape(&migrated));
+        let version: i64 = fresh.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_store_of_an_older_version_is_migrated_step_by_step() {
+        // A store left at version 9 by an older build, with a document in it.
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..9] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        conn.execute("INSERT INTO docs (collection, id, view) VALUES ('c', 'a', '{}')", []).unwrap();
+        migrate(&mut conn).unwrap();
+        let mut fresh = Connection::open_in_memory().unwrap();
+        migrate(&mut fresh).unwrap();
+        assert_eq!(shape(&conn), shape(&fresh));
+        let id: String = conn.query_row("SELECT id FROM docs WHERE collection = 'c'", [], |r| r.get(0)).unwrap();
+        assert_eq!(id, "a");
+    }
 }
