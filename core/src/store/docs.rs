@@ -2,14 +2,17 @@
 //! change log through its per-document index), and a JSON view for reads and queries.
 //!
 //! An update costs one append to the change log plus one rewrite of the document's row (its view, without the large
-//! values kept beside it). The snapshot is rewritten when the changes since the last one reach its size (at least
-//! 4 KiB, at most 1 MiB), which keeps the replay on load short — at most a snapshot's worth of changes — and the write
-//! amplification a small constant (a 10 MiB document is rewritten once per megabyte of changes, not once per 64 KiB).
+//! values kept beside it). The snapshot is rewritten when the changes since the last one reach
+//! [`SNAPSHOT_TAIL_RATIO`] times its size (at least 4 KiB, at most 1 MiB), which keeps the replay on load short — at
+//! most two snapshots' worth of changes — and the write amplification a small constant: snapshots add half the
+//! log's bytes (a 10 MiB document is rewritten once per megabyte of changes, not once per 64 KiB).
 //!
-//! The view of a large document (at least [`DEFERRED_VIEW_MIN_BYTES`]) follows the same rule: while the changes
-//! since it was last written add up to less than its size, a save leaves it behind and marks it stale
-//! (`docs.stale`), and every read of views first writes the stale ones ([`super::Inner::flush_views`]). Typing
-//! into a 100 KB text then costs what the keystrokes cost, not a 100 KB rewrite per commit, and reads stay exact.
+//! The view of a large document (at least [`DEFERRED_VIEW_MIN_BYTES`]) follows a like rule: while the changes
+//! since it was last written add up to less than [`VIEW_DEBT_RATIO`] times its size, a save leaves it behind and
+//! marks it stale (`docs.stale`), and every read of views first writes the stale ones
+//! ([`super::Inner::flush_views`]). Typing into a 100 KB text then costs what the keystrokes cost, not a 100 KB
+//! rewrite per commit, and reads stay exact. A read renders a stale view once however far behind it is, so
+//! leaving it longer costs reads nothing; the ratio bounds how many views a query may find stale.
 
 use super::logrow::LogRow;
 use crate::crdt::change::Change;
@@ -95,18 +98,26 @@ pub(crate) enum ViewWrite<'a> {
     Deferred,
 }
 
+/// A snapshot is rewritten once the changes logged after it reach this many times its size (see the module's
+/// documentation): a larger ratio writes less and replays more when a document is loaded.
+pub(crate) const SNAPSHOT_TAIL_RATIO: u64 = 2;
+
+/// A large document's stale view is written at a save once the changes since it was last written reach this many
+/// times its size (see [`may_defer_view`]).
+pub(crate) const VIEW_DEBT_RATIO: u64 = 4;
+
 /// Views shorter than this (a page) are always written at once: rendering one costs little more than a stale read
 /// would, and it is written within the document's row, not on pages of its own.
 pub(crate) const DEFERRED_VIEW_MIN_BYTES: u64 = 4 * 1024;
 
 /// Whether saving `cached` with changes of `bytes` bytes may leave its stored view stale: an existing document with
-/// a view of at least [`DEFERRED_VIEW_MIN_BYTES`] whose changes since the view was written add up to less than the
-/// view. The view is then written once per view-sized amount of changes (an edit's cost is proportional to its
-/// size, amortized), and reads write stale views before they read.
+/// a view of at least [`DEFERRED_VIEW_MIN_BYTES`] whose changes since the view was written add up to less than
+/// [`VIEW_DEBT_RATIO`] times the view. The view is then written once per that amount of changes (an edit's cost is
+/// proportional to its size, amortized), and reads write stale views before they read.
 pub(crate) fn may_defer_view(cached: &CachedDoc, bytes: u64) -> bool {
     cached.row.is_some()
         && cached.view_bytes >= DEFERRED_VIEW_MIN_BYTES
-        && cached.view_debt.saturating_add(bytes) < cached.view_bytes
+        && cached.view_debt.saturating_add(bytes) < cached.view_bytes.saturating_mul(VIEW_DEBT_RATIO)
         && cached.doc.exists()
 }
 
@@ -437,7 +448,8 @@ pub(crate) fn save(
             .execute(params![row, made.min(i64::MAX as u64) as i64])?;
     }
     cached.tail_bytes += bytes;
-    let snapshot = resnapshot || cached.tail_bytes >= cached.snapshot_bytes.clamp(4 * 1024, 1 << 20);
+    let due = cached.snapshot_bytes.saturating_mul(SNAPSHOT_TAIL_RATIO).clamp(4 * 1024, 1 << 20);
+    let snapshot = resnapshot || cached.tail_bytes >= due;
     if snapshot && last_seq == 0 {
         // No change logged now: the snapshot holds every change of the log.
         last_seq = last_logged(conn, row)?;
