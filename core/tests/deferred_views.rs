@@ -1,8 +1,8 @@
 //! Deferred views: a large document edited often has its stored JSON view rewritten once its changes add up to a few
-//! times the view's size, not at every commit (the write amplification of typing into a long text). Every read of views must
-//! still see the document as it is — `get`, queries (filters, sorts, limits), observers, storage statistics, the
-//! attachments a document names, another handle on the same file, the store opened again after the process died —
-//! and a failed transaction must leave nothing behind.
+//! times the view's size, not at every commit (the write amplification of typing into a long text). Every read of
+//! views must still see the document as it is — `get`, queries (filters, sorts, limits), observers, storage
+//! statistics, the attachments a document names, another handle on the same file, the store opened again after the
+//! process died — and a failed transaction must leave nothing behind.
 
 use std::sync::{Arc, Mutex};
 

@@ -397,6 +397,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::OptionalExtension;
 
     /// Everything about a schema that reads and writes depend on, table by table: each column (name, type, not
     /// null, default, primary key), whether the table has rowids, and its indexes (unique, partial, columns, and a
@@ -415,28 +416,33 @@ mod tests {
                 .unwrap();
             rows.collect::<rusqlite::Result<Vec<_>>>().unwrap()
         };
+        let names = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<rusqlite::Result<Vec<String>>>().unwrap()
+        };
         let mut out = Vec::new();
-        let tables = strings("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name");
-        for table in tables {
-            let table = table.trim_start_matches("Text(\"").trim_end_matches("\")").to_string();
+        for table in names("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name") {
             out.push(format!("{table}: {:?}", strings(&format!("PRAGMA table_list('{table}')"))));
             for column in strings(&format!("PRAGMA table_xinfo('{table}')")) {
                 out.push(format!("{table} column {column}"));
             }
-            let mut indexes = strings(&format!("SELECT name FROM pragma_index_list('{table}') ORDER BY name"));
-            indexes.sort();
-            for index in indexes {
-                let index = index.trim_start_matches("Text(\"").trim_end_matches("\")").to_string();
+            for index in names(&format!("SELECT name FROM pragma_index_list('{table}') ORDER BY name")) {
                 let list = strings(&format!(
                     "SELECT \"unique\", origin, partial FROM pragma_index_list('{table}') WHERE name = '{index}'"
                 ));
                 let columns = strings(&format!("PRAGMA index_xinfo('{index}')"));
-                // A partial index's condition, as written after WHERE (whitespace aside).
-                let sql = strings(&format!("SELECT sql FROM sqlite_schema WHERE name = '{index}'"));
-                let condition: Vec<String> = sql
-                    .iter()
-                    .map(|s| s.split(" WHERE ").nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" "))
-                    .collect();
+                // A partial index's condition, as written after WHERE (whitespace aside). A WITHOUT ROWID table's
+                // key has no row here (the table is its index); an automatic index's has no SQL.
+                let sql: Option<Option<String>> = conn
+                    .query_row("SELECT sql FROM sqlite_schema WHERE name = ?1", [&index], |r| r.get(0))
+                    .optional()
+                    .unwrap();
+                let condition = sql
+                    .flatten()
+                    .as_deref()
+                    .and_then(|s| s.split(" WHERE ").nth(1))
+                    .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "));
                 // Automatic indexes are named by their order of creation; what they index names them here.
                 let name = if index.starts_with("sqlite_autoindex_") { "(automatic)".to_string() } else { index };
                 out.push(format!("{table} index {name}: {list:?} {columns:?} {condition:?}"));
