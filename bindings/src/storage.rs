@@ -39,6 +39,9 @@ pub struct StorageStats {
     pub compacted_documents: u64,
     /// The record of which changes those were.
     pub folded_bytes: u64,
+    /// Documents' states an attester signed, kept to send in place of the signed changes they hold (certificates:
+    /// see `Store.attest`).
+    pub attested_bytes: u64,
     /// Received changes waiting for the changes they depend on.
     pub pending_changes: u64,
     /// Attachments stored whole.
@@ -67,6 +70,7 @@ impl From<shoaldb::store::StorageStats> for StorageStats {
             tombstones: s.tombstones,
             compacted_documents: s.compacted_documents,
             folded_bytes: s.folded_bytes,
+            attested_bytes: s.attested_bytes,
             pending_changes: s.pending_changes,
             attachments: s.attachments,
             attachment_bytes: s.attachment_bytes,
@@ -97,6 +101,15 @@ pub struct CompactionReport {
     /// Changes folded and dropped from the log.
     pub changes: u64,
     /// Bytes of changes dropped from the log (`Store.collectGarbage` returns the freed pages to the system).
+    pub bytes: u64,
+}
+
+/// What one `Store.attest` did.
+#[derive(uniffi::Record)]
+pub struct AttestReport {
+    /// Documents whose state was signed.
+    pub documents: u64,
+    /// Bytes of those states.
     pub bytes: u64,
 }
 
@@ -244,8 +257,9 @@ impl Store {
     /// those every device synced with within the horizon holds, and those older than it. The store still holds
     /// them: a device that lacks some of them gets the document's state instead, merged so
     /// that nothing removed comes back and its own edits still count, however long it was away. Changes signed
-    /// under a certificate are kept (a state carries no author's signature). Call `collectGarbage` after it to
-    /// return the freed pages to the system.
+    /// under a certificate are folded only once a state an attester signed holds them (`attest`; a state carries no
+    /// author's signature, so devices take only attested ones). Call `collectGarbage` after it to return the freed
+    /// pages to the system.
     #[uniffi::method(default(cancel = None))]
     pub async fn compact(
         self: Arc<Self>,
@@ -253,6 +267,24 @@ impl Store {
         cancel: Option<Arc<Cancellation>>,
     ) -> Result<CompactionReport, ShoalError> {
         self.get()?.background(cancel, move |_| self.compact_blocking(policy)).await
+    }
+
+    /// Signs the current state of every document whose log holds changes its last signed state lacks, in the
+    /// collections this device may attest (an `attest` grant in its certificate: a server's or a supervisor's
+    /// device, trusted with the content). Devices take these states in place of the signed changes they hold, so
+    /// that they can fold those changes (`compact`). Call it now and then (after a day's work), before `compact`.
+    /// Fails with `NotPermitted` on a device that may not attest.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn attest(self: Arc<Self>, cancel: Option<Arc<Cancellation>>) -> Result<AttestReport, ShoalError> {
+        self.get()?.background(cancel, move |_| self.attest_blocking()).await
+    }
+
+    /// Like `attest`, on the calling thread (blocking it until done): for background threads only.
+    pub fn attest_blocking(&self) -> Result<AttestReport, ShoalError> {
+        guard(|| {
+            let r = self.get()?.store.attest()?;
+            Ok(AttestReport { documents: r.documents, bytes: r.bytes })
+        })
     }
 
     /// Keeps the store's file within `maxBytes` (its pages in use): while it is larger, evicts what was used least

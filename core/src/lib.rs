@@ -61,8 +61,8 @@ pub use error::{Error, Result};
 pub use node::{Node, NodeConfig, NodeError, ReplicaNode};
 pub use query::{Filter, Query, QueryError, SortOrder};
 pub use store::{
-    ApplyReport, AttachmentReader, ChangeEvent, CompactionPolicy, CompactionReport, DocChange, DocState, Durability,
-    Expired, ObserverHandle, Options, Replica, Store, StoreKey, Summary, WriteTxn,
+    ApplyReport, AttachmentReader, AttestReport, AttestedState, ChangeEvent, CompactionPolicy, CompactionReport,
+    DocChange, DocState, Durability, Expired, ObserverHandle, Options, Replica, Store, StoreKey, Summary, WriteTxn,
 };
 
 /// The version of this library.

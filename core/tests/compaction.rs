@@ -13,7 +13,7 @@ mod edits;
 #[path = "common/wires.rs"]
 mod wires;
 
-use edits::{apply_edit, edit, Edit};
+use edits::{edit, DocSeen, Edit};
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 use shoaldb::security::{AppSecret, Identity};
@@ -26,9 +26,6 @@ use std::sync::Arc;
 
 const COLLECTION: &str = "c";
 const DOCS: [&str; 3] = ["d0", "d1", "d2"];
-
-/// What a device holds of one document: its view, version vector and conflicts.
-type DocSeen = (Option<Json>, Option<shoaldb::VersionVector>, Vec<Vec<Json>>);
 
 struct World {
     _dir: tempfile::TempDir,
@@ -74,32 +71,12 @@ impl World {
 
     /// Everything that must be equal: each document's view, its version vector and its conflicts.
     fn state(&self, device: usize) -> Vec<DocSeen> {
-        DOCS.iter()
-            .map(|d| {
-                let doc = self.stores[device].document(COLLECTION, d).unwrap();
-                let conflicts = ["title", "m", "m.a", "likes", "notes", "m.items"]
-                    .iter()
-                    .map(|p| doc.as_ref().map(|doc| doc.conflicts(*p).unwrap()).unwrap_or_default())
-                    .collect();
-                (self.stores[device].get(COLLECTION, d).unwrap(), doc.map(|d| d.version().clone()), conflicts)
-            })
-            .collect()
+        edits::seen(&self.stores[device], COLLECTION, &DOCS)
     }
 }
 
 fn write(store: &Store, doc: usize, e: &Edit) {
-    let id = DOCS[doc];
-    store
-        .write(|t| {
-            if t.get(COLLECTION, id)?.is_none() {
-                t.upsert(COLLECTION, json!({"_id": id}))?;
-            }
-            t.update(COLLECTION, id, |ed| {
-                let _ = apply_edit(ed, e);
-                Ok(())
-            })
-        })
-        .unwrap();
+    edits::write_edit(store, COLLECTION, DOCS[doc], e);
 }
 
 #[derive(Clone, Debug)]
@@ -514,7 +491,7 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
         "DROP TABLE peer_acks; DROP TABLE expiry; ALTER TABLE docs DROP COLUMN modified; \
          ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; \
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
-         DROP TABLE folded; ALTER TABLE docs ADD COLUMN folded BLOB; \
+         DROP TABLE folded; DROP TABLE attested; DROP TABLE attested_changes; ALTER TABLE docs ADD COLUMN folded BLOB; \
          CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL; \
          PRAGMA user_version = 11;",
     )

@@ -755,7 +755,7 @@ fn the_attachment_read_check_looks_up_the_documents_naming_the_hash_also_in_a_st
     // A store written before the index existed (schema 6) gets it filled when it is opened.
     conn.execute_batch(
         "DROP TABLE attachment_refs; DROP TABLE indexes; DROP INDEX docs_with_parts; DROP TABLE gc_marks; \
-         DROP TABLE folded; DROP INDEX docs_stale; \
+         DROP TABLE folded; DROP TABLE attested; DROP TABLE attested_changes; DROP INDEX docs_stale; \
          ALTER TABLE docs DROP COLUMN stale; DROP TABLE peer_acks; ALTER TABLE docs DROP COLUMN modified; \
          ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; DROP TABLE expiry; \
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \

@@ -154,6 +154,7 @@ fn a_log_written_before_runs_reads_the_same_after_the_upgrade() {
              CREATE INDEX changes_by_author ON changes (peer, start, end, hash);
              ALTER TABLE snapshots DROP COLUMN tombstones;
              DROP TABLE folded;
+             DROP TABLE attested; DROP TABLE attested_changes;
              ALTER TABLE docs ADD COLUMN folded BLOB;
              CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
              PRAGMA user_version = 13;
@@ -226,6 +227,7 @@ fn folded_records_move_to_their_table_at_the_upgrade() {
             "ALTER TABLE docs ADD COLUMN folded BLOB;
              UPDATE docs SET folded = (SELECT summary FROM folded f WHERE f.doc = docs.doc);
              DROP TABLE folded;
+             DROP TABLE attested; DROP TABLE attested_changes;
              CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
              ALTER TABLE snapshots DROP COLUMN tombstones;
              ALTER TABLE changes DROP COLUMN parts;

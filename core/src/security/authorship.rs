@@ -385,6 +385,46 @@ impl Signers {
         check_chain_revocation(enrolment, &signer)
     }
 
+    /// Checks a received attested state ([`super::attestation`]): signed by a known attester whose certificate
+    /// chain is not revoked and lets it attest the state's collection, with a signature over the state's
+    /// [`digest`](super::attestation::digest) that verifies, and holding no change of an author revoked past it.
+    /// (The state itself is checked when it is merged: [`crate::store::DocState::decode_checked`].)
+    ///
+    /// # Errors
+    /// Why it is refused.
+    pub fn check_attested(
+        &self,
+        enrolment: &Enrolment,
+        replica: &dyn Replica,
+        attested: &crate::store::AttestedState,
+    ) -> Result<(), RefusalReason> {
+        let (state, att) = (&attested.state, &attested.attestation);
+        let signer = self.get(enrolment, replica, att.device).ok_or(RefusalReason::UnknownSigner(att.device))?;
+        check_chain_revocation(enrolment, &signer)?;
+        if !signer.device.permissions.may_attest(&state.collection) {
+            return Err(RefusalReason::NotPermitted(format!("attesting collection {:?}", state.collection)));
+        }
+        let digest = super::attestation::digest(state);
+        let context = super::attestation::ATTESTATION_CONTEXT;
+        if !PreparedKey::verify_batch(context, &[(&signer.key, &digest[..], &att.signature)]) {
+            return Err(RefusalReason::BadSignature);
+        }
+        for (author, ranges) in state.changes.peers() {
+            let last = ranges.ranges().last().map_or(0, |r| r.1);
+            match enrolment.revocations().author_limit(author) {
+                None => {}
+                Some(Some(until)) if last <= until => {}
+                Some(until) => {
+                    return Err(RefusalReason::Revoked(format!(
+                        "the state holds changes of author {author}, accepted only {}",
+                        until.map_or("never".to_string(), |n| format!("up to counter {n}"))
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The check [`Replica::apply_checked`] runs as each change is applied.
     pub fn write_check<'a>(&'a self, enrolment: &'a Enrolment, replica: &'a dyn Replica) -> CertificateCheck<'a> {
         CertificateCheck { signers: self, enrolment, replica }

@@ -130,13 +130,18 @@ pub enum CertificateError {
     NotThisDevice(String),
 }
 
-/// What one grant allows: reading or writing.
+/// What one grant allows: reading, writing, or vouching for documents' states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Right {
     /// Receiving documents.
     Read,
     /// Changing documents.
     Write,
+    /// Signing documents' states (issue 17, [`crate::security::attestation`]): what it signs, every device takes
+    /// in place of the signed changes the state holds, so that devices can drop those changes from their logs. A
+    /// right for a device the fleet trusts with the collection's content (a server, a supervisor's device), as
+    /// it checked each change before it signed the state; no fields or filter.
+    Attest,
 }
 
 /// One permission: a right on one collection (or every collection, `*`), optionally narrowed to the documents a
@@ -162,6 +167,11 @@ impl Grant {
     /// Writing every field of every document of `collection` (`*`: of every collection).
     pub fn write(collection: &str) -> Grant {
         Grant { right: Right::Write, collection: collection.to_string(), fields: None, filter: None }
+    }
+
+    /// Signing the states of `collection`'s documents (`*`: of every collection; see [`Right::Attest`]).
+    pub fn attest(collection: &str) -> Grant {
+        Grant { right: Right::Attest, collection: collection.to_string(), fields: None, filter: None }
     }
 
     /// The same grant, for the documents `filter` matches only.
@@ -195,7 +205,8 @@ impl Grant {
         let right = match words.next() {
             Some("read") => Right::Read,
             Some("write") => Right::Write,
-            _ => return Err(bad("starts with `read` or `write`")),
+            Some("attest") => Right::Attest,
+            _ => return Err(bad("starts with `read`, `write` or `attest`")),
         };
         let collection = words.next().ok_or_else(|| bad("names a collection"))?.to_string();
         if words.next().is_some() {
@@ -216,8 +227,11 @@ impl Grant {
         if self.collection != "*" {
             crate::store::check_collection(&self.collection).map_err(|e| bad(e.to_string()))?;
         }
+        if self.right == Right::Attest && self.filter.is_some() {
+            return Err(bad("a filter narrows reads and writes only".into()));
+        }
         if let Some(fields) = &self.fields {
-            if self.right == Right::Read {
+            if self.right != Right::Write {
                 return Err(bad("field paths narrow writes only".into()));
             }
             if fields.is_empty() || fields.len() > MAX_GRANT_FIELDS {
@@ -268,6 +282,7 @@ impl fmt::Display for Grant {
         let right = match self.right {
             Right::Read => "read",
             Right::Write => "write",
+            Right::Attest => "attest",
         };
         write!(f, "{right} {}", self.collection)?;
         if let Some(fields) = &self.fields {
@@ -612,6 +627,17 @@ impl Permissions {
     /// Whether some write grant on `collection` has a filter (checking a write then needs the document).
     pub(crate) fn filters_writes(&self, collection: &str) -> bool {
         self.0.iter().flatten().any(|g| g.covers(Right::Write, collection) && g.filter.is_some())
+    }
+
+    /// Whether the device may sign states of `collection`'s documents (some attest grant covers it at every level;
+    /// see [`Right::Attest`]).
+    pub fn may_attest(&self, collection: &str) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|level| level.iter().any(|g| g.covers(Right::Attest, collection)))
+    }
+
+    /// Whether some collection may be attested (an attest grant at every level).
+    pub fn attests_anything(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|level| level.iter().any(|g| g.right == Right::Attest))
     }
 
     /// Whether the device may receive anything at all of `collection` (some read grant covers it at every level).

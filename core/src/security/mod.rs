@@ -33,6 +33,7 @@
 //! ```
 
 mod access;
+pub mod attestation;
 pub mod authorship;
 pub mod certificate;
 mod channel;
@@ -45,6 +46,7 @@ mod tests;
 pub mod vault;
 
 pub use access::{Access, Enrolment};
+pub use attestation::Attestation;
 pub use authorship::{
     apply_received, apply_received_batches, ChangeCheck, ChangeSignature, Checks, PresenceSignature, RefusalReason,
     Refused, Signers,

@@ -18,9 +18,10 @@
 //!
 //! Not folded: changes a cloud peer reached within the horizon has not acknowledged (it merges states, but a change
 //! it receives whole keeps its content for the back office's feed and the cloud's equivocation checks);
-//! signed changes (certificate mode: a state carries no author's signature, so devices would have to trust the
-//! sender; they keep the changes, which relays forward unaltered); and documents whose state is over
-//! [`MAX_STATE_BYTES`] (too large to send as one state).
+//! signed changes that the document's attested state does not hold, and with a signing key (certificate mode) any
+//! change it does not hold (a state carries no author's signature, so a device in certificate mode takes only a
+//! state an attester signed: see [`super::attest`]); and documents whose state is over [`MAX_STATE_BYTES`] (too
+//! large to send as one state).
 
 use super::{Inner, Store, Summary};
 use crate::crdt::change::Change;
@@ -85,8 +86,10 @@ fn decode(blob: Option<&[u8]>) -> Result<Summary> {
     }
 }
 
-/// Record `folded` as the changes folded into document `row`'s snapshot.
+/// Record `folded` as the changes folded into document `row`'s snapshot (and keep its attested state's record of
+/// its changes right: [`super::attest::folded_changing`]).
 pub(super) fn set_folded(conn: &Connection, row: i64, folded: &Summary) -> Result<()> {
+    super::attest::folded_changing(conn, row, folded)?;
     if folded.is_empty() {
         conn.prepare_cached("DELETE FROM folded WHERE doc = ?1")?.execute(params![row])?;
     } else {
@@ -182,6 +185,9 @@ fn acknowledged(conn: &Connection, since_ms: u64) -> Result<(Option<Summary>, Op
 
 /// Which changes of the log [`compact_doc`] folds.
 struct Rule {
+    /// Only those the document's attested state holds, signed or not (a store with a signing key: it sends
+    /// attested states only; see [`super::attest`]). Signed changes are folded only so in any case.
+    attested_only: bool,
     /// Changes made (hybrid-logical-clock time, ms) before this.
     cutoff_ms: u64,
     /// Whatever their time, those in here (acknowledged by every device heard from within the horizon).
@@ -222,6 +228,7 @@ impl Store {
             0 => u64::MAX,
             h => inner.sources.now_ms().saturating_sub(h),
         };
+        let attested_only = inner.signer.is_some();
         let report = inner.immediate(|conn| {
             // The devices heard from within the horizon (with a horizon of 0, every cloud peer ever heard from: what
             // the cloud has not acknowledged stays in the log, to reach it whole, until it has not been reached for
@@ -229,7 +236,7 @@ impl Store {
             let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
             let (cloud, all) = acknowledged(conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);
-            compact_all(conn, &Rule { cutoff_ms: cutoff, stable, cloud })
+            compact_all(conn, &Rule { attested_only, cutoff_ms: cutoff, stable, cloud })
         })?;
         // Snapshots and logs changed under the cached documents, and the log rows the digests read are gone.
         inner.cache.clear();
@@ -265,9 +272,11 @@ fn compact_all(conn: &Connection, rule: &Rule) -> Result<CompactionReport> {
     Ok(report)
 }
 
-/// Fold the prefix of document `row`'s log that `rule` folds (unsigned changes only): (changes, bytes).
+/// Fold the prefix of document `row`'s log that `rule` folds (signed changes only when its attested state holds
+/// them): (changes, bytes).
 fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &Rule) -> Result<(u64, u64)> {
     let mut fold: Vec<Row> = Vec::new();
+    let attested = super::attest::attested_changes_of(conn, row)?;
     {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT seq, peer, sig IS NOT NULL, {} FROM changes WHERE doc = ?1 ORDER BY seq",
@@ -281,7 +290,11 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
             let parts = logged.parts()?;
             for part in &parts {
                 let made = Change::decode(part.body).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?;
-                if signed || !rule.folds(crate::PeerId(peer as u64), part.start, part.end, made.ts.wall_ms()) {
+                let author = crate::PeerId(peer as u64);
+                let unattested = !attested.as_ref().is_some_and(|a| a.contains(author, part.start, part.end));
+                if ((signed || rule.attested_only) && unattested)
+                    || !rule.folds(author, part.start, part.end, made.ts.wall_ms())
+                {
                     break 'rows;
                 }
             }
@@ -360,7 +373,7 @@ impl Inner {
 
     /// Push document `row`'s current state with `changes` (its folded changes) and the changes of its log: the
     /// state's size.
-    fn push_state(
+    pub(super) fn push_state(
         &mut self,
         row: i64,
         collection: String,

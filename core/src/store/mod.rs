@@ -6,6 +6,7 @@
 //! and never wait for a write. Several processes may open the same file: every write starts with an immediate
 //! SQLite transaction, and a process notices another's commits (SQLite's `data_version`) before it reads its caches.
 
+mod attest;
 mod blobs;
 mod budget;
 mod changelog;
@@ -31,6 +32,7 @@ mod schema;
 mod storage;
 mod txn;
 
+pub use attest::AttestReport;
 pub use blobs::CHUNK_SIZE;
 pub use budget::{BudgetReport, Evicted, Eviction, StorageBudget, MAX_NOTED_READS};
 pub use changelog::{CommitListener, LogEntry};
@@ -47,8 +49,8 @@ pub use observe::{Callback, ChangeEvent};
 pub use pending::{MAX_PENDING_PER_AUTHOR, PENDING_EXPIRED_PER_CALL, PENDING_MAX_AGE_MS};
 pub use replica::{Replica, StoreReplica, MAX_ATTACHMENT_READ_CHECKS};
 pub use replicate::{
-    change_digest, change_hash, ApplyReport, AuthorDigest, DocChange, DocState, RangeSet, Summary, CHANGE_HASH_BYTES,
-    MAX_REPORTED_REFUSALS,
+    change_digest, change_hash, ApplyReport, AttestedState, AuthorDigest, DocChange, DocState, RangeSet, Summary,
+    CHANGE_HASH_BYTES, MAX_REPORTED_REFUSALS,
 };
 pub use requests::AttachmentRequest;
 pub use schema::SCHEMA_VERSION;

@@ -8,7 +8,10 @@
 //! documents, queries, observers, attachments.
 
 use super::changelog::{row_entries, ENTRY_COLUMNS};
-use super::{check_collection, check_doc_id, ApplyReport, AuthorDigest, DocChange, DocState, LogEntry, Store, Summary};
+use super::{
+    check_collection, check_doc_id, ApplyReport, AttestedState, AuthorDigest, DocChange, DocState, LogEntry, Store,
+    Summary,
+};
 use crate::error::{Error, Result};
 use crate::security::{ChangeCheck, RefusalReason};
 use crate::store::blobs;
@@ -138,6 +141,67 @@ pub trait Replica: Send + Sync + 'static {
         Ok(ApplyReport { refused: states.len(), ..ApplyReport::default() })
     }
 
+    /// Certificate mode: the attested states (see [`crate::security::attestation`]) of the documents whose folded
+    /// changes are not all in `have` or `skip`, as [`Replica::states_missing`] lists states: from document
+    /// `from_doc` on, about `max_bytes` of them. (The default, for replicas that fold no signed change: none.)
+    fn attested_states_missing(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        let _ = (have, skip, from_doc, max_bytes);
+        Ok(Vec::new())
+    }
+
+    /// Certificate mode: the signed changes in this store's log that no attested state it keeps holds (what it
+    /// asks its peers for attested states of: [`crate::sync::wire::Message::WantAttested`]). (The default: none.)
+    fn attestation_wanted(&self) -> Result<Summary> {
+        Ok(Summary::new())
+    }
+
+    /// Certificate mode: the attested states this store keeps that hold some of `want`, from document `from_doc`
+    /// on, about `max_bytes` of them. (The default: none.)
+    fn attested_states_wanted(
+        &self,
+        want: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        let _ = (want, from_doc, max_bytes);
+        Ok(Vec::new())
+    }
+
+    /// Certificate mode: the number of the last attested state this store kept (0: none; each one kept is numbered
+    /// one past the ones before). (The default: 0.)
+    fn attested_seq(&self) -> Result<i64> {
+        Ok(0)
+    }
+
+    /// Certificate mode: the attested states kept after number `after` that hold some of `held` (the changes a
+    /// peer holds, which it may then fold), in the order they were kept, about `max_bytes` of them; and the number
+    /// of the last one looked at. (The default: none.)
+    fn attested_kept_after(
+        &self,
+        after: i64,
+        held: &Summary,
+        max_bytes: usize,
+    ) -> Result<(Vec<(i64, AttestedState)>, i64)> {
+        let _ = (held, max_bytes);
+        Ok((Vec::new(), after))
+    }
+
+    /// Certificate mode: merge attested states received from another device, already checked
+    /// ([`crate::security::Signers::check_attested`]), in one transaction, as [`Replica::apply_states`] merges
+    /// states, and keep them (to send on, and to fold the changes they hold). Kept-aside changes they make ready
+    /// are applied through `check`. (The default, for replicas that cannot keep them: each refused.)
+    fn apply_attested_states(&self, states: &[AttestedState], check: &dyn ChangeCheck) -> Result<ApplyReport> {
+        let _ = check;
+        log::warn!("this replica cannot keep attested states; {} refused", states.len());
+        Ok(ApplyReport { refused: states.len(), ..ApplyReport::default() })
+    }
+
     /// Changes this store holds that are in neither `have` nor `skip`, in log order (causal within each
     /// document), about `max_bytes` of them at most (always at least one when there is any).
     fn log_missing(&self, have: &Summary, skip: &Summary, max_bytes: usize) -> Result<Vec<LogEntry>>;
@@ -235,6 +299,20 @@ impl Store {
     }
 }
 
+impl StoreReplica {
+    /// The store, locked and current, when some changes folded into its documents are in neither `have` nor
+    /// `skip` (a peer lacks them); `None` when none are.
+    fn lacking_folded(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+    ) -> Result<Option<std::sync::MutexGuard<'_, super::Inner>>> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        Ok((!inner.folded.difference(have).difference(skip).is_empty()).then_some(inner))
+    }
+}
+
 impl Replica for StoreReplica {
     fn peer_id(&self) -> crate::PeerId {
         self.store.peer_id()
@@ -284,18 +362,73 @@ impl Replica for StoreReplica {
         from_doc: i64,
         max_bytes: usize,
     ) -> Result<Vec<(i64, DocState)>> {
-        let mut inner = self.store.lock();
-        inner.refresh()?;
-        if inner.folded.difference(have).difference(skip).is_empty() {
-            return Ok(Vec::new());
+        match self.lacking_folded(have, skip)? {
+            Some(mut inner) => inner.states_missing(have, skip, from_doc, max_bytes),
+            None => Ok(Vec::new()),
         }
-        inner.states_missing(have, skip, from_doc, max_bytes)
     }
 
     fn apply_states(&self, states: &[DocState]) -> Result<ApplyReport> {
         let ((), report) = self.store.transact(|txn| {
             for s in states {
-                txn.merge_state(s)?;
+                txn.merge_state(s, None)?;
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    fn attested_states_missing(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        match self.lacking_folded(have, skip)? {
+            Some(mut inner) => inner.attested_states_missing(have, skip, from_doc, max_bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn attestation_wanted(&self) -> Result<Summary> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        super::attest::wanted(&inner.conn)
+    }
+
+    fn attested_states_wanted(
+        &self,
+        want: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        super::attest::overlapping(&inner.conn, want, from_doc, max_bytes)
+    }
+
+    fn attested_seq(&self) -> Result<i64> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        super::attest::last_seq(&inner.conn)
+    }
+
+    fn attested_kept_after(
+        &self,
+        after: i64,
+        held: &Summary,
+        max_bytes: usize,
+    ) -> Result<(Vec<(i64, AttestedState)>, i64)> {
+        let mut inner = self.store.lock();
+        inner.refresh()?;
+        super::attest::kept_after(&inner.conn, after, held, max_bytes)
+    }
+
+    fn apply_attested_states(&self, states: &[AttestedState], check: &dyn ChangeCheck) -> Result<ApplyReport> {
+        let ((), report) = self.store.transact(|txn| {
+            for s in states {
+                txn.merge_attested(s, check)?;
             }
             Ok(())
         })?;

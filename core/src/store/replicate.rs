@@ -385,6 +385,16 @@ impl DocState {
     }
 }
 
+/// A document's state signed by an attester (certificate mode; see [`crate::security::attestation`]): what a
+/// device sends in place of signed changes it folded, and keeps so that it can.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttestedState {
+    /// The state, exactly as signed.
+    pub state: DocState,
+    /// The attester's signature of it.
+    pub attestation: crate::security::Attestation,
+}
+
 /// A change together with the document it belongs to: what travels between stores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DocChange {

@@ -249,6 +249,23 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX docs_folded;
     ALTER TABLE docs DROP COLUMN folded;
     "#,
+    // 15: attested states (issue 17, certificate mode).
+    r#"
+    CREATE TABLE attested (
+        doc       INTEGER PRIMARY KEY,         -- docs.doc
+        seq       INTEGER NOT NULL,            -- when it was kept: one more than any kept before
+        state     BLOB NOT NULL,               -- the state an attester signed (`Document::encode`)
+        attester  INTEGER NOT NULL,            -- the attester's device id
+        signature BLOB NOT NULL                -- its Ed25519 signature (`Attestation`)
+    );
+    CREATE INDEX attested_by_seq ON attested (seq);
+    -- The changes an attested state holds, when they are not those of its document's record in `folded` (after a
+    -- compaction they usually are: the record is then kept once).
+    CREATE TABLE attested_changes (
+        doc     INTEGER PRIMARY KEY,           -- docs.doc
+        changes BLOB NOT NULL                  -- a dense `Summary`
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -290,6 +307,15 @@ const SCHEMA: &str = r#"
     );
     CREATE INDEX changes_by_doc ON changes (doc, seq);
     CREATE TABLE folded (doc INTEGER PRIMARY KEY, summary BLOB NOT NULL);
+    CREATE TABLE attested (
+        doc       INTEGER PRIMARY KEY,
+        seq       INTEGER NOT NULL,
+        state     BLOB NOT NULL,
+        attester  INTEGER NOT NULL,
+        signature BLOB NOT NULL
+    );
+    CREATE INDEX attested_by_seq ON attested (seq);
+    CREATE TABLE attested_changes (doc INTEGER PRIMARY KEY, changes BLOB NOT NULL);
     CREATE TABLE pending (
         peer       INTEGER NOT NULL,
         start      INTEGER NOT NULL,

@@ -49,6 +49,9 @@ pub struct StorageStats {
     pub compacted_documents: u64,
     /// The record of which changes those were (what the store tells other devices it holds).
     pub folded_bytes: u64,
+    /// Documents' states signed by an attester, kept to send in place of the signed changes they hold (certificate
+    /// mode: see [`crate::security::attestation`]), with their records of those changes and their signatures.
+    pub attested_bytes: u64,
     /// Received changes waiting for the changes they depend on.
     pub pending_changes: u64,
     /// Attachments stored whole.
@@ -124,6 +127,8 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
     let (_, snapshot_bytes) = one("SELECT count(*), coalesce(sum(length(state)), 0) FROM snapshots")?;
     let tombstones = tombstones(conn)?;
     let (compacted_documents, folded_bytes) = one("SELECT count(*), coalesce(sum(length(summary)), 0) FROM folded")?;
+    let (_, attested_bytes) = one("SELECT count(*), coalesce(sum(length(state) + length(signature) + 8), 0) \
+         + (SELECT coalesce(sum(length(changes)), 0) FROM attested_changes) FROM attested")?;
     let (pending_changes, evicted_documents) =
         one("SELECT (SELECT count(*) FROM pending), (SELECT count(*) FROM evicted)")?;
     let (attachments, attachment_bytes) = one("SELECT count(*), coalesce(sum(len), 0) FROM blobs")?;
@@ -148,6 +153,7 @@ pub(crate) fn stats(conn: &Connection, path: &FsPath) -> Result<StorageStats> {
         tombstones,
         compacted_documents,
         folded_bytes,
+        attested_bytes,
         pending_changes,
         attachments,
         attachment_bytes,

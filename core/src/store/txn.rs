@@ -28,6 +28,8 @@ struct TxnDoc {
     /// Changes this transaction took in through merged states ([`WriteTxn::merge_state`]), not logged: folded
     /// into the document's snapshot, which is rewritten.
     merged: Option<super::Summary>,
+    /// An attested state merged in this transaction, to keep ([`WriteTxn::merge_attested`]).
+    attested: Option<super::AttestedState>,
     /// Pending rows applied in this transaction (to delete on commit).
     from_pending: Vec<(u64, u64)>,
     /// The store had no row for it before this transaction.
@@ -114,7 +116,14 @@ impl<'a> WriteTxn<'a> {
                         None => return Ok(None),
                     },
                 };
-                e.insert(TxnDoc { cached, new_changes: Vec::new(), merged: None, from_pending: Vec::new(), created })
+                e.insert(TxnDoc {
+                    cached,
+                    new_changes: Vec::new(),
+                    merged: None,
+                    attested: None,
+                    from_pending: Vec::new(),
+                    created,
+                })
             }
         };
         Ok(Some(td))
@@ -416,6 +425,9 @@ impl<'a> WriteTxn<'a> {
                 folded.union_with(merged);
                 super::compaction::set_folded(&self.inner.conn, row, &folded)?;
             }
+            if let (Some(attested), Some(row)) = (&td.attested, td.cached.row) {
+                super::attest::keep(&self.inner.conn, row, attested)?;
+            }
             if observed {
                 touched.entry(collection.as_str()).or_default().push((id.as_str(), value));
             }
@@ -465,8 +477,30 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    /// Merge a document state received from another device (see [`super::Replica::apply_states`]).
-    pub(crate) fn merge_state(&mut self, s: &super::DocState) -> Result<()> {
+    /// Merge an attested state (checked by the caller: [`crate::security::Signers::check_attested`]) as
+    /// [`WriteTxn::merge_state`] does, and keep it with its document.
+    pub(crate) fn merge_attested(
+        &mut self,
+        a: &super::AttestedState,
+        check: &dyn crate::security::ChangeCheck,
+    ) -> Result<()> {
+        self.merge_state(&a.state, Some(check))?;
+        let key = (a.state.collection.clone(), a.state.doc_id.clone());
+        if let Some(td) = self.docs.get_mut(&key) {
+            td.attested = Some(a.clone());
+            // Written at commit with the document, even when the state brought nothing new.
+            td.merged.get_or_insert_with(super::Summary::new);
+        }
+        Ok(())
+    }
+
+    /// Merge a document state received from another device (see [`super::Replica::apply_states`]); kept-aside
+    /// changes it makes ready are applied through `check` (certificate mode).
+    pub(crate) fn merge_state(
+        &mut self,
+        s: &super::DocState,
+        check: Option<&dyn crate::security::ChangeCheck>,
+    ) -> Result<()> {
         let theirs = s.decode_checked()?;
         // Whether or not it is merged here, others hold these counters: this store must not write at them.
         for (peer, top) in theirs.version().iter() {
@@ -491,7 +525,7 @@ impl<'a> WriteTxn<'a> {
         } else {
             self.judged.report.duplicates += 1;
         }
-        judge::drain_pending(self, &s.collection, &s.doc_id, None)
+        judge::drain_pending(self, &s.collection, &s.doc_id, check)
     }
 
     /// Drop a document from this device (see [`crate::Store::evict`]).
@@ -547,6 +581,8 @@ impl<'a> WriteTxn<'a> {
                 conn.prepare_cached("DELETE FROM view_parts WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM attachment_refs WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM folded WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM attested WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM attested_changes WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM docs WHERE doc = ?1")?.execute(params![row])? > 0
             }
         };

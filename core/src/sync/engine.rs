@@ -868,6 +868,12 @@ impl Engine {
                 }
             }
             session.send_certificates();
+            // Signed changes no attested state here holds: the peer may keep one that does (issue 17).
+            session.watch_attested_states(self.replica.attested_seq()?);
+            let wanted = self.replica.attestation_wanted()?;
+            if !wanted.is_empty() {
+                session.queue(Message::WantAttested { changes: wanted });
+            }
         }
         // Revocation lists first, so that a stale peer catches up before anything else.
         for list in self.revocation_lists() {

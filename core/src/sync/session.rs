@@ -23,12 +23,13 @@
 //! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
 //! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
-use super::wire::{Message, Subscription, WireChange, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE};
+use super::wire::{Message, Subscription, WireChange, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE, MAX_STATES_PER_MESSAGE};
 use super::SyncError;
 use crate::crdt::change::{Change, MAX_BATCH_COST, MAX_CHANGE_COST};
 use crate::query::Query;
 use crate::security::authorship::{apply_received, Checks};
-use crate::store::{ApplyReport, DocChange, DocState, LogEntry, Replica, Summary};
+use crate::security::Attestation;
+use crate::store::{ApplyReport, AttestedState, DocChange, DocState, LogEntry, Replica, Summary};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -241,6 +242,14 @@ pub(crate) struct Session {
     reads: Option<crate::security::certificate::ReadRules>,
     /// Certificate mode: the chain of each signer goes ahead of the first change it signed on this link.
     send_certificates: bool,
+    /// Certificate mode: signed changes the peer wants attested states of ([`Message::WantAttested`]), and the
+    /// document to look on from.
+    attest_wanted: Summary,
+    attest_wanted_from: i64,
+    /// Certificate mode: the number of the last attested state kept by the store that this session has looked at
+    /// for the peer (those kept later are sent to it when it holds some of their changes); `None` in development
+    /// mode.
+    attested_seq: Option<i64>,
     /// The signers whose chains were queued on this link.
     certificates_sent: BTreeSet<crate::PeerId>,
     /// Where [`Session::pump_states`] goes on looking for documents whose states the peer lacks (a local number).
@@ -297,6 +306,9 @@ impl Session {
             resend: Vec::new(),
             reads: None,
             send_certificates: false,
+            attest_wanted: Summary::new(),
+            attest_wanted_from: 0,
+            attested_seq: None,
             certificates_sent: BTreeSet::new(),
             states_from: 0,
         };
@@ -399,6 +411,20 @@ impl Session {
                 }
                 return self.receive_states(store, states);
             }
+            Message::AttestedStates { states } => {
+                return match checks {
+                    Some(checks) => self.receive_attested_states(store, states, checks),
+                    // Development mode trusts every state; the signatures are not needed.
+                    None => self.receive_states(store, states.into_iter().map(|a| a.state).collect()),
+                };
+            }
+            // Certificate mode only: in development mode states are sent as they are.
+            Message::WantAttested { changes } => {
+                if self.reads.is_some() {
+                    self.attest_wanted = changes;
+                    self.attest_wanted_from = 0;
+                }
+            }
             Message::Resync => self.queue_summary(),
             Message::Credit { bytes } => {
                 self.send_credit =
@@ -482,21 +508,59 @@ impl Session {
     /// Merge documents' states from the peer (issue 17: in place of changes it folded into their snapshots). The
     /// peer holds their changes; the bytes count for flow control like changes. An error closes the link.
     fn receive_states(&mut self, store: &dyn Replica, states: Vec<DocState>) -> Result<Handled, SyncError> {
-        let mut sent = Summary::new();
-        let mut bytes = 0u64;
-        for s in &states {
-            sent.union_with(&s.changes);
-            bytes += s.state.len() as u64;
-        }
-        self.peer_known.union_with(&sent);
+        let bytes = states.iter().map(|s| s.state.len() as u64).sum();
         let report = store.apply_states(&states)?;
-        for s in &states {
+        self.states_merged(store, states.iter(), bytes, report)
+    }
+
+    /// Certificate mode: attested states received. Each is checked ([`crate::security::Signers::check_attested`]);
+    /// one that fails is refused alone (in the report), the others are merged and kept.
+    fn receive_attested_states(
+        &mut self,
+        store: &dyn Replica,
+        states: Vec<AttestedState>,
+        checks: Checks<'_>,
+    ) -> Result<Handled, SyncError> {
+        let bytes = states.iter().map(|a| a.state.state.len() as u64).sum();
+        let mut refused = ApplyReport::default();
+        let mut accepted = Vec::with_capacity(states.len());
+        for a in states {
+            match checks.signers.check_attested(checks.enrolment, store, &a) {
+                Ok(()) => accepted.push(a),
+                Err(reason) => refused.refuse(crate::security::Refused {
+                    author: a.attestation.device,
+                    start: 0,
+                    collection: a.state.collection.clone(),
+                    doc_id: a.state.doc_id.clone(),
+                    reason,
+                }),
+            }
+        }
+        let mut report =
+            store.apply_attested_states(&accepted, &checks.signers.write_check(checks.enrolment, store))?;
+        report.add(refused);
+        self.states_merged(store, accepted.iter().map(|a| &a.state), bytes, report)
+    }
+
+    /// States (`bytes` received in all) were merged: the peer holds their changes, and their documents may be of
+    /// interest to it now.
+    fn states_merged<'a>(
+        &mut self,
+        store: &dyn Replica,
+        states: impl Iterator<Item = &'a DocState>,
+        bytes: u64,
+        report: ApplyReport,
+    ) -> Result<Handled, SyncError> {
+        let mut sent = Summary::new();
+        for s in states {
+            sent.union_with(&s.changes);
             if self.peer_interest.covers_collection(&s.collection) {
                 if let Some(n) = store.doc_number(&s.collection, &s.doc_id)? {
                     self.touched_by_peer.insert(n);
                 }
             }
         }
+        self.peer_known.union_with(&sent);
         self.count_received(bytes);
         Ok(Handled { applied: Some(report), received: Some(sent), ..Handled::default() })
     }
@@ -512,24 +576,24 @@ impl Session {
     }
 
     /// Send the states of the documents whose changes this store folded into their snapshots and the peer lacks
-    /// (issue 17), those of interest to it, while credit allows; the others are remembered as skipped. Development
-    /// mode only: with certificates the peer is sent signed changes, which this store does not fold. Returns
-    /// whether anything was queued.
+    /// (issue 17), those of interest to it, while credit allows; the others are remembered as skipped. In
+    /// certificate mode, the attested states this store keeps (see [`crate::security::attestation`]), after their
+    /// attesters' certificates. Returns whether anything was queued.
     fn pump_states(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
-        if self.reads.is_some() || self.send_credit <= 0 {
+        if self.send_credit <= 0 {
             return Ok(false);
         }
         let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
-        let mut batch: Vec<DocState> = Vec::new();
+        let mut batch: Vec<(DocState, Option<Attestation>)> = Vec::new();
         let mut batch_bytes = 0usize;
         let mut queued = false;
         // From where the last look stopped, then once more from the start (documents before it may lack some now).
-        let mut states = store.states_missing(&self.peer_known, &self.skipped, self.states_from, budget)?;
+        let mut states = self.states_missing(store, self.states_from, budget)?;
         if states.is_empty() && self.states_from > 0 {
-            states = store.states_missing(&self.peer_known, &self.skipped, 0, budget)?;
+            states = self.states_missing(store, 0, budget)?;
         }
-        self.states_from = states.last().map_or(0, |(doc, _)| doc + 1);
-        for (doc, s) in states {
+        self.states_from = states.last().map_or(0, |(doc, _, _)| doc + 1);
+        for (doc, s, attestation) in states {
             let held =
                 s.changes.peers().any(|(p, r)| r.ranges().iter().any(|&(a, b)| self.peer_known.overlaps(p, a, b)));
             if !self.of_interest(store, doc, &s.collection, held)? {
@@ -537,21 +601,132 @@ impl Session {
                 continue;
             }
             self.peer_known.union_with(&s.changes);
-            self.send_credit -= s.state.len() as i64;
-            self.stats.states_sent += 1;
-            self.stats.state_bytes_sent += s.state.len() as u64;
             batch_bytes += s.state.len();
-            batch.push(s);
+            batch.push(self.state_to_send(s, attestation));
             queued = true;
             if batch_bytes >= BATCH_BYTES {
-                self.outbox.push_back(Out::Message(Message::States { states: std::mem::take(&mut batch) }));
+                self.queue_states(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
         }
-        if !batch.is_empty() {
-            self.outbox.push_back(Out::Message(Message::States { states: batch }));
+        self.queue_states(batch);
+        let wanted = self.pump_wanted_attested(store)?;
+        Ok(self.pump_new_attested(store)? || wanted || queued)
+    }
+
+    /// Certificate mode: the attested states the store kept since the session started (made here, or received),
+    /// from this session's last look (see [`Session::watch_attested_states`]).
+    pub fn watch_attested_states(&mut self, from: i64) {
+        self.attested_seq = Some(from);
+    }
+
+    /// Send the attested states kept since the last look that hold changes the peer holds (so that it can fold
+    /// them) while credit allows.
+    fn pump_new_attested(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
+        let mut queued = false;
+        while let Some(after) = self.attested_seq {
+            if self.send_credit <= 0 {
+                break;
+            }
+            let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
+            let (states, last) = store.attested_kept_after(after, &self.peer_known, budget)?;
+            if last == after {
+                break;
+            }
+            self.attested_seq = Some(last);
+            let mut batch = Vec::new();
+            for (doc, a) in states {
+                if !self.of_interest(store, doc, &a.state.collection, true)? {
+                    continue;
+                }
+                queued = true;
+                batch.push(self.state_to_send(a.state, Some(a.attestation)));
+            }
+            self.queue_states(batch);
         }
         Ok(queued)
+    }
+
+    /// A state about to be sent, counted against credit; an attested one's attester's chain goes ahead of it.
+    fn state_to_send(&mut self, s: DocState, attestation: Option<Attestation>) -> (DocState, Option<Attestation>) {
+        if let Some(a) = &attestation {
+            if self.send_certificates && self.certificates_sent.insert(a.device) {
+                self.outbox.push_back(Out::Certificate(a.device));
+            }
+        }
+        self.send_credit -= s.state.len() as i64;
+        self.stats.states_sent += 1;
+        self.stats.state_bytes_sent += s.state.len() as u64;
+        (s, attestation)
+    }
+
+    /// Send the attested states the peer asked for ([`Message::WantAttested`]) while credit allows.
+    fn pump_wanted_attested(&mut self, store: &dyn Replica) -> Result<bool, SyncError> {
+        let mut queued = false;
+        while !self.attest_wanted.is_empty() && self.send_credit > 0 {
+            let budget = (self.send_credit as usize).min(BATCH_BYTES * 4);
+            let states = store.attested_states_wanted(&self.attest_wanted, self.attest_wanted_from, budget)?;
+            let Some(last) = states.last().map(|(doc, _)| *doc) else {
+                self.attest_wanted = Summary::new();
+                break;
+            };
+            self.attest_wanted_from = last + 1;
+            let mut batch = Vec::new();
+            for (doc, a) in states {
+                self.attest_wanted = self.attest_wanted.difference(&a.state.changes);
+                if !self.of_interest(store, doc, &a.state.collection, true)? {
+                    continue;
+                }
+                batch.push(self.state_to_send(a.state, Some(a.attestation)));
+                queued = true;
+            }
+            self.queue_states(batch);
+        }
+        Ok(queued)
+    }
+
+    /// The states the peer lacks (see [`Replica::states_missing`]; in certificate mode, attested ones:
+    /// [`Replica::attested_states_missing`]).
+    #[allow(clippy::type_complexity)]
+    fn states_missing(
+        &self,
+        store: &dyn Replica,
+        from: i64,
+        budget: usize,
+    ) -> Result<Vec<(i64, DocState, Option<Attestation>)>, SyncError> {
+        let (have, skip) = (&self.peer_known, &self.skipped);
+        Ok(match self.reads {
+            Some(_) => store
+                .attested_states_missing(have, skip, from, budget)?
+                .into_iter()
+                .map(|(doc, a)| (doc, a.state, Some(a.attestation)))
+                .collect(),
+            None => {
+                store.states_missing(have, skip, from, budget)?.into_iter().map(|(doc, s)| (doc, s, None)).collect()
+            }
+        })
+    }
+
+    /// Queue a batch of states as messages of at most [`MAX_STATES_PER_MESSAGE`] states: attested ones
+    /// (certificate mode) or plain ones.
+    fn queue_states(&mut self, mut batch: Vec<(DocState, Option<Attestation>)>) {
+        while batch.len() > MAX_STATES_PER_MESSAGE {
+            let rest = batch.split_off(MAX_STATES_PER_MESSAGE);
+            self.queue_states(std::mem::replace(&mut batch, rest));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let msg = match batch.iter().all(|(_, a)| a.is_some()) {
+            true => Message::AttestedStates {
+                states: batch
+                    .into_iter()
+                    .filter_map(|(state, a)| a.map(|attestation| AttestedState { state, attestation }))
+                    .collect(),
+            },
+            false => Message::States { states: batch.into_iter().map(|(s, _)| s).collect() },
+        };
+        self.outbox.push_back(Out::Message(msg));
     }
 
     /// Whether a change to the store may give the session something to send (it sends changes, or may).

@@ -29,12 +29,14 @@ pub const MAX_CONTROL_MESSAGE_BYTES: usize = 4 << 20;
 const SUMMARY_VARIANT: u8 = 2;
 const CHANGES_VARIANT: u8 = 3;
 const STATES_VARIANT: u8 = 13;
+const ATTESTED_STATES_VARIANT: u8 = 14;
+const WANT_ATTESTED_VARIANT: u8 = 15;
 
 /// The largest a message may be, from its first bytes (the version byte, then the message kind).
 pub(crate) fn size_limit(start: &[u8]) -> usize {
     match start.get(1) {
-        Some(&CHANGES_VARIANT | &STATES_VARIANT) => MAX_MESSAGE_BYTES,
-        Some(&SUMMARY_VARIANT) => MAX_SUMMARY_MESSAGE_BYTES,
+        Some(&CHANGES_VARIANT | &STATES_VARIANT | &ATTESTED_STATES_VARIANT) => MAX_MESSAGE_BYTES,
+        Some(&SUMMARY_VARIANT | &WANT_ATTESTED_VARIANT) => MAX_SUMMARY_MESSAGE_BYTES,
         _ => MAX_CONTROL_MESSAGE_BYTES,
     }
 }
@@ -380,6 +382,36 @@ pub enum Message {
         /// The states.
         states: Vec<crate::store::DocState>,
     },
+    /// Issue 17, certificate mode: documents' states signed by an attester (see
+    /// [`crate::security::attestation`]), in place of signed changes the sender folded and the receiver lacks;
+    /// sent after the attesters' certificate chains ([`Message::Certificates`]). Each is checked on receipt; one
+    /// that fails is refused alone. Bounded like [`Message::States`].
+    AttestedStates {
+        /// The states.
+        states: Vec<crate::store::AttestedState>,
+    },
+    /// Issue 17, certificate mode: the signed changes in the sender's log that no attested state it keeps holds
+    /// (sent as a session starts, when there are any). The receiver sends back the attested states it keeps that
+    /// hold some of them ([`Message::AttestedStates`]), so that the sender can fold those changes too.
+    WantAttested {
+        /// The changes.
+        changes: Summary,
+    },
+}
+
+/// The most states one [`Message::States`] or [`Message::AttestedStates`] carries: each costs the receiver a
+/// merge (and a signature check), whatever its size.
+pub const MAX_STATES_PER_MESSAGE: usize = 1024;
+
+/// The states of a [`Message::States`] or [`Message::AttestedStates`] checked for their number, size and summaries.
+fn check_states<'a>(states: impl ExactSizeIterator<Item = &'a crate::store::DocState>) -> Result<(), WireError> {
+    if states.len() > MAX_STATES_PER_MESSAGE {
+        return Err(WireError::Invalid(format!("{} states in one message", states.len())));
+    }
+    match { states }.find(|s| s.state.len() > crate::store::MAX_STATE_BYTES || !s.changes.is_well_formed()) {
+        Some(s) => Err(WireError::Invalid(format!("a malformed state of {}/{}", s.collection, s.doc_id))),
+        None => Ok(()),
+    }
 }
 
 /// The most [`AuthorDigest`]s in one [`Message::Digests`] (40 bytes each: 160 KiB): what a receiver compares per
@@ -464,22 +496,17 @@ impl Message {
                 }
                 subscriptions.iter().try_for_each(Subscription::validate)
             }
-            Message::Summary { summary } if !summary.is_well_formed() => invalid("malformed summary".into()),
+            Message::Summary { summary } | Message::WantAttested { changes: summary } if !summary.is_well_formed() => {
+                invalid("malformed summary".into())
+            }
             Message::Digests { authors } if authors.len() > MAX_DIGESTS_PER_MESSAGE => {
                 invalid(format!("{} author digests", authors.len()))
             }
             Message::Revocations { list } if list.len() > crate::security::revocation::MAX_REVOCATION_LIST_BYTES => {
                 invalid(format!("a revocation list of {} bytes", list.len()))
             }
-            Message::States { states } => {
-                match states
-                    .iter()
-                    .find(|s| s.state.len() > crate::store::MAX_STATE_BYTES || !s.changes.is_well_formed())
-                {
-                    Some(s) => invalid(format!("a malformed state of {}/{}", s.collection, s.doc_id)),
-                    None => Ok(()),
-                }
-            }
+            Message::States { states } => check_states(states.iter()),
+            Message::AttestedStates { states } => check_states(states.iter().map(|a| &a.state)),
             Message::Certificates { chains } => {
                 if chains.len() > MAX_CHAINS_PER_MESSAGE {
                     return invalid(format!("{} certificate chains", chains.len()));
@@ -542,6 +569,9 @@ mod tests {
         assert_eq!(size_limit(&summary), MAX_SUMMARY_MESSAGE_BYTES);
         assert_eq!(size_limit(&changes), MAX_MESSAGE_BYTES);
         assert_eq!(size_limit(&Message::States { states: vec![] }.encode()), MAX_MESSAGE_BYTES);
+        assert_eq!(size_limit(&Message::AttestedStates { states: vec![] }.encode()), MAX_MESSAGE_BYTES);
+        let want = Message::WantAttested { changes: Summary::new() }.encode();
+        assert_eq!(size_limit(&want), MAX_SUMMARY_MESSAGE_BYTES);
         assert_eq!(size_limit(&Message::Resync.encode()), MAX_CONTROL_MESSAGE_BYTES);
         let big = Message::Presence {
             origin: [0; 32],

@@ -146,3 +146,37 @@ pub fn apply_edit(ed: &mut DocEditor<'_>, e: &Edit) -> Result<(), DocError> {
         Edit::RemoveDocument => ed.remove_document(),
     }
 }
+
+/// `e` made in its own transaction on document `id` of `collection` (created first if need be), whether or not
+/// it applies there (the property tests' worlds each get the same edits).
+pub fn write_edit(store: &shoaldb::Store, collection: &str, id: &str, e: &Edit) {
+    store
+        .write(|t| {
+            if t.get(collection, id)?.is_none() {
+                t.upsert(collection, json!({"_id": id}))?;
+            }
+            t.update(collection, id, |ed| {
+                let _ = apply_edit(ed, e);
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+/// What a device holds of one document: its view, version vector and conflicts.
+pub type DocSeen = (Option<Json>, Option<shoaldb::VersionVector>, Vec<Vec<Json>>);
+
+/// Everything two worlds given the same edits must hold alike of documents `ids`: each one's view, its version
+/// vector and the conflicts of the fields [`Edit`]s write.
+pub fn seen(store: &shoaldb::Store, collection: &str, ids: &[&str]) -> Vec<DocSeen> {
+    ids.iter()
+        .map(|d| {
+            let doc = store.document(collection, d).unwrap();
+            let conflicts = ["title", "m", "m.a", "likes", "notes", "m.items"]
+                .iter()
+                .map(|p| doc.as_ref().map(|doc| doc.conflicts(*p).unwrap()).unwrap_or_default())
+                .collect();
+            (store.get(collection, d).unwrap(), doc.map(|d| d.version().clone()), conflicts)
+        })
+        .collect()
+}

@@ -244,6 +244,13 @@ extension Store {
         try await withTaskCancellation { try await compact(policy: policy, cancel: $0) }
     }
 
+    /// Sign the current state of the documents whose changes the last signed state lacks (a device with an
+    /// `attest` grant), so that devices can fold their signed changes. Cancelled with the calling task
+    /// (`CancellationError`).
+    public func attest() async throws -> AttestReport {
+        try await withTaskCancellation { try await attest(cancel: $0) }
+    }
+
     /// Store `bytes` as an attachment (the same bytes are stored once) and return its token, to put in a field
     /// (`FieldValue(token)`). Cancelled with the calling task (`CancellationError`).
     public func putAttachment(bytes: Data, meta: [String: String]) async throws -> AttachmentToken {

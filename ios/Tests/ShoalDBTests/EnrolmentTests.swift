@@ -12,17 +12,17 @@ private func openEnrollable(_ dir: String, _ name: String, peers: [String] = [])
                          sync: SyncConfig(listen: "127.0.0.1:0", mdns: false, peers: peers))
 }
 
-/// Enrols `store` with `authority`: request → certificate → install.
+/// Enrols `store` with `authority`: request → certificate with `grants` → install.
 @discardableResult
-private func enrol(_ store: Store, _ name: String, _ authority: Authority, serial: UInt64) async throws -> CertificateInfo {
+private func enrol(_ store: Store, _ name: String, _ authority: Authority, serial: UInt64,
+                   grants: [String] = ["read *", "write *"]) async throws -> CertificateInfo {
     let request = try store.enrolmentRequest(name: name)
-    let certificate = try authority.issue(request: request, serial: serial, grants: ["read *", "write *"],
-                                          validFor: 365 * 86_400)
+    let certificate = try authority.issue(request: request, serial: serial, grants: grants, validFor: 365 * 86_400)
     let info = try await store.installCertificate(authorityPublicKey: authority.publicKey(), certificate: certificate)
     try expectEqual(info.name, name)
     try expectEqual(info.serial, serial)
     try expectEqual(info.deviceId, try store.deviceId())
-    try expectEqual(info.grants, ["read *", "write *"])
+    try expectEqual(info.grants, grants)
     try expectEqual(try store.certificate()?.signingKey, info.signingKey)
     return info
 }
@@ -136,4 +136,37 @@ func testEnrolmentMistakes() async throws {
     try expect(try store.collection(name: "tasks").getBlocking(id: "t") == nil, "nothing written")
     try await store.startSync()
     try expect(store.isSyncing(), "syncs with its certificate")
+}
+
+func testAttestedStatesLetDevicesFold() async throws {
+    let dir = try makeTempDir("attested")
+    defer { removeTempDir(dir) }
+    let authority = try Authority.generate()
+    let attester = try await openEnrollable(dir, "Attester")
+    defer { attester.shutdown() }
+    try await enrol(attester, "Attester", authority, serial: 1, grants: ["read *", "write *", "attest *"])
+    try await attester.startSync()
+    guard let address = attester.listenAddress() else { throw fail("the attester has no listen address") }
+    let b = try await openEnrollable(dir, "B", peers: [address])
+    defer { b.shutdown() }
+    try await enrol(b, "B", authority, serial: 2)
+    let tasks = try b.collection(name: "tasks")
+    for i in 1...5 { _ = try await tasks.upsert(json: #"{"_id": "t\#(i)", "n": \#(i)}"#) }
+    try await expectErrorAsync("a device without the grant attests", isNotPermitted) { _ = try await b.attest() }
+    let everything = CompactionPolicy(horizonMs: 0)
+    try expectEqual(try await b.compact(policy: everything).changes, 0, "signed changes wait for an attested state")
+
+    try await b.startSync()
+    let theirs = try attester.collection(name: "tasks")
+    try await eventually("the attester receiving B's documents") { try await theirs.all().count == 5 }
+    try expectEqual(try await attester.attest().documents, 5)
+    try expectEqual(try attester.attestBlocking().documents, 0, "nothing new to sign")
+    // The states reach B over the open link; B folds its log once they have.
+    var folded: UInt64 = 0
+    try await eventually("B folding its signed changes") {
+        folded += try b.compactBlocking(policy: everything).changes
+        return folded == 5
+    }
+    try expectEqual(try await attester.compact(policy: everything).changes, 5)
+    try expectEqual(try await tasks.all().count, 5, "the documents stay whole")
 }

@@ -3,15 +3,17 @@
 //! `cargo run --release -p shoaldb-bench --bin storage_bench [-- --quick] [--only churn|automerge-paper|attachments]
 //! [--trace PATH]`
 //!
-//! Rows: `{"bench":"storage","workload":…,"impl":"shoal"|"automerge"|"loro","live_bytes":…,"file_bytes":…,
-//! "ratio":…,"compact_ms":…}`. `live_bytes`: the live data as JSON (every document that exists, as an app reads
+//! Rows: `{"bench":"storage","workload":…,"impl":"shoal"|"shoal-certificates"|"automerge"|"loro","live_bytes":…,
+//! "file_bytes":…,"ratio":…,"compact_ms":…}`. `live_bytes`: the live data as JSON (every document that exists, as an app reads
 //! it); `file_bytes`: Shoal's database file after `compact` (every change folded), `collect_garbage` and a
 //! checkpoint, or the size of the document Automerge (`save`) and Loro (snapshot export) write; `ratio`:
 //! `file_bytes / live_bytes`; `compact_ms`: Shoal's `compact`, `collect_garbage` and checkpoint, Automerge's `save`,
 //! Loro's export. The size of Shoal's files before compaction goes to stderr, with where the bytes go.
 //!
 //! Workloads: `churn` — 1,000 documents of five fields edited 1,000,000 times in all (one field set per edit,
-//! transactions of 100 edits), 10% of the documents removed and created again along the way; `automerge-paper` — the
+//! transactions of 100 edits), 10% of the documents removed and created again along the way (also as
+//! `shoal-certificates`: written by an enrolled device, every change signed, folded after the device — its own
+//! attester — signed the documents' states; `compact_ms` includes `attest`); `automerge-paper` — the
 //! editing trace saved every 100 patches; `attachments` — 40 attachments of 512 KiB in documents, 30 of those
 //! documents removed (Shoal only). `--quick`: 100 documents and 20,000 edits, 10 attachments of 64 KiB.
 
@@ -129,13 +131,10 @@ fn live_json(store: &Store, collection: &str) -> Result<(Vec<serde_json::Value>,
     Ok((docs, bytes))
 }
 
-fn churn(dir: &Path, docs: usize, edits: usize) -> Result<(), BoxErr> {
-    let steps = churn_steps(docs, edits);
-    // Shoal.
-    let db = dir.join("churn.db");
-    let store = open_fast(&db)?;
+/// The churn's steps written to `store`, a transaction per [`Step::Commit`].
+fn replay_churn(store: &Store, steps: &[Step]) -> Result<(), BoxErr> {
     let mut batch: Vec<&Step> = Vec::new();
-    for step in &steps {
+    for step in steps {
         if !matches!(step, Step::Commit) {
             batch.push(step);
             continue;
@@ -160,9 +159,52 @@ fn churn(dir: &Path, docs: usize, edits: usize) -> Result<(), BoxErr> {
             Ok(())
         })?;
     }
+    Ok(())
+}
+
+/// `store` enrolled by a new authority, reading, writing and attesting everything: it signs every change it makes,
+/// and its own states (see `shoaldb::security::attestation`).
+fn enrol_as_attester(store: &Store) -> Result<(), BoxErr> {
+    use shoaldb::enrolment::{self, Validity};
+    use shoaldb::security::{Grant, SigningKey};
+    let authority = SigningKey::generate()?;
+    let request = enrolment::request(store, "storage_bench")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let grants = vec![Grant::read("*"), Grant::write("*"), Grant::attest("*")];
+    let certificate = enrolment::issue(&authority, &request, 1, grants, Validity::days_from(now - 86_400_000, 365))?;
+    enrolment::install(store, &[certificate], &[authority.verifying_key()])?;
+    Ok(())
+}
+
+fn churn(dir: &Path, docs: usize, edits: usize) -> Result<(), BoxErr> {
+    let steps = churn_steps(docs, edits);
+    // Shoal.
+    let db = dir.join("churn.db");
+    let store = open_fast(&db)?;
+    replay_churn(&store, &steps)?;
     let (live, live_bytes) = live_json(&store, "docs")?;
     let (ms, file_bytes) = compact(&store, &db)?;
     row("churn", "shoal", live_bytes, file_bytes, ms);
+
+    // Shoal with certificates: every change signed, folded once the device (its own attester) signed the states.
+    {
+        let db = dir.join("churn-certificates.db");
+        let store = open_fast(&db)?;
+        enrol_as_attester(&store)?;
+        replay_churn(&store, &steps)?;
+        if live_json(&store, "docs")?.0 != live {
+            return Err("the store with certificates holds other documents".into());
+        }
+        let t0 = Instant::now();
+        store.attest()?;
+        let attest_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let (ms, file_bytes) = compact(&store, &db)?;
+        use shoaldb::Replica;
+        if !store.replica().log_missing(&shoaldb::Summary::new(), &shoaldb::Summary::new(), 1)?.is_empty() {
+            return Err("signed changes stayed in the log after attestation".into());
+        }
+        row("churn", "shoal-certificates", live_bytes, file_bytes, attest_ms + ms);
+    }
 
     // Automerge: the collection as one document, a map of documents.
     {

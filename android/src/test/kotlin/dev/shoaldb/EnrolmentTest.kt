@@ -25,15 +25,21 @@ class EnrolmentTest {
             sync = SyncConfig(listen = if (listen) "127.0.0.1:0" else null, mdns = false),
         )
 
-    /** Enrols [store] with [authority]: request → certificate → install. */
-    private suspend fun enrol(store: Store, name: String, authority: Authority, serial: Long): CertificateInfo {
+    /** Enrols [store] with [authority]: request → certificate with [grants] → install. */
+    private suspend fun enrol(
+        store: Store,
+        name: String,
+        authority: Authority,
+        serial: Long,
+        grants: List<String> = listOf("read *", "write *"),
+    ): CertificateInfo {
         val request = store.enrolmentRequest(name)
-        val certificate = authority.issue(request, serial, listOf("read *", "write *"), validFor = 365.days)
+        val certificate = authority.issue(request, serial, grants, validFor = 365.days)
         val info = store.installCertificate(authority.publicKey(), certificate)
         assertEquals(name, info.name)
         assertEquals(serial.toULong(), info.serial)
         assertEquals(store.deviceId(), info.deviceId)
-        assertEquals(listOf("read *", "write *"), info.grants)
+        assertEquals(grants, info.grants)
         assertEquals(info, store.certificate())
         return info
     }
@@ -103,6 +109,43 @@ class EnrolmentTest {
         } finally {
             stores.forEach { it.shutdown() }
             Shoal.installLogger(JulLogger(), LogLevel.INFO)
+        }
+    }
+
+    @Test
+    fun `states an attester signs let enrolled devices fold their signed changes`() = runBlocking<Unit> {
+        val authority = Authority.generate()
+        val attester = open("Attester", listen = true)
+        val b = open("B")
+        try {
+            enrol(attester, "Attester", authority, 1, listOf("read *", "write *", "attest *"))
+            enrol(b, "B", authority, 2)
+            val tasks = b.collection("tasks")
+            for (i in 1..5) tasks.upsert("""{"_id": "t$i", "n": $i}""")
+            expectThrows<ShoalException.NotPermitted> { b.attest() }
+            val everything = CompactionPolicy(horizonMs = 0uL)
+            assertEquals(0uL, b.compact(everything).changes, "signed changes wait for an attested state")
+
+            attester.startSync()
+            b.connect(attester.listenAddress() ?: error("the attester has no listen address"))
+            b.startSync()
+            eventually("the attester receiving B's documents") {
+                attester.collection("tasks").all().size.takeIf { it == 5 }
+            }
+            assertEquals(5uL, attester.attest().documents)
+            assertEquals(0uL, attester.attestBlocking().documents, "nothing new to sign")
+            // The states reach B over the open link; B folds its log once they have.
+            var folded = 0uL
+            eventually("B folding its signed changes", { folded }) {
+                folded += b.compactBlocking(everything).changes
+                folded.takeIf { it == 5uL }
+            }
+            assertEquals(5uL, attester.compact(everything).changes)
+            assertEquals(5, tasks.all().size, "the documents stay whole")
+            assertEquals(3, doc(tasks.get("t3"))["n"]?.toString()?.toInt())
+        } finally {
+            attester.shutdown()
+            b.shutdown()
         }
     }
 

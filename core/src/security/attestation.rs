@@ -1,0 +1,61 @@
+//! Attested states (issue 17): documents' states signed by a device the fleet trusts, so that devices in
+//! certificate mode can drop signed changes from their logs.
+//!
+//! In certificate mode every change carries its author's signature, and every device checks it; a document's
+//! state carries none, so a device cannot check a state a peer sends it — which is why, without this, a device in
+//! certificate mode keeps every signed change for ever. An **attester** is a device whose certificate has an
+//! `attest` grant on the collection ([`Right::Attest`](super::Right::Attest)): it checked each change it applied,
+//! so it can vouch for the state they make. [`crate::Store::attest`] signs the current state of its documents
+//! ([`Attestation`]: Ed25519 over [`digest`], which covers the collection, the document's id, the changes the
+//! state holds and the state's bytes), and keeps it with the state. The attested state travels like the changes it
+//! stands for; every device checks the signature, that the attester's certificate leads to a pinned authority and
+//! is not revoked, that it may attest the collection, and that no author in it is revoked for the counters it
+//! holds ([`Signers::check_attested`](super::Signers::check_attested)); then it merges the state and keeps it too.
+//!
+//! A device then folds the signed changes an attested state it holds covers (as [`crate::Store::compact`]
+//! chooses them), and sends that state — never one of its own — to a device that lacks some of them. What is
+//! trusted: the attester, for the content of the states it signs (as the authority is trusted with the
+//! certificates it issues). An attester that signs a forged state is found out by the signature it left, like an
+//! author signing two versions of a change, and is revoked by the authority.
+
+use serde::{Deserialize, Serialize};
+
+use super::signing::{Signature, SigningKey};
+use crate::crdt::clock::PeerId;
+use crate::store::DocState;
+
+/// The signature context of attested states.
+pub(crate) const ATTESTATION_CONTEXT: &str = "shoal attested state v1";
+
+/// An attester's signature of a document's state (see the [module documentation](self)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// The attesting device's id ([`VerifyingKey::device_id`](super::VerifyingKey::device_id)): whose certificate
+    /// the signature is checked with.
+    pub device: PeerId,
+    /// Ed25519 over the state's [`digest`].
+    pub signature: Signature,
+}
+
+impl Attestation {
+    /// `key`'s attestation of `state` ([`crate::Store::attest`] signs with the device's key; every receiver checks
+    /// that the key's certificate lets it attest the collection).
+    pub fn sign(key: &SigningKey, state: &DocState) -> Attestation {
+        Attestation {
+            device: key.verifying_key().device_id(),
+            signature: key.sign(ATTESTATION_CONTEXT, &digest(state)),
+        }
+    }
+}
+
+/// What an attestation signs: the BLAKE3 digest of the state's collection, document id, changes (their dense
+/// encoding) and bytes, each preceded by its length.
+pub fn digest(state: &DocState) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let changes = state.changes.encode_dense();
+    for part in [state.collection.as_bytes(), state.doc_id.as_bytes(), &changes, &state.state] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    *h.finalize().as_bytes()
+}

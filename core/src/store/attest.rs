@@ -1,0 +1,313 @@
+//! Attested states in a store (issue 17, certificate mode; see [`crate::security::attestation`]).
+//!
+//! Table `attested` keeps, per document, the last state an attester signed that this store took: made here by
+//! [`Store::attest`] (an attester), or received and checked. A store with a signing key (enrolled) folds a change
+//! into a snapshot only when its document's attested state holds it ([`super::compaction`]), and sends a device
+//! that lacks folded changes that attested state ([`Inner::attested_states_missing`]) — not a state of its own,
+//! which nobody could check.
+
+use super::{AttestedState, Inner, Store, Summary};
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// What [`Store::attest`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttestReport {
+    /// Documents whose state was signed.
+    pub documents: u64,
+    /// Bytes of those states.
+    pub bytes: u64,
+}
+
+/// The attested state kept for document `row`.
+pub(super) fn attested_of(conn: &Connection, row: i64) -> Result<Option<AttestedState>> {
+    let kept = conn
+        .prepare_cached(&format!(
+            "SELECT d.collection, d.id, {CHANGES}, a.state, a.attester, a.signature \
+                 FROM attested a JOIN docs d ON d.doc = a.doc WHERE a.doc = ?1"
+        ))?
+        .query_row(params![row], |r| {
+            let changes = r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
+            Ok((r.get(0)?, r.get(1)?, changes, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, Vec<u8>>(5)?))
+        })
+        .optional()?;
+    let Some((collection, doc_id, changes, state, attester, signature)) = kept else { return Ok(None) };
+    let signature = crate::security::Signature(
+        signature.try_into().map_err(|_| Error::Corrupt(format!("document {row}: an attestation's signature")))?,
+    );
+    Ok(Some(AttestedState {
+        state: super::DocState { collection, doc_id, state, changes: decode_changes(&changes)? },
+        attestation: crate::security::Attestation { device: crate::PeerId(attester as u64), signature },
+    }))
+}
+
+/// The changes the attested state kept for document `row` holds.
+pub(super) fn attested_changes_of(conn: &Connection, row: i64) -> Result<Option<Summary>> {
+    let changes: Option<Option<Vec<u8>>> = conn
+        .prepare_cached(&format!("SELECT {CHANGES} FROM attested a WHERE a.doc = ?1"))?
+        .query_row(params![row], |r| r.get(0))
+        .optional()?;
+    changes.map(|c| decode_changes(c.as_deref().unwrap_or_default())).transpose()
+}
+
+/// An attested state's changes in SQL, from `attested a`: its own record (`attested_changes`), or — with none —
+/// the document's record of folded changes, the same (a document whose changes were all folded under its attested
+/// state, the usual case after a compaction, keeps the record once).
+const CHANGES: &str = "coalesce((SELECT c.changes FROM attested_changes c WHERE c.doc = a.doc), \
+                       (SELECT f.summary FROM folded f WHERE f.doc = a.doc))";
+
+/// Document `row`'s attested state holds `changes`, and its record of folded changes is `folded`: the state's own
+/// record of them is kept when they differ, and dropped when they are the same.
+fn set_changes(conn: &Connection, row: i64, changes: &Summary, folded: &Summary) -> Result<()> {
+    if changes == folded {
+        conn.prepare_cached("DELETE FROM attested_changes WHERE doc = ?1")?.execute(params![row])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO attested_changes (doc, changes) VALUES (?1, ?2) ON CONFLICT (doc) DO UPDATE SET changes = ?2",
+        )?
+        .execute(params![row, changes.encode_dense()])?;
+    }
+    Ok(())
+}
+
+/// Document `row`'s record of folded changes becomes `folded` (see [`set_changes`]).
+pub(super) fn folded_changing(conn: &Connection, row: i64, folded: &Summary) -> Result<()> {
+    match attested_changes_of(conn, row)? {
+        Some(changes) => set_changes(conn, row, &changes, folded),
+        None => Ok(()),
+    }
+}
+
+fn decode_changes(blob: &[u8]) -> Result<Summary> {
+    Summary::decode_dense(blob).map_err(|e| Error::Corrupt(format!("the changes of an attested state: {e}")))
+}
+
+/// Keep `attested` for document `row` when it holds more than the one kept (two attesters' states can each hold
+/// changes the other lacks; the first stays), numbered one past every state kept before. Whether it was kept.
+pub(super) fn keep(conn: &Connection, row: i64, attested: &AttestedState) -> Result<bool> {
+    if let Some(old) = attested_changes_of(conn, row)? {
+        if !old.difference(&attested.state.changes).is_empty() || attested.state.changes.difference(&old).is_empty() {
+            return Ok(false);
+        }
+    }
+    let (state, attestation) = (&attested.state, &attested.attestation);
+    conn.prepare_cached(
+        "INSERT INTO attested (doc, seq, state, attester, signature) \
+         VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM attested), ?2, ?3, ?4) \
+         ON CONFLICT (doc) DO UPDATE SET seq = excluded.seq, state = ?2, attester = ?3, signature = ?4",
+    )?
+    .execute(params![row, state.state, attestation.device.0 as i64, &attestation.signature.0[..]])?;
+    set_changes(conn, row, &state.changes, &super::compaction::folded_of(conn, row)?)?;
+    Ok(true)
+}
+
+/// The number of the last attested state kept (0: none).
+pub(super) fn last_seq(conn: &Connection) -> Result<i64> {
+    Ok(conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM attested")?.query_row([], |r| r.get(0))?)
+}
+
+/// The attested states kept after number `after` that hold some of `held` (a peer holds those changes and may fold
+/// them), in the order they were kept, about `max_bytes` of them; and the number of the last one looked at.
+pub(super) fn kept_after(
+    conn: &Connection,
+    after: i64,
+    held: &Summary,
+    max_bytes: usize,
+) -> Result<(Vec<(i64, AttestedState)>, i64)> {
+    let sql = format!("SELECT a.doc, a.seq, {CHANGES} FROM attested a WHERE a.seq > ?1 ORDER BY a.seq");
+    overlapping_rows(conn, &sql, after, held, max_bytes)
+}
+
+/// The attested states kept that hold some of `want`, from document `from_doc` on, about `max_bytes` of them.
+pub(super) fn overlapping(
+    conn: &Connection,
+    want: &Summary,
+    from_doc: i64,
+    max_bytes: usize,
+) -> Result<Vec<(i64, AttestedState)>> {
+    let sql = format!("SELECT a.doc, a.doc, {CHANGES} FROM attested a WHERE a.doc >= ?1 ORDER BY a.doc");
+    Ok(overlapping_rows(conn, &sql, from_doc, want, max_bytes)?.0)
+}
+
+/// The attested states of the rows of `sql` (document, position, changes; from position `from` on) that hold
+/// some of `with`, about `max_bytes` of them; and the position of the last row looked at.
+fn overlapping_rows(
+    conn: &Connection,
+    sql: &str,
+    from: i64,
+    with: &Summary,
+    max_bytes: usize,
+) -> Result<(Vec<(i64, AttestedState)>, i64)> {
+    let mut out = Vec::new();
+    let (mut bytes, mut last) = (0usize, from);
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![from])?;
+    while let Some(r) = rows.next()? {
+        if bytes >= max_bytes {
+            break;
+        }
+        last = r.get(1)?;
+        if overlaps(&decode_changes(r.get::<_, Option<Vec<u8>>>(2)?.as_deref().unwrap_or_default())?, with) {
+            let row: i64 = r.get(0)?;
+            let Some(attested) = attested_of(conn, row)? else { continue };
+            bytes += attested.state.state.len();
+            out.push((row, attested));
+        }
+    }
+    Ok((out, last))
+}
+
+fn overlaps(changes: &Summary, other: &Summary) -> bool {
+    changes.peers().any(|(p, rs)| rs.ranges().iter().any(|&(a, b)| other.overlaps(p, a, b)))
+}
+
+/// The signed changes in the log that the attested state kept for their document does not hold.
+pub(super) fn wanted(conn: &Connection) -> Result<Summary> {
+    let mut out = Summary::new();
+    let mut covered: Option<(i64, Option<Summary>)> = None;
+    let mut stmt =
+        conn.prepare_cached("SELECT doc, peer, start, end FROM changes WHERE sig IS NOT NULL ORDER BY doc, seq")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (doc, peer, start, end): (i64, i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        if covered.as_ref().is_none_or(|(d, _)| *d != doc) {
+            covered = Some((doc, attested_changes_of(conn, doc)?));
+        }
+        let (peer, start, end) = (crate::PeerId(peer as u64), start as u64, end as u64);
+        if !covered.as_ref().and_then(|(_, c)| c.as_ref()).is_some_and(|c| c.contains(peer, start, end)) {
+            out.insert(peer, start, end);
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Sign the current state of every document whose log holds changes its last attested state lacks, in the
+    /// collections this device may attest (an `attest` grant in its certificate: see
+    /// [`crate::security::attestation`]), and keep each. Devices take these states in place of the changes they
+    /// hold, so they can fold those changes ([`Store::compact`]). An attester calls it now and then (a server
+    /// after each batch of work, a supervisor's device daily), before compacting. One transaction; the cost is
+    /// one encoding and one signature per document signed.
+    ///
+    /// # Errors
+    /// [`Error::NotPermitted`] when this device is not enrolled or its certificate has no `attest` grant.
+    pub fn attest(&self) -> Result<AttestReport> {
+        let mut inner = self.lock();
+        inner.refresh()?;
+        let not_permitted = |reason: &str| Error::NotPermitted {
+            collection: String::new(),
+            id: String::new(),
+            reason: reason.to_string(),
+        };
+        let key = inner.signer.as_ref().map(|(k, _)| k.clone()).ok_or_else(|| not_permitted("not enrolled"))?;
+        let permissions = inner.own_permissions.clone().ok_or_else(|| not_permitted("no certificate installed"))?;
+        if !permissions.0.attests_anything() {
+            return Err(not_permitted("the device's certificate has no `attest` grant"));
+        }
+        let docs: Vec<(i64, String, String)> = inner
+            .conn
+            .prepare(
+                "SELECT d.doc, d.collection, d.id FROM docs d \
+                 WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc) ORDER BY d.doc",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut signed = Vec::new();
+        for (row, collection, id) in docs {
+            if !permissions.0.may_attest(&collection) {
+                continue;
+            }
+            let folded = super::compaction::folded_of(&inner.conn, row)?;
+            let mut out = Vec::new();
+            inner.push_state(row, collection, id, folded, &mut out)?;
+            let Some((_, state)) = out.pop() else { continue };
+            if state.state.len() > super::MAX_STATE_BYTES {
+                log::info!("{}/{}: not attested: its state is too large to send", state.collection, state.doc_id);
+                continue;
+            }
+            let kept = attested_changes_of(&inner.conn, row)?;
+            if kept.is_some_and(|k| state.changes.difference(&k).is_empty()) {
+                continue;
+            }
+            let attestation = crate::security::Attestation::sign(&key, &state);
+            signed.push((row, AttestedState { state, attestation }));
+        }
+        let (device, chain) = (permissions.1, super::inner::meta_get(&inner.conn, super::inner::CHAIN_META)?);
+        let report = inner.immediate(|conn| {
+            // This device's chain, to send ahead of the states it signed (as a signer's chain goes ahead of its
+            // changes).
+            if let Some(chain) = &chain {
+                conn.prepare_cached(
+                    "INSERT INTO certificates (device, chain) VALUES (?1, ?2) \
+                     ON CONFLICT (device) DO UPDATE SET chain = ?2",
+                )?
+                .execute(params![device.0 as i64, chain])?;
+            }
+            let mut report = AttestReport::default();
+            for (row, attested) in &signed {
+                if keep(conn, *row, attested)? {
+                    report.documents += 1;
+                    report.bytes += attested.state.state.len() as u64;
+                }
+            }
+            Ok(report)
+        })?;
+        log::info!("store {}: attested {} documents ({} bytes)", inner.peer, report.documents, report.bytes);
+        drop(inner);
+        if report.documents > 0 {
+            // Sync sends them on to the devices that hold their changes.
+            self.notify_commit();
+        }
+        Ok(report)
+    }
+}
+
+impl Inner {
+    /// The attested states of the documents with folded changes in neither `have` nor `skip` (see
+    /// [`super::Replica::attested_states_missing`]). A document whose attested state lacks some of those is left
+    /// out (its folded changes were folded without one: by a build before attested states, or unsigned before
+    /// this device was enrolled).
+    pub(super) fn attested_states_missing(
+        &mut self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut from = from_doc;
+        while bytes < max_bytes {
+            let page: Vec<(i64, Vec<u8>, Vec<u8>)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT f.doc, f.summary, coalesce(c.changes, f.summary) FROM folded f \
+                     JOIN attested a ON a.doc = f.doc LEFT JOIN attested_changes c ON c.doc = f.doc \
+                     WHERE f.doc >= ?1 ORDER BY f.doc LIMIT 64",
+                )?
+                .query_map(params![from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let Some(last) = page.last().map(|p| p.0) else { break };
+            from = last + 1;
+            for (row, folded, attested) in page {
+                if bytes >= max_bytes {
+                    break;
+                }
+                let folded = Summary::decode_dense(&folded)
+                    .map_err(|e| Error::Corrupt(format!("folded changes of a document: {e}")))?;
+                let missing = folded.difference(have).difference(skip);
+                if missing.is_empty() {
+                    continue;
+                }
+                if !missing.difference(&decode_changes(&attested)?).is_empty() {
+                    log::warn!("document {row}: a device lacks folded changes its attested state does not hold");
+                    continue;
+                }
+                let Some(attested) = attested_of(&self.conn, row)? else { continue };
+                bytes += attested.state.state.len();
+                out.push((row, attested));
+            }
+        }
+        Ok(out)
+    }
+}

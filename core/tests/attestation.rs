@@ -1,0 +1,485 @@
+//! Attested states (issue 17, certificate mode): devices fold signed changes into snapshots once a state an
+//! attester signed holds them, and send that state to a device that lacks them; every device checks it.
+//!
+//! The property test runs two fleets side by side from the same random actions — edits at several enrolled
+//! devices (every field type, nesting, removals of fields and whole documents), syncs between random pairs, and,
+//! in one fleet only, attestations by the attester and compactions at random devices — and requires every device
+//! to hold exactly the same documents in both fleets after every sync: a device that stayed away across many
+//! compactions comes back with its offline edits and ends as it would have with no compaction at all. The other
+//! tests check what a device refuses: states signed by a device without the grant, altered ones, a revoked
+//! attester's, and states holding changes of a revoked author.
+
+#[path = "common/edits.rs"]
+mod edits;
+#[path = "common/wires.rs"]
+mod wires;
+
+use edits::{edit, DocSeen, Edit};
+use proptest::prelude::*;
+use serde_json::json;
+use shoaldb::enrolment::{self, EnrolmentRequest, Validity};
+use shoaldb::security::{
+    vault, Attestation, Grant, Identity, KeyVault, MemoryVault, RefusalReason, Refused, Revocation, SigningKey,
+};
+use shoaldb::store::{AttestedState, Replica};
+use shoaldb::sync::wire::Message;
+use shoaldb::sync::{Engine, EngineEvent, Subscription};
+use shoaldb::util::sources::Sources;
+use shoaldb::{CompactionPolicy, Error, Options, Store, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const COLLECTION: &str = "c";
+const DOCS: [&str; 3] = ["d0", "d1", "d2"];
+const DAY: u64 = 86_400_000;
+/// "Now" as the fleets start: 2026-06-01.
+const NOW: u64 = 1_780_272_000_000;
+/// Device 0 attests; the others read and write.
+const ATTESTER: usize = 0;
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    stores: Vec<Store>,
+    engines: Vec<Engine>,
+    /// The devices' clock (ms), moved by the test: two fleets given the same actions write the same timestamps.
+    now: Arc<AtomicU64>,
+}
+
+impl Fleet {
+    /// Devices enrolled by `authority`, their keys drawn from fixed seeds (two fleets hold the same keys, so the
+    /// same author ids), each with the grants `grants(i)` and an engine wanting everything.
+    fn new(authority: &SigningKey, devices: usize, grants: impl Fn(usize) -> Vec<Grant>) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(NOW));
+        let mut stores = Vec::new();
+        let mut engines = Vec::new();
+        for i in 0..devices {
+            let seed = i as u64 + 1;
+            let signing = SigningKey::from_sources(&Sources::seeded(1000 + seed));
+            let identity = Identity::from_private(&[seed as u8; 32]).unwrap();
+            let keys = MemoryVault::default();
+            keys.create(vault::SIGNING_KEY, &signing.to_bytes()).unwrap();
+            keys.create(vault::NOISE_KEY, &identity.to_bytes()).unwrap();
+            let clock = now.clone();
+            let sources = Sources::seeded(seed).with_clock(move || clock.load(Ordering::SeqCst));
+            let options = Options { sources, keys: Some(Arc::new(keys)), ..Default::default() };
+            let store = Store::open_with(dir.path().join(format!("{i}.db")), options).unwrap();
+            let request = EnrolmentRequest {
+                name: format!("device {i}"),
+                signing_key: signing.verifying_key(),
+                noise_key: identity.device_key(),
+            };
+            let validity = Validity::days_from(NOW - DAY, 3650);
+            let certificate = enrolment::issue(authority, &request, seed, grants(i), validity).unwrap();
+            let e = enrolment::install(&store, &[certificate], &[authority.verifying_key()]).unwrap();
+            let clock = now.clone();
+            let engine = Engine::new(store.replica(), identity, e, &request.name, vec![Subscription::everything()], 0)
+                .with_sources(Sources::seeded(seed).with_clock(move || clock.load(Ordering::SeqCst)));
+            stores.push(store);
+            engines.push(engine);
+        }
+        Fleet { _dir: dir, stores, engines, now }
+    }
+
+    /// The attester (device 0: `attest *`) and `devices - 1` devices reading and writing everything.
+    fn with_attester(authority: &SigningKey, devices: usize) -> Fleet {
+        Fleet::new(authority, devices, |i| match i {
+            ATTESTER => vec![Grant::read("*"), Grant::write("*"), Grant::attest("*")],
+            _ => vec![Grant::read("*"), Grant::write("*")],
+        })
+    }
+
+    /// `a` and `b` meet, sync until nothing moves, and part; the refusals either reported.
+    fn sync(&mut self, a: usize, b: usize) -> Vec<Refused> {
+        let (a, la, b, lb) = wires::connect(&mut self.engines, a, b);
+        wires::settle(&mut self.engines, &[(a, la, b, lb)], None);
+        self.engines[a].remove_link(la, "parted");
+        self.engines[b].remove_link(lb, "parted");
+        [a, b].iter().flat_map(|&d| self.refusals(d)).collect()
+    }
+
+    fn refusals(&mut self, device: usize) -> Vec<Refused> {
+        let mut out = Vec::new();
+        while let Some(ev) = self.engines[device].poll_event() {
+            if let EngineEvent::Refused { refusals, .. } = ev {
+                out.extend(refusals);
+            }
+        }
+        out
+    }
+
+    /// Everything that must be equal: each document's view, its version vector and its conflicts.
+    fn state(&self, device: usize) -> Vec<DocSeen> {
+        edits::seen(&self.stores[device], COLLECTION, &DOCS)
+    }
+
+    /// The changes in device `d`'s log.
+    fn logged(&self, d: usize) -> usize {
+        let empty = shoaldb::Summary::new();
+        self.stores[d].replica().log_missing(&empty, &empty, usize::MAX).unwrap().len()
+    }
+}
+
+fn write(store: &Store, doc: usize, e: &Edit) {
+    edits::write_edit(store, COLLECTION, DOCS[doc], e);
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Edit {
+        device: usize,
+        doc: usize,
+        edit: Edit,
+    },
+    Sync {
+        a: usize,
+        b: usize,
+    },
+    /// The attester signs its documents' states (in the fleet that compacts).
+    Attest,
+    /// A device folds every change an attested state holds (in the fleet that compacts).
+    Compact {
+        device: usize,
+    },
+}
+
+const DEVICES: usize = 3;
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        6 => (0..DEVICES, 0..DOCS.len(), edit()).prop_map(|(device, doc, edit)| Action::Edit { device, doc, edit }),
+        3 => (0..DEVICES, 0..DEVICES).prop_filter("two devices", |(a, b)| a != b).prop_map(|(a, b)| Action::Sync { a, b }),
+        2 => Just(Action::Attest),
+        3 => (0..DEVICES).prop_map(|device| Action::Compact { device }),
+    ]
+}
+
+fn run(authority: &SigningKey, actions: &[Action]) {
+    let mut compacted = Fleet::with_attester(authority, DEVICES);
+    let mut plain = Fleet::with_attester(authority, DEVICES);
+    for a in actions {
+        match a {
+            Action::Edit { device, doc, edit } => {
+                for fleet in [&compacted, &plain] {
+                    fleet.now.fetch_add(1_000, Ordering::SeqCst);
+                }
+                write(&compacted.stores[*device], *doc, edit);
+                write(&plain.stores[*device], *doc, edit);
+            }
+            Action::Sync { a, b } => {
+                let refused = compacted.sync(*a, *b);
+                assert!(refused.is_empty(), "refused in the fleet that compacts: {refused:?}");
+                assert!(plain.sync(*a, *b).is_empty());
+                for d in [*a, *b] {
+                    assert_eq!(compacted.state(d), plain.state(d), "device {d} differs from the fleet that keeps all");
+                }
+            }
+            Action::Attest => {
+                compacted.stores[ATTESTER].attest().unwrap();
+            }
+            Action::Compact { device } => {
+                compacted.stores[*device].compact(&CompactionPolicy::everything()).unwrap();
+            }
+        }
+    }
+    // Everyone meets everyone, in a line and back.
+    for fleet in [&mut compacted, &mut plain] {
+        for (a, b) in [(0, 1), (1, 2), (2, 1), (1, 0)] {
+            fleet.sync(a, b);
+        }
+    }
+    for d in 0..DEVICES {
+        assert_eq!(compacted.state(d), plain.state(d), "device {d} differs from the fleet that keeps all");
+        assert_eq!(compacted.state(d), compacted.state(0), "devices diverged");
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn attested_compaction_never_changes_what_devices_end_with(
+        actions in proptest::collection::vec(action(), 1..40)
+    ) {
+        run(&SigningKey::from_sources(&Sources::seeded(7)), &actions);
+    }
+}
+
+/// Two devices write (a document removed, a field removed, text, a counter), sync through the attester, and
+/// compact: nothing signed is folded before the attester signs; after, both fold everything, and a new device that
+/// meets only one of them gets the documents — the removed one still removed — from attested states alone.
+#[test]
+fn signed_changes_are_folded_under_attested_states_and_a_new_device_catches_up_from_them() {
+    let authority = SigningKey::generate().unwrap();
+    let mut f = Fleet::with_attester(&authority, 4);
+    let (a, b, new) = (1, 2, 3);
+    f.stores[a].upsert(COLLECTION, json!({"_id": "d0", "title": "plan", "gone": true})).unwrap();
+    f.stores[a].upsert(COLLECTION, json!({"_id": "d1", "title": "to remove"})).unwrap();
+    f.stores[a].update(COLLECTION, "d0", |ed| Ok(ed.set("notes", Value::Text("hello world".into()))?)).unwrap();
+    f.stores[b].upsert(COLLECTION, json!({"_id": "d2", "title": "b's"})).unwrap();
+    f.stores[b].update(COLLECTION, "d2", |ed| Ok(ed.set("likes", Value::Counter(3))?)).unwrap();
+    for (x, y) in [(a, ATTESTER), (b, ATTESTER), (a, ATTESTER)] {
+        assert!(f.sync(x, y).is_empty());
+    }
+    f.stores[b].update(COLLECTION, "d0", |ed| Ok(ed.remove("gone")?)).unwrap();
+    f.stores[b].update(COLLECTION, "d0", |ed| Ok(ed.text_delete("notes", 0, 6)?)).unwrap();
+    f.stores[b].remove(COLLECTION, "d1").unwrap();
+    for (x, y) in [(b, ATTESTER), (a, ATTESTER)] {
+        assert!(f.sync(x, y).is_empty());
+    }
+    let before = f.logged(a);
+    assert!(before >= 8, "a holds every change in its log: {before}");
+    assert_eq!(f.stores[a].compact(&CompactionPolicy::everything()).unwrap().changes, 0, "nothing attested yet");
+
+    // Only an attester may attest.
+    assert!(matches!(f.stores[a].attest(), Err(Error::NotPermitted { .. })));
+    let signed = f.stores[ATTESTER].attest().unwrap();
+    assert_eq!(signed.documents, 3);
+    assert_eq!(f.stores[ATTESTER].attest().unwrap().documents, 0, "nothing new to sign");
+    // a and b ask for them as their next sessions start, and fold their logs.
+    for (x, y) in [(a, ATTESTER), (b, ATTESTER)] {
+        assert!(f.sync(x, y).is_empty());
+    }
+    for d in [ATTESTER, a, b] {
+        let report = f.stores[d].compact(&CompactionPolicy::everything()).unwrap();
+        assert!(report.changes > 0, "device {d} folded nothing");
+        assert_eq!(f.logged(d), 0, "device {d} kept changes in its log");
+        let stats = f.stores[d].storage_stats().unwrap();
+        assert_eq!((stats.log_changes, stats.compacted_documents), (0, 3), "device {d}");
+        assert!(stats.attested_bytes > 0, "device {d}: {stats:?}");
+    }
+
+    // A new device that meets only a gets everything from attested states, checks them, and takes no removed
+    // document or field back.
+    assert!(f.sync(new, a).is_empty());
+    assert_eq!(f.state(new), f.state(a));
+    assert_eq!(f.stores[new].get(COLLECTION, "d1").unwrap(), None);
+    let d0 = f.stores[new].get(COLLECTION, "d0").unwrap().unwrap();
+    assert_eq!((d0.get("gone"), &d0["notes"]), (None, &json!("world")));
+    assert_eq!(f.stores[new].get(COLLECTION, "d2").unwrap().unwrap()["likes"], 3);
+    // It can fold and serve them in turn, and its own edits travel as signed changes.
+    assert!(f.stores[new].compact(&CompactionPolicy::everything()).unwrap().changes == 0);
+    f.stores[new].update(COLLECTION, "d2", |ed| Ok(ed.increment("likes", 1)?)).unwrap();
+    assert!(f.sync(new, b).is_empty());
+    assert_eq!(f.stores[b].get(COLLECTION, "d2").unwrap().unwrap()["likes"], 4);
+}
+
+/// A device linked to the attester when it signs gets the states at once (no new session needed), and folds.
+#[test]
+fn states_signed_while_linked_reach_the_linked_devices() {
+    let authority = SigningKey::generate().unwrap();
+    let mut f = Fleet::with_attester(&authority, 3);
+    let (a, relay) = (1, 2);
+    f.stores[a].upsert(COLLECTION, json!({"_id": "d0", "n": 1})).unwrap();
+    // a – relay – attester, linked throughout.
+    let wires = [wires::connect(&mut f.engines, a, relay), wires::connect(&mut f.engines, relay, ATTESTER)];
+    wires::settle(&mut f.engines, &wires, None);
+    assert_eq!(f.stores[ATTESTER].get(COLLECTION, "d0").unwrap().unwrap()["n"], 1);
+    assert_eq!(f.stores[ATTESTER].attest().unwrap().documents, 1);
+    f.engines[ATTESTER].note_store_changed();
+    wires::settle(&mut f.engines, &wires, None);
+    // The relay kept it and passed it on (it holds the changes too, so a can fold).
+    for d in [relay, a] {
+        f.engines[d].note_store_changed();
+    }
+    wires::settle(&mut f.engines, &wires, None);
+    for d in [a, relay, ATTESTER] {
+        assert_eq!(f.stores[d].compact(&CompactionPolicy::everything()).unwrap().changes, 1, "device {d}");
+        assert!(f.refusals(d).is_empty());
+    }
+}
+
+/// A device away while the others edit, remove, attest and compact many times comes back with offline edits and
+/// ends exactly where it would have had nobody compacted; the removed document and field stay removed.
+#[test]
+fn a_device_back_after_many_compactions_merges_its_offline_edits_and_nothing_removed_returns() {
+    let authority = SigningKey::generate().unwrap();
+    let run = |compact: bool| {
+        let mut f = Fleet::with_attester(&authority, 3);
+        let (a, away) = (1, 2);
+        f.stores[a].upsert(COLLECTION, json!({"_id": "d0", "title": "t", "old": 1})).unwrap();
+        f.stores[a].upsert(COLLECTION, json!({"_id": "d1", "title": "doomed"})).unwrap();
+        f.stores[a].update(COLLECTION, "d0", |ed| Ok(ed.set("notes", Value::Text("abcdef".into()))?)).unwrap();
+        assert!(f.sync(a, ATTESTER).is_empty());
+        assert!(f.sync(away, ATTESTER).is_empty());
+        // Away: edits of its own, to the document the others will remove and to the field they will remove.
+        f.now.fetch_add(1_000, Ordering::SeqCst);
+        f.stores[away].update(COLLECTION, "d0", |ed| Ok(ed.text_insert("notes", 3, "XY")?)).unwrap();
+        f.stores[away].update(COLLECTION, "d0", |ed| Ok(ed.set("mine", Value::from(7))?)).unwrap();
+        // Meanwhile, a month of days: edits, a removal, attestation and compaction each day.
+        for day in 0..30u64 {
+            f.now.fetch_add(DAY, Ordering::SeqCst);
+            match day {
+                3 => drop(f.stores[a].remove(COLLECTION, "d1").unwrap()),
+                5 => f.stores[a].update(COLLECTION, "d0", |ed| Ok(ed.remove("old")?)).unwrap(),
+                _ => f.stores[a].update(COLLECTION, "d0", |ed| Ok(ed.set("day", Value::from(day as i64))?)).unwrap(),
+            }
+            assert!(f.sync(a, ATTESTER).is_empty());
+            if compact {
+                f.stores[ATTESTER].attest().unwrap();
+                assert!(f.sync(a, ATTESTER).is_empty());
+                for d in [a, ATTESTER] {
+                    f.stores[d].compact(&CompactionPolicy::everything()).unwrap();
+                }
+            }
+        }
+        if compact {
+            assert_eq!(f.logged(a), 0, "a folded everything");
+        }
+        assert!(f.sync(away, a).is_empty());
+        assert!(f.sync(away, ATTESTER).is_empty());
+        assert!(f.sync(a, ATTESTER).is_empty());
+        (0..3).map(|d| f.state(d)).collect::<Vec<_>>()
+    };
+    let (compacted, plain) = (run(true), run(false));
+    assert_eq!(compacted, plain, "compaction changed what the devices end with");
+    for state in &compacted {
+        assert_eq!(state, &compacted[0], "devices diverged");
+        let d0 = state[0].0.as_ref().unwrap();
+        assert_eq!((&d0["notes"], &d0["mine"], d0.get("old")), (&json!("abcXYdef"), &json!(7), None));
+        assert_eq!(state[1].0, None, "the removed document came back");
+    }
+}
+
+/// The attested state of `d0` the attester keeps (after signing its documents).
+fn attested_d0(f: &Fleet) -> AttestedState {
+    let everything = f.stores[ATTESTER].replica().summary().unwrap();
+    let states = f.stores[ATTESTER].replica().attested_states_wanted(&everything, 0, usize::MAX).unwrap();
+    states.into_iter().map(|(_, s)| s).find(|s| s.state.doc_id == "d0").expect("d0 attested")
+}
+
+/// Device `d`'s certificate chain, encoded.
+fn chain_of(f: &Fleet, d: usize) -> Vec<u8> {
+    enrolment::load(&f.stores[d]).unwrap().unwrap().chain().encode()
+}
+
+/// A device that lacks the changes of `d0` is sent `chain` (a certificate chain) and then `states` directly, as a
+/// peer would: what it refuses, and whether it took `d0`.
+fn offer(
+    f: &mut Fleet,
+    to: usize,
+    from: usize,
+    chain: Option<Vec<u8>>,
+    states: Vec<AttestedState>,
+) -> (Vec<Refused>, bool) {
+    let (x, lx, y, ly) = wires::connect(&mut f.engines, from, to);
+    wires::settle(&mut f.engines, &[(x, lx, y, ly)], None);
+    if let Some(chain) = chain {
+        f.engines[from].send_raw(lx, &Message::Certificates { chains: vec![chain] }.encode()).unwrap();
+    }
+    f.engines[from].send_raw(lx, &Message::AttestedStates { states }.encode()).unwrap();
+    wires::settle(&mut f.engines, &[(x, lx, y, ly)], None);
+    let refused = f.refusals(to);
+    let took = f.stores[to].get(COLLECTION, "d0").unwrap().is_some();
+    f.engines[from].remove_link(lx, "parted");
+    f.engines[to].remove_link(ly, "parted");
+    (refused, took)
+}
+
+/// Device 1 writes; the attester (`attest c` only) signs. Devices 2 and 3 never met either: 3 offers 2 states,
+/// some forged.
+fn fleet_for_forgeries(authority: &SigningKey) -> Fleet {
+    let mut f = Fleet::new(authority, 4, |i| match i {
+        ATTESTER => vec![Grant::read("*"), Grant::write("*"), Grant::attest(COLLECTION)],
+        _ => vec![Grant::read("*"), Grant::write("*")],
+    });
+    f.stores[1].upsert(COLLECTION, json!({"_id": "d0", "title": "real"})).unwrap();
+    assert!(f.sync(1, ATTESTER).is_empty());
+    assert_eq!(f.stores[ATTESTER].attest().unwrap().documents, 1);
+    f
+}
+
+#[test]
+fn states_signed_without_the_grant_or_altered_are_refused_alone() {
+    let authority = SigningKey::generate().unwrap();
+    let mut f = fleet_for_forgeries(&authority);
+    let (target, forger) = (2, 3);
+    let real = attested_d0(&f);
+
+    // Altered after it was signed: a byte of the state, or the document it is said to be.
+    let mut altered = real.clone();
+    let last = altered.state.state.len() - 1;
+    altered.state.state[last] ^= 1;
+    let mut elsewhere = real.clone();
+    elsewhere.state.doc_id = "d1".into();
+    let chain = chain_of(&f, ATTESTER);
+    let (refused, took) = offer(&mut f, target, forger, Some(chain), vec![altered, elsewhere]);
+    assert!(!took && f.stores[target].get(COLLECTION, "d1").unwrap().is_none());
+    assert_eq!(refused.iter().filter(|r| r.reason == RefusalReason::BadSignature).count(), 2, "{refused:?}");
+
+    // Signed by a device whose certificate has no attest grant (the forger's own key).
+    let forger_key = enrolment::load(&f.stores[forger]).unwrap().unwrap().signing_key().clone();
+    let by_forger = AttestedState { attestation: Attestation::sign(&forger_key, &real.state), ..real.clone() };
+    let (refused, took) = offer(&mut f, target, forger, None, vec![by_forger]);
+    assert!(!took, "a state signed without the grant was taken");
+    assert!(
+        refused.iter().any(|r| matches!(&r.reason, RefusalReason::NotPermitted(s) if s.contains("attesting"))),
+        "{refused:?}"
+    );
+
+    // The real one, sent the same way, is taken: the link stayed usable, and nothing refused before counted.
+    let (refused, took) = offer(&mut f, target, forger, None, vec![real]);
+    assert!(refused.is_empty() && took, "{refused:?}");
+    assert_eq!(f.stores[target].get(COLLECTION, "d0").unwrap().unwrap()["title"], "real");
+}
+
+#[test]
+fn a_revoked_attesters_states_and_states_holding_a_revoked_authors_changes_are_refused() {
+    let authority = SigningKey::generate().unwrap();
+    for revoked in ["attester", "author"] {
+        let mut f = fleet_for_forgeries(&authority);
+        let (target, relay) = (2, 3);
+        let real = attested_d0(&f);
+        let entry = match revoked {
+            "attester" => Revocation::Device {
+                signing_key: enrolment::load(&f.stores[ATTESTER]).unwrap().unwrap().signing_key().verifying_key(),
+            },
+            _ => {
+                let author = real.state.changes.peers().next().unwrap().0;
+                Revocation::Author { author, accept_until: Some(0) }
+            }
+        };
+        // The target learns the attester's chain first (a revoked chain is not even learnt), then the revocation.
+        let chain = chain_of(&f, ATTESTER);
+        let (refused, _) = offer(&mut f, target, relay, Some(chain), vec![]);
+        assert!(refused.is_empty());
+        let list = enrolment::revoke(&authority, 1, NOW, vec![entry]).unwrap();
+        f.engines[target].add_revocations(list).unwrap();
+        let (refused, took) = offer(&mut f, target, relay, None, vec![real]);
+        assert!(!took, "{revoked}: the state was taken");
+        assert!(refused.iter().any(|r| matches!(r.reason, RefusalReason::Revoked(_))), "{revoked}: {refused:?}");
+    }
+}
+
+/// A message of more states than a receiver checks in one go closes that link, before any is checked or merged.
+#[test]
+fn a_message_of_too_many_states_closes_only_its_link() {
+    let authority = SigningKey::generate().unwrap();
+    let mut f = fleet_for_forgeries(&authority);
+    let (target, sender) = (2, 3);
+    let real = attested_d0(&f);
+    let many = vec![real; shoaldb::sync::wire::MAX_STATES_PER_MESSAGE + 1];
+    let other = wires::connect(&mut f.engines, 1, target);
+    let (x, lx, y, ly) = wires::connect(&mut f.engines, sender, target);
+    wires::settle(&mut f.engines, &[other, (x, lx, y, ly)], None);
+    f.engines[sender].send_raw(lx, &Message::AttestedStates { states: many }.encode()).unwrap();
+    wires::settle(&mut f.engines, &[other, (x, lx, y, ly)], None);
+    assert!(f.engines[target].is_closed(ly), "the link stayed open");
+    assert!(!f.engines[target].is_closed(other.3), "another link closed too");
+    assert!(f.refusals(target).is_empty(), "states were checked");
+    // It took d0 through its other link (from device 1, in changes), not from the message.
+    let summary = f.stores[target].replica().summary().unwrap();
+    assert!(f.stores[1].replica().summary().unwrap().difference(&summary).is_empty());
+}
+
+#[test]
+fn grants_to_attest_name_a_collection_and_nothing_else() {
+    assert_eq!(Grant::parse("attest tasks").unwrap(), Grant::attest("tasks"));
+    assert_eq!(Grant::attest("*").to_string(), "attest *");
+    assert!(Grant::parse("attest tasks where done == true").is_err());
+    assert!(Grant::parse("attest tasks fields title").is_err());
+}
