@@ -663,44 +663,71 @@ fn enrolled_phones_over_ble_enforce_read_grants_and_revocation() {
 /// that the others removed or changed comes back, and its own offline edits arrive.
 #[test]
 fn a_phone_away_while_the_others_compact_comes_back_over_ble() {
-    for_each_seed("a_phone_away_while_the_others_compact_comes_back_over_ble", 2, |seed| {
-        let mut w = RadioWorld::new(seed);
-        let home: Vec<PhoneId> = [(0.0, 0.0), (10.0, 0.0), (20.0, 0.0)]
-            .iter()
-            .enumerate()
-            .map(|(i, (x, y))| w.add_phone(&format!("home{i}"), *x, *y, all()))
-            .collect();
-        let traveller = w.add_phone("traveller", 5.0, 5.0, all());
-        let everyone: Vec<PhoneId> = home.iter().copied().chain([traveller]).collect();
-        let n = if heavy() { 40 } else { 12 };
-        random_edits(&mut w, &everyone, n, 100 * MILLISECOND);
-        quiet(&mut w, "together");
-        assert_converged(&w, &everyone);
-        w.walk_to(traveller, 1000.0, 0.0, 50.0);
-        settle_walk(&mut w, "away");
-        let rounds = if heavy() { 30 } else { 8 };
-        for round in 0..rounds {
-            random_edits(&mut w, &home, n, 100 * MILLISECOND);
-            let e = draw_edit(w.rng(), &["notes"]);
-            w.edit(traveller, |s| apply_edit(s, &e));
-            w.edit(traveller, |s| s.upsert("mine", json!({"_id": format!("away-{round}"), "round": round})).unwrap());
-            quiet(&mut w, "a round apart");
-            for &p in &home {
-                w.edit(p, |s| s.compact(&shoaldb::CompactionPolicy::everything()).expect("compact"));
-            }
-        }
-        let stats = w.store(home[0]).storage_stats().unwrap();
-        assert!(stats.compacted_documents > 0 && stats.log_changes == 0, "the others compacted: {stats:?}");
-        // The traveller edited no task: the tasks stay exactly as the others left them.
-        let tasks = w.store(home[0]).list("tasks").unwrap();
-        w.walk_to(traveller, 5.0, 5.0, 50.0);
-        settle_walk(&mut w, "back");
-        report(&w, "back from away");
-        assert_converged(&w, &everyone);
-        assert_eq!(w.store(home[0]).list("tasks").unwrap(), tasks, "something the traveller held came back");
-        for round in 0..rounds {
-            let id = format!("away-{round}");
-            assert!(w.store(home[2]).get("mine", &id).unwrap().is_some(), "the traveller's {id} did not arrive");
-        }
+    for_each_seed("a_phone_away_while_the_others_compact_comes_back_over_ble", 2, |seed| phone_away(seed, false));
+}
+
+/// The same in certificate mode: every change signed; `home0` attests before the others compact, each round.
+#[test]
+fn a_phone_away_while_the_others_attest_and_compact_comes_back_over_ble() {
+    for_each_seed("a_phone_away_while_the_others_attest_and_compact_comes_back_over_ble", 2, |seed| {
+        phone_away(seed, true)
     });
+}
+
+fn phone_away(seed: u64, certificates: bool) {
+    use shoaldb::security::Grant;
+    let mut w = RadioWorld::new(seed);
+    let options = |attester: bool| PhoneOptions {
+        enrolled: certificates.then(|| {
+            let mut grants = vec![Grant::read("*"), Grant::write("*")];
+            grants.extend(attester.then(|| Grant::attest("*")));
+            grants
+        }),
+        ..PhoneOptions::default()
+    };
+    let home: Vec<PhoneId> = [(0.0, 0.0), (10.0, 0.0), (20.0, 0.0)]
+        .iter()
+        .enumerate()
+        .map(|(i, (x, y))| w.add_phone_with(&format!("home{i}"), *x, *y, all(), options(i == 0)))
+        .collect();
+    let traveller = w.add_phone_with("traveller", 5.0, 5.0, all(), options(false));
+    let everyone: Vec<PhoneId> = home.iter().copied().chain([traveller]).collect();
+    let n = if heavy() { 40 } else { 12 };
+    random_edits(&mut w, &everyone, n, 100 * MILLISECOND);
+    quiet(&mut w, "together");
+    assert_converged(&w, &everyone);
+    w.walk_to(traveller, 1000.0, 0.0, 50.0);
+    settle_walk(&mut w, "away");
+    let rounds = if heavy() { 30 } else { 8 };
+    for round in 0..rounds {
+        random_edits(&mut w, &home, n, 100 * MILLISECOND);
+        let e = draw_edit(w.rng(), &["notes"]);
+        w.edit(traveller, |s| apply_edit(s, &e));
+        w.edit(traveller, |s| s.upsert("mine", json!({"_id": format!("away-{round}"), "round": round})).unwrap());
+        quiet(&mut w, "a round apart");
+        if certificates {
+            // The states reach the others over their links before they compact.
+            w.edit(home[0], |s| s.attest().expect("attest"));
+            quiet(&mut w, "attested states");
+        }
+        for &p in &home {
+            w.edit(p, |s| s.compact(&shoaldb::CompactionPolicy::everything()).expect("compact"));
+        }
+    }
+    for &p in &home {
+        let stats = w.store(p).storage_stats().unwrap();
+        assert!(stats.compacted_documents > 0 && stats.log_changes == 0, "{p} did not fold all: {stats:?}");
+        assert!(!certificates || stats.attested_bytes > 0, "{p} kept no attested state");
+    }
+    // The traveller edited no task: the tasks stay exactly as the others left them.
+    let tasks = w.store(home[0]).list("tasks").unwrap();
+    w.walk_to(traveller, 5.0, 5.0, 50.0);
+    settle_walk(&mut w, "back");
+    report(&w, "back from away");
+    assert_converged(&w, &everyone);
+    assert_eq!(w.store(home[0]).list("tasks").unwrap(), tasks, "something the traveller held came back");
+    for round in 0..rounds {
+        let id = format!("away-{round}");
+        assert!(w.store(home[2]).get("mine", &id).unwrap().is_some(), "the traveller's {id} did not arrive");
+    }
 }

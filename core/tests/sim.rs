@@ -1077,93 +1077,118 @@ fn enrolled_mesh_enforces_read_grants_and_spreads_a_revocation() {
 /// and none of its offline edits was lost.
 #[test]
 fn a_month_away_while_the_others_compact_every_day() {
-    for_each_seed("a_month_away_while_the_others_compact_every_day", 2, |seed| {
-        const DAY: u64 = 24 * 3600 * SECOND;
-        let days = if heavy() { 60 } else { 30 };
-        let edits_per_day = if heavy() { 30 } else { 8 };
-        let policy = shoaldb::CompactionPolicy { horizon_ms: DAY / 1000, ..Default::default() };
-        let collections = ["tasks", "notes"];
-        // The same world twice: compacting, and not.
-        let mut worlds = [SimWorld::new(seed), SimWorld::new(seed)];
-        for w in &mut worlds {
-            for name in ["a", "b", "c", "traveller"] {
-                w.add_device(name, vec![Subscription::everything()]);
+    for_each_seed("a_month_away_while_the_others_compact_every_day", 2, |seed| month_away(seed, false));
+}
+
+/// The same month in certificate mode: every change signed, device `a` attesting every day before the home devices
+/// compact (they fold only what attested states hold, and the traveller catches up from attested states).
+#[test]
+fn a_month_away_while_the_others_attest_and_compact_every_day() {
+    for_each_seed("a_month_away_while_the_others_attest_and_compact_every_day", 2, |seed| month_away(seed, true));
+}
+
+fn month_away(seed: u64, certificates: bool) {
+    use shoaldb::security::Grant;
+    const DAY: u64 = 24 * 3600 * SECOND;
+    let days = if heavy() { 60 } else { 30 };
+    let edits_per_day = if heavy() { 30 } else { 8 };
+    let policy = shoaldb::CompactionPolicy { horizon_ms: DAY / 1000, ..Default::default() };
+    let collections = ["tasks", "notes"];
+    // The same world twice: compacting, and not.
+    let mut worlds = [SimWorld::new(seed), SimWorld::new(seed)];
+    for w in &mut worlds {
+        for name in ["a", "b", "c", "traveller"] {
+            let everything = vec![Subscription::everything()];
+            if certificates {
+                let mut grants = vec![Grant::read("*"), Grant::write("*")];
+                grants.extend((name == "a").then(|| Grant::attest("*")));
+                w.add_enrolled_device(name, everything, grants);
+            } else {
+                w.add_device(name, everything);
             }
-            w.link(0, 1, LinkParams::lan());
-            w.link(1, 2, LinkParams::lan());
-            w.link(3, 0, LinkParams::lan());
         }
-        let mut rng = SeededRng::new(seed ^ 0x6d6f_6e74_6821);
-        let quiet = |w: &mut SimWorld, what: &str| {
-            w.run_until_quiet(600 * SECOND).unwrap_or_else(|e| panic!("{what}: {e}"));
-        };
-        let edit_both = |worlds: &mut [SimWorld; 2], device: DeviceId, e: &Edit| {
-            for w in worlds.iter_mut() {
-                w.edit(device, |s| apply_edit(s, e));
-            }
-        };
+        w.link(0, 1, LinkParams::lan());
+        w.link(1, 2, LinkParams::lan());
+        w.link(3, 0, LinkParams::lan());
+    }
+    let mut rng = SeededRng::new(seed ^ 0x6d6f_6e74_6821);
+    let quiet = |w: &mut SimWorld, what: &str| {
+        w.run_until_quiet(600 * SECOND).unwrap_or_else(|e| panic!("{what}: {e}"));
+    };
+    let edit_both = |worlds: &mut [SimWorld; 2], device: DeviceId, e: &Edit| {
+        for w in worlds.iter_mut() {
+            w.edit(device, |s| apply_edit(s, e));
+        }
+    };
+    for _ in 0..edits_per_day {
+        let e = draw_edit(&mut rng, &collections);
+        edit_both(&mut worlds, rng.below(4) as DeviceId, &e);
+    }
+    for w in &mut worlds {
+        quiet(w, "before leaving");
+        w.unlink(3, 0);
+    }
+    let start = worlds[0].now();
+    for day in 1..=days {
+        for w in &mut worlds {
+            // Each day starts at the same virtual time in both worlds: the same clocks stamp the same edits.
+            let target = start + day * DAY;
+            let now = w.now();
+            w.run_for(target.saturating_sub(now));
+        }
         for _ in 0..edits_per_day {
             let e = draw_edit(&mut rng, &collections);
-            edit_both(&mut worlds, rng.below(4) as DeviceId, &e);
+            edit_both(&mut worlds, rng.below(3) as DeviceId, &e);
+            let gap = rng.below(10 * SECOND);
+            for w in &mut worlds {
+                w.run_for(gap);
+            }
+        }
+        if day % 3 == 0 {
+            let e = draw_edit(&mut rng, &collections);
+            edit_both(&mut worlds, 3, &e);
         }
         for w in &mut worlds {
-            quiet(w, "before leaving");
-            w.unlink(3, 0);
+            quiet(w, "a day's edits");
         }
-        let start = worlds[0].now();
-        for day in 1..=days {
-            for w in &mut worlds {
-                // Each day starts at the same virtual time in both worlds: the same clocks stamp the same edits.
-                let target = start + day * DAY;
-                let now = w.now();
-                w.run_for(target.saturating_sub(now));
-            }
-            for _ in 0..edits_per_day {
-                let e = draw_edit(&mut rng, &collections);
-                edit_both(&mut worlds, rng.below(3) as DeviceId, &e);
-                let gap = rng.below(10 * SECOND);
-                for w in &mut worlds {
-                    w.run_for(gap);
-                }
-            }
-            if day % 3 == 0 {
-                let e = draw_edit(&mut rng, &collections);
-                edit_both(&mut worlds, 3, &e);
-            }
-            for w in &mut worlds {
-                quiet(w, "a day's edits");
-            }
-            for d in 0..3 {
-                worlds[0].edit(d, |s| s.compact(&policy).expect("compact"));
-            }
+        if certificates {
+            // The states reach b and c over their open links before they compact.
+            worlds[0].edit(0, |s| s.attest().expect("attest"));
+            quiet(&mut worlds[0], "attested states");
         }
-        let folded = worlds[0].store(0).storage_stats().unwrap();
-        assert!(folded.compacted_documents > 0, "the home devices compacted: {folded:?}");
-        for w in &mut worlds {
-            w.link(3, 0, LinkParams::lan());
-            quiet(w, "back");
+        for d in 0..3 {
+            worlds[0].edit(d, |s| s.compact(&policy).expect("compact"));
         }
-        report(&worlds[0], "a month away");
-        let subs = vec![vec![Subscription::everything()]; 4];
-        assert_converged(&worlds[0], &subs);
-        for d in 0..4 {
-            for c in collections {
+    }
+    for d in 0..3 {
+        let folded = worlds[0].store(d).storage_stats().unwrap();
+        assert!(folded.compacted_documents > 0, "{} compacted: {folded:?}", worlds[0].name(d));
+        assert!(!certificates || folded.attested_bytes > 0, "{} kept attested states", worlds[0].name(d));
+    }
+    for w in &mut worlds {
+        w.link(3, 0, LinkParams::lan());
+        quiet(w, "back");
+    }
+    report(&worlds[0], "a month away");
+    let subs = vec![vec![Subscription::everything()]; 4];
+    assert_converged(&worlds[0], &subs);
+    for d in 0..4 {
+        for c in collections {
+            assert_eq!(
+                worlds[0].store(d).list(c).unwrap(),
+                worlds[1].store(d).list(c).unwrap(),
+                "{} differs from the world without compaction on {c}",
+                worlds[0].name(d)
+            );
+            for i in 0..DOC_IDS as u64 {
+                let id = doc_id(i);
                 assert_eq!(
-                    worlds[0].store(d).list(c).unwrap(),
-                    worlds[1].store(d).list(c).unwrap(),
-                    "{} differs from the world without compaction on {c}",
+                    doc_state(worlds[0].store(d), c, &id),
+                    doc_state(worlds[1].store(d), c, &id),
+                    "{}: {c}/{id} differs from the world without compaction",
                     worlds[0].name(d)
                 );
-                for i in 0..DOC_IDS as u64 {
-                    let id = doc_id(i);
-                    assert_eq!(
-                        doc_state(worlds[0].store(d), c, &id),
-                        doc_state(worlds[1].store(d), c, &id),
-                        "{}: {c}/{id} differs from the world without compaction",
-                        worlds[0].name(d)
-                    );
-                }
             }
         }
-    });
+    }
 }
