@@ -161,24 +161,17 @@ fn overlaps(changes: &Summary, other: &Summary) -> bool {
     changes.peers().any(|(p, rs)| rs.ranges().iter().any(|&(a, b)| other.overlaps(p, a, b)))
 }
 
-/// The signed changes in the log that the attested state kept for their document does not hold.
-pub(super) fn wanted(conn: &Connection) -> Result<Summary> {
-    let mut out = Summary::new();
-    let mut covered: Option<(i64, Option<Summary>)> = None;
-    let mut stmt =
-        conn.prepare_cached("SELECT doc, peer, start, end FROM changes WHERE sig IS NOT NULL ORDER BY doc, seq")?;
+/// The changes in the log that no attested state kept holds (with certificates they are signed, but for those
+/// written before the device was enrolled): what this store holds but did not fold, less what attested states hold —
+/// from the summaries kept in memory and one read of the attested states' records, not from the log.
+pub(super) fn wanted(inner: &Inner) -> Result<Summary> {
+    let mut attested = Summary::new();
+    let mut stmt = inner.conn.prepare_cached(&format!("SELECT {CHANGES} FROM attested a"))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let (doc, peer, start, end): (i64, i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        if covered.as_ref().is_none_or(|(d, _)| *d != doc) {
-            covered = Some((doc, attested_changes_of(conn, doc)?));
-        }
-        let (peer, start, end) = (crate::PeerId(peer as u64), start as u64, end as u64);
-        if !covered.as_ref().and_then(|(_, c)| c.as_ref()).is_some_and(|c| c.contains(peer, start, end)) {
-            out.insert(peer, start, end);
-        }
+        attested.union_with(&decode_changes(r.get::<_, Option<Vec<u8>>>(0)?.as_deref().unwrap_or_default())?);
     }
-    Ok(out)
+    Ok(inner.held.difference(&inner.folded).difference(&attested))
 }
 
 impl Store {

@@ -394,7 +394,7 @@ impl Replica for StoreReplica {
     fn attestation_wanted(&self) -> Result<Summary> {
         let mut inner = self.store.lock();
         inner.refresh()?;
-        super::attest::wanted(&inner.conn)
+        super::attest::wanted(&inner)
     }
 
     fn attested_states_wanted(
