@@ -345,38 +345,6 @@ fn a_device_back_after_many_compactions_merges_its_offline_edits_and_nothing_rem
     }
 }
 
-/// The cloud peer does not take attested states yet: with certificates, a device keeps in its log what a cloud it
-/// ever synced with lacks, however long ago that was (in development mode it folds it after the horizon, and the
-/// cloud merges the state).
-#[test]
-fn what_a_cloud_lacks_stays_in_the_log_however_long_it_was_away() {
-    use shoaldb::sync::TransportKind;
-    let authority = SigningKey::generate().unwrap();
-    let mut f = Fleet::with_attester(&authority, 2);
-    let (phone, cloud) = (ATTESTER, 1);
-    let over_cloud = |f: &mut Fleet| {
-        let lp = f.engines[phone].add_link(TransportKind::Cloud, true).unwrap();
-        let lc = f.engines[cloud].add_link(TransportKind::Lan, false).unwrap();
-        wires::settle(&mut f.engines, &[(phone, lp, cloud, lc)], None);
-        f.engines[phone].remove_link(lp, "parted");
-        f.engines[cloud].remove_link(lc, "parted");
-    };
-    f.stores[phone].upsert(COLLECTION, json!({"_id": "d0", "n": 0})).unwrap();
-    over_cloud(&mut f);
-    over_cloud(&mut f);
-    f.stores[phone].upsert(COLLECTION, json!({"_id": "d1", "n": 1})).unwrap();
-    f.stores[phone].attest().unwrap();
-    let policy = CompactionPolicy { horizon_ms: DAY, ..Default::default() };
-    f.now.fetch_add(2 * DAY, Ordering::SeqCst);
-    let report = f.stores[phone].compact(&policy).unwrap();
-    assert_eq!((report.documents, report.changes), (1, 1), "only d0's change, which the cloud holds: {report:?}");
-    assert_eq!(f.stores[phone].storage_stats().unwrap().log_changes, 1);
-    // Once the cloud holds it, it is folded.
-    over_cloud(&mut f);
-    over_cloud(&mut f);
-    assert_eq!(f.stores[phone].compact(&policy).unwrap().changes, 1);
-}
-
 /// The attested state of `d0` the attester keeps (after signing its documents).
 fn attested_d0(f: &Fleet) -> AttestedState {
     let everything = f.stores[ATTESTER].replica().summary().unwrap();

@@ -27,7 +27,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 pub const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 
 /// How often a relay folds changes out of the change log ([`PgReplica::compact`], with
-/// [`RelayConfig::compaction`]).
+/// [`RelayConfig::compaction`]), after signing documents' states when its certificate lets it attest
+/// ([`PgReplica::attest`]).
 pub const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
 /// What a relay folds out of the change log every [`COMPACT_EVERY`] ([`PgReplica::compact`]).
@@ -146,7 +147,12 @@ impl Relay {
         let follower = {
             let (node, replica, stop, url) = (node.clone(), replica.clone(), stop.clone(), config.postgres.clone());
             let compaction = config.compaction.clone();
-            let following = Following { node, replica, stop, status: status.clone(), commits, compaction };
+            // A relay whose certificate lets it attest signs documents' states (issue 17).
+            let attester = match &access {
+                Access::Certificates(e) if e.chain().permissions().attests_anything() => Some((**e).clone()),
+                _ => None,
+            };
+            let following = Following { node, replica, stop, status: status.clone(), commits, compaction, attester };
             std::thread::Builder::new()
                 .name("shoal-cloud-follow".into())
                 .spawn(move || follow(&url, &following))
@@ -229,6 +235,8 @@ struct Following {
     /// Bumped at each announcement (the back office's feed polls wait on it).
     commits: tokio::sync::watch::Sender<u64>,
     compaction: Option<CloudCompaction>,
+    /// The relay's credentials, when its certificate lets it attest ([`PgReplica::attest`]).
+    attester: Option<shoaldb::security::Enrolment>,
 }
 
 impl Following {
@@ -243,7 +251,8 @@ impl Following {
 /// `LISTEN` on [`CHANGES_CHANNEL`] and wake the node's links on every notification, until `stop`; reconnects
 /// after losing PostgreSQL (and then wakes the links once, for whatever was committed meanwhile). Between
 /// notifications, drops the changes kept aside for too long, every [`EXPIRE_EVERY`] (first as it starts), and
-/// compacts the change log every [`COMPACT_EVERY`] (first an interval after it starts).
+/// attests (with an `attest` grant) and compacts the change log every [`COMPACT_EVERY`] (first an interval after it
+/// starts).
 fn follow(url: &str, f: &Following) {
     let (stop, status) = (&f.stop, &f.status);
     let mut expired_at: Option<std::time::Instant> = None;
@@ -275,9 +284,15 @@ fn follow(url: &str, f: &Following) {
                         log::warn!("expiring changes kept aside: {e}");
                     }
                 }
-                if let Some(c) = f.compaction.as_ref().filter(|_| compacted_at.elapsed() >= COMPACT_EVERY) {
+                if compacted_at.elapsed() >= COMPACT_EVERY {
                     compacted_at = std::time::Instant::now();
-                    if let Err(e) = f.replica.compact(&c.policy, c.feed_retention_ms) {
+                    // Attested first: the compaction then folds the signed changes the new states hold.
+                    if let Some(Err(e)) = f.attester.as_ref().map(|e| f.replica.attest(e)) {
+                        log::warn!("attesting documents' states: {e}");
+                    }
+                    if let Some(Err(e)) =
+                        f.compaction.as_ref().map(|c| f.replica.compact(&c.policy, c.feed_retention_ms))
+                    {
                         log::warn!("compacting the change log: {e}");
                     }
                 }

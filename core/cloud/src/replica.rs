@@ -25,10 +25,11 @@ use shoaldb::store::{
     CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS, PENDING_EXPIRED_PER_CALL,
     PENDING_MAX_AGE_MS,
 };
-use shoaldb::{ApplyReport, DocChange, DocState, Document, Error, PeerId, Replica, Result, Summary};
+use shoaldb::{ApplyReport, AttestedState, DocChange, DocState, Document, Error, PeerId, Replica, Result, Summary};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+mod attested;
 mod compaction;
 mod states;
 
@@ -1244,7 +1245,48 @@ impl Replica for PgReplica {
     }
 
     fn apply_states(&self, states: &[DocState]) -> Result<ApplyReport> {
-        self.merge_states(states)
+        let states: Vec<_> = states.iter().map(|s| (s, None)).collect();
+        self.merge_states(&states, None)
+    }
+
+    fn attested_states_missing(
+        &self,
+        have: &Summary,
+        skip: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        self.read_attested_missing(have, skip, from_doc, max_bytes)
+    }
+
+    // `attestation_wanted`: the default (nothing). The cloud does not ask devices for attested states of its log's
+    // changes (see the `attested` module).
+
+    fn attested_states_wanted(
+        &self,
+        want: &Summary,
+        from_doc: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, AttestedState)>> {
+        self.read_attested_wanted(want, from_doc, max_bytes)
+    }
+
+    fn attested_seq(&self) -> Result<i64> {
+        self.read_attested_seq()
+    }
+
+    fn attested_kept_after(
+        &self,
+        after: i64,
+        held: &Summary,
+        max_bytes: usize,
+    ) -> Result<(Vec<(i64, AttestedState)>, i64)> {
+        self.read_attested_after(after, held, max_bytes)
+    }
+
+    fn apply_attested_states(&self, states: &[AttestedState], check: &dyn ChangeCheck) -> Result<ApplyReport> {
+        let states: Vec<_> = states.iter().map(|a| (&a.state, Some(&a.attestation))).collect();
+        self.merge_states(&states, Some(check))
     }
 
     fn log_of_doc(&self, doc: i64) -> Result<Vec<LogEntry>> {

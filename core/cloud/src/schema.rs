@@ -196,6 +196,31 @@ const MIGRATIONS: &[&str] = &[
         seq  bigint  NOT NULL
     );
     "#,
+    // 7: attested states (issue 17, certificate mode: see `shoaldb::security::attestation`), one per document: the
+    // last one an attester signed that the cloud took (signed by the relay itself, with an `attest` grant, or
+    // received from a device and checked), with the changes it holds (a dense summary) — the cloud folds a signed
+    // change only under one, and sends it to a device lacking folded changes. `seq` numbers them in the order they
+    // were kept (every relay writes them under one advisory lock, so the numbers follow the commits), for the links
+    // that send each new one on. `attested_spans` keeps, per author of a state, the span of counters it holds, so
+    // that the states holding some changes a device asks about are found with an index range scan.
+    r#"
+    CREATE TABLE attested (
+        doc       bigint PRIMARY KEY,
+        seq       bigint NOT NULL UNIQUE,
+        state     bytea  NOT NULL,
+        changes   bytea  NOT NULL,
+        attester  bigint NOT NULL,
+        signature bytea  NOT NULL
+    );
+    CREATE TABLE attested_spans (
+        author bigint NOT NULL,
+        doc    bigint NOT NULL,
+        lo     bigint NOT NULL,
+        hi     bigint NOT NULL,
+        PRIMARY KEY (author, doc)
+    );
+    CREATE INDEX attested_spans_by_hi ON attested_spans (author, hi);
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -574,8 +574,9 @@ impl CertificateChain {
 }
 
 impl CertificateChain {
-    /// What the chain lets its device read and write (not checking the chain: see [`CertificateChain::verify`]).
-    pub(crate) fn permissions(&self) -> Permissions {
+    /// What the chain lets its device read, write and attest (not checking the chain: see
+    /// [`CertificateChain::verify`]).
+    pub fn permissions(&self) -> Permissions {
         Permissions(self.0.iter().map(|c| c.body.grants.clone()).collect())
     }
 }

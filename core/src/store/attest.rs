@@ -147,7 +147,7 @@ fn overlapping_rows(
             break;
         }
         last = r.get(1)?;
-        if overlaps(&decode_changes(r.get::<_, Option<Vec<u8>>>(2)?.as_deref().unwrap_or_default())?, with) {
+        if decode_changes(r.get::<_, Option<Vec<u8>>>(2)?.as_deref().unwrap_or_default())?.intersects(with) {
             let row: i64 = r.get(0)?;
             let Some(attested) = attested_of(conn, row)? else { continue };
             bytes += attested.state.state.len();
@@ -155,10 +155,6 @@ fn overlapping_rows(
         }
     }
     Ok((out, last))
-}
-
-fn overlaps(changes: &Summary, other: &Summary) -> bool {
-    changes.peers().any(|(p, rs)| rs.ranges().iter().any(|&(a, b)| other.overlaps(p, a, b)))
 }
 
 /// The changes in the log that no attested state kept holds (with certificates they are signed, but for those

@@ -17,8 +17,7 @@
 //!   lacks them.
 //!
 //! Not folded: changes a cloud peer reached within the horizon has not acknowledged (it merges states, but a change
-//! it receives whole keeps its content for the back office's feed and the cloud's equivocation checks) — with a
-//! signing key, that any cloud peer ever heard from has not (the cloud does not take attested states yet);
+//! it receives whole keeps its content for the back office's feed and the cloud's equivocation checks);
 //! signed changes that the document's attested state does not hold, and with a signing key (certificate mode) any
 //! change it does not hold (a state carries no author's signature, so a device in certificate mode takes only a
 //! state an attester signed: see [`super::attest`]); and documents whose state is over [`MAX_STATE_BYTES`] (too
@@ -235,12 +234,7 @@ impl Store {
             // the cloud has not acknowledged stays in the log, to reach it whole, until it has not been reached for
             // longer than a horizon; then it gets states).
             let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
-            let (mut cloud, all) = acknowledged(conn, since)?;
-            if attested_only && since > 0 {
-                // With certificates, what any cloud peer ever heard from lacks, however long ago: the cloud does not
-                // take attested states yet (it would be refused one, and hold the changes it stands for nowhere).
-                cloud = acknowledged(conn, 0)?.0;
-            }
+            let (cloud, all) = acknowledged(conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);
             compact_all(conn, &Rule { attested_only, cutoff_ms: cutoff, stable, cloud })
         })?;

@@ -155,8 +155,9 @@ pub trait Replica: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Certificate mode: the signed changes in this store's log that no attested state it keeps holds (what it
-    /// asks its peers for attested states of: [`crate::sync::wire::Message::WantAttested`]). (The default: none.)
+    /// Certificate mode: the changes this store holds but did not fold that no attested state it keeps holds (what
+    /// it asks its peers for attested states of: [`crate::sync::wire::Message::WantAttested`]). (The default, for
+    /// replicas that do not ask: none.)
     fn attestation_wanted(&self) -> Result<Summary> {
         Ok(Summary::new())
     }

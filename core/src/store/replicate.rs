@@ -228,6 +228,11 @@ impl Summary {
         self.peers.get(&peer).is_some_and(|r| r.overlaps(start, end))
     }
 
+    /// Whether `self` and `other` hold some change in common.
+    pub fn intersects(&self, other: &Summary) -> bool {
+        self.peers().any(|(p, rs)| rs.ranges().iter().any(|&(a, b)| other.overlaps(p, a, b)))
+    }
+
     /// The ranges held of one author.
     pub fn ranges_of(&self, peer: PeerId) -> Option<&RangeSet> {
         self.peers.get(&peer)

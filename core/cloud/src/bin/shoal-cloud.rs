@@ -25,7 +25,9 @@ usage:
       the back office's reads from that PostgreSQL streaming replica (a hot standby of --postgres).
       Every hour the relay folds out of the change log what every device heard from within the horizon holds,
       and what it received longer ago than the horizon (default 30 days), once the feed's retention (default 7
-      days) is over; --no-compaction keeps every change.
+      days) is over; --no-compaction keeps every change. In certificate mode a signed change is folded only
+      under its document's attested state: a relay whose certificate has an `attest` grant signs documents'
+      states every hour, before it compacts (devices then fold their signed changes too).
 logging: JSON lines on stderr; SHOAL_LOG=off|error|warn|info|debug|trace (default info).
 exit codes: 0 stopped cleanly, 1 failure, 64 bad usage.";
 

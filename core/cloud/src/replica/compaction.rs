@@ -5,8 +5,9 @@
 //! The **fleet's frontier** is what every device heard from within the horizon holds: no device the cloud knows
 //! of will ask for those changes as changes again. [`PgReplica::compact`] drops from the change log the changes
 //! below it, and those received longer ago than the horizon whoever lacks them — but never one the back office's
-//! feed still keeps (received within its retention) nor a signed one (certificate mode: a state carries no
-//! author's signature). The documents' states hold them already (the cloud keeps every document merged); they
+//! feed still keeps (received within its retention) nor a signed one its document's attested state does not hold
+//! (certificate mode: a state carries no author's signature, so a device takes only one an attester signed: see
+//! [`super::attested`]). The documents' states hold them already (the cloud keeps every document merged); they
 //! become held only folded, exactly as those merged from a device that compacted
 //! ([`super::states`]): a device lacking some of them is sent the document's state, so nothing deleted comes back
 //! and its own edits still merge, however long it was away.
@@ -17,6 +18,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use shoaldb::security::DeviceKey;
 use shoaldb::store::RangeSet;
 use shoaldb::{CompactionPolicy, CompactionReport, Error, PeerId, Result, Summary};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 /// How often (seconds) the time a device was last heard from is written again when its summary adds nothing.
@@ -102,7 +104,8 @@ impl PgReplica {
 
     /// Fold the changes `policy` selects out of the change log (see the module docs): those below the fleet's
     /// frontier ([`PgReplica::fleet_frontier`], with `policy.fold_acknowledged`), and those received more than
-    /// `policy.horizon_ms` ago — of either, only those received more than `feed_retention_ms` ago, and unsigned.
+    /// `policy.horizon_ms` ago — of either, only those received more than `feed_retention_ms` ago, and unsigned or
+    /// held by their document's attested state ([`PgReplica::attest`]).
     /// They stay held, only folded into their documents' states, which devices lacking them are sent. Transactions
     /// of at most a few thousand rows each, each under the database-wide lock; every relay calls it every
     /// [`crate::relay::COMPACT_EVERY`]. The report counts the changes and bytes dropped.
@@ -145,10 +148,11 @@ impl PgReplica {
         super::Locks::Database.take(&mut tx)?;
         let rows = tx
             .query(
-                "SELECT seq, doc, author, start_ctr, end_ctr, octet_length(body)::bigint, \
-                 received < now() - make_interval(secs => $3), xact::text FROM changes \
-                 WHERE seq > $1 AND received < now() - make_interval(secs => $4) AND sig IS NULL \
-                 ORDER BY seq LIMIT $2",
+                "SELECT c.seq, c.doc, c.author, c.start_ctr, c.end_ctr, octet_length(c.body)::bigint, \
+                 c.received < now() - make_interval(secs => $3), c.xact::text, c.sig IS NOT NULL, a.changes \
+                 FROM changes c LEFT JOIN attested a ON a.doc = c.doc AND c.sig IS NOT NULL \
+                 WHERE c.seq > $1 AND c.received < now() - make_interval(secs => $4) \
+                 ORDER BY c.seq LIMIT $2",
                 &[&after, &COMPACT_ROWS_PER_TRANSACTION, &secs(policy.horizon_ms), &secs(feed_retention_ms)],
             )
             .map_err(pg)?;
@@ -158,12 +162,25 @@ impl PgReplica {
         let mut floor: Option<(u64, i64)> = None;
         // Per document, what of each author goes.
         let mut by_doc: BTreeMap<i64, Summary> = BTreeMap::new();
+        // The changes of the attested states of the documents met so far.
+        let mut attested: BTreeMap<i64, Summary> = BTreeMap::new();
         for r in &rows {
             let (author, start, end) = (PeerId(r.get::<_, i64>(2) as u64), r.get::<_, i64>(3), r.get::<_, i64>(4));
             let (start, end) = (start.max(0) as u64, end.max(0) as u64);
             let old: bool = r.get(6);
             if !(old || frontier.is_some_and(|f| f.contains(author, start, end))) {
                 continue;
+            }
+            // A signed change only under its document's attested state (a device lacking it is sent that state).
+            if r.get::<_, bool>(8) {
+                let Some(bytes) = r.get::<_, Option<&[u8]>>(9) else { continue };
+                let held = match attested.entry(r.get::<_, i64>(1)) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(super::attested::changes_of(bytes)?),
+                };
+                if !held.contains(author, start, end) {
+                    continue;
+                }
             }
             let seq: i64 = r.get(0);
             gone.push(seq);

@@ -12,8 +12,10 @@
 
 use super::{pg, AuthorRanges, Batch, Locks, PgReplica};
 use crate::pg::Tx;
+use shoaldb::security::{Attestation, ChangeCheck};
 use shoaldb::store::judge::{self, Ledger};
 use shoaldb::{ApplyReport, DocState, Document, Error, PeerId, Result, Summary};
+use std::collections::BTreeMap;
 
 /// How many documents with folded changes one statement looks at while looking for those a peer lacks.
 const FOLDED_PAGE: i64 = 64;
@@ -35,38 +37,72 @@ pub(super) struct Compacted {
 }
 
 impl PgReplica {
-    /// Merge `states` in one transaction (see [`shoaldb::store::Replica::apply_states`]). A malformed state fails
-    /// the call before anything is read; one the merge finds inconsistent with what it holds fails it with nothing
-    /// written.
-    pub(super) fn merge_states(&self, states: &[DocState]) -> Result<ApplyReport> {
-        let docs: Vec<Document> = states.iter().map(DocState::decode_checked).collect::<Result<_>>()?;
+    /// Merge `states` in one transaction (see [`shoaldb::store::Replica::apply_states`]), the changes kept aside
+    /// that they make ready through `check` (certificate mode); those with an attestation (already checked:
+    /// [`shoaldb::Replica::apply_attested_states`]) are kept too ([`super::attested::keep`]). A malformed state
+    /// fails the call before anything is read; one the merge finds inconsistent with what it holds fails it with
+    /// nothing written.
+    pub(super) fn merge_states(
+        &self,
+        states: &[(&DocState, Option<&Attestation>)],
+        check: Option<&dyn ChangeCheck>,
+    ) -> Result<ApplyReport> {
+        let docs: Vec<Document> = states.iter().map(|(s, _)| s.decode_checked()).collect::<Result<_>>()?;
         if states.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let keys = states.iter().flat_map(|s| {
+        let keys = states.iter().flat_map(|(s, _)| {
             let doc = super::lock_key(s.collection.as_bytes(), s.doc_id.as_bytes());
             std::iter::once((1, doc))
                 .chain(s.changes.peers().map(|(a, _)| (2, super::lock_key(&a.0.to_le_bytes(), b""))))
         });
-        match self.merge_under(states, &docs, super::lock_all(keys)) {
-            Err(e) if super::is_outside_locks(&e) => self.merge_under(states, &docs, Locks::Database),
+        match self.merge_under(states, &docs, check, super::lock_all(keys)) {
+            Err(e) if super::is_outside_locks(&e) => self.merge_under(states, &docs, check, Locks::Database),
             other => other,
         }
     }
 
     /// [`PgReplica::merge_states`] of `states` (decoded: `docs`) under `locks`.
-    fn merge_under(&self, states: &[DocState], docs: &[Document], locks: Locks) -> Result<ApplyReport> {
+    fn merge_under(
+        &self,
+        states: &[(&DocState, Option<&Attestation>)],
+        docs: &[Document],
+        check: Option<&dyn ChangeCheck>,
+        locks: Locks,
+    ) -> Result<ApplyReport> {
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(pg)?;
         locks.take(&mut tx)?;
         let mut batch = Batch::new(&mut tx, locks);
-        for (s, theirs) in states.iter().zip(docs) {
-            batch.merge_state(s, theirs)?;
+        for ((s, _), theirs) in states.iter().zip(docs) {
+            batch.merge_state(s, theirs, check)?;
         }
         let wrote = batch.persist()?;
         let report = std::mem::take(&mut batch.judged.report);
         let (held, folded) = (std::mem::take(&mut batch.held), std::mem::take(&mut batch.folded));
         let added: Vec<(PeerId, u64)> = batch.judged.added.keys().copied().collect();
+        // The attested ones, kept under their documents' numbers (a state that brought nothing new is kept too: the
+        // cloud may then fold the changes it holds).
+        let attested: Vec<(&DocState, &Attestation)> = states.iter().filter_map(|(s, a)| Some((*s, (*a)?))).collect();
+        if !attested.is_empty() {
+            let (collections, ids): (Vec<&str>, Vec<&str>) =
+                attested.iter().map(|(s, _)| (s.collection.as_str(), s.doc_id.as_str())).unzip();
+            let nums: BTreeMap<(String, String), i64> = tx
+                .query(
+                    "SELECT d.collection, d.doc_id, d.num FROM docs d \
+                     JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON d.collection = k.c AND d.doc_id = k.i",
+                    &[&collections, &ids],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            let numbered: Vec<(i64, &DocState, &Attestation)> = attested
+                .iter()
+                .filter_map(|&(s, a)| Some((*nums.get(&(s.collection.clone(), s.doc_id.clone()))?, s, a)))
+                .collect();
+            super::attested::keep(&mut tx, &numbered)?;
+        }
         tx.commit().map_err(pg)?;
         log::debug!("merged {} document states: {report:?}", states.len());
         if wrote {
@@ -83,8 +119,7 @@ impl PgReplica {
 
     /// The states of the documents some of whose folded changes are `wanted` (the peer has neither them nor
     /// skipped them), from document `from_doc` on, about `max_bytes` of them (see
-    /// [`shoaldb::store::Replica::states_missing`]). Each state is read in one statement with the changes it holds
-    /// (its folded record and its log rows), so that they fit its version whatever other relays commit meanwhile.
+    /// [`shoaldb::store::Replica::states_missing`]), each with the changes it holds ([`read_states`]).
     pub(super) fn read_states_missing(
         &self,
         wanted: &dyn Fn(&Summary) -> bool,
@@ -107,33 +142,43 @@ impl PgReplica {
             if docs.is_empty() {
                 continue;
             }
-            let rows = client
-                .query(
-                    "SELECT d.num, d.collection, d.doc_id, d.state, f.summary, l.a, l.s, l.e \
-                     FROM docs d JOIN folded f ON f.doc = d.num CROSS JOIN LATERAL \
-                     (SELECT array_agg(c.author) AS a, array_agg(c.start_ctr) AS s, array_agg(c.end_ctr) AS e \
-                      FROM changes c WHERE c.doc = d.num) AS l \
-                     WHERE d.num = ANY($1) ORDER BY d.num",
-                    &[&docs],
-                )
-                .map_err(pg)?;
-            for r in rows {
+            for (doc, state) in read_states(&mut client, &docs)? {
                 if bytes >= max_bytes {
                     break;
                 }
-                let mut changes = folded_record(r.get(4))?;
-                // The document's log rows, as three arrays (NULL when it has none).
-                let column = |n: usize| -> Vec<i64> { r.get::<_, Option<Vec<i64>>>(n).unwrap_or_default() };
-                for ((a, s), e) in column(5).into_iter().zip(column(6)).zip(column(7)) {
-                    changes.insert(PeerId(a as u64), s.max(0) as u64, e.max(0) as u64);
-                }
-                let state: Vec<u8> = r.get(3);
-                bytes += state.len();
-                out.push((r.get(0), DocState { collection: r.get(1), doc_id: r.get(2), state, changes }));
+                bytes += state.state.len();
+                out.push((doc, state));
             }
         }
         Ok(out)
     }
+}
+
+/// The states of the documents `docs` (by number, in that order; those the database lacks left out), each with
+/// the changes it holds — its folded record and its log rows — read in one statement, so that they fit its
+/// version whatever other relays commit meanwhile.
+pub(super) fn read_states(client: &mut crate::pg::Conn, docs: &[i64]) -> Result<Vec<(i64, DocState)>> {
+    let rows = client
+        .query(
+            "SELECT d.num, d.collection, d.doc_id, d.state, f.summary, l.a, l.s, l.e \
+             FROM docs d LEFT JOIN folded f ON f.doc = d.num CROSS JOIN LATERAL \
+             (SELECT array_agg(c.author) AS a, array_agg(c.start_ctr) AS s, array_agg(c.end_ctr) AS e \
+              FROM changes c WHERE c.doc = d.num) AS l \
+             WHERE d.num = ANY($1) ORDER BY d.num",
+            &[&docs],
+        )
+        .map_err(pg)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut changes = r.get::<_, Option<&[u8]>>(4).map_or_else(|| Ok(Summary::new()), folded_record)?;
+        // The document's log rows, as three arrays (NULL when it has none).
+        let column = |n: usize| -> Vec<i64> { r.get::<_, Option<Vec<i64>>>(n).unwrap_or_default() };
+        for ((a, s), e) in column(5).into_iter().zip(column(6)).zip(column(7)) {
+            changes.insert(PeerId(a as u64), s.max(0) as u64, e.max(0) as u64);
+        }
+        out.push((r.get(0), DocState { collection: r.get(1), doc_id: r.get(2), state: r.get(3), changes }));
+    }
+    Ok(out)
 }
 
 /// A document's record of folded changes, as `folded` keeps it (the dense summary phones keep).
@@ -144,7 +189,7 @@ pub(super) fn folded_record(bytes: &[u8]) -> Result<Summary> {
 impl Batch<'_, '_> {
     /// Merge the checked state `s` (decoded: `theirs`) into its document, as a phone's store does: the changes it
     /// holds that the cloud does not become held, folded; changes kept aside that it made ready are applied.
-    fn merge_state(&mut self, s: &DocState, theirs: &Document) -> Result<()> {
+    fn merge_state(&mut self, s: &DocState, theirs: &Document, check: Option<&dyn ChangeCheck>) -> Result<()> {
         let (collection, id) = (s.collection.as_str(), s.doc_id.as_str());
         let mut added = Summary::new();
         for (author, ranges) in s.changes.peers() {
@@ -185,7 +230,7 @@ impl Batch<'_, '_> {
             .is_some();
         if has_pending {
             self.with_pending.insert((collection.to_string(), id.to_string()));
-            judge::drain_pending(self, collection, id, None)?;
+            judge::drain_pending(self, collection, id, check)?;
         }
         Ok(())
     }
