@@ -19,26 +19,18 @@ pub struct AttestReport {
     pub bytes: u64,
 }
 
-/// The attested state kept for document `row`.
-pub(super) fn attested_of(conn: &Connection, row: i64) -> Result<Option<AttestedState>> {
-    let kept = conn
-        .prepare_cached(&format!(
-            "SELECT d.collection, d.id, {CHANGES}, a.state, a.attester, a.signature \
-                 FROM attested a JOIN docs d ON d.doc = a.doc WHERE a.doc = ?1"
-        ))?
-        .query_row(params![row], |r| {
-            let changes = r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
-            Ok((r.get(0)?, r.get(1)?, changes, r.get(3)?, r.get::<_, i64>(4)?, r.get::<_, Vec<u8>>(5)?))
-        })
-        .optional()?;
-    let Some((collection, doc_id, changes, state, attester, signature)) = kept else { return Ok(None) };
+/// The columns [`attested_from`] reads, from `attested a` joined with `docs d`.
+const STATE_COLUMNS: &str = "d.collection, d.id, a.state, a.attester, a.signature";
+
+/// The attested state of a row whose columns from `at` on are [`STATE_COLUMNS`], holding `changes`.
+fn attested_from(r: &rusqlite::Row<'_>, at: usize, changes: Summary) -> Result<AttestedState> {
+    let signature: Vec<u8> = r.get(at + 4)?;
     let signature = crate::security::Signature(
-        signature.try_into().map_err(|_| Error::Corrupt(format!("document {row}: an attestation's signature")))?,
+        signature.try_into().map_err(|_| Error::Corrupt("an attestation's signature".to_string()))?,
     );
-    Ok(Some(AttestedState {
-        state: super::DocState { collection, doc_id, state, changes: decode_changes(&changes)? },
-        attestation: crate::security::Attestation { device: crate::PeerId(attester as u64), signature },
-    }))
+    let state = super::DocState { collection: r.get(at)?, doc_id: r.get(at + 1)?, state: r.get(at + 2)?, changes };
+    let attester = crate::PeerId(r.get::<_, i64>(at + 3)? as u64);
+    Ok(AttestedState { state, attestation: crate::security::Attestation { device: attester, signature } })
 }
 
 /// The changes the attested state kept for document `row` holds.
@@ -114,7 +106,10 @@ pub(super) fn kept_after(
     held: &Summary,
     max_bytes: usize,
 ) -> Result<(Vec<(i64, AttestedState)>, i64)> {
-    let sql = format!("SELECT a.doc, a.seq, {CHANGES} FROM attested a WHERE a.seq > ?1 ORDER BY a.seq");
+    let sql = format!(
+        "SELECT a.doc, a.seq, {CHANGES}, {STATE_COLUMNS} FROM attested a JOIN docs d ON d.doc = a.doc \
+         WHERE a.seq > ?1 ORDER BY a.seq"
+    );
     overlapping_rows(conn, &sql, after, held, max_bytes)
 }
 
@@ -125,12 +120,16 @@ pub(super) fn overlapping(
     from_doc: i64,
     max_bytes: usize,
 ) -> Result<Vec<(i64, AttestedState)>> {
-    let sql = format!("SELECT a.doc, a.doc, {CHANGES} FROM attested a WHERE a.doc >= ?1 ORDER BY a.doc");
+    let sql = format!(
+        "SELECT a.doc, a.doc, {CHANGES}, {STATE_COLUMNS} FROM attested a JOIN docs d ON d.doc = a.doc \
+         WHERE a.doc >= ?1 ORDER BY a.doc"
+    );
     Ok(overlapping_rows(conn, &sql, from_doc, want, max_bytes)?.0)
 }
 
-/// The attested states of the rows of `sql` (document, position, changes; from position `from` on) that hold
-/// some of `with`, about `max_bytes` of them; and the position of the last row looked at.
+/// The attested states of the rows of `sql` (document, position, changes, then [`STATE_COLUMNS`]; from position
+/// `from` on) that hold some of `with`, about `max_bytes` of them; and the position of the last row looked at. (A
+/// state's bytes are read only for a state taken: SQLite reads a blob's overflow pages when it is asked for.)
 fn overlapping_rows(
     conn: &Connection,
     sql: &str,
@@ -147,11 +146,11 @@ fn overlapping_rows(
             break;
         }
         last = r.get(1)?;
-        if decode_changes(r.get::<_, Option<Vec<u8>>>(2)?.as_deref().unwrap_or_default())?.intersects(with) {
-            let row: i64 = r.get(0)?;
-            let Some(attested) = attested_of(conn, row)? else { continue };
+        let changes = decode_changes(r.get::<_, Option<Vec<u8>>>(2)?.as_deref().unwrap_or_default())?;
+        if changes.intersects(with) {
+            let attested = attested_from(r, 3, changes)?;
             bytes += attested.state.state.len();
-            out.push((row, attested));
+            out.push((r.get(0)?, attested));
         }
     }
     Ok((out, last))
@@ -206,16 +205,17 @@ impl Store {
             if !permissions.0.may_attest(&collection) {
                 continue;
             }
-            let folded = super::compaction::folded_of(&inner.conn, row)?;
+            // The changes its state holds, against those its kept attested state does: encoded only when new.
+            let changes = inner.state_changes(row, super::compaction::folded_of(&inner.conn, row)?)?;
+            let kept = attested_changes_of(&inner.conn, row)?;
+            if kept.is_some_and(|k| changes.difference(&k).is_empty()) {
+                continue;
+            }
             let mut out = Vec::new();
-            inner.push_state(row, collection, id, folded, &mut out)?;
+            inner.push_state(row, collection, id, changes, &mut out)?;
             let Some((_, state)) = out.pop() else { continue };
             if state.state.len() > super::MAX_STATE_BYTES {
                 log::info!("{}/{}: not attested: its state is too large to send", state.collection, state.doc_id);
-                continue;
-            }
-            let kept = attested_changes_of(&inner.conn, row)?;
-            if kept.is_some_and(|k| state.changes.difference(&k).is_empty()) {
                 continue;
             }
             let attestation = crate::security::Attestation::sign(&key, &state);
@@ -226,11 +226,7 @@ impl Store {
             // This device's chain, to send ahead of the states it signed (as a signer's chain goes ahead of its
             // changes).
             if let Some(chain) = &chain {
-                conn.prepare_cached(
-                    "INSERT INTO certificates (device, chain) VALUES (?1, ?2) \
-                     ON CONFLICT (device) DO UPDATE SET chain = ?2",
-                )?
-                .execute(params![device.0 as i64, chain])?;
+                super::replica::keep_certificate(conn, device, chain)?;
             }
             let mut report = AttestReport::default();
             for (row, attested) in &signed {
@@ -267,34 +263,37 @@ impl Inner {
         let mut bytes = 0usize;
         let mut from = from_doc;
         while bytes < max_bytes {
-            let page: Vec<(i64, Vec<u8>, Vec<u8>)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT f.doc, f.summary, coalesce(c.changes, f.summary) FROM folded f \
-                     JOIN attested a ON a.doc = f.doc LEFT JOIN attested_changes c ON c.doc = f.doc \
-                     WHERE f.doc >= ?1 ORDER BY f.doc LIMIT 64",
-                )?
-                .query_map(params![from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let Some(last) = page.last().map(|p| p.0) else { break };
-            from = last + 1;
-            for (row, folded, attested) in page {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT f.doc, f.summary, coalesce(c.changes, f.summary), {STATE_COLUMNS} FROM folded f \
+                 JOIN attested a ON a.doc = f.doc JOIN docs d ON d.doc = f.doc \
+                 LEFT JOIN attested_changes c ON c.doc = f.doc WHERE f.doc >= ?1 ORDER BY f.doc LIMIT 64"
+            ))?;
+            let mut rows = stmt.query(params![from])?;
+            let mut looked_at = 0;
+            while let Some(r) = rows.next()? {
                 if bytes >= max_bytes {
                     break;
                 }
-                let folded = Summary::decode_dense(&folded)
+                looked_at += 1;
+                let row: i64 = r.get(0)?;
+                from = row + 1;
+                let folded = Summary::decode_dense(&r.get::<_, Vec<u8>>(1)?)
                     .map_err(|e| Error::Corrupt(format!("folded changes of a document: {e}")))?;
                 let missing = folded.difference(have).difference(skip);
                 if missing.is_empty() {
                     continue;
                 }
-                if !missing.difference(&decode_changes(&attested)?).is_empty() {
+                let attested = decode_changes(&r.get::<_, Vec<u8>>(2)?)?;
+                if !missing.difference(&attested).is_empty() {
                     log::warn!("document {row}: a device lacks folded changes its attested state does not hold");
                     continue;
                 }
-                let Some(attested) = attested_of(&self.conn, row)? else { continue };
+                let attested = attested_from(r, 3, attested)?;
                 bytes += attested.state.state.len();
                 out.push((row, attested));
+            }
+            if looked_at < 64 {
+                break;
             }
         }
         Ok(out)

@@ -365,20 +365,32 @@ impl Inner {
                 if changes.difference(have).difference(skip).is_empty() {
                     continue;
                 }
+                let changes = self.state_changes(row, changes)?;
                 bytes += self.push_state(row, collection, id, changes, &mut out)?;
             }
         }
         Ok(out)
     }
 
-    /// Push document `row`'s current state with `changes` (its folded changes) and the changes of its log: the
-    /// state's size.
+    /// The changes document `row`'s state holds: `folded` (its folded changes) and those of its log.
+    pub(super) fn state_changes(&self, row: i64, mut folded: Summary) -> Result<Summary> {
+        let mut stmt = self.conn.prepare_cached("SELECT peer, start, end FROM changes WHERE doc = ?1")?;
+        let mut rows = stmt.query(params![row])?;
+        while let Some(r) = rows.next()? {
+            let (peer, start, end): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            folded.insert(crate::PeerId(peer as u64), start as u64, end as u64);
+        }
+        Ok(folded)
+    }
+
+    /// Push document `row`'s current state with `changes`, those it holds ([`Inner::state_changes`]): the state's
+    /// size.
     pub(super) fn push_state(
         &mut self,
         row: i64,
         collection: String,
         id: String,
-        mut changes: Summary,
+        changes: Summary,
         out: &mut Vec<(i64, super::DocState)>,
     ) -> Result<usize> {
         let key = (collection.clone(), id.clone());
@@ -391,12 +403,6 @@ impl Inner {
         };
         let state = cached.doc.encode();
         self.cache.put(key, cached);
-        let mut stmt = self.conn.prepare_cached("SELECT peer, start, end FROM changes WHERE doc = ?1")?;
-        let mut rows = stmt.query(params![row])?;
-        while let Some(r) = rows.next()? {
-            let (peer, start, end): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            changes.insert(crate::PeerId(peer as u64), start as u64, end as u64);
-        }
         let len = state.len();
         out.push((row, super::DocState { collection, doc_id: id, state, changes }));
         Ok(len)

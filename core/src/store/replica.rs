@@ -282,6 +282,15 @@ pub trait Replica: Send + Sync + 'static {
     fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()>;
 }
 
+/// Keep the certificate chain (encoded) of the signing device `device`, replacing one kept before.
+pub(super) fn keep_certificate(conn: &rusqlite::Connection, device: crate::PeerId, chain: &[u8]) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO certificates (device, chain) VALUES (?1, ?2) ON CONFLICT (device) DO UPDATE SET chain = ?2",
+    )?
+    .execute(params![device.0 as i64, chain])?;
+    Ok(())
+}
+
 /// How many of the documents referring to an attachment [`Replica::attachment_readable`] checks against a
 /// device's read rules at most (the first ones it wrote, by local number).
 pub const MAX_ATTACHMENT_READ_CHECKS: usize = 1024;
@@ -459,14 +468,7 @@ impl Replica for StoreReplica {
     }
 
     fn keep_certificate(&self, device: crate::PeerId, chain: &[u8]) -> Result<()> {
-        let inner = self.store.lock();
-        inner
-            .conn
-            .prepare_cached(
-                "INSERT INTO certificates (device, chain) VALUES (?1, ?2) ON CONFLICT (device) DO UPDATE SET chain = ?2",
-            )?
-            .execute(params![device.0 as i64, chain])?;
-        Ok(())
+        keep_certificate(&self.store.lock().conn, device, chain)
     }
 
     fn certificate(&self, device: crate::PeerId) -> Result<Option<Vec<u8>>> {
