@@ -60,6 +60,14 @@ fn read_attested(client: &mut Conn, docs: &[i64]) -> Result<Vec<(i64, AttestedSt
     Ok(docs.iter().filter_map(|d| Some((*d, by_doc.remove(d)?))).collect())
 }
 
+/// Each author of `changes` with the span of its counters there (first, last), as `attested_spans` keeps them.
+fn spans(changes: &Summary) -> impl Iterator<Item = (i64, i64, i64)> + '_ {
+    changes.peers().filter_map(|(author, ranges)| {
+        let (first, last) = (ranges.ranges().first()?, ranges.ranges().last()?);
+        Some((author.0 as i64, sql_counter(first.0), sql_counter(last.1)))
+    })
+}
+
 /// Of `candidates` (document number, bytes of its attested state), in order, those taken while `budget` bytes
 /// remain (at least the first: a link always makes progress), with the budget taken off.
 fn within(candidates: &[(i64, i64)], budget: &mut usize) -> Vec<i64> {
@@ -118,12 +126,11 @@ pub(super) fn keep(tx: &mut Tx<'_>, states: &[(i64, &DocState, &Attestation)]) -
         attesters.push(a.device.0 as i64);
         signatures.push(&a.signature.0[..]);
         // A kept state only grows, so its authors' spans are only ever widened.
-        for (author, ranges) in s.changes.peers() {
-            let (Some(first), Some(end)) = (ranges.ranges().first(), ranges.ranges().last()) else { continue };
-            span_authors.push(author.0 as i64);
+        for (author, lo, hi) in spans(&s.changes) {
+            span_authors.push(author);
             span_docs.push(doc);
-            los.push(sql_counter(first.0));
-            his.push(sql_counter(end.1));
+            los.push(lo);
+            his.push(hi);
         }
     }
     tx.execute(
@@ -290,11 +297,10 @@ impl PgReplica {
         max_bytes: usize,
     ) -> Result<Vec<(i64, AttestedState)>> {
         let (mut authors, mut los, mut his) = (Vec::new(), Vec::new(), Vec::new());
-        for (author, ranges) in want.peers() {
-            let (Some(first), Some(end)) = (ranges.ranges().first(), ranges.ranges().last()) else { continue };
-            authors.push(author.0 as i64);
-            los.push(sql_counter(first.0));
-            his.push(sql_counter(end.1));
+        for (author, lo, hi) in spans(want) {
+            authors.push(author);
+            los.push(lo);
+            his.push(hi);
         }
         let mut client = self.client()?;
         let (mut out, mut budget, mut from) = (Vec::new(), max_bytes, from_doc);
