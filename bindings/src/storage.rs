@@ -102,6 +102,8 @@ pub struct CompactionReport {
     pub changes: u64,
     /// Bytes of changes dropped from the log (`Store.collectGarbage` returns the freed pages to the system).
     pub bytes: u64,
+    /// The transactions it took (a few thousand log rows each; the app's writes go in between).
+    pub transactions: u64,
 }
 
 /// What one `Store.attest` did.
@@ -338,7 +340,12 @@ impl Store {
             shoaldb::CompactionPolicy { horizon_ms: policy.horizon_ms, fold_acknowledged: policy.fold_acknowledged };
         guard(|| {
             let r = self.get()?.store.compact(&policy)?;
-            Ok(CompactionReport { documents: r.documents, changes: r.changes, bytes: r.bytes })
+            Ok(CompactionReport {
+                documents: r.documents,
+                changes: r.changes,
+                bytes: r.bytes,
+                transactions: r.transactions,
+            })
         })
     }
 

@@ -268,6 +268,30 @@ fn signed_changes_are_folded_under_attested_states_and_a_new_device_catches_up_f
     assert_eq!(f.stores[b].get(COLLECTION, "d2").unwrap().unwrap()["likes"], 4);
 }
 
+/// Signing more documents than one transaction of `attest` takes covers them all; a device then folds every one.
+#[test]
+fn attesting_more_documents_than_one_transaction_takes_covers_them_all() {
+    let authority = SigningKey::generate().unwrap();
+    let mut f = Fleet::with_attester(&authority, 2);
+    let docs = 600;
+    f.stores[1]
+        .write(|t| {
+            for i in 0..docs {
+                t.upsert(COLLECTION, json!({"_id": format!("d{i:03}"), "n": i}))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(f.sync(1, ATTESTER).is_empty());
+    let signed = f.stores[ATTESTER].attest().unwrap();
+    assert_eq!(signed.documents, docs, "{signed:?}");
+    assert_eq!(f.stores[ATTESTER].attest().unwrap().documents, 0, "nothing new to sign");
+    assert!(f.sync(1, ATTESTER).is_empty());
+    let report = f.stores[1].compact(&CompactionPolicy::everything()).unwrap();
+    assert_eq!((report.documents, report.changes), (docs, docs), "{report:?}");
+    assert_eq!(f.logged(1), 0);
+}
+
 /// A device linked to the attester when it signs gets the states at once (no new session needed), and folds.
 #[test]
 fn states_signed_while_linked_reach_the_linked_devices() {

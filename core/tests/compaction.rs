@@ -413,6 +413,47 @@ fn changes_the_cloud_lacks_stay_in_the_log() {
     assert_eq!(w.stores[0].compact(&policy).unwrap().changes, 1);
 }
 
+/// A compaction of more log rows than one transaction folds takes several, and lets the app's writes in between:
+/// a thread writing to the documents being compacted loses nothing, and every change ends folded or in the log.
+#[test]
+fn a_large_compaction_goes_in_several_transactions_beside_the_apps_writes() {
+    let mut w = World::new(2);
+    let docs = 5000;
+    w.stores[0]
+        .write(|t| {
+            for i in 0..docs {
+                t.upsert(COLLECTION, json!({"_id": format!("doc{i:04}"), "n": i}))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let logged = w.stores[0].storage_stats().unwrap().log_changes;
+    assert_eq!(logged, docs, "one change per document");
+    let writer = {
+        let store = w.stores[0].clone();
+        std::thread::spawn(move || {
+            for i in (0..docs).step_by(50) {
+                store.update(COLLECTION, &format!("doc{i:04}"), |d| Ok(d.set("written", true)?)).unwrap();
+            }
+        })
+    };
+    let report = w.stores[0].compact(&CompactionPolicy::everything()).unwrap();
+    writer.join().unwrap();
+    assert!(report.transactions >= 2, "{report:?}");
+    assert!(report.changes >= docs && report.changes <= docs + docs / 50, "{report:?}");
+    let stats = w.stores[0].storage_stats().unwrap();
+    assert_eq!(report.changes + stats.log_changes, docs + docs / 50, "every change folded or in the log: {stats:?}");
+    for i in (0..docs).step_by(50) {
+        assert_eq!(w.stores[0].get(COLLECTION, &format!("doc{i:04}")).unwrap().unwrap()["written"], true);
+    }
+    // The folded changes stay held: the summary is the same as the changes written, and a new device gets it all.
+    let again = w.stores[0].compact(&CompactionPolicy::everything()).unwrap();
+    assert_eq!(w.stores[0].storage_stats().unwrap().log_changes, 0, "{again:?}");
+    w.sync(0, 1);
+    assert_eq!(w.stores[1].list(COLLECTION).unwrap(), w.stores[0].list(COLLECTION).unwrap());
+    assert_eq!(w.stores[1].replica().summary().unwrap(), w.stores[0].replica().summary().unwrap());
+}
+
 /// States of many documents go over several pumps (each as far as credit allows) and all arrive.
 #[test]
 fn many_compacted_documents_reach_a_new_device() {

@@ -174,71 +174,85 @@ impl Store {
     /// collections this device may attest (an `attest` grant in its certificate: see
     /// [`crate::security::attestation`]), and keep each. Devices take these states in place of the changes they
     /// hold, so they can fold those changes ([`Store::compact`]). An attester calls it now and then (a server
-    /// after each batch of work, a supervisor's device daily), before compacting. One transaction; the cost is
-    /// one encoding and one signature per document signed.
+    /// after each batch of work, a supervisor's device daily), before compacting. A transaction per few dozen
+    /// documents, the store's other writers let in between; the cost is one encoding and one signature per
+    /// document signed.
     ///
     /// # Errors
     /// [`Error::NotPermitted`] when this device is not enrolled or its certificate has no `attest` grant.
     pub fn attest(&self) -> Result<AttestReport> {
-        let mut inner = self.lock();
-        inner.refresh()?;
-        let not_permitted = |reason: &str| Error::NotPermitted {
-            collection: String::new(),
-            id: String::new(),
-            reason: reason.to_string(),
+        let (key, permissions, chain, docs) = {
+            let mut inner = self.lock();
+            inner.refresh()?;
+            let not_permitted = |reason: &str| Error::NotPermitted {
+                collection: String::new(),
+                id: String::new(),
+                reason: reason.to_string(),
+            };
+            let key = inner.signer.as_ref().map(|(k, _)| k.clone()).ok_or_else(|| not_permitted("not enrolled"))?;
+            let permissions = inner.own_permissions.clone().ok_or_else(|| not_permitted("no certificate installed"))?;
+            if !permissions.0.attests_anything() {
+                return Err(not_permitted("the device's certificate has no `attest` grant"));
+            }
+            let chain = super::inner::meta_get(&inner.conn, super::inner::CHAIN_META)?;
+            let docs: Vec<(i64, String, String)> = inner
+                .conn
+                .prepare(
+                    "SELECT d.doc, d.collection, d.id FROM docs d \
+                     WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc) ORDER BY d.doc",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .filter(|d: &rusqlite::Result<(i64, String, String)>| {
+                    d.as_ref().map_or(true, |(_, collection, _)| permissions.0.may_attest(collection))
+                })
+                .collect::<rusqlite::Result<_>>()?;
+            (key, permissions, chain, docs)
         };
-        let key = inner.signer.as_ref().map(|(k, _)| k.clone()).ok_or_else(|| not_permitted("not enrolled"))?;
-        let permissions = inner.own_permissions.clone().ok_or_else(|| not_permitted("no certificate installed"))?;
-        if !permissions.0.attests_anything() {
-            return Err(not_permitted("the device's certificate has no `attest` grant"));
-        }
-        let docs: Vec<(i64, String, String)> = inner
-            .conn
-            .prepare(
-                "SELECT d.doc, d.collection, d.id FROM docs d \
-                 WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc) ORDER BY d.doc",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut signed = Vec::new();
-        for (row, collection, id) in docs {
-            if !permissions.0.may_attest(&collection) {
-                continue;
+        // A transaction per few dozen documents, the store's lock let go between them (as `compact` does).
+        let mut report = AttestReport::default();
+        for (n, part) in docs.chunks(ATTEST_DOCS_PER_TRANSACTION).enumerate() {
+            if n > 0 {
+                self.let_others_in();
             }
-            // The changes its state holds, against those its kept attested state does: encoded only when new.
-            let changes = inner.state_changes(row, super::compaction::folded_of(&inner.conn, row)?)?;
-            let kept = attested_changes_of(&inner.conn, row)?;
-            if kept.is_some_and(|k| changes.difference(&k).is_empty()) {
-                continue;
-            }
-            let mut out = Vec::new();
-            inner.push_state(row, collection, id, changes, &mut out)?;
-            let Some((_, state)) = out.pop() else { continue };
-            if state.state.len() > super::MAX_STATE_BYTES {
-                log::info!("{}/{}: not attested: its state is too large to send", state.collection, state.doc_id);
-                continue;
-            }
-            let attestation = crate::security::Attestation::sign(&key, &state);
-            signed.push((row, AttestedState { state, attestation }));
-        }
-        let (device, chain) = (permissions.1, super::inner::meta_get(&inner.conn, super::inner::CHAIN_META)?);
-        let report = inner.immediate(|conn| {
-            // This device's chain, to send ahead of the states it signed (as a signer's chain goes ahead of its
-            // changes).
-            if let Some(chain) = &chain {
-                super::replica::keep_certificate(conn, device, chain)?;
-            }
-            let mut report = AttestReport::default();
-            for (row, attested) in &signed {
-                if keep(conn, *row, attested)? {
-                    report.documents += 1;
-                    report.bytes += attested.state.state.len() as u64;
+            let mut inner = self.lock();
+            inner.refresh()?;
+            let mut signed = Vec::new();
+            for (row, collection, id) in part {
+                // The changes its state holds, against those its kept attested state does: encoded only when new.
+                let changes = inner.state_changes(*row, super::compaction::folded_of(&inner.conn, *row)?)?;
+                let kept = attested_changes_of(&inner.conn, *row)?;
+                if kept.is_some_and(|k| changes.difference(&k).is_empty()) {
+                    continue;
                 }
+                let mut out = Vec::new();
+                inner.push_state(*row, collection.clone(), id.clone(), changes, &mut out)?;
+                let Some((_, state)) = out.pop() else { continue };
+                if state.state.len() > super::MAX_STATE_BYTES {
+                    log::info!("{collection}/{id}: not attested: its state is too large to send");
+                    continue;
+                }
+                let attestation = crate::security::Attestation::sign(&key, &state);
+                signed.push((*row, AttestedState { state, attestation }));
             }
-            Ok(report)
-        })?;
-        log::info!("store {}: attested {} documents ({} bytes)", inner.peer, report.documents, report.bytes);
-        drop(inner);
+            let part = inner.immediate(|conn| {
+                // This device's chain, to send ahead of the states it signed (as a signer's chain goes ahead of
+                // its changes).
+                if let Some(chain) = chain.as_ref().filter(|_| n == 0) {
+                    super::replica::keep_certificate(conn, permissions.1, chain)?;
+                }
+                let mut report = AttestReport::default();
+                for (row, attested) in &signed {
+                    if keep(conn, *row, attested)? {
+                        report.documents += 1;
+                        report.bytes += attested.state.state.len() as u64;
+                    }
+                }
+                Ok(report)
+            })?;
+            report.documents += part.documents;
+            report.bytes += part.bytes;
+        }
+        log::info!("store {}: attested {} documents ({} bytes)", self.peer_id(), report.documents, report.bytes);
         if report.documents > 0 {
             // Sync sends them on to the devices that hold their changes.
             self.notify_commit();
@@ -246,6 +260,9 @@ impl Store {
         Ok(report)
     }
 }
+
+/// How many documents one transaction of [`Store::attest`] looks at (each encoded and signed when new).
+const ATTEST_DOCS_PER_TRANSACTION: usize = 64;
 
 impl Inner {
     /// The attested states of the documents with folded changes in neither `have` nor `skip` (see

@@ -177,7 +177,7 @@ impl Store {
             }
             report.evicted.extend(round);
             if !super::in_memory(self.path()) {
-                super::storage::vacuum(&self.lock().conn)?;
+                self.vacuum()?;
             }
             in_use = self.bytes_in_use()?;
         }

@@ -68,7 +68,25 @@ pub struct CompactionReport {
     pub changes: u64,
     /// Bytes of change bodies dropped from the log.
     pub bytes: u64,
+    /// The transactions it took: a compaction folds a thousand log rows or so at a time, and lets other writers in
+    /// between (each transaction is whole; what it folded stays folded if a later one fails).
+    pub transactions: u64,
 }
+
+impl CompactionReport {
+    /// Add what `other` (another part of one compaction) did.
+    pub fn add(&mut self, other: &CompactionReport) {
+        self.documents += other.documents;
+        self.changes += other.changes;
+        self.bytes += other.bytes;
+        self.transactions += other.transactions;
+    }
+}
+
+/// How many log rows one transaction of [`Store::compact`] folds at most (a document's rows are folded in one
+/// transaction whatever their number): the store's writers wait for at most one such transaction, tens of
+/// milliseconds, rather than for the whole compaction (seconds for a million changes).
+const COMPACT_ROWS_PER_TRANSACTION: u64 = 1024;
 
 /// The changes folded into document `row`'s snapshot (empty when none were).
 pub(super) fn folded_of(conn: &Connection, row: i64) -> Result<Summary> {
@@ -218,63 +236,109 @@ struct Row {
 impl Store {
     /// Fold the changes `policy` selects into their documents' snapshots and drop them from the change log (see
     /// the module docs of `store::compaction`): the store keeps holding them, and serves a document's state to a
-    /// device that lacks some of them. One transaction; afterwards [`Store::collect_garbage`] returns the freed
-    /// pages to the system. Linear in the log and in the documents compacted.
+    /// device that lacks some of them. A transaction per thousand log rows or so ([`CompactionReport::transactions`]),
+    /// with the store's other writers and readers let in between, so that compacting a large log from a background
+    /// thread never holds an app's writes for long; each is whole (a crash keeps what the ones before it folded).
+    /// Afterwards [`Store::collect_garbage`] returns the freed pages to the system. Linear in the log and in the
+    /// documents compacted.
     pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactionReport> {
-        let mut inner = self.lock();
-        inner.refresh()?;
-        // A horizon of 0 folds every change, even one stamped ahead of this device's clock.
-        let cutoff = match policy.horizon_ms {
-            0 => u64::MAX,
-            h => inner.sources.now_ms().saturating_sub(h),
-        };
-        let attested_only = inner.signer.is_some();
-        let report = inner.immediate(|conn| {
+        let (rule, docs) = {
+            let mut inner = self.lock();
+            inner.refresh()?;
+            // A horizon of 0 folds every change, even one stamped ahead of this device's clock.
+            let cutoff = match policy.horizon_ms {
+                0 => u64::MAX,
+                h => inner.sources.now_ms().saturating_sub(h),
+            };
+            let attested_only = inner.signer.is_some();
             // The devices heard from within the horizon (with a horizon of 0, every cloud peer ever heard from: what
             // the cloud has not acknowledged stays in the log, to reach it whole, until it has not been reached for
             // longer than a horizon; then it gets states).
             let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
-            let (cloud, all) = acknowledged(conn, since)?;
+            let (cloud, all) = acknowledged(&inner.conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);
-            compact_all(conn, &Rule { attested_only, cutoff_ms: cutoff, stable, cloud })
-        })?;
-        // Snapshots and logs changed under the cached documents, and the log rows the digests read are gone.
-        inner.cache.clear();
-        inner.digests.clear();
-        inner.folded = all_folded(&inner.conn)?;
+            let docs: Vec<(i64, String, String)> = inner
+                .conn
+                .prepare(
+                    "SELECT d.doc, d.collection, d.id FROM docs d \
+                     WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc)",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud }, docs)
+        };
+        // A few thousand log rows per transaction, the store's lock let go between them.
+        let mut report = CompactionReport::default();
+        let mut rest = &docs[..];
+        while !rest.is_empty() {
+            if report.transactions > 0 {
+                self.let_others_in();
+            }
+            let mut inner = self.lock();
+            inner.refresh()?;
+            let (part, taken, folded) = inner.immediate(|conn| compact_some(conn, rest, &rule))?;
+            rest = &rest[taken.clamp(1, rest.len())..];
+            report.add(&part);
+            if part.changes > 0 {
+                // Snapshots and logs changed under the cached documents, and the log rows the digests read are gone.
+                inner.cache.clear();
+                inner.digests.clear();
+                inner.folded.union_with(&folded);
+            }
+        }
         log::info!(
-            "store {}: folded {} changes ({} bytes) of {} documents into snapshots",
-            inner.peer,
+            "store {}: folded {} changes ({} bytes) of {} documents into snapshots, in {} transactions",
+            self.peer_id(),
             report.changes,
             report.bytes,
-            report.documents
+            report.documents,
+            report.transactions
         );
         Ok(report)
     }
 }
 
-fn compact_all(conn: &Connection, rule: &Rule) -> Result<CompactionReport> {
-    let docs: Vec<(i64, String, String)> = conn
-        .prepare(
-            "SELECT d.doc, d.collection, d.id FROM docs d WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc)",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut report = CompactionReport::default();
+/// One transaction of [`Store::compact`]: the documents of `docs`, from the first, until
+/// [`COMPACT_ROWS_PER_TRANSACTION`] log rows are folded. What it did, how many documents it looked at, and the
+/// changes it folded.
+fn compact_some(
+    conn: &Connection,
+    docs: &[(i64, String, String)],
+    rule: &Rule,
+) -> Result<(CompactionReport, usize, Summary)> {
+    let mut report = CompactionReport { transactions: 1, ..CompactionReport::default() };
+    let (mut folded, mut rows, mut taken) = (Summary::new(), 0u64, 0usize);
     for (row, collection, id) in docs {
-        let (changes, bytes) = compact_doc(conn, row, &collection, &id, rule)?;
-        if changes > 0 {
+        if rows >= COMPACT_ROWS_PER_TRANSACTION {
+            break;
+        }
+        taken += 1;
+        let done = compact_doc(conn, *row, collection, id, rule)?;
+        if done.changes > 0 {
             report.documents += 1;
-            report.changes += changes;
-            report.bytes += bytes;
+            report.changes += done.changes;
+            report.bytes += done.bytes;
+            rows += done.rows;
+            folded.union_with(&done.folded);
         }
     }
-    Ok(report)
+    Ok((report, taken, folded))
+}
+
+/// What [`compact_doc`] folded of one document.
+#[derive(Default)]
+struct DocFolded {
+    changes: u64,
+    bytes: u64,
+    /// Log rows (a run holds several changes).
+    rows: u64,
+    /// The changes folded.
+    folded: Summary,
 }
 
 /// Fold the prefix of document `row`'s log that `rule` folds (signed changes only when its attested state holds
-/// them): (changes, bytes).
-fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &Rule) -> Result<(u64, u64)> {
+/// them).
+fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &Rule) -> Result<DocFolded> {
     let mut fold: Vec<Row> = Vec::new();
     let attested = super::attest::attested_changes_of(conn, row)?;
     {
@@ -308,19 +372,21 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
             });
         }
     }
-    let Some(last) = fold.last().map(|r| r.seq) else { return Ok((0, 0)) };
+    let Some(last) = fold.last().map(|r| r.seq) else { return Ok(DocFolded::default()) };
     // The snapshot at the document's current state (every change in its log), so that it holds what is folded.
-    let Some(cached) = super::docs::load(conn, collection, id)? else { return Ok((0, 0)) };
+    let Some(cached) = super::docs::load(conn, collection, id)? else { return Ok(DocFolded::default()) };
     let state = cached.doc.encode();
     if state.len() > MAX_STATE_BYTES {
         log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
-        return Ok((0, 0));
+        return Ok(DocFolded::default());
     }
     super::docs::write_snapshot(conn, row, &cached.doc, &state)?;
-    let mut folded = folded_of(conn, row)?;
+    let mut added = Summary::new();
     for r in &fold {
-        folded.insert(crate::PeerId(r.peer), r.start, r.end);
+        added.insert(crate::PeerId(r.peer), r.start, r.end);
     }
+    let mut folded = folded_of(conn, row)?;
+    folded.union_with(&added);
     set_folded(conn, row, &folded)?;
     conn.prepare_cached("DELETE FROM changes WHERE doc = ?1 AND seq <= ?2")?.execute(params![row, last])?;
     // The snapshot holds every change of the log. With some left, it stands at the last of them; with none, at 0:
@@ -328,7 +394,12 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
     // deleted the next change of this document may get a number at or below the one the snapshot stood at.
     let top = super::docs::last_logged(conn, row)?;
     conn.prepare_cached("UPDATE docs SET snap_seq = ?2 WHERE doc = ?1")?.execute(params![row, top])?;
-    Ok((fold.iter().map(|r| r.changes).sum(), fold.iter().map(|r| r.bytes).sum()))
+    Ok(DocFolded {
+        changes: fold.iter().map(|r| r.changes).sum(),
+        bytes: fold.iter().map(|r| r.bytes).sum(),
+        rows: fold.len() as u64,
+        folded: added,
+    })
 }
 
 impl Inner {

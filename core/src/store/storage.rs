@@ -273,21 +273,48 @@ fn delete_marked(
     Ok((count, bytes))
 }
 
-/// Returns the file's free pages to the system. A store created before incremental vacuuming existed is rewritten
-/// once (`VACUUM`) to turn it on; after that only free pages move. Outside any transaction.
-pub(crate) fn vacuum(conn: &Connection) -> Result<()> {
-    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-    if mode != 2 {
-        log::info!("garbage collection: rewriting the store once to turn on incremental vacuuming");
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+/// One step of [`Store::vacuum`]: 512 free pages (2 MiB of 4 KiB pages) returned to the system; the store's writers
+/// wait for at most one step. (A pragma takes no parameter.)
+const VACUUM_STEP: &str = "PRAGMA incremental_vacuum(512)";
+
+impl Store {
+    /// Returns the file's free pages to the system, a [`VACUUM_STEP`] at a time with the store's lock let go
+    /// between steps (each step is a transaction of its own), then writes the log back into the file, which
+    /// shrinks. A store created before incremental vacuuming existed is rewritten once (`VACUUM`, in one go) to turn
+    /// it on.
+    pub(super) fn vacuum(&self) -> Result<()> {
+        {
+            let inner = self.lock();
+            let mode: i64 = inner.conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+            if mode != 2 {
+                log::info!("garbage collection: rewriting the store once to turn on incremental vacuuming");
+                inner.conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+            }
+        }
+        let free =
+            |conn: &Connection| -> Result<i64> { Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?) };
+        let mut first = true;
+        loop {
+            if !std::mem::take(&mut first) {
+                self.let_others_in();
+            }
+            let inner = self.lock();
+            let before = free(&inner.conn)?;
+            // Each step of the pragma frees one page: step it to its end.
+            let mut stmt = inner.conn.prepare_cached(VACUUM_STEP)?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+            drop(rows);
+            drop(stmt);
+            let after = free(&inner.conn)?;
+            // Done when no free page is left, or when a step frees none (nothing more can be).
+            if after == 0 || after >= before {
+                // The file shrinks when the log is written back into it.
+                super::checkpoints::checkpoint_whole(&inner.conn)?;
+                return Ok(());
+            }
+        }
     }
-    // Each step of the pragma frees one page: step it to its end.
-    let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
-    let mut rows = stmt.query([])?;
-    while rows.next()?.is_some() {}
-    // The file shrinks when the log is written back into it.
-    super::checkpoints::checkpoint_whole(conn)?;
-    Ok(())
 }
 
 impl Store {
@@ -314,11 +341,12 @@ impl Store {
         };
         let file_bytes_before = file_bytes(&inner.conn)?;
         let mut report = inner.immediate(|conn| sweep(conn, policy, inner.sources.now_ms()))?;
+        drop(inner);
         if !super::in_memory(self.path()) {
-            vacuum(&inner.conn)?;
+            self.vacuum()?;
         }
         report.file_bytes_before = file_bytes_before;
-        report.file_bytes_after = file_bytes(&inner.conn)?;
+        report.file_bytes_after = file_bytes(&self.lock().conn)?;
         Ok(report)
     }
 }

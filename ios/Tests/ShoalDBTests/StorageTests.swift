@@ -61,6 +61,7 @@ func testCompaction() async throws {
     let report = try await store.compact(policy: CompactionPolicy(horizonMs: 0))
     try expectEqual(report.changes, before.logChanges, "report: \(report)")
     try expectEqual(report.documents, 10, "report: \(report)")
+    try expectEqual(report.transactions, 1, "a small log folds in one transaction: \(report)")
     let after = try await store.storageStats()
     try expectEqual(after.logChanges, 0, "stats: \(after)")
     try expectEqual(after.compactedDocuments, 10, "stats: \(after)")

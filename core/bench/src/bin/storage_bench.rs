@@ -8,7 +8,9 @@
 //! it); `file_bytes`: Shoal's database file after `compact` (every change folded), `collect_garbage` and a
 //! checkpoint, or the size of the document Automerge (`save`) and Loro (snapshot export) write; `ratio`:
 //! `file_bytes / live_bytes`; `compact_ms`: Shoal's `compact`, `collect_garbage` and checkpoint, Automerge's `save`,
-//! Loro's export. The size of Shoal's files before compaction goes to stderr, with where the bytes go.
+//! Loro's export. Shoal's rows add `transactions` (the compaction's) and `write_wait_ms`: the longest an app's write
+//! (an empty write transaction every 2 ms from another thread) waited during that maintenance. The size of Shoal's
+//! files before compaction goes to stderr, with where the bytes go.
 //!
 //! Workloads: `churn` — 1,000 documents of five fields edited 1,000,000 times in all (one field set per edit,
 //! transactions of 100 edits), 10% of the documents removed and created again along the way (also as
@@ -102,26 +104,78 @@ fn churn_steps(docs: usize, edits: usize) -> Vec<Step> {
 }
 
 fn row(workload: &str, imp: &str, live_bytes: u64, file_bytes: u64, compact_ms: f64) {
-    emit(&json!({
+    emit(&row_json(workload, imp, live_bytes, file_bytes, compact_ms));
+}
+
+fn row_json(workload: &str, imp: &str, live_bytes: u64, file_bytes: u64, compact_ms: f64) -> serde_json::Value {
+    json!({
         "bench": "storage", "workload": workload, "impl": imp, "live_bytes": live_bytes, "file_bytes": file_bytes,
         "ratio": (file_bytes as f64 / live_bytes.max(1) as f64 * 100.0).round() / 100.0,
         "compact_ms": (compact_ms * 10.0).round() / 10.0,
-    }));
+    })
 }
 
-/// Folds every change into snapshots, collects garbage with no grace and checkpoints; returns the time taken (ms)
-/// and the files' size after.
-fn compact(store: &Store, db: &Path) -> Result<(f64, u64), BoxErr> {
+/// A Shoal row, with what its maintenance did to the app's writes meanwhile.
+fn shoal_row(workload: &str, imp: &str, live_bytes: u64, file_bytes: u64, m: &Maintenance) {
+    let mut out = row_json(workload, imp, live_bytes, file_bytes, m.ms);
+    out["transactions"] = json!(m.transactions);
+    out["write_wait_ms"] = json!((m.write_wait_ms * 10.0).round() / 10.0);
+    emit(&out);
+}
+
+/// What the maintenance of a store (attest, compact, collect garbage, checkpoint) took: its time (ms), the
+/// compaction's transactions, and the longest an app's write waited meanwhile (ms).
+#[derive(Default)]
+struct Maintenance {
+    ms: f64,
+    transactions: u64,
+    write_wait_ms: f64,
+}
+
+/// An app's writes while `f` runs: an empty write transaction every 2 ms from another thread (it takes the store's
+/// lock and SQLite's write lock, as any write does, and adds nothing to the file). `f`'s result, and the longest one
+/// waited (ms).
+fn with_app_writes<R>(store: &Store, f: impl FnOnce() -> R) -> (R, f64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut longest = 0f64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let t0 = Instant::now();
+                let _ = store.write(|_| Ok(()));
+                longest = longest.max(t0.elapsed().as_secs_f64() * 1000.0);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            longest
+        })
+    };
+    let r = f();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    (r, writer.join().unwrap_or(f64::NAN))
+}
+
+/// Folds every change into snapshots, collects garbage with no grace and checkpoints, beside an app's writes;
+/// returns what it took and the files' size after.
+fn compact(store: &Store, db: &Path) -> Result<(Maintenance, u64), BoxErr> {
     store.checkpoint()?;
     eprintln!("    {}: {} bytes before compaction", db.display(), store_files_size(db));
     let t0 = Instant::now();
-    store.compact(&CompactionPolicy::everything())?;
-    store.collect_garbage(&GarbagePolicy { unreferenced_attachment_ms: 0, stalled_download_ms: 0 })?;
-    store.checkpoint()?;
+    let (report, compact_wait) = with_app_writes(store, || store.compact(&CompactionPolicy::everything()));
+    let policy = GarbagePolicy { unreferenced_attachment_ms: 0, stalled_download_ms: 0 };
+    let (garbage, garbage_wait) = with_app_writes(store, || store.collect_garbage(&policy));
+    let (checkpoint, checkpoint_wait) = with_app_writes(store, || store.checkpoint());
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    // Where the bytes go (diagnostics on stderr).
+    let (transactions, _, _) = (report?.transactions, garbage?, checkpoint?);
+    // Where the bytes go, and what each step kept the app's writes waiting (diagnostics on stderr).
     eprintln!("    {}: {:?}", db.display(), store.storage_stats()?);
-    Ok((ms, store_files_size(db)))
+    eprintln!(
+        "    {}: longest write wait (ms): compact {compact_wait:.1}, collect_garbage {garbage_wait:.1}, \
+         checkpoint {checkpoint_wait:.1}",
+        db.display()
+    );
+    let write_wait_ms = compact_wait.max(garbage_wait).max(checkpoint_wait);
+    Ok((Maintenance { ms, transactions, write_wait_ms }, store_files_size(db)))
 }
 
 /// Every live document as JSON (what an app reads), and their total size.
@@ -183,8 +237,8 @@ fn churn(dir: &Path, docs: usize, edits: usize) -> Result<(), BoxErr> {
     let store = open_fast(&db)?;
     replay_churn(&store, &steps)?;
     let (live, live_bytes) = live_json(&store, "docs")?;
-    let (ms, file_bytes) = compact(&store, &db)?;
-    row("churn", "shoal", live_bytes, file_bytes, ms);
+    let (m, file_bytes) = compact(&store, &db)?;
+    shoal_row("churn", "shoal", live_bytes, file_bytes, &m);
 
     // Shoal with certificates: every change signed, folded once the device (its own attester) signed the states.
     {
@@ -196,14 +250,16 @@ fn churn(dir: &Path, docs: usize, edits: usize) -> Result<(), BoxErr> {
             return Err("the store with certificates holds other documents".into());
         }
         let t0 = Instant::now();
-        store.attest()?;
+        let (attested, attest_wait_ms) = with_app_writes(&store, || store.attest());
+        attested?;
         let attest_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let (ms, file_bytes) = compact(&store, &db)?;
+        let (mut m, file_bytes) = compact(&store, &db)?;
+        (m.ms, m.write_wait_ms) = (m.ms + attest_ms, m.write_wait_ms.max(attest_wait_ms));
         use shoaldb::Replica;
         if !store.replica().log_missing(&shoaldb::Summary::new(), &shoaldb::Summary::new(), 1)?.is_empty() {
             return Err("signed changes stayed in the log after attestation".into());
         }
-        row("churn", "shoal-certificates", live_bytes, file_bytes, attest_ms + ms);
+        shoal_row("churn", "shoal-certificates", live_bytes, file_bytes, &m);
     }
 
     // Automerge: the collection as one document, a map of documents.
@@ -294,8 +350,8 @@ fn automerge_paper(dir: &Path, trace: &Trace) -> Result<(), BoxErr> {
     if live.first().and_then(|d| d["text"].as_str()) != Some(trace.end.as_str()) {
         return Err("Shoal's text differs from the trace's".into());
     }
-    let (ms, file_bytes) = compact(&store, &db)?;
-    row("automerge-paper", "shoal", live_bytes, file_bytes, ms);
+    let (m, file_bytes) = compact(&store, &db)?;
+    shoal_row("automerge-paper", "shoal", live_bytes, file_bytes, &m);
 
     let patches: Vec<_> = trace.txns.iter().flat_map(|t| &t.patches).collect();
     {
@@ -346,12 +402,12 @@ fn attachments(dir: &Path, count: usize, size: usize) -> Result<(), BoxErr> {
         store.remove("files", &format!("f{i:03}"))?;
     }
     let (_, view_bytes) = live_json(&store, "files")?;
-    let (ms, file_bytes) = compact(&store, &db)?;
+    let (m, file_bytes) = compact(&store, &db)?;
     let stats = store.storage_stats()?;
     if stats.attachments != kept as u64 {
         return Err(format!("{} attachments left, {kept} expected", stats.attachments).into());
     }
-    row("attachments", "shoal", view_bytes + stats.attachment_bytes, file_bytes, ms);
+    shoal_row("attachments", "shoal", view_bytes + stats.attachment_bytes, file_bytes, &m);
     Ok(())
 }
 

@@ -223,6 +223,7 @@ impl PgReplica {
         let floor = floor.ok_or_else(|| Error::Corrupt("changes folded without a row".into()))?;
         persist_merges(&mut tx, &folded, merged.iter().map(|(doc, m)| (*doc, m)), Some(&Compacted { gone, floor }))?;
         tx.commit().map_err(pg)?;
+        report.transactions += 1;
         // What this relay's summary knows: those changes have no row any more.
         self.committed(&BTreeMap::new(), &folded, &[]);
         Ok((looked_at, last))

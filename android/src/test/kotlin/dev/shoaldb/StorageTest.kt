@@ -69,6 +69,7 @@ class StorageTest {
             val report = store.compact(CompactionPolicy(horizonMs = 0uL))
             assertEquals(before.logChanges, report.changes, "report: $report")
             assertEquals(10uL, report.documents, "report: $report")
+            assertEquals(1uL, report.transactions, "a small log folds in one transaction: $report")
             val after = store.storageStats()
             assertEquals(0uL, after.logChanges, "stats: $after")
             assertEquals(10uL, after.compactedDocuments, "stats: $after")
