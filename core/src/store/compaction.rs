@@ -267,7 +267,7 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?;
             (Rule { attested_only, cutoff_ms: cutoff, stable, cloud }, docs)
         };
-        // A few thousand log rows per transaction, the store's lock let go between them.
+        // About a thousand log rows per transaction, the store's lock let go between them.
         let mut report = CompactionReport::default();
         let mut rest = &docs[..];
         while !rest.is_empty() {
