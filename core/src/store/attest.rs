@@ -210,11 +210,9 @@ impl Store {
         };
         // A transaction per few dozen documents, the store's lock let go between them (as `compact` does).
         let mut report = AttestReport::default();
-        for (n, part) in docs.chunks(ATTEST_DOCS_PER_TRANSACTION).enumerate() {
-            if n > 0 {
-                self.let_others_in();
-            }
-            let mut inner = self.lock();
+        let mut parts = docs.chunks(ATTEST_DOCS_PER_TRANSACTION).enumerate();
+        self.in_steps(|inner| {
+            let Some((n, part)) = parts.next() else { return Ok(true) };
             inner.refresh()?;
             let mut signed = Vec::new();
             for (row, collection, id) in part {
@@ -234,24 +232,22 @@ impl Store {
                 let attestation = crate::security::Attestation::sign(&key, &state);
                 signed.push((*row, AttestedState { state, attestation }));
             }
-            let part = inner.immediate(|conn| {
+            inner.immediate(|conn| {
                 // This device's chain, to send ahead of the states it signed (as a signer's chain goes ahead of
                 // its changes).
                 if let Some(chain) = chain.as_ref().filter(|_| n == 0) {
                     super::replica::keep_certificate(conn, permissions.1, chain)?;
                 }
-                let mut report = AttestReport::default();
                 for (row, attested) in &signed {
                     if keep(conn, *row, attested)? {
                         report.documents += 1;
                         report.bytes += attested.state.state.len() as u64;
                     }
                 }
-                Ok(report)
+                Ok(())
             })?;
-            report.documents += part.documents;
-            report.bytes += part.bytes;
-        }
+            Ok(parts.len() == 0)
+        })?;
         log::info!("store {}: attested {} documents ({} bytes)", self.peer_id(), report.documents, report.bytes);
         if report.documents > 0 {
             // Sync sends them on to the devices that hold their changes.

@@ -270,21 +270,21 @@ impl Store {
         // About a thousand log rows per transaction, the store's lock let go between them.
         let mut report = CompactionReport::default();
         let mut rest = &docs[..];
-        while !rest.is_empty() {
-            if report.transactions > 0 {
-                self.let_others_in();
-            }
-            let mut inner = self.lock();
-            inner.refresh()?;
-            let (part, taken, folded) = inner.immediate(|conn| compact_some(conn, rest, &rule))?;
-            rest = &rest[taken.clamp(1, rest.len())..];
-            report.add(&part);
-            if part.changes > 0 {
-                // Snapshots and logs changed under the cached documents, and the log rows the digests read are gone.
-                inner.cache.clear();
-                inner.digests.clear();
-                inner.folded.union_with(&folded);
-            }
+        if !rest.is_empty() {
+            self.in_steps(|inner| {
+                inner.refresh()?;
+                let (part, taken, folded) = inner.immediate(|conn| compact_some(conn, rest, &rule))?;
+                rest = &rest[taken.clamp(1, rest.len())..];
+                report.add(&part);
+                if part.changes > 0 {
+                    // Snapshots and logs changed under the cached documents, and the log rows the digests read are
+                    // gone.
+                    inner.cache.clear();
+                    inner.digests.clear();
+                    inner.folded.union_with(&folded);
+                }
+                Ok(rest.is_empty())
+            })?;
         }
         log::info!(
             "store {}: folded {} changes ({} bytes) of {} documents into snapshots, in {} transactions",

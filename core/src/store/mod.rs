@@ -546,13 +546,18 @@ impl Store {
         inner.load_signer()
     }
 
-    /// Between two transactions of a long piece of upkeep (compaction, attestation, vacuum) that holds the store's
-    /// lock for each: let the threads waiting for the lock — an app's writes — take it first. The lock is not fair:
-    /// a thread that lets it go and takes it again at once keeps it from threads it just woke (measured: an app's
-    /// write waited 7 s through a compaction of 200 transactions of a third of a second each); a millisecond asleep
-    /// lets them in.
-    fn let_others_in(&self) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
+    /// Run a long piece of upkeep (compaction, attestation, vacuum) as `step` under the store's lock, again and
+    /// again until it says it is done, letting the threads waiting for the lock — an app's writes — take it between
+    /// two steps. The lock is not fair: a thread that lets it go and takes it again at once keeps it from threads it
+    /// just woke (measured: an app's write waited 7 s through a compaction of 200 transactions of a third of a second
+    /// each); a millisecond asleep lets them in.
+    fn in_steps(&self, mut step: impl FnMut(&mut Inner) -> Result<bool>) -> Result<()> {
+        loop {
+            if step(&mut self.lock())? {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -293,12 +293,7 @@ impl Store {
         }
         let free =
             |conn: &Connection| -> Result<i64> { Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?) };
-        let mut first = true;
-        loop {
-            if !std::mem::take(&mut first) {
-                self.let_others_in();
-            }
-            let inner = self.lock();
+        self.in_steps(|inner| {
             let before = free(&inner.conn)?;
             // Each step of the pragma frees one page: step it to its end.
             let mut stmt = inner.conn.prepare_cached(VACUUM_STEP)?;
@@ -311,9 +306,10 @@ impl Store {
             if after == 0 || after >= before {
                 // The file shrinks when the log is written back into it.
                 super::checkpoints::checkpoint_whole(&inner.conn)?;
-                return Ok(());
+                return Ok(true);
             }
-        }
+            Ok(false)
+        })
     }
 }
 
