@@ -85,10 +85,10 @@ fn within(candidates: &[(i64, i64)], budget: &mut usize) -> Vec<i64> {
 /// Keep the attested states `states` (each with its document's number), in `tx`: each replaces the state kept for
 /// its document only when it holds strictly more changes (two attesters' states can each hold changes the other
 /// lacks; the first stays, so two relays or devices never send one back and forth), numbered one past every state
-/// kept before, with its authors' spans; the other relays are told at commit. Returns how many were kept.
-pub(super) fn keep(tx: &mut Tx<'_>, states: &[(i64, &DocState, &Attestation)]) -> Result<usize> {
+/// kept before, with its authors' spans; the other relays are told at commit. Returns what was kept.
+pub(super) fn keep(tx: &mut Tx<'_>, states: &[(i64, &DocState, &Attestation)]) -> Result<AttestReport> {
     if states.is_empty() {
-        return Ok(0);
+        return Ok(AttestReport::default());
     }
     // Last of the transaction's locks, and the same for every relay: the numbers follow the commits.
     tx.execute("SELECT pg_advisory_xact_lock(3, 0)", &[]).map_err(pg)?;
@@ -109,7 +109,7 @@ pub(super) fn keep(tx: &mut Tx<'_>, states: &[(i64, &DocState, &Attestation)]) -
         chosen.insert(doc, (n, s, a));
     }
     if chosen.is_empty() {
-        return Ok(0);
+        return Ok(AttestReport::default());
     }
     let mut order: Vec<(usize, i64, &DocState, &Attestation)> =
         chosen.into_iter().map(|(doc, (n, s, a))| (n, doc, s, a)).collect();
@@ -158,7 +158,8 @@ pub(super) fn keep(tx: &mut Tx<'_>, states: &[(i64, &DocState, &Attestation)]) -
         ],
     )
     .map_err(pg)?;
-    Ok(order.len())
+    let bytes = order.iter().map(|(_, _, s, _)| s.state.len() as u64).sum();
+    Ok(AttestReport { documents: order.len() as u64, bytes })
 }
 
 impl PgReplica {
@@ -227,8 +228,8 @@ impl PgReplica {
                     signed.iter().map(|(d, a)| (*d, &a.state, &a.attestation)).collect();
                 let kept = keep(&mut tx, &refs)?;
                 tx.commit().map_err(pg)?;
-                report.documents += kept as u64;
-                report.bytes += signed.iter().map(|(_, a)| a.state.state.len() as u64).sum::<u64>();
+                report.documents += kept.documents;
+                report.bytes += kept.bytes;
             }
             if (page.len() as i64) < ATTESTED_PAGE {
                 break;
