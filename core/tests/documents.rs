@@ -233,17 +233,14 @@ fn a_store_is_shared_between_threads() {
 const FORMAT_1_STATE: &str = "0101e78a8d89f0ddefd6de0101838080c0d6fcf3c5010100010404626f647901e78a8d89f0ddefd6de0104838080c0d6fcf3c501010200000104f0bdf3d589cf959a12010001e78a8d89f0ddefd6de01050003c3a921e78a8d89f0ddefd6de0105000000026865e78a8d89f0ddefd6de010701e78a8d89f0ddefd6de01060001036c6c6fe78a8d89f0ddefd6de010a01e78a8d89f0ddefd6de010900000620776f726c6400016e01e78a8d89f0ddefd6de0111838080c0d6fcf3c50101030000000101e78a8d89f0ddefd6de0101120a047461677301e78a8d89f0ddefd6de0102838080c0d6fcf3c5010006020401610701016b020400000000057469746c6501e78a8d89f0ddefd6de0103838080c0d6fcf3c50100040276310000000000000002f0bdf3d589cf959a1202e78a8d89f0ddefd6de0112";
 
 #[test]
-fn a_state_in_snapshot_format_1_is_still_read_and_written_again_in_format_2() {
-    let bytes: Vec<u8> = (0..FORMAT_1_STATE.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&FORMAT_1_STATE[i..i + 2], 16).unwrap())
-        .collect();
+fn a_state_in_snapshot_format_1_is_still_read_and_written_again_in_the_current_format() {
+    let bytes = unhex(FORMAT_1_STATE);
     let old = shoaldb::Document::decode(&bytes).unwrap();
     let expected = json!({"body": "é!he world", "n": 5, "tags": ["a", {"k": 2}], "title": "v1"});
     assert_eq!(serde_json::Value::Object(old.to_json().unwrap()), expected);
 
     let again = old.encode();
-    assert_eq!(again[0], 2, "written in the current format");
+    assert_eq!(again[0], 3, "written in the current format");
     assert!(again.len() < bytes.len(), "{} bytes, format 1 took {}", again.len(), bytes.len());
     let new = shoaldb::Document::decode(&again).unwrap();
     assert_eq!(serde_json::Value::Object(new.to_json().unwrap()), expected);
@@ -259,6 +256,34 @@ fn a_state_in_snapshot_format_1_is_still_read_and_written_again_in_format_2() {
         doc.encode()
     };
     assert_eq!(edit(old), edit(new));
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// A state written in snapshot format 2 (counters' increments one by one) by the build before format 3: counters
+/// `likes` (writers 0x1111 and 0x2222, two changes of 0x1111) and `tags[0].score`, a text with a deletion.
+const FORMAT_2_STATE: &str = "020191220180808080c58bc6d1010100010404626f64790191220380808080c58bc6d10101020000010901912202430004010404656c6c6f00056c696b65730191220980808080c58bc6d101010300000001029122030a060b080c14a244010103047461677301a2440280808480c58bc6d101010100010701a244010200030101a2440480808480c58bc6d10101000102046e616d6501a2440580808480c58bc6d10100040178000000000573636f726501a2440680808480c58bc6d10101030000000101a24401070a0000000000057469746c650191220280808080c58bc6d10100040174000000000000000291220ca24408";
+
+/// A format 2 state reads as it did, is written again in format 3 (counters' contributions as runs), and its
+/// counters fold once their increments are stable, showing the same.
+#[test]
+fn a_state_in_snapshot_format_2_is_still_read_and_its_counters_fold() {
+    let mut doc = shoaldb::Document::decode(&unhex(FORMAT_2_STATE)).unwrap();
+    let expected = json!({"body": "ello", "likes": 15, "tags": [{"name": "x", "score": 5}], "title": "t"});
+    assert_eq!(serde_json::Value::Object(doc.to_json().unwrap()), expected);
+    let again = doc.encode();
+    assert_eq!(again[0], 3, "written in the current format");
+    assert_eq!(shoaldb::Document::decode(&again).unwrap().encode(), again, "the encoding is stable");
+    // `likes`: 3 and 4 (0x1111), -2 (0x2222), 10 (0x1111); `score`: 5.
+    assert_eq!(doc.counter_entries(), 5);
+    let everything = doc.version().clone();
+    doc.collect_stable(&everything);
+    assert_eq!(doc.counter_entries(), 3, "one run per writer and counter");
+    assert_eq!(serde_json::Value::Object(doc.to_json().unwrap()), expected);
+    let folded = shoaldb::Document::decode(&doc.encode()).unwrap();
+    assert_eq!((folded.counter_entries(), folded.to_json()), (3, doc.to_json()));
 }
 
 /// Removed keys leave nothing in a document's state (issue 17): not the key, not an empty map, counter or text

@@ -215,7 +215,9 @@ fn op_items(op: &Op) -> u64 {
     }
 }
 
-const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// Format 3 keeps counters' contributions as runs (folded ones, see [`Document::collect_stable`]); format 2 wrote
+/// sequence runs compactly; format 1 is the first.
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
 impl Document {
     /// An empty document: it holds no changes and does not exist until a change creates it.
@@ -331,6 +333,25 @@ impl Document {
         field_tombstones(&self.root)
     }
 
+    /// Collect what `stable` makes garbage: each counter keeps the increments of one writer that `stable` covers as
+    /// one folded contribution (see [`super::counter`]). What the document shows does not change.
+    ///
+    /// `stable` must be causally stable for this document: every change this document does not hold yet, from any
+    /// device that may still write or send one, has seen everything `stable` covers (the store establishes that
+    /// through attested states of a known membership). With a frontier that is not stable, a later removal that had
+    /// not seen all of one writer's folded increments would take none of them.
+    pub fn collect_stable(&mut self, stable: &VersionVector) {
+        self.root.collect_stable(stable);
+    }
+
+    /// The contributions the document's counters keep, each a single increment or a folded run. Linear in the
+    /// document.
+    pub fn counter_entries(&self) -> u64 {
+        let mut n = 0u64;
+        self.root.for_each_field(&mut |f| n = n.saturating_add(f.counter.as_deref().map_or(0, |c| c.entries() as u64)));
+        n
+    }
+
     /// Refuse adding `more` items when the document would then hold more than `limit`.
     fn check_room(&mut self, more: u64, limit: u64) -> Result<(), DocError> {
         let have = self.items();
@@ -357,10 +378,10 @@ impl Document {
 
     /// Decode a state written by [`Document::encode`]. Never panics on garbage.
     pub fn decode(bytes: &[u8]) -> Result<Document, ChangeError> {
-        // Format 1 (full peer ids in every sequence run) is still read: stored snapshots and states from older
-        // builds.
+        // Formats 1 (full peer ids in every sequence run) and 2 (counters' increments one by one) are still read:
+        // stored snapshots and states from older builds.
         let format = match bytes.first() {
-            Some(1) => 1,
+            Some(&f @ (1 | 2)) => f,
             _ => SNAPSHOT_FORMAT_VERSION,
         };
         let doc: Document = super::sequence::decoding(format, || super::change::decode_versioned(format, bytes))?;

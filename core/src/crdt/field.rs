@@ -174,6 +174,37 @@ impl Field {
         self.counter.get_or_insert_with(Default::default)
     }
 
+    /// Fold the counter contributions `stable` covers, here and in every field nested in this one, removed array
+    /// elements included (see [`super::document::Document::collect_stable`]).
+    pub fn collect_stable(&mut self, stable: &VersionVector) {
+        self.for_each_field_mut(&mut |f| {
+            if let Some(c) = &mut f.counter {
+                c.fold(stable);
+            }
+        });
+    }
+
+    /// Call `f` on this field and every field nested in it, removed array elements included.
+    pub fn for_each_field(&self, f: &mut impl FnMut(&Field)) {
+        f(self);
+        if let Some(m) = &self.map {
+            m.fields.values().for_each(|c| c.for_each_field(f));
+        }
+        if let Some(a) = &self.array {
+            a.all_items().for_each(|c| c.for_each_field(f));
+        }
+    }
+
+    fn for_each_field_mut(&mut self, f: &mut impl FnMut(&mut Field)) {
+        f(self);
+        if let Some(m) = &mut self.map {
+            m.fields.values_mut().for_each(|c| c.for_each_field_mut(f));
+        }
+        if let Some(a) = &mut self.array {
+            a.for_each_mut(|_, c, _| c.for_each_field_mut(f));
+        }
+    }
+
     /// Remove everything covered by `ctx`, recursively (see the module docs).
     pub fn clear(&mut self, ctx: &VersionVector) {
         self.reg.clear(ctx);
@@ -241,7 +272,7 @@ impl Field {
     pub fn dots_within(&self, version: &VersionVector) -> bool {
         let run_within = |id: super::clock::Dot, len: usize| version.contains(id.offset(len.saturating_sub(1) as u64));
         self.reg.dots().all(|d| version.contains(d))
-            && self.counter.as_deref().is_none_or(|c| c.dots().all(|d| version.contains(d)))
+            && self.counter.as_deref().is_none_or(|c| c.last_dots().all(|d| version.contains(d)))
             && self.map.as_deref().is_none_or(|m| m.fields.values().all(|f| f.dots_within(version)))
             && self.text.as_deref().is_none_or(|t| t.runs().all(|(id, c, _)| run_within(id, c.len())))
             && self.array.as_deref().is_none_or(|a| {

@@ -108,8 +108,14 @@ const ALL_FLAGS: u8 = DELETED | ID_WRITTEN | (3 << LEFT) | (3 << RIGHT) | COUNT_
 
 std::thread_local! {
     /// The snapshot format being decoded, and how many more deleted items placeholders may stand for in it.
-    static DECODING: std::cell::Cell<(u8, u64)> =
-        const { std::cell::Cell::new((2, crate::crdt::document::MAX_DOC_ITEMS)) };
+    static DECODING: std::cell::Cell<(u8, u64)> = const {
+        std::cell::Cell::new((crate::crdt::document::SNAPSHOT_FORMAT_VERSION, crate::crdt::document::MAX_DOC_ITEMS))
+    };
+}
+
+/// The snapshot format being decoded on this thread (see [`decoding`]; the current one outside it).
+pub(crate) fn decoding_format() -> u8 {
+    DECODING.with(|d| d.get().0)
 }
 
 /// Run `decode` (of a document state of snapshot format `format`) with sequences read in that format and at most
@@ -313,7 +319,7 @@ impl<'de, C: SeqContent + Deserialize<'de>> Visitor<'de> for Runs<C> {
 
 impl<'de, C: SeqContent + Deserialize<'de>> Deserialize<'de> for Sequence<C> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let runs: Vec<SerRun<C>> = match DECODING.with(|d| d.get().0) {
+        let runs: Vec<SerRun<C>> = match decoding_format() {
             1 => Vec::deserialize(deserializer)?,
             _ => deserializer.deserialize_seq(Runs(PhantomData))?,
         };

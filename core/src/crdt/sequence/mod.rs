@@ -43,7 +43,7 @@ mod lookup;
 mod run;
 mod text;
 
-pub(crate) use encoding::decoding;
+pub(crate) use encoding::{decoding, decoding_format};
 pub use text::Chars;
 
 use super::clock::{Dot, PeerId};
