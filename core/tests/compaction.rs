@@ -454,6 +454,51 @@ fn a_large_compaction_goes_in_several_transactions_beside_the_apps_writes() {
     assert_eq!(w.stores[1].replica().summary().unwrap(), w.stores[0].replica().summary().unwrap());
 }
 
+/// One document with more log rows than a transaction folds is folded over several, the rest of its rows left for
+/// the next (and changes written to it in between stay in the log or are folded with their snapshot rewritten).
+#[test]
+fn a_document_with_more_log_rows_than_a_transaction_folds_goes_over_several() {
+    let mut w = World::new(2);
+    // Changes to `hot` alternate with changes to `other`, so that no two of `hot`'s follow on (each is a log row of
+    // its own, not a run).
+    let rows = 2600;
+    for id in ["hot", "other"] {
+        w.stores[0].upsert(COLLECTION, json!({"_id": id})).unwrap();
+    }
+    for i in 0..rows {
+        w.stores[0].update(COLLECTION, "hot", |d| Ok(d.set("n", i as i64)?)).unwrap();
+        w.stores[0].update(COLLECTION, "other", |d| Ok(d.set("n", i as i64)?)).unwrap();
+    }
+    let stats = w.stores[0].storage_stats().unwrap();
+    assert_eq!(stats.log_changes, 2 * rows as u64 + 2);
+    let writer = {
+        let store = w.stores[0].clone();
+        std::thread::spawn(move || {
+            for i in 0..20 {
+                store.update(COLLECTION, "hot", |d| Ok(d.set("late", i as i64)?)).unwrap();
+            }
+        })
+    };
+    let report = w.stores[0].compact(&CompactionPolicy::everything()).unwrap();
+    writer.join().unwrap();
+    assert!(report.transactions >= 6, "2 × 2,600 rows, about a thousand per transaction: {report:?}");
+    let stats = w.stores[0].storage_stats().unwrap();
+    assert_eq!(
+        report.changes + stats.log_changes,
+        2 * rows as u64 + 22,
+        "every change folded or in the log: {stats:?}"
+    );
+    let hot = w.stores[0].get(COLLECTION, "hot").unwrap().unwrap();
+    assert_eq!((hot["n"].clone(), hot["late"].clone()), (json!(rows - 1), json!(19)));
+    w.stores[0].compact(&CompactionPolicy::everything()).unwrap();
+    assert_eq!(w.stores[0].storage_stats().unwrap().log_changes, 0);
+    // Reopened, the snapshots hold everything; a new device gets both documents whole.
+    assert_eq!(w.stores[0].get(COLLECTION, "hot").unwrap().unwrap(), hot);
+    w.sync(0, 1);
+    assert_eq!(w.stores[1].list(COLLECTION).unwrap(), w.stores[0].list(COLLECTION).unwrap());
+    assert_eq!(w.stores[1].replica().summary().unwrap(), w.stores[0].replica().summary().unwrap());
+}
+
 /// States of many documents go over several pumps (each as far as credit allows) and all arrive.
 #[test]
 fn many_compacted_documents_reach_a_new_device() {

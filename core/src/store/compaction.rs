@@ -83,9 +83,9 @@ impl CompactionReport {
     }
 }
 
-/// How many log rows one transaction of [`Store::compact`] folds at most (a document's rows are folded in one
-/// transaction whatever their number): the store's writers wait for at most one such transaction, tens of
-/// milliseconds, rather than for the whole compaction (seconds for a million changes).
+/// How many log rows one transaction of [`Store::compact`] folds at most (a document with more has them folded over
+/// several): the store's writers wait for at most one such transaction, tens of milliseconds, rather than for the
+/// whole compaction (seconds for a million changes).
 const COMPACT_ROWS_PER_TRANSACTION: u64 = 1024;
 
 /// The changes folded into document `row`'s snapshot (empty when none were).
@@ -274,7 +274,10 @@ impl Store {
             self.in_steps(|inner| {
                 inner.refresh()?;
                 let (part, taken, folded) = inner.immediate(|conn| compact_some(conn, rest, &rule))?;
-                rest = &rest[taken.clamp(1, rest.len())..];
+                // A document not finished (more rows than a transaction folds) stays first; one that folded nothing
+                // is not looked at again.
+                let done = if taken == 0 && part.changes == 0 { 1 } else { taken };
+                rest = &rest[done.min(rest.len())..];
                 report.add(&part);
                 if part.changes > 0 {
                     // Snapshots and logs changed under the cached documents, and the log rows the digests read are
@@ -312,8 +315,7 @@ fn compact_some(
         if rows >= COMPACT_ROWS_PER_TRANSACTION {
             break;
         }
-        taken += 1;
-        let done = compact_doc(conn, *row, collection, id, rule)?;
+        let done = compact_doc(conn, *row, collection, id, rule, COMPACT_ROWS_PER_TRANSACTION - rows)?;
         if done.changes > 0 {
             report.documents += 1;
             report.changes += done.changes;
@@ -321,6 +323,11 @@ fn compact_some(
             rows += done.rows;
             folded.union_with(&done.folded);
         }
+        if done.more {
+            // The rest of this document's rows in the next transaction.
+            break;
+        }
+        taken += 1;
     }
     Ok((report, taken, folded))
 }
@@ -334,12 +341,22 @@ struct DocFolded {
     rows: u64,
     /// The changes folded.
     folded: Summary,
+    /// It stopped at `max_rows`: the next rows may fold too.
+    more: bool,
 }
 
 /// Fold the prefix of document `row`'s log that `rule` folds (signed changes only when its attested state holds
-/// them).
-fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &Rule) -> Result<DocFolded> {
+/// them), at most `max_rows` log rows of it.
+fn compact_doc(
+    conn: &Connection,
+    row: i64,
+    collection: &str,
+    id: &str,
+    rule: &Rule,
+    max_rows: u64,
+) -> Result<DocFolded> {
     let mut fold: Vec<Row> = Vec::new();
+    let mut more = false;
     let attested = super::attest::attested_changes_of(conn, row)?;
     {
         let mut stmt = conn.prepare_cached(&format!(
@@ -348,6 +365,10 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
         ))?;
         let mut rows = stmt.query(params![row])?;
         'rows: while let Some(r) = rows.next()? {
+            if fold.len() as u64 >= max_rows {
+                more = true;
+                break;
+            }
             let (peer, signed): (i64, bool) = (r.get(1)?, r.get(2)?);
             let logged = super::logrow::LogRow::read(r, 3)?;
             // A row is folded whole, when the rule folds every change it holds.
@@ -373,14 +394,30 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
         }
     }
     let Some(last) = fold.last().map(|r| r.seq) else { return Ok(DocFolded::default()) };
-    // The snapshot at the document's current state (every change in its log), so that it holds what is folded.
-    let Some(cached) = super::docs::load(conn, collection, id)? else { return Ok(DocFolded::default()) };
-    let state = cached.doc.encode();
-    if state.len() > MAX_STATE_BYTES {
-        log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
-        return Ok(DocFolded::default());
+    // The snapshot at the document's current state (every change in its log), so that it holds what is folded —
+    // unless it already holds every row of the log (an earlier transaction of this compaction wrote it, and no
+    // change came since).
+    let snap_seq: i64 =
+        conn.prepare_cached("SELECT snap_seq FROM docs WHERE doc = ?1")?.query_row(params![row], |r| r.get(0))?;
+    if snap_seq >= super::docs::last_logged(conn, row)? {
+        let bytes: i64 = conn
+            .prepare_cached("SELECT length(state) FROM snapshots WHERE doc = ?1")?
+            .query_row(params![row], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        if bytes as usize > MAX_STATE_BYTES {
+            log::info!("{collection}/{id}: not compacted: its state of {bytes} bytes is too large to send");
+            return Ok(DocFolded::default());
+        }
+    } else {
+        let Some(cached) = super::docs::load(conn, collection, id)? else { return Ok(DocFolded::default()) };
+        let state = cached.doc.encode();
+        if state.len() > MAX_STATE_BYTES {
+            log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
+            return Ok(DocFolded::default());
+        }
+        super::docs::write_snapshot(conn, row, &cached.doc, &state)?;
     }
-    super::docs::write_snapshot(conn, row, &cached.doc, &state)?;
     let mut added = Summary::new();
     for r in &fold {
         added.insert(crate::PeerId(r.peer), r.start, r.end);
@@ -399,6 +436,7 @@ fn compact_doc(conn: &Connection, row: i64, collection: &str, id: &str, rule: &R
         bytes: fold.iter().map(|r| r.bytes).sum(),
         rows: fold.len() as u64,
         folded: added,
+        more,
     })
 }
 
