@@ -139,6 +139,11 @@ pub enum Revocation {
     Device { signing_key: String },
     /// Changes by the author `author` (16 hex digits) past counter `accept_until` (all when `null`/`nil`).
     Author { author: String, accept_until: Option<u64> },
+    /// The roster: the devices (signing keys, `CertificateInfo.signingKey`) that may hold the app's documents as of
+    /// `until_ms` (ms since the Unix epoch). Every other device whose certificate is valid from then or earlier is
+    /// revoked; devices certified later are not affected. Closing the membership lets the fleet know what every
+    /// member holds, so it can be collected. At most one per list; list every device certified so far.
+    Roster { members: Vec<String>, until_ms: u64 },
 }
 
 /// The app authority: the key pair that certifies the app's devices. Its public key ships in the app (devices pin
@@ -215,11 +220,11 @@ impl Authority {
                         Revocation::Certificate { serial } => {
                             R::Certificate { issuer: self.key.verifying_key(), serial }
                         }
-                        Revocation::Device { signing_key } => R::Device {
-                            signing_key: VerifyingKey::from_hex(signing_key.trim()).map_err(|_| {
-                                invalid(format!("{signing_key:?} is not a signing key (64 hex digits)"))
-                            })?,
-                        },
+                        Revocation::Device { signing_key: key } => R::Device { signing_key: signing_key(&key)? },
+                        Revocation::Roster { members, until_ms } => enrolment::roster(
+                            members.iter().map(|k| signing_key(k)).collect::<Result<Vec<_>, _>>()?,
+                            until_ms,
+                        ),
                         Revocation::Author { author, accept_until } => R::Author {
                             author: PeerId(
                                 u64::from_str_radix(author.trim(), 16)
@@ -234,6 +239,11 @@ impl Authority {
             Ok(list.encode())
         })
     }
+}
+
+/// A signing key given as 64 hex digits.
+fn signing_key(hex: &str) -> Result<VerifyingKey, ShoalError> {
+    VerifyingKey::from_hex(hex.trim()).map_err(|_| invalid(format!("{hex:?} is not a signing key (64 hex digits)")))
 }
 
 impl std::fmt::Debug for Authority {

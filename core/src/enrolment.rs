@@ -185,6 +185,16 @@ pub fn revoke(
     RevocationList::issue(body, authority)
 }
 
+/// The roster entry of a revocation list ([`Revocation::Roster`]): `members` (in any order, repeats dropped) are the
+/// devices that may hold the app's documents as of `until_ms`; every other device certified from then or earlier
+/// is revoked. Put it in the next list with every other revocation still in force (a list holds one roster).
+pub fn roster(members: impl IntoIterator<Item = VerifyingKey>, until_ms: u64) -> Revocation {
+    let mut members: Vec<VerifyingKey> = members.into_iter().collect();
+    members.sort_unstable();
+    members.dedup();
+    Revocation::Roster { members, until_ms }
+}
+
 fn certificate(
     authority: &SigningKey,
     name: String,

@@ -379,3 +379,46 @@ fn enrolled_peers_sync_with_certificates_and_a_revoked_one_is_refused() {
     let bare = shoal(&stranger, &["peer", "--no-mdns"]);
     assert_eq!(bare.status.code(), Some(64));
 }
+
+/// `shoal authority roster` lists every device the authority certified (and each `--member`), keeps the list's
+/// other revocations, and replaces an earlier roster.
+#[test]
+fn the_authority_lists_the_devices_it_certified_in_a_roster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("authority");
+    let auth_s = auth.to_str().expect("path");
+    let none = Path::new("/nonexistent");
+    ok(shoal(none, &["authority", "init", auth_s]));
+    let mut keys = Vec::new();
+    for name in ["a", "b", "a"] {
+        let db = dir.path().join(format!("{name}.db"));
+        let request = ok(shoal(&db, &["enrol", "request", name]));
+        keys.push(
+            json_line(&ok(shoal(none, &["authority", "show", request.trim()])))["request"]["signing_key"].clone(),
+        );
+        ok(shoal(none, &["authority", "issue", auth_s, request.trim()]));
+    }
+    ok(shoal(none, &["authority", "revoke", auth_s, "--serial", "9"]));
+    let elsewhere = "ab".repeat(32);
+    // An authority that issued certificates before it kept their record must say its members are complete.
+    std::fs::rename(auth.join("devices"), auth.join("devices.kept")).unwrap();
+    assert!(!shoal(none, &["authority", "roster", auth_s]).status.success());
+    std::fs::rename(auth.join("devices.kept"), auth.join("devices")).unwrap();
+    let list = ok(shoal(none, &["authority", "roster", auth_s, "--member", &elsewhere]));
+    let shown = json_line(&ok(shoal(none, &["authority", "show", list.trim()])));
+    assert_eq!(shown["revocations"]["number"], 2);
+    let entries = shown["revocations"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "the serial's revocation stays beside the roster: {entries:?}");
+    let roster = entries.iter().filter_map(|e| e.as_str()).find(|e| e.starts_with("Roster")).unwrap();
+    for key in keys.iter().filter_map(|k| k.as_str()).chain([elsewhere.as_str()]) {
+        assert_eq!(roster.matches(key).count(), 1, "{key} once in {roster}");
+    }
+    // A later roster replaces it; a malformed member is refused and changes nothing.
+    assert!(!shoal(none, &["authority", "roster", auth_s, "--member", "xyz"]).status.success());
+    let list = ok(shoal(none, &["authority", "roster", auth_s]));
+    let shown = json_line(&ok(shoal(none, &["authority", "show", list.trim()])));
+    assert_eq!(shown["revocations"]["number"], 3);
+    let entries = shown["revocations"]["entries"].as_array().unwrap();
+    assert_eq!(entries.iter().filter(|e| e.as_str().is_some_and(|e| e.starts_with("Roster"))).count(), 1);
+    assert!(!entries.iter().any(|e| e.as_str().is_some_and(|e| e.contains(&elsewhere))), "--member is not kept");
+}

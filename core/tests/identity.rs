@@ -14,6 +14,7 @@ use serde_json::json;
 use shoaldb::crdt::path::Path;
 use shoaldb::enrolment::{self, EnrolmentRequest, Validity};
 use shoaldb::security::certificate::{Permissions, CLOCK_SKEW_MS, MAX_CERTIFICATE_BYTES, MAX_CHAIN_LEN};
+use shoaldb::security::revocation::MAX_ROSTER_MEMBERS;
 use shoaldb::security::{
     Access, AppSecret, Certificate, CertificateChain, CertificateError, DeviceKey, Enrolment, Grant, Handshake,
     Identity, Revocation, RevocationList, Revocations, SecurityError, SigningKey, VerifyingKey,
@@ -424,6 +425,79 @@ fn a_device_without_a_valid_certificate_is_refused_at_the_handshake() {
     // The checker's own certificate is fine in the other direction: the responder refuses the initiator only.
     let (i5, e5) = enrolled(&authority, 5, year());
     assert_eq!(link(&mut node(i5, e5, NOW), &mut honest(&ia, &ea)), (None, None));
+}
+
+/// A roster closes the fleet's membership up to its time (issue 17): a device certified before it and not on it is
+/// refused at the handshake, whoever issued its certificate; members, devices certified after it and the
+/// intermediate authorities' own certificates are not affected.
+#[test]
+fn a_roster_refuses_devices_certified_before_it_that_it_does_not_list() {
+    let org = SigningKey::generate().unwrap();
+    let until = NOW - DAY / 2;
+    let before = Validity::days_from(NOW - DAY, 365);
+    let after = Validity { not_before_ms: until + 1, not_after_ms: NOW + 365 * DAY };
+    let (member, outsider, newcomer) = (Device::new(), Device::new(), Device::new());
+    let site = SigningKey::generate().unwrap();
+    let site_cert = enrolment::issuing(&org, "north site", site.verifying_key(), 1, everything(), year()).unwrap();
+    let (site_member, site_outsider) = (Device::new(), Device::new());
+    let mut members = vec![member.signing.verifying_key(), site_member.signing.verifying_key()];
+    members.sort();
+    let roster = Revocation::Roster { members: members.clone(), until_ms: until };
+    let list = RevocationList::decode(&revocations(&org, 1, vec![roster.clone()]).encode()).unwrap();
+    let mut held = Revocations::new();
+    assert!(held.accept(list, &[org.verifying_key()]).unwrap());
+    assert_eq!(held.roster(), Some((members.as_slice(), until)));
+
+    let checker = Device::new();
+    let mut checker_enrolment =
+        checker.enrol(vec![cert(&org, &checker, 9, everything(), year())], &[org.verifying_key()]);
+    for list in held.lists() {
+        checker_enrolment.accept_revocations(list.clone()).unwrap();
+    }
+    let link_from = |device: &Device, chain: Vec<Certificate>| {
+        let e = device.enrol(chain, &[org.verifying_key()]);
+        let mut checking = node(checker.identity.clone(), checker_enrolment.clone(), NOW);
+        link(&mut node(device.identity.clone(), e, NOW), &mut checking).1
+    };
+    assert_eq!(link_from(&member, vec![cert(&org, &member, 2, everything(), before)]), None);
+    assert_eq!(link_from(&newcomer, vec![cert(&org, &newcomer, 3, everything(), after)]), None);
+    let refused = link_from(&outsider, vec![cert(&org, &outsider, 4, everything(), before)]).unwrap();
+    assert!(refused.contains("is not on it"), "{refused}");
+    // Through an intermediate authority: the site's own certificate is not a device's; its devices must be listed.
+    assert_eq!(
+        link_from(&site_member, vec![cert(&site, &site_member, 5, everything(), before), site_cert.clone()]),
+        None
+    );
+    let refused = link_from(&site_outsider, vec![cert(&site, &site_outsider, 6, everything(), before), site_cert]);
+    assert!(refused.unwrap().contains("is not on it"));
+    // A renewed certificate of a member (same signing key) is on the roster whenever it starts.
+    assert_eq!(link_from(&member, vec![cert(&org, &member, 7, everything(), after)]), None);
+
+    // Bounds: one roster per list, members ascending and unique, at most MAX_ROSTER_MEMBERS.
+    let malformed = |entries: Vec<Revocation>| {
+        matches!(enrolment::revoke(&org, 2, NOW, entries), Err(CertificateError::Malformed(_)))
+    };
+    assert!(malformed(vec![roster.clone(), roster]));
+    let unsorted: Vec<VerifyingKey> = members.iter().rev().copied().collect();
+    assert!(malformed(vec![Revocation::Roster { members: unsorted, until_ms: until }]));
+    assert!(malformed(vec![Revocation::Roster { members: vec![members[0], members[0]], until_ms: until }]));
+    let many = |n: usize| {
+        (0..n as u32)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&i.to_be_bytes());
+                VerifyingKey(k)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(malformed(vec![Revocation::Roster { members: many(MAX_ROSTER_MEMBERS + 1), until_ms: until }]));
+    let full = enrolment::revoke(
+        &org,
+        2,
+        NOW,
+        vec![Revocation::Roster { members: many(MAX_ROSTER_MEMBERS), until_ms: until }],
+    );
+    assert!(RevocationList::decode(&full.unwrap().encode()).is_ok(), "a full roster fits a list's bytes");
 }
 
 /// An attacker who knows the pinned authority's public key (it ships in every app) drives a handshake by hand,

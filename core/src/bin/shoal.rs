@@ -52,6 +52,9 @@ device identity (certificates; without one, `peer` runs in development mode with
                                                          'read *', 'write tasks fields status, notes where owner == $device'
   shoal authority revoke DIR [--serial N] [--device KEY] [--author ID [--until N]]...
                                                          the next revocation list (hex), with everything revoked before
+  shoal authority roster DIR [--member KEY]... [--complete]
+                                                         the next list, its roster (every device certified here and
+                                                         each --member) closing membership now: the rest is revoked
   shoal authority show TEXT|FILE                         what a request, certificate or revocation list says (JSON)
   shoal --db PATH enrol request NAME                     this device's enrolment request (its keys are made here)
   shoal --db PATH enrol install AUTHORITY CERT [CERT]... install this device's certificate (then intermediates')

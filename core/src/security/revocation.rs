@@ -1,5 +1,16 @@
 //! Revocation lists: signed by the app authority, versioned (a higher number replaces a lower one), naming the
-//! certificates, devices and authors that are no longer trusted.
+//! certificates, devices and authors that are no longer trusted — and, with a roster, closing the fleet's
+//! membership up to a time.
+//!
+//! # Rosters
+//! A [`Revocation::Roster`] lists the devices (by signing key) that may hold the app's documents as of `until_ms`:
+//! every device certificate valid from that time or earlier for a device not on it is revoked, so a device
+//! certified before then either is on the roster or links to no one. Devices certified later are not affected —
+//! they can only take documents from members after `until_ms`. This is what makes *causal stability* knowable
+//! (issue 17): once every member has acknowledged a change, no device can still send a change made without seeing
+//! it, so what every member's acknowledgements cover may be collected (counters folded, and later sequence
+//! tombstones dropped). The authority issues a new roster when it certifies devices (`shoal authority roster`);
+//! certificates an intermediate authority issued must be listed by the root authority too.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +28,9 @@ pub const MAX_REVOCATIONS: usize = 10_000;
 
 /// The longest encoded revocation list accepted, in bytes (checked before decoding).
 pub const MAX_REVOCATION_LIST_BYTES: usize = 1 << 20;
+
+/// The most devices one roster lists ([`Revocation::Roster`]).
+pub const MAX_ROSTER_MEMBERS: usize = 16_384;
 
 /// The signature context of revocation lists.
 const REVOCATION_CONTEXT: &str = "shoal revocation list v1";
@@ -44,6 +58,15 @@ pub enum Revocation {
         author: PeerId,
         /// The last counter still accepted.
         accept_until: Option<u64>,
+    },
+    /// Every device certificate valid from `until_ms` or earlier (its `not_before_ms`) for a device whose signing
+    /// key is not among `members`: the fleet's membership, closed up to that time (see the module docs). At most
+    /// one per list; authority (intermediate) certificates are not affected.
+    Roster {
+        /// The members' signing keys, in ascending order, at most [`MAX_ROSTER_MEMBERS`].
+        members: Vec<VerifyingKey>,
+        /// The time (ms since the Unix epoch) up to which the membership is closed.
+        until_ms: u64,
     },
 }
 
@@ -132,6 +155,28 @@ fn validate(body: &RevocationBody) -> Result<(), CertificateError> {
             body.entries.len()
         )));
     }
+    let rosters: Vec<&Vec<VerifyingKey>> = body
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Revocation::Roster { members, .. } => Some(members),
+            _ => None,
+        })
+        .collect();
+    if rosters.len() > 1 {
+        return Err(CertificateError::Malformed(format!("{} rosters in one list (at most one)", rosters.len())));
+    }
+    if let Some(members) = rosters.first() {
+        if members.len() > MAX_ROSTER_MEMBERS {
+            return Err(CertificateError::Malformed(format!(
+                "a roster of {} devices (at most {MAX_ROSTER_MEMBERS})",
+                members.len()
+            )));
+        }
+        if !members.windows(2).all(|w| w[0] < w[1]) {
+            return Err(CertificateError::Malformed("a roster's members are not in ascending order, or repeat".into()));
+        }
+    }
     Ok(())
 }
 
@@ -184,8 +229,27 @@ impl Revocations {
             Revocation::Device { signing_key } if *signing_key == b.signing_key => {
                 Some(format!("device key {signing_key} ({})", b.name))
             }
+            Revocation::Roster { members, until_ms }
+                if !b.issues && b.not_before_ms <= *until_ms && members.binary_search(&b.signing_key).is_err() =>
+            {
+                Some(format!(
+                    "device key {} ({}), certified before the roster of {until_ms}, is not on it",
+                    b.signing_key, b.name
+                ))
+            }
             _ => None,
         })
+    }
+
+    /// The roster in force — the one closing membership up to the latest time, when lists of several authorities
+    /// hold one — as its members (ascending) and that time.
+    pub fn roster(&self) -> Option<(&[VerifyingKey], u64)> {
+        self.entries()
+            .filter_map(|r| match r {
+                Revocation::Roster { members, until_ms } => Some((members.as_slice(), *until_ms)),
+                _ => None,
+            })
+            .max_by_key(|(_, until)| *until)
     }
 
     /// The last counter of `author` still accepted: `None` when the author is not revoked, `Some(None)` when

@@ -16,19 +16,26 @@ const KEY_FILE: &str = "authority.key";
 const SERIAL_FILE: &str = "serial";
 /// The latest revocation list, in the authority's directory.
 const REVOCATIONS_FILE: &str = "revocations";
+/// The signing keys of the devices this authority certified, a line each, in the authority's directory (what
+/// `shoal authority roster` lists).
+const DEVICES_FILE: &str = "devices";
 
 fn failed(what: impl std::fmt::Display) -> CliError {
     CliError::Failed(what.to_string())
 }
 
-/// `shoal authority init|issue|revoke|show …`.
+/// `shoal authority init|issue|revoke|roster|show …`.
 pub fn authority(args: &[String]) -> Result<(), CliError> {
     match args {
         [cmd, dir] if cmd == "init" => init(Path::new(dir)),
         [cmd, dir, request, rest @ ..] if cmd == "issue" => issue(Path::new(dir), request, rest),
         [cmd, dir, rest @ ..] if cmd == "revoke" => revoke(Path::new(dir), rest),
+        [cmd, dir, rest @ ..] if cmd == "roster" => roster(Path::new(dir), rest),
         [cmd, text] if cmd == "show" => show(&read_text(text)?),
-        _ => Err(usage("authority: init DIR | issue DIR REQUEST [options] | revoke DIR [options] | show TEXT|FILE")),
+        _ => Err(usage(
+            "authority: init DIR | issue DIR REQUEST [options] | revoke DIR [options] | roster DIR [--member KEY …] \
+             [--complete] | show TEXT|FILE",
+        )),
     }
 }
 
@@ -133,19 +140,84 @@ fn issue(dir: &Path, request: &str, options: &[String]) -> Result<(), CliError> 
     let now = Sources::system().now_ms();
     let cert = enrolment::issue(&key, &request, serial, grants, Validity::days_from(now, days)).map_err(failed)?;
     write_private(&serial_path, serial.to_string().as_bytes())?;
+    let mut devices = certified_devices(dir)?;
+    if !devices.contains(&request.signing_key) {
+        devices.push(request.signing_key);
+        let lines: String = devices.iter().map(|k| format!("{}\n", k.to_hex())).collect();
+        write_private(&dir.join(DEVICES_FILE), lines.as_bytes())?;
+    }
     print_line(&hex(&cert.encode()))
+}
+
+/// The devices this authority certified (see [`DEVICES_FILE`]).
+fn certified_devices(dir: &Path) -> Result<Vec<VerifyingKey>, CliError> {
+    match std::fs::read_to_string(dir.join(DEVICES_FILE)) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| VerifyingKey::from_hex(l.trim()).map_err(failed))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The latest revocation list of the authority in `dir`: its number and entries (0 and none before the first).
+fn latest_list(dir: &Path) -> Result<(u64, Vec<Revocation>), CliError> {
+    match std::fs::read_to_string(dir.join(REVOCATIONS_FILE)) {
+        Ok(text) => {
+            let list = RevocationList::decode(&unhex(text.trim())?).map_err(failed)?;
+            Ok((list.body().number, list.body().entries.clone()))
+        }
+        Err(_) => Ok((0, Vec::new())),
+    }
+}
+
+/// Issues the next revocation list with `entries`, keeps it in `dir` and prints it.
+fn next_list(dir: &Path, key: &SigningKey, number: u64, entries: Vec<Revocation>) -> Result<(), CliError> {
+    let list = enrolment::revoke(key, number + 1, Sources::system().now_ms(), entries).map_err(failed)?;
+    let text = hex(&list.encode());
+    write_private(&dir.join(REVOCATIONS_FILE), text.as_bytes())?;
+    print_line(&text)
+}
+
+/// `roster DIR [--member KEY …] [--complete]`: the next revocation list, whose roster (replacing any earlier one)
+/// lists every device this authority certified and each `--member` (a device an intermediate authority certified),
+/// closing the membership now. Refused when certificates were issued before the authority kept their record, unless
+/// `--complete` says the members given are all.
+fn roster(dir: &Path, options: &[String]) -> Result<(), CliError> {
+    let key = load_key(dir)?;
+    let mut members = certified_devices(dir)?;
+    let mut complete = false;
+    let mut it = options.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--member" => {
+                let value = it.next().ok_or_else(|| usage("--member needs a signing key"))?;
+                members.push(VerifyingKey::from_hex(value).map_err(failed)?);
+            }
+            "--complete" => complete = true,
+            other => return Err(usage(format!("roster: unknown option {other}"))),
+        }
+    }
+    // Every device certified before now and left off is revoked: an authority that certified devices before it kept
+    // their record must name them (or say the members given are all).
+    if !complete && dir.join(SERIAL_FILE).exists() && !dir.join(DEVICES_FILE).exists() {
+        return Err(failed(format!(
+            "{} holds no record of the devices certified so far (issued before it was kept): every device left off a \
+             roster is revoked; name them with --member KEY, then add --complete",
+            dir.display()
+        )));
+    }
+    let (number, mut entries) = latest_list(dir)?;
+    entries.retain(|e| !matches!(e, Revocation::Roster { .. }));
+    entries.push(enrolment::roster(members, Sources::system().now_ms()));
+    next_list(dir, &key, number, entries)
 }
 
 fn revoke(dir: &Path, options: &[String]) -> Result<(), CliError> {
     let key = load_key(dir)?;
-    let path = dir.join(REVOCATIONS_FILE);
-    let (number, mut entries) = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let list = RevocationList::decode(&unhex(text.trim())?).map_err(failed)?;
-            (list.body().number, list.body().entries.clone())
-        }
-        Err(_) => (0, Vec::new()),
-    };
+    let (number, mut entries) = latest_list(dir)?;
     let mut it = options.iter().peekable();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| usage(format!("{flag} needs a value")));
@@ -172,10 +244,7 @@ fn revoke(dir: &Path, options: &[String]) -> Result<(), CliError> {
             entries.push(entry);
         }
     }
-    let list = enrolment::revoke(&key, number + 1, Sources::system().now_ms(), entries).map_err(failed)?;
-    let text = hex(&list.encode());
-    write_private(&path, text.as_bytes())?;
-    print_line(&text)
+    next_list(dir, &key, number, entries)
 }
 
 /// Prints what a request, certificate, chain or revocation list says, as JSON.
@@ -199,7 +268,17 @@ fn show(text: &str) -> Result<(), CliError> {
     match RevocationList::decode(&bytes) {
         Ok(list) => {
             let b = list.body();
-            let entries: Vec<String> = b.entries.iter().map(|e| format!("{e:?}")).collect();
+            let entries: Vec<String> = b
+                .entries
+                .iter()
+                .map(|e| match e {
+                    Revocation::Roster { members, until_ms } => format!(
+                        "Roster {{ until_ms: {until_ms}, members: [{}] }}",
+                        members.iter().map(|k| k.to_hex()).collect::<Vec<_>>().join(", ")
+                    ),
+                    other => format!("{other:?}"),
+                })
+                .collect();
             print_line(
                 &json!({"revocations": {"issuer": b.issuer.to_hex(), "number": b.number, "issued_ms": b.issued_ms,
                     "entries": entries}})
