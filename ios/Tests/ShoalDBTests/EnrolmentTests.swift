@@ -91,6 +91,95 @@ func testEnrolledStoresSync() async throws {
     try expectEqual(try await a.collection(name: "tasks").get(id: "theirs"), nil, "nothing of theirs reached A")
 }
 
+func testRosterRefusesUnlistedDevices() async throws {
+    let dir = try makeTempDir("roster")
+    defer { removeTempDir(dir) }
+    let lines = Locked<[String]>([])
+    Shoal.setLogHandler(level: .warn) { _, _, message in lines.mutate { $0.append(message) } }
+    defer { Shoal.installDefaultLogger(level: .warn) }
+
+    let authority = try Authority.generate()
+    let a = try await openEnrollable(dir, "A")
+    defer { a.shutdown() }
+    let aInfo = try await enrol(a, "A", authority, serial: 1)
+    let member = try await openEnrollable(dir, "Member")
+    defer { member.shutdown() }
+    let memberInfo = try await enrol(member, "Member", authority, serial: 2)
+    let outsider = try await openEnrollable(dir, "Outsider")
+    defer { outsider.shutdown() }
+    let outsiderInfo = try await enrol(outsider, "Outsider", authority, serial: 3)
+    // The roster closes the membership as of now: A and Member are on it; Outsider, certified before it too, is not.
+    let untilMs = UInt64(Date().timeIntervalSince1970 * 1000)
+    for info in [aInfo, memberInfo, outsiderInfo] {
+        try expect(info.notBeforeMs <= untilMs, "\(info.name) is certified before the roster")
+    }
+    for bad in ["xyz", String(memberInfo.signingKey.dropLast()), memberInfo.signingKey + "00"] {
+        try expectError("a roster member key \(bad)", isInvalidArgument) {
+            _ = try authority.revoke(number: 1, entries: [.roster(members: [aInfo.signingKey, bad], untilMs: untilMs)])
+        }
+    }
+    let list = try authority.revoke(
+        number: 1, entries: [.roster(members: [aInfo.signingKey, memberInfo.signingKey], untilMs: untilMs)])
+    let news = try await a.installRevocations(list: list)
+    try expect(news, "the roster is news")
+
+    // Newcomer is certified after the roster's time: the roster does not concern it.
+    let newcomer = try await openEnrollable(dir, "Newcomer")
+    defer { newcomer.shutdown() }
+    let request = try newcomer.enrolmentRequest(name: "Newcomer")
+    let certificate = try authority.issue(request: request, serial: 4, grants: ["read *", "write *"],
+                                          validFromMs: untilMs + 1, validUntilMs: untilMs + 365 * 86_400_000)
+    let newcomerInfo = try await newcomer.installCertificate(authorityPublicKey: authority.publicKey(),
+                                                             certificate: certificate)
+    try expectEqual(newcomerInfo.notBeforeMs, untilMs + 1)
+
+    try await a.startSync()
+    guard let address = a.listenAddress() else { throw fail("A has no listen address") }
+    _ = try await a.collection(name: "tasks").upsert(json: #"{"_id": "t1", "title": "from A"}"#)
+    for store in [member, outsider, newcomer] {
+        let id = try store.deviceId()
+        _ = try await store.collection(name: "tasks").upsert(json: #"{"_id": "from-\#(id)"}"#)
+    }
+    let tasksA = try a.collection(name: "tasks")
+
+    // The member syncs both ways.
+    try member.connect(address: address)
+    try await member.startSync()
+    try await eventually("Member receiving A's document") {
+        try await member.collection(name: "tasks").get(id: "t1") != nil
+    }
+    let memberId = try member.deviceId()
+    try await eventually("A receiving Member's document") { try await tasksA.get(id: "from-\(memberId)") != nil }
+
+    // The outsider, certified before the roster and not on it, is refused.
+    try outsider.connect(address: address)
+    try await outsider.startSync()
+    try await eventually("A refusing Outsider: not on the roster") {
+        lines.get().contains { $0.contains("is not on it") }
+    }
+    let refusal = lines.get().first { $0.contains("is not on it") } ?? ""
+    try expect(refusal.contains("(Outsider)"), refusal)
+    try expect(refusal.contains(String(outsiderInfo.signingKey.prefix(16))), refusal)
+
+    // The newcomer, certified after it, syncs both ways.
+    try newcomer.connect(address: address)
+    try await newcomer.startSync()
+    try await eventually("Newcomer receiving A's document") {
+        try await newcomer.collection(name: "tasks").get(id: "t1") != nil
+    }
+    let newcomerId = try newcomer.deviceId()
+    try await eventually("A receiving Newcomer's document") { try await tasksA.get(id: "from-\(newcomerId)") != nil }
+
+    await sleep(ms: 2_000)  // time for more of the outsider's dials: no link comes up
+    try expect(outsider.peers().isEmpty, "no link came up: \(outsider.peers().map(\.name))")
+    try expectEqual(try await outsider.collection(name: "tasks").get(id: "t1"), nil, "nothing of A's reached Outsider")
+    let outsiderId = try outsider.deviceId()
+    try expectEqual(try await tasksA.get(id: "from-\(outsiderId)"), nil, "nothing of Outsider's reached A")
+    try expectEqual(a.peers().map(\.name).sorted(), ["Member", "Newcomer"], "A is linked with the two")
+    let notOnIt = lines.get().filter { $0.contains("is not on it") }
+    try expect(notOnIt.allSatisfy { $0.contains("(Outsider)") }, "only Outsider is refused: \(notOnIt)")
+}
+
 func testEnrolmentMistakes() async throws {
     let dir = try makeTempDir("enrolment-errors")
     defer { removeTempDir(dir) }

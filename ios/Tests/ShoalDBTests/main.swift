@@ -52,6 +52,7 @@ let tests: [(String, () async throws -> Void)] = [
     ("iPhone programs driven through the Bluetooth LE air: a note and an attachment cross", testAirPhonesDriven),
     ("CoreBluetooth state restoration on the air: what the stack kept is handed back", testStateRestorationOnTheAir),
     ("enrolled stores sync with certificates; another authority's and a revoked one do not", testEnrolledStoresSync),
+    ("a roster refuses the devices certified before it that it does not list", testRosterRefusesUnlistedDevices),
     ("states an attester signs let enrolled devices fold their signed changes", testAttestedStatesLetDevicesFold),
     ("enrolment mistakes are Certificate errors", testEnrolmentMistakes),
     ("key vault: the private keys live in a Swift vault, none in the database", testKeysLiveInTheVault),

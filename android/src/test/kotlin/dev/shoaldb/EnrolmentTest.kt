@@ -113,6 +113,104 @@ class EnrolmentTest {
     }
 
     @Test
+    fun `a roster refuses a device certified before it that it does not list`() = runBlocking<Unit> {
+        val logged = Collections.synchronizedList(mutableListOf<String>())
+        Shoal.installLogger(
+            object : ShoalLogger {
+                override fun log(level: LogLevel, target: String, message: String) {
+                    logged.add(message)
+                    JulLogger().log(level, target, message)
+                }
+            },
+            LogLevel.INFO,
+        )
+        val authority = Authority.generate()
+        val a = open("A", listen = true)
+        val member = open("Member")
+        val outsider = open("Outsider")
+        val newcomer = open("Newcomer")
+        val stores = listOf(a, member, outsider, newcomer)
+        try {
+            val aInfo = enrol(a, "A", authority, 1)
+            val memberInfo = enrol(member, "Member", authority, 2)
+            val outsiderInfo = enrol(outsider, "Outsider", authority, 3)
+            // The roster closes the membership as of now: A and Member are on it; Outsider, certified before it too,
+            // is not.
+            val untilMs = System.currentTimeMillis().toULong()
+            for (info in listOf(aInfo, memberInfo, outsiderInfo)) {
+                assertTrue(info.notBeforeMs <= untilMs, "${info.name} is certified before the roster")
+            }
+            for (bad in listOf("xyz", memberInfo.signingKey.dropLast(1), memberInfo.signingKey + "00")) {
+                expectThrows<ShoalException.InvalidArgument> {
+                    authority.revoke(1uL, listOf(Revocation.Roster(listOf(aInfo.signingKey, bad), untilMs)))
+                }
+            }
+            val roster = Revocation.Roster(listOf(aInfo.signingKey, memberInfo.signingKey), untilMs)
+            val list = authority.revoke(1uL, listOf(roster))
+            assertTrue(a.installRevocations(list))
+
+            // Newcomer is certified after the roster's time: the roster does not concern it.
+            val request = newcomer.enrolmentRequest("Newcomer")
+            val certificate = authority.issue(
+                request,
+                4uL,
+                listOf("read *", "write *"),
+                validFromMs = untilMs + 1uL,
+                validUntilMs = untilMs + 365.days.inWholeMilliseconds.toULong(),
+            )
+            val newcomerInfo = newcomer.installCertificate(authority.publicKey(), certificate)
+            assertEquals(untilMs + 1uL, newcomerInfo.notBeforeMs)
+
+            a.startSync()
+            val address = a.listenAddress() ?: error("A has no listen address")
+            a.collection("tasks").upsert("""{"_id": "t1", "title": "from A"}""")
+            for (store in listOf(member, outsider, newcomer)) {
+                store.collection("tasks").upsert("""{"_id": "from-${store.deviceId()}", "n": 1}""")
+            }
+
+            // The member syncs both ways.
+            member.connect(address)
+            member.startSync()
+            eventually("Member receives A's document", { member.peers() }) { member.collection("tasks").get("t1") }
+            eventually("A receives Member's document", { a.peers() }) {
+                a.collection("tasks").get("from-${member.deviceId()}")
+            }
+
+            // The outsider, certified before the roster and not on it, is refused.
+            outsider.connect(address)
+            outsider.startSync()
+            val refusal = eventually("A refusing Outsider: not on the roster", { logged.takeLast(5) }) {
+                synchronized(logged) { logged.firstOrNull { it.contains("is not on it") } }
+            }
+            assertTrue(refusal.contains("(Outsider)"), refusal)
+            assertTrue(refusal.contains(outsiderInfo.signingKey.take(16)), refusal)
+
+            // The newcomer, certified after it, syncs both ways.
+            newcomer.connect(address)
+            newcomer.startSync()
+            eventually("Newcomer receives A's document", { newcomer.peers() }) {
+                newcomer.collection("tasks").get("t1")
+            }
+            eventually("A receives Newcomer's document", { a.peers() }) {
+                a.collection("tasks").get("from-${newcomer.deviceId()}")
+            }
+
+            delay(2_000) // time for more of the outsider's dials: no link comes up
+            assertEquals(emptyList<Peer>(), outsider.peers(), "Outsider has no link")
+            assertNull(outsider.collection("tasks").get("t1"), "nothing of A's reached Outsider")
+            assertNull(a.collection("tasks").get("from-${outsider.deviceId()}"), "nothing of Outsider's reached A")
+            assertEquals(listOf("Member", "Newcomer"), a.peers().map { it.name }.sorted(), "A is linked with the two")
+            synchronized(logged) {
+                val notOnIt = logged.filter { it.contains("is not on it") }
+                assertTrue(notOnIt.all { it.contains("(Outsider)") }, "only Outsider is refused: $notOnIt")
+            }
+        } finally {
+            stores.forEach { it.shutdown() }
+            Shoal.installLogger(JulLogger(), LogLevel.INFO)
+        }
+    }
+
+    @Test
     fun `states an attester signs let enrolled devices fold their signed changes`() = runBlocking<Unit> {
         val authority = Authority.generate()
         val attester = open("Attester", listen = true)
