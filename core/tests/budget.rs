@@ -121,6 +121,48 @@ fn documents_outside_the_subscriptions_are_evicted_least_recently_used_first() {
     assert_eq!(store.list("mine").unwrap().len(), 40);
 }
 
+/// Evicting more than one transaction evicts (64) goes least recently used first throughout, beside a thread writing
+/// to the store (which loses nothing).
+#[test]
+fn many_evictions_go_least_recently_used_first_beside_the_apps_writes() {
+    let (_dir, store, now) = store();
+    let n = 300;
+    store
+        .write(|t| {
+            for i in 0..n {
+                t.upsert("relayed", json!({"_id": format!("r{i:03}"), "text": format!("{i} {}", "x".repeat(400))}))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    for (k, i) in (0..n).rev().step_by(7).enumerate() {
+        now.store(T0 + 1000 + k as u64, Ordering::SeqCst);
+        assert!(store.get("relayed", &format!("r{i:03}")).unwrap().is_some());
+    }
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                store.upsert("mine", json!({"_id": format!("m{i:02}")})).unwrap();
+            }
+        })
+    };
+    let keep = vec![Subscription::collection("mine")];
+    let report = store.fit_budget(&StorageBudget { max_bytes: 0, keep }).unwrap();
+    writer.join().unwrap();
+    assert_eq!(report.evicted.len(), n, "every relayed document: {} evicted", report.evicted.len());
+    let used: Vec<u64> = report.evicted.iter().map(|e| e.last_used_ms).collect();
+    assert!(used.windows(2).all(|w| w[0] <= w[1]), "least recently used first: {used:?}");
+    // Those read lately (in reverse order of their ids) go last, the latest read last of all.
+    assert_eq!(
+        report.evicted.last().map(|e| e.what.clone()),
+        Some(Evicted::Document { collection: "relayed".into(), id: "r005".into() })
+    );
+    assert!(store.list("relayed").unwrap().is_empty());
+    assert_eq!(store.list("mine").unwrap().len(), 50);
+    assert_eq!(store.storage_stats().unwrap().evicted_documents, n as u64);
+}
+
 #[test]
 fn a_filter_that_does_not_parse_changes_nothing() {
     let (_dir, store, _) = store();

@@ -202,46 +202,86 @@ impl Store {
         Ok(page_size * pages.saturating_sub(free))
     }
 
-    /// One round: evict, least recently used first, until the estimated bytes freed reach `excess`.
+    /// One round: evict, least recently used first, until the estimated bytes freed reach `excess` — in
+    /// transactions of at most [`EVICTIONS_PER_TRANSACTION`], the app's writes let in between (see
+    /// [`Store::in_steps`]). A candidate used (read or written) since the round chose it is left.
     fn evict_lru(&self, excess: u64, keep: &crate::sync::session::Interest) -> Result<Vec<Eviction>> {
-        let mut usage = std::mem::take(&mut *self.usage());
-        {
-            let mut inner = self.lock();
-            inner.refresh()?;
-            // Subscriptions with filters are matched against the views.
-            inner.flush_views(None)?;
-            inner.immediate(|conn| usage.write_down(conn))?;
-        }
-        self.transact(|txn| {
-            let conn = &txn.inner().conn;
-            let mut candidates = attachments(conn)?;
-            candidates.extend(documents(conn, keep)?);
-            candidates.sort_by(|a, b| a.used.cmp(&b.used).then(a.bytes.cmp(&b.bytes).reverse()));
-            let mut freed = 0u64;
-            let mut out = Vec::new();
-            for c in candidates {
-                if freed >= excess {
-                    break;
-                }
-                match (&c.what, &c.hash) {
-                    (_, Some(hash)) => {
-                        let conn = &txn.inner().conn;
-                        conn.prepare_cached("DELETE FROM blob_chunks WHERE hash = ?1")?.execute(params![hash])?;
-                        conn.prepare_cached("DELETE FROM blobs WHERE hash = ?1")?.execute(params![hash])?;
-                        conn.prepare_cached("DELETE FROM gc_marks WHERE hash = ?1")?.execute(params![hash])?;
-                    }
-                    (Evicted::Document { collection, id }, None) => {
-                        txn.evict(collection, id)?;
-                    }
-                    (Evicted::Attachment { .. }, None) => continue,
-                }
-                freed += c.bytes;
-                out.push(Eviction { what: c.what, bytes: c.bytes, last_used_ms: c.used });
-            }
-            Ok(out)
-        })
-        .map(|(out, _)| out)
+        let candidates = self.candidates(keep)?;
+        self.evict_candidates(candidates, excess)
     }
+
+    /// What may be evicted, least recently used first (the largest first among things used at the same time).
+    fn candidates(&self, keep: &crate::sync::session::Interest) -> Result<Vec<Candidate>> {
+        let mut usage = std::mem::take(&mut *self.usage());
+        let mut inner = self.lock();
+        inner.refresh()?;
+        // Subscriptions with filters are matched against the views.
+        inner.flush_views(None)?;
+        inner.immediate(|conn| usage.write_down(conn))?;
+        let mut candidates = attachments(&inner.conn)?;
+        candidates.extend(documents(&inner.conn, keep)?);
+        candidates.sort_by(|a, b| a.used.cmp(&b.used).then(a.bytes.cmp(&b.bytes).reverse()));
+        Ok(candidates)
+    }
+
+    /// Evict `candidates` in their order until the bytes freed reach `excess`, leaving those used since.
+    fn evict_candidates(&self, candidates: Vec<Candidate>, excess: u64) -> Result<Vec<Eviction>> {
+        let (mut freed, mut out) = (0u64, Vec::new());
+        let mut rest = candidates.into_iter().peekable();
+        super::in_turns(|| {
+            let mut usage = std::mem::take(&mut *self.usage());
+            let (evicted, _) = self.transact(|txn| {
+                usage.write_down(&txn.inner().conn)?;
+                let mut evicted = Vec::new();
+                while evicted.len() < EVICTIONS_PER_TRANSACTION && freed < excess {
+                    let Some(c) = rest.next() else { break };
+                    if last_used(&txn.inner().conn, &c)? != Some(c.used) {
+                        continue;
+                    }
+                    match (&c.what, &c.hash) {
+                        (_, Some(hash)) => {
+                            let conn = &txn.inner().conn;
+                            conn.prepare_cached("DELETE FROM blob_chunks WHERE hash = ?1")?.execute(params![hash])?;
+                            conn.prepare_cached("DELETE FROM blobs WHERE hash = ?1")?.execute(params![hash])?;
+                            conn.prepare_cached("DELETE FROM gc_marks WHERE hash = ?1")?.execute(params![hash])?;
+                        }
+                        (Evicted::Document { collection, id }, None) => {
+                            txn.evict(collection, id)?;
+                        }
+                        (Evicted::Attachment { .. }, None) => continue,
+                    }
+                    freed += c.bytes;
+                    evicted.push(Eviction { what: c.what, bytes: c.bytes, last_used_ms: c.used });
+                }
+                Ok(evicted)
+            })?;
+            out.extend(evicted);
+            Ok(freed >= excess || rest.peek().is_none())
+        })?;
+        Ok(out)
+    }
+}
+
+/// The most attachments and documents one transaction of [`Store::fit_budget`] evicts.
+const EVICTIONS_PER_TRANSACTION: usize = 64;
+
+/// When `c` was last used, as its candidate row reads it now (`None` once it is gone).
+fn last_used(conn: &Connection, c: &Candidate) -> Result<Option<u64>> {
+    use rusqlite::OptionalExtension;
+    let used: Option<i64> = match (&c.what, &c.hash) {
+        (_, Some(hash)) => conn
+            .prepare_cached("SELECT coalesce(used, 0) FROM blobs WHERE hash = ?1")?
+            .query_row(params![hash], |r| r.get(0))
+            .optional()?,
+        (Evicted::Document { collection, id }, None) => conn
+            .prepare_cached(
+                "SELECT max(coalesce(used, 0), coalesce(modified, 0)) FROM docs WHERE collection = ?1 AND id = ?2",
+            )?
+            .query_row(params![collection, id], |r| r.get(0))
+            .optional()?,
+        (Evicted::Attachment { .. }, None) => None,
+    };
+    Ok(used.map(|u| u.max(0) as u64))
 }
 
 /// Every attachment stored here, with its size and last use.
@@ -304,4 +344,39 @@ fn documents(conn: &Connection, keep: &crate::sync::session::Interest) -> Result
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::sources::Sources;
+    use serde_json::json;
+
+    /// A candidate read (or written) after the round chose it is left: it is not the least recently used any more.
+    #[test]
+    fn a_candidate_used_since_it_was_chosen_is_left() {
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+        let clock = now.clone();
+        let sources = Sources::seeded(3).with_clock(move || clock.load(std::sync::atomic::Ordering::SeqCst));
+        let store = Store::open_with(":memory:", crate::Options { sources, ..Default::default() }).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            store.upsert("relayed", json!({"_id": id})).unwrap();
+        }
+        let keep = crate::sync::session::Interest::new(&[]).unwrap();
+        let candidates = store.candidates(&keep).unwrap();
+        assert_eq!(candidates.len(), 4);
+        now.store(5_000, std::sync::atomic::Ordering::SeqCst);
+        assert!(store.get("relayed", "b").unwrap().is_some());
+        store.upsert("relayed", json!({"_id": "c", "n": 1})).unwrap();
+        let evicted = store.evict_candidates(candidates, u64::MAX).unwrap();
+        let ids: Vec<String> = evicted
+            .iter()
+            .filter_map(|e| match &e.what {
+                Evicted::Document { id, .. } => Some(id.clone()),
+                Evicted::Attachment { .. } => None,
+            })
+            .collect();
+        assert_eq!(ids, ["a", "d"]);
+        assert!(store.get("relayed", "b").unwrap().is_some() && store.get("relayed", "c").unwrap().is_some());
+    }
 }

@@ -64,7 +64,7 @@ impl Store {
         };
         let mut out = Vec::new();
         for (collection, ttl) in policies {
-            loop {
+            super::in_turns(|| {
                 let batch = self.write(|t| {
                     let now = t.inner().sources.now_ms().min(i64::MAX as u64) as i64;
                     let conn = &t.inner().conn;
@@ -89,10 +89,8 @@ impl Store {
                 })?;
                 let full = batch.len() == EXPIRE_BATCH;
                 out.extend(batch);
-                if !full {
-                    break;
-                }
-            }
+                Ok(!full)
+            })?;
         }
         if !out.is_empty() {
             log::info!("store {}: expired {} documents", self.shared.peer, out.len());

@@ -552,12 +552,7 @@ impl Store {
     /// just woke (measured: an app's write waited 7 s through a compaction of 200 transactions of a third of a second
     /// each); a millisecond asleep lets them in.
     fn in_steps(&self, mut step: impl FnMut(&mut Inner) -> Result<bool>) -> Result<()> {
-        loop {
-            if step(&mut self.lock())? {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        in_turns(|| step(&mut self.lock()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -1037,5 +1032,17 @@ impl Read for AttachmentReader {
             self.pos = 0;
         }
         Ok(blobs::drain(&self.buf, &mut self.pos, out))
+    }
+}
+
+/// Run `turn` (which takes the store's lock, or opens a write transaction, and lets it go) until it says it is done,
+/// asleep for a millisecond between two turns so that the threads it kept waiting for the lock go first (see
+/// [`Store::in_steps`]).
+fn in_turns(mut turn: impl FnMut() -> Result<bool>) -> Result<()> {
+    loop {
+        if turn()? {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
