@@ -90,35 +90,30 @@ fn meet(acks: &[VersionVector]) -> VersionVector {
     first.iter().map(|(p, c)| (p, acks.iter().map(|a| a.get(p)).min().unwrap_or(0).min(c))).collect()
 }
 
-fn action() -> impl Strategy<Value = Action> {
+/// Actions drawn with these weights: edits, sends, deliveries, merges, keeps, merges of kept states,
+/// acknowledgements, attestations, merges of attested states, collections.
+fn weighted_action(w: [u32; 10]) -> impl Strategy<Value = Action> {
     prop_oneof![
-        8 => (0..REPLICAS, edit()).prop_map(|(replica, edit)| Action::Edit { replica, edit }),
-        2 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Send { from, to }),
-        2 => (0..REPLICAS, any::<u64>()).prop_map(|(to, seed)| Action::Deliver { to, seed }),
-        3 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Merge { from, to }),
-        1 => (0..REPLICAS).prop_map(|replica| Action::Keep { replica }),
-        2 => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeKept { which, to }),
-        2 => (0..REPLICAS).prop_map(|replica| Action::Ack { replica }),
-        1 => Just(Action::Attest),
-        2 => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeAttested { which, to }),
-        2 => (0..REPLICAS).prop_map(|replica| Action::Collect { replica }),
+        w[0] => (0..REPLICAS, edit()).prop_map(|(replica, edit)| Action::Edit { replica, edit }),
+        w[1] => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Send { from, to }),
+        w[2] => (0..REPLICAS, any::<u64>()).prop_map(|(to, seed)| Action::Deliver { to, seed }),
+        w[3] => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Merge { from, to }),
+        w[4] => (0..REPLICAS).prop_map(|replica| Action::Keep { replica }),
+        w[5] => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeKept { which, to }),
+        w[6] => (0..REPLICAS).prop_map(|replica| Action::Ack { replica }),
+        w[7] => Just(Action::Attest),
+        w[8] => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeAttested { which, to }),
+        w[9] => (0..REPLICAS).prop_map(|replica| Action::Collect { replica }),
     ]
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    weighted_action([8, 2, 2, 3, 1, 2, 2, 1, 2, 2])
 }
 
 /// Actions weighted for garbage collection: replicas meet, acknowledge and attest often enough that most runs fold.
 fn collecting_action() -> impl Strategy<Value = Action> {
-    prop_oneof![
-        6 => (0..REPLICAS, edit()).prop_map(|(replica, edit)| Action::Edit { replica, edit }),
-        2 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Send { from, to }),
-        2 => (0..REPLICAS, any::<u64>()).prop_map(|(to, seed)| Action::Deliver { to, seed }),
-        5 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Merge { from, to }),
-        1 => (0..REPLICAS).prop_map(|replica| Action::Keep { replica }),
-        2 => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeKept { which, to }),
-        5 => (0..REPLICAS).prop_map(|replica| Action::Ack { replica }),
-        2 => Just(Action::Attest),
-        3 => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeAttested { which, to }),
-        3 => (0..REPLICAS).prop_map(|replica| Action::Collect { replica }),
-    ]
+    weighted_action([6, 2, 2, 5, 1, 2, 5, 2, 3, 3])
 }
 
 fn next(seed: &mut u64) -> u64 {

@@ -27,11 +27,17 @@ private func enrol(_ store: Store, _ name: String, _ authority: Authority, seria
     return info
 }
 
+/// Keeps every warning logged from now on (the test installs the default logger again).
+private func capturingLog() -> Locked<[String]> {
+    let lines = Locked<[String]>([])
+    Shoal.setLogHandler(level: .warn) { _, _, message in lines.mutate { $0.append(message) } }
+    return lines
+}
+
 func testEnrolledStoresSync() async throws {
     let dir = try makeTempDir("enrolment")
     defer { removeTempDir(dir) }
-    let lines = Locked<[String]>([])
-    Shoal.setLogHandler(level: .warn) { _, _, message in lines.mutate { $0.append(message) } }
+    let lines = capturingLog()
     defer { Shoal.installDefaultLogger(level: .warn) }
 
     let authority = try Authority.generate()
@@ -94,8 +100,7 @@ func testEnrolledStoresSync() async throws {
 func testRosterRefusesUnlistedDevices() async throws {
     let dir = try makeTempDir("roster")
     defer { removeTempDir(dir) }
-    let lines = Locked<[String]>([])
-    Shoal.setLogHandler(level: .warn) { _, _, message in lines.mutate { $0.append(message) } }
+    let lines = capturingLog()
     defer { Shoal.installDefaultLogger(level: .warn) }
 
     let authority = try Authority.generate()

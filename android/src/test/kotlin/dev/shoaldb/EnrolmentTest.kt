@@ -44,8 +44,8 @@ class EnrolmentTest {
         return info
     }
 
-    @Test
-    fun `two enrolled stores sync, another authority's and a revoked one get nothing`() = runBlocking<Unit> {
+    /** Installs a logger that keeps every message (and logs it as usual); the test puts `JulLogger` back. */
+    private fun capturingLog(): MutableList<String> {
         val logged = Collections.synchronizedList(mutableListOf<String>())
         Shoal.installLogger(
             object : ShoalLogger {
@@ -56,6 +56,12 @@ class EnrolmentTest {
             },
             LogLevel.INFO,
         )
+        return logged
+    }
+
+    @Test
+    fun `two enrolled stores sync, another authority's and a revoked one get nothing`() = runBlocking<Unit> {
+        val logged = capturingLog()
         val authority = Authority.generate()
         // The authority's key survives a round trip (an admin tool keeps it in a keystore).
         val sameAuthority = Authority.fromPrivateKey(authority.privateKey())
@@ -114,16 +120,7 @@ class EnrolmentTest {
 
     @Test
     fun `a roster refuses a device certified before it that it does not list`() = runBlocking<Unit> {
-        val logged = Collections.synchronizedList(mutableListOf<String>())
-        Shoal.installLogger(
-            object : ShoalLogger {
-                override fun log(level: LogLevel, target: String, message: String) {
-                    logged.add(message)
-                    JulLogger().log(level, target, message)
-                }
-            },
-            LogLevel.INFO,
-        )
+        val logged = capturingLog()
         val authority = Authority.generate()
         val a = open("A", listen = true)
         val member = open("Member")
