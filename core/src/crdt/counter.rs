@@ -153,7 +153,8 @@ impl Counter {
     }
 }
 
-// Encoded (snapshot format 3) as a map from writer to its runs, each `(last, last - first, sum)`; formats 1 and 2
+// Encoded (snapshot format 3) as a map from writer to its runs, each `(last - previous run's last, last - first,
+// sum)` (the first run's `last` whole): small numbers, a byte each for the usual single increment. Formats 1 and 2
 // kept single increments only, as `(counter, delta)`, and are still read.
 
 impl Serialize for Counter {
@@ -162,7 +163,12 @@ impl Serialize for Counter {
         struct Written<'a>(&'a Runs);
         impl Serialize for Written<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.iter().map(|r| (r.last, r.last - r.first, r.sum)))
+                let mut previous = 0;
+                s.collect_seq(self.0.iter().map(|r| {
+                    let step = r.last - previous;
+                    previous = r.last;
+                    (step, r.last - r.first, r.sum)
+                }))
             }
         }
         let mut map = s.serialize_map(Some(self.by_peer.len()))?;
@@ -186,11 +192,15 @@ impl<'de> Deserialize<'de> for Counter {
             let written = BTreeMap::<PeerId, Vec<(u64, u64, i128)>>::deserialize(d)?;
             let mut by_peer = BTreeMap::new();
             for (p, runs) in written {
+                let mut last = 0u64;
                 let runs = runs
                     .into_iter()
-                    .map(|(last, back, sum)| last.checked_sub(back).map(|first| Run { first, last, sum }))
+                    .map(|(step, back, sum)| {
+                        last = last.checked_add(step)?;
+                        last.checked_sub(back).map(|first| Run { first, last, sum })
+                    })
                     .collect::<Option<Runs>>()
-                    .ok_or_else(|| D::Error::custom("a counter run starts before its writer's first counter"))?;
+                    .ok_or_else(|| D::Error::custom("a counter run's counters are out of range"))?;
                 by_peer.insert(p, runs);
             }
             by_peer
@@ -317,10 +327,12 @@ mod tests {
             let bytes = postcard::to_stdvec(&m).unwrap();
             crate::crdt::sequence::decoding(3, || postcard::from_bytes::<Counter>(&bytes)).is_err()
         };
+        // `(last - previous last, last - first, sum)`.
         assert!(bad(vec![(3, 3, 1)]), "starts at counter 0");
         assert!(bad(vec![(3, 4, 1)]), "starts below counter 0");
-        assert!(bad(vec![(5, 2, 1), (4, 0, 1)]), "out of order");
-        assert!(bad(vec![(5, 2, 1), (6, 1, 1)]), "overlapping");
-        assert!(!bad(vec![(5, 2, 1), (6, 0, 1)]));
+        assert!(bad(vec![(5, 2, 1), (0, 0, 1)]), "out of order (the same last twice)");
+        assert!(bad(vec![(5, 2, 1), (1, 1, 1)]), "overlapping");
+        assert!(bad(vec![(u64::MAX, 0, 1), (1, 0, 1)]), "past the last counter");
+        assert!(!bad(vec![(5, 2, 1), (1, 0, 1)]));
     }
 }
