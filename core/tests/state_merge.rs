@@ -7,12 +7,16 @@
 //! document built from the change log alone; so a removed field or document coming back, an offline edit lost, or
 //! an order of text or array items that differs, each fails the test.
 //!
-//! Replicas also collect garbage ([`Document::collect_stable`]) as attested states make it safe (issue 17): each
-//! replica acknowledges what it holds from time to time; an attester takes every change acknowledged, folds what all
-//! replicas acknowledged (the stable frontier) and sends that state around; a replica holding all it attests may fold
-//! its own state likewise. Where folded states are compared with the change log, both are first folded under the
-//! same frontier — folding leaves what a document shows unchanged, and a fold that took in an increment a removal had
-//! taken away, or lost one, differs in the counter's sum.
+//! Replicas also collect garbage ([`Document::collect_stable`]) as attested states make it safe (issue 17), in a
+//! model of the membership protocol: some replicas start, others join later, each taking its first copy of the
+//! document whole from one already there; a roster lists the replicas there at its time; each replica acknowledges
+//! what it holds from time to time; an attester takes every change the roster's members acknowledged *before the
+//! roster's time*, folds what all of them acknowledged then (the stable frontier) and sends that state around; a
+//! replica holding all it attests may fold its own state likewise. Where folded states are compared with the change
+//! log, both are first folded under the same frontier — folding leaves what a document shows unchanged, and a fold
+//! that took in an increment a removal had taken away, or lost one, differs in the counter's sum. (A joining replica
+//! that took its first copy change by change, and stopped halfway, breaks this: a removal it makes has seen part of a
+//! folded run. Hence the rule that a first copy is taken whole.)
 
 #[path = "common/edits.rs"]
 mod edits;
@@ -22,7 +26,9 @@ use proptest::prelude::*;
 use shoaldb::crdt::clock::Dot;
 use shoaldb::{Applied, Change, Document, PeerId, Timestamp, Value, VersionVector};
 
-const REPLICAS: usize = 4;
+const REPLICAS: usize = 5;
+/// The replicas there from the start; the others join later.
+const FIRST: usize = 3;
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -57,9 +63,18 @@ enum Action {
     Ack {
         replica: usize,
     },
-    /// Once every replica has acknowledged something: the attester's state of every change acknowledged, folded
-    /// under what all acknowledged.
+    /// Once every member of the latest roster acknowledged something before its time: the attester's state of every
+    /// change they acknowledged then, folded under what all of them acknowledged then.
     Attest,
+    /// The authority lists the replicas there now, as of now.
+    Roster,
+    /// `replica`, not there yet, joins: its first copy of the document is `from`'s state, whole.
+    Join {
+        replica: usize,
+        from: usize,
+    },
+    /// Every replica there merges every other's state (a round of the whole mesh).
+    Gossip,
     /// `to` merges an attested state.
     MergeAttested {
         which: usize,
@@ -91,10 +106,10 @@ fn meet(acks: &[VersionVector]) -> VersionVector {
 }
 
 /// Actions drawn with these weights: edits, sends, deliveries, merges, keeps, merges of kept states,
-/// acknowledgements, attestations, merges of attested states, collections.
-fn weighted_action(w: [u32; 10]) -> impl Strategy<Value = Action> {
+/// acknowledgements, attestations, merges of attested states, collections, rosters, joins, rounds of the mesh.
+fn weighted_action(w: [u32; 13], edits: BoxedStrategy<Edit>) -> impl Strategy<Value = Action> {
     prop_oneof![
-        w[0] => (0..REPLICAS, edit()).prop_map(|(replica, edit)| Action::Edit { replica, edit }),
+        w[0] => (0..REPLICAS, edits).prop_map(|(replica, edit)| Action::Edit { replica, edit }),
         w[1] => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Send { from, to }),
         w[2] => (0..REPLICAS, any::<u64>()).prop_map(|(to, seed)| Action::Deliver { to, seed }),
         w[3] => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Action::Merge { from, to }),
@@ -104,16 +119,24 @@ fn weighted_action(w: [u32; 10]) -> impl Strategy<Value = Action> {
         w[7] => Just(Action::Attest),
         w[8] => (any::<usize>(), 0..REPLICAS).prop_map(|(which, to)| Action::MergeAttested { which, to }),
         w[9] => (0..REPLICAS).prop_map(|replica| Action::Collect { replica }),
+        w[10] => Just(Action::Roster),
+        w[11] => (0..REPLICAS, 0..REPLICAS).prop_map(|(replica, from)| Action::Join { replica, from }),
+        w[12] => Just(Action::Gossip),
     ]
 }
 
 fn action() -> impl Strategy<Value = Action> {
-    weighted_action([8, 2, 2, 3, 1, 2, 2, 1, 2, 2])
+    weighted_action([8, 2, 2, 3, 1, 2, 2, 1, 2, 2, 1, 1, 1], edit().boxed())
 }
 
-/// Actions weighted for garbage collection: replicas meet, acknowledge and attest often enough that most runs fold.
+/// Actions weighted for garbage collection: replicas meet, acknowledge, list and attest often enough, and increment
+/// counters often enough (half the edits), that many attested states fold some.
 fn collecting_action() -> impl Strategy<Value = Action> {
-    weighted_action([6, 2, 2, 5, 1, 2, 5, 2, 3, 3])
+    let increments = prop_oneof![
+        (any::<u8>(), -5i8..5).prop_map(|(which, by)| Edit::Increment { which, by }),
+        (any::<u16>(), -3i8..4).prop_map(|(idx, by)| Edit::NestedIncrement { idx, by }),
+    ];
+    weighted_action([12, 2, 2, 5, 1, 2, 8, 2, 3, 3, 2, 1, 2], prop_oneof![1 => edit(), 3 => increments].boxed())
 }
 
 fn next(seed: &mut u64) -> u64 {
@@ -187,20 +210,49 @@ fn merge_checked(to: &mut Document, state: &Document, log: &[Change], statements
     assert_eq!(canonical(to), again, "merge is not idempotent");
 }
 
-fn run(actions: &[Action]) {
-    struct Replica {
-        doc: Document,
-        next: u64,
-        inbox: Vec<Change>,
+struct Replica {
+    doc: Document,
+    next: u64,
+    inbox: Vec<Change>,
+}
+
+/// Every replica `there` merges every other's state, each merge checked.
+fn gossip(replicas: &mut [Replica], there: &[bool], log: &[Change], statements: &[Statement]) {
+    for to in 0..replicas.len() {
+        for from in 0..replicas.len() {
+            if to != from && there[to] && there[from] {
+                let state = replicas[from].doc.clone();
+                merge_checked(&mut replicas[to].doc, &state, log, statements);
+            }
+        }
     }
+}
+
+fn run(actions: &[Action]) {
     let mut replicas: Vec<Replica> =
         (0..REPLICAS).map(|_| Replica { doc: Document::new(), next: 1, inbox: Vec::new() }).collect();
     let mut log: Vec<Change> = Vec::new();
     let mut kept: Vec<Document> = Vec::new();
-    let mut acks: Vec<Option<VersionVector>> = vec![None; REPLICAS];
+    let mut there: Vec<bool> = (0..REPLICAS).map(|r| r < FIRST).collect();
+    // Each replica's acknowledgements, with when it made them (the action's index).
+    let mut acks: Vec<Vec<(usize, VersionVector)>> = vec![Vec::new(); REPLICAS];
+    // Each roster's time and members.
+    let mut rosters: Vec<(usize, Vec<usize>)> = Vec::new();
     let mut statements: Vec<Statement> = Vec::new();
     let mut clock = 0u64;
-    for a in actions {
+    for (now, a) in actions.iter().enumerate() {
+        // A replica not there yet does nothing and is sent nothing.
+        let absent = match a {
+            Action::Edit { replica, .. } | Action::Ack { replica } | Action::Collect { replica } => !there[*replica],
+            Action::Keep { replica } => !there[*replica],
+            Action::Send { from, to } | Action::Merge { from, to } => !there[*from] || !there[*to],
+            Action::Deliver { to, .. } | Action::MergeKept { to, .. } | Action::MergeAttested { to, .. } => !there[*to],
+            Action::Join { replica, from } => there[*replica] || !there[*from],
+            Action::Attest | Action::Roster | Action::Gossip => false,
+        };
+        if absent {
+            continue;
+        }
         match a {
             Action::Edit { replica, edit } => {
                 clock += 1;
@@ -246,9 +298,21 @@ fn run(actions: &[Action]) {
                     merge_checked(&mut replicas[*to].doc, &state, &log, &statements);
                 }
             }
-            Action::Ack { replica } => acks[*replica] = Some(replicas[*replica].doc.version().clone()),
+            Action::Ack { replica } => acks[*replica].push((now, replicas[*replica].doc.version().clone())),
+            Action::Roster => rosters.push((now, (0..REPLICAS).filter(|r| there[*r]).collect())),
+            Action::Gossip => gossip(&mut replicas, &there, &log, &statements),
+            Action::Join { replica, from } => {
+                replicas[*replica].doc = replicas[*from].doc.clone();
+                there[*replica] = true;
+            }
             Action::Attest => {
-                let Some(acks) = acks.iter().cloned().collect::<Option<Vec<VersionVector>>>() else { continue };
+                let Some((time, members)) = rosters.last() else { continue };
+                // Each member's latest acknowledgement from before the roster's time.
+                let acks: Option<Vec<VersionVector>> = members
+                    .iter()
+                    .map(|m| acks[*m].iter().rev().find(|(t, _)| t < time).map(|(_, v)| v.clone()))
+                    .collect();
+                let Some(acks) = acks else { continue };
                 let mut version = VersionVector::new();
                 acks.iter().for_each(|a| version.join(a));
                 let stable = meet(&acks);
@@ -271,15 +335,8 @@ fn run(actions: &[Action]) {
             }
         }
     }
-    // Everyone meets everyone: the first half by snapshots, the rest by changes; all end the same.
-    for to in 0..REPLICAS {
-        for from in 0..REPLICAS {
-            if to != from {
-                let state = replicas[from].doc.clone();
-                merge_checked(&mut replicas[to].doc, &state, &log, &statements);
-            }
-        }
-    }
+    // Everyone meets everyone; all end the same.
+    gossip(&mut replicas, &[true; REPLICAS], &log, &statements);
     let all = replay(&log, replicas[0].doc.version());
     let stable = frontier(&statements, all.version());
     for r in &replicas {
@@ -298,7 +355,7 @@ proptest! {
     }
 
     #[test]
-    fn folding_stable_counters_equals_never_folding(actions in proptest::collection::vec(collecting_action(), 1..150)) {
+    fn folding_stable_counters_equals_never_folding(actions in proptest::collection::vec(collecting_action(), 1..300)) {
         run(&actions);
     }
 }
@@ -330,4 +387,54 @@ fn a_returning_device_keeps_its_offline_edits_and_nothing_removed() {
     let expected = serde_json::json!({"n": 2});
     assert_eq!(at_b.to_json().map(serde_json::Value::Object), Some(expected.clone()));
     assert_eq!(at_a.to_json().map(serde_json::Value::Object), Some(expected));
+}
+
+/// Why a device's first copy of a document must be taken whole: a device that joins after the roster's time (so its
+/// acknowledgements count in no frontier) and took only part of the document change by change, removes a counter
+/// that had been folded meanwhile. Its removal saw one of the three increments folded into one run: a replica
+/// holding the run keeps all three, a replica that never folded keeps two — they disagree. Taken whole, its removal
+/// sees all three and every replica agrees.
+#[test]
+fn a_first_copy_taken_change_by_change_would_break_folding() {
+    let (a, joiner) = (PeerId(1), PeerId(9));
+    let mut doc = Document::new();
+    let mut log = Vec::new();
+    let mut next = 1;
+    for (i, by) in [0i64, 1, 10, 100].into_iter().enumerate() {
+        let mut ed = doc.edit(a, next, Timestamp::new(1_000 + i as u64, 0));
+        if i == 0 {
+            ed.merge(shoaldb::Path::root(), Value::Map(Default::default())).unwrap();
+        } else {
+            ed.increment("likes", by).unwrap();
+        }
+        next = ed.next_counter();
+        log.push(ed.finish().unwrap());
+    }
+    // Every member acknowledged it all before the roster's time: the attester folds the three increments.
+    let mut attested = doc.clone();
+    attested.collect_stable(&doc.version().clone());
+    let removed_by = |first_copy: Document| {
+        let mut j = first_copy;
+        let mut ed = j.edit(joiner, 1, Timestamp::new(2_000, 0));
+        ed.remove("likes").unwrap();
+        ed.finish().unwrap()
+    };
+    let likes = |d: &Document| d.get("likes").unwrap();
+    // Change by change, stopped after the first increment.
+    let mut partial = Document::new();
+    for c in &log[..2] {
+        partial.apply(c).unwrap();
+    }
+    let removal = removed_by(partial);
+    let (mut never_folded, mut folded) = (doc.clone(), attested.clone());
+    never_folded.apply(&removal).unwrap();
+    folded.apply(&removal).unwrap();
+    assert_eq!(likes(&never_folded), Some(serde_json::json!(110)), "the increments the removal did not see");
+    assert_eq!(likes(&folded), Some(serde_json::json!(111)), "the run it saw part of stays whole");
+    // Whole: the removal saw all three, and both agree.
+    let removal = removed_by(doc.clone());
+    let (mut never_folded, mut folded) = (doc.clone(), attested.clone());
+    never_folded.apply(&removal).unwrap();
+    folded.apply(&removal).unwrap();
+    assert_eq!((likes(&never_folded), likes(&folded)), (None, None));
 }
