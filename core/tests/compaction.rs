@@ -482,6 +482,7 @@ fn a_document_with_more_log_rows_than_a_transaction_folds_goes_over_several() {
     let report = w.stores[0].compact(&CompactionPolicy::everything()).unwrap();
     writer.join().unwrap();
     assert!(report.transactions >= 6, "2 × 2,600 rows, about a thousand per transaction: {report:?}");
+    assert_eq!(report.documents, 2, "each document counted once, however many transactions it took: {report:?}");
     let stats = w.stores[0].storage_stats().unwrap();
     assert_eq!(
         report.changes + stats.log_changes,

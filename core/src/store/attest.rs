@@ -195,17 +195,8 @@ impl Store {
                 return Err(not_permitted("the device's certificate has no `attest` grant"));
             }
             let chain = super::inner::meta_get(&inner.conn, super::inner::CHAIN_META)?;
-            let docs: Vec<(i64, String, String)> = inner
-                .conn
-                .prepare(
-                    "SELECT d.doc, d.collection, d.id FROM docs d \
-                     WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc) ORDER BY d.doc",
-                )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .filter(|d: &rusqlite::Result<(i64, String, String)>| {
-                    d.as_ref().map_or(true, |(_, collection, _)| permissions.0.may_attest(collection))
-                })
-                .collect::<rusqlite::Result<_>>()?;
+            let mut docs = super::compaction::logged_docs(&inner.conn)?;
+            docs.retain(|(_, collection, _)| permissions.0.may_attest(collection));
             (key, permissions, chain, docs)
         };
         // A transaction per few dozen documents, the store's lock let go between them (as `compact` does).

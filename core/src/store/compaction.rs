@@ -257,34 +257,29 @@ impl Store {
             let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
             let (cloud, all) = acknowledged(&inner.conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);
-            let docs: Vec<(i64, String, String)> = inner
-                .conn
-                .prepare(
-                    "SELECT d.doc, d.collection, d.id FROM docs d \
-                     WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc)",
-                )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud }, docs)
+            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud }, logged_docs(&inner.conn)?)
         };
         // About a thousand log rows per transaction, the store's lock let go between them.
         let mut report = CompactionReport::default();
         let mut rest = &docs[..];
+        // Whether the first document of `rest` was partly folded by the transaction before (counted there).
+        let mut unfinished = false;
         if !rest.is_empty() {
             self.in_steps(|inner| {
                 inner.refresh()?;
-                let (part, taken, folded) = inner.immediate(|conn| compact_some(conn, rest, &rule))?;
+                let part = inner.immediate(|conn| compact_some(conn, rest, &rule, unfinished))?;
                 // A document not finished (more rows than a transaction folds) stays first; one that folded nothing
                 // is not looked at again.
-                let done = if taken == 0 && part.changes == 0 { 1 } else { taken };
+                let done = if part.taken == 0 && part.report.changes == 0 { 1 } else { part.taken };
                 rest = &rest[done.min(rest.len())..];
-                report.add(&part);
-                if part.changes > 0 {
+                unfinished = part.unfinished;
+                report.add(&part.report);
+                if part.report.changes > 0 {
                     // Snapshots and logs changed under the cached documents, and the log rows the digests read are
                     // gone.
                     inner.cache.clear();
                     inner.digests.clear();
-                    inner.folded.union_with(&folded);
+                    inner.folded.union_with(&part.folded);
                 }
                 Ok(rest.is_empty())
             })?;
@@ -301,35 +296,61 @@ impl Store {
     }
 }
 
+/// The documents with rows in the change log, by number: what [`Store::compact`] and [`Store::attest`] look at.
+pub(super) fn logged_docs(conn: &Connection) -> Result<Vec<(i64, String, String)>> {
+    Ok(conn
+        .prepare(
+            "SELECT d.doc, d.collection, d.id FROM docs d \
+             WHERE EXISTS (SELECT 1 FROM changes c WHERE c.doc = d.doc) ORDER BY d.doc",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// What one transaction of [`Store::compact`] did.
+struct Part {
+    report: CompactionReport,
+    /// How many documents, from the first, it finished.
+    taken: usize,
+    /// The changes it folded.
+    folded: Summary,
+    /// It stopped inside the document after the last it finished (more rows than it could fold).
+    unfinished: bool,
+}
+
 /// One transaction of [`Store::compact`]: the documents of `docs`, from the first, until
-/// [`COMPACT_ROWS_PER_TRANSACTION`] log rows are folded. What it did, how many documents it looked at, and the
-/// changes it folded.
-fn compact_some(
-    conn: &Connection,
-    docs: &[(i64, String, String)],
-    rule: &Rule,
-) -> Result<(CompactionReport, usize, Summary)> {
-    let mut report = CompactionReport { transactions: 1, ..CompactionReport::default() };
-    let (mut folded, mut rows, mut taken) = (Summary::new(), 0u64, 0usize);
-    for (row, collection, id) in docs {
+/// [`COMPACT_ROWS_PER_TRANSACTION`] log rows are folded. `continued`: the first was partly folded by the
+/// transaction before, which counted it in its report.
+fn compact_some(conn: &Connection, docs: &[(i64, String, String)], rule: &Rule, continued: bool) -> Result<Part> {
+    let mut part = Part {
+        report: CompactionReport { transactions: 1, ..CompactionReport::default() },
+        taken: 0,
+        folded: Summary::new(),
+        unfinished: false,
+    };
+    let mut rows = 0u64;
+    for (i, (row, collection, id)) in docs.iter().enumerate() {
         if rows >= COMPACT_ROWS_PER_TRANSACTION {
             break;
         }
         let done = compact_doc(conn, *row, collection, id, rule, COMPACT_ROWS_PER_TRANSACTION - rows)?;
         if done.changes > 0 {
-            report.documents += 1;
-            report.changes += done.changes;
-            report.bytes += done.bytes;
+            if !(i == 0 && continued) {
+                part.report.documents += 1;
+            }
+            part.report.changes += done.changes;
+            part.report.bytes += done.bytes;
             rows += done.rows;
-            folded.union_with(&done.folded);
+            part.folded.union_with(&done.folded);
         }
         if done.more {
             // The rest of this document's rows in the next transaction.
+            part.unfinished = true;
             break;
         }
-        taken += 1;
+        part.taken += 1;
     }
-    Ok((report, taken, folded))
+    Ok(part)
 }
 
 /// What [`compact_doc`] folded of one document.
