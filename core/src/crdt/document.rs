@@ -150,16 +150,11 @@ fn field_items_capped(f: &Field, cap: u64, entries: bool) -> u64 {
 /// elements too).
 fn field_tombstones(f: &Field) -> u64 {
     let mut n = 0u64;
-    if let Some(m) = &f.map {
-        n = m.fields.values().fold(n, |n, c| n.saturating_add(field_tombstones(c)));
-    }
-    if let Some(a) = &f.array {
-        n = n.saturating_add((a.total_len() - a.len()) as u64);
-        n = a.all_items().fold(n, |n, c| n.saturating_add(field_tombstones(c)));
-    }
-    if let Some(t) = &f.text {
-        n = n.saturating_add((t.total_len() - t.len()) as u64);
-    }
+    f.for_each_field(&mut |f| {
+        let deleted = f.array.as_deref().map_or(0, |a| a.total_len() - a.len())
+            + f.text.as_deref().map_or(0, |t| t.total_len() - t.len());
+        n = n.saturating_add(deleted as u64);
+    });
     n
 }
 
