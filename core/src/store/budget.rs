@@ -211,15 +211,20 @@ impl Store {
     }
 
     /// What may be evicted, least recently used first (the largest first among things used at the same time).
+    /// The uses noted in memory are written down first (one short transaction); the scan of every attachment and
+    /// document then runs on a reader's connection, so the app's writes go on meanwhile (a store in memory scans
+    /// under its lock).
     fn candidates(&self, keep: &crate::sync::session::Interest) -> Result<Vec<Candidate>> {
         let mut usage = std::mem::take(&mut *self.usage());
-        let mut inner = self.lock();
-        inner.refresh()?;
-        // Subscriptions with filters are matched against the views.
-        inner.flush_views(None)?;
-        inner.immediate(|conn| usage.write_down(conn))?;
-        let mut candidates = attachments(&inner.conn)?;
-        candidates.extend(documents(&inner.conn, keep)?);
+        if !usage.is_empty() {
+            self.lock().immediate(|conn| usage.write_down(conn))?;
+        }
+        // Subscriptions with filters are matched against the views: stale ones are written first.
+        let mut candidates = self.read_views(None, |conn| {
+            let mut candidates = attachments(conn)?;
+            candidates.extend(documents(conn, keep)?);
+            Ok(candidates)
+        })?;
         candidates.sort_by(|a, b| a.used.cmp(&b.used).then(a.bytes.cmp(&b.bytes).reverse()));
         Ok(candidates)
     }
