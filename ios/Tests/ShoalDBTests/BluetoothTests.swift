@@ -312,7 +312,11 @@ func testStateRestorationOnTheAir() async throws {
         central.connect(q1)
         peerCentral.connect(p1)
     }
-    try await eventually("two links") { try air.traffic().links == 2 && first.heard("connected") }
+    // Each central's didConnect, not only the air's count: a peripheral not connected yet ignores discoverServices
+    // (as CoreBluetooth does), and under load Q's could come after the air counted both links.
+    try await eventually("two links") {
+        try air.traffic().links == 2 && first.heard("connected") && peer.heard("connected")
+    }
     queue.sync {
         p1.delegate = peer
         p1.discoverServices(nil)
