@@ -580,7 +580,7 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
          DROP TABLE folded; DROP TABLE attested; DROP TABLE attested_changes; ALTER TABLE docs ADD COLUMN folded BLOB; \
          CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL; \
-         PRAGMA user_version = 11;",
+         ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 11;",
     )
     .unwrap();
     let empty = shoaldb::store::Summary::new().encode();

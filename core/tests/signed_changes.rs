@@ -197,7 +197,7 @@ fn signed_below_the_store(device: &Store, write: impl FnOnce(&Store) -> shoaldb:
     write(&shadow).unwrap();
     let have = device.replica().summary().unwrap();
     let entries = shadow.replica().log_missing(&have, &Summary::new(), usize::MAX).unwrap();
-    entries.iter().map(|e| WireChange { change: e.to_wire(), signature: e.signature.clone() }).collect()
+    entries.iter().map(|e| WireChange::signed(e.to_wire(), e.signature.clone())).collect()
 }
 
 #[test]
@@ -293,7 +293,7 @@ fn forged_unsigned_and_unknown_signers_changes_are_refused_alone() {
     as_victim.doc_id = "evil".into();
     as_victim.change.peer = victim_author;
     as_victim.change.start = next;
-    let forged = WireChange { change: as_victim.encode(), signature: evil.signature.clone() };
+    let forged = WireChange::signed(as_victim.encode(), evil.signature.clone());
     let mut claimed = forged.clone();
     if let Some(s) = claimed.signature.as_mut() {
         s.device = m.device_id(victim);
@@ -302,11 +302,11 @@ fn forged_unsigned_and_unknown_signers_changes_are_refused_alone() {
     if let Some(s) = unknown.signature.as_mut() {
         s.device = PeerId(12345);
     }
-    let unsigned = WireChange { change: forged.change.clone(), signature: None };
+    let unsigned = WireChange::unsigned(forged.change.clone());
     let mut altered = shoaldb::DocChange::decode(&evil.to_wire()).unwrap();
     altered.doc_id = "altered".into();
-    let altered = WireChange { change: altered.encode(), signature: evil.signature.clone() };
-    let good = WireChange { change: honest.to_wire(), signature: honest.signature.clone() };
+    let altered = WireChange::signed(altered.encode(), evil.signature.clone());
+    let good = WireChange::signed(honest.to_wire(), honest.signature.clone());
     let batch = vec![forged, claimed, unknown, unsigned, altered, good];
     m.engines[attacker].send_raw(la, &Message::Changes { changes: batch }.encode()).unwrap();
     m.settle();

@@ -130,6 +130,59 @@ fn reconnecting_sends_only_what_is_missing() {
 }
 
 #[test]
+fn a_document_arrives_whole_or_not_at_all_when_the_link_drops_halfway() {
+    // Device 0 edits a document the other holds and writes a new one with device 2, interleaved: both spread over
+    // every batch sent.
+    let mut net = Net::new(vec![all(), all(), all()]);
+    net.store(0).upsert("docs", json!({"_id": "known", "n": 0})).unwrap();
+    let w = net.connect(0, 1);
+    net.settle();
+    net.disconnect(w);
+    let w = net.connect(0, 2);
+    for i in 0..150 {
+        let text = format!("{i:03}{}", "x".repeat(500));
+        net.store(0).update("docs", "known", |d| Ok(d.set(format!("k{i}"), text.as_str())?)).unwrap();
+        // Device 0 creates it (its changes can then be applied without device 2's).
+        let (writer, field) = if i % 3 == 1 { (2, format!("b{i}")) } else { (0, format!("a{i}")) };
+        net.store(writer).upsert("docs", json!({"_id": "new", field: text})).unwrap();
+        if i % 3 == 1 {
+            net.settle();
+        }
+    }
+    net.settle();
+    net.disconnect(w);
+    let whole = net.store(0).get("docs", "new").unwrap().unwrap();
+    assert_eq!(whole.as_object().unwrap().len(), 151, "device 0 holds both writers' edits");
+    // Device 1 catches up over a link cut once about two thirds of the changes went over (the documents' changes
+    // are sent one document after the other, the new one over several batches).
+    let w = net.connect(0, 1);
+    let mut cut = false;
+    for _ in 0..10_000 {
+        if !net.round(1) {
+            break;
+        }
+        if let Some(new) = net.store(1).get("docs", "new").unwrap() {
+            let fields = new.as_object().map_or(0, |o| o.len());
+            assert!(new == whole, "a first copy is never seen in part: {fields} of 151 fields");
+        }
+        if net.bytes.get(&(0, 1)).is_some_and(|&b| b > 100_000) {
+            net.disconnect(w);
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the link was cut while the catch-up was under way");
+    let known = net.store(1).get("docs", "known").unwrap().unwrap();
+    assert_eq!(known.as_object().unwrap().len(), 152, "the document device 1 held got every edit");
+    assert_eq!(net.store(1).get("docs", "new").unwrap(), None, "nothing of the new document is applied yet");
+    // Nor counted as held: all of it comes again.
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.store(1).get("docs", "new").unwrap().unwrap() == whole);
+    assert_eq!(net.store(1).replica().summary().unwrap(), net.store(0).replica().summary().unwrap());
+}
+
+#[test]
 fn filtered_subscription_gets_documents_that_start_to_match() {
     let mut net = Net::new(vec![all(), vec![Subscription::filtered("tasks", "done == false")]]);
     net.store(0).upsert("tasks", json!({"_id": "open", "done": false})).unwrap();

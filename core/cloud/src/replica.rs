@@ -51,7 +51,7 @@ const LOG_FIRST_PAGE: i64 = 32;
 /// The columns of a log row as [`entry`] reads them.
 macro_rules! entry_columns {
     () => {
-        "c.seq, c.doc, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, c.body, c.sig"
+        "c.seq, c.doc, d.collection, d.doc_id, c.author, c.start_ctr, c.end_ctr, c.body, c.sig, d.version"
     };
 }
 
@@ -656,6 +656,7 @@ impl<'t, 'c> Batch<'t, 'c> {
             return Ok(false);
         }
         let (mut collections, mut ids, mut states, mut views) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut versions = Vec::new();
         let mut refs: Vec<(usize, [u8; 32])> = Vec::new();
         for (n, ((collection, id), d)) in written.iter().enumerate() {
             // Rendered once: scanned for attachment tokens (hex: untouched by `jsonb_safe`), then parsed as JSONB.
@@ -667,15 +668,18 @@ impl<'t, 'c> Batch<'t, 'c> {
             ids.push(id.as_str());
             states.push(d.doc.encode());
             views.push(view);
+            versions.push(postcard::to_allocvec(d.doc.version()).map_err(|e| Error::Corrupt(e.to_string()))?);
         }
         let rows = self
             .tx
             .query(
-                "INSERT INTO docs (collection, doc_id, state, view) \
-                 SELECT c, i, s, v::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS t(c, i, s, v) \
-                 ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view \
+                "INSERT INTO docs (collection, doc_id, state, view, version) \
+                 SELECT c, i, s, v::jsonb, r FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[]) \
+                 AS t(c, i, s, v, r) \
+                 ON CONFLICT (collection, doc_id) DO UPDATE SET state = excluded.state, view = excluded.view, \
+                 version = excluded.version \
                  RETURNING collection, doc_id, num",
-                &[&collections, &ids, &states, &views],
+                &[&collections, &ids, &states, &views, &versions],
             )
             .map_err(pg)?;
         let nums: BTreeMap<(String, String), i64> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
@@ -995,11 +999,13 @@ fn wire(collection: &str, id: &str, body: &[u8]) -> Vec<u8> {
         end: 0,
         body: body.to_vec(),
         signature: None,
+        version: None,
     }
     .to_wire()
 }
 
-/// A log row as a [`LogEntry`] (columns from `at`: seq, doc, collection, doc_id, author, start, end, body, sig).
+/// A log row as a [`LogEntry`] (columns from `at`: seq, doc, collection, doc_id, author, start, end, body, sig,
+/// the document's version).
 fn entry(r: &postgres::Row, at: usize) -> LogEntry {
     LogEntry {
         seq: r.get(at),
@@ -1011,6 +1017,10 @@ fn entry(r: &postgres::Row, at: usize) -> LogEntry {
         end: r.get::<_, i64>(at + 6) as u64,
         body: r.get(at + 7),
         signature: r.get::<_, Option<Vec<u8>>>(at + 8).as_deref().and_then(ChangeSignature::decode),
+        version: r
+            .get::<_, Option<Vec<u8>>>(at + 9)
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .map(std::sync::Arc::new),
     }
 }
 
@@ -1321,6 +1331,29 @@ impl Replica for PgReplica {
             .query_opt("SELECT num FROM docs WHERE collection = $1 AND doc_id = $2", &[&collection, &id])
             .map_err(pg)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    fn has_docs(&self, docs: &[(&str, &str)]) -> Result<Vec<bool>> {
+        for (collection, id) in docs {
+            check_collection(collection)?;
+            check_doc_id(id)?;
+        }
+        let (collections, ids): (Vec<&str>, Vec<&str>) = docs.iter().copied().unzip();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT t.o FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(c, i, o) \
+                 WHERE EXISTS (SELECT 1 FROM docs d WHERE d.collection = t.c AND d.doc_id = t.i)",
+                &[&collections, &ids],
+            )
+            .map_err(pg)?;
+        let mut out = vec![false; docs.len()];
+        for r in rows {
+            if let Some(slot) = usize::try_from(r.get::<_, i64>(0) - 1).ok().and_then(|n| out.get_mut(n)) {
+                *slot = true;
+            }
+        }
+        Ok(out)
     }
 
     fn attachment_len(&self, hash: &[u8; 32]) -> Result<Option<u64>> {

@@ -221,6 +221,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX attested_spans_by_hi ON attested_spans (author, hi);
     "#,
+    // 8: a document's first copy arrives whole (issue 17): its version vector (postcard), sent with its first
+    // change (`shoaldb::sync::first_copy`); written with its state, NULL for documents not written since.
+    "ALTER TABLE docs ADD COLUMN version bytea;",
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -154,6 +154,30 @@ fn the_cloud_merges_exactly_as_a_phone_does() {
     }
 }
 
+/// The log the cloud serves carries each document's version as the cloud holds it — a phone's, for the same
+/// changes — which a device taking its first copy of the document waits for (`shoaldb::sync::first_copy`).
+#[test]
+fn the_log_carries_each_documents_version_as_a_phone_holds_it() {
+    let Some(_) = common::server() else { return };
+    let cloud = PgReplica::connect(&common::fresh_database().unwrap(), 1).unwrap();
+    let reference = Store::open(":memory:").unwrap();
+    let changes = phone_changes(&mut SeededRng::new(7));
+    cloud.apply_changes(&changes).unwrap();
+    reference.replica().apply_changes(&changes).unwrap();
+    let entries = cloud.log_missing(&Summary::new(), &Summary::new(), usize::MAX).unwrap();
+    let phone = reference.replica().log_missing(&Summary::new(), &Summary::new(), usize::MAX).unwrap();
+    assert_eq!(entries.len(), phone.len());
+    for e in &entries {
+        let version =
+            e.version.as_deref().unwrap_or_else(|| panic!("{}/{} is served without a version", e.collection, e.doc_id));
+        let held = reference.document(&e.collection, &e.doc_id).unwrap().unwrap();
+        assert_eq!(version, held.version(), "{}/{}", e.collection, e.doc_id);
+    }
+    for (e, p) in entries.iter().zip(&phone) {
+        assert_eq!((e.peer, e.start, &e.version), (p.peer, p.start, &p.version));
+    }
+}
+
 #[test]
 fn an_equivocation_is_refused_alone_and_kept_as_evidence() {
     let Some(url) = common::fresh_database() else { return };

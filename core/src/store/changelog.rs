@@ -31,6 +31,9 @@ pub struct LogEntry {
     pub body: Vec<u8>,
     /// Its author's signature, as received or made (`None` when unsigned).
     pub signature: Option<crate::security::ChangeSignature>,
+    /// The document's version vector when the entry was read (`None` when not known), which a sender attaches to a
+    /// document's first change (see [`crate::sync::first_copy`]).
+    pub version: Option<std::sync::Arc<crate::crdt::version::VersionVector>>,
 }
 
 impl LogEntry {
@@ -46,7 +49,7 @@ impl LogEntry {
 }
 
 pub(super) const ENTRY_COLUMNS: &str =
-    "c.seq, c.doc, d.collection, d.id, c.peer, c.sig, c.start, c.end, c.body, c.hash, c.parts";
+    "c.seq, c.doc, d.collection, d.id, c.peer, c.sig, d.version, c.start, c.end, c.body, c.hash, c.parts";
 
 /// Append to `out` the changes of the log row `r` (read with [`ENTRY_COLUMNS`]) that `wanted` takes, in order.
 pub(super) fn row_entries(
@@ -58,7 +61,8 @@ pub(super) fn row_entries(
     let peer = PeerId(r.get::<_, i64>(4)? as u64);
     // Written by this store; a signature it cannot read is sent as none (receivers that need one refuse it).
     let signature = r.get::<_, Option<Vec<u8>>>(5)?.and_then(|b| crate::security::ChangeSignature::decode(&b));
-    for part in super::logrow::LogRow::read(r, 6)?.parts()? {
+    let version = r.get::<_, Option<Vec<u8>>>(6)?.and_then(|b| decode_version(&b)).map(std::sync::Arc::new);
+    for part in super::logrow::LogRow::read(r, 7)?.parts()? {
         if wanted(&part) {
             out.push(LogEntry {
                 seq,
@@ -71,10 +75,25 @@ pub(super) fn row_entries(
                 body: part.body.to_vec(),
                 // Only a row of one change is signed.
                 signature: signature.clone(),
+                version: version.clone(),
             });
         }
     }
     Ok(())
+}
+
+/// A document's version as kept in `docs.version`.
+pub(super) fn encode_version(v: &crate::crdt::version::VersionVector) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// A document's version kept in `docs.version`; `None` (sent without one) when it does not decode.
+fn decode_version(bytes: &[u8]) -> Option<crate::crdt::version::VersionVector> {
+    let v: Option<crate::crdt::version::VersionVector> = postcard::from_bytes(bytes).ok();
+    if v.is_none() {
+        log::warn!("a document's stored version does not decode; its changes are sent without it");
+    }
+    v
 }
 
 /// A registered commit listener; dropping it unregisters.

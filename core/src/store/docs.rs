@@ -443,10 +443,13 @@ pub(crate) fn save(
         }
         last_seq = conn.last_insert_rowid();
     }
-    if let Some(made) = changes.iter().map(|c| c.made_ms).max() {
-        conn.prepare_cached("UPDATE docs SET modified = max(coalesce(modified, 0), ?2) WHERE doc = ?1")?
-            .execute(params![row, made.min(i64::MAX as u64) as i64])?;
-    }
+    let made = changes.iter().map(|c| c.made_ms).max().map(|m| m.min(i64::MAX as u64) as i64);
+    // The version goes with the document's changes when they are sent (`sync::first_copy`).
+    conn.prepare_cached(
+        "UPDATE docs SET modified = CASE WHEN ?2 IS NULL THEN modified ELSE max(coalesce(modified, 0), ?2) END, \
+         version = ?3 WHERE doc = ?1",
+    )?
+    .execute(params![row, made, super::changelog::encode_version(cached.doc.version())])?;
     cached.tail_bytes += bytes;
     let due = cached.snapshot_bytes.saturating_mul(SNAPSHOT_TAIL_RATIO).clamp(4 * 1024, 1 << 20);
     let snapshot = resnapshot || cached.tail_bytes >= due;

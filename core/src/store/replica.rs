@@ -216,6 +216,12 @@ pub trait Replica: Send + Sync + 'static {
     /// A document's local number, if the store has it.
     fn doc_number(&self, collection: &str, id: &str) -> Result<Option<i64>>;
 
+    /// Which of `docs` (collection, id) the store has, in their order: [`Replica::doc_number`] for many at once
+    /// (override it where one look-up for all is cheaper).
+    fn has_docs(&self, docs: &[(&str, &str)]) -> Result<Vec<bool>> {
+        docs.iter().map(|(collection, id)| Ok(self.doc_number(collection, id)?.is_some())).collect()
+    }
+
     /// The length of the attachment `hash` if its bytes are stored here.
     fn attachment_len(&self, hash: &[u8; 32]) -> Result<Option<u64>>;
 
@@ -579,6 +585,17 @@ impl Replica for StoreReplica {
         check_doc_id(id)?;
         let inner = self.store.lock();
         super::docs::row_of(&inner.conn, collection, id)
+    }
+
+    fn has_docs(&self, docs: &[(&str, &str)]) -> Result<Vec<bool>> {
+        let inner = self.store.lock();
+        docs.iter()
+            .map(|(collection, id)| {
+                check_collection(collection)?;
+                check_doc_id(id)?;
+                Ok(super::docs::row_of(&inner.conn, collection, id)?.is_some())
+            })
+            .collect()
     }
 
     fn attachment_len(&self, hash: &[u8; 32]) -> Result<Option<u64>> {

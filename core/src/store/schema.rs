@@ -266,6 +266,9 @@ const MIGRATIONS: &[&str] = &[
         changes BLOB NOT NULL                  -- a dense `Summary`
     );
     "#,
+    // 16: a document's first copy arrives whole (issue 17): its version vector (postcard), sent with its first
+    //     change (`sync::first_copy`); written with each write of the document, NULL until then.
+    "ALTER TABLE docs ADD COLUMN version BLOB;",
 ];
 
 /// The schema version this build writes.
@@ -288,6 +291,7 @@ const SCHEMA: &str = r#"
         stale      INTEGER NOT NULL DEFAULT 0,
         modified   INTEGER,
         used       INTEGER,
+        version    BLOB,
         UNIQUE (collection, id)
     );
     CREATE INDEX docs_with_parts ON docs (collection) WHERE parts > 0;

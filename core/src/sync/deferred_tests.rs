@@ -17,6 +17,11 @@ fn engine(store: &Store, name: &str, subscriptions: Vec<Subscription>) -> Engine
 /// Move frames both ways until nothing moves. `b` applies apart: a batch waits `hold` rounds before it is run and
 /// finished, while frames keep arriving behind it.
 fn settle(a: &mut Engine, la: LinkId, b: &mut Engine, lb: LinkId, hold: usize) {
+    settle_checking(a, la, b, lb, hold, &|| {});
+}
+
+/// [`settle`], calling `check` after each batch `b` finished applying.
+fn settle_checking(a: &mut Engine, la: LinkId, b: &mut Engine, lb: LinkId, hold: usize, check: &dyn Fn()) {
     let mut waiting: Option<(usize, AppliedJob)> = None;
     for _ in 0..100_000 {
         let mut moved = false;
@@ -31,6 +36,7 @@ fn settle(a: &mut Engine, la: LinkId, b: &mut Engine, lb: LinkId, hold: usize) {
         waiting = match waiting.take() {
             Some((0, done)) => {
                 b.finish_apply(done);
+                check();
                 moved = true;
                 None
             }
@@ -73,6 +79,29 @@ fn changes_applied_apart_converge_as_changes_applied_in_place() {
         assert_eq!(sb.get("tasks", "t0").unwrap().unwrap()["n"], 1000);
         assert!(!a.is_closed(la) && !b.is_closed(lb));
     }
+}
+
+#[test]
+fn a_first_copy_applied_apart_arrives_whole() {
+    let (sa, sb) = (Store::open(":memory:").unwrap(), Store::open(":memory:").unwrap());
+    for i in 0..200 {
+        sa.upsert("docs", json!({"_id": "big", format!("f{i}"): "x".repeat(500)})).unwrap();
+        sa.upsert("docs", json!({"_id": format!("small{i}")})).unwrap();
+    }
+    let whole = sa.get("docs", "big").unwrap();
+    let everything = vec![Subscription::everything()];
+    let (mut a, mut b) = (engine(&sa, "a", everything.clone()), engine(&sb, "b", everything));
+    let la = a.add_link(TransportKind::Lan, true).unwrap();
+    let lb = b.add_link(TransportKind::Lan, false).unwrap();
+    let batches = std::cell::Cell::new(0);
+    settle_checking(&mut a, la, &mut b, lb, 2, &|| {
+        batches.set(batches.get() + 1);
+        let seen = sb.get("docs", "big").unwrap();
+        assert!(seen.is_none() || seen == whole, "the first copy is seen in part");
+    });
+    assert!(batches.get() > 2, "the document went over in {} batches", batches.get());
+    assert_eq!(sb.get("docs", "big").unwrap(), whole);
+    assert_eq!(sa.replica().summary().unwrap(), sb.replica().summary().unwrap());
 }
 
 #[test]

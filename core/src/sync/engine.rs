@@ -161,7 +161,7 @@ pub struct ApplyJob {
 
 impl std::fmt::Debug for ApplyJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApplyJob").field("link", &self.link).field("changes", &self.received.changes.len()).finish()
+        f.debug_struct("ApplyJob").field("link", &self.link).field("changes", &self.received.len()).finish()
     }
 }
 
@@ -173,12 +173,12 @@ impl ApplyJob {
 
     /// How many changes the batch holds.
     pub fn len(&self) -> usize {
-        self.received.changes.len()
+        self.received.len()
     }
 
     /// Whether the batch holds no change.
     pub fn is_empty(&self) -> bool {
-        self.received.changes.is_empty()
+        self.received.len() == 0
     }
 
     /// Apply the changes to the replica (checked as the engine checks them), for [`Engine::finish_apply`]. Reads
@@ -211,8 +211,16 @@ impl ApplyJob {
             let mut batches = Vec::with_capacity(group.len());
             let mut pending = Vec::with_capacity(group.len());
             for (at, mut job) in group {
-                batches.push(std::mem::take(&mut job.received.changes));
-                pending.push((at, job));
+                // Documents whose first copy is not whole yet are held aside (`first_copy`).
+                match job.received.take_ready(&*replica) {
+                    Ok(batch) => {
+                        batches.push(batch);
+                        pending.push((at, job));
+                    }
+                    Err(e) => {
+                        slots[at] = Some(AppliedJob { link: job.link, received: job.received, report: Err(e.into()) })
+                    }
+                }
             }
             let reports = apply_received_batches(checks, &*replica, batches);
             let mut reports = reports.into_iter();

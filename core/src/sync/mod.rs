@@ -7,6 +7,7 @@ pub mod attachments;
 #[cfg(test)]
 mod deferred_tests;
 pub mod engine;
+pub mod first_copy;
 pub(crate) mod link;
 pub mod session;
 pub mod wire;

@@ -23,9 +23,11 @@
 //! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
 //! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
+use super::first_copy::{FirstCopies, Received, MAX_VERSION_BYTES};
 use super::wire::{Message, Subscription, WireChange, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE, MAX_STATES_PER_MESSAGE};
 use super::SyncError;
 use crate::crdt::change::{Change, MAX_BATCH_COST, MAX_CHANGE_COST};
+use crate::crdt::version::VersionVector;
 use crate::query::Query;
 use crate::security::authorship::{apply_received, Checks};
 use crate::security::Attestation;
@@ -171,9 +173,15 @@ pub(crate) struct Handled {
 /// application itself may run apart from the session (without the engine's lock), then
 /// [`Session::changes_applied`] finishes.
 pub(crate) struct ReceivedChanges {
-    /// The changes with the digests of their encodings as received (certificate mode checks signatures on them).
-    pub changes: Vec<(DocChange, [u8; 32])>,
-    /// Their counter ranges.
+    /// The changes with the digests of their encodings as received (certificate mode checks signatures on them),
+    /// their sizes as received and the versions their sender attached (see [`super::first_copy`]).
+    arrived: Vec<(Received, usize, Option<VersionVector>)>,
+    /// The session's documents held aside until their first copy is whole, while the batch is sorted apart.
+    first_copies: FirstCopies,
+    /// The counter ranges of the changes applied (those of the batch not held aside, and those held before that
+    /// it released).
+    applied: Summary,
+    /// The counter ranges of the batch.
     pub sent: Summary,
     /// The documents to look at again once applied (they may have become of interest to the peer).
     docs: Vec<(String, String)>,
@@ -181,7 +189,37 @@ pub(crate) struct ReceivedChanges {
     bytes: u64,
 }
 
+impl ReceivedChanges {
+    /// The changes to apply now: held aside those of documents the store holds nothing of until their first copy
+    /// is whole, with those held before that this batch made whole ([`FirstCopies::sort`]).
+    pub fn take_ready(&mut self, store: &dyn Replica) -> crate::Result<Vec<Received>> {
+        let batch = self.first_copies.sort(store, std::mem::take(&mut self.arrived))?;
+        self.applied = summary_of(batch.iter().map(|(dc, _)| dc));
+        Ok(batch)
+    }
+
+    /// How many changes arrived in the batch.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+}
+
+/// The counter ranges of `changes`, built in counter order (inserting them one by one in another order could cost
+/// the square of their number).
+fn summary_of<'a>(changes: impl Iterator<Item = &'a DocChange>) -> Summary {
+    let mut ranges: Vec<(crate::PeerId, u64, u64)> =
+        changes.map(|dc| (dc.change.peer, dc.change.start, dc.change.end())).collect();
+    ranges.sort_unstable();
+    let mut out = Summary::new();
+    for &(peer, start, end) in &ranges {
+        out.insert(peer, start, end);
+    }
+    out
+}
+
 pub(crate) struct Session {
+    /// Documents the peer sent whose first copy here is not whole yet ([`super::first_copy`]).
+    first_copies: FirstCopies,
     /// What the peer wants from us.
     peer_interest: Interest,
     /// The peer's interest arrived (even if empty).
@@ -278,6 +316,7 @@ impl Session {
     /// A new session; queue our hello, interest and summary.
     pub fn start(store: &dyn Replica, name: &str, interest: Vec<Subscription>) -> Result<Session, SyncError> {
         let mut s = Session {
+            first_copies: FirstCopies::default(),
             peer_interest: Interest::default(),
             got_interest: false,
             peer_known: Summary::new(),
@@ -401,22 +440,28 @@ impl Session {
             }
             Message::Changes { changes } => {
                 let mut received = self.receive_changes(changes, checks.is_some())?;
-                let batch = std::mem::take(&mut received.changes);
-                let report = apply_received(checks, store, batch).map_err(SyncError::from);
+                let report = match received.take_ready(store) {
+                    Ok(batch) => apply_received(checks, store, batch).map_err(SyncError::from),
+                    Err(e) => Err(e.into()),
+                };
                 return self.changes_applied(store, received, report);
             }
             Message::States { states } => {
                 if checks.is_some() {
                     return Err(SyncError::Protocol("document states are not accepted with certificates".into()));
                 }
-                return self.receive_states(store, states);
+                let released = self.release_first_copies(states.iter());
+                let handled = self.receive_states(store, states)?;
+                return self.apply_released(store, handled, released, None);
             }
             Message::AttestedStates { states } => {
-                return match checks {
-                    Some(checks) => self.receive_attested_states(store, states, checks),
+                let released = self.release_first_copies(states.iter().map(|a| &a.state));
+                let handled = match checks {
+                    Some(checks) => self.receive_attested_states(store, states, checks)?,
                     // Development mode trusts every state; the signatures are not needed.
-                    None => self.receive_states(store, states.into_iter().map(|a| a.state).collect()),
+                    None => self.receive_states(store, states.into_iter().map(|a| a.state).collect())?,
                 };
+                return self.apply_released(store, handled, released, checks);
             }
             // Certificate mode only: in development mode states are sent as they are.
             Message::WantAttested { changes } => {
@@ -449,38 +494,34 @@ impl Session {
     /// back to it, even while they are being applied.
     pub fn receive_changes(&mut self, changes: Vec<WireChange>, digests: bool) -> Result<ReceivedChanges, SyncError> {
         let mut bytes = 0u64;
-        let mut decoded = Vec::with_capacity(changes.len());
+        let mut arrived = Vec::with_capacity(changes.len());
         for c in changes {
             bytes += c.change.len() as u64;
             let mut dc = DocChange::decode(&c.change).map_err(|e| SyncError::Protocol(format!("bad change: {e}")))?;
             dc.signature = c.signature;
+            if c.version.as_ref().is_some_and(|v| !v.is_well_formed()) {
+                return Err(SyncError::Protocol("a change's document version is malformed".into()));
+            }
             // What its author signed: the encoding as received (an honest sender's is the canonical one).
             let digest = if digests { *blake3::hash(&c.change).as_bytes() } else { [0; 32] };
-            decoded.push((dc, digest));
+            arrived.push(((dc, digest), c.change.len(), c.version));
         }
-        // The batch's changes in counter order, so that building their summary appends (inserting them into the
-        // peer's summary one by one, in the order sent, could cost the square of their number).
-        let mut ranges: Vec<(crate::PeerId, u64, u64)> =
-            decoded.iter().map(|(dc, _)| (dc.change.peer, dc.change.start, dc.change.end())).collect();
-        ranges.sort_unstable();
-        let mut sent = Summary::new();
-        for &(peer, start, end) in &ranges {
-            sent.insert(peer, start, end);
-        }
+        let sent = summary_of(arrived.iter().map(|((dc, _), _, _)| dc));
         self.peer_known.union_with(&sent);
-        let docs: Vec<(String, String)> = decoded
+        let docs: Vec<(String, String)> = arrived
             .iter()
             // A document of a collection the peer wants whole, with nothing ever skipped for it, needs no second
             // look: whatever of it the peer lacks, the log will list. Nor does one of a collection its interest does
             // not cover (were the interest to change, everything would be looked at again).
-            .filter(|(dc, _)| {
+            .filter(|((dc, _), _, _)| {
                 self.peer_interest.covers_collection(&dc.collection)
                     && !(self.skipped.is_empty() && self.peer_interest.wants_all_of(&dc.collection))
             })
-            .map(|(dc, _)| (dc.collection.clone(), dc.doc_id.clone()))
+            .map(|((dc, _), _, _)| (dc.collection.clone(), dc.doc_id.clone()))
             .collect();
-        let count = decoded.len() as u64;
-        Ok(ReceivedChanges { changes: decoded, sent, docs, count, bytes })
+        let count = arrived.len() as u64;
+        let first_copies = std::mem::take(&mut self.first_copies);
+        Ok(ReceivedChanges { arrived, first_copies, applied: Summary::new(), sent, docs, count, bytes })
     }
 
     /// Finish a batch of [`Session::receive_changes`] once `report` says how applying it went (an error closes
@@ -491,8 +532,10 @@ impl Session {
         received: ReceivedChanges,
         report: Result<ApplyReport, SyncError>,
     ) -> Result<Handled, SyncError> {
+        self.first_copies = received.first_copies;
         let report = report?;
-        let mut out = Handled { received: Some(received.sent), ..Handled::default() };
+        // Announced: what the store now holds of the changes applied (those held aside are not yet).
+        let mut out = Handled { received: Some(received.applied), ..Handled::default() };
         for (collection, doc_id) in &received.docs {
             if let Some(n) = store.doc_number(collection, doc_id)? {
                 self.touched_by_peer.insert(n);
@@ -503,6 +546,34 @@ impl Session {
         self.count_received(received.bytes);
         out.applied = Some(report);
         Ok(out)
+    }
+
+    /// The changes held aside for the documents of `states` (a state is a whole copy of what its sender folded;
+    /// the changes held are applied right after it).
+    fn release_first_copies<'a>(&mut self, states: impl Iterator<Item = &'a DocState>) -> Vec<Received> {
+        if self.first_copies.is_empty() {
+            return Vec::new();
+        }
+        states.flat_map(|s| self.first_copies.release(&s.collection, &s.doc_id)).collect()
+    }
+
+    /// Apply `released` (changes held aside, see [`Session::release_first_copies`]) after the states `handled`
+    /// merged, adding up what was done.
+    fn apply_released(
+        &mut self,
+        store: &dyn Replica,
+        mut handled: Handled,
+        released: Vec<Received>,
+        checks: Option<Checks<'_>>,
+    ) -> Result<Handled, SyncError> {
+        if released.is_empty() {
+            return Ok(handled);
+        }
+        let applied = summary_of(released.iter().map(|(dc, _)| dc));
+        let report = apply_received(checks, store, released)?;
+        handled.applied.get_or_insert_with(ApplyReport::default).add(report);
+        handled.received.get_or_insert_with(Summary::new).union_with(&applied);
+        Ok(handled)
     }
 
     /// Merge documents' states from the peer (issue 17: in place of changes it folded into their snapshots). The
@@ -916,6 +987,14 @@ impl Session {
         if missing.is_empty() {
             return false;
         }
+        // The document's version goes with its first change, unless the peer holds some of the document (a
+        // change reaching a writer's counter in it): see `first_copy`.
+        let mut version = missing
+            .first()
+            .and_then(|e| e.version.as_deref())
+            .filter(|v| v.iter().count() * 20 <= MAX_VERSION_BYTES)
+            .filter(|v| !v.iter().any(|(writer, counter)| self.peer_known.contains(writer, counter, counter)))
+            .cloned();
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
             self.digest_authors.insert(e.peer);
@@ -933,9 +1012,11 @@ impl Session {
                 }
             }
             let wire = e.to_wire();
-            self.batch_bytes += wire.len();
-            self.send_credit -= wire.len() as i64;
-            self.batch.push(WireChange { change: wire, signature: e.signature });
+            let version = version.take();
+            let len = wire.len() + version.as_ref().map_or(0, |v| v.iter().count() * 20);
+            self.batch_bytes += len;
+            self.send_credit -= len as i64;
+            self.batch.push(WireChange { change: wire, signature: e.signature, version });
             if self.batch_bytes >= BATCH_BYTES {
                 self.flush_batch();
             }

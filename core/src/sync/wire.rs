@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The protocol version this build speaks. A message with another version byte is refused. (2: changes travel
-/// with their authors' signatures, and certificate chains ahead of them.)
-pub const PROTOCOL_VERSION: u8 = 2;
+/// with their authors' signatures, and certificate chains ahead of them; 3: a document's first change sent carries
+/// its version, so that a first copy arrives whole.)
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The largest message accepted (the largest change plus room for its header): a [`Message::Changes`].
 pub const MAX_MESSAGE_BYTES: usize = MAX_ENCODED_CHANGE_BYTES + (1 << 20);
@@ -261,12 +262,21 @@ pub struct WireChange {
     pub change: Vec<u8>,
     /// Its author's signature.
     pub signature: Option<crate::security::ChangeSignature>,
+    /// With the first change of a document the sender sends, unless the receiver is known to hold some of it: the
+    /// document's version vector as the sender holds it. A receiver that holds nothing of the document holds its
+    /// changes aside until they reach that version (see [`super::first_copy`]).
+    pub version: Option<crate::crdt::version::VersionVector>,
 }
 
 impl WireChange {
     /// An encoded [`crate::DocChange`] without a signature.
     pub fn unsigned(change: Vec<u8>) -> WireChange {
-        WireChange { change, signature: None }
+        WireChange { change, signature: None, version: None }
+    }
+
+    /// An encoded [`crate::DocChange`] with its signature, without a version.
+    pub fn signed(change: Vec<u8>, signature: Option<crate::security::ChangeSignature>) -> WireChange {
+        WireChange { change, signature, version: None }
     }
 }
 
@@ -547,7 +557,7 @@ mod tests {
                 subscriptions: vec![Subscription::everything(), Subscription::filtered("t", "done == false")],
             },
             Message::Summary { summary: s },
-            Message::Changes { changes: vec![WireChange { change: vec![1, 2, 3], signature: None }] },
+            Message::Changes { changes: vec![WireChange::unsigned(vec![1, 2, 3])] },
             Message::Credit { bytes: 10 },
             Message::Resync,
         ];

@@ -87,7 +87,7 @@ fn payload(from: &Store, to: &Store) -> Result<usize, BoxErr> {
     use shoaldb::sync::wire::{Message, WireChange};
     let empty = Message::Changes { changes: Vec::new() }.encode().len();
     let on_wire = |c: &shoaldb::DocChange| {
-        let one = WireChange { change: c.encode(), signature: c.signature.clone() };
+        let one = WireChange::signed(c.encode(), c.signature.clone());
         Message::Changes { changes: vec![one] }.encode().len() - empty
     };
     Ok(from.replica().changes_since(&to.replica().summary()?)?.iter().map(on_wire).sum())
