@@ -224,6 +224,20 @@ const MIGRATIONS: &[&str] = &[
     // 8: a document's first copy arrives whole (issue 17): its version vector (postcard), sent with its first
     // change (`shoaldb::sync::first_copy`); written with its state, NULL for documents not written since.
     "ALTER TABLE docs ADD COLUMN version bytea;",
+    // 9: what each device acknowledged, day by day (issue 17): `device_acks` as it stood at the end of each day (UTC)
+    // the device was heard from, so that a roster's frontier takes each member's acknowledgements from before the
+    // roster's time (`PgReplica::roster_frontier`). Kept for twice the horizon, and each device's newest row
+    // older than that.
+    r#"
+    CREATE TABLE device_ack_days (
+        device  bytea       NOT NULL,
+        day     timestamptz NOT NULL,
+        summary bytea       NOT NULL,
+        PRIMARY KEY (device, day)
+    );
+    INSERT INTO device_ack_days (device, day, summary)
+        SELECT device, date_trunc('day', heard, 'UTC'), summary FROM device_acks;
+    "#,
 ];
 
 /// Bring the database to [`SCHEMA_VERSION`]: apply the migrations it lacks, in one transaction, under an advisory

@@ -586,6 +586,61 @@ fn catch_up(seed: u64, phone: &Store, cloud: &PgReplica, reference: &Store) -> u
     states.len()
 }
 
+/// A roster's frontier takes each member's acknowledgements from a day that ended before the roster's time; a
+/// member not heard from by then holds it back; old days go, but each device's newest.
+#[test]
+fn a_rosters_frontier_is_what_every_member_acknowledged_before_its_time() {
+    use shoaldb::security::DeviceKey;
+    use shoaldb::PeerId;
+    let Some(_) = common::server() else { return };
+    let url = common::fresh_database().unwrap();
+    let cloud = PgReplica::connect(&url, 1).unwrap();
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let held = |ranges: &[(u64, u64, u64)]| {
+        let mut s = Summary::new();
+        for &(author, lo, hi) in ranges {
+            s.insert(PeerId(author), lo, hi);
+        }
+        s
+    };
+    let (a, b, c) = (DeviceKey([1; 32]), DeviceKey([2; 32]), DeviceKey([3; 32]));
+    let back = |db: &mut postgres::Client, device: &DeviceKey, days: i32| {
+        db.execute(
+            "UPDATE device_ack_days SET day = day - make_interval(days => $2) WHERE device = $1 AND day > now() - interval '1 day'",
+            &[&&device.0[..], &days],
+        )
+        .unwrap();
+    };
+    // `a` said what it held three days ago, and more today; `b` two days ago; `c` only today.
+    cloud.keep_peer_summary(&a, false, &held(&[(1, 1, 10), (2, 1, 5)])).unwrap();
+    back(&mut db, &a, 3);
+    cloud.keep_peer_summary(&a, false, &held(&[(1, 1, 20), (2, 1, 9)])).unwrap();
+    cloud.keep_peer_summary(&b, false, &held(&[(1, 1, 15), (2, 1, 3), (3, 1, 4)])).unwrap();
+    back(&mut db, &b, 2);
+    cloud.keep_peer_summary(&c, false, &held(&[(1, 1, 20)])).unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    const DAY: u64 = 86_400_000;
+    assert_eq!(cloud.roster_frontier(&[a, b], now_ms - DAY).unwrap(), Some(held(&[(1, 1, 10), (2, 1, 3)])));
+    assert_eq!(cloud.roster_frontier(&[a, b, c], now_ms - DAY).unwrap(), None, "c was not heard from by then");
+    // Today is not over: what `a` said today does not count for a roster of now, and does for one of tomorrow.
+    assert_eq!(cloud.roster_frontier(&[a], now_ms).unwrap(), Some(held(&[(1, 1, 10), (2, 1, 5)])));
+    assert_eq!(cloud.roster_frontier(&[a, b, c], now_ms + 2 * DAY).unwrap(), Some(held(&[(1, 1, 15)])));
+    // Days before twice the horizon go, but each device's newest of them.
+    db.execute(
+        "INSERT INTO device_ack_days (device, day, summary) SELECT device, day - interval '2 days', summary \
+         FROM device_ack_days WHERE device = $1 AND day < now() - interval '1 day'",
+        &[&&a.0[..]],
+    )
+    .unwrap();
+    let days = |db: &mut postgres::Client, device: &DeviceKey| -> i64 {
+        db.query_one("SELECT count(*) FROM device_ack_days WHERE device = $1", &[&&device.0[..]]).unwrap().get(0)
+    };
+    assert_eq!(days(&mut db, &a), 3);
+    cloud.fleet_frontier(DAY).unwrap();
+    assert_eq!(days(&mut db, &a), 2, "the oldest day went");
+    assert_eq!(cloud.roster_frontier(&[a, b], now_ms - DAY).unwrap(), Some(held(&[(1, 1, 10), (2, 1, 3)])));
+}
+
 /// The cloud keeps what each device says it holds, and folds out of its log what every device heard from within
 /// the horizon holds (the fleet's frontier) — once the feed's retention is over, unsigned changes only — and,
 /// after the horizon, what some device still lacks. What it folded stays held: summaries, documents and other

@@ -78,7 +78,47 @@ impl PgReplica {
             &[&key, &encoded],
         )
         .map_err(pg)?;
+        tx.execute(
+            "INSERT INTO device_ack_days (device, day, summary) VALUES ($1, date_trunc('day', now(), 'UTC'), $2) \
+             ON CONFLICT (device, day) DO UPDATE SET summary = excluded.summary",
+            &[&key, &encoded],
+        )
+        .map_err(pg)?;
         tx.commit().map_err(pg)
+    }
+
+    /// A roster's frontier: what every member of it (`members`, signing keys) had acknowledged to the cloud by the
+    /// end of a day (UTC) before the roster's time `until_ms` — `None` when some member had not been heard from by
+    /// then (that member holds the frontier back until it is heard from, or a roster leaves it out).
+    ///
+    /// Only acknowledgements from before the roster's time count: a device certified after it is not a member,
+    /// and it takes its first copy of a document, whole, from a device that then held at least what it had
+    /// acknowledged before that time — so its copy holds the frontier, and so do the changes it makes.
+    pub fn roster_frontier(&self, members: &[DeviceKey], until_ms: u64) -> Result<Option<Summary>> {
+        let keys: Vec<&[u8]> = members.iter().map(|m| &m.0[..]).collect();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT DISTINCT ON (device) device, summary FROM device_ack_days \
+                 WHERE device = ANY($1) AND day + interval '1 day' <= to_timestamp($2) \
+                 ORDER BY device, day DESC",
+                &[&keys, &(until_ms as f64 / 1000.0)],
+            )
+            .map_err(pg)?;
+        let mut found = std::collections::BTreeSet::new();
+        let mut frontier: Option<Summary> = None;
+        for row in &rows {
+            found.insert(row.get::<_, Vec<u8>>(0));
+            let acked = acks(row.get(1))?;
+            frontier = Some(match frontier {
+                None => acked,
+                Some(f) => f.intersection(&acked),
+            });
+        }
+        if keys.iter().any(|k| !found.contains(*k)) {
+            return Ok(None);
+        }
+        Ok(frontier.or_else(|| members.is_empty().then(Summary::new)))
     }
 
     /// The fleet's frontier: what every device heard from within `horizon_ms` acknowledged (`None` when none
@@ -88,6 +128,15 @@ impl PgReplica {
         let mut client = self.client()?;
         client
             .execute("DELETE FROM device_acks WHERE heard < now() - make_interval(secs => $1)", &[&secs(horizon_ms)])
+            .map_err(pg)?;
+        // The days before twice the horizon go, but each device's newest of them (a roster may still need it).
+        client
+            .execute(
+                "DELETE FROM device_ack_days d WHERE day < now() - make_interval(secs => $1) \
+                 AND EXISTS (SELECT 1 FROM device_ack_days n WHERE n.device = d.device AND n.day > d.day \
+                 AND n.day < now() - make_interval(secs => $1))",
+                &[&secs(horizon_ms.saturating_mul(2))],
+            )
             .map_err(pg)?;
         let mut rows =
             client.client().query_raw("SELECT summary FROM device_acks", std::iter::empty::<i32>()).map_err(pg)?;
