@@ -580,7 +580,7 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
          DROP TABLE folded; DROP TABLE attested; DROP TABLE attested_changes; ALTER TABLE docs ADD COLUMN folded BLOB; \
          CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL; \
-         ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 11;",
+         DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 11;",
     )
     .unwrap();
     let empty = shoaldb::store::Summary::new().encode();
@@ -593,4 +593,32 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
     let left: i64 =
         conn.query_row("SELECT count(*) FROM meta WHERE key LIKE 'cloud_acked%'", [], |r| r.get(0)).unwrap();
     assert_eq!(left, 0);
+}
+
+/// Documents written before versions were kept (schema 15) are sent without one until compaction writes their
+/// versions down; then every change read from the log carries its document's version.
+#[test]
+fn compaction_writes_down_the_versions_of_documents_from_before_they_were_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.db");
+    let store = Store::open(&file).unwrap();
+    for i in 0..300 {
+        store.upsert(COLLECTION, json!({"_id": format!("d{}", i % 270), "n": i})).unwrap();
+    }
+    drop(store);
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.execute_batch("DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 15;")
+        .unwrap();
+    drop(conn);
+    let store = Store::open(&file).unwrap();
+    let log = || store.replica().log_missing(&shoaldb::Summary::new(), &shoaldb::Summary::new(), usize::MAX).unwrap();
+    assert!(log().iter().all(|e| e.version.is_none()), "no version was kept");
+    // Nothing to fold (no device acknowledged anything): only the versions are written, over two transactions.
+    assert_eq!(store.compact(&CompactionPolicy::default()).unwrap().changes, 0);
+    let entries = log();
+    assert_eq!(entries.len(), 300);
+    for e in entries {
+        let doc = store.document(&e.collection, &e.doc_id).unwrap().unwrap();
+        assert_eq!(e.version.as_deref(), Some(doc.version()), "{}", e.doc_id);
+    }
 }

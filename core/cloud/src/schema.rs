@@ -222,8 +222,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attested_spans_by_hi ON attested_spans (author, hi);
     "#,
     // 8: a document's first copy arrives whole (issue 17): its version vector (postcard), sent with its first
-    // change (`shoaldb::sync::first_copy`); written with its state, NULL for documents not written since.
-    "ALTER TABLE docs ADD COLUMN version bytea;",
+    // change (`shoaldb::sync::first_copy`); written with its state, NULL for documents not written since (each
+    // compaction fills some in: `docs_unversioned`).
+    r#"
+    ALTER TABLE docs ADD COLUMN version bytea;
+    CREATE INDEX docs_unversioned ON docs (num) WHERE version IS NULL;
+    "#,
     // 9: what each device acknowledged, day by day (issue 17): `device_acks` as it stood at the end of each day (UTC)
     // the device was heard from, so that a roster's frontier takes each member's acknowledgements from before the
     // roster's time (`PgReplica::roster_frontier`). Kept for twice the horizon, and each device's newest row

@@ -159,7 +159,8 @@ fn the_cloud_merges_exactly_as_a_phone_does() {
 #[test]
 fn the_log_carries_each_documents_version_as_a_phone_holds_it() {
     let Some(_) = common::server() else { return };
-    let cloud = PgReplica::connect(&common::fresh_database().unwrap(), 1).unwrap();
+    let url = common::fresh_database().unwrap();
+    let cloud = PgReplica::connect(&url, 1).unwrap();
     let reference = Store::open(":memory:").unwrap();
     let changes = phone_changes(&mut SeededRng::new(7));
     cloud.apply_changes(&changes).unwrap();
@@ -176,6 +177,13 @@ fn the_log_carries_each_documents_version_as_a_phone_holds_it() {
     for (e, p) in entries.iter().zip(&phone) {
         assert_eq!((e.peer, e.start, &e.version), (p.peer, p.start, &p.version));
     }
+    // Documents written before versions were kept get them at the next compaction.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    db.execute("UPDATE docs SET version = NULL", &[]).unwrap();
+    let log = || cloud.log_missing(&Summary::new(), &Summary::new(), usize::MAX).unwrap();
+    assert!(log().iter().all(|e| e.version.is_none()));
+    cloud.compact(&shoaldb::CompactionPolicy::default(), 3_600_000).unwrap();
+    assert_eq!(log(), entries, "the versions are written down again");
 }
 
 #[test]

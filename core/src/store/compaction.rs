@@ -242,6 +242,7 @@ impl Store {
     /// Afterwards [`Store::collect_garbage`] returns the freed pages to the system. Linear in the log and in the
     /// documents compacted.
     pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactionReport> {
+        self.fill_versions()?;
         let (rule, docs) = {
             let mut inner = self.lock();
             inner.refresh()?;
@@ -293,6 +294,43 @@ impl Store {
             report.transactions
         );
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Write down the version of each document written before versions were kept (schema 16), a few hundred per
+    /// transaction: a sender attaches it to the first change of a document it sends, so that the receiver applies
+    /// its first copy whole (`sync::first_copy`). Until then such a document is sent without it, and taken in parts.
+    fn fill_versions(&self) -> Result<()> {
+        const PER_TRANSACTION: i64 = 256;
+        let (mut filled, mut after) = (0usize, 0i64);
+        self.in_steps(|inner| {
+            inner.refresh()?;
+            let n = inner.immediate(|conn| {
+                let docs: Vec<(i64, String, String)> = conn
+                    .prepare_cached(
+                        "SELECT doc, collection, id FROM docs WHERE version IS NULL AND doc > ?1 ORDER BY doc LIMIT ?2",
+                    )?
+                    .query_map(params![after, PER_TRANSACTION], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                after = docs.last().map_or(after, |d| d.0);
+                let mut update = conn.prepare_cached("UPDATE docs SET version = ?2 WHERE doc = ?1")?;
+                for (row, collection, id) in &docs {
+                    let version = match super::docs::load(conn, collection, id)? {
+                        Some(cached) => super::changelog::encode_version(cached.doc.version()),
+                        None => continue,
+                    };
+                    update.execute(params![row, version])?;
+                }
+                Ok(docs.len())
+            })?;
+            filled += n;
+            Ok(n < PER_TRANSACTION as usize)
+        })?;
+        if filled > 0 {
+            log::info!("store {}: wrote down the versions of {filled} documents", self.peer_id());
+        }
+        Ok(())
     }
 }
 

@@ -267,8 +267,12 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 16: a document's first copy arrives whole (issue 17): its version vector (postcard), sent with its first
-    //     change (`sync::first_copy`); written with each write of the document, NULL until then.
-    "ALTER TABLE docs ADD COLUMN version BLOB;",
+    //     change (`sync::first_copy`); written with each write of the document, NULL until then (`Store::compact`
+    //     fills those in, found by `docs_unversioned`).
+    r#"
+    ALTER TABLE docs ADD COLUMN version BLOB;
+    CREATE INDEX docs_unversioned ON docs (doc) WHERE version IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -296,6 +300,7 @@ const SCHEMA: &str = r#"
     );
     CREATE INDEX docs_with_parts ON docs (collection) WHERE parts > 0;
     CREATE INDEX docs_stale ON docs (collection) WHERE stale = 1;
+    CREATE INDEX docs_unversioned ON docs (doc) WHERE version IS NULL;
     CREATE TABLE snapshots (doc INTEGER PRIMARY KEY, state BLOB NOT NULL, tombstones INTEGER);
     CREATE TABLE changes (
         seq   INTEGER PRIMARY KEY,

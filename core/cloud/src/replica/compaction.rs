@@ -17,7 +17,7 @@ use super::{held_ranges, pg, AuthorRanges, PgReplica};
 use postgres::fallible_iterator::FallibleIterator;
 use shoaldb::security::DeviceKey;
 use shoaldb::store::RangeSet;
-use shoaldb::{CompactionPolicy, CompactionReport, Error, PeerId, Result, Summary};
+use shoaldb::{CompactionPolicy, CompactionReport, Document, Error, PeerId, Result, Summary};
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
@@ -33,6 +33,9 @@ const MAX_ACK_BYTES: usize = 64 * 1024;
 /// How many log rows one compaction transaction looks at: each holds the database-wide lock, so that no batch
 /// applies to a document while its rows go (the other relays wait for at most one such transaction at a time).
 const COMPACT_ROWS_PER_TRANSACTION: i64 = 2000;
+
+/// How many documents' versions [`PgReplica::fill_versions`] writes down per statement.
+const VERSIONS_PER_STATEMENT: i64 = 500;
 
 /// A device's acknowledgements as `device_acks` keeps them (the dense summary phones keep).
 fn acks(bytes: &[u8]) -> Result<Summary> {
@@ -121,6 +124,49 @@ impl PgReplica {
         Ok(frontier.or_else(|| members.is_empty().then(Summary::new)))
     }
 
+    /// Write down the versions of the documents written before versions were kept (schema 8), from their states,
+    /// [`VERSIONS_PER_STATEMENT`] per statement: a device taking its first copy of a document waits for its version
+    /// (`shoaldb::sync::first_copy`). A document written meanwhile (by this relay or another) keeps the version
+    /// that write gave it.
+    fn fill_versions(&self) -> Result<()> {
+        let mut client = self.client()?;
+        let mut after = 0i64;
+        loop {
+            let rows = client
+                .query(
+                    "SELECT num, state FROM docs WHERE version IS NULL AND num > $1 ORDER BY num LIMIT $2",
+                    &[&after, &VERSIONS_PER_STATEMENT],
+                )
+                .map_err(pg)?;
+            let (mut nums, mut versions) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+            for r in &rows {
+                let num: i64 = r.get(0);
+                after = num;
+                let doc = match Document::decode(r.get(1)) {
+                    Ok(doc) => doc,
+                    Err(e) => {
+                        log::warn!("document {num}: its state does not decode ({e}); its version is not written");
+                        continue;
+                    }
+                };
+                nums.push(num);
+                versions.push(postcard::to_allocvec(doc.version()).map_err(|e| Error::Corrupt(e.to_string()))?);
+            }
+            if !nums.is_empty() {
+                client
+                    .execute(
+                        "UPDATE docs d SET version = t.v FROM unnest($1::bigint[], $2::bytea[]) AS t(n, v) \
+                         WHERE d.num = t.n AND d.version IS NULL",
+                        &[&nums, &versions],
+                    )
+                    .map_err(pg)?;
+            }
+            if (rows.len() as i64) < VERSIONS_PER_STATEMENT {
+                return Ok(());
+            }
+        }
+    }
+
     /// The fleet's frontier: what every device heard from within `horizon_ms` acknowledged (`None` when none
     /// was). Forgets the devices heard from longer ago (they no longer count; they are kept again when they come
     /// back). Reads the devices' rows one at a time.
@@ -159,6 +205,7 @@ impl PgReplica {
     /// of at most a few thousand rows each, each under the database-wide lock; every relay calls it every
     /// [`crate::relay::COMPACT_EVERY`]. The report counts the changes and bytes dropped.
     pub fn compact(&self, policy: &CompactionPolicy, feed_retention_ms: u64) -> Result<CompactionReport> {
+        self.fill_versions()?;
         let frontier = if policy.fold_acknowledged { self.fleet_frontier(policy.horizon_ms)? } else { None };
         let mut report = CompactionReport::default();
         let mut after = 0i64;
