@@ -127,6 +127,11 @@ impl Relay {
                 .await
                 .map_err(|e| CloudError::Config(format!("reading revocation lists: {e}")))??;
             shoaldb::enrolment::accept_kept_revocations(enrolment, &lists);
+            // Known as one of the cloud's relays: a roster lists it, and what it holds is the cloud's (issue 17).
+            let (kept, key) = (replica.clone(), enrolment.signing_key().verifying_key());
+            tokio::task::spawn_blocking(move || kept.register_relay(&key))
+                .await
+                .map_err(|e| CloudError::Config(format!("registering the relay: {e}")))??;
         }
         let identity = match config.identity {
             Some(identity) => identity,
@@ -289,6 +294,10 @@ fn follow(url: &str, f: &Following) {
                     // Attested first: the compaction then folds the signed changes the new states hold.
                     if let Some(Err(e)) = f.attester.as_ref().map(|e| f.replica.attest(e)) {
                         log::warn!("attesting documents' states: {e}");
+                    }
+                    // And the newest roster's stable frontier (issue 17).
+                    if let Some(Err(e)) = f.attester.as_ref().map(|e| f.replica.sign_frontier(e)) {
+                        log::warn!("signing the stable frontier: {e}");
                     }
                     if let Some(Err(e)) =
                         f.compaction.as_ref().map(|c| f.replica.compact(&c.policy, c.feed_retention_ms))

@@ -231,7 +231,7 @@ const MIGRATIONS: &[&str] = &[
     // 9: what each device acknowledged, day by day (issue 17): `device_acks` as it stood at the end of each day (UTC)
     // the device was heard from, so that a roster's frontier takes each member's acknowledgements from before the
     // roster's time (`PgReplica::roster_frontier`). Kept for twice the horizon, and each device's newest row
-    // older than that.
+    // older than that. And the frontiers signed (`PgReplica::sign_frontier`).
     r#"
     CREATE TABLE device_ack_days (
         device  bytea       NOT NULL,
@@ -241,6 +241,14 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO device_ack_days (device, day, summary)
         SELECT device, date_trunc('day', heard, 'UTC'), summary FROM device_acks;
+    -- The stable frontiers this cloud signed, one per roster (by its time): a `StableFrontier` (postcard).
+    CREATE TABLE frontiers (
+        until_ms bigint PRIMARY KEY,
+        frontier bytea  NOT NULL
+    );
+    -- The signing keys of the relays that serve this database (certificate mode): roster members whose holdings
+    -- are the cloud's own.
+    CREATE TABLE relay_keys (signing_key bytea PRIMARY KEY);
     "#,
 ];
 

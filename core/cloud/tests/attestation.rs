@@ -258,3 +258,99 @@ fn a_change_an_attested_state_makes_ready_goes_through_the_write_check() {
         assert_eq!(served.into_iter().map(|(_, s)| s).collect::<Vec<_>>(), vec![attested.clone()]);
     }
 }
+
+/// A relay with an `attest` grant signs the newest roster's stable frontier (issue 17): what every member had
+/// acknowledged by the end of a day before the roster's time, found through the members' certificates, cut to what
+/// the cloud holds; the relays themselves count with the cloud's holdings. A phone's checks take it, and refuse it
+/// altered or signed without the grant; a member the cloud never heard from holds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
+    use shoaldb::security::{Signers, StableFrontier};
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let authority = SigningKey::generate().unwrap();
+    let (relay, relay_enrolment) = relay(&url, &dir, &authority, &["read *", "write *", "attest *"]).await;
+    let via = relay.listen_addr().unwrap();
+    let rw = ["read *", "write *"];
+    let (a, b) = (phone(&dir, &authority, "a", 2, &rw), phone(&dir, &authority, "b", 3, &rw));
+    edits(&a);
+    b.upsert(TASKS, json!({"_id": "t9", "owner": "b"})).unwrap();
+    let (a_node, b_node) = (link(&a, "a", via).await, link(&b, "b", via).await);
+    let same = |x: &Store, y: &Store| x.replica().summary().ok() == y.replica().summary().ok();
+    common::eventually("both phones hold the same", || same(&a, &b)).await;
+    // New sessions: each phone says it holds everything.
+    a_node.shutdown().await;
+    b_node.shutdown().await;
+    let held = a.replica().summary().unwrap();
+    let (a_node, b_node) = (link(&a, "a", via).await, link(&b, "b", via).await);
+    let u = url.clone();
+    let acks_of_all = move || {
+        let mut db = postgres::Client::connect(&u, postgres::NoTls).unwrap();
+        let rows = db.query("SELECT summary FROM device_ack_days", &[]).unwrap();
+        rows.len() == 2 && rows.iter().all(|r| held.difference(&Summary::decode_dense(r.get(0)).unwrap()).is_empty())
+    };
+    common::eventually("the cloud holds both phones' acknowledgements of it all", || {
+        tokio::task::block_in_place(&acks_of_all)
+    })
+    .await;
+    // As if they were said yesterday.
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut db = postgres::Client::connect(&u, postgres::NoTls).unwrap();
+        db.execute("UPDATE device_ack_days SET day = day - interval '1 day'", &[]).unwrap();
+    })
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let key = |s: &Store| shoaldb::enrolment::load(s).unwrap().unwrap().signing_key().verifying_key();
+    let relay_key = relay_enrolment.signing_key().verifying_key();
+    let roster = |members: Vec<shoaldb::security::VerifyingKey>, number: u64| {
+        let list = shoaldb::enrolment::revoke(&authority, number, now, vec![shoaldb::enrolment::roster(members, now)]);
+        list.unwrap().encode()
+    };
+    let cloud = relay.replica().clone();
+    // No roster yet: nothing to sign.
+    let (c, e) = (cloud.clone(), relay_enrolment.clone());
+    assert_eq!(tokio::task::spawn_blocking(move || c.sign_frontier(&e)).await.unwrap().unwrap(), None);
+    // A roster listing a device the cloud never heard from: held back.
+    let stranger = SigningKey::generate().unwrap().verifying_key();
+    let lists = vec![roster(vec![key(&a), key(&b), relay_key, stranger], 1)];
+    let (c, e) = (cloud.clone(), relay_enrolment.clone());
+    let signed = tokio::task::spawn_blocking(move || {
+        c.keep_revocation_lists(&lists)?;
+        c.sign_frontier(&e)
+    });
+    assert_eq!(signed.await.unwrap().unwrap(), None, "a member never heard from holds the frontier back");
+    // The next roster lists the phones and the relay: everything both phones said they held.
+    let lists = vec![roster(vec![key(&a), key(&b), relay_key], 2)];
+    let (c, e) = (cloud.clone(), relay_enrolment.clone());
+    let frontier = tokio::task::spawn_blocking(move || {
+        c.keep_revocation_lists(&lists)?;
+        c.sign_frontier(&e)
+    });
+    let frontier = frontier.await.unwrap().unwrap().expect("a frontier");
+    assert_eq!(frontier.until_ms, now);
+    assert_eq!(frontier.stable, a.replica().summary().unwrap());
+    let c = cloud.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || c.stable_frontier()).await.unwrap().unwrap(),
+        Some(frontier.clone())
+    );
+    // A phone checks it against the relay's chain.
+    let a_enrolment = shoaldb::enrolment::load(&a).unwrap().unwrap();
+    let signers = Signers::default();
+    let chain = relay_enrolment.chain().encode();
+    signers.learn(&a_enrolment, &a.replica(), &chain, false).unwrap();
+    assert_eq!(signers.check_frontier(&a_enrolment, &a.replica(), &frontier), Ok(()));
+    let mut altered = frontier.clone();
+    altered.stable.insert(PeerId(1), 1, 1);
+    assert_eq!(signers.check_frontier(&a_enrolment, &a.replica(), &altered), Err(RefusalReason::BadSignature));
+    // Signed by a phone, whose certificate has no attest grant.
+    let b_enrolment = shoaldb::enrolment::load(&b).unwrap().unwrap();
+    signers.learn(&a_enrolment, &a.replica(), &b_enrolment.chain().encode(), false).unwrap();
+    let by_b = StableFrontier::sign(b_enrolment.signing_key(), now, frontier.stable.clone());
+    assert!(matches!(signers.check_frontier(&a_enrolment, &a.replica(), &by_b), Err(RefusalReason::NotPermitted(_))));
+    a_node.shutdown().await;
+    b_node.shutdown().await;
+    relay.shutdown().await;
+}

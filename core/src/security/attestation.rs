@@ -48,6 +48,46 @@ impl Attestation {
     }
 }
 
+/// The signature context of stable frontiers.
+pub(crate) const FRONTIER_CONTEXT: &str = "shoal stable frontier v1";
+
+/// A roster's stable frontier (issue 17), signed by an attester: the changes every member of the roster (a
+/// [`Revocation::Roster`](super::Revocation::Roster)) had acknowledged to the attester by the end of a day before
+/// the roster's time. A device certified after that time is not a member, and takes its first copy of a document
+/// whole from a device that then held at least that much, so no device that may still write lacks any of these
+/// changes: they are causally stable, and a store may fold what they make garbage (a counter's increments into runs,
+/// [`crate::Document::collect_stable`]) in the collections the attester may attest. Checked by
+/// [`Signers::check_frontier`](super::Signers::check_frontier).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StableFrontier {
+    /// The roster's time (ms since the Unix epoch): a newer roster's frontier replaces an older one's.
+    pub until_ms: u64,
+    /// The changes every member had acknowledged, by author and counter ranges.
+    pub stable: crate::store::Summary,
+    /// The attester's signature of [`frontier_digest`].
+    pub attestation: Attestation,
+}
+
+impl StableFrontier {
+    /// `key`'s signed statement that `stable` is the frontier of the roster of `until_ms`.
+    pub fn sign(key: &SigningKey, until_ms: u64, stable: crate::store::Summary) -> StableFrontier {
+        let digest = frontier_digest(until_ms, &stable);
+        let attestation =
+            Attestation { device: key.verifying_key().device_id(), signature: key.sign(FRONTIER_CONTEXT, &digest) };
+        StableFrontier { until_ms, stable, attestation }
+    }
+}
+
+/// What a [`StableFrontier`] signs: the BLAKE3 digest of the roster's time and the frontier's dense encoding.
+pub fn frontier_digest(until_ms: u64, stable: &crate::store::Summary) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&until_ms.to_le_bytes());
+    let encoded = stable.encode_dense();
+    h.update(&(encoded.len() as u64).to_le_bytes());
+    h.update(&encoded);
+    *h.finalize().as_bytes()
+}
+
 /// What an attestation signs: the BLAKE3 digest of the state's collection, document id, changes (their dense
 /// encoding) and bytes, each preceded by its length.
 pub fn digest(state: &DocState) -> [u8; 32] {

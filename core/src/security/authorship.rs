@@ -425,6 +425,29 @@ impl Signers {
         Ok(())
     }
 
+    /// Check a [`StableFrontier`](super::StableFrontier) before a store folds under it: its signer's chain (known,
+    /// leading to a pinned authority, not revoked), that the signer may attest some collection (a store folds only
+    /// documents of the collections it may attest), and the signature.
+    pub fn check_frontier(
+        &self,
+        enrolment: &Enrolment,
+        replica: &dyn Replica,
+        frontier: &super::StableFrontier,
+    ) -> Result<(), RefusalReason> {
+        let att = &frontier.attestation;
+        let signer = self.get(enrolment, replica, att.device).ok_or(RefusalReason::UnknownSigner(att.device))?;
+        check_chain_revocation(enrolment, &signer)?;
+        if !signer.device.permissions.attests_anything() {
+            return Err(RefusalReason::NotPermitted("signing a stable frontier".into()));
+        }
+        let digest = super::attestation::frontier_digest(frontier.until_ms, &frontier.stable);
+        let context = super::attestation::FRONTIER_CONTEXT;
+        if !PreparedKey::verify_batch(context, &[(&signer.key, &digest[..], &att.signature)]) {
+            return Err(RefusalReason::BadSignature);
+        }
+        Ok(())
+    }
+
     /// The check [`Replica::apply_checked`] runs as each change is applied.
     pub fn write_check<'a>(&'a self, enrolment: &'a Enrolment, replica: &'a dyn Replica) -> CertificateCheck<'a> {
         CertificateCheck { signers: self, enrolment, replica }

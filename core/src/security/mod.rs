@@ -46,7 +46,7 @@ mod tests;
 pub mod vault;
 
 pub use access::{Access, Enrolment};
-pub use attestation::Attestation;
+pub use attestation::{Attestation, StableFrontier};
 pub use authorship::{
     apply_received, apply_received_batches, ChangeCheck, ChangeSignature, Checks, PresenceSignature, RefusalReason,
     Refused, Signers,

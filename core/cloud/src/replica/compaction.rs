@@ -15,7 +15,7 @@
 use super::states::{persist_merges, Compacted, MergedDoc};
 use super::{held_ranges, pg, AuthorRanges, PgReplica};
 use postgres::fallible_iterator::FallibleIterator;
-use shoaldb::security::DeviceKey;
+use shoaldb::security::{CertificateChain, DeviceKey, Enrolment, RevocationList, StableFrontier, VerifyingKey};
 use shoaldb::store::RangeSet;
 use shoaldb::{CompactionPolicy, CompactionReport, Document, Error, PeerId, Result, Summary};
 use std::collections::btree_map::Entry;
@@ -90,7 +90,7 @@ impl PgReplica {
         tx.commit().map_err(pg)
     }
 
-    /// A roster's frontier: what every member of it (`members`, signing keys) had acknowledged to the cloud by the
+    /// A roster's frontier: what every member of it (`members`, by the keys their handshakes prove) had acknowledged to the cloud by the
     /// end of a day (UTC) before the roster's time `until_ms` — `None` when some member had not been heard from by
     /// then (that member holds the frontier back until it is heard from, or a roster leaves it out).
     ///
@@ -165,6 +165,89 @@ impl PgReplica {
                 return Ok(());
             }
         }
+    }
+
+    /// Record `key` as the signing key of a relay serving this database ([`crate::Relay::start`] does, in
+    /// certificate mode): as a roster's member, what it holds is the cloud's own.
+    pub fn register_relay(&self, key: &VerifyingKey) -> Result<()> {
+        self.client()?
+            .execute("INSERT INTO relay_keys (signing_key) VALUES ($1) ON CONFLICT DO NOTHING", &[&&key.0[..]])
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    /// The frontier of the newest roster this relay knows (from `enrolment` and the revocation lists the cloud
+    /// keeps), signed with the relay's key and kept — or `None` when there is no roster, or some member was not
+    /// heard from before its time ([`PgReplica::roster_frontier`]). A member is known by its signing key; the
+    /// cloud finds its acknowledgements through its certificate (kept when it first linked), which names the key
+    /// its handshakes prove. Members that are the cloud's relays ([`PgReplica::register_relay`]) count with what
+    /// the cloud holds now, which every frontier is cut to: the cloud's own writes (the back office's) then hold
+    /// it too. Every relay with an `attest` grant calls it each [`crate::relay::COMPACT_EVERY`].
+    pub fn sign_frontier(&self, enrolment: &Enrolment) -> Result<Option<StableFrontier>> {
+        let mut enrolment = enrolment.clone();
+        for list in self.revocation_lists()? {
+            match RevocationList::decode(&list).map(|l| enrolment.accept_revocations(l)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => log::warn!("a revocation list kept by the cloud is not taken: {e}"),
+            }
+        }
+        let Some((members, until_ms)) = enrolment.revocations().roster() else { return Ok(None) };
+        let members = members.to_vec();
+        let Some(stable) = self.members_frontier(&members, until_ms)? else {
+            log::info!("the roster of {until_ms} has members not heard from before its time: no frontier yet");
+            return Ok(None);
+        };
+        let frontier = StableFrontier::sign(enrolment.signing_key(), until_ms, stable);
+        let encoded = postcard::to_allocvec(&frontier).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.client()?
+            .execute(
+                "INSERT INTO frontiers (until_ms, frontier) VALUES ($1, $2) \
+                 ON CONFLICT (until_ms) DO UPDATE SET frontier = excluded.frontier",
+                &[&(i64::try_from(until_ms).unwrap_or(i64::MAX)), &encoded],
+            )
+            .map_err(pg)?;
+        Ok(Some(frontier))
+    }
+
+    /// The frontier signed for the newest roster ([`PgReplica::sign_frontier`]), if any.
+    pub fn stable_frontier(&self) -> Result<Option<StableFrontier>> {
+        let row = self
+            .client()?
+            .query_opt("SELECT frontier FROM frontiers ORDER BY until_ms DESC LIMIT 1", &[])
+            .map_err(pg)?;
+        row.map(|r| {
+            postcard::from_bytes(r.get::<_, &[u8]>(0)).map_err(|e| Error::Corrupt(format!("a kept frontier: {e}")))
+        })
+        .transpose()
+    }
+
+    /// [`PgReplica::roster_frontier`] for members named by their signing keys: each is found by the Noise key its
+    /// certificate names (`None` when the cloud keeps no certificate of some member: it never linked).
+    fn members_frontier(&self, members: &[VerifyingKey], until_ms: u64) -> Result<Option<Summary>> {
+        let mut client = self.client()?;
+        let relays: std::collections::HashSet<Vec<u8>> =
+            client.query("SELECT signing_key FROM relay_keys", &[]).map_err(pg)?.iter().map(|r| r.get(0)).collect();
+        let members: Vec<&VerifyingKey> = members.iter().filter(|m| !relays.contains(&m.0[..])).collect();
+        let ids: Vec<i64> = members.iter().map(|m| m.device_id().0 as i64).collect();
+        let rows =
+            client.query("SELECT device, chain FROM certificates WHERE device = ANY($1)", &[&ids]).map_err(pg)?;
+        drop(client);
+        let chains: std::collections::HashMap<i64, &[u8]> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut devices = Vec::with_capacity(members.len());
+        for m in members {
+            let Some(chain) = chains.get(&(m.device_id().0 as i64)) else { return Ok(None) };
+            let noise = CertificateChain::decode(chain)
+                .ok()
+                .map(|chain| chain.leaf().body().clone())
+                .filter(|leaf| leaf.signing_key == *m)
+                .and_then(|leaf| leaf.noise_key);
+            match noise {
+                Some(key) => devices.push(DeviceKey(key)),
+                None => return Ok(None),
+            }
+        }
+        let Some(frontier) = self.roster_frontier(&devices, until_ms)? else { return Ok(None) };
+        Ok(Some(self.with_held(|held, _| frontier.intersection(held))?))
     }
 
     /// The fleet's frontier: what every device heard from within `horizon_ms` acknowledged (`None` when none
