@@ -72,21 +72,41 @@ fn folds_everything(store: &Store) -> bool {
     store.compact(&everything()).is_ok() && store.storage_stats().is_ok_and(|s| s.log_changes == 0)
 }
 
-/// The relay signs documents' states: a phone linked then takes them live, a phone away meanwhile asks for them as
-/// its session starts, and both fold every signed change; the cloud folds its own log under them, and a new phone
-/// with offline edits catches up from attested states alone, a removed document staying removed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_cloud_attests_and_every_device_folds_its_signed_changes() {
-    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+/// A relay that may attest everything, and two phones linked to it: `a` made [`edits`], `b` one of its own.
+struct Fleet {
+    dir: tempfile::TempDir,
+    authority: SigningKey,
+    relay: Relay,
+    relay_enrolment: Enrolment,
+    via: SocketAddr,
+    a: Store,
+    b: Store,
+    a_node: Node,
+    b_node: Node,
+}
+
+async fn attesting_relay_and_two_phones(url: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let authority = SigningKey::generate().unwrap();
-    let (relay, relay_enrolment) = relay(&url, &dir, &authority, &["read *", "write *", "attest *"]).await;
+    let (relay, relay_enrolment) = relay(url, &dir, &authority, &["read *", "write *", "attest *"]).await;
     let via = relay.listen_addr().unwrap();
     let rw = ["read *", "write *"];
     let (a, b) = (phone(&dir, &authority, "a", 2, &rw), phone(&dir, &authority, "b", 3, &rw));
     edits(&a);
     b.upsert(TASKS, json!({"_id": "t2", "owner": "b"})).unwrap();
     let (a_node, b_node) = (link(&a, "a", via).await, link(&b, "b", via).await);
+    Fleet { dir, authority, relay, relay_enrolment, via, a, b, a_node, b_node }
+}
+
+/// The relay signs documents' states: a phone linked then takes them live, a phone away meanwhile asks for them as
+/// its session starts, and both fold every signed change; the cloud folds its own log under them, and a new phone
+/// with offline edits catches up from attested states alone, a removed document staying removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cloud_attests_and_every_device_folds_its_signed_changes() {
+    let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
+    let Fleet { dir, authority, relay, relay_enrolment, via, a, b, a_node, b_node } =
+        attesting_relay_and_two_phones(&url).await;
+    let rw = ["read *", "write *"];
     let cloud = relay.replica().clone();
     let same =
         |x: &Store, y: &Store| x.replica().summary().ok() == y.replica().summary().ok() && all_tasks(x) == all_tasks(y);
@@ -267,15 +287,8 @@ fn a_change_an_attested_state_makes_ready_goes_through_the_write_check() {
 async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
     use shoaldb::security::{Signers, StableFrontier};
     let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let authority = SigningKey::generate().unwrap();
-    let (relay, relay_enrolment) = relay(&url, &dir, &authority, &["read *", "write *", "attest *"]).await;
-    let via = relay.listen_addr().unwrap();
-    let rw = ["read *", "write *"];
-    let (a, b) = (phone(&dir, &authority, "a", 2, &rw), phone(&dir, &authority, "b", 3, &rw));
-    edits(&a);
-    b.upsert(TASKS, json!({"_id": "t9", "owner": "b"})).unwrap();
-    let (a_node, b_node) = (link(&a, "a", via).await, link(&b, "b", via).await);
+    let Fleet { dir: _dir, authority, relay, relay_enrolment, via, a, b, a_node, b_node } =
+        attesting_relay_and_two_phones(&url).await;
     let same = |x: &Store, y: &Store| x.replica().summary().ok() == y.replica().summary().ok();
     common::eventually("both phones hold the same", || same(&a, &b)).await;
     // New sessions: each phone says it holds everything.
