@@ -507,3 +507,66 @@ fn grants_to_attest_name_a_collection_and_nothing_else() {
     assert!(Grant::parse("attest tasks where done == true").is_err());
     assert!(Grant::parse("attest tasks fields title").is_err());
 }
+
+/// Tick the two engines of `wire` through a minute and a bit from `clock` (engine time, which it moves on), in
+/// steps of 5 s (keepalives keep the link up), moving frames.
+fn minute(f: &mut Fleet, wire: (usize, shoaldb::sync::LinkId, usize, shoaldb::sync::LinkId), clock: &mut u64) {
+    for _ in 0..13 {
+        *clock += 5_000;
+        f.engines[wire.0].tick(*clock);
+        f.engines[wire.2].tick(*clock);
+        wires::settle(&mut f.engines, &[wire], None);
+    }
+}
+
+/// The stable frontier travels (issue 17): one the attester keeps reaches a linked device at its next recheck (and
+/// any device at link-up), and from there every device that device meets; one signed without the grant, or altered, is not taken, and the link
+/// stays up.
+#[test]
+fn a_stable_frontier_travels_from_the_attester_and_only_signed_ones_are_taken() {
+    use shoaldb::security::StableFrontier;
+    let authority = SigningKey::generate().unwrap();
+    let mut f = Fleet::with_attester(&authority, 3);
+    f.stores[1].upsert(COLLECTION, json!({"_id": "d0", "n": 1})).unwrap();
+    assert!(f.sync(1, ATTESTER).is_empty());
+    let key = |f: &Fleet, d: usize| enrolment::load(&f.stores[d]).unwrap().unwrap().signing_key().clone();
+    let kept = |f: &Fleet, d: usize| f.stores[d].replica().stable_frontier().unwrap();
+    let held = f.stores[ATTESTER].replica().summary().unwrap();
+    let frontier = StableFrontier::sign(&key(&f, ATTESTER), NOW, held.clone());
+    // Kept beside the attester's engine while a link is up (as a relay's hourly signing does): its next recheck
+    // sends it.
+    let wire = wires::connect(&mut f.engines, ATTESTER, 1);
+    wires::settle(&mut f.engines, &[wire], None);
+    assert!(f.stores[ATTESTER].replica().keep_frontier(&frontier).unwrap());
+    wires::settle(&mut f.engines, &[wire], None);
+    assert_eq!(kept(&f, 1), None, "sent before the recheck");
+    // A minute on, both ticking (keepalives keep the link up), the attester's recheck finds it.
+    let mut clock = 0;
+    minute(&mut f, wire, &mut clock);
+    assert!(!f.engines[1].is_closed(wire.3));
+    assert_eq!(kept(&f, 1), Some(frontier.clone()));
+    f.engines[ATTESTER].remove_link(wire.1, "parted");
+    f.engines[1].remove_link(wire.3, "parted");
+    // Device 1 passes it on as it meets device 2 (with the attester's chain ahead of it).
+    assert!(f.sync(1, 2).is_empty());
+    assert_eq!(kept(&f, 2), Some(frontier.clone()));
+    // Newer ones kept beside device 2's engine, sent at its next recheck: one no attester signed and one altered
+    // are not taken by device 1, whose link stays up; a newer one the attester signed is.
+    let by_device = StableFrontier::sign(&key(&f, 2), NOW + 1, held.clone());
+    let mut altered = frontier.clone();
+    altered.until_ms = NOW + 2;
+    let newer = StableFrontier::sign(&key(&f, ATTESTER), NOW + 3, held.clone());
+    f.engines[2].tick(clock);
+    let wire = wires::connect(&mut f.engines, 1, 2);
+    wires::settle(&mut f.engines, &[wire], None);
+    for sent in [by_device, altered, newer.clone()] {
+        f.stores[2].replica().keep_frontier(&sent).unwrap();
+        minute(&mut f, wire, &mut clock);
+        assert!(!f.engines[1].is_closed(wire.1));
+        let expected = if sent == newer { &newer } else { &frontier };
+        assert_eq!(kept(&f, 1).as_ref(), Some(expected), "{sent:?}");
+    }
+    // An older one is not taken over a newer.
+    let older = StableFrontier::sign(&key(&f, ATTESTER), NOW - 1, held);
+    assert!(!f.stores[1].replica().keep_frontier(&older).unwrap());
+}

@@ -1232,6 +1232,14 @@ impl Replica for PgReplica {
         Ok(out)
     }
 
+    fn keep_frontier(&self, frontier: &shoaldb::security::StableFrontier) -> Result<bool> {
+        self.keep_frontier_row(frontier)
+    }
+
+    fn stable_frontier(&self) -> Result<Option<shoaldb::security::StableFrontier>> {
+        self.newest_frontier()
+    }
+
     fn keep_peer_summary(&self, device: &shoaldb::security::DeviceKey, _cloud: bool, summary: &Summary) -> Result<()> {
         self.keep_device_summary(device, summary)
     }

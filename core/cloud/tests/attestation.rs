@@ -349,6 +349,13 @@ async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
         tokio::task::spawn_blocking(move || c.stable_frontier()).await.unwrap().unwrap(),
         Some(frontier.clone())
     );
+    // A phone linking now gets it from the relay, with the relay's chain ahead of it, and keeps it.
+    a_node.shutdown().await;
+    let a_node = link(&a, "a", via).await;
+    common::eventually("a keeps the frontier", || {
+        a.replica().stable_frontier().ok().flatten().as_ref() == Some(&frontier)
+    })
+    .await;
     // A phone checks it against the relay's chain.
     let a_enrolment = shoaldb::enrolment::load(&a).unwrap().unwrap();
     let signers = Signers::default();

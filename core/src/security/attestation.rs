@@ -76,6 +76,15 @@ impl StableFrontier {
             Attestation { device: key.verifying_key().device_id(), signature: key.sign(FRONTIER_CONTEXT, &digest) };
         StableFrontier { until_ms, stable, attestation }
     }
+
+    /// Whether this frontier replaces `kept`: it is of a later roster, or of the same one and holds more (the
+    /// cloud's holdings it is cut to only grow).
+    pub fn replaces(&self, kept: &StableFrontier) -> bool {
+        self.until_ms > kept.until_ms
+            || (self.until_ms == kept.until_ms
+                && self.stable != kept.stable
+                && kept.stable.difference(&self.stable).is_empty())
+    }
 }
 
 /// What a [`StableFrontier`] signs: the BLAKE3 digest of the roster's time and the frontier's dense encoding.

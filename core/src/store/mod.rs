@@ -149,6 +149,9 @@ impl Default for Options {
 /// The device-local setting that holds the revocation lists taken in.
 const REVOCATIONS_SETTING: &str = "revocation_lists";
 
+/// The device-local setting that holds the stable frontier taken in (issue 17, certificate mode).
+const FRONTIER_SETTING: &str = "stable_frontier";
+
 fn in_memory(path: &FsPath) -> bool {
     path.as_os_str() == ":memory:" || path.as_os_str().is_empty()
 }

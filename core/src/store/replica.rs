@@ -255,6 +255,19 @@ pub trait Replica: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Certificate mode: keep `frontier` (checked by the caller) when it is newer than the one kept: a later
+    /// roster's, or the same roster's holding more. Returns whether it was kept. (The default, for replicas that
+    /// keep none: not kept.)
+    fn keep_frontier(&self, frontier: &crate::security::StableFrontier) -> Result<bool> {
+        let _ = frontier;
+        Ok(false)
+    }
+
+    /// The stable frontier kept ([`Replica::keep_frontier`]). (The default: none.)
+    fn stable_frontier(&self) -> Result<Option<crate::security::StableFrontier>> {
+        Ok(None)
+    }
+
     /// Whether a device that may read what `rules` allow may read some document of this store that references the
     /// attachment `hash` (certificate mode: attachment bytes go only to devices that may read a document holding
     /// their token, or that held it once: its readers received that change). At most
@@ -620,6 +633,21 @@ impl Replica for StoreReplica {
 
     fn keep_revocation_lists(&self, lists: &[Vec<u8>]) -> Result<()> {
         self.store.set_revocation_lists(lists)
+    }
+
+    fn keep_frontier(&self, frontier: &crate::security::StableFrontier) -> Result<bool> {
+        if !self.stable_frontier()?.is_none_or(|kept| frontier.replaces(&kept)) {
+            return Ok(false);
+        }
+        let bytes = postcard::to_stdvec(frontier).map_err(|e| Error::Corrupt(format!("stable frontier: {e}")))?;
+        self.store.set_local_value(super::FRONTIER_SETTING, &bytes)?;
+        Ok(true)
+    }
+
+    fn stable_frontier(&self) -> Result<Option<crate::security::StableFrontier>> {
+        let Some(bytes) = self.store.local_value(super::FRONTIER_SETTING)? else { return Ok(None) };
+        // Written by this store only; unreadable bytes count as none kept (it comes again from peers).
+        Ok(postcard::from_bytes(&bytes).ok())
     }
 
     fn attachments_received(&self, max: usize) -> Result<Vec<[u8; 32]>> {

@@ -315,6 +315,10 @@ pub struct Engine {
     sources: Sources,
     /// When the links' certificates were last checked again (engine time, ms).
     rechecked: u64,
+    /// Certificate mode: the stable frontier kept (issue 17), sent on every new link. Read from the replica as
+    /// each link comes up and at each recheck (not in `new`: a replica may not be read from the async context that
+    /// builds the engine).
+    frontier: Option<crate::security::StableFrontier>,
     /// Certificate mode: the signers whose changes this device has checked (see [`crate::security::authorship`]).
     signers: Arc<Signers>,
     /// Certificate mode: the enrolment as it is now, shared with the batches applied apart ([`ApplyJob`]); made
@@ -366,6 +370,7 @@ impl Engine {
     ) -> Engine {
         let key = DeviceKey(identity.public_key());
         Engine {
+            frontier: None,
             replica: Arc::new(replica),
             identity,
             access: access.into(),
@@ -591,6 +596,40 @@ impl Engine {
         let list = RevocationList::decode(bytes).map_err(SecurityError::from)?;
         self.take_revocations(list, Some(link))?;
         Ok(())
+    }
+
+    /// Certificate mode: a stable frontier from the peer (issue 17). One that passes the checks and is newer than
+    /// the one kept is kept and passed on to the other links; one that fails them is ignored (logged), as a state
+    /// an attester did not sign is refused alone.
+    fn on_frontier(&mut self, link: LinkId, frontier: crate::security::StableFrontier) -> Result<(), SyncError> {
+        let Access::Certificates(enrolment) = &self.access else {
+            log::debug!("link {link}: a stable frontier, ignored in development mode");
+            return Ok(());
+        };
+        if self.frontier.as_ref().is_some_and(|kept| !frontier.replaces(kept)) {
+            return Ok(());
+        }
+        if let Err(reason) = self.signers.check_frontier(enrolment, &*self.replica, &frontier) {
+            log::warn!("link {link}: a stable frontier refused: {reason}");
+            return Ok(());
+        }
+        if self.replica.keep_frontier(&frontier)? {
+            log::info!("link {link}: took the stable frontier of the roster of {}", frontier.until_ms);
+            self.spread_frontier(frontier, Some(link));
+        }
+        Ok(())
+    }
+
+    /// Remember `frontier` as the one kept and send it on every link but `from`.
+    fn spread_frontier(&mut self, frontier: crate::security::StableFrontier, from: Option<LinkId>) {
+        for (id, slot) in self.links.iter_mut() {
+            if Some(*id) != from {
+                if let Some(s) = slot.session.as_mut() {
+                    s.queue_frontier(frontier.clone());
+                }
+            }
+        }
+        self.frontier = Some(frontier);
     }
 
     /// Certificate chains of signers, ahead of their changes: checked and kept. One that does not lead to a pinned
@@ -887,6 +926,17 @@ impl Engine {
         for list in self.revocation_lists() {
             session.queue_first(Message::Revocations { list });
         }
+        // Certificate mode: the stable frontier kept (issue 17).
+        if matches!(self.access, Access::Certificates(_)) {
+            if let Some(kept) = self.replica.stable_frontier()? {
+                if self.frontier.as_ref().is_none_or(|f| kept.replaces(f)) {
+                    self.frontier = Some(kept);
+                }
+            }
+            if let Some(frontier) = &self.frontier {
+                session.queue_frontier(frontier.clone());
+            }
+        }
         if let Some(slot) = self.links.get_mut(&link) {
             slot.session = Some(session);
         }
@@ -1008,6 +1058,7 @@ impl Engine {
                 self.on_presence(link, DeviceKey(origin), seq, name, links, signature)
             }
             Some(Message::Revocations { list }) => self.on_revocations(link, &list)?,
+            Some(Message::Frontier { frontier }) => self.on_frontier(link, frontier)?,
             Some(Message::Certificates { chains }) => self.on_certificates(link, &chains)?,
             Some(
                 m @ (Message::FetchAttachment { .. }
@@ -1122,6 +1173,14 @@ impl Engine {
         if now.saturating_sub(self.rechecked) >= RECHECK_MS {
             self.rechecked = now;
             self.recheck_links();
+            // A frontier kept by another part of the device (a relay signs one every hour) goes to every link.
+            match self.replica.stable_frontier().map(|f| f.filter(|_| matches!(self.access, Access::Certificates(_)))) {
+                Ok(Some(kept)) if self.frontier.as_ref().is_none_or(|f| kept.replaces(f)) => {
+                    self.spread_frontier(kept, None)
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("reading the stable frontier: {e}"),
+            }
         }
         let before = self.records.len();
         self.records.retain(|_, r| now.saturating_sub(r.received) < PRESENCE_TTL_MS);

@@ -1106,6 +1106,14 @@ impl Session {
         self.outbox.push_back(Out::Message(msg));
     }
 
+    /// Queue a stable frontier ([`Message::Frontier`]), after its attester's chain when the peer may lack it.
+    pub fn queue_frontier(&mut self, frontier: crate::security::StableFrontier) {
+        if self.send_certificates && self.certificates_sent.insert(frontier.attestation.device) {
+            self.outbox.push_back(Out::Certificate(frontier.attestation.device));
+        }
+        self.queue(Message::Frontier { frontier });
+    }
+
     /// Whether the peer stopped reading: more than [`MAX_OUTBOX_MESSAGES`] messages wait for it.
     pub fn is_backlogged(&self) -> bool {
         self.outbox.len() > MAX_OUTBOX_MESSAGES

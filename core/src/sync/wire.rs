@@ -407,7 +407,18 @@ pub enum Message {
         /// The changes.
         changes: Summary,
     },
+    /// Certificate mode (issue 17): the newest roster's stable frontier the sender keeps, signed by an attester
+    /// (after its chain, when the receiver may lack it). Sent as a session starts and when a newer one is kept; a
+    /// receiver checks it ([`crate::security::Signers::check_frontier`]), keeps it if it is newer than its own, and
+    /// passes it on. One that fails the check is ignored (logged).
+    Frontier {
+        /// The frontier (its summary at most [`MAX_FRONTIER_BYTES`], dense encoding).
+        frontier: crate::security::StableFrontier,
+    },
 }
+
+/// The largest stable frontier signed or accepted: its summary's dense encoding.
+pub const MAX_FRONTIER_BYTES: usize = 1 << 20;
 
 /// The most states one [`Message::States`] or [`Message::AttestedStates`] carries: each costs the receiver a
 /// merge (and a signature check), whatever its size.
@@ -516,6 +527,9 @@ impl Message {
                 invalid(format!("a revocation list of {} bytes", list.len()))
             }
             Message::States { states } => check_states(states.iter()),
+            Message::Frontier { frontier } if frontier.stable.encode_dense().len() > MAX_FRONTIER_BYTES => {
+                invalid("a stable frontier over its bound".into())
+            }
             Message::AttestedStates { states } => check_states(states.iter().map(|a| &a.state)),
             Message::Certificates { chains } => {
                 if chains.len() > MAX_CHAINS_PER_MESSAGE {

@@ -197,20 +197,36 @@ impl PgReplica {
             log::info!("the roster of {until_ms} has members not heard from before its time: no frontier yet");
             return Ok(None);
         };
-        let frontier = StableFrontier::sign(enrolment.signing_key(), until_ms, stable);
-        let encoded = postcard::to_allocvec(&frontier).map_err(|e| Error::Corrupt(e.to_string()))?;
+        if stable.encode_dense().len() > shoaldb::sync::wire::MAX_FRONTIER_BYTES {
+            log::warn!("the roster of {until_ms}'s frontier is over its bound: not signed");
+            return Ok(None);
+        }
+        let key = enrolment.signing_key();
+        // The relay's chain goes ahead of the frontier, as ahead of the states it signs.
+        shoaldb::Replica::keep_certificate(self, key.verifying_key().device_id(), &enrolment.chain().encode())?;
+        let frontier = StableFrontier::sign(key, until_ms, stable);
+        self.keep_frontier_row(&frontier)?;
+        Ok(Some(frontier))
+    }
+
+    /// Keep `frontier` when it replaces the newest kept ([`StableFrontier::replaces`]); whether it did.
+    pub(super) fn keep_frontier_row(&self, frontier: &StableFrontier) -> Result<bool> {
+        if !self.newest_frontier()?.is_none_or(|kept| frontier.replaces(&kept)) {
+            return Ok(false);
+        }
+        let encoded = postcard::to_allocvec(frontier).map_err(|e| Error::Corrupt(e.to_string()))?;
         self.client()?
             .execute(
                 "INSERT INTO frontiers (until_ms, frontier) VALUES ($1, $2) \
                  ON CONFLICT (until_ms) DO UPDATE SET frontier = excluded.frontier",
-                &[&(i64::try_from(until_ms).unwrap_or(i64::MAX)), &encoded],
+                &[&(i64::try_from(frontier.until_ms).unwrap_or(i64::MAX)), &encoded],
             )
             .map_err(pg)?;
-        Ok(Some(frontier))
+        Ok(true)
     }
 
-    /// The frontier signed for the newest roster ([`PgReplica::sign_frontier`]), if any.
-    pub fn stable_frontier(&self) -> Result<Option<StableFrontier>> {
+    /// The newest frontier kept (signed here, or received and checked).
+    pub(super) fn newest_frontier(&self) -> Result<Option<StableFrontier>> {
         let row = self
             .client()?
             .query_opt("SELECT frontier FROM frontiers ORDER BY until_ms DESC LIMIT 1", &[])
