@@ -25,7 +25,9 @@ use shoaldb::store::{
     CHANGE_HASH_BYTES, CHUNK_SIZE, MAX_ATTACHMENT_READ_CHECKS, MAX_EQUIVOCATION_RECORDS, PENDING_EXPIRED_PER_CALL,
     PENDING_MAX_AGE_MS,
 };
-use shoaldb::{ApplyReport, AttestedState, DocChange, DocState, Document, Error, PeerId, Replica, Result, Summary};
+use shoaldb::{
+    ApplyReport, AttestedState, DocChange, DocState, Document, Error, PeerId, Replica, Result, Summary, VersionVector,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -668,7 +670,7 @@ impl<'t, 'c> Batch<'t, 'c> {
             ids.push(id.as_str());
             states.push(d.doc.encode());
             views.push(view);
-            versions.push(postcard::to_allocvec(d.doc.version()).map_err(|e| Error::Corrupt(e.to_string()))?);
+            versions.push(d.doc.version().to_bytes());
         }
         let rows = self
             .tx
@@ -1017,10 +1019,7 @@ fn entry(r: &postgres::Row, at: usize) -> LogEntry {
         end: r.get::<_, i64>(at + 6) as u64,
         body: r.get(at + 7),
         signature: r.get::<_, Option<Vec<u8>>>(at + 8).as_deref().and_then(ChangeSignature::decode),
-        version: r
-            .get::<_, Option<Vec<u8>>>(at + 9)
-            .and_then(|b| postcard::from_bytes(&b).ok())
-            .map(std::sync::Arc::new),
+        version: r.get::<_, Option<&[u8]>>(at + 9).and_then(VersionVector::from_bytes).map(std::sync::Arc::new),
     }
 }
 

@@ -83,6 +83,17 @@ impl VersionVector {
         self.0.iter().copied()
     }
 
+    /// The version as a document's row keeps it (the `docs.version` column of a store and of the cloud, sent with a
+    /// document's first change: `sync::first_copy`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// A version kept by [`VersionVector::to_bytes`]; `None` when the bytes are not a well-formed one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<VersionVector> {
+        postcard::from_bytes::<VersionVector>(bytes).ok().filter(VersionVector::is_well_formed)
+    }
+
     /// Entries must be sorted by peer, unique, with non-zero counters (used to validate decoded data).
     pub fn is_well_formed(&self) -> bool {
         self.0.windows(2).all(|w| w[0].0 < w[1].0) && self.0.iter().all(|e| e.1 > 0)

@@ -398,17 +398,15 @@ impl Signers {
         replica: &dyn Replica,
         attested: &crate::store::AttestedState,
     ) -> Result<(), RefusalReason> {
-        let (state, att) = (&attested.state, &attested.attestation);
-        let signer = self.get(enrolment, replica, att.device).ok_or(RefusalReason::UnknownSigner(att.device))?;
-        check_chain_revocation(enrolment, &signer)?;
-        if !signer.device.permissions.may_attest(&state.collection) {
-            return Err(RefusalReason::NotPermitted(format!("attesting collection {:?}", state.collection)));
-        }
-        let digest = super::attestation::digest(state);
-        let context = super::attestation::ATTESTATION_CONTEXT;
-        if !PreparedKey::verify_batch(context, &[(&signer.key, &digest[..], &att.signature)]) {
-            return Err(RefusalReason::BadSignature);
-        }
+        let state = &attested.state;
+        self.check_attester(
+            enrolment,
+            replica,
+            &attested.attestation,
+            |permissions| permissions.may_attest(&state.collection),
+            || format!("attesting collection {:?}", state.collection),
+            (super::attestation::ATTESTATION_CONTEXT, &super::attestation::digest(state)),
+        )?;
         for (author, ranges) in state.changes.peers() {
             let last = ranges.ranges().last().map_or(0, |r| r.1);
             match enrolment.revocations().author_limit(author) {
@@ -434,14 +432,35 @@ impl Signers {
         replica: &dyn Replica,
         frontier: &super::StableFrontier,
     ) -> Result<(), RefusalReason> {
-        let att = &frontier.attestation;
+        self.check_attester(
+            enrolment,
+            replica,
+            &frontier.attestation,
+            |permissions| permissions.attests_anything(),
+            || "signing a stable frontier".into(),
+            (
+                super::attestation::FRONTIER_CONTEXT,
+                &super::attestation::frontier_digest(frontier.until_ms, &frontier.stable),
+            ),
+        )
+    }
+
+    /// What an attester's statement needs: a known signer whose chain is not revoked, whose permissions `permitted`
+    /// takes (else refused as `what`), and a signature over `digest` in `context` that verifies.
+    fn check_attester(
+        &self,
+        enrolment: &Enrolment,
+        replica: &dyn Replica,
+        att: &super::Attestation,
+        permitted: impl FnOnce(&super::certificate::Permissions) -> bool,
+        what: impl FnOnce() -> String,
+        (context, digest): (&str, &[u8; 32]),
+    ) -> Result<(), RefusalReason> {
         let signer = self.get(enrolment, replica, att.device).ok_or(RefusalReason::UnknownSigner(att.device))?;
         check_chain_revocation(enrolment, &signer)?;
-        if !signer.device.permissions.attests_anything() {
-            return Err(RefusalReason::NotPermitted("signing a stable frontier".into()));
+        if !permitted(&signer.device.permissions) {
+            return Err(RefusalReason::NotPermitted(what()));
         }
-        let digest = super::attestation::frontier_digest(frontier.until_ms, &frontier.stable);
-        let context = super::attestation::FRONTIER_CONTEXT;
         if !PreparedKey::verify_batch(context, &[(&signer.key, &digest[..], &att.signature)]) {
             return Err(RefusalReason::BadSignature);
         }

@@ -82,14 +82,9 @@ pub(super) fn row_entries(
     Ok(())
 }
 
-/// A document's version as kept in `docs.version`.
-pub(super) fn encode_version(v: &crate::crdt::version::VersionVector) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
-}
-
 /// A document's version kept in `docs.version`; `None` (sent without one) when it does not decode.
 fn decode_version(bytes: &[u8]) -> Option<crate::crdt::version::VersionVector> {
-    let v: Option<crate::crdt::version::VersionVector> = postcard::from_bytes(bytes).ok();
+    let v = crate::crdt::version::VersionVector::from_bytes(bytes);
     if v.is_none() {
         log::warn!("a document's stored version does not decode; its changes are sent without it");
     }

@@ -317,7 +317,7 @@ impl Store {
                 let mut update = conn.prepare_cached("UPDATE docs SET version = ?2 WHERE doc = ?1")?;
                 for (row, collection, id) in &docs {
                     let version = match super::docs::load(conn, collection, id)? {
-                        Some(cached) => super::changelog::encode_version(cached.doc.version()),
+                        Some(cached) => cached.doc.version().to_bytes(),
                         None => continue,
                     };
                     update.execute(params![row, version])?;

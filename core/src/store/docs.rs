@@ -449,7 +449,7 @@ pub(crate) fn save(
         "UPDATE docs SET modified = CASE WHEN ?2 IS NULL THEN modified ELSE max(coalesce(modified, 0), ?2) END, \
          version = ?3 WHERE doc = ?1",
     )?
-    .execute(params![row, made, super::changelog::encode_version(cached.doc.version())])?;
+    .execute(params![row, made, cached.doc.version().to_bytes()])?;
     cached.tail_bytes += bytes;
     let due = cached.snapshot_bytes.saturating_mul(SNAPSHOT_TAIL_RATIO).clamp(4 * 1024, 1 << 20);
     let snapshot = resnapshot || cached.tail_bytes >= due;

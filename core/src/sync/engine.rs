@@ -620,6 +620,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Certificate mode: the frontier the replica keeps, when it replaces the one this engine sends (one kept beside
+    /// the engine: a relay signs one every hour). Not read in development mode.
+    fn newer_kept_frontier(&self) -> Result<Option<crate::security::StableFrontier>, SyncError> {
+        if !matches!(self.access, Access::Certificates(_)) {
+            return Ok(None);
+        }
+        let kept = self.replica.stable_frontier()?;
+        Ok(kept.filter(|kept| self.frontier.as_ref().is_none_or(|f| kept.replaces(f))))
+    }
+
     /// Remember `frontier` as the one kept and send it on every link but `from`.
     fn spread_frontier(&mut self, frontier: crate::security::StableFrontier, from: Option<LinkId>) {
         for (id, slot) in self.links.iter_mut() {
@@ -927,15 +937,11 @@ impl Engine {
             session.queue_first(Message::Revocations { list });
         }
         // Certificate mode: the stable frontier kept (issue 17).
-        if matches!(self.access, Access::Certificates(_)) {
-            if let Some(kept) = self.replica.stable_frontier()? {
-                if self.frontier.as_ref().is_none_or(|f| kept.replaces(f)) {
-                    self.frontier = Some(kept);
-                }
-            }
-            if let Some(frontier) = &self.frontier {
-                session.queue_frontier(frontier.clone());
-            }
+        if let Some(kept) = self.newer_kept_frontier()? {
+            self.frontier = Some(kept);
+        }
+        if let Some(frontier) = &self.frontier {
+            session.queue_frontier(frontier.clone());
         }
         if let Some(slot) = self.links.get_mut(&link) {
             slot.session = Some(session);
@@ -1174,11 +1180,9 @@ impl Engine {
             self.rechecked = now;
             self.recheck_links();
             // A frontier kept by another part of the device (a relay signs one every hour) goes to every link.
-            match self.replica.stable_frontier().map(|f| f.filter(|_| matches!(self.access, Access::Certificates(_)))) {
-                Ok(Some(kept)) if self.frontier.as_ref().is_none_or(|f| kept.replaces(f)) => {
-                    self.spread_frontier(kept, None)
-                }
-                Ok(_) => {}
+            match self.newer_kept_frontier() {
+                Ok(Some(kept)) => self.spread_frontier(kept, None),
+                Ok(None) => {}
                 Err(e) => log::warn!("reading the stable frontier: {e}"),
             }
         }

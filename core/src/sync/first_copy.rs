@@ -90,6 +90,11 @@ impl FirstCopies {
         let mut now = Vec::with_capacity(batch.len());
         let mut touched = Vec::new();
         for ((dc, digest), size, version) in batch {
+            // Nearly always: nothing held, and a change the sender did not mark as a document's first.
+            if version.is_none() && self.held.is_empty() {
+                now.push((dc, digest));
+                continue;
+            }
             let key = (dc.collection.clone(), dc.doc_id.clone());
             let held = match self.held.get_mut(&key) {
                 Some(held) => held,
@@ -166,6 +171,12 @@ impl FirstCopies {
 
 fn version_bytes(v: &VersionVector) -> usize {
     16 * v.iter().count() + 16
+}
+
+/// About the bytes `v` takes on the wire (an author id is a varint of up to 10 bytes, a counter a few more): what
+/// a sender counts against a batch and flow control, and how it keeps a version within [`MAX_VERSION_BYTES`].
+pub(crate) fn version_wire_len(v: &VersionVector) -> usize {
+    20 * v.iter().count()
 }
 
 #[cfg(test)]

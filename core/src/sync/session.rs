@@ -23,7 +23,7 @@
 //! its own (one summary, one interest, one credit grant, one announcement, one presence record per device), and a
 //! peer with more than [`MAX_OUTBOX_MESSAGES`] messages waiting has stopped reading: the engine closes the link.
 
-use super::first_copy::{FirstCopies, Received, MAX_VERSION_BYTES};
+use super::first_copy::{version_wire_len, FirstCopies, Received, MAX_VERSION_BYTES};
 use super::wire::{Message, Subscription, WireChange, BATCH_BYTES, MAX_DIGESTS_PER_MESSAGE, MAX_STATES_PER_MESSAGE};
 use super::SyncError;
 use crate::crdt::change::{Change, MAX_BATCH_COST, MAX_CHANGE_COST};
@@ -992,7 +992,7 @@ impl Session {
         let mut version = missing
             .first()
             .and_then(|e| e.version.as_deref())
-            .filter(|v| v.iter().count() * 20 <= MAX_VERSION_BYTES)
+            .filter(|v| version_wire_len(v) <= MAX_VERSION_BYTES)
             .filter(|v| !v.iter().any(|(writer, counter)| self.peer_known.contains(writer, counter, counter)))
             .cloned();
         for e in missing {
@@ -1013,7 +1013,7 @@ impl Session {
             }
             let wire = e.to_wire();
             let version = version.take();
-            let len = wire.len() + version.as_ref().map_or(0, |v| v.iter().count() * 20);
+            let len = wire.len() + version.as_ref().map_or(0, version_wire_len);
             self.batch_bytes += len;
             self.send_credit -= len as i64;
             self.batch.push(WireChange { change: wire, signature: e.signature, version });

@@ -15,7 +15,7 @@
 use super::states::{persist_merges, Compacted, MergedDoc};
 use super::{held_ranges, pg, AuthorRanges, PgReplica};
 use postgres::fallible_iterator::FallibleIterator;
-use shoaldb::security::{CertificateChain, DeviceKey, Enrolment, RevocationList, StableFrontier, VerifyingKey};
+use shoaldb::security::{CertificateChain, DeviceKey, Enrolment, StableFrontier, VerifyingKey};
 use shoaldb::store::RangeSet;
 use shoaldb::{CompactionPolicy, CompactionReport, Document, Error, PeerId, Result, Summary};
 use std::collections::btree_map::Entry;
@@ -40,6 +40,14 @@ const VERSIONS_PER_STATEMENT: i64 = 500;
 /// A device's acknowledgements as `device_acks` keeps them (the dense summary phones keep).
 fn acks(bytes: &[u8]) -> Result<Summary> {
     Summary::decode_dense(bytes).map_err(|e| Error::Corrupt(format!("a device's acknowledgements: {e}")))
+}
+
+/// What `frontier` (`None`: no device yet) and a device's acknowledgements `acked` both hold.
+fn meet(frontier: Option<Summary>, acked: Summary) -> Summary {
+    match frontier {
+        None => acked,
+        Some(f) => f.intersection(&acked),
+    }
 }
 
 /// `ms` as PostgreSQL interval seconds.
@@ -113,10 +121,7 @@ impl PgReplica {
         for row in &rows {
             found.insert(row.get::<_, Vec<u8>>(0));
             let acked = acks(row.get(1))?;
-            frontier = Some(match frontier {
-                None => acked,
-                Some(f) => f.intersection(&acked),
-            });
+            frontier = Some(meet(frontier, acked));
         }
         if keys.iter().any(|k| !found.contains(*k)) {
             return Ok(None);
@@ -150,7 +155,7 @@ impl PgReplica {
                     }
                 };
                 nums.push(num);
-                versions.push(postcard::to_allocvec(doc.version()).map_err(|e| Error::Corrupt(e.to_string()))?);
+                versions.push(doc.version().to_bytes());
             }
             if !nums.is_empty() {
                 client
@@ -185,12 +190,7 @@ impl PgReplica {
     /// it too. Every relay with an `attest` grant calls it each [`crate::relay::COMPACT_EVERY`].
     pub fn sign_frontier(&self, enrolment: &Enrolment) -> Result<Option<StableFrontier>> {
         let mut enrolment = enrolment.clone();
-        for list in self.revocation_lists()? {
-            match RevocationList::decode(&list).map(|l| enrolment.accept_revocations(l)) {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) | Err(e) => log::warn!("a revocation list kept by the cloud is not taken: {e}"),
-            }
-        }
+        shoaldb::enrolment::accept_kept_revocations(&mut enrolment, &self.revocation_lists()?);
         let Some((members, until_ms)) = enrolment.revocations().roster() else { return Ok(None) };
         let members = members.to_vec();
         let Some(stable) = self.members_frontier(&members, until_ms)? else {
@@ -288,10 +288,7 @@ impl PgReplica {
         let mut frontier: Option<Summary> = None;
         while let Some(row) = rows.next().map_err(pg)? {
             let acked = acks(row.get(0))?;
-            frontier = Some(match frontier {
-                None => acked,
-                Some(f) => f.intersection(&acked),
-            });
+            frontier = Some(meet(frontier, acked));
         }
         Ok(frontier)
     }
