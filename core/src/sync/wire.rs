@@ -619,6 +619,28 @@ mod tests {
         assert!(matches!(Message::decode(&trailing), Err(WireError::Malformed(_))));
     }
 
+    /// A stable frontier whose summary is over its bound is refused when decoded, before anyone checks its
+    /// signature or keeps it; one within the bound decodes.
+    #[test]
+    fn a_stable_frontier_over_its_bound_is_refused() {
+        let key = crate::security::SigningKey::generate().unwrap();
+        let scattered = |n: u64| {
+            let mut s = crate::store::Summary::new();
+            for c in 0..n {
+                s.insert(crate::PeerId(1), (c << 30) + 1, (c << 30) + 1);
+            }
+            s
+        };
+        let over = crate::security::StableFrontier::sign(&key, 1, scattered(300_000));
+        assert!(over.stable.encode_dense().len() > MAX_FRONTIER_BYTES);
+        let bytes = Message::Frontier { frontier: over }.encode();
+        assert!(bytes.len() <= MAX_CONTROL_MESSAGE_BYTES, "refused by its bound, not by the message's size");
+        assert!(matches!(Message::decode(&bytes), Err(WireError::Invalid(_))));
+        let within = crate::security::StableFrontier::sign(&key, 1, scattered(1000));
+        let bytes = Message::Frontier { frontier: within.clone() }.encode();
+        assert_eq!(Message::decode(&bytes), Ok(Message::Frontier { frontier: within }));
+    }
+
     #[test]
     fn subscription_parse() {
         assert_eq!(Subscription::parse("*").ok(), Some(Subscription::everything()));
