@@ -25,7 +25,7 @@ pub mod writer;
 
 pub use backoffice::BackOfficeConfig;
 pub use relay::{CloudCompaction, Relay, RelayConfig};
-pub use replica::PgReplica;
+pub use replica::{PgReplica, RosterAcks};
 
 /// What can go wrong setting up the cloud peer. (Failures while syncing are the replica seam's
 /// [`shoaldb::Error::Backend`], which close only the link concerned.)

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 mod attested;
 mod compaction;
+pub use compaction::RosterAcks;
 mod states;
 
 /// The pool of connections a replica draws from.

@@ -281,14 +281,22 @@ fn a_change_an_attested_state_makes_ready_goes_through_the_write_check() {
 
 /// A relay with an `attest` grant signs the newest roster's stable frontier (issue 17): what every member had
 /// acknowledged by the end of a day before the roster's time, found through the members' certificates, cut to what
-/// the cloud holds; the relays themselves count with the cloud's holdings. A phone's checks take it, and refuse it
-/// altered or signed without the grant; a member the cloud never heard from holds it back.
+/// the cloud holds, for stores that hold what the cloud held as it signed; the relays themselves count with the
+/// cloud's holdings. A member the cloud never heard from holds it back, and so does a change a member held that
+/// the cloud lacks. A phone's checks take it, and refuse it altered or signed without the grant. The cloud and a
+/// phone then fold their counters' increments under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
     use shoaldb::security::{Signers, StableFrontier};
     let Some(url) = tokio::task::spawn_blocking(common::fresh_database).await.unwrap() else { return };
     let Fleet { dir: _dir, authority, relay, relay_enrolment, via, a, b, a_node, b_node } =
         attesting_relay_and_two_phones(&url).await;
+    // Both phones count on one task, each increment a change.
+    for (phone, times) in [(&a, 12), (&b, 9)] {
+        for _ in 0..times {
+            phone.update(TASKS, "t2", |ed| Ok(ed.increment("likes", 1)?)).unwrap();
+        }
+    }
     let same = |x: &Store, y: &Store| x.replica().summary().ok() == y.replica().summary().ok();
     common::eventually("both phones hold the same", || same(&a, &b)).await;
     // New sessions: each phone says it holds everything.
@@ -296,11 +304,11 @@ async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
     b_node.shutdown().await;
     let held = a.replica().summary().unwrap();
     let (a_node, b_node) = (link(&a, "a", via).await, link(&b, "b", via).await);
-    let u = url.clone();
+    let (u, all) = (url.clone(), held.clone());
     let acks_of_all = move || {
         let mut db = postgres::Client::connect(&u, postgres::NoTls).unwrap();
         let rows = db.query("SELECT summary FROM device_ack_days", &[]).unwrap();
-        rows.len() == 2 && rows.iter().all(|r| held.difference(&Summary::decode_dense(r.get(0)).unwrap()).is_empty())
+        rows.len() == 2 && rows.iter().all(|r| all.difference(&Summary::decode_dense(r.get(0)).unwrap()).is_empty())
     };
     common::eventually("the cloud holds both phones' acknowledgements of it all", || {
         tokio::task::block_in_place(&acks_of_all)
@@ -334,16 +342,32 @@ async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
         c.sign_frontier(&e)
     });
     assert_eq!(signed.await.unwrap().unwrap(), None, "a member never heard from holds the frontier back");
-    // The next roster lists the phones and the relay: everything both phones said they held.
+    // The next roster lists the phones and the relay. Had phone a held a change of its own it had not sent yet
+    // (it may not have seen the frontier), the cloud would wait for it.
     let lists = vec![roster(vec![key(&a), key(&b), relay_key], 2)];
-    let (c, e) = (cloud.clone(), relay_enrolment.clone());
-    let frontier = tokio::task::spawn_blocking(move || {
+    let mut unsent = held.clone();
+    let next = unsent.ranges_of(a.peer_id()).and_then(|r| r.ranges().last()).map_or(1, |r| r.1 + 1);
+    unsent.insert(a.peer_id(), next, next);
+    let (c, e, u) = (cloud.clone(), relay_enrolment.clone(), url.clone());
+    let a_noise = shoaldb::enrolment::load(&a).unwrap().unwrap().chain().leaf().body().noise_key.unwrap();
+    let (a_key, claimed) = (a_noise.to_vec(), unsent.encode_dense());
+    let signed = tokio::task::spawn_blocking(move || {
+        let mut db = postgres::Client::connect(&u, postgres::NoTls).unwrap();
+        let old: Vec<u8> =
+            db.query_one("SELECT summary FROM device_ack_days WHERE device = $1", &[&a_key]).unwrap().get(0);
+        db.execute("UPDATE device_ack_days SET summary = $2 WHERE device = $1", &[&a_key, &claimed]).unwrap();
         c.keep_revocation_lists(&lists)?;
-        c.sign_frontier(&e)
+        let waiting = c.sign_frontier(&e)?;
+        db.execute("UPDATE device_ack_days SET summary = $2 WHERE device = $1", &[&a_key, &old]).unwrap();
+        Ok::<_, shoaldb::Error>((waiting, c.sign_frontier(&e)?))
     });
-    let frontier = frontier.await.unwrap().unwrap().expect("a frontier");
+    let (waiting, frontier) = signed.await.unwrap().unwrap();
+    assert_eq!(waiting, None, "the cloud lacks a change a member held");
+    // Without it: everything both phones said they held, for stores that hold what the cloud does.
+    let frontier = frontier.expect("a frontier");
     assert_eq!(frontier.until_ms, now);
     assert_eq!(frontier.stable, a.replica().summary().unwrap());
+    assert_eq!(frontier.required, frontier.stable);
     let c = cloud.clone();
     assert_eq!(
         tokio::task::spawn_blocking(move || c.stable_frontier()).await.unwrap().unwrap(),
@@ -365,11 +389,30 @@ async fn the_relay_signs_the_stable_frontier_of_the_newest_roster() {
     let mut altered = frontier.clone();
     altered.stable.insert(PeerId(1), 1, 1);
     assert_eq!(signers.check_frontier(&a_enrolment, &a.replica(), &altered), Err(RefusalReason::BadSignature));
+    let mut altered = frontier.clone();
+    altered.required = Summary::new();
+    assert_eq!(signers.check_frontier(&a_enrolment, &a.replica(), &altered), Err(RefusalReason::BadSignature));
     // Signed by a phone, whose certificate has no attest grant.
     let b_enrolment = shoaldb::enrolment::load(&b).unwrap().unwrap();
     signers.learn(&a_enrolment, &a.replica(), &b_enrolment.chain().encode(), false).unwrap();
-    let by_b = StableFrontier::sign(b_enrolment.signing_key(), now, frontier.stable.clone());
+    let by_b = StableFrontier::sign(b_enrolment.signing_key(), now, frontier.stable.clone(), frontier.required.clone());
     assert!(matches!(signers.check_frontier(&a_enrolment, &a.replica(), &by_b), Err(RefusalReason::NotPermitted(_))));
+    // The cloud folds each phone's increments into one run as it compacts (under its attested states), and so does
+    // phone a once it has them; the count is unchanged.
+    let (c, e) = (cloud.clone(), relay_enrolment.clone());
+    let entries = tokio::task::spawn_blocking(move || {
+        c.attest(&e)?;
+        c.compact(&everything(), 0)?;
+        Ok::<_, shoaldb::Error>(
+            c.document(TASKS, "t2")?.map(|d| (d.counter_entries(), d.to_json().unwrap()["likes"].clone())),
+        )
+    });
+    assert_eq!(entries.await.unwrap().unwrap(), Some((2, json!(21))));
+    a_node.shutdown().await;
+    let a_node = link(&a, "a", via).await;
+    let folded = |s: &Store| s.document(TASKS, "t2").ok().flatten().map(|d| d.counter_entries());
+    common::eventually("a folds the increments", || folds_everything(&a) && folded(&a) == Some(2)).await;
+    assert_eq!(a.get(TASKS, "t2").unwrap().unwrap()["likes"], 21);
     a_node.shutdown().await;
     b_node.shutdown().await;
     relay.shutdown().await;

@@ -332,8 +332,9 @@ impl Document {
     /// one folded contribution (see [`super::counter`]). What the document shows does not change.
     ///
     /// `stable` must be causally stable for this document: every change this document does not hold yet, from any
-    /// device that may still write or send one, has seen everything `stable` covers (the store establishes that
-    /// through attested states of a known membership). With a frontier that is not stable, a later removal that had
+    /// device that may still write or send one, has seen everything `stable` covers (stores establish that through
+    /// a signed [`crate::security::StableFrontier`] of a known membership, and fold through
+    /// [`crate::security::attestation::Stability`]). With a frontier that is not stable, a later removal that had
     /// not seen all of one writer's folded increments would take none of them.
     pub fn collect_stable(&mut self, stable: &VersionVector) {
         self.root.collect_stable(stable);

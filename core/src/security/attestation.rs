@@ -49,32 +49,55 @@ impl Attestation {
 }
 
 /// The signature context of stable frontiers.
-pub(crate) const FRONTIER_CONTEXT: &str = "shoal stable frontier v1";
+pub(crate) const FRONTIER_CONTEXT: &str = "shoal stable frontier v2";
 
 /// A roster's stable frontier (issue 17), signed by an attester: the changes every member of the roster (a
 /// [`Revocation::Roster`](super::Revocation::Roster)) had acknowledged to the attester by the end of a day before
-/// the roster's time. A device certified after that time is not a member, and takes its first copy of a document
-/// whole from a device that then held at least that much, so no device that may still write lacks any of these
-/// changes: they are causally stable, and a store may fold what they make garbage (a counter's increments into runs,
-/// [`crate::Document::collect_stable`]) in the collections the attester may attest. Checked by
+/// the roster's time (`stable`), and what the attester held when it signed (`required`). Checked by
 /// [`Signers::check_frontier`](super::Signers::check_frontier).
+///
+/// # What makes `stable` causally stable
+/// A change a store does not hold yet, and that has not seen all of `stable`, could only have been made
+/// - by a member, before it acknowledged `stable`: the attester signs only once it holds everything each member
+///   said it held then (a member's own changes included), so such a change is in `required`;
+/// - by a device certified after the roster's time: not a member; it takes its first copy of a document whole
+///   (`sync::first_copy`) from a device that then held at least what it had acknowledged, so its changes have seen
+///   `stable`;
+/// - by the attester's own writers, before it signed: in `required`.
+///
+/// So a store that holds every change of `required` holds every change that has not seen `stable`: it may fold
+/// what `stable` makes garbage (a counter's increments into runs, [`crate::Document::collect_stable`]) in the
+/// collections the attester may attest ([`crate::Store::compact`]). A store that does not (a device whose
+/// subscriptions or permissions leave some changes out) does not fold under it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StableFrontier {
     /// The roster's time (ms since the Unix epoch): a newer roster's frontier replaces an older one's.
     pub until_ms: u64,
     /// The changes every member had acknowledged, by author and counter ranges.
     pub stable: crate::store::Summary,
+    /// What the attester held when it signed: a store folds under `stable` only once it holds all of it.
+    pub required: crate::store::Summary,
     /// The attester's signature of [`frontier_digest`].
     pub attestation: Attestation,
 }
 
 impl StableFrontier {
-    /// `key`'s signed statement that `stable` is the frontier of the roster of `until_ms`.
-    pub fn sign(key: &SigningKey, until_ms: u64, stable: crate::store::Summary) -> StableFrontier {
-        let digest = frontier_digest(until_ms, &stable);
-        let attestation =
-            Attestation { device: key.verifying_key().device_id(), signature: key.sign(FRONTIER_CONTEXT, &digest) };
-        StableFrontier { until_ms, stable, attestation }
+    /// `key`'s signed statement that `stable` is the frontier of the roster of `until_ms`, for stores that hold
+    /// `required`.
+    pub fn sign(
+        key: &SigningKey,
+        until_ms: u64,
+        stable: crate::store::Summary,
+        required: crate::store::Summary,
+    ) -> StableFrontier {
+        let mut frontier = StableFrontier {
+            until_ms,
+            stable,
+            required,
+            attestation: Attestation { device: key.verifying_key().device_id(), signature: Signature([0; 64]) },
+        };
+        frontier.attestation.signature = key.sign(FRONTIER_CONTEXT, &frontier_digest(&frontier));
+        frontier
     }
 
     /// Whether this frontier replaces `kept`: it is of a later roster, or of the same one and holds more (the
@@ -85,15 +108,77 @@ impl StableFrontier {
                 && self.stable != kept.stable
                 && kept.stable.difference(&self.stable).is_empty())
     }
+
+    /// The bytes of its two summaries (dense encoding): at most [`crate::sync::wire::MAX_FRONTIER_BYTES`] travel.
+    pub fn summaries_len(&self) -> usize {
+        self.stable.encode_dense().len().saturating_add(self.required.encode_dense().len())
+    }
+
+    /// Each writer's counters that `stable` covers from its first (`stable`'s first range for the writer, when it
+    /// starts at counter 1): what a store folds under ([`crate::Document::collect_stable`]).
+    pub fn stable_version(&self) -> crate::VersionVector {
+        self.stable.dense_prefix()
+    }
 }
 
-/// What a [`StableFrontier`] signs: the BLAKE3 digest of the roster's time and the frontier's dense encoding.
-pub fn frontier_digest(until_ms: u64, stable: &crate::store::Summary) -> [u8; 32] {
+/// What a kept [`StableFrontier`] lets a store collect (issue 17): each counter's increments its `stable` covers,
+/// folded into one run per writer ([`crate::Document::collect_stable`]), in the documents of the collections its
+/// attester may attest. Used by [`crate::Store::compact`] and the cloud's compaction.
+pub struct Stability {
+    /// Each writer's counters the frontier covers from its first.
+    stable: crate::VersionVector,
+    /// The attester's grants (from its certificate chain, checked when the frontier was kept).
+    attester: super::certificate::Permissions,
+}
+
+impl Stability {
+    /// What `frontier` lets a store holding `held` fold, `chain` being the attester's certificate chain as kept —
+    /// `None` when the store lacks some change of the frontier's `required` (it may lack a change that has not seen
+    /// the frontier), or keeps no chain of the attester (both logged).
+    pub fn of(frontier: &StableFrontier, held: &crate::store::Summary, chain: Option<&[u8]>) -> Option<Stability> {
+        let lacking = frontier.required.difference(held);
+        if !lacking.is_empty() {
+            log::info!(
+                "the stable frontier of the roster of {}: {} ranges of the changes it requires are not held yet; \
+                 nothing folded under it",
+                frontier.until_ms,
+                lacking.range_count()
+            );
+            return None;
+        }
+        let signer = frontier.attestation.device;
+        let chain = chain
+            .and_then(|c| super::CertificateChain::decode(c).ok())
+            .filter(|c| c.leaf().body().signing_key.device_id() == signer);
+        let Some(chain) = chain else {
+            log::warn!("the stable frontier's attester {signer}: no certificate chain kept; nothing folded under it");
+            return None;
+        };
+        Some(Stability { stable: frontier.stable_version(), attester: chain.permissions() })
+    }
+
+    /// Fold what the frontier makes garbage in `doc`, of `collection`, when the attester may attest the collection.
+    /// Returns whether the document's state changed (what it shows never does).
+    pub fn collect(&self, collection: &str, doc: &mut crate::Document) -> bool {
+        if !self.attester.may_attest(collection) {
+            return false;
+        }
+        let before = doc.counter_entries();
+        doc.collect_stable(&self.stable);
+        doc.counter_entries() < before
+    }
+}
+
+/// What a [`StableFrontier`] signs: the BLAKE3 digest of the roster's time and its two summaries' dense encodings,
+/// each preceded by its length.
+pub fn frontier_digest(frontier: &StableFrontier) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(&until_ms.to_le_bytes());
-    let encoded = stable.encode_dense();
-    h.update(&(encoded.len() as u64).to_le_bytes());
-    h.update(&encoded);
+    h.update(&frontier.until_ms.to_le_bytes());
+    for summary in [&frontier.stable, &frontier.required] {
+        let encoded = summary.encode_dense();
+        h.update(&(encoded.len() as u64).to_le_bytes());
+        h.update(&encoded);
+    }
     *h.finalize().as_bytes()
 }
 

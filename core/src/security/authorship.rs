@@ -438,10 +438,7 @@ impl Signers {
             &frontier.attestation,
             |permissions| permissions.attests_anything(),
             || "signing a stable frontier".into(),
-            (
-                super::attestation::FRONTIER_CONTEXT,
-                &super::attestation::frontier_digest(frontier.until_ms, &frontier.stable),
-            ),
+            (super::attestation::FRONTIER_CONTEXT, &super::attestation::frontier_digest(frontier)),
         )
     }
 

@@ -22,10 +22,15 @@
 //! change it does not hold (a state carries no author's signature, so a device in certificate mode takes only a
 //! state an attester signed: see [`super::attest`]); and documents whose state is over [`MAX_STATE_BYTES`] (too
 //! large to send as one state).
+//!
+//! In certificate mode, the snapshots a compaction writes also fold what the stable frontier the store keeps makes
+//! garbage (each counter's stable increments, one run per writer), once the store holds every change the frontier
+//! requires, in the collections its attester may attest ([`crate::security::attestation::Stability`]).
 
 use super::{Inner, Store, Summary};
 use crate::crdt::change::Change;
 use crate::error::{Error, Result};
+use crate::security::attestation::Stability;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The largest encoded document state a store sends or accepts (a [`crate::sync::Message::States`] carries it
@@ -212,6 +217,8 @@ struct Rule {
     stable: Option<Summary>,
     /// Never those outside this (what a cloud peer reached within the horizon acknowledged).
     cloud: Option<Summary>,
+    /// What the kept stable frontier lets the snapshots written fold.
+    frontier: Option<Stability>,
 }
 
 impl Rule {
@@ -220,6 +227,18 @@ impl Rule {
         let stable = self.stable.as_ref().is_some_and(|s| s.contains(peer, start, end));
         (old || stable) && self.cloud.as_ref().is_none_or(|c| c.contains(peer, start, end))
     }
+}
+
+/// What the stable frontier this store keeps lets [`Store::compact`] fold in the snapshots it writes
+/// ([`Stability`]).
+fn kept_stability(conn: &Connection, held: &Summary) -> Result<Option<Stability>> {
+    let Some(bytes) = super::inner::meta_get(conn, &format!("local:{}", super::FRONTIER_SETTING))? else {
+        return Ok(None);
+    };
+    // Written by this store only; unreadable bytes count as none kept (it comes again from peers).
+    let Ok(frontier) = postcard::from_bytes::<crate::security::StableFrontier>(&bytes) else { return Ok(None) };
+    let chain = super::replica::certificate_of(conn, frontier.attestation.device)?;
+    Ok(Stability::of(&frontier, held, chain.as_deref()))
 }
 
 /// One log row of a document being compacted.
@@ -239,8 +258,9 @@ impl Store {
     /// device that lacks some of them. A transaction per thousand log rows or so ([`CompactionReport::transactions`]),
     /// with the store's other writers and readers let in between, so that compacting a large log from a background
     /// thread never holds an app's writes for long; each is whole (a crash keeps what the ones before it folded).
-    /// Afterwards [`Store::collect_garbage`] returns the freed pages to the system. Linear in the log and in the
-    /// documents compacted.
+    /// The snapshots it writes fold counters under the stable frontier the store keeps, when it may (see the module
+    /// docs). Afterwards [`Store::collect_garbage`] returns the freed pages to the system. Linear in the log and in
+    /// the documents compacted.
     pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactionReport> {
         self.fill_versions()?;
         let (rule, docs) = {
@@ -258,7 +278,8 @@ impl Store {
             let since = if policy.horizon_ms == 0 { 0 } else { cutoff };
             let (cloud, all) = acknowledged(&inner.conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);
-            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud }, logged_docs(&inner.conn)?)
+            let frontier = kept_stability(&inner.conn, &inner.held)?;
+            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud, frontier }, logged_docs(&inner.conn)?)
         };
         // About a thousand log rows per transaction, the store's lock let go between them.
         let mut report = CompactionReport::default();
@@ -454,11 +475,26 @@ fn compact_doc(
     }
     let Some(last) = fold.last().map(|r| r.seq) else { return Ok(DocFolded::default()) };
     // The snapshot at the document's current state (every change in its log), so that it holds what is folded —
-    // unless it already holds every row of the log (an earlier transaction of this compaction wrote it, and no
-    // change came since).
+    // unless it already holds every row of the log (the document's last save or an earlier transaction of this
+    // compaction wrote it, and no change came since) and the frontier folds nothing more in it.
     let snap_seq: i64 =
         conn.prepare_cached("SELECT snap_seq FROM docs WHERE doc = ?1")?.query_row(params![row], |r| r.get(0))?;
-    if snap_seq >= super::docs::last_logged(conn, row)? {
+    let current = snap_seq >= super::docs::last_logged(conn, row)?;
+    let mut written = false;
+    if !current || rule.frontier.is_some() {
+        let Some(mut cached) = super::docs::load(conn, collection, id)? else { return Ok(DocFolded::default()) };
+        let collected = rule.frontier.as_ref().is_some_and(|f| f.collect(collection, &mut cached.doc));
+        if !current || collected {
+            let state = cached.doc.encode();
+            if state.len() > MAX_STATE_BYTES {
+                log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
+                return Ok(DocFolded::default());
+            }
+            super::docs::write_snapshot(conn, row, &cached.doc, &state)?;
+            written = true;
+        }
+    }
+    if !written {
         let bytes: i64 = conn
             .prepare_cached("SELECT length(state) FROM snapshots WHERE doc = ?1")?
             .query_row(params![row], |r| r.get(0))
@@ -468,14 +504,6 @@ fn compact_doc(
             log::info!("{collection}/{id}: not compacted: its state of {bytes} bytes is too large to send");
             return Ok(DocFolded::default());
         }
-    } else {
-        let Some(cached) = super::docs::load(conn, collection, id)? else { return Ok(DocFolded::default()) };
-        let state = cached.doc.encode();
-        if state.len() > MAX_STATE_BYTES {
-            log::info!("{collection}/{id}: not compacted: its state of {} bytes is too large to send", state.len());
-            return Ok(DocFolded::default());
-        }
-        super::docs::write_snapshot(conn, row, &cached.doc, &state)?;
     }
     let mut added = Summary::new();
     for r in &fold {

@@ -302,6 +302,14 @@ pub trait Replica: Send + Sync + 'static {
 }
 
 /// Keep the certificate chain (encoded) of the signing device `device`, replacing one kept before.
+/// The certificate chain kept for the signing device `device` ([`keep_certificate`]).
+pub(super) fn certificate_of(conn: &rusqlite::Connection, device: crate::PeerId) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT chain FROM certificates WHERE device = ?1")?
+        .query_row(params![device.0 as i64], |r| r.get(0))
+        .optional()?)
+}
+
 pub(super) fn keep_certificate(conn: &rusqlite::Connection, device: crate::PeerId, chain: &[u8]) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO certificates (device, chain) VALUES (?1, ?2) ON CONFLICT (device) DO UPDATE SET chain = ?2",
@@ -491,13 +499,7 @@ impl Replica for StoreReplica {
     }
 
     fn certificate(&self, device: crate::PeerId) -> Result<Option<Vec<u8>>> {
-        let inner = self.store.lock();
-        let chain = inner
-            .conn
-            .prepare_cached("SELECT chain FROM certificates WHERE device = ?1")?
-            .query_row(params![device.0 as i64], |r| r.get(0))
-            .optional()?;
-        Ok(chain)
+        certificate_of(&self.store.lock().conn, device)
     }
 
     fn notice_summary(&self, summary: &Summary) -> Result<()> {

@@ -248,6 +248,12 @@ impl Summary {
         self.peers.iter().map(|(p, r)| (*p, r))
     }
 
+    /// Each author's counters held from its first without a gap: the end of its first range, when that starts at
+    /// counter 1 (authors whose first range starts later are left out).
+    pub fn dense_prefix(&self) -> crate::VersionVector {
+        self.peers.iter().filter_map(|(p, r)| r.ranges().first().filter(|r| r.0 == 1).map(|r| (*p, r.1))).collect()
+    }
+
     /// The compact binary form (what [`Summary::decode`] reads).
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).unwrap_or_default()

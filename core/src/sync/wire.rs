@@ -412,12 +412,12 @@ pub enum Message {
     /// receiver checks it ([`crate::security::Signers::check_frontier`]), keeps it if it is newer than its own, and
     /// passes it on. One that fails the check is ignored (logged).
     Frontier {
-        /// The frontier (its summary at most [`MAX_FRONTIER_BYTES`], dense encoding).
+        /// The frontier (its two summaries at most [`MAX_FRONTIER_BYTES`] together, dense encoding).
         frontier: crate::security::StableFrontier,
     },
 }
 
-/// The largest stable frontier signed or accepted: its summary's dense encoding.
+/// The largest stable frontier signed or accepted: its two summaries' dense encodings together.
 pub const MAX_FRONTIER_BYTES: usize = 1 << 20;
 
 /// The most states one [`Message::States`] or [`Message::AttestedStates`] carries: each costs the receiver a
@@ -527,7 +527,7 @@ impl Message {
                 invalid(format!("a revocation list of {} bytes", list.len()))
             }
             Message::States { states } => check_states(states.iter()),
-            Message::Frontier { frontier } if frontier.stable.encode_dense().len() > MAX_FRONTIER_BYTES => {
+            Message::Frontier { frontier } if frontier.summaries_len() > MAX_FRONTIER_BYTES => {
                 invalid("a stable frontier over its bound".into())
             }
             Message::AttestedStates { states } => check_states(states.iter().map(|a| &a.state)),
@@ -619,7 +619,7 @@ mod tests {
         assert!(matches!(Message::decode(&trailing), Err(WireError::Malformed(_))));
     }
 
-    /// A stable frontier whose summary is over its bound is refused when decoded, before anyone checks its
+    /// A stable frontier whose summaries are over their bound is refused when decoded, before anyone checks its
     /// signature or keeps it; one within the bound decodes.
     #[test]
     fn a_stable_frontier_over_its_bound_is_refused() {
@@ -631,12 +631,12 @@ mod tests {
             }
             s
         };
-        let over = crate::security::StableFrontier::sign(&key, 1, scattered(300_000));
-        assert!(over.stable.encode_dense().len() > MAX_FRONTIER_BYTES);
+        let over = crate::security::StableFrontier::sign(&key, 1, scattered(150_000), scattered(150_000));
+        assert!(over.summaries_len() > MAX_FRONTIER_BYTES);
         let bytes = Message::Frontier { frontier: over }.encode();
         assert!(bytes.len() <= MAX_CONTROL_MESSAGE_BYTES, "refused by its bound, not by the message's size");
         assert!(matches!(Message::decode(&bytes), Err(WireError::Invalid(_))));
-        let within = crate::security::StableFrontier::sign(&key, 1, scattered(1000));
+        let within = crate::security::StableFrontier::sign(&key, 1, scattered(1000), scattered(1000));
         let bytes = Message::Frontier { frontier: within.clone() }.encode();
         assert_eq!(Message::decode(&bytes), Ok(Message::Frontier { frontier: within }));
     }

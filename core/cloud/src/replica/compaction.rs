@@ -15,6 +15,7 @@
 use super::states::{persist_merges, Compacted, MergedDoc};
 use super::{held_ranges, pg, AuthorRanges, PgReplica};
 use postgres::fallible_iterator::FallibleIterator;
+use shoaldb::security::attestation::Stability;
 use shoaldb::security::{CertificateChain, DeviceKey, Enrolment, StableFrontier, VerifyingKey};
 use shoaldb::store::RangeSet;
 use shoaldb::{CompactionPolicy, CompactionReport, Document, Error, PeerId, Result, Summary};
@@ -36,6 +37,44 @@ const COMPACT_ROWS_PER_TRANSACTION: i64 = 2000;
 
 /// How many documents' versions [`PgReplica::fill_versions`] writes down per statement.
 const VERSIONS_PER_STATEMENT: i64 = 500;
+
+/// What the members of a roster acknowledged before its time ([`PgReplica::roster_frontier`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RosterAcks {
+    /// What every member acknowledged: the roster's frontier, before it is cut to what the cloud holds.
+    pub every: Summary,
+    /// What some member acknowledged: the changes a member may have made before it acknowledged the frontier are
+    /// among these.
+    pub some: Summary,
+}
+
+/// What one transaction of [`PgReplica::compact`] folds: the changes under the fleet's frontier (and older than the
+/// horizon), and in the states of the documents it compacts, what the kept stable frontier makes garbage.
+#[derive(Clone, Copy)]
+struct Fold<'a> {
+    frontier: Option<&'a Summary>,
+    stability: Option<&'a Stability>,
+}
+
+/// Fold what `stability` makes garbage in the states of the documents `docs` (by number), inside `tx`: a state
+/// is written back only when it changed.
+fn collect_stable(tx: &mut crate::pg::Tx<'_>, docs: &[i64], stability: &Stability) -> Result<()> {
+    let rows = tx.query("SELECT num, collection, state FROM docs WHERE num = ANY($1)", &[&docs]).map_err(pg)?;
+    for r in &rows {
+        let num: i64 = r.get(0);
+        let mut doc = match Document::decode(r.get(2)) {
+            Ok(doc) => doc,
+            Err(e) => {
+                log::warn!("document {num}: its state does not decode ({e}); nothing folded in it");
+                continue;
+            }
+        };
+        if stability.collect(r.get(1), &mut doc) {
+            tx.execute("UPDATE docs SET state = $2 WHERE num = $1", &[&num, &doc.encode()]).map_err(pg)?;
+        }
+    }
+    Ok(())
+}
 
 /// A device's acknowledgements as `device_acks` keeps them (the dense summary phones keep).
 fn acks(bytes: &[u8]) -> Result<Summary> {
@@ -98,14 +137,15 @@ impl PgReplica {
         tx.commit().map_err(pg)
     }
 
-    /// A roster's frontier: what every member of it (`members`, by the keys their handshakes prove) had acknowledged to the cloud by the
-    /// end of a day (UTC) before the roster's time `until_ms` — `None` when some member had not been heard from by
-    /// then (that member holds the frontier back until it is heard from, or a roster leaves it out).
+    /// What the members of a roster (`members`, by the keys their handshakes prove) had acknowledged to the cloud
+    /// by the end of a day (UTC) before the roster's time `until_ms`, each its last such day — `None` when some
+    /// member had not been heard from by then (that member holds the frontier back until it is heard from, or a
+    /// roster leaves it out).
     ///
     /// Only acknowledgements from before the roster's time count: a device certified after it is not a member,
     /// and it takes its first copy of a document, whole, from a device that then held at least what it had
     /// acknowledged before that time — so its copy holds the frontier, and so do the changes it makes.
-    pub fn roster_frontier(&self, members: &[DeviceKey], until_ms: u64) -> Result<Option<Summary>> {
+    pub fn roster_frontier(&self, members: &[DeviceKey], until_ms: u64) -> Result<Option<RosterAcks>> {
         let keys: Vec<&[u8]> = members.iter().map(|m| &m.0[..]).collect();
         let rows = self
             .client()?
@@ -117,16 +157,17 @@ impl PgReplica {
             )
             .map_err(pg)?;
         let mut found = std::collections::BTreeSet::new();
-        let mut frontier: Option<Summary> = None;
+        let (mut every, mut some): (Option<Summary>, Summary) = (None, Summary::new());
         for row in &rows {
             found.insert(row.get::<_, Vec<u8>>(0));
             let acked = acks(row.get(1))?;
-            frontier = Some(meet(frontier, acked));
+            some.union_with(&acked);
+            every = Some(meet(every, acked));
         }
         if keys.iter().any(|k| !found.contains(*k)) {
             return Ok(None);
         }
-        Ok(frontier.or_else(|| members.is_empty().then(Summary::new)))
+        Ok(Some(RosterAcks { every: every.unwrap_or_default(), some }))
     }
 
     /// Write down the versions of the documents written before versions were kept (schema 8), from their states,
@@ -183,28 +224,43 @@ impl PgReplica {
 
     /// The frontier of the newest roster this relay knows (from `enrolment` and the revocation lists the cloud
     /// keeps), signed with the relay's key and kept — or `None` when there is no roster, or some member was not
-    /// heard from before its time ([`PgReplica::roster_frontier`]). A member is known by its signing key; the
-    /// cloud finds its acknowledgements through its certificate (kept when it first linked), which names the key
-    /// its handshakes prove. Members that are the cloud's relays ([`PgReplica::register_relay`]) count with what
-    /// the cloud holds now, which every frontier is cut to: the cloud's own writes (the back office's) then hold
-    /// it too. Every relay with an `attest` grant calls it each [`crate::relay::COMPACT_EVERY`].
+    /// heard from before its time ([`PgReplica::roster_frontier`]), or the cloud lacks some change a member held
+    /// then. A member is known by its signing key; the cloud finds its acknowledgements through its certificate
+    /// (kept when it first linked), which names the key its handshakes prove. Members that are the cloud's relays
+    /// ([`PgReplica::register_relay`]) count with what the cloud holds now, which every frontier is cut to: the
+    /// cloud's own writes (the back office's) then hold it too.
+    ///
+    /// The frontier's `required` is what the cloud holds as it signs: every change a member held as it
+    /// acknowledged (its own not yet sent included: those may not have seen the frontier), and every change of
+    /// the cloud's own writers (see [`StableFrontier`]). Every relay with an `attest` grant calls it each
+    /// [`crate::relay::COMPACT_EVERY`].
     pub fn sign_frontier(&self, enrolment: &Enrolment) -> Result<Option<StableFrontier>> {
         let mut enrolment = enrolment.clone();
         shoaldb::enrolment::accept_kept_revocations(&mut enrolment, &self.revocation_lists()?);
         let Some((members, until_ms)) = enrolment.revocations().roster() else { return Ok(None) };
         let members = members.to_vec();
-        let Some(stable) = self.members_frontier(&members, until_ms)? else {
+        let Some(acked) = self.members_frontier(&members, until_ms)? else {
             log::info!("the roster of {until_ms} has members not heard from before its time: no frontier yet");
             return Ok(None);
         };
-        if stable.encode_dense().len() > shoaldb::sync::wire::MAX_FRONTIER_BYTES {
+        let (stable, required) = self.with_held(|held, _| (acked.every.intersection(held), held.clone()))?;
+        let lacking = acked.some.difference(&required);
+        if !lacking.is_empty() {
+            log::info!(
+                "the roster of {until_ms}: the cloud lacks {} ranges of changes members held before its time: \
+                 no frontier yet",
+                lacking.range_count()
+            );
+            return Ok(None);
+        }
+        let frontier = StableFrontier::sign(enrolment.signing_key(), until_ms, stable, required);
+        if frontier.summaries_len() > shoaldb::sync::wire::MAX_FRONTIER_BYTES {
             log::warn!("the roster of {until_ms}'s frontier is over its bound: not signed");
             return Ok(None);
         }
-        let key = enrolment.signing_key();
         // The relay's chain goes ahead of the frontier, as ahead of the states it signs.
-        shoaldb::Replica::keep_certificate(self, key.verifying_key().device_id(), &enrolment.chain().encode())?;
-        let frontier = StableFrontier::sign(key, until_ms, stable);
+        let device = enrolment.signing_key().verifying_key().device_id();
+        shoaldb::Replica::keep_certificate(self, device, &enrolment.chain().encode())?;
         self.keep_frontier_row(&frontier)?;
         Ok(Some(frontier))
     }
@@ -238,8 +294,9 @@ impl PgReplica {
     }
 
     /// [`PgReplica::roster_frontier`] for members named by their signing keys: each is found by the Noise key its
-    /// certificate names (`None` when the cloud keeps no certificate of some member: it never linked).
-    fn members_frontier(&self, members: &[VerifyingKey], until_ms: u64) -> Result<Option<Summary>> {
+    /// certificate names (`None` when the cloud keeps no certificate of some member: it never linked). The cloud's
+    /// relays are left out: they count with what the cloud holds.
+    fn members_frontier(&self, members: &[VerifyingKey], until_ms: u64) -> Result<Option<RosterAcks>> {
         let mut client = self.client()?;
         let relays: std::collections::HashSet<Vec<u8>> =
             client.query("SELECT signing_key FROM relay_keys", &[]).map_err(pg)?.iter().map(|r| r.get(0)).collect();
@@ -262,8 +319,7 @@ impl PgReplica {
                 None => return Ok(None),
             }
         }
-        let Some(frontier) = self.roster_frontier(&devices, until_ms)? else { return Ok(None) };
-        Ok(Some(self.with_held(|held, _| frontier.intersection(held))?))
+        self.roster_frontier(&devices, until_ms)
     }
 
     /// The fleet's frontier: what every device heard from within `horizon_ms` acknowledged (`None` when none
@@ -303,11 +359,12 @@ impl PgReplica {
     pub fn compact(&self, policy: &CompactionPolicy, feed_retention_ms: u64) -> Result<CompactionReport> {
         self.fill_versions()?;
         let frontier = if policy.fold_acknowledged { self.fleet_frontier(policy.horizon_ms)? } else { None };
+        let stability = self.kept_stability()?;
         let mut report = CompactionReport::default();
         let mut after = 0i64;
         loop {
-            let (looked_at, last) =
-                self.compact_some(policy, feed_retention_ms, frontier.as_ref(), after, &mut report)?;
+            let fold = Fold { frontier: frontier.as_ref(), stability: stability.as_ref() };
+            let (looked_at, last) = self.compact_some(policy, feed_retention_ms, fold, after, &mut report)?;
             if looked_at < COMPACT_ROWS_PER_TRANSACTION {
                 break;
             }
@@ -324,13 +381,21 @@ impl PgReplica {
         Ok(report)
     }
 
+    /// What the newest stable frontier kept lets the compaction fold in the states of the documents it compacts
+    /// ([`Stability`]): the cloud signed it holding its `required`, and holds it still.
+    fn kept_stability(&self) -> Result<Option<Stability>> {
+        let Some(frontier) = self.newest_frontier()? else { return Ok(None) };
+        let chain = shoaldb::Replica::certificate(self, frontier.attestation.device)?;
+        self.with_held(|held, _| Stability::of(&frontier, held, chain.as_deref()))
+    }
+
     /// One transaction of [`PgReplica::compact`]: the log rows after `after` received before the retention, at
     /// most [`COMPACT_ROWS_PER_TRANSACTION`]. Returns how many it looked at, and the last one's number.
     fn compact_some(
         &self,
         policy: &CompactionPolicy,
         feed_retention_ms: u64,
-        frontier: Option<&Summary>,
+        Fold { frontier, stability }: Fold<'_>,
         after: i64,
         report: &mut CompactionReport,
     ) -> Result<(i64, i64)> {
@@ -413,6 +478,9 @@ impl PgReplica {
             merged.push((doc, MergedDoc { record, added }));
         }
         let floor = floor.ok_or_else(|| Error::Corrupt("changes folded without a row".into()))?;
+        if let Some(stability) = stability {
+            collect_stable(&mut tx, &docs, stability)?;
+        }
         persist_merges(&mut tx, &folded, merged.iter().map(|(doc, m)| (*doc, m)), Some(&Compacted { gone, floor }))?;
         tx.commit().map_err(pg)?;
         report.transactions += 1;
