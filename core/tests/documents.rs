@@ -359,3 +359,54 @@ fn folding_a_counters_stable_increments_shrinks_its_state() {
     assert_eq!(doc.to_json(), shown);
     assert!(after * 100 < before, "{before} bytes, folded {after}");
 }
+
+/// A removed array element keeps its place (a tombstone: later inserts may name it) but, once every change of the
+/// document is stable, nothing of what it held: a list of 200 to-do items, each a map with text and a counter, of
+/// which 150 were removed. Folded under a frontier that misses the last change, the removed items keep their content
+/// (a change that had not seen a removal could still edit them); under one covering everything they do not, and the
+/// document shows the same either way.
+#[test]
+fn removed_elements_keep_nothing_once_the_whole_document_is_stable() {
+    let (a, b) = (shoaldb::PeerId(1), shoaldb::PeerId(2));
+    let mut doc = shoaldb::Document::new();
+    let mut next = 1;
+    let mut edit = |doc: &mut shoaldb::Document, peer, f: &dyn Fn(&mut shoaldb::DocEditor<'_>)| {
+        let mut ed = doc.edit(peer, next, shoaldb::Timestamp::new(1_800_000_000_000 + next, 0));
+        f(&mut ed);
+        next = ed.next_counter();
+        ed.finish().unwrap();
+    };
+    for i in 0..200 {
+        let item = json!({"title": format!("task number {i} with a longer title"), "done": false});
+        edit(&mut doc, a, &|ed| ed.array_push("todo", &[Value::from_json(&item)]).unwrap());
+        edit(&mut doc, a, &|ed| ed.increment(format!("todo[{i}].votes").as_str(), 3).unwrap());
+    }
+    for _ in 0..150 {
+        edit(&mut doc, b, &|ed| ed.array_delete("todo", 0, 1).unwrap());
+    }
+    let (before, shown) = (doc.encode().len(), doc.to_json());
+    // A frontier short of b's last removal: the removed items keep their content.
+    let v = doc.version();
+    let short: shoaldb::VersionVector = [(a, v.get(a)), (b, v.get(b) - 1)].into_iter().collect();
+    let mut partly = doc.clone();
+    partly.collect_stable(&short);
+    assert_eq!(partly.to_json(), shown);
+    assert_eq!(partly.encode().len(), before, "nothing dropped while the document has an unstable change");
+    // Covering everything: they keep nothing, and the document shows the same.
+    let everything = doc.version().clone();
+    assert!(doc.collect_stable(&everything));
+    let after = doc.encode().len();
+    println!("200 to-do items, 150 removed: {before} bytes, collected {after}");
+    assert_eq!(doc.to_json(), shown);
+    assert!(after * 2 < before, "{before} bytes, collected {after}");
+    assert!(!doc.collect_stable(&everything), "nothing more to collect");
+    // It still takes inserts next to the removed items, and merges with a copy that did not collect.
+    let mut ed = doc.edit(a, next, shoaldb::Timestamp::new(1_900_000_000_000, 0));
+    ed.array_insert("todo", 0, &[Value::from_json(&json!({"title": "first"}))]).unwrap();
+    let change = ed.finish().unwrap();
+    let mut kept = shoaldb::Document::decode(&partly.encode()).unwrap();
+    kept.apply(&change).unwrap();
+    kept.join(&doc).unwrap();
+    assert_eq!(kept.to_json(), doc.to_json());
+    assert_eq!(doc.to_json().unwrap()["todo"].as_array().unwrap().len(), 51);
+}

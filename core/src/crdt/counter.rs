@@ -124,16 +124,20 @@ impl Counter {
     }
 
     /// Fold each writer's contributions that `stable` covers into one run (see the module docs). `stable` must be
-    /// causally stable for the document this counter is in; the counter's value does not change.
-    pub fn fold(&mut self, stable: &VersionVector) {
+    /// causally stable for the document this counter is in; the counter's value does not change. Returns whether
+    /// some runs were folded.
+    pub fn fold(&mut self, stable: &VersionVector) -> bool {
+        let mut folded_some = false;
         for (peer, runs) in &mut self.by_peer {
             let n = runs.partition_point(|r| r.last <= stable.get(*peer));
             if n >= 2 {
                 let sum = runs[..n].iter().fold(0i128, |s, r| s.saturating_add(r.sum));
                 let folded = Run { first: runs[0].first, last: runs[n - 1].last, sum };
                 runs.splice(..n, [folded]);
+                folded_some = true;
             }
         }
+        folded_some
     }
 
     /// How many runs (single increments, and folded ones) the counter keeps.

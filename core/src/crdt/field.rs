@@ -175,13 +175,33 @@ impl Field {
     }
 
     /// Fold the counter contributions `stable` covers, here and in every field nested in this one, removed array
-    /// elements included (see [`super::document::Document::collect_stable`]).
-    pub fn collect_stable(&mut self, stable: &VersionVector) {
+    /// elements included; with `whole` (every change of the document is stable), also drop what removed array
+    /// elements hold (see [`super::document::Document::collect_stable`]). Returns whether anything changed.
+    pub fn collect_stable(&mut self, stable: &VersionVector, whole: bool) -> bool {
+        let mut changed = false;
         self.for_each_field_mut(&mut |f| {
             if let Some(c) = &mut f.counter {
-                c.fold(stable);
+                changed |= c.fold(stable);
+            }
+            if let Some(a) = f.array.as_deref_mut().filter(|_| whole) {
+                a.for_each_mut(|_, element, deleted| {
+                    if deleted && !element.is_bare() {
+                        *element = Field::default();
+                        changed = true;
+                    }
+                });
             }
         });
+        changed
+    }
+
+    /// Whether the field holds nothing at all: no register entry, no container.
+    fn is_bare(&self) -> bool {
+        self.reg.is_empty()
+            && self.map.is_none()
+            && self.array.is_none()
+            && self.text.is_none()
+            && self.counter.is_none()
     }
 
     /// Call `f` on this field and every field nested in it, removed array elements included.

@@ -121,9 +121,10 @@ impl StableFrontier {
     }
 }
 
-/// What a kept [`StableFrontier`] lets a store collect (issue 17): each counter's increments its `stable` covers,
-/// folded into one run per writer ([`crate::Document::collect_stable`]), in the documents of the collections its
-/// attester may attest. Used by [`crate::Store::compact`] and the cloud's compaction.
+/// What a kept [`StableFrontier`] lets a store collect (issue 17), in the documents of the collections its attester
+/// may attest ([`crate::Document::collect_stable`]): each counter's increments its `stable` covers, folded into one
+/// run per writer, and in a document all of whose changes it covers, what removed array elements held. Used by
+/// [`crate::Store::compact`] and the cloud's compaction.
 pub struct Stability {
     /// Each writer's counters the frontier covers from its first.
     stable: crate::VersionVector,
@@ -163,9 +164,7 @@ impl Stability {
         if !self.attester.may_attest(collection) {
             return false;
         }
-        let before = doc.counter_entries();
-        doc.collect_stable(&self.stable);
-        doc.counter_entries() < before
+        doc.collect_stable(&self.stable)
     }
 }
 
