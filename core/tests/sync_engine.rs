@@ -109,6 +109,31 @@ fn two_devices_catch_up_then_stay_live() {
     assert_eq!(net.store(0).replica().summary().unwrap(), net.store(1).replica().summary().unwrap());
 }
 
+/// A document's version goes with its first change to a peer that may lack the document, and not with live edits
+/// of a document the peer has: neither with another writer's (the peer holds a change reaching a writer's counter in
+/// the version) nor with a single writer's (the peer holds the change the edit depends on).
+#[test]
+fn only_a_documents_first_copy_carries_its_version() {
+    let mut net = Net::new(vec![all(), all()]);
+    let (_, link) = net.connect_over(0, 1, TransportKind::Lan);
+    net.settle();
+    let versions = |net: &Net| net.engines[0].link_stats(link).unwrap().versions_sent;
+    net.store(0).upsert("docs", json!({"_id": "mine", "n": 0})).unwrap();
+    net.settle();
+    assert_eq!(versions(&net), 1, "the new document's first change");
+    for i in 1..=20 {
+        net.store(0).update("docs", "mine", |d| Ok(d.set("n", i)?)).unwrap();
+        net.settle();
+    }
+    net.store(1).upsert("docs", json!({"_id": "theirs", "n": 0})).unwrap();
+    net.settle();
+    net.store(0).update("docs", "theirs", |d| Ok(d.set("n", 1)?)).unwrap();
+    net.settle();
+    assert_eq!(versions(&net), 1, "live edits of documents the peer has carry none");
+    assert_eq!(net.store(1).get("docs", "mine").unwrap().unwrap()["n"], 20);
+    assert_eq!(net.store(0).replica().summary().unwrap(), net.store(1).replica().summary().unwrap());
+}
+
 #[test]
 fn reconnecting_sends_only_what_is_missing() {
     let mut net = Net::new(vec![all(), all()]);

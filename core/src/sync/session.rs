@@ -310,6 +310,9 @@ pub struct SessionStats {
     pub states_sent: u64,
     /// Bytes of those states (counted against flow control's credit like changes).
     pub state_bytes_sent: u64,
+    /// Documents' versions attached to changes sent: one with the first change of a document the peer may lack,
+    /// so that it applies its first copy whole (see `sync::first_copy`).
+    pub versions_sent: u64,
 }
 
 impl Session {
@@ -987,13 +990,18 @@ impl Session {
         if missing.is_empty() {
             return false;
         }
-        // The document's version goes with its first change, unless the peer holds some of the document (a
-        // change reaching a writer's counter in it): see `first_copy`.
-        let mut version = missing
-            .first()
+        // The document's version goes with its first change, unless the peer holds some of the document: a change
+        // reaching a writer's counter in it, or one the first change depends on (a live edit of a document the peer
+        // has); see `first_copy`.
+        let holds = |writer, counter| counter > 0 && self.peer_known.contains(writer, counter, counter);
+        let first = missing.first();
+        let mut version = first
             .and_then(|e| e.version.as_deref())
             .filter(|v| version_wire_len(v) <= MAX_VERSION_BYTES)
-            .filter(|v| !v.iter().any(|(writer, counter)| self.peer_known.contains(writer, counter, counter)))
+            .filter(|v| !v.iter().any(|(w, n)| holds(w, n)))
+            .filter(|_| {
+                first.is_some_and(|e| Change::decode(&e.body).is_ok_and(|c| !c.deps.iter().any(|(w, n)| holds(w, n))))
+            })
             .cloned();
         for e in missing {
             self.peer_known.insert(e.peer, e.start, e.end);
@@ -1013,6 +1021,7 @@ impl Session {
             }
             let wire = e.to_wire();
             let version = version.take();
+            self.stats.versions_sent += u64::from(version.is_some());
             let len = wire.len() + version.as_ref().map_or(0, version_wire_len);
             self.batch_bytes += len;
             self.send_credit -= len as i64;

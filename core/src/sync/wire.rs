@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The protocol version this build speaks. A message with another version byte is refused. (2: changes travel
 /// with their authors' signatures, and certificate chains ahead of them; 3: a document's first change sent carries
-/// its version, so that a first copy arrives whole.)
-pub const PROTOCOL_VERSION: u8 = 3;
+/// its version, so that a first copy arrives whole; 4: a stable frontier carries what a store must hold to fold under
+/// it.)
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The largest message accepted (the largest change plus room for its header): a [`Message::Changes`].
 pub const MAX_MESSAGE_BYTES: usize = MAX_ENCODED_CHANGE_BYTES + (1 << 20);
