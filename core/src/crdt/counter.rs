@@ -74,9 +74,20 @@ impl Counter {
     }
 
     /// Drop every contribution covered by `ctx` (a run when `ctx` covers its last counter; see the module docs).
+    /// A removal that saw only part of a folded run leaves it whole: under a stable frontier no honest device makes
+    /// one, so it is logged as the evidence it is (a member that acknowledged the frontier and then removed as if it
+    /// had not; see the README, "Folding under the frontier").
     pub fn clear(&mut self, ctx: &VersionVector) {
         self.by_peer.retain(|peer, runs| {
             let seen = ctx.get(*peer);
+            if let Some(r) = runs.iter().find(|r| r.first <= seen && seen < r.last) {
+                log::warn!(
+                    "a removal saw writer {peer}'s increments up to {seen} only, inside a stable run {}..={}: \
+                     its author removed as if it had not acknowledged them",
+                    r.first,
+                    r.last
+                );
+            }
             runs.retain(|r| r.last > seen);
             !runs.is_empty()
         });
