@@ -438,3 +438,28 @@ fn a_first_copy_taken_change_by_change_would_break_folding() {
     folded.apply(&removal).unwrap();
     assert_eq!((likes(&never_folded), likes(&folded)), (None, None));
 }
+
+/// Found by the property test: a replica collects a removed element's content under an attested frontier, then
+/// another that kept it (and edited on) merges its state. The side that has seen everything keeps its own state as it
+/// is, the other drops what it collected; folded under the same frontier, both must be equal. (They were not when a
+/// removed element's content went only once the whole document was stable: the side that edited on never collected
+/// it.)
+#[test]
+fn a_removed_elements_content_collected_on_one_side_merges_alike_either_way() {
+    use Action::*;
+    let actions = vec![
+        Edit { replica: 0, edit: edits::Edit::ArrayInsert { pos: 0, shape: 0, value: 0 } },
+        Merge { from: 0, to: 1 },
+        Edit { replica: 0, edit: edits::Edit::ArrayDelete { pos: 0 } },
+        Gossip,
+        Ack { replica: 0 },
+        Ack { replica: 2 },
+        Ack { replica: 1 },
+        Roster,
+        Edit { replica: 0, edit: edits::Edit::ArrayInsert { pos: 0, shape: 0, value: 0 } },
+        Attest,
+        Collect { replica: 1 },
+        Edit { replica: 0, edit: edits::Edit::SetRegister { path: 0, value: 0 } },
+    ];
+    run(&actions);
+}

@@ -329,14 +329,14 @@ impl Document {
     }
 
     /// Collect what `stable` makes garbage: each counter keeps the increments of one writer that `stable` covers as
-    /// one folded contribution (see [`super::counter`]); and when `stable` covers every change of the document,
-    /// removed array elements keep nothing of what they held (their place stays, as a tombstone: later inserts may
-    /// name it as an origin). What the document shows does not change. Returns whether the state changed.
+    /// one folded contribution (see [`super::counter`]), and removed array elements drop what `stable` covers of
+    /// what they held (their place stays, as a tombstone: later inserts may name it as an origin). What the
+    /// document shows does not change. Returns whether the state changed.
     ///
-    /// Why a removed element's content can go only then: a change that had not seen the removal may still edit
-    /// it (invisibly, but a state-based merge must give what replaying the changes gives), and the element does not
-    /// record which change removed it. Once every change of the document is stable, every removal in it is, and
-    /// every change still to come has seen them all.
+    /// Why a removed element's content can go: it never shows again, and every change still to come has seen what
+    /// `stable` covers, so it replaces, removes or keeps apart what it would have either way — and a state-based
+    /// merge with a state that kept it drops it too (this one saw it and no longer holds it). States folded under
+    /// the same frontier stay equal whichever side collected first.
     ///
     /// `stable` must be causally stable for this document: every change this document does not hold yet, from any
     /// device that may still write or send one, has seen everything `stable` covers (stores establish that through
@@ -344,8 +344,7 @@ impl Document {
     /// [`crate::security::attestation::Stability`]). With a frontier that is not stable, a later removal that had
     /// not seen all of one writer's folded increments would take none of them.
     pub fn collect_stable(&mut self, stable: &VersionVector) -> bool {
-        let whole = self.version.le(stable);
-        let changed = self.root.collect_stable(stable, whole);
+        let changed = self.root.collect_stable(stable);
         if changed {
             self.items = None;
         }

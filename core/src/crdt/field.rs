@@ -175,19 +175,20 @@ impl Field {
     }
 
     /// Fold the counter contributions `stable` covers, here and in every field nested in this one, removed array
-    /// elements included; with `whole` (every change of the document is stable), also drop what removed array
-    /// elements hold (see [`super::document::Document::collect_stable`]). Returns whether anything changed.
-    pub fn collect_stable(&mut self, stable: &VersionVector, whole: bool) -> bool {
+    /// elements included, and drop from removed array elements what `stable` covers (as a removal with that context
+    /// would; see [`super::document::Document::collect_stable`]). Returns whether anything changed.
+    pub fn collect_stable(&mut self, stable: &VersionVector) -> bool {
         let mut changed = false;
         self.for_each_field_mut(&mut |f| {
             if let Some(c) = &mut f.counter {
                 changed |= c.fold(stable);
             }
-            if let Some(a) = f.array.as_deref_mut().filter(|_| whole) {
+            if let Some(a) = f.array.as_deref_mut() {
                 a.for_each_mut(|_, element, deleted| {
-                    if deleted && !element.is_bare() {
-                        *element = Field::default();
-                        changed = true;
+                    if deleted {
+                        let before = element.weight();
+                        element.clear(stable);
+                        changed |= element.weight() < before;
                     }
                 });
             }
@@ -195,13 +196,18 @@ impl Field {
         changed
     }
 
-    /// Whether the field holds nothing at all: no register entry, no container.
-    fn is_bare(&self) -> bool {
-        self.reg.is_empty()
-            && self.map.is_none()
-            && self.array.is_none()
-            && self.text.is_none()
-            && self.counter.is_none()
+    /// What this field and the fields nested in it hold that a removal takes away: register entries, counter
+    /// contributions, and visible array elements and characters. A removal that takes something lowers it.
+    fn weight(&self) -> u64 {
+        let mut n = 0u64;
+        self.for_each_field(&mut |f| {
+            let held = f.reg.dots().count()
+                + f.counter.as_deref().map_or(0, Counter::entries)
+                + f.array.as_deref().map_or(0, |a| a.len())
+                + f.text.as_deref().map_or(0, |t| t.len());
+            n = n.saturating_add(held as u64);
+        });
+        n
     }
 
     /// Call `f` on this field and every field nested in it, removed array elements included.
