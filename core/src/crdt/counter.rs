@@ -80,7 +80,9 @@ impl Counter {
     pub fn clear(&mut self, ctx: &VersionVector) {
         self.by_peer.retain(|peer, runs| {
             let seen = ctx.get(*peer);
-            if let Some(r) = runs.iter().find(|r| r.first <= seen && seen < r.last) {
+            // Runs are sorted and disjoint: those covered come first.
+            let covered = runs.partition_point(|r| r.last <= seen);
+            if let Some(r) = runs.get(covered).filter(|r| r.first <= seen) {
                 log::warn!(
                     "a removal saw writer {peer}'s increments up to {seen} only, inside a stable run {}..={}: \
                      its author removed as if it had not acknowledged them",
@@ -88,7 +90,7 @@ impl Counter {
                     r.last
                 );
             }
-            runs.retain(|r| r.last > seen);
+            runs.drain(..covered);
             !runs.is_empty()
         });
     }

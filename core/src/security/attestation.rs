@@ -65,8 +65,8 @@ pub(crate) const FRONTIER_CONTEXT: &str = "shoal stable frontier v2";
 ///   `stable`;
 /// - by the attester's own writers, before it signed: in `required`.
 ///
-/// So a store that holds every change of `required` holds every change that has not seen `stable`: it may fold
-/// what `stable` makes garbage (a counter's increments into runs, [`crate::Document::collect_stable`]) in the
+/// So a store that holds every change of `required` holds every change that has not seen `stable`: it may collect
+/// what `stable` makes garbage ([`crate::Document::collect_stable`]) in the
 /// collections the attester may attest ([`crate::Store::compact`]). A store that does not (a device whose
 /// subscriptions or permissions leave some changes out) does not fold under it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +123,8 @@ impl StableFrontier {
 
 /// What a kept [`StableFrontier`] lets a store collect (issue 17), in the documents of the collections its attester
 /// may attest ([`crate::Document::collect_stable`]): each counter's increments its `stable` covers, folded into one
-/// run per writer, and in a document all of whose changes it covers, what removed array elements held. Used by
-/// [`crate::Store::compact`] and the cloud's compaction.
+/// run per writer, and what removed array elements held that it covers. Used by [`crate::Store::compact`] and the
+/// cloud's compaction.
 pub struct Stability {
     /// Each writer's counters the frontier covers from its first.
     stable: crate::VersionVector,

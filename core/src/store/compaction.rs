@@ -23,9 +23,10 @@
 //! state an attester signed: see [`super::attest`]); and documents whose state is over [`MAX_STATE_BYTES`] (too
 //! large to send as one state).
 //!
-//! In certificate mode, the snapshots a compaction writes also fold what the stable frontier the store keeps makes
-//! garbage (each counter's stable increments, one run per writer), once the store holds every change the frontier
-//! requires, in the collections its attester may attest ([`crate::security::attestation::Stability`]).
+//! In certificate mode, the snapshots a compaction writes also collect what the stable frontier the store keeps makes
+//! garbage (each counter's stable increments, one run per writer; what removed array elements held that it covers),
+//! once the store holds every change the frontier requires, in the collections its attester may attest
+//! ([`crate::security::attestation::Stability`]).
 
 use super::{Inner, Store, Summary};
 use crate::crdt::change::Change;
@@ -232,11 +233,7 @@ impl Rule {
 /// What the stable frontier this store keeps lets [`Store::compact`] fold in the snapshots it writes
 /// ([`Stability`]).
 fn kept_stability(conn: &Connection, held: &Summary) -> Result<Option<Stability>> {
-    let Some(bytes) = super::inner::meta_get(conn, &format!("local:{}", super::FRONTIER_SETTING))? else {
-        return Ok(None);
-    };
-    // Written by this store only; unreadable bytes count as none kept (it comes again from peers).
-    let Ok(frontier) = postcard::from_bytes::<crate::security::StableFrontier>(&bytes) else { return Ok(None) };
+    let Some(frontier) = super::replica::kept_frontier(conn)? else { return Ok(None) };
     let chain = super::replica::certificate_of(conn, frontier.attestation.device)?;
     Ok(Stability::of(&frontier, held, chain.as_deref()))
 }

@@ -301,7 +301,6 @@ pub trait Replica: Send + Sync + 'static {
     fn finish_attachment(&self, hash: &[u8; 32], total: u64) -> Result<()>;
 }
 
-/// Keep the certificate chain (encoded) of the signing device `device`, replacing one kept before.
 /// The certificate chain kept for the signing device `device` ([`keep_certificate`]).
 pub(super) fn certificate_of(conn: &rusqlite::Connection, device: crate::PeerId) -> Result<Option<Vec<u8>>> {
     Ok(conn
@@ -310,6 +309,16 @@ pub(super) fn certificate_of(conn: &rusqlite::Connection, device: crate::PeerId)
         .optional()?)
 }
 
+/// The stable frontier this store keeps ([`Replica::keep_frontier`]).
+pub(super) fn kept_frontier(conn: &rusqlite::Connection) -> Result<Option<crate::security::StableFrontier>> {
+    let Some(bytes) = super::inner::meta_get(conn, &format!("local:{}", super::FRONTIER_SETTING))? else {
+        return Ok(None);
+    };
+    // Written by this store only; unreadable bytes count as none kept (it comes again from peers).
+    Ok(postcard::from_bytes(&bytes).ok())
+}
+
+/// Keep the certificate chain (encoded) of the signing device `device`, replacing one kept before.
 pub(super) fn keep_certificate(conn: &rusqlite::Connection, device: crate::PeerId, chain: &[u8]) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO certificates (device, chain) VALUES (?1, ?2) ON CONFLICT (device) DO UPDATE SET chain = ?2",
@@ -647,9 +656,7 @@ impl Replica for StoreReplica {
     }
 
     fn stable_frontier(&self) -> Result<Option<crate::security::StableFrontier>> {
-        let Some(bytes) = self.store.local_value(super::FRONTIER_SETTING)? else { return Ok(None) };
-        // Written by this store only; unreadable bytes count as none kept (it comes again from peers).
-        Ok(postcard::from_bytes(&bytes).ok())
+        kept_frontier(&self.store.lock().conn)
     }
 
     fn attachments_received(&self, max: usize) -> Result<Vec<[u8; 32]>> {
