@@ -280,10 +280,10 @@ impl Field {
                     }
                 }
             }
-            array.join(theirs_array)?;
+            array.join(theirs_array, mine)?;
         }
         if let Some(theirs_text) = other.text.as_deref() {
-            self.text_mut().join(theirs_text)?;
+            self.text_mut().join(theirs_text, mine)?;
         }
         if self.counter.is_some() || other.counter.is_some() {
             let empty = Counter::default();

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 
 impl<C: SeqContent> Sequence<C> {
     /// Builds a sequence from runs in document order (deserialization), validating them.
-    fn from_runs(src: Vec<SerRun<C>>, cap: usize) -> Result<Self, SeqError> {
+    pub(super) fn from_runs(src: Vec<SerRun<C>>, cap: usize) -> Result<Self, SeqError> {
         let mut seq = Self::with_leaf_capacity(cap);
         if src.is_empty() {
             return Ok(seq);
@@ -77,12 +77,12 @@ impl<C: SeqContent> Sequence<C> {
 }
 
 #[derive(Deserialize)]
-struct SerRun<C> {
-    id: Dot,
-    origin_left: Option<Dot>,
-    origin_right: Option<Dot>,
-    deleted: bool,
-    content: C,
+pub(super) struct SerRun<C> {
+    pub(super) id: Dot,
+    pub(super) origin_left: Option<Dot>,
+    pub(super) origin_right: Option<Dot>,
+    pub(super) deleted: bool,
+    pub(super) content: C,
 }
 
 // The format (snapshot format 2): one serde sequence of `[peers, peer ids.., runs, run..]`, each run

@@ -8,7 +8,8 @@
 //! origin, which is what one insert of several items is.
 
 use super::{IdSpan, SeqContent, SeqError, SeqInsert, Sequence};
-use crate::crdt::clock::Dot;
+use crate::crdt::clock::{Dot, PeerId};
+use crate::crdt::version::VersionVector;
 
 /// Items of the other sequence this one lacks, as one insert (taken when placed).
 struct Missing<C> {
@@ -20,20 +21,32 @@ struct Missing<C> {
 }
 
 impl<C: SeqContent> Sequence<C> {
-    /// Merge the state of `other` into this sequence: add the items it lacks (each after its origins, by the
-    /// integration rule) and delete the items `other` deleted. Linear in both sequences' runs, plus a lookup per
-    /// missing span. On error (an `other` that contradicts this sequence: an origin neither holds, origins that
-    /// depend on each other) part of `other` may have been merged; callers merge into a copy.
-    pub fn join(&mut self, other: &Sequence<C>) -> Result<(), SeqError> {
+    /// Merge the state of `other` into this sequence, which has seen the items `mine` covers: add the items it
+    /// lacks and has not seen (each after its origins, by the integration rule) and delete the items `other`
+    /// deleted. Items this sequence has seen and no longer holds are tombstones it dropped
+    /// ([`Sequence::collect_tombstones`]) and stay dropped. `other` is expected to keep every item (a collected
+    /// sequence's kept items may name, as origins, neighbours other than the ones they were inserted beside, so its
+    /// items cannot all be placed by their origins; stores never send one). Linear in both sequences' runs, plus a
+    /// lookup per missing span. On error (an `other` that contradicts this sequence: an origin neither holds, origins
+    /// that depend on each other) part of `other` may have been merged; callers merge into a copy.
+    pub fn join(&mut self, other: &Sequence<C>, mine: &VersionVector) -> Result<(), SeqError> {
         let mut missing: Vec<Missing<C>> = Vec::new();
         let mut tombstones: Vec<IdSpan> = Vec::new();
         for r in other.all_runs() {
             let (peer, start) = (r.id.peer, r.id.counter);
             let end = start.checked_add(r.len() as u64).ok_or(SeqError::CounterOverflow(r.id))?;
+            // Counters below `unseen` of this peer were seen here: held, or dropped.
+            let unseen = mine.get(peer).saturating_add(1);
             if r.deleted {
-                tombstones.push(IdSpan { peer, start, len: end - start });
+                let s = start.max(unseen.min(end));
+                for (held_start, held_end) in self.held_spans(peer, start, s) {
+                    tombstones.push(IdSpan { peer, start: held_start, len: held_end - held_start });
+                }
+                if s < end {
+                    tombstones.push(IdSpan { peer, start: s, len: end - s });
+                }
             }
-            let mut from = start;
+            let mut from = start.max(unseen);
             while let Some(m) = self.ids.first_missing(peer, from, end) {
                 if m >= end {
                     break;
@@ -101,5 +114,18 @@ impl<C: SeqContent> Sequence<C> {
         }
         debug_assert_eq!(placed, missing.len());
         self.apply_delete(&tombstones)
+    }
+
+    /// The parts of `peer`'s ids `start..end` this sequence holds, as `(start, end)` ranges.
+    fn held_spans(&self, peer: PeerId, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut spans = Vec::new();
+        let mut from = start;
+        while from < end {
+            let Some(s) = self.ids.first_overlap(peer, from, end) else { break };
+            let e = self.ids.first_missing(peer, s, end).unwrap_or(end).min(end);
+            spans.push((s, e));
+            from = e;
+        }
+        spans
     }
 }

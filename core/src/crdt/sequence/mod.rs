@@ -6,7 +6,7 @@
 //! Concurrent inserts are ordered by the "YjsMod" integration rule from Joseph Gentle's reference-crdts
 //! (`integrateYjsMod`), which is equivalent to FugueMax: runs typed concurrently at the same place are never
 //! interleaved, forwards or backwards. Deleted items stay as tombstones so that later operations can still refer to
-//! them.
+//! them, until a causally stable frontier settles them: then all but the first of each stretch go (`collect`).
 //!
 //! # Representation
 //! Items are run-length encoded: consecutive items of one peer with consecutive counters, where each item's
@@ -28,9 +28,11 @@
 //! * `insert`: local and remote inserts, the YjsMod integration;
 //! * `delete`: local and remote deletes;
 //! * `join`: state-based merge of another replica's sequence;
+//! * `collect`: dropping the tombstones no later change can name, under a causally stable frontier;
 //! * `encoding`: serialization as a flat list of runs, and its validation;
 //! * `text`: text content ([`Chars`]); `list`: lists of values (`Vec<T>`).
 
+mod collect;
 mod delete;
 mod encoding;
 mod fenwick;
