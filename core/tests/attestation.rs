@@ -124,12 +124,32 @@ fn write(store: &Store, doc: usize, e: &Edit) {
     edits::write_edit(store, COLLECTION, DOCS[doc], e);
 }
 
+/// [`Action::Type`] on `store`.
+fn type_and_cut(store: &Store, doc: usize, pos: u16, text: &str, cut: u8) {
+    let id = DOCS[doc];
+    if store.get(COLLECTION, id).unwrap().is_none_or(|v| !v["notes"].is_string()) {
+        store.upsert(COLLECTION, json!({"_id": id})).unwrap();
+        store.update(COLLECTION, id, |ed| Ok(ed.set("notes", Value::Text(String::new()))?)).unwrap();
+    }
+    write(store, doc, &Edit::TextInsert { which: 0, pos, text: text.to_string() });
+    write(store, doc, &Edit::TextDelete { which: 0, pos, len: cut });
+}
+
 #[derive(Clone, Debug)]
 enum Action {
     Edit {
         device: usize,
         doc: usize,
         edit: Edit,
+    },
+    /// Typing into `notes` (made first if need be), then deleting `cut` characters from where the typing started
+    /// (a stretch of tombstones), each a change.
+    Type {
+        device: usize,
+        doc: usize,
+        pos: u16,
+        text: String,
+        cut: u8,
     },
     /// Several increments of one counter in a row, each a change.
     Count {
@@ -166,6 +186,8 @@ fn action() -> impl Strategy<Value = Action> {
         6 => (0..DEVICES, 0..DOCS.len(), edit()).prop_map(|(device, doc, edit)| Action::Edit { device, doc, edit }),
         2 => (0..DEVICES, 0..DOCS.len(), any::<u8>(), 2u8..6)
             .prop_map(|(device, doc, which, times)| Action::Count { device, doc, which, times }),
+        2 => (0..DEVICES, 0..DOCS.len(), any::<u16>(), "[a-z]{3,8}", 2u8..6)
+            .prop_map(|(device, doc, pos, text, cut)| Action::Type { device, doc, pos, text, cut }),
         3 => (0..DEVICES, 0..DEVICES).prop_filter("two devices", |(a, b)| a != b).prop_map(|(a, b)| Action::Sync { a, b }),
         2 => Just(Action::Attest),
         3 => (0..DEVICES).prop_map(|device| Action::Compact { device }),
@@ -179,14 +201,20 @@ fn counter_entries(f: &Fleet, d: usize) -> u64 {
     DOCS.iter().filter_map(|id| f.stores[d].document(COLLECTION, id).unwrap()).map(|doc| doc.counter_entries()).sum()
 }
 
+/// The sequence items (weighted, tombstones included) device `d`'s documents hold.
+fn items(f: &Fleet, d: usize) -> u64 {
+    DOCS.iter().filter_map(|id| f.stores[d].document(COLLECTION, id).unwrap()).map(|mut doc| doc.items()).sum()
+}
+
 /// Run `actions` in a fleet that attests, compacts and folds under frontiers and in one that does none of it; the
-/// devices of both must always agree. Returns how many counter contributions compactions folded away.
-fn run(authority: &SigningKey, actions: &[Action]) -> u64 {
+/// devices of both must always agree. Returns how many counter contributions compactions folded away, and how many
+/// sequence items (tombstones) they dropped, weighted as `Document::items` counts them.
+fn run(authority: &SigningKey, actions: &[Action]) -> (u64, u64) {
     let mut compacted = Fleet::with_attester(authority, DEVICES);
     let mut plain = Fleet::with_attester(authority, DEVICES);
     let attester = enrolment::load(&compacted.stores[ATTESTER]).unwrap().unwrap();
     let mut acknowledged: Option<(shoaldb::Summary, shoaldb::Summary)> = None;
-    let mut folded = 0;
+    let (mut folded, mut dropped) = (0, 0);
     for a in actions {
         match a {
             Action::Edit { device, doc, edit } => {
@@ -195,6 +223,12 @@ fn run(authority: &SigningKey, actions: &[Action]) -> u64 {
                 }
                 write(&compacted.stores[*device], *doc, edit);
                 write(&plain.stores[*device], *doc, edit);
+            }
+            Action::Type { device, doc, pos, text, cut } => {
+                for fleet in [&compacted, &plain] {
+                    fleet.now.fetch_add(1_000, Ordering::SeqCst);
+                    type_and_cut(&fleet.stores[*device], *doc, *pos, text, *cut);
+                }
             }
             Action::Count { device, doc, which, times } => {
                 for _ in 0..*times {
@@ -216,9 +250,10 @@ fn run(authority: &SigningKey, actions: &[Action]) -> u64 {
                 compacted.stores[ATTESTER].attest().unwrap();
             }
             Action::Compact { device } => {
-                let before = counter_entries(&compacted, *device);
+                let before = (counter_entries(&compacted, *device), items(&compacted, *device));
                 compacted.stores[*device].compact(&CompactionPolicy::everything()).unwrap();
-                folded += before - counter_entries(&compacted, *device);
+                folded += before.0 - counter_entries(&compacted, *device);
+                dropped += before.1 - items(&compacted, *device);
             }
             Action::Acknowledge => {
                 let held: Vec<_> = (0..DEVICES).map(|d| compacted.stores[d].replica().summary().unwrap()).collect();
@@ -250,7 +285,20 @@ fn run(authority: &SigningKey, actions: &[Action]) -> u64 {
         assert_eq!(compacted.state(d), plain.state(d), "device {d} differs from the fleet that keeps all");
         assert_eq!(compacted.state(d), compacted.state(0), "devices diverged");
     }
-    folded
+    (folded, dropped)
+}
+
+/// `before`, then a quiet spell in which everything becomes stable — every device meets the attester, the
+/// attester signs, all acknowledge, every device keeps the frontier and compacts — then `after`.
+fn settled(mut before: Vec<Action>, after: Vec<Action>) -> Vec<Action> {
+    let meet = [(1, ATTESTER), (2, ATTESTER), (1, ATTESTER)].map(|(a, b)| Action::Sync { a, b });
+    before.extend(meet.clone());
+    before.push(Action::Attest);
+    before.extend(meet);
+    before.push(Action::Acknowledge);
+    before.extend((0..DEVICES).flat_map(|device| [Action::Frontier { device }, Action::Compact { device }]));
+    before.extend(after);
+    before
 }
 
 fn cases() -> u32 {
@@ -262,9 +310,10 @@ proptest! {
 
     #[test]
     fn attested_compaction_never_changes_what_devices_end_with(
-        actions in proptest::collection::vec(action(), 1..40)
+        actions in proptest::collection::vec(action(), 1..40),
+        after in proptest::collection::vec(action(), 0..12),
     ) {
-        run(&SigningKey::from_sources(&Sources::seeded(7)), &actions);
+        run(&SigningKey::from_sources(&Sources::seeded(7)), &settled(actions, after));
     }
 }
 
@@ -275,10 +324,16 @@ proptest! {
 fn the_random_runs_fold_counters_under_frontiers() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let actions = proptest::collection::vec(action(), 60..80);
+    let actions = (proptest::collection::vec(action(), 60..80), proptest::collection::vec(action(), 0..12));
     let authority = SigningKey::from_sources(&Sources::seeded(7));
-    let folded: u64 = (0..6).map(|_| run(&authority, &actions.new_tree(&mut runner).unwrap().current())).sum();
-    assert!(folded > 0, "no run folded a counter");
+    let runs: Vec<(u64, u64)> = (0..6)
+        .map(|_| {
+            let (before, after) = actions.new_tree(&mut runner).unwrap().current();
+            run(&authority, &settled(before, after))
+        })
+        .collect();
+    assert!(runs.iter().map(|r| r.0).sum::<u64>() > 0, "no run folded a counter");
+    assert!(runs.iter().map(|r| r.1).sum::<u64>() > 0, "no run dropped a tombstone");
 }
 
 /// Two devices write (a document removed, a field removed, text, a counter), sync through the attester, and
@@ -720,4 +775,64 @@ fn a_store_folds_counters_under_a_frontier_only_when_it_holds_what_the_frontier_
     let views: Vec<_> = (0..3).map(|d| f.stores[d].get(COLLECTION, "d0").unwrap()).collect();
     assert!(views.iter().all(|v| v == &views[0]), "{views:?}");
     assert_eq!((value(&f, 0, "m"), value(&f, 0, "n")), (18, 21));
+}
+
+/// Under a frontier covering a deletion, a store drops the tombstones no later insert can name — all but the first of
+/// each stretch of deleted text and removed array elements — and keeps those of deletions the frontier does not
+/// cover: an insert made by a device that has not seen such a deletion names the deleted items as its origins.
+/// Devices that kept everything and the one that dropped go on editing and merge alike.
+#[test]
+fn a_store_drops_settled_tombstones_and_keeps_those_of_deletions_not_yet_stable() {
+    use shoaldb::security::StableFrontier;
+    let authority = SigningKey::generate().unwrap();
+    let mut f = Fleet::with_attester(&authority, 3);
+    let text = |f: &Fleet, d: usize| f.stores[d].get(COLLECTION, "d0").unwrap().unwrap()["notes"].clone();
+    let tombstones = |f: &Fleet, d: usize| f.stores[d].document(COLLECTION, "d0").unwrap().unwrap().tombstones();
+    let sync_all = |f: &mut Fleet| {
+        for (x, y) in [(1, ATTESTER), (2, ATTESTER), (1, ATTESTER), (1, 2)] {
+            assert!(f.sync(x, y).is_empty());
+        }
+    };
+    let list = Value::Array((1..=6).map(|i| Value::from_json(&json!(i))).collect());
+    f.stores[1].upsert(COLLECTION, json!({"_id": "d0"})).unwrap();
+    f.stores[1]
+        .update(COLLECTION, "d0", |ed| {
+            ed.set("notes", Value::Text("hello wonderful world".into()))?;
+            Ok(ed.set("list", list.clone())?)
+        })
+        .unwrap();
+    sync_all(&mut f);
+    // Device 2 deletes "wonderful " and three list items; everyone holds it.
+    f.stores[2].update(COLLECTION, "d0", |ed| Ok(ed.text_delete("notes", 6, 10)?)).unwrap();
+    f.stores[2].update(COLLECTION, "d0", |ed| Ok(ed.array_delete("list", 1, 3)?)).unwrap();
+    sync_all(&mut f);
+    let summaries: Vec<_> = (0..3).map(|d| f.stores[d].replica().summary().unwrap()).collect();
+    let stable = summaries[0].intersection(&summaries[1]).intersection(&summaries[2]);
+    // Device 1 then deletes "world" (not in the frontier), and sends it to no one yet.
+    f.stores[1].update(COLLECTION, "d0", |ed| Ok(ed.text_delete("notes", 6, 5)?)).unwrap();
+    f.stores[ATTESTER].attest().unwrap();
+    assert!(f.sync(2, ATTESTER).is_empty());
+    let signing = enrolment::load(&f.stores[ATTESTER]).unwrap().unwrap().signing_key().clone();
+    let frontier = StableFrontier::sign(&signing, NOW, stable.clone(), stable);
+    assert!(f.stores[1].replica().keep_frontier(&frontier).unwrap());
+    assert_eq!(tombstones(&f, 1), 10 + 3 + 5);
+    // The second attested state covers device 2's deletions; device 1 compacts under the frontier.
+    assert!(f.sync(1, ATTESTER).is_empty());
+    f.stores[1].compact(&CompactionPolicy::everything()).unwrap();
+    // Of "wonderful " the first character stays (an insert right after "hello " names it), as does the first of
+    // the three list items; "world", deleted by a change the frontier does not cover, stays whole.
+    assert_eq!(tombstones(&f, 1), 1 + 1 + 5);
+    assert_eq!(text(&f, 1), json!("hello "));
+    // Device 2 has not seen "world" go: it types after "wor" and before it, and after "hello ".
+    f.stores[2].update(COLLECTION, "d0", |ed| Ok(ed.text_insert("notes", 9, "k")?)).unwrap();
+    f.stores[2].update(COLLECTION, "d0", |ed| Ok(ed.text_insert("notes", 6, "big ")?)).unwrap();
+    f.stores[2].update(COLLECTION, "d0", |ed| Ok(ed.array_insert("list", 1, &[Value::from_json(&json!(9))])?)).unwrap();
+    f.stores[1].update(COLLECTION, "d0", |ed| Ok(ed.text_insert("notes", 6, "new ")?)).unwrap();
+    sync_all(&mut f);
+    sync_all(&mut f);
+    let views: Vec<_> = (0..3).map(|d| f.stores[d].get(COLLECTION, "d0").unwrap().unwrap()).collect();
+    assert!(views.iter().all(|v| v == &views[0]), "{views:?}");
+    let shown = views[0]["notes"].as_str().unwrap().to_string();
+    assert!(shown == "hello new big k" || shown == "hello big new k", "{shown}");
+    assert_eq!(views[0]["list"], json!([1, 9, 5, 6]));
 }

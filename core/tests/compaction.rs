@@ -580,7 +580,7 @@ fn the_clouds_acknowledgements_survive_the_upgrade() {
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
          DROP TABLE folded; DROP TABLE attested; DROP TABLE attested_changes; ALTER TABLE docs ADD COLUMN folded BLOB; \
          CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL; \
-         DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 11;",
+         DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; DROP TABLE unsettled; PRAGMA user_version = 11;",
     )
     .unwrap();
     let empty = shoaldb::store::Summary::new().encode();
@@ -607,7 +607,7 @@ fn compaction_writes_down_the_versions_of_documents_from_before_they_were_kept()
     }
     drop(store);
     let conn = rusqlite::Connection::open(&file).unwrap();
-    conn.execute_batch("DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 15;")
+    conn.execute_batch("DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; DROP TABLE unsettled; PRAGMA user_version = 15;")
         .unwrap();
     drop(conn);
     let store = Store::open(&file).unwrap();

@@ -833,7 +833,7 @@ fn the_attachment_read_check_looks_up_the_documents_naming_the_hash_also_in_a_st
          ALTER TABLE docs DROP COLUMN stale; DROP TABLE peer_acks; ALTER TABLE docs DROP COLUMN modified; \
          ALTER TABLE docs DROP COLUMN used; ALTER TABLE blobs DROP COLUMN used; DROP TABLE expiry; \
          ALTER TABLE snapshots DROP COLUMN tombstones; ALTER TABLE changes DROP COLUMN parts; \
-         DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; PRAGMA user_version = 6;",
+         DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; DROP TABLE unsettled; PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);

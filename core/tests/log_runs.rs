@@ -157,7 +157,7 @@ fn a_log_written_before_runs_reads_the_same_after_the_upgrade() {
              DROP TABLE attested; DROP TABLE attested_changes;
              ALTER TABLE docs ADD COLUMN folded BLOB;
              CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
-             DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version;
+             DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; DROP TABLE unsettled;
              PRAGMA user_version = 13;
              COMMIT;",
         )
@@ -232,7 +232,7 @@ fn folded_records_move_to_their_table_at_the_upgrade() {
              CREATE INDEX docs_folded ON docs (doc) WHERE folded IS NOT NULL;
              ALTER TABLE snapshots DROP COLUMN tombstones;
              ALTER TABLE changes DROP COLUMN parts;
-             DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version;
+             DROP INDEX docs_unversioned; ALTER TABLE docs DROP COLUMN version; DROP TABLE unsettled;
              PRAGMA user_version = 13;",
         )
         .unwrap();

@@ -351,6 +351,19 @@ impl Document {
         changed
     }
 
+    /// Drop the sequences' tombstones that `stable` settles — inserted and deleted by changes it covers, with no
+    /// deletion `unsettled` lists (the deletions of the changes this document holds that `stable` does not cover) —
+    /// and that no later change can name (see [`super::sequence::Sequence::collect_tombstones`]). What the document
+    /// shows does not change. Returns how many items went. `stable` must be causally stable, as for
+    /// [`Document::collect_stable`].
+    pub fn collect_tombstones(&mut self, stable: &VersionVector, unsettled: super::tombstones::Unsettled) -> u64 {
+        let dropped = super::tombstones::collect(&mut self.root, stable, unsettled);
+        if dropped > 0 {
+            self.items = None;
+        }
+        dropped
+    }
+
     /// The contributions the document's counters keep, each a single increment or a folded run. Linear in the
     /// document.
     pub fn counter_entries(&self) -> u64 {

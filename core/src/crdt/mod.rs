@@ -6,7 +6,8 @@
 //! - [`register`], [`counter`], [`map`], [`sequence`]: the field types;
 //! - [`field`]: one field holding its CRDTs, and the removal rule;
 //! - [`change`]: operations and changes, the unit of replication;
-//! - [`document`]: a document, local editing and merging.
+//! - [`document`]: a document, local editing and merging;
+//! - [`tombstones`]: which deletions a stable frontier may not cover yet, and dropping the tombstones it settles.
 
 pub mod change;
 pub mod clock;
@@ -18,5 +19,6 @@ pub(crate) mod map;
 pub mod path;
 pub(crate) mod register;
 pub mod sequence;
+pub mod tombstones;
 pub mod value;
 pub mod version;

@@ -123,8 +123,8 @@ impl StableFrontier {
 
 /// What a kept [`StableFrontier`] lets a store collect (issue 17), in the documents of the collections its attester
 /// may attest ([`crate::Document::collect_stable`]): each counter's increments its `stable` covers, folded into one
-/// run per writer, and what removed array elements held that it covers. Used by [`crate::Store::compact`] and the
-/// cloud's compaction.
+/// run per writer, what removed array elements held that it covers, and (where the store knows which deletions are
+/// not stable yet) the sequences' settled tombstones. Used by [`crate::Store::compact`] and the cloud's compaction.
 pub struct Stability {
     /// Each writer's counters the frontier covers from its first.
     stable: crate::VersionVector,
@@ -158,13 +158,33 @@ impl Stability {
         Some(Stability { stable: frontier.stable_version(), attester: chain.permissions() })
     }
 
-    /// Fold what the frontier makes garbage in `doc`, of `collection`, when the attester may attest the collection.
-    /// Returns whether the document's state changed (what it shows never does).
-    pub fn collect(&self, collection: &str, doc: &mut crate::Document) -> bool {
-        if !self.attester.may_attest(collection) {
+    /// Whether the attester may attest `collection`: only there does the frontier collect anything.
+    pub fn covers(&self, collection: &str) -> bool {
+        self.attester.may_attest(collection)
+    }
+
+    /// Each writer's counters the frontier covers from its first.
+    pub fn stable(&self) -> &crate::VersionVector {
+        &self.stable
+    }
+
+    /// Fold what the frontier makes garbage in `doc`, of `collection`, when the attester may attest the collection;
+    /// with `unsettled` (the deletions of the changes `doc` holds that the frontier does not cover, all of them
+    /// known: [`crate::crdt::tombstones::Unsettled`]), also drop the tombstones it settles
+    /// ([`crate::Document::collect_tombstones`]). Returns whether the document's state changed (what it shows never
+    /// does).
+    pub fn collect(
+        &self,
+        collection: &str,
+        doc: &mut crate::Document,
+        unsettled: Option<crate::crdt::tombstones::Unsettled>,
+    ) -> bool {
+        if !self.covers(collection) {
             return false;
         }
-        doc.collect_stable(&self.stable)
+        let folded = doc.collect_stable(&self.stable);
+        let dropped = unsettled.map_or(0, |u| doc.collect_tombstones(&self.stable, u));
+        folded || dropped > 0
     }
 }
 

@@ -24,9 +24,10 @@
 //! large to send as one state).
 //!
 //! In certificate mode, the snapshots a compaction writes also collect what the stable frontier the store keeps makes
-//! garbage (each counter's stable increments, one run per writer; what removed array elements held that it covers),
-//! once the store holds every change the frontier requires, in the collections its attester may attest
-//! ([`crate::security::attestation::Stability`]).
+//! garbage (each counter's stable increments, one run per writer; what removed array elements held that it covers;
+//! the sequences' tombstones it settles, outside the collections this store attests, knowing which deletions are not
+//! stable from its log and [`super::unsettled`]), once the store holds every change the frontier requires, in the
+//! collections its attester may attest ([`crate::security::attestation::Stability`]).
 
 use super::{Inner, Store, Summary};
 use crate::crdt::change::Change;
@@ -220,6 +221,8 @@ struct Rule {
     cloud: Option<Summary>,
     /// What the kept stable frontier lets the snapshots written fold.
     frontier: Option<Stability>,
+    /// This store's own grants (certificate mode).
+    own: Option<std::sync::Arc<(crate::security::certificate::Permissions, crate::PeerId)>>,
 }
 
 impl Rule {
@@ -227,6 +230,14 @@ impl Rule {
         let old = made_ms < self.cutoff_ms;
         let stable = self.stable.as_ref().is_some_and(|s| s.contains(peer, start, end));
         (old || stable) && self.cloud.as_ref().is_none_or(|c| c.contains(peer, start, end))
+    }
+
+    /// The frontier, when it lets snapshots of `collection` drop settled tombstones: not in a collection this store
+    /// attests, whose states it signs for other devices to merge — those keep every item, so that a device merging
+    /// one places each item by its origins (see [`crate::crdt::sequence::Sequence::join`]).
+    fn drops_tombstones(&self, collection: &str) -> Option<&Stability> {
+        let attests = self.own.as_ref().is_some_and(|p| p.0.may_attest(collection));
+        self.frontier.as_ref().filter(|f| f.covers(collection) && !attests)
     }
 }
 
@@ -276,7 +287,8 @@ impl Store {
             let (cloud, all) = acknowledged(&inner.conn, since)?;
             let stable = all.filter(|_| policy.fold_acknowledged);
             let frontier = kept_stability(&inner.conn, &inner.held)?;
-            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud, frontier }, logged_docs(&inner.conn)?)
+            let own = inner.own_permissions.clone();
+            (Rule { attested_only, cutoff_ms: cutoff, stable, cloud, frontier, own }, logged_docs(&inner.conn)?)
         };
         // About a thousand log rows per transaction, the store's lock let go between them.
         let mut report = CompactionReport::default();
@@ -433,6 +445,8 @@ fn compact_doc(
     max_rows: u64,
 ) -> Result<DocFolded> {
     let mut fold: Vec<Row> = Vec::new();
+    // The changes of `fold`.
+    let mut changes: Vec<Change> = Vec::new();
     let mut more = false;
     let attested = super::attest::attested_changes_of(conn, row)?;
     {
@@ -450,6 +464,7 @@ fn compact_doc(
             let logged = super::logrow::LogRow::read(r, 3)?;
             // A row is folded whole, when the rule folds every change it holds.
             let parts = logged.parts()?;
+            let mut row_changes = Vec::with_capacity(parts.len());
             for part in &parts {
                 let made = Change::decode(part.body).map_err(|e| Error::Corrupt(format!("{collection}/{id}: {e}")))?;
                 let author = crate::PeerId(peer as u64);
@@ -459,7 +474,9 @@ fn compact_doc(
                 {
                     break 'rows;
                 }
+                row_changes.push(made);
             }
+            changes.append(&mut row_changes);
             fold.push(Row {
                 seq: r.get(0)?,
                 peer: peer as u64,
@@ -480,7 +497,16 @@ fn compact_doc(
     let mut written = false;
     if !current || rule.frontier.is_some() {
         let Some(mut cached) = super::docs::load(conn, collection, id)? else { return Ok(DocFolded::default()) };
-        let collected = rule.frontier.as_ref().is_some_and(|f| f.collect(collection, &mut cached.doc));
+        let collected = match &rule.frontier {
+            Some(f) => {
+                let unsettled = match rule.drops_tombstones(collection) {
+                    Some(f) => super::unsettled::of(conn, row, f.stable())?,
+                    None => None,
+                };
+                f.collect(collection, &mut cached.doc, unsettled)
+            }
+            None => false,
+        };
         if !current || collected {
             let state = cached.doc.encode();
             if state.len() > MAX_STATE_BYTES {
@@ -506,6 +532,7 @@ fn compact_doc(
     for r in &fold {
         added.insert(crate::PeerId(r.peer), r.start, r.end);
     }
+    super::unsettled::folding(conn, row, &changes, rule.drops_tombstones(collection).map(|f| f.stable()))?;
     let mut folded = folded_of(conn, row)?;
     folded.union_with(&added);
     set_folded(conn, row, &folded)?;

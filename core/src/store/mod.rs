@@ -31,6 +31,7 @@ mod requests;
 mod schema;
 mod storage;
 mod txn;
+mod unsettled;
 
 pub use attest::AttestReport;
 pub use blobs::CHUNK_SIZE;

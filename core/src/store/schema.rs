@@ -273,6 +273,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE docs ADD COLUMN version BLOB;
     CREATE INDEX docs_unversioned ON docs (doc) WHERE version IS NULL;
     "#,
+    // 17: what is known of the deletions of changes folded into a snapshot (issue 17, `store::unsettled`): which
+    //     tombstones a stable frontier settles. Written once a frontier is kept; a document without a row has
+    //     every folded change's deletions unknown.
+    r#"
+    CREATE TABLE unsettled (
+        doc       INTEGER PRIMARY KEY,         -- docs.doc
+        opaque    BLOB NOT NULL,               -- a dense `Summary`: changes folded or merged, deletions not recorded
+        deletions BLOB NOT NULL                -- postcard: a `Deletions` per change folded that no frontier covered
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -316,6 +326,7 @@ const SCHEMA: &str = r#"
     );
     CREATE INDEX changes_by_doc ON changes (doc, seq);
     CREATE TABLE folded (doc INTEGER PRIMARY KEY, summary BLOB NOT NULL);
+    CREATE TABLE unsettled (doc INTEGER PRIMARY KEY, opaque BLOB NOT NULL, deletions BLOB NOT NULL);
     CREATE TABLE attested (
         doc       INTEGER PRIMARY KEY,
         seq       INTEGER NOT NULL,

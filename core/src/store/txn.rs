@@ -424,6 +424,7 @@ impl<'a> WriteTxn<'a> {
                 let mut folded = super::compaction::folded_of(&self.inner.conn, row)?;
                 folded.union_with(merged);
                 super::compaction::set_folded(&self.inner.conn, row, &folded)?;
+                super::unsettled::merged(&self.inner.conn, row, merged)?;
             }
             if let (Some(attested), Some(row)) = (&td.attested, td.cached.row) {
                 super::attest::keep(&self.inner.conn, row, attested)?;
@@ -581,6 +582,7 @@ impl<'a> WriteTxn<'a> {
                 conn.prepare_cached("DELETE FROM view_parts WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM attachment_refs WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM folded WHERE doc = ?1")?.execute(params![row])?;
+                conn.prepare_cached("DELETE FROM unsettled WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM attested WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM attested_changes WHERE doc = ?1")?.execute(params![row])?;
                 conn.prepare_cached("DELETE FROM docs WHERE doc = ?1")?.execute(params![row])? > 0

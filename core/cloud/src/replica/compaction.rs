@@ -69,7 +69,8 @@ fn collect_stable(tx: &mut crate::pg::Tx<'_>, docs: &[i64], stability: &Stabilit
                 continue;
             }
         };
-        if stability.collect(r.get(1), &mut doc) {
+        // The cloud keeps no change log to tell which deletions are stable: it keeps its tombstones.
+        if stability.collect(r.get(1), &mut doc, None) {
             tx.execute("UPDATE docs SET state = $2 WHERE num = $1", &[&num, &doc.encode()]).map_err(pg)?;
         }
     }
