@@ -363,7 +363,8 @@ fn folding_a_counters_stable_increments_shrinks_its_state() {
 /// A removed array element keeps its place (a tombstone: later inserts may name it) but not what a stable frontier
 /// covers of what it held: a list of 200 to-do items, each a map with a counter, of which 150 were removed. Under a
 /// frontier covering the first items' edits, those of them removed keep nothing; under one covering everything,
-/// no removed item does; and the document shows the same throughout.
+/// no removed item does, and with the removals stable all but the first removed item go; and the document shows the
+/// same throughout.
 #[test]
 fn removed_elements_keep_nothing_a_stable_frontier_covers() {
     let (a, b) = (shoaldb::PeerId(1), shoaldb::PeerId(2));
@@ -400,6 +401,15 @@ fn removed_elements_keep_nothing_a_stable_frontier_covers() {
     assert!(after < part && part < before, "{before} bytes, {part} with half collected, {after} all collected");
     assert!(after * 2 < before, "{before} bytes, collected {after}");
     assert!(!doc.collect_stable(&everything), "nothing more to collect");
+    // The removals stable too: the removed items go but the first of their stretch (they were removed from the
+    // front, one after the other), and the document shows the same.
+    let mut dropped = doc.clone();
+    let unsettled = shoaldb::crdt::tombstones::Unsettled::new();
+    assert_eq!(dropped.collect_tombstones(&everything, unsettled), 149);
+    assert_eq!(dropped.to_json(), shown);
+    let smallest = dropped.encode().len();
+    println!("and {smallest} bytes once the removed items are dropped, all but the first");
+    assert!(smallest < after);
     // It still takes inserts next to the removed items, and merges with a copy that did not collect.
     let mut ed = doc.edit(a, next, shoaldb::Timestamp::new(1_900_000_000_000, 0));
     ed.array_insert("todo", 0, &[Value::from_json(&json!({"title": "first"}))]).unwrap();
@@ -409,4 +419,10 @@ fn removed_elements_keep_nothing_a_stable_frontier_covers() {
     kept.join(&doc).unwrap();
     assert_eq!(kept.to_json(), doc.to_json());
     assert_eq!(doc.to_json().unwrap()["todo"].as_array().unwrap().len(), 51);
+    // So does the copy that dropped them: the insert names the first removed item, which it kept.
+    let mut dropped = shoaldb::Document::decode(&dropped.encode()).unwrap();
+    dropped.apply(&change).unwrap();
+    assert_eq!(dropped.to_json(), doc.to_json());
+    dropped.join(&kept).unwrap();
+    assert_eq!(dropped.to_json(), doc.to_json());
 }

@@ -1083,7 +1083,8 @@ fn a_month_away_while_the_others_compact_every_day() {
 /// The same month in certificate mode: every change signed, device `a` attesting every day before the home devices
 /// compact (they fold only what attested states hold, and the traveller catches up from attested states). `a` also
 /// signs each day the stable frontier of the four devices (the traveller's acknowledgements are what it held as it
-/// left), which travels from `a` to the others over their links; the home devices fold counters under it, and the
+/// left), which travels from `a` to the others over their links; the home devices fold counters under it, and `b` and
+/// `c` drop the tombstones of a note drafted and cut before the traveller left (`a` attests: it keeps them); the
 /// traveller still comes back to what it would have without any of it.
 #[test]
 fn a_month_away_while_the_others_attest_and_compact_every_day() {
@@ -1165,6 +1166,15 @@ fn month_away(seed: u64, certificates: bool) {
                 edit_both(&mut worlds, d, &count);
             }
         }
+        // And `b` drafts a note and cuts most of it: tombstones the frontier will settle.
+        for w in worlds.iter_mut() {
+            w.edit(1, |s| {
+                s.upsert("notes", json!({"_id": "draft"})).unwrap();
+                let text = shoaldb::Value::Text("a draft of a note, most of which goes again".into());
+                s.update("notes", "draft", |d| Ok(d.set("body", text.clone())?)).unwrap();
+                s.update("notes", "draft", |d| Ok(d.text_delete("body", 8, 30)?)).unwrap();
+            });
+        }
     }
     for w in &mut worlds {
         quiet(w, "before leaving");
@@ -1223,6 +1233,13 @@ fn month_away(seed: u64, certificates: bool) {
         let entries = |w: &SimWorld| -> u64 { (1..3).map(|d| counter_entries(w.store(d), &collections)).sum() };
         let (folded, kept) = (entries(&worlds[0]), entries(&worlds[1]));
         assert!(folded < kept, "b and c keep {folded} counter contributions, {kept} without folding");
+        // And dropped the draft's tombstones but the first.
+        let items =
+            |w: &SimWorld, d: DeviceId| w.store(d).document("notes", "draft").unwrap().map(|mut doc| doc.items());
+        for d in 1..3 {
+            let (dropped, kept) = (items(&worlds[0], d), items(&worlds[1], d));
+            assert_eq!((dropped, kept), (Some(43 - 29), Some(43)), "{}: the draft's items", worlds[0].name(d));
+        }
     }
     for w in &mut worlds {
         w.link(3, 0, LinkParams::lan());

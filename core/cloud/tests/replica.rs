@@ -696,6 +696,10 @@ fn the_cloud_folds_what_the_fleet_holds_out_of_its_log() {
         cloud.keep_peer_summary(&boaster, false, &inflated).unwrap();
         let row = db.query_one("SELECT summary FROM device_acks WHERE device = $1", &[&&boaster.0[..]]).unwrap();
         assert_eq!(Summary::decode_dense(row.get(0)).unwrap(), summary, "seed {seed}: only what the cloud holds");
+        // Nor does it count for a roster's frontier, cut: it would leave out the device's changes not sent yet.
+        let days: i64 =
+            db.query_one("SELECT count(*) FROM device_ack_days WHERE device = $1", &[&&boaster.0[..]]).unwrap().get(0);
+        assert_eq!(days, 0, "seed {seed}: a cut acknowledgement is no day's");
         let policy = shoaldb::CompactionPolicy::default();
         // Received just now: the feed keeps them for its retention.
         assert_eq!(cloud.compact(&policy, 3_600_000).unwrap().changes, 0, "seed {seed}: within the retention");

@@ -90,7 +90,9 @@ pub(super) fn folding(conn: &Connection, row: i64, changes: &[Change], stable: O
 /// or `None` when some opaque change is not covered (nothing of the document is then known to be settled). What
 /// `stable` covers is forgotten from the row.
 pub(super) fn of(conn: &Connection, row: i64, stable: &VersionVector) -> Result<Option<Unsettled>> {
-    let mut r = match load(conn, row)? {
+    let loaded = load(conn, row)?;
+    let existed = loaded.is_some();
+    let mut r = match loaded {
         Some(r) => r,
         None => Record { opaque: folded_of(conn, row)?, deletions: Vec::new() },
     };
@@ -99,10 +101,12 @@ pub(super) fn of(conn: &Connection, row: i64, stable: &VersionVector) -> Result<
     r.deletions.retain(|d| !d.covered_by(stable));
     let opaque_covered =
         r.opaque.peers().all(|(peer, ranges)| ranges.ranges().last().is_none_or(|&(_, end)| covered(peer, end)));
-    if opaque_covered {
+    // Written when it changes, or to start the record (from now on what is folded here is known, not opaque).
+    let forgets = opaque_covered && !r.opaque.is_empty();
+    if forgets {
         r.opaque = Summary::new();
     }
-    if opaque_covered || r.deletions.len() < before {
+    if forgets || (opaque_covered && !existed) || r.deletions.len() < before {
         save(conn, row, &r)?;
     }
     if !opaque_covered {

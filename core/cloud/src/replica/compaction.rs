@@ -99,7 +99,8 @@ impl PgReplica {
     /// `device` said it holds `summary` ([`shoaldb::store::Replica::keep_peer_summary`]): it joins what the device
     /// acknowledged before (kept whole up to [`MAX_ACK_BYTES`], beyond it only what the cloud holds), with the
     /// time. Writes nothing when it adds nothing and the time was written less than a minute ago, so a device's
-    /// announcements cost a read. The frontier only ever folds rows the cloud holds.
+    /// announcements cost a read. The frontier only ever folds rows the cloud holds. The day's row (a roster's
+    /// frontier) takes only whole acknowledgements: a cut one leaves it as it was.
     pub(super) fn keep_device_summary(&self, device: &DeviceKey, summary: &Summary) -> Result<()> {
         let key: &[u8] = &device.0;
         let mut client = self.client()?;
@@ -119,7 +120,8 @@ impl PgReplica {
         let mut acked = row.map_or_else(|| Ok(Summary::new()), |r| acks(r.get(0)))?;
         acked.union_with(summary);
         let mut encoded = acked.encode_dense();
-        if encoded.len() > MAX_ACK_BYTES {
+        let cut = encoded.len() > MAX_ACK_BYTES;
+        if cut {
             // Only what the cloud holds counts then: a device cannot make its row grow by claiming more.
             encoded = self.with_held(|held, _| acked.intersection(held))?.encode_dense();
         }
@@ -129,12 +131,23 @@ impl PgReplica {
             &[&key, &encoded],
         )
         .map_err(pg)?;
-        tx.execute(
-            "INSERT INTO device_ack_days (device, day, summary) VALUES ($1, date_trunc('day', now(), 'UTC'), $2) \
-             ON CONFLICT (device, day) DO UPDATE SET summary = excluded.summary",
-            &[&key, &encoded],
-        )
-        .map_err(pg)?;
+        if cut {
+            // A roster's frontier takes only whole acknowledgements: cut, this one would leave out the device's own
+            // changes not sent yet, which may not have seen what it acknowledged (`RosterAcks::some`). Its day keeps
+            // what it said before, and the frontier waits for it.
+            log::warn!(
+                "device {device}: acknowledgements of {} bytes (over {MAX_ACK_BYTES}) kept cut to what the cloud \
+                 holds; not counted for a roster's frontier",
+                acked.encode_dense().len()
+            );
+        } else {
+            tx.execute(
+                "INSERT INTO device_ack_days (device, day, summary) VALUES ($1, date_trunc('day', now(), 'UTC'), $2) \
+                 ON CONFLICT (device, day) DO UPDATE SET summary = excluded.summary",
+                &[&key, &encoded],
+            )
+            .map_err(pg)?;
+        }
         tx.commit().map_err(pg)
     }
 
@@ -247,10 +260,14 @@ impl PgReplica {
         let (stable, required) = self.with_held(|held, _| (acked.every.intersection(held), held.clone()))?;
         let lacking = acked.some.difference(&required);
         if !lacking.is_empty() {
+            // Named, since a member acknowledging changes the cloud refused (a revoked author's past its limit)
+            // holds the frontier back until a roster leaves that member out.
+            let authors: Vec<String> = lacking.peers().take(8).map(|(p, _)| p.to_string()).collect();
             log::info!(
-                "the roster of {until_ms}: the cloud lacks {} ranges of changes members held before its time: \
-                 no frontier yet",
-                lacking.range_count()
+                "the roster of {until_ms}: the cloud lacks {} ranges of changes members held before its time, by \
+                 authors {}: no frontier yet",
+                lacking.range_count(),
+                authors.join(", ")
             );
             return Ok(None);
         }

@@ -73,6 +73,10 @@ impl<C: SeqContent> Sequence<C> {
         stable: &VersionVector,
         unsettled: impl Fn(IdSpan) -> Vec<(u64, u64)>,
     ) -> Result<usize, SeqError> {
+        // Most sequences hold no tombstone `stable` covers: nothing is copied for them.
+        if !self.all_runs().any(|r| r.deleted && stable.get(r.id.peer) >= r.id.counter) {
+            return Ok(0);
+        }
         let parts = self.settled_parts(stable, unsettled);
         if !parts.iter().any(|p| p.settled) {
             return Ok(0);
